@@ -1,0 +1,53 @@
+using LiveMigration.Shared.Model;
+
+namespace LiveMigration.HostNode.Storage;
+
+/// <summary>The domains this host has attached, and the walk of a chain across them.</summary>
+public sealed class StoragePool
+{
+    private readonly Dictionary<DomainId, IStorageDomain> _domains = new();
+
+    public StoragePool(IEnumerable<IStorageDomain>? domains = null)
+    {
+        foreach (var d in domains ?? []) Attach(d);
+    }
+
+    public IReadOnlyCollection<IStorageDomain> Domains => _domains.Values;
+
+    public void Attach(IStorageDomain domain) => _domains[domain.Id] = domain;
+
+    public IStorageDomain Get(DomainId id) =>
+        _domains.TryGetValue(id, out var d)
+            ? d
+            : throw new OperationFailedException(ErrorCodes.DomainNotFound, $"storage domain {id} is not attached to this host");
+
+    /// <summary>
+    /// The chain a drive opens: from the image's leaf on <paramref name="leafDomain"/> down to its base,
+    /// following parents across domains.
+    /// </summary>
+    public async Task<DriveChain> ResolveChainAsync(DomainId leafDomain, ImageId image, CancellationToken ct = default)
+    {
+        var domain = Get(leafDomain);
+        var leaf = (await domain.DescribeImageAsync(image, ct)).Leaf;
+        return await ResolveChainAsync(leaf, ct);
+    }
+
+    /// <summary>The chain from <paramref name="top"/> down to its base, following parents across domains.</summary>
+    public async Task<DriveChain> ResolveChainAsync(VolumeInfo top, CancellationToken ct = default)
+    {
+        var layers = new List<ChainLayer>();
+        VolumeInfo? current = top;
+        while (current is not null)
+        {
+            var domain = Get(current.Domain);
+            layers.Add(new ChainLayer(new VolumeRef(current.Domain, current.Id), domain.Locate(current.Image, current.Id), current.Format));
+            if (layers.Count > 256)
+                throw new OperationFailedException(ErrorCodes.Conflict, $"chain of image {top.Image} loops or is deeper than 256 layers");
+            current = current.Parent is { } p
+                ? await Get(p.Domain).DescribeVolumeAsync(top.Image, p.Volume, ct)
+                : null;
+        }
+        layers.Reverse();
+        return new DriveChain(top.Image, layers);
+    }
+}

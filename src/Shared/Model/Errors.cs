@@ -1,0 +1,47 @@
+namespace LiveMigration.Shared.Model;
+
+/// <summary>
+/// The error codes a host reports. They are part of the contract: the saga decides between
+/// retry, rollback and suspend on the code, never on the message.
+/// </summary>
+public static class ErrorCodes
+{
+    /// <summary>An id or name that is not well formed (not a UUID, a path, empty).</summary>
+    public const string InvalidId = "INVALID_ID";
+    /// <summary>Input that is well formed but not acceptable (negative size, unknown format…).</summary>
+    public const string InvalidArgument = "INVALID_ARGUMENT";
+    public const string DomainNotFound = "DOMAIN_NOT_FOUND";
+    public const string ImageNotFound = "IMAGE_NOT_FOUND";
+    public const string VolumeNotFound = "VOLUME_NOT_FOUND";
+    public const string VmNotFound = "VM_NOT_FOUND";
+    /// <summary>The VM's QEMU is gone (killed, crashed): the caller rolls back.</summary>
+    public const string VmNotRunning = "VM_NOT_RUNNING";
+    /// <summary>The thing exists already with different attributes, or is in a state that forbids the call.</summary>
+    public const string Conflict = "CONFLICT";
+    /// <summary>The destination has not enough free space or capacity limit left.</summary>
+    public const string NotEnoughSpace = "NOT_ENOUGH_SPACE";
+    /// <summary>A copy did not compare equal to its source.</summary>
+    public const string VerifyFailed = "VERIFY_FAILED";
+    /// <summary>qemu-img reported an error (its own message is kept).</summary>
+    public const string QemuImgFailed = "QEMU_IMG_FAILED";
+    /// <summary>QEMU answered a QMP command with an error (its class and description are kept).</summary>
+    public const string QmpError = "QMP_ERROR";
+    /// <summary>No block job for that drive, or not in the state the call needs.</summary>
+    public const string NoSuchJob = "NO_SUCH_JOB";
+    public const string JobFailed = "JOB_FAILED";
+    public const string Timeout = "TIMEOUT";
+    public const string IoError = "IO_ERROR";
+    /// <summary>A fault injected into a sim adapter by a test.</summary>
+    public const string InjectedFault = "INJECTED_FAULT";
+}
+
+/// <summary>
+/// The typed failure of a host operation. Inside a process it travels as this exception; on the
+/// wire it becomes an <c>OperationFailed(code, message)</c> result.
+/// </summary>
+public sealed class OperationFailedException(string code, string message, Exception? inner = null)
+    : Exception(message, inner)
+{
+    public string Code { get; } = code;
+    public override string ToString() => $"{Code}: {Message}";
+}

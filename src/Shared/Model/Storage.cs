@@ -1,0 +1,48 @@
+namespace LiveMigration.Shared.Model;
+
+public enum VolumeType { Internal, Leaf }
+public enum VolumeFormat { Cow, Raw }
+public enum Legality { Legal, Illegal }
+
+/// <summary>One layer of an image as a domain's metadata describes it.</summary>
+public sealed record VolumeInfo(
+    DomainId Domain,
+    ImageId Image,
+    VolumeId Id,
+    /// <summary>The parent, or null for a base volume. Its domain differs from <see cref="Domain"/> for a cross-domain parent.</summary>
+    VolumeRef? Parent,
+    VolumeType Type,
+    VolumeFormat Format,
+    Legality Legality,
+    /// <summary>Virtual size in bytes, as the guest sees it.</summary>
+    long Capacity,
+    /// <summary>Bumped each time the volume's data or metadata is finalized (copy verified, re-pointed).</summary>
+    int Generation,
+    DateTimeOffset CreatedAt,
+    /// <summary>Bytes the volume takes on the domain (allocated, not virtual).</summary>
+    long AllocatedBytes);
+
+/// <summary>An image on one domain: its volumes ordered base → leaf, as far as they are on this domain.</summary>
+public sealed record ImageInfo(DomainId Domain, ImageId Id, IReadOnlyList<VolumeInfo> Volumes)
+{
+    public VolumeInfo Leaf => Volumes[^1];
+    public long Capacity => Volumes.Count == 0 ? 0 : Volumes[^1].Capacity;
+}
+
+public sealed record DomainInfo(
+    DomainId Id,
+    string Name,
+    string Kind,
+    /// <summary>The capacity limit the domain was created with, in bytes.</summary>
+    long CapacityBytes,
+    /// <summary>Bytes the volumes on it take (allocated, as volumes are thin).</summary>
+    long UsedBytes,
+    /// <summary>Free bytes on the file system (or the sim's model) under the domain.</summary>
+    long FilesystemFreeBytes)
+{
+    /// <summary>What new data may still take: the lower of the capacity left and the file system's free space.</summary>
+    public long AvailableBytes => Math.Max(0, Math.Min(CapacityBytes - UsedBytes, FilesystemFreeBytes));
+}
+
+/// <summary>Progress of a long copy, in bytes.</summary>
+public readonly record struct CopyProgress(long Done, long Total);
