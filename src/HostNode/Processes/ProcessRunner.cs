@@ -1,0 +1,73 @@
+using System.Diagnostics;
+using System.Text;
+using LiveMigration.Shared.Model;
+
+namespace LiveMigration.HostNode.Processes;
+
+public sealed record ProcessResult(int ExitCode, string StandardOutput, string StandardError)
+{
+    public bool Succeeded => ExitCode == 0;
+}
+
+/// <summary>
+/// Runs an external program (qemu-img and friends) with an argument list, never a shell string,
+/// and collects its output. Cancelling kills the process tree so no writer is left behind.
+/// </summary>
+public static class ProcessRunner
+{
+    public static async Task<ProcessResult> RunAsync(string program, IEnumerable<string> arguments,
+        CancellationToken ct = default, string? workingDirectory = null)
+    {
+        var psi = new ProcessStartInfo(program)
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            RedirectStandardInput = false,
+            UseShellExecute = false,
+            WorkingDirectory = workingDirectory ?? "",
+        };
+        foreach (var a in arguments) psi.ArgumentList.Add(a);
+
+        using var process = new Process { StartInfo = psi };
+        var stdout = new StringBuilder();
+        var stderr = new StringBuilder();
+        process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (stdout) stdout.AppendLine(e.Data); };
+        process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (stderr) stderr.AppendLine(e.Data); };
+        try
+        {
+            process.Start();
+        }
+        catch (System.ComponentModel.Win32Exception e)
+        {
+            throw new OperationFailedException(ErrorCodes.IoError, $"cannot start {program}: {e.Message} (is it installed?)", e);
+        }
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        try
+        {
+            await process.WaitForExitAsync(ct);
+        }
+        catch (OperationCanceledException)
+        {
+            try { process.Kill(entireProcessTree: true); } catch (InvalidOperationException) { }
+            throw;
+        }
+        process.WaitForExit(); // flushes the asynchronous output readers
+        return new ProcessResult(process.ExitCode, stdout.ToString(), stderr.ToString());
+    }
+
+    /// <summary>Runs the program and throws <see cref="OperationFailedException"/> with its own message when it fails.</summary>
+    public static async Task<string> RunCheckedAsync(string program, IEnumerable<string> arguments, string errorCode,
+        CancellationToken ct = default)
+    {
+        var args = arguments.ToList();
+        var result = await RunAsync(program, args, ct);
+        if (!result.Succeeded)
+        {
+            var message = (result.StandardError.Trim() is { Length: > 0 } err ? err : result.StandardOutput.Trim());
+            throw new OperationFailedException(errorCode,
+                $"{program} {string.Join(' ', args.Take(2))}… failed (exit {result.ExitCode}): {message}");
+        }
+        return result.StandardOutput;
+    }
+}
