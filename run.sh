@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The two things a newcomer does: `./run.sh demo` and `./run.sh test`.
+# Both install what they need on a fresh Debian machine (QEMU from Debian packages, NuGet restore).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+need_packages() {
+  local missing=()
+  command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
+  { command -v qemu-img >/dev/null && command -v qemu-nbd >/dev/null && command -v qemu-io >/dev/null; } || missing+=(qemu-utils)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]} from Debian packages…" >&2
+    if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+build() {
+  export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
+  dotnet build LiveMigration.Akka.sln -c Release -nologo -v quiet -clp:ErrorsOnly
+}
+
+case "${1:-}" in
+  demo)
+    shift
+    need_packages
+    build
+    exec dotnet src/Demo/bin/Release/net10.0/LiveMigration.Demo.dll "$@"
+    ;;
+  test)
+    shift
+    need_packages
+    build
+    mkdir -p artifacts
+    log=artifacts/test-output.txt
+    set +e
+    dotnet test LiveMigration.Akka.sln -c Release --no-build -nologo \
+      --logger "console;verbosity=normal" --results-directory artifacts/test-results "$@" 2>&1 | tee "$log"
+    status=${PIPESTATUS[0]}
+    set -e
+    # One plain closing line for CI, summed over the test projects.
+    sum() { grep -oE "$1: +[0-9]+" "$log" | awk '{ n += $2 } END { print n + 0 }'; }
+    echo "$(sum Passed) passed, $(sum Failed) failed, $(sum Skipped) skipped"
+    exit "$status"
+    ;;
+  *)
+    echo "usage: ./run.sh demo [--data-dir DIR]   run the demo (migrates a running VM's disk while it writes)" >&2
+    echo "       ./run.sh test [dotnet test args]  run the whole test suite" >&2
+    exit 2
+    ;;
+esac
