@@ -387,7 +387,7 @@ public sealed class FileStorageDomain : IStorageDomain
             var total = original.AllocatedBytes;
             progress?.Report(new CopyProgress(0, total));
             // The twin's header already names its parent (created by the clone, or re-pointed since).
-            var backing = twin.Parent is null ? null : await QemuImg.BackingFileAsync(twinPath, ct)
+            (string Path, VolumeFormat Format)? backing = twin.Parent is null ? null : await QemuImg.BackingFileAsync(twinPath, ct)
                 ?? throw new OperationFailedException(ErrorCodes.Conflict,
                     $"volume {volume} on domain {Id} has parent {twin.Parent} in its metadata but no backing file in its header");
 
