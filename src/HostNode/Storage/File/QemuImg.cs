@@ -109,14 +109,16 @@ internal static class QemuImg
     /// Copies one layer into its existing twin. With a parent, -B makes qemu-img skip what the
     /// source layer does not allocate itself (the parent's data), so exactly that layer moves,
     /// zero clusters included; the source is opened with its chain, which is why the parent must
-    /// be readable. -U: the source is a read-only backing of a running QEMU at most (only the
-    /// active layer is written, and that is mirrored, never copied here), so sharing it is safe.
+    /// be readable. No -U (force share) on purpose: a running QEMU holds its backing layers
+    /// read-only, which qemu-img may share (tried here with QEMU 7.2), but it holds the write lock
+    /// on its active layer, and a copy of a layer still being written would be torn; qemu-img's
+    /// "Failed to get shared write lock" error refuses exactly that case.
     /// </summary>
     public static Task ConvertLayerAsync(string source, string destination, VolumeFormat format, string? parentBacking,
         VolumeFormat? parentFormat, CancellationToken ct)
     {
         var fmt = FormatName(format);
-        var args = new List<string> { "convert", "-U", "-n", "-W", "-f", fmt, "-O", fmt };
+        var args = new List<string> { "convert", "-n", "-W", "-f", fmt, "-O", fmt };
         if (parentBacking is not null)
             args.AddRange(["-B", parentBacking, "-F", FormatName(parentFormat ?? VolumeFormat.Cow)]);
         args.Add(source);

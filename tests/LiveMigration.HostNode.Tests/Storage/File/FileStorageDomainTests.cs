@@ -305,6 +305,57 @@ public sealed class FileStorageDomainTests : IDisposable
         Assert.Equal((Legality.Legal, 1), (retried.Legality, retried.Generation));
     }
 
+    [Fact]
+    public async Task A_twin_that_does_not_verify_stays_illegal()
+    {
+        var source = await _temp.NewDomainAsync("source");
+        var destination = await _temp.NewDomainAsync("destination");
+        var (image, volumes) = await ThreeVolumeChainAsync(source);
+        await destination.CloneImageStructureAsync(source, image);
+        // Data the source layer does not hold: it would hide the parent there.
+        await TempDomainRoot.WriteAsync(destination.Locate(image, volumes[1]), VolumeFormat.Cow, 14 << 20, 64 << 10, 0x66);
+
+        var error = await RefusedAsync(ErrorCodes.VerifyFailed, () => destination.CopyVolumeDataAsync(source, image, volumes[1]));
+
+        Assert.Contains(volumes[1].ToString(), error.Message);
+        Assert.Equal(Legality.Illegal, (await destination.DescribeVolumeAsync(image, volumes[1])).Legality);
+    }
+
+    [Fact]
+    public async Task A_layer_a_running_qemu_holds_as_backing_copies_and_its_active_layer_is_refused()
+    {
+        var source = await _temp.NewDomainAsync("source");
+        var destination = await _temp.NewDomainAsync("destination");
+        var (image, volumes) = await ThreeVolumeChainAsync(source);
+        await destination.CloneImageStructureAsync(source, image);
+        var leaf = source.Locate(image, volumes[2]);
+        using var qemu = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("qemu-system-x86_64")
+        {
+            ArgumentList = { "-M", "none", "-nodefaults", "-display", "none",
+                             "-blockdev", $"driver=qcow2,node-name=leaf,file.driver=file,file.filename={leaf}" },
+            RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
+        })!;
+        try
+        {
+            // QEMU has the chain open once its write lock on the leaf refuses a reader.
+            for (var i = 0; i < 100 && (await Processes.ProcessRunner.RunAsync("qemu-img", ["info", leaf])).Succeeded; i++)
+                await Task.Delay(50);
+            Assert.False(qemu.HasExited, "QEMU did not start");
+
+            var mid = await destination.CopyVolumeDataAsync(source, image, volumes[1]);
+            var error = await RefusedAsync(ErrorCodes.QemuImgFailed, () => destination.CopyVolumeDataAsync(source, image, volumes[2]));
+
+            Assert.Equal(Legality.Legal, mid.Legality);
+            Assert.Contains("lock", error.Message);
+            Assert.Equal(Legality.Illegal, (await destination.DescribeVolumeAsync(image, volumes[2])).Legality);
+        }
+        finally
+        {
+            qemu.Kill();
+            await qemu.WaitForExitAsync();
+        }
+    }
+
     /// <summary>Reports on the caller's thread (Progress&lt;T&gt; posts to the thread pool, too late for assertions).</summary>
     private sealed class SynchronousProgress(Action<CopyProgress> onReport) : IProgress<CopyProgress>
     {
