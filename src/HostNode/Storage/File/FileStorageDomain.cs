@@ -1,0 +1,592 @@
+using System.Collections.Concurrent;
+using LiveMigration.Shared.Model;
+using IOFile = System.IO.File;
+
+namespace LiveMigration.HostNode.Storage.File;
+
+/// <summary>
+/// The <c>file</c> storage domain: a folder in the VDSM-like layout of DESIGN §4, its volumes
+/// made and copied with qemu-img, its metadata in KEY=VALUE files written atomically.
+/// Every path is built from typed UUID ids; names read from disk are parsed as UUIDs first and
+/// anything else is ignored, so nothing from outside can steer a path out of the domain.
+/// </summary>
+public sealed class FileStorageDomain : IStorageDomain
+{
+    public const string FileKind = DomainMetadata.FileKind;
+    private const string MetaSuffix = ".meta";
+    /// <summary>What an empty qcow2 overlay takes on disk (header, tables), counted before creating one.</summary>
+    private const long EmptyQcow2Bytes = 1024 * 1024;
+    private static readonly TimeSpan ProgressPollInterval = TimeSpan.FromMilliseconds(100);
+
+    // Keyed by full path so that two instances attached to the same folder still serialize.
+    private static readonly ConcurrentDictionary<string, SemaphoreSlim> Locks = new(StringComparer.Ordinal);
+
+    private readonly DomainMetadata _metadata;
+
+    private FileStorageDomain(string domainPath, DomainMetadata metadata)
+    {
+        DomainPath = domainPath;
+        _metadata = metadata;
+    }
+
+    public DomainId Id => _metadata.Id;
+    public string Kind => FileKind;
+    public string Name => _metadata.Name;
+    /// <summary><c>&lt;domainRoot&gt;/&lt;id&gt;</c>, absolute.</summary>
+    public string DomainPath { get; }
+    private string ImagesPath => Path.Combine(DomainPath, "images");
+
+    /// <summary>Creates the domain's folder and metadata; repeating it with the same name and capacity attaches to it.</summary>
+    public static async Task<FileStorageDomain> CreateAsync(string domainRoot, DomainId id, string name, long capacityBytes,
+        CancellationToken ct = default)
+    {
+        DomainMetadata.ValidateName(name);
+        if (capacityBytes <= 0)
+            throw new OperationFailedException(ErrorCodes.InvalidArgument, $"storage domain capacity must be positive, got {capacityBytes} bytes");
+        var domainPath = DomainPathOf(domainRoot, id);
+        var metadataPath = MetadataPathOf(domainPath);
+        await WithLockAsync(domainPath, async () =>
+        {
+            if (IOFile.Exists(metadataPath))
+            {
+                var existing = DomainMetadata.Parse(await KeyValueFile.ReadAsync(metadataPath, ct), metadataPath);
+                if (existing.Id != id || existing.Name != name || existing.CapacityBytes != capacityBytes)
+                    throw new OperationFailedException(ErrorCodes.Conflict,
+                        $"storage domain {id} exists at {domainPath} as '{existing.Name}' with capacity {existing.CapacityBytes} bytes; " +
+                        $"asked for '{name}' with {capacityBytes} bytes");
+            }
+            else
+            {
+                Directory.CreateDirectory(Path.Combine(domainPath, "images"));
+                Directory.CreateDirectory(Path.GetDirectoryName(metadataPath)!);
+                await KeyValueFile.WriteAtomicallyAsync(metadataPath, new DomainMetadata(name, id, "", capacityBytes).ToKeyValues(), ct);
+                Posix.FsyncDirectory(domainPath);
+            }
+        }, ct);
+        return await AttachAsync(domainRoot, id, ct);
+    }
+
+    /// <summary>Opens an existing domain.</summary>
+    public static async Task<FileStorageDomain> AttachAsync(string domainRoot, DomainId id, CancellationToken ct = default)
+    {
+        var domainPath = DomainPathOf(domainRoot, id);
+        var metadataPath = MetadataPathOf(domainPath);
+        if (!IOFile.Exists(metadataPath))
+            throw new OperationFailedException(ErrorCodes.DomainNotFound, $"no storage domain {id} under {Path.GetFullPath(domainRoot)}");
+        var metadata = DomainMetadata.Parse(await KeyValueFile.ReadAsync(metadataPath, ct), metadataPath);
+        if (metadata.Id != id)
+            throw new OperationFailedException(ErrorCodes.Conflict, $"domain folder {domainPath} holds metadata of domain {metadata.Id}");
+        Directory.CreateDirectory(Path.Combine(domainPath, "images"));
+        return new FileStorageDomain(domainPath, metadata);
+    }
+
+    private static string DomainPathOf(string domainRoot, DomainId id)
+    {
+        if (string.IsNullOrWhiteSpace(domainRoot))
+            throw new OperationFailedException(ErrorCodes.InvalidArgument, "the domain root folder must be given");
+        return Path.Combine(Path.GetFullPath(domainRoot), id.ToString());
+    }
+
+    private static string MetadataPathOf(string domainPath) => Path.Combine(domainPath, "dom_md", "metadata");
+
+    // ---------------------------------------------------------------- reading
+
+    public Task<DomainInfo> DescribeAsync(CancellationToken ct = default)
+    {
+        long used = 0;
+        foreach (var imageFolder in ImageFolders())
+            foreach (var file in Directory.EnumerateFiles(imageFolder))
+                used += Posix.AllocatedBytes(file);
+        long free;
+        try
+        {
+            free = new DriveInfo(DomainPath).AvailableFreeSpace;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
+        {
+            throw new OperationFailedException(ErrorCodes.IoError, $"cannot read the free space under {DomainPath}: {e.Message}", e);
+        }
+        return Task.FromResult(new DomainInfo(Id, Name, Kind, _metadata.CapacityBytes, used, free));
+    }
+
+    public Task<IReadOnlyList<ImageId>> ListImagesAsync(CancellationToken ct = default) =>
+        Task.FromResult<IReadOnlyList<ImageId>>(ImageFolders()
+            .Select(folder => ImageId.Parse(Path.GetFileName(folder)))
+            .OrderBy(image => image.Value)
+            .ToList());
+
+    /// <summary>Image folders whose name is a UUID and that are real folders (a symlink could lead out of the domain).</summary>
+    private IEnumerable<string> ImageFolders() =>
+        Directory.Exists(ImagesPath)
+            ? Directory.EnumerateDirectories(ImagesPath)
+                .Where(folder => UuidText.TryParse(Path.GetFileName(folder), out _) && new DirectoryInfo(folder).LinkTarget is null)
+            : [];
+
+    public async Task<ImageInfo> DescribeImageAsync(ImageId image, CancellationToken ct = default)
+    {
+        var volumes = await ReadVolumesAsync(image, ct);
+        if (volumes.Count == 0)
+            throw new OperationFailedException(ErrorCodes.ImageNotFound, $"image {image} has no volumes on storage domain {Id} ({Name})");
+        return new ImageInfo(Id, image, OrderBaseToLeaf(volumes));
+    }
+
+    public async Task<VolumeInfo> DescribeVolumeAsync(ImageId image, VolumeId volume, CancellationToken ct = default)
+    {
+        var metaPath = MetaPath(image, volume);
+        if (!IOFile.Exists(metaPath))
+            throw new OperationFailedException(ErrorCodes.VolumeNotFound, $"volume {volume} of image {image} is not on storage domain {Id} ({Name})");
+        return ToInfo(image, volume, await ReadMetaAsync(image, volume, ct));
+    }
+
+    public string Locate(ImageId image, VolumeId volume) => Path.Combine(ImagePath(image), volume.ToString());
+
+    private string ImagePath(ImageId image) => Path.Combine(ImagesPath, image.ToString());
+    private string MetaPath(ImageId image, VolumeId volume) => Locate(image, volume) + MetaSuffix;
+
+    private async Task<VolumeMetadata> ReadMetaAsync(ImageId image, VolumeId volume, CancellationToken ct)
+    {
+        var path = MetaPath(image, volume);
+        var meta = VolumeMetadata.Parse(await KeyValueFile.ReadAsync(path, ct), path);
+        if (meta.Domain != Id || meta.Image != image)
+            throw new OperationFailedException(ErrorCodes.IoError,
+                $"volume metadata {path} names domain {meta.Domain} image {meta.Image}, expected domain {Id} image {image}");
+        return meta;
+    }
+
+    private Task WriteMetaAsync(ImageId image, VolumeId volume, VolumeMetadata meta, CancellationToken ct) =>
+        KeyValueFile.WriteAtomicallyAsync(MetaPath(image, volume), meta.ToKeyValues(), ct);
+
+    private VolumeInfo ToInfo(ImageId image, VolumeId volume, VolumeMetadata meta) =>
+        new(Id, image, volume, meta.Parent, meta.Type, meta.Format, meta.Legality, meta.Capacity, meta.Generation,
+            DateTimeOffset.FromUnixTimeSeconds(meta.CreatedUnixSeconds), Posix.AllocatedBytes(Locate(image, volume)));
+
+    /// <summary>Every volume of the image that has metadata; files whose name is not a UUID are ignored.</summary>
+    private async Task<List<VolumeInfo>> ReadVolumesAsync(ImageId image, CancellationToken ct)
+    {
+        var folder = ImagePath(image);
+        var volumes = new List<VolumeInfo>();
+        if (!Directory.Exists(folder)) return volumes;
+        foreach (var metaPath in Directory.EnumerateFiles(folder, "*" + MetaSuffix))
+        {
+            var name = Path.GetFileName(metaPath)[..^MetaSuffix.Length];
+            if (!UuidText.TryParse(name, out var volumeGuid)) continue;
+            var volume = new VolumeId(volumeGuid);
+            volumes.Add(ToInfo(image, volume, await ReadMetaAsync(image, volume, ct)));
+        }
+        return volumes;
+    }
+
+    /// <summary>
+    /// Base → leaf. The leaf is the volume nobody here names as parent, preferring one typed LEAF
+    /// and LEGAL (a post-copy destination briefly holds both the new leaf and the copied chain).
+    /// Volumes off the leaf's chain come first, so <see cref="ImageInfo.Leaf"/> stays the leaf.
+    /// </summary>
+    private IReadOnlyList<VolumeInfo> OrderBaseToLeaf(List<VolumeInfo> volumes)
+    {
+        var byId = volumes.ToDictionary(v => v.Id);
+        var parentsHere = volumes.Where(v => v.Parent is { } p && p.Domain == Id).Select(v => v.Parent!.Value.Volume).ToHashSet();
+        var tip = volumes
+            .Where(v => !parentsHere.Contains(v.Id))
+            .OrderByDescending(v => v.Type == VolumeType.Leaf)
+            .ThenByDescending(v => v.Legality == Legality.Legal)
+            .ThenByDescending(v => v.CreatedAt)
+            .ThenBy(v => v.Id.Value)
+            .FirstOrDefault() ?? volumes.OrderBy(v => v.Id.Value).First(); // only a parent loop leaves no tip
+
+        var chain = new List<VolumeInfo>();
+        var seen = new HashSet<VolumeId>();
+        for (VolumeInfo? current = tip; current is not null && seen.Add(current.Id);)
+        {
+            chain.Add(current);
+            current = current.Parent is { } p && p.Domain == Id && byId.TryGetValue(p.Volume, out var parent) ? parent : null;
+        }
+        chain.Reverse();
+        var rest = volumes.Where(v => !seen.Contains(v.Id)).OrderBy(v => Depth(v, byId)).ThenBy(v => v.Id.Value);
+        return rest.Concat(chain).ToList();
+    }
+
+    private int Depth(VolumeInfo volume, Dictionary<VolumeId, VolumeInfo> byId)
+    {
+        var depth = 0;
+        for (var current = volume; current.Parent is { } p && p.Domain == Id && byId.TryGetValue(p.Volume, out var parent) && depth < 256; current = parent)
+            depth++;
+        return depth;
+    }
+
+    // ---------------------------------------------------------------- creating
+
+    public async Task<VolumeInfo> CreateVolumeAsync(NewVolume spec, IStorageDomain? parentDomain = null, CancellationToken ct = default)
+    {
+        ValidateSpec(spec);
+        var parent = await ResolveParentAsync(spec.Image, spec.Parent, parentDomain, ct);
+        if (parent is not null && parent.Info.Capacity > spec.Capacity)
+            throw new OperationFailedException(ErrorCodes.InvalidArgument,
+                $"volume {spec.Id} of {spec.Capacity} bytes cannot lie over parent {parent.Info.Id} of {parent.Info.Capacity} bytes");
+        return await WithLockAsync(ImagePath(spec.Image), async () =>
+        {
+            if (await ExistingMatchingAsync(spec, ct) is { } existing) return existing;
+            await EnsureSpaceAsync(spec.Format == VolumeFormat.Raw ? spec.Capacity : EmptyQcow2Bytes,
+                $"a {QemuImg.FormatName(spec.Format)} volume {spec.Id} of {spec.Capacity} bytes", ct);
+            return await CreateLockedAsync(spec, parent, VolumeType.Leaf, clusterSize: null, ct);
+        }, ct);
+    }
+
+    private static void ValidateSpec(NewVolume spec)
+    {
+        if (spec.Capacity <= 0 || spec.Capacity % 512 != 0)
+            throw new OperationFailedException(ErrorCodes.InvalidArgument,
+                $"volume {spec.Id} capacity must be a positive multiple of 512 bytes, got {spec.Capacity}");
+        if (spec.Format == VolumeFormat.Raw && spec.Parent is not null)
+            throw new OperationFailedException(ErrorCodes.InvalidArgument, $"volume {spec.Id}: only a base volume can be RAW, it has parent {spec.Parent}");
+        if (spec.Id.IsBlank || spec.Parent is { } p && (p.Volume.IsBlank || p.Volume == spec.Id))
+            throw new OperationFailedException(ErrorCodes.InvalidId, $"volume {spec.Id} cannot be blank or its own parent ({spec.Parent})");
+    }
+
+    /// <summary>A parent as the new volume's backing names it: its id in the image folder, or its absolute path on another domain.</summary>
+    private sealed record ResolvedParent(VolumeInfo Info, string Backing);
+
+    private async Task<ResolvedParent?> ResolveParentAsync(ImageId image, VolumeRef? parentRef, IStorageDomain? parentDomain, CancellationToken ct)
+    {
+        if (parentRef is not { } p) return null;
+        if (p.Domain == Id)
+            return new ResolvedParent(await DescribeVolumeAsync(image, p.Volume, ct), p.Volume.ToString());
+        if (parentDomain is null || parentDomain.Id != p.Domain)
+            throw new OperationFailedException(ErrorCodes.InvalidArgument,
+                $"parent {p} is on another domain: that domain must be given (got {parentDomain?.Id.ToString() ?? "none"})");
+        if (parentDomain.Kind != FileKind)
+            throw new OperationFailedException(ErrorCodes.InvalidArgument,
+                $"parent domain {parentDomain.Id} is of kind {parentDomain.Kind}; a file domain can only lie over a file domain");
+        var info = await parentDomain.DescribeVolumeAsync(image, p.Volume, ct);
+        return new ResolvedParent(info, parentDomain.Locate(image, p.Volume));
+    }
+
+    /// <summary>The volume when it exists with the same spec (legality aside: it changes over a volume's life); CONFLICT when it differs.</summary>
+    private async Task<VolumeInfo?> ExistingMatchingAsync(NewVolume spec, CancellationToken ct)
+    {
+        if (!IOFile.Exists(MetaPath(spec.Image, spec.Id))) return null;
+        var existing = await DescribeVolumeAsync(spec.Image, spec.Id, ct);
+        if (existing.Format != spec.Format || existing.Capacity != spec.Capacity || existing.Parent != spec.Parent)
+            throw new OperationFailedException(ErrorCodes.Conflict,
+                $"volume {spec.Id} of image {spec.Image} exists on domain {Id} as {existing.Format} {existing.Capacity} bytes over " +
+                $"{existing.Parent?.ToString() ?? "nothing"}; asked for {spec.Format} {spec.Capacity} bytes over {spec.Parent?.ToString() ?? "nothing"}");
+        return existing;
+    }
+
+    /// <summary>
+    /// File first, then the parent turned INTERNAL, then the metadata: until the .meta exists the
+    /// volume does not exist, so a retry after a crash simply makes the file again.
+    /// </summary>
+    private async Task<VolumeInfo> CreateLockedAsync(NewVolume spec, ResolvedParent? parent, VolumeType type, long? clusterSize,
+        CancellationToken ct)
+    {
+        Directory.CreateDirectory(ImagePath(spec.Image));
+        var path = Locate(spec.Image, spec.Id);
+        await QemuImg.CreateAsync(path, spec.Format, spec.Capacity, parent?.Backing, parent?.Info.Format, clusterSize, ct);
+        Posix.FsyncFile(path);
+        if (parent is not null && parent.Info.Domain == Id && parent.Info.Type != VolumeType.Internal)
+            await WriteMetaAsync(spec.Image, parent.Info.Id, (await ReadMetaAsync(spec.Image, parent.Info.Id, ct)) with { Type = VolumeType.Internal }, ct);
+        var meta = new VolumeMetadata(Id, spec.Image, spec.Parent, type, spec.Format, spec.Legality, spec.Capacity, 0,
+            DateTimeOffset.UtcNow.ToUnixTimeSeconds());
+        await WriteMetaAsync(spec.Image, spec.Id, meta, ct);
+        return ToInfo(spec.Image, spec.Id, meta);
+    }
+
+    private async Task EnsureSpaceAsync(long neededBytes, string what, CancellationToken ct)
+    {
+        var info = await DescribeAsync(ct);
+        if (neededBytes > info.AvailableBytes)
+            throw new OperationFailedException(ErrorCodes.NotEnoughSpace,
+                $"storage domain {Id} ({Name}) has {info.AvailableBytes} bytes available " +
+                $"(capacity limit {info.CapacityBytes}, used {info.UsedBytes}, file system free {info.FilesystemFreeBytes}); " +
+                $"{what} needs {neededBytes} bytes");
+    }
+
+    public async Task<ImageInfo> CloneImageStructureAsync(IStorageDomain source, ImageId image, CancellationToken ct = default)
+    {
+        RequireOtherFileDomain(source);
+        var sourceImage = await source.DescribeImageAsync(image, ct);
+        var sourceIds = sourceImage.Volumes.Select(v => v.Id).ToHashSet();
+        await WithLockAsync(ImagePath(image), async () =>
+        {
+            var here = (await ReadVolumesAsync(image, ct)).ToDictionary(v => v.Id);
+            var specs = new List<(NewVolume Spec, VolumeInfo Source)>();
+            // Parents before children, whatever order the source listed them in.
+            var sourceById = sourceImage.Volumes.ToDictionary(v => v.Id);
+            int SourceDepth(VolumeInfo v)
+            {
+                var depth = 0;
+                for (var c = v; c.Parent is { } p && sourceById.TryGetValue(p.Volume, out var up) && depth < 256; c = up) depth++;
+                return depth;
+            }
+            foreach (var volume in sourceImage.Volumes.OrderBy(SourceDepth))
+            {
+                VolumeRef? parent = volume.Parent switch
+                {
+                    null => null,
+                    { } p when p.Domain == source.Id || p.Domain == Id => new VolumeRef(Id, p.Volume),
+                    { } p => throw new OperationFailedException(ErrorCodes.Conflict,
+                        $"volume {volume.Id} of image {image} on domain {source.Id} lies over {p} on a third domain; clone that chain from there"),
+                };
+                var spec = new NewVolume(image, volume.Id, volume.Format, volume.Capacity, parent, Legality.Illegal);
+                if (await ExistingMatchingAsync(spec, ct) is null) specs.Add((spec, volume));
+            }
+            if (specs.Count == 0) return;
+            var needed = specs.Sum(s => s.Source.AllocatedBytes);
+            await EnsureSpaceAsync(needed,
+                $"the copy of image {image} from domain {source.Id} ({specs.Count} volumes, {needed} allocated bytes)", ct);
+            foreach (var (spec, sourceVolume) in specs)
+            {
+                // A twin is INTERNAL when anything (on the source, or already here) lies over it.
+                var hasChild = sourceImage.Volumes.Any(v => v.Parent?.Volume == spec.Id)
+                               || here.Values.Any(v => v.Parent?.Volume == spec.Id && !sourceIds.Contains(v.Id));
+                var clusterSize = spec.Format == VolumeFormat.Cow
+                    ? await QemuImg.ClusterSizeAsync(source.Locate(image, spec.Id), ct)
+                    : (long?)null;
+                var parent = spec.Parent is { } p
+                    ? new ResolvedParent(await DescribeVolumeAsync(image, p.Volume, ct), p.Volume.ToString())
+                    : null;
+                await CreateLockedAsync(spec, parent, hasChild ? VolumeType.Internal : VolumeType.Leaf, clusterSize, ct);
+            }
+        }, ct);
+        return await DescribeImageAsync(image, ct);
+    }
+
+    private void RequireOtherFileDomain(IStorageDomain source)
+    {
+        if (source.Kind != FileKind)
+            throw new OperationFailedException(ErrorCodes.InvalidArgument, $"source domain {source.Id} is of kind {source.Kind}; expected {FileKind}");
+        if (source.Id == Id)
+            throw new OperationFailedException(ErrorCodes.InvalidArgument, $"source and destination are the same storage domain {Id}");
+    }
+
+    // ---------------------------------------------------------------- copying
+
+    public async Task<VolumeInfo> CopyVolumeDataAsync(IStorageDomain source, ImageId image, VolumeId volume,
+        IProgress<CopyProgress>? progress = null, CancellationToken ct = default)
+    {
+        RequireOtherFileDomain(source);
+        var twinPath = Locate(image, volume);
+        // One copy per twin at a time; a second caller waits and then finds it LEGAL.
+        return await WithLockAsync(twinPath, async () =>
+        {
+            var twin = await DescribeVolumeAsync(image, volume, ct);
+            if (twin.Legality == Legality.Legal) return twin;
+            var original = await source.DescribeVolumeAsync(image, volume, ct);
+            if (original.Legality != Legality.Legal)
+                throw new OperationFailedException(ErrorCodes.Conflict,
+                    $"source volume {volume} of image {image} on domain {source.Id} is ILLEGAL: its data is not complete, nothing to copy");
+            if (original.Format != twin.Format || original.Capacity != twin.Capacity || original.Parent?.Volume != twin.Parent?.Volume)
+                throw new OperationFailedException(ErrorCodes.Conflict,
+                    $"volume {volume} on domain {Id} ({twin.Format}, {twin.Capacity} bytes, parent {twin.Parent?.ToString() ?? "none"}) " +
+                    $"is not a twin of the one on domain {source.Id} ({original.Format}, {original.Capacity} bytes, parent {original.Parent?.ToString() ?? "none"})");
+            var startAllocated = twin.AllocatedBytes;
+            await EnsureSpaceAsync(Math.Max(0, original.AllocatedBytes - startAllocated),
+                $"the data of volume {volume} copied from domain {source.Id}", ct);
+
+            var sourcePath = source.Locate(image, volume);
+            var total = original.AllocatedBytes;
+            progress?.Report(new CopyProgress(0, total));
+            // The twin's header already names its parent (created by the clone, or re-pointed since).
+            (string Path, VolumeFormat Format)? backing = twin.Parent is null ? null : await QemuImg.BackingFileAsync(twinPath, ct)
+                ?? throw new OperationFailedException(ErrorCodes.Conflict,
+                    $"volume {volume} on domain {Id} has parent {twin.Parent} in its metadata but no backing file in its header");
+
+            using var stopPolling = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            var polling = ReportWhileCopyingAsync(twinPath, startAllocated, total, progress, stopPolling.Token);
+            try
+            {
+                await QemuImg.ConvertLayerAsync(sourcePath, twinPath, twin.Format, backing?.Path, backing?.Format, ct);
+            }
+            finally
+            {
+                await stopPolling.CancelAsync();
+                await polling;
+            }
+            Posix.FsyncFile(twinPath);
+            await VerifyLayerAsync(original, sourcePath, twin, twinPath, ct);
+
+            return await WithLockAsync(ImagePath(image), async () =>
+            {
+                var meta = await ReadMetaAsync(image, volume, ct);
+                var legal = meta with { Legality = Legality.Legal, Generation = meta.Generation + 1 };
+                await WriteMetaAsync(image, volume, legal, ct);
+                progress?.Report(new CopyProgress(total, total));
+                return ToInfo(image, volume, legal);
+            }, ct);
+        }, ct);
+    }
+
+    /// <summary>Progress as the twin's allocation grows (qemu-img writes only what the layer allocates).</summary>
+    private static async Task ReportWhileCopyingAsync(string twinPath, long startAllocated, long total, IProgress<CopyProgress>? progress,
+        CancellationToken stop)
+    {
+        if (progress is null) return;
+        try
+        {
+            while (true)
+            {
+                await Task.Delay(ProgressPollInterval, stop);
+                var done = Math.Clamp(Posix.AllocatedBytes(twinPath) - startAllocated, 0, Math.Max(0, total - 1));
+                progress.Report(new CopyProgress(done, total));
+            }
+        }
+        catch (OperationCanceledException)
+        {
+            // the copy ended
+        }
+    }
+
+    /// <summary>
+    /// Proves the twin holds exactly the source's layer, independently of the parents (which may
+    /// still be being copied):
+    /// - a layer with a parent: both opened alone (backing null) must allocate the same ranges
+    ///   (a range allocated on one side only would show or hide the parent's data), and read the
+    ///   same bytes there (qemu-img compare of the two layers alone; unallocated reads as zero on
+    ///   both sides, so only the layer's own clusters can differ);
+    /// - a base: nothing lies below it, so reading identically (qemu-img compare) is the whole
+    ///   truth, whatever the allocation (a raw hole and written zeroes are the same data).
+    /// </summary>
+    private static async Task VerifyLayerAsync(VolumeInfo original, string sourcePath, VolumeInfo twin, string twinPath, CancellationToken ct)
+    {
+        if (twin.Parent is null)
+        {
+            var fmt = QemuImg.FormatName(twin.Format);
+            var (same, output) = await QemuImg.CompareAsync(sourcePath, fmt, twinPath, fmt, ct);
+            if (!same)
+                throw new OperationFailedException(ErrorCodes.VerifyFailed,
+                    $"base volume {twin.Id} of image {twin.Image}: the copy on domain {twin.Domain} differs from domain {original.Domain}: {output}");
+            return;
+        }
+        var sourceRanges = await QemuImg.AllocatedRangesOfLayerAsync(sourcePath, ct);
+        var twinRanges = await QemuImg.AllocatedRangesOfLayerAsync(twinPath, ct);
+        if (!sourceRanges.SequenceEqual(twinRanges))
+            throw new OperationFailedException(ErrorCodes.VerifyFailed,
+                $"volume {twin.Id} of image {twin.Image}: the copy on domain {twin.Domain} allocates {twinRanges.Sum(r => r.Length)} bytes " +
+                $"in {twinRanges.Count} ranges, the source on domain {original.Domain} {sourceRanges.Sum(r => r.Length)} bytes in {sourceRanges.Count} ranges");
+        var (equal, differences) = await QemuImg.CompareAsync(QemuImg.LayerAlone(sourcePath), null, QemuImg.LayerAlone(twinPath), null, ct);
+        if (!equal)
+            throw new OperationFailedException(ErrorCodes.VerifyFailed,
+                $"volume {twin.Id} of image {twin.Image}: the layer copied to domain {twin.Domain} differs from domain {original.Domain}: {differences}");
+    }
+
+    // ---------------------------------------------------------------- metadata changes
+
+    public async Task<VolumeInfo> SetParentAsync(ImageId image, VolumeId volume, VolumeRef newParent, IStorageDomain? parentDomain,
+        bool rewriteHeader, CancellationToken ct = default)
+    {
+        var current = await DescribeVolumeAsync(image, volume, ct);
+        if (current.Parent?.Volume != newParent.Volume)
+            throw new OperationFailedException(ErrorCodes.Conflict,
+                $"volume {volume} of image {image} lies over {current.Parent?.ToString() ?? "nothing"}; it can only be re-pointed to a copy " +
+                $"of that same volume, not to {newParent}");
+        var parent = (await ResolveParentAsync(image, newParent, parentDomain, ct))!;
+        if (parent.Info.Capacity > current.Capacity)
+            throw new OperationFailedException(ErrorCodes.Conflict,
+                $"parent {newParent} has {parent.Info.Capacity} bytes, more than volume {volume}'s {current.Capacity}");
+        return await WithLockAsync(ImagePath(image), async () =>
+        {
+            // Header first, metadata last: the metadata is the truth, and a retry redoes both.
+            if (rewriteHeader)
+                await QemuImg.RebaseUnsafeAsync(Locate(image, volume), parent.Backing, parent.Info.Format, ct);
+            if (parent.Info.Domain == Id && parent.Info.Type != VolumeType.Internal)
+                await WriteMetaAsync(image, parent.Info.Id, (await ReadMetaAsync(image, parent.Info.Id, ct)) with { Type = VolumeType.Internal }, ct);
+            var meta = await ReadMetaAsync(image, volume, ct);
+            if (meta.Parent == newParent) return ToInfo(image, volume, meta);
+            var repointed = meta with { Parent = newParent, Generation = meta.Generation + 1 };
+            await WriteMetaAsync(image, volume, repointed, ct);
+            return ToInfo(image, volume, repointed);
+        }, ct);
+    }
+
+    public Task<VolumeInfo> MarkLegalAsync(ImageId image, VolumeId volume, CancellationToken ct = default) =>
+        WithLockAsync(ImagePath(image), async () =>
+        {
+            var info = await DescribeVolumeAsync(image, volume, ct);
+            if (info.Legality == Legality.Legal) return info;
+            var meta = await ReadMetaAsync(image, volume, ct);
+            var legal = meta with { Legality = Legality.Legal, Generation = meta.Generation + 1 };
+            await WriteMetaAsync(image, volume, legal, ct);
+            return ToInfo(image, volume, legal);
+        }, ct);
+
+    // ---------------------------------------------------------------- removing
+
+    public Task DeleteImageAsync(ImageId image, CancellationToken ct = default) =>
+        WithLockAsync(ImagePath(image), async () =>
+        {
+            await DeleteLockedAsync(image, ct);
+            return true;
+        }, ct);
+
+    /// <summary>All ILLEGAL first, then the volume files, then the metadata and the folder: a crash leaves only ILLEGAL leftovers.</summary>
+    private async Task<List<VolumeInfo>> DeleteLockedAsync(ImageId image, CancellationToken ct)
+    {
+        var folder = ImagePath(image);
+        if (!Directory.Exists(folder)) return [];
+        var volumes = await ReadVolumesAsync(image, ct);
+        foreach (var volume in volumes.Where(v => v.Legality == Legality.Legal))
+            await WriteMetaAsync(image, volume.Id, (await ReadMetaAsync(image, volume.Id, ct)) with { Legality = Legality.Illegal }, ct);
+        foreach (var volume in volumes)
+            IOFile.Delete(Locate(image, volume.Id));
+        Posix.FsyncDirectory(folder);
+        // Whatever else is left (metadata, orphan files of an interrupted create, temp files) goes with the folder.
+        Directory.Delete(folder, recursive: true);
+        Posix.FsyncDirectory(ImagesPath);
+        return volumes.Select(v => v with { Legality = Legality.Illegal, AllocatedBytes = 0 }).ToList();
+    }
+
+    public async Task<IReadOnlyList<VolumeInfo>> RemoveIllegalLeftoversAsync(IReadOnlySet<ImageId> inUse, CancellationToken ct = default)
+    {
+        var removed = new List<VolumeInfo>();
+        foreach (var image in await ListImagesAsync(ct))
+        {
+            if (inUse.Contains(image)) continue;
+            await WithLockAsync(ImagePath(image), async () =>
+            {
+                var folder = ImagePath(image);
+                var volumes = await ReadVolumesAsync(image, ct);
+                var volumeIds = volumes.Select(v => v.Id.ToString()).ToHashSet(StringComparer.Ordinal);
+                // A UUID-named file without metadata is a create or delete that did not finish.
+                var orphans = Directory.EnumerateFiles(folder)
+                    .Select(Path.GetFileName)
+                    .Any(name => UuidText.TryParse(name, out _) && !volumeIds.Contains(name!));
+                if (volumes.Count == 0 || orphans || volumes.Any(v => v.Legality == Legality.Illegal))
+                {
+                    removed.AddRange(await DeleteLockedAsync(image, ct));
+                    return true;
+                }
+                foreach (var temp in Directory.EnumerateFiles(folder, "*" + KeyValueFile.TempSuffix))
+                    IOFile.Delete(temp);
+                return true;
+            }, ct);
+        }
+        foreach (var temp in Directory.EnumerateFiles(Path.Combine(DomainPath, "dom_md"), "*" + KeyValueFile.TempSuffix))
+            IOFile.Delete(temp);
+        return removed;
+    }
+
+    // ---------------------------------------------------------------- helpers
+
+    private static async Task<T> WithLockAsync<T>(string key, Func<Task<T>> action, CancellationToken ct)
+    {
+        var gate = Locks.GetOrAdd(key, _ => new SemaphoreSlim(1, 1));
+        await gate.WaitAsync(ct);
+        try
+        {
+            return await action();
+        }
+        finally
+        {
+            gate.Release();
+        }
+    }
+
+    private static Task WithLockAsync(string key, Func<Task> action, CancellationToken ct) =>
+        WithLockAsync(key, async () =>
+        {
+            await action();
+            return true;
+        }, ct);
+
+    public override string ToString() => $"file domain {Id} ({Name}) at {DomainPath}";
+}
