@@ -178,13 +178,8 @@ public sealed class DiskMover(StoragePool pool, IHypervisor hypervisor)
         long copied = 0;
         var final = await RollForwardAsync("clone-internal-volumes", options, async () =>
         {
-            foreach (var volume in srcImage.Volumes)
-            {
-                // The twin's parent is the parent's twin, on the destination too.
-                var parent = volume.Parent is { } p ? new VolumeRef(dst.Id, p.Volume) : (VolumeRef?)null;
-                await dst.CreateVolumeAsync(new NewVolume(image, volume.Id, volume.Format, volume.Capacity,
-                    parent, Legality.Illegal), null, ct);
-            }
+            // Twins of the old chain under the new leaf, empty and ILLEGAL until copied and verified.
+            await dst.CloneImageStructureAsync(src, image, ct);
             foreach (var volume in srcImage.Volumes)
             {
                 var step = $"clone-internal {volume.Id}";
