@@ -88,33 +88,41 @@ public sealed class NbdClient : IAsyncDisposable
         if (Encoding.UTF8.GetByteCount(exportName) > 4096)
             throw new OperationFailedException(ErrorCodes.InvalidArgument, "NBD export name is longer than 4096 bytes");
 
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        deadline.CancelAfter(timeout);
         var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-        var client = new NbdClient(socket, socketPath, exportName, timeout);
+        NbdClient? client = null;
         try
         {
-            using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
-            deadline.CancelAfter(timeout);
-            try
-            {
-                await socket.ConnectAsync(new UnixDomainSocketEndPoint(socketPath), deadline.Token);
-                await client.HandshakeAsync(deadline.Token);
-            }
-            catch (OperationCanceledException) when (!ct.IsCancellationRequested)
-            {
-                throw new OperationFailedException(ErrorCodes.IoError,
-                    $"NBD handshake with {socketPath} (export '{exportName}') did not finish within {timeout.TotalSeconds:0.#} s");
-            }
-            catch (Exception e) when (e is SocketException or IOException or EndOfStreamException)
-            {
-                throw new OperationFailedException(ErrorCodes.IoError,
-                    $"NBD connection to {socketPath} (export '{exportName}') failed: {e.Message}", e);
-            }
+            await socket.ConnectAsync(new UnixDomainSocketEndPoint(socketPath), deadline.Token);
+            client = new NbdClient(socket, socketPath, exportName, timeout);
+            await client.HandshakeAsync(deadline.Token);
             return client;
+        }
+        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+        {
+            await CloseAsync();
+            throw new OperationFailedException(ErrorCodes.IoError,
+                $"NBD handshake with {socketPath} (export '{exportName}') did not finish within {timeout.TotalSeconds:0.#} s");
+        }
+        catch (Exception e) when (e is SocketException or IOException or EndOfStreamException)
+        {
+            await CloseAsync();
+            throw new OperationFailedException(ErrorCodes.IoError,
+                $"NBD connection to {socketPath} (export '{exportName}') failed: {e.Message}", e);
         }
         catch
         {
-            await client.DisposeAsync();
+            await CloseAsync();
             throw;
+        }
+
+        async Task CloseAsync()
+        {
+            if (client is not null)
+                await client.DisposeAsync();
+            else
+                socket.Dispose();
         }
     }
 
