@@ -85,6 +85,7 @@ public sealed class GuestWorkloadTests(ITestOutputHelper output) : IAsyncLifetim
             await Task.Delay(10);
         var stats = await workload.StopAsync();
         Assert.Equal(0, stats.Errors);
+        Assert.True(stats.Writes >= 64 * 3, $"only {stats.Writes} writes");
         await _bed.KillNbdAsync();
 
         const long garbageOffset = 17 * 4096;
@@ -120,8 +121,9 @@ public sealed class GuestWorkloadTests(ITestOutputHelper output) : IAsyncLifetim
         await using (workload)
         {
             await workload.StartAsync();
-            while (workload.Stats.Writes < 200)
+            while (workload.Stats is { Writes: < 200, Running: true })
                 await Task.Delay(5);
+            Assert.Null(workload.Stats.LastError);
             await _bed.KillNbdAsync();
 
             var stoppedInTime = await Task.WhenAny(workload.Completion, Task.Delay(TimeSpan.FromSeconds(5)));
