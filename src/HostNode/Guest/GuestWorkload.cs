@@ -1,0 +1,272 @@
+using System.Diagnostics;
+using LiveMigration.Shared.Model;
+
+namespace LiveMigration.HostNode.Guest;
+
+public enum WritePattern { Sequential, Random }
+
+/// <summary>What the guest writes, where, and how fast.</summary>
+/// <param name="SocketPath">The unix socket of the drive's NBD export.</param>
+/// <param name="ExportName">The NBD export name on that socket.</param>
+/// <param name="Drive">The image the drive is; every block carries it.</param>
+/// <param name="RegionOffset">Start of the region written, in bytes; a multiple of <paramref name="BlockSize"/>.</param>
+/// <param name="RegionLength">Length of the region in bytes, a multiple of <paramref name="BlockSize"/>; 0 means up to the end of the disk.</param>
+/// <param name="LedgerPath">The ledger file, created or appended to (an existing one must be for the same drive and block size).</param>
+/// <param name="RateBytesPerSecond">Bytes per second to write; 0 writes as fast as the export acknowledges.</param>
+/// <param name="RandomSeed">Seed of the random pattern, so a run can be repeated.</param>
+/// <param name="ForceUnitAccess">Send every write with FUA, so an acknowledged write is durable on its own.</param>
+/// <param name="RequestTimeout">Per-request NBD timeout; a write slower than this counts as a lost connection. Default 30 s.</param>
+public sealed record GuestWorkloadOptions(
+    string SocketPath,
+    string ExportName,
+    ImageId Drive,
+    long RegionOffset,
+    long RegionLength,
+    string LedgerPath,
+    int BlockSize = BlockStamp.DefaultBlockSize,
+    long RateBytesPerSecond = 0,
+    WritePattern Pattern = WritePattern.Sequential,
+    int RandomSeed = 1,
+    bool ForceUnitAccess = false,
+    TimeSpan? RequestTimeout = null);
+
+/// <summary>A snapshot of a workload's counters.</summary>
+/// <param name="Writes">Writes the server acknowledged.</param>
+/// <param name="Bytes">Bytes in those writes.</param>
+/// <param name="Errors">Failed requests (the workload stops at the first one).</param>
+/// <param name="MaxLatency">The longest acknowledged write (the longest stall the guest saw) since the start or the last <see cref="GuestWorkload.ResetLongestStall"/>.</param>
+/// <param name="MaxLatencyAt">When that write was sent.</param>
+/// <param name="LastError">The error that stopped the workload, if any.</param>
+/// <param name="Running">True until the workload stopped (on request or on an error).</param>
+/// <param name="AverageLatency">Mean latency of the acknowledged writes.</param>
+/// <param name="Elapsed">Time since the workload started writing.</param>
+public sealed record GuestWorkloadStats(
+    long Writes,
+    long Bytes,
+    long Errors,
+    TimeSpan MaxLatency,
+    DateTimeOffset? MaxLatencyAt,
+    string? LastError,
+    bool Running,
+    TimeSpan AverageLatency,
+    TimeSpan Elapsed)
+{
+    public double MegabytesPerSecond => Elapsed > TimeSpan.Zero ? Bytes / 1048576.0 / Elapsed.TotalSeconds : 0;
+}
+
+/// <summary>
+/// The guest: writes stamped blocks through a drive's NBD export in the background, records each write in its
+/// <see cref="WriteLedger"/> (sent, then acknowledged), and keeps the counters and the longest stall. A lost
+/// connection or a failed write is recorded and stops the workload; whoever runs it decides what that means.
+/// </summary>
+public sealed class GuestWorkload : IAsyncDisposable
+{
+    private readonly object _gate = new();
+    private readonly CancellationTokenSource _stop = new();
+    private NbdClient? _client;
+    private WriteLedger? _ledger;
+    private Task? _loop;
+    private long _writes;
+    private long _bytes;
+    private long _errors;
+    private TimeSpan _maxLatency;
+    private DateTimeOffset? _maxLatencyAt;
+    private TimeSpan _totalLatency;
+    private string? _lastError;
+    private bool _running;
+    private long _startTimestamp;
+    private long _endTimestamp;
+    private GuestWorkloadStats? _final;
+
+    public GuestWorkload(GuestWorkloadOptions options)
+    {
+        BlockStamp.ValidateBlockSize(options.BlockSize);
+        if (options.RegionOffset < 0 || options.RegionOffset % options.BlockSize != 0)
+            throw new OperationFailedException(ErrorCodes.InvalidArgument,
+                $"region offset {options.RegionOffset} is not a non-negative multiple of the {options.BlockSize}-byte block size");
+        if (options.RegionLength < 0 || options.RegionLength % options.BlockSize != 0)
+            throw new OperationFailedException(ErrorCodes.InvalidArgument,
+                $"region length {options.RegionLength} is not a non-negative multiple of the {options.BlockSize}-byte block size");
+        if (options.RateBytesPerSecond < 0)
+            throw new OperationFailedException(ErrorCodes.InvalidArgument, $"rate must be 0 (unlimited) or positive, got {options.RateBytesPerSecond} bytes/s");
+        Options = options;
+    }
+
+    public GuestWorkloadOptions Options { get; }
+
+    /// <summary>The ledger the workload records into; available once <see cref="StartAsync"/> returned.</summary>
+    public WriteLedger Ledger => _ledger ?? throw new OperationFailedException(ErrorCodes.Conflict, "the guest workload has not been started");
+
+    /// <summary>Completes when the workload stops writing, on request or on an error (it never faults).</summary>
+    public Task Completion => _loop ?? Task.CompletedTask;
+
+    /// <summary>
+    /// Connects to the export, opens the ledger and starts writing in the background. A failure to connect or a
+    /// region that does not fit the disk is thrown from here; later failures are recorded in the stats.
+    /// </summary>
+    public async Task StartAsync(CancellationToken ct = default)
+    {
+        if (_loop is not null || _client is not null)
+            throw new OperationFailedException(ErrorCodes.Conflict, "the guest workload was started already");
+        var client = await NbdClient.ConnectAsync(Options.SocketPath, Options.ExportName, Options.RequestTimeout, ct);
+        try
+        {
+            var regionLength = Options.RegionLength == 0 ? client.ExportSize - Options.RegionOffset : Options.RegionLength;
+            if (regionLength < Options.BlockSize || Options.RegionOffset + regionLength > client.ExportSize)
+                throw new OperationFailedException(ErrorCodes.InvalidArgument,
+                    $"region [{Options.RegionOffset}, +{regionLength}) does not hold a {Options.BlockSize}-byte block inside export '{Options.ExportName}' of {client.ExportSize} bytes");
+            if (Options.ForceUnitAccess && !client.SupportsFua)
+                throw new OperationFailedException(ErrorCodes.InvalidArgument, $"export '{Options.ExportName}' does not support FUA");
+            _ledger = WriteLedger.Open(Options.LedgerPath, Options.Drive, Options.BlockSize);
+            _client = client;
+            lock (_gate)
+            {
+                _running = true;
+                _startTimestamp = Stopwatch.GetTimestamp();
+            }
+            var blockCount = regionLength / Options.BlockSize;
+            _loop = Task.Run(() => WriteLoopAsync(client, _ledger, blockCount, _stop.Token));
+        }
+        catch
+        {
+            _ledger?.Dispose();
+            _ledger = null;
+            await client.DisposeAsync();
+            throw;
+        }
+    }
+
+    private async Task WriteLoopAsync(NbdClient client, WriteLedger ledger, long blockCount, CancellationToken stop)
+    {
+        var block = new byte[Options.BlockSize];
+        var random = new Random(Options.RandomSeed);
+        var sequence = ledger.LastSequence;
+        long nextSequentialBlock = 0;
+        long bytesSent = 0;
+        var paceClock = Stopwatch.StartNew();
+        try
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                if (Options.RateBytesPerSecond > 0)
+                {
+                    var due = TimeSpan.FromSeconds((double)bytesSent / Options.RateBytesPerSecond);
+                    var ahead = due - paceClock.Elapsed;
+                    if (ahead > TimeSpan.FromMilliseconds(1))
+                        await Task.Delay(ahead, stop);
+                }
+
+                var blockIndex = Options.Pattern == WritePattern.Random
+                    ? random.NextInt64(blockCount)
+                    : nextSequentialBlock++ % blockCount;
+                var offset = Options.RegionOffset + blockIndex * Options.BlockSize;
+                var sentAt = DateTimeOffset.UtcNow;
+                var stamp = BlockStamp.Write(block, Options.Drive, offset, ++sequence, sentAt);
+                ledger.RecordSent(stamp);
+                var started = Stopwatch.GetTimestamp();
+                // Not cancelled by the stop: the write in flight finishes (or times out), so it does not stay in doubt.
+                await client.WriteAsync(offset, block, Options.ForceUnitAccess, CancellationToken.None);
+                var latency = Stopwatch.GetElapsedTime(started);
+                ledger.RecordAcknowledged(stamp);
+                bytesSent += block.Length;
+                lock (_gate)
+                {
+                    _writes++;
+                    _bytes += block.Length;
+                    _totalLatency += latency;
+                    if (latency > _maxLatency)
+                    {
+                        _maxLatency = latency;
+                        _maxLatencyAt = sentAt;
+                    }
+                }
+            }
+        }
+        catch (OperationCanceledException) when (stop.IsCancellationRequested)
+        {
+            // stopped on request while pacing
+        }
+        catch (OperationFailedException e)
+        {
+            RecordError(e.Message);
+        }
+        finally
+        {
+            lock (_gate)
+            {
+                _running = false;
+                _endTimestamp = Stopwatch.GetTimestamp();
+            }
+        }
+    }
+
+    private void RecordError(string message)
+    {
+        lock (_gate)
+        {
+            _errors++;
+            _lastError = message;
+        }
+    }
+
+    /// <summary>Starts a new window for <see cref="GuestWorkloadStats.MaxLatency"/>, e.g. just before a pivot.</summary>
+    public void ResetLongestStall()
+    {
+        lock (_gate)
+        {
+            _maxLatency = TimeSpan.Zero;
+            _maxLatencyAt = null;
+        }
+    }
+
+    public GuestWorkloadStats Stats
+    {
+        get
+        {
+            lock (_gate)
+            {
+                var elapsed = _startTimestamp == 0 ? TimeSpan.Zero
+                    : Stopwatch.GetElapsedTime(_startTimestamp, _running ? Stopwatch.GetTimestamp() : _endTimestamp);
+                return new GuestWorkloadStats(_writes, _bytes, _errors, _maxLatency, _maxLatencyAt, _lastError, _running,
+                    _writes == 0 ? TimeSpan.Zero : _totalLatency / _writes, elapsed);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Stops writing, waits for the write in flight, flushes the export so every acknowledged write is durable
+    /// (when the connection still works), disconnects and closes the ledger. Returns the final counters.
+    /// </summary>
+    public async Task<GuestWorkloadStats> StopAsync()
+    {
+        if (_final is not null)
+            return _final;
+        await _stop.CancelAsync();
+        if (_loop is not null)
+            await _loop;
+        if (_client is { } client)
+        {
+            if (client.IsConnected && client.SupportsFlush)
+            {
+                try
+                {
+                    await client.FlushAsync();
+                }
+                catch (OperationFailedException e)
+                {
+                    RecordError($"flush after stop failed: {e.Message}");
+                }
+            }
+            await client.DisposeAsync();
+        }
+        _ledger?.Dispose();
+        _final = Stats;
+        return _final;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await StopAsync();
+        _stop.Dispose();
+    }
+}

@@ -1,0 +1,164 @@
+using LiveMigration.HostNode.Guest;
+using LiveMigration.Shared.Model;
+using Xunit.Abstractions;
+
+namespace LiveMigration.HostNode.Tests.Guest;
+
+public sealed class GuestWorkloadTests(ITestOutputHelper output) : IAsyncLifetime
+{
+    private const long Region = 1 << 20;
+    private QemuNbdTestBed _bed = null!;
+
+    public async Task InitializeAsync()
+    {
+        _bed = await QemuNbdTestBed.CreateAsync(size: 8 << 20);
+        await _bed.StartNbdAsync();
+    }
+
+    public async Task DisposeAsync() => await _bed.DisposeAsync();
+
+    [Fact]
+    public async Task A_paced_workload_verifies_through_nbd_and_then_offline_from_the_image()
+    {
+        const long rate = 1 << 20; // 256 writes a second
+        await using var workload = new GuestWorkload(_bed.WorkloadOptions(Region, Region, rate, WritePattern.Random));
+        await workload.StartAsync();
+        await Task.Delay(TimeSpan.FromSeconds(1));
+        var stats = await workload.StopAsync();
+        output.WriteLine($"paced: {stats}");
+
+        Assert.Equal(0, stats.Errors);
+        Assert.Null(stats.LastError);
+        Assert.False(stats.Running);
+        Assert.InRange(stats.Writes, 128, 400); // ~256 expected at 1 MiB/s for 1 s
+        Assert.Equal(stats.Writes * 4096, stats.Bytes);
+        Assert.True(stats.MaxLatency > TimeSpan.Zero);
+        Assert.NotNull(stats.MaxLatencyAt);
+        Assert.Equal(stats.Writes, workload.Ledger.AcknowledgedWrites);
+        Assert.Equal(0, workload.Ledger.InDoubtCount);
+        Assert.All(workload.Ledger.Snapshot(), b => Assert.InRange(b.Offset, Region, 2 * Region - 4096));
+
+        var throughNbd = await GuestVerifier.VerifyThroughNbdAsync(_bed.SocketPath, QemuNbdTestBed.ExportName, workload.Ledger);
+        output.WriteLine(throughNbd.ToString());
+        Assert.True(throughNbd.Ok, throughNbd.ToString());
+        Assert.Equal(workload.Ledger.BlockCount, throughNbd.BlocksChecked);
+        Assert.True(throughNbd.BlocksChecked > 64);
+
+        await _bed.KillNbdAsync();
+        var loaded = WriteLedger.Load(_bed.LedgerPath);
+        var offline = await GuestVerifier.VerifyImageAsync(_bed.ImagePath, loaded);
+        output.WriteLine(offline.ToString());
+        Assert.True(offline.Ok, offline.ToString());
+        Assert.Equal(throughNbd.BlocksChecked, offline.BlocksChecked);
+    }
+
+    [Fact]
+    public async Task An_unlimited_workload_verifies_while_it_runs_and_reports_its_throughput()
+    {
+        await using var workload = new GuestWorkload(_bed.WorkloadOptions(0, Region));
+        await workload.StartAsync();
+        await Task.Delay(TimeSpan.FromMilliseconds(400));
+
+        // the writer keeps overwriting the blocks being read: the verifier must judge by the ledger as it is now
+        var whileRunning = await GuestVerifier.VerifyThroughNbdAsync(_bed.SocketPath, QemuNbdTestBed.ExportName, workload.Ledger);
+        Assert.True(whileRunning.Ok, whileRunning.ToString());
+        Assert.True(workload.Stats.Running);
+
+        await Task.Delay(TimeSpan.FromMilliseconds(600));
+        var stats = await workload.StopAsync();
+        output.WriteLine($"unlimited, 4 KiB blocks, qemu-nbd: {stats.Writes} writes, {stats.MegabytesPerSecond:0.0} MiB/s, " +
+                         $"mean latency {stats.AverageLatency.TotalMicroseconds:0} µs, longest {stats.MaxLatency.TotalMilliseconds:0.0} ms");
+        Assert.Equal(0, stats.Errors);
+        Assert.True(stats.Writes > Region / 4096, $"only {stats.Writes} writes in {stats.Elapsed}: the region was not even covered once");
+
+        var after = await GuestVerifier.VerifyThroughNbdAsync(_bed.SocketPath, QemuNbdTestBed.ExportName, WriteLedger.Load(_bed.LedgerPath));
+        Assert.True(after.Ok, after.ToString());
+        Assert.Equal(Region / 4096, after.BlocksChecked);
+    }
+
+    [Fact]
+    public async Task A_block_overwritten_behind_the_guests_back_is_reported_exactly()
+    {
+        await using var workload = new GuestWorkload(_bed.WorkloadOptions(0, 64 * 4096));
+        await workload.StartAsync();
+        while (workload.Stats.Writes < 64 * 3 && workload.Stats.Running)
+            await Task.Delay(10);
+        var stats = await workload.StopAsync();
+        Assert.Equal(0, stats.Errors);
+        Assert.True(stats.Writes >= 64 * 3, $"only {stats.Writes} writes");
+        await _bed.KillNbdAsync();
+
+        const long garbageOffset = 17 * 4096;
+        await _bed.QemuIoAsync($"write -P 0x55 {garbageOffset} 4096");
+
+        var ledger = WriteLedger.Load(_bed.LedgerPath);
+        var offline = await GuestVerifier.VerifyImageAsync(_bed.ImagePath, ledger);
+        output.WriteLine(offline.ToString());
+        Assert.False(offline.Ok);
+        Assert.Equal(64, offline.BlocksChecked);
+        var mismatch = Assert.Single(offline.Mismatches);
+        Assert.Equal(garbageOffset, mismatch.Offset);
+        Assert.Null(mismatch.FoundSequence);
+        Assert.Contains("5555", mismatch.Found);
+        Assert.Contains($"seq {ledger.Find(garbageOffset)!.Acknowledged!.Value.Sequence}", mismatch.Expected);
+
+        await _bed.StartNbdAsync();
+        var throughNbd = await GuestVerifier.VerifyThroughNbdAsync(_bed.SocketPath, QemuNbdTestBed.ExportName, ledger);
+        Assert.Equal(garbageOffset, Assert.Single(throughNbd.Mismatches).Offset);
+    }
+
+    [Fact]
+    public async Task Killing_the_server_stops_the_workload_with_an_error_and_the_write_in_doubt_is_tolerated()
+    {
+        // Allocate the region first: qemu-nbd keeps new qcow2 metadata in memory until a flush, so a SIGKILL
+        // would lose freshly allocated clusters that no acknowledged-but-unflushed write can promise. With the
+        // clusters allocated, an acknowledged write is in the page cache and survives the server's death.
+        await _bed.KillNbdAsync();
+        await _bed.QemuIoAsync($"write -P 0 0 {Region}");
+        await _bed.StartNbdAsync();
+
+        var workload = new GuestWorkload(_bed.WorkloadOptions(0, Region, pattern: WritePattern.Random));
+        await using (workload)
+        {
+            await workload.StartAsync();
+            while (workload.Stats is { Writes: < 200, Running: true })
+                await Task.Delay(5);
+            Assert.Null(workload.Stats.LastError);
+            await _bed.KillNbdAsync();
+
+            var stoppedInTime = await Task.WhenAny(workload.Completion, Task.Delay(TimeSpan.FromSeconds(5)));
+            Assert.Same(workload.Completion, stoppedInTime);
+            var stats = await workload.StopAsync();
+            output.WriteLine($"after kill: {stats}; in doubt: {workload.Ledger.InDoubtCount}");
+            Assert.False(stats.Running);
+            Assert.Equal(1, stats.Errors);
+            Assert.Contains(_bed.SocketPath, stats.LastError);
+            Assert.InRange(workload.Ledger.InDoubtCount, 0, 1);
+        }
+
+        var ledger = WriteLedger.Load(_bed.LedgerPath);
+        Assert.Equal(workload.Ledger.InDoubtCount, ledger.InDoubtCount);
+        var offline = await GuestVerifier.VerifyImageAsync(_bed.ImagePath, ledger);
+        output.WriteLine(offline.ToString());
+        Assert.True(offline.Ok, offline.ToString());
+        Assert.Equal(ledger.InDoubtCount, offline.InDoubtBlocks);
+    }
+
+    [Fact]
+    public async Task A_region_outside_the_disk_is_refused_at_start()
+    {
+        await using var workload = new GuestWorkload(_bed.WorkloadOptions(7 << 20, 2 << 20));
+        var error = await Assert.ThrowsAsync<OperationFailedException>(() => workload.StartAsync());
+        Assert.Equal(ErrorCodes.InvalidArgument, error.Code);
+        Assert.Contains((8L << 20).ToString(), error.Message);
+        Assert.False(File.Exists(_bed.LedgerPath));
+    }
+
+    [Fact]
+    public void A_misaligned_region_is_refused()
+    {
+        var error = Assert.Throws<OperationFailedException>(() => new GuestWorkload(_bed.WorkloadOptions(100, Region)));
+        Assert.Equal(ErrorCodes.InvalidArgument, error.Code);
+        Assert.Contains("100", error.Message);
+    }
+}
