@@ -17,6 +17,9 @@ internal static class BlockNodes
     public static string FormatNode(ChainLayer layer) => "n" + Key(layer.Volume);
     public static string FileNode(ChainLayer layer) => "f" + Key(layer.Volume);
 
+    /// <summary>The export's QMP id (QMP ids must start with a letter; a UUID may not). Its NBD name is the image id.</summary>
+    public static string ExportId(ImageId drive) => "export-" + drive.Value.ToString("N");
+
     public static string MirrorJobId(ImageId drive) => "mirror-" + drive.Value.ToString("N")[..12];
 
     public static Dictionary<string, object?> FileNodeOptions(ChainLayer layer, bool readOnly) => new()

@@ -106,7 +106,7 @@ public sealed class QmpHypervisor : IHypervisor
                 await ExecuteAsync(vm, "block-export-add", new Dictionary<string, object?>
                 {
                     ["type"] = "nbd",
-                    ["id"] = drive.Image.ToString(),
+                    ["id"] = BlockNodes.ExportId(drive.Image),
                     ["name"] = drive.Image.ToString(),
                     ["node-name"] = BlockNodes.FormatNode(drive.Leaf),
                     ["writable"] = true,
@@ -633,7 +633,7 @@ public sealed class QmpHypervisor : IHypervisor
         var exports = await ExecuteAsync(vm, "query-block-exports", null, ct);
         foreach (var export in exports.EnumerateArray())
         {
-            if (export.GetProperty("id").GetString() == drive.ExportName)
+            if (export.GetProperty("id").GetString() == BlockNodes.ExportId(drive.ImageId))
                 return export.GetProperty("node-name").GetString() ?? "";
         }
         throw new OperationFailedException(ErrorCodes.Conflict, $"VM {vm.Id} has no NBD export {drive.ExportName} for drive {drive.Image}");
@@ -720,7 +720,7 @@ public sealed class QmpHypervisor : IHypervisor
         var jobs = await QueryJobsAsync(vm, ct);
         var drives = vm.Manifest.Drives.Select(d =>
         {
-            IReadOnlyList<string> openChain = exportNodes.TryGetValue(d.ExportName, out var active)
+            IReadOnlyList<string> openChain = exportNodes.TryGetValue(BlockNodes.ExportId(d.ImageId), out var active)
                 && nodesByName.TryGetValue(active, out var info)
                 ? BlockNodes.OpenChainLeafFirst(info).AsEnumerable().Reverse().ToList()
                 : [];

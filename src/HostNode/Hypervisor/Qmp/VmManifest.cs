@@ -54,6 +54,7 @@ internal sealed record VmManifest(
             return await JsonSerializer.DeserializeAsync<VmManifest>(stream, JsonOptions, ct);
         }
         catch (FileNotFoundException) { return null; }
+        catch (DirectoryNotFoundException) { return null; }
         catch (JsonException) { return null; }
     }
 }
