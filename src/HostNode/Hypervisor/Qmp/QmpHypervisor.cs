@@ -1,0 +1,770 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+using LiveMigration.Shared.Model;
+
+namespace LiveMigration.HostNode.Hypervisor.Qmp;
+
+/// <summary>
+/// The real hypervisor: each VM is a daemonized <c>qemu-system-x86_64 -M none</c> driven over QMP, its drives
+/// <c>blockdev-add</c>ed chains exported over NBD. What a drive runs on is always read back from QEMU.
+/// VMs outlive this object (and the host process); a new instance adopts them from the manifests.
+/// </summary>
+public sealed class QmpHypervisor : IHypervisor
+{
+    private static readonly TimeSpan StopGrace = TimeSpan.FromSeconds(3);
+    private static readonly TimeSpan AdoptConnectTimeout = TimeSpan.FromSeconds(5);
+
+    private readonly QmpHypervisorOptions _options;
+    private readonly ConcurrentDictionary<VmId, SemaphoreSlim> _gates = new();
+    private readonly ConcurrentDictionary<VmId, QemuVm> _vms = new();
+    private volatile bool _disposed;
+
+    public QmpHypervisor(QmpHypervisorOptions options)
+    {
+        if (string.IsNullOrWhiteSpace(options.RunDirectory))
+            throw new OperationFailedException(ErrorCodes.InvalidArgument, "QmpHypervisorOptions.RunDirectory must be set");
+        _options = options with { RunDirectory = Path.GetFullPath(options.RunDirectory) };
+        var runDirectory = _options.RunDirectory;
+        // Unix socket paths are limited to 107 bytes; deep run directories get a short stand-in under /tmp.
+        SocketDirectory = runDirectory.Length < 60
+            ? Path.Combine(runDirectory, "s")
+            : $"/tmp/lsm-{Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(runDirectory)))[..8]}";
+    }
+
+    public string Kind => "qmp";
+    public string RunDirectory => _options.RunDirectory;
+    /// <summary>Where the QMP and NBD sockets live (short, whatever the run directory's depth).</summary>
+    public string SocketDirectory { get; }
+
+    public event Action<HypervisorEvent>? EventRaised;
+
+    private string VmsDirectory => Path.Combine(RunDirectory, "vms");
+    private string LogsDirectory => Path.Combine(RunDirectory, "logs");
+    private string ManifestPath(VmId id) => Path.Combine(VmsDirectory, $"{id}.json");
+
+    // ---------------------------------------------------------------- VMs
+
+    public async Task<VmInfo> StartVmAsync(VmSpec spec, CancellationToken ct = default)
+    {
+        ThrowIfDisposed();
+        ValidateSpec(spec);
+        using var _ = await LockAsync(spec.Id, ct);
+        if (_vms.TryGetValue(spec.Id, out var known))
+        {
+            if (known.DeathReason is null) return await DescribeCoreAsync(known, ct);
+            await ForgetAsync(known);
+        }
+        else if (await TryAdoptAsync(spec.Id, ct) is { } adopted)
+        {
+            return await DescribeCoreAsync(adopted, ct);
+        }
+
+        Directory.CreateDirectory(VmsDirectory);
+        Directory.CreateDirectory(LogsDirectory);
+        Directory.CreateDirectory(SocketDirectory);
+        var shortId = spec.Id.Value.ToString("N")[..12];
+        var qmpSocket = Path.Combine(SocketDirectory, shortId + ".qmp");
+        var nbdSocket = Path.Combine(SocketDirectory, shortId + ".nbd");
+        File.Delete(qmpSocket);
+        File.Delete(nbdSocket);
+        var logFile = Path.Combine(LogsDirectory, $"{spec.Id}.log");
+        var arguments = new List<string>
+        {
+            "-M", "none", "-nodefaults", "-display", "none",
+            "-m", spec.MemoryMiB.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            "-name", "guest=" + EscapeOption(spec.Name),
+            "-qmp", $"unix:{EscapeOption(qmpSocket)},server=on,wait=off",
+        };
+        var pid = await QemuProcess.StartDaemonAsync(_options.QemuBinary, arguments,
+            Path.Combine(VmsDirectory, $"{spec.Id}.pid"), logFile, ct);
+
+        var manifest = new VmManifest(spec.Id.ToString(), spec.Name, pid, qmpSocket, nbdSocket, logFile,
+            spec.Drives.Select(d => new DriveManifest(d.Image.ToString(), d.Image.ToString(),
+                d.Layers.Select(LayerManifest.From).ToList(), null)).ToList());
+        QmpClient? client = null;
+        try
+        {
+            // Written before any QMP work so a host that dies right here still finds (and can stop) this QEMU.
+            await manifest.SaveAsync(ManifestPath(spec.Id), ct);
+            client = await QmpClient.ConnectAsync(qmpSocket, _options.CommandTimeout, ct);
+            var vm = new QemuVm(spec.Id, client, manifest);
+            foreach (var drive in spec.Drives)
+                await AddChainAsync(vm, drive.Layers, topWritable: true, ct);
+            await ExecuteAsync(vm, "nbd-server-start", new Dictionary<string, object?>
+            {
+                ["addr"] = new Dictionary<string, object?>
+                {
+                    ["type"] = "unix",
+                    ["data"] = new Dictionary<string, object?> { ["path"] = nbdSocket },
+                },
+            }, ct);
+            foreach (var drive in spec.Drives)
+            {
+                await ExecuteAsync(vm, "block-export-add", new Dictionary<string, object?>
+                {
+                    ["type"] = "nbd",
+                    ["id"] = BlockNodes.ExportId(drive.Image),
+                    ["name"] = drive.Image.ToString(),
+                    ["node-name"] = BlockNodes.FormatNode(drive.Leaf),
+                    ["writable"] = true,
+                }, ct);
+            }
+            Attach(vm);
+            _vms[spec.Id] = vm;
+            return await DescribeCoreAsync(vm, ct);
+        }
+        catch
+        {
+            // A half-built VM is worse than none: end it so a retry starts clean.
+            if (client is not null) await client.DisposeAsync();
+            await QemuProcess.EnsureGoneAsync(pid, qmpSocket, TimeSpan.Zero, CancellationToken.None);
+            File.Delete(ManifestPath(spec.Id));
+            throw;
+        }
+    }
+
+    public async Task StopVmAsync(VmId vmId, CancellationToken ct = default)
+    {
+        ThrowIfDisposed();
+        using var _ = await LockAsync(vmId, ct);
+        if (_vms.TryGetValue(vmId, out var vm))
+        {
+            vm.StopRequested = true;
+            if (vm.DeathReason is null)
+            {
+                try { await vm.Qmp.ExecuteAsync("quit", null, _options.CommandTimeout, ct); }
+                catch (OperationFailedException e) when (e.Code is ErrorCodes.VmNotRunning or ErrorCodes.Timeout) { }
+            }
+            await QemuProcess.EnsureGoneAsync(vm.Manifest.Pid, vm.Manifest.QmpSocket, StopGrace, ct);
+            await ForgetAsync(vm);
+            return;
+        }
+        // Started by an earlier host instance and not adopted: still ours to stop.
+        if (await VmManifest.LoadAsync(ManifestPath(vmId), ct) is { } manifest)
+        {
+            await QemuProcess.EnsureGoneAsync(manifest.Pid, manifest.QmpSocket, TimeSpan.Zero, ct);
+            DeleteFiles(vmId, manifest);
+        }
+    }
+
+    public async Task<IReadOnlyList<VmInfo>> AdoptRunningVmsAsync(CancellationToken ct = default)
+    {
+        ThrowIfDisposed();
+        var adopted = new List<VmInfo>();
+        if (!Directory.Exists(VmsDirectory)) return adopted;
+        foreach (var path in Directory.EnumerateFiles(VmsDirectory, "*.json"))
+        {
+            if (!UuidText.TryParse(Path.GetFileNameWithoutExtension(path), out var guid)) continue;
+            var id = new VmId(guid);
+            using var _ = await LockAsync(id, ct);
+            var vm = _vms.TryGetValue(id, out var known) && known.DeathReason is null ? known : await TryAdoptAsync(id, ct);
+            if (vm is not null) adopted.Add(await DescribeCoreAsync(vm, ct));
+        }
+        return adopted;
+    }
+
+    public async Task<IReadOnlyList<VmInfo>> ListVmsAsync(CancellationToken ct = default)
+    {
+        ThrowIfDisposed();
+        var list = new List<VmInfo>();
+        foreach (var vm in _vms.Values.OrderBy(v => v.Manifest.Name, StringComparer.Ordinal))
+        {
+            if (vm.DeathReason is null)
+            {
+                try { list.Add(await DescribeCoreAsync(vm, ct)); continue; }
+                catch (OperationFailedException e) when (e.Code == ErrorCodes.VmNotRunning) { }
+            }
+            list.Add(new VmInfo(vm.Id, vm.Manifest.Name, vm.Manifest.Pid, false,
+                vm.Manifest.Drives.Select(d => new DriveState(d.ImageId, [], vm.Manifest.NbdSocket, d.ExportName, null)).ToList()));
+        }
+        return list;
+    }
+
+    public async Task<VmInfo> DescribeVmAsync(VmId vmId, CancellationToken ct = default)
+    {
+        var vm = LiveVm(vmId);
+        return await DescribeCoreAsync(vm, ct);
+    }
+
+    // ---------------------------------------------------------------- pre-copy
+
+    public async Task<BlockJobInfo> StartMirrorAsync(MirrorRequest request, CancellationToken ct = default)
+    {
+        RequireAbsoluteCow(request.DestinationLeaf, "destination leaf");
+        if (request.SpeedBytesPerSecond < 0)
+            throw new OperationFailedException(ErrorCodes.InvalidArgument, $"mirror speed must be >= 0, got {request.SpeedBytesPerSecond}");
+        using var _ = await LockAsync(request.Vm, ct);
+        var vm = LiveVm(request.Vm);
+        var drive = vm.Manifest.Drive(request.Drive);
+        var jobId = BlockNodes.MirrorJobId(request.Drive);
+        var targetNode = BlockNodes.FormatNode(request.DestinationLeaf);
+        if (await FindJobAsync(vm, request.Drive, ct) is { } running) return running;
+        var activeNode = await ActiveNodeAsync(vm, drive, ct);
+        if (activeNode == targetNode)
+            return new BlockJobInfo(jobId, request.Drive, BlockJobPhase.Completed, 0, 0, 0);
+        if (drive.Layers.Any(l => BlockNodes.FormatNode(l.ToLayer()) == targetNode))
+            throw new OperationFailedException(ErrorCodes.Conflict,
+                $"destination leaf {request.DestinationLeaf.Volume} of drive {request.Drive} is part of the drive's current chain");
+
+        // A target left over from an earlier, ended mirror to another leaf is closed first.
+        if (drive.MirrorTarget is { } previous && BlockNodes.FormatNode(previous.ToLayer()) != targetNode)
+            await DeleteNodesAsync(vm, [previous.ToLayer()], ct);
+        await AddChainAsync(vm, [request.DestinationLeaf], topWritable: true, ct);
+        await SaveAsync(vm, vm.Manifest.WithDrive(drive with { MirrorTarget = LayerManifest.From(request.DestinationLeaf) }), ct);
+
+        vm.JobEnds.TryRemove(jobId, out QmpEvent? _);
+        vm.CancelRequested.TryRemove(jobId, out byte _);
+        await ExecuteAsync(vm, "blockdev-mirror", new Dictionary<string, object?>
+        {
+            ["job-id"] = jobId,
+            ["device"] = activeNode,
+            ["target"] = targetNode,
+            ["sync"] = "top",
+            ["speed"] = request.SpeedBytesPerSecond,
+            ["copy-mode"] = request.Mode == CopyMode.WriteBlocking ? "write-blocking" : "background",
+        }, ct);
+        return await FindJobAsync(vm, request.Drive, ct)
+            // Tiny layers can finish... but a mirror never ends on its own: it waits READY for complete/cancel.
+            ?? throw new OperationFailedException(ErrorCodes.JobFailed, $"mirror job {jobId} of VM {vm.Id} vanished right after it started");
+    }
+
+    public async Task<BlockJobInfo?> GetBlockJobAsync(VmId vmId, ImageId drive, CancellationToken ct = default)
+    {
+        var vm = LiveVm(vmId);
+        vm.Manifest.Drive(drive);
+        return await FindJobAsync(vm, drive, ct);
+    }
+
+    public async Task SetJobSpeedAsync(VmId vmId, ImageId drive, long bytesPerSecond, CancellationToken ct = default)
+    {
+        if (bytesPerSecond < 0)
+            throw new OperationFailedException(ErrorCodes.InvalidArgument, $"job speed must be >= 0, got {bytesPerSecond}");
+        var vm = LiveVm(vmId);
+        vm.Manifest.Drive(drive);
+        var job = await FindJobAsync(vm, drive, ct)
+            ?? throw new OperationFailedException(ErrorCodes.NoSuchJob, $"VM {vmId} drive {drive} has no block job to set the speed of");
+        await ExecuteAsync(vm, "block-job-set-speed",
+            new Dictionary<string, object?> { ["device"] = job.JobId, ["speed"] = bytesPerSecond }, ct);
+    }
+
+    public async Task<DriveState> PivotAsync(VmId vmId, ImageId driveId, IReadOnlyList<ChainLayer> destinationBacking,
+        CancellationToken ct = default)
+    {
+        foreach (var layer in destinationBacking) RequireAbsolute(layer, "destination backing layer");
+        using var _ = await LockAsync(vmId, ct);
+        var vm = LiveVm(vmId);
+        var drive = vm.Manifest.Drive(driveId);
+        var jobId = BlockNodes.MirrorJobId(driveId);
+        if (drive.MirrorTarget is null)
+        {
+            // A repeated call after a pivot that finished: the drive already runs on the destination chain.
+            var backing = drive.Chain.SkipLast(1).ToList();
+            if (await FindJobAsync(vm, driveId, ct) is null && backing.SequenceEqual(destinationBacking))
+                return await DriveStateAsync(vm, driveId, ct);
+            throw new OperationFailedException(ErrorCodes.NoSuchJob, $"VM {vmId} drive {driveId} has no mirror to pivot");
+        }
+        var target = drive.MirrorTarget.ToLayer();
+        var targetNode = BlockNodes.FormatNode(target);
+        var source = drive.Chain;
+
+        if (await ActiveNodeAsync(vm, drive, ct) != targetNode)
+        {
+            await WaitForReadyAsync(vm, driveId, jobId, ct);
+            // Attach the (complete) destination copy under the leaf the mirror wrote, unless a retry did already.
+            if (destinationBacking.Count > 0 && !await HasBackingAsync(vm, targetNode, ct))
+            {
+                var top = await AddChainAsync(vm, destinationBacking, topWritable: false, ct);
+                await ExecuteAsync(vm, "blockdev-snapshot",
+                    new Dictionary<string, object?> { ["node"] = top, ["overlay"] = targetNode }, ct);
+            }
+            vm.JobEnds.TryRemove(jobId, out QmpEvent? _);
+            var watch = Stopwatch.StartNew();
+            await ExecuteAsync(vm, "block-job-complete", new Dictionary<string, object?> { ["device"] = jobId }, ct);
+            var ended = await WaitForJobEndAsync(vm, jobId, ct);
+            vm.LastPivotDuration = watch.Elapsed;
+            if (ended is not null && ended.Data.TryGetProperty("error", out var error))
+                throw new OperationFailedException(ErrorCodes.JobFailed, $"mirror {jobId} of VM {vmId} failed while pivoting: {error.GetString()}");
+            var activeNow = await ActiveNodeAsync(vm, drive, ct);
+            if (activeNow != targetNode)
+                throw new OperationFailedException(ErrorCodes.JobFailed,
+                    $"mirror {jobId} of VM {vmId} ended but drive {driveId} still runs on node {activeNow}, not {targetNode}");
+        }
+        // The source files are closed only now, once nothing reads them any more.
+        await DeleteNodesAsync(vm, source.AsEnumerable().Reverse().ToList(), ct);
+        await SaveAsync(vm, vm.Manifest.WithDrive(drive with
+        {
+            Layers = destinationBacking.Append(target).Select(LayerManifest.From).ToList(),
+            MirrorTarget = null,
+        }), ct);
+        return await DriveStateAsync(vm, driveId, ct);
+    }
+
+    public async Task<DriveState> CancelMirrorAsync(VmId vmId, ImageId driveId, CancellationToken ct = default)
+    {
+        using var _ = await LockAsync(vmId, ct);
+        var vm = LiveVm(vmId);
+        var drive = vm.Manifest.Drive(driveId);
+        var jobId = BlockNodes.MirrorJobId(driveId);
+        if (drive.MirrorTarget is { } targetManifest)
+        {
+            var target = targetManifest.ToLayer();
+            if (await ActiveNodeAsync(vm, drive, ct) == BlockNodes.FormatNode(target))
+                throw new OperationFailedException(ErrorCodes.Conflict,
+                    $"VM {vmId} drive {driveId} already pivoted onto {target.Path}: the mirror cannot be cancelled any more");
+            if (await FindJobAsync(vm, driveId, ct) is not null)
+            {
+                vm.JobEnds.TryRemove(jobId, out QmpEvent? _);
+                vm.CancelRequested[jobId] = 1;
+                // On a READY mirror this ends the job without a pivot (QEMU reports COMPLETED); before READY, CANCELLED.
+                await ExecuteAsync(vm, "block-job-cancel", new Dictionary<string, object?> { ["device"] = jobId }, ct);
+                await WaitForJobEndAsync(vm, jobId, ct);
+            }
+            await DeleteNodesAsync(vm, [target], ct);
+            await SaveAsync(vm, vm.Manifest.WithDrive(drive with { MirrorTarget = null }), ct);
+        }
+        return await DriveStateAsync(vm, driveId, ct);
+    }
+
+    // ---------------------------------------------------------------- post-copy
+
+    public async Task<DriveState> LiveSnapshotAsync(VmId vmId, ImageId driveId, ChainLayer newLeaf, CancellationToken ct = default)
+    {
+        RequireAbsoluteCow(newLeaf, "new leaf");
+        using var _ = await LockAsync(vmId, ct);
+        var vm = LiveVm(vmId);
+        var drive = vm.Manifest.Drive(driveId);
+        var newNode = BlockNodes.FormatNode(newLeaf);
+        var activeNode = await ActiveNodeAsync(vm, drive, ct);
+        if (activeNode != newNode)
+        {
+            if (drive.MirrorTarget is not null || await FindJobAsync(vm, driveId, ct) is not null)
+                throw new OperationFailedException(ErrorCodes.Conflict, $"VM {vmId} drive {driveId} has a mirror in flight: no snapshot now");
+            if (drive.Layers.Any(l => BlockNodes.FormatNode(l.ToLayer()) == newNode))
+                throw new OperationFailedException(ErrorCodes.Conflict,
+                    $"new leaf {newLeaf.Volume} of drive {driveId} is part of the drive's current chain");
+            await AddChainAsync(vm, [newLeaf], topWritable: true, ct);
+            await ExecuteAsync(vm, "blockdev-snapshot",
+                new Dictionary<string, object?> { ["node"] = activeNode, ["overlay"] = newNode }, ct);
+            var exported = await ActiveNodeAsync(vm, drive, ct);
+            if (exported != newNode)
+                throw new OperationFailedException(ErrorCodes.Conflict,
+                    $"after the snapshot of VM {vmId} drive {driveId} the NBD export stayed on node {exported}, not {newNode}");
+        }
+        if (drive.Chain[^1] != newLeaf)
+            await SaveAsync(vm, vm.Manifest.WithDrive(drive with { Layers = drive.Layers.Append(LayerManifest.From(newLeaf)).ToList() }), ct);
+        return await DriveStateAsync(vm, driveId, ct);
+    }
+
+    public async Task<DriveState> SwitchBackingChainAsync(VmId vmId, ImageId driveId, IReadOnlyList<ChainLayer> newBacking,
+        CancellationToken ct = default)
+    {
+        if (newBacking.Count == 0)
+            throw new OperationFailedException(ErrorCodes.InvalidArgument, $"the new backing chain of drive {driveId} is empty");
+        foreach (var layer in newBacking) RequireAbsolute(layer, "new backing layer");
+        using var _ = await LockAsync(vmId, ct);
+        var vm = LiveVm(vmId);
+        var drive = vm.Manifest.Drive(driveId);
+        var chain = drive.Chain;
+        var leaf = chain[^1];
+        var oldBacking = chain.SkipLast(1).ToList();
+        if (oldBacking.SequenceEqual(newBacking)) return await DriveStateAsync(vm, driveId, ct);
+        if (newBacking.Any(l => BlockNodes.FormatNode(l) == BlockNodes.FormatNode(leaf)))
+            throw new OperationFailedException(ErrorCodes.InvalidArgument, $"the new backing chain of drive {driveId} contains its leaf {leaf.Volume}");
+        if (drive.MirrorTarget is not null)
+            throw new OperationFailedException(ErrorCodes.Conflict, $"VM {vmId} drive {driveId} has a mirror in flight: no backing switch now");
+
+        var top = await AddChainAsync(vm, newBacking, topWritable: false, ct);
+        var leafNode = BlockNodes.FormatNode(leaf);
+        await ExecuteAsync(vm, "blockdev-reopen", new Dictionary<string, object?>
+        {
+            ["options"] = new[] { BlockNodes.FormatNodeOptions(leaf, top, readOnly: false) },
+        }, ct);
+        // Same folder: the relative name VDSM writes; another folder (domain): the absolute path.
+        var newTop = newBacking[^1];
+        var backingName = Path.GetDirectoryName(newTop.Path) == Path.GetDirectoryName(leaf.Path)
+            ? Path.GetFileName(newTop.Path)
+            : newTop.Path;
+        await ExecuteAsync(vm, "change-backing-file", new Dictionary<string, object?>
+        {
+            ["device"] = leafNode,
+            ["image-node-name"] = leafNode,
+            ["backing-file"] = backingName,
+        }, ct);
+        await DeleteNodesAsync(vm, oldBacking.AsEnumerable().Reverse().Where(l => !newBacking.Contains(l)).ToList(), ct);
+        await SaveAsync(vm, vm.Manifest.WithDrive(drive with
+        {
+            Layers = newBacking.Append(leaf).Select(LayerManifest.From).ToList(),
+        }), ct);
+        return await DriveStateAsync(vm, driveId, ct);
+    }
+
+    /// <summary>How long the last pivot of the VM took from <c>block-job-complete</c> to the job's end (for the report's figures).</summary>
+    public TimeSpan? LastPivotDuration(VmId vmId) => _vms.TryGetValue(vmId, out var vm) ? vm.LastPivotDuration : null;
+
+    // ---------------------------------------------------------------- disposal
+
+    public async ValueTask DisposeAsync()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        // Only our connections end: the VMs keep running for the next host instance to adopt.
+        foreach (var vm in _vms.Values) await vm.Qmp.DisposeAsync();
+        _vms.Clear();
+    }
+
+    // ---------------------------------------------------------------- internals
+
+    private sealed class QemuVm(VmId id, QmpClient qmp, VmManifest manifest)
+    {
+        public VmId Id { get; } = id;
+        public QmpClient Qmp { get; } = qmp;
+        public VmManifest Manifest { get; set; } = manifest;
+        public string? DeathReason; // set once, by CompareExchange
+        public volatile bool StopRequested;
+        public TimeSpan? LastPivotDuration { get; set; }
+        /// <summary>The terminal event of each job (COMPLETED/CANCELLED), kept because QEMU dismisses ended jobs.</summary>
+        public ConcurrentDictionary<string, QmpEvent> JobEnds { get; } = new();
+        public ConcurrentDictionary<string, byte> CancelRequested { get; } = new();
+        private TaskCompletionSource _jobSignal = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        /// <summary>Completes at the next job event or death; waiters then re-check QEMU.</summary>
+        public Task JobSignal => Volatile.Read(ref _jobSignal).Task;
+        public void Pulse() =>
+            Interlocked.Exchange(ref _jobSignal, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
+
+        public ImageId? DriveOfJob(string jobId) =>
+            Manifest.Drives.Select(d => d.ImageId).Cast<ImageId?>().FirstOrDefault(i => BlockNodes.MirrorJobId(i!.Value) == jobId);
+    }
+
+    private sealed class Releaser(SemaphoreSlim gate) : IDisposable
+    {
+        public void Dispose() => gate.Release();
+    }
+
+    private async Task<IDisposable> LockAsync(VmId id, CancellationToken ct)
+    {
+        var gate = _gates.GetOrAdd(id, _ => new SemaphoreSlim(1, 1));
+        await gate.WaitAsync(ct);
+        return new Releaser(gate);
+    }
+
+    private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
+
+    private QemuVm LiveVm(VmId id)
+    {
+        ThrowIfDisposed();
+        if (!_vms.TryGetValue(id, out var vm))
+            throw new OperationFailedException(ErrorCodes.VmNotFound, $"VM {id} is not running on this host (not started or adopted here)");
+        if (vm.DeathReason is { } reason)
+            throw new OperationFailedException(ErrorCodes.VmNotRunning, $"VM {id}'s QEMU (pid {vm.Manifest.Pid}) is gone: {reason}");
+        return vm;
+    }
+
+    private void Attach(QemuVm vm)
+    {
+        vm.Qmp.EventReceived += e => OnQmpEvent(vm, e);
+        vm.Qmp.Disconnected += reason => OnDisconnected(vm, reason);
+        if (!vm.Qmp.IsConnected) OnDisconnected(vm, "QEMU closed the monitor socket");
+    }
+
+    private void OnDisconnected(QemuVm vm, string reason)
+    {
+        var stated = vm.StopRequested ? "stopped on request" : $"QEMU (pid {vm.Manifest.Pid}) went away: {reason}";
+        if (Interlocked.CompareExchange(ref vm.DeathReason, stated, null) is not null) return;
+        vm.Pulse();
+        Raise(new VmStopped(vm.Id, stated));
+    }
+
+    private void OnQmpEvent(QemuVm vm, QmpEvent e)
+    {
+        HypervisorEvent? raised = null;
+        var jobId = e.Data.ValueKind == JsonValueKind.Object && e.Data.TryGetProperty("device", out var device)
+            ? device.GetString() ?? "" : "";
+        var drive = vm.DriveOfJob(jobId);
+        switch (e.Name)
+        {
+            case "BLOCK_JOB_READY" when drive is { } d:
+                raised = new BlockJobReady(vm.Id, d, jobId);
+                break;
+            case "BLOCK_JOB_COMPLETED" when drive is { } d:
+                vm.JobEnds[jobId] = e;
+                raised = e.Data.TryGetProperty("error", out var error)
+                    ? new BlockJobFailed(vm.Id, d, jobId, error.GetString() ?? "unknown error")
+                    : vm.CancelRequested.ContainsKey(jobId)
+                        ? new BlockJobCancelled(vm.Id, d, jobId)
+                        : new BlockJobCompleted(vm.Id, d, jobId);
+                break;
+            case "BLOCK_JOB_CANCELLED" when drive is { } d:
+                vm.JobEnds[jobId] = e;
+                raised = new BlockJobCancelled(vm.Id, d, jobId);
+                break;
+        }
+        vm.Pulse();
+        if (raised is not null) Raise(raised);
+    }
+
+    private void Raise(HypervisorEvent hypervisorEvent)
+    {
+        foreach (var handler in EventRaised?.GetInvocationList() ?? [])
+        {
+            try { ((Action<HypervisorEvent>)handler)(hypervisorEvent); }
+            catch (Exception) { /* one faulty subscriber must not keep the event from the others */ }
+        }
+    }
+
+    private async Task<QemuVm?> TryAdoptAsync(VmId id, CancellationToken ct)
+    {
+        if (await VmManifest.LoadAsync(ManifestPath(id), ct) is not { } manifest) return null;
+        if (!QemuProcess.IsAlive(manifest.Pid, manifest.QmpSocket))
+        {
+            DeleteFiles(id, manifest);
+            return null;
+        }
+        QmpClient client;
+        try
+        {
+            client = await QmpClient.ConnectAsync(manifest.QmpSocket, AdoptConnectTimeout, ct);
+        }
+        catch (OperationFailedException) when (!QemuProcess.IsAlive(manifest.Pid, manifest.QmpSocket))
+        {
+            DeleteFiles(id, manifest);
+            return null;
+        }
+        catch (OperationFailedException)
+        {
+            // Alive but its monitor does not answer (another client holds it): leave it for a later attempt.
+            return null;
+        }
+        var vm = new QemuVm(id, client, manifest);
+        Attach(vm);
+        _vms[id] = vm;
+        // READY may have been announced while no host listened: say it again so waiters need not poll.
+        foreach (var job in await QueryJobsAsync(vm, ct))
+        {
+            if (job.Phase == BlockJobPhase.Ready) Raise(new BlockJobReady(id, job.Drive, job.JobId));
+        }
+        return vm;
+    }
+
+    private async Task ForgetAsync(QemuVm vm)
+    {
+        _vms.TryRemove(vm.Id, out _);
+        await vm.Qmp.DisposeAsync();
+        DeleteFiles(vm.Id, vm.Manifest);
+    }
+
+    private void DeleteFiles(VmId id, VmManifest manifest)
+    {
+        File.Delete(ManifestPath(id));
+        File.Delete(Path.Combine(VmsDirectory, $"{id}.pid"));
+        File.Delete(manifest.QmpSocket);
+        File.Delete(manifest.NbdSocket);
+    }
+
+    private async Task SaveAsync(QemuVm vm, VmManifest manifest, CancellationToken ct)
+    {
+        await manifest.SaveAsync(ManifestPath(vm.Id), ct);
+        vm.Manifest = manifest;
+    }
+
+    private async Task<JsonElement> ExecuteAsync(QemuVm vm, string command, object? arguments, CancellationToken ct)
+    {
+        try
+        {
+            return await vm.Qmp.ExecuteAsync(command, arguments, _options.CommandTimeout, ct);
+        }
+        catch (OperationFailedException e) when (e.Code == ErrorCodes.VmNotRunning)
+        {
+            throw new OperationFailedException(ErrorCodes.VmNotRunning,
+                $"VM {vm.Id}'s QEMU (pid {vm.Manifest.Pid}) is gone: {e.Message}", e);
+        }
+    }
+
+    /// <summary>Adds a chain's nodes that are not there yet, base first, each backing named explicitly; returns the top node.</summary>
+    private async Task<string> AddChainAsync(QemuVm vm, IReadOnlyList<ChainLayer> layers, bool topWritable, CancellationToken ct)
+    {
+        var existing = await NodeNamesAsync(vm, ct);
+        string? below = null;
+        for (var i = 0; i < layers.Count; i++)
+        {
+            var layer = layers[i];
+            var readOnly = !(topWritable && i == layers.Count - 1);
+            if (!existing.Contains(BlockNodes.FileNode(layer)))
+                await ExecuteAsync(vm, "blockdev-add", BlockNodes.FileNodeOptions(layer, readOnly), ct);
+            if (!existing.Contains(BlockNodes.FormatNode(layer)))
+                await ExecuteAsync(vm, "blockdev-add", BlockNodes.FormatNodeOptions(layer, below, readOnly), ct);
+            below = BlockNodes.FormatNode(layer);
+        }
+        return below ?? throw new OperationFailedException(ErrorCodes.InvalidArgument, "a chain needs at least one layer");
+    }
+
+    /// <summary>Closes the layers' nodes in the order given (top first), skipping those already gone.</summary>
+    private async Task DeleteNodesAsync(QemuVm vm, IReadOnlyList<ChainLayer> layersTopFirst, CancellationToken ct)
+    {
+        var existing = await NodeNamesAsync(vm, ct);
+        foreach (var layer in layersTopFirst)
+        {
+            foreach (var node in new[] { BlockNodes.FormatNode(layer), BlockNodes.FileNode(layer) })
+            {
+                if (existing.Contains(node))
+                    await ExecuteAsync(vm, "blockdev-del", new Dictionary<string, object?> { ["node-name"] = node }, ct);
+            }
+        }
+    }
+
+    private async Task<HashSet<string>> NodeNamesAsync(QemuVm vm, CancellationToken ct)
+    {
+        var nodes = await ExecuteAsync(vm, "query-named-block-nodes", new Dictionary<string, object?> { ["flat"] = true }, ct);
+        return nodes.EnumerateArray().Select(n => n.GetProperty("node-name").GetString() ?? "").ToHashSet(StringComparer.Ordinal);
+    }
+
+    private async Task<bool> HasBackingAsync(QemuVm vm, string node, CancellationToken ct)
+    {
+        var nodes = await ExecuteAsync(vm, "query-named-block-nodes", new Dictionary<string, object?> { ["flat"] = true }, ct);
+        return nodes.EnumerateArray().Any(n => n.GetProperty("node-name").GetString() == node
+            && n.TryGetProperty("backing_file_depth", out var depth) && depth.GetInt32() > 0);
+    }
+
+    /// <summary>The node the drive's NBD export sits on: the drive's active layer, as QEMU has it now.</summary>
+    private async Task<string> ActiveNodeAsync(QemuVm vm, DriveManifest drive, CancellationToken ct)
+    {
+        var exports = await ExecuteAsync(vm, "query-block-exports", null, ct);
+        foreach (var export in exports.EnumerateArray())
+        {
+            if (export.GetProperty("id").GetString() == BlockNodes.ExportId(drive.ImageId))
+                return export.GetProperty("node-name").GetString() ?? "";
+        }
+        throw new OperationFailedException(ErrorCodes.Conflict, $"VM {vm.Id} has no NBD export {drive.ExportName} for drive {drive.Image}");
+    }
+
+    private async Task<IReadOnlyList<BlockJobInfo>> QueryJobsAsync(QemuVm vm, CancellationToken ct)
+    {
+        var jobs = await ExecuteAsync(vm, "query-block-jobs", null, ct);
+        var list = new List<BlockJobInfo>();
+        foreach (var job in jobs.EnumerateArray())
+        {
+            var jobId = job.GetProperty("device").GetString() ?? "";
+            if (vm.DriveOfJob(jobId) is not { } drive) continue;
+            var ready = job.TryGetProperty("ready", out var r) && r.GetBoolean();
+            var status = job.TryGetProperty("status", out var s) ? s.GetString() : null;
+            var phase = status switch
+            {
+                "concluded" or "null" when job.TryGetProperty("error", out _) => BlockJobPhase.Failed,
+                "concluded" or "null" => BlockJobPhase.Completed,
+                "aborting" => BlockJobPhase.Cancelled,
+                _ => ready ? BlockJobPhase.Ready : BlockJobPhase.Running,
+            };
+            list.Add(new BlockJobInfo(jobId, drive, phase,
+                job.GetProperty("offset").GetInt64(), job.GetProperty("len").GetInt64(), job.GetProperty("speed").GetInt64(),
+                job.TryGetProperty("error", out var error) ? error.GetString() : null));
+        }
+        return list;
+    }
+
+    private async Task<BlockJobInfo?> FindJobAsync(QemuVm vm, ImageId drive, CancellationToken ct) =>
+        (await QueryJobsAsync(vm, ct)).FirstOrDefault(j => j.Drive == drive);
+
+    private async Task WaitForReadyAsync(QemuVm vm, ImageId drive, string jobId, CancellationToken ct)
+    {
+        var deadline = DateTime.UtcNow + _options.CommandTimeout;
+        while (true)
+        {
+            var signal = vm.JobSignal;
+            var job = await FindJobAsync(vm, drive, ct);
+            if (job is null)
+            {
+                var why = vm.JobEnds.TryGetValue(jobId, out var ended) ? $" (it ended: {ended.Name})" : "";
+                throw new OperationFailedException(ErrorCodes.NoSuchJob, $"VM {vm.Id} drive {drive} has no mirror job {jobId} to pivot{why}");
+            }
+            if (job.Phase == BlockJobPhase.Ready) return;
+            if (DateTime.UtcNow > deadline)
+                throw new OperationFailedException(ErrorCodes.Timeout,
+                    $"mirror {jobId} of VM {vm.Id} not READY after {_options.CommandTimeout.TotalSeconds:0} s ({job.Offset}/{job.Length} bytes)");
+            await Task.WhenAny(signal, Task.Delay(250, ct));
+            ct.ThrowIfCancellationRequested();
+        }
+    }
+
+    /// <summary>Waits until the job is gone; returns its terminal event when one arrived (else the query saw it vanish).</summary>
+    private async Task<QmpEvent?> WaitForJobEndAsync(QemuVm vm, string jobId, CancellationToken ct)
+    {
+        var deadline = DateTime.UtcNow + _options.CommandTimeout;
+        while (true)
+        {
+            var signal = vm.JobSignal;
+            if (vm.JobEnds.TryGetValue(jobId, out var ended)) return ended;
+            var jobs = await ExecuteAsync(vm, "query-block-jobs", null, ct);
+            if (!jobs.EnumerateArray().Any(j => j.GetProperty("device").GetString() == jobId))
+                return vm.JobEnds.TryGetValue(jobId, out ended) ? ended : null;
+            if (DateTime.UtcNow > deadline)
+                throw new OperationFailedException(ErrorCodes.Timeout,
+                    $"block job {jobId} of VM {vm.Id} did not end within {_options.CommandTimeout.TotalSeconds:0} s");
+            await Task.WhenAny(signal, Task.Delay(250, ct));
+            ct.ThrowIfCancellationRequested();
+        }
+    }
+
+    private async Task<DriveState> DriveStateAsync(QemuVm vm, ImageId drive, CancellationToken ct) =>
+        (await DescribeCoreAsync(vm, ct)).Drive(drive);
+
+    private async Task<VmInfo> DescribeCoreAsync(QemuVm vm, CancellationToken ct)
+    {
+        var exports = await ExecuteAsync(vm, "query-block-exports", null, ct);
+        var exportNodes = exports.EnumerateArray().ToDictionary(
+            e => e.GetProperty("id").GetString() ?? "", e => e.GetProperty("node-name").GetString() ?? "");
+        var nodes = await ExecuteAsync(vm, "query-named-block-nodes", null, ct);
+        var nodesByName = new Dictionary<string, JsonElement>(StringComparer.Ordinal);
+        foreach (var node in nodes.EnumerateArray()) nodesByName[node.GetProperty("node-name").GetString() ?? ""] = node;
+        var jobs = await QueryJobsAsync(vm, ct);
+        var drives = vm.Manifest.Drives.Select(d =>
+        {
+            IReadOnlyList<string> openChain = exportNodes.TryGetValue(BlockNodes.ExportId(d.ImageId), out var active)
+                && nodesByName.TryGetValue(active, out var info)
+                ? BlockNodes.OpenChainLeafFirst(info).AsEnumerable().Reverse().ToList()
+                : [];
+            return new DriveState(d.ImageId, openChain, vm.Manifest.NbdSocket, d.ExportName,
+                jobs.FirstOrDefault(j => j.Drive == d.ImageId));
+        }).ToList();
+        return new VmInfo(vm.Id, vm.Manifest.Name, vm.Manifest.Pid, vm.DeathReason is null, drives);
+    }
+
+    private static void ValidateSpec(VmSpec spec)
+    {
+        if (string.IsNullOrWhiteSpace(spec.Name))
+            throw new OperationFailedException(ErrorCodes.InvalidArgument, $"VM {spec.Id} needs a name");
+        if (spec.MemoryMiB is < 8 or > 65536)
+            throw new OperationFailedException(ErrorCodes.InvalidArgument, $"VM {spec.Id} memory must be 8..65536 MiB, got {spec.MemoryMiB}");
+        if (spec.Drives.Select(d => d.Image).Distinct().Count() != spec.Drives.Count)
+            throw new OperationFailedException(ErrorCodes.InvalidArgument, $"VM {spec.Id} names a drive twice");
+        foreach (var drive in spec.Drives)
+        {
+            if (drive.Layers.Count == 0)
+                throw new OperationFailedException(ErrorCodes.InvalidArgument, $"drive {drive.Image} of VM {spec.Id} has no layers");
+            for (var i = 0; i < drive.Layers.Count; i++)
+            {
+                RequireAbsolute(drive.Layers[i], $"layer {i} of drive {drive.Image}");
+                if (i > 0 && drive.Layers[i].Format != VolumeFormat.Cow)
+                    throw new OperationFailedException(ErrorCodes.InvalidArgument,
+                        $"layer {i} ({drive.Layers[i].Volume}) of drive {drive.Image} is raw: only a base may be raw");
+            }
+        }
+    }
+
+    private static void RequireAbsolute(ChainLayer layer, string what)
+    {
+        if (!Path.IsPathFullyQualified(layer.Path) || layer.Path.Contains(',') || layer.Path.StartsWith("json:", StringComparison.Ordinal))
+            throw new OperationFailedException(ErrorCodes.InvalidArgument, $"{what} ({layer.Volume}) needs an absolute plain file path, got '{layer.Path}'");
+    }
+
+    private static void RequireAbsoluteCow(ChainLayer layer, string what)
+    {
+        RequireAbsolute(layer, what);
+        if (layer.Format != VolumeFormat.Cow)
+            throw new OperationFailedException(ErrorCodes.InvalidArgument, $"{what} ({layer.Volume}) must be qcow2, got {layer.Format}");
+    }
+
+    /// <summary>QEMU option values escape a comma by doubling it.</summary>
+    private static string EscapeOption(string value) => value.Replace(",", ",,", StringComparison.Ordinal);
+}
