@@ -94,9 +94,10 @@ public sealed class SimHypervisor : IHypervisor
         lock (_host.Gate)
         {
             ThrowIfDisposedLocked();
-            if (!_known.Contains(vm) || !_host.Vms.TryGetValue(vm, out var v))
+            if (!_known.Contains(vm))
                 throw new OperationFailedException(ErrorCodes.VmNotFound, $"VM {vm} is not known to sim host {_host.Name}");
-            _host.StopLocked(v, "stopped on request");
+            // gone already (and maybe forgotten by another instance's adoption): stopping it again is done
+            if (_host.Vms.TryGetValue(vm, out var v)) _host.StopLocked(v, "stopped on request");
         }
     }
 
@@ -408,8 +409,10 @@ public sealed class SimHypervisor : IHypervisor
     private SimVm RequireRunningLocked(VmId vm)
     {
         ThrowIfDisposedLocked();
-        if (!_known.Contains(vm) || !_host.Vms.TryGetValue(vm, out var v))
+        if (!_known.Contains(vm))
             throw new OperationFailedException(ErrorCodes.VmNotFound, $"VM {vm} is not known to sim host {_host.Name}");
+        if (!_host.Vms.TryGetValue(vm, out var v))
+            throw new OperationFailedException(ErrorCodes.VmNotRunning, $"VM {vm} is not running: its QEMU is gone");
         return v.Running
             ? v
             : throw new OperationFailedException(ErrorCodes.VmNotRunning, $"VM {vm} ({v.Name}) is not running: its QEMU is gone");
