@@ -1,0 +1,274 @@
+using LiveMigration.HostNode.Storage;
+using LiveMigration.Shared.Model;
+
+namespace LiveMigration.HostNode.Tests.Contract;
+
+/// <summary>
+/// The behaviour every <see cref="IStorageDomain"/> adapter must show, run against each kind.
+/// A subclass provides exactly:
+/// <list type="bullet">
+/// <item><see cref="CreateDomainAsync"/>: a new, empty domain of the kind under test with that name and capacity limit
+///   (file: <c>FileStorageDomain.CreateAsync(root, DomainId.New(), name, capacityBytes, ct)</c> under a temp root it owns);</item>
+/// <item><see cref="WriteLayerDataAsync"/>: writes <c>length</c> bytes of <c>pattern</c> at <c>offset</c> into that one layer, as a guest
+///   would (file: <c>qemu-io -f qcow2 -c "write -P pattern offset length"</c> on <c>domain.Locate(image, volume)</c>; sim: <c>SeedAllocated</c>);</item>
+/// <item>optionally an override of <see cref="DisposeAsync"/> that deletes what it made (temp folders), calling the base.</item>
+/// </list>
+/// Chains are created through the port itself (<see cref="ChainSeeder"/>): base → middle → leaf, all COW, 64 MiB, 1 MiB of data per layer.
+/// </summary>
+public abstract class StorageDomainContract : IAsyncLifetime
+{
+    protected const long RoomyCapacity = 1L << 30;
+
+    protected abstract Task<IStorageDomain> CreateDomainAsync(string name, long capacityBytes);
+
+    protected abstract Task WriteLayerDataAsync(IStorageDomain domain, ImageId image, VolumeId volume, long offset, long length, byte pattern);
+
+    public virtual Task InitializeAsync() => Task.CompletedTask;
+    public virtual Task DisposeAsync() => Task.CompletedTask;
+
+    protected Task<SeededChain> SeedChainAsync(IStorageDomain domain) => ChainSeeder.SeedAsync(domain, WriteLayerDataAsync);
+
+    [Fact]
+    public async Task Describe_reports_kind_name_capacity_and_the_space_data_takes()
+    {
+        var domain = await CreateDomainAsync("contract-a", RoomyCapacity);
+        var empty = await domain.DescribeAsync();
+        Assert.Equal(domain.Id, empty.Id);
+        Assert.Equal("contract-a", empty.Name);
+        Assert.Equal(domain.Kind, empty.Kind);
+        Assert.Equal(RoomyCapacity, empty.CapacityBytes);
+        Assert.True(empty.AvailableBytes > 0);
+        Assert.Empty(await domain.ListImagesAsync());
+
+        var chain = await SeedChainAsync(domain);
+        var seeded = await domain.DescribeAsync();
+        Assert.True(seeded.UsedBytes >= empty.UsedBytes + 3 * ChainSeeder.LayerDataBytes,
+            $"used went from {empty.UsedBytes} to {seeded.UsedBytes} after writing 3 MiB");
+        Assert.True(seeded.AvailableBytes < empty.AvailableBytes);
+        Assert.Equal([chain.Image], await domain.ListImagesAsync());
+    }
+
+    [Fact]
+    public async Task CreateVolume_repeated_with_the_same_arguments_returns_what_the_first_call_made()
+    {
+        var domain = await CreateDomainAsync("contract-a", RoomyCapacity);
+        var spec = new NewVolume(ImageId.New(), VolumeId.New(), VolumeFormat.Cow, ChainSeeder.Capacity);
+        var first = await domain.CreateVolumeAsync(spec);
+        var again = await domain.CreateVolumeAsync(spec);
+        Assert.Equal(first, again);
+        Assert.Single((await domain.DescribeImageAsync(spec.Image)).Volumes);
+
+        await ContractAssert.FailsWithAsync(ErrorCodes.Conflict,
+            () => domain.CreateVolumeAsync(spec with { Capacity = 2 * ChainSeeder.Capacity }));
+    }
+
+    [Fact]
+    public async Task A_seeded_chain_is_described_base_to_leaf_with_types_parents_and_legality()
+    {
+        var domain = await CreateDomainAsync("contract-a", RoomyCapacity);
+        var chain = await SeedChainAsync(domain);
+
+        var image = await domain.DescribeImageAsync(chain.Image);
+        Assert.Equal(chain.Ids, image.Volumes.Select(v => v.Id));
+        Assert.Equal([VolumeType.Internal, VolumeType.Internal, VolumeType.Leaf], image.Volumes.Select(v => v.Type));
+        Assert.Null(image.Volumes[0].Parent);
+        Assert.Equal(new VolumeRef(domain.Id, chain.Base), image.Volumes[1].Parent);
+        Assert.Equal(new VolumeRef(domain.Id, chain.Middle), image.Volumes[2].Parent);
+        Assert.All(image.Volumes, v =>
+        {
+            Assert.Equal(Legality.Legal, v.Legality);
+            Assert.Equal(ChainSeeder.Capacity, v.Capacity);
+            Assert.Equal(domain.Id, v.Domain);
+            Assert.InRange(v.AllocatedBytes, ChainSeeder.LayerDataBytes, ChainSeeder.Capacity / 4);
+        });
+        Assert.Equal(chain.Leaf, image.Leaf.Id);
+        Assert.Equal(image.Volumes[1], await domain.DescribeVolumeAsync(chain.Image, chain.Middle));
+
+        await ContractAssert.FailsWithAsync(ErrorCodes.ImageNotFound, () => domain.DescribeImageAsync(ImageId.New()));
+        await ContractAssert.FailsWithAsync(ErrorCodes.VolumeNotFound, () => domain.DescribeVolumeAsync(chain.Image, VolumeId.New()));
+    }
+
+    [Fact]
+    public async Task CloneImageStructure_makes_empty_illegal_twins_with_the_same_ids_and_parents()
+    {
+        var source = await CreateDomainAsync("contract-a", RoomyCapacity);
+        var destination = await CreateDomainAsync("contract-b", RoomyCapacity);
+        var chain = await SeedChainAsync(source);
+        var sourceBefore = await source.DescribeImageAsync(chain.Image);
+
+        var clone = await destination.CloneImageStructureAsync(source, chain.Image);
+
+        Assert.Equal(destination.Id, clone.Domain);
+        Assert.Equal(chain.Ids, clone.Volumes.Select(v => v.Id));
+        Assert.Null(clone.Volumes[0].Parent);
+        Assert.Equal(new VolumeRef(destination.Id, chain.Base), clone.Volumes[1].Parent);
+        Assert.Equal(new VolumeRef(destination.Id, chain.Middle), clone.Volumes[2].Parent);
+        Assert.Equal(sourceBefore.Volumes.Select(v => (v.Type, v.Format, v.Capacity)), clone.Volumes.Select(v => (v.Type, v.Format, v.Capacity)));
+        Assert.All(clone.Volumes, v => Assert.Equal(Legality.Illegal, v.Legality));
+        Assert.All(clone.Volumes, v => Assert.True(v.AllocatedBytes < ChainSeeder.LayerDataBytes, $"twin {v.Id} holds {v.AllocatedBytes} bytes before any copy"));
+
+        var again = await destination.CloneImageStructureAsync(source, chain.Image);
+        Assert.Equal(clone.Volumes.Select(v => (v.Id, v.Parent, v.CreatedAt, v.Legality)), again.Volumes.Select(v => (v.Id, v.Parent, v.CreatedAt, v.Legality)));
+        Assert.Equal(sourceBefore.Volumes, (await source.DescribeImageAsync(chain.Image)).Volumes);
+    }
+
+    [Fact]
+    public async Task CopyVolumeData_makes_each_twin_legal_with_a_new_generation_keeping_sparseness()
+    {
+        var source = await CreateDomainAsync("contract-a", RoomyCapacity);
+        var destination = await CreateDomainAsync("contract-b", RoomyCapacity);
+        var chain = await SeedChainAsync(source);
+        var twins = await destination.CloneImageStructureAsync(source, chain.Image);
+
+        foreach (var twin in twins.Volumes)
+        {
+            var progress = new RecordingProgress<CopyProgress>();
+            var copied = await destination.CopyVolumeDataAsync(source, chain.Image, twin.Id, progress);
+
+            Assert.Equal(Legality.Legal, copied.Legality);
+            Assert.True(copied.Generation > twin.Generation, $"generation {twin.Generation} → {copied.Generation}");
+            Assert.Equal(twin.Parent, copied.Parent);
+            Assert.InRange(copied.AllocatedBytes, ChainSeeder.LayerDataBytes, ChainSeeder.Capacity / 4);
+            Assert.NotEmpty(progress.Reports);
+            var last = progress.Reports[^1];
+            Assert.Equal(last.Total, last.Done);
+
+            var repeated = await destination.CopyVolumeDataAsync(source, chain.Image, twin.Id);
+            Assert.Equal(copied.Generation, repeated.Generation);
+            Assert.Equal(Legality.Legal, repeated.Legality);
+        }
+        Assert.All((await source.DescribeImageAsync(chain.Image)).Volumes, v => Assert.Equal(Legality.Legal, v.Legality));
+    }
+
+    [Fact]
+    public async Task CopyVolumeData_without_a_twin_is_refused()
+    {
+        var source = await CreateDomainAsync("contract-a", RoomyCapacity);
+        var destination = await CreateDomainAsync("contract-b", RoomyCapacity);
+        var chain = await SeedChainAsync(source);
+
+        var e = await Assert.ThrowsAsync<OperationFailedException>(() => destination.CopyVolumeDataAsync(source, chain.Image, chain.Base));
+        Assert.Contains(e.Code, new[] { ErrorCodes.ImageNotFound, ErrorCodes.VolumeNotFound });
+        Assert.Empty(await destination.ListImagesAsync());
+    }
+
+    [Fact]
+    public async Task A_destination_too_small_is_refused_up_front_naming_the_numbers_and_nothing_is_created()
+    {
+        var source = await CreateDomainAsync("contract-a", RoomyCapacity);
+        var tiny = await CreateDomainAsync("contract-tiny", 1L << 20);
+        var chain = await SeedChainAsync(source);
+
+        var e = await ContractAssert.FailsWithAsync(ErrorCodes.NotEnoughSpace, () => tiny.CloneImageStructureAsync(source, chain.Image));
+        var available = (await tiny.DescribeAsync()).AvailableBytes;
+        Assert.Contains(available.ToString(), e.Message);
+        Assert.Empty(await tiny.ListImagesAsync());
+    }
+
+    [Fact]
+    public async Task CreateVolume_with_a_parent_on_another_domain_makes_a_cross_domain_chain()
+    {
+        var source = await CreateDomainAsync("contract-a", RoomyCapacity);
+        var destination = await CreateDomainAsync("contract-b", RoomyCapacity);
+        var chain = await SeedChainAsync(source);
+        var sourceLeafBefore = await source.DescribeVolumeAsync(chain.Image, chain.Leaf);
+        var newLeaf = VolumeId.New();
+
+        var spec = new NewVolume(chain.Image, newLeaf, VolumeFormat.Cow, chain.Capacity, new VolumeRef(source.Id, chain.Leaf));
+        var created = await destination.CreateVolumeAsync(spec, source);
+
+        Assert.Equal(new VolumeRef(source.Id, chain.Leaf), created.Parent);
+        Assert.Equal(VolumeType.Leaf, created.Type);
+        Assert.Equal(Legality.Legal, created.Legality);
+        Assert.Equal([newLeaf], (await destination.DescribeImageAsync(chain.Image)).Volumes.Select(v => v.Id));
+        Assert.Equal(created, await destination.CreateVolumeAsync(spec, source));
+        Assert.Equal(sourceLeafBefore, await source.DescribeVolumeAsync(chain.Image, chain.Leaf));
+
+        var resolved = await new StoragePool([source, destination]).ResolveChainAsync(destination.Id, chain.Image);
+        Assert.Equal([source.Id, source.Id, source.Id, destination.Id], resolved.Layers.Select(l => l.Volume.Domain));
+        Assert.Equal(chain.PathsOn(source, chain.Base, chain.Middle, chain.Leaf).Append(destination.Locate(chain.Image, newLeaf)),
+            resolved.Layers.Select(l => l.Path));
+    }
+
+    [Fact]
+    public async Task SetParent_repoints_a_cross_domain_leaf_at_its_parent_copy()
+    {
+        var source = await CreateDomainAsync("contract-a", RoomyCapacity);
+        var destination = await CreateDomainAsync("contract-b", RoomyCapacity);
+        var chain = await SeedChainAsync(source);
+        var newLeaf = VolumeId.New();
+        var created = await destination.CreateVolumeAsync(
+            new NewVolume(chain.Image, newLeaf, VolumeFormat.Cow, chain.Capacity, new VolumeRef(source.Id, chain.Leaf)), source);
+        await destination.CloneImageStructureAsync(source, chain.Image);
+        foreach (var id in chain.Ids) await destination.CopyVolumeDataAsync(source, chain.Image, id);
+
+        var repointed = await destination.SetParentAsync(chain.Image, newLeaf, new VolumeRef(destination.Id, chain.Leaf), destination, rewriteHeader: true);
+
+        Assert.Equal(new VolumeRef(destination.Id, chain.Leaf), repointed.Parent);
+        Assert.True(repointed.Generation > created.Generation);
+        var image = await destination.DescribeImageAsync(chain.Image);
+        Assert.Equal([chain.Base, chain.Middle, chain.Leaf, newLeaf], image.Volumes.Select(v => v.Id));
+        Assert.Equal([VolumeType.Internal, VolumeType.Internal, VolumeType.Internal, VolumeType.Leaf], image.Volumes.Select(v => v.Type));
+        var resolved = await new StoragePool([source, destination]).ResolveChainAsync(destination.Id, chain.Image);
+        Assert.All(resolved.Layers, l => Assert.Equal(destination.Id, l.Volume.Domain));
+
+        var again = await destination.SetParentAsync(chain.Image, newLeaf, new VolumeRef(destination.Id, chain.Leaf), destination, rewriteHeader: true);
+        Assert.Equal(repointed.Parent, again.Parent);
+        Assert.Equal(repointed.Generation, again.Generation);
+    }
+
+    [Fact]
+    public async Task MarkLegal_makes_a_volume_legal_once()
+    {
+        var domain = await CreateDomainAsync("contract-a", RoomyCapacity);
+        var spec = new NewVolume(ImageId.New(), VolumeId.New(), VolumeFormat.Cow, ChainSeeder.Capacity, Legality: Legality.Illegal);
+        var created = await domain.CreateVolumeAsync(spec);
+        Assert.Equal(Legality.Illegal, created.Legality);
+
+        var legal = await domain.MarkLegalAsync(spec.Image, spec.Id);
+        Assert.Equal(Legality.Legal, legal.Legality);
+        Assert.True(legal.Generation > created.Generation);
+        var again = await domain.MarkLegalAsync(spec.Image, spec.Id);
+        Assert.Equal(legal.Generation, again.Generation);
+    }
+
+    [Fact]
+    public async Task DeleteImage_removes_all_its_volumes_and_a_repeat_is_quiet()
+    {
+        var domain = await CreateDomainAsync("contract-a", RoomyCapacity);
+        var chain = await SeedChainAsync(domain);
+        var kept = await SeedChainAsync(domain);
+        var usedBefore = (await domain.DescribeAsync()).UsedBytes;
+
+        await domain.DeleteImageAsync(chain.Image);
+
+        Assert.Equal([kept.Image], await domain.ListImagesAsync());
+        await ContractAssert.FailsWithAsync(ErrorCodes.ImageNotFound, () => domain.DescribeImageAsync(chain.Image));
+        Assert.True((await domain.DescribeAsync()).UsedBytes < usedBefore);
+        await domain.DeleteImageAsync(chain.Image);
+        Assert.Equal(3, (await domain.DescribeImageAsync(kept.Image)).Volumes.Count);
+    }
+
+    [Fact]
+    public async Task RemoveIllegalLeftovers_removes_failed_images_but_keeps_those_in_use_and_legal_ones()
+    {
+        var source = await CreateDomainAsync("contract-a", RoomyCapacity);
+        var destination = await CreateDomainAsync("contract-b", RoomyCapacity);
+        var failed = await SeedChainAsync(source);
+        var running = await SeedChainAsync(source);
+        var done = await SeedChainAsync(source);
+        await destination.CloneImageStructureAsync(source, failed.Image);
+        await destination.CopyVolumeDataAsync(source, failed.Image, failed.Base);
+        await destination.CloneImageStructureAsync(source, running.Image);
+        await destination.CloneImageStructureAsync(source, done.Image);
+        foreach (var id in done.Ids) await destination.CopyVolumeDataAsync(source, done.Image, id);
+
+        var removed = await destination.RemoveIllegalLeftoversAsync(new HashSet<ImageId> { running.Image });
+
+        Assert.Equal(failed.Ids.OrderBy(v => v.Value), removed.Select(v => v.Id).OrderBy(v => v.Value));
+        Assert.All(removed, v => Assert.Equal(failed.Image, v.Image));
+        Assert.Equal(new[] { running.Image, done.Image }.OrderBy(i => i.Value), (await destination.ListImagesAsync()).OrderBy(i => i.Value));
+        Assert.Equal(3, (await source.DescribeImageAsync(failed.Image)).Volumes.Count);
+        Assert.Empty(await destination.RemoveIllegalLeftoversAsync(new HashSet<ImageId> { running.Image }));
+    }
+}
