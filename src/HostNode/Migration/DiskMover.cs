@@ -104,6 +104,7 @@ public sealed class DiskMover(StoragePool pool, IHypervisor hypervisor)
             var ready = await WaitForMirrorReadyAsync(vm, image, progress, ct);
             copied += ready.Length;
             clock.Lap("mirror-ready");
+            progress?.Report(new MoveProgress(image, "mirror-ready", ready.Offset, ready.Length));
 
             var backing = (await pool.ResolveChainAsync(dst.Id, image, ct)).Backing;
             var pivotClock = Stopwatch.StartNew();
