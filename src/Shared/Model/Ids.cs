@@ -69,3 +69,16 @@ public readonly record struct VolumeRef(DomainId Domain, VolumeId Volume)
 {
     public override string ToString() => $"{Domain}/{Volume}";
 }
+
+/// <summary>A migration's id: the saga entity's id, and the first part of every operation id it sends.</summary>
+public readonly record struct MigrationId(Guid Value)
+{
+    public static MigrationId New() => new(Guid.NewGuid());
+    public static MigrationId Parse(string? text) => new(UuidText.Parse(text, "migration id"));
+    public static bool TryParse(string? text, [NotNullWhen(true)] out MigrationId? id)
+    {
+        id = UuidText.TryParse(text, out var g) ? new MigrationId(g) : null;
+        return id is not null;
+    }
+    public override string ToString() => Value.ToString("D");
+}

@@ -1,0 +1,314 @@
+using System.Security.Cryptography;
+using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
+
+namespace LiveMigration.Coordinator.Migration;
+
+/// <summary>What a command leads to: events to persist (none for a duplicate or stale result), or a refusal that changes nothing.</summary>
+public sealed record Decision(ValueList<IMigrationEvent> Events, string? RefusalCode = null, string? RefusalMessage = null)
+{
+    public bool Refused => RefusalCode is not null;
+    public static Decision Accept(IEnumerable<IMigrationEvent> events) => new(events.ToValueList());
+    public static readonly Decision Nothing = new(ValueList<IMigrationEvent>.Empty);
+    public static Decision Refuse(string code, string message) => new(ValueList<IMigrationEvent>.Empty, code, message);
+}
+
+/// <summary>
+/// The saga's rules (DESIGN §3): pure, so the persistent actor only persists what it returns and
+/// sends what <see cref="MigrationActions.Next"/> then asks for.
+/// </summary>
+public static class MigrationDecider
+{
+    public static Decision Decide(MigrationState state, IMigrationCommand command, DateTimeOffset now)
+    {
+        if (command.MigrationId != state.Id)
+            return Decision.Refuse(ErrorCodes.InvalidArgument, $"command {command.GetType().Name} for migration {command.MigrationId} reached migration {state.Id}");
+        if (command is StartMigration start)
+            return DecideStart(state, start, now);
+        if (state.Status is MigrationStatus.New)
+            return Decision.Refuse(MigrationErrorCodes.MigrationNotFound, $"migration {state.Id} was never started");
+
+        return command switch
+        {
+            AdmitMigration => DecideAdmit(state, now),
+            ReportStepSucceeded ok => Guard(state, ok.Operation, disk => new Draft(state, now).Succeeded(disk, ok.Outcome)),
+            ReportStepFailed failed => Guard(state, failed.Operation, disk => new Draft(state, now).Failed(disk, failed.Code, failed.Message, failed.Transient)),
+            ReportProgress p => Guard(state, p.Operation, disk => disk.Done == p.Done && disk.Total == p.Total
+                ? Decision.Nothing
+                : Decision.Accept([new ProgressReported(state.Id, disk.Image, disk.Step!.Value, p.Done, p.Total, now)])),
+            RetryDue => new Draft(state, now).RetryDue(),
+            CancelMigration cancel => DecideCancel(state, cancel, now),
+            ResumeMigration => DecideResume(state, now),
+            AbandonMigration => state.Status is MigrationStatus.Suspended
+                ? Decision.Accept([new MigrationAbandoned(state.Id, now)])
+                : Decision.Refuse(MigrationErrorCodes.NotSuspended, $"migration {state.Id} is {Describe(state.Status)}; only a suspended migration can be abandoned"),
+            _ => Decision.Refuse(ErrorCodes.InvalidArgument, $"migration {state.Id} does not know command {command.GetType().Name}"),
+        };
+    }
+
+    /// <summary>Results for anything but the step in flight (a repeat, an older attempt, another step) change nothing: that makes re-sending safe.</summary>
+    private static Decision Guard(MigrationState state, OperationId operation, Func<DiskState, Decision> decide) =>
+        state.Status.IsFinished || state.DiskAwaiting(operation) is not { } disk ? Decision.Nothing : decide(disk);
+
+    private static Decision DecideStart(MigrationState state, StartMigration start, DateTimeOffset now)
+    {
+        if (state.Status is not MigrationStatus.New)
+            return state.Request == start.Request
+                ? Decision.Nothing
+                : Decision.Refuse(MigrationErrorCodes.MigrationExists, $"migration {state.Id} exists already with another request");
+        var refusal = Validate(start.MigrationId, start.Request, start.Facts, out var plans);
+        return refusal ?? Decision.Accept([new MigrationRequested(state.Id, start.Request, plans, now)]);
+    }
+
+    /// <summary>DESIGN §3 step 1, against what the inventory knew: a refusal changes nothing.</summary>
+    private static Decision? Validate(MigrationId id, MigrationRequest request, ValidationFacts facts, out ValueList<DiskPlan> plans)
+    {
+        plans = ValueList<DiskPlan>.Empty;
+        if (request.Disks.Count == 0)
+            return Decision.Refuse(ErrorCodes.InvalidArgument, $"migration {id} names no disk to move");
+        if (request.MaxParallelDisks < 1)
+            return Decision.Refuse(ErrorCodes.InvalidArgument, $"migration {id}: parallel disks must be at least 1, got {request.MaxParallelDisks}");
+        if (request.BandwidthBytesPerSecond < 0)
+            return Decision.Refuse(ErrorCodes.InvalidArgument, $"migration {id}: bandwidth must be 0 (unlimited) or positive, got {request.BandwidthBytesPerSecond}");
+        if (request.RetryPolicy.MaxAttempts < 1)
+            return Decision.Refuse(ErrorCodes.InvalidArgument, $"migration {id}: retry attempts must be at least 1, got {request.RetryPolicy.MaxAttempts}");
+        if (request.Disks.GroupBy(d => d.Image).FirstOrDefault(g => g.Count() > 1) is { } twice)
+            return Decision.Refuse(ErrorCodes.InvalidArgument, $"migration {id} names disk {twice.Key} {twice.Count()} times");
+        if (facts.Vm is not { } vm || vm.Id != request.Vm)
+            return Decision.Refuse(ErrorCodes.VmNotFound, $"VM {request.Vm} is not in the inventory");
+        if (!vm.Running)
+            return Decision.Refuse(ErrorCodes.VmNotRunning, $"VM {request.Vm} is not running; a live migration needs it running");
+
+        var result = new List<DiskPlan>();
+        foreach (var wanted in request.Disks)
+        {
+            if (vm.Disks.FirstOrDefault(d => d.Image == wanted.Image) is not { } disk)
+                return Decision.Refuse(ErrorCodes.ImageNotFound, $"VM {vm.Id} has no disk {wanted.Image}");
+            if (wanted.Destination == disk.Domain)
+                return Decision.Refuse(ErrorCodes.InvalidArgument, $"disk {disk.Image} is already on domain {disk.Domain}");
+            if (facts.Domains.FirstOrDefault(d => d.Id == wanted.Destination) is not { } destination)
+                return Decision.Refuse(ErrorCodes.DomainNotFound, $"destination domain {wanted.Destination} of disk {disk.Image} is not in the inventory");
+            if (!destination.Active)
+                return Decision.Refuse(MigrationErrorCodes.DomainInactive, $"destination domain {destination.Id} of disk {disk.Image} is not active");
+            if (facts.DisksInActiveMigrations.Contains(disk.Image))
+                return Decision.Refuse(MigrationErrorCodes.DiskBusy, $"disk {disk.Image} is already being moved by another migration");
+            result.Add(new DiskPlan(disk.Image, disk.Domain, wanted.Destination, disk.SizeBytes, NewLeafId(id, disk.Image)));
+        }
+        foreach (var byDomain in result.GroupBy(p => p.Destination))
+        {
+            var free = facts.Domains.First(d => d.Id == byDomain.Key).FreeBytes;
+            var needed = byDomain.Sum(p => p.SizeBytes);
+            if (needed > free)
+                return Decision.Refuse(ErrorCodes.NotEnoughSpace,
+                    $"destination domain {byDomain.Key} has {free} bytes free, the disks moving there need {needed}");
+        }
+        plans = result.ToValueList();
+        return null;
+    }
+
+    /// <summary>The post-copy leaf's id, derived from the migration and the disk so every replay and every retry names the same volume.</summary>
+    public static VolumeId NewLeafId(MigrationId migration, ImageId image)
+    {
+        Span<byte> input = stackalloc byte[32];
+        migration.Value.TryWriteBytes(input[..16]);
+        image.Value.TryWriteBytes(input[16..]);
+        Span<byte> hash = stackalloc byte[32];
+        SHA256.HashData(input, hash);
+        var bytes = hash[..16].ToArray();
+        bytes[7] = (byte)((bytes[7] & 0x0F) | 0x80); // version 8 (custom), as little-endian Guid layout stores it
+        bytes[8] = (byte)((bytes[8] & 0x3F) | 0x80); // RFC 4122 variant
+        return new VolumeId(new Guid(bytes));
+    }
+
+    private static Decision DecideAdmit(MigrationState state, DateTimeOffset now) =>
+        state.Status is MigrationStatus.Queued
+            ? new Draft(state, now).Emit(new MigrationAdmitted(state.Id, now)).Settle()
+            : Decision.Nothing;
+
+    private static Decision DecideCancel(MigrationState state, CancelMigration cancel, DateTimeOffset now)
+    {
+        if (state.Status.IsFinished)
+            return Decision.Refuse(MigrationErrorCodes.MigrationFinished, $"migration {state.Id} is {Describe(state.Status)} already");
+        if (state.Disks.FirstOrDefault(d => d.PassedPointOfNoReturn || d.SwitchInFlight) is { } past)
+            return Decision.Refuse(MigrationErrorCodes.PointOfNoReturnPassed,
+                $"migration {state.Id} cannot be cancelled: disk {past.Image} {(past.PassedPointOfNoReturn ? "passed" : "is at")} its point of no return ({past.Step}); it rolls forward, resume or abandon it if it is suspended");
+        if (state.Termination is not null)
+            return Decision.Nothing; // already rolling back
+        if (state.Status is MigrationStatus.Queued)
+            return Decision.Accept([new MigrationCancelled(state.Id, cancel.Reason, now)]);
+        return new Draft(state, now).Terminate(TerminationKind.Cancel, MigrationErrorCodes.Cancelled, cancel.Reason).Settle();
+    }
+
+    private static Decision DecideResume(MigrationState state, DateTimeOffset now)
+    {
+        if (state.Status is not MigrationStatus.Suspended)
+            return Decision.Refuse(MigrationErrorCodes.NotSuspended, $"migration {state.Id} is {Describe(state.Status)}; only a suspended migration can be resumed");
+        var draft = new Draft(state, now).Emit(new MigrationResumed(state.Id, now));
+        foreach (var disk in state.Disks.Where(d => d.Phase == DiskPhase.Suspended))
+            draft.StartStep(draft.State.Disk(disk.Image), disk.Step!.Value, disk.Attempt + 1);
+        return draft.Settle();
+    }
+
+    public static string Describe(MigrationStatus status) => status switch
+    {
+        MigrationStatus.RollingBack r => $"rolling back ({r.Code})",
+        MigrationStatus.Suspended s => $"suspended at {s.Step} of disk {s.Image}",
+        MigrationStatus.Failed f => $"failed ({f.Code})",
+        _ => status.GetType().Name.ToLowerInvariant(),
+    };
+
+    /// <summary>Events in the making, each applied at once so later rules see the state they lead to.</summary>
+    private sealed class Draft(MigrationState state, DateTimeOffset now)
+    {
+        private readonly List<IMigrationEvent> _events = [];
+        public MigrationState State { get; private set; } = state;
+        private MigrationRequest Request => State.Request!;
+
+        public Draft Emit(IMigrationEvent e)
+        {
+            _events.Add(e);
+            State = MigrationState.Apply(State, e);
+            return this;
+        }
+
+        public void StartStep(DiskState disk, MigrationStep step, int attempt) =>
+            Emit(new StepStarted(State.Id, disk.Image, step, new OperationId(State.Id, step, disk.Image, attempt), attempt, now));
+
+        public Decision Succeeded(DiskState disk, StepOutcome outcome)
+        {
+            var step = disk.Step!.Value;
+            Emit(new StepCompleted(State.Id, disk.Image, step, disk.Operation!.Value, outcome, now));
+            if (MigrationPlan.IsSwitch(step))
+                Emit(new PointOfNoReturnPassed(State.Id, disk.Image, now));
+            Continue(State.Disk(disk.Image));
+            return Settle();
+        }
+
+        public Decision Failed(DiskState disk, string code, string message, bool transient)
+        {
+            var step = disk.Step!.Value;
+            if (MigrationPlan.IsRollback(step) && MigrationPlan.NothingToUndo(step, code))
+                return Succeeded(disk, new StepOutcome(Detail: $"nothing to undo: {code}: {message}"));
+
+            Emit(new StepFailed(State.Id, disk.Image, step, disk.Operation!.Value, code, message, transient, now));
+            disk = State.Disk(disk.Image);
+            var budgetLeft = disk.FailuresInRow < Request.RetryPolicy.MaxAttempts;
+            var why = $"{step} of disk {disk.Image} failed ({code}: {message})";
+
+            if (disk.IsRollingBack || disk.PassedPointOfNoReturn)
+            {
+                // Undoing, or past the point of no return: the only ways are forward, or wait for an operator.
+                if (budgetLeft && code != ErrorCodes.VmNotRunning)
+                    ScheduleRetry(disk);
+                else
+                    Emit(new MigrationSuspended(State.Id, disk.Image, step,
+                        budgetLeft ? why : $"{why} after {disk.FailuresInRow} attempts", now));
+            }
+            else if (transient && budgetLeft && State.Termination is null)
+                ScheduleRetry(disk);
+            else
+            {
+                if (State.Termination is null)
+                    Terminate(TerminationKind.Failure, code, transient ? $"{why} after {disk.FailuresInRow} attempts" : why);
+                BeginRollback(State.Disk(disk.Image));
+            }
+            return Settle();
+        }
+
+        public Decision RetryDue()
+        {
+            foreach (var disk in State.Disks.Where(d => d.Phase == DiskPhase.RetryWaiting && d.RetryDueAt <= now))
+                StartStep(disk, disk.Step!.Value, disk.Attempt + 1);
+            return Settle();
+        }
+
+        /// <summary>Record the end the migration heads for and start undoing every disk that can be undone now.</summary>
+        public Draft Terminate(TerminationKind kind, string code, string message)
+        {
+            Emit(new RollbackStarted(State.Id, kind, code, message, now));
+            foreach (var disk in State.Disks)
+            {
+                if (disk.IsFinished || disk.PassedPointOfNoReturn || disk.IsRollingBack)
+                    continue;
+                if (disk.Phase == DiskPhase.Pending)
+                    Emit(new DiskFinished(State.Id, disk.Image, DiskOutcome.Skipped, now));
+                else if (disk.Phase != DiskPhase.InFlight || MigrationPlan.IsInterruptible(disk.Step!.Value))
+                    BeginRollback(disk);
+                // A step still in flight is let finish; its outcome starts the rollback (or, for a switch that worked, the roll forward).
+            }
+            return this;
+        }
+
+        private void ScheduleRetry(DiskState disk)
+        {
+            var delay = Request.RetryPolicy.DelayAfter(disk.FailuresInRow);
+            Emit(new RetryScheduled(State.Id, disk.Image, disk.Step!.Value, disk.Attempt + 1, delay, now + delay, now));
+        }
+
+        /// <summary>After a step's success: the next forward step, the next rollback step, or the disk is done.</summary>
+        private void Continue(DiskState disk)
+        {
+            var step = disk.Step!.Value;
+            if (disk.IsRollingBack)
+            {
+                NextRollbackStep(disk, after: step);
+                return;
+            }
+            if (State.Termination is not null && !disk.PassedPointOfNoReturn)
+            {
+                BeginRollback(disk);
+                return;
+            }
+            if (MigrationPlan.NextForwardStep(Request.Strategy, Request.DeleteSource, step) is { } next)
+                StartStep(disk, next, 1);
+            else
+                Emit(new DiskFinished(State.Id, disk.Image, DiskOutcome.Completed, now));
+        }
+
+        private void BeginRollback(DiskState disk) => NextRollbackStep(disk, after: null);
+
+        private void NextRollbackStep(DiskState disk, MigrationStep? after)
+        {
+            var steps = MigrationPlan.RollbackSteps(disk.Started);
+            var index = after is { } a ? IndexOf(steps, a) + 1 : 0;
+            if (index < steps.Count)
+                StartStep(disk, steps[index], 1);
+            else
+                Emit(new DiskFinished(State.Id, disk.Image, DiskOutcome.RolledBack, now));
+        }
+
+        private static int IndexOf(IReadOnlyList<MigrationStep> steps, MigrationStep step)
+        {
+            for (var i = 0; i < steps.Count; i++)
+                if (steps[i] == step) return i;
+            return -1;
+        }
+
+        /// <summary>Fill free parallel slots, and end the migration once every disk is finished.</summary>
+        public Decision Settle()
+        {
+            if (State.Status is MigrationStatus.Running)
+            {
+                var free = Request.MaxParallelDisks - State.Disks.Count(d => d.IsActive);
+                foreach (var pending in State.Disks.Where(d => d.Phase == DiskPhase.Pending).Take(Math.Max(0, free)).ToList())
+                    StartStep(pending, MigrationPlan.ForwardSteps(Request.Strategy, Request.DeleteSource)[0], 1);
+            }
+            if (!State.Status.IsFinished && State.Status is not MigrationStatus.Queued && State.Disks.All(d => d.IsFinished))
+            {
+                if (State.Termination is not { } end)
+                    Emit(new MigrationCompleted(State.Id, now));
+                else if (end.Kind == TerminationKind.Cancel)
+                    Emit(new MigrationCancelled(State.Id, end.Message, now));
+                else
+                    Emit(new MigrationFailed(State.Id, end.Code, Summarize(end.Message), now));
+            }
+            return Decision.Accept(_events);
+        }
+
+        private string Summarize(string cause)
+        {
+            var moved = State.Disks.Where(d => d.Phase == DiskPhase.Completed).Select(d => d.Image.ToString()).ToList();
+            return moved.Count == 0 ? $"{cause}; every disk was rolled back" : $"{cause}; disks moved before the failure: {string.Join(", ", moved)}";
+        }
+    }
+}

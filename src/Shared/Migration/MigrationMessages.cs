@@ -1,0 +1,84 @@
+using LiveMigration.Shared.Model;
+
+namespace LiveMigration.Shared.Migration;
+
+/// <summary>A command to one migration saga; the entity id routes it to its shard.</summary>
+public interface IMigrationCommand
+{
+    MigrationId MigrationId { get; }
+}
+
+/// <summary>A fact a migration saga persisted; replaying them in order rebuilds its state.</summary>
+public interface IMigrationEvent
+{
+    MigrationId MigrationId { get; }
+    DateTimeOffset At { get; }
+}
+
+/// <summary>What a host returns with a finished step, for progress and the report.</summary>
+public sealed record StepOutcome(long BytesCopied = 0, string? Detail = null);
+
+// ---- commands --------------------------------------------------------------------------------
+
+/// <summary>Start a migration; validated against the inventory's facts, refused with nothing changed when they do not allow it.</summary>
+public sealed record StartMigration(MigrationId MigrationId, MigrationRequest Request, ValidationFacts Facts) : IMigrationCommand;
+
+/// <summary>The per-host and per-domain limits let a queued migration run.</summary>
+public sealed record AdmitMigration(MigrationId MigrationId) : IMigrationCommand;
+
+public sealed record ReportStepSucceeded(MigrationId MigrationId, OperationId Operation, StepOutcome Outcome) : IMigrationCommand;
+
+/// <summary>A host could not do a step; <paramref name="Transient"/> says trying again may help (timeouts, a host away).</summary>
+public sealed record ReportStepFailed(MigrationId MigrationId, OperationId Operation, string Code, string Message, bool Transient) : IMigrationCommand;
+
+public sealed record ReportProgress(MigrationId MigrationId, OperationId Operation, long Done, long Total) : IMigrationCommand;
+
+/// <summary>The timer the saga asked for (see <c>WakeAt</c>) fired: start the retries that are due.</summary>
+public sealed record RetryDue(MigrationId MigrationId) : IMigrationCommand;
+
+public sealed record CancelMigration(MigrationId MigrationId, string Reason = "cancelled by an operator") : IMigrationCommand;
+
+public sealed record ResumeMigration(MigrationId MigrationId) : IMigrationCommand;
+
+public sealed record AbandonMigration(MigrationId MigrationId) : IMigrationCommand;
+
+// ---- events ----------------------------------------------------------------------------------
+
+public sealed record MigrationRequested(MigrationId MigrationId, MigrationRequest Request, ValueList<DiskPlan> Disks, DateTimeOffset At) : IMigrationEvent;
+
+public sealed record MigrationAdmitted(MigrationId MigrationId, DateTimeOffset At) : IMigrationEvent;
+
+/// <summary>The intent of a step, persisted before its command is sent.</summary>
+public sealed record StepStarted(MigrationId MigrationId, ImageId Image, MigrationStep Step, OperationId Operation, int Attempt, DateTimeOffset At) : IMigrationEvent;
+
+public sealed record StepCompleted(MigrationId MigrationId, ImageId Image, MigrationStep Step, OperationId Operation, StepOutcome Outcome, DateTimeOffset At) : IMigrationEvent;
+
+public sealed record StepFailed(MigrationId MigrationId, ImageId Image, MigrationStep Step, OperationId Operation, string Code, string Message, bool Transient, DateTimeOffset At) : IMigrationEvent;
+
+public sealed record RetryScheduled(MigrationId MigrationId, ImageId Image, MigrationStep Step, int NextAttempt, TimeSpan Delay, DateTimeOffset DueAt, DateTimeOffset At) : IMigrationEvent;
+
+/// <summary>The disk's VM now writes on the destination (pivot or live snapshot done): from here it only rolls forward.</summary>
+public sealed record PointOfNoReturnPassed(MigrationId MigrationId, ImageId Image, DateTimeOffset At) : IMigrationEvent;
+
+/// <summary>The migration will not complete: disks before their point of no return are rolled back.</summary>
+public sealed record RollbackStarted(MigrationId MigrationId, TerminationKind Kind, string Code, string Message, DateTimeOffset At) : IMigrationEvent;
+
+public sealed record ProgressReported(MigrationId MigrationId, ImageId Image, MigrationStep Step, long Done, long Total, DateTimeOffset At) : IMigrationEvent;
+
+public enum DiskOutcome { Completed, RolledBack, Skipped }
+
+public sealed record DiskFinished(MigrationId MigrationId, ImageId Image, DiskOutcome Outcome, DateTimeOffset At) : IMigrationEvent;
+
+/// <summary>A step could not be finished after retries; the disk waits for an operator (resume or abandon).</summary>
+public sealed record MigrationSuspended(MigrationId MigrationId, ImageId Image, MigrationStep Step, string Reason, DateTimeOffset At) : IMigrationEvent;
+
+public sealed record MigrationResumed(MigrationId MigrationId, DateTimeOffset At) : IMigrationEvent;
+
+public sealed record MigrationCompleted(MigrationId MigrationId, DateTimeOffset At) : IMigrationEvent;
+
+public sealed record MigrationFailed(MigrationId MigrationId, string Code, string Message, DateTimeOffset At) : IMigrationEvent;
+
+public sealed record MigrationCancelled(MigrationId MigrationId, string Reason, DateTimeOffset At) : IMigrationEvent;
+
+/// <summary>An operator gave up on a suspended migration: each disk stays on the valid chain it runs on now.</summary>
+public sealed record MigrationAbandoned(MigrationId MigrationId, DateTimeOffset At) : IMigrationEvent;
