@@ -1,0 +1,447 @@
+using LiveMigration.Coordinator.Migration;
+using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
+using static LiveMigration.Shared.Migration.MigrationStep;
+
+namespace LiveMigration.Coordinator.Tests.Migration;
+
+public sealed class MigrationSagaTests
+{
+    [Fact]
+    public void Pre_copy_runs_every_step_in_order_on_the_right_host_and_completes()
+    {
+        var saga = new SagaDriver();
+        Assert.False(saga.Send(new StartMigration(saga.Id, saga.Request(), saga.Facts())).Refused);
+        Assert.IsType<MigrationStatus.Queued>(saga.State.Status);
+        Assert.IsType<RequestAdmission>(Assert.Single(saga.Actions));
+        saga.Send(new AdmitMigration(saga.Id));
+
+        var roles = new List<HostRole>();
+        var ops = new List<string>();
+        while (saga.Sends.FirstOrDefault() is { } send)
+        {
+            roles.Add(send.Role);
+            ops.Add(send.Operation.ToString());
+            saga.Advance(TimeSpan.FromSeconds(2));
+            saga.Succeed();
+        }
+
+        Assert.Equal([CloneImageStructure, StartReplication, SyncInternalVolumes, WaitMirrorReady, Pivot, MarkDestinationLeafLegal, DeleteSourceImage],
+            saga.StepsStarted(saga.Image));
+        Assert.Equal([HostRole.Spm, HostRole.Hsm, HostRole.Spm, HostRole.Hsm, HostRole.Hsm, HostRole.Spm, HostRole.Spm], roles);
+        Assert.Equal($"{saga.Id}/CloneImageStructure:{saga.Image}/1", ops[0]);
+        Assert.IsType<MigrationStatus.Completed>(saga.State.Status);
+        Assert.True(saga.State.PointOfNoReturnPassed);
+        Assert.Single(saga.Journal.OfType<PointOfNoReturnPassed>());
+        Assert.Equal(DiskPhase.Completed, saga.State.Disk(saga.Image).Phase);
+        Assert.Equal(7, saga.State.Disk(saga.Image).StepTimings.Count(t => t.EndedAt - t.StartedAt == TimeSpan.FromSeconds(2)));
+        Assert.Equal(saga.Now, saga.State.FinishedAt);
+        Assert.Empty(saga.Actions);
+    }
+
+    [Fact]
+    public void Post_copy_runs_its_steps_and_passes_the_point_of_no_return_at_the_live_snapshot()
+    {
+        var saga = new SagaDriver().Begin(MigrationStrategy.PostCopy);
+        Assert.Equal(HostRole.Spm, saga.InFlight().Role);
+        var newLeaf = saga.InFlight().Disk.NewLeaf;
+        Assert.Equal(MigrationDecider.NewLeafId(saga.Id, saga.Image), newLeaf);
+
+        saga.Succeed(); // CreateVolumeCrossDomain
+        Assert.Equal(LiveSnapshotToDestination, saga.InFlight().Step);
+        Assert.False(saga.State.PointOfNoReturnPassed);
+        saga.Succeed();
+        Assert.True(saga.State.PointOfNoReturnPassed);
+        saga.SucceedAll(saga.Image);
+
+        Assert.Equal([CreateVolumeCrossDomain, LiveSnapshotToDestination, CloneInternalVolumes, SwitchBackingChain, DeleteSourceImage],
+            saga.StepsStarted(saga.Image));
+        Assert.IsType<MigrationStatus.Completed>(saga.State.Status);
+    }
+
+    [Fact]
+    public void A_failure_before_the_pivot_cancels_the_mirror_deletes_the_destination_and_fails_with_the_host_code()
+    {
+        var saga = new SagaDriver().Begin();
+        saga.Succeed(); // CloneImageStructure
+        saga.Succeed(); // StartReplication
+        Assert.Equal(SyncInternalVolumes, saga.InFlight().Step);
+        saga.Fail(ErrorCodes.VerifyFailed);
+
+        Assert.IsType<MigrationStatus.RollingBack>(saga.State.Status);
+        Assert.Equal(CancelReplication, saga.InFlight().Step);
+        Assert.Equal(HostRole.Hsm, saga.InFlight().Role);
+        saga.Succeed();
+        Assert.Equal(DeleteDestinationImage, saga.InFlight().Step);
+        Assert.Equal(HostRole.Spm, saga.InFlight().Role);
+        saga.Succeed();
+
+        var failed = Assert.IsType<MigrationStatus.Failed>(saga.State.Status);
+        Assert.Equal(ErrorCodes.VerifyFailed, failed.Code);
+        Assert.Contains("SyncInternalVolumes", failed.Message);
+        Assert.Equal(DiskPhase.RolledBack, saga.State.Disk(saga.Image).Phase);
+        Assert.DoesNotContain(Pivot, saga.StepsStarted(saga.Image));
+    }
+
+    [Fact]
+    public void A_failed_cross_domain_leaf_in_post_copy_only_deletes_the_destination()
+    {
+        var saga = new SagaDriver().Begin(MigrationStrategy.PostCopy);
+        saga.Fail(ErrorCodes.NotEnoughSpace);
+        Assert.Equal(DeleteDestinationImage, saga.InFlight().Step);
+        saga.Succeed();
+        Assert.Equal(ErrorCodes.NotEnoughSpace, Assert.IsType<MigrationStatus.Failed>(saga.State.Status).Code);
+        Assert.DoesNotContain(CancelReplication, saga.StepsStarted(saga.Image));
+    }
+
+    [Fact]
+    public void Cancel_while_waiting_for_the_mirror_rolls_back_at_once_and_ends_cancelled()
+    {
+        var saga = new SagaDriver().Begin();
+        saga.Succeed(); saga.Succeed(); saga.Succeed();
+        var waiting = saga.InFlight();
+        Assert.Equal(WaitMirrorReady, waiting.Step);
+
+        Assert.False(saga.Send(new CancelMigration(saga.Id, "operator changed their mind")).Refused);
+        Assert.Equal(CancelReplication, saga.InFlight().Step);
+        // The wait's late answer belongs to a step the saga left: ignored.
+        Assert.Empty(saga.Send(new ReportStepFailed(saga.Id, waiting.Operation, ErrorCodes.JobFailed, "mirror cancelled", false)).Events);
+        saga.Succeed();
+        saga.Succeed();
+
+        var cancelled = Assert.IsType<MigrationStatus.Cancelled>(saga.State.Status);
+        Assert.Equal("operator changed their mind", cancelled.Reason);
+        Assert.Equal([CloneImageStructure, StartReplication, SyncInternalVolumes, WaitMirrorReady, CancelReplication, DeleteDestinationImage],
+            saga.StepsStarted(saga.Image));
+    }
+
+    [Fact]
+    public void Cancel_during_a_copy_waits_for_the_copy_to_answer_before_undoing_it()
+    {
+        var saga = new SagaDriver().Begin();
+        var clone = saga.InFlight();
+        saga.Send(new CancelMigration(saga.Id));
+        Assert.IsType<MigrationStatus.RollingBack>(saga.State.Status);
+        // Still the clone in flight: deleting now would race the clone that is still writing.
+        Assert.Equal(clone.Operation, saga.InFlight().Operation);
+        Assert.Empty(saga.Send(new CancelMigration(saga.Id)).Events);
+
+        saga.Succeed();
+        Assert.Equal(DeleteDestinationImage, saga.InFlight().Step);
+        saga.Succeed();
+        Assert.IsType<MigrationStatus.Cancelled>(saga.State.Status);
+        Assert.DoesNotContain(StartReplication, saga.StepsStarted(saga.Image));
+    }
+
+    [Fact]
+    public void Cancel_of_a_queued_migration_ends_it_with_nothing_to_undo()
+    {
+        var saga = new SagaDriver();
+        saga.Send(new StartMigration(saga.Id, saga.Request(), saga.Facts()));
+        saga.Send(new CancelMigration(saga.Id));
+        Assert.IsType<MigrationStatus.Cancelled>(saga.State.Status);
+        Assert.Empty(saga.Actions);
+        Assert.Empty(saga.Send(new AdmitMigration(saga.Id)).Events);
+    }
+
+    [Fact]
+    public void Cancel_is_refused_once_the_pivot_is_sent_and_after_it()
+    {
+        var saga = new SagaDriver().Begin();
+        for (var i = 0; i < 4; i++) saga.Succeed();
+        Assert.Equal(Pivot, saga.InFlight().Step);
+
+        var during = saga.Send(new CancelMigration(saga.Id));
+        Assert.Equal(MigrationErrorCodes.PointOfNoReturnPassed, during.RefusalCode);
+        Assert.Contains("Pivot", during.RefusalMessage);
+        Assert.Empty(during.Events);
+
+        saga.Succeed();
+        var after = saga.Send(new CancelMigration(saga.Id));
+        Assert.Equal(MigrationErrorCodes.PointOfNoReturnPassed, after.RefusalCode);
+        Assert.Contains(saga.Image.ToString(), after.RefusalMessage);
+        Assert.IsType<MigrationStatus.Running>(saga.State.Status);
+
+        saga.SucceedAll(saga.Image);
+        Assert.Equal(MigrationErrorCodes.MigrationFinished, saga.Send(new CancelMigration(saga.Id)).RefusalCode);
+    }
+
+    [Fact]
+    public void A_pivot_that_fails_for_good_did_not_switch_and_rolls_back()
+    {
+        var saga = new SagaDriver().Begin();
+        for (var i = 0; i < 4; i++) saga.Succeed();
+        saga.Fail(ErrorCodes.QmpError);
+        Assert.False(saga.State.PointOfNoReturnPassed);
+        saga.SucceedAll(saga.Image);
+        Assert.Equal(ErrorCodes.QmpError, Assert.IsType<MigrationStatus.Failed>(saga.State.Status).Code);
+        Assert.Equal(DiskPhase.RolledBack, saga.State.Disk(saga.Image).Phase);
+    }
+
+    [Fact]
+    public void Vm_not_running_rolls_back_even_if_the_mirror_is_gone_and_fails_with_VM_NOT_RUNNING()
+    {
+        var saga = new SagaDriver().Begin();
+        saga.Succeed(); saga.Succeed(); saga.Succeed();
+        saga.Fail(ErrorCodes.VmNotRunning);
+
+        Assert.Equal(CancelReplication, saga.InFlight().Step);
+        // QEMU is gone, so is its mirror: nothing to cancel, go on with the delete.
+        saga.Fail(ErrorCodes.VmNotRunning);
+        Assert.Equal(DeleteDestinationImage, saga.InFlight().Step);
+        saga.Succeed();
+
+        var failed = Assert.IsType<MigrationStatus.Failed>(saga.State.Status);
+        Assert.Equal(ErrorCodes.VmNotRunning, failed.Code);
+        Assert.Contains("every disk was rolled back", failed.Message);
+    }
+
+    [Fact]
+    public void Transient_failures_retry_with_doubling_delays_then_fail_and_roll_back()
+    {
+        var saga = new SagaDriver().Begin(retry: new RetryPolicy(3, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(30)));
+        var first = saga.InFlight().Operation;
+        saga.Fail(ErrorCodes.Timeout, transient: true);
+
+        var retry = Assert.Single(saga.Journal.OfType<RetryScheduled>());
+        Assert.Equal(TimeSpan.FromSeconds(1), retry.Delay);
+        Assert.Empty(saga.Sends);
+        Assert.Equal(new WakeAt(SagaDriver.T0 + TimeSpan.FromSeconds(1)), Assert.Single(saga.Actions));
+        Assert.Empty(saga.Send(new RetryDue(saga.Id)).Events); // not due yet
+        // The failed attempt's own late answer is stale now.
+        Assert.Empty(saga.Send(new ReportStepSucceeded(saga.Id, first, new StepOutcome())).Events);
+
+        saga.Advance(TimeSpan.FromSeconds(1));
+        saga.Send(new RetryDue(saga.Id));
+        Assert.Equal(first with { Attempt = 2 }, saga.InFlight().Operation);
+        saga.Fail(ErrorCodes.Timeout, transient: true);
+        Assert.Equal(TimeSpan.FromSeconds(2), saga.Journal.OfType<RetryScheduled>().Last().Delay);
+
+        saga.Advance(TimeSpan.FromSeconds(2));
+        saga.Send(new RetryDue(saga.Id));
+        Assert.Equal(3, saga.InFlight().Operation.Attempt);
+        saga.Fail(ErrorCodes.Timeout, transient: true);
+
+        Assert.Equal(DeleteDestinationImage, saga.InFlight().Step);
+        saga.Succeed();
+        var failed = Assert.IsType<MigrationStatus.Failed>(saga.State.Status);
+        Assert.Equal(ErrorCodes.Timeout, failed.Code);
+        Assert.Contains("after 3 attempts", failed.Message);
+    }
+
+    [Fact]
+    public void Backoff_doubles_and_stops_at_the_cap()
+    {
+        var policy = new RetryPolicy(10, TimeSpan.FromMilliseconds(500), TimeSpan.FromSeconds(3));
+        Assert.Equal([500, 1000, 2000, 3000, 3000], Enumerable.Range(1, 5).Select(n => policy.DelayAfter(n).TotalMilliseconds));
+    }
+
+    [Fact]
+    public void After_the_live_snapshot_failures_retry_then_suspend_and_resume_completes_with_a_new_attempt()
+    {
+        var saga = new SagaDriver().Begin(MigrationStrategy.PostCopy, retry: new RetryPolicy(2, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(30)));
+        saga.Succeed(); saga.Succeed();
+        Assert.Equal(CloneInternalVolumes, saga.InFlight().Step);
+
+        saga.Fail(ErrorCodes.QemuImgFailed); // not transient, but past the point of no return: roll forward
+        Assert.Single(saga.Journal.OfType<RetryScheduled>());
+        saga.Advance(TimeSpan.FromSeconds(1));
+        saga.Send(new RetryDue(saga.Id));
+        saga.Fail(ErrorCodes.QemuImgFailed);
+
+        var suspended = Assert.IsType<MigrationStatus.Suspended>(saga.State.Status);
+        Assert.Equal(CloneInternalVolumes, suspended.Step);
+        Assert.Contains("QEMU_IMG_FAILED", suspended.Reason);
+        Assert.Contains("after 2 attempts", suspended.Reason);
+        Assert.Empty(saga.Actions);
+        Assert.Equal(MigrationErrorCodes.PointOfNoReturnPassed, saga.Send(new CancelMigration(saga.Id)).RefusalCode);
+        Assert.DoesNotContain(DeleteDestinationImage, saga.StepsStarted(saga.Image));
+
+        saga.Send(new ResumeMigration(saga.Id));
+        Assert.IsType<MigrationStatus.Running>(saga.State.Status);
+        Assert.Equal(new OperationId(saga.Id, CloneInternalVolumes, saga.Image, 3), saga.InFlight().Operation);
+        saga.SucceedAll(saga.Image);
+        Assert.IsType<MigrationStatus.Completed>(saga.State.Status);
+        Assert.Equal(MigrationErrorCodes.NotSuspended, saga.Send(new ResumeMigration(saga.Id)).RefusalCode);
+    }
+
+    [Fact]
+    public void Vm_gone_after_the_point_of_no_return_suspends_without_retrying()
+    {
+        var saga = new SagaDriver().Begin(MigrationStrategy.PostCopy);
+        saga.Succeed(); saga.Succeed(); saga.Succeed();
+        saga.Fail(ErrorCodes.VmNotRunning);
+        Assert.Equal(SwitchBackingChain, Assert.IsType<MigrationStatus.Suspended>(saga.State.Status).Step);
+        Assert.Empty(saga.Journal.OfType<RetryScheduled>());
+    }
+
+    [Fact]
+    public void Abandon_ends_a_suspended_migration_and_is_refused_otherwise()
+    {
+        var saga = new SagaDriver().Begin(MigrationStrategy.PostCopy, retry: new RetryPolicy(1, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1)));
+        Assert.Equal(MigrationErrorCodes.NotSuspended, saga.Send(new AbandonMigration(saga.Id)).RefusalCode);
+        saga.Succeed(); saga.Succeed();
+        saga.Fail(ErrorCodes.IoError, transient: true);
+        Assert.IsType<MigrationStatus.Suspended>(saga.State.Status);
+
+        Assert.False(saga.Send(new AbandonMigration(saga.Id)).Refused);
+        Assert.IsType<MigrationStatus.Abandoned>(saga.State.Status);
+        Assert.Equal(DiskPhase.Abandoned, saga.State.Disk(saga.Image).Phase);
+        Assert.Empty(saga.Actions);
+        Assert.Equal(MigrationErrorCodes.NotSuspended, saga.Send(new ResumeMigration(saga.Id)).RefusalCode);
+        Assert.Equal(MigrationErrorCodes.MigrationFinished, saga.Send(new CancelMigration(saga.Id)).RefusalCode);
+    }
+
+    [Fact]
+    public void Duplicate_and_stale_results_change_nothing()
+    {
+        var saga = new SagaDriver().Begin();
+        var clone = saga.InFlight().Operation;
+        saga.Succeed();
+        var replication = saga.InFlight().Operation;
+        var before = saga.State;
+        var journalLength = saga.Journal.Count;
+
+        IMigrationCommand[] noise =
+        [
+            new ReportStepSucceeded(saga.Id, clone, new StepOutcome()),                       // a repeat
+            new ReportStepFailed(saga.Id, clone, ErrorCodes.IoError, "late", false),            // a late failure of a finished step
+            new ReportStepSucceeded(saga.Id, replication with { Attempt = 7 }, new StepOutcome()), // an attempt never sent
+            new ReportStepSucceeded(saga.Id, replication with { Step = Pivot }, new StepOutcome()), // another step
+            new ReportStepSucceeded(saga.Id, replication with { Image = ImageId.New() }, new StepOutcome()), // another disk
+            new ReportProgress(saga.Id, clone, 5, 10),
+        ];
+        foreach (var command in noise)
+        {
+            var decision = saga.Send(command);
+            Assert.False(decision.Refused);
+            Assert.Empty(decision.Events);
+        }
+        Assert.Equal(before, saga.State);
+        Assert.Equal(journalLength, saga.Journal.Count);
+
+        var other = MigrationId.New();
+        Assert.True(saga.Send(new ReportStepSucceeded(other, replication with { Migration = other }, new StepOutcome())).Refused);
+    }
+
+    [Fact]
+    public void Progress_is_recorded_once_per_change_and_gives_an_eta()
+    {
+        var saga = new SagaDriver().Begin();
+        saga.Succeed(); saga.Succeed(); saga.Succeed();
+        var wait = saga.InFlight().Operation;
+        saga.Advance(TimeSpan.FromSeconds(10));
+        Assert.Single(saga.Send(new ReportProgress(saga.Id, wait, 250, 1000)).Events);
+        Assert.Empty(saga.Send(new ReportProgress(saga.Id, wait, 250, 1000)).Events);
+
+        var disk = saga.State.Disk(saga.Image);
+        Assert.Equal((250L, 1000L), (disk.Done, disk.Total));
+        Assert.Equal(TimeSpan.FromSeconds(30), disk.EstimateRemaining(saga.Now));
+        var reported = Assert.Single(saga.Journal.OfType<ProgressReported>());
+        Assert.Equal(WaitMirrorReady, reported.Step);
+    }
+
+    [Fact]
+    public void Replaying_the_journal_rebuilds_the_same_state_and_resends_the_same_operation()
+    {
+        var saga = new SagaDriver(disks: 2).Begin(parallel: 2);
+        saga.Succeed(saga.Images[0]);
+        saga.Fail(saga.Images[1], ErrorCodes.Timeout, transient: true);
+        saga.Advance(TimeSpan.FromSeconds(1));
+        saga.Send(new RetryDue(saga.Id));
+        saga.Send(new ReportProgress(saga.Id, saga.InFlight(saga.Images[0]).Operation, 10, 100));
+        var beforeCrash = saga.Actions;
+
+        var recovered = MigrationState.Replay(saga.Id, saga.Journal);
+
+        Assert.Equal(saga.State, recovered);
+        Assert.Equal(beforeCrash, MigrationActions.Next(recovered));
+        Assert.Contains(beforeCrash.OfType<SendStep>(), s => s.Operation == new OperationId(saga.Id, CloneImageStructure, saga.Images[1], 2));
+
+        // A replay of a finished migration is finished too.
+        while (saga.Sends.FirstOrDefault() is { } send) saga.Succeed(send.Disk.Image);
+        Assert.Equal(saga.State, MigrationState.Replay(saga.Id, saga.Journal));
+        Assert.IsType<MigrationStatus.Completed>(MigrationState.Replay(saga.Id, saga.Journal).Status);
+    }
+
+    [Fact]
+    public void One_disk_at_a_time_with_parallelism_one()
+    {
+        var saga = new SagaDriver(disks: 2).Begin(parallel: 1, bandwidth: 100_000_000);
+        Assert.Equal(saga.Images[0], Assert.Single(saga.Sends).Disk.Image);
+        Assert.Equal(100_000_000, saga.Sends[0].SpeedBytesPerSecond);
+
+        saga.SucceedAll(saga.Images[0]);
+        Assert.Equal(DiskPhase.Completed, saga.State.Disk(saga.Images[0]).Phase);
+        Assert.Equal(saga.Images[1], Assert.Single(saga.Sends).Disk.Image);
+        saga.SucceedAll(saga.Images[1]);
+        Assert.IsType<MigrationStatus.Completed>(saga.State.Status);
+
+        var firstOfSecond = saga.Journal.FindIndex(e => e is StepStarted s && s.Image == saga.Images[1]);
+        var lastOfFirst = saga.Journal.FindLastIndex(e => e is StepStarted s && s.Image == saga.Images[0]);
+        Assert.True(firstOfSecond > lastOfFirst);
+    }
+
+    [Fact]
+    public void Two_disks_move_together_with_parallelism_two_sharing_the_bandwidth()
+    {
+        var saga = new SagaDriver(disks: 2).Begin(parallel: 2, bandwidth: 100_000_000);
+        Assert.Equal(saga.Images.ToHashSet(), saga.Sends.Select(s => s.Disk.Image).ToHashSet());
+        Assert.All(saga.Sends, s => Assert.Equal(50_000_000, s.SpeedBytesPerSecond));
+
+        while (saga.Sends.Count > 0)
+            foreach (var send in saga.Sends) saga.Succeed(send.Disk.Image);
+        Assert.IsType<MigrationStatus.Completed>(saga.State.Status);
+        Assert.All(saga.State.Disks, d => Assert.Equal(DiskPhase.Completed, d.Phase));
+    }
+
+    [Fact]
+    public void A_failing_disk_rolls_back_the_others_and_skips_the_ones_not_started()
+    {
+        var saga = new SagaDriver(disks: 3).Begin(parallel: 2);
+        var (a, b, c) = (saga.Images[0], saga.Images[1], saga.Images[2]);
+        saga.Succeed(a); saga.Succeed(a); saga.Succeed(a); // a waits for its mirror
+        saga.Fail(b, ErrorCodes.NotEnoughSpace);
+
+        Assert.Equal(CancelReplication, saga.InFlight(a).Step);
+        Assert.Equal(DeleteDestinationImage, saga.InFlight(b).Step);
+        Assert.Equal(DiskPhase.Skipped, saga.State.Disk(c).Phase);
+        saga.SucceedAll(a);
+        saga.SucceedAll(b);
+        Assert.Equal(ErrorCodes.NotEnoughSpace, Assert.IsType<MigrationStatus.Failed>(saga.State.Status).Code);
+        Assert.Empty(saga.StepsStarted(c));
+    }
+
+    [Fact]
+    public void A_disk_whose_pivot_is_in_flight_when_another_fails_rolls_forward_if_the_pivot_worked()
+    {
+        var saga = new SagaDriver(disks: 2).Begin(parallel: 2);
+        var (a, b) = (saga.Images[0], saga.Images[1]);
+        for (var i = 0; i < 4; i++) saga.Succeed(a);
+        Assert.Equal(Pivot, saga.InFlight(a).Step);
+        saga.Fail(b, ErrorCodes.VerifyFailed);
+
+        Assert.Equal(Pivot, saga.InFlight(a).Step);
+        saga.SucceedAll(a);
+        saga.SucceedAll(b);
+        Assert.Equal(DiskPhase.Completed, saga.State.Disk(a).Phase);
+        Assert.Equal(DiskPhase.RolledBack, saga.State.Disk(b).Phase);
+        var failed = Assert.IsType<MigrationStatus.Failed>(saga.State.Status);
+        Assert.Contains(a.ToString(), failed.Message);
+    }
+
+    [Fact]
+    public void A_rollback_step_that_keeps_failing_suspends_and_resume_finishes_the_rollback()
+    {
+        var saga = new SagaDriver().Begin(retry: new RetryPolicy(1, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1)));
+        saga.Fail(ErrorCodes.IoError);
+        saga.Fail(ErrorCodes.IoError); // the delete of the destination
+        Assert.Equal(DeleteDestinationImage, Assert.IsType<MigrationStatus.Suspended>(saga.State.Status).Step);
+
+        saga.Send(new ResumeMigration(saga.Id));
+        Assert.IsType<MigrationStatus.RollingBack>(saga.State.Status);
+        Assert.Equal(2, saga.InFlight().Operation.Attempt);
+        saga.Succeed();
+        Assert.Equal(ErrorCodes.IoError, Assert.IsType<MigrationStatus.Failed>(saga.State.Status).Code);
+    }
+}

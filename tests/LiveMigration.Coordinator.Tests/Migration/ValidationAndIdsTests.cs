@@ -1,0 +1,68 @@
+using LiveMigration.Coordinator.Migration;
+using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
+
+namespace LiveMigration.Coordinator.Tests.Migration;
+
+public sealed class ValidationAndIdsTests
+{
+    private static void AssertRefused(SagaDriver saga, MigrationRequest request, ValidationFacts facts, string code, string mention)
+    {
+        var decision = saga.Send(new StartMigration(saga.Id, request, facts));
+        Assert.Equal(code, decision.RefusalCode);
+        Assert.Contains(mention, decision.RefusalMessage);
+        Assert.Empty(decision.Events);
+        Assert.IsType<MigrationStatus.New>(saga.State.Status);
+    }
+
+    [Fact]
+    public void Start_is_refused_with_a_clear_error_and_nothing_changed()
+    {
+        var saga = new SagaDriver();
+        var facts = saga.Facts();
+        AssertRefused(saga, saga.Request(), facts with { Vm = null }, ErrorCodes.VmNotFound, saga.Vm.ToString());
+        AssertRefused(saga, saga.Request(), saga.Facts(running: false), ErrorCodes.VmNotRunning, saga.Vm.ToString());
+        AssertRefused(saga, saga.Request() with { Disks = [new DiskMoveRequest(ImageId.New(), saga.Destination)] }, facts, ErrorCodes.ImageNotFound, "has no disk");
+        AssertRefused(saga, saga.Request() with { Disks = [new DiskMoveRequest(saga.Image, saga.Source)] }, facts, ErrorCodes.InvalidArgument, "already on domain");
+        var unknown = DomainId.New();
+        AssertRefused(saga, saga.Request() with { Disks = [new DiskMoveRequest(saga.Image, unknown)] }, facts, ErrorCodes.DomainNotFound, unknown.ToString());
+        AssertRefused(saga, saga.Request(), facts with { Domains = [new DomainFacts(saga.Destination, false, 1L << 40)] }, MigrationErrorCodes.DomainInactive, saga.Destination.ToString());
+        AssertRefused(saga, saga.Request(), saga.Facts(free: 1000), ErrorCodes.NotEnoughSpace, "1000 bytes free");
+        AssertRefused(saga, saga.Request(), facts with { DisksInActiveMigrations = [saga.Image] }, MigrationErrorCodes.DiskBusy, saga.Image.ToString());
+        AssertRefused(saga, saga.Request(parallel: 0), facts, ErrorCodes.InvalidArgument, "parallel");
+        Assert.Empty(saga.Journal);
+    }
+
+    [Fact]
+    public void A_repeated_start_is_a_no_op_and_a_different_one_is_refused()
+    {
+        var saga = new SagaDriver();
+        saga.Send(new StartMigration(saga.Id, saga.Request(), saga.Facts()));
+        Assert.Empty(saga.Send(new StartMigration(saga.Id, saga.Request(), saga.Facts())).Events);
+        Assert.Equal(MigrationErrorCodes.MigrationExists,
+            saga.Send(new StartMigration(saga.Id, saga.Request(MigrationStrategy.PostCopy), saga.Facts())).RefusalCode);
+        Assert.Equal(MigrationErrorCodes.MigrationNotFound,
+            MigrationDecider.Decide(MigrationState.Initial(saga.Id), new CancelMigration(saga.Id), SagaDriver.T0).RefusalCode);
+    }
+
+    [Fact]
+    public void Operation_ids_round_trip_and_reject_anything_else()
+    {
+        var id = new OperationId(MigrationId.New(), MigrationStep.SyncInternalVolumes, ImageId.New(), 3);
+        Assert.Equal(id, OperationId.Parse(id.ToString()));
+        Assert.StartsWith($"{id.Migration}/SyncInternalVolumes:{id.Image}/3", id.ToString());
+        foreach (var bad in new[] { "", "a/b/c", $"{id.Migration}/Nope:{id.Image}/1", $"{id.Migration}/Pivot:{id.Image}/0", $"{id.Migration}/Pivot/1", $"{id.Migration}/99:{id.Image}/1" })
+            Assert.False(OperationId.TryParse(bad, out _), bad);
+        Assert.Equal(ErrorCodes.InvalidId, Assert.Throws<OperationFailedException>(() => OperationId.Parse("x")).Code);
+    }
+
+    [Fact]
+    public void The_post_copy_leaf_id_is_the_same_on_every_replay_and_differs_per_disk()
+    {
+        var migration = MigrationId.New();
+        var (a, b) = (ImageId.New(), ImageId.New());
+        Assert.Equal(MigrationDecider.NewLeafId(migration, a), MigrationDecider.NewLeafId(migration, a));
+        Assert.NotEqual(MigrationDecider.NewLeafId(migration, a), MigrationDecider.NewLeafId(migration, b));
+        Assert.True(UuidText.TryParse(MigrationDecider.NewLeafId(migration, a).ToString(), out _));
+    }
+}
