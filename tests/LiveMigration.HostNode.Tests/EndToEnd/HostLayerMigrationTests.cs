@@ -41,8 +41,11 @@ public sealed class HostLayerMigrationTests
             while (guest.Stats.Writes < until && DateTime.UtcNow < deadline) Thread.Sleep(10);
         });
 
+        // Write-blocking: the guest dirties 64 KiB clusters with 4 KiB writes faster than a background
+        // mirror limited to 8 MiB/s copies them, and only write-blocking mode converges then.
+        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(2));
         var report = await bed.Mover().MoveAsync(bed.Vm, bed.Image, bed.A.Id, bed.B.Id,
-            new MoveOptions(MoveStrategy.PreCopy, SpeedBytesPerSecond: 8 * MiB), hook);
+            new MoveOptions(MoveStrategy.PreCopy, SpeedBytesPerSecond: 8 * MiB, CopyMode: CopyMode.WriteBlocking), hook, timeout.Token);
         Assert.True(guest.Stats.Writes > writesAtReady + 20, "the guest wrote after READY");
         await bed.WaitForGuestWritesAsync(50);
 
@@ -78,7 +81,8 @@ public sealed class HostLayerMigrationTests
         await using var bed = await HostLayerBed.StartAsync();
         var guest = await bed.StartGuestAsync(2 * MiB);
         await bed.WaitForGuestWritesAsync(50);
-        var report = await bed.Mover().MoveAsync(bed.Vm, bed.Image, bed.A.Id, bed.B.Id, new MoveOptions(MoveStrategy.PostCopy));
+        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(2));
+        var report = await bed.Mover().MoveAsync(bed.Vm, bed.Image, bed.A.Id, bed.B.Id, new MoveOptions(MoveStrategy.PostCopy), null, timeout.Token);
         await bed.WaitForGuestWritesAsync(50);
 
         var drive = await bed.DriveAsync();
@@ -165,8 +169,9 @@ public sealed class HostLayerMigrationTests
         var pid = (await bed.Hypervisor.DescribeVmAsync(bed.Vm)).Pid!.Value;
         var hook = new StepHook("mirror", () => System.Diagnostics.Process.GetProcessById(pid).Kill());
 
+        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(2));
         var error = await Assert.ThrowsAsync<OperationFailedException>(() => bed.Mover().MoveAsync(bed.Vm, bed.Image, bed.A.Id, bed.B.Id,
-            new MoveOptions(SpeedBytesPerSecond: 256 * 1024), hook));
+            new MoveOptions(SpeedBytesPerSecond: 256 * 1024), hook, timeout.Token));
         Assert.Equal(ErrorCodes.VmNotRunning, error.Code);
 
         // The rollback cleaned B; A holds the chain, LEGAL, and every acknowledged write.
