@@ -22,10 +22,7 @@ public sealed class TempDomainRoot : IDisposable
 
     /// <summary>Writes a byte pattern (or zeroes with pattern null) into a volume through its chain, as a guest would.</summary>
     public static Task WriteAsync(string path, VolumeFormat format, long offset, long length, int? pattern) =>
-        ProcessRunner.RunCheckedAsync("qemu-io",
-            ["-f", format == VolumeFormat.Raw ? "raw" : "qcow2",
-             "-c", pattern is { } p ? $"write -P 0x{p:x2} {offset} {length}" : $"write -z {offset} {length}", path],
-            ErrorCodes.IoError);
+        SampleImage.WritePatternAsync(path, format, offset, length, pattern);
 
     public static Task<string> InfoAsync(string path) =>
         ProcessRunner.RunCheckedAsync("qemu-img", ["info", "-U", "--output=json", path], ErrorCodes.QemuImgFailed);
