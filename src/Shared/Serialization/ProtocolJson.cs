@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Reflection;
+using System.Text.Encodings.Web;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using System.Text.Json.Serialization.Metadata;
@@ -23,6 +24,8 @@ public static class ProtocolJson
         var options = new JsonSerializerOptions
         {
             PropertyNamingPolicy = JsonNamingPolicy.CamelCase,
+            // the payloads go to a journal and over the wire, never into HTML: keep "+02:00" and non-ASCII readable there
+            Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
             // nulls are written: a field's absence then only ever means "written before the field existed"
             DefaultIgnoreCondition = JsonIgnoreCondition.Never,
             // a payload missing a field that has no default, or null where null is not allowed, is refused with its name
