@@ -1,0 +1,84 @@
+using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Protocol;
+
+namespace LiveMigration.Shared.Serialization;
+
+/// <summary>
+/// The one table of wire names: every message that crosses the cluster or goes into the journal has a
+/// fixed manifest here. The manifest, not the CLR type name, is what is stored, so a class may be renamed
+/// or moved without breaking the replay of old journals.
+/// </summary>
+/// <remarks>
+/// To add a message: add one line below (<c>lm.&lt;Name&gt;.v1</c>) and a sample in the tests' factory.
+/// To change a message: new fields go last as optional constructor parameters with a default (old payloads
+/// still read, same manifest). A change old payloads cannot satisfy (a rename, a removed or retyped field)
+/// needs a new type or manifest (<c>.v2</c>) while the old manifest keeps a reader, so journals still replay.
+/// A manifest, once written to a journal, is never reused for another shape.
+/// </remarks>
+public static class ProtocolManifests
+{
+    private static readonly (string Manifest, Type Type)[] Table =
+    [
+        // saga → hosts, and their answers
+        ("lm.ExecuteStep.v1", typeof(ExecuteStep)),
+        ("lm.SetStepSpeed.v1", typeof(SetStepSpeed)),
+        ("lm.OperationSucceeded.v1", typeof(OperationSucceeded)),
+        ("lm.OperationFailed.v1", typeof(OperationFailed)),
+        ("lm.OperationProgress.v1", typeof(OperationProgress)),
+
+        // commands to a migration saga
+        ("lm.StartMigration.v1", typeof(StartMigration)),
+        ("lm.AdmitMigration.v1", typeof(AdmitMigration)),
+        ("lm.ReportStepSucceeded.v1", typeof(ReportStepSucceeded)),
+        ("lm.ReportStepFailed.v1", typeof(ReportStepFailed)),
+        ("lm.ReportProgress.v1", typeof(ReportProgress)),
+        ("lm.RetryDue.v1", typeof(RetryDue)),
+        ("lm.CancelMigration.v1", typeof(CancelMigration)),
+        ("lm.ResumeMigration.v1", typeof(ResumeMigration)),
+        ("lm.AbandonMigration.v1", typeof(AbandonMigration)),
+
+        // journal events of a migration saga
+        ("lm.MigrationRequested.v1", typeof(MigrationRequested)),
+        ("lm.MigrationAdmitted.v1", typeof(MigrationAdmitted)),
+        ("lm.StepStarted.v1", typeof(StepStarted)),
+        ("lm.StepCompleted.v1", typeof(StepCompleted)),
+        ("lm.StepFailed.v1", typeof(StepFailed)),
+        ("lm.RetryScheduled.v1", typeof(RetryScheduled)),
+        ("lm.PointOfNoReturnPassed.v1", typeof(PointOfNoReturnPassed)),
+        ("lm.RollbackStarted.v1", typeof(RollbackStarted)),
+        ("lm.ProgressReported.v1", typeof(ProgressReported)),
+        ("lm.DiskFinished.v1", typeof(DiskFinished)),
+        ("lm.MigrationSuspended.v1", typeof(MigrationSuspended)),
+        ("lm.MigrationResumed.v1", typeof(MigrationResumed)),
+        ("lm.MigrationCompleted.v1", typeof(MigrationCompleted)),
+        ("lm.MigrationFailed.v1", typeof(MigrationFailed)),
+        ("lm.MigrationCancelled.v1", typeof(MigrationCancelled)),
+        ("lm.MigrationAbandoned.v1", typeof(MigrationAbandoned)),
+    ];
+
+    private static readonly Dictionary<Type, string> ManifestByType = BuildIndex(t => t.Type, t => t.Manifest, "type");
+    private static readonly Dictionary<string, Type> TypeByManifest = BuildIndex(t => t.Manifest, t => t.Type, "manifest");
+
+    /// <summary>Every registered type with its manifest, in table order.</summary>
+    public static IReadOnlyList<(string Manifest, Type Type)> All => Table;
+
+    public static bool TryGetManifest(Type type, out string manifest) =>
+        ManifestByType.TryGetValue(type, out manifest!);
+
+    public static bool TryGetType(string manifest, out Type type) =>
+        TypeByManifest.TryGetValue(manifest, out type!);
+
+    private static Dictionary<TKey, TValue> BuildIndex<TKey, TValue>(
+        Func<(string Manifest, Type Type), TKey> key, Func<(string Manifest, Type Type), TValue> value, string what)
+        where TKey : notnull
+    {
+        var index = new Dictionary<TKey, TValue>();
+        foreach (var entry in Table)
+        {
+            // a duplicate would make one of two messages unreadable: refuse to start rather than lose data
+            if (!index.TryAdd(key(entry), value(entry)))
+                throw new InvalidOperationException($"the protocol manifest table lists the {what} '{key(entry)}' twice");
+        }
+        return index;
+    }
+}

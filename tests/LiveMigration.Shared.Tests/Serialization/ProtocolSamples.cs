@@ -1,0 +1,92 @@
+using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
+using LiveMigration.Shared.Protocol;
+
+namespace LiveMigration.Shared.Tests.Serialization;
+
+/// <summary>
+/// One fixed sample of every registered message, with every field set to a value that is not its default
+/// (and nullable fields filled), so a round trip that dropped or mangled any field shows. The values are
+/// constants because the golden files are made from them.
+/// </summary>
+public static class ProtocolSamples
+{
+    private static readonly MigrationId Migration = MigrationId.Parse("6d1f4a52-0b8e-4c1e-9a57-3f0c2b9e7a11");
+    private static readonly VmId Vm = VmId.Parse("b3a9e1c4-5d2f-4e8a-8c6b-1f7d9e0a2b33");
+    private static readonly ImageId Image = ImageId.Parse("0c5e8f21-7a4b-4d93-b1e6-9a2c3d4e5f60");
+    private static readonly ImageId OtherImage = ImageId.Parse("1e2d3c4b-5a69-4788-96a5-b4c3d2e1f0a9");
+    private static readonly DomainId Source = DomainId.Parse("a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d");
+    private static readonly DomainId Destination = DomainId.Parse("f0e1d2c3-b4a5-4968-8776-655443322110");
+    private static readonly VolumeId NewLeaf = VolumeId.Parse("9f8e7d6c-5b4a-4392-8190-7f6e5d4c3b2a");
+    // a non-UTC offset and sub-second ticks: the round trip must keep both
+    private static readonly DateTimeOffset At = new(2025, 3, 14, 15, 9, 26, 535, TimeSpan.FromHours(2));
+
+    private static readonly OperationId Operation = new(Migration, MigrationStep.StartReplication, Image, 3);
+    private static readonly StepOutcome Outcome = new(BytesCopied: 1_073_741_824, Detail: "mirror ready after 2 passes");
+    private static readonly DiskPlan Plan = new(Image, Source, Destination, SizeBytes: 4_294_967_296, NewLeaf);
+
+    private static readonly MigrationRequest Request = new(
+        Vm,
+        [new DiskMoveRequest(Image, Destination), new DiskMoveRequest(OtherImage, Destination)],
+        MigrationStrategy.PostCopy,
+        BandwidthBytesPerSecond: 50_000_000,
+        CopyMode.WriteBlocking,
+        MaxParallelDisks: 2,
+        DeleteSource: false,
+        Retry: new RetryPolicy(7, TimeSpan.FromMilliseconds(1500), TimeSpan.FromMinutes(2)));
+
+    private static readonly ValidationFacts Facts = new(
+        new VmFacts(Vm, Running: true, [new DiskFacts(Image, Source, 4_294_967_296), new DiskFacts(OtherImage, Source, 1_048_576)]),
+        [new DomainFacts(Source, Active: true, 10_000_000_000), new DomainFacts(Destination, Active: false, 20_000_000_000)],
+        [ImageId.Parse("2a3b4c5d-6e7f-4809-9a1b-2c3d4e5f6a7b")]);
+
+    private static readonly Dictionary<Type, object[]> ByType = Index(
+        // host protocol
+        new ExecuteStep(Operation, Vm, Plan, MigrationStrategy.PostCopy, SpeedBytesPerSecond: 25_000_000, CopyMode.WriteBlocking),
+        new SetStepSpeed(Operation, 12_500_000),
+        new OperationSucceeded(Operation, Outcome),
+        new OperationSucceeded(Operation, new StepOutcome()),
+        new OperationFailed(Operation, ErrorCodes.VmNotRunning, "VM b3a9e1c4 is gone (QEMU pid 4242 exited)", Transient: true),
+        new OperationProgress(Operation, Done: 536_870_912, Total: 4_294_967_296),
+        // migration commands
+        new StartMigration(Migration, Request, Facts),
+        new StartMigration(Migration, Request with { Retry = null }, new ValidationFacts(null, [], [])),
+        new AdmitMigration(Migration),
+        new ReportStepSucceeded(Migration, Operation, Outcome),
+        new ReportStepFailed(Migration, Operation, ErrorCodes.NotEnoughSpace, "destination has 1 MiB free, needs 4 GiB", Transient: false),
+        new ReportProgress(Migration, Operation, Done: 1_024, Total: 2_048),
+        new RetryDue(Migration),
+        new CancelMigration(Migration, "operator asked at 15:09"),
+        new ResumeMigration(Migration),
+        new AbandonMigration(Migration),
+        // migration events (the journal)
+        new MigrationRequested(Migration, Request, [Plan, Plan with { Image = OtherImage, SizeBytes = 1_048_576 }], At),
+        new MigrationAdmitted(Migration, At),
+        new StepStarted(Migration, Image, MigrationStep.CloneImageStructure, Operation, Attempt: 3, At),
+        new StepCompleted(Migration, Image, MigrationStep.SyncInternalVolumes, Operation, Outcome, At),
+        new StepFailed(Migration, Image, MigrationStep.Pivot, Operation, ErrorCodes.QmpError, "GenericError: job not ready", Transient: true, At),
+        new RetryScheduled(Migration, Image, MigrationStep.Pivot, NextAttempt: 4, TimeSpan.FromSeconds(1.5), At.AddSeconds(1.5), At),
+        new PointOfNoReturnPassed(Migration, Image, At),
+        new RollbackStarted(Migration, TerminationKind.Failure, ErrorCodes.VerifyFailed, "layer 2 differs at offset 65536", At),
+        new ProgressReported(Migration, Image, MigrationStep.WaitMirrorReady, Done: 3_000, Total: 4_000, At),
+        new DiskFinished(Migration, Image, DiskOutcome.RolledBack, At),
+        new MigrationSuspended(Migration, Image, MigrationStep.DeleteSourceImage, "retries exhausted after 5 attempts", At),
+        new MigrationResumed(Migration, At),
+        new MigrationCompleted(Migration, At),
+        new MigrationFailed(Migration, MigrationErrorCodes.RetriesExhausted, "step Pivot failed 5 times", At),
+        new MigrationCancelled(Migration, "cancelled by an operator", At),
+        new MigrationAbandoned(Migration, At));
+
+    /// <summary>The samples of a type, the first being the fully filled one the golden files use.</summary>
+    public static IReadOnlyList<object> For(Type type) =>
+        ByType.TryGetValue(type, out var samples)
+            ? samples
+            : throw new InvalidOperationException($"no sample for {type.Name}: add one to {nameof(ProtocolSamples)}");
+
+    public static bool Has(Type type) => ByType.ContainsKey(type);
+
+    public static IEnumerable<object> All => ByType.Values.SelectMany(s => s);
+
+    private static Dictionary<Type, object[]> Index(params object[] samples) =>
+        samples.GroupBy(s => s.GetType()).ToDictionary(g => g.Key, g => g.ToArray());
+}
