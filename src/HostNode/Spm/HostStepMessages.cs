@@ -1,0 +1,41 @@
+using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
+using LiveMigration.Shared.Protocol;
+
+namespace LiveMigration.HostNode.Spm;
+
+/// <summary>A step's storage or hypervisor work ended; piped back to the actor that ran it. Never leaves the process.</summary>
+internal sealed record StepFinished(OperationId Operation, IHostReply Reply);
+
+/// <summary>Bytes done of a running step, told to the actor from the copy's progress callback. Never leaves the process.</summary>
+internal sealed record StepProgressed(OperationId Operation, long Done, long Total);
+
+/// <summary>How a failed port call becomes the wire answer: the code decides, and only timeouts and I/O errors are worth a retry.</summary>
+internal static class StepReplies
+{
+    public static OperationFailed Failed(OperationId operation, Exception error) => error switch
+    {
+        OperationFailedException e => new OperationFailed(operation, e.Code, e.Message, IsTransient(e.Code)),
+        AggregateException { InnerExceptions.Count: 1 } a => Failed(operation, a.InnerExceptions[0]),
+        TimeoutException or OperationCanceledException =>
+            new OperationFailed(operation, ErrorCodes.Timeout, $"{operation}: {error.Message}", Transient: true),
+        // Anything else is a host-side fault the port did not classify (a broken pipe, a full disk):
+        // worth a bounded retry by the saga rather than a rollback.
+        _ => new OperationFailed(operation, ErrorCodes.IoError, $"{operation}: {error.GetType().Name}: {error.Message}", Transient: true),
+    };
+
+    public static bool IsTransient(string code) => code is ErrorCodes.Timeout or ErrorCodes.IoError;
+
+    /// <summary>Runs a step's work and turns its end, whatever it is, into the message the actor receives.</summary>
+    public static async Task<StepFinished> RunAsync(OperationId operation, Func<Task<StepOutcome>> work)
+    {
+        try
+        {
+            return new StepFinished(operation, new OperationSucceeded(operation, await work()));
+        }
+        catch (Exception e)
+        {
+            return new StepFinished(operation, Failed(operation, e));
+        }
+    }
+}

@@ -1,0 +1,267 @@
+using Akka.Actor;
+using Akka.TestKit;
+using LiveMigration.HostNode.Hsm;
+using LiveMigration.HostNode.Hypervisor;
+using LiveMigration.HostNode.Hypervisor.Sim;
+using LiveMigration.HostNode.Spm;
+using LiveMigration.HostNode.Storage;
+using LiveMigration.HostNode.Storage.Sim;
+using LiveMigration.HostNode.Tests.Contract;
+using LiveMigration.HostNode.Tests.Sim;
+using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
+using LiveMigration.Shared.Protocol;
+using Step = LiveMigration.Shared.Migration.MigrationStep;
+
+namespace LiveMigration.HostNode.Tests.Actors;
+
+/// <summary>
+/// The SPM and HSM actors driven step by step with ExecuteStep, as the saga drives them, over the sim
+/// adapters: a running VM on a 3-volume chain on domain A moves to domain B.
+/// </summary>
+public sealed class HostActorsSimTests : Akka.TestKit.Xunit2.TestKit, IAsyncLifetime
+{
+    private const long MiB = 1L << 20;
+    private readonly SimHost _host = new("actor-host");
+    private readonly SimStorageDomain _a = new(DomainId.New(), "a", 4L << 30);
+    private readonly SimStorageDomain _b = new(DomainId.New(), "b", 4L << 30);
+    private readonly StoragePool _pool;
+    private readonly List<SimHypervisor> _hypervisors = [];
+    private SeededChain _chain = null!;
+    private VmInfo _vm = null!;
+
+    public HostActorsSimTests() => _pool = new StoragePool([_a, _b]);
+
+    public async Task InitializeAsync()
+    {
+        _chain = await ChainSeeder.SeedAsync(_a, (d, i, v, o, l, _) => SimData.WriteAsync(d, i, v, o, l));
+        _a.SeedAllocated(_chain.Image, _chain.Leaf, 8 * MiB);
+        var drive = await _pool.ResolveChainAsync(_a.Id, _chain.Image);
+        _vm = await NewHypervisor().StartVmAsync(new VmSpec(VmId.New(), "actor-vm", [drive]));
+    }
+
+    public async Task DisposeAsync()
+    {
+        foreach (var h in _hypervisors) await h.DisposeAsync();
+        await _host.DisposeAsync();
+    }
+
+    private SimHypervisor NewHypervisor(SimHypervisorOptions? options = null)
+    {
+        var h = new SimHypervisor(_host, _pool, options);
+        _hypervisors.Add(h);
+        return h;
+    }
+
+    private StepDriver Driver(MigrationStrategy strategy, long speed = 0) =>
+        new(_vm.Id, new DiskPlan(_chain.Image, _a.Id, _b.Id, 10 * MiB, VolumeId.New()), strategy, speed);
+
+    private IActorRef Spm() => Sys.ActorOf(SpmActor.Props(_pool));
+    private IActorRef Hsm(IHypervisor hypervisor) => Sys.ActorOf(HsmActor.Props(hypervisor, _pool));
+
+    private async Task<DriveState> DriveAsync(IHypervisor hypervisor) => (await hypervisor.DescribeVmAsync(_vm.Id)).Drive(_chain.Image);
+
+    [Fact]
+    public async Task Pre_copy_step_by_step_through_the_actors_ends_with_the_vm_on_B()
+    {
+        var hypervisor = _hypervisors[0];
+        var (spm, hsm, saga) = (Spm(), Hsm(hypervisor), CreateTestProbe());
+        var driver = Driver(MigrationStrategy.PreCopy);
+
+        await driver.SucceedAsync(spm, Step.CloneImageStructure, saga);
+        await driver.SucceedAsync(hsm, Step.StartReplication, saga);
+        var syncProgress = new List<OperationProgress>();
+        var synced = await driver.SucceedAsync(spm, Step.SyncInternalVolumes, saga, progress: syncProgress);
+        var ready = await driver.SucceedAsync(hsm, Step.WaitMirrorReady, saga);
+        await driver.SucceedAsync(hsm, Step.Pivot, saga);
+        await driver.SucceedAsync(spm, Step.MarkDestinationLeafLegal, saga);
+        await driver.SucceedAsync(spm, Step.DeleteSourceImage, saga);
+
+        Assert.Equal(2 * ChainSeeder.LayerDataBytes, synced.Outcome.BytesCopied);
+        Assert.NotEmpty(syncProgress);
+        Assert.Equal(synced.Outcome.BytesCopied, syncProgress[^1].Done);
+        Assert.Equal(8 * MiB, ready.Outcome.BytesCopied);
+        Assert.Equal(_chain.PathsOn(_b, _chain.Base, _chain.Middle, _chain.Leaf), (await DriveAsync(hypervisor)).OpenChain);
+        Assert.All((await _b.DescribeImageAsync(_chain.Image)).Volumes, v => Assert.Equal(Legality.Legal, v.Legality));
+        Assert.DoesNotContain(_chain.Image, await _a.ListImagesAsync());
+    }
+
+    [Fact]
+    public async Task Post_copy_step_by_step_through_the_actors_ends_with_the_vm_on_B()
+    {
+        var hypervisor = _hypervisors[0];
+        var (spm, hsm, saga) = (Spm(), Hsm(hypervisor), CreateTestProbe());
+        var driver = Driver(MigrationStrategy.PostCopy);
+        var newLeaf = driver.Disk.NewLeaf;
+
+        await driver.SucceedAsync(spm, Step.CreateVolumeCrossDomain, saga);
+        await driver.SucceedAsync(hsm, Step.LiveSnapshotToDestination, saga);
+        Assert.Equal(_b.Locate(_chain.Image, newLeaf), (await DriveAsync(hypervisor)).OpenChain[^1]);
+        var cloned = await driver.SucceedAsync(spm, Step.CloneInternalVolumes, saga);
+        await driver.SucceedAsync(hsm, Step.SwitchBackingChain, saga);
+        await driver.SucceedAsync(spm, Step.DeleteSourceImage, saga);
+
+        Assert.Equal(2 * ChainSeeder.LayerDataBytes + 8 * MiB, cloned.Outcome.BytesCopied);
+        Assert.Equal([.. _chain.PathsOn(_b, _chain.Base, _chain.Middle, _chain.Leaf), _b.Locate(_chain.Image, newLeaf)],
+            (await DriveAsync(hypervisor)).OpenChain);
+        Assert.Equal(new VolumeRef(_b.Id, _chain.Leaf), (await _b.DescribeVolumeAsync(_chain.Image, newLeaf)).Parent);
+        Assert.All((await _b.DescribeImageAsync(_chain.Image)).Volumes, v => Assert.Equal(Legality.Legal, v.Legality));
+        Assert.DoesNotContain(_chain.Image, await _a.ListImagesAsync());
+    }
+
+    [Fact]
+    public async Task The_same_operation_sent_twice_while_it_runs_runs_once_and_answers_both_then_answers_the_same_again()
+    {
+        var spm = Spm();
+        var (first, second, late) = (CreateTestProbe(), CreateTestProbe(), CreateTestProbe());
+        var driver = Driver(MigrationStrategy.PreCopy);
+        await driver.SucceedAsync(spm, Step.CloneImageStructure, first);
+        var stall = _b.Faults.StallNext(nameof(IStorageDomain.CopyVolumeDataAsync), atFraction: 0);
+
+        driver.Send(spm, Step.SyncInternalVolumes, first);
+        await stall.Reached.WaitAsync(TimeSpan.FromSeconds(10));
+        driver.Send(spm, Step.SyncInternalVolumes, second);
+        // A second run would not meet the (single) stall and would answer while the first one waits.
+        await StepDriver.ExpectNoAnswerAsync(first, TimeSpan.FromMilliseconds(300));
+        await StepDriver.ExpectNoAnswerAsync(second, TimeSpan.FromMilliseconds(0));
+        stall.Release();
+
+        var op = driver.Op(Step.SyncInternalVolumes);
+        var answerOfFirst = Assert.IsType<OperationSucceeded>(await StepDriver.AnswerAsync(first, op));
+        var answerOfSecond = Assert.IsType<OperationSucceeded>(await StepDriver.AnswerAsync(second, op));
+        Assert.Equal(answerOfFirst, answerOfSecond);
+        Assert.Equal(2 * ChainSeeder.LayerDataBytes, answerOfFirst.Outcome.BytesCopied);
+
+        // After it finished: the remembered answer, with no new work (an injected fault would otherwise hit it).
+        _b.Faults.FailNext(nameof(IStorageDomain.CopyVolumeDataAsync));
+        Assert.Equal(answerOfFirst, await driver.RunAsync(spm, Step.SyncInternalVolumes, late));
+        Assert.Equal(1, _b.Faults.PendingCount);
+        await StepDriver.ExpectNoAnswerAsync(first, TimeSpan.FromMilliseconds(100));
+        await StepDriver.ExpectNoAnswerAsync(second, TimeSpan.Zero);
+    }
+
+    [Fact]
+    public async Task An_SPM_that_never_saw_the_operation_redoes_it_and_gets_the_same_effect()
+    {
+        var saga = CreateTestProbe();
+        var driver = Driver(MigrationStrategy.PreCopy);
+        await driver.SucceedAsync(Spm(), Step.CloneImageStructure, saga);
+        await driver.SucceedAsync(Spm(), Step.SyncInternalVolumes, saga);
+
+        // A new SPM (the singleton moved): no memory, the storage state answers.
+        var again = await driver.SucceedAsync(Spm(), Step.SyncInternalVolumes, saga);
+        Assert.Equal(2 * ChainSeeder.LayerDataBytes, again.Outcome.BytesCopied);
+        var clone = await _b.DescribeImageAsync(_chain.Image);
+        Assert.Equal(Legality.Legal, clone.Volumes[0].Legality);
+        Assert.Equal(Legality.Legal, clone.Volumes[1].Legality);
+        Assert.Equal(Legality.Illegal, clone.Leaf.Legality);
+    }
+
+    [Fact]
+    public async Task A_restarted_HSM_adopts_the_running_mirror_and_answers_wait_and_pivot_for_it()
+    {
+        var old = NewHypervisor(new SimHypervisorOptions { MirrorBytesPerSecond = 64 * MiB });
+        var stall = old.Faults.StallNext(nameof(IHypervisor.StartMirrorAsync), atFraction: 0.5);
+        var (spm, saga) = (Spm(), CreateTestProbe());
+        var oldHsm = Hsm(old);
+        var driver = Driver(MigrationStrategy.PreCopy);
+        await driver.SucceedAsync(spm, Step.CloneImageStructure, saga);
+        await driver.SucceedAsync(oldHsm, Step.StartReplication, saga);
+        await driver.SucceedAsync(spm, Step.SyncInternalVolumes, saga);
+        await stall.Reached.WaitAsync(TimeSpan.FromSeconds(10));
+
+        // The HostNode goes away; QEMU and its job keep running on the host.
+        Watch(oldHsm);
+        Sys.Stop(oldHsm);
+        await ExpectTerminatedAsync(oldHsm);
+        await old.DisposeAsync();
+        var hsm = Hsm(NewHypervisor());
+
+        driver.Send(hsm, Step.WaitMirrorReady, saga);
+        var waiting = new List<OperationProgress>();
+        var op = driver.Op(Step.WaitMirrorReady);
+        // Repeating the wait asks for progress; it reads the stalled job.
+        driver.Send(hsm, Step.WaitMirrorReady, saga);
+        var seen = Assert.IsType<OperationProgress>(await saga.ReceiveOneAsync(TimeSpan.FromSeconds(10)));
+        Assert.Equal(op, seen.Operation);
+        Assert.InRange(seen.Done, 1, seen.Total - 1);
+        await StepDriver.ExpectNoAnswerAsync(saga, TimeSpan.FromMilliseconds(200));
+        stall.Release();
+
+        var ready = Assert.IsType<OperationSucceeded>(await StepDriver.AnswerAsync(saga, op, waiting));
+        Assert.Equal(8 * MiB, ready.Outcome.BytesCopied);
+        await driver.SucceedAsync(hsm, Step.Pivot, saga);
+        Assert.Equal(_chain.PathsOn(_b, _chain.Base, _chain.Middle, _chain.Leaf), (await DriveAsync(_hypervisors[^1])).OpenChain);
+    }
+
+    [Fact]
+    public async Task The_VM_killed_during_the_wait_answers_VM_NOT_RUNNING_and_so_does_the_cancel()
+    {
+        var hypervisor = NewHypervisor(new SimHypervisorOptions { MirrorBytesPerSecond = 64 * MiB });
+        var stall = hypervisor.Faults.StallNext(nameof(IHypervisor.StartMirrorAsync), atFraction: 0.5);
+        var (spm, hsm, saga) = (Spm(), Hsm(hypervisor), CreateTestProbe());
+        var driver = Driver(MigrationStrategy.PreCopy);
+        await driver.SucceedAsync(spm, Step.CloneImageStructure, saga);
+        await driver.SucceedAsync(hsm, Step.StartReplication, saga);
+        await stall.Reached.WaitAsync(TimeSpan.FromSeconds(10));
+
+        driver.Send(hsm, Step.WaitMirrorReady, saga);
+        await StepDriver.ExpectNoAnswerAsync(saga, TimeSpan.FromMilliseconds(200));
+        _host.KillVm(_vm.Id);
+
+        var died = Assert.IsType<OperationFailed>(await StepDriver.AnswerAsync(saga, driver.Op(Step.WaitMirrorReady)));
+        Assert.Equal(ErrorCodes.VmNotRunning, died.Code);
+        Assert.False(died.Transient);
+        var cancel = Assert.IsType<OperationFailed>(await driver.RunAsync(hsm, Step.CancelReplication, saga));
+        Assert.Equal(ErrorCodes.VmNotRunning, cancel.Code);
+        stall.Release();
+    }
+
+    [Fact]
+    public async Task Injected_faults_come_back_as_OperationFailed_with_their_code_and_a_retry_succeeds()
+    {
+        var hypervisor = _hypervisors[0];
+        var (spm, hsm, saga) = (Spm(), Hsm(hypervisor), CreateTestProbe());
+        var driver = Driver(MigrationStrategy.PreCopy);
+
+        _b.Faults.FailNext(nameof(IStorageDomain.CloneImageStructureAsync), code: ErrorCodes.NotEnoughSpace);
+        var full = Assert.IsType<OperationFailed>(await driver.RunAsync(spm, Step.CloneImageStructure, saga));
+        Assert.Equal((ErrorCodes.NotEnoughSpace, false), (full.Code, full.Transient));
+        await driver.SucceedAsync(spm, Step.CloneImageStructure, saga, attempt: 2);
+
+        await driver.SucceedAsync(hsm, Step.StartReplication, saga);
+        _b.Faults.DieNext(nameof(IStorageDomain.CopyVolumeDataAsync));
+        var died = Assert.IsType<OperationFailed>(await driver.RunAsync(spm, Step.SyncInternalVolumes, saga));
+        Assert.Equal((ErrorCodes.IoError, true), (died.Code, died.Transient));
+        await driver.SucceedAsync(spm, Step.SyncInternalVolumes, saga, attempt: 2);
+        await driver.SucceedAsync(hsm, Step.WaitMirrorReady, saga);
+
+        hypervisor.Faults.FailNext(nameof(IHypervisor.PivotAsync), code: ErrorCodes.QmpError);
+        var refused = Assert.IsType<OperationFailed>(await driver.RunAsync(hsm, Step.Pivot, saga));
+        Assert.Equal((ErrorCodes.QmpError, false), (refused.Code, refused.Transient));
+        await driver.SucceedAsync(hsm, Step.Pivot, saga, attempt: 2);
+        Assert.Equal(_chain.PathsOn(_b, _chain.Base, _chain.Middle, _chain.Leaf), (await DriveAsync(hypervisor)).OpenChain);
+
+        // A step sent to the wrong host is refused, not half done.
+        var wrongHost = Assert.IsType<OperationFailed>(await driver.RunAsync(hsm, Step.DeleteSourceImage, saga));
+        Assert.Equal(ErrorCodes.InvalidArgument, wrongHost.Code);
+        Assert.Contains(_chain.Image, await _a.ListImagesAsync());
+    }
+
+    [Fact]
+    public async Task SetStepSpeed_changes_the_running_mirror_speed()
+    {
+        var hypervisor = NewHypervisor(new SimHypervisorOptions { MirrorBytesPerSecond = 64 * MiB });
+        var (spm, hsm, saga) = (Spm(), Hsm(hypervisor), CreateTestProbe());
+        var driver = Driver(MigrationStrategy.PreCopy, speed: 1 * MiB);
+        await driver.SucceedAsync(spm, Step.CloneImageStructure, saga);
+        await driver.SucceedAsync(hsm, Step.StartReplication, saga);
+        Assert.Equal(1 * MiB, (await hypervisor.GetBlockJobAsync(_vm.Id, _chain.Image))!.SpeedBytesPerSecond);
+
+        hsm.Tell(new SetStepSpeed(driver.Op(Step.StartReplication), 0), saga.Ref);
+
+        var ready = await driver.SucceedAsync(hsm, Step.WaitMirrorReady, saga, timeout: TimeSpan.FromSeconds(5));
+        Assert.Equal(8 * MiB, ready.Outcome.BytesCopied);
+        Assert.Equal(0, (await hypervisor.GetBlockJobAsync(_vm.Id, _chain.Image))!.SpeedBytesPerSecond);
+    }
+}
