@@ -1,5 +1,6 @@
 using Akka.Actor;
 using Akka.Event;
+using LiveMigration.HostNode.Inventory;
 using LiveMigration.HostNode.Hypervisor;
 using LiveMigration.HostNode.Spm;
 using LiveMigration.HostNode.Storage;
@@ -217,7 +218,11 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash
         if (finished.Reply is OperationFailed f)
             _log.Warning("{Operation} failed with {Code} (transient {Transient}): {Message}", f.Operation, f.Code, f.Transient, f.Message);
         else
-            _log.Info("{Operation} succeeded", finished.Operation);
+        {
+                _log.Info("{Operation} succeeded", finished.Operation);
+            // The host's reporter tells the inventory what changed.
+            Context.System.EventStream.Publish(new HostStateChanged(finished.Operation));
+        }
         Finish(finished.Operation, finished.Reply);
     }
 

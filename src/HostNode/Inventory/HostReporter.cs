@@ -1,0 +1,164 @@
+using Akka.Actor;
+using Akka.Cluster;
+using Akka.Cluster.Tools.PublishSubscribe;
+using Akka.Event;
+using LiveMigration.HostNode.Hypervisor;
+using LiveMigration.HostNode.Storage;
+using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
+using LiveMigration.Shared.Protocol;
+
+namespace LiveMigration.HostNode.Inventory;
+
+/// <summary>Published on the local event stream by the SPM and HSM after a step changed storage or a drive's chain.</summary>
+public sealed record HostStateChanged(OperationId Operation);
+
+/// <summary>
+/// Tells the Coordinator's inventory what this host sees: its VMs with the chains their drives run on,
+/// and the storage domains (every host sees the shared domains). It reports when it starts, when a step
+/// or a hypervisor event changed something, and when a coordinator joins — never from a timer.
+/// </summary>
+public sealed class HostReporter : ReceiveActor
+{
+    private sealed record ReportNow(string Why);
+    private sealed record Reports(HostStatusReport Host, DomainStatusReport Domains);
+
+    private readonly string _hostId;
+    private readonly bool _spmCapable;
+    private readonly IHypervisor _hypervisor;
+    private readonly StoragePool _pool;
+    private readonly ILoggingAdapter _log = Context.GetLogger();
+    private readonly IActorRef _mediator;
+    private Action<HypervisorEvent>? _onEvent;
+    private bool _reporting;
+    private bool _again;
+
+    public HostReporter(string hostId, bool spmCapable, IHypervisor hypervisor, StoragePool pool)
+    {
+        _hostId = hostId;
+        _spmCapable = spmCapable;
+        _hypervisor = hypervisor;
+        _pool = pool;
+        _mediator = DistributedPubSub.Get(Context.System).Mediator;
+
+        Receive<ReportNow>(r => Start(r.Why));
+        Receive<HostStateChanged>(c => Start($"step {c.Operation} finished"));
+        Receive<ClusterEvent.MemberUp>(up =>
+        {
+            if (up.Member.HasRole("coordinator")) Start($"coordinator {up.Member.Address} joined");
+        });
+        Receive<Reports>(r =>
+        {
+            _mediator.Tell(new Publish(InventoryTopic, r.Host));
+            _mediator.Tell(new Publish(InventoryTopic, r.Domains));
+            Done();
+        });
+        Receive<Status.Failure>(f =>
+        {
+            _log.Warning("host {HostId} could not build its report: {Error}", _hostId, f.Cause.Message);
+            Done();
+        });
+        Receive<ClusterEvent.IMemberEvent>(_ => { });
+    }
+
+    /// <summary>The DistributedPubSub topic the inventory listens on.</summary>
+    public const string InventoryTopic = "inventory";
+
+    public static Props Props(string hostId, bool spmCapable, IHypervisor hypervisor, StoragePool pool) =>
+        Akka.Actor.Props.Create(() => new HostReporter(hostId, spmCapable, hypervisor, pool));
+
+    protected override void PreStart()
+    {
+        var self = Self;
+        _onEvent = e => self.Tell(new ReportNow(e.GetType().Name));
+        _hypervisor.EventRaised += _onEvent;
+        Context.System.EventStream.Subscribe(Self, typeof(HostStateChanged));
+        Cluster.Get(Context.System).Subscribe(Self, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsEvents, typeof(ClusterEvent.MemberUp));
+        Self.Tell(new ReportNow("host started"));
+    }
+
+    protected override void PostStop()
+    {
+        if (_onEvent is not null) _hypervisor.EventRaised -= _onEvent;
+        Context.System.EventStream.Unsubscribe(Self);
+        Cluster.Get(Context.System).Unsubscribe(Self);
+    }
+
+    private void Start(string why)
+    {
+        // One report at a time; changes during a report make one more report after it.
+        if (_reporting)
+        {
+            _again = true;
+            return;
+        }
+        _reporting = true;
+        _log.Debug("host {HostId} reports: {Why}", _hostId, why);
+        var address = Cluster.Get(Context.System).SelfAddress.ToString();
+        BuildAsync(address).PipeTo(Self);
+    }
+
+    private void Done()
+    {
+        _reporting = false;
+        if (_again)
+        {
+            _again = false;
+            Start("changes during the last report");
+        }
+    }
+
+    private async Task<Reports> BuildAsync(string address)
+    {
+        var now = DateTimeOffset.UtcNow;
+        var vms = new List<VmReport>();
+        foreach (var vm in await _hypervisor.ListVmsAsync())
+        {
+            var drives = new List<DriveReport>();
+            foreach (var drive in vm.Drives)
+                drives.Add(await DescribeDriveAsync(drive));
+            vms.Add(new VmReport(vm.Id, vm.Name, vm.Running, drives.ToValueList()));
+        }
+        var domains = new List<DomainReport>();
+        foreach (var domain in _pool.Domains)
+        {
+            var info = await domain.DescribeAsync();
+            domains.Add(new DomainReport(info.Id, info.Name, info.Kind, info.CapacityBytes, info.UsedBytes, info.AvailableBytes, Active: true));
+        }
+        return new Reports(new HostStatusReport(_hostId, address, _spmCapable, vms.ToValueList(), now),
+            new DomainStatusReport(domains.ToValueList(), now));
+    }
+
+    /// <summary>Maps the paths QEMU has open back to volumes of the attached domains.</summary>
+    private async Task<DriveReport> DescribeDriveAsync(DriveState drive)
+    {
+        var chain = new List<VolumeRef>();
+        long capacity = 0, allocated = 0;
+        foreach (var path in drive.OpenChain)
+        {
+            foreach (var domain in _pool.Domains)
+            {
+                var volume = await FindAsync(domain, drive.Image, path);
+                if (volume is null) continue;
+                chain.Add(new VolumeRef(domain.Id, volume.Id));
+                capacity = Math.Max(capacity, volume.Capacity);
+                allocated += volume.AllocatedBytes;
+                break;
+            }
+        }
+        return new DriveReport(drive.Image, chain.ToValueList(), capacity, allocated);
+    }
+
+    private static async Task<VolumeInfo?> FindAsync(IStorageDomain domain, ImageId image, string path)
+    {
+        try
+        {
+            foreach (var volume in (await domain.DescribeImageAsync(image)).Volumes)
+                if (domain.Locate(image, volume.Id) == path) return volume;
+        }
+        catch (OperationFailedException e) when (e.Code is ErrorCodes.ImageNotFound)
+        {
+        }
+        return null;
+    }
+}
