@@ -1,0 +1,244 @@
+using Akka.Actor;
+using Akka.Cluster.Sharding;
+using Akka.Cluster.Tools.PublishSubscribe;
+using Akka.Event;
+using Akka.Persistence;
+using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
+using LiveMigration.Shared.Protocol;
+
+namespace LiveMigration.Coordinator.Migration;
+
+/// <summary>
+/// The thin persistent actor around the pure saga (one per migration, a sharded entity): it decides with
+/// <see cref="MigrationDecider"/>, persists the events, applies them, answers the requester, and sends what
+/// <see cref="MigrationActions.Next"/> asks for. Crash safety: after recovery it sends every step in flight
+/// again with its old operation id, and a step without an answer is sent again after a deadline; hosts
+/// treat a repeated operation id as the same operation.
+/// </summary>
+public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
+{
+    /// <summary>Timer message: a step's deadline passed.</summary>
+    private sealed record StepDeadlineDue(OperationId Operation);
+
+    /// <summary>Timer message: a queued migration asks the limits again (they may have restarted and forgotten it).</summary>
+    private sealed record AdmissionRetryDue;
+
+    private const string RetryTimer = "retry-due";
+    private const string AdmissionTimer = "admission";
+
+    private readonly IMigrationHosts _hosts;
+    private readonly IActorRef _admission;
+    private readonly MigrationActorSettings _settings;
+    private readonly ILoggingAdapter _log = Context.GetLogger();
+    /// <summary>Steps sent by this incarnation; empty after a recovery, so every step in flight goes out again.</summary>
+    private readonly HashSet<OperationId> _sent = [];
+    private MigrationState _state;
+    private bool _admissionAsked;
+    private bool _released;
+    private long _lastSnapshotAt;
+
+    public ITimerScheduler Timers { get; set; } = null!;
+    public override string PersistenceId { get; }
+    public MigrationId Id { get; }
+
+    public static string PersistenceIdOf(MigrationId id) => $"migration-{id}";
+
+    public static Props Props(MigrationId id, IMigrationHosts hosts, IActorRef admission, MigrationActorSettings? settings = null) =>
+        Akka.Actor.Props.Create(() => new MigrationActor(id, hosts, admission, settings ?? MigrationActorSettings.Default));
+
+    public MigrationActor(MigrationId id, IMigrationHosts hosts, IActorRef admission, MigrationActorSettings settings)
+    {
+        Id = id;
+        PersistenceId = PersistenceIdOf(id);
+        _hosts = hosts;
+        _admission = admission;
+        _settings = settings;
+        _state = MigrationState.Initial(id);
+
+        Recover<SnapshotOffer>(offer =>
+        {
+            if (offer.Snapshot is MigrationState snapshot)
+            {
+                _state = snapshot;
+                _lastSnapshotAt = offer.Metadata.SequenceNr;
+            }
+        });
+        Recover<IMigrationEvent>(e => _state = MigrationState.Apply(_state, e));
+        Recover<RecoveryCompleted>(_ => AfterRecovery());
+
+        Command<IMigrationCommand>(c => Handle(c, Sender, replyTo: IsOperatorCommand(c) ? Sender : null));
+        Command<OperationSucceeded>(r => Handle(new ReportStepSucceeded(r.Operation.Migration, r.Operation, r.Outcome), Sender, null));
+        Command<OperationFailed>(r => Handle(new ReportStepFailed(r.Operation.Migration, r.Operation, r.Code, r.Message, r.Transient), Sender, null));
+        Command<OperationProgress>(p =>
+        {
+            // progress says the host works on it: no need to send it again yet
+            if (_sent.Contains(p.Operation))
+                StartDeadline(p.Operation);
+            Handle(new ReportProgress(p.Operation.Migration, p.Operation, p.Done, p.Total), Sender, null);
+        });
+        Command<StepDeadlineDue>(d => SendAgainIfUnanswered(d.Operation));
+        Command<AdmissionRetryDue>(_ => AskAdmission());
+        Command<GetMigrationState>(_ => Sender.Tell(new MigrationStateReply(_state, LastSequenceNr)));
+        Command<SaveSnapshotSuccess>(s => _log.Debug("Migration {Migration}: snapshot at event {SequenceNr}", Id, s.Metadata.SequenceNr));
+        Command<SaveSnapshotFailure>(f => _log.Warning(f.Cause, "Migration {Migration}: snapshot at event {SequenceNr} failed; recovery replays more events", Id, f.Metadata.SequenceNr));
+    }
+
+    /// <summary>Only operator commands get an answer; host results, timers and the limits' admission do not wait for one.</summary>
+    private static bool IsOperatorCommand(IMigrationCommand command) =>
+        command is StartMigration or CancelMigration or ResumeMigration or AbandonMigration;
+
+    private void Handle(IMigrationCommand command, IActorRef sender, IActorRef? replyTo)
+    {
+        var decision = MigrationDecider.Decide(_state, command, DateTimeOffset.UtcNow);
+        if (decision.Refused)
+        {
+            _log.Info("Migration {Migration} refused {Command} from {Sender}: {Code}: {Message}", Id, command.GetType().Name, sender, decision.RefusalCode, decision.RefusalMessage);
+            replyTo?.Tell(new MigrationCommandRefused(Id, decision.RefusalCode!, decision.RefusalMessage!));
+            PassivateIfIdle();
+            return;
+        }
+        if (decision.Events.Count == 0)
+        {
+            replyTo?.Tell(Accepted(command));
+            return;
+        }
+
+        var left = decision.Events.Count;
+        PersistAll(decision.Events, e =>
+        {
+            _state = MigrationState.Apply(_state, e);
+            if (--left > 0) return;
+            SnapshotIfDue();
+            Publish();
+            replyTo?.Tell(Accepted(command));
+            Dispatch();
+        });
+    }
+
+    private MigrationCommandAccepted Accepted(IMigrationCommand command) =>
+        new(Id, command.GetType().Name, MigrationDecider.Describe(_state.Status));
+
+    private void AfterRecovery()
+    {
+        if (_state.Status is MigrationStatus.New)
+            return;
+        var inFlight = _state.Disks.Count(d => d.Phase == DiskPhase.InFlight);
+        _log.Info("Migration {Migration} recovered at event {SequenceNr}: {Status}, {InFlight} step(s) in flight sent again with their operation ids",
+            Id, LastSequenceNr, MigrationDecider.Describe(_state.Status), inFlight);
+        if (_state.Status is not MigrationStatus.Queued && !_state.Status.IsFinished)
+        {
+            var (host, domains) = Claim();
+            _admission.Tell(new AdmissionHeld(Id, host, domains));
+        }
+        Dispatch();
+    }
+
+    /// <summary>Send what the state asks for now: new steps, the retry timer, the admission request, the release.</summary>
+    private void Dispatch()
+    {
+        var actions = MigrationActions.Next(_state);
+        var steps = actions.OfType<SendStep>().ToDictionary(s => s.Operation);
+
+        foreach (var answered in _sent.Where(op => !steps.ContainsKey(op)).ToList())
+        {
+            _sent.Remove(answered);
+            Timers.Cancel(DeadlineKey(answered));
+        }
+        foreach (var step in steps.Values)
+            if (_sent.Add(step.Operation))
+                Send(step);
+
+        if (actions.OfType<WakeAt>().FirstOrDefault() is { } wake)
+        {
+            var delay = wake.DueAt - DateTimeOffset.UtcNow;
+            Timers.StartSingleTimer(RetryTimer, new RetryDue(Id), delay > TimeSpan.Zero ? delay : TimeSpan.Zero);
+        }
+        else
+            Timers.Cancel(RetryTimer);
+
+        if (actions.OfType<RequestAdmission>().Any())
+        {
+            if (!_admissionAsked)
+            {
+                _admissionAsked = true;
+                AskAdmission();
+                Timers.StartPeriodicTimer(AdmissionTimer, new AdmissionRetryDue(), _settings.StepDeadline);
+            }
+        }
+        else if (_admissionAsked)
+        {
+            _admissionAsked = false;
+            Timers.Cancel(AdmissionTimer);
+        }
+
+        if (_state.Status.IsFinished && !_released)
+        {
+            _released = true;
+            _admission.Tell(new AdmissionReleased(Id));
+            PassivateIfIdle();
+        }
+    }
+
+    private void AskAdmission()
+    {
+        var (host, domains) = Claim();
+        _admission.Tell(new AdmissionRequest(Id, host, domains));
+    }
+
+    private (string? Host, ValueList<DomainId> Domains) Claim()
+    {
+        var domains = _state.Disks.SelectMany(d => new[] { d.Plan.Source, d.Plan.Destination }).Distinct().ToValueList();
+        return (_state.Request is { } request ? _hosts.HostOf(request.Vm) : null, domains);
+    }
+
+    private void Send(SendStep step)
+    {
+        var target = step.Role == HostRole.Spm ? _hosts.Spm : _hosts.HsmFor(step.Vm);
+        if (target is null)
+            _log.Warning("Migration {Migration}: no HSM known for VM {Vm}; {Operation} goes out when its deadline passes", Id, step.Vm, step.Operation);
+        else
+            target.Tell(new ExecuteStep(step.Operation, step.Vm, step.Disk, step.Strategy, step.SpeedBytesPerSecond, step.CopyMode));
+        StartDeadline(step.Operation);
+    }
+
+    private void SendAgainIfUnanswered(OperationId operation)
+    {
+        if (!_sent.Contains(operation) || _state.DiskAwaiting(operation) is null)
+            return;
+        var step = MigrationActions.Next(_state).OfType<SendStep>().FirstOrDefault(s => s.Operation == operation);
+        if (step is null)
+            return;
+        _log.Warning("Migration {Migration}: no answer to {Operation} within {Deadline}; sending it again", Id, operation, _settings.StepDeadline);
+        Send(step);
+    }
+
+    private void StartDeadline(OperationId operation) =>
+        Timers.StartSingleTimer(DeadlineKey(operation), new StepDeadlineDue(operation), _settings.StepDeadline);
+
+    private static string DeadlineKey(OperationId operation) => $"deadline-{operation}";
+
+    private void SnapshotIfDue()
+    {
+        if (_settings.SnapshotEvery > 0 && LastSequenceNr - _lastSnapshotAt >= _settings.SnapshotEvery)
+        {
+            _lastSnapshotAt = LastSequenceNr;
+            SaveSnapshot(_state);
+        }
+    }
+
+    private void Publish()
+    {
+        var changed = MigrationStatusChanged.From(_state, DateTimeOffset.UtcNow);
+        Context.System.EventStream.Publish(changed);
+        if (_settings.PublishToCluster)
+            DistributedPubSub.Get(Context.System).Mediator.Tell(new Publish(MigrationStatusChanged.Topic, changed));
+    }
+
+    /// <summary>A finished (or never started) migration leaves memory and the remembered entities; a later message brings it back from its journal.</summary>
+    private void PassivateIfIdle()
+    {
+        if (_settings.PassivateWhenIdle && (_state.Status.IsFinished || _state.Status is MigrationStatus.New))
+            Context.Parent.Tell(new Passivate(PoisonPill.Instance));
+    }
+}

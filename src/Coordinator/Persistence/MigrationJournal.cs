@@ -1,0 +1,49 @@
+using Akka.Hosting;
+using Akka.Persistence.Sql.Hosting;
+using LinqToDB;
+using Microsoft.Data.Sqlite;
+
+namespace LiveMigration.Coordinator.Persistence;
+
+/// <summary>Where the sagas' journal and snapshots live: SQLite files under <see cref="DataDirectory"/>, or PostgreSQL when a connection string is given.</summary>
+public sealed record JournalOptions(string DataDirectory, string? PostgresConnectionString = null)
+{
+    public string JournalFile => Path.Combine(DataDirectory, "journal.db");
+    public string SnapshotFile => Path.Combine(DataDirectory, "snapshots.db");
+}
+
+public static class MigrationJournal
+{
+    /// <summary>
+    /// The default journal and snapshot store for every persistent actor of the Coordinator.
+    /// Payloads are written by the serializer bound to their type: the events are bound to the protocol
+    /// serializer by <c>WithProtocolSerializer()</c>, which the Coordinator chains next to this call
+    /// (without it they fall back to Newtonsoft with type names in the journal).
+    /// </summary>
+    public static AkkaConfigurationBuilder WithMigrationJournal(this AkkaConfigurationBuilder builder, JournalOptions options)
+    {
+        if (!string.IsNullOrWhiteSpace(options.PostgresConnectionString))
+            return builder.WithSqlPersistence(options.PostgresConnectionString, ProviderName.PostgreSQL15, autoInitialize: true);
+
+        Directory.CreateDirectory(options.DataDirectory);
+        var journal = UseWriteAheadLog(options.JournalFile);
+        var snapshots = UseWriteAheadLog(options.SnapshotFile);
+        builder.WithSqlPersistence(
+            new SqlJournalOptions(isDefaultPlugin: true) { ConnectionString = journal, ProviderName = ProviderName.SQLiteMS, AutoInitialize = true },
+            new SqlSnapshotOptions(isDefaultPlugin: true) { ConnectionString = snapshots, ProviderName = ProviderName.SQLiteMS, AutoInitialize = true });
+        // SQLite takes one writer at a time: more only wait on its lock.
+        return builder.AddHocon("akka.persistence.journal.sql.parallelism = 1", HoconAddMode.Prepend);
+    }
+
+    /// <summary>WAL is a property of the file: set once, before the journal opens it, it stays on (readers do not block the writer).</summary>
+    private static string UseWriteAheadLog(string file)
+    {
+        var connectionString = new SqliteConnectionStringBuilder { DataSource = file }.ToString();
+        using var connection = new SqliteConnection(connectionString);
+        connection.Open();
+        using var pragma = connection.CreateCommand();
+        pragma.CommandText = "PRAGMA journal_mode=WAL;";
+        pragma.ExecuteNonQuery();
+        return connectionString;
+    }
+}

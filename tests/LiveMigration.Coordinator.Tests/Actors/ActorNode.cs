@@ -1,0 +1,107 @@
+using Akka.Actor;
+using Akka.Hosting;
+using Akka.TestKit;
+using LiveMigration.Coordinator.Migration;
+using LiveMigration.Coordinator.Persistence;
+using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
+using LiveMigration.Shared.Protocol;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+
+namespace LiveMigration.Coordinator.Tests.Actors;
+
+/// <summary>One Coordinator-like ActorSystem wired by the real hosting extension, journal on SQLite files in <paramref name="dataDirectory"/>.</summary>
+public sealed class ActorNode : IAsyncDisposable
+{
+    private readonly IHost _host;
+    public ActorSystem System { get; }
+    public Akka.TestKit.Xunit2.TestKit Kit { get; }
+
+    private ActorNode(IHost host)
+    {
+        _host = host;
+        System = host.Services.GetRequiredService<ActorSystem>();
+        Kit = new Akka.TestKit.Xunit2.TestKit(System);
+    }
+
+    public static async Task<ActorNode> StartAsync(string dataDirectory)
+    {
+        var host = new HostBuilder()
+            .ConfigureServices(services => services.AddAkka("coordinator-test", builder => builder
+                .AddHocon("akka.loglevel = INFO", HoconAddMode.Prepend)
+                .WithMigrationJournal(new JournalOptions(dataDirectory))))
+            .Build();
+        await host.StartAsync();
+        return new ActorNode(host);
+    }
+
+    /// <summary>A migration actor whose SPM and HSM are two tagging actors in front of one test probe, on the given host id.</summary>
+    public HostProbes Migration(MigrationId id, IActorRef admission, MigrationActorSettings settings, string host = "host-1")
+    {
+        var received = Kit.CreateTestProbe();
+        var hosts = new HostProbes(received,
+            System.ActorOf(Props.Create(() => new RoleTagger(HostRole.Spm, received.Ref))),
+            System.ActorOf(Props.Create(() => new RoleTagger(HostRole.Hsm, received.Ref))),
+            host);
+        hosts.Saga = System.ActorOf(MigrationActor.Props(id, hosts, admission, settings));
+        return hosts;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _host.StopAsync();
+        _host.Dispose();
+    }
+}
+
+/// <summary>A step as a host received it.</summary>
+public sealed record StepReceived(HostRole By, ExecuteStep Step);
+
+/// <summary>Plays a host: tells the probe which role received each command.</summary>
+public sealed class RoleTagger : ReceiveActor
+{
+    public RoleTagger(HostRole role, IActorRef probe) => Receive<ExecuteStep>(step => probe.Tell(new StepReceived(role, step)));
+}
+
+/// <summary>The SPM and HSM of one migration; what they receive arrives at <see cref="Received"/>.</summary>
+public sealed class HostProbes(TestProbe received, IActorRef spm, IActorRef hsm, string host) : IMigrationHosts
+{
+    public TestProbe Received { get; } = received;
+    public IActorRef Saga { get; set; } = ActorRefs.Nobody;
+    public IActorRef Spm => spm;
+    public IActorRef? HsmFor(VmId vm) => hsm;
+    public string? HostOf(VmId vm) => host;
+
+    /// <summary>The next step sent to either host; asserts it went to the host its role names.</summary>
+    public ExecuteStep NextStep(TimeSpan? within = null)
+    {
+        var received = Received.ExpectMsg<StepReceived>(within ?? TimeSpan.FromSeconds(3));
+        Assert.Equal(MigrationPlan.RoleOf(received.Step.Operation.Step), received.By);
+        return received.Step;
+    }
+
+    public void NoStep(TimeSpan during) => Received.ExpectNoMsg(during);
+
+    public void Succeed(ExecuteStep step) => Saga.Tell(new OperationSucceeded(step.Operation, new StepOutcome(step.Disk.SizeBytes)), HostFor(step));
+
+    public void Fail(ExecuteStep step, string code, bool transient) =>
+        Saga.Tell(new OperationFailed(step.Operation, code, $"injected {code}", transient), HostFor(step));
+
+    private IActorRef HostFor(ExecuteStep step) => MigrationPlan.RoleOf(step.Operation.Step) == HostRole.Spm ? spm : hsm;
+
+    /// <summary>Answers every step of a one-disk migration with success, from <paramref name="first"/> on; returns the steps answered.</summary>
+    public List<MigrationStep> SucceedAll(ExecuteStep? first = null)
+    {
+        var steps = new List<MigrationStep>();
+        var step = first ?? NextStep();
+        var last = MigrationPlan.ForwardSteps(step.Strategy, deleteSource: true)[^1];
+        while (true)
+        {
+            steps.Add(step.Operation.Step);
+            Succeed(step);
+            if (step.Operation.Step == last) return steps;
+            step = NextStep();
+        }
+    }
+}

@@ -1,0 +1,232 @@
+using System.Diagnostics;
+using Akka.Actor;
+using Akka.Cluster.Sharding;
+using LiveMigration.Coordinator.Migration;
+using LiveMigration.Coordinator.Tests.Migration;
+using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
+using LiveMigration.Shared.Protocol;
+
+namespace LiveMigration.Coordinator.Tests.Actors;
+
+/// <summary>The persistent actor around the saga, on a real SQLite journal, with actors playing the SPM and the HSM.</summary>
+public sealed class MigrationActorTests : IAsyncLifetime
+{
+    private static readonly TimeSpan Patience = TimeSpan.FromSeconds(5);
+    private readonly string _dataDirectory = Path.Combine(Path.GetTempPath(), $"lsm-actor-{Guid.NewGuid():N}");
+    private readonly List<ActorNode> _nodes = [];
+
+    private static MigrationActorSettings Settings(TimeSpan? deadline = null, int snapshotEvery = 100) =>
+        new(deadline ?? TimeSpan.FromSeconds(10), snapshotEvery);
+
+    private async Task<ActorNode> StartNode()
+    {
+        var node = await ActorNode.StartAsync(_dataDirectory);
+        _nodes.Add(node);
+        return node;
+    }
+
+    private static IActorRef Admission(ActorNode node, MigrationLimits? limits = null) =>
+        node.System.ActorOf(MigrationAdmission.Props(limits ?? MigrationLimits.Default));
+
+    private static MigrationStateReply StateOf(ActorNode node, HostProbes migration, MigrationId id)
+    {
+        migration.Saga.Tell(new GetMigrationState(id), node.Kit.TestActor);
+        return node.Kit.ExpectMsg<MigrationStateReply>(Patience);
+    }
+
+    private static void Start(ActorNode node, HostProbes migration, SagaDriver saga, MigrationStrategy strategy = MigrationStrategy.PreCopy, RetryPolicy? retry = null)
+    {
+        migration.Saga.Tell(new StartMigration(saga.Id, saga.Request(strategy, retry: retry), saga.Facts()), node.Kit.TestActor);
+        var accepted = node.Kit.ExpectMsg<MigrationCommandAccepted>(Patience);
+        Assert.Equal(saga.Id, accepted.MigrationId);
+    }
+
+    [Fact]
+    public async Task Pre_copy_and_post_copy_complete_through_the_hosts_and_publish_their_progress()
+    {
+        var node = await StartNode();
+        var admission = Admission(node);
+        var published = node.Kit.CreateTestProbe();
+        node.System.EventStream.Subscribe(published.Ref, typeof(MigrationStatusChanged));
+
+        foreach (var strategy in new[] { MigrationStrategy.PreCopy, MigrationStrategy.PostCopy })
+        {
+            var saga = new SagaDriver();
+            var migration = node.Migration(saga.Id, admission, Settings());
+            Start(node, migration, saga, strategy);
+
+            var steps = migration.SucceedAll();
+
+            Assert.Equal(MigrationPlan.ForwardSteps(strategy, deleteSource: true), steps);
+            var reply = StateOf(node, migration, saga.Id);
+            Assert.IsType<MigrationStatus.Completed>(reply.State.Status);
+            Assert.Equal(DiskPhase.Completed, reply.State.Disk(saga.Image).Phase);
+            var last = published.FishForMessage<MigrationStatusChanged>(m => m.MigrationId == saga.Id && m.Status == "completed", Patience);
+            Assert.Equal(saga.Image, Assert.Single(last.Disks).Image);
+            migration.NoStep(TimeSpan.FromMilliseconds(100));
+        }
+    }
+
+    [Fact]
+    public async Task A_second_migration_of_a_disk_in_an_active_migration_is_refused_and_records_nothing()
+    {
+        var node = await StartNode();
+        var admission = Admission(node);
+        var first = new SagaDriver();
+        var firstMigration = node.Migration(first.Id, admission, Settings());
+        Start(node, firstMigration, first);
+
+        var secondId = MigrationId.New();
+        var second = node.Migration(secondId, admission, Settings());
+        var facts = first.Facts() with { DisksInActiveMigrations = [first.Image] };
+        second.Saga.Tell(new StartMigration(secondId, first.Request(), facts), node.Kit.TestActor);
+
+        var refused = node.Kit.ExpectMsg<MigrationCommandRefused>(Patience);
+        Assert.Equal(MigrationErrorCodes.DiskBusy, refused.Code);
+        Assert.Contains(first.Image.ToString(), refused.Message);
+        var state = StateOf(node, second, secondId);
+        Assert.IsType<MigrationStatus.New>(state.State.Status);
+        Assert.Equal(0, state.LastSequenceNr);
+        second.NoStep(TimeSpan.FromMilliseconds(200));
+    }
+
+    [Fact]
+    public async Task After_a_stop_mid_step_the_recovered_actor_sends_the_same_operation_id_and_completes()
+    {
+        var saga = new SagaDriver();
+        ExecuteStep unanswered;
+        MigrationState before;
+        long eventsBefore;
+        await using (var node = await ActorNode.StartAsync(_dataDirectory))
+        {
+            // a snapshot every 2 events: recovery reads a snapshot and the events after it
+            var migration = node.Migration(saga.Id, Admission(node), Settings(snapshotEvery: 2));
+            Start(node, migration, saga);
+            migration.Succeed(migration.NextStep());
+            migration.Succeed(migration.NextStep());
+            unanswered = migration.NextStep();
+            (before, eventsBefore) = StateOf(node, migration, saga.Id);
+        }
+
+        Assert.True(Rows(Path.Combine(_dataDirectory, "snapshots.db"), "snapshot") > 0, "no snapshot was saved");
+        Assert.Equal(eventsBefore, Rows(Path.Combine(_dataDirectory, "journal.db"), "journal"));
+
+        var restarted = await StartNode();
+        var recovered = restarted.Migration(saga.Id, Admission(restarted), Settings());
+
+        var resent = recovered.NextStep();
+        Assert.Equal(unanswered.Operation, resent.Operation);
+        Assert.Equal(unanswered, resent);
+        Assert.Equal(before, StateOf(restarted, recovered, saga.Id).State);
+        recovered.SucceedAll(resent);
+        Assert.IsType<MigrationStatus.Completed>(StateOf(restarted, recovered, saga.Id).State.Status);
+    }
+
+    private static long Rows(string file, string table)
+    {
+        using var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={file};Pooling=false");
+        connection.Open();
+        using var count = connection.CreateCommand();
+        count.CommandText = $"SELECT COUNT(*) FROM {table}";
+        return (long)count.ExecuteScalar()!;
+    }
+
+    [Fact]
+    public async Task A_host_that_never_answers_gets_the_same_operation_again_after_the_deadline()
+    {
+        var node = await StartNode();
+        var saga = new SagaDriver();
+        var migration = node.Migration(saga.Id, Admission(node), Settings(deadline: TimeSpan.FromMilliseconds(400)));
+        Start(node, migration, saga);
+
+        var first = migration.NextStep();
+        var clock = Stopwatch.StartNew();
+        var again = migration.NextStep(TimeSpan.FromSeconds(3));
+
+        Assert.Equal(first.Operation, again.Operation);
+        Assert.True(clock.Elapsed >= TimeSpan.FromMilliseconds(300), $"sent again after {clock.Elapsed}, before the 400 ms deadline");
+        migration.Succeed(again);
+        var next = migration.NextStep();
+        Assert.NotEqual(first.Operation.Step, next.Operation.Step);
+    }
+
+    [Fact]
+    public async Task A_transient_failure_is_retried_with_the_next_attempt_after_the_backoff()
+    {
+        var node = await StartNode();
+        var saga = new SagaDriver();
+        var migration = node.Migration(saga.Id, Admission(node), Settings());
+        Start(node, migration, saga, retry: new RetryPolicy(3, TimeSpan.FromMilliseconds(500), TimeSpan.FromSeconds(2)));
+
+        var first = migration.NextStep();
+        var clock = Stopwatch.StartNew();
+        migration.Fail(first, ErrorCodes.Timeout, transient: true);
+        var retry = migration.NextStep(TimeSpan.FromSeconds(3));
+
+        Assert.True(clock.Elapsed >= TimeSpan.FromMilliseconds(450), $"retried after {clock.Elapsed}, before the 500 ms backoff");
+        Assert.Equal(first.Operation with { Attempt = 2 }, retry.Operation);
+        migration.SucceedAll(retry);
+        Assert.IsType<MigrationStatus.Completed>(StateOf(node, migration, saga.Id).State.Status);
+    }
+
+    [Fact]
+    public async Task A_second_migration_on_a_host_at_its_limit_waits_queued_until_the_first_finishes()
+    {
+        var node = await StartNode();
+        var admission = Admission(node, new MigrationLimits(PerHost: 1, PerDomain: 0));
+        var first = new SagaDriver();
+        var second = new SagaDriver();
+        var firstMigration = node.Migration(first.Id, admission, Settings(), host: "host-a");
+        var secondMigration = node.Migration(second.Id, admission, Settings(), host: "host-a");
+
+        Start(node, firstMigration, first);
+        var firstStep = firstMigration.NextStep();
+        Start(node, secondMigration, second);
+
+        secondMigration.NoStep(TimeSpan.FromMilliseconds(300));
+        Assert.IsType<MigrationStatus.Queued>(StateOf(node, secondMigration, second.Id).State.Status);
+        firstMigration.SucceedAll(firstStep);
+        var secondStep = secondMigration.NextStep();
+        Assert.Equal(MigrationPlan.ForwardSteps(MigrationStrategy.PreCopy, true)[0], secondStep.Operation.Step);
+        Assert.IsType<MigrationStatus.Running>(StateOf(node, secondMigration, second.Id).State.Status);
+    }
+
+    [Fact]
+    public void The_extractor_routes_host_replies_and_commands_of_a_migration_to_the_same_entity_and_shard()
+    {
+        var extractor = new MigrationMessageExtractor(30);
+        var id = MigrationId.New();
+        var operation = new OperationId(id, MigrationStep.Pivot, ImageId.New(), 2);
+
+        var replies = new object[]
+        {
+            new OperationSucceeded(operation, new StepOutcome()),
+            new OperationFailed(operation, ErrorCodes.Timeout, "slow", true),
+            new OperationProgress(operation, 1, 2),
+            new CancelMigration(id),
+            new GetMigrationState(id),
+        };
+        var start = new StartMigration(id, new SagaDriver().Request(), new SagaDriver().Facts());
+        var shard = extractor.ShardId(extractor.EntityId(start)!, start);
+        foreach (var message in replies)
+        {
+            Assert.Equal(id.ToString(), extractor.EntityId(message));
+            Assert.Equal(shard, extractor.ShardId(extractor.EntityId(message)!, message));
+            Assert.Same(message, extractor.EntityMessage(message));
+        }
+        Assert.Null(extractor.EntityId("not a migration message"));
+        // the same shard in any process: the shard comes from the id's text, not a per-process hash
+        Assert.Equal(shard, new MigrationMessageExtractor(30).ShardId(id.ToString(), null));
+    }
+
+    public Task InitializeAsync() => Task.CompletedTask;
+
+    public async Task DisposeAsync()
+    {
+        foreach (var node in _nodes)
+            await node.DisposeAsync();
+        if (Directory.Exists(_dataDirectory))
+            Directory.Delete(_dataDirectory, recursive: true);
+    }
+}
