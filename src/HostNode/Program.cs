@@ -1,4 +1,38 @@
-// The HostNode process joins the cluster with the cluster work (issue 3). Until then the host
-// layer (storage domains, QEMU block jobs, guest workload) is a library, driven by the demo and tests.
-Console.Error.WriteLine("HostNode: the cluster node is not built yet; run the demo (see README) to drive the host layer.");
-return 2;
+using Akka.Hosting;
+using LiveMigration.HostNode.Hosting;
+using LiveMigration.Shared.Hosting;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+
+// A HostNode: one per hypervisor machine. It joins the cluster, runs its VMs' block jobs (HSM),
+// may hold the SPM singleton, and reports what it sees to the Coordinator's inventory.
+var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { Args = [] });
+builder.Configuration.AddJsonFile("appsettings.json", optional: true)
+    .AddEnvironmentVariables("LSM_")
+    .AddCommandLine(args, HostNodeSettings.Switches.ToDictionary());
+
+HostNodeSettings settings;
+HostNodeComponents components;
+try
+{
+    settings = HostNodeSettings.From(builder.Configuration);
+    components = await settings.CreateComponentsAsync();
+}
+catch (Exception e) when (e is ArgumentException or FormatException or LiveMigration.Shared.Model.OperationFailedException)
+{
+    Console.Error.WriteLine($"HostNode: {e.Message}");
+    Console.Error.WriteLine("usage: HostNode --host-id host-1 --port 4061 --seed akka.tcp://lsm@127.0.0.1:4053 --roles host,spm --data-dir var/host-1 --domain-root var/domains");
+    return 2;
+}
+
+builder.Services.AddAkka(ClusterNodeSettings.SystemName, akka => akka
+    .WithClusterNode(settings.Cluster)
+    .WithHostNodeActors(components, settings.SpmCapable));
+
+var app = builder.Build();
+Console.WriteLine($"HostNode {settings.HostId}: {components.Pool.Domains.Count} storage domains, run directory {settings.RunDirectory}, roles {string.Join(",", settings.Cluster.Roles)}");
+await app.RunAsync();
+// The VMs outlive this process on purpose; only the QMP connections close.
+await components.Hypervisor.DisposeAsync();
+return 0;

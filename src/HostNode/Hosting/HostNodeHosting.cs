@@ -1,0 +1,42 @@
+using Akka.Actor;
+using Akka.Cluster.Hosting;
+using Akka.Cluster.Tools.PublishSubscribe;
+using Akka.Hosting;
+using LiveMigration.HostNode.Hsm;
+using LiveMigration.HostNode.Hypervisor;
+using LiveMigration.HostNode.Inventory;
+using LiveMigration.HostNode.Spm;
+using LiveMigration.HostNode.Storage;
+
+namespace LiveMigration.HostNode.Hosting;
+
+/// <summary>What a host works with: the storage domains it sees and its hypervisor (real or sim).</summary>
+public sealed record HostNodeComponents(string HostId, StoragePool Pool, IHypervisor Hypervisor);
+
+/// <summary>Registry keys for the host's actors.</summary>
+public sealed class HsmKey;
+public sealed class SpmKey;
+
+public static class HostNodeHosting
+{
+    /// <summary>The host's actors: its HSM (found by the Coordinator through DistributedPubSub under
+    /// <c>/user/hsm-{hostId}</c>), its reporter to the inventory, and, on SPM-capable hosts, a place
+    /// for the SPM cluster singleton.</summary>
+    public static AkkaConfigurationBuilder WithHostNodeActors(this AkkaConfigurationBuilder builder,
+        HostNodeComponents host, bool spmCapable)
+    {
+        if (spmCapable)
+            builder.WithSingleton<SpmKey>(SpmActor.SingletonName, SpmActor.Props(host.Pool),
+                new ClusterSingletonOptions { Role = SpmRole }, createProxyToo: false);
+        return builder.WithActors((system, registry) =>
+        {
+            var hsm = system.ActorOf(HsmActor.Props(host.Hypervisor, host.Pool), HsmTopic.For(host.HostId));
+            DistributedPubSub.Get(system).Mediator.Tell(new Put(hsm));
+            registry.Register<HsmKey>(hsm);
+            system.ActorOf(HostReporter.Props(host.HostId, spmCapable, host.Hypervisor, host.Pool), "host-reporter");
+        });
+    }
+
+    public const string HostRole = "host";
+    public const string SpmRole = "spm";
+}

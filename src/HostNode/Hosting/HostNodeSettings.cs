@@ -1,0 +1,83 @@
+using LiveMigration.HostNode.Hypervisor;
+using LiveMigration.HostNode.Hypervisor.Qmp;
+using LiveMigration.HostNode.Storage;
+using LiveMigration.HostNode.Storage.File;
+using LiveMigration.Shared.Hosting;
+using LiveMigration.Shared.Model;
+using Microsoft.Extensions.Configuration;
+
+namespace LiveMigration.HostNode.Hosting;
+
+/// <summary>A HostNode's configuration, from appsettings.json, LSM_ environment variables and the command line.</summary>
+public sealed record HostNodeSettings(
+    string HostId,
+    string DataDirectory,
+    string Hypervisor,
+    IReadOnlyList<string> DomainRoots,
+    ClusterNodeSettings Cluster)
+{
+    public string RunDirectory => Path.Combine(DataDirectory, "run");
+    public bool SpmCapable => Cluster.Roles.Contains(HostNodeHosting.SpmRole);
+
+    /// <summary>The command-line switches and the configuration keys they set.</summary>
+    public static readonly IReadOnlyDictionary<string, string> Switches = new Dictionary<string, string>
+    {
+        ["--host-id"] = "HostNode:HostId",
+        ["--data-dir"] = "HostNode:DataDirectory",
+        ["--hypervisor"] = "HostNode:Hypervisor",
+        ["--domain-root"] = "HostNode:DomainRoots",
+        ["--port"] = "Cluster:Port",
+        ["--hostname"] = "Cluster:Hostname",
+        ["--seed"] = "Cluster:Seeds",
+        ["--roles"] = "Cluster:Roles",
+    };
+
+    public static HostNodeSettings From(IConfiguration config)
+    {
+        var hostId = config["HostNode:HostId"] ?? "host-1";
+        if (hostId.Length is 0 or > 32 || !hostId.All(c => char.IsAsciiLetterLower(c) || char.IsAsciiDigit(c) || c == '-'))
+            throw new ArgumentException($"host id '{hostId}' must be 1-32 lower-case letters, digits and dashes (e.g. host-1)");
+        var hypervisor = config["HostNode:Hypervisor"] ?? "qmp";
+        if (hypervisor is not "qmp")
+            throw new ArgumentException($"hypervisor '{hypervisor}' is not known to a HostNode process (qmp)");
+        var port = config["Cluster:Port"] is { } p
+            ? int.TryParse(p, out var n) && n is >= 0 and <= 65535 ? n : throw new ArgumentException($"port '{p}' is not a port number")
+            : 0;
+        var roles = ClusterNodeSettings.ParseRoles(config["Cluster:Roles"] ?? "host");
+        if (!roles.Contains(HostNodeHosting.HostRole)) roles = [HostNodeHosting.HostRole, .. roles];
+        return new HostNodeSettings(
+            hostId,
+            Path.GetFullPath(config["HostNode:DataDirectory"] ?? Path.Combine("var", hostId)),
+            hypervisor,
+            (config["HostNode:DomainRoots"] ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                .Select(Path.GetFullPath).ToList(),
+            new ClusterNodeSettings
+            {
+                Hostname = config["Cluster:Hostname"] ?? "127.0.0.1",
+                Port = port,
+                Seeds = ClusterNodeSettings.ParseSeeds(config["Cluster:Seeds"]),
+                Roles = roles,
+                ExtraHocon = config["Cluster:ExtraHocon"],
+            });
+    }
+
+    /// <summary>The real components: every file domain found under the domain roots, and QEMU over QMP.</summary>
+    public async Task<HostNodeComponents> CreateComponentsAsync(CancellationToken ct = default)
+    {
+        var pool = new StoragePool();
+        foreach (var root in DomainRoots)
+        {
+            if (!Directory.Exists(root))
+                throw new ArgumentException($"domain root {root} does not exist");
+            foreach (var dir in Directory.EnumerateDirectories(root))
+            {
+                // Only folders named by a UUID and holding domain metadata are domains.
+                if (DomainId.TryParse(Path.GetFileName(dir), out var id) && File.Exists(Path.Combine(dir, "dom_md", "metadata")))
+                    pool.Attach(await FileStorageDomain.AttachAsync(root, id.Value, ct));
+            }
+        }
+        Directory.CreateDirectory(RunDirectory);
+        IHypervisor hypervisor = new QmpHypervisor(new QmpHypervisorOptions { RunDirectory = RunDirectory });
+        return new HostNodeComponents(HostId, pool, hypervisor);
+    }
+}

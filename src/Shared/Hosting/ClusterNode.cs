@@ -1,0 +1,88 @@
+using Akka.Cluster.Hosting;
+using Akka.Cluster.Hosting.SBR;
+using Akka.Hosting;
+using Akka.Remote.Hosting;
+using LiveMigration.Shared.Serialization;
+
+namespace LiveMigration.Shared.Hosting;
+
+/// <summary>How one process joins the cluster: where it listens, whom it asks to join, which roles it plays.</summary>
+public sealed record ClusterNodeSettings
+{
+    /// <summary>The actor system's name: every node of one pool uses the same.</summary>
+    public const string SystemName = "lsm";
+
+    public string Hostname { get; init; } = "127.0.0.1";
+    /// <summary>0 lets the OS pick a free port (tests); a fixed port for seed nodes.</summary>
+    public int Port { get; init; }
+    /// <summary>Seed node addresses like <c>akka.tcp://lsm@127.0.0.1:4053</c>; empty makes this node join itself (the first node).</summary>
+    public IReadOnlyList<string> Seeds { get; init; } = [];
+    public IReadOnlyList<string> Roles { get; init; } = [];
+    /// <summary>Extra HOCON laid over the defaults (tests use it for fast cluster timings).</summary>
+    public string? ExtraHocon { get; init; }
+
+    /// <summary>Parses a comma-separated seed list, refusing anything that is not an akka.tcp address of this system.</summary>
+    public static IReadOnlyList<string> ParseSeeds(string? text)
+    {
+        var seeds = (text ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        foreach (var seed in seeds)
+        {
+            if (!seed.StartsWith($"akka.tcp://{SystemName}@", StringComparison.Ordinal) || !Uri.TryCreate(seed, UriKind.Absolute, out var uri) || uri.Port <= 0)
+                throw new ArgumentException($"seed '{seed}' is not an address like akka.tcp://{SystemName}@127.0.0.1:4053");
+        }
+        return seeds;
+    }
+
+    public static IReadOnlyList<string> ParseRoles(string? text) =>
+        (text ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+            .Select(r => r.All(c => char.IsAsciiLetterLower(c) || c == '-') && r.Length is > 0 and <= 32
+                ? r
+                : throw new ArgumentException($"role '{r}' must be lower-case letters and dashes (e.g. host,spm)"))
+            .Distinct().ToList();
+}
+
+public static class ClusterNodeHosting
+{
+    /// <summary>
+    /// Remoting, clustering with the keep-majority split brain resolver, DistributedPubSub and the
+    /// protocol serializer: what every process of the pool needs before its own actors.
+    /// </summary>
+    public static AkkaConfigurationBuilder WithClusterNode(this AkkaConfigurationBuilder builder, ClusterNodeSettings settings)
+    {
+        if (settings.ExtraHocon is { Length: > 0 } hocon)
+            builder.AddHocon(hocon, HoconAddMode.Prepend);
+        return builder
+            .WithRemoting(settings.Hostname, settings.Port)
+            .WithClustering(new ClusterOptions
+            {
+                SeedNodes = settings.Seeds.Count > 0 ? settings.Seeds.ToArray() : null,
+                Roles = settings.Roles.ToArray(),
+                SplitBrainResolver = new KeepMajorityOption(),
+            })
+            .WithDistributedPubSub("")
+            .WithProtocolSerializer();
+    }
+
+    /// <summary>Cluster timings for tests: a few seconds to form and to hand over instead of tens (PACKAGES.md).</summary>
+    public const string FastTestTimings = """
+        akka.cluster {
+          gossip-interval = 200ms
+          leader-actions-interval = 200ms
+          periodic-tasks-initial-delay = 100ms
+          unreachable-nodes-reaper-interval = 250ms
+          seed-node-timeout = 1s
+          retry-unsuccessful-join-after = 1s
+        }
+        akka.cluster.sharding {
+          retry-interval = 200ms
+          shard-start-timeout = 2s
+          waiting-for-state-timeout = 1s
+          updating-state-timeout = 1s
+          handoff-timeout = 5s
+          rebalance-interval = 1s
+        }
+        akka.cluster.singleton.hand-over-retry-interval = 200ms
+        akka.cluster.singleton-proxy.singleton-identification-interval = 200ms
+        akka.coordinated-shutdown.phases.cluster-exiting.timeout = 1s
+        """;
+}
