@@ -61,8 +61,7 @@ public sealed class HostReporter : ReceiveActor
         Receive<ClusterEvent.IMemberEvent>(_ => { });
     }
 
-    /// <summary>The DistributedPubSub topic the inventory listens on.</summary>
-    public const string InventoryTopic = "inventory";
+    private const string InventoryTopic = InventoryTopics.Reports;
 
     public static Props Props(string hostId, bool spmCapable, IHypervisor hypervisor, StoragePool pool) =>
         Akka.Actor.Props.Create(() => new HostReporter(hostId, spmCapable, hypervisor, pool));

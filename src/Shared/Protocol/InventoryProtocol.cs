@@ -60,3 +60,9 @@ public sealed record InventorySnapshot(
 public sealed record VmEntry(string HostId, VmReport Vm);
 
 public sealed record DiskReservation(ImageId Image, MigrationId Migration);
+
+/// <summary>The DistributedPubSub topics of the inventory: hosts publish their reports here, coordinators listen.</summary>
+public static class InventoryTopics
+{
+    public const string Reports = "inventory";
+}

@@ -1,0 +1,109 @@
+using System.Collections.Concurrent;
+using Akka.Actor;
+using Akka.Cluster.Hosting;
+using Akka.Cluster.Tools.PublishSubscribe;
+using Akka.Event;
+using Akka.Hosting;
+using LiveMigration.Coordinator.Migration;
+using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
+using LiveMigration.Shared.Protocol;
+
+namespace LiveMigration.Coordinator.Hosts;
+
+/// <summary>Which host runs which VM, as the hosts last reported it (on this coordinator).</summary>
+public sealed class HostDirectory
+{
+    private readonly ConcurrentDictionary<VmId, string> _hostOfVm = new();
+
+    public string? HostOf(VmId vm) => _hostOfVm.TryGetValue(vm, out var host) ? host : null;
+
+    public void Apply(HostStatusReport report)
+    {
+        foreach (var (vm, host) in _hostOfVm)
+            if (host == report.HostId && report.Vms.All(v => v.Id != vm))
+                _hostOfVm.TryRemove(new KeyValuePair<VmId, string>(vm, host));
+        foreach (var vm in report.Vms)
+            _hostOfVm[vm.Id] = report.HostId;
+    }
+}
+
+/// <summary>Keeps a <see cref="HostDirectory"/> up to date from the hosts' reports on the inventory topic.</summary>
+public sealed class HostDirectoryListener : ReceiveActor
+{
+    public HostDirectoryListener(HostDirectory directory)
+    {
+        Receive<HostStatusReport>(directory.Apply);
+        Receive<DomainStatusReport>(_ => { });
+        Receive<SubscribeAck>(_ => { });
+    }
+
+    public static Props Props(HostDirectory directory) => Akka.Actor.Props.Create(() => new HostDirectoryListener(directory));
+
+    protected override void PreStart() =>
+        DistributedPubSub.Get(Context.System).Mediator.Tell(new Subscribe(InventoryTopics.Reports, Self));
+}
+
+/// <summary>
+/// The sagas' way to a VM's HSM: it forwards each step to <c>/user/hsm-{hostId}</c> of the host that runs
+/// the VM through DistributedPubSub, keeping the saga as the sender so the host answers it directly.
+/// </summary>
+public sealed class HsmGateway : ReceiveActor
+{
+    private readonly Dictionary<MigrationId, string> _hostOfMigration = new();
+    private readonly ILoggingAdapter _log = Context.GetLogger();
+
+    public HsmGateway(HostDirectory directory)
+    {
+        var mediator = DistributedPubSub.Get(Context.System).Mediator;
+        Receive<ExecuteStep>(step =>
+        {
+            if (directory.HostOf(step.Vm) is not { } host)
+            {
+                // Unknown until the host reports it; a transient answer makes the saga try again.
+                Sender.Tell(new OperationFailed(step.Operation, ErrorCodes.VmNotFound,
+                    $"no host has reported VM {step.Vm} yet", Transient: true));
+                return;
+            }
+            _hostOfMigration[step.Operation.Migration] = host;
+            mediator.Tell(new Send(HsmPath(host), step), Sender);
+        });
+        Receive<SetStepSpeed>(speed =>
+        {
+            if (_hostOfMigration.TryGetValue(speed.Operation.Migration, out var host))
+                mediator.Tell(new Send(HsmPath(host), speed), Sender);
+            else
+                _log.Warning("no host known for {Operation}; speed change dropped", speed.Operation);
+        });
+    }
+
+    public static string HsmPath(string hostId) => $"/user/hsm-{hostId}";
+
+    public static Props Props(HostDirectory directory) => Akka.Actor.Props.Create(() => new HsmGateway(directory));
+}
+
+public sealed record ClusterMigrationHosts(IActorRef Spm, IActorRef Gateway, HostDirectory Directory) : IMigrationHosts
+{
+    public IActorRef? HsmFor(VmId vm) => Gateway;
+    public string? HostOf(VmId vm) => Directory.HostOf(vm);
+}
+
+/// <summary>Registry keys.</summary>
+public sealed class SpmProxy;
+public sealed class HsmGatewayKey;
+
+public static class ClusterHostsHosting
+{
+    /// <summary>The SPM singleton proxy, the host directory and the HSM gateway, for the migration sagas.</summary>
+    public static AkkaConfigurationBuilder WithClusterHosts(this AkkaConfigurationBuilder builder, HostDirectory directory) =>
+        builder
+            .WithSingletonProxy<SpmProxy>("spm", new ClusterSingletonOptions { Role = "spm" })
+            .WithActors((system, registry) =>
+            {
+                system.ActorOf(HostDirectoryListener.Props(directory), "host-directory");
+                registry.Register<HsmGatewayKey>(system.ActorOf(HsmGateway.Props(directory), "hsm-gateway"));
+            });
+
+    public static IMigrationHosts Resolve(IActorRegistry registry, HostDirectory directory) =>
+        new ClusterMigrationHosts(registry.Get<SpmProxy>(), registry.Get<HsmGatewayKey>(), directory);
+}
