@@ -27,7 +27,9 @@ public static class ChainSeeder
 
     /// <summary>
     /// Creates base → middle → leaf (all COW, LEGAL) on <paramref name="domain"/> and writes 1 MiB of a
-    /// different pattern into a different region of each layer, leaving the rest sparse.
+    /// different pattern into a different region of each layer, leaving the rest sparse. The 1 MiB goes in
+    /// two runs with a gap between them: a QEMU mirror copies one contiguous dirty run per iteration and
+    /// applies its speed limit only between iterations, so a single run would be READY at once at any speed.
     /// </summary>
     public static async Task<SeededChain> SeedAsync(IStorageDomain domain,
         Func<IStorageDomain, ImageId, VolumeId, long, long, byte, Task> writeLayerData)
@@ -38,7 +40,9 @@ public static class ChainSeeder
         for (var i = 0; i < ids.Length; i++)
         {
             await domain.CreateVolumeAsync(new NewVolume(image, ids[i], VolumeFormat.Cow, Capacity, parent));
-            await writeLayerData(domain, image, ids[i], i * (16L << 20), LayerDataBytes, (byte)(0x41 + i));
+            var region = i * (16L << 20);
+            await writeLayerData(domain, image, ids[i], region, LayerDataBytes / 2, (byte)(0x41 + i));
+            await writeLayerData(domain, image, ids[i], region + LayerDataBytes, LayerDataBytes / 2, (byte)(0x41 + i));
             parent = new VolumeRef(domain.Id, ids[i]);
         }
         return new SeededChain(domain, image, ids[0], ids[1], ids[2], Capacity);

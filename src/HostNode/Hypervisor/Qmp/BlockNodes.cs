@@ -51,6 +51,8 @@ internal static class BlockNodes
     /// The file paths of a node's open chain, leaf first, from a <c>query-named-block-nodes</c> entry:
     /// each level of its <c>image</c>/<c>backing-image</c> names either a plain path or a <c>json:</c>
     /// description (explicit backing) whose <c>file.filename</c> is the path of that level.
+    /// A running mirror puts its <c>mirror_top</c> filter above the active layer (and the export onto it); a filter
+    /// names its child's file, so a level naming the same file as the one above it is that filter's child, not a layer.
     /// </summary>
     public static List<string> OpenChainLeafFirst(JsonElement blockDeviceInfo)
     {
@@ -58,7 +60,8 @@ internal static class BlockNodes
         if (!blockDeviceInfo.TryGetProperty("image", out var image)) return paths;
         while (image.ValueKind == JsonValueKind.Object)
         {
-            paths.Add(PathOf(image.GetProperty("filename").GetString() ?? ""));
+            var path = PathOf(image.GetProperty("filename").GetString() ?? "");
+            if (paths.Count == 0 || paths[^1] != path) paths.Add(path);
             if (!image.TryGetProperty("backing-image", out image)) break;
         }
         return paths;

@@ -272,7 +272,7 @@ public sealed class QmpHypervisor : IHypervisor
 
         if (await ActiveNodeAsync(vm, drive, ct) != targetNode)
         {
-            await WaitForReadyAsync(vm, driveId, jobId, ct);
+            await RequireReadyAsync(vm, driveId, jobId, ct);
             // Attach the (complete) destination copy under the leaf the mirror wrote, unless a retry did already.
             if (destinationBacking.Count > 0 && !await HasBackingAsync(vm, targetNode, ct))
             {
@@ -666,25 +666,18 @@ public sealed class QmpHypervisor : IHypervisor
     private async Task<BlockJobInfo?> FindJobAsync(QemuVm vm, ImageId drive, CancellationToken ct) =>
         (await QueryJobsAsync(vm, ct)).FirstOrDefault(j => j.Drive == drive);
 
-    private async Task WaitForReadyAsync(QemuVm vm, ImageId drive, string jobId, CancellationToken ct)
+    /// <summary>Only a READY mirror can pivot; one still copying (or gone) fails as the port says, without waiting.</summary>
+    private async Task RequireReadyAsync(QemuVm vm, ImageId drive, string jobId, CancellationToken ct)
     {
-        var deadline = DateTime.UtcNow + _options.CommandTimeout;
-        while (true)
+        var job = await FindJobAsync(vm, drive, ct);
+        if (job is null)
         {
-            var signal = vm.JobSignal;
-            var job = await FindJobAsync(vm, drive, ct);
-            if (job is null)
-            {
-                var why = vm.JobEnds.TryGetValue(jobId, out var ended) ? $" (it ended: {ended.Name})" : "";
-                throw new OperationFailedException(ErrorCodes.NoSuchJob, $"VM {vm.Id} drive {drive} has no mirror job {jobId} to pivot{why}");
-            }
-            if (job.Phase == BlockJobPhase.Ready) return;
-            if (DateTime.UtcNow > deadline)
-                throw new OperationFailedException(ErrorCodes.Timeout,
-                    $"mirror {jobId} of VM {vm.Id} not READY after {_options.CommandTimeout.TotalSeconds:0} s ({job.Offset}/{job.Length} bytes)");
-            await Task.WhenAny(signal, Task.Delay(250, ct));
-            ct.ThrowIfCancellationRequested();
+            var why = vm.JobEnds.TryGetValue(jobId, out var ended) ? $" (it ended: {ended.Name})" : "";
+            throw new OperationFailedException(ErrorCodes.NoSuchJob, $"VM {vm.Id} drive {drive} has no mirror job {jobId} to pivot{why}");
         }
+        if (job.Phase != BlockJobPhase.Ready)
+            throw new OperationFailedException(ErrorCodes.NoSuchJob,
+                $"mirror {jobId} of VM {vm.Id} is {job.Phase}, not READY: {job.Offset} of {job.Length} bytes copied");
     }
 
     /// <summary>Waits until the job is gone; returns its terminal event when one arrived (else the query saw it vanish).</summary>

@@ -1,0 +1,132 @@
+using System.Diagnostics;
+using LiveMigration.HostNode.Hypervisor;
+using LiveMigration.HostNode.Hypervisor.Qmp;
+using LiveMigration.HostNode.Processes;
+using LiveMigration.HostNode.Storage;
+using LiveMigration.HostNode.Storage.File;
+using LiveMigration.Shared.Model;
+
+namespace LiveMigration.HostNode.Tests.Contract.Real;
+
+/// <summary>Writing data into a file volume is what a guest does: qemu-io on that one layer.</summary>
+internal static class FileLayerData
+{
+    public static Task WriteAsync(IStorageDomain domain, ImageId image, VolumeId volume, long offset, long length, byte pattern) =>
+        ProcessRunner.RunCheckedAsync("qemu-io",
+            ["-f", "qcow2", "-c", $"write -P 0x{pattern:x2} {offset} {length}", domain.Locate(image, volume)],
+            ErrorCodes.IoError);
+
+    /// <summary>A short root under /tmp: the QMP run directory below it holds unix sockets.</summary>
+    public static string NewShortRoot() => Path.Combine("/tmp", $"lsm-{Guid.NewGuid():N}"[..12]);
+
+    public static void DeleteRoot(string root)
+    {
+        if (Directory.Exists(root)) Directory.Delete(root, recursive: true);
+    }
+}
+
+public sealed class FileStorageDomainContractTests : StorageDomainContract
+{
+    private readonly string _root = Path.Combine(Path.GetTempPath(), $"lsm-contract-sd-{Guid.NewGuid():N}");
+
+    public override Task InitializeAsync()
+    {
+        Directory.CreateDirectory(_root);
+        return base.InitializeAsync();
+    }
+
+    protected override async Task<IStorageDomain> CreateDomainAsync(string name, long capacityBytes) =>
+        await FileStorageDomain.CreateAsync(_root, DomainId.New(), name, capacityBytes);
+
+    protected override Task WriteLayerDataAsync(IStorageDomain domain, ImageId image, VolumeId volume, long offset, long length, byte pattern) =>
+        FileLayerData.WriteAsync(domain, image, volume, offset, length, pattern);
+
+    public override async Task DisposeAsync()
+    {
+        await base.DisposeAsync();
+        FileLayerData.DeleteRoot(_root);
+    }
+}
+
+public sealed class QmpHypervisorContractTests : HypervisorContract
+{
+    private readonly string _root = FileLayerData.NewShortRoot();
+    private readonly List<QmpHypervisor> _instances = new();
+
+    private string RunDirectory => Path.Combine(_root, "run");
+
+    protected override async Task<(IStorageDomain Source, IStorageDomain Destination)> CreateDomainsAsync()
+    {
+        Directory.CreateDirectory(_root);
+        var domains = Path.Combine(_root, "sd");
+        return (await FileStorageDomain.CreateAsync(domains, DomainId.New(), "file-a", 1L << 30),
+                await FileStorageDomain.CreateAsync(domains, DomainId.New(), "file-b", 1L << 30));
+    }
+
+    protected override Task WriteLayerDataAsync(IStorageDomain domain, ImageId image, VolumeId volume, long offset, long length, byte pattern) =>
+        FileLayerData.WriteAsync(domain, image, volume, offset, length, pattern);
+
+    protected override IHypervisor CreateHypervisor(StoragePool pool)
+    {
+        var hypervisor = new QmpHypervisor(new QmpHypervisorOptions { RunDirectory = RunDirectory, CommandTimeout = TimeSpan.FromSeconds(20) });
+        _instances.Add(hypervisor);
+        return hypervisor;
+    }
+
+    protected override Task KillVmProcessAsync(VmInfo vm)
+    {
+        var pid = vm.Pid ?? throw new InvalidOperationException($"VM {vm.Id} has no pid to kill");
+        return KillAsync(pid);
+    }
+
+    /// <summary>SIGKILL (what Process.Kill sends on Unix), then waits until the pid is gone or a zombie: QEMU was daemonized, so it is not our child.</summary>
+    private static async Task KillAsync(int pid)
+    {
+        try
+        {
+            using var process = Process.GetProcessById(pid);
+            process.Kill();
+        }
+        catch (ArgumentException) { return; }
+        catch (InvalidOperationException) { return; }
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        while (IsRunning(pid))
+        {
+            if (DateTime.UtcNow > deadline) throw new TimeoutException($"QEMU pid {pid} still runs 10 s after SIGKILL");
+            await Task.Delay(20);
+        }
+    }
+
+    private static bool IsRunning(int pid)
+    {
+        try
+        {
+            var stat = File.ReadAllText($"/proc/{pid}/stat");
+            return stat[(stat.LastIndexOf(')') + 2)..].FirstOrDefault() is not ('Z' or 'X');
+        }
+        catch (IOException) { return false; }
+    }
+
+    /// <summary>Only a QEMU whose command line names our run directory is ours (a pid may have been reused).</summary>
+    private bool IsOurQemu(int pid)
+    {
+        try { return File.ReadAllText($"/proc/{pid}/cmdline").Contains(_root, StringComparison.Ordinal); }
+        catch (IOException) { return false; }
+    }
+
+    public override async Task DisposeAsync()
+    {
+        await base.DisposeAsync();
+        // Every QEMU this host started is named by a pid file in the run directory (the manifest's pid).
+        var vms = Path.Combine(RunDirectory, "vms");
+        if (Directory.Exists(vms))
+        {
+            foreach (var pidFile in Directory.EnumerateFiles(vms, "*.pid"))
+            {
+                if (int.TryParse((await File.ReadAllTextAsync(pidFile)).Trim(), out var pid) && IsOurQemu(pid))
+                    await KillAsync(pid);
+            }
+        }
+        FileLayerData.DeleteRoot(_root);
+    }
+}
