@@ -1,0 +1,122 @@
+using LiveMigration.Coordinator.Migration;
+using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
+
+namespace LiveMigration.Coordinator.Api;
+
+/// <summary>The JSON body of POST /api/migrations.</summary>
+public sealed record StartMigrationBody(
+    string? Vm,
+    IReadOnlyList<DiskBody>? Disks,
+    string? Strategy = null,
+    long BandwidthBytesPerSecond = 0,
+    string? CopyMode = null,
+    int MaxParallelDisks = 1);
+
+public sealed record DiskBody(string? Image, string? Destination);
+
+/// <summary>A migration as the API shows it.</summary>
+public sealed record MigrationView(string Id, string Vm, string Status, string Strategy, IReadOnlyList<DiskView> Disks, string? Error);
+
+public sealed record DiskView(string Image, string Source, string Destination, string Phase, string? Step, long Done, long Total);
+
+/// <summary>
+/// The migration part of the HTTP API (the operator surfaces grow it): start, show, cancel, resume,
+/// abandon, and the inventory. Ids are validated before anything is asked; refusals carry a code.
+/// </summary>
+public static class MigrationEndpoints
+{
+    public static IEndpointRouteBuilder MapMigrationApi(this IEndpointRouteBuilder app)
+    {
+        app.MapPost("/api/migrations", async (StartMigrationBody body, MigrationService service, CancellationToken ct) =>
+        {
+            MigrationRequest request;
+            try
+            {
+                request = ToRequest(body);
+            }
+            catch (Exception e) when (e is OperationFailedException or ArgumentException)
+            {
+                return Refused(StatusCodes.Status400BadRequest, e is OperationFailedException o ? o.Code : ErrorCodes.InvalidArgument, e.Message);
+            }
+            var outcome = await service.StartAsync(request, ct);
+            return outcome.Accepted
+                ? Results.Accepted($"/api/migrations/{outcome.Migration}", new { id = outcome.Migration.ToString(), message = outcome.Message })
+                : Refused(StatusFor(outcome.Code), outcome.Code, outcome.Message);
+        });
+        app.MapGet("/api/migrations/{id}", async (string id, MigrationService service, CancellationToken ct) =>
+        {
+            if (!MigrationId.TryParse(id, out var migration))
+                return Refused(StatusCodes.Status400BadRequest, ErrorCodes.InvalidId, $"migration id must be a UUID, got '{Clip(id)}'");
+            var state = await service.GetAsync(migration.Value, ct);
+            return state is null
+                ? Refused(StatusCodes.Status404NotFound, MigrationErrorCodes.MigrationNotFound, $"no migration {migration}")
+                : Results.Ok(View(state));
+        });
+        app.MapPost("/api/migrations/{id}/{action}", async (string id, string action, MigrationService service, CancellationToken ct) =>
+        {
+            if (!MigrationId.TryParse(id, out var migration))
+                return Refused(StatusCodes.Status400BadRequest, ErrorCodes.InvalidId, $"migration id must be a UUID, got '{Clip(id)}'");
+            var outcome = action switch
+            {
+                "cancel" => await service.CancelAsync(migration.Value, ct),
+                "resume" => await service.ResumeAsync(migration.Value, ct),
+                "abandon" => await service.AbandonAsync(migration.Value, ct),
+                _ => null,
+            };
+            if (outcome is null)
+                return Refused(StatusCodes.Status404NotFound, ErrorCodes.InvalidArgument, $"no action '{Clip(action)}' (cancel, resume, abandon)");
+            return outcome.Accepted ? Results.Ok(new { id, message = outcome.Message }) : Refused(StatusFor(outcome.Code), outcome.Code, outcome.Message);
+        });
+        app.MapGet("/api/inventory", async (MigrationService service, CancellationToken ct) => Results.Ok(await service.InventoryAsync(ct)));
+        return app;
+    }
+
+    private static MigrationRequest ToRequest(StartMigrationBody body)
+    {
+        var vm = VmId.Parse(body.Vm);
+        if (body.Disks is not { Count: > 0 })
+            throw new ArgumentException("disks: name at least one disk to move, as {\"image\": UUID, \"destination\": UUID}");
+        var disks = body.Disks.Select(d => new DiskMoveRequest(ImageId.Parse(d.Image), DomainId.Parse(d.Destination))).ToValueList();
+        var strategy = body.Strategy switch
+        {
+            null or "pre-copy" => MigrationStrategy.PreCopy,
+            "post-copy" => MigrationStrategy.PostCopy,
+            var s => throw new ArgumentException($"strategy '{Clip(s)}' is not pre-copy or post-copy"),
+        };
+        var mode = body.CopyMode switch
+        {
+            null or "background" => CopyMode.Background,
+            "write-blocking" => CopyMode.WriteBlocking,
+            var m => throw new ArgumentException($"copy mode '{Clip(m)}' is not background or write-blocking"),
+        };
+        if (body.BandwidthBytesPerSecond < 0) throw new ArgumentException("bandwidthBytesPerSecond must be 0 (unlimited) or more");
+        if (body.MaxParallelDisks is < 1 or > 64) throw new ArgumentException("maxParallelDisks must be between 1 and 64");
+        return new MigrationRequest(vm, disks, strategy, body.BandwidthBytesPerSecond, mode, body.MaxParallelDisks);
+    }
+
+    public static MigrationView View(MigrationState state) => new(
+        state.Id.ToString(),
+        state.Request?.Vm.ToString() ?? "",
+        MigrationDecider.Describe(state.Status),
+        state.Request?.Strategy == MigrationStrategy.PostCopy ? "post-copy" : "pre-copy",
+        state.Disks.Select(d => new DiskView(d.Image.ToString(), d.Plan.Source.ToString(), d.Plan.Destination.ToString(),
+            d.Phase.ToString(), d.Step?.ToString(), d.Done, d.Total)).ToList(),
+        state.Status is MigrationStatus.Failed f ? $"{f.Code}: {f.Message}" : null);
+
+    private static int StatusFor(string code) => code switch
+    {
+        MigrationErrorCodes.MigrationNotFound or ErrorCodes.VmNotFound or ErrorCodes.DomainNotFound or ErrorCodes.ImageNotFound => StatusCodes.Status404NotFound,
+        MigrationErrorCodes.DiskBusy or MigrationErrorCodes.MigrationExists or MigrationErrorCodes.MigrationFinished
+            or MigrationErrorCodes.PointOfNoReturnPassed or MigrationErrorCodes.NotSuspended or ErrorCodes.Conflict => StatusCodes.Status409Conflict,
+        _ => StatusCodes.Status422UnprocessableEntity,
+    };
+
+    private static IResult Refused(int status, string code, string message) =>
+        Results.Json(new { code, message }, statusCode: status);
+
+    private static string Clip(string text) => text.Length > 80 ? text[..80] + "…" : text;
+}

@@ -1,0 +1,67 @@
+using Akka.Actor;
+using Akka.Hosting;
+using LiveMigration.Coordinator.Hosting;
+using LiveMigration.Coordinator.Migration;
+using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
+using LiveMigration.Shared.Protocol;
+
+namespace LiveMigration.Coordinator.Api;
+
+/// <summary>The outcome of an operator command: accepted, or refused with a code and a message that says why.</summary>
+public sealed record CommandOutcome(bool Accepted, string Code, string Message, MigrationId? Migration = null);
+
+/// <summary>
+/// What the API does with a request: asks the inventory for the facts and a reservation of the disks,
+/// hands the request to the migration's saga, and undoes the reservation when the saga refuses.
+/// </summary>
+public sealed class MigrationService(IRequiredActor<MigrationRegion> region, IRequiredActor<InventoryProxy> inventory)
+{
+    private static readonly TimeSpan AskTimeout = TimeSpan.FromSeconds(15);
+
+    public async Task<CommandOutcome> StartAsync(MigrationRequest request, CancellationToken ct = default)
+    {
+        var id = MigrationId.New();
+        var images = request.Disks.Select(d => d.Image).ToValueList();
+        var facts = await inventory.ActorRef.Ask<ValidationFactsReply>(new GetValidationFacts(request.Vm, images), AskTimeout, ct);
+        var reserved = await inventory.ActorRef.Ask<IInventoryMessage>(new ReserveDisks(id, request.Vm, images), AskTimeout, ct);
+        if (reserved is DisksBusy busy)
+            return new CommandOutcome(false, MigrationErrorCodes.DiskBusy,
+                $"disk {busy.Image} is already moving in migration {busy.HeldBy}");
+
+        var answer = await region.ActorRef.Ask<object>(new StartMigration(id, request, facts.Facts), AskTimeout, ct);
+        if (answer is MigrationCommandRefused refused)
+        {
+            inventory.ActorRef.Tell(new ReleaseDisks(id));
+            return new CommandOutcome(false, refused.Code, refused.Message);
+        }
+        return new CommandOutcome(true, "ACCEPTED", $"migration {id} started", id);
+    }
+
+    public Task<CommandOutcome> CancelAsync(MigrationId id, CancellationToken ct = default) => CommandAsync(new CancelMigration(id), ct);
+    public Task<CommandOutcome> ResumeAsync(MigrationId id, CancellationToken ct = default) => CommandAsync(new ResumeMigration(id), ct);
+    public Task<CommandOutcome> AbandonAsync(MigrationId id, CancellationToken ct = default) => CommandAsync(new AbandonMigration(id), ct);
+
+    /// <summary>The saga's state, or null when no migration with that id was ever recorded.</summary>
+    public async Task<MigrationState?> GetAsync(MigrationId id, CancellationToken ct = default)
+    {
+        var reply = await region.ActorRef.Ask<MigrationStateReply>(new GetMigrationState(id), AskTimeout, ct);
+        return reply.LastSequenceNr == 0 ? null : reply.State;
+    }
+
+    public Task<InventorySnapshot> InventoryAsync(CancellationToken ct = default) =>
+        inventory.ActorRef.Ask<InventorySnapshot>(new GetInventory(), AskTimeout, ct);
+
+    private async Task<CommandOutcome> CommandAsync(IMigrationCommand command, CancellationToken ct)
+    {
+        if (await GetAsync(command.MigrationId, ct) is null)
+            return new CommandOutcome(false, MigrationErrorCodes.MigrationNotFound, $"no migration {command.MigrationId}");
+        var answer = await region.ActorRef.Ask<object>(command, AskTimeout, ct);
+        return answer switch
+        {
+            MigrationCommandRefused r => new CommandOutcome(false, r.Code, r.Message, command.MigrationId),
+            MigrationCommandAccepted a => new CommandOutcome(true, "ACCEPTED", $"{a.Command}: {a.Status}", command.MigrationId),
+            _ => new CommandOutcome(false, ErrorCodes.Conflict, $"unexpected answer {answer.GetType().Name}", command.MigrationId),
+        };
+    }
+}
