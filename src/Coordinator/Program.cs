@@ -1,3 +1,35 @@
-// The Coordinator (migration saga, inventory, API) comes with the cluster work (issue 3).
-Console.Error.WriteLine("Coordinator: not built yet; run the demo (see README) to drive the host layer.");
-return 2;
+using Akka.Hosting;
+using LiveMigration.Coordinator.Api;
+using LiveMigration.Coordinator.Hosting;
+using LiveMigration.Shared.Hosting;
+
+// The Coordinator: runs the migration sagas, the inventory and the HTTP API. It never touches
+// storage or QEMU itself; the hosts do, on its commands.
+var builder = WebApplication.CreateBuilder(new WebApplicationOptions { Args = [] });
+builder.Configuration.AddJsonFile("appsettings.json", optional: true)
+    .AddEnvironmentVariables("LSM_")
+    .AddCommandLine(args, CoordinatorConfiguration.Switches.ToDictionary());
+
+CoordinatorSettings settings;
+try
+{
+    settings = CoordinatorConfiguration.From(builder.Configuration);
+    Directory.CreateDirectory(settings.DataDirectory);
+}
+catch (Exception e) when (e is ArgumentException or FormatException)
+{
+    Console.Error.WriteLine($"Coordinator: {e.Message}");
+    Console.Error.WriteLine("usage: Coordinator --port 4053 --seed akka.tcp://lsm@127.0.0.1:4053 --data-dir var/coordinator --http http://127.0.0.1:9110 [--postgres CONNECTION]");
+    return 2;
+}
+
+builder.WebHost.UseUrls(settings.HttpUrl);
+builder.Services.AddAkka(ClusterNodeSettings.SystemName, akka => akka.WithCoordinator(settings));
+builder.Services.AddSingleton<MigrationService>();
+
+var app = builder.Build();
+app.MapMigrationApi();
+app.MapGet("/healthz", () => Results.Ok(new { status = "up" }));
+Console.WriteLine($"Coordinator: journal {(settings.PostgresConnectionString is null ? $"SQLite under {settings.DataDirectory}" : "PostgreSQL")}, API {settings.HttpUrl}");
+await app.RunAsync();
+return 0;

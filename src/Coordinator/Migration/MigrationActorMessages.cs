@@ -23,14 +23,14 @@ public sealed record DiskProgress(ImageId Image, DiskPhase Phase, MigrationStep?
 /// Published after every change a migration persists, on the local EventStream and (in the cluster) on the
 /// DistributedPubSub topic <see cref="Topic"/>, so the API can stream status and progress.
 /// </summary>
-public sealed record MigrationStatusChanged(MigrationId MigrationId, string Status, ValueList<DiskProgress> Disks, DateTimeOffset At)
+public sealed record MigrationStatusChanged(MigrationId MigrationId, string Status, ValueList<DiskProgress> Disks, DateTimeOffset At, bool Finished = false)
 {
     public const string Topic = "migrations";
 
     public static MigrationStatusChanged From(MigrationState state, DateTimeOffset now) =>
         new(state.Id, MigrationDecider.Describe(state.Status),
             state.Disks.Select(d => new DiskProgress(d.Image, d.Phase, d.Step, d.Done, d.Total, d.EstimateRemaining(now))).ToValueList(),
-            now);
+            now, state.Status.IsFinished);
 }
 
 /// <summary>

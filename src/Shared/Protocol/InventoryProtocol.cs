@@ -61,8 +61,34 @@ public sealed record VmEntry(string HostId, VmReport Vm);
 
 public sealed record DiskReservation(ImageId Image, MigrationId Migration);
 
-/// <summary>The DistributedPubSub topics of the inventory: hosts publish their reports here, coordinators listen.</summary>
+/// <summary>The answer to <see cref="ReleaseDisks"/>, also when the migration held nothing (releasing twice is harmless).</summary>
+public sealed record DisksReleased(MigrationId Migration) : IInventoryMessage;
+
+/// <summary>The DistributedPubSub topics of the inventory.</summary>
 public static class InventoryTopics
 {
+    /// <summary>Hosts publish <see cref="HostStatusReport"/> and the SPM <see cref="DomainStatusReport"/> here.</summary>
     public const string Reports = "inventory";
 }
+
+/// <summary>
+/// A fact the inventory persisted. Only changes are journaled: a host resending the report it sent before
+/// writes nothing. The fields are copied from the reports rather than nesting them, so the report messages
+/// may evolve without touching what old journals hold.
+/// </summary>
+public interface IInventoryEvent;
+
+/// <summary>A host's report that differed from what the inventory knew: its VMs replace the ones it listed before.</summary>
+public sealed record HostReported(string HostId, string Address, bool SpmCapable, ValueList<VmReport> Vms, DateTimeOffset At)
+    : IInventoryEvent;
+
+/// <summary>The SPM's view of the storage domains that differed from the one before: it replaces it whole.</summary>
+public sealed record DomainsReported(ValueList<DomainReport> Domains, DateTimeOffset At) : IInventoryEvent;
+
+/// <summary>A migration took these disks (only the ones it did not hold already).</summary>
+public sealed record DisksReservedForMigration(MigrationId Migration, VmId Vm, ValueList<ImageId> Images, DateTimeOffset At)
+    : IInventoryEvent;
+
+/// <summary>A migration let go of every disk it held.</summary>
+public sealed record DisksReleasedByMigration(MigrationId Migration, ValueList<ImageId> Images, DateTimeOffset At)
+    : IInventoryEvent;

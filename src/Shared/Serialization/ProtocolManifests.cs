@@ -54,6 +54,28 @@ public static class ProtocolManifests
         ("lm.MigrationFailed.v1", typeof(MigrationFailed)),
         ("lm.MigrationCancelled.v1", typeof(MigrationCancelled)),
         ("lm.MigrationAbandoned.v1", typeof(MigrationAbandoned)),
+
+        // the inventory: host and SPM reports, the Coordinator's questions and their answers
+        ("lm.HostStatusReport.v1", typeof(HostStatusReport)),
+        ("lm.DomainStatusReport.v1", typeof(DomainStatusReport)),
+        ("lm.GetValidationFacts.v1", typeof(GetValidationFacts)),
+        ("lm.ValidationFactsReply.v1", typeof(ValidationFactsReply)),
+        ("lm.LocateVm.v1", typeof(LocateVm)),
+        ("lm.VmLocation.v1", typeof(VmLocation)),
+        ("lm.ReserveDisks.v1", typeof(ReserveDisks)),
+        ("lm.DisksReserved.v1", typeof(DisksReserved)),
+        ("lm.DisksBusy.v1", typeof(DisksBusy)),
+        ("lm.ReleaseDisks.v1", typeof(ReleaseDisks)),
+        ("lm.DisksReleased.v1", typeof(DisksReleased)),
+        ("lm.GetInventory.v1", typeof(GetInventory)),
+        // also the inventory's snapshot in the snapshot store
+        ("lm.InventorySnapshot.v1", typeof(InventorySnapshot)),
+
+        // journal events of the inventory
+        ("lm.HostReported.v1", typeof(HostReported)),
+        ("lm.DomainsReported.v1", typeof(DomainsReported)),
+        ("lm.DisksReservedForMigration.v1", typeof(DisksReservedForMigration)),
+        ("lm.DisksReleasedByMigration.v1", typeof(DisksReleasedByMigration)),
     ];
 
     private static readonly Dictionary<Type, string> ManifestByType = BuildIndex(t => t.Type, t => t.Manifest, "type");

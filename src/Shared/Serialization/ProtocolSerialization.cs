@@ -12,7 +12,10 @@ public static class ProtocolSerialization
 
     /// <summary>Every message of these kinds goes through the protocol serializer, on the wire and in the journal.</summary>
     public static IReadOnlyList<Type> BoundTypes { get; } =
-        [typeof(IHostCommand), typeof(IHostReply), typeof(IMigrationCommand), typeof(IMigrationEvent)];
+        [
+            typeof(IHostCommand), typeof(IHostReply), typeof(IMigrationCommand), typeof(IMigrationEvent),
+            typeof(IInventoryMessage), typeof(IInventoryEvent),
+        ];
 
     /// <summary>The binding as configuration, for an ActorSystem built without Akka.Hosting (tests, tools).</summary>
     public static Config Hocon { get; } = ConfigurationFactory.ParseString(BuildHocon());

@@ -25,6 +25,8 @@ public sealed class ProtocolBindingTests()
         "lm.OperationFailed.v1",    // IHostReply
         "lm.StartMigration.v1",     // IMigrationCommand
         "lm.MigrationRequested.v1", // IMigrationEvent
+        "lm.HostStatusReport.v1",   // IInventoryMessage
+        "lm.HostReported.v1",       // IInventoryEvent
     ];
 
     [Theory]

@@ -40,6 +40,19 @@ public static class ProtocolSamples
         [new DomainFacts(Source, Active: true, 10_000_000_000), new DomainFacts(Destination, Active: false, 20_000_000_000)],
         [ImageId.Parse("2a3b4c5d-6e7f-4809-9a1b-2c3d4e5f6a7b")]);
 
+    private static readonly MigrationId OtherMigration = MigrationId.Parse("7c8d9e0f-1a2b-4c3d-8e4f-5a6b7c8d9e0f");
+    private static readonly VolumeId BaseVolume = VolumeId.Parse("3b4c5d6e-7f80-4192-a3b4-c5d6e7f80912");
+    private static readonly VolumeId LeafVolume = VolumeId.Parse("4c5d6e7f-8091-42a3-b4c5-d6e7f8091a2b");
+
+    private static readonly VmReport VmSeen = new(Vm, "web-01 (élan)", Running: true,
+    [
+        new DriveReport(Image, [new VolumeRef(Source, BaseVolume), new VolumeRef(Destination, LeafVolume)], 8_589_934_592, 4_294_967_296),
+        new DriveReport(OtherImage, [new VolumeRef(Source, BaseVolume)], 2_147_483_648, 1_048_576),
+    ]);
+
+    private static readonly DomainReport SourceDomain = new(Source, "fast-ssd", "file", 100_000_000_000, 90_000_000_000, 10_000_000_000, Active: true);
+    private static readonly DomainReport DestinationDomain = new(Destination, "slow-hdd", "sim", 200_000_000_000, 180_000_000_000, 20_000_000_000, Active: false);
+
     private static readonly Dictionary<Type, object[]> ByType = Index(
         // host protocol
         new ExecuteStep(Operation, Vm, Plan, MigrationStrategy.PostCopy, SpeedBytesPerSecond: 25_000_000, CopyMode.WriteBlocking),
@@ -75,7 +88,32 @@ public static class ProtocolSamples
         new MigrationCompleted(Migration, At),
         new MigrationFailed(Migration, MigrationErrorCodes.RetriesExhausted, "step Pivot failed 5 times", At),
         new MigrationCancelled(Migration, "cancelled by an operator", At),
-        new MigrationAbandoned(Migration, At));
+        new MigrationAbandoned(Migration, At),
+        // inventory messages
+        new HostStatusReport("host-1", "akka.tcp://lsm@10.0.0.11:4053", SpmCapable: true, [VmSeen, VmSeen with { Running = false, Drives = [] }], At),
+        new DomainStatusReport([SourceDomain, DestinationDomain], At),
+        new GetValidationFacts(Vm, [Image, OtherImage]),
+        new ValidationFactsReply(Facts),
+        new ValidationFactsReply(new ValidationFacts(null, [], [])),
+        new LocateVm(Vm),
+        new VmLocation(Vm, "host-2"),
+        new VmLocation(Vm, null),
+        new ReserveDisks(Migration, Vm, [Image, OtherImage]),
+        new DisksReserved(Migration),
+        new DisksBusy(Migration, Image, OtherMigration),
+        new ReleaseDisks(Migration),
+        new DisksReleased(Migration),
+        new GetInventory(),
+        new InventorySnapshot(
+            [new HostEntry("host-1", "akka.tcp://lsm@10.0.0.11:4053", SpmCapable: true, At), new HostEntry("host-2", "akka.tcp://lsm@10.0.0.12:4053", false, At.AddMinutes(-3))],
+            [SourceDomain, DestinationDomain],
+            [new VmEntry("host-1", VmSeen)],
+            [new DiskReservation(Image, Migration), new DiskReservation(OtherImage, OtherMigration)]),
+        // inventory events (the journal)
+        new HostReported("host-1", "akka.tcp://lsm@10.0.0.11:4053", SpmCapable: true, [VmSeen], At),
+        new DomainsReported([SourceDomain, DestinationDomain], At),
+        new DisksReservedForMigration(Migration, Vm, [Image, OtherImage], At),
+        new DisksReleasedByMigration(Migration, [Image, OtherImage], At));
 
     /// <summary>The samples of a type, the first being the fully filled one the golden files use.</summary>
     public static IReadOnlyList<object> For(Type type) =>

@@ -1,0 +1,49 @@
+using Akka.Actor;
+using Akka.Cluster.Hosting;
+using Akka.Hosting;
+using LiveMigration.Coordinator.Hosts;
+using LiveMigration.Coordinator.Inventory;
+using LiveMigration.Coordinator.Migration;
+using LiveMigration.Coordinator.Persistence;
+using LiveMigration.Shared.Hosting;
+using LiveMigration.Shared.Protocol;
+
+namespace LiveMigration.Coordinator.Hosting;
+
+/// <summary>Registry key of the inventory singleton's proxy.</summary>
+public sealed class InventoryProxy;
+
+/// <summary>A Coordinator's configuration.</summary>
+public sealed record CoordinatorSettings(
+    string DataDirectory,
+    string? PostgresConnectionString,
+    string HttpUrl,
+    ClusterNodeSettings Cluster,
+    MigrationLimits Limits,
+    MigrationActorSettings Actor)
+{
+    public const string Role = "coordinator";
+}
+
+public static class CoordinatorHosting
+{
+    /// <summary>
+    /// Everything a Coordinator node runs: the journal, the inventory (a persistent cluster singleton over
+    /// the coordinators, fed by the hosts' reports), the way to the hosts, the migration shard region with
+    /// its admission limits, and the release of a migration's disks when it ends.
+    /// </summary>
+    public static AkkaConfigurationBuilder WithCoordinator(this AkkaConfigurationBuilder builder, CoordinatorSettings settings)
+    {
+        var directory = new HostDirectory();
+        return builder
+            .WithClusterNode(settings.Cluster)
+            .WithMigrationJournal(new JournalOptions(settings.DataDirectory, settings.PostgresConnectionString))
+            .WithSingleton<InventoryProxy>("inventory", InventoryActor.Props(new InventoryOptions()),
+                new ClusterSingletonOptions { Role = CoordinatorSettings.Role }, createProxyToo: true)
+            .WithClusterHosts(directory)
+            .WithMigrationSharding((_, registry) => ClusterHostsHosting.Resolve(registry, directory),
+                new MigrationShardingOptions { Role = CoordinatorSettings.Role, Limits = settings.Limits, Actor = settings.Actor })
+            .WithActors((system, registry) =>
+                system.ActorOf(ReservationReleaser.Props(registry.Get<InventoryProxy>()), "reservation-releaser"));
+    }
+}

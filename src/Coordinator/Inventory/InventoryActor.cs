@@ -1,0 +1,96 @@
+using Akka.Actor;
+using Akka.Cluster.Tools.PublishSubscribe;
+using Akka.Event;
+using Akka.Persistence;
+using LiveMigration.Shared.Protocol;
+
+namespace LiveMigration.Coordinator.Inventory;
+
+/// <param name="SubscribeToReports">Subscribe to <see cref="InventoryTopics.Reports"/> through DistributedPubSub; needs a cluster.</param>
+/// <param name="SnapshotEvery">Save a snapshot after this many journaled events, so recovery replays at most that many.</param>
+public sealed record InventoryOptions(bool SubscribeToReports = true, int SnapshotEvery = 100);
+
+/// <summary>
+/// The persisted inventory around <see cref="InventoryState"/>: one per cluster (a singleton over role
+/// <c>coordinator</c>). Hosts' reports arrive through DistributedPubSub or directly; only changes are journaled.
+/// Answers <see cref="GetValidationFacts"/>, <see cref="LocateVm"/>, <see cref="ReserveDisks"/>,
+/// <see cref="ReleaseDisks"/> and <see cref="GetInventory"/>.
+/// </summary>
+public sealed class InventoryActor : ReceivePersistentActor
+{
+    public const string InventoryPersistenceId = "inventory";
+
+    private readonly InventoryOptions _options;
+    private readonly TimeProvider _clock;
+    private readonly ILoggingAdapter _log = Context.GetLogger();
+    private InventoryState _state = InventoryState.Empty;
+
+    public static Props Props(InventoryOptions options, TimeProvider? clock = null) =>
+        Akka.Actor.Props.Create(() => new InventoryActor(options, clock ?? TimeProvider.System));
+
+    public InventoryActor(InventoryOptions options, TimeProvider clock)
+    {
+        if (options.SnapshotEvery < 1)
+            throw new ArgumentOutOfRangeException(nameof(options), $"snapshots every {options.SnapshotEvery} events: must be at least 1");
+        _options = options;
+        _clock = clock;
+
+        Recover<SnapshotOffer>(offer =>
+        {
+            if (offer.Snapshot is InventorySnapshot snapshot) _state = InventoryState.FromSnapshot(snapshot);
+        });
+        Recover<IInventoryEvent>(e => _state = _state.Apply(e));
+        Recover<RecoveryCompleted>(_ => _log.Info(
+            "Inventory recovered at sequence number {SequenceNr}: {Hosts} hosts, {Domains} domains, {Reservations} reserved disks",
+            LastSequenceNr, _state.Hosts.Count, _state.Domains.Count, _state.Reservations.Count));
+
+        Command<HostStatusReport>(report =>
+        {
+            if (InventoryDecider.Decide(_state, report) is { } change) PersistAndApply(change);
+            else _state = _state.Heard(report.HostId, report.At);
+        });
+        Command<DomainStatusReport>(report =>
+        {
+            if (InventoryDecider.Decide(_state, report) is { } change) PersistAndApply(change);
+        });
+        Command<ReserveDisks>(reserve => Answer(InventoryDecider.Decide(_state, reserve, _clock.GetUtcNow())));
+        Command<ReleaseDisks>(release => Answer(InventoryDecider.Decide(_state, release, _clock.GetUtcNow())));
+        Command<GetValidationFacts>(ask => Sender.Tell(new ValidationFactsReply(_state.FactsFor(ask.Vm, ask.Images))));
+        Command<LocateVm>(ask => Sender.Tell(new VmLocation(ask.Vm, _state.Locate(ask.Vm))));
+        Command<GetInventory>(_ => Sender.Tell(_state.Snapshot()));
+
+        Command<SubscribeAck>(ack => _log.Info("Inventory subscribed to topic {Topic}", ack.Subscribe.Topic));
+        Command<SaveSnapshotSuccess>(saved =>
+            // the newest snapshot is enough to recover; older ones only take space
+            DeleteSnapshots(new SnapshotSelectionCriteria(saved.Metadata.SequenceNr - 1)));
+        Command<SaveSnapshotFailure>(failed => _log.Warning(failed.Cause,
+            "Inventory snapshot at sequence number {SequenceNr} failed; recovery replays the journal from the snapshot before",
+            failed.Metadata.SequenceNr));
+        Command<DeleteSnapshotsSuccess>(_ => { });
+        Command<DeleteSnapshotsFailure>(failed => _log.Warning(failed.Cause, "Deleting old inventory snapshots failed; they stay"));
+    }
+
+    public override string PersistenceId => InventoryPersistenceId;
+
+    protected override void PreStart()
+    {
+        base.PreStart();
+        if (_options.SubscribeToReports)
+            DistributedPubSub.Get(Context.System).Mediator.Tell(new Subscribe(InventoryTopics.Reports, Self));
+    }
+
+    private void Answer(InventoryDecision decision)
+    {
+        var replyTo = Sender;
+        if (decision.Event is null) replyTo.Tell(decision.Reply);
+        else PersistAndApply(decision.Event, () => replyTo.Tell(decision.Reply));
+    }
+
+    private void PersistAndApply(IInventoryEvent change, Action? afterwards = null) =>
+        Persist(change, persisted =>
+        {
+            _state = _state.Apply(persisted);
+            afterwards?.Invoke();
+            if (LastSequenceNr % _options.SnapshotEvery == 0) SaveSnapshot(_state.Snapshot());
+        });
+}

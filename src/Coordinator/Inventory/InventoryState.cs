@@ -1,0 +1,109 @@
+using System.Collections.Immutable;
+using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
+using LiveMigration.Shared.Protocol;
+
+namespace LiveMigration.Coordinator.Inventory;
+
+/// <summary>What one host last told the inventory.</summary>
+public sealed record HostRecord(string HostId, string Address, bool SpmCapable, ValueList<VmReport> Vms, DateTimeOffset LastReport);
+
+/// <summary>
+/// The Coordinator's inventory: hosts and the VMs they run, the storage domains, and which migration holds
+/// which disk. Immutable; rebuilt from <see cref="IInventoryEvent"/>s alone (or a snapshot and the events after it).
+/// A host that stops reporting is kept: a host that is down still owns its VMs.
+/// </summary>
+public sealed record InventoryState(
+    ImmutableSortedDictionary<string, HostRecord> Hosts,
+    ValueList<DomainReport> Domains,
+    ImmutableDictionary<ImageId, MigrationId> Reservations)
+{
+    public static readonly InventoryState Empty = new(
+        ImmutableSortedDictionary.Create<string, HostRecord>(StringComparer.Ordinal),
+        ValueList<DomainReport>.Empty,
+        ImmutableDictionary<ImageId, MigrationId>.Empty);
+
+    public InventoryState Apply(IInventoryEvent @event) => @event switch
+    {
+        HostReported e => this with
+        {
+            Hosts = Hosts.SetItem(e.HostId, new HostRecord(e.HostId, e.Address, e.SpmCapable, e.Vms, e.At)),
+        },
+        DomainsReported e => this with { Domains = e.Domains },
+        DisksReservedForMigration e => this with
+        {
+            Reservations = Reservations.SetItems(e.Images.Select(i => KeyValuePair.Create(i, e.Migration))),
+        },
+        DisksReleasedByMigration e => this with
+        {
+            // only what this migration still holds: a disk released and taken by another since stays taken
+            Reservations = Reservations.RemoveRange(e.Images.Where(i => Reservations.TryGetValue(i, out var m) && m == e.Migration)),
+        },
+        _ => throw new ArgumentException($"the inventory has no rule for the event {@event.GetType().Name}", nameof(@event)),
+    };
+
+    /// <summary>
+    /// A host's unchanged report: only its last-heard time moves. Not journaled (hosts resend the same report
+    /// often), so after a recovery a host's last report is its last change until it reports again.
+    /// </summary>
+    public InventoryState Heard(string hostId, DateTimeOffset at) =>
+        Hosts.TryGetValue(hostId, out var host) && at > host.LastReport
+            ? this with { Hosts = Hosts.SetItem(hostId, host with { LastReport = at }) }
+            : this;
+
+    /// <summary>
+    /// The host that runs the VM: a host reporting it running wins over one listing it stopped (a VM restarted
+    /// elsewhere), then the freshest report. Null when no host lists it.
+    /// </summary>
+    public string? Locate(VmId vm) => Find(vm)?.HostId;
+
+    /// <summary>
+    /// What the saga validates a request against: the VM with every disk (domain = the drive's leaf domain,
+    /// size = allocated bytes, what a copy moves), every domain (free = the SPM's available bytes), and which
+    /// of <paramref name="images"/> (all reserved disks when none are named) another migration holds.
+    /// </summary>
+    public ValidationFacts FactsFor(VmId vm, IReadOnlyCollection<ImageId> images)
+    {
+        var vmFacts = Find(vm) is { } found
+            ? new VmFacts(vm, found.Vm.Running, found.Vm.Drives
+                // a drive always has a layer; one reported without is not a disk the saga can move
+                .Where(d => d.Chain.Count > 0)
+                .Select(d => new DiskFacts(d.Image, d.LeafDomain, d.AllocatedBytes))
+                .ToValueList())
+            : null;
+        var domains = Domains.Select(d => new DomainFacts(d.Id, d.Active, d.AvailableBytes)).ToValueList();
+        var busy = Reservations.Keys
+            .Where(i => images.Count == 0 || images.Contains(i))
+            .OrderBy(i => i.Value)
+            .ToValueList();
+        return new ValidationFacts(vmFacts, domains, busy);
+    }
+
+    /// <summary>Everything, in a stable order; also the form the state is snapshotted in.</summary>
+    public InventorySnapshot Snapshot() => new(
+        Hosts.Values.Select(h => new HostEntry(h.HostId, h.Address, h.SpmCapable, h.LastReport)).ToValueList(),
+        Domains,
+        Hosts.Values.SelectMany(h => h.Vms.Select(v => new VmEntry(h.HostId, v))).ToValueList(),
+        Reservations.OrderBy(r => r.Key.Value).Select(r => new DiskReservation(r.Key, r.Value)).ToValueList());
+
+    public static InventoryState FromSnapshot(InventorySnapshot snapshot)
+    {
+        var vmsByHost = snapshot.Vms.GroupBy(v => v.HostId).ToDictionary(g => g.Key, g => g.Select(v => v.Vm).ToValueList());
+        var hosts = snapshot.Hosts.Select(h => new HostRecord(
+            h.HostId, h.Address, h.SpmCapable, vmsByHost.GetValueOrDefault(h.HostId, ValueList<VmReport>.Empty), h.LastReport));
+        return Empty with
+        {
+            Hosts = Empty.Hosts.SetItems(hosts.Select(h => KeyValuePair.Create(h.HostId, h))),
+            Domains = snapshot.Domains,
+            Reservations = Empty.Reservations.SetItems(snapshot.Reservations.Select(r => KeyValuePair.Create(r.Image, r.Migration))),
+        };
+    }
+
+    private (string HostId, VmReport Vm)? Find(VmId vm) =>
+        Hosts.Values
+            .SelectMany(h => h.Vms.Where(v => v.Id == vm).Select(v => (Host: h, Vm: v)))
+            .OrderByDescending(x => x.Vm.Running)
+            .ThenByDescending(x => x.Host.LastReport)
+            .Select(x => ((string HostId, VmReport Vm)?)(x.Host.HostId, x.Vm))
+            .FirstOrDefault();
+}

@@ -1,0 +1,193 @@
+using Akka.Actor;
+using Akka.Configuration;
+using Akka.Persistence;
+using Akka.TestKit.Xunit2;
+using LiveMigration.Coordinator.Inventory;
+using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
+using LiveMigration.Shared.Protocol;
+using LiveMigration.Shared.Serialization;
+
+namespace LiveMigration.Coordinator.Tests.Inventory;
+
+/// <summary>
+/// The persistent inventory on the in-memory journal and snapshot store, with serialize-messages on so every
+/// question and answer goes through the protocol serializer's binding.
+/// </summary>
+public sealed class InventoryActorTests() : TestKit(Config, nameof(InventoryActorTests))
+{
+    private static readonly Config Config = ConfigurationFactory.ParseString("""
+        akka.actor.serialize-messages = on
+        akka.persistence.journal.plugin = "akka.persistence.journal.inmem"
+        akka.persistence.snapshot-store.plugin = "akka.persistence.snapshot-store.inmem"
+        """).WithFallback(ProtocolSerialization.Hocon);
+
+    private static readonly TimeSpan Wait = TimeSpan.FromSeconds(5);
+    private readonly InventoryFixtures _pool = new();
+
+    private IActorRef StartInventory(int snapshotEvery = 100) =>
+        Sys.ActorOf(InventoryActor.Props(new InventoryOptions(SubscribeToReports: false, snapshotEvery)));
+
+    private void Stop(IActorRef inventory)
+    {
+        Watch(inventory);
+        inventory.Tell(PoisonPill.Instance);
+        ExpectTerminated(inventory, Wait);
+        Unwatch(inventory);
+    }
+
+    private IActorRef StartReportedPool()
+    {
+        var inventory = StartInventory();
+        inventory.Tell(_pool.HostReport("host-1", InventoryFixtures.T0, _pool.VmReport()));
+        inventory.Tell(_pool.HostReport("host-2", InventoryFixtures.T0));
+        inventory.Tell(_pool.DomainReport());
+        return inventory;
+    }
+
+    private T Ask<T>(IActorRef inventory, IInventoryMessage question)
+    {
+        inventory.Tell(question, TestActor);
+        return ExpectMsg<T>(Wait);
+    }
+
+    /// <summary>What the journal holds for the inventory, read from the journal itself, not from the actor.</summary>
+    private List<object> JournaledEvents()
+    {
+        var journal = Akka.Persistence.Persistence.Instance.Apply(Sys).JournalFor(null);
+        journal.Tell(new ReplayMessages(1, long.MaxValue, long.MaxValue, InventoryActor.InventoryPersistenceId, TestActor));
+        var events = new List<object>();
+        while (true)
+        {
+            var message = ExpectMsg<object>(Wait);
+            if (message is ReplayedMessage replayed) events.Add(replayed.Persistent.Payload);
+            else if (message is RecoverySuccess) return events;
+            else Assert.Fail($"the journal answered a replay with {message}");
+        }
+    }
+
+    [Fact]
+    public void Reports_sent_directly_build_the_inventory()
+    {
+        var inventory = StartReportedPool();
+
+        var snapshot = Ask<InventorySnapshot>(inventory, new GetInventory());
+
+        Assert.Equal(["host-1", "host-2"], snapshot.Hosts.Select(h => h.HostId));
+        Assert.Equal([new VmEntry("host-1", _pool.VmReport())], snapshot.Vms);
+        Assert.Equal(_pool.DomainReport().Domains, snapshot.Domains);
+        Assert.Empty(snapshot.Reservations);
+    }
+
+    [Fact]
+    public void Validation_facts_and_location_of_a_vm_on_host_1_with_its_disk_on_domain_a()
+    {
+        var inventory = StartReportedPool();
+
+        var facts = Ask<ValidationFactsReply>(inventory, new GetValidationFacts(_pool.Vm, [_pool.Disk])).Facts;
+        var location = Ask<VmLocation>(inventory, new LocateVm(_pool.Vm));
+        var nowhere = Ask<VmLocation>(inventory, new LocateVm(VmId.New()));
+
+        var vm = Assert.IsType<VmFacts>(facts.Vm);
+        Assert.True(vm.Running);
+        Assert.Equal(new DiskFacts(_pool.Disk, _pool.DomainA, 3L << 30), vm.Disks[0]);
+        Assert.Equal([new DomainFacts(_pool.DomainA, true, 40L << 30), new DomainFacts(_pool.DomainB, true, 50L << 30)], facts.Domains);
+        Assert.Empty(facts.DisksInActiveMigrations);
+        Assert.Equal(new VmLocation(_pool.Vm, "host-1"), location);
+        Assert.Null(nowhere.HostId);
+    }
+
+    [Fact]
+    public void Reservations_are_atomic_refuse_a_busy_disk_repeat_harmlessly_and_release()
+    {
+        var inventory = StartReportedPool();
+        var first = MigrationId.New();
+        var second = MigrationId.New();
+
+        Assert.Equal(new DisksReserved(first), Ask<object>(inventory, new ReserveDisks(first, _pool.Vm, [_pool.Disk])));
+        Assert.Equal(new DisksReserved(first), Ask<object>(inventory, new ReserveDisks(first, _pool.Vm, [_pool.Disk])));
+        Assert.Equal(new DisksBusy(second, _pool.Disk, first),
+            Ask<object>(inventory, new ReserveDisks(second, _pool.Vm, [_pool.SecondDisk, _pool.Disk])));
+        // nothing of the refused request was taken
+        Assert.Equal([new DiskReservation(_pool.Disk, first)], Ask<InventorySnapshot>(inventory, new GetInventory()).Reservations);
+        Assert.Equal([_pool.Disk],
+            Ask<ValidationFactsReply>(inventory, new GetValidationFacts(_pool.Vm, [_pool.Disk, _pool.SecondDisk])).Facts.DisksInActiveMigrations);
+
+        Assert.Equal(new DisksReleased(first), Ask<object>(inventory, new ReleaseDisks(first)));
+        Assert.Equal(new DisksReleased(first), Ask<object>(inventory, new ReleaseDisks(first)));
+        Assert.Equal(new DisksReserved(second), Ask<object>(inventory, new ReserveDisks(second, _pool.Vm, [_pool.SecondDisk, _pool.Disk])));
+
+        // only the changes were journaled: three reports, a reservation, a release, a reservation
+        Assert.Equal(
+            [typeof(HostReported), typeof(HostReported), typeof(DomainsReported),
+             typeof(DisksReservedForMigration), typeof(DisksReleasedByMigration), typeof(DisksReservedForMigration)],
+            JournaledEvents().Select(e => e.GetType()));
+    }
+
+    [Fact]
+    public void A_repeated_identical_report_persists_nothing()
+    {
+        var inventory = StartReportedPool();
+        Ask<InventorySnapshot>(inventory, new GetInventory());
+        var before = JournaledEvents();
+
+        inventory.Tell(_pool.HostReport("host-1", InventoryFixtures.T0.AddMinutes(1), _pool.VmReport()));
+        inventory.Tell(_pool.DomainReport(at: InventoryFixtures.T0.AddMinutes(1)));
+        var snapshot = Ask<InventorySnapshot>(inventory, new GetInventory());
+
+        Assert.Equal(3, before.Count);
+        Assert.Equal(before, JournaledEvents());
+        // heard from, though: the last report time moved
+        Assert.Equal(InventoryFixtures.T0.AddMinutes(1), snapshot.Hosts[0].LastReport);
+
+        // a real change is journaled
+        inventory.Tell(_pool.HostReport("host-1", InventoryFixtures.T0.AddMinutes(2), _pool.VmReport(running: false)));
+        Ask<InventorySnapshot>(inventory, new GetInventory());
+        Assert.IsType<HostReported>(JournaledEvents()[^1]);
+        Assert.Equal(4, JournaledEvents().Count);
+    }
+
+    [Fact]
+    public void A_restarted_inventory_recovers_the_same_inventory_and_keeps_the_reservations()
+    {
+        var inventory = StartReportedPool();
+        var holder = MigrationId.New();
+        Assert.IsType<DisksReserved>(Ask<object>(inventory, new ReserveDisks(holder, _pool.Vm, [_pool.Disk, _pool.SecondDisk])));
+        var before = Ask<InventorySnapshot>(inventory, new GetInventory());
+
+        Stop(inventory);
+        var restarted = StartInventory();
+
+        Assert.Equal(before, Ask<InventorySnapshot>(restarted, new GetInventory()));
+        Assert.Equal(new VmLocation(_pool.Vm, "host-1"), Ask<VmLocation>(restarted, new LocateVm(_pool.Vm)));
+        var latecomer = MigrationId.New();
+        Assert.Equal(new DisksBusy(latecomer, _pool.Disk, holder), Ask<object>(restarted, new ReserveDisks(latecomer, _pool.Vm, [_pool.Disk])));
+        Assert.Equal(new DisksReserved(holder), Ask<object>(restarted, new ReserveDisks(holder, _pool.Vm, [_pool.Disk])));
+    }
+
+    [Fact]
+    public void Snapshots_are_taken_every_n_events_and_recovery_from_a_snapshot_and_the_events_after_it_gives_the_same_inventory()
+    {
+        var inventory = StartInventory(snapshotEvery: 2);
+        inventory.Tell(_pool.HostReport("host-1", InventoryFixtures.T0, _pool.VmReport()));
+        inventory.Tell(_pool.DomainReport());
+        inventory.Tell(_pool.HostReport("host-2", InventoryFixtures.T0));
+        Assert.IsType<DisksReserved>(Ask<object>(inventory, new ReserveDisks(MigrationId.New(), _pool.Vm, [_pool.Disk])));
+        inventory.Tell(_pool.DomainReport(freeOnB: 1L << 30));
+        var before = Ask<InventorySnapshot>(inventory, new GetInventory());
+
+        // five events: the newest snapshot is the one after the fourth
+        var snapshots = Akka.Persistence.Persistence.Instance.Apply(Sys).SnapshotStoreFor(null);
+        AwaitAssert(() =>
+        {
+            snapshots.Tell(new LoadSnapshot(InventoryActor.InventoryPersistenceId, SnapshotSelectionCriteria.Latest, long.MaxValue), TestActor);
+            var loaded = ExpectMsg<LoadSnapshotResult>(Wait);
+            Assert.Equal(4, loaded.Snapshot?.Metadata.SequenceNr);
+        }, Wait);
+
+        Stop(inventory);
+        var restarted = StartInventory(snapshotEvery: 2);
+
+        Assert.Equal(before, Ask<InventorySnapshot>(restarted, new GetInventory()));
+    }
+}

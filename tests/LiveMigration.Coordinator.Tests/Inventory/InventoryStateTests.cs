@@ -1,0 +1,207 @@
+using LiveMigration.Coordinator.Inventory;
+using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
+using LiveMigration.Shared.Protocol;
+
+namespace LiveMigration.Coordinator.Tests.Inventory;
+
+public sealed class InventoryStateTests
+{
+    private readonly InventoryFixtures _pool = new();
+    private static readonly DateTimeOffset T0 = InventoryFixtures.T0;
+
+    private static InventoryState Reported(InventoryState state, HostStatusReport report) =>
+        InventoryDecider.Decide(state, report) is { } e ? state.Apply(e) : state;
+
+    private static InventoryState Reported(InventoryState state, DomainStatusReport report) =>
+        InventoryDecider.Decide(state, report) is { } e ? state.Apply(e) : state;
+
+    private InventoryState Pool() =>
+        Reported(Reported(InventoryState.Empty, _pool.HostReport("host-1", T0, _pool.VmReport())), _pool.DomainReport());
+
+    private static (InventoryState State, InventoryDecision Decision) Run(InventoryState state, ReserveDisks reserve)
+    {
+        var decision = InventoryDecider.Decide(state, reserve, T0);
+        return (decision.Event is { } e ? state.Apply(e) : state, decision);
+    }
+
+    [Fact]
+    public void Reports_build_hosts_vms_and_domains()
+    {
+        var state = Reported(Pool(), _pool.HostReport("host-2", T0));
+
+        var snapshot = state.Snapshot();
+        Assert.Equal(["host-1", "host-2"], snapshot.Hosts.Select(h => h.HostId));
+        Assert.True(snapshot.Hosts[0].SpmCapable);
+        var vm = Assert.Single(snapshot.Vms);
+        Assert.Equal("host-1", vm.HostId);
+        Assert.Equal(_pool.VmReport(), vm.Vm);
+        Assert.Equal([_pool.DomainA, _pool.DomainB], snapshot.Domains.Select(d => d.Id));
+        Assert.Empty(snapshot.Reservations);
+    }
+
+    [Fact]
+    public void Validation_facts_of_a_vm_on_host_1_give_each_disk_its_leaf_domain_and_allocated_size_and_each_domain_its_free_space()
+    {
+        var facts = Pool().FactsFor(_pool.Vm, [_pool.Disk]);
+
+        var vm = Assert.IsType<VmFacts>(facts.Vm);
+        Assert.Equal(_pool.Vm, vm.Id);
+        Assert.True(vm.Running);
+        // the chain's base is on B, the leaf on A: the disk is where its leaf is
+        Assert.Equal(new DiskFacts(_pool.Disk, _pool.DomainA, 3L << 30), vm.Disks[0]);
+        Assert.Equal(new DiskFacts(_pool.SecondDisk, _pool.DomainB, 1L << 30), vm.Disks[1]);
+        Assert.Equal([new DomainFacts(_pool.DomainA, true, 40L << 30), new DomainFacts(_pool.DomainB, true, 50L << 30)], facts.Domains);
+        Assert.Empty(facts.DisksInActiveMigrations);
+    }
+
+    [Fact]
+    public void Validation_facts_of_an_unknown_vm_have_no_vm_but_still_the_domains()
+    {
+        var facts = Pool().FactsFor(VmId.New(), []);
+
+        Assert.Null(facts.Vm);
+        Assert.Equal(2, facts.Domains.Count);
+    }
+
+    [Fact]
+    public void Validation_facts_list_the_requested_disks_another_migration_holds()
+    {
+        var (state, _) = Run(Pool(), new ReserveDisks(MigrationId.New(), _pool.Vm, [_pool.Disk]));
+
+        Assert.Equal([_pool.Disk], state.FactsFor(_pool.Vm, [_pool.Disk, _pool.SecondDisk]).DisksInActiveMigrations);
+        Assert.Empty(state.FactsFor(_pool.Vm, [_pool.SecondDisk]).DisksInActiveMigrations);
+        // no disk named: every held disk
+        Assert.Equal([_pool.Disk], state.FactsFor(_pool.Vm, []).DisksInActiveMigrations);
+    }
+
+    [Fact]
+    public void Locate_names_the_host_that_runs_the_vm_and_prefers_a_running_copy_over_a_stopped_one()
+    {
+        var state = Pool();
+        Assert.Equal("host-1", state.Locate(_pool.Vm));
+        Assert.Null(state.Locate(VmId.New()));
+
+        // host-2 lists it stopped, later: host-1 still runs it
+        state = Reported(state, _pool.HostReport("host-2", T0.AddMinutes(1), _pool.VmReport(running: false)));
+        Assert.Equal("host-1", state.Locate(_pool.Vm));
+
+        // host-1 now lists it stopped and host-2 running: host-2 runs it
+        state = Reported(state, _pool.HostReport("host-1", T0.AddMinutes(2), _pool.VmReport(running: false)));
+        state = Reported(state, _pool.HostReport("host-2", T0.AddMinutes(2), _pool.VmReport(running: true)));
+        Assert.Equal("host-2", state.Locate(_pool.Vm));
+        Assert.True(state.FactsFor(_pool.Vm, []).Vm!.Running);
+    }
+
+    [Fact]
+    public void A_report_that_changes_nothing_is_no_event_but_moves_the_last_heard_time()
+    {
+        var state = Pool();
+
+        Assert.Null(InventoryDecider.Decide(state, _pool.HostReport("host-1", T0.AddMinutes(5), _pool.VmReport())));
+        Assert.Null(InventoryDecider.Decide(state, _pool.DomainReport(at: T0.AddMinutes(5))));
+        Assert.Equal(T0.AddMinutes(5), state.Heard("host-1", T0.AddMinutes(5)).Hosts["host-1"].LastReport);
+        // a late copy of an older report moves nothing back
+        Assert.Equal(T0.AddMinutes(5), state.Heard("host-1", T0.AddMinutes(5)).Heard("host-1", T0).Hosts["host-1"].LastReport);
+    }
+
+    [Fact]
+    public void A_changed_report_replaces_the_hosts_vms_and_an_older_one_arriving_late_is_ignored()
+    {
+        var state = Pool();
+        var stopped = _pool.HostReport("host-1", T0.AddMinutes(1), _pool.VmReport(running: false));
+
+        var change = Assert.IsType<HostReported>(InventoryDecider.Decide(state, stopped));
+        state = state.Apply(change);
+        Assert.False(state.Hosts["host-1"].Vms[0].Running);
+
+        Assert.Null(InventoryDecider.Decide(state, _pool.HostReport("host-1", T0, _pool.VmReport())));
+    }
+
+    [Fact]
+    public void A_host_not_heard_from_keeps_its_vms()
+    {
+        var state = Reported(Pool(), _pool.HostReport("host-2", T0.AddHours(3)));
+
+        Assert.Equal("host-1", state.Locate(_pool.Vm));
+        Assert.Equal(2, state.Hosts.Count);
+    }
+
+    [Fact]
+    public void A_domain_report_replaces_the_domains()
+    {
+        var state = Reported(Pool(), _pool.DomainReport(freeOnB: 1L << 30, bActive: false));
+
+        Assert.Equal(new DomainFacts(_pool.DomainB, false, 1L << 30), state.FactsFor(_pool.Vm, []).Domains[1]);
+    }
+
+    [Fact]
+    public void Reserving_takes_every_disk_and_repeating_it_for_the_same_migration_changes_nothing()
+    {
+        var migration = MigrationId.New();
+        var reserve = new ReserveDisks(migration, _pool.Vm, [_pool.Disk, _pool.SecondDisk]);
+
+        var (state, first) = Run(Pool(), reserve);
+        Assert.Equal(new DisksReserved(migration), first.Reply);
+        var taken = Assert.IsType<DisksReservedForMigration>(first.Event);
+        Assert.Equal([_pool.Disk, _pool.SecondDisk], taken.Images);
+        Assert.Equal([new DiskReservation(_pool.Disk, migration), new DiskReservation(_pool.SecondDisk, migration)],
+            state.Snapshot().Reservations.OrderBy(r => r.Image == _pool.SecondDisk));
+
+        var (again, second) = Run(state, reserve);
+        Assert.Equal(new DisksReserved(migration), second.Reply);
+        Assert.Null(second.Event);
+        Assert.Equal(state.Snapshot(), again.Snapshot());
+    }
+
+    [Fact]
+    public void Reserving_is_all_or_nothing_and_names_the_disk_another_migration_holds()
+    {
+        var holder = MigrationId.New();
+        var latecomer = MigrationId.New();
+        var (state, _) = Run(Pool(), new ReserveDisks(holder, _pool.Vm, [_pool.SecondDisk]));
+
+        var (after, refused) = Run(state, new ReserveDisks(latecomer, _pool.Vm, [_pool.Disk, _pool.SecondDisk]));
+
+        Assert.Equal(new DisksBusy(latecomer, _pool.SecondDisk, holder), refused.Reply);
+        Assert.Null(refused.Event);
+        // the free disk was not taken either
+        Assert.Equal([new DiskReservation(_pool.SecondDisk, holder)], after.Snapshot().Reservations);
+    }
+
+    [Fact]
+    public void Releasing_frees_only_that_migrations_disks_and_releasing_again_is_harmless()
+    {
+        var first = MigrationId.New();
+        var second = MigrationId.New();
+        var (state, _) = Run(Pool(), new ReserveDisks(first, _pool.Vm, [_pool.Disk]));
+        (state, _) = Run(state, new ReserveDisks(second, _pool.Vm, [_pool.SecondDisk]));
+
+        var release = InventoryDecider.Decide(state, new ReleaseDisks(first), T0);
+        Assert.Equal(new DisksReleased(first), release.Reply);
+        Assert.Equal([_pool.Disk], Assert.IsType<DisksReleasedByMigration>(release.Event).Images);
+        state = state.Apply(release.Event!);
+        Assert.Equal([new DiskReservation(_pool.SecondDisk, second)], state.Snapshot().Reservations);
+
+        var again = InventoryDecider.Decide(state, new ReleaseDisks(first), T0);
+        Assert.Equal(new DisksReleased(first), again.Reply);
+        Assert.Null(again.Event);
+
+        // the freed disk can be taken by another migration now
+        var (_, retaken) = Run(state, new ReserveDisks(MigrationId.New(), _pool.Vm, [_pool.Disk]));
+        Assert.IsType<DisksReserved>(retaken.Reply);
+    }
+
+    [Fact]
+    public void The_snapshot_rebuilds_the_same_state()
+    {
+        var (state, _) = Run(Reported(Pool(), _pool.HostReport("host-2", T0)), new ReserveDisks(MigrationId.New(), _pool.Vm, [_pool.Disk]));
+
+        var rebuilt = InventoryState.FromSnapshot(state.Snapshot());
+
+        Assert.Equal(state.Snapshot(), rebuilt.Snapshot());
+        Assert.Equal(state.FactsFor(_pool.Vm, []), rebuilt.FactsFor(_pool.Vm, []));
+        // host-2 reports no VM and is still known after the rebuild
+        Assert.Empty(rebuilt.Hosts["host-2"].Vms);
+    }
+}
