@@ -26,6 +26,12 @@ catch (Exception e) when (e is ArgumentException or FormatException)
 builder.WebHost.UseUrls(settings.HttpUrl);
 builder.Services.AddAkka(ClusterNodeSettings.SystemName, akka => akka.WithCoordinator(settings));
 builder.Services.AddSingleton<MigrationService>();
+// Ids as plain UUID strings and enums by name, as on the wire.
+builder.Services.ConfigureHttpJsonOptions(o =>
+{
+    foreach (var converter in LiveMigration.Shared.Serialization.ProtocolJson.Options.Converters)
+        o.SerializerOptions.Converters.Add(converter);
+});
 
 var app = builder.Build();
 app.MapMigrationApi();

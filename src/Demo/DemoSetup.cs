@@ -5,7 +5,7 @@ using LiveMigration.Shared.Model;
 
 namespace LiveMigration.Demo;
 
-internal sealed record DemoOptions(string DataDir, long GuestRate, long MirrorSpeed)
+internal sealed record DemoOptions(string DataDir, long GuestRate, long MirrorSpeed, bool HostLayerOnly = false)
 {
     private const long MiB = 1 << 20;
 
@@ -22,6 +22,7 @@ internal sealed record DemoOptions(string DataDir, long GuestRate, long MirrorSp
                     "--data-dir" => options with { DataDir = Value() },
                     "--guest-rate-mib" => options with { GuestRate = PositiveMiB(Value(), "--guest-rate-mib") },
                     "--mirror-speed-mib" => options with { MirrorSpeed = PositiveMiB(Value(), "--mirror-speed-mib", allowZero: true) },
+                    "--host-layer" => options with { HostLayerOnly = true },
                     "-h" or "--help" => throw new ArgumentException(""),
                     _ => throw new ArgumentException($"unknown option {args[i]}"),
                 };
@@ -29,7 +30,8 @@ internal sealed record DemoOptions(string DataDir, long GuestRate, long MirrorSp
             catch (ArgumentException e)
             {
                 if (e.Message.Length > 0) Console.Error.WriteLine($"demo: {e.Message}");
-                Console.Error.WriteLine("usage: ./run.sh demo [--data-dir DIR] [--guest-rate-mib N] [--mirror-speed-mib N (0 = unlimited)]");
+                Console.Error.WriteLine("usage: ./run.sh demo [--data-dir DIR] [--guest-rate-mib N] [--mirror-speed-mib N (0 = unlimited)] [--host-layer]");
+                Console.Error.WriteLine("  --host-layer   run the host layer alone in this process instead of a local cluster");
                 Console.Error.WriteLine("example: ./run.sh demo --data-dir /tmp/lsm-demo --guest-rate-mib 8");
                 return null;
             }
@@ -48,8 +50,9 @@ internal static class DemoSetup
     /// <summary>Stops a VM a previous demo run left running (it outlives its host by design), then clears its data.</summary>
     public static async Task ClearPreviousRunAsync(string dataDir)
     {
-        var runDir = Path.Combine(dataDir, "run");
-        if (Directory.Exists(runDir))
+        foreach (var runDir in Directory.Exists(dataDir)
+                     ? Directory.EnumerateDirectories(dataDir, "run", SearchOption.AllDirectories).ToList()
+                     : [])
         {
             await using var previous = new QmpHypervisor(new QmpHypervisorOptions { RunDirectory = runDir });
             foreach (var vm in await previous.AdoptRunningVmsAsync())

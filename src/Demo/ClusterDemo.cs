@@ -1,0 +1,149 @@
+using System.Diagnostics;
+using System.Text.Json;
+using LiveMigration.Demo.Cluster;
+using LiveMigration.HostNode.Guest;
+using LiveMigration.HostNode.Hypervisor.Qmp;
+using LiveMigration.HostNode.Storage;
+using LiveMigration.HostNode.Storage.File;
+using LiveMigration.Shared.Model;
+
+namespace LiveMigration.Demo;
+
+/// <summary>
+/// The real thing on one machine: a Coordinator and two HostNode processes on loopback with a SQLite
+/// journal; a VM on host-1 whose guest writes while its disk moves pre-copy A → B and post-copy back,
+/// each move started and watched through the Coordinator's API.
+/// </summary>
+internal static class ClusterDemo
+{
+    private const long MiB = 1 << 20;
+
+    public static async Task<int> RunAsync(DemoOptions options)
+    {
+        var dataDir = Path.GetFullPath(options.DataDir);
+        Console.WriteLine("LiveMigration.Akka demo: a local cluster moves a running VM's disk while its guest writes");
+        Console.WriteLine($"data directory: {dataDir} (kept afterwards: domains, journal, logs)");
+        await DemoSetup.ClearPreviousRunAsync(dataDir);
+
+        await using var cluster = new LocalCluster(dataDir);
+        var a = await FileStorageDomain.CreateAsync(cluster.DomainRoot, DomainId.New(), "domain-a", 4L << 30);
+        var b = await FileStorageDomain.CreateAsync(cluster.DomainRoot, DomainId.New(), "domain-b", 4L << 30);
+        var pool = new StoragePool([a, b]);
+        var layout = new SampleImageLayout(256 * MiB, 48 * MiB, 32 * MiB, 32 * MiB);
+        var (image, _) = await SampleImage.CreateThreeVolumeChainAsync(a, layout);
+        Console.WriteLine($"[1/6] domains domain-a and domain-b; image {image} on domain-a: raw base → qcow2 → qcow2 leaf ({Mib(layout.BaseData + layout.MiddleData + layout.LeafData)} MiB of data)");
+
+        // The VM is started in host-1's run directory, as host-1 would; host-1 adopts it when it starts.
+        var vmId = VmId.New();
+        VmInfo vm;
+        await using (var starter = new QmpHypervisor(new QmpHypervisorOptions { RunDirectory = cluster.HostRunDirectory("host-1") }))
+            vm = await starter.StartVmAsync(new VmSpec(vmId, "demo-vm", [await pool.ResolveChainAsync(a.Id, image)]));
+        var drive = vm.Drive(image);
+        Console.WriteLine($"[2/6] VM {vmId} running on host-1 (QEMU pid {vm.Pid}), disk exported over NBD at {drive.GuestSocket}");
+
+        var exit = 1;
+        var clock = Stopwatch.StartNew();
+        try
+        {
+            var coordinator = cluster.StartCoordinator();
+            var host1 = cluster.StartHost("host-1", spm: true);
+            var host2 = cluster.StartHost("host-2", spm: false);
+            using var api = new ApiClient(cluster.ApiUrl);
+            await WaitForAsync("the Coordinator's API", api.IsUpAsync, TimeSpan.FromSeconds(60));
+            await WaitForAsync("host-1 to report the VM and both domains", async () =>
+            {
+                var inventory = await api.GetAsync("/api/inventory");
+                return inventory.GetProperty("vms").EnumerateArray().Any(v => v.GetProperty("vm").GetProperty("id").GetString() == vmId.ToString())
+                       && inventory.GetProperty("domains").GetArrayLength() == 2;
+            }, TimeSpan.FromSeconds(60));
+            Console.WriteLine($"[3/6] cluster up in {Ms(clock.Elapsed)}: Coordinator pid {coordinator.Pid} (API {cluster.ApiUrl}), host-1 pid {host1.Pid} (SPM), host-2 pid {host2.Pid}");
+
+            var ledgerPath = Path.Combine(dataDir, "guest.ledger");
+            await using var guest = new GuestWorkload(new GuestWorkloadOptions(drive.GuestSocket, drive.ExportName, image,
+                0, 64 * MiB, ledgerPath, RateBytesPerSecond: options.GuestRate, Pattern: WritePattern.Random));
+            await guest.StartAsync();
+            await Task.Delay(TimeSpan.FromSeconds(1));
+            Console.WriteLine($"[4/6] guest writing stamped 4 KiB blocks at {Mib(options.GuestRate)} MiB/s: {guest.Stats.Writes} writes so far");
+
+            var timings = new List<(string, TimeSpan)>();
+            foreach (var (step, strategy, to) in new[] { ("[5/6] pre-copy domain-a → domain-b", "pre-copy", b), ("[6/6] post-copy domain-b → domain-a", "post-copy", a) })
+            {
+                Console.WriteLine(step);
+                var started = Stopwatch.StartNew();
+                guest.ResetLongestStall();
+                var id = await api.StartMigrationAsync(vmId.ToString(), image.ToString(), to.Id.ToString(), strategy,
+                    strategy == "pre-copy" ? "write-blocking" : "background", options.MirrorSpeed);
+                Console.WriteLine($"    migration {id} accepted");
+                var final = await WatchAsync(api, id, TimeSpan.FromMinutes(5));
+                timings.Add((strategy, started.Elapsed));
+                Console.WriteLine($"    {final} in {Ms(started.Elapsed)}; longest guest write during the move {Ms(guest.Stats.MaxLatency)}");
+                if (final != "completed") return 1;
+                await WaitForAsync("the inventory to show the disk on its new domain", async () =>
+                    (await api.GetAsync("/api/inventory")).GetProperty("vms").EnumerateArray()
+                        .Where(v => v.GetProperty("vm").GetProperty("id").GetString() == vmId.ToString())
+                        .SelectMany(v => v.GetProperty("vm").GetProperty("drives").EnumerateArray())
+                        .All(d => d.GetProperty("chain").EnumerateArray().All(l => l.GetProperty("domain").GetString() == to.Id.ToString())),
+                    TimeSpan.FromSeconds(30));
+            }
+
+            var stats = await guest.StopAsync();
+            var live = await GuestVerifier.VerifyThroughNbdAsync(drive.GuestSocket, drive.ExportName, guest.Ledger);
+            var leftovers = (await a.RemoveIllegalLeftoversAsync(new HashSet<ImageId>())).Count + (await b.RemoveIllegalLeftoversAsync(new HashSet<ImageId>())).Count;
+            Console.WriteLine();
+            Console.WriteLine($"guest: {stats.Writes} writes acknowledged ({Mib(stats.Bytes):0.0} MiB), {stats.Errors} errors");
+            Console.WriteLine($"verification through NBD: {(live.Ok ? $"OK, {live.BlocksChecked} blocks checked, every acknowledged write found" : $"FAILED, {live.Mismatches.Count} blocks wrong")}");
+            Console.WriteLine($"leftovers: {leftovers} ILLEGAL volumes; domain-b holds {(await b.ListImagesAsync()).Count} images");
+            foreach (var (strategy, took) in timings) Console.WriteLine($"  {strategy,-10} {Ms(took)} from request to completed");
+            exit = live.Ok && stats.Errors == 0 && leftovers == 0 ? 0 : 1;
+        }
+        finally
+        {
+            await cluster.DisposeAsync();
+            await using var stopper = new QmpHypervisor(new QmpHypervisorOptions { RunDirectory = cluster.HostRunDirectory("host-1") });
+            foreach (var running in await stopper.AdoptRunningVmsAsync()) await stopper.StopVmAsync(running.Id);
+            Console.WriteLine("stopped the cluster's processes and the VM");
+        }
+        Console.WriteLine(exit == 0 ? "demo: OK, nothing lost" : "demo: FAILED");
+        return exit;
+    }
+
+    /// <summary>Polls the migration and draws its progress until it ends; returns its final status.</summary>
+    private static async Task<string> WatchAsync(ApiClient api, string id, TimeSpan limit)
+    {
+        var deadline = DateTime.UtcNow + limit;
+        string? lastLine = null;
+        while (DateTime.UtcNow < deadline)
+        {
+            var m = await api.GetAsync($"/api/migrations/{id}");
+            var status = m.GetProperty("status").GetString()!;
+            var disk = m.GetProperty("disks")[0];
+            var line = $"    {status,-12} {disk.GetProperty("step").GetString() ?? "-",-26} {Bar(disk.GetProperty("done").GetInt64(), disk.GetProperty("total").GetInt64())}";
+            if (line != lastLine) Console.WriteLine(line);
+            lastLine = line;
+            if (status is "completed" || status.StartsWith("failed") || status is "cancelled" or "abandoned" || status.StartsWith("suspended"))
+                return status + (m.TryGetProperty("error", out var e) && e.ValueKind == JsonValueKind.String ? $" ({e.GetString()})" : "");
+            await Task.Delay(200);
+        }
+        return "timed out";
+    }
+
+    private static async Task WaitForAsync(string what, Func<Task<bool>> condition, TimeSpan limit)
+    {
+        var deadline = DateTime.UtcNow + limit;
+        while (!await condition())
+        {
+            if (DateTime.UtcNow > deadline) throw new TimeoutException($"waited {limit.TotalSeconds:0} s for {what}");
+            await Task.Delay(250);
+        }
+    }
+
+    private static string Bar(long done, long total)
+    {
+        if (total <= 0) return "";
+        var filled = (int)Math.Clamp(done * 30 / total, 0, 30);
+        return $"[{new string('#', filled)}{new string('.', 30 - filled)}] {done / (double)MiB,7:0.0} / {total / (double)MiB:0.0} MiB";
+    }
+
+    private static double Mib(long bytes) => bytes / (double)MiB;
+    private static string Ms(TimeSpan t) => t.TotalSeconds >= 1 ? $"{t.TotalSeconds:0.00} s" : $"{t.TotalMilliseconds:0} ms";
+}
