@@ -24,6 +24,8 @@ catch (Exception e) when (e is ArgumentException or FormatException)
 }
 
 builder.WebHost.UseUrls(settings.HttpUrl);
+// Requests are not worth a log line each; warnings and errors are.
+builder.Logging.AddFilter("Microsoft.AspNetCore", LogLevel.Warning);
 builder.Services.AddAkka(ClusterNodeSettings.SystemName, akka => akka.WithCoordinator(settings));
 builder.Services.AddSingleton<MigrationService>();
 // Ids as plain UUID strings and enums by name, as on the wire.

@@ -40,7 +40,7 @@ public static class CoordinatorHosting
             .WithMigrationJournal(new JournalOptions(settings.DataDirectory, settings.PostgresConnectionString))
             .WithSingleton<InventoryProxy>("inventory", InventoryActor.Props(new InventoryOptions()),
                 new ClusterSingletonOptions { Role = CoordinatorSettings.Role }, createProxyToo: true)
-            .WithClusterHosts(directory)
+            .WithClusterHosts(directory, registry => registry.Get<InventoryProxy>())
             .WithMigrationSharding((_, registry) => ClusterHostsHosting.Resolve(registry, directory),
                 new MigrationShardingOptions { Role = CoordinatorSettings.Role, Limits = settings.Limits, Actor = settings.Actor })
             .WithActors((system, registry) =>

@@ -50,23 +50,36 @@ public sealed class HostDirectoryListener : ReceiveActor
 /// </summary>
 public sealed class HsmGateway : ReceiveActor
 {
+    private sealed record Located(ExecuteStep Step, IActorRef ReplyTo, string? Host);
+
     private readonly Dictionary<MigrationId, string> _hostOfMigration = new();
     private readonly ILoggingAdapter _log = Context.GetLogger();
 
-    public HsmGateway(HostDirectory directory)
+    public HsmGateway(HostDirectory directory, IActorRef inventory)
     {
         var mediator = DistributedPubSub.Get(Context.System).Mediator;
         Receive<ExecuteStep>(step =>
         {
-            if (directory.HostOf(step.Vm) is not { } host)
+            if (directory.HostOf(step.Vm) is { } host)
             {
-                // Unknown until the host reports it; a transient answer makes the saga try again.
-                Sender.Tell(new OperationFailed(step.Operation, ErrorCodes.VmNotFound,
-                    $"no host has reported VM {step.Vm} yet", Transient: true));
+                Forward(step, Sender, host);
                 return;
             }
-            _hostOfMigration[step.Operation.Migration] = host;
-            mediator.Tell(new Send(HsmPath(host), step), Sender);
+            // Not in this coordinator's directory yet: the inventory knows.
+            var replyTo = Sender;
+            inventory.Ask<VmLocation>(new LocateVm(step.Vm), TimeSpan.FromSeconds(10))
+                .PipeTo(Self, success: l => new Located(step, replyTo, l.HostId), failure: _ => new Located(step, replyTo, null));
+        });
+        Receive<Located>(located =>
+        {
+            if (located.Host is { } host)
+            {
+                Forward(located.Step, located.ReplyTo, host);
+                return;
+            }
+            // Unknown until the host reports it; a transient answer makes the saga try again.
+            located.ReplyTo.Tell(new OperationFailed(located.Step.Operation, ErrorCodes.VmNotFound,
+                $"no host has reported VM {located.Step.Vm} yet", Transient: true));
         });
         Receive<SetStepSpeed>(speed =>
         {
@@ -77,9 +90,16 @@ public sealed class HsmGateway : ReceiveActor
         });
     }
 
+    private void Forward(ExecuteStep step, IActorRef replyTo, string host)
+    {
+        _hostOfMigration[step.Operation.Migration] = host;
+        DistributedPubSub.Get(Context.System).Mediator.Tell(new Send(HsmPath(host), step), replyTo);
+    }
+
     public static string HsmPath(string hostId) => $"/user/hsm-{hostId}";
 
-    public static Props Props(HostDirectory directory) => Akka.Actor.Props.Create(() => new HsmGateway(directory));
+    public static Props Props(HostDirectory directory, IActorRef inventory) =>
+        Akka.Actor.Props.Create(() => new HsmGateway(directory, inventory));
 }
 
 public sealed record ClusterMigrationHosts(IActorRef Spm, IActorRef Gateway, HostDirectory Directory) : IMigrationHosts
@@ -95,13 +115,14 @@ public sealed class HsmGatewayKey;
 public static class ClusterHostsHosting
 {
     /// <summary>The SPM singleton proxy, the host directory and the HSM gateway, for the migration sagas.</summary>
-    public static AkkaConfigurationBuilder WithClusterHosts(this AkkaConfigurationBuilder builder, HostDirectory directory) =>
+    public static AkkaConfigurationBuilder WithClusterHosts(this AkkaConfigurationBuilder builder, HostDirectory directory,
+        Func<IActorRegistry, IActorRef> inventory) =>
         builder
             .WithSingletonProxy<SpmProxy>("spm", new ClusterSingletonOptions { Role = "spm" })
             .WithActors((system, registry) =>
             {
                 system.ActorOf(HostDirectoryListener.Props(directory), "host-directory");
-                registry.Register<HsmGatewayKey>(system.ActorOf(HsmGateway.Props(directory), "hsm-gateway"));
+                registry.Register<HsmGatewayKey>(system.ActorOf(HsmGateway.Props(directory, inventory(registry)), "hsm-gateway"));
             });
 
     public static IMigrationHosts Resolve(IActorRegistry registry, HostDirectory directory) =>

@@ -46,7 +46,9 @@ public sealed class InventoryActor : ReceivePersistentActor
 
         Command<HostStatusReport>(report =>
         {
-            if (InventoryDecider.Decide(_state, report) is { } change) PersistAndApply(change);
+            if (InventoryDecider.Decide(_state, report) is { } change)
+                // Coordinators keep a directory of which host runs which VM: tell them what changed.
+                PersistAndApply(change, () => PublishChange(report));
             else _state = _state.Heard(report.HostId, report.At);
         });
         Command<DomainStatusReport>(report =>
@@ -84,6 +86,12 @@ public sealed class InventoryActor : ReceivePersistentActor
         var replyTo = Sender;
         if (decision.Event is null) replyTo.Tell(decision.Reply);
         else PersistAndApply(decision.Event, () => replyTo.Tell(decision.Reply));
+    }
+
+    private void PublishChange(HostStatusReport report)
+    {
+        if (_options.SubscribeToReports)
+            DistributedPubSub.Get(Context.System).Mediator.Tell(new Publish(InventoryTopics.Reports, report));
     }
 
     private void PersistAndApply(IInventoryEvent change, Action? afterwards = null) =>

@@ -16,6 +16,8 @@ public sealed record HostNodeComponents(string HostId, StoragePool Pool, IHyperv
 /// <summary>Registry keys for the host's actors.</summary>
 public sealed class HsmKey;
 public sealed class SpmKey;
+/// <summary>The Coordinator's inventory singleton, as this host reaches it.</summary>
+public sealed class InventoryKey;
 
 public static class HostNodeHosting
 {
@@ -28,12 +30,13 @@ public static class HostNodeHosting
         if (spmCapable)
             builder.WithSingleton<SpmKey>(SpmActor.SingletonName, SpmActor.Props(host.Pool),
                 new ClusterSingletonOptions { Role = SpmRole }, createProxyToo: false);
+        builder.WithSingletonProxy<InventoryKey>("inventory", new ClusterSingletonOptions { Role = "coordinator" });
         return builder.WithActors((system, registry) =>
         {
             var hsm = system.ActorOf(HsmActor.Props(host.Hypervisor, host.Pool), HsmTopic.For(host.HostId));
             DistributedPubSub.Get(system).Mediator.Tell(new Put(hsm));
             registry.Register<HsmKey>(hsm);
-            system.ActorOf(HostReporter.Props(host.HostId, spmCapable, host.Hypervisor, host.Pool), "host-reporter");
+            system.ActorOf(HostReporter.Props(host.HostId, spmCapable, host.Hypervisor, host.Pool, registry.Get<InventoryKey>()), "host-reporter");
         });
     }
 

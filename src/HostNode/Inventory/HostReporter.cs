@@ -1,6 +1,5 @@
 using Akka.Actor;
 using Akka.Cluster;
-using Akka.Cluster.Tools.PublishSubscribe;
 using Akka.Event;
 using LiveMigration.HostNode.Hypervisor;
 using LiveMigration.HostNode.Storage;
@@ -14,7 +13,7 @@ namespace LiveMigration.HostNode.Inventory;
 public sealed record HostStateChanged(OperationId Operation);
 
 /// <summary>
-/// Tells the Coordinator's inventory what this host sees: its VMs with the chains their drives run on,
+/// Tells the Coordinator's inventory (through its singleton proxy) what this host sees: its VMs with the chains their drives run on,
 /// and the storage domains (every host sees the shared domains). It reports when it starts, when a step
 /// or a hypervisor event changed something, and when a coordinator joins — never from a timer.
 /// </summary>
@@ -28,18 +27,18 @@ public sealed class HostReporter : ReceiveActor
     private readonly IHypervisor _hypervisor;
     private readonly StoragePool _pool;
     private readonly ILoggingAdapter _log = Context.GetLogger();
-    private readonly IActorRef _mediator;
+    private readonly IActorRef _inventory;
     private Action<HypervisorEvent>? _onEvent;
     private bool _reporting;
     private bool _again;
 
-    public HostReporter(string hostId, bool spmCapable, IHypervisor hypervisor, StoragePool pool)
+    public HostReporter(string hostId, bool spmCapable, IHypervisor hypervisor, StoragePool pool, IActorRef inventory)
     {
         _hostId = hostId;
         _spmCapable = spmCapable;
         _hypervisor = hypervisor;
         _pool = pool;
-        _mediator = DistributedPubSub.Get(Context.System).Mediator;
+        _inventory = inventory;
 
         Receive<ReportNow>(r => Start(r.Why));
         Receive<HostStateChanged>(c => Start($"step {c.Operation} finished"));
@@ -49,8 +48,8 @@ public sealed class HostReporter : ReceiveActor
         });
         Receive<Reports>(r =>
         {
-            _mediator.Tell(new Publish(InventoryTopic, r.Host));
-            _mediator.Tell(new Publish(InventoryTopic, r.Domains));
+            _inventory.Tell(r.Host);
+            _inventory.Tell(r.Domains);
             Done();
         });
         Receive<Status.Failure>(f =>
@@ -61,10 +60,10 @@ public sealed class HostReporter : ReceiveActor
         Receive<ClusterEvent.IMemberEvent>(_ => { });
     }
 
-    private const string InventoryTopic = InventoryTopics.Reports;
-
-    public static Props Props(string hostId, bool spmCapable, IHypervisor hypervisor, StoragePool pool) =>
-        Akka.Actor.Props.Create(() => new HostReporter(hostId, spmCapable, hypervisor, pool));
+    /// <param name="inventory">The inventory singleton's proxy: it buffers reports until the singleton is found,
+    /// so a report made while the cluster is still forming is not lost (a pubsub publish would be).</param>
+    public static Props Props(string hostId, bool spmCapable, IHypervisor hypervisor, StoragePool pool, IActorRef inventory) =>
+        Akka.Actor.Props.Create(() => new HostReporter(hostId, spmCapable, hypervisor, pool, inventory));
 
     protected override void PreStart()
     {
