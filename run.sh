@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The two things a newcomer does: `./run.sh demo` and `./run.sh test`.
-# Both install what they need on a fresh Debian machine (QEMU from Debian packages, NuGet restore).
+# Both install what they need on a fresh Debian machine (QEMU and PostgreSQL 15 from Debian packages, NuGet restore).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -8,6 +8,8 @@ need_packages() {
   local missing=()
   command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
   { command -v qemu-img >/dev/null && command -v qemu-nbd >/dev/null && command -v qemu-io >/dev/null; } || missing+=(qemu-utils)
+  # the PostgreSQL journal tests start their own server from these binaries (the service itself stays off)
+  [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]} from Debian packages…" >&2
     if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi

@@ -1,4 +1,3 @@
-using LiveMigration.Coordinator.Migration;
 using LiveMigration.Shared.Migration;
 using LiveMigration.Shared.Model;
 using Microsoft.AspNetCore.Builder;
@@ -18,10 +17,39 @@ public sealed record StartMigrationBody(
 
 public sealed record DiskBody(string? Image, string? Destination);
 
-/// <summary>A migration as the API shows it.</summary>
-public sealed record MigrationView(string Id, string Vm, string Status, string Strategy, IReadOnlyList<DiskView> Disks, string? Error);
+/// <summary>
+/// The JSON of GET /api/migrations/{id}: ids as UUID strings, strategy as <c>pre-copy</c>/<c>post-copy</c>,
+/// <see cref="Error"/> as <c>CODE: message</c> (also split into <see cref="ErrorCode"/> and <see cref="ErrorMessage"/>),
+/// durations in seconds.
+/// </summary>
+public sealed record MigrationResponse(
+    string Id,
+    string Vm,
+    string Status,
+    bool Finished,
+    string Strategy,
+    IReadOnlyList<DiskResponse> Disks,
+    string? Error,
+    string? ErrorCode,
+    string? ErrorMessage,
+    DateTimeOffset? RequestedAt,
+    DateTimeOffset? UpdatedAt,
+    DateTimeOffset? FinishedAt);
 
-public sealed record DiskView(string Image, string Source, string Destination, string Phase, string? Step, long Done, long Total);
+public sealed record DiskResponse(
+    string Image,
+    string Source,
+    string Destination,
+    string Phase,
+    string? Step,
+    int Attempt,
+    long Done,
+    long Total,
+    double? RemainingSeconds,
+    string? LastError,
+    IReadOnlyList<StepTimingResponse> Timings);
+
+public sealed record StepTimingResponse(string Step, int Attempt, DateTimeOffset StartedAt, DateTimeOffset? EndedAt, string? Outcome);
 
 /// <summary>
 /// The migration part of the HTTP API (the operator surfaces grow it): start, show, cancel, resume,
@@ -51,10 +79,10 @@ public static class MigrationEndpoints
         {
             if (!MigrationId.TryParse(id, out var migration))
                 return Refused(StatusCodes.Status400BadRequest, ErrorCodes.InvalidId, $"migration id must be a UUID, got '{Clip(id)}'");
-            var state = await service.GetAsync(migration.Value, ct);
-            return state is null
+            var view = await service.GetAsync(migration.Value, ct);
+            return view is null
                 ? Refused(StatusCodes.Status404NotFound, MigrationErrorCodes.MigrationNotFound, $"no migration {migration}")
-                : Results.Ok(View(state));
+                : Results.Ok(ResponseOf(view));
         });
         app.MapPost("/api/migrations/{id}/{action}", async (string id, string action, MigrationService service, CancellationToken ct) =>
         {
@@ -98,14 +126,22 @@ public static class MigrationEndpoints
         return new MigrationRequest(vm, disks, strategy, body.BandwidthBytesPerSecond, mode, body.MaxParallelDisks);
     }
 
-    public static MigrationView View(MigrationState state) => new(
-        state.Id.ToString(),
-        state.Request?.Vm.ToString() ?? "",
-        MigrationDecider.Describe(state.Status),
-        state.Request?.Strategy == MigrationStrategy.PostCopy ? "post-copy" : "pre-copy",
-        state.Disks.Select(d => new DiskView(d.Image.ToString(), d.Plan.Source.ToString(), d.Plan.Destination.ToString(),
-            d.Phase.ToString(), d.Step?.ToString(), d.Done, d.Total)).ToList(),
-        state.Status is MigrationStatus.Failed f ? $"{f.Code}: {f.Message}" : null);
+    public static MigrationResponse ResponseOf(MigrationView view) => new(
+        view.Id.ToString(),
+        view.Vm?.ToString() ?? "",
+        view.Status,
+        view.Finished,
+        view.Strategy == MigrationStrategy.PostCopy ? "post-copy" : "pre-copy",
+        view.Disks.Select(d => new DiskResponse(
+            d.Image.ToString(), d.Source.ToString(), d.Destination.ToString(), d.Phase, d.Step?.ToString(), d.Attempt, d.Done, d.Total,
+            d.Remaining?.TotalSeconds, d.LastError,
+            d.Timings.Select(t => new StepTimingResponse(t.Step.ToString(), t.Attempt, t.StartedAt, t.EndedAt, t.Outcome)).ToList())).ToList(),
+        view.Error is { } e ? $"{e.Code}: {e.Message}" : null,
+        view.Error?.Code,
+        view.Error?.Message,
+        view.RequestedAt,
+        view.UpdatedAt,
+        view.FinishedAt);
 
     private static int StatusFor(string code) => code switch
     {

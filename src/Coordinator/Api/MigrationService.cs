@@ -42,11 +42,11 @@ public sealed class MigrationService(IRequiredActor<MigrationRegion> region, IRe
     public Task<CommandOutcome> ResumeAsync(MigrationId id, CancellationToken ct = default) => CommandAsync(new ResumeMigration(id), ct);
     public Task<CommandOutcome> AbandonAsync(MigrationId id, CancellationToken ct = default) => CommandAsync(new AbandonMigration(id), ct);
 
-    /// <summary>The saga's state, or null when no migration with that id was ever recorded.</summary>
-    public async Task<MigrationState?> GetAsync(MigrationId id, CancellationToken ct = default)
+    /// <summary>The migration as the API shows it, or null when no migration with that id was ever recorded.</summary>
+    public async Task<MigrationView?> GetAsync(MigrationId id, CancellationToken ct = default)
     {
         var reply = await region.ActorRef.Ask<MigrationStateReply>(new GetMigrationState(id), AskTimeout, ct);
-        return reply.LastSequenceNr == 0 ? null : reply.State;
+        return reply.Exists ? reply.View : null;
     }
 
     public Task<InventorySnapshot> InventoryAsync(CancellationToken ct = default) =>

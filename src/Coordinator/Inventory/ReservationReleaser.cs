@@ -1,6 +1,6 @@
 using Akka.Actor;
 using Akka.Cluster.Tools.PublishSubscribe;
-using LiveMigration.Coordinator.Migration;
+using LiveMigration.Shared.Migration;
 using LiveMigration.Shared.Protocol;
 
 namespace LiveMigration.Coordinator.Inventory;

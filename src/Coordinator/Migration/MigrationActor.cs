@@ -79,7 +79,7 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
         });
         Command<StepDeadlineDue>(d => SendAgainIfUnanswered(d.Operation));
         Command<AdmissionRetryDue>(_ => AskAdmission());
-        Command<GetMigrationState>(_ => Sender.Tell(new MigrationStateReply(_state, LastSequenceNr)));
+        Command<GetMigrationState>(_ => Sender.Tell(new MigrationStateReply(MigrationViews.ViewOf(_state, DateTimeOffset.UtcNow), LastSequenceNr)));
         Command<SaveSnapshotSuccess>(s => _log.Debug("Migration {Migration}: snapshot at event {SequenceNr}", Id, s.Metadata.SequenceNr));
         Command<SaveSnapshotFailure>(f => _log.Warning(f.Cause, "Migration {Migration}: snapshot at event {SequenceNr} failed; recovery replays more events", Id, f.Metadata.SequenceNr));
     }
@@ -229,7 +229,7 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
 
     private void Publish()
     {
-        var changed = MigrationStatusChanged.From(_state, DateTimeOffset.UtcNow);
+        var changed = MigrationViews.StatusChangedOf(_state, DateTimeOffset.UtcNow);
         Context.System.EventStream.Publish(changed);
         if (_settings.PublishToCluster)
             DistributedPubSub.Get(Context.System).Mediator.Tell(new Publish(MigrationStatusChanged.Topic, changed));

@@ -4,33 +4,40 @@ using LiveMigration.Shared.Model;
 
 namespace LiveMigration.Coordinator.Migration;
 
-/// <summary>An operator command (start, cancel, resume, abandon) was taken: its events are persisted.</summary>
-public sealed record MigrationCommandAccepted(MigrationId MigrationId, string Command, string Status);
-
-/// <summary>An operator command was refused with nothing changed; <see cref="Code"/> is an <see cref="ErrorCodes"/> or <see cref="MigrationErrorCodes"/> value.</summary>
-public sealed record MigrationCommandRefused(MigrationId MigrationId, string Code, string Message);
-
-/// <summary>Asks a migration for its state; answered with <see cref="MigrationStateReply"/>.</summary>
-public sealed record GetMigrationState(MigrationId MigrationId);
-
-/// <summary>The saga's state and how many events it has persisted (0: nothing was ever recorded).</summary>
-public sealed record MigrationStateReply(MigrationState State, long LastSequenceNr);
-
-/// <summary>One disk's progress as <see cref="MigrationStatusChanged"/> carries it.</summary>
-public sealed record DiskProgress(ImageId Image, DiskPhase Phase, MigrationStep? Step, long Done, long Total, TimeSpan? Remaining);
-
 /// <summary>
-/// Published after every change a migration persists, on the local EventStream and (in the cluster) on the
-/// DistributedPubSub topic <see cref="Topic"/>, so the API can stream status and progress.
+/// The saga's state turned into what crosses the cluster: the <see cref="MigrationView"/> a query answers and the
+/// <see cref="MigrationStatusChanged"/> it publishes. The state itself stays in this process (and its journal).
 /// </summary>
-public sealed record MigrationStatusChanged(MigrationId MigrationId, string Status, ValueList<DiskProgress> Disks, DateTimeOffset At, bool Finished = false)
+public static class MigrationViews
 {
-    public const string Topic = "migrations";
+    public static MigrationView ViewOf(MigrationState state, DateTimeOffset now) => new(
+        state.Id,
+        state.Request?.Vm,
+        MigrationDecider.Describe(state.Status),
+        state.Status.IsFinished,
+        state.Request?.Strategy,
+        state.Disks.Select(d => new DiskView(
+            d.Image, d.Plan.Source, d.Plan.Destination, d.Phase.ToString(), d.Step, d.Attempt, d.Done, d.Total,
+            d.EstimateRemaining(now), d.LastError,
+            d.StepTimings.Select(t => new StepTimingView(t.Step, t.Attempt, t.StartedAt, t.EndedAt, t.Outcome)).ToValueList())).ToValueList(),
+        ErrorOf(state.Status),
+        state.RequestedAt,
+        state.UpdatedAt,
+        state.FinishedAt);
 
-    public static MigrationStatusChanged From(MigrationState state, DateTimeOffset now) =>
+    public static MigrationStatusChanged StatusChangedOf(MigrationState state, DateTimeOffset now) =>
         new(state.Id, MigrationDecider.Describe(state.Status),
-            state.Disks.Select(d => new DiskProgress(d.Image, d.Phase, d.Step, d.Done, d.Total, d.EstimateRemaining(now))).ToValueList(),
+            state.Disks.Select(d => new DiskProgress(d.Image, d.Phase.ToString(), d.Step, d.Done, d.Total, d.EstimateRemaining(now))).ToValueList(),
             now, state.Status.IsFinished);
+
+    private static MigrationError? ErrorOf(MigrationStatus status) => status switch
+    {
+        MigrationStatus.Failed f => new MigrationError(f.Code, f.Message),
+        MigrationStatus.RollingBack r => new MigrationError(r.Code, r.Message),
+        MigrationStatus.Cancelled c => new MigrationError(MigrationErrorCodes.Cancelled, c.Reason),
+        MigrationStatus.Suspended s => new MigrationError(MigrationErrorCodes.Suspended, s.Reason),
+        _ => null,
+    };
 }
 
 /// <summary>

@@ -6,7 +6,7 @@ namespace LiveMigration.Coordinator.Migration;
 
 /// <summary>
 /// Routes to the migration entity: commands carry their <see cref="IMigrationCommand.MigrationId"/>, host
-/// replies the migration of their <see cref="OperationId"/>; a <c>ShardingEnvelope</c> is unwrapped by the base class. The entity id is the migration id's text.
+/// replies the migration of their <see cref="OperationId"/>, queries their <see cref="IMigrationQuery.MigrationId"/>; a <c>ShardingEnvelope</c> is unwrapped by the base class. The entity id is the migration id's text.
 /// </summary>
 public sealed class MigrationMessageExtractor(int shardCount) : HashCodeMessageExtractor(shardCount)
 {
@@ -14,7 +14,7 @@ public sealed class MigrationMessageExtractor(int shardCount) : HashCodeMessageE
     {
         IMigrationCommand command => command.MigrationId.ToString(),
         IHostReply reply => reply.Operation.Migration.ToString(),
-        GetMigrationState query => query.MigrationId.ToString(),
+        IMigrationQuery query => query.MigrationId.ToString(),
         _ => null,
     };
 }

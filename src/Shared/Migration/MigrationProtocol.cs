@@ -127,4 +127,6 @@ public static class MigrationErrorCodes
     public const string NotQueued = "NOT_QUEUED";
     public const string Cancelled = "CANCELLED";
     public const string RetriesExhausted = "RETRIES_EXHAUSTED";
+    /// <summary>A view's error while the migration waits for an operator: the message says which step of which disk.</summary>
+    public const string Suspended = "MIGRATION_SUSPENDED";
 }

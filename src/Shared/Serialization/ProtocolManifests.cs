@@ -37,6 +37,13 @@ public static class ProtocolManifests
         ("lm.ResumeMigration.v1", typeof(ResumeMigration)),
         ("lm.AbandonMigration.v1", typeof(AbandonMigration)),
 
+        // questions to a migration saga, its answers and the status changes it publishes (topic "migrations")
+        ("lm.GetMigrationState.v1", typeof(GetMigrationState)),
+        ("lm.MigrationCommandAccepted.v1", typeof(MigrationCommandAccepted)),
+        ("lm.MigrationCommandRefused.v1", typeof(MigrationCommandRefused)),
+        ("lm.MigrationStateReply.v1", typeof(MigrationStateReply)),
+        ("lm.MigrationStatusChanged.v1", typeof(MigrationStatusChanged)),
+
         // journal events of a migration saga
         ("lm.MigrationRequested.v1", typeof(MigrationRequested)),
         ("lm.MigrationAdmitted.v1", typeof(MigrationAdmitted)),

@@ -6,12 +6,18 @@ using LiveMigration.Coordinator.Persistence;
 using LiveMigration.Shared.Migration;
 using LiveMigration.Shared.Model;
 using LiveMigration.Shared.Protocol;
+using LiveMigration.Shared.Serialization;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 
 namespace LiveMigration.Coordinator.Tests.Actors;
 
-/// <summary>One Coordinator-like ActorSystem wired by the real hosting extension, journal on SQLite files in <paramref name="dataDirectory"/>.</summary>
+/// <summary>
+/// One Coordinator-like ActorSystem wired by the real hosting extensions: journal on SQLite files in the data
+/// directory, or on PostgreSQL when a connection string is given; the protocol serializer bound. Every local
+/// send goes through serialization (<c>serialize-messages = on</c>), as it would between two Coordinators, so a
+/// message without a binding (or one that does not round-trip) shows here.
+/// </summary>
 public sealed class ActorNode : IAsyncDisposable
 {
     private readonly IHost _host;
@@ -25,12 +31,16 @@ public sealed class ActorNode : IAsyncDisposable
         Kit = new Akka.TestKit.Xunit2.TestKit(System);
     }
 
-    public static async Task<ActorNode> StartAsync(string dataDirectory)
+    public static async Task<ActorNode> StartAsync(string dataDirectory, string? postgresConnectionString = null)
     {
         var host = new HostBuilder()
             .ConfigureServices(services => services.AddAkka("coordinator-test", builder => builder
-                .AddHocon("akka.loglevel = INFO", HoconAddMode.Prepend)
-                .WithMigrationJournal(new JournalOptions(dataDirectory))))
+                .AddHocon("""
+                    akka.loglevel = INFO
+                    akka.actor.serialize-messages = on
+                    """, HoconAddMode.Prepend)
+                .WithProtocolSerializer()
+                .WithMigrationJournal(new JournalOptions(dataDirectory, postgresConnectionString))))
             .Build();
         await host.StartAsync();
         return new ActorNode(host);

@@ -8,6 +8,7 @@ using LiveMigration.Coordinator.Persistence;
 using LiveMigration.Coordinator.Tests.Migration;
 using LiveMigration.Shared.Migration;
 using LiveMigration.Shared.Protocol;
+using LiveMigration.Shared.Serialization;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 
@@ -27,6 +28,7 @@ public sealed class MigrationShardingTests : IAsyncLifetime
             .ConfigureServices(services => services.AddAkka("coordinator-shard-test", builder => builder
                 .AddHocon("""
                     akka.loglevel = INFO
+                    akka.actor.serialize-messages = on
                     akka.cluster { gossip-interval = 200ms, leader-actions-interval = 200ms, periodic-tasks-initial-delay = 100ms }
                     akka.cluster.sharding { retry-interval = 200ms, shard-start-timeout = 2s, waiting-for-state-timeout = 1s, updating-state-timeout = 1s }
                     akka.cluster.singleton.hand-over-retry-interval = 200ms
@@ -35,6 +37,7 @@ public sealed class MigrationShardingTests : IAsyncLifetime
                     """, HoconAddMode.Prepend)
                 .WithRemoting("127.0.0.1", 0)
                 .WithClustering(new ClusterOptions { Roles = ["coordinator"] })
+                .WithProtocolSerializer()
                 .WithMigrationJournal(new JournalOptions(_dataDirectory))
                 .WithMigrationSharding((_, _) => hosts, new MigrationShardingOptions { ShardCount = 10 })
                 .AddStartup((system, _) => Cluster.Get(system).Join(Cluster.Get(system).SelfAddress))))
@@ -64,7 +67,8 @@ public sealed class MigrationShardingTests : IAsyncLifetime
         // finished entities passivate; a query brings the migration back from its journal
         region.Tell(new GetMigrationState(saga.Id), kit.TestActor);
         var reply = kit.ExpectMsg<MigrationStateReply>(TimeSpan.FromSeconds(5));
-        Assert.IsType<MigrationStatus.Completed>(reply.State.Status);
+        Assert.Equal("completed", reply.View.Status);
+        Assert.True(reply.View.Finished);
     }
 
     /// <summary>SPM and HSM as tagging actors in front of the test's probe, created once the system runs.</summary>

@@ -25,6 +25,9 @@ public sealed class ProtocolBindingTests()
         "lm.OperationFailed.v1",    // IHostReply
         "lm.StartMigration.v1",     // IMigrationCommand
         "lm.MigrationRequested.v1", // IMigrationEvent
+        "lm.GetMigrationState.v1",  // IMigrationQuery
+        "lm.MigrationStateReply.v1", // IMigrationReply
+        "lm.MigrationStatusChanged.v1", // IMigrationReply, published on the "migrations" topic
         "lm.HostStatusReport.v1",   // IInventoryMessage
         "lm.HostReported.v1",       // IInventoryEvent
     ];

@@ -26,6 +26,8 @@ public sealed class ProtocolManifestTests
         Assert.Contains(messageTypes, t => typeof(IHostReply).IsAssignableFrom(t));
         Assert.Contains(messageTypes, t => typeof(IMigrationCommand).IsAssignableFrom(t));
         Assert.Contains(messageTypes, t => typeof(IMigrationEvent).IsAssignableFrom(t));
+        Assert.Contains(messageTypes, t => typeof(IMigrationQuery).IsAssignableFrom(t));
+        Assert.Contains(messageTypes, t => typeof(IMigrationReply).IsAssignableFrom(t));
         Assert.Contains(messageTypes, t => typeof(IInventoryMessage).IsAssignableFrom(t));
         Assert.Contains(messageTypes, t => typeof(IInventoryEvent).IsAssignableFrom(t));
     }

@@ -53,6 +53,18 @@ public static class ProtocolSamples
     private static readonly DomainReport SourceDomain = new(Source, "fast-ssd", "file", 100_000_000_000, 90_000_000_000, 10_000_000_000, Active: true);
     private static readonly DomainReport DestinationDomain = new(Destination, "slow-hdd", "sim", 200_000_000_000, 180_000_000_000, 20_000_000_000, Active: false);
 
+    private static readonly MigrationView View = new(
+        Migration, Vm, "suspended at Pivot of disk 0c5e8f21", Finished: true, MigrationStrategy.PostCopy,
+        [
+            new DiskView(Image, Source, Destination, "Suspended", MigrationStep.Pivot, Attempt: 5, Done: 3_000, Total: 4_000,
+                Remaining: TimeSpan.FromSeconds(90.25), LastError: "QMP_ERROR: job not ready",
+                [new StepTimingView(MigrationStep.CloneImageStructure, 1, At, At.AddSeconds(2), "completed"),
+                 new StepTimingView(MigrationStep.Pivot, 5, At.AddSeconds(3), null, null)]),
+            new DiskView(OtherImage, Source, Destination, "Pending", null, 0, 0, 0, null, null, []),
+        ],
+        new MigrationError(MigrationErrorCodes.Suspended, "Pivot of disk 0c5e8f21 failed (QMP_ERROR: job not ready) after 5 attempts"),
+        RequestedAt: At.AddMinutes(-5), UpdatedAt: At, FinishedAt: At.AddSeconds(1));
+
     private static readonly Dictionary<Type, object[]> ByType = Index(
         // host protocol
         new ExecuteStep(Operation, Vm, Plan, MigrationStrategy.PostCopy, SpeedBytesPerSecond: 25_000_000, CopyMode.WriteBlocking),
@@ -89,6 +101,16 @@ public static class ProtocolSamples
         new MigrationFailed(Migration, MigrationErrorCodes.RetriesExhausted, "step Pivot failed 5 times", At),
         new MigrationCancelled(Migration, "cancelled by an operator", At),
         new MigrationAbandoned(Migration, At),
+        // migration queries, answers and status changes
+        new GetMigrationState(Migration),
+        new MigrationCommandAccepted(Migration, nameof(CancelMigration), "rolling back (CANCELLED)"),
+        new MigrationCommandRefused(Migration, MigrationErrorCodes.PointOfNoReturnPassed, "migration 6d1f4a52 cannot be cancelled: disk 0c5e8f21 passed its point of no return (Pivot)"),
+        new MigrationStateReply(View, LastSequenceNr: 42),
+        new MigrationStateReply(new MigrationView(Migration, null, "new", false, null, [], null, null, null, null), LastSequenceNr: 0),
+        new MigrationStatusChanged(Migration, "suspended at Pivot of disk 0c5e8f21",
+            [new DiskProgress(Image, "InFlight", MigrationStep.WaitMirrorReady, 3_000, 4_000, TimeSpan.FromSeconds(12.5)),
+             new DiskProgress(OtherImage, "Pending", null, 0, 0, null)],
+            At, Finished: true),
         // inventory messages
         new HostStatusReport("host-1", "akka.tcp://lsm@10.0.0.11:4053", SpmCapable: true, [VmSeen, VmSeen with { Running = false, Drives = [] }], At),
         new DomainStatusReport([SourceDomain, DestinationDomain], At),

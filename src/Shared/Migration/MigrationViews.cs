@@ -1,0 +1,85 @@
+using LiveMigration.Shared.Model;
+
+namespace LiveMigration.Shared.Migration;
+
+/// <summary>A question to one migration saga, routed to it by its id like a command; it changes nothing.</summary>
+public interface IMigrationQuery
+{
+    MigrationId MigrationId { get; }
+}
+
+/// <summary>
+/// What a migration saga sends back or publishes: answers to operator commands and queries, and its status
+/// changes. They cross the cluster whenever the requester (the API) runs on another Coordinator than the entity.
+/// </summary>
+public interface IMigrationReply
+{
+    MigrationId MigrationId { get; }
+}
+
+/// <summary>An operator command (start, cancel, resume, abandon) was taken: its events are persisted.</summary>
+public sealed record MigrationCommandAccepted(MigrationId MigrationId, string Command, string Status) : IMigrationReply;
+
+/// <summary>An operator command was refused with nothing changed; <see cref="Code"/> is an <see cref="ErrorCodes"/> or <see cref="MigrationErrorCodes"/> value.</summary>
+public sealed record MigrationCommandRefused(MigrationId MigrationId, string Code, string Message) : IMigrationReply;
+
+/// <summary>Asks a migration for its view; answered with <see cref="MigrationStateReply"/>.</summary>
+public sealed record GetMigrationState(MigrationId MigrationId) : IMigrationQuery;
+
+/// <summary>The saga's view and how many events it has persisted (0: nothing was ever recorded, the migration does not exist).</summary>
+public sealed record MigrationStateReply(MigrationView View, long LastSequenceNr) : IMigrationReply
+{
+    public MigrationId MigrationId => View.Id;
+    public bool Exists => LastSequenceNr > 0;
+}
+
+/// <summary>Why a migration stopped or is stopping: an <see cref="ErrorCodes"/> or <see cref="MigrationErrorCodes"/> code and what happened.</summary>
+public sealed record MigrationError(string Code, string Message);
+
+/// <summary>When one attempt of one step ran, and how it ended (null while it runs).</summary>
+public sealed record StepTimingView(MigrationStep Step, int Attempt, DateTimeOffset StartedAt, DateTimeOffset? EndedAt, string? Outcome);
+
+/// <summary>One disk of a migration as operators see it; <see cref="Phase"/> is the saga's disk phase by name.</summary>
+public sealed record DiskView(
+    ImageId Image,
+    DomainId Source,
+    DomainId Destination,
+    string Phase,
+    MigrationStep? Step,
+    int Attempt,
+    long Done,
+    long Total,
+    TimeSpan? Remaining,
+    string? LastError,
+    ValueList<StepTimingView> Timings);
+
+/// <summary>
+/// A migration as the API and the CLI show it: what crosses the cluster instead of the saga's whole state, so the
+/// state may change shape without a wire version. <see cref="Vm"/> and <see cref="Strategy"/> are null before a
+/// request was recorded.
+/// </summary>
+public sealed record MigrationView(
+    MigrationId Id,
+    VmId? Vm,
+    string Status,
+    bool Finished,
+    MigrationStrategy? Strategy,
+    ValueList<DiskView> Disks,
+    MigrationError? Error,
+    DateTimeOffset? RequestedAt,
+    DateTimeOffset? UpdatedAt,
+    DateTimeOffset? FinishedAt);
+
+/// <summary>One disk's progress as <see cref="MigrationStatusChanged"/> carries it; <see cref="Phase"/> is the disk phase by name.</summary>
+public sealed record DiskProgress(ImageId Image, string Phase, MigrationStep? Step, long Done, long Total, TimeSpan? Remaining);
+
+/// <summary>
+/// Published after every change a migration persists, on the local EventStream and (in the cluster) on the
+/// DistributedPubSub topic <see cref="Topic"/>, so the API can stream status and progress and the inventory
+/// frees the disks of a finished migration.
+/// </summary>
+public sealed record MigrationStatusChanged(MigrationId MigrationId, string Status, ValueList<DiskProgress> Disks, DateTimeOffset At, bool Finished = false)
+    : IMigrationReply
+{
+    public const string Topic = "migrations";
+}
