@@ -11,15 +11,6 @@ public sealed record MigrationLimits(int PerHost, int PerDomain)
     public static readonly MigrationLimits Default = new(PerHost: 2, PerDomain: 4);
 }
 
-/// <summary>A queued migration asks to run; answered with <see cref="AdmitMigration"/> when the limits allow it. Repeats are harmless.</summary>
-public sealed record AdmissionRequest(MigrationId Migration, string? Host, ValueList<DomainId> Domains);
-
-/// <summary>A recovered migration that was admitted before: count it again, without asking.</summary>
-public sealed record AdmissionHeld(MigrationId Migration, string? Host, ValueList<DomainId> Domains);
-
-/// <summary>A migration finished: its slots are free.</summary>
-public sealed record AdmissionReleased(MigrationId Migration);
-
 /// <summary>
 /// The concurrency limits of issue 3: admits a migration at once unless its host or one of its domains
 /// is at its limit; then it waits, in arrival order, until a running migration releases its slots.

@@ -44,6 +44,11 @@ public static class ProtocolManifests
         ("lm.MigrationStateReply.v1", typeof(MigrationStateReply)),
         ("lm.MigrationStatusChanged.v1", typeof(MigrationStatusChanged)),
 
+        // sagas ↔ the admission limits singleton
+        ("lm.AdmissionRequest.v1", typeof(AdmissionRequest)),
+        ("lm.AdmissionHeld.v1", typeof(AdmissionHeld)),
+        ("lm.AdmissionReleased.v1", typeof(AdmissionReleased)),
+
         // journal events of a migration saga
         ("lm.MigrationRequested.v1", typeof(MigrationRequested)),
         ("lm.MigrationAdmitted.v1", typeof(MigrationAdmitted)),

@@ -14,7 +14,7 @@ public static class ProtocolSerialization
     public static IReadOnlyList<Type> BoundTypes { get; } =
         [
             typeof(IHostCommand), typeof(IHostReply), typeof(IMigrationCommand), typeof(IMigrationEvent),
-            typeof(IMigrationQuery), typeof(IMigrationReply),
+            typeof(IMigrationQuery), typeof(IMigrationReply), typeof(IAdmissionMessage),
             typeof(IInventoryMessage), typeof(IInventoryEvent),
         ];
 

@@ -16,7 +16,7 @@ namespace LiveMigration.Coordinator.Tests.Actors;
 /// </summary>
 public sealed class MigrationActorTests : IAsyncLifetime
 {
-    private static readonly TimeSpan Patience = TimeSpan.FromSeconds(5);
+    private static readonly TimeSpan Patience = TimeSpan.FromSeconds(20); // generous: CI has 2 cores and QEMU tests beside
     private readonly string _dataDirectory = Path.Combine(Path.GetTempPath(), $"lsm-actor-{Guid.NewGuid():N}");
     private readonly List<ActorNode> _nodes = [];
 

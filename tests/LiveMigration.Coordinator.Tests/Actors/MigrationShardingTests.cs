@@ -57,7 +57,7 @@ public sealed class MigrationShardingTests : IAsyncLifetime
         var last = MigrationPlan.ForwardSteps(MigrationStrategy.PreCopy, deleteSource: true)[^1];
         while (steps.LastOrDefault() != last)
         {
-            var step = received.ExpectMsg<StepReceived>(TimeSpan.FromSeconds(5)).Step;
+            var step = received.ExpectMsg<StepReceived>(TimeSpan.FromSeconds(20)).Step;
             steps.Add(step.Operation.Step);
             // straight to the region: the extractor finds the migration from the operation id
             region.Tell(new OperationSucceeded(step.Operation, new StepOutcome(step.Disk.SizeBytes)));
@@ -66,7 +66,7 @@ public sealed class MigrationShardingTests : IAsyncLifetime
         Assert.Equal(MigrationPlan.ForwardSteps(MigrationStrategy.PreCopy, deleteSource: true), steps);
         // finished entities passivate; a query brings the migration back from its journal
         region.Tell(new GetMigrationState(saga.Id), kit.TestActor);
-        var reply = kit.ExpectMsg<MigrationStateReply>(TimeSpan.FromSeconds(5));
+        var reply = kit.ExpectMsg<MigrationStateReply>(TimeSpan.FromSeconds(20));
         Assert.Equal("completed", reply.View.Status);
         Assert.True(reply.View.Finished);
     }

@@ -28,6 +28,7 @@ public sealed class ProtocolManifestTests
         Assert.Contains(messageTypes, t => typeof(IMigrationEvent).IsAssignableFrom(t));
         Assert.Contains(messageTypes, t => typeof(IMigrationQuery).IsAssignableFrom(t));
         Assert.Contains(messageTypes, t => typeof(IMigrationReply).IsAssignableFrom(t));
+        Assert.Contains(messageTypes, t => typeof(IAdmissionMessage).IsAssignableFrom(t));
         Assert.Contains(messageTypes, t => typeof(IInventoryMessage).IsAssignableFrom(t));
         Assert.Contains(messageTypes, t => typeof(IInventoryEvent).IsAssignableFrom(t));
     }

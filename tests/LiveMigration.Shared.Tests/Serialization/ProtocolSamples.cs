@@ -111,6 +111,11 @@ public static class ProtocolSamples
             [new DiskProgress(Image, "InFlight", MigrationStep.WaitMirrorReady, 3_000, 4_000, TimeSpan.FromSeconds(12.5)),
              new DiskProgress(OtherImage, "Pending", null, 0, 0, null)],
             At, Finished: true),
+        // admission limits
+        new AdmissionRequest(Migration, "host-1", [SourceDomain.Id, DestinationDomain.Id]),
+        new AdmissionRequest(Migration, null, []),
+        new AdmissionHeld(Migration, "host-2", [DestinationDomain.Id]),
+        new AdmissionReleased(Migration),
         // inventory messages
         new HostStatusReport("host-1", "akka.tcp://lsm@10.0.0.11:4053", SpmCapable: true, [VmSeen, VmSeen with { Running = false, Drives = [] }], At),
         new DomainStatusReport([SourceDomain, DestinationDomain], At),
