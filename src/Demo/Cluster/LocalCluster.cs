@@ -17,6 +17,7 @@ public sealed record NodeProcess(string Name, Process Process, string LogPath, I
 public sealed class LocalCluster : IAsyncDisposable
 {
     private readonly List<NodeProcess> _nodes = [];
+    private readonly Dictionary<string, int> _hostPorts = new();
     private readonly string _binRoot;
 
     public LocalCluster(string dataDirectory, string? configuration = null)
@@ -33,12 +34,24 @@ public sealed class LocalCluster : IAsyncDisposable
     public string RepositoryRoot { get; }
     public int CoordinatorPort { get; }
     public int HttpPort { get; }
-    public string Seed => $"akka.tcp://lsm@127.0.0.1:{CoordinatorPort}";
+    /// <summary>
+    /// Every node's seed list: the Coordinator first, then the <see cref="SeedHosts"/>. A restarted Coordinator
+    /// (the first seed) asks the other seeds before it forms a cluster of its own, so it rejoins the hosts
+    /// instead of splitting from them; a restarted host seed rejoins through the others.
+    /// </summary>
+    public string Seed => string.Join(",", new[] { CoordinatorPort }.Concat(SeedHosts.Select(HostPort)).Select(p => $"akka.tcp://lsm@127.0.0.1:{p}"));
     public string ApiUrl => $"http://127.0.0.1:{HttpPort}";
     public string DomainRoot => Path.Combine(DataDirectory, "domains");
     public IReadOnlyList<NodeProcess> Nodes => _nodes;
     public string HostDataDirectory(string hostId) => Path.Combine(DataDirectory, hostId);
     public string HostRunDirectory(string hostId) => Path.Combine(HostDataDirectory(hostId), "run");
+
+    /// <summary>
+    /// Hosts that listen on a fixed port and act as seed nodes beside the Coordinator. With the Coordinator
+    /// as the only seed, a Coordinator killed and restarted joins itself and forms a second cluster without
+    /// the hosts; list the hosts here whenever a node may be restarted.
+    /// </summary>
+    public IReadOnlyList<string> SeedHosts { get; init; } = [];
 
     /// <summary>Extra HOCON passed to every node (tests use fast cluster timings).</summary>
     public string? ExtraHocon { get; init; }
@@ -53,9 +66,21 @@ public sealed class LocalCluster : IAsyncDisposable
     public NodeProcess StartHost(string hostId, bool spm) =>
         Start(hostId, "HostNode", "LiveMigration.HostNode.dll",
         [
-            "--host-id", hostId, "--port", "0", "--seed", Seed, "--roles", spm ? "host,spm" : "host",
+            "--host-id", hostId, "--port", SeedHosts.Contains(hostId) ? HostPort(hostId).ToString() : "0", "--seed", Seed, "--roles", spm ? "host,spm" : "host",
             "--data-dir", HostDataDirectory(hostId), "--domain-root", DomainRoot,
         ]);
+
+    /// <summary>The fixed port of a seed host, picked once so a restart listens where the seed list says.</summary>
+    private int HostPort(string hostId)
+    {
+        lock (_hostPorts)
+        {
+            if (_hostPorts.TryGetValue(hostId, out var port)) return port;
+            do port = FreePort();
+            while (port == CoordinatorPort || port == HttpPort || _hostPorts.ContainsValue(port));
+            return _hostPorts[hostId] = port;
+        }
+    }
 
     private NodeProcess Start(string name, string project, string dll, IReadOnlyList<string> arguments)
     {
