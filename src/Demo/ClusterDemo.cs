@@ -25,7 +25,8 @@ internal static class ClusterDemo
         Console.WriteLine($"data directory: {dataDir} (kept afterwards: domains, journal, logs)");
         await DemoSetup.ClearPreviousRunAsync(dataDir);
 
-        await using var cluster = new LocalCluster(dataDir);
+        // The hosts are seeds too, so any node that restarts rejoins the running cluster instead of forming its own.
+        await using var cluster = new LocalCluster(dataDir) { SeedHosts = ["host-1", "host-2"] };
         var a = await FileStorageDomain.CreateAsync(cluster.DomainRoot, DomainId.New(), "domain-a", 4L << 30);
         var b = await FileStorageDomain.CreateAsync(cluster.DomainRoot, DomainId.New(), "domain-b", 4L << 30);
         var pool = new StoragePool([a, b]);

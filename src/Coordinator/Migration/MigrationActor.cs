@@ -20,6 +20,7 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
 {
     /// <summary>Timer message: a step's deadline passed.</summary>
     private sealed record StepDeadlineDue(OperationId Operation);
+    private sealed record HostJoined(string Address);
 
     /// <summary>Timer message: a queued migration asks the limits again (they may have restarted and forgotten it).</summary>
     private sealed record AdmissionRetryDue;
@@ -40,6 +41,21 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
 
     public ITimerScheduler Timers { get; set; } = null!;
     public override string PersistenceId { get; }
+
+    protected override void PreStart()
+    {
+        base.PreStart();
+        // In the cluster, a host that rejoins gets the steps in flight again at once (see the MemberUp handler).
+        if (_settings.PublishToCluster)
+            Akka.Cluster.Cluster.Get(Context.System).Subscribe(Self, Akka.Cluster.ClusterEvent.SubscriptionInitialStateMode.InitialStateAsSnapshot,
+                typeof(Akka.Cluster.ClusterEvent.MemberUp));
+    }
+
+    protected override void PostStop()
+    {
+        if (_settings.PublishToCluster) Akka.Cluster.Cluster.Get(Context.System).Unsubscribe(Self);
+        base.PostStop();
+    }
     public MigrationId Id { get; }
 
     public static string PersistenceIdOf(MigrationId id) => $"migration-{id}";
@@ -78,6 +94,23 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
             Handle(new ReportProgress(p.Operation.Migration, p.Operation, p.Done, p.Total), Sender, null);
         });
         Command<StepDeadlineDue>(d => SendAgainIfUnanswered(d.Operation));
+        Command<Akka.Cluster.ClusterEvent.MemberUp>(up =>
+        {
+            // A host (re)joined: a step sent to its previous incarnation is lost, so send what is in flight
+            // again now rather than at the deadline. Hosts answer a repeated operation id as the same step.
+            // The new host's HSM registration reaches this node's pubsub by gossip, so wait a moment first.
+            if (up.Member.HasRole("host") || up.Member.HasRole("spm"))
+                Timers.StartSingleTimer("host-joined", new HostJoined(up.Member.Address.ToString()), TimeSpan.FromSeconds(2));
+        });
+        Command<HostJoined>(joined =>
+        {
+            foreach (var step in MigrationActions.Next(_state).OfType<SendStep>().Where(s => _sent.Contains(s.Operation)))
+            {
+                _log.Info("Migration {Migration}: host {Address} joined; sending {Operation} again", Id, joined.Address, step.Operation);
+                Send(step);
+            }
+        });
+        Command<Akka.Cluster.ClusterEvent.CurrentClusterState>(_ => { });
         Command<AdmissionRetryDue>(_ => AskAdmission());
         Command<GetMigrationState>(_ => Sender.Tell(new MigrationStateReply(MigrationViews.ViewOf(_state, DateTimeOffset.UtcNow), LastSequenceNr)));
         Command<SaveSnapshotSuccess>(s => _log.Debug("Migration {Migration}: snapshot at event {SequenceNr}", Id, s.Metadata.SequenceNr));

@@ -66,5 +66,6 @@ public sealed record MigrationActorSettings(
     /// <summary>Stop through the shard once finished (or never started), so remember-entities does not restart it.</summary>
     bool PassivateWhenIdle = false)
 {
-    public static readonly MigrationActorSettings Default = new(TimeSpan.FromSeconds(30));
+    // 10 s: a step lost with a host that went away is sent again soon; a long step answered late is harmless (hosts attach repeats).
+    public static readonly MigrationActorSettings Default = new(TimeSpan.FromSeconds(10));
 }
