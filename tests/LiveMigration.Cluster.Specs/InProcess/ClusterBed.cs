@@ -1,5 +1,6 @@
 using Akka.Actor;
 using Akka.Cluster;
+using Akka.Cluster.Sharding;
 using Akka.Hosting;
 using LiveMigration.Coordinator.Api;
 using LiveMigration.Coordinator.Hosting;
@@ -57,6 +58,8 @@ public sealed class ClusterBed : IAsyncDisposable
         akka.actor.serialize-messages = on
         akka.loglevel = WARNING
         akka.cluster.split-brain-resolver.stable-after = 3s
+        # the last coordinator to leave has no one to hand its shards to: do not wait 10 s for it
+        akka.coordinated-shutdown.phases.cluster-sharding-shutdown-region.timeout = 2s
         """;
 
     private readonly ITestOutputHelper _output;
@@ -103,6 +106,12 @@ public sealed class ClusterBed : IAsyncDisposable
     {
         if (!_machines.TryGetValue(hostId, out var machine))
             _machines[hostId] = machine = new SimMachine(hostId, new SimHost(hostId), new StoragePool([DomainA, DomainB]));
+        else
+        {
+            // The previous HostNode is gone; its QEMUs are not: the new one adopts them.
+            Assert.True(machine.Node.Stopped, $"{hostId} is still running");
+            await machine.Hypervisor.DisposeAsync();
+        }
         machine.Hypervisor = new SimHypervisor(machine.Qemus, machine.Pool, HypervisorOptions);
         await machine.Hypervisor.AdoptRunningVmsAsync();
         var roles = spmCapable ? new[] { HostNodeHosting.HostRole, HostNodeHosting.SpmRole } : [HostNodeHosting.HostRole];
@@ -177,6 +186,14 @@ public sealed class ClusterBed : IAsyncDisposable
         var drive = await machine.Pool.ResolveChainAsync(DomainA.Id, image);
         var vm = await machine.Hypervisor.StartVmAsync(new VmSpec(VmId.New(), name, [drive]));
         return new SimVm(vm.Id, image, ids[0], ids[1], ids[2]);
+    }
+
+    /// <summary>Whether this coordinator's shard region runs the migration's entity now.</summary>
+    public static async Task<bool> RunsMigrationAsync(ClusterNodeHandle coordinator, MigrationId id)
+    {
+        var region = ActorRegistry.For(coordinator.System).Get<MigrationRegion>();
+        var state = await region.Ask<CurrentShardRegionState>(GetShardRegionState.Instance, TimeSpan.FromSeconds(5));
+        return state.Shards.Any(shard => shard.EntityIds.Contains(id.ToString()));
     }
 
     public MigrationService Service(ClusterNodeHandle coordinator) => coordinator.Host.Services.GetRequiredService<MigrationService>();
