@@ -91,6 +91,8 @@ public sealed class ClusterBed : IAsyncDisposable
     /// <summary>Step deadline and retry settings short enough for a test to see a resend within seconds.</summary>
     public MigrationActorSettings ActorSettings { get; init; } = MigrationActorSettings.Default with { StepDeadline = TimeSpan.FromSeconds(2) };
     public MigrationLimits Limits { get; init; } = MigrationLimits.Default;
+    /// <summary>HOCON laid over <see cref="TestHocon"/> on every node of this bed.</summary>
+    public string? ExtraHocon { get; init; }
 
     public void Log(string text) => _output.WriteLine($"[{(DateTimeOffset.UtcNow - _started).TotalSeconds,6:F2}s] {text}");
 
@@ -129,7 +131,7 @@ public sealed class ClusterBed : IAsyncDisposable
         // The first node has no address to seed with before it binds: it joins itself once started.
         Seeds = _seed is null ? [] : [_seed.ToString()],
         Roles = roles,
-        ExtraHocon = TestHocon,
+        ExtraHocon = ExtraHocon is null ? TestHocon : TestHocon + "\n" + ExtraHocon,
     };
 
     private async Task<ClusterNodeHandle> StartNodeAsync(string name, Action<IServiceCollection> services, Action<AkkaConfigurationBuilder> configure)
