@@ -18,8 +18,8 @@ public sealed class CrashSafetySpecs(ITestOutputHelper output)
         await using var bed = new ClusterBed(output);
         var coordinators = new[] { await bed.StartCoordinatorAsync("coordinator-1"), await bed.StartCoordinatorAsync("coordinator-2") };
         await bed.StartHostAsync("host-2", spmCapable: true);
+        var vm = await bed.StartVmAsync("host-1", "vm-coordinator-stop");
         var host1 = await bed.StartHostAsync("host-1", spmCapable: false);
-        var vm = await bed.StartVmAsync(host1, "vm-coordinator-stop");
         await bed.AwaitAllUpAsync();
         await bed.AwaitInventoryAsync(coordinators[0], [vm.Id]);
 
@@ -60,8 +60,8 @@ public sealed class CrashSafetySpecs(ITestOutputHelper output)
         var coordinator = await bed.StartCoordinatorAsync("coordinator-1");
         // host-2 is the oldest SPM-capable node, so it holds the SPM singleton; host-1 takes it over.
         var host2 = await bed.StartHostAsync("host-2", spmCapable: true);
+        var vm = await bed.StartVmAsync("host-1", "vm-spm-stop");
         var host1 = await bed.StartHostAsync("host-1", spmCapable: true);
-        var vm = await bed.StartVmAsync(host1, "vm-spm-stop");
         await bed.AwaitAllUpAsync();
         await bed.AwaitInventoryAsync(coordinator, [vm.Id]);
 
@@ -72,7 +72,7 @@ public sealed class CrashSafetySpecs(ITestOutputHelper output)
             var id = await bed.StartMigrationAsync(coordinator, ClusterBed.MoveToB(vm, bed.DomainB.Id, MigrationStrategy.PreCopy));
             await stall.Reached.WaitAsync(TimeSpan.FromSeconds(20));
             bed.Log("copy stalled half-way on host-2's SPM; stopping host-2");
-            await bed.StopNodeAsync(host2.Node);
+            await bed.StopNodeAsync(host2.Node!);
 
             // The stall is never released: the migration can only complete if host-1's SPM copies again.
             var state = await bed.AwaitFinishedAsync(coordinator, id);
@@ -96,8 +96,8 @@ public sealed class CrashSafetySpecs(ITestOutputHelper output)
         await using var bed = new ClusterBed(output);
         var coordinator = await bed.StartCoordinatorAsync("coordinator-1");
         await bed.StartHostAsync("host-2", spmCapable: true);
+        var vm = await bed.StartVmAsync("host-1", "vm-hsm-stop");
         var host1 = await bed.StartHostAsync("host-1", spmCapable: false);
-        var vm = await bed.StartVmAsync(host1, "vm-hsm-stop");
         await bed.AwaitAllUpAsync();
         await bed.AwaitInventoryAsync(coordinator, [vm.Id]);
 
@@ -108,7 +108,7 @@ public sealed class CrashSafetySpecs(ITestOutputHelper output)
             await bed.AwaitStepAsync(coordinator, id, MigrationStep.WaitMirrorReady);
             await stall.Reached.WaitAsync(TimeSpan.FromSeconds(10));
             bed.Log("mirror stalled half-way; stopping host-1's HostNode (its QEMU keeps running)");
-            await bed.StopNodeAsync(host1.Node);
+            await bed.StopNodeAsync(host1.Node!);
 
             // Unanswered for a few step deadlines while the host is away.
             await Task.Delay(TimeSpan.FromSeconds(3));

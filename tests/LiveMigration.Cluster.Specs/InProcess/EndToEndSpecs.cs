@@ -18,8 +18,8 @@ public sealed class EndToEndSpecs(ITestOutputHelper output)
         await using var bed = new ClusterBed(output);
         var coordinator = await bed.StartCoordinatorAsync("coordinator-1");
         await bed.StartHostAsync("host-2", spmCapable: true);
+        var vm = await bed.StartVmAsync("host-1", "vm-e2e");
         var host1 = await bed.StartHostAsync("host-1", spmCapable: false);
-        var vm = await bed.StartVmAsync(host1, "vm-e2e");
         await bed.AwaitAllUpAsync();
         await bed.AwaitInventoryAsync(coordinator, [vm.Id]);
 

@@ -28,9 +28,9 @@ public sealed class ThroughputSpecs(ITestOutputHelper output)
         };
         var coordinator = await bed.StartCoordinatorAsync("coordinator-1");
         await bed.StartHostAsync("host-2", spmCapable: true);
-        var host1 = await bed.StartHostAsync("host-1", spmCapable: false);
         var vms = new List<SimVm>();
-        for (var i = 0; i < VmCount; i++) vms.Add(await bed.StartVmAsync(host1, $"vm-{i:D2}"));
+        for (var i = 0; i < VmCount; i++) vms.Add(await bed.StartVmAsync("host-1", $"vm-{i:D2}"));
+        var host1 = await bed.StartHostAsync("host-1", spmCapable: false);
         await bed.AwaitAllUpAsync();
         await bed.AwaitInventoryAsync(coordinator, vms.Select(v => v.Id).ToList(), TimeSpan.FromSeconds(30));
 
