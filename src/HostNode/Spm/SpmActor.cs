@@ -22,6 +22,11 @@ public sealed class SpmActor : ReceiveActor
 
     private readonly StoragePool _pool;
     private readonly OperationLedger _ledger = new();
+    /// <summary>
+    /// Cancelled when this SPM stops (its singleton moves or its node leaves): a copy it started must not go on
+    /// writing a destination volume while the SPM's new home copies the same volume again.
+    /// </summary>
+    private readonly CancellationTokenSource _stopped = new();
     private readonly ILoggingAdapter _log = Context.GetLogger();
 
     public SpmActor(StoragePool pool)
@@ -36,6 +41,8 @@ public sealed class SpmActor : ReceiveActor
     }
 
     public static Props Props(StoragePool pool) => Akka.Actor.Props.Create(() => new SpmActor(pool));
+
+    protected override void PostStop() => _stopped.Cancel();
 
     /// <summary>The steps this actor runs; the others belong to the HSM of the VM's host.</summary>
     public static bool Runs(MigrationStep step) => step is MigrationStep.CloneImageStructure or MigrationStep.SyncInternalVolumes
@@ -113,7 +120,7 @@ public sealed class SpmActor : ReceiveActor
                 // The leaf is the mirror's; the internal layers are read-only in QEMU, so they are copied here.
                 var clone = await dst.DescribeImageAsync(image);
                 var internals = clone.Volumes.Take(clone.Volumes.Count - 1).Select(v => v.Id).ToList();
-                var copied = await CopyLayersAsync(src, dst, image, internals, progress);
+                var copied = await CopyLayersAsync(src, dst, image, internals, progress, _stopped.Token);
                 return new StepOutcome(copied, $"{internals.Count} internal volumes copied");
             }
             case MigrationStep.MarkDestinationLeafLegal:
@@ -134,7 +141,7 @@ public sealed class SpmActor : ReceiveActor
                 var oldChain = await src.DescribeImageAsync(image);
                 // Twins of the old chain under the new leaf, empty and ILLEGAL until copied and verified.
                 await dst.CloneImageStructureAsync(src, image);
-                var copied = await CopyLayersAsync(src, dst, image, oldChain.Volumes.Select(v => v.Id).ToList(), progress);
+                var copied = await CopyLayersAsync(src, dst, image, oldChain.Volumes.Select(v => v.Id).ToList(), progress, _stopped.Token);
                 // Metadata only: the running QEMU owns the leaf and rewrites its header in SwitchBackingChain.
                 await dst.SetParentAsync(image, disk.NewLeaf, new VolumeRef(dst.Id, oldChain.Leaf.Id), null, rewriteHeader: false);
                 return new StepOutcome(copied, $"{oldChain.Volumes.Count} volumes copied; leaf {disk.NewLeaf} now over {oldChain.Leaf.Id} on domain {dst.Id}");
@@ -152,17 +159,17 @@ public sealed class SpmActor : ReceiveActor
 
     /// <summary>Copies the layers one after the other, reporting the bytes of all of them as one total.</summary>
     private static async Task<long> CopyLayersAsync(IStorageDomain src, IStorageDomain dst, ImageId image,
-        IReadOnlyList<VolumeId> layers, Progress progress)
+        IReadOnlyList<VolumeId> layers, Progress progress, CancellationToken ct)
     {
         long total = 0;
-        foreach (var id in layers) total += (await src.DescribeVolumeAsync(image, id)).AllocatedBytes;
+        foreach (var id in layers) total += (await src.DescribeVolumeAsync(image, id, ct)).AllocatedBytes;
         long done = 0;
         progress.Report(0, total);
         foreach (var id in layers)
         {
             var before = done;
             var copied = await dst.CopyVolumeDataAsync(src, image, id,
-                new ProgressSink(p => progress.Report(before + p.Done, Math.Max(total, before + p.Total))));
+                new ProgressSink(p => progress.Report(before + p.Done, Math.Max(total, before + p.Total))), ct);
             done += copied.AllocatedBytes;
             progress.Report(done, Math.Max(total, done));
         }
