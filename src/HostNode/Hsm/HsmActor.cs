@@ -1,6 +1,5 @@
 using Akka.Actor;
 using Akka.Event;
-using LiveMigration.HostNode.Inventory;
 using LiveMigration.HostNode.Hypervisor;
 using LiveMigration.HostNode.Spm;
 using LiveMigration.HostNode.Storage;
@@ -215,14 +214,7 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash
 
     private void OnFinished(StepFinished finished)
     {
-        if (finished.Reply is OperationFailed f)
-            _log.Warning("{Operation} failed with {Code} (transient {Transient}): {Message}", f.Operation, f.Code, f.Transient, f.Message);
-        else
-        {
-                _log.Info("{Operation} succeeded", finished.Operation);
-            // The host's reporter tells the inventory what changed.
-            Context.System.EventStream.Publish(new HostStateChanged(finished.Operation));
-        }
+        StepReplies.Announce(finished, _log, Context.System.EventStream);
         Finish(finished.Operation, finished.Reply);
     }
 

@@ -1,3 +1,4 @@
+using Akka.Event;
 using LiveMigration.Shared.Migration;
 using LiveMigration.Shared.Model;
 using LiveMigration.Shared.Protocol;
@@ -13,6 +14,18 @@ internal sealed record StepProgressed(OperationId Operation, long Done, long Tot
 /// <summary>How a failed port call becomes the wire answer: the code decides, and only timeouts and I/O errors are worth a retry.</summary>
 internal static class StepReplies
 {
+    /// <summary>Logs how a step ended; after a success, tells the host's reporter that storage or a chain changed.</summary>
+    public static void Announce(StepFinished finished, ILoggingAdapter log, EventStream events)
+    {
+        if (finished.Reply is OperationFailed f)
+        {
+            log.Warning("{Operation} failed with {Code} (transient {Transient}): {Message}", f.Operation, f.Code, f.Transient, f.Message);
+            return;
+        }
+        log.Info("{Operation} succeeded", finished.Operation);
+        events.Publish(new LiveMigration.HostNode.Inventory.HostStateChanged(finished.Operation));
+    }
+
     public static OperationFailed Failed(OperationId operation, Exception error) => error switch
     {
         OperationFailedException e => new OperationFailed(operation, e.Code, e.Message, IsTransient(e.Code)),

@@ -1,6 +1,5 @@
 using Akka.Actor;
 using Akka.Event;
-using LiveMigration.HostNode.Inventory;
 using LiveMigration.HostNode.Storage;
 using LiveMigration.Shared.Migration;
 using LiveMigration.Shared.Model;
@@ -85,14 +84,7 @@ public sealed class SpmActor : ReceiveActor
 
     private void OnFinished(StepFinished finished)
     {
-        if (finished.Reply is OperationFailed f)
-            _log.Warning("{Operation} failed with {Code} (transient {Transient}): {Message}", f.Operation, f.Code, f.Transient, f.Message);
-        else
-        {
-                _log.Info("{Operation} succeeded", finished.Operation);
-            // The host's reporter tells the inventory what changed.
-            Context.System.EventStream.Publish(new HostStateChanged(finished.Operation));
-        }
+        StepReplies.Announce(finished, _log, Context.System.EventStream);
         Finish(finished.Operation, finished.Reply);
     }
 
