@@ -61,5 +61,7 @@ public sealed record BlockJobReady(VmId Vm, ImageId Drive, string JobId) : Hyper
 public sealed record BlockJobCompleted(VmId Vm, ImageId Drive, string JobId) : HypervisorEvent(Vm);
 public sealed record BlockJobCancelled(VmId Vm, ImageId Drive, string JobId) : HypervisorEvent(Vm);
 public sealed record BlockJobFailed(VmId Vm, ImageId Drive, string JobId, string Error) : HypervisorEvent(Vm);
+/// <summary>A VM was started on this host (not raised for one adopted or already running).</summary>
+public sealed record VmStarted(VmId Vm) : HypervisorEvent(Vm);
 /// <summary>The VM's process is gone (stopped on request, killed or crashed).</summary>
 public sealed record VmStopped(VmId Vm, string Reason) : HypervisorEvent(Vm);

@@ -56,13 +56,17 @@ public abstract class HypervisorContract : IAsyncLifetime
     public async Task StartVm_and_StopVm_are_idempotent_and_an_unknown_vm_is_not_found()
     {
         var hypervisor = NewHypervisor();
+        using var events = new HypervisorEventLog(hypervisor);
         var (vm, chain) = await StartVmOnSeededChainAsync(hypervisor);
+        // The host's reporter tells the inventory about a new VM from this event.
+        await events.WaitForAsync<VmStarted>(e => e.Vm == vm.Id);
 
         Assert.True(vm.Running);
         Assert.Equal(chain.PathsOn(Source, chain.Base, chain.Middle, chain.Leaf), vm.Drive(chain.Image).OpenChain);
         Assert.Null(vm.Drive(chain.Image).Job);
         var again = await hypervisor.StartVmAsync(Spec(vm.Id, await Pool.ResolveChainAsync(Source.Id, chain.Image)));
         Assert.Equal(vm.Pid, again.Pid);
+        Assert.Single(events.Events.OfType<VmStarted>()); // a repeated start starts nothing
         Assert.Contains(await hypervisor.ListVmsAsync(), v => v.Id == vm.Id && v.Running);
 
         await hypervisor.StopVmAsync(vm.Id);

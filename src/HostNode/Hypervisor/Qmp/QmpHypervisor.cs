@@ -114,7 +114,9 @@ public sealed class QmpHypervisor : IHypervisor
             }
             Attach(vm);
             _vms[spec.Id] = vm;
-            return await DescribeCoreAsync(vm, ct);
+            var info = await DescribeCoreAsync(vm, ct);
+            Raise(new VmStarted(spec.Id));
+            return info;
         }
         catch
         {

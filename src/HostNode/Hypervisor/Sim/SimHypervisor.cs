@@ -84,6 +84,7 @@ public sealed class SimHypervisor : IHypervisor
             var vm = new SimVm(spec.Id, spec.Name, _host.NextPidLocked(), spec.MemoryMiB, drives);
             _host.Vms[spec.Id] = vm;
             _known.Add(spec.Id);
+            _host.RaiseLocked(new VmStarted(spec.Id));
             return vm.ToInfo();
         }
     }
