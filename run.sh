@@ -9,7 +9,7 @@ need_packages() {
   command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
   { command -v qemu-img >/dev/null && command -v qemu-nbd >/dev/null && command -v qemu-io >/dev/null; } || missing+=(qemu-utils)
   # the PostgreSQL journal tests start their own server from these binaries (the service itself stays off)
-  [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)
+  if [ "${1:-}" = tests ]; then [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql); fi
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]} from Debian packages…" >&2
     if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
@@ -32,7 +32,7 @@ case "${1:-}" in
     ;;
   test)
     shift
-    need_packages
+    need_packages tests
     build
     mkdir -p artifacts
     log=artifacts/test-output.txt
