@@ -100,6 +100,20 @@ public sealed class CliTests(ClusterFixture cluster) : IClassFixture<ClusterFixt
     }
 
     [Fact]
+    public async Task The_api_answers_400_with_a_message_for_an_address_that_is_not_of_this_cluster()
+    {
+        using var http = new HttpClient();
+        foreach (var address in new[] { "akka.tcp://other@127.0.0.1:4053", "http://127.0.0.1:4053", "nonsense", "" })
+        {
+            using var response = await http.PostAsync($"{cluster.Api}/api/cluster/down",
+                new StringContent(JsonSerializer.Serialize(new { address }), System.Text.Encoding.UTF8, "application/json"));
+            var body = await response.Content.ReadAsStringAsync();
+            Assert.True((int)response.StatusCode == 400, $"{address}: {(int)response.StatusCode} {body}");
+            Assert.Contains("akka.tcp://lsm@host:port", JsonDocument.Parse(body).RootElement.GetProperty("message").GetString());
+        }
+    }
+
+    [Fact]
     public async Task Showing_an_unknown_migration_fails_with_exit_1()
     {
         var result = await Lsm("migration", "show", Guid.NewGuid().ToString());
