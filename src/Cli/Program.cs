@@ -1,3 +1,99 @@
-// `lsm`, the operator's CLI, talks to the Coordinator's API (issue 4). Until that API exists it only says so.
-Console.Error.WriteLine("lsm: the Coordinator API is not built yet (see README for the demo).");
-return 2;
+using LiveMigration.Cli.Api;
+using LiveMigration.Cli.Commands;
+using Spectre.Console.Cli;
+
+// `lsm`, the operator's CLI: a thin client of the Coordinator's HTTP API. Exit codes: 0 ok, 1 the operation
+// failed, 2 bad usage or refused input, 3 API unreachable (see ExitCodes).
+using var interrupted = new CancellationTokenSource();
+Console.CancelKeyPress += (_, e) =>
+{
+    // The first Ctrl+C stops waiting; whatever was started keeps running in the cluster.
+    e.Cancel = true;
+    interrupted.Cancel();
+};
+
+var app = new CommandApp();
+app.Configure(config =>
+{
+    config.SetApplicationName("lsm");
+    config.Settings.StrictParsing = true;
+    config.SetExceptionHandler((exception, _) =>
+    {
+        switch (exception)
+        {
+            case CliFailure failure:
+                Output.Error(failure.Message);
+                return failure.ExitCode;
+            case CommandAppException usage:
+                Output.Error(usage.Message);
+                return ExitCodes.BadUsage;
+            case OperationCanceledException when interrupted.IsCancellationRequested:
+                Output.Error("interrupted; anything already started keeps running in the cluster");
+                return ExitCodes.OperationFailed;
+            default:
+                // Never a stack trace: the message is what the operator can act on.
+                Output.Error($"{exception.GetType().Name}: {exception.Message}");
+                return ExitCodes.OperationFailed;
+        }
+    });
+    config.AddExample("cluster", "show");
+    config.AddExample("vms");
+    config.AddExample("migrate", "2f1c6e2a-6a3e-4c43-9a53-0f6f0c7d9b11", "--to", "domain-b", "--wait");
+    config.AddExample("migration", "show", "7d0b5f0e-2c1a-4d8e-9a51-3f3e2b1c0a99", "--json");
+
+    config.AddBranch<GlobalSettings>("cluster", cluster =>
+    {
+        cluster.SetDescription("The Akka.NET cluster: members, leave/down/join, sharding");
+        cluster.AddCommand<ClusterShowCommand>("show")
+            .WithDescription("Every member with its status and roles, the leader, the unreachable members")
+            .WithExample("cluster", "show")
+            .WithExample("cluster", "show", "--json");
+        cluster.AddCommand<ClusterLeaveCommand>("leave")
+            .WithDescription("Ask a member to leave the cluster gracefully (its singletons and shards move first)")
+            .WithExample("cluster", "leave", "akka.tcp://lsm@127.0.0.1:4054");
+        cluster.AddCommand<ClusterDownCommand>("down")
+            .WithDescription("Mark a member down (for a crashed node that will not come back by itself)")
+            .WithExample("cluster", "down", "akka.tcp://lsm@127.0.0.1:4054");
+        cluster.AddCommand<ClusterJoinCommand>("join")
+            .WithDescription("Make the API's node join the cluster at that member's address")
+            .WithExample("cluster", "join", "akka.tcp://lsm@127.0.0.1:4053");
+        cluster.AddBranch<GlobalSettings>("sharding", sharding =>
+        {
+            sharding.SetDescription("Cluster sharding");
+            sharding.AddCommand<ShardingRegionsCommand>("regions")
+                .WithDescription("The shard region types and, per node, their shard and entity counts")
+                .WithExample("cluster", "sharding", "regions");
+        });
+    });
+    config.AddCommand<HostsCommand>("hosts")
+        .WithDescription("The hosts: address, SPM capability, cluster status, VMs")
+        .WithExample("hosts");
+    config.AddCommand<DomainsCommand>("domains")
+        .WithDescription("The storage domains with their capacity and free space")
+        .WithExample("domains", "--json");
+    config.AddCommand<VmsCommand>("vms")
+        .WithDescription("The VMs with their disks and the domain of each layer of their chains")
+        .WithExample("vms");
+    config.AddCommand<MigrateCommand>("migrate")
+        .WithDescription("Move a running VM's disks to another storage domain")
+        .WithExample("migrate", "2f1c6e2a-6a3e-4c43-9a53-0f6f0c7d9b11", "--to", "domain-b", "--wait")
+        .WithExample("migrate", "2f1c6e2a-6a3e-4c43-9a53-0f6f0c7d9b11", "--to", "domain-b", "--disk", "5b6e1c7a-0d2f-4b8e-8c1d-2a3b4c5d6e7f",
+            "--strategy", "post-copy", "--bandwidth", "100MiB/s", "--copy-mode", "write-blocking");
+    config.AddBranch<GlobalSettings>("migration", migration =>
+    {
+        migration.SetDescription("One migration: show, cancel, resume, abandon");
+        migration.AddCommand<MigrationShowCommand>("show")
+            .WithDescription("Status, progress of each disk, every step with its times and errors")
+            .WithExample("migration", "show", "7d0b5f0e-2c1a-4d8e-9a51-3f3e2b1c0a99");
+        migration.AddCommand<MigrationCancelCommand>("cancel")
+            .WithDescription("Stop a migration before its point of no return and roll it back")
+            .WithExample("migration", "cancel", "7d0b5f0e-2c1a-4d8e-9a51-3f3e2b1c0a99");
+        migration.AddCommand<MigrationResumeCommand>("resume")
+            .WithDescription("Retry a suspended migration from the step that failed")
+            .WithExample("migration", "resume", "7d0b5f0e-2c1a-4d8e-9a51-3f3e2b1c0a99");
+        migration.AddCommand<MigrationAbandonCommand>("abandon")
+            .WithDescription("Give up a suspended migration, leaving the disks where they run now")
+            .WithExample("migration", "abandon", "7d0b5f0e-2c1a-4d8e-9a51-3f3e2b1c0a99");
+    });
+});
+return await app.RunAsync(args, interrupted.Token);

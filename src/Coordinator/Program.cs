@@ -37,6 +37,7 @@ builder.Services.ConfigureHttpJsonOptions(o =>
 
 var app = builder.Build();
 app.MapMigrationApi();
+app.MapClusterApi();
 app.MapGet("/healthz", () => Results.Ok(new { status = "up" }));
 Console.WriteLine($"Coordinator: journal {(settings.PostgresConnectionString is null ? $"SQLite under {settings.DataDirectory}" : "PostgreSQL")}, API {settings.HttpUrl}");
 await app.RunAsync();

@@ -1,0 +1,261 @@
+using System.ComponentModel;
+using System.Text.Json;
+using LiveMigration.Cli.Api;
+using LiveMigration.Shared.Model;
+using Spectre.Console;
+using Spectre.Console.Cli;
+
+namespace LiveMigration.Cli.Commands;
+
+public sealed class MigrateSettings : GlobalSettings
+{
+    [CommandArgument(0, "<VM>")]
+    [Description("The VM's id (a UUID, as `lsm vms` lists it)")]
+    public string Vm { get; set; } = "";
+
+    [CommandOption("--to <DOMAIN>")]
+    [Description("The destination storage domain: its id or its name (as `lsm domains` lists them)")]
+    public string? To { get; set; }
+
+    [CommandOption("--disk <IMAGE>")]
+    [Description("An image id to move; repeat for several. Default: every disk of the VM")]
+    public string[] Disks { get; set; } = [];
+
+    [CommandOption("--strategy <STRATEGY>")]
+    [Description("pre-copy (copy, then switch; the default) or post-copy (switch first, then copy)")]
+    [DefaultValue("pre-copy")]
+    public string Strategy { get; set; } = "pre-copy";
+
+    [CommandOption("--bandwidth <RATE>")]
+    [Description("Copy speed limit, e.g. 100MiB/s or 512k; 0 = unlimited (the default)")]
+    [DefaultValue("0")]
+    public string Bandwidth { get; set; } = "0";
+
+    [CommandOption("--copy-mode <MODE>")]
+    [Description("background (the default) or write-blocking (guest writes reach both copies; the mirror always converges)")]
+    [DefaultValue("background")]
+    public string CopyMode { get; set; } = "background";
+
+    [CommandOption("--wait")]
+    [Description("Show a progress bar per disk until the migration ends; exit 0 only when it completed")]
+    public bool Wait { get; set; }
+
+    public long BandwidthBytesPerSecond => ByteRate.TryParse(Bandwidth, out var b) ? b : 0;
+
+    public override ValidationResult Validate()
+    {
+        var basic = base.Validate();
+        if (!basic.Successful) return basic;
+        if (!UuidText.TryParse(Vm, out _))
+            return ValidationResult.Error($"VM must be a UUID like 2f1c6e2a-6a3e-4c43-9a53-0f6f0c7d9b11, got '{Vm}'");
+        if (string.IsNullOrWhiteSpace(To))
+            return ValidationResult.Error("--to DOMAIN is required: the destination storage domain's id or name");
+        if (Disks.FirstOrDefault(d => !UuidText.TryParse(d, out _)) is { } badDisk)
+            return ValidationResult.Error($"--disk must be an image id (a UUID), got '{badDisk}'");
+        if (Strategy is not ("pre-copy" or "post-copy"))
+            return ValidationResult.Error($"--strategy must be pre-copy or post-copy, got '{Strategy}'");
+        if (CopyMode is not ("background" or "write-blocking"))
+            return ValidationResult.Error($"--copy-mode must be background or write-blocking, got '{CopyMode}'");
+        if (!ByteRate.TryParse(Bandwidth, out _))
+            return ValidationResult.Error($"--bandwidth '{Bandwidth}' is not a rate like 100MiB/s, 512k or 0 (unlimited)");
+        return ValidationResult.Success();
+    }
+}
+
+/// <summary><c>lsm migrate</c>: starts moving a VM's disks and, with --wait, follows it to the end.</summary>
+public sealed class MigrateCommand : AsyncCommand<MigrateSettings>
+{
+    public override async Task<int> ExecuteAsync(CommandContext context, MigrateSettings settings, CancellationToken ct)
+    {
+        using var api = settings.Client();
+        var destination = settings.To!;
+        var disks = settings.Disks.ToList();
+        if (!UuidText.TryParse(destination, out _) || disks.Count == 0)
+        {
+            var inventory = (await api.GetAsync("/api/inventory", ct)).Json;
+            if (!UuidText.TryParse(destination, out _))
+            {
+                var named = inventory.Array("domains").Where(d => d.Str("name") == destination).ToList();
+                if (named.Count != 1)
+                    throw CliFailure.BadUsage(named.Count == 0
+                        ? $"no storage domain named '{destination}' (lsm domains lists them)"
+                        : $"{named.Count} storage domains are named '{destination}'; give its id");
+                destination = named[0].Str("id");
+            }
+            if (disks.Count == 0)
+            {
+                var vm = inventory.Array("vms").Select(v => v.Obj("vm")).FirstOrDefault(v => v.Str("id") == settings.Vm);
+                if (vm.ValueKind != JsonValueKind.Object)
+                    throw CliFailure.Failed($"VM {settings.Vm} is not in the inventory (lsm vms lists the VMs)");
+                disks = vm.Array("drives").Select(d => d.Str("image")).ToList();
+                if (disks.Count == 0) throw CliFailure.Failed($"VM {settings.Vm} has no disks");
+            }
+        }
+
+        var body = new
+        {
+            vm = settings.Vm,
+            disks = disks.Select(image => new { image, destination }).ToList(),
+            strategy = settings.Strategy,
+            bandwidthBytesPerSecond = settings.BandwidthBytesPerSecond,
+            copyMode = settings.CopyMode,
+        };
+        var started = await api.PostAsync("/api/migrations", body, ct);
+        var id = started.Json.Str("id");
+        if (!settings.Wait)
+        {
+            if (settings.Json) Output.Json(started.Text);
+            else Output.Console.WriteLine($"migration {id} started ({disks.Count} disk{(disks.Count == 1 ? "" : "s")} → {destination}); follow it with: lsm migration show {id}");
+            return ExitCodes.Ok;
+        }
+        if (!settings.Json) Output.Console.WriteLine($"migration {id} started");
+        var final = await MigrationWatch.FollowAsync(api, id, showProgress: !settings.Json, ct);
+        if (settings.Json) Output.Json(final.Text);
+        else MigrationView.Write(final.Json);
+        return final.Json.Str("status") == "completed" ? ExitCodes.Ok : ExitCodes.OperationFailed;
+    }
+}
+
+/// <summary>Polls a migration until it ends (or suspends, waiting for the operator), drawing a bar per disk.</summary>
+public static class MigrationWatch
+{
+    private static readonly TimeSpan PollInterval = TimeSpan.FromMilliseconds(250);
+
+    public static bool HasEnded(JsonElement migration) =>
+        migration.Bool("finished") || migration.Str("status").StartsWith("suspended", StringComparison.Ordinal);
+
+    public static async Task<ApiResponse> FollowAsync(LsmApiClient api, string id, bool showProgress, CancellationToken ct)
+    {
+        if (!showProgress)
+        {
+            while (true)
+            {
+                var state = await api.GetAsync($"/api/migrations/{id}", ct);
+                if (HasEnded(state.Json)) return state;
+                await Task.Delay(PollInterval, ct);
+            }
+        }
+        ApiResponse? last = null;
+        await Output.Console.Progress()
+            .AutoClear(false)
+            .Columns(new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+            .StartAsync(async progress =>
+            {
+                var bars = new Dictionary<string, ProgressTask>();
+                while (true)
+                {
+                    last = await api.GetAsync($"/api/migrations/{id}", ct);
+                    foreach (var disk in last.Json.Array("disks"))
+                    {
+                        var image = disk.Str("image");
+                        if (!bars.TryGetValue(image, out var bar))
+                            bars[image] = bar = progress.AddTask(image[..8], maxValue: 1);
+                        var total = disk.Long("total");
+                        if (total > 0 && Math.Abs(bar.MaxValue - total) > 0.5) bar.MaxValue = total;
+                        bar.Value = Math.Min(disk.Long("done"), (long)bar.MaxValue);
+                        var step = disk.Str("step");
+                        bar.Description = Output.Escape($"{image[..8]} {disk.Str("phase")}{(step.Length > 0 ? " " + step : "")}");
+                    }
+                    if (HasEnded(last.Json))
+                    {
+                        if (last.Json.Str("status") == "completed")
+                            foreach (var bar in bars.Values) bar.Value = bar.MaxValue;
+                        foreach (var bar in bars.Values) bar.StopTask();
+                        return;
+                    }
+                    await Task.Delay(PollInterval, ct);
+                }
+            });
+        return last!;
+    }
+}
+
+public sealed class MigrationIdSettings : GlobalSettings
+{
+    [CommandArgument(0, "<ID>")]
+    [Description("The migration's id (a UUID, as `lsm migrate` printed it)")]
+    public string Id { get; set; } = "";
+
+    public override ValidationResult Validate()
+    {
+        var basic = base.Validate();
+        if (!basic.Successful) return basic;
+        return UuidText.TryParse(Id, out _)
+            ? ValidationResult.Success()
+            : ValidationResult.Error($"migration id must be a UUID like 2f1c6e2a-6a3e-4c43-9a53-0f6f0c7d9b11, got '{Id}'");
+    }
+}
+
+/// <summary><c>lsm migration show ID</c>: status, each disk's progress, and every step with its times.</summary>
+public sealed class MigrationShowCommand : AsyncCommand<MigrationIdSettings>
+{
+    public override async Task<int> ExecuteAsync(CommandContext context, MigrationIdSettings settings, CancellationToken ct)
+    {
+        using var api = settings.Client();
+        var migration = await api.GetAsync($"/api/migrations/{settings.Id}", ct);
+        if (settings.Json) Output.Json(migration.Text);
+        else MigrationView.Write(migration.Json);
+        return ExitCodes.Ok;
+    }
+}
+
+/// <summary>cancel, resume and abandon: one POST each to /api/migrations/{id}/{action}.</summary>
+public abstract class MigrationActionCommand(string action) : AsyncCommand<MigrationIdSettings>
+{
+    public override async Task<int> ExecuteAsync(CommandContext context, MigrationIdSettings settings, CancellationToken ct)
+    {
+        using var api = settings.Client();
+        var answer = await api.PostAsync($"/api/migrations/{settings.Id}/{action}", null, ct);
+        if (settings.Json) Output.Json(answer.Text);
+        else Output.Console.WriteLine($"migration {settings.Id}: {answer.Json.Str("message")}");
+        return ExitCodes.Ok;
+    }
+}
+
+public sealed class MigrationCancelCommand() : MigrationActionCommand("cancel");
+
+public sealed class MigrationResumeCommand() : MigrationActionCommand("resume");
+
+public sealed class MigrationAbandonCommand() : MigrationActionCommand("abandon");
+
+/// <summary>A migration as tables: the summary, one row per disk, one row per step attempt.</summary>
+public static class MigrationView
+{
+    public static void Write(JsonElement m)
+    {
+        var console = Output.Console;
+        var status = m.Str("status");
+        var colour = status == "completed" ? "green" : m.Bool("finished") ? "red" : "yellow";
+        var summary = new Grid().AddColumn().AddColumn();
+        summary.AddRow("Migration", Output.Escape(m.Str("id")));
+        summary.AddRow("VM", Output.Escape(m.Str("vm")));
+        summary.AddRow("Status", $"[{colour}]{Output.Escape(status)}[/]");
+        summary.AddRow("Strategy", Output.Escape(m.Str("strategy")));
+        summary.AddRow("Requested", Output.Escape(m.Str("requestedAt")));
+        if (m.Str("finishedAt") is { Length: > 0 } finished) summary.AddRow("Finished", Output.Escape(finished));
+        if (m.Str("error") is { Length: > 0 } error) summary.AddRow("Error", $"[red]{Output.Escape(error)}[/]");
+        console.Write(summary);
+
+        var disks = new Table().AddColumns("Disk (image)", "From → to", "Phase", "Step", "Attempt", "Progress", "Remaining", "Last error");
+        var steps = new Table().AddColumns("Disk", "Step", "Attempt", "Started", "Took", "Outcome");
+        foreach (var d in m.Array("disks"))
+        {
+            var total = d.Long("total");
+            var progress = total > 0 ? $"{ByteRate.Format(d.Long("done"))} / {ByteRate.Format(total)} ({100.0 * d.Long("done") / total:0}%)" : "";
+            var remaining = d.Obj("remainingSeconds") is { ValueKind: JsonValueKind.Number } r ? $"{r.GetDouble():0.0} s" : "";
+            disks.AddRow(Output.Escape(d.Str("image")), Output.Escape($"{d.Str("source")[..Math.Min(8, d.Str("source").Length)]} → {d.Str("destination")[..Math.Min(8, d.Str("destination").Length)]}"),
+                Output.Escape(d.Str("phase")), Output.Escape(d.Str("step")), d.Long("attempt").ToString(), progress, remaining,
+                d.Str("lastError") is { Length: > 0 } e ? $"[red]{Output.Escape(e)}[/]" : "");
+            foreach (var t in d.Array("timings"))
+            {
+                var took = DateTimeOffset.TryParse(t.Str("startedAt"), out var s) && DateTimeOffset.TryParse(t.Str("endedAt"), out var en)
+                    ? $"{(en - s).TotalMilliseconds:0} ms"
+                    : "running";
+                steps.AddRow(Output.Escape(d.Str("image")[..Math.Min(8, d.Str("image").Length)]), Output.Escape(t.Str("step")), t.Long("attempt").ToString(),
+                    Output.Escape(t.Str("startedAt")), took, Output.Escape(t.Str("outcome")));
+            }
+        }
+        console.Write(disks);
+        if (steps.Rows.Count > 0) console.Write(steps);
+    }
+}
