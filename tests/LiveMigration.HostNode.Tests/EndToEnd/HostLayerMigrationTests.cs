@@ -183,8 +183,9 @@ public sealed class HostLayerMigrationTests
         var offline = await GuestVerifier.VerifyImageAsync(bed.A.Locate(bed.Image, onA.Leaf.Id), WriteLedger.Load(bed.LedgerPath));
         Assert.True(offline.Ok, string.Join("; ", offline.Mismatches.Take(5)));
         Assert.True(offline.BlocksChecked > 10);
+        // qemu-img check: 0 clean, 3 leaked clusters only (normal after a killed writer: space, not data), 2 corruption.
         var check = await Processes.ProcessRunner.RunAsync("qemu-img", ["check", "-U", bed.A.Locate(bed.Image, onA.Leaf.Id)]);
-        Assert.Equal(0, check.ExitCode);
+        Assert.True(check.ExitCode is 0 or 3, $"qemu-img check exit {check.ExitCode}: {check.StandardOutput}{check.StandardError}");
     }
 
     [Fact]
