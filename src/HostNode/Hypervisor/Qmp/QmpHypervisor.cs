@@ -141,6 +141,8 @@ public sealed class QmpHypervisor : IHypervisor
                 catch (OperationFailedException e) when (e.Code is ErrorCodes.VmNotRunning or ErrorCodes.Timeout) { }
             }
             await QemuProcess.EnsureGoneAsync(vm.Manifest.Pid, vm.Manifest.QmpSocket, StopGrace, ct);
+            // The monitor's EOF may not have been read yet, and disposing the client drops it: say it here (once).
+            OnDisconnected(vm, "stopped on request");
             await ForgetAsync(vm);
             return;
         }
