@@ -124,7 +124,17 @@ public sealed class LocalCluster : IAsyncDisposable
         if (node.Running) await KillAsync(node);
         _nodes.Remove(node);
         var dll = node.Name.StartsWith("host") ? ("HostNode", "LiveMigration.HostNode.dll") : ("Coordinator", "LiveMigration.Coordinator.dll");
-        return Start(node.Name, dll.Item1, dll.Item2, node.Arguments);
+        // The first seed of a list forms a new cluster when no other seed answers within seed-node-timeout;
+        // a node that comes back must rejoin the running one, so its own address goes last in its list.
+        var listed = Seed.Split(',');
+        var self = node.Name.StartsWith("host")
+            ? SeedHosts.Contains(node.Name) ? $"akka.tcp://lsm@127.0.0.1:{HostPort(node.Name)}" : null
+            : $"akka.tcp://lsm@127.0.0.1:{CoordinatorPort}";
+        var seeds = self is null ? listed : listed.Where(s => s != self).Append(self);
+        var arguments = node.Arguments.ToList();
+        var at = arguments.IndexOf("--seed");
+        if (at >= 0) arguments[at + 1] = string.Join(",", seeds);
+        return Start(node.Name, dll.Item1, dll.Item2, arguments);
     }
 
     public async ValueTask DisposeAsync()
