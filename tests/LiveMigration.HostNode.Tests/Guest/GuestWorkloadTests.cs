@@ -64,7 +64,10 @@ public sealed class GuestWorkloadTests(ITestOutputHelper output) : IAsyncLifetim
         Assert.True(whileRunning.Ok, whileRunning.ToString());
         Assert.True(workload.Stats.Running);
 
-        await Task.Delay(TimeSpan.FromMilliseconds(600));
+        // Write until the region was covered at least once (a count, not a speed: the first writes can stall ~1 s here).
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        while (workload.Stats.Writes <= Region / 4096 && workload.Stats.Running && DateTime.UtcNow < deadline)
+            await Task.Delay(20);
         var stats = await workload.StopAsync();
         output.WriteLine($"unlimited, 4 KiB blocks, qemu-nbd: {stats.Writes} writes, {stats.MegabytesPerSecond:0.0} MiB/s, " +
                          $"mean latency {stats.AverageLatency.TotalMicroseconds:0} µs, longest {stats.MaxLatency.TotalMilliseconds:0.0} ms");
