@@ -7,24 +7,17 @@ namespace LiveMigration.Coordinator.Hosting;
 /// <summary>Reads <see cref="CoordinatorSettings"/> from appsettings.json, LSM_ environment variables and the command line.</summary>
 public static class CoordinatorConfiguration
 {
-    public static readonly IReadOnlyDictionary<string, string> Switches = new Dictionary<string, string>
+    public static readonly IReadOnlyDictionary<string, string> Switches = new Dictionary<string, string>(ClusterNodeSettings.Switches)
     {
         ["--data-dir"] = "Coordinator:DataDirectory",
         ["--postgres"] = "Coordinator:PostgresConnectionString",
         ["--http"] = "Coordinator:HttpUrl",
-        ["--port"] = "Cluster:Port",
-        ["--hostname"] = "Cluster:Hostname",
-        ["--seed"] = "Cluster:Seeds",
-        ["--roles"] = "Cluster:Roles",
         ["--max-per-host"] = "Coordinator:MaxMigrationsPerHost",
         ["--max-per-domain"] = "Coordinator:MaxMigrationsPerDomain",
     };
 
     public static CoordinatorSettings From(IConfiguration config)
     {
-        var port = ParseInt(config["Cluster:Port"], "port", 0, 65535, 0);
-        var roles = ClusterNodeSettings.ParseRoles(config["Cluster:Roles"] ?? CoordinatorSettings.Role);
-        if (!roles.Contains(CoordinatorSettings.Role)) roles = [CoordinatorSettings.Role, .. roles];
         var http = config["Coordinator:HttpUrl"] ?? "http://127.0.0.1:9110";
         if (!Uri.TryCreate(http, UriKind.Absolute, out var url) || url.Scheme != "http" || !url.IsLoopback)
             throw new ArgumentException($"HTTP address '{http}' must be an http:// loopback address (other addresses need the API token, which comes with the operator surfaces)");
@@ -32,14 +25,7 @@ public static class CoordinatorConfiguration
             Path.GetFullPath(config["Coordinator:DataDirectory"] ?? Path.Combine("var", "coordinator")),
             config["Coordinator:PostgresConnectionString"] is { Length: > 0 } pg ? pg : null,
             http,
-            new ClusterNodeSettings
-            {
-                Hostname = config["Cluster:Hostname"] ?? "127.0.0.1",
-                Port = port,
-                Seeds = ClusterNodeSettings.ParseSeeds(config["Cluster:Seeds"]),
-                Roles = roles,
-                ExtraHocon = config["Cluster:ExtraHocon"],
-            },
+            ClusterNodeSettings.FromConfiguration(config, CoordinatorSettings.Role),
             new MigrationLimits(
                 ParseInt(config["Coordinator:MaxMigrationsPerHost"], "max migrations per host", 0, 1000, MigrationLimits.Default.PerHost),
                 ParseInt(config["Coordinator:MaxMigrationsPerDomain"], "max migrations per domain", 0, 1000, MigrationLimits.Default.PerDomain)),

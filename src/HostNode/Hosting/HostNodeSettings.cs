@@ -20,16 +20,12 @@ public sealed record HostNodeSettings(
     public bool SpmCapable => Cluster.Roles.Contains(HostNodeHosting.SpmRole);
 
     /// <summary>The command-line switches and the configuration keys they set.</summary>
-    public static readonly IReadOnlyDictionary<string, string> Switches = new Dictionary<string, string>
+    public static readonly IReadOnlyDictionary<string, string> Switches = new Dictionary<string, string>(ClusterNodeSettings.Switches)
     {
         ["--host-id"] = "HostNode:HostId",
         ["--data-dir"] = "HostNode:DataDirectory",
         ["--hypervisor"] = "HostNode:Hypervisor",
         ["--domain-root"] = "HostNode:DomainRoots",
-        ["--port"] = "Cluster:Port",
-        ["--hostname"] = "Cluster:Hostname",
-        ["--seed"] = "Cluster:Seeds",
-        ["--roles"] = "Cluster:Roles",
     };
 
     public static HostNodeSettings From(IConfiguration config)
@@ -40,25 +36,13 @@ public sealed record HostNodeSettings(
         var hypervisor = config["HostNode:Hypervisor"] ?? "qmp";
         if (hypervisor is not "qmp")
             throw new ArgumentException($"hypervisor '{hypervisor}' is not known to a HostNode process (qmp)");
-        var port = config["Cluster:Port"] is { } p
-            ? int.TryParse(p, out var n) && n is >= 0 and <= 65535 ? n : throw new ArgumentException($"port '{p}' is not a port number")
-            : 0;
-        var roles = ClusterNodeSettings.ParseRoles(config["Cluster:Roles"] ?? "host");
-        if (!roles.Contains(HostNodeHosting.HostRole)) roles = [HostNodeHosting.HostRole, .. roles];
         return new HostNodeSettings(
             hostId,
             Path.GetFullPath(config["HostNode:DataDirectory"] ?? Path.Combine("var", hostId)),
             hypervisor,
             (config["HostNode:DomainRoots"] ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
                 .Select(Path.GetFullPath).ToList(),
-            new ClusterNodeSettings
-            {
-                Hostname = config["Cluster:Hostname"] ?? "127.0.0.1",
-                Port = port,
-                Seeds = ClusterNodeSettings.ParseSeeds(config["Cluster:Seeds"]),
-                Roles = roles,
-                ExtraHocon = config["Cluster:ExtraHocon"],
-            });
+            ClusterNodeSettings.FromConfiguration(config, HostNodeHosting.HostRole));
     }
 
     /// <summary>The real components: every file domain found under the domain roots, and QEMU over QMP.</summary>

@@ -3,6 +3,7 @@ using Akka.Cluster.Hosting.SBR;
 using Akka.Hosting;
 using Akka.Remote.Hosting;
 using LiveMigration.Shared.Serialization;
+using Microsoft.Extensions.Configuration;
 
 namespace LiveMigration.Shared.Hosting;
 
@@ -20,6 +21,33 @@ public sealed record ClusterNodeSettings
     public IReadOnlyList<string> Roles { get; init; } = [];
     /// <summary>Extra HOCON laid over the defaults (tests use it for fast cluster timings).</summary>
     public string? ExtraHocon { get; init; }
+
+    /// <summary>The command-line switches of the cluster part, shared by both executables.</summary>
+    public static readonly IReadOnlyDictionary<string, string> Switches = new Dictionary<string, string>
+    {
+        ["--port"] = "Cluster:Port",
+        ["--hostname"] = "Cluster:Hostname",
+        ["--seed"] = "Cluster:Seeds",
+        ["--roles"] = "Cluster:Roles",
+    };
+
+    /// <summary>Reads the <c>Cluster:*</c> keys; <paramref name="requiredRole"/> is added to the roles when missing.</summary>
+    public static ClusterNodeSettings FromConfiguration(IConfiguration config, string requiredRole)
+    {
+        var port = config["Cluster:Port"] is { } p
+            ? int.TryParse(p, out var n) && n is >= 0 and <= 65535 ? n : throw new ArgumentException($"port '{p}' is not a port number (0-65535)")
+            : 0;
+        var roles = ParseRoles(config["Cluster:Roles"] ?? requiredRole);
+        if (!roles.Contains(requiredRole)) roles = [requiredRole, .. roles];
+        return new ClusterNodeSettings
+        {
+            Hostname = config["Cluster:Hostname"] ?? "127.0.0.1",
+            Port = port,
+            Seeds = ParseSeeds(config["Cluster:Seeds"]),
+            Roles = roles,
+            ExtraHocon = config["Cluster:ExtraHocon"],
+        };
+    }
 
     /// <summary>Parses a comma-separated seed list, refusing anything that is not an akka.tcp address of this system.</summary>
     public static IReadOnlyList<string> ParseSeeds(string? text)
