@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text.Json;
+using LiveMigration.Cli.Local;
 using LiveMigration.Demo.Cluster;
 using LiveMigration.HostNode.Guest;
 using LiveMigration.HostNode.Hypervisor.Qmp;

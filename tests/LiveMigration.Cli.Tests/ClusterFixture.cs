@@ -1,6 +1,6 @@
 using System.Net.Http.Json;
 using System.Text.Json;
-using LiveMigration.Demo.Cluster;
+using LiveMigration.Cli.Local;
 using LiveMigration.HostNode.Hypervisor.Qmp;
 using LiveMigration.HostNode.Storage;
 using LiveMigration.HostNode.Storage.File;

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text;
 using System.Text.Json;
+using LiveMigration.Cli.Local;
 using LiveMigration.Demo.Cluster;
 using LiveMigration.HostNode.Guest;
 using LiveMigration.HostNode.Hypervisor.Qmp;

@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using System.Net.Sockets;
 
-namespace LiveMigration.Demo.Cluster;
+namespace LiveMigration.Cli.Local;
 
 /// <summary>One process of a local cluster: its name, pid and log file.</summary>
 public sealed record NodeProcess(string Name, Process Process, string LogPath, IReadOnlyList<string> Arguments)
