@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The two things a newcomer does: `./run.sh demo` and `./run.sh test`.
-# Both install what they need on a fresh Debian machine (QEMU and PostgreSQL 15 from Debian packages, NuGet restore).
+# Both install what they need on a fresh Debian machine (QEMU; for the tests also PostgreSQL 15, chromium and libvirt,
+# all from Debian packages; NuGet restore).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -9,7 +10,14 @@ need_packages() {
   command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
   { command -v qemu-img >/dev/null && command -v qemu-nbd >/dev/null && command -v qemu-io >/dev/null; } || missing+=(qemu-utils)
   # the PostgreSQL journal tests start their own server from these binaries (the service itself stays off)
-  if [ "${1:-}" = tests ]; then [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql); fi
+  if [ "${1:-}" = tests ]; then
+    [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)
+    # the dashboard's browser test drives Debian's chromium (Playwright never downloads one)
+    command -v chromium >/dev/null || missing+=(chromium)
+    # the libvirt adapter's tests run against a libvirtd they start (never libvirt-daemon-system: it would replace init)
+    [ -x /usr/sbin/libvirtd ] || missing+=(libvirt-daemon libvirt-daemon-driver-qemu)
+    command -v virsh >/dev/null || missing+=(libvirt-clients)
+  fi
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]} from Debian packages…" >&2
     if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
