@@ -56,10 +56,14 @@
   /** fetch() with the token; a 401 asks for a token and tries again with it. */
   async function api(path, options = {}) {
     for (;;) {
+      const used = sessionStorage.getItem(TOKEN_KEY);
       const headers = Object.assign({ Accept: "application/json" }, options.headers || {}, authHeaders());
       const response = await fetch(path, Object.assign({}, options, { headers }));
       if (response.status !== 401) return response;
-      sessionStorage.removeItem(TOKEN_KEY);
+      const now = sessionStorage.getItem(TOKEN_KEY);
+      // A token entered while this request was on its way: try again with it rather than asking again.
+      if (now && now !== used) continue;
+      if (now) sessionStorage.removeItem(TOKEN_KEY);
       await askForToken();
     }
   }
