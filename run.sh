@@ -10,6 +10,8 @@ need_packages() {
   { command -v qemu-img >/dev/null && command -v qemu-nbd >/dev/null && command -v qemu-io >/dev/null; } || missing+=(qemu-utils)
   # the PostgreSQL journal tests start their own server from these binaries (the service itself stays off)
   if [ "${1:-}" = tests ]; then [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql); fi
+  # the dashboard's browser test drives Debian's chromium (Playwright never downloads a browser of its own)
+  if [ "${1:-}" = tests ]; then [ -x /usr/bin/chromium ] || missing+=(chromium); fi
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]} from Debian packages…" >&2
     if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
@@ -19,7 +21,7 @@ need_packages() {
 }
 
 build() {
-  export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
+  export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
   dotnet build LiveMigration.Akka.sln -c Release -nologo -v quiet -clp:ErrorsOnly
 }
 

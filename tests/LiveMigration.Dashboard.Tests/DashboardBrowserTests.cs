@@ -68,7 +68,8 @@ public sealed class DashboardBrowserTests(DashboardCluster cluster, ITestOutputH
         await Assertions.Expect(dialog).ToBeVisibleAsync();
         await page.Locator("#move-destination").SelectOptionAsync(destination);
         await page.Locator("#move-strategy").SelectOptionAsync("pre-copy");
-        await page.Locator("#move-bandwidth").FillAsync("0");
+        // 8 MiB/s: the copy takes a few seconds, so the page sees it running before it completes.
+        await page.Locator("#move-bandwidth").FillAsync("8");
         await page.Locator("#move-copy-mode").SelectOptionAsync("background");
         await page.Locator("#move-submit").ClickAsync();
         await Assertions.Expect(dialog).ToBeHiddenAsync();
@@ -79,6 +80,9 @@ public sealed class DashboardBrowserTests(DashboardCluster cluster, ITestOutputH
         await Assertions.Expect(migration.Locator(".status")).ToHaveTextAsync("completed", new() { Timeout = 90_000 });
         await Assertions.Expect(migration.Locator(".migration-disk .bar")).ToHaveAttributeAsync("aria-valuenow", "100");
         await Assertions.Expect(migration.Locator(".steps li.done").Filter(new() { HasText = "Pivot" })).ToHaveCountAsync(1);
+        // Updated by the live stream (each event counted by the page), not by the answer to its POST alone.
+        var streamEvents = int.Parse(await migration.GetAttributeAsync("data-events") ?? "0");
+        Assert.True(streamEvents >= 2, $"the page took {streamEvents} events of /api/migrations/events for this migration; expected its running and completed states");
         // The inventory follows: the disk is on the destination now.
         await Assertions.Expect(disk.Locator(".disk-domain")).ToHaveTextAsync(cluster.DomainName(destination), new() { Timeout = 30_000 });
 

@@ -61,7 +61,7 @@ public static class EventStreamEndpoints
             await stream.StartAsync(ct);
             await stream.WriteMigrationAsync(MigrationEndpoints.ResponseOf(current), ct);
             if (current.Finished) return;
-            await PumpAsync(subscription, stream, service, keepAlive, stopWhenFinished: true, ct);
+            await PumpAsync(subscription, stream, service, keepAlive, stopWhenFinished: true, ct, firstUpdatedAt: current.UpdatedAt);
         });
         return app;
     }
@@ -72,21 +72,30 @@ public static class EventStreamEndpoints
     /// by the caller, which unregisters it from the hub.
     /// </summary>
     private static async Task PumpAsync(MigrationChangeSubscription subscription, EventStreamWriter stream, MigrationService service,
-        TimeSpan keepAlive, bool stopWhenFinished, CancellationToken ct)
+        TimeSpan keepAlive, bool stopWhenFinished, CancellationToken ct, DateTimeOffset? firstUpdatedAt = null)
     {
         Task<IReadOnlyList<MigrationId>>? next = null;
+        // One timer at a time (not one per change): a comment every interval, busy or idle.
+        Task? tick = null;
+        // For one migration's stream: when the state last sent was updated, so a periodic look sends only news.
+        DateTimeOffset? lastUpdated = firstUpdatedAt;
         try
         {
             while (!ct.IsCancellationRequested)
             {
                 next ??= subscription.NextAsync(ct);
-                var tick = Task.Delay(keepAlive, ct);
+                tick ??= Task.Delay(keepAlive, ct);
                 if (await Task.WhenAny(next, tick) == tick)
                 {
+                    tick = null;
                     await stream.WriteCommentAsync("keep-alive", ct);
                     // One migration's stream also looks again now and then, in case a change was lost on the way.
-                    if (stopWhenFinished && subscription.Only is { } only && await SendAsync(service, stream, only, ct))
-                        return;
+                    if (stopWhenFinished && subscription.Only is { } only)
+                    {
+                        var (finished, updated) = await SendAsync(service, stream, only, ct, onlyIfNewerThan: lastUpdated ?? DateTimeOffset.MinValue);
+                        lastUpdated = updated;
+                        if (finished) return;
+                    }
                     continue;
                 }
                 await Task.Delay(CoalesceWindow, ct);
@@ -97,8 +106,11 @@ public static class EventStreamEndpoints
                 if (more.IsCompletedSuccessfully) changed.UnionWith(await more);
                 else next = more;
                 foreach (var migration in changed)
-                    if (await SendAsync(service, stream, migration, ct) && stopWhenFinished)
-                        return;
+                {
+                    var (finished, updated) = await SendAsync(service, stream, migration, ct);
+                    lastUpdated = updated;
+                    if (finished && stopWhenFinished) return;
+                }
             }
         }
         catch (Exception e) when (e is OperationCanceledException or IOException)
@@ -107,8 +119,12 @@ public static class EventStreamEndpoints
         }
     }
 
-    /// <summary>Sends a migration's current state; true when it has finished.</summary>
-    private static async Task<bool> SendAsync(MigrationService service, EventStreamWriter stream, MigrationId migration, CancellationToken ct)
+    /// <summary>
+    /// Sends a migration's current state; true when it has finished. With <paramref name="onlyIfNewerThan"/>, a state
+    /// no newer than that (nothing changed since the last event) is not sent again.
+    /// </summary>
+    private static async Task<(bool Finished, DateTimeOffset? UpdatedAt)> SendAsync(MigrationService service, EventStreamWriter stream, MigrationId migration,
+        CancellationToken ct, DateTimeOffset? onlyIfNewerThan = null)
     {
         MigrationView? view;
         try
@@ -118,11 +134,13 @@ public static class EventStreamEndpoints
         catch (AskTimeoutException)
         {
             await stream.WriteCommentAsync($"migration {migration} did not answer; its next change will be sent", ct);
-            return false;
+            return (false, onlyIfNewerThan);
         }
-        if (view is null) return false;
+        if (view is null) return (false, onlyIfNewerThan);
+        if (onlyIfNewerThan is { } seen && view.UpdatedAt is { } updated && updated <= seen && !view.Finished)
+            return (false, seen);
         await stream.WriteMigrationAsync(MigrationEndpoints.ResponseOf(view), ct);
-        return view.Finished;
+        return (view.Finished, view.UpdatedAt);
     }
 
     private static TimeSpan KeepAliveOf(IConfiguration configuration) =>

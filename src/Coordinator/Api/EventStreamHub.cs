@@ -57,9 +57,10 @@ public sealed class MigrationChangeSubscription : IDisposable
 /// </summary>
 public sealed class MigrationEventHub : ReceiveActor, IWithStash
 {
-    public sealed record Register(MigrationChangeSubscription Subscription);
-    public sealed record Registered;
-    public sealed record Unregister(MigrationChangeSubscription Subscription);
+    // Node-local only: they carry the subscription object itself, never cross the wire.
+    public sealed record Register(MigrationChangeSubscription Subscription) : INoSerializationVerificationNeeded;
+    public sealed record Registered : INoSerializationVerificationNeeded;
+    public sealed record Unregister(MigrationChangeSubscription Subscription) : INoSerializationVerificationNeeded;
 
     private readonly HashSet<MigrationChangeSubscription> _subscriptions = [];
 

@@ -15,6 +15,7 @@
     domains: [],
     vms: [],
     migrations: new Map(), // id -> MigrationResponse
+    streamEvents: new Map(), // id -> how many events of the live stream updated it (shown as data-events)
     richMigrations: false,
   };
 
@@ -227,6 +228,7 @@
   function onMigration(migration) {
     const before = state.migrations.get(migration.id);
     state.migrations.set(migration.id, migration);
+    state.streamEvents.set(migration.id, (state.streamEvents.get(migration.id) || 0) + 1);
     remember(migration.id);
     renderMigrations();
     if (!before || before.finished !== migration.finished || before.status !== migration.status) refreshSoon();
@@ -411,7 +413,7 @@
         h("ul", { class: "steps" }, ...steps),
         disk.lastError ? h("p", { class: "error" }, disk.lastError) : null);
     });
-    return h("article", { class: "migration " + kind, "data-migration": m.id },
+    return h("article", { class: "migration " + kind, "data-migration": m.id, "data-events": state.streamEvents.get(m.id) || 0 },
       h("div", { class: "migration-head" },
         h("strong", {}, "Migration " + shortId(m.id)),
         h("span", { class: "pill pill-" + kind + " status" }, m.status),
