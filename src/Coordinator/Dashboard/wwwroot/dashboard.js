@@ -291,7 +291,13 @@
     return "run";
   }
 
+  const byText = (key) => (a, b) => String(key(a) || "").localeCompare(String(key(b) || ""));
+
   function render() {
+    // A stable order whatever order the Coordinator lists them in.
+    state.hosts.sort(byText((x) => x.id));
+    state.domains.sort(byText((x) => x.name));
+    state.vms.sort(byText((x) => x.name));
     renderHosts();
     renderDomains();
     renderVms();
