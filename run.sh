@@ -27,7 +27,7 @@ need_packages() {
 }
 
 build() {
-  export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
+  export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
   dotnet build LiveMigration.Akka.sln -c Release -nologo -v quiet -clp:ErrorsOnly
 }
 

@@ -85,6 +85,10 @@ app.Configure(config =>
         migration.AddCommand<MigrationShowCommand>("show")
             .WithDescription("Status, progress of each disk, every step with its times and errors")
             .WithExample("migration", "show", "7d0b5f0e-2c1a-4d8e-9a51-3f3e2b1c0a99");
+        migration.AddCommand<MigrationWatchCommand>("watch")
+            .WithDescription("Follow a migration live (a progress bar per disk, its steps) until it ends; exit 0 only when it completed")
+            .WithExample("migration", "watch", "7d0b5f0e-2c1a-4d8e-9a51-3f3e2b1c0a99")
+            .WithExample("migration", "watch", "7d0b5f0e-2c1a-4d8e-9a51-3f3e2b1c0a99", "--json");
         migration.AddCommand<MigrationCancelCommand>("cancel")
             .WithDescription("Stop a migration before its point of no return and roll it back")
             .WithExample("migration", "cancel", "7d0b5f0e-2c1a-4d8e-9a51-3f3e2b1c0a99");

@@ -1,5 +1,6 @@
 using Akka.Hosting;
 using LiveMigration.Coordinator.Api;
+using LiveMigration.Coordinator.Dashboard;
 using LiveMigration.Coordinator.Hosting;
 using LiveMigration.Shared.Hosting;
 
@@ -38,6 +39,8 @@ builder.Services.ConfigureHttpJsonOptions(o =>
 var app = builder.Build();
 app.MapMigrationApi();
 app.MapClusterApi();
+app.MapMigrationEventStreams();
+app.MapDashboard();
 app.MapGet("/healthz", () => Results.Ok(new { status = "up" }));
 Console.WriteLine($"Coordinator: journal {(settings.PostgresConnectionString is null ? $"SQLite under {settings.DataDirectory}" : "PostgreSQL")}, API {settings.HttpUrl}");
 await app.RunAsync();

@@ -1,0 +1,187 @@
+using System.Net;
+using System.Net.Http.Headers;
+using System.Net.Sockets;
+using System.Text.Json;
+using LiveMigration.Cli.Api;
+using Spectre.Console;
+using Spectre.Console.Cli;
+
+namespace LiveMigration.Cli.Commands;
+
+/// <summary>
+/// <c>lsm migration watch ID</c>: follows one migration through the Coordinator's event stream
+/// (<c>GET /api/migrations/{id}/events</c>) until it finishes. On a terminal: a progress bar per disk with its phase
+/// and step; piped: one line per change; with <c>--json</c>: each event's JSON on a line of its own. Exit 0 only
+/// when the migration completed, 1 when it failed or was cancelled (a suspended one is watched on: an operator may
+/// resume it), 3 when the API cannot be reached or the stream breaks off.
+/// </summary>
+public sealed class MigrationWatchCommand : AsyncCommand<MigrationIdSettings>
+{
+    public override async Task<int> ExecuteAsync(CommandContext context, MigrationIdSettings settings, CancellationToken ct)
+    {
+        await using var stream = await MigrationEventStream.OpenAsync(settings.ApiUri, settings.Id, ct);
+        JsonElement? last;
+        if (settings.Json)
+            last = await stream.ForEachAsync(e => Output.Json(e.Text), ct);
+        else if (Output.Console.Profile.Capabilities.Interactive)
+            last = await WithProgressBarsAsync(stream, ct);
+        else
+            last = await stream.ForEachAsync(e => WriteLine(e.Json), ct);
+
+        if (last is not { } final || !final.Bool("finished"))
+            throw new CliFailure(ExitCodes.ApiUnreachable, $"the event stream of migration {settings.Id} ended before the migration finished; `lsm migration show {settings.Id}` tells where it is");
+        if (!settings.Json) MigrationView.Write(final);
+        return final.Str("status") == "completed" ? ExitCodes.Ok : ExitCodes.OperationFailed;
+    }
+
+    private static async Task<JsonElement?> WithProgressBarsAsync(MigrationEventStream stream, CancellationToken ct)
+    {
+        JsonElement? last = null;
+        await Output.Console.Progress()
+            .AutoClear(false)
+            .Columns(new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+            .StartAsync(async progress =>
+            {
+                var bars = new Dictionary<string, ProgressTask>();
+                last = await stream.ForEachAsync(e =>
+                {
+                    var m = e.Json;
+                    foreach (var disk in m.Array("disks"))
+                    {
+                        var image = disk.Str("image");
+                        if (!bars.TryGetValue(image, out var bar))
+                            bars[image] = bar = progress.AddTask(Short(image), maxValue: 1);
+                        var total = disk.Long("total");
+                        if (total > 0 && Math.Abs(bar.MaxValue - total) > 0.5) bar.MaxValue = total;
+                        bar.Value = m.Str("status") == "completed" ? bar.MaxValue : Math.Min(disk.Long("done"), (long)bar.MaxValue);
+                        bar.Description = Output.Escape($"{Short(image)} {m.Str("status")} · {disk.Str("phase")}{(disk.Str("step") is { Length: > 0 } step ? " · " + step : "")}");
+                    }
+                    if (m.Bool("finished"))
+                        foreach (var bar in bars.Values) bar.StopTask();
+                }, ct);
+            });
+        return last;
+    }
+
+    private static void WriteLine(JsonElement m)
+    {
+        var disks = m.Array("disks").Select(d =>
+        {
+            var total = d.Long("total");
+            var percent = m.Str("status") == "completed" ? 100 : total > 0 ? 100.0 * d.Long("done") / total : 0;
+            return $"{Short(d.Str("image"))} {d.Str("phase")}{(d.Str("step") is { Length: > 0 } step ? " " + step : "")} {percent:0}%";
+        });
+        Output.Console.WriteLine($"{DateTime.Now:HH:mm:ss} {m.Str("status")}: {string.Join(", ", disks)}");
+    }
+
+    private static string Short(string id) => id.Length > 8 ? id[..8] : id;
+}
+
+/// <summary>One <c>event: migration</c> of the stream: its JSON and the text it came as.</summary>
+public sealed record MigrationEvent(JsonElement Json, string Text);
+
+/// <summary>
+/// The Coordinator's server-sent events of one migration, read line by line (text/event-stream: <c>event:</c> and
+/// <c>data:</c> lines, a blank line ends an event, <c>:</c> starts a comment such as the keep-alives).
+/// </summary>
+public sealed class MigrationEventStream : IAsyncDisposable
+{
+    private readonly HttpClient _http;
+    private readonly HttpResponseMessage _response;
+    private readonly StreamReader _reader;
+
+    private MigrationEventStream(HttpClient http, HttpResponseMessage response, StreamReader reader)
+    {
+        _http = http;
+        _response = response;
+        _reader = reader;
+    }
+
+    public static async Task<MigrationEventStream> OpenAsync(Uri api, string id, CancellationToken ct)
+    {
+        // No overall timeout: a migration may take hours; the server's keep-alives show the connection lives.
+        var http = new HttpClient { BaseAddress = api, Timeout = Timeout.InfiniteTimeSpan };
+        if (Environment.GetEnvironmentVariable("LSM_TOKEN") is { Length: > 0 } token)
+            http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", token);
+        HttpResponseMessage response;
+        try
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Get, $"/api/migrations/{id}/events");
+            request.Headers.Accept.Add(new MediaTypeWithQualityHeaderValue("text/event-stream"));
+            response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, ct);
+        }
+        catch (HttpRequestException e) when (e.InnerException is SocketException || e.HttpRequestError is HttpRequestError.ConnectionError or HttpRequestError.NameResolutionError)
+        {
+            http.Dispose();
+            throw new CliFailure(ExitCodes.ApiUnreachable, $"cannot reach the Coordinator API at {api} ({e.Message}); is the cluster up? (--api URL or LSM_API)");
+        }
+        if (!response.IsSuccessStatusCode)
+        {
+            using (response)
+            using (http)
+            {
+                var text = await response.Content.ReadAsStringAsync(ct);
+                var detail = $"{(int)response.StatusCode} {response.ReasonPhrase}";
+                try
+                {
+                    var json = JsonDocument.Parse(text).RootElement;
+                    if (json.Str("message") is { Length: > 0 } message) detail = $"{(int)response.StatusCode} {json.Str("code")}: {message}";
+                }
+                catch (JsonException)
+                {
+                    // not the API's error JSON: the status says enough
+                }
+                throw new CliFailure(response.StatusCode == HttpStatusCode.BadRequest ? ExitCodes.BadUsage : ExitCodes.OperationFailed,
+                    $"GET /api/migrations/{id}/events: {detail}");
+            }
+        }
+        var reader = new StreamReader(await response.Content.ReadAsStreamAsync(ct));
+        return new MigrationEventStream(http, response, reader);
+    }
+
+    /// <summary>Hands every migration event to <paramref name="onEvent"/> until the server ends the stream; returns the last one.</summary>
+    public async Task<JsonElement?> ForEachAsync(Action<MigrationEvent> onEvent, CancellationToken ct)
+    {
+        JsonElement? last = null;
+        string? name = null;
+        var data = new List<string>();
+        try
+        {
+            while (await _reader.ReadLineAsync(ct) is { } line)
+            {
+                if (line.Length == 0)
+                {
+                    if (name == "migration" && data.Count > 0)
+                    {
+                        var text = string.Join('\n', data);
+                        var json = JsonDocument.Parse(text).RootElement.Clone();
+                        last = json;
+                        onEvent(new MigrationEvent(json, text));
+                    }
+                    name = null;
+                    data.Clear();
+                    continue;
+                }
+                if (line.StartsWith(':')) continue;
+                var colon = line.IndexOf(':');
+                var field = colon < 0 ? line : line[..colon];
+                var value = colon < 0 ? "" : line[(colon + 1)..].TrimStart(' ');
+                if (field == "event") name = value;
+                else if (field == "data") data.Add(value);
+            }
+        }
+        catch (IOException)
+        {
+            // The connection broke off; the caller sees that the last event was not the finished one.
+        }
+        return last;
+    }
+
+    public ValueTask DisposeAsync()
+    {
+        _reader.Dispose();
+        _response.Dispose();
+        _http.Dispose();
+        return ValueTask.CompletedTask;
+    }
+}

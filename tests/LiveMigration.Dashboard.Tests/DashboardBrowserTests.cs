@@ -1,0 +1,136 @@
+using System.Collections.Concurrent;
+using Microsoft.Playwright;
+using Xunit.Abstractions;
+
+namespace LiveMigration.Dashboard.Tests;
+
+/// <summary>
+/// The dashboard in a real browser: Debian's chromium driven by Playwright (headless; Playwright never downloads
+/// a browser of its own), against the real cluster.
+/// </summary>
+[Collection(DashboardCollection.Name)]
+public sealed class DashboardBrowserTests(DashboardCluster cluster, ITestOutputHelper output) : IAsyncLifetime
+{
+    private const string Chromium = "/usr/bin/chromium";
+    private IPlaywright _playwright = null!;
+    private IBrowser _browser = null!;
+    private readonly ConcurrentQueue<string> _pageErrors = new();
+
+    public async Task InitializeAsync()
+    {
+        Environment.SetEnvironmentVariable("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1");
+        Assert.True(File.Exists(Chromium), $"{Chromium} is missing: apt-get install chromium");
+        _playwright = await Playwright.CreateAsync();
+        // Root has no user namespace sandbox here; the page is our own.
+        _browser = await _playwright.Chromium.LaunchAsync(new() { ExecutablePath = Chromium, Headless = true, Args = ["--no-sandbox"] });
+    }
+
+    public async Task DisposeAsync()
+    {
+        await _browser.DisposeAsync();
+        _playwright.Dispose();
+    }
+
+    private async Task<IPage> OpenPageAsync()
+    {
+        var page = await _browser.NewPageAsync(new() { ViewportSize = new() { Width = 1360, Height = 1100 } });
+        page.PageError += (_, error) => _pageErrors.Enqueue(error);
+        // Chromium also logs every non-2xx answer as an error ("Failed to load resource"): the page handles those.
+        page.Console += (_, message) =>
+        {
+            if (message.Type == "error" && !message.Text.StartsWith("Failed to load resource", StringComparison.Ordinal)) _pageErrors.Enqueue(message.Text);
+        };
+        return page;
+    }
+
+    [Fact]
+    public async Task The_page_shows_the_cluster_and_moves_a_disk_through_the_dialog_to_completed()
+    {
+        var (current, destination) = await cluster.SettledDiskAsync();
+        var page = await OpenPageAsync();
+        await page.GotoAsync(cluster.Api + "/");
+
+        // Hosts (host-1 runs the SPM), both domains with their usage, the VM with its disk and 3-layer chain.
+        await Assertions.Expect(page.Locator("#hosts tr[data-host='host-1']")).ToContainTextAsync("SPM");
+        await Assertions.Expect(page.Locator("#domains tr[data-domain]")).ToHaveCountAsync(2);
+        await Assertions.Expect(page.Locator("#domains")).ToContainTextAsync("domain-b");
+        var vm = page.Locator($"[data-vm='{cluster.Cluster.Vm}']");
+        await Assertions.Expect(vm).ToContainTextAsync("cli-vm");
+        await Assertions.Expect(vm).ToContainTextAsync("running");
+        var disk = vm.Locator($"tr[data-disk='{cluster.Cluster.Image}']");
+        await Assertions.Expect(disk.Locator(".layer")).ToHaveCountAsync(3);
+        await Assertions.Expect(disk.Locator(".disk-domain")).ToHaveTextAsync(cluster.DomainName(current));
+        await Assertions.Expect(page.Locator("#stream-state")).ToHaveTextAsync("live");
+
+        // Move: the dialog offers the other domain, a strategy, a bandwidth and a copy mode.
+        await disk.GetByRole(AriaRole.Button, new() { Name = "Move" }).ClickAsync();
+        var dialog = page.Locator("#move-dialog");
+        await Assertions.Expect(dialog).ToBeVisibleAsync();
+        await page.Locator("#move-destination").SelectOptionAsync(destination);
+        await page.Locator("#move-strategy").SelectOptionAsync("pre-copy");
+        // 8 MiB/s: the copy takes a few seconds, so the page sees it running before it completes.
+        await page.Locator("#move-bandwidth").FillAsync("8");
+        await page.Locator("#move-copy-mode").SelectOptionAsync("background");
+        await page.Locator("#move-submit").ClickAsync();
+        await Assertions.Expect(dialog).ToBeHiddenAsync();
+
+        // The migration appears and its progress reaches completed from the event stream, without a reload.
+        var migration = page.Locator("[data-migration]").First;
+        await Assertions.Expect(migration).ToBeVisibleAsync();
+        await Assertions.Expect(migration.Locator(".status")).ToHaveTextAsync("completed", new() { Timeout = 90_000 });
+        await Assertions.Expect(migration.Locator(".migration-disk .bar")).ToHaveAttributeAsync("aria-valuenow", "100");
+        await Assertions.Expect(migration.Locator(".steps li.done").Filter(new() { HasText = "Pivot" })).ToHaveCountAsync(1);
+        // Updated by the live stream (each event counted by the page), not by the answer to its POST alone.
+        var streamEvents = int.Parse(await migration.GetAttributeAsync("data-events") ?? "0");
+        Assert.True(streamEvents >= 2, $"the page took {streamEvents} events of /api/migrations/events for this migration; expected its running and completed states");
+        // The inventory follows: the disk is on the destination now.
+        await Assertions.Expect(disk.Locator(".disk-domain")).ToHaveTextAsync(cluster.DomainName(destination), new() { Timeout = 30_000 });
+
+        var artifacts = Path.Combine(AppContext.BaseDirectory, "artifacts");
+        Directory.CreateDirectory(artifacts);
+        var screenshot = Path.Combine(artifacts, "dashboard-migration-completed.png");
+        await page.ScreenshotAsync(new() { Path = screenshot, FullPage = true });
+        output.WriteLine($"screenshot: {screenshot}");
+        Console.WriteLine($"dashboard screenshot: {screenshot}");
+        Assert.True(new FileInfo(screenshot).Length > 10_000, $"the screenshot {screenshot} is nearly empty");
+        Assert.Empty(_pageErrors);
+        await cluster.SettledDiskAsync(expectedDomain: destination);
+    }
+
+    [Fact]
+    public async Task With_a_token_required_the_page_asks_for_it_and_every_api_call_then_carries_it()
+    {
+        const string Token = "dashboard-test-token";
+        var page = await OpenPageAsync();
+        // The Coordinator's answer to a request without its token, given here for every API call that lacks it.
+        var calls = new ConcurrentQueue<(string Url, string? Authorization)>();
+        await page.RouteAsync("**/api/**", async route =>
+        {
+            var authorization = route.Request.Headers.TryGetValue("authorization", out var value) ? value : null;
+            calls.Enqueue((route.Request.Url, authorization));
+            if (authorization == $"Bearer {Token}")
+                await route.ContinueAsync();
+            else
+                await route.FulfillAsync(new() { Status = 401, ContentType = "application/json", Body = "{\"code\":\"UNAUTHORIZED\",\"message\":\"this API needs a token\"}" });
+        });
+
+        await page.GotoAsync(cluster.Api + "/");
+        var tokenDialog = page.Locator("#token-dialog");
+        await Assertions.Expect(tokenDialog).ToBeVisibleAsync();
+        Assert.All(calls, c => Assert.Null(c.Authorization));
+        var before = calls.Count;
+
+        await page.Locator("#token-input").FillAsync(Token);
+        await page.Locator("#token-submit").ClickAsync();
+        await Assertions.Expect(tokenDialog).ToBeHiddenAsync();
+        await Assertions.Expect(page.Locator("#hosts tr[data-host='host-1']")).ToBeVisibleAsync();
+        await Assertions.Expect(page.Locator($"[data-vm='{cluster.Cluster.Vm}']")).ToContainTextAsync("cli-vm");
+        await Assertions.Expect(page.Locator("#stream-state")).ToHaveTextAsync("live");
+
+        var after = calls.Skip(before).ToList();
+        Assert.Contains(after, c => c.Url.EndsWith("/api/migrations/events"));
+        Assert.All(after, c => Assert.Equal($"Bearer {Token}", c.Authorization));
+        Assert.Equal(Token, await page.EvaluateAsync<string>("sessionStorage.getItem('lsm-token')"));
+        Assert.Empty(_pageErrors);
+    }
+}
