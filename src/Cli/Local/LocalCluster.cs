@@ -57,11 +57,17 @@ public sealed class LocalCluster : IAsyncDisposable
     /// </summary>
     public string Seed => string.Join(",", new[] { CoordinatorPort }.Concat(SeedHosts.Select(HostPort)).Select(p => $"akka.tcp://lsm@127.0.0.1:{p}"));
     public string ApiUrl => $"http://127.0.0.1:{HttpPort}";
-    public string DomainRoot => Path.Combine(DataDirectory, "domains");
+    public string DomainRoot => DomainRootOf(DataDirectory);
     public string LogDirectory => Path.Combine(DataDirectory, "logs");
     public IReadOnlyList<NodeProcess> Nodes => _nodes;
     public string HostDataDirectory(string hostId) => Path.Combine(DataDirectory, hostId);
-    public string HostRunDirectory(string hostId) => Path.Combine(HostDataDirectory(hostId), "run");
+    public string HostRunDirectory(string hostId) => HostRunDirectoryOf(DataDirectory, hostId);
+
+    /// <summary>The layout of a data directory, for whoever prepares domains or VMs before the nodes start.</summary>
+    public static string DomainRootOf(string dataDirectory) => Path.Combine(Path.GetFullPath(dataDirectory), "domains");
+
+    /// <summary>Where a host's QEMU manifests and pid files live (its run/vms); a VM started here is adopted by that host.</summary>
+    public static string HostRunDirectoryOf(string dataDirectory, string hostId) => Path.Combine(Path.GetFullPath(dataDirectory), hostId, "run");
 
     /// <summary>
     /// Hosts that listen on a fixed port and act as seed nodes beside the Coordinator. With the Coordinator

@@ -21,6 +21,10 @@ public sealed record LocalClusterOptions(string DataDirectory)
 
     /// <summary>How long the cluster gets to come up before up gives up and stops what it started.</summary>
     public TimeSpan Timeout { get; init; } = TimeSpan.FromSeconds(120);
+
+    public string DomainRoot => LocalCluster.DomainRootOf(DataDirectory);
+
+    public string HostRunDirectory(string hostId) => LocalCluster.HostRunDirectoryOf(DataDirectory, hostId);
 }
 
 /// <summary>What <c>lsm local down</c> stopped.</summary>
@@ -129,7 +133,8 @@ public static class LocalClusterLauncher
     {
         foreach (var node in state.Nodes.Where(n => n.Role.StartsWith("host")))
         {
-            var vms = Path.Combine(node.DataDirectory, "run", "vms");
+            // QmpHypervisor's layout: RUN/vms/VMID.json (manifest) and RUN/vms/VMID.pid (QEMU's -pidfile).
+            var vms = Path.Combine(LocalCluster.HostRunDirectoryOf(state.DataDirectory, node.Name), "vms");
             if (!Directory.Exists(vms)) continue;
             foreach (var file in Directory.EnumerateFiles(vms, "*.pid"))
             {
