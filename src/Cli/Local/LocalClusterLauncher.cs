@@ -122,6 +122,9 @@ public static class LocalClusterLauncher
         left = await ProcessTable.WaitGoneAsync(left, v => IsQemu(v.Pid), TimeSpan.FromSeconds(10), ct);
         if (left.Count > 0)
             throw CliFailure.Failed($"QEMU pid(s) {string.Join(", ", left.Select(v => v.Pid))} still run 10 s after SIGKILL");
+        // Returns when they are gone from /proc too, so a caller that checks pids finds none (init reaps them soon after they exit).
+        await ProcessTable.WaitGoneAsync(alive, n => ProcessTable.IsListed(n.Pid, n.StartTime), TimeSpan.FromSeconds(5), ct);
+        await ProcessTable.WaitGoneAsync(vms, v => ProcessTable.IsListed(v.Pid), TimeSpan.FromSeconds(5), ct);
         var stillAlive = state.AliveNodes;
         if (stillAlive.Count > 0)
             throw CliFailure.Failed($"{string.Join(", ", stillAlive.Select(n => $"{n.Name} pid {n.Pid}"))} still run after SIGKILL");

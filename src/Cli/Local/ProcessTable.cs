@@ -54,6 +54,16 @@ public static class ProcessTable
         return left;
     }
 
+    /// <summary>
+    /// True while /proc still lists the pid as that process, zombie included. A node that is not our child is
+    /// reaped by init once it exits; until then it is dead but still listed.
+    /// </summary>
+    public static bool IsListed(int pid, long? startTime = null)
+    {
+        var fields = StatFields(pid);
+        return fields is not null && (startTime is null || (fields.Length > 19 && long.TryParse(fields[19], out var ticks) && ticks == startTime));
+    }
+
     private static string[]? StatFields(int pid)
     {
         try
