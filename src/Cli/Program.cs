@@ -95,7 +95,7 @@ app.Configure(config =>
             .WithDescription("Give up a suspended migration, leaving the disks where they run now")
             .WithExample("migration", "abandon", "7d0b5f0e-2c1a-4d8e-9a51-3f3e2b1c0a99");
     });
-    config.AddBranch<LocalSettings>("local", local =>
+    config.AddBranch("local", local =>
     {
         local.SetDescription("A local cluster for trying and testing: one Coordinator and N hosts on this machine");
         local.AddCommand<LocalUpCommand>("up")

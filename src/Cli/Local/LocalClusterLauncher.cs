@@ -109,7 +109,8 @@ public static class LocalClusterLauncher
     {
         var state = await LocalClusterState.ReadAsync(dataDirectory, ct);
         if (state is null) return new LocalDownResult([], []);
-        var alive = state.AliveNodes;
+        // In the order they are stopped: the hosts, then the Coordinator (the first seed) last.
+        var alive = state.AliveNodes.OrderBy(n => n.Role.StartsWith("host") ? 0 : 1).ToList();
         foreach (var node in alive) report?.Invoke($"stopping {node.Name} (pid {node.Pid})");
         await LocalCluster.StopAsync(alive.Select(n => n.AsProcess()).ToList(), LocalCluster.StopGrace);
 
