@@ -87,8 +87,11 @@ public sealed class LocalCluster : IAsyncDisposable
         [
             "--port", CoordinatorPort.ToString(), "--seed", Seed, "--http", ApiUrl,
             "--data-dir", Path.Combine(DataDirectory, name),
-            .. PostgresConnectionString is { } pg ? new[] { "--postgres", pg } : [],
-        ]);
+        ], PostgresConnectionString is { } pg
+            // The same setting as the Coordinator's --postgres switch, through its environment: a password on the
+            // command line would be readable by every user in /proc/PID/cmdline.
+            ? new Dictionary<string, string> { ["LSM_Coordinator__PostgresConnectionString"] = pg }
+            : null);
 
     public NodeProcess StartHost(string hostId, bool spm) =>
         Start(hostId, "HostNode", "LiveMigration.HostNode.dll",
@@ -123,7 +126,7 @@ public sealed class LocalCluster : IAsyncDisposable
     /// the log file, then execs setsid, which execs dotnet, so the pid we get is the node's own and it holds no
     /// stdio of ours. The script is fixed; the log path and the node's arguments are passed as its arguments.
     /// </summary>
-    private NodeProcess Start(string name, string project, string dll, IReadOnlyList<string> arguments)
+    private NodeProcess Start(string name, string project, string dll, IReadOnlyList<string> arguments, IReadOnlyDictionary<string, string>? environment = null)
     {
         var path = DllPath(project, dll);
         var log = Path.Combine(LogDirectory, $"{name}.log");
@@ -133,6 +136,7 @@ public sealed class LocalCluster : IAsyncDisposable
             psi.ArgumentList.Add(a);
         foreach (var a in arguments) psi.ArgumentList.Add(a);
         if (ExtraHocon is { } hocon) psi.Environment["LSM_Cluster__ExtraHocon"] = hocon;
+        foreach (var (key, value) in environment ?? new Dictionary<string, string>()) psi.Environment[key] = value;
         var process = Process.Start(psi) ?? throw new InvalidOperationException($"cannot start {name}");
         var node = new NodeProcess(name, process.Id, ProcessTable.StartTime(process.Id) ?? 0, log, arguments) { Child = process };
         _nodes.Add(node);
@@ -162,7 +166,9 @@ public sealed class LocalCluster : IAsyncDisposable
         var arguments = node.Arguments.ToList();
         var at = arguments.IndexOf("--seed");
         if (at >= 0) arguments[at + 1] = string.Join(",", seeds);
-        return Start(node.Name, dll.Item1, dll.Item2, arguments);
+        return Start(node.Name, dll.Item1, dll.Item2, arguments, node.Name.StartsWith("host") || PostgresConnectionString is not { } pg
+            ? null
+            : new Dictionary<string, string> { ["LSM_Coordinator__PostgresConnectionString"] = pg });
     }
 
     /// <summary>
