@@ -99,5 +99,19 @@ app.Configure(config =>
             .WithDescription("Give up a suspended migration, leaving the disks where they run now")
             .WithExample("migration", "abandon", "7d0b5f0e-2c1a-4d8e-9a51-3f3e2b1c0a99");
     });
+    config.AddBranch("local", local =>
+    {
+        local.SetDescription("A local cluster for trying and testing: one Coordinator and N hosts on this machine");
+        local.AddCommand<LocalUpCommand>("up")
+            .WithDescription("Start a Coordinator and hosts host-1…host-N on loopback in the background; returns when the cluster is up")
+            .WithExample("local", "up")
+            .WithExample("local", "up", "--hosts", "3", "--data-dir", "/tmp/lsm", "--api-port", "9111");
+        local.AddCommand<LocalStatusCommand>("status")
+            .WithDescription("The local cluster's processes: name, pid, alive, cluster address, and its API URL")
+            .WithExample("local", "status");
+        local.AddCommand<LocalDownCommand>("down")
+            .WithDescription("Stop the local cluster's processes and the VMs they ran; returns when all are gone")
+            .WithExample("local", "down");
+    });
 });
 return await app.RunAsync(args, interrupted.Token);

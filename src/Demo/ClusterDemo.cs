@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text.Json;
+using LiveMigration.Cli.Api;
 using LiveMigration.Cli.Local;
 using LiveMigration.Demo.Cluster;
 using LiveMigration.HostNode.Guest;
@@ -26,19 +27,19 @@ internal static class ClusterDemo
         Console.WriteLine($"data directory: {dataDir} (kept afterwards: domains, journal, logs)");
         await DemoSetup.ClearPreviousRunAsync(dataDir);
 
-        // The hosts are seeds too, so any node that restarts rejoins the running cluster instead of forming its own.
-        await using var cluster = new LocalCluster(dataDir) { SeedHosts = ["host-1", "host-2"] };
-        var a = await FileStorageDomain.CreateAsync(cluster.DomainRoot, DomainId.New(), "domain-a", 4L << 30);
-        var b = await FileStorageDomain.CreateAsync(cluster.DomainRoot, DomainId.New(), "domain-b", 4L << 30);
+        // Domains and the VM are prepared in the layout `lsm local up` uses, before the nodes start: host-1 adopts
+        // the VM from its run directory and both hosts find the domains under the domain root.
+        var local = new LocalClusterOptions(dataDir) { Hosts = 2, ApiPort = 0 };
+        var a = await FileStorageDomain.CreateAsync(local.DomainRoot, DomainId.New(), "domain-a", 4L << 30);
+        var b = await FileStorageDomain.CreateAsync(local.DomainRoot, DomainId.New(), "domain-b", 4L << 30);
         var pool = new StoragePool([a, b]);
         var layout = new SampleImageLayout(256 * MiB, 48 * MiB, 32 * MiB, 32 * MiB);
         var (image, _) = await SampleImage.CreateThreeVolumeChainAsync(a, layout);
         Console.WriteLine($"[1/6] domains domain-a and domain-b; image {image} on domain-a: raw base → qcow2 → qcow2 leaf ({Mib(layout.BaseData + layout.MiddleData + layout.LeafData)} MiB of data)");
 
-        // The VM is started in host-1's run directory, as host-1 would; host-1 adopts it when it starts.
         var vmId = VmId.New();
         VmInfo vm;
-        await using (var starter = new QmpHypervisor(new QmpHypervisorOptions { RunDirectory = cluster.HostRunDirectory("host-1") }))
+        await using (var starter = new QmpHypervisor(new QmpHypervisorOptions { RunDirectory = local.HostRunDirectory("host-1") }))
             vm = await starter.StartVmAsync(new VmSpec(vmId, "demo-vm", [await pool.ResolveChainAsync(a.Id, image)]));
         var drive = vm.Drive(image);
         Console.WriteLine($"[2/6] VM {vmId} running on host-1 (QEMU pid {vm.Pid}), disk exported over NBD at {drive.GuestSocket}");
@@ -47,18 +48,18 @@ internal static class ClusterDemo
         var clock = Stopwatch.StartNew();
         try
         {
-            var coordinator = cluster.StartCoordinator();
-            var host1 = cluster.StartHost("host-1", spm: true);
-            var host2 = cluster.StartHost("host-2", spm: false);
+            // The same launcher as `lsm local up`: detached nodes, DATA/local.json, back once every member is Up
+            // and both hosts have reported.
+            var cluster = await LocalClusterLauncher.UpAsync(local);
             using var api = new ApiClient(cluster.ApiUrl);
-            await WaitForAsync("the Coordinator's API", api.IsUpAsync, TimeSpan.FromSeconds(60));
             await WaitForAsync("host-1 to report the VM and both domains", async () =>
             {
                 var inventory = await api.GetAsync("/api/inventory");
                 return inventory.GetProperty("vms").EnumerateArray().Any(v => v.GetProperty("vm").GetProperty("id").GetString() == vmId.ToString())
                        && inventory.GetProperty("domains").GetArrayLength() == 2;
             }, TimeSpan.FromSeconds(60));
-            Console.WriteLine($"[3/6] cluster up in {Ms(clock.Elapsed)}: Coordinator pid {coordinator.Pid} (API {cluster.ApiUrl}), host-1 pid {host1.Pid} (SPM), host-2 pid {host2.Pid}");
+            var pids = cluster.Nodes.ToDictionary(n => n.Name, n => n.Pid);
+            Console.WriteLine($"[3/6] cluster up in {Ms(clock.Elapsed)}: Coordinator pid {pids["coordinator"]} (API {cluster.ApiUrl}), host-1 pid {pids["host-1"]} (SPM), host-2 pid {pids["host-2"]}");
 
             var ledgerPath = Path.Combine(dataDir, "guest.ledger");
             await using var guest = new GuestWorkload(new GuestWorkloadOptions(drive.GuestSocket, drive.ExportName, image,
@@ -98,10 +99,15 @@ internal static class ClusterDemo
             foreach (var (strategy, took) in timings) Console.WriteLine($"  {strategy,-10} {Ms(took)} from request to completed");
             exit = live.Ok && stats.Errors == 0 && leftovers == 0 ? 0 : 1;
         }
+        catch (CliFailure failure)
+        {
+            Console.Error.WriteLine($"demo: {failure.Message}");
+        }
         finally
         {
-            await cluster.DisposeAsync();
-            await using var stopper = new QmpHypervisor(new QmpHypervisorOptions { RunDirectory = cluster.HostRunDirectory("host-1") });
+            // As `lsm local down`: the nodes by pid, then the VMs their hosts ran.
+            await LocalClusterLauncher.DownAsync(dataDir);
+            await using var stopper = new QmpHypervisor(new QmpHypervisorOptions { RunDirectory = local.HostRunDirectory("host-1") });
             foreach (var running in await stopper.AdoptRunningVmsAsync()) await stopper.StopVmAsync(running.Id);
             Console.WriteLine("stopped the cluster's processes and the VM");
         }

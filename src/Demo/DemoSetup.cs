@@ -50,6 +50,10 @@ internal static class DemoSetup
     /// <summary>Stops a VM a previous demo run left running (it outlives its host by design), then clears its data.</summary>
     public static async Task ClearPreviousRunAsync(string dataDir)
     {
+        // A previous run's nodes (or an `lsm local up` on this directory) are stopped the way `lsm local down` does.
+        var stopped = await LiveMigration.Cli.Local.LocalClusterLauncher.DownAsync(dataDir);
+        if (!stopped.NothingRan)
+            Console.WriteLine($"stopped {stopped.StoppedNodes.Count} node(s) and {stopped.StoppedVmPids.Count} VM(s) left running in {dataDir}");
         foreach (var runDir in Directory.Exists(dataDir)
                      ? Directory.EnumerateDirectories(dataDir, "run", SearchOption.AllDirectories).ToList()
                      : [])

@@ -3,29 +3,42 @@ using System.Net.Sockets;
 
 namespace LiveMigration.Cli.Local;
 
-/// <summary>One process of a local cluster: its name, pid and log file.</summary>
-public sealed record NodeProcess(string Name, Process Process, string LogPath, IReadOnlyList<string> Arguments)
+/// <summary>
+/// One process of a local cluster: its name, pid, start time (so a reused pid is not taken for it) and log file.
+/// <see cref="Child"/> is the <see cref="Process"/> when this process started it; a node read back from the
+/// state file has none and is found by pid alone.
+/// </summary>
+public sealed record NodeProcess(string Name, int Pid, long StartTime, string LogPath, IReadOnlyList<string> Arguments)
 {
-    public int Pid => Process.Id;
-    public bool Running => !Process.HasExited;
+    internal Process? Child { get; init; }
+
+    /// <summary>The cluster port it listens on (0: picked by the node at start, so unknown here).</summary>
+    public int Port => Arguments.SkipWhile(a => a != "--port").Skip(1).Select(p => int.TryParse(p, out var n) ? n : 0).FirstOrDefault();
+
+    public string? Address => Port > 0 ? $"akka.tcp://lsm@127.0.0.1:{Port}" : null;
+
+    public bool Running => ProcessTable.IsAlive(Pid, StartTime);
 }
 
 /// <summary>
-/// Starts Coordinator and HostNode processes on loopback from the repository's build output, each with
-/// its output in a log file (never a pipe the demo must keep reading), and stops them by pid.
+/// Starts Coordinator and HostNode processes on loopback from the repository's build output and stops them by pid.
+/// Every node runs detached, in a session of its own with its output in a log file under DATA/logs and no stdio
+/// of ours, so it outlives the process that started it (<c>lsm local up</c> returns; a test's pipes are not held).
 /// </summary>
 public sealed class LocalCluster : IAsyncDisposable
 {
+    /// <summary>How long a node gets to run its coordinated shutdown after SIGTERM before it is SIGKILLed.</summary>
+    public static readonly TimeSpan StopGrace = TimeSpan.FromSeconds(10);
+
     private readonly List<NodeProcess> _nodes = [];
     private readonly Dictionary<string, int> _hostPorts = new();
-    private readonly string _binRoot;
+    private readonly string _configuration;
 
     public LocalCluster(string dataDirectory, string? configuration = null)
     {
-        DataDirectory = dataDirectory;
+        DataDirectory = Path.GetFullPath(dataDirectory);
         RepositoryRoot = FindRepositoryRoot();
-        configuration ??= AppContext.BaseDirectory.Contains($"{Path.DirectorySeparatorChar}Release{Path.DirectorySeparatorChar}") ? "Release" : "Debug";
-        _binRoot = configuration;
+        _configuration = configuration ?? (AppContext.BaseDirectory.Contains($"{Path.DirectorySeparatorChar}Release{Path.DirectorySeparatorChar}") ? "Release" : "Debug");
         CoordinatorPort = FreePort();
         HttpPort = FreePort();
     }
@@ -33,7 +46,10 @@ public sealed class LocalCluster : IAsyncDisposable
     public string DataDirectory { get; }
     public string RepositoryRoot { get; }
     public int CoordinatorPort { get; }
-    public int HttpPort { get; }
+
+    /// <summary>The Coordinator's HTTP port: a free one unless set (<c>lsm local up</c> uses 9110, the CLI's default API).</summary>
+    public int HttpPort { get; init; }
+
     /// <summary>
     /// Every node's seed list: the Coordinator first, then the <see cref="SeedHosts"/>. A restarted Coordinator
     /// (the first seed) asks the other seeds before it forms a cluster of its own, so it rejoins the hosts
@@ -41,10 +57,17 @@ public sealed class LocalCluster : IAsyncDisposable
     /// </summary>
     public string Seed => string.Join(",", new[] { CoordinatorPort }.Concat(SeedHosts.Select(HostPort)).Select(p => $"akka.tcp://lsm@127.0.0.1:{p}"));
     public string ApiUrl => $"http://127.0.0.1:{HttpPort}";
-    public string DomainRoot => Path.Combine(DataDirectory, "domains");
+    public string DomainRoot => DomainRootOf(DataDirectory);
+    public string LogDirectory => Path.Combine(DataDirectory, "logs");
     public IReadOnlyList<NodeProcess> Nodes => _nodes;
     public string HostDataDirectory(string hostId) => Path.Combine(DataDirectory, hostId);
-    public string HostRunDirectory(string hostId) => Path.Combine(HostDataDirectory(hostId), "run");
+    public string HostRunDirectory(string hostId) => HostRunDirectoryOf(DataDirectory, hostId);
+
+    /// <summary>The layout of a data directory, for whoever prepares domains or VMs before the nodes start.</summary>
+    public static string DomainRootOf(string dataDirectory) => Path.Combine(Path.GetFullPath(dataDirectory), "domains");
+
+    /// <summary>Where a host's QEMU manifests and pid files live (its run/vms); a VM started here is adopted by that host.</summary>
+    public static string HostRunDirectoryOf(string dataDirectory, string hostId) => Path.Combine(Path.GetFullPath(dataDirectory), hostId, "run");
 
     /// <summary>
     /// Hosts that listen on a fixed port and act as seed nodes beside the Coordinator. With the Coordinator
@@ -56,12 +79,19 @@ public sealed class LocalCluster : IAsyncDisposable
     /// <summary>Extra HOCON passed to every node (tests use fast cluster timings).</summary>
     public string? ExtraHocon { get; init; }
 
+    /// <summary>The Coordinator's journal in PostgreSQL (an Npgsql connection string); null: SQLite under its data directory.</summary>
+    public string? PostgresConnectionString { get; init; }
+
     public NodeProcess StartCoordinator(string name = "coordinator") =>
         Start(name, "Coordinator", "LiveMigration.Coordinator.dll",
         [
             "--port", CoordinatorPort.ToString(), "--seed", Seed, "--http", ApiUrl,
             "--data-dir", Path.Combine(DataDirectory, name),
-        ]);
+        ], PostgresConnectionString is { } pg
+            // The same setting as the Coordinator's --postgres switch, through its environment: a password on the
+            // command line would be readable by every user in /proc/PID/cmdline.
+            ? new Dictionary<string, string> { ["LSM_Coordinator__PostgresConnectionString"] = pg }
+            : null);
 
     public NodeProcess StartHost(string hostId, bool spm) =>
         Start(hostId, "HostNode", "LiveMigration.HostNode.dll",
@@ -82,31 +112,33 @@ public sealed class LocalCluster : IAsyncDisposable
         }
     }
 
-    private NodeProcess Start(string name, string project, string dll, IReadOnlyList<string> arguments)
+    /// <summary>Where the built dll is: this build's configuration first, else the other one.</summary>
+    private string DllPath(string project, string dll)
     {
-        var path = Path.Combine(RepositoryRoot, "src", project, "bin", _binRoot, "net10.0", dll);
-        if (!File.Exists(path))
-            throw new FileNotFoundException($"{path} is not built; run ./run.sh demo, which builds it first");
-        var log = Path.Combine(DataDirectory, "logs", $"{name}.log");
-        Directory.CreateDirectory(Path.GetDirectoryName(log)!);
-        // The node's output is copied into its log file as it comes, so the pipes never fill up.
-        var psi = new ProcessStartInfo("dotnet")
-        {
-            UseShellExecute = false,
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            WorkingDirectory = DataDirectory,
-        };
-        psi.ArgumentList.Add(path);
+        var candidates = new[] { _configuration, _configuration == "Release" ? "Debug" : "Release" }
+            .Select(c => Path.Combine(RepositoryRoot, "src", project, "bin", c, "net10.0", dll)).ToList();
+        return candidates.FirstOrDefault(File.Exists)
+               ?? throw new FileNotFoundException($"{candidates[0]} is not built; run `dotnet build -c {_configuration}` at {RepositoryRoot} (./run.sh demo builds it too)");
+    }
+
+    /// <summary>
+    /// Starts a node through <c>sh</c> and <c>setsid</c>: the shell points stdin at /dev/null and stdout/stderr at
+    /// the log file, then execs setsid, which execs dotnet, so the pid we get is the node's own and it holds no
+    /// stdio of ours. The script is fixed; the log path and the node's arguments are passed as its arguments.
+    /// </summary>
+    private NodeProcess Start(string name, string project, string dll, IReadOnlyList<string> arguments, IReadOnlyDictionary<string, string>? environment = null)
+    {
+        var path = DllPath(project, dll);
+        var log = Path.Combine(LogDirectory, $"{name}.log");
+        Directory.CreateDirectory(LogDirectory);
+        var psi = new ProcessStartInfo("/bin/sh") { UseShellExecute = false, WorkingDirectory = DataDirectory };
+        foreach (var a in new[] { "-c", "log=\"$1\"; shift; exec setsid \"$@\" </dev/null >>\"$log\" 2>&1", "lsm-node", log, "dotnet", path })
+            psi.ArgumentList.Add(a);
         foreach (var a in arguments) psi.ArgumentList.Add(a);
         if (ExtraHocon is { } hocon) psi.Environment["LSM_Cluster__ExtraHocon"] = hocon;
+        foreach (var (key, value) in environment ?? new Dictionary<string, string>()) psi.Environment[key] = value;
         var process = Process.Start(psi) ?? throw new InvalidOperationException($"cannot start {name}");
-        var writer = new StreamWriter(log, append: true) { AutoFlush = true };
-        process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (writer) writer.WriteLine(e.Data); };
-        process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (writer) writer.WriteLine(e.Data); };
-        process.BeginOutputReadLine();
-        process.BeginErrorReadLine();
-        var node = new NodeProcess(name, process, log, arguments);
+        var node = new NodeProcess(name, process.Id, ProcessTable.StartTime(process.Id) ?? 0, log, arguments) { Child = process };
         _nodes.Add(node);
         return node;
     }
@@ -114,8 +146,8 @@ public sealed class LocalCluster : IAsyncDisposable
     /// <summary>SIGKILL, as a crash: no shutdown, no leave.</summary>
     public async Task KillAsync(NodeProcess node)
     {
-        if (node.Running) node.Process.Kill(entireProcessTree: false);
-        await node.Process.WaitForExitAsync();
+        ProcessTable.Signal(node.Pid, ProcessTable.SigKill);
+        await WaitExitAsync(node, TimeSpan.FromSeconds(10));
         _nodes.Remove(node);
     }
 
@@ -134,20 +166,53 @@ public sealed class LocalCluster : IAsyncDisposable
         var arguments = node.Arguments.ToList();
         var at = arguments.IndexOf("--seed");
         if (at >= 0) arguments[at + 1] = string.Join(",", seeds);
-        return Start(node.Name, dll.Item1, dll.Item2, arguments);
+        return Start(node.Name, dll.Item1, dll.Item2, arguments, node.Name.StartsWith("host") || PostgresConnectionString is not { } pg
+            ? null
+            : new Dictionary<string, string> { ["LSM_Coordinator__PostgresConnectionString"] = pg });
+    }
+
+    /// <summary>
+    /// Stops nodes by pid: the hosts first, then the rest (the seed last), each group with SIGTERM (their
+    /// coordinated shutdown: leave, hand over singletons), SIGKILL for any still there after <paramref name="grace"/>.
+    /// Works on nodes read back from a state file as well as on ones this process started.
+    /// </summary>
+    public static async Task StopAsync(IReadOnlyList<NodeProcess> nodes, TimeSpan grace)
+    {
+        foreach (var group in new[] { nodes.Where(n => n.Name.StartsWith("host")).ToList(), nodes.Where(n => !n.Name.StartsWith("host")).ToList() })
+        {
+            foreach (var node in group.Where(n => n.Running)) ProcessTable.Signal(node.Pid, ProcessTable.SigTerm);
+            var left = await ProcessTable.WaitGoneAsync(group, n => n.Running, grace);
+            foreach (var node in left) ProcessTable.Signal(node.Pid, ProcessTable.SigKill);
+            await Task.WhenAll(group.Select(n => WaitExitAsync(n, TimeSpan.FromSeconds(10))));
+        }
+    }
+
+    private static async Task WaitExitAsync(NodeProcess node, TimeSpan limit)
+    {
+        using var timeout = new CancellationTokenSource(limit);
+        try
+        {
+            // Our own child is reaped through its Process; another's is watched in /proc.
+            if (node.Child is { } child) await child.WaitForExitAsync(timeout.Token);
+            else await ProcessTable.WaitGoneAsync([node], n => n.Running, limit);
+        }
+        catch (OperationCanceledException)
+        {
+            throw new TimeoutException($"{node.Name} (pid {node.Pid}) did not exit within {limit.TotalSeconds:0} s of SIGKILL");
+        }
+    }
+
+    /// <summary>Lets the nodes run on without this object (lsm local up returns; down finds them by pid).</summary>
+    public void Release()
+    {
+        foreach (var node in _nodes) node.Child?.Dispose();
+        _nodes.Clear();
     }
 
     public async ValueTask DisposeAsync()
     {
-        // Hosts first, the seed last, each by pid; SIGTERM runs their coordinated shutdown.
-        foreach (var node in _nodes.AsEnumerable().Reverse().ToList())
-        {
-            if (!node.Running) continue;
-            Posix.Terminate(node.Pid);
-            using var grace = new CancellationTokenSource(TimeSpan.FromSeconds(10));
-            try { await node.Process.WaitForExitAsync(grace.Token); }
-            catch (OperationCanceledException) { node.Process.Kill(); await node.Process.WaitForExitAsync(); }
-        }
+        await StopAsync(_nodes.ToList(), StopGrace);
+        foreach (var node in _nodes) node.Child?.Dispose();
         _nodes.Clear();
     }
 
@@ -163,12 +228,5 @@ public sealed class LocalCluster : IAsyncDisposable
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
             if (File.Exists(Path.Combine(dir.FullName, "LiveMigration.Akka.sln"))) return dir.FullName;
         throw new InvalidOperationException("cannot find LiveMigration.Akka.sln above " + AppContext.BaseDirectory);
-    }
-
-    private static class Posix
-    {
-        [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "kill", SetLastError = true)]
-        private static extern int Kill(int pid, int signal);
-        public static void Terminate(int pid) => Kill(pid, 15);
     }
 }

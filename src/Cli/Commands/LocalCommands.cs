@@ -1,0 +1,154 @@
+using System.ComponentModel;
+using LiveMigration.Cli.Api;
+using LiveMigration.Cli.Local;
+using LiveMigration.Shared.Hosting;
+using Spectre.Console;
+using Spectre.Console.Cli;
+
+namespace LiveMigration.Cli.Commands;
+
+/// <summary>What every <c>lsm local</c> command takes: where the local cluster keeps its data and state file.</summary>
+public class LocalSettings : CommandSettings
+{
+    [CommandOption("--data-dir <DIR>")]
+    [Description("The local cluster's directory: domains, node data, logs and its state file local.json (default: ./var/local). Example: --data-dir /tmp/lsm")]
+    public string? DataDir { get; set; }
+
+    [CommandOption("--json")]
+    [Description("Print JSON (stable field names, for scripts) instead of tables")]
+    public bool Json { get; set; }
+
+    public string DataDirectory => DataDir is { Length: > 0 } dir ? Path.GetFullPath(dir) : LocalClusterLauncher.DefaultDataDirectory;
+}
+
+public sealed class LocalUpSettings : LocalSettings
+{
+    [CommandOption("--hosts <N>")]
+    [Description("How many HostNode processes: host-1 (SPM-capable) … host-N. Default 2")]
+    [DefaultValue(2)]
+    public int Hosts { get; set; } = 2;
+
+    [CommandOption("--journal <JOURNAL>")]
+    [Description("The Coordinator's journal: sqlite (files under DATA/coordinator; the default) or postgres://user:password@host:5432/db")]
+    [DefaultValue("sqlite")]
+    public string Journal { get; set; } = "sqlite";
+
+    [CommandOption("--api-port <PORT>")]
+    [Description("The Coordinator's HTTP port on 127.0.0.1 (default 9110, where lsm looks without --api; 0 = any free port)")]
+    [DefaultValue(LocalClusterOptions.DefaultApiPort)]
+    public int ApiPort { get; set; } = LocalClusterOptions.DefaultApiPort;
+
+    [CommandOption("--timeout <SECONDS>")]
+    [Description("How long the cluster gets to come up before up stops it again and exits 1. Default 120")]
+    [DefaultValue(120)]
+    public int TimeoutSeconds { get; set; } = 120;
+
+    /// <summary>Sub-second cluster timings, for the test suite only: an operator's cluster keeps Akka's defaults.</summary>
+    [CommandOption("--fast-timings", IsHidden = true)]
+    public bool FastTimings { get; set; }
+
+    public override ValidationResult Validate()
+    {
+        if (Hosts is < 1 or > 16) return ValidationResult.Error($"--hosts must be 1 to 16, got {Hosts}");
+        if (ApiPort is < 0 or > 65535) return ValidationResult.Error($"--api-port must be 0 to 65535, got {ApiPort}");
+        if (TimeoutSeconds is < 5 or > 3600) return ValidationResult.Error($"--timeout must be 5 to 3600 seconds, got {TimeoutSeconds}");
+        return ValidationResult.Success();
+    }
+}
+
+/// <summary><c>lsm local up</c>: a Coordinator and N hosts on loopback, detached; returns once the cluster is up.</summary>
+public sealed class LocalUpCommand : AsyncCommand<LocalUpSettings>
+{
+    public override async Task<int> ExecuteAsync(CommandContext context, LocalUpSettings settings, CancellationToken ct)
+    {
+        var options = new LocalClusterOptions(settings.DataDirectory)
+        {
+            Hosts = settings.Hosts,
+            ApiPort = settings.ApiPort,
+            Journal = settings.Journal,
+            ExtraHocon = settings.FastTimings ? ClusterNodeHosting.FastTestTimings : null,
+            Timeout = TimeSpan.FromSeconds(settings.TimeoutSeconds),
+        };
+        if (!settings.Json) Output.Console.MarkupLine($"starting a local cluster in [bold]{Output.Escape(options.DataDirectory)}[/]");
+        var state = await LocalClusterLauncher.UpAsync(options, settings.Json ? null : line => Output.Console.MarkupLine("  " + Output.Escape(line)), ct);
+        if (settings.Json)
+        {
+            Output.Json(state.ToJson());
+            return ExitCodes.Ok;
+        }
+        LocalStatusCommand.Describe(state);
+        var api = state.ApiPort == LocalClusterOptions.DefaultApiPort ? "" : $" --api {state.ApiUrl}";
+        Output.Console.MarkupLine($"cluster up. Next: [bold]./lsm cluster show{Output.Escape(api)}[/], the dashboard at {Output.Escape(state.ApiUrl)}/, " +
+                                  $"stop it with [bold]./lsm local down{Output.Escape(DataDirOption(settings))}[/]");
+        return ExitCodes.Ok;
+    }
+
+    internal static string DataDirOption(LocalSettings settings) =>
+        settings.DataDir is { Length: > 0 } ? $" --data-dir {settings.DataDirectory}" : "";
+}
+
+/// <summary><c>lsm local status</c>: the nodes of the state file, whether each still runs, and the VMs their hosts run.</summary>
+public sealed class LocalStatusCommand : AsyncCommand<LocalSettings>
+{
+    public override async Task<int> ExecuteAsync(CommandContext context, LocalSettings settings, CancellationToken ct)
+    {
+        var state = await LocalClusterState.ReadAsync(settings.DataDirectory, ct);
+        if (settings.Json)
+        {
+            Output.Json(new
+            {
+                dataDirectory = settings.DataDirectory,
+                apiUrl = state?.ApiUrl,
+                journal = state?.Journal,
+                startedAt = state?.StartedAt,
+                nodes = (state?.Nodes ?? []).Select(n => new { name = n.Name, role = n.Role, pid = n.Pid, alive = n.Alive, address = n.Address, port = n.Port, logFile = n.LogFile }),
+                vms = state is null ? [] : LocalClusterLauncher.RunningVms(state).Select(v => new { pid = v.Pid, pidFile = v.PidFile }).ToList(),
+            });
+            return ExitCodes.Ok;
+        }
+        if (state is null)
+        {
+            Output.Console.MarkupLine($"no local cluster in {Output.Escape(settings.DataDirectory)} (no {LocalClusterState.FileName}); start one with ./lsm local up");
+            return ExitCodes.Ok;
+        }
+        Describe(state);
+        return ExitCodes.Ok;
+    }
+
+    internal static void Describe(LocalClusterState state)
+    {
+        var table = new Table().AddColumns("Name", "Role", "PID", "Alive", "Cluster address", "Log");
+        foreach (var n in state.Nodes)
+            table.AddRow(Output.Escape(n.Name), Output.Escape(n.Role), n.Pid.ToString(), n.Alive ? "[green]yes[/]" : "[red]no[/]",
+                Output.Escape(n.Address ?? "-"), Output.Escape(n.LogFile));
+        Output.Console.Write(table);
+        var alive = state.AliveNodes.Count;
+        var vms = LocalClusterLauncher.RunningVms(state).Count();
+        Output.Console.MarkupLine($"{alive} of {state.Nodes.Count} alive; {vms} VM(s) running; API {Output.Escape(state.ApiUrl)}; journal {Output.Escape(state.Journal)}; " +
+                                  $"data {Output.Escape(state.DataDirectory)}; started {state.StartedAt:u}");
+    }
+}
+
+/// <summary><c>lsm local down</c>: SIGTERM, then SIGKILL after a grace period, to every node, then their VMs; returns when all are gone.</summary>
+public sealed class LocalDownCommand : AsyncCommand<LocalSettings>
+{
+    public override async Task<int> ExecuteAsync(CommandContext context, LocalSettings settings, CancellationToken ct)
+    {
+        var result = await LocalClusterLauncher.DownAsync(settings.DataDirectory, settings.Json ? null : line => Output.Console.MarkupLine("  " + Output.Escape(line)), ct);
+        if (settings.Json)
+        {
+            Output.Json(new
+            {
+                dataDirectory = settings.DataDirectory,
+                stopped = result.StoppedNodes.Select(n => new { name = n.Name, pid = n.Pid }),
+                stoppedVmPids = result.StoppedVmPids,
+            });
+            return ExitCodes.Ok;
+        }
+        // Nothing to stop is not an error: down is safe to run whenever, e.g. before an up in a script.
+        Output.Console.MarkupLine(result.NothingRan
+            ? $"nothing runs in {Output.Escape(settings.DataDirectory)}: no node of a local cluster and no VM"
+            : $"stopped {result.StoppedNodes.Count} node(s) and {result.StoppedVmPids.Count} VM(s); logs and data stay in {Output.Escape(settings.DataDirectory)}");
+        return ExitCodes.Ok;
+    }
+}

@@ -1,0 +1,257 @@
+using System.Net.Http.Json;
+using System.Net.Sockets;
+using System.Text.Json;
+using LiveMigration.Cli.Api;
+
+namespace LiveMigration.Cli.Local;
+
+/// <summary>What <c>lsm local up</c> starts. <see cref="ApiPort"/> 0 picks a free port (tests, the demo).</summary>
+public sealed record LocalClusterOptions(string DataDirectory)
+{
+    public const int DefaultApiPort = 9110;
+
+    public int Hosts { get; init; } = 2;
+    public int ApiPort { get; init; } = DefaultApiPort;
+
+    /// <summary>"sqlite" (files under the Coordinator's data directory) or a PostgreSQL connection: postgres://user:password@host:port/db or Npgsql's Host=...;Database=...</summary>
+    public string Journal { get; init; } = "sqlite";
+
+    /// <summary>Extra HOCON for every node (tests pass fast cluster timings).</summary>
+    public string? ExtraHocon { get; init; }
+
+    /// <summary>How long the cluster gets to come up before up gives up and stops what it started.</summary>
+    public TimeSpan Timeout { get; init; } = TimeSpan.FromSeconds(120);
+
+    public string DomainRoot => LocalCluster.DomainRootOf(DataDirectory);
+
+    public string HostRunDirectory(string hostId) => LocalCluster.HostRunDirectoryOf(DataDirectory, hostId);
+}
+
+/// <summary>What <c>lsm local down</c> stopped.</summary>
+public sealed record LocalDownResult(IReadOnlyList<LocalNodeState> StoppedNodes, IReadOnlyList<int> StoppedVmPids)
+{
+    public bool NothingRan => StoppedNodes.Count == 0 && StoppedVmPids.Count == 0;
+}
+
+/// <summary>
+/// The one way a local cluster is started and stopped: <c>lsm local up/status/down</c> and the README's demo call
+/// these. Up starts a Coordinator and hosts host-1…host-N (host-1 SPM-capable, every host a seed beside the
+/// Coordinator), detached, records them in DATA/local.json and returns once every member is Up and every host has
+/// reported to the inventory; down stops them by pid, then the VMs their hosts ran.
+/// </summary>
+public static class LocalClusterLauncher
+{
+    /// <summary>./var/local under the working directory: beside the demo's ./var/demo, out of the way of both.</summary>
+    public static string DefaultDataDirectory => Path.GetFullPath(Path.Combine("var", "local"));
+
+    public static async Task<LocalClusterState> UpAsync(LocalClusterOptions options, Action<string>? report = null, CancellationToken ct = default)
+    {
+        if (options.Hosts is < 1 or > 16)
+            throw CliFailure.BadUsage($"--hosts {options.Hosts}: a local cluster has 1 to 16 hosts");
+        if (options.ApiPort is < 0 or > 65535)
+            throw CliFailure.BadUsage($"--api-port {options.ApiPort} is not a port (1-65535, or 0 for a free one)");
+        var postgres = PostgresConnection(options.Journal);
+        var dataDirectory = Path.GetFullPath(options.DataDirectory);
+        Directory.CreateDirectory(dataDirectory);
+
+        // The lock keeps two ups on one directory from racing; the state file refuses an up while the last one runs.
+        await using var upLock = TakeLock(dataDirectory);
+        if (await LocalClusterState.ReadAsync(dataDirectory, ct) is { } previous && previous.AliveNodes is { Count: > 0 } alive)
+            throw CliFailure.BadUsage($"a local cluster already runs in {dataDirectory} ({string.Join(", ", alive.Select(n => $"{n.Name} pid {n.Pid}"))}, API {previous.ApiUrl}); " +
+                                      $"stop it first: lsm local down --data-dir {dataDirectory}");
+        if (options.ApiPort != 0 && !PortIsFree(options.ApiPort))
+            throw CliFailure.BadUsage($"port {options.ApiPort} on 127.0.0.1 is in use (another Coordinator?); choose another with --api-port, e.g. --api-port 9111");
+
+        var hostIds = Enumerable.Range(1, options.Hosts).Select(i => $"host-{i}").ToList();
+        var cluster = new LocalCluster(dataDirectory)
+        {
+            HttpPort = options.ApiPort == 0 ? FreePort() : options.ApiPort,
+            SeedHosts = hostIds,
+            ExtraHocon = options.ExtraHocon,
+            PostgresConnectionString = postgres,
+        };
+        Directory.CreateDirectory(cluster.DomainRoot);
+        var started = DateTimeOffset.UtcNow;
+        LocalClusterState State() => new(dataDirectory, cluster.ApiUrl, cluster.HttpPort, JournalLabel(options.Journal), cluster.DomainRoot, started,
+            cluster.Nodes.Select(n => new LocalNodeState(n.Name, n.Name.StartsWith("host") ? (n.Name == "host-1" ? "host,spm" : "host") : "coordinator",
+                n.Pid, n.StartTime, n.Port, n.Address, n.LogPath,
+                n.Name.StartsWith("host") ? cluster.HostDataDirectory(n.Name) : Path.Combine(dataDirectory, n.Name))).ToList());
+
+        try
+        {
+            // Each start is recorded at once, so a down finds whatever got started even if up itself is killed.
+            var coordinator = cluster.StartCoordinator();
+            await State().WriteAsync(ct);
+            report?.Invoke($"coordinator pid {coordinator.Pid}, cluster port {coordinator.Port}, API {cluster.ApiUrl}");
+            foreach (var hostId in hostIds)
+            {
+                var host = cluster.StartHost(hostId, spm: hostId == "host-1");
+                await State().WriteAsync(ct);
+                report?.Invoke($"{hostId} pid {host.Pid}, cluster port {host.Port}{(hostId == "host-1" ? ", SPM-capable" : "")}");
+            }
+            await WaitUpAsync(cluster, hostIds, options.Timeout, ct);
+        }
+        catch (Exception e) when (e is not CliFailure)
+        {
+            var tails = LogTails(cluster.LogDirectory);
+            await LocalCluster.StopAsync(cluster.Nodes, LocalCluster.StopGrace);
+            await State().WriteAsync(CancellationToken.None);
+            if (e is OperationCanceledException) throw;
+            throw CliFailure.Failed($"{e.Message}; stopped what was started\n{tails}");
+        }
+        var state = State();
+        cluster.Release();
+        return state;
+    }
+
+    /// <summary>Stops every node of the state file still running (hosts first), then the VMs under the hosts' run directories.</summary>
+    public static async Task<LocalDownResult> DownAsync(string dataDirectory, Action<string>? report = null, CancellationToken ct = default)
+    {
+        var state = await LocalClusterState.ReadAsync(dataDirectory, ct);
+        if (state is null) return new LocalDownResult([], []);
+        // In the order they are stopped: the hosts, then the Coordinator (the first seed) last.
+        var alive = state.AliveNodes.OrderBy(n => n.Role.StartsWith("host") ? 0 : 1).ToList();
+        foreach (var node in alive) report?.Invoke($"stopping {node.Name} (pid {node.Pid})");
+        await LocalCluster.StopAsync(alive.Select(n => n.AsProcess()).ToList(), LocalCluster.StopGrace);
+
+        // VMs outlive their host by design, so down ends them itself: QEMU's pid files under each host's run directory.
+        var vms = RunningVms(state).ToList();
+        foreach (var (pid, file) in vms) report?.Invoke($"stopping VM QEMU pid {pid} ({Path.GetFileNameWithoutExtension(file)})");
+        foreach (var (pid, _) in vms) ProcessTable.Signal(pid, ProcessTable.SigTerm);
+        var left = await ProcessTable.WaitGoneAsync(vms, v => IsQemu(v.Pid), TimeSpan.FromSeconds(10), ct);
+        foreach (var (pid, _) in left) ProcessTable.Signal(pid, ProcessTable.SigKill);
+        left = await ProcessTable.WaitGoneAsync(left, v => IsQemu(v.Pid), TimeSpan.FromSeconds(10), ct);
+        if (left.Count > 0)
+            throw CliFailure.Failed($"QEMU pid(s) {string.Join(", ", left.Select(v => v.Pid))} still run 10 s after SIGKILL");
+        // Returns when they are gone from /proc too, so a caller that checks pids finds none (init reaps them soon after they exit).
+        await ProcessTable.WaitGoneAsync(alive, n => ProcessTable.IsListed(n.Pid, n.StartTime), TimeSpan.FromSeconds(5), ct);
+        await ProcessTable.WaitGoneAsync(vms, v => ProcessTable.IsListed(v.Pid), TimeSpan.FromSeconds(5), ct);
+        var stillAlive = state.AliveNodes;
+        if (stillAlive.Count > 0)
+            throw CliFailure.Failed($"{string.Join(", ", stillAlive.Select(n => $"{n.Name} pid {n.Pid}"))} still run after SIGKILL");
+        return new LocalDownResult(alive, vms.Select(v => v.Pid).ToList());
+    }
+
+    /// <summary>QEMU processes named by pid files under the hosts' run directories (run/vms/VMID.pid) that still run.</summary>
+    public static IEnumerable<(int Pid, string PidFile)> RunningVms(LocalClusterState state)
+    {
+        foreach (var node in state.Nodes.Where(n => n.Role.StartsWith("host")))
+        {
+            // QmpHypervisor's layout: RUN/vms/VMID.json (manifest) and RUN/vms/VMID.pid (QEMU's -pidfile).
+            var vms = Path.Combine(LocalCluster.HostRunDirectoryOf(state.DataDirectory, node.Name), "vms");
+            if (!Directory.Exists(vms)) continue;
+            foreach (var file in Directory.EnumerateFiles(vms, "*.pid"))
+            {
+                string text;
+                try { text = File.ReadAllText(file).Trim(); }
+                catch (IOException) { continue; }
+                if (int.TryParse(text, out var pid) && IsQemu(pid)) yield return (pid, file);
+            }
+        }
+    }
+
+    /// <summary>A pid file may outlive its QEMU and the pid be reused: only a live process running qemu counts.</summary>
+    private static bool IsQemu(int pid) =>
+        ProcessTable.IsAlive(pid) && ProcessTable.CommandLine(pid) is [var program, ..] && Path.GetFileName(program).StartsWith("qemu-system");
+
+    private static async Task WaitUpAsync(LocalCluster cluster, IReadOnlyList<string> hostIds, TimeSpan limit, CancellationToken ct)
+    {
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(5) };
+        var deadline = DateTime.UtcNow + limit;
+        var waitingFor = "the Coordinator's API";
+        while (true)
+        {
+            ct.ThrowIfCancellationRequested();
+            var gone = cluster.Nodes.FirstOrDefault(n => !n.Running);
+            if (gone is not null)
+                throw new TimeoutException($"{gone.Name} (pid {gone.Pid}) exited while the cluster came up (log {gone.LogPath})");
+            try
+            {
+                var members = (await http.GetFromJsonAsync<JsonElement>($"{cluster.ApiUrl}/api/cluster", ct)).GetProperty("members").EnumerateArray().ToList();
+                var up = members.Count(m => m.GetProperty("status").GetString() == "up");
+                waitingFor = $"{hostIds.Count + 1} members Up (now {up} of {members.Count})";
+                if (up == hostIds.Count + 1)
+                {
+                    var reported = (await http.GetFromJsonAsync<JsonElement>($"{cluster.ApiUrl}/api/inventory", ct)).GetProperty("hosts").EnumerateArray()
+                        .Select(h => h.GetProperty("hostId").GetString()).ToHashSet();
+                    var missing = hostIds.Where(h => !reported.Contains(h)).ToList();
+                    waitingFor = $"every host in the inventory (missing {string.Join(", ", missing)})";
+                    if (missing.Count == 0) return;
+                }
+            }
+            catch (Exception e) when (e is HttpRequestException or JsonException or KeyNotFoundException or InvalidOperationException
+                                          || e is TaskCanceledException && !ct.IsCancellationRequested) { }
+            if (DateTime.UtcNow > deadline)
+                throw new TimeoutException($"the cluster did not come up within {limit.TotalSeconds:0} s: waited for {waitingFor}");
+            await Task.Delay(250, ct);
+        }
+    }
+
+    /// <summary>The last lines of every node's log, for the operator to see why it did not come up.</summary>
+    public static string LogTails(string logDirectory, int lines = 20)
+    {
+        if (!Directory.Exists(logDirectory)) return "(no logs)";
+        return string.Join("\n", Directory.GetFiles(logDirectory, "*.log").Order().Select(f =>
+        {
+            using var stream = new FileStream(f, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+            using var reader = new StreamReader(stream);
+            return $"--- {f} (last {lines} lines)\n{string.Join('\n', reader.ReadToEnd().TrimEnd().Split('\n').TakeLast(lines))}";
+        }));
+    }
+
+    /// <summary>Null for SQLite; else an Npgsql connection string (a postgres:// URI is turned into one).</summary>
+    public static string? PostgresConnection(string journal)
+    {
+        if (journal.Equals("sqlite", StringComparison.OrdinalIgnoreCase)) return null;
+        if (Uri.TryCreate(journal, UriKind.Absolute, out var uri) && uri.Scheme is "postgres" or "postgresql")
+        {
+            var database = uri.AbsolutePath.Trim('/');
+            if (uri.Host.Length == 0 || database.Length == 0)
+                throw CliFailure.BadUsage($"--journal {Redacted(journal)}: name the host and the database, e.g. postgres://lsm:secret@127.0.0.1:5432/lsm");
+            var parts = new List<string> { $"Host={uri.Host}", $"Port={(uri.IsDefaultPort || uri.Port < 0 ? 5432 : uri.Port)}", $"Database={Uri.UnescapeDataString(database)}" };
+            var user = uri.UserInfo.Split(':', 2);
+            if (user[0].Length > 0) parts.Add($"Username={Uri.UnescapeDataString(user[0])}");
+            if (user.Length == 2) parts.Add($"Password={Uri.UnescapeDataString(user[1])}");
+            parts.AddRange(uri.Query.TrimStart('?').Split('&', StringSplitOptions.RemoveEmptyEntries).Select(Uri.UnescapeDataString));
+            return string.Join(";", parts);
+        }
+        if (journal.Contains("Host=", StringComparison.OrdinalIgnoreCase)) return journal;
+        throw CliFailure.BadUsage($"--journal '{Redacted(journal)}' is not sqlite, a postgres:// URI or an Npgsql connection string (Host=...;Database=...)");
+    }
+
+    /// <summary>The journal as the state file shows it: never the password.</summary>
+    private static string JournalLabel(string journal) => PostgresConnection(journal) is null ? "sqlite" : $"postgres ({Redacted(journal)})";
+
+    private static string Redacted(string journal) =>
+        Uri.TryCreate(journal, UriKind.Absolute, out var uri) && uri.UserInfo.Contains(':')
+            ? journal.Replace(uri.UserInfo, uri.UserInfo.Split(':')[0] + ":***")
+            : System.Text.RegularExpressions.Regex.Replace(journal, "(?i)(password|pwd)=[^;]*", "$1=***");
+
+    private static FileStream TakeLock(string dataDirectory)
+    {
+        var path = Path.Combine(dataDirectory, "local.lock");
+        try { return new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None, 1, FileOptions.DeleteOnClose); }
+        catch (IOException)
+        {
+            throw CliFailure.BadUsage($"another lsm local up is starting a cluster in {dataDirectory} right now ({path} is locked)");
+        }
+    }
+
+    private static bool PortIsFree(int port)
+    {
+        try
+        {
+            using var listener = new TcpListener(System.Net.IPAddress.Loopback, port);
+            listener.Start();
+            return true;
+        }
+        catch (SocketException) { return false; }
+    }
+
+    private static int FreePort()
+    {
+        using var listener = new TcpListener(System.Net.IPAddress.Loopback, 0);
+        listener.Start();
+        return ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
+    }
+}

@@ -1,0 +1,74 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace LiveMigration.Cli.Local;
+
+/// <summary>One node as DATA/local.json records it.</summary>
+public sealed record LocalNodeState(
+    string Name,
+    string Role,
+    int Pid,
+    long StartTime,
+    int Port,
+    string? Address,
+    string LogFile,
+    string DataDirectory)
+{
+    public NodeProcess AsProcess() => new(Name, Pid, StartTime, LogFile, ["--port", Port.ToString()]);
+
+    [JsonIgnore]
+    public bool Alive => ProcessTable.IsAlive(Pid, StartTime);
+}
+
+/// <summary>
+/// DATA/local.json: what <c>lsm local up</c> started, so <c>lsm local status</c> and <c>lsm local down</c> (other
+/// processes, later) find the nodes by pid. <see cref="Journal"/> never holds a password.
+/// </summary>
+public sealed record LocalClusterState(
+    string DataDirectory,
+    string ApiUrl,
+    int ApiPort,
+    string Journal,
+    string DomainRoot,
+    DateTimeOffset StartedAt,
+    IReadOnlyList<LocalNodeState> Nodes)
+{
+    public const string FileName = "local.json";
+
+    private static readonly JsonSerializerOptions Options = new()
+    {
+        WriteIndented = true,
+        PropertyNamingPolicy = JsonNamingPolicy.CamelCase,
+    };
+
+    public static string PathIn(string dataDirectory) => Path.Combine(Path.GetFullPath(dataDirectory), FileName);
+
+    public IReadOnlyList<LocalNodeState> AliveNodes => Nodes.Where(n => n.Alive).ToList();
+
+    public string ToJson() => JsonSerializer.Serialize(this, Options);
+
+    /// <summary>Written to a temporary file and renamed over the old one, so a reader never sees half of it.</summary>
+    public async Task WriteAsync(CancellationToken ct = default)
+    {
+        var path = PathIn(DataDirectory);
+        var temporary = path + ".tmp";
+        await File.WriteAllTextAsync(temporary, ToJson(), ct);
+        File.Move(temporary, path, overwrite: true);
+    }
+
+    /// <summary>The state in that data directory, or null when nothing was started there.</summary>
+    public static async Task<LocalClusterState?> ReadAsync(string dataDirectory, CancellationToken ct = default)
+    {
+        var path = PathIn(dataDirectory);
+        if (!File.Exists(path)) return null;
+        try
+        {
+            return JsonSerializer.Deserialize<LocalClusterState>(await File.ReadAllTextAsync(path, ct), Options)
+                   ?? throw new JsonException("null");
+        }
+        catch (JsonException e)
+        {
+            throw new InvalidDataException($"{path} is not a local cluster's state file ({e.Message}); move it away if nothing runs there", e);
+        }
+    }
+}

@@ -1,0 +1,82 @@
+using System.Runtime.InteropServices;
+
+namespace LiveMigration.Cli.Local;
+
+/// <summary>
+/// Finds and signals processes by pid through /proc, for processes this process did not start (or no longer
+/// holds): a pid alone may have been reused, so a process is "ours" only while its start time still matches.
+/// </summary>
+public static class ProcessTable
+{
+    public const int SigTerm = 15;
+    public const int SigKill = 9;
+
+    /// <summary>The process's start time in clock ticks since boot (field 22 of /proc/PID/stat), or null when it is gone.</summary>
+    public static long? StartTime(int pid)
+    {
+        var fields = StatFields(pid);
+        // fields[0] is the state (field 3); the start time is field 22.
+        return fields is not null && fields.Length > 19 && long.TryParse(fields[19], out var ticks) ? ticks : null;
+    }
+
+    /// <summary>
+    /// True while the pid runs (a zombie counts as gone: it serves nothing) and, when <paramref name="startTime"/>
+    /// is given, is the same process as the one recorded then.
+    /// </summary>
+    public static bool IsAlive(int pid, long? startTime = null)
+    {
+        var fields = StatFields(pid);
+        if (fields is null || fields.Length < 20 || fields[0] is "Z" or "X" or "x") return false;
+        return startTime is null || (long.TryParse(fields[19], out var ticks) && ticks == startTime);
+    }
+
+    /// <summary>The process's arguments (/proc/PID/cmdline), empty when it is gone.</summary>
+    public static IReadOnlyList<string> CommandLine(int pid)
+    {
+        try { return File.ReadAllText($"/proc/{pid}/cmdline").Split('\0', StringSplitOptions.RemoveEmptyEntries); }
+        catch (IOException) { return []; }
+        catch (UnauthorizedAccessException) { return []; }
+    }
+
+    /// <summary>Sends a signal; false when the process is already gone.</summary>
+    public static bool Signal(int pid, int signal) => pid > 0 && Kill(pid, signal) == 0;
+
+    /// <summary>Waits until every process is gone or the time is up; returns the ones still running.</summary>
+    public static async Task<IReadOnlyList<T>> WaitGoneAsync<T>(IReadOnlyList<T> processes, Func<T, bool> alive, TimeSpan limit, CancellationToken ct = default)
+    {
+        var deadline = DateTime.UtcNow + limit;
+        var left = processes.Where(alive).ToList();
+        while (left.Count > 0 && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(100, ct);
+            left = left.Where(alive).ToList();
+        }
+        return left;
+    }
+
+    /// <summary>
+    /// True while /proc still lists the pid as that process, zombie included. A node that is not our child is
+    /// reaped by init once it exits; until then it is dead but still listed.
+    /// </summary>
+    public static bool IsListed(int pid, long? startTime = null)
+    {
+        var fields = StatFields(pid);
+        return fields is not null && (startTime is null || (fields.Length > 19 && long.TryParse(fields[19], out var ticks) && ticks == startTime));
+    }
+
+    private static string[]? StatFields(int pid)
+    {
+        try
+        {
+            var stat = File.ReadAllText($"/proc/{pid}/stat");
+            // The command name (field 2) may hold spaces and parentheses: the fields start after the last ')'.
+            var close = stat.LastIndexOf(')');
+            return close < 0 ? null : stat[(close + 2)..].Split(' ', StringSplitOptions.RemoveEmptyEntries);
+        }
+        catch (IOException) { return null; }
+        catch (UnauthorizedAccessException) { return null; }
+    }
+
+    [DllImport("libc", EntryPoint = "kill", SetLastError = true)]
+    private static extern int Kill(int pid, int signal);
+}

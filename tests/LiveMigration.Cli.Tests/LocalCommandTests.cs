@@ -1,0 +1,137 @@
+using System.Diagnostics;
+using System.Text.Json;
+using LiveMigration.Cli.Api;
+using LiveMigration.Cli.Local;
+
+namespace LiveMigration.Cli.Tests;
+
+/// <summary>
+/// <c>lsm local up/status/down</c> run as processes, as an operator types them: the nodes must outlive the
+/// <c>lsm</c> that started them, and down must leave no node and no VM behind (checked in /proc).
+/// </summary>
+public sealed class LocalCommandTests : IAsyncLifetime
+{
+    // Short, under /tmp: a VM's unix sockets would live below it.
+    private readonly string _dataDirectory = Path.Combine("/tmp", $"lsm-{Guid.NewGuid().ToString("N")[..8]}");
+
+    public Task InitializeAsync() => Task.CompletedTask;
+
+    public async Task DisposeAsync()
+    {
+        // Whatever a failed assertion left running is stopped by pid before the directory goes.
+        if (Directory.Exists(_dataDirectory))
+        {
+            await LocalClusterLauncher.DownAsync(_dataDirectory);
+            Directory.Delete(_dataDirectory, recursive: true);
+        }
+    }
+
+    [Fact]
+    public async Task Up_status_down_starts_a_detached_cluster_and_stops_every_process_and_vm()
+    {
+        var up = await CliProcess.RunAsync(null, "local", "up", "--hosts", "2", "--data-dir", _dataDirectory, "--api-port", "0", "--fast-timings");
+        Assert.True(up.ExitCode == 0, up.ToString());
+
+        var state = await LocalClusterState.ReadAsync(_dataDirectory) ?? throw new Xunit.Sdk.XunitException($"no state file after up\n{up}");
+        Assert.Equal(new[] { "coordinator", "host-1", "host-2" }, state.Nodes.Select(n => n.Name));
+        Assert.Equal(new[] { "coordinator", "host,spm", "host" }, state.Nodes.Select(n => n.Role));
+        var pids = state.Nodes.Select(n => n.Pid).ToList();
+        foreach (var pid in pids)
+        {
+            // Alive after lsm exited, and detached: each node leads a session of its own, with no stdio of lsm's.
+            Assert.True(Directory.Exists($"/proc/{pid}"), $"pid {pid} is gone after up returned\n{up}");
+            Assert.Equal(pid.ToString(), SessionId(pid));
+            Assert.Equal("/dev/null", new FileInfo($"/proc/{pid}/fd/0").LinkTarget);
+        }
+
+        var show = await CliProcess.RunAsync(null, "cluster", "show", "--api", state.ApiUrl, "--json");
+        Assert.True(show.ExitCode == 0, show.ToString());
+        var members = JsonDocument.Parse(show.Stdout).RootElement.GetProperty("members").EnumerateArray().ToList();
+        Assert.Equal(3, members.Count(m => m.GetProperty("status").GetString() == "up"));
+        Assert.Equal(state.Nodes.Select(n => n.Address).Order(), members.Select(m => m.GetProperty("address").GetString()).Order());
+
+        var status = await CliProcess.RunAsync(null, "local", "status", "--data-dir", _dataDirectory, "--json");
+        Assert.True(status.ExitCode == 0, status.ToString());
+        var statusJson = JsonDocument.Parse(status.Stdout).RootElement;
+        Assert.Equal(state.ApiUrl, statusJson.GetProperty("apiUrl").GetString());
+        Assert.Equal(3, statusJson.GetProperty("nodes").EnumerateArray().Count(n => n.GetProperty("alive").GetBoolean()));
+        var table = await CliProcess.RunAsync(null, "local", "status", "--data-dir", _dataDirectory);
+        Assert.Contains("3 of 3 alive", table.Stdout);
+
+        // A second up on the same directory refuses while the first one runs, and starts nothing.
+        var again = await CliProcess.RunAsync(null, "local", "up", "--data-dir", _dataDirectory, "--api-port", "0", "--fast-timings");
+        Assert.True(again.ExitCode == ExitCodes.BadUsage, again.ToString());
+        Assert.Contains("already runs", again.Stderr);
+        Assert.Equal(pids, (await LocalClusterState.ReadAsync(_dataDirectory))!.Nodes.Select(n => n.Pid));
+
+        // A QEMU the way a host runs one: daemonized, its pid file under the host's run directory.
+        var vmPid = await StartIdleQemuAsync(Path.Combine(LocalCluster.HostRunDirectoryOf(_dataDirectory, "host-2"), "vms", "idle.pid"));
+
+        var down = await CliProcess.RunAsync(null, "local", "down", "--data-dir", _dataDirectory);
+        Assert.True(down.ExitCode == 0, down.ToString());
+        foreach (var pid in pids.Append(vmPid))
+            Assert.False(Directory.Exists($"/proc/{pid}"), $"pid {pid} still runs after down\n{down}");
+
+        var after = await CliProcess.RunAsync(null, "local", "status", "--data-dir", _dataDirectory, "--json");
+        Assert.True(after.ExitCode == 0, after.ToString());
+        Assert.All(JsonDocument.Parse(after.Stdout).RootElement.GetProperty("nodes").EnumerateArray(), n => Assert.False(n.GetProperty("alive").GetBoolean()));
+    }
+
+    [Fact]
+    public async Task Down_and_status_with_nothing_running_say_so_and_exit_zero()
+    {
+        var down = await CliProcess.RunAsync(null, "local", "down", "--data-dir", _dataDirectory);
+        Assert.True(down.ExitCode == 0, down.ToString());
+        Assert.Contains("nothing runs", down.Stdout);
+
+        var status = await CliProcess.RunAsync(null, "local", "status", "--data-dir", _dataDirectory);
+        Assert.True(status.ExitCode == 0, status.ToString());
+        Assert.Contains("no local cluster", status.Stdout);
+    }
+
+    [Fact]
+    public async Task Up_refuses_bad_options_before_starting_anything()
+    {
+        var hosts = await CliProcess.RunAsync(null, "local", "up", "--hosts", "0", "--data-dir", _dataDirectory);
+        Assert.True(hosts.ExitCode == ExitCodes.BadUsage, hosts.ToString());
+        Assert.Contains("--hosts", hosts.Stderr);
+
+        var journal = await CliProcess.RunAsync(null, "local", "up", "--journal", "mysql://x", "--data-dir", _dataDirectory);
+        Assert.True(journal.ExitCode == ExitCodes.BadUsage, journal.ToString());
+        Assert.Contains("--journal", journal.Stderr);
+        Assert.False(File.Exists(LocalClusterState.PathIn(_dataDirectory)), "a refused up wrote a state file");
+    }
+
+    [Fact]
+    public void A_postgres_uri_journal_becomes_an_npgsql_connection_string()
+    {
+        Assert.Null(LocalClusterLauncher.PostgresConnection("sqlite"));
+        Assert.Equal("Host=127.0.0.1;Port=5433;Database=lsm;Username=ops;Password=p@ss",
+            LocalClusterLauncher.PostgresConnection("postgres://ops:p%40ss@127.0.0.1:5433/lsm"));
+        Assert.Equal("Host=db;Port=5432;Database=lsm", LocalClusterLauncher.PostgresConnection("postgresql://db/lsm"));
+        Assert.Equal("Host=db;Database=lsm", LocalClusterLauncher.PostgresConnection("Host=db;Database=lsm"));
+        Assert.Throws<CliFailure>(() => LocalClusterLauncher.PostgresConnection("postgres://db"));
+    }
+
+    /// <summary>Field 6 of /proc/PID/stat: the session id.</summary>
+    private static string SessionId(int pid)
+    {
+        var stat = File.ReadAllText($"/proc/{pid}/stat");
+        return stat[(stat.LastIndexOf(')') + 2)..].Split(' ')[3];
+    }
+
+    private static async Task<int> StartIdleQemuAsync(string pidFile)
+    {
+        Directory.CreateDirectory(Path.GetDirectoryName(pidFile)!);
+        var psi = new ProcessStartInfo("qemu-system-x86_64") { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
+        foreach (var a in new[] { "-machine", "none", "-display", "none", "-daemonize", "-pidfile", pidFile }) psi.ArgumentList.Add(a);
+        using var qemu = Process.Start(psi)!;
+        var stderr = qemu.StandardError.ReadToEndAsync();
+        await qemu.StandardOutput.ReadToEndAsync();
+        await qemu.WaitForExitAsync();
+        Assert.True(qemu.ExitCode == 0, $"qemu did not start: {await stderr}");
+        var pid = int.Parse((await File.ReadAllTextAsync(pidFile)).Trim());
+        Assert.True(Directory.Exists($"/proc/{pid}"));
+        return pid;
+    }
+}
