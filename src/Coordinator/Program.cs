@@ -19,11 +19,14 @@ try
 catch (Exception e) when (e is ArgumentException or FormatException)
 {
     Console.Error.WriteLine($"Coordinator: {e.Message}");
-    Console.Error.WriteLine("usage: Coordinator --port 4053 --seed akka.tcp://lsm@127.0.0.1:4053 --data-dir var/coordinator --http http://127.0.0.1:9110 [--postgres CONNECTION]");
+    Console.Error.WriteLine("usage: Coordinator --port 4053 --seed akka.tcp://lsm@127.0.0.1:4053 --data-dir var/coordinator --http http://127.0.0.1:9110 [--api-token TOKEN] [--postgres CONNECTION]");
     return 2;
 }
 
 builder.WebHost.UseUrls(settings.HttpUrl);
+builder.WebHost.ConfigureKestrel(k => k.Limits.MaxRequestBodySize = ApiSecurity.MaxRequestBodyBytes);
+// Bad JSON bodies throw, so the error handler answers them in the API's {code, message} shape.
+builder.Services.Configure<Microsoft.AspNetCore.Routing.RouteHandlerOptions>(o => o.ThrowOnBadRequest = true);
 // Requests are not worth a log line each; warnings and errors are.
 builder.Logging.AddFilter("Microsoft.AspNetCore", LogLevel.Warning);
 builder.Services.AddAkka(ClusterNodeSettings.SystemName, akka => akka.WithCoordinator(settings));
@@ -36,6 +39,7 @@ builder.Services.ConfigureHttpJsonOptions(o =>
 });
 
 var app = builder.Build();
+app.UseApiSecurity(settings.ApiToken);
 app.MapMigrationApi();
 app.MapClusterApi();
 app.MapGet("/healthz", () => Results.Ok(new { status = "up" }));

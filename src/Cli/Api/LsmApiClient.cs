@@ -18,11 +18,16 @@ public sealed class LsmApiClient : IDisposable
     private static readonly TimeSpan RequestTimeout = TimeSpan.FromSeconds(30);
     private readonly HttpClient _http;
 
-    public LsmApiClient(Uri baseAddress)
+    public LsmApiClient(Uri baseAddress, string? token = null)
     {
         BaseAddress = baseAddress;
+        HasToken = token is not null;
         _http = new HttpClient { BaseAddress = baseAddress, Timeout = RequestTimeout };
+        if (token is not null)
+            _http.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", token);
     }
+
+    public bool HasToken { get; }
 
     public Uri BaseAddress { get; }
 
@@ -57,6 +62,10 @@ public sealed class LsmApiClient : IDisposable
             var detail = json.ValueKind == JsonValueKind.Object && json.TryGetProperty("message", out var m) && m.ValueKind == JsonValueKind.String
                 ? (json.TryGetProperty("code", out var c) && c.ValueKind == JsonValueKind.String ? $"{c.GetString()}: " : "") + m.GetString()
                 : $"{(int)response.StatusCode} {response.ReasonPhrase}";
+            if (response.StatusCode == HttpStatusCode.Unauthorized)
+                throw CliFailure.BadUsage(HasToken
+                    ? $"the Coordinator API at {BaseAddress} did not accept the token (--token or LSM_TOKEN)"
+                    : $"the Coordinator API at {BaseAddress} needs a token: pass --token TOKEN or set LSM_TOKEN");
             var code = response.StatusCode == HttpStatusCode.BadRequest ? ExitCodes.BadUsage : ExitCodes.OperationFailed;
             throw new CliFailure(code, $"{message.Method} {message.RequestUri}: {(int)response.StatusCode} {detail}");
         }
