@@ -31,6 +31,7 @@ builder.Services.Configure<Microsoft.AspNetCore.Routing.RouteHandlerOptions>(o =
 builder.Logging.AddFilter("Microsoft.AspNetCore", LogLevel.Warning);
 builder.Services.AddAkka(ClusterNodeSettings.SystemName, akka => akka.WithCoordinator(settings));
 builder.Services.AddSingleton<MigrationService>();
+builder.Services.AddSingleton(sp => new LiveMigration.Coordinator.Migration.MigrationCatalog(sp.GetRequiredService<Akka.Actor.ActorSystem>()));
 // Ids as plain UUID strings and enums by name, as on the wire.
 builder.Services.ConfigureHttpJsonOptions(o =>
 {

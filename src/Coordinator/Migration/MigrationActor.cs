@@ -119,7 +119,7 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
 
     /// <summary>Only operator commands get an answer; host results, timers and the limits' admission do not wait for one.</summary>
     private static bool IsOperatorCommand(IMigrationCommand command) =>
-        command is StartMigration or CancelMigration or ResumeMigration or AbandonMigration;
+        command is StartMigration or CancelMigration or ResumeMigration or AbandonMigration or SetMigrationSpeed;
 
     private void Handle(IMigrationCommand command, IActorRef sender, IActorRef? replyTo)
     {
@@ -134,6 +134,8 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
         if (decision.Events.Count == 0)
         {
             replyTo?.Tell(Accepted(command));
+            // The same speed again still reaches the hosts: a host that restarted may have lost it.
+            if (command is SetMigrationSpeed) SendSpeeds();
             return;
         }
 
@@ -146,7 +148,19 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
             Publish();
             replyTo?.Tell(Accepted(command));
             Dispatch();
+            if (command is SetMigrationSpeed) SendSpeeds();
         });
+    }
+
+    /// <summary>The new speed to the copies and mirrors that run now; no answer comes back (hosts log what they did).</summary>
+    private void SendSpeeds()
+    {
+        foreach (var change in MigrationActions.SpeedChanges(_state))
+        {
+            var target = change.Role == HostRole.Spm ? _hosts.Spm : _hosts.HsmFor(change.Vm);
+            _log.Info("Migration {Migration}: speed {Speed} B/s to the {Role} for {Operation}", Id, change.SpeedBytesPerSecond, change.Role, change.Operation);
+            target?.Tell(new SetStepSpeed(change.Operation, change.SpeedBytesPerSecond));
+        }
     }
 
     private MigrationCommandAccepted Accepted(IMigrationCommand command) =>
