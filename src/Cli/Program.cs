@@ -79,9 +79,13 @@ app.Configure(config =>
         .WithExample("migrate", "2f1c6e2a-6a3e-4c43-9a53-0f6f0c7d9b11", "--to", "domain-b", "--wait")
         .WithExample("migrate", "2f1c6e2a-6a3e-4c43-9a53-0f6f0c7d9b11", "--to", "domain-b", "--disk", "5b6e1c7a-0d2f-4b8e-8c1d-2a3b4c5d6e7f",
             "--strategy", "post-copy", "--bandwidth", "100MiB/s", "--copy-mode", "write-blocking");
+    config.AddCommand<MigrationsCommand>("migrations")
+        .WithDescription("Every migration the Coordinator knows (also finished ones, across restarts), newest first")
+        .WithExample("migrations")
+        .WithExample("migrations", "--active", "--json");
     config.AddBranch<GlobalSettings>("migration", migration =>
     {
-        migration.SetDescription("One migration: show, cancel, resume, abandon");
+        migration.SetDescription("One migration: show, cancel, resume, abandon, set-speed");
         migration.AddCommand<MigrationShowCommand>("show")
             .WithDescription("Status, progress of each disk, every step with its times and errors")
             .WithExample("migration", "show", "7d0b5f0e-2c1a-4d8e-9a51-3f3e2b1c0a99");
@@ -94,6 +98,10 @@ app.Configure(config =>
         migration.AddCommand<MigrationAbandonCommand>("abandon")
             .WithDescription("Give up a suspended migration, leaving the disks where they run now")
             .WithExample("migration", "abandon", "7d0b5f0e-2c1a-4d8e-9a51-3f3e2b1c0a99");
+        migration.AddCommand<MigrationSetSpeedCommand>("set-speed")
+            .WithDescription("Change a running migration's bandwidth limit; the running copy takes it at once (0 = unlimited)")
+            .WithExample("migration", "set-speed", "7d0b5f0e-2c1a-4d8e-9a51-3f3e2b1c0a99", "50MiB/s")
+            .WithExample("migration", "set-speed", "7d0b5f0e-2c1a-4d8e-9a51-3f3e2b1c0a99", "0");
     });
 });
 return await app.RunAsync(args, interrupted.Token);
