@@ -43,7 +43,7 @@ app.Configure(config =>
 
     config.AddBranch<GlobalSettings>("cluster", cluster =>
     {
-        cluster.SetDescription("The Akka.NET cluster: members, leave/down/join, sharding");
+        cluster.SetDescription("The Akka.NET cluster: members, leave/down/join, down-unreachable, tail, sharding");
         cluster.AddCommand<ClusterShowCommand>("show")
             .WithDescription("Every member with its status and roles, the leader, the unreachable members")
             .WithExample("cluster", "show")
@@ -57,12 +57,22 @@ app.Configure(config =>
         cluster.AddCommand<ClusterJoinCommand>("join")
             .WithDescription("Make the API's node join the cluster at that member's address")
             .WithExample("cluster", "join", "akka.tcp://lsm@127.0.0.1:4053");
+        cluster.AddCommand<ClusterDownUnreachableCommand>("down-unreachable")
+            .WithDescription("Mark every member that is unreachable now down (crashed nodes that will not come back)")
+            .WithExample("cluster", "down-unreachable");
+        cluster.AddCommand<ClusterTailCommand>("tail")
+            .WithDescription("The members, then membership and reachability events as they happen, until Ctrl+C or --seconds")
+            .WithExample("cluster", "tail")
+            .WithExample("cluster", "tail", "--seconds", "60", "--json");
         cluster.AddBranch<GlobalSettings>("sharding", sharding =>
         {
             sharding.SetDescription("Cluster sharding");
             sharding.AddCommand<ShardingRegionsCommand>("regions")
                 .WithDescription("The shard region types and, per node, their shard and entity counts")
                 .WithExample("cluster", "sharding", "regions");
+            sharding.AddCommand<ShardingRegionStatsCommand>("region-stats")
+                .WithDescription("One region's shards per node with the entity count of each")
+                .WithExample("cluster", "sharding", "region-stats", "migration");
         });
     });
     config.AddCommand<HostsCommand>("hosts")
