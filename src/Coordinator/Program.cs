@@ -1,3 +1,4 @@
+using OpenTelemetry.Metrics;
 using Akka.Hosting;
 using LiveMigration.Coordinator.Api;
 using LiveMigration.Coordinator.Hosting;
@@ -32,6 +33,10 @@ builder.Logging.AddFilter("Microsoft.AspNetCore", LogLevel.Warning);
 builder.Services.AddAkka(ClusterNodeSettings.SystemName, akka => akka.WithCoordinator(settings));
 builder.Services.AddSingleton<MigrationService>();
 builder.Services.AddSingleton(sp => new LiveMigration.Coordinator.Migration.MigrationCatalog(sp.GetRequiredService<Akka.Actor.ActorSystem>()));
+// The meter of the sagas, exported as Prometheus text at /metrics.
+builder.Services.AddOpenTelemetry().WithMetrics(metrics => metrics
+    .AddMeter(LiveMigration.Coordinator.Migration.MigrationMetrics.MeterName)
+    .AddPrometheusExporter());
 // Ids as plain UUID strings and enums by name, as on the wire.
 builder.Services.ConfigureHttpJsonOptions(o =>
 {
@@ -43,7 +48,8 @@ var app = builder.Build();
 app.UseApiSecurity(settings.ApiToken);
 app.MapMigrationApi();
 app.MapClusterApi();
-app.MapGet("/healthz", () => Results.Ok(new { status = "up" }));
+app.MapHealth(new LiveMigration.Coordinator.Persistence.JournalOptions(settings.DataDirectory, settings.PostgresConnectionString));
+app.MapPrometheusScrapingEndpoint("/metrics");
 Console.WriteLine($"Coordinator: journal {(settings.PostgresConnectionString is null ? $"SQLite under {settings.DataDirectory}" : "PostgreSQL")}, API {settings.HttpUrl}");
 await app.RunAsync();
 return 0;

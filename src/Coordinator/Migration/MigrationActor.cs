@@ -53,6 +53,7 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
 
     protected override void PostStop()
     {
+        MigrationMetrics.Forget(Id);
         if (_settings.PublishToCluster) Akka.Cluster.Cluster.Get(Context.System).Unsubscribe(Self);
         base.PostStop();
     }
@@ -142,7 +143,9 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
         var left = decision.Events.Count;
         PersistAll(decision.Events, e =>
         {
+            MigrationMetrics.Record(_state, e);
             _state = MigrationState.Apply(_state, e);
+            MigrationMetrics.Track(_state);
             if (--left > 0) return;
             SnapshotIfDue();
             Publish();
@@ -168,6 +171,7 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
 
     private void AfterRecovery()
     {
+        MigrationMetrics.Track(_state);
         if (_state.Status is MigrationStatus.New)
             return;
         var inFlight = _state.Disks.Count(d => d.Phase == DiskPhase.InFlight);
