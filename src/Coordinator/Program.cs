@@ -1,4 +1,5 @@
 using OpenTelemetry.Metrics;
+using OpenTelemetry.Resources;
 using Akka.Hosting;
 using LiveMigration.Coordinator.Api;
 using LiveMigration.Coordinator.Hosting;
@@ -25,7 +26,8 @@ catch (Exception e) when (e is ArgumentException or FormatException)
 }
 
 builder.WebHost.UseUrls(settings.HttpUrl);
-builder.WebHost.ConfigureKestrel(k => k.Limits.MaxRequestBodySize = ApiSecurity.MaxRequestBodyBytes);
+// A backstop: the API's own check (ApiSecurity) answers oversized bodies with its JSON 413 before this is reached.
+builder.WebHost.ConfigureKestrel(k => k.Limits.MaxRequestBodySize = 4 * ApiSecurity.MaxRequestBodyBytes);
 // Bad JSON bodies throw, so the error handler answers them in the API's {code, message} shape.
 builder.Services.Configure<Microsoft.AspNetCore.Routing.RouteHandlerOptions>(o => o.ThrowOnBadRequest = true);
 // Requests are not worth a log line each; warnings and errors are.
@@ -34,8 +36,10 @@ builder.Services.AddAkka(ClusterNodeSettings.SystemName, akka => akka.WithCoordi
 builder.Services.AddSingleton<MigrationService>();
 builder.Services.AddSingleton(sp => new LiveMigration.Coordinator.Migration.MigrationCatalog(sp.GetRequiredService<Akka.Actor.ActorSystem>()));
 // The meter of the sagas, exported as Prometheus text at /metrics.
-builder.Services.AddOpenTelemetry().WithMetrics(metrics => metrics
-    .AddMeter(LiveMigration.Coordinator.Migration.MigrationMetrics.MeterName)
+builder.Services.AddOpenTelemetry()
+    .ConfigureResource(resource => resource.AddService("lsm-coordinator"))
+    .WithMetrics(metrics => metrics
+    .AddMeter(LiveMigration.Coordinator.Migration.MigrationMetrics.Meter.Name)
     .AddPrometheusExporter());
 // Ids as plain UUID strings and enums by name, as on the wire.
 builder.Services.ConfigureHttpJsonOptions(o =>

@@ -15,7 +15,8 @@ public static class MigrationMetrics
 {
     public const string MeterName = "LiveMigration.Coordinator";
 
-    private static readonly Meter Meter = new(MeterName);
+    /// <summary>The meter itself; reading it (as the Coordinator's startup does) creates every instrument, so /metrics lists them from the start.</summary>
+    public static Meter Meter { get; } = new(MeterName);
     private static readonly ConcurrentDictionary<MigrationId, byte> Active = new();
 
     private static readonly Counter<long> Completed = Meter.CreateCounter<long>("lsm.migrations.completed", description: "Migrations that completed (every disk moved)");
