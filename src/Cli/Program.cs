@@ -41,7 +41,9 @@ app.Configure(config =>
     config.AddExample("migrate", "2f1c6e2a-6a3e-4c43-9a53-0f6f0c7d9b11", "--to", "domain-b", "--wait");
     config.AddExample("migration", "show", "7d0b5f0e-2c1a-4d8e-9a51-3f3e2b1c0a99", "--json");
 
-    config.AddBranch<GlobalSettings>("cluster", cluster =>
+    // Branches without a settings type: Spectre shows a branch's inherited options in no subcommand's help, and every
+    // command's settings carry the global options (--api, --token, --json) themselves.
+    config.AddBranch("cluster", cluster =>
     {
         cluster.SetDescription("The Akka.NET cluster: members, leave/down/join, down-unreachable, tail, sharding");
         cluster.AddCommand<ClusterShowCommand>("show")
@@ -64,7 +66,7 @@ app.Configure(config =>
             .WithDescription("The members, then membership and reachability events as they happen, until Ctrl+C or --seconds")
             .WithExample("cluster", "tail")
             .WithExample("cluster", "tail", "--seconds", "60", "--json");
-        cluster.AddBranch<GlobalSettings>("sharding", sharding =>
+        cluster.AddBranch("sharding", sharding =>
         {
             sharding.SetDescription("Cluster sharding");
             sharding.AddCommand<ShardingRegionsCommand>("regions")
@@ -93,7 +95,7 @@ app.Configure(config =>
         .WithDescription("Every migration the Coordinator knows (also finished ones, across restarts), newest first")
         .WithExample("migrations")
         .WithExample("migrations", "--active", "--json");
-    config.AddBranch<GlobalSettings>("migration", migration =>
+    config.AddBranch("migration", migration =>
     {
         migration.SetDescription("One migration: show, cancel, resume, abandon, set-speed");
         migration.AddCommand<MigrationShowCommand>("show")
