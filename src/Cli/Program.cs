@@ -41,9 +41,11 @@ app.Configure(config =>
     config.AddExample("migrate", "2f1c6e2a-6a3e-4c43-9a53-0f6f0c7d9b11", "--to", "domain-b", "--wait");
     config.AddExample("migration", "show", "7d0b5f0e-2c1a-4d8e-9a51-3f3e2b1c0a99", "--json");
 
-    config.AddBranch<GlobalSettings>("cluster", cluster =>
+    // Branches without a settings type: Spectre shows a branch's inherited options in no subcommand's help, and every
+    // command's settings carry the global options (--api, --token, --json) themselves.
+    config.AddBranch("cluster", cluster =>
     {
-        cluster.SetDescription("The Akka.NET cluster: members, leave/down/join, sharding");
+        cluster.SetDescription("The Akka.NET cluster: members, leave/down/join, down-unreachable, tail, sharding");
         cluster.AddCommand<ClusterShowCommand>("show")
             .WithDescription("Every member with its status and roles, the leader, the unreachable members")
             .WithExample("cluster", "show")
@@ -57,12 +59,22 @@ app.Configure(config =>
         cluster.AddCommand<ClusterJoinCommand>("join")
             .WithDescription("Make the API's node join the cluster at that member's address")
             .WithExample("cluster", "join", "akka.tcp://lsm@127.0.0.1:4053");
-        cluster.AddBranch<GlobalSettings>("sharding", sharding =>
+        cluster.AddCommand<ClusterDownUnreachableCommand>("down-unreachable")
+            .WithDescription("Mark every member that is unreachable now down (crashed nodes that will not come back)")
+            .WithExample("cluster", "down-unreachable");
+        cluster.AddCommand<ClusterTailCommand>("tail")
+            .WithDescription("The members, then membership and reachability events as they happen, until Ctrl+C or --seconds")
+            .WithExample("cluster", "tail")
+            .WithExample("cluster", "tail", "--seconds", "60", "--json");
+        cluster.AddBranch("sharding", sharding =>
         {
             sharding.SetDescription("Cluster sharding");
             sharding.AddCommand<ShardingRegionsCommand>("regions")
                 .WithDescription("The shard region types and, per node, their shard and entity counts")
                 .WithExample("cluster", "sharding", "regions");
+            sharding.AddCommand<ShardingRegionStatsCommand>("region-stats")
+                .WithDescription("One region's shards per node with the entity count of each")
+                .WithExample("cluster", "sharding", "region-stats", "migration");
         });
     });
     config.AddCommand<HostsCommand>("hosts")
@@ -79,9 +91,13 @@ app.Configure(config =>
         .WithExample("migrate", "2f1c6e2a-6a3e-4c43-9a53-0f6f0c7d9b11", "--to", "domain-b", "--wait")
         .WithExample("migrate", "2f1c6e2a-6a3e-4c43-9a53-0f6f0c7d9b11", "--to", "domain-b", "--disk", "5b6e1c7a-0d2f-4b8e-8c1d-2a3b4c5d6e7f",
             "--strategy", "post-copy", "--bandwidth", "100MiB/s", "--copy-mode", "write-blocking");
-    config.AddBranch<GlobalSettings>("migration", migration =>
+    config.AddCommand<MigrationsCommand>("migrations")
+        .WithDescription("Every migration the Coordinator knows (also finished ones, across restarts), newest first")
+        .WithExample("migrations")
+        .WithExample("migrations", "--active", "--json");
+    config.AddBranch("migration", migration =>
     {
-        migration.SetDescription("One migration: show, cancel, resume, abandon");
+        migration.SetDescription("One migration: show, cancel, resume, abandon, set-speed");
         migration.AddCommand<MigrationShowCommand>("show")
             .WithDescription("Status, progress of each disk, every step with its times and errors")
             .WithExample("migration", "show", "7d0b5f0e-2c1a-4d8e-9a51-3f3e2b1c0a99");
@@ -98,6 +114,10 @@ app.Configure(config =>
         migration.AddCommand<MigrationAbandonCommand>("abandon")
             .WithDescription("Give up a suspended migration, leaving the disks where they run now")
             .WithExample("migration", "abandon", "7d0b5f0e-2c1a-4d8e-9a51-3f3e2b1c0a99");
+        migration.AddCommand<MigrationSetSpeedCommand>("set-speed")
+            .WithDescription("Change a running migration's bandwidth limit; the running copy takes it at once (0 = unlimited)")
+            .WithExample("migration", "set-speed", "7d0b5f0e-2c1a-4d8e-9a51-3f3e2b1c0a99", "50MiB/s")
+            .WithExample("migration", "set-speed", "7d0b5f0e-2c1a-4d8e-9a51-3f3e2b1c0a99", "0");
     });
     config.AddBranch("local", local =>
     {

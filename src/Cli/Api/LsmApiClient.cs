@@ -17,28 +17,75 @@ public sealed class LsmApiClient : IDisposable
 {
     private static readonly TimeSpan RequestTimeout = TimeSpan.FromSeconds(30);
     private readonly HttpClient _http;
+    private readonly HttpClient _streams;
 
-    public LsmApiClient(Uri baseAddress)
+    public LsmApiClient(Uri baseAddress, string? token = null)
     {
         BaseAddress = baseAddress;
+        HasToken = token is not null;
         _http = new HttpClient { BaseAddress = baseAddress, Timeout = RequestTimeout };
+        // An event stream stays open as long as the operator watches: no overall timeout.
+        _streams = new HttpClient { BaseAddress = baseAddress, Timeout = Timeout.InfiniteTimeSpan };
+        if (token is not null)
+            foreach (var client in new[] { _http, _streams })
+                client.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", token);
     }
+
+    public bool HasToken { get; }
 
     public Uri BaseAddress { get; }
 
     public Task<ApiResponse> GetAsync(string path, CancellationToken ct) =>
         SendAsync(() => new HttpRequestMessage(HttpMethod.Get, path), ct);
 
+    /// <summary>A GET where "not found" means the operator named something that does not exist: exit 2, not 1.</summary>
+    public Task<ApiResponse> GetNamedAsync(string path, CancellationToken ct) =>
+        SendAsync(() => new HttpRequestMessage(HttpMethod.Get, path), ct, notFoundIsBadUsage: true);
+
+    /// <summary>The frames of a server-sent-events stream (<c>event</c> name and <c>data</c>) as they arrive, until it ends or <paramref name="ct"/> fires.</summary>
+    public async IAsyncEnumerable<(string Event, string Data)> StreamAsync(string path, [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken ct)
+    {
+        using var message = new HttpRequestMessage(HttpMethod.Get, path);
+        message.Headers.Accept.ParseAdd("text/event-stream");
+        using var response = await ConnectAsync(() => _streams.SendAsync(message, HttpCompletionOption.ResponseHeadersRead, ct), ct);
+        if (!response.IsSuccessStatusCode)
+            throw Failure(message, response, await response.Content.ReadAsStringAsync(ct), notFoundIsBadUsage: false);
+        await using var body = await response.Content.ReadAsStreamAsync(ct);
+        using var reader = new StreamReader(body);
+        var name = "message";
+        var data = new System.Text.StringBuilder();
+        while (await reader.ReadLineAsync(ct) is { } line)
+        {
+            if (line.Length == 0)
+            {
+                if (data.Length > 0) yield return (name, data.ToString());
+                name = "message";
+                data.Clear();
+            }
+            else if (line.StartsWith(':')) continue; // a comment: keep-alive
+            else if (line.StartsWith("event:", StringComparison.Ordinal)) name = line[6..].Trim();
+            else if (line.StartsWith("data:", StringComparison.Ordinal)) data.Append(data.Length > 0 ? "\n" : "").Append(line[5..].TrimStart());
+        }
+    }
+
     public Task<ApiResponse> PostAsync(string path, object? body, CancellationToken ct) =>
         SendAsync(() => new HttpRequestMessage(HttpMethod.Post, path) { Content = JsonContent.Create(body ?? new { }) }, ct);
 
-    private async Task<ApiResponse> SendAsync(Func<HttpRequestMessage> request, CancellationToken ct)
+    private async Task<ApiResponse> SendAsync(Func<HttpRequestMessage> request, CancellationToken ct, bool notFoundIsBadUsage = false)
     {
         using var message = request();
-        HttpResponseMessage response;
+        using var response = await ConnectAsync(() => _http.SendAsync(message, ct), ct);
+        var text = await response.Content.ReadAsStringAsync(ct);
+        if (response.IsSuccessStatusCode)
+            return new ApiResponse(Parse(text), text);
+        throw Failure(message, response, text, notFoundIsBadUsage);
+    }
+
+    private async Task<HttpResponseMessage> ConnectAsync(Func<Task<HttpResponseMessage>> send, CancellationToken ct)
+    {
         try
         {
-            response = await _http.SendAsync(message, ct);
+            return await send();
         }
         catch (HttpRequestException e) when (e.InnerException is SocketException || e.HttpRequestError is HttpRequestError.ConnectionError or HttpRequestError.NameResolutionError)
         {
@@ -48,18 +95,23 @@ public sealed class LsmApiClient : IDisposable
         {
             throw new CliFailure(ExitCodes.ApiUnreachable, $"the Coordinator API at {BaseAddress} did not answer within {RequestTimeout.TotalSeconds:0} s");
         }
-        using (response)
-        {
-            var text = await response.Content.ReadAsStringAsync(ct);
-            var json = Parse(text);
-            if (response.IsSuccessStatusCode)
-                return new ApiResponse(json, text);
-            var detail = json.ValueKind == JsonValueKind.Object && json.TryGetProperty("message", out var m) && m.ValueKind == JsonValueKind.String
-                ? (json.TryGetProperty("code", out var c) && c.ValueKind == JsonValueKind.String ? $"{c.GetString()}: " : "") + m.GetString()
-                : $"{(int)response.StatusCode} {response.ReasonPhrase}";
-            var code = response.StatusCode == HttpStatusCode.BadRequest ? ExitCodes.BadUsage : ExitCodes.OperationFailed;
-            throw new CliFailure(code, $"{message.Method} {message.RequestUri}: {(int)response.StatusCode} {detail}");
-        }
+    }
+
+    /// <summary>The API's refusal as the operator reads it, with the exit code scripts expect.</summary>
+    private CliFailure Failure(HttpRequestMessage message, HttpResponseMessage response, string text, bool notFoundIsBadUsage)
+    {
+        var json = Parse(text);
+        var detail = json.ValueKind == JsonValueKind.Object && json.TryGetProperty("message", out var m) && m.ValueKind == JsonValueKind.String
+            ? (json.TryGetProperty("code", out var c) && c.ValueKind == JsonValueKind.String ? $"{c.GetString()}: " : "") + m.GetString()
+            : $"{(int)response.StatusCode} {response.ReasonPhrase}";
+        if (response.StatusCode == HttpStatusCode.Unauthorized)
+            return CliFailure.BadUsage(HasToken
+                ? $"the Coordinator API at {BaseAddress} did not accept the token (--token or LSM_TOKEN)"
+                : $"the Coordinator API at {BaseAddress} needs a token: pass --token TOKEN or set LSM_TOKEN");
+        var code = response.StatusCode == HttpStatusCode.BadRequest || (notFoundIsBadUsage && response.StatusCode == HttpStatusCode.NotFound)
+            ? ExitCodes.BadUsage
+            : ExitCodes.OperationFailed;
+        return new CliFailure(code, $"{message.Method} {message.RequestUri}: {(int)response.StatusCode} {detail}");
     }
 
     private static JsonElement Parse(string text)
@@ -76,5 +128,9 @@ public sealed class LsmApiClient : IDisposable
         }
     }
 
-    public void Dispose() => _http.Dispose();
+    public void Dispose()
+    {
+        _http.Dispose();
+        _streams.Dispose();
+    }
 }

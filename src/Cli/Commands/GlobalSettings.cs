@@ -14,6 +14,10 @@ public class GlobalSettings : CommandSettings
     [Description("The Coordinator's API (default: env LSM_API, else " + DefaultApi + "). Example: --api http://10.0.0.5:9110")]
     public string? Api { get; set; }
 
+    [CommandOption("--token <TOKEN>")]
+    [Description("The Coordinator's API token, sent as Authorization: Bearer (default: env LSM_TOKEN). Example: --token \"$(cat ~/.lsm-token)\"")]
+    public string? Token { get; set; }
+
     [CommandOption("--json")]
     [Description("Print the API's JSON (stable field names, for scripts) instead of tables")]
     public bool Json { get; set; }
@@ -30,5 +34,7 @@ public class GlobalSettings : CommandSettings
         return ValidationResult.Success();
     }
 
-    public LsmApiClient Client() => new(ApiUri);
+    private string? TokenText => Token is { Length: > 0 } t ? t : Environment.GetEnvironmentVariable("LSM_TOKEN") is { Length: > 0 } env ? env : null;
+
+    public LsmApiClient Client() => new(ApiUri, TokenText);
 }

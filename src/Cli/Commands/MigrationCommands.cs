@@ -170,7 +170,7 @@ public static class MigrationWatch
     }
 }
 
-public sealed class MigrationIdSettings : GlobalSettings
+public class MigrationIdSettings : GlobalSettings
 {
     [CommandArgument(0, "<ID>")]
     [Description("The migration's id (a UUID, as `lsm migrate` printed it)")]
@@ -217,6 +217,84 @@ public sealed class MigrationCancelCommand() : MigrationActionCommand("cancel");
 public sealed class MigrationResumeCommand() : MigrationActionCommand("resume");
 
 public sealed class MigrationAbandonCommand() : MigrationActionCommand("abandon");
+
+public sealed class MigrationsSettings : GlobalSettings
+{
+    [CommandOption("--active")]
+    [Description("Only the migrations that have not finished (running, queued, rolling back, suspended)")]
+    public bool Active { get; set; }
+}
+
+/// <summary><c>lsm migrations [--active]</c>: every migration the Coordinator's journal knows, newest first.</summary>
+public sealed class MigrationsCommand : AsyncCommand<MigrationsSettings>
+{
+    public override async Task<int> ExecuteAsync(CommandContext context, MigrationsSettings settings, CancellationToken ct)
+    {
+        using var api = settings.Client();
+        var list = await api.GetAsync(settings.Active ? "/api/migrations?active=true" : "/api/migrations", ct);
+        if (settings.Json)
+        {
+            Output.Json(list.Text);
+            return ExitCodes.Ok;
+        }
+        var migrations = list.Json.Array("migrations").ToList();
+        if (migrations.Count == 0)
+        {
+            Output.Console.WriteLine(settings.Active ? "no active migrations" : "no migrations");
+            return ExitCodes.Ok;
+        }
+        var table = new Table().AddColumns("Id", "VM", "Status", "Strategy", "Disks", "Started", "Updated");
+        foreach (var m in migrations)
+        {
+            var status = m.Str("status");
+            var colour = status == "completed" ? "green" : m.Bool("finished") ? "red" : "yellow";
+            var disks = m.Array("disks").ToList();
+            var done = disks.Count(d => d.Str("phase") == "Completed");
+            table.AddRow(Output.Escape(m.Str("id")), Output.Escape(m.Str("vm")), $"[{colour}]{Output.Escape(status)}[/]", Output.Escape(m.Str("strategy")),
+                $"{done}/{disks.Count}", Output.Escape(Time(m.Str("requestedAt"))), Output.Escape(Time(m.Str("updatedAt"))));
+        }
+        Output.Console.Write(table);
+        return ExitCodes.Ok;
+    }
+
+    private static string Time(string iso) =>
+        DateTimeOffset.TryParse(iso, System.Globalization.CultureInfo.InvariantCulture, System.Globalization.DateTimeStyles.None, out var t)
+            ? t.UtcDateTime.ToString("yyyy-MM-dd HH:mm:ss'Z'", System.Globalization.CultureInfo.InvariantCulture)
+            : iso;
+}
+
+public sealed class SetSpeedSettings : MigrationIdSettings
+{
+    [CommandArgument(1, "<RATE>")]
+    [Description("The new bandwidth limit of the whole migration, e.g. 50MiB/s or 512k; 0 = unlimited")]
+    public string Rate { get; set; } = "";
+
+    public long BytesPerSecond => ByteRate.TryParse(Rate, out var b) ? b : 0;
+
+    public override ValidationResult Validate()
+    {
+        var basic = base.Validate();
+        if (!basic.Successful) return basic;
+        return ByteRate.TryParse(Rate, out _)
+            ? ValidationResult.Success()
+            : ValidationResult.Error($"RATE '{Rate}' is not a rate like 100MiB/s, 512k or 0 (unlimited)");
+    }
+}
+
+/// <summary><c>lsm migration set-speed ID RATE</c>: changes the running copy's bandwidth at once, and the later steps'.</summary>
+public sealed class MigrationSetSpeedCommand : AsyncCommand<SetSpeedSettings>
+{
+    public override async Task<int> ExecuteAsync(CommandContext context, SetSpeedSettings settings, CancellationToken ct)
+    {
+        using var api = settings.Client();
+        var answer = await api.PostAsync($"/api/migrations/{settings.Id}/speed", new { bytesPerSecond = settings.BytesPerSecond }, ct);
+        if (settings.Json) Output.Json(answer.Text);
+        else Output.Console.WriteLine(settings.BytesPerSecond == 0
+            ? $"migration {settings.Id}: speed unlimited"
+            : $"migration {settings.Id}: speed {ByteRate.Format(settings.BytesPerSecond)}/s");
+        return ExitCodes.Ok;
+    }
+}
 
 /// <summary>A migration as tables: the summary, one row per disk, one row per step attempt.</summary>
 public static class MigrationView

@@ -1,6 +1,3 @@
-using System.Net;
-using System.Net.Http.Headers;
-using System.Net.Sockets;
 using System.Text.Json;
 using LiveMigration.Cli.Api;
 using Spectre.Console;
@@ -19,7 +16,8 @@ public sealed class MigrationWatchCommand : AsyncCommand<MigrationIdSettings>
 {
     public override async Task<int> ExecuteAsync(CommandContext context, MigrationIdSettings settings, CancellationToken ct)
     {
-        await using var stream = await MigrationEventStream.OpenAsync(settings.ApiUri, settings.Id, ct);
+        using var client = settings.Client();
+        var stream = new MigrationEventStream(client, settings.Id);
         JsonElement? last;
         if (settings.Json)
             last = await stream.ForEachAsync(e => Output.Json(e.Text), ct);
@@ -80,94 +78,21 @@ public sealed class MigrationWatchCommand : AsyncCommand<MigrationIdSettings>
 /// <summary>One <c>event: migration</c> of the stream: its JSON and the text it came as.</summary>
 public sealed record MigrationEvent(JsonElement Json, string Text);
 
-/// <summary>
-/// The Coordinator's server-sent events of one migration, read line by line (text/event-stream: <c>event:</c> and
-/// <c>data:</c> lines, a blank line ends an event, <c>:</c> starts a comment such as the keep-alives).
-/// </summary>
-public sealed class MigrationEventStream : IAsyncDisposable
+/// <summary>The Coordinator's server-sent events of one migration, through the CLI's API client (so the token goes with them).</summary>
+public sealed class MigrationEventStream(LsmApiClient client, string id)
 {
-    private readonly HttpClient _http;
-    private readonly HttpResponseMessage _response;
-    private readonly StreamReader _reader;
-
-    private MigrationEventStream(HttpClient http, HttpResponseMessage response, StreamReader reader)
-    {
-        _http = http;
-        _response = response;
-        _reader = reader;
-    }
-
-    public static async Task<MigrationEventStream> OpenAsync(Uri api, string id, CancellationToken ct)
-    {
-        // No overall timeout: a migration may take hours; the server's keep-alives show the connection lives.
-        var http = new HttpClient { BaseAddress = api, Timeout = Timeout.InfiniteTimeSpan };
-        if (Environment.GetEnvironmentVariable("LSM_TOKEN") is { Length: > 0 } token)
-            http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", token);
-        HttpResponseMessage response;
-        try
-        {
-            using var request = new HttpRequestMessage(HttpMethod.Get, $"/api/migrations/{id}/events");
-            request.Headers.Accept.Add(new MediaTypeWithQualityHeaderValue("text/event-stream"));
-            response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, ct);
-        }
-        catch (HttpRequestException e) when (e.InnerException is SocketException || e.HttpRequestError is HttpRequestError.ConnectionError or HttpRequestError.NameResolutionError)
-        {
-            http.Dispose();
-            throw new CliFailure(ExitCodes.ApiUnreachable, $"cannot reach the Coordinator API at {api} ({e.Message}); is the cluster up? (--api URL or LSM_API)");
-        }
-        if (!response.IsSuccessStatusCode)
-        {
-            using (response)
-            using (http)
-            {
-                var text = await response.Content.ReadAsStringAsync(ct);
-                var detail = $"{(int)response.StatusCode} {response.ReasonPhrase}";
-                try
-                {
-                    var json = JsonDocument.Parse(text).RootElement;
-                    if (json.Str("message") is { Length: > 0 } message) detail = $"{(int)response.StatusCode} {json.Str("code")}: {message}";
-                }
-                catch (JsonException)
-                {
-                    // not the API's error JSON: the status says enough
-                }
-                throw new CliFailure(response.StatusCode == HttpStatusCode.BadRequest ? ExitCodes.BadUsage : ExitCodes.OperationFailed,
-                    $"GET /api/migrations/{id}/events: {detail}");
-            }
-        }
-        var reader = new StreamReader(await response.Content.ReadAsStreamAsync(ct));
-        return new MigrationEventStream(http, response, reader);
-    }
-
     /// <summary>Hands every migration event to <paramref name="onEvent"/> until the server ends the stream; returns the last one.</summary>
     public async Task<JsonElement?> ForEachAsync(Action<MigrationEvent> onEvent, CancellationToken ct)
     {
         JsonElement? last = null;
-        string? name = null;
-        var data = new List<string>();
         try
         {
-            while (await _reader.ReadLineAsync(ct) is { } line)
+            await foreach (var (name, text) in client.StreamAsync($"/api/migrations/{id}/events", ct))
             {
-                if (line.Length == 0)
-                {
-                    if (name == "migration" && data.Count > 0)
-                    {
-                        var text = string.Join('\n', data);
-                        var json = JsonDocument.Parse(text).RootElement.Clone();
-                        last = json;
-                        onEvent(new MigrationEvent(json, text));
-                    }
-                    name = null;
-                    data.Clear();
-                    continue;
-                }
-                if (line.StartsWith(':')) continue;
-                var colon = line.IndexOf(':');
-                var field = colon < 0 ? line : line[..colon];
-                var value = colon < 0 ? "" : line[(colon + 1)..].TrimStart(' ');
-                if (field == "event") name = value;
-                else if (field == "data") data.Add(value);
+                if (name != "migration") continue;
+                var json = JsonDocument.Parse(text).RootElement.Clone();
+                last = json;
+                onEvent(new MigrationEvent(json, text));
             }
         }
         catch (IOException)
@@ -175,13 +100,5 @@ public sealed class MigrationEventStream : IAsyncDisposable
             // The connection broke off; the caller sees that the last event was not the finished one.
         }
         return last;
-    }
-
-    public ValueTask DisposeAsync()
-    {
-        _reader.Dispose();
-        _response.Dispose();
-        _http.Dispose();
-        return ValueTask.CompletedTask;
     }
 }

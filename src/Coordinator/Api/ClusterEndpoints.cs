@@ -23,6 +23,13 @@ public sealed record ShardRegionNodeResponse(string Address, int Shards, int Ent
 
 public sealed record ShardRegionResponse(string TypeName, int Shards, int Entities, IReadOnlyList<ShardRegionNodeResponse>? Nodes, string? Error);
 
+public sealed record ShardStatsResponse(string ShardId, int Entities);
+
+public sealed record ShardNodeStatsResponse(string Address, IReadOnlyList<ShardStatsResponse> Shards);
+
+/// <summary>The JSON of GET /api/cluster/sharding/regions/{typeName}/stats: per node, its shards and their entity counts.</summary>
+public sealed record RegionStatsResponse(string TypeName, IReadOnlyList<ShardNodeStatsResponse> Nodes);
+
 /// <summary>The JSON of GET /api/cluster/sharding/regions.</summary>
 public sealed record ShardRegionsResponse(IReadOnlyList<ShardRegionResponse> Regions);
 
@@ -39,6 +46,39 @@ public static class ClusterEndpoints
     public static IEndpointRouteBuilder MapClusterApi(this IEndpointRouteBuilder app)
     {
         app.MapGet("/api/cluster", (ActorSystem system) => Results.Ok(Describe(AkkaCluster.Get(system))));
+        app.MapPost("/api/cluster/down-unreachable", (ActorSystem system) =>
+        {
+            var cluster = AkkaCluster.Get(system);
+            var downed = cluster.State.Unreachable.Select(m => m.Address).OrderBy(a => a.ToString(), StringComparer.Ordinal).ToList();
+            foreach (var address in downed) cluster.Down(address);
+            return Results.Ok(new { downed = downed.Select(a => a.ToString()).ToList() });
+        });
+        app.MapGet("/api/cluster/events", (HttpContext http, ActorSystem system,
+                Microsoft.Extensions.Options.IOptions<Microsoft.AspNetCore.Http.Json.JsonOptions> json, CancellationToken ct) =>
+            ClusterEventStream.StreamAsync(http, system, json.Value.SerializerOptions, ct));
+        app.MapGet("/api/cluster/sharding/regions/{typeName}/stats", async (string typeName, ActorSystem system,
+            IRequiredActor<MigrationRegion> migrationRegion, CancellationToken ct) =>
+        {
+            var sharding = ClusterSharding.Get(system);
+            if (!sharding.ShardTypeNames.Contains(typeName))
+                return Refused(StatusCodes.Status404NotFound, ErrorCodes.InvalidArgument,
+                    $"no shard region '{Clip(typeName)}'; this cluster has: {string.Join(", ", sharding.ShardTypeNames.OrderBy(n => n, StringComparer.Ordinal))}");
+            var region = typeName == MigrationTypeName ? migrationRegion.ActorRef : sharding.ShardRegion(typeName);
+            try
+            {
+                var stats = await region.Ask<ClusterShardingStats>(new GetClusterShardingStats(StatsTimeout), StatsTimeout + TimeSpan.FromSeconds(1), ct);
+                var nodes = stats.Regions
+                    .Select(r => new ShardNodeStatsResponse(r.Key.ToString(),
+                        r.Value.Stats.Select(s => new ShardStatsResponse(s.Key, s.Value)).OrderBy(s => s.ShardId, StringComparer.Ordinal).ToList()))
+                    .OrderBy(n => n.Address, StringComparer.Ordinal)
+                    .ToList();
+                return Results.Ok(new RegionStatsResponse(typeName, nodes));
+            }
+            catch (AskTimeoutException)
+            {
+                return Refused(StatusCodes.Status503ServiceUnavailable, "UNAVAILABLE", $"the {typeName} region did not report its shards within {StatsTimeout.TotalSeconds:0} s");
+            }
+        });
         app.MapPost("/api/cluster/{action}", (string action, ClusterAddressBody? body, ActorSystem system) =>
         {
             if (action is not ("leave" or "down" or "join"))
@@ -121,7 +161,7 @@ public static class ClusterEndpoints
             unreachable.Select(a => a.ToString()).OrderBy(a => a, StringComparer.Ordinal).ToList());
     }
 
-    private static string StatusName(Akka.Cluster.MemberStatus status) => status.ToString().ToLowerInvariant() switch
+    public static string StatusName(Akka.Cluster.MemberStatus status) => status.ToString().ToLowerInvariant() switch
     {
         "weaklyup" => "weakly-up",
         "preparingforshutdown" => "preparing-for-shutdown",

@@ -1,3 +1,4 @@
+using LiveMigration.Coordinator.Migration;
 using LiveMigration.Shared.Migration;
 using LiveMigration.Shared.Model;
 using Microsoft.AspNetCore.Builder;
@@ -49,6 +50,12 @@ public sealed record DiskResponse(
     string? LastError,
     IReadOnlyList<StepTimingResponse> Timings);
 
+/// <summary>The JSON of GET /api/migrations: newest request first.</summary>
+public sealed record MigrationListResponse(IReadOnlyList<MigrationResponse> Migrations);
+
+/// <summary>The JSON body of POST /api/migrations/{id}/speed.</summary>
+public sealed record SpeedBody(long? BytesPerSecond);
+
 public sealed record StepTimingResponse(string Step, int Attempt, DateTimeOffset StartedAt, DateTimeOffset? EndedAt, string? Outcome);
 
 /// <summary>
@@ -74,6 +81,24 @@ public static class MigrationEndpoints
             return outcome.Accepted
                 ? Results.Accepted($"/api/migrations/{outcome.Migration}", new { id = outcome.Migration.ToString(), message = outcome.Message })
                 : Refused(StatusFor(outcome.Code), outcome.Code, outcome.Message);
+        });
+        app.MapGet("/api/migrations", async (string? active, MigrationCatalog catalog, CancellationToken ct) =>
+        {
+            if (active is not (null or "true" or "false"))
+                return Refused(StatusCodes.Status400BadRequest, ErrorCodes.InvalidArgument, $"active must be true or false, got '{Clip(active)}'");
+            var views = await catalog.ListAsync(activeOnly: active == "true", ct);
+            return Results.Ok(new MigrationListResponse(views.Select(ResponseOf).ToList()));
+        });
+        app.MapPost("/api/migrations/{id}/speed", async (string id, SpeedBody? body, MigrationService service, CancellationToken ct) =>
+        {
+            if (!MigrationId.TryParse(id, out var migration))
+                return Refused(StatusCodes.Status400BadRequest, ErrorCodes.InvalidId, $"migration id must be a UUID, got '{Clip(id)}'");
+            if (body?.BytesPerSecond is not { } speed || speed < 0)
+                return Refused(StatusCodes.Status400BadRequest, ErrorCodes.InvalidArgument,
+                    $"bytesPerSecond must be 0 (unlimited) or a positive number of bytes per second, got {body?.BytesPerSecond?.ToString() ?? "nothing"}");
+            var outcome = await service.SetSpeedAsync(migration.Value, speed, ct);
+            return outcome.Accepted
+                ? Results.Ok(new { id, message = speed == 0 ? $"migration {migration}: speed unlimited" : $"migration {migration}: speed {speed} bytes/s" }) : Refused(StatusFor(outcome.Code), outcome.Code, outcome.Message);
         });
         app.MapGet("/api/migrations/{id}", async (string id, MigrationService service, CancellationToken ct) =>
         {

@@ -41,6 +41,8 @@ public sealed class MigrationService(IRequiredActor<MigrationRegion> region, IRe
     public Task<CommandOutcome> CancelAsync(MigrationId id, CancellationToken ct = default) => CommandAsync(new CancelMigration(id), ct);
     public Task<CommandOutcome> ResumeAsync(MigrationId id, CancellationToken ct = default) => CommandAsync(new ResumeMigration(id), ct);
     public Task<CommandOutcome> AbandonAsync(MigrationId id, CancellationToken ct = default) => CommandAsync(new AbandonMigration(id), ct);
+    public Task<CommandOutcome> SetSpeedAsync(MigrationId id, long bytesPerSecond, CancellationToken ct = default) =>
+        CommandAsync(new SetMigrationSpeed(id, bytesPerSecond), ct);
 
     /// <summary>The migration as the API shows it, or null when no migration with that id was ever recorded.</summary>
     public async Task<MigrationView?> GetAsync(MigrationId id, CancellationToken ct = default)

@@ -14,13 +14,18 @@ public static class CoordinatorConfiguration
         ["--http"] = "Coordinator:HttpUrl",
         ["--max-per-host"] = "Coordinator:MaxMigrationsPerHost",
         ["--max-per-domain"] = "Coordinator:MaxMigrationsPerDomain",
+        ["--api-token"] = "Coordinator:ApiToken",
     };
 
     public static CoordinatorSettings From(IConfiguration config)
     {
         var http = config["Coordinator:HttpUrl"] ?? "http://127.0.0.1:9110";
-        if (!Uri.TryCreate(http, UriKind.Absolute, out var url) || url.Scheme != "http" || !url.IsLoopback)
-            throw new ArgumentException($"HTTP address '{http}' must be an http:// loopback address (other addresses need the API token, which comes with the operator surfaces)");
+        var token = config["Coordinator:ApiToken"] is { Length: > 0 } t ? t : null;
+        if (!Uri.TryCreate(http, UriKind.Absolute, out var url) || url.Scheme != "http")
+            throw new ArgumentException($"HTTP address '{http}' must be an http:// URL such as http://127.0.0.1:9110");
+        // Anyone who reaches a non-loopback address could start, cancel or abandon migrations: not without a token.
+        if (!IsLoopback(url) && token is null)
+            throw new ArgumentException($"HTTP address '{http}' is not loopback: set an API token (--api-token TOKEN or env LSM_Coordinator__ApiToken) so that requests must carry it");
         return new CoordinatorSettings(
             Path.GetFullPath(config["Coordinator:DataDirectory"] ?? Path.Combine("var", "coordinator")),
             config["Coordinator:PostgresConnectionString"] is { Length: > 0 } pg ? pg : null,
@@ -29,8 +34,11 @@ public static class CoordinatorConfiguration
             new MigrationLimits(
                 ParseInt(config["Coordinator:MaxMigrationsPerHost"], "max migrations per host", 0, 1000, MigrationLimits.Default.PerHost),
                 ParseInt(config["Coordinator:MaxMigrationsPerDomain"], "max migrations per domain", 0, 1000, MigrationLimits.Default.PerDomain)),
-            MigrationActorSettings.Default);
+            MigrationActorSettings.Default) { ApiToken = token };
     }
+
+    /// <summary>127.0.0.1, ::1 or localhost; 0.0.0.0, * and + bind every interface.</summary>
+    private static bool IsLoopback(Uri url) => url.IsLoopback && url.Host is not ("0.0.0.0" or "[::]");
 
     private static int ParseInt(string? text, string what, int min, int max, int fallback) =>
         text is null ? fallback

@@ -23,6 +23,9 @@ public sealed record CoordinatorSettings(
     MigrationActorSettings Actor)
 {
     public const string Role = "coordinator";
+
+    /// <summary>When set, every /api/* and /metrics request must carry <c>Authorization: Bearer {ApiToken}</c>.</summary>
+    public string? ApiToken { get; init; }
 }
 
 public static class CoordinatorHosting

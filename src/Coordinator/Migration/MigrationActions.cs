@@ -25,6 +25,9 @@ public sealed record SendStep(
     long SpeedBytesPerSecond,
     CopyMode CopyMode) : MigrationAction;
 
+/// <summary>Tell a host the new speed of a copy or mirror that runs now for <see cref="Operation"/>'s disk.</summary>
+public sealed record SendSpeed(HostRole Role, VmId Vm, OperationId Operation, long SpeedBytesPerSecond) : MigrationAction;
+
 /// <summary>Send <see cref="RetryDue"/> to the saga at this time.</summary>
 public sealed record WakeAt(DateTimeOffset DueAt) : MigrationAction;
 
@@ -42,9 +45,7 @@ public static class MigrationActions
             return [new RequestAdmission(state.Id, request.Vm, state.Disks.Select(d => d.Plan).ToValueList())];
 
         var actions = new List<MigrationAction>();
-        var parallel = Math.Min(request.MaxParallelDisks, state.Disks.Count);
-        var speed = request.BandwidthBytesPerSecond / Math.Max(1, parallel);
-        if (request.BandwidthBytesPerSecond > 0 && speed == 0) speed = 1;
+        var speed = DiskSpeed(state);
         foreach (var disk in state.Disks.Where(d => d.Phase == DiskPhase.InFlight))
         {
             var step = disk.Step!.Value;
@@ -55,5 +56,39 @@ public static class MigrationActions
         if (due != default)
             actions.Add(new WakeAt(due));
         return actions;
+    }
+
+    /// <summary>One disk's share of the migration's bandwidth limit (the disks moving at once share it); 0 = unlimited.</summary>
+    public static long DiskSpeed(MigrationState state)
+    {
+        if (state.Request is not { } request) return 0;
+        var parallel = Math.Min(request.MaxParallelDisks, state.Disks.Count);
+        var speed = request.BandwidthBytesPerSecond / Math.Max(1, parallel);
+        return request.BandwidthBytesPerSecond > 0 && speed == 0 ? 1 : speed;
+    }
+
+    /// <summary>
+    /// Where a new speed must go at once: the HSM of every disk whose mirror runs (from StartReplication until the
+    /// pivot, or until the rollback cancelled it), and the SPM for a copy step in flight. Steps sent later carry the
+    /// speed by themselves (<see cref="Next"/>).
+    /// </summary>
+    public static IReadOnlyList<SendSpeed> SpeedChanges(MigrationState state)
+    {
+        if (state.Request is not { } request || state.Status.IsFinished)
+            return [];
+        var speed = DiskSpeed(state);
+        var changes = new List<SendSpeed>();
+        foreach (var disk in state.Disks.Where(d => !d.IsFinished && d.Operation is not null))
+        {
+            var operation = disk.Operation!.Value;
+            var mirrorRuns = disk.Started.Contains(MigrationStep.StartReplication) && !disk.PassedPointOfNoReturn
+                && !(disk.Step == MigrationStep.CancelReplication && disk.Phase != DiskPhase.InFlight)
+                && disk.Step != MigrationStep.DeleteDestinationImage;
+            if (mirrorRuns)
+                changes.Add(new SendSpeed(HostRole.Hsm, request.Vm, operation, speed));
+            if (disk.Phase == DiskPhase.InFlight && disk.Step is MigrationStep.SyncInternalVolumes or MigrationStep.CloneInternalVolumes)
+                changes.Add(new SendSpeed(HostRole.Spm, request.Vm, operation, speed));
+        }
+        return changes;
     }
 }

@@ -53,6 +53,7 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
 
     protected override void PostStop()
     {
+        MigrationMetrics.Forget(Id);
         if (_settings.PublishToCluster) Akka.Cluster.Cluster.Get(Context.System).Unsubscribe(Self);
         base.PostStop();
     }
@@ -119,7 +120,7 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
 
     /// <summary>Only operator commands get an answer; host results, timers and the limits' admission do not wait for one.</summary>
     private static bool IsOperatorCommand(IMigrationCommand command) =>
-        command is StartMigration or CancelMigration or ResumeMigration or AbandonMigration;
+        command is StartMigration or CancelMigration or ResumeMigration or AbandonMigration or SetMigrationSpeed;
 
     private void Handle(IMigrationCommand command, IActorRef sender, IActorRef? replyTo)
     {
@@ -134,19 +135,35 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
         if (decision.Events.Count == 0)
         {
             replyTo?.Tell(Accepted(command));
+            // The same speed again still reaches the hosts: a host that restarted may have lost it.
+            if (command is SetMigrationSpeed) SendSpeeds();
             return;
         }
 
         var left = decision.Events.Count;
         PersistAll(decision.Events, e =>
         {
+            MigrationMetrics.Record(_state, e);
             _state = MigrationState.Apply(_state, e);
+            MigrationMetrics.Track(_state);
             if (--left > 0) return;
             SnapshotIfDue();
             Publish();
             replyTo?.Tell(Accepted(command));
             Dispatch();
+            if (command is SetMigrationSpeed) SendSpeeds();
         });
+    }
+
+    /// <summary>The new speed to the copies and mirrors that run now; no answer comes back (hosts log what they did).</summary>
+    private void SendSpeeds()
+    {
+        foreach (var change in MigrationActions.SpeedChanges(_state))
+        {
+            var target = change.Role == HostRole.Spm ? _hosts.Spm : _hosts.HsmFor(change.Vm);
+            _log.Info("Migration {Migration}: speed {Speed} B/s to the {Role} for {Operation}", Id, change.SpeedBytesPerSecond, change.Role, change.Operation);
+            target?.Tell(new SetStepSpeed(change.Operation, change.SpeedBytesPerSecond));
+        }
     }
 
     private MigrationCommandAccepted Accepted(IMigrationCommand command) =>
@@ -154,6 +171,7 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
 
     private void AfterRecovery()
     {
+        MigrationMetrics.Track(_state);
         if (_state.Status is MigrationStatus.New)
             return;
         var inFlight = _state.Disks.Count(d => d.Phase == DiskPhase.InFlight);

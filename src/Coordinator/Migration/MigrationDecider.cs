@@ -42,8 +42,21 @@ public static class MigrationDecider
             AbandonMigration => state.Status is MigrationStatus.Suspended
                 ? Decision.Accept([new MigrationAbandoned(state.Id, now)])
                 : Decision.Refuse(MigrationErrorCodes.NotSuspended, $"migration {state.Id} is {Describe(state.Status)}; only a suspended migration can be abandoned"),
+            SetMigrationSpeed speed => DecideSpeed(state, speed, now),
             _ => Decision.Refuse(ErrorCodes.InvalidArgument, $"migration {state.Id} does not know command {command.GetType().Name}"),
         };
+    }
+
+    /// <summary>A speed change is recorded (so a step sent again after a restart carries it) unless the migration is over.</summary>
+    private static Decision DecideSpeed(MigrationState state, SetMigrationSpeed speed, DateTimeOffset now)
+    {
+        if (state.Status.IsFinished)
+            return Decision.Refuse(MigrationErrorCodes.MigrationFinished, $"migration {state.Id} is {Describe(state.Status)} already; there is no copy to speed up or slow down");
+        if (speed.BytesPerSecond < 0)
+            return Decision.Refuse(ErrorCodes.InvalidArgument, $"migration {state.Id}: speed must be 0 (unlimited) or positive, got {speed.BytesPerSecond} B/s");
+        return state.Request!.BandwidthBytesPerSecond == speed.BytesPerSecond
+            ? Decision.Nothing
+            : Decision.Accept([new MigrationSpeedChanged(state.Id, speed.BytesPerSecond, now)]);
     }
 
     /// <summary>Results for anything but the step in flight (a repeat, an older attempt, another step) change nothing: that makes re-sending safe.</summary>

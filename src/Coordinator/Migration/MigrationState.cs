@@ -180,6 +180,7 @@ public sealed record MigrationState(
             // A resumed step gets its whole retry budget again.
             DiskStates = s.Disks.Select(d => d.Phase == DiskPhase.Suspended ? d with { Phase = DiskPhase.Idle, FailuresInRow = 0 } : d).ToValueList(),
         },
+        MigrationSpeedChanged speed => s with { Request = s.Request! with { BandwidthBytesPerSecond = speed.BytesPerSecond } },
         MigrationCompleted => s with { Status = new MigrationStatus.Completed() },
         MigrationFailed f => s with { Status = new MigrationStatus.Failed(f.Code, f.Message) },
         MigrationCancelled c => s with

@@ -13,18 +13,25 @@ namespace LiveMigration.HostNode.Hsm;
 /// The Host Storage Manager of one host (DESIGN §2): runs the HSM steps of the saga on this host's
 /// hypervisor — mirror, wait for READY, pivot, cancel, live snapshot, backing switch. Each call runs
 /// as a task piped back to the actor. Readiness comes from the hypervisor's pushed events (never a
-/// polling timer): the event handler only tells the actor, the actor then reads the job once. On start
+/// polling timer): the event handler only tells the actor, the actor then reads the job once. Progress is
+/// different: operators watch the bars move, so while a mirror is waited for and not READY the actor reads
+/// the job about once a second and pushes <see cref="OperationProgress"/> to the waiters. On start
 /// it adopts the VMs and block jobs a previous HostNode left running, and serves steps only after that.
 /// A repeated operation id attaches or gets the same answer; an unknown one is redone, which the
 /// idempotent hypervisor port answers from QEMU's state.
 /// </summary>
-public sealed class HsmActor : ReceiveActor, IWithUnboundedStash
+public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
 {
+    /// <summary>How often a running mirror's progress is read and pushed to the saga.</summary>
+    public static readonly TimeSpan ProgressInterval = TimeSpan.FromSeconds(1);
+
     private readonly IHypervisor _hypervisor;
     private readonly StoragePool _pool;
     private readonly OperationLedger _ledger = new();
     /// <summary>The WaitMirrorReady operations waiting for their drive's mirror to turn READY.</summary>
     private readonly Dictionary<OperationId, (VmId Vm, ImageId Drive)> _mirrorWaits = new();
+    /// <summary>Mirror waits with a read of the job under way: a slow QMP answer does not pile up more reads.</summary>
+    private readonly HashSet<OperationId> _sampling = [];
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private Action<HypervisorEvent>? _forwardEvent;
 
@@ -36,6 +43,7 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash
     }
 
     public IStash Stash { get; set; } = null!;
+    public ITimerScheduler Timers { get; set; } = null!;
 
     public static Props Props(IHypervisor hypervisor, StoragePool pool) =>
         Akka.Actor.Props.Create(() => new HsmActor(hypervisor, pool));
@@ -82,6 +90,10 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash
         Receive<SetStepSpeed>(OnSetStepSpeed);
         Receive<HypervisorEventArrived>(e => OnHypervisorEvent(e.Event));
         Receive<MirrorSampled>(OnMirrorSampled);
+        Receive<ProgressDue>(due =>
+        {
+            if (_mirrorWaits.ContainsKey(due.Operation) && !_sampling.Contains(due.Operation)) SampleMirror(due.Operation);
+        });
         Receive<StepFinished>(OnFinished);
         Receive<SpeedSet>(s =>
         {
@@ -118,6 +130,7 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash
         {
             _mirrorWaits[operation] = (command.Vm, command.Disk.Image);
             SampleMirror(operation);
+            Timers.StartPeriodicTimer(ProgressTimer(operation), new ProgressDue(operation), ProgressInterval);
             return;
         }
         StepReplies.RunAsync(operation, () => RunAsync(command)).PipeTo(Self);
@@ -127,6 +140,7 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash
     private void SampleMirror(OperationId operation)
     {
         var (vm, drive) = _mirrorWaits[operation];
+        _sampling.Add(operation);
         _hypervisor.GetBlockJobAsync(vm, drive).PipeTo(Self,
             success: job => new MirrorSampled(operation, job, null),
             failure: e => new MirrorSampled(operation, null, e));
@@ -135,6 +149,7 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash
     private void OnMirrorSampled(MirrorSampled sample)
     {
         var operation = sample.Operation;
+        _sampling.Remove(operation);
         if (!_mirrorWaits.TryGetValue(operation, out var wait)) return;
         if (sample.Error is not null)
         {
@@ -220,7 +235,7 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash
 
     private void Finish(OperationId operation, IHostReply reply)
     {
-        _mirrorWaits.Remove(operation);
+        if (_mirrorWaits.Remove(operation)) Timers.Cancel(ProgressTimer(operation));
         foreach (var waiter in _ledger.Finish(operation, reply)) waiter.Tell(reply);
     }
 
@@ -287,6 +302,9 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash
                 $"VM {vm} drive {drive.Image} runs on [{string.Join(", ", drive.OpenChain)}], expected [{string.Join(", ", want)}]");
     }
 
+    private static string ProgressTimer(OperationId operation) => $"progress-{operation}";
+
+    private sealed record ProgressDue(OperationId Operation);
     private sealed record AdoptionFinished(IReadOnlyList<VmId> Running, Exception? Error);
     private sealed record HypervisorEventArrived(HypervisorEvent Event);
     private sealed record MirrorSampled(OperationId Operation, BlockJobInfo? Job, Exception? Error);

@@ -42,6 +42,9 @@ public sealed record ResumeMigration(MigrationId MigrationId) : IMigrationComman
 
 public sealed record AbandonMigration(MigrationId MigrationId) : IMigrationCommand;
 
+/// <summary>An operator changes the migration's bandwidth limit (bytes per second, 0 = unlimited) while it runs.</summary>
+public sealed record SetMigrationSpeed(MigrationId MigrationId, long BytesPerSecond) : IMigrationCommand;
+
 // ---- events ----------------------------------------------------------------------------------
 
 public sealed record MigrationRequested(MigrationId MigrationId, MigrationRequest Request, ValueList<DiskPlan> Disks, DateTimeOffset At) : IMigrationEvent;
@@ -79,6 +82,12 @@ public sealed record MigrationCompleted(MigrationId MigrationId, DateTimeOffset 
 public sealed record MigrationFailed(MigrationId MigrationId, string Code, string Message, DateTimeOffset At) : IMigrationEvent;
 
 public sealed record MigrationCancelled(MigrationId MigrationId, string Reason, DateTimeOffset At) : IMigrationEvent;
+
+/// <summary>
+/// The bandwidth limit of the whole migration is now <paramref name="BytesPerSecond"/> (0 = unlimited): every step sent
+/// from here on, a step sent again after a restart included, carries the new speed.
+/// </summary>
+public sealed record MigrationSpeedChanged(MigrationId MigrationId, long BytesPerSecond, DateTimeOffset At) : IMigrationEvent;
 
 /// <summary>An operator gave up on a suspended migration: each disk stays on the valid chain it runs on now.</summary>
 public sealed record MigrationAbandoned(MigrationId MigrationId, DateTimeOffset At) : IMigrationEvent;

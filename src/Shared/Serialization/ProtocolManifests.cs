@@ -88,6 +88,10 @@ public static class ProtocolManifests
         ("lm.DomainsReported.v1", typeof(DomainsReported)),
         ("lm.DisksReservedForMigration.v1", typeof(DisksReservedForMigration)),
         ("lm.DisksReleasedByMigration.v1", typeof(DisksReleasedByMigration)),
+
+        // the operator's speed change of a running migration: its command and its journal event
+        ("lm.SetMigrationSpeed.v1", typeof(SetMigrationSpeed)),
+        ("lm.MigrationSpeedChanged.v1", typeof(MigrationSpeedChanged)),
     ];
 
     private static readonly Dictionary<Type, string> ManifestByType = BuildIndex(t => t.Type, t => t.Manifest, "type");

@@ -84,6 +84,7 @@ public static class ProtocolSamples
         new CancelMigration(Migration, "operator asked at 15:09"),
         new ResumeMigration(Migration),
         new AbandonMigration(Migration),
+        new SetMigrationSpeed(Migration, 50_000_000),
         // migration events (the journal)
         new MigrationRequested(Migration, Request, [Plan, Plan with { Image = OtherImage, SizeBytes = 1_048_576 }], At),
         new MigrationAdmitted(Migration, At),
@@ -101,6 +102,7 @@ public static class ProtocolSamples
         new MigrationFailed(Migration, MigrationErrorCodes.RetriesExhausted, "step Pivot failed 5 times", At),
         new MigrationCancelled(Migration, "cancelled by an operator", At),
         new MigrationAbandoned(Migration, At),
+        new MigrationSpeedChanged(Migration, 0, At),
         // migration queries, answers and status changes
         new GetMigrationState(Migration),
         new MigrationCommandAccepted(Migration, nameof(CancelMigration), "rolling back (CANCELLED)"),

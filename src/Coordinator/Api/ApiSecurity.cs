@@ -1,0 +1,138 @@
+using System.Security.Cryptography;
+using System.Text;
+using Akka.Actor;
+using LiveMigration.Shared.Model;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+
+namespace LiveMigration.Coordinator.Api;
+
+/// <summary>The JSON every refusal and error of the API has: <c>{"code": "...", "message": "..."}</c>.</summary>
+public sealed record ApiError(string Code, string Message);
+
+/// <summary>Codes of the API's own refusals (the saga's and the hosts' codes pass through as they are).</summary>
+public static class ApiErrorCodes
+{
+    public const string Unauthorized = "UNAUTHORIZED";
+    public const string BodyTooLarge = "BODY_TOO_LARGE";
+    public const string BadRequest = "BAD_REQUEST";
+    public const string Internal = "INTERNAL";
+    public const string Unavailable = "UNAVAILABLE";
+}
+
+/// <summary>
+/// What stands in front of every endpoint: the error shape (no stack trace ever reaches a response; the log gets
+/// it), the request body limit, and the API token when one is configured.
+/// </summary>
+public static class ApiSecurity
+{
+    /// <summary>Far above any request the API takes (a migration of 64 disks is ~10 KiB).</summary>
+    public const long MaxRequestBodyBytes = 64 * 1024;
+
+    /// <summary>
+    /// Adds, outermost first: the error handler, the body limit and (with <paramref name="token"/>) the token check on
+    /// /api/* and /metrics. /healthz* and the dashboard's static files stay open: probes and the page's first load need no secret.
+    /// </summary>
+    public static WebApplication UseApiSecurity(this WebApplication app, string? token)
+    {
+        var logger = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("LiveMigration.Coordinator.Api");
+        app.Use(async (context, next) =>
+        {
+            try
+            {
+                await next(context);
+            }
+            catch (BadHttpRequestException e) when (!context.Response.HasStarted)
+            {
+                // Malformed JSON, a body over the limit, a missing body: the framework's message, in our shape.
+                var detail = e.InnerException is System.Text.Json.JsonException json ? $" ({json.Message})" : "";
+                var code = e.StatusCode == StatusCodes.Status413PayloadTooLarge ? ApiErrorCodes.BodyTooLarge : ApiErrorCodes.BadRequest;
+                var message = e.StatusCode == StatusCodes.Status413PayloadTooLarge
+                    ? $"the request body is larger than {MaxRequestBodyBytes} bytes"
+                    : e.Message + detail;
+                await WriteErrorAsync(context, e.StatusCode, code, message);
+            }
+            catch (Exception e) when (e is AskTimeoutException or TaskCanceledException && !context.RequestAborted.IsCancellationRequested && !context.Response.HasStarted)
+            {
+                logger.LogWarning(e, "{Method} {Path}: the cluster did not answer in time", context.Request.Method, context.Request.Path);
+                await WriteErrorAsync(context, StatusCodes.Status503ServiceUnavailable, ApiErrorCodes.Unavailable,
+                    "the cluster did not answer in time (a singleton moving, a node away); try again");
+            }
+            catch (Exception e) when (!context.RequestAborted.IsCancellationRequested && !context.Response.HasStarted)
+            {
+                var trace = context.TraceIdentifier;
+                logger.LogError(e, "{Method} {Path} failed (trace {Trace})", context.Request.Method, context.Request.Path, trace);
+                await WriteErrorAsync(context, StatusCodes.Status500InternalServerError, ApiErrorCodes.Internal,
+                    $"internal error ({e.GetType().Name}); the Coordinator's log has the details under trace {trace}");
+            }
+        });
+        app.Use(async (context, next) =>
+        {
+            if (context.Request.ContentLength > MaxRequestBodyBytes)
+            {
+                await WriteErrorAsync(context, StatusCodes.Status413PayloadTooLarge, ApiErrorCodes.BodyTooLarge,
+                    $"the request body is {context.Request.ContentLength} bytes; the limit is {MaxRequestBodyBytes}");
+                return;
+            }
+            if (context.Request.ContentLength is null && context.Request.Body.CanRead && HttpMethods.IsPost(context.Request.Method)
+                && !await BufferChunkedBodyAsync(context))
+            {
+                await WriteErrorAsync(context, StatusCodes.Status413PayloadTooLarge, ApiErrorCodes.BodyTooLarge,
+                    $"the request body is larger than {MaxRequestBodyBytes} bytes");
+                return;
+            }
+            if (token is not null && NeedsToken(context.Request.Path) && !Authorized(context.Request, token))
+            {
+                context.Response.Headers.WWWAuthenticate = "Bearer";
+                var sent = context.Request.Headers.Authorization.Count > 0;
+                await WriteErrorAsync(context, StatusCodes.Status401Unauthorized, ApiErrorCodes.Unauthorized,
+                    sent ? "the API token was not accepted" : "this API needs a token: send Authorization: Bearer TOKEN (lsm: --token or LSM_TOKEN)");
+                return;
+            }
+            await next(context);
+        });
+        return app;
+    }
+
+    /// <summary>
+    /// A body without a length (chunked) is read here up to the limit, so an oversized one gets the API's JSON 413;
+    /// Kestrel's own limit, reached while an endpoint reads, would answer an empty 413.
+    /// </summary>
+    private static async Task<bool> BufferChunkedBodyAsync(HttpContext context)
+    {
+        var buffer = new MemoryStream();
+        var chunk = new byte[8192];
+        int read;
+        while ((read = await context.Request.Body.ReadAsync(chunk, context.RequestAborted)) > 0)
+        {
+            if (buffer.Length + read > MaxRequestBodyBytes) return false;
+            buffer.Write(chunk, 0, read);
+        }
+        buffer.Position = 0;
+        context.Request.Body = buffer;
+        context.Request.ContentLength = buffer.Length;
+        return true;
+    }
+
+    public static bool NeedsToken(PathString path) =>
+        path.StartsWithSegments("/api", StringComparison.OrdinalIgnoreCase) || path.StartsWithSegments("/metrics", StringComparison.OrdinalIgnoreCase);
+
+    /// <summary>Compares hashes of equal length in constant time, so neither the content nor the length of the token leaks by timing.</summary>
+    public static bool Authorized(HttpRequest request, string token)
+    {
+        var header = request.Headers.Authorization.ToString();
+        const string scheme = "Bearer ";
+        if (!header.StartsWith(scheme, StringComparison.OrdinalIgnoreCase)) return false;
+        var sent = SHA256.HashData(Encoding.UTF8.GetBytes(header[scheme.Length..].Trim()));
+        var expected = SHA256.HashData(Encoding.UTF8.GetBytes(token));
+        return CryptographicOperations.FixedTimeEquals(sent, expected);
+    }
+
+    public static Task WriteErrorAsync(HttpContext context, int status, string code, string message)
+    {
+        context.Response.StatusCode = status;
+        return context.Response.WriteAsJsonAsync(new ApiError(code, message));
+    }
+}

@@ -1,0 +1,239 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using System.Text.Json;
+using LiveMigration.Shared.Hosting;
+
+namespace LiveMigration.Cli.Tests;
+
+/// <summary>
+/// A Coordinator process alone (a cluster of one), started with an API token: what the API lets through and what
+/// it refuses, in the API's JSON error shape, and how <c>lsm</c> sends the token. Stopped by its pid.
+/// </summary>
+public sealed class TokenCoordinator : IAsyncLifetime
+{
+    public const string Token = "test-token-5f2d9c61a8e04b7f";
+    private Process? _process;
+
+    public string DataDirectory { get; } = Path.Combine(Path.GetTempPath(), $"lsm-token-{Guid.NewGuid():N}");
+    public string Api { get; private set; } = "";
+    public string Log => Path.Combine(DataDirectory, "coordinator.log");
+
+    /// <summary>Beside lsm.dll's build output: src/Coordinator/bin/{configuration}/net10.0.</summary>
+    public static string CoordinatorDll
+    {
+        get
+        {
+            var output = Path.GetDirectoryName(CliProcess.DllPath)!;
+            var configuration = Path.GetFileName(Path.GetDirectoryName(output))!;
+            var src = Path.GetFullPath(Path.Combine(output, "..", "..", "..", ".."));
+            return Path.Combine(src, "Coordinator", "bin", configuration, "net10.0", "LiveMigration.Coordinator.dll");
+        }
+    }
+
+    public static int FreePort()
+    {
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        return ((IPEndPoint)listener.LocalEndpoint).Port;
+    }
+
+    public static ProcessStartInfo Start(params string[] arguments)
+    {
+        var psi = new ProcessStartInfo("dotnet") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        psi.ArgumentList.Add(CoordinatorDll);
+        foreach (var a in arguments) psi.ArgumentList.Add(a);
+        psi.Environment["LSM_Cluster__ExtraHocon"] = ClusterNodeHosting.FastTestTimings;
+        return psi;
+    }
+
+    public async Task InitializeAsync()
+    {
+        Directory.CreateDirectory(DataDirectory);
+        var port = FreePort();
+        Api = $"http://127.0.0.1:{FreePort()}";
+        _process = Process.Start(Start("--port", port.ToString(), "--seed", $"akka.tcp://lsm@127.0.0.1:{port}", "--http", Api,
+            "--data-dir", DataDirectory, "--api-token", Token))!;
+        var log = new StreamWriter(Log) { AutoFlush = true };
+        _process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.WriteLine(e.Data); };
+        _process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.WriteLine(e.Data); };
+        _process.BeginOutputReadLine();
+        _process.BeginErrorReadLine();
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(5) };
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(45);
+        while (true)
+        {
+            try
+            {
+                if ((await http.GetAsync($"{Api}/healthz/ready")).IsSuccessStatusCode) return;
+            }
+            catch (Exception e) when (e is HttpRequestException or TaskCanceledException) { }
+            if (_process.HasExited || DateTime.UtcNow > deadline)
+                throw new TimeoutException($"the Coordinator was not ready within 45 s (exited: {_process.HasExited})");
+            await Task.Delay(200);
+        }
+    }
+
+    public async Task DisposeAsync()
+    {
+        if (_process is { HasExited: false })
+        {
+            _process.Kill();
+            await _process.WaitForExitAsync();
+        }
+        _process?.Dispose();
+        Directory.Delete(DataDirectory, recursive: true);
+    }
+}
+
+public sealed class ApiSafetyTests(TokenCoordinator coordinator) : IClassFixture<TokenCoordinator>
+{
+    private static HttpClient Client(string? token = null)
+    {
+        var http = new HttpClient { Timeout = TimeSpan.FromSeconds(10) };
+        if (token is not null) http.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", token);
+        return http;
+    }
+
+    private static async Task<JsonElement> ErrorOf(HttpResponseMessage response, int status)
+    {
+        var body = await response.Content.ReadAsStringAsync();
+        Assert.True((int)response.StatusCode == status, $"{(int)response.StatusCode} {body}");
+        Assert.DoesNotContain("   at ", body);
+        var json = JsonDocument.Parse(body).RootElement;
+        Assert.False(string.IsNullOrEmpty(json.GetProperty("code").GetString()));
+        Assert.False(string.IsNullOrEmpty(json.GetProperty("message").GetString()));
+        return json;
+    }
+
+    [Fact]
+    public async Task Without_the_token_api_and_metrics_answer_401_and_health_stays_open()
+    {
+        foreach (var token in new[] { null, "wrong-token", TokenCoordinator.Token + "x" })
+        {
+            using var http = Client(token);
+            foreach (var path in new[] { "/api/cluster", "/api/migrations", "/metrics", "/API/cluster" })
+            {
+                using var response = await http.GetAsync(coordinator.Api + path);
+                var error = await ErrorOf(response, 401);
+                Assert.Equal("UNAUTHORIZED", error.GetProperty("code").GetString());
+                Assert.Contains("Bearer", response.Headers.WwwAuthenticate.ToString());
+            }
+            using var post = await http.PostAsync(coordinator.Api + "/api/cluster/down-unreachable", null);
+            await ErrorOf(post, 401);
+            foreach (var path in new[] { "/healthz", "/healthz/live", "/healthz/ready" })
+                Assert.Equal(HttpStatusCode.OK, (await http.GetAsync(coordinator.Api + path)).StatusCode);
+        }
+
+        using var authorized = Client(TokenCoordinator.Token);
+        Assert.Equal(HttpStatusCode.OK, (await authorized.GetAsync(coordinator.Api + "/api/cluster")).StatusCode);
+        Assert.Equal(HttpStatusCode.OK, (await authorized.GetAsync(coordinator.Api + "/metrics")).StatusCode);
+        var list = JsonDocument.Parse(await authorized.GetStringAsync(coordinator.Api + "/api/migrations")).RootElement;
+        Assert.Equal(0, list.GetProperty("migrations").GetArrayLength());
+    }
+
+    [Fact]
+    public async Task Lsm_sends_the_token_from_the_option_or_LSM_TOKEN_and_a_401_is_exit_2_with_a_clear_message()
+    {
+        var without = await CliProcess.RunAsync(coordinator.Api, "cluster", "show");
+        Assert.True(without.ExitCode == 2, without.ToString());
+        Assert.Contains("needs a token", without.Stderr);
+
+        var wrong = await CliProcess.RunAsync(coordinator.Api, "migrations", "--token", "nope");
+        Assert.True(wrong.ExitCode == 2, wrong.ToString());
+        Assert.Contains("did not accept the token", wrong.Stderr);
+
+        var option = await CliProcess.RunAsync(coordinator.Api, "cluster", "show", "--token", TokenCoordinator.Token);
+        Assert.True(option.ExitCode == 0, option.ToString());
+        Assert.Contains("leader", option.Stdout);
+
+        var env = await RunWithTokenVariableAsync("migrations", "--json");
+        Assert.True(env.ExitCode == 0, env.ToString());
+        Assert.Equal(0, JsonDocument.Parse(env.Stdout).RootElement.GetProperty("migrations").GetArrayLength());
+    }
+
+    /// <summary>lsm with LSM_API and LSM_TOKEN in its environment (CliProcess sets only LSM_API).</summary>
+    private async Task<CliResult> RunWithTokenVariableAsync(params string[] arguments)
+    {
+        var psi = new ProcessStartInfo("dotnet") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        psi.ArgumentList.Add(CliProcess.DllPath);
+        foreach (var a in arguments) psi.ArgumentList.Add(a);
+        psi.Environment["LSM_API"] = coordinator.Api;
+        psi.Environment["LSM_TOKEN"] = TokenCoordinator.Token;
+        using var process = Process.Start(psi)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        using var limit = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        await process.WaitForExitAsync(limit.Token);
+        return new CliResult(process.ExitCode, await stdout, await stderr);
+    }
+
+    [Fact]
+    public async Task Oversized_and_malformed_bodies_get_the_json_error_shape()
+    {
+        using var http = Client(TokenCoordinator.Token);
+        var big = new string('x', 70 * 1024);
+        using (var sized = await http.PostAsync(coordinator.Api + "/api/migrations", new StringContent(big, Encoding.UTF8, "application/json")))
+            Assert.Equal("BODY_TOO_LARGE", (await ErrorOf(sized, 413)).GetProperty("code").GetString());
+
+        // Without a Content-Length (chunked), the body is counted as it comes.
+        var chunked = new StreamContent(new MemoryStream(Encoding.UTF8.GetBytes(big)));
+        chunked.Headers.ContentType = new System.Net.Http.Headers.MediaTypeHeaderValue("application/json");
+        using (var request = new HttpRequestMessage(HttpMethod.Post, coordinator.Api + "/api/migrations") { Content = chunked })
+        {
+            request.Headers.TransferEncodingChunked = true;
+            using var response = await http.SendAsync(request);
+            Assert.Equal("BODY_TOO_LARGE", (await ErrorOf(response, 413)).GetProperty("code").GetString());
+        }
+
+        using (var malformed = await http.PostAsync(coordinator.Api + "/api/migrations", new StringContent("{\"vm\": ", Encoding.UTF8, "application/json")))
+            Assert.Contains("JSON", (await ErrorOf(malformed, 400)).GetProperty("message").GetString());
+
+        using (var wrongType = await http.PostAsync(coordinator.Api + "/api/migrations/7d0b5f0e-2c1a-4d8e-9a51-3f3e2b1c0a99/speed",
+                   new StringContent("{\"bytesPerSecond\": \"fast\"}", Encoding.UTF8, "application/json")))
+            await ErrorOf(wrongType, 400);
+
+        using (var negative = await http.PostAsync(coordinator.Api + "/api/migrations/7d0b5f0e-2c1a-4d8e-9a51-3f3e2b1c0a99/speed",
+                   new StringContent("{\"bytesPerSecond\": -5}", Encoding.UTF8, "application/json")))
+            Assert.Contains("bytesPerSecond", (await ErrorOf(negative, 400)).GetProperty("message").GetString());
+
+        using (var unknown = await http.PostAsync(coordinator.Api + "/api/migrations/7d0b5f0e-2c1a-4d8e-9a51-3f3e2b1c0a99/speed",
+                   new StringContent("{\"bytesPerSecond\": 1000}", Encoding.UTF8, "application/json")))
+            await ErrorOf(unknown, 404);
+
+        using (var badFilter = await http.GetAsync(coordinator.Api + "/api/migrations?active=maybe"))
+            await ErrorOf(badFilter, 400);
+    }
+
+    [Fact]
+    public async Task A_non_loopback_address_without_a_token_is_refused_with_exit_2()
+    {
+        var port = TokenCoordinator.FreePort();
+        var data = Path.Combine(Path.GetTempPath(), $"lsm-open-{Guid.NewGuid():N}");
+        try
+        {
+            using var process = Process.Start(TokenCoordinator.Start("--port", port.ToString(), "--seed", $"akka.tcp://lsm@127.0.0.1:{port}",
+                "--http", $"http://0.0.0.0:{TokenCoordinator.FreePort()}", "--data-dir", data))!;
+            var stderr = process.StandardError.ReadToEndAsync();
+            var stdout = process.StandardOutput.ReadToEndAsync();
+            using var limit = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+            try
+            {
+                await process.WaitForExitAsync(limit.Token);
+            }
+            catch (OperationCanceledException)
+            {
+                process.Kill();
+                throw;
+            }
+            Assert.Equal(2, process.ExitCode);
+            Assert.Contains("is not loopback: set an API token", await stderr);
+            await stdout;
+        }
+        finally
+        {
+            if (Directory.Exists(data)) Directory.Delete(data, recursive: true);
+        }
+    }
+}

@@ -1,0 +1,128 @@
+using Akka.Actor;
+using Akka.TestKit;
+using LiveMigration.Coordinator.Migration;
+using LiveMigration.Coordinator.Tests.Migration;
+using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
+using LiveMigration.Shared.Protocol;
+
+namespace LiveMigration.Coordinator.Tests.Actors;
+
+/// <summary>
+/// The list of migrations read back from the SQLite journal (also by a new node on the same files, as after a
+/// Coordinator restart), and a speed change reaching the HSM of a running mirror, on real persistence.
+/// </summary>
+public sealed class MigrationCatalogAndSpeedTests : IAsyncLifetime
+{
+    private static readonly TimeSpan Patience = TimeSpan.FromSeconds(20);
+    private readonly string _dataDirectory = Path.Combine(Path.GetTempPath(), $"lsm-catalog-{Guid.NewGuid():N}");
+
+    /// <summary>Hosts that are two probes: what the saga sends arrives there as it was sent.</summary>
+    private sealed class ProbeHosts(TestProbe spm, TestProbe hsm) : IMigrationHosts
+    {
+        public IActorRef Spm => spm.Ref;
+        public IActorRef? HsmFor(VmId vm) => hsm.Ref;
+        public string? HostOf(VmId vm) => "host-1";
+    }
+
+    private static (IActorRef Saga, TestProbe Spm, TestProbe Hsm) Migration(ActorNode node, SagaDriver saga, IActorRef admission)
+    {
+        var spm = node.Kit.CreateTestProbe();
+        var hsm = node.Kit.CreateTestProbe();
+        var actor = node.System.ActorOf(MigrationActor.Props(saga.Id, new ProbeHosts(spm, hsm), admission, new MigrationActorSettings(TimeSpan.FromSeconds(30), 100)));
+        actor.Tell(new StartMigration(saga.Id, saga.Request(bandwidth: 8_000_000), saga.Facts()), node.Kit.TestActor);
+        node.Kit.ExpectMsg<MigrationCommandAccepted>(Patience);
+        return (actor, spm, hsm);
+    }
+
+    private static ExecuteStep Answer(IActorRef saga, TestProbe host, MigrationStep expected)
+    {
+        var step = host.ExpectMsg<ExecuteStep>(Patience);
+        Assert.Equal(expected, step.Operation.Step);
+        saga.Tell(new OperationSucceeded(step.Operation, new StepOutcome(step.Disk.SizeBytes)), host.Ref);
+        return step;
+    }
+
+    [Fact]
+    public async Task The_catalog_lists_every_migration_from_the_journal_also_on_a_new_node_and_filters_the_active_ones()
+    {
+        var finished = new SagaDriver();
+        var running = new SagaDriver();
+        await using (var node = await ActorNode.StartAsync(_dataDirectory))
+        {
+            var admission = node.System.ActorOf(MigrationAdmission.Props(MigrationLimits.Default));
+            var (saga, spm, hsm) = Migration(node, finished, admission);
+            foreach (var step in MigrationPlan.ForwardSteps(MigrationStrategy.PreCopy, deleteSource: true))
+                Answer(saga, MigrationPlan.RoleOf(step) == HostRole.Spm ? spm : hsm, step);
+            var (other, otherSpm, _) = Migration(node, running, admission);
+            Answer(other, otherSpm, MigrationStep.CloneImageStructure);
+            await AwaitAsync(async () => (await new MigrationCatalog(node.System).ListAsync(activeOnly: false)).Any(v => v.Id == finished.Id && v.Finished));
+        }
+
+        await using var restarted = await ActorNode.StartAsync(_dataDirectory);
+        var catalog = new MigrationCatalog(restarted.System);
+        var all = await catalog.ListAsync(activeOnly: false);
+        Assert.Equal([running.Id, finished.Id], all.Select(v => v.Id)); // newest first
+        Assert.Equal("completed", all[1].Status);
+        Assert.Equal(finished.Vm, all[1].Vm);
+        Assert.Equal(MigrationStep.StartReplication, Assert.Single(all[0].Disks).Step);
+        var active = await catalog.ListAsync(activeOnly: true);
+        Assert.Equal(running.Id, Assert.Single(active).Id);
+    }
+
+    [Fact]
+    public async Task A_speed_change_reaches_the_hsm_of_the_running_mirror_and_a_finished_migration_refuses_it()
+    {
+        await using var node = await ActorNode.StartAsync(_dataDirectory);
+        var admission = node.System.ActorOf(MigrationAdmission.Props(MigrationLimits.Default));
+        var saga = new SagaDriver();
+        var (actor, spm, hsm) = Migration(node, saga, admission);
+        Answer(actor, spm, MigrationStep.CloneImageStructure);
+        var mirror = Answer(actor, hsm, MigrationStep.StartReplication);
+        Assert.Equal(8_000_000, mirror.SpeedBytesPerSecond);
+        var sync = spm.ExpectMsg<ExecuteStep>(Patience);
+
+        actor.Tell(new SetMigrationSpeed(saga.Id, 0), node.Kit.TestActor);
+        node.Kit.ExpectMsg<MigrationCommandAccepted>(Patience);
+        var toHsm = hsm.ExpectMsg<SetStepSpeed>(Patience);
+        Assert.Equal(0, toHsm.SpeedBytesPerSecond);
+        Assert.Equal(saga.Image, toHsm.Operation.Image);
+        Assert.Equal(sync.Operation, spm.ExpectMsg<SetStepSpeed>(Patience).Operation);
+
+        // The steps sent from here on carry the new speed.
+        actor.Tell(new OperationSucceeded(sync.Operation, new StepOutcome()), spm.Ref);
+        Assert.Equal(0, hsm.ExpectMsg<ExecuteStep>(Patience).SpeedBytesPerSecond);
+
+        actor.Tell(new CancelMigration(saga.Id), node.Kit.TestActor);
+        node.Kit.ExpectMsg<MigrationCommandAccepted>(Patience);
+        var cancel = hsm.FishForMessage<ExecuteStep>(s => s.Operation.Step == MigrationStep.CancelReplication, Patience);
+        actor.Tell(new OperationSucceeded(cancel.Operation, new StepOutcome()), hsm.Ref);
+        var delete = spm.FishForMessage<ExecuteStep>(s => s.Operation.Step == MigrationStep.DeleteDestinationImage, Patience);
+        actor.Tell(new OperationSucceeded(delete.Operation, new StepOutcome()), spm.Ref);
+        await AwaitAsync(() =>
+        {
+            actor.Tell(new GetMigrationState(saga.Id), node.Kit.TestActor);
+            return Task.FromResult(node.Kit.ExpectMsg<MigrationStateReply>(Patience).View.Finished);
+        });
+        actor.Tell(new SetMigrationSpeed(saga.Id, 1_000), node.Kit.TestActor);
+        Assert.Equal(MigrationErrorCodes.MigrationFinished, node.Kit.ExpectMsg<MigrationCommandRefused>(Patience).Code);
+    }
+
+    private static async Task AwaitAsync(Func<Task<bool>> condition)
+    {
+        var deadline = DateTime.UtcNow + Patience;
+        while (!await condition())
+        {
+            if (DateTime.UtcNow > deadline) throw new TimeoutException("condition not met within " + Patience);
+            await Task.Delay(100);
+        }
+    }
+
+    public Task InitializeAsync() => Task.CompletedTask;
+
+    public Task DisposeAsync()
+    {
+        if (Directory.Exists(_dataDirectory)) Directory.Delete(_dataDirectory, recursive: true);
+        return Task.CompletedTask;
+    }
+}

@@ -1,0 +1,69 @@
+using LiveMigration.Coordinator.Migration;
+using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
+
+namespace LiveMigration.Coordinator.Tests.Migration;
+
+/// <summary>The operator's speed change (lsm migration set-speed): recorded, sent to what runs, refused when over.</summary>
+public sealed class MigrationSpeedTests
+{
+    [Fact]
+    public void A_new_speed_is_persisted_reaches_the_running_mirror_and_is_carried_by_a_step_sent_again_after_a_restart()
+    {
+        var saga = new SagaDriver().Begin(bandwidth: 10_000_000);
+        saga.Succeed(); // CloneImageStructure
+        Assert.Equal(MigrationStep.StartReplication, saga.InFlight().Step);
+        saga.Succeed(); // the mirror runs from here on
+        Assert.Equal(MigrationStep.SyncInternalVolumes, saga.InFlight().Step);
+
+        var decision = saga.Send(new SetMigrationSpeed(saga.Id, 50_000_000));
+        var changed = Assert.IsType<MigrationSpeedChanged>(Assert.Single(decision.Events));
+        Assert.Equal(50_000_000, changed.BytesPerSecond);
+
+        // At once: the HSM's mirror and the SPM's copy in flight, both under the step's operation id.
+        var changes = MigrationActions.SpeedChanges(saga.State);
+        Assert.Contains(changes, c => c is { Role: HostRole.Hsm, SpeedBytesPerSecond: 50_000_000 } && c.Operation.Image == saga.Image);
+        Assert.Contains(changes, c => c is { Role: HostRole.Spm, SpeedBytesPerSecond: 50_000_000 } && c.Operation.Step == MigrationStep.SyncInternalVolumes);
+
+        // After a restart the state comes from the journal alone, and the step in flight goes out with the new speed.
+        var recovered = MigrationState.Replay(saga.Id, saga.Journal);
+        Assert.Equal(50_000_000, recovered.Request!.BandwidthBytesPerSecond);
+        Assert.Equal(50_000_000, Assert.Single(MigrationActions.Next(recovered).OfType<SendStep>()).SpeedBytesPerSecond);
+    }
+
+    [Fact]
+    public void The_same_speed_again_records_nothing_and_a_negative_one_is_refused()
+    {
+        var saga = new SagaDriver().Begin(bandwidth: 1_000);
+        Assert.Empty(saga.Send(new SetMigrationSpeed(saga.Id, 1_000)).Events);
+        var negative = saga.Send(new SetMigrationSpeed(saga.Id, -1));
+        Assert.True(negative.Refused);
+        Assert.Equal(ErrorCodes.InvalidArgument, negative.RefusalCode);
+    }
+
+    [Fact]
+    public void Before_the_mirror_nothing_runs_to_tell_and_after_the_pivot_the_mirror_is_gone()
+    {
+        var saga = new SagaDriver().Begin();
+        saga.Send(new SetMigrationSpeed(saga.Id, 5_000));
+        Assert.Empty(MigrationActions.SpeedChanges(saga.State)); // CloneImageStructure in flight: no copy or mirror yet
+        saga.Succeed(); // CloneImageStructure
+        saga.Succeed(); // StartReplication
+        saga.Succeed(); // SyncInternalVolumes
+        saga.Succeed(); // WaitMirrorReady
+        saga.Succeed(); // Pivot
+        Assert.Equal(MigrationStep.MarkDestinationLeafLegal, saga.InFlight().Step);
+        Assert.Empty(MigrationActions.SpeedChanges(saga.State));
+    }
+
+    [Fact]
+    public void A_finished_migration_refuses_a_speed_change()
+    {
+        var saga = new SagaDriver().Begin();
+        saga.SucceedAll(saga.Image);
+        Assert.IsType<MigrationStatus.Completed>(saga.State.Status);
+        var refused = saga.Send(new SetMigrationSpeed(saga.Id, 1_000_000));
+        Assert.True(refused.Refused);
+        Assert.Equal(MigrationErrorCodes.MigrationFinished, refused.RefusalCode);
+    }
+}

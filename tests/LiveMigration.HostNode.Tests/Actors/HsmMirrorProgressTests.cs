@@ -1,0 +1,86 @@
+using LiveMigration.HostNode.Hsm;
+using LiveMigration.HostNode.Hypervisor.Sim;
+using LiveMigration.HostNode.Storage;
+using LiveMigration.HostNode.Storage.Sim;
+using LiveMigration.HostNode.Tests.Contract;
+using LiveMigration.HostNode.Tests.Sim;
+using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
+using LiveMigration.Shared.Protocol;
+using Step = LiveMigration.Shared.Migration.MigrationStep;
+
+namespace LiveMigration.HostNode.Tests.Actors;
+
+/// <summary>
+/// The HSM pushes a running mirror's progress about once a second while the saga waits for READY (no re-sent
+/// wait needed), and a speed change reaches the running mirror; over the sim hypervisor, whose mirror copies at
+/// the job's speed.
+/// </summary>
+public sealed class HsmMirrorProgressTests : Akka.TestKit.Xunit2.TestKit, IAsyncLifetime
+{
+    private const long MiB = 1L << 20;
+    private readonly SimHost _host = new("progress-host");
+    private readonly SimStorageDomain _a = new(DomainId.New(), "a", 4L << 30);
+    private readonly SimStorageDomain _b = new(DomainId.New(), "b", 4L << 30);
+    private readonly StoragePool _pool;
+    private SimHypervisor _hypervisor = null!;
+    private SeededChain _chain = null!;
+    private VmInfo _vm = null!;
+
+    public HsmMirrorProgressTests() => _pool = new StoragePool([_a, _b]);
+
+    public async Task InitializeAsync()
+    {
+        _chain = await ChainSeeder.SeedAsync(_a, (d, i, v, o, l, _) => SimData.WriteAsync(d, i, v, o, l));
+        _a.SeedAllocated(_chain.Image, _chain.Leaf, 8 * MiB);
+        _hypervisor = new SimHypervisor(_host, _pool);
+        _vm = await _hypervisor.StartVmAsync(new VmSpec(VmId.New(), "progress-vm", [await _pool.ResolveChainAsync(_a.Id, _chain.Image)]));
+    }
+
+    public async Task DisposeAsync()
+    {
+        await _hypervisor.DisposeAsync();
+        await _host.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task While_waiting_for_ready_the_hsm_pushes_growing_progress_every_second_and_then_stops()
+    {
+        var spm = Sys.ActorOf(Spm.SpmActor.Props(_pool));
+        var hsm = Sys.ActorOf(HsmActor.Props(_hypervisor, _pool));
+        var saga = CreateTestProbe();
+        // 8 MiB at 2 MiB/s: READY after about four seconds.
+        var driver = new StepDriver(_vm.Id, new DiskPlan(_chain.Image, _a.Id, _b.Id, 10 * MiB, VolumeId.New()), MigrationStrategy.PreCopy, speed: 2 * MiB);
+        await driver.SucceedAsync(spm, Step.CloneImageStructure, saga);
+        await driver.SucceedAsync(hsm, Step.StartReplication, saga);
+
+        var progress = new List<OperationProgress>();
+        await driver.SucceedAsync(hsm, Step.WaitMirrorReady, saga, progress: progress);
+
+        var moving = progress.Select(p => p.Done).Distinct().ToList();
+        Assert.True(moving.Count >= 3, $"expected the progress to move at least three times, got {string.Join(", ", progress.Select(p => $"{p.Done}/{p.Total}"))}");
+        Assert.Equal(moving.Order(), moving);
+        Assert.All(progress, p => Assert.True(p.Total > 0 && p.Done <= p.Total));
+        // READY ended the wait: no more reads are pushed.
+        await StepDriver.ExpectNoAnswerAsync(saga, TimeSpan.FromMilliseconds(1500));
+        Assert.False(saga.HasMessages);
+    }
+
+    [Fact]
+    public async Task A_speed_change_reaches_the_running_mirror()
+    {
+        var spm = Sys.ActorOf(Spm.SpmActor.Props(_pool));
+        var hsm = Sys.ActorOf(HsmActor.Props(_hypervisor, _pool));
+        var saga = CreateTestProbe();
+        var driver = new StepDriver(_vm.Id, new DiskPlan(_chain.Image, _a.Id, _b.Id, 10 * MiB, VolumeId.New()), MigrationStrategy.PreCopy, speed: 1 * MiB);
+        await driver.SucceedAsync(spm, Step.CloneImageStructure, saga);
+        await driver.SucceedAsync(hsm, Step.StartReplication, saga);
+        Assert.Equal(1 * MiB, (await _hypervisor.GetBlockJobAsync(_vm.Id, _chain.Image))!.SpeedBytesPerSecond);
+
+        hsm.Tell(new SetStepSpeed(driver.Op(Step.SyncInternalVolumes), 64 * MiB), saga.Ref);
+
+        await AwaitAssertAsync(async () =>
+            Assert.Equal(64 * MiB, (await _hypervisor.GetBlockJobAsync(_vm.Id, _chain.Image))!.SpeedBytesPerSecond), TimeSpan.FromSeconds(5));
+        saga.ExpectNoMsg(TimeSpan.FromMilliseconds(200)); // no answer under the step's operation id
+    }
+}
