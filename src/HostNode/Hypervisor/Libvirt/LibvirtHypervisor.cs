@@ -615,8 +615,11 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
         if (info is not { } job) return null;
         var cur = (long)job.Cur;
         var end = (long)job.End;
-        // libvirt keeps cur below end until QEMU says READY, and makes them equal when it is.
-        var phase = end > 0 && cur == end ? BlockJobPhase.Ready : BlockJobPhase.Running;
+        // libvirt keeps cur below end until QEMU says READY. Once READY a copy stays READY (pivotable) even while the
+        // guest's new writes put cur below end again: that state is read from the domain XML's <mirror ready='yes'>.
+        var ready = end > 0 && cur == end
+                    || (await ViewAsync(vm, ct)).Disks.FirstOrDefault(d => d.Image == drive) is { MirrorReady: true };
+        var phase = ready ? BlockJobPhase.Ready : BlockJobPhase.Running;
         return new BlockJobInfo(JobId(drive), drive, phase, cur, end, (long)job.Bandwidth);
     }
 
