@@ -10,6 +10,10 @@ set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then echo "setup.sh must run as root (libvirtd runs QEMU as root here)" >&2; exit 2; fi
 
+# Test projects run in parallel and each calls this: one at a time, so only one libvirtd is ever started.
+exec 9>/run/lsm-libvirt-setup.lock
+flock 9
+
 missing=()
 for package in libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
