@@ -156,7 +156,8 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
         foreach (var id in ids)
         {
             using var _ = await LockAsync(id, ct);
-            var vm = _vms.TryGetValue(id, out var known) && known.DeathReason is null ? known : await TryAdoptAsync(id, ct);
+            // Another host's domains (another run directory on the same libvirtd) are skipped, not adopted.
+            var vm = _vms.TryGetValue(id, out var known) && known.DeathReason is null ? known : await TryAdoptAsync(id, ct, foreignIsConflict: false);
             if (vm is null) continue;
             try { adopted.Add(await DescribeCoreAsync(vm, ct)); }
             catch (OperationFailedException e) when (e.Code == ErrorCodes.VmNotRunning) { /* it ended just now */ }
@@ -516,7 +517,7 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
     }
 
     /// <summary>Takes over a domain an earlier instance of this host started (same owner) that still runs; null if none.</summary>
-    private async Task<LibvirtVm?> TryAdoptAsync(VmId id, CancellationToken ct)
+    private async Task<LibvirtVm?> TryAdoptAsync(VmId id, CancellationToken ct, bool foreignIsConflict = true)
     {
         var domain = await NativeAsync(() => LibvirtNative.LookupByUuid(_connection, id.Value));
         if (domain is null) return null;
@@ -528,7 +529,7 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
             if (view is null || view.Owner != Owner || await NativeAsync(() => DomainName(domain)) != name)
             {
                 domain.Dispose();
-                if (view is null || view.Owner != Owner)
+                if (foreignIsConflict && (view is null || view.Owner != Owner))
                     throw new OperationFailedException(ErrorCodes.Conflict,
                         $"libvirt already runs a domain with UUID {id} that this host ({Owner}) did not start");
                 return null;
