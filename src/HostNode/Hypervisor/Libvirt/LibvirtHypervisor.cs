@@ -60,13 +60,22 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
             throw new OperationFailedException(ErrorCodes.IoError,
                 $"libvirt.so.0 is not installed ({e.Message}): deploy/libvirt/setup.sh installs libvirt-clients and the daemon", e);
         }
-        _eventPump = Task.Run(PumpEventsAsync);
         _eventSinkId = LibvirtEvents.Add(this);
-        _callbackIds =
-        [
-            LibvirtNative.RegisterDomainEvent(_connection, LibvirtNative.EventIdLifecycle, LibvirtEvents.LifecyclePointer, _eventSinkId),
-            LibvirtNative.RegisterDomainEvent(_connection, LibvirtNative.EventIdBlockJob2, LibvirtEvents.BlockJobPointer, _eventSinkId),
-        ];
+        var callbackIds = new List<int>();
+        try
+        {
+            callbackIds.Add(LibvirtNative.RegisterDomainEvent(_connection, LibvirtNative.EventIdLifecycle, LibvirtEvents.LifecyclePointer, _eventSinkId));
+            callbackIds.Add(LibvirtNative.RegisterDomainEvent(_connection, LibvirtNative.EventIdBlockJob2, LibvirtEvents.BlockJobPointer, _eventSinkId));
+        }
+        catch
+        {
+            foreach (var id in callbackIds) LibvirtNative.DeregisterDomainEvent(_connection, id);
+            LibvirtEvents.Remove(_eventSinkId);
+            _connection.Dispose();
+            throw;
+        }
+        _callbackIds = [.. callbackIds];
+        _eventPump = Task.Run(PumpEventsAsync);
     }
 
     public string Kind => "libvirt";
