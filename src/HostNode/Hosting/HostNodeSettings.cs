@@ -1,4 +1,5 @@
 using LiveMigration.HostNode.Hypervisor;
+using LiveMigration.HostNode.Hypervisor.Libvirt;
 using LiveMigration.HostNode.Hypervisor.Qmp;
 using LiveMigration.HostNode.Storage;
 using LiveMigration.HostNode.Storage.File;
@@ -16,6 +17,11 @@ public sealed record HostNodeSettings(
     IReadOnlyList<string> DomainRoots,
     ClusterNodeSettings Cluster)
 {
+    /// <summary>The libvirt connection URI when <see cref="Hypervisor"/> is <c>libvirt</c>.</summary>
+    public string LibvirtUri { get; init; } = "qemu:///system";
+    /// <summary>Export each libvirt VM's drives over NBD for a stand-in guest (demo and test hosts; taints the domains).</summary>
+    public bool LibvirtGuestExport { get; init; }
+
     public string RunDirectory => Path.Combine(DataDirectory, "run");
     public bool SpmCapable => Cluster.Roles.Contains(HostNodeHosting.SpmRole);
 
@@ -26,6 +32,8 @@ public sealed record HostNodeSettings(
         ["--data-dir"] = "HostNode:DataDirectory",
         ["--hypervisor"] = "HostNode:Hypervisor",
         ["--domain-root"] = "HostNode:DomainRoots",
+        ["--libvirt-uri"] = "HostNode:LibvirtUri",
+        ["--libvirt-guest-export"] = "HostNode:LibvirtGuestExport",
     };
 
     public static HostNodeSettings From(IConfiguration config)
@@ -34,18 +42,25 @@ public sealed record HostNodeSettings(
         if (hostId.Length is 0 or > 32 || !hostId.All(c => char.IsAsciiLetterLower(c) || char.IsAsciiDigit(c) || c == '-'))
             throw new ArgumentException($"host id '{hostId}' must be 1-32 lower-case letters, digits and dashes (e.g. host-1)");
         var hypervisor = config["HostNode:Hypervisor"] ?? "qmp";
-        if (hypervisor is not "qmp")
-            throw new ArgumentException($"hypervisor '{hypervisor}' is not known to a HostNode process (qmp)");
+        if (hypervisor is not ("qmp" or "libvirt"))
+            throw new ArgumentException($"hypervisor '{hypervisor}' is not known to a HostNode process (qmp, libvirt)");
+        var guestExport = config["HostNode:LibvirtGuestExport"] ?? "false";
+        if (!bool.TryParse(guestExport, out var exportGuests))
+            throw new ArgumentException($"--libvirt-guest-export must be true or false, got '{guestExport}'");
         return new HostNodeSettings(
             hostId,
             Path.GetFullPath(config["HostNode:DataDirectory"] ?? Path.Combine("var", hostId)),
             hypervisor,
             (config["HostNode:DomainRoots"] ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
                 .Select(Path.GetFullPath).ToList(),
-            ClusterNodeSettings.FromConfiguration(config, HostNodeHosting.HostRole));
+            ClusterNodeSettings.FromConfiguration(config, HostNodeHosting.HostRole))
+        {
+            LibvirtUri = config["HostNode:LibvirtUri"] is { Length: > 0 } uri ? uri : "qemu:///system",
+            LibvirtGuestExport = exportGuests,
+        };
     }
 
-    /// <summary>The real components: every file domain found under the domain roots, and QEMU over QMP.</summary>
+    /// <summary>The real components: every file domain found under the domain roots, and QEMU over QMP or through libvirt.</summary>
     public async Task<HostNodeComponents> CreateComponentsAsync(CancellationToken ct = default)
     {
         var pool = new StoragePool();
@@ -61,7 +76,9 @@ public sealed record HostNodeSettings(
             }
         }
         Directory.CreateDirectory(RunDirectory);
-        IHypervisor hypervisor = new QmpHypervisor(new QmpHypervisorOptions { RunDirectory = RunDirectory });
+        IHypervisor hypervisor = Hypervisor == "libvirt"
+            ? new LibvirtHypervisor(new LibvirtHypervisorOptions { RunDirectory = RunDirectory, Uri = LibvirtUri, GuestNbdExport = LibvirtGuestExport })
+            : new QmpHypervisor(new QmpHypervisorOptions { RunDirectory = RunDirectory });
         return new HostNodeComponents(HostId, pool, hypervisor);
     }
 }
