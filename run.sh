@@ -41,6 +41,8 @@ case "${1:-}" in
   test)
     shift
     need_packages tests
+    # one libvirtd for every test project that needs it (they run in parallel; a fixture stops only a daemon it started)
+    if [ "$(id -u)" -ne 0 ]; then sudo deploy/libvirt/setup.sh; else deploy/libvirt/setup.sh; fi
     build
     mkdir -p artifacts
     log=artifacts/test-output.txt
