@@ -42,7 +42,11 @@ case "${1:-}" in
     shift
     need_packages tests
     # one libvirtd for every test project that needs it (they run in parallel; a fixture stops only a daemon it started)
-    if [ "$(id -u)" -ne 0 ]; then sudo deploy/libvirt/setup.sh; else deploy/libvirt/setup.sh; fi
+    if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+    libvirtd_state=$($SUDO deploy/libvirt/setup.sh | tail -n 1)
+    echo "$libvirtd_state" >&2
+    # …and stopped by its pid afterwards when this run started it
+    case "$libvirtd_state" in "libvirtd started "*) trap "$SUDO kill ${libvirtd_state##* } 2>/dev/null || true" EXIT ;; esac
     build
     mkdir -p artifacts
     log=artifacts/test-output.txt
