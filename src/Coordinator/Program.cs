@@ -38,6 +38,8 @@ builder.Services.ConfigureHttpJsonOptions(o =>
 var app = builder.Build();
 app.MapMigrationApi();
 app.MapClusterApi();
+app.MapHostApi();
+app.MapVmApi();
 app.MapGet("/healthz", () => Results.Ok(new { status = "up" }));
 Console.WriteLine($"Coordinator: journal {(settings.PostgresConnectionString is null ? $"SQLite under {settings.DataDirectory}" : "PostgreSQL")}, API {settings.HttpUrl}");
 await app.RunAsync();
