@@ -34,19 +34,28 @@ public sealed class HostsCommand : AsyncCommand<GlobalSettings>
     public override async Task<int> ExecuteAsync(CommandContext context, GlobalSettings settings, CancellationToken ct)
     {
         using var api = settings.Client();
-        var hosts = await api.GetAsync("/api/hosts", ct);
-        if (settings.Json)
-        {
-            Output.Json(hosts.Text);
-            return ExitCodes.Ok;
-        }
+        var hosts = (await api.GetAsync("/api/hosts", ct)).Json;
         var cluster = (await api.GetAsync("/api/cluster", ct)).Json;
         var statusByAddress = cluster.Array("members").ToDictionary(m => m.Str("address"), m => m.Bool("reachable") ? m.Str("status") : m.Str("status") + " (unreachable)");
+        var rows = hosts.Array("hosts").ToList();
+        string Status(JsonElement h) => statusByAddress.GetValueOrDefault(h.Str("address"), "not a member");
+        if (settings.Json)
+        {
+            // The API's fields plus the cluster's view of each host (hostId kept for scripts written against earlier versions).
+            Output.Json(new
+            {
+                hosts = rows.Select(h => new
+                {
+                    id = h.Str("id"), hostId = h.Str("id"), address = h.Str("address"), spmCapable = h.Bool("spmCapable"), spm = h.Bool("spm"),
+                    memberStatus = Status(h), vms = h.Long("vms"), lastReport = h.Str("lastReport"),
+                }),
+            });
+            return ExitCodes.Ok;
+        }
         var table = new Table().AddColumns("Host", "Address", "SPM", "Member", "VMs", "Last report");
-        var rows = hosts.Json.Array("hosts").ToList();
         foreach (var h in rows)
         {
-            var status = statusByAddress.GetValueOrDefault(h.Str("address"), "not a member");
+            var status = Status(h);
             table.AddRow(Output.Escape(h.Str("id")), Output.Escape(h.Str("address")),
                 h.Bool("spm") ? "[bold green]SPM[/]" : h.Bool("spmCapable") ? "capable" : "no",
                 status == "up" ? "[green]up[/]" : $"[yellow]{Output.Escape(status)}[/]", h.Long("vms").ToString(), Output.Escape(h.Str("lastReport")));
@@ -96,16 +105,24 @@ public sealed class VmsCommand : AsyncCommand<GlobalSettings>
         }
         var names = await DomainNames.LoadAsync(api, ct);
         var vms = response.Json.Array("vms").ToList();
-        var table = new Table().AddColumns("Name", "Id", "Host", "Running", "Disks", "Size", "On domains", "Migrating");
+        var table = new Table().AddColumns("Name", "Id", "Host", "Running", "Disk (image)", "Size", "Allocated", "On domain", "Layers", "Migration");
         foreach (var vm in vms)
         {
-            var disks = vm.Array("disks").ToList();
-            table.AddRow(Output.Escape(vm.Str("name")), Output.Escape(vm.Str("id")), Output.Escape(vm.Str("host")),
-                vm.Bool("running") ? "[green]yes[/]" : "no",
-                disks.Count.ToString(),
-                ByteRate.Format(disks.Sum(d => d.Long("capacityBytes"))),
-                Output.Escape(string.Join(", ", disks.Select(d => names.Of(d.Str("domain"))).Distinct())),
-                Output.Escape(string.Join(", ", disks.Select(d => d.Str("migration")).Where(m => m.Length > 0).Distinct())));
+            var first = true;
+            foreach (var disk in vm.Array("disks").Select(d => (JsonElement?)d).DefaultIfEmpty())
+            {
+                var d = disk ?? default;
+                table.AddRow(
+                    first ? Output.Escape(vm.Str("name")) : "", first ? Output.Escape(vm.Str("id")) : "", first ? Output.Escape(vm.Str("host")) : "",
+                    first ? (vm.Bool("running") ? "[green]yes[/]" : "no") : "",
+                    Output.Escape(d.Str("image")),
+                    disk is null ? "" : ByteRate.Format(d.Long("capacityBytes")),
+                    disk is null ? "" : ByteRate.Format(d.Long("allocatedBytes")),
+                    Output.Escape(names.Of(d.Str("domain"))),
+                    disk is null ? "" : d.Array("chain").Count().ToString(),
+                    Output.Escape(d.Str("migration")));
+                first = false;
+            }
         }
         Output.Console.Write(table);
         if (vms.Count == 0) Output.Console.MarkupLine("no VMs reported by any host (lsm vm create NAME --host HOST --disk 1GiB@DOMAIN)");
