@@ -26,10 +26,13 @@ public sealed class VmManagerActor : ReceiveActor
     private readonly VmCatalog _catalog;
     private readonly DomainRoots _roots;
     private readonly GuestIo _guestIo;
+    private readonly bool _listenForDomains;
     private readonly ILoggingAdapter _log = Context.GetLogger();
 
-    public VmManagerActor(string hostId, IHypervisor hypervisor, StoragePool pool, VmCatalog catalog, DomainRoots roots, GuestIo guestIo)
+    public VmManagerActor(string hostId, IHypervisor hypervisor, StoragePool pool, VmCatalog catalog, DomainRoots roots, GuestIo guestIo,
+        bool listenForDomains)
     {
+        _listenForDomains = listenForDomains;
         _hostId = hostId;
         _hypervisor = hypervisor;
         _pool = pool;
@@ -50,11 +53,16 @@ public sealed class VmManagerActor : ReceiveActor
         Receive<SubscribeAck>(ack => _log.Info("host {HostId} listens for new domains on topic {Topic}", _hostId, ack.Subscribe.Topic));
     }
 
-    protected override void PreStart() =>
-        DistributedPubSub.Get(Context.System).Mediator.Tell(new Subscribe(ManagementTopics.Domains, Self));
+    protected override void PreStart()
+    {
+        if (_listenForDomains)
+            DistributedPubSub.Get(Context.System).Mediator.Tell(new Subscribe(ManagementTopics.Domains, Self));
+    }
 
-    public static Props Props(string hostId, IHypervisor hypervisor, StoragePool pool, VmCatalog catalog, DomainRoots roots, GuestIo guestIo) =>
-        Akka.Actor.Props.Create(() => new VmManagerActor(hostId, hypervisor, pool, catalog, roots, guestIo));
+    /// <param name="listenForDomains">Subscribe to <see cref="ManagementTopics.Domains"/> through DistributedPubSub; needs a cluster.</param>
+    public static Props Props(string hostId, IHypervisor hypervisor, StoragePool pool, VmCatalog catalog, DomainRoots roots, GuestIo guestIo,
+        bool listenForDomains = true) =>
+        Akka.Actor.Props.Create(() => new VmManagerActor(hostId, hypervisor, pool, catalog, roots, guestIo, listenForDomains));
 
     private void Run(Func<Task<IManagementMessage>> work, EventStream? changed, string why)
     {
