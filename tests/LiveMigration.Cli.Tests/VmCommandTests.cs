@@ -133,4 +133,35 @@ public sealed class VmCommandTests(VmClusterFixture cluster) : IClassFixture<VmC
         var tinyNow = Assert.Single((await JsonOf("domains")).GetProperty("domains").EnumerateArray(), d => d.GetProperty("name").GetString() == "tiny");
         Assert.Equal(0, tinyNow.GetProperty("usedBytes").GetInt64());
     }
+
+    [Fact]
+    public async Task A_domain_created_at_runtime_and_a_stopped_vm_survive_a_host_restart()
+    {
+        var root = Path.Combine(cluster.DataDirectory, "durable-root");
+        Assert.Equal(0, (await Lsm("domain", "create", "durable", "--path", root, "--capacity", "256MiB")).ExitCode);
+        var create = await Lsm("vm", "create", "keeper", "--host", "host-1", "--disk", "16MiB@durable:snapshots=1");
+        Assert.True(create.ExitCode == 0, create + "\n" + cluster.LogTails());
+        Assert.Equal(0, (await Lsm("vm", "stop", "keeper")).ExitCode);
+        var addressBefore = Assert.Single((await JsonOf("hosts")).GetProperty("hosts").EnumerateArray()).GetProperty("address").GetString();
+
+        // SIGKILL and start again: the new incarnation finds the domain from the root it remembered, and the VM from its catalog
+        await cluster.Cluster.RestartAsync(cluster.Cluster.Nodes.Single(n => n.Name == "host-1"));
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
+        while (true)
+        {
+            var hosts = await Lsm("hosts", "--json");
+            if (hosts.ExitCode == 0 && JsonDocument.Parse(hosts.Stdout).RootElement.GetProperty("hosts").EnumerateArray()
+                    .Any(h => h.GetProperty("spm").GetBoolean() && h.GetProperty("address").GetString() != addressBefore)) break;
+            Assert.True(DateTime.UtcNow < deadline, "host-1 did not come back as the SPM within 60 s\n" + cluster.LogTails());
+            await Task.Delay(500);
+        }
+
+        Assert.Contains((await JsonOf("domains")).GetProperty("domains").EnumerateArray(), d => d.GetProperty("name").GetString() == "durable");
+        var keeper = await JsonOf("vm", "show", "keeper");
+        Assert.False(keeper.GetProperty("running").GetBoolean());
+        Assert.Equal(new[] { 2 }, ChainLengths(keeper));
+        var start = await Lsm("vm", "start", "keeper");
+        Assert.True(start.ExitCode == 0, start + "\n" + cluster.LogTails());
+        Assert.True((await JsonOf("vm", "show", "keeper")).GetProperty("running").GetBoolean());
+    }
 }
