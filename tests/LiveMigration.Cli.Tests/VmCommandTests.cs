@@ -164,4 +164,35 @@ public sealed class VmCommandTests(VmClusterFixture cluster) : IClassFixture<VmC
         Assert.True(start.ExitCode == 0, start + "\n" + cluster.LogTails());
         Assert.True((await JsonOf("vm", "show", "keeper")).GetProperty("running").GetBoolean());
     }
+
+    [Fact]
+    public async Task Guest_writes_made_during_a_migration_between_runtime_domains_all_verify()
+    {
+        var root = Path.Combine(cluster.DataDirectory, "move-root");
+        Assert.Equal(0, (await Lsm("domain", "create", "move-src", "--path", root, "--capacity", "512MiB")).ExitCode);
+        Assert.Equal(0, (await Lsm("domain", "create", "move-dst", "--path", root, "--capacity", "512MiB")).ExitCode);
+        var create = await Lsm("vm", "create", "mover", "--host", "host-1", "--disk", "32MiB@move-src:snapshots=1");
+        Assert.True(create.ExitCode == 0, create + "\n" + cluster.LogTails());
+        var vm = await JsonOf("vm", "show", "mover");
+        var dst = Assert.Single((await JsonOf("domains")).GetProperty("domains").EnumerateArray(), d => d.GetProperty("name").GetString() == "move-dst")
+            .GetProperty("id").GetString();
+
+        Assert.Equal(0, (await Lsm("vm", "io", "mover", "--rate", "4MiB/s")).ExitCode);
+        var migrate = await Lsm("migrate", vm.GetProperty("id").GetString()!, "--to", "move-dst", "--wait");
+        Assert.True(migrate.ExitCode == 0, migrate + "\n" + cluster.LogTails());
+
+        var moved = await JsonOf("vm", "show", "mover");
+        Assert.All(moved.GetProperty("disks").EnumerateArray(), d =>
+        {
+            Assert.Equal(dst, d.GetProperty("domain").GetString());
+            Assert.Equal(JsonValueKind.Null, d.GetProperty("migration").ValueKind);
+        });
+        var io = await JsonOf("vm", "io", "mover", "--status");
+        Assert.True(io.GetProperty("running").GetBoolean(), io.ToString());
+        Assert.Equal(0, io.GetProperty("errors").GetInt64());
+        var verified = await JsonOf("vm", "verify", "mover");
+        Assert.True(verified.GetProperty("ok").GetBoolean(), verified.ToString());
+        Assert.True(verified.GetProperty("checked").GetInt64() > 0, verified.ToString());
+        Assert.Equal(0, (await Lsm("vm", "stop", "mover")).ExitCode);
+    }
 }
