@@ -188,6 +188,9 @@ public sealed class VmIoSettings : VmSettings
 /// </summary>
 public sealed class VmIoCommand : AsyncCommand<VmIoSettings>
 {
+    private static double Seconds(JsonElement status) =>
+        status.Obj("elapsedSeconds") is { ValueKind: JsonValueKind.Number } n ? n.GetDouble() : 0;
+
     public override async Task<int> ExecuteAsync(CommandContext context, VmIoSettings settings, CancellationToken ct)
     {
         using var api = settings.Client();
@@ -202,7 +205,7 @@ public sealed class VmIoCommand : AsyncCommand<VmIoSettings>
             var s = status.Json;
             Output.Console.MarkupLine(
                 $"guest I/O {(s.Bool("running") ? "[green]running[/]" : "not running")}: {s.Long("writes")} writes, {ByteRate.Format(s.Long("bytes"))} " +
-                $"in {s.Obj("elapsedSeconds").ToString()} s, {s.Long("errors")} errors" +
+                $"in {Seconds(s).ToString("0.0", CultureInfo.InvariantCulture)} s, {s.Long("errors")} errors" +
                 (s.Str("lastError").Length > 0 ? $" (last: {Output.Escape(s.Str("lastError"))})" : ""));
             return ExitCodes.Ok;
         }

@@ -134,7 +134,12 @@ public sealed class ManagementService(ActorSystem system, IActorRef inventory, I
 
         var vm = VmId.New();
         var created = Expect<VmDisksCreated>(await AskSpmAsync(new CreateVmDisks(vm, resolved), ct));
-        Expect<ManagedVm>(await AskHostAsync(host, new CreateVm(vm, name, created.Disks), ct));
+        if (await AskHostAsync(host, new CreateVm(vm, name, created.Disks), ct) is ManagementRefused refused)
+        {
+            // The host refused (its QEMU did not start): the disks made for it go too, so a failed create leaves nothing.
+            await AskSpmAsync(new DeleteVmDisks(vm, created.Disks), ct);
+            throw new OperationFailedException(refused.Code, refused.Message);
+        }
         return await SettledViewAsync(vm, v => v.Running && v.Drives.Count == created.Disks.Count, ct);
     }
 

@@ -38,10 +38,14 @@ public sealed class GuestIo(string dataDirectory)
             throw new OperationFailedException(ErrorCodes.InvalidArgument, $"seconds must be between 0 (until stopped) and {MaxSeconds}, got {seconds}");
         if (!vm.Running || vm.Drives.Count == 0)
             throw new OperationFailedException(ErrorCodes.VmNotRunning, $"VM {vm.Id} ({vm.Name}) is not running: start it before its guest I/O");
-        lock (_gate)
+        Run? previous;
+        lock (_gate) _runs.TryGetValue(vm.Id, out previous);
+        if (previous is not null && previous.Final is null)
         {
-            if (_runs.TryGetValue(vm.Id, out var current) && current.Final is null)
+            if (previous.Workloads.Any(w => w.Stats.Running))
                 throw new OperationFailedException(ErrorCodes.Conflict, $"guest I/O already runs on VM {vm.Id} ({vm.Name})");
+            // It stopped by itself (an error): close its ledgers before a new run appends to them.
+            await StopAsync(previous);
         }
         var perDrive = bytesPerSecond == 0 ? 0 : Math.Max(1, bytesPerSecond / vm.Drives.Count);
         var workloads = new List<GuestWorkload>();

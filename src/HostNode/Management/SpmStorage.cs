@@ -27,6 +27,7 @@ public sealed class SpmStorage(StoragePool pool, Action<AttachDomain> announce)
                 CreateDomain c => await CreateDomainAsync(c, ct),
                 CreateVmDisks c => await CreateVmDisksAsync(c, ct),
                 CreateSnapshotVolumes c => await CreateSnapshotVolumesAsync(c, ct),
+                DeleteVmDisks c => await DeleteVmDisksAsync(c, ct),
                 _ => new ManagementRefused(ErrorCodes.InvalidArgument, $"the SPM does not handle {command.GetType().Name}"),
             };
         }
@@ -103,6 +104,13 @@ public sealed class SpmStorage(StoragePool pool, Action<AttachDomain> announce)
             top = await domain.CreateVolumeAsync(
                 new NewVolume(image, VolumeId.New(), VolumeFormat.Cow, disk.SizeBytes, new VolumeRef(domain.Id, top.Id)), null, ct);
         return new DiskLeaf(image, new VolumeRef(domain.Id, top.Id));
+    }
+
+    private async Task<IManagementMessage> DeleteVmDisksAsync(DeleteVmDisks command, CancellationToken ct)
+    {
+        foreach (var disk in command.Disks)
+            await pool.Get(disk.Leaf.Domain).DeleteImageAsync(disk.Image, ct);
+        return new VmDisksDeleted(command.Vm);
     }
 
     private async Task<IManagementMessage> CreateSnapshotVolumesAsync(CreateSnapshotVolumes command, CancellationToken ct)

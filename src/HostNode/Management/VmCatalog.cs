@@ -57,6 +57,12 @@ public sealed class VmCatalog(string dataDirectory)
         }
     }
 
+    /// <summary>Forgets a VM (one whose creation failed); nothing when it is not there.</summary>
+    public void Remove(VmId id)
+    {
+        lock (_gate) File.Delete(PathOf(id));
+    }
+
     private static CatalogedVm? Read(string path)
     {
         if (!File.Exists(path)) return null;

@@ -107,9 +107,19 @@ public sealed class VmManagerActor : ReceiveActor
             throw new OperationFailedException(ErrorCodes.Conflict, $"VM {command.Vm} exists on host {_hostId} already");
         var vm = new CatalogedVm(command.Vm, command.Name, command.Disks);
         var chains = await ChainsOfAsync(vm);
-        // Recorded before it starts, so a VM whose start failed is still listed (stopped) and can be started again.
+        // Recorded before it starts, so a host that dies during the start still knows the VM.
         _catalog.Save(vm);
-        var info = await _hypervisor.StartVmAsync(new VmSpec(vm.Id, vm.Name, chains));
+        VmInfo info;
+        try
+        {
+            info = await _hypervisor.StartVmAsync(new VmSpec(vm.Id, vm.Name, chains));
+        }
+        catch (OperationFailedException)
+        {
+            // A creation is all or nothing: the Coordinator removes the disks after this refusal.
+            _catalog.Remove(vm.Id);
+            throw;
+        }
         return new ManagedVm(_hostId, await VmReports.OfRunningAsync(info, _pool));
     }
 

@@ -31,6 +31,11 @@ public sealed record CreateVmDisks(VmId Vm, ValueList<NewDisk> Disks) : IManagem
 
 public sealed record VmDisksCreated(VmId Vm, ValueList<DiskLeaf> Disks) : IManagementMessage;
 
+/// <summary>Removes the images of a VM whose creation failed on its host (answered with <see cref="VmDisksDeleted"/>).</summary>
+public sealed record DeleteVmDisks(VmId Vm, ValueList<DiskLeaf> Disks) : IManagementMessage;
+
+public sealed record VmDisksDeleted(VmId Vm) : IManagementMessage;
+
 /// <summary>Creates an empty qcow2 volume over each of the given current leaves, for a live snapshot.</summary>
 public sealed record CreateSnapshotVolumes(VmId Vm, ValueList<DiskLeaf> CurrentLeaves) : IManagementMessage;
 

@@ -95,6 +95,8 @@ public static class ProtocolManifests
         ("lm.DomainCreated.v1", typeof(DomainCreated)),
         ("lm.CreateVmDisks.v1", typeof(CreateVmDisks)),
         ("lm.VmDisksCreated.v1", typeof(VmDisksCreated)),
+        ("lm.DeleteVmDisks.v1", typeof(DeleteVmDisks)),
+        ("lm.VmDisksDeleted.v1", typeof(VmDisksDeleted)),
         ("lm.CreateSnapshotVolumes.v1", typeof(CreateSnapshotVolumes)),
         ("lm.SnapshotVolumesCreated.v1", typeof(SnapshotVolumesCreated)),
         ("lm.GetSpmLocation.v1", typeof(GetSpmLocation)),

@@ -72,6 +72,10 @@ public sealed class SpmStorageTests : IDisposable
 
         var unknown = Assert.IsType<ManagementRefused>(await _spm.HandleAsync(new CreateVmDisks(VmId.New(), [new NewDisk(MiB, DomainId.New(), 0)])));
         Assert.Equal(ErrorCodes.DomainNotFound, unknown.Code);
+
+        // a VM whose host refused to start it: its disks go
+        Assert.IsType<VmDisksDeleted>(await _spm.HandleAsync(new DeleteVmDisks(vm, created.Disks)));
+        Assert.Empty(await _pool.Get(domain.Id).ListImagesAsync());
     }
 
     [Fact]

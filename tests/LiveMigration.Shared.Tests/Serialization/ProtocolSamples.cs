@@ -147,6 +147,8 @@ public static class ProtocolSamples
         new DomainCreated(SourceDomain, "/srv/lsm/domains"),
         new CreateVmDisks(Vm, [new NewDisk(4_294_967_296, Source, Snapshots: 2), new NewDisk(1_048_576, Destination, 0)]),
         new VmDisksCreated(Vm, [new DiskLeaf(Image, new VolumeRef(Source, LeafVolume)), new DiskLeaf(OtherImage, new VolumeRef(Destination, BaseVolume))]),
+        new DeleteVmDisks(Vm, [new DiskLeaf(Image, new VolumeRef(Source, LeafVolume))]),
+        new VmDisksDeleted(Vm),
         new CreateSnapshotVolumes(Vm, [new DiskLeaf(Image, new VolumeRef(Source, LeafVolume))]),
         new SnapshotVolumesCreated(Vm, [new DiskLeaf(Image, new VolumeRef(Source, NewLeaf))]),
         new GetSpmLocation(),
