@@ -144,8 +144,14 @@ public sealed class VmCommandTests(VmClusterFixture cluster) : IClassFixture<VmC
         Assert.Equal(0, (await Lsm("vm", "stop", "keeper")).ExitCode);
         var addressBefore = Assert.Single((await JsonOf("hosts")).GetProperty("hosts").EnumerateArray()).GetProperty("address").GetString();
 
-        // SIGKILL and start again: the new incarnation finds the domain from the root it remembered, and the VM from its catalog
-        await cluster.Cluster.RestartAsync(cluster.Cluster.Nodes.Single(n => n.Name == "host-1"));
+        // Stopped (SIGTERM: it leaves the cluster, so two nodes need no downing decision) and started again: the new
+        // process finds the domain from the root it remembered and the VM from its catalog.
+        var node = cluster.Cluster.Nodes.Single(n => n.Name == "host-1");
+        using (var terminate = System.Diagnostics.Process.Start("kill", ["-TERM", node.Pid.ToString()]))
+            await terminate.WaitForExitAsync();
+        using (var grace = new CancellationTokenSource(TimeSpan.FromSeconds(30)))
+            await node.Process.WaitForExitAsync(grace.Token);
+        await cluster.Cluster.RestartAsync(node);
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
         while (true)
         {
