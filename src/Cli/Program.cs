@@ -86,6 +86,39 @@ app.Configure(config =>
     config.AddCommand<VmsCommand>("vms")
         .WithDescription("The VMs with their disks and the domain of each layer of their chains")
         .WithExample("vms");
+    config.AddBranch<GlobalSettings>("domain", domain =>
+    {
+        domain.SetDescription("Storage domains: create");
+        domain.AddCommand<DomainCreateCommand>("create")
+            .WithDescription("Create a file storage domain under a folder every host sees; every host attaches it")
+            .WithExample("domain", "create", "fast-ssd", "--path", "/srv/lsm/domains", "--capacity", "20GiB");
+    });
+    config.AddBranch<GlobalSettings>("vm", vm =>
+    {
+        vm.SetDescription("One VM: show, create, start, stop, snapshot, guest I/O and its verification");
+        vm.AddCommand<VmShowCommand>("show")
+            .WithDescription("The VM's state and each disk's chain: which volume on which domain")
+            .WithExample("vm", "show", "web-01");
+        vm.AddCommand<VmCreateCommand>("create")
+            .WithDescription("Create a VM's disks (SIZE@DOMAIN, optionally with N snapshots) and start it on a host")
+            .WithExample("vm", "create", "web-01", "--host", "host-1", "--disk", "1GiB@fast-ssd:snapshots=2", "--disk", "512MiB@fast-ssd");
+        vm.AddCommand<VmStartCommand>("start")
+            .WithDescription("Start a stopped VM on the chains it had")
+            .WithExample("vm", "start", "web-01");
+        vm.AddCommand<VmStopCommand>("stop")
+            .WithDescription("Stop a VM (refused while one of its disks is migrating); it stays listed")
+            .WithExample("vm", "stop", "web-01");
+        vm.AddCommand<VmSnapshotCommand>("snapshot")
+            .WithDescription("Live snapshot: each disk gets a new leaf volume, its chain one longer")
+            .WithExample("vm", "snapshot", "web-01");
+        vm.AddCommand<VmIoCommand>("io")
+            .WithDescription("Run the guest workload on the VM's disks in the background on its host (or --status)")
+            .WithExample("vm", "io", "web-01", "--rate", "20MiB/s", "--seconds", "60")
+            .WithExample("vm", "io", "web-01", "--status");
+        vm.AddCommand<VmVerifyCommand>("verify")
+            .WithDescription("Check every acknowledged guest write; exit 1 on any loss")
+            .WithExample("vm", "verify", "web-01");
+    });
     config.AddCommand<MigrateCommand>("migrate")
         .WithDescription("Move a running VM's disks to another storage domain")
         .WithExample("migrate", "2f1c6e2a-6a3e-4c43-9a53-0f6f0c7d9b11", "--to", "domain-b", "--wait")

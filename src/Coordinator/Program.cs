@@ -57,6 +57,8 @@ app.MapMigrationEventStreams();
 app.MapDashboard();
 app.MapHealth(new LiveMigration.Coordinator.Persistence.JournalOptions(settings.DataDirectory, settings.PostgresConnectionString));
 app.MapPrometheusScrapingEndpoint("/metrics");
+app.MapHostApi();
+app.MapVmApi();
 Console.WriteLine($"Coordinator: journal {(settings.PostgresConnectionString is null ? $"SQLite under {settings.DataDirectory}" : "PostgreSQL")}, API {settings.HttpUrl}");
 await app.RunAsync();
 return 0;

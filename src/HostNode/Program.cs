@@ -14,10 +14,14 @@ builder.Configuration.AddJsonFile("appsettings.json", optional: true)
 
 HostNodeSettings settings;
 HostNodeComponents components;
+HostManagement management;
 try
 {
     settings = HostNodeSettings.From(builder.Configuration);
     components = await settings.CreateComponentsAsync();
+    // Domains created through the API under other folders than the configured roots.
+    management = HostManagement.Under(settings.DataDirectory);
+    await management.Roots.AttachRememberedAsync(components.Pool);
 }
 catch (Exception e) when (e is ArgumentException or FormatException or LiveMigration.Shared.Model.OperationFailedException)
 {
@@ -28,7 +32,7 @@ catch (Exception e) when (e is ArgumentException or FormatException or LiveMigra
 
 builder.Services.AddAkka(ClusterNodeSettings.SystemName, akka => akka
     .WithClusterNode(settings.Cluster)
-    .WithHostNodeActors(components, settings.SpmCapable));
+    .WithHostNodeActors(components, settings.SpmCapable, management));
 
 var app = builder.Build();
 Console.WriteLine($"HostNode {settings.HostId}: {components.Pool.Domains.Count} storage domains, run directory {settings.RunDirectory}, roles {string.Join(",", settings.Cluster.Roles)}");

@@ -1,103 +1,143 @@
 using System.Text.Json;
+using System.Text.RegularExpressions;
 using LiveMigration.Cli.Api;
 using Spectre.Console;
 using Spectre.Console.Cli;
 
 namespace LiveMigration.Cli.Commands;
 
-/// <summary><c>lsm hosts</c>: the hosts the inventory knows, with their cluster membership status.</summary>
+/// <summary>
+/// The API's refusals of an operator's input (unknown host, domain or VM: 404; a conflict: 409; not enough space: 422)
+/// end the command with exit code 2, as bad usage does; anything else keeps the client's code.
+/// </summary>
+public static partial class Refusals
+{
+    [GeneratedRegex(@": (404|409|422) ")]
+    private static partial Regex RefusedStatus();
+
+    public static async Task<T> AsBadUsage<T>(Func<Task<T>> call)
+    {
+        try
+        {
+            return await call();
+        }
+        catch (CliFailure failure) when (failure.ExitCode == ExitCodes.OperationFailed && RefusedStatus().IsMatch(failure.Message))
+        {
+            throw CliFailure.BadUsage(failure.Message);
+        }
+    }
+}
+
+/// <summary><c>lsm hosts</c>: the hosts with their cluster status; the one that runs the SPM now is marked.</summary>
 public sealed class HostsCommand : AsyncCommand<GlobalSettings>
 {
-    public sealed record HostRow(string HostId, string Address, bool SpmCapable, string MemberStatus, int Vms, string LastReport);
-
     public override async Task<int> ExecuteAsync(CommandContext context, GlobalSettings settings, CancellationToken ct)
     {
         using var api = settings.Client();
-        var inventory = (await api.GetAsync("/api/inventory", ct)).Json;
+        var hosts = (await api.GetAsync("/api/hosts", ct)).Json;
         var cluster = (await api.GetAsync("/api/cluster", ct)).Json;
         var statusByAddress = cluster.Array("members").ToDictionary(m => m.Str("address"), m => m.Bool("reachable") ? m.Str("status") : m.Str("status") + " (unreachable)");
-        var rows = inventory.Array("hosts")
-            .Select(h => new HostRow(h.Str("hostId"), h.Str("address"), h.Bool("spmCapable"),
-                statusByAddress.GetValueOrDefault(h.Str("address"), "not a member"),
-                inventory.Array("vms").Count(v => v.Str("hostId") == h.Str("hostId")),
-                h.Str("lastReport")))
-            .OrderBy(h => h.HostId, StringComparer.Ordinal)
-            .ToList();
+        var rows = hosts.Array("hosts").ToList();
+        string Status(JsonElement h) => statusByAddress.GetValueOrDefault(h.Str("address"), "not a member");
         if (settings.Json)
         {
-            Output.Json(new { hosts = rows.Select(r => new { hostId = r.HostId, address = r.Address, spmCapable = r.SpmCapable, memberStatus = r.MemberStatus, vms = r.Vms, lastReport = r.LastReport }) });
+            // The API's fields plus the cluster's view of each host (hostId kept for scripts written against earlier versions).
+            Output.Json(new
+            {
+                hosts = rows.Select(h => new
+                {
+                    id = h.Str("id"), hostId = h.Str("id"), address = h.Str("address"), spmCapable = h.Bool("spmCapable"), spm = h.Bool("spm"),
+                    memberStatus = Status(h), vms = h.Long("vms"), lastReport = h.Str("lastReport"),
+                }),
+            });
             return ExitCodes.Ok;
         }
-        var table = new Table().AddColumns("Host", "Address", "SPM-capable", "Member", "VMs", "Last report");
-        foreach (var r in rows)
-            table.AddRow(Output.Escape(r.HostId), Output.Escape(r.Address), r.SpmCapable ? "yes" : "no",
-                r.MemberStatus == "up" ? "[green]up[/]" : $"[yellow]{Output.Escape(r.MemberStatus)}[/]", r.Vms.ToString(), Output.Escape(r.LastReport));
+        var table = new Table().AddColumns("Host", "Address", "SPM", "Member", "VMs", "Last report");
+        foreach (var h in rows)
+        {
+            var status = Status(h);
+            table.AddRow(Output.Escape(h.Str("id")), Output.Escape(h.Str("address")),
+                h.Bool("spm") ? "[bold green]SPM[/]" : h.Bool("spmCapable") ? "capable" : "no",
+                status == "up" ? "[green]up[/]" : $"[yellow]{Output.Escape(status)}[/]", h.Long("vms").ToString(), Output.Escape(h.Str("lastReport")));
+        }
         Output.Console.Write(table);
+        if (rows.Count == 0) Output.Console.MarkupLine("no host has reported yet");
+        else if (!rows.Any(h => h.Bool("spm"))) Output.Console.MarkupLine("[yellow]no host runs the SPM now[/] (storage changes wait for one)");
         return ExitCodes.Ok;
     }
 }
 
-/// <summary><c>lsm domains</c>: the storage domains as the SPM reported them.</summary>
+/// <summary><c>lsm domains</c>: the storage domains with their capacity, used and free space.</summary>
 public sealed class DomainsCommand : AsyncCommand<GlobalSettings>
 {
     public override async Task<int> ExecuteAsync(CommandContext context, GlobalSettings settings, CancellationToken ct)
     {
         using var api = settings.Client();
-        var inventory = (await api.GetAsync("/api/inventory", ct)).Json;
-        var domains = inventory.Array("domains").OrderBy(d => d.Str("name"), StringComparer.Ordinal).ToList();
+        var response = await api.GetAsync("/api/domains", ct);
         if (settings.Json)
         {
-            Output.Json(new { domains });
+            Output.Json(response.Text);
             return ExitCodes.Ok;
         }
-        var table = new Table().AddColumns("Id", "Name", "Kind", "Capacity", "Used", "Available", "Active");
+        var domains = response.Json.Array("domains").ToList();
+        var table = new Table().AddColumns("Name", "Id", "Kind", "Capacity", "Used", "Free", "Active");
         foreach (var d in domains)
-            table.AddRow(Output.Escape(d.Str("id")), Output.Escape(d.Str("name")), Output.Escape(d.Str("kind")),
+            table.AddRow(Output.Escape(d.Str("name")), Output.Escape(d.Str("id")), Output.Escape(d.Str("kind")),
                 ByteRate.Format(d.Long("capacityBytes")), ByteRate.Format(d.Long("usedBytes")), ByteRate.Format(d.Long("availableBytes")),
                 d.Bool("active") ? "yes" : "[red]no[/]");
         Output.Console.Write(table);
-        if (domains.Count == 0) Output.Console.MarkupLine("no storage domains reported yet (the SPM reports them when it starts)");
+        if (domains.Count == 0) Output.Console.MarkupLine("no storage domains reported yet (lsm domain create NAME --path DIR)");
         return ExitCodes.Ok;
     }
 }
 
-/// <summary><c>lsm vms</c>: every VM with its disks and where each layer of their chains lives.</summary>
+/// <summary><c>lsm vms</c>: every VM with its host, state, and where its disks are.</summary>
 public sealed class VmsCommand : AsyncCommand<GlobalSettings>
 {
     public override async Task<int> ExecuteAsync(CommandContext context, GlobalSettings settings, CancellationToken ct)
     {
         using var api = settings.Client();
-        var inventory = (await api.GetAsync("/api/inventory", ct)).Json;
-        var vms = inventory.Array("vms").ToList();
+        var response = await api.GetAsync("/api/vms", ct);
         if (settings.Json)
         {
-            Output.Json(new { vms });
+            Output.Json(response.Text);
             return ExitCodes.Ok;
         }
-        var domainNames = inventory.Array("domains").ToDictionary(d => d.Str("id"), d => d.Str("name"));
-        string DomainName(string id) => domainNames.GetValueOrDefault(id, id);
-        var table = new Table().AddColumns("VM", "Name", "Host", "Running", "Disk (image)", "Size", "Allocated", "On domain", "Chain (base → leaf)");
-        foreach (var entry in vms.OrderBy(v => v.Obj("vm").Str("name"), StringComparer.Ordinal))
+        var names = await DomainNames.LoadAsync(api, ct);
+        var vms = response.Json.Array("vms").ToList();
+        var table = new Table().AddColumns("Name", "Id", "Host", "Running", "Disk (image)", "Size", "Allocated", "On domain", "Layers", "Migration");
+        foreach (var vm in vms)
         {
-            var vm = entry.Obj("vm");
-            var drives = vm.Array("drives").ToList();
             var first = true;
-            foreach (var drive in drives.DefaultIfEmpty())
+            foreach (var disk in vm.Array("disks").Select(d => (JsonElement?)d).DefaultIfEmpty())
             {
-                var chain = drive.Array("chain").Select(l => DomainName(l.Str("domain"))).ToList();
+                var d = disk ?? default;
                 table.AddRow(
-                    first ? Output.Escape(vm.Str("id")) : "", first ? Output.Escape(vm.Str("name")) : "", first ? Output.Escape(entry.Str("hostId")) : "",
+                    first ? Output.Escape(vm.Str("name")) : "", first ? Output.Escape(vm.Str("id")) : "", first ? Output.Escape(vm.Str("host")) : "",
                     first ? (vm.Bool("running") ? "[green]yes[/]" : "no") : "",
-                    Output.Escape(drive.Str("image")),
-                    drive.ValueKind == JsonValueKind.Object ? ByteRate.Format(drive.Long("capacityBytes")) : "",
-                    drive.ValueKind == JsonValueKind.Object ? ByteRate.Format(drive.Long("allocatedBytes")) : "",
-                    chain.Count > 0 ? Output.Escape(chain[^1]) : "",
-                    Output.Escape(string.Join(" → ", chain)));
+                    Output.Escape(d.Str("image")),
+                    disk is null ? "" : ByteRate.Format(d.Long("capacityBytes")),
+                    disk is null ? "" : ByteRate.Format(d.Long("allocatedBytes")),
+                    Output.Escape(names.Of(d.Str("domain"))),
+                    disk is null ? "" : d.Array("chain").Count().ToString(),
+                    Output.Escape(d.Str("migration")));
                 first = false;
             }
         }
         Output.Console.Write(table);
-        if (vms.Count == 0) Output.Console.MarkupLine("no VMs reported by any host");
+        if (vms.Count == 0) Output.Console.MarkupLine("no VMs reported by any host (lsm vm create NAME --host HOST --disk 1GiB@DOMAIN)");
         return ExitCodes.Ok;
+    }
+}
+
+/// <summary>Domain ids to names, for tables.</summary>
+public sealed class DomainNames(IReadOnlyDictionary<string, string> byId)
+{
+    public string Of(string id) => id.Length == 0 ? "" : byId.GetValueOrDefault(id, id);
+
+    public static async Task<DomainNames> LoadAsync(LsmApiClient api, CancellationToken ct)
+    {
+        var domains = (await api.GetAsync("/api/domains", ct)).Json.Array("domains");
+        return new DomainNames(domains.GroupBy(d => d.Str("id")).ToDictionary(g => g.Key, g => g.First().Str("name")));
     }
 }

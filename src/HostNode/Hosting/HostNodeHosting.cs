@@ -5,13 +5,22 @@ using Akka.Hosting;
 using LiveMigration.HostNode.Hsm;
 using LiveMigration.HostNode.Hypervisor;
 using LiveMigration.HostNode.Inventory;
+using LiveMigration.HostNode.Management;
 using LiveMigration.HostNode.Spm;
 using LiveMigration.HostNode.Storage;
+using LiveMigration.Shared.Protocol;
 
 namespace LiveMigration.HostNode.Hosting;
 
 /// <summary>What a host works with: the storage domains it sees and its hypervisor (real or sim).</summary>
 public sealed record HostNodeComponents(string HostId, StoragePool Pool, IHypervisor Hypervisor);
+
+/// <summary>What the operator's commands keep on a host, under its data directory: the VMs it owns, the domain roots it learned, the guest ledgers.</summary>
+public sealed record HostManagement(VmCatalog Catalog, DomainRoots Roots, GuestIo GuestIo)
+{
+    public static HostManagement Under(string dataDirectory) =>
+        new(new VmCatalog(dataDirectory), new DomainRoots(dataDirectory), new GuestIo(dataDirectory));
+}
 
 /// <summary>Registry keys for the host's actors.</summary>
 public sealed class HsmKey;
@@ -24,8 +33,9 @@ public static class HostNodeHosting
     /// <summary>The host's actors: its HSM (found by the Coordinator through DistributedPubSub under
     /// <c>/user/hsm-{hostId}</c>), its reporter to the inventory, and, on SPM-capable hosts, a place
     /// for the SPM cluster singleton.</summary>
+    /// <param name="management">The host's VM catalog, domain roots and guest ledgers; without it the host runs migration steps only.</param>
     public static AkkaConfigurationBuilder WithHostNodeActors(this AkkaConfigurationBuilder builder,
-        HostNodeComponents host, bool spmCapable)
+        HostNodeComponents host, bool spmCapable, HostManagement? management = null)
     {
         if (spmCapable)
             builder.WithSingleton<SpmKey>(SpmActor.SingletonName, SpmActor.Props(host.Pool),
@@ -36,7 +46,13 @@ public static class HostNodeHosting
             var hsm = system.ActorOf(HsmActor.Props(host.Hypervisor, host.Pool), HsmTopic.For(host.HostId));
             DistributedPubSub.Get(system).Mediator.Tell(new Put(hsm));
             registry.Register<HsmKey>(hsm);
-            system.ActorOf(HostReporter.Props(host.HostId, spmCapable, host.Hypervisor, host.Pool, registry.Get<InventoryKey>()), "host-reporter");
+            system.ActorOf(HostReporter.Props(host.HostId, spmCapable, host.Hypervisor, host.Pool, registry.Get<InventoryKey>(), management?.Catalog), "host-reporter");
+            if (management is not null)
+            {
+                var manager = system.ActorOf(VmManagerActor.Props(host.HostId, host.Hypervisor, host.Pool, management.Catalog, management.Roots,
+                    management.GuestIo), ManagementTopics.VmManagerName(host.HostId));
+                DistributedPubSub.Get(system).Mediator.Tell(new Put(manager));
+            }
         });
     }
 

@@ -2,6 +2,7 @@ using Akka.Actor;
 using Akka.Cluster;
 using Akka.Event;
 using LiveMigration.HostNode.Hypervisor;
+using LiveMigration.HostNode.Management;
 using LiveMigration.HostNode.Storage;
 using LiveMigration.Shared.Migration;
 using LiveMigration.Shared.Model;
@@ -11,6 +12,9 @@ namespace LiveMigration.HostNode.Inventory;
 
 /// <summary>Published on the local event stream by the SPM and HSM after a step changed storage or a drive's chain.</summary>
 public sealed record HostStateChanged(OperationId Operation);
+
+/// <summary>Published on the local event stream when an operator's command changed the host's VMs or domains.</summary>
+public sealed record HostInventoryChanged(string Why);
 
 /// <summary>
 /// Tells the Coordinator's inventory (through its singleton proxy) what this host sees: its VMs with the chains their drives run on,
@@ -26,14 +30,16 @@ public sealed class HostReporter : ReceiveActor
     private readonly bool _spmCapable;
     private readonly IHypervisor _hypervisor;
     private readonly StoragePool _pool;
+    private readonly VmCatalog? _catalog;
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly IActorRef _inventory;
     private Action<HypervisorEvent>? _onEvent;
     private bool _reporting;
     private bool _again;
 
-    public HostReporter(string hostId, bool spmCapable, IHypervisor hypervisor, StoragePool pool, IActorRef inventory)
+    public HostReporter(string hostId, bool spmCapable, IHypervisor hypervisor, StoragePool pool, IActorRef inventory, VmCatalog? catalog = null)
     {
+        _catalog = catalog;
         _hostId = hostId;
         _spmCapable = spmCapable;
         _hypervisor = hypervisor;
@@ -42,6 +48,7 @@ public sealed class HostReporter : ReceiveActor
 
         Receive<ReportNow>(r => Start(r.Why));
         Receive<HostStateChanged>(c => Start($"step {c.Operation} finished"));
+        Receive<HostInventoryChanged>(c => Start(c.Why));
         Receive<ClusterEvent.MemberUp>(up =>
         {
             if (up.Member.HasRole("coordinator")) Start($"coordinator {up.Member.Address} joined");
@@ -62,8 +69,9 @@ public sealed class HostReporter : ReceiveActor
 
     /// <param name="inventory">The inventory singleton's proxy: it buffers reports until the singleton is found,
     /// so a report made while the cluster is still forming is not lost (a pubsub publish would be).</param>
-    public static Props Props(string hostId, bool spmCapable, IHypervisor hypervisor, StoragePool pool, IActorRef inventory) =>
-        Akka.Actor.Props.Create(() => new HostReporter(hostId, spmCapable, hypervisor, pool, inventory));
+    /// <param name="catalog">The VMs the host keeps while they are stopped; without it only running VMs are reported.</param>
+    public static Props Props(string hostId, bool spmCapable, IHypervisor hypervisor, StoragePool pool, IActorRef inventory, VmCatalog? catalog = null) =>
+        Akka.Actor.Props.Create(() => new HostReporter(hostId, spmCapable, hypervisor, pool, inventory, catalog));
 
     protected override void PreStart()
     {
@@ -71,6 +79,7 @@ public sealed class HostReporter : ReceiveActor
         _onEvent = e => self.Tell(new ReportNow(e.GetType().Name));
         _hypervisor.EventRaised += _onEvent;
         Context.System.EventStream.Subscribe(Self, typeof(HostStateChanged));
+        Context.System.EventStream.Subscribe(Self, typeof(HostInventoryChanged));
         Cluster.Get(Context.System).Subscribe(Self, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsEvents, typeof(ClusterEvent.MemberUp));
         Self.Tell(new ReportNow("host started"));
     }
@@ -109,14 +118,7 @@ public sealed class HostReporter : ReceiveActor
     private async Task<Reports> BuildAsync(string address)
     {
         var now = DateTimeOffset.UtcNow;
-        var vms = new List<VmReport>();
-        foreach (var vm in await _hypervisor.ListVmsAsync())
-        {
-            var drives = new List<DriveReport>();
-            foreach (var drive in vm.Drives)
-                drives.Add(await DescribeDriveAsync(drive));
-            vms.Add(new VmReport(vm.Id, vm.Name, vm.Running, drives.ToValueList()));
-        }
+        var vms = await VmReports.ListAsync(_hypervisor, _pool, _catalog);
         var domains = new List<DomainReport>();
         foreach (var domain in _pool.Domains)
         {
@@ -125,38 +127,5 @@ public sealed class HostReporter : ReceiveActor
         }
         return new Reports(new HostStatusReport(_hostId, address, _spmCapable, vms.ToValueList(), now),
             new DomainStatusReport(domains.ToValueList(), now));
-    }
-
-    /// <summary>Maps the paths QEMU has open back to volumes of the attached domains.</summary>
-    private async Task<DriveReport> DescribeDriveAsync(DriveState drive)
-    {
-        var chain = new List<VolumeRef>();
-        long capacity = 0, allocated = 0;
-        foreach (var path in drive.OpenChain)
-        {
-            foreach (var domain in _pool.Domains)
-            {
-                var volume = await FindAsync(domain, drive.Image, path);
-                if (volume is null) continue;
-                chain.Add(new VolumeRef(domain.Id, volume.Id));
-                capacity = Math.Max(capacity, volume.Capacity);
-                allocated += volume.AllocatedBytes;
-                break;
-            }
-        }
-        return new DriveReport(drive.Image, chain.ToValueList(), capacity, allocated);
-    }
-
-    private static async Task<VolumeInfo?> FindAsync(IStorageDomain domain, ImageId image, string path)
-    {
-        try
-        {
-            foreach (var volume in (await domain.DescribeImageAsync(image)).Volumes)
-                if (domain.Locate(image, volume.Id) == path) return volume;
-        }
-        catch (OperationFailedException e) when (e.Code is ErrorCodes.ImageNotFound)
-        {
-        }
-        return null;
     }
 }

@@ -1,5 +1,8 @@
 using Akka.Actor;
+using Akka.Cluster;
+using Akka.Cluster.Tools.PublishSubscribe;
 using Akka.Event;
+using LiveMigration.HostNode.Management;
 using LiveMigration.HostNode.Storage;
 using LiveMigration.Shared.Migration;
 using LiveMigration.Shared.Model;
@@ -37,6 +40,12 @@ public sealed class SpmActor : ReceiveActor
             _log.Debug("Ignoring speed {Speed} B/s for {Operation}: SPM copies run unthrottled", s.SpeedBytesPerSecond, s.Operation));
         Receive<StepProgressed>(OnProgress);
         Receive<StepFinished>(OnFinished);
+        // The operator's storage changes (new domains, VM disks, snapshot volumes), each run off the actor.
+        var system = Context.System;
+        var storage = new SpmStorage(pool, attach =>
+            DistributedPubSub.Get(system).Mediator.Tell(new Publish(ManagementTopics.Domains, attach)));
+        Receive<GetSpmLocation>(_ => Sender.Tell(new SpmLocation(Cluster.Get(Context.System).SelfAddress.ToString())));
+        Receive<IManagementMessage>(command => storage.HandleAsync(command, _stopped.Token).PipeTo(Sender));
     }
 
     public static Props Props(StoragePool pool) => Akka.Actor.Props.Create(() => new SpmActor(pool));

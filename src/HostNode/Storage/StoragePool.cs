@@ -1,18 +1,20 @@
+using System.Collections.Concurrent;
 using LiveMigration.Shared.Model;
 
 namespace LiveMigration.HostNode.Storage;
 
-/// <summary>The domains this host has attached, and the walk of a chain across them.</summary>
+/// <summary>The domains this host has attached, and the walk of a chain across them. Thread-safe: a domain created at runtime is attached while others read.</summary>
 public sealed class StoragePool
 {
-    private readonly Dictionary<DomainId, IStorageDomain> _domains = new();
+    private readonly ConcurrentDictionary<DomainId, IStorageDomain> _domains = new();
 
     public StoragePool(IEnumerable<IStorageDomain>? domains = null)
     {
         foreach (var d in domains ?? []) Attach(d);
     }
 
-    public IReadOnlyCollection<IStorageDomain> Domains => _domains.Values;
+    /// <summary>A snapshot of the attached domains.</summary>
+    public IReadOnlyCollection<IStorageDomain> Domains => _domains.Values.ToList();
 
     public void Attach(IStorageDomain domain) => _domains[domain.Id] = domain;
 

@@ -92,6 +92,31 @@ public static class ProtocolManifests
         // the operator's speed change of a running migration: its command and its journal event
         ("lm.SetMigrationSpeed.v1", typeof(SetMigrationSpeed)),
         ("lm.MigrationSpeedChanged.v1", typeof(MigrationSpeedChanged)),
+
+        // management: the SPM's storage changes, domains attached by every host, VM work on its host
+        ("lm.ManagementRefused.v1", typeof(ManagementRefused)),
+        ("lm.CreateDomain.v1", typeof(CreateDomain)),
+        ("lm.DomainCreated.v1", typeof(DomainCreated)),
+        ("lm.CreateVmDisks.v1", typeof(CreateVmDisks)),
+        ("lm.VmDisksCreated.v1", typeof(VmDisksCreated)),
+        ("lm.DeleteVmDisks.v1", typeof(DeleteVmDisks)),
+        ("lm.VmDisksDeleted.v1", typeof(VmDisksDeleted)),
+        ("lm.CreateSnapshotVolumes.v1", typeof(CreateSnapshotVolumes)),
+        ("lm.SnapshotVolumesCreated.v1", typeof(SnapshotVolumesCreated)),
+        ("lm.GetSpmLocation.v1", typeof(GetSpmLocation)),
+        ("lm.SpmLocation.v1", typeof(SpmLocation)),
+        ("lm.AttachDomain.v1", typeof(AttachDomain)),
+        ("lm.CreateVm.v1", typeof(CreateVm)),
+        ("lm.StartVm.v1", typeof(StartVm)),
+        ("lm.StopVm.v1", typeof(StopVm)),
+        ("lm.SnapshotVm.v1", typeof(SnapshotVm)),
+        ("lm.GetManagedVm.v1", typeof(GetManagedVm)),
+        ("lm.ManagedVm.v1", typeof(ManagedVm)),
+        ("lm.StartGuestIo.v1", typeof(StartGuestIo)),
+        ("lm.GetGuestIo.v1", typeof(GetGuestIo)),
+        ("lm.GuestIoStatus.v1", typeof(GuestIoStatus)),
+        ("lm.VerifyGuest.v1", typeof(VerifyGuest)),
+        ("lm.GuestVerified.v1", typeof(GuestVerified)),
     ];
 
     private static readonly Dictionary<Type, string> ManifestByType = BuildIndex(t => t.Type, t => t.Manifest, "type");

@@ -16,6 +16,7 @@ public static class ProtocolSerialization
             typeof(IHostCommand), typeof(IHostReply), typeof(IMigrationCommand), typeof(IMigrationEvent),
             typeof(IMigrationQuery), typeof(IMigrationReply), typeof(IAdmissionMessage),
             typeof(IInventoryMessage), typeof(IInventoryEvent),
+            typeof(IManagementMessage),
         ];
 
     /// <summary>The binding as configuration, for an ActorSystem built without Akka.Hosting (tests, tools).</summary>

@@ -142,7 +142,31 @@ public static class ProtocolSamples
         new HostReported("host-1", "akka.tcp://lsm@10.0.0.11:4053", SpmCapable: true, [VmSeen], At),
         new DomainsReported([SourceDomain, DestinationDomain], At),
         new DisksReservedForMigration(Migration, Vm, [Image, OtherImage], At),
-        new DisksReleasedByMigration(Migration, [Image, OtherImage], At));
+        new DisksReleasedByMigration(Migration, [Image, OtherImage], At),
+        // management
+        new ManagementRefused(ErrorCodes.NotEnoughSpace, "domain fast-ssd has 1048576 bytes available, the disks need 4294967296"),
+        new CreateDomain("fast-ssd", "/srv/lsm/domains", 100_000_000_000),
+        new DomainCreated(SourceDomain, "/srv/lsm/domains"),
+        new CreateVmDisks(Vm, [new NewDisk(4_294_967_296, Source, Snapshots: 2), new NewDisk(1_048_576, Destination, 0)]),
+        new VmDisksCreated(Vm, [new DiskLeaf(Image, new VolumeRef(Source, LeafVolume)), new DiskLeaf(OtherImage, new VolumeRef(Destination, BaseVolume))]),
+        new DeleteVmDisks(Vm, [new DiskLeaf(Image, new VolumeRef(Source, LeafVolume))]),
+        new VmDisksDeleted(Vm),
+        new CreateSnapshotVolumes(Vm, [new DiskLeaf(Image, new VolumeRef(Source, LeafVolume))]),
+        new SnapshotVolumesCreated(Vm, [new DiskLeaf(Image, new VolumeRef(Source, NewLeaf))]),
+        new GetSpmLocation(),
+        new SpmLocation("akka.tcp://lsm@10.0.0.11:4053"),
+        new AttachDomain(Destination, "/srv/lsm/slow"),
+        new CreateVm(Vm, "web-01 (élan)", [new DiskLeaf(Image, new VolumeRef(Source, LeafVolume))]),
+        new StartVm(Vm),
+        new StopVm(Vm),
+        new SnapshotVm(Vm, [new DiskLeaf(Image, new VolumeRef(Source, NewLeaf))]),
+        new GetManagedVm(Vm),
+        new ManagedVm("host-2", VmSeen),
+        new StartGuestIo(Vm, 20_971_520, Seconds: 5),
+        new GetGuestIo(Vm),
+        new GuestIoStatus(Vm, Running: true, 20_971_520, 5, Writes: 1_234, Bytes: 5_054_464, Errors: 1, ElapsedSeconds: 2.5, "NBD write timed out", LedgerWrites: 4_321),
+        new VerifyGuest(Vm),
+        new GuestVerified(Vm, Checked: 1_234, Lost: 1, InDoubt: 2, ["drive 0c5e8f21: offset 65536: expected seq 7, found zeroes"]));
 
     /// <summary>The samples of a type, the first being the fully filled one the golden files use.</summary>
     public static IReadOnlyList<object> For(Type type) =>

@@ -1,0 +1,241 @@
+using System.ComponentModel;
+using System.Globalization;
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using LiveMigration.Cli.Api;
+using Spectre.Console;
+using Spectre.Console.Cli;
+
+namespace LiveMigration.Cli.Commands;
+
+/// <summary>The settings of the commands on one VM.</summary>
+public class VmSettings : GlobalSettings
+{
+    [CommandArgument(0, "<VM>")]
+    [Description("The VM: its id, or its name when no other VM has it (as `lsm vms` lists them)")]
+    public string Vm { get; set; } = "";
+
+    public string VmPath => "/api/vms/" + Uri.EscapeDataString(Vm);
+
+    public override ValidationResult Validate()
+    {
+        var basic = base.Validate();
+        if (!basic.Successful) return basic;
+        return string.IsNullOrWhiteSpace(Vm) ? ValidationResult.Error("VM is required: its id or its name") : ValidationResult.Success();
+    }
+}
+
+/// <summary>Prints a VM: its state, then each disk's chain layer by layer with the domain of each volume.</summary>
+public static class VmOutput
+{
+    public static async Task<int> PrintAsync(LsmApiClient api, GlobalSettings settings, ApiResponse vm, string? headline, CancellationToken ct)
+    {
+        if (settings.Json)
+        {
+            Output.Json(vm.Text);
+            return ExitCodes.Ok;
+        }
+        var names = await DomainNames.LoadAsync(api, ct);
+        var v = vm.Json;
+        if (headline is not null) Output.Console.MarkupLine(Output.Escape(headline));
+        Output.Console.MarkupLine($"VM [bold]{Output.Escape(v.Str("name"))}[/] {Output.Escape(v.Str("id"))} on {Output.Escape(v.Str("host"))}: " +
+                                  (v.Bool("running") ? "[green]running[/]" : "[yellow]stopped[/]"));
+        var table = new Table().AddColumns("Disk (image)", "Size", "Allocated", "Layer", "Volume", "On domain", "Migration");
+        foreach (var disk in v.Array("disks"))
+        {
+            var chain = disk.Array("chain").ToList();
+            for (var i = 0; i < Math.Max(1, chain.Count); i++)
+            {
+                var layer = i < chain.Count ? chain[i] : default;
+                var role = chain.Count == 0 ? "" : i == chain.Count - 1 ? $"{i} (leaf)" : i == 0 ? "0 (base)" : i.ToString(CultureInfo.InvariantCulture);
+                table.AddRow(
+                    i == 0 ? Output.Escape(disk.Str("image")) : "",
+                    i == 0 ? ByteRate.Format(disk.Long("capacityBytes")) : "",
+                    i == 0 ? ByteRate.Format(disk.Long("allocatedBytes")) : "",
+                    role,
+                    Output.Escape(layer.Str("volume")),
+                    Output.Escape(names.Of(layer.Str("domain"))),
+                    i == 0 ? Output.Escape(disk.Str("migration")) : "");
+            }
+        }
+        Output.Console.Write(table);
+        return ExitCodes.Ok;
+    }
+}
+
+/// <summary><c>lsm vm show VM</c>.</summary>
+public sealed class VmShowCommand : AsyncCommand<VmSettings>
+{
+    public override async Task<int> ExecuteAsync(CommandContext context, VmSettings settings, CancellationToken ct)
+    {
+        using var api = settings.Client();
+        var vm = await Refusals.AsBadUsage(() => api.GetAsync(settings.VmPath, ct));
+        return await VmOutput.PrintAsync(api, settings, vm, null, ct);
+    }
+}
+
+public sealed partial class VmCreateSettings : GlobalSettings
+{
+    [CommandArgument(0, "<NAME>")]
+    [Description("The new VM's name")]
+    public string Name { get; set; } = "";
+
+    [CommandOption("--host <HOST>")]
+    [Description("The host to run it on, e.g. host-1 (as `lsm hosts` lists them)")]
+    public string? Host { get; set; }
+
+    [CommandOption("--disk <SIZE@DOMAIN>")]
+    [Description("A disk: its size and storage domain (id or name), optionally with N snapshots (a chain of N+1 volumes): 1GiB@fast-ssd:snapshots=2. Repeat for several")]
+    public string[] Disks { get; set; } = [];
+
+    [GeneratedRegex(@"^(?<size>[^@]+)@(?<domain>[^:]+)(:snapshots=(?<snapshots>\d{1,3}))?$")]
+    private static partial Regex DiskPattern();
+
+    public sealed record DiskSpec(long SizeBytes, string Domain, int Snapshots);
+
+    /// <summary>The disk options parsed; null with the message when one is malformed.</summary>
+    public static DiskSpec? ParseDisk(string text, out string? error)
+    {
+        error = null;
+        var match = DiskPattern().Match(text.Trim());
+        if (!match.Success)
+        {
+            error = $"--disk '{text}' is not SIZE@DOMAIN[:snapshots=N], e.g. 1GiB@fast-ssd:snapshots=2";
+            return null;
+        }
+        if (!ByteRate.TryParse(match.Groups["size"].Value, out var size) || size <= 0 || size % 512 != 0)
+        {
+            error = $"--disk '{text}': size '{match.Groups["size"].Value}' is not a size like 1GiB or 512MiB (a multiple of 512 bytes)";
+            return null;
+        }
+        var snapshots = match.Groups["snapshots"].Success ? int.Parse(match.Groups["snapshots"].Value, CultureInfo.InvariantCulture) : 0;
+        return new DiskSpec(size, match.Groups["domain"].Value, snapshots);
+    }
+
+    public override ValidationResult Validate()
+    {
+        var basic = base.Validate();
+        if (!basic.Successful) return basic;
+        if (string.IsNullOrWhiteSpace(Name)) return ValidationResult.Error("NAME is required");
+        if (string.IsNullOrWhiteSpace(Host)) return ValidationResult.Error("--host HOST is required, e.g. --host host-1");
+        if (Disks.Length == 0) return ValidationResult.Error("give at least one --disk SIZE@DOMAIN, e.g. --disk 1GiB@fast-ssd");
+        foreach (var disk in Disks)
+            if (ParseDisk(disk, out var error) is null) return ValidationResult.Error(error!);
+        return ValidationResult.Success();
+    }
+}
+
+/// <summary><c>lsm vm create NAME --host HOST --disk SIZE@DOMAIN[:snapshots=N] ...</c>: the SPM makes the disks, the host starts the VM.</summary>
+public sealed class VmCreateCommand : AsyncCommand<VmCreateSettings>
+{
+    public override async Task<int> ExecuteAsync(CommandContext context, VmCreateSettings settings, CancellationToken ct)
+    {
+        using var api = settings.Client();
+        var disks = settings.Disks.Select(d => VmCreateSettings.ParseDisk(d, out _)!)
+            .Select(d => new { sizeBytes = d.SizeBytes, domain = d.Domain, snapshots = d.Snapshots }).ToList();
+        var vm = await Refusals.AsBadUsage(() => api.PostAsync("/api/vms", new { name = settings.Name, host = settings.Host, disks }, ct));
+        return await VmOutput.PrintAsync(api, settings, vm, "created and started", ct);
+    }
+}
+
+/// <summary><c>lsm vm start|stop|snapshot VM</c>: one action on a VM, then the VM as it is after it.</summary>
+public abstract class VmActionCommand(string action, string done) : AsyncCommand<VmSettings>
+{
+    public override async Task<int> ExecuteAsync(CommandContext context, VmSettings settings, CancellationToken ct)
+    {
+        using var api = settings.Client();
+        var vm = await Refusals.AsBadUsage(() => api.PostAsync($"{settings.VmPath}/{action}", null, ct));
+        return await VmOutput.PrintAsync(api, settings, vm, done, ct);
+    }
+}
+
+public sealed class VmStartCommand() : VmActionCommand("start", "started");
+public sealed class VmStopCommand() : VmActionCommand("stop", "stopped");
+public sealed class VmSnapshotCommand() : VmActionCommand("snapshot", "live snapshot taken: every disk now writes to a new leaf");
+
+public sealed class VmIoSettings : VmSettings
+{
+    [CommandOption("--rate <RATE>")]
+    [Description("How fast the guest writes, over all its disks, e.g. 20MiB/s; 0 = as fast as the disks take it")]
+    public string? Rate { get; set; }
+
+    [CommandOption("--seconds <N>")]
+    [Description("Stop after N seconds; 0 (the default) = until the VM stops")]
+    [DefaultValue(0)]
+    public int Seconds { get; set; }
+
+    [CommandOption("--status")]
+    [Description("Show the workload's counters instead of starting one")]
+    public bool Status { get; set; }
+
+    public long RateBytesPerSecond => ByteRate.TryParse(Rate, out var b) ? b : 0;
+
+    public override ValidationResult Validate()
+    {
+        var basic = base.Validate();
+        if (!basic.Successful) return basic;
+        if (Status) return ValidationResult.Success();
+        if (Rate is null) return ValidationResult.Error("--rate RATE is required, e.g. --rate 20MiB/s (or --status to see a running workload)");
+        if (!ByteRate.TryParse(Rate, out _)) return ValidationResult.Error($"--rate '{Rate}' is not a rate like 20MiB/s, 512k or 0 (unlimited)");
+        if (Seconds < 0) return ValidationResult.Error($"--seconds must be 0 (until the VM stops) or more, got {Seconds}");
+        return ValidationResult.Success();
+    }
+}
+
+/// <summary>
+/// <c>lsm vm io VM --rate 20MiB/s [--seconds N]</c>: the guest workload on the VM's disks, in the background on its host,
+/// every write recorded in a ledger there for <c>lsm vm verify</c>; <c>--status</c> shows its counters.
+/// </summary>
+public sealed class VmIoCommand : AsyncCommand<VmIoSettings>
+{
+    private static double Seconds(JsonElement status) =>
+        status.Obj("elapsedSeconds") is { ValueKind: JsonValueKind.Number } n ? n.GetDouble() : 0;
+
+    public override async Task<int> ExecuteAsync(CommandContext context, VmIoSettings settings, CancellationToken ct)
+    {
+        using var api = settings.Client();
+        if (settings.Status)
+        {
+            var status = await Refusals.AsBadUsage(() => api.GetAsync($"{settings.VmPath}/io", ct));
+            if (settings.Json)
+            {
+                Output.Json(status.Text);
+                return ExitCodes.Ok;
+            }
+            var s = status.Json;
+            Output.Console.MarkupLine(
+                $"guest I/O {(s.Bool("running") ? "[green]running[/]" : "not running")}: {s.Long("writes")} writes, {ByteRate.Format(s.Long("bytes"))} " +
+                $"in {Seconds(s).ToString("0.0", CultureInfo.InvariantCulture)} s, {s.Long("errors")} errors" +
+                (s.Str("lastError").Length > 0 ? $" (last: {Output.Escape(s.Str("lastError"))})" : ""));
+            return ExitCodes.Ok;
+        }
+        var started = await Refusals.AsBadUsage(() => api.PostAsync($"{settings.VmPath}/io",
+            new { bytesPerSecond = settings.RateBytesPerSecond, seconds = settings.Seconds }, ct));
+        if (settings.Json) Output.Json(started.Text);
+        else Output.Console.MarkupLine(Output.Escape(started.Json.Str("message")) + "; `lsm vm verify` checks every acknowledged write");
+        return ExitCodes.Ok;
+    }
+}
+
+/// <summary><c>lsm vm verify VM</c>: every write the guest's ledgers hold as acknowledged is read back; exit 1 on any loss.</summary>
+public sealed class VmVerifyCommand : AsyncCommand<VmSettings>
+{
+    public override async Task<int> ExecuteAsync(CommandContext context, VmSettings settings, CancellationToken ct)
+    {
+        using var api = settings.Client();
+        var result = await Refusals.AsBadUsage(() => api.PostAsync($"{settings.VmPath}/verify", null, ct));
+        var r = result.Json;
+        var ok = r.Bool("ok");
+        if (settings.Json) Output.Json(result.Text);
+        else
+        {
+            Output.Console.MarkupLine(ok
+                ? $"[green]ok[/]: {r.Long("checked")} blocks checked, none lost ({r.Long("inDoubt")} in doubt: written but never acknowledged)"
+                : $"[red]DATA LOST[/]: {r.Long("lost")} of {r.Long("checked")} blocks checked do not hold their acknowledged write");
+            foreach (var detail in r.Array("details"))
+                Output.Console.MarkupLine("  " + Output.Escape(detail.GetString() ?? ""));
+        }
+        if (!ok) throw CliFailure.Failed($"VM {settings.Vm}: {r.Long("lost")} acknowledged writes lost");
+        return ExitCodes.Ok;
+    }
+}

@@ -1,0 +1,83 @@
+using LiveMigration.Coordinator.Hosts;
+using LiveMigration.Shared.Model;
+using LiveMigration.Shared.Protocol;
+using static LiveMigration.Coordinator.Api.HostEndpoints;
+
+namespace LiveMigration.Coordinator.Api;
+
+/// <summary>
+/// The VMs: list, show, create (and start), start, stop, live snapshot, and the guest workload on their drives
+/// (start, status, verify). A VM is named by id or by its name when only one VM has it.
+/// </summary>
+public static class VmEndpoints
+{
+    public sealed record CreateVmBody(string? Name, string? Host, IReadOnlyList<NewDiskBody>? Disks);
+
+    public sealed record NewDiskBody(long SizeBytes, string? Domain, int Snapshots = 0);
+
+    public sealed record GuestIoBody(long BytesPerSecond, int Seconds = 0);
+
+    public static IEndpointRouteBuilder MapVmApi(this IEndpointRouteBuilder app)
+    {
+        static ManagementService Service(HttpContext http) => ManagementService.From(http.RequestServices);
+
+        app.MapGet("/api/vms", (HttpContext http, CancellationToken ct) => Guard(async () =>
+            Results.Ok(new { vms = await Service(http).VmsAsync(ct) })));
+        app.MapGet("/api/vms/{id}", (string id, HttpContext http, CancellationToken ct) => Guard(async () =>
+            Results.Ok(await Service(http).VmAsync(id, ct))));
+        app.MapPost("/api/vms", (CreateVmBody body, HttpContext http, CancellationToken ct) => Guard(async () =>
+        {
+            var disks = body.Disks?.Select(d => new NewDiskRequest(d.SizeBytes, d.Domain ?? "", d.Snapshots)).ToList();
+            var vm = await Service(http).CreateVmAsync(body.Name, body.Host, disks, ct);
+            return Results.Created($"/api/vms/{vm.Id}", vm);
+        }));
+        app.MapPost("/api/vms/{id}/{action}", (string id, string action, HttpContext http, CancellationToken ct) => Guard(async () =>
+        {
+            var service = Service(http);
+            return action switch
+            {
+                "start" => Results.Ok(await service.StartVmAsync(id, ct)),
+                "stop" => Results.Ok(await service.StopVmAsync(id, ct)),
+                "snapshot" => Results.Ok(await service.SnapshotVmAsync(id, ct)),
+                "verify" => Results.Ok(VerifyJson(await service.VerifyAsync(id, ct))),
+                "io" => await StartIoAsync(id, http, service, ct),
+                _ => throw new OperationFailedException("ACTION_NOT_FOUND", $"no VM action '{Clip(action)}' (start, stop, snapshot, io, verify)"),
+            };
+        }));
+        app.MapGet("/api/vms/{id}/io", (string id, HttpContext http, CancellationToken ct) => Guard(async () =>
+            Results.Ok(IoJson(await Service(http).GuestIoAsync(id, ct)))));
+        return app;
+    }
+
+    private static async Task<IResult> StartIoAsync(string id, HttpContext http, ManagementService service, CancellationToken ct)
+    {
+        GuestIoBody? body;
+        try
+        {
+            body = await http.Request.ReadFromJsonAsync<GuestIoBody>(ct);
+        }
+        catch (System.Text.Json.JsonException e)
+        {
+            throw new OperationFailedException(ErrorCodes.InvalidArgument, $"the body must be {{\"bytesPerSecond\": N, \"seconds\": N}}: {e.Message}");
+        }
+        if (body is null)
+            throw new OperationFailedException(ErrorCodes.InvalidArgument, "the body must be {\"bytesPerSecond\": N, \"seconds\": N}");
+        var status = await service.StartGuestIoAsync(id, body.BytesPerSecond, body.Seconds, ct);
+        var message = $"guest I/O started on VM {status.Vm} at {(body.BytesPerSecond == 0 ? "full speed" : $"{body.BytesPerSecond} bytes/s")}"
+                      + (body.Seconds > 0 ? $" for {body.Seconds} s" : " until stopped");
+        return Results.Json(new { message, vm = status.Vm.ToString() }, statusCode: StatusCodes.Status202Accepted);
+    }
+
+    private static object IoJson(GuestIoStatus s) => new
+    {
+        vm = s.Vm.ToString(), running = s.Running, bytesPerSecond = s.BytesPerSecond, seconds = s.Seconds, writes = s.Writes, bytes = s.Bytes,
+        errors = s.Errors, elapsedSeconds = s.ElapsedSeconds, lastError = s.LastError, ledgerWrites = s.LedgerWrites,
+    };
+
+    private static object VerifyJson(GuestVerified v) => new
+    {
+        vm = v.Vm.ToString(), @checked = v.Checked, lost = v.Lost, inDoubt = v.InDoubt, ok = v.Lost == 0, details = v.Details,
+    };
+
+    private static string Clip(string text) => text.Length > 40 ? text[..40] + "…" : text;
+}

@@ -1,0 +1,314 @@
+using Akka.Actor;
+using Akka.Cluster.Tools.PublishSubscribe;
+using Akka.Hosting;
+using LiveMigration.Coordinator.Hosting;
+using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
+using LiveMigration.Shared.Protocol;
+
+namespace LiveMigration.Coordinator.Hosts;
+
+/// <summary>A host as the API shows it: <see cref="Spm"/> says it runs the SPM singleton now.</summary>
+public sealed record HostView(string Id, string Address, bool SpmCapable, bool Spm, DateTimeOffset LastReport, int Vms);
+
+public sealed record ChainLayerView(string Domain, string Image, string Volume);
+
+/// <summary>A VM's disk: <see cref="Domain"/> is its leaf's domain (where the disk is), <see cref="Chain"/> base → leaf.</summary>
+public sealed record VmDiskView(string Image, long CapacityBytes, long AllocatedBytes, string? Domain, IReadOnlyList<ChainLayerView> Chain, string? Migration);
+
+public sealed record VmView(string Id, string Name, string Host, bool Running, IReadOnlyList<VmDiskView> Disks);
+
+/// <summary>A disk of a new VM as asked: <see cref="Domain"/> by id or by name.</summary>
+public sealed record NewDiskRequest(long SizeBytes, string Domain, int Snapshots);
+
+/// <summary>
+/// The operator's management of hosts, domains and VMs, as the API runs it: it checks a request against the
+/// inventory (unknown host or domain, not enough space, a disk busy with a migration) before anything changes,
+/// asks the SPM for storage changes and the VM's host for VM work, and answers once the inventory shows the change.
+/// Refusals are <see cref="OperationFailedException"/>s with an <see cref="ErrorCodes"/> code.
+/// </summary>
+public sealed class ManagementService(ActorSystem system, IActorRef inventory, IActorRef spm)
+{
+    private static readonly TimeSpan AskTimeout = TimeSpan.FromSeconds(15);
+    private static readonly TimeSpan HostWorkTimeout = TimeSpan.FromSeconds(25);
+    private static readonly TimeSpan InventoryCatchUp = TimeSpan.FromSeconds(10);
+    /// <summary>Room each empty qcow2 layer is counted for, as the SPM counts it.</summary>
+    private const long QcowLayerBytes = 1 << 20;
+    public const int MaxSnapshots = 32;
+
+    public static ManagementService From(IServiceProvider services) => new(
+        services.GetRequiredService<ActorSystem>(),
+        services.GetRequiredService<IRequiredActor<InventoryProxy>>().ActorRef,
+        services.GetRequiredService<IRequiredActor<SpmProxy>>().ActorRef);
+
+    public Task<InventorySnapshot> InventoryAsync(CancellationToken ct) =>
+        inventory.Ask<InventorySnapshot>(new GetInventory(), AskTimeout, ct);
+
+    // ---------------------------------------------------------------- hosts and domains
+
+    public async Task<IReadOnlyList<HostView>> HostsAsync(CancellationToken ct)
+    {
+        var snapshot = await InventoryAsync(ct);
+        var spmAddress = await SpmAddressAsync(ct);
+        return snapshot.Hosts
+            .Select(h => new HostView(h.HostId, h.Address, h.SpmCapable, h.Address == spmAddress, h.LastReport,
+                snapshot.Vms.Count(v => v.HostId == h.HostId)))
+            .OrderBy(h => h.Id, StringComparer.Ordinal)
+            .ToList();
+    }
+
+    /// <summary>Where the SPM singleton runs now, or null when it does not answer (none is up, or it is moving).</summary>
+    private async Task<string?> SpmAddressAsync(CancellationToken ct)
+    {
+        try
+        {
+            return (await spm.Ask<SpmLocation>(new GetSpmLocation(), TimeSpan.FromSeconds(3), ct)).Address;
+        }
+        catch (AskTimeoutException)
+        {
+            return null;
+        }
+    }
+
+    public async Task<DomainReport> CreateDomainAsync(string? name, string? path, long capacityBytes, CancellationToken ct)
+    {
+        if (string.IsNullOrWhiteSpace(name))
+            throw Refuse(ErrorCodes.InvalidArgument, "name: give the new domain a name, e.g. \"fast-ssd\"");
+        if (string.IsNullOrWhiteSpace(path) || !Path.IsPathFullyQualified(path))
+            throw Refuse(ErrorCodes.InvalidArgument, $"path: the folder the domain goes under must be an absolute path every host sees, got '{Clip(path ?? "")}'");
+        if (capacityBytes < 0)
+            throw Refuse(ErrorCodes.InvalidArgument, $"capacityBytes must be positive, or 0 for the free space under the path; got {capacityBytes}");
+        var snapshot = await InventoryAsync(ct);
+        if (snapshot.Domains.FirstOrDefault(d => d.Name == name) is { } existing)
+            throw Refuse(ErrorCodes.Conflict, $"a storage domain named '{name}' exists already ({existing.Id})");
+        var created = Expect<DomainCreated>(await AskSpmAsync(new CreateDomain(name, path, capacityBytes), ct));
+        await WaitForInventoryAsync(s => s.Domains.Any(d => d.Id == created.Domain.Id), ct);
+        return (await InventoryAsync(ct)).Domains.FirstOrDefault(d => d.Id == created.Domain.Id) ?? created.Domain;
+    }
+
+    // ---------------------------------------------------------------- VMs
+
+    public async Task<IReadOnlyList<VmView>> VmsAsync(CancellationToken ct)
+    {
+        var snapshot = await InventoryAsync(ct);
+        return snapshot.Vms.Select(v => ViewOf(v, snapshot)).OrderBy(v => v.Name, StringComparer.Ordinal).ThenBy(v => v.Id).ToList();
+    }
+
+    public async Task<VmView> VmAsync(string idOrName, CancellationToken ct)
+    {
+        var snapshot = await InventoryAsync(ct);
+        return ViewOf(Find(snapshot, idOrName), snapshot);
+    }
+
+    public async Task<VmView> CreateVmAsync(string? name, string? host, IReadOnlyList<NewDiskRequest>? disks, CancellationToken ct)
+    {
+        if (string.IsNullOrWhiteSpace(name) || name.Length > 64 || name.Any(char.IsControl))
+            throw Refuse(ErrorCodes.InvalidArgument, $"name: 1-64 printable characters, got '{Clip(name ?? "")}'");
+        if (string.IsNullOrWhiteSpace(host))
+            throw Refuse(ErrorCodes.InvalidArgument, "host: name the host to run the VM on, e.g. \"host-1\"");
+        if (disks is not { Count: > 0 })
+            throw Refuse(ErrorCodes.InvalidArgument, "disks: give at least one disk, as {\"sizeBytes\": 1073741824, \"domain\": \"fast-ssd\", \"snapshots\": 0}");
+        foreach (var disk in disks)
+        {
+            if (disk.SizeBytes <= 0 || disk.SizeBytes % 512 != 0)
+                throw Refuse(ErrorCodes.InvalidArgument, $"sizeBytes must be a positive multiple of 512, got {disk.SizeBytes}");
+            if (disk.Snapshots is < 0 or > MaxSnapshots)
+                throw Refuse(ErrorCodes.InvalidArgument, $"snapshots must be between 0 and {MaxSnapshots}, got {disk.Snapshots}");
+            if (string.IsNullOrWhiteSpace(disk.Domain))
+                throw Refuse(ErrorCodes.InvalidArgument, "domain: each disk names its storage domain, by id or name");
+        }
+        var snapshot = await InventoryAsync(ct);
+        if (snapshot.Hosts.All(h => h.HostId != host))
+            throw Refuse(HostNotFound, $"no host '{Clip(host)}' (known: {string.Join(", ", snapshot.Hosts.Select(h => h.HostId))})");
+        if (snapshot.Vms.Any(v => v.Vm.Name == name))
+            throw Refuse(ErrorCodes.Conflict, $"a VM named '{name}' exists already");
+        var resolved = disks.Select(d => new NewDisk(d.SizeBytes, ResolveDomain(snapshot, d.Domain).Id, d.Snapshots)).ToValueList();
+        foreach (var group in resolved.GroupBy(d => d.Domain))
+        {
+            var domain = snapshot.Domains.First(d => d.Id == group.Key);
+            var needed = group.Sum(d => d.SizeBytes + d.Snapshots * QcowLayerBytes);
+            if (needed > domain.AvailableBytes)
+                throw Refuse(ErrorCodes.NotEnoughSpace,
+                    $"storage domain {domain.Name} ({domain.Id}) has {domain.AvailableBytes} bytes available; the disks asked of it need {needed} bytes");
+        }
+
+        var vm = VmId.New();
+        var created = Expect<VmDisksCreated>(await AskSpmAsync(new CreateVmDisks(vm, resolved), ct));
+        if (await AskHostAsync(host, new CreateVm(vm, name, created.Disks), ct) is ManagementRefused refused)
+        {
+            // The host refused (its QEMU did not start): the disks made for it go too, so a failed create leaves nothing.
+            await AskSpmAsync(new DeleteVmDisks(vm, created.Disks), ct);
+            throw new OperationFailedException(refused.Code, refused.Message);
+        }
+        return await SettledViewAsync(vm, v => v.Running && v.Drives.Count == created.Disks.Count, ct);
+    }
+
+    public async Task<VmView> StartVmAsync(string idOrName, CancellationToken ct)
+    {
+        var (entry, _) = await LocateAsync(idOrName, ct);
+        Expect<ManagedVm>(await AskHostAsync(entry.HostId, new StartVm(entry.Vm.Id), ct));
+        return await SettledViewAsync(entry.Vm.Id, v => v.Running, ct);
+    }
+
+    public async Task<VmView> StopVmAsync(string idOrName, CancellationToken ct)
+    {
+        var (entry, snapshot) = await LocateAsync(idOrName, ct);
+        RefuseWhileMigrating(entry, snapshot, "stopped");
+        Expect<ManagedVm>(await AskHostAsync(entry.HostId, new StopVm(entry.Vm.Id), ct));
+        return await SettledViewAsync(entry.Vm.Id, v => !v.Running, ct);
+    }
+
+    /// <summary>A live snapshot of every drive: the SPM makes an empty qcow2 over each leaf, the host moves the drive's writes onto it.</summary>
+    public async Task<VmView> SnapshotVmAsync(string idOrName, CancellationToken ct)
+    {
+        var (entry, snapshot) = await LocateAsync(idOrName, ct);
+        RefuseWhileMigrating(entry, snapshot, "snapshotted");
+        // The host's view, not the inventory's: the leaves must be the ones QEMU writes to now.
+        var current = Expect<ManagedVm>(await AskHostAsync(entry.HostId, new GetManagedVm(entry.Vm.Id), ct)).Vm;
+        if (!current.Running)
+            throw Refuse(ErrorCodes.VmNotRunning, $"VM {current.Id} ({current.Name}) is stopped: a live snapshot needs it running");
+        var leaves = current.Drives.Where(d => d.Chain.Count > 0).Select(d => new DiskLeaf(d.Image, d.Chain[^1])).ToValueList();
+        var made = Expect<SnapshotVolumesCreated>(await AskSpmAsync(new CreateSnapshotVolumes(current.Id, leaves), ct));
+        Expect<ManagedVm>(await AskHostAsync(entry.HostId, new SnapshotVm(current.Id, made.NewLeaves), ct));
+        var expected = current.Drives.ToDictionary(d => d.Image, d => d.Chain.Count + 1);
+        return await SettledViewAsync(current.Id, v => v.Drives.All(d => expected.GetValueOrDefault(d.Image) == d.Chain.Count), ct);
+    }
+
+    public async Task<GuestIoStatus> StartGuestIoAsync(string idOrName, long bytesPerSecond, int seconds, CancellationToken ct)
+    {
+        if (bytesPerSecond < 0)
+            throw Refuse(ErrorCodes.InvalidArgument, $"bytesPerSecond must be 0 (unlimited) or positive, got {bytesPerSecond}");
+        if (seconds < 0)
+            throw Refuse(ErrorCodes.InvalidArgument, $"seconds must be 0 (until the VM stops) or positive, got {seconds}");
+        var (entry, _) = await LocateAsync(idOrName, ct);
+        return Expect<GuestIoStatus>(await AskHostAsync(entry.HostId, new StartGuestIo(entry.Vm.Id, bytesPerSecond, seconds), ct));
+    }
+
+    public async Task<GuestIoStatus> GuestIoAsync(string idOrName, CancellationToken ct)
+    {
+        var (entry, _) = await LocateAsync(idOrName, ct);
+        return Expect<GuestIoStatus>(await AskHostAsync(entry.HostId, new GetGuestIo(entry.Vm.Id), ct));
+    }
+
+    public async Task<GuestVerified> VerifyAsync(string idOrName, CancellationToken ct)
+    {
+        var (entry, _) = await LocateAsync(idOrName, ct);
+        return Expect<GuestVerified>(await AskHostAsync(entry.HostId, new VerifyGuest(entry.Vm.Id), ct));
+    }
+
+    // ---------------------------------------------------------------- helpers
+
+    public const string HostNotFound = "HOST_NOT_FOUND";
+
+    private static OperationFailedException Refuse(string code, string message) => new(code, message);
+
+    private async Task<(VmEntry Entry, InventorySnapshot Snapshot)> LocateAsync(string idOrName, CancellationToken ct)
+    {
+        var snapshot = await InventoryAsync(ct);
+        return (Find(snapshot, idOrName), snapshot);
+    }
+
+    /// <summary>By id, else by name when exactly one VM has it. A VM listed by two hosts: the one running it, else the freshest report.</summary>
+    private static VmEntry Find(InventorySnapshot snapshot, string idOrName)
+    {
+        var lastReport = snapshot.Hosts.ToDictionary(h => h.HostId, h => h.LastReport);
+        IEnumerable<VmEntry> Best(IEnumerable<VmEntry> entries) => entries
+            .OrderByDescending(e => e.Vm.Running).ThenByDescending(e => lastReport.GetValueOrDefault(e.HostId));
+        if (UuidText.TryParse(idOrName, out var guid))
+            return Best(snapshot.Vms.Where(v => v.Vm.Id.Value == guid)).FirstOrDefault()
+                   ?? throw Refuse(ErrorCodes.VmNotFound, $"no VM {idOrName}");
+        var named = Best(snapshot.Vms.Where(v => v.Vm.Name == idOrName)).DistinctBy(v => v.Vm.Id).ToList();
+        return named.Count switch
+        {
+            1 => named[0],
+            0 => throw Refuse(ErrorCodes.VmNotFound, $"no VM named '{Clip(idOrName)}'"),
+            _ => throw Refuse(ErrorCodes.Conflict, $"{named.Count} VMs are named '{idOrName}' ({string.Join(", ", named.Select(n => n.Vm.Id))}): use the id"),
+        };
+    }
+
+    private static DomainReport ResolveDomain(InventorySnapshot snapshot, string idOrName)
+    {
+        if (UuidText.TryParse(idOrName, out var guid))
+            return snapshot.Domains.FirstOrDefault(d => d.Id.Value == guid)
+                   ?? throw Refuse(ErrorCodes.DomainNotFound, $"no storage domain {idOrName}");
+        var named = snapshot.Domains.Where(d => d.Name == idOrName).ToList();
+        return named.Count switch
+        {
+            1 => named[0],
+            0 => throw Refuse(ErrorCodes.DomainNotFound,
+                $"no storage domain named '{Clip(idOrName)}' (known: {string.Join(", ", snapshot.Domains.Select(d => d.Name))})"),
+            _ => throw Refuse(ErrorCodes.Conflict, $"{named.Count} storage domains are named '{idOrName}': use the id"),
+        };
+    }
+
+    private static void RefuseWhileMigrating(VmEntry entry, InventorySnapshot snapshot, string what)
+    {
+        var images = entry.Vm.Drives.Select(d => d.Image).ToHashSet();
+        if (snapshot.Reservations.FirstOrDefault(r => images.Contains(r.Image)) is { } busy)
+            throw Refuse(MigrationErrorCodes.DiskBusy,
+                $"VM {entry.Vm.Id} ({entry.Vm.Name}) cannot be {what}: its disk {busy.Image} is moving in migration {busy.Migration}");
+    }
+
+    private static VmView ViewOf(VmEntry entry, InventorySnapshot snapshot)
+    {
+        var migrations = snapshot.Reservations.ToDictionary(r => r.Image, r => r.Migration);
+        return new VmView(entry.Vm.Id.ToString(), entry.Vm.Name, entry.HostId, entry.Vm.Running,
+            entry.Vm.Drives.Select(d => new VmDiskView(
+                d.Image.ToString(), d.CapacityBytes, d.AllocatedBytes,
+                d.Chain.Count > 0 ? d.LeafDomain.ToString() : null,
+                d.Chain.Select(l => new ChainLayerView(l.Domain.ToString(), d.Image.ToString(), l.Volume.ToString())).ToList(),
+                migrations.TryGetValue(d.Image, out var m) ? m.ToString() : null)).ToList());
+    }
+
+    /// <summary>The VM once the inventory shows the change (the host reports it right after), or as it is after the wait.</summary>
+    private async Task<VmView> SettledViewAsync(VmId vm, Func<VmReport, bool> settled, CancellationToken ct)
+    {
+        var snapshot = await WaitForInventoryAsync(s => s.Vms.Any(v => v.Vm.Id == vm && settled(v.Vm)), ct);
+        return ViewOf(Find(snapshot, vm.ToString()), snapshot);
+    }
+
+    private async Task<InventorySnapshot> WaitForInventoryAsync(Func<InventorySnapshot, bool> condition, CancellationToken ct)
+    {
+        var deadline = DateTime.UtcNow + InventoryCatchUp;
+        while (true)
+        {
+            var snapshot = await InventoryAsync(ct);
+            if (condition(snapshot) || DateTime.UtcNow > deadline) return snapshot;
+            await Task.Delay(100, ct);
+        }
+    }
+
+    private async Task<IManagementMessage> AskSpmAsync(IManagementMessage command, CancellationToken ct)
+    {
+        try
+        {
+            return await spm.Ask<IManagementMessage>(command, HostWorkTimeout, ct);
+        }
+        catch (AskTimeoutException)
+        {
+            throw Refuse(ErrorCodes.Timeout, $"the SPM did not answer {command.GetType().Name} within {HostWorkTimeout.TotalSeconds:0} s (is an SPM-capable host up?)");
+        }
+    }
+
+    private async Task<IManagementMessage> AskHostAsync(string host, IManagementMessage command, CancellationToken ct)
+    {
+        var mediator = DistributedPubSub.Get(system).Mediator;
+        try
+        {
+            return await mediator.Ask<IManagementMessage>(new Send(ManagementTopics.VmManagerPath(host), command), HostWorkTimeout, ct);
+        }
+        catch (AskTimeoutException)
+        {
+            throw Refuse(ErrorCodes.Timeout, $"host {host} did not answer {command.GetType().Name} within {HostWorkTimeout.TotalSeconds:0} s (is it up?)");
+        }
+    }
+
+    private static T Expect<T>(IManagementMessage reply) where T : IManagementMessage => reply switch
+    {
+        T expected => expected,
+        ManagementRefused refused => throw new OperationFailedException(refused.Code, refused.Message),
+        _ => throw new OperationFailedException(ErrorCodes.Conflict, $"unexpected answer {reply.GetType().Name}, expected {typeof(T).Name}"),
+    };
+
+    private static string Clip(string text) => text.Length > 80 ? text[..80] + "…" : text;
+}

@@ -1,0 +1,66 @@
+using LiveMigration.HostNode.Storage;
+using LiveMigration.HostNode.Storage.File;
+using LiveMigration.Shared.Model;
+
+namespace LiveMigration.HostNode.Management;
+
+/// <summary>
+/// The domain roots a host learned at runtime (a domain created through the API under a folder that is not one of its
+/// configured roots), kept one per line in <c>&lt;data dir&gt;/domain-roots</c> so the host attaches them again after a restart.
+/// </summary>
+public sealed class DomainRoots(string dataDirectory)
+{
+    private static readonly SemaphoreSlim FileLock = new(1, 1);
+
+    public string FilePath { get; } = Path.Combine(dataDirectory, "domain-roots");
+
+    public IReadOnlyList<string> Remembered() =>
+        File.Exists(FilePath)
+            ? File.ReadAllLines(FilePath).Select(l => l.Trim()).Where(l => l.Length > 0 && Path.IsPathFullyQualified(l)).Distinct().ToList()
+            : [];
+
+    /// <summary>Adds a root to the file (once), written to a temporary file and renamed, so a crash leaves the old list or the new one.</summary>
+    public async Task RememberAsync(string root, CancellationToken ct = default)
+    {
+        root = Path.GetFullPath(root);
+        await FileLock.WaitAsync(ct);
+        try
+        {
+            var roots = Remembered();
+            if (roots.Contains(root)) return;
+            Directory.CreateDirectory(Path.GetDirectoryName(FilePath)!);
+            var temporary = FilePath + ".tmp";
+            await File.WriteAllLinesAsync(temporary, roots.Append(root), ct);
+            File.Move(temporary, FilePath, overwrite: true);
+        }
+        finally
+        {
+            FileLock.Release();
+        }
+    }
+
+    /// <summary>Attaches every file domain found under the remembered roots that the pool does not hold yet; returns how many.</summary>
+    public async Task<int> AttachRememberedAsync(StoragePool pool, CancellationToken ct = default)
+    {
+        var attached = 0;
+        foreach (var root in Remembered())
+            attached += await AttachAllUnderAsync(root, pool, ct);
+        return attached;
+    }
+
+    /// <summary>Attaches the file domains under <paramref name="root"/> (folders named by a domain id holding domain metadata).</summary>
+    public static async Task<int> AttachAllUnderAsync(string root, StoragePool pool, CancellationToken ct = default)
+    {
+        if (!Directory.Exists(root)) return 0;
+        var attached = 0;
+        var known = pool.Domains.Select(d => d.Id).ToHashSet();
+        foreach (var dir in Directory.EnumerateDirectories(root))
+        {
+            if (!DomainId.TryParse(Path.GetFileName(dir), out var id) || known.Contains(id.Value)
+                || !File.Exists(Path.Combine(dir, "dom_md", "metadata"))) continue;
+            pool.Attach(await FileStorageDomain.AttachAsync(root, id.Value, ct));
+            attached++;
+        }
+        return attached;
+    }
+}

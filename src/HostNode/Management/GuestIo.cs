@@ -1,0 +1,140 @@
+using LiveMigration.HostNode.Guest;
+using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
+using LiveMigration.Shared.Protocol;
+
+namespace LiveMigration.HostNode.Management;
+
+/// <summary>
+/// The guest workloads an operator started on this host's VMs: one <see cref="GuestWorkload"/> per drive, writing
+/// through the drive's NBD export, with its <see cref="WriteLedger"/> kept in <c>&lt;data dir&gt;/guest/&lt;vm&gt;/&lt;image&gt;.ledger</c>
+/// (appended to by every run), so a verify later, or after a host restart, checks every write ever acknowledged.
+/// </summary>
+public sealed class GuestIo(string dataDirectory)
+{
+    public const int MaxSeconds = 24 * 3600;
+
+    private sealed class Run(VmId vm, long bytesPerSecond, int seconds, IReadOnlyList<GuestWorkload> workloads)
+    {
+        public VmId Vm { get; } = vm;
+        public long BytesPerSecond { get; } = bytesPerSecond;
+        public int Seconds { get; } = seconds;
+        public IReadOnlyList<GuestWorkload> Workloads { get; } = workloads;
+        public GuestIoStatus? Final { get; set; }
+        public Task<GuestIoStatus>? Stopping { get; set; }
+    }
+
+    private readonly object _gate = new();
+    private readonly Dictionary<VmId, Run> _runs = new();
+
+    public string LedgerPath(VmId vm, ImageId drive) => Path.Combine(dataDirectory, "guest", vm.ToString(), $"{drive}.ledger");
+
+    /// <summary>Starts writing on every drive of the running VM, the rate shared among them; stops by itself after <paramref name="seconds"/> (0 = until stopped).</summary>
+    public async Task<GuestIoStatus> StartAsync(VmInfo vm, long bytesPerSecond, int seconds, CancellationToken ct = default)
+    {
+        if (bytesPerSecond < 0)
+            throw new OperationFailedException(ErrorCodes.InvalidArgument, $"the rate must be 0 (unlimited) or positive, got {bytesPerSecond} bytes/s");
+        if (seconds is < 0 or > MaxSeconds)
+            throw new OperationFailedException(ErrorCodes.InvalidArgument, $"seconds must be between 0 (until stopped) and {MaxSeconds}, got {seconds}");
+        if (!vm.Running || vm.Drives.Count == 0)
+            throw new OperationFailedException(ErrorCodes.VmNotRunning, $"VM {vm.Id} ({vm.Name}) is not running: start it before its guest I/O");
+        Run? previous;
+        lock (_gate) _runs.TryGetValue(vm.Id, out previous);
+        if (previous is not null && previous.Final is null)
+        {
+            if (previous.Workloads.Any(w => w.Stats.Running))
+                throw new OperationFailedException(ErrorCodes.Conflict, $"guest I/O already runs on VM {vm.Id} ({vm.Name})");
+            // It stopped by itself (an error): close its ledgers before a new run appends to them.
+            await StopAsync(previous);
+        }
+        var perDrive = bytesPerSecond == 0 ? 0 : Math.Max(1, bytesPerSecond / vm.Drives.Count);
+        var workloads = new List<GuestWorkload>();
+        try
+        {
+            foreach (var drive in vm.Drives)
+            {
+                var ledger = LedgerPath(vm.Id, drive.Image);
+                Directory.CreateDirectory(Path.GetDirectoryName(ledger)!);
+                var workload = new GuestWorkload(new GuestWorkloadOptions(drive.GuestSocket, drive.ExportName, drive.Image,
+                    RegionOffset: 0, RegionLength: 0, ledger, RateBytesPerSecond: perDrive));
+                await workload.StartAsync(ct);
+                workloads.Add(workload);
+            }
+        }
+        catch
+        {
+            foreach (var started in workloads) await started.DisposeAsync();
+            throw;
+        }
+        var run = new Run(vm.Id, bytesPerSecond, seconds, workloads);
+        lock (_gate) _runs[vm.Id] = run;
+        if (seconds > 0) _ = StopLaterAsync(run, TimeSpan.FromSeconds(seconds));
+        return StatusOf(run);
+    }
+
+    private async Task StopLaterAsync(Run run, TimeSpan after)
+    {
+        await Task.Delay(after);
+        await StopAsync(run);
+    }
+
+    /// <summary>Stops the VM's workloads (flushing what was acknowledged); null when none ever ran here.</summary>
+    public async Task<GuestIoStatus?> StopAsync(VmId vm)
+    {
+        Run? run;
+        lock (_gate) _runs.TryGetValue(vm, out run);
+        return run is null ? null : await StopAsync(run);
+    }
+
+    private Task<GuestIoStatus> StopAsync(Run run)
+    {
+        lock (_gate)
+        {
+            run.Stopping ??= StopCoreAsync(run);
+            return run.Stopping;
+        }
+    }
+
+    private async Task<GuestIoStatus> StopCoreAsync(Run run)
+    {
+        foreach (var workload in run.Workloads) await workload.DisposeAsync();
+        var final = StatusOf(run);
+        lock (_gate) run.Final = final;
+        return final;
+    }
+
+    public GuestIoStatus Status(VmId vm)
+    {
+        Run? run;
+        lock (_gate) _runs.TryGetValue(vm, out run);
+        return run is null
+            ? new GuestIoStatus(vm, false, 0, 0, 0, 0, 0, 0, null, 0)
+            : run.Final ?? StatusOf(run);
+    }
+
+    /// <summary>The ledger a running workload writes to, or null when none runs on that drive.</summary>
+    public WriteLedger? RunningLedger(VmId vm, ImageId drive)
+    {
+        lock (_gate)
+        {
+            return _runs.TryGetValue(vm, out var run) && run.Final is null && run.Stopping is null
+                ? run.Workloads.FirstOrDefault(w => w.Options.Drive == drive)?.Ledger
+                : null;
+        }
+    }
+
+    private static GuestIoStatus StatusOf(Run run)
+    {
+        var stats = run.Workloads.Select(w => w.Stats).ToList();
+        return new GuestIoStatus(run.Vm,
+            Running: stats.Any(s => s.Running),
+            run.BytesPerSecond,
+            run.Seconds,
+            stats.Sum(s => s.Writes),
+            stats.Sum(s => s.Bytes),
+            stats.Sum(s => s.Errors),
+            stats.Count == 0 ? 0 : stats.Max(s => s.Elapsed.TotalSeconds),
+            stats.Select(s => s.LastError).FirstOrDefault(e => e is not null),
+            run.Workloads.Sum(w => w.Ledger.AcknowledgedWrites));
+    }
+}

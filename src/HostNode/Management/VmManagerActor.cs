@@ -1,0 +1,232 @@
+using Akka.Actor;
+using Akka.Cluster.Tools.PublishSubscribe;
+using Akka.Event;
+using LiveMigration.HostNode.Guest;
+using LiveMigration.HostNode.Hypervisor;
+using LiveMigration.HostNode.Inventory;
+using LiveMigration.HostNode.Storage;
+using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
+using LiveMigration.Shared.Protocol;
+
+namespace LiveMigration.HostNode.Management;
+
+/// <summary>
+/// The host's part of the operator's commands (reached through DistributedPubSub at
+/// <see cref="ManagementTopics.VmManagerPath"/>): creating, starting, stopping and snapshotting its VMs, the guest
+/// I/O on them and its verification, and attaching the domains the SPM creates (topic <see cref="ManagementTopics.Domains"/>).
+/// Each command runs as a task whose answer is piped to the asker, so the actor keeps answering; the hypervisor
+/// serializes the work on one VM. Every change is followed by a report to the inventory.
+/// </summary>
+public sealed class VmManagerActor : ReceiveActor
+{
+    private readonly string _hostId;
+    private readonly IHypervisor _hypervisor;
+    private readonly StoragePool _pool;
+    private readonly VmCatalog _catalog;
+    private readonly DomainRoots _roots;
+    private readonly GuestIo _guestIo;
+    private readonly bool _listenForDomains;
+    private readonly ILoggingAdapter _log = Context.GetLogger();
+
+    public VmManagerActor(string hostId, IHypervisor hypervisor, StoragePool pool, VmCatalog catalog, DomainRoots roots, GuestIo guestIo,
+        bool listenForDomains)
+    {
+        _listenForDomains = listenForDomains;
+        _hostId = hostId;
+        _hypervisor = hypervisor;
+        _pool = pool;
+        _catalog = catalog;
+        _roots = roots;
+        _guestIo = guestIo;
+        var events = Context.System.EventStream;
+
+        Receive<AttachDomain>(attach => _ = AttachAsync(attach, events));
+        Receive<CreateVm>(c => Run(() => CreateAsync(c), events, $"VM {c.Vm} created"));
+        Receive<StartVm>(c => Run(() => StartAsync(c.Vm), events, $"VM {c.Vm} started"));
+        Receive<StopVm>(c => Run(() => StopAsync(c.Vm), events, $"VM {c.Vm} stopped"));
+        Receive<SnapshotVm>(c => Run(() => SnapshotAsync(c), events, $"VM {c.Vm} snapshotted"));
+        Receive<GetManagedVm>(c => Run(() => DescribeAsync(c.Vm), null, ""));
+        Receive<StartGuestIo>(c => Run(() => StartGuestIoAsync(c), null, ""));
+        Receive<GetGuestIo>(c => Run(() => Task.FromResult<IManagementMessage>(_guestIo.Status(c.Vm)), null, ""));
+        Receive<VerifyGuest>(c => Run(() => VerifyAsync(c.Vm), null, ""));
+        Receive<SubscribeAck>(ack => _log.Info("host {HostId} listens for new domains on topic {Topic}", _hostId, ack.Subscribe.Topic));
+    }
+
+    protected override void PreStart()
+    {
+        if (_listenForDomains)
+            DistributedPubSub.Get(Context.System).Mediator.Tell(new Subscribe(ManagementTopics.Domains, Self));
+    }
+
+    /// <param name="listenForDomains">Subscribe to <see cref="ManagementTopics.Domains"/> through DistributedPubSub; needs a cluster.</param>
+    public static Props Props(string hostId, IHypervisor hypervisor, StoragePool pool, VmCatalog catalog, DomainRoots roots, GuestIo guestIo,
+        bool listenForDomains = true) =>
+        Akka.Actor.Props.Create(() => new VmManagerActor(hostId, hypervisor, pool, catalog, roots, guestIo, listenForDomains));
+
+    private void Run(Func<Task<IManagementMessage>> work, EventStream? changed, string why)
+    {
+        var replyTo = Sender;
+        var log = _log;
+        var hostId = _hostId;
+        Task.Run(async () =>
+        {
+            try
+            {
+                var reply = await work();
+                if (changed is not null && reply is not ManagementRefused) changed.Publish(new HostInventoryChanged(why));
+                return reply;
+            }
+            catch (OperationFailedException e)
+            {
+                log.Warning("host {HostId}: {Error}", hostId, e.Message);
+                return new ManagementRefused(e.Code, e.Message);
+            }
+        }).PipeTo(replyTo);
+    }
+
+    /// <summary>Attaches the announced domain (and any other new one under its root) and remembers the root for restarts.</summary>
+    private async Task AttachAsync(AttachDomain attach, EventStream changed)
+    {
+        try
+        {
+            var attached = await DomainRoots.AttachAllUnderAsync(attach.Root, _pool);
+            await _roots.RememberAsync(attach.Root);
+            _log.Info("host {HostId} attached {Count} new domains under {Root} (domain {Domain} announced)", _hostId, attached, attach.Root, attach.Domain);
+            changed.Publish(new HostInventoryChanged($"domain {attach.Domain} attached"));
+        }
+        catch (Exception e) when (e is OperationFailedException or IOException or UnauthorizedAccessException)
+        {
+            _log.Error("host {HostId} cannot attach domain {Domain} under {Root}: {Error}", _hostId, attach.Domain, attach.Root, e.Message);
+        }
+    }
+
+    private async Task<IManagementMessage> CreateAsync(CreateVm command)
+    {
+        if (_catalog.Find(command.Vm) is not null || (await _hypervisor.ListVmsAsync()).Any(v => v.Id == command.Vm))
+            throw new OperationFailedException(ErrorCodes.Conflict, $"VM {command.Vm} exists on host {_hostId} already");
+        var vm = new CatalogedVm(command.Vm, command.Name, command.Disks);
+        var chains = await ChainsOfAsync(vm);
+        // Recorded before it starts, so a host that dies during the start still knows the VM.
+        _catalog.Save(vm);
+        VmInfo info;
+        try
+        {
+            info = await _hypervisor.StartVmAsync(new VmSpec(vm.Id, vm.Name, chains));
+        }
+        catch (OperationFailedException)
+        {
+            // A creation is all or nothing: the Coordinator removes the disks after this refusal.
+            _catalog.Remove(vm.Id);
+            throw;
+        }
+        return new ManagedVm(_hostId, await VmReports.OfRunningAsync(info, _pool));
+    }
+
+    private async Task<IManagementMessage> StartAsync(VmId id)
+    {
+        if (await RunningAsync(id) is { } running)
+            return new ManagedVm(_hostId, await VmReports.OfRunningAsync(running, _pool));
+        var vm = _catalog.Find(id) ?? throw new OperationFailedException(ErrorCodes.VmNotFound, $"host {_hostId} has no VM {id}");
+        var info = await _hypervisor.StartVmAsync(new VmSpec(vm.Id, vm.Name, await ChainsOfAsync(vm)));
+        return new ManagedVm(_hostId, await VmReports.OfRunningAsync(info, _pool));
+    }
+
+    private async Task<IManagementMessage> StopAsync(VmId id)
+    {
+        await _guestIo.StopAsync(id);
+        if (await RunningAsync(id) is { } running)
+        {
+            // The chains it runs on now (a migration may have moved them) are what it starts on next time.
+            _catalog.Save(new CatalogedVm(id, running.Name, await VmReports.CurrentLeavesAsync(running, _pool)));
+            await _hypervisor.StopVmAsync(id);
+        }
+        var vm = _catalog.Find(id) ?? throw new OperationFailedException(ErrorCodes.VmNotFound, $"host {_hostId} has no VM {id}");
+        return new ManagedVm(_hostId, await VmReports.OfStoppedAsync(vm, _pool));
+    }
+
+    private async Task<IManagementMessage> SnapshotAsync(SnapshotVm command)
+    {
+        var running = await RunningAsync(command.Vm)
+                      ?? throw new OperationFailedException(ErrorCodes.VmNotRunning, $"VM {command.Vm} does not run on host {_hostId}: a live snapshot needs it running");
+        foreach (var leaf in command.NewLeaves)
+        {
+            var layer = new ChainLayer(leaf.Leaf, _pool.Get(leaf.Leaf.Domain).Locate(leaf.Image, leaf.Leaf.Volume), VolumeFormat.Cow);
+            await _hypervisor.LiveSnapshotAsync(command.Vm, leaf.Image, layer);
+        }
+        var after = await _hypervisor.DescribeVmAsync(command.Vm);
+        _catalog.Save(new CatalogedVm(command.Vm, running.Name, await VmReports.CurrentLeavesAsync(after, _pool)));
+        return new ManagedVm(_hostId, await VmReports.OfRunningAsync(after, _pool));
+    }
+
+    private async Task<IManagementMessage> DescribeAsync(VmId id)
+    {
+        if (await RunningAsync(id) is { } running)
+            return new ManagedVm(_hostId, await VmReports.OfRunningAsync(running, _pool));
+        var vm = _catalog.Find(id) ?? throw new OperationFailedException(ErrorCodes.VmNotFound, $"host {_hostId} has no VM {id}");
+        return new ManagedVm(_hostId, await VmReports.OfStoppedAsync(vm, _pool));
+    }
+
+    private async Task<IManagementMessage> StartGuestIoAsync(StartGuestIo command)
+    {
+        var running = await RunningAsync(command.Vm);
+        if (running is null)
+            throw _catalog.Find(command.Vm) is null
+                ? new OperationFailedException(ErrorCodes.VmNotFound, $"host {_hostId} has no VM {command.Vm}")
+                : new OperationFailedException(ErrorCodes.VmNotRunning, $"VM {command.Vm} is stopped: start it before its guest I/O");
+        return await _guestIo.StartAsync(running, command.BytesPerSecond, command.Seconds);
+    }
+
+    /// <summary>
+    /// Every block a ledger of the VM holds as acknowledged, read back: through the drive's export while the VM runs
+    /// (against the running workload's own ledger when one writes), from its chain on disk when it is stopped.
+    /// </summary>
+    private async Task<IManagementMessage> VerifyAsync(VmId id)
+    {
+        var running = await RunningAsync(id);
+        var drives = running is not null
+            ? running.Drives.Select(d => d.Image).ToList()
+            : (_catalog.Find(id) ?? throw new OperationFailedException(ErrorCodes.VmNotFound, $"host {_hostId} has no VM {id}")).Drives.Select(d => d.Image).ToList();
+        var stopped = running is null ? _catalog.Find(id) : null;
+        long checkedBlocks = 0, lost = 0, inDoubt = 0;
+        var details = new List<string>();
+        foreach (var image in drives)
+        {
+            var path = _guestIo.LedgerPath(id, image);
+            var live = _guestIo.RunningLedger(id, image);
+            if (live is null && !File.Exists(path)) continue;
+            using var loaded = live is null ? WriteLedger.Load(path) : null;
+            var ledger = live ?? loaded!;
+            VerificationReport report;
+            if (running is not null)
+            {
+                var drive = running.Drive(image);
+                report = await GuestVerifier.VerifyThroughNbdAsync(drive.GuestSocket, drive.ExportName, ledger);
+            }
+            else
+            {
+                var leaf = stopped!.Drives.First(d => d.Image == image).Leaf;
+                report = await GuestVerifier.VerifyImageAsync(_pool.Get(leaf.Domain).Locate(image, leaf.Volume), ledger);
+            }
+            checkedBlocks += report.BlocksChecked;
+            lost += report.Mismatches.Count;
+            inDoubt += report.InDoubtBlocks;
+            details.AddRange(report.Mismatches.Take(20).Select(m => $"drive {image}: {m}"));
+        }
+        return new GuestVerified(id, checkedBlocks, lost, inDoubt, details.ToValueList());
+    }
+
+    private async Task<VmInfo?> RunningAsync(VmId id) =>
+        (await _hypervisor.ListVmsAsync()).FirstOrDefault(v => v.Id == id && v.Running);
+
+    private async Task<IReadOnlyList<DriveChain>> ChainsOfAsync(CatalogedVm vm)
+    {
+        var chains = new List<DriveChain>();
+        foreach (var drive in vm.Drives)
+        {
+            var leaf = await _pool.Get(drive.Leaf.Domain).DescribeVolumeAsync(drive.Image, drive.Leaf.Volume);
+            chains.Add(await _pool.ResolveChainAsync(leaf));
+        }
+        return chains;
+    }
+}

@@ -1,0 +1,111 @@
+using LiveMigration.HostNode.Hypervisor;
+using LiveMigration.HostNode.Storage;
+using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
+using LiveMigration.Shared.Protocol;
+
+namespace LiveMigration.HostNode.Management;
+
+/// <summary>
+/// What a host tells about its VMs: the running ones with the chains QEMU has open (mapped back to volumes of the
+/// attached domains), and the stopped ones of its <see cref="VmCatalog"/> with the chains they start on.
+/// </summary>
+public static class VmReports
+{
+    /// <summary>Every VM of the host: the hypervisor's running ones, then the cataloged ones it does not run.</summary>
+    public static async Task<IReadOnlyList<VmReport>> ListAsync(IHypervisor hypervisor, StoragePool pool, VmCatalog? catalog,
+        CancellationToken ct = default)
+    {
+        var reports = new List<VmReport>();
+        var running = new HashSet<VmId>();
+        foreach (var vm in await hypervisor.ListVmsAsync(ct))
+        {
+            if (!vm.Running && catalog?.Find(vm.Id) is not null) continue;
+            reports.Add(await OfRunningAsync(vm, pool, ct));
+            running.Add(vm.Id);
+        }
+        foreach (var stopped in catalog?.All() ?? [])
+            if (!running.Contains(stopped.Id))
+                reports.Add(await OfStoppedAsync(stopped, pool, ct));
+        return reports;
+    }
+
+    public static async Task<VmReport> OfRunningAsync(VmInfo vm, StoragePool pool, CancellationToken ct = default)
+    {
+        var drives = new List<DriveReport>();
+        foreach (var drive in vm.Drives)
+            drives.Add(await DescribeDriveAsync(drive, pool, ct));
+        return new VmReport(vm.Id, vm.Name, vm.Running, drives.ToValueList());
+    }
+
+    /// <summary>A stopped VM with each drive's chain resolved from its recorded leaf (empty when the leaf is gone).</summary>
+    public static async Task<VmReport> OfStoppedAsync(CatalogedVm vm, StoragePool pool, CancellationToken ct = default)
+    {
+        var drives = new List<DriveReport>();
+        foreach (var drive in vm.Drives)
+        {
+            try
+            {
+                var leaf = await pool.Get(drive.Leaf.Domain).DescribeVolumeAsync(drive.Image, drive.Leaf.Volume, ct);
+                var chain = await pool.ResolveChainAsync(leaf, ct);
+                long allocated = 0;
+                foreach (var layer in chain.Layers)
+                    allocated += (await pool.Get(layer.Volume.Domain).DescribeVolumeAsync(drive.Image, layer.Volume.Volume, ct)).AllocatedBytes;
+                drives.Add(new DriveReport(drive.Image, chain.Layers.Select(l => l.Volume).ToValueList(), leaf.Capacity, allocated));
+            }
+            catch (OperationFailedException e) when (e.Code is ErrorCodes.DomainNotFound or ErrorCodes.ImageNotFound or ErrorCodes.VolumeNotFound)
+            {
+                drives.Add(new DriveReport(drive.Image, ValueList<VolumeRef>.Empty, 0, 0));
+            }
+        }
+        return new VmReport(vm.Id, vm.Name, false, drives.ToValueList());
+    }
+
+    /// <summary>Maps the paths QEMU has open back to volumes of the attached domains.</summary>
+    public static async Task<DriveReport> DescribeDriveAsync(DriveState drive, StoragePool pool, CancellationToken ct = default)
+    {
+        var chain = new List<VolumeRef>();
+        long capacity = 0, allocated = 0;
+        foreach (var path in drive.OpenChain)
+        {
+            foreach (var domain in pool.Domains)
+            {
+                var volume = await FindAsync(domain, drive.Image, path, ct);
+                if (volume is null) continue;
+                chain.Add(new VolumeRef(domain.Id, volume.Id));
+                capacity = Math.Max(capacity, volume.Capacity);
+                allocated += volume.AllocatedBytes;
+                break;
+            }
+        }
+        return new DriveReport(drive.Image, chain.ToValueList(), capacity, allocated);
+    }
+
+    /// <summary>The leaves of a running VM's drives as QEMU has them open now (what a restart must open again).</summary>
+    public static async Task<IReadOnlyList<DiskLeaf>> CurrentLeavesAsync(VmInfo vm, StoragePool pool, CancellationToken ct = default)
+    {
+        var leaves = new List<DiskLeaf>();
+        foreach (var drive in vm.Drives)
+        {
+            var report = await DescribeDriveAsync(drive, pool, ct);
+            if (report.Chain.Count == 0)
+                throw new OperationFailedException(ErrorCodes.VolumeNotFound,
+                    $"drive {drive.Image} of VM {vm.Id} runs on {string.Join(", ", drive.OpenChain)}, which no attached domain holds");
+            leaves.Add(new DiskLeaf(drive.Image, report.Chain[^1]));
+        }
+        return leaves;
+    }
+
+    private static async Task<VolumeInfo?> FindAsync(IStorageDomain domain, ImageId image, string path, CancellationToken ct)
+    {
+        try
+        {
+            foreach (var volume in (await domain.DescribeImageAsync(image, ct)).Volumes)
+                if (domain.Locate(image, volume.Id) == path) return volume;
+        }
+        catch (OperationFailedException e) when (e.Code is ErrorCodes.ImageNotFound)
+        {
+        }
+        return null;
+    }
+}

@@ -1,0 +1,204 @@
+using System.Text.Json;
+
+namespace LiveMigration.Cli.Tests;
+
+/// <summary>
+/// The management commands run as an operator would, against a real Coordinator and a HostNode with QEMU: a domain
+/// made at runtime, a VM created on it with a chain, guest I/O and its verification, a live snapshot, stop and start.
+/// </summary>
+public sealed class VmCommandTests(VmClusterFixture cluster) : IClassFixture<VmClusterFixture>
+{
+    private Task<CliResult> Lsm(params string[] arguments) => CliProcess.RunAsync(cluster.Api, arguments);
+
+    private async Task<JsonElement> JsonOf(params string[] arguments)
+    {
+        var result = await Lsm([.. arguments, "--json"]);
+        Assert.True(result.ExitCode == 0, result + "\n" + cluster.LogTails());
+        return JsonDocument.Parse(result.Stdout).RootElement;
+    }
+
+    private static int[] ChainLengths(JsonElement vm) =>
+        vm.GetProperty("disks").EnumerateArray().Select(d => d.GetProperty("chain").GetArrayLength()).Order().ToArray();
+
+    [Fact]
+    public async Task A_vm_is_created_on_a_new_domain_writes_verifies_snapshots_stops_and_starts_again()
+    {
+        var created = await Lsm("domain", "create", "fast", "--path", cluster.SharedStorage, "--capacity", "2GiB");
+        Assert.True(created.ExitCode == 0, created + "\n" + cluster.LogTails());
+        var fast = Assert.Single((await JsonOf("domains")).GetProperty("domains").EnumerateArray(), d => d.GetProperty("name").GetString() == "fast");
+        Assert.Equal(2L << 30, fast.GetProperty("capacityBytes").GetInt64());
+        var fastId = fast.GetProperty("id").GetString()!;
+
+        var host = Assert.Single((await JsonOf("hosts")).GetProperty("hosts").EnumerateArray());
+        Assert.True(host.GetProperty("spm").GetBoolean());
+        Assert.Contains("SPM", (await Lsm("hosts")).Stdout);
+
+        // one disk by domain name with two snapshots (3 volumes), one by domain id without
+        var create = await Lsm("vm", "create", "web", "--host", "host-1", "--disk", "64MiB@fast:snapshots=2", "--disk", $"32MiB@{fastId}");
+        Assert.True(create.ExitCode == 0, create + "\n" + cluster.LogTails());
+        var vm = await JsonOf("vm", "show", "web");
+        Assert.True(vm.GetProperty("running").GetBoolean());
+        Assert.Equal("host-1", vm.GetProperty("host").GetString());
+        Assert.Equal(new[] { 1, 3 }, ChainLengths(vm));
+        Assert.All(vm.GetProperty("disks").EnumerateArray(), d =>
+        {
+            Assert.Equal(fastId, d.GetProperty("domain").GetString());
+            Assert.All(d.GetProperty("chain").EnumerateArray(), l => Assert.Equal(fastId, l.GetProperty("domain").GetString()));
+        });
+        var vmId = vm.GetProperty("id").GetString()!;
+        var shown = await Lsm("vm", "show", vmId);
+        Assert.Contains("(leaf)", shown.Stdout);
+        Assert.Contains("fast", shown.Stdout);
+
+        var io = await Lsm("vm", "io", "web", "--rate", "8MiB/s", "--seconds", "2");
+        Assert.True(io.ExitCode == 0, io + "\n" + cluster.LogTails());
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
+        JsonElement status;
+        do
+        {
+            await Task.Delay(500);
+            status = await JsonOf("vm", "io", "web", "--status");
+        } while (status.GetProperty("running").GetBoolean() && DateTime.UtcNow < deadline);
+        Assert.False(status.GetProperty("running").GetBoolean(), status.ToString());
+        Assert.True(status.GetProperty("writes").GetInt64() > 0, status.ToString());
+        Assert.Equal(0, status.GetProperty("errors").GetInt64());
+
+        var verify = await Lsm("vm", "verify", "web");
+        Assert.True(verify.ExitCode == 0, verify + "\n" + cluster.LogTails());
+        var verified = await JsonOf("vm", "verify", "web");
+        Assert.True(verified.GetProperty("ok").GetBoolean());
+        Assert.True(verified.GetProperty("checked").GetInt64() > 0, verified.ToString());
+
+        var snapshot = await Lsm("vm", "snapshot", "web");
+        Assert.True(snapshot.ExitCode == 0, snapshot + "\n" + cluster.LogTails());
+        Assert.Equal(new[] { 2, 4 }, ChainLengths(await JsonOf("vm", "show", "web")));
+
+        var stop = await Lsm("vm", "stop", "web");
+        Assert.True(stop.ExitCode == 0, stop + "\n" + cluster.LogTails());
+        var listed = Assert.Single((await JsonOf("vms")).GetProperty("vms").EnumerateArray(), v => v.GetProperty("id").GetString() == vmId);
+        Assert.False(listed.GetProperty("running").GetBoolean());
+        Assert.Equal(new[] { 2, 4 }, ChainLengths(listed));
+        // stopped: the writes are read back from the chain on disk
+        var offline = await JsonOf("vm", "verify", "web");
+        Assert.True(offline.GetProperty("ok").GetBoolean(), offline.ToString());
+        Assert.Equal(verified.GetProperty("checked").GetInt64(), offline.GetProperty("checked").GetInt64());
+
+        var start = await Lsm("vm", "start", "web");
+        Assert.True(start.ExitCode == 0, start + "\n" + cluster.LogTails());
+        var restarted = await JsonOf("vm", "show", "web");
+        Assert.True(restarted.GetProperty("running").GetBoolean());
+        Assert.Equal(new[] { 2, 4 }, ChainLengths(restarted));
+        Assert.Equal(0, (await Lsm("vm", "verify", "web")).ExitCode);
+    }
+
+    [Fact]
+    public async Task Bad_input_is_refused_with_exit_2_and_a_message_and_changes_nothing()
+    {
+        var tiny = await Lsm("domain", "create", "tiny", "--path", cluster.SharedStorage, "--capacity", "64MiB");
+        Assert.True(tiny.ExitCode == 0, tiny + "\n" + cluster.LogTails());
+        var before = await JsonOf("vms");
+
+        var noHost = await Lsm("vm", "create", "x", "--host", "host-9", "--disk", "16MiB@tiny");
+        Assert.Equal(2, noHost.ExitCode);
+        Assert.Contains("no host 'host-9'", noHost.Stderr);
+
+        var noDomain = await Lsm("vm", "create", "x", "--host", "host-1", "--disk", "16MiB@nowhere");
+        Assert.Equal(2, noDomain.ExitCode);
+        Assert.Contains("no storage domain named 'nowhere'", noDomain.Stderr);
+
+        var tooBig = await Lsm("vm", "create", "x", "--host", "host-1", "--disk", "48MiB@tiny", "--disk", "48MiB@tiny");
+        Assert.Equal(2, tooBig.ExitCode);
+        Assert.Contains("NOT_ENOUGH_SPACE", tooBig.Stderr);
+        Assert.Contains("bytes available", tooBig.Stderr);
+        Assert.Contains("need 100663296 bytes", tooBig.Stderr);
+
+        var badSpec = await Lsm("vm", "create", "x", "--host", "host-1", "--disk", "lots@tiny");
+        Assert.Equal(2, badSpec.ExitCode);
+        Assert.Contains("is not a size", badSpec.Stderr);
+
+        var noVm = await Lsm("vm", "stop", "no-such-vm");
+        Assert.Equal(2, noVm.ExitCode);
+        Assert.Contains("no VM named 'no-such-vm'", noVm.Stderr);
+
+        var twice = await Lsm("domain", "create", "tiny", "--path", cluster.SharedStorage);
+        Assert.Equal(2, twice.ExitCode);
+        Assert.Contains("exists already", twice.Stderr);
+
+        var noRate = await Lsm("vm", "io", "no-such-vm");
+        Assert.Equal(2, noRate.ExitCode);
+        Assert.Contains("--rate", noRate.Stderr);
+
+        // nothing was made: the same VMs, and the tiny domain holds nothing
+        Assert.Equal(before.GetProperty("vms").GetArrayLength(), (await JsonOf("vms")).GetProperty("vms").GetArrayLength());
+        var tinyNow = Assert.Single((await JsonOf("domains")).GetProperty("domains").EnumerateArray(), d => d.GetProperty("name").GetString() == "tiny");
+        Assert.Equal(0, tinyNow.GetProperty("usedBytes").GetInt64());
+    }
+
+    [Fact]
+    public async Task A_domain_created_at_runtime_and_a_stopped_vm_survive_a_host_restart()
+    {
+        var root = Path.Combine(cluster.DataDirectory, "durable-root");
+        Assert.Equal(0, (await Lsm("domain", "create", "durable", "--path", root, "--capacity", "256MiB")).ExitCode);
+        var create = await Lsm("vm", "create", "keeper", "--host", "host-1", "--disk", "16MiB@durable:snapshots=1");
+        Assert.True(create.ExitCode == 0, create + "\n" + cluster.LogTails());
+        Assert.Equal(0, (await Lsm("vm", "stop", "keeper")).ExitCode);
+        var addressBefore = Assert.Single((await JsonOf("hosts")).GetProperty("hosts").EnumerateArray()).GetProperty("address").GetString();
+
+        // Stopped (SIGTERM: it leaves the cluster, so two nodes need no downing decision) and started again: the new
+        // process finds the domain from the root it remembered and the VM from its catalog.
+        var node = cluster.Cluster.Nodes.Single(n => n.Name == "host-1");
+        using (var terminate = System.Diagnostics.Process.Start("kill", ["-TERM", node.Pid.ToString()]))
+            await terminate.WaitForExitAsync();
+        using (var grace = new CancellationTokenSource(TimeSpan.FromSeconds(30)))
+            await node.Process.WaitForExitAsync(grace.Token);
+        await cluster.Cluster.RestartAsync(node);
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
+        while (true)
+        {
+            var hosts = await Lsm("hosts", "--json");
+            if (hosts.ExitCode == 0 && JsonDocument.Parse(hosts.Stdout).RootElement.GetProperty("hosts").EnumerateArray()
+                    .Any(h => h.GetProperty("spm").GetBoolean() && h.GetProperty("address").GetString() != addressBefore)) break;
+            Assert.True(DateTime.UtcNow < deadline, "host-1 did not come back as the SPM within 60 s\n" + cluster.LogTails());
+            await Task.Delay(500);
+        }
+
+        Assert.Contains((await JsonOf("domains")).GetProperty("domains").EnumerateArray(), d => d.GetProperty("name").GetString() == "durable");
+        var keeper = await JsonOf("vm", "show", "keeper");
+        Assert.False(keeper.GetProperty("running").GetBoolean());
+        Assert.Equal(new[] { 2 }, ChainLengths(keeper));
+        var start = await Lsm("vm", "start", "keeper");
+        Assert.True(start.ExitCode == 0, start + "\n" + cluster.LogTails());
+        Assert.True((await JsonOf("vm", "show", "keeper")).GetProperty("running").GetBoolean());
+    }
+
+    [Fact]
+    public async Task Guest_writes_made_during_a_migration_between_runtime_domains_all_verify()
+    {
+        var root = Path.Combine(cluster.DataDirectory, "move-root");
+        Assert.Equal(0, (await Lsm("domain", "create", "move-src", "--path", root, "--capacity", "512MiB")).ExitCode);
+        Assert.Equal(0, (await Lsm("domain", "create", "move-dst", "--path", root, "--capacity", "512MiB")).ExitCode);
+        var create = await Lsm("vm", "create", "mover", "--host", "host-1", "--disk", "32MiB@move-src:snapshots=1");
+        Assert.True(create.ExitCode == 0, create + "\n" + cluster.LogTails());
+        var vm = await JsonOf("vm", "show", "mover");
+        var dst = Assert.Single((await JsonOf("domains")).GetProperty("domains").EnumerateArray(), d => d.GetProperty("name").GetString() == "move-dst")
+            .GetProperty("id").GetString();
+
+        Assert.Equal(0, (await Lsm("vm", "io", "mover", "--rate", "4MiB/s")).ExitCode);
+        var migrate = await Lsm("migrate", vm.GetProperty("id").GetString()!, "--to", "move-dst", "--wait");
+        Assert.True(migrate.ExitCode == 0, migrate + "\n" + cluster.LogTails());
+
+        var moved = await JsonOf("vm", "show", "mover");
+        Assert.All(moved.GetProperty("disks").EnumerateArray(), d =>
+        {
+            Assert.Equal(dst, d.GetProperty("domain").GetString());
+            Assert.Equal(JsonValueKind.Null, d.GetProperty("migration").ValueKind);
+        });
+        var io = await JsonOf("vm", "io", "mover", "--status");
+        Assert.True(io.GetProperty("running").GetBoolean(), io.ToString());
+        Assert.Equal(0, io.GetProperty("errors").GetInt64());
+        var verified = await JsonOf("vm", "verify", "mover");
+        Assert.True(verified.GetProperty("ok").GetBoolean(), verified.ToString());
+        Assert.True(verified.GetProperty("checked").GetInt64() > 0, verified.ToString());
+        Assert.Equal(0, (await Lsm("vm", "stop", "mover")).ExitCode);
+    }
+}

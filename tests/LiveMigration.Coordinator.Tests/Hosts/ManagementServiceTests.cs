@@ -1,0 +1,115 @@
+using Akka.Actor;
+using Akka.Configuration;
+using Akka.TestKit;
+using Akka.TestKit.Xunit2;
+using LiveMigration.Coordinator.Api;
+using LiveMigration.Coordinator.Hosts;
+using LiveMigration.Coordinator.Inventory;
+using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
+using LiveMigration.Shared.Protocol;
+using LiveMigration.Shared.Serialization;
+
+namespace LiveMigration.Coordinator.Tests.Hosts;
+
+/// <summary>
+/// The API's management checks against a real inventory (in-memory journal): refusals name the numbers and ids,
+/// map to the HTTP status of the contract, and never reach the SPM; the SPM mark follows where the SPM answers from.
+/// </summary>
+public sealed class ManagementServiceTests() : TestKit(Config, nameof(ManagementServiceTests))
+{
+    private static readonly Config Config = ConfigurationFactory.ParseString("""
+        akka.actor.serialize-messages = on
+        akka.persistence.journal.plugin = "akka.persistence.journal.inmem"
+        akka.persistence.snapshot-store.plugin = "akka.persistence.snapshot-store.inmem"
+        """).WithFallback(ProtocolSerialization.Hocon);
+
+    private const long MiB = 1L << 20;
+    private const string Host1Address = "akka.tcp://lsm@127.0.0.1:4061";
+    private static readonly DateTimeOffset At = new(2026, 11, 26, 0, 0, 0, TimeSpan.Zero);
+    private readonly DomainReport _fast = new(DomainId.New(), "fast", "file", 1024 * MiB, 0, 100 * MiB, Active: true);
+    private readonly VmId _web = VmId.New();
+    private readonly ImageId _webDisk = ImageId.New();
+
+    /// <summary>Answers where it runs; any other message goes to the probe (which must stay silent on refusals).</summary>
+    private sealed class SpmStub : ReceiveActor
+    {
+        public SpmStub(IActorRef probe)
+        {
+            Receive<GetSpmLocation>(_ => Sender.Tell(new SpmLocation(Host1Address)));
+            ReceiveAny(m => probe.Forward(m));
+        }
+    }
+
+    private (ManagementService Service, TestProbe Spm, IActorRef Inventory) Start()
+    {
+        var inventory = Sys.ActorOf(InventoryActor.Props(new InventoryOptions(SubscribeToReports: false)));
+        var web = new VmReport(_web, "web", Running: true,
+            [new DriveReport(_webDisk, [new VolumeRef(_fast.Id, VolumeId.New())], 64 * MiB, 8 * MiB)]);
+        inventory.Tell(new HostStatusReport("host-1", Host1Address, SpmCapable: true, [web], At));
+        inventory.Tell(new HostStatusReport("host-2", "akka.tcp://lsm@127.0.0.1:4062", SpmCapable: false, [], At));
+        inventory.Tell(new DomainStatusReport([_fast], At));
+        var spm = CreateTestProbe();
+        return (new ManagementService(Sys, inventory, Sys.ActorOf(Akka.Actor.Props.Create(() => new SpmStub(spm.Ref)))), spm, inventory);
+    }
+
+    private static async Task<OperationFailedException> RefusedAsync(string code, int status, Func<Task> action)
+    {
+        var error = await Assert.ThrowsAsync<OperationFailedException>(action);
+        Assert.Equal(code, error.Code);
+        Assert.Equal(status, HostEndpoints.StatusFor(error.Code));
+        return error;
+    }
+
+    [Fact]
+    public async Task Hosts_mark_the_one_the_spm_answers_from()
+    {
+        var (service, _, _) = Start();
+        var hosts = await service.HostsAsync(CancellationToken.None);
+        Assert.Equal(["host-1", "host-2"], hosts.Select(h => h.Id));
+        Assert.True(hosts[0].Spm);
+        Assert.False(hosts[1].Spm);
+        Assert.Equal(1, hosts[0].Vms);
+    }
+
+    [Fact]
+    public async Task A_vm_that_cannot_be_made_is_refused_with_the_reason_before_the_spm_is_asked()
+    {
+        var (service, spm, _) = Start();
+        var none = CancellationToken.None;
+        var host = await RefusedAsync(ManagementService.HostNotFound, 404,
+            () => service.CreateVmAsync("db", "host-9", [new NewDiskRequest(16 * MiB, "fast", 0)], none));
+        Assert.Contains("host-9", host.Message);
+        var domain = await RefusedAsync(ErrorCodes.DomainNotFound, 404,
+            () => service.CreateVmAsync("db", "host-1", [new NewDiskRequest(16 * MiB, "slow", 0)], none));
+        Assert.Contains("'slow'", domain.Message);
+        var space = await RefusedAsync(ErrorCodes.NotEnoughSpace, 422,
+            () => service.CreateVmAsync("db", "host-1", [new NewDiskRequest(64 * MiB, "fast", 0), new NewDiskRequest(64 * MiB, _fast.Id.ToString(), 2)], none));
+        Assert.Contains($"has {100 * MiB} bytes available", space.Message);
+        Assert.Contains($"need {130 * MiB} bytes", space.Message);
+        await RefusedAsync(ErrorCodes.Conflict, 409, () => service.CreateVmAsync("web", "host-1", [new NewDiskRequest(16 * MiB, "fast", 0)], none));
+        await RefusedAsync(ErrorCodes.InvalidArgument, 400, () => service.CreateVmAsync("db", "host-1", [new NewDiskRequest(1000, "fast", 0)], none));
+        await RefusedAsync(ErrorCodes.InvalidArgument, 400, () => service.CreateVmAsync("db", "host-1", [], none));
+        await RefusedAsync(ErrorCodes.InvalidArgument, 400, () => service.CreateDomainAsync("slow", "relative/dir", 0, none));
+        await RefusedAsync(ErrorCodes.Conflict, 409, () => service.CreateDomainAsync("fast", "/srv/lsm", 0, none));
+        spm.ExpectNoMsg(TimeSpan.FromMilliseconds(300));
+    }
+
+    [Fact]
+    public async Task A_vm_whose_disk_is_migrating_is_neither_stopped_nor_snapshotted()
+    {
+        var (service, spm, inventory) = Start();
+        var migration = MigrationId.New();
+        Assert.IsType<DisksReserved>(await inventory.Ask<IInventoryMessage>(new ReserveDisks(migration, _web, [_webDisk]), TimeSpan.FromSeconds(5)));
+
+        var stop = await RefusedAsync(MigrationErrorCodes.DiskBusy, 409, () => service.StopVmAsync("web", CancellationToken.None));
+        Assert.Contains(migration.ToString(), stop.Message);
+        await RefusedAsync(MigrationErrorCodes.DiskBusy, 409, () => service.SnapshotVmAsync(_web.ToString(), CancellationToken.None));
+        spm.ExpectNoMsg(TimeSpan.FromMilliseconds(300));
+
+        var shown = await service.VmAsync("web", CancellationToken.None);
+        Assert.Equal(migration.ToString(), Assert.Single(shown.Disks).Migration);
+        Assert.Equal(_fast.Id.ToString(), shown.Disks[0].Domain);
+        await RefusedAsync(ErrorCodes.VmNotFound, 404, () => service.VmAsync("nope", CancellationToken.None));
+    }
+}
