@@ -95,7 +95,7 @@ public sealed class CliTests(ClusterFixture cluster) : IClassFixture<ClusterFixt
     public async Task The_api_refuses_leaving_a_stranger_and_a_foreign_address()
     {
         var stranger = await Lsm("cluster", "leave", "akka.tcp://lsm@127.0.0.1:1");
-        Assert.True(stranger.ExitCode == 1, stranger.ToString());
+        Assert.True(stranger.ExitCode == 2, stranger.ToString());
         Assert.Contains("is not a member", stranger.Stderr);
         Assert.DoesNotContain("   at ", stranger.Stderr);
     }
@@ -115,10 +115,10 @@ public sealed class CliTests(ClusterFixture cluster) : IClassFixture<ClusterFixt
     }
 
     [Fact]
-    public async Task Showing_an_unknown_migration_fails_with_exit_1()
+    public async Task Showing_an_unknown_migration_is_refused_with_exit_2()
     {
         var result = await Lsm("migration", "show", Guid.NewGuid().ToString());
-        Assert.True(result.ExitCode == 1, result.ToString());
+        Assert.True(result.ExitCode == 2, result.ToString());
         Assert.Contains("404", result.Stderr);
     }
 
@@ -184,9 +184,9 @@ public sealed class CliTests(ClusterFixture cluster) : IClassFixture<ClusterFixt
         Assert.Equal(cluster.Image.ToString(), disk.GetProperty("image").GetString());
         Assert.Equal(destination, disk.GetProperty("destination").GetString());
 
-        // A finished migration cannot be cancelled: the API's conflict is exit 1 with its message.
+        // A finished migration cannot be cancelled: the API's conflict is a refusal, exit 2 with its message.
         var cancel = await Lsm("migration", "cancel", id);
-        Assert.True(cancel.ExitCode == 1, cancel.ToString());
+        Assert.True(cancel.ExitCode == 2, cancel.ToString());
         await AwaitInventoryShowsAsync(destination);
     }
 
@@ -231,7 +231,7 @@ public sealed class CliTests(ClusterFixture cluster) : IClassFixture<ClusterFixt
         Assert.Matches($"Speed of {id}/\\S+ set to 0 B/s", hostLog);
 
         var late = await Lsm("migration", "set-speed", id, "1MiB/s");
-        Assert.True(late.ExitCode == 1, late.ToString());
+        Assert.True(late.ExitCode == 2, late.ToString());
         Assert.Contains("MIGRATION_FINISHED", late.Stderr);
 
         var all = await Lsm("migrations", "--json");

@@ -1,3 +1,4 @@
+using LiveMigration.Cli.Local;
 using System.Text.Json;
 
 namespace LiveMigration.Cli.Tests;
@@ -147,10 +148,7 @@ public sealed class VmCommandTests(VmClusterFixture cluster) : IClassFixture<VmC
         // Stopped (SIGTERM: it leaves the cluster, so two nodes need no downing decision) and started again: the new
         // process finds the domain from the root it remembered and the VM from its catalog.
         var node = cluster.Cluster.Nodes.Single(n => n.Name == "host-1");
-        using (var terminate = System.Diagnostics.Process.Start("kill", ["-TERM", node.Pid.ToString()]))
-            await terminate.WaitForExitAsync();
-        using (var grace = new CancellationTokenSource(TimeSpan.FromSeconds(30)))
-            await node.Process.WaitForExitAsync(grace.Token);
+        await LocalCluster.StopAsync([node], TimeSpan.FromSeconds(30));
         await cluster.Cluster.RestartAsync(node);
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
         while (true)

@@ -56,10 +56,10 @@ public sealed class WatchCommandTests(DashboardCluster cluster)
     }
 
     [Fact]
-    public async Task Watch_of_an_unknown_migration_exits_1_and_a_malformed_id_is_bad_usage()
+    public async Task Watch_of_an_unknown_migration_and_of_a_malformed_id_are_refused_with_exit_2()
     {
         var unknown = await CliProcess.RunAsync(cluster.Api, "migration", "watch", Guid.NewGuid().ToString());
-        Assert.True(unknown.ExitCode == 1, unknown.ToString());
+        Assert.True(unknown.ExitCode == 2, unknown.ToString());
         Assert.Contains("MIGRATION_NOT_FOUND", unknown.Stderr);
 
         var malformed = await CliProcess.RunAsync(cluster.Api, "migration", "watch", "nope");

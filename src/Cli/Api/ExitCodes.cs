@@ -5,6 +5,7 @@ public static class ExitCodes
 {
     public const int Ok = 0;
     public const int OperationFailed = 1;
+    /// <summary>Bad usage, or input the API refused (any 4xx: unknown id, conflict, not enough space): nothing was changed.</summary>
     public const int BadUsage = 2;
     public const int ApiUnreachable = 3;
 }

@@ -38,10 +38,6 @@ public sealed class LsmApiClient : IDisposable
     public Task<ApiResponse> GetAsync(string path, CancellationToken ct) =>
         SendAsync(() => new HttpRequestMessage(HttpMethod.Get, path), ct);
 
-    /// <summary>A GET where "not found" means the operator named something that does not exist: exit 2, not 1.</summary>
-    public Task<ApiResponse> GetNamedAsync(string path, CancellationToken ct) =>
-        SendAsync(() => new HttpRequestMessage(HttpMethod.Get, path), ct, notFoundIsBadUsage: true);
-
     /// <summary>The frames of a server-sent-events stream (<c>event</c> name and <c>data</c>) as they arrive, until it ends or <paramref name="ct"/> fires.</summary>
     public async IAsyncEnumerable<(string Event, string Data)> StreamAsync(string path, [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken ct)
     {
@@ -49,7 +45,7 @@ public sealed class LsmApiClient : IDisposable
         message.Headers.Accept.ParseAdd("text/event-stream");
         using var response = await ConnectAsync(() => _streams.SendAsync(message, HttpCompletionOption.ResponseHeadersRead, ct), ct);
         if (!response.IsSuccessStatusCode)
-            throw Failure(message, response, await response.Content.ReadAsStringAsync(ct), notFoundIsBadUsage: false);
+            throw Failure(message, response, await response.Content.ReadAsStringAsync(ct));
         await using var body = await response.Content.ReadAsStreamAsync(ct);
         using var reader = new StreamReader(body);
         var name = "message";
@@ -71,14 +67,14 @@ public sealed class LsmApiClient : IDisposable
     public Task<ApiResponse> PostAsync(string path, object? body, CancellationToken ct) =>
         SendAsync(() => new HttpRequestMessage(HttpMethod.Post, path) { Content = JsonContent.Create(body ?? new { }) }, ct);
 
-    private async Task<ApiResponse> SendAsync(Func<HttpRequestMessage> request, CancellationToken ct, bool notFoundIsBadUsage = false)
+    private async Task<ApiResponse> SendAsync(Func<HttpRequestMessage> request, CancellationToken ct)
     {
         using var message = request();
         using var response = await ConnectAsync(() => _http.SendAsync(message, ct), ct);
         var text = await response.Content.ReadAsStringAsync(ct);
         if (response.IsSuccessStatusCode)
             return new ApiResponse(Parse(text), text);
-        throw Failure(message, response, text, notFoundIsBadUsage);
+        throw Failure(message, response, text);
     }
 
     private async Task<HttpResponseMessage> ConnectAsync(Func<Task<HttpResponseMessage>> send, CancellationToken ct)
@@ -98,7 +94,7 @@ public sealed class LsmApiClient : IDisposable
     }
 
     /// <summary>The API's refusal as the operator reads it, with the exit code scripts expect.</summary>
-    private CliFailure Failure(HttpRequestMessage message, HttpResponseMessage response, string text, bool notFoundIsBadUsage)
+    private CliFailure Failure(HttpRequestMessage message, HttpResponseMessage response, string text)
     {
         var json = Parse(text);
         var detail = json.ValueKind == JsonValueKind.Object && json.TryGetProperty("message", out var m) && m.ValueKind == JsonValueKind.String
@@ -108,9 +104,9 @@ public sealed class LsmApiClient : IDisposable
             return CliFailure.BadUsage(HasToken
                 ? $"the Coordinator API at {BaseAddress} did not accept the token (--token or LSM_TOKEN)"
                 : $"the Coordinator API at {BaseAddress} needs a token: pass --token TOKEN or set LSM_TOKEN");
-        var code = response.StatusCode == HttpStatusCode.BadRequest || (notFoundIsBadUsage && response.StatusCode == HttpStatusCode.NotFound)
-            ? ExitCodes.BadUsage
-            : ExitCodes.OperationFailed;
+        // A refusal (400 bad input, 404 unknown, 409 conflict, 413, 422 refused) is the operator's input: exit 2; the
+        // server failing (5xx) is the operation failing: exit 1.
+        var code = (int)response.StatusCode is >= 400 and < 500 ? ExitCodes.BadUsage : ExitCodes.OperationFailed;
         return new CliFailure(code, $"{message.Method} {message.RequestUri}: {(int)response.StatusCode} {detail}");
     }
 

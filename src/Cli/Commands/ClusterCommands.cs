@@ -193,7 +193,7 @@ public sealed class ShardingRegionStatsCommand : AsyncCommand<RegionStatsSetting
     public override async Task<int> ExecuteAsync(CommandContext context, RegionStatsSettings settings, CancellationToken ct)
     {
         using var api = settings.Client();
-        var stats = await api.GetNamedAsync($"/api/cluster/sharding/regions/{Uri.EscapeDataString(settings.TypeName)}/stats", ct);
+        var stats = await api.GetAsync($"/api/cluster/sharding/regions/{Uri.EscapeDataString(settings.TypeName)}/stats", ct);
         if (settings.Json)
         {
             Output.Json(stats.Text);

@@ -42,7 +42,7 @@ public sealed class DomainCreateCommand : AsyncCommand<DomainCreateSettings>
     {
         using var api = settings.Client();
         var body = new { name = settings.Name, path = System.IO.Path.GetFullPath(settings.Path!), capacityBytes = settings.CapacityBytes };
-        var created = await Refusals.AsBadUsage(() => api.PostAsync("/api/domains", body, ct));
+        var created = await api.PostAsync("/api/domains", body, ct);
         if (settings.Json)
         {
             Output.Json(created.Text);

@@ -1,32 +1,9 @@
 using System.Text.Json;
-using System.Text.RegularExpressions;
 using LiveMigration.Cli.Api;
 using Spectre.Console;
 using Spectre.Console.Cli;
 
 namespace LiveMigration.Cli.Commands;
-
-/// <summary>
-/// The API's refusals of an operator's input (unknown host, domain or VM: 404; a conflict: 409; not enough space: 422)
-/// end the command with exit code 2, as bad usage does; anything else keeps the client's code.
-/// </summary>
-public static partial class Refusals
-{
-    [GeneratedRegex(@": (404|409|422) ")]
-    private static partial Regex RefusedStatus();
-
-    public static async Task<T> AsBadUsage<T>(Func<Task<T>> call)
-    {
-        try
-        {
-            return await call();
-        }
-        catch (CliFailure failure) when (failure.ExitCode == ExitCodes.OperationFailed && RefusedStatus().IsMatch(failure.Message))
-        {
-            throw CliFailure.BadUsage(failure.Message);
-        }
-    }
-}
 
 /// <summary><c>lsm hosts</c>: the hosts with their cluster status; the one that runs the SPM now is marked.</summary>
 public sealed class HostsCommand : AsyncCommand<GlobalSettings>

@@ -69,7 +69,7 @@ public sealed class VmShowCommand : AsyncCommand<VmSettings>
     public override async Task<int> ExecuteAsync(CommandContext context, VmSettings settings, CancellationToken ct)
     {
         using var api = settings.Client();
-        var vm = await Refusals.AsBadUsage(() => api.GetAsync(settings.VmPath, ct));
+        var vm = await api.GetAsync(settings.VmPath, ct);
         return await VmOutput.PrintAsync(api, settings, vm, null, ct);
     }
 }
@@ -133,7 +133,7 @@ public sealed class VmCreateCommand : AsyncCommand<VmCreateSettings>
         using var api = settings.Client();
         var disks = settings.Disks.Select(d => VmCreateSettings.ParseDisk(d, out _)!)
             .Select(d => new { sizeBytes = d.SizeBytes, domain = d.Domain, snapshots = d.Snapshots }).ToList();
-        var vm = await Refusals.AsBadUsage(() => api.PostAsync("/api/vms", new { name = settings.Name, host = settings.Host, disks }, ct));
+        var vm = await api.PostAsync("/api/vms", new { name = settings.Name, host = settings.Host, disks }, ct);
         return await VmOutput.PrintAsync(api, settings, vm, "created and started", ct);
     }
 }
@@ -144,7 +144,7 @@ public abstract class VmActionCommand(string action, string done) : AsyncCommand
     public override async Task<int> ExecuteAsync(CommandContext context, VmSettings settings, CancellationToken ct)
     {
         using var api = settings.Client();
-        var vm = await Refusals.AsBadUsage(() => api.PostAsync($"{settings.VmPath}/{action}", null, ct));
+        var vm = await api.PostAsync($"{settings.VmPath}/{action}", null, ct);
         return await VmOutput.PrintAsync(api, settings, vm, done, ct);
     }
 }
@@ -196,7 +196,7 @@ public sealed class VmIoCommand : AsyncCommand<VmIoSettings>
         using var api = settings.Client();
         if (settings.Status)
         {
-            var status = await Refusals.AsBadUsage(() => api.GetAsync($"{settings.VmPath}/io", ct));
+            var status = await api.GetAsync($"{settings.VmPath}/io", ct);
             if (settings.Json)
             {
                 Output.Json(status.Text);
@@ -209,8 +209,8 @@ public sealed class VmIoCommand : AsyncCommand<VmIoSettings>
                 (s.Str("lastError").Length > 0 ? $" (last: {Output.Escape(s.Str("lastError"))})" : ""));
             return ExitCodes.Ok;
         }
-        var started = await Refusals.AsBadUsage(() => api.PostAsync($"{settings.VmPath}/io",
-            new { bytesPerSecond = settings.RateBytesPerSecond, seconds = settings.Seconds }, ct));
+        var started = await api.PostAsync($"{settings.VmPath}/io",
+            new { bytesPerSecond = settings.RateBytesPerSecond, seconds = settings.Seconds }, ct);
         if (settings.Json) Output.Json(started.Text);
         else Output.Console.MarkupLine(Output.Escape(started.Json.Str("message")) + "; `lsm vm verify` checks every acknowledged write");
         return ExitCodes.Ok;
@@ -223,7 +223,7 @@ public sealed class VmVerifyCommand : AsyncCommand<VmSettings>
     public override async Task<int> ExecuteAsync(CommandContext context, VmSettings settings, CancellationToken ct)
     {
         using var api = settings.Client();
-        var result = await Refusals.AsBadUsage(() => api.PostAsync($"{settings.VmPath}/verify", null, ct));
+        var result = await api.PostAsync($"{settings.VmPath}/verify", null, ct);
         var r = result.Json;
         var ok = r.Bool("ok");
         if (settings.Json) Output.Json(result.Text);
