@@ -234,7 +234,8 @@ public sealed class LocalCluster : IAsyncDisposable
         return ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
     }
 
-    private static string FindRepositoryRoot()
+    /// <summary>The directory holding LiveMigration.Akka.sln above this build's output (scripts such as deploy/libvirt/setup.sh are found from it).</summary>
+    public static string FindRepositoryRoot()
     {
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
             if (File.Exists(Path.Combine(dir.FullName, "LiveMigration.Akka.sln"))) return dir.FullName;
