@@ -31,7 +31,18 @@ internal static class ClusterDemo
 
         // libvirt: the hosts run the VM through libvirtd. One that answers already is used and left alone; otherwise
         // deploy/libvirt/setup.sh sets this machine up and starts one, which is stopped by its pid at the end.
-        await using var daemon = libvirt && !await LibvirtCheck.AnswersAsync(LibvirtCheck.DefaultUri) ? await LibvirtDaemon.EnsureRunningAsync() : null;
+        LibvirtDaemon? startedDaemon;
+        try
+        {
+            startedDaemon = libvirt && !await LibvirtCheck.AnswersAsync(LibvirtCheck.DefaultUri) ? await LibvirtDaemon.EnsureRunningAsync() : null;
+        }
+        catch (OperationFailedException e)
+        {
+            Console.Error.WriteLine($"demo: libvirtd does not answer at {LibvirtCheck.DefaultUri} and {LibvirtDaemon.SetupScript} could not start it " +
+                                    $"(it must run as root; deploy/libvirt/README.md explains it): {e.Message}");
+            return 1;
+        }
+        await using var daemon = startedDaemon;
         if (libvirt)
             Console.WriteLine(daemon is null
                 ? $"hypervisor libvirt: libvirtd answers at {LibvirtCheck.DefaultUri} already (left running afterwards)"
