@@ -4,6 +4,8 @@ using LiveMigration.Cli.Api;
 using LiveMigration.Cli.Local;
 using LiveMigration.Demo.Cluster;
 using LiveMigration.HostNode.Guest;
+using LiveMigration.HostNode.Hypervisor;
+using LiveMigration.HostNode.Hypervisor.Libvirt;
 using LiveMigration.HostNode.Hypervisor.Qmp;
 using LiveMigration.HostNode.Storage;
 using LiveMigration.HostNode.Storage.File;
@@ -23,13 +25,35 @@ internal static class ClusterDemo
     public static async Task<int> RunAsync(DemoOptions options)
     {
         var dataDir = Path.GetFullPath(options.DataDir);
+        var libvirt = options.Hypervisor == "libvirt";
         Console.WriteLine("LiveMigration.Akka demo: a local cluster moves a running VM's disk while its guest writes");
         Console.WriteLine($"data directory: {dataDir} (kept afterwards: domains, journal, logs)");
-        await DemoSetup.ClearPreviousRunAsync(dataDir);
+
+        // libvirt: the hosts run the VM through libvirtd. One that answers already is used and left alone; otherwise
+        // deploy/libvirt/setup.sh sets this machine up and starts one, which is stopped by its pid at the end.
+        LibvirtDaemon? startedDaemon;
+        try
+        {
+            startedDaemon = libvirt && !await LibvirtCheck.AnswersAsync(LibvirtCheck.DefaultUri) ? await LibvirtDaemon.EnsureRunningAsync() : null;
+        }
+        catch (OperationFailedException e)
+        {
+            Console.Error.WriteLine($"demo: libvirtd does not answer at {LibvirtCheck.DefaultUri} and {LibvirtDaemon.SetupScript} could not start it " +
+                                    $"(it must run as root; deploy/libvirt/README.md explains it): {e.Message}");
+            return 1;
+        }
+        await using var daemon = startedDaemon;
+        if (libvirt)
+            Console.WriteLine(daemon is null
+                ? $"hypervisor libvirt: libvirtd answers at {LibvirtCheck.DefaultUri} already (left running afterwards)"
+                : $"hypervisor libvirt: deploy/libvirt/setup.sh {(daemon.StartedHere ? "started" : "found")} libvirtd pid {daemon.Pid} in {Ms(daemon.Took)}" +
+                  (daemon.StartedHere ? " (stopped at the end)" : ""));
+        await DemoSetup.ClearPreviousRunAsync(dataDir, libvirt);
 
         // Domains and the VM are prepared in the layout `lsm local up` uses, before the nodes start: host-1 adopts
-        // the VM from its run directory and both hosts find the domains under the domain root.
-        var local = new LocalClusterOptions(dataDir) { Hosts = 2, ApiPort = 0 };
+        // the VM from its run directory and both hosts find the domains under the domain root. Under libvirt every
+        // host runs `--hypervisor libvirt`, with the drive's NBD export for the stand-in guest (demo only: it taints the domain).
+        var local = new LocalClusterOptions(dataDir) { Hosts = 2, ApiPort = 0, Hypervisor = options.Hypervisor, LibvirtGuestExport = libvirt };
         var a = await FileStorageDomain.CreateAsync(local.DomainRoot, DomainId.New(), "domain-a", 4L << 30);
         var b = await FileStorageDomain.CreateAsync(local.DomainRoot, DomainId.New(), "domain-b", 4L << 30);
         var pool = new StoragePool([a, b]);
@@ -39,10 +63,12 @@ internal static class ClusterDemo
 
         var vmId = VmId.New();
         VmInfo vm;
-        await using (var starter = new QmpHypervisor(new QmpHypervisorOptions { RunDirectory = local.HostRunDirectory("host-1") }))
+        await using (var starter = Hypervisor(options, local.HostRunDirectory("host-1")))
             vm = await starter.StartVmAsync(new VmSpec(vmId, "demo-vm", [await pool.ResolveChainAsync(a.Id, image)]));
         var drive = vm.Drive(image);
-        Console.WriteLine($"[2/6] VM {vmId} running on host-1 (QEMU pid {vm.Pid}), disk exported over NBD at {drive.GuestSocket}");
+        Console.WriteLine($"[2/6] VM {vmId} running on host-1 " +
+                          (libvirt ? $"as libvirt domain lsm-{vmId} (QEMU pid {vm.Pid})" : $"(QEMU pid {vm.Pid})") +
+                          $", disk exported over NBD at {drive.GuestSocket}");
 
         var exit = 1;
         var clock = Stopwatch.StartNew();
@@ -59,7 +85,8 @@ internal static class ClusterDemo
                        && inventory.GetProperty("domains").GetArrayLength() == 2;
             }, TimeSpan.FromSeconds(60));
             var pids = cluster.Nodes.ToDictionary(n => n.Name, n => n.Pid);
-            Console.WriteLine($"[3/6] cluster up in {Ms(clock.Elapsed)}: Coordinator pid {pids["coordinator"]} (API {cluster.ApiUrl}), host-1 pid {pids["host-1"]} (SPM), host-2 pid {pids["host-2"]}");
+            Console.WriteLine($"[3/6] cluster up in {Ms(clock.Elapsed)}: Coordinator pid {pids["coordinator"]} (API {cluster.ApiUrl}), host-1 pid {pids["host-1"]} (SPM), host-2 pid {pids["host-2"]}" +
+                              (libvirt ? "; both hosts --hypervisor libvirt, host-1 adopted the domain" : ""));
 
             var ledgerPath = Path.Combine(dataDir, "guest.ledger");
             await using var guest = new GuestWorkload(new GuestWorkloadOptions(drive.GuestSocket, drive.ExportName, image,
@@ -107,13 +134,24 @@ internal static class ClusterDemo
         {
             // As `lsm local down`: the nodes by pid, then the VMs their hosts ran.
             await LocalClusterLauncher.DownAsync(dataDir);
-            await using var stopper = new QmpHypervisor(new QmpHypervisorOptions { RunDirectory = local.HostRunDirectory("host-1") });
+            await using var stopper = Hypervisor(options, local.HostRunDirectory("host-1"));
             foreach (var running in await stopper.AdoptRunningVmsAsync()) await stopper.StopVmAsync(running.Id);
-            Console.WriteLine("stopped the cluster's processes and the VM");
+            Console.WriteLine(libvirt ? "stopped the cluster's processes and the VM's libvirt domain" : "stopped the cluster's processes and the VM");
+        }
+        if (daemon is { StartedHere: true })
+        {
+            // Here rather than at the end of the scope, so the operator reads it before the verdict (a second dispose does nothing).
+            await daemon.DisposeAsync();
+            Console.WriteLine($"stopped libvirtd pid {daemon.Pid}, which this demo started");
         }
         Console.WriteLine(exit == 0 ? "demo: OK, nothing lost" : "demo: FAILED");
         return exit;
     }
+
+    /// <summary>The adapter host-1 runs, here in the demo's own process to start the VM host-1 then adopts (and to stop it afterwards).</summary>
+    private static IHypervisor Hypervisor(DemoOptions options, string runDirectory) => options.Hypervisor == "libvirt"
+        ? new LibvirtHypervisor(new LibvirtHypervisorOptions { RunDirectory = runDirectory, GuestNbdExport = true })
+        : new QmpHypervisor(new QmpHypervisorOptions { RunDirectory = runDirectory });
 
     /// <summary>Polls the migration and draws its progress until it ends; returns its final status.</summary>
     private static async Task<string> WatchAsync(ApiClient api, string id, TimeSpan limit)

@@ -1,11 +1,12 @@
 using System.Diagnostics;
+using LiveMigration.HostNode.Hypervisor.Libvirt;
 using LiveMigration.HostNode.Hypervisor.Qmp;
 using LiveMigration.HostNode.Processes;
 using LiveMigration.Shared.Model;
 
 namespace LiveMigration.Demo;
 
-internal sealed record DemoOptions(string DataDir, long GuestRate, long MirrorSpeed, bool HostLayerOnly = false)
+internal sealed record DemoOptions(string DataDir, long GuestRate, long MirrorSpeed, bool HostLayerOnly = false, string Hypervisor = "qmp")
 {
     private const long MiB = 1 << 20;
 
@@ -23,6 +24,7 @@ internal sealed record DemoOptions(string DataDir, long GuestRate, long MirrorSp
                     "--guest-rate-mib" => options with { GuestRate = PositiveMiB(Value(), "--guest-rate-mib") },
                     "--mirror-speed-mib" => options with { MirrorSpeed = PositiveMiB(Value(), "--mirror-speed-mib", allowZero: true) },
                     "--host-layer" => options with { HostLayerOnly = true },
+                    "--hypervisor" => options with { Hypervisor = ParseHypervisor(Value()) },
                     "-h" or "--help" => throw new ArgumentException(""),
                     _ => throw new ArgumentException($"unknown option {args[i]}"),
                 };
@@ -30,14 +32,23 @@ internal sealed record DemoOptions(string DataDir, long GuestRate, long MirrorSp
             catch (ArgumentException e)
             {
                 if (e.Message.Length > 0) Console.Error.WriteLine($"demo: {e.Message}");
-                Console.Error.WriteLine("usage: ./run.sh demo [--data-dir DIR] [--guest-rate-mib N] [--mirror-speed-mib N (0 = unlimited)] [--host-layer]");
-                Console.Error.WriteLine("  --host-layer   run the host layer alone in this process instead of a local cluster");
+                Console.Error.WriteLine("usage: ./run.sh demo [--data-dir DIR] [--guest-rate-mib N] [--mirror-speed-mib N (0 = unlimited)] [--hypervisor qmp|libvirt] [--host-layer]");
+                Console.Error.WriteLine("  --hypervisor libvirt   the hosts run the VM through libvirtd (started by deploy/libvirt/setup.sh when it does not answer; root)");
+                Console.Error.WriteLine("  --host-layer           run the host layer alone in this process instead of a local cluster");
                 Console.Error.WriteLine("example: ./run.sh demo --data-dir /tmp/lsm-demo --guest-rate-mib 8");
                 return null;
             }
         }
+        if (options.HostLayerOnly && options.Hypervisor != "qmp")
+        {
+            Console.Error.WriteLine("demo: --host-layer runs QEMU through its monitor only; --hypervisor libvirt is for the cluster demo");
+            return null;
+        }
         return options;
     }
+
+    private static string ParseHypervisor(string text) =>
+        text is "qmp" or "libvirt" ? text : throw new ArgumentException($"--hypervisor takes qmp or libvirt, got '{text}'");
 
     private static long PositiveMiB(string text, string option, bool allowZero = false) =>
         long.TryParse(text, out var n) && (n > 0 || allowZero && n == 0) && n <= 100_000
@@ -48,7 +59,7 @@ internal sealed record DemoOptions(string DataDir, long GuestRate, long MirrorSp
 internal static class DemoSetup
 {
     /// <summary>Stops a VM a previous demo run left running (it outlives its host by design), then clears its data.</summary>
-    public static async Task ClearPreviousRunAsync(string dataDir)
+    public static async Task ClearPreviousRunAsync(string dataDir, bool libvirt = false)
     {
         // A previous run's nodes (or an `lsm local up` on this directory) are stopped the way `lsm local down` does.
         var stopped = await LiveMigration.Cli.Local.LocalClusterLauncher.DownAsync(dataDir);
@@ -63,6 +74,14 @@ internal static class DemoSetup
             {
                 Console.WriteLine($"stopping VM {vm.Id} left running by a previous run");
                 await previous.StopVmAsync(vm.Id);
+            }
+            // A libvirt run's domain (when its state file was lost): libvirtd answers here, the caller made sure.
+            if (!libvirt) continue;
+            await using var previousDomains = new LibvirtHypervisor(new LibvirtHypervisorOptions { RunDirectory = runDir });
+            foreach (var vm in await previousDomains.AdoptRunningVmsAsync())
+            {
+                Console.WriteLine($"stopping libvirt domain of VM {vm.Id} left running by a previous run");
+                await previousDomains.StopVmAsync(vm.Id);
             }
         }
         if (Directory.Exists(dataDir))

@@ -43,6 +43,21 @@ public sealed class LocalUpSettings : LocalSettings
     [DefaultValue(120)]
     public int TimeoutSeconds { get; set; } = 120;
 
+    [CommandOption("--hypervisor <ADAPTER>")]
+    [Description("How every host runs its VMs: qmp (QEMU's monitor; the default) or libvirt (through the libvirtd of this machine, which must answer " +
+                 "`virsh -c qemu:///system version`: deploy/libvirt/setup.sh starts one). Example: --hypervisor libvirt")]
+    [DefaultValue("qmp")]
+    public string Hypervisor { get; set; } = "qmp";
+
+    [CommandOption("--libvirt-uri <URI>")]
+    [Description("The libvirt connection of the hosts with --hypervisor libvirt. Default qemu:///system")]
+    [DefaultValue(LibvirtCheck.DefaultUri)]
+    public string LibvirtUri { get; set; } = LibvirtCheck.DefaultUri;
+
+    /// <summary>Each libvirt VM drive exported over NBD for a stand-in guest: tests only (it taints the domain).</summary>
+    [CommandOption("--libvirt-guest-export", IsHidden = true)]
+    public bool LibvirtGuestExport { get; set; }
+
     /// <summary>Sub-second cluster timings, for the test suite only: an operator's cluster keeps Akka's defaults.</summary>
     [CommandOption("--fast-timings", IsHidden = true)]
     public bool FastTimings { get; set; }
@@ -52,6 +67,9 @@ public sealed class LocalUpSettings : LocalSettings
         if (Hosts is < 1 or > 16) return ValidationResult.Error($"--hosts must be 1 to 16, got {Hosts}");
         if (ApiPort is < 0 or > 65535) return ValidationResult.Error($"--api-port must be 0 to 65535, got {ApiPort}");
         if (TimeoutSeconds is < 5 or > 3600) return ValidationResult.Error($"--timeout must be 5 to 3600 seconds, got {TimeoutSeconds}");
+        if (Hypervisor is not ("qmp" or "libvirt")) return ValidationResult.Error($"--hypervisor must be qmp or libvirt, got '{Hypervisor}'");
+        if (Hypervisor != "libvirt" && (LibvirtUri != LibvirtCheck.DefaultUri || LibvirtGuestExport))
+            return ValidationResult.Error("--libvirt-uri and --libvirt-guest-export need --hypervisor libvirt");
         return ValidationResult.Success();
     }
 }
@@ -68,6 +86,9 @@ public sealed class LocalUpCommand : AsyncCommand<LocalUpSettings>
             Journal = settings.Journal,
             ExtraHocon = settings.FastTimings ? ClusterNodeHosting.FastTestTimings : null,
             Timeout = TimeSpan.FromSeconds(settings.TimeoutSeconds),
+            Hypervisor = settings.Hypervisor,
+            LibvirtUri = settings.LibvirtUri,
+            LibvirtGuestExport = settings.LibvirtGuestExport,
         };
         if (!settings.Json) Output.Console.MarkupLine($"starting a local cluster in [bold]{Output.Escape(options.DataDirectory)}[/]");
         var state = await LocalClusterLauncher.UpAsync(options, settings.Json ? null : line => Output.Console.MarkupLine("  " + Output.Escape(line)), ct);
@@ -100,6 +121,7 @@ public sealed class LocalStatusCommand : AsyncCommand<LocalSettings>
                 dataDirectory = settings.DataDirectory,
                 apiUrl = state?.ApiUrl,
                 journal = state?.Journal,
+                hypervisor = state?.Hypervisor,
                 startedAt = state?.StartedAt,
                 nodes = (state?.Nodes ?? []).Select(n => new { name = n.Name, role = n.Role, pid = n.Pid, alive = n.Alive, address = n.Address, port = n.Port, logFile = n.LogFile }),
                 vms = state is null ? [] : LocalClusterLauncher.RunningVms(state).Select(v => new { pid = v.Pid, pidFile = v.PidFile }).ToList(),
@@ -123,8 +145,11 @@ public sealed class LocalStatusCommand : AsyncCommand<LocalSettings>
                 Output.Escape(n.Address ?? "-"), Output.Escape(n.LogFile));
         Output.Console.Write(table);
         var alive = state.AliveNodes.Count;
-        var vms = LocalClusterLauncher.RunningVms(state).Count();
-        Output.Console.MarkupLine($"{alive} of {state.Nodes.Count} alive; {vms} VM(s) running; API {Output.Escape(state.ApiUrl)}; journal {Output.Escape(state.Journal)}; " +
+        // A libvirt host's VMs are libvirtd's domains, not QEMU pid files of ours: virsh lists them.
+        var vms = state.LibvirtUri is { } uri
+            ? $"hypervisor libvirt: VMs are libvirt domains (virsh -c {uri} list)"
+            : $"{LocalClusterLauncher.RunningVms(state).Count()} VM(s) running";
+        Output.Console.MarkupLine($"{alive} of {state.Nodes.Count} alive; {Output.Escape(vms)}; API {Output.Escape(state.ApiUrl)}; journal {Output.Escape(state.Journal)}; " +
                                   $"data {Output.Escape(state.DataDirectory)}; started {state.StartedAt:u}");
     }
 }
@@ -142,13 +167,14 @@ public sealed class LocalDownCommand : AsyncCommand<LocalSettings>
                 dataDirectory = settings.DataDirectory,
                 stopped = result.StoppedNodes.Select(n => new { name = n.Name, pid = n.Pid }),
                 stoppedVmPids = result.StoppedVmPids,
+                stoppedDomains = result.StoppedDomains,
             });
             return ExitCodes.Ok;
         }
         // Nothing to stop is not an error: down is safe to run whenever, e.g. before an up in a script.
         Output.Console.MarkupLine(result.NothingRan
             ? $"nothing runs in {Output.Escape(settings.DataDirectory)}: no node of a local cluster and no VM"
-            : $"stopped {result.StoppedNodes.Count} node(s) and {result.StoppedVmPids.Count} VM(s); logs and data stay in {Output.Escape(settings.DataDirectory)}");
+            : $"stopped {result.StoppedNodes.Count} node(s) and {result.StoppedVmPids.Count + result.StoppedDomains.Count} VM(s); logs and data stay in {Output.Escape(settings.DataDirectory)}");
         return ExitCodes.Ok;
     }
 }

@@ -93,11 +93,22 @@ public sealed class LocalCluster : IAsyncDisposable
             ? new Dictionary<string, string> { ["LSM_Coordinator__PostgresConnectionString"] = pg }
             : null);
 
-    public NodeProcess StartHost(string hostId, bool spm) =>
+    /// <summary>
+    /// HostNode switches passed to every host after the ones this class sets, e.g. <c>--hypervisor libvirt</c>
+    /// (<see cref="LocalClusterOptions.HostArguments"/>); a restarted host keeps them.
+    /// </summary>
+    public IReadOnlyList<string> HostArguments { get; init; } = [];
+
+    /// <summary>
+    /// A host's HostNode with this cluster's <see cref="HostArguments"/>, then <paramref name="extraArguments"/>
+    /// (this host only; a later switch of the same name wins, as in the HostNode's configuration).
+    /// </summary>
+    public NodeProcess StartHost(string hostId, bool spm, IReadOnlyList<string>? extraArguments = null) =>
         Start(hostId, "HostNode", "LiveMigration.HostNode.dll",
         [
             "--host-id", hostId, "--port", SeedHosts.Contains(hostId) ? HostPort(hostId).ToString() : "0", "--seed", Seed, "--roles", spm ? "host,spm" : "host",
             "--data-dir", HostDataDirectory(hostId), "--domain-root", DomainRoot,
+            .. HostArguments, .. extraArguments ?? [],
         ]);
 
     /// <summary>The fixed port of a seed host, picked once so a restart listens where the seed list says.</summary>
@@ -223,7 +234,8 @@ public sealed class LocalCluster : IAsyncDisposable
         return ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
     }
 
-    private static string FindRepositoryRoot()
+    /// <summary>The directory holding LiveMigration.Akka.sln above this build's output (scripts such as deploy/libvirt/setup.sh are found from it).</summary>
+    public static string FindRepositoryRoot()
     {
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
             if (File.Exists(Path.Combine(dir.FullName, "LiveMigration.Akka.sln"))) return dir.FullName;

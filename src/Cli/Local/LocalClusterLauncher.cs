@@ -22,6 +22,23 @@ public sealed record LocalClusterOptions(string DataDirectory)
     /// <summary>How long the cluster gets to come up before up gives up and stops what it started.</summary>
     public TimeSpan Timeout { get; init; } = TimeSpan.FromSeconds(120);
 
+    /// <summary>Every host's hypervisor adapter: "qmp" (QEMU's monitor, the default) or "libvirt" (a libvirtd on this machine runs the VMs).</summary>
+    public string Hypervisor { get; init; } = "qmp";
+
+    /// <summary>The libvirt connection of the hosts when <see cref="Hypervisor"/> is libvirt.</summary>
+    public string LibvirtUri { get; init; } = LibvirtCheck.DefaultUri;
+
+    /// <summary>libvirt hosts export each VM drive over NBD for the demo's stand-in guest (demo and tests only: it taints the domain).</summary>
+    public bool LibvirtGuestExport { get; init; }
+
+    /// <summary>The HostNode switches these options add to every host.</summary>
+    public IReadOnlyList<string> HostArguments => Hypervisor switch
+    {
+        "qmp" => [],
+        "libvirt" => ["--hypervisor", "libvirt", "--libvirt-uri", LibvirtUri, .. LibvirtGuestExport ? new[] { "--libvirt-guest-export", "true" } : []],
+        _ => throw CliFailure.BadUsage($"--hypervisor {Hypervisor}: a host runs its VMs through qmp or libvirt"),
+    };
+
     public string DomainRoot => LocalCluster.DomainRootOf(DataDirectory);
 
     public string HostRunDirectory(string hostId) => LocalCluster.HostRunDirectoryOf(DataDirectory, hostId);
@@ -30,7 +47,10 @@ public sealed record LocalClusterOptions(string DataDirectory)
 /// <summary>What <c>lsm local down</c> stopped.</summary>
 public sealed record LocalDownResult(IReadOnlyList<LocalNodeState> StoppedNodes, IReadOnlyList<int> StoppedVmPids)
 {
-    public bool NothingRan => StoppedNodes.Count == 0 && StoppedVmPids.Count == 0;
+    /// <summary>The libvirt domains of libvirt hosts that down destroyed.</summary>
+    public IReadOnlyList<string> StoppedDomains { get; init; } = [];
+
+    public bool NothingRan => StoppedNodes.Count == 0 && StoppedVmPids.Count == 0 && StoppedDomains.Count == 0;
 }
 
 /// <summary>
@@ -51,6 +71,9 @@ public static class LocalClusterLauncher
         if (options.ApiPort is < 0 or > 65535)
             throw CliFailure.BadUsage($"--api-port {options.ApiPort} is not a port (1-65535, or 0 for a free one)");
         var postgres = PostgresConnection(options.Journal);
+        var hostArguments = options.HostArguments;
+        // Before anything starts: a libvirt host refuses to start without its daemon, after the cluster waited for it.
+        if (options.Hypervisor == "libvirt") await LibvirtCheck.EnsureAnswersAsync(options.LibvirtUri, ct);
         var dataDirectory = Path.GetFullPath(options.DataDirectory);
         Directory.CreateDirectory(dataDirectory);
 
@@ -69,13 +92,18 @@ public static class LocalClusterLauncher
             SeedHosts = hostIds,
             ExtraHocon = options.ExtraHocon,
             PostgresConnectionString = postgres,
+            HostArguments = hostArguments,
         };
         Directory.CreateDirectory(cluster.DomainRoot);
         var started = DateTimeOffset.UtcNow;
         LocalClusterState State() => new(dataDirectory, cluster.ApiUrl, cluster.HttpPort, JournalLabel(options.Journal), cluster.DomainRoot, started,
             cluster.Nodes.Select(n => new LocalNodeState(n.Name, n.Name.StartsWith("host") ? (n.Name == "host-1" ? "host,spm" : "host") : "coordinator",
                 n.Pid, n.StartTime, n.Port, n.Address, n.LogPath,
-                n.Name.StartsWith("host") ? cluster.HostDataDirectory(n.Name) : Path.Combine(dataDirectory, n.Name))).ToList());
+                n.Name.StartsWith("host") ? cluster.HostDataDirectory(n.Name) : Path.Combine(dataDirectory, n.Name))).ToList())
+        {
+            Hypervisor = options.Hypervisor,
+            LibvirtUri = options.Hypervisor == "libvirt" ? options.LibvirtUri : null,
+        };
 
         try
         {
@@ -129,7 +157,23 @@ public static class LocalClusterLauncher
         var stillAlive = state.AliveNodes;
         if (stillAlive.Count > 0)
             throw CliFailure.Failed($"{string.Join(", ", stillAlive.Select(n => $"{n.Name} pid {n.Pid}"))} still run after SIGKILL");
-        return new LocalDownResult(alive, vms.Select(v => v.Pid).ToList());
+        return new LocalDownResult(alive, vms.Select(v => v.Pid).ToList()) { StoppedDomains = await StopLibvirtDomainsAsync(state, report, ct) };
+    }
+
+    /// <summary>libvirt hosts' VMs are domains of libvirtd, not pid files of ours: those whose metadata names a host of this cluster are destroyed.</summary>
+    private static async Task<IReadOnlyList<string>> StopLibvirtDomainsAsync(LocalClusterState state, Action<string>? report, CancellationToken ct)
+    {
+        if (state.Hypervisor != "libvirt" || state.LibvirtUri is not { } uri) return [];
+        // A libvirtd stopped since up took its transient domains with it: nothing left to stop.
+        if (!await LibvirtCheck.AnswersAsync(uri, ct)) return [];
+        var owners = state.Nodes.Where(n => n.Role.StartsWith("host")).Select(n => LocalCluster.HostRunDirectoryOf(state.DataDirectory, n.Name)).ToHashSet();
+        var domains = await LibvirtCheck.OwnedDomainsAsync(uri, owners, ct);
+        foreach (var domain in domains)
+        {
+            report?.Invoke($"stopping libvirt domain {domain}");
+            await LibvirtCheck.DestroyAsync(uri, domain, ct);
+        }
+        return domains;
     }
 
     /// <summary>QEMU processes named by pid files under the hosts' run directories (run/vms/VMID.pid) that still run.</summary>

@@ -35,6 +35,12 @@ public sealed record LocalClusterState(
 {
     public const string FileName = "local.json";
 
+    /// <summary>The hosts' hypervisor adapter, qmp or libvirt (a state file from before this field: qmp).</summary>
+    public string Hypervisor { get; init; } = "qmp";
+
+    /// <summary>The libvirt connection of libvirt hosts (null for qmp), where down finds their domains.</summary>
+    public string? LibvirtUri { get; init; }
+
     private static readonly JsonSerializerOptions Options = new()
     {
         WriteIndented = true,

@@ -6,7 +6,6 @@ using LiveMigration.Cluster.Tests.MultiProcess;
 using LiveMigration.Demo.Cluster;
 using LiveMigration.HostNode.Guest;
 using LiveMigration.HostNode.Hypervisor.Libvirt;
-using LiveMigration.HostNode.Processes;
 using LiveMigration.HostNode.Storage;
 using LiveMigration.HostNode.Storage.File;
 using LiveMigration.Shared.Hosting;
@@ -19,7 +18,8 @@ namespace LiveMigration.Cluster.Tests.Libvirt;
 /// Issue 5: a real Coordinator and a real HostNode that runs its VMs through libvirt (<c>--hypervisor libvirt</c>),
 /// a VM (a transient libvirt domain) on a 3-volume chain whose guest writes through the drive's NBD export, moved
 /// pre-copy A → B and post-copy B → A through the API; every acknowledged write is verified and nothing is left over.
-/// libvirtd comes from deploy/libvirt/setup.sh (stopped at the end only when this test started it).
+/// The HostNode gets its switches from LocalCluster.HostArguments, as <c>lsm local up --hypervisor libvirt</c> passes them;
+/// libvirtd comes from deploy/libvirt/setup.sh (LibvirtDaemon: stopped at the end only when this test started it).
 /// </summary>
 [Collection(MultiProcessCollection.Name)]
 public sealed class LibvirtClusterTests(ITestOutputHelper output)
@@ -35,10 +35,14 @@ public sealed class LibvirtClusterTests(ITestOutputHelper output)
         await using var daemon = await LibvirtDaemon.EnsureRunningAsync();
         var dataDirectory = Path.Combine("/tmp", $"lsm-{Guid.NewGuid().ToString("N")[..8]}");
         Directory.CreateDirectory(dataDirectory);
-        var cluster = new LocalCluster(dataDirectory) { ExtraHocon = ClusterNodeHosting.FastTestTimings };
+        // The hosts' switches as `lsm local up --hypervisor libvirt --libvirt-guest-export` makes them.
+        var cluster = new LocalCluster(dataDirectory)
+        {
+            ExtraHocon = ClusterNodeHosting.FastTestTimings,
+            HostArguments = new LocalClusterOptions(dataDirectory) { Hypervisor = "libvirt", LibvirtGuestExport = true }.HostArguments,
+        };
         var hostRun = cluster.HostRunDirectory("host-1");
         using var api = new ApiClient(cluster.ApiUrl);
-        Process? host = null;
         VmId? vmId = null;
         GuestWorkload? guest = null;
         try
@@ -56,14 +60,15 @@ public sealed class LibvirtClusterTests(ITestOutputHelper output)
             Log($"VM {vmId} running as libvirt domain lsm-{vmId} on image {image}; guest export {drive.GuestSocket}");
 
             cluster.StartCoordinator();
-            host = StartLibvirtHost(cluster, "host-1");
+            var host = cluster.StartHost("host-1", spm: true);
+            Assert.Equal(["--hypervisor", "libvirt", "--libvirt-uri", "qemu:///system", "--libvirt-guest-export", "true"], host.Arguments.TakeLast(6));
             await WaitForAsync("host-1 to report the VM and both domains", async () =>
             {
                 var inventory = await api.GetAsync("/api/inventory");
                 return inventory.GetProperty("vms").EnumerateArray().Any(v => v.GetProperty("vm").GetProperty("id").GetString() == vmId.ToString())
                        && inventory.GetProperty("domains").GetArrayLength() == 2;
             }, TimeSpan.FromSeconds(45), dataDirectory);
-            Log($"cluster up: host-1 (pid {host.Id}) adopted the domain through libvirt");
+            Log($"cluster up: host-1 (pid {host.Pid}) adopted the domain through libvirt");
 
             guest = new GuestWorkload(new GuestWorkloadOptions(drive.GuestSocket, drive.ExportName, image, 0, 16 * MiB,
                 Path.Combine(dataDirectory, "guest.ledger"), RateBytesPerSecond: 1 * MiB, Pattern: WritePattern.Random));
@@ -104,8 +109,7 @@ public sealed class LibvirtClusterTests(ITestOutputHelper output)
         finally
         {
             if (guest is not null) await guest.DisposeAsync();
-            if (host is not null) await StopAsync(host);
-            await cluster.DisposeAsync();
+            await cluster.DisposeAsync(); // the hosts first (SIGTERM: their coordinated shutdown), then the Coordinator
             if (vmId is { } id)
             {
                 await using var stopper = new LibvirtHypervisor(new LibvirtHypervisorOptions { RunDirectory = hostRun });
@@ -113,49 +117,6 @@ public sealed class LibvirtClusterTests(ITestOutputHelper output)
             }
             Directory.Delete(dataDirectory, recursive: true);
         }
-    }
-
-    /// <summary>
-    /// host-1 as LocalCluster.StartHost starts it, plus <c>--hypervisor libvirt --libvirt-guest-export true</c>
-    /// (LocalCluster has no hypervisor argument); its output goes to its log file, and it is stopped by pid.
-    /// </summary>
-    private static Process StartLibvirtHost(LocalCluster cluster, string hostId)
-    {
-        var configuration = AppContext.BaseDirectory.Contains($"{Path.DirectorySeparatorChar}Release{Path.DirectorySeparatorChar}") ? "Release" : "Debug";
-        var dll = Path.Combine(cluster.RepositoryRoot, "src", "HostNode", "bin", configuration, "net10.0", "LiveMigration.HostNode.dll");
-        var psi = new ProcessStartInfo("dotnet")
-        {
-            UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = cluster.DataDirectory,
-        };
-        foreach (var argument in new[]
-                 {
-                     dll, "--host-id", hostId, "--port", "0", "--seed", cluster.Seed, "--roles", "host,spm",
-                     "--data-dir", cluster.HostDataDirectory(hostId), "--domain-root", cluster.DomainRoot,
-                     "--hypervisor", "libvirt", "--libvirt-guest-export", "true",
-                 })
-            psi.ArgumentList.Add(argument);
-        psi.Environment["LSM_Cluster__ExtraHocon"] = ClusterNodeHosting.FastTestTimings;
-        var process = Process.Start(psi) ?? throw new InvalidOperationException($"cannot start {hostId}");
-        var log = Path.Combine(cluster.DataDirectory, "logs", $"{hostId}.log");
-        Directory.CreateDirectory(Path.GetDirectoryName(log)!);
-        var writer = new StreamWriter(log, append: true) { AutoFlush = true };
-        process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (writer) writer.WriteLine(e.Data); };
-        process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (writer) writer.WriteLine(e.Data); };
-        process.BeginOutputReadLine();
-        process.BeginErrorReadLine();
-        return process;
-    }
-
-    private static async Task StopAsync(Process process)
-    {
-        if (!process.HasExited)
-        {
-            LibvirtDaemon.Terminate(process.Id); // SIGTERM: its coordinated shutdown
-            using var grace = new CancellationTokenSource(TimeSpan.FromSeconds(10));
-            try { await process.WaitForExitAsync(grace.Token); }
-            catch (OperationCanceledException) { process.Kill(); await process.WaitForExitAsync(); }
-        }
-        process.Dispose();
     }
 
     private static async Task<string> WaitForFinishAsync(ApiClient api, string id, string dataDirectory, Action<string> log)
@@ -205,42 +166,4 @@ public sealed class LibvirtClusterTests(ITestOutputHelper output)
         }
         return text.ToString();
     }
-}
-
-/// <summary>libvirtd through deploy/libvirt/setup.sh; disposing stops it by pid only when this started it.</summary>
-internal sealed class LibvirtDaemon : IAsyncDisposable
-{
-    private readonly int? _startedPid;
-
-    private LibvirtDaemon(int? startedPid) => _startedPid = startedPid;
-
-    public static async Task<LibvirtDaemon> EnsureRunningAsync()
-    {
-        var script = Path.Combine(new LocalCluster(Path.GetTempPath()).RepositoryRoot, "deploy", "libvirt", "setup.sh");
-        var last = (await ProcessRunner.RunCheckedAsync("bash", [script], ErrorCodes.IoError)).Trim().Split('\n')[^1].Split(' ');
-        if (last is not ["libvirtd", var state, var pidText] || !int.TryParse(pidText, out var pid))
-            throw new InvalidOperationException($"setup.sh ended with '{string.Join(' ', last)}', not 'libvirtd started|running PID'");
-        return new LibvirtDaemon(state == "started" ? pid : null);
-    }
-
-    public async ValueTask DisposeAsync()
-    {
-        if (_startedPid is not { } pid) return;
-        try
-        {
-            using var process = Process.GetProcessById(pid);
-            if (process.ProcessName != "libvirtd") return;
-            Terminate(pid);
-            var deadline = DateTime.UtcNow.AddSeconds(10);
-            while (!process.HasExited && DateTime.UtcNow < deadline) await Task.Delay(50);
-            if (!process.HasExited) process.Kill();
-        }
-        catch (ArgumentException) { /* already gone */ }
-        catch (InvalidOperationException) { /* already gone */ }
-    }
-
-    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "kill")]
-    private static extern int Kill(int pid, int signal);
-
-    public static void Terminate(int pid) => Kill(pid, 15);
 }
