@@ -61,7 +61,7 @@ case "${1:-}" in
     exit "$status"
     ;;
   *)
-    echo "usage: ./run.sh demo [--data-dir DIR]   run the demo (migrates a running VM's disk while it writes)" >&2
+    echo "usage: ./run.sh demo [--data-dir DIR] [--hypervisor qmp|libvirt]   run the demo (migrates a running VM's disk while it writes)" >&2
     echo "       ./run.sh test [dotnet test args]  run the whole test suite" >&2
     exit 2
     ;;
