@@ -56,7 +56,8 @@ if [ -n "$pid" ] && [ "${restart_needed:-0}" = 1 ]; then
 fi
 if [ -z "$pid" ]; then
   mkdir -p /var/log/libvirt /run/libvirt
-  libvirtd --daemon --pid-file /run/libvirtd.pid
+  # 9>&-: the daemon must not inherit the lock, or it holds it for its whole life and every later run waits
+  libvirtd --daemon --pid-file /run/libvirtd.pid 9>&-
   state=started
 fi
 
