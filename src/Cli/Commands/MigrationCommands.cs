@@ -10,7 +10,7 @@ namespace LiveMigration.Cli.Commands;
 public sealed class MigrateSettings : GlobalSettings
 {
     [CommandArgument(0, "<VM>")]
-    [Description("The VM's id (a UUID, as `lsm vms` lists it)")]
+    [Description("The VM's id or its name (as `lsm vms` lists them)")]
     public string Vm { get; set; } = "";
 
     [CommandOption("--to <DOMAIN>")]
@@ -46,8 +46,8 @@ public sealed class MigrateSettings : GlobalSettings
     {
         var basic = base.Validate();
         if (!basic.Successful) return basic;
-        if (!UuidText.TryParse(Vm, out _))
-            return ValidationResult.Error($"VM must be a UUID like 2f1c6e2a-6a3e-4c43-9a53-0f6f0c7d9b11, got '{Vm}'");
+        if (string.IsNullOrWhiteSpace(Vm))
+            return ValidationResult.Error("VM is required: the VM's id or name, as `lsm vms` lists them");
         if (string.IsNullOrWhiteSpace(To))
             return ValidationResult.Error("--to DOMAIN is required: the destination storage domain's id or name");
         if (Disks.FirstOrDefault(d => !UuidText.TryParse(d, out _)) is { } badDisk)
@@ -69,32 +69,24 @@ public sealed class MigrateCommand : AsyncCommand<MigrateSettings>
     {
         using var api = settings.Client();
         var destination = settings.To!;
-        var disks = settings.Disks.ToList();
-        if (!UuidText.TryParse(destination, out _) || disks.Count == 0)
+        // The VM by id or name (the API resolves a unique name), and by default every disk it has.
+        var vm = (await api.GetAsync($"/api/vms/{Uri.EscapeDataString(settings.Vm)}", ct)).Json;
+        var vmId = vm.Str("id");
+        var disks = settings.Disks.Length > 0 ? settings.Disks.ToList() : vm.Array("disks").Select(d => d.Str("image")).ToList();
+        if (disks.Count == 0) throw CliFailure.BadUsage($"VM {settings.Vm} has no disks");
+        if (!UuidText.TryParse(destination, out _))
         {
-            var inventory = (await api.GetAsync("/api/inventory", ct)).Json;
-            if (!UuidText.TryParse(destination, out _))
-            {
-                var named = inventory.Array("domains").Where(d => d.Str("name") == destination).ToList();
-                if (named.Count != 1)
-                    throw CliFailure.BadUsage(named.Count == 0
-                        ? $"no storage domain named '{destination}' (lsm domains lists them)"
-                        : $"{named.Count} storage domains are named '{destination}'; give its id");
-                destination = named[0].Str("id");
-            }
-            if (disks.Count == 0)
-            {
-                var vm = inventory.Array("vms").Select(v => v.Obj("vm")).FirstOrDefault(v => v.Str("id") == settings.Vm);
-                if (vm.ValueKind != JsonValueKind.Object)
-                    throw CliFailure.Failed($"VM {settings.Vm} is not in the inventory (lsm vms lists the VMs)");
-                disks = vm.Array("drives").Select(d => d.Str("image")).ToList();
-                if (disks.Count == 0) throw CliFailure.Failed($"VM {settings.Vm} has no disks");
-            }
+            var named = (await api.GetAsync("/api/domains", ct)).Json.Array("domains").Where(d => d.Str("name") == destination).ToList();
+            if (named.Count != 1)
+                throw CliFailure.BadUsage(named.Count == 0
+                    ? $"no storage domain named '{destination}' (lsm domains lists them)"
+                    : $"{named.Count} storage domains are named '{destination}'; give its id");
+            destination = named[0].Str("id");
         }
 
         var body = new
         {
-            vm = settings.Vm,
+            vm = vmId,
             disks = disks.Select(image => new { image, destination }).ToList(),
             strategy = settings.Strategy,
             bandwidthBytesPerSecond = settings.BandwidthBytesPerSecond,
@@ -116,57 +108,28 @@ public sealed class MigrateCommand : AsyncCommand<MigrateSettings>
     }
 }
 
-/// <summary>Polls a migration until it ends (or suspends, waiting for the operator), drawing a bar per disk.</summary>
+/// <summary>
+/// Follows a migration through its event stream until it ends or suspends (then the operator decides: resume or
+/// abandon), drawing a bar per disk on a terminal and a line per change when piped.
+/// </summary>
 public static class MigrationWatch
 {
-    private static readonly TimeSpan PollInterval = TimeSpan.FromMilliseconds(250);
-
     public static bool HasEnded(JsonElement migration) =>
         migration.Bool("finished") || migration.Str("status").StartsWith("suspended", StringComparison.Ordinal);
 
     public static async Task<ApiResponse> FollowAsync(LsmApiClient api, string id, bool showProgress, CancellationToken ct)
     {
-        if (!showProgress)
-        {
-            while (true)
-            {
-                var state = await api.GetAsync($"/api/migrations/{id}", ct);
-                if (HasEnded(state.Json)) return state;
-                await Task.Delay(PollInterval, ct);
-            }
-        }
-        ApiResponse? last = null;
-        await Output.Console.Progress()
-            .AutoClear(false)
-            .Columns(new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
-            .StartAsync(async progress =>
-            {
-                var bars = new Dictionary<string, ProgressTask>();
-                while (true)
-                {
-                    last = await api.GetAsync($"/api/migrations/{id}", ct);
-                    foreach (var disk in last.Json.Array("disks"))
-                    {
-                        var image = disk.Str("image");
-                        if (!bars.TryGetValue(image, out var bar))
-                            bars[image] = bar = progress.AddTask(image[..8], maxValue: 1);
-                        var total = disk.Long("total");
-                        if (total > 0 && Math.Abs(bar.MaxValue - total) > 0.5) bar.MaxValue = total;
-                        bar.Value = Math.Min(disk.Long("done"), (long)bar.MaxValue);
-                        var step = disk.Str("step");
-                        bar.Description = Output.Escape($"{image[..8]} {disk.Str("phase")}{(step.Length > 0 ? " " + step : "")}");
-                    }
-                    if (HasEnded(last.Json))
-                    {
-                        if (last.Json.Str("status") == "completed")
-                            foreach (var bar in bars.Values) bar.Value = bar.MaxValue;
-                        foreach (var bar in bars.Values) bar.StopTask();
-                        return;
-                    }
-                    await Task.Delay(PollInterval, ct);
-                }
-            });
-        return last!;
+        var stream = new MigrationEventStream(api, id);
+        if (showProgress && Output.Console.Profile.Capabilities.Interactive)
+            await MigrationWatchCommand.WithProgressBarsAsync(stream, ct, until: HasEnded);
+        else
+            await stream.ForEachAsync(e => { if (showProgress) MigrationWatchCommand.WriteLine(e.Json); }, ct, until: HasEnded);
+        // The stream's last event, read again whole: also when the connection broke off, this says where it is.
+        var state = await api.GetAsync($"/api/migrations/{id}", ct);
+        if (!HasEnded(state.Json))
+            throw new CliFailure(ExitCodes.ApiUnreachable,
+                $"the event stream of migration {id} ended before the migration did; `lsm migration watch {id}` follows it on");
+        return state;
     }
 }
 

@@ -32,7 +32,7 @@ public sealed class MigrationWatchCommand : AsyncCommand<MigrationIdSettings>
         return final.Str("status") == "completed" ? ExitCodes.Ok : ExitCodes.OperationFailed;
     }
 
-    private static async Task<JsonElement?> WithProgressBarsAsync(MigrationEventStream stream, CancellationToken ct)
+    public static async Task<JsonElement?> WithProgressBarsAsync(MigrationEventStream stream, CancellationToken ct, Func<JsonElement, bool>? until = null)
     {
         JsonElement? last = null;
         await Output.Console.Progress()
@@ -54,14 +54,14 @@ public sealed class MigrationWatchCommand : AsyncCommand<MigrationIdSettings>
                         bar.Value = m.Str("status") == "completed" ? bar.MaxValue : Math.Min(disk.Long("done"), (long)bar.MaxValue);
                         bar.Description = Output.Escape($"{Short(image)} {m.Str("status")} · {disk.Str("phase")}{(disk.Str("step") is { Length: > 0 } step ? " · " + step : "")}");
                     }
-                    if (m.Bool("finished"))
+                    if (m.Bool("finished") || until?.Invoke(m) == true)
                         foreach (var bar in bars.Values) bar.StopTask();
-                }, ct);
+                }, ct, until);
             });
         return last;
     }
 
-    private static void WriteLine(JsonElement m)
+    public static void WriteLine(JsonElement m)
     {
         var disks = m.Array("disks").Select(d =>
         {
@@ -81,8 +81,11 @@ public sealed record MigrationEvent(JsonElement Json, string Text);
 /// <summary>The Coordinator's server-sent events of one migration, through the CLI's API client (so the token goes with them).</summary>
 public sealed class MigrationEventStream(LsmApiClient client, string id)
 {
-    /// <summary>Hands every migration event to <paramref name="onEvent"/> until the server ends the stream; returns the last one.</summary>
-    public async Task<JsonElement?> ForEachAsync(Action<MigrationEvent> onEvent, CancellationToken ct)
+    /// <summary>
+    /// Hands every migration event to <paramref name="onEvent"/> until the server ends the stream (or <paramref name="until"/>
+    /// says the caller has seen enough); returns the last one.
+    /// </summary>
+    public async Task<JsonElement?> ForEachAsync(Action<MigrationEvent> onEvent, CancellationToken ct, Func<JsonElement, bool>? until = null)
     {
         JsonElement? last = null;
         try
@@ -93,6 +96,7 @@ public sealed class MigrationEventStream(LsmApiClient client, string id)
                 var json = JsonDocument.Parse(text).RootElement.Clone();
                 last = json;
                 onEvent(new MigrationEvent(json, text));
+                if (until?.Invoke(json) == true) break;
             }
         }
         catch (IOException)
