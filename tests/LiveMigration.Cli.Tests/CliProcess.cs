@@ -23,7 +23,10 @@ public static class CliProcess
         }
     }
 
-    public static async Task<CliResult> RunAsync(string? api, params string[] arguments)
+    public static Task<CliResult> RunAsync(string? api, params string[] arguments) => RunAsync(api, onStdoutLine: null, arguments);
+
+    /// <summary>As <see cref="RunAsync(string?, string[])"/>, handing each line of stdout to <paramref name="onStdoutLine"/> as it comes.</summary>
+    public static async Task<CliResult> RunAsync(string? api, Action<string>? onStdoutLine, params string[] arguments)
     {
         var psi = new ProcessStartInfo("dotnet")
         {
@@ -36,7 +39,7 @@ public static class CliProcess
         psi.Environment.Remove("LSM_API");
         if (api is not null) psi.Environment["LSM_API"] = api;
         using var process = Process.Start(psi) ?? throw new InvalidOperationException("cannot start lsm");
-        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stdout = onStdoutLine is null ? process.StandardOutput.ReadToEndAsync() : ReadLinesAsync(process.StandardOutput, onStdoutLine);
         var stderr = process.StandardError.ReadToEndAsync();
         using var limit = new CancellationTokenSource(TimeSpan.FromSeconds(90));
         try
@@ -50,5 +53,16 @@ public static class CliProcess
             throw new Xunit.Sdk.XunitException($"lsm {string.Join(' ', arguments)} did not end within 90 s; stdout so far:\n{await stdout}");
         }
         return new CliResult(process.ExitCode, await stdout, await stderr);
+    }
+
+    private static async Task<string> ReadLinesAsync(StreamReader reader, Action<string> onLine)
+    {
+        var text = new System.Text.StringBuilder();
+        while (await reader.ReadLineAsync() is { } line)
+        {
+            text.AppendLine(line);
+            onLine(line);
+        }
+        return text.ToString();
     }
 }

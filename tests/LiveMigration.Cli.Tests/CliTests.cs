@@ -74,9 +74,13 @@ public sealed class CliTests(ClusterFixture cluster) : IClassFixture<ClusterFixt
     {
         // Against an address where nothing listens: a request would have given exit 3.
         var nowhere = "http://127.0.0.1:1";
-        var vm = await CliProcess.RunAsync(nowhere, "migrate", "my-vm", "--to", "domain-b");
-        Assert.Equal(2, vm.ExitCode);
-        Assert.Contains("VM must be a UUID", vm.Stderr);
+        var disk = await CliProcess.RunAsync(nowhere, "migrate", "my-vm", "--to", "domain-b", "--disk", "disk-1");
+        Assert.Equal(2, disk.ExitCode);
+        Assert.Contains("--disk must be an image id", disk.Stderr);
+
+        var strategy = await CliProcess.RunAsync(nowhere, "migrate", "my-vm", "--to", "domain-b", "--strategy", "fastest");
+        Assert.Equal(2, strategy.ExitCode);
+        Assert.Contains("--strategy must be pre-copy or post-copy", strategy.Stderr);
 
         var rate = await CliProcess.RunAsync(nowhere, "migrate", Guid.NewGuid().ToString(), "--to", "domain-b", "--bandwidth", "fast");
         Assert.Equal(2, rate.ExitCode);

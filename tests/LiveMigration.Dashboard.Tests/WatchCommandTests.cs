@@ -37,8 +37,10 @@ public sealed class WatchCommandTests(DashboardCluster cluster)
         var (current, destination) = await cluster.SettledDiskAsync();
         // Slow enough (2 MiB/s for 80 MiB) that the cancel comes well before the pivot.
         var id = await cluster.StartMoveAsync(destination, bandwidthBytesPerSecond: 2L << 20);
-        var watching = CliProcess.RunAsync(cluster.Api, "migration", "watch", id, "--json");
-        await Task.Delay(TimeSpan.FromSeconds(1.5));
+        // Cancelled only once the watch has its first event, however long the process takes to start.
+        var connected = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var watching = CliProcess.RunAsync(cluster.Api, _ => connected.TrySetResult(), "migration", "watch", id, "--json");
+        await connected.Task.WaitAsync(TimeSpan.FromSeconds(60));
         using (var cancel = await cluster.Http.PostAsync($"{cluster.Api}/api/migrations/{id}/cancel", null))
             Assert.True(cancel.IsSuccessStatusCode, await cancel.Content.ReadAsStringAsync());
 
