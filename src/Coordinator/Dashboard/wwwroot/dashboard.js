@@ -405,7 +405,9 @@
         const timing = seen.get(name);
         let cls = "";
         if (timing && timing.endedAt) cls = timing.outcome && !/^(ok|done|succeeded|completed)/i.test(timing.outcome) ? "failed" : "done";
-        else if (timing || disk.step === name) cls = "running";
+        // A step still open when the migration finished was cut short by the cancel or failure: not running.
+        else if (m.finished && timing) cls = "interrupted";
+        else if (!m.finished && (timing || disk.step === name)) cls = "running";
         return h("li", { class: cls, title: timing && timing.outcome ? timing.outcome : "" }, humanStep(name));
       });
       return h("div", { class: "migration-disk-block", "data-disk": disk.image },
