@@ -24,11 +24,16 @@ public static class MigrationMetrics
     private static readonly Counter<long> Cancelled = Meter.CreateCounter<long>("lsm.migrations.cancelled", description: "Migrations cancelled by an operator and rolled back");
     private static readonly Counter<long> BytesCopied = Meter.CreateCounter<long>("lsm.migration.copied", unit: "By",
         description: "Bytes the hosts reported copied by finished steps (mirror, internal volume copies), by step");
-    private static readonly Histogram<double> StepDuration = Meter.CreateHistogram<double>("lsm.migration.step.duration", unit: "s",
-        description: "How long each step attempt took from its sending to its result, by step and outcome");
-    private static readonly Histogram<double> PivotStall = Meter.CreateHistogram<double>("lsm.migration.pivot.stall", unit: "s",
+    // Seconds, from a pivot's tens of milliseconds to a long copy's minutes (the exporter's defaults are made for milliseconds).
+    private static readonly InstrumentAdvice<double> SecondsBuckets = new()
+    {
+        HistogramBucketBoundaries = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600],
+    };
+    private static readonly Histogram<double> StepDuration = Meter.CreateHistogram("lsm.migration.step.duration", unit: "s",
+        description: "How long each step attempt took from its sending to its result, by step and outcome", tags: null, advice: SecondsBuckets);
+    private static readonly Histogram<double> PivotStall = Meter.CreateHistogram("lsm.migration.pivot.stall", unit: "s",
         description: "The pivot step's duration as the saga saw it (sending the pivot to the host's answer); the hosts do not report " +
-                     "the guest's own stall, so this bounds it from above");
+                     "the guest's own stall, so this bounds it from above", tags: null, advice: SecondsBuckets);
 
     static MigrationMetrics() =>
         Meter.CreateObservableGauge("lsm.migrations.active", () => Active.Count, description: "Migrations of this Coordinator that have not finished");
