@@ -71,17 +71,7 @@ public sealed class ClusterFixture : IAsyncLifetime
         }
     }
 
-    public string LogTails()
-    {
-        var logs = Path.Combine(DataDirectory, "logs");
-        if (!Directory.Exists(logs)) return "(no logs)";
-        return string.Join("\n", Directory.GetFiles(logs, "*.log").Order().Select(f =>
-        {
-            using var stream = new FileStream(f, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
-            using var reader = new StreamReader(stream);
-            return $"--- {Path.GetFileName(f)}\n{string.Join('\n', reader.ReadToEnd().Split('\n').TakeLast(30))}";
-        }));
-    }
+    public string LogTails() => LocalClusterLauncher.LogTails(Cluster.LogDirectory, lines: 30);
 
     public async Task DisposeAsync()
     {

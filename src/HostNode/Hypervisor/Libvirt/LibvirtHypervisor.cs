@@ -34,7 +34,7 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
     private readonly ConnectHandle _connection;
     private readonly IntPtr _eventSinkId;
     private readonly int[] _callbackIds;
-    private readonly ConcurrentDictionary<VmId, SemaphoreSlim> _gates = new();
+    private readonly VmLocks _locks = new();
     private readonly ConcurrentDictionary<VmId, LibvirtVm> _vms = new();
     // Callbacks arrive on libvirt's loop thread; they are handled in order, one at a time, off that thread.
     private readonly Channel<Action> _eventQueue = Channel.CreateUnbounded<Action>(new UnboundedChannelOptions { SingleReader = true });
@@ -93,7 +93,7 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
     {
         ThrowIfDisposed();
         ValidateSpec(spec);
-        using var _ = await LockAsync(spec.Id, ct);
+        using var _ = await _locks.LockAsync(spec.Id, ct);
         if (_vms.TryGetValue(spec.Id, out var known) && known.DeathReason is null) return await DescribeCoreAsync(known, ct);
         if (await TryAdoptAsync(spec.Id, ct) is { } adopted) return await DescribeCoreAsync(adopted, ct);
 
@@ -132,7 +132,7 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
     public async Task StopVmAsync(VmId vmId, CancellationToken ct = default)
     {
         ThrowIfDisposed();
-        using var _ = await LockAsync(vmId, ct);
+        using var _ = await _locks.LockAsync(vmId, ct);
         var vm = _vms.TryGetValue(vmId, out var known) ? known : await TryAdoptAsync(vmId, ct);
         if (vm is null) return;
         vm.StopRequested = true;
@@ -164,7 +164,7 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
         var adopted = new List<VmInfo>();
         foreach (var id in ids)
         {
-            using var _ = await LockAsync(id, ct);
+            using var _ = await _locks.LockAsync(id, ct);
             // Another host's domains (another run directory on the same libvirtd) are skipped, not adopted.
             var vm = _vms.TryGetValue(id, out var known) && known.DeathReason is null ? known : await TryAdoptAsync(id, ct, foreignIsConflict: false);
             if (vm is null) continue;
@@ -200,7 +200,7 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
         RequireAbsoluteCow(request.DestinationLeaf, "destination leaf");
         if (request.SpeedBytesPerSecond < 0)
             throw new OperationFailedException(ErrorCodes.InvalidArgument, $"mirror speed must be >= 0, got {request.SpeedBytesPerSecond}");
-        using var _ = await LockAsync(request.Vm, ct);
+        using var _ = await _locks.LockAsync(request.Vm, ct);
         var vm = LiveVm(request.Vm);
         var disk = (await ViewAsync(vm, ct)).Disk(vm.Id, request.Drive);
         var destination = request.DestinationLeaf.Path;
@@ -246,7 +246,7 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
         CancellationToken ct = default)
     {
         foreach (var layer in destinationBacking) RequireAbsolute(layer, "destination backing layer");
-        using var _ = await LockAsync(vmId, ct);
+        using var _ = await _locks.LockAsync(vmId, ct);
         var vm = LiveVm(vmId);
         var disk = (await ViewAsync(vm, ct)).Disk(vm.Id, driveId);
         var wantedBacking = destinationBacking.Select(l => l.Path).ToList();
@@ -272,7 +272,7 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
 
     public async Task<DriveState> CancelMirrorAsync(VmId vmId, ImageId driveId, CancellationToken ct = default)
     {
-        using var _ = await LockAsync(vmId, ct);
+        using var _ = await _locks.LockAsync(vmId, ct);
         var vm = LiveVm(vmId);
         var disk = (await ViewAsync(vm, ct)).Disk(vm.Id, driveId);
         if (disk.MirrorPath is null)
@@ -294,7 +294,7 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
     public async Task<DriveState> LiveSnapshotAsync(VmId vmId, ImageId driveId, ChainLayer newLeaf, CancellationToken ct = default)
     {
         RequireAbsoluteCow(newLeaf, "new leaf");
-        using var _ = await LockAsync(vmId, ct);
+        using var _ = await _locks.LockAsync(vmId, ct);
         var vm = LiveVm(vmId);
         var view = await ViewAsync(vm, ct);
         var disk = view.Disk(vm.Id, driveId);
@@ -332,7 +332,7 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
         if (newBacking.Count == 0)
             throw new OperationFailedException(ErrorCodes.InvalidArgument, $"the new backing chain of drive {driveId} is empty");
         foreach (var layer in newBacking) RequireAbsolute(layer, "new backing layer");
-        using var _ = await LockAsync(vmId, ct);
+        using var _ = await _locks.LockAsync(vmId, ct);
         var vm = LiveVm(vmId);
         var disk = (await ViewAsync(vm, ct)).Disk(vm.Id, driveId);
         var leaf = disk.OpenChain[^1];
@@ -749,18 +749,6 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
             "create", "-q", "-f", "qcow2", "-b", backingName, "-F", backing.Format == VolumeFormat.Cow ? "qcow2" : "raw",
             "-o", $"cluster_size={clusterSize.ToString(CultureInfo.InvariantCulture)}", path, size.ToString(CultureInfo.InvariantCulture),
         ], ErrorCodes.QemuImgFailed, ct);
-    }
-
-    private sealed class Releaser(SemaphoreSlim gate) : IDisposable
-    {
-        public void Dispose() => gate.Release();
-    }
-
-    private async Task<IDisposable> LockAsync(VmId id, CancellationToken ct)
-    {
-        var gate = _gates.GetOrAdd(id, _ => new SemaphoreSlim(1, 1));
-        await gate.WaitAsync(ct);
-        return new Releaser(gate);
     }
 
     private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);

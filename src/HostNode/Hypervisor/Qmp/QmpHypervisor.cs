@@ -18,7 +18,7 @@ public sealed class QmpHypervisor : IHypervisor
     private static readonly TimeSpan AdoptConnectTimeout = TimeSpan.FromSeconds(5);
 
     private readonly QmpHypervisorOptions _options;
-    private readonly ConcurrentDictionary<VmId, SemaphoreSlim> _gates = new();
+    private readonly VmLocks _locks = new();
     private readonly ConcurrentDictionary<VmId, QemuVm> _vms = new();
     private volatile bool _disposed;
 
@@ -51,7 +51,7 @@ public sealed class QmpHypervisor : IHypervisor
     {
         ThrowIfDisposed();
         ValidateSpec(spec);
-        using var _ = await LockAsync(spec.Id, ct);
+        using var _ = await _locks.LockAsync(spec.Id, ct);
         if (_vms.TryGetValue(spec.Id, out var known))
         {
             if (known.DeathReason is null) return await DescribeCoreAsync(known, ct);
@@ -131,7 +131,7 @@ public sealed class QmpHypervisor : IHypervisor
     public async Task StopVmAsync(VmId vmId, CancellationToken ct = default)
     {
         ThrowIfDisposed();
-        using var _ = await LockAsync(vmId, ct);
+        using var _ = await _locks.LockAsync(vmId, ct);
         if (_vms.TryGetValue(vmId, out var vm))
         {
             vm.StopRequested = true;
@@ -163,7 +163,7 @@ public sealed class QmpHypervisor : IHypervisor
         {
             if (!UuidText.TryParse(Path.GetFileNameWithoutExtension(path), out var guid)) continue;
             var id = new VmId(guid);
-            using var _ = await LockAsync(id, ct);
+            using var _ = await _locks.LockAsync(id, ct);
             var vm = _vms.TryGetValue(id, out var known) && known.DeathReason is null ? known : await TryAdoptAsync(id, ct);
             if (vm is not null) adopted.Add(await DescribeCoreAsync(vm, ct));
         }
@@ -200,7 +200,7 @@ public sealed class QmpHypervisor : IHypervisor
         RequireAbsoluteCow(request.DestinationLeaf, "destination leaf");
         if (request.SpeedBytesPerSecond < 0)
             throw new OperationFailedException(ErrorCodes.InvalidArgument, $"mirror speed must be >= 0, got {request.SpeedBytesPerSecond}");
-        using var _ = await LockAsync(request.Vm, ct);
+        using var _ = await _locks.LockAsync(request.Vm, ct);
         var vm = LiveVm(request.Vm);
         var drive = vm.Manifest.Drive(request.Drive);
         var jobId = BlockNodes.MirrorJobId(request.Drive);
@@ -258,7 +258,7 @@ public sealed class QmpHypervisor : IHypervisor
         CancellationToken ct = default)
     {
         foreach (var layer in destinationBacking) RequireAbsolute(layer, "destination backing layer");
-        using var _ = await LockAsync(vmId, ct);
+        using var _ = await _locks.LockAsync(vmId, ct);
         var vm = LiveVm(vmId);
         var drive = vm.Manifest.Drive(driveId);
         var jobId = BlockNodes.MirrorJobId(driveId);
@@ -308,7 +308,7 @@ public sealed class QmpHypervisor : IHypervisor
 
     public async Task<DriveState> CancelMirrorAsync(VmId vmId, ImageId driveId, CancellationToken ct = default)
     {
-        using var _ = await LockAsync(vmId, ct);
+        using var _ = await _locks.LockAsync(vmId, ct);
         var vm = LiveVm(vmId);
         var drive = vm.Manifest.Drive(driveId);
         var jobId = BlockNodes.MirrorJobId(driveId);
@@ -337,7 +337,7 @@ public sealed class QmpHypervisor : IHypervisor
     public async Task<DriveState> LiveSnapshotAsync(VmId vmId, ImageId driveId, ChainLayer newLeaf, CancellationToken ct = default)
     {
         RequireAbsoluteCow(newLeaf, "new leaf");
-        using var _ = await LockAsync(vmId, ct);
+        using var _ = await _locks.LockAsync(vmId, ct);
         var vm = LiveVm(vmId);
         var drive = vm.Manifest.Drive(driveId);
         var newNode = BlockNodes.FormatNode(newLeaf);
@@ -368,7 +368,7 @@ public sealed class QmpHypervisor : IHypervisor
         if (newBacking.Count == 0)
             throw new OperationFailedException(ErrorCodes.InvalidArgument, $"the new backing chain of drive {driveId} is empty");
         foreach (var layer in newBacking) RequireAbsolute(layer, "new backing layer");
-        using var _ = await LockAsync(vmId, ct);
+        using var _ = await _locks.LockAsync(vmId, ct);
         var vm = LiveVm(vmId);
         var drive = vm.Manifest.Drive(driveId);
         var chain = drive.Chain;
@@ -440,18 +440,6 @@ public sealed class QmpHypervisor : IHypervisor
 
         public ImageId? DriveOfJob(string jobId) =>
             Manifest.Drives.Select(d => d.ImageId).Cast<ImageId?>().FirstOrDefault(i => BlockNodes.MirrorJobId(i!.Value) == jobId);
-    }
-
-    private sealed class Releaser(SemaphoreSlim gate) : IDisposable
-    {
-        public void Dispose() => gate.Release();
-    }
-
-    private async Task<IDisposable> LockAsync(VmId id, CancellationToken ct)
-    {
-        var gate = _gates.GetOrAdd(id, _ => new SemaphoreSlim(1, 1));
-        await gate.WaitAsync(ct);
-        return new Releaser(gate);
     }
 
     private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
