@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using Microsoft.Playwright;
+using LiveMigration.Cli.Tests;
 using Xunit.Abstractions;
 
 namespace LiveMigration.Dashboard.Tests;
@@ -132,5 +133,42 @@ public sealed class DashboardBrowserTests(DashboardCluster cluster, ITestOutputH
         Assert.All(after, c => Assert.Equal($"Bearer {Token}", c.Authorization));
         Assert.Equal(Token, await page.EvaluateAsync<string>("sessionStorage.getItem('lsm-token')"));
         Assert.Empty(_pageErrors);
+    }
+
+    [Fact]
+    public async Task Against_a_coordinator_that_requires_a_token_the_page_gets_401_asks_for_it_and_then_works()
+    {
+        await using var coordinator = new TokenCoordinatorScope();
+        await coordinator.Fixture.InitializeAsync();
+        var page = await OpenPageAsync();
+        var answers = new ConcurrentQueue<(string Url, int Status, string? Authorization)>();
+        page.Response += (_, response) =>
+        {
+            if (!response.Url.Contains("/api/", StringComparison.Ordinal)) return;
+            var authorization = response.Request.Headers.TryGetValue("authorization", out var value) ? value : null;
+            answers.Enqueue((response.Url, response.Status, authorization));
+        };
+
+        // The page itself is open; its API calls are refused by the Coordinator's own token check.
+        await page.GotoAsync(coordinator.Fixture.Api + "/");
+        var tokenDialog = page.Locator("#token-dialog");
+        await Assertions.Expect(tokenDialog).ToBeVisibleAsync();
+        Assert.Contains(answers, a => a.Status == 401 && a.Authorization is null);
+
+        await page.Locator("#token-input").FillAsync(TokenCoordinator.Token);
+        await page.Locator("#token-submit").ClickAsync();
+        await Assertions.Expect(tokenDialog).ToBeHiddenAsync();
+        await Assertions.Expect(page.Locator("#stream-state")).ToHaveTextAsync("live");
+        var authorized = answers.Where(a => a.Authorization == $"Bearer {TokenCoordinator.Token}").ToList();
+        Assert.NotEmpty(authorized);
+        Assert.All(authorized, a => Assert.Equal(200, a.Status));
+        Assert.Empty(_pageErrors);
+    }
+
+    /// <summary>A lone Coordinator with a token for one test, stopped by its pid at the end.</summary>
+    private sealed class TokenCoordinatorScope : IAsyncDisposable
+    {
+        public TokenCoordinator Fixture { get; } = new();
+        public ValueTask DisposeAsync() => new(Fixture.DisposeAsync());
     }
 }

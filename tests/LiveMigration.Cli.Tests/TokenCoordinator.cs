@@ -1,0 +1,88 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using System.Text.Json;
+using LiveMigration.Shared.Hosting;
+
+namespace LiveMigration.Cli.Tests;
+
+/// <summary>
+/// A Coordinator process alone (a cluster of one), started with an API token: what the API lets through and what
+/// it refuses, in the API's JSON error shape, and how <c>lsm</c> sends the token. Stopped by its pid.
+/// </summary>
+public sealed class TokenCoordinator : IAsyncLifetime
+{
+    public const string Token = "test-token-5f2d9c61a8e04b7f";
+    private Process? _process;
+
+    public string DataDirectory { get; } = Path.Combine(Path.GetTempPath(), $"lsm-token-{Guid.NewGuid():N}");
+    public string Api { get; private set; } = "";
+    public string Log => Path.Combine(DataDirectory, "coordinator.log");
+
+    /// <summary>Beside lsm.dll's build output: src/Coordinator/bin/{configuration}/net10.0.</summary>
+    public static string CoordinatorDll
+    {
+        get
+        {
+            var output = Path.GetDirectoryName(CliProcess.DllPath)!;
+            var configuration = Path.GetFileName(Path.GetDirectoryName(output))!;
+            var src = Path.GetFullPath(Path.Combine(output, "..", "..", "..", ".."));
+            return Path.Combine(src, "Coordinator", "bin", configuration, "net10.0", "LiveMigration.Coordinator.dll");
+        }
+    }
+
+    public static int FreePort()
+    {
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        return ((IPEndPoint)listener.LocalEndpoint).Port;
+    }
+
+    public static ProcessStartInfo Start(params string[] arguments)
+    {
+        var psi = new ProcessStartInfo("dotnet") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        psi.ArgumentList.Add(CoordinatorDll);
+        foreach (var a in arguments) psi.ArgumentList.Add(a);
+        psi.Environment["LSM_Cluster__ExtraHocon"] = ClusterNodeHosting.FastTestTimings;
+        return psi;
+    }
+
+    public async Task InitializeAsync()
+    {
+        Directory.CreateDirectory(DataDirectory);
+        var port = FreePort();
+        Api = $"http://127.0.0.1:{FreePort()}";
+        _process = Process.Start(Start("--port", port.ToString(), "--seed", $"akka.tcp://lsm@127.0.0.1:{port}", "--http", Api,
+            "--data-dir", DataDirectory, "--api-token", Token))!;
+        var log = new StreamWriter(Log) { AutoFlush = true };
+        _process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.WriteLine(e.Data); };
+        _process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.WriteLine(e.Data); };
+        _process.BeginOutputReadLine();
+        _process.BeginErrorReadLine();
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(5) };
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(45);
+        while (true)
+        {
+            try
+            {
+                if ((await http.GetAsync($"{Api}/healthz/ready")).IsSuccessStatusCode) return;
+            }
+            catch (Exception e) when (e is HttpRequestException or TaskCanceledException) { }
+            if (_process.HasExited || DateTime.UtcNow > deadline)
+                throw new TimeoutException($"the Coordinator was not ready within 45 s (exited: {_process.HasExited})");
+            await Task.Delay(200);
+        }
+    }
+
+    public async Task DisposeAsync()
+    {
+        if (_process is { HasExited: false })
+        {
+            _process.Kill();
+            await _process.WaitForExitAsync();
+        }
+        _process?.Dispose();
+        Directory.Delete(DataDirectory, recursive: true);
+    }
+}
