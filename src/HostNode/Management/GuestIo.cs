@@ -1,3 +1,4 @@
+using LiveMigration.HostNode.Hypervisor;
 using LiveMigration.HostNode.Guest;
 using LiveMigration.Shared.Migration;
 using LiveMigration.Shared.Model;
@@ -26,6 +27,8 @@ public sealed class GuestIo(string dataDirectory)
 
     private readonly object _gate = new();
     private readonly Dictionary<VmId, Run> _runs = new();
+    // The VM manager runs commands side by side: two starts on one VM must not both pass the "already runs" check.
+    private readonly VmLocks _starts = new();
 
     public string LedgerPath(VmId vm, ImageId drive) => Path.Combine(dataDirectory, "guest", vm.ToString(), $"{drive}.ledger");
 
@@ -38,6 +41,7 @@ public sealed class GuestIo(string dataDirectory)
             throw new OperationFailedException(ErrorCodes.InvalidArgument, $"seconds must be between 0 (until stopped) and {MaxSeconds}, got {seconds}");
         if (!vm.Running || vm.Drives.Count == 0)
             throw new OperationFailedException(ErrorCodes.VmNotRunning, $"VM {vm.Id} ({vm.Name}) is not running: start it before its guest I/O");
+        using var starting = await _starts.LockAsync(vm.Id, ct);
         Run? previous;
         lock (_gate) _runs.TryGetValue(vm.Id, out previous);
         if (previous is not null && previous.Final is null)

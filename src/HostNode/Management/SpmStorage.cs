@@ -17,9 +17,13 @@ public sealed class SpmStorage(StoragePool pool, Action<AttachDomain> announce)
     /// <summary>What each empty qcow2 layer is counted for when checking space (header and tables).</summary>
     private const long QcowLayerBytes = 1 << 20;
 
+    // One storage change at a time: two creates must not both pass the space or the name check.
+    private readonly SemaphoreSlim _oneAtATime = new(1, 1);
+
     /// <summary>Runs one command; a refusal comes back as <see cref="ManagementRefused"/>, never as an exception.</summary>
     public async Task<IManagementMessage> HandleAsync(IManagementMessage command, CancellationToken ct = default)
     {
+        await _oneAtATime.WaitAsync(ct);
         try
         {
             return command switch
@@ -35,6 +39,15 @@ public sealed class SpmStorage(StoragePool pool, Action<AttachDomain> announce)
         {
             return new ManagementRefused(e.Code, e.Message);
         }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // A path the SPM cannot write (a read-only or special file system, no permission): the operator's to fix.
+            return new ManagementRefused(ErrorCodes.IoError, $"{command.GetType().Name}: {e.Message}");
+        }
+        finally
+        {
+            _oneAtATime.Release();
+        }
     }
 
     private async Task<IManagementMessage> CreateDomainAsync(CreateDomain command, CancellationToken ct)
@@ -43,6 +56,8 @@ public sealed class SpmStorage(StoragePool pool, Action<AttachDomain> announce)
             return new ManagementRefused(ErrorCodes.InvalidArgument, $"the domain's path must be absolute, got '{command.Root}'");
         if (command.CapacityBytes < 0)
             return new ManagementRefused(ErrorCodes.InvalidArgument, $"capacity must be positive (or 0 for the free space), got {command.CapacityBytes}");
+        // Checked here too, before the folder below is made: a refused name leaves nothing behind.
+        DomainMetadata.ValidateName(command.Name);
         foreach (var existing in pool.Domains)
         {
             var info = await existing.DescribeAsync(ct);

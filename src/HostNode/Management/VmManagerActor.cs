@@ -82,6 +82,12 @@ public sealed class VmManagerActor : ReceiveActor
                 log.Warning("host {HostId}: {Error}", hostId, e.Message);
                 return new ManagementRefused(e.Code, e.Message);
             }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                // A file the host cannot read or write (a ledger, the catalog): an answer with the reason, not a dead letter.
+                log.Warning("host {HostId}: {Error}", hostId, e.Message);
+                return new ManagementRefused(ErrorCodes.IoError, e.Message);
+            }
         }).PipeTo(replyTo);
     }
 

@@ -95,6 +95,8 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
         ValidateSpec(spec);
         using var _ = await _locks.LockAsync(spec.Id, ct);
         if (_vms.TryGetValue(spec.Id, out var known) && known.DeathReason is null) return await DescribeCoreAsync(known, ct);
+        // A dead instance of this VM: let go of its domain handle and socket before it starts again.
+        if (known is not null) Forget(known);
         if (await TryAdoptAsync(spec.Id, ct) is { } adopted) return await DescribeCoreAsync(adopted, ct);
 
         var name = LibvirtDomainXml.DomainName(_options.NamePrefix, spec.Id);
