@@ -15,7 +15,8 @@ public sealed record ApiResponse(JsonElement Json, string Text);
 /// </summary>
 public sealed class LsmApiClient : IDisposable
 {
-    private static readonly TimeSpan RequestTimeout = TimeSpan.FromSeconds(30);
+    // Above the API's slowest answer (a VM create waits for the SPM, the host and the inventory, up to about a minute).
+    private static readonly TimeSpan RequestTimeout = TimeSpan.FromSeconds(90);
     private readonly HttpClient _http;
     private readonly HttpClient _streams;
 
@@ -89,7 +90,9 @@ public sealed class LsmApiClient : IDisposable
         }
         catch (TaskCanceledException) when (!ct.IsCancellationRequested)
         {
-            throw new CliFailure(ExitCodes.ApiUnreachable, $"the Coordinator API at {BaseAddress} did not answer within {RequestTimeout.TotalSeconds:0} s");
+            // It was reached: what it was asked may still be under way, so this is a failed operation, not an unreachable API.
+            throw new CliFailure(ExitCodes.OperationFailed,
+                $"the Coordinator API at {BaseAddress} did not answer within {RequestTimeout.TotalSeconds:0} s; what it was asked may still complete (lsm vms, lsm migrations show where things are)");
         }
     }
 
