@@ -55,7 +55,7 @@ app.MapMigrationApi();
 app.MapClusterApi();
 app.MapMigrationEventStreams();
 app.MapDashboard();
-app.MapHealth(new LiveMigration.Coordinator.Persistence.JournalOptions(settings.DataDirectory, settings.PostgresConnectionString));
+app.MapHealth(new LiveMigration.Coordinator.Persistence.JournalOptions(settings.DataDirectory, settings.PostgresConnectionString), settings.ApiToken);
 app.MapPrometheusScrapingEndpoint("/metrics");
 app.MapHostApi();
 app.MapVmApi();

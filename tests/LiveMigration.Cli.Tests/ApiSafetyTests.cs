@@ -44,10 +44,19 @@ public sealed class ApiSafetyTests(TokenCoordinator coordinator) : IClassFixture
             await ErrorOf(post, 401);
             foreach (var path in new[] { "/healthz", "/healthz/live", "/healthz/ready" })
                 Assert.Equal(HttpStatusCode.OK, (await http.GetAsync(coordinator.Api + path)).StatusCode);
+            // Open, but without the token it says up or down and nothing of the node's address or journal.
+            var anonymous = JsonDocument.Parse(await http.GetStringAsync(coordinator.Api + "/healthz")).RootElement;
+            Assert.Equal("up", anonymous.GetProperty("checks").GetProperty("journal").GetProperty("status").GetString());
+            Assert.Equal("", anonymous.GetProperty("checks").GetProperty("journal").GetProperty("detail").GetString());
         }
 
         using var authorized = Client(TokenCoordinator.Token);
         Assert.Equal(HttpStatusCode.OK, (await authorized.GetAsync(coordinator.Api + "/api/cluster")).StatusCode);
+        var detailed = JsonDocument.Parse(await authorized.GetStringAsync(coordinator.Api + "/healthz")).RootElement;
+        Assert.Contains("journal", detailed.GetProperty("checks").GetProperty("journal").GetProperty("detail").GetString());
+        // With the token a POST still has to be JSON: a form is refused before it reaches anything.
+        using (var form = await authorized.PostAsync(coordinator.Api + "/api/cluster/down-unreachable", new FormUrlEncodedContent([])))
+            Assert.Equal("NOT_JSON", (await ErrorOf(form, 415)).GetProperty("code").GetString());
         Assert.Equal(HttpStatusCode.OK, (await authorized.GetAsync(coordinator.Api + "/metrics")).StatusCode);
         var list = JsonDocument.Parse(await authorized.GetStringAsync(coordinator.Api + "/api/migrations")).RootElement;
         Assert.Equal(0, list.GetProperty("migrations").GetArrayLength());

@@ -12,6 +12,33 @@ public sealed class CliTests(ClusterFixture cluster) : IClassFixture<ClusterFixt
     private Task<CliResult> Lsm(params string[] arguments) => CliProcess.RunAsync(cluster.Api, arguments);
 
     [Fact]
+    public async Task Without_a_token_a_browser_page_can_neither_post_a_form_nor_read_through_a_foreign_host_name()
+    {
+        using var http = new HttpClient();
+        // A form POST (no CORS preflight) of another site to a loopback API: refused before it reaches the saga.
+        var migration = Guid.NewGuid().ToString();
+        using (var form = await http.PostAsync($"{cluster.Api}/api/migrations/{migration}/cancel", new FormUrlEncodedContent([])))
+        {
+            Assert.Equal(415, (int)form.StatusCode);
+            Assert.Equal("NOT_JSON", JsonDocument.Parse(await form.Content.ReadAsStringAsync()).RootElement.GetProperty("code").GetString());
+        }
+        // DNS rebinding: a page's own name resolving to 127.0.0.1 still sends its name as the Host.
+        using (var rebound = new HttpRequestMessage(HttpMethod.Get, $"{cluster.Api}/api/cluster"))
+        {
+            rebound.Headers.Host = "attacker.example:" + new Uri(cluster.Api).Port;
+            using var answer = await http.SendAsync(rebound);
+            Assert.Equal(403, (int)answer.StatusCode);
+            Assert.Equal("FOREIGN_HOST", JsonDocument.Parse(await answer.Content.ReadAsStringAsync()).RootElement.GetProperty("code").GetString());
+        }
+        using (var local = new HttpRequestMessage(HttpMethod.Get, $"{cluster.Api}/api/cluster"))
+        {
+            local.Headers.Host = "localhost:" + new Uri(cluster.Api).Port;
+            using var answer = await http.SendAsync(local);
+            Assert.Equal(200, (int)answer.StatusCode);
+        }
+    }
+
+    [Fact]
     public async Task Cluster_show_lists_the_coordinator_and_the_host_up_as_a_table_and_as_json()
     {
         var table = await Lsm("cluster", "show");

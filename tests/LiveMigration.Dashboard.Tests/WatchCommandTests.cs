@@ -1,3 +1,4 @@
+using System.Net.Http.Json;
 using System.Text.Json;
 using LiveMigration.Cli.Tests;
 
@@ -41,7 +42,7 @@ public sealed class WatchCommandTests(DashboardCluster cluster)
         var connected = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var watching = CliProcess.RunAsync(cluster.Api, _ => connected.TrySetResult(), "migration", "watch", id, "--json");
         await connected.Task.WaitAsync(TimeSpan.FromSeconds(60));
-        using (var cancel = await cluster.Http.PostAsync($"{cluster.Api}/api/migrations/{id}/cancel", null))
+        using (var cancel = await cluster.Http.PostAsJsonAsync($"{cluster.Api}/api/migrations/{id}/cancel", new { }))
             Assert.True(cancel.IsSuccessStatusCode, await cancel.Content.ReadAsStringAsync());
 
         var watched = await watching;

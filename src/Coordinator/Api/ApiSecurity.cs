@@ -20,6 +20,11 @@ public static class ApiErrorCodes
     public const string BadRequest = "BAD_REQUEST";
     public const string Internal = "INTERNAL";
     public const string Unavailable = "UNAVAILABLE";
+    public const string NotJson = "NOT_JSON";
+    public const string ForeignHost = "FOREIGN_HOST";
+    public const string MemberNotFound = "MEMBER_NOT_FOUND";
+    public const string NoSuchAction = "NO_SUCH_ACTION";
+    public const string RegionNotFound = "REGION_NOT_FOUND";
 }
 
 /// <summary>
@@ -91,10 +96,33 @@ public static class ApiSecurity
                     sent ? "the API token was not accepted" : "this API needs a token: send Authorization: Bearer TOKEN (lsm: --token or LSM_TOKEN)");
                 return;
             }
+            // Without a token the API trusts whoever reaches loopback. A web page the operator opens could reach it
+            // too: through DNS rebinding (its own name resolving to 127.0.0.1), which only a loopback Host header stops…
+            if (token is null && !context.Request.Path.StartsWithSegments("/healthz") && !IsLoopbackHost(context.Request.Host))
+            {
+                await WriteErrorAsync(context, StatusCodes.Status403Forbidden, ApiErrorCodes.ForeignHost,
+                    $"this API answers only to a loopback host name (127.0.0.1, localhost, [::1]) while it has no token; got Host '{context.Request.Host}'");
+                return;
+            }
+            // …and through a plain form POST, which needs no CORS preflight; a POST of application/json does, and the
+            // API answers none. So every POST to the API is JSON, with a body or without one ({}).
+            if (HttpMethods.IsPost(context.Request.Method) && NeedsToken(context.Request.Path) && !IsJson(context.Request.ContentType))
+            {
+                await WriteErrorAsync(context, StatusCodes.Status415UnsupportedMediaType, ApiErrorCodes.NotJson,
+                    "POST requests to the API carry Content-Type: application/json (send {} when there is nothing to say)");
+                return;
+            }
             await next(context);
         });
         return app;
     }
+
+    private static bool IsJson(string? contentType) =>
+        contentType is not null && contentType.Split(';')[0].Trim().Equals("application/json", StringComparison.OrdinalIgnoreCase);
+
+    private static bool IsLoopbackHost(HostString host) =>
+        host.Host.Equals("localhost", StringComparison.OrdinalIgnoreCase)
+        || (System.Net.IPAddress.TryParse(host.Host.Trim('[', ']'), out var address) && System.Net.IPAddress.IsLoopback(address));
 
     /// <summary>
     /// A body without a length (chunked) is read here up to the limit, so an oversized one gets the API's JSON 413;

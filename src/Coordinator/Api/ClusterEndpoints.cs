@@ -61,8 +61,8 @@ public static class ClusterEndpoints
         {
             var sharding = ClusterSharding.Get(system);
             if (!sharding.ShardTypeNames.Contains(typeName))
-                return Refused(StatusCodes.Status404NotFound, ErrorCodes.InvalidArgument,
-                    $"no shard region '{Clip(typeName)}'; this cluster has: {string.Join(", ", sharding.ShardTypeNames.OrderBy(n => n, StringComparer.Ordinal))}");
+                return Refused(StatusCodes.Status404NotFound, ApiErrorCodes.RegionNotFound,
+                    $"no shard region '{ApiText.Clip(typeName)}'; this cluster has: {string.Join(", ", sharding.ShardTypeNames.OrderBy(n => n, StringComparer.Ordinal))}");
             var region = typeName == MigrationTypeName ? migrationRegion.ActorRef : sharding.ShardRegion(typeName);
             try
             {
@@ -82,7 +82,7 @@ public static class ClusterEndpoints
         app.MapPost("/api/cluster/{action}", (string action, ClusterAddressBody? body, ActorSystem system) =>
         {
             if (action is not ("leave" or "down" or "join"))
-                return Refused(StatusCodes.Status404NotFound, ErrorCodes.InvalidArgument, $"no cluster action '{Clip(action)}' (leave, down, join)");
+                return Refused(StatusCodes.Status404NotFound, ApiErrorCodes.NoSuchAction, $"no cluster action '{ApiText.Clip(action)}' (leave, down, join)");
             if (!TryParseMemberAddress(body?.Address, out var address, out var problem))
                 return Refused(StatusCodes.Status400BadRequest, ErrorCodes.InvalidArgument, problem);
             var cluster = AkkaCluster.Get(system);
@@ -91,7 +91,7 @@ public static class ClusterEndpoints
             {
                 case "leave" when !isMember:
                 case "down" when !isMember:
-                    return Refused(StatusCodes.Status404NotFound, ErrorCodes.InvalidArgument, $"{address} is not a member of the cluster");
+                    return Refused(StatusCodes.Status404NotFound, ApiErrorCodes.MemberNotFound, $"{address} is not a member of the cluster");
                 case "leave":
                     cluster.Leave(address);
                     break;
@@ -136,12 +136,12 @@ public static class ClusterEndpoints
         }
         if (!Address.TryParse(text.Trim(), out var parsed) || parsed is null)
         {
-            problem = $"'{Clip(text)}' is not an Akka address; expected {expected}";
+            problem = $"'{ApiText.Clip(text)}' is not an Akka address; expected {expected}";
             return false;
         }
         if (parsed.Protocol != "akka.tcp" || parsed.System != ClusterNodeSettings.SystemName || parsed.Host is null || parsed.Port is null or <= 0 or > 65535)
         {
-            problem = $"'{Clip(text)}' is not an address of this cluster; expected {expected}";
+            problem = $"'{ApiText.Clip(text)}' is not an address of this cluster; expected {expected}";
             return false;
         }
         address = parsed;
@@ -193,5 +193,4 @@ public static class ClusterEndpoints
     private static IResult Refused(int status, string code, string message) =>
         Results.Json(new { code, message }, statusCode: status);
 
-    private static string Clip(string text) => text.Length > 80 ? text[..80] + "…" : text;
 }

@@ -44,7 +44,7 @@ public static class EventStreamEndpoints
             var ct = http.RequestAborted;
             if (!MigrationId.TryParse(id, out var migration))
             {
-                await Results.Json(new { code = ErrorCodes.InvalidId, message = $"migration id must be a UUID, got '{Clip(id)}'" }, statusCode: StatusCodes.Status400BadRequest)
+                await Results.Json(new { code = ErrorCodes.InvalidId, message = $"migration id must be a UUID, got '{ApiText.Clip(id)}'" }, statusCode: StatusCodes.Status400BadRequest)
                     .ExecuteAsync(http);
                 return;
             }
@@ -148,7 +148,6 @@ public static class EventStreamEndpoints
             ? TimeSpan.FromSeconds(seconds)
             : DefaultKeepAlive;
 
-    private static string Clip(string text) => text.Length > 80 ? text[..80] + "…" : text;
 }
 
 /// <summary>Writes the text/event-stream format, flushing each event so it leaves at once.</summary>

@@ -110,7 +110,16 @@ public sealed class MigrationChangeFeed
     {
         var hub = HubOf(system);
         var subscription = new MigrationChangeSubscription(hub, only);
-        await hub.Ask<MigrationEventHub.Registered>(new MigrationEventHub.Register(subscription), RegisterTimeout, ct);
+        try
+        {
+            await hub.Ask<MigrationEventHub.Registered>(new MigrationEventHub.Register(subscription), RegisterTimeout, ct);
+        }
+        catch
+        {
+            // The client went away (or the hub was slow): a registration that lands later must not stay behind.
+            subscription.Dispose();
+            throw;
+        }
         return subscription;
     }
 

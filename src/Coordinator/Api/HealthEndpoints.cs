@@ -23,24 +23,46 @@ public static class HealthEndpoints
 {
     private static readonly TimeSpan ProbeTimeout = TimeSpan.FromSeconds(3);
 
-    public static IEndpointRouteBuilder MapHealth(this IEndpointRouteBuilder app, JournalOptions journal)
+    /// <param name="token">The API token, when one is set: then only a request that carries it sees the checks' details
+    /// (node address, journal path or server); anyone else gets up/down alone.</param>
+    public static IEndpointRouteBuilder MapHealth(this IEndpointRouteBuilder app, JournalOptions journal, string? token = null)
     {
+        var probe = new JournalProbe(journal);
         app.MapGet("/healthz/live", () => Results.Ok(new HealthResponse("up", new Dictionary<string, HealthCheckResponse>())));
-        app.MapGet("/healthz/ready", (ActorSystem system, CancellationToken ct) => ReadyAsync(system, journal, ct));
-        app.MapGet("/healthz", (ActorSystem system, CancellationToken ct) => ReadyAsync(system, journal, ct));
+        app.MapGet("/healthz/ready", (HttpContext context, ActorSystem system, CancellationToken ct) => ReadyAsync(context, system, probe, token, ct));
+        app.MapGet("/healthz", (HttpContext context, ActorSystem system, CancellationToken ct) => ReadyAsync(context, system, probe, token, ct));
         return app;
     }
 
-    private static async Task<IResult> ReadyAsync(ActorSystem system, JournalOptions journal, CancellationToken ct)
+    private static async Task<IResult> ReadyAsync(HttpContext context, ActorSystem system, JournalProbe probe, string? token, CancellationToken ct)
     {
         var self = AkkaCluster.Get(system).SelfMember;
         var cluster = self.Status == Akka.Cluster.MemberStatus.Up
             ? new HealthCheckResponse("up", $"{self.Address} is up")
             : new HealthCheckResponse("down", $"{self.Address} is {ClusterEndpoints.StatusName(self.Status)}, not up");
-        var store = await ProbeJournalAsync(journal, ct);
+        var store = await probe.CheckAsync(ct);
         var ready = cluster.Status == "up" && store.Status == "up";
-        var body = new HealthResponse(ready ? "up" : "down", new Dictionary<string, HealthCheckResponse> { ["cluster"] = cluster, ["journal"] = store });
-        return Results.Json(body, statusCode: ready ? StatusCodes.Status200OK : StatusCodes.Status503ServiceUnavailable);
+        var checks = new Dictionary<string, HealthCheckResponse> { ["cluster"] = cluster, ["journal"] = store };
+        if (token is not null && !ApiSecurity.Authorized(context.Request, token))
+            checks = checks.ToDictionary(c => c.Key, c => c.Value with { Detail = "" });
+        return Results.Json(new HealthResponse(ready ? "up" : "down", checks), statusCode: ready ? StatusCodes.Status200OK : StatusCodes.Status503ServiceUnavailable);
+    }
+
+    /// <summary>The journal probe's last answer, kept a second: probes open without a token must not become a load on the database.</summary>
+    private sealed class JournalProbe(JournalOptions journal)
+    {
+        private static readonly TimeSpan KeepFor = TimeSpan.FromSeconds(1);
+        private readonly object _gate = new();
+        private (DateTime At, HealthCheckResponse Answer)? _last;
+
+        public async Task<HealthCheckResponse> CheckAsync(CancellationToken ct)
+        {
+            lock (_gate)
+                if (_last is { } last && DateTime.UtcNow - last.At < KeepFor) return last.Answer;
+            var answer = await ProbeJournalAsync(journal, ct);
+            lock (_gate) _last = (DateTime.UtcNow, answer);
+            return answer;
+        }
     }
 
     /// <summary>A real round trip to the store the sagas write to: <c>SELECT 1</c> on PostgreSQL, or on the SQLite journal file.</summary>

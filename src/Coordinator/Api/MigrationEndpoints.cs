@@ -85,14 +85,14 @@ public static class MigrationEndpoints
         app.MapGet("/api/migrations", async (string? active, MigrationCatalog catalog, CancellationToken ct) =>
         {
             if (active is not (null or "true" or "false"))
-                return Refused(StatusCodes.Status400BadRequest, ErrorCodes.InvalidArgument, $"active must be true or false, got '{Clip(active)}'");
+                return Refused(StatusCodes.Status400BadRequest, ErrorCodes.InvalidArgument, $"active must be true or false, got '{ApiText.Clip(active)}'");
             var views = await catalog.ListAsync(activeOnly: active == "true", ct);
             return Results.Ok(new MigrationListResponse(views.Select(ResponseOf).ToList()));
         });
         app.MapPost("/api/migrations/{id}/speed", async (string id, SpeedBody? body, MigrationService service, CancellationToken ct) =>
         {
             if (!MigrationId.TryParse(id, out var migration))
-                return Refused(StatusCodes.Status400BadRequest, ErrorCodes.InvalidId, $"migration id must be a UUID, got '{Clip(id)}'");
+                return Refused(StatusCodes.Status400BadRequest, ErrorCodes.InvalidId, $"migration id must be a UUID, got '{ApiText.Clip(id)}'");
             if (body?.BytesPerSecond is not { } speed || speed < 0)
                 return Refused(StatusCodes.Status400BadRequest, ErrorCodes.InvalidArgument,
                     $"bytesPerSecond must be 0 (unlimited) or a positive number of bytes per second, got {body?.BytesPerSecond?.ToString() ?? "nothing"}");
@@ -103,7 +103,7 @@ public static class MigrationEndpoints
         app.MapGet("/api/migrations/{id}", async (string id, MigrationService service, CancellationToken ct) =>
         {
             if (!MigrationId.TryParse(id, out var migration))
-                return Refused(StatusCodes.Status400BadRequest, ErrorCodes.InvalidId, $"migration id must be a UUID, got '{Clip(id)}'");
+                return Refused(StatusCodes.Status400BadRequest, ErrorCodes.InvalidId, $"migration id must be a UUID, got '{ApiText.Clip(id)}'");
             var view = await service.GetAsync(migration.Value, ct);
             return view is null
                 ? Refused(StatusCodes.Status404NotFound, MigrationErrorCodes.MigrationNotFound, $"no migration {migration}")
@@ -112,7 +112,7 @@ public static class MigrationEndpoints
         app.MapPost("/api/migrations/{id}/{action}", async (string id, string action, MigrationService service, CancellationToken ct) =>
         {
             if (!MigrationId.TryParse(id, out var migration))
-                return Refused(StatusCodes.Status400BadRequest, ErrorCodes.InvalidId, $"migration id must be a UUID, got '{Clip(id)}'");
+                return Refused(StatusCodes.Status400BadRequest, ErrorCodes.InvalidId, $"migration id must be a UUID, got '{ApiText.Clip(id)}'");
             var outcome = action switch
             {
                 "cancel" => await service.CancelAsync(migration.Value, ct),
@@ -121,7 +121,7 @@ public static class MigrationEndpoints
                 _ => null,
             };
             if (outcome is null)
-                return Refused(StatusCodes.Status404NotFound, ErrorCodes.InvalidArgument, $"no action '{Clip(action)}' (cancel, resume, abandon)");
+                return Refused(StatusCodes.Status404NotFound, ErrorCodes.InvalidArgument, $"no action '{ApiText.Clip(action)}' (cancel, resume, abandon)");
             return outcome.Accepted ? Results.Ok(new { id, message = outcome.Message }) : Refused(StatusFor(outcome.Code), outcome.Code, outcome.Message);
         });
         app.MapGet("/api/inventory", async (MigrationService service, CancellationToken ct) => Results.Ok(await service.InventoryAsync(ct)));
@@ -138,13 +138,13 @@ public static class MigrationEndpoints
         {
             null or "pre-copy" => MigrationStrategy.PreCopy,
             "post-copy" => MigrationStrategy.PostCopy,
-            var s => throw new ArgumentException($"strategy '{Clip(s)}' is not pre-copy or post-copy"),
+            var s => throw new ArgumentException($"strategy '{ApiText.Clip(s)}' is not pre-copy or post-copy"),
         };
         var mode = body.CopyMode switch
         {
             null or "background" => CopyMode.Background,
             "write-blocking" => CopyMode.WriteBlocking,
-            var m => throw new ArgumentException($"copy mode '{Clip(m)}' is not background or write-blocking"),
+            var m => throw new ArgumentException($"copy mode '{ApiText.Clip(m)}' is not background or write-blocking"),
         };
         if (body.BandwidthBytesPerSecond < 0) throw new ArgumentException("bandwidthBytesPerSecond must be 0 (unlimited) or more");
         if (body.MaxParallelDisks is < 1 or > 64) throw new ArgumentException("maxParallelDisks must be between 1 and 64");
@@ -179,5 +179,4 @@ public static class MigrationEndpoints
     private static IResult Refused(int status, string code, string message) =>
         Results.Json(new { code, message }, statusCode: status);
 
-    private static string Clip(string text) => text.Length > 80 ? text[..80] + "…" : text;
 }

@@ -41,7 +41,7 @@ public static class VmEndpoints
                 "snapshot" => Results.Ok(await service.SnapshotVmAsync(id, ct)),
                 "verify" => Results.Ok(VerifyJson(await service.VerifyAsync(id, ct))),
                 "io" => await StartIoAsync(id, http, service, ct),
-                _ => throw new OperationFailedException("ACTION_NOT_FOUND", $"no VM action '{Clip(action)}' (start, stop, snapshot, io, verify)"),
+                _ => throw new OperationFailedException("ACTION_NOT_FOUND", $"no VM action '{ApiText.Clip(action)}' (start, stop, snapshot, io, verify)"),
             };
         }));
         app.MapGet("/api/vms/{id}/io", (string id, HttpContext http, CancellationToken ct) => Guard(async () =>
@@ -79,5 +79,4 @@ public static class VmEndpoints
         vm = v.Vm.ToString(), @checked = v.Checked, lost = v.Lost, inDoubt = v.InDoubt, ok = v.Lost == 0, details = v.Details,
     };
 
-    private static string Clip(string text) => text.Length > 40 ? text[..40] + "…" : text;
 }

@@ -1,3 +1,4 @@
+using LiveMigration.Coordinator.Api;
 using Akka.Actor;
 using Akka.Cluster.Tools.PublishSubscribe;
 using Akka.Hosting;
@@ -75,7 +76,7 @@ public sealed class ManagementService(ActorSystem system, IActorRef inventory, I
         if (string.IsNullOrWhiteSpace(name))
             throw Refuse(ErrorCodes.InvalidArgument, "name: give the new domain a name, e.g. \"fast-ssd\"");
         if (string.IsNullOrWhiteSpace(path) || !Path.IsPathFullyQualified(path))
-            throw Refuse(ErrorCodes.InvalidArgument, $"path: the folder the domain goes under must be an absolute path every host sees, got '{Clip(path ?? "")}'");
+            throw Refuse(ErrorCodes.InvalidArgument, $"path: the folder the domain goes under must be an absolute path every host sees, got '{ApiText.Clip(path ?? "")}'");
         if (capacityBytes < 0)
             throw Refuse(ErrorCodes.InvalidArgument, $"capacityBytes must be positive, or 0 for the free space under the path; got {capacityBytes}");
         var snapshot = await InventoryAsync(ct);
@@ -103,7 +104,7 @@ public sealed class ManagementService(ActorSystem system, IActorRef inventory, I
     public async Task<VmView> CreateVmAsync(string? name, string? host, IReadOnlyList<NewDiskRequest>? disks, CancellationToken ct)
     {
         if (string.IsNullOrWhiteSpace(name) || name.Length > 64 || name.Any(char.IsControl))
-            throw Refuse(ErrorCodes.InvalidArgument, $"name: 1-64 printable characters, got '{Clip(name ?? "")}'");
+            throw Refuse(ErrorCodes.InvalidArgument, $"name: 1-64 printable characters, got '{ApiText.Clip(name ?? "")}'");
         if (string.IsNullOrWhiteSpace(host))
             throw Refuse(ErrorCodes.InvalidArgument, "host: name the host to run the VM on, e.g. \"host-1\"");
         if (disks is not { Count: > 0 })
@@ -119,7 +120,7 @@ public sealed class ManagementService(ActorSystem system, IActorRef inventory, I
         }
         var snapshot = await InventoryAsync(ct);
         if (snapshot.Hosts.All(h => h.HostId != host))
-            throw Refuse(HostNotFound, $"no host '{Clip(host)}' (known: {string.Join(", ", snapshot.Hosts.Select(h => h.HostId))})");
+            throw Refuse(HostNotFound, $"no host '{ApiText.Clip(host)}' (known: {string.Join(", ", snapshot.Hosts.Select(h => h.HostId))})");
         if (snapshot.Vms.Any(v => v.Vm.Name == name))
             throw Refuse(ErrorCodes.Conflict, $"a VM named '{name}' exists already");
         var resolved = disks.Select(d => new NewDisk(d.SizeBytes, ResolveDomain(snapshot, d.Domain).Id, d.Snapshots)).ToValueList();
@@ -221,7 +222,7 @@ public sealed class ManagementService(ActorSystem system, IActorRef inventory, I
         return named.Count switch
         {
             1 => named[0],
-            0 => throw Refuse(ErrorCodes.VmNotFound, $"no VM named '{Clip(idOrName)}'"),
+            0 => throw Refuse(ErrorCodes.VmNotFound, $"no VM named '{ApiText.Clip(idOrName)}'"),
             _ => throw Refuse(ErrorCodes.Conflict, $"{named.Count} VMs are named '{idOrName}' ({string.Join(", ", named.Select(n => n.Vm.Id))}): use the id"),
         };
     }
@@ -236,7 +237,7 @@ public sealed class ManagementService(ActorSystem system, IActorRef inventory, I
         {
             1 => named[0],
             0 => throw Refuse(ErrorCodes.DomainNotFound,
-                $"no storage domain named '{Clip(idOrName)}' (known: {string.Join(", ", snapshot.Domains.Select(d => d.Name))})"),
+                $"no storage domain named '{ApiText.Clip(idOrName)}' (known: {string.Join(", ", snapshot.Domains.Select(d => d.Name))})"),
             _ => throw Refuse(ErrorCodes.Conflict, $"{named.Count} storage domains are named '{idOrName}': use the id"),
         };
     }
@@ -310,5 +311,4 @@ public sealed class ManagementService(ActorSystem system, IActorRef inventory, I
         _ => throw new OperationFailedException(ErrorCodes.Conflict, $"unexpected answer {reply.GetType().Name}, expected {typeof(T).Name}"),
     };
 
-    private static string Clip(string text) => text.Length > 80 ? text[..80] + "…" : text;
 }
