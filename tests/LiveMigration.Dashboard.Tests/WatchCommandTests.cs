@@ -36,8 +36,9 @@ public sealed class WatchCommandTests(DashboardCluster cluster)
     public async Task Watch_of_a_cancelled_migration_prints_each_event_as_a_json_line_and_exits_1()
     {
         var (current, destination) = await cluster.SettledDiskAsync();
-        // Slow enough (2 MiB/s for 80 MiB) that the cancel comes well before the pivot.
-        var id = await cluster.StartMoveAsync(destination, bandwidthBytesPerSecond: 2L << 20);
+        // The bandwidth limits the mirror of the active layer (the internal layers copy at full speed): at 256 KiB/s
+        // its few MiB keep the migration before its pivot for about ten seconds, time for a loaded machine to cancel.
+        var id = await cluster.StartMoveAsync(destination, bandwidthBytesPerSecond: 256L << 10);
         // Cancelled only once the watch has its first event, however long the process takes to start.
         var connected = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var watching = CliProcess.RunAsync(cluster.Api, _ => connected.TrySetResult(), "migration", "watch", id, "--json");
