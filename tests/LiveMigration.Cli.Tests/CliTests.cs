@@ -215,9 +215,18 @@ public sealed class CliTests(ClusterFixture cluster) : IClassFixture<ClusterFixt
         Assert.Equal(cluster.Image.ToString(), disk.GetProperty("image").GetString());
         Assert.Equal(destination, disk.GetProperty("destination").GetString());
 
-        // A finished migration cannot be cancelled: the API's conflict is a refusal, exit 2 with its message.
+        // A finished migration cannot be cancelled, resumed or abandoned: each is the saga's refusal, exit 2 with its
+        // message, and the migration stays completed. (Resume and abandon of a suspended one: MigrationSagaTests.)
         var cancel = await Lsm("migration", "cancel", id);
         Assert.True(cancel.ExitCode == 2, cancel.ToString());
+        foreach (var action in new[] { "resume", "abandon" })
+        {
+            var refused = await Lsm("migration", action, id);
+            Assert.True(refused.ExitCode == 2, refused.ToString());
+            Assert.Contains("NOT_SUSPENDED", refused.Stderr);
+        }
+        var after = await Lsm("migration", "show", id, "--json");
+        Assert.Equal("completed", JsonDocument.Parse(after.Stdout).RootElement.GetProperty("status").GetString());
         await AwaitInventoryShowsAsync(destination);
     }
 
