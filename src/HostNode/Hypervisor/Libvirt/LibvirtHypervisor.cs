@@ -35,6 +35,7 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
     private readonly IntPtr _eventSinkId;
     private readonly int[] _callbackIds;
     private readonly VmLocks _locks = new();
+    private static readonly HypervisorInput Input = new(commaInPathsAllowed: true);
     private readonly ConcurrentDictionary<VmId, LibvirtVm> _vms = new();
     // Callbacks arrive on libvirt's loop thread; they are handled in order, one at a time, off that thread.
     private readonly Channel<Action> _eventQueue = Channel.CreateUnbounded<Action>(new UnboundedChannelOptions { SingleReader = true });
@@ -92,7 +93,7 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
     public async Task<VmInfo> StartVmAsync(VmSpec spec, CancellationToken ct = default)
     {
         ThrowIfDisposed();
-        ValidateSpec(spec);
+        Input.ValidateSpec(spec);
         using var _ = await _locks.LockAsync(spec.Id, ct);
         if (_vms.TryGetValue(spec.Id, out var known) && known.DeathReason is null) return await DescribeCoreAsync(known, ct);
         // A dead instance of this VM: let go of its domain handle and socket before it starts again.
@@ -199,7 +200,7 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
 
     public async Task<BlockJobInfo> StartMirrorAsync(MirrorRequest request, CancellationToken ct = default)
     {
-        RequireAbsoluteCow(request.DestinationLeaf, "destination leaf");
+        Input.RequireAbsoluteCow(request.DestinationLeaf, "destination leaf");
         if (request.SpeedBytesPerSecond < 0)
             throw new OperationFailedException(ErrorCodes.InvalidArgument, $"mirror speed must be >= 0, got {request.SpeedBytesPerSecond}");
         using var _ = await _locks.LockAsync(request.Vm, ct);
@@ -247,7 +248,7 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
     public async Task<DriveState> PivotAsync(VmId vmId, ImageId driveId, IReadOnlyList<ChainLayer> destinationBacking,
         CancellationToken ct = default)
     {
-        foreach (var layer in destinationBacking) RequireAbsolute(layer, "destination backing layer");
+        foreach (var layer in destinationBacking) Input.RequireAbsolute(layer, "destination backing layer");
         using var _ = await _locks.LockAsync(vmId, ct);
         var vm = LiveVm(vmId);
         var disk = (await ViewAsync(vm, ct)).Disk(vm.Id, driveId);
@@ -295,7 +296,7 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
 
     public async Task<DriveState> LiveSnapshotAsync(VmId vmId, ImageId driveId, ChainLayer newLeaf, CancellationToken ct = default)
     {
-        RequireAbsoluteCow(newLeaf, "new leaf");
+        Input.RequireAbsoluteCow(newLeaf, "new leaf");
         using var _ = await _locks.LockAsync(vmId, ct);
         var vm = LiveVm(vmId);
         var view = await ViewAsync(vm, ct);
@@ -333,7 +334,7 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
     {
         if (newBacking.Count == 0)
             throw new OperationFailedException(ErrorCodes.InvalidArgument, $"the new backing chain of drive {driveId} is empty");
-        foreach (var layer in newBacking) RequireAbsolute(layer, "new backing layer");
+        foreach (var layer in newBacking) Input.RequireAbsolute(layer, "new backing layer");
         using var _ = await _locks.LockAsync(vmId, ct);
         var vm = LiveVm(vmId);
         var disk = (await ViewAsync(vm, ct)).Disk(vm.Id, driveId);
@@ -763,42 +764,5 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
         if (vm.DeathReason is { } reason)
             throw new OperationFailedException(ErrorCodes.VmNotRunning, $"VM {id} (domain {vm.DomainName}, QEMU pid {vm.Pid}) is gone: {reason}");
         return vm;
-    }
-
-    private static void ValidateSpec(VmSpec spec)
-    {
-        if (string.IsNullOrWhiteSpace(spec.Name))
-            throw new OperationFailedException(ErrorCodes.InvalidArgument, $"VM {spec.Id} needs a name");
-        if (spec.MemoryMiB is < 8 or > 65536)
-            throw new OperationFailedException(ErrorCodes.InvalidArgument, $"VM {spec.Id} memory must be 8..65536 MiB, got {spec.MemoryMiB}");
-        if (spec.Drives.Count == 0)
-            throw new OperationFailedException(ErrorCodes.InvalidArgument, $"VM {spec.Id} needs at least one drive");
-        if (spec.Drives.Select(d => d.Image).Distinct().Count() != spec.Drives.Count)
-            throw new OperationFailedException(ErrorCodes.InvalidArgument, $"VM {spec.Id} names a drive twice");
-        foreach (var drive in spec.Drives)
-        {
-            if (drive.Layers.Count == 0)
-                throw new OperationFailedException(ErrorCodes.InvalidArgument, $"drive {drive.Image} of VM {spec.Id} has no layers");
-            for (var i = 0; i < drive.Layers.Count; i++)
-            {
-                RequireAbsolute(drive.Layers[i], $"layer {i} of drive {drive.Image}");
-                if (i > 0 && drive.Layers[i].Format != VolumeFormat.Cow)
-                    throw new OperationFailedException(ErrorCodes.InvalidArgument,
-                        $"layer {i} ({drive.Layers[i].Volume}) of drive {drive.Image} is raw: only a base may be raw");
-            }
-        }
-    }
-
-    private static void RequireAbsolute(ChainLayer layer, string what)
-    {
-        if (!Path.IsPathFullyQualified(layer.Path) || layer.Path.StartsWith("json:", StringComparison.Ordinal))
-            throw new OperationFailedException(ErrorCodes.InvalidArgument, $"{what} ({layer.Volume}) needs an absolute plain file path, got '{layer.Path}'");
-    }
-
-    private static void RequireAbsoluteCow(ChainLayer layer, string what)
-    {
-        RequireAbsolute(layer, what);
-        if (layer.Format != VolumeFormat.Cow)
-            throw new OperationFailedException(ErrorCodes.InvalidArgument, $"{what} ({layer.Volume}) must be qcow2, got {layer.Format}");
     }
 }
