@@ -68,7 +68,7 @@ public sealed record InventoryState(
             ? new VmFacts(vm, found.Vm.Running, found.Vm.Drives
                 // a drive always has a layer; one reported without is not a disk the saga can move
                 .Where(d => d.Chain.Count > 0)
-                .Select(d => new DiskFacts(d.Image, d.LeafDomain, d.AllocatedBytes))
+                .Select(d => new DiskFacts(d.Image, d.LeafDomain, d.AllocatedBytes, d.Chain[^1].Volume))
                 .ToValueList())
             : null;
         var domains = Domains.Select(d => new DomainFacts(d.Id, d.Active, d.AvailableBytes)).ToValueList();

@@ -225,13 +225,43 @@ public sealed class VmManagerActor : ReceiveActor
     private async Task<VmInfo?> RunningAsync(VmId id) =>
         (await _hypervisor.ListVmsAsync()).FirstOrDefault(v => v.Id == id && v.Running);
 
+    /// <summary>
+    /// The chains a VM starts on, from its record, checked first (DESIGN §7.2): only a complete chain of LEGAL volumes
+    /// whose top is the image's leaf (nothing lies over it: a record older than a migration or a snapshot would name an
+    /// INTERNAL volume) is opened, and never a drive whose switch the record shows begun but not finished.
+    /// </summary>
     private async Task<IReadOnlyList<DriveChain>> ChainsOfAsync(CatalogedVm vm)
     {
         var chains = new List<DriveChain>();
         foreach (var drive in vm.Drives)
         {
-            var leaf = await _pool.Get(drive.Leaf.Domain).DescribeVolumeAsync(drive.Image, drive.Leaf.Volume);
-            chains.Add(await _pool.ResolveChainAsync(leaf));
+            if (vm.PendingOf(drive.Image) is { } pending)
+                throw new OperationFailedException(ErrorCodes.StaleRecord,
+                    $"VM {vm.Id} ({vm.Name}) drive {drive.Image}: a switch from {drive.Leaf} to {pending.Leaf} was begun and its outcome is not known; " +
+                    "resume its migration so the probe decides, or inspect both chains before starting it");
+            VolumeInfo leaf;
+            try
+            {
+                leaf = await _pool.Get(drive.Leaf.Domain).DescribeVolumeAsync(drive.Image, drive.Leaf.Volume);
+            }
+            catch (OperationFailedException e) when (e.Code is ErrorCodes.DomainNotFound or ErrorCodes.VolumeNotFound or ErrorCodes.ImageNotFound)
+            {
+                throw new OperationFailedException(ErrorCodes.StaleRecord,
+                    $"VM {vm.Id} ({vm.Name}) drive {drive.Image}: its record names {drive.Leaf}, which is gone ({e.Message})");
+            }
+            if (leaf.Type != VolumeType.Leaf)
+                throw new OperationFailedException(ErrorCodes.StaleRecord,
+                    $"VM {vm.Id} ({vm.Name}) drive {drive.Image}: its record names {drive.Leaf}, which is an INTERNAL volume now (something lies over it); " +
+                    "the record is stale and starting on it would write into another chain's layer");
+            var chain = await _pool.ResolveChainAsync(leaf);
+            foreach (var layer in chain.Layers)
+            {
+                var volume = await _pool.Get(layer.Volume.Domain).DescribeVolumeAsync(drive.Image, layer.Volume.Volume);
+                if (volume.Legality != Legality.Legal)
+                    throw new OperationFailedException(ErrorCodes.StaleRecord,
+                        $"VM {vm.Id} ({vm.Name}) drive {drive.Image}: volume {layer.Volume} of its chain is ILLEGAL (incomplete or being removed); it is not opened");
+            }
+            chains.Add(chain);
         }
         return chains;
     }
