@@ -175,14 +175,17 @@ public sealed class ManagementService(ActorSystem system, IActorRef inventory, I
         return await SettledViewAsync(current.Id, v => v.Drives.All(d => expected.GetValueOrDefault(d.Image) == d.Chain.Count), ct);
     }
 
-    public async Task<GuestIoStatus> StartGuestIoAsync(string idOrName, long bytesPerSecond, int seconds, CancellationToken ct)
+    public async Task<GuestIoStatus> StartGuestIoAsync(string idOrName, long bytesPerSecond, int seconds, int flushIntervalMs, bool fua,
+        CancellationToken ct)
     {
+        if (flushIntervalMs is < 0 or > StartGuestIo.MaxFlushIntervalMs)
+            throw Refuse(ErrorCodes.InvalidArgument, $"flushIntervalMs must be between 0 (never) and {StartGuestIo.MaxFlushIntervalMs}, got {flushIntervalMs}");
         if (bytesPerSecond < 0)
             throw Refuse(ErrorCodes.InvalidArgument, $"bytesPerSecond must be 0 (unlimited) or positive, got {bytesPerSecond}");
         if (seconds < 0)
             throw Refuse(ErrorCodes.InvalidArgument, $"seconds must be 0 (until the VM stops) or positive, got {seconds}");
         var (entry, _) = await LocateAsync(idOrName, ct);
-        return Expect<GuestIoStatus>(await AskHostAsync(entry.HostId, new StartGuestIo(entry.Vm.Id, bytesPerSecond, seconds), ct));
+        return Expect<GuestIoStatus>(await AskHostAsync(entry.HostId, new StartGuestIo(entry.Vm.Id, bytesPerSecond, seconds, flushIntervalMs, fua), ct));
     }
 
     public async Task<GuestIoStatus> GuestIoAsync(string idOrName, CancellationToken ct)
