@@ -36,6 +36,7 @@ public sealed class SagaSimulationTests(ITestOutputHelper output)
         var failures = new List<(SimResult Result, KnownBug? Known)>();
         long events = 0;
         var endings = new Dictionary<string, int>();
+        var notes = new Dictionary<string, (int Count, int FirstSeed)>();
         for (var seed = first; seed < first + seeds; seed++)
         {
             var result = new SagaSimulator(seed, chaos, trace: false).Run();
@@ -43,6 +44,8 @@ public sealed class SagaSimulationTests(ITestOutputHelper output)
             if (result.Failed) result = new SagaSimulator(seed, chaos).Run(); // the same run again, with its trace
             var ending = result.Failed ? "violation" : result.Ending.Split(';')[0].Split(' ')[0];
             endings[ending] = endings.GetValueOrDefault(ending) + 1;
+            foreach (var note in result.Notes)
+                notes[note] = notes.TryGetValue(note, out var seen) ? (seen.Count + 1, seen.FirstSeed) : (1, seed);
             if (result.Failed) failures.Add((result, KnownBugs.Classify(result)));
         }
         clock.Stop();
@@ -54,7 +57,9 @@ public sealed class SagaSimulationTests(ITestOutputHelper output)
             output.WriteLine($"known bug {group.Key}: {group.Count()} seeds, e.g. {string.Join(", ", group.Take(5).Select(x => x.Result.Seed))}");
         foreach (var group in unknown.GroupBy(x => x.Result.Violation!.Invariant))
             output.WriteLine($"UNKNOWN {group.Key}: {group.Count()} seeds, e.g. {string.Join(", ", group.Take(5).Select(x => x.Result.Seed))}");
-        WriteSummary(seeds, first, clock.Elapsed, failures);
+        foreach (var (note, seen) in notes.OrderBy(n => n.Key))
+            output.WriteLine($"note {note}: {seen.Count} seeds, first {seen.FirstSeed}");
+        WriteSummary(seeds, first, clock.Elapsed, failures, notes);
 
         if (unknown.Count > 0)
         {
@@ -85,7 +90,8 @@ public sealed class SagaSimulationTests(ITestOutputHelper output)
         Assert.True(broken.Count == 0, string.Join("\n\n", broken));
     }
 
-    private static void WriteSummary(int seeds, int first, TimeSpan took, List<(SimResult Result, KnownBug? Known)> failures)
+    private static void WriteSummary(int seeds, int first, TimeSpan took, List<(SimResult Result, KnownBug? Known)> failures,
+        Dictionary<string, (int Count, int FirstSeed)> notes)
     {
         var root = RepoRoot();
         if (root is null) return;
@@ -98,6 +104,9 @@ public sealed class SagaSimulationTests(ITestOutputHelper output)
             firstSeed = first,
             seconds = Math.Round(took.TotalSeconds, 2),
             failed = failures.Count,
+            unknownFailures = failures.Count(x => x.Known is null),
+            chaos = Environment.GetEnvironmentVariable("LSM_SIM_CHAOS") ?? "default",
+            notes = notes.ToDictionary(n => n.Key, n => new { seeds = n.Value.Count, firstSeed = n.Value.FirstSeed }),
             knownBugs = KnownBugs.All.Select(b => new
             {
                 id = b.Id, title = b.Title, invariant = b.Invariant, @fixed = b.Fixed, reproduction = b.Reproduction,

@@ -10,7 +10,7 @@ public sealed record Violation(string Invariant, string Detail, TimeSpan At);
 
 /// <summary>What one seed did: its set-up, how it ended, the first violation (if any) and the whole trace.</summary>
 public sealed record SimResult(int Seed, string Setup, string Ending, Violation? Violation, IReadOnlyList<string> Trace, int Events,
-    IReadOnlyList<IMigrationEvent> Journal)
+    IReadOnlyList<IMigrationEvent> Journal, IReadOnlySet<string> Notes)
 {
     public bool Failed => Violation is not null;
     public string Report() =>
@@ -36,8 +36,13 @@ public sealed record Chaos(
     /// <summary>After this much simulated time no new fault is injected, so every run ends.</summary>
     double CalmAfterSeconds = 900,
     /// <summary>Faults on the switch steps (pivot, live snapshot) and VM deaths: off, to look past the bugs they hit.</summary>
-    bool SwitchFaults = true)
+    bool SwitchFaults = true,
+    /// <summary>How many times the operator resumes a suspended migration before abandoning it.</summary>
+    int MaxResumes = 3)
 {
+    /// <summary>Nothing goes wrong unless a scenario says so.</summary>
+    public static readonly Chaos None = new(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+
     /// <summary>From LSM_SIM_CHAOS: "noswitch" turns the switch faults off (to explore past the known switch bugs).</summary>
     public static Chaos FromEnvironment() =>
         Environment.GetEnvironmentVariable("LSM_SIM_CHAOS") == "noswitch" ? new Chaos(SwitchFaults: false, KillVm: 0) : new Chaos();
@@ -64,6 +69,8 @@ public sealed class SagaSimulator
     private long _seq;
     private TimeSpan _now;
     private Violation? _violation;
+    /// <summary>Things seen on the way that explain a violation or are worth reporting without failing a run.</summary>
+    private readonly HashSet<string> _notes = [];
 
     public int Seed { get; }
     public SimWorld World { get; } = new();
@@ -165,7 +172,7 @@ public sealed class SagaSimulator
             if (_violation is null) CheckAfterEvent();
         }
         if (_violation is null) CheckEnd();
-        return new SimResult(Seed, Setup, Ending(), _violation, _trace, events, Journal);
+        return new SimResult(Seed, Setup, Ending(), _violation, _trace, events, Journal, _notes);
     }
 
     private string Ending() =>
@@ -202,7 +209,7 @@ public sealed class SagaSimulator
                 // the wall clock (DateTimeOffset.UtcNow), the scheduler counts monotonic time, and clocks step.
                 _retryTimer = null;
                 Log("retry timer fires early (wall clock stepped back / timer jitter)");
-                Handle(new RetryDue(Id), "timer");
+                if (!Handle(new RetryDue(Id), "timer")) _notes.Add("early-retry-timer-ignored");
                 break;
             case AdmitEv:
                 Handle(new AdmitMigration(Id), "limits");
@@ -250,16 +257,17 @@ public sealed class SagaSimulator
     // ---- the actor ---------------------------------------------------------------------------------
 
     /// <summary>MigrationActor.Handle: decide; nothing to persist means nothing is sent; else persist, apply, dispatch.</summary>
-    public void Handle(IMigrationCommand command, string from)
+    /// <returns>Whether anything was persisted.</returns>
+    public bool Handle(IMigrationCommand command, string from)
     {
         var decision = MigrationDecider.Decide(State, command, Now);
         if (decision.Refused)
         {
             if (from == "operator") Log($"   refused {command.GetType().Name}: {decision.RefusalCode}");
-            return;
+            return false;
         }
         if (decision.Events.Count == 0)
-            return;
+            return false;
         foreach (var e in decision.Events)
         {
             CheckEvent(e);
@@ -267,13 +275,18 @@ public sealed class SagaSimulator
             State = MigrationState.Apply(State, e);
             Log($"   + {DescribeEvent(e)}");
         }
+        foreach (var e in decision.Events) AfterEvent?.Invoke(this, e);
         if (from == "host" && !Calm && _crashes < _chaos.MaxCrashes && _rng.NextDouble() < _chaos.CrashAfterPersist)
         {
             Crash("coordinator crashes right after persisting, before sending");
-            return;
+            return true;
         }
         Dispatch();
+        return true;
     }
+
+    /// <summary>For scenarios: called with each event the saga persisted, before the actor sends anything for it.</summary>
+    public Action<SagaSimulator, IMigrationEvent>? AfterEvent { get; set; }
 
     /// <summary>MigrationActor.Dispatch.</summary>
     private void Dispatch()
@@ -308,7 +321,7 @@ public sealed class SagaSimulator
         if (State.Status is MigrationStatus.Suspended && !_operatorPending)
         {
             _operatorPending = true;
-            IMigrationCommand next = _resumes < 3 && _rng.NextDouble() < 0.7 ? new ResumeMigration(Id) : new AbandonMigration(Id);
+            IMigrationCommand next = _resumes < _chaos.MaxResumes && _rng.NextDouble() < 0.7 ? new ResumeMigration(Id) : new AbandonMigration(Id);
             if (next is ResumeMigration) _resumes++;
             At(Rand(20, 120), new OperatorEv(next));
         }
@@ -357,6 +370,7 @@ public sealed class SagaSimulator
             return;
         }
         var disk = World.Disks[step.Disk.Image];
+        if (late && !ledger.Waiting.Contains(op) && State.DiskAwaiting(op) is null) _notes.Add("late-command-reexecuted");
         if (ledger.Waiting.Contains(op))
         {
             // A repeated mirror wait reads the job once more (HsmActor: Attached → SampleMirror).
@@ -441,6 +455,8 @@ public sealed class SagaSimulator
     public void EarlyRetryTimerAt(double seconds) => AtAbsolute(seconds, new EarlyRetryTimerEv());
     public void CrashAt(double seconds) => AtAbsolute(seconds, new CrashEv());
     public void KillVmAt(double seconds) => AtAbsolute(seconds, new KillVmEv());
+    public void OperatorIn(double seconds, IMigrationCommand command) => At(TimeSpan.FromSeconds(seconds), new OperatorEv(command));
+    public void EarlyRetryTimerIn(double seconds) => At(TimeSpan.FromSeconds(seconds), new EarlyRetryTimerEv());
     private void AtAbsolute(double seconds, Ev ev) => _queue.Enqueue(ev, (TimeSpan.FromSeconds(seconds).Ticks, ++_seq));
 
     private void FinishWaits(ImageId image, HostAnswer answer)
@@ -487,8 +503,16 @@ public sealed class SagaSimulator
     /// <summary>Decisions checked as the saga persists them, before they take effect anywhere.</summary>
     private void CheckEvent(IMigrationEvent e)
     {
+        if (e is StepStarted again && State.Disks.FirstOrDefault(d => d.Image == again.Image) is { Phase: DiskPhase.InFlight } current
+            && current.Operation == again.Operation)
+            _notes.Add($"duplicate-step-started:{again.Step}");
         if (e is StepStarted { Step: DeleteDestinationImage } start)
         {
+            // The truth: does the drive run on anything on the destination right now?
+            var world = World.Disks[start.Image];
+            if (world.Open.Any(k => k.Side == Side.Dst))
+                Fail("rollback-deletes-running-destination",
+                    $"disk {Short(start.Image)}: DeleteDestinationImage decided while the drive has {string.Join(",", world.Open)} open");
             var disk = State.Disk(start.Image);
             if (disk.Started.Any(MigrationPlan.IsSwitch))
             {
@@ -497,11 +521,6 @@ public sealed class SagaSimulator
                     Fail("blind-rollback-after-switch",
                         $"disk {Short(start.Image)}: DeleteDestinationImage decided after the switch was sent, whose last answer was {last ?? "none"} (DESIGN §7.4: the saga must ask, not assume)");
             }
-            // The truth: does the drive run on anything on the destination right now?
-            var world = World.Disks[start.Image];
-            if (world.Open.Any(k => k.Side == Side.Dst))
-                Fail("rollback-deletes-running-destination",
-                    $"disk {Short(start.Image)}: DeleteDestinationImage decided while the drive has {string.Join(",", world.Open)} open");
         }
         if (e is StepStarted { Step: DeleteSourceImage } del)
         {
