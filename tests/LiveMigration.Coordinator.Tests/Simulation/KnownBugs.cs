@@ -1,0 +1,135 @@
+using LiveMigration.Coordinator.Migration;
+using LiveMigration.Shared.Migration;
+using static LiveMigration.Coordinator.Tests.Simulation.SagaSimulator;
+using static LiveMigration.Shared.Migration.MigrationStep;
+
+namespace LiveMigration.Coordinator.Tests.Simulation;
+
+/// <summary>
+/// A bug the simulation found, with a minimal deterministic reproduction (a hand-written scenario on the simulator)
+/// and a rule that says whether a failing seed of the sweep is explained by it. Set <see cref="Fixed"/> once the
+/// saga is fixed: the reproduction then has to pass, and the sweep stops excusing its seeds.
+/// </summary>
+public sealed record KnownBug(
+    string Id,
+    string Title,
+    string Invariant,
+    string Reproduction,
+    Func<SimResult> Reproduce,
+    Func<SimResult, bool> Explains,
+    bool Fixed = false);
+
+/// <summary>The bugs found so far. The sweep reports their seeds apart from new failures, which fail it.</summary>
+public static class KnownBugs
+{
+    private static readonly HashSet<string> DataHarm =
+        ["rollback-deletes-running-destination", "blind-rollback-after-switch", "delete-open-chain", "lost-write"];
+
+    /// <summary>The event that started the rollback, and the failure (if any) right before it in the same decision.</summary>
+    private static (RollbackStarted? Rollback, StepFailed? Cause) RollbackCause(SimResult r)
+    {
+        var journal = r.Journal;
+        for (var i = journal.Count - 1; i >= 0; i--)
+            if (journal[i] is RollbackStarted rb)
+                return (rb, i > 0 ? journal[i - 1] as StepFailed : null);
+        return (null, null);
+    }
+
+    public static readonly IReadOnlyList<KnownBug> All =
+    [
+        new("B1-switch-failure-rolls-back",
+            "A failed switch (Pivot / LiveSnapshotToDestination) is assumed not to have happened: the disk is rolled back and its destination deleted, though QEMU may already write there",
+            "rollback-deletes-running-destination",
+            "pre-copy, 1 disk: Pivot completes in QEMU, then QEMU dies before the HSM answers (VM_NOT_RUNNING); the saga rolls back, CancelReplication's VM_NOT_RUNNING counts as 'nothing to undo', DeleteDestinationImage deletes the chain the VM's record names",
+            () => Scenario(MigrationStrategy.PreCopy, sim => sim.Script[(Pivot, 1)] = Fault.DoneThenVmDies),
+            r => DataHarm.Contains(r.Violation!.Invariant) && RollbackCause(r) is { Rollback.Kind: TerminationKind.Failure, Cause: { } f } && MigrationPlan.IsSwitch(f.Step)),
+
+        new("B1b-live-snapshot-failure-rolls-back",
+            "Post-copy flavour of B1: LiveSnapshotToDestination took effect but its read-back failed (QMP_ERROR); the rollback deletes the new leaf the VM writes on",
+            "rollback-deletes-running-destination",
+            "post-copy, 1 disk: the live snapshot is taken, the HSM answers QMP_ERROR; RollbackSteps = [DeleteDestinationImage] deletes Dst:new while the VM writes on it (the guest's next write is lost)",
+            () => Scenario(MigrationStrategy.PostCopy, sim => sim.Script[(LiveSnapshotToDestination, 1)] = Fault.DoneThenQmpError),
+            _ => false),
+
+        new("B1c-unknown-switch-outcome-not-asked",
+            "DESIGN §7.4: after a switch fails with an unknown outcome (TIMEOUT/IO_ERROR three times), the saga rolls back blind instead of asking where the drive runs",
+            "blind-rollback-after-switch",
+            "pre-copy, 1 disk: Pivot attempts 1-3 each answer a transient failure without effect; budget spent, the saga deletes the destination without any probe (harmless here only by luck)",
+            () => Scenario(MigrationStrategy.PreCopy, sim =>
+            {
+                for (var attempt = 1; attempt <= 3; attempt++) sim.Script[(Pivot, attempt)] = Fault.FailTransient;
+            }),
+            _ => false),
+
+        new("B2-terminate-rolls-back-a-switch-awaiting-retry",
+            "Cancel (or another disk's failure) while a switch waits for its retry: DecideCancel only refuses when the switch is InFlight, and Terminate rolls back any disk not InFlight, so a pivot that did happen (answer TIMEOUT) is undone by deleting the destination",
+            "rollback-deletes-running-destination",
+            "pre-copy, 1 disk: Pivot takes effect but answers TIMEOUT (transient) → RetryScheduled; the operator cancels during the 1 s wait; Terminate → CancelReplication (no job: ok) → DeleteDestinationImage of the chain the VM runs on",
+            () => Scenario(MigrationStrategy.PreCopy, sim =>
+            {
+                sim.Script[(Pivot, 1)] = Fault.DoneThenTimeout;
+                sim.AfterEvent = (s, e) =>
+                {
+                    if (e is RetryScheduled { Step: Pivot }) s.OperatorIn(0.1, new CancelMigration(s.Id));
+                };
+            }),
+            r => DataHarm.Contains(r.Violation!.Invariant)),
+
+        new("B3-early-retry-timer-stalls",
+            "A RetryDue that finds nothing due yet persists nothing, and MigrationActor.Handle then skips Dispatch: the single retry timer is not re-armed and the migration waits forever",
+            "stall",
+            "pre-copy, 1 disk: CloneImageStructure fails transiently → RetryScheduled (due +1 s); the retry timer fires 0.1 s later by the saga's wall clock (clock step / timer jitter); Decide returns nothing; no step in flight, no timer",
+            () => Scenario(MigrationStrategy.PreCopy, sim =>
+            {
+                sim.Script[(CloneImageStructure, 1)] = Fault.FailTransient;
+                sim.AfterEvent = (s, e) =>
+                {
+                    if (e is RetryScheduled) s.EarlyRetryTimerIn(0.1);
+                };
+            }),
+            r => r.Violation!.Invariant == "stall" && r.Notes.Contains("early-retry-timer-ignored")),
+
+        new("B4-abandon-after-pivot-leaves-illegal-leaf",
+            "Abandon is accepted for a pre-copy disk that pivoted but whose MarkDestinationLeafLegal never succeeded: the VM is left running on an ILLEGAL destination leaf that a restart refuses (DESIGN §7.2)",
+            "abandoned-on-illegal-chain",
+            "pre-copy, 1 disk: Pivot ok; MarkDestinationLeafLegal fails transiently 3 times → Suspended; the operator abandons; the drive runs on Dst:leaf, ILLEGAL",
+            () => Scenario(MigrationStrategy.PreCopy, sim =>
+            {
+                for (var attempt = 1; attempt <= 3; attempt++) sim.Script[(MarkDestinationLeafLegal, attempt)] = Fault.FailTransient;
+            }, new Chaos(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, MaxResumes: 0)),
+            r => r.Violation!.Invariant == "abandoned-on-illegal-chain"),
+
+        new("B5-abandon-during-rollback-leaves-mirror",
+            "Abandon of a disk whose rollback could not cancel its mirror ends the migration with the mirror still running into the (ILLEGAL) destination leaf; nothing will stop or clean it",
+            "leftover-mirror",
+            "pre-copy, 1 disk: cancel after StartReplication; CancelReplication fails 3 times (permanent QMP_ERROR/JOB_FAILED are retried in a rollback) → Suspended; the operator abandons; the mirror runs on",
+            () => Scenario(MigrationStrategy.PreCopy, sim =>
+            {
+                for (var attempt = 1; attempt <= 3; attempt++) sim.Script[(CancelReplication, attempt)] = Fault.FailPermanent;
+                sim.AfterEvent = (s, e) =>
+                {
+                    if (e is StepCompleted { Step: StartReplication }) s.OperatorIn(0.01, new CancelMigration(s.Id));
+                };
+            }, new Chaos(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, MaxResumes: 0)),
+            r => r.Violation!.Invariant == "leftover-mirror" && r.Ending.StartsWith("abandoned")),
+
+        new("H1-stale-command-redone-after-host-restart",
+            "Host side, not the decider: a late copy of an old command reaches an SPM/HSM that restarted and forgot its in-memory OperationLedger; it is executed again (CloneImageStructure after the rollback deleted the destination) and leaves volumes behind (DESIGN §7.6/§7.7: fencing by owner/generation, durable idempotency)",
+            "leftover-volumes",
+            "seed 571 with LSM_SIM_CHAOS=noswitch: rollback done, SPM restarts, CloneImageStructure:d0/1 delivered late recreates Dst:b0, Dst:leaf ILLEGAL",
+            () => new SagaSimulator(571, new Chaos(SwitchFaults: false, KillVm: 0), trace: true).Run(),
+            r => r.Violation!.Invariant is "leftover-volumes" or "leftover-mirror" && r.Notes.Contains("late-command-reexecuted")),
+    ];
+
+    public static KnownBug? Classify(SimResult result) =>
+        result.Failed ? All.FirstOrDefault(b => !b.Fixed && b.Explains(result)) : null;
+
+    /// <summary>One migration of one disk, nothing random going wrong, what <paramref name="arrange"/> sets up; run to its end.</summary>
+    private static SimResult Scenario(MigrationStrategy strategy, Action<SagaSimulator> arrange, Chaos? chaos = null)
+    {
+        var sim = new SagaSimulator(1, chaos ?? Chaos.None, strategy, disks: 1, parallel: 1);
+        arrange(sim);
+        sim.Start();
+        return sim.Drain();
+    }
+}
