@@ -14,8 +14,12 @@ public sealed record HostView(string Id, string Address, bool SpmCapable, bool S
 
 public sealed record ChainLayerView(string Domain, string Image, string Volume);
 
-/// <summary>A VM's disk: <see cref="Domain"/> is its leaf's domain (where the disk is), <see cref="Chain"/> base → leaf.</summary>
-public sealed record VmDiskView(string Image, long CapacityBytes, long AllocatedBytes, string? Domain, IReadOnlyList<ChainLayerView> Chain, string? Migration);
+/// <summary>
+/// A VM's disk: <see cref="Domain"/> is its leaf's domain (where the disk is), <see cref="Chain"/> base → leaf.
+/// <see cref="Problem"/> says why a disk has no domain ("chain unresolved: ..."), null when it has one.
+/// </summary>
+public sealed record VmDiskView(string Image, long CapacityBytes, long AllocatedBytes, string? Domain, IReadOnlyList<ChainLayerView> Chain, string? Migration,
+    string? Problem = null);
 
 public sealed record VmView(string Id, string Name, string Host, bool Running, IReadOnlyList<VmDiskView> Disks);
 
@@ -83,8 +87,24 @@ public sealed class ManagementService(ActorSystem system, IActorRef inventory, I
         if (snapshot.Domains.FirstOrDefault(d => d.Name == name) is { } existing)
             throw Refuse(ErrorCodes.Conflict, $"a storage domain named '{name}' exists already ({existing.Id})");
         var created = Expect<DomainCreated>(await AskSpmAsync(new CreateDomain(name, path, capacityBytes), ct));
+        // The SPM's answer is the owner's statement that the domain exists: the inventory records it before the API says
+        // "created", so the next command finds it whatever the hosts' reports are doing meanwhile.
+        await RecordCreatedDomainAsync(created.Domain, ct);
         await WaitForInventoryAsync(s => s.Domains.Any(d => d.Id == created.Domain.Id), ct);
         return (await InventoryAsync(ct)).Domains.FirstOrDefault(d => d.Id == created.Domain.Id) ?? created.Domain;
+    }
+
+    private async Task RecordCreatedDomainAsync(DomainReport domain, CancellationToken ct)
+    {
+        try
+        {
+            await inventory.Ask<ReportAcknowledged>(new DomainStatusReport([domain], DateTimeOffset.UtcNow, "spm"), AskTimeout, ct);
+        }
+        catch (AskTimeoutException)
+        {
+            throw Refuse(ErrorCodes.Timeout,
+                $"storage domain {domain.Name} ({domain.Id}) was created, but the inventory did not record it within {AskTimeout.TotalSeconds:0} s; it will show once a host reports it");
+        }
     }
 
     // ---------------------------------------------------------------- VMs
@@ -259,9 +279,10 @@ public sealed class ManagementService(ActorSystem system, IActorRef inventory, I
         return new VmView(entry.Vm.Id.ToString(), entry.Vm.Name, entry.HostId, entry.Vm.Running,
             entry.Vm.Drives.Select(d => new VmDiskView(
                 d.Image.ToString(), d.CapacityBytes, d.AllocatedBytes,
-                d.Chain.Count > 0 ? d.LeafDomain.ToString() : null,
+                d.LeafDomain?.ToString(),
                 d.Chain.Select(l => new ChainLayerView(l.Domain.ToString(), d.Image.ToString(), l.Volume.ToString())).ToList(),
-                migrations.TryGetValue(d.Image, out var m) ? m.ToString() : null)).ToList());
+                migrations.TryGetValue(d.Image, out var m) ? m.ToString() : null,
+                d.Unresolved)).ToList());
     }
 
     /// <summary>The VM once the inventory shows the change (the host reports it right after), or as it is after the wait.</summary>

@@ -121,6 +121,9 @@ public static class ProtocolSamples
         // inventory messages
         new HostStatusReport("host-1", "akka.tcp://lsm@10.0.0.11:4053", SpmCapable: true, [VmSeen, VmSeen with { Running = false, Drives = [] }], At),
         new DomainStatusReport([SourceDomain, DestinationDomain], At),
+        new DomainStatusReport([SourceDomain], At, HostId: "host-2"),
+        new ReportAcknowledged(ReportAcknowledged.HostReport, At),
+        new ReportAcknowledged(ReportAcknowledged.DomainsReport, At),
         new GetValidationFacts(Vm, [Image, OtherImage]),
         new ValidationFactsReply(Facts),
         new ValidationFactsReply(new ValidationFacts(null, [], [])),
