@@ -166,7 +166,9 @@ public sealed class ManagementService(ActorSystem system, IActorRef inventory, I
 
     public async Task<VmView> StartVmAsync(string idOrName, CancellationToken ct)
     {
-        var (entry, _) = await LocateAsync(idOrName, ct);
+        var (entry, snapshot) = await LocateAsync(idOrName, ct);
+        // DESIGN §7.2: a disk a migration holds is started by that migration's end, not by an operator.
+        RefuseWhileMigrating(entry, snapshot, "started");
         Expect<ManagedVm>(await AskHostAsync(entry.HostId, new StartVm(entry.Vm.Id), ct));
         return await SettledViewAsync(entry.Vm.Id, v => v.Running, ct);
     }
