@@ -257,10 +257,18 @@ public sealed class SimWorld
             d.Open = [.. copy, d.Open[^1]];
             return Done("VM runs on the destination only");
         },
+        [ProbeSwitch] = (w, d) =>
+        {
+            // Read-only, as the HSM: where the drive runs (QEMU's open chain, or with QEMU gone the host's durable
+            // record, which the model's last open chain stands for). A live snapshot's new leaf holds every write either way.
+            var onDestination = d.Open.Count > 0 && d.Open[^1].Side == Side.Dst;
+            return new HostAnswer.Ok(new StepOutcome(Detail: onDestination ? "runs on the destination" : "runs on the source",
+                Switch: onDestination ? SwitchFinding.OnDestination : SwitchFinding.OnSource));
+        },
     };
 
     public static bool RunsOnHsm(MigrationStep step) => step is StartReplication or WaitMirrorReady or Pivot or CancelReplication
-        or LiveSnapshotToDestination or SwitchBackingChain;
+        or LiveSnapshotToDestination or SwitchBackingChain or ProbeSwitch;
 
     /// <summary>Runs one step now; a port error becomes a typed failure as StepReplies does.</summary>
     public HostAnswer Execute(MigrationStep step, SimDisk disk)
