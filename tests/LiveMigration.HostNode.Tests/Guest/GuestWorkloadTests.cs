@@ -100,6 +100,12 @@ public sealed class GuestWorkloadTests(ITestOutputHelper output) : IAsyncLifetim
         Assert.False(offline.Ok);
         Assert.Equal(64, offline.BlocksChecked);
         var mismatch = Assert.Single(offline.Mismatches);
+        // the stop flushed every write: the overwritten block had a durable write, so this is a loss, not a doubt
+        Assert.Equal(stats.Writes, stats.DurableWrites);
+        Assert.Equal(64, offline.DurableBlocks);
+        Assert.Same(mismatch, Assert.Single(offline.Lost));
+        Assert.Empty(offline.InDoubt);
+        Assert.False(offline.NoDurableLoss);
         Assert.Equal(garbageOffset, mismatch.Offset);
         Assert.Null(mismatch.FoundSequence);
         Assert.Contains("5555", mismatch.Found);
