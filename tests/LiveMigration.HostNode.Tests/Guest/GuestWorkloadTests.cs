@@ -154,6 +154,31 @@ public sealed class GuestWorkloadTests(ITestOutputHelper output) : IAsyncLifetim
     }
 
     [Fact]
+    public async Task A_second_run_on_the_same_ledger_counts_only_its_own_durable_writes()
+    {
+        long firstWrites;
+        await using (var first = new GuestWorkload(_bed.WorkloadOptions(0, Region)))
+        {
+            await first.StartAsync();
+            while (first.Stats is { Writes: < 100, Running: true })
+                await Task.Delay(5);
+            var stats = await first.StopAsync();
+            Assert.Equal(0, stats.Errors);
+            Assert.Equal(stats.Writes, stats.DurableWrites); // the stop's flush covers the rest
+            firstWrites = stats.Writes;
+        }
+        await using var second = new GuestWorkload(_bed.WorkloadOptions(0, Region));
+        await second.StartAsync();
+        while (second.Stats is { Writes: < 50, Running: true })
+            await Task.Delay(5);
+        var again = await second.StopAsync();
+        output.WriteLine($"first run {firstWrites} writes, second {again.Writes} writes, {again.DurableWrites} durable, ledger {second.Ledger.DurableWrites} durable");
+        Assert.Equal(0, again.Errors);
+        Assert.Equal(again.Writes, again.DurableWrites);
+        Assert.Equal(firstWrites + again.Writes, second.Ledger.DurableWrites);
+    }
+
+    [Fact]
     public async Task A_region_outside_the_disk_is_refused_at_start()
     {
         await using var workload = new GuestWorkload(_bed.WorkloadOptions(7 << 20, 2 << 20));
