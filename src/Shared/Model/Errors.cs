@@ -18,6 +18,13 @@ public static class ErrorCodes
     public const string VmNotRunning = "VM_NOT_RUNNING";
     /// <summary>The thing exists already with different attributes, or is in a state that forbids the call.</summary>
     public const string Conflict = "CONFLICT";
+    /// <summary>
+    /// The destination already holds volumes of the image that this migration did not make (another
+    /// migration's, or an operator's): never adopted, never deleted. Not transient: someone must look.
+    /// </summary>
+    public const string DestinationHoldsImage = "DESTINATION_HOLDS_IMAGE";
+    /// <summary>A process (QEMU, qemu-img, qemu-nbd) has a volume open, so it is not deleted now. Transient: retry once it is closed.</summary>
+    public const string VolumeInUse = "VOLUME_IN_USE";
     /// <summary>The destination has not enough free space or capacity limit left.</summary>
     public const string NotEnoughSpace = "NOT_ENOUGH_SPACE";
     /// <summary>A copy did not compare equal to its source.</summary>
