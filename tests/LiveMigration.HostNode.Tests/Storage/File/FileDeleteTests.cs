@@ -1,3 +1,4 @@
+using LiveMigration.HostNode.Migration;
 using LiveMigration.HostNode.Processes;
 using LiveMigration.HostNode.Storage;
 using LiveMigration.HostNode.Storage.File;
@@ -84,6 +85,41 @@ public sealed class FileDeleteTests : IDisposable
 
         Assert.Empty(await destination.ListImagesAsync());
         Assert.Empty(Directory.EnumerateFileSystemEntries(Path.Combine(destination.DomainPath, "images")));
+    }
+
+    [Fact]
+    public async Task A_destination_that_fills_up_during_the_mirror_is_rolled_back_to_empty_and_the_VM_runs_on()
+    {
+        await using var tmpfs = await Tmpfs.MountAsync(64 << 20);
+        await using var bed = await HostLayerBed.StartAsync();
+        var full = await FileStorageDomain.CreateAsync(tmpfs.Path, DomainId.New(), "fills-up", 1L << 30);
+        bed.Pool.Attach(full);
+        var onA = await bed.PathsOnAsync(bed.A);
+        var filled = 0;
+        var fillWhenMirroring = new Hook(p =>
+        {
+            if (p.Step == "mirror" && Interlocked.Exchange(ref filled, 1) == 0) tmpfs.Fill();
+        });
+
+        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(2));
+        var failed = await Assert.ThrowsAsync<OperationFailedException>(() => bed.Mover().MoveAsync(bed.Vm, bed.Image, bed.A.Id, full.Id,
+            new MoveOptions(MoveStrategy.PreCopy), fillWhenMirroring, timeout.Token));
+
+        // The move failed for want of space, and the rollback's delete, on the same full file system, did not.
+        Assert.True(failed.Code == ErrorCodes.NotEnoughSpace || failed.Message.Contains("No space", StringComparison.Ordinal), failed.ToString());
+        Assert.Equal(1, filled);
+        Assert.Empty(await full.ListImagesAsync());
+        Assert.Empty(Directory.EnumerateFileSystemEntries(Path.Combine(full.DomainPath, "images")));
+        var drive = await bed.DriveAsync();
+        Assert.Equal(onA, drive.OpenChain);
+        Assert.Null(drive.Job);
+        Assert.All((await bed.A.DescribeImageAsync(bed.Image)).Volumes, v => Assert.Equal(Legality.Legal, v.Legality));
+        await bed.Hypervisor.StopVmAsync(bed.Vm);
+    }
+
+    private sealed class Hook(Action<MoveProgress> action) : IProgress<MoveProgress>
+    {
+        public void Report(MoveProgress value) => action(value);
     }
 
     [Fact]
