@@ -99,7 +99,11 @@ public sealed class FileStorageDomain : IStorageDomain
     public Task<DomainInfo> DescribeAsync(CancellationToken ct = default)
     {
         long used = 0;
-        foreach (var imageFolder in ImageFolders())
+        // Half-deleted images still take their space until the cleanup removes them.
+        var removing = Directory.Exists(ImagesPath)
+            ? Directory.EnumerateDirectories(ImagesPath, RemovingPrefix + "*").Where(folder => new DirectoryInfo(folder).LinkTarget is null)
+            : [];
+        foreach (var imageFolder in ImageFolders().Concat(removing))
             foreach (var file in Directory.EnumerateFiles(imageFolder))
                 used += Posix.AllocatedBytes(file);
         long free;

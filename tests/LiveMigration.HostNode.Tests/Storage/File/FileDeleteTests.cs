@@ -129,12 +129,15 @@ public sealed class FileDeleteTests : IDisposable
         var (image, _) = await ThreeVolumeChainAsync(domain);
         var images = Path.Combine(domain.DomainPath, "images");
         // What a crash right after the delete's first (atomic) step leaves.
+        var usedBefore = (await domain.DescribeAsync()).UsedBytes;
         Directory.Move(Path.Combine(images, image.ToString()), Path.Combine(images, $"_remove_me_{image}_{Guid.NewGuid():N}"));
 
+        Assert.Equal(usedBefore, (await domain.DescribeAsync()).UsedBytes);
         Assert.Empty(await domain.ListImagesAsync());
         await RefusedAsync(ErrorCodes.ImageNotFound, () => domain.DescribeImageAsync(image));
         Assert.Empty(await domain.RemoveIllegalLeftoversAsync(new HashSet<ImageId>()));
         Assert.Empty(Directory.EnumerateFileSystemEntries(images));
+        Assert.Equal(0, (await domain.DescribeAsync()).UsedBytes);
     }
 
     [Fact]
