@@ -118,6 +118,13 @@ public sealed class SpmActor : ReceiveActor
         var ct = _stopped.Token;
         var src = _pool.Get(disk.Source);
         var dst = _pool.Get(disk.Destination);
+        if (ReadsTheSource(command.Operation.Step) && !(await src.ListImagesAsync(ct)).Contains(image))
+        {
+            // A repeat after the source was retired: only the destination can say whether this step's effect is there.
+            await SourceRetirement.RequireCompleteCopyAsync(src, dst, image, migration, ct);
+            return new StepOutcome(Detail: $"already done: image {image} is gone from domain {src.Id} and domain {dst.Id} holds " +
+                                           $"the complete LEGAL copy migration {migration} made");
+        }
         switch (command.Operation.Step)
         {
             case MigrationStep.CloneImageStructure:
@@ -144,6 +151,13 @@ public sealed class SpmActor : ReceiveActor
             }
             case MigrationStep.CreateVolumeCrossDomain:
             {
+                if ((await dst.ListImagesAsync(ct)).Contains(image)
+                    && (await dst.DescribeImageAsync(image, ct)).Volumes.FirstOrDefault(v => v.Id == disk.NewLeaf) is { } made)
+                {
+                    // Made already; CloneInternalVolumes may have re-pointed it since, so its parent is not compared.
+                    RequireOwnedBy([made], migration, dst, image);
+                    return new StepOutcome(Detail: $"leaf {made.Id} on domain {dst.Id} was made already, over {made.Parent}");
+                }
                 var oldLeaf = (await src.DescribeImageAsync(image, ct)).Leaf;
                 var newLeaf = await dst.CreateVolumeAsync(new NewVolume(image, disk.NewLeaf, VolumeFormat.Cow, oldLeaf.Capacity,
                     new VolumeRef(src.Id, oldLeaf.Id), Legality.Legal, owner), src, ct);
@@ -171,6 +185,9 @@ public sealed class SpmActor : ReceiveActor
                 throw new OperationFailedException(ErrorCodes.InvalidArgument, $"the SPM does not run {command.Operation.Step}");
         }
     }
+
+    private static bool ReadsTheSource(MigrationStep step) => step is MigrationStep.CloneImageStructure
+        or MigrationStep.SyncInternalVolumes or MigrationStep.CreateVolumeCrossDomain or MigrationStep.CloneInternalVolumes;
 
     /// <summary>A step works only on volumes its migration made: a stale command meeting another migration's volumes changes nothing.</summary>
     private static void RequireOwnedBy(IEnumerable<VolumeInfo> volumes, MigrationId migration, IStorageDomain domain, ImageId image)

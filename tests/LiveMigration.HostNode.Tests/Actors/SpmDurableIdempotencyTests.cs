@@ -145,6 +145,46 @@ public sealed class SpmDurableIdempotencyTests : Akka.TestKit.Xunit2.TestKit, IA
     }
 
     [Fact]
+    public async Task Earlier_pre_copy_steps_repeated_after_the_source_was_deleted_answer_from_the_destinations_metadata()
+    {
+        var saga = CreateTestProbe();
+        var migration = Migration(_a, _b);
+        await PreCopyStorageAsync(migration, _b, Spm());
+        var done = await StateOfAsync(_b);
+
+        foreach (var step in new[] { Step.CloneImageStructure, Step.SyncInternalVolumes, Step.MarkDestinationLeafLegal })
+        {
+            var again = await migration.SucceedAsync(Spm(), step, saga, attempt: 5);
+            Assert.Equal(0, again.Outcome.BytesCopied);
+        }
+        Assert.Equal(done, await StateOfAsync(_b));
+        // Another migration's late steps do not pass for done: the copy is not theirs.
+        var stranger = Migration(_a, _b);
+        var refused = Assert.IsType<OperationFailed>(await stranger.RunAsync(Spm(), Step.SyncInternalVolumes, saga));
+        Assert.Equal(ErrorCodes.Conflict, refused.Code);
+        Assert.Equal(done, await StateOfAsync(_b));
+    }
+
+    [Fact]
+    public async Task Post_copy_steps_repeated_after_later_ones_answer_success_and_change_nothing()
+    {
+        var saga = CreateTestProbe();
+        var migration = Migration(_a, _b, MigrationStrategy.PostCopy);
+        await migration.SucceedAsync(Spm(), Step.CreateVolumeCrossDomain, saga);
+        await migration.SucceedAsync(Spm(), Step.CloneInternalVolumes, saga);
+        var copied = await StateOfAsync(_b);
+        Assert.Equal(new VolumeRef(_b.Id, _chain.Leaf), (await _b.DescribeVolumeAsync(_chain.Image, migration.Disk.NewLeaf)).Parent);
+
+        await migration.SucceedAsync(Spm(), Step.CreateVolumeCrossDomain, saga, attempt: 2);
+        Assert.Equal(copied, await StateOfAsync(_b));
+        await migration.SucceedAsync(Spm(), Step.DeleteSourceImage, saga);
+        await migration.SucceedAsync(Spm(), Step.CreateVolumeCrossDomain, saga, attempt: 3);
+        await migration.SucceedAsync(Spm(), Step.CloneInternalVolumes, saga, attempt: 2);
+        Assert.Equal(copied, await StateOfAsync(_b));
+        Assert.Empty(await StateOfAsync(_a));
+    }
+
+    [Fact]
     public async Task Moving_a_disk_back_onto_a_domain_that_still_holds_it_is_refused_and_its_rollback_keeps_every_volume()
     {
         // A post-copy left abandoned: the VM's new leaf on B over A's chain; A still holds the whole old chain.
