@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using LiveMigration.HostNode.Storage;
 using LiveMigration.HostNode.Storage.File;
 using LiveMigration.Shared.Model;
 using IOFile = System.IO.File;
@@ -23,7 +24,7 @@ public sealed record LeaseRecord(string Holder, long Generation, long Renewal)
 /// makes just before it changes anything: a stale SPM that wakes up after a pause is refused even before it
 /// notices. Not thread-affine; one instance per process and lease file.
 /// </summary>
-public sealed class PoolLease : IAsyncDisposable
+public sealed class PoolLease : IStorageFence, IAsyncDisposable
 {
     private readonly string _path;
     private readonly TimeSpan _period;

@@ -23,6 +23,8 @@ public sealed class SpmActor : ReceiveActor
     public const string SingletonName = "spm";
 
     private readonly StoragePool _pool;
+    /// <summary>The SPM lease, when the pool has one: its generation goes into every volume's owner, and each step checks it first.</summary>
+    private readonly IStorageFence? _fence;
     private readonly OperationLedger _ledger = new();
     /// <summary>
     /// Cancelled when this SPM stops (its singleton moves or its node leaves): a copy it started must not go on
@@ -31,9 +33,14 @@ public sealed class SpmActor : ReceiveActor
     private readonly CancellationTokenSource _stopped = new();
     private readonly ILoggingAdapter _log = Context.GetLogger();
 
-    public SpmActor(StoragePool pool)
+    /// <param name="fence">
+    /// The SPM lease (DESIGN §7a), or null while the pool has none (generation 0). With a lease, give the pool
+    /// <see cref="FencedStorageDomain"/>s over the same fence, so every change, not only each step's start, is fenced.
+    /// </param>
+    public SpmActor(StoragePool pool, IStorageFence? fence = null)
     {
         _pool = pool;
+        _fence = fence;
         Receive<ExecuteStep>(OnExecuteStep);
         Receive<SetStepSpeed>(s =>
             // The storage port's copies take no speed limit; the bandwidth that matters is the mirror's.
@@ -48,7 +55,7 @@ public sealed class SpmActor : ReceiveActor
         Receive<IManagementMessage>(command => storage.HandleAsync(command, _stopped.Token).PipeTo(Sender));
     }
 
-    public static Props Props(StoragePool pool) => Akka.Actor.Props.Create(() => new SpmActor(pool));
+    public static Props Props(StoragePool pool, IStorageFence? fence = null) => Akka.Actor.Props.Create(() => new SpmActor(pool, fence));
 
     protected override void PostStop() => _stopped.Cancel();
 
@@ -113,9 +120,10 @@ public sealed class SpmActor : ReceiveActor
         var disk = command.Disk;
         var image = disk.Image;
         var migration = command.Operation.Migration;
-        // Until the pool has an SPM lease (DESIGN §7a) there is no fencing generation to carry.
-        var owner = new VolumeOwner(migration, VolumeOwner.Unfenced);
         var ct = _stopped.Token;
+        if (_fence is not null) await _fence.CheckAsync(ct);
+        // Without an SPM lease (DESIGN §7a) there is no fencing generation to carry.
+        var owner = new VolumeOwner(migration, _fence?.Generation ?? VolumeOwner.Unfenced);
         var src = _pool.Get(disk.Source);
         var dst = _pool.Get(disk.Destination);
         if (ReadsTheSource(command.Operation.Step) && !(await src.ListImagesAsync(ct)).Contains(image))
