@@ -378,6 +378,26 @@ public abstract class StorageDomainContract : IAsyncLifetime
     }
 
     [Fact]
+    public async Task DeleteOwnedVolumes_leaves_a_volume_of_the_same_image_that_someone_else_made()
+    {
+        var source = await CreateDomainAsync("contract-a", RoomyCapacity);
+        var destination = await CreateDomainAsync("contract-b", RoomyCapacity);
+        var chain = await SeedChainAsync(source);
+        var owner = TestOwners.New();
+        await destination.CloneImageStructureAsync(source, chain.Image, owner);
+        await destination.CopyVolumeDataAsync(source, chain.Image, chain.Base);
+        // An operator's volume in the same image, on no volume of the migration.
+        var other = await destination.CreateVolumeAsync(new NewVolume(chain.Image, VolumeId.New(), VolumeFormat.Cow, chain.Capacity));
+
+        var removed = await destination.DeleteOwnedVolumesAsync(chain.Image, owner);
+
+        Assert.Equal(chain.Ids.OrderBy(v => v.Value), removed.Select(v => v.Id).OrderBy(v => v.Value));
+        Assert.Equal([other.Id], (await destination.DescribeImageAsync(chain.Image)).Volumes.Select(v => v.Id));
+        Assert.Empty(await destination.RemoveIllegalLeftoversAsync(new HashSet<ImageId>()));
+        Assert.Equal([other.Id], (await destination.DescribeImageAsync(chain.Image)).Volumes.Select(v => v.Id));
+    }
+
+    [Fact]
     public async Task DeleteOwnedVolumes_refuses_when_a_volume_it_does_not_own_lies_over_one_it_owns()
     {
         var source = await CreateDomainAsync("contract-a", RoomyCapacity);
