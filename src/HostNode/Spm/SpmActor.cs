@@ -152,7 +152,10 @@ public sealed class SpmActor : ReceiveActor
             }
             case MigrationStep.MarkDestinationLeafLegal:
             {
-                var leaf = (await dst.DescribeImageAsync(image, ct)).Leaf;
+                // The plan names the leaf (the twin of the source leaf the mirror wrote); older journals fall back to the clone's leaf.
+                var leaf = disk.SourceLeaf is { } named
+                    ? await dst.DescribeVolumeAsync(image, named, ct)
+                    : (await dst.DescribeImageAsync(image, ct)).Leaf;
                 RequireOwnedBy([leaf], migration, dst, image);
                 await dst.MarkLegalAsync(image, leaf.Id, ct);
                 return new StepOutcome(Detail: $"leaf {leaf.Id} on domain {dst.Id} is LEGAL");
