@@ -216,4 +216,38 @@ public sealed class VmCommandTests(VmClusterFixture cluster) : IClassFixture<VmC
         Assert.True(verified.GetProperty("checked").GetInt64() > 0, verified.ToString());
         Assert.Equal(0, (await Lsm("vm", "stop", "mover")).ExitCode);
     }
+
+    [Fact]
+    public async Task Migrate_moves_only_the_disks_not_on_the_destination_yet_and_says_which_it_skipped()
+    {
+        var root = Path.Combine(cluster.DataDirectory, "part-root");
+        Assert.Equal(0, (await Lsm("domain", "create", "part-src", "--path", root, "--capacity", "256MiB")).ExitCode);
+        Assert.Equal(0, (await Lsm("domain", "create", "part-dst", "--path", root, "--capacity", "256MiB")).ExitCode);
+        // as after a move that failed part-way: one disk is on the destination already, the other is not
+        var create = await Lsm("vm", "create", "halfway", "--host", "host-1", "--disk", "16MiB@part-src:snapshots=1", "--disk", "16MiB@part-dst:snapshots=1");
+        Assert.True(create.ExitCode == 0, create + "\n" + cluster.LogTails());
+        var vm = await JsonOf("vm", "show", "halfway");
+        var dst = Assert.Single((await JsonOf("domains")).GetProperty("domains").EnumerateArray(), d => d.GetProperty("name").GetString() == "part-dst")
+            .GetProperty("id").GetString();
+        var already = vm.GetProperty("disks").EnumerateArray().Single(d => d.GetProperty("domain").GetString() == dst).GetProperty("image").GetString()!;
+
+        var migrate = await Lsm("migrate", "halfway", "--to", "part-dst", "--wait");
+
+        Assert.True(migrate.ExitCode == 0, migrate + "\n" + cluster.LogTails());
+        Assert.Contains($"skipped disk {already}", migrate.Stdout);
+        Assert.All((await JsonOf("vm", "show", "halfway")).GetProperty("disks").EnumerateArray(), d => Assert.Equal(dst, d.GetProperty("domain").GetString()));
+        // the migration's tables: bytes copied and left (no percentage that a growing mirror could pull back), each step once
+        Assert.Contains("Copied", migrate.Stdout);
+        Assert.DoesNotContain("%", migrate.Stdout);
+
+        // everything is there: nothing to move, said so, exit 0 (a script may repeat a move)
+        var again = await Lsm("migrate", "halfway", "--to", "part-dst");
+        Assert.True(again.ExitCode == 0, again.ToString());
+        Assert.Contains("nothing to move", again.Stdout);
+        var json = await JsonOf("migrate", "halfway", "--to", "part-dst");
+        Assert.Equal(JsonValueKind.Null, json.GetProperty("id").ValueKind);
+        Assert.Equal(2, json.GetProperty("skipped").GetArrayLength());
+        Assert.Equal(0, (await Lsm("vm", "stop", "halfway")).ExitCode);
+    }
 }
+
