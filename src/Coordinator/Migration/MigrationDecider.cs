@@ -39,9 +39,7 @@ public static class MigrationDecider
             RetryDue => new Draft(state, now).RetryDue(),
             CancelMigration cancel => DecideCancel(state, cancel, now),
             ResumeMigration => DecideResume(state, now),
-            AbandonMigration => state.Status is MigrationStatus.Suspended
-                ? Decision.Accept([new MigrationAbandoned(state.Id, now)])
-                : Decision.Refuse(MigrationErrorCodes.NotSuspended, $"migration {state.Id} is {Describe(state.Status)}; only a suspended migration can be abandoned"),
+            AbandonMigration => DecideAbandon(state, now),
             SetMigrationSpeed speed => DecideSpeed(state, speed, now),
             _ => Decision.Refuse(ErrorCodes.InvalidArgument, $"migration {state.Id} does not know command {command.GetType().Name}"),
         };
@@ -152,6 +150,33 @@ public static class MigrationDecider
         return new Draft(state, now).Terminate(TerminationKind.Cancel, MigrationErrorCodes.Cancelled, cancel.Reason).Settle();
     }
 
+    /// <summary>
+    /// Abandon leaves each disk where it runs, so it is refused where that place is not safe to leave: a step still in
+    /// flight (its effect would land after the saga stopped looking), a mirror a rollback has not cancelled yet (it
+    /// would copy on into the destination for good), and a pivoted disk whose destination leaf is not LEGAL yet (the
+    /// VM could never start again on it). Resume finishes those.
+    /// </summary>
+    private static Decision DecideAbandon(MigrationState state, DateTimeOffset now)
+    {
+        if (state.Status is not MigrationStatus.Suspended)
+            return Decision.Refuse(MigrationErrorCodes.NotSuspended, $"migration {state.Id} is {Describe(state.Status)}; only a suspended migration can be abandoned");
+        foreach (var disk in state.Disks.Where(d => !d.IsFinished))
+        {
+            if (disk.Phase is DiskPhase.InFlight or DiskPhase.RetryWaiting)
+                return Decision.Refuse(MigrationErrorCodes.NotSuspended,
+                    $"migration {state.Id} cannot be abandoned yet: disk {disk.Image} has {disk.Step} under way; wait until it ends");
+            if (disk.Step == MigrationStep.CancelReplication)
+                return Decision.Refuse(MigrationErrorCodes.NotSuspended,
+                    $"migration {state.Id} cannot be abandoned: disk {disk.Image}'s mirror may still copy into the destination (its cancel failed: {disk.LastError}); " +
+                    "resume it so the rollback cancels the mirror and removes the copy");
+            if (disk.Step == MigrationStep.MarkDestinationLeafLegal)
+                return Decision.Refuse(MigrationErrorCodes.NotSuspended,
+                    $"migration {state.Id} cannot be abandoned: disk {disk.Image} runs on its destination leaf, which is not marked LEGAL yet ({disk.LastError}); " +
+                    "abandoned there its VM could not start again; resume it");
+        }
+        return Decision.Accept([new MigrationAbandoned(state.Id, now)]);
+    }
+
     private static Decision DecideResume(MigrationState state, DateTimeOffset now)
     {
         if (state.Status is not MigrationStatus.Suspended)
@@ -216,7 +241,7 @@ public static class MigrationDecider
                     if (State.Termination is null)
                         Terminate(TerminationKind.Failure, disk.LastErrorCode ?? ErrorCodes.JobFailed,
                             $"{switchStep} of disk {disk.Image} failed and never took effect ({disk.LastError}; {outcome.Detail})");
-                    BeginRollback(State.Disk(disk.Image));
+                    BeginRollbackOnce(State.Disk(disk.Image));
                     break;
                 default:
                     Emit(new MigrationSuspended(State.Id, disk.Image, MigrationStep.ProbeSwitch,
@@ -270,7 +295,7 @@ public static class MigrationDecider
             {
                 if (State.Termination is null)
                     Terminate(TerminationKind.Failure, code, transient ? $"{why} after {disk.FailuresInRow} attempts" : why);
-                BeginRollback(State.Disk(disk.Image));
+                BeginRollbackOnce(State.Disk(disk.Image));
             }
             return Settle();
         }
@@ -326,6 +351,12 @@ public static class MigrationDecider
         }
 
         private void BeginRollback(DiskState disk) => NextRollbackStep(disk, after: null);
+
+        /// <summary>After a <see cref="Terminate"/> that may have begun this disk's rollback already: never the same step twice.</summary>
+        private void BeginRollbackOnce(DiskState disk)
+        {
+            if (!disk.IsRollingBack && !disk.IsFinished) BeginRollback(disk);
+        }
 
         private void NextRollbackStep(DiskState disk, MigrationStep? after)
         {

@@ -205,6 +205,17 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
 
     private void OnHypervisorEvent(HypervisorEvent e)
     {
+        if (e is BlockJobCompleted && _catalog is not null)
+        {
+            // A mirror that completed moved the drive: the record follows, even when no step is waiting for it.
+            var log = _log;
+            _hypervisor.DescribeVmAsync(e.Vm).ContinueWith(async t =>
+            {
+                if (t.IsCompletedSuccessfully && t.Result.Running)
+                    foreach (var disagreement in await ReconcileRecordAsync(t.Result))
+                        log.Warning("After a block job ended: {Disagreement}", disagreement);
+            }).Unwrap();
+        }
         foreach (var (operation, wait) in _mirrorWaits.Where(w => w.Value.Vm == e.Vm).ToList())
         {
             switch (e)
@@ -371,6 +382,18 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
         catch (OperationFailedException e) when (e.Code is ErrorCodes.VmNotRunning or ErrorCodes.VmNotFound)
         {
         }
+        if (running is not null && running.Drive(image).Job is not null && _catalog?.Find(vm)?.PendingOf(image) is not null)
+        {
+            // A pivot was begun and the mirror has not ended: block-job-complete may still be converging. Let it end
+            // (or not) before reading where the drive runs; answering now could roll back under a pivot that lands later.
+            var deadline = DateTime.UtcNow + ProbeJobWait;
+            while (await _hypervisor.GetBlockJobAsync(vm, image) is not null && DateTime.UtcNow < deadline)
+                await Task.Delay(200);
+            running = await _hypervisor.DescribeVmAsync(vm);
+            if (running.Drive(image).Job is { } still)
+                throw new OperationFailedException(ErrorCodes.Timeout,
+                    $"VM {vm} drive {image}: the {switchName} was begun and mirror {still.JobId} has not ended after {ProbeJobWait.TotalSeconds:0} s; probing again");
+        }
         if (running is not null)
         {
             var open = running.Drive(image).OpenChain;
@@ -417,6 +440,9 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
 
     private static StepOutcome Found(SwitchFinding finding, string detail) => new(Detail: detail, Switch: finding);
 
+    /// <summary>How long a probe lets a begun pivot's mirror end before it asks to be sent again.</summary>
+    private static readonly TimeSpan ProbeJobWait = TimeSpan.FromSeconds(20);
+
     /// <summary>The record of a VM this host runs but does not hold yet (adopted, or started outside the management API).</summary>
     private async Task<CatalogedVm> RecordOfRunningAsync(VmId vm)
     {
@@ -453,44 +479,51 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
         var vms = await _hypervisor.AdoptRunningVmsAsync();
         var running = vms.Where(v => v.Running).ToList();
         var disagreements = new List<string>();
-        if (_catalog is not null)
-        {
-            foreach (var vm in running)
-            {
-                IReadOnlyList<DiskLeaf> open;
-                try
-                {
-                    open = await VmReports.CurrentLeavesAsync(vm, _pool);
-                }
-                catch (OperationFailedException e)
-                {
-                    disagreements.Add($"VM {vm.Id}: {e.Message}; its record is left as it is");
-                    continue;
-                }
-                var record = _catalog.Find(vm.Id);
-                if (record is null)
-                {
-                    _catalog.Save(new CatalogedVm(vm.Id, vm.Name, open));
-                    continue;
-                }
-                var updated = record;
-                foreach (var drive in open)
-                {
-                    var recorded = record.LeafOf(drive.Image)?.Leaf;
-                    var pending = record.PendingOf(drive.Image)?.Leaf;
-                    if (recorded == drive.Leaf && pending is null) continue;
-                    if (pending == drive.Leaf)
-                        disagreements.Add($"VM {vm.Id} drive {drive.Image}: a switch to {pending} was begun and QEMU runs on it; recorded");
-                    else if (recorded != drive.Leaf)
-                        disagreements.Add($"VM {vm.Id} drive {drive.Image}: the record names {recorded?.ToString() ?? "nothing"} but QEMU has {drive.Leaf} open; recording what QEMU runs");
-                    else
-                        continue; // on the recorded leaf with a switch begun: the saga's probe decides it
-                    updated = updated.WithLeaf(drive.Image, drive.Leaf);
-                }
-                if (!ReferenceEquals(updated, record)) _catalog.Save(updated);
-            }
-        }
+        foreach (var vm in running)
+            disagreements.AddRange(await ReconcileRecordAsync(vm));
         return new AdoptionFinished(running.Select(v => v.Id).ToList(), disagreements, null);
+    }
+
+    /// <summary>
+    /// Brings a running VM's record in line with what QEMU has open (also after a mirror ended on its own, e.g. a
+    /// pivot that landed after its step had answered): returns what disagreed. A drive on its recorded leaf with a
+    /// switch begun is left for the saga's probe.
+    /// </summary>
+    private async Task<IReadOnlyList<string>> ReconcileRecordAsync(VmInfo vm)
+    {
+        if (_catalog is null) return [];
+        IReadOnlyList<DiskLeaf> open;
+        try
+        {
+            open = await VmReports.CurrentLeavesAsync(vm, _pool);
+        }
+        catch (OperationFailedException e)
+        {
+            return [$"VM {vm.Id}: {e.Message}; its record is left as it is"];
+        }
+        var record = _catalog.Find(vm.Id);
+        if (record is null)
+        {
+            _catalog.Save(new CatalogedVm(vm.Id, vm.Name, open));
+            return [];
+        }
+        var disagreements = new List<string>();
+        var updated = record;
+        foreach (var drive in open)
+        {
+            var recorded = record.LeafOf(drive.Image)?.Leaf;
+            var pending = record.PendingOf(drive.Image)?.Leaf;
+            if (recorded == drive.Leaf && pending is null) continue;
+            if (pending == drive.Leaf)
+                disagreements.Add($"VM {vm.Id} drive {drive.Image}: a switch to {pending} was begun and QEMU runs on it; recorded");
+            else if (recorded != drive.Leaf)
+                disagreements.Add($"VM {vm.Id} drive {drive.Image}: the record names {recorded?.ToString() ?? "nothing"} but QEMU has {drive.Leaf} open; recording what QEMU runs");
+            else
+                continue;
+            updated = updated.WithLeaf(drive.Image, drive.Leaf);
+        }
+        if (!ReferenceEquals(updated, record)) _catalog.Save(updated);
+        return disagreements;
     }
 
     private static void EnsureRunsOn(DriveState drive, DriveChain expected, VmId vm)

@@ -221,6 +221,40 @@ public sealed class MigrationSagaTests
     }
 
     [Fact]
+    public void Abandon_is_refused_where_the_disk_would_be_left_unsafe_a_pivoted_disk_on_an_illegal_leaf_or_a_mirror_not_cancelled()
+    {
+        var retry = new RetryPolicy(2, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1));
+        // pivoted, then the SPM cannot mark the destination leaf LEGAL
+        var pivoted = new SagaDriver().Begin(retry: retry);
+        for (var i = 0; i < 5; i++) pivoted.Succeed();
+        Assert.Equal(MarkDestinationLeafLegal, pivoted.InFlight().Step);
+        pivoted.Fail(ErrorCodes.IoError, transient: true);
+        pivoted.Advance(TimeSpan.FromSeconds(2));
+        pivoted.Send(new RetryDue(pivoted.Id));
+        pivoted.Fail(ErrorCodes.IoError, transient: true);
+        Assert.IsType<MigrationStatus.Suspended>(pivoted.State.Status);
+        var refused = pivoted.Send(new AbandonMigration(pivoted.Id));
+        Assert.True(refused.Refused);
+        Assert.Contains("not marked LEGAL", refused.RefusalMessage);
+        pivoted.Send(new ResumeMigration(pivoted.Id));
+        Assert.Equal([MarkDestinationLeafLegal, DeleteSourceImage], pivoted.SucceedAll(pivoted.Image));
+
+        // a cancel whose mirror cancel keeps failing
+        var cancelled = new SagaDriver().Begin(retry: retry);
+        cancelled.Succeed(); cancelled.Succeed(); // CloneImageStructure, StartReplication
+        cancelled.Send(new CancelMigration(cancelled.Id, "operator"));
+        cancelled.Succeed(); // SyncInternalVolumes, in flight at the cancel, finishes first
+        Assert.Equal(CancelReplication, cancelled.InFlight().Step);
+        cancelled.Fail(ErrorCodes.QmpError);
+        cancelled.Advance(TimeSpan.FromSeconds(2));
+        cancelled.Send(new RetryDue(cancelled.Id));
+        cancelled.Fail(ErrorCodes.QmpError);
+        Assert.Equal(CancelReplication, cancelled.State.Disk(cancelled.Image).Step);
+        Assert.Equal(DiskPhase.Suspended, cancelled.State.Disk(cancelled.Image).Phase);
+        Assert.Contains("mirror may still copy", cancelled.Send(new AbandonMigration(cancelled.Id)).RefusalMessage);
+    }
+
+    [Fact]
     public void Vm_not_running_rolls_back_even_if_the_mirror_is_gone_and_fails_with_VM_NOT_RUNNING()
     {
         var saga = new SagaDriver().Begin();
