@@ -113,6 +113,33 @@ public static class KnownBugs
             }, new Chaos(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, MaxResumes: 0)),
             r => r.Violation!.Invariant == "leftover-mirror" && r.Ending.StartsWith("abandoned")),
 
+        new("B6-rollback-hides-a-suspended-disk",
+            "RollbackStarted sets the status to RollingBack although another disk is Suspended: when the rolling-back disks finish, the suspended one keeps the migration unfinished, yet Resume and Abandon are refused (NOT_SUSPENDED): stuck for good",
+            "stall",
+            "pre-copy, 2 disks, parallel 2: d0 pivots, its MarkDestinationLeafLegal fails 3 times → MigrationSuspended; then d1's mirror fails (JOB_FAILED) → RollbackStarted (status RollingBack); d1 rolls back and finishes; d0 stays Suspended under a RollingBack status",
+            () =>
+            {
+                var sim = new SagaSimulator(1, Chaos.None, MigrationStrategy.PreCopy, disks: 2, parallel: 2);
+                var slow = sim.World.Disks.Keys.Last();
+                sim.MirrorReadyAfter = d => d.Image == slow ? 10_000 : 1;
+                for (var attempt = 1; attempt <= 3; attempt++) sim.Script[(MarkDestinationLeafLegal, attempt)] = Fault.FailTransient;
+                sim.AfterEvent = (s, e) =>
+                {
+                    if (e is MigrationSuspended) s.FailMirrorIn(1, slow);
+                };
+                sim.Start();
+                return sim.Drain();
+            },
+            r => r.Violation!.Invariant == "stall" && r.Violation.Detail.StartsWith("rolling back") && r.Violation.Detail.Contains(" Suspended ")),
+
+        new("B7-failed-step-starts-its-rollback-twice",
+            "Draft.Failed calls Terminate (which already begins this disk's rollback) and then BeginRollback again: the first rollback step is journaled twice with the same operation id (double StepStarted, double timing); harmless to the hosts, wrong in the journal and the views",
+            "duplicate-step-started",
+            "pre-copy, 1 disk: StartReplication fails permanently (QMP_ERROR) → RollbackStarted, StepStarted CancelReplication:1, StepStarted CancelReplication:1",
+            () => Scenario(MigrationStrategy.PreCopy, sim => sim.Script[(StartReplication, 1)] = Fault.FailPermanent,
+                Chaos.None with { StrictJournal = true }),
+            r => r.Violation!.Invariant == "duplicate-step-started"),
+
         new("H1-stale-command-redone-after-host-restart",
             "Host side, not the decider: a late copy of an old command reaches an SPM/HSM that restarted and forgot its in-memory OperationLedger; it is executed again (CloneImageStructure after the rollback deleted the destination) and leaves volumes behind (DESIGN §7.6/§7.7: fencing by owner/generation, durable idempotency)",
             "leftover-volumes",

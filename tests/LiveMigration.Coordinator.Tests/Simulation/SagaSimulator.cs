@@ -38,7 +38,9 @@ public sealed record Chaos(
     /// <summary>Faults on the switch steps (pivot, live snapshot) and VM deaths: off, to look past the bugs they hit.</summary>
     bool SwitchFaults = true,
     /// <summary>How many times the operator resumes a suspended migration before abandoning it.</summary>
-    int MaxResumes = 3)
+    int MaxResumes = 3,
+    /// <summary>Make a StepStarted that repeats the step already in flight a violation (a note otherwise).</summary>
+    bool StrictJournal = false)
 {
     /// <summary>Nothing goes wrong unless a scenario says so.</summary>
     public static readonly Chaos None = new(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
@@ -119,7 +121,7 @@ public sealed class SagaSimulator
             CopyMode.Background, par, DeleteSource: true, new RetryPolicy(3, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(8)));
         State = MigrationState.Initial(Id);
         World.Violate = (invariant, detail) => Fail(invariant, detail);
-        World.MirrorStarted = disk => At(TimeSpan.FromSeconds(1 + _rng.NextDouble() * 40), new MirrorReadyEv(disk.Image));
+        World.MirrorStarted = disk => At(TimeSpan.FromSeconds(MirrorReadyAfter?.Invoke(disk) ?? 1 + _rng.NextDouble() * 40), new MirrorReadyEv(disk.Image));
         foreach (var image in images)
         {
             var internals = _rng.Next(0, 3);
@@ -230,6 +232,11 @@ public sealed class SagaSimulator
                 FinishWaits(m.Image, new HostAnswer.Ok(new StepOutcome(1L << 30, "mirror READY")));
                 break;
             }
+            case MirrorFailEv m when World.Disks[m.Image].MirrorRunning:
+                Log($"world: mirror of {Short(m.Image)} FAILS (out of space)");
+                World.MirrorFails(World.Disks[m.Image]);
+                FinishWaits(m.Image, new HostAnswer.Fail(ErrorCodes.JobFailed, "the mirror failed: no space", false));
+                break;
             case GuestWriteEv w:
                 World.GuestWrite(World.Disks[w.Image]);
                 if (!State.Status.IsFinished && World.VmRunning) At(Rand(2, 10), w);
@@ -455,6 +462,9 @@ public sealed class SagaSimulator
     public void EarlyRetryTimerAt(double seconds) => AtAbsolute(seconds, new EarlyRetryTimerEv());
     public void CrashAt(double seconds) => AtAbsolute(seconds, new CrashEv());
     public void KillVmAt(double seconds) => AtAbsolute(seconds, new KillVmEv());
+    /// <summary>For scenarios: seconds from a mirror's start to READY (default: 1-41 s at random).</summary>
+    public Func<SimDisk, double>? MirrorReadyAfter { get; set; }
+    public void FailMirrorIn(double seconds, ImageId image) => At(TimeSpan.FromSeconds(seconds), new MirrorFailEv(image));
     public void OperatorIn(double seconds, IMigrationCommand command) => At(TimeSpan.FromSeconds(seconds), new OperatorEv(command));
     public void EarlyRetryTimerIn(double seconds) => At(TimeSpan.FromSeconds(seconds), new EarlyRetryTimerEv());
     private void AtAbsolute(double seconds, Ev ev) => _queue.Enqueue(ev, (TimeSpan.FromSeconds(seconds).Ticks, ++_seq));
@@ -505,7 +515,11 @@ public sealed class SagaSimulator
     {
         if (e is StepStarted again && State.Disks.FirstOrDefault(d => d.Image == again.Image) is { Phase: DiskPhase.InFlight } current
             && current.Operation == again.Operation)
+        {
             _notes.Add($"duplicate-step-started:{again.Step}");
+            if (_chaos.StrictJournal)
+                Fail("duplicate-step-started", $"disk {Short(again.Image)}: {Op(again.Operation)} started again in the same decision while already in flight");
+        }
         if (e is StepStarted { Step: DeleteDestinationImage } start)
         {
             // The truth: does the drive run on anything on the destination right now?
@@ -657,6 +671,7 @@ public sealed class SagaSimulator
     private sealed record EarlyRetryTimerEv : Ev;
     private sealed record AdmitEv : Ev;
     private sealed record MirrorReadyEv(ImageId Image) : Ev;
+    private sealed record MirrorFailEv(ImageId Image) : Ev;
     private sealed record GuestWriteEv(ImageId Image) : Ev;
     private sealed record KillVmEv : Ev;
     private sealed record CrashEv : Ev;
