@@ -18,6 +18,9 @@ try
 {
     settings = CoordinatorConfiguration.From(builder.Configuration);
     Directory.CreateDirectory(settings.DataDirectory);
+    FaultPlan.Current = FaultPlan.FromEnvironment("coordinator", settings.DataDirectory);
+    if (FaultPlan.Current.IsActive && settings.ApiToken is not null)
+        throw new ArgumentException($"{FaultPlan.PlanVariable} is refused with an API token: crash injection never runs in a production setup");
 }
 catch (Exception e) when (e is ArgumentException or FormatException)
 {

@@ -48,7 +48,8 @@ internal static class HostLayerDemo
         {
             var ledgerPath = Path.Combine(dataDir, "guest.ledger");
             await using var guest = new GuestWorkload(new GuestWorkloadOptions(drive.GuestSocket, drive.ExportName, image,
-                0, 64 * MiB, ledgerPath, RateBytesPerSecond: options.GuestRate, Pattern: WritePattern.Random));
+                0, 64 * MiB, ledgerPath, RateBytesPerSecond: options.GuestRate, Pattern: WritePattern.Random,
+                FlushInterval: GuestWorkload.DefaultFlushInterval)); // a guest that cares: what a FLUSH covered must survive anything
             await guest.StartAsync();
             await Task.Delay(TimeSpan.FromSeconds(2));
             var warm = guest.Stats;
@@ -98,7 +99,9 @@ internal static class HostLayerDemo
             var offline = await GuestVerifier.VerifyImageAsync(finalDrive.OpenChain[^1], WriteLedger.Load(ledgerPath));
 
             Console.WriteLine();
-            Console.WriteLine($"guest: {stats.Writes} writes acknowledged ({Mib(stats.Bytes):0.0} MiB), {stats.Errors} errors, average write {Ms(stats.AverageLatency)}");
+            Console.WriteLine($"guest: {stats.Writes} writes acknowledged ({Mib(stats.Bytes):0.0} MiB), {stats.DurableWrites} durable " +
+                              $"({stats.Flushes} flushes, one every {GuestWorkload.DefaultFlushInterval.TotalMilliseconds:0} ms, longest {Ms(stats.MaxFlushLatency)}), " +
+                              $"{stats.Errors} errors, average write {Ms(stats.AverageLatency)}");
             Console.WriteLine($"verification through NBD while running: {Verdict(live)}");
             Console.WriteLine($"verification offline from the chain on domain-a: {Verdict(offline)}");
             Console.WriteLine();
@@ -129,7 +132,7 @@ internal static class HostLayerDemo
         static double Mib(long bytes) => bytes / (double)MiB;
         static string Ms(TimeSpan t) => t.TotalSeconds >= 1 ? $"{t.TotalSeconds:0.00} s" : $"{t.TotalMilliseconds:0.0} ms";
         static string Verdict(VerificationReport r) =>
-            r.Ok ? $"OK, {r.BlocksChecked} blocks checked ({r.InDoubtBlocks} in doubt), every acknowledged write found"
-                 : $"FAILED, {r.Mismatches.Count} of {r.BlocksChecked} blocks wrong, first at offset {r.Mismatches[0].Offset}";
+            r.Ok ? $"OK, {r.BlocksChecked} blocks checked ({r.DurableBlocks} durable, {r.UnacknowledgedBlocks} unacknowledged), every acknowledged write found"
+                 : $"FAILED, {r.Mismatches.Count} of {r.BlocksChecked} blocks wrong ({r.Lost.Count} durable lost, {r.InDoubt.Count} in doubt), first at offset {r.Mismatches[0].Offset}";
     }
 }

@@ -18,6 +18,7 @@ HostManagement management;
 try
 {
     settings = HostNodeSettings.From(builder.Configuration);
+    FaultPlan.Current = FaultPlan.FromEnvironment(settings.HostId, settings.DataDirectory);
     components = await settings.CreateComponentsAsync();
     // Domains created through the API under other folders than the configured roots.
     management = HostManagement.Under(settings.DataDirectory);

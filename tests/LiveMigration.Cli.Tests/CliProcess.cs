@@ -26,7 +26,12 @@ public static class CliProcess
     public static Task<CliResult> RunAsync(string? api, params string[] arguments) => RunAsync(api, onStdoutLine: null, arguments);
 
     /// <summary>As <see cref="RunAsync(string?, string[])"/>, handing each line of stdout to <paramref name="onStdoutLine"/> as it comes.</summary>
-    public static async Task<CliResult> RunAsync(string? api, Action<string>? onStdoutLine, params string[] arguments)
+    public static Task<CliResult> RunAsync(string? api, Action<string>? onStdoutLine, params string[] arguments) =>
+        RunWithEnvironmentAsync(api, null, onStdoutLine, arguments);
+
+    /// <summary>As <see cref="RunAsync(string?, string[])"/> with extra environment variables (which the nodes a <c>local up</c> starts inherit).</summary>
+    public static async Task<CliResult> RunWithEnvironmentAsync(string? api, IReadOnlyDictionary<string, string>? environment,
+        Action<string>? onStdoutLine, params string[] arguments)
     {
         var psi = new ProcessStartInfo("dotnet")
         {
@@ -38,6 +43,7 @@ public static class CliProcess
         foreach (var a in arguments) psi.ArgumentList.Add(a);
         psi.Environment.Remove("LSM_API");
         if (api is not null) psi.Environment["LSM_API"] = api;
+        foreach (var (name, value) in environment ?? new Dictionary<string, string>()) psi.Environment[name] = value;
         using var process = Process.Start(psi) ?? throw new InvalidOperationException("cannot start lsm");
         var stdout = onStdoutLine is null ? process.StandardOutput.ReadToEndAsync() : ReadLinesAsync(process.StandardOutput, onStdoutLine);
         var stderr = process.StandardError.ReadToEndAsync();

@@ -153,7 +153,7 @@ public sealed class VmStartCommand() : VmActionCommand("start", "started");
 public sealed class VmStopCommand() : VmActionCommand("stop", "stopped");
 public sealed class VmSnapshotCommand() : VmActionCommand("snapshot", "live snapshot taken: every disk now writes to a new leaf");
 
-public sealed class VmIoSettings : VmSettings
+public sealed partial class VmIoSettings : VmSettings
 {
     [CommandOption("--rate <RATE>")]
     [Description("How fast the guest writes, over all its disks, e.g. 20MiB/s; 0 = as fast as the disks take it")]
@@ -164,11 +164,42 @@ public sealed class VmIoSettings : VmSettings
     [DefaultValue(0)]
     public int Seconds { get; set; }
 
+    [CommandOption("--flush-interval <INTERVAL>")]
+    [Description("How often the guest sends FLUSH to make its acknowledged writes durable, e.g. 100ms or 1s (the default is 100ms); 0 = never")]
+    public string? FlushInterval { get; set; }
+
+    [CommandOption("--fua")]
+    [Description("Send every write with FUA, so each is durable when acknowledged (no flushes needed)")]
+    public bool Fua { get; set; }
+
     [CommandOption("--status")]
     [Description("Show the workload's counters instead of starting one")]
     public bool Status { get; set; }
 
     public long RateBytesPerSecond => ByteRate.TryParse(Rate, out var b) ? b : 0;
+
+    /// <summary>The flush interval in milliseconds, or null to leave the default to the server.</summary>
+    public int? FlushIntervalMs => FlushInterval is null ? null : ParseInterval(FlushInterval, out var ms) ? ms : null;
+
+    [GeneratedRegex(@"^(?<n>\d{1,9})(?<unit>ms|s)?$")]
+    private static partial Regex IntervalPattern();
+
+    /// <summary>"0", "250ms" or "2s" as milliseconds.</summary>
+    public static bool ParseInterval(string text, out int milliseconds)
+    {
+        milliseconds = 0;
+        var match = IntervalPattern().Match(text.Trim());
+        if (!match.Success || !long.TryParse(match.Groups["n"].Value, NumberStyles.None, CultureInfo.InvariantCulture, out var n))
+            return false;
+        var unit = match.Groups["unit"].Value;
+        if (unit.Length == 0 && n != 0)
+            return false; // a bare number is ambiguous: say ms or s
+        var ms = unit == "s" ? n * 1000 : n;
+        if (ms > 3_600_000)
+            return false;
+        milliseconds = (int)ms;
+        return true;
+    }
 
     public override ValidationResult Validate()
     {
@@ -178,13 +209,16 @@ public sealed class VmIoSettings : VmSettings
         if (Rate is null) return ValidationResult.Error("--rate RATE is required, e.g. --rate 20MiB/s (or --status to see a running workload)");
         if (!ByteRate.TryParse(Rate, out _)) return ValidationResult.Error($"--rate '{Rate}' is not a rate like 20MiB/s, 512k or 0 (unlimited)");
         if (Seconds < 0) return ValidationResult.Error($"--seconds must be 0 (until the VM stops) or more, got {Seconds}");
+        if (FlushInterval is not null && !ParseInterval(FlushInterval, out _))
+            return ValidationResult.Error($"--flush-interval '{FlushInterval}' is not an interval like 100ms or 1s (at most 1 hour), or 0 (never)");
         return ValidationResult.Success();
     }
 }
 
 /// <summary>
-/// <c>lsm vm io VM --rate 20MiB/s [--seconds N]</c>: the guest workload on the VM's disks, in the background on its host,
-/// every write recorded in a ledger there for <c>lsm vm verify</c>; <c>--status</c> shows its counters.
+/// <c>lsm vm io VM --rate 20MiB/s [--seconds N] [--flush-interval 100ms|0] [--fua]</c>: the guest workload on the VM's disks, in the
+/// background on its host, every write recorded in a ledger there for <c>lsm vm verify</c> (sent, acknowledged, and durable once a
+/// FLUSH covered it or it went with FUA); <c>--status</c> shows its counters.
 /// </summary>
 public sealed class VmIoCommand : AsyncCommand<VmIoSettings>
 {
@@ -205,19 +239,24 @@ public sealed class VmIoCommand : AsyncCommand<VmIoSettings>
             var s = status.Json;
             Output.Console.MarkupLine(
                 $"guest I/O {(s.Bool("running") ? "[green]running[/]" : "not running")}: {s.Long("writes")} writes, {ByteRate.Format(s.Long("bytes"))} " +
-                $"in {Seconds(s).ToString("0.0", CultureInfo.InvariantCulture)} s, {s.Long("errors")} errors" +
+                $"in {Seconds(s).ToString("0.0", CultureInfo.InvariantCulture)} s, {s.Long("durableWrites")} durable " +
+                $"({(s.Bool("fua") ? "FUA" : s.Long("flushIntervalMs") > 0 ? $"{s.Long("flushes")} flushes, every {s.Long("flushIntervalMs")} ms" : "no flushes")}), " +
+                $"{s.Long("errors")} errors" +
                 (s.Str("lastError").Length > 0 ? $" (last: {Output.Escape(s.Str("lastError"))})" : ""));
             return ExitCodes.Ok;
         }
         var started = await api.PostAsync($"{settings.VmPath}/io",
-            new { bytesPerSecond = settings.RateBytesPerSecond, seconds = settings.Seconds }, ct);
+            new { bytesPerSecond = settings.RateBytesPerSecond, seconds = settings.Seconds, flushIntervalMs = settings.FlushIntervalMs, fua = settings.Fua }, ct);
         if (settings.Json) Output.Json(started.Text);
         else Output.Console.MarkupLine(Output.Escape(started.Json.Str("message")) + "; `lsm vm verify` checks every acknowledged write");
         return ExitCodes.Ok;
     }
 }
 
-/// <summary><c>lsm vm verify VM</c>: every write the guest's ledgers hold as acknowledged is read back; exit 1 on any loss.</summary>
+/// <summary>
+/// <c>lsm vm verify VM</c>: every block the guest's ledgers name is read back. A block without its durable write (one a FLUSH or
+/// FUA covered) is lost: exit 1. A block without an acknowledged write no flush covered yet is in doubt: reported, not a loss.
+/// </summary>
 public sealed class VmVerifyCommand : AsyncCommand<VmSettings>
 {
     public override async Task<int> ExecuteAsync(CommandContext context, VmSettings settings, CancellationToken ct)
@@ -229,13 +268,16 @@ public sealed class VmVerifyCommand : AsyncCommand<VmSettings>
         if (settings.Json) Output.Json(result.Text);
         else
         {
-            Output.Console.MarkupLine(ok
-                ? $"[green]ok[/]: {r.Long("checked")} blocks checked, none lost ({r.Long("inDoubt")} in doubt: written but never acknowledged)"
-                : $"[red]DATA LOST[/]: {r.Long("lost")} of {r.Long("checked")} blocks checked do not hold their acknowledged write");
+            var inDoubt = r.Long("inDoubt");
+            Output.Console.MarkupLine((ok ? "[green]ok[/]: " : "[red]DATA LOST[/]: ") +
+                $"{r.Long("checked")} blocks checked, {r.Long("durableChecked")} of them with a durable write; " +
+                (ok ? "lost: 0" : $"[red]lost: {r.Long("lost")}[/] (a durable write is gone)") +
+                $"; in doubt: {inDoubt}" +
+                (inDoubt > 0 ? " (acknowledged but never flushed, and not there: a crash may take those back)" : ""));
             foreach (var detail in r.Array("details"))
                 Output.Console.MarkupLine("  " + Output.Escape(detail.GetString() ?? ""));
         }
-        if (!ok) throw CliFailure.Failed($"VM {settings.Vm}: {r.Long("lost")} acknowledged writes lost");
+        if (!ok) throw CliFailure.Failed($"VM {settings.Vm}: {r.Long("lost")} durable writes lost");
         return ExitCodes.Ok;
     }
 }

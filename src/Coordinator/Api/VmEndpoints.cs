@@ -15,7 +15,11 @@ public static class VmEndpoints
 
     public sealed record NewDiskBody(long SizeBytes, string? Domain, int Snapshots = 0);
 
-    public sealed record GuestIoBody(long BytesPerSecond, int Seconds = 0);
+    /// <param name="FlushIntervalMs">How often the guest flushes; null = the default (100 ms), 0 = never.</param>
+    /// <param name="Fua">Every write with FUA.</param>
+    public sealed record GuestIoBody(long BytesPerSecond, int Seconds = 0, int? FlushIntervalMs = null, bool Fua = false);
+
+    private const string IoBodyShape = "{\"bytesPerSecond\": N, \"seconds\": N, \"flushIntervalMs\": N (optional, 0 = never), \"fua\": true|false (optional)}";
 
     public static IEndpointRouteBuilder MapVmApi(this IEndpointRouteBuilder app)
     {
@@ -58,13 +62,16 @@ public static class VmEndpoints
         }
         catch (System.Text.Json.JsonException e)
         {
-            throw new OperationFailedException(ErrorCodes.InvalidArgument, $"the body must be {{\"bytesPerSecond\": N, \"seconds\": N}}: {e.Message}");
+            throw new OperationFailedException(ErrorCodes.InvalidArgument, $"the body must be {IoBodyShape}: {e.Message}");
         }
         if (body is null)
-            throw new OperationFailedException(ErrorCodes.InvalidArgument, "the body must be {\"bytesPerSecond\": N, \"seconds\": N}");
-        var status = await service.StartGuestIoAsync(id, body.BytesPerSecond, body.Seconds, ct);
+            throw new OperationFailedException(ErrorCodes.InvalidArgument, $"the body must be {IoBodyShape}");
+        var flushIntervalMs = body.FlushIntervalMs ?? StartGuestIo.DefaultFlushIntervalMs;
+        var status = await service.StartGuestIoAsync(id, body.BytesPerSecond, body.Seconds, flushIntervalMs, body.Fua, ct);
         var message = $"guest I/O started on VM {status.Vm} at {(body.BytesPerSecond == 0 ? "full speed" : $"{body.BytesPerSecond} bytes/s")}"
-                      + (body.Seconds > 0 ? $" for {body.Seconds} s" : " until stopped");
+                      + (body.Seconds > 0 ? $" for {body.Seconds} s" : " until stopped")
+                      + (body.Fua ? ", every write with FUA (durable when acknowledged)"
+                          : flushIntervalMs > 0 ? $", flushing every {flushIntervalMs} ms" : ", never flushing (nothing durable before the stop)");
         return Results.Json(new { message, vm = status.Vm.ToString() }, statusCode: StatusCodes.Status202Accepted);
     }
 
@@ -72,11 +79,13 @@ public static class VmEndpoints
     {
         vm = s.Vm.ToString(), running = s.Running, bytesPerSecond = s.BytesPerSecond, seconds = s.Seconds, writes = s.Writes, bytes = s.Bytes,
         errors = s.Errors, elapsedSeconds = s.ElapsedSeconds, lastError = s.LastError, ledgerWrites = s.LedgerWrites,
+        durableWrites = s.DurableWrites, flushIntervalMs = s.FlushIntervalMs, fua = s.Fua, flushes = s.Flushes,
     };
 
     private static object VerifyJson(GuestVerified v) => new
     {
-        vm = v.Vm.ToString(), @checked = v.Checked, lost = v.Lost, inDoubt = v.InDoubt, ok = v.Lost == 0, details = v.Details,
+        vm = v.Vm.ToString(), @checked = v.Checked, durableChecked = v.DurableChecked, lost = v.Lost, inDoubt = v.InDoubt, ok = v.Lost == 0,
+        details = v.Details,
     };
 
 }

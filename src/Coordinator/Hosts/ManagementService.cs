@@ -14,8 +14,12 @@ public sealed record HostView(string Id, string Address, bool SpmCapable, bool S
 
 public sealed record ChainLayerView(string Domain, string Image, string Volume);
 
-/// <summary>A VM's disk: <see cref="Domain"/> is its leaf's domain (where the disk is), <see cref="Chain"/> base → leaf.</summary>
-public sealed record VmDiskView(string Image, long CapacityBytes, long AllocatedBytes, string? Domain, IReadOnlyList<ChainLayerView> Chain, string? Migration);
+/// <summary>
+/// A VM's disk: <see cref="Domain"/> is its leaf's domain (where the disk is), <see cref="Chain"/> base → leaf.
+/// <see cref="Problem"/> says why a disk has no domain ("chain unresolved: ..."), null when it has one.
+/// </summary>
+public sealed record VmDiskView(string Image, long CapacityBytes, long AllocatedBytes, string? Domain, IReadOnlyList<ChainLayerView> Chain, string? Migration,
+    string? Problem = null);
 
 public sealed record VmView(string Id, string Name, string Host, bool Running, IReadOnlyList<VmDiskView> Disks);
 
@@ -83,8 +87,24 @@ public sealed class ManagementService(ActorSystem system, IActorRef inventory, I
         if (snapshot.Domains.FirstOrDefault(d => d.Name == name) is { } existing)
             throw Refuse(ErrorCodes.Conflict, $"a storage domain named '{name}' exists already ({existing.Id})");
         var created = Expect<DomainCreated>(await AskSpmAsync(new CreateDomain(name, path, capacityBytes), ct));
+        // The SPM's answer is the owner's statement that the domain exists: the inventory records it before the API says
+        // "created", so the next command finds it whatever the hosts' reports are doing meanwhile.
+        await RecordCreatedDomainAsync(created.Domain, ct);
         await WaitForInventoryAsync(s => s.Domains.Any(d => d.Id == created.Domain.Id), ct);
         return (await InventoryAsync(ct)).Domains.FirstOrDefault(d => d.Id == created.Domain.Id) ?? created.Domain;
+    }
+
+    private async Task RecordCreatedDomainAsync(DomainReport domain, CancellationToken ct)
+    {
+        try
+        {
+            await inventory.Ask<ReportAcknowledged>(new DomainStatusReport([domain], DateTimeOffset.UtcNow, "spm"), AskTimeout, ct);
+        }
+        catch (AskTimeoutException)
+        {
+            throw Refuse(ErrorCodes.Timeout,
+                $"storage domain {domain.Name} ({domain.Id}) was created, but the inventory did not record it within {AskTimeout.TotalSeconds:0} s; it will show once a host reports it");
+        }
     }
 
     // ---------------------------------------------------------------- VMs
@@ -146,7 +166,9 @@ public sealed class ManagementService(ActorSystem system, IActorRef inventory, I
 
     public async Task<VmView> StartVmAsync(string idOrName, CancellationToken ct)
     {
-        var (entry, _) = await LocateAsync(idOrName, ct);
+        var (entry, snapshot) = await LocateAsync(idOrName, ct);
+        // DESIGN §7.2: a disk a migration holds is started by that migration's end, not by an operator.
+        RefuseWhileMigrating(entry, snapshot, "started");
         Expect<ManagedVm>(await AskHostAsync(entry.HostId, new StartVm(entry.Vm.Id), ct));
         return await SettledViewAsync(entry.Vm.Id, v => v.Running, ct);
     }
@@ -175,14 +197,17 @@ public sealed class ManagementService(ActorSystem system, IActorRef inventory, I
         return await SettledViewAsync(current.Id, v => v.Drives.All(d => expected.GetValueOrDefault(d.Image) == d.Chain.Count), ct);
     }
 
-    public async Task<GuestIoStatus> StartGuestIoAsync(string idOrName, long bytesPerSecond, int seconds, CancellationToken ct)
+    public async Task<GuestIoStatus> StartGuestIoAsync(string idOrName, long bytesPerSecond, int seconds, int flushIntervalMs, bool fua,
+        CancellationToken ct)
     {
+        if (flushIntervalMs is < 0 or > StartGuestIo.MaxFlushIntervalMs)
+            throw Refuse(ErrorCodes.InvalidArgument, $"flushIntervalMs must be between 0 (never) and {StartGuestIo.MaxFlushIntervalMs}, got {flushIntervalMs}");
         if (bytesPerSecond < 0)
             throw Refuse(ErrorCodes.InvalidArgument, $"bytesPerSecond must be 0 (unlimited) or positive, got {bytesPerSecond}");
         if (seconds < 0)
             throw Refuse(ErrorCodes.InvalidArgument, $"seconds must be 0 (until the VM stops) or positive, got {seconds}");
         var (entry, _) = await LocateAsync(idOrName, ct);
-        return Expect<GuestIoStatus>(await AskHostAsync(entry.HostId, new StartGuestIo(entry.Vm.Id, bytesPerSecond, seconds), ct));
+        return Expect<GuestIoStatus>(await AskHostAsync(entry.HostId, new StartGuestIo(entry.Vm.Id, bytesPerSecond, seconds, flushIntervalMs, fua), ct));
     }
 
     public async Task<GuestIoStatus> GuestIoAsync(string idOrName, CancellationToken ct)
@@ -256,9 +281,10 @@ public sealed class ManagementService(ActorSystem system, IActorRef inventory, I
         return new VmView(entry.Vm.Id.ToString(), entry.Vm.Name, entry.HostId, entry.Vm.Running,
             entry.Vm.Drives.Select(d => new VmDiskView(
                 d.Image.ToString(), d.CapacityBytes, d.AllocatedBytes,
-                d.Chain.Count > 0 ? d.LeafDomain.ToString() : null,
+                d.LeafDomain?.ToString(),
                 d.Chain.Select(l => new ChainLayerView(l.Domain.ToString(), d.Image.ToString(), l.Volume.ToString())).ToList(),
-                migrations.TryGetValue(d.Image, out var m) ? m.ToString() : null)).ToList());
+                migrations.TryGetValue(d.Image, out var m) ? m.ToString() : null,
+                d.Unresolved)).ToList());
     }
 
     /// <summary>The VM once the inventory shows the change (the host reports it right after), or as it is after the wait.</summary>

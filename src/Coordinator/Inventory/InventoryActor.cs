@@ -46,15 +46,28 @@ public sealed class InventoryActor : ReceivePersistentActor
 
         Command<HostStatusReport>(report =>
         {
+            var receipt = ReceiptFor(new ReportAcknowledged(ReportAcknowledged.HostReport, report.At));
             if (InventoryDecider.Decide(_state, report) is { } change)
                 // Coordinators keep a directory of which host runs which VM: tell them what changed.
-                PersistAndApply(change, () => PublishChange(report));
-            else _state = _state.Heard(report.HostId, report.At);
+                PersistAndApply(change, () =>
+                {
+                    PublishChange(report);
+                    receipt();
+                });
+            else
+            {
+                _state = _state.Heard(report.HostId, report.At);
+                receipt();
+            }
         });
         Command<DomainStatusReport>(report =>
         {
-            if (InventoryDecider.Decide(_state, report) is { } change) PersistAndApply(change);
+            var receipt = ReceiptFor(new ReportAcknowledged(ReportAcknowledged.DomainsReport, report.At));
+            if (InventoryDecider.Decide(_state, report) is { } change) PersistAndApply(change, receipt);
+            else receipt();
         });
+        // the inventory hears its own publication of a changed host report on the reports topic, and answers itself
+        Command<ReportAcknowledged>(_ => { });
         Command<ReserveDisks>(reserve => Answer(InventoryDecider.Decide(_state, reserve, _clock.GetUtcNow())));
         Command<ReleaseDisks>(release => Answer(InventoryDecider.Decide(_state, release, _clock.GetUtcNow())));
         Command<GetValidationFacts>(ask => Sender.Tell(new ValidationFactsReply(_state.FactsFor(ask.Vm, ask.Images))));
@@ -86,6 +99,19 @@ public sealed class InventoryActor : ReceivePersistentActor
         var replyTo = Sender;
         if (decision.Event is null) replyTo.Tell(decision.Reply);
         else PersistAndApply(decision.Event, () => replyTo.Tell(decision.Reply));
+    }
+
+    /// <summary>
+    /// The receipt a reporter waits for, sent once the report's fact is journaled (or found to be nothing new): reporters
+    /// re-send until they get it, so a report lost on the way (the singleton moving, a proxy's buffer) is sent again.
+    /// </summary>
+    private Action ReceiptFor(ReportAcknowledged receipt)
+    {
+        var reporter = Sender;
+        return () =>
+        {
+            if (!reporter.IsNobody() && !reporter.Equals(Self)) reporter.Tell(receipt);
+        };
     }
 
     private void PublishChange(HostStatusReport report)

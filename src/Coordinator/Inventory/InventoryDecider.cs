@@ -24,9 +24,23 @@ public static class InventoryDecider
         return new HostReported(report.HostId, report.Address, report.SpmCapable, report.Vms, report.At);
     }
 
-    /// <summary>The SPM's view of the domains replaces the one before when it differs.</summary>
-    public static DomainsReported? Decide(InventoryState state, DomainStatusReport report) =>
-        state.Domains.Equals(report.Domains) ? null : new DomainsReported(report.Domains, report.At);
+    /// <summary>
+    /// A domain report becomes a fact for the domains it adds and those whose figures it changes, when it is newer than
+    /// the last report of that domain. A domain the report leaves out is kept: a host that has not attached a new domain
+    /// yet does not know it, and no command deletes a domain (see <see cref="InventoryState"/>).
+    /// </summary>
+    public static DomainsReported? Decide(InventoryState state, DomainStatusReport report)
+    {
+        var changed = new List<DomainReport>();
+        foreach (var domain in report.Domains.GroupBy(d => d.Id).Select(g => g.Last()))
+        {
+            var known = state.Domains.FirstOrDefault(d => d.Id == domain.Id);
+            if (known is null) changed.Add(domain);
+            else if (known != domain && (!state.DomainsHeardAt.TryGetValue(domain.Id, out var heard) || report.At >= heard))
+                changed.Add(domain);
+        }
+        return changed.Count == 0 ? null : new DomainsReported(changed.ToValueList(), report.At);
+    }
 
     /// <summary>
     /// All or nothing: when any disk is held by another migration, none is taken and the answer names the first

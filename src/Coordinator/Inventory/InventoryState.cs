@@ -13,6 +13,12 @@ public sealed record HostRecord(string HostId, string Address, bool SpmCapable, 
 /// which disk. Immutable; rebuilt from <see cref="IInventoryEvent"/>s alone (or a snapshot and the events after it).
 /// A host that stops reporting is kept: a host that is down still owns its VMs.
 /// </summary>
+/// <remarks>
+/// The pool's domains are not any one host's to list: every host reports the domains it has attached, and a host that
+/// has not attached a domain just created (the SPM announces it to every host) would otherwise make it vanish. So domains
+/// are merged by id and never dropped by a report that leaves one out; each domain's figures come from the newest report
+/// that named it (<see cref="DomainsHeardAt"/>), so a late report built before a change cannot undo it.
+/// </remarks>
 public sealed record InventoryState(
     ImmutableSortedDictionary<string, HostRecord> Hosts,
     ValueList<DomainReport> Domains,
@@ -23,13 +29,16 @@ public sealed record InventoryState(
         ValueList<DomainReport>.Empty,
         ImmutableDictionary<ImageId, MigrationId>.Empty);
 
+    /// <summary>When each domain's figures were reported. Not in the snapshot: after a recovery from one, the next report of a domain is taken.</summary>
+    public ImmutableDictionary<DomainId, DateTimeOffset> DomainsHeardAt { get; init; } = ImmutableDictionary<DomainId, DateTimeOffset>.Empty;
+
     public InventoryState Apply(IInventoryEvent @event) => @event switch
     {
         HostReported e => this with
         {
             Hosts = Hosts.SetItem(e.HostId, new HostRecord(e.HostId, e.Address, e.SpmCapable, e.Vms, e.At)),
         },
-        DomainsReported e => this with { Domains = e.Domains },
+        DomainsReported e => MergeDomains(e.Domains, e.At),
         DisksReservedForMigration e => this with
         {
             Reservations = Reservations.SetItems(e.Images.Select(i => KeyValuePair.Create(i, e.Migration))),
@@ -41,6 +50,18 @@ public sealed record InventoryState(
         },
         _ => throw new ArgumentException($"the inventory has no rule for the event {@event.GetType().Name}", nameof(@event)),
     };
+
+    private InventoryState MergeDomains(ValueList<DomainReport> reported, DateTimeOffset at)
+    {
+        var byId = reported.GroupBy(d => d.Id).ToDictionary(g => g.Key, g => g.Last());
+        // known domains keep their place in the list, new ones go after them in the order reported
+        var merged = Domains.Select(d => byId.GetValueOrDefault(d.Id, d)).ToList();
+        merged.AddRange(byId.Values.Where(d => Domains.All(known => known.Id != d.Id)));
+        var heard = DomainsHeardAt.SetItems(byId.Keys
+            .Where(id => !DomainsHeardAt.TryGetValue(id, out var before) || at > before)
+            .Select(id => KeyValuePair.Create(id, at)));
+        return this with { Domains = merged.ToValueList(), DomainsHeardAt = heard };
+    }
 
     /// <summary>
     /// A host's unchanged report: only its last-heard time moves. Not journaled (hosts resend the same report
@@ -66,9 +87,9 @@ public sealed record InventoryState(
     {
         var vmFacts = Find(vm) is { } found
             ? new VmFacts(vm, found.Vm.Running, found.Vm.Drives
-                // a drive always has a layer; one reported without is not a disk the saga can move
-                .Where(d => d.Chain.Count > 0)
-                .Select(d => new DiskFacts(d.Image, d.LeafDomain, d.AllocatedBytes))
+                // a drive whose chain the host could not resolve is not a disk the saga can move
+                .Where(d => d.LeafDomain is not null)
+                .Select(d => new DiskFacts(d.Image, d.LeafDomain!.Value, d.AllocatedBytes, d.Chain[^1].Volume))
                 .ToValueList())
             : null;
         var domains = Domains.Select(d => new DomainFacts(d.Id, d.Active, d.AvailableBytes)).ToValueList();

@@ -3,6 +3,7 @@ using Akka.Cluster.Sharding;
 using Akka.Cluster.Tools.PublishSubscribe;
 using Akka.Event;
 using Akka.Persistence;
+using LiveMigration.Shared.Hosting;
 using LiveMigration.Shared.Migration;
 using LiveMigration.Shared.Model;
 using LiveMigration.Shared.Protocol;
@@ -113,7 +114,12 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
         });
         Command<Akka.Cluster.ClusterEvent.CurrentClusterState>(_ => { });
         Command<AdmissionRetryDue>(_ => AskAdmission());
-        Command<GetMigrationState>(_ => Sender.Tell(new MigrationStateReply(MigrationViews.ViewOf(_state, DateTimeOffset.UtcNow), LastSequenceNr)));
+        Command<GetMigrationState>(_ =>
+        {
+            Sender.Tell(new MigrationStateReply(MigrationViews.ViewOf(_state, DateTimeOffset.UtcNow), LastSequenceNr));
+            // A question about an unknown id must not leave a remembered, empty entity behind.
+            PassivateIfIdle();
+        });
         Command<SaveSnapshotSuccess>(s => _log.Debug("Migration {Migration}: snapshot at event {SequenceNr}", Id, s.Metadata.SequenceNr));
         Command<SaveSnapshotFailure>(f => _log.Warning(f.Cause, "Migration {Migration}: snapshot at event {SequenceNr} failed; recovery replays more events", Id, f.Metadata.SequenceNr));
     }
@@ -124,6 +130,13 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
 
     private void Handle(IMigrationCommand command, IActorRef sender, IActorRef? replyTo)
     {
+        var outcomeOf = command switch
+        {
+            ReportStepSucceeded ok when _state.DiskAwaiting(ok.Operation) is not null => ok.Operation.Step,
+            ReportStepFailed failed when _state.DiskAwaiting(failed.Operation) is not null => failed.Operation.Step,
+            _ => (MigrationStep?)null,
+        };
+        if (outcomeOf is { } received) FaultPlan.Current.Hit(received, FaultMoment.OutcomeReceived);
         var decision = MigrationDecider.Decide(_state, command, DateTimeOffset.UtcNow);
         if (decision.Refused)
         {
@@ -135,6 +148,8 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
         if (decision.Events.Count == 0)
         {
             replyTo?.Tell(Accepted(command));
+            // A timer that fired a moment early (nothing due yet) is armed again, so a retry never hangs.
+            if (command is RetryDue) Dispatch();
             // The same speed again still reaches the hosts: a host that restarted may have lost it.
             if (command is SetMigrationSpeed) SendSpeeds();
             return;
@@ -147,6 +162,7 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
             _state = MigrationState.Apply(_state, e);
             MigrationMetrics.Track(_state);
             if (--left > 0) return;
+            if (outcomeOf is { } persisted) FaultPlan.Current.Hit(persisted, FaultMoment.OutcomePersisted);
             SnapshotIfDue();
             Publish();
             replyTo?.Tell(Accepted(command));
@@ -245,6 +261,7 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
 
     private void Send(SendStep step)
     {
+        FaultPlan.Current.Hit(step.Step, FaultMoment.BeforeSend);
         var target = step.Role == HostRole.Spm ? _hosts.Spm : _hosts.HsmFor(step.Vm);
         if (target is null)
             _log.Warning("Migration {Migration}: no HSM known for VM {Vm}; {Operation} goes out when its deadline passes", Id, step.Vm, step.Operation);

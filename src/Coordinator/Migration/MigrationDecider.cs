@@ -105,7 +105,7 @@ public static class MigrationDecider
                 return Decision.Refuse(MigrationErrorCodes.DomainInactive, $"destination domain {destination.Id} of disk {disk.Image} is not active");
             if (facts.DisksInActiveMigrations.Contains(disk.Image))
                 return Decision.Refuse(MigrationErrorCodes.DiskBusy, $"disk {disk.Image} is already being moved by another migration");
-            result.Add(new DiskPlan(disk.Image, disk.Domain, wanted.Destination, disk.SizeBytes, NewLeafId(id, disk.Image)));
+            result.Add(new DiskPlan(disk.Image, disk.Domain, wanted.Destination, disk.SizeBytes, NewLeafId(id, disk.Image), disk.Leaf));
         }
         foreach (var byDomain in result.GroupBy(p => p.Destination))
         {
@@ -142,7 +142,7 @@ public static class MigrationDecider
     {
         if (state.Status.IsFinished)
             return Decision.Refuse(MigrationErrorCodes.MigrationFinished, $"migration {state.Id} is {Describe(state.Status)} already");
-        if (state.Disks.FirstOrDefault(d => d.PassedPointOfNoReturn || d.SwitchInFlight) is { } past)
+        if (state.Disks.FirstOrDefault(d => d.PassedPointOfNoReturn || d.SwitchInFlight || d.SwitchOutcomeUnknown) is { } past)
             return Decision.Refuse(MigrationErrorCodes.PointOfNoReturnPassed,
                 $"migration {state.Id} cannot be cancelled: disk {past.Image} {(past.PassedPointOfNoReturn ? "passed" : "is at")} its point of no return ({past.Step}); it rolls forward, resume or abandon it if it is suspended");
         if (state.Termination is not null)
@@ -191,9 +191,38 @@ public static class MigrationDecider
         {
             var step = disk.Step!.Value;
             Emit(new StepCompleted(State.Id, disk.Image, step, disk.Operation!.Value, outcome, now));
+            if (step == MigrationStep.ProbeSwitch)
+                return SwitchProbed(State.Disk(disk.Image), outcome);
             if (MigrationPlan.IsSwitch(step))
                 Emit(new PointOfNoReturnPassed(State.Id, disk.Image, now));
             Continue(State.Disk(disk.Image));
+            return Settle();
+        }
+
+        /// <summary>The probe's answer: the switch happened (roll forward from it) or never began (the rollback is safe).</summary>
+        private Decision SwitchProbed(DiskState disk, StepOutcome outcome)
+        {
+            var switchStep = Request.Strategy == MigrationStrategy.PreCopy ? MigrationStep.Pivot : MigrationStep.LiveSnapshotToDestination;
+            switch (outcome.Switch)
+            {
+                case SwitchFinding.OnDestination:
+                    Emit(new PointOfNoReturnPassed(State.Id, disk.Image, now));
+                    if (MigrationPlan.NextForwardStep(Request.Strategy, Request.DeleteSource, switchStep) is { } next)
+                        StartStep(State.Disk(disk.Image), next, 1);
+                    else
+                        Emit(new DiskFinished(State.Id, disk.Image, DiskOutcome.Completed, now));
+                    break;
+                case SwitchFinding.OnSource:
+                    if (State.Termination is null)
+                        Terminate(TerminationKind.Failure, disk.LastErrorCode ?? ErrorCodes.JobFailed,
+                            $"{switchStep} of disk {disk.Image} failed and never took effect ({disk.LastError}; {outcome.Detail})");
+                    BeginRollback(State.Disk(disk.Image));
+                    break;
+                default:
+                    Emit(new MigrationSuspended(State.Id, disk.Image, MigrationStep.ProbeSwitch,
+                        $"the probe of disk {disk.Image}'s switch gave no finding ({outcome.Detail}); nothing was deleted", now));
+                    break;
+            }
             return Settle();
         }
 
@@ -207,6 +236,24 @@ public static class MigrationDecider
             disk = State.Disk(disk.Image);
             var budgetLeft = disk.FailuresInRow < Request.RetryPolicy.MaxAttempts;
             var why = $"{step} of disk {disk.Image} failed ({code}: {message})";
+
+            if (MigrationPlan.IsSwitch(step))
+            {
+                // DESIGN §7.4: a failed switch may still have happened (a timeout, QEMU gone, a lost answer).
+                // Nothing is undone before a read-only probe says where the drive runs.
+                StartStep(disk, MigrationStep.ProbeSwitch, 1);
+                return Settle();
+            }
+            if (step == MigrationStep.ProbeSwitch)
+            {
+                if (budgetLeft && transient)
+                    ScheduleRetry(disk);
+                else
+                    Emit(new MigrationSuspended(State.Id, disk.Image, step,
+                        $"the outcome of the switch of disk {disk.Image} is unknown ({code}: {message}); nothing was deleted. " +
+                        "Resume to probe again once its host and VM answer, or abandon to leave the disk as its host recorded it", now));
+                return Settle();
+            }
 
             if (disk.IsRollingBack || disk.PassedPointOfNoReturn)
             {
@@ -241,7 +288,7 @@ public static class MigrationDecider
             Emit(new RollbackStarted(State.Id, kind, code, message, now));
             foreach (var disk in State.Disks)
             {
-                if (disk.IsFinished || disk.PassedPointOfNoReturn || disk.IsRollingBack)
+                if (disk.IsFinished || disk.PassedPointOfNoReturn || disk.IsRollingBack || disk.SwitchOutcomeUnknown)
                     continue;
                 if (disk.Phase == DiskPhase.Pending)
                     Emit(new DiskFinished(State.Id, disk.Image, DiskOutcome.Skipped, now));

@@ -49,7 +49,7 @@ public static class MigrationPlan
     {
         MigrationStep.StartReplication or MigrationStep.WaitMirrorReady or MigrationStep.Pivot
             or MigrationStep.LiveSnapshotToDestination or MigrationStep.SwitchBackingChain
-            or MigrationStep.CancelReplication => HostRole.Hsm,
+            or MigrationStep.CancelReplication or MigrationStep.ProbeSwitch => HostRole.Hsm,
         _ => HostRole.Spm,
     };
 

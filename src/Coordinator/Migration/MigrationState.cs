@@ -53,7 +53,9 @@ public sealed record DiskState(
     ValueList<MigrationStep>? StartedForwardSteps = null,
     bool PassedPointOfNoReturn = false,
     string? LastError = null,
-    ValueList<StepTiming>? Timings = null)
+    ValueList<StepTiming>? Timings = null,
+    /// <summary>The code of <see cref="LastError"/>: what a probed switch that never took effect failed with.</summary>
+    string? LastErrorCode = null)
 {
     public ImageId Image => Plan.Image;
     public ValueList<MigrationStep> Started => StartedForwardSteps ?? ValueList<MigrationStep>.Empty;
@@ -62,6 +64,8 @@ public sealed record DiskState(
     public bool IsRollingBack => Step is { } s && MigrationPlan.IsRollback(s);
     /// <summary>The switch (pivot / live snapshot) was sent: its outcome is unknown until the host answers.</summary>
     public bool SwitchInFlight => Phase == DiskPhase.InFlight && Step is { } s && MigrationPlan.IsSwitch(s);
+    /// <summary>A switch's outcome is being probed, or the probe could not tell (suspended): nothing may be undone.</summary>
+    public bool SwitchOutcomeUnknown => Step == MigrationStep.ProbeSwitch && !IsFinished;
     /// <summary>Takes a parallel slot: started and not finished.</summary>
     public bool IsActive => Phase is not DiskPhase.Pending && !IsFinished;
 
@@ -135,7 +139,7 @@ public sealed record MigrationState(
             RetryDueAt = null,
             Done = d.Step == started.Step ? d.Done : 0,
             Total = d.Step == started.Step ? d.Total : 0,
-            StartedForwardSteps = MigrationPlan.IsRollback(started.Step) || d.Started.Contains(started.Step)
+            StartedForwardSteps = MigrationPlan.IsRollback(started.Step) || started.Step == MigrationStep.ProbeSwitch || d.Started.Contains(started.Step)
                 ? d.Started
                 : d.Started.Add(started.Step),
             Timings = d.StepTimings.Add(new StepTiming(started.Step, started.Attempt, started.At)),
@@ -152,6 +156,7 @@ public sealed record MigrationState(
             Phase = DiskPhase.Idle,
             FailuresInRow = d.FailuresInRow + 1,
             LastError = $"{failed.Code}: {failed.Message}",
+            LastErrorCode = failed.Code,
             Timings = d.EndTiming(failed.At, $"failed {failed.Code}"),
         }),
         RetryScheduled retry => s.UpdateDisk(retry.Image, d => d with { Phase = DiskPhase.RetryWaiting, RetryDueAt = retry.DueAt }),

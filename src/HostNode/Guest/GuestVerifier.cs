@@ -4,7 +4,7 @@ using LiveMigration.Shared.Model;
 namespace LiveMigration.HostNode.Guest;
 
 /// <summary>A block that does not hold what the ledger says it must.</summary>
-/// <param name="Expected">The stamps the block may hold (last acknowledged, and any in doubt).</param>
+/// <param name="Expected">The stamps the block may hold (last acknowledged, and any unacknowledged since).</param>
 /// <param name="Found">What it holds: another stamp, a corrupt one, or foreign data.</param>
 /// <param name="FoundSequence">The sequence number of the stamp found, when a whole stamp was found.</param>
 public sealed record BlockMismatch(long Offset, string Expected, string Found, long? FoundSequence)
@@ -12,22 +12,45 @@ public sealed record BlockMismatch(long Offset, string Expected, string Found, l
     public override string ToString() => $"offset {Offset}: expected {Expected}, found {Found}";
 }
 
+/// <summary>What a block that is not current means for the guest.</summary>
+public enum MismatchKind
+{
+    /// <summary>The block had a durable write, and neither it nor any later write is there: data loss.</summary>
+    Lost,
+    /// <summary>The last acknowledged write is not there, but nothing durable is missing: legitimate after a crash, a bug in a running VM.</summary>
+    InDoubt,
+}
+
 /// <param name="Source">What was read: the NBD export or the image file.</param>
 /// <param name="BlocksChecked">Blocks the ledger names, all of them read and checked.</param>
-/// <param name="InDoubtBlocks">Blocks with a write in doubt (either stamp was accepted).</param>
-public sealed record VerificationReport(string Source, int BlocksChecked, int InDoubtBlocks, IReadOnlyList<BlockMismatch> Mismatches)
+/// <param name="DurableBlocks">Blocks with a durable write (a completed FLUSH after it, or FUA): these must never lose it.</param>
+/// <param name="UnacknowledgedBlocks">Blocks with a write sent and never acknowledged (either stamp was accepted).</param>
+/// <param name="Lost">Blocks whose newest durable write is gone (and no later write replaced it): data loss.</param>
+/// <param name="InDoubt">Blocks that do not hold their last acknowledged write while keeping every durable one: after a crash,
+/// the acknowledged writes no FLUSH covered yet; in a VM that kept running, still wrong.</param>
+public sealed record VerificationReport(string Source, int BlocksChecked, int DurableBlocks, int UnacknowledgedBlocks,
+    IReadOnlyList<BlockMismatch> Lost, IReadOnlyList<BlockMismatch> InDoubt)
 {
+    /// <summary>Every block that does not hold its last acknowledged write (lost or in doubt), by offset.</summary>
+    public IReadOnlyList<BlockMismatch> Mismatches { get; } = Lost.Concat(InDoubt).OrderBy(m => m.Offset).ToList();
+
+    /// <summary>Every acknowledged write found: what a VM that never crashed must show.</summary>
     public bool Ok => Mismatches.Count == 0;
 
-    public override string ToString() => Ok
-        ? $"{Source}: {BlocksChecked} blocks verified ({InDoubtBlocks} with a write in doubt), all OK"
-        : $"{Source}: {Mismatches.Count} of {BlocksChecked} blocks do not match; first: {Mismatches[0]}";
+    /// <summary>No durable write lost: what a VM must show after any crash.</summary>
+    public bool NoDurableLoss => Lost.Count == 0;
+
+    public override string ToString() =>
+        $"{Source}: {BlocksChecked} blocks checked ({DurableBlocks} with a durable write, {UnacknowledgedBlocks} with an unacknowledged one): " +
+        (Ok ? "every acknowledged write found"
+            : $"{Lost.Count} durable lost, {InDoubt.Count} in doubt (acknowledged, not yet durable, not found); first: {Mismatches[0]}");
 }
 
 /// <summary>
-/// Proves that nothing the guest wrote was lost: every block the ledger names must hold its last acknowledged
-/// stamp, or a stamp whose write is in doubt. Reads through the NBD export while the VM runs, or the image
-/// chain offline once it is stopped.
+/// Proves that nothing the guest wrote was lost. A block that holds its last acknowledged stamp (or a later one sent
+/// and never acknowledged) is current. Otherwise it is "in doubt" when it still holds its newest durable write or a
+/// later one, since a crash may take back what no FLUSH covered, and "lost" when it does not. Reads through the NBD
+/// export while the VM runs, or the image chain offline once it is stopped.
 /// </summary>
 public static class GuestVerifier
 {
@@ -84,9 +107,10 @@ public static class GuestVerifier
     {
         var blockSize = ledger.BlockSize;
         var blocks = ledger.Snapshot();
-        var mismatches = new List<BlockMismatch>();
+        var lost = new List<BlockMismatch>();
+        var inDoubt = new List<BlockMismatch>();
         var buffer = new byte[Math.Max(MaxReadBytes, blockSize)];
-        var inDoubt = 0;
+        int durable = 0, unacknowledged = 0;
         var i = 0;
         while (i < blocks.Count)
         {
@@ -94,7 +118,10 @@ public static class GuestVerifier
             var first = blocks[i];
             if (first.Offset + blockSize > diskSize)
             {
-                mismatches.Add(new BlockMismatch(first.Offset, Describe(first), $"nothing: the disk ends at {diskSize} bytes", null));
+                var beyond = new BlockMismatch(first.Offset, Describe(first), $"nothing: the disk ends at {diskSize} bytes", null);
+                (first.Durable is null ? inDoubt : lost).Add(beyond);
+                if (first.Durable is not null) durable++;
+                if (first.Unacknowledged.Count > 0) unacknowledged++;
                 i++;
                 continue;
             }
@@ -109,46 +136,71 @@ public static class GuestVerifier
             {
                 var expected = blocks[i + k];
                 var content = buffer.AsSpan(k * blockSize, blockSize);
-                var mismatch = Check(ledger.Drive, expected, content);
-                if (mismatch is not null && ledger.Find(expected.Offset) is { } current && current != expected)
+                var verdict = Check(ledger.Drive, expected, content);
+                if (verdict is not null && ledger.Find(expected.Offset) is { } current && !SameBlock(current, expected))
                 {
                     expected = current; // the writer moved on since the snapshot: judge by the ledger as it is now
-                    mismatch = Check(ledger.Drive, expected, content);
+                    verdict = Check(ledger.Drive, expected, content);
                 }
-                if (expected.InDoubt.Count > 0)
-                    inDoubt++;
-                if (mismatch is not null)
-                    mismatches.Add(mismatch);
+                if (expected.Durable is not null)
+                    durable++;
+                if (expected.Unacknowledged.Count > 0)
+                    unacknowledged++;
+                if (verdict is var (kind, mismatch))
+                    (kind == MismatchKind.Lost ? lost : inDoubt).Add(mismatch);
             }
             i += run;
         }
-        return new VerificationReport(source, blocks.Count, inDoubt, mismatches);
+        return new VerificationReport(source, blocks.Count, durable, unacknowledged, lost, inDoubt);
     }
 
-    /// <summary>Null when the block holds an acceptable stamp; otherwise what is wrong with it.</summary>
-    internal static BlockMismatch? Check(ImageId drive, LedgerBlock expected, ReadOnlySpan<byte> content)
+    // LedgerBlock holds lists, whose record equality is by reference.
+    private static bool SameBlock(LedgerBlock a, LedgerBlock b) =>
+        a.Durable == b.Durable && a.Acknowledged == b.Acknowledged
+        && a.Unacknowledged.SequenceEqual(b.Unacknowledged) && a.SinceDurable.SequenceEqual(b.SinceDurable);
+
+    /// <summary>Null when the block is current (holds its last acknowledged write or a later unacknowledged one); otherwise what is wrong and what it means.</summary>
+    internal static (MismatchKind Kind, BlockMismatch Mismatch)? Check(ImageId drive, LedgerBlock expected, ReadOnlySpan<byte> content)
     {
         var stamp = BlockStamp.TryRead(content, out var problem);
+        BlockMismatch mismatch;
         if (stamp is null)
         {
-            // Only in-doubt writes ever reached this block and none landed: it still holds what it held before the guest.
+            // Only unacknowledged writes ever reached this block and none landed: it still holds what it held before the guest.
             if (expected.Acknowledged is null && problem!.StartsWith("not a stamped block", StringComparison.Ordinal))
                 return null;
-            return new BlockMismatch(expected.Offset, Describe(expected), problem!, null);
+            mismatch = new BlockMismatch(expected.Offset, Describe(expected), problem!, null);
         }
-        if (stamp.Drive != drive || stamp.Offset != expected.Offset)
-            return new BlockMismatch(expected.Offset, Describe(expected),
+        else if (stamp.Drive != drive || stamp.Offset != expected.Offset)
+        {
+            mismatch = new BlockMismatch(expected.Offset, Describe(expected),
                 $"a stamp of drive {stamp.Drive} for offset {stamp.Offset}, {stamp}", stamp.Sequence);
-        if (expected.Accepts(stamp.Sequence, stamp.Checksum))
+        }
+        else if (expected.IsCurrent(stamp.Sequence, stamp.Checksum))
+        {
             return null;
-        return new BlockMismatch(expected.Offset, Describe(expected), stamp.ToString(), stamp.Sequence);
+        }
+        else
+        {
+            mismatch = new BlockMismatch(expected.Offset, Describe(expected), stamp.ToString(), stamp.Sequence);
+        }
+        // Nothing durable on the block: whatever a crash left there, nothing that was promised is missing.
+        if (expected.Durable is null)
+            return (MismatchKind.InDoubt, mismatch);
+        return stamp is not null && stamp.Drive == drive && stamp.Offset == expected.Offset && expected.KeepsDurable(stamp.Sequence, stamp.Checksum)
+            ? (MismatchKind.InDoubt, mismatch)
+            : (MismatchKind.Lost, mismatch);
     }
 
     private static string Describe(LedgerBlock expected)
     {
         var acknowledged = expected.Acknowledged is { } a ? a.ToString() : "its content from before the guest";
-        return expected.InDoubt.Count == 0
+        if (expected.Durable is { } d && d != expected.Acknowledged)
+            acknowledged += $" (durable: {d})";
+        else if (expected.Durable is not null)
+            acknowledged += " (durable)";
+        return expected.Unacknowledged.Count == 0
             ? acknowledged
-            : $"{acknowledged} or in-doubt {string.Join(" or ", expected.InDoubt)}";
+            : $"{acknowledged} or unacknowledged {string.Join(" or ", expected.Unacknowledged)}";
     }
 }

@@ -16,6 +16,9 @@ public enum WritePattern { Sequential, Random }
 /// <param name="RandomSeed">Seed of the random pattern, so a run can be repeated.</param>
 /// <param name="ForceUnitAccess">Send every write with FUA, so an acknowledged write is durable on its own.</param>
 /// <param name="RequestTimeout">Per-request NBD timeout; a write slower than this counts as a lost connection. Default 30 s.</param>
+/// <param name="FlushInterval">How often the guest sends NBD FLUSH while it has acknowledged writes no flush covered, like a guest
+/// that cares about its data (a journaling file system commits, a database fsyncs); null = <see cref="GuestWorkload.DefaultFlushInterval"/>,
+/// zero = never (nothing is durable until the stop's flush).</param>
 public sealed record GuestWorkloadOptions(
     string SocketPath,
     string ExportName,
@@ -28,7 +31,12 @@ public sealed record GuestWorkloadOptions(
     WritePattern Pattern = WritePattern.Sequential,
     int RandomSeed = 1,
     bool ForceUnitAccess = false,
-    TimeSpan? RequestTimeout = null);
+    TimeSpan? RequestTimeout = null,
+    TimeSpan? FlushInterval = null)
+{
+    /// <summary>The flush interval in effect (zero: never).</summary>
+    public TimeSpan EffectiveFlushInterval => FlushInterval ?? GuestWorkload.DefaultFlushInterval;
+}
 
 /// <summary>A snapshot of a workload's counters.</summary>
 /// <param name="Writes">Writes the server acknowledged.</param>
@@ -40,6 +48,9 @@ public sealed record GuestWorkloadOptions(
 /// <param name="Running">True until the workload stopped (on request or on an error).</param>
 /// <param name="AverageLatency">Mean latency of the acknowledged writes.</param>
 /// <param name="Elapsed">Time since the workload started writing.</param>
+/// <param name="DurableWrites">Acknowledged writes that a completed FLUSH (or their own FUA) made durable.</param>
+/// <param name="Flushes">FLUSH requests completed.</param>
+/// <param name="MaxFlushLatency">The longest FLUSH.</param>
 public sealed record GuestWorkloadStats(
     long Writes,
     long Bytes,
@@ -49,18 +60,30 @@ public sealed record GuestWorkloadStats(
     string? LastError,
     bool Running,
     TimeSpan AverageLatency,
-    TimeSpan Elapsed)
+    TimeSpan Elapsed,
+    long DurableWrites = 0,
+    long Flushes = 0,
+    TimeSpan MaxFlushLatency = default)
 {
     public double MegabytesPerSecond => Elapsed > TimeSpan.Zero ? Bytes / 1048576.0 / Elapsed.TotalSeconds : 0;
 }
 
 /// <summary>
 /// The guest: writes stamped blocks through a drive's NBD export in the background, records each write in its
-/// <see cref="WriteLedger"/> (sent, then acknowledged), and keeps the counters and the longest stall. A lost
-/// connection or a failed write is recorded and stops the workload; whoever runs it decides what that means.
+/// <see cref="WriteLedger"/> (sent, acknowledged, then made durable by a FLUSH every <see cref="GuestWorkloadOptions.FlushInterval"/>
+/// or by FUA on every write), and keeps the counters and the longest stall. A lost connection or a failed request is
+/// recorded and stops the workload; whoever runs it decides what that means.
 /// </summary>
 public sealed class GuestWorkload : IAsyncDisposable
 {
+    /// <summary>
+    /// 100 ms: a kill loses at most ~100 ms of acknowledged writes, in the range of what guests accept (databases fsync per
+    /// commit, ext4 commits every 5 s), while costing at most 10 FLUSHes a second whatever the write rate, each of which QEMU
+    /// turns into a qcow2 metadata write-back and an fdatasync. A count of writes would flush far too often at full speed
+    /// and almost never at a slow rate; time bounds the exposure either way.
+    /// </summary>
+    public static readonly TimeSpan DefaultFlushInterval = TimeSpan.FromMilliseconds(100);
+
     private readonly object _gate = new();
     private readonly CancellationTokenSource _stop = new();
     private NbdClient? _client;
@@ -72,6 +95,8 @@ public sealed class GuestWorkload : IAsyncDisposable
     private TimeSpan _maxLatency;
     private DateTimeOffset? _maxLatencyAt;
     private TimeSpan _totalLatency;
+    private long _flushes;
+    private TimeSpan _maxFlushLatency;
     private string? _lastError;
     private bool _running;
     private long _startTimestamp;
@@ -87,6 +112,8 @@ public sealed class GuestWorkload : IAsyncDisposable
         if (options.RegionLength < 0 || options.RegionLength % options.BlockSize != 0)
             throw new OperationFailedException(ErrorCodes.InvalidArgument,
                 $"region length {options.RegionLength} is not a non-negative multiple of the {options.BlockSize}-byte block size");
+        if (options.FlushInterval is { } interval && interval < TimeSpan.Zero)
+            throw new OperationFailedException(ErrorCodes.InvalidArgument, $"flush interval must be 0 (never) or positive, got {interval}");
         if (options.RateBytesPerSecond < 0)
             throw new OperationFailedException(ErrorCodes.InvalidArgument, $"rate must be 0 (unlimited) or positive, got {options.RateBytesPerSecond} bytes/s");
         Options = options;
@@ -115,8 +142,15 @@ public sealed class GuestWorkload : IAsyncDisposable
             if (regionLength < Options.BlockSize || Options.RegionOffset + regionLength > client.ExportSize)
                 throw new OperationFailedException(ErrorCodes.InvalidArgument,
                     $"region [{Options.RegionOffset}, +{regionLength}) does not hold a {Options.BlockSize}-byte block inside export '{Options.ExportName}' of {client.ExportSize} bytes");
+            // A guest that was promised durability must not find out after a crash that the promise was never possible.
             if (Options.ForceUnitAccess && !client.SupportsFua)
-                throw new OperationFailedException(ErrorCodes.InvalidArgument, $"export '{Options.ExportName}' does not support FUA");
+                throw new OperationFailedException(ErrorCodes.InvalidArgument,
+                    $"export '{Options.ExportName}' at {Options.SocketPath} does not advertise NBD_FLAG_SEND_FUA (transmission flags 0x{client.TransmissionFlags:x4}): " +
+                    "writes with FUA are impossible; run without FUA");
+            if (Options.EffectiveFlushInterval > TimeSpan.Zero && !client.SupportsFlush)
+                throw new OperationFailedException(ErrorCodes.InvalidArgument,
+                    $"export '{Options.ExportName}' at {Options.SocketPath} does not advertise NBD_FLAG_SEND_FLUSH (transmission flags 0x{client.TransmissionFlags:x4}): " +
+                    "no write could be made durable; run with flush interval 0 to write without flushes");
             _ledger = WriteLedger.Open(Options.LedgerPath, Options.Drive, Options.BlockSize);
             _client = client;
             lock (_gate)
@@ -141,17 +175,34 @@ public sealed class GuestWorkload : IAsyncDisposable
         var block = new byte[Options.BlockSize];
         var random = new Random(Options.RandomSeed);
         var sequence = ledger.LastSequence;
+        var flushInterval = Options.ForceUnitAccess ? TimeSpan.Zero : Options.EffectiveFlushInterval;
         long nextSequentialBlock = 0;
         long bytesSent = 0;
         var paceClock = Stopwatch.StartNew();
+        var lastFlush = TimeSpan.Zero;
         try
         {
             while (!stop.IsCancellationRequested)
             {
+                // Acknowledged writes no FLUSH covers yet: a guest that cares flushes them within the interval, even when idle.
+                var flushDue = flushInterval > TimeSpan.Zero && ledger.NotDurableCount > 0
+                    ? lastFlush + flushInterval - paceClock.Elapsed
+                    : (TimeSpan?)null;
+                if (flushDue <= TimeSpan.Zero)
+                {
+                    await FlushAsync(client, ledger, sequence);
+                    lastFlush = paceClock.Elapsed;
+                    continue;
+                }
                 if (Options.RateBytesPerSecond > 0)
                 {
                     var due = TimeSpan.FromSeconds((double)bytesSent / Options.RateBytesPerSecond);
                     var ahead = due - paceClock.Elapsed;
+                    if (flushDue is { } flushIn && flushIn < ahead)
+                    {
+                        await Task.Delay(flushIn, stop);
+                        continue;
+                    }
                     if (ahead > TimeSpan.FromMilliseconds(1))
                         await Task.Delay(ahead, stop);
                 }
@@ -164,10 +215,10 @@ public sealed class GuestWorkload : IAsyncDisposable
                 var stamp = BlockStamp.Write(block, Options.Drive, offset, ++sequence, sentAt);
                 ledger.RecordSent(stamp);
                 var started = Stopwatch.GetTimestamp();
-                // Not cancelled by the stop: the write in flight finishes (or times out), so it does not stay in doubt.
+                // Not cancelled by the stop: the write in flight finishes (or times out), so it does not stay unacknowledged.
                 await client.WriteAsync(offset, block, Options.ForceUnitAccess, CancellationToken.None);
                 var latency = Stopwatch.GetElapsedTime(started);
-                ledger.RecordAcknowledged(stamp);
+                ledger.RecordAcknowledged(stamp, Options.ForceUnitAccess);
                 bytesSent += block.Length;
                 lock (_gate)
                 {
@@ -200,6 +251,24 @@ public sealed class GuestWorkload : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Sends FLUSH and, once it completed, records that it made every acknowledged write up to <paramref name="lastSent"/> durable.
+    /// Only called with no write in flight (one request at a time), so every write up to there has had its answer.
+    /// </summary>
+    private async Task FlushAsync(NbdClient client, WriteLedger ledger, long lastSent)
+    {
+        var started = Stopwatch.GetTimestamp();
+        await client.FlushAsync(CancellationToken.None);
+        var latency = Stopwatch.GetElapsedTime(started);
+        ledger.RecordFlushed(lastSent);
+        lock (_gate)
+        {
+            _flushes++;
+            if (latency > _maxFlushLatency)
+                _maxFlushLatency = latency;
+        }
+    }
+
     private void RecordError(string message)
     {
         lock (_gate)
@@ -228,14 +297,15 @@ public sealed class GuestWorkload : IAsyncDisposable
                 var elapsed = _startTimestamp == 0 ? TimeSpan.Zero
                     : Stopwatch.GetElapsedTime(_startTimestamp, _running ? Stopwatch.GetTimestamp() : _endTimestamp);
                 return new GuestWorkloadStats(_writes, _bytes, _errors, _maxLatency, _maxLatencyAt, _lastError, _running,
-                    _writes == 0 ? TimeSpan.Zero : _totalLatency / _writes, elapsed);
+                    _writes == 0 ? TimeSpan.Zero : _totalLatency / _writes, elapsed,
+                    _ledger?.DurableWrites ?? 0, _flushes, _maxFlushLatency);
             }
         }
     }
 
     /// <summary>
     /// Stops writing, waits for the write in flight, flushes the export so every acknowledged write is durable
-    /// (when the connection still works), disconnects and closes the ledger. Returns the final counters.
+    /// (when the connection still works, and recorded so in the ledger), disconnects and closes the ledger. Returns the final counters.
     /// </summary>
     public async Task<GuestWorkloadStats> StopAsync()
     {
@@ -246,11 +316,12 @@ public sealed class GuestWorkload : IAsyncDisposable
             await _loop;
         if (_client is { } client)
         {
-            if (client.IsConnected && client.SupportsFlush)
+            if (client.IsConnected && client.SupportsFlush && _ledger is { } ledger)
             {
                 try
                 {
-                    await client.FlushAsync();
+                    // The loop has ended: no write is in flight, so the flush covers every write sent.
+                    await FlushAsync(client, ledger, ledger.LastSequence);
                 }
                 catch (OperationFailedException e)
                 {

@@ -43,7 +43,7 @@ public static class HostNodeHosting
         builder.WithSingletonProxy<InventoryKey>("inventory", new ClusterSingletonOptions { Role = "coordinator" });
         return builder.WithActors((system, registry) =>
         {
-            var hsm = system.ActorOf(HsmActor.Props(host.Hypervisor, host.Pool), HsmTopic.For(host.HostId));
+            var hsm = system.ActorOf(HsmActor.Props(host.Hypervisor, host.Pool, management?.Catalog), HsmTopic.For(host.HostId));
             DistributedPubSub.Get(system).Mediator.Tell(new Put(hsm));
             registry.Register<HsmKey>(hsm);
             system.ActorOf(HostReporter.Props(host.HostId, spmCapable, host.Hypervisor, host.Pool, registry.Get<InventoryKey>(), management?.Catalog), "host-reporter");

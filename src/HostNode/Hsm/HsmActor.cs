@@ -1,8 +1,10 @@
 using Akka.Actor;
 using Akka.Event;
 using LiveMigration.HostNode.Hypervisor;
+using LiveMigration.HostNode.Management;
 using LiveMigration.HostNode.Spm;
 using LiveMigration.HostNode.Storage;
+using LiveMigration.Shared.Hosting;
 using LiveMigration.Shared.Migration;
 using LiveMigration.Shared.Model;
 using LiveMigration.Shared.Protocol;
@@ -27,6 +29,8 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
 
     private readonly IHypervisor _hypervisor;
     private readonly StoragePool _pool;
+    /// <summary>The host's durable VM records (DESIGN §7.1); null on a host without management (in-process tests).</summary>
+    private readonly VmCatalog? _catalog;
     private readonly OperationLedger _ledger = new();
     /// <summary>The WaitMirrorReady operations waiting for their drive's mirror to turn READY.</summary>
     private readonly Dictionary<OperationId, (VmId Vm, ImageId Drive)> _mirrorWaits = new();
@@ -35,23 +39,24 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private Action<HypervisorEvent>? _forwardEvent;
 
-    public HsmActor(IHypervisor hypervisor, StoragePool pool)
+    public HsmActor(IHypervisor hypervisor, StoragePool pool, VmCatalog? catalog = null)
     {
         _hypervisor = hypervisor;
         _pool = pool;
+        _catalog = catalog;
         Adopting();
     }
 
     public IStash Stash { get; set; } = null!;
     public ITimerScheduler Timers { get; set; } = null!;
 
-    public static Props Props(IHypervisor hypervisor, StoragePool pool) =>
-        Akka.Actor.Props.Create(() => new HsmActor(hypervisor, pool));
+    public static Props Props(IHypervisor hypervisor, StoragePool pool, VmCatalog? catalog = null) =>
+        Akka.Actor.Props.Create(() => new HsmActor(hypervisor, pool, catalog));
 
     /// <summary>The steps this actor runs; the others belong to the SPM.</summary>
     public static bool Runs(MigrationStep step) => step is MigrationStep.StartReplication or MigrationStep.WaitMirrorReady
         or MigrationStep.Pivot or MigrationStep.CancelReplication or MigrationStep.LiveSnapshotToDestination
-        or MigrationStep.SwitchBackingChain;
+        or MigrationStep.SwitchBackingChain or MigrationStep.ProbeSwitch;
 
     protected override void PreStart()
     {
@@ -59,9 +64,9 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
         // Runs on the hypervisor's event thread: only a message crosses into the actor.
         _forwardEvent = e => self.Tell(new HypervisorEventArrived(e));
         _hypervisor.EventRaised += _forwardEvent;
-        _hypervisor.AdoptRunningVmsAsync().PipeTo(self,
-            success: vms => new AdoptionFinished(vms.Where(v => v.Running).Select(v => v.Id).ToList(), null),
-            failure: e => new AdoptionFinished([], e));
+        AdoptAsync().PipeTo(self,
+            success: done => done,
+            failure: e => new AdoptionFinished([], [], e));
     }
 
     protected override void PostStop()
@@ -73,6 +78,8 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
     {
         Receive<AdoptionFinished>(done =>
         {
+            foreach (var disagreement in done.Disagreements)
+                _log.Warning("Reconciling the VM records with QEMU: {Disagreement}", disagreement);
             if (done.Error is null)
                 _log.Info("Adopted {Count} running VMs: {Vms}", done.Running.Count, string.Join(", ", done.Running));
             else
@@ -128,12 +135,32 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
         _log.Info("Starting {Operation} on VM {Vm} drive {Image}", operation, command.Vm, command.Disk.Image);
         if (operation.Step == MigrationStep.WaitMirrorReady)
         {
+            FaultPlan.Current.Hit(operation.Step, FaultMoment.HostReceived, KillQemuOf(command.Vm));
             _mirrorWaits[operation] = (command.Vm, command.Disk.Image);
             SampleMirror(operation);
             Timers.StartPeriodicTimer(ProgressTimer(operation), new ProgressDue(operation), ProgressInterval);
             return;
         }
-        StepReplies.RunAsync(operation, () => RunAsync(command)).PipeTo(Self);
+        StepReplies.RunAsync(operation, () => RunAsync(command), KillQemuOf(command.Vm)).PipeTo(Self);
+    }
+
+    /// <summary>The fault plan's way to kill this step's QEMU (tests only).</summary>
+    private Action KillQemuOf(VmId vm)
+    {
+        var hypervisor = _hypervisor;
+        return () =>
+        {
+            var pid = hypervisor.ListVmsAsync().GetAwaiter().GetResult().FirstOrDefault(v => v.Id == vm)?.Pid;
+            if (pid is not { } p) return;
+            try
+            {
+                System.Diagnostics.Process.GetProcessById(p).Kill();
+            }
+            catch (ArgumentException)
+            {
+                // gone already
+            }
+        };
     }
 
     /// <summary>Reads the mirror once: on entry (READY may have come before we listened), on an event, on a repeated wait.</summary>
@@ -249,7 +276,7 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
         {
             case MigrationStep.StartReplication:
             {
-                var leaf = (await dst.DescribeImageAsync(image)).Leaf;
+                var leaf = await DestinationLeafAsync(command, dst);
                 var job = await _hypervisor.StartMirrorAsync(new MirrorRequest(vm, image,
                     new ChainLayer(new VolumeRef(dst.Id, leaf.Id), dst.Locate(image, leaf.Id), leaf.Format),
                     command.SpeedBytesPerSecond, command.CopyMode));
@@ -257,9 +284,14 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
             }
             case MigrationStep.Pivot:
             {
-                var destination = await _pool.ResolveChainAsync(dst.Id, image);
+                var leaf = await DestinationLeafAsync(command, dst);
+                var destination = await _pool.ResolveChainAsync(leaf);
+                var target = new VolumeRef(dst.Id, leaf.Id);
+                // The intent first: a host or QEMU that dies mid-pivot leaves a record that says a switch was begun.
+                await BeginSwitchAsync(vm, image, target);
                 var drive = await _hypervisor.PivotAsync(vm, image, destination.Backing);
                 EnsureRunsOn(drive, destination, vm);
+                await RecordLeafAsync(vm, image, target);
                 return new StepOutcome(Detail: $"VM {vm} drive {image} runs on domain {dst.Id}");
             }
             case MigrationStep.CancelReplication:
@@ -271,10 +303,13 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
             {
                 var newLeaf = await dst.DescribeVolumeAsync(image, command.Disk.NewLeaf);
                 var path = dst.Locate(image, newLeaf.Id);
-                var drive = await _hypervisor.LiveSnapshotAsync(vm, image, new ChainLayer(new VolumeRef(dst.Id, newLeaf.Id), path, newLeaf.Format));
+                var target = new VolumeRef(dst.Id, newLeaf.Id);
+                await BeginSwitchAsync(vm, image, target);
+                var drive = await _hypervisor.LiveSnapshotAsync(vm, image, new ChainLayer(target, path, newLeaf.Format));
                 if (drive.OpenChain.Count == 0 || drive.OpenChain[^1] != path)
                     throw new OperationFailedException(ErrorCodes.Conflict,
                         $"VM {vm} drive {image} writes on {drive.OpenChain.LastOrDefault() ?? "nothing"} after the snapshot, expected {path}");
+                await RecordLeafAsync(vm, image, target);
                 return new StepOutcome(Detail: $"VM {vm} drive {image} writes on leaf {newLeaf.Id} on domain {dst.Id}");
             }
             case MigrationStep.SwitchBackingChain:
@@ -286,12 +321,176 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
                         $"leaf {newLeaf.Id} of image {image} has parent {newLeaf.Parent?.ToString() ?? "none"}, not a copy on domain {dst.Id}: the internal volumes are not cloned yet");
                 var copy = await _pool.ResolveChainAsync(await dst.DescribeVolumeAsync(image, parent.Volume));
                 var drive = await _hypervisor.SwitchBackingChainAsync(vm, image, copy.Layers);
-                EnsureRunsOn(drive, await _pool.ResolveChainAsync(dst.Id, image), vm);
+                EnsureRunsOn(drive, await _pool.ResolveChainAsync(newLeaf), vm);
+                await RecordLeafAsync(vm, image, new VolumeRef(dst.Id, newLeaf.Id));
                 return new StepOutcome(Detail: $"VM {vm} drive {image} runs on domain {dst.Id} only");
             }
+            case MigrationStep.ProbeSwitch:
+                return await ProbeSwitchAsync(command, dst);
             default:
                 throw new OperationFailedException(ErrorCodes.InvalidArgument, $"the HSM does not run {command.Operation.Step}");
         }
+    }
+
+    /// <summary>
+    /// The destination leaf the plan names (pre-copy: the twin of the source leaf; post-copy: the new leaf). Journals
+    /// older than the plan's <see cref="DiskPlan.SourceLeaf"/> fall back to the clone's leaf.
+    /// </summary>
+    private static async Task<VolumeInfo> DestinationLeafAsync(ExecuteStep command, IStorageDomain dst)
+    {
+        var image = command.Disk.Image;
+        if (command.Strategy == MigrationStrategy.PostCopy)
+            return await dst.DescribeVolumeAsync(image, command.Disk.NewLeaf);
+        return command.Disk.SourceLeaf is { } named
+            ? await dst.DescribeVolumeAsync(image, named)
+            : (await dst.DescribeImageAsync(image)).Leaf;
+    }
+
+    /// <summary>
+    /// DESIGN §7.4, read-only: after a switch whose outcome is unknown, where does the drive run? QEMU's open chain
+    /// when it runs; the host's durable record when it is gone. A live snapshot's new leaf is an overlay of the
+    /// source leaf, so once begun it holds every write whether or not QEMU got to switch. A begun pivot with QEMU
+    /// gone is decided by comparing both leaves; if they differ nobody can tell, and the step fails for an operator.
+    /// </summary>
+    private async Task<StepOutcome> ProbeSwitchAsync(ExecuteStep command, IStorageDomain dst)
+    {
+        var vm = command.Vm;
+        var image = command.Disk.Image;
+        var preCopy = command.Strategy == MigrationStrategy.PreCopy;
+        var switchName = preCopy ? "pivot" : "live snapshot";
+        var leaf = await DestinationLeafAsync(command, dst);
+        var target = new VolumeRef(dst.Id, leaf.Id);
+        var targetPath = dst.Locate(image, leaf.Id);
+
+        VmInfo? running = null;
+        try
+        {
+            var info = await _hypervisor.DescribeVmAsync(vm);
+            if (info.Running) running = info;
+        }
+        catch (OperationFailedException e) when (e.Code is ErrorCodes.VmNotRunning or ErrorCodes.VmNotFound)
+        {
+        }
+        if (running is not null)
+        {
+            var open = running.Drive(image).OpenChain;
+            if (open.Count > 0 && open[^1] == targetPath)
+            {
+                await RecordLeafAsync(vm, image, target);
+                return Found(SwitchFinding.OnDestination, $"VM {vm} drive {image} runs on {targetPath}: the {switchName} took effect");
+            }
+            ClearSwitch(vm, image);
+            return Found(SwitchFinding.OnSource, $"VM {vm} drive {image} runs on {open.LastOrDefault() ?? "nothing"}: the {switchName} did not take effect");
+        }
+
+        var record = _catalog?.Find(vm)
+            ?? throw new OperationFailedException(ErrorCodes.SwitchOutcomeUnknown,
+                $"VM {vm} is not running and this host keeps no record of it: the outcome of the {switchName} of drive {image} is unknown");
+        if (record.LeafOf(image)?.Leaf == target)
+            return Found(SwitchFinding.OnDestination, $"VM {vm} is not running; its record names {target} after the {switchName}");
+        if (record.PendingOf(image) is null)
+            return Found(SwitchFinding.OnSource, $"VM {vm} is not running; its record shows the {switchName} of drive {image} was never begun");
+        if (!preCopy)
+        {
+            await RecordLeafAsync(vm, image, target);
+            return Found(SwitchFinding.OnDestination,
+                $"VM {vm} died during the live snapshot of drive {image}: the new leaf {target} over the source chain holds every write either way");
+        }
+        var source = _pool.Get(command.Disk.Source);
+        var sourceLeaf = command.Disk.SourceLeaf ?? leaf.Id;
+        if (source.Kind == Storage.File.FileStorageDomain.FileKind && dst.Kind == Storage.File.FileStorageDomain.FileKind)
+        {
+            var (same, output) = await Storage.File.QemuImg.CompareAsync(source.Locate(image, sourceLeaf), null, targetPath, null, CancellationToken.None);
+            if (same)
+            {
+                ClearSwitch(vm, image);
+                return Found(SwitchFinding.OnSource,
+                    $"VM {vm} died during the pivot of drive {image}, but source and destination hold the same data: the source chain is complete");
+            }
+            throw new OperationFailedException(ErrorCodes.SwitchOutcomeUnknown,
+                $"VM {vm} died during the pivot of drive {image} and the source and destination leaves differ ({output}): " +
+                $"which one holds the last writes cannot be told; both are kept");
+        }
+        throw new OperationFailedException(ErrorCodes.SwitchOutcomeUnknown,
+            $"VM {vm} died during the pivot of drive {image}: the outcome cannot be told on {source.Kind} domains; both chains are kept");
+    }
+
+    private static StepOutcome Found(SwitchFinding finding, string detail) => new(Detail: detail, Switch: finding);
+
+    /// <summary>The record of a VM this host runs but does not hold yet (adopted, or started outside the management API).</summary>
+    private async Task<CatalogedVm> RecordOfRunningAsync(VmId vm)
+    {
+        var info = await _hypervisor.DescribeVmAsync(vm);
+        return new CatalogedVm(vm, info.Name, await VmReports.CurrentLeavesAsync(info, _pool));
+    }
+
+    private async Task BeginSwitchAsync(VmId vm, ImageId image, VolumeRef target)
+    {
+        if (_catalog is null) return;
+        var absent = _catalog.Find(vm) is null ? await RecordOfRunningAsync(vm) : null;
+        _catalog.Update(vm, () => absent!, record => record.WithPending(image, target));
+    }
+
+    private async Task RecordLeafAsync(VmId vm, ImageId image, VolumeRef leaf)
+    {
+        if (_catalog is null) return;
+        var absent = _catalog.Find(vm) is null ? await RecordOfRunningAsync(vm) : null;
+        _catalog.Update(vm, () => absent!, record => record.WithLeaf(image, leaf));
+    }
+
+    private void ClearSwitch(VmId vm, ImageId image)
+    {
+        if (_catalog?.Find(vm) is null) return;
+        _catalog.Update(vm, () => throw new InvalidOperationException("unreachable"), record => record.WithoutPending(image));
+    }
+
+    /// <summary>
+    /// Adopts the VMs a previous instance started, then reconciles each running VM's record with what QEMU has open
+    /// (DESIGN §7.1): QEMU's open chain is the truth for a running drive, and every difference is said, not hidden.
+    /// </summary>
+    private async Task<AdoptionFinished> AdoptAsync()
+    {
+        var vms = await _hypervisor.AdoptRunningVmsAsync();
+        var running = vms.Where(v => v.Running).ToList();
+        var disagreements = new List<string>();
+        if (_catalog is not null)
+        {
+            foreach (var vm in running)
+            {
+                IReadOnlyList<DiskLeaf> open;
+                try
+                {
+                    open = await VmReports.CurrentLeavesAsync(vm, _pool);
+                }
+                catch (OperationFailedException e)
+                {
+                    disagreements.Add($"VM {vm.Id}: {e.Message}; its record is left as it is");
+                    continue;
+                }
+                var record = _catalog.Find(vm.Id);
+                if (record is null)
+                {
+                    _catalog.Save(new CatalogedVm(vm.Id, vm.Name, open));
+                    continue;
+                }
+                var updated = record;
+                foreach (var drive in open)
+                {
+                    var recorded = record.LeafOf(drive.Image)?.Leaf;
+                    var pending = record.PendingOf(drive.Image)?.Leaf;
+                    if (recorded == drive.Leaf && pending is null) continue;
+                    if (pending == drive.Leaf)
+                        disagreements.Add($"VM {vm.Id} drive {drive.Image}: a switch to {pending} was begun and QEMU runs on it; recorded");
+                    else if (recorded != drive.Leaf)
+                        disagreements.Add($"VM {vm.Id} drive {drive.Image}: the record names {recorded?.ToString() ?? "nothing"} but QEMU has {drive.Leaf} open; recording what QEMU runs");
+                    else
+                        continue; // on the recorded leaf with a switch begun: the saga's probe decides it
+                    updated = updated.WithLeaf(drive.Image, drive.Leaf);
+                }
+                if (!ReferenceEquals(updated, record)) _catalog.Save(updated);
+            }
+        }
+        return new AdoptionFinished(running.Select(v => v.Id).ToList(), disagreements, null);
     }
 
     private static void EnsureRunsOn(DriveState drive, DriveChain expected, VmId vm)
@@ -305,7 +504,7 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
     private static string ProgressTimer(OperationId operation) => $"progress-{operation}";
 
     private sealed record ProgressDue(OperationId Operation);
-    private sealed record AdoptionFinished(IReadOnlyList<VmId> Running, Exception? Error);
+    private sealed record AdoptionFinished(IReadOnlyList<VmId> Running, IReadOnlyList<string> Disagreements, Exception? Error);
     private sealed record HypervisorEventArrived(HypervisorEvent Event);
     private sealed record MirrorSampled(OperationId Operation, BlockJobInfo? Job, Exception? Error);
     private sealed record SpeedSet(OperationId Operation, long Speed, Exception? Error);

@@ -40,6 +40,18 @@ public sealed class HypervisorInput(bool commaInPathsAllowed)
             throw new OperationFailedException(ErrorCodes.InvalidArgument, $"{what} ({layer.Volume}) needs an absolute plain file path, got '{layer.Path}'");
     }
 
+    /// <summary>
+    /// A mirror's target is a twin of the drive's active layer: qcow2 over a chain, or raw when the drive is one raw
+    /// volume (the mirror then copies the whole disk; a raw target under a backing chain would lose the backing's data).
+    /// </summary>
+    public void RequireMirrorTarget(ChainLayer target, int driveLayers)
+    {
+        RequireAbsolute(target, "destination leaf");
+        if (target.Format != VolumeFormat.Cow && driveLayers > 1)
+            throw new OperationFailedException(ErrorCodes.InvalidArgument,
+                $"destination leaf ({target.Volume}) is raw but the drive has {driveLayers} layers: only a single-volume drive mirrors into a raw volume");
+    }
+
     public void RequireAbsoluteCow(ChainLayer layer, string what)
     {
         RequireAbsolute(layer, what);

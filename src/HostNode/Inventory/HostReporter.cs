@@ -18,13 +18,20 @@ public sealed record HostInventoryChanged(string Why);
 
 /// <summary>
 /// Tells the Coordinator's inventory (through its singleton proxy) what this host sees: its VMs with the chains their drives run on,
-/// and the storage domains (every host sees the shared domains). It reports when it starts, when a step
-/// or a hypervisor event changed something, and when a coordinator joins — never from a timer.
+/// and the storage domains it has attached (the inventory merges the hosts' domain reports). It reports when it starts, when a step
+/// or a hypervisor event changed something, and when a coordinator joins — never from a timer; a report is re-sent with
+/// a bounded backoff until the inventory acknowledges it (<see cref="ReportAcknowledged"/>), so a report is delivered, not only sent.
 /// </summary>
-public sealed class HostReporter : ReceiveActor
+public sealed class HostReporter : ReceiveActor, IWithTimers
 {
     private sealed record ReportNow(string Why);
     private sealed record Reports(HostStatusReport Host, DomainStatusReport Domains);
+    private sealed record Resend;
+
+    /// <summary>First wait for a receipt before sending again; doubled after each unanswered send up to <see cref="MaxResendDelay"/>.</summary>
+    public static readonly TimeSpan FirstResendDelay = TimeSpan.FromSeconds(1);
+    public static readonly TimeSpan MaxResendDelay = TimeSpan.FromSeconds(8);
+    private const string ResendTimer = "resend";
 
     private readonly string _hostId;
     private readonly bool _spmCapable;
@@ -36,6 +43,12 @@ public sealed class HostReporter : ReceiveActor
     private Action<HypervisorEvent>? _onEvent;
     private bool _reporting;
     private bool _again;
+    // the newest reports not yet acknowledged by the inventory: re-sent until they are (a newer report replaces an older one)
+    private HostStatusReport? _unacknowledgedHost;
+    private DomainStatusReport? _unacknowledgedDomains;
+    private TimeSpan _resendDelay = FirstResendDelay;
+
+    public ITimerScheduler Timers { get; set; } = null!;
 
     public HostReporter(string hostId, bool spmCapable, IHypervisor hypervisor, StoragePool pool, IActorRef inventory, VmCatalog? catalog = null)
     {
@@ -55,9 +68,25 @@ public sealed class HostReporter : ReceiveActor
         });
         Receive<Reports>(r =>
         {
-            _inventory.Tell(r.Host);
-            _inventory.Tell(r.Domains);
+            _unacknowledgedHost = r.Host;
+            _unacknowledgedDomains = r.Domains;
+            _resendDelay = FirstResendDelay;
+            SendUnacknowledged();
             Done();
+        });
+        Receive<ReportAcknowledged>(ack =>
+        {
+            if (ack.Report == ReportAcknowledged.HostReport && _unacknowledgedHost?.At == ack.At) _unacknowledgedHost = null;
+            if (ack.Report == ReportAcknowledged.DomainsReport && _unacknowledgedDomains?.At == ack.At) _unacknowledgedDomains = null;
+            if (_unacknowledgedHost is null && _unacknowledgedDomains is null) Timers.Cancel(ResendTimer);
+        });
+        Receive<Resend>(_ =>
+        {
+            if (_unacknowledgedHost is null && _unacknowledgedDomains is null) return;
+            _log.Info("host {HostId}: the inventory has not acknowledged its report of {At} yet; sending it again",
+                _hostId, (_unacknowledgedHost?.At ?? _unacknowledgedDomains!.At).ToString("O"));
+            _resendDelay = TimeSpan.FromTicks(Math.Min(_resendDelay.Ticks * 2, MaxResendDelay.Ticks));
+            SendUnacknowledged();
         });
         Receive<Status.Failure>(f =>
         {
@@ -105,6 +134,14 @@ public sealed class HostReporter : ReceiveActor
         BuildAsync(address).PipeTo(Self);
     }
 
+    /// <summary>Sends what the inventory has not acknowledged, and sends it again after the current delay unless a receipt comes first.</summary>
+    private void SendUnacknowledged()
+    {
+        if (_unacknowledgedHost is { } host) _inventory.Tell(host);
+        if (_unacknowledgedDomains is { } domains) _inventory.Tell(domains);
+        Timers.StartSingleTimer(ResendTimer, new Resend(), _resendDelay);
+    }
+
     private void Done()
     {
         _reporting = false;
@@ -126,6 +163,6 @@ public sealed class HostReporter : ReceiveActor
             domains.Add(new DomainReport(info.Id, info.Name, info.Kind, info.CapacityBytes, info.UsedBytes, info.AvailableBytes, Active: true));
         }
         return new Reports(new HostStatusReport(_hostId, address, _spmCapable, vms.ToValueList(), now),
-            new DomainStatusReport(domains.ToValueList(), now));
+            new DomainStatusReport(domains.ToValueList(), now, _hostId));
     }
 }

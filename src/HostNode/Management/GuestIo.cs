@@ -15,8 +15,10 @@ public sealed class GuestIo(string dataDirectory)
 {
     public const int MaxSeconds = 24 * 3600;
 
-    private sealed class Run(VmId vm, long bytesPerSecond, int seconds, IReadOnlyList<GuestWorkload> workloads)
+    private sealed class Run(VmId vm, long bytesPerSecond, int seconds, int flushIntervalMs, bool fua, IReadOnlyList<GuestWorkload> workloads)
     {
+        public int FlushIntervalMs { get; } = flushIntervalMs;
+        public bool Fua { get; } = fua;
         public VmId Vm { get; } = vm;
         public long BytesPerSecond { get; } = bytesPerSecond;
         public int Seconds { get; } = seconds;
@@ -33,8 +35,14 @@ public sealed class GuestIo(string dataDirectory)
     public string LedgerPath(VmId vm, ImageId drive) => Path.Combine(dataDirectory, "guest", vm.ToString(), $"{drive}.ledger");
 
     /// <summary>Starts writing on every drive of the running VM, the rate shared among them; stops by itself after <paramref name="seconds"/> (0 = until stopped).</summary>
-    public async Task<GuestIoStatus> StartAsync(VmInfo vm, long bytesPerSecond, int seconds, CancellationToken ct = default)
+    /// <param name="flushIntervalMs">How often each drive's guest flushes (0 = never); a drive whose export cannot flush is refused.</param>
+    /// <param name="fua">Every write with FUA; a drive whose export does not take FUA is refused.</param>
+    public async Task<GuestIoStatus> StartAsync(VmInfo vm, long bytesPerSecond, int seconds,
+        int flushIntervalMs = StartGuestIo.DefaultFlushIntervalMs, bool fua = false, CancellationToken ct = default)
     {
+        if (flushIntervalMs is < 0 or > StartGuestIo.MaxFlushIntervalMs)
+            throw new OperationFailedException(ErrorCodes.InvalidArgument,
+                $"the flush interval must be between 0 (never) and {StartGuestIo.MaxFlushIntervalMs} ms, got {flushIntervalMs} ms");
         if (bytesPerSecond < 0)
             throw new OperationFailedException(ErrorCodes.InvalidArgument, $"the rate must be 0 (unlimited) or positive, got {bytesPerSecond} bytes/s");
         if (seconds is < 0 or > MaxSeconds)
@@ -60,7 +68,8 @@ public sealed class GuestIo(string dataDirectory)
                 var ledger = LedgerPath(vm.Id, drive.Image);
                 Directory.CreateDirectory(Path.GetDirectoryName(ledger)!);
                 var workload = new GuestWorkload(new GuestWorkloadOptions(drive.GuestSocket, drive.ExportName, drive.Image,
-                    RegionOffset: 0, RegionLength: 0, ledger, RateBytesPerSecond: perDrive));
+                    RegionOffset: 0, RegionLength: 0, ledger, RateBytesPerSecond: perDrive, ForceUnitAccess: fua,
+                    FlushInterval: TimeSpan.FromMilliseconds(flushIntervalMs)));
                 await workload.StartAsync(ct);
                 workloads.Add(workload);
             }
@@ -70,7 +79,7 @@ public sealed class GuestIo(string dataDirectory)
             foreach (var started in workloads) await started.DisposeAsync();
             throw;
         }
-        var run = new Run(vm.Id, bytesPerSecond, seconds, workloads);
+        var run = new Run(vm.Id, bytesPerSecond, seconds, flushIntervalMs, fua, workloads);
         lock (_gate) _runs[vm.Id] = run;
         if (seconds > 0) _ = StopLaterAsync(run, TimeSpan.FromSeconds(seconds));
         return StatusOf(run);
@@ -139,6 +148,10 @@ public sealed class GuestIo(string dataDirectory)
             stats.Sum(s => s.Errors),
             stats.Count == 0 ? 0 : stats.Max(s => s.Elapsed.TotalSeconds),
             stats.Select(s => s.LastError).FirstOrDefault(e => e is not null),
-            run.Workloads.Sum(w => w.Ledger.AcknowledgedWrites));
+            run.Workloads.Sum(w => w.Ledger.AcknowledgedWrites),
+            stats.Sum(s => s.DurableWrites),
+            run.FlushIntervalMs,
+            run.Fua,
+            stats.Sum(s => s.Flushes));
     }
 }

@@ -1,21 +1,48 @@
 using System.Text.Json;
+using LiveMigration.HostNode.Storage.File;
 using LiveMigration.Shared.Model;
 using LiveMigration.Shared.Protocol;
 
 namespace LiveMigration.HostNode.Management;
 
-/// <summary>A VM as its host keeps it between runs: its name and the leaf of each drive's chain.</summary>
-public sealed record CatalogedVm(VmId Id, string Name, IReadOnlyList<DiskLeaf> Drives);
+/// <summary>
+/// A VM as its host keeps it between runs: its name, the leaf of each drive's chain, and the switches begun on a
+/// drive whose outcome is not recorded yet (<see cref="Pending"/>: the leaf a pivot or live snapshot was moving it to).
+/// </summary>
+public sealed record CatalogedVm(VmId Id, string Name, IReadOnlyList<DiskLeaf> Drives, IReadOnlyList<DiskLeaf>? Pending = null)
+{
+    public IReadOnlyList<DiskLeaf> Switching => Pending ?? [];
+
+    public DiskLeaf? LeafOf(ImageId image) => Drives.FirstOrDefault(d => d.Image == image);
+    public DiskLeaf? PendingOf(ImageId image) => Switching.FirstOrDefault(d => d.Image == image);
+
+    public CatalogedVm WithLeaf(ImageId image, VolumeRef leaf) => this with
+    {
+        Drives = Drives.Any(d => d.Image == image)
+            ? Drives.Select(d => d.Image == image ? d with { Leaf = leaf } : d).ToList()
+            : Drives.Append(new DiskLeaf(image, leaf)).ToList(),
+        Pending = Switching.Where(p => p.Image != image).ToList(),
+    };
+
+    public CatalogedVm WithPending(ImageId image, VolumeRef target) => this with
+    {
+        Pending = Switching.Where(p => p.Image != image).Append(new DiskLeaf(image, target)).ToList(),
+    };
+
+    public CatalogedVm WithoutPending(ImageId image) => this with { Pending = Switching.Where(p => p.Image != image).ToList() };
+}
 
 /// <summary>
-/// The VMs this host owns, one JSON file each under <c>&lt;data dir&gt;/vms</c>, so a stopped VM stays listed
-/// and starts again on its chains (the hypervisor forgets a VM once it stopped). A drive's leaf is recorded when
-/// the VM is created, snapshotted and stopped; while it runs, the hypervisor's open chain is the truth.
+/// The host's durable VM records (DESIGN §7.1), one JSON file each under <c>&lt;data dir&gt;/vms</c>, so a stopped VM
+/// stays listed and starts again on its chains (the hypervisor forgets a VM once it stopped). A drive's leaf is
+/// recorded when the VM is created, snapshotted or stopped, and by every step that switches a drive (pivot, live
+/// snapshot, backing switch) before that step answers. Every write is durable: temporary file, fsync, rename,
+/// fsync of the folder.
 /// </summary>
 public sealed class VmCatalog(string dataDirectory)
 {
     private sealed record DriveEntry(string Image, string Domain, string Volume);
-    private sealed record Entry(string Id, string Name, List<DriveEntry> Drives);
+    private sealed record Entry(string Id, string Name, List<DriveEntry> Drives, List<DriveEntry>? Pending = null);
 
     private static readonly JsonSerializerOptions Options = new() { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.CamelCase };
     private readonly object _gate = new();
@@ -42,25 +69,46 @@ public sealed class VmCatalog(string dataDirectory)
         }
     }
 
-    /// <summary>Writes the VM's entry atomically (a temporary file renamed over it).</summary>
+    /// <summary>Writes the VM's entry durably (a temporary file fsynced and renamed over it, then the folder fsynced).</summary>
     public void Save(CatalogedVm vm)
     {
-        var entry = new Entry(vm.Id.ToString(), vm.Name,
-            vm.Drives.Select(d => new DriveEntry(d.Image.ToString(), d.Leaf.Domain.ToString(), d.Leaf.Volume.ToString())).ToList());
+        static DriveEntry EntryOf(DiskLeaf d) => new(d.Image.ToString(), d.Leaf.Domain.ToString(), d.Leaf.Volume.ToString());
+        var entry = new Entry(vm.Id.ToString(), vm.Name, vm.Drives.Select(EntryOf).ToList(),
+            vm.Switching.Count == 0 ? null : vm.Switching.Select(EntryOf).ToList());
         lock (_gate)
         {
             System.IO.Directory.CreateDirectory(Directory);
             var path = PathOf(vm.Id);
             var temporary = path + ".tmp";
-            File.WriteAllText(temporary, JsonSerializer.Serialize(entry, Options));
+            using (var file = new FileStream(temporary, FileMode.Create, FileAccess.Write))
+            {
+                JsonSerializer.Serialize(file, entry, Options);
+                file.Flush(flushToDisk: true);
+            }
             File.Move(temporary, path, overwrite: true);
+            Posix.FsyncDirectory(Directory);
+        }
+    }
+
+    /// <summary>Changes one VM's record under the catalog's lock; <paramref name="absent"/> makes the record of a VM it does not hold yet.</summary>
+    public CatalogedVm Update(VmId id, Func<CatalogedVm> absent, Func<CatalogedVm, CatalogedVm> change)
+    {
+        lock (_gate)
+        {
+            var updated = change(Read(PathOf(id)) ?? absent());
+            Save(updated);
+            return updated;
         }
     }
 
     /// <summary>Forgets a VM (one whose creation failed); nothing when it is not there.</summary>
     public void Remove(VmId id)
     {
-        lock (_gate) File.Delete(PathOf(id));
+        lock (_gate)
+        {
+            File.Delete(PathOf(id));
+            if (System.IO.Directory.Exists(Directory)) Posix.FsyncDirectory(Directory);
+        }
     }
 
     private static CatalogedVm? Read(string path)
@@ -70,8 +118,9 @@ public sealed class VmCatalog(string dataDirectory)
         {
             var entry = JsonSerializer.Deserialize<Entry>(File.ReadAllText(path), Options);
             if (entry is null) return null;
-            return new CatalogedVm(VmId.Parse(entry.Id), entry.Name,
-                entry.Drives.Select(d => new DiskLeaf(ImageId.Parse(d.Image), new VolumeRef(DomainId.Parse(d.Domain), VolumeId.Parse(d.Volume)))).ToList());
+            static DiskLeaf LeafOf(DriveEntry d) => new(ImageId.Parse(d.Image), new VolumeRef(DomainId.Parse(d.Domain), VolumeId.Parse(d.Volume)));
+            return new CatalogedVm(VmId.Parse(entry.Id), entry.Name, entry.Drives.Select(LeafOf).ToList(),
+                entry.Pending?.Select(LeafOf).ToList());
         }
         catch (Exception e) when (e is JsonException or OperationFailedException)
         {

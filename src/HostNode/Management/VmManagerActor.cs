@@ -180,12 +180,13 @@ public sealed class VmManagerActor : ReceiveActor
             throw _catalog.Find(command.Vm) is null
                 ? new OperationFailedException(ErrorCodes.VmNotFound, $"host {_hostId} has no VM {command.Vm}")
                 : new OperationFailedException(ErrorCodes.VmNotRunning, $"VM {command.Vm} is stopped: start it before its guest I/O");
-        return await _guestIo.StartAsync(running, command.BytesPerSecond, command.Seconds);
+        return await _guestIo.StartAsync(running, command.BytesPerSecond, command.Seconds, command.FlushIntervalMs, command.Fua);
     }
 
     /// <summary>
-    /// Every block a ledger of the VM holds as acknowledged, read back: through the drive's export while the VM runs
+    /// Every block a ledger of the VM names, read back: through the drive's export while the VM runs
     /// (against the running workload's own ledger when one writes), from its chain on disk when it is stopped.
+    /// A block missing its durable write is lost; one missing only an acknowledged write no flush covered is in doubt.
     /// </summary>
     private async Task<IManagementMessage> VerifyAsync(VmId id)
     {
@@ -194,7 +195,7 @@ public sealed class VmManagerActor : ReceiveActor
             ? running.Drives.Select(d => d.Image).ToList()
             : (_catalog.Find(id) ?? throw new OperationFailedException(ErrorCodes.VmNotFound, $"host {_hostId} has no VM {id}")).Drives.Select(d => d.Image).ToList();
         var stopped = running is null ? _catalog.Find(id) : null;
-        long checkedBlocks = 0, lost = 0, inDoubt = 0;
+        long checkedBlocks = 0, lost = 0, inDoubt = 0, durable = 0;
         var details = new List<string>();
         foreach (var image in drives)
         {
@@ -215,23 +216,56 @@ public sealed class VmManagerActor : ReceiveActor
                 report = await GuestVerifier.VerifyImageAsync(_pool.Get(leaf.Domain).Locate(image, leaf.Volume), ledger);
             }
             checkedBlocks += report.BlocksChecked;
-            lost += report.Mismatches.Count;
-            inDoubt += report.InDoubtBlocks;
-            details.AddRange(report.Mismatches.Take(20).Select(m => $"drive {image}: {m}"));
+            lost += report.Lost.Count;
+            inDoubt += report.InDoubt.Count;
+            durable += report.DurableBlocks;
+            // Losses first: they are what the operator must see.
+            details.AddRange(report.Lost.Take(20).Select(m => $"drive {image}: LOST {m}"));
+            details.AddRange(report.InDoubt.Take(Math.Max(0, 20 - Math.Min(20, report.Lost.Count))).Select(m => $"drive {image}: in doubt {m}"));
         }
-        return new GuestVerified(id, checkedBlocks, lost, inDoubt, details.ToValueList());
+        return new GuestVerified(id, checkedBlocks, lost, inDoubt, details.ToValueList(), durable);
     }
 
     private async Task<VmInfo?> RunningAsync(VmId id) =>
         (await _hypervisor.ListVmsAsync()).FirstOrDefault(v => v.Id == id && v.Running);
 
+    /// <summary>
+    /// The chains a VM starts on, from its record, checked first (DESIGN §7.2): only a complete chain of LEGAL volumes
+    /// whose top is the image's leaf (nothing lies over it: a record older than a migration or a snapshot would name an
+    /// INTERNAL volume) is opened, and never a drive whose switch the record shows begun but not finished.
+    /// </summary>
     private async Task<IReadOnlyList<DriveChain>> ChainsOfAsync(CatalogedVm vm)
     {
         var chains = new List<DriveChain>();
         foreach (var drive in vm.Drives)
         {
-            var leaf = await _pool.Get(drive.Leaf.Domain).DescribeVolumeAsync(drive.Image, drive.Leaf.Volume);
-            chains.Add(await _pool.ResolveChainAsync(leaf));
+            if (vm.PendingOf(drive.Image) is { } pending)
+                throw new OperationFailedException(ErrorCodes.StaleRecord,
+                    $"VM {vm.Id} ({vm.Name}) drive {drive.Image}: a switch from {drive.Leaf} to {pending.Leaf} was begun and its outcome is not known; " +
+                    "resume its migration so the probe decides, or inspect both chains before starting it");
+            VolumeInfo leaf;
+            try
+            {
+                leaf = await _pool.Get(drive.Leaf.Domain).DescribeVolumeAsync(drive.Image, drive.Leaf.Volume);
+            }
+            catch (OperationFailedException e) when (e.Code is ErrorCodes.DomainNotFound or ErrorCodes.VolumeNotFound or ErrorCodes.ImageNotFound)
+            {
+                throw new OperationFailedException(ErrorCodes.StaleRecord,
+                    $"VM {vm.Id} ({vm.Name}) drive {drive.Image}: its record names {drive.Leaf}, which is gone ({e.Message})");
+            }
+            if (leaf.Type != VolumeType.Leaf)
+                throw new OperationFailedException(ErrorCodes.StaleRecord,
+                    $"VM {vm.Id} ({vm.Name}) drive {drive.Image}: its record names {drive.Leaf}, which is an INTERNAL volume now (something lies over it); " +
+                    "the record is stale and starting on it would write into another chain's layer");
+            var chain = await _pool.ResolveChainAsync(leaf);
+            foreach (var layer in chain.Layers)
+            {
+                var volume = await _pool.Get(layer.Volume.Domain).DescribeVolumeAsync(drive.Image, layer.Volume.Volume);
+                if (volume.Legality != Legality.Legal)
+                    throw new OperationFailedException(ErrorCodes.StaleRecord,
+                        $"VM {vm.Id} ({vm.Name}) drive {drive.Image}: volume {layer.Volume} of its chain is ILLEGAL (incomplete or being removed); it is not opened");
+            }
+            chains.Add(chain);
         }
         return chains;
     }

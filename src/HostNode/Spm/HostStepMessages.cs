@@ -1,4 +1,5 @@
 using Akka.Event;
+using LiveMigration.Shared.Hosting;
 using LiveMigration.Shared.Migration;
 using LiveMigration.Shared.Model;
 using LiveMigration.Shared.Protocol;
@@ -40,11 +41,15 @@ internal static class StepReplies
     public static bool IsTransient(string code) => code is ErrorCodes.Timeout or ErrorCodes.IoError;
 
     /// <summary>Runs a step's work and turns its end, whatever it is, into the message the actor receives.</summary>
-    public static async Task<StepFinished> RunAsync(OperationId operation, Func<Task<StepOutcome>> work)
+    /// <param name="killQemu">How the fault plan kills this step's QEMU (HSM steps); crash points are off outside tests.</param>
+    public static async Task<StepFinished> RunAsync(OperationId operation, Func<Task<StepOutcome>> work, Action? killQemu = null)
     {
         try
         {
-            return new StepFinished(operation, new OperationSucceeded(operation, await work()));
+            FaultPlan.Current.Hit(operation.Step, FaultMoment.HostReceived, killQemu);
+            var outcome = await work();
+            FaultPlan.Current.Hit(operation.Step, FaultMoment.HostDone, killQemu);
+            return new StepFinished(operation, new OperationSucceeded(operation, outcome));
         }
         catch (Exception e)
         {

@@ -16,7 +16,18 @@ public interface IMigrationEvent
 }
 
 /// <summary>What a host returns with a finished step, for progress and the report.</summary>
-public sealed record StepOutcome(long BytesCopied = 0, string? Detail = null);
+public sealed record StepOutcome(long BytesCopied = 0, string? Detail = null,
+    /// <summary>Only for <see cref="MigrationStep.ProbeSwitch"/>: where the drive runs, as the host found it.</summary>
+    SwitchFinding? Switch = null);
+
+/// <summary>What a read-only probe found after a switch (pivot / live snapshot) whose outcome was unknown.</summary>
+public enum SwitchFinding
+{
+    /// <summary>The drive runs (or, with QEMU gone, its host's record says it ran) on the destination: roll forward.</summary>
+    OnDestination,
+    /// <summary>The drive runs on the source and its host never began the switch: the rollback is safe.</summary>
+    OnSource,
+}
 
 // ---- commands --------------------------------------------------------------------------------
 

@@ -28,6 +28,12 @@ public enum MigrationStep
     // rollback (before the point of no return)
     CancelReplication,
     DeleteDestinationImage,
+    /// <summary>
+    /// Read-only, after a switch failed in a way that leaves its effect unknown (DESIGN §7.4): the HSM reads what
+    /// the drive has open and its durable record, and answers with a <see cref="SwitchFinding"/>; it fails when
+    /// nobody can tell (QEMU gone while the record shows a switch begun), and the migration then suspends.
+    /// </summary>
+    ProbeSwitch,
 }
 
 /// <summary>
@@ -105,12 +111,13 @@ public sealed record ValidationFacts(
 public sealed record VmFacts(VmId Id, bool Running, ValueList<DiskFacts> Disks);
 
 /// <summary>A disk of the VM: where it is now and how many bytes its chain needs on a destination.</summary>
-public sealed record DiskFacts(ImageId Image, DomainId Domain, long SizeBytes);
+public sealed record DiskFacts(ImageId Image, DomainId Domain, long SizeBytes, VolumeId? Leaf = null);
 
 public sealed record DomainFacts(DomainId Id, bool Active, long FreeBytes);
 
 /// <summary>One disk's move as the saga runs it: the source comes from the inventory, the new post-copy leaf id is fixed up front.</summary>
-public sealed record DiskPlan(ImageId Image, DomainId Source, DomainId Destination, long SizeBytes, VolumeId NewLeaf);
+/// <param name="SourceLeaf">The leaf the drive runs on at validation (the pre-copy mirror target is its twin); null in journals older than it.</param>
+public sealed record DiskPlan(ImageId Image, DomainId Source, DomainId Destination, long SizeBytes, VolumeId NewLeaf, VolumeId? SourceLeaf = null);
 
 public enum TerminationKind { Cancel, Failure }
 

@@ -31,6 +31,10 @@ public static class ErrorCodes
     public const string JobFailed = "JOB_FAILED";
     public const string Timeout = "TIMEOUT";
     public const string IoError = "IO_ERROR";
+    /// <summary>A switch (pivot, live snapshot) was begun and nobody can tell whether it took effect (DESIGN §7.4).</summary>
+    public const string SwitchOutcomeUnknown = "SWITCH_OUTCOME_UNKNOWN";
+    /// <summary>A VM's record names a chain it must not start on (ILLEGAL, or not the newest leaf, or a switch in doubt).</summary>
+    public const string StaleRecord = "STALE_RECORD";
     /// <summary>A fault injected into a sim adapter by a test.</summary>
     public const string InjectedFault = "INJECTED_FAULT";
 }

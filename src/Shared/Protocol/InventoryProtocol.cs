@@ -12,14 +12,39 @@ public sealed record HostStatusReport(string HostId, string Address, bool SpmCap
 
 public sealed record VmReport(VmId Id, string Name, bool Running, ValueList<DriveReport> Drives);
 
-/// <summary>A drive and the chain it runs on now, base → leaf; the leaf's domain is where the disk is.</summary>
+/// <summary>
+/// A drive and the chain it runs on now, base → leaf; the leaf's domain is where the disk is. A host that could not
+/// resolve the chain (its record and what runs disagree, a volume is missing) reports it empty: such a disk has no
+/// domain, and every view shows it as unresolved instead of failing.
+/// </summary>
 public sealed record DriveReport(ImageId Image, ValueList<VolumeRef> Chain, long CapacityBytes, long AllocatedBytes)
 {
-    public DomainId LeafDomain => Chain[^1].Domain;
+    /// <summary>The domain of the chain's leaf, or null when the chain is empty (unresolved).</summary>
+    public DomainId? LeafDomain => Chain.Count > 0 ? Chain[^1].Domain : null;
+
+    /// <summary>Why the disk has no place, or null when its chain names one.</summary>
+    public string? Unresolved => Chain.Count > 0 ? null : "chain unresolved: the host reported no volume for this drive";
 }
 
-/// <summary>The storage domains as the SPM sees them, sent when it starts and after each step that changes space.</summary>
-public sealed record DomainStatusReport(ValueList<DomainReport> Domains, DateTimeOffset At) : IInventoryMessage;
+/// <summary>
+/// The storage domains one host sees, sent when it starts and after each step that changes space; the API also sends
+/// the SPM's answer to a domain creation. The inventory merges reports by domain id (a host that has not attached a new
+/// domain yet does not make it vanish) and takes each domain's figures from the newest report. Acknowledged with
+/// <see cref="ReportAcknowledged"/>.
+/// </summary>
+/// <param name="HostId">Who reported (null in reports written before hosts named themselves).</param>
+public sealed record DomainStatusReport(ValueList<DomainReport> Domains, DateTimeOffset At, string? HostId = null) : IInventoryMessage;
+
+/// <summary>
+/// The inventory's receipt for a <see cref="HostStatusReport"/> (<see cref="Report"/> = "host") or a
+/// <see cref="DomainStatusReport"/> ("domains") made at <see cref="At"/>: the reporter re-sends until it gets it.
+/// Sent also for a report that changed nothing or was older than what the inventory knew: it was delivered.
+/// </summary>
+public sealed record ReportAcknowledged(string Report, DateTimeOffset At) : IInventoryMessage
+{
+    public const string HostReport = "host";
+    public const string DomainsReport = "domains";
+}
 
 public sealed record DomainReport(DomainId Id, string Name, string Kind, long CapacityBytes, long UsedBytes, long AvailableBytes, bool Active);
 
@@ -82,7 +107,11 @@ public interface IInventoryEvent;
 public sealed record HostReported(string HostId, string Address, bool SpmCapable, ValueList<VmReport> Vms, DateTimeOffset At)
     : IInventoryEvent;
 
-/// <summary>The SPM's view of the storage domains that differed from the one before: it replaces it whole.</summary>
+/// <summary>
+/// Storage domains a report added or whose figures it changed: each replaces the entry with its id, new ones are added,
+/// the others stay. (Journals written before this rule held whole lists that replaced the one before; they now replay as
+/// the union of every domain ever reported, which is the rule they should have followed: no domain is ever deleted.)
+/// </summary>
 public sealed record DomainsReported(ValueList<DomainReport> Domains, DateTimeOffset At) : IInventoryEvent;
 
 /// <summary>A migration took these disks (only the ones it did not hold already).</summary>

@@ -72,20 +72,33 @@ public sealed record GetManagedVm(VmId Vm) : IManagementMessage;
 public sealed record ManagedVm(string HostId, VmReport Vm) : IManagementMessage;
 
 /// <summary>Starts the guest workload on every drive of a running VM for <paramref name="Seconds"/> (0 = until the VM stops).</summary>
-public sealed record StartGuestIo(VmId Vm, long BytesPerSecond, int Seconds) : IManagementMessage;
+/// <param name="FlushIntervalMs">How often the guest flushes its acknowledged writes to make them durable; 0 = never.</param>
+/// <param name="Fua">Every write with FUA: durable on its own acknowledgement.</param>
+public sealed record StartGuestIo(VmId Vm, long BytesPerSecond, int Seconds, int FlushIntervalMs = StartGuestIo.DefaultFlushIntervalMs,
+    bool Fua = false) : IManagementMessage
+{
+    public const int DefaultFlushIntervalMs = 100;
+    public const int MaxFlushIntervalMs = 3_600_000;
+}
 
 public sealed record GetGuestIo(VmId Vm) : IManagementMessage;
 
 /// <summary>The guest workload's counters over all drives (of the last run when none runs).</summary>
+/// <param name="DurableWrites">Acknowledged writes of this run that a completed FLUSH (or FUA) made durable.</param>
 public sealed record GuestIoStatus(VmId Vm, bool Running, long BytesPerSecond, int Seconds, long Writes, long Bytes, long Errors,
-    double ElapsedSeconds, string? LastError, long LedgerWrites) : IManagementMessage;
+    double ElapsedSeconds, string? LastError, long LedgerWrites, long DurableWrites = 0, int FlushIntervalMs = 0, bool Fua = false,
+    long Flushes = 0) : IManagementMessage;
 
 /// <summary>Checks every write the VM's ledgers hold as acknowledged against the drives' data.</summary>
 public sealed record VerifyGuest(VmId Vm) : IManagementMessage;
 
-/// <param name="Lost">Blocks whose acknowledged write is not there (data loss).</param>
-/// <param name="InDoubt">Blocks with writes sent but never acknowledged (either value is correct).</param>
-public sealed record GuestVerified(VmId Vm, long Checked, long Lost, long InDoubt, ValueList<string> Details) : IManagementMessage;
+/// <param name="Checked">Blocks the ledgers name, all read back.</param>
+/// <param name="Lost">Blocks whose newest durable write (one a completed FLUSH or FUA covered) is gone, with no later write in
+/// its place: data loss.</param>
+/// <param name="InDoubt">Blocks that keep every durable write but not their last acknowledged one: an acknowledged write no
+/// FLUSH covered yet, which a crash may take back (not a loss; in a VM that never crashed, suspicious).</param>
+/// <param name="DurableChecked">Blocks with a durable write among those checked (0 from a host that predates durability).</param>
+public sealed record GuestVerified(VmId Vm, long Checked, long Lost, long InDoubt, ValueList<string> Details, long DurableChecked = 0) : IManagementMessage;
 
 /// <summary>The DistributedPubSub topic and actor names of the management protocol.</summary>
 public static class ManagementTopics

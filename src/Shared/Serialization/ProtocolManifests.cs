@@ -70,6 +70,7 @@ public static class ProtocolManifests
         // the inventory: host and SPM reports, the Coordinator's questions and their answers
         ("lm.HostStatusReport.v1", typeof(HostStatusReport)),
         ("lm.DomainStatusReport.v1", typeof(DomainStatusReport)),
+        ("lm.ReportAcknowledged.v1", typeof(ReportAcknowledged)),
         ("lm.GetValidationFacts.v1", typeof(GetValidationFacts)),
         ("lm.ValidationFactsReply.v1", typeof(ValidationFactsReply)),
         ("lm.LocateVm.v1", typeof(LocateVm)),

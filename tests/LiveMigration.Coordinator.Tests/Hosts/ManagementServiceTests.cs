@@ -46,9 +46,9 @@ public sealed class ManagementServiceTests() : TestKit(Config, nameof(Management
         var inventory = Sys.ActorOf(InventoryActor.Props(new InventoryOptions(SubscribeToReports: false)));
         var web = new VmReport(_web, "web", Running: true,
             [new DriveReport(_webDisk, [new VolumeRef(_fast.Id, VolumeId.New())], 64 * MiB, 8 * MiB)]);
-        inventory.Tell(new HostStatusReport("host-1", Host1Address, SpmCapable: true, [web], At));
-        inventory.Tell(new HostStatusReport("host-2", "akka.tcp://lsm@127.0.0.1:4062", SpmCapable: false, [], At));
-        inventory.Tell(new DomainStatusReport([_fast], At));
+        inventory.Tell(new HostStatusReport("host-1", Host1Address, SpmCapable: true, [web], At), ActorRefs.NoSender);
+        inventory.Tell(new HostStatusReport("host-2", "akka.tcp://lsm@127.0.0.1:4062", SpmCapable: false, [], At), ActorRefs.NoSender);
+        inventory.Tell(new DomainStatusReport([_fast], At), ActorRefs.NoSender);
         var spm = CreateTestProbe();
         return (new ManagementService(Sys, inventory, Sys.ActorOf(Akka.Actor.Props.Create(() => new SpmStub(spm.Ref)))), spm, inventory);
     }
@@ -112,4 +112,43 @@ public sealed class ManagementServiceTests() : TestKit(Config, nameof(Management
         Assert.Equal(_fast.Id.ToString(), shown.Disks[0].Domain);
         await RefusedAsync(ErrorCodes.VmNotFound, 404, () => service.VmAsync("nope", CancellationToken.None));
     }
+
+    [Fact]
+    public async Task A_domain_the_api_says_it_created_is_in_the_inventory_though_no_host_reported_it_yet()
+    {
+        var (service, spm, inventory) = Start();
+        var made = new DomainReport(DomainId.New(), "sdA", "file", 1024 * MiB, 0, 1024 * MiB, Active: true);
+
+        var creating = service.CreateDomainAsync("sdA", "/srv/lsm", 0, CancellationToken.None);
+        spm.ExpectMsg<CreateDomain>();
+        spm.LastSender.Tell(new DomainCreated(made, "/srv/lsm"));
+        var started = DateTime.UtcNow;
+        var created = await creating;
+
+        Assert.Equal(made.Id, created.Id);
+        // recorded from the SPM's answer at once, not after the API's wait for a host's report ran out
+        Assert.True(DateTime.UtcNow - started < TimeSpan.FromSeconds(5));
+        var domains = (await service.InventoryAsync(CancellationToken.None)).Domains;
+        Assert.Equal(["fast", "sdA"], domains.Select(d => d.Name));
+        // and a host report that has not attached it yet does not take it away
+        inventory.Tell(new DomainStatusReport([_fast], At.AddMinutes(1), "host-2"), ActorRefs.NoSender);
+        Assert.Contains((await service.InventoryAsync(CancellationToken.None)).Domains, d => d.Id == made.Id);
+    }
+
+    [Fact]
+    public async Task A_disk_whose_chain_the_host_could_not_resolve_shows_with_no_domain_and_the_reason()
+    {
+        var (service, _, inventory) = Start();
+        var broken = new VmReport(VmId.New(), "broken", Running: true, [new DriveReport(ImageId.New(), [], 64 * MiB, 0)]);
+        inventory.Tell(new HostStatusReport("host-2", "akka.tcp://lsm@127.0.0.1:4062", SpmCapable: false, [broken], At.AddMinutes(1)), ActorRefs.NoSender);
+
+        var view = await service.VmAsync("broken", CancellationToken.None);
+
+        var disk = Assert.Single(view.Disks);
+        Assert.Null(disk.Domain);
+        Assert.Empty(disk.Chain);
+        Assert.StartsWith("chain unresolved", disk.Problem);
+        Assert.Equal(2, (await service.VmsAsync(CancellationToken.None)).Count);
+    }
 }
+

@@ -39,9 +39,9 @@ public sealed class InventoryActorTests() : TestKit(Config, nameof(InventoryActo
     private IActorRef StartReportedPool()
     {
         var inventory = StartInventory();
-        inventory.Tell(_pool.HostReport("host-1", InventoryFixtures.T0, _pool.VmReport()));
-        inventory.Tell(_pool.HostReport("host-2", InventoryFixtures.T0));
-        inventory.Tell(_pool.DomainReport());
+        inventory.Tell(_pool.HostReport("host-1", InventoryFixtures.T0, _pool.VmReport()), ActorRefs.NoSender);
+        inventory.Tell(_pool.HostReport("host-2", InventoryFixtures.T0), ActorRefs.NoSender);
+        inventory.Tell(_pool.DomainReport(), ActorRefs.NoSender);
         return inventory;
     }
 
@@ -90,7 +90,7 @@ public sealed class InventoryActorTests() : TestKit(Config, nameof(InventoryActo
 
         var vm = Assert.IsType<VmFacts>(facts.Vm);
         Assert.True(vm.Running);
-        Assert.Equal(new DiskFacts(_pool.Disk, _pool.DomainA, 3L << 30), vm.Disks[0]);
+        Assert.Equal(new DiskFacts(_pool.Disk, _pool.DomainA, 3L << 30, _pool.DiskLeaf), vm.Disks[0]);
         Assert.Equal([new DomainFacts(_pool.DomainA, true, 40L << 30), new DomainFacts(_pool.DomainB, true, 50L << 30)], facts.Domains);
         Assert.Empty(facts.DisksInActiveMigrations);
         Assert.Equal(new VmLocation(_pool.Vm, "host-1"), location);
@@ -131,8 +131,8 @@ public sealed class InventoryActorTests() : TestKit(Config, nameof(InventoryActo
         Ask<InventorySnapshot>(inventory, new GetInventory());
         var before = JournaledEvents();
 
-        inventory.Tell(_pool.HostReport("host-1", InventoryFixtures.T0.AddMinutes(1), _pool.VmReport()));
-        inventory.Tell(_pool.DomainReport(at: InventoryFixtures.T0.AddMinutes(1)));
+        inventory.Tell(_pool.HostReport("host-1", InventoryFixtures.T0.AddMinutes(1), _pool.VmReport()), ActorRefs.NoSender);
+        inventory.Tell(_pool.DomainReport(at: InventoryFixtures.T0.AddMinutes(1)), ActorRefs.NoSender);
         var snapshot = Ask<InventorySnapshot>(inventory, new GetInventory());
 
         Assert.Equal(3, before.Count);
@@ -141,7 +141,7 @@ public sealed class InventoryActorTests() : TestKit(Config, nameof(InventoryActo
         Assert.Equal(InventoryFixtures.T0.AddMinutes(1), snapshot.Hosts[0].LastReport);
 
         // a real change is journaled
-        inventory.Tell(_pool.HostReport("host-1", InventoryFixtures.T0.AddMinutes(2), _pool.VmReport(running: false)));
+        inventory.Tell(_pool.HostReport("host-1", InventoryFixtures.T0.AddMinutes(2), _pool.VmReport(running: false)), ActorRefs.NoSender);
         Ask<InventorySnapshot>(inventory, new GetInventory());
         Assert.IsType<HostReported>(JournaledEvents()[^1]);
         Assert.Equal(4, JournaledEvents().Count);
@@ -169,11 +169,11 @@ public sealed class InventoryActorTests() : TestKit(Config, nameof(InventoryActo
     public void Snapshots_are_taken_every_n_events_and_recovery_from_a_snapshot_and_the_events_after_it_gives_the_same_inventory()
     {
         var inventory = StartInventory(snapshotEvery: 2);
-        inventory.Tell(_pool.HostReport("host-1", InventoryFixtures.T0, _pool.VmReport()));
-        inventory.Tell(_pool.DomainReport());
-        inventory.Tell(_pool.HostReport("host-2", InventoryFixtures.T0));
+        inventory.Tell(_pool.HostReport("host-1", InventoryFixtures.T0, _pool.VmReport()), ActorRefs.NoSender);
+        inventory.Tell(_pool.DomainReport(), ActorRefs.NoSender);
+        inventory.Tell(_pool.HostReport("host-2", InventoryFixtures.T0), ActorRefs.NoSender);
         Assert.IsType<DisksReserved>(Ask<object>(inventory, new ReserveDisks(MigrationId.New(), _pool.Vm, [_pool.Disk])));
-        inventory.Tell(_pool.DomainReport(freeOnB: 1L << 30));
+        inventory.Tell(_pool.DomainReport(freeOnB: 1L << 30), ActorRefs.NoSender);
         var before = Ask<InventorySnapshot>(inventory, new GetInventory());
 
         // five events: the newest snapshot is the one after the fourth
@@ -190,4 +190,29 @@ public sealed class InventoryActorTests() : TestKit(Config, nameof(InventoryActo
 
         Assert.Equal(before, Ask<InventorySnapshot>(restarted, new GetInventory()));
     }
+
+    [Fact]
+    public void Every_report_is_acknowledged_once_handled_also_when_it_changes_nothing_or_is_older()
+    {
+        var inventory = StartInventory();
+        var report = _pool.HostReport("host-1", InventoryFixtures.T0.AddMinutes(1), _pool.VmReport());
+
+        inventory.Tell(report, TestActor);
+        ExpectMsg(new ReportAcknowledged(ReportAcknowledged.HostReport, report.At), Wait);
+        // the same report again (a re-send whose receipt was lost), and an older one: delivered, nothing new
+        inventory.Tell(report, TestActor);
+        ExpectMsg(new ReportAcknowledged(ReportAcknowledged.HostReport, report.At), Wait);
+        inventory.Tell(_pool.HostReport("host-1", InventoryFixtures.T0, _pool.VmReport(running: false)), TestActor);
+        ExpectMsg(new ReportAcknowledged(ReportAcknowledged.HostReport, InventoryFixtures.T0), Wait);
+        var domains = _pool.DomainReport(at: InventoryFixtures.T0.AddMinutes(1));
+        inventory.Tell(domains, TestActor);
+        ExpectMsg(new ReportAcknowledged(ReportAcknowledged.DomainsReport, domains.At), Wait);
+        inventory.Tell(domains, TestActor);
+        ExpectMsg(new ReportAcknowledged(ReportAcknowledged.DomainsReport, domains.At), Wait);
+
+        // once journaled: the first report and the domains, nothing for the repeats or the older report
+        Assert.Equal([typeof(HostReported), typeof(DomainsReported)], JournaledEvents().Select(e => e.GetType()));
+        Assert.True(Ask<InventorySnapshot>(inventory, new GetInventory()).Vms.Single().Vm.Running);
+    }
 }
+

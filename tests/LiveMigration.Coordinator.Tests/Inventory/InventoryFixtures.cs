@@ -15,6 +15,9 @@ public sealed class InventoryFixtures
     public DomainId DomainA { get; } = DomainId.New();
     public DomainId DomainB { get; } = DomainId.New();
     private readonly VolumeId[] _volumes = [VolumeId.New(), VolumeId.New(), VolumeId.New(), VolumeId.New()];
+    /// <summary>The leaf of <see cref="Disk"/>'s chain (on domain A) and of <see cref="SecondDisk"/>'s (on B).</summary>
+    public VolumeId DiskLeaf => _volumes[2];
+    public VolumeId SecondDiskLeaf => _volumes[3];
 
     public VmReport VmReport(bool running = true) => new(Vm, "web-01", running,
     [

@@ -49,8 +49,8 @@ public sealed class InventoryStateTests
         Assert.Equal(_pool.Vm, vm.Id);
         Assert.True(vm.Running);
         // the chain's base is on B, the leaf on A: the disk is where its leaf is
-        Assert.Equal(new DiskFacts(_pool.Disk, _pool.DomainA, 3L << 30), vm.Disks[0]);
-        Assert.Equal(new DiskFacts(_pool.SecondDisk, _pool.DomainB, 1L << 30), vm.Disks[1]);
+        Assert.Equal(new DiskFacts(_pool.Disk, _pool.DomainA, 3L << 30, _pool.DiskLeaf), vm.Disks[0]);
+        Assert.Equal(new DiskFacts(_pool.SecondDisk, _pool.DomainB, 1L << 30, _pool.SecondDiskLeaf), vm.Disks[1]);
         Assert.Equal([new DomainFacts(_pool.DomainA, true, 40L << 30), new DomainFacts(_pool.DomainB, true, 50L << 30)], facts.Domains);
         Assert.Empty(facts.DisksInActiveMigrations);
     }
@@ -203,5 +203,87 @@ public sealed class InventoryStateTests
         Assert.Equal(state.FactsFor(_pool.Vm, []), rebuilt.FactsFor(_pool.Vm, []));
         // host-2 reports no VM and is still known after the rebuild
         Assert.Empty(rebuilt.Hosts["host-2"].Vms);
+    }
+
+    // ---------------------------------------------------------------- domains: merged by id, never lost to a host that has not attached them
+
+    [Fact]
+    public void A_host_that_has_not_attached_a_new_domain_yet_does_not_make_it_vanish()
+    {
+        var sdA = new DomainReport(DomainId.New(), "sdA", "file", 4L << 30, 0, 4L << 30, Active: true);
+        var sdB = new DomainReport(DomainId.New(), "sdB", "file", 4L << 30, 0, 4L << 30, Active: true);
+        // host-1 attached both; host-2 reports a moment later what it had attached before the SPM's announcement reached it
+        var state = Reported(InventoryState.Empty, new DomainStatusReport([sdA, sdB], T0, "host-1"));
+        state = Reported(state, new DomainStatusReport([sdB], T0.AddSeconds(1), "host-2"));
+        state = Reported(state, new DomainStatusReport([], T0.AddSeconds(2), "host-3"));
+
+        Assert.Equal(["sdA", "sdB"], state.Snapshot().Domains.Select(d => d.Name));
+        Assert.Equal(2, state.FactsFor(VmId.New(), []).Domains.Count);
+    }
+
+    [Fact]
+    public void A_domain_takes_its_figures_from_the_newest_report_and_a_late_older_report_does_not_undo_them()
+    {
+        var sd = new DomainReport(DomainId.New(), "sd", "file", 4L << 30, 0, 4L << 30, Active: true);
+        var used = sd with { UsedBytes = 1L << 30, AvailableBytes = 3L << 30 };
+        var state = Reported(InventoryState.Empty, new DomainStatusReport([sd], T0, "host-1"));
+        state = Reported(state, new DomainStatusReport([used], T0.AddSeconds(2), "host-1"));
+        // built before the volume was made, delivered after
+        Assert.Null(InventoryDecider.Decide(state, new DomainStatusReport([sd], T0.AddSeconds(1), "host-2")));
+
+        Assert.Equal(used, Assert.Single(state.Domains));
+        // the same figures again: nothing to journal
+        Assert.Null(InventoryDecider.Decide(state, new DomainStatusReport([used], T0.AddSeconds(3), "host-2")));
+    }
+
+    [Fact]
+    public void A_domain_report_journals_only_the_domains_it_adds_or_changes()
+    {
+        var state = Pool();
+        var newDomain = new DomainReport(DomainId.New(), "domain-c", "file", 1L << 30, 0, 1L << 30, Active: true);
+        var report = _pool.DomainReport(freeOnB: 10L << 30, at: T0.AddMinutes(1));
+
+        var change = InventoryDecider.Decide(state, report with { Domains = [.. report.Domains, newDomain] });
+
+        Assert.NotNull(change);
+        Assert.Equal([_pool.DomainB, newDomain.Id], change.Domains.Select(d => d.Id));
+        var after = state.Apply(change);
+        Assert.Equal([_pool.DomainA, _pool.DomainB, newDomain.Id], after.Domains.Select(d => d.Id));
+        Assert.Equal(10L << 30, after.Domains[1].AvailableBytes);
+    }
+
+    [Fact]
+    public void An_old_journal_whose_whole_list_events_dropped_a_domain_replays_to_every_domain_it_named()
+    {
+        var sdA = new DomainReport(DomainId.New(), "sdA", "file", 4L << 30, 0, 4L << 30, Active: true);
+        var sdB = new DomainReport(DomainId.New(), "sdB", "file", 4L << 30, 0, 4L << 30, Active: true);
+
+        var replayed = InventoryState.Empty
+            .Apply(new DomainsReported([sdA, sdB], T0))
+            .Apply(new DomainsReported([sdB], T0.AddSeconds(1)));
+
+        Assert.Equal(["sdA", "sdB"], replayed.Domains.Select(d => d.Name));
+    }
+
+    // ---------------------------------------------------------------- a disk whose chain is empty
+
+    [Fact]
+    public void A_drive_with_an_empty_chain_has_no_domain_says_why_and_breaks_neither_facts_nor_the_api_json()
+    {
+        var broken = _pool.VmReport() with
+        {
+            Drives = [.. _pool.VmReport().Drives, new DriveReport(ImageId.New(), [], 1L << 30, 0)],
+        };
+        var state = Reported(Reported(InventoryState.Empty, _pool.HostReport("host-1", T0, broken)), _pool.DomainReport());
+
+        var drive = broken.Drives[^1];
+        Assert.Null(drive.LeafDomain);
+        Assert.StartsWith("chain unresolved", drive.Unresolved);
+        Assert.Null(broken.Drives[0].Unresolved);
+        // the saga is told of the disks it can move
+        Assert.Equal(2, state.FactsFor(_pool.Vm, []).Vm!.Disks.Count);
+        // GET /api/inventory writes the snapshot with ASP.NET's web defaults (computed properties included)
+        var json = System.Text.Json.JsonSerializer.Serialize(state.Snapshot(), System.Text.Json.JsonSerializerOptions.Web);
+        Assert.Contains("chain unresolved", json);
     }
 }

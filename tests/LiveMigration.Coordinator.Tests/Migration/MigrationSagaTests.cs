@@ -173,9 +173,51 @@ public sealed class MigrationSagaTests
         for (var i = 0; i < 4; i++) saga.Succeed();
         saga.Fail(ErrorCodes.QmpError);
         Assert.False(saga.State.PointOfNoReturnPassed);
+        // Nothing is undone before the probe says the drive still runs on the source.
+        Assert.Equal(ProbeSwitch, saga.InFlight().Step);
+        saga.Probed(SwitchFinding.OnSource);
         saga.SucceedAll(saga.Image);
         Assert.Equal(ErrorCodes.QmpError, Assert.IsType<MigrationStatus.Failed>(saga.State.Status).Code);
         Assert.Equal(DiskPhase.RolledBack, saga.State.Disk(saga.Image).Phase);
+    }
+
+    [Theory]
+    [InlineData(ErrorCodes.Timeout, true)]
+    [InlineData(ErrorCodes.VmNotRunning, false)]
+    [InlineData(ErrorCodes.QmpError, false)]
+    public void A_pivot_whose_answer_failed_but_took_effect_rolls_forward_and_never_deletes_the_destination(string code, bool transient)
+    {
+        var saga = new SagaDriver().Begin();
+        for (var i = 0; i < 4; i++) saga.Succeed();
+        saga.Fail(code, transient);
+        Assert.Equal(ProbeSwitch, saga.InFlight().Step);
+        Assert.Equal(MigrationErrorCodes.PointOfNoReturnPassed, saga.Send(new CancelMigration(saga.Id, "operator")).RefusalCode);
+        saga.Probed(SwitchFinding.OnDestination);
+        Assert.True(saga.State.PointOfNoReturnPassed);
+        Assert.Equal([MarkDestinationLeafLegal, DeleteSourceImage], saga.SucceedAll(saga.Image));
+        Assert.IsType<MigrationStatus.Completed>(saga.State.Status);
+        Assert.DoesNotContain(DeleteDestinationImage, saga.StepsStarted(saga.Image));
+    }
+
+    [Fact]
+    public void A_live_snapshot_that_failed_is_probed_and_a_switch_nobody_can_tell_suspends_without_deleting()
+    {
+        var saga = new SagaDriver().Begin(MigrationStrategy.PostCopy);
+        saga.Succeed(); // CreateVolumeCrossDomain
+        saga.Fail(ErrorCodes.VmNotRunning);
+        Assert.Equal(ProbeSwitch, saga.InFlight().Step);
+        saga.Fail(ErrorCodes.SwitchOutcomeUnknown);
+        var suspended = Assert.IsType<MigrationStatus.Suspended>(saga.State.Status);
+        Assert.Equal(ProbeSwitch, suspended.Step);
+        Assert.Contains("nothing was deleted", suspended.Reason);
+        Assert.Empty(saga.Sends);
+        // An operator's cancel cannot roll back a switch in doubt; a resume probes again.
+        Assert.Equal(MigrationErrorCodes.PointOfNoReturnPassed, saga.Send(new CancelMigration(saga.Id, "operator")).RefusalCode);
+        saga.Send(new ResumeMigration(saga.Id));
+        Assert.Equal(ProbeSwitch, saga.InFlight().Step);
+        saga.Probed(SwitchFinding.OnDestination);
+        Assert.Equal([CloneInternalVolumes, SwitchBackingChain, DeleteSourceImage], saga.SucceedAll(saga.Image));
+        Assert.DoesNotContain(DeleteDestinationImage, saga.StepsStarted(saga.Image));
     }
 
     [Fact]

@@ -66,6 +66,10 @@ public sealed class SagaDriver
         Send(new ReportStepSucceeded(Id, InFlight(image).Operation, new StepOutcome(bytes)));
     public Decision Succeed() => Succeed(Image);
 
+    /// <summary>Answers the <see cref="MigrationStep.ProbeSwitch"/> in flight with what the host found.</summary>
+    public Decision Probed(SwitchFinding finding) =>
+        Send(new ReportStepSucceeded(Id, InFlight(Image).Operation, new StepOutcome(Detail: $"found {finding}", Switch: finding)));
+
     public Decision Fail(ImageId image, string code, bool transient = false) =>
         Send(new ReportStepFailed(Id, InFlight(image).Operation, code, $"injected {code}", transient));
     public Decision Fail(string code, bool transient = false) => Fail(Image, code, transient);

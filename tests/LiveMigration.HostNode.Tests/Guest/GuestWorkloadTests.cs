@@ -35,7 +35,7 @@ public sealed class GuestWorkloadTests(ITestOutputHelper output) : IAsyncLifetim
         Assert.True(stats.MaxLatency > TimeSpan.Zero);
         Assert.NotNull(stats.MaxLatencyAt);
         Assert.Equal(stats.Writes, workload.Ledger.AcknowledgedWrites);
-        Assert.Equal(0, workload.Ledger.InDoubtCount);
+        Assert.Equal(0, workload.Ledger.UnacknowledgedCount);
         Assert.All(workload.Ledger.Snapshot(), b => Assert.InRange(b.Offset, Region, 2 * Region - 4096));
 
         var throughNbd = await GuestVerifier.VerifyThroughNbdAsync(_bed.SocketPath, QemuNbdTestBed.ExportName, workload.Ledger);
@@ -132,19 +132,19 @@ public sealed class GuestWorkloadTests(ITestOutputHelper output) : IAsyncLifetim
             var stoppedInTime = await Task.WhenAny(workload.Completion, Task.Delay(TimeSpan.FromSeconds(5)));
             Assert.Same(workload.Completion, stoppedInTime);
             var stats = await workload.StopAsync();
-            output.WriteLine($"after kill: {stats}; in doubt: {workload.Ledger.InDoubtCount}");
+            output.WriteLine($"after kill: {stats}; in doubt: {workload.Ledger.UnacknowledgedCount}");
             Assert.False(stats.Running);
             Assert.Equal(1, stats.Errors);
             Assert.Contains(_bed.SocketPath, stats.LastError);
-            Assert.InRange(workload.Ledger.InDoubtCount, 0, 1);
+            Assert.InRange(workload.Ledger.UnacknowledgedCount, 0, 1);
         }
 
         var ledger = WriteLedger.Load(_bed.LedgerPath);
-        Assert.Equal(workload.Ledger.InDoubtCount, ledger.InDoubtCount);
+        Assert.Equal(workload.Ledger.UnacknowledgedCount, ledger.UnacknowledgedCount);
         var offline = await GuestVerifier.VerifyImageAsync(_bed.ImagePath, ledger);
         output.WriteLine(offline.ToString());
         Assert.True(offline.Ok, offline.ToString());
-        Assert.Equal(ledger.InDoubtCount, offline.InDoubtBlocks);
+        Assert.Equal(ledger.UnacknowledgedCount, offline.UnacknowledgedBlocks);
     }
 
     [Fact]

@@ -121,6 +121,9 @@ public static class ProtocolSamples
         // inventory messages
         new HostStatusReport("host-1", "akka.tcp://lsm@10.0.0.11:4053", SpmCapable: true, [VmSeen, VmSeen with { Running = false, Drives = [] }], At),
         new DomainStatusReport([SourceDomain, DestinationDomain], At),
+        new DomainStatusReport([SourceDomain], At, HostId: "host-2"),
+        new ReportAcknowledged(ReportAcknowledged.HostReport, At),
+        new ReportAcknowledged(ReportAcknowledged.DomainsReport, At),
         new GetValidationFacts(Vm, [Image, OtherImage]),
         new ValidationFactsReply(Facts),
         new ValidationFactsReply(new ValidationFacts(null, [], [])),
@@ -162,11 +165,12 @@ public static class ProtocolSamples
         new SnapshotVm(Vm, [new DiskLeaf(Image, new VolumeRef(Source, NewLeaf))]),
         new GetManagedVm(Vm),
         new ManagedVm("host-2", VmSeen),
-        new StartGuestIo(Vm, 20_971_520, Seconds: 5),
+        new StartGuestIo(Vm, 20_971_520, Seconds: 5, FlushIntervalMs: 250, Fua: true),
         new GetGuestIo(Vm),
-        new GuestIoStatus(Vm, Running: true, 20_971_520, 5, Writes: 1_234, Bytes: 5_054_464, Errors: 1, ElapsedSeconds: 2.5, "NBD write timed out", LedgerWrites: 4_321),
+        new GuestIoStatus(Vm, Running: true, 20_971_520, 5, Writes: 1_234, Bytes: 5_054_464, Errors: 1, ElapsedSeconds: 2.5, "NBD write timed out", LedgerWrites: 4_321,
+            DurableWrites: 1_200, FlushIntervalMs: 250, Fua: true, Flushes: 17),
         new VerifyGuest(Vm),
-        new GuestVerified(Vm, Checked: 1_234, Lost: 1, InDoubt: 2, ["drive 0c5e8f21: offset 65536: expected seq 7, found zeroes"]));
+        new GuestVerified(Vm, Checked: 1_234, Lost: 1, InDoubt: 2, ["drive 0c5e8f21: offset 65536: expected seq 7, found zeroes"], DurableChecked: 1_100));
 
     /// <summary>The samples of a type, the first being the fully filled one the golden files use.</summary>
     public static IReadOnlyList<object> For(Type type) =>

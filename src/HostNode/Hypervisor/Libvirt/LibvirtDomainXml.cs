@@ -77,10 +77,10 @@ internal static class LibvirtDomainXml
     }
 
     /// <summary>The destination of a block copy (the file exists: the copy reuses it).</summary>
-    public static string CopyDestination(string path) =>
+    public static string CopyDestination(string path, VolumeFormat format) =>
         new XElement("disk", new XAttribute("type", "file"),
             new XElement("source", new XAttribute("file", path)),
-            new XElement("driver", new XAttribute("type", "qcow2"))).ToString(SaveOptions.DisableFormatting);
+            new XElement("driver", new XAttribute("type", FormatName(format)))).ToString(SaveOptions.DisableFormatting);
 
     /// <summary>An external, disk-only snapshot of one disk onto an existing overlay; every other disk is left out.</summary>
     public static string DiskSnapshot(LibvirtDomainView view, string target, string overlayPath) =>

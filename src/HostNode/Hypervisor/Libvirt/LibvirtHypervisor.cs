@@ -200,12 +200,13 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
 
     public async Task<BlockJobInfo> StartMirrorAsync(MirrorRequest request, CancellationToken ct = default)
     {
-        Input.RequireAbsoluteCow(request.DestinationLeaf, "destination leaf");
+        Input.RequireAbsolute(request.DestinationLeaf, "destination leaf");
         if (request.SpeedBytesPerSecond < 0)
             throw new OperationFailedException(ErrorCodes.InvalidArgument, $"mirror speed must be >= 0, got {request.SpeedBytesPerSecond}");
         using var _ = await _locks.LockAsync(request.Vm, ct);
         var vm = LiveVm(request.Vm);
         var disk = (await ViewAsync(vm, ct)).Disk(vm.Id, request.Drive);
+        Input.RequireMirrorTarget(request.DestinationLeaf, disk.OpenChain.Count);
         var destination = request.DestinationLeaf.Path;
         if (disk.MirrorPath is { } running)
         {
@@ -222,7 +223,7 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
         var flags = LibvirtNative.BlockCopyShallow | LibvirtNative.BlockCopyReuseExternal
                     | (request.Mode == CopyMode.WriteBlocking ? LibvirtNative.BlockCopySynchronousWrites : 0);
         vm.JobEnds.TryRemove(disk.Target, out int _);
-        await NativeAsync(() => LibvirtNative.BlockCopy(vm.Domain, disk.Target, LibvirtDomainXml.CopyDestination(destination),
+        await NativeAsync(() => LibvirtNative.BlockCopy(vm.Domain, disk.Target, LibvirtDomainXml.CopyDestination(destination, request.DestinationLeaf.Format),
             request.SpeedBytesPerSecond, flags, $"virDomainBlockCopy of VM {vm.Id} drive {request.Drive} ({disk.Target}) to {destination}"));
         vm.MirrorTargets[request.Drive] = destination;
         return await JobAsync(vm, request.Drive, ct)
@@ -369,7 +370,7 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
             try
             {
                 vm.JobEnds.TryRemove(disk.Target, out int _);
-                await NativeAsync(() => LibvirtNative.BlockCopy(vm.Domain, disk.Target, LibvirtDomainXml.CopyDestination(leaf), 0,
+                await NativeAsync(() => LibvirtNative.BlockCopy(vm.Domain, disk.Target, LibvirtDomainXml.CopyDestination(leaf, VolumeFormat.Cow), 0,
                     LibvirtNative.BlockCopyShallow | LibvirtNative.BlockCopyReuseExternal,
                     $"virDomainBlockCopy (backing switch) of VM {vmId} drive {driveId} onto a fresh overlay of {newBacking[^1].Path}"));
                 await WaitReadyAsync(vm, driveId, ct);

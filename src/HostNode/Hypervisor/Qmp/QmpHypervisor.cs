@@ -198,15 +198,22 @@ public sealed class QmpHypervisor : IHypervisor
 
     public async Task<BlockJobInfo> StartMirrorAsync(MirrorRequest request, CancellationToken ct = default)
     {
-        Input.RequireAbsoluteCow(request.DestinationLeaf, "destination leaf");
+        Input.RequireAbsolute(request.DestinationLeaf, "destination leaf");
         if (request.SpeedBytesPerSecond < 0)
             throw new OperationFailedException(ErrorCodes.InvalidArgument, $"mirror speed must be >= 0, got {request.SpeedBytesPerSecond}");
         using var _ = await _locks.LockAsync(request.Vm, ct);
         var vm = LiveVm(request.Vm);
         var drive = vm.Manifest.Drive(request.Drive);
+        Input.RequireMirrorTarget(request.DestinationLeaf, drive.Layers.Count);
         var jobId = BlockNodes.MirrorJobId(request.Drive);
         var targetNode = BlockNodes.FormatNode(request.DestinationLeaf);
-        if (await FindJobAsync(vm, request.Drive, ct) is { } running) return running;
+        if (await FindJobAsync(vm, request.Drive, ct) is { } running)
+        {
+            // A repeat of the same mirror attaches to it; a mirror into another leaf is someone else's copy.
+            if (drive.MirrorTarget is { } current && BlockNodes.FormatNode(current.ToLayer()) == targetNode) return running;
+            throw new OperationFailedException(ErrorCodes.Conflict,
+                $"VM {vm.Id} drive {request.Drive} already has block job {running.JobId} into {drive.MirrorTarget?.Path ?? "another target"}, not {request.DestinationLeaf.Path}");
+        }
         var activeNode = await ActiveNodeAsync(vm, drive, ct);
         if (activeNode == targetNode)
             return new BlockJobInfo(jobId, request.Drive, BlockJobPhase.Completed, 0, 0, 0);
