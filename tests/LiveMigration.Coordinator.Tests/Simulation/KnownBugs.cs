@@ -42,14 +42,16 @@ public static class KnownBugs
             "rollback-deletes-running-destination",
             "pre-copy, 1 disk: Pivot completes in QEMU, then QEMU dies before the HSM answers (VM_NOT_RUNNING); the saga rolls back, CancelReplication's VM_NOT_RUNNING counts as 'nothing to undo', DeleteDestinationImage deletes the chain the VM's record names",
             () => Scenario(MigrationStrategy.PreCopy, sim => sim.Script[(Pivot, 1)] = Fault.DoneThenVmDies),
-            r => DataHarm.Contains(r.Violation!.Invariant) && RollbackCause(r) is { Rollback.Kind: TerminationKind.Failure, Cause: { } f } && MigrationPlan.IsSwitch(f.Step)),
+            r => DataHarm.Contains(r.Violation!.Invariant) && !r.Notes.Contains("pivot-landed-late") && RollbackCause(r) is { Rollback.Kind: TerminationKind.Failure, Cause: { } f } && MigrationPlan.IsSwitch(f.Step),
+            Fixed: true),
 
         new("B1b-live-snapshot-failure-rolls-back",
             "Post-copy flavour of B1: LiveSnapshotToDestination took effect but its read-back failed (QMP_ERROR); the rollback deletes the new leaf the VM writes on",
             "rollback-deletes-running-destination",
             "post-copy, 1 disk: the live snapshot is taken, the HSM answers QMP_ERROR; RollbackSteps = [DeleteDestinationImage] deletes Dst:new while the VM writes on it (the guest's next write is lost)",
             () => Scenario(MigrationStrategy.PostCopy, sim => sim.Script[(LiveSnapshotToDestination, 1)] = Fault.DoneThenQmpError),
-            _ => false),
+            _ => false,
+            Fixed: true),
 
         new("B1c-unknown-switch-outcome-not-asked",
             "DESIGN §7.4: after a switch fails with an unknown outcome (TIMEOUT/IO_ERROR three times), the saga rolls back blind instead of asking where the drive runs",
@@ -59,7 +61,8 @@ public static class KnownBugs
             {
                 for (var attempt = 1; attempt <= 3; attempt++) sim.Script[(Pivot, attempt)] = Fault.FailTransient;
             }),
-            _ => false),
+            _ => false,
+            Fixed: true),
 
         new("B2-terminate-rolls-back-a-switch-awaiting-retry",
             "Cancel (or another disk's failure) while a switch waits for its retry: DecideCancel only refuses when the switch is InFlight, and Terminate rolls back any disk not InFlight, so a pivot that did happen (answer TIMEOUT) is undone by deleting the destination",
@@ -73,7 +76,8 @@ public static class KnownBugs
                     if (e is RetryScheduled { Step: Pivot }) s.OperatorIn(0.1, new CancelMigration(s.Id));
                 };
             }),
-            r => DataHarm.Contains(r.Violation!.Invariant)),
+            r => DataHarm.Contains(r.Violation!.Invariant),
+            Fixed: true),
 
         new("B3-early-retry-timer-stalls",
             "A RetryDue that finds nothing due yet persists nothing, and MigrationActor.Handle then skips Dispatch: the single retry timer is not re-armed and the migration waits forever",
@@ -87,7 +91,8 @@ public static class KnownBugs
                     if (e is RetryScheduled) s.EarlyRetryTimerIn(0.1);
                 };
             }),
-            r => r.Violation!.Invariant == "stall" && r.Notes.Contains("early-retry-timer-ignored")),
+            r => r.Violation!.Invariant == "stall" && r.Notes.Contains("early-retry-timer-ignored"),
+            Fixed: true),
 
         new("B4-abandon-after-pivot-leaves-illegal-leaf",
             "Abandon is accepted for a pre-copy disk that pivoted but whose MarkDestinationLeafLegal never succeeded: the VM is left running on an ILLEGAL destination leaf that a restart refuses (DESIGN §7.2)",
@@ -139,6 +144,20 @@ public static class KnownBugs
             () => Scenario(MigrationStrategy.PreCopy, sim => sim.Script[(StartReplication, 1)] = Fault.FailPermanent,
                 Chaos.None with { StrictJournal = true }),
             r => r.Violation!.Invariant == "duplicate-step-started"),
+
+        new("B8-probe-races-a-pivot-still-completing",
+            "ProbeSwitch answers OnSource while the timed-out block-job-complete is still pending in QEMU; the pivot lands after the probe, CancelReplication then finds no job and answers ok, and DeleteDestinationImage deletes the chain QEMU now writes on",
+            "rollback-deletes-running-destination",
+            "pre-copy, 1 disk: Pivot issues block-job-complete but the job does not end within the HSM's command timeout (TIMEOUT, transient); ProbeSwitch reads QEMU on the source → OnSource → RollbackStarted; the pivot lands; CancelReplication: 'no mirror: nothing to cancel' (ok); DeleteDestinationImage of the running chain",
+            () => Scenario(MigrationStrategy.PreCopy, sim =>
+            {
+                sim.Script[(Pivot, 1)] = Fault.TimeoutThenPivotLater;
+                sim.AfterEvent = (s, e) =>
+                {
+                    if (e is StepCompleted { Step: ProbeSwitch } probed) s.LandPivotIn(0, probed.Image);
+                };
+            }),
+            r => DataHarm.Contains(r.Violation!.Invariant) && r.Notes.Contains("pivot-landed-late")),
 
         new("H1-stale-command-redone-after-host-restart",
             "Host side, not the decider: a late copy of an old command reaches an SPM/HSM that restarted and forgot its in-memory OperationLedger; it is executed again (CloneImageStructure after the rollback deleted the destination) and leaves volumes behind (DESIGN §7.6/§7.7: fencing by owner/generation, durable idempotency)",

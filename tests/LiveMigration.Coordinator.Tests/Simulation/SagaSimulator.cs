@@ -120,6 +120,7 @@ public sealed class SagaSimulator
         Request = new MigrationRequest(Vm, images.Select(i => new DiskMoveRequest(i, Destination)).ToValueList(), strat, 0,
             CopyMode.Background, par, DeleteSource: true, new RetryPolicy(3, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(8)));
         State = MigrationState.Initial(Id);
+        World.PreCopy = strat == MigrationStrategy.PreCopy;
         World.Violate = (invariant, detail) => Fail(invariant, detail);
         World.MirrorStarted = disk => At(TimeSpan.FromSeconds(MirrorReadyAfter?.Invoke(disk) ?? 1 + _rng.NextDouble() * 40), new MirrorReadyEv(disk.Image));
         foreach (var image in images)
@@ -237,6 +238,11 @@ public sealed class SagaSimulator
                 World.MirrorFails(World.Disks[m.Image]);
                 FinishWaits(m.Image, new HostAnswer.Fail(ErrorCodes.JobFailed, "the mirror failed: no space", false));
                 break;
+            case PivotLandsEv p when World.Disks[p.Image] is { PivotPending: true } pending:
+                Log($"world: the timed-out pivot of {Short(p.Image)} lands: QEMU now writes on the destination");
+                _notes.Add("pivot-landed-late");
+                World.CompletePivot(pending);
+                break;
             case GuestWriteEv w:
                 World.GuestWrite(World.Disks[w.Image]);
                 if (!State.Status.IsFinished && World.VmRunning) At(Rand(2, 10), w);
@@ -274,7 +280,11 @@ public sealed class SagaSimulator
             return false;
         }
         if (decision.Events.Count == 0)
+        {
+            // MigrationActor.Handle: a timer that fired a moment early (nothing due yet) is armed again.
+            if (command is RetryDue) Dispatch();
             return false;
+        }
         foreach (var e in decision.Events)
         {
             CheckEvent(e);
@@ -404,10 +414,24 @@ public sealed class SagaSimulator
                         : new HostAnswer.Fail(Pick(ErrorCodes.QmpError, ErrorCodes.JobFailed), "injected permanent failure", false);
                 Log($"{step.Role} <- {Op(op)}{tag}: NOT done, answers {Describe(answer)}");
                 break;
+            case Fault.TimeoutThenPivotLater when op.Step == Pivot && World.VmRunning && disk.MirrorRunning && disk.MirrorReady:
+                disk.Pending = new VolKey(Side.Dst, SimDisk.Leaf);
+                disk.PivotPending = true;
+                At(Rand(0.2, 20), new PivotLandsEv(disk.Image));
+                answer = new HostAnswer.Fail(ErrorCodes.Timeout, "block job did not end within the command timeout (block-job-complete was issued)", true);
+                Log($"{step.Role} <- {Op(op)}{tag}: block-job-complete issued, answers {Describe(answer)}; the pivot may still land");
+                break;
             default:
             {
                 // The work happened; its answer says otherwise (a timeout, QEMU dying right after, a failed read-back).
+                var recorded = disk.RecordLeaf;
                 var done = World.Execute(op.Step, disk);
+                if (done is HostAnswer.Ok && MigrationPlan.IsSwitch(op.Step))
+                {
+                    // the failure came before RecordLeafAsync: the record still shows the switch as begun
+                    disk.RecordLeaf = recorded;
+                    disk.Pending = disk.Open[^1];
+                }
                 if (done is not HostAnswer.Ok)
                     answer = done;
                 else if (fault == Fault.DoneThenVmDies && SimWorld.RunsOnHsm(op.Step))
@@ -434,7 +458,12 @@ public sealed class SagaSimulator
     }
 
     /// <summary>How a host call goes wrong, when a test forces it or the dice do.</summary>
-    public enum Fault { None, FailTransient, FailPermanent, DoneThenTimeout, DoneThenVmDies, DoneThenQmpError }
+    public enum Fault
+    {
+        None, FailTransient, FailPermanent, DoneThenTimeout, DoneThenVmDies, DoneThenQmpError,
+        /// <summary>Pivot only: block-job-complete was issued, the job did not end within the HSM's timeout (TIMEOUT), and it lands later.</summary>
+        TimeoutThenPivotLater,
+    }
 
     /// <summary>Forced outcomes for hand-written scenarios: (step, attempt) → fault, used once at the first delivery.</summary>
     public Dictionary<(MigrationStep Step, int Attempt), Fault> Script { get; } = new();
@@ -445,7 +474,7 @@ public sealed class SagaSimulator
         if (!_chaos.SwitchFaults && MigrationPlan.IsSwitch(step.Step)) return Fault.None;
         if (_rng.NextDouble() < _chaos.EffectThenFail)
             return !SimWorld.RunsOnHsm(step.Step) ? Fault.DoneThenTimeout
-                : _chaos.SwitchFaults ? (Fault)_rng.Next(3) + 3
+                : _chaos.SwitchFaults ? (Fault)_rng.Next(4) + 3
                 : _rng.Next(2) == 0 ? Fault.DoneThenTimeout : Fault.DoneThenQmpError;
         return _rng.Next(3) < 2 ? Fault.FailTransient : Fault.FailPermanent;
     }
@@ -464,6 +493,7 @@ public sealed class SagaSimulator
     public void KillVmAt(double seconds) => AtAbsolute(seconds, new KillVmEv());
     /// <summary>For scenarios: seconds from a mirror's start to READY (default: 1-41 s at random).</summary>
     public Func<SimDisk, double>? MirrorReadyAfter { get; set; }
+    public void LandPivotIn(double seconds, ImageId image) => At(TimeSpan.FromSeconds(seconds), new PivotLandsEv(image));
     public void FailMirrorIn(double seconds, ImageId image) => At(TimeSpan.FromSeconds(seconds), new MirrorFailEv(image));
     public void OperatorIn(double seconds, IMigrationCommand command) => At(TimeSpan.FromSeconds(seconds), new OperatorEv(command));
     public void EarlyRetryTimerIn(double seconds) => At(TimeSpan.FromSeconds(seconds), new EarlyRetryTimerEv());
@@ -487,6 +517,8 @@ public sealed class SagaSimulator
     {
         if (op.Step is Pivot or LiveSnapshotToDestination)
             _switchAnswer[op.Image] = answer is HostAnswer.Fail f ? f.Code : "ok";
+        if (op.Step is ProbeSwitch && answer is HostAnswer.Ok { Outcome.Switch: { } finding })
+            _switchAnswer[op.Image] = $"probe:{finding}";
         IMigrationCommand reply = answer switch
         {
             HostAnswer.Ok ok => new ReportStepSucceeded(Id, op, ok.Outcome),
@@ -531,9 +563,9 @@ public sealed class SagaSimulator
             if (disk.Started.Any(MigrationPlan.IsSwitch))
             {
                 var last = _switchAnswer.GetValueOrDefault(start.Image);
-                if (last is null || UnknownOutcome.Contains(last))
+                if (last != $"probe:{SwitchFinding.OnSource}")
                     Fail("blind-rollback-after-switch",
-                        $"disk {Short(start.Image)}: DeleteDestinationImage decided after the switch was sent, whose last answer was {last ?? "none"} (DESIGN §7.4: the saga must ask, not assume)");
+                        $"disk {Short(start.Image)}: DeleteDestinationImage decided after the switch was sent, whose last answer was {last ?? "none"}, with no probe that found the drive on the source (DESIGN §7.4: the saga must ask, not assume)");
             }
         }
         if (e is StepStarted { Step: DeleteSourceImage } del)
@@ -588,7 +620,8 @@ public sealed class SagaSimulator
             }
             if (State.Status is MigrationStatus.Abandoned)
             {
-                if (disk.Open.FirstOrDefault(k => !disk.Volumes[k].Legal) is { Layer: not null } illegal)
+                // A drive whose switch is in doubt (record: begun, not recorded) is refused a start until an operator decides: not a silent harm.
+                if (disk.Pending is null && disk.Open.FirstOrDefault(k => !disk.Volumes[k].Legal) is { Layer: not null } illegal)
                     Fail("abandoned-on-illegal-chain", $"disk {name} ({saga.Phase} at {saga.Step}): abandoned while the drive runs on ILLEGAL {illegal}; a restart refuses it");
                 continue;
             }
@@ -672,6 +705,7 @@ public sealed class SagaSimulator
     private sealed record AdmitEv : Ev;
     private sealed record MirrorReadyEv(ImageId Image) : Ev;
     private sealed record MirrorFailEv(ImageId Image) : Ev;
+    private sealed record PivotLandsEv(ImageId Image) : Ev;
     private sealed record GuestWriteEv(ImageId Image) : Ev;
     private sealed record KillVmEv : Ev;
     private sealed record CrashEv : Ev;
