@@ -562,10 +562,13 @@ public sealed class SagaSimulator
             var disk = State.Disk(start.Image);
             if (disk.Started.Any(MigrationPlan.IsSwitch))
             {
-                var last = _switchAnswer.GetValueOrDefault(start.Image);
-                if (last != $"probe:{SwitchFinding.OnSource}")
+                // What the saga knows: since the switch was last sent, did a probe find the drive on the source?
+                var lastSwitch = Journal.FindLastIndex(x => x is StepStarted st && st.Image == start.Image && MigrationPlan.IsSwitch(st.Step));
+                var probedOnSource = Journal.Skip(lastSwitch + 1).Any(x => x is StepCompleted { Step: ProbeSwitch, Outcome.Switch: SwitchFinding.OnSource } c && c.Image == start.Image);
+                if (!probedOnSource)
                     Fail("blind-rollback-after-switch",
-                        $"disk {Short(start.Image)}: DeleteDestinationImage decided after the switch was sent, whose last answer was {last ?? "none"}, with no probe that found the drive on the source (DESIGN §7.4: the saga must ask, not assume)");
+                        $"disk {Short(start.Image)}: DeleteDestinationImage decided after the switch was sent, with no probe since that found the drive on the source " +
+                        $"(last host answer to the switch: {_switchAnswer.GetValueOrDefault(start.Image) ?? "none"}; DESIGN §7.4: the saga must ask, not assume)");
             }
         }
         if (e is StepStarted { Step: DeleteSourceImage } del)
