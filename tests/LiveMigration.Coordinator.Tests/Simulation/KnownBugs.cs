@@ -160,11 +160,12 @@ public static class KnownBugs
             r => DataHarm.Contains(r.Violation!.Invariant) && r.Notes.Contains("pivot-landed-late")),
 
         new("H1-stale-command-redone-after-host-restart",
-            "Host side, not the decider: a late copy of an old command reaches an SPM/HSM that restarted and forgot its in-memory OperationLedger; it is executed again (CloneImageStructure after the rollback deleted the destination) and leaves volumes behind (DESIGN §7.6/§7.7: fencing by owner/generation, durable idempotency)",
+            "Host side, not the decider: a late copy of an old command reaches an SPM/HSM that restarted and forgot its in-memory OperationLedger; it is executed again (CloneImageStructure after the rollback deleted the destination) and leaves volumes behind, or (a late switch) leaves the host's record showing a switch begun (DESIGN §7.6/§7.7: fencing by owner/generation, durable idempotency)",
             "leftover-volumes",
             "seed 571 with LSM_SIM_CHAOS=noswitch: rollback done, SPM restarts, CloneImageStructure:d0/1 delivered late recreates Dst:b0, Dst:leaf ILLEGAL",
             () => new SagaSimulator(571, new Chaos(SwitchFaults: false, KillVm: 0), trace: true).Run(),
-            r => r.Violation!.Invariant is "leftover-volumes" or "leftover-mirror" && r.Notes.Contains("late-command-reexecuted")),
+            r => r.Violation!.Invariant is "leftover-volumes" or "leftover-mirror" or "stale-switch-record" or "record-disagrees" or "rolled-back-not-on-source"
+                 && r.Notes.Contains("late-command-reexecuted")),
     ];
 
     public static KnownBug? Classify(SimResult result) =>

@@ -621,6 +621,16 @@ public sealed class SagaSimulator
                 Fail("leftover-mirror", $"disk {name}: a mirror still runs after the migration ended ({MigrationDecider.Describe(State.Status)})");
                 return;
             }
+            if (State.Status is not MigrationStatus.Abandoned && disk.Pending is { } pending)
+            {
+                Fail("stale-switch-record", $"disk {name} ({saga.Phase}): the migration ended {MigrationDecider.Describe(State.Status)} but the host's record still shows a switch to {pending} begun: the VM is refused a start on an in-doubt chain");
+                return;
+            }
+            if (disk.Pending is null && disk.RecordLeaf != disk.Open[^1])
+            {
+                Fail("record-disagrees", $"disk {name} ({saga.Phase}): the host's record names {disk.RecordLeaf}, the drive runs on {disk.Open[^1]} (DESIGN §7.1)");
+                return;
+            }
             if (State.Status is MigrationStatus.Abandoned)
             {
                 // A drive whose switch is in doubt (record: begun, not recorded) is refused a start until an operator decides: not a silent harm.

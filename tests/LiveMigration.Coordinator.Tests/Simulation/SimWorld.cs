@@ -290,6 +290,8 @@ public sealed class SimWorld
             {
                 d.RecordLeaf = target;
                 d.Pending = null;
+                // the VM starts again on its record: the new leaf, an overlay of the chain it had open
+                if (d.Open[^1] != target) d.Open = [.. d.Open, target];
                 return Found(SwitchFinding.OnDestination, "QEMU died during the live snapshot: the new leaf holds every write either way");
             }
             // file domains: qemu-img compare of the two leaves
