@@ -165,9 +165,18 @@ public static class KnownBugs
             "leftover-volumes",
             "seed 571 with LSM_SIM_CHAOS=noswitch: rollback done, SPM restarts, CloneImageStructure:d0/1 delivered late recreates Dst:b0, Dst:leaf ILLEGAL",
             () => new SagaSimulator(571, new Chaos(SwitchFaults: false, KillVm: 0), trace: true).Run(),
-            r => r.Violation!.Invariant is "leftover-volumes" or "leftover-mirror" or "stale-switch-record" or "record-disagrees" or "rolled-back-not-on-source"
-                 && r.Notes.Contains("late-command-reexecuted")),
+            r => r.Notes.Contains("late-command-reexecuted")
+                 && (r.Violation!.Invariant is "leftover-volumes" or "leftover-mirror" or "stale-switch-record" or "record-disagrees" or "rolled-back-not-on-source"
+                     || DataHarm.Contains(r.Violation.Invariant) && FinishedBefore(r))),
     ];
+
+    /// <summary>The migration had ended before the violation: only stale commands acted then.</summary>
+    private static bool FinishedBefore(SimResult r)
+    {
+        if (r.Journal.Count == 0) return false;
+        var end = r.Journal.LastOrDefault(e => e is MigrationCompleted or MigrationFailed or MigrationCancelled or MigrationAbandoned);
+        return end is not null && end.At - r.Journal[0].At < r.Violation!.At;
+    }
 
     public static KnownBug? Classify(SimResult result) =>
         result.Failed ? All.FirstOrDefault(b => !b.Fixed && b.Explains(result)) : null;

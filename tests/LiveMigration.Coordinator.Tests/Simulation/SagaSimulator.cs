@@ -46,8 +46,14 @@ public sealed record Chaos(
     public static readonly Chaos None = new(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
 
     /// <summary>From LSM_SIM_CHAOS: "noswitch" turns the switch faults off (to explore past the known switch bugs).</summary>
-    public static Chaos FromEnvironment() =>
-        Environment.GetEnvironmentVariable("LSM_SIM_CHAOS") == "noswitch" ? new Chaos(SwitchFaults: false, KillVm: 0) : new Chaos();
+    /// <summary>"heavy" raises every fault rate and abandons at once (to shake out rarer sequences).</summary>
+    public static Chaos FromEnvironment() => Environment.GetEnvironmentVariable("LSM_SIM_CHAOS") switch
+    {
+        "noswitch" => new Chaos(SwitchFaults: false, KillVm: 0),
+        "heavy" => new Chaos(HostFault: 0.3, LoseReply: 0.1, DuplicateReply: 0.2, SlowReply: 0.2, LateCommand: 0.15, CrashAfterPersist: 0.1,
+            KillVm: 0.3, Cancel: 0.4, MirrorFails: 0.2, MaxSpuriousRetryDue: 4, MaxHostRestarts: 4, MaxResumes: 1),
+        _ => new Chaos(),
+    };
 }
 
 /// <summary>
