@@ -52,6 +52,9 @@ public sealed record Chaos(
         "noswitch" => new Chaos(SwitchFaults: false, KillVm: 0),
         "heavy" => new Chaos(HostFault: 0.3, LoseReply: 0.1, DuplicateReply: 0.2, SlowReply: 0.2, LateCommand: 0.15, CrashAfterPersist: 0.1,
             KillVm: 0.3, Cancel: 0.4, MirrorFails: 0.2, MaxSpuriousRetryDue: 4, MaxHostRestarts: 4, MaxResumes: 1),
+        // heavy, with hosts that never forget an operation id (what durable idempotency would give): H1 cannot happen
+        "heavy-durable" => new Chaos(HostFault: 0.3, LoseReply: 0.1, DuplicateReply: 0.2, SlowReply: 0.2, LateCommand: 0.15, CrashAfterPersist: 0.1,
+            KillVm: 0.3, Cancel: 0.4, MirrorFails: 0.2, MaxSpuriousRetryDue: 4, MaxHostRestarts: 0, MaxResumes: 1),
         _ => new Chaos(),
     };
 }
