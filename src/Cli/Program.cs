@@ -112,11 +112,12 @@ app.Configure(config =>
             .WithDescription("Live snapshot: each disk gets a new leaf volume, its chain one longer")
             .WithExample("vm", "snapshot", "web-01");
         vm.AddCommand<VmIoCommand>("io")
-            .WithDescription("Run the guest workload on the VM's disks in the background on its host (or --status)")
+            .WithDescription("Run the guest workload on the VM's disks in the background on its host (or --status); it flushes every 100 ms unless told otherwise")
             .WithExample("vm", "io", "web-01", "--rate", "20MiB/s", "--seconds", "60")
+            .WithExample("vm", "io", "web-01", "--rate", "20MiB/s", "--fua")
             .WithExample("vm", "io", "web-01", "--status");
         vm.AddCommand<VmVerifyCommand>("verify")
-            .WithDescription("Check every acknowledged guest write; exit 1 on any loss")
+            .WithDescription("Read back the guest's writes: exit 1 when a durable (flushed) write is lost; unflushed ones missing are reported in doubt")
             .WithExample("vm", "verify", "web-01");
     });
     config.AddCommand<MigrateCommand>("migrate")

@@ -95,7 +95,8 @@ public sealed class VmsCommand : AsyncCommand<GlobalSettings>
                     Output.Escape(d.Str("image")),
                     disk is null ? "" : ByteRate.Format(d.Long("capacityBytes")),
                     disk is null ? "" : ByteRate.Format(d.Long("allocatedBytes")),
-                    Output.Escape(names.Of(d.Str("domain"))),
+                    // a disk whose chain its host could not resolve has no domain: say why instead
+                    d.Str("problem") is { Length: > 0 } problem ? $"[red]{Output.Escape(problem)}[/]" : Output.Escape(names.Of(d.Str("domain"))),
                     disk is null ? "" : d.Array("chain").Count().ToString(),
                     Output.Escape(d.Str("migration")));
                 first = false;

@@ -84,6 +84,24 @@ public sealed class MigrateCommand : AsyncCommand<MigrateSettings>
             destination = named[0].Str("id");
         }
 
+        // A disk already on the destination is not moved again (after a move that failed part-way, the rest still can be):
+        // it is skipped and named. A disk with no domain (its chain unresolved) is left to the API, which says why.
+        var onDestination = vm.Array("disks")
+            .Where(d => d.Str("domain") is { Length: > 0 } domain && string.Equals(domain, destination, StringComparison.OrdinalIgnoreCase))
+            .Select(d => d.Str("image"))
+            .ToHashSet(StringComparer.OrdinalIgnoreCase);
+        var skipped = disks.Where(onDestination.Contains).ToList();
+        disks = disks.Where(d => !onDestination.Contains(d)).ToList();
+        if (disks.Count == 0)
+        {
+            // Nothing to do is the state asked for: exit 0, so a script may repeat a move.
+            if (settings.Json) Output.Json(new { id = (string?)null, vm = vmId, destination, moved = Array.Empty<string>(), skipped });
+            else Output.Console.WriteLine($"every disk of VM {settings.Vm} asked for is on {settings.To} already ({string.Join(", ", skipped)}): nothing to move");
+            return ExitCodes.Ok;
+        }
+        if (!settings.Json)
+            foreach (var image in skipped) Output.Console.WriteLine($"skipped disk {image}: it is on {settings.To} already");
+
         var body = new
         {
             vm = vmId,
@@ -119,13 +137,14 @@ public static class MigrationWatch
 
     public static async Task<ApiResponse> FollowAsync(LsmApiClient api, string id, bool showProgress, CancellationToken ct)
     {
-        var stream = new MigrationEventStream(api, id);
+        // Reconnects when the Coordinator restarts under it, as `lsm migration watch` does.
+        var stream = new MigrationEventStream(api, id) { OnConnectionLost = Output.Error };
         if (showProgress && Output.Console.Profile.Capabilities.Interactive)
             await MigrationWatchCommand.WithProgressBarsAsync(stream, ct, until: HasEnded);
         else
             await stream.ForEachAsync(e => { if (showProgress) MigrationWatchCommand.WriteLine(e.Json); }, ct, until: HasEnded);
         // The stream's last event, read again whole: also when the connection broke off, this says where it is.
-        var state = await api.GetAsync($"/api/migrations/{id}", ct);
+        var state = await stream.StateAsync(ct);
         if (!HasEnded(state.Json))
             throw new CliFailure(ExitCodes.ApiUnreachable,
                 $"the event stream of migration {id} ended before the migration did; `lsm migration watch {id}` follows it on");
@@ -274,20 +293,20 @@ public static class MigrationView
         summary.AddRow("Strategy", Output.Escape(m.Str("strategy")));
         summary.AddRow("Requested", Output.Escape(m.Str("requestedAt")));
         if (m.Str("finishedAt") is { Length: > 0 } finished) summary.AddRow("Finished", Output.Escape(finished));
-        if (m.Str("error") is { Length: > 0 } error) summary.AddRow("Error", $"[red]{Output.Escape(error)}[/]");
+        if (status != "completed" && m.Str("error") is { Length: > 0 } error) summary.AddRow("Error", $"[red]{Output.Escape(error)}[/]");
         console.Write(summary);
 
-        var disks = new Table().AddColumns("Disk (image)", "From → to", "Phase", "Step", "Attempt", "Progress", "Remaining", "Last error");
+        var completed = status == "completed";
+        var disks = new Table().AddColumns("Disk (image)", "From → to", "Phase", "Step", "Attempt", "Copied", "Left", "ETA", "Last error");
         var steps = new Table().AddColumns("Disk", "Step", "Attempt", "Started", "Took", "Outcome");
         foreach (var d in m.Array("disks"))
         {
-            var total = d.Long("total");
-            var progress = total > 0 ? $"{ByteRate.Format(d.Long("done"))} / {ByteRate.Format(total)} ({100.0 * d.Long("done") / total:0}%)" : "";
-            var remaining = d.Obj("remainingSeconds") is { ValueKind: JsonValueKind.Number } r ? $"{r.GetDouble():0.0} s" : "";
+            var (copied, left, eta) = Progress(d, completed);
+            // an error a retried step got past is history once the migration completed: the step table keeps it
+            var lastError = !completed && d.Str("lastError") is { Length: > 0 } e ? $"[red]{Output.Escape(e)}[/]" : "";
             disks.AddRow(Output.Escape(d.Str("image")), Output.Escape($"{d.Str("source")[..Math.Min(8, d.Str("source").Length)]} → {d.Str("destination")[..Math.Min(8, d.Str("destination").Length)]}"),
-                Output.Escape(d.Str("phase")), Output.Escape(d.Str("step")), d.Long("attempt").ToString(), progress, remaining,
-                d.Str("lastError") is { Length: > 0 } e ? $"[red]{Output.Escape(e)}[/]" : "");
-            foreach (var t in d.Array("timings"))
+                Output.Escape(d.Str("phase")), Output.Escape(d.Str("step")), d.Long("attempt").ToString(), copied, left, eta, lastError);
+            foreach (var t in DistinctSteps(d.Array("timings")))
             {
                 var took = DateTimeOffset.TryParse(t.Str("startedAt"), out var s) && DateTimeOffset.TryParse(t.Str("endedAt"), out var en)
                     ? $"{(en - s).TotalMilliseconds:0} ms"
@@ -299,4 +318,31 @@ public static class MigrationView
         console.Write(disks);
         if (steps.Rows.Count > 0) console.Write(steps);
     }
+
+    /// <summary>
+    /// A disk's progress as bytes copied, bytes left and the time left. Not a percentage: the mirror's total grows while
+    /// the guest writes, so a share of it can go backwards; what is copied never does. A completed disk has nothing left.
+    /// </summary>
+    public static (string Copied, string Left, string Eta) Progress(JsonElement disk, bool completed)
+    {
+        var done = disk.Long("done");
+        var total = disk.Long("total");
+        if (completed) return (ByteRate.Format(Math.Max(done, total)), ByteRate.Format(0), "");
+        if (total <= 0 && done <= 0) return ("", "", "");
+        var left = ByteRate.Format(Math.Max(0, total - done));
+        var eta = disk.Obj("remainingSeconds") is { ValueKind: JsonValueKind.Number } r ? $"{r.GetDouble():0.0} s" : "";
+        return (ByteRate.Format(done), left, eta);
+    }
+
+    /// <summary>
+    /// One row per step attempt: a step the saga sent again (after a restart, the same operation id) is listed by its
+    /// events once per send; the entry that ended wins, else the latest.
+    /// </summary>
+    public static IEnumerable<JsonElement> DistinctSteps(IEnumerable<JsonElement> timings) =>
+        timings
+            .Select((t, order) => (Timing: t, Order: order))
+            .GroupBy(x => (Step: x.Timing.Str("step"), Attempt: x.Timing.Long("attempt")))
+            .Select(g => g.OrderBy(x => x.Timing.Str("endedAt") is { Length: > 0 } ? 1 : 0).ThenBy(x => x.Order).Last())
+            .OrderBy(x => x.Order)
+            .Select(x => x.Timing);
 }

@@ -54,7 +54,9 @@ public static class VmOutput
                     i == 0 ? ByteRate.Format(disk.Long("allocatedBytes")) : "",
                     role,
                     Output.Escape(layer.Str("volume")),
-                    Output.Escape(names.Of(layer.Str("domain"))),
+                    chain.Count == 0 && disk.Str("problem") is { Length: > 0 } problem
+                        ? $"[red]{Output.Escape(problem)}[/]"
+                        : Output.Escape(names.Of(layer.Str("domain"))),
                     i == 0 ? Output.Escape(disk.Str("migration")) : "");
             }
         }

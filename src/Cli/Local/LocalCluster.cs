@@ -45,7 +45,18 @@ public sealed class LocalCluster : IAsyncDisposable
 
     public string DataDirectory { get; }
     public string RepositoryRoot { get; }
-    public int CoordinatorPort { get; }
+
+    /// <summary>The Coordinator's cluster port: a free one unless set (a cluster brought back from its state file keeps its ports).</summary>
+    public int CoordinatorPort { get; init; }
+
+    /// <summary>The seed hosts' fixed ports as a state file recorded them, so restarted nodes listen where the others' seed lists say.</summary>
+    public IReadOnlyDictionary<string, int> KnownHostPorts
+    {
+        init
+        {
+            foreach (var (host, port) in value) _hostPorts[host] = port;
+        }
+    }
 
     /// <summary>The Coordinator's HTTP port: a free one unless set (<c>lsm local up</c> uses 9110, the CLI's default API).</summary>
     public int HttpPort { get; init; }
@@ -82,10 +93,12 @@ public sealed class LocalCluster : IAsyncDisposable
     /// <summary>The Coordinator's journal in PostgreSQL (an Npgsql connection string); null: SQLite under its data directory.</summary>
     public string? PostgresConnectionString { get; init; }
 
-    public NodeProcess StartCoordinator(string name = "coordinator") =>
+    /// <param name="rejoin">The cluster runs on without it (it crashed): its own address goes last in its seed list, so it joins the
+    /// running members rather than forming a cluster of its own.</param>
+    public NodeProcess StartCoordinator(string name = "coordinator", bool rejoin = false) =>
         Start(name, "Coordinator", "LiveMigration.Coordinator.dll",
         [
-            "--port", CoordinatorPort.ToString(), "--seed", Seed, "--http", ApiUrl,
+            "--port", CoordinatorPort.ToString(), "--seed", rejoin ? RejoinSeed(name) : Seed, "--http", ApiUrl,
             "--data-dir", Path.Combine(DataDirectory, name),
         ], PostgresConnectionString is { } pg
             // The same setting as the Coordinator's --postgres switch, through its environment: a password on the
@@ -103,13 +116,27 @@ public sealed class LocalCluster : IAsyncDisposable
     /// A host's HostNode with this cluster's <see cref="HostArguments"/>, then <paramref name="extraArguments"/>
     /// (this host only; a later switch of the same name wins, as in the HostNode's configuration).
     /// </summary>
-    public NodeProcess StartHost(string hostId, bool spm, IReadOnlyList<string>? extraArguments = null) =>
+    public NodeProcess StartHost(string hostId, bool spm, IReadOnlyList<string>? extraArguments = null, bool rejoin = false) =>
         Start(hostId, "HostNode", "LiveMigration.HostNode.dll",
         [
-            "--host-id", hostId, "--port", SeedHosts.Contains(hostId) ? HostPort(hostId).ToString() : "0", "--seed", Seed, "--roles", spm ? "host,spm" : "host",
+            "--host-id", hostId, "--port", SeedHosts.Contains(hostId) ? HostPort(hostId).ToString() : "0", "--seed", rejoin ? RejoinSeed(hostId) : Seed,
+            "--roles", spm ? "host,spm" : "host",
             "--data-dir", HostDataDirectory(hostId), "--domain-root", DomainRoot,
             .. HostArguments, .. extraArguments ?? [],
         ]);
+
+    /// <summary>
+    /// The seed list of a node that comes back to a running cluster: the first seed of a list forms a new cluster when no
+    /// other seed answers within seed-node-timeout, so the node's own address goes last.
+    /// </summary>
+    private string RejoinSeed(string name)
+    {
+        var self = name.StartsWith("host")
+            ? SeedHosts.Contains(name) ? $"akka.tcp://lsm@127.0.0.1:{HostPort(name)}" : null
+            : $"akka.tcp://lsm@127.0.0.1:{CoordinatorPort}";
+        var listed = Seed.Split(',');
+        return string.Join(",", self is null ? listed : listed.Where(s => s != self).Append(self));
+    }
 
     /// <summary>The fixed port of a seed host, picked once so a restart listens where the seed list says.</summary>
     private int HostPort(string hostId)
@@ -167,16 +194,9 @@ public sealed class LocalCluster : IAsyncDisposable
         if (node.Running) await KillAsync(node);
         _nodes.Remove(node);
         var dll = node.Name.StartsWith("host") ? ("HostNode", "LiveMigration.HostNode.dll") : ("Coordinator", "LiveMigration.Coordinator.dll");
-        // The first seed of a list forms a new cluster when no other seed answers within seed-node-timeout;
-        // a node that comes back must rejoin the running one, so its own address goes last in its list.
-        var listed = Seed.Split(',');
-        var self = node.Name.StartsWith("host")
-            ? SeedHosts.Contains(node.Name) ? $"akka.tcp://lsm@127.0.0.1:{HostPort(node.Name)}" : null
-            : $"akka.tcp://lsm@127.0.0.1:{CoordinatorPort}";
-        var seeds = self is null ? listed : listed.Where(s => s != self).Append(self);
         var arguments = node.Arguments.ToList();
         var at = arguments.IndexOf("--seed");
-        if (at >= 0) arguments[at + 1] = string.Join(",", seeds);
+        if (at >= 0) arguments[at + 1] = RejoinSeed(node.Name);
         return Start(node.Name, dll.Item1, dll.Item2, arguments, node.Name.StartsWith("host") || PostgresConnectionString is not { } pg
             ? null
             : new Dictionary<string, string> { ["LSM_Coordinator__PostgresConnectionString"] = pg });

@@ -77,11 +77,15 @@ public static class LocalClusterLauncher
         var dataDirectory = Path.GetFullPath(options.DataDirectory);
         Directory.CreateDirectory(dataDirectory);
 
-        // The lock keeps two ups on one directory from racing; the state file refuses an up while the last one runs.
+        // The lock keeps two ups on one directory from racing; the state file refuses an up while the whole last one runs,
+        // and brings back only the nodes of it that died while the others run.
         await using var upLock = TakeLock(dataDirectory);
         if (await LocalClusterState.ReadAsync(dataDirectory, ct) is { } previous && previous.AliveNodes is { Count: > 0 } alive)
+        {
+            if (alive.Count < previous.Nodes.Count) return await RestartMissingAsync(previous, options, report, ct);
             throw CliFailure.BadUsage($"a local cluster already runs in {dataDirectory} ({string.Join(", ", alive.Select(n => $"{n.Name} pid {n.Pid}"))}, API {previous.ApiUrl}); " +
                                       $"stop it first: lsm local down --data-dir {dataDirectory}");
+        }
         if (options.ApiPort != 0 && !PortIsFree(options.ApiPort))
             throw CliFailure.BadUsage($"port {options.ApiPort} on 127.0.0.1 is in use (another Coordinator?); choose another with --api-port, e.g. --api-port 9111");
 
@@ -130,6 +134,65 @@ public static class LocalClusterLauncher
         var state = State();
         cluster.Release();
         return state;
+    }
+
+    /// <summary>
+    /// Some nodes of the cluster in the state file died (a crash, a SIGKILL): starts exactly those again, on the ports and
+    /// with the roles the state file recorded and their own address last among the seeds (they rejoin the running members),
+    /// records their new pids, and returns once every member is Up and reachable and every restarted host has reported.
+    /// The nodes still running are left alone. The journal and the hypervisor must be the ones the cluster runs with.
+    /// </summary>
+    private static async Task<LocalClusterState> RestartMissingAsync(LocalClusterState previous, LocalClusterOptions options, Action<string>? report, CancellationToken ct)
+    {
+        if (JournalLabel(options.Journal) != previous.Journal)
+            throw CliFailure.BadUsage($"the local cluster in {previous.DataDirectory} runs with the journal {previous.Journal}: give the same --journal to restart its stopped nodes");
+        if (options.Hypervisor != previous.Hypervisor)
+            throw CliFailure.BadUsage($"the local cluster in {previous.DataDirectory} runs its hosts on {previous.Hypervisor}: give --hypervisor {previous.Hypervisor} to restart its stopped nodes");
+        var hosts = previous.Nodes.Where(n => n.Role.StartsWith("host")).ToList();
+        var coordinator = previous.Nodes.FirstOrDefault(n => !n.Role.StartsWith("host"));
+        var cluster = new LocalCluster(previous.DataDirectory)
+        {
+            CoordinatorPort = coordinator?.Port ?? throw CliFailure.Failed($"{LocalClusterState.PathIn(previous.DataDirectory)} lists no coordinator; stop the cluster with lsm local down"),
+            HttpPort = previous.ApiPort,
+            SeedHosts = hosts.Select(h => h.Name).ToList(),
+            KnownHostPorts = hosts.Where(h => h.Port > 0).ToDictionary(h => h.Name, h => h.Port),
+            ExtraHocon = options.ExtraHocon,
+            PostgresConnectionString = PostgresConnection(options.Journal),
+            HostArguments = (options with { LibvirtUri = previous.LibvirtUri ?? options.LibvirtUri }).HostArguments,
+        };
+        var nodes = previous.Nodes.ToList();
+        var restartedAt = DateTimeOffset.UtcNow;
+        var restartedHosts = new List<string>();
+        LocalClusterState State() => previous with { Nodes = nodes.ToList() };
+        try
+        {
+            // the Coordinator first: the hosts' reports go to its inventory
+            foreach (var dead in previous.Nodes.Where(n => !n.Alive).OrderBy(n => n.Role.StartsWith("host") ? 1 : 0).ToList())
+            {
+                var isHost = dead.Role.StartsWith("host");
+                var started = isHost
+                    ? cluster.StartHost(dead.Name, spm: dead.Role.Contains("spm"), rejoin: true)
+                    : cluster.StartCoordinator(dead.Name, rejoin: true);
+                nodes[nodes.IndexOf(dead)] = dead with { Pid = started.Pid, StartTime = started.StartTime, Port = started.Port, Address = started.Address ?? dead.Address };
+                if (isHost) restartedHosts.Add(dead.Name);
+                await State().WriteAsync(ct);
+                report?.Invoke($"{dead.Name} was not running (pid {dead.Pid}): started again, pid {started.Pid}, cluster port {started.Port}");
+            }
+            foreach (var running in previous.Nodes.Where(n => n.Alive))
+                report?.Invoke($"{running.Name} runs (pid {running.Pid}): left as it is");
+            await WaitUpAsync(cluster, hosts.Select(h => h.Name).ToList(), options.Timeout, ct, restartedHosts, restartedAt);
+        }
+        catch (Exception e) when (e is not CliFailure)
+        {
+            // only what this up started is stopped again; the nodes that ran before it run on
+            var tails = LogTails(cluster.LogDirectory);
+            await LocalCluster.StopAsync(cluster.Nodes, LocalCluster.StopGrace);
+            await State().WriteAsync(CancellationToken.None);
+            if (e is OperationCanceledException) throw;
+            throw CliFailure.Failed($"{e.Message}; stopped the nodes this up restarted, the others run on\n{tails}");
+        }
+        cluster.Release();
+        return State();
     }
 
     /// <summary>Stops every node of the state file still running (hosts first), then the VMs under the hosts' run directories.</summary>
@@ -198,7 +261,9 @@ public static class LocalClusterLauncher
     private static bool IsQemu(int pid) =>
         ProcessTable.IsAlive(pid) && ProcessTable.CommandLine(pid) is [var program, ..] && Path.GetFileName(program).StartsWith("qemu-system");
 
-    private static async Task WaitUpAsync(LocalCluster cluster, IReadOnlyList<string> hostIds, TimeSpan limit, CancellationToken ct)
+    /// <param name="reportedSince">Hosts that must have reported after <paramref name="since"/> (restarted ones: their report before the crash does not count).</param>
+    private static async Task WaitUpAsync(LocalCluster cluster, IReadOnlyList<string> hostIds, TimeSpan limit, CancellationToken ct,
+        IReadOnlyCollection<string>? reportedSince = null, DateTimeOffset since = default)
     {
         using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(5) };
         var deadline = DateTime.UtcNow + limit;
@@ -212,11 +277,13 @@ public static class LocalClusterLauncher
             try
             {
                 var members = (await http.GetFromJsonAsync<JsonElement>($"{cluster.ApiUrl}/api/cluster", ct)).GetProperty("members").EnumerateArray().ToList();
-                var up = members.Count(m => m.GetProperty("status").GetString() == "up");
-                waitingFor = $"{hostIds.Count + 1} members Up (now {up} of {members.Count})";
-                if (up == hostIds.Count + 1)
+                // reachable too: a crashed node's old incarnation stays listed Up, unreachable, until its restart replaces it
+                var up = members.Count(m => m.GetProperty("status").GetString() == "up" && m.GetProperty("reachable").GetBoolean());
+                waitingFor = $"{hostIds.Count + 1} members Up and reachable (now {up} of {members.Count})";
+                if (up == hostIds.Count + 1 && members.Count == hostIds.Count + 1)
                 {
                     var reported = (await http.GetFromJsonAsync<JsonElement>($"{cluster.ApiUrl}/api/inventory", ct)).GetProperty("hosts").EnumerateArray()
+                        .Where(h => reportedSince?.Contains(h.GetProperty("hostId").GetString()!) != true || h.GetProperty("lastReport").GetDateTimeOffset() >= since)
                         .Select(h => h.GetProperty("hostId").GetString()).ToHashSet();
                     var missing = hostIds.Where(h => !reported.Contains(h)).ToList();
                     waitingFor = $"every host in the inventory (missing {string.Join(", ", missing)})";

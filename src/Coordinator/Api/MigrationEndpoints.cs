@@ -151,22 +151,40 @@ public static class MigrationEndpoints
         return new MigrationRequest(vm, disks, strategy, body.BandwidthBytesPerSecond, mode, body.MaxParallelDisks);
     }
 
-    public static MigrationResponse ResponseOf(MigrationView view) => new(
-        view.Id.ToString(),
-        view.Vm?.ToString() ?? "",
-        view.Status,
-        view.Finished,
-        view.Strategy == MigrationStrategy.PostCopy ? "post-copy" : "pre-copy",
-        view.Disks.Select(d => new DiskResponse(
-            d.Image.ToString(), d.Source.ToString(), d.Destination.ToString(), d.Phase, d.Step?.ToString(), d.Attempt, d.Done, d.Total,
-            d.Remaining?.TotalSeconds, d.LastError,
-            d.Timings.Select(t => new StepTimingResponse(t.Step.ToString(), t.Attempt, t.StartedAt, t.EndedAt, t.Outcome)).ToList())).ToList(),
-        view.Error is { } e ? $"{e.Code}: {e.Message}" : null,
-        view.Error?.Code,
-        view.Error?.Message,
-        view.RequestedAt,
-        view.UpdatedAt,
-        view.FinishedAt);
+    /// <remarks>
+    /// What every reader of a migration sees (lsm, the dashboard, the event streams): each step attempt once (a step the
+    /// saga sent again after a restart is journaled as started twice; the entry that ended wins), and no error on a
+    /// completed migration (an error a retried step got past is history; the step table keeps its outcome).
+    /// </remarks>
+    public static MigrationResponse ResponseOf(MigrationView view)
+    {
+        var completed = view.Status == "completed";
+        return new(
+            view.Id.ToString(),
+            view.Vm?.ToString() ?? "",
+            view.Status,
+            view.Finished,
+            view.Strategy == MigrationStrategy.PostCopy ? "post-copy" : "pre-copy",
+            view.Disks.Select(d => new DiskResponse(
+                d.Image.ToString(), d.Source.ToString(), d.Destination.ToString(), d.Phase, d.Step?.ToString(), d.Attempt, d.Done, d.Total,
+                d.Remaining?.TotalSeconds, completed ? null : d.LastError,
+                DistinctAttempts(d.Timings).Select(t => new StepTimingResponse(t.Step.ToString(), t.Attempt, t.StartedAt, t.EndedAt, t.Outcome)).ToList())).ToList(),
+            !completed && view.Error is { } e ? $"{e.Code}: {e.Message}" : null,
+            completed ? null : view.Error?.Code,
+            completed ? null : view.Error?.Message,
+            view.RequestedAt,
+            view.UpdatedAt,
+            view.FinishedAt);
+    }
+
+    /// <summary>One entry per (step, attempt), in the order they first started: the one that ended, else the latest.</summary>
+    public static IEnumerable<StepTimingView> DistinctAttempts(IEnumerable<StepTimingView> timings) =>
+        timings
+            .Select((t, order) => (Timing: t, Order: order))
+            .GroupBy(x => (x.Timing.Step, x.Timing.Attempt))
+            .Select(g => (First: g.Min(x => x.Order), Chosen: g.OrderBy(x => x.Timing.EndedAt is null ? 0 : 1).ThenBy(x => x.Order).Last().Timing))
+            .OrderBy(x => x.First)
+            .Select(x => x.Chosen);
 
     private static int StatusFor(string code) => code switch
     {

@@ -1,21 +1,58 @@
 using Akka.Actor;
 using Akka.Cluster.Tools.PublishSubscribe;
+using Akka.Event;
 using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
 using LiveMigration.Shared.Protocol;
 
 namespace LiveMigration.Coordinator.Inventory;
 
-/// <summary>Frees a migration's disks in the inventory once its saga says it has ended, so the next move of those disks may start.</summary>
-public sealed class ReservationReleaser : ReceiveActor
+/// <summary>
+/// Frees a migration's disks in the inventory once its saga says it has ended, so the next move of those disks may
+/// start. A release is delivered, not sent: it is sent again with a growing pause until the inventory answers
+/// <see cref="DisksReleased"/> (a release lost while the inventory singleton moves would hold the disks for good).
+/// Releasing is idempotent in the inventory, so a repeat, or every Coordinator's releaser doing it, is harmless.
+/// </summary>
+public sealed class ReservationReleaser : ReceiveActor, IWithTimers
 {
+    private sealed record Resend;
+
+    public static readonly TimeSpan FirstResendDelay = TimeSpan.FromSeconds(1);
+    public static readonly TimeSpan MaxResendDelay = TimeSpan.FromSeconds(10);
+    private const string ResendTimer = "resend";
+
+    private readonly HashSet<MigrationId> _unconfirmed = [];
+    private readonly ILoggingAdapter _log = Context.GetLogger();
+    private TimeSpan _resendDelay = FirstResendDelay;
+
+    public ITimerScheduler Timers { get; set; } = null!;
+
     public ReservationReleaser(IActorRef inventory)
     {
         Receive<MigrationStatusChanged>(changed =>
         {
-            if (changed.Finished) inventory.Tell(new ReleaseDisks(changed.MigrationId));
+            if (!changed.Finished) return;
+            inventory.Tell(new ReleaseDisks(changed.MigrationId));
+            if (_unconfirmed.Add(changed.MigrationId) && !Timers.IsTimerActive(ResendTimer))
+            {
+                _resendDelay = FirstResendDelay;
+                Timers.StartSingleTimer(ResendTimer, new Resend(), _resendDelay);
+            }
+        });
+        Receive<DisksReleased>(released =>
+        {
+            _unconfirmed.Remove(released.Migration);
+            if (_unconfirmed.Count == 0) Timers.Cancel(ResendTimer);
+        });
+        Receive<Resend>(_ =>
+        {
+            if (_unconfirmed.Count == 0) return;
+            _log.Info("The inventory has not confirmed the release of the disks of {Count} finished migration(s); sending again", _unconfirmed.Count);
+            foreach (var migration in _unconfirmed) inventory.Tell(new ReleaseDisks(migration));
+            _resendDelay = TimeSpan.FromTicks(Math.Min(_resendDelay.Ticks * 2, MaxResendDelay.Ticks));
+            Timers.StartSingleTimer(ResendTimer, new Resend(), _resendDelay);
         });
         Receive<SubscribeAck>(_ => { });
-        Receive<DisksReleased>(_ => { });
     }
 
     public static Props Props(IActorRef inventory) => Akka.Actor.Props.Create(() => new ReservationReleaser(inventory));

@@ -163,7 +163,8 @@ public sealed record MigrationState(
         PointOfNoReturnPassed passed => s.UpdateDisk(passed.Image, d => d with { PassedPointOfNoReturn = true }) with { PointOfNoReturnPassed = true },
         RollbackStarted rb => s with
         {
-            Status = new MigrationStatus.RollingBack(rb.Kind, rb.Code, rb.Message),
+            // A disk waiting for an operator keeps the migration suspended; the resume continues towards this end.
+            Status = s.Status is MigrationStatus.Suspended ? s.Status : new MigrationStatus.RollingBack(rb.Kind, rb.Code, rb.Message),
             Termination = new MigrationStatus.RollingBack(rb.Kind, rb.Code, rb.Message),
         },
         ProgressReported p => s.UpdateDisk(p.Image, d => d with { Done = p.Done, Total = p.Total }),

@@ -48,7 +48,7 @@ public sealed record GuestWorkloadOptions(
 /// <param name="Running">True until the workload stopped (on request or on an error).</param>
 /// <param name="AverageLatency">Mean latency of the acknowledged writes.</param>
 /// <param name="Elapsed">Time since the workload started writing.</param>
-/// <param name="DurableWrites">Acknowledged writes that a completed FLUSH (or their own FUA) made durable.</param>
+/// <param name="DurableWrites">Acknowledged writes of this run that a completed FLUSH (or their own FUA) made durable.</param>
 /// <param name="Flushes">FLUSH requests completed.</param>
 /// <param name="MaxFlushLatency">The longest FLUSH.</param>
 public sealed record GuestWorkloadStats(
@@ -96,6 +96,8 @@ public sealed class GuestWorkload : IAsyncDisposable
     private DateTimeOffset? _maxLatencyAt;
     private TimeSpan _totalLatency;
     private long _flushes;
+    // The ledger file may hold earlier runs: the counters are this run's, like Writes.
+    private long _durableBefore;
     private TimeSpan _maxFlushLatency;
     private string? _lastError;
     private bool _running;
@@ -152,6 +154,7 @@ public sealed class GuestWorkload : IAsyncDisposable
                     $"export '{Options.ExportName}' at {Options.SocketPath} does not advertise NBD_FLAG_SEND_FLUSH (transmission flags 0x{client.TransmissionFlags:x4}): " +
                     "no write could be made durable; run with flush interval 0 to write without flushes");
             _ledger = WriteLedger.Open(Options.LedgerPath, Options.Drive, Options.BlockSize);
+            _durableBefore = _ledger.DurableWrites;
             _client = client;
             lock (_gate)
             {
@@ -298,7 +301,7 @@ public sealed class GuestWorkload : IAsyncDisposable
                     : Stopwatch.GetElapsedTime(_startTimestamp, _running ? Stopwatch.GetTimestamp() : _endTimestamp);
                 return new GuestWorkloadStats(_writes, _bytes, _errors, _maxLatency, _maxLatencyAt, _lastError, _running,
                     _writes == 0 ? TimeSpan.Zero : _totalLatency / _writes, elapsed,
-                    _ledger?.DurableWrites ?? 0, _flushes, _maxFlushLatency);
+                    _ledger is null ? 0 : _ledger.DurableWrites - _durableBefore, _flushes, _maxFlushLatency);
             }
         }
     }

@@ -43,7 +43,9 @@ public sealed record LedgerBlock(long Offset, LedgerStamp? Durable, LedgerStamp?
 /// <c>W &lt;seq&gt; &lt;offset&gt; &lt;checksum hex&gt;</c> when a write is sent, <c>A &lt;seq&gt;</c> when it is acknowledged
 /// (<c>A &lt;seq&gt; fua</c> for a write sent with FUA: durable on its acknowledgement), and <c>F &lt;seq&gt;</c> when a FLUSH
 /// completed that was sent after every write up to &lt;seq&gt; had its answer (the workload keeps one request in flight), so
-/// every acknowledged write up to &lt;seq&gt; is durable. v1 files (no F and no fua) still load, with nothing durable; opening
+/// every acknowledged write up to &lt;seq&gt; is durable. <c>R</c> starts a new run (the ledger reopened to append): a write
+/// acknowledged in an earlier run that no flush covered stays not durable for good, since a FLUSH on a new connection,
+/// perhaps to a new QEMU after a crash, cannot bring back what the old one lost. v1 files (no F and no fua) still load, with nothing durable; opening
 /// one to append rewrites its header to v2 first (temporary file, fsync, rename), so an old reader refuses it rather than
 /// misreading it.
 /// </remarks>
@@ -89,7 +91,7 @@ public sealed class WriteLedger : IDisposable
     public long AcknowledgedWrites { get { lock (_gate) return _acknowledgedWrites; } }
     /// <summary>Acknowledged writes that a completed FLUSH, or their own FUA, made durable.</summary>
     public long DurableWrites { get { lock (_gate) return _durableWrites; } }
-    /// <summary>Acknowledged writes no completed FLUSH covers yet.</summary>
+    /// <summary>Acknowledged writes of this run that no completed FLUSH covers yet (what the next one will make durable).</summary>
     public int NotDurableCount { get { lock (_gate) return _notDurable.Count; } }
     /// <summary>The sequence up to which the last recorded FLUSH made acknowledged writes durable (0: none).</summary>
     public long LastFlushedSequence { get { lock (_gate) return _lastFlushedSequence; } }
@@ -117,6 +119,8 @@ public sealed class WriteLedger : IDisposable
                 TruncateTo(path, wholeLength);
             ledger.Version = CurrentVersion;
             ledger._file = OpenForAppend(path);
+            ledger.ApplyNewRun();
+            ledger.AppendLine("R");
         }
         else
         {
@@ -234,6 +238,7 @@ public sealed class WriteLedger : IDisposable
                 ["F", var seq] when v2 =>
                     long.TryParse(seq, NumberStyles.None, CultureInfo.InvariantCulture, out var s)
                     && ledger.ApplyFlushed(s),
+                ["R"] when v2 => ledger.ApplyNewRun(),
                 _ => false,
             };
             if (!ok)
@@ -374,6 +379,13 @@ public sealed class WriteLedger : IDisposable
             _notDurable.Remove(sequence);
             MakeDurable(_blocks[offset], new LedgerStamp(sequence, checksum));
         }
+        return true;
+    }
+
+    /// <summary>Writes acknowledged before this point and not covered by a flush yet can never be made durable by a later one.</summary>
+    private bool ApplyNewRun()
+    {
+        _notDurable.Clear();
         return true;
     }
 

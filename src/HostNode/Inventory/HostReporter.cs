@@ -83,8 +83,10 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
         Receive<Resend>(_ =>
         {
             if (_unacknowledgedHost is null && _unacknowledgedDomains is null) return;
-            _log.Info("host {HostId}: the inventory has not acknowledged its report of {At} yet; sending it again",
-                _hostId, (_unacknowledgedHost?.At ?? _unacknowledgedDomains!.At).ToString("O"));
+            // said once per report; while no Coordinator runs the re-sends go on quietly
+            if (_resendDelay == FirstResendDelay)
+                _log.Info("host {HostId}: the inventory has not acknowledged its report of {At} yet; sending it again until it does",
+                    _hostId, (_unacknowledgedHost?.At ?? _unacknowledgedDomains!.At).ToString("O"));
             _resendDelay = TimeSpan.FromTicks(Math.Min(_resendDelay.Ticks * 2, MaxResendDelay.Ticks));
             SendUnacknowledged();
         });

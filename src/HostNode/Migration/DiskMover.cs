@@ -44,9 +44,11 @@ public sealed class DiskMover(StoragePool pool, IHypervisor hypervisor)
         MoveOptions? options = null, IProgress<MoveProgress>? progress = null, CancellationToken ct = default)
     {
         options ??= new MoveOptions();
+        // Each move is a migration of its own: it owns the volumes it makes, and deletes only those (DESIGN §7 invariant 3).
+        var owner = new VolumeOwner(MigrationId.New(), VolumeOwner.Unfenced);
         return options.Strategy == MoveStrategy.PreCopy
-            ? PreCopyAsync(vm, image, source, destination, options, progress, ct)
-            : PostCopyAsync(vm, image, source, destination, options, progress, ct);
+            ? PreCopyAsync(vm, image, source, destination, owner, options, progress, ct)
+            : PostCopyAsync(vm, image, source, destination, owner, options, progress, ct);
     }
 
     private async Task<(IStorageDomain Src, IStorageDomain Dst, ImageInfo SrcImage)> ValidateAsync(
@@ -70,7 +72,7 @@ public sealed class DiskMover(StoragePool pool, IHypervisor hypervisor)
         return (src, dst, srcImage);
     }
 
-    private async Task<MoveReport> PreCopyAsync(VmId vm, ImageId image, DomainId source, DomainId destination,
+    private async Task<MoveReport> PreCopyAsync(VmId vm, ImageId image, DomainId source, DomainId destination, VolumeOwner owner,
         MoveOptions options, IProgress<MoveProgress>? progress, CancellationToken ct)
     {
         var clock = new StepClock();
@@ -81,7 +83,7 @@ public sealed class DiskMover(StoragePool pool, IHypervisor hypervisor)
         try
         {
             progress?.Report(new MoveProgress(image, "clone-structure", 0, 1));
-            var clone = await dst.CloneImageStructureAsync(src, image, ct);
+            var clone = await dst.CloneImageStructureAsync(src, image, owner, ct);
             clock.Lap("clone-structure");
 
             var leaf = clone.Leaf;
@@ -114,7 +116,7 @@ public sealed class DiskMover(StoragePool pool, IHypervisor hypervisor)
         }
         catch (Exception e)
         {
-            await RollBackPreCopyAsync(vm, image, dst, e);
+            await RollBackPreCopyAsync(vm, image, dst, owner, e);
             throw;
         }
 
@@ -123,13 +125,13 @@ public sealed class DiskMover(StoragePool pool, IHypervisor hypervisor)
         EnsureRunsOn(final, destinationChain, vm);
         await dst.MarkLegalAsync(image, destinationChain.Leaf.Volume.Volume, CancellationToken.None);
         if (options.DeleteSource)
-            await src.DeleteImageAsync(image, CancellationToken.None);
+            await SourceRetirement.DeleteSourceImageAsync(src, dst, image, owner.Migration, CancellationToken.None);
         clock.Lap("finish");
         progress?.Report(new MoveProgress(image, "completed", 1, 1));
         return new MoveReport(image, MoveStrategy.PreCopy, clock.Laps, clock.Total, pivotTook, copied, final);
     }
 
-    private async Task RollBackPreCopyAsync(VmId vm, ImageId image, IStorageDomain dst, Exception cause)
+    private async Task RollBackPreCopyAsync(VmId vm, ImageId image, IStorageDomain dst, VolumeOwner owner, Exception cause)
     {
         try
         {
@@ -144,10 +146,10 @@ public sealed class DiskMover(StoragePool pool, IHypervisor hypervisor)
             throw new OperationFailedException(e.Code,
                 $"rollback of image {image} could not cancel the mirror ({e.Message}) after: {cause.Message}", cause);
         }
-        await dst.DeleteImageAsync(image, CancellationToken.None);
+        await dst.DeleteOwnedVolumesAsync(image, owner, CancellationToken.None);
     }
 
-    private async Task<MoveReport> PostCopyAsync(VmId vm, ImageId image, DomainId source, DomainId destination,
+    private async Task<MoveReport> PostCopyAsync(VmId vm, ImageId image, DomainId source, DomainId destination, VolumeOwner owner,
         MoveOptions options, IProgress<MoveProgress>? progress, CancellationToken ct)
     {
         var clock = new StepClock();
@@ -159,7 +161,7 @@ public sealed class DiskMover(StoragePool pool, IHypervisor hypervisor)
         {
             progress?.Report(new MoveProgress(image, "create-cross-domain-leaf", 0, 1));
             var newLeaf = await dst.CreateVolumeAsync(new NewVolume(image, newLeafId, VolumeFormat.Cow, oldLeaf.Capacity,
-                new VolumeRef(src.Id, oldLeaf.Id), Legality.Legal), src, ct);
+                new VolumeRef(src.Id, oldLeaf.Id), Legality.Legal, owner), src, ct);
             clock.Lap("create-cross-domain-leaf");
 
             var snapshotClock = Stopwatch.StartNew();
@@ -171,7 +173,7 @@ public sealed class DiskMover(StoragePool pool, IHypervisor hypervisor)
         catch (Exception)
         {
             // Before the snapshot the VM never wrote on the destination: drop what was made there.
-            await dst.DeleteImageAsync(image, CancellationToken.None);
+            await dst.DeleteOwnedVolumesAsync(image, owner, CancellationToken.None);
             throw;
         }
 
@@ -180,7 +182,7 @@ public sealed class DiskMover(StoragePool pool, IHypervisor hypervisor)
         var final = await RollForwardAsync("clone-internal-volumes", options, async () =>
         {
             // Twins of the old chain under the new leaf, empty and ILLEGAL until copied and verified.
-            await dst.CloneImageStructureAsync(src, image, ct);
+            await dst.CloneImageStructureAsync(src, image, owner, ct);
             foreach (var volume in srcImage.Volumes)
             {
                 var step = $"clone-internal {volume.Id}";
@@ -200,7 +202,7 @@ public sealed class DiskMover(StoragePool pool, IHypervisor hypervisor)
         }, ct);
 
         if (options.DeleteSource)
-            await src.DeleteImageAsync(image, CancellationToken.None);
+            await SourceRetirement.DeleteSourceImageAsync(src, dst, image, owner.Migration, CancellationToken.None);
         clock.Lap("finish");
         progress?.Report(new MoveProgress(image, "completed", 1, 1));
         return new MoveReport(image, MoveStrategy.PostCopy, clock.Laps, clock.Total, snapshotTook, copied, final);

@@ -38,7 +38,7 @@ internal static class StepReplies
         _ => new OperationFailed(operation, ErrorCodes.IoError, $"{operation}: {error.GetType().Name}: {error.Message}", Transient: true),
     };
 
-    public static bool IsTransient(string code) => code is ErrorCodes.Timeout or ErrorCodes.IoError;
+    public static bool IsTransient(string code) => code is ErrorCodes.Timeout or ErrorCodes.IoError or ErrorCodes.VolumeInUse or ErrorCodes.Fenced;
 
     /// <summary>Runs a step's work and turns its end, whatever it is, into the message the actor receives.</summary>
     /// <param name="killQemu">How the fault plan kills this step's QEMU (HSM steps); crash points are off outside tests.</param>

@@ -23,6 +23,8 @@ public sealed class SpmActor : ReceiveActor
     public const string SingletonName = "spm";
 
     private readonly StoragePool _pool;
+    /// <summary>The SPM lease, when the pool has one: its generation goes into every volume's owner, and each step checks it first.</summary>
+    private readonly IStorageFence? _fence;
     private readonly OperationLedger _ledger = new();
     /// <summary>
     /// Cancelled when this SPM stops (its singleton moves or its node leaves): a copy it started must not go on
@@ -31,9 +33,14 @@ public sealed class SpmActor : ReceiveActor
     private readonly CancellationTokenSource _stopped = new();
     private readonly ILoggingAdapter _log = Context.GetLogger();
 
-    public SpmActor(StoragePool pool)
+    /// <param name="fence">
+    /// The SPM lease (DESIGN §7a), or null while the pool has none (generation 0). With a lease, give the pool
+    /// <see cref="FencedStorageDomain"/>s over the same fence, so every change, not only each step's start, is fenced.
+    /// </param>
+    public SpmActor(StoragePool pool, IStorageFence? fence = null)
     {
         _pool = pool;
+        _fence = fence;
         Receive<ExecuteStep>(OnExecuteStep);
         Receive<SetStepSpeed>(s =>
             // The storage port's copies take no speed limit; the bandwidth that matters is the mirror's.
@@ -48,7 +55,7 @@ public sealed class SpmActor : ReceiveActor
         Receive<IManagementMessage>(command => storage.HandleAsync(command, _stopped.Token).PipeTo(Sender));
     }
 
-    public static Props Props(StoragePool pool) => Akka.Actor.Props.Create(() => new SpmActor(pool));
+    public static Props Props(StoragePool pool, IStorageFence? fence = null) => Akka.Actor.Props.Create(() => new SpmActor(pool, fence));
 
     protected override void PostStop() => _stopped.Cancel();
 
@@ -102,60 +109,104 @@ public sealed class SpmActor : ReceiveActor
         foreach (var waiter in _ledger.Finish(operation, reply)) waiter.Tell(reply);
     }
 
-    /// <summary>The step's storage work, as DiskMover does it on one host. Runs off the actor: touches no actor state.</summary>
+    /// <summary>
+    /// The step's storage work, as DiskMover does it on one host. Runs off the actor: touches no actor state.
+    /// Whether a step already happened, and whether it may happen, is read from the domains' metadata (the
+    /// volumes' owner, legality, parents), never from the ledger (DESIGN §7 invariant 7): the ledger only
+    /// saves redoing work, a forgotten or stale operation id meets the same checks as a new one.
+    /// </summary>
     private async Task<StepOutcome> RunAsync(ExecuteStep command, Progress progress)
     {
         var disk = command.Disk;
         var image = disk.Image;
+        var migration = command.Operation.Migration;
+        var ct = _stopped.Token;
+        if (_fence is not null) await _fence.CheckAsync(ct);
+        // Without an SPM lease (DESIGN §7a) there is no fencing generation to carry.
+        var owner = new VolumeOwner(migration, _fence?.Generation ?? VolumeOwner.Unfenced);
         var src = _pool.Get(disk.Source);
         var dst = _pool.Get(disk.Destination);
+        if (ReadsTheSource(command.Operation.Step) && !(await src.ListImagesAsync(ct)).Contains(image))
+        {
+            // A repeat after the source was retired: only the destination can say whether this step's effect is there.
+            await SourceRetirement.RequireCompleteCopyAsync(src, dst, image, migration, ct);
+            return new StepOutcome(Detail: $"already done: image {image} is gone from domain {src.Id} and domain {dst.Id} holds " +
+                                           $"the complete LEGAL copy migration {migration} made");
+        }
         switch (command.Operation.Step)
         {
             case MigrationStep.CloneImageStructure:
             {
-                var clone = await dst.CloneImageStructureAsync(src, image);
+                var clone = await dst.CloneImageStructureAsync(src, image, owner, ct);
                 return new StepOutcome(Detail: $"{clone.Volumes.Count} volumes cloned ILLEGAL on domain {dst.Id}");
             }
             case MigrationStep.SyncInternalVolumes:
             {
                 // The leaf is the mirror's; the internal layers are read-only in QEMU, so they are copied here.
-                var clone = await dst.DescribeImageAsync(image);
-                var internals = clone.Volumes.Take(clone.Volumes.Count - 1).Select(v => v.Id).ToList();
-                var copied = await CopyLayersAsync(src, dst, image, internals, progress, _stopped.Token);
+                var sourceChain = await src.DescribeImageAsync(image, ct);
+                var clone = await dst.DescribeImageAsync(image, ct);
+                RequireOwnedBy(clone.Volumes, migration, dst, image);
+                var internals = sourceChain.Volumes.Where(v => v.Id != sourceChain.Leaf.Id).Select(v => v.Id).ToList();
+                var copied = await CopyLayersAsync(src, dst, image, internals, progress, ct);
                 return new StepOutcome(copied, $"{internals.Count} internal volumes copied");
             }
             case MigrationStep.MarkDestinationLeafLegal:
             {
-                var leaf = (await dst.DescribeImageAsync(image)).Leaf;
-                await dst.MarkLegalAsync(image, leaf.Id);
+                // The plan names the leaf (the twin of the source leaf the mirror wrote); older journals fall back to the clone's leaf.
+                var leaf = disk.SourceLeaf is { } named
+                    ? await dst.DescribeVolumeAsync(image, named, ct)
+                    : (await dst.DescribeImageAsync(image, ct)).Leaf;
+                RequireOwnedBy([leaf], migration, dst, image);
+                await dst.MarkLegalAsync(image, leaf.Id, ct);
                 return new StepOutcome(Detail: $"leaf {leaf.Id} on domain {dst.Id} is LEGAL");
             }
             case MigrationStep.CreateVolumeCrossDomain:
             {
-                var oldLeaf = (await src.DescribeImageAsync(image)).Leaf;
+                if ((await dst.ListImagesAsync(ct)).Contains(image)
+                    && (await dst.DescribeImageAsync(image, ct)).Volumes.FirstOrDefault(v => v.Id == disk.NewLeaf) is { } made)
+                {
+                    // Made already; CloneInternalVolumes may have re-pointed it since, so its parent is not compared.
+                    RequireOwnedBy([made], migration, dst, image);
+                    return new StepOutcome(Detail: $"leaf {made.Id} on domain {dst.Id} was made already, over {made.Parent}");
+                }
+                var oldLeaf = (await src.DescribeImageAsync(image, ct)).Leaf;
                 var newLeaf = await dst.CreateVolumeAsync(new NewVolume(image, disk.NewLeaf, VolumeFormat.Cow, oldLeaf.Capacity,
-                    new VolumeRef(src.Id, oldLeaf.Id), Legality.Legal), src);
+                    new VolumeRef(src.Id, oldLeaf.Id), Legality.Legal, owner), src, ct);
                 return new StepOutcome(Detail: $"leaf {newLeaf.Id} on domain {dst.Id} over {oldLeaf.Id} on domain {src.Id}");
             }
             case MigrationStep.CloneInternalVolumes:
             {
-                var oldChain = await src.DescribeImageAsync(image);
+                var oldChain = await src.DescribeImageAsync(image, ct);
                 // Twins of the old chain under the new leaf, empty and ILLEGAL until copied and verified.
-                await dst.CloneImageStructureAsync(src, image);
-                var copied = await CopyLayersAsync(src, dst, image, oldChain.Volumes.Select(v => v.Id).ToList(), progress, _stopped.Token);
+                await dst.CloneImageStructureAsync(src, image, owner, ct);
+                var copied = await CopyLayersAsync(src, dst, image, oldChain.Volumes.Select(v => v.Id).ToList(), progress, ct);
+                RequireOwnedBy([await dst.DescribeVolumeAsync(image, disk.NewLeaf, ct)], migration, dst, image);
                 // Metadata only: the running QEMU owns the leaf and rewrites its header in SwitchBackingChain.
-                await dst.SetParentAsync(image, disk.NewLeaf, new VolumeRef(dst.Id, oldChain.Leaf.Id), null, rewriteHeader: false);
+                await dst.SetParentAsync(image, disk.NewLeaf, new VolumeRef(dst.Id, oldChain.Leaf.Id), null, rewriteHeader: false, ct);
                 return new StepOutcome(copied, $"{oldChain.Volumes.Count} volumes copied; leaf {disk.NewLeaf} now over {oldChain.Leaf.Id} on domain {dst.Id}");
             }
             case MigrationStep.DeleteSourceImage:
-                await src.DeleteImageAsync(image);
-                return new StepOutcome(Detail: $"image {image} deleted from domain {src.Id}");
+                return new StepOutcome(Detail: await SourceRetirement.DeleteSourceImageAsync(src, dst, image, migration, ct));
             case MigrationStep.DeleteDestinationImage:
-                await dst.DeleteImageAsync(image);
-                return new StepOutcome(Detail: $"image {image} deleted from domain {dst.Id}");
+            {
+                var removed = await dst.DeleteOwnedVolumesAsync(image, owner, ct);
+                return new StepOutcome(Detail: $"{removed.Count} volumes of image {image} that migration {migration} made deleted from domain {dst.Id}");
+            }
             default:
                 throw new OperationFailedException(ErrorCodes.InvalidArgument, $"the SPM does not run {command.Operation.Step}");
         }
+    }
+
+    private static bool ReadsTheSource(MigrationStep step) => step is MigrationStep.CloneImageStructure
+        or MigrationStep.SyncInternalVolumes or MigrationStep.CreateVolumeCrossDomain or MigrationStep.CloneInternalVolumes;
+
+    /// <summary>A step works only on volumes its migration made: a stale command meeting another migration's volumes changes nothing.</summary>
+    private static void RequireOwnedBy(IEnumerable<VolumeInfo> volumes, MigrationId migration, IStorageDomain domain, ImageId image)
+    {
+        if (volumes.FirstOrDefault(v => v.Owner?.Migration != migration) is { } foreign)
+            throw new OperationFailedException(ErrorCodes.DestinationHoldsImage,
+                $"volume {foreign.Id} of image {image} on domain {domain.Id} was made by {foreign.Owner?.ToString() ?? "nobody (an operator)"}, " +
+                $"not by migration {migration}: this step does not touch it");
     }
 
     /// <summary>Copies the layers one after the other, reporting the bytes of all of them as one total.</summary>

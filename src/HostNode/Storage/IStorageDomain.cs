@@ -5,13 +5,20 @@ namespace LiveMigration.HostNode.Storage;
 /// <summary>A new volume, as asked of a domain.</summary>
 /// <param name="Parent">Null for a base volume. A parent on another domain makes a cross-domain chain (post-copy's first step).</param>
 /// <param name="Legality">A volume whose data is complete on creation (an empty overlay) is LEGAL; a twin still to be filled is ILLEGAL.</param>
+/// <param name="Owner">
+/// The migration making it (post-copy's cross-domain leaf), written into its metadata. With an owner the
+/// create is refused with DESTINATION_HOLDS_IMAGE when the domain holds any volume of the image that this
+/// migration does not own, and an existing volume is returned only when this migration made it.
+/// Null for the operator's volumes (new disks, snapshots).
+/// </param>
 public sealed record NewVolume(
     ImageId Image,
     VolumeId Id,
     VolumeFormat Format,
     long Capacity,
     VolumeRef? Parent = null,
-    Legality Legality = Legality.Legal);
+    Legality Legality = Legality.Legal,
+    VolumeOwner? Owner = null);
 
 /// <summary>
 /// The storage port: one storage domain. Every operation is idempotent when repeated with the
@@ -40,8 +47,13 @@ public interface IStorageDomain
     /// </summary>
     Task<VolumeInfo> CreateVolumeAsync(NewVolume spec, IStorageDomain? parentDomain = null, CancellationToken ct = default);
 
-    /// <summary>Pre-copy step 2: the image's chain from <paramref name="source"/> recreated here (same ids, parents, formats, capacities), empty and ILLEGAL.</summary>
-    Task<ImageInfo> CloneImageStructureAsync(IStorageDomain source, ImageId image, CancellationToken ct = default);
+    /// <summary>
+    /// Pre-copy step 2 (and post-copy's twins): the image's chain from <paramref name="source"/> recreated here
+    /// (same ids, parents, formats, capacities), empty and ILLEGAL, each volume owned by <paramref name="owner"/>.
+    /// Refused with DESTINATION_HOLDS_IMAGE when this domain holds any volume of the image that
+    /// <paramref name="owner"/>'s migration did not make; a repeat by the same migration returns its volumes.
+    /// </summary>
+    Task<ImageInfo> CloneImageStructureAsync(IStorageDomain source, ImageId image, VolumeOwner owner, CancellationToken ct = default);
 
     /// <summary>
     /// Copies one layer's data (only its allocated clusters) from <paramref name="source"/> into
@@ -63,13 +75,27 @@ public interface IStorageDomain
     /// <summary>Marks a volume LEGAL and bumps its generation (a mirrored leaf after its pivot).</summary>
     Task<VolumeInfo> MarkLegalAsync(ImageId image, VolumeId volume, CancellationToken ct = default);
 
-    /// <summary>Deletes the image's volumes on this domain: first all marked ILLEGAL, then removed, so a crash half-way leaves only ILLEGAL leftovers.</summary>
+    /// <summary>
+    /// Deletes all the image's volumes on this domain (a migration's source once the VM runs elsewhere, an
+    /// operator's disk). Needs no free space, and a crash half-way leaves nothing that reads as a volume, only
+    /// leftovers <see cref="RemoveIllegalLeftoversAsync"/> removes. Refused with VOLUME_IN_USE (transient) while
+    /// any process has one of its volumes open. Quiet when the image is not here.
+    /// </summary>
     Task DeleteImageAsync(ImageId image, CancellationToken ct = default);
 
     /// <summary>
-    /// Removes every image that holds an ILLEGAL volume (a leftover of a failed operation),
-    /// except those in <paramref name="inUse"/> (images of migrations still running), and
-    /// stray temporary files. Returns the volumes removed.
+    /// A rollback's delete: removes only the volumes of the image that <paramref name="owner"/>'s migration made,
+    /// with the same guarantees as <see cref="DeleteImageAsync"/>; volumes of others stay. Refused with CONFLICT
+    /// when a volume it does not own lies over one it owns, or when a volume was made by a newer generation
+    /// (a stale command). Returns the volumes removed (empty on a repeat).
+    /// </summary>
+    Task<IReadOnlyList<VolumeInfo>> DeleteOwnedVolumesAsync(ImageId image, VolumeOwner owner, CancellationToken ct = default);
+
+    /// <summary>
+    /// Removes the leftovers of failed operations: every ILLEGAL volume and the volumes that lie over it (or over
+    /// a parent that is gone), never a LEGAL volume with its whole chain in place; also half-deleted files and
+    /// stray temporary files. Images in <paramref name="inUse"/> (migrations still running) and images with a
+    /// leftover some process has open are skipped. Returns the volumes removed.
     /// </summary>
     Task<IReadOnlyList<VolumeInfo>> RemoveIllegalLeftoversAsync(IReadOnlySet<ImageId> inUse, CancellationToken ct = default);
 }

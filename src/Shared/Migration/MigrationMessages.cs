@@ -18,6 +18,7 @@ public interface IMigrationEvent
 /// <summary>What a host returns with a finished step, for progress and the report.</summary>
 public sealed record StepOutcome(long BytesCopied = 0, string? Detail = null,
     /// <summary>Only for <see cref="MigrationStep.ProbeSwitch"/>: where the drive runs, as the host found it.</summary>
+    [property: System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
     SwitchFinding? Switch = null);
 
 /// <summary>What a read-only probe found after a switch (pivot / live snapshot) whose outcome was unknown.</summary>

@@ -111,13 +111,18 @@ public sealed record ValidationFacts(
 public sealed record VmFacts(VmId Id, bool Running, ValueList<DiskFacts> Disks);
 
 /// <summary>A disk of the VM: where it is now and how many bytes its chain needs on a destination.</summary>
-public sealed record DiskFacts(ImageId Image, DomainId Domain, long SizeBytes, VolumeId? Leaf = null);
+public sealed record DiskFacts(ImageId Image, DomainId Domain, long SizeBytes,
+    [property: System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
+    VolumeId? Leaf = null);
 
 public sealed record DomainFacts(DomainId Id, bool Active, long FreeBytes);
 
 /// <summary>One disk's move as the saga runs it: the source comes from the inventory, the new post-copy leaf id is fixed up front.</summary>
-/// <param name="SourceLeaf">The leaf the drive runs on at validation (the pre-copy mirror target is its twin); null in journals older than it.</param>
-public sealed record DiskPlan(ImageId Image, DomainId Source, DomainId Destination, long SizeBytes, VolumeId NewLeaf, VolumeId? SourceLeaf = null);
+/// <param name="SourceLeaf">The leaf the drive runs on at validation (the pre-copy mirror target is its twin); null in journals
+/// older than it, and left out of the journal form when null so events written before it keep their bytes.</param>
+public sealed record DiskPlan(ImageId Image, DomainId Source, DomainId Destination, long SizeBytes, VolumeId NewLeaf,
+    [property: System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
+    VolumeId? SourceLeaf = null);
 
 public enum TerminationKind { Cancel, Failure }
 

@@ -18,6 +18,18 @@ public static class ErrorCodes
     public const string VmNotRunning = "VM_NOT_RUNNING";
     /// <summary>The thing exists already with different attributes, or is in a state that forbids the call.</summary>
     public const string Conflict = "CONFLICT";
+    /// <summary>
+    /// The destination already holds volumes of the image that this migration did not make (another
+    /// migration's, or an operator's): never adopted, never deleted. Not transient: someone must look.
+    /// </summary>
+    public const string DestinationHoldsImage = "DESTINATION_HOLDS_IMAGE";
+    /// <summary>A process (QEMU, qemu-img, qemu-nbd) has a volume open, so it is not deleted now. Transient: retry once it is closed.</summary>
+    public const string VolumeInUse = "VOLUME_IN_USE";
+    /// <summary>
+    /// The SPM's lease generation is not the pool's (another host took the lease): a stale SPM changes nothing.
+    /// Transient: the retry reaches the SPM that holds the lease.
+    /// </summary>
+    public const string Fenced = "FENCED";
     /// <summary>The destination has not enough free space or capacity limit left.</summary>
     public const string NotEnoughSpace = "NOT_ENOUGH_SPACE";
     /// <summary>A copy did not compare equal to its source.</summary>

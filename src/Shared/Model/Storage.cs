@@ -20,7 +20,23 @@ public sealed record VolumeInfo(
     int Generation,
     DateTimeOffset CreatedAt,
     /// <summary>Bytes the volume takes on the domain (allocated, not virtual).</summary>
-    long AllocatedBytes);
+    long AllocatedBytes,
+    /// <summary>The migration that made this volume (DESIGN §7 invariant 3); null for a volume an operator made.</summary>
+    VolumeOwner? Owner = null);
+
+/// <summary>
+/// Who made a volume: the migration that created it, and the generation it ran under. A migration
+/// adopts and deletes only the volumes it owns. <paramref name="Generation"/> is meant to be the SPM's
+/// fencing generation (DESIGN §7a); until the pool has a lease it is <see cref="Unfenced"/> (0). A step's
+/// attempt number is not used: attempts count per step, so they do not order two different steps.
+/// </summary>
+public sealed record VolumeOwner(MigrationId Migration, long Generation)
+{
+    /// <summary>The generation of every change made before the pool has an SPM lease.</summary>
+    public const long Unfenced = 0;
+
+    public override string ToString() => $"migration {Migration} (generation {Generation})";
+}
 
 /// <summary>An image on one domain: its volumes ordered base → leaf, as far as they are on this domain.</summary>
 public sealed record ImageInfo(DomainId Domain, ImageId Id, IReadOnlyList<VolumeInfo> Volumes)

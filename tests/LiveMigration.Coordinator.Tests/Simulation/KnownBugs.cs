@@ -135,7 +135,8 @@ public static class KnownBugs
                 sim.Start();
                 return sim.Drain();
             },
-            r => r.Violation!.Invariant == "stall" && r.Violation.Detail.StartsWith("rolling back") && r.Violation.Detail.Contains(" Suspended ")),
+            r => r.Violation!.Invariant == "stall" && r.Violation.Detail.StartsWith("rolling back") && r.Violation.Detail.Contains(" Suspended "),
+            Fixed: true),
 
         new("B7-failed-step-starts-its-rollback-twice",
             "Draft.Failed calls Terminate (which already begins this disk's rollback) and then BeginRollback again: the first rollback step is journaled twice with the same operation id (double StepStarted, double timing); harmless to the hosts, wrong in the journal and the views",

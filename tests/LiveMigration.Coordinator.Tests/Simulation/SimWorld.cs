@@ -70,7 +70,7 @@ public sealed class SimDisk(DiskPlan plan, int internals)
 public sealed class HostError(string code, string message) : Exception(message)
 {
     public string Code { get; } = code;
-    public bool Transient => Code is ErrorCodes.Timeout or ErrorCodes.IoError;
+    public bool Transient => Code is ErrorCodes.Timeout or ErrorCodes.IoError or ErrorCodes.VolumeInUse;
 }
 
 /// <summary>What a host answers a step with, or that the answer comes later (a mirror wait).</summary>
@@ -393,7 +393,12 @@ public sealed class SimWorld
     /// <summary>SimStorageDomain.DeleteImageAsync: every volume of the image on that domain, LEGAL or not, whoever has it open.</summary>
     private void DeleteImage(SimDisk d, Side side, MigrationStep step)
     {
-        foreach (var key in d.Volumes.Keys.Where(k => k.Side == side).ToList())
+        // Invariant 5 in the storage port: a volume a running QEMU has open (its chain, or a mirror's target) is locked
+        // and not deleted (VOLUME_IN_USE, transient). A dead QEMU holds no lock.
+        var doomed = d.Volumes.Keys.Where(k => k.Side == side).ToList();
+        if (VmRunning && doomed.FirstOrDefault(k => d.Open.Contains(k) || d.MirrorRunning && k == new VolKey(Side.Dst, SimDisk.Leaf)) is { Layer: not null } open)
+            throw new HostError(ErrorCodes.VolumeInUse, $"{open} is open in QEMU; not deleted while in use");
+        foreach (var key in doomed)
         {
             if (d.Open.Contains(key))
                 Violate("delete-open-chain", $"{step} of disk {d.Image} deleted {key}, which the drive has open ({(VmRunning ? "VM running" : "VM stopped; its record names this chain")})");

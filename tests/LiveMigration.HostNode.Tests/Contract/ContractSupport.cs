@@ -124,3 +124,11 @@ public static class ContractAssert
         return e;
     }
 }
+
+/// <summary>The migration the tests' clones run for, when a test needs no second one (DESIGN §7 invariant 3: every clone has an owner).</summary>
+public static class TestOwners
+{
+    public static readonly VolumeOwner Default = new(MigrationId.New(), VolumeOwner.Unfenced);
+
+    public static VolumeOwner New() => new(MigrationId.New(), VolumeOwner.Unfenced);
+}

@@ -81,7 +81,7 @@ public abstract class HypervisorContract : IAsyncLifetime
         using var events = new HypervisorEventLog(hypervisor);
         var (vm, chain) = await StartVmOnSeededChainAsync(hypervisor);
 
-        await Destination.CloneImageStructureAsync(Source, chain.Image);
+        await Destination.CloneImageStructureAsync(Source, chain.Image, TestOwners.Default);
         var job = await hypervisor.StartMirrorAsync(new MirrorRequest(vm.Id, chain.Image, chain.LayerOn(Destination, chain.Leaf)));
         Assert.Equal(chain.Image, job.Drive);
         Assert.Contains(job.Phase, new[] { BlockJobPhase.Running, BlockJobPhase.Ready });
@@ -117,7 +117,7 @@ public abstract class HypervisorContract : IAsyncLifetime
         var hypervisor = NewHypervisor();
         using var events = new HypervisorEventLog(hypervisor);
         var (vm, chain) = await StartVmOnSeededChainAsync(hypervisor);
-        await Destination.CloneImageStructureAsync(Source, chain.Image);
+        await Destination.CloneImageStructureAsync(Source, chain.Image, TestOwners.Default);
 
         var job = await hypervisor.StartMirrorAsync(new MirrorRequest(vm.Id, chain.Image, chain.LayerOn(Destination, chain.Leaf), CrawlBytesPerSecond));
         Assert.Equal(BlockJobPhase.Running, job.Phase);
@@ -149,14 +149,14 @@ public abstract class HypervisorContract : IAsyncLifetime
         var (vm, chain) = await StartVmOnSeededChainAsync(hypervisor);
         var newLeaf = VolumeId.New();
         await Destination.CreateVolumeAsync(
-            new NewVolume(chain.Image, newLeaf, VolumeFormat.Cow, chain.Capacity, new VolumeRef(Source.Id, chain.Leaf)), Source);
+            new NewVolume(chain.Image, newLeaf, VolumeFormat.Cow, chain.Capacity, new VolumeRef(Source.Id, chain.Leaf), Owner: TestOwners.Default), Source);
 
         var snapshot = await hypervisor.LiveSnapshotAsync(vm.Id, chain.Image, chain.LayerOn(Destination, newLeaf));
         var crossDomain = chain.PathsOn(Source, chain.Base, chain.Middle, chain.Leaf).Append(Destination.Locate(chain.Image, newLeaf)).ToList();
         Assert.Equal(crossDomain, snapshot.OpenChain);
         Assert.Equal(crossDomain, (await hypervisor.LiveSnapshotAsync(vm.Id, chain.Image, chain.LayerOn(Destination, newLeaf))).OpenChain);
 
-        await Destination.CloneImageStructureAsync(Source, chain.Image);
+        await Destination.CloneImageStructureAsync(Source, chain.Image, TestOwners.Default);
         foreach (var id in chain.Ids) await Destination.CopyVolumeDataAsync(Source, chain.Image, id);
         await Destination.SetParentAsync(chain.Image, newLeaf, new VolumeRef(Destination.Id, chain.Leaf), Destination, rewriteHeader: false);
 
@@ -180,7 +180,7 @@ public abstract class HypervisorContract : IAsyncLifetime
         var hypervisor = NewHypervisor();
         using var events = new HypervisorEventLog(hypervisor);
         var (vm, chain) = await StartVmOnSeededChainAsync(hypervisor);
-        await Destination.CloneImageStructureAsync(Source, chain.Image);
+        await Destination.CloneImageStructureAsync(Source, chain.Image, TestOwners.Default);
         await hypervisor.StartMirrorAsync(new MirrorRequest(vm.Id, chain.Image, chain.LayerOn(Destination, chain.Leaf), CrawlBytesPerSecond));
 
         await KillVmProcessAsync(vm);
@@ -202,7 +202,7 @@ public abstract class HypervisorContract : IAsyncLifetime
     {
         var first = NewHypervisor();
         var (vm, chain) = await StartVmOnSeededChainAsync(first);
-        await Destination.CloneImageStructureAsync(Source, chain.Image);
+        await Destination.CloneImageStructureAsync(Source, chain.Image, TestOwners.Default);
         var job = await first.StartMirrorAsync(new MirrorRequest(vm.Id, chain.Image, chain.LayerOn(Destination, chain.Leaf)));
         foreach (var id in chain.Internals) await Destination.CopyVolumeDataAsync(Source, chain.Image, id);
 

@@ -11,6 +11,8 @@ namespace LiveMigration.HostNode.Tests.Contract;
 ///   (file: <c>FileStorageDomain.CreateAsync(root, DomainId.New(), name, capacityBytes, ct)</c> under a temp root it owns);</item>
 /// <item><see cref="WriteLayerDataAsync"/>: writes <c>length</c> bytes of <c>pattern</c> at <c>offset</c> into that one layer, as a guest
 ///   would (file: <c>qemu-io -f qcow2 -c "write -P pattern offset length"</c> on <c>domain.Locate(image, volume)</c>; sim: <c>SeedAllocated</c>);</item>
+/// <item><see cref="HoldOpenAsync"/>: keeps a volume open as a running QEMU would until disposed (file: <c>qemu-nbd -r</c> on it,
+///   which takes QEMU's image locks; sim: <c>SimStorageDomain.HoldOpen</c>);</item>
 /// <item>optionally an override of <see cref="DisposeAsync"/> that deletes what it made (temp folders), calling the base.</item>
 /// </list>
 /// Chains are created through the port itself (<see cref="ChainSeeder"/>): base → middle → leaf, all COW, 64 MiB, 1 MiB of data per layer.
@@ -22,6 +24,8 @@ public abstract class StorageDomainContract : IAsyncLifetime
     protected abstract Task<IStorageDomain> CreateDomainAsync(string name, long capacityBytes);
 
     protected abstract Task WriteLayerDataAsync(IStorageDomain domain, ImageId image, VolumeId volume, long offset, long length, byte pattern);
+
+    protected abstract Task<IAsyncDisposable> HoldOpenAsync(IStorageDomain domain, ImageId image, VolumeId volume);
 
     public virtual Task InitializeAsync() => Task.CompletedTask;
     public virtual Task DisposeAsync() => Task.CompletedTask;
@@ -96,7 +100,7 @@ public abstract class StorageDomainContract : IAsyncLifetime
         var chain = await SeedChainAsync(source);
         var sourceBefore = await source.DescribeImageAsync(chain.Image);
 
-        var clone = await destination.CloneImageStructureAsync(source, chain.Image);
+        var clone = await destination.CloneImageStructureAsync(source, chain.Image, TestOwners.Default);
 
         Assert.Equal(destination.Id, clone.Domain);
         Assert.Equal(chain.Ids, clone.Volumes.Select(v => v.Id));
@@ -107,7 +111,7 @@ public abstract class StorageDomainContract : IAsyncLifetime
         Assert.All(clone.Volumes, v => Assert.Equal(Legality.Illegal, v.Legality));
         Assert.All(clone.Volumes, v => Assert.True(v.AllocatedBytes < ChainSeeder.LayerDataBytes, $"twin {v.Id} holds {v.AllocatedBytes} bytes before any copy"));
 
-        var again = await destination.CloneImageStructureAsync(source, chain.Image);
+        var again = await destination.CloneImageStructureAsync(source, chain.Image, TestOwners.Default);
         Assert.Equal(clone.Volumes.Select(v => (v.Id, v.Parent, v.CreatedAt, v.Legality)), again.Volumes.Select(v => (v.Id, v.Parent, v.CreatedAt, v.Legality)));
         Assert.Equal(sourceBefore.Volumes, (await source.DescribeImageAsync(chain.Image)).Volumes);
     }
@@ -118,7 +122,7 @@ public abstract class StorageDomainContract : IAsyncLifetime
         var source = await CreateDomainAsync("contract-a", RoomyCapacity);
         var destination = await CreateDomainAsync("contract-b", RoomyCapacity);
         var chain = await SeedChainAsync(source);
-        var twins = await destination.CloneImageStructureAsync(source, chain.Image);
+        var twins = await destination.CloneImageStructureAsync(source, chain.Image, TestOwners.Default);
 
         foreach (var twin in twins.Volumes)
         {
@@ -159,7 +163,7 @@ public abstract class StorageDomainContract : IAsyncLifetime
         var tiny = await CreateDomainAsync("contract-tiny", 1L << 20);
         var chain = await SeedChainAsync(source);
 
-        var e = await ContractAssert.FailsWithAsync(ErrorCodes.NotEnoughSpace, () => tiny.CloneImageStructureAsync(source, chain.Image));
+        var e = await ContractAssert.FailsWithAsync(ErrorCodes.NotEnoughSpace, () => tiny.CloneImageStructureAsync(source, chain.Image, TestOwners.Default));
         var available = (await tiny.DescribeAsync()).AvailableBytes;
         Assert.Contains(available.ToString(), e.Message);
         Assert.Empty(await tiny.ListImagesAsync());
@@ -198,8 +202,8 @@ public abstract class StorageDomainContract : IAsyncLifetime
         var chain = await SeedChainAsync(source);
         var newLeaf = VolumeId.New();
         var created = await destination.CreateVolumeAsync(
-            new NewVolume(chain.Image, newLeaf, VolumeFormat.Cow, chain.Capacity, new VolumeRef(source.Id, chain.Leaf)), source);
-        await destination.CloneImageStructureAsync(source, chain.Image);
+            new NewVolume(chain.Image, newLeaf, VolumeFormat.Cow, chain.Capacity, new VolumeRef(source.Id, chain.Leaf), Owner: TestOwners.Default), source);
+        await destination.CloneImageStructureAsync(source, chain.Image, TestOwners.Default);
         foreach (var id in chain.Ids) await destination.CopyVolumeDataAsync(source, chain.Image, id);
 
         var repointed = await destination.SetParentAsync(chain.Image, newLeaf, new VolumeRef(destination.Id, chain.Leaf), destination, rewriteHeader: true);
@@ -257,18 +261,181 @@ public abstract class StorageDomainContract : IAsyncLifetime
         var failed = await SeedChainAsync(source);
         var running = await SeedChainAsync(source);
         var done = await SeedChainAsync(source);
-        await destination.CloneImageStructureAsync(source, failed.Image);
+        await destination.CloneImageStructureAsync(source, failed.Image, TestOwners.Default);
         await destination.CopyVolumeDataAsync(source, failed.Image, failed.Base);
-        await destination.CloneImageStructureAsync(source, running.Image);
-        await destination.CloneImageStructureAsync(source, done.Image);
+        await destination.CloneImageStructureAsync(source, running.Image, TestOwners.Default);
+        await destination.CloneImageStructureAsync(source, done.Image, TestOwners.Default);
         foreach (var id in done.Ids) await destination.CopyVolumeDataAsync(source, done.Image, id);
 
         var removed = await destination.RemoveIllegalLeftoversAsync(new HashSet<ImageId> { running.Image });
 
-        Assert.Equal(failed.Ids.OrderBy(v => v.Value), removed.Select(v => v.Id).OrderBy(v => v.Value));
+        // Per volume: the failed image's ILLEGAL middle and leaf go, its LEGAL base (complete, verified) stays.
+        Assert.Equal(new[] { failed.Middle, failed.Leaf }.OrderBy(v => v.Value), removed.Select(v => v.Id).OrderBy(v => v.Value));
         Assert.All(removed, v => Assert.Equal(failed.Image, v.Image));
-        Assert.Equal(new[] { running.Image, done.Image }.OrderBy(i => i.Value), (await destination.ListImagesAsync()).OrderBy(i => i.Value));
+        Assert.Equal([failed.Base], (await destination.DescribeImageAsync(failed.Image)).Volumes.Select(v => v.Id));
+        Assert.Equal(new[] { failed.Image, running.Image, done.Image }.OrderBy(i => i.Value), (await destination.ListImagesAsync()).OrderBy(i => i.Value));
         Assert.Equal(3, (await source.DescribeImageAsync(failed.Image)).Volumes.Count);
         Assert.Empty(await destination.RemoveIllegalLeftoversAsync(new HashSet<ImageId> { running.Image }));
+    }
+
+    [Fact]
+    public async Task RemoveIllegalLeftovers_never_removes_a_legal_chain_and_takes_what_lies_over_an_illegal_volume()
+    {
+        var domain = await CreateDomainAsync("contract-a", RoomyCapacity);
+        var healthy = await SeedChainAsync(domain);
+        // An ILLEGAL middle under a LEGAL leaf: the leaf depends on data that is not complete.
+        var image = ImageId.New();
+        VolumeId baseId = VolumeId.New(), middleId = VolumeId.New(), leafId = VolumeId.New();
+        await domain.CreateVolumeAsync(new NewVolume(image, baseId, VolumeFormat.Cow, ChainSeeder.Capacity));
+        await domain.CreateVolumeAsync(new NewVolume(image, middleId, VolumeFormat.Cow, ChainSeeder.Capacity, new VolumeRef(domain.Id, baseId), Legality.Illegal));
+        await domain.CreateVolumeAsync(new NewVolume(image, leafId, VolumeFormat.Cow, ChainSeeder.Capacity, new VolumeRef(domain.Id, middleId)));
+
+        var removed = await domain.RemoveIllegalLeftoversAsync(new HashSet<ImageId>());
+
+        Assert.Equal(new[] { middleId, leafId }.OrderBy(v => v.Value), removed.Select(v => v.Id).OrderBy(v => v.Value));
+        Assert.Equal([baseId], (await domain.DescribeImageAsync(image)).Volumes.Select(v => v.Id));
+        Assert.Equal(healthy.Ids, (await domain.DescribeImageAsync(healthy.Image)).Volumes.Select(v => v.Id));
+    }
+
+    [Fact]
+    public async Task RemoveIllegalLeftovers_skips_a_leftover_that_a_process_has_open()
+    {
+        var source = await CreateDomainAsync("contract-a", RoomyCapacity);
+        var destination = await CreateDomainAsync("contract-b", RoomyCapacity);
+        var chain = await SeedChainAsync(source);
+        await destination.CloneImageStructureAsync(source, chain.Image, TestOwners.New());
+
+        await using (await HoldOpenAsync(destination, chain.Image, chain.Leaf))
+            Assert.Empty(await destination.RemoveIllegalLeftoversAsync(new HashSet<ImageId>()));
+        Assert.Equal(3, (await destination.RemoveIllegalLeftoversAsync(new HashSet<ImageId>())).Count);
+    }
+
+    [Fact]
+    public async Task Volumes_a_migration_makes_carry_its_owner()
+    {
+        var source = await CreateDomainAsync("contract-a", RoomyCapacity);
+        var destination = await CreateDomainAsync("contract-b", RoomyCapacity);
+        var chain = await SeedChainAsync(source);
+        var owner = TestOwners.New();
+
+        var leaf = await destination.CreateVolumeAsync(
+            new NewVolume(chain.Image, VolumeId.New(), VolumeFormat.Cow, chain.Capacity, new VolumeRef(source.Id, chain.Leaf), Owner: owner), source);
+        var twins = await destination.CloneImageStructureAsync(source, chain.Image, owner);
+
+        Assert.Equal(owner, leaf.Owner);
+        Assert.All(twins.Volumes, v => Assert.Equal(owner, v.Owner));
+        Assert.All((await destination.DescribeImageAsync(chain.Image)).Volumes, v => Assert.Equal(owner, v.Owner));
+        Assert.All((await source.DescribeImageAsync(chain.Image)).Volumes, v => Assert.Null(v.Owner));
+        var copied = await destination.CopyVolumeDataAsync(source, chain.Image, chain.Base);
+        Assert.Equal(owner, copied.Owner);
+    }
+
+    [Fact]
+    public async Task A_destination_holding_volumes_of_the_image_that_the_migration_did_not_make_is_refused_and_never_adopted()
+    {
+        var source = await CreateDomainAsync("contract-a", RoomyCapacity);
+        var destination = await CreateDomainAsync("contract-b", RoomyCapacity);
+        var chain = await SeedChainAsync(source);
+        var (first, second) = (TestOwners.New(), TestOwners.New());
+        var made = await destination.CloneImageStructureAsync(source, chain.Image, first);
+
+        var e = await ContractAssert.FailsWithAsync(ErrorCodes.DestinationHoldsImage,
+            () => destination.CloneImageStructureAsync(source, chain.Image, second));
+        Assert.Contains(chain.Image.ToString(), e.Message);
+        await ContractAssert.FailsWithAsync(ErrorCodes.DestinationHoldsImage, () => destination.CreateVolumeAsync(
+            new NewVolume(chain.Image, VolumeId.New(), VolumeFormat.Cow, chain.Capacity, new VolumeRef(source.Id, chain.Leaf), Owner: second), source));
+        // Its rollback deletes nothing it did not make.
+        Assert.Empty(await destination.DeleteOwnedVolumesAsync(chain.Image, second));
+        Assert.Equal(made.Volumes.Select(v => (v.Id, v.Owner)), (await destination.DescribeImageAsync(chain.Image)).Volumes.Select(v => (v.Id, v.Owner)));
+        // The migration that made them goes on with them.
+        Assert.Equal(made.Volumes.Select(v => v.Id), (await destination.CloneImageStructureAsync(source, chain.Image, first)).Volumes.Select(v => v.Id));
+
+        // An operator's image (no owner), e.g. a disk moved back onto a domain that still holds it, is never taken either.
+        Assert.Empty(await source.DeleteOwnedVolumesAsync(chain.Image, second));
+        await ContractAssert.FailsWithAsync(ErrorCodes.DestinationHoldsImage, () => source.CloneImageStructureAsync(destination, chain.Image, second));
+        Assert.Equal(chain.Ids, (await source.DescribeImageAsync(chain.Image)).Volumes.Select(v => v.Id));
+    }
+
+    [Fact]
+    public async Task DeleteOwnedVolumes_removes_the_migrations_volumes_only_and_a_repeat_is_quiet()
+    {
+        var source = await CreateDomainAsync("contract-a", RoomyCapacity);
+        var destination = await CreateDomainAsync("contract-b", RoomyCapacity);
+        var chain = await SeedChainAsync(source);
+        var kept = await SeedChainAsync(destination);
+        var owner = TestOwners.New();
+        await destination.CloneImageStructureAsync(source, chain.Image, owner);
+        await destination.CopyVolumeDataAsync(source, chain.Image, chain.Base);
+
+        var removed = await destination.DeleteOwnedVolumesAsync(chain.Image, owner);
+
+        Assert.Equal(chain.Ids.OrderBy(v => v.Value), removed.Select(v => v.Id).OrderBy(v => v.Value));
+        Assert.Equal([kept.Image], await destination.ListImagesAsync());
+        Assert.Empty(await destination.DeleteOwnedVolumesAsync(chain.Image, owner));
+        Assert.Empty(await destination.DeleteOwnedVolumesAsync(kept.Image, owner));
+        Assert.Equal(kept.Ids, (await destination.DescribeImageAsync(kept.Image)).Volumes.Select(v => v.Id));
+        Assert.Equal(chain.Ids, (await source.DescribeImageAsync(chain.Image)).Volumes.Select(v => v.Id));
+    }
+
+    [Fact]
+    public async Task DeleteOwnedVolumes_leaves_a_volume_of_the_same_image_that_someone_else_made()
+    {
+        var source = await CreateDomainAsync("contract-a", RoomyCapacity);
+        var destination = await CreateDomainAsync("contract-b", RoomyCapacity);
+        var chain = await SeedChainAsync(source);
+        var owner = TestOwners.New();
+        await destination.CloneImageStructureAsync(source, chain.Image, owner);
+        await destination.CopyVolumeDataAsync(source, chain.Image, chain.Base);
+        // An operator's volume in the same image, on no volume of the migration.
+        var other = await destination.CreateVolumeAsync(new NewVolume(chain.Image, VolumeId.New(), VolumeFormat.Cow, chain.Capacity));
+
+        var removed = await destination.DeleteOwnedVolumesAsync(chain.Image, owner);
+
+        Assert.Equal(chain.Ids.OrderBy(v => v.Value), removed.Select(v => v.Id).OrderBy(v => v.Value));
+        Assert.Equal([other.Id], (await destination.DescribeImageAsync(chain.Image)).Volumes.Select(v => v.Id));
+        Assert.Empty(await destination.RemoveIllegalLeftoversAsync(new HashSet<ImageId>()));
+        Assert.Equal([other.Id], (await destination.DescribeImageAsync(chain.Image)).Volumes.Select(v => v.Id));
+    }
+
+    [Fact]
+    public async Task DeleteOwnedVolumes_refuses_when_a_volume_it_does_not_own_lies_over_one_it_owns()
+    {
+        var source = await CreateDomainAsync("contract-a", RoomyCapacity);
+        var destination = await CreateDomainAsync("contract-b", RoomyCapacity);
+        var chain = await SeedChainAsync(source);
+        var owner = TestOwners.New();
+        await destination.CloneImageStructureAsync(source, chain.Image, owner);
+        foreach (var id in chain.Ids) await destination.CopyVolumeDataAsync(source, chain.Image, id);
+        // An operator's snapshot over the copied leaf.
+        var snapshot = await destination.CreateVolumeAsync(
+            new NewVolume(chain.Image, VolumeId.New(), VolumeFormat.Cow, chain.Capacity, new VolumeRef(destination.Id, chain.Leaf)));
+
+        await ContractAssert.FailsWithAsync(ErrorCodes.Conflict, () => destination.DeleteOwnedVolumesAsync(chain.Image, owner));
+        Assert.Equal([.. chain.Ids, snapshot.Id], (await destination.DescribeImageAsync(chain.Image)).Volumes.Select(v => v.Id));
+    }
+
+    [Fact]
+    public async Task Deletes_refuse_with_VOLUME_IN_USE_while_a_process_has_a_volume_open()
+    {
+        var source = await CreateDomainAsync("contract-a", RoomyCapacity);
+        var destination = await CreateDomainAsync("contract-b", RoomyCapacity);
+        var chain = await SeedChainAsync(source);
+        var owner = TestOwners.New();
+        await destination.CloneImageStructureAsync(source, chain.Image, owner);
+
+        await using (await HoldOpenAsync(source, chain.Image, chain.Base))
+        await using (await HoldOpenAsync(destination, chain.Image, chain.Leaf))
+        {
+            var e = await ContractAssert.FailsWithAsync(ErrorCodes.VolumeInUse, () => source.DeleteImageAsync(chain.Image));
+            Assert.Contains(chain.Base.ToString(), e.Message);
+            await ContractAssert.FailsWithAsync(ErrorCodes.VolumeInUse, () => destination.DeleteOwnedVolumesAsync(chain.Image, owner));
+            Assert.Equal(chain.Ids, (await source.DescribeImageAsync(chain.Image)).Volumes.Select(v => v.Id));
+            Assert.Equal(chain.Ids, (await destination.DescribeImageAsync(chain.Image)).Volumes.Select(v => v.Id));
+        }
+
+        await source.DeleteImageAsync(chain.Image);
+        Assert.Equal(3, (await destination.DeleteOwnedVolumesAsync(chain.Image, owner)).Count);
+        Assert.Empty(await source.ListImagesAsync());
+        Assert.Empty(await destination.ListImagesAsync());
     }
 }

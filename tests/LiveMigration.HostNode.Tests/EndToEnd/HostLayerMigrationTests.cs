@@ -1,4 +1,5 @@
 using System.Text.Json;
+using LiveMigration.HostNode.Tests.Contract;
 using LiveMigration.HostNode.Guest;
 using LiveMigration.HostNode.Migration;
 using LiveMigration.HostNode.Storage.File;
@@ -117,7 +118,7 @@ public sealed class HostLayerMigrationTests
         var source = await bed.PathsOnAsync(bed.A);
 
         // The steps a saga would have sent so far: clone the structure, start a slow mirror.
-        var clone = await bed.B.CloneImageStructureAsync(bed.A, bed.Image);
+        var clone = await bed.B.CloneImageStructureAsync(bed.A, bed.Image, TestOwners.Default);
         var leaf = clone.Leaf;
         await bed.Hypervisor.StartMirrorAsync(new MirrorRequest(bed.Vm, bed.Image,
             new ChainLayer(new VolumeRef(bed.B.Id, leaf.Id), bed.B.Locate(bed.Image, leaf.Id), leaf.Format), 256 * 1024));
@@ -193,7 +194,7 @@ public sealed class HostLayerMigrationTests
     {
         await using var bed = await HostLayerBed.StartAsync();
         var guest = await bed.StartGuestAsync(1 * MiB);
-        var clone = await bed.B.CloneImageStructureAsync(bed.A, bed.Image);
+        var clone = await bed.B.CloneImageStructureAsync(bed.A, bed.Image, TestOwners.Default);
         await bed.Hypervisor.StartMirrorAsync(new MirrorRequest(bed.Vm, bed.Image,
             new ChainLayer(new VolumeRef(bed.B.Id, clone.Leaf.Id), bed.B.Locate(bed.Image, clone.Leaf.Id), VolumeFormat.Cow), 256 * 1024));
         await bed.WaitForGuestWritesAsync(20);

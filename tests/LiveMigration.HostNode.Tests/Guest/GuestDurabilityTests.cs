@@ -1,4 +1,6 @@
 using LiveMigration.HostNode.Guest;
+using LiveMigration.HostNode.Management;
+using LiveMigration.Shared.Protocol;
 using LiveMigration.HostNode.Tests.Hypervisor.Qmp;
 using LiveMigration.Shared.Model;
 using Xunit.Abstractions;
@@ -130,5 +132,51 @@ public sealed class GuestDurabilityTests(ITestOutputHelper output) : IAsyncLifet
         Assert.True(o.Report.InDoubt.Count >= o.NotDurableBlocks - 16,
             $"{o.Report.InDoubt.Count} in doubt of {o.NotDurableBlocks} unflushed blocks");
         Assert.False(o.Report.Ok);
+    }
+
+    [Fact]
+    public async Task The_hosts_guest_io_passes_its_flush_interval_down_and_after_a_SIGKILL_nothing_durable_is_lost()
+    {
+        // What `lsm vm io VM --rate 4MiB/s --flush-interval 100ms` runs on the host, then QEMU dies under it.
+        var chain = await _bed.CreateChainAsync(2, Capacity);
+        var hypervisor = _bed.NewHypervisor();
+        var vm = await hypervisor.StartVmAsync(new VmSpec(VmId.New(), "vm-" + Guid.NewGuid().ToString("N")[..6], [chain]));
+        _bed.Track(vm);
+        var guestIo = new GuestIo(Path.Combine(_bed.Root, "host-data"));
+
+        var bad = await Assert.ThrowsAsync<OperationFailedException>(() => guestIo.StartAsync(vm, 4 * MiB, 0, flushIntervalMs: -1));
+        Assert.Equal(ErrorCodes.InvalidArgument, bad.Code);
+
+        var started = await guestIo.StartAsync(vm, 4 * MiB, 0, flushIntervalMs: 100);
+        Assert.Equal(100, started.FlushIntervalMs);
+        Assert.False(started.Fua);
+        GuestIoStatus status;
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        do
+        {
+            await Task.Delay(5);
+            status = guestIo.Status(vm.Id);
+        } while (status.Running && (status.DurableWrites < 200 || status.LedgerWrites - status.DurableWrites < 20) && DateTime.UtcNow < deadline);
+        Assert.True(status.Running, $"the guest stopped before the kill: {status}");
+        Assert.True(status.Flushes >= 2, status.ToString());
+
+        await KillAsync(vm.Pid!.Value);
+        deadline = DateTime.UtcNow.AddSeconds(15);
+        while (guestIo.Status(vm.Id).Running && DateTime.UtcNow < deadline)
+            await Task.Delay(20);
+        var final = await guestIo.StopAsync(vm.Id);
+        Assert.NotNull(final);
+        Assert.False(final.Running);
+        Assert.Equal(1, final.Errors);
+        Assert.True(final.LedgerWrites > final.DurableWrites, final.ToString());
+
+        var ledger = WriteLedger.Load(guestIo.LedgerPath(vm.Id, chain.Image));
+        Assert.Equal(final.DurableWrites, ledger.DurableWrites);
+        var report = await GuestVerifier.VerifyImageAsync(chain.Layers[^1].Path, ledger);
+        output.WriteLine($"host guest I/O: {final.LedgerWrites} acknowledged, {final.DurableWrites} durable after {final.Flushes} flushes; " +
+                         $"after SIGKILL {report.BlocksChecked} blocks checked, {report.DurableBlocks} durable, {report.Lost.Count} lost, {report.InDoubt.Count} in doubt");
+        Assert.Empty(report.Lost);
+        Assert.True(report.DurableBlocks >= 200, report.ToString());
+        Assert.InRange(report.InDoubt.Count, 0, (int)(final.LedgerWrites - final.DurableWrites));
     }
 }

@@ -100,6 +100,12 @@ public sealed class GuestWorkloadTests(ITestOutputHelper output) : IAsyncLifetim
         Assert.False(offline.Ok);
         Assert.Equal(64, offline.BlocksChecked);
         var mismatch = Assert.Single(offline.Mismatches);
+        // the stop flushed every write: the overwritten block had a durable write, so this is a loss, not a doubt
+        Assert.Equal(stats.Writes, stats.DurableWrites);
+        Assert.Equal(64, offline.DurableBlocks);
+        Assert.Same(mismatch, Assert.Single(offline.Lost));
+        Assert.Empty(offline.InDoubt);
+        Assert.False(offline.NoDurableLoss);
         Assert.Equal(garbageOffset, mismatch.Offset);
         Assert.Null(mismatch.FoundSequence);
         Assert.Contains("5555", mismatch.Found);
@@ -145,6 +151,31 @@ public sealed class GuestWorkloadTests(ITestOutputHelper output) : IAsyncLifetim
         output.WriteLine(offline.ToString());
         Assert.True(offline.Ok, offline.ToString());
         Assert.Equal(ledger.UnacknowledgedCount, offline.UnacknowledgedBlocks);
+    }
+
+    [Fact]
+    public async Task A_second_run_on_the_same_ledger_counts_only_its_own_durable_writes()
+    {
+        long firstWrites;
+        await using (var first = new GuestWorkload(_bed.WorkloadOptions(0, Region)))
+        {
+            await first.StartAsync();
+            while (first.Stats is { Writes: < 100, Running: true })
+                await Task.Delay(5);
+            var stats = await first.StopAsync();
+            Assert.Equal(0, stats.Errors);
+            Assert.Equal(stats.Writes, stats.DurableWrites); // the stop's flush covers the rest
+            firstWrites = stats.Writes;
+        }
+        await using var second = new GuestWorkload(_bed.WorkloadOptions(0, Region));
+        await second.StartAsync();
+        while (second.Stats is { Writes: < 50, Running: true })
+            await Task.Delay(5);
+        var again = await second.StopAsync();
+        output.WriteLine($"first run {firstWrites} writes, second {again.Writes} writes, {again.DurableWrites} durable, ledger {second.Ledger.DurableWrites} durable");
+        Assert.Equal(0, again.Errors);
+        Assert.Equal(again.Writes, again.DurableWrites);
+        Assert.Equal(firstWrites + again.Writes, second.Ledger.DurableWrites);
     }
 
     [Fact]

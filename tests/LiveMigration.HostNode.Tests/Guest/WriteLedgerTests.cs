@@ -293,12 +293,42 @@ public sealed class WriteLedgerTests : IDisposable
         Assert.DoesNotContain("W 3 81", text); // the torn line was cut off, not glued to the next record
         Assert.False(File.Exists(path + ".upgrade"));
         var upgraded = WriteLedger.Load(path);
-        Assert.Equal(3, upgraded.DurableWrites);
+        // the new run's flush covers its own write only: v1's writes were never flushed as far as anyone recorded
+        Assert.Equal(1, upgraded.DurableWrites);
         Assert.Equal(3, upgraded.Find(0)!.Durable!.Value.Sequence);
-        Assert.Equal(2, upgraded.Find(4096)!.Durable!.Value.Sequence);
+        Assert.Null(upgraded.Find(4096)!.Durable);
+        Assert.Equal(2, upgraded.Find(4096)!.Acknowledged!.Value.Sequence);
 
         File.WriteAllText(path, $"LSM-WRITE-LEDGER v3 drive={_drive} block-size=4096\n");
         Assert.Contains("version", Assert.Throws<OperationFailedException>(() => WriteLedger.Load(path)).Message);
+    }
+
+    [Fact]
+    public void A_flush_in_a_new_run_does_not_make_the_earlier_runs_unflushed_writes_durable()
+    {
+        var path = Path.Combine(_folder, "ledger.txt");
+        using (var first = WriteLedger.Open(path, _drive))
+        {
+            Write(first, Stamp(_drive, 0, 1));
+            first.RecordFlushed(1);
+            Write(first, Stamp(_drive, 0, 2)); // acknowledged, then QEMU was killed before any flush
+        }
+        using (var second = WriteLedger.Open(path, _drive))
+        {
+            Assert.Equal(0, second.NotDurableCount);
+            Write(second, Stamp(_drive, 4096, 3));
+            Assert.Equal(1, second.RecordFlushed(3));
+            var block0 = second.Find(0)!;
+            Assert.Equal(1, block0.Durable!.Value.Sequence); // seq 2 may have died with the old QEMU: never claimed
+            Assert.Equal(2, block0.Acknowledged!.Value.Sequence);
+        }
+        Assert.Contains("R", File.ReadAllLines(path));
+        var loaded = WriteLedger.Load(path);
+        Assert.Equal(2, loaded.DurableWrites);
+        Assert.Equal(1, loaded.Find(0)!.Durable!.Value.Sequence);
+        Assert.Equal(3, loaded.Find(4096)!.Durable!.Value.Sequence);
+        // the old QEMU took seq 2 with it: in doubt, not lost
+        Assert.Equal(MismatchKind.InDoubt, GuestVerifier.Check(_drive, loaded.Find(0)!, Block(0, 1))!.Value.Kind);
     }
 
     [Fact]

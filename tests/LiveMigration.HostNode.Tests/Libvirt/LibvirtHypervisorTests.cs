@@ -54,14 +54,14 @@ public sealed class LibvirtHypervisorTests(LibvirtDaemonFixture daemon) : IAsync
         var chain = await ChainSeeder.SeedAsync(_a, FileLayerData.WriteAsync);
         var vm = await hypervisor.StartVmAsync(new VmSpec(VmId.New(), "switch", [await _pool.ResolveChainAsync(_a.Id, chain.Image)]));
         var newLeaf = VolumeId.New();
-        await _b.CreateVolumeAsync(new NewVolume(chain.Image, newLeaf, VolumeFormat.Cow, chain.Capacity, new VolumeRef(_a.Id, chain.Leaf)), _a);
+        await _b.CreateVolumeAsync(new NewVolume(chain.Image, newLeaf, VolumeFormat.Cow, chain.Capacity, new VolumeRef(_a.Id, chain.Leaf), Owner: TestOwners.Default), _a);
         var drive = await hypervisor.LiveSnapshotAsync(vm.Id, chain.Image, chain.LayerOn(_b, newLeaf));
         var written = Enumerable.Range(0, 65536).Select(i => (byte)(i * 7)).ToArray();
         await using (var guest = await NbdClient.ConnectAsync(drive.GuestSocket, drive.ExportName))
         {
             await guest.WriteAsync(40L << 20, written, fua: true);
         }
-        await _b.CloneImageStructureAsync(_a, chain.Image);
+        await _b.CloneImageStructureAsync(_a, chain.Image, TestOwners.Default);
         foreach (var id in chain.Ids) await _b.CopyVolumeDataAsync(_a, chain.Image, id);
         await _b.SetParentAsync(chain.Image, newLeaf, new VolumeRef(_b.Id, chain.Leaf), _b, rewriteHeader: false);
 

@@ -25,6 +25,18 @@ public sealed class SimStorageDomainContractTests : StorageDomainContract
 
     protected override Task WriteLayerDataAsync(IStorageDomain domain, ImageId image, VolumeId volume, long offset, long length, byte pattern) =>
         SimData.WriteAsync(domain, image, volume, offset, length);
+
+    protected override Task<IAsyncDisposable> HoldOpenAsync(IStorageDomain domain, ImageId image, VolumeId volume) =>
+        Task.FromResult<IAsyncDisposable>(new SimHold(Assert.IsType<SimStorageDomain>(domain).HoldOpen(image, volume)));
+
+    private sealed class SimHold(IDisposable hold) : IAsyncDisposable
+    {
+        public ValueTask DisposeAsync()
+        {
+            hold.Dispose();
+            return ValueTask.CompletedTask;
+        }
+    }
 }
 
 public sealed class SimHypervisorContractTests : HypervisorContract

@@ -38,7 +38,7 @@ public sealed class SimHypervisorTests : IAsyncLifetime
         _source.SeedAllocated(chain.Image, chain.Leaf, leafBytes);
         var drive = await new StoragePool([_source, _destination]).ResolveChainAsync(_source.Id, chain.Image);
         var vm = await hypervisor.StartVmAsync(new VmSpec(VmId.New(), "unit", [drive]));
-        await _destination.CloneImageStructureAsync(_source, chain.Image);
+        await _destination.CloneImageStructureAsync(_source, chain.Image, TestOwners.Default);
         return (vm, chain);
     }
 

@@ -14,6 +14,11 @@ public sealed class FileStorageDomain : IStorageDomain
 {
     public const string FileKind = DomainMetadata.FileKind;
     private const string MetaSuffix = ".meta";
+    /// <summary>
+    /// Prefix of an image folder being deleted: renamed to <c>_remove_me_&lt;imageId&gt;_&lt;random&gt;</c> (VDSM's word) in one
+    /// atomic rename that needs no free space, then emptied. Not a UUID, so no reader sees it; the cleanup finishes it.
+    /// </summary>
+    private const string RemovingPrefix = "_remove_me_";
     /// <summary>What an empty qcow2 overlay takes on disk (header, tables), counted before creating one.</summary>
     private const long EmptyQcow2Bytes = 1024 * 1024;
     private static readonly TimeSpan ProgressPollInterval = TimeSpan.FromMilliseconds(100);
@@ -94,7 +99,11 @@ public sealed class FileStorageDomain : IStorageDomain
     public Task<DomainInfo> DescribeAsync(CancellationToken ct = default)
     {
         long used = 0;
-        foreach (var imageFolder in ImageFolders())
+        // Half-deleted images still take their space until the cleanup removes them.
+        var removing = Directory.Exists(ImagesPath)
+            ? Directory.EnumerateDirectories(ImagesPath, RemovingPrefix + "*").Where(folder => new DirectoryInfo(folder).LinkTarget is null)
+            : [];
+        foreach (var imageFolder in ImageFolders().Concat(removing))
             foreach (var file in Directory.EnumerateFiles(imageFolder))
                 used += Posix.AllocatedBytes(file);
         long free;
@@ -158,7 +167,7 @@ public sealed class FileStorageDomain : IStorageDomain
 
     private VolumeInfo ToInfo(ImageId image, VolumeId volume, VolumeMetadata meta) =>
         new(Id, image, volume, meta.Parent, meta.Type, meta.Format, meta.Legality, meta.Capacity, meta.Generation,
-            DateTimeOffset.FromUnixTimeSeconds(meta.CreatedUnixSeconds), Posix.AllocatedBytes(Locate(image, volume)));
+            DateTimeOffset.FromUnixTimeSeconds(meta.CreatedUnixSeconds), Posix.AllocatedBytes(Locate(image, volume)), meta.Owner);
 
     /// <summary>Every volume of the image that has metadata; files whose name is not a UUID are ignored.</summary>
     private async Task<List<VolumeInfo>> ReadVolumesAsync(ImageId image, CancellationToken ct)
@@ -224,6 +233,8 @@ public sealed class FileStorageDomain : IStorageDomain
                 $"volume {spec.Id} of {spec.Capacity} bytes cannot lie over parent {parent.Info.Id} of {parent.Info.Capacity} bytes");
         return await WithLockAsync(ImagePath(spec.Image), async () =>
         {
+            if (spec.Owner is { } owner)
+                RequireOnlyOwned(spec.Image, await ReadVolumesAsync(spec.Image, ct), owner);
             if (await ExistingMatchingAsync(spec, ct) is { } existing) return existing;
             await EnsureSpaceAsync(spec.Format == VolumeFormat.Raw ? spec.Capacity : EmptyQcow2Bytes,
                 $"a {QemuImg.FormatName(spec.Format)} volume {spec.Id} of {spec.Capacity} bytes", ct);
@@ -286,7 +297,7 @@ public sealed class FileStorageDomain : IStorageDomain
         if (parent is not null && parent.Info.Domain == Id && parent.Info.Type != VolumeType.Internal)
             await WriteMetaAsync(spec.Image, parent.Info.Id, (await ReadMetaAsync(spec.Image, parent.Info.Id, ct)) with { Type = VolumeType.Internal }, ct);
         var meta = new VolumeMetadata(Id, spec.Image, spec.Parent, type, spec.Format, spec.Legality, spec.Capacity, 0,
-            DateTimeOffset.UtcNow.ToUnixTimeSeconds());
+            DateTimeOffset.UtcNow.ToUnixTimeSeconds(), spec.Owner);
         await WriteMetaAsync(spec.Image, spec.Id, meta, ct);
         return ToInfo(spec.Image, spec.Id, meta);
     }
@@ -301,14 +312,39 @@ public sealed class FileStorageDomain : IStorageDomain
                 $"{what} needs {neededBytes} bytes");
     }
 
-    public async Task<ImageInfo> CloneImageStructureAsync(IStorageDomain source, ImageId image, CancellationToken ct = default)
+    /// <summary>
+    /// Invariant 3: a migration works only on an image whose volumes here are all its own. Another owner's (or
+    /// an operator's) volume is never adopted; a volume of this migration made under a newer generation means the
+    /// caller is stale.
+    /// </summary>
+    private void RequireOnlyOwned(ImageId image, IReadOnlyCollection<VolumeInfo> here, VolumeOwner owner)
+    {
+        var foreign = here.Where(v => v.Owner?.Migration != owner.Migration).ToList();
+        if (foreign.Count > 0)
+            throw new OperationFailedException(ErrorCodes.DestinationHoldsImage,
+                $"storage domain {Id} ({Name}) already holds {foreign.Count} volume(s) of image {image} that {owner} did not make " +
+                $"({string.Join(", ", foreign.Select(v => $"{v.Id} {v.Legality} owned by {v.Owner?.ToString() ?? "nobody (an operator's)"}"))}); " +
+                "they are neither adopted nor deleted: remove them or move the disk elsewhere");
+        RequireNotStale(image, here, owner);
+    }
+
+    private void RequireNotStale(ImageId image, IEnumerable<VolumeInfo> owned, VolumeOwner owner)
+    {
+        if (owned.FirstOrDefault(v => v.Owner is { } o && o.Migration == owner.Migration && o.Generation > owner.Generation) is { } newer)
+            throw new OperationFailedException(ErrorCodes.Conflict,
+                $"volume {newer.Id} of image {image} on domain {Id} was made by {newer.Owner}, newer than this command's {owner}: a stale command changes nothing");
+    }
+
+    public async Task<ImageInfo> CloneImageStructureAsync(IStorageDomain source, ImageId image, VolumeOwner owner, CancellationToken ct = default)
     {
         RequireOtherFileDomain(source);
         var sourceImage = await source.DescribeImageAsync(image, ct);
         var sourceIds = sourceImage.Volumes.Select(v => v.Id).ToHashSet();
         await WithLockAsync(ImagePath(image), async () =>
         {
-            var here = (await ReadVolumesAsync(image, ct)).ToDictionary(v => v.Id);
+            var hereList = await ReadVolumesAsync(image, ct);
+            RequireOnlyOwned(image, hereList, owner);
+            var here = hereList.ToDictionary(v => v.Id);
             var specs = new List<(NewVolume Spec, VolumeInfo Source)>();
             // Parents before children, whatever order the source listed them in.
             var sourceById = sourceImage.Volumes.ToDictionary(v => v.Id);
@@ -327,7 +363,7 @@ public sealed class FileStorageDomain : IStorageDomain
                     { } p => throw new OperationFailedException(ErrorCodes.Conflict,
                         $"volume {volume.Id} of image {image} on domain {source.Id} lies over {p} on a third domain; clone that chain from there"),
                 };
-                var spec = new NewVolume(image, volume.Id, volume.Format, volume.Capacity, parent, Legality.Illegal);
+                var spec = new NewVolume(image, volume.Id, volume.Format, volume.Capacity, parent, Legality.Illegal, owner);
                 if (await ExistingMatchingAsync(spec, ct) is null) specs.Add((spec, volume));
             }
             if (specs.Count == 0) return;
@@ -514,30 +550,41 @@ public sealed class FileStorageDomain : IStorageDomain
     public Task DeleteImageAsync(ImageId image, CancellationToken ct = default) =>
         WithLockAsync(ImagePath(image), async () =>
         {
-            await DeleteLockedAsync(image, ct);
+            var folder = ImagePath(image);
+            if (!Directory.Exists(folder)) return true;
+            RequireNoneOpen(image, UuidNamedFiles(folder).Select(name => Path.Combine(folder, name)));
+            RemoveImageFolder(image);
             return true;
         }, ct);
 
-    /// <summary>All ILLEGAL first, then the volume files, then the metadata and the folder: a crash leaves only ILLEGAL leftovers.</summary>
-    private async Task<List<VolumeInfo>> DeleteLockedAsync(ImageId image, CancellationToken ct)
-    {
-        var folder = ImagePath(image);
-        if (!Directory.Exists(folder)) return [];
-        var volumes = await ReadVolumesAsync(image, ct);
-        foreach (var volume in volumes.Where(v => v.Legality == Legality.Legal))
-            await WriteMetaAsync(image, volume.Id, (await ReadMetaAsync(image, volume.Id, ct)) with { Legality = Legality.Illegal }, ct);
-        foreach (var volume in volumes)
-            IOFile.Delete(Locate(image, volume.Id));
-        Posix.FsyncDirectory(folder);
-        // Whatever else is left (metadata, orphan files of an interrupted create, temp files) goes with the folder.
-        Directory.Delete(folder, recursive: true);
-        Posix.FsyncDirectory(ImagesPath);
-        return volumes.Select(v => v with { Legality = Legality.Illegal, AllocatedBytes = 0 }).ToList();
-    }
+    public Task<IReadOnlyList<VolumeInfo>> DeleteOwnedVolumesAsync(ImageId image, VolumeOwner owner, CancellationToken ct = default) =>
+        WithLockAsync<IReadOnlyList<VolumeInfo>>(ImagePath(image), async () =>
+        {
+            var volumes = await ReadVolumesAsync(image, ct);
+            var owned = volumes.Where(v => v.Owner?.Migration == owner.Migration).ToList();
+            if (owned.Count == 0) return [];
+            RequireNotStale(image, owned, owner);
+            var ownedIds = owned.Select(v => v.Id).ToHashSet();
+            if (volumes.FirstOrDefault(v => !ownedIds.Contains(v.Id) && v.Parent is { } p && p.Domain == Id && ownedIds.Contains(p.Volume)) is { } over)
+                throw new OperationFailedException(ErrorCodes.Conflict,
+                    $"volume {over.Id} of image {image} on domain {Id}, owned by {over.Owner?.ToString() ?? "nobody (an operator's)"}, lies over " +
+                    $"volume {over.Parent!.Value.Volume} that {owner} made: deleting it would break that chain, so nothing is deleted");
+            RequireNoneOpen(image, owned.Select(v => Locate(image, v.Id)));
+            if (owned.Count == volumes.Count)
+                RemoveImageFolder(image);
+            else
+                RemoveVolumes(image, owned);
+            return Gone(owned);
+        }, ct);
 
     public async Task<IReadOnlyList<VolumeInfo>> RemoveIllegalLeftoversAsync(IReadOnlySet<ImageId> inUse, CancellationToken ct = default)
     {
         var removed = new List<VolumeInfo>();
+        // Deletes a crash interrupted: the folder was renamed away, its files may remain.
+        if (Directory.Exists(ImagesPath))
+            foreach (var halfDeleted in Directory.EnumerateDirectories(ImagesPath, RemovingPrefix + "*"))
+                if (new DirectoryInfo(halfDeleted).LinkTarget is null)
+                    Directory.Delete(halfDeleted, recursive: true);
         foreach (var image in await ListImagesAsync(ct))
         {
             if (inUse.Contains(image)) continue;
@@ -545,24 +592,111 @@ public sealed class FileStorageDomain : IStorageDomain
             {
                 var folder = ImagePath(image);
                 var volumes = await ReadVolumesAsync(image, ct);
+                var doomed = Doomed(volumes);
                 var volumeIds = volumes.Select(v => v.Id.ToString()).ToHashSet(StringComparer.Ordinal);
-                // A UUID-named file without metadata is a create or delete that did not finish.
-                var orphans = Directory.EnumerateFiles(folder)
-                    .Select(Path.GetFileName)
-                    .Any(name => UuidText.TryParse(name, out _) && !volumeIds.Contains(name!));
-                if (volumes.Count == 0 || orphans || volumes.Any(v => v.Legality == Legality.Illegal))
+                // A UUID-named file without metadata is a create that did not finish or a delete that did not.
+                var orphans = UuidNamedFiles(folder).Where(name => !volumeIds.Contains(name)).ToList();
+                var candidates = doomed.Select(v => Locate(image, v.Id)).Concat(orphans.Select(name => Path.Combine(folder, name)));
+                if (candidates.Any(path => Posix.LockHolder(path) is not null))
+                    return true; // something runs on it after all: not a leftover, whatever its metadata says
+                if (doomed.Count == volumes.Count)
+                    RemoveImageFolder(image);
+                else
                 {
-                    removed.AddRange(await DeleteLockedAsync(image, ct));
-                    return true;
+                    RemoveVolumes(image, doomed);
+                    foreach (var orphan in orphans) IOFile.Delete(Path.Combine(folder, orphan));
+                    foreach (var temp in Directory.EnumerateFiles(folder, "*" + KeyValueFile.TempSuffix))
+                        IOFile.Delete(temp);
+                    Posix.FsyncDirectory(folder);
                 }
-                foreach (var temp in Directory.EnumerateFiles(folder, "*" + KeyValueFile.TempSuffix))
-                    IOFile.Delete(temp);
+                removed.AddRange(Gone(doomed));
                 return true;
             }, ct);
         }
         foreach (var temp in Directory.EnumerateFiles(Path.Combine(DomainPath, "dom_md"), "*" + KeyValueFile.TempSuffix))
             IOFile.Delete(temp);
         return removed;
+    }
+
+    /// <summary>
+    /// The leftovers among an image's volumes: each ILLEGAL one, each whose parent on this domain is gone (a delete
+    /// that removed the parent first), and everything lying over those. A LEGAL volume with its chain here intact stays.
+    /// </summary>
+    private List<VolumeInfo> Doomed(IReadOnlyList<VolumeInfo> volumes)
+    {
+        var byId = volumes.ToDictionary(v => v.Id);
+        var doomed = volumes
+            .Where(v => v.Legality == Legality.Illegal || v.Parent is { } p && p.Domain == Id && !byId.ContainsKey(p.Volume))
+            .Select(v => v.Id)
+            .ToHashSet();
+        for (var grew = true; grew;)
+        {
+            grew = false;
+            foreach (var v in volumes)
+                if (!doomed.Contains(v.Id) && v.Parent is { } p && p.Domain == Id && doomed.Contains(p.Volume))
+                    grew = doomed.Add(v.Id);
+        }
+        return volumes.Where(v => doomed.Contains(v.Id)).ToList();
+    }
+
+    private static List<VolumeInfo> Gone(IEnumerable<VolumeInfo> volumes) =>
+        volumes.Select(v => v with { Legality = Legality.Illegal, AllocatedBytes = 0 }).ToList();
+
+    /// <summary>Names of the files in the folder that are named like a volume (its data file).</summary>
+    private static IEnumerable<string> UuidNamedFiles(string folder) =>
+        Directory.Exists(folder)
+            ? Directory.EnumerateFiles(folder).Select(Path.GetFileName).Where(name => UuidText.TryParse(name, out _)).Select(name => name!)
+            : [];
+
+    /// <summary>Invariant 5: nothing a process has open is deleted. QEMU locks every image it opens (see <see cref="Posix.LockHolder"/>).</summary>
+    private void RequireNoneOpen(ImageId image, IEnumerable<string> paths)
+    {
+        foreach (var path in paths)
+            if (Posix.LockHolder(path) is { } holder)
+                throw new OperationFailedException(ErrorCodes.VolumeInUse,
+                    $"volume {Path.GetFileName(path)} of image {image} on storage domain {Id} ({Name}) is open in another process ({holder}); " +
+                    "it is not deleted while in use");
+    }
+
+    /// <summary>
+    /// The whole image folder goes in one atomic rename to a name no reader lists (needs no free space: no
+    /// metadata is written), then its files. A crash leaves either the image as it was or a
+    /// <see cref="RemovingPrefix"/> folder that the cleanup removes.
+    /// </summary>
+    private void RemoveImageFolder(ImageId image)
+    {
+        var folder = ImagePath(image);
+        if (!Directory.Exists(folder)) return;
+        var removing = Path.Combine(ImagesPath, $"{RemovingPrefix}{image}_{Guid.NewGuid():N}");
+        Directory.Move(folder, removing);
+        Posix.FsyncDirectory(ImagesPath);
+        Directory.Delete(removing, recursive: true);
+        Posix.FsyncDirectory(ImagesPath);
+    }
+
+    /// <summary>
+    /// Some of an image's volumes: each one's metadata unlinked (which needs no space, unlike marking it ILLEGAL),
+    /// parents before children, so at any crash what remains of the set has a missing parent (a leftover the
+    /// cleanup recognises), never a shorter chain that would read as a complete older image. Then the data files.
+    /// </summary>
+    private void RemoveVolumes(ImageId image, IReadOnlyList<VolumeInfo> volumes)
+    {
+        var folder = ImagePath(image);
+        var byId = volumes.ToDictionary(v => v.Id);
+        int DepthInSet(VolumeInfo v)
+        {
+            var depth = 0;
+            for (var c = v; c.Parent is { } p && p.Domain == Id && byId.TryGetValue(p.Volume, out var up) && depth < 256; c = up) depth++;
+            return depth;
+        }
+        foreach (var volume in volumes.OrderBy(DepthInSet))
+        {
+            IOFile.Delete(MetaPath(image, volume.Id));
+            Posix.FsyncDirectory(folder);
+        }
+        foreach (var volume in volumes)
+            IOFile.Delete(Locate(image, volume.Id));
+        Posix.FsyncDirectory(folder);
     }
 
     // ---------------------------------------------------------------- helpers

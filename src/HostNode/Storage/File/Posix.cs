@@ -28,6 +28,24 @@ internal static class Posix
     [DllImport("libc", EntryPoint = "close", SetLastError = true)]
     private static extern int Close(int fd);
 
+    [DllImport("libc", EntryPoint = "fcntl", SetLastError = true)]
+    private static extern int FcntlLock(int fd, int command, ref Flock flock);
+
+    // struct flock on 64-bit Linux: short l_type, short l_whence, off_t l_start, off_t l_len, pid_t l_pid (32 bytes with padding).
+    [StructLayout(LayoutKind.Sequential)]
+    private struct Flock
+    {
+        public short Type;
+        public short Whence;
+        public long Start;
+        public long Length;
+        public int Pid;
+    }
+
+    private const int FOfdGetLk = 36; // F_OFD_GETLK, the same on every Linux architecture
+    private const short FWrLck = 1;
+    private const short FUnLck = 2;
+
     private static bool NativeSupported =>
         OperatingSystem.IsLinux() && RuntimeInformation.ProcessArchitecture is Architecture.X64 or Architecture.Arm64;
 
@@ -51,6 +69,37 @@ internal static class Posix
         {
             if (Fsync(fd) != 0)
                 throw new OperationFailedException(ErrorCodes.IoError, $"fsync of folder {folder} failed (errno {Marshal.GetLastPInvokeError()})");
+        }
+        finally
+        {
+            Close(fd);
+        }
+    }
+
+    /// <summary>
+    /// Whether any process holds a lock on the file, found without taking one: QEMU (and qemu-img, qemu-nbd)
+    /// takes OFD locks on every image it opens, even a read-only backing file takes a shared lock on byte 100
+    /// (measured: a qemu-nbd export of a leaf locks the leaf at 100-101, 103, 201, 203 and its raw base at 100).
+    /// F_OFD_GETLK asking for a write lock over the whole file reports any of them, in microseconds, on a
+    /// read-only descriptor. (<c>qemu-img info</c> without -U does not: it succeeds on a base held only for
+    /// reading.) Returns a description of the first lock found, null when there is none or the file is gone.
+    /// </summary>
+    public static string? LockHolder(string path)
+    {
+        if (!NativeSupported) return null;
+        var fd = Open(path, ORdOnly);
+        if (fd < 0) return null;
+        try
+        {
+            var probe = new Flock { Type = FWrLck, Whence = 0, Start = 0, Length = 0, Pid = 0 };
+            if (FcntlLock(fd, FOfdGetLk, ref probe) != 0)
+                throw new OperationFailedException(ErrorCodes.IoError,
+                    $"cannot ask whether {path} is locked (fcntl F_OFD_GETLK, errno {Marshal.GetLastPInvokeError()})");
+            if (probe.Type == FUnLck) return null;
+            // An OFD lock has no owning process (l_pid is -1); a classic POSIX lock names its pid.
+            return $"{(probe.Type == FWrLck ? "a write" : "a read")} lock on bytes {probe.Start}" +
+                   $"{(probe.Length > 1 ? $"-{probe.Start + probe.Length - 1}" : "")}" +
+                   $"{(probe.Pid > 0 ? $" held by pid {probe.Pid}" : " (an open file description, as QEMU holds)")}";
         }
         finally
         {

@@ -5,8 +5,10 @@ namespace LiveMigration.HostNode.Storage.File;
 
 /// <summary>
 /// A volume's <c>&lt;volumeId&gt;.meta</c> (DESIGN §4): DOMAIN IMAGE PUUID PDOMAIN VOLTYPE FORMAT
-/// LEGALITY CAPACITY GEN CTIME. A base volume has the blank PUUID; PDOMAIN is always written and
-/// equals DOMAIN unless the parent is on another domain.
+/// LEGALITY CAPACITY GEN CTIME, then OWNER OWNERGEN for a volume a migration made (DESIGN §7 invariant 3:
+/// the migration id and the generation it ran under). A base volume has the blank PUUID; PDOMAIN is always
+/// written and equals DOMAIN unless the parent is on another domain. Files written before OWNER existed
+/// read as volumes without an owner.
 /// </summary>
 internal sealed record VolumeMetadata(
     DomainId Domain,
@@ -17,9 +19,19 @@ internal sealed record VolumeMetadata(
     Legality Legality,
     long Capacity,
     int Generation,
-    long CreatedUnixSeconds)
+    long CreatedUnixSeconds,
+    VolumeOwner? Owner = null)
 {
-    public IEnumerable<KeyValuePair<string, string>> ToKeyValues() =>
+    public IEnumerable<KeyValuePair<string, string>> ToKeyValues() => Owner is null
+        ? Common()
+        :
+        [
+            .. Common(),
+            new("OWNER", Owner.Migration.ToString()),
+            new("OWNERGEN", Owner.Generation.ToString(CultureInfo.InvariantCulture)),
+        ];
+
+    private IEnumerable<KeyValuePair<string, string>> Common() =>
     [
         new("DOMAIN", Domain.ToString()),
         new("IMAGE", Image.ToString()),
@@ -55,6 +67,9 @@ internal sealed record VolumeMetadata(
         var parentVolume = VolumeId.Parse(Get("PUUID"));
         var parentDomain = DomainId.Parse(Get("PDOMAIN"));
         var generation = Number("GEN", 0);
+        VolumeOwner? owner = values.ContainsKey("OWNER")
+            ? new VolumeOwner(MigrationId.Parse(Get("OWNER")), Number("OWNERGEN", 0))
+            : values.ContainsKey("OWNERGEN") ? throw Corrupt(path, "OWNERGEN without OWNER") : null;
         return new VolumeMetadata(
             domain,
             ImageId.Parse(Get("IMAGE")),
@@ -64,7 +79,8 @@ internal sealed record VolumeMetadata(
             OneOf("LEGALITY", ("LEGAL", Legality.Legal), ("ILLEGAL", Legality.Illegal)),
             Number("CAPACITY", 1),
             generation <= int.MaxValue ? (int)generation : throw Corrupt(path, $"GEN={generation} is too large"),
-            Number("CTIME", 0));
+            Number("CTIME", 0),
+            owner);
     }
 
     private static OperationFailedException Corrupt(string path, string why) =>

@@ -15,6 +15,10 @@ public sealed class SimStorageDomain : IStorageDomain
     private readonly object _gate = new();
     private readonly Dictionary<ImageId, Dictionary<VolumeId, SimVolume>> _images = new();
     private readonly Dictionary<(ImageId, VolumeId), Task<VolumeInfo>> _copiesInFlight = new();
+    /// <summary>How many holders have each volume open (the sim's stand-in for QEMU's image locks).</summary>
+    private readonly Dictionary<(ImageId, VolumeId), int> _openCounts = new();
+    /// <summary>Bytes of deletes that died half-way: hidden from every reader, still taking space until the cleanup.</summary>
+    private readonly List<SimVolume> _halfDeleted = new();
     private long _nextSequence;
 
     public SimStorageDomain(DomainId id, string name, long capacityBytes, SimStorageOptions? options = null)
@@ -61,6 +65,37 @@ public sealed class SimStorageDomain : IStorageDomain
                     $"domain {Name} ({Id}): seeding {allocatedBytes} bytes into volume {volume} needs {growth} more bytes, {available} available");
             v.AllocatedBytes = allocatedBytes;
             return v.ToInfo(Id);
+        }
+    }
+
+    /// <summary>
+    /// Holds a volume open until the result is disposed, as a QEMU process holds its image files (and locks them):
+    /// while held, deletes refuse with VOLUME_IN_USE.
+    /// </summary>
+    public IDisposable HoldOpen(ImageId image, VolumeId volume)
+    {
+        lock (_gate)
+        {
+            GetVolume(image, volume);
+            _openCounts[(image, volume)] = _openCounts.GetValueOrDefault((image, volume)) + 1;
+        }
+        return new Release(() =>
+        {
+            lock (_gate)
+                if (_openCounts.TryGetValue((image, volume), out var n))
+                {
+                    if (n <= 1) _openCounts.Remove((image, volume));
+                    else _openCounts[(image, volume)] = n - 1;
+                }
+        });
+    }
+
+    private sealed class Release(Action release) : IDisposable
+    {
+        private int _done;
+        public void Dispose()
+        {
+            if (Interlocked.Exchange(ref _done, 1) == 0) release();
         }
     }
 
@@ -112,6 +147,8 @@ public sealed class SimStorageDomain : IStorageDomain
 
         lock (_gate)
         {
+            if (spec.Owner is { } owner)
+                RequireOnlyOwnedLocked(spec.Image, owner);
             if (TryGetVolume(spec.Image, spec.Id) is { } existing)
             {
                 if (existing.Format == spec.Format && existing.Capacity == spec.Capacity && existing.Parent == spec.Parent)
@@ -128,13 +165,13 @@ public sealed class SimStorageDomain : IStorageDomain
             if (remoteParent is null && localParent is null && spec.Parent is not null)
                 throw new OperationFailedException(ErrorCodes.VolumeNotFound, $"parent {spec.Parent} of volume {spec.Image}/{spec.Id} was not found");
 
-            var created = AddVolumeLocked(spec.Image, spec.Id, spec.Parent, VolumeType.Leaf, spec.Format, spec.Legality, spec.Capacity);
+            var created = AddVolumeLocked(spec.Image, spec.Id, spec.Parent, VolumeType.Leaf, spec.Format, spec.Legality, spec.Capacity, spec.Owner);
             if (localParent is not null) localParent.Type = VolumeType.Internal;
             return created.ToInfo(Id);
         }
     }
 
-    public async Task<ImageInfo> CloneImageStructureAsync(IStorageDomain source, ImageId image, CancellationToken ct = default)
+    public async Task<ImageInfo> CloneImageStructureAsync(IStorageDomain source, ImageId image, VolumeOwner owner, CancellationToken ct = default)
     {
         await Faults.EnterAsync(nameof(CloneImageStructureAsync), $"image {image} onto domain {Name}", ct);
         RequireOtherSimDomain(source, source.Id, $"source of image {image}");
@@ -142,6 +179,7 @@ public sealed class SimStorageDomain : IStorageDomain
 
         lock (_gate)
         {
+            RequireOnlyOwnedLocked(image, owner);
             var missing = new List<VolumeInfo>();
             foreach (var sv in sourceImage.Volumes)
             {
@@ -163,7 +201,7 @@ public sealed class SimStorageDomain : IStorageDomain
             foreach (var sv in missing)
             {
                 var parent = MapParent(sv.Parent, source.Id);
-                AddVolumeLocked(image, sv.Id, parent, sv.Type, sv.Format, Legality.Illegal, sv.Capacity);
+                AddVolumeLocked(image, sv.Id, parent, sv.Type, sv.Format, Legality.Illegal, sv.Capacity, owner);
             }
             foreach (var sv in missing)
                 if (sv.Parent is { } p && p.Domain == source.Id && TryGetVolume(image, p.Volume) is { } localParent)
@@ -262,24 +300,96 @@ public sealed class SimStorageDomain : IStorageDomain
 
     public async Task DeleteImageAsync(ImageId image, CancellationToken ct = default)
     {
-        var fault = Faults.Take(nameof(DeleteImageAsync));
+        var fault = await TakeDeleteFaultAsync(nameof(DeleteImageAsync), image, ct);
+        lock (_gate)
+        {
+            if (!_images.TryGetValue(image, out var volumes)) return;
+            RequireNoneOpenLocked(image, volumes.Values);
+            RemoveLocked(image, volumes.Values.ToList(), fault);
+        }
+    }
+
+    public async Task<IReadOnlyList<VolumeInfo>> DeleteOwnedVolumesAsync(ImageId image, VolumeOwner owner, CancellationToken ct = default)
+    {
+        var fault = await TakeDeleteFaultAsync(nameof(DeleteOwnedVolumesAsync), image, ct);
+        lock (_gate)
+        {
+            if (!_images.TryGetValue(image, out var volumes)) return [];
+            var owned = volumes.Values.Where(v => v.Owner?.Migration == owner.Migration).ToList();
+            if (owned.Count == 0) return [];
+            RequireNotStaleLocked(image, owned, owner);
+            var ownedIds = owned.Select(v => v.Id).ToHashSet();
+            if (volumes.Values.FirstOrDefault(v => !ownedIds.Contains(v.Id) && v.Parent is { } p && p.Domain == Id && ownedIds.Contains(p.Volume)) is { } over)
+                throw new OperationFailedException(ErrorCodes.Conflict,
+                    $"volume {image}/{over.Id} on domain {Name}, owned by {over.Owner?.ToString() ?? "nobody (an operator's)"}, lies over " +
+                    $"volume {over.Parent!.Value.Volume} that {owner} made: deleting it would break that chain, so nothing is deleted");
+            RequireNoneOpenLocked(image, owned);
+            var gone = owned.Select(v => v.ToInfo(Id) with { Legality = Legality.Illegal, AllocatedBytes = 0 }).ToList();
+            RemoveLocked(image, owned, fault);
+            return gone;
+        }
+    }
+
+    /// <summary>
+    /// Faults of a delete: Fail refuses it, Stall waits, Die crashes it half-way (see <see cref="RemoveLocked"/>).
+    /// OutOfSpace does nothing: a delete needs no free space (it writes no metadata).
+    /// </summary>
+    private async Task<SimFault?> TakeDeleteFaultAsync(string operation, ImageId image, CancellationToken ct)
+    {
+        var fault = Faults.Take(operation);
         switch (fault)
         {
             case SimFault.Fail f:
-                throw new OperationFailedException(f.Code, $"injected fault: delete of image {image} on domain {Name} failed");
+                throw new OperationFailedException(f.Code, $"injected fault: {operation} of image {image} on domain {Name} failed");
             case SimFault.Stall s:
                 await s.Handle.BlockAsync(ct);
                 break;
         }
-        lock (_gate)
+        return fault is SimFault.Die ? fault : null;
+    }
+
+    /// <summary>
+    /// As the file adapter: the volumes vanish from every reader at once. A delete that dies half-way leaves their
+    /// bytes taken by hidden leftovers that only <see cref="RemoveIllegalLeftoversAsync"/> frees.
+    /// </summary>
+    private void RemoveLocked(ImageId image, IReadOnlyList<SimVolume> doomed, SimFault? die)
+    {
+        var volumes = _images[image];
+        foreach (var v in doomed) volumes.Remove(v.Id);
+        if (volumes.Count == 0) _images.Remove(image);
+        if (die is not null)
         {
-            if (!_images.TryGetValue(image, out var volumes)) return;
-            foreach (var v in volumes.Values) v.Legality = Legality.Illegal;
-            if (fault is SimFault.Die or SimFault.OutOfSpace)
-                throw new OperationFailedException(ErrorCodes.IoError,
-                    $"injected fault: delete of image {image} on domain {Name} died after marking its {volumes.Count} volumes ILLEGAL");
-            _images.Remove(image);
+            _halfDeleted.AddRange(doomed);
+            throw new OperationFailedException(ErrorCodes.IoError,
+                $"injected fault: delete of image {image} on domain {Name} died after hiding its {doomed.Count} volumes, before freeing their space");
         }
+    }
+
+    private void RequireNoneOpenLocked(ImageId image, IEnumerable<SimVolume> volumes)
+    {
+        if (volumes.FirstOrDefault(v => _openCounts.ContainsKey((image, v.Id))) is { } open)
+            throw new OperationFailedException(ErrorCodes.VolumeInUse,
+                $"volume {image}/{open.Id} on domain {Name} is open ({_openCounts[(image, open.Id)]} holder(s)); it is not deleted while in use");
+    }
+
+    /// <summary>Invariant 3, as the file adapter: only this migration's volumes are adopted; a newer generation means a stale caller.</summary>
+    private void RequireOnlyOwnedLocked(ImageId image, VolumeOwner owner)
+    {
+        if (!_images.TryGetValue(image, out var volumes)) return;
+        var foreign = volumes.Values.Where(v => v.Owner?.Migration != owner.Migration).ToList();
+        if (foreign.Count > 0)
+            throw new OperationFailedException(ErrorCodes.DestinationHoldsImage,
+                $"domain {Name} ({Id}) already holds {foreign.Count} volume(s) of image {image} that {owner} did not make " +
+                $"({string.Join(", ", foreign.Select(v => $"{v.Id} {v.Legality} owned by {v.Owner?.ToString() ?? "nobody (an operator's)"}"))}); " +
+                "they are neither adopted nor deleted: remove them or move the disk elsewhere");
+        RequireNotStaleLocked(image, volumes.Values, owner);
+    }
+
+    private static void RequireNotStaleLocked(ImageId image, IEnumerable<SimVolume> owned, VolumeOwner owner)
+    {
+        if (owned.FirstOrDefault(v => v.Owner is { } o && o.Migration == owner.Migration && o.Generation > owner.Generation) is { } newer)
+            throw new OperationFailedException(ErrorCodes.Conflict,
+                $"volume {image}/{newer.Id} was made by {newer.Owner}, newer than this command's {owner}: a stale command changes nothing");
     }
 
     public async Task<IReadOnlyList<VolumeInfo>> RemoveIllegalLeftoversAsync(IReadOnlySet<ImageId> inUse, CancellationToken ct = default)
@@ -287,15 +397,35 @@ public sealed class SimStorageDomain : IStorageDomain
         await Faults.EnterAsync(nameof(RemoveIllegalLeftoversAsync), $"domain {Name}", ct);
         lock (_gate)
         {
-            var removed = new List<VolumeInfo>();
+            var removed = _halfDeleted.Select(v => v.ToInfo(Id) with { Legality = Legality.Illegal, AllocatedBytes = 0 }).ToList();
+            _halfDeleted.Clear();
             foreach (var (image, volumes) in _images.ToList())
             {
-                if (inUse.Contains(image) || volumes.Values.All(v => v.Legality == Legality.Legal)) continue;
-                removed.AddRange(DescribeImageLocked(image).Volumes);
-                _images.Remove(image);
+                if (inUse.Contains(image)) continue;
+                var doomed = DoomedLocked(volumes);
+                if (doomed.Count == 0 || doomed.Any(v => _openCounts.ContainsKey((image, v.Id)))) continue;
+                removed.AddRange(doomed.Select(v => v.ToInfo(Id)));
+                RemoveLocked(image, doomed, die: null);
             }
             return removed;
         }
+    }
+
+    /// <summary>Each ILLEGAL volume, each whose parent on this domain is gone, and everything over those; as the file adapter.</summary>
+    private List<SimVolume> DoomedLocked(Dictionary<VolumeId, SimVolume> volumes)
+    {
+        var doomed = volumes.Values
+            .Where(v => v.Legality == Legality.Illegal || v.Parent is { } p && p.Domain == Id && !volumes.ContainsKey(p.Volume))
+            .Select(v => v.Id)
+            .ToHashSet();
+        for (var grew = true; grew;)
+        {
+            grew = false;
+            foreach (var v in volumes.Values)
+                if (!doomed.Contains(v.Id) && v.Parent is { } p && p.Domain == Id && doomed.Contains(p.Volume))
+                    grew = doomed.Add(v.Id);
+        }
+        return volumes.Values.Where(v => doomed.Contains(v.Id)).ToList();
     }
 
     // ---- the copy ----
@@ -383,19 +513,21 @@ public sealed class SimStorageDomain : IStorageDomain
         public Legality Legality { get; set; }
         public int Generation { get; set; }
         public long AllocatedBytes { get; set; }
+        public VolumeOwner? Owner { get; init; }
 
         public VolumeInfo ToInfo(DomainId domain) =>
-            new(domain, Image, Id, Parent, Type, Format, Legality, Capacity, Generation, CreatedAt, AllocatedBytes);
+            new(domain, Image, Id, Parent, Type, Format, Legality, Capacity, Generation, CreatedAt, AllocatedBytes, Owner);
     }
 
-    private SimVolume AddVolumeLocked(ImageId image, VolumeId id, VolumeRef? parent, VolumeType type, VolumeFormat format, Legality legality, long capacity)
+    private SimVolume AddVolumeLocked(ImageId image, VolumeId id, VolumeRef? parent, VolumeType type, VolumeFormat format, Legality legality, long capacity,
+        VolumeOwner? owner = null)
     {
         if (!_images.TryGetValue(image, out var volumes)) _images[image] = volumes = new Dictionary<VolumeId, SimVolume>();
         var v = new SimVolume
         {
             Image = image, Id = id, Format = format, Capacity = capacity,
             CreatedAt = Options.TimeProvider.GetUtcNow(), Sequence = ++_nextSequence,
-            Parent = parent, Type = type, Legality = legality, Generation = 0, AllocatedBytes = 0,
+            Parent = parent, Type = type, Legality = legality, Generation = 0, AllocatedBytes = 0, Owner = owner,
         };
         volumes[id] = v;
         return v;
@@ -433,7 +565,7 @@ public sealed class SimStorageDomain : IStorageDomain
         return new ImageInfo(Id, image, ordered);
     }
 
-    private long UsedLocked() => _images.Values.Sum(vs => vs.Values.Sum(v => v.AllocatedBytes));
+    private long UsedLocked() => _images.Values.Sum(vs => vs.Values.Sum(v => v.AllocatedBytes)) + _halfDeleted.Sum(v => v.AllocatedBytes);
 
     /// <summary>The sim has no file system of its own: its free space is what the capacity leaves.</summary>
     private long FilesystemFreeLocked(long used) => Math.Max(0, CapacityBytes - used);

@@ -41,10 +41,62 @@ public sealed class FileStorageDomainContractTests : StorageDomainContract
     protected override Task WriteLayerDataAsync(IStorageDomain domain, ImageId image, VolumeId volume, long offset, long length, byte pattern) =>
         FileLayerData.WriteAsync(domain, image, volume, offset, length, pattern);
 
+    protected override Task<IAsyncDisposable> HoldOpenAsync(IStorageDomain domain, ImageId image, VolumeId volume) =>
+        QemuNbdHold.StartAsync(domain.Locate(image, volume));
+
     public override async Task DisposeAsync()
     {
         await base.DisposeAsync();
         FileLayerData.DeleteRoot(_root);
+    }
+}
+
+/// <summary>
+/// A volume held open as a running QEMU holds it: <c>qemu-nbd -r</c> opens it (and its backing chain) through QEMU's
+/// block layer, which takes the same OFD image locks. Killed by its pid on dispose.
+/// </summary>
+public sealed class QemuNbdHold : IAsyncDisposable
+{
+    private readonly Process _process;
+    private readonly string _socket;
+
+    private QemuNbdHold(Process process, string socket) => (_process, _socket) = (process, socket);
+
+    public static async Task<IAsyncDisposable> StartAsync(string path)
+    {
+        var socket = Path.Combine("/tmp", $"lsm-nbd-{Guid.NewGuid():N}"[..16] + ".sock");
+        var start = new ProcessStartInfo("qemu-nbd") { RedirectStandardError = true, RedirectStandardOutput = true };
+        foreach (var a in new[] { "-r", "-f", "qcow2", "--persistent", "-k", socket, path }) start.ArgumentList.Add(a);
+        var process = Process.Start(start) ?? throw new InvalidOperationException("qemu-nbd did not start");
+        var hold = new QemuNbdHold(process, socket);
+        // The socket appears once the image (and its chain) is open, locks taken.
+        var watch = Stopwatch.StartNew();
+        while (!File.Exists(socket))
+        {
+            if (process.HasExited)
+                throw new InvalidOperationException($"qemu-nbd exited with {process.ExitCode}: {await process.StandardError.ReadToEndAsync()}");
+            if (watch.Elapsed > TimeSpan.FromSeconds(10))
+            {
+                await hold.DisposeAsync();
+                throw new TimeoutException($"qemu-nbd did not open {path} within 10 s");
+            }
+            await Task.Delay(20);
+        }
+        return hold;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        try
+        {
+            if (!_process.HasExited) _process.Kill();
+            await _process.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(10));
+        }
+        finally
+        {
+            _process.Dispose();
+            File.Delete(_socket);
+        }
     }
 }
 

@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using LiveMigration.HostNode.Tests.Contract;
 using LiveMigration.HostNode.Storage;
 using LiveMigration.HostNode.Storage.File;
 using LiveMigration.Shared.Model;
@@ -148,13 +149,13 @@ public sealed class FileStorageDomainTests : IDisposable
         var destination = await _temp.NewDomainAsync("destination");
         var (image, volumes) = await ThreeVolumeChainAsync(source);
 
-        var clone = await destination.CloneImageStructureAsync(source, image);
+        var clone = await destination.CloneImageStructureAsync(source, image, TestOwners.Default);
         Assert.Equal(volumes, clone.Volumes.Select(v => v.Id));
         Assert.Equal([null, new VolumeRef(destination.Id, volumes[0]), new VolumeRef(destination.Id, volumes[1])], clone.Volumes.Select(v => v.Parent));
         Assert.Equal([VolumeFormat.Raw, VolumeFormat.Cow, VolumeFormat.Cow], clone.Volumes.Select(v => v.Format));
         Assert.Equal([VolumeType.Internal, VolumeType.Internal, VolumeType.Leaf], clone.Volumes.Select(v => v.Type));
         Assert.All(clone.Volumes, v => Assert.Equal((Legality.Illegal, 0, 16L << 20), (v.Legality, v.Generation, v.Capacity)));
-        Assert.Equal(clone.Volumes, (await destination.CloneImageStructureAsync(source, image)).Volumes);
+        Assert.Equal(clone.Volumes, (await destination.CloneImageStructureAsync(source, image, TestOwners.Default)).Volumes);
 
         // Top down on purpose: each layer is copied and verified on its own, whatever state its parents are in.
         var reports = new List<CopyProgress>();
@@ -193,7 +194,7 @@ public sealed class FileStorageDomainTests : IDisposable
         var (image, _) = await ThreeVolumeChainAsync(source);
         var sourceAllocated = (await source.DescribeImageAsync(image)).Volumes.Sum(v => v.AllocatedBytes);
 
-        var error = await RefusedAsync(ErrorCodes.NotEnoughSpace, () => small.CloneImageStructureAsync(source, image));
+        var error = await RefusedAsync(ErrorCodes.NotEnoughSpace, () => small.CloneImageStructureAsync(source, image, TestOwners.Default));
         Assert.Contains(sourceAllocated.ToString(), error.Message);
         Assert.Contains((await small.DescribeAsync()).AvailableBytes.ToString(), error.Message);
         Assert.Contains(small.Id.ToString(), error.Message);
@@ -215,7 +216,7 @@ public sealed class FileStorageDomainTests : IDisposable
         var newLeaf = VolumeId.New();
 
         var created = await destination.CreateVolumeAsync(
-            new NewVolume(image, newLeaf, VolumeFormat.Cow, 16 << 20, new VolumeRef(source.Id, volumes[2])), source);
+            new NewVolume(image, newLeaf, VolumeFormat.Cow, 16 << 20, new VolumeRef(source.Id, volumes[2]), Owner: TestOwners.Default), source);
         Assert.Equal(new VolumeRef(source.Id, volumes[2]), created.Parent);
         Assert.Contains($"PDOMAIN={source.Id}", await IOFile.ReadAllLinesAsync(destination.Locate(image, newLeaf) + ".meta"));
         var header = JsonNode.Parse(await InfoAsync(destination.Locate(image, newLeaf)))!;
@@ -225,7 +226,7 @@ public sealed class FileStorageDomainTests : IDisposable
         await RefusedAsync(ErrorCodes.InvalidArgument, () => destination.CreateVolumeAsync(
             new NewVolume(image, VolumeId.New(), VolumeFormat.Cow, 16 << 20, new VolumeRef(source.Id, volumes[2]))));
 
-        await destination.CloneImageStructureAsync(source, image);
+        await destination.CloneImageStructureAsync(source, image, TestOwners.Default);
         foreach (var volume in volumes)
             await destination.CopyVolumeDataAsync(source, image, volume);
         var repointed = await destination.SetParentAsync(image, newLeaf, new VolumeRef(destination.Id, volumes[2]), null, rewriteHeader: true);
@@ -259,8 +260,8 @@ public sealed class FileStorageDomainTests : IDisposable
         var (abandoned, abandonedVolumes) = await ThreeVolumeChainAsync(source);
         var (running, _) = await ThreeVolumeChainAsync(source);
         var (healthy, _) = await ThreeVolumeChainAsync(destination);
-        await destination.CloneImageStructureAsync(source, abandoned);
-        await destination.CloneImageStructureAsync(source, running);
+        await destination.CloneImageStructureAsync(source, abandoned, TestOwners.Default);
+        await destination.CloneImageStructureAsync(source, running, TestOwners.Default);
         var stray = Path.Combine(destination.DomainPath, "images", healthy.ToString(), $"{Guid.NewGuid()}.meta.0123.tmp");
         await IOFile.WriteAllTextAsync(stray, "half");
 
@@ -283,7 +284,7 @@ public sealed class FileStorageDomainTests : IDisposable
         await source.CreateVolumeAsync(new NewVolume(image, baseId, VolumeFormat.Cow, 512 << 20));
         await source.CreateVolumeAsync(new NewVolume(image, layerId, VolumeFormat.Cow, 512 << 20, new VolumeRef(source.Id, baseId)));
         await TempDomainRoot.WriteAsync(source.Locate(image, layerId), VolumeFormat.Cow, 0, 384 << 20, 0x5a);
-        await destination.CloneImageStructureAsync(source, image);
+        await destination.CloneImageStructureAsync(source, image, TestOwners.Default);
 
         using var cancel = new CancellationTokenSource();
         var seenHalfWay = false;
@@ -311,7 +312,7 @@ public sealed class FileStorageDomainTests : IDisposable
         var source = await _temp.NewDomainAsync("source");
         var destination = await _temp.NewDomainAsync("destination");
         var (image, volumes) = await ThreeVolumeChainAsync(source);
-        await destination.CloneImageStructureAsync(source, image);
+        await destination.CloneImageStructureAsync(source, image, TestOwners.Default);
         // Data the source layer does not hold: it would hide the parent there.
         await TempDomainRoot.WriteAsync(destination.Locate(image, volumes[1]), VolumeFormat.Cow, 14 << 20, 64 << 10, 0x66);
 
@@ -327,7 +328,7 @@ public sealed class FileStorageDomainTests : IDisposable
         var source = await _temp.NewDomainAsync("source");
         var destination = await _temp.NewDomainAsync("destination");
         var (image, volumes) = await ThreeVolumeChainAsync(source);
-        await destination.CloneImageStructureAsync(source, image);
+        await destination.CloneImageStructureAsync(source, image, TestOwners.Default);
         var leaf = source.Locate(image, volumes[2]);
         using var qemu = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("qemu-system-x86_64")
         {

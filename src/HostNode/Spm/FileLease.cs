@@ -1,0 +1,58 @@
+using Akka.Actor;
+using Akka.Coordination;
+
+namespace LiveMigration.HostNode.Spm;
+
+/// <summary>
+/// The SPM lease (<see cref="PoolLease"/>) as an Akka.Coordination <see cref="Lease"/>, for the SPM cluster singleton
+/// (its <c>use-lease</c>): the singleton does not start on a node before that node holds the lease, and stops when it
+/// is lost. Loaded by <see cref="LeaseProvider"/> from a config block such as
+/// <code>
+/// lsm.spm-lease {
+///   lease-class = "LiveMigration.HostNode.Spm.FileLease, LiveMigration.HostNode"
+///   path = "/shared/pool/spm.lease"   # on the pool's shared storage
+///   heartbeat-timeout = 30s           # the lease period
+///   margin = 5s                       # added to the period before an acquirer takes it over
+///   heartbeat-interval = 10s
+///   lease-operation-timeout = 60s     # above period + margin: an acquisition watches that long
+/// }
+/// </code>
+/// One <see cref="PoolLease"/> per lease file and owner in the process, shared with the SPM's storage code
+/// through <see cref="For"/>, so the fencing check and the singleton see the same generation.
+/// </summary>
+public sealed class FileLease : Lease
+{
+    private static readonly Dictionary<(string Path, string Owner), PoolLease> Leases = new();
+    private readonly PoolLease _lease;
+
+    public FileLease(LeaseSettings settings, ExtendedActorSystem system) : base(settings)
+    {
+        var config = settings.LeaseConfig;
+        var path = config.GetString("path", null)
+                   ?? throw new ArgumentException($"lease {settings.LeaseName}: 'path' (the lease file on the pool's shared storage) is required");
+        var period = settings.TimeoutSettings.HeartbeatTimeout;
+        var margin = config.GetTimeSpan("margin", TimeSpan.FromTicks(period.Ticks / 6), allowInfinite: false);
+        _lease = For(path, settings.OwnerName, period, margin);
+    }
+
+    /// <summary>The process's lease object for this file and owner (made on first use).</summary>
+    public static PoolLease For(string path, string owner, TimeSpan period, TimeSpan margin)
+    {
+        var key = (Path.GetFullPath(path), owner);
+        lock (Leases)
+            return Leases.TryGetValue(key, out var lease) ? lease : Leases[key] = new PoolLease(path, owner, period, margin);
+    }
+
+    public override Task<bool> Acquire() => _lease.TryAcquireAsync();
+
+    public override Task<bool> Acquire(Action<Exception> leaseLostCallback) =>
+        _lease.TryAcquireAsync(why => leaseLostCallback(why ?? new LeaseException($"SPM lease {Settings.LeaseName} lost")));
+
+    public override bool CheckLease() => _lease.IsHeld;
+
+    public override async Task<bool> Release()
+    {
+        await _lease.ReleaseAsync();
+        return true;
+    }
+}

@@ -1,0 +1,225 @@
+using System.Diagnostics;
+using System.Globalization;
+using LiveMigration.HostNode.Storage;
+using LiveMigration.HostNode.Storage.File;
+using LiveMigration.Shared.Model;
+using IOFile = System.IO.File;
+
+namespace LiveMigration.HostNode.Spm;
+
+/// <summary>The pool's lease record on shared storage: who holds the SPM role, under which generation, and a renewal counter.</summary>
+public sealed record LeaseRecord(string Holder, long Generation, long Renewal)
+{
+    public static readonly LeaseRecord None = new("", 0, 0);
+    public bool IsFree => Holder.Length == 0;
+}
+
+/// <summary>
+/// The SPM lease of DESIGN §7a, a delta lease as sanlock's: a KEY=VALUE file on the pool's shared storage
+/// (HOLDER GENERATION RENEWAL), written atomically. No two clocks need to agree: an acquirer takes the lease
+/// only after it has watched the record stay unchanged for longer than the period plus a margin on its own
+/// monotonic clock (or finds it released), writes the next generation, waits the margin and reads it back.
+/// The holder renews every third of the period and counts the lease lost the moment a renewal fails or the
+/// record shows another holder or generation. <see cref="CheckAsync"/> is the fencing check every storage change
+/// makes just before it changes anything: a stale SPM that wakes up after a pause is refused even before it
+/// notices. Not thread-affine; one instance per process and lease file.
+/// </summary>
+public sealed class PoolLease : IStorageFence, IAsyncDisposable
+{
+    private readonly string _path;
+    private readonly TimeSpan _period;
+    private readonly TimeSpan _margin;
+    private readonly object _gate = new();
+    private CancellationTokenSource? _renewing;
+    private Task _renewal = Task.CompletedTask;
+    private long _generation;
+    private long _renewals;
+    private bool _held;
+    private Action<Exception?>? _lost;
+
+    public PoolLease(string path, string holder, TimeSpan period, TimeSpan margin)
+    {
+        if (string.IsNullOrWhiteSpace(holder) || holder.Contains('\n') || holder.Contains('='))
+            throw new OperationFailedException(ErrorCodes.InvalidArgument, $"lease holder name '{holder}' must be one printable line without '='");
+        if (period <= TimeSpan.Zero || margin <= TimeSpan.Zero)
+            throw new OperationFailedException(ErrorCodes.InvalidArgument, $"lease period {period} and margin {margin} must be positive");
+        _path = Path.GetFullPath(path);
+        Holder = holder;
+        _period = period;
+        _margin = margin;
+    }
+
+    public string Holder { get; }
+
+    /// <summary>The generation this holder acquired (the fencing token); 0 while not held.</summary>
+    public long Generation
+    {
+        get { lock (_gate) return _held ? _generation : 0; }
+    }
+
+    public bool IsHeld
+    {
+        get { lock (_gate) return _held; }
+    }
+
+    public async Task<LeaseRecord> ReadAsync(CancellationToken ct = default)
+    {
+        if (!IOFile.Exists(_path)) return LeaseRecord.None;
+        var values = await KeyValueFile.ReadAsync(_path, ct);
+        long Number(string key) =>
+            values.TryGetValue(key, out var text) && long.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var n)
+                ? n
+                : throw new OperationFailedException(ErrorCodes.IoError, $"lease record {_path} has no valid {key}");
+        return new LeaseRecord(values.GetValueOrDefault("HOLDER", ""), Number("GENERATION"), Number("RENEWAL"));
+    }
+
+    private Task WriteAsync(LeaseRecord record, CancellationToken ct)
+    {
+        Directory.CreateDirectory(Path.GetDirectoryName(_path)!);
+        return KeyValueFile.WriteAtomicallyAsync(_path,
+        [
+            new("HOLDER", record.Holder),
+            new("GENERATION", record.Generation.ToString(CultureInfo.InvariantCulture)),
+            new("RENEWAL", record.Renewal.ToString(CultureInfo.InvariantCulture)),
+        ], ct);
+    }
+
+    /// <summary>
+    /// Tries once to take the lease: true when this holder has it (a new generation, renewed from now on), false
+    /// when another holder is alive (its record changed while watched) or won the race. Takes at least the
+    /// period plus the margin unless the lease is free. <paramref name="lost"/> is called once if it is lost later.
+    /// </summary>
+    public async Task<bool> TryAcquireAsync(Action<Exception?>? lost = null, CancellationToken ct = default)
+    {
+        if (IsHeld) return true;
+        var seen = await ReadAsync(ct);
+        if (!seen.IsFree)
+        {
+            // Delta lease: alive means renewed within a period; only this process's monotonic clock measures it.
+            var watch = Stopwatch.StartNew();
+            while (watch.Elapsed <= _period + _margin)
+            {
+                await Task.Delay(_period / 3, ct);
+                if (await ReadAsync(ct) != seen) return false;
+            }
+        }
+        // Re-read just before writing: a competitor that wrote meanwhile wins.
+        if (await ReadAsync(ct) != seen) return false;
+        var mine = new LeaseRecord(Holder, seen.Generation + 1, 0);
+        await WriteAsync(mine, ct);
+        // Two acquirers that both passed the re-read: the last write stands, and the margin lets both see it.
+        await Task.Delay(_margin, ct);
+        if (await ReadAsync(ct) != mine) return false;
+        lock (_gate)
+        {
+            _held = true;
+            _generation = mine.Generation;
+            _renewals = 0;
+            _lost = lost;
+            _renewing = new CancellationTokenSource();
+            var stop = _renewing.Token;
+            _renewal = Task.Run(() => RenewAsync(stop), CancellationToken.None);
+        }
+        return true;
+    }
+
+    private async Task RenewAsync(CancellationToken stop)
+    {
+        try
+        {
+            while (true)
+            {
+                await Task.Delay(_period / 3, stop);
+                long generation, renewal;
+                lock (_gate) (generation, renewal) = (_generation, _renewals);
+                var current = await ReadAsync(stop);
+                if (current.Holder != Holder || current.Generation != generation)
+                {
+                    Lose(new OperationFailedException(ErrorCodes.Fenced,
+                        $"the SPM lease {_path} is now held by '{current.Holder}' with generation {current.Generation}; this holder had generation {generation}"));
+                    return;
+                }
+                await WriteAsync(current with { Renewal = renewal + 1 }, stop);
+                lock (_gate) _renewals = renewal + 1;
+            }
+        }
+        catch (OperationCanceledException) when (stop.IsCancellationRequested)
+        {
+            // released
+        }
+        catch (Exception e)
+        {
+            // A renewal that fails may let another holder in after a period: stop now, not then.
+            Lose(e);
+        }
+    }
+
+    private void Lose(Exception? why)
+    {
+        Action<Exception?>? lost;
+        lock (_gate)
+        {
+            if (!_held) return;
+            _held = false;
+            lost = _lost;
+            _lost = null;
+        }
+        lost?.Invoke(why);
+    }
+
+    /// <summary>
+    /// The fencing check, made just before a storage change: the record on storage still names this holder and
+    /// generation and the lease was not lost. Refuses with FENCED otherwise.
+    /// </summary>
+    public async Task CheckAsync(CancellationToken ct = default)
+    {
+        long generation;
+        lock (_gate)
+        {
+            if (!_held)
+                throw new OperationFailedException(ErrorCodes.Fenced, $"this host ('{Holder}') does not hold the SPM lease {_path}: it changes no storage");
+            generation = _generation;
+        }
+        var current = await ReadAsync(ct);
+        if (current.Holder != Holder || current.Generation != generation)
+        {
+            Lose(new OperationFailedException(ErrorCodes.Fenced, $"the SPM lease {_path} moved to '{current.Holder}' generation {current.Generation}"));
+            throw new OperationFailedException(ErrorCodes.Fenced,
+                $"the SPM lease {_path} is held by '{current.Holder}' with generation {current.Generation}, not by '{Holder}' with {generation}: a stale SPM changes nothing");
+        }
+    }
+
+    /// <summary>
+    /// Stops renewing while still believing the lease held: what a holder paused (GC, SIGSTOP) or cut off from the
+    /// storage looks like to the others. For tests of fencing.
+    /// </summary>
+    internal void StopRenewing()
+    {
+        lock (_gate) _renewing?.Cancel();
+    }
+
+    /// <summary>Stops renewing and, when the record is still this holder's, marks it free so the next SPM need not wait a period.</summary>
+    public async Task ReleaseAsync(CancellationToken ct = default)
+    {
+        CancellationTokenSource? renewing;
+        long generation;
+        lock (_gate)
+        {
+            renewing = _renewing;
+            _renewing = null;
+            generation = _generation;
+            var wasHeld = _held;
+            _held = false;
+            _lost = null;
+            if (!wasHeld && renewing is null) return;
+        }
+        renewing?.Cancel();
+        await _renewal;
+        renewing?.Dispose();
+        var current = await ReadAsync(ct);
+        if (current.Holder == Holder && current.Generation == generation)
+            await WriteAsync(current with { Holder = "" }, ct);
+    }
+
+    public async ValueTask DisposeAsync() => await ReleaseAsync();
+}

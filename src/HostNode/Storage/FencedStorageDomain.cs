@@ -1,0 +1,85 @@
+using LiveMigration.Shared.Model;
+
+namespace LiveMigration.HostNode.Storage;
+
+/// <summary>
+/// What a storage change is fenced by (DESIGN §7 invariant 6): the SPM lease's generation, and the check, made just
+/// before each change, that the lease record on storage still names this holder and generation (FENCED otherwise).
+/// </summary>
+public interface IStorageFence
+{
+    /// <summary>The generation to write as the owner's generation of what this SPM makes; 0 while not held.</summary>
+    long Generation { get; }
+
+    Task CheckAsync(CancellationToken ct = default);
+}
+
+/// <summary>
+/// A domain whose every change first passes the fence, so an SPM that lost its lease (paused, partitioned) cannot
+/// change anything even before it notices. Reads pass straight through.
+/// </summary>
+public sealed class FencedStorageDomain(IStorageDomain inner, IStorageFence fence) : IStorageDomain
+{
+    public IStorageDomain Inner => inner;
+    public DomainId Id => inner.Id;
+    public string Kind => inner.Kind;
+
+    public Task<DomainInfo> DescribeAsync(CancellationToken ct = default) => inner.DescribeAsync(ct);
+    public Task<IReadOnlyList<ImageId>> ListImagesAsync(CancellationToken ct = default) => inner.ListImagesAsync(ct);
+    public Task<ImageInfo> DescribeImageAsync(ImageId image, CancellationToken ct = default) => inner.DescribeImageAsync(image, ct);
+    public Task<VolumeInfo> DescribeVolumeAsync(ImageId image, VolumeId volume, CancellationToken ct = default) => inner.DescribeVolumeAsync(image, volume, ct);
+    public string Locate(ImageId image, VolumeId volume) => inner.Locate(image, volume);
+
+    public async Task<VolumeInfo> CreateVolumeAsync(NewVolume spec, IStorageDomain? parentDomain = null, CancellationToken ct = default)
+    {
+        await fence.CheckAsync(ct);
+        return await inner.CreateVolumeAsync(spec, Unwrap(parentDomain), ct);
+    }
+
+    public async Task<ImageInfo> CloneImageStructureAsync(IStorageDomain source, ImageId image, VolumeOwner owner, CancellationToken ct = default)
+    {
+        await fence.CheckAsync(ct);
+        return await inner.CloneImageStructureAsync(Unwrap(source)!, image, owner, ct);
+    }
+
+    public async Task<VolumeInfo> CopyVolumeDataAsync(IStorageDomain source, ImageId image, VolumeId volume,
+        IProgress<CopyProgress>? progress = null, CancellationToken ct = default)
+    {
+        await fence.CheckAsync(ct);
+        return await inner.CopyVolumeDataAsync(Unwrap(source)!, image, volume, progress, ct);
+    }
+
+    public async Task<VolumeInfo> SetParentAsync(ImageId image, VolumeId volume, VolumeRef newParent, IStorageDomain? parentDomain,
+        bool rewriteHeader, CancellationToken ct = default)
+    {
+        await fence.CheckAsync(ct);
+        return await inner.SetParentAsync(image, volume, newParent, Unwrap(parentDomain), rewriteHeader, ct);
+    }
+
+    public async Task<VolumeInfo> MarkLegalAsync(ImageId image, VolumeId volume, CancellationToken ct = default)
+    {
+        await fence.CheckAsync(ct);
+        return await inner.MarkLegalAsync(image, volume, ct);
+    }
+
+    public async Task DeleteImageAsync(ImageId image, CancellationToken ct = default)
+    {
+        await fence.CheckAsync(ct);
+        await inner.DeleteImageAsync(image, ct);
+    }
+
+    public async Task<IReadOnlyList<VolumeInfo>> DeleteOwnedVolumesAsync(ImageId image, VolumeOwner owner, CancellationToken ct = default)
+    {
+        await fence.CheckAsync(ct);
+        return await inner.DeleteOwnedVolumesAsync(image, owner, ct);
+    }
+
+    public async Task<IReadOnlyList<VolumeInfo>> RemoveIllegalLeftoversAsync(IReadOnlySet<ImageId> inUse, CancellationToken ct = default)
+    {
+        await fence.CheckAsync(ct);
+        return await inner.RemoveIllegalLeftoversAsync(inUse, ct);
+    }
+
+    /// <summary>Adapters check the kind (and the sim its own type) of the other domain: they get the real one.</summary>
+    private static IStorageDomain? Unwrap(IStorageDomain? domain) => domain is FencedStorageDomain f ? f.Inner : domain;
+}

@@ -1,0 +1,111 @@
+using System.Diagnostics;
+using Akka.Configuration;
+using Akka.Coordination;
+using LiveMigration.HostNode.Spm;
+using LiveMigration.Shared.Model;
+
+namespace LiveMigration.HostNode.Tests.Lease;
+
+/// <summary>The SPM lease of DESIGN §7a on a real file, with a short period: one holder, takeover, fencing of a stale holder.</summary>
+public sealed class PoolLeaseTests : Akka.TestKit.Xunit2.TestKit
+{
+    private static readonly TimeSpan Period = TimeSpan.FromMilliseconds(600);
+    private static readonly TimeSpan Margin = TimeSpan.FromMilliseconds(200);
+    private static readonly string Folder = Path.Combine(Path.GetTempPath(), $"lsm-lease-{Guid.NewGuid():N}");
+    private readonly string _path = Path.Combine(Folder, $"{Guid.NewGuid():N}", "spm.lease");
+
+    public PoolLeaseTests() : base(ConfigurationFactory.ParseString($$"""
+        lsm.spm-lease {
+          lease-class = "LiveMigration.HostNode.Spm.FileLease, LiveMigration.HostNode"
+          path = "{{Path.Combine(Folder, "akka", "spm.lease")}}"
+          heartbeat-timeout = 600ms
+          heartbeat-interval = 200ms
+          lease-operation-timeout = 5s
+          margin = 200ms
+        }
+        """)) { }
+
+    private PoolLease Lease(string holder) => new(_path, holder, Period, Margin);
+
+    [Fact]
+    public async Task One_holder_at_a_time_and_a_released_lease_is_taken_at_once_with_the_next_generation()
+    {
+        await using var a = Lease("host-a");
+        await using var b = Lease("host-b");
+
+        Assert.True(await a.TryAcquireAsync());
+        Assert.Equal(1, a.Generation);
+        var watch = Stopwatch.StartNew();
+        Assert.False(await b.TryAcquireAsync());
+        Assert.True(watch.Elapsed < Period + Margin + Period, $"b gave up after {watch.Elapsed}: it saw a's renewals");
+        await a.CheckAsync();
+        Assert.True((await a.ReadAsync()).Renewal > 0);
+
+        await a.ReleaseAsync();
+        watch.Restart();
+        Assert.True(await b.TryAcquireAsync());
+        Assert.True(watch.Elapsed < Period, $"a released lease took {watch.Elapsed}");
+        Assert.Equal(2, b.Generation);
+        await ContractAssertFenced(a);
+    }
+
+    [Fact]
+    public async Task A_holder_that_stops_renewing_is_taken_over_after_the_period_and_then_fenced_although_it_still_believes_it_holds()
+    {
+        await using var a = Lease("host-a");
+        await using var b = Lease("host-b");
+        Assert.True(await a.TryAcquireAsync());
+
+        a.StopRenewing(); // paused, partitioned
+        var watch = Stopwatch.StartNew();
+        Assert.True(await b.TryAcquireAsync());
+
+        Assert.True(watch.Elapsed >= Period + Margin, $"taken over after {watch.Elapsed}, before period + margin");
+        Assert.Equal(2, b.Generation);
+        Assert.True(a.IsHeld); // it has not noticed yet…
+        var e = await ContractAssertFenced(a); // …but its next storage change is refused
+        Assert.Contains("host-b", e.Message);
+        Assert.False(a.IsHeld);
+        await b.CheckAsync();
+    }
+
+    [Fact]
+    public async Task A_holder_that_sees_another_generation_at_its_renewal_counts_the_lease_lost_at_once()
+    {
+        await using var a = Lease("host-a");
+        var lost = new TaskCompletionSource<Exception?>(TaskCreationOptions.RunContinuationsAsynchronously);
+        Assert.True(await a.TryAcquireAsync(why => lost.TrySetResult(why)));
+
+        await System.IO.File.WriteAllTextAsync(_path, "HOLDER=host-z\nGENERATION=9\nRENEWAL=0\n");
+
+        var why = await lost.Task.WaitAsync(TimeSpan.FromSeconds(5));
+        Assert.Equal(ErrorCodes.Fenced, Assert.IsType<OperationFailedException>(why).Code);
+        Assert.False(a.IsHeld);
+        Assert.Equal(0, a.Generation);
+    }
+
+    [Fact]
+    public async Task The_file_lease_loads_as_an_Akka_Coordination_lease()
+    {
+        var lease = LeaseProvider.Get(Sys).GetLease("spm", "lsm.spm-lease", "host-a");
+        Assert.IsType<FileLease>(lease);
+
+        Assert.True(await lease.Acquire(_ => { }));
+        Assert.True(lease.CheckLease());
+        Assert.True(await lease.Release());
+        Assert.False(lease.CheckLease());
+    }
+
+    private static async Task<OperationFailedException> ContractAssertFenced(PoolLease stale)
+    {
+        var e = await Assert.ThrowsAsync<OperationFailedException>(() => stale.CheckAsync());
+        Assert.Equal(ErrorCodes.Fenced, e.Code);
+        return e;
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        base.Dispose(disposing);
+        if (disposing && Directory.Exists(Folder)) Directory.Delete(Folder, recursive: true);
+    }
+}

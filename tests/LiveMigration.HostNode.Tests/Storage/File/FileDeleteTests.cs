@@ -1,0 +1,200 @@
+using LiveMigration.HostNode.Migration;
+using LiveMigration.HostNode.Processes;
+using LiveMigration.HostNode.Storage;
+using LiveMigration.HostNode.Storage.File;
+using LiveMigration.HostNode.Tests.Contract;
+using LiveMigration.HostNode.Tests.EndToEnd;
+using LiveMigration.Shared.Model;
+using IOFile = System.IO.File;
+using static LiveMigration.HostNode.Tests.Storage.File.TempDomainRoot;
+
+namespace LiveMigration.HostNode.Tests.Storage.File;
+
+/// <summary>A size-limited tmpfs mounted for one test (the tests run as root), unmounted on dispose.</summary>
+public sealed class Tmpfs : IAsyncDisposable
+{
+    public string Path { get; } = System.IO.Path.Combine("/tmp", $"lsm-tmpfs-{Guid.NewGuid():N}"[..20]);
+
+    public static async Task<Tmpfs> MountAsync(long sizeBytes)
+    {
+        var tmpfs = new Tmpfs();
+        Directory.CreateDirectory(tmpfs.Path);
+        await ProcessRunner.RunCheckedAsync("mount", ["-t", "tmpfs", "-o", $"size={sizeBytes}", "tmpfs", tmpfs.Path], ErrorCodes.IoError);
+        return tmpfs;
+    }
+
+    /// <summary>Writes a file until the file system refuses even 4 KiB more.</summary>
+    public void Fill()
+    {
+        using var stream = new FileStream(System.IO.Path.Combine(Path, "filler"), FileMode.Create, FileAccess.Write);
+        foreach (var chunk in new[] { 1 << 20, 64 << 10, 4 << 10 })
+        {
+            var bytes = new byte[chunk];
+            Array.Fill(bytes, (byte)0x5a);
+            try
+            {
+                while (true)
+                {
+                    stream.Write(bytes);
+                    stream.Flush(flushToDisk: true);
+                }
+            }
+            catch (IOException)
+            {
+                // full at this chunk size; try a smaller one
+            }
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await ProcessRunner.RunAsync("umount", [Path]);
+        Directory.Delete(Path);
+    }
+}
+
+/// <summary>Deleting on the file domain: with no free space, after a crash half-way, and never under a running QEMU.</summary>
+public sealed class FileDeleteTests : IDisposable
+{
+    private readonly TempDomainRoot _temp = new();
+
+    public void Dispose() => _temp.Dispose();
+
+    [Fact]
+    public async Task Deletes_and_the_cleanup_work_on_a_full_file_system_where_no_metadata_can_be_written()
+    {
+        await using var tmpfs = await Tmpfs.MountAsync(64 << 20);
+        var source = await _temp.NewDomainAsync("source");
+        var destination = await FileStorageDomain.CreateAsync(tmpfs.Path, DomainId.New(), "full", 1L << 30);
+        var (rolledBack, volumes) = await ThreeVolumeChainAsync(source);
+        var (abandoned, _) = await ThreeVolumeChainAsync(source);
+        var owner = TestOwners.New();
+        await destination.CloneImageStructureAsync(source, rolledBack, owner);
+        await destination.CopyVolumeDataAsync(source, rolledBack, volumes[0]);
+        await destination.CloneImageStructureAsync(source, abandoned, TestOwners.New());
+        var operatorDisk = ImageId.New();
+        await destination.CreateVolumeAsync(new NewVolume(operatorDisk, VolumeId.New(), VolumeFormat.Raw, 4 << 20));
+        tmpfs.Fill();
+        Assert.True(new DriveInfo(tmpfs.Path).AvailableFreeSpace < 4096);
+        // What used to happen first in a delete: a metadata write, which the full file system refuses.
+        await Assert.ThrowsAnyAsync<IOException>(() => destination.MarkLegalAsync(rolledBack, volumes[1]));
+
+        Assert.Equal(3, (await destination.DeleteOwnedVolumesAsync(rolledBack, owner)).Count);
+        await destination.DeleteImageAsync(operatorDisk);
+        Assert.Equal(3, (await destination.RemoveIllegalLeftoversAsync(new HashSet<ImageId>())).Count);
+
+        Assert.Empty(await destination.ListImagesAsync());
+        Assert.Empty(Directory.EnumerateFileSystemEntries(Path.Combine(destination.DomainPath, "images")));
+    }
+
+    [Fact]
+    public async Task A_destination_that_fills_up_during_the_mirror_is_rolled_back_to_empty_and_the_VM_runs_on()
+    {
+        await using var tmpfs = await Tmpfs.MountAsync(64 << 20);
+        await using var bed = await HostLayerBed.StartAsync();
+        var full = await FileStorageDomain.CreateAsync(tmpfs.Path, DomainId.New(), "fills-up", 1L << 30);
+        bed.Pool.Attach(full);
+        var onA = await bed.PathsOnAsync(bed.A);
+        var filled = 0;
+        var fillWhenMirroring = new Hook(p =>
+        {
+            if (p.Step == "mirror" && Interlocked.Exchange(ref filled, 1) == 0) tmpfs.Fill();
+        });
+
+        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(2));
+        var failed = await Assert.ThrowsAsync<OperationFailedException>(() => bed.Mover().MoveAsync(bed.Vm, bed.Image, bed.A.Id, full.Id,
+            new MoveOptions(MoveStrategy.PreCopy), fillWhenMirroring, timeout.Token));
+
+        // The move failed for want of space, and the rollback's delete, on the same full file system, did not.
+        Assert.True(failed.Code == ErrorCodes.NotEnoughSpace || failed.Message.Contains("No space", StringComparison.Ordinal), failed.ToString());
+        Assert.Equal(1, filled);
+        Assert.Empty(await full.ListImagesAsync());
+        Assert.Empty(Directory.EnumerateFileSystemEntries(Path.Combine(full.DomainPath, "images")));
+        var drive = await bed.DriveAsync();
+        Assert.Equal(onA, drive.OpenChain);
+        Assert.Null(drive.Job);
+        Assert.All((await bed.A.DescribeImageAsync(bed.Image)).Volumes, v => Assert.Equal(Legality.Legal, v.Legality));
+        await bed.Hypervisor.StopVmAsync(bed.Vm);
+    }
+
+    private sealed class Hook(Action<MoveProgress> action) : IProgress<MoveProgress>
+    {
+        public void Report(MoveProgress value) => action(value);
+    }
+
+    [Fact]
+    public async Task A_whole_image_delete_interrupted_after_its_rename_leaves_nothing_readable_and_the_cleanup_finishes_it()
+    {
+        var domain = await _temp.NewDomainAsync("crash");
+        var (image, _) = await ThreeVolumeChainAsync(domain);
+        var images = Path.Combine(domain.DomainPath, "images");
+        // What a crash right after the delete's first (atomic) step leaves.
+        var usedBefore = (await domain.DescribeAsync()).UsedBytes;
+        Directory.Move(Path.Combine(images, image.ToString()), Path.Combine(images, $"_remove_me_{image}_{Guid.NewGuid():N}"));
+
+        Assert.Equal(usedBefore, (await domain.DescribeAsync()).UsedBytes);
+        Assert.Empty(await domain.ListImagesAsync());
+        await RefusedAsync(ErrorCodes.ImageNotFound, () => domain.DescribeImageAsync(image));
+        Assert.Empty(await domain.RemoveIllegalLeftoversAsync(new HashSet<ImageId>()));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(images));
+        Assert.Equal(0, (await domain.DescribeAsync()).UsedBytes);
+    }
+
+    [Fact]
+    public async Task A_per_volume_delete_interrupted_after_the_first_unlink_leaves_a_chain_nobody_can_open_which_the_cleanup_removes()
+    {
+        var domain = await _temp.NewDomainAsync("crash");
+        var (image, volumes) = await ThreeVolumeChainAsync(domain);
+        var (kept, _) = await ThreeVolumeChainAsync(domain);
+        // Parents first: a crash after the base's metadata went leaves its data file and the two volumes over it.
+        IOFile.Delete(domain.Locate(image, volumes[0]) + ".meta");
+
+        await RefusedAsync(ErrorCodes.VolumeNotFound, () => new StoragePool([domain]).ResolveChainAsync(domain.Id, image));
+        var removed = await domain.RemoveIllegalLeftoversAsync(new HashSet<ImageId>());
+
+        Assert.Equal(new[] { volumes[1], volumes[2] }.OrderBy(v => v.Value), removed.Select(v => v.Id).OrderBy(v => v.Value));
+        Assert.Equal([kept], await domain.ListImagesAsync());
+        Assert.False(Directory.Exists(Path.Combine(domain.DomainPath, "images", image.ToString())));
+    }
+
+    [Fact]
+    public async Task Old_metadata_without_an_owner_still_reads_and_an_owner_is_written_as_OWNER_and_OWNERGEN()
+    {
+        var source = await _temp.NewDomainAsync("source");
+        var destination = await _temp.NewDomainAsync("destination");
+        var (image, volumes) = await ThreeVolumeChainAsync(source);
+        var owner = new VolumeOwner(MigrationId.New(), 7);
+
+        await destination.CloneImageStructureAsync(source, image, owner);
+
+        var lines = await IOFile.ReadAllLinesAsync(destination.Locate(image, volumes[1]) + ".meta");
+        Assert.Equal(["OWNER=" + owner.Migration, "OWNERGEN=7"], lines[^2..]);
+        Assert.All((await source.DescribeImageAsync(image)).Volumes, v => Assert.Null(v.Owner));
+        Assert.Equal(owner, (await destination.DescribeVolumeAsync(image, volumes[1])).Owner);
+        // A command of the same migration under an older generation is stale: it changes nothing.
+        await RefusedAsync(ErrorCodes.Conflict, () => destination.DeleteOwnedVolumesAsync(image, owner with { Generation = 6 }));
+        Assert.Equal(3, (await destination.DescribeImageAsync(image)).Volumes.Count);
+    }
+
+    [Fact]
+    public async Task A_running_QEMU_holds_every_volume_of_its_chain_and_the_source_is_not_deleted_under_it()
+    {
+        await using var bed = await HostLayerBed.StartAsync();
+
+        // Even the read-only backing layers: QEMU locks them (byte 100), which the probe sees without opening for write.
+        foreach (var volume in bed.Volumes)
+            Assert.NotNull(Posix.LockHolder(bed.A.Locate(bed.Image, volume)));
+        var e = await RefusedAsync(ErrorCodes.VolumeInUse, () => bed.A.DeleteImageAsync(bed.Image));
+        Assert.Contains("open in another process", e.Message);
+        Assert.Equal(bed.Volumes, (await bed.A.DescribeImageAsync(bed.Image)).Volumes.Select(v => v.Id));
+        Assert.All(bed.Volumes, v => Assert.True(IOFile.Exists(bed.A.Locate(bed.Image, v))));
+        Assert.True((await bed.Hypervisor.DescribeVmAsync(bed.Vm)).Running);
+
+        await bed.Hypervisor.StopVmAsync(bed.Vm);
+        for (var i = 0; i < 100 && bed.Volumes.Any(v => Posix.LockHolder(bed.A.Locate(bed.Image, v)) is not null); i++)
+            await Task.Delay(50);
+        Assert.All(bed.Volumes, v => Assert.Null(Posix.LockHolder(bed.A.Locate(bed.Image, v))));
+        await bed.A.DeleteImageAsync(bed.Image);
+        Assert.Empty(await bed.A.ListImagesAsync());
+    }
+}
