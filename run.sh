@@ -60,9 +60,19 @@ case "${1:-}" in
     echo "$(sum Passed) passed, $(sum Failed) failed, $(sum Skipped) skipped"
     exit "$status"
     ;;
+  simulate)
+    # The saga's deterministic simulation only (no QEMU, no cluster): LSM_SIM_SEEDS=N seeds (default 2000),
+    # LSM_SIM_SEED=S replays one seed with its trace; the summary goes to var/faults/simulation.json.
+    shift
+    export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
+    dotnet build tests/LiveMigration.Coordinator.Tests -c Release -nologo -v quiet -clp:ErrorsOnly
+    exec dotnet test tests/LiveMigration.Coordinator.Tests -c Release --no-build -nologo \
+      --filter "FullyQualifiedName~LiveMigration.Coordinator.Tests.Simulation" --logger "console;verbosity=detailed" "$@"
+    ;;
   *)
     echo "usage: ./run.sh demo [--data-dir DIR] [--hypervisor qmp|libvirt]   run the demo (migrates a running VM's disk while it writes)" >&2
     echo "       ./run.sh test [dotnet test args]  run the whole test suite" >&2
+    echo "       ./run.sh simulate                 the saga's seeded fault simulation (LSM_SIM_SEEDS=N, LSM_SIM_SEED=S to replay one)" >&2
     exit 2
     ;;
 esac

@@ -42,14 +42,16 @@ public static class KnownBugs
             "rollback-deletes-running-destination",
             "pre-copy, 1 disk: Pivot completes in QEMU, then QEMU dies before the HSM answers (VM_NOT_RUNNING); the saga rolls back, CancelReplication's VM_NOT_RUNNING counts as 'nothing to undo', DeleteDestinationImage deletes the chain the VM's record names",
             () => Scenario(MigrationStrategy.PreCopy, sim => sim.Script[(Pivot, 1)] = Fault.DoneThenVmDies),
-            r => DataHarm.Contains(r.Violation!.Invariant) && RollbackCause(r) is { Rollback.Kind: TerminationKind.Failure, Cause: { } f } && MigrationPlan.IsSwitch(f.Step)),
+            r => DataHarm.Contains(r.Violation!.Invariant) && !r.Notes.Contains("pivot-landed-late") && RollbackCause(r) is { Rollback.Kind: TerminationKind.Failure, Cause: { } f } && MigrationPlan.IsSwitch(f.Step),
+            Fixed: true),
 
         new("B1b-live-snapshot-failure-rolls-back",
             "Post-copy flavour of B1: LiveSnapshotToDestination took effect but its read-back failed (QMP_ERROR); the rollback deletes the new leaf the VM writes on",
             "rollback-deletes-running-destination",
             "post-copy, 1 disk: the live snapshot is taken, the HSM answers QMP_ERROR; RollbackSteps = [DeleteDestinationImage] deletes Dst:new while the VM writes on it (the guest's next write is lost)",
             () => Scenario(MigrationStrategy.PostCopy, sim => sim.Script[(LiveSnapshotToDestination, 1)] = Fault.DoneThenQmpError),
-            _ => false),
+            _ => false,
+            Fixed: true),
 
         new("B1c-unknown-switch-outcome-not-asked",
             "DESIGN §7.4: after a switch fails with an unknown outcome (TIMEOUT/IO_ERROR three times), the saga rolls back blind instead of asking where the drive runs",
@@ -59,7 +61,8 @@ public static class KnownBugs
             {
                 for (var attempt = 1; attempt <= 3; attempt++) sim.Script[(Pivot, attempt)] = Fault.FailTransient;
             }),
-            _ => false),
+            _ => false,
+            Fixed: true),
 
         new("B2-terminate-rolls-back-a-switch-awaiting-retry",
             "Cancel (or another disk's failure) while a switch waits for its retry: DecideCancel only refuses when the switch is InFlight, and Terminate rolls back any disk not InFlight, so a pivot that did happen (answer TIMEOUT) is undone by deleting the destination",
@@ -73,7 +76,8 @@ public static class KnownBugs
                     if (e is RetryScheduled { Step: Pivot }) s.OperatorIn(0.1, new CancelMigration(s.Id));
                 };
             }),
-            r => DataHarm.Contains(r.Violation!.Invariant)),
+            r => DataHarm.Contains(r.Violation!.Invariant),
+            Fixed: true),
 
         new("B3-early-retry-timer-stalls",
             "A RetryDue that finds nothing due yet persists nothing, and MigrationActor.Handle then skips Dispatch: the single retry timer is not re-armed and the migration waits forever",
@@ -87,7 +91,8 @@ public static class KnownBugs
                     if (e is RetryScheduled) s.EarlyRetryTimerIn(0.1);
                 };
             }),
-            r => r.Violation!.Invariant == "stall" && r.Notes.Contains("early-retry-timer-ignored")),
+            r => r.Violation!.Invariant == "stall" && r.Notes.Contains("early-retry-timer-ignored"),
+            Fixed: true),
 
         new("B4-abandon-after-pivot-leaves-illegal-leaf",
             "Abandon is accepted for a pre-copy disk that pivoted but whose MarkDestinationLeafLegal never succeeded: the VM is left running on an ILLEGAL destination leaf that a restart refuses (DESIGN §7.2)",
@@ -113,13 +118,66 @@ public static class KnownBugs
             }, new Chaos(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, MaxResumes: 0)),
             r => r.Violation!.Invariant == "leftover-mirror" && r.Ending.StartsWith("abandoned")),
 
+        new("B6-rollback-hides-a-suspended-disk",
+            "RollbackStarted sets the status to RollingBack although another disk is Suspended: when the rolling-back disks finish, the suspended one keeps the migration unfinished, yet Resume and Abandon are refused (NOT_SUSPENDED): stuck for good",
+            "stall",
+            "pre-copy, 2 disks, parallel 2: d0 pivots, its MarkDestinationLeafLegal fails 3 times → MigrationSuspended; then d1's mirror fails (JOB_FAILED) → RollbackStarted (status RollingBack); d1 rolls back and finishes; d0 stays Suspended under a RollingBack status",
+            () =>
+            {
+                var sim = new SagaSimulator(1, Chaos.None, MigrationStrategy.PreCopy, disks: 2, parallel: 2);
+                var slow = sim.World.Disks.Keys.Last();
+                sim.MirrorReadyAfter = d => d.Image == slow ? 10_000 : 1;
+                for (var attempt = 1; attempt <= 3; attempt++) sim.Script[(MarkDestinationLeafLegal, attempt)] = Fault.FailTransient;
+                sim.AfterEvent = (s, e) =>
+                {
+                    if (e is MigrationSuspended) s.FailMirrorIn(1, slow);
+                };
+                sim.Start();
+                return sim.Drain();
+            },
+            r => r.Violation!.Invariant == "stall" && r.Violation.Detail.StartsWith("rolling back") && r.Violation.Detail.Contains(" Suspended "),
+            Fixed: true),
+
+        new("B7-failed-step-starts-its-rollback-twice",
+            "Draft.Failed calls Terminate (which already begins this disk's rollback) and then BeginRollback again: the first rollback step is journaled twice with the same operation id (double StepStarted, double timing); harmless to the hosts, wrong in the journal and the views",
+            "duplicate-step-started",
+            "pre-copy, 1 disk: StartReplication fails permanently (QMP_ERROR) → RollbackStarted, StepStarted CancelReplication:1, StepStarted CancelReplication:1",
+            () => Scenario(MigrationStrategy.PreCopy, sim => sim.Script[(StartReplication, 1)] = Fault.FailPermanent,
+                Chaos.None with { StrictJournal = true }),
+            r => r.Violation!.Invariant == "duplicate-step-started"),
+
+        new("B8-probe-races-a-pivot-still-completing",
+            "ProbeSwitch answers OnSource while the timed-out block-job-complete is still pending in QEMU; the pivot lands after the probe, CancelReplication then finds no job and answers ok, and DeleteDestinationImage deletes the chain QEMU now writes on. Also (seed 33654): the late pivot is never recorded, so after QEMU dies the host's record still names the source leaf and a restart runs on stale data",
+            "rollback-deletes-running-destination",
+            "pre-copy, 1 disk: Pivot issues block-job-complete but the job does not end within the HSM's command timeout (TIMEOUT, transient); ProbeSwitch reads QEMU on the source → OnSource → RollbackStarted; the pivot lands; CancelReplication: 'no mirror: nothing to cancel' (ok); DeleteDestinationImage of the running chain",
+            () => Scenario(MigrationStrategy.PreCopy, sim =>
+            {
+                sim.Script[(Pivot, 1)] = Fault.TimeoutThenPivotLater;
+                sim.AfterEvent = (s, e) =>
+                {
+                    if (e is StepCompleted { Step: ProbeSwitch } probed) s.LandPivotIn(0, probed.Image);
+                };
+            }),
+            r => (DataHarm.Contains(r.Violation!.Invariant) || r.Violation.Invariant is "record-disagrees" or "completed-not-on-destination" or "rolled-back-not-on-source")
+                 && r.Notes.Contains("pivot-landed-late")),
+
         new("H1-stale-command-redone-after-host-restart",
-            "Host side, not the decider: a late copy of an old command reaches an SPM/HSM that restarted and forgot its in-memory OperationLedger; it is executed again (CloneImageStructure after the rollback deleted the destination) and leaves volumes behind (DESIGN §7.6/§7.7: fencing by owner/generation, durable idempotency)",
+            "Host side, not the decider: a late copy of an old command reaches an SPM/HSM that restarted and forgot its in-memory OperationLedger; it is executed again (CloneImageStructure after the rollback deleted the destination) and leaves volumes behind, or (a late switch) leaves the host's record showing a switch begun (DESIGN §7.6/§7.7: fencing by owner/generation, durable idempotency)",
             "leftover-volumes",
             "seed 571 with LSM_SIM_CHAOS=noswitch: rollback done, SPM restarts, CloneImageStructure:d0/1 delivered late recreates Dst:b0, Dst:leaf ILLEGAL",
             () => new SagaSimulator(571, new Chaos(SwitchFaults: false, KillVm: 0), trace: true).Run(),
-            r => r.Violation!.Invariant is "leftover-volumes" or "leftover-mirror" && r.Notes.Contains("late-command-reexecuted")),
+            r => r.Notes.Contains("late-command-reexecuted")
+                 && (r.Violation!.Invariant is "leftover-volumes" or "leftover-mirror" or "stale-switch-record" or "record-disagrees" or "rolled-back-not-on-source"
+                     || DataHarm.Contains(r.Violation.Invariant) && FinishedBefore(r))),
     ];
+
+    /// <summary>The migration had ended before the violation: only stale commands acted then.</summary>
+    private static bool FinishedBefore(SimResult r)
+    {
+        if (r.Journal.Count == 0) return false;
+        var end = r.Journal.LastOrDefault(e => e is MigrationCompleted or MigrationFailed or MigrationCancelled or MigrationAbandoned);
+        return end is not null && end.At - r.Journal[0].At < r.Violation!.At;
+    }
 
     public static KnownBug? Classify(SimResult result) =>
         result.Failed ? All.FirstOrDefault(b => !b.Fixed && b.Explains(result)) : null;

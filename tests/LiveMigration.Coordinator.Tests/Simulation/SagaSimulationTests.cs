@@ -11,6 +11,8 @@ namespace LiveMigration.Coordinator.Tests.Simulation;
 /// <list type="bullet">
 /// <item><c>LSM_SIM_SEEDS=100000</c> runs more seeds (default 2,000), <c>LSM_SIM_FIRST_SEED</c> moves the window.</item>
 /// <item><c>LSM_SIM_SEED=1234</c> replays one seed and prints its whole trace.</item>
+/// <item><c>LSM_SIM_CHAOS=noswitch|heavy|heavy-durable</c> picks another fault profile (see <see cref="Chaos.FromEnvironment"/>):
+/// no faults at the switch steps, every fault more often, or that with hosts that never forget an operation id.</item>
 /// </list>
 /// Failures caused by a bug listed in <see cref="KnownBugs"/> are reported, not failed on; any other failure fails the
 /// sweep with its seed and trace. A summary goes to <c>var/faults/simulation.json</c> under the repository root.

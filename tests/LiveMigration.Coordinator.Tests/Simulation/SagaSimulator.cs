@@ -38,14 +38,25 @@ public sealed record Chaos(
     /// <summary>Faults on the switch steps (pivot, live snapshot) and VM deaths: off, to look past the bugs they hit.</summary>
     bool SwitchFaults = true,
     /// <summary>How many times the operator resumes a suspended migration before abandoning it.</summary>
-    int MaxResumes = 3)
+    int MaxResumes = 3,
+    /// <summary>Make a StepStarted that repeats the step already in flight a violation (a note otherwise).</summary>
+    bool StrictJournal = false)
 {
     /// <summary>Nothing goes wrong unless a scenario says so.</summary>
     public static readonly Chaos None = new(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
 
     /// <summary>From LSM_SIM_CHAOS: "noswitch" turns the switch faults off (to explore past the known switch bugs).</summary>
-    public static Chaos FromEnvironment() =>
-        Environment.GetEnvironmentVariable("LSM_SIM_CHAOS") == "noswitch" ? new Chaos(SwitchFaults: false, KillVm: 0) : new Chaos();
+    /// <summary>"heavy" raises every fault rate and abandons at once (to shake out rarer sequences).</summary>
+    public static Chaos FromEnvironment() => Environment.GetEnvironmentVariable("LSM_SIM_CHAOS") switch
+    {
+        "noswitch" => new Chaos(SwitchFaults: false, KillVm: 0),
+        "heavy" => new Chaos(HostFault: 0.3, LoseReply: 0.1, DuplicateReply: 0.2, SlowReply: 0.2, LateCommand: 0.15, CrashAfterPersist: 0.1,
+            KillVm: 0.3, Cancel: 0.4, MirrorFails: 0.2, MaxSpuriousRetryDue: 4, MaxHostRestarts: 4, MaxResumes: 1),
+        // heavy, with hosts that never forget an operation id (what durable idempotency would give): H1 cannot happen
+        "heavy-durable" => new Chaos(HostFault: 0.3, LoseReply: 0.1, DuplicateReply: 0.2, SlowReply: 0.2, LateCommand: 0.15, CrashAfterPersist: 0.1,
+            KillVm: 0.3, Cancel: 0.4, MirrorFails: 0.2, MaxSpuriousRetryDue: 4, MaxHostRestarts: 0, MaxResumes: 1),
+        _ => new Chaos(),
+    };
 }
 
 /// <summary>
@@ -118,8 +129,9 @@ public sealed class SagaSimulator
         Request = new MigrationRequest(Vm, images.Select(i => new DiskMoveRequest(i, Destination)).ToValueList(), strat, 0,
             CopyMode.Background, par, DeleteSource: true, new RetryPolicy(3, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(8)));
         State = MigrationState.Initial(Id);
+        World.PreCopy = strat == MigrationStrategy.PreCopy;
         World.Violate = (invariant, detail) => Fail(invariant, detail);
-        World.MirrorStarted = disk => At(TimeSpan.FromSeconds(1 + _rng.NextDouble() * 40), new MirrorReadyEv(disk.Image));
+        World.MirrorStarted = disk => At(TimeSpan.FromSeconds(MirrorReadyAfter?.Invoke(disk) ?? 1 + _rng.NextDouble() * 40), new MirrorReadyEv(disk.Image));
         foreach (var image in images)
         {
             var internals = _rng.Next(0, 3);
@@ -230,6 +242,16 @@ public sealed class SagaSimulator
                 FinishWaits(m.Image, new HostAnswer.Ok(new StepOutcome(1L << 30, "mirror READY")));
                 break;
             }
+            case MirrorFailEv m when World.Disks[m.Image].MirrorRunning:
+                Log($"world: mirror of {Short(m.Image)} FAILS (out of space)");
+                World.MirrorFails(World.Disks[m.Image]);
+                FinishWaits(m.Image, new HostAnswer.Fail(ErrorCodes.JobFailed, "the mirror failed: no space", false));
+                break;
+            case PivotLandsEv p when World.Disks[p.Image] is { PivotPending: true } pending:
+                Log($"world: the timed-out pivot of {Short(p.Image)} lands: QEMU now writes on the destination");
+                _notes.Add("pivot-landed-late");
+                World.CompletePivot(pending);
+                break;
             case GuestWriteEv w:
                 World.GuestWrite(World.Disks[w.Image]);
                 if (!State.Status.IsFinished && World.VmRunning) At(Rand(2, 10), w);
@@ -267,7 +289,11 @@ public sealed class SagaSimulator
             return false;
         }
         if (decision.Events.Count == 0)
+        {
+            // MigrationActor.Handle: a timer that fired a moment early (nothing due yet) is armed again.
+            if (command is RetryDue) Dispatch();
             return false;
+        }
         foreach (var e in decision.Events)
         {
             CheckEvent(e);
@@ -397,10 +423,24 @@ public sealed class SagaSimulator
                         : new HostAnswer.Fail(Pick(ErrorCodes.QmpError, ErrorCodes.JobFailed), "injected permanent failure", false);
                 Log($"{step.Role} <- {Op(op)}{tag}: NOT done, answers {Describe(answer)}");
                 break;
+            case Fault.TimeoutThenPivotLater when op.Step == Pivot && World.VmRunning && disk.MirrorRunning && disk.MirrorReady:
+                disk.Pending = new VolKey(Side.Dst, SimDisk.Leaf);
+                disk.PivotPending = true;
+                At(Rand(0.2, 20), new PivotLandsEv(disk.Image));
+                answer = new HostAnswer.Fail(ErrorCodes.Timeout, "block job did not end within the command timeout (block-job-complete was issued)", true);
+                Log($"{step.Role} <- {Op(op)}{tag}: block-job-complete issued, answers {Describe(answer)}; the pivot may still land");
+                break;
             default:
             {
                 // The work happened; its answer says otherwise (a timeout, QEMU dying right after, a failed read-back).
+                var recorded = disk.RecordLeaf;
                 var done = World.Execute(op.Step, disk);
+                if (done is HostAnswer.Ok && MigrationPlan.IsSwitch(op.Step))
+                {
+                    // the failure came before RecordLeafAsync: the record still shows the switch as begun
+                    disk.RecordLeaf = recorded;
+                    disk.Pending = disk.Open[^1];
+                }
                 if (done is not HostAnswer.Ok)
                     answer = done;
                 else if (fault == Fault.DoneThenVmDies && SimWorld.RunsOnHsm(op.Step))
@@ -427,7 +467,12 @@ public sealed class SagaSimulator
     }
 
     /// <summary>How a host call goes wrong, when a test forces it or the dice do.</summary>
-    public enum Fault { None, FailTransient, FailPermanent, DoneThenTimeout, DoneThenVmDies, DoneThenQmpError }
+    public enum Fault
+    {
+        None, FailTransient, FailPermanent, DoneThenTimeout, DoneThenVmDies, DoneThenQmpError,
+        /// <summary>Pivot only: block-job-complete was issued, the job did not end within the HSM's timeout (TIMEOUT), and it lands later.</summary>
+        TimeoutThenPivotLater,
+    }
 
     /// <summary>Forced outcomes for hand-written scenarios: (step, attempt) → fault, used once at the first delivery.</summary>
     public Dictionary<(MigrationStep Step, int Attempt), Fault> Script { get; } = new();
@@ -438,7 +483,7 @@ public sealed class SagaSimulator
         if (!_chaos.SwitchFaults && MigrationPlan.IsSwitch(step.Step)) return Fault.None;
         if (_rng.NextDouble() < _chaos.EffectThenFail)
             return !SimWorld.RunsOnHsm(step.Step) ? Fault.DoneThenTimeout
-                : _chaos.SwitchFaults ? (Fault)_rng.Next(3) + 3
+                : _chaos.SwitchFaults ? (Fault)_rng.Next(4) + 3
                 : _rng.Next(2) == 0 ? Fault.DoneThenTimeout : Fault.DoneThenQmpError;
         return _rng.Next(3) < 2 ? Fault.FailTransient : Fault.FailPermanent;
     }
@@ -455,6 +500,10 @@ public sealed class SagaSimulator
     public void EarlyRetryTimerAt(double seconds) => AtAbsolute(seconds, new EarlyRetryTimerEv());
     public void CrashAt(double seconds) => AtAbsolute(seconds, new CrashEv());
     public void KillVmAt(double seconds) => AtAbsolute(seconds, new KillVmEv());
+    /// <summary>For scenarios: seconds from a mirror's start to READY (default: 1-41 s at random).</summary>
+    public Func<SimDisk, double>? MirrorReadyAfter { get; set; }
+    public void LandPivotIn(double seconds, ImageId image) => At(TimeSpan.FromSeconds(seconds), new PivotLandsEv(image));
+    public void FailMirrorIn(double seconds, ImageId image) => At(TimeSpan.FromSeconds(seconds), new MirrorFailEv(image));
     public void OperatorIn(double seconds, IMigrationCommand command) => At(TimeSpan.FromSeconds(seconds), new OperatorEv(command));
     public void EarlyRetryTimerIn(double seconds) => At(TimeSpan.FromSeconds(seconds), new EarlyRetryTimerEv());
     private void AtAbsolute(double seconds, Ev ev) => _queue.Enqueue(ev, (TimeSpan.FromSeconds(seconds).Ticks, ++_seq));
@@ -477,6 +526,8 @@ public sealed class SagaSimulator
     {
         if (op.Step is Pivot or LiveSnapshotToDestination)
             _switchAnswer[op.Image] = answer is HostAnswer.Fail f ? f.Code : "ok";
+        if (op.Step is ProbeSwitch && answer is HostAnswer.Ok { Outcome.Switch: { } finding })
+            _switchAnswer[op.Image] = $"probe:{finding}";
         IMigrationCommand reply = answer switch
         {
             HostAnswer.Ok ok => new ReportStepSucceeded(Id, op, ok.Outcome),
@@ -505,7 +556,11 @@ public sealed class SagaSimulator
     {
         if (e is StepStarted again && State.Disks.FirstOrDefault(d => d.Image == again.Image) is { Phase: DiskPhase.InFlight } current
             && current.Operation == again.Operation)
+        {
             _notes.Add($"duplicate-step-started:{again.Step}");
+            if (_chaos.StrictJournal)
+                Fail("duplicate-step-started", $"disk {Short(again.Image)}: {Op(again.Operation)} started again in the same decision while already in flight");
+        }
         if (e is StepStarted { Step: DeleteDestinationImage } start)
         {
             // The truth: does the drive run on anything on the destination right now?
@@ -516,10 +571,13 @@ public sealed class SagaSimulator
             var disk = State.Disk(start.Image);
             if (disk.Started.Any(MigrationPlan.IsSwitch))
             {
-                var last = _switchAnswer.GetValueOrDefault(start.Image);
-                if (last is null || UnknownOutcome.Contains(last))
+                // What the saga knows: since the switch was last sent, did a probe find the drive on the source?
+                var lastSwitch = Journal.FindLastIndex(x => x is StepStarted st && st.Image == start.Image && MigrationPlan.IsSwitch(st.Step));
+                var probedOnSource = Journal.Skip(lastSwitch + 1).Any(x => x is StepCompleted { Step: ProbeSwitch, Outcome.Switch: SwitchFinding.OnSource } c && c.Image == start.Image);
+                if (!probedOnSource)
                     Fail("blind-rollback-after-switch",
-                        $"disk {Short(start.Image)}: DeleteDestinationImage decided after the switch was sent, whose last answer was {last ?? "none"} (DESIGN §7.4: the saga must ask, not assume)");
+                        $"disk {Short(start.Image)}: DeleteDestinationImage decided after the switch was sent, with no probe since that found the drive on the source " +
+                        $"(last host answer to the switch: {_switchAnswer.GetValueOrDefault(start.Image) ?? "none"}; DESIGN §7.4: the saga must ask, not assume)");
             }
         }
         if (e is StepStarted { Step: DeleteSourceImage } del)
@@ -572,9 +630,20 @@ public sealed class SagaSimulator
                 Fail("leftover-mirror", $"disk {name}: a mirror still runs after the migration ended ({MigrationDecider.Describe(State.Status)})");
                 return;
             }
+            if (State.Status is not MigrationStatus.Abandoned && disk.Pending is { } pending)
+            {
+                Fail("stale-switch-record", $"disk {name} ({saga.Phase}): the migration ended {MigrationDecider.Describe(State.Status)} but the host's record still shows a switch to {pending} begun: the VM is refused a start on an in-doubt chain");
+                return;
+            }
+            if (disk.Pending is null && disk.RecordLeaf != disk.Open[^1])
+            {
+                Fail("record-disagrees", $"disk {name} ({saga.Phase}): the host's record names {disk.RecordLeaf}, the drive runs on {disk.Open[^1]} (DESIGN §7.1)");
+                return;
+            }
             if (State.Status is MigrationStatus.Abandoned)
             {
-                if (disk.Open.FirstOrDefault(k => !disk.Volumes[k].Legal) is { Layer: not null } illegal)
+                // A drive whose switch is in doubt (record: begun, not recorded) is refused a start until an operator decides: not a silent harm.
+                if (disk.Pending is null && disk.Open.FirstOrDefault(k => !disk.Volumes[k].Legal) is { Layer: not null } illegal)
                     Fail("abandoned-on-illegal-chain", $"disk {name} ({saga.Phase} at {saga.Step}): abandoned while the drive runs on ILLEGAL {illegal}; a restart refuses it");
                 continue;
             }
@@ -657,6 +726,8 @@ public sealed class SagaSimulator
     private sealed record EarlyRetryTimerEv : Ev;
     private sealed record AdmitEv : Ev;
     private sealed record MirrorReadyEv(ImageId Image) : Ev;
+    private sealed record MirrorFailEv(ImageId Image) : Ev;
+    private sealed record PivotLandsEv(ImageId Image) : Ev;
     private sealed record GuestWriteEv(ImageId Image) : Ev;
     private sealed record KillVmEv : Ev;
     private sealed record CrashEv : Ev;

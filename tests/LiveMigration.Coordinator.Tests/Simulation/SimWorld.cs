@@ -42,6 +42,12 @@ public sealed class SimDisk(DiskPlan plan, int internals)
     public bool MirrorReady;
     /// <summary>QEMU remembers the last job: a pivot repeated after a lost answer finds it completed.</summary>
     public bool LastJobCompleted;
+    /// <summary>The host's durable VM record for this drive (DESIGN §7.1): the leaf it names, and a switch begun and not yet recorded.</summary>
+    public VolKey RecordLeaf;
+    public VolKey? Pending;
+    /// <summary>A pivot whose block-job-complete was issued but whose job has not ended (the HSM answered TIMEOUT): it may still land.</summary>
+    public bool PivotPending;
+
     /// <summary>The newest data version of each layer the guest wrote (or that existed at the start).</summary>
     public Dictionary<string, long> Written { get; } = new();
 
@@ -64,7 +70,7 @@ public sealed class SimDisk(DiskPlan plan, int internals)
 public sealed class HostError(string code, string message) : Exception(message)
 {
     public string Code { get; } = code;
-    public bool Transient => Code is ErrorCodes.Timeout or ErrorCodes.IoError;
+    public bool Transient => Code is ErrorCodes.Timeout or ErrorCodes.IoError or ErrorCodes.VolumeInUse;
 }
 
 /// <summary>What a host answers a step with, or that the answer comes later (a mirror wait).</summary>
@@ -99,6 +105,7 @@ public sealed class SimWorld
             disk.Open.Add(new VolKey(Side.Src, layer));
         }
         disk.Written[SimDisk.New] = 0;
+        disk.RecordLeaf = new VolKey(Side.Src, SimDisk.Leaf);
         Disks[plan.Image] = disk;
         return disk;
     }
@@ -119,7 +126,7 @@ public sealed class SimWorld
     public void KillVm()
     {
         VmRunning = false;
-        foreach (var d in Disks.Values) { d.MirrorRunning = false; d.MirrorReady = false; }
+        foreach (var d in Disks.Values) { d.MirrorRunning = false; d.MirrorReady = false; d.PivotPending = false; }
     }
 
     public void MirrorBecomesReady(SimDisk disk)
@@ -130,6 +137,7 @@ public sealed class SimWorld
     /// <summary>The mirror fails (e.g. out of space on the destination): the job is gone.</summary>
     public void MirrorFails(SimDisk disk)
     {
+        disk.PivotPending = false;
         disk.MirrorRunning = false;
         disk.MirrorReady = false;
         disk.LastJobCompleted = false;
@@ -205,23 +213,21 @@ public sealed class SimWorld
         },
         [Pivot] = (w, d) =>
         {
-            w.RequireVm();
             var destination = w.ResolveDestinationChain(d);
-            if (!d.MirrorRunning && d.LastJobCompleted && d.Open.SequenceEqual(destination)) return Done("pivoted already");
+            // HsmActor: the intent is recorded durably before QEMU is asked (BeginSwitchAsync)
+            d.Pending = destination[^1];
+            w.RequireVm();
+            if (!d.MirrorRunning && d.LastJobCompleted && d.Open.SequenceEqual(destination)) return w.Recorded(d, "pivoted already");
             if (!d.MirrorRunning) throw new HostError(ErrorCodes.NoSuchJob, "no mirror to pivot");
             if (!d.MirrorReady) throw new HostError(ErrorCodes.NoSuchJob, "mirror not READY");
-            // block-job-complete: the mirror's last sync, then QEMU writes on the destination
-            d.Get(Side.Dst, SimDisk.Leaf)!.Content = d.Volumes.TryGetValue(d.Open[^1], out var src) ? src.Content : 0;
-            d.MirrorRunning = false;
-            d.MirrorReady = false;
-            d.LastJobCompleted = true;
-            d.Open = destination;
-            return Done("pivoted onto the destination");
+            w.CompletePivot(d);
+            return w.Recorded(d, "pivoted onto the destination");
         },
         [CancelReplication] = (w, d) =>
         {
             w.RequireVm();
             if (!d.MirrorRunning) return Done("no mirror: nothing to cancel");
+            d.PivotPending = false;
             d.MirrorRunning = false;
             d.MirrorReady = false;
             d.LastJobCompleted = false;
@@ -229,16 +235,17 @@ public sealed class SimWorld
         },
         [LiveSnapshotToDestination] = (w, d) =>
         {
-            w.RequireVm();
             var leaf = d.Get(Side.Dst, SimDisk.New) ?? throw new HostError(d.LayersOn(Side.Dst).Count == 0 ? ErrorCodes.ImageNotFound : ErrorCodes.VolumeNotFound, "new leaf not on destination");
             var target = new VolKey(Side.Dst, SimDisk.New);
-            if (d.Open[^1] == target) return Done("snapshot taken already");
+            d.Pending = target;
+            w.RequireVm();
+            if (d.Open[^1] == target) return w.Recorded(d, "snapshot taken already");
             if (leaf.ParentSide != Side.Src || d.Open[^1] != new VolKey(Side.Src, SimDisk.Leaf))
                 throw new HostError(ErrorCodes.InvalidArgument, "the new leaf's parent is not the current leaf");
             if (d.MirrorRunning) throw new HostError(ErrorCodes.Conflict, "a block job runs");
             d.Open.Add(target);
             d.LastJobCompleted = false;
-            return Done("VM writes on the new leaf");
+            return w.Recorded(d, "VM writes on the new leaf");
         },
         [SwitchBackingChain] = (w, d) =>
         {
@@ -255,15 +262,48 @@ public sealed class SimWorld
             if (copy.Any(k => !d.Volumes[k].Legal)) throw new HostError(ErrorCodes.Conflict, "a copied layer is ILLEGAL");
             if (d.MirrorRunning) throw new HostError(ErrorCodes.Conflict, "a block job runs");
             d.Open = [.. copy, d.Open[^1]];
+            d.RecordLeaf = d.Open[^1];
+            d.Pending = null;
             return Done("VM runs on the destination only");
         },
+        // HsmActor.ProbeSwitchAsync: read-only but for the record; QEMU's open chain when it runs, the record when not.
         [ProbeSwitch] = (w, d) =>
         {
-            // Read-only, as the HSM: where the drive runs (QEMU's open chain, or with QEMU gone the host's durable
-            // record, which the model's last open chain stands for). A live snapshot's new leaf holds every write either way.
-            var onDestination = d.Open.Count > 0 && d.Open[^1].Side == Side.Dst;
-            return new HostAnswer.Ok(new StepOutcome(Detail: onDestination ? "runs on the destination" : "runs on the source",
-                Switch: onDestination ? SwitchFinding.OnDestination : SwitchFinding.OnSource));
+            var preCopy = w.PreCopy;
+            var target = preCopy ? new VolKey(Side.Dst, SimDisk.Leaf) : new VolKey(Side.Dst, SimDisk.New);
+            if (!d.Volumes.ContainsKey(target))
+                throw new HostError(d.LayersOn(Side.Dst).Count == 0 ? ErrorCodes.ImageNotFound : ErrorCodes.VolumeNotFound, $"{target} not on destination");
+            if (w.VmRunning)
+            {
+                if (d.Open[^1] == target)
+                {
+                    d.RecordLeaf = target;
+                    d.Pending = null;
+                    return Found(SwitchFinding.OnDestination, "QEMU runs on the destination leaf");
+                }
+                d.Pending = null;
+                return Found(SwitchFinding.OnSource, $"QEMU runs on {d.Open[^1]}");
+            }
+            if (d.RecordLeaf == target) return Found(SwitchFinding.OnDestination, "the record names the destination leaf");
+            if (d.Pending is null) return Found(SwitchFinding.OnSource, "the record shows no switch begun");
+            if (!preCopy)
+            {
+                d.RecordLeaf = target;
+                d.Pending = null;
+                // the VM starts again on its record: the new leaf, an overlay of the chain it had open
+                if (d.Open[^1] != target) d.Open = [.. d.Open, target];
+                return Found(SwitchFinding.OnDestination, "QEMU died during the live snapshot: the new leaf holds every write either way");
+            }
+            // file domains: qemu-img compare of the two leaves
+            var source = d.Get(Side.Src, SimDisk.Leaf);
+            if (source is not null && source.Content == d.Get(Side.Dst, SimDisk.Leaf)!.Content)
+            {
+                d.Pending = null;
+                // the VM starts again on the recorded (source) chain, which holds the same data
+                d.Open = d.OriginalLayers.Select(l => new VolKey(Side.Src, l)).ToList();
+                return Found(SwitchFinding.OnSource, "QEMU died during the pivot; both leaves hold the same data");
+            }
+            throw new HostError(ErrorCodes.SwitchOutcomeUnknown, "QEMU died during the pivot and the leaves differ: both are kept");
         },
     };
 
@@ -286,6 +326,29 @@ public sealed class SimWorld
     }
 
     private static HostAnswer Done(string detail) => new HostAnswer.Ok(new StepOutcome(Detail: detail));
+    private static HostAnswer Found(SwitchFinding finding, string detail) => new HostAnswer.Ok(new StepOutcome(Detail: detail, Switch: finding));
+
+    /// <summary>The migration's strategy (the probe's target depends on it, as the HSM reads it from the command).</summary>
+    public bool PreCopy { get; set; } = true;
+
+    /// <summary>A switch that worked is recorded before the HSM answers (RecordLeafAsync).</summary>
+    private HostAnswer Recorded(SimDisk d, string detail)
+    {
+        d.RecordLeaf = d.Open[^1];
+        d.Pending = null;
+        return Done(detail);
+    }
+
+    /// <summary>block-job-complete lands: the mirror's last sync, then QEMU writes on the destination chain.</summary>
+    public void CompletePivot(SimDisk d)
+    {
+        d.Get(Side.Dst, SimDisk.Leaf)!.Content = d.Volumes.TryGetValue(d.Open[^1], out var src) ? src.Content : 0;
+        d.MirrorRunning = false;
+        d.MirrorReady = false;
+        d.LastJobCompleted = true;
+        d.PivotPending = false;
+        d.Open = d.OriginalLayers.Select(l => new VolKey(Side.Dst, l)).ToList();
+    }
 
     private void RequireVm()
     {
@@ -330,7 +393,12 @@ public sealed class SimWorld
     /// <summary>SimStorageDomain.DeleteImageAsync: every volume of the image on that domain, LEGAL or not, whoever has it open.</summary>
     private void DeleteImage(SimDisk d, Side side, MigrationStep step)
     {
-        foreach (var key in d.Volumes.Keys.Where(k => k.Side == side).ToList())
+        // Invariant 5 in the storage port: a volume a running QEMU has open (its chain, or a mirror's target) is locked
+        // and not deleted (VOLUME_IN_USE, transient). A dead QEMU holds no lock.
+        var doomed = d.Volumes.Keys.Where(k => k.Side == side).ToList();
+        if (VmRunning && doomed.FirstOrDefault(k => d.Open.Contains(k) || d.MirrorRunning && k == new VolKey(Side.Dst, SimDisk.Leaf)) is { Layer: not null } open)
+            throw new HostError(ErrorCodes.VolumeInUse, $"{open} is open in QEMU; not deleted while in use");
+        foreach (var key in doomed)
         {
             if (d.Open.Contains(key))
                 Violate("delete-open-chain", $"{step} of disk {d.Image} deleted {key}, which the drive has open ({(VmRunning ? "VM running" : "VM stopped; its record names this chain")})");
