@@ -165,10 +165,13 @@ public static class MigrationDecider
             if (disk.Phase is DiskPhase.InFlight or DiskPhase.RetryWaiting)
                 return Decision.Refuse(MigrationErrorCodes.NotSuspended,
                     $"migration {state.Id} cannot be abandoned yet: disk {disk.Image} has {disk.Step} under way; wait until it ends");
-            if (disk.Step == MigrationStep.CancelReplication)
+            // A mirror runs from StartReplication until the pivot, or until the rollback's CancelReplication succeeded.
+            var mirrorMayRun = disk.Started.Contains(MigrationStep.StartReplication) && !disk.PassedPointOfNoReturn
+                               && disk.Step != MigrationStep.DeleteDestinationImage;
+            if (mirrorMayRun)
                 return Decision.Refuse(MigrationErrorCodes.NotSuspended,
-                    $"migration {state.Id} cannot be abandoned: disk {disk.Image}'s mirror may still copy into the destination (its cancel failed: {disk.LastError}); " +
-                    "resume it so the rollback cancels the mirror and removes the copy");
+                    $"migration {state.Id} cannot be abandoned: disk {disk.Image}'s mirror may still copy into the destination ({disk.Step}: {disk.LastError}); " +
+                    "resume it so the mirror is pivoted or cancelled and the copy removed");
             if (disk.Step == MigrationStep.MarkDestinationLeafLegal)
                 return Decision.Refuse(MigrationErrorCodes.NotSuspended,
                     $"migration {state.Id} cannot be abandoned: disk {disk.Image} runs on its destination leaf, which is not marked LEGAL yet ({disk.LastError}); " +

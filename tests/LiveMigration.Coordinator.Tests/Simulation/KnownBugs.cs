@@ -102,7 +102,8 @@ public static class KnownBugs
             {
                 for (var attempt = 1; attempt <= 3; attempt++) sim.Script[(MarkDestinationLeafLegal, attempt)] = Fault.FailTransient;
             }, new Chaos(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, MaxResumes: 0)),
-            r => r.Violation!.Invariant == "abandoned-on-illegal-chain"),
+            r => r.Violation!.Invariant == "abandoned-on-illegal-chain",
+            Fixed: true),
 
         new("B5-abandon-during-rollback-leaves-mirror",
             "Abandon of a disk whose rollback could not cancel its mirror ends the migration with the mirror still running into the (ILLEGAL) destination leaf; nothing will stop or clean it",
@@ -116,7 +117,8 @@ public static class KnownBugs
                     if (e is StepCompleted { Step: StartReplication }) s.OperatorIn(0.01, new CancelMigration(s.Id));
                 };
             }, new Chaos(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, MaxResumes: 0)),
-            r => r.Violation!.Invariant == "leftover-mirror" && r.Ending.StartsWith("abandoned")),
+            r => r.Violation!.Invariant == "leftover-mirror" && r.Ending.StartsWith("abandoned"),
+            Fixed: true),
 
         new("B6-rollback-hides-a-suspended-disk",
             "RollbackStarted sets the status to RollingBack although another disk is Suspended: when the rolling-back disks finish, the suspended one keeps the migration unfinished, yet Resume and Abandon are refused (NOT_SUSPENDED): stuck for good",
@@ -144,7 +146,8 @@ public static class KnownBugs
             "pre-copy, 1 disk: StartReplication fails permanently (QMP_ERROR) → RollbackStarted, StepStarted CancelReplication:1, StepStarted CancelReplication:1",
             () => Scenario(MigrationStrategy.PreCopy, sim => sim.Script[(StartReplication, 1)] = Fault.FailPermanent,
                 Chaos.None with { StrictJournal = true }),
-            r => r.Violation!.Invariant == "duplicate-step-started"),
+            r => r.Violation!.Invariant == "duplicate-step-started",
+            Fixed: true),
 
         new("B8-probe-races-a-pivot-still-completing",
             "ProbeSwitch answers OnSource while the timed-out block-job-complete is still pending in QEMU; the pivot lands after the probe, CancelReplication then finds no job and answers ok, and DeleteDestinationImage deletes the chain QEMU now writes on. Also (seed 33654): the late pivot is never recorded, so after QEMU dies the host's record still names the source leaf and a restart runs on stale data",
@@ -159,7 +162,8 @@ public static class KnownBugs
                 };
             }),
             r => (DataHarm.Contains(r.Violation!.Invariant) || r.Violation.Invariant is "record-disagrees" or "completed-not-on-destination" or "rolled-back-not-on-source")
-                 && r.Notes.Contains("pivot-landed-late")),
+                 && r.Notes.Contains("pivot-landed-late"),
+            Fixed: true),
 
         new("H1-stale-command-redone-after-host-restart",
             "Host side, not the decider: a late copy of an old command reaches an SPM/HSM that restarted and forgot its in-memory OperationLedger; it is executed again (CloneImageStructure after the rollback deleted the destination) and leaves volumes behind, or (a late switch) leaves the host's record showing a switch begun (DESIGN §7.6/§7.7: fencing by owner/generation, durable idempotency)",

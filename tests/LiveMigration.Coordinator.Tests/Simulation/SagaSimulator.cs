@@ -272,6 +272,12 @@ public sealed class SagaSimulator
                 if (o.Command is ResumeMigration or AbandonMigration) _operatorPending = false;
                 Log($"operator: {o.Command.GetType().Name}");
                 Handle(o.Command, "operator");
+                if (o.Command is AbandonMigration && State.Status is MigrationStatus.Suspended)
+                {
+                    // Refused (the disk would be left unsafe): the refusal tells the operator to resume.
+                    _operatorPending = true;
+                    At(Rand(20, 120), new OperatorEv(new ResumeMigration(Id)));
+                }
                 break;
         }
     }

@@ -273,6 +273,8 @@ public sealed class SimWorld
             var target = preCopy ? new VolKey(Side.Dst, SimDisk.Leaf) : new VolKey(Side.Dst, SimDisk.New);
             if (!d.Volumes.ContainsKey(target))
                 throw new HostError(d.LayersOn(Side.Dst).Count == 0 ? ErrorCodes.ImageNotFound : ErrorCodes.VolumeNotFound, $"{target} not on destination");
+            // As the HSM: a begun pivot whose mirror has not ended is let end before the drive is read.
+            if (w.VmRunning && d.PivotPending && d.Pending is not null) w.CompletePivot(d);
             if (w.VmRunning)
             {
                 if (d.Open[^1] == target)
@@ -348,6 +350,12 @@ public sealed class SimWorld
         d.LastJobCompleted = true;
         d.PivotPending = false;
         d.Open = d.OriginalLayers.Select(l => new VolKey(Side.Dst, l)).ToList();
+        // The HSM hears BLOCK_JOB_COMPLETED and records the leaf the drive runs on now.
+        if (VmRunning)
+        {
+            d.RecordLeaf = d.Open[^1];
+            d.Pending = null;
+        }
     }
 
     private void RequireVm()
