@@ -166,8 +166,10 @@ public static class MigrationDecider
                 return Decision.Refuse(MigrationErrorCodes.NotSuspended,
                     $"migration {state.Id} cannot be abandoned yet: disk {disk.Image} has {disk.Step} under way; wait until it ends");
             // A mirror runs from StartReplication until the pivot, or until the rollback's CancelReplication succeeded.
+            // A host that answered VM_NOT_RUNNING or SWITCH_OUTCOME_UNKNOWN (said only with QEMU gone) has no mirror left.
             var mirrorMayRun = disk.Started.Contains(MigrationStep.StartReplication) && !disk.PassedPointOfNoReturn
-                               && disk.Step != MigrationStep.DeleteDestinationImage;
+                               && disk.Step != MigrationStep.DeleteDestinationImage
+                               && disk.LastErrorCode is not (ErrorCodes.VmNotRunning or ErrorCodes.SwitchOutcomeUnknown);
             if (mirrorMayRun)
                 return Decision.Refuse(MigrationErrorCodes.NotSuspended,
                     $"migration {state.Id} cannot be abandoned: disk {disk.Image}'s mirror may still copy into the destination ({disk.Step}: {disk.LastError}); " +
@@ -274,7 +276,8 @@ public static class MigrationDecider
             }
             if (step == MigrationStep.ProbeSwitch)
             {
-                if (budgetLeft && transient)
+                // The probe only reads: asking again is always safe, until its host says nobody can tell.
+                if (budgetLeft && code != ErrorCodes.SwitchOutcomeUnknown)
                     ScheduleRetry(disk);
                 else
                     Emit(new MigrationSuspended(State.Id, disk.Image, step,
