@@ -14,20 +14,10 @@ namespace LiveMigration.Cli.Tests;
 /// </summary>
 public sealed class FaultMatrixTests : IAsyncLifetime
 {
-    private readonly string _dataDirectory = Path.Combine("/tmp", $"lsm-{Guid.NewGuid().ToString("N")[..8]}");
-    private Dictionary<string, string> _environment = new();
-    private string _api = "";
+    private readonly LocalClusterSession _cluster = new();
 
     public Task InitializeAsync() => Task.CompletedTask;
-
-    public async Task DisposeAsync()
-    {
-        if (Directory.Exists(_dataDirectory))
-        {
-            await LocalClusterLauncher.DownAsync(_dataDirectory);
-            Directory.Delete(_dataDirectory, recursive: true);
-        }
-    }
+    public async Task DisposeAsync() => await _cluster.DisposeAsync();
 
     public static TheoryData<string, string, string, string> Cases => new()
     {
@@ -43,18 +33,18 @@ public sealed class FaultMatrixTests : IAsyncLifetime
     public async Task A_crash_at_a_step_keeps_every_durable_write_and_leaves_one_legal_chain(string strategy, string process, string action, string point)
     {
         var clock = Stopwatch.StartNew();
-        _environment = new Dictionary<string, string>
+        _cluster.Environment = new Dictionary<string, string>
         {
             ["LSM_FAULT_PLAN"] = $"{process}:{action}@{point}",
             ["LSM_ALLOW_FAULTS"] = "1",
         };
-        await UpAsync();
-        var storage = Path.Combine(_dataDirectory, "storage");
-        await Ok("domain", "create", "sdA", "--path", storage, "--capacity", "2GiB");
-        await Ok("domain", "create", "sdB", "--path", storage, "--capacity", "2GiB");
-        await Ok("vm", "create", "vm1", "--host", "host-1", "--disk", "64MiB@sdA:snapshots=2");
-        await Ok("vm", "io", "vm1", "--rate", "4MiB/s", "--seconds", "4");
-        var started = JsonDocument.Parse((await Ok("migrate", "vm1", "--to", "sdB", "--strategy", strategy, "--json")).Stdout).RootElement;
+        await _cluster.UpAsync();
+        var storage = Path.Combine(_cluster.DataDirectory, "storage");
+        await _cluster.Ok("domain", "create", "sdA", "--path", storage, "--capacity", "2GiB");
+        await _cluster.Ok("domain", "create", "sdB", "--path", storage, "--capacity", "2GiB");
+        await _cluster.Ok("vm", "create", "vm1", "--host", "host-1", "--disk", "64MiB@sdA:snapshots=2");
+        await _cluster.Ok("vm", "io", "vm1", "--rate", "4MiB/s", "--seconds", "4");
+        var started = await _cluster.Json("migrate", "vm1", "--to", "sdB", "--strategy", strategy);
         var id = started.GetProperty("id").GetString()!;
 
         var final = await RunToEndAsync(id);
@@ -65,12 +55,12 @@ public sealed class FaultMatrixTests : IAsyncLifetime
         var restartable = true;
         if (!vm.GetProperty("running").GetBoolean())
         {
-            var start = await Lsm("vm", "start", "vm1");
+            var start = await _cluster.Lsm("vm", "start", "vm1");
             restartable = start.ExitCode == 0;
-            Assert.True(restartable, $"the VM does not start again after {process}:{action}@{point} ({status})\n{start}\n{LogTails()}");
+            Assert.True(restartable, $"the VM does not start again after {process}:{action}@{point} ({status})\n{start}\n{_cluster.LogTails()}");
             vm = await VmAsync();
         }
-        var verify = JsonDocument.Parse((await Lsm("vm", "verify", "vm1", "--json")).Stdout).RootElement;
+        var verify = JsonDocument.Parse((await _cluster.Lsm("vm", "verify", "vm1", "--json")).Stdout).RootElement;
         var chain = vm.GetProperty("disks").EnumerateArray().Single().GetProperty("chain").EnumerateArray()
             .Select(l => l.GetProperty("volume").GetString()!).ToHashSet();
         var (volumes, illegal) = ScanDomains(storage);
@@ -95,10 +85,10 @@ public sealed class FaultMatrixTests : IAsyncLifetime
 
         // A rollback that names its cause ("failed (VM_NOT_RUNNING)") is a clean end too.
         Assert.True(new[] { "completed", "failed", "cancelled", "abandoned" }.Any(end => status.StartsWith(end, StringComparison.Ordinal)),
-            $"ended {status}\n{final}\n{LogTails()}");
-        Assert.True(lost == 0, $"durable writes lost after {process}:{action}@{point}: {verify}\n{LogTails()}");
+            $"ended {status}\n{final}\n{_cluster.LogTails()}");
+        Assert.True(lost == 0, $"durable writes lost after {process}:{action}@{point}: {verify}\n{_cluster.LogTails()}");
         Assert.True(illegal == 0 && leftovers.Count == 0,
-            $"after {process}:{action}@{point} ({status}): {illegal} ILLEGAL volumes, leftovers {string.Join(", ", leftovers)}\n{LogTails()}");
+            $"after {process}:{action}@{point} ({status}): {illegal} ILLEGAL volumes, leftovers {string.Join(", ", leftovers)}\n{_cluster.LogTails()}");
     }
 
     /// <summary>Follows the migration, restarting whatever died (as `lsm local up` does) and abandoning a suspension.</summary>
@@ -108,21 +98,21 @@ public sealed class FaultMatrixTests : IAsyncLifetime
         while (DateTime.UtcNow < deadline)
         {
             await Task.Delay(500);
-            var state = await LocalClusterState.ReadAsync(_dataDirectory);
+            var state = await LocalClusterState.ReadAsync(_cluster.DataDirectory);
             if (state is not null && state.Nodes.Any(n => !Directory.Exists($"/proc/{n.Pid}")))
             {
-                await UpAsync();
+                await _cluster.UpAsync();
                 continue;
             }
-            var shown = await Lsm("migration", "show", id, "--json");
+            var shown = await _cluster.Lsm("migration", "show", id, "--json");
             if (shown.ExitCode != 0) continue; // the Coordinator is on its way back
             var migration = JsonDocument.Parse(shown.Stdout).RootElement;
             var status = migration.GetProperty("status").GetString()!;
             if (migration.GetProperty("finished").GetBoolean()) return migration;
             if (status.StartsWith("suspended", StringComparison.Ordinal))
-                await Ok("migration", "abandon", id);
+                await _cluster.Ok("migration", "abandon", id);
         }
-        throw new Xunit.Sdk.XunitException($"migration {id} did not end within 4 minutes\n{LogTails()}");
+        throw new Xunit.Sdk.XunitException($"migration {id} did not end within 4 minutes\n{_cluster.LogTails()}");
     }
 
     private static (List<string> Volumes, int Illegal) ScanDomains(string storage)
@@ -144,31 +134,17 @@ public sealed class FaultMatrixTests : IAsyncLifetime
         var folder = Path.Combine(root ?? Path.GetTempPath(), "var", "faults");
         Directory.CreateDirectory(folder);
         // One JSON object per line, appended: the cases run one after the other in this class.
-        await File.AppendAllTextAsync(Path.Combine(folder, "cases.jsonl"), line.ToJsonString() + "\n");
+        var cases = Path.Combine(folder, "cases.jsonl");
+        await File.AppendAllTextAsync(cases, line.ToJsonString() + "\n");
+        // report.json: every case so far, and the saga simulation's summary when it ran.
+        var report = new JsonObject
+        {
+            ["cases"] = new JsonArray((await File.ReadAllLinesAsync(cases)).Where(l => l.Length > 0).Select(l => JsonNode.Parse(l)).ToArray()),
+        };
+        var simulation = Path.Combine(folder, "simulation.json");
+        if (File.Exists(simulation)) report["simulation"] = JsonNode.Parse(await File.ReadAllTextAsync(simulation));
+        await File.WriteAllTextAsync(Path.Combine(folder, "report.json"), report.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
     }
 
-    private async Task UpAsync()
-    {
-        var up = await CliProcess.RunWithEnvironmentAsync(null, _environment, null,
-            "local", "up", "--hosts", "2", "--data-dir", _dataDirectory, "--api-port", "0", "--fast-timings");
-        Assert.True(up.ExitCode == 0, up + "\n" + LogTails());
-        _api = (await LocalClusterState.ReadAsync(_dataDirectory))!.ApiUrl;
-    }
-
-    private Task<CliResult> Lsm(params string[] arguments) => CliProcess.RunAsync(_api, arguments);
-
-    private async Task<CliResult> Ok(params string[] arguments)
-    {
-        var result = await Lsm(arguments);
-        Assert.True(result.ExitCode == 0, $"lsm {string.Join(' ', arguments)}\n{result}\n{LogTails()}");
-        return result;
-    }
-
-    private async Task<JsonElement> VmAsync() => JsonDocument.Parse((await Ok("vm", "show", "vm1", "--json")).Stdout).RootElement;
-
-    private string LogTails() =>
-        string.Join("\n", Directory.Exists(Path.Combine(_dataDirectory, "logs"))
-            ? Directory.EnumerateFiles(Path.Combine(_dataDirectory, "logs")).Select(f =>
-                $"--- {Path.GetFileName(f)} ---\n{string.Join('\n', File.ReadLines(f).TakeLast(30))}")
-            : []);
+    private Task<JsonElement> VmAsync() => _cluster.Json("vm", "show", "vm1");
 }

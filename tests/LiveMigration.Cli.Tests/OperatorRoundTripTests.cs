@@ -1,5 +1,4 @@
 using System.Text.Json;
-using LiveMigration.Cli.Local;
 
 namespace LiveMigration.Cli.Tests;
 
@@ -11,49 +10,20 @@ namespace LiveMigration.Cli.Tests;
 /// </summary>
 public sealed class OperatorRoundTripTests : IAsyncLifetime
 {
-    // Short, under /tmp: a VM's unix sockets live below it.
-    private readonly string _dataDirectory = Path.Combine("/tmp", $"lsm-{Guid.NewGuid().ToString("N")[..8]}");
-    private string _api = "";
+    private readonly LocalClusterSession _cluster = new();
 
     public Task InitializeAsync() => Task.CompletedTask;
+    public async Task DisposeAsync() => await _cluster.DisposeAsync();
 
-    public async Task DisposeAsync()
-    {
-        if (Directory.Exists(_dataDirectory))
-        {
-            await LocalClusterLauncher.DownAsync(_dataDirectory);
-            Directory.Delete(_dataDirectory, recursive: true);
-        }
-    }
-
-    private async Task UpAsync()
-    {
-        var up = await CliProcess.RunAsync(null, "local", "up", "--hosts", "2", "--data-dir", _dataDirectory, "--api-port", "0", "--fast-timings");
-        Assert.True(up.ExitCode == 0, up + "\n" + LogTails());
-        _api = (await LocalClusterState.ReadAsync(_dataDirectory))!.ApiUrl;
-    }
-
-    private async Task<CliResult> Ok(params string[] arguments)
-    {
-        var result = await CliProcess.RunAsync(_api, arguments);
-        Assert.True(result.ExitCode == 0, $"lsm {string.Join(' ', arguments)}\n{result}\n{LogTails()}");
-        return result;
-    }
-
-    private string LogTails() =>
-        string.Join("\n", Directory.Exists(Path.Combine(_dataDirectory, "logs"))
-            ? Directory.EnumerateFiles(Path.Combine(_dataDirectory, "logs")).Select(f =>
-                $"--- {Path.GetFileName(f)} ---\n{string.Join('\n', File.ReadLines(f).TakeLast(40))}")
-            : []);
-
-    private async Task<JsonElement> VmAsync() =>
-        JsonDocument.Parse((await Ok("vm", "show", "vm1", "--json")).Stdout).RootElement;
+    private Task UpAsync() => _cluster.UpAsync();
+    private Task<CliResult> Ok(params string[] arguments) => _cluster.Ok(arguments);
+    private Task<JsonElement> VmAsync() => _cluster.Json("vm", "show", "vm1");
 
     private async Task<string[]> DiskDomainsAsync() =>
         (await VmAsync()).GetProperty("disks").EnumerateArray().Select(d => d.GetProperty("domain").GetString()!).Order().ToArray();
 
     private async Task<string> DomainIdAsync(string name) =>
-        JsonDocument.Parse((await Ok("domains", "--json")).Stdout).RootElement.GetProperty("domains").EnumerateArray()
+        (await _cluster.Json("domains")).GetProperty("domains").EnumerateArray()
             .Single(d => d.GetProperty("name").GetString() == name).GetProperty("id").GetString()!;
 
     private async Task WriteWhileAsync(Func<Task> move)
@@ -61,8 +31,7 @@ public sealed class OperatorRoundTripTests : IAsyncLifetime
         await Ok("vm", "io", "vm1", "--rate", "4MiB/s", "--seconds", "3");
         await move();
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
-        while (JsonDocument.Parse((await Ok("vm", "io", "vm1", "--status", "--json")).Stdout).RootElement.GetProperty("running").GetBoolean()
-               && DateTime.UtcNow < deadline)
+        while ((await _cluster.Json("vm", "io", "vm1", "--status")).GetProperty("running").GetBoolean() && DateTime.UtcNow < deadline)
             await Task.Delay(300);
     }
 
@@ -70,7 +39,7 @@ public sealed class OperatorRoundTripTests : IAsyncLifetime
     public async Task A_raw_disk_and_a_chain_move_there_and_back_survive_local_down_and_up_start_verify_and_move_again()
     {
         await UpAsync();
-        var storage = Path.Combine(_dataDirectory, "storage");
+        var storage = Path.Combine(_cluster.DataDirectory, "storage");
         await Ok("domain", "create", "sdA", "--path", storage, "--capacity", "2GiB");
         await Ok("domain", "create", "sdB", "--path", storage, "--capacity", "2GiB");
         var (a, b) = (await DomainIdAsync("sdA"), await DomainIdAsync("sdB"));
@@ -83,7 +52,7 @@ public sealed class OperatorRoundTripTests : IAsyncLifetime
         Assert.Equal(new[] { a, a }, await DiskDomainsAsync());
         await Ok("vm", "verify", "vm1");
 
-        await Ok("local", "down", "--data-dir", _dataDirectory);
+        await Ok("local", "down", "--data-dir", _cluster.DataDirectory);
         await UpAsync();
         // The host starts the VM on the chains it recorded at each switch, not on the ones it was created with.
         await Ok("vm", "start", "vm1");

@@ -453,6 +453,10 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
     private async Task BeginSwitchAsync(VmId vm, ImageId image, VolumeRef target)
     {
         if (_catalog is null) return;
+        // A QEMU already gone is never asked to switch: its record must not show a switch begun (a probe would then
+        // have to guess). Throws VM_NOT_RUNNING before the intent is written.
+        if (!(await _hypervisor.DescribeVmAsync(vm)).Running)
+            throw new OperationFailedException(ErrorCodes.VmNotRunning, $"VM {vm} is not running: no switch of drive {image} was begun");
         var absent = _catalog.Find(vm) is null ? await RecordOfRunningAsync(vm) : null;
         _catalog.Update(vm, () => absent!, record => record.WithPending(image, target));
     }

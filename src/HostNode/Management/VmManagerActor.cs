@@ -241,8 +241,9 @@ public sealed class VmManagerActor : ReceiveActor
         {
             if (vm.PendingOf(drive.Image) is { } pending)
                 throw new OperationFailedException(ErrorCodes.StaleRecord,
-                    $"VM {vm.Id} ({vm.Name}) drive {drive.Image}: a switch from {drive.Leaf} to {pending.Leaf} was begun and its outcome is not known; " +
-                    "resume its migration so the probe decides, or inspect both chains before starting it");
+                    $"VM {vm.Id} ({vm.Name}) drive {drive.Image}: a switch from {drive.Leaf} to {pending.Leaf} was begun and nobody can tell whether it " +
+                    "took effect (QEMU died during it); while its migration runs, resume it so its probe decides; otherwise both chains are kept " +
+                    "for an operator to compare before the VM starts on either");
             VolumeInfo leaf;
             try
             {

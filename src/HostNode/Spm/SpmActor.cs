@@ -26,6 +26,7 @@ public sealed class SpmActor : ReceiveActor
     /// <summary>The SPM lease, when the pool has one: its generation goes into every volume's owner, and each step checks it first.</summary>
     private readonly IStorageFence? _fence;
     private readonly OperationLedger _ledger = new();
+    private readonly SpaceReservations _space = new();
     /// <summary>
     /// Cancelled when this SPM stops (its singleton moves or its node leaves): a copy it started must not go on
     /// writing a destination volume while the SPM's new home copies the same volume again.
@@ -137,6 +138,7 @@ public sealed class SpmActor : ReceiveActor
         {
             case MigrationStep.CloneImageStructure:
             {
+                await ReserveRoomAsync(src, dst, image, migration, headroom: 0, ct);
                 var clone = await dst.CloneImageStructureAsync(src, image, owner, ct);
                 return new StepOutcome(Detail: $"{clone.Volumes.Count} volumes cloned ILLEGAL on domain {dst.Id}");
             }
@@ -158,6 +160,7 @@ public sealed class SpmActor : ReceiveActor
                     : (await dst.DescribeImageAsync(image, ct)).Leaf;
                 RequireOwnedBy([leaf], migration, dst, image);
                 await dst.MarkLegalAsync(image, leaf.Id, ct);
+                _space.Release(migration, image); // the mirror is done and pivoted: the domain's own figures count it now
                 return new StepOutcome(Detail: $"leaf {leaf.Id} on domain {dst.Id} is LEGAL");
             }
             case MigrationStep.CreateVolumeCrossDomain:
@@ -169,6 +172,9 @@ public sealed class SpmActor : ReceiveActor
                     RequireOwnedBy([made], migration, dst, image);
                     return new StepOutcome(Detail: $"leaf {made.Id} on domain {dst.Id} was made already, over {made.Parent}");
                 }
+                // The last step before the live snapshot moves the guest's writes: room for the chain's copy, and for
+                // the guest's writes on the new leaf meanwhile, is checked fresh and promised now.
+                await ReserveRoomAsync(src, dst, image, migration, PostCopyHeadroomBytes, ct);
                 var oldLeaf = (await src.DescribeImageAsync(image, ct)).Leaf;
                 var newLeaf = await dst.CreateVolumeAsync(new NewVolume(image, disk.NewLeaf, VolumeFormat.Cow, oldLeaf.Capacity,
                     new VolumeRef(src.Id, oldLeaf.Id), Legality.Legal, owner), src, ct);
@@ -183,18 +189,33 @@ public sealed class SpmActor : ReceiveActor
                 RequireOwnedBy([await dst.DescribeVolumeAsync(image, disk.NewLeaf, ct)], migration, dst, image);
                 // Metadata only: the running QEMU owns the leaf and rewrites its header in SwitchBackingChain.
                 await dst.SetParentAsync(image, disk.NewLeaf, new VolumeRef(dst.Id, oldChain.Leaf.Id), null, rewriteHeader: false, ct);
+                _space.Release(migration, image); // copied: the domain's own figures count it now
                 return new StepOutcome(copied, $"{oldChain.Volumes.Count} volumes copied; leaf {disk.NewLeaf} now over {oldChain.Leaf.Id} on domain {dst.Id}");
             }
             case MigrationStep.DeleteSourceImage:
+            {
+                _space.Release(migration, image);
                 return new StepOutcome(Detail: await SourceRetirement.DeleteSourceImageAsync(src, dst, image, migration, ct));
+            }
             case MigrationStep.DeleteDestinationImage:
             {
+                _space.Release(migration, image);
                 var removed = await dst.DeleteOwnedVolumesAsync(image, owner, ct);
                 return new StepOutcome(Detail: $"{removed.Count} volumes of image {image} that migration {migration} made deleted from domain {dst.Id}");
             }
             default:
                 throw new OperationFailedException(ErrorCodes.InvalidArgument, $"the SPM does not run {command.Operation.Step}");
         }
+    }
+
+    /// <summary>Room a post-copy keeps on its destination for the guest's writes on the new leaf while the chain is copied.</summary>
+    public const long PostCopyHeadroomBytes = 64L << 20;
+
+    /// <summary>What the disk's copy takes on the destination (the source chain's allocated bytes, and the headroom), checked fresh and promised.</summary>
+    private async Task ReserveRoomAsync(IStorageDomain src, IStorageDomain dst, ImageId image, MigrationId migration, long headroom, CancellationToken ct)
+    {
+        var needed = (await src.DescribeImageAsync(image, ct)).Volumes.Sum(v => v.AllocatedBytes) + headroom;
+        _space.Reserve(await dst.DescribeAsync(ct), migration, image, needed, DateTimeOffset.UtcNow);
     }
 
     private static bool ReadsTheSource(MigrationStep step) => step is MigrationStep.CloneImageStructure

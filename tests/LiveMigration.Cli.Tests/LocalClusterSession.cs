@@ -1,0 +1,53 @@
+using System.Text.Json;
+using LiveMigration.Cli.Local;
+
+namespace LiveMigration.Cli.Tests;
+
+/// <summary>
+/// A local cluster started with <c>lsm local up</c> in a short data directory under /tmp (a VM's unix sockets live
+/// below it), driven with <c>lsm</c> as an operator types it; its nodes and VMs are stopped by pid, and the directory
+/// removed, when the test ends.
+/// </summary>
+public sealed class LocalClusterSession : IAsyncDisposable
+{
+    public string DataDirectory { get; } = Path.Combine("/tmp", $"lsm-{Guid.NewGuid().ToString("N")[..8]}");
+    public string Api { get; private set; } = "";
+    /// <summary>Passed to <c>lsm local up</c>, so every node it starts inherits it (e.g. a crash plan).</summary>
+    public IReadOnlyDictionary<string, string>? Environment { get; set; }
+
+    /// <summary>Starts the cluster, or (its nodes partly dead) the nodes that died; the API address may change.</summary>
+    public async Task UpAsync()
+    {
+        var up = await CliProcess.RunWithEnvironmentAsync(null, Environment, null,
+            "local", "up", "--hosts", "2", "--data-dir", DataDirectory, "--api-port", "0", "--fast-timings");
+        Assert.True(up.ExitCode == 0, up + "\n" + LogTails());
+        Api = (await LocalClusterState.ReadAsync(DataDirectory))!.ApiUrl;
+    }
+
+    public Task<CliResult> Lsm(params string[] arguments) => CliProcess.RunAsync(Api, arguments);
+
+    /// <summary>Runs <c>lsm</c> and requires exit 0, showing the nodes' logs when it is not.</summary>
+    public async Task<CliResult> Ok(params string[] arguments)
+    {
+        var result = await Lsm(arguments);
+        Assert.True(result.ExitCode == 0, $"lsm {string.Join(' ', arguments)}\n{result}\n{LogTails()}");
+        return result;
+    }
+
+    /// <summary>As <see cref="Ok"/> with <c>--json</c>, parsed.</summary>
+    public async Task<JsonElement> Json(params string[] arguments) =>
+        JsonDocument.Parse((await Ok([.. arguments, "--json"])).Stdout).RootElement;
+
+    public string LogTails(int lines = 30) =>
+        string.Join("\n", Directory.Exists(Path.Combine(DataDirectory, "logs"))
+            ? Directory.EnumerateFiles(Path.Combine(DataDirectory, "logs")).Select(f =>
+                $"--- {Path.GetFileName(f)} ---\n{string.Join('\n', File.ReadLines(f).TakeLast(lines))}")
+            : []);
+
+    public async ValueTask DisposeAsync()
+    {
+        if (!Directory.Exists(DataDirectory)) return;
+        await LocalClusterLauncher.DownAsync(DataDirectory);
+        Directory.Delete(DataDirectory, recursive: true);
+    }
+}
