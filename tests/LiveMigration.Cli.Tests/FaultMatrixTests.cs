@@ -24,7 +24,11 @@ public sealed class FaultMatrixTests : IAsyncLifetime
         // strategy, process, action, point
         { "pre-copy", "host-1", "kill-self", "Pivot/host-done" },
         { "pre-copy", "coordinator", "kill-self", "SyncInternalVolumes/outcome-received" },
+        { "pre-copy", "coordinator", "kill-self", "Pivot/before-send" },
+        { "pre-copy", "host-1", "kill-self", "DeleteSourceImage/host-received" },
         { "post-copy", "host-1", "kill-qemu", "LiveSnapshotToDestination/host-done" },
+        { "post-copy", "host-1", "kill-self", "LiveSnapshotToDestination/host-done" },
+        { "post-copy", "coordinator", "kill-self", "SwitchBackingChain/outcome-received" },
         { "pre-copy", "host-1", "kill-qemu", "Pivot/host-received" },
     };
 
