@@ -69,10 +69,32 @@ case "${1:-}" in
     exec dotnet test tests/LiveMigration.Coordinator.Tests -c Release --no-build -nologo \
       --filter "FullyQualifiedName~LiveMigration.Coordinator.Tests.Simulation" --logger "console;verbosity=detailed" "$@"
     ;;
+  faults)
+    # The fault matrix: the saga's seeded simulation (20,000 seeds; --quick: 2,000) and the crash cases against real
+    # processes and QEMU (tests/LiveMigration.Cli.Tests/FaultMatrixTests.cs); the report goes to var/faults/report.json.
+    shift
+    seeds=20000
+    if [ "${1:-}" = --quick ]; then seeds=2000; shift; fi
+    need_packages
+    build
+    mkdir -p var/faults
+    rm -f var/faults/cases.jsonl var/faults/report.json var/faults/report.txt
+    set +e
+    LSM_SIM_SEEDS=$seeds dotnet test tests/LiveMigration.Coordinator.Tests -c Release --no-build -nologo \
+      --filter "FullyQualifiedName~LiveMigration.Coordinator.Tests.Simulation" "$@"
+    simulation=$?
+    dotnet test tests/LiveMigration.Cli.Tests -c Release --no-build -nologo --filter "FullyQualifiedName~FaultMatrixTests" "$@"
+    cases=$?
+    set -e
+    [ -f var/faults/report.txt ] && cat var/faults/report.txt
+    echo "report: var/faults/report.json"
+    [ "$simulation" -eq 0 ] && [ "$cases" -eq 0 ]
+    ;;
   *)
     echo "usage: ./run.sh demo [--data-dir DIR] [--hypervisor qmp|libvirt]   run the demo (migrates a running VM's disk while it writes)" >&2
     echo "       ./run.sh test [dotnet test args]  run the whole test suite" >&2
     echo "       ./run.sh simulate                 the saga's seeded fault simulation (LSM_SIM_SEEDS=N, LSM_SIM_SEED=S to replay one)" >&2
+    echo "       ./run.sh faults [--quick]         the fault matrix: simulation and crash cases on real processes; var/faults/report.json" >&2
     exit 2
     ;;
 esac

@@ -148,6 +148,14 @@ public sealed class FaultMatrixTests : IAsyncLifetime
         var simulation = Path.Combine(folder, "simulation.json");
         if (File.Exists(simulation)) report["simulation"] = JsonNode.Parse(await File.ReadAllTextAsync(simulation));
         await File.WriteAllTextAsync(Path.Combine(folder, "report.json"), report.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        // …and the same cases as a table for people (./run.sh faults prints it).
+        var rows = report["cases"]!.AsArray().Select(c => string.Format(System.Globalization.CultureInfo.InvariantCulture,
+            "{0,-10} {1,-24} {2,-42} {3,-24} {4,8} {5,5} {6,9} {7,8} {8,12} {9,6:0.0}",
+            c!["strategy"], c["fault"], c["point"], c["finalStatus"], c["writesChecked"], c["writesLost"], c["leftoverVolumes"],
+            c["illegalVolumes"], c["restartable"], (double)c["seconds"]!));
+        var header = string.Format("{0,-10} {1,-24} {2,-42} {3,-24} {4,8} {5,5} {6,9} {7,8} {8,12} {9,6}",
+            "strategy", "fault", "point", "final status", "checked", "lost", "leftovers", "illegal", "restartable", "s");
+        await File.WriteAllLinesAsync(Path.Combine(folder, "report.txt"), [header, .. rows]);
     }
 
     private Task<JsonElement> VmAsync() => _cluster.Json("vm", "show", "vm1");
