@@ -17,6 +17,8 @@
     migrations: new Map(), // id -> MigrationResponse
     streamEvents: new Map(), // id -> how many events of the live stream updated it (shown as data-events)
     richMigrations: false,
+    // migration/disk/step -> the widest bar shown: a mirror's total grows while the guest writes, the bar never shrinks
+    shownProgress: new Map(),
   };
 
   // ---------- the API, with the token ----------
@@ -396,7 +398,12 @@
     const kind = statusKind(m);
     const disks = m.disks.map((disk) => {
       const total = Number(disk.total) || 0;
-      const percent = m.status === "completed" ? 100 : total > 0 ? Math.min(100, (100 * Number(disk.done)) / total) : 0;
+      const progressKey = m.id + "/" + disk.image + "/" + (disk.step || "");
+      const measured = m.status === "completed" ? 100 : total > 0 ? Math.min(100, (100 * Number(disk.done)) / total) : 0;
+      const percent = Math.max(state.shownProgress.get(progressKey) || 0, measured);
+      state.shownProgress.set(progressKey, percent);
+      // What people read is what is left, not a share of a total that grows under a writing guest.
+      const left = m.status === "completed" ? "done" : total > 0 ? bytes(Math.max(0, total - Number(disk.done))) + " left" : "";
       const plan = m.strategy === "post-copy" ? POST_COPY : PRE_COPY;
       const seen = new Map();
       (disk.timings || []).forEach((t) => seen.set(t.step, t));
@@ -415,7 +422,7 @@
           h("div", {}, h("code", {}, shortId(disk.image)), " ", h("span", { class: "muted" }, domainName(disk.source) + " → " + domainName(disk.destination))),
           h("div", { class: "bar " + (kind === "run" ? "" : kind), role: "progressbar", "aria-valuenow": percent.toFixed(0), "aria-valuemin": 0, "aria-valuemax": 100 },
             h("span", { style: "width:" + percent.toFixed(1) + "%" })),
-          h("div", { class: "pct" }, percent.toFixed(0) + "%")),
+          h("div", { class: "pct" }, left)),
         h("div", { class: "muted" }, disk.phase + (disk.step ? " · " + humanStep(disk.step) : "") + (total > 0 ? " · " + bytes(disk.done) + " of " + bytes(total) : "")
           + (disk.remainingSeconds ? " · ~" + Math.ceil(disk.remainingSeconds) + " s left" : "")),
         h("ul", { class: "steps" }, ...steps),
