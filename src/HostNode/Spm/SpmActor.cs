@@ -134,6 +134,9 @@ public sealed class SpmActor : ReceiveActor
             return new StepOutcome(Detail: $"already done: image {image} is gone from domain {src.Id} and domain {dst.Id} holds " +
                                            $"the complete LEGAL copy migration {migration} made");
         }
+        if (MakesTheCopy(command.Operation.Step) && await dst.HasMigrationEndedAsync(migration, ct))
+            throw new OperationFailedException(ErrorCodes.MigrationEnded,
+                $"migration {migration} ended on domain {dst.Id} with its copy undone: this late {command.Operation.Step} changes nothing");
         switch (command.Operation.Step)
         {
             case MigrationStep.CloneImageStructure:
@@ -200,7 +203,19 @@ public sealed class SpmActor : ReceiveActor
             case MigrationStep.DeleteDestinationImage:
             {
                 _space.Release(migration, image);
+                // The mark first, so no late command of this migration makes its volumes again; a full domain that
+                // cannot take the mark gets it right after the delete freed room.
+                var marked = true;
+                try
+                {
+                    await dst.MarkMigrationEndedAsync(migration, ct);
+                }
+                catch (OperationFailedException e) when (e.Code == ErrorCodes.IoError)
+                {
+                    marked = false;
+                }
                 var removed = await dst.DeleteOwnedVolumesAsync(image, owner, ct);
+                if (!marked) await dst.MarkMigrationEndedAsync(migration, ct);
                 return new StepOutcome(Detail: $"{removed.Count} volumes of image {image} that migration {migration} made deleted from domain {dst.Id}");
             }
             default:
@@ -217,6 +232,10 @@ public sealed class SpmActor : ReceiveActor
         var needed = (await src.DescribeImageAsync(image, ct)).Volumes.Sum(v => v.AllocatedBytes) + headroom;
         _space.Reserve(await dst.DescribeAsync(ct), migration, image, needed, DateTimeOffset.UtcNow);
     }
+
+    /// <summary>The steps that make or fill the destination copy: refused once the migration's rollback undid it there.</summary>
+    private static bool MakesTheCopy(MigrationStep step) => step is MigrationStep.CloneImageStructure or MigrationStep.SyncInternalVolumes
+        or MigrationStep.MarkDestinationLeafLegal or MigrationStep.CreateVolumeCrossDomain or MigrationStep.CloneInternalVolumes;
 
     private static bool ReadsTheSource(MigrationStep step) => step is MigrationStep.CloneImageStructure
         or MigrationStep.SyncInternalVolumes or MigrationStep.CreateVolumeCrossDomain or MigrationStep.CloneInternalVolumes;

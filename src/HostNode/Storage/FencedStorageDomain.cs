@@ -80,6 +80,14 @@ public sealed class FencedStorageDomain(IStorageDomain inner, IStorageFence fenc
         return await inner.RemoveIllegalLeftoversAsync(inUse, ct);
     }
 
+    public async Task MarkMigrationEndedAsync(MigrationId migration, CancellationToken ct = default)
+    {
+        await fence.CheckAsync(ct);
+        await inner.MarkMigrationEndedAsync(migration, ct);
+    }
+
+    public Task<bool> HasMigrationEndedAsync(MigrationId migration, CancellationToken ct = default) => inner.HasMigrationEndedAsync(migration, ct);
+
     /// <summary>Adapters check the kind (and the sim its own type) of the other domain: they get the real one.</summary>
     private static IStorageDomain? Unwrap(IStorageDomain? domain) => domain is FencedStorageDomain f ? f.Inner : domain;
 }

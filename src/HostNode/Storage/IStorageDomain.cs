@@ -98,4 +98,14 @@ public interface IStorageDomain
     /// leftover some process has open are skipped. Returns the volumes removed.
     /// </summary>
     Task<IReadOnlyList<VolumeInfo>> RemoveIllegalLeftoversAsync(IReadOnlySet<ImageId> inUse, CancellationToken ct = default);
+
+    /// <summary>
+    /// Records durably on this domain that <paramref name="migration"/> ended here with its copy undone (its rollback's
+    /// delete), so a late command of that migration, delivered after a host restart forgot it, finds the mark and
+    /// changes nothing (DESIGN §7.6, §7.7). Repeating it is harmless.
+    /// </summary>
+    Task MarkMigrationEndedAsync(MigrationId migration, CancellationToken ct = default);
+
+    /// <summary>Whether <see cref="MarkMigrationEndedAsync"/> was recorded for <paramref name="migration"/> on this domain.</summary>
+    Task<bool> HasMigrationEndedAsync(MigrationId migration, CancellationToken ct = default);
 }

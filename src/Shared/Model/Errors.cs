@@ -47,6 +47,8 @@ public static class ErrorCodes
     public const string SwitchOutcomeUnknown = "SWITCH_OUTCOME_UNKNOWN";
     /// <summary>A VM's record names a chain it must not start on (ILLEGAL, or not the newest leaf, or a switch in doubt).</summary>
     public const string StaleRecord = "STALE_RECORD";
+    /// <summary>A late command of a migration whose copy on that domain was already undone (its rollback ran): nothing is changed.</summary>
+    public const string MigrationEnded = "MIGRATION_ENDED";
     /// <summary>A fault injected into a sim adapter by a test.</summary>
     public const string InjectedFault = "INJECTED_FAULT";
 }

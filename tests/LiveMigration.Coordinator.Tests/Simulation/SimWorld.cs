@@ -33,6 +33,8 @@ public sealed class SimDisk(DiskPlan plan, int internals)
     public const string New = "new";
 
     public DiskPlan Plan { get; } = plan;
+    /// <summary>The destination domain's durable mark that this migration's copy there was undone (its rollback's delete).</summary>
+    public bool DestinationEnded { get; set; }
     public ImageId Image => Plan.Image;
     public int Internals { get; } = internals;
     public Dictionary<VolKey, SimVol> Volumes { get; } = new();
@@ -188,7 +190,12 @@ public sealed class SimWorld
             return Done("chain copied; new leaf re-pointed at the copy");
         },
         [DeleteSourceImage] = (w, d) => { w.DeleteImage(d, Side.Src, DeleteSourceImage); return Done("source deleted"); },
-        [DeleteDestinationImage] = (w, d) => { w.DeleteImage(d, Side.Dst, DeleteDestinationImage); return Done("destination deleted"); },
+        [DeleteDestinationImage] = (w, d) =>
+        {
+            d.DestinationEnded = true; // the SPM marks the domain first
+            w.DeleteImage(d, Side.Dst, DeleteDestinationImage);
+            return Done("destination deleted");
+        },
 
         // ---- HSM ----
         [StartReplication] = (w, d) =>
@@ -317,6 +324,10 @@ public sealed class SimWorld
     {
         try
         {
+            // As the SPM: a late command of a migration whose copy was undone on the destination finds the mark.
+            if (disk.DestinationEnded && step is CloneImageStructure or SyncInternalVolumes or MarkDestinationLeafLegal
+                    or CreateVolumeCrossDomain or CloneInternalVolumes)
+                return new HostAnswer.Fail(ErrorCodes.MigrationEnded, "the migration's copy was undone here", false);
             return Handlers.TryGetValue(step, out var handler)
                 ? handler(this, disk)
                 : new HostAnswer.Fail(ErrorCodes.InvalidArgument, $"no host runs {step}", false);

@@ -55,6 +55,26 @@ public sealed class SpmDurableIdempotencyTests : Akka.TestKit.Xunit2.TestKit, IA
     }
 
     [Fact]
+    public async Task A_late_forward_step_of_a_rolled_back_migration_makes_nothing_again_even_on_a_fresh_spm()
+    {
+        // Simulation bug H1: after a host restart forgot the operation ids, a late copy of an old command came back to life.
+        var saga = CreateTestProbe();
+        var pre = Migration(_a, _b);
+        await pre.SucceedAsync(Spm(), Step.CloneImageStructure, saga);
+        await pre.SucceedAsync(Spm(), Step.DeleteDestinationImage, saga);
+        var late = Assert.IsType<OperationFailed>(await pre.RunAsync(Spm(), Step.CloneImageStructure, saga));
+        Assert.Equal(ErrorCodes.MigrationEnded, late.Code);
+        Assert.Empty(await StateOfAsync(_b));
+
+        var post = Migration(_a, _b, MigrationStrategy.PostCopy);
+        await post.SucceedAsync(Spm(), Step.CreateVolumeCrossDomain, saga);
+        await post.SucceedAsync(Spm(), Step.DeleteDestinationImage, saga);
+        Assert.Equal(ErrorCodes.MigrationEnded, Assert.IsType<OperationFailed>(await post.RunAsync(Spm(), Step.CreateVolumeCrossDomain, saga)).Code);
+        Assert.Equal(ErrorCodes.MigrationEnded, Assert.IsType<OperationFailed>(await post.RunAsync(Spm(), Step.CloneInternalVolumes, saga)).Code);
+        Assert.Empty(await StateOfAsync(_b));
+    }
+
+    [Fact]
     public async Task A_stale_DeleteDestinationImage_after_another_migration_cloned_the_disk_deletes_none_of_its_volumes()
     {
         var saga = CreateTestProbe();
@@ -85,11 +105,15 @@ public sealed class SpmDurableIdempotencyTests : Akka.TestKit.Xunit2.TestKit, IA
         await second.SucceedAsync(Spm(), Step.CloneImageStructure, saga);
         var before = await StateOfAsync(_b);
 
+        // The first migration was rolled back on this domain: its late commands find that mark.
         var clone = Assert.IsType<OperationFailed>(await first.RunAsync(Spm(), Step.CloneImageStructure, saga, attempt: 3));
         var sync = Assert.IsType<OperationFailed>(await first.RunAsync(Spm(), Step.SyncInternalVolumes, saga, attempt: 2));
         var markLegal = Assert.IsType<OperationFailed>(await first.RunAsync(Spm(), Step.MarkDestinationLeafLegal, saga, attempt: 2));
-
-        Assert.All(new[] { clone, sync, markLegal }, f => Assert.Equal((ErrorCodes.DestinationHoldsImage, false), (f.Code, f.Transient)));
+        Assert.All(new[] { clone, sync, markLegal }, f => Assert.Equal((ErrorCodes.MigrationEnded, false), (f.Code, f.Transient)));
+        // A migration that never ended here meets the second one's volumes: not its own.
+        var third = Migration(_a, _b);
+        var foreign = Assert.IsType<OperationFailed>(await third.RunAsync(Spm(), Step.SyncInternalVolumes, saga));
+        Assert.Equal((ErrorCodes.DestinationHoldsImage, false), (foreign.Code, foreign.Transient));
         Assert.Equal(before, await StateOfAsync(_b));
         Assert.All(await StateOfAsync(_b), v => Assert.Equal(Legality.Illegal, v.Item2));
     }
@@ -99,9 +123,7 @@ public sealed class SpmDurableIdempotencyTests : Akka.TestKit.Xunit2.TestKit, IA
     {
         var saga = CreateTestProbe();
         var migration = Migration(_a, _b);
-        await PreCopyStorageAsync(migration, _b, Spm(), deleteSource: false);
-        await migration.SucceedAsync(Spm(), Step.DeleteDestinationImage, saga);
-        await migration.SucceedAsync(Spm(), Step.CloneImageStructure, saga, attempt: 2);
+        await migration.SucceedAsync(Spm(), Step.CloneImageStructure, saga);
 
         // The copy is not complete: ILLEGAL twins.
         var early = Assert.IsType<OperationFailed>(await migration.RunAsync(Spm(), Step.DeleteSourceImage, saga));

@@ -33,6 +33,18 @@ public abstract class StorageDomainContract : IAsyncLifetime
     protected Task<SeededChain> SeedChainAsync(IStorageDomain domain) => ChainSeeder.SeedAsync(domain, WriteLayerDataAsync);
 
     [Fact]
+    public async Task A_migration_marked_ended_stays_marked_and_only_that_one()
+    {
+        var domain = await CreateDomainAsync("contract-a", RoomyCapacity);
+        var ended = MigrationId.New();
+        Assert.False(await domain.HasMigrationEndedAsync(ended));
+        await domain.MarkMigrationEndedAsync(ended);
+        await domain.MarkMigrationEndedAsync(ended); // a repeat is harmless
+        Assert.True(await domain.HasMigrationEndedAsync(ended));
+        Assert.False(await domain.HasMigrationEndedAsync(MigrationId.New()));
+    }
+
+    [Fact]
     public async Task Describe_reports_kind_name_capacity_and_the_space_data_takes()
     {
         var domain = await CreateDomainAsync("contract-a", RoomyCapacity);

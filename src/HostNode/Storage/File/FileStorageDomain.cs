@@ -577,6 +577,30 @@ public sealed class FileStorageDomain : IStorageDomain
             return Gone(owned);
         }, ct);
 
+    /// <summary><c>dom_md/ended/&lt;migrationId&gt;</c>: an empty file per migration whose copy here was undone.</summary>
+    private string EndedPath(MigrationId migration) => Path.Combine(DomainPath, "dom_md", "ended", migration.ToString());
+
+    public Task MarkMigrationEndedAsync(MigrationId migration, CancellationToken ct = default)
+    {
+        var path = EndedPath(migration);
+        var folder = Path.GetDirectoryName(path)!;
+        try
+        {
+            Directory.CreateDirectory(folder);
+            using (var file = new FileStream(path, FileMode.OpenOrCreate, FileAccess.Write))
+                file.Flush(flushToDisk: true);
+            Posix.FsyncDirectory(folder);
+        }
+        catch (IOException e)
+        {
+            throw new OperationFailedException(ErrorCodes.IoError, $"cannot record on domain {Id} that migration {migration} ended: {e.Message}", e);
+        }
+        return Task.CompletedTask;
+    }
+
+    public Task<bool> HasMigrationEndedAsync(MigrationId migration, CancellationToken ct = default) =>
+        Task.FromResult(IOFile.Exists(EndedPath(migration)));
+
     public async Task<IReadOnlyList<VolumeInfo>> RemoveIllegalLeftoversAsync(IReadOnlySet<ImageId> inUse, CancellationToken ct = default)
     {
         var removed = new List<VolumeInfo>();

@@ -392,6 +392,19 @@ public sealed class SimStorageDomain : IStorageDomain
                 $"volume {image}/{newer.Id} was made by {newer.Owner}, newer than this command's {owner}: a stale command changes nothing");
     }
 
+    private readonly HashSet<MigrationId> _ended = [];
+
+    public Task MarkMigrationEndedAsync(MigrationId migration, CancellationToken ct = default)
+    {
+        lock (_gate) _ended.Add(migration);
+        return Task.CompletedTask;
+    }
+
+    public Task<bool> HasMigrationEndedAsync(MigrationId migration, CancellationToken ct = default)
+    {
+        lock (_gate) return Task.FromResult(_ended.Contains(migration));
+    }
+
     public async Task<IReadOnlyList<VolumeInfo>> RemoveIllegalLeftoversAsync(IReadOnlySet<ImageId> inUse, CancellationToken ct = default)
     {
         await Faults.EnterAsync(nameof(RemoveIllegalLeftoversAsync), $"domain {Name}", ct);
