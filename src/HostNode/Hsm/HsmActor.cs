@@ -85,6 +85,8 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
             else
                 // Serve anyway: each step then fails with the hypervisor's own code for the VM it names.
                 _log.Error(done.Error, "Adopting the running VMs failed; serving steps without them");
+            // The host's first reports may have gone out before the adoption knew its VMs: report again now.
+            Context.System.EventStream.Publish(new Inventory.HostInventoryChanged($"adopted {done.Running.Count} running VMs"));
             Become(Serving);
             Stash.UnstashAll();
         });
