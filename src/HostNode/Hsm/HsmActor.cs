@@ -285,6 +285,12 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
         var vm = command.Vm;
         var image = command.Disk.Image;
         var dst = _pool.Get(command.Disk.Destination);
+        // A late mirror or switch of a migration whose copy the SPM already undid there changes nothing (DESIGN §7.7).
+        if (command.Operation.Step is MigrationStep.StartReplication or MigrationStep.Pivot or MigrationStep.LiveSnapshotToDestination
+                or MigrationStep.SwitchBackingChain
+            && await dst.HasMigrationEndedAsync(command.Operation.Migration))
+            throw new OperationFailedException(ErrorCodes.MigrationEnded,
+                $"migration {command.Operation.Migration} ended on domain {dst.Id} with its copy undone: this late {command.Operation.Step} changes nothing");
         switch (command.Operation.Step)
         {
             case MigrationStep.StartReplication:

@@ -326,7 +326,8 @@ public sealed class SimWorld
         {
             // As the SPM: a late command of a migration whose copy was undone on the destination finds the mark.
             if (disk.DestinationEnded && step is CloneImageStructure or SyncInternalVolumes or MarkDestinationLeafLegal
-                    or CreateVolumeCrossDomain or CloneInternalVolumes)
+                    or CreateVolumeCrossDomain or CloneInternalVolumes
+                    or StartReplication or Pivot or LiveSnapshotToDestination or SwitchBackingChain)
                 return new HostAnswer.Fail(ErrorCodes.MigrationEnded, "the migration's copy was undone here", false);
             return Handlers.TryGetValue(step, out var handler)
                 ? handler(this, disk)
