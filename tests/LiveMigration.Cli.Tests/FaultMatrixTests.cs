@@ -12,6 +12,7 @@ namespace LiveMigration.Cli.Tests;
 /// from the outside: no durable write lost, the VM runs (or starts) on exactly one complete LEGAL chain, no ILLEGAL
 /// or stray volume on any domain. Each case adds a line to <c>var/faults/report.json</c>.
 /// </summary>
+[Collection(LocalClusters.Name)]
 public sealed class FaultMatrixTests : IAsyncLifetime
 {
     private readonly LocalClusterSession _cluster = new();

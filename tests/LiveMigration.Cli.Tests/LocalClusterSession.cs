@@ -51,3 +51,13 @@ public sealed class LocalClusterSession : IAsyncDisposable
         Directory.Delete(DataDirectory, recursive: true);
     }
 }
+
+/// <summary>
+/// The tests that start whole local clusters (and kill their nodes) run one class at a time: several clusters with QEMU
+/// on two cores at once starve the failure detectors, and the split brain resolver then downs a healthy Coordinator.
+/// </summary>
+[CollectionDefinition(Name)]
+public sealed class LocalClusters
+{
+    public const string Name = "local clusters";
+}

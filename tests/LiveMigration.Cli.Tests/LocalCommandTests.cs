@@ -9,6 +9,7 @@ namespace LiveMigration.Cli.Tests;
 /// <c>lsm local up/status/down</c> run as processes, as an operator types them: the nodes must outlive the
 /// <c>lsm</c> that started them, and down must leave no node and no VM behind (checked in /proc).
 /// </summary>
+[Collection(LocalClusters.Name)]
 public sealed class LocalCommandTests : IAsyncLifetime
 {
     // Short, under /tmp: a VM's unix sockets would live below it.

@@ -13,6 +13,7 @@ namespace LiveMigration.Cli.Tests;
 /// does not answer, starts every host with the libvirt adapter when it does, and down destroys the libvirt domains
 /// its hosts own, and no other.
 /// </summary>
+[Collection(LocalClusters.Name)]
 public sealed class LocalLibvirtCommandTests : IAsyncLifetime
 {
     private readonly string _dataDirectory = Path.Combine("/tmp", $"lsm-{Guid.NewGuid().ToString("N")[..8]}");

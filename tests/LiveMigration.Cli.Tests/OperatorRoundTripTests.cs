@@ -8,6 +8,7 @@ namespace LiveMigration.Cli.Tests;
 /// guest writes, the cluster goes down and up on the same data directory, the VM starts again on the chains its
 /// host recorded, every acknowledged write verifies, and it moves once more. Every command must exit 0.
 /// </summary>
+[Collection(LocalClusters.Name)]
 public sealed class OperatorRoundTripTests : IAsyncLifetime
 {
     private readonly LocalClusterSession _cluster = new();
