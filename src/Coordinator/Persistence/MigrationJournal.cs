@@ -22,6 +22,8 @@ public static class MigrationJournal
     /// </summary>
     public static AkkaConfigurationBuilder WithMigrationJournal(this AkkaConfigurationBuilder builder, JournalOptions options)
     {
+        // The sagas' snapshots, too, are written under a versioned manifest, not CLR type names.
+        builder.AddHocon(MigrationSnapshotSerializer.Binding, HoconAddMode.Prepend);
         if (!string.IsNullOrWhiteSpace(options.PostgresConnectionString))
             return builder.WithSqlPersistence(options.PostgresConnectionString, ProviderName.PostgreSQL15, autoInitialize: true);
 
