@@ -317,6 +317,14 @@ public static class MigrationView
         }
         console.Write(disks);
         if (steps.Rows.Count > 0) console.Write(steps);
+        var leftBehind = m.Array("leftBehind").ToList();
+        if (leftBehind.Count > 0)
+        {
+            var table = new Table().AddColumns("Left behind on domain", "Disk (image)", "What", "To remove");
+            foreach (var l in leftBehind)
+                table.AddRow(Output.Escape(l.Str("domain")), Output.Escape(l.Str("image")), Output.Escape(l.Str("what")), Output.Escape(l.Str("remove")));
+            console.Write(table);
+        }
     }
 
     /// <summary>

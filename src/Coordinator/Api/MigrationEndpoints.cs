@@ -35,7 +35,11 @@ public sealed record MigrationResponse(
     string? ErrorMessage,
     DateTimeOffset? RequestedAt,
     DateTimeOffset? UpdatedAt,
-    DateTimeOffset? FinishedAt);
+    DateTimeOffset? FinishedAt,
+    IReadOnlyList<LeftBehindResponse> LeftBehind);
+
+/// <summary>Volumes an abandoned migration left on a domain: what they are and how an operator removes them.</summary>
+public sealed record LeftBehindResponse(string Image, string Domain, string What, string Remove);
 
 public sealed record DiskResponse(
     string Image,
@@ -174,7 +178,8 @@ public static class MigrationEndpoints
             completed ? null : view.Error?.Message,
             view.RequestedAt,
             view.UpdatedAt,
-            view.FinishedAt);
+            view.FinishedAt,
+            (view.LeftBehind ?? ValueList<LeftBehind>.Empty).Select(l => new LeftBehindResponse(l.Image.ToString(), l.Domain.ToString(), l.What, l.Remove)).ToList());
     }
 
     /// <summary>One entry per (step, attempt), in the order they first started: the one that ended, else the latest.</summary>

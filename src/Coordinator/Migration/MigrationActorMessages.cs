@@ -23,7 +23,8 @@ public static class MigrationViews
         ErrorOf(state.Status),
         state.RequestedAt,
         state.UpdatedAt,
-        state.FinishedAt);
+        state.FinishedAt,
+        state.LeftBehind);
 
     public static MigrationStatusChanged StatusChangedOf(MigrationState state, DateTimeOffset now) =>
         new(state.Id, MigrationDecider.Describe(state.Status),

@@ -154,12 +154,16 @@ public static class MigrationDecider
     /// Abandon leaves each disk where it runs, so it is refused where that place is not safe to leave: a step still in
     /// flight (its effect would land after the saga stopped looking), a mirror a rollback has not cancelled yet (it
     /// would copy on into the destination for good), and a pivoted disk whose destination leaf is not LEGAL yet (the
-    /// VM could never start again on it). Resume finishes those.
+    /// VM could never start again on it). Resume finishes those. An accepted abandon removes the side each disk does
+    /// not run on (<see cref="AbandonStarted"/>); abandoning again while that removal is suspended leaves what is left,
+    /// named in <see cref="MigrationAbandoned.LeftBehind"/>.
     /// </summary>
     private static Decision DecideAbandon(MigrationState state, DateTimeOffset now)
     {
         if (state.Status is not MigrationStatus.Suspended)
             return Decision.Refuse(MigrationErrorCodes.NotSuspended, $"migration {state.Id} is {Describe(state.Status)}; only a suspended migration can be abandoned");
+        if (state.Termination?.Kind == TerminationKind.Abandon)
+            return Decision.Accept([new MigrationAbandoned(state.Id, now, LeftBehindOf(state))]);
         foreach (var disk in state.Disks.Where(d => !d.IsFinished))
         {
             if (disk.Phase is DiskPhase.InFlight or DiskPhase.RetryWaiting)
@@ -179,7 +183,66 @@ public static class MigrationDecider
                     $"migration {state.Id} cannot be abandoned: disk {disk.Image} runs on its destination leaf, which is not marked LEGAL yet ({disk.LastError}); " +
                     "abandoned there its VM could not start again; resume it");
         }
-        return Decision.Accept([new MigrationAbandoned(state.Id, now)]);
+        var draft = new Draft(state, now).Emit(new AbandonStarted(state.Id,
+            $"abandoned by an operator while {Describe(state.Status)}: each disk stays where it runs; removing the copy on the other side", now));
+        foreach (var disk in draft.State.Disks.Where(d => !d.IsFinished))
+        {
+            if (disk.Phase == DiskPhase.Pending)
+                draft.Emit(new DiskFinished(state.Id, disk.Image, DiskOutcome.Skipped, now));
+            else if (CleanupStepOf(disk, state.Request!) is { } step)
+                draft.StartStep(disk, step, disk.Step == step ? disk.Attempt + 1 : 1);
+            else
+                draft.Emit(new DiskFinished(state.Id, disk.Image, DiskOutcome.Abandoned, now));
+        }
+        return draft.Settle();
+    }
+
+    /// <summary>
+    /// What removes the side an abandoned disk does not run on, or null when nothing can be removed safely. Before the
+    /// switch the drive runs on the source: the destination's copy goes (the SPM deletes only volumes this migration
+    /// owns). After it, the source chain goes once the whole chain is on the destination (the step asks the host first
+    /// that no source volume is open). A post-copy disk between its live snapshot and its backing switch reads from
+    /// both domains, and a switch in doubt leaves it unknown which side is in use: nothing is removed there.
+    /// </summary>
+    private static MigrationStep? CleanupStepOf(DiskState disk, MigrationRequest request)
+    {
+        if (disk.SwitchOutcomeUnknown) return null;
+        if (!disk.PassedPointOfNoReturn)
+            return MigrationPlan.RollbackSteps(disk.Started).Contains(MigrationStep.DeleteDestinationImage) ? MigrationStep.DeleteDestinationImage : null;
+        return request.DeleteSource && disk.Step == MigrationStep.DeleteSourceImage ? MigrationStep.DeleteSourceImage : null;
+    }
+
+    /// <summary>The volumes an abandon leaves on the domains: per disk not finished, or finished without its clean-up done.</summary>
+    private static ValueList<LeftBehind> LeftBehindOf(MigrationState state)
+    {
+        var left = new List<LeftBehind>();
+        foreach (var disk in state.Disks.Where(d => d.Phase is not (DiskPhase.Completed or DiskPhase.RolledBack or DiskPhase.Skipped)))
+        {
+            var cleaned = disk.Step is MigrationStep.DeleteDestinationImage or MigrationStep.DeleteSourceImage
+                          && disk.StepTimings.LastOrDefault() is { Outcome: "completed" } last && last.Step == disk.Step;
+            if (cleaned || (!disk.PassedPointOfNoReturn && !disk.SwitchOutcomeUnknown
+                            && !MigrationPlan.RollbackSteps(disk.Started).Contains(MigrationStep.DeleteDestinationImage)))
+                continue;
+            var plan = disk.Plan;
+            var copy = $"the copy of disk {disk.Image} this migration made (each of its volumes carries OWNER={state.Id} in its .meta)";
+            var removeCopy = $"nothing uses it: once the cause ({disk.LastError ?? "see the migration's steps"}) is fixed, remove the image folder images/{disk.Image} of domain {plan.Destination}";
+            if (disk.SwitchOutcomeUnknown)
+            {
+                const string which = "it is unknown whether the VM's drive had switched: its host's record decides the chain `lsm vm start` uses (`lsm vm show` names it)";
+                left.Add(new LeftBehind(disk.Image, plan.Source, $"the source chain of disk {disk.Image}; {which}", "remove the chain the VM does not run on once `lsm vm show` names the one it does"));
+                left.Add(new LeftBehind(disk.Image, plan.Destination, $"{copy}; {which}", "remove the chain the VM does not run on once `lsm vm show` names the one it does"));
+            }
+            else if (!disk.PassedPointOfNoReturn)
+                left.Add(new LeftBehind(disk.Image, plan.Destination, copy, removeCopy));
+            else if (disk.Step == MigrationStep.DeleteSourceImage)
+                left.Add(new LeftBehind(disk.Image, plan.Source, $"the source chain of disk {disk.Image}; the VM runs on its copy on domain {plan.Destination}",
+                    $"nothing uses it: once the cause ({disk.LastError ?? "see the migration's steps"}) is fixed, remove the image folder images/{disk.Image} of domain {plan.Source}"));
+            else
+                left.Add(new LeftBehind(disk.Image, plan.Destination,
+                    $"disk {disk.Image} runs on its new leaf on domain {plan.Destination} over its older layers on domain {plan.Source} ({disk.Step} did not finish); copies of those layers this migration made may be on {plan.Destination} (OWNER={state.Id})",
+                    $"the VM uses both domains: move the disk again (`lsm migrate`) to bring its whole chain onto one domain"));
+        }
+        return left.ToValueList();
     }
 
     private static Decision DecideResume(MigrationState state, DateTimeOffset now)
@@ -194,6 +257,7 @@ public static class MigrationDecider
 
     public static string Describe(MigrationStatus status) => status switch
     {
+        MigrationStatus.RollingBack { Kind: TerminationKind.Abandon } => "abandoning (removing the copy each disk does not run on)",
         MigrationStatus.RollingBack r => $"rolling back ({r.Code})",
         MigrationStatus.Suspended s => $"suspended at {s.Step} of disk {s.Image}",
         MigrationStatus.Failed f => $"failed ({f.Code})",
@@ -340,6 +404,12 @@ public static class MigrationDecider
         private void Continue(DiskState disk)
         {
             var step = disk.Step!.Value;
+            if (State.Termination?.Kind == TerminationKind.Abandon)
+            {
+                // The abandon's clean-up step removed the other side: the disk stays where it runs.
+                Emit(new DiskFinished(State.Id, disk.Image, DiskOutcome.Abandoned, now));
+                return;
+            }
             if (disk.IsRollingBack)
             {
                 NextRollbackStep(disk, after: step);
@@ -394,6 +464,8 @@ public static class MigrationDecider
             {
                 if (State.Termination is not { } end)
                     Emit(new MigrationCompleted(State.Id, now));
+                else if (end.Kind == TerminationKind.Abandon)
+                    Emit(new MigrationAbandoned(State.Id, now, LeftBehindOf(State)));
                 else if (end.Kind == TerminationKind.Cancel)
                     Emit(new MigrationCancelled(State.Id, end.Message, now));
                 else

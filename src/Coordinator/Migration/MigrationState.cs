@@ -90,7 +90,9 @@ public sealed record MigrationState(
     bool PointOfNoReturnPassed = false,
     DateTimeOffset? RequestedAt = null,
     DateTimeOffset? UpdatedAt = null,
-    DateTimeOffset? FinishedAt = null)
+    DateTimeOffset? FinishedAt = null,
+    /// <summary>What an abandon left on the domains (null unless abandoned).</summary>
+    ValueList<LeftBehind>? LeftBehind = null)
 {
     public static MigrationState Initial(MigrationId id) => new(id, new MigrationStatus.New());
 
@@ -174,6 +176,7 @@ public sealed record MigrationState(
             {
                 DiskOutcome.Completed => DiskPhase.Completed,
                 DiskOutcome.RolledBack => DiskPhase.RolledBack,
+                DiskOutcome.Abandoned => DiskPhase.Abandoned,
                 _ => DiskPhase.Skipped,
             },
             RetryDueAt = null,
@@ -194,9 +197,17 @@ public sealed record MigrationState(
             Status = new MigrationStatus.Cancelled(c.Reason),
             DiskStates = s.Disks.Select(d => d.Phase == DiskPhase.Pending ? d with { Phase = DiskPhase.Skipped } : d).ToValueList(),
         },
-        MigrationAbandoned => s with
+        AbandonStarted a => s with
+        {
+            // The operator's decision: like a resume, every suspended disk goes on, now towards removing the other side.
+            Status = new MigrationStatus.RollingBack(TerminationKind.Abandon, MigrationErrorCodes.Abandoned, a.Reason),
+            Termination = new MigrationStatus.RollingBack(TerminationKind.Abandon, MigrationErrorCodes.Abandoned, a.Reason),
+            DiskStates = s.Disks.Select(d => d.Phase == DiskPhase.Suspended ? d with { Phase = DiskPhase.Idle, FailuresInRow = 0 } : d).ToValueList(),
+        },
+        MigrationAbandoned abandoned => s with
         {
             Status = new MigrationStatus.Abandoned(),
+            LeftBehind = abandoned.LeftBehind,
             DiskStates = s.Disks.Select(d => d.IsFinished ? d : d with { Phase = DiskPhase.Abandoned, RetryDueAt = null }).ToValueList(),
         },
         _ => throw new ArgumentException($"migration {s.Id} has no rule for event {e.GetType().Name}", nameof(e)),

@@ -112,14 +112,15 @@ public sealed record MigrationSnapshotV1(
     DateTimeOffset? RequestedAt,
     DateTimeOffset? UpdatedAt,
     DateTimeOffset? FinishedAt,
-    StatusV1? Termination)
+    StatusV1? Termination,
+    ValueList<LeftBehind>? LeftBehind = null)
 {
     public static MigrationSnapshotV1 Of(MigrationState s) => new(
         s.Id, StatusV1.Of(s.Status), s.Request, s.DiskStates, s.PointOfNoReturnPassed, s.RequestedAt, s.UpdatedAt, s.FinishedAt,
-        s.Termination is { } t ? StatusV1.Of(t) : null);
+        s.Termination is { } t ? StatusV1.Of(t) : null, s.LeftBehind);
 
     public MigrationState ToState() =>
-        new MigrationState(Id, Status.ToStatus(), Request, Disks, PointOfNoReturnPassed, RequestedAt, UpdatedAt, FinishedAt)
+        new MigrationState(Id, Status.ToStatus(), Request, Disks, PointOfNoReturnPassed, RequestedAt, UpdatedAt, FinishedAt, LeftBehind)
         {
             Termination = Termination?.ToStatus() as MigrationStatus.RollingBack
                           ?? (Termination is null ? null : throw new JsonException($"a termination must be 'rollingBack', not '{Termination.Kind}'")),

@@ -80,7 +80,7 @@ public sealed record RollbackStarted(MigrationId MigrationId, TerminationKind Ki
 
 public sealed record ProgressReported(MigrationId MigrationId, ImageId Image, MigrationStep Step, long Done, long Total, DateTimeOffset At) : IMigrationEvent;
 
-public enum DiskOutcome { Completed, RolledBack, Skipped }
+public enum DiskOutcome { Completed, RolledBack, Skipped, Abandoned }
 
 public sealed record DiskFinished(MigrationId MigrationId, ImageId Image, DiskOutcome Outcome, DateTimeOffset At) : IMigrationEvent;
 
@@ -101,5 +101,23 @@ public sealed record MigrationCancelled(MigrationId MigrationId, string Reason, 
 /// </summary>
 public sealed record MigrationSpeedChanged(MigrationId MigrationId, long BytesPerSecond, DateTimeOffset At) : IMigrationEvent;
 
-/// <summary>An operator gave up on a suspended migration: each disk stays on the valid chain it runs on now.</summary>
-public sealed record MigrationAbandoned(MigrationId MigrationId, DateTimeOffset At) : IMigrationEvent;
+/// <summary>
+/// An operator gave up on a suspended migration: each disk stays on the valid chain it runs on now. Before this event
+/// the saga removed what it could of the other side (<see cref="AbandonStarted"/>); <paramref name="LeftBehind"/> names
+/// what it could not, or was told to leave (null in journals older than it, and then left out of the journal form, so
+/// events written before it keep their bytes).
+/// </summary>
+public sealed record MigrationAbandoned(MigrationId MigrationId, DateTimeOffset At,
+    [property: System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
+    ValueList<LeftBehind>? LeftBehind = null) : IMigrationEvent;
+
+/// <summary>
+/// An operator abandoned a suspended migration: its disks stay where they run, and the saga removes the copy on the
+/// side they do not run on (the destination's copy before the switch, the source chain after it) with the same steps
+/// a rollback or a completion uses. A removal that fails suspends the migration again: resume retries it, abandon
+/// leaves it (named in <see cref="MigrationAbandoned.LeftBehind"/>).
+/// </summary>
+public sealed record AbandonStarted(MigrationId MigrationId, string Reason, DateTimeOffset At) : IMigrationEvent;
+
+/// <summary>Volumes an abandoned migration left on a domain, and why; <paramref name="Remove"/> says how an operator removes them.</summary>
+public sealed record LeftBehind(ImageId Image, DomainId Domain, string What, string Remove);

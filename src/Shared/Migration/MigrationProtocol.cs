@@ -124,7 +124,7 @@ public sealed record DiskPlan(ImageId Image, DomainId Source, DomainId Destinati
     [property: System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
     VolumeId? SourceLeaf = null);
 
-public enum TerminationKind { Cancel, Failure }
+public enum TerminationKind { Cancel, Failure, Abandon }
 
 /// <summary>Codes the saga refuses a command with, besides the host codes of <see cref="ErrorCodes"/>.</summary>
 public static class MigrationErrorCodes
@@ -132,6 +132,8 @@ public static class MigrationErrorCodes
     public const string MigrationNotFound = "MIGRATION_NOT_FOUND";
     public const string MigrationExists = "MIGRATION_EXISTS";
     public const string MigrationFinished = "MIGRATION_FINISHED";
+    /// <summary>The code of an abandon's clean-up while it runs.</summary>
+    public const string Abandoned = "ABANDONED";
     public const string DiskBusy = "DISK_IN_ACTIVE_MIGRATION";
     public const string DomainInactive = "DOMAIN_INACTIVE";
     public const string PointOfNoReturnPassed = "POINT_OF_NO_RETURN_PASSED";

@@ -68,7 +68,8 @@ public sealed record MigrationView(
     MigrationError? Error,
     DateTimeOffset? RequestedAt,
     DateTimeOffset? UpdatedAt,
-    DateTimeOffset? FinishedAt);
+    DateTimeOffset? FinishedAt,
+    ValueList<LeftBehind>? LeftBehind = null);
 
 /// <summary>One disk's progress as <see cref="MigrationStatusChanged"/> carries it; <see cref="Phase"/> is the disk phase by name.</summary>
 public sealed record DiskProgress(ImageId Image, string Phase, MigrationStep? Step, long Done, long Total, TimeSpan? Remaining);

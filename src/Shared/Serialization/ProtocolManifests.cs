@@ -66,6 +66,7 @@ public static class ProtocolManifests
         ("lm.MigrationFailed.v1", typeof(MigrationFailed)),
         ("lm.MigrationCancelled.v1", typeof(MigrationCancelled)),
         ("lm.MigrationAbandoned.v1", typeof(MigrationAbandoned)),
+        ("lm.AbandonStarted.v1", typeof(AbandonStarted)),
 
         // the inventory: host and SPM reports, the Coordinator's questions and their answers
         ("lm.HostStatusReport.v1", typeof(HostStatusReport)),

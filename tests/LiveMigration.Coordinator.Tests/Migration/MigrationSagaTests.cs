@@ -369,6 +369,80 @@ public sealed class MigrationSagaTests
     }
 
     [Fact]
+    public void Abandon_removes_the_destination_copy_of_a_disk_whose_rollback_delete_was_suspended()
+    {
+        var saga = new SagaDriver().Begin(retry: new RetryPolicy(1, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1)));
+        saga.Fail(ErrorCodes.NotEnoughSpace); // CloneImageStructure, a permanent failure: roll back
+        Assert.Equal(DeleteDestinationImage, saga.InFlight().Step);
+        saga.Fail(ErrorCodes.IoError, transient: true);
+        Assert.Equal(DeleteDestinationImage, Assert.IsType<MigrationStatus.Suspended>(saga.State.Status).Step);
+
+        Assert.False(saga.Send(new AbandonMigration(saga.Id)).Refused);
+        Assert.Single(saga.Journal.OfType<AbandonStarted>());
+        Assert.StartsWith("abandoning", MigrationDecider.Describe(saga.State.Status));
+        Assert.Equal(DeleteDestinationImage, saga.InFlight().Step); // the abandon's clean-up: the same owner-checked delete
+        saga.Succeed();
+
+        Assert.IsType<MigrationStatus.Abandoned>(saga.State.Status);
+        Assert.Equal(DiskPhase.Abandoned, saga.State.Disk(saga.Image).Phase);
+        Assert.Empty(Assert.Single(saga.Journal.OfType<MigrationAbandoned>()).LeftBehind!);
+        Assert.Empty(saga.Actions);
+    }
+
+    [Fact]
+    public void An_abandon_whose_removal_fails_suspends_again_and_a_second_abandon_names_what_it_leaves()
+    {
+        var saga = new SagaDriver().Begin(retry: new RetryPolicy(1, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1)));
+        for (var i = 0; i < 6; i++) saga.Succeed(); // up to DeleteSourceImage, past the pivot
+        Assert.Equal(DeleteSourceImage, saga.InFlight().Step);
+        saga.Fail(ErrorCodes.VolumeInUse);
+        Assert.Equal(DeleteSourceImage, Assert.IsType<MigrationStatus.Suspended>(saga.State.Status).Step);
+
+        saga.Send(new AbandonMigration(saga.Id));
+        Assert.Equal(DeleteSourceImage, saga.InFlight().Step); // after the switch: the source chain is what goes
+        saga.Fail(ErrorCodes.VolumeInUse);
+        Assert.IsType<MigrationStatus.Suspended>(saga.State.Status);
+        Assert.Equal(TerminationKind.Abandon, saga.State.Termination!.Kind);
+
+        Assert.False(saga.Send(new AbandonMigration(saga.Id)).Refused);
+        Assert.IsType<MigrationStatus.Abandoned>(saga.State.Status);
+        var left = Assert.Single(saga.State.LeftBehind!);
+        Assert.Equal(saga.Source, left.Domain);
+        Assert.Contains("source chain", left.What);
+        Assert.Contains(ErrorCodes.VolumeInUse, left.Remove);
+        Assert.Equal(left, Assert.Single(MigrationViews.ViewOf(saga.State, saga.Now).LeftBehind!));
+    }
+
+    [Fact]
+    public void A_resume_of_a_suspended_abandon_retries_the_removal_and_ends_abandoned()
+    {
+        var saga = new SagaDriver().Begin(retry: new RetryPolicy(1, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1)));
+        for (var i = 0; i < 6; i++) saga.Succeed();
+        saga.Fail(ErrorCodes.VolumeInUse);
+        saga.Send(new AbandonMigration(saga.Id));
+        saga.Fail(ErrorCodes.VolumeInUse);
+
+        saga.Send(new ResumeMigration(saga.Id));
+        Assert.Equal(DeleteSourceImage, saga.InFlight().Step);
+        saga.Succeed();
+        Assert.IsType<MigrationStatus.Abandoned>(saga.State.Status);
+        Assert.Empty(saga.State.LeftBehind!);
+    }
+
+    [Fact]
+    public void Abandoning_a_post_copy_disk_between_its_live_snapshot_and_backing_switch_removes_nothing_and_says_it_spans_both_domains()
+    {
+        var saga = new SagaDriver().Begin(MigrationStrategy.PostCopy, retry: new RetryPolicy(1, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1)));
+        saga.Succeed(); saga.Succeed(); // CreateVolumeCrossDomain, LiveSnapshotToDestination
+        saga.Fail(ErrorCodes.IoError, transient: true); // CloneInternalVolumes
+        saga.Send(new AbandonMigration(saga.Id));
+        Assert.Empty(saga.Actions);
+        var left = Assert.Single(saga.State.LeftBehind!);
+        Assert.Equal(saga.Destination, left.Domain);
+        Assert.Contains("both domains", left.Remove);
+    }
+
+    [Fact]
     public void Duplicate_and_stale_results_change_nothing()
     {
         var saga = new SagaDriver().Begin();

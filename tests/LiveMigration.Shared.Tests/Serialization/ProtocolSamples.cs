@@ -102,6 +102,8 @@ public static class ProtocolSamples
         new MigrationFailed(Migration, MigrationErrorCodes.RetriesExhausted, "step Pivot failed 5 times", At),
         new MigrationCancelled(Migration, "cancelled by an operator", At),
         new MigrationAbandoned(Migration, At),
+        new MigrationAbandoned(Migration, At, [new LeftBehind(Image, Destination, "the copy of disk 0c5e8f21 this migration made", "remove the image folder")]),
+        new AbandonStarted(Migration, "abandoned by an operator while suspended at DeleteDestinationImage of disk 0c5e8f21", At),
         new MigrationSpeedChanged(Migration, 0, At),
         // migration queries, answers and status changes
         new GetMigrationState(Migration),
