@@ -14,7 +14,12 @@ public sealed record CatalogedVm(VmId Id, string Name, IReadOnlyList<DiskLeaf> D
     public IReadOnlyList<DiskLeaf> Switching => Pending ?? [];
 
     public DiskLeaf? LeafOf(ImageId image) => Drives.FirstOrDefault(d => d.Image == image);
-    public DiskLeaf? PendingOf(ImageId image) => Switching.FirstOrDefault(d => d.Image == image);
+    /// <summary>
+    /// The switch begun on a drive and not recorded yet. A switch to the leaf the record already names leaves nothing in
+    /// doubt (a late copy of a switch that took effect long ago): it is no pending switch, in records written before that rule too.
+    /// </summary>
+    public DiskLeaf? PendingOf(ImageId image) =>
+        Switching.FirstOrDefault(d => d.Image == image) is { } pending && pending.Leaf != LeafOf(image)?.Leaf ? pending : null;
 
     public CatalogedVm WithLeaf(ImageId image, VolumeRef leaf) => this with
     {
@@ -24,10 +29,10 @@ public sealed record CatalogedVm(VmId Id, string Name, IReadOnlyList<DiskLeaf> D
         Pending = Switching.Where(p => p.Image != image).ToList(),
     };
 
-    public CatalogedVm WithPending(ImageId image, VolumeRef target) => this with
-    {
-        Pending = Switching.Where(p => p.Image != image).Append(new DiskLeaf(image, target)).ToList(),
-    };
+    /// <summary>Records a switch begun; none when the record names its target already (nothing a probe would have to decide).</summary>
+    public CatalogedVm WithPending(ImageId image, VolumeRef target) => LeafOf(image)?.Leaf == target
+        ? WithoutPending(image)
+        : this with { Pending = Switching.Where(p => p.Image != image).Append(new DiskLeaf(image, target)).ToList() };
 
     public CatalogedVm WithoutPending(ImageId image) => this with { Pending = Switching.Where(p => p.Image != image).ToList() };
 }

@@ -172,7 +172,44 @@ public static class KnownBugs
             () => new SagaSimulator(571, new Chaos(SwitchFaults: false, KillVm: 0), trace: true).Run(),
             r => r.Notes.Contains("late-command-reexecuted")
                  && (r.Violation!.Invariant is "leftover-volumes" or "leftover-mirror" or "stale-switch-record" or "record-disagrees" or "rolled-back-not-on-source"
-                     || DataHarm.Contains(r.Violation.Invariant) && FinishedBefore(r))),
+                     || DataHarm.Contains(r.Violation.Invariant) && FinishedBefore(r)),
+            Fixed: true),
+
+        new("H1b-late-switch-leaves-a-switch-begun",
+            "The HSM half of H1: a late copy of a switch that took effect long ago (the migration completed) reaches a restarted HSM, which writes its intent (a switch begun) before asking QEMU; the read-back fails and nobody will probe any more: the record shows a switch in doubt forever and `vm start` refuses the disk (STALE_RECORD). Fixed in VmCatalog: a switch to the leaf the record names already is no switch begun (CatalogedVm.WithPending / PendingOf). The sweep's seeds (e.g. 245, 572, 1613 by default; 106, 408 heavy) were this, and the sim's hosts also wrote the intent before checking QEMU runs, which the real HSM does not (BeginSwitchAsync): mirrored now",
+            "stale-switch-record",
+            "post-copy, 1 disk, completed; the HSM restarts; an old copy of LiveSnapshotToDestination:1 arrives, QEMU answers 'taken already' but the read-back fails (QMP_ERROR); the record keeps a switch to Dst:new begun",
+            () => Scenario(MigrationStrategy.PostCopy, sim =>
+            {
+                sim.AfterEvent = (s, e) =>
+                {
+                    if (e is not MigrationCompleted) return;
+                    var image = s.World.Disks.Keys.Single();
+                    s.Script[(LiveSnapshotToDestination, 1)] = Fault.DoneThenQmpError;
+                    s.RestartHostIn(5, HostRole.Hsm);
+                    s.ReplayLateIn(10, LiveSnapshotToDestination, image);
+                };
+            }),
+            r => r.Violation!.Invariant == "stale-switch-record" && r.Notes.Contains("late-command-reexecuted"),
+            Fixed: true),
+
+        new("H1c-late-pivot-after-completion",
+            "Pre-copy flavour of H1b: a late Pivot after the migration completed, with QEMU's read-back failing (DONE, then QMP_ERROR), left the record showing a pivot to Dst:leaf begun",
+            "stale-switch-record",
+            "pre-copy, 1 disk, completed; the HSM restarts; an old copy of Pivot:1 arrives: 'pivoted already' but QMP_ERROR; the record keeps a pivot to Dst:leaf begun",
+            () => Scenario(MigrationStrategy.PreCopy, sim =>
+            {
+                sim.AfterEvent = (s, e) =>
+                {
+                    if (e is not MigrationCompleted) return;
+                    var image = s.World.Disks.Keys.Single();
+                    s.Script[(Pivot, 1)] = Fault.DoneThenQmpError;
+                    s.RestartHostIn(5, HostRole.Hsm);
+                    s.ReplayLateIn(10, Pivot, image);
+                };
+            }),
+            r => false,
+            Fixed: true),
     ];
 
     /// <summary>The migration had ended before the violation: only stale commands acted then.</summary>

@@ -95,6 +95,8 @@ public sealed class SagaSimulator
     public MigrationState State { get; private set; }
     public List<IMigrationEvent> Journal { get; } = [];
     private readonly HashSet<OperationId> _sent = [];
+    /// <summary>Every command the actor ever sent, so a scenario can deliver an old copy of one late.</summary>
+    private readonly Dictionary<OperationId, SendStep> _everSent = new();
     private readonly Dictionary<OperationId, long> _deadlines = new();
     private long? _retryTimer;
     private int _incarnation;
@@ -263,7 +265,11 @@ public sealed class SagaSimulator
             case CrashEv when !Calm && !State.Status.IsFinished:
                 Crash("coordinator crashes");
                 break;
-            case HostRestartEv h when !Calm:
+            case ReplayLateEv r:
+                var old = _everSent.Values.Where(x => x.Operation.Step == r.Step && x.Operation.Image == r.Image).MinBy(x => x.Operation.Attempt);
+                if (old is not null) DeliverCommand(old, late: true);
+                break;
+            case HostRestartEv h when !Calm || h.Scripted:
                 Log($"{h.Role} restarts: its ledger (operation ids, mirror waits) is forgotten");
                 (h.Role == HostRole.Spm ? _spm : _hsm).Forget();
                 break;
@@ -361,6 +367,7 @@ public sealed class SagaSimulator
 
     private void Send(SendStep step)
     {
+        _everSent[step.Operation] = step;
         Log($"saga -> {step.Role} {Op(step.Operation)}");
         At(NetDelay(), new DeliverCommandEv(step, false));
         if (!Calm && _rng.NextDouble() < _chaos.LateCommand)
@@ -441,9 +448,10 @@ public sealed class SagaSimulator
                 // The work happened; its answer says otherwise (a timeout, QEMU dying right after, a failed read-back).
                 var recorded = disk.RecordLeaf;
                 var done = World.Execute(op.Step, disk);
-                if (done is HostAnswer.Ok && MigrationPlan.IsSwitch(op.Step))
+                if (done is HostAnswer.Ok && MigrationPlan.IsSwitch(op.Step) && recorded != disk.Open[^1])
                 {
-                    // the failure came before RecordLeafAsync: the record still shows the switch as begun
+                    // the failure came before RecordLeafAsync: the record still shows the switch as begun (unless the
+                    // record named the target already, when BeginSwitch wrote no intent)
                     disk.RecordLeaf = recorded;
                     disk.Pending = disk.Open[^1];
                 }
@@ -509,6 +517,10 @@ public sealed class SagaSimulator
     /// <summary>For scenarios: seconds from a mirror's start to READY (default: 1-41 s at random).</summary>
     public Func<SimDisk, double>? MirrorReadyAfter { get; set; }
     public void LandPivotIn(double seconds, ImageId image) => At(TimeSpan.FromSeconds(seconds), new PivotLandsEv(image));
+    /// <summary>For scenarios: an old copy of the (first sent) command of <paramref name="step"/> for <paramref name="image"/> reaches its host.</summary>
+    public void ReplayLateIn(double seconds, MigrationStep step, ImageId image) => At(TimeSpan.FromSeconds(seconds), new ReplayLateEv(step, image));
+    /// <summary>For scenarios: a host restarts and forgets its ledger (its durable VM record stays).</summary>
+    public void RestartHostIn(double seconds, HostRole role) => At(TimeSpan.FromSeconds(seconds), new HostRestartEv(role, Scripted: true));
     public void FailMirrorIn(double seconds, ImageId image) => At(TimeSpan.FromSeconds(seconds), new MirrorFailEv(image));
     public void OperatorIn(double seconds, IMigrationCommand command) => At(TimeSpan.FromSeconds(seconds), new OperatorEv(command));
     public void EarlyRetryTimerIn(double seconds) => At(TimeSpan.FromSeconds(seconds), new EarlyRetryTimerEv());
@@ -737,6 +749,7 @@ public sealed class SagaSimulator
     private sealed record GuestWriteEv(ImageId Image) : Ev;
     private sealed record KillVmEv : Ev;
     private sealed record CrashEv : Ev;
-    private sealed record HostRestartEv(HostRole Role) : Ev;
+    private sealed record HostRestartEv(HostRole Role, bool Scripted = false) : Ev;
+    private sealed record ReplayLateEv(MigrationStep Step, ImageId Image) : Ev;
     private sealed record OperatorEv(IMigrationCommand Command) : Ev;
 }

@@ -222,8 +222,7 @@ public sealed class SimWorld
         {
             var destination = w.ResolveDestinationChain(d);
             // HsmActor: the intent is recorded durably before QEMU is asked (BeginSwitchAsync)
-            d.Pending = destination[^1];
-            w.RequireVm();
+            w.BeginSwitch(d, destination[^1]);
             if (!d.MirrorRunning && d.LastJobCompleted && d.Open.SequenceEqual(destination)) return w.Recorded(d, "pivoted already");
             if (!d.MirrorRunning) throw new HostError(ErrorCodes.NoSuchJob, "no mirror to pivot");
             if (!d.MirrorReady) throw new HostError(ErrorCodes.NoSuchJob, "mirror not READY");
@@ -244,8 +243,7 @@ public sealed class SimWorld
         {
             var leaf = d.Get(Side.Dst, SimDisk.New) ?? throw new HostError(d.LayersOn(Side.Dst).Count == 0 ? ErrorCodes.ImageNotFound : ErrorCodes.VolumeNotFound, "new leaf not on destination");
             var target = new VolKey(Side.Dst, SimDisk.New);
-            d.Pending = target;
-            w.RequireVm();
+            w.BeginSwitch(d, target);
             if (d.Open[^1] == target) return w.Recorded(d, "snapshot taken already");
             if (leaf.ParentSide != Side.Src || d.Open[^1] != new VolKey(Side.Src, SimDisk.Leaf))
                 throw new HostError(ErrorCodes.InvalidArgument, "the new leaf's parent is not the current leaf");
@@ -344,6 +342,17 @@ public sealed class SimWorld
 
     /// <summary>The migration's strategy (the probe's target depends on it, as the HSM reads it from the command).</summary>
     public bool PreCopy { get; set; } = true;
+
+    /// <summary>
+    /// HsmActor.BeginSwitchAsync: a QEMU already gone is never asked to switch (VM_NOT_RUNNING before any intent is
+    /// written); the intent is written unless the record names the target already (CatalogedVm.WithPending: a late
+    /// copy of a switch that took effect leaves nothing in doubt).
+    /// </summary>
+    private void BeginSwitch(SimDisk d, VolKey target)
+    {
+        RequireVm();
+        d.Pending = d.RecordLeaf == target ? null : target;
+    }
 
     /// <summary>A switch that worked is recorded before the HSM answers (RecordLeafAsync).</summary>
     private HostAnswer Recorded(SimDisk d, string detail)

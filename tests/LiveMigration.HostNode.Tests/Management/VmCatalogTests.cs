@@ -1,0 +1,50 @@
+using LiveMigration.HostNode.Management;
+using LiveMigration.Shared.Model;
+using LiveMigration.Shared.Protocol;
+
+namespace LiveMigration.HostNode.Tests.Management;
+
+/// <summary>The durable VM record's switch intents (DESIGN §7.1): what leaves a drive in doubt, and what does not.</summary>
+public sealed class VmCatalogTests : IDisposable
+{
+    private readonly string _dataDirectory = Directory.CreateTempSubdirectory("lsm-catalog-").FullName;
+    private readonly ImageId _image = new(Guid.NewGuid());
+    private readonly VolumeRef _source = new(new DomainId(Guid.NewGuid()), new VolumeId(Guid.NewGuid()));
+    private readonly VolumeRef _destination = new(new DomainId(Guid.NewGuid()), new VolumeId(Guid.NewGuid()));
+
+    public void Dispose() => Directory.Delete(_dataDirectory, recursive: true);
+
+    private CatalogedVm Vm(VolumeRef leaf) => new(new VmId(Guid.NewGuid()), "vm1", [new DiskLeaf(_image, leaf)]);
+
+    [Fact]
+    public void A_switch_to_another_leaf_is_pending_until_recorded()
+    {
+        var vm = Vm(_source).WithPending(_image, _destination);
+        Assert.Equal(_destination, vm.PendingOf(_image)?.Leaf);
+        var recorded = vm.WithLeaf(_image, _destination);
+        Assert.Null(recorded.PendingOf(_image));
+        Assert.Equal(_destination, recorded.LeafOf(_image)?.Leaf);
+    }
+
+    [Fact]
+    public void A_late_switch_to_the_recorded_leaf_leaves_nothing_pending()
+    {
+        // H1b: a late copy of a pivot that took effect long ago begins "a switch" to where the drive already is.
+        var vm = Vm(_destination).WithPending(_image, _destination);
+        Assert.Null(vm.PendingOf(_image));
+        Assert.Empty(vm.Switching);
+    }
+
+    [Fact]
+    public void A_record_written_before_the_rule_with_a_pending_switch_to_its_own_leaf_is_read_as_not_pending()
+    {
+        var catalog = new VmCatalog(_dataDirectory);
+        var vm = Vm(_destination) with { Pending = [new DiskLeaf(_image, _destination)] };
+        catalog.Save(vm);
+        var read = catalog.Find(vm.Id)!;
+        Assert.Null(read.PendingOf(_image));
+        // a real switch begun is kept across a write and a read
+        catalog.Save(read.WithPending(_image, _source));
+        Assert.Equal(_source, catalog.Find(vm.Id)!.PendingOf(_image)?.Leaf);
+    }
+}
