@@ -38,6 +38,8 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
     private MigrationState _state;
     private bool _admissionAsked;
     private bool _released;
+    /// <summary>Fault plan (tests only): the first command of each step a replay-late rule names, to send again late.</summary>
+    private readonly Dictionary<(MigrationStep Step, ImageId Image), SendStep> _keptForReplay = new();
     private long _lastSnapshotAt;
 
     public ITimerScheduler Timers { get; set; } = null!;
@@ -162,7 +164,11 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
             _state = MigrationState.Apply(_state, e);
             MigrationMetrics.Track(_state);
             if (--left > 0) return;
-            if (outcomeOf is { } persisted) FaultPlan.Current.Hit(persisted, FaultMoment.OutcomePersisted);
+            if (outcomeOf is { } persisted)
+            {
+                FaultPlan.Current.Hit(persisted, FaultMoment.OutcomePersisted);
+                ReplayKept(persisted, FaultMoment.OutcomePersisted);
+            }
             SnapshotIfDue();
             Publish();
             replyTo?.Tell(Accepted(command));
@@ -242,6 +248,8 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
         if (_state.Status.IsFinished && !_released)
         {
             _released = true;
+            foreach (var step in _keptForReplay.Keys.Select(k => k.Step).Distinct().ToList())
+                ReplayKept(step, FaultMoment.Ended);
             _admission.Tell(new AdmissionReleased(Id));
             PassivateIfIdle();
         }
@@ -266,8 +274,32 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
         if (target is null)
             _log.Warning("Migration {Migration}: no HSM known for VM {Vm}; {Operation} goes out when its deadline passes", Id, step.Vm, step.Operation);
         else
-            target.Tell(new ExecuteStep(step.Operation, step.Vm, step.Disk, step.Strategy, step.SpeedBytesPerSecond, step.CopyMode));
+        {
+            target.Tell(CommandOf(step));
+            if (FaultPlan.Current.Fires(FaultAction.Duplicate, step.Step, FaultMoment.BeforeSend))
+                target.Tell(CommandOf(step));
+        }
+        if (FaultPlan.Current.Names(FaultAction.ReplayLate, step.Step)) _keptForReplay.TryAdd((step.Step, step.Disk.Image), step);
         StartDeadline(step.Operation);
+    }
+
+    private static ExecuteStep CommandOf(SendStep step) =>
+        new(step.Operation, step.Vm, step.Disk, step.Strategy, step.SpeedBytesPerSecond, step.CopyMode);
+
+    /// <summary>Fault plan (tests only): an old copy of a kept command reaches its host late, as a slow network would deliver it.</summary>
+    private void ReplayKept(MigrationStep step, FaultMoment moment)
+    {
+        var kept = _keptForReplay.Where(k => k.Key.Step == step).Select(k => k.Value).ToList();
+        if (kept.Count == 0 || !FaultPlan.Current.Fires(FaultAction.ReplayLate, step, moment)) return;
+        foreach (var old in kept)
+        {
+            var target = old.Role == HostRole.Spm ? _hosts.Spm : _hosts.HsmFor(old.Vm);
+            _log.Warning("Migration {Migration}: fault plan replays the old command {Operation} late ({Moment})", Id, old.Operation, moment);
+            // Answered to a witness that outlives this actor's passivation (so not a child), so the host's answer is seen in the log.
+#pragma warning disable AK1008
+            target?.Tell(CommandOf(old), Context.System.ActorOf(LateCommandWitness.Props(old.Operation)));
+#pragma warning restore AK1008
+        }
     }
 
     private void SendAgainIfUnanswered(OperationId operation)

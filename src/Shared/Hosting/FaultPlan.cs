@@ -16,6 +16,8 @@ public enum FaultMoment
     OutcomeReceived,
     /// <summary>Coordinator: the outcome is journaled.</summary>
     OutcomePersisted,
+    /// <summary>Coordinator: the migration has ended (completed, failed, cancelled or abandoned); for replay-late only.</summary>
+    Ended,
 }
 
 public enum FaultAction
@@ -24,6 +26,14 @@ public enum FaultAction
     KillSelf,
     /// <summary>SIGKILL the QEMU of the step's VM (hosts only).</summary>
     KillQemu,
+    /// <summary>Coordinator, at before-send: the step's command goes out twice (a network or proxy that repeats it).</summary>
+    Duplicate,
+    /// <summary>
+    /// Coordinator: the step's first command is kept when sent, and an old copy of it goes out again at the rule's
+    /// moment (outcome-persisted: the saga has moved on; ended: the migration is over), as a late delivery would.
+    /// The copy is kept in memory: a Coordinator that restarts in between does not replay it.
+    /// </summary>
+    ReplayLate,
 }
 
 public sealed record FaultRule(string Process, FaultAction Action, MigrationStep Step, FaultMoment Moment);
@@ -34,6 +44,8 @@ public sealed record FaultRule(string Process, FaultAction Action, MigrationStep
 /// <c>coordinator:kill-self@SyncInternalVolumes/outcome-received</c>, <c>host-1:kill-qemu@WaitMirrorReady/host-received</c>).
 /// Off unless <c>LSM_FAULT_PLAN</c> is set, and refused unless <c>LSM_ALLOW_FAULTS=1</c> says this is a test
 /// (a Coordinator with an API token, i.e. a production setup, refuses to start with a plan at all).
+/// Besides kills, the Coordinator repeats commands: <c>coordinator:duplicate@Pivot/before-send</c> sends the step's
+/// command twice, <c>coordinator:replay-late@CloneImageStructure/ended</c> sends an old copy once the migration ended.
 /// Each rule fires once per data directory: a marker file written (and fsynced) before the kill keeps the
 /// restarted process from dying again at the same point.
 /// </summary>
@@ -89,7 +101,9 @@ public sealed class FaultPlan
             {
                 "kill-self" => FaultAction.KillSelf,
                 "kill-qemu" => FaultAction.KillQemu,
-                _ => throw new ArgumentException($"{PlanVariable}: action '{who[1]}' is not kill-self or kill-qemu"),
+                "duplicate" => FaultAction.Duplicate,
+                "replay-late" => FaultAction.ReplayLate,
+                _ => throw new ArgumentException($"{PlanVariable}: action '{who[1]}' is not kill-self, kill-qemu, duplicate or replay-late"),
             };
             var moment = where[1] switch
             {
@@ -98,8 +112,18 @@ public sealed class FaultPlan
                 "host-done" => FaultMoment.HostDone,
                 "outcome-received" => FaultMoment.OutcomeReceived,
                 "outcome-persisted" => FaultMoment.OutcomePersisted,
-                _ => throw new ArgumentException($"{PlanVariable}: moment '{where[1]}' is not before-send, host-received, host-done, outcome-received or outcome-persisted"),
+                "ended" => FaultMoment.Ended,
+                _ => throw new ArgumentException($"{PlanVariable}: moment '{where[1]}' is not before-send, host-received, host-done, outcome-received, outcome-persisted or ended"),
             };
+            var fits = action switch
+            {
+                FaultAction.Duplicate => moment == FaultMoment.BeforeSend,
+                FaultAction.ReplayLate => moment is FaultMoment.OutcomePersisted or FaultMoment.Ended,
+                _ => moment != FaultMoment.Ended,
+            };
+            if (!fits || action is FaultAction.Duplicate or FaultAction.ReplayLate && who[0] != "coordinator")
+                throw new ArgumentException($"{PlanVariable}: '{part}': duplicate is coordinator@Step/before-send, replay-late is " +
+                                            "coordinator@Step/outcome-persisted or /ended, and ended is for replay-late only");
             rules.Add(new FaultRule(who[0], action, step, moment));
         }
         return rules;
@@ -112,7 +136,7 @@ public sealed class FaultPlan
     public void Hit(MigrationStep step, FaultMoment moment, Action? killQemu = null)
     {
         if (_rules.Count == 0) return;
-        foreach (var rule in _rules.Where(r => r.Step == step && r.Moment == moment))
+        foreach (var rule in _rules.Where(r => r.Step == step && r.Moment == moment && r.Action is FaultAction.KillSelf or FaultAction.KillQemu))
         {
             if (!Claim(rule)) continue;
             Console.Error.WriteLine($"fault plan: {_process} {rule.Action} at {step}/{moment}");
@@ -121,6 +145,21 @@ public sealed class FaultPlan
             else
                 Process.GetCurrentProcess().Kill(); // SIGKILL: no shutdown hooks, as a crash
         }
+    }
+
+    /// <summary>Whether a rule with <paramref name="action"/> names <paramref name="step"/> at all (the Coordinator keeps a command to replay).</summary>
+    public bool Names(FaultAction action, MigrationStep step) => _rules.Any(r => r.Action == action && r.Step == step);
+
+    /// <summary>
+    /// For the Coordinator's own actions (duplicate, replay-late): whether the rule for this point fires now, claimed
+    /// so it fires once per data directory like a kill.
+    /// </summary>
+    public bool Fires(FaultAction action, MigrationStep step, FaultMoment moment)
+    {
+        if (_rules.FirstOrDefault(r => r.Action == action && r.Step == step && r.Moment == moment) is not { } rule || !Claim(rule))
+            return false;
+        Console.Error.WriteLine($"fault plan: {_process} {action} at {step}/{moment}");
+        return true;
     }
 
     private bool Claim(FaultRule rule)

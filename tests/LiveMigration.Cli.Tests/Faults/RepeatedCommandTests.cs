@@ -1,0 +1,109 @@
+using System.Diagnostics;
+
+namespace LiveMigration.Cli.Tests.Faults;
+
+/// <summary>
+/// The fault matrix's repeated and late commands, between real processes (DESIGN §7.6/§7.7): the Coordinator sends a
+/// step's command twice (<c>coordinator:duplicate@Step/before-send</c>), or keeps it and sends an old copy again once
+/// the saga moved on or the migration ended (<c>coordinator:replay-late@Step/outcome-persisted|ended</c>). Some cases
+/// also restart host-1 (the SPM and the VM's HSM) before the late copy arrives, so it meets a host that forgot the
+/// operation id and must refuse it from durable state. Each case: every durable write kept, the VM on one LEGAL chain
+/// and able to stop and start again on it (no switch left in doubt in its record), no volume left over.
+/// </summary>
+[Collection(LocalClusters.Name)]
+public sealed class RepeatedCommandTests : IAsyncLifetime
+{
+    private readonly LocalClusterSession _cluster = new();
+
+    public Task InitializeAsync() => Task.CompletedTask;
+    public async Task DisposeAsync() => await _cluster.DisposeAsync();
+
+    public static TheoryData<string, string, string> Cases => new()
+    {
+        // strategy, fault plan, the step whose command is repeated
+        { "pre-copy", "coordinator:duplicate@CloneImageStructure/before-send", "CloneImageStructure" },
+        { "pre-copy", "coordinator:duplicate@SyncInternalVolumes/before-send", "SyncInternalVolumes" },
+        { "pre-copy", "coordinator:duplicate@Pivot/before-send", "Pivot" },
+        { "pre-copy", "coordinator:duplicate@DeleteSourceImage/before-send", "DeleteSourceImage" },
+        { "post-copy", "coordinator:duplicate@LiveSnapshotToDestination/before-send", "LiveSnapshotToDestination" },
+        { "post-copy", "coordinator:duplicate@SwitchBackingChain/before-send", "SwitchBackingChain" },
+        // an old copy while the saga is at the next steps
+        { "pre-copy", "coordinator:replay-late@CloneImageStructure/outcome-persisted", "CloneImageStructure" },
+        { "pre-copy", "coordinator:replay-late@Pivot/outcome-persisted", "Pivot" },
+        // an old clone after a rollback (QEMU killed while the mirror runs); the SPM restarted after the delete, so
+        // only the domain's durable "ended" mark can stop the clone from bringing the volumes back
+        { "pre-copy", "host-1:kill-qemu@WaitMirrorReady/host-received;host-1:kill-self@DeleteDestinationImage/host-done;coordinator:replay-late@CloneImageStructure/ended", "CloneImageStructure" },
+        // old copies after completion, to a host-1 that restarted after the last step and forgot every operation id
+        { "pre-copy", "host-1:kill-self@DeleteSourceImage/host-done;coordinator:replay-late@Pivot/ended", "Pivot" },
+        { "pre-copy", "host-1:kill-self@DeleteSourceImage/host-done;coordinator:replay-late@DeleteSourceImage/ended", "DeleteSourceImage" },
+        { "post-copy", "host-1:kill-self@DeleteSourceImage/host-done;coordinator:replay-late@LiveSnapshotToDestination/ended", "LiveSnapshotToDestination" },
+    };
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public async Task A_repeated_or_late_command_changes_nothing_that_was_decided(string strategy, string plan, string step)
+    {
+        var clock = Stopwatch.StartNew();
+        _cluster.Environment = new Dictionary<string, string>
+        {
+            ["LSM_FAULT_PLAN"] = plan,
+            ["LSM_ALLOW_FAULTS"] = "1",
+        };
+        await _cluster.UpAsync();
+        var storage = Path.Combine(_cluster.DataDirectory, "storage");
+        await _cluster.Ok("domain", "create", "sdA", "--path", storage, "--capacity", "2GiB");
+        await _cluster.Ok("domain", "create", "sdB", "--path", storage, "--capacity", "2GiB");
+        await _cluster.Ok("vm", "create", "vm1", "--host", "host-1", "--disk", "64MiB@sdA:snapshots=2");
+        await _cluster.Ok("vm", "io", "vm1", "--rate", "4MiB/s", "--seconds", "4");
+        var started = await _cluster.Json("migrate", "vm1", "--to", "sdB", "--strategy", strategy);
+        var id = started.GetProperty("id").GetString()!;
+
+        var final = await FaultCheck.RunToEndAsync(_cluster, id);
+        var repeat = plan.Split(';').Single(r => r.StartsWith("coordinator:", StringComparison.Ordinal));
+        var action = repeat.Split('@')[0]["coordinator:".Length..];
+        var moment = repeat.Split('/')[^1];
+        // The repeat really happened: the Coordinator says so; a late copy's answer is waited for before any check,
+        // so a volume it brought back would be seen.
+        await WaitForLogAsync(action == "duplicate" ? $"coordinator Duplicate at {step}/BeforeSend" : $"coordinator ReplayLate at {step}/{Pascal(moment)}");
+        if (action == "replay-late")
+            await WaitForLogAsync($"the late copy of {id}/{step}:", "was answered");
+
+        // No switch left in doubt in the host's record: the VM stops and starts again on its chain.
+        if ((await _cluster.Json("vm", "show", "vm1")).GetProperty("running").GetBoolean())
+        {
+            await _cluster.Ok("vm", "stop", "vm1");
+            await _cluster.Ok("vm", "start", "vm1");
+        }
+        var outcome = await FaultCheck.CheckAsync(_cluster, "vm1", final, storage);
+        await FaultReport.AppendAsync(outcome.ToReportLine(strategy, "qmp", $"coordinator:{action}", plan, clock.Elapsed));
+        outcome.AssertClean(plan, () => _cluster.LogTails());
+        if (!plan.Contains("kill-qemu", StringComparison.Ordinal))
+            Assert.True(outcome.FinalStatus.StartsWith("completed", StringComparison.Ordinal), $"{plan}: ended {outcome.FinalStatus}\n{_cluster.LogTails()}");
+    }
+
+    private static string Pascal(string moment) =>
+        string.Concat(moment.Split('-').Select(w => char.ToUpperInvariant(w[0]) + w[1..]));
+
+    /// <summary>Waits until a node's log (under DATA/logs) has a line containing each of <paramref name="texts"/>.</summary>
+    private async Task WaitForLogAsync(params string[] texts)
+    {
+        var text = string.Join(" … ", texts);
+        var logs = Path.Combine(_cluster.DataDirectory, "logs");
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(90);
+        while (DateTime.UtcNow < deadline)
+        {
+            if (Directory.Exists(logs) && Directory.EnumerateFiles(logs).Any(f => HasLine(f, texts))) return;
+            await Task.Delay(500);
+        }
+        throw new Xunit.Sdk.XunitException($"no node logged '{text}' within 90 s\n{_cluster.LogTails()}");
+    }
+
+    private static bool HasLine(string file, string[] texts)
+    {
+        using var stream = new FileStream(file, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+        using var reader = new StreamReader(stream);
+        while (reader.ReadLine() is { } line)
+            if (texts.All(t => line.Contains(t, StringComparison.Ordinal))) return true;
+        return false;
+    }
+}
