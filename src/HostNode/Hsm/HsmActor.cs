@@ -308,7 +308,7 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
                 var target = new VolumeRef(dst.Id, leaf.Id);
                 // The intent first: a host or QEMU that dies mid-pivot leaves a record that says a switch was begun.
                 await BeginSwitchAsync(vm, image, target);
-                var drive = await _hypervisor.PivotAsync(vm, image, destination.Backing);
+                var drive = await SettlingOnFailureAsync(vm, image, () => _hypervisor.PivotAsync(vm, image, destination.Backing));
                 EnsureRunsOn(drive, destination, vm);
                 await RecordLeafAsync(vm, image, target);
                 return new StepOutcome(Detail: $"VM {vm} drive {image} runs on domain {dst.Id}");
@@ -324,7 +324,8 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
                 var path = dst.Locate(image, newLeaf.Id);
                 var target = new VolumeRef(dst.Id, newLeaf.Id);
                 await BeginSwitchAsync(vm, image, target);
-                var drive = await _hypervisor.LiveSnapshotAsync(vm, image, new ChainLayer(target, path, newLeaf.Format));
+                var drive = await SettlingOnFailureAsync(vm, image,
+                    () => _hypervisor.LiveSnapshotAsync(vm, image, new ChainLayer(target, path, newLeaf.Format)));
                 if (drive.OpenChain.Count == 0 || drive.OpenChain[^1] != path)
                     throw new OperationFailedException(ErrorCodes.Conflict,
                         $"VM {vm} drive {image} writes on {drive.OpenChain.LastOrDefault() ?? "nothing"} after the snapshot, expected {path}");
@@ -474,6 +475,39 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
         if (_catalog is null) return;
         var absent = _catalog.Find(vm) is null ? await RecordOfRunningAsync(vm) : null;
         _catalog.Update(vm, () => absent!, record => record.WithLeaf(image, leaf));
+    }
+
+    /// <summary>
+    /// Runs a switch whose intent is written. When QEMU refuses it (no mirror to pivot, a parent that does not fit) and
+    /// still runs with no block job on the drive, nothing can land any more: the intent is settled from what QEMU runs
+    /// at once, rather than left for a probe that never comes when the command was a stale copy (simulation H1b).
+    /// With QEMU gone, or a job still converging, the intent stays for the saga's probe.
+    /// </summary>
+    private async Task<DriveState> SettlingOnFailureAsync(VmId vm, ImageId image, Func<Task<DriveState>> switching)
+    {
+        try
+        {
+            return await switching();
+        }
+        catch (OperationFailedException e) when (e.Code is not (ErrorCodes.VmNotRunning or ErrorCodes.VmNotFound or ErrorCodes.Timeout))
+        {
+            try
+            {
+                var info = await _hypervisor.DescribeVmAsync(vm);
+                if (info.Running && info.Drive(image).Job is null)
+                {
+                    var open = (await VmReports.CurrentLeavesAsync(info, _pool)).FirstOrDefault(d => d.Image == image)?.Leaf;
+                    // QEMU's open chain is the truth for a running drive (DESIGN §7.1): the record names it, nothing is pending.
+                    if (open is { } leaf) await RecordLeafAsync(vm, image, leaf);
+                    else ClearSwitch(vm, image);
+                }
+            }
+            catch (OperationFailedException)
+            {
+                // QEMU cannot be read now: the intent stays, and a probe decides.
+            }
+            throw;
+        }
     }
 
     private void ClearSwitch(VmId vm, ImageId image)

@@ -210,6 +210,26 @@ public static class KnownBugs
             }),
             r => false,
             Fixed: true),
+
+        new("H1d-refused-late-switch-leaves-a-switch-begun",
+            "A late switch that QEMU refuses (no mirror to pivot) while QEMU runs with no block job wrote its intent first and left it: nothing can land any more, yet the record shows a switch begun; when the migration ends without probing again (here: rolled back after a cancel), the VM is refused a start. Fixed in HsmActor.SettlingOnFailureAsync (and SimWorld.SettledSwitch): such a refusal settles the intent from what QEMU runs at once; with QEMU gone or a job still converging the intent stays for the probe",
+            "stale-switch-record",
+            "pre-copy, 1 disk: Pivot:1 fails transiently (not done); the operator cancels during the retry wait; the probe finds the source, CancelReplication ends the mirror; the HSM restarts; the old Pivot:1 arrives before DeleteDestinationImage writes the ended mark: intent written, NO_SUCH_JOB; the migration ends rolled back with the record showing a pivot begun",
+            () => Scenario(MigrationStrategy.PreCopy, sim =>
+            {
+                sim.Script[(Pivot, 1)] = Fault.FailTransient;
+                sim.AfterEvent = (s, e) =>
+                {
+                    if (e is RetryScheduled { Step: Pivot }) s.OperatorIn(0.1, new CancelMigration(s.Id));
+                    if (e is StepCompleted { Step: CancelReplication } cancelled)
+                    {
+                        s.RestartHostIn(0, HostRole.Hsm);
+                        s.ReplayLateIn(0, Pivot, cancelled.Image);
+                    }
+                };
+            }),
+            r => false,
+            Fixed: true),
     ];
 
     /// <summary>The migration had ended before the violation: only stale commands acted then.</summary>

@@ -224,7 +224,7 @@ public sealed class SimWorld
             // HsmActor: the intent is recorded durably before QEMU is asked (BeginSwitchAsync)
             w.BeginSwitch(d, destination[^1]);
             if (!d.MirrorRunning && d.LastJobCompleted && d.Open.SequenceEqual(destination)) return w.Recorded(d, "pivoted already");
-            if (!d.MirrorRunning) throw new HostError(ErrorCodes.NoSuchJob, "no mirror to pivot");
+            if (!d.MirrorRunning) throw w.SettledSwitch(d, new HostError(ErrorCodes.NoSuchJob, "no mirror to pivot"));
             if (!d.MirrorReady) throw new HostError(ErrorCodes.NoSuchJob, "mirror not READY");
             w.CompletePivot(d);
             return w.Recorded(d, "pivoted onto the destination");
@@ -246,7 +246,7 @@ public sealed class SimWorld
             w.BeginSwitch(d, target);
             if (d.Open[^1] == target) return w.Recorded(d, "snapshot taken already");
             if (leaf.ParentSide != Side.Src || d.Open[^1] != new VolKey(Side.Src, SimDisk.Leaf))
-                throw new HostError(ErrorCodes.InvalidArgument, "the new leaf's parent is not the current leaf");
+                throw w.SettledSwitch(d, new HostError(ErrorCodes.InvalidArgument, "the new leaf's parent is not the current leaf"));
             if (d.MirrorRunning) throw new HostError(ErrorCodes.Conflict, "a block job runs");
             d.Open.Add(target);
             d.LastJobCompleted = false;
@@ -352,6 +352,20 @@ public sealed class SimWorld
     {
         RequireVm();
         d.Pending = d.RecordLeaf == target ? null : target;
+    }
+
+    /// <summary>
+    /// HsmActor.SettlingOnFailureAsync: QEMU refused the switch and runs with no block job on the drive, so nothing can
+    /// land: the record names what QEMU runs, no switch pending. (A job still running keeps the intent for the probe.)
+    /// </summary>
+    private HostError SettledSwitch(SimDisk d, HostError refusal)
+    {
+        if (VmRunning && !d.MirrorRunning)
+        {
+            d.RecordLeaf = d.Open[^1];
+            d.Pending = null;
+        }
+        return refusal;
     }
 
     /// <summary>A switch that worked is recorded before the HSM answers (RecordLeafAsync).</summary>
