@@ -36,10 +36,35 @@ public sealed record CrashCase(string Adapter, string Strategy, string VmHost, s
         var started = await cluster.Json("migrate", "vm1", "--to", "sdB", "--strategy", crash.Strategy);
         var id = started.GetProperty("id").GetString()!;
 
-        var final = await FaultCheck.RunToEndAsync(cluster, id);
-        var outcome = await FaultCheck.CheckAsync(cluster, "vm1", final, storage);
-        await FaultReport.AppendAsync(outcome.ToReportLine(crash.Strategy, crash.Adapter, crash.Fault, crash.Point, clock.Elapsed));
-        outcome.AssertClean($"{crash.Adapter} {crash.Strategy} vm on {crash.VmHost}: {crash.Plan}", () => cluster.LogTails());
+        try
+        {
+            var final = await FaultCheck.RunToEndAsync(cluster, id);
+            var outcome = await FaultCheck.CheckAsync(cluster, "vm1", final, storage);
+            await FaultReport.AppendAsync(outcome.ToReportLine(crash.Strategy, crash.Adapter, crash.Fault, crash.Point, clock.Elapsed));
+            outcome.AssertClean($"{crash.Adapter} {crash.Strategy} vm on {crash.VmHost}: {crash.Plan}", () => cluster.LogTails());
+        }
+        catch
+        {
+            KeepForInspection(cluster, crash);
+            throw;
+        }
+    }
+
+    /// <summary>A failed case's logs and domains go to <c>var/faults/failed/</c> (the session removes its data directory).</summary>
+    private static void KeepForInspection(LocalClusterSession cluster, CrashCase crash)
+    {
+        var target = Path.Combine(FaultReport.Folder, "failed", $"{crash.Adapter}-{crash.Strategy}-{crash.VmHost}-{crash.Plan}".Replace(':', '-').Replace('@', '-').Replace('/', '-'));
+        foreach (var folder in new[] { "logs", "storage" })
+        {
+            var from = Path.Combine(cluster.DataDirectory, folder);
+            if (!Directory.Exists(from)) continue;
+            foreach (var file in Directory.EnumerateFiles(from, "*", SearchOption.AllDirectories))
+            {
+                var to = Path.Combine(target, folder, Path.GetRelativePath(from, file));
+                Directory.CreateDirectory(Path.GetDirectoryName(to)!);
+                if (new FileInfo(file).Length < 64 << 20) File.Copy(file, to, overwrite: true);
+            }
+        }
     }
 }
 
