@@ -72,9 +72,11 @@ case "${1:-}" in
   faults)
     # The fault matrix: the saga's seeded simulation (20,000 seeds; --quick: 2,000) and the crash cases against real
     # processes and QEMU (tests/LiveMigration.Cli.Tests/Faults/); the report goes to var/faults/report.json.
+    # Without --quick, LSM_FAULTS_FULL=1 adds the full crash matrix (every step x moment x fault, FullFaultMatrixTests).
     shift
     seeds=20000
-    if [ "${1:-}" = --quick ]; then seeds=2000; shift; fi
+    full=1
+    if [ "${1:-}" = --quick ]; then seeds=2000; full=0; shift; fi
     need_packages
     build
     mkdir -p var/faults
@@ -83,7 +85,7 @@ case "${1:-}" in
     LSM_SIM_SEEDS=$seeds dotnet test tests/LiveMigration.Coordinator.Tests -c Release --no-build -nologo \
       --filter "FullyQualifiedName~LiveMigration.Coordinator.Tests.Simulation" "$@"
     simulation=$?
-    dotnet test tests/LiveMigration.Cli.Tests -c Release --no-build -nologo --filter "FullyQualifiedName~LiveMigration.Cli.Tests.Faults" "$@"
+    LSM_FAULTS_FULL=$full dotnet test tests/LiveMigration.Cli.Tests -c Release --no-build -nologo --filter "FullyQualifiedName~LiveMigration.Cli.Tests.Faults" "$@"
     cases=$?
     set -e
     [ -f var/faults/report.txt ] && cat var/faults/report.txt

@@ -1,0 +1,250 @@
+using System.Diagnostics;
+using System.Text.Json;
+using LiveMigration.Cli.Local;
+
+namespace LiveMigration.Cli.Tests.Faults;
+
+/// <summary>
+/// Storage faults of the fault matrix (issue "The fault matrix"), in the quick set: the destination domain on a small
+/// file system of its own (a size-limited tmpfs the test mounts and unmounts) filling up mid-copy, and an internal
+/// volume of the source chain becoming unreadable mid-copy. Each with a writing guest, both strategies, followed to its
+/// end as an operator would (a suspension: repair the storage, resume once, abandon if it suspends again), then checked
+/// from the outside (DESIGN §7) and reported like the crash cases.
+/// The SPM's copies are unthrottled and take well under a second here, so a fault injected "while the copy runs" mostly
+/// lands after it (tried: the whole pre-copy took 2 s). The fault lands at the copy step instead: the crash plan stops
+/// the Coordinator as it is about to send the internal copy (the mirror already runs in pre-copy; the guest already
+/// writes on the destination in post-copy), the test breaks the storage, and starts the Coordinator again, which
+/// re-sends the copy into the fault.
+/// </summary>
+[Collection(LocalClusters.Name)]
+public sealed class StorageFaultTests : IAsyncLifetime
+{
+    private readonly LocalClusterSession _cluster = new();
+    private string? _mount;
+
+    public Task InitializeAsync() => Task.CompletedTask;
+
+    public async Task DisposeAsync()
+    {
+        await _cluster.DisposeAsync(); // QEMU and the nodes first: they hold files on the mount
+        if (_mount is null) return;
+        if (await RunAsync("umount", _mount) != 0) await RunAsync("umount", "-l", _mount);
+        Directory.Delete(_mount);
+    }
+
+    /// <summary>
+    /// The destination fills (another writer takes its free space, the room the SPM promised the disk included) as the
+    /// internal copy is sent. Pre-copy: the mirror runs into it too, and the copy is undone before the pivot. Post-copy:
+    /// past the point of no return, the guest's writes on the destination leaf and the copy meet ENOSPC; the migration
+    /// suspends, the operator frees the space and resumes.
+    /// </summary>
+    [Theory]
+    [InlineData("pre-copy")]
+    [InlineData("post-copy")]
+    public async Task The_destination_filling_mid_copy_loses_no_durable_write_and_leaves_no_volume(string strategy)
+    {
+        var clock = Stopwatch.StartNew();
+        _mount = Path.Combine("/tmp", $"lsm-full-{Guid.NewGuid().ToString("N")[..8]}");
+        Directory.CreateDirectory(_mount);
+        Assert.Equal(0, await RunAsync("mount", "-t", "tmpfs", "-o", "size=320m", "tmpfs", _mount));
+        var copyStep = CopyStepOf(strategy);
+        var storage = await StartWithWrittenInternalVolumeAsync(destinationPath: _mount, holdBefore: copyStep);
+        var id = await MigrateAsync(strategy);
+
+        await WaitForCoordinatorToStopAsync(copyStep);
+        var filler = Path.Combine(_mount, "filler");
+        var filled = FillUp(filler);
+        await _cluster.UpAsync();
+
+        var final = await RunToEndRepairingStorageAsync(id, repair: () =>
+        {
+            File.Delete(filler);
+            return Task.CompletedTask;
+        });
+        if (File.Exists(filler)) File.Delete(filler);
+        var outcome = await FaultCheck.CheckAsync(_cluster, "vm1", final, storage, _mount);
+        await FaultReport.AppendAsync(outcome.ToReportLine(strategy, "qmp", "storage:destination-full", $"{copyStep}/before-send", clock.Elapsed));
+        outcome.AssertClean($"destination full at {copyStep} (filled {filled} bytes)", () => _cluster.LogTails());
+        Assert.True(CopyStepFailed(final, copyStep), $"the migration never met the full destination (filled {filled} bytes)\n{final}");
+    }
+
+    /// <summary>
+    /// An internal volume of the source chain becomes unreadable: its qcow2 header is overwritten on disk. The running
+    /// QEMU keeps its parsed header and L1 table in memory (the L2 tables and data it reads are untouched), so the guest
+    /// runs, reads and writes on; any fresh open (the SPM's copy, <c>qemu-img</c>) fails. The header comes back (the
+    /// storage is repaired) when the migration suspends on it, as an operator repairs storage before resuming, and at
+    /// the latest before the check, which may restart the VM.
+    /// </summary>
+    [Theory]
+    [InlineData("pre-copy")]
+    [InlineData("post-copy")]
+    public async Task An_unreadable_source_volume_mid_copy_loses_no_durable_write_and_leaves_no_volume(string strategy)
+    {
+        var clock = Stopwatch.StartNew();
+        var copyStep = CopyStepOf(strategy);
+        var storage = await StartWithWrittenInternalVolumeAsync(destinationPath: null, holdBefore: copyStep);
+        var internalVolume = await InternalQcow2VolumeFileAsync(storage);
+        var header = new byte[4096];
+        await using (var file = File.OpenRead(internalVolume)) await file.ReadExactlyAsync(header);
+        var id = await MigrateAsync(strategy);
+
+        await WaitForCoordinatorToStopAsync(copyStep);
+        await OverwriteAsync(internalVolume, new byte[header.Length]);
+        Assert.True(await RunAsync("qemu-img", "info", "-f", "qcow2", "-U", internalVolume) != 0, "qemu-img still reads the overwritten volume");
+        await _cluster.UpAsync();
+
+        var final = await RunToEndRepairingStorageAsync(id, repair: () => OverwriteAsync(internalVolume, header));
+        if (File.Exists(internalVolume)) await OverwriteAsync(internalVolume, header); // a completed migration deleted it
+        var outcome = await FaultCheck.CheckAsync(_cluster, "vm1", final, storage);
+        await FaultReport.AppendAsync(outcome.ToReportLine(strategy, "qmp", "storage:source-unreadable", $"{copyStep}/before-send", clock.Elapsed));
+        outcome.AssertClean($"source volume unreadable at {copyStep}", () => _cluster.LogTails());
+        Assert.True(CopyStepFailed(final, copyStep), $"the migration never met the unreadable volume\n{final}");
+    }
+
+    /// <summary>Whether an attempt of the copy step failed: the fault was met, not slipped past.</summary>
+    private static bool CopyStepFailed(JsonElement migration, string copyStep) =>
+        migration.GetProperty("disks")[0].GetProperty("timings").EnumerateArray().Any(t =>
+            t.GetProperty("step").GetString() == copyStep && t.GetProperty("outcome").GetString() is { } outcome
+            && outcome.StartsWith("failed", StringComparison.Ordinal));
+
+    /// <summary>The SPM's copy of the internal volumes: the step the storage faults land on.</summary>
+    private static string CopyStepOf(string strategy) => strategy == "pre-copy" ? "SyncInternalVolumes" : "CloneInternalVolumes";
+
+    /// <summary>
+    /// A cluster whose Coordinator stops (crash plan) before it sends <paramref name="holdBefore"/>; sdA under the data
+    /// directory, sdB under <paramref name="destinationPath"/> (or beside sdA); vm1 on host-1 whose disk has an internal
+    /// qcow2 volume holding data (written by the guest, then turned internal by a snapshot); the guest writing on.
+    /// Returns sdA's folder.
+    /// </summary>
+    private async Task<string> StartWithWrittenInternalVolumeAsync(string? destinationPath, string holdBefore)
+    {
+        _cluster.Environment = new Dictionary<string, string>
+        {
+            ["LSM_FAULT_PLAN"] = $"coordinator:kill-self@{holdBefore}/before-send",
+            ["LSM_ALLOW_FAULTS"] = "1",
+        };
+        await _cluster.UpAsync();
+        var storage = Path.Combine(_cluster.DataDirectory, "storage");
+        await _cluster.Ok("domain", "create", "sdA", "--path", storage, "--capacity", "2GiB");
+        await _cluster.Ok("domain", "create", "sdB", "--path", destinationPath ?? storage);
+        await _cluster.Ok("vm", "create", "vm1", "--host", "host-1", "--disk", "64MiB@sdA:snapshots=1");
+        await _cluster.Ok("vm", "io", "vm1", "--rate", "16MiB/s", "--seconds", "2");
+        await WaitForGuestIoToEndAsync();
+        await _cluster.Ok("vm", "snapshot", "vm1");
+        await _cluster.Ok("vm", "io", "vm1", "--rate", "2MiB/s", "--seconds", "30");
+        return storage;
+    }
+
+    private async Task<string> MigrateAsync(string strategy)
+    {
+        var started = await _cluster.Json("migrate", "vm1", "--to", "sdB", "--strategy", strategy);
+        return started.GetProperty("id").GetString()!;
+    }
+
+    private async Task WaitForGuestIoToEndAsync()
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        while (DateTime.UtcNow < deadline)
+        {
+            var status = await _cluster.Json("vm", "io", "vm1", "--status");
+            if (status.TryGetProperty("running", out var running) && !running.GetBoolean()) return;
+            await Task.Delay(500);
+        }
+        throw new Xunit.Sdk.XunitException("the guest's first writes did not end within 30 s");
+    }
+
+    /// <summary>The file of the disk's newest INTERNAL qcow2 volume (its .meta says VOLTYPE=INTERNAL, FORMAT=COW).</summary>
+    private async Task<string> InternalQcow2VolumeFileAsync(string storage)
+    {
+        var shown = await _cluster.Json("vm", "show", "vm1");
+        var chain = shown.GetProperty("disks")[0].GetProperty("chain").EnumerateArray().Select(v => v.GetProperty("volume").GetString()!).ToList();
+        foreach (var volume in Enumerable.Reverse(chain))
+        {
+            var meta = Directory.EnumerateFiles(storage, volume + ".meta", SearchOption.AllDirectories).Single();
+            var lines = File.ReadAllLines(meta).Select(l => l.Trim()).ToList();
+            if (lines.Contains("VOLTYPE=INTERNAL") && lines.Contains("FORMAT=COW")) return meta[..^".meta".Length];
+        }
+        throw new Xunit.Sdk.XunitException($"vm1's chain {string.Join(" ", chain)} has no internal qcow2 volume");
+    }
+
+    /// <summary>Waits until the crash plan stopped the Coordinator before <paramref name="step"/> was sent.</summary>
+    private async Task WaitForCoordinatorToStopAsync(string step)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(90);
+        while (DateTime.UtcNow < deadline)
+        {
+            var state = await LocalClusterState.ReadAsync(_cluster.DataDirectory);
+            if (state!.Nodes.Any(n => n.Role == "coordinator" && !Directory.Exists($"/proc/{n.Pid}"))) return;
+            await Task.Delay(100);
+        }
+        throw new Xunit.Sdk.XunitException($"the Coordinator did not stop before {step}\n{_cluster.LogTails()}");
+    }
+
+    /// <summary>
+    /// Follows the migration to its end; on its first suspension the operator repairs the storage
+    /// (<paramref name="repair"/>) and resumes; a later suspension is abandoned (<see cref="FaultCheck.RunToEndAsync"/>).
+    /// </summary>
+    private async Task<JsonElement> RunToEndRepairingStorageAsync(string id, Func<Task> repair)
+    {
+        var deadline = DateTime.UtcNow.AddMinutes(4);
+        while (DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(500);
+            var shown = await _cluster.Lsm("migration", "show", id, "--json");
+            if (shown.ExitCode != 0) continue; // the Coordinator is on its way back
+            var migration = JsonDocument.Parse(shown.Stdout).RootElement;
+            if (migration.GetProperty("finished").GetBoolean()) return migration;
+            if (migration.GetProperty("status").GetString()!.StartsWith("suspended", StringComparison.Ordinal))
+            {
+                await repair();
+                await _cluster.Ok("migration", "resume", id);
+                return await FaultCheck.RunToEndAsync(_cluster, id);
+            }
+        }
+        throw new Xunit.Sdk.XunitException($"migration {id} did not end in time\n{_cluster.LogTails()}");
+    }
+
+    /// <summary>Writes into <paramref name="path"/> until the file system says it is full; returns the bytes written.</summary>
+    private static long FillUp(string path)
+    {
+        long written = 0;
+        using var file = new FileStream(path, FileMode.CreateNew, FileAccess.Write, FileShare.None, bufferSize: 0);
+        foreach (var chunk in new[] { 1 << 20, 4096 })
+        {
+            var block = new byte[chunk];
+            Array.Fill(block, (byte)0x5a); // not zeros: nothing may keep it sparse
+            try
+            {
+                while (true)
+                {
+                    file.Write(block);
+                    written += chunk;
+                }
+            }
+            catch (IOException)
+            {
+                // full at this chunk size; the smaller one takes what is left
+            }
+        }
+        return written;
+    }
+
+    private static async Task OverwriteAsync(string path, byte[] bytes)
+    {
+        await using var file = new FileStream(path, FileMode.Open, FileAccess.Write, FileShare.ReadWrite);
+        await file.WriteAsync(bytes);
+        file.Flush(flushToDisk: true);
+    }
+
+    private static async Task<int> RunAsync(string program, params string[] arguments)
+    {
+        var psi = new ProcessStartInfo(program) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in arguments) psi.ArgumentList.Add(a);
+        using var process = Process.Start(psi)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        await process.WaitForExitAsync();
+        await Task.WhenAll(stdout, stderr);
+        return process.ExitCode;
+    }
+}
