@@ -120,6 +120,7 @@ public sealed class PartitionTests : IAsyncLifetime
 
         if (cancel)
         {
+            foreach (var logged in LogLines("CancelReplication", "nothing to undo", "VM_NOT_FOUND")) _output.WriteLine(logged);
             // Nothing of the undone attempt may linger (a mirror job into the deleted copy, a stale record): the disk moves again.
             var again = await _cluster.Json("migrate", "vm1", "--to", "sdB", "--strategy", strategy);
             var secondId = again.GetProperty("id").GetString()!;
@@ -171,6 +172,21 @@ public sealed class PartitionTests : IAsyncLifetime
             await Task.Delay(50);
         }
         throw new Xunit.Sdk.XunitException($"migration {id} did not reach {string.Join("/", steps)} in 2 minutes; last step {seen}\n{_cluster.LogTails()}");
+    }
+
+    /// <summary>The nodes' log lines that contain any of <paramref name="words"/>, for the test's output.</summary>
+    private IEnumerable<string> LogLines(params string[] words)
+    {
+        var logs = Path.Combine(_cluster.DataDirectory, "logs");
+        if (!Directory.Exists(logs)) yield break;
+        foreach (var file in Directory.EnumerateFiles(logs, "*.log").Order())
+        {
+            using var stream = new FileStream(file, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+            using var reader = new StreamReader(stream);
+            while (reader.ReadLine() is { } line)
+                if (words.Any(w => line.Contains(w, StringComparison.Ordinal)))
+                    yield return $"{Path.GetFileNameWithoutExtension(file)}: {line}";
+        }
     }
 
     /// <summary>The highest write sequence a completed FLUSH made durable, over the host's guest ledgers (F lines).</summary>
