@@ -62,8 +62,33 @@ public sealed class LocalUpSettings : LocalSettings
     [CommandOption("--fast-timings", IsHidden = true)]
     public bool FastTimings { get; set; }
 
+    /// <summary>Network-partition tests only: NODE=ADDRESS, the cluster address of a node (coordinator, host-1, …) on the test's veth links.</summary>
+    [CommandOption("--node-hostname <NODE=ADDRESS>", IsHidden = true)]
+    public string[] NodeHostnames { get; set; } = [];
+
+    /// <summary>Network-partition tests only: NODE=NAMESPACE, a node started in a network namespace the test made (<c>ip netns exec</c>).</summary>
+    [CommandOption("--node-netns <NODE=NAMESPACE>", IsHidden = true)]
+    public string[] NodeNetworkNamespaces { get; set; } = [];
+
+    /// <summary>NODE=VALUE pairs by node; a node given twice keeps its last value, as with any repeated switch.</summary>
+    public static Dictionary<string, string> Pairs(IEnumerable<string> pairs)
+    {
+        var byNode = new Dictionary<string, string>();
+        foreach (var pair in pairs.Select(p => p.Split('=', 2))) byNode[pair[0]] = pair.Length == 2 ? pair[1] : "";
+        return byNode;
+    }
+
     public override ValidationResult Validate()
     {
+        foreach (var pair in NodeHostnames.Concat(NodeNetworkNamespaces))
+            if (pair.Split('=', 2) is not [var node, { Length: > 0 }] || node != "coordinator" && !node.StartsWith("host-", StringComparison.Ordinal))
+                return ValidationResult.Error($"'{pair}' is not NODE=VALUE with NODE coordinator or host-N");
+        foreach (var (node, address) in Pairs(NodeHostnames))
+            if (!System.Net.IPAddress.TryParse(address, out _))
+                return ValidationResult.Error($"--node-hostname {node}={address}: not an IP address");
+        foreach (var (node, name) in Pairs(NodeNetworkNamespaces))
+            if (!name.All(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.'))
+                return ValidationResult.Error($"--node-netns {node}={name}: not a network namespace name");
         if (Hosts is < 1 or > 16) return ValidationResult.Error($"--hosts must be 1 to 16, got {Hosts}");
         if (ApiPort is < 0 or > 65535) return ValidationResult.Error($"--api-port must be 0 to 65535, got {ApiPort}");
         if (TimeoutSeconds is < 5 or > 3600) return ValidationResult.Error($"--timeout must be 5 to 3600 seconds, got {TimeoutSeconds}");
@@ -89,6 +114,8 @@ public sealed class LocalUpCommand : AsyncCommand<LocalUpSettings>
             Hypervisor = settings.Hypervisor,
             LibvirtUri = settings.LibvirtUri,
             LibvirtGuestExport = settings.LibvirtGuestExport,
+            NodeHostnames = LocalUpSettings.Pairs(settings.NodeHostnames),
+            NodeNetworkNamespaces = LocalUpSettings.Pairs(settings.NodeNetworkNamespaces),
         };
         if (!settings.Json) Output.Console.MarkupLine($"starting a local cluster in [bold]{Output.Escape(options.DataDirectory)}[/]");
         var state = await LocalClusterLauncher.UpAsync(options, settings.Json ? null : line => Output.Console.MarkupLine("  " + Output.Escape(line)), ct);

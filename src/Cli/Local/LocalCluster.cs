@@ -15,7 +15,10 @@ public sealed record NodeProcess(string Name, int Pid, long StartTime, string Lo
     /// <summary>The cluster port it listens on (0: picked by the node at start, so unknown here).</summary>
     public int Port => Arguments.SkipWhile(a => a != "--port").Skip(1).Select(p => int.TryParse(p, out var n) ? n : 0).FirstOrDefault();
 
-    public string? Address => Port > 0 ? $"akka.tcp://lsm@127.0.0.1:{Port}" : null;
+    /// <summary>The address its cluster remoting listens on and is known by (<c>--hostname</c>; loopback unless a test set one).</summary>
+    public string Hostname => Arguments.SkipWhile(a => a != "--hostname").Skip(1).FirstOrDefault() ?? LocalCluster.DefaultHostname;
+
+    public string? Address => Port > 0 ? $"akka.tcp://lsm@{Hostname}:{Port}" : null;
 
     public bool Running => ProcessTable.IsAlive(Pid, StartTime);
 }
@@ -66,7 +69,7 @@ public sealed class LocalCluster : IAsyncDisposable
     /// (the first seed) asks the other seeds before it forms a cluster of its own, so it rejoins the hosts
     /// instead of splitting from them; a restarted host seed rejoins through the others.
     /// </summary>
-    public string Seed => string.Join(",", new[] { CoordinatorPort }.Concat(SeedHosts.Select(HostPort)).Select(p => $"akka.tcp://lsm@127.0.0.1:{p}"));
+    public string Seed => string.Join(",", new[] { NodeAddress("coordinator", CoordinatorPort) }.Concat(SeedHosts.Select(h => NodeAddress(h, HostPort(h)))));
     public string ApiUrl => $"http://127.0.0.1:{HttpPort}";
     public string DomainRoot => DomainRootOf(DataDirectory);
     public string LogDirectory => Path.Combine(DataDirectory, "logs");
@@ -90,6 +93,25 @@ public sealed class LocalCluster : IAsyncDisposable
     /// <summary>Extra HOCON passed to every node (tests use fast cluster timings).</summary>
     public string? ExtraHocon { get; init; }
 
+    public const string DefaultHostname = "127.0.0.1";
+
+    /// <summary>
+    /// For the network-partition tests: the address a node's cluster remoting listens on and is known by, per node name
+    /// (the others: loopback). A node in a network namespace of its own cannot reach the root namespace's loopback, so
+    /// every node of such a cluster gets an address on the test's veth links.
+    /// </summary>
+    public IReadOnlyDictionary<string, string> NodeHostnames { get; init; } = new Dictionary<string, string>();
+
+    /// <summary>For the network-partition tests: nodes started in a network namespace (<c>ip netns exec NS</c>), per node name.</summary>
+    public IReadOnlyDictionary<string, string> NodeNetworkNamespaces { get; init; } = new Dictionary<string, string>();
+
+    public string HostnameOf(string node) => NodeHostnames.TryGetValue(node, out var hostname) ? hostname : DefaultHostname;
+
+    private string NodeAddress(string node, int port) => $"akka.tcp://lsm@{HostnameOf(node)}:{port}";
+
+    /// <summary>The <c>--hostname</c> switch of a node with an address of its own; none for loopback (the nodes' default).</summary>
+    private IReadOnlyList<string> HostnameArguments(string node) => NodeHostnames.ContainsKey(node) ? ["--hostname", HostnameOf(node)] : [];
+
     /// <summary>The Coordinator's journal in PostgreSQL (an Npgsql connection string); null: SQLite under its data directory.</summary>
     public string? PostgresConnectionString { get; init; }
 
@@ -99,7 +121,7 @@ public sealed class LocalCluster : IAsyncDisposable
         Start(name, "Coordinator", "LiveMigration.Coordinator.dll",
         [
             "--port", CoordinatorPort.ToString(), "--seed", rejoin ? RejoinSeed(name) : Seed, "--http", ApiUrl,
-            "--data-dir", Path.Combine(DataDirectory, name),
+            "--data-dir", Path.Combine(DataDirectory, name), .. HostnameArguments(name),
         ], PostgresConnectionString is { } pg
             // The same setting as the Coordinator's --postgres switch, through its environment: a password on the
             // command line would be readable by every user in /proc/PID/cmdline.
@@ -121,7 +143,7 @@ public sealed class LocalCluster : IAsyncDisposable
         [
             "--host-id", hostId, "--port", SeedHosts.Contains(hostId) ? HostPort(hostId).ToString() : "0", "--seed", rejoin ? RejoinSeed(hostId) : Seed,
             "--roles", spm ? "host,spm" : "host",
-            "--data-dir", HostDataDirectory(hostId), "--domain-root", DomainRoot,
+            "--data-dir", HostDataDirectory(hostId), "--domain-root", DomainRoot, .. HostnameArguments(hostId),
             .. HostArguments, .. extraArguments ?? [],
         ]);
 
@@ -132,8 +154,8 @@ public sealed class LocalCluster : IAsyncDisposable
     private string RejoinSeed(string name)
     {
         var self = name.StartsWith("host")
-            ? SeedHosts.Contains(name) ? $"akka.tcp://lsm@127.0.0.1:{HostPort(name)}" : null
-            : $"akka.tcp://lsm@127.0.0.1:{CoordinatorPort}";
+            ? SeedHosts.Contains(name) ? NodeAddress(name, HostPort(name)) : null
+            : NodeAddress("coordinator", CoordinatorPort);
         var listed = Seed.Split(',');
         return string.Join(",", self is null ? listed : listed.Where(s => s != self).Append(self));
     }
@@ -163,6 +185,7 @@ public sealed class LocalCluster : IAsyncDisposable
     /// Starts a node through <c>sh</c> and <c>setsid</c>: the shell points stdin at /dev/null and stdout/stderr at
     /// the log file, then execs setsid, which execs dotnet, so the pid we get is the node's own and it holds no
     /// stdio of ours. The script is fixed; the log path and the node's arguments are passed as its arguments.
+    /// A node with a network namespace goes through <c>ip netns exec</c>, which execs too: the pid stays the node's.
     /// </summary>
     private NodeProcess Start(string name, string project, string dll, IReadOnlyList<string> arguments, IReadOnlyDictionary<string, string>? environment = null)
     {
@@ -170,8 +193,12 @@ public sealed class LocalCluster : IAsyncDisposable
         var log = Path.Combine(LogDirectory, $"{name}.log");
         Directory.CreateDirectory(LogDirectory);
         var psi = new ProcessStartInfo("/bin/sh") { UseShellExecute = false, WorkingDirectory = DataDirectory };
-        foreach (var a in new[] { "-c", "log=\"$1\"; shift; exec setsid \"$@\" </dev/null >>\"$log\" 2>&1", "lsm-node", log, "dotnet", path })
+        foreach (var a in new[] { "-c", "log=\"$1\"; shift; exec setsid \"$@\" </dev/null >>\"$log\" 2>&1", "lsm-node", log })
             psi.ArgumentList.Add(a);
+        if (NodeNetworkNamespaces.TryGetValue(name, out var networkNamespace))
+            foreach (var a in new[] { "ip", "netns", "exec", networkNamespace }) psi.ArgumentList.Add(a);
+        psi.ArgumentList.Add("dotnet");
+        psi.ArgumentList.Add(path);
         foreach (var a in arguments) psi.ArgumentList.Add(a);
         if (ExtraHocon is { } hocon) psi.Environment["LSM_Cluster__ExtraHocon"] = hocon;
         foreach (var (key, value) in environment ?? new Dictionary<string, string>()) psi.Environment[key] = value;

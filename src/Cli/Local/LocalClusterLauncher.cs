@@ -31,6 +31,12 @@ public sealed record LocalClusterOptions(string DataDirectory)
     /// <summary>libvirt hosts export each VM drive over NBD for the demo's stand-in guest (demo and tests only: it taints the domain).</summary>
     public bool LibvirtGuestExport { get; init; }
 
+    /// <summary>Network-partition tests: the cluster address of a node, by node name (coordinator, host-1, …); the others use loopback.</summary>
+    public IReadOnlyDictionary<string, string> NodeHostnames { get; init; } = new Dictionary<string, string>();
+
+    /// <summary>Network-partition tests: the network namespace a node runs in (made by the test, with a veth link), by node name.</summary>
+    public IReadOnlyDictionary<string, string> NodeNetworkNamespaces { get; init; } = new Dictionary<string, string>();
+
     /// <summary>The HostNode switches these options add to every host.</summary>
     public IReadOnlyList<string> HostArguments => Hypervisor switch
     {
@@ -97,13 +103,19 @@ public static class LocalClusterLauncher
             ExtraHocon = options.ExtraHocon,
             PostgresConnectionString = postgres,
             HostArguments = hostArguments,
+            NodeHostnames = options.NodeHostnames,
+            NodeNetworkNamespaces = options.NodeNetworkNamespaces,
         };
         Directory.CreateDirectory(cluster.DomainRoot);
         var started = DateTimeOffset.UtcNow;
         LocalClusterState State() => new(dataDirectory, cluster.ApiUrl, cluster.HttpPort, JournalLabel(options.Journal), cluster.DomainRoot, started,
             cluster.Nodes.Select(n => new LocalNodeState(n.Name, n.Name.StartsWith("host") ? (n.Name == "host-1" ? "host,spm" : "host") : "coordinator",
                 n.Pid, n.StartTime, n.Port, n.Address, n.LogPath,
-                n.Name.StartsWith("host") ? cluster.HostDataDirectory(n.Name) : Path.Combine(dataDirectory, n.Name))).ToList())
+                n.Name.StartsWith("host") ? cluster.HostDataDirectory(n.Name) : Path.Combine(dataDirectory, n.Name))
+            {
+                Hostname = options.NodeHostnames.GetValueOrDefault(n.Name),
+                NetworkNamespace = options.NodeNetworkNamespaces.GetValueOrDefault(n.Name),
+            }).ToList())
         {
             Hypervisor = options.Hypervisor,
             LibvirtUri = options.Hypervisor == "libvirt" ? options.LibvirtUri : null,
@@ -159,6 +171,9 @@ public static class LocalClusterLauncher
             ExtraHocon = options.ExtraHocon,
             PostgresConnectionString = PostgresConnection(options.Journal),
             HostArguments = (options with { LibvirtUri = previous.LibvirtUri ?? options.LibvirtUri }).HostArguments,
+            // where the state file says each node lives, whatever this up was given: a restart must not move a node
+            NodeHostnames = previous.Nodes.Where(n => n.Hostname is not null).ToDictionary(n => n.Name, n => n.Hostname!),
+            NodeNetworkNamespaces = previous.Nodes.Where(n => n.NetworkNamespace is not null).ToDictionary(n => n.Name, n => n.NetworkNamespace!),
         };
         var nodes = previous.Nodes.ToList();
         var restartedAt = DateTimeOffset.UtcNow;

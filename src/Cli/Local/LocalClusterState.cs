@@ -14,6 +14,12 @@ public sealed record LocalNodeState(
     string LogFile,
     string DataDirectory)
 {
+    /// <summary>The address its cluster remoting listens on, when a test gave it one (null: loopback), kept for its restart.</summary>
+    public string? Hostname { get; init; }
+
+    /// <summary>The network namespace it runs in, when a test put it in one (null: this machine's own), kept for its restart.</summary>
+    public string? NetworkNamespace { get; init; }
+
     public NodeProcess AsProcess() => new(Name, Pid, StartTime, LogFile, ["--port", Port.ToString()]);
 
     [JsonIgnore]
