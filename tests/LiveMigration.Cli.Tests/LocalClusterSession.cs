@@ -14,12 +14,14 @@ public sealed class LocalClusterSession : IAsyncDisposable
     public string Api { get; private set; } = "";
     /// <summary>Passed to <c>lsm local up</c>, so every node it starts inherits it (e.g. a crash plan).</summary>
     public IReadOnlyDictionary<string, string>? Environment { get; set; }
+    /// <summary>More switches for <c>lsm local up</c>, e.g. <c>--spm-hosts 2</c>; a restart of dead nodes gets them too.</summary>
+    public IReadOnlyList<string> UpArguments { get; set; } = [];
 
     /// <summary>Starts the cluster, or (its nodes partly dead) the nodes that died; the API address may change.</summary>
     public async Task UpAsync()
     {
         var up = await CliProcess.RunWithEnvironmentAsync(null, Environment, null,
-            "local", "up", "--hosts", "2", "--data-dir", DataDirectory, "--api-port", "0", "--fast-timings");
+            ["local", "up", "--hosts", "2", "--data-dir", DataDirectory, "--api-port", "0", "--fast-timings", .. UpArguments]);
         Assert.True(up.ExitCode == 0, up + "\n" + LogTails());
         Api = (await LocalClusterState.ReadAsync(DataDirectory))!.ApiUrl;
     }

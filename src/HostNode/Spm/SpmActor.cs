@@ -80,10 +80,11 @@ public sealed class SpmActor : ReceiveActor
         _stopped.Cancel();
         // Stopped because the lease was lost (its singleton manager stops it at once): the steps in flight are refused
         // FENCED now, so the saga retries them at the SPM that holds the lease instead of waiting out its deadline.
-        if (_fence is { Generation: 0 })
-            foreach (var operation in _ledger.Running.ToList())
-                Finish(operation, new OperationFailed(operation, ErrorCodes.Fenced,
-                    $"this SPM lost the pool's lease during {operation.Step}: it changes nothing more; the SPM that holds the lease runs it", Transient: true));
+        if (_fence is not { Generation: 0 }) return;
+        _log.Warning("SPM stopped: the pool's lease is lost; {Count} steps in flight are refused FENCED", _ledger.Running.Count());
+        foreach (var operation in _ledger.Running.ToList())
+            Finish(operation, new OperationFailed(operation, ErrorCodes.Fenced,
+                $"this SPM lost the pool's lease during {operation.Step}: it changes nothing more; the SPM that holds the lease runs it", Transient: true));
     }
 
     /// <summary>The steps this actor runs; the others belong to the HSM of the VM's host.</summary>
