@@ -128,6 +128,10 @@ public static class LocalClusterLauncher
                 var host = cluster.StartHost(hostId, spm);
                 await State().WriteAsync(ct);
                 report?.Invoke($"{hostId} pid {host.Pid}, cluster port {host.Port}{(spm ? ", SPM-capable" : "")}");
+                // The SPM singleton runs on the oldest SPM-capable member, and members that come Up together have no
+                // defined age: host-1 is Up before the next SPM-capable host starts, so it is the first SPM.
+                if (spm && options.IsSpmCapable($"host-{hostIds.IndexOf(hostId) + 2}"))
+                    await WaitMemberUpAsync(cluster, host, options.Timeout, ct);
             }
             await WaitUpAsync(cluster, hostIds, options.Timeout, ct);
         }
@@ -268,6 +272,27 @@ public static class LocalClusterLauncher
     /// <summary>A pid file may outlive its QEMU and the pid be reused: only a live process running qemu counts.</summary>
     private static bool IsQemu(int pid) =>
         ProcessTable.IsAlive(pid) && ProcessTable.CommandLine(pid) is [var program, ..] && Path.GetFileName(program).StartsWith("qemu-system");
+
+    private static async Task WaitMemberUpAsync(LocalCluster cluster, NodeProcess node, TimeSpan limit, CancellationToken ct)
+    {
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(5) };
+        var deadline = DateTime.UtcNow + limit;
+        while (true)
+        {
+            if (!node.Running)
+                throw new TimeoutException($"{node.Name} (pid {node.Pid}) exited while the cluster came up (log {node.LogPath})");
+            try
+            {
+                var members = (await http.GetFromJsonAsync<JsonElement>($"{cluster.ApiUrl}/api/cluster", ct)).GetProperty("members").EnumerateArray();
+                if (members.Any(m => m.GetProperty("address").GetString() == node.Address && m.GetProperty("status").GetString() == "up")) return;
+            }
+            catch (Exception e) when (e is HttpRequestException or JsonException or KeyNotFoundException or InvalidOperationException
+                                          || e is TaskCanceledException && !ct.IsCancellationRequested) { }
+            if (DateTime.UtcNow > deadline)
+                throw new TimeoutException($"{node.Name} was not Up within {limit.TotalSeconds:0} s");
+            await Task.Delay(200, ct);
+        }
+    }
 
     /// <param name="reportedSince">Hosts that must have reported after <paramref name="since"/> (restarted ones: their report before the crash does not count).</param>
     private static async Task WaitUpAsync(LocalCluster cluster, IReadOnlyList<string> hostIds, TimeSpan limit, CancellationToken ct,

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Text.Json;
 using LiveMigration.Cli.Local;
 using LiveMigration.HostNode.Spm;
+using Xunit.Abstractions;
 
 namespace LiveMigration.Cli.Tests.Faults;
 
@@ -14,7 +15,7 @@ namespace LiveMigration.Cli.Tests.Faults;
 /// The VM runs on host-2, so only the SPM freezes, not the VM's own host.
 /// </summary>
 [Collection(LocalClusters.Name)]
-public sealed class FrozenSpmTests : IAsyncLifetime
+public sealed class FrozenSpmTests(ITestOutputHelper output) : IAsyncLifetime
 {
     private readonly LocalClusterSession _cluster = new();
     private readonly List<int> _frozen = [];
@@ -55,7 +56,8 @@ public sealed class FrozenSpmTests : IAsyncLifetime
         await _cluster.Ok("domain", "create", "sdB", "--path", storage, "--capacity", "2GiB");
         await _cluster.Ok("vm", "create", "vm1", "--host", "host-2", "--disk", "64MiB@sdA:snapshots=2");
         await _cluster.Ok("vm", "io", "vm1", "--rate", "4MiB/s", "--seconds", "4");
-        Assert.Equal("host-1", await SpmHostAsync());
+        // lsm local up starts host-1 first and Up before host-2: the oldest SPM-capable member, so the SPM.
+        await WaitAsync("host-1 running the SPM", async () => await SpmHostAsync() == "host-1", TimeSpan.FromSeconds(30));
         var state = (await LocalClusterState.ReadAsync(_cluster.DataDirectory))!;
         var spmNode = state.Nodes.Single(n => n.Name == "host-1");
         var successor = state.Nodes.Single(n => n.Name == "host-2");
@@ -95,7 +97,11 @@ public sealed class FrozenSpmTests : IAsyncLifetime
         // Its stale step, if it got to it before leaving, was refused by the lease rather than run.
         var frozenAt = staleLog.IndexOf("StopSelf", StringComparison.Ordinal);
         Assert.True(frozenAt >= 0, $"host-1's log does not say where it froze\n{staleLog}");
-        Assert.DoesNotMatch($@"/{point.Split('/')[0]}:\S+ succeeded", staleLog[frozenAt..]);
+        var afterThaw = staleLog[frozenAt..];
+        output.WriteLine($"host-1's SPM and lease lines:\n{string.Join('\n', staleLog.Split('\n').Where(l => l.Contains("/user/spm") || l.Contains("ease") || l.Contains("StopSelf") || l.Contains("FENCED")))}");
+        // Woken with the step in hand, it checks the lease before touching storage: refused FENCED, not done.
+        Assert.Contains("FENCED", afterThaw);
+        Assert.DoesNotMatch($@"/{point.Split('/')[0]}:\S+ succeeded", afterThaw);
     }
 
     /// <summary>The host the cluster says runs the SPM now (<c>lsm hosts</c>), or null.</summary>
