@@ -27,13 +27,13 @@ try
 catch (Exception e) when (e is ArgumentException or FormatException or LiveMigration.Shared.Model.OperationFailedException)
 {
     Console.Error.WriteLine($"HostNode: {e.Message}");
-    Console.Error.WriteLine("usage: HostNode --host-id host-1 --port 4061 --seed akka.tcp://lsm@127.0.0.1:4053 --roles host,spm --data-dir var/host-1 --domain-root var/domains");
+    Console.Error.WriteLine("usage: HostNode --host-id host-1 --port 4061 --seed akka.tcp://lsm@127.0.0.1:4053 --roles host,spm --data-dir var/host-1 --domain-root var/domains --spm-lease var/domains/spm.lease");
     return 2;
 }
 
 builder.Services.AddAkka(ClusterNodeSettings.SystemName, akka => akka
     .WithClusterNode(settings.Cluster)
-    .WithHostNodeActors(components, settings.SpmCapable, management));
+    .WithHostNodeActors(components, settings.SpmCapable, management, settings.SpmLease));
 
 var app = builder.Build();
 Console.WriteLine($"HostNode {settings.HostId}: {components.Pool.Domains.Count} storage domains, run directory {settings.RunDirectory}, roles {string.Join(",", settings.Cluster.Roles)}");

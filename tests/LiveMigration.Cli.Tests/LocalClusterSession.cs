@@ -14,7 +14,7 @@ public sealed class LocalClusterSession : IAsyncDisposable
     public string Api { get; private set; } = "";
     /// <summary>Passed to <c>lsm local up</c>, so every node it starts inherits it (e.g. a crash plan).</summary>
     public IReadOnlyDictionary<string, string>? Environment { get; set; }
-    /// <summary>More switches for <c>lsm local up</c> (e.g. <c>--hypervisor libvirt</c>, the partition tests' node addresses and namespaces).</summary>
+    /// <summary>More switches for <c>lsm local up</c> (e.g. <c>--hypervisor libvirt</c>, <c>--spm-hosts 2</c>, the partition tests' node addresses and namespaces); a restart of dead nodes gets them too.</summary>
     public IReadOnlyList<string> UpArguments { get; set; } = [];
 
     /// <summary>Starts the cluster, or (its nodes partly dead) the nodes that died; the API address may change.</summary>

@@ -28,6 +28,12 @@ public sealed class LocalUpSettings : LocalSettings
     [DefaultValue(2)]
     public int Hosts { get; set; } = 2;
 
+    [CommandOption("--spm-hosts <N>")]
+    [Description("How many hosts may hold the SPM role (host-1 … host-N), each fenced by the pool's lease DATA/domains/spm.lease: " +
+                 "with 2 or more the SPM moves to another host when its host fails. Default 1")]
+    [DefaultValue(1)]
+    public int SpmHosts { get; set; } = 1;
+
     [CommandOption("--journal <JOURNAL>")]
     [Description("The Coordinator's journal: sqlite (files under DATA/coordinator; the default) or postgres://user:password@host:5432/db")]
     [DefaultValue("sqlite")]
@@ -90,6 +96,7 @@ public sealed class LocalUpSettings : LocalSettings
             if (!name.All(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.'))
                 return ValidationResult.Error($"--node-netns {node}={name}: not a network namespace name");
         if (Hosts is < 1 or > 16) return ValidationResult.Error($"--hosts must be 1 to 16, got {Hosts}");
+        if (SpmHosts < 1 || SpmHosts > Hosts) return ValidationResult.Error($"--spm-hosts must be 1 to --hosts ({Hosts}), got {SpmHosts}");
         if (ApiPort is < 0 or > 65535) return ValidationResult.Error($"--api-port must be 0 to 65535, got {ApiPort}");
         if (TimeoutSeconds is < 5 or > 3600) return ValidationResult.Error($"--timeout must be 5 to 3600 seconds, got {TimeoutSeconds}");
         if (Hypervisor is not ("qmp" or "libvirt")) return ValidationResult.Error($"--hypervisor must be qmp or libvirt, got '{Hypervisor}'");
@@ -107,6 +114,7 @@ public sealed class LocalUpCommand : AsyncCommand<LocalUpSettings>
         var options = new LocalClusterOptions(settings.DataDirectory)
         {
             Hosts = settings.Hosts,
+            SpmHosts = settings.SpmHosts,
             ApiPort = settings.ApiPort,
             Journal = settings.Journal,
             ExtraHocon = settings.FastTimings ? ClusterNodeHosting.FastTestTimings : null,

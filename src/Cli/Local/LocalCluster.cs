@@ -73,6 +73,11 @@ public sealed class LocalCluster : IAsyncDisposable
     public string ApiUrl => $"http://127.0.0.1:{HttpPort}";
     public string DomainRoot => DomainRootOf(DataDirectory);
     public string LogDirectory => Path.Combine(DataDirectory, "logs");
+    /// <summary>
+    /// The pool's SPM lease (DESIGN §7a): in the domain root, the shared storage every host of the local cluster
+    /// mounts at the same path, so all SPM-capable hosts read and write the same record.
+    /// </summary>
+    public string SpmLeasePath => Path.Combine(DomainRoot, "spm.lease");
     public IReadOnlyList<NodeProcess> Nodes => _nodes;
     public string HostDataDirectory(string hostId) => Path.Combine(DataDirectory, hostId);
     public string HostRunDirectory(string hostId) => HostRunDirectoryOf(DataDirectory, hostId);
@@ -144,6 +149,7 @@ public sealed class LocalCluster : IAsyncDisposable
             "--host-id", hostId, "--port", SeedHosts.Contains(hostId) ? HostPort(hostId).ToString() : "0", "--seed", rejoin ? RejoinSeed(hostId) : Seed,
             "--roles", spm ? "host,spm" : "host",
             "--data-dir", HostDataDirectory(hostId), "--domain-root", DomainRoot, .. HostnameArguments(hostId),
+            .. spm ? new[] { "--spm-lease", SpmLeasePath } : [],
             .. HostArguments, .. extraArguments ?? [],
         ]);
 

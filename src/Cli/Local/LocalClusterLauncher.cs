@@ -11,6 +11,11 @@ public sealed record LocalClusterOptions(string DataDirectory)
     public const int DefaultApiPort = 9110;
 
     public int Hosts { get; init; } = 2;
+
+    /// <summary>How many hosts (host-1 … host-K) may hold the SPM role; each of them is fenced by the pool's lease.</summary>
+    public int SpmHosts { get; init; } = 1;
+
+    public bool IsSpmCapable(string hostId) => int.TryParse(hostId.AsSpan("host-".Length), out var n) && n <= SpmHosts;
     public int ApiPort { get; init; } = DefaultApiPort;
 
     /// <summary>"sqlite" (files under the Coordinator's data directory) or a PostgreSQL connection: postgres://user:password@host:port/db or Npgsql's Host=...;Database=...</summary>
@@ -74,6 +79,8 @@ public static class LocalClusterLauncher
     {
         if (options.Hosts is < 1 or > 16)
             throw CliFailure.BadUsage($"--hosts {options.Hosts}: a local cluster has 1 to 16 hosts");
+        if (options.SpmHosts < 1 || options.SpmHosts > options.Hosts)
+            throw CliFailure.BadUsage($"--spm-hosts {options.SpmHosts}: 1 to the number of hosts ({options.Hosts}) may hold the SPM role");
         if (options.ApiPort is < 0 or > 65535)
             throw CliFailure.BadUsage($"--api-port {options.ApiPort} is not a port (1-65535, or 0 for a free one)");
         var postgres = PostgresConnection(options.Journal);
@@ -109,7 +116,7 @@ public static class LocalClusterLauncher
         Directory.CreateDirectory(cluster.DomainRoot);
         var started = DateTimeOffset.UtcNow;
         LocalClusterState State() => new(dataDirectory, cluster.ApiUrl, cluster.HttpPort, JournalLabel(options.Journal), cluster.DomainRoot, started,
-            cluster.Nodes.Select(n => new LocalNodeState(n.Name, n.Name.StartsWith("host") ? (n.Name == "host-1" ? "host,spm" : "host") : "coordinator",
+            cluster.Nodes.Select(n => new LocalNodeState(n.Name, n.Name.StartsWith("host") ? (options.IsSpmCapable(n.Name) ? "host,spm" : "host") : "coordinator",
                 n.Pid, n.StartTime, n.Port, n.Address, n.LogPath,
                 n.Name.StartsWith("host") ? cluster.HostDataDirectory(n.Name) : Path.Combine(dataDirectory, n.Name))
             {
@@ -129,9 +136,14 @@ public static class LocalClusterLauncher
             report?.Invoke($"coordinator pid {coordinator.Pid}, cluster port {coordinator.Port}, API {cluster.ApiUrl}");
             foreach (var hostId in hostIds)
             {
-                var host = cluster.StartHost(hostId, spm: hostId == "host-1");
+                var spm = options.IsSpmCapable(hostId);
+                var host = cluster.StartHost(hostId, spm);
                 await State().WriteAsync(ct);
-                report?.Invoke($"{hostId} pid {host.Pid}, cluster port {host.Port}{(hostId == "host-1" ? ", SPM-capable" : "")}");
+                report?.Invoke($"{hostId} pid {host.Pid}, cluster port {host.Port}{(spm ? ", SPM-capable" : "")}");
+                // The SPM singleton runs on the oldest SPM-capable member, and members that come Up together have no
+                // defined age: host-1 is Up before the next SPM-capable host starts, so it is the first SPM.
+                if (spm && options.IsSpmCapable($"host-{hostIds.IndexOf(hostId) + 2}"))
+                    await WaitMemberUpAsync(cluster, host, options.Timeout, ct);
             }
             await WaitUpAsync(cluster, hostIds, options.Timeout, ct);
         }
@@ -275,6 +287,27 @@ public static class LocalClusterLauncher
     /// <summary>A pid file may outlive its QEMU and the pid be reused: only a live process running qemu counts.</summary>
     private static bool IsQemu(int pid) =>
         ProcessTable.IsAlive(pid) && ProcessTable.CommandLine(pid) is [var program, ..] && Path.GetFileName(program).StartsWith("qemu-system");
+
+    private static async Task WaitMemberUpAsync(LocalCluster cluster, NodeProcess node, TimeSpan limit, CancellationToken ct)
+    {
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(5) };
+        var deadline = DateTime.UtcNow + limit;
+        while (true)
+        {
+            if (!node.Running)
+                throw new TimeoutException($"{node.Name} (pid {node.Pid}) exited while the cluster came up (log {node.LogPath})");
+            try
+            {
+                var members = (await http.GetFromJsonAsync<JsonElement>($"{cluster.ApiUrl}/api/cluster", ct)).GetProperty("members").EnumerateArray();
+                if (members.Any(m => m.GetProperty("address").GetString() == node.Address && m.GetProperty("status").GetString() == "up")) return;
+            }
+            catch (Exception e) when (e is HttpRequestException or JsonException or KeyNotFoundException or InvalidOperationException
+                                          || e is TaskCanceledException && !ct.IsCancellationRequested) { }
+            if (DateTime.UtcNow > deadline)
+                throw new TimeoutException($"{node.Name} was not Up within {limit.TotalSeconds:0} s");
+            await Task.Delay(200, ct);
+        }
+    }
 
     /// <param name="reportedSince">Hosts that must have reported after <paramref name="since"/> (restarted ones: their report before the crash does not count).</param>
     private static async Task WaitUpAsync(LocalCluster cluster, IReadOnlyList<string> hostIds, TimeSpan limit, CancellationToken ct,

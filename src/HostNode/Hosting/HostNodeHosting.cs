@@ -1,6 +1,7 @@
 using Akka.Actor;
 using Akka.Cluster.Hosting;
 using Akka.Cluster.Tools.PublishSubscribe;
+using Akka.Event;
 using Akka.Hosting;
 using LiveMigration.HostNode.Hsm;
 using LiveMigration.HostNode.Hypervisor;
@@ -34,15 +35,21 @@ public static class HostNodeHosting
     /// <c>/user/hsm-{hostId}</c>), its reporter to the inventory, and, on SPM-capable hosts, a place
     /// for the SPM cluster singleton.</summary>
     /// <param name="management">The host's VM catalog, domain roots and guest ledgers; without it the host runs migration steps only.</param>
+    /// <param name="spmLease">
+    /// The pool's SPM lease (DESIGN §7a): the SPM singleton starts on this node only once it holds the lease, stops when
+    /// the lease is lost, and fences every storage change by the lease's generation. Null only for in-process test
+    /// clusters, whose SPM runs unfenced (and says so); a HostNode process refuses an SPM role without it.
+    /// </param>
     public static AkkaConfigurationBuilder WithHostNodeActors(this AkkaConfigurationBuilder builder,
-        HostNodeComponents host, bool spmCapable, HostManagement? management = null)
+        HostNodeComponents host, bool spmCapable, HostManagement? management = null, SpmLeaseSettings? spmLease = null)
     {
-        if (spmCapable)
-            builder.WithSingleton<SpmKey>(SpmActor.SingletonName, SpmActor.Props(host.Pool),
-                new ClusterSingletonOptions { Role = SpmRole }, createProxyToo: false);
+        if (spmCapable) builder.WithSpmSingleton(host.Pool, spmLease);
         builder.WithSingletonProxy<InventoryKey>("inventory", new ClusterSingletonOptions { Role = "coordinator" });
         return builder.WithActors((system, registry) =>
         {
+            if (spmCapable && spmLease is null)
+                system.Log.Warning("The SPM singleton on {0} runs UNFENCED: no SPM lease is configured, so two SPMs (a paused or " +
+                                   "partitioned one and its successor) could both change storage", host.HostId);
             var hsm = system.ActorOf(HsmActor.Props(host.Hypervisor, host.Pool, management?.Catalog), HsmTopic.For(host.HostId));
             DistributedPubSub.Get(system).Mediator.Tell(new Put(hsm));
             registry.Register<HsmKey>(hsm);
@@ -54,6 +61,24 @@ public static class HostNodeHosting
                 DistributedPubSub.Get(system).Mediator.Tell(new Put(manager));
             }
         });
+    }
+
+    /// <summary>The SPM cluster singleton over role <see cref="SpmRole"/>, guarded by the pool's lease when there is one.</summary>
+    private static AkkaConfigurationBuilder WithSpmSingleton(this AkkaConfigurationBuilder builder, StoragePool pool, SpmLeaseSettings? lease)
+    {
+        if (lease is null)
+            return builder.WithSingleton<SpmKey>(SpmActor.SingletonName, SpmActor.Props(pool),
+                new ClusterSingletonOptions { Role = SpmRole }, createProxyToo: false);
+        var option = new FileLeaseOption(lease);
+        option.Apply(builder);
+        return builder.WithSingleton<SpmKey>(SpmActor.SingletonName, SpmActor.Leased(pool, lease.Path),
+            new ClusterSingletonOptions
+            {
+                Role = SpmRole,
+                LeaseImplementation = option,
+                // A failed acquisition already watched the record for a period: try again soon after.
+                LeaseRetryInterval = lease.Period / 3,
+            }, createProxyToo: false);
     }
 
     public const string HostRole = "host";

@@ -1,6 +1,7 @@
 using LiveMigration.HostNode.Hypervisor;
 using LiveMigration.HostNode.Hypervisor.Libvirt;
 using LiveMigration.HostNode.Hypervisor.Qmp;
+using LiveMigration.HostNode.Spm;
 using LiveMigration.HostNode.Storage;
 using LiveMigration.HostNode.Storage.File;
 using LiveMigration.Shared.Hosting;
@@ -22,6 +23,12 @@ public sealed record HostNodeSettings(
     /// <summary>Export each libvirt VM's drives over NBD for a stand-in guest (demo and test hosts; taints the domains).</summary>
     public bool LibvirtGuestExport { get; init; }
 
+    /// <summary>
+    /// The pool's SPM lease (DESIGN §7a), required on an SPM-capable host: the file on the shared storage (beside the
+    /// domains, at the same path on every host), its period and margin.
+    /// </summary>
+    public SpmLeaseSettings? SpmLease { get; init; }
+
     public string RunDirectory => Path.Combine(DataDirectory, "run");
     public bool SpmCapable => Cluster.Roles.Contains(HostNodeHosting.SpmRole);
 
@@ -34,6 +41,9 @@ public sealed record HostNodeSettings(
         ["--domain-root"] = "HostNode:DomainRoots",
         ["--libvirt-uri"] = "HostNode:LibvirtUri",
         ["--libvirt-guest-export"] = "HostNode:LibvirtGuestExport",
+        ["--spm-lease"] = "HostNode:SpmLease:Path",
+        ["--spm-lease-period"] = "HostNode:SpmLease:Period",
+        ["--spm-lease-margin"] = "HostNode:SpmLease:Margin",
     };
 
     public static HostNodeSettings From(IConfiguration config)
@@ -47,17 +57,39 @@ public sealed record HostNodeSettings(
         var guestExport = config["HostNode:LibvirtGuestExport"] ?? "false";
         if (!bool.TryParse(guestExport, out var exportGuests))
             throw new ArgumentException($"--libvirt-guest-export must be true or false, got '{guestExport}'");
+        var cluster = ClusterNodeSettings.FromConfiguration(config, HostNodeHosting.HostRole);
+        var spmLease = SpmLeaseFrom(config);
+        // DESIGN §7 invariant 6: only the lease's holder changes storage. An SPM without one could write beside its
+        // paused or partitioned predecessor, so a process refuses the role rather than run it unfenced.
+        if (cluster.Roles.Contains(HostNodeHosting.SpmRole) && spmLease is null)
+            throw new ArgumentException("an SPM-capable host (--roles host,spm) needs the pool's SPM lease: --spm-lease PATH, a file on the " +
+                                        "shared storage every SPM-capable host mounts at the same path (e.g. <domain root>/spm.lease)");
         return new HostNodeSettings(
             hostId,
             Path.GetFullPath(config["HostNode:DataDirectory"] ?? Path.Combine("var", hostId)),
             hypervisor,
             (config["HostNode:DomainRoots"] ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
                 .Select(Path.GetFullPath).ToList(),
-            ClusterNodeSettings.FromConfiguration(config, HostNodeHosting.HostRole))
+            cluster)
         {
+            SpmLease = spmLease,
             LibvirtUri = config["HostNode:LibvirtUri"] is { Length: > 0 } uri ? uri : "qemu:///system",
             LibvirtGuestExport = exportGuests,
         };
+    }
+
+    private static SpmLeaseSettings? SpmLeaseFrom(IConfiguration config)
+    {
+        var period = config["HostNode:SpmLease:Period"] is { Length: > 0 } p
+            ? SpmLeaseSettings.ParseDuration(p, "--spm-lease-period")
+            : SpmLeaseSettings.DefaultPeriod;
+        var margin = config["HostNode:SpmLease:Margin"] is { Length: > 0 } m
+            ? SpmLeaseSettings.ParseDuration(m, "--spm-lease-margin")
+            : SpmLeaseSettings.DefaultMargin;
+        if (config["HostNode:SpmLease:Path"] is not { Length: > 0 } path) return null;
+        if (path.Contains('"') || path.Contains('\n'))
+            throw new ArgumentException($"--spm-lease '{path}' must be a plain file path");
+        return new SpmLeaseSettings(Path.GetFullPath(path), period, margin);
     }
 
     /// <summary>The real components: every file domain found under the domain roots, and QEMU over QMP or through libvirt.</summary>

@@ -64,6 +64,8 @@ public sealed class SpmStorage(StoragePool pool, Action<AttachDomain> announce)
             if (info.Name == command.Name)
                 return new ManagementRefused(ErrorCodes.Conflict, $"a storage domain named '{command.Name}' exists already ({info.Id})");
         }
+        // A new domain is a storage change like any other: only the lease's holder makes it.
+        if (pool.Fence is { } fence) await fence.CheckAsync(ct);
         var root = Path.GetFullPath(command.Root);
         Directory.CreateDirectory(root);
         var capacity = command.CapacityBytes > 0 ? command.CapacityBytes : new DriveInfo(root).AvailableFreeSpace;

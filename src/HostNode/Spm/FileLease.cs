@@ -1,3 +1,5 @@
+using System.Collections.Concurrent;
+using System.Runtime.CompilerServices;
 using Akka.Actor;
 using Akka.Coordination;
 
@@ -18,11 +20,14 @@ namespace LiveMigration.HostNode.Spm;
 /// }
 /// </code>
 /// One <see cref="PoolLease"/> per lease file and owner in the process, shared with the SPM's storage code
-/// through <see cref="For"/>, so the fencing check and the singleton see the same generation.
+/// through <see cref="For"/>, so the fencing check and the singleton see the same generation; the SPM actor finds the
+/// one its singleton manager acquired with <see cref="MadeIn"/>.
 /// </summary>
 public sealed class FileLease : Lease
 {
     private static readonly Dictionary<(string Path, string Owner), PoolLease> Leases = new();
+    /// <summary>The lease each actor system's FileLease uses, by file: what the singleton it guards must fence its writes with.</summary>
+    private static readonly ConditionalWeakTable<ActorSystem, ConcurrentDictionary<string, PoolLease>> BySystem = new();
     private readonly PoolLease _lease;
 
     public FileLease(LeaseSettings settings, ExtendedActorSystem system) : base(settings)
@@ -33,7 +38,16 @@ public sealed class FileLease : Lease
         var period = settings.TimeoutSettings.HeartbeatTimeout;
         var margin = config.GetTimeSpan("margin", TimeSpan.FromTicks(period.Ticks / 6), allowInfinite: false);
         _lease = For(path, settings.OwnerName, period, margin);
+        BySystem.GetOrCreateValue(system)[Path.GetFullPath(path)] = _lease;
     }
+
+    /// <summary>
+    /// The lease that <paramref name="system"/>'s FileLease for <paramref name="path"/> works with (the singleton manager
+    /// makes it before it starts the singleton), or null when no FileLease for that file was made there: a singleton
+    /// started without <c>use-lease</c>.
+    /// </summary>
+    public static PoolLease? MadeIn(ActorSystem system, string path) =>
+        BySystem.TryGetValue(system, out var leases) && leases.TryGetValue(Path.GetFullPath(path), out var lease) ? lease : null;
 
     /// <summary>The process's lease object for this file and owner (made on first use).</summary>
     public static PoolLease For(string path, string owner, TimeSpan period, TimeSpan margin)

@@ -76,13 +76,15 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
     private Task WriteAsync(LeaseRecord record, CancellationToken ct)
     {
         Directory.CreateDirectory(Path.GetDirectoryName(_path)!);
-        return KeyValueFile.WriteAtomicallyAsync(_path,
-        [
-            new("HOLDER", record.Holder),
-            new("GENERATION", record.Generation.ToString(CultureInfo.InvariantCulture)),
-            new("RENEWAL", record.Renewal.ToString(CultureInfo.InvariantCulture)),
-        ], ct);
+        return KeyValueFile.WriteAtomicallyAsync(_path, Values(record), ct);
     }
+
+    private static KeyValuePair<string, string>[] Values(LeaseRecord record) =>
+    [
+        new("HOLDER", record.Holder),
+        new("GENERATION", record.Generation.ToString(CultureInfo.InvariantCulture)),
+        new("RENEWAL", record.Renewal.ToString(CultureInfo.InvariantCulture)),
+    ];
 
     /// <summary>
     /// Tries once to take the lease: true when this holder has it (a new generation, renewed from now on), false
@@ -139,7 +141,17 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
                         $"the SPM lease {_path} is now held by '{current.Holder}' with generation {current.Generation}; this holder had generation {generation}"));
                     return;
                 }
-                await WriteAsync(current with { Renewal = renewal + 1 }, stop);
+                // Replaced only if the record is still the one just read, checked after the fsync: a holder paused between
+                // its read and its write (SIGSTOP, a stall in fsync) must not write its stale record over a successor's.
+                var renewed = await KeyValueFile.WriteAtomicallyIfAsync(_path, Values(current with { Renewal = renewal + 1 }),
+                    async () => await ReadAsync(stop) == current, stop);
+                if (!renewed)
+                {
+                    var now = await ReadAsync(stop);
+                    Lose(new OperationFailedException(ErrorCodes.Fenced,
+                        $"the SPM lease {_path} changed during its renewal: now '{now.Holder}' generation {now.Generation}; this holder had generation {generation}"));
+                    return;
+                }
                 lock (_gate) _renewals = renewal + 1;
             }
         }

@@ -38,10 +38,15 @@ public sealed class SpmActor : ReceiveActor
     /// The SPM lease (DESIGN §7a), or null while the pool has none (generation 0). With a lease, give the pool
     /// <see cref="FencedStorageDomain"/>s over the same fence, so every change, not only each step's start, is fenced.
     /// </param>
-    public SpmActor(StoragePool pool, IStorageFence? fence = null)
+    /// <param name="leasePath">Instead of <paramref name="fence"/>: the lease file whose lease this node's singleton manager
+    /// acquired before starting this actor (<see cref="Leased"/>).</param>
+    public SpmActor(StoragePool pool, IStorageFence? fence = null, string? leasePath = null)
     {
-        _pool = pool;
+        fence ??= leasePath is null ? null : LeaseOfThisNode(leasePath);
+        _pool = fence is null ? pool : pool.FencedBy(fence);
         _fence = fence;
+        if (leasePath is not null)
+            _log.Info("SPM started under the lease {Path}, generation {Generation}: every storage change is fenced by it", leasePath, fence!.Generation);
         Receive<ExecuteStep>(OnExecuteStep);
         Receive<SetStepSpeed>(s =>
             // The storage port's copies take no speed limit; the bandwidth that matters is the mirror's.
@@ -50,7 +55,7 @@ public sealed class SpmActor : ReceiveActor
         Receive<StepFinished>(OnFinished);
         // The operator's storage changes (new domains, VM disks, snapshot volumes), each run off the actor.
         var system = Context.System;
-        var storage = new SpmStorage(pool, attach =>
+        var storage = new SpmStorage(_pool, attach =>
             DistributedPubSub.Get(system).Mediator.Tell(new Publish(ManagementTopics.Domains, attach)));
         Receive<GetSpmLocation>(_ => Sender.Tell(new SpmLocation(Cluster.Get(Context.System).SelfAddress.ToString())));
         Receive<IManagementMessage>(command => storage.HandleAsync(command, _stopped.Token).PipeTo(Sender));
@@ -58,7 +63,29 @@ public sealed class SpmActor : ReceiveActor
 
     public static Props Props(StoragePool pool, IStorageFence? fence = null) => Akka.Actor.Props.Create(() => new SpmActor(pool, fence));
 
-    protected override void PostStop() => _stopped.Cancel();
+    /// <summary>
+    /// The SPM as the lease-guarded singleton runs it: fenced by the lease (<paramref name="leasePath"/>) that its singleton
+    /// manager acquired on this node before starting it (<c>use-lease</c>). Refuses to start when no such lease was made.
+    /// </summary>
+    public static Props Leased(StoragePool pool, string leasePath) => Akka.Actor.Props.Create(() => new SpmActor(pool, null, leasePath));
+
+    private static PoolLease LeaseOfThisNode(string leasePath) =>
+        FileLease.MadeIn(Context.System, leasePath) is { IsHeld: true } lease
+            ? lease
+            : throw new InvalidOperationException(
+                $"the SPM singleton started without holding the lease {leasePath}: its singleton must use-lease {SpmLeaseSettings.ConfigPath}");
+
+    protected override void PostStop()
+    {
+        _stopped.Cancel();
+        // Stopped because the lease was lost (its singleton manager stops it at once): the steps in flight are refused
+        // FENCED now, so the saga retries them at the SPM that holds the lease instead of waiting out its deadline.
+        if (_fence is not { Generation: 0 }) return;
+        _log.Warning("SPM stopped: the pool's lease is lost; {Count} steps in flight are refused FENCED", _ledger.Running.Count());
+        foreach (var operation in _ledger.Running.ToList())
+            Finish(operation, new OperationFailed(operation, ErrorCodes.Fenced,
+                $"this SPM lost the pool's lease during {operation.Step}: it changes nothing more; the SPM that holds the lease runs it", Transient: true));
+    }
 
     /// <summary>The steps this actor runs; the others belong to the HSM of the VM's host.</summary>
     public static bool Runs(MigrationStep step) => step is MigrationStep.CloneImageStructure or MigrationStep.SyncInternalVolumes

@@ -15,6 +15,23 @@ public interface IStorageFence
 }
 
 /// <summary>
+/// The fence of the change in progress, for the adapters' commit points: a change that runs long (a copy of a layer, then
+/// its verification) checks the fence again just before it writes metadata, so an SPM paused in the middle of a copy
+/// (SIGSTOP, a long stall) and woken after another took over does not mark its copy LEGAL or write anything else.
+/// Set by <see cref="FencedStorageDomain"/> for the duration of one call; flows into the adapter's awaits and nowhere else.
+/// </summary>
+public static class AmbientFence
+{
+    private static readonly AsyncLocal<IStorageFence?> Current = new();
+
+    /// <summary>Sets the fence for the rest of the calling async method and what it awaits (an async method's changes to it do not leak to its caller).</summary>
+    internal static void Enter(IStorageFence fence) => Current.Value = fence;
+
+    /// <summary>Refuses with FENCED when the change in progress is fenced and its lease is no longer held; nothing when unfenced (a host's own writes).</summary>
+    public static Task CheckAsync(CancellationToken ct = default) => Current.Value?.CheckAsync(ct) ?? Task.CompletedTask;
+}
+
+/// <summary>
 /// A domain whose every change first passes the fence, so an SPM that lost its lease (paused, partitioned) cannot
 /// change anything even before it notices. Reads pass straight through.
 /// </summary>
@@ -33,12 +50,14 @@ public sealed class FencedStorageDomain(IStorageDomain inner, IStorageFence fenc
     public async Task<VolumeInfo> CreateVolumeAsync(NewVolume spec, IStorageDomain? parentDomain = null, CancellationToken ct = default)
     {
         await fence.CheckAsync(ct);
+        AmbientFence.Enter(fence);
         return await inner.CreateVolumeAsync(spec, Unwrap(parentDomain), ct);
     }
 
     public async Task<ImageInfo> CloneImageStructureAsync(IStorageDomain source, ImageId image, VolumeOwner owner, CancellationToken ct = default)
     {
         await fence.CheckAsync(ct);
+        AmbientFence.Enter(fence);
         return await inner.CloneImageStructureAsync(Unwrap(source)!, image, owner, ct);
     }
 
@@ -46,6 +65,7 @@ public sealed class FencedStorageDomain(IStorageDomain inner, IStorageFence fenc
         IProgress<CopyProgress>? progress = null, CancellationToken ct = default)
     {
         await fence.CheckAsync(ct);
+        AmbientFence.Enter(fence);
         return await inner.CopyVolumeDataAsync(Unwrap(source)!, image, volume, progress, ct);
     }
 
@@ -53,36 +73,42 @@ public sealed class FencedStorageDomain(IStorageDomain inner, IStorageFence fenc
         bool rewriteHeader, CancellationToken ct = default)
     {
         await fence.CheckAsync(ct);
+        AmbientFence.Enter(fence);
         return await inner.SetParentAsync(image, volume, newParent, Unwrap(parentDomain), rewriteHeader, ct);
     }
 
     public async Task<VolumeInfo> MarkLegalAsync(ImageId image, VolumeId volume, CancellationToken ct = default)
     {
         await fence.CheckAsync(ct);
+        AmbientFence.Enter(fence);
         return await inner.MarkLegalAsync(image, volume, ct);
     }
 
     public async Task DeleteImageAsync(ImageId image, CancellationToken ct = default)
     {
         await fence.CheckAsync(ct);
+        AmbientFence.Enter(fence);
         await inner.DeleteImageAsync(image, ct);
     }
 
     public async Task<IReadOnlyList<VolumeInfo>> DeleteOwnedVolumesAsync(ImageId image, VolumeOwner owner, CancellationToken ct = default)
     {
         await fence.CheckAsync(ct);
+        AmbientFence.Enter(fence);
         return await inner.DeleteOwnedVolumesAsync(image, owner, ct);
     }
 
     public async Task<IReadOnlyList<VolumeInfo>> RemoveIllegalLeftoversAsync(IReadOnlySet<ImageId> inUse, CancellationToken ct = default)
     {
         await fence.CheckAsync(ct);
+        AmbientFence.Enter(fence);
         return await inner.RemoveIllegalLeftoversAsync(inUse, ct);
     }
 
     public async Task MarkMigrationEndedAsync(MigrationId migration, CancellationToken ct = default)
     {
         await fence.CheckAsync(ct);
+        AmbientFence.Enter(fence);
         await inner.MarkMigrationEndedAsync(migration, ct);
     }
 

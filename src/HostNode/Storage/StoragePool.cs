@@ -6,22 +6,42 @@ namespace LiveMigration.HostNode.Storage;
 /// <summary>The domains this host has attached, and the walk of a chain across them. Thread-safe: a domain created at runtime is attached while others read.</summary>
 public sealed class StoragePool
 {
-    private readonly ConcurrentDictionary<DomainId, IStorageDomain> _domains = new();
+    private readonly ConcurrentDictionary<DomainId, IStorageDomain> _domains;
 
     public StoragePool(IEnumerable<IStorageDomain>? domains = null)
     {
+        _domains = new ConcurrentDictionary<DomainId, IStorageDomain>();
         foreach (var d in domains ?? []) Attach(d);
     }
 
+    private StoragePool(ConcurrentDictionary<DomainId, IStorageDomain> domains, IStorageFence fence)
+    {
+        _domains = domains;
+        Fence = fence;
+    }
+
+    /// <summary>What every change through this pool is fenced by (the SPM's view of the pool), or null (a host's own view).</summary>
+    public IStorageFence? Fence { get; }
+
+    /// <summary>
+    /// The same domains, each seen through a <see cref="FencedStorageDomain"/> over <paramref name="fence"/>: the SPM's view,
+    /// so its every change is checked against the lease while the host's HSM and reports use the plain pool. A domain
+    /// attached through either view is seen by both.
+    /// </summary>
+    public StoragePool FencedBy(IStorageFence fence) => new(_domains, fence);
+
     /// <summary>A snapshot of the attached domains.</summary>
-    public IReadOnlyCollection<IStorageDomain> Domains => _domains.Values.ToList();
+    public IReadOnlyCollection<IStorageDomain> Domains => _domains.Values.Select(Seen).ToList();
 
     public void Attach(IStorageDomain domain) => _domains[domain.Id] = domain;
 
     public IStorageDomain Get(DomainId id) =>
         _domains.TryGetValue(id, out var d)
-            ? d
+            ? Seen(d)
             : throw new OperationFailedException(ErrorCodes.DomainNotFound, $"storage domain {id} is not attached to this host");
+
+    private IStorageDomain Seen(IStorageDomain domain) =>
+        Fence is null || domain is FencedStorageDomain ? domain : new FencedStorageDomain(domain, Fence);
 
     /// <summary>
     /// The chain a drive opens: from the image's leaf on <paramref name="leafDomain"/> down to its base,

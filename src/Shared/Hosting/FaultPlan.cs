@@ -34,6 +34,11 @@ public enum FaultAction
     /// The copy is kept in memory: a Coordinator that restarts in between does not replay it.
     /// </summary>
     ReplayLate,
+    /// <summary>
+    /// SIGSTOP the process that reaches the point: frozen as by a long pause, until the test sends SIGCONT (the
+    /// stale-SPM case: the others down it and take over, then it wakes up with the step in hand).
+    /// </summary>
+    StopSelf,
 }
 
 public sealed record FaultRule(string Process, FaultAction Action, MigrationStep Step, FaultMoment Moment);
@@ -41,7 +46,8 @@ public sealed record FaultRule(string Process, FaultAction Action, MigrationStep
 /// <summary>
 /// The fault matrix's crash points, for tests only: <c>LSM_FAULT_PLAN</c> names rules
 /// <c>process:action@Step/moment</c> separated by <c>;</c> (e.g. <c>host-1:kill-self@Pivot/host-done</c>,
-/// <c>coordinator:kill-self@SyncInternalVolumes/outcome-received</c>, <c>host-1:kill-qemu@WaitMirrorReady/host-received</c>).
+/// <c>coordinator:kill-self@SyncInternalVolumes/outcome-received</c>, <c>host-1:kill-qemu@WaitMirrorReady/host-received</c>,
+/// <c>host-1:stop-self@SyncInternalVolumes/host-received</c>).
 /// Off unless <c>LSM_FAULT_PLAN</c> is set, and refused unless <c>LSM_ALLOW_FAULTS=1</c> says this is a test
 /// (a Coordinator with an API token, i.e. a production setup, refuses to start with a plan at all).
 /// Besides kills, the Coordinator repeats commands: <c>coordinator:duplicate@Pivot/before-send</c> sends the step's
@@ -103,7 +109,8 @@ public sealed class FaultPlan
                 "kill-qemu" => FaultAction.KillQemu,
                 "duplicate" => FaultAction.Duplicate,
                 "replay-late" => FaultAction.ReplayLate,
-                _ => throw new ArgumentException($"{PlanVariable}: action '{who[1]}' is not kill-self, kill-qemu, duplicate or replay-late"),
+                "stop-self" => FaultAction.StopSelf,
+                _ => throw new ArgumentException($"{PlanVariable}: action '{who[1]}' is not kill-self, kill-qemu, stop-self, duplicate or replay-late"),
             };
             var moment = where[1] switch
             {
@@ -136,12 +143,14 @@ public sealed class FaultPlan
     public void Hit(MigrationStep step, FaultMoment moment, Action? killQemu = null)
     {
         if (_rules.Count == 0) return;
-        foreach (var rule in _rules.Where(r => r.Step == step && r.Moment == moment && r.Action is FaultAction.KillSelf or FaultAction.KillQemu))
+        foreach (var rule in _rules.Where(r => r.Step == step && r.Moment == moment && r.Action is FaultAction.KillSelf or FaultAction.KillQemu or FaultAction.StopSelf))
         {
             if (!Claim(rule)) continue;
             Console.Error.WriteLine($"fault plan: {_process} {rule.Action} at {step}/{moment}");
             if (rule.Action == FaultAction.KillQemu)
                 killQemu?.Invoke();
+            else if (rule.Action == FaultAction.StopSelf)
+                StopThisProcess(); // returns once SIGCONT thaws it, the step in hand
             else
                 Process.GetCurrentProcess().Kill(); // SIGKILL: no shutdown hooks, as a crash
         }
@@ -161,6 +170,18 @@ public sealed class FaultPlan
         Console.Error.WriteLine($"fault plan: {_process} {action} at {step}/{moment}");
         return true;
     }
+
+
+    /// <summary>SIGSTOP to this process: every thread stops at once, as in a long pause, not only the one that reached the point.</summary>
+    private static void StopThisProcess()
+    {
+        const int sigStop = 19; // Linux
+        if (Kill(Environment.ProcessId, sigStop) != 0)
+            throw new InvalidOperationException($"fault plan: SIGSTOP to self failed (errno {System.Runtime.InteropServices.Marshal.GetLastPInvokeError()})");
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "kill", SetLastError = true)]
+    private static extern int Kill(int pid, int signal);
 
     private bool Claim(FaultRule rule)
     {

@@ -7,6 +7,7 @@ using LiveMigration.Coordinator.Hosting;
 using LiveMigration.Coordinator.Migration;
 using LiveMigration.HostNode.Hosting;
 using LiveMigration.HostNode.Hypervisor.Sim;
+using LiveMigration.HostNode.Spm;
 using LiveMigration.HostNode.Storage;
 using LiveMigration.HostNode.Storage.Sim;
 using LiveMigration.Shared.Hosting;
@@ -91,6 +92,8 @@ public sealed class ClusterBed : IAsyncDisposable
     /// <summary>Step deadline and retry settings short enough for a test to see a resend within seconds.</summary>
     public MigrationActorSettings ActorSettings { get; init; } = MigrationActorSettings.Default with { StepDeadline = TimeSpan.FromSeconds(2) };
     public MigrationLimits Limits { get; init; } = MigrationLimits.Default;
+    /// <summary>The pool's SPM lease for the SPM-capable hosts of this bed; null: their SPM runs unfenced.</summary>
+    public SpmLeaseSettings? SpmLease { get; init; }
     /// <summary>HOCON laid over <see cref="TestHocon"/> on every node of this bed.</summary>
     public string? ExtraHocon { get; init; }
 
@@ -121,7 +124,7 @@ public sealed class ClusterBed : IAsyncDisposable
         var components = new HostNodeComponents(hostId, machine.Pool, machine.Hypervisor);
         machine.Node = await StartNodeAsync(hostId, _ => { }, akka => akka
             .WithClusterNode(ClusterSettings(roles))
-            .WithHostNodeActors(components, spmCapable));
+            .WithHostNodeActors(components, spmCapable, spmLease: SpmLease));
         // Up before the next node starts: nodes that come Up in the same round have no defined age, and the
         // specs rely on the first SPM-capable host being the oldest (the SPM singleton's home).
         await AwaitAllUpAsync();

@@ -162,8 +162,12 @@ public sealed class FileStorageDomain : IStorageDomain
         return meta;
     }
 
-    private Task WriteMetaAsync(ImageId image, VolumeId volume, VolumeMetadata meta, CancellationToken ct) =>
-        KeyValueFile.WriteAtomicallyAsync(MetaPath(image, volume), meta.ToKeyValues(), ct);
+    private async Task WriteMetaAsync(ImageId image, VolumeId volume, VolumeMetadata meta, CancellationToken ct)
+    {
+        // An SPM's change may have run long (a copy): its lease is checked again right before the metadata changes.
+        await AmbientFence.CheckAsync(ct);
+        await KeyValueFile.WriteAtomicallyAsync(MetaPath(image, volume), meta.ToKeyValues(), ct);
+    }
 
     private VolumeInfo ToInfo(ImageId image, VolumeId volume, VolumeMetadata meta) =>
         new(Id, image, volume, meta.Parent, meta.Type, meta.Format, meta.Legality, meta.Capacity, meta.Generation,

@@ -40,7 +40,16 @@ internal static class KeyValueFile
     }
 
     /// <summary>Writes a temp file in the same folder, fsyncs it, renames it over the target, then fsyncs the folder.</summary>
-    public static async Task WriteAtomicallyAsync(string path, IEnumerable<KeyValuePair<string, string>> values, CancellationToken ct)
+    public static async Task WriteAtomicallyAsync(string path, IEnumerable<KeyValuePair<string, string>> values, CancellationToken ct) =>
+        await WriteAtomicallyIfAsync(path, values, null, ct);
+
+    /// <summary>
+    /// As <see cref="WriteAtomicallyAsync"/>, but the file is replaced only if <paramref name="stillWanted"/>, asked after the
+    /// new content is on disk and right before the rename, says yes; false when it said no (nothing changed). Keeps the
+    /// slow part (the fsync) out of the window between a check and the replace that depends on it.
+    /// </summary>
+    public static async Task<bool> WriteAtomicallyIfAsync(string path, IEnumerable<KeyValuePair<string, string>> values,
+        Func<Task<bool>>? stillWanted, CancellationToken ct)
     {
         var text = new StringBuilder();
         foreach (var (key, value) in values)
@@ -58,6 +67,11 @@ internal static class KeyValueFile
                 await stream.WriteAsync(Encoding.UTF8.GetBytes(text.ToString()), ct);
                 stream.Flush(flushToDisk: true);
             }
+            if (stillWanted is not null && !await stillWanted())
+            {
+                IOFile.Delete(temp);
+                return false;
+            }
             IOFile.Move(temp, path, overwrite: true);
         }
         catch
@@ -66,5 +80,6 @@ internal static class KeyValueFile
             throw;
         }
         Posix.FsyncDirectory(folder);
+        return true;
     }
 }
