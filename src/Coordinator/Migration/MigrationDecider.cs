@@ -220,27 +220,37 @@ public static class MigrationDecider
         {
             var cleaned = disk.Step is MigrationStep.DeleteDestinationImage or MigrationStep.DeleteSourceImage
                           && disk.StepTimings.LastOrDefault() is { Outcome: "completed" } last && last.Step == disk.Step;
-            if (cleaned || (!disk.PassedPointOfNoReturn && !disk.SwitchOutcomeUnknown
+            // Computed once the disk is finished, so "its switch was in doubt" is read from the step it stopped at.
+            var switchInDoubt = disk.Step == MigrationStep.ProbeSwitch;
+            if (cleaned || (!disk.PassedPointOfNoReturn && !switchInDoubt
                             && !MigrationPlan.RollbackSteps(disk.Started).Contains(MigrationStep.DeleteDestinationImage)))
                 continue;
             var plan = disk.Plan;
             var copy = $"the copy of disk {disk.Image} this migration made (each of its volumes carries OWNER={state.Id} in its .meta)";
-            var removeCopy = $"nothing uses it: once the cause ({disk.LastError ?? "see the migration's steps"}) is fixed, remove the image folder images/{disk.Image} of domain {plan.Destination}";
-            if (disk.SwitchOutcomeUnknown)
+            var cause = disk.LastError ?? "see the migration's steps";
+            if (switchInDoubt)
             {
                 const string which = "it is unknown whether the VM's drive had switched: its host's record decides the chain `lsm vm start` uses (`lsm vm show` names it)";
-                left.Add(new LeftBehind(disk.Image, plan.Source, $"the source chain of disk {disk.Image}; {which}", "remove the chain the VM does not run on once `lsm vm show` names the one it does"));
-                left.Add(new LeftBehind(disk.Image, plan.Destination, $"{copy}; {which}", "remove the chain the VM does not run on once `lsm vm show` names the one it does"));
+                const string remove = "remove the image folder of the chain the VM does not run on, once `lsm vm show` names the one it does";
+                left.Add(new LeftBehind(disk.Image, plan.Source, $"the source chain of disk {disk.Image}; {which}", remove));
+                left.Add(new LeftBehind(disk.Image, plan.Destination, $"{copy}; {which}", remove));
             }
             else if (!disk.PassedPointOfNoReturn)
-                left.Add(new LeftBehind(disk.Image, plan.Destination, copy, removeCopy));
+                left.Add(new LeftBehind(disk.Image, plan.Destination, copy,
+                    $"nothing uses it: once the cause ({cause}) is fixed, remove the image folder images/{disk.Image} of domain {plan.Destination}"));
             else if (disk.Step == MigrationStep.DeleteSourceImage)
                 left.Add(new LeftBehind(disk.Image, plan.Source, $"the source chain of disk {disk.Image}; the VM runs on its copy on domain {plan.Destination}",
-                    $"nothing uses it: once the cause ({disk.LastError ?? "see the migration's steps"}) is fixed, remove the image folder images/{disk.Image} of domain {plan.Source}"));
+                    $"nothing uses it: once the cause ({cause}) is fixed, remove the image folder images/{disk.Image} of domain {plan.Source}"));
             else
+            {
+                // Post-copy between the live snapshot and the backing switch: the new leaf reads the older layers from the
+                // source unless the switch took effect (its answer lost); copies of them may be on the destination.
+                const string both = "move the disk again (`lsm migrate`) so its whole chain is on one domain; `lsm vm show` names the chain it runs on";
+                left.Add(new LeftBehind(disk.Image, plan.Source,
+                    $"the older layers of disk {disk.Image}, which its new leaf on domain {plan.Destination} reads unless the backing switch took effect ({disk.Step} did not finish)", both));
                 left.Add(new LeftBehind(disk.Image, plan.Destination,
-                    $"disk {disk.Image} runs on its new leaf on domain {plan.Destination} over its older layers on domain {plan.Source} ({disk.Step} did not finish); copies of those layers this migration made may be on {plan.Destination} (OWNER={state.Id})",
-                    $"the VM uses both domains: move the disk again (`lsm migrate`) to bring its whole chain onto one domain"));
+                    $"copies of disk {disk.Image}'s older layers this migration made (OWNER={state.Id}), used only if the backing switch took effect", both));
+            }
         }
         return left.ToValueList();
     }

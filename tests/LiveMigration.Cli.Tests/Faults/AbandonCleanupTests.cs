@@ -100,16 +100,25 @@ public sealed class AbandonCleanupTests : IAsyncLifetime
                 if (line.Contains("cluster_size", StringComparison.Ordinal) || line.Contains("cluster size", StringComparison.Ordinal)) return true;
             return false;
         });
-        Assert.True(answered.Wait(TimeSpan.FromSeconds(15)) && answered.Result, $"qemu-io did not open {path}: {_reader.StandardError.ReadToEnd()}");
+        if (!answered.Wait(TimeSpan.FromSeconds(15)) || !answered.Result)
+        {
+            // Only now read its errors: reading them while it runs would wait for it to exit.
+            StopReader(out var errors);
+            Assert.Fail($"qemu-io did not open {path}: {errors}");
+        }
     }
 
-    private void StopReader()
+    private void StopReader() => StopReader(out _);
+
+    private void StopReader(out string errors)
     {
+        errors = "";
         if (_reader is null) return;
         try
         {
             if (!_reader.HasExited) _reader.Kill(entireProcessTree: true);
             _reader.WaitForExit(5000);
+            if (_reader.HasExited) errors = _reader.StandardError.ReadToEnd();
         }
         finally
         {

@@ -663,6 +663,11 @@ public sealed class SagaSimulator
                 // A drive whose switch is in doubt (record: begun, not recorded) is refused a start until an operator decides: not a silent harm.
                 if (disk.Pending is null && disk.Open.FirstOrDefault(k => !disk.Volumes[k].Legal) is { Layer: not null } illegal)
                     Fail("abandoned-on-illegal-chain", $"disk {name} ({saga.Phase} at {saga.Step}): abandoned while the drive runs on ILLEGAL {illegal}; a restart refuses it");
+                // Abandon removes the side the drive does not use, or names what it left (issue 9): nothing else may stay.
+                else if (disk.Volumes.Keys.FirstOrDefault(k => !disk.Open.Contains(k)
+                             && !(State.LeftBehind ?? ValueList<LeftBehind>.Empty).Any(l => l.Image == disk.Image
+                                 && l.Domain == (k.Side == Side.Src ? saga.Plan.Source : saga.Plan.Destination))) is { Layer: not null } unnamed)
+                    Fail("abandon-left-unnamed", $"disk {name} ({saga.Phase} at {saga.Step}): the abandon left {unnamed}, which the drive does not use, and did not name it");
                 continue;
             }
             var moved = State.Status is MigrationStatus.Completed || saga.Phase == DiskPhase.Completed;
