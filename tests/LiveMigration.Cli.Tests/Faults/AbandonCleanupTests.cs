@@ -30,10 +30,7 @@ public sealed class AbandonCleanupTests : IAsyncLifetime
     {
         var clock = Stopwatch.StartNew();
         await _cluster.UpAsync();
-        var storage = Path.Combine(_cluster.DataDirectory, "storage");
-        await _cluster.Ok("domain", "create", "sdA", "--path", storage, "--capacity", "2GiB");
-        await _cluster.Ok("domain", "create", "sdB", "--path", storage, "--capacity", "2GiB");
-        await _cluster.Ok("vm", "create", "vm1", "--host", "host-1", "--disk", "64MiB@sdA:snapshots=2");
+        var storage = await FaultCheck.CreateDomainsAndVmAsync(_cluster, "host-1");
         var before = await _cluster.Json("vm", "show", "vm1");
         var sourceDomain = before.GetProperty("disks")[0].GetProperty("domain").GetString()!;
         var baseVolume = before.GetProperty("disks")[0].GetProperty("chain")[0].GetProperty("volume").GetString()!;

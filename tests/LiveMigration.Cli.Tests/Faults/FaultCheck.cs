@@ -44,6 +44,20 @@ public sealed record FaultOutcome(
 /// </summary>
 public static class FaultCheck
 {
+    /// <summary>
+    /// The common start of a fault case: domains sdA and sdB under <c>DATA/storage</c> and VM vm1 on
+    /// <paramref name="vmHost"/> with one 64 MiB disk, a chain of three volumes on sdA. Returns the storage folder
+    /// the outside check scans.
+    /// </summary>
+    public static async Task<string> CreateDomainsAndVmAsync(LocalClusterSession cluster, string vmHost = "host-1")
+    {
+        var storage = Path.Combine(cluster.DataDirectory, "storage");
+        await cluster.Ok("domain", "create", "sdA", "--path", storage, "--capacity", "2GiB");
+        await cluster.Ok("domain", "create", "sdB", "--path", storage, "--capacity", "2GiB");
+        await cluster.Ok("vm", "create", "vm1", "--host", vmHost, "--disk", "64MiB@sdA:snapshots=2");
+        return storage;
+    }
+
     /// <summary>Follows the migration, restarting dead nodes and abandoning a suspension, until it is finished.</summary>
     public static async Task<JsonElement> RunToEndAsync(LocalClusterSession cluster, string id, TimeSpan? within = null)
     {

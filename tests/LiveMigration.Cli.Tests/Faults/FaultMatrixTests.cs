@@ -52,10 +52,7 @@ public sealed class FaultMatrixTests : IAsyncLifetime
             ["LSM_ALLOW_FAULTS"] = "1",
         };
         await _cluster.UpAsync();
-        var storage = Path.Combine(_cluster.DataDirectory, "storage");
-        await _cluster.Ok("domain", "create", "sdA", "--path", storage, "--capacity", "2GiB");
-        await _cluster.Ok("domain", "create", "sdB", "--path", storage, "--capacity", "2GiB");
-        await _cluster.Ok("vm", "create", "vm1", "--host", "host-1", "--disk", "64MiB@sdA:snapshots=2");
+        var storage = await FaultCheck.CreateDomainsAndVmAsync(_cluster, "host-1");
         await _cluster.Ok("vm", "io", "vm1", "--rate", "4MiB/s", "--seconds", "4");
         var started = await _cluster.Json("migrate", "vm1", "--to", "sdB", "--strategy", strategy);
         var id = started.GetProperty("id").GetString()!;

@@ -54,10 +54,7 @@ public sealed class FrozenSpmTests(ITestOutputHelper output) : IAsyncLifetime
         };
         _cluster.UpArguments = ["--spm-hosts", "2"];
         await _cluster.UpAsync();
-        var storage = Path.Combine(_cluster.DataDirectory, "storage");
-        await _cluster.Ok("domain", "create", "sdA", "--path", storage, "--capacity", "2GiB");
-        await _cluster.Ok("domain", "create", "sdB", "--path", storage, "--capacity", "2GiB");
-        await _cluster.Ok("vm", "create", "vm1", "--host", "host-2", "--disk", "64MiB@sdA:snapshots=2");
+        var storage = await FaultCheck.CreateDomainsAndVmAsync(_cluster, "host-2");
         await _cluster.Ok("vm", "io", "vm1", "--rate", "4MiB/s", "--seconds", "4");
         // lsm local up starts host-1 first and Up before host-2: the oldest SPM-capable member, so the SPM.
         await WaitAsync("host-1 running the SPM", async () => await SpmHostAsync() == "host-1", TimeSpan.FromSeconds(30));

@@ -28,10 +28,7 @@ public sealed record CrashCase(string Adapter, string Strategy, string VmHost, s
         };
         if (crash.Adapter == "libvirt") cluster.UpArguments = ["--hypervisor", "libvirt", "--libvirt-guest-export"]; // the stand-in guest writes over NBD
         await cluster.UpAsync();
-        var storage = Path.Combine(cluster.DataDirectory, "storage");
-        await cluster.Ok("domain", "create", "sdA", "--path", storage, "--capacity", "2GiB");
-        await cluster.Ok("domain", "create", "sdB", "--path", storage, "--capacity", "2GiB");
-        await cluster.Ok("vm", "create", "vm1", "--host", crash.VmHost, "--disk", "64MiB@sdA:snapshots=2");
+        var storage = await FaultCheck.CreateDomainsAndVmAsync(cluster, crash.VmHost);
         await cluster.Ok("vm", "io", "vm1", "--rate", "4MiB/s", "--seconds", "4");
         var started = await cluster.Json("migrate", "vm1", "--to", "sdB", "--strategy", crash.Strategy);
         var id = started.GetProperty("id").GetString()!;

@@ -84,10 +84,7 @@ public sealed class PartitionTests : IAsyncLifetime
             "--node-netns", $"{host}={_link.Namespace}",
         ];
         await _cluster.UpAsync();
-        var storage = Path.Combine(_cluster.DataDirectory, "storage");
-        await _cluster.Ok("domain", "create", "sdA", "--path", storage, "--capacity", "2GiB");
-        await _cluster.Ok("domain", "create", "sdB", "--path", storage, "--capacity", "2GiB");
-        await _cluster.Ok("vm", "create", "vm1", "--host", vmHost, "--disk", "64MiB@sdA:snapshots=2");
+        var storage = await FaultCheck.CreateDomainsAndVmAsync(_cluster, vmHost);
         // until the VM (or the host that runs the workload) stops, so the guest writes through the whole partition
         await _cluster.Ok("vm", "io", "vm1", "--rate", "1MiB/s");
         var started = await _cluster.Json("migrate", "vm1", "--to", "sdB", "--strategy", strategy, "--bandwidth", "4MiB/s");
