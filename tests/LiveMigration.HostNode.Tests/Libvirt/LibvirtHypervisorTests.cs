@@ -87,6 +87,53 @@ public sealed class LibvirtHypervisorTests(LibvirtDaemonFixture daemon) : IAsync
         Assert.Equal(chain.PathsOn(_b, chain.Base, chain.Middle, chain.Leaf, newLeaf), (await _pool.ResolveChainAsync(_b.Id, chain.Image)).Layers.Select(l => l.Path));
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task A_VM_whose_QEMU_died_in_a_backing_switch_starts_on_the_layer_it_wrote_or_not_at_all_when_the_pivot_is_in_doubt(bool pivotAsked)
+    {
+        var hypervisor = Host("host-1", guestExport: true);
+        var chain = await ChainSeeder.SeedAsync(_a, FileLayerData.WriteAsync);
+        var vm = await hypervisor.StartVmAsync(new VmSpec(VmId.New(), "switch", [await _pool.ResolveChainAsync(_a.Id, chain.Image)]));
+        var newLeaf = VolumeId.New();
+        await _b.CreateVolumeAsync(new NewVolume(chain.Image, newLeaf, VolumeFormat.Cow, chain.Capacity, new VolumeRef(_a.Id, chain.Leaf), Owner: TestOwners.Default), _a);
+        var drive = await hypervisor.LiveSnapshotAsync(vm.Id, chain.Image, chain.LayerOn(_b, newLeaf));
+        var written = Enumerable.Range(0, 65536).Select(i => (byte)(i * 13)).ToArray();
+        await using (var guest = await NbdClient.ConnectAsync(drive.GuestSocket, drive.ExportName))
+        {
+            await guest.WriteAsync(40L << 20, written, fua: true);
+        }
+
+        // As a switch leaves it when its QEMU (and host) died during the copy: the layer QEMU wrote linked aside, a
+        // fresh overlay of the new backing (without the guest's writes) at its path; with the pivot mark if the pivot was asked for.
+        var leafPath = _b.Locate(chain.Image, newLeaf);
+        LibvirtNative.HardLink(leafPath, leafPath + ".lsm-switch");
+        await Processes.ProcessRunner.RunCheckedAsync("qemu-img", ["create", "-q", "-f", "qcow2", leafPath + ".lsm-fresh", "64M"], ErrorCodes.QemuImgFailed);
+        File.Move(leafPath + ".lsm-fresh", leafPath, overwrite: true);
+        if (pivotAsked) await File.WriteAllTextAsync(leafPath + ".lsm-pivot", "asked");
+        var pid = (await hypervisor.DescribeVmAsync(vm.Id)).Pid!.Value;
+        System.Diagnostics.Process.GetProcessById(pid).Kill();
+        await hypervisor.DisposeAsync();
+
+        var restarted = Host("host-1", guestExport: true);
+        var spec = new VmSpec(vm.Id, "switch", [await _pool.ResolveChainAsync(_b.Id, chain.Image)]);
+        if (pivotAsked)
+        {
+            var refused = await ContractAssert.FailsWithAsync(ErrorCodes.SwitchOutcomeUnknown, () => restarted.StartVmAsync(spec));
+            Assert.Contains(".lsm-switch", refused.Message);
+            Assert.True(File.Exists(leafPath + ".lsm-switch") && File.Exists(leafPath) && File.Exists(leafPath + ".lsm-pivot"), "both candidates and the mark are kept");
+            return;
+        }
+        var started = await restarted.StartVmAsync(spec);
+        Assert.False(File.Exists(leafPath + ".lsm-switch"));
+        var read = new byte[written.Length];
+        await using (var guest = await NbdClient.ConnectAsync(started.Drive(chain.Image).GuestSocket, started.Drive(chain.Image).ExportName))
+        {
+            await guest.ReadAsync(40L << 20, read);
+        }
+        Assert.Equal(written, read);
+    }
+
     private LibvirtHypervisor Host(string name, bool guestExport = false)
     {
         var hypervisor = new LibvirtHypervisor(new LibvirtHypervisorOptions { RunDirectory = Path.Combine(_root, name), GuestNbdExport = guestExport });

@@ -99,6 +99,7 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
         // A dead instance of this VM: let go of its domain handle and socket before it starts again.
         if (known is not null) Forget(known);
         if (await TryAdoptAsync(spec.Id, ct) is { } adopted) return await DescribeCoreAsync(adopted, ct);
+        SettleInterruptedSwitches(spec);
 
         var name = LibvirtDomainXml.DomainName(_options.NamePrefix, spec.Id);
         var guestSocket = "";
@@ -326,9 +327,11 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
     /// libvirt's way, as libvirt cannot re-point a running layer's backing: the active layer (path P) is copied by a
     /// shallow block copy onto a fresh overlay of the new backing put at the same path P, then pivoted. QEMU keeps the
     /// old layer open by its descriptor, so the fresh file replaces P by an atomic rename; the old layer stays
-    /// reachable under <c>P.lsm-switch</c> (a hard link) until the pivot is done, and is put back if anything fails.
-    /// Costs one extra copy of the active layer (what the guest wrote since the live snapshot); the copy shows as
-    /// the drive's block job while it runs.
+    /// reachable under <c>P.lsm-switch</c> (a hard link) until the pivot is done, and is put back if anything fails,
+    /// QEMU gone or not. <c>P.lsm-pivot</c> is written right before the pivot is asked for: a layer left behind without
+    /// it never pivoted and is the truth (<see cref="SettleInterruptedSwitches"/> puts it back before a start); with
+    /// it, QEMU died between asking and knowing, and both files are kept for an operator. Costs one extra copy of the
+    /// active layer (what the guest wrote since the live snapshot); the copy shows as the drive's block job while it runs.
     /// </summary>
     public async Task<DriveState> SwitchBackingChainAsync(VmId vmId, ImageId driveId, IReadOnlyList<ChainLayer> newBacking,
         CancellationToken ct = default)
@@ -340,11 +343,14 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
         var vm = LiveVm(vmId);
         var disk = (await ViewAsync(vm, ct)).Disk(vm.Id, driveId);
         var leaf = disk.OpenChain[^1];
-        var oldLayer = leaf + ".lsm-switch";
+        var oldLayer = leaf + SwitchSuffix;
+        var pivotMark = leaf + PivotSuffix;
         var newBackingPaths = newBacking.Select(l => l.Path).ToList();
         if (disk.OpenChain.SkipLast(1).SequenceEqual(newBackingPaths))
         {
-            File.Delete(oldLayer); // a switch that pivoted but did not tidy up
+            // a switch that pivoted but did not tidy up
+            File.Delete(oldLayer);
+            File.Delete(pivotMark);
             return await DriveStateAsync(vm, driveId, ct);
         }
         if (newBackingPaths.Contains(leaf))
@@ -357,10 +363,12 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
         {
             if (File.Exists(oldLayer))
             {
-                // An earlier switch stopped before its pivot: its copy ends, and the layer QEMU runs on gets its name back.
+                // An earlier switch stopped before its pivot (QEMU runs on the old backing still): its copy ends, and
+                // the layer QEMU runs on gets its name back.
                 if (disk.MirrorPath is not null)
                     await NativeAsync(() => LibvirtNative.BlockJobAbort(vm.Domain, disk.Target, 0, $"virDomainBlockJobAbort of VM {vmId} drive {driveId}"));
                 File.Move(oldLayer, leaf, overwrite: true);
+                File.Delete(pivotMark);
             }
             var fresh = leaf + ".lsm-fresh";
             await CreateOverlayAsync(fresh, leaf, newBacking[^1], ct);
@@ -374,6 +382,7 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
                     LibvirtNative.BlockCopyShallow | LibvirtNative.BlockCopyReuseExternal,
                     $"virDomainBlockCopy (backing switch) of VM {vmId} drive {driveId} onto a fresh overlay of {newBacking[^1].Path}"));
                 await WaitReadyAsync(vm, driveId, ct);
+                await WriteDurablyAsync(pivotMark, $"pivot of {leaf} onto {newBacking[^1].Path} asked for at {DateTimeOffset.UtcNow:O}\n", ct);
                 var pivot = Stopwatch.StartNew();
                 await PivotWhenReadyAsync(vm, disk, ct);
                 vm.LastPivotDuration = pivot.Elapsed;
@@ -381,16 +390,11 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
             }
             catch
             {
-                try
-                {
-                    if (await JobAsync(vm, driveId, CancellationToken.None) is not null)
-                        await NativeAsync(() => LibvirtNative.BlockJobAbort(vm.Domain, disk.Target, 0, $"virDomainBlockJobAbort of VM {vmId} drive {driveId}"));
-                    File.Move(oldLayer, leaf, overwrite: true);
-                }
-                catch (OperationFailedException) { /* the VM is gone; the next call says so */ }
+                await UndoSwitchAsync(vm, disk, leaf, newBackingPaths);
                 throw;
             }
             File.Delete(oldLayer);
+            File.Delete(pivotMark);
         }
         finally
         {
@@ -402,6 +406,71 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
             throw new OperationFailedException(ErrorCodes.JobFailed,
                 $"VM {vmId} drive {driveId} runs on [{string.Join(", ", state.OpenChain)}] after the backing switch, not [{string.Join(", ", expected)}]");
         return state;
+    }
+
+    private const string SwitchSuffix = ".lsm-switch";
+    private const string PivotSuffix = ".lsm-pivot";
+
+    /// <summary>
+    /// A backing switch that failed: the layer QEMU ran on gets its name back unless QEMU runs on the new chain (it
+    /// pivoted after all) — and also when QEMU is gone, as long as the pivot was never asked for (the fresh overlay at
+    /// its name holds only part of the copy). QEMU gone after asking: both files stay, in doubt, for
+    /// <see cref="SettleInterruptedSwitches"/> to refuse a start on either.
+    /// </summary>
+    private async Task UndoSwitchAsync(LibvirtVm vm, LibvirtDisk disk, string leaf, IReadOnlyList<string> newBackingPaths)
+    {
+        bool? pivoted = null; // null: QEMU is gone, nobody can ask it
+        try
+        {
+            if (await JobAsync(vm, disk.Image, CancellationToken.None) is not null)
+                await NativeAsync(() => LibvirtNative.BlockJobAbort(vm.Domain, disk.Target, 0, $"virDomainBlockJobAbort of VM {vm.Id} drive {disk.Image}"));
+            pivoted = (await ViewAsync(vm, CancellationToken.None)).Disk(vm.Id, disk.Image).OpenChain.SkipLast(1).SequenceEqual(newBackingPaths);
+        }
+        catch (OperationFailedException) { /* the VM is gone */ }
+        if (pivoted == true)
+        {
+            File.Delete(leaf + SwitchSuffix);
+            File.Delete(leaf + PivotSuffix);
+        }
+        else if (pivoted == false || !File.Exists(leaf + PivotSuffix))
+        {
+            File.Move(leaf + SwitchSuffix, leaf, overwrite: true);
+            File.Delete(leaf + PivotSuffix);
+        }
+    }
+
+    /// <summary>
+    /// Before a VM starts: a backing switch its host or QEMU died in left the layer QEMU ran on under
+    /// <c>P.lsm-switch</c> and a partial copy at P. Without the pivot mark the old layer is the truth and gets its name
+    /// back; with it the pivot may have happened, and the start is refused with both files named.
+    /// </summary>
+    private static void SettleInterruptedSwitches(VmSpec spec)
+    {
+        foreach (var layer in spec.Drives.SelectMany(d => d.Layers))
+        {
+            var path = layer.Path;
+            var oldLayer = path + SwitchSuffix;
+            if (!File.Exists(oldLayer))
+            {
+                File.Delete(path + PivotSuffix);
+                continue;
+            }
+            if (File.Exists(path + PivotSuffix))
+                throw new OperationFailedException(ErrorCodes.SwitchOutcomeUnknown,
+                    $"QEMU died while the backing switch of {path} pivoted: nobody can tell whether {path} (the new overlay) or {oldLayer} " +
+                    $"(the layer it ran on before) holds the last writes; both are kept, compare them, keep the newer at {path} and remove " +
+                    $"{oldLayer} and {path + PivotSuffix} before starting the VM");
+            File.Move(oldLayer, path, overwrite: true);
+        }
+    }
+
+    private static async Task WriteDurablyAsync(string path, string text, CancellationToken ct)
+    {
+        await using (var file = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 4096, FileOptions.WriteThrough))
+        {
+            await file.WriteAsync(System.Text.Encoding.UTF8.GetBytes(text), ct);
+            file.Flush(flushToDisk: true);
+        }
     }
 
     /// <summary>How long the last pivot of the VM took (the guest's stall), for the report's figures.</summary>
