@@ -17,11 +17,13 @@ public sealed class LocalClusterSession : IAsyncDisposable
     /// <summary>More switches for <c>lsm local up</c> (e.g. <c>--hypervisor libvirt</c>, <c>--spm-hosts 2</c>, the partition tests' node addresses and namespaces); a restart of dead nodes gets them too.</summary>
     public IReadOnlyList<string> UpArguments { get; set; } = [];
 
-    /// <summary>Starts the cluster, or (its nodes partly dead) the nodes that died; the API address may change.</summary>
+    /// <summary>Starts the cluster, or (its nodes partly dead) the nodes that died; the API address may change.
+    /// <c>up</c>'s own limit stays under the test's 90 s for a command, so a cluster that does not come up says what it
+    /// waited for instead of being killed silently.</summary>
     public async Task UpAsync()
     {
         var up = await CliProcess.RunWithEnvironmentAsync(null, Environment, null,
-            ["local", "up", "--hosts", "2", "--data-dir", DataDirectory, "--api-port", "0", "--fast-timings", .. UpArguments]);
+            ["local", "up", "--hosts", "2", "--data-dir", DataDirectory, "--api-port", "0", "--fast-timings", "--timeout", "75", .. UpArguments]);
         Assert.True(up.ExitCode == 0, up + "\n" + LogTails());
         Api = (await LocalClusterState.ReadAsync(DataDirectory))!.ApiUrl;
     }
