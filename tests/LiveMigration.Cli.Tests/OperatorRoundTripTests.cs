@@ -4,9 +4,9 @@ namespace LiveMigration.Cli.Tests;
 
 /// <summary>
 /// The operator's path of the issue "Trust: one durable truth of every disk's chain", typed as an operator would:
-/// a VM with a plain raw disk and a 3-volume chain moves pre-copy to another domain and post-copy back while its
-/// guest writes, the cluster goes down and up on the same data directory, the VM starts again on the chains its
-/// host recorded, every acknowledged write verifies, and it moves once more. Every command must exit 0.
+/// a VM with a plain raw disk and a 3-volume chain moves pre-copy to another domain, post-copy back and post-copy there
+/// again while its guest writes, the cluster goes down and up on the same data directory, the VM starts again on the
+/// chains its host recorded, every acknowledged write verifies, and it moves once more. Every command must exit 0.
 /// </summary>
 [Collection(LocalClusters.Name)]
 public sealed class OperatorRoundTripTests : IAsyncLifetime
@@ -52,6 +52,11 @@ public sealed class OperatorRoundTripTests : IAsyncLifetime
         await WriteWhileAsync(() => Ok("migrate", "vm1", "--to", "sdA", "--strategy", "post-copy", "--wait"));
         Assert.Equal(new[] { a, a }, await DiskDomainsAsync());
         await Ok("vm", "verify", "vm1");
+        // A second post-copy in a row builds its new leaf over the leaf the first one switched onto the raw base, so
+        // that leaf's header must name the base's real format (raw), not the qcow2 QEMU's change-backing-file writes.
+        await WriteWhileAsync(() => Ok("migrate", "vm1", "--to", "sdB", "--strategy", "post-copy", "--wait"));
+        Assert.Equal(new[] { b, b }, await DiskDomainsAsync());
+        await Ok("vm", "verify", "vm1");
 
         await Ok("local", "down", "--data-dir", _cluster.DataDirectory);
         await UpAsync();
@@ -60,15 +65,15 @@ public sealed class OperatorRoundTripTests : IAsyncLifetime
         var vm = await VmAsync();
         Assert.True(vm.GetProperty("running").GetBoolean(), vm.ToString());
         Assert.All(vm.GetProperty("disks").EnumerateArray(), d => Assert.All(d.GetProperty("chain").EnumerateArray(),
-            layer => Assert.Equal(a, layer.GetProperty("domain").GetString())));
+            layer => Assert.Equal(b, layer.GetProperty("domain").GetString())));
         await Ok("vm", "verify", "vm1");
 
-        await WriteWhileAsync(() => Ok("migrate", "vm1", "--to", "sdB", "--wait"));
-        Assert.Equal(new[] { b, b }, await DiskDomainsAsync());
+        await WriteWhileAsync(() => Ok("migrate", "vm1", "--to", "sdA", "--wait"));
+        Assert.Equal(new[] { a, a }, await DiskDomainsAsync());
         await Ok("vm", "verify", "vm1");
 
         // No volume is left on the domain the disks left.
-        var leftovers = Directory.EnumerateDirectories(Path.Combine(storage, a, "images")).ToList();
-        Assert.True(leftovers.Count == 0, $"left on sdA: {string.Join(", ", leftovers)}");
+        var leftovers = Directory.EnumerateDirectories(Path.Combine(storage, b, "images")).ToList();
+        Assert.True(leftovers.Count == 0, $"left on sdB: {string.Join(", ", leftovers)}");
     }
 }

@@ -21,6 +21,8 @@ internal static class BlockNodes
     public static string ExportId(ImageId drive) => "export-" + drive.Value.ToString("N");
 
     public static string MirrorJobId(ImageId drive) => "mirror-" + drive.Value.ToString("N")[..12];
+    /// <summary>The empty stream job that writes a leaf's backing format into its header (see QmpHypervisor's backing switch).</summary>
+    public static string HeaderJobId(ImageId drive) => "header-" + drive.Value.ToString("N")[..12];
 
     public static Dictionary<string, object?> FileNodeOptions(ChainLayer layer, bool readOnly) => new()
     {

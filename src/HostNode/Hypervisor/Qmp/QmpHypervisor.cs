@@ -382,7 +382,12 @@ public sealed class QmpHypervisor : IHypervisor
         var chain = drive.Chain;
         var leaf = chain[^1];
         var oldBacking = chain.SkipLast(1).ToList();
-        if (oldBacking.SequenceEqual(newBacking)) return await DriveStateAsync(vm, driveId, ct);
+        if (oldBacking.SequenceEqual(newBacking))
+        {
+            // a repeated switch: the header fix may not have run before (QEMU or this host died right after the switch)
+            await WriteBackingFormatAsync(vm, driveId, leaf, newBacking[^1], ct);
+            return await DriveStateAsync(vm, driveId, ct);
+        }
         if (newBacking.Any(l => BlockNodes.FormatNode(l) == BlockNodes.FormatNode(leaf)))
             throw new OperationFailedException(ErrorCodes.InvalidArgument, $"the new backing chain of drive {driveId} contains its leaf {leaf.Volume}");
         if (drive.MirrorTarget is not null)
@@ -405,12 +410,37 @@ public sealed class QmpHypervisor : IHypervisor
             ["image-node-name"] = leafNode,
             ["backing-file"] = backingName,
         }, ct);
+        await WriteBackingFormatAsync(vm, driveId, leaf, newTop, ct);
         await DeleteNodesAsync(vm, oldBacking.AsEnumerable().Reverse().Where(l => !newBacking.Contains(l)).ToList(), ct);
         await SaveAsync(vm, vm.Manifest.WithDrive(drive with
         {
             Layers = newBacking.Append(leaf).Select(LayerManifest.From).ToList(),
         }), ct);
         return await DriveStateAsync(vm, driveId, ct);
+    }
+
+    /// <summary>
+    /// <c>change-backing-file</c> writes the image's own format (qcow2) as its backing's format, wrong over a raw base:
+    /// the header would then name a raw file as qcow2 and every later <c>qemu-img</c> over the chain (the next
+    /// migration's new leaf) fails. A stream job whose base is the leaf's own backing copies nothing and, when it ends,
+    /// writes the header again with the backing's real format.
+    /// </summary>
+    private async Task WriteBackingFormatAsync(QemuVm vm, ImageId driveId, ChainLayer leaf, ChainLayer backing, CancellationToken ct)
+    {
+        if (backing.Format == VolumeFormat.Cow) return;
+        var jobId = BlockNodes.HeaderJobId(driveId);
+        var backingName = Path.GetDirectoryName(backing.Path) == Path.GetDirectoryName(leaf.Path) ? Path.GetFileName(backing.Path) : backing.Path;
+        vm.JobEnds.TryRemove(jobId, out QmpEvent? _);
+        await ExecuteAsync(vm, "block-stream", new Dictionary<string, object?>
+        {
+            ["job-id"] = jobId,
+            ["device"] = BlockNodes.FormatNode(leaf),
+            ["base-node"] = BlockNodes.FormatNode(backing),
+            ["backing-file"] = backingName,
+        }, ct);
+        if (await WaitForJobEndAsync(vm, jobId, ct) is { } ended && ended.Data.TryGetProperty("error", out var error))
+            throw new OperationFailedException(ErrorCodes.JobFailed,
+                $"VM {vm.Id} drive {driveId}: writing the backing format ({backing.Format}) into {leaf.Path}'s header failed: {error.GetString()}");
     }
 
     /// <summary>How long the last pivot of the VM took from <c>block-job-complete</c> to the job's end (for the report's figures).</summary>
@@ -488,17 +518,19 @@ public sealed class QmpHypervisor : IHypervisor
             case "BLOCK_JOB_READY" when drive is { } d:
                 raised = new BlockJobReady(vm.Id, d, jobId);
                 break;
-            case "BLOCK_JOB_COMPLETED" when drive is { } d:
+            case "BLOCK_JOB_COMPLETED":
+                // every job's end is kept (also the header job's, which is no drive's copy), so its waiter sees an error
                 vm.JobEnds[jobId] = e;
+                if (drive is not { } ended) break;
                 raised = e.Data.TryGetProperty("error", out var error)
-                    ? new BlockJobFailed(vm.Id, d, jobId, error.GetString() ?? "unknown error")
+                    ? new BlockJobFailed(vm.Id, ended, jobId, error.GetString() ?? "unknown error")
                     : vm.CancelRequested.ContainsKey(jobId)
-                        ? new BlockJobCancelled(vm.Id, d, jobId)
-                        : new BlockJobCompleted(vm.Id, d, jobId);
+                        ? new BlockJobCancelled(vm.Id, ended, jobId)
+                        : new BlockJobCompleted(vm.Id, ended, jobId);
                 break;
-            case "BLOCK_JOB_CANCELLED" when drive is { } d:
+            case "BLOCK_JOB_CANCELLED":
                 vm.JobEnds[jobId] = e;
-                raised = new BlockJobCancelled(vm.Id, d, jobId);
+                if (drive is { } cancelled) raised = new BlockJobCancelled(vm.Id, cancelled, jobId);
                 break;
         }
         vm.Pulse();
