@@ -15,7 +15,8 @@ namespace LiveMigration.HostNode.Hsm;
 /// <summary>
 /// The Host Storage Manager of one host (DESIGN §2): runs the HSM steps of the saga on this host's
 /// hypervisor — mirror, wait for READY, pivot, cancel, live snapshot, backing switch. Each call runs
-/// as a task piped back to the actor. Readiness comes from the hypervisor's pushed events (never a
+/// as a task piped back to the actor; what a step does on the hypervisor and the VM record is <see cref="DriveSteps"/>'
+/// (the one implementation, which DiskMover runs too), the actor adds the ledger, the replies and the non-blocking wait. Readiness comes from the hypervisor's pushed events (never a
 /// polling timer): the event handler only tells the actor, the actor then reads the job once. Progress is
 /// different: operators watch the bars move, so while a mirror is waited for and not READY the actor reads
 /// the job about once a second and pushes <see cref="OperationProgress"/> to the waiters. On start

@@ -14,7 +14,8 @@ namespace LiveMigration.HostNode.Spm;
 /// <summary>
 /// The Storage Pool Manager (DESIGN §2): the one place that changes pool metadata and copies data
 /// between domains. Runs the SPM steps of the saga on the pool's domains, each as a task piped back,
-/// so the actor keeps answering while a copy runs. A repeated operation id attaches to the running
+/// so the actor keeps answering while a copy runs; what a step does on storage is <see cref="StorageSteps"/>'
+/// (the one implementation, which DiskMover runs too), the actor adds the ledger, the replies and the lease. A repeated operation id attaches to the running
 /// work or gets the remembered answer; an id it never saw (a restart, a singleton that moved) is
 /// simply done again, which the idempotent storage port turns into the same effect and answer.
 /// </summary>
