@@ -1,7 +1,11 @@
 using System.Diagnostics;
 using LiveMigration.HostNode.Hypervisor;
+using LiveMigration.HostNode.Management;
+using LiveMigration.HostNode.Steps;
 using LiveMigration.HostNode.Storage;
+using LiveMigration.Shared.Migration;
 using LiveMigration.Shared.Model;
+using LiveMigration.Shared.Protocol;
 
 namespace LiveMigration.HostNode.Migration;
 
@@ -32,255 +36,290 @@ public sealed record MoveReport(
     DriveState FinalDrive);
 
 /// <summary>
-/// The host-layer sequence of one disk move (DESIGN §3) on a single host that sees both domains:
-/// the steps the cluster saga will later send one by one to the SPM and the HSM. Before the point
-/// of no return any failure rolls back (cancel the mirror, delete the destination image, the VM
-/// runs on as before); after it, steps are retried, and if they still fail the VM keeps running on
-/// a valid cross-domain chain and <see cref="MoveSuspendedException"/> says why.
+/// The host-layer sequence of one disk move (DESIGN §3) on a single host that sees both domains: the saga's steps in
+/// the saga's order, each run by the same code the SPM and HSM actors run (<see cref="StorageSteps"/>,
+/// <see cref="DriveSteps"/>) on a plan that names the source leaf (the one the drive has open) and the new leaf by id.
+/// Before the point of no return any failure rolls back (cancel the mirror, delete the destination image, the VM runs
+/// on as before). A switch that fails is probed first (DESIGN §7.4): rolled back only when the drive runs on the source,
+/// rolled forward when it runs on the destination, and left as it is, both chains kept, when nobody can tell. After the
+/// switch, steps are retried, and if they still fail the VM keeps running on a valid chain and
+/// <see cref="MoveSuspendedException"/> says why.
 /// </summary>
-public sealed class DiskMover(StoragePool pool, IHypervisor hypervisor)
+/// <param name="catalog">
+/// The host's VM records, when the VM is one its host manages: the switches then write their intent and outcome there as
+/// the HSM's do. Null for a VM started on the hypervisor directly (the host-layer demo and tests): nobody starts it again
+/// from a record, so there is none to keep, and a switch in doubt with QEMU gone cannot be decided (the move is suspended).
+/// </param>
+public sealed class DiskMover(StoragePool pool, IHypervisor hypervisor, VmCatalog? catalog = null)
 {
-    public Task<MoveReport> MoveAsync(VmId vm, ImageId image, DomainId source, DomainId destination,
+    private readonly IHypervisor _hypervisor = hypervisor;
+    private readonly StorageSteps _storage = new(pool);
+    private readonly DriveSteps _drive = new(hypervisor, pool, new DriveRecords(hypervisor, pool, catalog));
+
+    public async Task<MoveReport> MoveAsync(VmId vm, ImageId image, DomainId source, DomainId destination,
         MoveOptions? options = null, IProgress<MoveProgress>? progress = null, CancellationToken ct = default)
     {
         options ??= new MoveOptions();
+        var plan = await PlanAsync(vm, image, source, destination, ct);
         // Each move is a migration of its own: it owns the volumes it makes, and deletes only those (DESIGN §7 invariant 3).
-        var owner = new VolumeOwner(MigrationId.New(), VolumeOwner.Unfenced);
-        return options.Strategy == MoveStrategy.PreCopy
-            ? PreCopyAsync(vm, image, source, destination, owner, options, progress, ct)
-            : PostCopyAsync(vm, image, source, destination, owner, options, progress, ct);
+        var move = new Move(this, vm, plan, MigrationId.New(), options, progress);
+        return options.Strategy == MoveStrategy.PreCopy ? await move.PreCopyAsync(ct) : await move.PostCopyAsync(ct);
     }
 
-    private async Task<(IStorageDomain Src, IStorageDomain Dst, ImageInfo SrcImage)> ValidateAsync(
-        VmId vm, ImageId image, DomainId source, DomainId destination, CancellationToken ct)
+    /// <summary>
+    /// Validates the move and names its leaves: the source leaf is the volume the drive has open as its top, read from
+    /// QEMU and mapped to its volume as the host's reports map it (the same fact the saga's plan takes from them).
+    /// </summary>
+    private async Task<DiskPlan> PlanAsync(VmId vm, ImageId image, DomainId source, DomainId destination, CancellationToken ct)
     {
         if (source == destination)
             throw new OperationFailedException(ErrorCodes.InvalidArgument, $"image {image} is already on domain {destination}");
-        var src = pool.Get(source);
-        var dst = pool.Get(destination);
-        var vmInfo = await hypervisor.DescribeVmAsync(vm, ct);
+        pool.Get(source);
+        pool.Get(destination);
+        var vmInfo = await _hypervisor.DescribeVmAsync(vm, ct);
         if (!vmInfo.Running)
             throw new OperationFailedException(ErrorCodes.VmNotRunning, $"VM {vm} is not running");
         var drive = vmInfo.Drive(image);
-        var srcImage = await src.DescribeImageAsync(image, ct);
-        var expectedLeaf = src.Locate(image, srcImage.Leaf.Id);
-        if (drive.OpenChain.Count == 0 || drive.OpenChain[^1] != expectedLeaf)
-            throw new OperationFailedException(ErrorCodes.Conflict,
-                $"VM {vm} drive {image} runs on {(drive.OpenChain.Count == 0 ? "nothing" : drive.OpenChain[^1])}, not on the leaf of domain {source}");
         if (drive.Job is not null)
             throw new OperationFailedException(ErrorCodes.Conflict, $"VM {vm} drive {image} already has block job {drive.Job.JobId}");
-        return (src, dst, srcImage);
+        var open = await VmReports.DescribeDriveAsync(drive, pool, ct);
+        if (open.Chain.Count == 0 || open.Chain.Count != drive.OpenChain.Count || open.Chain.Any(layer => layer.Domain != source))
+            throw new OperationFailedException(ErrorCodes.Conflict,
+                $"VM {vm} drive {image} runs on [{string.Join(", ", drive.OpenChain)}], not on a chain that lies wholly on domain {source}");
+        return new DiskPlan(image, source, destination, open.AllocatedBytes, NewLeaf: VolumeId.New(), SourceLeaf: open.Chain[^1].Volume);
     }
 
-    private async Task<MoveReport> PreCopyAsync(VmId vm, ImageId image, DomainId source, DomainId destination, VolumeOwner owner,
-        MoveOptions options, IProgress<MoveProgress>? progress, CancellationToken ct)
+    /// <summary>One move under way: its plan, its step clock, and the steps it started (what a rollback undoes).</summary>
+    private sealed class Move(DiskMover mover, VmId vm, DiskPlan plan, MigrationId migration, MoveOptions options, IProgress<MoveProgress>? progress)
     {
-        var clock = new StepClock();
-        var (src, dst, srcImage) = await ValidateAsync(vm, image, source, destination, ct);
-        long copied = 0;
-        TimeSpan pivotTook;
-        DriveState final;
-        try
+        private readonly StepClock _clock = new();
+        private readonly HashSet<MigrationStep> _started = [];
+        private readonly Dictionary<MigrationStep, int> _attempts = [];
+        private ImageId Image => plan.Image;
+        private MigrationStrategy Strategy => options.Strategy == MoveStrategy.PreCopy ? MigrationStrategy.PreCopy : MigrationStrategy.PostCopy;
+
+        public async Task<MoveReport> PreCopyAsync(CancellationToken ct)
         {
-            progress?.Report(new MoveProgress(image, "clone-structure", 0, 1));
-            var clone = await dst.CloneImageStructureAsync(src, image, owner, ct);
-            clock.Lap("clone-structure");
-
-            var leaf = clone.Leaf;
-            var job = await hypervisor.StartMirrorAsync(new MirrorRequest(vm, image,
-                new ChainLayer(new VolumeRef(dst.Id, leaf.Id), dst.Locate(image, leaf.Id), leaf.Format),
-                options.SpeedBytesPerSecond, options.CopyMode), ct);
-            progress?.Report(new MoveProgress(image, "mirror", job.Offset, job.Length));
-            clock.Lap("start-mirror");
-
-            // The internal layers are read-only in QEMU, so the SPM copies them while the mirror runs.
-            foreach (var volume in clone.Volumes.Take(clone.Volumes.Count - 1))
+            long copied = 0;
+            try
             {
-                var step = $"sync-internal {volume.Id}";
-                var copiedVolume = await dst.CopyVolumeDataAsync(src, image, volume.Id,
-                    progress is null ? null : new Progress<CopyProgress>(p => progress.Report(new MoveProgress(image, step, p.Done, p.Total))), ct);
-                copied += copiedVolume.AllocatedBytes;
+                Report("clone-structure", 0, 1);
+                await StepAsync(MigrationStep.CloneImageStructure, ct);
+                _clock.Lap("clone-structure");
+
+                await StepAsync(MigrationStep.StartReplication, ct);
+                if (await mover._hypervisor.GetBlockJobAsync(vm, Image, ct) is { } job) Report("mirror", job.Offset, job.Length);
+                _clock.Lap("start-mirror");
+
+                // The internal layers are read-only in QEMU, so they are copied while the mirror runs.
+                copied += (await StepAsync(MigrationStep.SyncInternalVolumes, ct, CopyProgressAs("sync-internal"))).BytesCopied;
+                _clock.Lap("sync-internal");
+
+                var ready = await WaitForMirrorReadyAsync(ct);
+                copied += ready.Length;
+                _clock.Lap("mirror-ready");
+                Report("mirror-ready", ready.Offset, ready.Length);
             }
-            clock.Lap("sync-internal");
-
-            var ready = await WaitForMirrorReadyAsync(vm, image, progress, ct);
-            copied += ready.Length;
-            clock.Lap("mirror-ready");
-            progress?.Report(new MoveProgress(image, "mirror-ready", ready.Offset, ready.Length));
-
-            var backing = (await pool.ResolveChainAsync(dst.Id, image, ct)).Backing;
-            var pivotClock = Stopwatch.StartNew();
-            final = await hypervisor.PivotAsync(vm, image, backing, ct);
-            pivotTook = pivotClock.Elapsed;
-            clock.Lap("pivot");
-        }
-        catch (Exception e)
-        {
-            await RollBackPreCopyAsync(vm, image, dst, owner, e);
-            throw;
-        }
-
-        // Past the pivot: the VM writes on the destination. Confirm it, then finish forward.
-        var destinationChain = await pool.ResolveChainAsync(dst.Id, image, CancellationToken.None);
-        EnsureRunsOn(final, destinationChain, vm);
-        await dst.MarkLegalAsync(image, destinationChain.Leaf.Volume.Volume, CancellationToken.None);
-        if (options.DeleteSource)
-            await SourceRetirement.DeleteSourceImageAsync(src, dst, image, owner.Migration, CancellationToken.None);
-        clock.Lap("finish");
-        progress?.Report(new MoveProgress(image, "completed", 1, 1));
-        return new MoveReport(image, MoveStrategy.PreCopy, clock.Laps, clock.Total, pivotTook, copied, final);
-    }
-
-    private async Task RollBackPreCopyAsync(VmId vm, ImageId image, IStorageDomain dst, VolumeOwner owner, Exception cause)
-    {
-        try
-        {
-            await hypervisor.CancelMirrorAsync(vm, image, CancellationToken.None);
-        }
-        catch (OperationFailedException e) when (e.Code is ErrorCodes.VmNotRunning or ErrorCodes.NoSuchJob or ErrorCodes.VmNotFound)
-        {
-            // Nothing to cancel: the VM is gone or the mirror never started.
-        }
-        catch (OperationFailedException e)
-        {
-            throw new OperationFailedException(e.Code,
-                $"rollback of image {image} could not cancel the mirror ({e.Message}) after: {cause.Message}", cause);
-        }
-        await dst.DeleteOwnedVolumesAsync(image, owner, CancellationToken.None);
-    }
-
-    private async Task<MoveReport> PostCopyAsync(VmId vm, ImageId image, DomainId source, DomainId destination, VolumeOwner owner,
-        MoveOptions options, IProgress<MoveProgress>? progress, CancellationToken ct)
-    {
-        var clock = new StepClock();
-        var (src, dst, srcImage) = await ValidateAsync(vm, image, source, destination, ct);
-        var oldLeaf = srcImage.Leaf;
-        var newLeafId = VolumeId.New();
-        TimeSpan snapshotTook;
-        try
-        {
-            progress?.Report(new MoveProgress(image, "create-cross-domain-leaf", 0, 1));
-            var newLeaf = await dst.CreateVolumeAsync(new NewVolume(image, newLeafId, VolumeFormat.Cow, oldLeaf.Capacity,
-                new VolumeRef(src.Id, oldLeaf.Id), Legality.Legal, owner), src, ct);
-            clock.Lap("create-cross-domain-leaf");
-
-            var snapshotClock = Stopwatch.StartNew();
-            await hypervisor.LiveSnapshotAsync(vm, image,
-                new ChainLayer(new VolumeRef(dst.Id, newLeaf.Id), dst.Locate(image, newLeaf.Id), newLeaf.Format), ct);
-            snapshotTook = snapshotClock.Elapsed;
-            clock.Lap("live-snapshot");
-        }
-        catch (Exception)
-        {
-            // Before the snapshot the VM never wrote on the destination: drop what was made there.
-            await dst.DeleteOwnedVolumesAsync(image, owner, CancellationToken.None);
-            throw;
-        }
-
-        // Point of no return: the VM writes on the destination leaf over the source chain. Roll forward.
-        long copied = 0;
-        var final = await RollForwardAsync("clone-internal-volumes", options, async () =>
-        {
-            // Twins of the old chain under the new leaf, empty and ILLEGAL until copied and verified.
-            await dst.CloneImageStructureAsync(src, image, owner, ct);
-            foreach (var volume in srcImage.Volumes)
+            catch (Exception e)
             {
-                var step = $"clone-internal {volume.Id}";
-                var copiedVolume = await dst.CopyVolumeDataAsync(src, image, volume.Id,
-                    progress is null ? null : new Progress<CopyProgress>(p => progress.Report(new MoveProgress(image, step, p.Done, p.Total))), ct);
-                copied += copiedVolume.AllocatedBytes;
+                await RollBackAsync(e);
+                throw;
             }
-            // The SPM points the new leaf's metadata at the copy; QEMU rewrites the header in the switch.
-            await dst.SetParentAsync(image, newLeafId, new VolumeRef(dst.Id, oldLeaf.Id), null, rewriteHeader: false, ct);
-            clock.Lap("clone-internal-volumes");
 
-            var copyChain = await pool.ResolveChainAsync(await dst.DescribeVolumeAsync(image, oldLeaf.Id, ct), ct);
-            var switched = await hypervisor.SwitchBackingChainAsync(vm, image, copyChain.Layers, ct);
-            clock.Lap("switch-backing-chain");
-            EnsureRunsOn(switched, await pool.ResolveChainAsync(dst.Id, image, ct), vm);
-            return switched;
-        }, ct);
+            var pivotTook = await SwitchAsync(MigrationStep.Pivot, ct);
+            _clock.Lap("pivot");
 
-        if (options.DeleteSource)
-            await SourceRetirement.DeleteSourceImageAsync(src, dst, image, owner.Migration, CancellationToken.None);
-        clock.Lap("finish");
-        progress?.Report(new MoveProgress(image, "completed", 1, 1));
-        return new MoveReport(image, MoveStrategy.PostCopy, clock.Laps, clock.Total, snapshotTook, copied, final);
-    }
+            // Past the pivot: the VM writes on the destination. Finish forward, cancelled or not.
+            await RollForwardAsync(MigrationStep.MarkDestinationLeafLegal, CancellationToken.None);
+            if (options.DeleteSource) await RollForwardAsync(MigrationStep.DeleteSourceImage, CancellationToken.None);
+            _clock.Lap("finish");
+            return await FinishAsync(pivotTook, copied);
+        }
 
-    private static async Task<T> RollForwardAsync<T>(string step, MoveOptions options, Func<Task<T>> attempt, CancellationToken ct)
-    {
-        var delay = TimeSpan.FromMilliseconds(200);
-        for (var i = 1; ; i++)
+        public async Task<MoveReport> PostCopyAsync(CancellationToken ct)
         {
             try
             {
-                return await attempt();
+                Report("create-cross-domain-leaf", 0, 1);
+                await StepAsync(MigrationStep.CreateVolumeCrossDomain, ct);
+                _clock.Lap("create-cross-domain-leaf");
             }
-            catch (OperationFailedException e) when (i < options.RollForwardAttempts && e.Code != ErrorCodes.VmNotRunning)
+            catch (Exception e)
             {
-                await Task.Delay(delay, ct);
-                delay *= 2;
+                // Before the snapshot the VM never wrote on the destination: drop what was made there.
+                await RollBackAsync(e);
+                throw;
+            }
+
+            var snapshotTook = await SwitchAsync(MigrationStep.LiveSnapshotToDestination, ct);
+            _clock.Lap("live-snapshot");
+
+            // Point of no return: the VM writes on the destination leaf over the source chain. Roll forward.
+            var copied = (await RollForwardAsync(MigrationStep.CloneInternalVolumes, ct, CopyProgressAs("clone-internal"))).BytesCopied;
+            _clock.Lap("clone-internal-volumes");
+            await RollForwardAsync(MigrationStep.SwitchBackingChain, ct);
+            _clock.Lap("switch-backing-chain");
+            if (options.DeleteSource) await RollForwardAsync(MigrationStep.DeleteSourceImage, ct);
+            _clock.Lap("finish");
+            return await FinishAsync(snapshotTook, copied);
+        }
+
+        private async Task<MoveReport> FinishAsync(TimeSpan switchTook, long copied)
+        {
+            Report("completed", 1, 1);
+            var final = (await mover._hypervisor.DescribeVmAsync(vm, CancellationToken.None)).Drive(Image);
+            return new MoveReport(Image, options.Strategy, _clock.Laps, _clock.Total, switchTook, copied, final);
+        }
+
+        /// <summary>Runs a step by the one implementation the actors run too.</summary>
+        private async Task<StepOutcome> StepAsync(MigrationStep step, CancellationToken ct, IProgress<CopyProgress>? copyProgress = null)
+        {
+            _started.Add(step);
+            var attempt = _attempts[step] = _attempts.GetValueOrDefault(step) + 1;
+            var command = new ExecuteStep(new OperationId(migration, step, Image, attempt), vm, plan, Strategy,
+                options.SpeedBytesPerSecond, options.CopyMode);
+            return StorageSteps.Runs(step)
+                ? await mover._storage.RunAsync(command, copyProgress, ct)
+                : await mover._drive.RunAsync(command, ct);
+        }
+
+        /// <summary>
+        /// The switch (pivot or live snapshot); when it fails its outcome may be unknown (DESIGN §7.4), so the drive is
+        /// probed before anything is undone: on the source, roll back; on the destination, go on; nobody can tell,
+        /// suspend with both chains kept. Returns how long the switch took.
+        /// </summary>
+        private async Task<TimeSpan> SwitchAsync(MigrationStep step, CancellationToken ct)
+        {
+            var took = Stopwatch.StartNew();
+            try
+            {
+                await StepAsync(step, ct);
+                return took.Elapsed;
             }
             catch (Exception e) when (e is OperationFailedException or OperationCanceledException)
             {
-                throw new MoveSuspendedException(step, e);
+                StepOutcome probe;
+                try
+                {
+                    probe = await StepAsync(MigrationStep.ProbeSwitch, CancellationToken.None);
+                }
+                catch (OperationFailedException unknown)
+                {
+                    throw new MoveSuspendedException(StepName(step),
+                        new OperationFailedException(unknown.Code, $"{unknown.Message} (after the {StepName(step)} failed: {e.Message})", e));
+                }
+                if (probe.Switch != SwitchFinding.OnDestination)
+                {
+                    await RollBackAsync(e);
+                    throw;
+                }
+                return took.Elapsed;
             }
         }
-    }
 
-    private async Task<BlockJobInfo> WaitForMirrorReadyAsync(VmId vm, ImageId image, IProgress<MoveProgress>? progress, CancellationToken ct)
-    {
-        var outcome = new TaskCompletionSource<HypervisorEvent>(TaskCreationOptions.RunContinuationsAsynchronously);
-        void OnEvent(HypervisorEvent e)
+        /// <summary>Undoes the steps started before the point of no return, as the saga's rollback does, then lets the cause go on.</summary>
+        private async Task RollBackAsync(Exception cause)
         {
-            if (e.Vm != vm) return;
-            if (e is BlockJobReady r && r.Drive == image || e is BlockJobFailed f && f.Drive == image
-                || e is BlockJobCancelled c && c.Drive == image || e is VmStopped)
-                outcome.TrySetResult(e);
-        }
-        hypervisor.EventRaised += OnEvent;
-        try
-        {
-            while (true)
+            if (_started.Contains(MigrationStep.StartReplication))
             {
-                // Readiness comes as an event; the job is read between waits to show progress
-                // (QEMU has no progress event) and so an event sent before we subscribed is not missed.
-                var job = await hypervisor.GetBlockJobAsync(vm, image, ct)
-                          ?? throw new OperationFailedException(ErrorCodes.NoSuchJob, $"the mirror of drive {image} on VM {vm} is gone");
-                progress?.Report(new MoveProgress(image, "mirror", job.Offset, job.Length));
-                if (job.Phase == BlockJobPhase.Ready) return job;
-                if (job.Phase is BlockJobPhase.Failed or BlockJobPhase.Cancelled)
-                    throw new OperationFailedException(ErrorCodes.JobFailed, $"the mirror of drive {image} ended {job.Phase}: {job.Error}");
-                var done = await Task.WhenAny(outcome.Task, Task.Delay(TimeSpan.FromMilliseconds(250), ct));
-                ct.ThrowIfCancellationRequested();
-                if (done == outcome.Task)
+                try
                 {
-                    switch (outcome.Task.Result)
-                    {
-                        case BlockJobFailed failed:
-                            throw new OperationFailedException(ErrorCodes.JobFailed, $"the mirror of drive {image} failed: {failed.Error}");
-                        case BlockJobCancelled:
-                            throw new OperationFailedException(ErrorCodes.JobFailed, $"the mirror of drive {image} was cancelled");
-                        case VmStopped stopped:
-                            throw new OperationFailedException(ErrorCodes.VmNotRunning, $"VM {vm} stopped during the mirror: {stopped.Reason}");
-                    }
-                    outcome = new TaskCompletionSource<HypervisorEvent>(TaskCreationOptions.RunContinuationsAsynchronously);
+                    await StepAsync(MigrationStep.CancelReplication, CancellationToken.None);
+                }
+                catch (OperationFailedException e) when (e.Code is ErrorCodes.VmNotRunning or ErrorCodes.NoSuchJob or ErrorCodes.VmNotFound)
+                {
+                    // Nothing to cancel: the VM is gone or the mirror never started.
+                }
+                catch (OperationFailedException e)
+                {
+                    throw new OperationFailedException(e.Code,
+                        $"rollback of image {Image} could not cancel the mirror ({e.Message}) after: {cause.Message}", cause);
+                }
+            }
+            if (_started.Contains(MigrationStep.CloneImageStructure) || _started.Contains(MigrationStep.CreateVolumeCrossDomain))
+            {
+                try
+                {
+                    await StepAsync(MigrationStep.DeleteDestinationImage, CancellationToken.None);
+                }
+                catch (OperationFailedException e) when (e.Code is ErrorCodes.ImageNotFound)
+                {
+                    // Nothing was made there.
                 }
             }
         }
-        finally
-        {
-            hypervisor.EventRaised -= OnEvent;
-        }
-    }
 
-    private static void EnsureRunsOn(DriveState drive, DriveChain expected, VmId vm)
-    {
-        var want = expected.Layers.Select(l => l.Path).ToList();
-        if (!drive.OpenChain.SequenceEqual(want))
-            throw new OperationFailedException(ErrorCodes.Conflict,
-                $"VM {vm} drive {drive.Image} runs on [{string.Join(", ", drive.OpenChain)}], expected [{string.Join(", ", want)}]");
+        /// <summary>A step after the point of no return: retried with backoff, then the move is suspended with the VM on a valid chain.</summary>
+        private async Task<StepOutcome> RollForwardAsync(MigrationStep step, CancellationToken ct, IProgress<CopyProgress>? copyProgress = null)
+        {
+            var delay = TimeSpan.FromMilliseconds(200);
+            for (var i = 1; ; i++)
+            {
+                try
+                {
+                    return await StepAsync(step, ct, copyProgress);
+                }
+                catch (OperationFailedException e) when (i < options.RollForwardAttempts && e.Code != ErrorCodes.VmNotRunning)
+                {
+                    await Task.Delay(delay, ct);
+                    delay *= 2;
+                }
+                catch (Exception e) when (e is OperationFailedException or OperationCanceledException)
+                {
+                    throw new MoveSuspendedException(StepName(step), e);
+                }
+            }
+        }
+
+        /// <summary>
+        /// Waits for READY as the HSM does: the job is read (on entry, on an event, and between waits to show progress,
+        /// as QEMU has no progress event), and <see cref="MirrorReadiness"/> says what it means.
+        /// </summary>
+        private async Task<BlockJobInfo> WaitForMirrorReadyAsync(CancellationToken ct)
+        {
+            _started.Add(MigrationStep.WaitMirrorReady);
+            var wake = new TaskCompletionSource<MirrorEvent>(TaskCreationOptions.RunContinuationsAsynchronously);
+            void OnEvent(HypervisorEvent e)
+            {
+                var meaning = MirrorReadiness.Read(e, vm, Image);
+                if (meaning.Error is not null || meaning.ReadJob) wake.TrySetResult(meaning);
+            }
+            mover._hypervisor.EventRaised += OnEvent;
+            try
+            {
+                while (true)
+                {
+                    var job = await mover._hypervisor.GetBlockJobAsync(vm, Image, ct);
+                    if (job is not null) Report("mirror", job.Offset, job.Length);
+                    if (MirrorReadiness.Judge(vm, Image, job) is not null) return job!;
+                    var woken = await Task.WhenAny(wake.Task, Task.Delay(TimeSpan.FromMilliseconds(250), ct));
+                    ct.ThrowIfCancellationRequested();
+                    if (woken != wake.Task) continue;
+                    if (wake.Task.Result.Error is { } error) throw error;
+                    wake = new TaskCompletionSource<MirrorEvent>(TaskCreationOptions.RunContinuationsAsynchronously);
+                }
+            }
+            finally
+            {
+                mover._hypervisor.EventRaised -= OnEvent;
+            }
+        }
+
+        private void Report(string step, long done, long total) => progress?.Report(new MoveProgress(Image, step, done, total));
+
+        private IProgress<CopyProgress>? CopyProgressAs(string step) =>
+            progress is null ? null : new InlineProgress<CopyProgress>(p => Report(step, p.Done, p.Total));
+
+        private static string StepName(MigrationStep step) => step switch
+        {
+            MigrationStep.Pivot => "pivot",
+            MigrationStep.LiveSnapshotToDestination => "live-snapshot",
+            MigrationStep.MarkDestinationLeafLegal => "mark-destination-leaf-legal",
+            MigrationStep.CloneInternalVolumes => "clone-internal-volumes",
+            MigrationStep.SwitchBackingChain => "switch-backing-chain",
+            MigrationStep.DeleteSourceImage => "delete-source-image",
+            _ => step.ToString(),
+        };
     }
 
     private sealed class StepClock

@@ -271,7 +271,7 @@ public sealed class SimWorld
             d.Pending = null;
             return Done("VM runs on the destination only");
         },
-        // HsmActor.ProbeSwitchAsync: read-only but for the record; QEMU's open chain when it runs, the record when not.
+        // DriveSteps.ProbeSwitchAsync: read-only but for the record; QEMU's open chain when it runs, the record when not.
         [ProbeSwitch] = (w, d) =>
         {
             var preCopy = w.PreCopy;
@@ -344,7 +344,7 @@ public sealed class SimWorld
     public bool PreCopy { get; set; } = true;
 
     /// <summary>
-    /// HsmActor.BeginSwitchAsync: a QEMU already gone is never asked to switch (VM_NOT_RUNNING before any intent is
+    /// DriveRecords.BeginSwitchAsync: a QEMU already gone is never asked to switch (VM_NOT_RUNNING before any intent is
     /// written); the intent is written unless the record names the target already (CatalogedVm.WithPending: a late
     /// copy of a switch that took effect leaves nothing in doubt).
     /// </summary>
@@ -355,7 +355,7 @@ public sealed class SimWorld
     }
 
     /// <summary>
-    /// HsmActor.SettlingOnFailureAsync: QEMU refused the switch and runs with no block job on the drive, so nothing can
+    /// DriveRecords.SettlingOnFailureAsync: QEMU refused the switch and runs with no block job on the drive, so nothing can
     /// land: the record names what QEMU runs, no switch pending. (A job still running keeps the intent for the probe.)
     /// </summary>
     private HostError SettledSwitch(SimDisk d, HostError refusal)

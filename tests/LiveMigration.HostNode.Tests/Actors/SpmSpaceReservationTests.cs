@@ -2,6 +2,7 @@ using Akka.Actor;
 using LiveMigration.HostNode.Spm;
 using LiveMigration.HostNode.Storage;
 using LiveMigration.HostNode.Storage.Sim;
+using LiveMigration.HostNode.Steps;
 using LiveMigration.HostNode.Tests.Contract;
 using LiveMigration.HostNode.Tests.Sim;
 using LiveMigration.Shared.Migration;
@@ -22,7 +23,7 @@ public sealed class SpmSpaceReservationTests : Akka.TestKit.Xunit2.TestKit, IAsy
     private const long MiB = 1L << 20;
     private readonly SimStorageDomain _a = new(DomainId.New(), "a", 4L << 30);
     // Room for one post-copy (its chain's few MiB and the guest's headroom), not two.
-    private readonly SimStorageDomain _b = new(DomainId.New(), "b", SpmActor.PostCopyHeadroomBytes + 32 * MiB);
+    private readonly SimStorageDomain _b = new(DomainId.New(), "b", StorageSteps.PostCopyHeadroomBytes + 32 * MiB);
     private readonly StoragePool _pool;
     private SeededChain _first = null!, _second = null!;
 

@@ -1,0 +1,192 @@
+using LiveMigration.HostNode.Hypervisor;
+using LiveMigration.HostNode.Storage;
+using LiveMigration.HostNode.Storage.File;
+using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
+using LiveMigration.Shared.Protocol;
+
+namespace LiveMigration.HostNode.Steps;
+
+/// <summary>
+/// The hypervisor side of every step (DESIGN §3) on the VM's host — mirror, pivot, cancel, live snapshot, backing switch,
+/// and the read-only probe of a switch in doubt — in this one place, for the HSM actor and <c>DiskMover</c> alike. A
+/// switch writes its intent and its outcome in the host's VM record through <see cref="Records"/>. Waiting for the
+/// mirror to be READY is the callers' own (the actor listens without blocking); what a job's state means is
+/// <see cref="MirrorReadiness"/>'s. Each call is idempotent through the hypervisor port, which answers from QEMU's state.
+/// </summary>
+public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRecords records)
+{
+    /// <summary>How long a probe lets a begun pivot's mirror end before it asks to be sent again.</summary>
+    private static readonly TimeSpan ProbeJobWait = TimeSpan.FromSeconds(20);
+
+    public DriveRecords Records => records;
+
+    /// <summary>The steps that run on the VM's host; the others run on storage (<see cref="StorageSteps"/>).</summary>
+    public static bool Runs(MigrationStep step) => step is MigrationStep.StartReplication or MigrationStep.WaitMirrorReady
+        or MigrationStep.Pivot or MigrationStep.CancelReplication or MigrationStep.LiveSnapshotToDestination
+        or MigrationStep.SwitchBackingChain or MigrationStep.ProbeSwitch;
+
+    /// <summary>Runs the step's hypervisor work (every step but <see cref="MigrationStep.WaitMirrorReady"/>, which the caller waits for).</summary>
+    public async Task<StepOutcome> RunAsync(ExecuteStep command, CancellationToken ct = default)
+    {
+        var vm = command.Vm;
+        var image = command.Disk.Image;
+        var step = command.Operation.Step;
+        var dst = pool.Get(command.Disk.Destination);
+        // A late mirror or switch of a migration whose copy the SPM already undid there changes nothing (DESIGN §7.7).
+        if (step is MigrationStep.StartReplication or MigrationStep.Pivot or MigrationStep.LiveSnapshotToDestination or MigrationStep.SwitchBackingChain
+            && await dst.HasMigrationEndedAsync(command.Operation.Migration, ct))
+            throw new OperationFailedException(ErrorCodes.MigrationEnded,
+                $"migration {command.Operation.Migration} ended on domain {dst.Id} with its copy undone: this late {step} changes nothing");
+        switch (step)
+        {
+            case MigrationStep.StartReplication:
+            {
+                var leaf = await PlannedLeaves.DestinationLeafAsync(command.Disk, command.Strategy, dst, ct);
+                var job = await hypervisor.StartMirrorAsync(new MirrorRequest(vm, image,
+                    new ChainLayer(new VolumeRef(dst.Id, leaf.Id), dst.Locate(image, leaf.Id), leaf.Format),
+                    command.SpeedBytesPerSecond, command.CopyMode), ct);
+                return new StepOutcome(Detail: $"mirror {job.JobId} {job.Phase} into leaf {leaf.Id} on domain {dst.Id}");
+            }
+            case MigrationStep.Pivot:
+            {
+                var leaf = await PlannedLeaves.DestinationLeafAsync(command.Disk, command.Strategy, dst, ct);
+                var destination = await pool.ResolveChainAsync(leaf, ct);
+                var target = new VolumeRef(dst.Id, leaf.Id);
+                // The intent first: a host or QEMU that dies mid-pivot leaves a record that says a switch was begun.
+                await records.BeginSwitchAsync(vm, image, target, ct);
+                var drive = await records.SettlingOnFailureAsync(vm, image, () => hypervisor.PivotAsync(vm, image, destination.Backing, ct), ct);
+                EnsureRunsOn(drive, destination, vm);
+                await records.RecordLeafAsync(vm, image, target, ct);
+                return new StepOutcome(Detail: $"VM {vm} drive {image} runs on domain {dst.Id}");
+            }
+            case MigrationStep.CancelReplication:
+            {
+                var drive = await hypervisor.CancelMirrorAsync(vm, image, ct);
+                return new StepOutcome(Detail: $"VM {vm} drive {image} runs on {drive.OpenChain.LastOrDefault() ?? "nothing"}");
+            }
+            case MigrationStep.LiveSnapshotToDestination:
+            {
+                var newLeaf = await dst.DescribeVolumeAsync(image, command.Disk.NewLeaf, ct);
+                var path = dst.Locate(image, newLeaf.Id);
+                var target = new VolumeRef(dst.Id, newLeaf.Id);
+                await records.BeginSwitchAsync(vm, image, target, ct);
+                var drive = await records.SettlingOnFailureAsync(vm, image,
+                    () => hypervisor.LiveSnapshotAsync(vm, image, new ChainLayer(target, path, newLeaf.Format), ct), ct);
+                if (drive.OpenChain.Count == 0 || drive.OpenChain[^1] != path)
+                    throw new OperationFailedException(ErrorCodes.Conflict,
+                        $"VM {vm} drive {image} writes on {drive.OpenChain.LastOrDefault() ?? "nothing"} after the snapshot, expected {path}");
+                await records.RecordLeafAsync(vm, image, target, ct);
+                return new StepOutcome(Detail: $"VM {vm} drive {image} writes on leaf {newLeaf.Id} on domain {dst.Id}");
+            }
+            case MigrationStep.SwitchBackingChain:
+            {
+                // The SPM pointed the new leaf's metadata at the copy (CloneInternalVolumes); follow it.
+                var newLeaf = await dst.DescribeVolumeAsync(image, command.Disk.NewLeaf, ct);
+                if (newLeaf.Parent is not { } parent || parent.Domain != dst.Id)
+                    throw new OperationFailedException(ErrorCodes.Conflict,
+                        $"leaf {newLeaf.Id} of image {image} has parent {newLeaf.Parent?.ToString() ?? "none"}, not a copy on domain {dst.Id}: the internal volumes are not cloned yet");
+                var copy = await pool.ResolveChainAsync(await dst.DescribeVolumeAsync(image, parent.Volume, ct), ct);
+                var drive = await hypervisor.SwitchBackingChainAsync(vm, image, copy.Layers, ct);
+                EnsureRunsOn(drive, await pool.ResolveChainAsync(newLeaf, ct), vm);
+                await records.RecordLeafAsync(vm, image, new VolumeRef(dst.Id, newLeaf.Id), ct);
+                return new StepOutcome(Detail: $"VM {vm} drive {image} runs on domain {dst.Id} only");
+            }
+            case MigrationStep.ProbeSwitch:
+                return await ProbeSwitchAsync(command, dst, ct);
+            default:
+                throw new OperationFailedException(ErrorCodes.InvalidArgument, $"the VM's host does not run {step} this way");
+        }
+    }
+
+    /// <summary>
+    /// DESIGN §7.4, read-only: after a switch whose outcome is unknown, where does the drive run? QEMU's open chain
+    /// when it runs; the host's durable record when it is gone. A live snapshot's new leaf is an overlay of the
+    /// source leaf, so once begun it holds every write whether or not QEMU got to switch. A begun pivot with QEMU
+    /// gone is decided by comparing both leaves; if they differ nobody can tell, and the step fails for an operator.
+    /// </summary>
+    private async Task<StepOutcome> ProbeSwitchAsync(ExecuteStep command, IStorageDomain dst, CancellationToken ct)
+    {
+        var vm = command.Vm;
+        var image = command.Disk.Image;
+        var preCopy = command.Strategy == MigrationStrategy.PreCopy;
+        var switchName = preCopy ? "pivot" : "live snapshot";
+        var leaf = await PlannedLeaves.DestinationLeafAsync(command.Disk, command.Strategy, dst, ct);
+        var target = new VolumeRef(dst.Id, leaf.Id);
+        var targetPath = dst.Locate(image, leaf.Id);
+
+        VmInfo? running = null;
+        try
+        {
+            var info = await hypervisor.DescribeVmAsync(vm, ct);
+            if (info.Running) running = info;
+        }
+        catch (OperationFailedException e) when (e.Code is ErrorCodes.VmNotRunning or ErrorCodes.VmNotFound)
+        {
+        }
+        if (running is not null && running.Drive(image).Job is not null && records.PendingOf(vm, image) is not null)
+        {
+            // A pivot was begun and the mirror has not ended: block-job-complete may still be converging. Let it end
+            // (or not) before reading where the drive runs; answering now could roll back under a pivot that lands later.
+            var deadline = DateTime.UtcNow + ProbeJobWait;
+            while (await hypervisor.GetBlockJobAsync(vm, image, ct) is not null && DateTime.UtcNow < deadline)
+                await Task.Delay(200, ct);
+            running = await hypervisor.DescribeVmAsync(vm, ct);
+            if (running.Drive(image).Job is { } still)
+                throw new OperationFailedException(ErrorCodes.Timeout,
+                    $"VM {vm} drive {image}: the {switchName} was begun and mirror {still.JobId} has not ended after {ProbeJobWait.TotalSeconds:0} s; probing again");
+        }
+        if (running is not null)
+        {
+            var open = running.Drive(image).OpenChain;
+            if (open.Count > 0 && open[^1] == targetPath)
+            {
+                await records.RecordLeafAsync(vm, image, target, ct);
+                return Found(SwitchFinding.OnDestination, $"VM {vm} drive {image} runs on {targetPath}: the {switchName} took effect");
+            }
+            records.ClearSwitch(vm, image);
+            return Found(SwitchFinding.OnSource, $"VM {vm} drive {image} runs on {open.LastOrDefault() ?? "nothing"}: the {switchName} did not take effect");
+        }
+
+        var record = records.Catalog?.Find(vm)
+            ?? throw new OperationFailedException(ErrorCodes.SwitchOutcomeUnknown,
+                $"VM {vm} is not running and this host keeps no record of it: the outcome of the {switchName} of drive {image} is unknown");
+        if (record.LeafOf(image)?.Leaf == target)
+            return Found(SwitchFinding.OnDestination, $"VM {vm} is not running; its record names {target} after the {switchName}");
+        if (record.PendingOf(image) is null)
+            return Found(SwitchFinding.OnSource, $"VM {vm} is not running; its record shows the {switchName} of drive {image} was never begun");
+        if (!preCopy)
+        {
+            await records.RecordLeafAsync(vm, image, target, ct);
+            return Found(SwitchFinding.OnDestination,
+                $"VM {vm} died during the live snapshot of drive {image}: the new leaf {target} over the source chain holds every write either way");
+        }
+        var source = pool.Get(command.Disk.Source);
+        var sourceLeaf = command.Disk.SourceLeaf ?? leaf.Id;
+        if (source.Kind == FileStorageDomain.FileKind && dst.Kind == FileStorageDomain.FileKind)
+        {
+            var (same, output) = await QemuImg.CompareAsync(source.Locate(image, sourceLeaf), null, targetPath, null, CancellationToken.None);
+            if (same)
+            {
+                records.ClearSwitch(vm, image);
+                return Found(SwitchFinding.OnSource,
+                    $"VM {vm} died during the pivot of drive {image}, but source and destination hold the same data: the source chain is complete");
+            }
+            throw new OperationFailedException(ErrorCodes.SwitchOutcomeUnknown,
+                $"VM {vm} died during the pivot of drive {image} and the source and destination leaves differ ({output}): " +
+                $"which one holds the last writes cannot be told; both are kept");
+        }
+        throw new OperationFailedException(ErrorCodes.SwitchOutcomeUnknown,
+            $"VM {vm} died during the pivot of drive {image}: the outcome cannot be told on {source.Kind} domains; both chains are kept");
+    }
+
+    private static StepOutcome Found(SwitchFinding finding, string detail) => new(Detail: detail, Switch: finding);
+
+    private static void EnsureRunsOn(DriveState drive, DriveChain expected, VmId vm)
+    {
+        var want = expected.Layers.Select(l => l.Path).ToList();
+        if (!drive.OpenChain.SequenceEqual(want))
+            throw new OperationFailedException(ErrorCodes.Conflict,
+                $"VM {vm} drive {drive.Image} runs on [{string.Join(", ", drive.OpenChain)}], expected [{string.Join(", ", want)}]");
+    }
+}

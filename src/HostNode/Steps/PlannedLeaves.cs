@@ -1,0 +1,32 @@
+using LiveMigration.HostNode.Storage;
+using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
+
+namespace LiveMigration.HostNode.Steps;
+
+/// <summary>
+/// The leaves a disk's plan names, by id (DESIGN §3): the source leaf the drive ran on at validation (the pre-copy
+/// mirror writes its twin) and the post-copy's new leaf. Every step takes its leaf from here. Plans journaled before
+/// <see cref="DiskPlan.SourceLeaf"/> existed name no source leaf: for those alone the leaf is the one the image's
+/// metadata orders last, and this is the only place that still reads it so.
+/// </summary>
+public static class PlannedLeaves
+{
+    /// <summary>The leaf of the source chain: the plan's, or for an old plan the source image's metadata leaf.</summary>
+    public static async Task<VolumeId> SourceLeafAsync(DiskPlan disk, IStorageDomain source, CancellationToken ct = default) =>
+        disk.SourceLeaf ?? (await source.DescribeImageAsync(disk.Image, ct)).Leaf.Id;
+
+    /// <summary>
+    /// The destination leaf the drive moves to: pre-copy, the twin of the source leaf (an old plan: the clone's metadata
+    /// leaf); post-copy, the new leaf.
+    /// </summary>
+    public static async Task<VolumeInfo> DestinationLeafAsync(DiskPlan disk, MigrationStrategy strategy, IStorageDomain destination,
+        CancellationToken ct = default)
+    {
+        if (strategy == MigrationStrategy.PostCopy)
+            return await destination.DescribeVolumeAsync(disk.Image, disk.NewLeaf, ct);
+        return disk.SourceLeaf is { } named
+            ? await destination.DescribeVolumeAsync(disk.Image, named, ct)
+            : (await destination.DescribeImageAsync(disk.Image, ct)).Leaf;
+    }
+}

@@ -1,0 +1,208 @@
+using LiveMigration.HostNode.Spm;
+using LiveMigration.HostNode.Storage;
+using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
+using LiveMigration.Shared.Protocol;
+
+namespace LiveMigration.HostNode.Steps;
+
+/// <summary>
+/// The storage side of every step (DESIGN §3): what the SPM actor runs for the saga and <c>DiskMover</c> runs on one
+/// host, in this one place. Whether a step already happened, and whether it may happen, is read from the domains'
+/// metadata (the volumes' owner, legality, parents), never from memory (DESIGN §7 invariant 7): a repeated or stale
+/// command meets the same checks as a new one. Thread-safe: the SPM runs several disks' steps at once.
+/// </summary>
+/// <param name="pool">The pool as this caller changes it (the SPM's is fenced by its lease).</param>
+/// <param name="fence">The SPM lease (DESIGN §7a), checked before each step, whose generation goes into every volume's
+/// owner; null where there is none (generation 0).</param>
+public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null)
+{
+    /// <summary>Room a post-copy keeps on its destination for the guest's writes on the new leaf while the chain is copied.</summary>
+    public const long PostCopyHeadroomBytes = 64L << 20;
+
+    private readonly SpaceReservations _space = new();
+
+    /// <summary>The steps that run on storage; the others run on the VM's hypervisor (<see cref="DriveSteps"/>).</summary>
+    public static bool Runs(MigrationStep step) => step is MigrationStep.CloneImageStructure or MigrationStep.SyncInternalVolumes
+        or MigrationStep.MarkDestinationLeafLegal or MigrationStep.CreateVolumeCrossDomain or MigrationStep.CloneInternalVolumes
+        or MigrationStep.DeleteSourceImage or MigrationStep.DeleteDestinationImage;
+
+    /// <summary>Runs the step's storage work; a refusal is an <see cref="OperationFailedException"/> whose code says why.</summary>
+    /// <param name="progress">The bytes of the step's copies, all layers as one total; called on the copy's thread.</param>
+    public async Task<StepOutcome> RunAsync(ExecuteStep command, IProgress<CopyProgress>? progress, CancellationToken ct)
+    {
+        var disk = command.Disk;
+        var image = disk.Image;
+        var step = command.Operation.Step;
+        var migration = command.Operation.Migration;
+        if (fence is not null) await fence.CheckAsync(ct);
+        // Without an SPM lease (DESIGN §7a) there is no fencing generation to carry.
+        var owner = new VolumeOwner(migration, fence?.Generation ?? VolumeOwner.Unfenced);
+        var src = pool.Get(disk.Source);
+        var dst = pool.Get(disk.Destination);
+        if (ReadsTheSource(step) && !(await src.ListImagesAsync(ct)).Contains(image))
+        {
+            // A repeat after the source was retired: only the destination can say whether this step's effect is there.
+            await SourceRetirement.RequireCompleteCopyAsync(src, dst, image, migration, ct);
+            return new StepOutcome(Detail: $"already done: image {image} is gone from domain {src.Id} and domain {dst.Id} holds " +
+                                           $"the complete LEGAL copy migration {migration} made");
+        }
+        if (MakesTheCopy(step) && await dst.HasMigrationEndedAsync(migration, ct))
+            throw new OperationFailedException(ErrorCodes.MigrationEnded,
+                $"migration {migration} ended on domain {dst.Id} with its copy undone: this late {step} changes nothing");
+        return step switch
+        {
+            MigrationStep.CloneImageStructure => await CloneImageStructureAsync(src, dst, image, owner, ct),
+            MigrationStep.SyncInternalVolumes => await SyncInternalVolumesAsync(src, dst, disk, migration, progress, ct),
+            MigrationStep.MarkDestinationLeafLegal => await MarkDestinationLeafLegalAsync(dst, disk, migration, ct),
+            MigrationStep.CreateVolumeCrossDomain => await CreateVolumeCrossDomainAsync(src, dst, disk, owner, ct),
+            MigrationStep.CloneInternalVolumes => await CloneInternalVolumesAsync(src, dst, disk, owner, progress, ct),
+            MigrationStep.DeleteSourceImage => await DeleteSourceImageAsync(src, dst, image, migration, ct),
+            MigrationStep.DeleteDestinationImage => await DeleteDestinationImageAsync(dst, image, owner, ct),
+            _ => throw new OperationFailedException(ErrorCodes.InvalidArgument, $"storage does not run {step}"),
+        };
+    }
+
+    private async Task<StepOutcome> CloneImageStructureAsync(IStorageDomain src, IStorageDomain dst, ImageId image, VolumeOwner owner,
+        CancellationToken ct)
+    {
+        await ReserveRoomAsync(src, dst, image, owner.Migration, headroom: 0, ct);
+        var clone = await dst.CloneImageStructureAsync(src, image, owner, ct);
+        return new StepOutcome(Detail: $"{clone.Volumes.Count} volumes cloned ILLEGAL on domain {dst.Id}");
+    }
+
+    private static async Task<StepOutcome> SyncInternalVolumesAsync(IStorageDomain src, IStorageDomain dst, DiskPlan disk,
+        MigrationId migration, IProgress<CopyProgress>? progress, CancellationToken ct)
+    {
+        // The leaf is the mirror's; the internal layers are read-only in QEMU, so they are copied here.
+        var image = disk.Image;
+        var sourceChain = await src.DescribeImageAsync(image, ct);
+        var sourceLeaf = await PlannedLeaves.SourceLeafAsync(disk, src, ct);
+        var clone = await dst.DescribeImageAsync(image, ct);
+        RequireOwnedBy(clone.Volumes, migration, dst, image);
+        var internals = sourceChain.Volumes.Where(v => v.Id != sourceLeaf).Select(v => v.Id).ToList();
+        var copied = await CopyLayersAsync(src, dst, image, internals, progress, ct);
+        return new StepOutcome(copied, $"{internals.Count} internal volumes copied");
+    }
+
+    private async Task<StepOutcome> MarkDestinationLeafLegalAsync(IStorageDomain dst, DiskPlan disk, MigrationId migration, CancellationToken ct)
+    {
+        // The twin of the source leaf, which the mirror wrote and the drive now runs on.
+        var leaf = await PlannedLeaves.DestinationLeafAsync(disk, MigrationStrategy.PreCopy, dst, ct);
+        RequireOwnedBy([leaf], migration, dst, disk.Image);
+        await dst.MarkLegalAsync(disk.Image, leaf.Id, ct);
+        _space.Release(migration, disk.Image); // the mirror is done and pivoted: the domain's own figures count it now
+        return new StepOutcome(Detail: $"leaf {leaf.Id} on domain {dst.Id} is LEGAL");
+    }
+
+    private async Task<StepOutcome> CreateVolumeCrossDomainAsync(IStorageDomain src, IStorageDomain dst, DiskPlan disk, VolumeOwner owner,
+        CancellationToken ct)
+    {
+        var image = disk.Image;
+        if ((await dst.ListImagesAsync(ct)).Contains(image)
+            && (await dst.DescribeImageAsync(image, ct)).Volumes.FirstOrDefault(v => v.Id == disk.NewLeaf) is { } made)
+        {
+            // Made already; CloneInternalVolumes may have re-pointed it since, so its parent is not compared.
+            RequireOwnedBy([made], owner.Migration, dst, image);
+            return new StepOutcome(Detail: $"leaf {made.Id} on domain {dst.Id} was made already, over {made.Parent}");
+        }
+        // The last step before the live snapshot moves the guest's writes: room for the chain's copy, and for
+        // the guest's writes on the new leaf meanwhile, is checked fresh and promised now.
+        await ReserveRoomAsync(src, dst, image, owner.Migration, PostCopyHeadroomBytes, ct);
+        var oldLeaf = await src.DescribeVolumeAsync(image, await PlannedLeaves.SourceLeafAsync(disk, src, ct), ct);
+        var newLeaf = await dst.CreateVolumeAsync(new NewVolume(image, disk.NewLeaf, VolumeFormat.Cow, oldLeaf.Capacity,
+            new VolumeRef(src.Id, oldLeaf.Id), Legality.Legal, owner), src, ct);
+        return new StepOutcome(Detail: $"leaf {newLeaf.Id} on domain {dst.Id} over {oldLeaf.Id} on domain {src.Id}");
+    }
+
+    private async Task<StepOutcome> CloneInternalVolumesAsync(IStorageDomain src, IStorageDomain dst, DiskPlan disk, VolumeOwner owner,
+        IProgress<CopyProgress>? progress, CancellationToken ct)
+    {
+        var image = disk.Image;
+        var oldChain = await src.DescribeImageAsync(image, ct);
+        var oldLeaf = await PlannedLeaves.SourceLeafAsync(disk, src, ct);
+        // Twins of the old chain under the new leaf, empty and ILLEGAL until copied and verified.
+        await dst.CloneImageStructureAsync(src, image, owner, ct);
+        var copied = await CopyLayersAsync(src, dst, image, oldChain.Volumes.Select(v => v.Id).ToList(), progress, ct);
+        RequireOwnedBy([await dst.DescribeVolumeAsync(image, disk.NewLeaf, ct)], owner.Migration, dst, image);
+        // Metadata only: the running QEMU owns the leaf and rewrites its header in SwitchBackingChain.
+        await dst.SetParentAsync(image, disk.NewLeaf, new VolumeRef(dst.Id, oldLeaf), null, rewriteHeader: false, ct);
+        _space.Release(owner.Migration, image); // copied: the domain's own figures count it now
+        return new StepOutcome(copied, $"{oldChain.Volumes.Count} volumes copied; leaf {disk.NewLeaf} now over {oldLeaf} on domain {dst.Id}");
+    }
+
+    private async Task<StepOutcome> DeleteSourceImageAsync(IStorageDomain src, IStorageDomain dst, ImageId image, MigrationId migration,
+        CancellationToken ct)
+    {
+        _space.Release(migration, image);
+        return new StepOutcome(Detail: await SourceRetirement.DeleteSourceImageAsync(src, dst, image, migration, ct));
+    }
+
+    private async Task<StepOutcome> DeleteDestinationImageAsync(IStorageDomain dst, ImageId image, VolumeOwner owner, CancellationToken ct)
+    {
+        _space.Release(owner.Migration, image);
+        // The mark first, so no late command of this migration makes its volumes again; a full domain that
+        // cannot take the mark gets it right after the delete freed room.
+        var marked = true;
+        try
+        {
+            await dst.MarkMigrationEndedAsync(owner.Migration, ct);
+        }
+        catch (OperationFailedException e) when (e.Code == ErrorCodes.IoError)
+        {
+            marked = false;
+        }
+        var removed = await dst.DeleteOwnedVolumesAsync(image, owner, ct);
+        if (!marked) await dst.MarkMigrationEndedAsync(owner.Migration, ct);
+        return new StepOutcome(Detail: $"{removed.Count} volumes of image {image} that migration {owner.Migration} made deleted from domain {dst.Id}");
+    }
+
+    /// <summary>What the disk's copy takes on the destination (the source chain's allocated bytes, and the headroom), checked fresh and promised.</summary>
+    private async Task ReserveRoomAsync(IStorageDomain src, IStorageDomain dst, ImageId image, MigrationId migration, long headroom, CancellationToken ct)
+    {
+        var needed = (await src.DescribeImageAsync(image, ct)).Volumes.Sum(v => v.AllocatedBytes) + headroom;
+        _space.Reserve(await dst.DescribeAsync(ct), migration, image, needed, DateTimeOffset.UtcNow);
+    }
+
+    /// <summary>The steps that make or fill the destination copy: refused once the migration's rollback undid it there.</summary>
+    private static bool MakesTheCopy(MigrationStep step) => step is MigrationStep.CloneImageStructure or MigrationStep.SyncInternalVolumes
+        or MigrationStep.MarkDestinationLeafLegal or MigrationStep.CreateVolumeCrossDomain or MigrationStep.CloneInternalVolumes;
+
+    private static bool ReadsTheSource(MigrationStep step) => step is MigrationStep.CloneImageStructure
+        or MigrationStep.SyncInternalVolumes or MigrationStep.CreateVolumeCrossDomain or MigrationStep.CloneInternalVolumes;
+
+    /// <summary>A step works only on volumes its migration made: a stale command meeting another migration's volumes changes nothing.</summary>
+    private static void RequireOwnedBy(IEnumerable<VolumeInfo> volumes, MigrationId migration, IStorageDomain domain, ImageId image)
+    {
+        if (volumes.FirstOrDefault(v => v.Owner?.Migration != migration) is { } foreign)
+            throw new OperationFailedException(ErrorCodes.DestinationHoldsImage,
+                $"volume {foreign.Id} of image {image} on domain {domain.Id} was made by {foreign.Owner?.ToString() ?? "nobody (an operator)"}, " +
+                $"not by migration {migration}: this step does not touch it");
+    }
+
+    /// <summary>Copies the layers one after the other, reporting the bytes of all of them as one total.</summary>
+    private static async Task<long> CopyLayersAsync(IStorageDomain src, IStorageDomain dst, ImageId image,
+        IReadOnlyList<VolumeId> layers, IProgress<CopyProgress>? progress, CancellationToken ct)
+    {
+        long total = 0;
+        foreach (var id in layers) total += (await src.DescribeVolumeAsync(image, id, ct)).AllocatedBytes;
+        long done = 0;
+        progress?.Report(new CopyProgress(0, total));
+        foreach (var id in layers)
+        {
+            var before = done;
+            var copied = await dst.CopyVolumeDataAsync(src, image, id,
+                progress is null ? null : new InlineProgress<CopyProgress>(p => progress.Report(new CopyProgress(before + p.Done, Math.Max(total, before + p.Total)))),
+                ct);
+            done += copied.AllocatedBytes;
+            progress?.Report(new CopyProgress(done, Math.Max(total, done)));
+        }
+        return done;
+    }
+}
+
+/// <summary>Calls back inline: <see cref="Progress{T}"/> would post to a captured context that an actor task does not have.</summary>
+public sealed class InlineProgress<T>(Action<T> report) : IProgress<T>
+{
+    public void Report(T value) => report(value);
+}
