@@ -109,6 +109,10 @@ public static class ClusterNodeHosting
           handoff-timeout = 5s
           rebalance-interval = 1s
         }
+        # All nodes of a test cluster share two cores: under load heartbeats come late and reachability flaps for a
+        # while. The resolver's default answer to a long flap is to down every member (the Coordinator included),
+        # which turns a busy machine into a dead cluster; here it waits for a stable view instead.
+        akka.cluster.split-brain-resolver.down-all-when-unstable = off
         akka.cluster.singleton.hand-over-retry-interval = 200ms
         akka.cluster.singleton-proxy.singleton-identification-interval = 200ms
         akka.coordinated-shutdown.phases.cluster-exiting.timeout = 1s
