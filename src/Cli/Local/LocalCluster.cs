@@ -43,7 +43,7 @@ public sealed class LocalCluster : IAsyncDisposable
         RepositoryRoot = FindRepositoryRoot();
         _configuration = configuration ?? (AppContext.BaseDirectory.Contains($"{Path.DirectorySeparatorChar}Release{Path.DirectorySeparatorChar}") ? "Release" : "Debug");
         CoordinatorPort = FreePort();
-        HttpPort = FreePort();
+        HttpPort = FreePort(CoordinatorPort);
     }
 
     public string DataDirectory { get; }
@@ -172,8 +172,7 @@ public sealed class LocalCluster : IAsyncDisposable
         lock (_hostPorts)
         {
             if (_hostPorts.TryGetValue(hostId, out var port)) return port;
-            do port = FreePort();
-            while (port == CoordinatorPort || port == HttpPort || _hostPorts.ContainsValue(port));
+            port = FreePort([CoordinatorPort, HttpPort, .. _hostPorts.Values]);
             return _hostPorts[hostId] = port;
         }
     }
@@ -280,11 +279,20 @@ public sealed class LocalCluster : IAsyncDisposable
         _nodes.Clear();
     }
 
-    private static int FreePort()
+    /// <summary>
+    /// A loopback port free right now and none of <paramref name="taken"/>: each probe releases its port at once, so
+    /// the kernel may hand the same one to the next probe (a Coordinator once got one port for its cluster and its API,
+    /// and could not bind the second).
+    /// </summary>
+    public static int FreePort(params int[] taken)
     {
-        using var listener = new TcpListener(System.Net.IPAddress.Loopback, 0);
-        listener.Start();
-        return ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
+        while (true)
+        {
+            using var listener = new TcpListener(System.Net.IPAddress.Loopback, 0);
+            listener.Start();
+            var port = ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
+            if (!taken.Contains(port)) return port;
+        }
     }
 
     /// <summary>The directory holding LiveMigration.Akka.sln above this build's output (scripts such as deploy/libvirt/setup.sh are found from it).</summary>

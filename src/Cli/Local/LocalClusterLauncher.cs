@@ -103,9 +103,11 @@ public static class LocalClusterLauncher
             throw CliFailure.BadUsage($"port {options.ApiPort} on 127.0.0.1 is in use (another Coordinator?); choose another with --api-port, e.g. --api-port 9111");
 
         var hostIds = Enumerable.Range(1, options.Hosts).Select(i => $"host-{i}").ToList();
+        var coordinatorPort = LocalCluster.FreePort(options.ApiPort);
         var cluster = new LocalCluster(dataDirectory)
         {
-            HttpPort = options.ApiPort == 0 ? FreePort() : options.ApiPort,
+            CoordinatorPort = coordinatorPort,
+            HttpPort = options.ApiPort == 0 ? LocalCluster.FreePort(coordinatorPort) : options.ApiPort,
             SeedHosts = hostIds,
             ExtraHocon = options.ExtraHocon,
             PostgresConnectionString = postgres,
@@ -407,10 +409,4 @@ public static class LocalClusterLauncher
         catch (SocketException) { return false; }
     }
 
-    private static int FreePort()
-    {
-        using var listener = new TcpListener(System.Net.IPAddress.Loopback, 0);
-        listener.Start();
-        return ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
-    }
 }
