@@ -356,7 +356,11 @@ public static class LocalClusterLauncher
         {
             using var stream = new FileStream(f, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
             using var reader = new StreamReader(stream);
-            return $"--- {f} (last {lines} lines)\n{string.Join('\n', reader.ReadToEnd().TrimEnd().Split('\n').TakeLast(lines))}";
+            var all = reader.ReadToEnd().TrimEnd().Split('\n');
+            // A crash's stack is longer than the tail: its first line (what failed) is shown above it.
+            var crash = Array.FindLastIndex(all, l => l.StartsWith("Unhandled exception.", StringComparison.Ordinal));
+            var header = crash >= 0 && crash < all.Length - lines ? $"{all[crash]}\n   ...\n" : "";
+            return $"--- {f} (last {lines} lines)\n{header}{string.Join('\n', all.TakeLast(lines))}";
         }));
     }
 
