@@ -9,8 +9,8 @@ namespace LiveMigration.Cli.Tests;
 /// <summary>
 /// Every disk shape moves (issue 9), typed as an operator would, against real processes and QEMU: one VM with four
 /// disks made in one request — a sparse raw single volume, a preallocated raw single volume, a qcow2 single volume and
-/// a qcow2 base under two snapshots — moves pre-copy A → B, then post-copy B → A (and on QMP post-copy A → B once more,
-/// two post-copies in a row) while its guest writes. After each move: every command exited 0, every durable write
+/// a qcow2 base under two snapshots — moves pre-copy A → B, then post-copy B → A and post-copy A → B (two post-copies in
+/// a row), on the QMP and on the libvirt adapter, while its guest writes. After each move: every command exited 0, every durable write
 /// verifies, each disk keeps its shape (base format and allocation in the metadata and in the base file itself, the
 /// preallocated disk still allocated whole) and the domain the disks left holds nothing.
 /// </summary>
@@ -45,7 +45,7 @@ public sealed class DiskShapeTests : IAsyncLifetime
     }
 
     [Fact]
-    public async Task Every_disk_shape_moves_pre_copy_then_post_copy_on_libvirt()
+    public async Task Every_disk_shape_moves_pre_copy_then_post_copy_twice_on_libvirt()
     {
         _libvirt = await LibvirtDaemon.EnsureRunningAsync();
         // the stand-in guest writes over the NBD export the libvirt host adds for it
@@ -53,6 +53,7 @@ public sealed class DiskShapeTests : IAsyncLifetime
         await CreateVmWithEveryShapeAsync();
         await MoveAndCheckAsync("sdB", "pre-copy");
         await MoveAndCheckAsync("sdA", "post-copy");
+        await MoveAndCheckAsync("sdB", "post-copy");
     }
 
     private string Storage => Path.Combine(_cluster.DataDirectory, "storage");
