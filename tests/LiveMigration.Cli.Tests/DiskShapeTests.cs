@@ -42,6 +42,14 @@ public sealed class DiskShapeTests : IAsyncLifetime
         await MoveAndCheckAsync("sdB", "pre-copy");
         await MoveAndCheckAsync("sdA", "post-copy");
         await MoveAndCheckAsync("sdB", "post-copy");
+
+        // Stopped, every write is verified from the files, each read in the format its metadata names; then it starts again.
+        await _cluster.Ok("vm", "stop", "vm1");
+        var offline = await _cluster.Json("vm", "verify", "vm1");
+        Assert.True(offline.GetProperty("ok").GetBoolean(), offline.ToString());
+        Assert.True(offline.GetProperty("checked").GetInt64() > 0, offline.ToString());
+        await _cluster.Ok("vm", "start", "vm1");
+        await CheckShapesAsync("sdB", "after stop and start");
     }
 
     [Fact]
