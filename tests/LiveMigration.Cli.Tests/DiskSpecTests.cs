@@ -54,6 +54,16 @@ public sealed class DiskSpecTests
     }
 
     [Fact]
+    public async Task Vm_create_help_shows_the_disk_spec_with_its_options()
+    {
+        // the spec's brackets are literal text, not Spectre markup (which refused them: "Could not find color or style")
+        var help = await CliProcess.RunAsync(null, "vm", "create", "--help");
+        Assert.True(help.ExitCode == 0 && help.Stderr.Length == 0, help.ToString());
+        Assert.Contains("SIZE@DOMAIN[:snapshots=N][:format=raw|qcow2][:preallocated]", help.Stdout.Replace("\n", "").Replace(" ", ""));
+        Assert.Contains("EXAMPLES", help.Stdout);
+    }
+
+    [Fact]
     public async Task Vm_create_refuses_a_malformed_disk_as_bad_usage_before_calling_the_api()
     {
         // nothing listens there: a refusal that reached the API would exit 3 (unreachable), not 2

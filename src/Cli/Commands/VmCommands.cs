@@ -91,7 +91,8 @@ public sealed partial class VmCreateSettings : GlobalSettings
     public string? Host { get; set; }
 
     [CommandOption("--disk <SIZE@DOMAIN>")]
-    [Description("A disk: SIZE@DOMAIN[:snapshots=N][:format=raw|qcow2][:preallocated] (domain by id or name; options in any order, each once): " +
+    // Spectre reads descriptions as markup: the spec's literal brackets are doubled.
+    [Description("A disk: SIZE@DOMAIN[[:snapshots=N]][[:format=raw|qcow2]][[:preallocated]] (domain by id or name; options in any order, each once): " +
                  "N snapshots make a chain of N+1 volumes; the base is raw (the default) or qcow2, sparse (the default) or preallocated " +
                  "(raw: allocated whole; qcow2: its tables). E.g. 1GiB@fast-ssd:snapshots=2:format=qcow2. Repeat for several")]
     public string[] Disks { get; set; } = [];
