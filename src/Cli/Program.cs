@@ -100,8 +100,8 @@ app.Configure(config =>
             .WithDescription("The VM's state and each disk's chain: which volume on which domain")
             .WithExample("vm", "show", "web-01");
         vm.AddCommand<VmCreateCommand>("create")
-            .WithDescription("Create a VM's disks (SIZE@DOMAIN, optionally with N snapshots) and start it on a host")
-            .WithExample("vm", "create", "web-01", "--host", "host-1", "--disk", "1GiB@fast-ssd:snapshots=2", "--disk", "512MiB@fast-ssd");
+            .WithDescription("Create a VM's disks (SIZE@DOMAIN, optionally with N snapshots, a qcow2 base, a preallocated base) and start it on a host")
+            .WithExample("vm", "create", "web-01", "--host", "host-1", "--disk", "1GiB@fast-ssd:snapshots=2", "--disk", "512MiB@fast-ssd:format=qcow2:preallocated");
         vm.AddCommand<VmStartCommand>("start")
             .WithDescription("Start a stopped VM on the chains it had")
             .WithExample("vm", "start", "web-01");

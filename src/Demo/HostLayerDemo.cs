@@ -96,7 +96,7 @@ internal static class HostLayerDemo
             var finalDrive = (await hypervisor.DescribeVmAsync(vmId)).Drive(image);
             var live = await GuestVerifier.VerifyThroughNbdAsync(finalDrive.GuestSocket, finalDrive.ExportName, guest.Ledger);
             await hypervisor.StopVmAsync(vmId);
-            var offline = await GuestVerifier.VerifyImageAsync(finalDrive.OpenChain[^1], WriteLedger.Load(ledgerPath));
+            var offline = await GuestVerifier.VerifyImageAsync(finalDrive.OpenChain[^1], VolumeFormat.Cow, WriteLedger.Load(ledgerPath));
 
             Console.WriteLine();
             Console.WriteLine($"guest: {stats.Writes} writes acknowledged ({Mib(stats.Bytes):0.0} MiB), {stats.DurableWrites} durable " +

@@ -40,7 +40,7 @@ public static class VmOutput
         if (headline is not null) Output.Console.MarkupLine(Output.Escape(headline));
         Output.Console.MarkupLine($"VM [bold]{Output.Escape(v.Str("name"))}[/] {Output.Escape(v.Str("id"))} on {Output.Escape(v.Str("host"))}: " +
                                   (v.Bool("running") ? "[green]running[/]" : "[yellow]stopped[/]"));
-        var table = new Table().AddColumns("Disk (image)", "Size", "Allocated", "Layer", "Volume", "On domain", "Migration");
+        var table = new Table().AddColumns("Disk (image)", "Size", "Allocated", "Base", "Layer", "Volume", "On domain", "Migration");
         foreach (var disk in v.Array("disks"))
         {
             var chain = disk.Array("chain").ToList();
@@ -52,6 +52,7 @@ public static class VmOutput
                     i == 0 ? Output.Escape(disk.Str("image")) : "",
                     i == 0 ? ByteRate.Format(disk.Long("capacityBytes")) : "",
                     i == 0 ? ByteRate.Format(disk.Long("allocatedBytes")) : "",
+                    i == 0 ? Output.Escape(BaseShape(disk)) : "",
                     role,
                     Output.Escape(layer.Str("volume")),
                     chain.Count == 0 && disk.Str("problem") is { Length: > 0 } problem
@@ -63,6 +64,9 @@ public static class VmOutput
         Output.Console.Write(table);
         return ExitCodes.Ok;
     }
+
+    /// <summary>"raw sparse", "qcow2 preallocated"...; empty when the host did not say (every layer above the base is qcow2).</summary>
+    private static string BaseShape(JsonElement disk) => $"{disk.Str("baseFormat")} {disk.Str("baseAllocation")}".Trim();
 }
 
 /// <summary><c>lsm vm show VM</c>.</summary>
@@ -87,31 +91,77 @@ public sealed partial class VmCreateSettings : GlobalSettings
     public string? Host { get; set; }
 
     [CommandOption("--disk <SIZE@DOMAIN>")]
-    [Description("A disk: its size and storage domain (id or name), optionally with N snapshots (a chain of N+1 volumes): 1GiB@fast-ssd:snapshots=2. Repeat for several")]
+    // Spectre reads descriptions as markup: the spec's literal brackets are doubled.
+    [Description("A disk: SIZE@DOMAIN[[:snapshots=N]][[:format=raw|qcow2]][[:preallocated]] (domain by id or name; options in any order, each once): " +
+                 "N snapshots make a chain of N+1 volumes; the base is raw (the default) or qcow2, sparse (the default) or preallocated " +
+                 "(raw: allocated whole; qcow2: its tables). E.g. 1GiB@fast-ssd:snapshots=2:format=qcow2. Repeat for several")]
     public string[] Disks { get; set; } = [];
 
-    [GeneratedRegex(@"^(?<size>[^@]+)@(?<domain>[^:]+)(:snapshots=(?<snapshots>\d{1,3}))?$")]
-    private static partial Regex DiskPattern();
+    public const string DiskShape = "SIZE@DOMAIN[:snapshots=N][:format=raw|qcow2][:preallocated]";
 
-    public sealed record DiskSpec(long SizeBytes, string Domain, int Snapshots);
+    [GeneratedRegex(@"^\d{1,3}$")]
+    private static partial Regex SnapshotCountPattern();
+
+    /// <param name="Format">The base's format as the API takes it: "raw" or "qcow2".</param>
+    public sealed record DiskSpec(long SizeBytes, string Domain, int Snapshots, string Format = "raw", bool Preallocated = false);
 
     /// <summary>The disk options parsed; null with the message when one is malformed.</summary>
     public static DiskSpec? ParseDisk(string text, out string? error)
     {
         error = null;
-        var match = DiskPattern().Match(text.Trim());
-        if (!match.Success)
+        string Fail(string why) => $"--disk '{text}': {why}";
+        var at = text.Trim().IndexOf('@');
+        var parts = at < 0 ? [] : text.Trim()[(at + 1)..].Split(':');
+        if (at <= 0 || parts[0].Length == 0)
         {
-            error = $"--disk '{text}' is not SIZE@DOMAIN[:snapshots=N], e.g. 1GiB@fast-ssd:snapshots=2";
+            error = $"--disk '{text}' is not {DiskShape}, e.g. 1GiB@fast-ssd:snapshots=2";
             return null;
         }
-        if (!ByteRate.TryParse(match.Groups["size"].Value, out var size) || size <= 0 || size % 512 != 0)
+        var sizeText = text.Trim()[..at];
+        if (!ByteRate.TryParse(sizeText, out var size) || size <= 0 || size % 512 != 0)
         {
-            error = $"--disk '{text}': size '{match.Groups["size"].Value}' is not a size like 1GiB or 512MiB (a multiple of 512 bytes)";
+            error = Fail($"size '{sizeText}' is not a size like 1GiB or 512MiB (a multiple of 512 bytes)");
             return null;
         }
-        var snapshots = match.Groups["snapshots"].Success ? int.Parse(match.Groups["snapshots"].Value, CultureInfo.InvariantCulture) : 0;
-        return new DiskSpec(size, match.Groups["domain"].Value, snapshots);
+        var spec = new DiskSpec(size, parts[0], 0);
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var option in parts.Skip(1))
+        {
+            var equals = option.IndexOf('=');
+            var (name, value) = equals < 0 ? (option, null) : (option[..equals], option[(equals + 1)..]);
+            if (name is not ("snapshots" or "format" or "preallocated"))
+            {
+                error = Fail($"unknown option '{option}' (the options are snapshots=N, format=raw|qcow2 and preallocated)");
+                return null;
+            }
+            if (!seen.Add(name))
+            {
+                error = Fail($"option '{name}' is given twice");
+                return null;
+            }
+            switch (name)
+            {
+                case "snapshots" when value is not null && SnapshotCountPattern().IsMatch(value):
+                    spec = spec with { Snapshots = int.Parse(value, CultureInfo.InvariantCulture) };
+                    break;
+                case "snapshots":
+                    error = Fail($"'{option}' is not snapshots=N with N a number of snapshots, e.g. snapshots=2");
+                    return null;
+                case "format" when value is "raw" or "qcow2":
+                    spec = spec with { Format = value };
+                    break;
+                case "format":
+                    error = Fail($"'{option}' is not format=raw or format=qcow2");
+                    return null;
+                case "preallocated" when value is null:
+                    spec = spec with { Preallocated = true };
+                    break;
+                default:
+                    error = Fail($"'{option}': preallocated takes no value (leave it out for a sparse base)");
+                    return null;
+            }
+        }
+        return spec;
     }
 
     public override ValidationResult Validate()
@@ -127,14 +177,15 @@ public sealed partial class VmCreateSettings : GlobalSettings
     }
 }
 
-/// <summary><c>lsm vm create NAME --host HOST --disk SIZE@DOMAIN[:snapshots=N] ...</c>: the SPM makes the disks, the host starts the VM.</summary>
+/// <summary><c>lsm vm create NAME --host HOST --disk SIZE@DOMAIN[:snapshots=N][:format=raw|qcow2][:preallocated] ...</c>: the SPM makes the disks, the host starts the VM.</summary>
 public sealed class VmCreateCommand : AsyncCommand<VmCreateSettings>
 {
     public override async Task<int> ExecuteAsync(CommandContext context, VmCreateSettings settings, CancellationToken ct)
     {
         using var api = settings.Client();
         var disks = settings.Disks.Select(d => VmCreateSettings.ParseDisk(d, out _)!)
-            .Select(d => new { sizeBytes = d.SizeBytes, domain = d.Domain, snapshots = d.Snapshots }).ToList();
+            .Select(d => new { sizeBytes = d.SizeBytes, domain = d.Domain, snapshots = d.Snapshots, format = d.Format, preallocated = d.Preallocated })
+            .ToList();
         var vm = await api.PostAsync("/api/vms", new { name = settings.Name, host = settings.Host, disks }, ct);
         return await VmOutput.PrintAsync(api, settings, vm, "created and started", ct);
     }

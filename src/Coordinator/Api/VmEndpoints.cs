@@ -13,7 +13,9 @@ public static class VmEndpoints
 {
     public sealed record CreateVmBody(string? Name, string? Host, IReadOnlyList<NewDiskBody>? Disks);
 
-    public sealed record NewDiskBody(long SizeBytes, string? Domain, int Snapshots = 0);
+    /// <param name="Format">The base's format, "raw" (the default) or "qcow2".</param>
+    /// <param name="Preallocated">The base allocated whole (raw) or with all its tables (qcow2); sparse by default.</param>
+    public sealed record NewDiskBody(long SizeBytes, string? Domain, int Snapshots = 0, string? Format = null, bool Preallocated = false);
 
     /// <param name="FlushIntervalMs">How often the guest flushes; null = the default (100 ms), 0 = never.</param>
     /// <param name="Fua">Every write with FUA.</param>
@@ -31,7 +33,7 @@ public static class VmEndpoints
             Results.Ok(await Service(http).VmAsync(id, ct))));
         app.MapPost("/api/vms", (CreateVmBody body, HttpContext http, CancellationToken ct) => Guard(async () =>
         {
-            var disks = body.Disks?.Select(d => new NewDiskRequest(d.SizeBytes, d.Domain ?? "", d.Snapshots)).ToList();
+            var disks = body.Disks?.Select(d => new NewDiskRequest(d.SizeBytes, d.Domain ?? "", d.Snapshots, d.Format, d.Preallocated)).ToList();
             var vm = await Service(http).CreateVmAsync(body.Name, body.Host, disks, ct);
             return Results.Created($"/api/vms/{vm.Id}", vm);
         }));

@@ -17,14 +17,16 @@ public sealed record ChainLayerView(string Domain, string Image, string Volume);
 /// <summary>
 /// A VM's disk: <see cref="Domain"/> is its leaf's domain (where the disk is), <see cref="Chain"/> base → leaf.
 /// <see cref="Problem"/> says why a disk has no domain ("chain unresolved: ..."), null when it has one.
+/// <see cref="BaseFormat"/> ("raw" or "qcow2"; every layer above the base is qcow2) and <see cref="BaseAllocation"/>
+/// ("sparse" or "preallocated") are null when the host did not tell (an unresolved chain, an older host).
 /// </summary>
 public sealed record VmDiskView(string Image, long CapacityBytes, long AllocatedBytes, string? Domain, IReadOnlyList<ChainLayerView> Chain, string? Migration,
-    string? Problem = null);
+    string? Problem = null, string? BaseFormat = null, string? BaseAllocation = null);
 
 public sealed record VmView(string Id, string Name, string Host, bool Running, IReadOnlyList<VmDiskView> Disks);
 
-/// <summary>A disk of a new VM as asked: <see cref="Domain"/> by id or by name.</summary>
-public sealed record NewDiskRequest(long SizeBytes, string Domain, int Snapshots);
+/// <summary>A disk of a new VM as asked: <see cref="Domain"/> by id or by name; <see cref="Format"/> of its base "raw" (null too) or "qcow2".</summary>
+public sealed record NewDiskRequest(long SizeBytes, string Domain, int Snapshots, string? Format = null, bool Preallocated = false);
 
 /// <summary>
 /// The operator's management of hosts, domains and VMs, as the API runs it: it checks a request against the
@@ -128,7 +130,8 @@ public sealed class ManagementService(ActorSystem system, IActorRef inventory, I
         if (string.IsNullOrWhiteSpace(host))
             throw Refuse(ErrorCodes.InvalidArgument, "host: name the host to run the VM on, e.g. \"host-1\"");
         if (disks is not { Count: > 0 })
-            throw Refuse(ErrorCodes.InvalidArgument, "disks: give at least one disk, as {\"sizeBytes\": 1073741824, \"domain\": \"fast-ssd\", \"snapshots\": 0}");
+            throw Refuse(ErrorCodes.InvalidArgument,
+                "disks: give at least one disk, as {\"sizeBytes\": 1073741824, \"domain\": \"fast-ssd\", \"snapshots\": 0, \"format\": \"raw\", \"preallocated\": false}");
         foreach (var disk in disks)
         {
             if (disk.SizeBytes <= 0 || disk.SizeBytes % 512 != 0)
@@ -137,13 +140,15 @@ public sealed class ManagementService(ActorSystem system, IActorRef inventory, I
                 throw Refuse(ErrorCodes.InvalidArgument, $"snapshots must be between 0 and {MaxSnapshots}, got {disk.Snapshots}");
             if (string.IsNullOrWhiteSpace(disk.Domain))
                 throw Refuse(ErrorCodes.InvalidArgument, "domain: each disk names its storage domain, by id or name");
+            BaseFormatOf(disk);
         }
         var snapshot = await InventoryAsync(ct);
         if (snapshot.Hosts.All(h => h.HostId != host))
             throw Refuse(HostNotFound, $"no host '{ApiText.Clip(host)}' (known: {string.Join(", ", snapshot.Hosts.Select(h => h.HostId))})");
         if (snapshot.Vms.Any(v => v.Vm.Name == name))
             throw Refuse(ErrorCodes.Conflict, $"a VM named '{name}' exists already");
-        var resolved = disks.Select(d => new NewDisk(d.SizeBytes, ResolveDomain(snapshot, d.Domain).Id, d.Snapshots)).ToValueList();
+        var resolved = disks.Select(d => new NewDisk(d.SizeBytes, ResolveDomain(snapshot, d.Domain).Id, d.Snapshots, BaseFormatOf(d),
+            d.Preallocated ? VolumeAllocation.Preallocated : VolumeAllocation.Sparse)).ToValueList();
         foreach (var group in resolved.GroupBy(d => d.Domain))
         {
             var domain = snapshot.Domains.First(d => d.Id == group.Key);
@@ -275,6 +280,16 @@ public sealed class ManagementService(ActorSystem system, IActorRef inventory, I
                 $"VM {entry.Vm.Id} ({entry.Vm.Name}) cannot be {what}: its disk {busy.Image} is moving in migration {busy.Migration}");
     }
 
+    /// <summary>The base format a new disk asks for: "raw" when it names none.</summary>
+    private static VolumeFormat BaseFormatOf(NewDiskRequest disk) => disk.Format switch
+    {
+        null or "raw" => VolumeFormat.Raw,
+        "qcow2" => VolumeFormat.Cow,
+        _ => throw Refuse(ErrorCodes.InvalidArgument, $"format: a disk's base is \"raw\" or \"qcow2\", got \"{ApiText.Clip(disk.Format)}\""),
+    };
+
+    private static string FormatName(VolumeFormat format) => format == VolumeFormat.Cow ? "qcow2" : "raw";
+
     private static VmView ViewOf(VmEntry entry, InventorySnapshot snapshot)
     {
         var migrations = snapshot.Reservations.ToDictionary(r => r.Image, r => r.Migration);
@@ -284,7 +299,9 @@ public sealed class ManagementService(ActorSystem system, IActorRef inventory, I
                 d.LeafDomain?.ToString(),
                 d.Chain.Select(l => new ChainLayerView(l.Domain.ToString(), d.Image.ToString(), l.Volume.ToString())).ToList(),
                 migrations.TryGetValue(d.Image, out var m) ? m.ToString() : null,
-                d.Unresolved)).ToList());
+                d.Unresolved,
+                d.BaseFormat is { } format ? FormatName(format) : null,
+                d.BaseAllocation switch { VolumeAllocation.Preallocated => "preallocated", VolumeAllocation.Sparse => "sparse", _ => null })).ToList());
     }
 
     /// <summary>The VM once the inventory shows the change (the host reports it right after), or as it is after the wait.</summary>

@@ -72,15 +72,19 @@ public static class GuestVerifier
     /// <summary>
     /// Reads the image chain whose leaf is <paramref name="leafImagePath"/> offline (qemu-img convert to a temporary
     /// raw file, with -U so a chain still open elsewhere can be read) and checks every block the ledger names.
+    /// The leaf's format is named, never probed: a raw disk whose guest wrote a qcow2 header at its start would
+    /// otherwise be read as that qcow2 image (and its backing file, any file of the host).
     /// </summary>
-    public static async Task<VerificationReport> VerifyImageAsync(string leafImagePath, WriteLedger ledger, CancellationToken ct = default)
+    public static async Task<VerificationReport> VerifyImageAsync(string leafImagePath, VolumeFormat leafFormat, WriteLedger ledger,
+        CancellationToken ct = default)
     {
         if (!File.Exists(leafImagePath))
             throw new OperationFailedException(ErrorCodes.VolumeNotFound, $"image {leafImagePath} does not exist");
         var rawPath = Path.Combine(Path.GetTempPath(), $"lsm-verify-{Guid.NewGuid():N}.raw");
         try
         {
-            await ProcessRunner.RunCheckedAsync("qemu-img", ["convert", "-U", "-O", "raw", leafImagePath, rawPath],
+            await ProcessRunner.RunCheckedAsync("qemu-img",
+                ["convert", "-U", "-f", leafFormat == VolumeFormat.Cow ? "qcow2" : "raw", "-O", "raw", leafImagePath, rawPath],
                 ErrorCodes.QemuImgFailed, ct);
             using var raw = File.OpenHandle(rawPath, FileMode.Open, FileAccess.Read);
             var size = RandomAccess.GetLength(raw);

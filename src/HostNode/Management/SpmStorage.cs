@@ -87,6 +87,8 @@ public sealed class SpmStorage(StoragePool pool, Action<AttachDomain> announce)
                 return new ManagementRefused(ErrorCodes.InvalidArgument, $"a disk's size must be a positive multiple of 512 bytes, got {disk.SizeBytes}");
             if (disk.Snapshots is < 0 or > MaxSnapshots)
                 return new ManagementRefused(ErrorCodes.InvalidArgument, $"snapshots must be between 0 and {MaxSnapshots}, got {disk.Snapshots}");
+            if (!Enum.IsDefined(disk.BaseFormat) || !Enum.IsDefined(disk.BaseAllocation))
+                return new ManagementRefused(ErrorCodes.InvalidArgument, $"a disk's base is raw or qcow2, sparse or preallocated; got {disk.BaseFormat}, {disk.BaseAllocation}");
         }
         // Space first, per domain, for all the disks together: either all are made or none.
         foreach (var group in command.Disks.GroupBy(d => d.Domain))
@@ -116,7 +118,8 @@ public sealed class SpmStorage(StoragePool pool, Action<AttachDomain> announce)
     private static async Task<DiskLeaf> CreateDiskAsync(IStorageDomain domain, NewDisk disk, CancellationToken ct)
     {
         var image = ImageId.New();
-        var top = await domain.CreateVolumeAsync(new NewVolume(image, VolumeId.New(), VolumeFormat.Raw, disk.SizeBytes), null, ct);
+        var top = await domain.CreateVolumeAsync(
+            new NewVolume(image, VolumeId.New(), disk.BaseFormat, disk.SizeBytes, Allocation: disk.BaseAllocation), null, ct);
         for (var i = 0; i < disk.Snapshots; i++)
             top = await domain.CreateVolumeAsync(
                 new NewVolume(image, VolumeId.New(), VolumeFormat.Cow, disk.SizeBytes, new VolumeRef(domain.Id, top.Id)), null, ct);

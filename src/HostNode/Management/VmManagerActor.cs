@@ -213,7 +213,9 @@ public sealed class VmManagerActor : ReceiveActor
             else
             {
                 var leaf = stopped!.Drives.First(d => d.Image == image).Leaf;
-                report = await GuestVerifier.VerifyImageAsync(_pool.Get(leaf.Domain).Locate(image, leaf.Volume), ledger);
+                var domain = _pool.Get(leaf.Domain);
+                var leafFormat = (await domain.DescribeVolumeAsync(image, leaf.Volume)).Format;
+                report = await GuestVerifier.VerifyImageAsync(domain.Locate(image, leaf.Volume), leafFormat, ledger);
             }
             checkedBlocks += report.BlocksChecked;
             lost += report.Lost.Count;

@@ -48,10 +48,11 @@ public static class VmReports
             {
                 var leaf = await pool.Get(drive.Leaf.Domain).DescribeVolumeAsync(drive.Image, drive.Leaf.Volume, ct);
                 var chain = await pool.ResolveChainAsync(leaf, ct);
-                long allocated = 0;
+                var volumes = new List<VolumeInfo>();
                 foreach (var layer in chain.Layers)
-                    allocated += (await pool.Get(layer.Volume.Domain).DescribeVolumeAsync(drive.Image, layer.Volume.Volume, ct)).AllocatedBytes;
-                drives.Add(new DriveReport(drive.Image, chain.Layers.Select(l => l.Volume).ToValueList(), leaf.Capacity, allocated));
+                    volumes.Add(await pool.Get(layer.Volume.Domain).DescribeVolumeAsync(drive.Image, layer.Volume.Volume, ct));
+                drives.Add(new DriveReport(drive.Image, chain.Layers.Select(l => l.Volume).ToValueList(), leaf.Capacity,
+                    volumes.Sum(v => v.AllocatedBytes), volumes[0].Format, volumes[0].Allocation));
             }
             catch (OperationFailedException e) when (e.Code is ErrorCodes.DomainNotFound or ErrorCodes.ImageNotFound or ErrorCodes.VolumeNotFound)
             {
@@ -65,6 +66,7 @@ public static class VmReports
     public static async Task<DriveReport> DescribeDriveAsync(DriveState drive, StoragePool pool, CancellationToken ct = default)
     {
         var chain = new List<VolumeRef>();
+        VolumeInfo? baseVolume = null;
         long capacity = 0, allocated = 0;
         foreach (var path in drive.OpenChain)
         {
@@ -73,12 +75,13 @@ public static class VmReports
                 var volume = await FindAsync(domain, drive.Image, path, ct);
                 if (volume is null) continue;
                 chain.Add(new VolumeRef(domain.Id, volume.Id));
+                baseVolume ??= volume;
                 capacity = Math.Max(capacity, volume.Capacity);
                 allocated += volume.AllocatedBytes;
                 break;
             }
         }
-        return new DriveReport(drive.Image, chain.ToValueList(), capacity, allocated);
+        return new DriveReport(drive.Image, chain.ToValueList(), capacity, allocated, baseVolume?.Format, baseVolume?.Allocation);
     }
 
     /// <summary>The leaves of a running VM's drives as QEMU has them open now (what a restart must open again).</summary>

@@ -11,6 +11,7 @@ namespace LiveMigration.HostNode.Storage;
 /// migration does not own, and an existing volume is returned only when this migration made it.
 /// Null for the operator's volumes (new disks, snapshots).
 /// </param>
+/// <param name="Allocation">Preallocated only for a base volume (qemu-img refuses preallocation under a backing file).</param>
 public sealed record NewVolume(
     ImageId Image,
     VolumeId Id,
@@ -18,7 +19,8 @@ public sealed record NewVolume(
     long Capacity,
     VolumeRef? Parent = null,
     Legality Legality = Legality.Legal,
-    VolumeOwner? Owner = null);
+    VolumeOwner? Owner = null,
+    VolumeAllocation Allocation = VolumeAllocation.Sparse);
 
 /// <summary>
 /// The storage port: one storage domain. Every operation is idempotent when repeated with the
@@ -49,7 +51,7 @@ public interface IStorageDomain
 
     /// <summary>
     /// Pre-copy step 2 (and post-copy's twins): the image's chain from <paramref name="source"/> recreated here
-    /// (same ids, parents, formats, capacities), empty and ILLEGAL, each volume owned by <paramref name="owner"/>.
+    /// (same ids, parents, formats, capacities, allocation), empty and ILLEGAL, each volume owned by <paramref name="owner"/>.
     /// Refused with DESTINATION_HOLDS_IMAGE when this domain holds any volume of the image that
     /// <paramref name="owner"/>'s migration did not make; a repeat by the same migration returns its volumes.
     /// </summary>
@@ -58,7 +60,8 @@ public interface IStorageDomain
     /// <summary>
     /// Copies one layer's data (only its allocated clusters) from <paramref name="source"/> into
     /// its twin here, verifies it, then marks the twin LEGAL and bumps its generation. The twin
-    /// stays ILLEGAL on any failure. Repeating it on a LEGAL twin returns at once.
+    /// stays ILLEGAL on any failure. Repeating it on a LEGAL twin returns at once. A preallocated twin
+    /// is still preallocated after the copy.
     /// </summary>
     Task<VolumeInfo> CopyVolumeDataAsync(IStorageDomain source, ImageId image, VolumeId volume,
         IProgress<CopyProgress>? progress = null, CancellationToken ct = default);
@@ -72,7 +75,7 @@ public interface IStorageDomain
     Task<VolumeInfo> SetParentAsync(ImageId image, VolumeId volume, VolumeRef newParent, IStorageDomain? parentDomain,
         bool rewriteHeader, CancellationToken ct = default);
 
-    /// <summary>Marks a volume LEGAL and bumps its generation (a mirrored leaf after its pivot).</summary>
+    /// <summary>Marks a volume LEGAL and bumps its generation (a mirrored leaf after its pivot); a preallocated one is allocated whole again first.</summary>
     Task<VolumeInfo> MarkLegalAsync(ImageId image, VolumeId volume, CancellationToken ct = default);
 
     /// <summary>

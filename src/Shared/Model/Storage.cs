@@ -4,6 +4,12 @@ public enum VolumeType { Internal, Leaf }
 public enum VolumeFormat { Cow, Raw }
 public enum Legality { Legal, Illegal }
 
+/// <summary>
+/// How a volume takes its space (VDSM's volume TYPE). <see cref="Preallocated"/> only for a base volume: a raw file
+/// allocated whole (<c>preallocation=falloc</c>), or a qcow2 file with all its metadata allocated (<c>preallocation=metadata</c>).
+/// </summary>
+public enum VolumeAllocation { Sparse, Preallocated }
+
 /// <summary>One layer of an image as a domain's metadata describes it.</summary>
 public sealed record VolumeInfo(
     DomainId Domain,
@@ -22,7 +28,9 @@ public sealed record VolumeInfo(
     /// <summary>Bytes the volume takes on the domain (allocated, not virtual).</summary>
     long AllocatedBytes,
     /// <summary>The migration that made this volume (DESIGN §7 invariant 3); null for a volume an operator made.</summary>
-    VolumeOwner? Owner = null);
+    VolumeOwner? Owner = null,
+    /// <summary>Sparse, or preallocated as it was made (a base only); a copy keeps it.</summary>
+    VolumeAllocation Allocation = VolumeAllocation.Sparse);
 
 /// <summary>
 /// Who made a volume: the migration that created it, and the generation it ran under. A migration

@@ -17,7 +17,10 @@ public sealed record VmReport(VmId Id, string Name, bool Running, ValueList<Driv
 /// resolve the chain (its record and what runs disagree, a volume is missing) reports it empty: such a disk has no
 /// domain, and every view shows it as unresolved instead of failing.
 /// </summary>
-public sealed record DriveReport(ImageId Image, ValueList<VolumeRef> Chain, long CapacityBytes, long AllocatedBytes)
+/// <param name="BaseFormat">The format of the chain's base (every layer above it is qcow2); null when unresolved, or in a report written before it was told.</param>
+/// <param name="BaseAllocation">Whether the base is sparse or preallocated; null as <paramref name="BaseFormat"/>.</param>
+public sealed record DriveReport(ImageId Image, ValueList<VolumeRef> Chain, long CapacityBytes, long AllocatedBytes,
+    VolumeFormat? BaseFormat = null, VolumeAllocation? BaseAllocation = null)
 {
     /// <summary>The domain of the chain's leaf, or null when the chain is empty (unresolved).</summary>
     public DomainId? LeafDomain => Chain.Count > 0 ? Chain[^1].Domain : null;

@@ -13,8 +13,12 @@ public interface IManagementMessage;
 /// <summary>A disk as the SPM made it: the image and its leaf volume (the top of its chain).</summary>
 public sealed record DiskLeaf(ImageId Image, VolumeRef Leaf);
 
-/// <summary>One disk of a new VM: a raw base of <paramref name="SizeBytes"/> with <paramref name="Snapshots"/> qcow2 layers over it.</summary>
-public sealed record NewDisk(long SizeBytes, DomainId Domain, int Snapshots);
+/// <summary>
+/// One disk of a new VM: a base of <paramref name="SizeBytes"/> with <paramref name="Snapshots"/> qcow2 layers over it.
+/// The base is raw or qcow2, sparse or preallocated; a message written before those fields existed reads as a sparse raw base.
+/// </summary>
+public sealed record NewDisk(long SizeBytes, DomainId Domain, int Snapshots, VolumeFormat BaseFormat = VolumeFormat.Raw,
+    VolumeAllocation BaseAllocation = VolumeAllocation.Sparse);
 
 /// <summary>Any management command refused or failed: the code says why (an <see cref="ErrorCodes"/> value).</summary>
 public sealed record ManagementRefused(string Code, string Message) : IManagementMessage;

@@ -90,6 +90,9 @@ public sealed class ManagementServiceTests() : TestKit(Config, nameof(Management
         await RefusedAsync(ErrorCodes.Conflict, 409, () => service.CreateVmAsync("web", "host-1", [new NewDiskRequest(16 * MiB, "fast", 0)], none));
         await RefusedAsync(ErrorCodes.InvalidArgument, 400, () => service.CreateVmAsync("db", "host-1", [new NewDiskRequest(1000, "fast", 0)], none));
         await RefusedAsync(ErrorCodes.InvalidArgument, 400, () => service.CreateVmAsync("db", "host-1", [], none));
+        var format = await RefusedAsync(ErrorCodes.InvalidArgument, 400,
+            () => service.CreateVmAsync("db", "host-1", [new NewDiskRequest(16 * MiB, "fast", 0, "vmdk")], none));
+        Assert.Equal("format: a disk's base is \"raw\" or \"qcow2\", got \"vmdk\"", format.Message);
         await RefusedAsync(ErrorCodes.InvalidArgument, 400, () => service.CreateDomainAsync("slow", "relative/dir", 0, none));
         await RefusedAsync(ErrorCodes.Conflict, 409, () => service.CreateDomainAsync("fast", "/srv/lsm", 0, none));
         spm.ExpectNoMsg(TimeSpan.FromMilliseconds(300));

@@ -78,6 +78,64 @@ public abstract class StorageDomainContract : IAsyncLifetime
             () => domain.CreateVolumeAsync(spec with { Capacity = 2 * ChainSeeder.Capacity }));
     }
 
+    [Theory]
+    [InlineData(VolumeFormat.Raw, VolumeAllocation.Sparse)]
+    [InlineData(VolumeFormat.Raw, VolumeAllocation.Preallocated)]
+    [InlineData(VolumeFormat.Cow, VolumeAllocation.Sparse)]
+    [InlineData(VolumeFormat.Cow, VolumeAllocation.Preallocated)]
+    public async Task A_base_volume_is_made_in_its_format_and_allocation_and_says_so(VolumeFormat format, VolumeAllocation allocation)
+    {
+        var domain = await CreateDomainAsync("contract-a", RoomyCapacity);
+        var spec = new NewVolume(ImageId.New(), VolumeId.New(), format, ChainSeeder.Capacity, Allocation: allocation);
+
+        var made = await domain.CreateVolumeAsync(spec);
+
+        Assert.Equal((format, allocation), (made.Format, made.Allocation));
+        Assert.Equal(made, await domain.DescribeVolumeAsync(spec.Image, spec.Id));
+        if (format == VolumeFormat.Raw && allocation == VolumeAllocation.Preallocated)
+            Assert.True(made.AllocatedBytes >= ChainSeeder.Capacity, $"a preallocated raw volume of {ChainSeeder.Capacity} bytes takes {made.AllocatedBytes}");
+        else
+            Assert.True(made.AllocatedBytes < ChainSeeder.Capacity / 4, $"a {allocation} {format} volume of {ChainSeeder.Capacity} bytes takes {made.AllocatedBytes}");
+        Assert.Equal(made, await domain.CreateVolumeAsync(spec));
+        var otherAllocation = allocation == VolumeAllocation.Sparse ? VolumeAllocation.Preallocated : VolumeAllocation.Sparse;
+        await ContractAssert.FailsWithAsync(ErrorCodes.Conflict, () => domain.CreateVolumeAsync(spec with { Allocation = otherAllocation }));
+    }
+
+    [Fact]
+    public async Task Only_a_base_volume_can_be_preallocated()
+    {
+        var domain = await CreateDomainAsync("contract-a", RoomyCapacity);
+        var image = ImageId.New();
+        var baseVolume = await domain.CreateVolumeAsync(new NewVolume(image, VolumeId.New(), VolumeFormat.Raw, ChainSeeder.Capacity));
+
+        var refused = await ContractAssert.FailsWithAsync(ErrorCodes.InvalidArgument, () => domain.CreateVolumeAsync(
+            new NewVolume(image, VolumeId.New(), VolumeFormat.Cow, ChainSeeder.Capacity, new VolumeRef(domain.Id, baseVolume.Id), Allocation: VolumeAllocation.Preallocated)));
+        Assert.Contains("only a base volume can be preallocated", refused.Message);
+        Assert.Single((await domain.DescribeImageAsync(image)).Volumes);
+    }
+
+    [Theory]
+    [InlineData(VolumeFormat.Raw)]
+    [InlineData(VolumeFormat.Cow)]
+    public async Task A_preallocated_base_is_cloned_and_copied_preallocated(VolumeFormat format)
+    {
+        var source = await CreateDomainAsync("contract-a", RoomyCapacity);
+        var destination = await CreateDomainAsync("contract-b", RoomyCapacity);
+        var image = ImageId.New();
+        var original = await source.CreateVolumeAsync(new NewVolume(image, VolumeId.New(), format, ChainSeeder.Capacity, Allocation: VolumeAllocation.Preallocated));
+        await WriteLayerDataAsync(source, image, original.Id, 0, ChainSeeder.LayerDataBytes, 0x5a);
+
+        var twin = Assert.Single((await destination.CloneImageStructureAsync(source, image, TestOwners.Default)).Volumes);
+        Assert.Equal((format, VolumeAllocation.Preallocated), (twin.Format, twin.Allocation));
+        var copied = await destination.CopyVolumeDataAsync(source, image, twin.Id);
+
+        Assert.Equal(Legality.Legal, copied.Legality);
+        Assert.Equal(VolumeAllocation.Preallocated, copied.Allocation);
+        // a raw file keeps its whole size allocated (qemu-img punches holes where the source reads zero; the copy gives the space back)
+        if (format == VolumeFormat.Raw)
+            Assert.True(copied.AllocatedBytes >= ChainSeeder.Capacity, $"the copy of a preallocated raw volume of {ChainSeeder.Capacity} bytes takes {copied.AllocatedBytes}");
+    }
+
     [Fact]
     public async Task A_seeded_chain_is_described_base_to_leaf_with_types_parents_and_legality()
     {

@@ -72,7 +72,7 @@ public sealed class HostLayerMigrationTests
         Assert.True(live.BlocksChecked > 100);
 
         await bed.Hypervisor.StopVmAsync(bed.Vm);
-        var offline = await GuestVerifier.VerifyImageAsync(drive.OpenChain[^1], WriteLedger.Load(bed.LedgerPath));
+        var offline = await GuestVerifier.VerifyImageAsync(drive.OpenChain[^1], VolumeFormat.Cow, WriteLedger.Load(bed.LedgerPath));
         Assert.True(offline.Ok, string.Join("; ", offline.Mismatches.Take(5)));
     }
 
@@ -181,7 +181,7 @@ public sealed class HostLayerMigrationTests
         Assert.Equal(bed.Volumes, onA.Volumes.Select(v => v.Id));
         Assert.All(onA.Volumes, v => Assert.Equal(Legality.Legal, v.Legality));
         await guest.StopAsync();
-        var offline = await GuestVerifier.VerifyImageAsync(bed.A.Locate(bed.Image, onA.Leaf.Id), WriteLedger.Load(bed.LedgerPath));
+        var offline = await GuestVerifier.VerifyImageAsync(bed.A.Locate(bed.Image, onA.Leaf.Id), onA.Leaf.Format, WriteLedger.Load(bed.LedgerPath));
         Assert.True(offline.Ok, string.Join("; ", offline.Mismatches.Take(5)));
         Assert.True(offline.BlocksChecked > 10);
         // qemu-img check: 0 clean, 3 leaked clusters only (normal after a killed writer: space, not data), 2 corruption.

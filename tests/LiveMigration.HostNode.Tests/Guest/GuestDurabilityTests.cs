@@ -66,7 +66,7 @@ public sealed class GuestDurabilityTests(ITestOutputHelper output) : IAsyncLifet
         Assert.Equal(workload.Ledger.DurableWrites, ledger.DurableWrites);
         Assert.Equal(workload.Ledger.AcknowledgedWrites, ledger.AcknowledgedWrites);
         var notDurableBlocks = ledger.Snapshot().Count(b => b.Acknowledged is { } a && a != b.Durable);
-        var report = await GuestVerifier.VerifyImageAsync(chain.Layers[^1].Path, ledger);
+        var report = await GuestVerifier.VerifyImageAsync(chain.Layers[^1].Path, chain.Layers[^1].Format, ledger);
         output.WriteLine($"{(fua ? "FUA" : $"flush every {flushInterval.TotalMilliseconds:0} ms")}: {stats.Writes} writes acknowledged, " +
                          $"{ledger.DurableWrites} durable after {stats.Flushes} flushes (longest {stats.MaxFlushLatency.TotalMilliseconds:0.0} ms), " +
                          $"{ledger.NotDurableCount} acknowledged not durable on {notDurableBlocks} blocks, {ledger.UnacknowledgedCount} unacknowledged");
@@ -172,7 +172,7 @@ public sealed class GuestDurabilityTests(ITestOutputHelper output) : IAsyncLifet
 
         var ledger = WriteLedger.Load(guestIo.LedgerPath(vm.Id, chain.Image));
         Assert.Equal(final.DurableWrites, ledger.DurableWrites);
-        var report = await GuestVerifier.VerifyImageAsync(chain.Layers[^1].Path, ledger);
+        var report = await GuestVerifier.VerifyImageAsync(chain.Layers[^1].Path, chain.Layers[^1].Format, ledger);
         output.WriteLine($"host guest I/O: {final.LedgerWrites} acknowledged, {final.DurableWrites} durable after {final.Flushes} flushes; " +
                          $"after SIGKILL {report.BlocksChecked} blocks checked, {report.DurableBlocks} durable, {report.Lost.Count} lost, {report.InDoubt.Count} in doubt");
         Assert.Empty(report.Lost);

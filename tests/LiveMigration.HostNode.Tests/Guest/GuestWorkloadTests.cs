@@ -46,7 +46,7 @@ public sealed class GuestWorkloadTests(ITestOutputHelper output) : IAsyncLifetim
 
         await _bed.KillNbdAsync();
         var loaded = WriteLedger.Load(_bed.LedgerPath);
-        var offline = await GuestVerifier.VerifyImageAsync(_bed.ImagePath, loaded);
+        var offline = await GuestVerifier.VerifyImageAsync(_bed.ImagePath, VolumeFormat.Cow, loaded);
         output.WriteLine(offline.ToString());
         Assert.True(offline.Ok, offline.ToString());
         Assert.Equal(throughNbd.BlocksChecked, offline.BlocksChecked);
@@ -95,7 +95,7 @@ public sealed class GuestWorkloadTests(ITestOutputHelper output) : IAsyncLifetim
         await _bed.QemuIoAsync($"write -P 0x55 {garbageOffset} 4096");
 
         var ledger = WriteLedger.Load(_bed.LedgerPath);
-        var offline = await GuestVerifier.VerifyImageAsync(_bed.ImagePath, ledger);
+        var offline = await GuestVerifier.VerifyImageAsync(_bed.ImagePath, VolumeFormat.Cow, ledger);
         output.WriteLine(offline.ToString());
         Assert.False(offline.Ok);
         Assert.Equal(64, offline.BlocksChecked);
@@ -147,7 +147,7 @@ public sealed class GuestWorkloadTests(ITestOutputHelper output) : IAsyncLifetim
 
         var ledger = WriteLedger.Load(_bed.LedgerPath);
         Assert.Equal(workload.Ledger.UnacknowledgedCount, ledger.UnacknowledgedCount);
-        var offline = await GuestVerifier.VerifyImageAsync(_bed.ImagePath, ledger);
+        var offline = await GuestVerifier.VerifyImageAsync(_bed.ImagePath, VolumeFormat.Cow, ledger);
         output.WriteLine(offline.ToString());
         Assert.True(offline.Ok, offline.ToString());
         Assert.Equal(ledger.UnacknowledgedCount, offline.UnacknowledgedBlocks);

@@ -46,6 +46,27 @@ public sealed class SpmStorageTests : IDisposable
     }
 
     [Fact]
+    public async Task Vm_disks_are_made_with_the_base_shape_asked_and_sparse_qcow2_layers_over_it()
+    {
+        var domain = await CreateDomainAsync("fast", 256 * MiB);
+        var created = Assert.IsType<VmDisksCreated>(await _spm.HandleAsync(new CreateVmDisks(VmId.New(),
+        [
+            new NewDisk(16 * MiB, domain.Id, 0, VolumeFormat.Raw, VolumeAllocation.Preallocated),
+            new NewDisk(16 * MiB, domain.Id, 2, VolumeFormat.Cow, VolumeAllocation.Preallocated),
+            new NewDisk(16 * MiB, domain.Id, 0, VolumeFormat.Cow),
+        ])));
+        var shapes = new List<string>();
+        foreach (var disk in created.Disks)
+        {
+            var volumes = (await _pool.Get(domain.Id).DescribeImageAsync(disk.Image)).Volumes;
+            shapes.Add(string.Join(" < ", volumes.Select(v => $"{v.Format} {v.Allocation}")));
+        }
+        Assert.Equal(["Raw Preallocated", "Cow Preallocated < Cow Sparse < Cow Sparse", "Cow Sparse"], shapes);
+        var rawBase = await _pool.Get(domain.Id).DescribeImageAsync(created.Disks[0].Image);
+        Assert.True(rawBase.Volumes[0].AllocatedBytes >= 16 * MiB, $"the preallocated raw base takes {rawBase.Volumes[0].AllocatedBytes} bytes");
+    }
+
+    [Fact]
     public async Task Vm_disks_are_made_with_their_snapshots_and_a_vm_that_does_not_fit_makes_nothing()
     {
         var domain = await CreateDomainAsync("fast", 128 * MiB);

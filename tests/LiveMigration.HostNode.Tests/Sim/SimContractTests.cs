@@ -14,7 +14,8 @@ internal static class SimData
     {
         var sim = Assert.IsType<SimStorageDomain>(domain);
         var current = await sim.DescribeVolumeAsync(image, volume);
-        sim.SeedAllocated(image, volume, current.AllocatedBytes + length);
+        // a preallocated volume holds its capacity already: data fills it, it does not grow
+        sim.SeedAllocated(image, volume, Math.Min(current.Capacity, current.AllocatedBytes + length));
     }
 }
 

@@ -47,7 +47,7 @@ public static class ProtocolSamples
     private static readonly VmReport VmSeen = new(Vm, "web-01 (élan)", Running: true,
     [
         new DriveReport(Image, [new VolumeRef(Source, BaseVolume), new VolumeRef(Destination, LeafVolume)], 8_589_934_592, 4_294_967_296),
-        new DriveReport(OtherImage, [new VolumeRef(Source, BaseVolume)], 2_147_483_648, 1_048_576),
+        new DriveReport(OtherImage, [new VolumeRef(Source, BaseVolume)], 2_147_483_648, 1_048_576, VolumeFormat.Cow, VolumeAllocation.Preallocated),
     ]);
 
     private static readonly DomainReport SourceDomain = new(Source, "fast-ssd", "file", 100_000_000_000, 90_000_000_000, 10_000_000_000, Active: true);
@@ -152,7 +152,8 @@ public static class ProtocolSamples
         new ManagementRefused(ErrorCodes.NotEnoughSpace, "domain fast-ssd has 1048576 bytes available, the disks need 4294967296"),
         new CreateDomain("fast-ssd", "/srv/lsm/domains", 100_000_000_000),
         new DomainCreated(SourceDomain, "/srv/lsm/domains"),
-        new CreateVmDisks(Vm, [new NewDisk(4_294_967_296, Source, Snapshots: 2), new NewDisk(1_048_576, Destination, 0)]),
+        new CreateVmDisks(Vm, [new NewDisk(4_294_967_296, Source, Snapshots: 2),
+            new NewDisk(1_048_576, Destination, 0, VolumeFormat.Cow, VolumeAllocation.Preallocated)]),
         new VmDisksCreated(Vm, [new DiskLeaf(Image, new VolumeRef(Source, LeafVolume)), new DiskLeaf(OtherImage, new VolumeRef(Destination, BaseVolume))]),
         new DeleteVmDisks(Vm, [new DiskLeaf(Image, new VolumeRef(Source, LeafVolume))]),
         new VmDisksDeleted(Vm),

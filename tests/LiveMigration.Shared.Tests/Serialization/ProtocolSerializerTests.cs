@@ -139,6 +139,31 @@ public sealed class ProtocolSerializerTests(ActorSystemFixture fixture) : IClass
     }
 
     [Fact]
+    public void A_new_disk_written_before_disk_shapes_reads_as_a_sparse_raw_base()
+    {
+        var payload = """{"vm":"b3a9e1c4-5d2f-4e8a-8c6b-1f7d9e0a2b33","disks":[{"sizeBytes":1048576,"domain":"a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d","snapshots":2}]}"""u8.ToArray();
+
+        var create = Assert.IsType<CreateVmDisks>(_serializer.FromBinary(payload, "lm.CreateVmDisks.v1"));
+
+        Assert.Equal(new NewDisk(1_048_576, DomainId.Parse("a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d"), 2, VolumeFormat.Raw, VolumeAllocation.Sparse),
+            Assert.Single(create.Disks));
+    }
+
+    [Fact]
+    public void A_drive_report_journaled_before_disk_shapes_reads_with_its_base_shape_unknown()
+    {
+        // lm.HostReported.v1 exactly as its golden file held it before DriveReport told the base's format and allocation
+        var payload = """{"hostId":"host-1","address":"akka.tcp://lsm@10.0.0.11:4053","spmCapable":true,"vms":[{"id":"b3a9e1c4-5d2f-4e8a-8c6b-1f7d9e0a2b33","name":"web-01 (élan)","running":true,"drives":[{"image":"0c5e8f21-7a4b-4d93-b1e6-9a2c3d4e5f60","chain":[{"domain":"a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d","volume":"3b4c5d6e-7f80-4192-a3b4-c5d6e7f80912"},{"domain":"f0e1d2c3-b4a5-4968-8776-655443322110","volume":"4c5d6e7f-8091-42a3-b4c5-d6e7f8091a2b"}],"capacityBytes":8589934592,"allocatedBytes":4294967296},{"image":"1e2d3c4b-5a69-4788-96a5-b4c3d2e1f0a9","chain":[{"domain":"a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d","volume":"3b4c5d6e-7f80-4192-a3b4-c5d6e7f80912"}],"capacityBytes":2147483648,"allocatedBytes":1048576}]}],"at":"2025-03-14T15:09:26.5350000+02:00"}"""u8.ToArray();
+
+        var reported = Assert.IsType<HostReported>(_serializer.FromBinary(payload, "lm.HostReported.v1"));
+
+        var drives = Assert.Single(reported.Vms).Drives;
+        Assert.Equal([4_294_967_296L, 1_048_576L], drives.Select(d => d.AllocatedBytes));
+        Assert.All(drives, d => Assert.Null(d.BaseFormat));
+        Assert.All(drives, d => Assert.Null(d.BaseAllocation));
+    }
+
+    [Fact]
     public void The_identifier_is_fixed_above_akkas_reserved_range()
     {
         Assert.Equal(4_711, _serializer.Identifier);

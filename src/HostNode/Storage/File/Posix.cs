@@ -25,6 +25,12 @@ internal static class Posix
     [DllImport("libc", EntryPoint = "fsync", SetLastError = true)]
     private static extern int Fsync(int fd);
 
+    // fallocate(2), not posix_fallocate: where the file system cannot allocate, glibc's posix_fallocate falls back to
+    // reading each block and writing a zero byte into those that read zero, which races with a writer (QEMU) and could
+    // overwrite its data. fallocate only allocates, or fails with EOPNOTSUPP.
+    [DllImport("libc", EntryPoint = "fallocate", SetLastError = true)]
+    private static extern int Fallocate(int fd, int mode, long offset, long length);
+
     [DllImport("libc", EntryPoint = "close", SetLastError = true)]
     private static extern int Close(int fd);
 
@@ -106,6 +112,24 @@ internal static class Posix
             Close(fd);
         }
     }
+
+    /// <summary>
+    /// Allocates every byte of the file up to its size (fallocate mode 0): holes become allocated space that reads as
+    /// zeroes, and no byte the file holds changes, even while QEMU writes it. What makes a copied raw volume
+    /// preallocated again after qemu-img or a mirror punched holes where the source read zero.
+    /// </summary>
+    public static void AllocateWhole(string path)
+    {
+        if (!NativeSupported) return;
+        using var stream = new FileStream(path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite);
+        if (stream.Length == 0) return;
+        if (Fallocate((int)stream.SafeFileHandle.DangerousGetHandle(), 0, 0, stream.Length) == 0) return;
+        var error = Marshal.GetLastPInvokeError();
+        throw new OperationFailedException(error == ENoSpc ? ErrorCodes.NotEnoughSpace : ErrorCodes.IoError,
+            $"cannot allocate the {stream.Length} bytes of {path}: {Marshal.GetPInvokeErrorMessage(error)} (errno {error})");
+    }
+
+    private const int ENoSpc = 28;
 
     /// <summary>Flushes a file's data to disk (after qemu-img wrote it, before it is declared LEGAL).</summary>
     public static void FsyncFile(string path)

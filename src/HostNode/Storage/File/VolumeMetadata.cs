@@ -5,10 +5,11 @@ namespace LiveMigration.HostNode.Storage.File;
 
 /// <summary>
 /// A volume's <c>&lt;volumeId&gt;.meta</c> (DESIGN §4): DOMAIN IMAGE PUUID PDOMAIN VOLTYPE FORMAT
-/// LEGALITY CAPACITY GEN CTIME, then OWNER OWNERGEN for a volume a migration made (DESIGN §7 invariant 3:
+/// LEGALITY CAPACITY GEN CTIME TYPE, then OWNER OWNERGEN for a volume a migration made (DESIGN §7 invariant 3:
 /// the migration id and the generation it ran under). A base volume has the blank PUUID; PDOMAIN is always
-/// written and equals DOMAIN unless the parent is on another domain. Files written before OWNER existed
-/// read as volumes without an owner.
+/// written and equals DOMAIN unless the parent is on another domain. TYPE is VDSM's word for the allocation,
+/// SPARSE or PREALLOCATED. Files written before OWNER existed read as volumes without an owner, files written
+/// before TYPE existed as SPARSE (every volume was).
 /// </summary>
 internal sealed record VolumeMetadata(
     DomainId Domain,
@@ -20,7 +21,8 @@ internal sealed record VolumeMetadata(
     long Capacity,
     int Generation,
     long CreatedUnixSeconds,
-    VolumeOwner? Owner = null)
+    VolumeOwner? Owner = null,
+    VolumeAllocation Allocation = VolumeAllocation.Sparse)
 {
     public IEnumerable<KeyValuePair<string, string>> ToKeyValues() => Owner is null
         ? Common()
@@ -43,6 +45,7 @@ internal sealed record VolumeMetadata(
         new("CAPACITY", Capacity.ToString(CultureInfo.InvariantCulture)),
         new("GEN", Generation.ToString(CultureInfo.InvariantCulture)),
         new("CTIME", CreatedUnixSeconds.ToString(CultureInfo.InvariantCulture)),
+        new("TYPE", Allocation == VolumeAllocation.Preallocated ? "PREALLOCATED" : "SPARSE"),
     ];
 
     /// <summary>Parses strictly: every key present, every id a UUID, every enum one of its words.</summary>
@@ -80,7 +83,8 @@ internal sealed record VolumeMetadata(
             Number("CAPACITY", 1),
             generation <= int.MaxValue ? (int)generation : throw Corrupt(path, $"GEN={generation} is too large"),
             Number("CTIME", 0),
-            owner);
+            owner,
+            values.ContainsKey("TYPE") ? OneOf("TYPE", ("SPARSE", VolumeAllocation.Sparse), ("PREALLOCATED", VolumeAllocation.Preallocated)) : VolumeAllocation.Sparse);
     }
 
     private static OperationFailedException Corrupt(string path, string why) =>

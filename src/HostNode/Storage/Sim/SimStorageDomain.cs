@@ -137,6 +137,9 @@ public sealed class SimStorageDomain : IStorageDomain
             throw new OperationFailedException(ErrorCodes.InvalidId, $"volume id of image {spec.Image} must not be the blank UUID");
         if (spec.Format == VolumeFormat.Raw && spec.Parent is not null)
             throw new OperationFailedException(ErrorCodes.InvalidArgument, $"volume {spec.Image}/{spec.Id}: a RAW volume cannot have a parent ({spec.Parent}); only a base may be RAW");
+        if (spec.Allocation == VolumeAllocation.Preallocated && spec.Parent is not null)
+            throw new OperationFailedException(ErrorCodes.InvalidArgument,
+                $"volume {spec.Image}/{spec.Id}: only a base volume can be preallocated, it has parent {spec.Parent}");
 
         VolumeInfo? remoteParent = null;
         if (spec.Parent is { } p && p.Domain != Id)
@@ -151,11 +154,11 @@ public sealed class SimStorageDomain : IStorageDomain
                 RequireOnlyOwnedLocked(spec.Image, owner);
             if (TryGetVolume(spec.Image, spec.Id) is { } existing)
             {
-                if (existing.Format == spec.Format && existing.Capacity == spec.Capacity && existing.Parent == spec.Parent)
+                if (existing.Format == spec.Format && existing.Capacity == spec.Capacity && existing.Parent == spec.Parent && existing.Allocation == spec.Allocation)
                     return existing.ToInfo(Id);
                 throw new OperationFailedException(ErrorCodes.Conflict,
-                    $"volume {spec.Image}/{spec.Id} exists on domain {Name} as {existing.Format}, {existing.Capacity} bytes, parent {Describe(existing.Parent)}; " +
-                    $"asked for {spec.Format}, {spec.Capacity} bytes, parent {Describe(spec.Parent)}");
+                    $"volume {spec.Image}/{spec.Id} exists on domain {Name} as {existing.Format} {existing.Allocation}, {existing.Capacity} bytes, parent {Describe(existing.Parent)}; " +
+                    $"asked for {spec.Format} {spec.Allocation}, {spec.Capacity} bytes, parent {Describe(spec.Parent)}");
             }
             SimVolume? localParent = null;
             if (spec.Parent is { } lp && lp.Domain == Id)
@@ -165,7 +168,10 @@ public sealed class SimStorageDomain : IStorageDomain
             if (remoteParent is null && localParent is null && spec.Parent is not null)
                 throw new OperationFailedException(ErrorCodes.VolumeNotFound, $"parent {spec.Parent} of volume {spec.Image}/{spec.Id} was not found");
 
-            var created = AddVolumeLocked(spec.Image, spec.Id, spec.Parent, VolumeType.Leaf, spec.Format, spec.Legality, spec.Capacity, spec.Owner);
+            if (PreallocatedBytes(spec.Format, spec.Allocation, spec.Capacity) is > 0 and var preallocated)
+                RequireRoomLocked(preallocated, $"preallocating volume {spec.Image}/{spec.Id} ({preallocated} bytes)");
+            var created = AddVolumeLocked(spec.Image, spec.Id, spec.Parent, VolumeType.Leaf, spec.Format, spec.Legality, spec.Capacity, spec.Owner,
+                spec.Allocation);
             if (localParent is not null) localParent.Type = VolumeType.Internal;
             return created.ToInfo(Id);
         }
@@ -201,7 +207,7 @@ public sealed class SimStorageDomain : IStorageDomain
             foreach (var sv in missing)
             {
                 var parent = MapParent(sv.Parent, source.Id);
-                AddVolumeLocked(image, sv.Id, parent, sv.Type, sv.Format, Legality.Illegal, sv.Capacity, owner);
+                AddVolumeLocked(image, sv.Id, parent, sv.Type, sv.Format, Legality.Illegal, sv.Capacity, owner, sv.Allocation);
             }
             foreach (var sv in missing)
                 if (sv.Parent is { } p && p.Domain == source.Id && TryGetVolume(image, p.Volume) is { } localParent)
@@ -527,20 +533,26 @@ public sealed class SimStorageDomain : IStorageDomain
         public int Generation { get; set; }
         public long AllocatedBytes { get; set; }
         public VolumeOwner? Owner { get; init; }
+        public VolumeAllocation Allocation { get; init; }
 
         public VolumeInfo ToInfo(DomainId domain) =>
-            new(domain, Image, Id, Parent, Type, Format, Legality, Capacity, Generation, CreatedAt, AllocatedBytes, Owner);
+            new(domain, Image, Id, Parent, Type, Format, Legality, Capacity, Generation, CreatedAt, AllocatedBytes, Owner, Allocation);
     }
 
+    /// <summary>A preallocated raw volume takes its whole capacity from the start, as fallocate makes it on a file domain; a qcow2 one only its tables (not modelled).</summary>
+    private static long PreallocatedBytes(VolumeFormat format, VolumeAllocation allocation, long capacity) =>
+        format == VolumeFormat.Raw && allocation == VolumeAllocation.Preallocated ? capacity : 0;
+
     private SimVolume AddVolumeLocked(ImageId image, VolumeId id, VolumeRef? parent, VolumeType type, VolumeFormat format, Legality legality, long capacity,
-        VolumeOwner? owner = null)
+        VolumeOwner? owner = null, VolumeAllocation allocation = VolumeAllocation.Sparse)
     {
         if (!_images.TryGetValue(image, out var volumes)) _images[image] = volumes = new Dictionary<VolumeId, SimVolume>();
         var v = new SimVolume
         {
             Image = image, Id = id, Format = format, Capacity = capacity,
             CreatedAt = Options.TimeProvider.GetUtcNow(), Sequence = ++_nextSequence,
-            Parent = parent, Type = type, Legality = legality, Generation = 0, AllocatedBytes = 0, Owner = owner,
+            Parent = parent, Type = type, Legality = legality, Generation = 0, Owner = owner, Allocation = allocation,
+            AllocatedBytes = PreallocatedBytes(format, allocation, capacity),
         };
         volumes[id] = v;
         return v;

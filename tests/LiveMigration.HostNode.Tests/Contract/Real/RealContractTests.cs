@@ -11,10 +11,13 @@ namespace LiveMigration.HostNode.Tests.Contract.Real;
 /// <summary>Writing data into a file volume is what a guest does: qemu-io on that one layer.</summary>
 internal static class FileLayerData
 {
-    public static Task WriteAsync(IStorageDomain domain, ImageId image, VolumeId volume, long offset, long length, byte pattern) =>
-        ProcessRunner.RunCheckedAsync("qemu-io",
-            ["-f", "qcow2", "-c", $"write -P 0x{pattern:x2} {offset} {length}", domain.Locate(image, volume)],
+    public static async Task WriteAsync(IStorageDomain domain, ImageId image, VolumeId volume, long offset, long length, byte pattern)
+    {
+        var format = (await domain.DescribeVolumeAsync(image, volume)).Format == VolumeFormat.Cow ? "qcow2" : "raw";
+        await ProcessRunner.RunCheckedAsync("qemu-io",
+            ["-f", format, "-c", $"write -P 0x{pattern:x2} {offset} {length}", domain.Locate(image, volume)],
             ErrorCodes.IoError);
+    }
 
     /// <summary>A short root under /tmp: the QMP run directory below it holds unix sockets.</summary>
     public static string NewShortRoot() => Path.Combine("/tmp", $"lsm-{Guid.NewGuid():N}"[..12]);

@@ -104,7 +104,8 @@ public sealed class FileStorageDomainTests : IDisposable
 
         var lines = await IOFile.ReadAllLinesAsync(domain.Locate(image, volumes[1]) + ".meta");
         var keys = lines.Select(l => l[..l.IndexOf('=')]).ToArray();
-        Assert.Equal(["DOMAIN", "IMAGE", "PUUID", "PDOMAIN", "VOLTYPE", "FORMAT", "LEGALITY", "CAPACITY", "GEN", "CTIME"], keys);
+        Assert.Equal(["DOMAIN", "IMAGE", "PUUID", "PDOMAIN", "VOLTYPE", "FORMAT", "LEGALITY", "CAPACITY", "GEN", "CTIME", "TYPE"], keys);
+        Assert.Contains("TYPE=SPARSE", lines);
         Assert.Contains($"PUUID={volumes[0]}", lines);
         Assert.Contains($"PDOMAIN={domain.Id}", lines);
         Assert.Contains("VOLTYPE=INTERNAL", lines);
@@ -355,6 +356,48 @@ public sealed class FileStorageDomainTests : IDisposable
             qemu.Kill();
             await qemu.WaitForExitAsync();
         }
+    }
+
+    [Fact]
+    public async Task A_preallocated_base_says_so_in_its_metadata_and_metadata_written_before_TYPE_reads_as_sparse()
+    {
+        var domain = await _temp.NewDomainAsync("allocation");
+        var image = ImageId.New();
+        var preallocated = await domain.CreateVolumeAsync(new NewVolume(image, VolumeId.New(), VolumeFormat.Raw, 16 << 20, Allocation: VolumeAllocation.Preallocated));
+        var metaPath = domain.Locate(image, preallocated.Id) + ".meta";
+        Assert.Contains("TYPE=PREALLOCATED", await IOFile.ReadAllLinesAsync(metaPath));
+
+        // a .meta from before TYPE existed: every volume was sparse then
+        await IOFile.WriteAllLinesAsync(metaPath, (await IOFile.ReadAllLinesAsync(metaPath)).Where(l => !l.StartsWith("TYPE=", StringComparison.Ordinal)));
+        Assert.Equal(VolumeAllocation.Sparse, (await domain.DescribeVolumeAsync(image, preallocated.Id)).Allocation);
+
+        await IOFile.WriteAllLinesAsync(metaPath, [.. await IOFile.ReadAllLinesAsync(metaPath), "TYPE=THICK"]);
+        var corrupt = await RefusedAsync(ErrorCodes.IoError, () => domain.DescribeVolumeAsync(image, preallocated.Id));
+        Assert.Contains("TYPE=THICK is not one of SPARSE|PREALLOCATED", corrupt.Message);
+    }
+
+    [Fact]
+    public async Task Marking_a_mirrored_preallocated_raw_leaf_legal_allocates_the_holes_a_mirror_punched_and_keeps_its_data()
+    {
+        const long size = 16 << 20;
+        var domain = await _temp.NewDomainAsync("allocation");
+        var image = ImageId.New();
+        var leaf = await domain.CreateVolumeAsync(new NewVolume(image, VolumeId.New(), VolumeFormat.Raw, size, Legality: Legality.Illegal,
+            Allocation: VolumeAllocation.Preallocated));
+        var path = domain.Locate(image, leaf.Id);
+        await WriteAsync(path, VolumeFormat.Raw, 1 << 20, 1 << 20, 0x5a);
+        // what libvirt's block copy leaves: the data, and holes everywhere else
+        await Processes.ProcessRunner.RunCheckedAsync("fallocate", ["--punch-hole", "--offset", "0", "--length", $"{1 << 20}", path], ErrorCodes.IoError);
+        await Processes.ProcessRunner.RunCheckedAsync("fallocate", ["--punch-hole", "--offset", $"{2 << 20}", "--length", $"{size - (2 << 20)}", path], ErrorCodes.IoError);
+        Assert.True((await domain.DescribeVolumeAsync(image, leaf.Id)).AllocatedBytes < size / 2);
+
+        var legal = await domain.MarkLegalAsync(image, leaf.Id);
+
+        Assert.Equal(Legality.Legal, legal.Legality);
+        Assert.True(legal.AllocatedBytes >= size, $"the preallocated leaf takes {legal.AllocatedBytes} of its {size} bytes");
+        var read = await Processes.ProcessRunner.RunCheckedAsync("qemu-io", ["-f", "raw", "-c", $"read -P 0x5a {1 << 20} {1 << 20}", "-c", "read -P 0 0 1048576", path],
+            ErrorCodes.IoError);
+        Assert.DoesNotContain("Pattern verification failed", read);
     }
 
     /// <summary>Reports on the caller's thread (Progress&lt;T&gt; posts to the thread pool, too late for assertions).</summary>
