@@ -16,6 +16,7 @@ builder.Configuration.AddJsonFile("appsettings.json", optional: true)
 CoordinatorSettings settings;
 try
 {
+    CoordinatorConfiguration.RefuseSecretArguments(args);
     settings = CoordinatorConfiguration.From(builder.Configuration);
     Directory.CreateDirectory(settings.DataDirectory);
     FaultPlan.Current = FaultPlan.FromEnvironment("coordinator", settings.DataDirectory);
@@ -25,7 +26,7 @@ try
 catch (Exception e) when (e is ArgumentException or FormatException)
 {
     Console.Error.WriteLine($"Coordinator: {e.Message}");
-    Console.Error.WriteLine("usage: Coordinator --port 4053 --seed akka.tcp://lsm@127.0.0.1:4053 --data-dir var/coordinator --http http://127.0.0.1:9110 [--api-token TOKEN] [--postgres CONNECTION]");
+    Console.Error.WriteLine("usage: Coordinator --port 4053 --seed akka.tcp://lsm@127.0.0.1:4053 --data-dir var/coordinator --http http://127.0.0.1:9110 [--api-token-file FILE] [--postgres CONNECTION]");
     return 2;
 }
 

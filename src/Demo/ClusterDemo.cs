@@ -9,6 +9,7 @@ using LiveMigration.HostNode.Hypervisor.Libvirt;
 using LiveMigration.HostNode.Hypervisor.Qmp;
 using LiveMigration.HostNode.Storage;
 using LiveMigration.HostNode.Storage.File;
+using LiveMigration.Shared.Hosting;
 using LiveMigration.Shared.Model;
 
 namespace LiveMigration.Demo;
@@ -77,7 +78,7 @@ internal static class ClusterDemo
             // The same launcher as `lsm local up`: detached nodes, DATA/local.json, back once every member is Up
             // and both hosts have reported.
             var cluster = await LocalClusterLauncher.UpAsync(local);
-            using var api = new ApiClient(cluster.ApiUrl);
+            using var api = new ApiClient(cluster.ApiUrl, cluster.ApiTokenFile is { } tokenFile ? ApiTokenFile.Read(tokenFile) : null);
             await WaitForAsync("host-1 to report the VM and both domains", async () =>
             {
                 var inventory = await api.GetAsync("/api/inventory");

@@ -12,6 +12,9 @@ builder.Configuration.AddJsonFile("appsettings.json", optional: true)
     .AddEnvironmentVariables("LSM_")
     .AddCommandLine(args, HostNodeSettings.Switches.ToDictionary());
 
+// Before anything is created: nothing this host or its QEMU writes is for other users (ProcessUmask says why).
+LiveMigration.HostNode.Processes.ProcessUmask.Set(LiveMigration.HostNode.Processes.ProcessUmask.HostNodeMask);
+
 HostNodeSettings settings;
 HostNodeComponents components;
 HostManagement management;
@@ -22,12 +25,14 @@ try
     components = await settings.CreateComponentsAsync();
     // Domains created through the API under other folders than the configured roots.
     management = HostManagement.Under(settings.DataDirectory);
-    await management.Roots.AttachRememberedAsync(components.Pool);
+    await management.Roots.AttachRememberedAsync(components.Pool, skipped: root =>
+        Console.Error.WriteLine($"HostNode: not attaching the domains under {root}, remembered from before: it is not under a storage root " +
+                                $"this host allows now ({string.Join(", ", settings.StorageRoots.Roots)})"));
 }
 catch (Exception e) when (e is ArgumentException or FormatException or LiveMigration.Shared.Model.OperationFailedException)
 {
     Console.Error.WriteLine($"HostNode: {e.Message}");
-    Console.Error.WriteLine("usage: HostNode --host-id host-1 --port 4061 --seed akka.tcp://lsm@127.0.0.1:4053 --roles host,spm --data-dir var/host-1 --domain-root var/domains --spm-lease var/domains/spm.lease");
+    Console.Error.WriteLine("usage: HostNode --host-id host-1 --port 4061 --seed akka.tcp://lsm@127.0.0.1:4053 --roles host,spm --data-dir var/host-1 --domain-root var/domains --allowed-storage-roots /srv/lsm --spm-lease var/domains/spm.lease");
     return 2;
 }
 

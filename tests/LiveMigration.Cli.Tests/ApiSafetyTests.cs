@@ -7,6 +7,7 @@ using LiveMigration.Shared.Hosting;
 
 namespace LiveMigration.Cli.Tests;
 
+[System.Runtime.Versioning.SupportedOSPlatform("linux")]
 public sealed class ApiSafetyTests(TokenCoordinator coordinator) : IClassFixture<TokenCoordinator>
 {
     private static HttpClient Client(string? token = null)
@@ -63,23 +64,94 @@ public sealed class ApiSafetyTests(TokenCoordinator coordinator) : IClassFixture
     }
 
     [Fact]
-    public async Task Lsm_sends_the_token_from_the_option_or_LSM_TOKEN_and_a_401_is_exit_2_with_a_clear_message()
+    public async Task Lsm_sends_the_token_from_a_token_file_or_LSM_TOKEN_refuses_it_as_an_argument_and_a_401_is_exit_2()
     {
         var without = await CliProcess.RunAsync(coordinator.Api, "cluster", "show");
         Assert.True(without.ExitCode == 2, without.ToString());
         Assert.Contains("needs a token", without.Stderr);
+        Assert.Contains("--token-file", without.Stderr);
 
-        var wrong = await CliProcess.RunAsync(coordinator.Api, "migrations", "--token", "nope");
+        var wrong = await CliProcess.RunAsync(coordinator.Api, "migrations", "--token-file", TokenFile("nope"));
         Assert.True(wrong.ExitCode == 2, wrong.ToString());
         Assert.Contains("did not accept the token", wrong.Stderr);
 
-        var option = await CliProcess.RunAsync(coordinator.Api, "cluster", "show", "--token", TokenCoordinator.Token);
+        var option = await CliProcess.RunAsync(coordinator.Api, "cluster", "show", "--token-file", TokenFile(TokenCoordinator.Token));
         Assert.True(option.ExitCode == 0, option.ToString());
         Assert.Contains("leader", option.Stdout);
+
+        // on the command line every user of the machine reads it: refused, naming what to use instead, and nothing is sent
+        var argument = await CliProcess.RunAsync(coordinator.Api, "cluster", "show", "--token", TokenCoordinator.Token);
+        Assert.True(argument.ExitCode == 2, argument.ToString());
+        Assert.Contains("--token is refused", argument.Stderr + argument.Stdout);
+        Assert.Contains("--token-file", argument.Stderr + argument.Stdout);
+
+        // a token file others can read is no secret: refused before anything is sent
+        var open = TokenFile(TokenCoordinator.Token);
+        File.SetUnixFileMode(open, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.OtherRead);
+        var readable = await CliProcess.RunAsync(coordinator.Api, "cluster", "show", "--token-file", open);
+        Assert.True(readable.ExitCode == 2, readable.ToString());
+        Assert.Contains("readable by other users", readable.Stderr);
 
         var env = await RunWithTokenVariableAsync("migrations", "--json");
         Assert.True(env.ExitCode == 0, env.ToString());
         Assert.Equal(0, JsonDocument.Parse(env.Stdout).RootElement.GetProperty("migrations").GetArrayLength());
+    }
+
+    /// <summary>A 0600 file holding <paramref name="token"/>, in the Coordinator's test folder.</summary>
+    private string TokenFile(string token)
+    {
+        var path = Path.Combine(coordinator.DataDirectory, $"token-{Guid.NewGuid():N}");
+        File.WriteAllText(path, token + "\n");
+        File.SetUnixFileMode(path, ApiTokenFile.Mode);
+        return path;
+    }
+
+    [Fact]
+    public async Task A_coordinator_refuses_a_token_on_its_command_line_and_a_token_file_others_can_read()
+    {
+        var open = Path.Combine(coordinator.DataDirectory, $"open-token-{Guid.NewGuid():N}");
+        File.WriteAllText(open, "a-token-others-can-read");
+        File.SetUnixFileMode(open, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.OtherRead);
+        foreach (var (arguments, expected) in new[]
+                 {
+                     (new[] { "--api-token", "secret-on-the-command-line" }, "--api-token is refused"),
+                     (["--api-token-file", open], "readable by other users"),
+                 })
+        {
+            var (exit, stderr) = await RunCoordinatorToExitAsync(arguments);
+            Assert.Equal(2, exit);
+            Assert.Contains(expected, stderr);
+        }
+    }
+
+    /// <summary>A Coordinator with these switches, which must exit (refuse) within 60 s; its exit code and stderr.</summary>
+    private static async Task<(int Exit, string Stderr)> RunCoordinatorToExitAsync(params string[] arguments)
+    {
+        var port = TokenCoordinator.FreePort();
+        var data = Path.Combine(Path.GetTempPath(), $"lsm-refused-{Guid.NewGuid():N}");
+        try
+        {
+            using var process = Process.Start(TokenCoordinator.Start(["--port", port.ToString(), "--seed", $"akka.tcp://lsm@127.0.0.1:{port}",
+                "--http", $"http://127.0.0.1:{TokenCoordinator.FreePort()}", "--data-dir", data, .. arguments]))!;
+            var stderr = process.StandardError.ReadToEndAsync();
+            var stdout = process.StandardOutput.ReadToEndAsync();
+            using var limit = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+            try
+            {
+                await process.WaitForExitAsync(limit.Token);
+            }
+            catch (OperationCanceledException)
+            {
+                process.Kill();
+                throw;
+            }
+            await stdout;
+            return (process.ExitCode, await stderr);
+        }
+        finally
+        {
+            if (Directory.Exists(data)) Directory.Delete(data, recursive: true);
+        }
     }
 
     /// <summary>lsm with LSM_API and LSM_TOKEN in its environment (CliProcess sets only LSM_API).</summary>

@@ -12,6 +12,8 @@ public sealed class LocalClusterSession : IAsyncDisposable
 {
     public string DataDirectory { get; } = Path.Combine("/tmp", $"lsm-{Guid.NewGuid().ToString("N")[..8]}");
     public string Api { get; private set; } = "";
+    /// <summary>DATA/storage: where the tests create their domains (<c>lsm domain create --path</c>), allowed with <c>--storage-root</c>.</summary>
+    public string Storage => Path.Combine(DataDirectory, "storage");
     /// <summary>Passed to <c>lsm local up</c>, so every node it starts inherits it (e.g. a crash plan).</summary>
     public IReadOnlyDictionary<string, string>? Environment { get; set; }
     /// <summary>More switches for <c>lsm local up</c> (e.g. <c>--hypervisor libvirt</c>, <c>--spm-hosts 2</c>, the partition tests' node addresses and namespaces); a restart of dead nodes gets them too.</summary>
@@ -22,8 +24,10 @@ public sealed class LocalClusterSession : IAsyncDisposable
     /// waited for instead of being killed silently.</summary>
     public async Task UpAsync()
     {
+        Directory.CreateDirectory(Storage);
         var up = await CliProcess.RunWithEnvironmentAsync(null, Environment, null,
-            ["local", "up", "--hosts", "2", "--data-dir", DataDirectory, "--api-port", "0", "--fast-timings", "--timeout", "75", .. UpArguments]);
+            ["local", "up", "--hosts", "2", "--data-dir", DataDirectory, "--api-port", "0", "--fast-timings", "--timeout", "75",
+             "--storage-root", Storage, .. UpArguments]);
         Assert.True(up.ExitCode == 0, up + "\n" + LogTails());
         Api = (await LocalClusterState.ReadAsync(DataDirectory))!.ApiUrl;
     }

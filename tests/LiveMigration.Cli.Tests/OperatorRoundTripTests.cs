@@ -40,7 +40,7 @@ public sealed class OperatorRoundTripTests : IAsyncLifetime
     public async Task A_raw_disk_and_a_chain_move_there_and_back_survive_local_down_and_up_start_verify_and_move_again()
     {
         await UpAsync();
-        var storage = Path.Combine(_cluster.DataDirectory, "storage");
+        var storage = _cluster.Storage;
         await Ok("domain", "create", "sdA", "--path", storage, "--capacity", "2GiB");
         await Ok("domain", "create", "sdB", "--path", storage, "--capacity", "2GiB");
         var (a, b) = (await DomainIdAsync("sdA"), await DomainIdAsync("sdB"));

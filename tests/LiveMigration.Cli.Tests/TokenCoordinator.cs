@@ -8,7 +8,7 @@ using LiveMigration.Shared.Hosting;
 namespace LiveMigration.Cli.Tests;
 
 /// <summary>
-/// A Coordinator process alone (a cluster of one), started with an API token: what the API lets through and what
+/// A Coordinator process alone (a cluster of one), started with an API token (in its environment): what the API lets through and what
 /// it refuses, in the API's JSON error shape, and how <c>lsm</c> sends the token. Stopped by its pid.
 /// </summary>
 public sealed class TokenCoordinator : IAsyncLifetime
@@ -53,8 +53,11 @@ public sealed class TokenCoordinator : IAsyncLifetime
         Directory.CreateDirectory(DataDirectory);
         var port = FreePort();
         Api = $"http://127.0.0.1:{FreePort()}";
-        _process = Process.Start(Start("--port", port.ToString(), "--seed", $"akka.tcp://lsm@127.0.0.1:{port}", "--http", Api,
-            "--data-dir", DataDirectory, "--api-token", Token))!;
+        // The token through the environment, the way that names no file on the command line: lsm finds no token file of
+        // this Coordinator by itself, so the tests see what an lsm without a token gets.
+        var start = Start("--port", port.ToString(), "--seed", $"akka.tcp://lsm@127.0.0.1:{port}", "--http", Api, "--data-dir", DataDirectory);
+        start.Environment["LSM_Coordinator__ApiToken"] = Token;
+        _process = Process.Start(start)!;
         var log = new StreamWriter(Log) { AutoFlush = true };
         _process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.WriteLine(e.Data); };
         _process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.WriteLine(e.Data); };

@@ -19,14 +19,14 @@ public sealed class VmClusterFixture : IAsyncLifetime
         // Short, under /tmp: QEMU's unix sockets live below it.
         DataDirectory = Path.Combine("/tmp", $"lsm-{Guid.NewGuid().ToString("N")[..8]}");
         Directory.CreateDirectory(DataDirectory);
-        Cluster = new LocalCluster(DataDirectory) { ExtraHocon = ClusterNodeHosting.FastTestTimings };
+        Cluster = new LocalCluster(DataDirectory) { ExtraHocon = ClusterNodeHosting.FastTestTimings, StorageRoots = [SharedStorage] };
         Directory.CreateDirectory(Cluster.DomainRoot);
     }
 
     public string DataDirectory { get; }
     public LocalCluster Cluster { get; }
     public string Api => Cluster.ApiUrl;
-    /// <summary>Where the tests create domains at runtime: not a configured root of the host.</summary>
+    /// <summary>Where the tests create domains at runtime (in it, or in folders below it): not a configured root of the host, but an allowed one.</summary>
     public string SharedStorage => Path.Combine(DataDirectory, "shared");
 
     public async Task InitializeAsync()

@@ -151,7 +151,7 @@ public sealed class VmCommandTests(VmClusterFixture cluster) : IClassFixture<VmC
     [Fact]
     public async Task A_domain_created_at_runtime_and_a_stopped_vm_survive_a_host_restart()
     {
-        var root = Path.Combine(cluster.DataDirectory, "durable-root");
+        var root = Path.Combine(cluster.SharedStorage, "durable-root");
         Assert.Equal(0, (await Lsm("domain", "create", "durable", "--path", root, "--capacity", "256MiB")).ExitCode);
         var create = await Lsm("vm", "create", "keeper", "--host", "host-1", "--disk", "16MiB@durable:snapshots=1");
         Assert.True(create.ExitCode == 0, create + "\n" + cluster.LogTails());
@@ -185,7 +185,7 @@ public sealed class VmCommandTests(VmClusterFixture cluster) : IClassFixture<VmC
     [Fact]
     public async Task Guest_writes_made_during_a_migration_between_runtime_domains_all_verify()
     {
-        var root = Path.Combine(cluster.DataDirectory, "move-root");
+        var root = Path.Combine(cluster.SharedStorage, "move-root");
         Assert.Equal(0, (await Lsm("domain", "create", "move-src", "--path", root, "--capacity", "512MiB")).ExitCode);
         Assert.Equal(0, (await Lsm("domain", "create", "move-dst", "--path", root, "--capacity", "512MiB")).ExitCode);
         var create = await Lsm("vm", "create", "mover", "--host", "host-1", "--disk", "32MiB@move-src:snapshots=1");
@@ -220,7 +220,7 @@ public sealed class VmCommandTests(VmClusterFixture cluster) : IClassFixture<VmC
     [Fact]
     public async Task Migrate_moves_only_the_disks_not_on_the_destination_yet_and_says_which_it_skipped()
     {
-        var root = Path.Combine(cluster.DataDirectory, "part-root");
+        var root = Path.Combine(cluster.SharedStorage, "part-root");
         Assert.Equal(0, (await Lsm("domain", "create", "part-src", "--path", root, "--capacity", "256MiB")).ExitCode);
         Assert.Equal(0, (await Lsm("domain", "create", "part-dst", "--path", root, "--capacity", "256MiB")).ExitCode);
         // as after a move that failed part-way: one disk is on the destination already, the other is not

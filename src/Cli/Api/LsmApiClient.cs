@@ -105,8 +105,8 @@ public sealed class LsmApiClient : IDisposable
             : $"{(int)response.StatusCode} {response.ReasonPhrase}";
         if (response.StatusCode == HttpStatusCode.Unauthorized)
             return CliFailure.BadUsage(HasToken
-                ? $"the Coordinator API at {BaseAddress} did not accept the token (--token or LSM_TOKEN)"
-                : $"the Coordinator API at {BaseAddress} needs a token: pass --token TOKEN or set LSM_TOKEN");
+                ? $"the Coordinator API at {BaseAddress} did not accept the token (--token-file FILE or LSM_TOKEN)"
+                : $"the Coordinator API at {BaseAddress} needs a token: pass --token-file FILE or set LSM_TOKEN");
         // A refusal (400 bad input, 404 unknown, 409 conflict, 413, 422 refused) is the operator's input: exit 2; the
         // server failing (5xx) is the operation failing: exit 1.
         var code = (int)response.StatusCode is >= 400 and < 500 ? ExitCodes.BadUsage : ExitCodes.OperationFailed;

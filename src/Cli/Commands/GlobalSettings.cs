@@ -1,5 +1,7 @@
 using System.ComponentModel;
 using LiveMigration.Cli.Api;
+using LiveMigration.Cli.Local;
+using LiveMigration.Shared.Hosting;
 using Spectre.Console;
 using Spectre.Console.Cli;
 
@@ -14,9 +16,14 @@ public class GlobalSettings : CommandSettings
     [Description("The Coordinator's API (default: env LSM_API, else " + DefaultApi + "). Example: --api http://10.0.0.5:9110")]
     public string? Api { get; set; }
 
-    [CommandOption("--token <TOKEN>")]
-    [Description("The Coordinator's API token, sent as Authorization: Bearer (default: env LSM_TOKEN). Example: --token \"$(cat ~/.lsm-token)\"")]
+    /// <summary>Refused (see <see cref="Validate"/>): kept so its use gets the reason and the alternatives, not "unknown option".</summary>
+    [CommandOption("--token <TOKEN>", IsHidden = true)]
     public string? Token { get; set; }
+
+    [CommandOption("--token-file <FILE>")]
+    [Description("A file holding the Coordinator's API token (readable by you only: chmod 600), sent as Authorization: Bearer. Default: env LSM_TOKEN, " +
+                 "else env LSM_TOKEN_FILE, else the token file of the local cluster serving --api on this machine (lsm local up makes it). Example: --token-file ~/.lsm-token")]
+    public string? TokenFile { get; set; }
 
     [CommandOption("--json")]
     [Description("Print the API's JSON (stable field names, for scripts) instead of tables")]
@@ -31,10 +38,32 @@ public class GlobalSettings : CommandSettings
         var text = ApiText;
         if (!Uri.TryCreate(text, UriKind.Absolute, out var uri) || uri.Scheme is not ("http" or "https"))
             return ValidationResult.Error($"--api '{text}' is not an http:// or https:// URL, e.g. {DefaultApi}");
+        if (Token is not null)
+            return ValidationResult.Error("--token is refused: a command line is readable by every user of this machine. Use --token-file FILE " +
+                                          "(chmod 600) or env LSM_TOKEN; a local cluster's token is found without either");
         return ValidationResult.Success();
     }
 
-    private string? TokenText => Token is { Length: > 0 } t ? t : Environment.GetEnvironmentVariable("LSM_TOKEN") is { Length: > 0 } env ? env : null;
+    /// <summary>--token-file, LSM_TOKEN, LSM_TOKEN_FILE, then the local cluster's token file (none: no token is sent).</summary>
+    private string? TokenText()
+    {
+        if (TokenFile is { Length: > 0 } option) return ReadTokenFile(option);
+        if (Environment.GetEnvironmentVariable("LSM_TOKEN") is { Length: > 0 } token) return token;
+        if (Environment.GetEnvironmentVariable("LSM_TOKEN_FILE") is { Length: > 0 } file) return ReadTokenFile(file);
+        return LocalApiToken.Find(ApiUri);
+    }
 
-    public LsmApiClient Client() => new(ApiUri, TokenText);
+    private static string ReadTokenFile(string path)
+    {
+        try
+        {
+            return ApiTokenFile.Read(Path.GetFullPath(path));
+        }
+        catch (Exception e) when (e is ArgumentException or IOException or UnauthorizedAccessException)
+        {
+            throw CliFailure.BadUsage(e.Message);
+        }
+    }
+
+    public LsmApiClient Client() => new(ApiUri, TokenText());
 }

@@ -60,6 +60,11 @@ public sealed class LocalUpSettings : LocalSettings
     [DefaultValue(LibvirtCheck.DefaultUri)]
     public string LibvirtUri { get; set; } = LibvirtCheck.DefaultUri;
 
+    [CommandOption("--storage-root <DIR>")]
+    [Description("A folder, besides DATA/domains, where lsm domain create --path may put storage domains; repeatable. The hosts refuse any " +
+                 "other path (after following .. and symlinks). Example: --storage-root /srv/lsm")]
+    public string[] StorageRoots { get; set; } = [];
+
     /// <summary>Each libvirt VM drive exported over NBD for a stand-in guest: tests only (it taints the domain).</summary>
     [CommandOption("--libvirt-guest-export", IsHidden = true)]
     public bool LibvirtGuestExport { get; set; }
@@ -124,6 +129,7 @@ public sealed class LocalUpCommand : AsyncCommand<LocalUpSettings>
             LibvirtGuestExport = settings.LibvirtGuestExport,
             NodeHostnames = LocalUpSettings.Pairs(settings.NodeHostnames),
             NodeNetworkNamespaces = LocalUpSettings.Pairs(settings.NodeNetworkNamespaces),
+            StorageRoots = settings.StorageRoots,
         };
         if (!settings.Json) Output.Console.MarkupLine($"starting a local cluster in [bold]{Output.Escape(options.DataDirectory)}[/]");
         var state = await LocalClusterLauncher.UpAsync(options, settings.Json ? null : line => Output.Console.MarkupLine("  " + Output.Escape(line)), ct);
@@ -134,7 +140,8 @@ public sealed class LocalUpCommand : AsyncCommand<LocalUpSettings>
         }
         LocalStatusCommand.Describe(state);
         var api = state.ApiPort == LocalClusterOptions.DefaultApiPort ? "" : $" --api {state.ApiUrl}";
-        Output.Console.MarkupLine($"cluster up. Next: [bold]./lsm cluster show{Output.Escape(api)}[/], the dashboard at {Output.Escape(state.ApiUrl)}/, " +
+        var dashboard = state.ApiTokenFile is { } tokenFile ? $" (it asks for the API token, in {tokenFile})" : "";
+        Output.Console.MarkupLine($"cluster up. Next: [bold]./lsm cluster show{Output.Escape(api)}[/], the dashboard at {Output.Escape(state.ApiUrl)}/{Output.Escape(dashboard)}, " +
                                   $"stop it with [bold]./lsm local down{Output.Escape(DataDirOption(settings))}[/]");
         return ExitCodes.Ok;
     }

@@ -117,6 +117,21 @@ public sealed class LocalCluster : IAsyncDisposable
     /// <summary>The <c>--hostname</c> switch of a node with an address of its own; none for loopback (the nodes' default).</summary>
     private IReadOnlyList<string> HostnameArguments(string node) => NodeHostnames.ContainsKey(node) ? ["--hostname", HostnameOf(node)] : [];
 
+    /// <summary>
+    /// The file (0600) the Coordinator reads its API token from (<c>--api-token-file</c>; the token itself never goes on
+    /// a command line); null: no token, the API answers loopback only.
+    /// </summary>
+    public string? ApiTokenFile { get; init; }
+
+    /// <summary>An HTTP client for the Coordinator's API that carries the token when there is one.</summary>
+    public HttpClient NewApiClient(TimeSpan timeout)
+    {
+        var http = new HttpClient { Timeout = timeout };
+        if (ApiTokenFile is { } file)
+            http.DefaultRequestHeaders.Authorization = new("Bearer", Shared.Hosting.ApiTokenFile.Read(file));
+        return http;
+    }
+
     /// <summary>The Coordinator's journal in PostgreSQL (an Npgsql connection string); null: SQLite under its data directory.</summary>
     public string? PostgresConnectionString { get; init; }
 
@@ -127,11 +142,21 @@ public sealed class LocalCluster : IAsyncDisposable
         [
             "--port", CoordinatorPort.ToString(), "--seed", rejoin ? RejoinSeed(name) : Seed, "--http", ApiUrl,
             "--data-dir", Path.Combine(DataDirectory, name), .. HostnameArguments(name),
+            .. ApiTokenFile is { } tokenFile ? new[] { "--api-token-file", tokenFile } : [],
         ], PostgresConnectionString is { } pg
             // The same setting as the Coordinator's --postgres switch, through its environment: a password on the
             // command line would be readable by every user in /proc/PID/cmdline.
             ? new Dictionary<string, string> { ["LSM_Coordinator__PostgresConnectionString"] = pg }
             : null);
+
+    /// <summary>
+    /// Folders besides <see cref="DomainRoot"/> where the hosts allow storage domains to be created (<c>lsm domain create
+    /// --path</c>); a host refuses any path outside <see cref="DomainRoot"/> and these.
+    /// </summary>
+    public IReadOnlyList<string> StorageRoots { get; init; } = [];
+
+    /// <summary>The roots every host allows: the domain root and <see cref="StorageRoots"/>, absolute.</summary>
+    public IReadOnlyList<string> AllowedStorageRoots => new[] { DomainRoot }.Concat(StorageRoots.Select(Path.GetFullPath)).Distinct().ToList();
 
     /// <summary>
     /// HostNode switches passed to every host after the ones this class sets, e.g. <c>--hypervisor libvirt</c>
@@ -148,7 +173,8 @@ public sealed class LocalCluster : IAsyncDisposable
         [
             "--host-id", hostId, "--port", SeedHosts.Contains(hostId) ? HostPort(hostId).ToString() : "0", "--seed", rejoin ? RejoinSeed(hostId) : Seed,
             "--roles", spm ? "host,spm" : "host",
-            "--data-dir", HostDataDirectory(hostId), "--domain-root", DomainRoot, .. HostnameArguments(hostId),
+            "--data-dir", HostDataDirectory(hostId), "--domain-root", DomainRoot,
+            "--allowed-storage-roots", string.Join(",", AllowedStorageRoots), .. HostnameArguments(hostId),
             .. spm ? new[] { "--spm-lease", SpmLeasePath } : [],
             .. HostArguments, .. extraArguments ?? [],
         ]);

@@ -52,6 +52,9 @@ public sealed record LocalClusterOptions(string DataDirectory)
 
     public string DomainRoot => LocalCluster.DomainRootOf(DataDirectory);
 
+    /// <summary>Folders besides DATA/domains where <c>lsm domain create --path</c> may put domains (<c>--storage-root</c>, repeatable).</summary>
+    public IReadOnlyList<string> StorageRoots { get; init; } = [];
+
     public string HostRunDirectory(string hostId) => LocalCluster.HostRunDirectoryOf(DataDirectory, hostId);
 }
 
@@ -102,6 +105,8 @@ public static class LocalClusterLauncher
         if (options.ApiPort != 0 && !PortIsFree(options.ApiPort))
             throw CliFailure.BadUsage($"port {options.ApiPort} on 127.0.0.1 is in use (another Coordinator?); choose another with --api-port, e.g. --api-port 9111");
 
+        var storageRoots = CheckedStorageRoots(options.StorageRoots);
+        var tokenFile = ApiTokenFileFor(dataDirectory);
         var hostIds = Enumerable.Range(1, options.Hosts).Select(i => $"host-{i}").ToList();
         var coordinatorPort = LocalCluster.FreePort(options.ApiPort);
         var cluster = new LocalCluster(dataDirectory)
@@ -114,6 +119,8 @@ public static class LocalClusterLauncher
             HostArguments = hostArguments,
             NodeHostnames = options.NodeHostnames,
             NodeNetworkNamespaces = options.NodeNetworkNamespaces,
+            StorageRoots = storageRoots,
+            ApiTokenFile = tokenFile,
         };
         Directory.CreateDirectory(cluster.DomainRoot);
         var started = DateTimeOffset.UtcNow;
@@ -128,6 +135,8 @@ public static class LocalClusterLauncher
         {
             Hypervisor = options.Hypervisor,
             LibvirtUri = options.Hypervisor == "libvirt" ? options.LibvirtUri : null,
+            StorageRoots = storageRoots,
+            ApiTokenFile = tokenFile,
         };
 
         try
@@ -188,6 +197,9 @@ public static class LocalClusterLauncher
             // where the state file says each node lives, whatever this up was given: a restart must not move a node
             NodeHostnames = previous.Nodes.Where(n => n.Hostname is not null).ToDictionary(n => n.Name, n => n.Hostname!),
             NodeNetworkNamespaces = previous.Nodes.Where(n => n.NetworkNamespace is not null).ToDictionary(n => n.Name, n => n.NetworkNamespace!),
+            // the roots the running hosts allow: a restarted host must allow the same, or it would drop their domains
+            StorageRoots = previous.StorageRoots,
+            ApiTokenFile = previous.ApiTokenFile,
         };
         var nodes = previous.Nodes.ToList();
         var restartedAt = DateTimeOffset.UtcNow;
@@ -292,7 +304,7 @@ public static class LocalClusterLauncher
 
     private static async Task WaitMemberUpAsync(LocalCluster cluster, NodeProcess node, TimeSpan limit, CancellationToken ct)
     {
-        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(5) };
+        using var http = cluster.NewApiClient(TimeSpan.FromSeconds(5));
         var deadline = DateTime.UtcNow + limit;
         while (true)
         {
@@ -315,7 +327,7 @@ public static class LocalClusterLauncher
     private static async Task WaitUpAsync(LocalCluster cluster, IReadOnlyList<string> hostIds, TimeSpan limit, CancellationToken ct,
         IReadOnlyCollection<string>? reportedSince = null, DateTimeOffset since = default)
     {
-        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(5) };
+        using var http = cluster.NewApiClient(TimeSpan.FromSeconds(5));
         var deadline = DateTime.UtcNow + limit;
         var waitingFor = "the Coordinator's API";
         while (true)
@@ -362,6 +374,42 @@ public static class LocalClusterLauncher
             var header = crash >= 0 && crash < all.Length - lines ? $"{all[crash]}\n   ...\n" : "";
             return $"--- {f} (last {lines} lines)\n{header}{string.Join('\n', all.TakeLast(lines))}";
         }));
+    }
+
+    /// <summary>
+    /// DATA/api-token (0600), made on the first up and kept: the Coordinator reads its API token there, and lsm finds it
+    /// through the Coordinator's --api-token-file. None when the environment allows crash injection (test clusters):
+    /// a Coordinator with a token refuses a crash plan, so such a cluster keeps the tokenless loopback API.
+    /// </summary>
+    private static string? ApiTokenFileFor(string dataDirectory)
+    {
+        if (Environment.GetEnvironmentVariable(Shared.Hosting.FaultPlan.PlanVariable) is { Length: > 0 }
+            && Environment.GetEnvironmentVariable(Shared.Hosting.FaultPlan.AllowVariable) == "1")
+            return null;
+        var path = Path.Combine(dataDirectory, Shared.Hosting.ApiTokenFile.FileName);
+        try
+        {
+            Shared.Hosting.ApiTokenFile.ReadOrCreate(path);
+        }
+        catch (ArgumentException e)
+        {
+            throw CliFailure.BadUsage(e.Message);
+        }
+        return path;
+    }
+
+    /// <summary>The <c>--storage-root</c> folders, absolute; each must exist (the operator's storage, not made up here).</summary>
+    private static IReadOnlyList<string> CheckedStorageRoots(IReadOnlyList<string> roots)
+    {
+        var absolute = roots.Select(Path.GetFullPath).Distinct().ToList();
+        foreach (var root in absolute)
+        {
+            if (root.Contains(','))
+                throw CliFailure.BadUsage($"--storage-root {root}: a folder whose path holds a comma cannot be passed to the hosts");
+            if (!Directory.Exists(root))
+                throw CliFailure.BadUsage($"--storage-root {root} does not exist: make the folder (the storage the domains go on) first");
+        }
+        return absolute;
     }
 
     /// <summary>Null for SQLite; else an Npgsql connection string (a postgres:// URI is turned into one).</summary>

@@ -47,6 +47,12 @@ public sealed record LocalClusterState(
     /// <summary>The libvirt connection of libvirt hosts (null for qmp), where down finds their domains.</summary>
     public string? LibvirtUri { get; init; }
 
+    /// <summary>The file (0600) holding the Coordinator's API token; null when it runs without one.</summary>
+    public string? ApiTokenFile { get; init; }
+
+    /// <summary>The folders besides <see cref="DomainRoot"/> where the hosts allow storage domains (<c>--storage-root</c>).</summary>
+    public IReadOnlyList<string> StorageRoots { get; init; } = [];
+
     private static readonly JsonSerializerOptions Options = new()
     {
         WriteIndented = true,

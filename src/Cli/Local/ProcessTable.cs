@@ -77,6 +77,21 @@ public static class ProcessTable
         catch (UnauthorizedAccessException) { return null; }
     }
 
+    /// <summary>The real user id a process runs as (the Uid line of /proc/PID/status), or null when it is gone.</summary>
+    public static int? OwnerUid(int pid)
+    {
+        try
+        {
+            var line = File.ReadLines($"/proc/{pid}/status").FirstOrDefault(l => l.StartsWith("Uid:", StringComparison.Ordinal));
+            return line?.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries) is [_, var real, ..] && int.TryParse(real, out var uid) ? uid : null;
+        }
+        catch (IOException) { return null; }
+        catch (UnauthorizedAccessException) { return null; }
+    }
+
+    /// <summary>This process's own user id.</summary>
+    public static int? OwnUid => OwnerUid(Environment.ProcessId);
+
     [DllImport("libc", EntryPoint = "kill", SetLastError = true)]
     private static extern int Kill(int pid, int signal);
 }

@@ -93,7 +93,7 @@ public static class ApiSecurity
                 context.Response.Headers.WWWAuthenticate = "Bearer";
                 var sent = context.Request.Headers.Authorization.Count > 0;
                 await WriteErrorAsync(context, StatusCodes.Status401Unauthorized, ApiErrorCodes.Unauthorized,
-                    sent ? "the API token was not accepted" : "this API needs a token: send Authorization: Bearer TOKEN (lsm: --token or LSM_TOKEN)");
+                    sent ? "the API token was not accepted" : "this API needs a token: send Authorization: Bearer TOKEN (lsm: --token-file FILE or LSM_TOKEN)");
                 return;
             }
             // Without a token the API trusts whoever reaches loopback. A web page the operator opens could reach it

@@ -47,7 +47,7 @@ public static class HostEndpoints
 
     public static int StatusFor(string code) => code switch
     {
-        ErrorCodes.InvalidArgument or ErrorCodes.InvalidId => StatusCodes.Status400BadRequest,
+        ErrorCodes.InvalidArgument or ErrorCodes.InvalidId or ErrorCodes.PathNotAllowed => StatusCodes.Status400BadRequest,
         _ when code.EndsWith("_NOT_FOUND", StringComparison.Ordinal) => StatusCodes.Status404NotFound,
         ErrorCodes.Conflict or ErrorCodes.VmNotRunning or MigrationErrorCodes.DiskBusy => StatusCodes.Status409Conflict,
         ErrorCodes.Timeout => StatusCodes.Status503ServiceUnavailable,

@@ -14,18 +14,31 @@ public static class CoordinatorConfiguration
         ["--http"] = "Coordinator:HttpUrl",
         ["--max-per-host"] = "Coordinator:MaxMigrationsPerHost",
         ["--max-per-domain"] = "Coordinator:MaxMigrationsPerDomain",
-        ["--api-token"] = "Coordinator:ApiToken",
+        ["--api-token-file"] = "Coordinator:ApiTokenFile",
     };
+
+    /// <summary>
+    /// Refuses a secret given as an argument: a command line is readable by every user of the machine (/proc/PID/cmdline).
+    /// The token comes from a file (--api-token-file, 0600) or the environment (LSM_Coordinator__ApiToken).
+    /// </summary>
+    public static void RefuseSecretArguments(IEnumerable<string> args)
+    {
+        if (args.Any(a => a == "--api-token" || a.StartsWith("--api-token=", StringComparison.Ordinal)))
+            throw new ArgumentException("--api-token is refused: a command line is readable by every user of this machine. Put the token in a file " +
+                                        "only you can read (chmod 600) and pass --api-token-file FILE, or set env LSM_Coordinator__ApiToken");
+    }
 
     public static CoordinatorSettings From(IConfiguration config)
     {
         var http = config["Coordinator:HttpUrl"] ?? "http://127.0.0.1:9110";
-        var token = config["Coordinator:ApiToken"] is { Length: > 0 } t ? t : null;
+        var token = config["Coordinator:ApiToken"] is { Length: > 0 } t ? t
+            : config["Coordinator:ApiTokenFile"] is { Length: > 0 } file ? ApiTokenFile.Read(Path.GetFullPath(file))
+            : null;
         if (!Uri.TryCreate(http, UriKind.Absolute, out var url) || url.Scheme != "http")
             throw new ArgumentException($"HTTP address '{http}' must be an http:// URL such as http://127.0.0.1:9110");
         // Anyone who reaches a non-loopback address could start, cancel or abandon migrations: not without a token.
         if (!IsLoopback(url) && token is null)
-            throw new ArgumentException($"HTTP address '{http}' is not loopback: set an API token (--api-token TOKEN or env LSM_Coordinator__ApiToken) so that requests must carry it");
+            throw new ArgumentException($"HTTP address '{http}' is not loopback: set an API token (--api-token-file FILE, mode 0600, or env LSM_Coordinator__ApiToken) so that requests must carry it");
         return new CoordinatorSettings(
             Path.GetFullPath(config["Coordinator:DataDirectory"] ?? Path.Combine("var", "coordinator")),
             config["Coordinator:PostgresConnectionString"] is { Length: > 0 } pg ? pg : null,

@@ -4,9 +4,15 @@ using System.Text.Json;
 namespace LiveMigration.Demo.Cluster;
 
 /// <summary>A small client of the Coordinator's HTTP API, for the demo and the multi-process tests.</summary>
-public sealed class ApiClient(string baseUrl) : IDisposable
+/// <param name="token">The API token when the Coordinator has one (a local cluster's, from its token file).</param>
+public sealed class ApiClient(string baseUrl, string? token = null) : IDisposable
 {
-    private readonly HttpClient _http = new() { BaseAddress = new Uri(baseUrl), Timeout = TimeSpan.FromSeconds(30) };
+    private readonly HttpClient _http = new()
+    {
+        BaseAddress = new Uri(baseUrl),
+        Timeout = TimeSpan.FromSeconds(30),
+        DefaultRequestHeaders = { Authorization = token is null ? null : new("Bearer", token) },
+    };
 
     public async Task<bool> IsUpAsync()
     {

@@ -18,6 +18,15 @@ public sealed record HostNodeSettings(
     IReadOnlyList<string> DomainRoots,
     ClusterNodeSettings Cluster)
 {
+    /// <summary>
+    /// Folders (besides <see cref="DomainRoots"/>) under which storage domains may be created and attached at runtime
+    /// (<c>lsm domain create --path</c>); any other path is refused (<see cref="StorageRootPolicy"/>).
+    /// </summary>
+    public IReadOnlyList<string> AllowedStorageRoots { get; init; } = [];
+
+    /// <summary>What this host may create and attach: its configured domain roots and the allowed storage roots.</summary>
+    public StorageRootPolicy StorageRoots => new(DomainRoots.Concat(AllowedStorageRoots));
+
     /// <summary>The libvirt connection URI when <see cref="Hypervisor"/> is <c>libvirt</c>.</summary>
     public string LibvirtUri { get; init; } = "qemu:///system";
     /// <summary>Export each libvirt VM's drives over NBD for a stand-in guest (demo and test hosts; taints the domains).</summary>
@@ -30,6 +39,7 @@ public sealed record HostNodeSettings(
     public SpmLeaseSettings? SpmLease { get; init; }
 
     public string RunDirectory => Path.Combine(DataDirectory, "run");
+    public const UnixFileMode RunDirectoryMode = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute;
     public bool SpmCapable => Cluster.Roles.Contains(HostNodeHosting.SpmRole);
 
     /// <summary>The command-line switches and the configuration keys they set.</summary>
@@ -39,6 +49,7 @@ public sealed record HostNodeSettings(
         ["--data-dir"] = "HostNode:DataDirectory",
         ["--hypervisor"] = "HostNode:Hypervisor",
         ["--domain-root"] = "HostNode:DomainRoots",
+        ["--allowed-storage-roots"] = "HostNode:AllowedStorageRoots",
         ["--libvirt-uri"] = "HostNode:LibvirtUri",
         ["--libvirt-guest-export"] = "HostNode:LibvirtGuestExport",
         ["--spm-lease"] = "HostNode:SpmLease:Path",
@@ -68,15 +79,19 @@ public sealed record HostNodeSettings(
             hostId,
             Path.GetFullPath(config["HostNode:DataDirectory"] ?? Path.Combine("var", hostId)),
             hypervisor,
-            (config["HostNode:DomainRoots"] ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
-                .Select(Path.GetFullPath).ToList(),
+            PathList(config["HostNode:DomainRoots"]),
             cluster)
         {
+            AllowedStorageRoots = PathList(config["HostNode:AllowedStorageRoots"]),
             SpmLease = spmLease,
             LibvirtUri = config["HostNode:LibvirtUri"] is { Length: > 0 } uri ? uri : "qemu:///system",
             LibvirtGuestExport = exportGuests,
         };
     }
+
+    /// <summary>A comma-separated list of folders, each made absolute.</summary>
+    private static List<string> PathList(string? text) =>
+        (text ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(Path.GetFullPath).ToList();
 
     private static SpmLeaseSettings? SpmLeaseFrom(IConfiguration config)
     {
@@ -95,7 +110,7 @@ public sealed record HostNodeSettings(
     /// <summary>The real components: every file domain found under the domain roots, and QEMU over QMP or through libvirt.</summary>
     public async Task<HostNodeComponents> CreateComponentsAsync(CancellationToken ct = default)
     {
-        var pool = new StoragePool();
+        var pool = new StoragePool { AllowedRoots = StorageRoots };
         foreach (var root in DomainRoots)
         {
             if (!Directory.Exists(root))
@@ -107,7 +122,9 @@ public sealed record HostNodeSettings(
                     pool.Attach(await FileStorageDomain.AttachAsync(root, id.Value, ct));
             }
         }
-        Directory.CreateDirectory(RunDirectory);
+        // QEMU's manifests, pid files, logs and (when short enough) its sockets: this host's alone.
+        StorageModes.CreatePrivateFolder(RunDirectory, RunDirectoryMode);
+        StorageModes.SetMode(RunDirectory, RunDirectoryMode);
         IHypervisor hypervisor = Hypervisor == "libvirt"
             ? new LibvirtHypervisor(new LibvirtHypervisorOptions { RunDirectory = RunDirectory, Uri = LibvirtUri, GuestNbdExport = LibvirtGuestExport })
             : new QmpHypervisor(new QmpHypervisorOptions { RunDirectory = RunDirectory });

@@ -39,18 +39,33 @@ public sealed class DomainRoots(string dataDirectory)
         }
     }
 
-    /// <summary>Attaches every file domain found under the remembered roots that the pool does not hold yet; returns how many.</summary>
-    public async Task<int> AttachRememberedAsync(StoragePool pool, CancellationToken ct = default)
+    /// <summary>
+    /// Attaches every file domain found under the remembered roots that the pool does not hold yet; returns how many.
+    /// A remembered root the host no longer allows (its configuration changed) is skipped and named to <paramref name="skipped"/>.
+    /// </summary>
+    public async Task<int> AttachRememberedAsync(StoragePool pool, Action<string>? skipped = null, CancellationToken ct = default)
     {
         var attached = 0;
         foreach (var root in Remembered())
+        {
+            if (!pool.AllowedRoots.Allows(root))
+            {
+                skipped?.Invoke(root);
+                continue;
+            }
             attached += await AttachAllUnderAsync(root, pool, ct);
+        }
         return attached;
     }
 
-    /// <summary>Attaches the file domains under <paramref name="root"/> (folders named by a domain id holding domain metadata).</summary>
+    /// <summary>
+    /// Attaches the file domains under <paramref name="root"/> (folders named by a domain id holding domain metadata).
+    /// The one way a host attaches domains at runtime: a root the host does not allow is refused (PATH_NOT_ALLOWED), so
+    /// an announcement from elsewhere cannot make it open, and later write, a folder outside its storage roots.
+    /// </summary>
     public static async Task<int> AttachAllUnderAsync(string root, StoragePool pool, CancellationToken ct = default)
     {
+        root = pool.AllowedRoots.Check(root);
         if (!Directory.Exists(root)) return 0;
         var attached = 0;
         var known = pool.Domains.Select(d => d.Id).ToHashSet();

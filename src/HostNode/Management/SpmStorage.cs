@@ -54,6 +54,9 @@ public sealed class SpmStorage(StoragePool pool, Action<AttachDomain> announce)
     {
         if (!Path.IsPathFullyQualified(command.Root))
             return new ManagementRefused(ErrorCodes.InvalidArgument, $"the domain's path must be absolute, got '{command.Root}'");
+        // The folder is made by this host, so this host decides where: only under a root it allows, judged by the real
+        // path (.. and symlinks followed), which is what is created and announced from here on.
+        var root = pool.AllowedRoots.Check(command.Root);
         if (command.CapacityBytes < 0)
             return new ManagementRefused(ErrorCodes.InvalidArgument, $"capacity must be positive (or 0 for the free space), got {command.CapacityBytes}");
         // Checked here too, before the folder below is made: a refused name leaves nothing behind.
@@ -66,8 +69,7 @@ public sealed class SpmStorage(StoragePool pool, Action<AttachDomain> announce)
         }
         // A new domain is a storage change like any other: only the lease's holder makes it.
         if (pool.Fence is { } fence) await fence.CheckAsync(ct);
-        var root = Path.GetFullPath(command.Root);
-        Directory.CreateDirectory(root);
+        StorageModes.CreateFolder(root);
         var capacity = command.CapacityBytes > 0 ? command.CapacityBytes : new DriveInfo(root).AvailableFreeSpace;
         var domain = await FileStorageDomain.CreateAsync(root, DomainId.New(), command.Name, capacity, ct);
         pool.Attach(domain);

@@ -14,11 +14,18 @@ public sealed class StoragePool
         foreach (var d in domains ?? []) Attach(d);
     }
 
-    private StoragePool(ConcurrentDictionary<DomainId, IStorageDomain> domains, IStorageFence fence)
+    private StoragePool(ConcurrentDictionary<DomainId, IStorageDomain> domains, IStorageFence fence, StorageRootPolicy allowedRoots)
     {
         _domains = domains;
         Fence = fence;
+        AllowedRoots = allowedRoots;
     }
+
+    /// <summary>
+    /// Where this host may create or attach file domains (<see cref="StorageRootPolicy"/>); none unless configured, so a
+    /// pool nobody configured makes no folder anywhere.
+    /// </summary>
+    public StorageRootPolicy AllowedRoots { get; init; } = StorageRootPolicy.None;
 
     /// <summary>What every change through this pool is fenced by (the SPM's view of the pool), or null (a host's own view).</summary>
     public IStorageFence? Fence { get; }
@@ -28,7 +35,7 @@ public sealed class StoragePool
     /// so its every change is checked against the lease while the host's HSM and reports use the plain pool. A domain
     /// attached through either view is seen by both.
     /// </summary>
-    public StoragePool FencedBy(IStorageFence fence) => new(_domains, fence);
+    public StoragePool FencedBy(IStorageFence fence) => new(_domains, fence, AllowedRoots);
 
     /// <summary>A snapshot of the attached domains.</summary>
     public IReadOnlyCollection<IStorageDomain> Domains => _domains.Values.Select(Seen).ToList();

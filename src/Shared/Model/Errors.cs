@@ -49,6 +49,8 @@ public static class ErrorCodes
     public const string StaleRecord = "STALE_RECORD";
     /// <summary>A late command of a migration whose copy on that domain was already undone (its rollback ran): nothing is changed.</summary>
     public const string MigrationEnded = "MIGRATION_ENDED";
+    /// <summary>A storage path outside the folders the host allows for storage domains (after following <c>..</c> and symlinks).</summary>
+    public const string PathNotAllowed = "PATH_NOT_ALLOWED";
     /// <summary>A fault injected into a sim adapter by a test.</summary>
     public const string InjectedFault = "INJECTED_FAULT";
 }

@@ -51,7 +51,7 @@ public static class FaultCheck
     /// </summary>
     public static async Task<string> CreateDomainsAndVmAsync(LocalClusterSession cluster, string vmHost = "host-1")
     {
-        var storage = Path.Combine(cluster.DataDirectory, "storage");
+        var storage = cluster.Storage;
         await cluster.Ok("domain", "create", "sdA", "--path", storage, "--capacity", "2GiB");
         await cluster.Ok("domain", "create", "sdB", "--path", storage, "--capacity", "2GiB");
         await cluster.Ok("vm", "create", "vm1", "--host", vmHost, "--disk", "64MiB@sdA:snapshots=2");

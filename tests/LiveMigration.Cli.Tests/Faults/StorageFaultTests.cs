@@ -128,8 +128,10 @@ public sealed class StorageFaultTests : IAsyncLifetime
             ["LSM_FAULT_PLAN"] = $"coordinator:kill-self@{holdBefore}/before-send",
             ["LSM_ALLOW_FAULTS"] = "1",
         };
+        // the tmpfs the test mounted is the hosts' to use as well
+        if (destinationPath is not null) _cluster.UpArguments = [.. _cluster.UpArguments, "--storage-root", destinationPath];
         await _cluster.UpAsync();
-        var storage = Path.Combine(_cluster.DataDirectory, "storage");
+        var storage = _cluster.Storage;
         await _cluster.Ok("domain", "create", "sdA", "--path", storage, "--capacity", "2GiB");
         await _cluster.Ok("domain", "create", "sdB", "--path", destinationPath ?? storage);
         await _cluster.Ok("vm", "create", "vm1", "--host", "host-1", "--disk", "64MiB@sdA:snapshots=1");

@@ -12,11 +12,15 @@ public sealed class SpmStorageTests : IDisposable
 {
     private const long MiB = 1L << 20;
     private readonly TempDomainRoot _root = new();
-    private readonly StoragePool _pool = new();
+    private readonly StoragePool _pool;
     private readonly List<AttachDomain> _announced = [];
     private readonly SpmStorage _spm;
 
-    public SpmStorageTests() => _spm = new SpmStorage(_pool, _announced.Add);
+    public SpmStorageTests()
+    {
+        _pool = new StoragePool { AllowedRoots = new StorageRootPolicy([_root.Root]) };
+        _spm = new SpmStorage(_pool, _announced.Add);
+    }
 
     public void Dispose() => _root.Dispose();
 
@@ -136,7 +140,7 @@ public sealed class SpmStorageTests : IDisposable
         Assert.Equal([Shared], roots.Remembered());
 
         // the host restarted: a new pool from its configured roots (none here), then the remembered ones
-        var restarted = new StoragePool();
+        var restarted = new StoragePool { AllowedRoots = _pool.AllowedRoots };
         Assert.Equal(1, await new DomainRoots(hostData).AttachRememberedAsync(restarted));
         Assert.Equal(domain.Id, Assert.Single(restarted.Domains).Id);
         Assert.Equal(0, await new DomainRoots(hostData).AttachRememberedAsync(restarted));

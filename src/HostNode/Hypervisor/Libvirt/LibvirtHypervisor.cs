@@ -49,9 +49,7 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
             throw new OperationFailedException(ErrorCodes.InvalidArgument, "LibvirtHypervisorOptions.RunDirectory must be set");
         _options = options with { RunDirectory = Path.GetFullPath(options.RunDirectory) };
         var runDirectory = _options.RunDirectory;
-        SocketDirectory = runDirectory.Length < 60
-            ? Path.Combine(runDirectory, "s")
-            : $"/tmp/lsm-{Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(runDirectory)))[..8]}";
+        SocketDirectory = Hypervisor.SocketDirectory.For(runDirectory);
         try
         {
             _connection = LibvirtNative.Open(_options.Uri);
@@ -105,7 +103,7 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
         var guestSocket = "";
         if (_options.GuestNbdExport)
         {
-            Directory.CreateDirectory(SocketDirectory);
+            Hypervisor.SocketDirectory.Ensure(SocketDirectory);
             guestSocket = Path.Combine(SocketDirectory, spec.Id.Value.ToString("N")[..12] + ".nbd");
             File.Delete(guestSocket);
         }
@@ -822,6 +820,7 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
             "create", "-q", "-f", "qcow2", "-b", backingName, "-F", backing.Format == VolumeFormat.Cow ? "qcow2" : "raw",
             "-o", $"cluster_size={clusterSize.ToString(CultureInfo.InvariantCulture)}", path, size.ToString(CultureInfo.InvariantCulture),
         ], ErrorCodes.QemuImgFailed, ct);
+        Storage.File.StorageModes.Restrict(path);
     }
 
     private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);

@@ -29,10 +29,7 @@ public sealed class QmpHypervisor : IHypervisor
             throw new OperationFailedException(ErrorCodes.InvalidArgument, "QmpHypervisorOptions.RunDirectory must be set");
         _options = options with { RunDirectory = Path.GetFullPath(options.RunDirectory) };
         var runDirectory = _options.RunDirectory;
-        // Unix socket paths are limited to 107 bytes; deep run directories get a short stand-in under /tmp.
-        SocketDirectory = runDirectory.Length < 60
-            ? Path.Combine(runDirectory, "s")
-            : $"/tmp/lsm-{Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(runDirectory)))[..8]}";
+        SocketDirectory = Hypervisor.SocketDirectory.For(runDirectory);
     }
 
     public string Kind => "qmp";
@@ -65,7 +62,7 @@ public sealed class QmpHypervisor : IHypervisor
 
         Directory.CreateDirectory(VmsDirectory);
         Directory.CreateDirectory(LogsDirectory);
-        Directory.CreateDirectory(SocketDirectory);
+        Hypervisor.SocketDirectory.Ensure(SocketDirectory);
         var shortId = spec.Id.Value.ToString("N")[..12];
         var qmpSocket = Path.Combine(SocketDirectory, shortId + ".qmp");
         var nbdSocket = Path.Combine(SocketDirectory, shortId + ".nbd");

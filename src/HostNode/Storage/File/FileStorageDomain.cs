@@ -62,8 +62,8 @@ public sealed class FileStorageDomain : IStorageDomain
             }
             else
             {
-                Directory.CreateDirectory(Path.Combine(domainPath, "images"));
-                Directory.CreateDirectory(Path.GetDirectoryName(metadataPath)!);
+                StorageModes.CreateFolder(Path.Combine(domainPath, "images"));
+                StorageModes.CreateFolder(Path.GetDirectoryName(metadataPath)!);
                 await KeyValueFile.WriteAtomicallyAsync(metadataPath, new DomainMetadata(name, id, "", capacityBytes).ToKeyValues(), ct);
                 Posix.FsyncDirectory(domainPath);
             }
@@ -81,7 +81,7 @@ public sealed class FileStorageDomain : IStorageDomain
         var metadata = DomainMetadata.Parse(await KeyValueFile.ReadAsync(metadataPath, ct), metadataPath);
         if (metadata.Id != id)
             throw new OperationFailedException(ErrorCodes.Conflict, $"domain folder {domainPath} holds metadata of domain {metadata.Id}");
-        Directory.CreateDirectory(Path.Combine(domainPath, "images"));
+        StorageModes.CreateFolder(Path.Combine(domainPath, "images"));
         return new FileStorageDomain(domainPath, metadata);
     }
 
@@ -306,9 +306,10 @@ public sealed class FileStorageDomain : IStorageDomain
     private async Task<VolumeInfo> CreateLockedAsync(NewVolume spec, ResolvedParent? parent, VolumeType type, long? clusterSize,
         CancellationToken ct)
     {
-        Directory.CreateDirectory(ImagePath(spec.Image));
+        StorageModes.CreateFolder(ImagePath(spec.Image));
         var path = Locate(spec.Image, spec.Id);
         await QemuImg.CreateAsync(path, spec.Format, spec.Capacity, parent?.Backing, parent?.Info.Format, clusterSize, spec.Allocation, ct);
+        StorageModes.Restrict(path);
         Posix.FsyncFile(path);
         if (parent is not null && parent.Info.Domain == Id && parent.Info.Type != VolumeType.Internal)
             await WriteMetaAsync(spec.Image, parent.Info.Id, (await ReadMetaAsync(spec.Image, parent.Info.Id, ct)) with { Type = VolumeType.Internal }, ct);
@@ -610,9 +611,10 @@ public sealed class FileStorageDomain : IStorageDomain
         var folder = Path.GetDirectoryName(path)!;
         try
         {
-            Directory.CreateDirectory(folder);
-            using (var file = new FileStream(path, FileMode.OpenOrCreate, FileAccess.Write))
+            StorageModes.CreateFolder(folder);
+            using (var file = new FileStream(path, StorageModes.Creating(FileMode.OpenOrCreate, FileAccess.Write)))
                 file.Flush(flushToDisk: true);
+            StorageModes.Restrict(path);
             Posix.FsyncDirectory(folder);
         }
         catch (IOException e)

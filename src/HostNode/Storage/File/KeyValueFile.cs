@@ -62,11 +62,13 @@ internal static class KeyValueFile
         var temp = Path.Combine(folder, $"{Path.GetFileName(path)}.{Guid.NewGuid():N}{TempSuffix}");
         try
         {
-            await using (var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 4096, FileOptions.Asynchronous))
+            // Never wider than 0660: the metadata names the guest's volumes and is the group's to read, nobody else's.
+            await using (var stream = new FileStream(temp, StorageModes.Creating(FileMode.CreateNew, FileAccess.Write, FileOptions.Asynchronous)))
             {
                 await stream.WriteAsync(Encoding.UTF8.GetBytes(text.ToString()), ct);
                 stream.Flush(flushToDisk: true);
             }
+            StorageModes.Restrict(temp); // the create mode went through the umask
             if (stillWanted is not null && !await stillWanted())
             {
                 IOFile.Delete(temp);

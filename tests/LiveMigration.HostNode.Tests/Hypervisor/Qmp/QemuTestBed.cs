@@ -169,7 +169,7 @@ public sealed class QemuTestBed : IAsyncDisposable
         foreach (var hypervisor in hypervisors) await hypervisor.DisposeAsync();
         foreach (var pid in _pids) await KillAsync(pid);
         var socketDirectory = hypervisors.FirstOrDefault()?.SocketDirectory;
-        if (socketDirectory is not null && socketDirectory.StartsWith("/tmp/lsm-", StringComparison.Ordinal) && Directory.Exists(socketDirectory))
+        if (socketDirectory is not null && socketDirectory.StartsWith(LiveMigration.HostNode.Hypervisor.SocketDirectory.SharedParent + "/", StringComparison.Ordinal) && Directory.Exists(socketDirectory))
             Directory.Delete(socketDirectory, recursive: true);
         Directory.Delete(Path.GetDirectoryName(Root)!, recursive: true);
     }

@@ -1,0 +1,60 @@
+using System.Security.Cryptography;
+using System.Text;
+using LiveMigration.Shared.Model;
+
+namespace LiveMigration.HostNode.Hypervisor;
+
+/// <summary>
+/// Where a host's QMP and NBD unix sockets live: a 0700 folder only this host's user can enter, since whoever connects
+/// to a QMP socket commands the VM and whoever connects to an NBD export reads and writes its disk. A socket path has
+/// at most 107 bytes, so a deep run directory cannot hold them; its stand-in is a folder per run directory under a
+/// directory no other user can write (<c>/run/lsm</c> for root, else <c>$XDG_RUNTIME_DIR</c>), never a predictable
+/// path in the shared <c>/tmp</c>, where another user could create it first or plant a symlink.
+/// </summary>
+public static class SocketDirectory
+{
+    /// <summary>Run directories shorter than this keep their sockets inside (<c>RUN/s</c>): the paths stay under the limit.</summary>
+    private const int MaxInlineRunDirectoryLength = 60;
+
+    public const UnixFileMode Mode = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute;
+
+    /// <summary>The socket folder for <paramref name="runDirectory"/> (absolute); the same on every start, so a restarted host finds it.</summary>
+    public static string For(string runDirectory)
+    {
+        if (runDirectory.Length < MaxInlineRunDirectoryLength) return Path.Combine(runDirectory, "s");
+        var name = "lsm-" + Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(runDirectory)))[..8];
+        if (Environment.UserName == "root" || Environment.GetEnvironmentVariable("XDG_RUNTIME_DIR") is not { Length: > 0 })
+            return Path.Combine(SharedParent, name);
+        return Path.Combine(Environment.GetEnvironmentVariable("XDG_RUNTIME_DIR")!, name);
+    }
+
+    /// <summary>
+    /// Creates the folder (and <c>/run/lsm</c>) as 0700, or makes an existing one 0700; refuses a symlink in its place,
+    /// which would send the sockets wherever it points.
+    /// </summary>
+    public static void Ensure(string directory)
+    {
+        if (Path.GetDirectoryName(directory) == SharedParent) CreatePrivate(SharedParent);
+        CreatePrivate(directory);
+    }
+
+    /// <summary>Root's parent of the stand-in folders: /run is root's alone to write, and cleared at boot, as the sockets are.</summary>
+    public const string SharedParent = "/run/lsm";
+
+    private static void CreatePrivate(string folder)
+    {
+        if (new DirectoryInfo(folder).LinkTarget is not null)
+            throw new OperationFailedException(ErrorCodes.IoError, $"the socket folder {folder} is a symlink; remove it (nothing of this host's is in it)");
+        try
+        {
+            Storage.File.StorageModes.CreatePrivateFolder(folder, Mode);
+            Storage.File.StorageModes.SetMode(folder, Mode);
+        }
+        catch (UnauthorizedAccessException e)
+        {
+            throw new OperationFailedException(ErrorCodes.IoError,
+                $"cannot make the socket folder {folder} ({e.Message}): run the host as root, set XDG_RUNTIME_DIR, or use a run directory " +
+                $"shorter than {MaxInlineRunDirectoryLength} characters (a unix socket path has at most 107 bytes)");
+        }
+    }
+}

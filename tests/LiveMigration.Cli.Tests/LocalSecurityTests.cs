@@ -1,0 +1,102 @@
+using System.Net;
+using System.Text.Json;
+using LiveMigration.Cli.Local;
+using LiveMigration.HostNode.Storage.File;
+using LiveMigration.Shared.Hosting;
+
+namespace LiveMigration.Cli.Tests;
+
+/// <summary>
+/// What <c>lsm local up</c> protects by default, checked on a running local cluster as an operator uses it: the API
+/// token is in a 0600 file and on no process's command line while lsm still finds it; a domain path that escapes the
+/// allowed roots (with .. or through a symlink) is refused and makes nothing; the disks and metadata a VM create and
+/// two migrations leave are 0660 in 0750 folders, and QEMU's sockets sit in a 0700 folder of the host.
+/// </summary>
+[Collection(LocalClusters.Name)]
+[System.Runtime.Versioning.SupportedOSPlatform("linux")]
+public sealed class LocalSecurityTests : IAsyncLifetime
+{
+    private readonly LocalClusterSession _cluster = new();
+
+    public Task InitializeAsync() => Task.CompletedTask;
+    public async Task DisposeAsync() => await _cluster.DisposeAsync();
+
+    [Fact]
+    public async Task The_token_stays_off_command_lines_escaping_paths_make_nothing_and_disks_are_closed_to_other_users()
+    {
+        await _cluster.UpAsync();
+        var state = (await LocalClusterState.ReadAsync(_cluster.DataDirectory))!;
+
+        // the token: a 0600 file under the data directory, on no command line of any process, yet lsm finds it
+        var tokenFile = Assert.IsType<string>(state.ApiTokenFile);
+        Assert.Equal(Path.Combine(_cluster.DataDirectory, ApiTokenFile.FileName), tokenFile);
+        Assert.Equal(ApiTokenFile.Mode, File.GetUnixFileMode(tokenFile));
+        var token = ApiTokenFile.Read(tokenFile);
+        var commandLines = Directory.EnumerateDirectories("/proc").Where(d => int.TryParse(Path.GetFileName(d), out _))
+            .Select(d => (Pid: int.Parse(Path.GetFileName(d)), Arguments: ProcessTable.CommandLine(int.Parse(Path.GetFileName(d))))).ToList();
+        foreach (var node in state.Nodes)
+            Assert.Contains(commandLines, p => p.Pid == node.Pid && p.Arguments.Count > 0);
+        foreach (var (pid, arguments) in commandLines)
+            Assert.False(string.Join(' ', arguments).Contains(token), $"pid {pid}'s command line holds the API token: {string.Join(' ', arguments)}");
+        var coordinator = state.Nodes.Single(n => n.Name == "coordinator");
+        Assert.Contains("--api-token-file", ProcessTable.CommandLine(coordinator.Pid));
+        using (var anonymous = new HttpClient())
+            Assert.Equal(HttpStatusCode.Unauthorized, (await anonymous.GetAsync($"{_cluster.Api}/api/cluster")).StatusCode);
+        await _cluster.Ok("cluster", "show");
+
+        // paths out of the allowed roots (DATA/domains, DATA/storage): refused with exit 2, nothing made anywhere
+        var outside = Path.Combine(_cluster.DataDirectory, "outside");
+        var elsewhere = Path.Combine(_cluster.DataDirectory, "elsewhere");
+        Directory.CreateDirectory(elsewhere);
+        var link = Path.Combine(_cluster.Storage, "link");
+        Directory.CreateSymbolicLink(link, elsewhere);
+        foreach (var escape in new[] { Path.Combine(_cluster.Storage, "..", "outside"), Path.Combine(link, "sd"), link, "/etc/lsm-test" })
+        {
+            var refused = await _cluster.Lsm("domain", "create", "escaped", "--path", escape, "--capacity", "256MiB");
+            Assert.True(refused.ExitCode == 2, $"{escape}: {refused}");
+            Assert.Contains("PATH_NOT_ALLOWED", refused.Stderr);
+        }
+        Assert.False(Directory.Exists(outside));
+        Assert.False(Directory.Exists("/etc/lsm-test"));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(elsewhere));
+        Assert.Equal(["link"], Directory.EnumerateFileSystemEntries(_cluster.Storage).Select(Path.GetFileName));
+        Assert.Equal(0, (await _cluster.Json("domains")).GetProperty("domains").GetArrayLength());
+
+        // an allowed path works; a VM created and moved there and back leaves only closed files
+        await CreateDomainsAndVmAsync();
+        await _cluster.Ok("migrate", "vm1", "--to", "sdB", "--wait");
+        await _cluster.Ok("migrate", "vm1", "--to", "sdA", "--strategy", "post-copy", "--wait");
+        var domainFolders = Directory.EnumerateDirectories(_cluster.Storage).Where(d => d != link).ToList();
+        Assert.Equal(2, domainFolders.Count);
+        foreach (var folder in domainFolders) AssertClosedModes(folder);
+        Assert.Contains(Directory.EnumerateFiles(_cluster.Storage, "*.meta", SearchOption.AllDirectories), f => !f.StartsWith(link));
+
+        // QEMU's monitor and NBD sockets: in the host's 0700 run directory
+        var run = Path.Combine(_cluster.DataDirectory, "host-1", "run");
+        Assert.Equal(SocketMode, File.GetUnixFileMode(run));
+        var sockets = Path.Combine(run, "s");
+        Assert.Equal(SocketMode, File.GetUnixFileMode(sockets));
+        Assert.Contains(Directory.EnumerateFileSystemEntries(sockets), s => s.EndsWith(".qmp", StringComparison.Ordinal));
+    }
+
+    private const UnixFileMode SocketMode = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute;
+
+    private async Task CreateDomainsAndVmAsync()
+    {
+        await _cluster.Ok("domain", "create", "sdA", "--path", _cluster.Storage, "--capacity", "1GiB");
+        await _cluster.Ok("domain", "create", "sdB", "--path", Path.Combine(_cluster.Storage, "sub", "..", "."), "--capacity", "1GiB");
+        await _cluster.Ok("vm", "create", "vm1", "--host", "host-1", "--disk", "64MiB@sdA:snapshots=1");
+    }
+
+    /// <summary>Every folder 0750 and every file 0660 in a domain's folder (and the folder itself).</summary>
+    private static void AssertClosedModes(string folder)
+    {
+        Assert.Equal(StorageModes.Folder, File.GetUnixFileMode(folder));
+        foreach (var entry in Directory.EnumerateFileSystemEntries(folder, "*", SearchOption.AllDirectories))
+        {
+            var expected = Directory.Exists(entry) ? StorageModes.Folder : StorageModes.File;
+            var mode = File.GetUnixFileMode(entry);
+            Assert.True(expected == mode, $"{entry} is {Convert.ToString((int)mode, 8)}, expected {Convert.ToString((int)expected, 8)}");
+        }
+    }
+}
