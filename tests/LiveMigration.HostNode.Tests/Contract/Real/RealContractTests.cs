@@ -72,9 +72,10 @@ public sealed class QemuNbdHold : IAsyncDisposable
         foreach (var a in new[] { "-r", "-f", "qcow2", "--persistent", "-k", socket, path }) start.ArgumentList.Add(a);
         var process = Process.Start(start) ?? throw new InvalidOperationException("qemu-nbd did not start");
         var hold = new QemuNbdHold(process, socket);
-        // The socket appears once the image (and its chain) is open, locks taken.
+        // qemu-nbd may listen before it opens the image: held means QEMU's image lock is visible, as the storage
+        // domain's own probe sees it (under load the socket came first and a delete found nothing open).
         var watch = Stopwatch.StartNew();
-        while (!File.Exists(socket))
+        while (!System.IO.File.Exists(socket) || Posix.LockHolder(path) is null)
         {
             if (process.HasExited)
                 throw new InvalidOperationException($"qemu-nbd exited with {process.ExitCode}: {await process.StandardError.ReadToEndAsync()}");
