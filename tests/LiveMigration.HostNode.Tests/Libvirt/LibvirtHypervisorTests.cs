@@ -112,7 +112,15 @@ public sealed class LibvirtHypervisorTests(LibvirtDaemonFixture daemon) : IAsync
         File.Move(leafPath + ".lsm-fresh", leafPath, overwrite: true);
         if (pivotAsked) await File.WriteAllTextAsync(leafPath + ".lsm-pivot", "asked");
         var pid = (await hypervisor.DescribeVmAsync(vm.Id)).Pid!.Value;
-        System.Diagnostics.Process.GetProcessById(pid).Kill();
+        using (var qemu = System.Diagnostics.Process.GetProcessById(pid))
+        {
+            qemu.Kill();
+            await qemu.WaitForExitAsync();
+        }
+        // libvirt learns of the death a moment later; until then a start would adopt the dead domain instead
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while ((await hypervisor.ListVmsAsync()).Any(v => v.Id == vm.Id && v.Running) && DateTime.UtcNow < deadline)
+            await Task.Delay(50);
         await hypervisor.DisposeAsync();
 
         var restarted = Host("host-1", guestExport: true);
