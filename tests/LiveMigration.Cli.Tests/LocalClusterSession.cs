@@ -34,6 +34,16 @@ public sealed class LocalClusterSession : IAsyncDisposable
 
     public Task<CliResult> Lsm(params string[] arguments) => CliProcess.RunAsync(Api, arguments);
 
+    /// <summary>An HTTP client for the API with the token <c>lsm local up</c> made (none when the cluster runs without one, as crash-plan clusters do).</summary>
+    public HttpClient Http()
+    {
+        var http = new HttpClient { Timeout = TimeSpan.FromSeconds(5) };
+        var token = Path.Combine(DataDirectory, "api-token");
+        if (File.Exists(token))
+            http.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", File.ReadAllText(token).Trim());
+        return http;
+    }
+
     /// <summary>Runs <c>lsm</c> and requires exit 0, showing the nodes' logs when it is not.</summary>
     public async Task<CliResult> Ok(params string[] arguments)
     {

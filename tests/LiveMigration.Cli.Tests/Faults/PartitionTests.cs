@@ -175,7 +175,7 @@ public sealed class PartitionTests : IAsyncLifetime
             ("post-copy", "switch") => ["CreateVolumeCrossDomain", "LiveSnapshotToDestination"],
             _ => throw new ArgumentException($"no moment {when} for {strategy}"),
         };
-        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(5) };
+        using var http = _cluster.Http();
         var deadline = DateTime.UtcNow + TimeSpan.FromMinutes(2);
         var seen = "";
         while (DateTime.UtcNow < deadline)
