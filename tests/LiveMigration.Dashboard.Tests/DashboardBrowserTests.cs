@@ -136,6 +136,28 @@ public sealed class DashboardBrowserTests(DashboardCluster cluster, ITestOutputH
     }
 
     [Fact]
+    public async Task The_link_lsm_local_up_prints_carries_the_token_in_its_fragment_and_the_page_takes_it_without_asking()
+    {
+        await using var coordinator = new TokenCoordinatorScope();
+        await coordinator.Fixture.InitializeAsync();
+        var page = await OpenPageAsync();
+        var statuses = new ConcurrentQueue<int>();
+        page.Response += (_, response) =>
+        {
+            if (response.Url.Contains("/api/", StringComparison.Ordinal)) statuses.Enqueue(response.Status);
+        };
+
+        await page.GotoAsync(coordinator.Fixture.Api + "/#token=" + Uri.EscapeDataString(TokenCoordinator.Token));
+        await Assertions.Expect(page.Locator("#stream-state")).ToHaveTextAsync("live");
+        Assert.False(await page.Locator("#token-dialog").IsVisibleAsync());
+        Assert.DoesNotContain(401, statuses);
+        // the token left the address bar, and stays in the tab's session only
+        Assert.DoesNotContain("token", page.Url);
+        Assert.Equal(TokenCoordinator.Token, await page.EvaluateAsync<string>("sessionStorage.getItem('lsm-token')"));
+        Assert.Empty(_pageErrors);
+    }
+
+    [Fact]
     public async Task Against_a_coordinator_that_requires_a_token_the_page_gets_401_asks_for_it_and_then_works()
     {
         await using var coordinator = new TokenCoordinatorScope();

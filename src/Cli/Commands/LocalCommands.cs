@@ -140,8 +140,12 @@ public sealed class LocalUpCommand : AsyncCommand<LocalUpSettings>
         }
         LocalStatusCommand.Describe(state);
         var api = state.ApiPort == LocalClusterOptions.DefaultApiPort ? "" : $" --api {state.ApiUrl}";
-        var dashboard = state.ApiTokenFile is { } tokenFile ? $" (it asks for the API token, in {tokenFile})" : "";
-        Output.Console.MarkupLine($"cluster up. Next: [bold]./lsm cluster show{Output.Escape(api)}[/], the dashboard at {Output.Escape(state.ApiUrl)}/{Output.Escape(dashboard)}, " +
+        // The token rides in the link's fragment: the browser never sends a fragment to the server, and the dashboard
+        // takes it into its session and drops it from the address bar, so nobody types it.
+        var dashboard = state.ApiTokenFile is { } tokenFile && File.Exists(tokenFile)
+            ? $"{state.ApiUrl}/#token={Uri.EscapeDataString(File.ReadAllText(tokenFile).Trim())}"
+            : $"{state.ApiUrl}/";
+        Output.Console.MarkupLine($"cluster up. Next: [bold]./lsm cluster show{Output.Escape(api)}[/], the dashboard at {Output.Escape(dashboard)}, " +
                                   $"stop it with [bold]./lsm local down{Output.Escape(DataDirOption(settings))}[/]");
         return ExitCodes.Ok;
     }

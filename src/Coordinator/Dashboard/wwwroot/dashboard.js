@@ -25,6 +25,15 @@
 
   let tokenWaiters = null;
 
+  // lsm local up prints the dashboard's link with the token in its fragment (#token=...), which no request carries:
+  // it goes into this tab's session and out of the address bar (and the history).
+  (() => {
+    const match = /^#token=([^&]+)/.exec(location.hash);
+    if (!match) return;
+    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(match[1]));
+    history.replaceState(null, "", location.pathname + location.search);
+  })();
+
   function authHeaders() {
     const token = sessionStorage.getItem(TOKEN_KEY);
     return token ? { Authorization: "Bearer " + token } : {};
