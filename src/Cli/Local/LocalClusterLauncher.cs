@@ -156,7 +156,8 @@ public static class LocalClusterLauncher
                 if (spm && options.IsSpmCapable($"host-{hostIds.IndexOf(hostId) + 2}"))
                     await WaitMemberUpAsync(cluster, host, options.Timeout, ct);
             }
-            await WaitUpAsync(cluster, hostIds, options.Timeout, ct);
+            // every host must report to this run's inventory: the journal still holds their reports from before a down, with old addresses
+            await WaitUpAsync(cluster, hostIds, options.Timeout, ct, hostIds, started);
         }
         catch (Exception e) when (e is not CliFailure)
         {
