@@ -125,14 +125,18 @@ public sealed class ApiSafetyTests(TokenCoordinator coordinator) : IClassFixture
     }
 
     /// <summary>A Coordinator with these switches, which must exit (refuse) within 60 s; its exit code and stderr.</summary>
-    private static async Task<(int Exit, string Stderr)> RunCoordinatorToExitAsync(params string[] arguments)
+    private static Task<(int Exit, string Stderr)> RunCoordinatorToExitAsync(params string[] arguments) =>
+        RunCoordinatorToExitAsync("127.0.0.1", arguments);
+
+    /// <param name="httpHost">Where its API is to listen.</param>
+    private static async Task<(int Exit, string Stderr)> RunCoordinatorToExitAsync(string httpHost, string[] arguments)
     {
         var port = TokenCoordinator.FreePort();
         var data = Path.Combine(Path.GetTempPath(), $"lsm-refused-{Guid.NewGuid():N}");
         try
         {
             using var process = Process.Start(TokenCoordinator.Start(["--port", port.ToString(), "--seed", $"akka.tcp://lsm@127.0.0.1:{port}",
-                "--http", $"http://127.0.0.1:{TokenCoordinator.FreePort()}", "--data-dir", data, .. arguments]))!;
+                "--http", $"http://{httpHost}:{TokenCoordinator.FreePort()}", "--data-dir", data, .. arguments]))!;
             var stderr = process.StandardError.ReadToEndAsync();
             var stdout = process.StandardOutput.ReadToEndAsync();
             using var limit = new CancellationTokenSource(TimeSpan.FromSeconds(60));
@@ -210,31 +214,8 @@ public sealed class ApiSafetyTests(TokenCoordinator coordinator) : IClassFixture
     [Fact]
     public async Task A_non_loopback_address_without_a_token_is_refused_with_exit_2()
     {
-        var port = TokenCoordinator.FreePort();
-        var data = Path.Combine(Path.GetTempPath(), $"lsm-open-{Guid.NewGuid():N}");
-        try
-        {
-            using var process = Process.Start(TokenCoordinator.Start("--port", port.ToString(), "--seed", $"akka.tcp://lsm@127.0.0.1:{port}",
-                "--http", $"http://0.0.0.0:{TokenCoordinator.FreePort()}", "--data-dir", data))!;
-            var stderr = process.StandardError.ReadToEndAsync();
-            var stdout = process.StandardOutput.ReadToEndAsync();
-            using var limit = new CancellationTokenSource(TimeSpan.FromSeconds(60));
-            try
-            {
-                await process.WaitForExitAsync(limit.Token);
-            }
-            catch (OperationCanceledException)
-            {
-                process.Kill();
-                throw;
-            }
-            Assert.Equal(2, process.ExitCode);
-            Assert.Contains("is not loopback: set an API token", await stderr);
-            await stdout;
-        }
-        finally
-        {
-            if (Directory.Exists(data)) Directory.Delete(data, recursive: true);
-        }
+        var (exit, stderr) = await RunCoordinatorToExitAsync("0.0.0.0", []);
+        Assert.Equal(2, exit);
+        Assert.Contains("is not loopback: set an API token", stderr);
     }
 }

@@ -50,26 +50,13 @@ public sealed class LibvirtHypervisorTests(LibvirtDaemonFixture daemon) : IAsync
     [Fact]
     public async Task A_backing_switch_that_stopped_before_its_copy_is_put_right_by_the_next_call_and_keeps_the_guests_writes()
     {
-        var hypervisor = Host("host-1", guestExport: true);
-        var chain = await ChainSeeder.SeedAsync(_a, FileLayerData.WriteAsync);
-        var vm = await hypervisor.StartVmAsync(new VmSpec(VmId.New(), "switch", [await _pool.ResolveChainAsync(_a.Id, chain.Image)]));
-        var newLeaf = VolumeId.New();
-        await _b.CreateVolumeAsync(new NewVolume(chain.Image, newLeaf, VolumeFormat.Cow, chain.Capacity, new VolumeRef(_a.Id, chain.Leaf), Owner: TestOwners.Default), _a);
-        var drive = await hypervisor.LiveSnapshotAsync(vm.Id, chain.Image, chain.LayerOn(_b, newLeaf));
-        var written = Enumerable.Range(0, 65536).Select(i => (byte)(i * 7)).ToArray();
-        await using (var guest = await NbdClient.ConnectAsync(drive.GuestSocket, drive.ExportName))
-        {
-            await guest.WriteAsync(40L << 20, written, fua: true);
-        }
+        var (hypervisor, chain, vm, newLeaf, written) = await WritingOnANewLeafAsync(pattern: 7);
         await _b.CloneImageStructureAsync(_a, chain.Image, TestOwners.Default);
         foreach (var id in chain.Ids) await _b.CopyVolumeDataAsync(_a, chain.Image, id);
         await _b.SetParentAsync(chain.Image, newLeaf, new VolumeRef(_b.Id, chain.Leaf), _b, rewriteHeader: false);
 
         // As a host that died in the middle of a switch leaves it: the running layer linked aside, an empty overlay at its path.
-        var leafPath = _b.Locate(chain.Image, newLeaf);
-        LibvirtNative.HardLink(leafPath, leafPath + ".lsm-switch");
-        await Processes.ProcessRunner.RunCheckedAsync("qemu-img", ["create", "-q", "-f", "qcow2", leafPath + ".lsm-fresh", "64M"], ErrorCodes.QemuImgFailed);
-        File.Move(leafPath + ".lsm-fresh", leafPath, overwrite: true);
+        var leafPath = await LeaveASwitchHalfDoneAsync(chain, newLeaf);
 
         var newBacking = chain.Ids.Select(id => chain.LayerOn(_b, id)).ToList();
         var restarted = Host("host-1", guestExport: true);
@@ -78,12 +65,7 @@ public sealed class LibvirtHypervisorTests(LibvirtDaemonFixture daemon) : IAsync
 
         Assert.Equal(chain.PathsOn(_b, chain.Base, chain.Middle, chain.Leaf, newLeaf), switched.OpenChain);
         Assert.False(File.Exists(leafPath + ".lsm-switch"));
-        var read = new byte[written.Length];
-        await using (var guest = await NbdClient.ConnectAsync(switched.GuestSocket, switched.ExportName))
-        {
-            await guest.ReadAsync(40L << 20, read);
-        }
-        Assert.Equal(written, read);
+        Assert.Equal(written, await ReadBackAsync(switched));
         Assert.Equal(chain.PathsOn(_b, chain.Base, chain.Middle, chain.Leaf, newLeaf), (await _pool.ResolveChainAsync(_b.Id, chain.Image)).Layers.Select(l => l.Path));
     }
 
@@ -92,24 +74,11 @@ public sealed class LibvirtHypervisorTests(LibvirtDaemonFixture daemon) : IAsync
     [InlineData(true)]
     public async Task A_VM_whose_QEMU_died_in_a_backing_switch_starts_on_the_layer_it_wrote_or_not_at_all_when_the_pivot_is_in_doubt(bool pivotAsked)
     {
-        var hypervisor = Host("host-1", guestExport: true);
-        var chain = await ChainSeeder.SeedAsync(_a, FileLayerData.WriteAsync);
-        var vm = await hypervisor.StartVmAsync(new VmSpec(VmId.New(), "switch", [await _pool.ResolveChainAsync(_a.Id, chain.Image)]));
-        var newLeaf = VolumeId.New();
-        await _b.CreateVolumeAsync(new NewVolume(chain.Image, newLeaf, VolumeFormat.Cow, chain.Capacity, new VolumeRef(_a.Id, chain.Leaf), Owner: TestOwners.Default), _a);
-        var drive = await hypervisor.LiveSnapshotAsync(vm.Id, chain.Image, chain.LayerOn(_b, newLeaf));
-        var written = Enumerable.Range(0, 65536).Select(i => (byte)(i * 13)).ToArray();
-        await using (var guest = await NbdClient.ConnectAsync(drive.GuestSocket, drive.ExportName))
-        {
-            await guest.WriteAsync(40L << 20, written, fua: true);
-        }
+        var (hypervisor, chain, vm, newLeaf, written) = await WritingOnANewLeafAsync(pattern: 13);
 
         // As a switch leaves it when its QEMU (and host) died during the copy: the layer QEMU wrote linked aside, a
         // fresh overlay of the new backing (without the guest's writes) at its path; with the pivot mark if the pivot was asked for.
-        var leafPath = _b.Locate(chain.Image, newLeaf);
-        LibvirtNative.HardLink(leafPath, leafPath + ".lsm-switch");
-        await Processes.ProcessRunner.RunCheckedAsync("qemu-img", ["create", "-q", "-f", "qcow2", leafPath + ".lsm-fresh", "64M"], ErrorCodes.QemuImgFailed);
-        File.Move(leafPath + ".lsm-fresh", leafPath, overwrite: true);
+        var leafPath = await LeaveASwitchHalfDoneAsync(chain, newLeaf);
         if (pivotAsked) await File.WriteAllTextAsync(leafPath + ".lsm-pivot", "asked");
         var pid = (await hypervisor.DescribeVmAsync(vm.Id)).Pid!.Value;
         using (var qemu = System.Diagnostics.Process.GetProcessById(pid))
@@ -134,12 +103,44 @@ public sealed class LibvirtHypervisorTests(LibvirtDaemonFixture daemon) : IAsync
         }
         var started = await restarted.StartVmAsync(spec);
         Assert.False(File.Exists(leafPath + ".lsm-switch"));
-        var read = new byte[written.Length];
-        await using (var guest = await NbdClient.ConnectAsync(started.Drive(chain.Image).GuestSocket, started.Drive(chain.Image).ExportName))
+        Assert.Equal(written, await ReadBackAsync(started.Drive(chain.Image)));
+    }
+
+    private const long WrittenAt = 40L << 20;
+
+    /// <summary>A guest-exporting host-1 runs a VM on a chain of domain A, live-snapshotted onto a new leaf on B; the guest wrote 64 KiB (FUA) into that leaf.</summary>
+    private async Task<(LibvirtHypervisor Hypervisor, SeededChain Chain, VmInfo Vm, VolumeId NewLeaf, byte[] Written)> WritingOnANewLeafAsync(int pattern)
+    {
+        var hypervisor = Host("host-1", guestExport: true);
+        var chain = await ChainSeeder.SeedAsync(_a, FileLayerData.WriteAsync);
+        var vm = await hypervisor.StartVmAsync(new VmSpec(VmId.New(), "switch", [await _pool.ResolveChainAsync(_a.Id, chain.Image)]));
+        var newLeaf = VolumeId.New();
+        await _b.CreateVolumeAsync(new NewVolume(chain.Image, newLeaf, VolumeFormat.Cow, chain.Capacity, new VolumeRef(_a.Id, chain.Leaf), Owner: TestOwners.Default), _a);
+        var drive = await hypervisor.LiveSnapshotAsync(vm.Id, chain.Image, chain.LayerOn(_b, newLeaf));
+        var written = Enumerable.Range(0, 65536).Select(i => (byte)(i * pattern)).ToArray();
+        await using (var guest = await NbdClient.ConnectAsync(drive.GuestSocket, drive.ExportName))
         {
-            await guest.ReadAsync(40L << 20, read);
+            await guest.WriteAsync(WrittenAt, written, fua: true);
         }
-        Assert.Equal(written, read);
+        return (hypervisor, chain, vm, newLeaf, written);
+    }
+
+    /// <summary>What a switch stopped before its pivot leaves: the running layer linked aside as P.lsm-switch, an empty overlay at P. Returns P.</summary>
+    private async Task<string> LeaveASwitchHalfDoneAsync(SeededChain chain, VolumeId newLeaf)
+    {
+        var leafPath = _b.Locate(chain.Image, newLeaf);
+        LibvirtNative.HardLink(leafPath, leafPath + ".lsm-switch");
+        await Processes.ProcessRunner.RunCheckedAsync("qemu-img", ["create", "-q", "-f", "qcow2", leafPath + ".lsm-fresh", "64M"], ErrorCodes.QemuImgFailed);
+        File.Move(leafPath + ".lsm-fresh", leafPath, overwrite: true);
+        return leafPath;
+    }
+
+    private static async Task<byte[]> ReadBackAsync(DriveState drive)
+    {
+        var read = new byte[65536];
+        await using var guest = await NbdClient.ConnectAsync(drive.GuestSocket, drive.ExportName);
+        await guest.ReadAsync(WrittenAt, read);
+        return read;
     }
 
     private LibvirtHypervisor Host(string name, bool guestExport = false)

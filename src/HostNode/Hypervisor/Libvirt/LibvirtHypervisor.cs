@@ -462,13 +462,12 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
         }
     }
 
+    /// <summary>The pivot mark, on disk (file and folder fsynced) before the pivot is asked for.</summary>
     private static async Task WriteDurablyAsync(string path, string text, CancellationToken ct)
     {
-        await using (var file = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 4096, FileOptions.WriteThrough))
-        {
-            await file.WriteAsync(System.Text.Encoding.UTF8.GetBytes(text), ct);
-            file.Flush(flushToDisk: true);
-        }
+        await File.WriteAllTextAsync(path, text, ct);
+        Storage.File.Posix.FsyncFile(path);
+        Storage.File.Posix.FsyncDirectory(Path.GetDirectoryName(path)!);
     }
 
     /// <summary>How long the last pivot of the VM took (the guest's stall), for the report's figures.</summary>
