@@ -333,7 +333,9 @@ public static class MigrationDecider
         public Decision Failed(DiskState disk, string code, string message, bool transient)
         {
             var step = disk.Step!.Value;
-            if (MigrationPlan.IsRollback(step) && MigrationPlan.NothingToUndo(step, code))
+            // A transient answer ("no host has reported the VM yet") says nothing about the mirror: a host that restarted
+            // may not have adopted a QEMU that still mirrors into the destination. Only a host's own answer counts.
+            if (!transient && MigrationPlan.IsRollback(step) && MigrationPlan.NothingToUndo(step, code))
                 return Succeeded(disk, new StepOutcome(Detail: $"nothing to undo: {code}: {message}"));
 
             Emit(new StepFailed(State.Id, disk.Image, step, disk.Operation!.Value, code, message, transient, now));

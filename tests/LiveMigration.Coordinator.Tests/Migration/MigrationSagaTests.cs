@@ -273,6 +273,35 @@ public sealed class MigrationSagaTests
     }
 
     [Fact]
+    public void A_rollback_whose_vm_no_host_has_reported_yet_asks_again_instead_of_deleting_the_destination()
+    {
+        var saga = new SagaDriver().Begin(retry: new RetryPolicy(2, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(30)));
+        saga.Succeed(); saga.Succeed(); saga.Succeed();
+        saga.Fail(ErrorCodes.VerifyFailed);
+        Assert.Equal(CancelReplication, saga.InFlight().Step);
+
+        // The gateway's "no host has reported VM ... yet": a restarted host may still run the mirror into the destination.
+        saga.Fail(ErrorCodes.VmNotFound, transient: true);
+        Assert.DoesNotContain(DeleteDestinationImage, saga.StepsStarted(saga.Image));
+        Assert.Single(saga.Journal.OfType<RetryScheduled>());
+
+        saga.Advance(TimeSpan.FromSeconds(2));
+        saga.Send(new RetryDue(saga.Id));
+        Assert.Equal(CancelReplication, saga.InFlight().Step);
+        saga.Fail(ErrorCodes.VmNotFound, transient: true);
+        // Out of attempts and still nobody who can say: suspended with the destination kept, never deleted blind.
+        Assert.IsType<MigrationStatus.Suspended>(saga.State.Status);
+        Assert.DoesNotContain(DeleteDestinationImage, saga.StepsStarted(saga.Image));
+
+        // The host's own answer that it has no such VM is an answer: nothing runs a mirror, so the delete goes on.
+        var answered = new SagaDriver().Begin();
+        answered.Succeed(); answered.Succeed(); answered.Succeed();
+        answered.Fail(ErrorCodes.VerifyFailed);
+        answered.Fail(ErrorCodes.VmNotFound);
+        Assert.Equal(DeleteDestinationImage, answered.InFlight().Step);
+    }
+
+    [Fact]
     public void Transient_failures_retry_with_doubling_delays_then_fail_and_roll_back()
     {
         var saga = new SagaDriver().Begin(retry: new RetryPolicy(3, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(30)));
