@@ -7,6 +7,7 @@ using LiveMigration.HostNode.Guest;
 using LiveMigration.HostNode.Hypervisor;
 using LiveMigration.HostNode.Hypervisor.Libvirt;
 using LiveMigration.HostNode.Hypervisor.Qmp;
+using LiveMigration.HostNode.Processes;
 using LiveMigration.HostNode.Storage;
 using LiveMigration.HostNode.Storage.File;
 using LiveMigration.Shared.Hosting;
@@ -55,6 +56,15 @@ internal static class ClusterDemo
         // the VM from its run directory and both hosts find the domains under the domain root. Under libvirt every
         // host runs `--hypervisor libvirt`, with the drive's NBD export for the stand-in guest (demo only: it taints the domain).
         var local = new LocalClusterOptions(dataDir) { Hosts = 2, ApiPort = 0, Hypervisor = options.Hypervisor, LibvirtGuestExport = libvirt };
+        // As `lsm local up` does: QEMU runs as its own unprivileged account, and the volumes made here belong to its group.
+        QemuAccount? qemu = null;
+        if (!libvirt && await LocalQemuAccount.PrepareAsync(dataDir, [], line => Console.WriteLine($"    {line}"), CancellationToken.None) is { } qemuUser)
+        {
+            qemu = QemuAccount.Find(qemuUser);
+            StorageModes.UseQemuGroup(qemu.Gid);
+            local = local with { QemuUser = qemuUser };
+            Console.WriteLine($"QEMU runs as {qemuUser}, not root");
+        }
         var a = await FileStorageDomain.CreateAsync(local.DomainRoot, DomainId.New(), "domain-a", 4L << 30);
         var b = await FileStorageDomain.CreateAsync(local.DomainRoot, DomainId.New(), "domain-b", 4L << 30);
         var pool = new StoragePool([a, b]);
@@ -64,7 +74,7 @@ internal static class ClusterDemo
 
         var vmId = VmId.New();
         VmInfo vm;
-        await using (var starter = Hypervisor(options, local.HostRunDirectory("host-1")))
+        await using (var starter = Hypervisor(options, local.HostRunDirectory("host-1"), qemu))
             vm = await starter.StartVmAsync(new VmSpec(vmId, "demo-vm", [await pool.ResolveChainAsync(a.Id, image)]));
         var drive = vm.Drive(image);
         Console.WriteLine($"[2/6] VM {vmId} running on host-1 " +
@@ -152,9 +162,9 @@ internal static class ClusterDemo
     }
 
     /// <summary>The adapter host-1 runs, here in the demo's own process to start the VM host-1 then adopts (and to stop it afterwards).</summary>
-    private static IHypervisor Hypervisor(DemoOptions options, string runDirectory) => options.Hypervisor == "libvirt"
+    private static IHypervisor Hypervisor(DemoOptions options, string runDirectory, QemuAccount? qemu = null) => options.Hypervisor == "libvirt"
         ? new LibvirtHypervisor(new LibvirtHypervisorOptions { RunDirectory = runDirectory, GuestNbdExport = true })
-        : new QmpHypervisor(new QmpHypervisorOptions { RunDirectory = runDirectory });
+        : new QmpHypervisor(new QmpHypervisorOptions { RunDirectory = runDirectory, QemuAccount = qemu });
 
     /// <summary>Polls the migration and draws its progress until it ends; returns its final status.</summary>
     private static async Task<string> WatchAsync(ApiClient api, string id, TimeSpan limit)

@@ -42,6 +42,10 @@ builder.Services.AddAkka(ClusterNodeSettings.SystemName, akka => akka
 
 var app = builder.Build();
 Console.WriteLine($"HostNode {settings.HostId}: {components.Pool.Domains.Count} storage domains, run directory {settings.RunDirectory}, roles {string.Join(",", settings.Cluster.Roles)}");
+if (settings.Hypervisor == "qmp")
+    Console.WriteLine(settings.QemuAccount is { } qemu
+        ? $"HostNode {settings.HostId}: QEMU runs as {qemu.Name} (uid {qemu.Uid}, gid {qemu.Gid})"
+        : $"HostNode {settings.HostId}: WARNING: QEMU runs as this host's own user{(Environment.UserName == "root" ? " (root)" : "")}; give --qemu-user {LiveMigration.HostNode.Processes.QemuAccount.DefaultName} to confine it");
 await app.RunAsync();
 // The VMs outlive this process on purpose; only the QMP connections close.
 await components.Hypervisor.DisposeAsync();

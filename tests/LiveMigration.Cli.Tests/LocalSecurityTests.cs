@@ -1,6 +1,8 @@
 using System.Net;
 using System.Text.Json;
 using LiveMigration.Cli.Local;
+using LiveMigration.HostNode.Hypervisor;
+using LiveMigration.HostNode.Processes;
 using LiveMigration.HostNode.Storage.File;
 using LiveMigration.Shared.Hosting;
 
@@ -10,7 +12,8 @@ namespace LiveMigration.Cli.Tests;
 /// What <c>lsm local up</c> protects by default, checked on a running local cluster as an operator uses it: the API
 /// token is in a 0600 file and on no process's command line while lsm still finds it; a domain path that escapes the
 /// allowed roots (with .. or through a symlink) is refused and makes nothing; the disks and metadata a VM create and
-/// two migrations leave are 0660 in 0750 folders, and QEMU's sockets sit in a 0700 folder of the host.
+/// two migrations leave are 0660 in 0750 folders of QEMU's group, and QEMU runs as an unprivileged account whose
+/// sockets sit in a 0700 folder of its own.
 /// </summary>
 [Collection(LocalClusters.Name)]
 [System.Runtime.Versioning.SupportedOSPlatform("linux")]
@@ -71,12 +74,28 @@ public sealed class LocalSecurityTests : IAsyncLifetime
         foreach (var folder in domainFolders) AssertClosedModes(folder);
         Assert.Contains(Directory.EnumerateFiles(_cluster.Storage, "*.meta", SearchOption.AllDirectories), f => !f.StartsWith(link));
 
-        // QEMU's monitor and NBD sockets: in the host's 0700 run directory
+        // QEMU runs as the unprivileged account local up made, with no capabilities and only its own group; its monitor
+        // and NBD sockets sit in a 0700 folder of that account under /run/lsm, and the host's run directory stays 0700
+        var qemu = QemuAccount.Find(LocalQemuAccount.Name);
         var run = Path.Combine(_cluster.DataDirectory, "host-1", "run");
         Assert.Equal(SocketMode, File.GetUnixFileMode(run));
-        var sockets = Path.Combine(run, "s");
+        var sockets = SocketDirectory.For(run, qemu);
         Assert.Equal(SocketMode, File.GetUnixFileMode(sockets));
+        Assert.Equal(qemu.Uid.ToString(), (await ProcessRunner.RunAsync("stat", ["-c", "%u", sockets])).StandardOutput.Trim());
         Assert.Contains(Directory.EnumerateFileSystemEntries(sockets), s => s.EndsWith(".qmp", StringComparison.Ordinal));
+        var vmPid = Assert.Single(commandLinesNow(), p => p.Arguments is [var program, ..] && program.EndsWith("qemu-system-x86_64")
+                                                          && string.Join(' ', p.Arguments).Contains(sockets)).Pid;
+        var status = File.ReadAllLines($"/proc/{vmPid}/status").ToDictionary(l => l.Split(':')[0], l => l.Split(':', 2)[1].Trim());
+        Assert.All(status["Uid"].Split('\t'), uid => Assert.Equal(qemu.Uid.ToString(), uid));
+        Assert.All(status["Gid"].Split('\t'), gid => Assert.Equal(qemu.Gid.ToString(), gid));
+        Assert.Equal("0000000000000000", status["CapEff"]);
+        foreach (var folder in domainFolders)
+            Assert.All(Directory.EnumerateFileSystemEntries(folder, "*", SearchOption.AllDirectories).Prepend(folder),
+                entry => Assert.Equal(qemu.Gid.ToString(), ProcessRunner.RunAsync("stat", ["-c", "%g", entry]).GetAwaiter().GetResult().StandardOutput.Trim()));
+
+        static List<(int Pid, IReadOnlyList<string> Arguments)> commandLinesNow() =>
+            Directory.EnumerateDirectories("/proc").Where(d => int.TryParse(Path.GetFileName(d), out _))
+                .Select(d => (int.Parse(Path.GetFileName(d)), ProcessTable.CommandLine(int.Parse(Path.GetFileName(d))))).ToList();
     }
 
     private const UnixFileMode SocketMode = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute;
@@ -88,13 +107,17 @@ public sealed class LocalSecurityTests : IAsyncLifetime
         await _cluster.Ok("vm", "create", "vm1", "--host", "host-1", "--disk", "64MiB@sdA:snapshots=1");
     }
 
-    /// <summary>Every folder 0750 and every file 0660 in a domain's folder (and the folder itself).</summary>
+    /// <summary>
+    /// Every folder 2750 (0750, and the set-group-id bit that passes QEMU's group on) and every file 0660 in a domain's
+    /// folder (and the folder itself).
+    /// </summary>
     private static void AssertClosedModes(string folder)
     {
-        Assert.Equal(StorageModes.Folder, File.GetUnixFileMode(folder));
+        const UnixFileMode closedFolder = StorageModes.Folder | UnixFileMode.SetGroup;
+        Assert.Equal(closedFolder, File.GetUnixFileMode(folder));
         foreach (var entry in Directory.EnumerateFileSystemEntries(folder, "*", SearchOption.AllDirectories))
         {
-            var expected = Directory.Exists(entry) ? StorageModes.Folder : StorageModes.File;
+            var expected = Directory.Exists(entry) ? closedFolder : StorageModes.File;
             var mode = File.GetUnixFileMode(entry);
             Assert.True(expected == mode, $"{entry} is {Convert.ToString((int)mode, 8)}, expected {Convert.ToString((int)expected, 8)}");
         }

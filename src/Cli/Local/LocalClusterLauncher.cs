@@ -42,10 +42,13 @@ public sealed record LocalClusterOptions(string DataDirectory)
     /// <summary>Network-partition tests: the network namespace a node runs in (made by the test, with a veth link), by node name.</summary>
     public IReadOnlyDictionary<string, string> NodeNetworkNamespaces { get; init; } = new Dictionary<string, string>();
 
+    /// <summary>The unprivileged account the QMP hosts start QEMU as (<see cref="LocalQemuAccount"/>); null: the invoking user.</summary>
+    public string? QemuUser { get; init; }
+
     /// <summary>The HostNode switches these options add to every host.</summary>
     public IReadOnlyList<string> HostArguments => Hypervisor switch
     {
-        "qmp" => [],
+        "qmp" => QemuUser is { } qemuUser ? ["--qemu-user", qemuUser] : [],
         "libvirt" => ["--hypervisor", "libvirt", "--libvirt-uri", LibvirtUri, .. LibvirtGuestExport ? new[] { "--libvirt-guest-export", "true" } : []],
         _ => throw CliFailure.BadUsage($"--hypervisor {Hypervisor}: a host runs its VMs through qmp or libvirt"),
     };
@@ -87,11 +90,13 @@ public static class LocalClusterLauncher
         if (options.ApiPort is < 0 or > 65535)
             throw CliFailure.BadUsage($"--api-port {options.ApiPort} is not a port (1-65535, or 0 for a free one)");
         var postgres = PostgresConnection(options.Journal);
-        var hostArguments = options.HostArguments;
         // Before anything starts: a libvirt host refuses to start without its daemon, after the cluster waited for it.
         if (options.Hypervisor == "libvirt") await LibvirtCheck.EnsureAnswersAsync(options.LibvirtUri, ct);
         var dataDirectory = Path.GetFullPath(options.DataDirectory);
         Directory.CreateDirectory(dataDirectory);
+        if (options.Hypervisor == "qmp" && options.QemuUser is null)
+            options = options with { QemuUser = await LocalQemuAccount.PrepareAsync(dataDirectory, CheckedStorageRoots(options.StorageRoots), report, ct) };
+        var hostArguments = options.HostArguments;
 
         // The lock keeps two ups on one directory from racing; the state file refuses an up while the whole last one runs,
         // and brings back only the nodes of it that died while the others run.

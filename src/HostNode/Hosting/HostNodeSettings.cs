@@ -1,6 +1,7 @@
 using LiveMigration.HostNode.Hypervisor;
 using LiveMigration.HostNode.Hypervisor.Libvirt;
 using LiveMigration.HostNode.Hypervisor.Qmp;
+using LiveMigration.HostNode.Processes;
 using LiveMigration.HostNode.Spm;
 using LiveMigration.HostNode.Storage;
 using LiveMigration.HostNode.Storage.File;
@@ -32,6 +33,9 @@ public sealed record HostNodeSettings(
     /// <summary>Export each libvirt VM's drives over NBD for a stand-in guest (demo and test hosts; taints the domains).</summary>
     public bool LibvirtGuestExport { get; init; }
 
+    /// <summary>The unprivileged account QEMU runs as (<c>--qemu-user</c>, QMP hosts); null runs it as this host's user.</summary>
+    public QemuAccount? QemuAccount { get; init; }
+
     /// <summary>
     /// The pool's SPM lease (DESIGN §7a), required on an SPM-capable host: the file on the shared storage (beside the
     /// domains, at the same path on every host), its period and margin.
@@ -55,6 +59,7 @@ public sealed record HostNodeSettings(
         ["--spm-lease"] = "HostNode:SpmLease:Path",
         ["--spm-lease-period"] = "HostNode:SpmLease:Period",
         ["--spm-lease-margin"] = "HostNode:SpmLease:Margin",
+        ["--qemu-user"] = "HostNode:QemuUser",
     };
 
     public static HostNodeSettings From(IConfiguration config)
@@ -68,6 +73,10 @@ public sealed record HostNodeSettings(
         var guestExport = config["HostNode:LibvirtGuestExport"] ?? "false";
         if (!bool.TryParse(guestExport, out var exportGuests))
             throw new ArgumentException($"--libvirt-guest-export must be true or false, got '{guestExport}'");
+        var qemuUser = config["HostNode:QemuUser"] is { Length: > 0 } user ? user : null;
+        if (qemuUser is not null && hypervisor == "libvirt")
+            throw new ArgumentException("--qemu-user is for QMP hosts: libvirt starts QEMU as the user its qemu.conf names");
+        var qemuAccount = qemuUser is null ? null : QemuAccount.Find(qemuUser);
         var cluster = ClusterNodeSettings.FromConfiguration(config, HostNodeHosting.HostRole);
         var spmLease = SpmLeaseFrom(config);
         // DESIGN §7 invariant 6: only the lease's holder changes storage. An SPM without one could write beside its
@@ -86,6 +95,7 @@ public sealed record HostNodeSettings(
             SpmLease = spmLease,
             LibvirtUri = config["HostNode:LibvirtUri"] is { Length: > 0 } uri ? uri : "qemu:///system",
             LibvirtGuestExport = exportGuests,
+            QemuAccount = qemuAccount,
         };
     }
 
@@ -110,6 +120,8 @@ public sealed record HostNodeSettings(
     /// <summary>The real components: every file domain found under the domain roots, and QEMU over QMP or through libvirt.</summary>
     public async Task<HostNodeComponents> CreateComponentsAsync(CancellationToken ct = default)
     {
+        // Before any domain is opened: what this host makes from now on belongs to QEMU's group too (StorageModes).
+        if (QemuAccount is { } account) StorageModes.UseQemuGroup(account.Gid);
         var pool = new StoragePool { AllowedRoots = StorageRoots };
         foreach (var root in DomainRoots)
         {
@@ -127,7 +139,7 @@ public sealed record HostNodeSettings(
         StorageModes.SetMode(RunDirectory, RunDirectoryMode);
         IHypervisor hypervisor = Hypervisor == "libvirt"
             ? new LibvirtHypervisor(new LibvirtHypervisorOptions { RunDirectory = RunDirectory, Uri = LibvirtUri, GuestNbdExport = LibvirtGuestExport })
-            : new QmpHypervisor(new QmpHypervisorOptions { RunDirectory = RunDirectory });
+            : new QmpHypervisor(new QmpHypervisorOptions { RunDirectory = RunDirectory, QemuAccount = QemuAccount });
         return new HostNodeComponents(HostId, pool, hypervisor);
     }
 }

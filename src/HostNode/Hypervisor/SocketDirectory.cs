@@ -18,10 +18,14 @@ public static class SocketDirectory
 
     public const UnixFileMode Mode = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute;
 
-    /// <summary>The socket folder for <paramref name="runDirectory"/> (absolute); the same on every start, so a restarted host finds it.</summary>
-    public static string For(string runDirectory)
+    /// <summary>
+    /// The socket folder for <paramref name="runDirectory"/> (absolute); the same on every start, so a restarted host finds
+    /// it. QEMU running as its own account (<paramref name="qemu"/>) makes its sockets itself, so their folder is always
+    /// under <see cref="SharedParent"/>, which that account can reach whatever folders hold the run directory.
+    /// </summary>
+    public static string For(string runDirectory, Processes.QemuAccount? qemu = null)
     {
-        if (runDirectory.Length < MaxInlineRunDirectoryLength) return Path.Combine(runDirectory, "s");
+        if (runDirectory.Length < MaxInlineRunDirectoryLength && qemu is null) return Path.Combine(runDirectory, "s");
         var name = "lsm-" + Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(runDirectory)))[..8];
         if (Environment.UserName == "root" || Environment.GetEnvironmentVariable("XDG_RUNTIME_DIR") is not { Length: > 0 })
             return Path.Combine(SharedParent, name);
@@ -32,10 +36,15 @@ public static class SocketDirectory
     /// Creates the folder (and <c>/run/lsm</c>) as 0700, or makes an existing one 0700; refuses a symlink in its place,
     /// which would send the sockets wherever it points.
     /// </summary>
-    public static void Ensure(string directory)
+    public static void Ensure(string directory, Processes.QemuAccount? qemu = null)
     {
         if (Path.GetDirectoryName(directory) == SharedParent) CreatePrivate(SharedParent);
         CreatePrivate(directory);
+        if (qemu is null) return;
+        // QEMU's account may pass through /run/lsm (0710, its group) to its own folder (0700, its own), and nowhere else.
+        Storage.File.Posix.SetOwner(SharedParent, 0, qemu.Gid);
+        Storage.File.StorageModes.SetMode(SharedParent, Mode | UnixFileMode.GroupExecute);
+        Storage.File.Posix.SetOwner(directory, qemu.Uid, qemu.Gid);
     }
 
     /// <summary>Root's parent of the stand-in folders: /run is root's alone to write, and cleared at boot, as the sockets are.</summary>

@@ -51,6 +51,8 @@ public static class ErrorCodes
     public const string MigrationEnded = "MIGRATION_ENDED";
     /// <summary>A storage path outside the folders the host allows for storage domains (after following <c>..</c> and symlinks).</summary>
     public const string PathNotAllowed = "PATH_NOT_ALLOWED";
+    /// <summary>QEMU's unprivileged account may not open a volume of its VM (a folder above it is closed to that account).</summary>
+    public const string PermissionDenied = "PERMISSION_DENIED";
     /// <summary>A fault injected into a sim adapter by a test.</summary>
     public const string InjectedFault = "INJECTED_FAULT";
 }

@@ -13,10 +13,12 @@ internal static class QemuProcess
     /// /dev/null before its parent exits, so the pipe we read the start-up errors from is not held afterwards.
     /// </summary>
     public static async Task<int> StartDaemonAsync(string qemuBinary, IReadOnlyList<string> arguments, string pidFile,
-        string logFile, CancellationToken ct)
+        string logFile, QemuAccount? account, CancellationToken ct)
     {
         File.Delete(pidFile);
-        var result = await ProcessRunner.RunAsync(qemuBinary, arguments.Append("-daemonize").Append("-pidfile").Append(pidFile), ct);
+        IEnumerable<string> daemonArguments = [.. arguments, "-daemonize", "-pidfile", pidFile];
+        var (program, programArguments) = account is null ? (qemuBinary, daemonArguments) : account.Wrap(qemuBinary, daemonArguments);
+        var result = await ProcessRunner.RunAsync(program, programArguments, ct);
         var output = (result.StandardError + result.StandardOutput).Trim();
         await File.AppendAllTextAsync(logFile,
             $"{DateTimeOffset.UtcNow:O} {qemuBinary} {string.Join(' ', arguments)}\n{(output.Length > 0 ? output + "\n" : "")}", ct);

@@ -29,7 +29,7 @@ public sealed class QmpHypervisor : IHypervisor
             throw new OperationFailedException(ErrorCodes.InvalidArgument, "QmpHypervisorOptions.RunDirectory must be set");
         _options = options with { RunDirectory = Path.GetFullPath(options.RunDirectory) };
         var runDirectory = _options.RunDirectory;
-        SocketDirectory = Hypervisor.SocketDirectory.For(runDirectory);
+        SocketDirectory = Hypervisor.SocketDirectory.For(runDirectory, _options.QemuAccount);
     }
 
     public string Kind => "qmp";
@@ -62,7 +62,10 @@ public sealed class QmpHypervisor : IHypervisor
 
         Directory.CreateDirectory(VmsDirectory);
         Directory.CreateDirectory(LogsDirectory);
-        Hypervisor.SocketDirectory.Ensure(SocketDirectory);
+        Hypervisor.SocketDirectory.Ensure(SocketDirectory, _options.QemuAccount);
+        if (_options.QemuAccount is { } account
+            && await account.FirstUnreachableAsync(spec.Drives.SelectMany(d => d.Layers).Select(l => l.Path).ToList(), ct) is { } unreachable)
+            throw new OperationFailedException(ErrorCodes.PermissionDenied, $"VM {spec.Id} cannot start: QEMU could not open {unreachable}");
         var shortId = spec.Id.Value.ToString("N")[..12];
         var qmpSocket = Path.Combine(SocketDirectory, shortId + ".qmp");
         var nbdSocket = Path.Combine(SocketDirectory, shortId + ".nbd");
@@ -76,8 +79,9 @@ public sealed class QmpHypervisor : IHypervisor
             "-name", "guest=" + EscapeOption(spec.Name),
             "-qmp", $"unix:{EscapeOption(qmpSocket)},server=on,wait=off",
         };
-        var pid = await QemuProcess.StartDaemonAsync(_options.QemuBinary, arguments,
-            Path.Combine(VmsDirectory, $"{spec.Id}.pid"), logFile, ct);
+        // QEMU as its own account writes its pid file where that account may write: its socket folder.
+        var pidFile = _options.QemuAccount is null ? Path.Combine(VmsDirectory, $"{spec.Id}.pid") : Path.Combine(SocketDirectory, shortId + ".pid");
+        var pid = await QemuProcess.StartDaemonAsync(_options.QemuBinary, arguments, pidFile, logFile, _options.QemuAccount, ct);
 
         var manifest = new VmManifest(spec.Id.ToString(), spec.Name, pid, qmpSocket, nbdSocket, logFile,
             spec.Drives.Select(d => new DriveManifest(d.Image.ToString(), d.Image.ToString(),

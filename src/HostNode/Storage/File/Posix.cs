@@ -31,6 +31,9 @@ internal static class Posix
     [DllImport("libc", EntryPoint = "fallocate", SetLastError = true)]
     private static extern int Fallocate(int fd, int mode, long offset, long length);
 
+    [DllImport("libc", EntryPoint = "chown", SetLastError = true)]
+    private static extern int Chown([MarshalAs(UnmanagedType.LPUTF8Str)] string path, uint owner, uint group);
+
     [DllImport("libc", EntryPoint = "close", SetLastError = true)]
     private static extern int Close(int fd);
 
@@ -63,6 +66,24 @@ internal static class Posix
         var buffer = new byte[StatBufferSize];
         if (Stat(path, buffer) != 0) return 0;
         return BitConverter.ToInt64(buffer, StBlocksOffset) * 512;
+    }
+
+    /// <summary>Gives <paramref name="path"/> to <paramref name="group"/>, its owner unchanged (chown with owner -1).</summary>
+    public static void SetGroup(string path, int group)
+    {
+        if (!OperatingSystem.IsLinux()) return;
+        if (Chown(path, uint.MaxValue, (uint)group) != 0)
+            throw new OperationFailedException(ErrorCodes.IoError,
+                $"cannot give {path} to group {group}: errno {Marshal.GetLastPInvokeError()}");
+    }
+
+    /// <summary>Gives <paramref name="path"/> to <paramref name="owner"/> and <paramref name="group"/>.</summary>
+    public static void SetOwner(string path, int owner, int group)
+    {
+        if (!OperatingSystem.IsLinux()) return;
+        if (Chown(path, (uint)owner, (uint)group) != 0)
+            throw new OperationFailedException(ErrorCodes.IoError,
+                $"cannot give {path} to user {owner} and group {group}: errno {Marshal.GetLastPInvokeError()}");
     }
 
     public static void FsyncDirectory(string folder)

@@ -13,11 +13,52 @@ public static class StorageModes
 
     public const UnixFileMode File = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.GroupWrite;
 
-    /// <summary>Creates the folder and any missing parent with <see cref="Folder"/>; an existing folder keeps its mode.</summary>
-    public static void CreateFolder(string path) => CreatePrivateFolder(path, Folder);
+    /// <summary>
+    /// The group QEMU runs in (<see cref="Processes.QemuAccount"/>), or null when QEMU runs as the host's own user. Set once
+    /// at the host's start, before any domain is opened, like the process umask: every folder and file the host makes
+    /// from then on belongs to it, and folders carry the set-group-id bit so what qemu-img creates inside inherits it.
+    /// </summary>
+    public static int? QemuGroup { get; private set; }
 
-    /// <summary>Sets <see cref="File"/> on a file another program (qemu-img) created with its umask.</summary>
-    public static void Restrict(string path) => SetMode(path, File);
+    public static void UseQemuGroup(int gid) => QemuGroup = gid;
+
+    /// <summary>
+    /// Creates the folder and any missing parent with <see cref="Folder"/> (and QEMU's group); an existing folder keeps
+    /// its mode and group.
+    /// </summary>
+    public static void CreateFolder(string path)
+    {
+        if (QemuGroup is not { } group)
+        {
+            CreatePrivateFolder(path, Folder);
+            return;
+        }
+        var missing = MissingFolders(path);
+        CreatePrivateFolder(path, Folder);
+        foreach (var folder in missing) GiveToQemuGroup(folder, Folder | UnixFileMode.SetGroup, group);
+    }
+
+    /// <summary>Sets <see cref="File"/> (and QEMU's group) on a file another program (qemu-img) created with its umask.</summary>
+    public static void Restrict(string path)
+    {
+        if (QemuGroup is { } group) GiveToQemuGroup(path, File, group);
+        else SetMode(path, File);
+    }
+
+    private static void GiveToQemuGroup(string path, UnixFileMode mode, int group)
+    {
+        if (OperatingSystem.IsWindows()) return;
+        Posix.SetGroup(path, group);
+        System.IO.File.SetUnixFileMode(path, mode);
+    }
+
+    private static List<string> MissingFolders(string path)
+    {
+        var missing = new List<string>();
+        for (var folder = Path.GetFullPath(path); folder is not null && !Directory.Exists(folder); folder = Path.GetDirectoryName(folder))
+            missing.Add(folder);
+        return missing;
+    }
 
     /// <summary>
     /// Options that create a file no wider than <see cref="File"/> (modes exist on Unix only: the hosts run on Linux).

@@ -30,9 +30,10 @@ public sealed class QemuTestBed : IAsyncDisposable
     public DomainId DomainB { get; }
     public ConcurrentQueue<HypervisorEvent> Events { get; } = new();
 
-    public QmpHypervisor NewHypervisor()
+    public QmpHypervisor NewHypervisor(QemuAccount? qemuAccount = null)
     {
-        var hypervisor = new QmpHypervisor(new QmpHypervisorOptions { RunDirectory = RunDirectory, CommandTimeout = TimeSpan.FromSeconds(20) });
+        var hypervisor = new QmpHypervisor(new QmpHypervisorOptions
+            { RunDirectory = RunDirectory, CommandTimeout = TimeSpan.FromSeconds(20), QemuAccount = qemuAccount });
         hypervisor.EventRaised += e => Events.Enqueue(e);
         lock (_hypervisors) _hypervisors.Add(hypervisor);
         return hypervisor;

@@ -17,7 +17,7 @@ public sealed class QmpClientTests : IAsyncLifetime
         _socket = Path.Combine(socketDirectory, "q.sock");
         _pid = await QemuProcess.StartDaemonAsync("qemu-system-x86_64",
             ["-M", "none", "-nodefaults", "-display", "none", "-m", "16", "-qmp", $"unix:{_socket},server=on,wait=off"],
-            Path.Combine(_bed.Root, "q.pid"), Path.Combine(_bed.Root, "q.log"), CancellationToken.None);
+            Path.Combine(_bed.Root, "q.pid"), Path.Combine(_bed.Root, "q.log"), null, CancellationToken.None);
     }
 
     public async Task DisposeAsync()
