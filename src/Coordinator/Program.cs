@@ -11,7 +11,7 @@ using LiveMigration.Shared.Hosting;
 var builder = WebApplication.CreateBuilder(new WebApplicationOptions { Args = [] });
 builder.Configuration.AddJsonFile("appsettings.json", optional: true)
     .AddEnvironmentVariables("LSM_")
-    .AddCommandLine(args, CoordinatorConfiguration.Switches.ToDictionary());
+    .AddCommandLine(ClusterNodeSettings.ExpandFlags(args), CoordinatorConfiguration.Switches.ToDictionary());
 
 CoordinatorSettings settings;
 try
@@ -26,7 +26,7 @@ try
 catch (Exception e) when (e is ArgumentException or FormatException)
 {
     Console.Error.WriteLine($"Coordinator: {e.Message}");
-    Console.Error.WriteLine("usage: Coordinator --port 4053 --seed akka.tcp://lsm@127.0.0.1:4053 --data-dir var/coordinator --http http://127.0.0.1:9110 [--api-token-file FILE] [--postgres CONNECTION]");
+    Console.Error.WriteLine("usage: Coordinator --port 4053 --seed akka.ssl.tcp://lsm@127.0.0.1:4053 --data-dir var/coordinator --http http://127.0.0.1:9110 [--api-token-file FILE] [--postgres CONNECTION] [--tls-certificate FILE [--tls-key FILE] --tls-ca FILE | --insecure-remoting]");
     return 2;
 }
 

@@ -10,7 +10,7 @@ using Microsoft.Extensions.Hosting;
 var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { Args = [] });
 builder.Configuration.AddJsonFile("appsettings.json", optional: true)
     .AddEnvironmentVariables("LSM_")
-    .AddCommandLine(args, HostNodeSettings.Switches.ToDictionary());
+    .AddCommandLine(ClusterNodeSettings.ExpandFlags(args), HostNodeSettings.Switches.ToDictionary());
 
 // Before anything is created: nothing this host or its QEMU writes is for other users (ProcessUmask says why).
 LiveMigration.HostNode.Processes.ProcessUmask.Set(LiveMigration.HostNode.Processes.ProcessUmask.HostNodeMask);
@@ -32,7 +32,7 @@ try
 catch (Exception e) when (e is ArgumentException or FormatException or LiveMigration.Shared.Model.OperationFailedException)
 {
     Console.Error.WriteLine($"HostNode: {e.Message}");
-    Console.Error.WriteLine("usage: HostNode --host-id host-1 --port 4061 --seed akka.tcp://lsm@127.0.0.1:4053 --roles host,spm --data-dir var/host-1 --domain-root var/domains --allowed-storage-roots /srv/lsm --spm-lease var/domains/spm.lease");
+    Console.Error.WriteLine("usage: HostNode --host-id host-1 --port 4061 --seed akka.ssl.tcp://lsm@127.0.0.1:4053 --roles host,spm --data-dir var/host-1 --domain-root var/domains --allowed-storage-roots /srv/lsm --spm-lease var/domains/spm.lease [--tls-certificate FILE [--tls-key FILE] --tls-ca FILE | --insecure-remoting]");
     return 2;
 }
 

@@ -83,9 +83,9 @@ public static class ClusterEndpoints
         {
             if (action is not ("leave" or "down" or "join"))
                 return Refused(StatusCodes.Status404NotFound, ApiErrorCodes.NoSuchAction, $"no cluster action '{ApiText.Clip(action)}' (leave, down, join)");
-            if (!TryParseMemberAddress(body?.Address, out var address, out var problem))
-                return Refused(StatusCodes.Status400BadRequest, ErrorCodes.InvalidArgument, problem);
             var cluster = AkkaCluster.Get(system);
+            if (!TryParseMemberAddress(body?.Address, cluster.SelfAddress.Protocol, out var address, out var problem))
+                return Refused(StatusCodes.Status400BadRequest, ErrorCodes.InvalidArgument, problem);
             var isMember = cluster.State.Members.Any(m => m.Address.Equals(address));
             switch (action)
             {
@@ -121,14 +121,15 @@ public static class ClusterEndpoints
     }
 
     /// <summary>
-    /// An address is accepted only as <c>akka.tcp://lsm@host:port</c>: another protocol or system name is never
-    /// a member of this cluster, and a typo must not reach Akka (join with a wrong system name hangs silently).
+    /// An address is accepted only as <c>PROTOCOL://lsm@host:port</c> with the cluster's own protocol (<c>akka.tcp</c>, or
+    /// <c>akka.ssl.tcp</c> when it runs mutual TLS): another protocol or system name is never a member of this cluster,
+    /// and a typo must not reach Akka (join with a wrong system name hangs silently).
     /// </summary>
-    public static bool TryParseMemberAddress(string? text, out Address address, out string problem)
+    public static bool TryParseMemberAddress(string? text, string protocol, out Address address, out string problem)
     {
         address = Address.AllSystems;
         problem = "";
-        var expected = $"akka.tcp://{ClusterNodeSettings.SystemName}@host:port";
+        var expected = $"{protocol}://{ClusterNodeSettings.SystemName}@host:port";
         if (string.IsNullOrWhiteSpace(text))
         {
             problem = $"address is required, as {expected}";
@@ -139,7 +140,7 @@ public static class ClusterEndpoints
             problem = $"'{ApiText.Clip(text)}' is not an Akka address; expected {expected}";
             return false;
         }
-        if (parsed.Protocol != "akka.tcp" || parsed.System != ClusterNodeSettings.SystemName || parsed.Host is null || parsed.Port is null or <= 0 or > 65535)
+        if (parsed.Protocol != protocol || parsed.System != ClusterNodeSettings.SystemName || parsed.Host is null || parsed.Port is null or <= 0 or > 65535)
         {
             problem = $"'{ApiText.Clip(text)}' is not an address of this cluster; expected {expected}";
             return false;

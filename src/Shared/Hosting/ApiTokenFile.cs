@@ -13,9 +13,6 @@ public static class ApiTokenFile
 
     public const UnixFileMode Mode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
 
-    private const UnixFileMode OthersOrGroup = UnixFileMode.GroupRead | UnixFileMode.GroupWrite | UnixFileMode.GroupExecute
-                                               | UnixFileMode.OtherRead | UnixFileMode.OtherWrite | UnixFileMode.OtherExecute;
-
     /// <summary>
     /// The token in <paramref name="path"/>; an <see cref="ArgumentException"/> when the file is missing, empty, or
     /// readable by its group or other users (then it is no secret: chmod 600).
@@ -24,7 +21,7 @@ public static class ApiTokenFile
     {
         if (!File.Exists(path))
             throw new ArgumentException($"the API token file {path} does not exist");
-        if (!OperatingSystem.IsWindows() && (File.GetUnixFileMode(path) & OthersOrGroup) != 0)
+        if (!OperatingSystem.IsWindows() && (File.GetUnixFileMode(path) & OwnerOnly.OthersOrGroup) != 0)
             throw new ArgumentException($"the API token file {path} is readable by other users: make it its owner's only (chmod 600 {path})");
         var token = File.ReadAllText(path).Trim();
         if (token.Length == 0 || token.Any(char.IsWhiteSpace))

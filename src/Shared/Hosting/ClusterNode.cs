@@ -2,6 +2,8 @@ using Akka.Cluster.Hosting;
 using Akka.Cluster.Hosting.SBR;
 using Akka.Hosting;
 using Akka.Remote.Hosting;
+using Akka.Event;
+using Akka.Remote.Transport.DotNetty;
 using LiveMigration.Shared.Serialization;
 using Microsoft.Extensions.Configuration;
 
@@ -16,11 +18,20 @@ public sealed record ClusterNodeSettings
     public string Hostname { get; init; } = "127.0.0.1";
     /// <summary>0 lets the OS pick a free port (tests); a fixed port for seed nodes.</summary>
     public int Port { get; init; }
-    /// <summary>Seed node addresses like <c>akka.tcp://lsm@127.0.0.1:4053</c>; empty makes this node join itself (the first node).</summary>
+    /// <summary>Seed node addresses like <c>akka.tcp://lsm@127.0.0.1:4053</c> (<c>akka.ssl.tcp://</c> with TLS); empty makes this node join itself (the first node).</summary>
     public IReadOnlyList<string> Seeds { get; init; } = [];
     public IReadOnlyList<string> Roles { get; init; } = [];
     /// <summary>Extra HOCON laid over the defaults (tests use it for fast cluster timings).</summary>
     public string? ExtraHocon { get; init; }
+
+    /// <summary>
+    /// Mutual TLS between members (<c>--tls-certificate</c>, <c>--tls-ca</c>); null: plain remoting, which anyone who
+    /// reaches the port can use to command this node, so it is allowed on loopback only unless <see cref="InsecureRemoting"/>.
+    /// </summary>
+    public ClusterTls? Tls { get; init; }
+
+    /// <summary><c>--insecure-remoting</c>: the operator accepts plain remoting on an address beyond loopback.</summary>
+    public bool InsecureRemoting { get; init; }
 
     /// <summary>The command-line switches of the cluster part, shared by both executables.</summary>
     public static readonly IReadOnlyDictionary<string, string> Switches = new Dictionary<string, string>
@@ -29,7 +40,21 @@ public sealed record ClusterNodeSettings
         ["--hostname"] = "Cluster:Hostname",
         ["--seed"] = "Cluster:Seeds",
         ["--roles"] = "Cluster:Roles",
+        ["--tls-certificate"] = "Cluster:Tls:Certificate",
+        ["--tls-key"] = "Cluster:Tls:Key",
+        ["--tls-ca"] = "Cluster:Tls:Ca",
+        ["--insecure-remoting"] = "Cluster:InsecureRemoting",
     };
+
+    /// <summary>Switches that take no value; the configuration reads them as <c>true</c>.</summary>
+    private static readonly string[] Flags = ["--insecure-remoting"];
+
+    /// <summary>
+    /// The command line with each bare flag (<c>--insecure-remoting</c>) written as <c>--insecure-remoting=true</c>: the
+    /// configuration's command-line reader would otherwise take the next switch as its value.
+    /// </summary>
+    public static string[] ExpandFlags(IEnumerable<string> args) =>
+        args.Select(a => Flags.Contains(a, StringComparer.Ordinal) ? $"{a}=true" : a).ToArray();
 
     /// <summary>Reads the <c>Cluster:*</c> keys; <paramref name="requiredRole"/> is added to the roles when missing.</summary>
     public static ClusterNodeSettings FromConfiguration(IConfiguration config, string requiredRole)
@@ -39,24 +64,67 @@ public sealed record ClusterNodeSettings
             : 0;
         var roles = ParseRoles(config["Cluster:Roles"] ?? requiredRole);
         if (!roles.Contains(requiredRole)) roles = [requiredRole, .. roles];
+        var hostname = config["Cluster:Hostname"] ?? "127.0.0.1";
+        var insecure = config["Cluster:InsecureRemoting"] is { } flag
+            ? bool.TryParse(flag, out var yes) ? yes : throw new ArgumentException($"--insecure-remoting takes no value ('{flag}')")
+            : false;
+        var tls = ReadTls(config);
+        if (tls is null && !insecure && !IsLoopback(hostname))
+            throw new ArgumentException($"cluster remoting on {hostname} without TLS is refused: anyone who reaches that address could command this node. " +
+                                        "Give --tls-certificate FILE and --tls-ca FILE (deploy/README.md says how to issue them), " +
+                                        "or --insecure-remoting to run plain on a network you trust");
         return new ClusterNodeSettings
         {
-            Hostname = config["Cluster:Hostname"] ?? "127.0.0.1",
+            Hostname = hostname,
             Port = port,
-            Seeds = ParseSeeds(config["Cluster:Seeds"]),
+            Seeds = ParseSeeds(config["Cluster:Seeds"], tls is not null),
             Roles = roles,
             ExtraHocon = config["Cluster:ExtraHocon"],
+            Tls = tls,
+            InsecureRemoting = insecure,
         };
     }
 
-    /// <summary>Parses a comma-separated seed list, refusing anything that is not an akka.tcp address of this system.</summary>
-    public static IReadOnlyList<string> ParseSeeds(string? text)
+    /// <summary>The node's certificate and the CA bundle, both or neither.</summary>
+    private static ClusterTls? ReadTls(IConfiguration config)
+    {
+        var (certificate, key, ca) = (config["Cluster:Tls:Certificate"], config["Cluster:Tls:Key"], config["Cluster:Tls:Ca"]);
+        if (certificate is null && key is null && ca is null) return null;
+        if (certificate is null || ca is null)
+            throw new ArgumentException("mutual TLS needs both --tls-certificate FILE (the node's certificate and key) and --tls-ca FILE (the cluster's CA bundle)");
+        return ClusterTls.Load(certificate, key, ca);
+    }
+
+    /// <summary>Whether only this machine can reach <paramref name="hostname"/>.</summary>
+    public static bool IsLoopback(string hostname) =>
+        hostname.Equals("localhost", StringComparison.OrdinalIgnoreCase)
+        || System.Net.IPAddress.TryParse(hostname, out var ip) && System.Net.IPAddress.IsLoopback(ip);
+
+    /// <summary>The remoting protocol of a member's address: TLS changes it, so plain and TLS nodes never take one another for peers.</summary>
+    public static string Protocol(bool tls) => tls ? "akka.ssl.tcp" : "akka.tcp";
+
+    /// <summary>A member's address, as seeds and <c>lsm cluster</c> name it.</summary>
+    public static string AddressOf(string hostname, int port, bool tls) => $"{Protocol(tls)}://{SystemName}@{hostname}:{port}";
+
+    /// <summary>
+    /// Parses a comma-separated seed list, refusing anything that is not an address of this system with the protocol
+    /// this node speaks (<c>akka.ssl.tcp</c> with TLS, <c>akka.tcp</c> without): a seed of the other kind is never reached.
+    /// </summary>
+    public static IReadOnlyList<string> ParseSeeds(string? text, bool tls = false)
     {
         var seeds = (text ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        var example = AddressOf("127.0.0.1", 4053, tls);
         foreach (var seed in seeds)
         {
-            if (!seed.StartsWith($"akka.tcp://{SystemName}@", StringComparison.Ordinal) || !Uri.TryCreate(seed, UriKind.Absolute, out var uri) || uri.Port <= 0)
-                throw new ArgumentException($"seed '{seed}' is not an address like akka.tcp://{SystemName}@127.0.0.1:4053");
+            var tlsSeed = seed.StartsWith($"{Protocol(true)}://{SystemName}@", StringComparison.Ordinal);
+            if (!(tlsSeed || seed.StartsWith($"{Protocol(false)}://{SystemName}@", StringComparison.Ordinal))
+                || !Uri.TryCreate(seed, UriKind.Absolute, out var uri) || uri.Port <= 0 || uri.AbsolutePath is not ("" or "/"))
+                throw new ArgumentException($"seed '{seed}' is not an address like {example}");
+            if (tlsSeed != tls)
+                throw new ArgumentException(tls
+                    ? $"seed '{seed}' is a plain address, but this node runs mutual TLS (--tls-certificate): its seeds are {Protocol(true)}:// addresses, like {example}"
+                    : $"seed '{seed}' is not a plain address like {example}" +
+                      (tlsSeed ? "; a TLS seed needs --tls-certificate and --tls-ca on this node too" : ""));
         }
         return seeds;
     }
@@ -81,6 +149,7 @@ public static class ClusterNodeHosting
             builder.AddHocon(hocon, HoconAddMode.Prepend);
         return builder
             .WithRemoting(settings.Hostname, settings.Port)
+            .WithRemotingSecurity(settings)
             .WithClustering(new ClusterOptions
             {
                 SeedNodes = settings.Seeds.Count > 0 ? settings.Seeds.ToArray() : null,
@@ -89,6 +158,24 @@ public static class ClusterNodeHosting
             })
             .WithDistributedPubSub("")
             .WithProtocolSerializer();
+    }
+
+    /// <summary>
+    /// Mutual TLS on the dot-netty transport when the node has a certificate: it presents it, demands one from every
+    /// peer (both when it connects and when it is connected to), and accepts only peers whose certificate chains to the
+    /// cluster CA (<see cref="ClusterTls.AcceptPeer"/>, which logs each refusal with the peer and the reason). Without a
+    /// certificate the node runs plain, as in-process test clusters do, and says so at WARNING.
+    /// </summary>
+    private static AkkaConfigurationBuilder WithRemotingSecurity(this AkkaConfigurationBuilder builder, ClusterNodeSettings settings)
+    {
+        if (settings.Tls is not { } tls)
+            return builder.AddStartup((system, _) => system.Log.Warning(
+                "Cluster remoting on {0}:{1} is unauthenticated (no --tls-certificate/--tls-ca): anyone who reaches that port can join and command this node",
+                settings.Hostname, settings.Port));
+        return builder
+            .AddHocon("akka.remote.dot-netty.tcp.enable-ssl = on", HoconAddMode.Prepend)
+            .AddSetup(new DotNettySslSetup(tls.Certificate, suppressValidation: false, requireMutualAuthentication: true,
+                customValidator: tls.AcceptPeer));
     }
 
     /// <summary>Cluster timings for tests: a few seconds to form and to hand over instead of tens (PACKAGES.md).</summary>
