@@ -52,13 +52,13 @@ app.Configure(config =>
             .WithExample("cluster", "show", "--json");
         cluster.AddCommand<ClusterLeaveCommand>("leave")
             .WithDescription("Ask a member to leave the cluster gracefully (its singletons and shards move first)")
-            .WithExample("cluster", "leave", "akka.tcp://lsm@127.0.0.1:4054");
+            .WithExample("cluster", "leave", "akka.ssl.tcp://lsm@127.0.0.1:4054");
         cluster.AddCommand<ClusterDownCommand>("down")
             .WithDescription("Mark a member down (for a crashed node that will not come back by itself)")
-            .WithExample("cluster", "down", "akka.tcp://lsm@127.0.0.1:4054");
+            .WithExample("cluster", "down", "akka.ssl.tcp://lsm@127.0.0.1:4054");
         cluster.AddCommand<ClusterJoinCommand>("join")
             .WithDescription("Make the API's node join the cluster at that member's address")
-            .WithExample("cluster", "join", "akka.tcp://lsm@127.0.0.1:4053");
+            .WithExample("cluster", "join", "akka.ssl.tcp://lsm@127.0.0.1:4053");
         cluster.AddCommand<ClusterDownUnreachableCommand>("down-unreachable")
             .WithDescription("Mark every member that is unreachable now down (crashed nodes that will not come back)")
             .WithExample("cluster", "down-unreachable");

@@ -45,17 +45,18 @@ public sealed class ClusterShowCommand : AsyncCommand<GlobalSettings>
 public sealed class ClusterAddressSettings : GlobalSettings
 {
     [CommandArgument(0, "<ADDRESS>")]
-    [Description("A member's address, as `lsm cluster show` lists it: akka.tcp://lsm@127.0.0.1:4053")]
+    [Description("A member's address, as `lsm cluster show` lists it: akka.ssl.tcp://lsm@127.0.0.1:4053 (akka.tcp:// on a cluster without TLS)")]
     public string Address { get; set; } = "";
 
     public override ValidationResult Validate()
     {
         var basic = base.Validate();
         if (!basic.Successful) return basic;
-        // The same rule as the API, checked before any request: only this cluster's akka.tcp addresses.
-        return Uri.TryCreate(Address, UriKind.Absolute, out var uri) && uri.Scheme == "akka.tcp" && uri.UserInfo == "lsm" && uri.Port > 0 && uri.AbsolutePath is "" or "/"
+        // The API's rule, checked before any request as far as lsm can: an lsm address of either protocol (the API knows
+        // which one its cluster speaks and refuses the other).
+        return Uri.TryCreate(Address, UriKind.Absolute, out var uri) && uri.Scheme is "akka.tcp" or "akka.ssl.tcp" && uri.UserInfo == "lsm" && uri.Port > 0 && uri.AbsolutePath is "" or "/"
             ? ValidationResult.Success()
-            : ValidationResult.Error($"'{Address}' is not a member address like akka.tcp://lsm@127.0.0.1:4053");
+            : ValidationResult.Error($"'{Address}' is not a member address like akka.ssl.tcp://lsm@127.0.0.1:4053 (akka.tcp:// on a cluster without TLS)");
     }
 }
 

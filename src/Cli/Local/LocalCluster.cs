@@ -18,7 +18,7 @@ public sealed record NodeProcess(string Name, int Pid, long StartTime, string Lo
     /// <summary>The address its cluster remoting listens on and is known by (<c>--hostname</c>; loopback unless a test set one).</summary>
     public string Hostname => Arguments.SkipWhile(a => a != "--hostname").Skip(1).FirstOrDefault() ?? LocalCluster.DefaultHostname;
 
-    public string? Address => Port > 0 ? $"akka.tcp://lsm@{Hostname}:{Port}" : null;
+    public string? Address => Port > 0 ? Shared.Hosting.ClusterNodeSettings.AddressOf(Hostname, Port, tls: Arguments.Contains("--tls-certificate")) : null;
 
     public bool Running => ProcessTable.IsAlive(Pid, StartTime);
 }
@@ -112,7 +112,15 @@ public sealed class LocalCluster : IAsyncDisposable
 
     public string HostnameOf(string node) => NodeHostnames.TryGetValue(node, out var hostname) ? hostname : DefaultHostname;
 
-    private string NodeAddress(string node, int port) => $"akka.tcp://lsm@{HostnameOf(node)}:{port}";
+    private string NodeAddress(string node, int port) => Shared.Hosting.ClusterNodeSettings.AddressOf(HostnameOf(node), port, tls: Tls is not null);
+
+    /// <summary>
+    /// The cluster's CA and node certificates: every node runs mutual TLS with its own certificate (<c>lsm local up</c>);
+    /// null: plain remoting on loopback, as the test clusters built directly on this class run.
+    /// </summary>
+    public LocalClusterTls? Tls { get; init; }
+
+    private IReadOnlyList<string> TlsArguments(string node) => Tls?.ArgumentsFor(node, HostnameOf(node)) ?? [];
 
     /// <summary>The <c>--hostname</c> switch of a node with an address of its own; none for loopback (the nodes' default).</summary>
     private IReadOnlyList<string> HostnameArguments(string node) => NodeHostnames.ContainsKey(node) ? ["--hostname", HostnameOf(node)] : [];
@@ -141,7 +149,7 @@ public sealed class LocalCluster : IAsyncDisposable
         Start(name, "Coordinator", "LiveMigration.Coordinator.dll",
         [
             "--port", CoordinatorPort.ToString(), "--seed", rejoin ? RejoinSeed(name) : Seed, "--http", ApiUrl,
-            "--data-dir", Path.Combine(DataDirectory, name), .. HostnameArguments(name),
+            "--data-dir", Path.Combine(DataDirectory, name), .. HostnameArguments(name), .. TlsArguments(name),
             .. ApiTokenFile is { } tokenFile ? new[] { "--api-token-file", tokenFile } : [],
         ], PostgresConnectionString is { } pg
             // The same setting as the Coordinator's --postgres switch, through its environment: a password on the
@@ -174,7 +182,7 @@ public sealed class LocalCluster : IAsyncDisposable
             "--host-id", hostId, "--port", SeedHosts.Contains(hostId) ? HostPort(hostId).ToString() : "0", "--seed", rejoin ? RejoinSeed(hostId) : Seed,
             "--roles", spm ? "host,spm" : "host",
             "--data-dir", HostDataDirectory(hostId), "--domain-root", DomainRoot,
-            "--allowed-storage-roots", string.Join(",", AllowedStorageRoots), .. HostnameArguments(hostId),
+            "--allowed-storage-roots", string.Join(",", AllowedStorageRoots), .. HostnameArguments(hostId), .. TlsArguments(hostId),
             .. spm ? new[] { "--spm-lease", SpmLeasePath } : [],
             .. HostArguments, .. extraArguments ?? [],
         ]);

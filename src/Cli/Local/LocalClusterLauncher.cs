@@ -112,6 +112,7 @@ public static class LocalClusterLauncher
 
         var storageRoots = CheckedStorageRoots(options.StorageRoots);
         var tokenFile = ApiTokenFileFor(dataDirectory);
+        var tls = OpenTls(dataDirectory);
         var hostIds = Enumerable.Range(1, options.Hosts).Select(i => $"host-{i}").ToList();
         var coordinatorPort = LocalCluster.FreePort(options.ApiPort);
         var cluster = new LocalCluster(dataDirectory)
@@ -126,6 +127,7 @@ public static class LocalClusterLauncher
             NodeNetworkNamespaces = options.NodeNetworkNamespaces,
             StorageRoots = storageRoots,
             ApiTokenFile = tokenFile,
+            Tls = tls,
         };
         Directory.CreateDirectory(cluster.DomainRoot);
         var started = DateTimeOffset.UtcNow;
@@ -142,6 +144,7 @@ public static class LocalClusterLauncher
             LibvirtUri = options.Hypervisor == "libvirt" ? options.LibvirtUri : null,
             StorageRoots = storageRoots,
             ApiTokenFile = tokenFile,
+            TlsFolder = tls.Folder,
         };
 
         try
@@ -206,6 +209,8 @@ public static class LocalClusterLauncher
             // the roots the running hosts allow: a restarted host must allow the same, or it would drop their domains
             StorageRoots = previous.StorageRoots,
             ApiTokenFile = previous.ApiTokenFile,
+            // as the running nodes do: TLS with the cluster's CA, or plain when they were started before TLS
+            Tls = previous.TlsFolder is null ? null : OpenTls(previous.DataDirectory),
         };
         var nodes = previous.Nodes.ToList();
         var restartedAt = DateTimeOffset.UtcNow;
@@ -402,6 +407,20 @@ public static class LocalClusterLauncher
             throw CliFailure.BadUsage(e.Message);
         }
         return path;
+    }
+
+    /// <summary>DATA/tls with the cluster's CA (made on the first up); unreadable CA files stop the up before any node starts.</summary>
+    private static LocalClusterTls OpenTls(string dataDirectory)
+    {
+        try
+        {
+            return LocalClusterTls.Open(dataDirectory);
+        }
+        catch (Exception e) when (e is ArgumentException or System.Security.Cryptography.CryptographicException)
+        {
+            throw CliFailure.Failed($"the cluster CA under {Path.Combine(dataDirectory, LocalClusterTls.FolderName)} cannot be read ({e.Message}); " +
+                                    "move that folder away to have a new CA made (every node then gets a new certificate)");
+        }
     }
 
     /// <summary>The <c>--storage-root</c> folders, absolute; each must exist (the operator's storage, not made up here).</summary>

@@ -50,6 +50,9 @@ public sealed record LocalClusterState(
     /// <summary>The file (0600) holding the Coordinator's API token; null when it runs without one.</summary>
     public string? ApiTokenFile { get; init; }
 
+    /// <summary>DATA/tls, the CA and node certificates of the cluster's mutual TLS; null: its nodes run plain remoting (a state file from before TLS).</summary>
+    public string? TlsFolder { get; init; }
+
     /// <summary>The folders besides <see cref="DomainRoot"/> where the hosts allow storage domains (<c>--storage-root</c>).</summary>
     public IReadOnlyList<string> StorageRoots { get; init; } = [];
 
