@@ -153,6 +153,16 @@ app.Configure(config =>
             .WithExample("migration", "set-speed", "7d0b5f0e-2c1a-4d8e-9a51-3f3e2b1c0a99", "50MiB/s")
             .WithExample("migration", "set-speed", "7d0b5f0e-2c1a-4d8e-9a51-3f3e2b1c0a99", "0");
     });
+    config.AddBranch("tls", tls =>
+    {
+        tls.SetDescription("The cluster's private CA and its nodes' certificates, for a cluster of several machines (lsm local up makes its own)");
+        tls.AddCommand<TlsCaCommand>("ca")
+            .WithDescription("Make a new CA (ca.crt, ca.key) in a folder that holds none")
+            .WithExample("tls", "ca", "--dir", "/root/lsm-ca");
+        tls.AddCommand<TlsIssueCommand>("issue")
+            .WithDescription("Issue (or renew) a node's certificate and key, signed by the folder's CA")
+            .WithExample("tls", "issue", "host-1", "--dir", "/root/lsm-ca", "--address", "10.0.0.11");
+    });
     config.AddBranch("local", local =>
     {
         local.SetDescription("A local cluster for trying and testing: one Coordinator and N hosts on this machine");

@@ -118,7 +118,7 @@ public sealed class LocalCluster : IAsyncDisposable
     /// The cluster's CA and node certificates: every node runs mutual TLS with its own certificate (<c>lsm local up</c>);
     /// null: plain remoting on loopback, as the test clusters built directly on this class run.
     /// </summary>
-    public LocalClusterTls? Tls { get; init; }
+    public Tls.CertificateFolder? Tls { get; init; }
 
     private IReadOnlyList<string> TlsArguments(string node) => Tls?.ArgumentsFor(node, HostnameOf(node)) ?? [];
 

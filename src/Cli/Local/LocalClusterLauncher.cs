@@ -410,16 +410,16 @@ public static class LocalClusterLauncher
     }
 
     /// <summary>DATA/tls with the cluster's CA (made on the first up); unreadable CA files stop the up before any node starts.</summary>
-    private static LocalClusterTls OpenTls(string dataDirectory)
+    private static Tls.CertificateFolder OpenTls(string dataDirectory)
     {
+        var folder = Path.Combine(dataDirectory, Tls.CertificateFolder.LocalFolderName);
         try
         {
-            return LocalClusterTls.Open(dataDirectory);
+            return Tls.CertificateFolder.OpenOrCreate(folder, $"lsm local cluster CA ({Environment.MachineName}:{folder})");
         }
         catch (Exception e) when (e is ArgumentException or System.Security.Cryptography.CryptographicException)
         {
-            throw CliFailure.Failed($"the cluster CA under {Path.Combine(dataDirectory, LocalClusterTls.FolderName)} cannot be read ({e.Message}); " +
-                                    "move that folder away to have a new CA made (every node then gets a new certificate)");
+            throw CliFailure.Failed($"{e.Message}; move {folder} away to have a new CA made (every node then gets a new certificate)");
         }
     }
 
