@@ -99,6 +99,7 @@ public sealed class LocalCommandTests : IAsyncLifetime
         Assert.True(vm.ExitCode == 0, vm.ToString());
 
         var host2 = state.Nodes.Single(n => n.Name == "host-2");
+        var host2Certificate = File.ReadAllText(Path.Combine(_dataDirectory, "tls", "host-2.crt"));
         ProcessTable.Signal(host2.Pid, ProcessTable.SigKill);
         await ProcessTable.WaitGoneAsync([host2], n => n.Alive, TimeSpan.FromSeconds(10));
         var crashed = await CliProcess.RunAsync(null, "local", "status", "--data-dir", _dataDirectory);
@@ -113,6 +114,9 @@ public sealed class LocalCommandTests : IAsyncLifetime
         Assert.NotEqual(host2.Pid, restarted.Nodes.Single(n => n.Name == "host-2").Pid);
         Assert.Equal(state.Nodes.Where(n => n.Name != "host-2").Select(n => n.Pid), restarted.Nodes.Where(n => n.Name != "host-2").Select(n => n.Pid));
         Assert.Equal(host2.Port, restarted.Nodes.Single(n => n.Name == "host-2").Port);
+        // with the certificate it had (the running members trust its CA, which the restart kept too)
+        Assert.Equal(host2Certificate, File.ReadAllText(Path.Combine(_dataDirectory, "tls", "host-2.crt")));
+        Assert.Contains(Path.Combine(_dataDirectory, "tls", "host-2.crt"), ProcessTable.CommandLine(restarted.Nodes.Single(n => n.Name == "host-2").Pid));
 
         var status = await CliProcess.RunAsync(null, "local", "status", "--data-dir", _dataDirectory);
         Assert.Contains("3 of 3 alive", status.Stdout);

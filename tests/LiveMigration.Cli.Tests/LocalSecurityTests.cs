@@ -13,7 +13,8 @@ namespace LiveMigration.Cli.Tests;
 /// token is in a 0600 file and on no process's command line while lsm still finds it; a domain path that escapes the
 /// allowed roots (with .. or through a symlink) is refused and makes nothing; the disks and metadata a VM create and
 /// two migrations leave are 0660 in 0750 folders of QEMU's group, and QEMU runs as an unprivileged account whose
-/// sockets sit in a 0700 folder of its own.
+/// sockets sit in a 0700 folder of its own; the nodes talk mutual TLS with certificates from the cluster's own CA
+/// (DATA/tls, 0700, files 0600).
 /// </summary>
 [Collection(LocalClusters.Name)]
 [System.Runtime.Versioning.SupportedOSPlatform("linux")]
@@ -25,7 +26,7 @@ public sealed class LocalSecurityTests : IAsyncLifetime
     public async Task DisposeAsync() => await _cluster.DisposeAsync();
 
     [Fact]
-    public async Task The_token_stays_off_command_lines_escaping_paths_make_nothing_and_disks_are_closed_to_other_users()
+    public async Task The_token_stays_off_command_lines_the_nodes_talk_mutual_TLS_escaping_paths_make_nothing_and_disks_are_closed_to_other_users()
     {
         await _cluster.UpAsync();
         var state = (await LocalClusterState.ReadAsync(_cluster.DataDirectory))!;
@@ -46,6 +47,26 @@ public sealed class LocalSecurityTests : IAsyncLifetime
         using (var anonymous = new HttpClient())
             Assert.Equal(HttpStatusCode.Unauthorized, (await anonymous.GetAsync($"{_cluster.Api}/api/cluster")).StatusCode);
         await _cluster.Ok("cluster", "show");
+
+        // mutual TLS: the CA and one certificate and key per node under DATA/tls (0700, every file 0600), every node
+        // started with its own, the members known by akka.ssl.tcp addresses, and no node warning of plain remoting
+        var tls = Path.Combine(_cluster.DataDirectory, "tls");
+        Assert.Equal(tls, state.TlsFolder);
+        Assert.Equal(ClusterCertificates.FolderMode, File.GetUnixFileMode(tls));
+        Assert.Equal(["ca.crt", "ca.key", "coordinator.crt", "coordinator.key", "host-1.crt", "host-1.key", "host-2.crt", "host-2.key"],
+            Directory.EnumerateFiles(tls).Select(Path.GetFileName).Order(StringComparer.Ordinal));
+        foreach (var file in Directory.EnumerateFiles(tls))
+            Assert.True(File.GetUnixFileMode(file) == ClusterCertificates.FileMode, $"{file} is {Convert.ToString((int)File.GetUnixFileMode(file), 8)}");
+        foreach (var node in state.Nodes)
+        {
+            var arguments = ProcessTable.CommandLine(node.Pid).ToList();
+            Assert.Equal(Path.Combine(tls, $"{node.Name}.crt"), arguments[arguments.IndexOf("--tls-certificate") + 1]);
+            Assert.Equal(Path.Combine(tls, "ca.crt"), arguments[arguments.IndexOf("--tls-ca") + 1]);
+            Assert.DoesNotContain("is unauthenticated", File.ReadAllText(node.LogFile));
+        }
+        var members = (await _cluster.Json("cluster", "show")).GetProperty("members").EnumerateArray().ToList();
+        Assert.Equal(3, members.Count(m => m.GetProperty("status").GetString() == "up"));
+        Assert.All(members, m => Assert.StartsWith("akka.ssl.tcp://lsm@127.0.0.1:", m.GetProperty("address").GetString()));
 
         // paths out of the allowed roots (DATA/domains, DATA/storage): refused with exit 2, nothing made anywhere
         var outside = Path.Combine(_cluster.DataDirectory, "outside");
