@@ -26,6 +26,7 @@ public sealed class RemotingTlsSpecs(ITestOutputHelper output) : IAsyncLifetime
     private readonly X509Certificate2 _clusterCa = ClusterCertificates.CreateAuthority("lsm test cluster CA", Validity);
     private readonly X509Certificate2 _otherCa = ClusterCertificates.CreateAuthority("lsm test cluster CA", Validity);
     private readonly List<IHost> _hosts = [];
+    private readonly string _folder = Directory.CreateTempSubdirectory("lsm-tls-spec-").FullName;
     private readonly ConcurrentQueue<LogEvent> _memberLog = new();
 
     public Task InitializeAsync() => Task.CompletedTask;
@@ -38,6 +39,7 @@ public sealed class RemotingTlsSpecs(ITestOutputHelper output) : IAsyncLifetime
             await host.StopAsync();
             host.Dispose();
         }
+        Directory.Delete(_folder, recursive: true);
     }
 
     [Fact]
@@ -126,7 +128,15 @@ public sealed class RemotingTlsSpecs(ITestOutputHelper output) : IAsyncLifetime
 
     private async Task<ActorSystem> StartMemberAsync(string name, Address? seed)
     {
-        var tls = new ClusterTls(ClusterCertificates.IssueNode(_clusterCa, name, ["127.0.0.1"], Validity), [_clusterCa]);
+        // through PEM files, as the processes read them
+        var (certificate, key, ca) = (Path.Combine(_folder, $"{name}.crt"), Path.Combine(_folder, $"{name}.key"), Path.Combine(_folder, "ca.crt"));
+        using (var issued = ClusterCertificates.IssueNode(_clusterCa, name, ["127.0.0.1"], Validity))
+        {
+            ClusterCertificates.WriteCertificate(issued, certificate);
+            ClusterCertificates.WriteKey(issued, key);
+        }
+        ClusterCertificates.WriteCertificate(_clusterCa, ca);
+        var tls = ClusterTls.Load(certificate, key, ca);
         var system = await StartAsync(seed, akka => akka.WithClusterNode(Settings(seed) with { Tls = tls }));
         system.ActorOf(Props.Create(() => new Echo(name)), "echo");
         var collector = system.ActorOf(Props.Create(() => new LogCollector(_memberLog)), "log-collector");
