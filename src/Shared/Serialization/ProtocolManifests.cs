@@ -119,6 +119,15 @@ public static class ProtocolManifests
         ("lm.GuestIoStatus.v1", typeof(GuestIoStatus)),
         ("lm.VerifyGuest.v1", typeof(VerifyGuest)),
         ("lm.GuestVerified.v1", typeof(GuestVerified)),
+
+        // the API's audit trail: its commands, answers and journal events
+        ("lm.RecordAuditRequest.v1", typeof(RecordAuditRequest)),
+        ("lm.RecordAuditOutcome.v1", typeof(RecordAuditOutcome)),
+        ("lm.AuditRecorded.v1", typeof(AuditRecorded)),
+        ("lm.GetAuditEntries.v1", typeof(GetAuditEntries)),
+        ("lm.AuditEntries.v1", typeof(AuditEntries)),
+        ("lm.AuditRequestRecorded.v1", typeof(AuditRequestRecorded)),
+        ("lm.AuditOutcomeRecorded.v1", typeof(AuditOutcomeRecorded)),
     ];
 
     private static readonly Dictionary<Type, string> ManifestByType = BuildIndex(t => t.Type, t => t.Manifest, "type");

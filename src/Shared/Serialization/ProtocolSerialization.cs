@@ -17,6 +17,7 @@ public static class ProtocolSerialization
             typeof(IMigrationQuery), typeof(IMigrationReply), typeof(IAdmissionMessage),
             typeof(IInventoryMessage), typeof(IInventoryEvent),
             typeof(IManagementMessage),
+            typeof(IAuditMessage), typeof(IAuditEvent),
         ];
 
     /// <summary>The binding as configuration, for an ActorSystem built without Akka.Hosting (tests, tools).</summary>

@@ -20,6 +20,7 @@ public sealed class JournalGoldenTests(ActorSystemFixture fixture) : IClassFixtu
     private static IEnumerable<string> EventManifestList =>
         ProtocolManifests.All
             .Where(e => typeof(IMigrationEvent).IsAssignableFrom(e.Type) || typeof(IInventoryEvent).IsAssignableFrom(e.Type)
+                        || typeof(IAuditEvent).IsAssignableFrom(e.Type)
                         // the inventory's snapshot store holds it: a recovery reads it back like an event
                         || e.Type == typeof(InventorySnapshot))
             .Select(e => e.Manifest);

@@ -30,6 +30,8 @@ public sealed class ProtocolBindingTests()
         "lm.MigrationStatusChanged.v1", // IMigrationReply, published on the "migrations" topic
         "lm.HostStatusReport.v1",   // IInventoryMessage
         "lm.HostReported.v1",       // IInventoryEvent
+        "lm.RecordAuditRequest.v1", // IAuditMessage
+        "lm.AuditRequestRecorded.v1", // IAuditEvent
     ];
 
     [Theory]

@@ -31,6 +31,8 @@ public sealed class ProtocolManifestTests
         Assert.Contains(messageTypes, t => typeof(IAdmissionMessage).IsAssignableFrom(t));
         Assert.Contains(messageTypes, t => typeof(IInventoryMessage).IsAssignableFrom(t));
         Assert.Contains(messageTypes, t => typeof(IInventoryEvent).IsAssignableFrom(t));
+        Assert.Contains(messageTypes, t => typeof(IAuditMessage).IsAssignableFrom(t));
+        Assert.Contains(messageTypes, t => typeof(IAuditEvent).IsAssignableFrom(t));
     }
 
     [Fact]

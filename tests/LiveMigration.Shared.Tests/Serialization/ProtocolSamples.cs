@@ -173,7 +173,16 @@ public static class ProtocolSamples
         new GuestIoStatus(Vm, Running: true, 20_971_520, 5, Writes: 1_234, Bytes: 5_054_464, Errors: 1, ElapsedSeconds: 2.5, "NBD write timed out", LedgerWrites: 4_321,
             DurableWrites: 1_200, FlushIntervalMs: 250, Fua: true, Flushes: 17),
         new VerifyGuest(Vm),
-        new GuestVerified(Vm, Checked: 1_234, Lost: 1, InDoubt: 2, ["drive 0c5e8f21: offset 65536: expected seq 7, found zeroes"], DurableChecked: 1_100));
+        new GuestVerified(Vm, Checked: 1_234, Lost: 1, InDoubt: 2, ["drive 0c5e8f21: offset 65536: expected seq 7, found zeroes"], DurableChecked: 1_100),
+        // the audit trail
+        new RecordAuditRequest("4f1b2c3d-request", At, "operator", "10.0.0.5", "POST", "/api/vms/web-01/stop", "{\"force\":true}", BodyTruncated: true),
+        new RecordAuditOutcome("4f1b2c3d-request", At.AddSeconds(2), 409, "VM_BUSY"),
+        new AuditRecorded("4f1b2c3d-request"),
+        new GetAuditEntries(At.AddDays(-1), Before: 42, Limit: 20),
+        new AuditEntries([new AuditEntry(41, "4f1b2c3d-request", At, "viewer", "10.0.0.5", "POST", "/api/domains", "{}", false, At.AddSeconds(1), 403, "FORBIDDEN"),
+            new AuditEntry(40, "5a6b7c8d-request", At.AddMinutes(-1), "operator", "127.0.0.1", "POST", "/api/migrations", "{\"vm\":\"web-01\"}", true, null, null, null)], Next: 40),
+        new AuditRequestRecorded("4f1b2c3d-request", At, "operator", "10.0.0.5", "POST", "/api/vms/web-01/stop", "{\"force\":true}", BodyTruncated: true),
+        new AuditOutcomeRecorded("4f1b2c3d-request", At.AddSeconds(2), 409, "VM_BUSY"));
 
     /// <summary>The samples of a type, the first being the fully filled one the golden files use.</summary>
     public static IReadOnlyList<object> For(Type type) =>
