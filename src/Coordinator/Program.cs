@@ -1,8 +1,5 @@
-using OpenTelemetry.Metrics;
-using OpenTelemetry.Resources;
 using Akka.Hosting;
 using LiveMigration.Coordinator.Api;
-using LiveMigration.Coordinator.Dashboard;
 using LiveMigration.Coordinator.Hosting;
 using LiveMigration.Shared.Hosting;
 
@@ -26,43 +23,20 @@ try
 catch (Exception e) when (e is ArgumentException or FormatException)
 {
     Console.Error.WriteLine($"Coordinator: {e.Message}");
-    Console.Error.WriteLine("usage: Coordinator --port 4053 --seed akka.ssl.tcp://lsm@127.0.0.1:4053 --data-dir var/coordinator --http http://127.0.0.1:9110 [--api-token-file FILE] [--postgres CONNECTION] [--tls-certificate FILE [--tls-key FILE] --tls-ca FILE | --insecure-remoting]");
+    Console.Error.WriteLine("usage: Coordinator --port 4053 --seed akka.ssl.tcp://lsm@127.0.0.1:4053 --data-dir var/coordinator --http http://127.0.0.1:9110 [--api-token-file FILE [--viewer-token-file FILE]] [--postgres CONNECTION] [--tls-certificate FILE [--tls-key FILE] --tls-ca FILE | --insecure-remoting]");
     return 2;
 }
 
 builder.WebHost.UseUrls(settings.HttpUrl);
 // A backstop: the API's own check (ApiSecurity) answers oversized bodies with its JSON 413 before this is reached.
 builder.WebHost.ConfigureKestrel(k => k.Limits.MaxRequestBodySize = 4 * ApiSecurity.MaxRequestBodyBytes);
-// Bad JSON bodies throw, so the error handler answers them in the API's {code, message} shape.
-builder.Services.Configure<Microsoft.AspNetCore.Routing.RouteHandlerOptions>(o => o.ThrowOnBadRequest = true);
 // Requests are not worth a log line each; warnings and errors are.
 builder.Logging.AddFilter("Microsoft.AspNetCore", LogLevel.Warning);
 builder.Services.AddAkka(ClusterNodeSettings.SystemName, akka => akka.WithCoordinator(settings));
-builder.Services.AddSingleton<MigrationService>();
-builder.Services.AddSingleton(sp => new LiveMigration.Coordinator.Migration.MigrationCatalog(sp.GetRequiredService<Akka.Actor.ActorSystem>()));
-// The meter of the sagas, exported as Prometheus text at /metrics.
-builder.Services.AddOpenTelemetry()
-    .ConfigureResource(resource => resource.AddService("lsm-coordinator"))
-    .WithMetrics(metrics => metrics
-    .AddMeter(LiveMigration.Coordinator.Migration.MigrationMetrics.Meter.Name)
-    .AddPrometheusExporter());
-// Ids as plain UUID strings and enums by name, as on the wire.
-builder.Services.ConfigureHttpJsonOptions(o =>
-{
-    foreach (var converter in LiveMigration.Shared.Serialization.ProtocolJson.Options.Converters)
-        o.SerializerOptions.Converters.Add(converter);
-});
+builder.Services.AddCoordinatorApi();
 
 var app = builder.Build();
-app.UseApiSecurity(settings.ApiToken);
-app.MapMigrationApi();
-app.MapClusterApi();
-app.MapMigrationEventStreams();
-app.MapDashboard();
-app.MapHealth(new LiveMigration.Coordinator.Persistence.JournalOptions(settings.DataDirectory, settings.PostgresConnectionString), settings.ApiToken);
-app.MapPrometheusScrapingEndpoint("/metrics");
-app.MapHostApi();
-app.MapVmApi();
+app.UseCoordinatorApi(settings.Tokens, new LiveMigration.Coordinator.Persistence.JournalOptions(settings.DataDirectory, settings.PostgresConnectionString));
 Console.WriteLine($"Coordinator: journal {(settings.PostgresConnectionString is null ? $"SQLite under {settings.DataDirectory}" : "PostgreSQL")}, API {settings.HttpUrl}");
 await app.RunAsync();
 return 0;

@@ -1,5 +1,3 @@
-using System.Security.Cryptography;
-using System.Text;
 using Akka.Actor;
 using LiveMigration.Shared.Model;
 using Microsoft.AspNetCore.Builder;
@@ -16,6 +14,8 @@ public sealed record ApiError(string Code, string Message);
 public static class ApiErrorCodes
 {
     public const string Unauthorized = "UNAUTHORIZED";
+    /// <summary>A valid token of a role that may not do this (a viewer asking for a change).</summary>
+    public const string Forbidden = "FORBIDDEN";
     public const string BodyTooLarge = "BODY_TOO_LARGE";
     public const string BadRequest = "BAD_REQUEST";
     public const string Internal = "INTERNAL";
@@ -36,43 +36,20 @@ public static class ApiSecurity
     /// <summary>Far above any request the API takes (a migration of 64 disks is ~10 KiB).</summary>
     public const long MaxRequestBodyBytes = 64 * 1024;
 
+    /// <summary>The API with one token, the operator's (see <see cref="UseApiSecurity(WebApplication, ApiTokens?)"/>).</summary>
+    public static WebApplication UseApiSecurity(this WebApplication app, string? token) =>
+        app.UseApiSecurity(token is null ? null : new ApiTokens(token));
+
     /// <summary>
-    /// Adds, outermost first: the error handler, the body limit and (with <paramref name="token"/>) the token check on
-    /// /api/* and /metrics. /healthz* and the dashboard's static files stay open: probes and the page's first load need no secret.
+    /// Adds, outermost first: the error handler, the body limit and (with <paramref name="tokens"/>) the token check on
+    /// /api/* and /metrics; then the audit of every request that needs the operator role (when an
+    /// <see cref="IApiAuditTrail"/> is registered), and inside it the role check, so refused attempts are recorded too.
+    /// /healthz* and the dashboard's static files stay open: probes and the page's first load need no secret.
     /// </summary>
-    public static WebApplication UseApiSecurity(this WebApplication app, string? token)
+    public static WebApplication UseApiSecurity(this WebApplication app, ApiTokens? tokens)
     {
         var logger = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("LiveMigration.Coordinator.Api");
-        app.Use(async (context, next) =>
-        {
-            try
-            {
-                await next(context);
-            }
-            catch (BadHttpRequestException e) when (!context.Response.HasStarted)
-            {
-                // Malformed JSON, a body over the limit, a missing body: the framework's message, in our shape.
-                var detail = e.InnerException is System.Text.Json.JsonException json ? $" ({json.Message})" : "";
-                var code = e.StatusCode == StatusCodes.Status413PayloadTooLarge ? ApiErrorCodes.BodyTooLarge : ApiErrorCodes.BadRequest;
-                var message = e.StatusCode == StatusCodes.Status413PayloadTooLarge
-                    ? $"the request body is larger than {MaxRequestBodyBytes} bytes"
-                    : e.Message + detail;
-                await WriteErrorAsync(context, e.StatusCode, code, message);
-            }
-            catch (Exception e) when (e is AskTimeoutException or TaskCanceledException && !context.RequestAborted.IsCancellationRequested && !context.Response.HasStarted)
-            {
-                logger.LogWarning(e, "{Method} {Path}: the cluster did not answer in time", context.Request.Method, context.Request.Path);
-                await WriteErrorAsync(context, StatusCodes.Status503ServiceUnavailable, ApiErrorCodes.Unavailable,
-                    "the cluster did not answer in time (a singleton moving, a node away); try again");
-            }
-            catch (Exception e) when (!context.RequestAborted.IsCancellationRequested && !context.Response.HasStarted)
-            {
-                var trace = context.TraceIdentifier;
-                logger.LogError(e, "{Method} {Path} failed (trace {Trace})", context.Request.Method, context.Request.Path, trace);
-                await WriteErrorAsync(context, StatusCodes.Status500InternalServerError, ApiErrorCodes.Internal,
-                    $"internal error ({e.GetType().Name}); the Coordinator's log has the details under trace {trace}");
-            }
-        });
+        app.Use((context, next) => AnswerFailuresAsync(context, next, logger));
         app.Use(async (context, next) =>
         {
             if (context.Request.ContentLength > MaxRequestBodyBytes)
@@ -88,17 +65,46 @@ public static class ApiSecurity
                     $"the request body is larger than {MaxRequestBodyBytes} bytes");
                 return;
             }
-            if (token is not null && NeedsToken(context.Request.Path) && !Authorized(context.Request, token))
+            if (tokens is not null && NeedsToken(context.Request.Path))
             {
-                context.Response.Headers.WWWAuthenticate = "Bearer";
-                var sent = context.Request.Headers.Authorization.Count > 0;
-                await WriteErrorAsync(context, StatusCodes.Status401Unauthorized, ApiErrorCodes.Unauthorized,
-                    sent ? "the API token was not accepted" : "this API needs a token: send Authorization: Bearer TOKEN (lsm: --token-file FILE or LSM_TOKEN)");
+                // Requests without a valid token are not audited: anyone could fill the trail with them. The log has them.
+                if (tokens.RoleOf(context.Request) is not { } role)
+                {
+                    context.Response.Headers.WWWAuthenticate = "Bearer";
+                    var sent = context.Request.Headers.Authorization.Count > 0;
+                    logger.LogWarning("{Method} {Path} from {Client}: {Problem}", context.Request.Method, context.Request.Path,
+                        context.Connection.RemoteIpAddress, sent ? "token not accepted" : "no token");
+                    await WriteErrorAsync(context, StatusCodes.Status401Unauthorized, ApiErrorCodes.Unauthorized,
+                        sent ? "the API token was not accepted" : "this API needs a token: send Authorization: Bearer TOKEN (lsm: --token-file FILE or LSM_TOKEN)");
+                    return;
+                }
+                context.Items[RoleItem] = role;
+            }
+            await next(context);
+        });
+        app.Use(async (context, next) =>
+        {
+            if (context.RequestServices.GetService<IApiAuditTrail>() is { } trail && NeedsToken(context.Request.Path)
+                && ApiTokens.Required(context.Request) == ApiRole.Operator
+                && !context.Request.Path.StartsWithSegments(ApiTokens.AuditPath, StringComparison.OrdinalIgnoreCase))
+                await Audit.AuditedRequest.RunAsync(context, AuditedRoleName(context, tokens), trail, next, logger);
+            else
+                await next(context);
+        });
+        // Again inside the audit, so the outcome it records is the answer an endpoint's failure gets.
+        app.Use((context, next) => AnswerFailuresAsync(context, next, logger));
+        app.Use(async (context, next) =>
+        {
+            if (context.Items[RoleItem] is ApiRole sent && sent < ApiTokens.Required(context.Request))
+            {
+                await WriteErrorAsync(context, StatusCodes.Status403Forbidden, ApiErrorCodes.Forbidden,
+                    $"this token is a viewer token: {context.Request.Method} {ApiText.Clip(context.Request.Path.ToString())} needs the operator token " +
+                    "(a viewer reads: GET requests, event streams, metrics)");
                 return;
             }
             // Without a token the API trusts whoever reaches loopback. A web page the operator opens could reach it
             // too: through DNS rebinding (its own name resolving to 127.0.0.1), which only a loopback Host header stops…
-            if (token is null && !context.Request.Path.StartsWithSegments("/healthz") && !IsLoopbackHost(context.Request.Host))
+            if (tokens is null && !context.Request.Path.StartsWithSegments("/healthz") && !IsLoopbackHost(context.Request.Host))
             {
                 await WriteErrorAsync(context, StatusCodes.Status403Forbidden, ApiErrorCodes.ForeignHost,
                     $"this API answers only to a loopback host name (127.0.0.1, localhost, [::1]) while it has no token; got Host '{context.Request.Host}'");
@@ -115,6 +121,45 @@ public static class ApiSecurity
             await next(context);
         });
         return app;
+    }
+
+    /// <summary>Where the token check leaves the request's role for the checks after it.</summary>
+    private const string RoleItem = "lm.api-role";
+
+    /// <summary>The role the audit trail records: the token's, or <c>no-token</c> when the API has none (it then answers loopback only).</summary>
+    private static string AuditedRoleName(HttpContext context, ApiTokens? tokens) =>
+        tokens is null ? "no-token" : context.Items[RoleItem] is ApiRole role ? ApiTokens.Name(role) : "unknown";
+
+    /// <summary>Every failure as the API's JSON error; no stack trace ever reaches a response (the log gets it).</summary>
+    private static async Task AnswerFailuresAsync(HttpContext context, RequestDelegate next, ILogger logger)
+    {
+        try
+        {
+            await next(context);
+        }
+        catch (BadHttpRequestException e) when (!context.Response.HasStarted)
+        {
+            // Malformed JSON, a body over the limit, a missing body: the framework's message, in our shape.
+            var detail = e.InnerException is System.Text.Json.JsonException json ? $" ({json.Message})" : "";
+            var code = e.StatusCode == StatusCodes.Status413PayloadTooLarge ? ApiErrorCodes.BodyTooLarge : ApiErrorCodes.BadRequest;
+            var message = e.StatusCode == StatusCodes.Status413PayloadTooLarge
+                ? $"the request body is larger than {MaxRequestBodyBytes} bytes"
+                : e.Message + detail;
+            await WriteErrorAsync(context, e.StatusCode, code, message);
+        }
+        catch (Exception e) when (e is AskTimeoutException or TaskCanceledException && !context.RequestAborted.IsCancellationRequested && !context.Response.HasStarted)
+        {
+            logger.LogWarning(e, "{Method} {Path}: the cluster did not answer in time", context.Request.Method, context.Request.Path);
+            await WriteErrorAsync(context, StatusCodes.Status503ServiceUnavailable, ApiErrorCodes.Unavailable,
+                "the cluster did not answer in time (a singleton moving, a node away); try again");
+        }
+        catch (Exception e) when (!context.RequestAborted.IsCancellationRequested && !context.Response.HasStarted)
+        {
+            var trace = context.TraceIdentifier;
+            logger.LogError(e, "{Method} {Path} failed (trace {Trace})", context.Request.Method, context.Request.Path, trace);
+            await WriteErrorAsync(context, StatusCodes.Status500InternalServerError, ApiErrorCodes.Internal,
+                $"internal error ({e.GetType().Name}); the Coordinator's log has the details under trace {trace}");
+        }
     }
 
     private static bool IsJson(string? contentType) =>
@@ -146,17 +191,6 @@ public static class ApiSecurity
 
     public static bool NeedsToken(PathString path) =>
         path.StartsWithSegments("/api", StringComparison.OrdinalIgnoreCase) || path.StartsWithSegments("/metrics", StringComparison.OrdinalIgnoreCase);
-
-    /// <summary>Compares hashes of equal length in constant time, so neither the content nor the length of the token leaks by timing.</summary>
-    public static bool Authorized(HttpRequest request, string token)
-    {
-        var header = request.Headers.Authorization.ToString();
-        const string scheme = "Bearer ";
-        if (!header.StartsWith(scheme, StringComparison.OrdinalIgnoreCase)) return false;
-        var sent = SHA256.HashData(Encoding.UTF8.GetBytes(header[scheme.Length..].Trim()));
-        var expected = SHA256.HashData(Encoding.UTF8.GetBytes(token));
-        return CryptographicOperations.FixedTimeEquals(sent, expected);
-    }
 
     public static Task WriteErrorAsync(HttpContext context, int status, string code, string message)
     {

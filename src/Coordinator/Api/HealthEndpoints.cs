@@ -23,18 +23,18 @@ public static class HealthEndpoints
 {
     private static readonly TimeSpan ProbeTimeout = TimeSpan.FromSeconds(3);
 
-    /// <param name="token">The API token, when one is set: then only a request that carries it sees the checks' details
-    /// (node address, journal path or server); anyone else gets up/down alone.</param>
-    public static IEndpointRouteBuilder MapHealth(this IEndpointRouteBuilder app, JournalOptions journal, string? token = null)
+    /// <param name="tokens">The API tokens, when set: then only a request that carries one (either role) sees the checks'
+    /// details (node address, journal path or server); anyone else gets up/down alone.</param>
+    public static IEndpointRouteBuilder MapHealth(this IEndpointRouteBuilder app, JournalOptions journal, ApiTokens? tokens = null)
     {
         var probe = new JournalProbe(journal);
         app.MapGet("/healthz/live", () => Results.Ok(new HealthResponse("up", new Dictionary<string, HealthCheckResponse>())));
-        app.MapGet("/healthz/ready", (HttpContext context, ActorSystem system, CancellationToken ct) => ReadyAsync(context, system, probe, token, ct));
-        app.MapGet("/healthz", (HttpContext context, ActorSystem system, CancellationToken ct) => ReadyAsync(context, system, probe, token, ct));
+        app.MapGet("/healthz/ready", (HttpContext context, ActorSystem system, CancellationToken ct) => ReadyAsync(context, system, probe, tokens, ct));
+        app.MapGet("/healthz", (HttpContext context, ActorSystem system, CancellationToken ct) => ReadyAsync(context, system, probe, tokens, ct));
         return app;
     }
 
-    private static async Task<IResult> ReadyAsync(HttpContext context, ActorSystem system, JournalProbe probe, string? token, CancellationToken ct)
+    private static async Task<IResult> ReadyAsync(HttpContext context, ActorSystem system, JournalProbe probe, ApiTokens? tokens, CancellationToken ct)
     {
         var self = AkkaCluster.Get(system).SelfMember;
         var cluster = self.Status == Akka.Cluster.MemberStatus.Up
@@ -43,7 +43,7 @@ public static class HealthEndpoints
         var store = await probe.CheckAsync(ct);
         var ready = cluster.Status == "up" && store.Status == "up";
         var checks = new Dictionary<string, HealthCheckResponse> { ["cluster"] = cluster, ["journal"] = store };
-        if (token is not null && !ApiSecurity.Authorized(context.Request, token))
+        if (tokens is not null && tokens.RoleOf(context.Request) is null)
             checks = checks.ToDictionary(c => c.Key, c => c.Value with { Detail = "" });
         return Results.Json(new HealthResponse(ready ? "up" : "down", checks), statusCode: ready ? StatusCodes.Status200OK : StatusCodes.Status503ServiceUnavailable);
     }

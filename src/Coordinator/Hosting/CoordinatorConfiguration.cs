@@ -15,6 +15,7 @@ public static class CoordinatorConfiguration
         ["--max-per-host"] = "Coordinator:MaxMigrationsPerHost",
         ["--max-per-domain"] = "Coordinator:MaxMigrationsPerDomain",
         ["--api-token-file"] = "Coordinator:ApiTokenFile",
+        ["--viewer-token-file"] = "Coordinator:ViewerTokenFile",
     };
 
     /// <summary>
@@ -23,9 +24,10 @@ public static class CoordinatorConfiguration
     /// </summary>
     public static void RefuseSecretArguments(IEnumerable<string> args)
     {
-        if (args.Any(a => a == "--api-token" || a.StartsWith("--api-token=", StringComparison.Ordinal)))
-            throw new ArgumentException("--api-token is refused: a command line is readable by every user of this machine. Put the token in a file " +
-                                        "only you can read (chmod 600) and pass --api-token-file FILE, or set env LSM_Coordinator__ApiToken");
+        foreach (var (option, variable) in new[] { ("--api-token", "LSM_Coordinator__ApiToken"), ("--viewer-token", "LSM_Coordinator__ViewerToken") })
+            if (args.Any(a => a == option || a.StartsWith(option + "=", StringComparison.Ordinal)))
+                throw new ArgumentException($"{option} is refused: a command line is readable by every user of this machine. Put the token in a file " +
+                                            $"only you can read (chmod 600) and pass {option}-file FILE, or set env {variable}");
     }
 
     public static CoordinatorSettings From(IConfiguration config)
@@ -34,6 +36,14 @@ public static class CoordinatorConfiguration
         var token = config["Coordinator:ApiToken"] is { Length: > 0 } t ? t
             : config["Coordinator:ApiTokenFile"] is { Length: > 0 } file ? ApiTokenFile.Read(Path.GetFullPath(file))
             : null;
+        var viewerToken = config["Coordinator:ViewerToken"] is { Length: > 0 } v ? v
+            : config["Coordinator:ViewerTokenFile"] is { Length: > 0 } viewerFile ? ApiTokenFile.Read(Path.GetFullPath(viewerFile))
+            : null;
+        // A viewer token alone would leave changes open to anyone on loopback while reads need a token.
+        if (viewerToken is not null && token is null)
+            throw new ArgumentException("a viewer token (--viewer-token-file) needs an operator token too (--api-token-file FILE or env LSM_Coordinator__ApiToken)");
+        if (viewerToken is not null && viewerToken == token)
+            throw new ArgumentException("the viewer token equals the operator token: give the viewer a token of its own");
         if (!Uri.TryCreate(http, UriKind.Absolute, out var url) || url.Scheme != "http")
             throw new ArgumentException($"HTTP address '{http}' must be an http:// URL such as http://127.0.0.1:9110");
         // Anyone who reaches a non-loopback address could start, cancel or abandon migrations: not without a token.
@@ -47,7 +57,7 @@ public static class CoordinatorConfiguration
             new MigrationLimits(
                 ParseInt(config["Coordinator:MaxMigrationsPerHost"], "max migrations per host", 0, 1000, MigrationLimits.Default.PerHost),
                 ParseInt(config["Coordinator:MaxMigrationsPerDomain"], "max migrations per domain", 0, 1000, MigrationLimits.Default.PerDomain)),
-            MigrationActorSettings.Default) { ApiToken = token };
+            MigrationActorSettings.Default) { ApiToken = token, ViewerToken = viewerToken };
     }
 
     /// <summary>127.0.0.1, ::1 or localhost; 0.0.0.0, * and + bind every interface.</summary>

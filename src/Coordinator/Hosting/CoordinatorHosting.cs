@@ -1,6 +1,7 @@
 using Akka.Actor;
 using Akka.Cluster.Hosting;
 using Akka.Hosting;
+using LiveMigration.Coordinator.Audit;
 using LiveMigration.Coordinator.Hosts;
 using LiveMigration.Coordinator.Inventory;
 using LiveMigration.Coordinator.Migration;
@@ -26,6 +27,12 @@ public sealed record CoordinatorSettings(
 
     /// <summary>When set, every /api/* and /metrics request must carry <c>Authorization: Bearer {ApiToken}</c>.</summary>
     public string? ApiToken { get; init; }
+
+    /// <summary>When set (with <see cref="ApiToken"/>), a token that may read (GET, event streams, metrics) and change nothing.</summary>
+    public string? ViewerToken { get; init; }
+
+    /// <summary>The API's tokens with their roles, or null when the API has none (loopback only).</summary>
+    public Api.ApiTokens? Tokens => ApiToken is null ? null : new Api.ApiTokens(ApiToken, ViewerToken);
 }
 
 public static class CoordinatorHosting
@@ -42,6 +49,9 @@ public static class CoordinatorHosting
             .WithClusterNode(settings.Cluster)
             .WithMigrationJournal(new JournalOptions(settings.DataDirectory, settings.PostgresConnectionString))
             .WithSingleton<InventoryProxy>("inventory", InventoryActor.Props(new InventoryOptions()),
+                new ClusterSingletonOptions { Role = CoordinatorSettings.Role }, createProxyToo: true)
+            // The API's audit trail: one journal for the cluster, so it lives with the coordinators like the inventory.
+            .WithSingleton<AuditProxy>("audit", AuditActor.SupervisedProps(new AuditOptions()),
                 new ClusterSingletonOptions { Role = CoordinatorSettings.Role }, createProxyToo: true)
             .WithClusterHosts(directory, registry => registry.Get<InventoryProxy>())
             .WithMigrationSharding((_, registry) => ClusterHostsHosting.Resolve(registry, directory),
