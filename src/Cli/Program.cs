@@ -163,6 +163,10 @@ app.Configure(config =>
             .WithDescription("Issue (or renew) a node's certificate and key, signed by the folder's CA")
             .WithExample("tls", "issue", "host-1", "--dir", "/root/lsm-ca", "--address", "10.0.0.11");
     });
+    config.AddCommand<AuditCommand>("audit")
+        .WithDescription("Who changed what through the API: every changing request with its time, role, client and outcome, newest first (operator token)")
+        .WithExample("audit")
+        .WithExample("audit", "--since", "2026-12-02T15:00:00Z", "--limit", "100", "--json");
     config.AddBranch("local", local =>
     {
         local.SetDescription("A local cluster for trying and testing: one Coordinator and N hosts on this machine");

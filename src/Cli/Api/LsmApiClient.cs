@@ -107,6 +107,11 @@ public sealed class LsmApiClient : IDisposable
             return CliFailure.BadUsage(HasToken
                 ? $"the Coordinator API at {BaseAddress} did not accept the token (--token-file FILE or LSM_TOKEN)"
                 : $"the Coordinator API at {BaseAddress} needs a token: pass --token-file FILE or set LSM_TOKEN");
+        // A viewer's token reaches the reads only: say which token was sent and what this request needs.
+        if (response.StatusCode == HttpStatusCode.Forbidden && json.ValueKind == JsonValueKind.Object
+            && json.TryGetProperty("code", out var forbidden) && forbidden.ValueKind == JsonValueKind.String && forbidden.GetString() == "FORBIDDEN")
+            return CliFailure.BadUsage($"this token is a viewer token: {message.Method} {message.RequestUri} needs the operator token " +
+                                       "(--token-file FILE or LSM_TOKEN; a local cluster's is DATA/api-token)");
         // A refusal (400 bad input, 404 unknown, 409 conflict, 413, 422 refused) is the operator's input: exit 2; the
         // server failing (5xx) is the operation failing: exit 1.
         var code = (int)response.StatusCode is >= 400 and < 500 ? ExitCodes.BadUsage : ExitCodes.OperationFailed;

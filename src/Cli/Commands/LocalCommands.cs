@@ -147,6 +147,9 @@ public sealed class LocalUpCommand : AsyncCommand<LocalUpSettings>
             : $"{state.ApiUrl}/";
         Output.Console.MarkupLine($"cluster up. Next: [bold]./lsm cluster show{Output.Escape(api)}[/], the dashboard at {Output.Escape(dashboard)}, " +
                                   $"stop it with [bold]./lsm local down{Output.Escape(DataDirOption(settings))}[/]");
+        if (state.ApiTokenFile is { } operatorFile
+            && Path.Combine(Path.GetDirectoryName(operatorFile)!, Shared.Hosting.ApiTokenFile.ViewerFileName) is var viewerFile && File.Exists(viewerFile))
+            Output.Console.MarkupLine($"tokens: {Output.Escape(operatorFile)} (operator: everything), {Output.Escape(viewerFile)} (viewer: reads only; lsm --token-file)");
         return ExitCodes.Ok;
     }
 

@@ -131,6 +131,12 @@ public sealed class LocalCluster : IAsyncDisposable
     /// </summary>
     public string? ApiTokenFile { get; init; }
 
+    /// <summary>The viewer's token file beside <see cref="ApiTokenFile"/>, when it is there (a cluster made before viewers has none).</summary>
+    public string? ViewerTokenFile =>
+        ApiTokenFile is { } file && Path.Combine(Path.GetDirectoryName(file)!, Shared.Hosting.ApiTokenFile.ViewerFileName) is var viewer && File.Exists(viewer)
+            ? viewer
+            : null;
+
     /// <summary>An HTTP client for the Coordinator's API that carries the token when there is one.</summary>
     public HttpClient NewApiClient(TimeSpan timeout)
     {
@@ -151,6 +157,7 @@ public sealed class LocalCluster : IAsyncDisposable
             "--port", CoordinatorPort.ToString(), "--seed", rejoin ? RejoinSeed(name) : Seed, "--http", ApiUrl,
             "--data-dir", Path.Combine(DataDirectory, name), .. HostnameArguments(name), .. TlsArguments(name),
             .. ApiTokenFile is { } tokenFile ? new[] { "--api-token-file", tokenFile } : [],
+            .. ViewerTokenFile is { } viewerFile ? new[] { "--viewer-token-file", viewerFile } : [],
         ], PostgresConnectionString is { } pg
             // The same setting as the Coordinator's --postgres switch, through its environment: a password on the
             // command line would be readable by every user in /proc/PID/cmdline.

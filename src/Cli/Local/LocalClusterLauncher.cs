@@ -389,7 +389,7 @@ public static class LocalClusterLauncher
 
     /// <summary>
     /// DATA/api-token (0600), made on the first up and kept: the Coordinator reads its API token there, and lsm finds it
-    /// through the Coordinator's --api-token-file. None when the environment allows crash injection (test clusters):
+    /// through the Coordinator's --api-token-file. DATA/viewer-token (0600) beside it: the viewer's token (reads only). None when the environment allows crash injection (test clusters):
     /// a Coordinator with a token refuses a crash plan, so such a cluster keeps the tokenless loopback API.
     /// </summary>
     private static string? ApiTokenFileFor(string dataDirectory)
@@ -401,6 +401,7 @@ public static class LocalClusterLauncher
         try
         {
             Shared.Hosting.ApiTokenFile.ReadOrCreate(path);
+            Shared.Hosting.ApiTokenFile.ReadOrCreate(Path.Combine(dataDirectory, Shared.Hosting.ApiTokenFile.ViewerFileName));
         }
         catch (ArgumentException e)
         {

@@ -11,6 +11,9 @@ public static class ApiTokenFile
     /// <summary>Under a local cluster's data directory (<c>lsm local up</c> makes it).</summary>
     public const string FileName = "api-token";
 
+    /// <summary>The viewer's token beside it (<c>lsm local up</c> makes it too): reads only, for dashboards and monitoring.</summary>
+    public const string ViewerFileName = "viewer-token";
+
     public const UnixFileMode Mode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
 
     /// <summary>
