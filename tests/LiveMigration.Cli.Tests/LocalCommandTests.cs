@@ -165,6 +165,17 @@ public sealed class LocalCommandTests : IAsyncLifetime
         Assert.True(migrated.ExitCode == 0, migrated + "\n" + LocalClusterLauncher.LogTails(Path.Combine(_dataDirectory, "logs")));
         Assert.Contains("reconnecting", migrated.Stderr);
         Assert.Contains("completed", migrated.Stdout);
+
+        // the audit trail survived the SIGKILL: every change asked before it is listed with the answer it got
+        var audit = await CliProcess.RunAsync(api, "audit", "--json");
+        Assert.True(audit.ExitCode == 0, audit.ToString());
+        var entries = System.Text.Json.JsonDocument.Parse(audit.Stdout).RootElement.GetProperty("entries").EnumerateArray()
+            .Select(e => (Path: e.GetProperty("path").GetString()!, Status: e.GetProperty("status").ValueKind == System.Text.Json.JsonValueKind.Number ? e.GetProperty("status").GetInt32() : 0))
+            .Reverse().ToList();
+        Assert.Equal(["/api/domains", "/api/domains", "/api/vms"], entries.Take(3).Select(e => e.Path));
+        Assert.EndsWith("/io", entries[3].Path);
+        Assert.Equal("/api/migrations", entries[4].Path);
+        Assert.All(entries.Take(5), e => Assert.InRange(e.Status, 200, 299));
     }
 
     [Fact]

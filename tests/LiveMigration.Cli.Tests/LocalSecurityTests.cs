@@ -14,7 +14,8 @@ namespace LiveMigration.Cli.Tests;
 /// allowed roots (with .. or through a symlink) is refused and makes nothing; the disks and metadata a VM create and
 /// two migrations leave are 0660 in 0750 folders of QEMU's group, and QEMU runs as an unprivileged account whose
 /// sockets sit in a 0700 folder of its own; the nodes talk mutual TLS with certificates from the cluster's own CA
-/// (DATA/tls, 0700, files 0600).
+/// (DATA/tls, 0700, files 0600); the viewer's
+/// token reads and changes nothing, and the audit trail shows who tried what.
 /// </summary>
 [Collection(LocalClusters.Name)]
 [System.Runtime.Versioning.SupportedOSPlatform("linux")]
@@ -88,6 +89,7 @@ public sealed class LocalSecurityTests : IAsyncLifetime
 
         // an allowed path works; a VM created and moved there and back leaves only closed files
         await CreateDomainsAndVmAsync();
+        await TheViewerReadsAndTheAuditShowsWhoTriedWhatAsync();
         await _cluster.Ok("migrate", "vm1", "--to", "sdB", "--wait");
         await _cluster.Ok("migrate", "vm1", "--to", "sdA", "--strategy", "post-copy", "--wait");
         var domainFolders = Directory.EnumerateDirectories(_cluster.Storage).Where(d => d != link).ToList();
@@ -117,6 +119,45 @@ public sealed class LocalSecurityTests : IAsyncLifetime
         static List<(int Pid, IReadOnlyList<string> Arguments)> commandLinesNow() =>
             Directory.EnumerateDirectories("/proc").Where(d => int.TryParse(Path.GetFileName(d), out _))
                 .Select(d => (int.Parse(Path.GetFileName(d)), ProcessTable.CommandLine(int.Parse(Path.GetFileName(d))))).ToList();
+    }
+
+    /// <summary>
+    /// The viewer's token (DATA/viewer-token, 0600) reads and changes nothing, and lsm says why; the audit trail (operator
+    /// only) lists the viewer's refused attempt, the escaping domain paths refused and the domain created, with outcomes.
+    /// </summary>
+    private async Task TheViewerReadsAndTheAuditShowsWhoTriedWhatAsync()
+    {
+        var viewerFile = Path.Combine(_cluster.DataDirectory, ApiTokenFile.ViewerFileName);
+        Assert.Equal(ApiTokenFile.Mode, File.GetUnixFileMode(viewerFile));
+        var reads = await _cluster.Lsm("vms", "--token-file", viewerFile);
+        Assert.True(reads.ExitCode == 0, reads.ToString());
+        Assert.Contains("vm1", reads.Stdout);
+        foreach (var change in new[] { new[] { "vm", "stop", "vm1" }, ["audit"] })
+        {
+            var refused = await _cluster.Lsm([.. change, "--token-file", viewerFile]);
+            Assert.True(refused.ExitCode == 2, refused.ToString());
+            Assert.Contains("this token is a viewer token", refused.Stderr);
+            Assert.Contains("needs the operator token", refused.Stderr);
+        }
+        Assert.Contains("running", (await _cluster.Ok("vm", "show", "vm1")).Stdout);
+
+        var entries = (await _cluster.Json("audit")).GetProperty("entries").EnumerateArray()
+            .Select(e => (Role: e.GetProperty("role").GetString(), Client: e.GetProperty("client").GetString(), Method: e.GetProperty("method").GetString(),
+                Path: e.GetProperty("path").GetString()!, Body: e.GetProperty("body").GetString()!, Status: e.GetProperty("status").GetInt32(),
+                Error: e.GetProperty("errorCode").GetString()))
+            .ToList();
+        // newest first: the viewer's stop, refused before it reached the VM (the audit itself is a read: not listed)
+        Assert.Equal(("viewer", "POST", 403, "FORBIDDEN"), (entries[0].Role, entries[0].Method, entries[0].Status, entries[0].Error));
+        Assert.EndsWith("/stop", entries[0].Path);
+        Assert.Equal(4, entries.Count(e => e is { Path: "/api/domains", Status: 400, Error: "PATH_NOT_ALLOWED", Role: "operator" }));
+        Assert.Contains(entries, e => e is { Path: "/api/domains", Status: 201, Error: null } && e.Body.Contains("\"sdA\""));
+        Assert.Contains(entries, e => e is { Path: "/api/vms", Status: 201 } && e.Body.Contains("\"vm1\""));
+        Assert.All(entries, e => Assert.Equal("127.0.0.1", e.Client));
+
+        var table = (await _cluster.Ok("audit", "--limit", "3")).Stdout;
+        Assert.Contains("403 FORBIDDEN", table);
+        Assert.Contains("viewer", table);
+        Assert.Contains("older entries: lsm audit --before", table);
     }
 
     private const UnixFileMode SocketMode = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute;
