@@ -97,6 +97,44 @@ public sealed class ApiSafetyTests(TokenCoordinator coordinator) : IClassFixture
         Assert.Equal(0, JsonDocument.Parse(env.Stdout).RootElement.GetProperty("migrations").GetArrayLength());
     }
 
+    [Fact]
+    public async Task A_viewer_token_reads_lists_metrics_and_streams_and_every_change_is_a_403_that_lsm_explains_and_the_audit_lists()
+    {
+        using var viewer = Client(TokenCoordinator.ViewerToken);
+        foreach (var path in new[] { "/api/cluster", "/api/migrations", "/api/inventory", "/metrics" })
+            Assert.True((await viewer.GetAsync(coordinator.Api + path)).StatusCode == HttpStatusCode.OK, path);
+        Assert.Contains("journal", JsonDocument.Parse(await viewer.GetStringAsync(coordinator.Api + "/healthz")).RootElement
+            .GetProperty("checks").GetProperty("journal").GetProperty("detail").GetString());
+        using (var stream = await viewer.SendAsync(new HttpRequestMessage(HttpMethod.Get, coordinator.Api + "/api/cluster/events"), HttpCompletionOption.ResponseHeadersRead))
+        {
+            Assert.Equal(HttpStatusCode.OK, stream.StatusCode);
+            Assert.Equal("text/event-stream", stream.Content.Headers.ContentType?.MediaType);
+        }
+        foreach (var path in new[] { "/api/cluster/down-unreachable", "/api/migrations", "/api/domains", "/api/vms/x/stop" })
+        {
+            using var change = await viewer.PostAsync(coordinator.Api + path, new StringContent("{}", Encoding.UTF8, "application/json"));
+            var error = await ErrorOf(change, 403);
+            Assert.Equal("FORBIDDEN", error.GetProperty("code").GetString());
+        }
+        Assert.Equal("FORBIDDEN", (await ErrorOf(await viewer.GetAsync(coordinator.Api + "/api/audit"), 403)).GetProperty("code").GetString());
+
+        var viewerFile = TokenFile(TokenCoordinator.ViewerToken);
+        var reads = await CliProcess.RunAsync(coordinator.Api, "cluster", "show", "--token-file", viewerFile);
+        Assert.True(reads.ExitCode == 0, reads.ToString());
+        var refused = await CliProcess.RunAsync(coordinator.Api, "cluster", "down-unreachable", "--token-file", viewerFile);
+        Assert.True(refused.ExitCode == 2, refused.ToString());
+        Assert.Contains("this token is a viewer token: POST", refused.Stderr);
+        Assert.Contains("/api/cluster/down-unreachable needs the operator token", refused.Stderr);
+
+        var audit = await CliProcess.RunAsync(coordinator.Api, "audit", "--json", "--token-file", TokenFile(TokenCoordinator.Token));
+        Assert.True(audit.ExitCode == 0, audit.ToString());
+        var entries = JsonDocument.Parse(audit.Stdout).RootElement.GetProperty("entries").EnumerateArray().ToList();
+        foreach (var path in new[] { "/api/cluster/down-unreachable", "/api/migrations", "/api/domains", "/api/vms/x/stop" })
+            Assert.Contains(entries, e => e.GetProperty("path").GetString() == path && e.GetProperty("role").GetString() == "viewer"
+                                          && e.GetProperty("status").GetInt32() == 403 && e.GetProperty("errorCode").GetString() == "FORBIDDEN");
+        Assert.DoesNotContain(TokenCoordinator.ViewerToken, audit.Stdout);
+    }
+
     /// <summary>A 0600 file holding <paramref name="token"/>, in the Coordinator's test folder.</summary>
     private string TokenFile(string token)
     {

@@ -14,6 +14,8 @@ namespace LiveMigration.Cli.Tests;
 public sealed class TokenCoordinator : IAsyncLifetime
 {
     public const string Token = "test-token-5f2d9c61a8e04b7f";
+    /// <summary>The viewer's token (reads only), set beside the operator's <see cref="Token"/>.</summary>
+    public const string ViewerToken = "viewer-token-0c7e41d9b2a3";
     private Process? _process;
 
     public string DataDirectory { get; } = Path.Combine(Path.GetTempPath(), $"lsm-token-{Guid.NewGuid():N}");
@@ -57,6 +59,7 @@ public sealed class TokenCoordinator : IAsyncLifetime
         // this Coordinator by itself, so the tests see what an lsm without a token gets.
         var start = Start("--port", port.ToString(), "--seed", $"akka.tcp://lsm@127.0.0.1:{port}", "--http", Api, "--data-dir", DataDirectory);
         start.Environment["LSM_Coordinator__ApiToken"] = Token;
+        start.Environment["LSM_Coordinator__ViewerToken"] = ViewerToken;
         _process = Process.Start(start)!;
         var log = new StreamWriter(Log) { AutoFlush = true };
         _process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.WriteLine(e.Data); };

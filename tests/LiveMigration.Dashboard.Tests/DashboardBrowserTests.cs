@@ -187,6 +187,47 @@ public sealed class DashboardBrowserTests(DashboardCluster cluster, ITestOutputH
         Assert.Empty(_pageErrors);
     }
 
+    [Fact]
+    public async Task With_the_viewer_token_the_page_reads_everything_and_its_Move_shows_the_403_message()
+    {
+        await using var coordinator = new TokenCoordinatorScope();
+        await coordinator.Fixture.InitializeAsync();
+        var page = await OpenPageAsync();
+        var answers = new ConcurrentQueue<(string Url, string Method, int Status)>();
+        page.Response += (_, response) =>
+        {
+            if (response.Url.Contains("/api/", StringComparison.Ordinal)) answers.Enqueue((response.Url, response.Request.Method, response.Status));
+        };
+        // A lone Coordinator has no VM: the page is shown one (two domains, a running VM with a disk) so that it offers
+        // Move; the move itself goes to the real Coordinator with the viewer's token.
+        const string DomainA = "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d", DomainB = "f0e1d2c3-b4a5-4968-8776-655443322110";
+        const string Image = "0c5e8f21-7a4b-4d93-b1e6-9a2c3d4e5f60";
+        await page.RouteAsync("**/api/domains", route => route.FulfillAsync(new()
+        {
+            Status = 200, ContentType = "application/json",
+            Body = $$"""{"domains":[{"id":"{{DomainA}}","name":"domain-a","kind":"file","capacityBytes":1073741824,"usedBytes":0,"availableBytes":1073741824,"active":true},{"id":"{{DomainB}}","name":"domain-b","kind":"file","capacityBytes":1073741824,"usedBytes":0,"availableBytes":1073741824,"active":true}]}""",
+        }));
+        await page.RouteAsync("**/api/vms", route => route.FulfillAsync(new()
+        {
+            Status = 200, ContentType = "application/json",
+            Body = $$"""{"vms":[{"id":"b3a9e1c4-5d2f-4e8a-8c6b-1f7d9e0a2b33","name":"viewer-vm","host":"host-1","running":true,"disks":[{"image":"{{Image}}","capacityBytes":67108864,"allocatedBytes":0,"domain":"{{DomainA}}","chain":[{"domain":"{{DomainA}}","image":"{{Image}}","volume":"9f8e7d6c-5b4a-4392-8190-7f6e5d4c3b2a"}],"migration":null}]}]}""",
+        }));
+
+        await page.GotoAsync(coordinator.Fixture.Api + "/#token=" + Uri.EscapeDataString(TokenCoordinator.ViewerToken));
+        await Assertions.Expect(page.Locator("#stream-state")).ToHaveTextAsync("live");
+        Assert.False(await page.Locator("#token-dialog").IsVisibleAsync());
+        Assert.All(answers, a => Assert.True(a.Status == 200, $"{a.Method} {a.Url}: {a.Status}"));
+
+        await page.Locator($"tr[data-disk='{Image}']").GetByRole(AriaRole.Button, new() { Name = "Move" }).ClickAsync();
+        await page.Locator("#move-submit").ClickAsync();
+        var error = page.Locator("#move-error");
+        await Assertions.Expect(error).ToBeVisibleAsync();
+        await Assertions.Expect(error).ToContainTextAsync("FORBIDDEN: this token is a viewer token");
+        await Assertions.Expect(page.Locator("#move-dialog")).ToBeVisibleAsync();
+        Assert.Contains(answers, a => a.Method == "POST" && a.Url.EndsWith("/api/migrations", StringComparison.Ordinal) && a.Status == 403);
+        Assert.Empty(_pageErrors);
+    }
+
     /// <summary>A lone Coordinator with a token for one test, stopped by its pid at the end.</summary>
     private sealed class TokenCoordinatorScope : IAsyncDisposable
     {
