@@ -7,7 +7,8 @@ using LiveMigration.Shared.Protocol;
 namespace LiveMigration.Coordinator.Audit;
 
 /// <param name="KeepInMemory">How many of the newest entries the API can page through; older ones stay in the journal.</param>
-public sealed record AuditOptions(int KeepInMemory = 10_000);
+/// <param name="SnapshotEvery">Save a snapshot after this many journaled events, so a new singleton replays at most that many.</param>
+public sealed record AuditOptions(int KeepInMemory = 10_000, int SnapshotEvery = 1000);
 
 /// <summary>
 /// The persisted audit trail around <see cref="AuditState"/>: one per cluster (a singleton over role <c>coordinator</c>).
@@ -19,6 +20,7 @@ public sealed class AuditActor : ReceivePersistentActor
     public const string AuditPersistenceId = "audit";
 
     private readonly ILoggingAdapter _log = Context.GetLogger();
+    private readonly AuditOptions _options;
     private AuditState _state;
 
     /// <summary>
@@ -34,8 +36,15 @@ public sealed class AuditActor : ReceivePersistentActor
     {
         if (options.KeepInMemory < 1)
             throw new ArgumentOutOfRangeException(nameof(options), $"keeping {options.KeepInMemory} entries: must be at least 1");
+        if (options.SnapshotEvery < 1)
+            throw new ArgumentOutOfRangeException(nameof(options), $"snapshots every {options.SnapshotEvery} events: must be at least 1");
+        _options = options;
         _state = AuditState.Empty(options.KeepInMemory);
 
+        Recover<SnapshotOffer>(offer =>
+        {
+            if (offer.Snapshot is AuditSnapshot snapshot) _state = AuditState.FromSnapshot(snapshot, options.KeepInMemory);
+        });
         Recover<IAuditEvent>(e => _state = _state.Apply(e));
         Recover<RecoveryCompleted>(_ => _log.Info("Audit trail recovered at sequence number {SequenceNr}: {Requests} requests recorded",
             LastSequenceNr, _state.LastNumber));
@@ -43,6 +52,13 @@ public sealed class AuditActor : ReceivePersistentActor
         Command<RecordAuditRequest>(request => Record(_state.Decide(request), request.RequestId));
         Command<RecordAuditOutcome>(outcome => Record(_state.Decide(outcome), outcome.RequestId));
         Command<GetAuditEntries>(query => Sender.Tell(_state.Page(query)));
+        Command<SaveSnapshotSuccess>(saved =>
+            // the newest snapshot is enough to recover; older ones only take space
+            DeleteSnapshots(new SnapshotSelectionCriteria(saved.Metadata.SequenceNr - 1)));
+        Command<SaveSnapshotFailure>(failed => _log.Warning(failed.Cause,
+            "Audit trail snapshot at sequence number {SequenceNr} failed; recovery replays the journal from the snapshot before", failed.Metadata.SequenceNr));
+        Command<DeleteSnapshotsSuccess>(_ => { });
+        Command<DeleteSnapshotsFailure>(failed => _log.Warning(failed.Cause, "Deleting old audit trail snapshots failed; they stay"));
     }
 
     public override string PersistenceId => AuditPersistenceId;
@@ -59,6 +75,7 @@ public sealed class AuditActor : ReceivePersistentActor
         {
             _state = _state.Apply(persisted);
             replyTo.Tell(new AuditRecorded(requestId));
+            if (LastSequenceNr % _options.SnapshotEvery == 0) SaveSnapshot(_state.Snapshot());
         });
     }
 }

@@ -16,6 +16,14 @@ public sealed record AuditState(long LastNumber, ImmutableSortedDictionary<long,
     public static AuditState Empty(int keepInMemory) =>
         new(0, ImmutableSortedDictionary<long, AuditEntry>.Empty, ImmutableDictionary<string, long>.Empty, keepInMemory);
 
+    public AuditSnapshot Snapshot() => new(LastNumber, [.. Entries.Values]);
+
+    public static AuditState FromSnapshot(AuditSnapshot snapshot, int keepInMemory) =>
+        new(snapshot.LastNumber,
+            snapshot.Entries.TakeLast(keepInMemory).ToImmutableSortedDictionary(e => e.Number, e => e),
+            snapshot.Entries.TakeLast(keepInMemory).ToImmutableDictionary(e => e.RequestId, e => e.Number),
+            keepInMemory);
+
     /// <summary>A request already recorded (the API asking again after a lost receipt) is not recorded twice.</summary>
     public AuditRequestRecorded? Decide(RecordAuditRequest request) =>
         NumberByRequest.ContainsKey(request.RequestId)

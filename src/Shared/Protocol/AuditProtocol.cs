@@ -38,6 +38,9 @@ public sealed record AuditEntry(long Number, string RequestId, DateTimeOffset At
 /// <param name="Next">The <c>before</c> of the next (older) page, or null when this page reaches the oldest entry kept.</param>
 public sealed record AuditEntries(ValueList<AuditEntry> Entries, long? Next) : IAuditMessage;
 
+/// <summary>The trail's snapshot in the snapshot store: the number of the last request and the entries kept in memory, oldest first.</summary>
+public sealed record AuditSnapshot(long LastNumber, ValueList<AuditEntry> Entries) : IAuditMessage;
+
 public sealed record AuditRequestRecorded(string RequestId, DateTimeOffset At, string Role, string Client, string Method, string Path,
     string Body, bool BodyTruncated) : IAuditEvent;
 

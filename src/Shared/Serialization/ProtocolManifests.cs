@@ -126,6 +126,8 @@ public static class ProtocolManifests
         ("lm.AuditRecorded.v1", typeof(AuditRecorded)),
         ("lm.GetAuditEntries.v1", typeof(GetAuditEntries)),
         ("lm.AuditEntries.v1", typeof(AuditEntries)),
+        // also the trail's snapshot in the snapshot store
+        ("lm.AuditSnapshot.v1", typeof(AuditSnapshot)),
         ("lm.AuditRequestRecorded.v1", typeof(AuditRequestRecorded)),
         ("lm.AuditOutcomeRecorded.v1", typeof(AuditOutcomeRecorded)),
     ];

@@ -22,7 +22,7 @@ public sealed class JournalGoldenTests(ActorSystemFixture fixture) : IClassFixtu
             .Where(e => typeof(IMigrationEvent).IsAssignableFrom(e.Type) || typeof(IInventoryEvent).IsAssignableFrom(e.Type)
                         || typeof(IAuditEvent).IsAssignableFrom(e.Type)
                         // the inventory's snapshot store holds it: a recovery reads it back like an event
-                        || e.Type == typeof(InventorySnapshot))
+                        || e.Type == typeof(InventorySnapshot) || e.Type == typeof(AuditSnapshot))
             .Select(e => e.Manifest);
 
     public static TheoryData<string> EventManifests() => new(EventManifestList);

@@ -181,6 +181,7 @@ public static class ProtocolSamples
         new GetAuditEntries(At.AddDays(-1), Before: 42, Limit: 20),
         new AuditEntries([new AuditEntry(41, "4f1b2c3d-request", At, "viewer", "10.0.0.5", "POST", "/api/domains", "{}", false, At.AddSeconds(1), 403, "FORBIDDEN"),
             new AuditEntry(40, "5a6b7c8d-request", At.AddMinutes(-1), "operator", "127.0.0.1", "POST", "/api/migrations", "{\"vm\":\"web-01\"}", true, null, null, null)], Next: 40),
+        new AuditSnapshot(41, [new AuditEntry(41, "4f1b2c3d-request", At, "viewer", "10.0.0.5", "POST", "/api/domains", "{}", false, At.AddSeconds(1), 403, "FORBIDDEN")]),
         new AuditRequestRecorded("4f1b2c3d-request", At, "operator", "10.0.0.5", "POST", "/api/vms/web-01/stop", "{\"force\":true}", BodyTruncated: true),
         new AuditOutcomeRecorded("4f1b2c3d-request", At.AddSeconds(2), 409, "VM_BUSY"));
 
