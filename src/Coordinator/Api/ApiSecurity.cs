@@ -72,7 +72,7 @@ public static class ApiSecurity
                 {
                     context.Response.Headers.WWWAuthenticate = "Bearer";
                     var sent = context.Request.Headers.Authorization.Count > 0;
-                    logger.LogWarning("{Method} {Path} from {Client}: {Problem}", context.Request.Method, context.Request.Path,
+                    logger.LogInformation("{Method} {Path} from {Client} refused: {Problem}", context.Request.Method, context.Request.Path,
                         context.Connection.RemoteIpAddress, sent ? "token not accepted" : "no token");
                     await WriteErrorAsync(context, StatusCodes.Status401Unauthorized, ApiErrorCodes.Unauthorized,
                         sent ? "the API token was not accepted" : "this API needs a token: send Authorization: Bearer TOKEN (lsm: --token-file FILE or LSM_TOKEN)");
