@@ -41,10 +41,15 @@ public sealed class LocalSecurityTests : IAsyncLifetime
             .Select(d => (Pid: int.Parse(Path.GetFileName(d)), Arguments: ProcessTable.CommandLine(int.Parse(Path.GetFileName(d))))).ToList();
         foreach (var node in state.Nodes)
             Assert.Contains(commandLines, p => p.Pid == node.Pid && p.Arguments.Count > 0);
+        var viewerToken = ApiTokenFile.Read(Path.Combine(_cluster.DataDirectory, ApiTokenFile.ViewerFileName));
         foreach (var (pid, arguments) in commandLines)
+        {
             Assert.False(string.Join(' ', arguments).Contains(token), $"pid {pid}'s command line holds the API token: {string.Join(' ', arguments)}");
+            Assert.False(string.Join(' ', arguments).Contains(viewerToken), $"pid {pid}'s command line holds the viewer token: {string.Join(' ', arguments)}");
+        }
         var coordinator = state.Nodes.Single(n => n.Name == "coordinator");
         Assert.Contains("--api-token-file", ProcessTable.CommandLine(coordinator.Pid));
+        Assert.Contains("--viewer-token-file", ProcessTable.CommandLine(coordinator.Pid));
         using (var anonymous = new HttpClient())
             Assert.Equal(HttpStatusCode.Unauthorized, (await anonymous.GetAsync($"{_cluster.Api}/api/cluster")).StatusCode);
         await _cluster.Ok("cluster", "show");
