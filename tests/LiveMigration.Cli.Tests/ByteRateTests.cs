@@ -24,5 +24,7 @@ public sealed class ByteRateTests
     [InlineData("10 furlongs")]
     [InlineData("")]
     [InlineData("99999999999T")]
+    [InlineData("\u0663MiB")]
+    [InlineData("\uff11\uff10M")]
     public void Refuses_what_is_not_a_rate(string text) => Assert.False(ByteRate.TryParse(text, out _));
 }

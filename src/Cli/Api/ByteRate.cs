@@ -9,7 +9,8 @@ namespace LiveMigration.Cli.Api;
 /// </summary>
 public static partial class ByteRate
 {
-    [GeneratedRegex(@"^\s*(?<number>\d+(\.\d+)?)\s*(?<unit>[A-Za-z]*)\s*(/\s*s)?\s*$")]
+    // [0-9], not \d: \d also matches other scripts' digits (Arabic-Indic, fullwidth), which double.Parse then throws on.
+    [GeneratedRegex(@"^\s*(?<number>[0-9]+(\.[0-9]+)?)\s*(?<unit>[A-Za-z]*)\s*(/\s*s)?\s*$")]
     private static partial Regex Pattern();
 
     public static bool TryParse(string? text, out long bytes)

@@ -99,7 +99,8 @@ public sealed partial class VmCreateSettings : GlobalSettings
 
     public const string DiskShape = "SIZE@DOMAIN[:snapshots=N][:format=raw|qcow2][:preallocated]";
 
-    [GeneratedRegex(@"^\d{1,3}$")]
+    // ASCII digits only: int.Parse throws on the other scripts' digits that \d would let through.
+    [GeneratedRegex(@"^[0-9]{1,3}$")]
     private static partial Regex SnapshotCountPattern();
 
     /// <param name="Format">The base's format as the API takes it: "raw" or "qcow2".</param>

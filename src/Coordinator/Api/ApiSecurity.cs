@@ -25,6 +25,8 @@ public static class ApiErrorCodes
     public const string MemberNotFound = "MEMBER_NOT_FOUND";
     public const string NoSuchAction = "NO_SUCH_ACTION";
     public const string RegionNotFound = "REGION_NOT_FOUND";
+    public const string NoSuchPath = "NO_SUCH_PATH";
+    public const string MethodNotAllowed = "METHOD_NOT_ALLOWED";
 }
 
 /// <summary>
@@ -115,7 +117,7 @@ public static class ApiSecurity
             if (HttpMethods.IsPost(context.Request.Method) && NeedsToken(context.Request.Path) && !IsJson(context.Request.ContentType))
             {
                 await WriteErrorAsync(context, StatusCodes.Status415UnsupportedMediaType, ApiErrorCodes.NotJson,
-                    "POST requests to the API carry Content-Type: application/json (send {} when there is nothing to say)");
+                    "POST requests to the API carry Content-Type: application/json in UTF-8 (send {} when there is nothing to say)");
                 return;
             }
             await next(context);
@@ -136,6 +138,7 @@ public static class ApiSecurity
         try
         {
             await next(context);
+            await AnswerUnroutedAsync(context);
         }
         catch (BadHttpRequestException e) when (!context.Response.HasStarted)
         {
@@ -162,8 +165,29 @@ public static class ApiSecurity
         }
     }
 
+    /// <summary>
+    /// A path no endpoint has, or a method the path does not take, gets the API's error shape too: routing answers those
+    /// with an empty body, which a client reading {code, message} cannot explain to its user.
+    /// </summary>
+    private static Task AnswerUnroutedAsync(HttpContext context)
+    {
+        var response = context.Response;
+        if (response.HasStarted || response.ContentType is not null || !NeedsToken(context.Request.Path)) return Task.CompletedTask;
+        return response.StatusCode switch
+        {
+            StatusCodes.Status404NotFound => WriteErrorAsync(context, StatusCodes.Status404NotFound, ApiErrorCodes.NoSuchPath,
+                $"no API endpoint at {ApiText.Clip(context.Request.Path.ToString())}"),
+            StatusCodes.Status405MethodNotAllowed => WriteErrorAsync(context, StatusCodes.Status405MethodNotAllowed, ApiErrorCodes.MethodNotAllowed,
+                $"{ApiText.Clip(context.Request.Method)} is not taken at {ApiText.Clip(context.Request.Path.ToString())}"),
+            _ => Task.CompletedTask,
+        };
+    }
+
+    /// <summary>application/json in UTF-8 (RFC 8259): a charset the framework cannot decode would throw while the body is read.</summary>
     private static bool IsJson(string? contentType) =>
-        contentType is not null && contentType.Split(';')[0].Trim().Equals("application/json", StringComparison.OrdinalIgnoreCase);
+        Microsoft.Net.Http.Headers.MediaTypeHeaderValue.TryParse(contentType, out var media)
+        && media.MediaType.Equals("application/json", StringComparison.OrdinalIgnoreCase)
+        && (!media.Charset.HasValue || media.Charset.Equals("utf-8", StringComparison.OrdinalIgnoreCase) || media.Charset.Equals("utf8", StringComparison.OrdinalIgnoreCase));
 
     private static bool IsLoopbackHost(HostString host) =>
         host.Host.Equals("localhost", StringComparison.OrdinalIgnoreCase)

@@ -137,6 +137,8 @@ public static class MigrationEndpoints
         var vm = VmId.Parse(body.Vm);
         if (body.Disks is not { Count: > 0 })
             throw new ArgumentException("disks: name at least one disk to move, as {\"image\": UUID, \"destination\": UUID}");
+        if (body.Disks.Any(d => d is null))
+            throw new ArgumentException("disks: each entry is {\"image\": UUID, \"destination\": UUID}, not null");
         var disks = body.Disks.Select(d => new DiskMoveRequest(ImageId.Parse(d.Image), DomainId.Parse(d.Destination))).ToValueList();
         var strategy = body.Strategy switch
         {

@@ -24,6 +24,10 @@ public sealed class MigrationService(IRequiredActor<MigrationRegion> region, IRe
         var id = MigrationId.New();
         var images = request.Disks.Select(d => d.Image).ToValueList();
         var facts = await inventory.ActorRef.Ask<ValidationFactsReply>(new GetValidationFacts(request.Vm, images), AskTimeout, ct);
+        // Validated before anything is reserved, so a refused request journals nothing; the saga validates again when it
+        // starts. A busy disk is left to the reservation, whose answer names the migration that holds it.
+        if (MigrationDecider.RefusalOfStart(id, request, facts.Facts) is { } invalid && invalid.RefusalCode != MigrationErrorCodes.DiskBusy)
+            return new CommandOutcome(false, invalid.RefusalCode!, invalid.RefusalMessage!);
         var reserved = await inventory.ActorRef.Ask<IInventoryMessage>(new ReserveDisks(id, request.Vm, images), AskTimeout, ct);
         if (reserved is DisksBusy busy)
             return new CommandOutcome(false, MigrationErrorCodes.DiskBusy,

@@ -33,6 +33,8 @@ public static class VmEndpoints
             Results.Ok(await Service(http).VmAsync(id, ct))));
         app.MapPost("/api/vms", (CreateVmBody body, HttpContext http, CancellationToken ct) => Guard(async () =>
         {
+            if (body.Disks?.Any(d => d is null) == true)
+                throw new OperationFailedException(ErrorCodes.InvalidArgument, "disks: each entry is {\"sizeBytes\": N, \"domain\": NAME}, not null");
             var disks = body.Disks?.Select(d => new NewDiskRequest(d.SizeBytes, d.Domain ?? "", d.Snapshots, d.Format, d.Preallocated)).ToList();
             var vm = await Service(http).CreateVmAsync(body.Name, body.Host, disks, ct);
             return Results.Created($"/api/vms/{vm.Id}", vm);

@@ -47,7 +47,8 @@ public static class CoordinatorApiHosting
         app.MapDashboard();
         app.MapHealth(journal, tokens);
         app.MapAuditApi();
-        app.MapPrometheusScrapingEndpoint("/metrics");
+        // A scrape is a GET; the exporter alone would answer any method.
+        app.MapPrometheusScrapingEndpoint("/metrics").WithMetadata(new Microsoft.AspNetCore.Routing.HttpMethodMetadata(["GET"]));
         app.MapHostApi();
         app.MapVmApi();
         return app;

@@ -71,6 +71,13 @@ public static class MigrationDecider
         return refusal ?? Decision.Accept([new MigrationRequested(state.Id, start.Request, plans, now)]);
     }
 
+    /// <summary>
+    /// The start's validation alone, for the API to run before it reserves the disks: a request the saga would refuse
+    /// (an unknown VM or disk, a bad destination) then takes nothing, and journals no reservation and its release.
+    /// </summary>
+    public static Decision? RefusalOfStart(MigrationId id, MigrationRequest request, ValidationFacts facts) =>
+        Validate(id, request, facts, out _);
+
     /// <summary>DESIGN §3 step 1, against what the inventory knew: a refusal changes nothing.</summary>
     private static Decision? Validate(MigrationId id, MigrationRequest request, ValidationFacts facts, out ValueList<DiskPlan> plans)
     {
