@@ -37,6 +37,9 @@ public sealed class StorageRootPolicy
     {
         if (string.IsNullOrWhiteSpace(path) || !Path.IsPathFullyQualified(path))
             throw new OperationFailedException(ErrorCodes.InvalidArgument, $"a storage path must be absolute, got '{path}'");
+        // A NUL ends the path at the kernel; a newline or tab makes a folder no operator can type and breaks line-based records.
+        if (path.Any(char.IsControl))
+            throw new OperationFailedException(ErrorCodes.InvalidArgument, "a storage path must not contain control characters (NUL, newline, tab…)");
         var resolved = Resolve(path);
         if (_roots.Select(Resolve).Any(root => IsWithin(resolved, root))) return resolved;
         var allowed = _roots.Count == 0 ? "none" : string.Join(", ", _roots);

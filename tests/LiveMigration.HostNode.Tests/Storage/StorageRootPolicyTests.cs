@@ -53,6 +53,18 @@ public sealed class StorageRootPolicyTests : IDisposable
         Assert.Equal(ErrorCodes.PathNotAllowed, Refused(() => StorageRootPolicy.None.Check(Allowed)).Code);
     }
 
+    [Theory]
+    [InlineData("new\nline")]
+    [InlineData("tab\t")]
+    [InlineData("nul\0/x")]
+    public void A_path_with_a_control_character_is_refused_even_inside_a_root(string name)
+    {
+        var refused = Refused(() => Policy.Check(Path.Combine(Allowed, name)));
+        Assert.Equal(ErrorCodes.InvalidArgument, refused.Code);
+        Assert.Contains("control characters", refused.Message);
+        Assert.Empty(Directory.EnumerateFileSystemEntries(Allowed));
+    }
+
     [Fact]
     public void A_symlink_inside_a_root_is_judged_by_its_target()
     {
