@@ -33,6 +33,7 @@ public sealed class ApiErrorHandlingTests : IAsyncLifetime
         _app.MapGet("/api/boom", string () => throw new InvalidOperationException("secret internal detail"));
         _app.MapGet("/api/slow", string () => throw new AskTimeoutException("no answer from the shard region"));
         _app.MapGet("/api/fine", () => Results.Ok(new { ok = true }));
+        _app.MapPost("/api/echo", (EchoBody body) => Results.Ok(body));
         _app.MapGet("/healthz", () => Results.Ok(new { status = "up" }));
         await _app.StartAsync();
         _url = _app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
@@ -85,6 +86,40 @@ public sealed class ApiErrorHandlingTests : IAsyncLifetime
         using var none = Client(null);
         Assert.Equal(HttpStatusCode.OK, (await none.GetAsync("/healthz")).StatusCode);
     }
+
+    [Fact]
+    public async Task A_path_or_method_no_endpoint_takes_gets_the_error_shape_too()
+    {
+        using var http = Client();
+        foreach (var (request, status, code) in new[]
+                 {
+                     (new HttpRequestMessage(HttpMethod.Get, "/api/no/such/thing"), HttpStatusCode.NotFound, "NO_SUCH_PATH"),
+                     (new HttpRequestMessage(HttpMethod.Delete, "/api/fine"), HttpStatusCode.MethodNotAllowed, "METHOD_NOT_ALLOWED"),
+                 })
+        {
+            using var response = await http.SendAsync(request);
+            Assert.Equal(status, response.StatusCode);
+            Assert.Equal(code, JsonDocument.Parse(await response.Content.ReadAsStringAsync()).RootElement.GetProperty("code").GetString());
+        }
+    }
+
+    [Fact]
+    public async Task A_json_body_in_a_charset_other_than_utf8_is_refused_as_not_json_instead_of_failing_to_decode()
+    {
+        using var http = Client();
+        foreach (var charset in new[] { "bogus", "utf-16" })
+        {
+            var content = new StringContent("{\"text\": \"x\"}");
+            content.Headers.ContentType = System.Net.Http.Headers.MediaTypeHeaderValue.Parse($"application/json; charset={charset}");
+            using var response = await http.PostAsync("/api/echo", content);
+            Assert.Equal(HttpStatusCode.UnsupportedMediaType, response.StatusCode);
+            Assert.Equal("NOT_JSON", JsonDocument.Parse(await response.Content.ReadAsStringAsync()).RootElement.GetProperty("code").GetString());
+        }
+        using var utf8 = await http.PostAsync("/api/echo", new StringContent("{\"text\": \"x\"}", System.Text.Encoding.UTF8, "application/json"));
+        Assert.Equal(HttpStatusCode.OK, utf8.StatusCode);
+    }
+
+    public sealed record EchoBody(string? Text);
 
     private sealed class ListLoggerProvider(List<string> lines) : ILoggerProvider
     {
