@@ -142,12 +142,11 @@ public static class ApiSecurity
         }
         catch (BadHttpRequestException e) when (!context.Response.HasStarted)
         {
-            // Malformed JSON, a body over the limit, a missing body: the framework's message, in our shape.
-            var detail = e.InnerException is System.Text.Json.JsonException json ? $" ({json.Message})" : "";
+            // Malformed JSON, a body over the limit, a missing body: in our shape, and in the client's terms.
             var code = e.StatusCode == StatusCodes.Status413PayloadTooLarge ? ApiErrorCodes.BodyTooLarge : ApiErrorCodes.BadRequest;
             var message = e.StatusCode == StatusCodes.Status413PayloadTooLarge
                 ? $"the request body is larger than {MaxRequestBodyBytes} bytes"
-                : e.Message + detail;
+                : DescribeBadRequest(e);
             await WriteErrorAsync(context, e.StatusCode, code, message);
         }
         catch (Exception e) when (e is AskTimeoutException or TaskCanceledException && !context.RequestAborted.IsCancellationRequested && !context.Response.HasStarted)
@@ -163,6 +162,26 @@ public static class ApiSecurity
             await WriteErrorAsync(context, StatusCodes.Status500InternalServerError, ApiErrorCodes.Internal,
                 $"internal error ({e.GetType().Name}); the Coordinator's log has the details under trace {trace}");
         }
+    }
+
+    /// <summary>
+    /// What was wrong with the request, without the framework's words for it: those name the handler's parameter types
+    /// (our classes, System.Int64) and suggest fixes to the API's developer ("did you mean to use a Service?").
+    /// </summary>
+    private static string DescribeBadRequest(BadHttpRequestException e)
+    {
+        if (e.InnerException is System.Text.Json.JsonException json)
+        {
+            var where = json.Path is { } path ? $" at {path}" : "";
+            var position = json.LineNumber is { } line ? $" (line {line + 1}, byte {json.BytePositionInLine})" : "";
+            // A value of the wrong type, or a number out of range, is reported with the .NET type it could not become.
+            return json.Message.StartsWith("The JSON value could not be converted", StringComparison.Ordinal)
+                ? $"the request body is not the JSON this endpoint takes: the value{where} is of the wrong type or out of range{position}"
+                : $"the request body is not valid JSON: {json.Message}";
+        }
+        return e.Message.Contains("body", StringComparison.OrdinalIgnoreCase)
+            ? "this endpoint takes a JSON object in the request body; none was sent (or it was null)"
+            : e.Message;
     }
 
     /// <summary>

@@ -28,6 +28,8 @@ public sealed class ApiErrorHandlingTests : IAsyncLifetime
         var builder = WebApplication.CreateSlimBuilder();
         builder.WebHost.UseUrls("http://127.0.0.1:0");
         builder.Logging.ClearProviders().AddProvider(new ListLoggerProvider(_logged));
+        // As the Coordinator sets it: a body that does not bind throws, and the error handler shapes the answer.
+        builder.Services.Configure<Microsoft.AspNetCore.Routing.RouteHandlerOptions>(o => o.ThrowOnBadRequest = true);
         _app = builder.Build();
         _app.UseApiSecurity(Secret);
         _app.MapGet("/api/boom", string () => throw new InvalidOperationException("secret internal detail"));
@@ -117,6 +119,28 @@ public sealed class ApiErrorHandlingTests : IAsyncLifetime
         }
         using var utf8 = await http.PostAsync("/api/echo", new StringContent("{\"text\": \"x\"}", System.Text.Encoding.UTF8, "application/json"));
         Assert.Equal(HttpStatusCode.OK, utf8.StatusCode);
+    }
+
+    [Fact]
+    public async Task A_body_of_the_wrong_shape_is_explained_in_the_clients_terms_without_type_names()
+    {
+        using var http = Client();
+        foreach (var (body, expected) in new[]
+                 {
+                     ("{\"text\": 5}", "the value at $.text is of the wrong type"),
+                     ("{\"text\": ", "not valid JSON"),
+                     ("", "none was sent"),
+                     ("null", "none was sent"),
+                 })
+        {
+            using var response = await http.PostAsync("/api/echo", new StringContent(body, System.Text.Encoding.UTF8, "application/json"));
+            var text = await response.Content.ReadAsStringAsync();
+            Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+            var message = JsonDocument.Parse(text).RootElement.GetProperty("message").GetString()!;
+            Assert.Contains(expected, message);
+            Assert.DoesNotContain("System.", message);
+            Assert.DoesNotContain(nameof(EchoBody), message);
+        }
     }
 
     public sealed record EchoBody(string? Text);
