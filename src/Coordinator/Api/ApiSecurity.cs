@@ -170,15 +170,7 @@ public static class ApiSecurity
     /// </summary>
     private static string DescribeBadRequest(BadHttpRequestException e)
     {
-        if (e.InnerException is System.Text.Json.JsonException json)
-        {
-            var where = json.Path is { } path ? $" at {path}" : "";
-            var position = json.LineNumber is { } line ? $" (line {line + 1}, byte {json.BytePositionInLine})" : "";
-            // A value of the wrong type, or a number out of range, is reported with the .NET type it could not become.
-            return json.Message.StartsWith("The JSON value could not be converted", StringComparison.Ordinal)
-                ? $"the request body is not the JSON this endpoint takes: the value{where} is of the wrong type or out of range{position}"
-                : $"the request body is not valid JSON: {json.Message}";
-        }
+        if (e.InnerException is System.Text.Json.JsonException json) return ApiText.JsonProblem(json);
         return e.Message.Contains("body", StringComparison.OrdinalIgnoreCase)
             ? "this endpoint takes a JSON object in the request body; none was sent (or it was null)"
             : e.Message;

@@ -66,7 +66,7 @@ public static class VmEndpoints
         }
         catch (System.Text.Json.JsonException e)
         {
-            throw new OperationFailedException(ErrorCodes.InvalidArgument, $"the body must be {IoBodyShape}: {e.Message}");
+            throw new OperationFailedException(ErrorCodes.InvalidArgument, $"the body must be {IoBodyShape}: {ApiText.JsonProblem(e)}");
         }
         if (body is null)
             throw new OperationFailedException(ErrorCodes.InvalidArgument, $"the body must be {IoBodyShape}");

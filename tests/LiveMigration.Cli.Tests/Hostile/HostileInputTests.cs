@@ -22,7 +22,7 @@ public sealed class HostileInputTests(HostileCluster cluster, ITestOutputHelper 
     private const string ApiSeed = "2Yf7tXp5hQwK1";
     private const string CliSeed = "d0V2CQlOfZZK1";
     private const int ApiRequests = 400;
-    private const int CliRuns = 70;
+    private const int CliRuns = 60;
     private static readonly TimeSpan RequestLimit = TimeSpan.FromSeconds(20);
 
     [Fact]
@@ -42,8 +42,9 @@ public sealed class HostileInputTests(HostileCluster cluster, ITestOutputHelper 
         }
         output.WriteLine($"{cases.Count} requests (seed {Environment.GetEnvironmentVariable("LSM_HOSTILE_SEED") ?? ApiSeed}); statuses: " +
                          string.Join(", ", statuses.Select(s => $"{s.Key}×{s.Value}")));
-        Assert.True(failures.Count == 0, $"{failures.Count} of {cases.Count} requests were answered wrongly:\n{string.Join("\n", failures.Take(25))}");
-        await AssertNothingChangedAsync(before);
+        var changes = await ChangesSinceAsync(before);
+        Assert.True(failures.Count == 0 && changes is null,
+            $"{failures.Count} of {cases.Count} requests were answered wrongly:\n{string.Join("\n", failures.Take(25))}\n{changes}");
     }
 
     [Fact]
@@ -65,8 +66,9 @@ public sealed class HostileInputTests(HostileCluster cluster, ITestOutputHelper 
         }
         output.WriteLine($"{cases.Count} lsm runs (seed {Environment.GetEnvironmentVariable("LSM_HOSTILE_SEED") ?? CliSeed}); exit codes: " +
                          string.Join(", ", exits.Select(e => $"{e.Key}×{e.Value}")));
-        Assert.True(failures.Count == 0, $"{failures.Count} of {cases.Count} lsm runs ended wrongly:\n{string.Join("\n", failures.Take(25))}");
-        await AssertNothingChangedAsync(before);
+        var changes = await ChangesSinceAsync(before);
+        Assert.True(failures.Count == 0 && changes is null,
+            $"{failures.Count} of {cases.Count} lsm runs ended wrongly:\n{string.Join("\n", failures.Take(25))}\n{changes}");
     }
 
     /// <summary><paramref name="count"/> cases from one PCG, each with the seed that generates it first.</summary>
@@ -109,7 +111,9 @@ public sealed class HostileInputTests(HostileCluster cluster, ITestOutputHelper 
 
     private static string? AnswerProblem(ApiCase request, int status, string? mediaType, string body)
     {
-        if (ShowsInternals(body)) return $"{status}: the answer shows internals: {Clip(body)}";
+        // The API's own answers (JSON, and every refusal); /metrics' text and the dashboard's files are no client's input echoed.
+        if ((mediaType == "application/json" || status >= 300) && ShowsInternals(body))
+            return $"{status}: the answer shows internals: {Clip(body)}";
         if (status is >= 200 and < 300)
             return request.MayBeOk ? null : $"{status}: accepted input that was not valid: {Clip(body)}";
         if (status is < 400 or >= 500)
@@ -144,6 +148,9 @@ public sealed class HostileInputTests(HostileCluster cluster, ITestOutputHelper 
     {
         if (ShowsInternals(result.Stdout + result.Stderr))
             return "the output shows internals (a trace, an exception, a type name)";
+        // A move of vm1 to the domain it is on is valid and recognisable: lsm says there is nothing to move (and nothing changes).
+        if (result.ExitCode == 0 && arguments[0] == "migrate" && result.Stdout.Contains("nothing to move", StringComparison.Ordinal))
+            return null;
         if (result.ExitCode is not (1 or 2))
             return $"exit {result.ExitCode}, expected 2 (refused) or 1";
         var lines = result.Stderr.Trim().Split('\n');
@@ -169,13 +176,23 @@ public sealed class HostileInputTests(HostileCluster cluster, ITestOutputHelper 
         throw new InvalidOperationException($"the cluster did not settle in 30 s\n{cluster.Session.LogTails()}");
     }
 
-    private async Task AssertNothingChangedAsync(IReadOnlyList<string> before)
+    /// <summary>What the comparison covers, for the log: how many lines of each kind, and the journal's as they are.</summary>
+    private void Describe(IReadOnlyList<string> snapshot) =>
+        output.WriteLine("compared: " + string.Join(", ", snapshot.GroupBy(l => l.Split(' ')[0]).Select(g => $"{g.Key} {g.Count()}")) + "\n  "
+                         + string.Join("\n  ", snapshot.Where(l => l.StartsWith("journal ", StringComparison.Ordinal))));
+
+    /// <summary>What hostile input changed (null: nothing): in the cluster, or a file or folder made where a path escaped to.</summary>
+    private async Task<string?> ChangesSinceAsync(IReadOnlyList<string> before)
     {
         var after = await SettledSnapshotAsync();
-        Assert.True(before.SequenceEqual(after), "hostile input changed the cluster:\n" + ClusterSnapshot.Difference(before, after));
-        Assert.Empty(Directory.EnumerateFileSystemEntries(cluster.EscapeTarget));
-        foreach (var place in new[] { "/etc", "/tmp", Path.GetDirectoryName(cluster.Session.Storage)! })
-            Assert.Empty(Directory.EnumerateFileSystemEntries(place, HostileValues.Marker + "*"));
+        Describe(after);
+        var leaked = new[] { "/etc", "/tmp", cluster.Session.DataDirectory }
+            .SelectMany(place => Directory.EnumerateFileSystemEntries(place, HostileValues.Marker + "*"))
+            .Concat(Directory.EnumerateFileSystemEntries(cluster.EscapeTarget))
+            .ToList();
+        return before.SequenceEqual(after) && leaked.Count == 0
+            ? null
+            : "hostile input changed the cluster:\n" + ClusterSnapshot.Difference(before, after) + string.Concat(leaked.Select(l => "\n+ made " + l));
     }
 
     private static string Clip(string text) => text.Length > 300 ? text[..300] + "…" : text;
