@@ -108,6 +108,12 @@ public sealed class LocalCommandTests : IAsyncLifetime
         var again = await CliProcess.RunAsync(null, "local", "up", "--data-dir", _dataDirectory, "--api-port", "0", "--fast-timings");
         Assert.True(again.ExitCode == 0, again.ToString());
         Assert.Contains("host-2 was not running", again.Stdout);
+        // its old incarnation left the cluster before the new one started: no member met both (issue 10: a member still
+        // holding the old one could keep a one-way association to the new one)
+        var removed = again.Stdout.IndexOf($"host-2: its old incarnation {host2.Address} is out of the cluster", StringComparison.Ordinal);
+        Assert.True(removed >= 0 && removed < again.Stdout.IndexOf("host-2 was not running", StringComparison.Ordinal), again.ToString());
+        foreach (var log in Directory.GetFiles(Path.Combine(_dataDirectory, "logs"), "*.log"))
+            Assert.DoesNotContain("New incarnation of existing member", File.ReadAllText(log));
         var restarted = (await LocalClusterState.ReadAsync(_dataDirectory))!;
         // exactly host-2 is new; the others are the same processes, and the API stayed where it was
         Assert.Equal(api, restarted.ApiUrl);

@@ -183,7 +183,9 @@ public static class LocalClusterLauncher
     /// <summary>
     /// Some nodes of the cluster in the state file died (a crash, a SIGKILL): starts exactly those again, on the ports and
     /// with the roles the state file recorded and their own address last among the seeds (they rejoin the running members),
-    /// records their new pids, and returns once every member is Up and reachable and every restarted host has reported.
+    /// dead hosts of a running Coordinator only after their old incarnations were downed and removed
+    /// (<see cref="OldIncarnation"/>), records their new pids, and returns once every member is Up and reachable and every
+    /// restarted host has reported.
     /// The nodes still running are left alone. The journal and the hypervisor must be the ones the cluster runs with.
     /// </summary>
     private static async Task<LocalClusterState> RestartMissingAsync(LocalClusterState previous, LocalClusterOptions options, Action<string>? report, CancellationToken ct)
@@ -218,8 +220,14 @@ public static class LocalClusterLauncher
         LocalClusterState State() => previous with { Nodes = nodes.ToList() };
         try
         {
+            var deadNodes = previous.Nodes.Where(n => !n.Alive).ToList();
+            // Hosts come back on their old addresses only once no member holds their old incarnations (OldIncarnation says
+            // why), which the running Coordinator is asked to make sure of. A dead Coordinator has no API left to ask:
+            // then every dead node comes back at once and each rejoins through the running members' own downing of it.
+            if (deadNodes.All(n => n.Role.StartsWith("host")))
+                await OldIncarnation.RemoveAsync(cluster, deadNodes.Where(n => n.Address is not null).ToDictionary(n => n.Name, n => n.Address!), options.Timeout, report, ct);
             // the Coordinator first: the hosts' reports go to its inventory
-            foreach (var dead in previous.Nodes.Where(n => !n.Alive).OrderBy(n => n.Role.StartsWith("host") ? 1 : 0).ToList())
+            foreach (var dead in deadNodes.OrderBy(n => n.Role.StartsWith("host") ? 1 : 0).ToList())
             {
                 var isHost = dead.Role.StartsWith("host");
                 var started = isHost

@@ -16,8 +16,12 @@ public sealed record ClusterAddressBody(string? Address);
 
 public sealed record ClusterMemberResponse(string Address, string Status, IReadOnlyList<string> Roles, bool Reachable);
 
-/// <summary>The JSON of GET /api/cluster: this node, the leader, every member and the ones seen as unreachable.</summary>
-public sealed record ClusterResponse(string Self, string? Leader, IReadOnlyList<ClusterMemberResponse> Members, IReadOnlyList<string> Unreachable);
+/// <summary>
+/// The JSON of GET /api/cluster: this node, the leader, every member, the ones seen as unreachable, and the members
+/// that have seen this node's latest view (<c>lsm local up</c> waits on it until every member let go of a dead node).
+/// </summary>
+public sealed record ClusterResponse(string Self, string? Leader, IReadOnlyList<ClusterMemberResponse> Members, IReadOnlyList<string> Unreachable,
+    IReadOnlyList<string> SeenBy);
 
 public sealed record ShardRegionNodeResponse(string Address, int Shards, int Entities);
 
@@ -159,7 +163,8 @@ public static class ClusterEndpoints
             .OrderBy(m => m.Address, StringComparer.Ordinal)
             .ToList();
         return new ClusterResponse(cluster.SelfAddress.ToString(), state.Leader?.ToString(), members,
-            unreachable.Select(a => a.ToString()).OrderBy(a => a, StringComparer.Ordinal).ToList());
+            unreachable.Select(a => a.ToString()).OrderBy(a => a, StringComparer.Ordinal).ToList(),
+            state.SeenBy.Select(a => a.ToString()).OrderBy(a => a, StringComparer.Ordinal).ToList());
     }
 
     public static string StatusName(Akka.Cluster.MemberStatus status) => status.ToString().ToLowerInvariant() switch
