@@ -28,7 +28,7 @@ public sealed class OldIncarnationTests : IAsyncDisposable
         _api.AfterDown.Enqueue(View([(Coordinator, "up", true), (Host2, "up", true)], seenBy: [Coordinator, Host2]));
         var reports = new List<string>();
 
-        await OldIncarnation.RemoveAsync(_api.Cluster(_dataDirectory), new Dictionary<string, string> { ["host-1"] = Host1 }, TimeSpan.FromSeconds(30), reports.Add,
+        await OldIncarnation.RemoveAsync(_api.Cluster(_dataDirectory), new Dictionary<string, string> { ["host-1"] = Host1 }, () => true, TimeSpan.FromSeconds(30), reports.Add,
             CancellationToken.None);
 
         Assert.Equal([Host1], _api.DownRequests);
@@ -42,7 +42,7 @@ public sealed class OldIncarnationTests : IAsyncDisposable
         _api.Views.Enqueue(View([(Coordinator, "up", true), (Host1, "down", false), (Host2, "up", true)], seenBy: [Coordinator, Host2]));
 
         var refused = await Assert.ThrowsAsync<TimeoutException>(() => OldIncarnation.RemoveAsync(_api.Cluster(_dataDirectory),
-            new Dictionary<string, string> { ["host-1"] = Host1 }, TimeSpan.FromSeconds(1), null, CancellationToken.None));
+            new Dictionary<string, string> { ["host-1"] = Host1 }, () => true, TimeSpan.FromSeconds(1), null, CancellationToken.None));
 
         Assert.Contains($"{Host1} (down) to be removed from the cluster", refused.Message);
         Assert.Empty(_api.DownRequests); // already Down: nothing to ask
@@ -54,9 +54,21 @@ public sealed class OldIncarnationTests : IAsyncDisposable
         _api.Views.Enqueue(View([(Coordinator, "joining", true)], seenBy: [Coordinator]));
 
         var refused = await Assert.ThrowsAsync<TimeoutException>(() => OldIncarnation.RemoveAsync(_api.Cluster(_dataDirectory),
-            new Dictionary<string, string> { ["host-1"] = Host1 }, TimeSpan.FromSeconds(1), null, CancellationToken.None));
+            new Dictionary<string, string> { ["host-1"] = Host1 }, () => true, TimeSpan.FromSeconds(1), null, CancellationToken.None));
 
         Assert.Contains("the Coordinator to be Up in the cluster", refused.Message);
+    }
+
+    [Fact]
+    public async Task A_coordinator_that_exited_ends_the_wait_at_once()
+    {
+        _api.Views.Enqueue(View([(Coordinator, "up", true), (Host1, "up", false)], seenBy: [Coordinator]));
+
+        var refused = await Assert.ThrowsAsync<TimeoutException>(() => OldIncarnation.RemoveAsync(_api.Cluster(_dataDirectory),
+            new Dictionary<string, string> { ["host-1"] = Host1 }, () => false, TimeSpan.FromMinutes(5), null, CancellationToken.None));
+
+        Assert.Contains("the Coordinator exited", refused.Message);
+        Assert.Empty(_api.DownRequests);
     }
 
     private static string View(IEnumerable<(string Address, string Status, bool Reachable)> members, IEnumerable<string> seenBy) =>

@@ -225,7 +225,8 @@ public static class LocalClusterLauncher
             // why), which the running Coordinator is asked to make sure of. A dead Coordinator has no API left to ask:
             // then every dead node comes back at once and each rejoins through the running members' own downing of it.
             if (deadNodes.All(n => n.Role.StartsWith("host")))
-                await OldIncarnation.RemoveAsync(cluster, deadNodes.Where(n => n.Address is not null).ToDictionary(n => n.Name, n => n.Address!), options.Timeout, report, ct);
+                await OldIncarnation.RemoveAsync(cluster, deadNodes.Where(n => n.Address is not null).ToDictionary(n => n.Name, n => n.Address!),
+                    () => coordinator?.Alive == true, options.Timeout, report, ct);
             // the Coordinator first: the hosts' reports go to its inventory
             foreach (var dead in deadNodes.OrderBy(n => n.Role.StartsWith("host") ? 1 : 0).ToList())
             {

@@ -24,8 +24,10 @@ public static class OldIncarnation
     /// another, and returns once the Coordinator lists none of them and every reachable member has seen that view: none of
     /// them holds an association to an old incarnation any more.
     /// </summary>
-    public static async Task RemoveAsync(LocalCluster cluster, IReadOnlyDictionary<string, string> deadNodes, TimeSpan limit, Action<string>? report,
-        CancellationToken ct)
+    /// <param name="coordinatorRuns">False once the Coordinator's process is gone: then nobody is left to ask, and the caller's
+    /// next up restarts it too.</param>
+    public static async Task RemoveAsync(LocalCluster cluster, IReadOnlyDictionary<string, string> deadNodes, Func<bool> coordinatorRuns, TimeSpan limit,
+        Action<string>? report, CancellationToken ct)
     {
         if (deadNodes.Count == 0) return;
         using var http = cluster.NewApiClient(TimeSpan.FromSeconds(5));
@@ -35,6 +37,8 @@ public static class OldIncarnation
         while (true)
         {
             ct.ThrowIfCancellationRequested();
+            if (!coordinatorRuns())
+                throw new TimeoutException($"the Coordinator exited before the old incarnations of {string.Join(", ", deadNodes.Keys)} were out of the cluster");
             try
             {
                 var view = await http.GetFromJsonAsync<JsonElement>($"{cluster.ApiUrl}/api/cluster", ct);
