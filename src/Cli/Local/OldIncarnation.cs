@@ -47,7 +47,9 @@ public static class OldIncarnation
                 var listed = deadNodes.Where(d => members.ContainsKey(d.Value)).ToList();
                 // a Coordinator built before seenBy was in its view: its own view is all there is to go by
                 var seenBy = view.TryGetProperty("seenBy", out var seen) ? seen.EnumerateArray().Select(a => a.GetString()).ToHashSet() : null;
-                var notSeen = members.Where(m => m.Value.Reachable && seenBy?.Contains(m.Key) == false).Select(m => m.Key).ToList();
+                // members on their way out (down, exiting) may stop taking gossip: they are no peer of the new incarnation
+                var notSeen = members.Where(m => m.Value.Reachable && m.Value.Status is not ("down" or "exiting") && seenBy?.Contains(m.Key) == false)
+                    .Select(m => m.Key).ToList();
                 // a Coordinator outside the cluster (starting, or downed itself) has a view that proves nothing
                 if (!members.TryGetValue(view.GetProperty("self").GetString()!, out var self) || self.Status != "up")
                     waitingFor = "the Coordinator to be Up in the cluster";
