@@ -11,8 +11,8 @@ namespace LiveMigration.Cli.Local;
 /// mid-dial and leaves the dialled connection open with nobody writing on it, and the new node reads only that one:
 /// the member's messages to it are dropped for good while its messages to the member arrive (issue 10: under load, a
 /// restarted host that never gets an InitJoinAck, or joins and is then unreachable from the Coordinator only).
-/// A member lets go of a UID when that member is removed (it quarantines the UID, stopping its endpoints), so the old
-/// incarnation is downed (its process is gone: lsm checked its pid) and removed first.
+/// A member lets go of the old UID when it sees that incarnation removed (it quarantines the UID, stopping its endpoints),
+/// so the old incarnation is downed (its process is gone: lsm checked its pid) and removed first.
 /// </summary>
 public static class OldIncarnation
 {
