@@ -121,6 +121,11 @@ public sealed class LocalSecurityTests : IAsyncLifetime
             Assert.All(Directory.EnumerateFileSystemEntries(folder, "*", SearchOption.AllDirectories).Prepend(folder),
                 entry => Assert.Equal(qemu.Gid.ToString(), ProcessRunner.RunAsync("stat", ["-c", "%g", entry]).GetAwaiter().GetResult().StandardOutput.Trim()));
 
+        // local down finds and stops that QEMU too, though it runs as another user and wrote its pid file elsewhere
+        var down = await LocalClusterLauncher.DownAsync(_cluster.DataDirectory);
+        Assert.Contains(vmPid, down.StoppedVmPids);
+        Assert.False(ProcessTable.IsListed(vmPid), $"QEMU pid {vmPid} still runs after local down");
+
         static List<(int Pid, IReadOnlyList<string> Arguments)> commandLinesNow() =>
             Directory.EnumerateDirectories("/proc").Where(d => int.TryParse(Path.GetFileName(d), out _))
                 .Select(d => (int.Parse(Path.GetFileName(d)), ProcessTable.CommandLine(int.Parse(Path.GetFileName(d))))).ToList();

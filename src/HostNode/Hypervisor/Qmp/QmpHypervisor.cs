@@ -79,9 +79,16 @@ public sealed class QmpHypervisor : IHypervisor
             "-name", "guest=" + EscapeOption(spec.Name),
             "-qmp", $"unix:{EscapeOption(qmpSocket)},server=on,wait=off",
         };
-        // QEMU as its own account writes its pid file where that account may write: its socket folder.
-        var pidFile = _options.QemuAccount is null ? Path.Combine(VmsDirectory, $"{spec.Id}.pid") : Path.Combine(SocketDirectory, shortId + ".pid");
-        var pid = await QemuProcess.StartDaemonAsync(_options.QemuBinary, arguments, pidFile, logFile, _options.QemuAccount, ct);
+        // QEMU as its own account writes its pid file where that account may write (its socket folder); the host copies
+        // it to RUN/vms/VMID.pid, where `lsm local down` and a restarted host look for the VMs they must stop.
+        var pidFile = Path.Combine(VmsDirectory, $"{spec.Id}.pid");
+        var qemuPidFile = _options.QemuAccount is null ? pidFile : Path.Combine(SocketDirectory, shortId + ".pid");
+        var pid = await QemuProcess.StartDaemonAsync(_options.QemuBinary, arguments, qemuPidFile, logFile, _options.QemuAccount, ct);
+        if (qemuPidFile != pidFile)
+        {
+            await File.WriteAllTextAsync(pidFile, pid.ToString(System.Globalization.CultureInfo.InvariantCulture), ct);
+            File.Delete(qemuPidFile);
+        }
 
         var manifest = new VmManifest(spec.Id.ToString(), spec.Name, pid, qmpSocket, nbdSocket, logFile,
             spec.Drives.Select(d => new DriveManifest(d.Image.ToString(), d.Image.ToString(),
