@@ -89,7 +89,19 @@ public static class ApiSecurity
             if (context.RequestServices.GetService<IApiAuditTrail>() is { } trail && NeedsToken(context.Request.Path)
                 && ApiTokens.Required(context.Request) == ApiRole.Operator
                 && !context.Request.Path.StartsWithSegments(ApiTokens.AuditPath, StringComparison.OrdinalIgnoreCase))
-                await Audit.AuditedRequest.RunAsync(context, AuditedRoleName(context, tokens), trail, next, logger);
+            {
+                if (IsJoinOfANonMember(context))
+                {
+                    // The trail is a singleton of the cluster this Coordinator is asked to join: it cannot record before the
+                    // join, and refusing would leave a seedless Coordinator outside for good. Its own log keeps the request.
+                    logger.LogWarning("{Method} {Path} from {Client} ({Role}) carried out unaudited: this Coordinator is no cluster member yet, so " +
+                                      "the audit trail cannot record it", context.Request.Method, context.Request.Path,
+                        context.Connection.RemoteIpAddress, AuditedRoleName(context, tokens));
+                    await next(context);
+                }
+                else
+                    await Audit.AuditedRequest.RunAsync(context, AuditedRoleName(context, tokens), trail, next, logger);
+            }
             else
                 await next(context);
         });
@@ -124,6 +136,13 @@ public static class ApiSecurity
         });
         return app;
     }
+
+    /// <summary><c>POST /api/cluster/join</c> on a Coordinator that is not an Up member of any cluster yet.</summary>
+    private static bool IsJoinOfANonMember(HttpContext context) =>
+        HttpMethods.IsPost(context.Request.Method)
+        && context.Request.Path.Equals("/api/cluster/join", StringComparison.OrdinalIgnoreCase)
+        && context.RequestServices.GetService<ActorSystem>() is { } system
+        && Akka.Cluster.Cluster.Get(system).SelfMember.Status is not (Akka.Cluster.MemberStatus.Up or Akka.Cluster.MemberStatus.WeaklyUp);
 
     /// <summary>Where the token check leaves the request's role for the checks after it.</summary>
     private const string RoleItem = "lm.api-role";
