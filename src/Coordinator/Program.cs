@@ -23,13 +23,18 @@ try
 catch (Exception e) when (e is ArgumentException or FormatException)
 {
     Console.Error.WriteLine($"Coordinator: {e.Message}");
-    Console.Error.WriteLine("usage: Coordinator --port 4053 --seed akka.ssl.tcp://lsm@127.0.0.1:4053 --data-dir var/coordinator --http http://127.0.0.1:9110 [--api-token-file FILE [--viewer-token-file FILE]] [--postgres CONNECTION] [--tls-certificate FILE [--tls-key FILE] --tls-ca FILE | --insecure-remoting]");
+    Console.Error.WriteLine("usage: Coordinator --port 4053 --seed akka.ssl.tcp://lsm@127.0.0.1:4053 --data-dir var/coordinator --http http://127.0.0.1:9110 [--api-token-file FILE [--viewer-token-file FILE]] [--api-certificate FILE --api-key FILE (--http https://...)] [--postgres CONNECTION] [--tls-certificate FILE [--tls-key FILE] --tls-ca FILE | --insecure-remoting]");
     return 2;
 }
 
 builder.WebHost.UseUrls(settings.HttpUrl);
 // A backstop: the API's own check (ApiSecurity) answers oversized bodies with its JSON 413 before this is reached.
-builder.WebHost.ConfigureKestrel(k => k.Limits.MaxRequestBodySize = 4 * ApiSecurity.MaxRequestBodyBytes);
+builder.WebHost.ConfigureKestrel(k =>
+{
+    k.Limits.MaxRequestBodySize = 4 * ApiSecurity.MaxRequestBodyBytes;
+    if (settings.ApiCertificate is { } certificate)
+        k.ConfigureHttpsDefaults(https => https.ServerCertificate = certificate);
+});
 // Requests are not worth a log line each; warnings and errors are.
 builder.Logging.AddFilter("Microsoft.AspNetCore", LogLevel.Warning);
 builder.Services.AddAkka(ClusterNodeSettings.SystemName, akka => akka.WithCoordinator(settings));

@@ -162,39 +162,11 @@ public sealed class ApiSafetyTests(TokenCoordinator coordinator) : IClassFixture
         }
     }
 
-    /// <summary>A Coordinator with these switches, which must exit (refuse) within 60 s; its exit code and stderr.</summary>
     private static Task<(int Exit, string Stderr)> RunCoordinatorToExitAsync(params string[] arguments) =>
         RunCoordinatorToExitAsync("127.0.0.1", arguments);
 
-    /// <param name="httpHost">Where its API is to listen.</param>
-    private static async Task<(int Exit, string Stderr)> RunCoordinatorToExitAsync(string httpHost, string[] arguments)
-    {
-        var port = TokenCoordinator.FreePort();
-        var data = Path.Combine(Path.GetTempPath(), $"lsm-refused-{Guid.NewGuid():N}");
-        try
-        {
-            using var process = Process.Start(TokenCoordinator.Start(["--port", port.ToString(), "--seed", $"akka.tcp://lsm@127.0.0.1:{port}",
-                "--http", $"http://{httpHost}:{TokenCoordinator.FreePort()}", "--data-dir", data, .. arguments]))!;
-            var stderr = process.StandardError.ReadToEndAsync();
-            var stdout = process.StandardOutput.ReadToEndAsync();
-            using var limit = new CancellationTokenSource(TimeSpan.FromSeconds(60));
-            try
-            {
-                await process.WaitForExitAsync(limit.Token);
-            }
-            catch (OperationCanceledException)
-            {
-                process.Kill();
-                throw;
-            }
-            await stdout;
-            return (process.ExitCode, await stderr);
-        }
-        finally
-        {
-            if (Directory.Exists(data)) Directory.Delete(data, recursive: true);
-        }
-    }
+    private static Task<(int Exit, string Stderr)> RunCoordinatorToExitAsync(string httpHost, string[] arguments) =>
+        TokenCoordinator.RunToExitAsync($"http://{httpHost}:{TokenCoordinator.FreePort()}", arguments);
 
     /// <summary>lsm with LSM_API and LSM_TOKEN in its environment (CliProcess sets only LSM_API).</summary>
     private async Task<CliResult> RunWithTokenVariableAsync(params string[] arguments)

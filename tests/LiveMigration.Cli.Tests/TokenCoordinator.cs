@@ -50,6 +50,41 @@ public sealed class TokenCoordinator : IAsyncLifetime
         return psi;
     }
 
+    /// <summary>
+    /// A Coordinator with its API at <paramref name="httpUrl"/> and these switches, which must exit (refuse) within 60 s; its
+    /// exit code and stderr. Killed by its pid when it does not.
+    /// </summary>
+    public static async Task<(int Exit, string Stderr)> RunToExitAsync(string httpUrl, IEnumerable<string> arguments,
+        IReadOnlyDictionary<string, string>? environment = null)
+    {
+        var port = FreePort();
+        var data = Path.Combine(Path.GetTempPath(), $"lsm-refused-{Guid.NewGuid():N}");
+        try
+        {
+            var start = Start(["--port", port.ToString(), "--seed", $"akka.tcp://lsm@127.0.0.1:{port}", "--http", httpUrl, "--data-dir", data, .. arguments]);
+            foreach (var (name, value) in environment ?? new Dictionary<string, string>()) start.Environment[name] = value;
+            using var process = Process.Start(start)!;
+            var stderr = process.StandardError.ReadToEndAsync();
+            var stdout = process.StandardOutput.ReadToEndAsync();
+            using var limit = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+            try
+            {
+                await process.WaitForExitAsync(limit.Token);
+            }
+            catch (OperationCanceledException)
+            {
+                process.Kill();
+                throw;
+            }
+            await stdout;
+            return (process.ExitCode, await stderr);
+        }
+        finally
+        {
+            if (Directory.Exists(data)) Directory.Delete(data, recursive: true);
+        }
+    }
+
     public async Task InitializeAsync()
     {
         Directory.CreateDirectory(DataDirectory);

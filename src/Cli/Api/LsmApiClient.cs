@@ -20,13 +20,16 @@ public sealed class LsmApiClient : IDisposable
     private readonly HttpClient _http;
     private readonly HttpClient _streams;
 
-    public LsmApiClient(Uri baseAddress, string? token = null)
+    private readonly ApiServerTrust _trust;
+
+    public LsmApiClient(Uri baseAddress, string? token = null, ApiServerTrust? trust = null)
     {
         BaseAddress = baseAddress;
         HasToken = token is not null;
-        _http = new HttpClient { BaseAddress = baseAddress, Timeout = RequestTimeout };
+        _trust = trust ?? ApiServerTrust.SystemStore;
+        _http = new HttpClient(_trust.Handler()) { BaseAddress = baseAddress, Timeout = RequestTimeout };
         // An event stream stays open as long as the operator watches: no overall timeout.
-        _streams = new HttpClient { BaseAddress = baseAddress, Timeout = Timeout.InfiniteTimeSpan };
+        _streams = new HttpClient(_trust.Handler()) { BaseAddress = baseAddress, Timeout = Timeout.InfiniteTimeSpan };
         if (token is not null)
             foreach (var client in new[] { _http, _streams })
                 client.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", token);
@@ -83,6 +86,12 @@ public sealed class LsmApiClient : IDisposable
         try
         {
             return await send();
+        }
+        catch (HttpRequestException e) when (e.HttpRequestError == HttpRequestError.SecureConnectionError)
+        {
+            // Reached, but its certificate was refused (or it speaks no TLS): the operator's setting to fix, not a dead cluster.
+            throw CliFailure.BadUsage($"no secure connection to the Coordinator API at {BaseAddress}: {_trust.LastRefusal ?? e.InnerException?.Message ?? e.Message}. " +
+                                      "Trust the CA that issued the API's certificate with --ca-file FILE (PEM) or env LSM_CA_FILE");
         }
         catch (HttpRequestException e) when (e.InnerException is SocketException || e.HttpRequestError is HttpRequestError.ConnectionError or HttpRequestError.NameResolutionError)
         {

@@ -13,7 +13,7 @@ public class GlobalSettings : CommandSettings
     public const string DefaultApi = "http://127.0.0.1:9110";
 
     [CommandOption("--api <URL>")]
-    [Description("The Coordinator's API (default: env LSM_API, else " + DefaultApi + "). Example: --api http://10.0.0.5:9110")]
+    [Description("The Coordinator's API (default: env LSM_API, else " + DefaultApi + "). Example: --api https://10.0.0.5:9443 (beyond loopback the API speaks HTTPS only)")]
     public string? Api { get; set; }
 
     /// <summary>Refused (see <see cref="Validate"/>): kept so its use gets the reason and the alternatives, not "unknown option".</summary>
@@ -24,6 +24,11 @@ public class GlobalSettings : CommandSettings
     [Description("A file holding the Coordinator's API token (readable by you only: chmod 600), sent as Authorization: Bearer. Default: env LSM_TOKEN, " +
                  "else env LSM_TOKEN_FILE, else the token file of the local cluster serving --api on this machine (lsm local up makes it). Example: --token-file ~/.lsm-token")]
     public string? TokenFile { get; set; }
+
+    [CommandOption("--ca-file <FILE>")]
+    [Description("For an https:// API: trust only the CA certificates in FILE (PEM), e.g. the cluster CA that issued the API's certificate, " +
+                 "instead of this machine's system store. Default: env LSM_CA_FILE. Example: --ca-file /etc/lsm/tls/ca.pem")]
+    public string? CaFile { get; set; }
 
     [CommandOption("--json")]
     [Description("Print the API's JSON (stable field names, for scripts) instead of tables")]
@@ -65,5 +70,27 @@ public class GlobalSettings : CommandSettings
         }
     }
 
-    public LsmApiClient Client() => new(ApiUri, TokenText());
+    public LsmApiClient Client()
+    {
+        var token = TokenText();
+        // The token is a password: lsm sends it over the network only encrypted (the Coordinator serves plain HTTP on loopback only).
+        if (token is not null && ApiUri.Scheme == "http" && !ApiUri.IsLoopback)
+            throw CliFailure.BadUsage($"--api {ApiUri} is plain HTTP beyond loopback: lsm sends its token only over https:// there " +
+                                      "(the Coordinator serves HTTPS with --api-certificate)");
+        return new LsmApiClient(ApiUri, token, Trust());
+    }
+
+    private ApiServerTrust Trust()
+    {
+        var file = CaFile is { Length: > 0 } option ? option : Environment.GetEnvironmentVariable("LSM_CA_FILE") is { Length: > 0 } env ? env : null;
+        if (file is null) return ApiServerTrust.SystemStore;
+        try
+        {
+            return ApiServerTrust.Authorities(Path.GetFullPath(file));
+        }
+        catch (ArgumentException e)
+        {
+            throw CliFailure.BadUsage(e.Message);
+        }
+    }
 }

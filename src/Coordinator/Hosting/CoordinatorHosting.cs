@@ -31,6 +31,9 @@ public sealed record CoordinatorSettings(
     /// <summary>When set (with <see cref="ApiToken"/>), a token that may read (GET, event streams, metrics) and change nothing.</summary>
     public string? ViewerToken { get; init; }
 
+    /// <summary>The certificate the API serves HTTPS with (its address is https://), or null for plain HTTP on loopback.</summary>
+    public System.Security.Cryptography.X509Certificates.X509Certificate2? ApiCertificate { get; init; }
+
     /// <summary>The API's tokens with their roles, or null when the API has none (loopback only).</summary>
     public Api.ApiTokens? Tokens => ApiToken is null ? null : new Api.ApiTokens(ApiToken, ViewerToken);
 }

@@ -51,18 +51,7 @@ public sealed class ClusterTls
             throw new ArgumentException($"cannot read the node certificate and its private key from {string.Join(" and ", new[] { certificateFile, keyPath }.Distinct())} " +
                                         $"(PEM, the key unencrypted): {e.Message}");
         }
-        var authorities = new X509Certificate2Collection();
-        try
-        {
-            authorities.ImportFromPemFile(caFile);
-        }
-        catch (System.Security.Cryptography.CryptographicException e)
-        {
-            throw new ArgumentException($"cannot read the cluster CA bundle {caFile} (PEM certificates): {e.Message}");
-        }
-        foreach (var authority in authorities)
-            if (authority.Extensions.OfType<X509BasicConstraintsExtension>().FirstOrDefault() is not { CertificateAuthority: true })
-                throw new ArgumentException($"{caFile} holds {authority.Subject}, which is not a CA certificate (basic constraints CA:TRUE)");
+        var authorities = CertificateChain.ReadAuthorities(caFile, "the cluster CA bundle");
         return new ClusterTls(certificate, authorities);
     }
 
@@ -75,18 +64,7 @@ public sealed class ClusterTls
         if (peer is null) return "it presented no certificate";
         if (peer.Extensions.OfType<X509BasicConstraintsExtension>().FirstOrDefault() is { CertificateAuthority: true })
             return $"{peer.Subject} is a CA certificate, not a node's";
-        using var chain = new X509Chain();
-        chain.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
-        chain.ChainPolicy.CustomTrustStore.AddRange(Authorities);
-        // A private CA publishes no revocation list; rotation (deploy/README.md) is how a certificate is withdrawn.
-        chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
-        chain.ChainPolicy.VerificationTime = DateTime.Now;
-        if (presentedChain is not null)
-            foreach (var element in presentedChain.ChainElements.Skip(1))
-                chain.ChainPolicy.ExtraStore.Add(element.Certificate);
-        if (chain.Build(peer)) return null;
-        var problems = chain.ChainStatus.Select(s => s.StatusInformation.Trim()).Where(s => s.Length > 0).Distinct();
-        return $"{peer.Subject} (issued by {peer.Issuer}) does not chain to the cluster CA: {string.Join("; ", problems)}";
+        return CertificateChain.Refusal(peer, Authorities, presentedChain, "the cluster CA");
     }
 
     /// <summary>
@@ -102,8 +80,51 @@ public sealed class ClusterTls
     }
 }
 
+/// <summary>Whether a certificate chains to a private set of CAs, and nothing else (never the machine's system store).</summary>
+public static class CertificateChain
+{
+    /// <summary>Why <paramref name="peer"/> does not chain to one of <paramref name="authorities"/> now, or null when it does.</summary>
+    /// <param name="presentedChain">The intermediates the peer sent along, if any.</param>
+    /// <param name="authorityName">How the message names the CAs, e.g. "the cluster CA".</param>
+    public static string? Refusal(X509Certificate2 peer, X509Certificate2Collection authorities, X509Chain? presentedChain, string authorityName)
+    {
+        using var chain = new X509Chain();
+        chain.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
+        chain.ChainPolicy.CustomTrustStore.AddRange(authorities);
+        // A private CA publishes no revocation list; rotation (deploy/README.md) is how a certificate is withdrawn.
+        chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
+        chain.ChainPolicy.VerificationTime = DateTime.Now;
+        if (presentedChain is not null)
+            foreach (var element in presentedChain.ChainElements.Skip(1))
+                chain.ChainPolicy.ExtraStore.Add(element.Certificate);
+        if (chain.Build(peer)) return null;
+        var problems = chain.ChainStatus.Select(s => s.StatusInformation.Trim()).Where(s => s.Length > 0).Distinct();
+        return $"{peer.Subject} (issued by {peer.Issuer}) does not chain to {authorityName}: {string.Join("; ", problems)}";
+    }
+
+    /// <summary>The CA certificates of a PEM bundle; an <see cref="ArgumentException"/> naming the file when it holds none or a non-CA.</summary>
+    public static X509Certificate2Collection ReadAuthorities(string caFile, string what)
+    {
+        if (!File.Exists(caFile)) throw new ArgumentException($"{what} {caFile} does not exist");
+        var authorities = new X509Certificate2Collection();
+        try
+        {
+            authorities.ImportFromPemFile(caFile);
+        }
+        catch (System.Security.Cryptography.CryptographicException e)
+        {
+            throw new ArgumentException($"cannot read {what} {caFile} (PEM certificates): {e.Message}");
+        }
+        if (authorities.Count == 0) throw new ArgumentException($"{what} {caFile} holds no certificate (PEM)");
+        foreach (var authority in authorities)
+            if (authority.Extensions.OfType<X509BasicConstraintsExtension>().FirstOrDefault() is not { CertificateAuthority: true })
+                throw new ArgumentException($"{caFile} holds {authority.Subject}, which is not a CA certificate (basic constraints CA:TRUE)");
+        return authorities;
+    }
+}
+
 /// <summary>The permission bits that make a secret file someone else's too.</summary>
-internal static class OwnerOnly
+public static class OwnerOnly
 {
     public const UnixFileMode OthersOrGroup = UnixFileMode.GroupRead | UnixFileMode.GroupWrite | UnixFileMode.GroupExecute
                                               | UnixFileMode.OtherRead | UnixFileMode.OtherWrite | UnixFileMode.OtherExecute;
