@@ -95,6 +95,11 @@ internal static class ClusterDemo
                 return inventory.GetProperty("vms").EnumerateArray().Any(v => v.GetProperty("vm").GetProperty("id").GetString() == vmId.ToString())
                        && inventory.GetProperty("domains").GetArrayLength() == 2;
             }, TimeSpan.FromSeconds(60));
+            // The SPM starts only once its host holds the pool lease (a fresh lease still takes the margin, 5 s, to
+            // see off a racing acquirer): waited for here, so the migrations' times below are the moves, not that start.
+            await WaitForAsync("a host to run the SPM", async () =>
+                (await api.GetAsync("/api/hosts")).GetProperty("hosts").EnumerateArray().Any(h => h.GetProperty("spm").GetBoolean()),
+                TimeSpan.FromSeconds(60));
             var pids = cluster.Nodes.ToDictionary(n => n.Name, n => n.Pid);
             Console.WriteLine($"[3/6] cluster up in {Ms(clock.Elapsed)}: Coordinator pid {pids["coordinator"]} (API {cluster.ApiUrl}), host-1 pid {pids["host-1"]} (SPM), host-2 pid {pids["host-2"]}" +
                               (libvirt ? "; both hosts --hypervisor libvirt, host-1 adopted the domain" : ""));
