@@ -151,10 +151,13 @@ public sealed class LocalCluster : IAsyncDisposable
 
     /// <param name="rejoin">The cluster runs on without it (it crashed): its own address goes last in its seed list, so it joins the
     /// running members rather than forming a cluster of its own.</param>
-    public NodeProcess StartCoordinator(string name = "coordinator", bool rejoin = false) =>
+    /// <param name="replaces">The address of its crashed incarnation, when it comes back on another port: it downs that member itself
+    /// (<c>--replaces</c>). Only for a predecessor whose process is verifiably gone.</param>
+    public NodeProcess StartCoordinator(string name = "coordinator", bool rejoin = false, string? replaces = null) =>
         Start(name, "Coordinator", "LiveMigration.Coordinator.dll",
         [
             "--port", CoordinatorPort.ToString(), "--seed", rejoin ? RejoinSeed(name) : Seed, "--http", ApiUrl,
+            .. replaces is null ? Array.Empty<string>() : ["--replaces", replaces],
             "--data-dir", Path.Combine(DataDirectory, name), .. HostnameArguments(name), .. TlsArguments(name),
             .. ApiTokenFile is { } tokenFile ? new[] { "--api-token-file", tokenFile } : [],
             .. ViewerTokenFile is { } viewerFile ? new[] { "--viewer-token-file", viewerFile } : [],

@@ -181,8 +181,9 @@ public static class LocalClusterLauncher
     }
 
     /// <summary>
-    /// Some nodes of the cluster in the state file died (a crash, a SIGKILL): starts exactly those again, on the ports and
-    /// with the roles the state file recorded and their own address last among the seeds (they rejoin the running members),
+    /// Some nodes of the cluster in the state file died (a crash, a SIGKILL): starts exactly those again, hosts on the ports
+    /// and all with the roles the state file recorded, the Coordinator on a fresh port replacing its old incarnation, and
+    /// each with its own address last among the seeds (they rejoin the running members),
     /// dead hosts of a running Coordinator only after their old incarnations were downed and removed
     /// (<see cref="OldIncarnation"/>), records their new pids, and returns once every member is Up and reachable and every
     /// restarted host has reported.
@@ -198,7 +199,13 @@ public static class LocalClusterLauncher
         var coordinator = previous.Nodes.FirstOrDefault(n => !n.Role.StartsWith("host"));
         var cluster = new LocalCluster(previous.DataDirectory)
         {
-            CoordinatorPort = coordinator?.Port ?? throw CliFailure.Failed($"{LocalClusterState.PathIn(previous.DataDirectory)} lists no coordinator; stop the cluster with lsm local down"),
+            // A dead Coordinator comes back on a fresh port and downs its old incarnation itself (--replaces): on its old
+            // address it could meet a peer's redial of the old one in flight, which Akka.Remote leaves a connection nobody
+            // writes on (PredecessorDowning says more). Its peers' seed lists are not needed again: running members know it
+            // by gossip, and a node restarted later takes its seeds from the state file, which records the new port.
+            CoordinatorPort = coordinator is null
+                ? throw CliFailure.Failed($"{LocalClusterState.PathIn(previous.DataDirectory)} lists no coordinator; stop the cluster with lsm local down")
+                : coordinator.Alive ? coordinator.Port : LocalCluster.FreePort([previous.ApiPort, .. previous.Nodes.Select(n => n.Port)]),
             HttpPort = previous.ApiPort,
             SeedHosts = hosts.Select(h => h.Name).ToList(),
             KnownHostPorts = hosts.Where(h => h.Port > 0).ToDictionary(h => h.Name, h => h.Port),
@@ -233,7 +240,7 @@ public static class LocalClusterLauncher
                 var isHost = dead.Role.StartsWith("host");
                 var started = isHost
                     ? cluster.StartHost(dead.Name, spm: dead.Role.Contains("spm"), rejoin: true)
-                    : cluster.StartCoordinator(dead.Name, rejoin: true);
+                    : cluster.StartCoordinator(dead.Name, rejoin: true, replaces: dead.Address);
                 nodes[nodes.IndexOf(dead)] = dead with { Pid = started.Pid, StartTime = started.StartTime, Port = started.Port, Address = started.Address ?? dead.Address };
                 if (isHost) restartedHosts.Add(dead.Name);
                 await State().WriteAsync(ct);

@@ -33,6 +33,12 @@ public sealed record ClusterNodeSettings
     /// <summary><c>--insecure-remoting</c>: the operator accepts plain remoting on an address beyond loopback.</summary>
     public bool InsecureRemoting { get; init; }
 
+    /// <summary>
+    /// <c>--replaces ADDRESS</c>: the address of a crashed incarnation of this node, which this one downs once it is a
+    /// member (<see cref="PredecessorDowning"/>). Only for a process whose predecessor is verifiably gone.
+    /// </summary>
+    public string? Replaces { get; init; }
+
     /// <summary>The command-line switches of the cluster part, shared by both executables.</summary>
     public static readonly IReadOnlyDictionary<string, string> Switches = new Dictionary<string, string>
     {
@@ -44,6 +50,7 @@ public sealed record ClusterNodeSettings
         ["--tls-key"] = "Cluster:Tls:Key",
         ["--tls-ca"] = "Cluster:Tls:Ca",
         ["--insecure-remoting"] = "Cluster:InsecureRemoting",
+        ["--replaces"] = "Cluster:Replaces",
     };
 
     /// <summary>Switches that take no value; the configuration reads them as <c>true</c>.</summary>
@@ -73,8 +80,14 @@ public sealed record ClusterNodeSettings
             throw new ArgumentException($"cluster remoting on {hostname} without TLS is refused: anyone who reaches that address could command this node. " +
                                         "Give --tls-certificate FILE and --tls-ca FILE (deploy/README.md says how to issue them), " +
                                         "or --insecure-remoting to run plain on a network you trust");
+        var replaces = config["Cluster:Replaces"] is { Length: > 0 } r ? ParseSeeds(r, tls is not null) : [];
+        if (replaces.Count > 1)
+            throw new ArgumentException($"--replaces takes the one address of the crashed incarnation this node replaces, got '{config["Cluster:Replaces"]}'");
+        if (replaces.Count == 1 && Uri.TryCreate(replaces[0], UriKind.Absolute, out var replaced) && replaced.Host == hostname && replaced.Port == port)
+            throw new ArgumentException($"--replaces {replaces[0]} is this node's own address: a node that comes back on its old address needs no --replaces");
         return new ClusterNodeSettings
         {
+            Replaces = replaces.Count == 1 ? replaces[0] : null,
             Hostname = hostname,
             Port = port,
             Seeds = ParseSeeds(config["Cluster:Seeds"], tls is not null),
@@ -157,8 +170,14 @@ public static class ClusterNodeHosting
                 SplitBrainResolver = new KeepMajorityOption(),
             })
             .WithDistributedPubSub("")
-            .WithProtocolSerializer();
+            .WithProtocolSerializer()
+            .WithPredecessorDowning(settings);
     }
+
+    private static AkkaConfigurationBuilder WithPredecessorDowning(this AkkaConfigurationBuilder builder, ClusterNodeSettings settings) =>
+        settings.Replaces is not { } replaces
+            ? builder
+            : builder.WithActors((system, _) => system.ActorOf(PredecessorDowning.Props(Akka.Actor.Address.Parse(replaces)), "predecessor-downing"));
 
     /// <summary>
     /// Mutual TLS on the dot-netty transport when the node has a certificate: it presents it, demands one from every

@@ -22,6 +22,20 @@ public sealed class ClusterNodeSettingsTests
         Assert.Equal("127.0.0.1", settings.Hostname);
     }
 
+    [Fact]
+    public void Replaces_takes_one_address_of_this_node_s_protocol_and_never_its_own()
+    {
+        Assert.Equal("akka.tcp://lsm@127.0.0.1:4071", ClusterNodeSettings.FromConfiguration(
+            Config(("Cluster:Port", "4072"), ("Cluster:Replaces", "akka.tcp://lsm@127.0.0.1:4071")), "coordinator").Replaces);
+        Assert.Null(ClusterNodeSettings.FromConfiguration(Config(("Cluster:Port", "4072")), "coordinator").Replaces);
+        Assert.Contains("own address", Assert.Throws<ArgumentException>(() => ClusterNodeSettings.FromConfiguration(
+            Config(("Cluster:Port", "4071"), ("Cluster:Replaces", "akka.tcp://lsm@127.0.0.1:4071")), "coordinator")).Message);
+        Assert.Contains("one address", Assert.Throws<ArgumentException>(() => ClusterNodeSettings.FromConfiguration(
+            Config(("Cluster:Replaces", "akka.tcp://lsm@127.0.0.1:4071,akka.tcp://lsm@127.0.0.1:4073")), "coordinator")).Message);
+        Assert.Contains("host-1", Assert.Throws<ArgumentException>(() => ClusterNodeSettings.FromConfiguration(
+            Config(("Cluster:Replaces", "host-1")), "coordinator")).Message);
+    }
+
     [Theory]
     [InlineData("Cluster:Port", "70000", "port '70000'")]
     [InlineData("Cluster:Seeds", "http://example:4053", "seed 'http://example:4053'")]

@@ -1,0 +1,89 @@
+using Akka.Actor;
+using Akka.Cluster;
+using Akka.Hosting;
+using LiveMigration.Shared.Hosting;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Xunit.Abstractions;
+
+namespace LiveMigration.Cluster.Specs.InProcess;
+
+/// <summary>
+/// A node that comes back from a crash on a fresh port with <c>--replaces OLD</c> (what <c>lsm local up</c> does for a dead
+/// Coordinator) downs its crashed incarnation itself, so the cluster moves on at once instead of after the split brain
+/// resolver's stable-after, which here is longer than the test waits. Real ActorSystems on loopback, wired by
+/// <see cref="ClusterNodeHosting.WithClusterNode"/> as the processes are; the crash is a terminate without leaving.
+/// </summary>
+public sealed class PredecessorDowningSpecs(ITestOutputHelper output) : IAsyncLifetime
+{
+    private const string Hocon = ClusterNodeHosting.FastTestTimings + """
+
+        akka.loglevel = INFO
+        # only PredecessorDowning may remove the crashed member within the test's limit
+        akka.cluster.split-brain-resolver.stable-after = 120s
+        # a terminate is a crash: no leaving, no handing over
+        akka.coordinated-shutdown.run-by-actor-system-terminate = off
+        """;
+
+    private readonly List<IHost> _hosts = [];
+
+    public Task InitializeAsync() => Task.CompletedTask;
+
+    public async Task DisposeAsync()
+    {
+        foreach (var host in Enumerable.Reverse(_hosts))
+        {
+            await host.StopAsync();
+            host.Dispose();
+        }
+    }
+
+    [Fact]
+    public async Task A_node_restarted_on_a_fresh_port_downs_its_crashed_incarnation_and_the_cluster_converges_without_waiting_for_the_resolver()
+    {
+        var seed = await StartAsync(seed: null, replaces: null);
+        var crashed = await StartAsync(SelfAddress(seed), replaces: null);
+        var oldAddress = SelfAddress(crashed);
+        await Eventually.HoldsAsync("both Up", () => Task.FromResult(UpMembers(seed).SetEquals([SelfAddress(seed), oldAddress])), TimeSpan.FromSeconds(30));
+
+        await crashed.Terminate();
+        await Eventually.HoldsAsync("the seed sees the crashed node unreachable",
+            () => Task.FromResult(Akka.Cluster.Cluster.Get(seed).State.Unreachable.Any(m => m.Address.Equals(oldAddress))), TimeSpan.FromSeconds(30));
+
+        var replacement = await StartAsync(SelfAddress(seed), replaces: oldAddress);
+        await Eventually.HoldsAsync("the crashed incarnation removed and the replacement Up on both members", () => Task.FromResult(
+            UpMembers(seed).SetEquals([SelfAddress(seed), SelfAddress(replacement)])
+            && UpMembers(replacement).SetEquals([SelfAddress(seed), SelfAddress(replacement)])
+            && !Akka.Cluster.Cluster.Get(seed).State.Members.Any(m => m.Address.Equals(oldAddress))), TimeSpan.FromSeconds(30));
+    }
+
+    private async Task<ActorSystem> StartAsync(Address? seed, Address? replaces)
+    {
+        var settings = new ClusterNodeSettings
+        {
+            Hostname = "127.0.0.1",
+            Port = 0,
+            Seeds = seed is null ? [] : [seed.ToString()],
+            Roles = ["coordinator"],
+            ExtraHocon = Hocon,
+            Replaces = replaces?.ToString(),
+        };
+        var host = new HostBuilder()
+            .ConfigureServices(s => s.AddAkka(ClusterNodeSettings.SystemName, akka =>
+            {
+                akka.WithClusterNode(settings);
+                if (seed is null) akka.AddStartup((system, _) => Akka.Cluster.Cluster.Get(system).Join(Akka.Cluster.Cluster.Get(system).SelfAddress));
+            }))
+            .Build();
+        _hosts.Add(host);
+        await host.StartAsync();
+        var system = host.Services.GetRequiredService<ActorSystem>();
+        output.WriteLine($"started {SelfAddress(system)}" + (replaces is null ? "" : $", replacing {replaces}"));
+        return system;
+    }
+
+    private static Address SelfAddress(ActorSystem system) => Akka.Cluster.Cluster.Get(system).SelfAddress;
+
+    private static HashSet<Address> UpMembers(ActorSystem system) =>
+        Akka.Cluster.Cluster.Get(system).State.Members.Where(m => m.Status == MemberStatus.Up).Select(m => m.Address).ToHashSet();
+}
