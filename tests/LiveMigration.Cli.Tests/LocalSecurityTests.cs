@@ -125,6 +125,8 @@ public sealed class LocalSecurityTests : IAsyncLifetime
         var down = await LocalClusterLauncher.DownAsync(_cluster.DataDirectory);
         Assert.Contains(vmPid, down.StoppedVmPids);
         Assert.False(ProcessTable.IsListed(vmPid), $"QEMU pid {vmPid} still runs after local down");
+        // …and removes the socket folder it left under /run/lsm: nothing of the cluster stays outside its data directory
+        Assert.False(Directory.Exists(sockets), $"{sockets} is left after local down");
 
         static List<(int Pid, IReadOnlyList<string> Arguments)> commandLinesNow() =>
             Directory.EnumerateDirectories("/proc").Where(d => int.TryParse(Path.GetFileName(d), out _))

@@ -288,7 +288,32 @@ public static class LocalClusterLauncher
         var stillAlive = state.AliveNodes;
         if (stillAlive.Count > 0)
             throw CliFailure.Failed($"{string.Join(", ", stillAlive.Select(n => $"{n.Name} pid {n.Pid}"))} still run after SIGKILL");
+        RemoveSocketFolders(state, report);
         return new LocalDownResult(alive, vms.Select(v => v.Pid).ToList()) { StoppedDomains = await StopLibvirtDomainsAsync(state, report, ct) };
+    }
+
+    /// <summary>
+    /// The hosts' socket folders outside their data directories (under /run/lsm, see <see cref="Shared.Hosting.SocketFolders"/>):
+    /// with the hosts and their VMs gone, they hold only dead sockets, and down leaves nothing of the cluster outside DATA.
+    /// </summary>
+    private static void RemoveSocketFolders(LocalClusterState state, Action<string>? report)
+    {
+        foreach (var host in state.Nodes.Where(n => n.Role.StartsWith("host")))
+        {
+            var folder = Shared.Hosting.SocketFolders.StandIn(LocalCluster.HostRunDirectoryOf(state.DataDirectory, host.Name));
+            var info = new DirectoryInfo(folder);
+            // never through a symlink planted in its place: only the folder itself, which the host made
+            if (!info.Exists || info.LinkTarget is not null) continue;
+            try
+            {
+                info.Delete(recursive: true);
+                report?.Invoke($"removed {host.Name}'s socket folder {folder}");
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                report?.Invoke($"could not remove {host.Name}'s socket folder {folder}: {e.Message}");
+            }
+        }
     }
 
     /// <summary>libvirt hosts' VMs are domains of libvirtd, not pid files of ours: those whose metadata names a host of this cluster are destroyed.</summary>

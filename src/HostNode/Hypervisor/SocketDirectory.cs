@@ -1,5 +1,3 @@
-using System.Security.Cryptography;
-using System.Text;
 using LiveMigration.Shared.Model;
 
 namespace LiveMigration.HostNode.Hypervisor;
@@ -26,10 +24,7 @@ public static class SocketDirectory
     public static string For(string runDirectory, Processes.QemuAccount? qemu = null)
     {
         if (runDirectory.Length < MaxInlineRunDirectoryLength && qemu is null) return Path.Combine(runDirectory, "s");
-        var name = "lsm-" + Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(runDirectory)))[..8];
-        if (Environment.UserName == "root" || Environment.GetEnvironmentVariable("XDG_RUNTIME_DIR") is not { Length: > 0 })
-            return Path.Combine(SharedParent, name);
-        return Path.Combine(Environment.GetEnvironmentVariable("XDG_RUNTIME_DIR")!, name);
+        return Shared.Hosting.SocketFolders.StandIn(runDirectory);
     }
 
     /// <summary>
@@ -47,8 +42,8 @@ public static class SocketDirectory
         Storage.File.Posix.SetOwner(directory, qemu.Uid, qemu.Gid);
     }
 
-    /// <summary>Root's parent of the stand-in folders: /run is root's alone to write, and cleared at boot, as the sockets are.</summary>
-    public const string SharedParent = "/run/lsm";
+    /// <summary>Root's parent of the stand-in folders (<see cref="Shared.Hosting.SocketFolders"/>).</summary>
+    public const string SharedParent = Shared.Hosting.SocketFolders.SharedParent;
 
     private static void CreatePrivate(string folder)
     {
