@@ -15,21 +15,7 @@ public static class ApiCertificate
     /// <param name="keyFile">The private key's PEM file, or null when it is in <paramref name="certificateFile"/>.</param>
     public static X509Certificate2 Load(string certificateFile, string? keyFile)
     {
-        var keyPath = keyFile ?? certificateFile;
-        foreach (var file in new[] { certificateFile, keyPath }.Distinct())
-            if (!File.Exists(file)) throw new ArgumentException($"the API certificate file {file} does not exist");
-        if (!OperatingSystem.IsWindows() && (File.GetUnixFileMode(keyPath) & OwnerOnly.OthersOrGroup) != 0)
-            throw new ArgumentException($"the API's private key {keyPath} is readable by other users: make it its owner's only (chmod 600 {keyPath})");
-        X509Certificate2 certificate;
-        try
-        {
-            certificate = X509Certificate2.CreateFromPemFile(certificateFile, keyFile);
-        }
-        catch (Exception e) when (e is System.Security.Cryptography.CryptographicException or ArgumentException)
-        {
-            throw new ArgumentException($"cannot read the API certificate and its private key from {string.Join(" and ", new[] { certificateFile, keyPath }.Distinct())} " +
-                                        $"(PEM, the key unencrypted): {e.Message}");
-        }
+        var certificate = CertificateChain.ReadWithKey(certificateFile, keyFile, "the API certificate");
         if (!certificate.HasPrivateKey)
             throw new ArgumentException($"the API certificate {certificate.Subject} comes without its private key (--api-key FILE)");
         if (certificate.Extensions.OfType<X509BasicConstraintsExtension>().FirstOrDefault() is { CertificateAuthority: true })

@@ -36,21 +36,8 @@ public sealed class ClusterTls
     /// </summary>
     public static ClusterTls Load(string certificateFile, string? keyFile, string caFile)
     {
-        var keyPath = keyFile ?? certificateFile;
-        foreach (var file in new[] { certificateFile, keyPath, caFile }.Distinct())
-            if (!File.Exists(file)) throw new ArgumentException($"the TLS file {file} does not exist");
-        if (!OperatingSystem.IsWindows() && (File.GetUnixFileMode(keyPath) & OwnerOnly.OthersOrGroup) != 0)
-            throw new ArgumentException($"the TLS private key {keyPath} is readable by other users: make it its owner's only (chmod 600 {keyPath})");
-        X509Certificate2 certificate;
-        try
-        {
-            certificate = X509Certificate2.CreateFromPemFile(certificateFile, keyFile);
-        }
-        catch (Exception e) when (e is System.Security.Cryptography.CryptographicException or ArgumentException)
-        {
-            throw new ArgumentException($"cannot read the node certificate and its private key from {string.Join(" and ", new[] { certificateFile, keyPath }.Distinct())} " +
-                                        $"(PEM, the key unencrypted): {e.Message}");
-        }
+        if (!File.Exists(caFile)) throw new ArgumentException($"the TLS file {caFile} does not exist");
+        var certificate = CertificateChain.ReadWithKey(certificateFile, keyFile, "the node certificate");
         var authorities = CertificateChain.ReadAuthorities(caFile, "the cluster CA bundle");
         return new ClusterTls(certificate, authorities);
     }
@@ -100,6 +87,29 @@ public static class CertificateChain
         if (chain.Build(peer)) return null;
         var problems = chain.ChainStatus.Select(s => s.StatusInformation.Trim()).Where(s => s.Length > 0).Distinct();
         return $"{peer.Subject} (issued by {peer.Issuer}) does not chain to {authorityName}: {string.Join("; ", problems)}";
+    }
+
+    /// <summary>
+    /// A certificate (PEM) with its private key (PEM; in the same file unless <paramref name="keyFile"/> names another),
+    /// refused with the reason when a file is missing, the key is readable by others than its owner (0600, like the API
+    /// token file), or either cannot be read. <paramref name="what"/> names it in the messages, e.g. "the node certificate".
+    /// </summary>
+    public static X509Certificate2 ReadWithKey(string certificateFile, string? keyFile, string what)
+    {
+        var keyPath = keyFile ?? certificateFile;
+        foreach (var file in new[] { certificateFile, keyPath }.Distinct())
+            if (!File.Exists(file)) throw new ArgumentException($"the TLS file {file} does not exist");
+        if (!OperatingSystem.IsWindows() && (File.GetUnixFileMode(keyPath) & OwnerOnly.OthersOrGroup) != 0)
+            throw new ArgumentException($"the TLS private key {keyPath} is readable by other users: make it its owner's only (chmod 600 {keyPath})");
+        try
+        {
+            return X509Certificate2.CreateFromPemFile(certificateFile, keyFile);
+        }
+        catch (Exception e) when (e is System.Security.Cryptography.CryptographicException or ArgumentException)
+        {
+            throw new ArgumentException($"cannot read {what} and its private key from {string.Join(" and ", new[] { certificateFile, keyPath }.Distinct())} " +
+                                        $"(PEM, the key unencrypted): {e.Message}");
+        }
     }
 
     /// <summary>The CA certificates of a PEM bundle; an <see cref="ArgumentException"/> naming the file when it holds none or a non-CA.</summary>
