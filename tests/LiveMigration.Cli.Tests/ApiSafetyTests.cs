@@ -222,6 +222,45 @@ public sealed class ApiSafetyTests(TokenCoordinator coordinator) : IClassFixture
     }
 
     [Fact]
+    public async Task Lookups_and_commands_for_unknown_migration_ids_answer_404_and_write_nothing_to_the_journal()
+    {
+        using var http = Client(TokenCoordinator.Token);
+        var before = JournalRows();
+        for (var i = 0; i < 10; i++)
+        {
+            var id = Guid.NewGuid();
+            using (var show = await http.GetAsync($"{coordinator.Api}/api/migrations/{id}"))
+                Assert.Equal("MIGRATION_NOT_FOUND", (await ErrorOf(show, 404)).GetProperty("code").GetString());
+            using (var cancel = await http.PostAsync($"{coordinator.Api}/api/migrations/{id}/cancel", new StringContent("{}", Encoding.UTF8, "application/json")))
+                await ErrorOf(cancel, 404);
+        }
+        // not even sharding's bookkeeping: no saga was woken to say it does not exist (remember-entities journals each one)
+        Assert.Equal(before, JournalRows());
+    }
+
+    /// <summary>
+    /// Every persistence id of the Coordinator's journal with its row count, sharding's own included; not the audit
+    /// trail, which records every change asked for, refused ones included, by design.
+    /// </summary>
+    private List<string> JournalRows()
+    {
+        var file = Path.Combine(coordinator.DataDirectory, "journal.db");
+        var readOnly = new Microsoft.Data.Sqlite.SqliteConnectionStringBuilder
+            { DataSource = file, Mode = Microsoft.Data.Sqlite.SqliteOpenMode.ReadOnly, Pooling = false }.ToString();
+        using var connection = new Microsoft.Data.Sqlite.SqliteConnection(readOnly);
+        connection.Open();
+        using var command = connection.CreateCommand();
+        // the journal makes its table at its first write: none yet is an empty journal
+        command.CommandText = "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'journal'";
+        if ((long)command.ExecuteScalar()! == 0) return [];
+        command.CommandText = "SELECT persistence_id, COUNT(*) FROM journal WHERE persistence_id <> 'audit' GROUP BY persistence_id ORDER BY persistence_id";
+        using var reader = command.ExecuteReader();
+        var rows = new List<string>();
+        while (reader.Read()) rows.Add($"{reader.GetString(0)} {reader.GetInt64(1)}");
+        return rows;
+    }
+
+    [Fact]
     public async Task A_non_loopback_address_without_a_token_is_refused_with_exit_2()
     {
         var (exit, stderr) = await RunCoordinatorToExitAsync("0.0.0.0", []);

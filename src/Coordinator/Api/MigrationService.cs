@@ -15,7 +15,7 @@ public sealed record CommandOutcome(bool Accepted, string Code, string Message, 
 /// What the API does with a request: asks the inventory for the facts and a reservation of the disks,
 /// hands the request to the migration's saga, and undoes the reservation when the saga refuses.
 /// </summary>
-public sealed class MigrationService(IRequiredActor<MigrationRegion> region, IRequiredActor<InventoryProxy> inventory)
+public sealed class MigrationService(IRequiredActor<MigrationRegion> region, IRequiredActor<InventoryProxy> inventory, MigrationCatalog catalog)
 {
     private static readonly TimeSpan AskTimeout = TimeSpan.FromSeconds(15);
 
@@ -51,6 +51,7 @@ public sealed class MigrationService(IRequiredActor<MigrationRegion> region, IRe
     /// <summary>The migration as the API shows it, or null when no migration with that id was ever recorded.</summary>
     public async Task<MigrationView?> GetAsync(MigrationId id, CancellationToken ct = default)
     {
+        if (!await catalog.ExistsAsync(id, ct)) return null;
         var reply = await region.ActorRef.Ask<MigrationStateReply>(new GetMigrationState(id), AskTimeout, ct);
         return reply.Exists ? reply.View : null;
     }

@@ -50,6 +50,21 @@ public sealed class MigrationCatalog(ActorSystem system)
             .ToList();
     }
 
+    /// <summary>
+    /// Whether the journal holds a migration with this id (its first event is its request, persisted before the start
+    /// is answered). Asked before the saga's shard is: a lookup of an id that names nothing would otherwise wake an
+    /// entity, which remember-entities journals as started and stopped, so unknown ids would grow the journal.
+    /// </summary>
+    public async Task<bool> ExistsAsync(MigrationId id, CancellationToken ct = default)
+    {
+        if (_finished.ContainsKey(id)) return true;
+        var first = await _journal.Value.CurrentEventsByPersistenceId(MigrationActor.PersistenceIdOf(id), 0, long.MaxValue)
+            .Take(1)
+            .RunWith(Sink.Seq<EventEnvelope>(), _materializer.Value)
+            .WaitAsync(ct);
+        return first.Count > 0;
+    }
+
     private async Task<MigrationView?> ReplayAsync(MigrationId id, string persistenceId)
     {
         var state = await _journal.Value.CurrentEventsByPersistenceId(persistenceId, 0, long.MaxValue)

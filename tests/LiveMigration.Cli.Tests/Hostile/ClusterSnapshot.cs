@@ -48,8 +48,8 @@ public static class ClusterSnapshot
 
     /// <summary>
     /// Rows and the highest sequence number per persistence id. Sharding's own bookkeeping (which entities it started
-    /// and stopped, under /sharding/…) is left out: a lookup of an id that names nothing wakes an entity that says so
-    /// and passivates, which is no fact about storage or a migration. So is the audit trail: it records every attempt to
+    /// and stopped, under /sharding/…) is left out: it is no fact about storage or a migration (an unknown id no longer
+    /// wakes an entity at all: ApiSafetyTests checks that the journal stays unchanged). So is the audit trail: it records every attempt to
     /// change something, refused ones included, by design (ApiRoleAndAuditTests and LocalSecurityTests check that).
     /// </summary>
     private static IEnumerable<string> Journal(string file)

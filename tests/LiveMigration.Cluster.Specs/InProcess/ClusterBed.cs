@@ -103,7 +103,8 @@ public sealed class ClusterBed : IAsyncDisposable
     {
         var settings = new CoordinatorSettings(DataDirectory, null, "http://127.0.0.1:0", ClusterSettings([CoordinatorSettings.Role]),
             Limits, ActorSettings);
-        var node = await StartNodeAsync(name, services => services.AddSingleton<MigrationService>(), akka => akka.WithCoordinator(settings));
+        var node = await StartNodeAsync(name, services => services.AddSingleton<MigrationService>()
+            .AddSingleton(sp => new LiveMigration.Coordinator.Migration.MigrationCatalog(sp.GetRequiredService<Akka.Actor.ActorSystem>())), akka => akka.WithCoordinator(settings));
         await AwaitAllUpAsync();
         return node;
     }
