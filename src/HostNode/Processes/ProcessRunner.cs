@@ -15,10 +15,8 @@ public sealed record ProcessResult(int ExitCode, string StandardOutput, string S
 /// </summary>
 public static class ProcessRunner
 {
-    /// <param name="whileRunning">Runs beside the process from its start, given its pid and a token that fires once it
-    /// exited (e.g. <see cref="ProcessPacer.PaceAsync"/>); awaited before the result is returned.</param>
     public static async Task<ProcessResult> RunAsync(string program, IEnumerable<string> arguments,
-        CancellationToken ct = default, string? workingDirectory = null, Func<int, CancellationToken, Task>? whileRunning = null)
+        CancellationToken ct = default, string? workingDirectory = null)
     {
         var psi = new ProcessStartInfo(program)
         {
@@ -45,8 +43,6 @@ public static class ProcessRunner
         }
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
-        using var exited = new CancellationTokenSource();
-        var beside = whileRunning?.Invoke(process.Id, exited.Token) ?? Task.CompletedTask;
         try
         {
             await process.WaitForExitAsync(ct);
@@ -56,21 +52,16 @@ public static class ProcessRunner
             try { process.Kill(entireProcessTree: true); } catch (InvalidOperationException) { }
             throw;
         }
-        finally
-        {
-            await exited.CancelAsync();
-            await beside;
-        }
         process.WaitForExit(); // flushes the asynchronous output readers
         return new ProcessResult(process.ExitCode, stdout.ToString(), stderr.ToString());
     }
 
     /// <summary>Runs the program and throws <see cref="OperationFailedException"/> with its own message when it fails.</summary>
     public static async Task<string> RunCheckedAsync(string program, IEnumerable<string> arguments, string errorCode,
-        CancellationToken ct = default, Func<int, CancellationToken, Task>? whileRunning = null)
+        CancellationToken ct = default)
     {
         var args = arguments.ToList();
-        var result = await RunAsync(program, args, ct, whileRunning: whileRunning);
+        var result = await RunAsync(program, args, ct);
         if (!result.Succeeded)
         {
             var message = (result.StandardError.Trim() is { Length: > 0 } err ? err : result.StandardOutput.Trim());

@@ -28,9 +28,6 @@ public sealed class SpmActor : ReceiveActor
     /// <summary>The SPM lease, when the pool has one: its generation goes into every volume's owner, and each step checks it first.</summary>
     private readonly IStorageFence? _fence;
     private readonly OperationLedger _ledger = new();
-
-    /// <summary>The speed limits of the copies running now, by operation: where set-speed reaches them.</summary>
-    private readonly Dictionary<OperationId, CopyThrottle> _throttles = new();
     /// <summary>What each step does on storage (with the room promised to migrations); runs off the actor.</summary>
     private readonly StorageSteps _steps;
     /// <summary>
@@ -55,7 +52,9 @@ public sealed class SpmActor : ReceiveActor
         if (leasePath is not null)
             _log.Info("SPM started under the lease {Path}, generation {Generation}: every storage change is fenced by it", leasePath, fence!.Generation);
         Receive<ExecuteStep>(OnExecuteStep);
-        Receive<SetStepSpeed>(OnSetStepSpeed);
+        Receive<SetStepSpeed>(s =>
+            // The storage port's copies take no speed limit; the bandwidth that matters is the mirror's.
+            _log.Debug("Ignoring speed {Speed} B/s for {Operation}: SPM copies run unthrottled", s.SpeedBytesPerSecond, s.Operation));
         Receive<StepProgressed>(OnProgress);
         Receive<StepFinished>(OnFinished);
         // The operator's storage changes (new domains, VM disks, snapshot volumes), each run off the actor.
@@ -122,9 +121,7 @@ public sealed class SpmActor : ReceiveActor
         // The copy's progress callback runs on the copy's thread: only a message crosses into the actor.
         var progress = new InlineProgress<CopyProgress>(p => self.Tell(new StepProgressed(operation, p.Done, p.Total)));
         var stopped = _stopped.Token;
-        // The migration's bandwidth holds for the internal layers' copies too, and set-speed changes it while they run.
-        var throttle = _throttles[operation] = new CopyThrottle(command.SpeedBytesPerSecond);
-        StepReplies.RunAsync(operation, () => _steps.RunAsync(command, progress, stopped, throttle)).PipeTo(self);
+        StepReplies.RunAsync(operation, () => _steps.RunAsync(command, progress, stopped)).PipeTo(self);
     }
 
     private void OnProgress(StepProgressed p)
@@ -141,20 +138,6 @@ public sealed class SpmActor : ReceiveActor
 
     private void Finish(OperationId operation, IHostReply reply)
     {
-        _throttles.Remove(operation);
         foreach (var waiter in _ledger.Finish(operation, reply)) waiter.Tell(reply);
-    }
-
-    /// <summary>A new speed for a running copy takes effect at once; for one not running here nothing is kept (a step carries its own).</summary>
-    private void OnSetStepSpeed(SetStepSpeed command)
-    {
-        if (!_throttles.TryGetValue(command.Operation, out var throttle))
-        {
-            _log.Debug("Speed {Speed} B/s for {Operation}: no copy of it runs here", command.SpeedBytesPerSecond, command.Operation);
-            return;
-        }
-        throttle.BytesPerSecond = command.SpeedBytesPerSecond;
-        _log.Info("{Operation}: copy speed now {Speed}", command.Operation,
-            command.SpeedBytesPerSecond == 0 ? "unlimited" : $"{command.SpeedBytesPerSecond} B/s");
     }
 }

@@ -415,7 +415,7 @@ public sealed class FileStorageDomain : IStorageDomain
     // ---------------------------------------------------------------- copying
 
     public async Task<VolumeInfo> CopyVolumeDataAsync(IStorageDomain source, ImageId image, VolumeId volume,
-        IProgress<CopyProgress>? progress = null, CancellationToken ct = default, CopyThrottle? throttle = null)
+        IProgress<CopyProgress>? progress = null, CancellationToken ct = default)
     {
         RequireOtherFileDomain(source);
         var twinPath = Locate(image, volume);
@@ -448,7 +448,7 @@ public sealed class FileStorageDomain : IStorageDomain
             var polling = ReportWhileCopyingAsync(twinPath, startAllocated, total, progress, stopPolling.Token);
             try
             {
-                await QemuImg.ConvertLayerAsync(sourcePath, twinPath, twin.Format, backing?.Path, backing?.Format, ct, throttle);
+                await QemuImg.ConvertLayerAsync(sourcePath, twinPath, twin.Format, backing?.Path, backing?.Format, ct);
             }
             finally
             {

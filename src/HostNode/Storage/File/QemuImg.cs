@@ -1,7 +1,6 @@
 using System.Globalization;
 using System.Text.Json.Nodes;
 using LiveMigration.HostNode.Processes;
-using LiveMigration.HostNode.Storage;
 using LiveMigration.Shared.Model;
 
 namespace LiveMigration.HostNode.Storage.File;
@@ -122,22 +121,15 @@ internal static class QemuImg
     /// on its active layer, and a copy of a layer still being written would be torn; qemu-img's
     /// "Failed to get shared write lock" error refuses exactly that case.
     /// </summary>
-    /// <param name="throttle">The copy's speed limit: qemu-img's <c>-r</c> at the start, and <see cref="ProcessPacer"/> while it
-    /// runs, which holds it to a lower speed set meanwhile; null: unlimited.</param>
     public static Task ConvertLayerAsync(string source, string destination, VolumeFormat format, string? parentBacking,
-        VolumeFormat? parentFormat, CancellationToken ct, CopyThrottle? throttle = null)
+        VolumeFormat? parentFormat, CancellationToken ct)
     {
         var fmt = FormatName(format);
         var args = new List<string> { "convert", "-n", "-W", "-f", fmt, "-O", fmt };
-        // qemu-img's own limit keeps the stream smooth at the speed the copy starts with; the pacer follows later changes
-        // (a lower speed at once; a higher one than this is reached from the next layer on, as -r stays as started).
-        if (throttle?.BytesPerSecond is > 0 and var rate)
-            args.AddRange(["-r", rate.ToString(CultureInfo.InvariantCulture)]);
         if (parentBacking is not null)
             args.AddRange(["-B", parentBacking, "-F", FormatName(parentFormat ?? VolumeFormat.Cow)]);
         args.Add(source);
         args.Add(destination);
-        return ProcessRunner.RunCheckedAsync(Program, args, ErrorCodes.QemuImgFailed, ct,
-            throttle is null ? null : (pid, exited) => ProcessPacer.PaceAsync(pid, throttle, exited));
+        return ProcessRunner.RunCheckedAsync(Program, args, ErrorCodes.QemuImgFailed, ct);
     }
 }

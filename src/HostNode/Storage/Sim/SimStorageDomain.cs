@@ -216,9 +216,8 @@ public sealed class SimStorageDomain : IStorageDomain
         }
     }
 
-    /// <remarks>The sim copies at its own pace (<see cref="SimFaults"/> may hold it); a throttle changes nothing here.</remarks>
     public async Task<VolumeInfo> CopyVolumeDataAsync(IStorageDomain source, ImageId image, VolumeId volume,
-        IProgress<CopyProgress>? progress = null, CancellationToken ct = default, CopyThrottle? throttle = null)
+        IProgress<CopyProgress>? progress = null, CancellationToken ct = default)
     {
         var fault = Faults.Take(nameof(CopyVolumeDataAsync));
         if (fault is SimFault.Fail fail)
