@@ -597,10 +597,17 @@ public sealed class QmpHypervisor : IHypervisor
 
     private void DeleteFiles(VmId id, VmManifest manifest)
     {
-        File.Delete(ManifestPath(id));
-        File.Delete(Path.Combine(VmsDirectory, $"{id}.pid"));
-        File.Delete(manifest.QmpSocket);
-        File.Delete(manifest.NbdSocket);
+        foreach (var file in new[] { ManifestPath(id), Path.Combine(VmsDirectory, $"{id}.pid"), manifest.QmpSocket, manifest.NbdSocket })
+        {
+            try
+            {
+                File.Delete(file);
+            }
+            catch (DirectoryNotFoundException)
+            {
+                // its folder is gone already (lsm local down removes the socket folders under /run/lsm): nothing left to delete
+            }
+        }
     }
 
     private async Task SaveAsync(QemuVm vm, VmManifest manifest, CancellationToken ct)

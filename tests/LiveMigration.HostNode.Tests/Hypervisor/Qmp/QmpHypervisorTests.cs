@@ -199,6 +199,22 @@ public sealed class QmpHypervisorTests(ITestOutputHelper output) : IAsyncLifetim
     }
 
     [Fact]
+    public async Task A_vm_whose_qemu_and_socket_folder_are_gone_is_forgotten_by_the_next_adopter_without_an_error()
+    {
+        var (hypervisor, vm, _) = await StartVmAsync();
+        var manifest = Path.Combine(_bed.RunDirectory, "vms", $"{vm.Id}.json");
+        var qmpSocket = System.Text.Json.JsonDocument.Parse(await File.ReadAllTextAsync(manifest)).RootElement.GetProperty("QmpSocket").GetString()!;
+        await hypervisor.DisposeAsync();
+        await KillAsync(vm.Pid!.Value);
+        // what lsm local down leaves: the VM stopped and its socket folder removed, the manifest still in the run directory
+        Directory.Delete(Path.GetDirectoryName(qmpSocket)!, recursive: true);
+
+        await using var successor = _bed.NewHypervisor();
+        Assert.Empty(await successor.AdoptRunningVmsAsync());
+        Assert.False(File.Exists(manifest));
+    }
+
+    [Fact]
     public async Task A_new_instance_adopts_the_running_vm_and_its_mirror_then_pivots()
     {
         var (hypervisor, vm, chain) = await StartVmAsync(leafDataMiB: 8);
