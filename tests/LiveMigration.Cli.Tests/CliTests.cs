@@ -214,6 +214,15 @@ public sealed class CliTests(ClusterFixture cluster) : IClassFixture<ClusterFixt
         var disk = Assert.Single(migration.GetProperty("disks").EnumerateArray());
         Assert.Equal(cluster.Image.ToString(), disk.GetProperty("image").GetString());
         Assert.Equal(destination, disk.GetProperty("destination").GetString());
+        // The pivot carries its stall as the VM's host timed it (block-job-complete to the job's end, real QEMU)…
+        var pivot = disk.GetProperty("timings").EnumerateArray().Last(t => t.GetProperty("step").GetString() == "Pivot");
+        var stallMs = pivot.GetProperty("switchStallMs").GetDouble();
+        var pivotMs = (pivot.GetProperty("endedAt").GetDateTimeOffset() - pivot.GetProperty("startedAt").GetDateTimeOffset()).TotalMilliseconds;
+        Assert.InRange(stallMs, 0.01, pivotMs);
+        // …and `lsm migration show` says it beside the step's round trip.
+        var table = await Lsm("migration", "show", id);
+        Assert.Contains("Switch stall", table.Stdout);
+        Assert.Contains(table.Stdout.Split('\n'), l => l.Contains("Pivot") && l.Contains($"{stallMs:0.0} ms"));
 
         // A finished migration cannot be cancelled, resumed or abandoned: each is the saga's refusal, exit 2 with its
         // message, and the migration stays completed. (Resume and abandon of a suspended one: MigrationSagaTests.)
@@ -287,7 +296,8 @@ public sealed class CliTests(ClusterFixture cluster) : IClassFixture<ClusterFixt
 
         var metrics = await http.GetStringAsync($"{cluster.Api}/metrics");
         foreach (var metric in new[] { "lsm_migrations_active", "lsm_migrations_completed_total", "lsm_migration_copied_bytes_total",
-                     "lsm_migration_step_duration_seconds_bucket", "lsm_migration_pivot_stall_seconds_count" })
+                     "lsm_migration_step_duration_seconds_bucket", "lsm_migration_pivot_stall_seconds_count",
+                     "lsm_migration_switch_stall_seconds_count" })
             Assert.Contains(metric, metrics);
         Assert.Contains("step=\"Pivot\"", metrics);
         await AwaitInventoryShowsAsync(destination);

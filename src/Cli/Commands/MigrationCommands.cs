@@ -298,7 +298,7 @@ public static class MigrationView
 
         var completed = status == "completed";
         var disks = new Table().AddColumns("Disk (image)", "From → to", "Phase", "Step", "Attempt", "Copied", "Left", "ETA", "Last error");
-        var steps = new Table().AddColumns("Disk", "Step", "Attempt", "Started", "Took", "Outcome");
+        var steps = new Table().AddColumns("Disk", "Step", "Attempt", "Started", "Took", "Switch stall", "Outcome");
         foreach (var d in m.Array("disks"))
         {
             var (copied, left, eta) = Progress(d, completed);
@@ -311,8 +311,10 @@ public static class MigrationView
                 var took = DateTimeOffset.TryParse(t.Str("startedAt"), out var s) && DateTimeOffset.TryParse(t.Str("endedAt"), out var en)
                     ? $"{(en - s).TotalMilliseconds:0} ms"
                     : "running";
+                // the host's own timing of a switch (how long the guest's I/O could wait), beside the step's whole round trip
+                var stall = t.Obj("switchStallMs") is { ValueKind: JsonValueKind.Number } ms ? $"{ms.GetDouble():0.0} ms" : "";
                 steps.AddRow(Output.Escape(d.Str("image")[..Math.Min(8, d.Str("image").Length)]), Output.Escape(t.Str("step")), t.Long("attempt").ToString(),
-                    Output.Escape(t.Str("startedAt")), took, Output.Escape(t.Str("outcome")));
+                    Output.Escape(t.Str("startedAt")), took, stall, Output.Escape(t.Str("outcome")));
             }
         }
         console.Write(disks);

@@ -1,3 +1,4 @@
+using System.Text.Json.Serialization;
 using LiveMigration.Coordinator.Migration;
 using LiveMigration.Shared.Migration;
 using LiveMigration.Shared.Model;
@@ -60,7 +61,9 @@ public sealed record MigrationListResponse(IReadOnlyList<MigrationResponse> Migr
 /// <summary>The JSON body of POST /api/migrations/{id}/speed.</summary>
 public sealed record SpeedBody(long? BytesPerSecond);
 
-public sealed record StepTimingResponse(string Step, int Attempt, DateTimeOffset StartedAt, DateTimeOffset? EndedAt, string? Outcome);
+/// <param name="SwitchStallMs">For a switch (pivot, live snapshot, backing switch): how long the VM's host held the drive for it.</param>
+public sealed record StepTimingResponse(string Step, int Attempt, DateTimeOffset StartedAt, DateTimeOffset? EndedAt, string? Outcome,
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] double? SwitchStallMs = null);
 
 /// <summary>
 /// The migration part of the HTTP API (the operator surfaces grow it): start, show, cancel, resume,
@@ -174,7 +177,7 @@ public static class MigrationEndpoints
             view.Disks.Select(d => new DiskResponse(
                 d.Image.ToString(), d.Source.ToString(), d.Destination.ToString(), d.Phase, d.Step?.ToString(), d.Attempt, d.Done, d.Total,
                 d.Remaining?.TotalSeconds, completed ? null : d.LastError,
-                DistinctAttempts(d.Timings).Select(t => new StepTimingResponse(t.Step.ToString(), t.Attempt, t.StartedAt, t.EndedAt, t.Outcome)).ToList())).ToList(),
+                DistinctAttempts(d.Timings).Select(t => new StepTimingResponse(t.Step.ToString(), t.Attempt, t.StartedAt, t.EndedAt, t.Outcome, t.SwitchStallMs)).ToList())).ToList(),
             !completed && view.Error is { } e ? $"{e.Code}: {e.Message}" : null,
             completed ? null : view.Error?.Code,
             completed ? null : view.Error?.Message,

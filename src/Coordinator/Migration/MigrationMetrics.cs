@@ -32,8 +32,16 @@ public static class MigrationMetrics
     private static readonly Histogram<double> StepDuration = Meter.CreateHistogram("lsm.migration.step.duration", unit: "s",
         description: "How long each step attempt took from its sending to its result, by step and outcome", tags: null, advice: SecondsBuckets);
     private static readonly Histogram<double> PivotStall = Meter.CreateHistogram("lsm.migration.pivot.stall", unit: "s",
-        description: "The pivot step's duration as the saga saw it (sending the pivot to the host's answer); the hosts do not report " +
-                     "the guest's own stall, so this bounds it from above", tags: null, advice: SecondsBuckets);
+        description: "The pivot step's duration as the saga saw it (sending the pivot to the host's answer, messaging and the host's " +
+                     "records included); lsm.migration.switch.stall is the host's own timing of the switch", tags: null, advice: SecondsBuckets);
+    // Milliseconds matter here: the target is a stall under 20 ms.
+    private static readonly InstrumentAdvice<double> StallBuckets = new()
+    {
+        HistogramBucketBoundaries = [0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    };
+    private static readonly Histogram<double> SwitchStall = Meter.CreateHistogram("lsm.migration.switch.stall", unit: "s",
+        description: "How long the VM's host held the drive for a switch (pivot, live snapshot, backing switch), timed on the host around " +
+                     "the hypervisor's switching command: the guest's I/O waits at most this long. By step", tags: null, advice: StallBuckets);
 
     static MigrationMetrics() =>
         Meter.CreateObservableGauge("lsm.migrations.active", () => Active.Count, description: "Migrations of this Coordinator that have not finished");
@@ -65,6 +73,8 @@ public static class MigrationMetrics
             case StepCompleted done:
                 if (done.Outcome.BytesCopied > 0) BytesCopied.Add(done.Outcome.BytesCopied, new KeyValuePair<string, object?>("step", done.Step.ToString()));
                 RecordDuration(before, done.Image, done.Step, done.At, "completed");
+                if (done.Outcome.SwitchStallMs is { } stallMs)
+                    SwitchStall.Record(stallMs / 1000, new KeyValuePair<string, object?>("step", done.Step.ToString()));
                 break;
             case StepFailed failed:
                 RecordDuration(before, failed.Image, failed.Step, failed.At, "failed");

@@ -35,8 +35,9 @@ public enum DiskPhase
     Abandoned,
 }
 
-/// <summary>When one attempt of one step ran, and how it ended (null while it runs).</summary>
-public sealed record StepTiming(MigrationStep Step, int Attempt, DateTimeOffset StartedAt, DateTimeOffset? EndedAt = null, string? Outcome = null);
+/// <summary>When one attempt of one step ran, and how it ended (null while it runs); a switch's stall as its host timed it.</summary>
+public sealed record StepTiming(MigrationStep Step, int Attempt, DateTimeOffset StartedAt, DateTimeOffset? EndedAt = null, string? Outcome = null,
+    double? SwitchStallMs = null);
 
 public sealed record DiskState(
     DiskPlan Plan,
@@ -151,7 +152,7 @@ public sealed record MigrationState(
             Phase = DiskPhase.Idle,
             Done = done.Outcome.BytesCopied > 0 ? Math.Max(d.Done, done.Outcome.BytesCopied) : d.Done,
             Total = done.Outcome.BytesCopied > 0 ? Math.Max(d.Total, done.Outcome.BytesCopied) : d.Total,
-            Timings = d.EndTiming(done.At, "completed"),
+            Timings = d.EndTiming(done.At, "completed", done.Outcome.SwitchStallMs),
         }),
         StepFailed failed => s.UpdateDisk(failed.Image, d => d with
         {
@@ -224,11 +225,11 @@ public sealed record MigrationState(
 
 internal static class DiskStateTimings
 {
-    public static ValueList<StepTiming> EndTiming(this DiskState disk, DateTimeOffset at, string outcome)
+    public static ValueList<StepTiming> EndTiming(this DiskState disk, DateTimeOffset at, string outcome, double? switchStallMs = null)
     {
         var timings = disk.StepTimings;
         return timings.Count == 0 || timings[^1].EndedAt is not null
             ? timings
-            : timings.SetItem(timings.Count - 1, timings[^1] with { EndedAt = at, Outcome = outcome });
+            : timings.SetItem(timings.Count - 1, timings[^1] with { EndedAt = at, Outcome = outcome, SwitchStallMs = switchStallMs });
     }
 }

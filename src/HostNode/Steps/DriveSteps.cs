@@ -58,7 +58,7 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
                 var drive = await records.SettlingOnFailureAsync(vm, image, () => hypervisor.PivotAsync(vm, image, destination.Backing, ct), ct);
                 EnsureRunsOn(drive, destination, vm);
                 await records.RecordLeafAsync(vm, image, target, ct);
-                return new StepOutcome(Detail: $"VM {vm} drive {image} runs on domain {dst.Id}");
+                return new StepOutcome(Detail: $"VM {vm} drive {image} runs on domain {dst.Id}", SwitchStallMs: StallMs(drive));
             }
             case MigrationStep.CancelReplication:
             {
@@ -77,7 +77,7 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
                     throw new OperationFailedException(ErrorCodes.Conflict,
                         $"VM {vm} drive {image} writes on {drive.OpenChain.LastOrDefault() ?? "nothing"} after the snapshot, expected {path}");
                 await records.RecordLeafAsync(vm, image, target, ct);
-                return new StepOutcome(Detail: $"VM {vm} drive {image} writes on leaf {newLeaf.Id} on domain {dst.Id}");
+                return new StepOutcome(Detail: $"VM {vm} drive {image} writes on leaf {newLeaf.Id} on domain {dst.Id}", SwitchStallMs: StallMs(drive));
             }
             case MigrationStep.SwitchBackingChain:
             {
@@ -90,7 +90,7 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
                 var drive = await hypervisor.SwitchBackingChainAsync(vm, image, copy.Layers, ct);
                 EnsureRunsOn(drive, await pool.ResolveChainAsync(newLeaf, ct), vm);
                 await records.RecordLeafAsync(vm, image, new VolumeRef(dst.Id, newLeaf.Id), ct);
-                return new StepOutcome(Detail: $"VM {vm} drive {image} runs on domain {dst.Id} only");
+                return new StepOutcome(Detail: $"VM {vm} drive {image} runs on domain {dst.Id} only", SwitchStallMs: StallMs(drive));
             }
             case MigrationStep.ProbeSwitch:
                 return await ProbeSwitchAsync(command, dst, ct);
@@ -98,6 +98,10 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
                 throw new OperationFailedException(ErrorCodes.InvalidArgument, $"the VM's host does not run {step} this way");
         }
     }
+
+    /// <summary>The switch's hold on the drive as the adapter timed it, rounded to 0.1 ms; null when this call found it done.</summary>
+    private static double? StallMs(DriveState drive) =>
+        drive.SwitchDuration is { } took ? Math.Round(took.TotalMilliseconds, 1) : null;
 
     /// <summary>
     /// DESIGN §7.4, read-only: after a switch whose outcome is unknown, where does the drive run? QEMU's open chain

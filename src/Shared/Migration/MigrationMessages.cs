@@ -19,7 +19,14 @@ public interface IMigrationEvent
 public sealed record StepOutcome(long BytesCopied = 0, string? Detail = null,
     /// <summary>Only for <see cref="MigrationStep.ProbeSwitch"/>: where the drive runs, as the host found it.</summary>
     [property: System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
-    SwitchFinding? Switch = null);
+    SwitchFinding? Switch = null,
+    /// <summary>
+    /// Only for a switch the host made (pivot, live snapshot, backing switch): how long the hypervisor held the drive
+    /// for it, measured on the host around the switching command(s), in milliseconds. The guest's I/O waits at most this
+    /// long; null when the step found the switch already done (a repeat) or ran no switch.
+    /// </summary>
+    [property: System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
+    double? SwitchStallMs = null);
 
 /// <summary>What a read-only probe found after a switch (pivot / live snapshot) whose outcome was unknown.</summary>
 public enum SwitchFinding

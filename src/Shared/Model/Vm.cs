@@ -37,7 +37,14 @@ public sealed record DriveState(
     IReadOnlyList<string> OpenChain,
     string GuestSocket,
     string ExportName,
-    BlockJobInfo? Job);
+    BlockJobInfo? Job)
+{
+    /// <summary>
+    /// Set only on the answer of a call that switched the drive (pivot, live snapshot, backing switch) just now: how long
+    /// the hypervisor's switching command(s) held the drive, timed by the adapter on the host. Null otherwise.
+    /// </summary>
+    public TimeSpan? SwitchDuration { get; init; }
+}
 
 public sealed record VmInfo(VmId Id, string Name, int? Pid, bool Running, IReadOnlyList<DriveState> Drives)
 {

@@ -20,6 +20,7 @@ public sealed class MigrationResponseTests
                     new StepTimingView(MigrationStep.StartReplication, 1, T0.AddSeconds(1), null, null),
                     new StepTimingView(MigrationStep.StartReplication, 1, T0.AddSeconds(9), T0.AddSeconds(10), "failed: MIRROR_FAILED"),
                     new StepTimingView(MigrationStep.StartReplication, 2, T0.AddSeconds(11), T0.AddSeconds(12), "succeeded"),
+                    new StepTimingView(MigrationStep.Pivot, 1, T0.AddSeconds(12), T0.AddSeconds(13), "succeeded", SwitchStallMs: 4.2),
                 ]),
         ],
         new MigrationError("MIRROR_FAILED", "the first mirror broke off"), T0, T0.AddSeconds(20), finished ? T0.AddSeconds(20) : null);
@@ -30,8 +31,19 @@ public sealed class MigrationResponseTests
         var response = MigrationEndpoints.ResponseOf(View("completed", finished: true));
 
         Assert.Equal(
-            [("CloneImageStructure", 1, "succeeded"), ("StartReplication", 1, "failed: MIRROR_FAILED"), ("StartReplication", 2, "succeeded")],
+            [("CloneImageStructure", 1, "succeeded"), ("StartReplication", 1, "failed: MIRROR_FAILED"), ("StartReplication", 2, "succeeded"), ("Pivot", 1, "succeeded")],
             response.Disks[0].Timings.Select(t => (t.Step, t.Attempt, t.Outcome)));
+    }
+
+    [Fact]
+    public void A_switch_shows_its_hosts_stall_and_other_steps_have_none()
+    {
+        var response = MigrationEndpoints.ResponseOf(View("completed", finished: true));
+
+        Assert.Equal([null, null, null, 4.2], response.Disks[0].Timings.Select(t => t.SwitchStallMs));
+        var json = System.Text.Json.JsonSerializer.Serialize(response.Disks[0].Timings, new System.Text.Json.JsonSerializerOptions(System.Text.Json.JsonSerializerDefaults.Web));
+        Assert.Equal(1, System.Text.RegularExpressions.Regex.Count(json, "\"switchStallMs\":4.2"));
+        Assert.DoesNotContain("switchStallMs\":null", json);
     }
 
     [Fact]

@@ -40,6 +40,23 @@ public sealed class MigrationSagaTests
     }
 
     [Fact]
+    public void A_switchs_stall_as_its_host_timed_it_is_kept_in_the_steps_timing_and_survives_a_replay()
+    {
+        var saga = new SagaDriver().Begin(MigrationStrategy.PostCopy);
+        saga.Succeed(); // CreateVolumeCrossDomain
+        saga.Send(new ReportStepSucceeded(saga.Id, saga.InFlight().Operation, new StepOutcome(SwitchStallMs: 3.5))); // LiveSnapshotToDestination
+        saga.Succeed(); // CloneInternalVolumes
+        saga.Send(new ReportStepSucceeded(saga.Id, saga.InFlight().Operation, new StepOutcome(SwitchStallMs: 7.25))); // SwitchBackingChain
+        saga.SucceedAll(saga.Image);
+
+        var stalls = saga.State.Disk(saga.Image).StepTimings.ToDictionary(t => t.Step, t => t.SwitchStallMs);
+        Assert.Equal(3.5, stalls[LiveSnapshotToDestination]);
+        Assert.Equal(7.25, stalls[SwitchBackingChain]);
+        Assert.Null(stalls[CloneInternalVolumes]);
+        Assert.Equal(saga.State.Disk(saga.Image).StepTimings, MigrationState.Replay(saga.Id, saga.Journal).Disk(saga.Image).StepTimings);
+    }
+
+    [Fact]
     public void Post_copy_runs_its_steps_and_passes_the_point_of_no_return_at_the_live_snapshot()
     {
         var saga = new SagaDriver().Begin(MigrationStrategy.PostCopy);

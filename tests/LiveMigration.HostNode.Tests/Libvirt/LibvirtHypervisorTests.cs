@@ -64,6 +64,7 @@ public sealed class LibvirtHypervisorTests(LibvirtDaemonFixture daemon) : IAsync
         var switched = await restarted.SwitchBackingChainAsync(vm.Id, chain.Image, newBacking);
 
         Assert.Equal(chain.PathsOn(_b, chain.Base, chain.Middle, chain.Leaf, newLeaf), switched.OpenChain);
+        Assert.NotNull(switched.SwitchDuration); // its pivot, timed by the adapter
         Assert.False(File.Exists(leafPath + ".lsm-switch"));
         Assert.Equal(written, await ReadBackAsync(switched));
         Assert.Equal(chain.PathsOn(_b, chain.Base, chain.Middle, chain.Leaf, newLeaf), (await _pool.ResolveChainAsync(_b.Id, chain.Image)).Layers.Select(l => l.Path));
@@ -117,6 +118,7 @@ public sealed class LibvirtHypervisorTests(LibvirtDaemonFixture daemon) : IAsync
         var newLeaf = VolumeId.New();
         await _b.CreateVolumeAsync(new NewVolume(chain.Image, newLeaf, VolumeFormat.Cow, chain.Capacity, new VolumeRef(_a.Id, chain.Leaf), Owner: TestOwners.Default), _a);
         var drive = await hypervisor.LiveSnapshotAsync(vm.Id, chain.Image, chain.LayerOn(_b, newLeaf));
+        Assert.NotNull(drive.SwitchDuration); // the snapshot, timed by the adapter
         var written = Enumerable.Range(0, 65536).Select(i => (byte)(i * pattern)).ToArray();
         await using (var guest = await NbdClient.ConnectAsync(drive.GuestSocket, drive.ExportName))
         {

@@ -264,7 +264,7 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
         var watch = Stopwatch.StartNew();
         await PivotWhenReadyAsync(vm, disk, ct);
         vm.LastPivotDuration = watch.Elapsed;
-        var state = await DriveStateAsync(vm, driveId, ct);
+        var state = await DriveStateAsync(vm, driveId, ct) with { SwitchDuration = watch.Elapsed };
         var expected = wantedBacking.Append(target).ToList();
         if (!state.OpenChain.SequenceEqual(expected))
             throw new OperationFailedException(ErrorCodes.JobFailed,
@@ -301,6 +301,7 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
         var vm = LiveVm(vmId);
         var view = await ViewAsync(vm, ct);
         var disk = view.Disk(vm.Id, driveId);
+        TimeSpan? switched = null;
         if (disk.OpenChain[^1] != newLeaf.Path)
         {
             if (disk.MirrorPath is not null || await JobAsync(vm, driveId, ct) is not null)
@@ -310,11 +311,13 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
                     $"new leaf {newLeaf.Volume} of drive {driveId} is part of the drive's current chain");
             // External and disk-only onto the overlay the domain made (backed by the current leaf); no snapshot metadata
             // is kept by libvirt: the storage domain's metadata is the record.
+            var watch = Stopwatch.StartNew();
             await NativeAsync(() => LibvirtNative.SnapshotCreate(vm.Domain, LibvirtDomainXml.DiskSnapshot(view, disk.Target, newLeaf.Path),
                 LibvirtNative.SnapshotDiskOnly | LibvirtNative.SnapshotReuseExternal | LibvirtNative.SnapshotNoMetadata | LibvirtNative.SnapshotAtomic,
                 $"virDomainSnapshotCreateXML of VM {vmId} drive {driveId} onto {newLeaf.Path}"));
+            switched = watch.Elapsed;
         }
-        var state = await DriveStateAsync(vm, driveId, ct);
+        var state = await DriveStateAsync(vm, driveId, ct) with { SwitchDuration = switched };
         if (state.OpenChain[^1] != newLeaf.Path)
             throw new OperationFailedException(ErrorCodes.Conflict,
                 $"after the snapshot of VM {vmId} drive {driveId} the drive runs on {state.OpenChain[^1]}, not {newLeaf.Path}");
@@ -357,6 +360,7 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
             throw new OperationFailedException(ErrorCodes.Conflict, $"VM {vmId} drive {driveId} has a mirror in flight: no backing switch now");
 
         vm.QuietTargets[disk.Target] = 1;
+        TimeSpan switched;
         try
         {
             if (File.Exists(oldLayer))
@@ -383,7 +387,9 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
                 await WriteDurablyAsync(pivotMark, $"pivot of {leaf} onto {newBacking[^1].Path} asked for at {DateTimeOffset.UtcNow:O}\n", ct);
                 var pivot = Stopwatch.StartNew();
                 await PivotWhenReadyAsync(vm, disk, ct);
-                vm.LastPivotDuration = pivot.Elapsed;
+                // The guest waits only for the pivot: the shallow copy before it runs beside the guest's writes.
+                switched = pivot.Elapsed;
+                vm.LastPivotDuration = switched;
                 vm.LastSwitchCopyDuration = watch.Elapsed;
             }
             catch
@@ -398,7 +404,7 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
         {
             vm.QuietTargets.TryRemove(disk.Target, out byte _);
         }
-        var state = await DriveStateAsync(vm, driveId, ct);
+        var state = await DriveStateAsync(vm, driveId, ct) with { SwitchDuration = switched };
         var expected = newBackingPaths.Append(leaf).ToList();
         if (!state.OpenChain.SequenceEqual(expected))
             throw new OperationFailedException(ErrorCodes.JobFailed,

@@ -289,6 +289,7 @@ public sealed class QmpHypervisor : IHypervisor
         var target = drive.MirrorTarget.ToLayer();
         var targetNode = BlockNodes.FormatNode(target);
         var source = drive.Chain;
+        TimeSpan? switched = null;
 
         if (await ActiveNodeAsync(vm, drive, ct) != targetNode)
         {
@@ -304,7 +305,7 @@ public sealed class QmpHypervisor : IHypervisor
             var watch = Stopwatch.StartNew();
             await ExecuteAsync(vm, "block-job-complete", new Dictionary<string, object?> { ["device"] = jobId }, ct);
             var ended = await WaitForJobEndAsync(vm, jobId, ct);
-            vm.LastPivotDuration = watch.Elapsed;
+            switched = vm.LastPivotDuration = watch.Elapsed;
             if (ended is not null && ended.Data.TryGetProperty("error", out var error))
                 throw new OperationFailedException(ErrorCodes.JobFailed, $"mirror {jobId} of VM {vmId} failed while pivoting: {error.GetString()}");
             var activeNow = await ActiveNodeAsync(vm, drive, ct);
@@ -319,7 +320,7 @@ public sealed class QmpHypervisor : IHypervisor
             Layers = destinationBacking.Append(target).Select(LayerManifest.From).ToList(),
             MirrorTarget = null,
         }), ct);
-        return await DriveStateAsync(vm, driveId, ct);
+        return await DriveStateAsync(vm, driveId, ct) with { SwitchDuration = switched };
     }
 
     public async Task<DriveState> CancelMirrorAsync(VmId vmId, ImageId driveId, CancellationToken ct = default)
@@ -358,6 +359,7 @@ public sealed class QmpHypervisor : IHypervisor
         var drive = vm.Manifest.Drive(driveId);
         var newNode = BlockNodes.FormatNode(newLeaf);
         var activeNode = await ActiveNodeAsync(vm, drive, ct);
+        TimeSpan? switched = null;
         if (activeNode != newNode)
         {
             if (drive.MirrorTarget is not null || await FindJobAsync(vm, driveId, ct) is not null)
@@ -366,8 +368,11 @@ public sealed class QmpHypervisor : IHypervisor
                 throw new OperationFailedException(ErrorCodes.Conflict,
                     $"new leaf {newLeaf.Volume} of drive {driveId} is part of the drive's current chain");
             await AddChainAsync(vm, [newLeaf], topWritable: true, ct);
+            // The switch itself: QEMU drains the drive while it puts the overlay on top.
+            var watch = Stopwatch.StartNew();
             await ExecuteAsync(vm, "blockdev-snapshot",
                 new Dictionary<string, object?> { ["node"] = activeNode, ["overlay"] = newNode }, ct);
+            switched = watch.Elapsed;
             var exported = await ActiveNodeAsync(vm, drive, ct);
             if (exported != newNode)
                 throw new OperationFailedException(ErrorCodes.Conflict,
@@ -375,7 +380,7 @@ public sealed class QmpHypervisor : IHypervisor
         }
         if (drive.Chain[^1] != newLeaf)
             await SaveAsync(vm, vm.Manifest.WithDrive(drive with { Layers = drive.Layers.Append(LayerManifest.From(newLeaf)).ToList() }), ct);
-        return await DriveStateAsync(vm, driveId, ct);
+        return await DriveStateAsync(vm, driveId, ct) with { SwitchDuration = switched };
     }
 
     public async Task<DriveState> SwitchBackingChainAsync(VmId vmId, ImageId driveId, IReadOnlyList<ChainLayer> newBacking,
@@ -403,6 +408,8 @@ public sealed class QmpHypervisor : IHypervisor
 
         var top = await AddChainAsync(vm, newBacking, topWritable: false, ct);
         var leafNode = BlockNodes.FormatNode(leaf);
+        // The switch: the leaf is reopened (drained) onto the new backing, and its header made to name it.
+        var watch = Stopwatch.StartNew();
         await ExecuteAsync(vm, "blockdev-reopen", new Dictionary<string, object?>
         {
             ["options"] = new[] { BlockNodes.FormatNodeOptions(leaf, top, readOnly: false) },
@@ -418,13 +425,14 @@ public sealed class QmpHypervisor : IHypervisor
             ["image-node-name"] = leafNode,
             ["backing-file"] = backingName,
         }, ct);
+        var switched = watch.Elapsed;
         await WriteBackingFormatAsync(vm, driveId, leaf, newTop, ct);
         await DeleteNodesAsync(vm, oldBacking.AsEnumerable().Reverse().Where(l => !newBacking.Contains(l)).ToList(), ct);
         await SaveAsync(vm, vm.Manifest.WithDrive(drive with
         {
             Layers = newBacking.Append(leaf).Select(LayerManifest.From).ToList(),
         }), ct);
-        return await DriveStateAsync(vm, driveId, ct);
+        return await DriveStateAsync(vm, driveId, ct) with { SwitchDuration = switched };
     }
 
     /// <summary>

@@ -216,7 +216,7 @@ public sealed class SimHypervisor : IHypervisor
             d.StopJob();
             d.Layers = destinationBacking.Append(job.Destination).ToList();
             _host.RaiseLocked(new BlockJobCompleted(vm, drive, job.JobId));
-            return d.ToState();
+            return d.ToState() with { SwitchDuration = TimeSpan.Zero }; // the sim models no stall
         }
     }
 
@@ -267,7 +267,7 @@ public sealed class SimHypervisor : IHypervisor
                 throw new OperationFailedException(ErrorCodes.Conflict, $"drive {drive} of VM {vm} has block job {job.JobId} ({job.Phase}); no snapshot while it runs");
             d.Layers.Add(newLeaf);
             d.LastJob = null;
-            return d.ToState();
+            return d.ToState() with { SwitchDuration = TimeSpan.Zero };
         }
     }
 
@@ -297,7 +297,7 @@ public sealed class SimHypervisor : IHypervisor
             if (d.Job is { } job)
                 throw new OperationFailedException(ErrorCodes.Conflict, $"drive {drive} of VM {vm} has block job {job.JobId} ({job.Phase}); no backing switch while it runs");
             d.Layers = newBacking.Append(d.Layers[^1]).ToList();
-            return d.ToState();
+            return d.ToState() with { SwitchDuration = TimeSpan.Zero };
         }
     }
 

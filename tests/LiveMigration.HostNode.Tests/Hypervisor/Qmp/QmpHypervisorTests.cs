@@ -25,10 +25,19 @@ public sealed class QmpHypervisorTests(ITestOutputHelper output) : IAsyncLifetim
     }
 
     /// <summary>A repeated call must leave the drive as the first one did (records hold lists, so compare by content).</summary>
+    /// <summary>A repeated call answers the drive's same state, and says it switched nothing this time.</summary>
     private static void AssertSameState(DriveState expected, DriveState actual)
     {
         Assert.Equal(expected.OpenChain, actual.OpenChain);
-        Assert.Equal(expected with { OpenChain = [] }, actual with { OpenChain = [] });
+        Assert.Null(actual.SwitchDuration);
+        Assert.Equal(expected with { OpenChain = [], SwitchDuration = null }, actual with { OpenChain = [] });
+    }
+
+    /// <summary>A switch the call made carries the adapter's own timing of it, within the whole call's.</summary>
+    private static void AssertTimedSwitch(DriveState switched, TimeSpan wholeCall)
+    {
+        Assert.NotNull(switched.SwitchDuration);
+        Assert.InRange(switched.SwitchDuration.Value, TimeSpan.Zero, wholeCall);
     }
 
     [Fact]
@@ -95,6 +104,8 @@ public sealed class QmpHypervisorTests(ITestOutputHelper output) : IAsyncLifetim
         await GuestIo(pivoted, $"write -P 0x78 {5 * MiB} {MiB}");
         var pivotTime = hypervisor.LastPivotDuration(vm.Id);
         Assert.NotNull(pivotTime);
+        AssertTimedSwitch(pivoted, pivotCall);
+        Assert.Equal(pivotTime, pivoted.SwitchDuration);
 
         await hypervisor.StopVmAsync(vm.Id);
         // The source never saw the write after the pivot; everything before it is on both.
@@ -141,6 +152,7 @@ public sealed class QmpHypervisorTests(ITestOutputHelper output) : IAsyncLifetim
         var snapshotted = await hypervisor.LiveSnapshotAsync(vm.Id, chain.Image, newLeaf);
         var snapshotTime = snapshotWatch.Elapsed;
         Assert.Equal(chain.Layers.Append(newLeaf).Select(l => l.Path), snapshotted.OpenChain);
+        AssertTimedSwitch(snapshotted, snapshotTime);
         AssertSameState(snapshotted, await hypervisor.LiveSnapshotAsync(vm.Id, chain.Image, newLeaf));
         await GuestIo(snapshotted, $"write -P 0x66 {5 * MiB} {MiB}");
 
@@ -151,6 +163,7 @@ public sealed class QmpHypervisorTests(ITestOutputHelper output) : IAsyncLifetim
         var switchTime = switchWatch.Elapsed;
 
         Assert.Equal(copiedBacking.Append(newLeaf).Select(l => l.Path), switched.OpenChain);
+        AssertTimedSwitch(switched, switchTime);
         var sourceFolder = Path.GetDirectoryName(chain.Leaf.Path)!;
         Assert.DoesNotContain(OpenFiles(vm.Pid!.Value), f => f.StartsWith(sourceFolder, StringComparison.Ordinal));
         using (var info = JsonDocument.Parse(await QemuImg("info", "-U", "--output=json", newLeaf.Path)))
