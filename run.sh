@@ -63,6 +63,13 @@ case "${1:-}" in
     echo "$(sum Passed) passed, $(sum Failed) failed, $(sum Skipped) skipped"
     exit "$status"
     ;;
+  bench)
+    # Benchmarks on real processes; each writes its JSON under var/bench/. "copy": the copy path against qemu-img convert.
+    shift
+    need_packages
+    build
+    exec dotnet src/Demo/bin/Release/net10.0/LiveMigration.Demo.dll bench "$@"
+    ;;
   simulate)
     # The saga's deterministic simulation only (no QEMU, no cluster): LSM_SIM_SEEDS=N seeds (default 2000),
     # LSM_SIM_SEED=S replays one seed with its trace; the summary goes to var/faults/simulation.json.
@@ -100,6 +107,7 @@ case "${1:-}" in
     echo "       ./run.sh test [dotnet test args]  run the whole test suite" >&2
     echo "       ./run.sh simulate                 the saga's seeded fault simulation (LSM_SIM_SEEDS=N, LSM_SIM_SEED=S to replay one)" >&2
     echo "       ./run.sh faults [--quick]         the fault matrix: simulation and crash cases on real processes; var/faults/report.json" >&2
+    echo "       ./run.sh bench copy [--runs N]    the copy path through the cluster against qemu-img convert; var/bench/copy.json" >&2
     exit 2
     ;;
 esac

@@ -2,6 +2,12 @@ using LiveMigration.Demo;
 
 // The demo: by default a local cluster (one Coordinator, two HostNodes) moves a running VM's disk while
 // its guest writes; with --host-layer, the host layer alone in this process.
+if (args is ["bench", "copy", .. var benchArgs]) return await LiveMigration.Demo.Bench.CopyBench.RunAsync(benchArgs);
+if (args is ["bench", ..])
+{
+    Console.Error.WriteLine("usage: ./run.sh bench copy [--runs N] [--stall-migrations N]   (var/bench/copy.json)");
+    return 2;
+}
 var options = DemoOptions.Parse(args);
 if (options is null) return 2;
 return options.HostLayerOnly ? await HostLayerDemo.RunAsync(options) : await ClusterDemo.RunAsync(options);
