@@ -51,6 +51,7 @@ public sealed record GuestWorkloadOptions(
 /// <param name="DurableWrites">Acknowledged writes of this run that a completed FLUSH (or their own FUA) made durable.</param>
 /// <param name="Flushes">FLUSH requests completed.</param>
 /// <param name="MaxFlushLatency">The longest FLUSH.</param>
+/// <param name="LatencyP99">The write latency 99% of the acknowledged writes stayed under, in the same window as <paramref name="MaxLatency"/>.</param>
 public sealed record GuestWorkloadStats(
     long Writes,
     long Bytes,
@@ -63,7 +64,8 @@ public sealed record GuestWorkloadStats(
     TimeSpan Elapsed,
     long DurableWrites = 0,
     long Flushes = 0,
-    TimeSpan MaxFlushLatency = default)
+    TimeSpan MaxFlushLatency = default,
+    TimeSpan LatencyP99 = default)
 {
     public double MegabytesPerSecond => Elapsed > TimeSpan.Zero ? Bytes / 1048576.0 / Elapsed.TotalSeconds : 0;
 }
@@ -94,6 +96,7 @@ public sealed class GuestWorkload : IAsyncDisposable
     private long _errors;
     private TimeSpan _maxLatency;
     private DateTimeOffset? _maxLatencyAt;
+    private readonly LatencyHistogram _latencies = new();
     private TimeSpan _totalLatency;
     private long _flushes;
     // The ledger file may hold earlier runs: the counters are this run's, like Writes.
@@ -228,6 +231,7 @@ public sealed class GuestWorkload : IAsyncDisposable
                     _writes++;
                     _bytes += block.Length;
                     _totalLatency += latency;
+                    _latencies.Record(latency);
                     if (latency > _maxLatency)
                     {
                         _maxLatency = latency;
@@ -281,13 +285,14 @@ public sealed class GuestWorkload : IAsyncDisposable
         }
     }
 
-    /// <summary>Starts a new window for <see cref="GuestWorkloadStats.MaxLatency"/>, e.g. just before a pivot.</summary>
+    /// <summary>Starts a new window for <see cref="GuestWorkloadStats.MaxLatency"/> and <see cref="GuestWorkloadStats.LatencyP99"/>, e.g. just before a pivot.</summary>
     public void ResetLongestStall()
     {
         lock (_gate)
         {
             _maxLatency = TimeSpan.Zero;
             _maxLatencyAt = null;
+            _latencies.Clear();
         }
     }
 
@@ -301,7 +306,7 @@ public sealed class GuestWorkload : IAsyncDisposable
                     : Stopwatch.GetElapsedTime(_startTimestamp, _running ? Stopwatch.GetTimestamp() : _endTimestamp);
                 return new GuestWorkloadStats(_writes, _bytes, _errors, _maxLatency, _maxLatencyAt, _lastError, _running,
                     _writes == 0 ? TimeSpan.Zero : _totalLatency / _writes, elapsed,
-                    _ledger is null ? 0 : _ledger.DurableWrites - _durableBefore, _flushes, _maxFlushLatency);
+                    _ledger is null ? 0 : _ledger.DurableWrites - _durableBefore, _flushes, _maxFlushLatency, _latencies.Percentile(0.99));
             }
         }
     }
