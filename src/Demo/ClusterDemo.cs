@@ -191,7 +191,8 @@ internal static class ClusterDemo
         return "timed out";
     }
 
-    private static async Task WaitForAsync(string what, Func<Task<bool>> condition, TimeSpan limit)
+    /// <summary>Polls until the condition holds; a timeout names what it waited for. (The copy bench waits the same way.)</summary>
+    internal static async Task WaitForAsync(string what, Func<Task<bool>> condition, TimeSpan limit)
     {
         var deadline = DateTime.UtcNow + limit;
         while (!await condition())

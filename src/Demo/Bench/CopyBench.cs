@@ -89,7 +89,7 @@ internal static class CopyBench
         {
             var cluster = await LocalClusterLauncher.UpAsync(local);
             using var api = new ApiClient(cluster.ApiUrl, cluster.ApiTokenFile is { } tokenFile ? ApiTokenFile.Read(tokenFile) : null);
-            await WaitForAsync("both VMs, both domains and the SPM", async () =>
+            await ClusterDemo.WaitForAsync("both VMs, both domains and the SPM", async () =>
             {
                 var inventory = await api.GetAsync("/api/inventory");
                 var hosts = await api.GetAsync("/api/hosts");
@@ -293,7 +293,7 @@ internal static class CopyBench
                     if (t.TryGetProperty("switchStallMs", out var ms) && ms.ValueKind == JsonValueKind.Number)
                         stalls.Add((t.GetProperty("step").GetString()!, ms.GetDouble()));
                 // the next move starts from where the inventory shows the disk
-                await WaitForAsync("the inventory to show the disk on its new domain", async () =>
+                await ClusterDemo.WaitForAsync("the inventory to show the disk on its new domain", async () =>
                     (await api.GetAsync("/api/inventory")).GetProperty("vms").EnumerateArray()
                         .Where(v => v.GetProperty("vm").GetProperty("id").GetString() == vm.ToString())
                         .SelectMany(v => v.GetProperty("vm").GetProperty("drives").EnumerateArray())
@@ -305,16 +305,6 @@ internal static class CopyBench
                 throw new InvalidOperationException($"{strategy} migration {id} ended {status}: {m}");
             if (DateTime.UtcNow > deadline) throw new TimeoutException($"{strategy} migration {id} did not complete in 10 min: {m}");
             await Task.Delay(50);
-        }
-    }
-
-    private static async Task WaitForAsync(string what, Func<Task<bool>> condition, TimeSpan limit)
-    {
-        var deadline = DateTime.UtcNow + limit;
-        while (!await condition())
-        {
-            if (DateTime.UtcNow > deadline) throw new TimeoutException($"waited {limit.TotalSeconds:0} s for {what}");
-            await Task.Delay(100);
         }
     }
 
