@@ -33,7 +33,7 @@ public static class SocketDirectory
     /// </summary>
     public static void Ensure(string directory, Processes.QemuAccount? qemu = null)
     {
-        if (Path.GetDirectoryName(directory) == SharedParent) CreatePrivate(SharedParent);
+        if (Path.GetDirectoryName(directory) == SharedParent) CreateSharedParent();
         CreatePrivate(directory);
         if (qemu is null) return;
         // QEMU's account may pass through /run/lsm (0710, its group) to its own folder (0700, its own), and nowhere else.
@@ -44,6 +44,26 @@ public static class SocketDirectory
 
     /// <summary>Root's parent of the stand-in folders (<see cref="Shared.Hosting.SocketFolders"/>).</summary>
     public const string SharedParent = Shared.Hosting.SocketFolders.SharedParent;
+
+    /// <summary>
+    /// /run/lsm: made 0700 when missing. An existing one keeps the group pass-through (g+x) a host with a QEMU account
+    /// gave it, and loses anything more: every host of this machine (several clusters, tests in parallel) shares it, and
+    /// tightening it to 0700 under a running QEMU account cut that QEMU off from its own socket folder ("cannot create PID
+    /// file: Permission denied").
+    /// </summary>
+    private static void CreateSharedParent()
+    {
+        if (OperatingSystem.IsWindows() || !Directory.Exists(SharedParent))
+        {
+            CreatePrivate(SharedParent);
+            return;
+        }
+        if (new DirectoryInfo(SharedParent).LinkTarget is not null)
+            throw new OperationFailedException(ErrorCodes.IoError, $"the socket folder {SharedParent} is a symlink; remove it (nothing of this host's is in it)");
+        var current = File.GetUnixFileMode(SharedParent);
+        var wanted = Mode | (current & UnixFileMode.GroupExecute);
+        if (current != wanted) Storage.File.StorageModes.SetMode(SharedParent, wanted);
+    }
 
     private static void CreatePrivate(string folder)
     {

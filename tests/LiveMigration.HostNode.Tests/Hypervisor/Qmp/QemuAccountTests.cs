@@ -1,5 +1,7 @@
+using LiveMigration.HostNode.Hypervisor;
 using LiveMigration.HostNode.Hypervisor.Qmp;
 using LiveMigration.HostNode.Processes;
+using LiveMigration.Shared.Hosting;
 using LiveMigration.Shared.Model;
 using static LiveMigration.HostNode.Tests.Hypervisor.Qmp.QemuTestBed;
 
@@ -27,6 +29,27 @@ public sealed class QemuAccountTests : IAsyncLifetime
             await ProcessRunner.RunAsync("useradd", ["--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
                 "--shell", "/usr/sbin/nologin", QemuAccount.DefaultName]);
         return QemuAccount.Find(QemuAccount.DefaultName);
+    }
+
+    [Fact]
+    public void A_host_without_a_qemu_account_keeps_the_pass_through_to_run_lsm_that_confined_qemus_need()
+    {
+        // Two hosts on one machine (two clusters, or test processes in parallel): one runs QEMU as the account, one as root.
+        var confined = SocketFolders.StandIn($"/tmp/lsm-test-confined-{Guid.NewGuid():N}/host-1/run");
+        var plain = SocketFolders.StandIn($"/tmp/lsm-test-plain-{Guid.NewGuid():N}/host-1/run");
+        try
+        {
+            SocketDirectory.Ensure(confined, _account);
+            SocketDirectory.Ensure(plain); // made 0700 before the fix, cutting the running QEMU off from its sockets
+            var parent = File.GetUnixFileMode(SocketDirectory.SharedParent);
+            Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute | UnixFileMode.GroupExecute, parent);
+            Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute, File.GetUnixFileMode(plain));
+        }
+        finally
+        {
+            Directory.Delete(confined, recursive: true);
+            Directory.Delete(plain, recursive: true);
+        }
     }
 
     [Fact]
