@@ -110,7 +110,10 @@ public static class LocalClusterLauncher
         if (options.ApiPort != 0 && !PortIsFree(options.ApiPort))
             throw CliFailure.BadUsage($"port {options.ApiPort} on 127.0.0.1 is in use (another Coordinator?); choose another with --api-port, e.g. --api-port 9111");
 
-        var storageRoots = CheckedStorageRoots(options.StorageRoots);
+        // An up after a down brings back the cluster it was: the storage roots it was given before stay allowed (its hosts'
+        // domains live there, and without them a host attaches none of them and no VM on them starts again).
+        var previousRoots = await LocalClusterState.ReadAsync(dataDirectory, ct) is { } stopped ? stopped.StorageRoots : [];
+        var storageRoots = CheckedStorageRoots(previousRoots.Concat(options.StorageRoots).Distinct().ToList());
         var tokenFile = ApiTokenFileFor(dataDirectory);
         var tls = OpenTls(dataDirectory);
         var hostIds = Enumerable.Range(1, options.Hosts).Select(i => $"host-{i}").ToList();

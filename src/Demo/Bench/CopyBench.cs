@@ -178,11 +178,9 @@ internal static class CopyBench
         }
         finally
         {
-            await LocalClusterLauncher.DownAsync(dataDir);
-            await using var stopper = new QmpHypervisor(new QmpHypervisorOptions { RunDirectory = local.HostRunDirectory("host-1") });
-            foreach (var running in await stopper.AdoptRunningVmsAsync()) await stopper.StopVmAsync(running.Id);
-            await using var stopper2 = new QmpHypervisor(new QmpHypervisorOptions { RunDirectory = local.HostRunDirectory("host-2") });
-            foreach (var running in await stopper2.AdoptRunningVmsAsync()) await stopper2.StopVmAsync(running.Id);
+            // as `lsm local down`: the nodes, then the VMs their hosts ran (both VMs live in host-1's run directory)
+            var down = await LocalClusterLauncher.DownAsync(dataDir);
+            Console.WriteLine($"stopped {down.StoppedNodes.Count} nodes and {down.StoppedVmPids.Count} VMs");
             Directory.Delete(dataDir, recursive: true);
         }
         return exit;
