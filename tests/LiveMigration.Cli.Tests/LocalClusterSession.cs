@@ -22,12 +22,13 @@ public sealed class LocalClusterSession : IAsyncDisposable
     /// <summary>Starts the cluster, or (its nodes partly dead) the nodes that died; the API address may change.
     /// <c>up</c>'s own limit stays under the test's 90 s for a command, so a cluster that does not come up says what it
     /// waited for instead of being killed silently.</summary>
-    public async Task UpAsync()
+    /// <param name="storageRoot">False: as an operator types an up after a down, without repeating <c>--storage-root</c> (the cluster keeps it).</param>
+    public async Task UpAsync(bool storageRoot = true)
     {
         Directory.CreateDirectory(Storage);
         var up = await CliProcess.RunWithEnvironmentAsync(null, Environment, null,
             ["local", "up", "--hosts", "2", "--data-dir", DataDirectory, "--api-port", "0", "--fast-timings", "--timeout", "75",
-             "--storage-root", Storage, .. UpArguments]);
+             .. storageRoot ? new[] { "--storage-root", Storage } : [], .. UpArguments]);
         Assert.True(up.ExitCode == 0, up + "\n" + LogTails());
         Api = (await LocalClusterState.ReadAsync(DataDirectory))!.ApiUrl;
     }
