@@ -265,15 +265,36 @@ public sealed class LocalCluster : IAsyncDisposable
         _nodes.Remove(node);
     }
 
+    /// <summary>
+    /// Starts a stopped or crashed node again with its data directory. A host comes back on a fresh cluster port and downs
+    /// its old incarnation itself (<c>--replaces</c>): back on its old address it could meet a peer's redial of the old
+    /// incarnation in flight, which Akka.Remote leaves a connection nobody writes on (PredecessorDowning and OldIncarnation
+    /// say more; CI once saw a host restarted on its old port never rejoin). Later seed lists name the new port.
+    /// The Coordinator keeps its port: on a fresh one it joins while its predecessor is still a (downed) member, and its
+    /// singletons then wait out the removal margin (20 s) before they start; on its old address the cluster replaces
+    /// the old incarnation at once (<c>lsm local up</c> takes the fresh port, safe and slower; see the session notes).
+    /// </summary>
     public async Task<NodeProcess> RestartAsync(NodeProcess node)
     {
         if (node.Running) await KillAsync(node);
         _nodes.Remove(node);
-        var dll = node.Name.StartsWith("host") ? ("HostNode", "LiveMigration.HostNode.dll") : ("Coordinator", "LiveMigration.Coordinator.dll");
+        var isHost = node.Name.StartsWith("host");
         var arguments = node.Arguments.ToList();
+        // a node restarted twice replaces its latest incarnation only
+        var replaces = arguments.IndexOf("--replaces");
+        if (replaces >= 0) arguments.RemoveRange(replaces, 2);
+        var portAt = arguments.IndexOf("--port");
+        if (isHost && node.Address is { } oldAddress && portAt >= 0)
+        {
+            var port = FreePort([CoordinatorPort, HttpPort, node.Port, .. _hostPorts.Values]);
+            arguments[portAt + 1] = port.ToString();
+            lock (_hostPorts) if (_hostPorts.ContainsKey(node.Name)) _hostPorts[node.Name] = port;
+            arguments.AddRange(["--replaces", oldAddress]);
+        }
         var at = arguments.IndexOf("--seed");
         if (at >= 0) arguments[at + 1] = RejoinSeed(node.Name);
-        return Start(node.Name, dll.Item1, dll.Item2, arguments, node.Name.StartsWith("host") || PostgresConnectionString is not { } pg
+        var dll = isHost ? ("HostNode", "LiveMigration.HostNode.dll") : ("Coordinator", "LiveMigration.Coordinator.dll");
+        return Start(node.Name, dll.Item1, dll.Item2, arguments, isHost || PostgresConnectionString is not { } pg
             ? null
             : new Dictionary<string, string> { ["LSM_Coordinator__PostgresConnectionString"] = pg });
     }
