@@ -51,9 +51,6 @@ case "${1:-}" in
     mkdir -p artifacts
     log=artifacts/test-output.txt
     set +e
-    # dotnet test runs as many test projects at once as there are cores, in the solution's order: Cli.Tests, by far the
-    # longest (its local clusters run one at a time), is listed first there so it starts at once and the others share
-    # the remaining lanes (on 2 cores it had started only after five others, adding minutes to the run).
     dotnet test LiveMigration.Akka.sln -c Release --no-build -nologo \
       --logger "console;verbosity=normal" --results-directory artifacts/test-results "$@" 2>&1 | tee "$log"
     status=${PIPESTATUS[0]}
