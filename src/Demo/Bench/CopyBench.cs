@@ -102,8 +102,10 @@ internal static class CopyBench
             for (var run = 1; run <= runs; run++)
             {
                 var yardstick = await QemuImgLayerByLayerAsync(await pool.ResolveChainAsync(a.Id, image), b);
-                var pre = await MoveAsync(api, bigVm, image, b, "pre-copy", stalls);
-                var post = await MoveAsync(api, bigVm, image, a, "post-copy", stalls);
+                var preSteps = new JsonObject();
+                var postSteps = new JsonObject();
+                var pre = await MoveAsync(api, bigVm, image, b, "pre-copy", stalls, preSteps);
+                var post = await MoveAsync(api, bigVm, image, a, "post-copy", stalls, postSteps);
                 var busyPre = await BusyMoveAsync(api, bigVm, bigDrive, image, b, "pre-copy", WritePattern.Random, 4096, Math.Min(BusyRegion, dataBytes), Path.Combine(dataDir, $"guest-{run}-random.ledger"), stalls);
                 var busyPost = await BusyMoveAsync(api, bigVm, bigDrive, image, a, "post-copy", WritePattern.Sequential, (int)MiB, Math.Min(BusyRegion, dataBytes), Path.Combine(dataDir, $"guest-{run}-sequential.ledger"), stalls);
                 Console.WriteLine($"{run,3}  {yardstick.TotalSeconds,8:0.00} s               {pre.TotalSeconds,6:0.00} s ({pre / yardstick:0.00}×)  {post.TotalSeconds,6:0.00} s ({post / yardstick:0.00}×)  " +
@@ -117,6 +119,8 @@ internal static class CopyBench
                     ["postCopySeconds"] = Round(post.TotalSeconds),
                     ["preCopyRatio"] = Round(pre / yardstick),
                     ["postCopyRatio"] = Round(post / yardstick),
+                    ["preCopyStepSeconds"] = preSteps,
+                    ["postCopyStepSeconds"] = postSteps,
                     ["busyPreCopySeconds"] = Round(busyPre.Took.TotalSeconds),
                     ["busyPreCopyRatio"] = Round(busyPre.Took / pre),
                     ["busyPreCopyGuestMiBPerSecond"] = Round(busyPre.Guest.MegabytesPerSecond),
@@ -273,8 +277,10 @@ internal static class CopyBench
         return (took, during);
     }
 
-    /// <summary>Moves the VM's disk through the API and times it from the request to completed; keeps the hosts' switch stalls.</summary>
-    private static async Task<TimeSpan> MoveAsync(ApiClient api, VmId vm, ImageId image, FileStorageDomain to, string strategy, List<(string, double)> stalls)
+    /// <summary>Moves the VM's disk through the API and times it from the request to completed; keeps the hosts' switch stalls and,
+    /// given <paramref name="steps"/>, each step's time (its attempts added up), to show where the time goes.</summary>
+    private static async Task<TimeSpan> MoveAsync(ApiClient api, VmId vm, ImageId image, FileStorageDomain to, string strategy, List<(string, double)> stalls,
+        JsonObject? steps = null)
     {
         var watch = Stopwatch.StartNew();
         var id = await api.StartMigrationAsync(vm.ToString(), image.ToString(), to.Id.ToString(), strategy,
@@ -288,8 +294,17 @@ internal static class CopyBench
             {
                 var took = watch.Elapsed;
                 foreach (var t in m.GetProperty("disks")[0].GetProperty("timings").EnumerateArray())
-                    if (t.TryGetProperty("switchStallMs", out var ms) && ms.ValueKind == JsonValueKind.Number)
-                        stalls.Add((t.GetProperty("step").GetString()!, ms.GetDouble()));
+                {
+                    var step = t.GetProperty("step").GetString()!;
+                    if (t.TryGetProperty("switchStallMs", out var ms) && ms.ValueKind == JsonValueKind.Number) stalls.Add((step, ms.GetDouble()));
+                    if (steps is not null && t.TryGetProperty("endedAt", out var ended) && ended.ValueKind == JsonValueKind.String)
+                    {
+                        var seconds = (ended.GetDateTimeOffset() - t.GetProperty("startedAt").GetDateTimeOffset()).TotalSeconds;
+                        steps[step] = Round(seconds + (steps[step]?.GetValue<double>() ?? 0));
+                    }
+                }
+                if (steps is not null)
+                    Console.WriteLine($"     {strategy} steps: {string.Join(", ", steps.Select(kv => $"{kv.Key} {kv.Value} s"))}");
                 // the next move starts from where the inventory shows the disk
                 await ClusterDemo.WaitForAsync("the inventory to show the disk on its new domain", async () =>
                     (await api.GetAsync("/api/inventory")).GetProperty("vms").EnumerateArray()
