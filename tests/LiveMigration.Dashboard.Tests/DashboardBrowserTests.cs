@@ -99,6 +99,56 @@ public sealed class DashboardBrowserTests(DashboardCluster cluster, ITestOutputH
     }
 
     [Fact]
+    public async Task A_running_disk_shows_its_copy_rate_over_time_beside_its_bar_timed_by_the_coordinator()
+    {
+        // The live stream as the Coordinator sends it, here made up so the rates are known: a mirror that started at T0
+        // and has copied 2, 4 and 7 MiB at T0+1 s, +2 s, +3 s (whenever the page happens to read them).
+        var id = Guid.NewGuid().ToString();
+        var image = Guid.NewGuid().ToString();
+        var t0 = DateTimeOffset.UtcNow.AddMinutes(-1);
+        string Event(int second, long mib) => "event: migration\ndata: " + System.Text.Json.JsonSerializer.Serialize(new
+        {
+            id, vm = Guid.NewGuid().ToString(), status = "running", finished = false, strategy = "pre-copy",
+            requestedAt = t0, updatedAt = t0.AddSeconds(second),
+            disks = new[]
+            {
+                new
+                {
+                    image, source = Guid.NewGuid().ToString(), destination = Guid.NewGuid().ToString(), phase = "InFlight",
+                    step = "WaitMirrorReady", attempt = 1, done = mib << 20, total = 16L << 20,
+                    timings = new[] { new { step = "WaitMirrorReady", attempt = 1, startedAt = t0 } },
+                },
+            },
+        }) + "\n\n";
+        var page = await OpenPageAsync();
+        await page.RouteAsync("**/api/migrations/events", route => route.FulfillAsync(new()
+        {
+            Status = 200, ContentType = "text/event-stream", Body = Event(1, 2) + Event(2, 4) + Event(3, 7),
+        }));
+        await page.GotoAsync(cluster.Api + "/");
+
+        var disk = page.Locator($"[data-migration='{id}'] .migration-disk");
+        var chart = disk.Locator(".rate-chart");
+        await Assertions.Expect(chart).ToHaveAttributeAsync("data-points", "3");
+        // 2 MiB in the first second (from the step's start), 2 in the next, 3 in the last: the last rate is written out
+        await Assertions.Expect(disk.Locator(".rate-now")).ToHaveTextAsync("3.0 MiB/s");
+        var points = (await chart.Locator("polyline").GetAttributeAsync("points"))!.Split(' ')
+            .Select(p => p.Split(',').Select(v => double.Parse(v, System.Globalization.CultureInfo.InvariantCulture)).ToArray()).ToList();
+        Assert.Equal(3, points.Count);
+        Assert.True(points[0][0] < points[1][0] && points[1][0] < points[2][0], "the points go forward in time");
+        Assert.Equal(points[0][1], points[1][1], 1); // the same rate twice: the same height
+        Assert.True(points[2][1] < points[1][1], "the faster last second is drawn higher");
+        // The page re-reads the stream (it ended): the same updates again add nothing.
+        await page.WaitForTimeoutAsync(2500);
+        await Assertions.Expect(chart).ToHaveAttributeAsync("data-points", "3");
+        var artifacts = Path.Combine(AppContext.BaseDirectory, "artifacts");
+        Directory.CreateDirectory(artifacts);
+        // the whole page: the stream's reconnects re-render the migration, so an element shot could meet a detached node
+        await page.ScreenshotAsync(new() { Path = Path.Combine(artifacts, "dashboard-rate-chart.png"), FullPage = true });
+        Assert.Empty(_pageErrors);
+    }
+
+    [Fact]
     public async Task With_a_token_required_the_page_asks_for_it_and_every_api_call_then_carries_it()
     {
         const string Token = "dashboard-test-token";

@@ -19,7 +19,12 @@
     richMigrations: false,
     // migration/disk/step -> the widest bar shown: a mirror's total grows while the guest writes, the bar never shrinks
     shownProgress: new Map(),
+    // migration/disk -> the copy rate over time, from the live stream: [{ t (ms), rate (bytes/s) }], the last RATE_POINTS
+    rates: new Map(),
+    // migration/disk -> the last sample the rate was taken from: { t, done, step }
+    lastSample: new Map(),
   };
+  const RATE_POINTS = 60;
 
   // ---------- the API, with the token ----------
 
@@ -238,11 +243,62 @@
 
   function onMigration(migration) {
     const before = state.migrations.get(migration.id);
+    sampleRates(migration, Date.now());
     state.migrations.set(migration.id, migration);
     state.streamEvents.set(migration.id, (state.streamEvents.get(migration.id) || 0) + 1);
     remember(migration.id);
     renderMigrations();
     if (!before || before.finished !== migration.finished || before.status !== migration.status) refreshSoon();
+  }
+
+  /**
+   * Each running disk's copy rate between two updates of the live stream, within one step, timed by the Coordinator's
+   * own clock (updatedAt; the step's startedAt is where a step's count begins), so the rate is the copy's and not the
+   * page's reception. Kept in memory only, for the chart beside the bar.
+   */
+  function sampleRates(migration, received) {
+    const at = Date.parse(migration.updatedAt);
+    const now = isNaN(at) ? received : at;
+    (migration.disks || []).forEach((disk) => {
+      const key = migration.id + "/" + disk.image;
+      const done = Number(disk.done) || 0;
+      let last = state.lastSample.get(key);
+      if (!last || last.step !== disk.step) {
+        const timing = (disk.timings || []).filter((t) => t.step === disk.step).pop();
+        const started = timing ? Date.parse(timing.startedAt) : NaN;
+        last = isNaN(started) ? null : { t: started, done: 0, step: disk.step };
+      }
+      if (last && now - last.t < 100) return;
+      state.lastSample.set(key, { t: now, done, step: disk.step });
+      if (!last || migration.finished || done <= 0 || done < last.done) return;
+      const points = state.rates.get(key) || [];
+      points.push({ t: now, rate: ((done - last.done) * 1000) / (now - last.t) });
+      state.rates.set(key, points.slice(-RATE_POINTS));
+    });
+  }
+
+  /** A small line of the disk's copy rate over time, the latest rate written beside it; nothing until there is a rate. */
+  function rateChart(key) {
+    const points = state.rates.get(key) || [];
+    if (points.length === 0) return h("div", { class: "rate" });
+    const width = 96, height = 22;
+    const top = Math.max(...points.map((p) => p.rate), 1);
+    const first = points[0].t, span = Math.max(points[points.length - 1].t - first, 1);
+    const xy = (points.length === 1 ? [points[0], points[0]] : points).map((p, i) => {
+      const x = points.length === 1 ? i * width : ((p.t - first) / span) * width;
+      return x.toFixed(1) + "," + (height - 1 - (p.rate / top) * (height - 2)).toFixed(1);
+    });
+    const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+    svg.setAttribute("class", "rate-chart");
+    svg.setAttribute("viewBox", "0 0 " + width + " " + height);
+    svg.setAttribute("width", String(width));
+    svg.setAttribute("height", String(height));
+    svg.setAttribute("data-points", String(points.length));
+    svg.setAttribute("aria-label", "copy rate over the last " + points.length + " updates, up to " + bytes(top) + "/s");
+    const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+    line.setAttribute("points", xy.join(" "));
+    svg.append(line);
+    return h("div", { class: "rate" }, svg, h("span", { class: "rate-now" }, bytes(points[points.length - 1].rate) + "/s"));
   }
 
   // ---------- rendering ----------
@@ -431,7 +487,8 @@
           h("div", {}, h("code", {}, shortId(disk.image)), " ", h("span", { class: "muted" }, domainName(disk.source) + " → " + domainName(disk.destination))),
           h("div", { class: "bar " + (kind === "run" ? "" : kind), role: "progressbar", "aria-valuenow": percent.toFixed(0), "aria-valuemin": 0, "aria-valuemax": 100 },
             h("span", { style: "width:" + percent.toFixed(1) + "%" })),
-          h("div", { class: "pct" }, left)),
+          h("div", { class: "pct" }, left),
+          rateChart(m.id + "/" + disk.image)),
         h("div", { class: "muted" }, disk.phase + (disk.step ? " · " + humanStep(disk.step) : "") + (total > 0 ? " · " + bytes(disk.done) + " of " + bytes(total) : "")
           + (disk.remainingSeconds ? " · ~" + Math.ceil(disk.remainingSeconds) + " s left" : "")),
         h("ul", { class: "steps" }, ...steps),
