@@ -36,6 +36,7 @@ public sealed class LocalCluster : IAsyncDisposable
     private readonly List<NodeProcess> _nodes = [];
     private readonly Dictionary<string, int> _hostPorts = new();
     private readonly string _configuration;
+    private int _coordinatorPort;
 
     public LocalCluster(string dataDirectory, string? configuration = null)
     {
@@ -50,7 +51,7 @@ public sealed class LocalCluster : IAsyncDisposable
     public string RepositoryRoot { get; }
 
     /// <summary>The Coordinator's cluster port: a free one unless set (a cluster brought back from its state file keeps its ports).</summary>
-    public int CoordinatorPort { get; init; }
+    public int CoordinatorPort { get => _coordinatorPort; init => _coordinatorPort = value; }
 
     /// <summary>The seed hosts' fixed ports as a state file recorded them, so restarted nodes listen where the others' seed lists say.</summary>
     public IReadOnlyDictionary<string, int> KnownHostPorts
@@ -266,13 +267,12 @@ public sealed class LocalCluster : IAsyncDisposable
     }
 
     /// <summary>
-    /// Starts a stopped or crashed node again with its data directory. A host comes back on a fresh cluster port and downs
-    /// its old incarnation itself (<c>--replaces</c>): back on its old address it could meet a peer's redial of the old
-    /// incarnation in flight, which Akka.Remote leaves a connection nobody writes on (PredecessorDowning and OldIncarnation
-    /// say more; CI once saw a host restarted on its old port never rejoin). Later seed lists name the new port.
-    /// The Coordinator keeps its port: on a fresh one it joins while its predecessor is still a (downed) member, and its
-    /// singletons then wait out the removal margin (20 s) before they start; on its old address the cluster replaces
-    /// the old incarnation at once (<c>lsm local up</c> takes the fresh port, safe and slower; see the session notes).
+    /// Starts a stopped or crashed node again with its data directory, on a fresh cluster port, downing its old incarnation
+    /// itself (<c>--replaces</c>), as <c>lsm local up</c> does for a Coordinator: back on its old address it could meet a
+    /// peer's redial of the old incarnation in flight, which Akka.Remote leaves a connection nobody writes on
+    /// (PredecessorDowning and OldIncarnation say more; CI saw a host and a Coordinator restarted on their old ports never
+    /// rejoin). Later seed lists name the new port. A Coordinator back this way joins while its predecessor is still a
+    /// (downed) member, so its singletons start only after the removal margin (the resolver's stable-after, 20 s).
     /// </summary>
     public async Task<NodeProcess> RestartAsync(NodeProcess node)
     {
@@ -284,11 +284,12 @@ public sealed class LocalCluster : IAsyncDisposable
         var replaces = arguments.IndexOf("--replaces");
         if (replaces >= 0) arguments.RemoveRange(replaces, 2);
         var portAt = arguments.IndexOf("--port");
-        if (isHost && node.Address is { } oldAddress && portAt >= 0)
+        if (node.Address is { } oldAddress && portAt >= 0)
         {
             var port = FreePort([CoordinatorPort, HttpPort, node.Port, .. _hostPorts.Values]);
             arguments[portAt + 1] = port.ToString();
-            lock (_hostPorts) if (_hostPorts.ContainsKey(node.Name)) _hostPorts[node.Name] = port;
+            if (!isHost) _coordinatorPort = port;
+            else lock (_hostPorts) if (_hostPorts.ContainsKey(node.Name)) _hostPorts[node.Name] = port;
             arguments.AddRange(["--replaces", oldAddress]);
         }
         var at = arguments.IndexOf("--seed");

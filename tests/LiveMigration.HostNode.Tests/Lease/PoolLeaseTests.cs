@@ -76,7 +76,10 @@ public sealed class PoolLeaseTests : Akka.TestKit.Xunit2.TestKit
         var lost = new TaskCompletionSource<Exception?>(TaskCreationOptions.RunContinuationsAsynchronously);
         Assert.True(await a.TryAcquireAsync(why => lost.TrySetResult(why)));
 
-        await System.IO.File.WriteAllTextAsync(_path, "HOLDER=host-z\nGENERATION=9\nRENEWAL=0\n");
+        // Written as a lease holder writes it, atomically (a new file renamed over the old): an in-place write could be read
+        // half done by the renewal, an unreadable record (IO_ERROR) rather than another holder's (CI saw it once).
+        await System.IO.File.WriteAllTextAsync(_path + ".other", "HOLDER=host-z\nGENERATION=9\nRENEWAL=0\n");
+        System.IO.File.Move(_path + ".other", _path, overwrite: true);
 
         var why = await lost.Task.WaitAsync(TimeSpan.FromSeconds(5));
         Assert.Equal(ErrorCodes.Fenced, Assert.IsType<OperationFailedException>(why).Code);
