@@ -106,9 +106,9 @@ public sealed class DashboardBrowserTests(DashboardCluster cluster, ITestOutputH
         var id = Guid.NewGuid().ToString();
         var image = Guid.NewGuid().ToString();
         var t0 = DateTimeOffset.UtcNow.AddMinutes(-1);
-        string Event(int second, long mib) => "event: migration\ndata: " + System.Text.Json.JsonSerializer.Serialize(new
+        string Event(int second, long mib, bool finished = false) => "event: migration\ndata: " + System.Text.Json.JsonSerializer.Serialize(new
         {
-            id, vm = Guid.NewGuid().ToString(), status = "running", finished = false, strategy = "pre-copy",
+            id, vm = Guid.NewGuid().ToString(), status = finished ? "completed" : "running", finished, strategy = "pre-copy",
             requestedAt = t0, updatedAt = t0.AddSeconds(second),
             disks = new[]
             {
@@ -121,9 +121,11 @@ public sealed class DashboardBrowserTests(DashboardCluster cluster, ITestOutputH
             },
         }) + "\n\n";
         var page = await OpenPageAsync();
+        var ended = false; // then each re-read of the stream says the migration completed
         await page.RouteAsync("**/api/migrations/events", route => route.FulfillAsync(new()
         {
-            Status = 200, ContentType = "text/event-stream", Body = Event(1, 2) + Event(2, 4) + Event(3, 7),
+            Status = 200, ContentType = "text/event-stream",
+            Body = Volatile.Read(ref ended) ? Event(4, 16, finished: true) : Event(1, 2) + Event(2, 4) + Event(3, 7),
         }));
         await page.GotoAsync(cluster.Api + "/");
 
@@ -145,6 +147,10 @@ public sealed class DashboardBrowserTests(DashboardCluster cluster, ITestOutputH
         Directory.CreateDirectory(artifacts);
         // the whole page: the stream's reconnects re-render the migration, so an element shot could meet a detached node
         await page.ScreenshotAsync(new() { Path = Path.Combine(artifacts, "dashboard-rate-chart.png"), FullPage = true });
+        // Completed: the line goes with the running copy, and the page lets go of its samples.
+        Volatile.Write(ref ended, true);
+        await Assertions.Expect(page.Locator($"[data-migration='{id}'] .status")).ToHaveTextAsync("completed");
+        await Assertions.Expect(chart).ToHaveCountAsync(0);
         Assert.Empty(_pageErrors);
     }
 

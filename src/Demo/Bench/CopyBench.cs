@@ -234,10 +234,10 @@ internal static class CopyBench
     /// The yardstick: the chain copied layer by layer with <c>qemu-img convert</c> into fresh files on the destination
     /// domain's file system, each layer alone (-B: its parent's data stays out), as the SPM's copy runs; the copies are
     /// removed afterwards. Run while the VM runs on the chain (its backing layers are read-only; the leaf is read with -U,
-    /// which the SPM never does, and which is the yardstick's only liberty).
+    /// which the SPM never does, and which is the yardstick's only liberty). <c>Took</c> is the copy; <c>Durable</c> adds
+    /// the fsync of the copies, which a migration makes before it calls a layer LEGAL and qemu-img's default cache leaves
+    /// undone, for context.
     /// </summary>
-    /// <summary>The yardstick: qemu-img convert layer by layer (<c>Took</c>); <c>Durable</c> adds the fsync of the copies that a
-    /// migration makes before it calls a layer LEGAL (qemu-img's default cache leaves the data in the page cache), for context.</summary>
     private static async Task<(TimeSpan Took, TimeSpan Durable)> QemuImgLayerByLayerAsync(DriveChain chain, FileStorageDomain scratch)
     {
         var folder = Path.Combine(scratch.DomainPath, "bench-qemu-img");

@@ -254,13 +254,19 @@
   /**
    * Each running disk's copy rate between two updates of the live stream, within one step, timed by the Coordinator's
    * own clock (updatedAt; the step's startedAt is where a step's count begins), so the rate is the copy's and not the
-   * page's reception. Kept in memory only, for the chart beside the bar.
+   * page's reception. Kept in memory only, for the chart beside the bar, while the migration runs.
    */
   function sampleRates(migration, received) {
     const at = Date.parse(migration.updatedAt);
     const now = isNaN(at) ? received : at;
     (migration.disks || []).forEach((disk) => {
       const key = migration.id + "/" + disk.image;
+      // only running disks draw a rate: a finished migration lets go of its samples, so a page left open stays small
+      if (migration.finished) {
+        state.rates.delete(key);
+        state.lastSample.delete(key);
+        return;
+      }
       const done = Number(disk.done) || 0;
       let last = state.lastSample.get(key);
       if (!last || last.step !== disk.step) {
@@ -270,7 +276,7 @@
       }
       if (last && now - last.t < 100) return;
       state.lastSample.set(key, { t: now, done, step: disk.step });
-      if (!last || migration.finished || done <= 0 || done < last.done) return;
+      if (!last || done <= 0 || done < last.done) return;
       const points = state.rates.get(key) || [];
       points.push({ t: now, rate: ((done - last.done) * 1000) / (now - last.t) });
       state.rates.set(key, points.slice(-RATE_POINTS));
