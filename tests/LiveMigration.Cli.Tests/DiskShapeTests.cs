@@ -122,6 +122,9 @@ public sealed class DiskShapeTests : IAsyncLifetime
             if (disk.GetProperty("baseAllocation").GetString() == "preallocated")
                 Assert.True(info["actual-size"]!.GetValue<long>() >= DiskBytes,
                     $"{what}: the preallocated raw base takes {info["actual-size"]} bytes on {domain}, less than its {DiskBytes}: it became sparse");
+            else
+                Assert.True(info["actual-size"]!.GetValue<long>() < DiskBytes,
+                    $"{what}: the sparse {info["format"]} base takes {info["actual-size"]} bytes on {domain}, its whole {DiskBytes}: it lost its holes");
         }
     }
 

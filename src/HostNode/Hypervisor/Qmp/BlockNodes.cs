@@ -30,6 +30,9 @@ internal static class BlockNodes
         ["node-name"] = FileNode(layer),
         ["filename"] = layer.Path,
         ["read-only"] = readOnly,
+        // Zero writes may punch holes: a mirror of a single raw volume (QEMU turns sync=top without a backing into a full
+        // copy) writes the source's holes as zeroes, and without unmap they allocate the whole twin.
+        ["discard"] = "unmap",
     };
 
     /// <summary>
@@ -44,6 +47,7 @@ internal static class BlockNodes
             ["node-name"] = FormatNode(layer),
             ["file"] = FileNode(layer),
             ["read-only"] = readOnly,
+            ["discard"] = "unmap",
         };
         if (layer.Format == VolumeFormat.Cow) options["backing"] = backingNode;
         return options;
