@@ -61,7 +61,8 @@ case "${1:-}" in
     exit "$status"
     ;;
   bench)
-    # Benchmarks on real processes; each writes its JSON under var/bench/. "copy": the copy path against qemu-img convert.
+    # Benchmarks on real processes; each writes its JSON under var/bench/. "copy": the copy path against qemu-img convert;
+    # "control-plane": sim migrations through a Coordinator and sim hosts (overhead, throughput, API latency, memory).
     shift
     need_packages
     build
@@ -105,6 +106,7 @@ case "${1:-}" in
     echo "       ./run.sh simulate                 the saga's seeded fault simulation (LSM_SIM_SEEDS=N, LSM_SIM_SEED=S to replay one)" >&2
     echo "       ./run.sh faults [--quick]         the fault matrix: simulation and crash cases on real processes; var/faults/report.json" >&2
     echo "       ./run.sh bench copy [--runs N]    the copy path through the cluster against qemu-img convert; var/bench/copy.json" >&2
+    echo "       ./run.sh bench control-plane      sim migrations through the control plane; var/bench/control-plane.json" >&2
     exit 2
     ;;
 esac

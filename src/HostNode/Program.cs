@@ -21,6 +21,7 @@ HostManagement management;
 try
 {
     settings = HostNodeSettings.From(builder.Configuration);
+    if (settings.Hypervisor == "sim") return await SimHosts.RunAsync(builder.Configuration, settings);
     FaultPlan.Current = FaultPlan.FromEnvironment(settings.HostId, settings.DataDirectory);
     components = await settings.CreateComponentsAsync();
     // Domains created through the API under other folders than the configured roots.

@@ -50,10 +50,17 @@ public sealed class LocalUpSettings : LocalSettings
     public int TimeoutSeconds { get; set; } = 120;
 
     [CommandOption("--hypervisor <ADAPTER>")]
-    [Description("How every host runs its VMs: qmp (QEMU's monitor; the default) or libvirt (through the libvirtd of this machine, which must answer " +
-                 "`virsh -c qemu:///system version`: deploy/libvirt/setup.sh starts one). Example: --hypervisor libvirt")]
+    [Description("How every host runs its VMs: qmp (QEMU's monitor; the default), libvirt (through the libvirtd of this machine, which must answer " +
+                 "`virsh -c qemu:///system version`: deploy/libvirt/setup.sh starts one) or sim (in-memory VMs and domains, all hosts in one " +
+                 "process: for trying scale, nothing they hold survives a down). Example: --hypervisor libvirt")]
     [DefaultValue("qmp")]
     public string Hypervisor { get; set; } = "qmp";
+
+    [CommandOption("--sim-copy-rate <RATE>")]
+    [Description("With --hypervisor sim: how fast the sim hosts' copies and mirrors run, e.g. 64MiB/s; 0 (the default) makes them instant. " +
+                 "The sim hosts' disks are sizes, not data: a new disk holds none until a test says so")]
+    [DefaultValue("0")]
+    public string SimCopyRate { get; set; } = "0";
 
     [CommandOption("--libvirt-uri <URI>")]
     [Description("The libvirt connection of the hosts with --hypervisor libvirt. Default qemu:///system")]
@@ -104,7 +111,10 @@ public sealed class LocalUpSettings : LocalSettings
         if (SpmHosts < 1 || SpmHosts > Hosts) return ValidationResult.Error($"--spm-hosts must be 1 to --hosts ({Hosts}), got {SpmHosts}");
         if (ApiPort is < 0 or > 65535) return ValidationResult.Error($"--api-port must be 0 to 65535, got {ApiPort}");
         if (TimeoutSeconds is < 5 or > 3600) return ValidationResult.Error($"--timeout must be 5 to 3600 seconds, got {TimeoutSeconds}");
-        if (Hypervisor is not ("qmp" or "libvirt")) return ValidationResult.Error($"--hypervisor must be qmp or libvirt, got '{Hypervisor}'");
+        if (Hypervisor is not ("qmp" or "libvirt" or "sim")) return ValidationResult.Error($"--hypervisor must be qmp, libvirt or sim, got '{Hypervisor}'");
+        if (!ByteRate.TryParse(SimCopyRate, out _))
+            return ValidationResult.Error($"--sim-copy-rate '{SimCopyRate}' is not a rate like 64MiB/s, 512k or 0 (instant)");
+        if (Hypervisor != "sim" && SimCopyRate != "0") return ValidationResult.Error("--sim-copy-rate needs --hypervisor sim");
         if (Hypervisor != "libvirt" && (LibvirtUri != LibvirtCheck.DefaultUri || LibvirtGuestExport))
             return ValidationResult.Error("--libvirt-uri and --libvirt-guest-export need --hypervisor libvirt");
         return ValidationResult.Success();
@@ -125,6 +135,7 @@ public sealed class LocalUpCommand : AsyncCommand<LocalUpSettings>
             ExtraHocon = settings.FastTimings ? ClusterNodeHosting.FastTestTimings : null,
             Timeout = TimeSpan.FromSeconds(settings.TimeoutSeconds),
             Hypervisor = settings.Hypervisor,
+            SimCopyBytesPerSecond = ByteRate.TryParse(settings.SimCopyRate, out var simRate) ? simRate : 0,
             LibvirtUri = settings.LibvirtUri,
             LibvirtGuestExport = settings.LibvirtGuestExport,
             NodeHostnames = LocalUpSettings.Pairs(settings.NodeHostnames),

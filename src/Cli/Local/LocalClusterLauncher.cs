@@ -30,6 +30,15 @@ public sealed record LocalClusterOptions(string DataDirectory)
     /// <summary>Every host's hypervisor adapter: "qmp" (QEMU's monitor, the default) or "libvirt" (a libvirtd on this machine runs the VMs).</summary>
     public string Hypervisor { get; init; } = "qmp";
 
+    /// <summary>With the sim hypervisor: the rate its copies and mirrors run at, bytes/s; 0 = instant.</summary>
+    public long SimCopyBytesPerSecond { get; init; }
+
+    /// <summary>
+    /// The sim hosts all run in one process of this name (<c>HostNode --hypervisor sim --sim-hosts N</c>): they share the
+    /// in-memory domains as real hosts share the storage they mount.
+    /// </summary>
+    public const string SimHostsNode = "sim-hosts";
+
     /// <summary>The libvirt connection of the hosts when <see cref="Hypervisor"/> is libvirt.</summary>
     public string LibvirtUri { get; init; } = LibvirtCheck.DefaultUri;
 
@@ -50,7 +59,8 @@ public sealed record LocalClusterOptions(string DataDirectory)
     {
         "qmp" => QemuUser is { } qemuUser ? ["--qemu-user", qemuUser] : [],
         "libvirt" => ["--hypervisor", "libvirt", "--libvirt-uri", LibvirtUri, .. LibvirtGuestExport ? new[] { "--libvirt-guest-export", "true" } : []],
-        _ => throw CliFailure.BadUsage($"--hypervisor {Hypervisor}: a host runs its VMs through qmp or libvirt"),
+        "sim" => ["--hypervisor", "sim", "--sim-hosts", Hosts.ToString(), "--sim-spm-hosts", SpmHosts.ToString(), "--sim-copy-rate", SimCopyBytesPerSecond.ToString()],
+        _ => throw CliFailure.BadUsage($"--hypervisor {Hypervisor}: a host runs its VMs through qmp, libvirt or sim"),
     };
 
     public string DomainRoot => LocalCluster.DomainRootOf(DataDirectory);
@@ -117,12 +127,14 @@ public static class LocalClusterLauncher
         var tokenFile = ApiTokenFileFor(dataDirectory);
         var tls = OpenTls(dataDirectory);
         var hostIds = Enumerable.Range(1, options.Hosts).Select(i => $"host-{i}").ToList();
+        var sim = options.Hypervisor == "sim";
         var coordinatorPort = LocalCluster.FreePort(options.ApiPort);
         var cluster = new LocalCluster(dataDirectory)
         {
             CoordinatorPort = coordinatorPort,
             HttpPort = options.ApiPort == 0 ? LocalCluster.FreePort(coordinatorPort) : options.ApiPort,
-            SeedHosts = hostIds,
+            // the sim process's first host listens on the fixed port, its others on any free one
+            SeedHosts = sim ? [LocalClusterOptions.SimHostsNode] : hostIds,
             ExtraHocon = options.ExtraHocon,
             PostgresConnectionString = postgres,
             HostArguments = hostArguments,
@@ -135,9 +147,9 @@ public static class LocalClusterLauncher
         Directory.CreateDirectory(cluster.DomainRoot);
         var started = DateTimeOffset.UtcNow;
         LocalClusterState State() => new(dataDirectory, cluster.ApiUrl, cluster.HttpPort, JournalLabel(options.Journal), cluster.DomainRoot, started,
-            cluster.Nodes.Select(n => new LocalNodeState(n.Name, n.Name.StartsWith("host") ? (options.IsSpmCapable(n.Name) ? "host,spm" : "host") : "coordinator",
+            cluster.Nodes.Select(n => new LocalNodeState(n.Name, RoleOf(n.Name, options),
                 n.Pid, n.StartTime, n.Port, n.Address, n.LogPath,
-                n.Name.StartsWith("host") ? cluster.HostDataDirectory(n.Name) : Path.Combine(dataDirectory, n.Name))
+                n.Name != "coordinator" ? cluster.HostDataDirectory(n.Name) : Path.Combine(dataDirectory, n.Name))
             {
                 Hostname = options.NodeHostnames.GetValueOrDefault(n.Name),
                 NetworkNamespace = options.NodeNetworkNamespaces.GetValueOrDefault(n.Name),
@@ -145,6 +157,7 @@ public static class LocalClusterLauncher
         {
             Hypervisor = options.Hypervisor,
             LibvirtUri = options.Hypervisor == "libvirt" ? options.LibvirtUri : null,
+            SimHosts = sim ? options.Hosts : 0,
             StorageRoots = storageRoots,
             ApiTokenFile = tokenFile,
             TlsFolder = tls.Folder,
@@ -156,7 +169,13 @@ public static class LocalClusterLauncher
             var coordinator = cluster.StartCoordinator();
             await State().WriteAsync(ct);
             report?.Invoke($"coordinator pid {coordinator.Pid}, cluster port {coordinator.Port}, API {cluster.ApiUrl}");
-            foreach (var hostId in hostIds)
+            if (sim)
+            {
+                var hosts = cluster.StartHost(LocalClusterOptions.SimHostsNode, spm: true);
+                await State().WriteAsync(ct);
+                report?.Invoke($"{string.Join(", ", hostIds)} (sim, in one process) pid {hosts.Pid}, cluster port {hosts.Port} and free ones");
+            }
+            foreach (var hostId in sim ? [] : hostIds)
             {
                 var spm = options.IsSpmCapable(hostId);
                 var host = cluster.StartHost(hostId, spm);
@@ -183,6 +202,12 @@ public static class LocalClusterLauncher
         return state;
     }
 
+    /// <summary>What the state file records of a node: the Coordinator, a host (SPM-capable or not), or the sim hosts' process.</summary>
+    private static string RoleOf(string node, LocalClusterOptions options) =>
+        node == "coordinator" ? "coordinator"
+        : node == LocalClusterOptions.SimHostsNode ? "host,spm,sim"
+        : options.IsSpmCapable(node) ? "host,spm" : "host";
+
     /// <summary>
     /// Some nodes of the cluster in the state file died (a crash, a SIGKILL): starts exactly those again, hosts on the ports
     /// and all with the roles the state file recorded, the Coordinator on a fresh port replacing its old incarnation, and
@@ -198,6 +223,9 @@ public static class LocalClusterLauncher
             throw CliFailure.BadUsage($"the local cluster in {previous.DataDirectory} runs with the journal {previous.Journal}: give the same --journal to restart its stopped nodes");
         if (options.Hypervisor != previous.Hypervisor)
             throw CliFailure.BadUsage($"the local cluster in {previous.DataDirectory} runs its hosts on {previous.Hypervisor}: give --hypervisor {previous.Hypervisor} to restart its stopped nodes");
+        if (previous.Nodes.FirstOrDefault(n => n.Name == LocalClusterOptions.SimHostsNode) is { Alive: false })
+            throw CliFailure.BadUsage($"the sim hosts of the local cluster in {previous.DataDirectory} died, and their VMs and domains lived in their memory: " +
+                                      $"stop the cluster with lsm local down --data-dir {previous.DataDirectory} and start a new one");
         var hosts = previous.Nodes.Where(n => n.Role.StartsWith("host")).ToList();
         var coordinator = previous.Nodes.FirstOrDefault(n => !n.Role.StartsWith("host"));
         var cluster = new LocalCluster(previous.DataDirectory)
@@ -251,7 +279,7 @@ public static class LocalClusterLauncher
             }
             foreach (var running in previous.Nodes.Where(n => n.Alive))
                 report?.Invoke($"{running.Name} runs (pid {running.Pid}): left as it is");
-            await WaitUpAsync(cluster, hosts.Select(h => h.Name).ToList(), options.Timeout, ct, restartedHosts, restartedAt);
+            await WaitUpAsync(cluster, previous.HostIds, options.Timeout, ct, restartedHosts, restartedAt);
         }
         catch (Exception e) when (e is not CliFailure)
         {

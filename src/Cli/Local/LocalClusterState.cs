@@ -47,6 +47,14 @@ public sealed record LocalClusterState(
     /// <summary>The libvirt connection of libvirt hosts (null for qmp), where down finds their domains.</summary>
     public string? LibvirtUri { get; init; }
 
+    /// <summary>With the sim hypervisor: how many hosts (host-1 …) its one process runs.</summary>
+    public int SimHosts { get; init; }
+
+    /// <summary>The hosts as cluster members: one per host process, or the sim process's host-1 … host-N.</summary>
+    public IReadOnlyList<string> HostIds => Hypervisor == "sim"
+        ? Enumerable.Range(1, SimHosts).Select(i => $"host-{i}").ToList()
+        : Nodes.Where(n => n.Role.StartsWith("host")).Select(n => n.Name).ToList();
+
     /// <summary>The file (0600) holding the Coordinator's API token; null when it runs without one.</summary>
     public string? ApiTokenFile { get; init; }
 

@@ -328,7 +328,7 @@ internal static class CopyBench
         }
     }
 
-    private static async Task<string> CommitAsync()
+    internal static async Task<string> CommitAsync()
     {
         try
         {

@@ -60,6 +60,9 @@ public sealed record HostNodeSettings(
         ["--spm-lease-period"] = "HostNode:SpmLease:Period",
         ["--spm-lease-margin"] = "HostNode:SpmLease:Margin",
         ["--qemu-user"] = "HostNode:QemuUser",
+        ["--sim-hosts"] = "HostNode:SimHosts",
+        ["--sim-spm-hosts"] = "HostNode:SimSpmHosts",
+        ["--sim-copy-rate"] = "HostNode:SimCopyRate",
     };
 
     public static HostNodeSettings From(IConfiguration config)
@@ -68,14 +71,14 @@ public sealed record HostNodeSettings(
         if (hostId.Length is 0 or > 32 || !hostId.All(c => char.IsAsciiLetterLower(c) || char.IsAsciiDigit(c) || c == '-'))
             throw new ArgumentException($"host id '{hostId}' must be 1-32 lower-case letters, digits and dashes (e.g. host-1)");
         var hypervisor = config["HostNode:Hypervisor"] ?? "qmp";
-        if (hypervisor is not ("qmp" or "libvirt"))
-            throw new ArgumentException($"hypervisor '{hypervisor}' is not known to a HostNode process (qmp, libvirt)");
+        if (hypervisor is not ("qmp" or "libvirt" or "sim"))
+            throw new ArgumentException($"hypervisor '{hypervisor}' is not known to a HostNode process (qmp, libvirt, sim)");
         var guestExport = config["HostNode:LibvirtGuestExport"] ?? "false";
         if (!bool.TryParse(guestExport, out var exportGuests))
             throw new ArgumentException($"--libvirt-guest-export must be true or false, got '{guestExport}'");
         var qemuUser = config["HostNode:QemuUser"] is { Length: > 0 } user ? user : null;
-        if (qemuUser is not null && hypervisor == "libvirt")
-            throw new ArgumentException("--qemu-user is for QMP hosts: libvirt starts QEMU as the user its qemu.conf names");
+        if (qemuUser is not null && hypervisor != "qmp")
+            throw new ArgumentException("--qemu-user is for QMP hosts: libvirt starts QEMU as the user its qemu.conf names, sim hosts start none");
         var qemuAccount = qemuUser is null ? null : QemuAccount.Find(qemuUser);
         var cluster = ClusterNodeSettings.FromConfiguration(config, HostNodeHosting.HostRole);
         var spmLease = SpmLeaseFrom(config);

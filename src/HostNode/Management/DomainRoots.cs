@@ -59,23 +59,15 @@ public sealed class DomainRoots(string dataDirectory)
     }
 
     /// <summary>
-    /// Attaches the file domains under <paramref name="root"/> (folders named by a domain id holding domain metadata).
+    /// Attaches the domains under <paramref name="root"/> the pool does not hold yet, as its <see cref="StoragePool.DomainFactory"/> finds them.
     /// The one way a host attaches domains at runtime: a root the host does not allow is refused (PATH_NOT_ALLOWED), so
     /// an announcement from elsewhere cannot make it open, and later write, a folder outside its storage roots.
     /// </summary>
     public static async Task<int> AttachAllUnderAsync(string root, StoragePool pool, CancellationToken ct = default)
     {
         root = pool.AllowedRoots.Check(root);
-        if (!Directory.Exists(root)) return 0;
-        var attached = 0;
-        var known = pool.Domains.Select(d => d.Id).ToHashSet();
-        foreach (var dir in Directory.EnumerateDirectories(root))
-        {
-            if (!DomainId.TryParse(Path.GetFileName(dir), out var id) || known.Contains(id.Value)
-                || !File.Exists(Path.Combine(dir, "dom_md", "metadata"))) continue;
-            pool.Attach(await FileStorageDomain.AttachAsync(root, id.Value, ct));
-            attached++;
-        }
-        return attached;
+        var found = await pool.DomainFactory.FindUnderAsync(root, pool.Domains.Select(d => d.Id).ToHashSet(), ct);
+        foreach (var domain in found) pool.Attach(domain);
+        return found.Count;
     }
 }

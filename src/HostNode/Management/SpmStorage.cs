@@ -69,9 +69,7 @@ public sealed class SpmStorage(StoragePool pool, Action<AttachDomain> announce)
         }
         // A new domain is a storage change like any other: only the lease's holder makes it.
         if (pool.Fence is { } fence) await fence.CheckAsync(ct);
-        StorageModes.CreateFolder(root);
-        var capacity = command.CapacityBytes > 0 ? command.CapacityBytes : new DriveInfo(root).AvailableFreeSpace;
-        var domain = await FileStorageDomain.CreateAsync(root, DomainId.New(), command.Name, capacity, ct);
+        var domain = await pool.DomainFactory.CreateAsync(root, DomainId.New(), command.Name, command.CapacityBytes, ct);
         pool.Attach(domain);
         announce(new AttachDomain(domain.Id, root));
         var described = await domain.DescribeAsync(ct);

@@ -175,6 +175,7 @@ public sealed class VmManagerActor : ReceiveActor
 
     private async Task<IManagementMessage> StartGuestIoAsync(StartGuestIo command)
     {
+        RequireGuest(command.Vm);
         var running = await RunningAsync(command.Vm);
         if (running is null)
             throw _catalog.Find(command.Vm) is null
@@ -190,6 +191,7 @@ public sealed class VmManagerActor : ReceiveActor
     /// </summary>
     private async Task<IManagementMessage> VerifyAsync(VmId id)
     {
+        RequireGuest(id);
         var running = await RunningAsync(id);
         var drives = running is not null
             ? running.Drives.Select(d => d.Image).ToList()
@@ -226,6 +228,14 @@ public sealed class VmManagerActor : ReceiveActor
             details.AddRange(report.InDoubt.Take(Math.Max(0, 20 - Math.Min(20, report.Lost.Count))).Select(m => $"drive {image}: in doubt {m}"));
         }
         return new GuestVerified(id, checkedBlocks, lost, inDoubt, details.ToValueList(), durable);
+    }
+
+    /// <summary>A sim host's VMs have no data to write or read back: their disks are sizes, not bytes.</summary>
+    private void RequireGuest(VmId id)
+    {
+        if (_hypervisor.Kind == "sim")
+            throw new OperationFailedException(ErrorCodes.InvalidArgument,
+                $"VM {id} runs on sim host {_hostId}: its disks hold no data, so there is no guest I/O to start or verify (a qmp or libvirt host has)");
     }
 
     private async Task<VmInfo?> RunningAsync(VmId id) =>

@@ -14,11 +14,12 @@ public sealed class StoragePool
         foreach (var d in domains ?? []) Attach(d);
     }
 
-    private StoragePool(ConcurrentDictionary<DomainId, IStorageDomain> domains, IStorageFence fence, StorageRootPolicy allowedRoots)
+    private StoragePool(ConcurrentDictionary<DomainId, IStorageDomain> domains, IStorageFence fence, StorageRootPolicy allowedRoots, IDomainFactory factory)
     {
         _domains = domains;
         Fence = fence;
         AllowedRoots = allowedRoots;
+        DomainFactory = factory;
     }
 
     /// <summary>
@@ -26,6 +27,9 @@ public sealed class StoragePool
     /// pool nobody configured makes no folder anywhere.
     /// </summary>
     public StorageRootPolicy AllowedRoots { get; init; } = StorageRootPolicy.None;
+
+    /// <summary>How this host makes and finds domains under a root: file domains unless it is a sim host.</summary>
+    public IDomainFactory DomainFactory { get; init; } = FileDomainFactory.Instance;
 
     /// <summary>What every change through this pool is fenced by (the SPM's view of the pool), or null (a host's own view).</summary>
     public IStorageFence? Fence { get; }
@@ -35,7 +39,7 @@ public sealed class StoragePool
     /// so its every change is checked against the lease while the host's HSM and reports use the plain pool. A domain
     /// attached through either view is seen by both.
     /// </summary>
-    public StoragePool FencedBy(IStorageFence fence) => new(_domains, fence, AllowedRoots);
+    public StoragePool FencedBy(IStorageFence fence) => new(_domains, fence, AllowedRoots, DomainFactory);
 
     /// <summary>A snapshot of the attached domains.</summary>
     public IReadOnlyCollection<IStorageDomain> Domains => _domains.Values.Select(Seen).ToList();
