@@ -27,7 +27,7 @@ public static class EventStreamEndpoints
 
     public static IEndpointRouteBuilder MapMigrationEventStreams(this IEndpointRouteBuilder app)
     {
-        var feed = new MigrationChangeFeed();
+        var feed = new MigrationChangeFeed(app.ServiceProvider.GetService<Migration.MigrationCatalog>());
         var keepAlive = KeepAliveOf(app.ServiceProvider.GetRequiredService<IConfiguration>());
 
         app.MapGet("/api/migrations/events", async (HttpContext http, ActorSystem system, MigrationService service, IOptions<HttpJsonOptions> json) =>

@@ -1,3 +1,4 @@
+using LiveMigration.Coordinator.Migration;
 using System.Threading.Channels;
 using Akka.Actor;
 using Akka.Cluster.Tools.PublishSubscribe;
@@ -63,9 +64,12 @@ public sealed class MigrationEventHub : ReceiveActor, IWithStash
     public sealed record Unregister(MigrationChangeSubscription Subscription) : INoSerializationVerificationNeeded;
 
     private readonly HashSet<MigrationChangeSubscription> _subscriptions = [];
+    private readonly MigrationCatalog? _catalog;
 
-    public MigrationEventHub()
+    /// <param name="catalog">Told each finished migration's final view first, so the streams' reads of it wake no saga.</param>
+    public MigrationEventHub(MigrationCatalog? catalog = null)
     {
+        _catalog = catalog;
         Receive<SubscribeAck>(_ =>
         {
             Become(Active);
@@ -78,7 +82,7 @@ public sealed class MigrationEventHub : ReceiveActor, IWithStash
 
     public IStash Stash { get; set; } = null!;
 
-    public static Props Props() => Akka.Actor.Props.Create(() => new MigrationEventHub());
+    public static Props Props(MigrationCatalog? catalog = null) => Akka.Actor.Props.Create(() => new MigrationEventHub(catalog));
 
     protected override void PreStart() =>
         DistributedPubSub.Get(Context.System).Mediator.Tell(new Subscribe(MigrationStatusChanged.Topic, Self));
@@ -87,6 +91,7 @@ public sealed class MigrationEventHub : ReceiveActor, IWithStash
     {
         Receive<MigrationStatusChanged>(changed =>
         {
+            if (changed.FinalView is { } final) _catalog?.Finished(final);
             foreach (var subscription in _subscriptions) subscription.Offer(changed);
         });
         Receive<Register>(r =>
@@ -100,7 +105,7 @@ public sealed class MigrationEventHub : ReceiveActor, IWithStash
 }
 
 /// <summary>Starts the node's <see cref="MigrationEventHub"/> on first use and hands out subscriptions to it.</summary>
-public sealed class MigrationChangeFeed
+public sealed class MigrationChangeFeed(MigrationCatalog? catalog = null)
 {
     private static readonly TimeSpan RegisterTimeout = TimeSpan.FromSeconds(10);
     private readonly object _gate = new();
@@ -126,6 +131,6 @@ public sealed class MigrationChangeFeed
     private IActorRef HubOf(ActorSystem system)
     {
         lock (_gate)
-            return _hub ??= system.ActorOf(MigrationEventHub.Props(), "migration-event-hub");
+            return _hub ??= system.ActorOf(MigrationEventHub.Props(catalog), "migration-event-hub");
     }
 }

@@ -39,6 +39,7 @@ public sealed class MigrationService(IRequiredActor<MigrationRegion> region, IRe
             inventory.ActorRef.Tell(new ReleaseDisks(id));
             return new CommandOutcome(false, refused.Code, refused.Message);
         }
+        catalog.Requested(id);
         return new CommandOutcome(true, "ACCEPTED", $"migration {id} started", id);
     }
 
@@ -51,9 +52,12 @@ public sealed class MigrationService(IRequiredActor<MigrationRegion> region, IRe
     /// <summary>The migration as the API shows it, or null when no migration with that id was ever recorded.</summary>
     public async Task<MigrationView?> GetAsync(MigrationId id, CancellationToken ct = default)
     {
+        if (catalog.FinishedView(id) is { } finished) return finished;
         if (!await catalog.ExistsAsync(id, ct)) return null;
         var reply = await region.ActorRef.Ask<MigrationStateReply>(new GetMigrationState(id), AskTimeout, ct);
-        return reply.Exists ? reply.View : null;
+        if (!reply.Exists) return null;
+        catalog.Finished(reply.View);
+        return reply.View;
     }
 
     public Task<InventorySnapshot> InventoryAsync(CancellationToken ct = default) =>

@@ -329,7 +329,9 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
 
     private void Publish()
     {
-        var changed = MigrationViews.StatusChangedOf(_state, DateTimeOffset.UtcNow);
+        var now = DateTimeOffset.UtcNow;
+        var changed = MigrationViews.StatusChangedOf(_state, now);
+        if (_state.Status.IsFinished) changed = changed with { FinalView = MigrationViews.ViewOf(_state, now) };
         Context.System.EventStream.Publish(changed);
         if (_settings.PublishToCluster)
             DistributedPubSub.Get(Context.System).Mediator.Tell(new Publish(MigrationStatusChanged.Topic, changed));

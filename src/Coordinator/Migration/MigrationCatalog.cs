@@ -19,6 +19,8 @@ public sealed class MigrationCatalog(ActorSystem system)
 {
     private const string Prefix = "migration-";
     private readonly ConcurrentDictionary<MigrationId, MigrationView> _finished = new();
+    /// <summary>Ids the journal is known to hold: a migration, once requested, is never unrequested, so it is asked only once.</summary>
+    private readonly ConcurrentDictionary<MigrationId, byte> _known = new();
     private readonly Lazy<IMaterializer> _materializer = new(() => system.Materializer(namePrefix: "migration-catalog"));
     private readonly Lazy<SqlReadJournal> _journal = new(() =>
         PersistenceQuery.Get(system).ReadJournalFor<SqlReadJournal>(SqlReadJournal.Identifier));
@@ -57,12 +59,27 @@ public sealed class MigrationCatalog(ActorSystem system)
     /// </summary>
     public async Task<bool> ExistsAsync(MigrationId id, CancellationToken ct = default)
     {
-        if (_finished.ContainsKey(id)) return true;
+        if (_known.ContainsKey(id) || _finished.ContainsKey(id)) return true;
         var first = await _journal.Value.CurrentEventsByPersistenceId(MigrationActor.PersistenceIdOf(id), 0, long.MaxValue)
             .Take(1)
             .RunWith(Sink.Seq<EventEnvelope>(), _materializer.Value)
             .WaitAsync(ct);
+        if (first.Count > 0) _known[id] = 0;
         return first.Count > 0;
+    }
+
+    /// <summary>A migration whose start its saga accepted: its request is in the journal.</summary>
+    public void Requested(MigrationId id) => _known[id] = 0;
+
+    /// <summary>
+    /// The view of a finished migration, which never changes again, once anyone read it: answered from here, a look at
+    /// a finished migration does not wake its saga (a replay of its journal, and remember-entities' writes of its start and stop).
+    /// </summary>
+    public MigrationView? FinishedView(MigrationId id) => _finished.GetValueOrDefault(id);
+
+    public void Finished(MigrationView view)
+    {
+        if (view.Finished) _finished[view.Id] = view;
     }
 
     private async Task<MigrationView?> ReplayAsync(MigrationId id, string persistenceId)

@@ -33,8 +33,16 @@ public static class MigrationJournal
         builder.WithSqlPersistence(
             new SqlJournalOptions(isDefaultPlugin: true) { ConnectionString = journal, ProviderName = ProviderName.SQLiteMS, AutoInitialize = true },
             new SqlSnapshotOptions(isDefaultPlugin: true) { ConnectionString = snapshots, ProviderName = ProviderName.SQLiteMS, AutoInitialize = true });
-        // SQLite takes one writer at a time: more only wait on its lock.
-        return builder.AddHocon("akka.persistence.journal.sql.parallelism = 1", HoconAddMode.Prepend);
+        // SQLite takes one writer at a time: more only wait on its lock. Reads are plain (deferred) transactions: by default
+        // Microsoft.Data.Sqlite begins every transaction IMMEDIATE, so each replay and each query took the write lock and
+        // waited in SQLite's busy loop behind the writer (seen as the sagas' steps waiting tens of ms on BeginTransaction);
+        // in WAL mode a deferred reader sees the last commit and never blocks the writer.
+        return builder.AddHocon("""
+            akka.persistence.journal.sql.parallelism = 1
+            akka.persistence.journal.sql.read-isolation-level = read-uncommitted
+            akka.persistence.query.journal.sql.read-isolation-level = read-uncommitted
+            akka.persistence.snapshot-store.sql.read-isolation-level = read-uncommitted
+            """, HoconAddMode.Prepend);
     }
 
     /// <summary>WAL is a property of the file: set once, before the journal opens it, it stays on (readers do not block the writer).</summary>

@@ -81,7 +81,10 @@ public sealed record DiskProgress(ImageId Image, string Phase, MigrationStep? St
 /// DistributedPubSub topic <see cref="Topic"/>, so the API can stream status and progress and the inventory
 /// frees the disks of a finished migration.
 /// </summary>
-public sealed record MigrationStatusChanged(MigrationId MigrationId, string Status, ValueList<DiskProgress> Disks, DateTimeOffset At, bool Finished = false)
+/// <param name="FinalView">The whole view once the migration finished (it never changes again): readers keep it instead of
+/// asking the saga, which would wake it from its journal just to say the same.</param>
+public sealed record MigrationStatusChanged(MigrationId MigrationId, string Status, ValueList<DiskProgress> Disks, DateTimeOffset At, bool Finished = false,
+    MigrationView? FinalView = null)
     : IMigrationReply
 {
     public const string Topic = "migrations";
