@@ -324,6 +324,7 @@ public sealed class SimHypervisor : IHypervisor
                 last = now;
 
                 SimFault? hit = null;
+                var idle = false;
                 lock (host.Gate)
                 {
                     if (drive.Job != job || !vm.Running) return;
@@ -362,6 +363,14 @@ public sealed class SimHypervisor : IHypervisor
                         job.Phase = BlockJobPhase.Ready;
                         host.RaiseLocked(new BlockJobReady(vm.Id, drive.Image, job.JobId));
                     }
+                    // Without modelled time nothing changes after READY (no guest dirties, no bytes flow): the job waits
+                    // for its end instead of yielding in a loop, which spun a core for every mirror waiting for its pivot.
+                    idle = options.TimeScale == 0 && hit is null && job.Phase == BlockJobPhase.Ready;
+                }
+                if (idle)
+                {
+                    await Task.Delay(Timeout.Infinite, stop);
+                    return;
                 }
                 if (hit is SimFault.Stall stall)
                 {
