@@ -43,7 +43,7 @@ public sealed class LocalLibvirtCommandTests : IAsyncLifetime
 
         var unknown = await CliProcess.RunAsync(null, "local", "up", "--hypervisor", "xen", "--data-dir", _dataDirectory);
         Assert.True(unknown.ExitCode == ExitCodes.BadUsage, unknown.ToString());
-        Assert.Contains("--hypervisor must be qmp or libvirt", unknown.Stderr);
+        Assert.Contains("--hypervisor must be qmp, libvirt or sim", unknown.Stderr);
 
         var uriWithoutLibvirt = await CliProcess.RunAsync(null, "local", "up", "--libvirt-uri", "qemu:///session", "--data-dir", _dataDirectory);
         Assert.True(uriWithoutLibvirt.ExitCode == ExitCodes.BadUsage, uriWithoutLibvirt.ToString());

@@ -27,7 +27,7 @@ internal static class ControlPlaneBench
     public static async Task<int> RunAsync(string[] args)
     {
         var seconds = 60;
-        var inFlight = 64;
+        var inFlight = 32;
         var sequential = 50;
         var hosts = 2;
         var dataDir = "/tmp/lsm-bench-cp";
@@ -43,7 +43,7 @@ internal static class ControlPlaneBench
                 case "--data-dir": dataDir = Value(); break;
                 default:
                     Console.Error.WriteLine($"bench control-plane: unknown or invalid option {args[i]}");
-                    Console.Error.WriteLine("usage: ./run.sh bench control-plane [--seconds N (5-3600, default 60)] [--in-flight N (default 64)] " +
+                    Console.Error.WriteLine("usage: ./run.sh bench control-plane [--seconds N (5-3600, default 60)] [--in-flight N (default 32)] " +
                                             "[--sequential N (default 50)] [--hosts N (default 2)] [--data-dir DIR]");
                     return 2;
             }
@@ -88,7 +88,7 @@ internal static class ControlPlaneBench
             {
                 var disk = disks[0];
                 var id = await api.StartMigrationAsync(disk.Vm, disk.Image, disk.OnA ? b : a, "pre-copy");
-                var m = await events.FinishedAsync(id, TimeSpan.FromMinutes(1));
+                var m = await FinishedOrExplainedAsync(api, events, id);
                 Require(m, id);
                 disk.OnA = !disk.OnA;
                 overheads.Add((m.GetProperty("finishedAt").GetDateTimeOffset() - m.GetProperty("requestedAt").GetDateTimeOffset()).TotalMilliseconds);
@@ -129,7 +129,7 @@ internal static class ControlPlaneBench
                     lock (startLatencies) startLatencies.Add(ask.Elapsed.TotalMilliseconds);
                     Interlocked.Increment(ref started);
                     lastIds[w] = id;
-                    var finished = await events.FinishedAsync(id, TimeSpan.FromMinutes(2));
+                    var finished = await FinishedOrExplainedAsync(api, events, id);
                     Require(finished, id);
                     disk.OnA = !disk.OnA;
                     Interlocked.Increment(ref completed);
@@ -207,6 +207,15 @@ internal static class ControlPlaneBench
         catch (Exception e) when (e is CliFailure or ApiException or TimeoutException or InvalidOperationException or HttpRequestException)
         {
             Console.Error.WriteLine($"bench control-plane: {e.Message}");
+            // What the cluster said, kept for whoever looks next: the data directory goes below.
+            var logs = Path.GetFullPath(Path.Combine("var", "bench", "control-plane-logs"));
+            if (Directory.Exists(Path.Combine(dataDir, "logs")))
+            {
+                Directory.CreateDirectory(logs);
+                foreach (var log in Directory.EnumerateFiles(Path.Combine(dataDir, "logs")))
+                    File.Copy(log, Path.Combine(logs, Path.GetFileName(log)), overwrite: true);
+                Console.Error.WriteLine($"the nodes' logs: {logs}");
+            }
         }
         finally
         {
@@ -221,6 +230,20 @@ internal static class ControlPlaneBench
         public string Vm { get; } = vm;
         public string Image { get; } = image;
         public bool OnA { get; set; }
+    }
+
+    /// <summary>The migration's end from the event stream; when none came in time, what the API says of it, in the error.</summary>
+    private static async Task<JsonElement> FinishedOrExplainedAsync(ApiClient api, MigrationEventReader events, string id)
+    {
+        try
+        {
+            return await events.FinishedAsync(id, TimeSpan.FromMinutes(1));
+        }
+        catch (TimeoutException e)
+        {
+            var now = await api.GetAsync($"/api/migrations/{id}");
+            throw new TimeoutException($"{e.Message}; the API says: {now}");
+        }
     }
 
     private static void Require(JsonElement migration, string id)
