@@ -175,12 +175,12 @@ public sealed class VmManagerActor : ReceiveActor
 
     private async Task<IManagementMessage> StartGuestIoAsync(StartGuestIo command)
     {
-        RequireGuest(command.Vm);
         var running = await RunningAsync(command.Vm);
         if (running is null)
             throw _catalog.Find(command.Vm) is null
                 ? new OperationFailedException(ErrorCodes.VmNotFound, $"host {_hostId} has no VM {command.Vm}")
                 : new OperationFailedException(ErrorCodes.VmNotRunning, $"VM {command.Vm} is stopped: start it before its guest I/O");
+        RequireGuest(command.Vm);
         return await _guestIo.StartAsync(running, command.BytesPerSecond, command.Seconds, command.FlushIntervalMs, command.Fua);
     }
 
@@ -191,11 +191,11 @@ public sealed class VmManagerActor : ReceiveActor
     /// </summary>
     private async Task<IManagementMessage> VerifyAsync(VmId id)
     {
-        RequireGuest(id);
         var running = await RunningAsync(id);
         var drives = running is not null
             ? running.Drives.Select(d => d.Image).ToList()
             : (_catalog.Find(id) ?? throw new OperationFailedException(ErrorCodes.VmNotFound, $"host {_hostId} has no VM {id}")).Drives.Select(d => d.Image).ToList();
+        RequireGuest(id);
         var stopped = running is null ? _catalog.Find(id) : null;
         long checkedBlocks = 0, lost = 0, inDoubt = 0, durable = 0;
         var details = new List<string>();

@@ -78,6 +78,12 @@ public sealed class VmManagerActorTests : Akka.TestKit.Xunit2.TestKit, IAsyncLif
         var started = await AskAsync<ManagedVm>(new StartVm(vm));
         Assert.True(started.Vm.Running);
         Assert.Equal(snapshotted.Vm.Drives[0].Chain, started.Vm.Drives[0].Chain);
+
+        // a sim VM's disks are sizes, not data: no guest to write or verify, and the refusal says why
+        var simIo = await AskAsync<ManagementRefused>(new StartGuestIo(vm, MiB, 1));
+        Assert.Equal(ErrorCodes.InvalidArgument, simIo.Code);
+        Assert.Contains("sim host", simIo.Message);
+        Assert.Contains("sim host", (await AskAsync<ManagementRefused>(new VerifyGuest(vm))).Message);
     }
 
     [Fact]
