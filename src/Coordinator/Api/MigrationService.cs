@@ -30,8 +30,9 @@ public sealed class MigrationService(IRequiredActor<MigrationRegion> region, IRe
             return new CommandOutcome(false, invalid.RefusalCode!, invalid.RefusalMessage!);
         var reserved = await inventory.ActorRef.Ask<IInventoryMessage>(new ReserveDisks(id, request.Vm, images), AskTimeout, ct);
         if (reserved is DisksBusy busy)
-            return new CommandOutcome(false, MigrationErrorCodes.DiskBusy,
-                $"disk {busy.Image} is already moving in migration {busy.HeldBy}");
+            return new CommandOutcome(false, MigrationErrorCodes.DiskBusy, busy.Settling
+                ? $"disk {busy.Image} was just moved by migration {busy.HeldBy} and its host has not reported it in its new place yet; try again in a moment"
+                : $"disk {busy.Image} is already moving in migration {busy.HeldBy}");
 
         var answer = await region.ActorRef.Ask<object>(new StartMigration(id, request, facts.Facts), AskTimeout, ct);
         if (answer is MigrationCommandRefused refused)

@@ -70,7 +70,7 @@ public sealed class InventoryActor : ReceivePersistentActor
         Command<ReportAcknowledged>(_ => { });
         Command<ReserveDisks>(reserve => Answer(InventoryDecider.Decide(_state, reserve, _clock.GetUtcNow())));
         Command<ReleaseDisks>(release => Answer(InventoryDecider.Decide(_state, release, _clock.GetUtcNow())));
-        Command<GetValidationFacts>(ask => Sender.Tell(new ValidationFactsReply(_state.FactsFor(ask.Vm, ask.Images))));
+        Command<GetValidationFacts>(ask => Sender.Tell(new ValidationFactsReply(_state.FactsFor(ask.Vm, ask.Images, _clock.GetUtcNow()))));
         Command<LocateVm>(ask => Sender.Tell(new VmLocation(ask.Vm, _state.Locate(ask.Vm))));
         Command<GetInventory>(_ => Sender.Tell(_state.Snapshot()));
 

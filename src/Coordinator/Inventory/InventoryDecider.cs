@@ -51,6 +51,8 @@ public static class InventoryDecider
         var toTake = new List<ImageId>();
         foreach (var image in reserve.Images.Distinct())
         {
+            if (state.SettlingAfter(image, now) is { } settling)
+                return new InventoryDecision(new DisksBusy(reserve.Migration, image, settling, Settling: true), null);
             if (!state.Reservations.TryGetValue(image, out var holder))
                 toTake.Add(image);
             else if (holder != reserve.Migration)
@@ -71,8 +73,12 @@ public static class InventoryDecider
             .OrderBy(i => i.Value)
             .ToValueList();
         var reply = new DisksReleased(release.Migration);
+        // only the disks whose host still reports them elsewhere settle: one already reported in its place is free at once
+        var settling = (release.Places ?? ValueList<DiskPlace>.Empty)
+            .Where(p => held.Contains(p.Image) && state.ReportedDomainOf(p.Image) != p.Domain)
+            .ToValueList();
         return held.Count == 0
             ? new InventoryDecision(reply, null)
-            : new InventoryDecision(reply, new DisksReleasedByMigration(release.Migration, held, now));
+            : new InventoryDecision(reply, new DisksReleasedByMigration(release.Migration, held, now, settling.Count == 0 ? null : settling));
     }
 }

@@ -29,6 +29,24 @@ public sealed record InventoryState(
         ValueList<DomainReport>.Empty,
         ImmutableDictionary<ImageId, MigrationId>.Empty);
 
+    /// <summary>
+    /// Disks a finished migration let go of that their host has not reported in their new place yet, with that place: busy
+    /// for new migrations until a report shows them there. Not in the snapshot: after a recovery from one, such a disk is
+    /// free again (the window is a report's delay, and the hosts re-check every chain a step names).
+    /// </summary>
+    public ImmutableDictionary<ImageId, (MigrationId Migration, DomainId Domain, DateTimeOffset Since)> Settling { get; init; } =
+        ImmutableDictionary<ImageId, (MigrationId Migration, DomainId Domain, DateTimeOffset Since)>.Empty;
+
+    /// <summary>
+    /// How long a disk settles at most: a host that has not reported it in its place by then (down, or its report lost) does
+    /// not hold it for good; a plan made from its older report then fails on the hosts' own checks, as before settling existed.
+    /// </summary>
+    public static readonly TimeSpan SettleLimit = TimeSpan.FromSeconds(60);
+
+    /// <summary>The migration a disk settles after, while it does at <paramref name="now"/>.</summary>
+    public MigrationId? SettlingAfter(ImageId image, DateTimeOffset now) =>
+        Settling.TryGetValue(image, out var settling) && now - settling.Since < SettleLimit ? settling.Migration : null;
+
     /// <summary>When each domain's figures were reported. Not in the snapshot: after a recovery from one, the next report of a domain is taken.</summary>
     public ImmutableDictionary<DomainId, DateTimeOffset> DomainsHeardAt { get; init; } = ImmutableDictionary<DomainId, DateTimeOffset>.Empty;
 
@@ -37,6 +55,9 @@ public sealed record InventoryState(
         HostReported e => this with
         {
             Hosts = Hosts.SetItem(e.HostId, new HostRecord(e.HostId, e.Address, e.SpmCapable, e.Vms, e.At)),
+            Settling = Settling.IsEmpty ? Settling : Settling.RemoveRange(e.Vms.SelectMany(v => v.Drives)
+                .Where(d => Settling.TryGetValue(d.Image, out var settling) && d.LeafDomain == settling.Domain)
+                .Select(d => d.Image)),
         },
         DomainsReported e => MergeDomains(e.Domains, e.At),
         DisksReservedForMigration e => this with
@@ -47,6 +68,8 @@ public sealed record InventoryState(
         {
             // only what this migration still holds: a disk released and taken by another since stays taken
             Reservations = Reservations.RemoveRange(e.Images.Where(i => Reservations.TryGetValue(i, out var m) && m == e.Migration)),
+            Settling = Settling.SetItems((e.Settling ?? ValueList<DiskPlace>.Empty)
+                .Select(p => KeyValuePair.Create(p.Image, (e.Migration, p.Domain, e.At)))),
         },
         _ => throw new ArgumentException($"the inventory has no rule for the event {@event.GetType().Name}", nameof(@event)),
     };
@@ -72,6 +95,12 @@ public sealed record InventoryState(
             ? this with { Hosts = Hosts.SetItem(hostId, host with { LastReport = at }) }
             : this;
 
+    /// <summary>The domain of the disk's leaf as the newest report of a host running it says; null when none does.</summary>
+    public DomainId? ReportedDomainOf(ImageId image) =>
+        Hosts.Values.OrderByDescending(h => h.LastReport)
+            .SelectMany(h => h.Vms.Where(v => v.Running).SelectMany(v => v.Drives))
+            .FirstOrDefault(d => d.Image == image)?.LeafDomain;
+
     /// <summary>
     /// The host that runs the VM: a host reporting it running wins over one listing it stopped (a VM restarted
     /// elsewhere), then the freshest report. Null when no host lists it.
@@ -83,7 +112,7 @@ public sealed record InventoryState(
     /// size = allocated bytes, what a copy moves), every domain (free = the SPM's available bytes), and which
     /// of <paramref name="images"/> (all reserved disks when none are named) another migration holds.
     /// </summary>
-    public ValidationFacts FactsFor(VmId vm, IReadOnlyCollection<ImageId> images)
+    public ValidationFacts FactsFor(VmId vm, IReadOnlyCollection<ImageId> images, DateTimeOffset? now = null)
     {
         var vmFacts = Find(vm) is { } found
             ? new VmFacts(vm, found.Vm.Running, found.Vm.Drives
@@ -93,7 +122,7 @@ public sealed record InventoryState(
                 .ToValueList())
             : null;
         var domains = Domains.Select(d => new DomainFacts(d.Id, d.Active, d.AvailableBytes)).ToValueList();
-        var busy = Reservations.Keys
+        var busy = Reservations.Keys.Concat(Settling.Keys.Where(i => now is not { } at || SettlingAfter(i, at) is not null)).Distinct()
             .Where(i => images.Count == 0 || images.Contains(i))
             .OrderBy(i => i.Value)
             .ToValueList();

@@ -1,6 +1,7 @@
 using Akka.Actor;
 using Akka.Cluster.Tools.PublishSubscribe;
 using Akka.Event;
+using LiveMigration.Coordinator.Migration;
 using LiveMigration.Shared.Migration;
 using LiveMigration.Shared.Model;
 using LiveMigration.Shared.Protocol;
@@ -22,6 +23,7 @@ public sealed class ReservationReleaser : ReceiveActor, IWithTimers
     private const string ResendTimer = "resend";
 
     private readonly HashSet<MigrationId> _unconfirmed = [];
+    private readonly Dictionary<MigrationId, ValueList<DiskPlace>?> _places = [];
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private TimeSpan _resendDelay = FirstResendDelay;
 
@@ -32,7 +34,8 @@ public sealed class ReservationReleaser : ReceiveActor, IWithTimers
         Receive<MigrationStatusChanged>(changed =>
         {
             if (!changed.Finished) return;
-            inventory.Tell(new ReleaseDisks(changed.MigrationId));
+            _places[changed.MigrationId] = PlacesOf(changed.FinalView);
+            inventory.Tell(new ReleaseDisks(changed.MigrationId, _places[changed.MigrationId]));
             if (_unconfirmed.Add(changed.MigrationId) && !Timers.IsTimerActive(ResendTimer))
             {
                 _resendDelay = FirstResendDelay;
@@ -42,18 +45,32 @@ public sealed class ReservationReleaser : ReceiveActor, IWithTimers
         Receive<DisksReleased>(released =>
         {
             _unconfirmed.Remove(released.Migration);
+            _places.Remove(released.Migration);
             if (_unconfirmed.Count == 0) Timers.Cancel(ResendTimer);
         });
         Receive<Resend>(_ =>
         {
             if (_unconfirmed.Count == 0) return;
             _log.Info("The inventory has not confirmed the release of the disks of {Count} finished migration(s); sending again", _unconfirmed.Count);
-            foreach (var migration in _unconfirmed) inventory.Tell(new ReleaseDisks(migration));
+            foreach (var migration in _unconfirmed) inventory.Tell(new ReleaseDisks(migration, _places.GetValueOrDefault(migration)));
             _resendDelay = TimeSpan.FromTicks(Math.Min(_resendDelay.Ticks * 2, MaxResendDelay.Ticks));
             Timers.StartSingleTimer(ResendTimer, new Resend(), _resendDelay);
         });
         Receive<SubscribeAck>(_ => { });
     }
+
+    /// <summary>
+    /// Where each disk of a finished migration lies: its destination when it completed, its source when it was rolled back
+    /// or skipped; an abandoned disk is the operator's to look at, so it is not named.
+    /// </summary>
+    public static ValueList<DiskPlace>? PlacesOf(MigrationView? final) =>
+        final?.Disks.Select(d => d.Phase switch
+            {
+                nameof(DiskPhase.Completed) => new DiskPlace(d.Image, d.Destination),
+                nameof(DiskPhase.RolledBack) or nameof(DiskPhase.Skipped) => new DiskPlace(d.Image, d.Source),
+                _ => null,
+            })
+            .OfType<DiskPlace>().ToValueList();
 
     public static Props Props(IActorRef inventory) => Akka.Actor.Props.Create(() => new ReservationReleaser(inventory));
 

@@ -102,6 +102,9 @@ public static class MigrationDecider
         {
             if (vm.Disks.FirstOrDefault(d => d.Image == wanted.Image) is not { } disk)
                 return Decision.Refuse(ErrorCodes.ImageNotFound, $"VM {vm.Id} has no disk {wanted.Image}");
+            // Busy before anything about its place: a disk that just moved may still be reported where it was.
+            if (facts.DisksInActiveMigrations.Contains(disk.Image))
+                return Decision.Refuse(MigrationErrorCodes.DiskBusy, $"disk {disk.Image} is already being moved by another migration");
             if (wanted.Destination == disk.Domain)
                 return Decision.Refuse(ErrorCodes.InvalidArgument, $"disk {disk.Image} is already on domain {disk.Domain}");
             if (facts.Domains.FirstOrDefault(d => d.Id == wanted.Destination) is not { } destination)

@@ -101,7 +101,7 @@ internal static class ControlPlaneBench
             // operator's dashboard and CLI would add)
             var started = 0L;
             var completed = 0L;
-            var staleRefusals = 0L;
+            var settlingRefusals = 0L;
             var startLatencies = new List<double>();
             var lastIds = new string[inFlight];
             using var stop = new CancellationTokenSource(TimeSpan.FromSeconds(seconds));
@@ -117,12 +117,12 @@ internal static class ControlPlaneBench
                     {
                         id = await api.StartMigrationAsync(disk.Vm, disk.Image, disk.OnA ? b : a, "pre-copy");
                     }
-                    catch (ApiException e) when (e.Code == "INVALID_ARGUMENT" && e.Message.Contains("is already on domain"))
+                    catch (ApiException e) when (e.Code == "DISK_IN_ACTIVE_MIGRATION" && e.Message.Contains("was just moved"))
                     {
-                        // The inventory learns a disk's new domain from its host's next report, which can come after the
-                        // migration completed: a start right after a move back can be refused on the old location (the
-                        // note names this race). Counted, and asked again shortly, as a careful client would.
-                        Interlocked.Increment(ref staleRefusals);
+                        // The inventory learns a disk's new place from its host's next report, which can come a moment
+                        // after the migration completed: until then the disk is settling and a start is refused with that
+                        // reason. Counted, and asked again shortly, as a careful client would.
+                        Interlocked.Increment(ref settlingRefusals);
                         await Task.Delay(20);
                         continue;
                     }
@@ -168,7 +168,7 @@ internal static class ControlPlaneBench
             var apiP99 = new[] { Percentile(startLatencies, 0.99), Percentile(showLatencies, 0.99), Percentile(listLatencies, 0.99) }.Max();
             Console.WriteLine($"throughput, {inFlight} in flight for {elapsed.TotalSeconds:0} s: {completed} completed = {perSecond:0.0} migrations/s; " +
                               $"API p99 start {Percentile(startLatencies, 0.99):0} ms, show {Percentile(showLatencies, 0.99):0} ms, list {Percentile(listLatencies, 0.99):0} ms; " +
-                              $"Coordinator RSS peak {rssPeak / (1 << 20)} MiB; {staleRefusals} starts refused on the inventory's stale location and asked again");
+                              $"Coordinator RSS peak {rssPeak / (1 << 20)} MiB; {settlingRefusals} starts refused while the disk settled and asked again");
 
             var report = new JsonObject
             {
@@ -181,7 +181,7 @@ internal static class ControlPlaneBench
                 ["throughputSeconds"] = Math.Round(elapsed.TotalSeconds, 1),
                 ["throughputInFlight"] = inFlight,
                 ["completed"] = completed,
-                ["startsRefusedOnStaleInventory"] = staleRefusals,
+                ["startsRefusedWhileDiskSettles"] = settlingRefusals,
                 ["overheadP50Ms"] = Math.Round(Percentile(overheads, 0.50), 1),
                 ["overheadP99Ms"] = Math.Round(Percentile(overheads, 0.99), 1),
                 ["apiP99MsUnderLoad"] = Math.Round(apiP99, 1),

@@ -69,10 +69,17 @@ public sealed record ReserveDisks(MigrationId Migration, VmId Vm, ValueList<Imag
 
 public sealed record DisksReserved(MigrationId Migration) : IInventoryMessage;
 
-public sealed record DisksBusy(MigrationId Migration, ImageId Image, MigrationId HeldBy) : IInventoryMessage;
+/// <param name="Settling">HeldBy has finished, and the disk's host has not reported it in its new place yet.</param>
+public sealed record DisksBusy(MigrationId Migration, ImageId Image, MigrationId HeldBy, bool Settling = false) : IInventoryMessage;
 
 /// <summary>Frees a migration's disks (it finished, or its start was refused).</summary>
-public sealed record ReleaseDisks(MigrationId Migration) : IInventoryMessage;
+/// <param name="Places">Where each disk lies now that the migration finished (its destination when it completed, its source
+/// when it was rolled back or skipped): until its host reports it there, the disk is still settling and no new migration
+/// may take it, since a plan made from the host's older report would start from where the disk no longer is.</param>
+public sealed record ReleaseDisks(MigrationId Migration, ValueList<DiskPlace>? Places = null) : IInventoryMessage;
+
+/// <summary>The domain a disk lies on.</summary>
+public sealed record DiskPlace(ImageId Image, DomainId Domain);
 
 /// <summary>Everything the inventory knows, for the API and the CLI (answered with <see cref="InventorySnapshot"/>).</summary>
 public sealed record GetInventory : IInventoryMessage;
@@ -121,6 +128,6 @@ public sealed record DomainsReported(ValueList<DomainReport> Domains, DateTimeOf
 public sealed record DisksReservedForMigration(MigrationId Migration, VmId Vm, ValueList<ImageId> Images, DateTimeOffset At)
     : IInventoryEvent;
 
-/// <summary>A migration let go of every disk it held.</summary>
-public sealed record DisksReleasedByMigration(MigrationId Migration, ValueList<ImageId> Images, DateTimeOffset At)
+/// <summary>A migration let go of every disk it held; those in <paramref name="Settling"/> stay busy until their host reports them there.</summary>
+public sealed record DisksReleasedByMigration(MigrationId Migration, ValueList<ImageId> Images, DateTimeOffset At, ValueList<DiskPlace>? Settling = null)
     : IInventoryEvent;

@@ -286,4 +286,54 @@ public sealed class InventoryStateTests
         var json = System.Text.Json.JsonSerializer.Serialize(state.Snapshot(), System.Text.Json.JsonSerializerOptions.Web);
         Assert.Contains("chain unresolved", json);
     }
+
+    [Fact]
+    public void A_disk_a_finished_migration_moved_stays_busy_until_its_host_reports_it_in_its_new_place()
+    {
+        var moved = MigrationId.New();
+        var (reserved, _) = Run(Pool(), new ReserveDisks(moved, _pool.Vm, [_pool.Disk]));
+        // completed onto B, while host-1's last report still has the disk's leaf on A
+        var release = InventoryDecider.Decide(reserved, new ReleaseDisks(moved, [new DiskPlace(_pool.Disk, _pool.DomainB)]), T0);
+        var released = reserved.Apply(Assert.IsType<DisksReleasedByMigration>(release.Event));
+        Assert.Empty(released.Reservations);
+
+        // neither planned from the old report nor reserved: busy, and the answer says why
+        Assert.Contains(_pool.Disk, released.FactsFor(_pool.Vm, [_pool.Disk]).DisksInActiveMigrations);
+        var next = MigrationId.New();
+        var (_, refused) = Run(released, new ReserveDisks(next, _pool.Vm, [_pool.Disk]));
+        var busy = Assert.IsType<DisksBusy>(refused.Reply);
+        Assert.Equal((moved, true), (busy.HeldBy, busy.Settling));
+        Assert.Null(refused.Event);
+        // a host that never reports it there does not hold it for good
+        Assert.IsType<DisksReserved>(InventoryDecider.Decide(released, new ReserveDisks(next, _pool.Vm, [_pool.Disk]), T0 + InventoryState.SettleLimit).Reply);
+        Assert.Empty(released.FactsFor(_pool.Vm, [_pool.Disk], T0 + InventoryState.SettleLimit).DisksInActiveMigrations);
+
+        // a report still showing it on A (built before the switch, come late) changes nothing; one on B frees it
+        var late = Reported(released, _pool.HostReport("host-1", T0.AddSeconds(1), _pool.VmReport() with { Name = "web-01 (late)" }));
+        Assert.Contains(_pool.Disk, late.FactsFor(_pool.Vm, [_pool.Disk]).DisksInActiveMigrations);
+        var onB = _pool.VmReport() with
+        {
+            Drives = [_pool.VmReport().Drives[0] with { Chain = [new VolumeRef(_pool.DomainB, VolumeId.New()), new VolumeRef(_pool.DomainB, _pool.DiskLeaf)] },
+                _pool.VmReport().Drives[1]],
+        };
+        var settled = Reported(late, _pool.HostReport("host-1", T0.AddSeconds(2), onB));
+        var facts = settled.FactsFor(_pool.Vm, [_pool.Disk]);
+        Assert.Empty(facts.DisksInActiveMigrations);
+        Assert.Equal(_pool.DomainB, facts.Vm!.Disks.Single(d => d.Image == _pool.Disk).Domain);
+        var (taken, accepted) = Run(settled, new ReserveDisks(next, _pool.Vm, [_pool.Disk]));
+        Assert.IsType<DisksReserved>(accepted.Reply);
+        Assert.Equal(next, taken.Reservations[_pool.Disk]);
+    }
+
+    [Fact]
+    public void A_disk_its_host_already_reports_in_place_is_free_at_once_when_its_migration_lets_go()
+    {
+        var rolledBack = MigrationId.New();
+        var (reserved, _) = Run(Pool(), new ReserveDisks(rolledBack, _pool.Vm, [_pool.Disk]));
+        // rolled back: the disk is where it was, as host-1 reports it
+        var release = InventoryDecider.Decide(reserved, new ReleaseDisks(rolledBack, [new DiskPlace(_pool.Disk, _pool.DomainA)]), T0);
+        var released = reserved.Apply(Assert.IsType<DisksReleasedByMigration>(release.Event));
+        Assert.Null(((DisksReleasedByMigration)release.Event!).Settling);
+        Assert.Empty(released.FactsFor(_pool.Vm, [_pool.Disk]).DisksInActiveMigrations);
+    }
 }

@@ -36,4 +36,23 @@ public sealed class ReservationReleaserTests() : TestKit(Config, nameof(Reservat
         inventory.ReceiveWhile(TimeSpan.FromMilliseconds(300), m => m);
         inventory.ExpectNoMsg(ReservationReleaser.FirstResendDelay * 4);
     }
+
+    [Fact]
+    public void A_release_names_where_each_disk_lies_now_from_the_final_view_the_saga_published()
+    {
+        var inventory = CreateTestProbe();
+        var releaser = Sys.ActorOf(ReservationReleaser.Props(inventory.Ref));
+        var migration = MigrationId.New();
+        var (a, b) = (DomainId.New(), DomainId.New());
+        var (completed, rolledBack, abandoned) = (ImageId.New(), ImageId.New(), ImageId.New());
+        DiskView Disk(ImageId image, string phase) => new(image, a, b, phase, null, 1, 0, 0, null, null, []);
+        var final = new MigrationView(migration, VmId.New(), "failed", true, MigrationStrategy.PreCopy,
+            [Disk(completed, "Completed"), Disk(rolledBack, "RolledBack"), Disk(abandoned, "Abandoned")], null, null, null, null);
+
+        releaser.Tell(new MigrationStatusChanged(migration, "failed", [], DateTimeOffset.UtcNow, Finished: true, FinalView: final));
+        // the completed disk is on its destination, the rolled back one on its source; an abandoned one is the operator's to look at
+        var release = inventory.ExpectMsg<ReleaseDisks>();
+        Assert.Equal([new DiskPlace(completed, b), new DiskPlace(rolledBack, a)], release.Places!);
+        inventory.Reply(new DisksReleased(migration));
+    }
 }
