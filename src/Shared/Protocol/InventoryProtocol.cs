@@ -1,3 +1,4 @@
+using System.Text.Json.Serialization;
 using LiveMigration.Shared.Migration;
 using LiveMigration.Shared.Model;
 
@@ -129,5 +130,7 @@ public sealed record DisksReservedForMigration(MigrationId Migration, VmId Vm, V
     : IInventoryEvent;
 
 /// <summary>A migration let go of every disk it held; those in <paramref name="Settling"/> stay busy until their host reports them there.</summary>
-public sealed record DisksReleasedByMigration(MigrationId Migration, ValueList<ImageId> Images, DateTimeOffset At, ValueList<DiskPlace>? Settling = null)
+/// (Left out of the journal when null, so the events written before it have the same form.)
+public sealed record DisksReleasedByMigration(MigrationId Migration, ValueList<ImageId> Images, DateTimeOffset At,
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] ValueList<DiskPlace>? Settling = null)
     : IInventoryEvent;

@@ -70,4 +70,15 @@ public sealed class JournalGoldenTests(ActorSystemFixture fixture) : IClassFixtu
 
     private static string GoldenDirectory([CallerFilePath] string thisFile = "") =>
         Path.Combine(Path.GetDirectoryName(Path.GetDirectoryName(thisFile)!)!, "Golden");
+
+    [Fact]
+    public void A_release_with_settling_disks_reads_back_whole_and_one_without_keeps_the_old_form()
+    {
+        var settling = new DisksReleasedByMigration(Shared.Model.MigrationId.New(), [Shared.Model.ImageId.New()], DateTimeOffset.UnixEpoch,
+            [new DiskPlace(Shared.Model.ImageId.New(), Shared.Model.DomainId.New())]);
+        var manifest = _serializer.Manifest(settling);
+        Assert.Equal(settling, _serializer.FromBinary(_serializer.ToBinary(settling), manifest));
+        var plain = settling with { Settling = null };
+        Assert.DoesNotContain("settling", Encoding.UTF8.GetString(_serializer.ToBinary(plain)));
+    }
 }
