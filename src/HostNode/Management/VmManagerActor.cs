@@ -180,7 +180,7 @@ public sealed class VmManagerActor : ReceiveActor
             throw _catalog.Find(command.Vm) is null
                 ? new OperationFailedException(ErrorCodes.VmNotFound, $"host {_hostId} has no VM {command.Vm}")
                 : new OperationFailedException(ErrorCodes.VmNotRunning, $"VM {command.Vm} is stopped: start it before its guest I/O");
-        RequireGuest(command.Vm);
+        RequireGuestExport(running);
         return await _guestIo.StartAsync(running, command.BytesPerSecond, command.Seconds, command.FlushIntervalMs, command.Fua);
     }
 
@@ -195,7 +195,8 @@ public sealed class VmManagerActor : ReceiveActor
         var drives = running is not null
             ? running.Drives.Select(d => d.Image).ToList()
             : (_catalog.Find(id) ?? throw new OperationFailedException(ErrorCodes.VmNotFound, $"host {_hostId} has no VM {id}")).Drives.Select(d => d.Image).ToList();
-        RequireGuest(id);
+        if (running is not null) RequireGuestExport(running);
+        else RequireDataOnFile(id, _catalog.Find(id)!);
         var stopped = running is null ? _catalog.Find(id) : null;
         long checkedBlocks = 0, lost = 0, inDoubt = 0, durable = 0;
         var details = new List<string>();
@@ -230,12 +231,24 @@ public sealed class VmManagerActor : ReceiveActor
         return new GuestVerified(id, checkedBlocks, lost, inDoubt, details.ToValueList(), durable);
     }
 
-    /// <summary>A sim host's VMs have no data to write or read back: their disks are sizes, not bytes.</summary>
-    private void RequireGuest(VmId id)
+    /// <summary>
+    /// Guest I/O and a live verify go through each drive's NBD export; a drive without one (a sim host's, whose disks are
+    /// sizes and not data; a libvirt host's without --libvirt-guest-export) has no guest to write or read back.
+    /// </summary>
+    private void RequireGuestExport(VmInfo running)
     {
-        if (_hypervisor.Kind == "sim")
+        if (running.Drives.FirstOrDefault(d => string.IsNullOrEmpty(d.GuestSocket)) is { } drive)
             throw new OperationFailedException(ErrorCodes.InvalidArgument,
-                $"VM {id} runs on sim host {_hostId}: its disks hold no data, so there is no guest I/O to start or verify (a qmp or libvirt host has)");
+                $"VM {running.Id} runs on {_hypervisor.Kind} host {_hostId}, which exports no guest view of drive {drive.Image}: there is no guest I/O " +
+                "to start or verify (a sim host's disks hold no data; a libvirt host exports them only with --libvirt-guest-export)");
+    }
+
+    /// <summary>A stopped VM is verified from its volumes' files: only a file domain has them.</summary>
+    private void RequireDataOnFile(VmId id, CatalogedVm stopped)
+    {
+        if (stopped.Drives.Select(d => _pool.Get(d.Leaf.Domain)).FirstOrDefault(d => d.Kind != Storage.File.FileStorageDomain.FileKind) is { } domain)
+            throw new OperationFailedException(ErrorCodes.InvalidArgument,
+                $"VM {id} on {_hypervisor.Kind} host {_hostId} has a disk on {domain.Kind} domain {domain.Id}, which holds no data to verify");
     }
 
     private async Task<VmInfo?> RunningAsync(VmId id) =>
