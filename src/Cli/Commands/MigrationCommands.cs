@@ -299,6 +299,7 @@ public static class MigrationView
         var completed = status == "completed";
         var disks = new Table().AddColumns("Disk (image)", "From → to", "Phase", "Step", "Attempt", "Copied", "Left", "ETA", "Last error");
         var steps = new Table().AddColumns("Disk", "Step", "Attempt", "Started", "Took", "Switch stall", "Outcome");
+        var notes = new List<string>();
         foreach (var d in m.Array("disks"))
         {
             var (copied, left, eta) = Progress(d, completed);
@@ -315,10 +316,13 @@ public static class MigrationView
                 var stall = t.Obj("switchStallMs") is { ValueKind: JsonValueKind.Number } ms ? $"{ms.GetDouble():0.0} ms" : "";
                 steps.AddRow(Output.Escape(d.Str("image")[..Math.Min(8, d.Str("image").Length)]), Output.Escape(t.Str("step")), t.Long("attempt").ToString(),
                     Output.Escape(t.Str("startedAt")), took, stall, Output.Escape(t.Str("outcome")));
+                // what the host decided by itself (a mirror started again write-blocking): too long for a cell
+                if (t.Str("note") is { Length: > 0 } note) notes.Add($"{d.Str("image")} {t.Str("step")}: {note}");
             }
         }
         console.Write(disks);
         if (steps.Rows.Count > 0) console.Write(steps);
+        foreach (var note in notes) console.MarkupLine($"[yellow]Note[/] {Output.Escape(note)}");
         var leftBehind = m.Array("leftBehind").ToList();
         if (leftBehind.Count > 0)
         {

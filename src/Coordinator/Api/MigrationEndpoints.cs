@@ -62,8 +62,10 @@ public sealed record MigrationListResponse(IReadOnlyList<MigrationResponse> Migr
 public sealed record SpeedBody(long? BytesPerSecond);
 
 /// <param name="SwitchStallMs">For a switch (pivot, live snapshot, backing switch): how long the VM's host held the drive for it.</param>
+/// <param name="Note">What the host decided on its own during the step, and why (e.g. a mirror started again write-blocking).</param>
 public sealed record StepTimingResponse(string Step, int Attempt, DateTimeOffset StartedAt, DateTimeOffset? EndedAt, string? Outcome,
-    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] double? SwitchStallMs = null);
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] double? SwitchStallMs = null,
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] string? Note = null);
 
 /// <summary>
 /// The migration part of the HTTP API (the operator surfaces grow it): start, show, cancel, resume,
@@ -177,7 +179,7 @@ public static class MigrationEndpoints
             view.Disks.Select(d => new DiskResponse(
                 d.Image.ToString(), d.Source.ToString(), d.Destination.ToString(), d.Phase, d.Step?.ToString(), d.Attempt, d.Done, d.Total,
                 d.Remaining?.TotalSeconds, completed ? null : d.LastError,
-                DistinctAttempts(d.Timings).Select(t => new StepTimingResponse(t.Step.ToString(), t.Attempt, t.StartedAt, t.EndedAt, t.Outcome, t.SwitchStallMs)).ToList())).ToList(),
+                DistinctAttempts(d.Timings).Select(t => new StepTimingResponse(t.Step.ToString(), t.Attempt, t.StartedAt, t.EndedAt, t.Outcome, t.SwitchStallMs, t.Note)).ToList())).ToList(),
             !completed && view.Error is { } e ? $"{e.Code}: {e.Message}" : null,
             completed ? null : view.Error?.Code,
             completed ? null : view.Error?.Message,

@@ -37,7 +37,9 @@ public enum DiskPhase
 
 /// <summary>When one attempt of one step ran, and how it ended (null while it runs); a switch's stall as its host timed it.</summary>
 public sealed record StepTiming(MigrationStep Step, int Attempt, DateTimeOffset StartedAt, DateTimeOffset? EndedAt = null, string? Outcome = null,
-    double? SwitchStallMs = null);
+    double? SwitchStallMs = null,
+    [property: System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
+    string? Note = null);
 
 public sealed record DiskState(
     DiskPlan Plan,
@@ -152,7 +154,7 @@ public sealed record MigrationState(
             Phase = DiskPhase.Idle,
             Done = done.Outcome.BytesCopied > 0 ? Math.Max(d.Done, done.Outcome.BytesCopied) : d.Done,
             Total = done.Outcome.BytesCopied > 0 ? Math.Max(d.Total, done.Outcome.BytesCopied) : d.Total,
-            Timings = d.EndTiming(done.At, "completed", done.Outcome.SwitchStallMs),
+            Timings = d.EndTiming(done.At, "completed", done.Outcome.SwitchStallMs, done.Outcome.Note),
         }),
         StepFailed failed => s.UpdateDisk(failed.Image, d => d with
         {
@@ -225,11 +227,11 @@ public sealed record MigrationState(
 
 internal static class DiskStateTimings
 {
-    public static ValueList<StepTiming> EndTiming(this DiskState disk, DateTimeOffset at, string outcome, double? switchStallMs = null)
+    public static ValueList<StepTiming> EndTiming(this DiskState disk, DateTimeOffset at, string outcome, double? switchStallMs = null, string? note = null)
     {
         var timings = disk.StepTimings;
         return timings.Count == 0 || timings[^1].EndedAt is not null
             ? timings
-            : timings.SetItem(timings.Count - 1, timings[^1] with { EndedAt = at, Outcome = outcome, SwitchStallMs = switchStallMs });
+            : timings.SetItem(timings.Count - 1, timings[^1] with { EndedAt = at, Outcome = outcome, SwitchStallMs = switchStallMs, Note = note });
     }
 }

@@ -21,7 +21,9 @@ namespace LiveMigration.Demo.Bench;
 /// same run on the same domains: <c>qemu-img convert</c> copying the same chain layer by layer (as the SPM's own copy
 /// runs, fsync at close included); then the same moves while the guest writes 50 MiB/s (random 4 KiB during a pre-copy,
 /// sequential 1 MiB during a post-copy). Then a small disk moves 20 times to sample the switch stall as the hosts timed
-/// it. Writes var/bench/copy.json. Convergence under a guest that dirties faster than the copy is not measured yet (null).
+/// it. Convergence: the chain moves pre-copy with a background mirror at <see cref="ConvergenceBandwidth"/>, once idle and
+/// once while the guest dirties faster than that (random 4 KiB writes, each dirtying a 64 KiB cluster); the dirty move must
+/// complete by itself (the host starts the mirror again write-blocking) within 3 × the idle one. Writes var/bench/copy.json.
 /// </summary>
 internal static class CopyBench
 {
@@ -108,6 +110,15 @@ internal static class CopyBench
                 var post = await MoveAsync(api, bigVm, image, a, "post-copy", stalls, postSteps);
                 var busyPre = await BusyMoveAsync(api, bigVm, bigDrive, image, b, "pre-copy", WritePattern.Random, 4096, Math.Min(BusyRegion, dataBytes), Path.Combine(dataDir, $"guest-{run}-random.ledger"), stalls);
                 var busyPost = await BusyMoveAsync(api, bigVm, bigDrive, image, a, "post-copy", WritePattern.Sequential, (int)MiB, Math.Min(BusyRegion, dataBytes), Path.Combine(dataDir, $"guest-{run}-sequential.ledger"), stalls);
+                var throttled = await MoveAsync(api, bigVm, image, b, "pre-copy", stalls, copyMode: "background", bandwidth: ConvergenceBandwidth);
+                var notes = new List<string>();
+                var dirty = await BusyMoveAsync(api, bigVm, bigDrive, image, a, "pre-copy", WritePattern.Random, 4096, Math.Min(BusyRegion, dataBytes),
+                    Path.Combine(dataDir, $"guest-{run}-dirty.ledger"), stalls, copyMode: "background", bandwidth: ConvergenceBandwidth, notes: notes);
+                var restarted = notes.Any(n => n.Contains("write-blocking", StringComparison.Ordinal));
+                Console.WriteLine($"     convergence at {ConvergenceBandwidth / MiB} MiB/s, background mirror: idle {throttled.TotalSeconds:0.00} s, guest dirtying " +
+                                  $"(random 4 KiB, {dirty.Guest.MegabytesPerSecond:0.0} MiB/s written) {dirty.Took.TotalSeconds:0.00} s ({dirty.Took / throttled:0.00}× idle, target ≤ 3×)" +
+                                  (restarted ? "; the host started the mirror again write-blocking" : "; converged without a restart"));
+                foreach (var note in notes) Console.WriteLine($"     note: {note}");
                 Console.WriteLine($"{run,3}  {yardstick.TotalSeconds,8:0.00} s ({yardstickDurable.TotalSeconds:0.00} s fsynced)  {pre.TotalSeconds,6:0.00} s ({pre / yardstick:0.00}×)  {post.TotalSeconds,6:0.00} s ({post / yardstick:0.00}×)  " +
                                   $"{busyPre.Took.TotalSeconds,6:0.00} s ({busyPre.Took / pre:0.00}× idle; guest {busyPre.Guest.MegabytesPerSecond:0.0} MiB/s, p99 {busyPre.Guest.LatencyP99.TotalMilliseconds:0.0} ms, max {busyPre.Guest.MaxLatency.TotalMilliseconds:0} ms)  " +
                                   $"{busyPost.Took.TotalSeconds,6:0.00} s ({busyPost.Took / post:0.00}× idle; guest {busyPost.Guest.MegabytesPerSecond:0.0} MiB/s, p99 {busyPost.Guest.LatencyP99.TotalMilliseconds:0.0} ms, max {busyPost.Guest.MaxLatency.TotalMilliseconds:0} ms)");
@@ -132,6 +143,13 @@ internal static class CopyBench
                     ["busyPostCopyGuestMiBPerSecond"] = Round(busyPost.Guest.MegabytesPerSecond),
                     ["busyPostCopyGuestP99Ms"] = Round(busyPost.Guest.LatencyP99.TotalMilliseconds),
                     ["busyPostCopyGuestMaxMs"] = Round(busyPost.Guest.MaxLatency.TotalMilliseconds),
+                    ["convergenceBandwidthMiBPerSecond"] = ConvergenceBandwidth / MiB,
+                    ["convergenceIdleSeconds"] = Round(throttled.TotalSeconds),
+                    ["convergenceSeconds"] = Round(dirty.Took.TotalSeconds),
+                    ["convergenceRatio"] = Round(dirty.Took / throttled),
+                    ["convergenceGuestMiBPerSecond"] = Round(dirty.Guest.MegabytesPerSecond),
+                    ["convergenceRestartedWriteBlocking"] = restarted,
+                    ["convergenceNotes"] = new JsonArray(notes.Select(n => (JsonNode)JsonValue.Create(n)!).ToArray()),
                 });
             }
 
@@ -167,9 +185,10 @@ internal static class CopyBench
                 ["busyPostCopyRatio"] = Median(results.Select(r => (double)r["busyPostCopyRatio"]!)),
                 // the random 4 KiB guest during the busy pre-copy (the harder of the two)
                 ["guestP99MsDuringCopy"] = Median(results.Select(r => (double)r["busyPreCopyGuestP99Ms"]!)),
-                // Not measured by this version (see the session note): convergence under a guest dirtying faster than the copy.
-                ["convergedUnderDirtyGuest"] = null,
-                ["convergenceSeconds"] = null,
+                // every dirty move completed (else the bench failed above) and within 3 × its idle twin
+                ["convergedUnderDirtyGuest"] = results.All(r => (double)r["convergenceRatio"]! <= 3.0),
+                ["convergenceSeconds"] = Median(results.Select(r => (double)r["convergenceSeconds"]!)),
+                ["convergenceRatio"] = Median(results.Select(r => (double)r["convergenceRatio"]!)),
             };
             Directory.CreateDirectory(Path.Combine("var", "bench"));
             var path = Path.Combine("var", "bench", "copy.json");
@@ -267,17 +286,21 @@ internal static class CopyBench
     private const long BusyRate = 50 * MiB;
     private const long BusyRegion = 512 * MiB;
 
+    /// <summary>The bandwidth of the convergence moves: below what the random 4 KiB guest dirties, well above what it writes.</summary>
+    private const long ConvergenceBandwidth = 64 * MiB;
+
     /// <summary>A move while the guest writes at <see cref="BusyRate"/> (flushing every 100 ms, as a guest that cares); the guest's
     /// latencies are those of the move's window. Any guest error fails the bench.</summary>
     private static async Task<(TimeSpan Took, GuestWorkloadStats Guest)> BusyMoveAsync(ApiClient api, VmId vm, DriveState drive, ImageId image,
-        FileStorageDomain to, string strategy, WritePattern pattern, int blockSize, long region, string ledger, List<(string, double)> stalls)
+        FileStorageDomain to, string strategy, WritePattern pattern, int blockSize, long region, string ledger, List<(string, double)> stalls,
+        string? copyMode = null, long bandwidth = 0, List<string>? notes = null)
     {
         await using var guest = new GuestWorkload(new GuestWorkloadOptions(drive.GuestSocket, drive.ExportName, image, 0, region, ledger,
             BlockSize: blockSize, RateBytesPerSecond: BusyRate, Pattern: pattern));
         await guest.StartAsync();
         await Task.Delay(TimeSpan.FromSeconds(1)); // the guest at its pace before the move starts
         guest.ResetLongestStall();
-        var took = await MoveAsync(api, vm, image, to, strategy, stalls);
+        var took = await MoveAsync(api, vm, image, to, strategy, stalls, copyMode: copyMode, bandwidth: bandwidth, notes: notes);
         var during = guest.Stats;
         var final = await guest.StopAsync();
         if (final.Errors > 0) throw new InvalidOperationException($"the busy guest failed during the {strategy}: {final.LastError}");
@@ -285,13 +308,14 @@ internal static class CopyBench
     }
 
     /// <summary>Moves the VM's disk through the API and times it from the request to completed; keeps the hosts' switch stalls and,
-    /// given <paramref name="steps"/>, each step's time (its attempts added up), to show where the time goes.</summary>
+    /// given <paramref name="steps"/>, each step's time (its attempts added up), to show where the time goes, and given
+    /// <paramref name="notes"/>, what the hosts decided on their own (a mirror started again write-blocking).</summary>
     private static async Task<TimeSpan> MoveAsync(ApiClient api, VmId vm, ImageId image, FileStorageDomain to, string strategy, List<(string, double)> stalls,
-        JsonObject? steps = null)
+        JsonObject? steps = null, string? copyMode = null, long bandwidth = 0, List<string>? notes = null)
     {
         var watch = Stopwatch.StartNew();
         var id = await api.StartMigrationAsync(vm.ToString(), image.ToString(), to.Id.ToString(), strategy,
-            strategy == "pre-copy" ? "write-blocking" : "background");
+            copyMode ?? (strategy == "pre-copy" ? "write-blocking" : "background"), bandwidth);
         var deadline = DateTime.UtcNow + TimeSpan.FromMinutes(10);
         while (true)
         {
@@ -304,6 +328,7 @@ internal static class CopyBench
                 {
                     var step = t.GetProperty("step").GetString()!;
                     if (t.TryGetProperty("switchStallMs", out var ms) && ms.ValueKind == JsonValueKind.Number) stalls.Add((step, ms.GetDouble()));
+                    if (t.TryGetProperty("note", out var note) && note.GetString() is { } text) notes?.Add($"{step}: {text}");
                     if (steps is not null && t.TryGetProperty("endedAt", out var ended) && ended.ValueKind == JsonValueKind.String)
                     {
                         var seconds = (ended.GetDateTimeOffset() - t.GetProperty("startedAt").GetDateTimeOffset()).TotalSeconds;

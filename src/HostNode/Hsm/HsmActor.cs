@@ -19,7 +19,9 @@ namespace LiveMigration.HostNode.Hsm;
 /// (the one implementation, which DiskMover runs too), the actor adds the ledger, the replies and the non-blocking wait. Readiness comes from the hypervisor's pushed events (never a
 /// polling timer): the event handler only tells the actor, the actor then reads the job once. Progress is
 /// different: operators watch the bars move, so while a mirror is waited for and not READY the actor reads
-/// the job about once a second and pushes <see cref="OperationProgress"/> to the waiters. On start
+/// the job about once a second and pushes <see cref="OperationProgress"/> to the waiters. The same reads tell whether a
+/// background mirror converges (<see cref="MirrorConvergence"/>); one that does not is started again write-blocking,
+/// and the step's outcome says so with the rates that decided it. On start
 /// it adopts the VMs and block jobs a previous HostNode left running, and serves steps only after that.
 /// A repeated operation id attaches or gets the same answer; an unknown one is redone, which the
 /// idempotent hypervisor port answers from QEMU's state.
@@ -33,16 +35,19 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
     /// <summary>What each step does on the hypervisor, with the host's durable VM records (DESIGN §7.1); runs off the actor.</summary>
     private readonly DriveSteps _steps;
     private readonly OperationLedger _ledger = new();
+    /// <summary>How long a background mirror is watched before it is judged not to converge.</summary>
+    private readonly TimeSpan _convergenceWindow;
     /// <summary>The WaitMirrorReady operations waiting for their drive's mirror to turn READY.</summary>
-    private readonly Dictionary<OperationId, (VmId Vm, ImageId Drive)> _mirrorWaits = new();
+    private readonly Dictionary<OperationId, MirrorWait> _mirrorWaits = new();
     /// <summary>Mirror waits with a read of the job under way: a slow QMP answer does not pile up more reads.</summary>
     private readonly HashSet<OperationId> _sampling = [];
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private Action<HypervisorEvent>? _forwardEvent;
 
-    public HsmActor(IHypervisor hypervisor, StoragePool pool, VmCatalog? catalog = null)
+    public HsmActor(IHypervisor hypervisor, StoragePool pool, VmCatalog? catalog = null, TimeSpan? convergenceWindow = null)
     {
         _hypervisor = hypervisor;
+        _convergenceWindow = convergenceWindow ?? MirrorConvergence.DefaultWindow;
         // Without a catalog (a host without management, in-process tests) there are no VM records to keep.
         _steps = new DriveSteps(hypervisor, pool, new DriveRecords(hypervisor, pool, catalog));
         Adopting();
@@ -51,8 +56,8 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
     public IStash Stash { get; set; } = null!;
     public ITimerScheduler Timers { get; set; } = null!;
 
-    public static Props Props(IHypervisor hypervisor, StoragePool pool, VmCatalog? catalog = null) =>
-        Akka.Actor.Props.Create(() => new HsmActor(hypervisor, pool, catalog));
+    public static Props Props(IHypervisor hypervisor, StoragePool pool, VmCatalog? catalog = null, TimeSpan? convergenceWindow = null) =>
+        Akka.Actor.Props.Create(() => new HsmActor(hypervisor, pool, catalog, convergenceWindow));
 
     /// <summary>The steps this actor runs; the others belong to the SPM.</summary>
     public static bool Runs(MigrationStep step) => DriveSteps.Runs(step);
@@ -100,8 +105,10 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
         Receive<MirrorSampled>(OnMirrorSampled);
         Receive<ProgressDue>(due =>
         {
-            if (_mirrorWaits.ContainsKey(due.Operation) && !_sampling.Contains(due.Operation)) SampleMirror(due.Operation);
+            if (_mirrorWaits.TryGetValue(due.Operation, out var wait) && !wait.Restarting && !_sampling.Contains(due.Operation))
+                SampleMirror(due.Operation);
         });
+        Receive<MirrorRestarted>(OnMirrorRestarted);
         Receive<StepFinished>(OnFinished);
         Receive<SpeedSet>(s =>
         {
@@ -123,7 +130,7 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
             case OperationLedger.Admission.Attached:
                 _log.Info("Attaching {Sender} to running {Operation}", sender, operation);
                 // A repeated wait doubles as a progress request: read the job once more.
-                if (_mirrorWaits.ContainsKey(operation)) SampleMirror(operation);
+                if (_mirrorWaits.TryGetValue(operation, out var waiting) && !waiting.Restarting) SampleMirror(operation);
                 return;
         }
 
@@ -137,7 +144,7 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
         if (operation.Step == MigrationStep.WaitMirrorReady)
         {
             FaultPlan.Current.Hit(operation.Step, FaultMoment.HostReceived, KillQemuOf(command.Vm));
-            _mirrorWaits[operation] = (command.Vm, command.Disk.Image);
+            _mirrorWaits[operation] = new MirrorWait(command, _convergenceWindow);
             SampleMirror(operation);
             Timers.StartPeriodicTimer(ProgressTimer(operation), new ProgressDue(operation), ProgressInterval);
             return;
@@ -168,7 +175,8 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
     /// <summary>Reads the mirror once: on entry (READY may have come before we listened), on an event, on a repeated wait.</summary>
     private void SampleMirror(OperationId operation)
     {
-        var (vm, drive) = _mirrorWaits[operation];
+        var wait = _mirrorWaits[operation];
+        var (vm, drive) = (wait.Vm, wait.Drive);
         _sampling.Add(operation);
         _hypervisor.GetBlockJobAsync(vm, drive).PipeTo(Self,
             success: job => new MirrorSampled(operation, job, null),
@@ -196,7 +204,43 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
             return;
         }
         Progress(operation, sample.Job!);
-        if (ready is not null) Finish(operation, new OperationSucceeded(operation, ready));
+        if (ready is not null)
+        {
+            Finish(operation, new OperationSucceeded(operation, ready with { Note = wait.Note }));
+            return;
+        }
+        if (wait.Restarting || wait.Watch.Observe(DateTimeOffset.UtcNow, sample.Job!, sample.Job!.Mode ?? wait.Mode) is not { } why) return;
+        _log.Warning("{Operation} on VM {Vm} drive {Image}: {Why}; starting it again write-blocking", operation, wait.Vm, wait.Drive, why);
+        wait.Restarting = true;
+        var startedAt = DateTimeOffset.UtcNow;
+        _steps.RestartMirrorWriteBlockingAsync(wait.Command).PipeTo(Self,
+            success: job => new MirrorRestarted(operation, job, why, startedAt, null),
+            failure: e => new MirrorRestarted(operation, null, why, startedAt, e));
+    }
+
+    /// <summary>A mirror started again write-blocking (or not): the wait goes on with the new job, and its outcome will say why.</summary>
+    private void OnMirrorRestarted(MirrorRestarted restarted)
+    {
+        var operation = restarted.Operation;
+        if (!_mirrorWaits.TryGetValue(operation, out var wait)) return;
+        wait.Restarting = false;
+        if (restarted.Error is not null)
+        {
+            _log.Warning("{Operation}: starting the mirror again write-blocking failed: {Error}", operation, restarted.Error.Message);
+            Finish(operation, StepReplies.Failed(operation, restarted.Error));
+            return;
+        }
+        wait.Mode = CopyMode.WriteBlocking;
+        wait.Watch.Reset();
+        wait.Note = $"{restarted.Why}; started again write-blocking at {restarted.At:HH:mm:ss} UTC (guest writes then reach both sides)";
+        _log.Info("{Operation}: mirror {Job} runs write-blocking now", operation, restarted.Job!.JobId);
+        // A speed an operator set while the job was being replaced found no job: it applies to the new one.
+        if (wait.SpeedWhileRestarting is { } speed)
+        {
+            wait.SpeedWhileRestarting = null;
+            Self.Tell(new SetStepSpeed(operation, speed));
+        }
+        SampleMirror(operation);
     }
 
     private void OnHypervisorEvent(HypervisorEvent e)
@@ -216,8 +260,14 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
         foreach (var (operation, wait) in _mirrorWaits.Where(w => w.Value.Vm == e.Vm).ToList())
         {
             var meaning = MirrorReadiness.Read(e, wait.Vm, wait.Drive);
+            // The end of a job this wait replaced is no failure: the job as QEMU has it now decides (after the restart).
+            if (meaning.Error is not null && e is BlockJobCancelled && (wait.Restarting || wait.Mode != wait.Command.CopyMode))
+            {
+                if (!wait.Restarting && !_sampling.Contains(operation)) SampleMirror(operation);
+                continue;
+            }
             if (meaning.Error is not null) Finish(operation, StepReplies.Failed(operation, meaning.Error));
-            else if (meaning.ReadJob) SampleMirror(operation);
+            else if (meaning.ReadJob && !wait.Restarting) SampleMirror(operation);
         }
     }
 
@@ -232,6 +282,7 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
         // Found from QEMU's state, not from memory, so it works for a job a previous instance started.
         // No reply on success: an answer under the step's operation id would read as the step's own result.
         var image = command.Operation.Image;
+        foreach (var wait in _mirrorWaits.Values.Where(w => w.Drive == image && w.Restarting)) wait.SpeedWhileRestarting = command.SpeedBytesPerSecond;
         var hypervisor = _hypervisor;
         SetSpeedAsync(hypervisor, image, command.SpeedBytesPerSecond).PipeTo(Self,
             success: () => new SpeedSet(command.Operation, command.SpeedBytesPerSecond, null),
@@ -279,4 +330,21 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
     private sealed record HypervisorEventArrived(HypervisorEvent Event);
     private sealed record MirrorSampled(OperationId Operation, BlockJobInfo? Job, Exception? Error);
     private sealed record SpeedSet(OperationId Operation, long Speed, Exception? Error);
+    private sealed record MirrorRestarted(OperationId Operation, BlockJobInfo? Job, string Why, DateTimeOffset At, Exception? Error);
+
+    /// <summary>One WaitMirrorReady: the step as sent, the mode the mirror runs in now, and the watch on its convergence.</summary>
+    private sealed class MirrorWait(ExecuteStep command, TimeSpan window)
+    {
+        public ExecuteStep Command => command;
+        public VmId Vm => command.Vm;
+        public ImageId Drive => command.Disk.Image;
+        /// <summary>The mode the mirror runs in, as far as this wait knows (the adapter's own word wins when it has one).</summary>
+        public CopyMode Mode { get; set; } = command.CopyMode;
+        public MirrorConvergence Watch { get; } = new(window);
+        /// <summary>The job is being replaced by a write-blocking one: its cancel event and its absence are expected.</summary>
+        public bool Restarting { get; set; }
+        public long? SpeedWhileRestarting { get; set; }
+        /// <summary>What the step's outcome will tell operators about this wait (why the mirror was started again).</summary>
+        public string? Note { get; set; }
+    }
 }

@@ -56,6 +56,9 @@ public sealed class DiskMover(StoragePool pool, IHypervisor hypervisor, VmCatalo
     private readonly StorageSteps _storage = new(pool);
     private readonly DriveSteps _drive = new(hypervisor, pool, new DriveRecords(hypervisor, pool, catalog));
 
+    /// <summary>How long a background mirror is watched before it is judged not to converge.</summary>
+    public TimeSpan ConvergenceWindow { get; init; } = MirrorConvergence.DefaultWindow;
+
     public async Task<MoveReport> MoveAsync(VmId vm, ImageId image, DomainId source, DomainId destination,
         MoveOptions? options = null, IProgress<MoveProgress>? progress = null, CancellationToken ct = default)
     {
@@ -273,15 +276,20 @@ public sealed class DiskMover(StoragePool pool, IHypervisor hypervisor, VmCatalo
 
         /// <summary>
         /// Waits for READY as the HSM does: the job is read (on entry, on an event, and between waits to show progress,
-        /// as QEMU has no progress event), and <see cref="MirrorReadiness"/> says what it means.
+        /// as QEMU has no progress event), and <see cref="MirrorReadiness"/> says what it means; a background mirror that
+        /// does not converge (<see cref="MirrorConvergence"/>) is started again write-blocking.
         /// </summary>
         private async Task<BlockJobInfo> WaitForMirrorReadyAsync(CancellationToken ct)
         {
             _started.Add(MigrationStep.WaitMirrorReady);
+            var watch = new MirrorConvergence(mover.ConvergenceWindow);
+            var mode = options.CopyMode;
             var wake = new TaskCompletionSource<MirrorEvent>(TaskCreationOptions.RunContinuationsAsynchronously);
             void OnEvent(HypervisorEvent e)
             {
                 var meaning = MirrorReadiness.Read(e, vm, Image);
+                // The end of the job a restart replaced is no failure: the next read of the job decides.
+                if (meaning.Error is not null && e is BlockJobCancelled && mode != options.CopyMode) meaning = MirrorEvent.ReadTheJob;
                 if (meaning.Error is not null || meaning.ReadJob) wake.TrySetResult(meaning);
             }
             mover._hypervisor.EventRaised += OnEvent;
@@ -292,6 +300,16 @@ public sealed class DiskMover(StoragePool pool, IHypervisor hypervisor, VmCatalo
                     var job = await mover._hypervisor.GetBlockJobAsync(vm, Image, ct);
                     if (job is not null) Report("mirror", job.Offset, job.Length);
                     if (MirrorReadiness.Judge(vm, Image, job) is not null) return job!;
+                    if (watch.Observe(DateTimeOffset.UtcNow, job!, job!.Mode ?? mode) is not null)
+                    {
+                        mode = CopyMode.WriteBlocking;
+                        var command = new ExecuteStep(new OperationId(migration, MigrationStep.WaitMirrorReady, Image, 1), vm, plan, Strategy,
+                            options.SpeedBytesPerSecond, options.CopyMode);
+                        var restarted = await mover._drive.RestartMirrorWriteBlockingAsync(command, ct);
+                        Report("mirror-write-blocking", restarted.Offset, restarted.Length);
+                        watch.Reset();
+                        continue;
+                    }
                     var woken = await Task.WhenAny(wake.Task, Task.Delay(TimeSpan.FromMilliseconds(250), ct));
                     ct.ThrowIfCancellationRequested();
                     if (woken != wake.Task) continue;

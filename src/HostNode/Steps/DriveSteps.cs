@@ -42,11 +42,9 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
         {
             case MigrationStep.StartReplication:
             {
-                var leaf = await PlannedLeaves.DestinationLeafAsync(command.Disk, command.Strategy, dst, ct);
-                var job = await hypervisor.StartMirrorAsync(new MirrorRequest(vm, image,
-                    new ChainLayer(new VolumeRef(dst.Id, leaf.Id), dst.Locate(image, leaf.Id), leaf.Format),
-                    command.SpeedBytesPerSecond, command.CopyMode), ct);
-                return new StepOutcome(Detail: $"mirror {job.JobId} {job.Phase} into leaf {leaf.Id} on domain {dst.Id}");
+                var leaf = await MirrorTargetAsync(command, dst, ct);
+                var job = await hypervisor.StartMirrorAsync(new MirrorRequest(vm, image, leaf, command.SpeedBytesPerSecond, command.CopyMode), ct);
+                return new StepOutcome(Detail: $"mirror {job.JobId} {job.Phase} into leaf {leaf.Volume.Volume} on domain {dst.Id}");
             }
             case MigrationStep.Pivot:
             {
@@ -97,6 +95,38 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
             default:
                 throw new OperationFailedException(ErrorCodes.InvalidArgument, $"the VM's host does not run {step} this way");
         }
+    }
+
+    /// <summary>
+    /// Starts the drive's mirror again, write-blocking, into the same destination leaf at the running job's speed: the
+    /// way out for a background mirror that does not converge (<see cref="MirrorConvergence"/>), as QEMU before 8.2
+    /// cannot change a running job's copy mode. The background job is cancelled first (the drive stays on its source
+    /// chain, where it always ran). Nothing is lost by starting over: the new job copies every area the source's active
+    /// layer holds, which covers everything the first job wrote (a qcow2 overlay's clusters stay allocated while it is
+    /// the active layer: a discard leaves a zero cluster), and the leaf is LEGAL only after a pivot. Returns the running
+    /// job, or a READY one untouched when it converged meanwhile.
+    /// </summary>
+    public async Task<BlockJobInfo> RestartMirrorWriteBlockingAsync(ExecuteStep command, CancellationToken ct = default)
+    {
+        var vm = command.Vm;
+        var image = command.Disk.Image;
+        var dst = pool.Get(command.Disk.Destination);
+        if (await dst.HasMigrationEndedAsync(command.Operation.Migration, ct))
+            throw new OperationFailedException(ErrorCodes.MigrationEnded,
+                $"migration {command.Operation.Migration} ended on domain {dst.Id} with its copy undone: its mirror is not started again");
+        var running = await hypervisor.GetBlockJobAsync(vm, image, ct)
+            ?? throw new OperationFailedException(ErrorCodes.NoSuchJob, $"drive {image} of VM {vm} has no mirror to start again");
+        if (running.Phase != BlockJobPhase.Running || running.Mode == CopyMode.WriteBlocking) return running;
+        var leaf = await MirrorTargetAsync(command, dst, ct);
+        await hypervisor.CancelMirrorAsync(vm, image, ct);
+        return await hypervisor.StartMirrorAsync(new MirrorRequest(vm, image, leaf, running.SpeedBytesPerSecond, CopyMode.WriteBlocking), ct);
+    }
+
+    /// <summary>The destination leaf a pre-copy mirror writes, as the hypervisor opens it.</summary>
+    private static async Task<ChainLayer> MirrorTargetAsync(ExecuteStep command, IStorageDomain dst, CancellationToken ct)
+    {
+        var leaf = await PlannedLeaves.DestinationLeafAsync(command.Disk, command.Strategy, dst, ct);
+        return new ChainLayer(new VolumeRef(dst.Id, leaf.Id), dst.Locate(command.Disk.Image, leaf.Id), leaf.Format);
     }
 
     /// <summary>The switch's hold on the drive as the adapter timed it, rounded to 0.1 ms; null when this call found it done.</summary>

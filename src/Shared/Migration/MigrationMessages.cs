@@ -26,7 +26,13 @@ public sealed record StepOutcome(long BytesCopied = 0, string? Detail = null,
     /// long; null when the step found the switch already done (a repeat) or ran no switch.
     /// </summary>
     [property: System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
-    double? SwitchStallMs = null);
+    double? SwitchStallMs = null,
+    /// <summary>
+    /// What the host decided on its own during the step, for operators (e.g. a mirror that did not converge started
+    /// again write-blocking, with the rates that made it do so); null when nothing.
+    /// </summary>
+    [property: System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
+    string? Note = null);
 
 /// <summary>What a read-only probe found after a switch (pivot / live snapshot) whose outcome was unknown.</summary>
 public enum SwitchFinding

@@ -37,9 +37,10 @@ public sealed record MigrationStateReply(MigrationView View, long LastSequenceNr
 public sealed record MigrationError(string Code, string Message);
 
 /// <summary>When one attempt of one step ran, and how it ended (null while it runs); for a switch (pivot, live snapshot,
-/// backing switch) the milliseconds its host's hypervisor held the drive, which bound the guest's stall.</summary>
+/// backing switch) the milliseconds its host's hypervisor held the drive, which bound the guest's stall; what the host
+/// decided on its own during the step (<see cref="StepOutcome.Note"/>).</summary>
 public sealed record StepTimingView(MigrationStep Step, int Attempt, DateTimeOffset StartedAt, DateTimeOffset? EndedAt, string? Outcome,
-    double? SwitchStallMs = null);
+    double? SwitchStallMs = null, string? Note = null);
 
 /// <summary>One disk of a migration as operators see it; <see cref="Phase"/> is the saga's disk phase by name.</summary>
 public sealed record DiskView(

@@ -26,7 +26,10 @@ public sealed record BlockJobInfo(
     long Offset,
     long Length,
     long SpeedBytesPerSecond,
-    string? Error = null);
+    string? Error = null,
+    /// <summary>How the mirror copies, as the adapter started it; null where the hypervisor does not say (libvirt).</summary>
+    [property: System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
+    CopyMode? Mode = null);
 
 /// <summary>What a drive runs on now, as read back from the hypervisor (not as we believe it should be).</summary>
 /// <param name="OpenChain">The paths of the layers the drive's active node is made of, base → leaf.</param>

@@ -57,6 +57,27 @@ public sealed class MigrationSagaTests
     }
 
     [Fact]
+    public void What_a_host_decided_during_a_step_is_kept_as_its_timings_note_shown_in_the_view_and_survives_a_replay()
+    {
+        var saga = new SagaDriver().Begin(MigrationStrategy.PreCopy);
+        saga.Succeed(); // CloneImageStructure
+        saga.Succeed(); // StartReplication
+        saga.Succeed(); // SyncInternalVolumes
+        Assert.Equal(WaitMirrorReady, saga.InFlight().Step);
+        const string why = "the background mirror did not converge: …; started again write-blocking at 10:00:00 UTC";
+        saga.Send(new ReportStepSucceeded(saga.Id, saga.InFlight().Operation, new StepOutcome(Note: why)));
+        saga.SucceedAll(saga.Image);
+
+        var timings = saga.State.Disk(saga.Image).StepTimings;
+        Assert.Equal(why, Assert.Single(timings, t => t.Note is not null).Note);
+        Assert.Equal(WaitMirrorReady, timings.Single(t => t.Note is not null).Step);
+        Assert.Equal("completed", timings.Single(t => t.Note is not null).Outcome);
+        var view = MigrationViews.ViewOf(saga.State, saga.Now);
+        Assert.Equal(why, view.Disks[0].Timings.Single(t => t.Step == WaitMirrorReady).Note);
+        Assert.Equal(timings, MigrationState.Replay(saga.Id, saga.Journal).Disk(saga.Image).StepTimings);
+    }
+
+    [Fact]
     public void Post_copy_runs_its_steps_and_passes_the_point_of_no_return_at_the_live_snapshot()
     {
         var saga = new SagaDriver().Begin(MigrationStrategy.PostCopy);

@@ -51,4 +51,50 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
         var live = await GuestVerifier.VerifyThroughNbdAsync(drive.GuestSocket, drive.ExportName, guest.Ledger);
         Assert.True(live.Ok, string.Join("; ", live.Mismatches.Take(5)));
     }
+
+    [Fact]
+    public async Task A_background_mirror_the_guest_outruns_is_started_again_write_blocking_by_the_HSM_and_the_pivot_loses_no_write()
+    {
+        await using var bed = await HostLayerBed.StartAsync();
+        // Random 4 KiB writes each dirty a 64 KiB cluster: 2 MiB/s of them dirty far more than the mirror's 8 MiB/s copies.
+        var guest = await bed.StartGuestAsync(2 * MiB);
+        await bed.WaitForGuestWritesAsync(20);
+        var spm = Sys.ActorOf(SpmActor.Props(bed.Pool));
+        var hsm = Sys.ActorOf(HsmActor.Props(bed.Hypervisor, bed.Pool, convergenceWindow: TimeSpan.FromSeconds(3)));
+        var saga = CreateTestProbe();
+        var driver = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.A.Id, bed.B.Id, 64 * MiB, VolumeId.New()),
+            MigrationStrategy.PreCopy, speed: 8 * MiB, mode: CopyMode.Background);
+        var patient = TimeSpan.FromSeconds(60);
+
+        await driver.SucceedAsync(spm, Step.CloneImageStructure, saga, timeout: patient);
+        await driver.SucceedAsync(hsm, Step.StartReplication, saga, timeout: patient);
+        await driver.SucceedAsync(spm, Step.SyncInternalVolumes, saga, timeout: patient);
+        var ready = await driver.SucceedAsync(hsm, Step.WaitMirrorReady, saga, timeout: patient);
+
+        Assert.Contains("did not converge", ready.Outcome.Note);
+        Assert.Contains("started again write-blocking", ready.Outcome.Note);
+        var job = await bed.Hypervisor.GetBlockJobAsync(bed.Vm, bed.Image);
+        Assert.Equal((BlockJobPhase.Ready, CopyMode.WriteBlocking, 8 * MiB), (job!.Phase, job.Mode, job.SpeedBytesPerSecond));
+        // The host restarts (QEMU runs on): its new hypervisor instance reads the mode back from the VM's manifest, so its
+        // HSM would not start the job again, and pivots it.
+        await bed.Hypervisor.DisposeAsync();
+        var adopted = bed.NewHypervisor();
+        await adopted.AdoptRunningVmsAsync();
+        bed.UseHypervisor(adopted);
+        Assert.Equal(CopyMode.WriteBlocking, (await adopted.GetBlockJobAsync(bed.Vm, bed.Image))!.Mode);
+        hsm = Sys.ActorOf(HsmActor.Props(adopted, bed.Pool, convergenceWindow: TimeSpan.FromSeconds(3)));
+
+        await driver.SucceedAsync(hsm, Step.Pivot, saga, timeout: patient);
+        await driver.SucceedAsync(spm, Step.MarkDestinationLeafLegal, saga, timeout: patient);
+        await driver.SucceedAsync(spm, Step.DeleteSourceImage, saga, timeout: patient);
+        var drive = await bed.DriveAsync();
+        Assert.Equal(await bed.PathsOnAsync(bed.B), drive.OpenChain);
+        Assert.All((await bed.B.DescribeImageAsync(bed.Image)).Volumes, v => Assert.Equal(Legality.Legal, v.Legality));
+
+        await bed.WaitForGuestWritesAsync(20);
+        var stats = await guest.StopAsync();
+        Assert.Equal(0, stats.Errors);
+        var live = await GuestVerifier.VerifyThroughNbdAsync(drive.GuestSocket, drive.ExportName, guest.Ledger);
+        Assert.True(live.Ok, string.Join("; ", live.Mismatches.Take(5)));
+    }
 }

@@ -14,7 +14,7 @@ namespace LiveMigration.HostNode.Tests.Actors;
 /// <summary>
 /// The HSM pushes a running mirror's progress about once a second while the saga waits for READY (no re-sent
 /// wait needed), and a speed change reaches the running mirror; over the sim hypervisor, whose mirror copies at
-/// the job's speed.
+/// the job's speed; a background mirror the guest outruns is started again write-blocking and READY follows.
 /// </summary>
 public sealed class HsmMirrorProgressTests : Akka.TestKit.Xunit2.TestKit, IAsyncLifetime
 {
@@ -82,5 +82,33 @@ public sealed class HsmMirrorProgressTests : Akka.TestKit.Xunit2.TestKit, IAsync
         await AwaitAssertAsync(async () =>
             Assert.Equal(64 * MiB, (await _hypervisor.GetBlockJobAsync(_vm.Id, _chain.Image))!.SpeedBytesPerSecond), TimeSpan.FromSeconds(5));
         saga.ExpectNoMsg(TimeSpan.FromMilliseconds(200)); // no answer under the step's operation id
+    }
+
+    [Fact]
+    public async Task A_background_mirror_the_guest_outruns_is_started_again_write_blocking_and_the_outcome_says_why()
+    {
+        // The guest dirties 6 MiB/s, the mirror may copy 4 MiB/s: in background mode it would never be READY.
+        await using var busy = new SimHypervisor(_host, _pool, new SimHypervisorOptions { GuestDirtyBytesPerSecond = 6 * MiB });
+        var spm = Sys.ActorOf(Spm.SpmActor.Props(_pool));
+        var hsm = Sys.ActorOf(HsmActor.Props(busy, _pool, convergenceWindow: TimeSpan.FromSeconds(2)));
+        var saga = CreateTestProbe();
+        var driver = new StepDriver(_vm.Id, new DiskPlan(_chain.Image, _a.Id, _b.Id, 10 * MiB, VolumeId.New()), MigrationStrategy.PreCopy,
+            speed: 4 * MiB, mode: CopyMode.Background);
+        await driver.SucceedAsync(spm, Step.CloneImageStructure, saga);
+        await driver.SucceedAsync(hsm, Step.StartReplication, saga);
+
+        var ready = await driver.SucceedAsync(hsm, Step.WaitMirrorReady, saga, timeout: TimeSpan.FromSeconds(30));
+
+        var job = await busy.GetBlockJobAsync(_vm.Id, _chain.Image);
+        Assert.Equal(BlockJobPhase.Ready, job!.Phase);
+        Assert.Equal(CopyMode.WriteBlocking, job.Mode);
+        Assert.Equal(4 * MiB, job.SpeedBytesPerSecond);
+        Assert.NotNull(ready.Outcome.Note);
+        Assert.Contains("did not converge", ready.Outcome.Note);
+        Assert.Contains("write-blocking", ready.Outcome.Note);
+        // and it pivots as any READY mirror does
+        await driver.SucceedAsync(spm, Step.SyncInternalVolumes, saga);
+        var pivot = await driver.SucceedAsync(hsm, Step.Pivot, saga);
+        Assert.Contains("runs on domain", pivot.Outcome.Detail);
     }
 }

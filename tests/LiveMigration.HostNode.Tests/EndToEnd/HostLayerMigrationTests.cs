@@ -77,6 +77,43 @@ public sealed class HostLayerMigrationTests
     }
 
     [Fact]
+    public async Task A_background_mirror_the_guest_outruns_is_started_again_write_blocking_and_the_move_completes_losing_nothing()
+    {
+        await using var bed = await HostLayerBed.StartAsync();
+        // Random 4 KiB writes each dirty a 64 KiB cluster: at 2 MiB/s the guest dirties far more than 8 MiB/s copies.
+        var guest = await bed.StartGuestAsync(2 * MiB);
+        await bed.WaitForGuestWritesAsync(50);
+        var hook = new StepHook("none", () => { });
+
+        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(2));
+        var mover = new DiskMover(bed.Pool, bed.Hypervisor) { ConvergenceWindow = TimeSpan.FromSeconds(3) };
+        var report = await mover.MoveAsync(bed.Vm, bed.Image, bed.A.Id, bed.B.Id,
+            new MoveOptions(MoveStrategy.PreCopy, SpeedBytesPerSecond: 8 * MiB, CopyMode: CopyMode.Background), hook, timeout.Token);
+
+        lock (hook.Steps)
+        {
+            var restart = hook.Steps.IndexOf("mirror-write-blocking");
+            Assert.True(restart > 0, $"the mirror was not started again write-blocking: {string.Join(", ", hook.Steps.Distinct())}");
+            Assert.Contains("mirror-ready", hook.Steps.Skip(restart));
+        }
+        var drive = await bed.DriveAsync();
+        Assert.Equal(await bed.PathsOnAsync(bed.B), drive.OpenChain);
+        Assert.Equal(report.FinalDrive.OpenChain, drive.OpenChain);
+        Assert.All((await bed.B.DescribeImageAsync(bed.Image)).Volumes, v => Assert.Equal(Legality.Legal, v.Legality));
+        Assert.DoesNotContain(bed.Image, await bed.A.ListImagesAsync());
+
+        await bed.WaitForGuestWritesAsync(50);
+        var stats = await guest.StopAsync();
+        Assert.Equal(0, stats.Errors);
+        var live = await GuestVerifier.VerifyThroughNbdAsync(drive.GuestSocket, drive.ExportName, guest.Ledger);
+        Assert.True(live.Ok, string.Join("; ", live.Mismatches.Take(5)));
+        Assert.True(live.BlocksChecked > 100);
+        await bed.Hypervisor.StopVmAsync(bed.Vm);
+        var offline = await GuestVerifier.VerifyImageAsync(drive.OpenChain[^1], VolumeFormat.Cow, WriteLedger.Load(bed.LedgerPath));
+        Assert.True(offline.Ok, string.Join("; ", offline.Mismatches.Take(5)));
+    }
+
+    [Fact]
     public async Task Post_copy_ends_with_every_open_node_on_B_and_the_new_leaf_pointing_at_Bs_copy()
     {
         await using var bed = await HostLayerBed.StartAsync();

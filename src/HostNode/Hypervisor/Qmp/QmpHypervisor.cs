@@ -233,7 +233,7 @@ public sealed class QmpHypervisor : IHypervisor
         if (drive.MirrorTarget is { } previous && BlockNodes.FormatNode(previous.ToLayer()) != targetNode)
             await DeleteNodesAsync(vm, [previous.ToLayer()], ct);
         await AddChainAsync(vm, [request.DestinationLeaf], topWritable: true, ct);
-        await SaveAsync(vm, vm.Manifest.WithDrive(drive with { MirrorTarget = LayerManifest.From(request.DestinationLeaf) }), ct);
+        await SaveAsync(vm, vm.Manifest.WithDrive(drive with { MirrorTarget = LayerManifest.From(request.DestinationLeaf), MirrorMode = request.Mode }), ct);
 
         vm.JobEnds.TryRemove(jobId, out QmpEvent? _);
         vm.CancelRequested.TryRemove(jobId, out byte _);
@@ -319,6 +319,7 @@ public sealed class QmpHypervisor : IHypervisor
         {
             Layers = destinationBacking.Append(target).Select(LayerManifest.From).ToList(),
             MirrorTarget = null,
+            MirrorMode = null,
         }), ct);
         return await DriveStateAsync(vm, driveId, ct) with { SwitchDuration = switched };
     }
@@ -344,7 +345,7 @@ public sealed class QmpHypervisor : IHypervisor
                 await WaitForJobEndAsync(vm, jobId, ct);
             }
             await DeleteNodesAsync(vm, [target], ct);
-            await SaveAsync(vm, vm.Manifest.WithDrive(drive with { MirrorTarget = null }), ct);
+            await SaveAsync(vm, vm.Manifest.WithDrive(drive with { MirrorTarget = null, MirrorMode = null }), ct);
         }
         return await DriveStateAsync(vm, driveId, ct);
     }
@@ -713,7 +714,8 @@ public sealed class QmpHypervisor : IHypervisor
             };
             list.Add(new BlockJobInfo(jobId, drive, phase,
                 job.GetProperty("offset").GetInt64(), job.GetProperty("len").GetInt64(), job.GetProperty("speed").GetInt64(),
-                job.TryGetProperty("error", out var error) ? error.GetString() : null));
+                job.TryGetProperty("error", out var error) ? error.GetString() : null,
+                vm.Manifest.Drives.FirstOrDefault(d => d.ImageId == drive)?.MirrorMode));
         }
         return list;
     }

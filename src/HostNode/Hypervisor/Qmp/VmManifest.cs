@@ -13,8 +13,12 @@ internal sealed record LayerManifest(string Domain, string Volume, string Path, 
         new(new VolumeRef(DomainId.Parse(Domain), VolumeId.Parse(Volume)), Path, Enum.Parse<VolumeFormat>(Format));
 }
 
-/// <summary>A drive: the chain we opened (base → leaf) and the destination leaf of a mirror in flight.</summary>
-internal sealed record DriveManifest(string Image, string ExportName, IReadOnlyList<LayerManifest> Layers, LayerManifest? MirrorTarget)
+/// <summary>
+/// A drive: the chain we opened (base → leaf), and the destination leaf of a mirror in flight with its copy mode
+/// (QEMU 7.2 does not report it; null in manifests older than it).
+/// </summary>
+internal sealed record DriveManifest(string Image, string ExportName, IReadOnlyList<LayerManifest> Layers, LayerManifest? MirrorTarget,
+    CopyMode? MirrorMode = null)
 {
     public ImageId ImageId => ImageId.Parse(Image);
     public IReadOnlyList<ChainLayer> Chain => Layers.Select(l => l.ToLayer()).ToList();

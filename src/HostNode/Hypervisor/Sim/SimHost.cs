@@ -140,5 +140,5 @@ internal sealed class SimMirrorJob(string jobId, ChainLayer destination, CopyMod
     public Task? Loop { get; set; }
 
     public BlockJobInfo ToInfo(ImageId drive, string? error = null) =>
-        new(JobId, drive, Phase, Offset, Length, SpeedBytesPerSecond, error);
+        new(JobId, drive, Phase, Offset, Length, SpeedBytesPerSecond, error, Mode);
 }
