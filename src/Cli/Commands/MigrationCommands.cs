@@ -32,7 +32,7 @@ public sealed class MigrateSettings : GlobalSettings
     public string Bandwidth { get; set; } = "0";
 
     [CommandOption("--copy-mode <MODE>")]
-    [Description("background (the default) or write-blocking (guest writes reach both copies; the mirror always converges)")]
+    [Description("background (the default; a mirror the guest outruns is started again write-blocking by its host) or write-blocking (guest writes reach both copies; the mirror always converges)")]
     [DefaultValue("background")]
     public string CopyMode { get; set; } = "background";
 

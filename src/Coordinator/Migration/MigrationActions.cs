@@ -50,7 +50,7 @@ public static class MigrationActions
         {
             var step = disk.Step!.Value;
             actions.Add(new SendStep(MigrationPlan.RoleOf(step), request.Vm, disk.Plan, step, disk.Operation!.Value,
-                request.Strategy, speed, request.CopyMode));
+                request.Strategy, CopySpeed(step, speed), request.CopyMode));
         }
         var due = state.Disks.Where(d => d.Phase == DiskPhase.RetryWaiting).Select(d => d.RetryDueAt!.Value).DefaultIfEmpty().Min();
         if (due != default)
@@ -66,6 +66,17 @@ public static class MigrationActions
         var speed = request.BandwidthBytesPerSecond / Math.Max(1, parallel);
         return request.BandwidthBytesPerSecond > 0 && speed == 0 ? 1 : speed;
     }
+
+    /// <summary>
+    /// The limit of one copy of a disk at <paramref name="step"/>, from the disk's share: a pre-copy's mirror and the SPM's copy
+    /// of the internal layers run side by side from StartReplication until SyncInternalVolumes ends, and split the share
+    /// then, so together they keep to it; before and after, the one copy that runs has it whole (the HSM gives the mirror
+    /// its whole share again when WaitMirrorReady begins). 0 = unlimited.
+    /// </summary>
+    public static long CopySpeed(MigrationStep step, long diskShare) =>
+        diskShare > 0 && step is MigrationStep.StartReplication or MigrationStep.SyncInternalVolumes
+            ? Math.Max(1, diskShare / 2)
+            : diskShare;
 
     /// <summary>
     /// Where a new speed must go at once: the HSM of every disk whose mirror runs (from StartReplication until the
@@ -84,10 +95,11 @@ public static class MigrationActions
             var mirrorRuns = disk.Started.Contains(MigrationStep.StartReplication) && !disk.PassedPointOfNoReturn
                 && !(disk.Step == MigrationStep.CancelReplication && disk.Phase != DiskPhase.InFlight)
                 && disk.Step != MigrationStep.DeleteDestinationImage;
+            var share = CopySpeed(disk.Step!.Value, speed);
             if (mirrorRuns)
-                changes.Add(new SendSpeed(HostRole.Hsm, request.Vm, operation, speed));
+                changes.Add(new SendSpeed(HostRole.Hsm, request.Vm, operation, share));
             if (disk.Phase == DiskPhase.InFlight && disk.Step is MigrationStep.SyncInternalVolumes or MigrationStep.CloneInternalVolumes)
-                changes.Add(new SendSpeed(HostRole.Spm, request.Vm, operation, speed));
+                changes.Add(new SendSpeed(HostRole.Spm, request.Vm, operation, share));
         }
         return changes;
     }

@@ -209,6 +209,16 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
             Finish(operation, new OperationSucceeded(operation, ready with { Note = wait.Note }));
             return;
         }
+        if (!wait.SpeedChecked)
+        {
+            // The saga gives the mirror the disk's whole share from here on (it shared it with the SPM's copy until now).
+            wait.SpeedChecked = true;
+            var speed = wait.Command.SpeedBytesPerSecond;
+            if (sample.Job!.SpeedBytesPerSecond != speed)
+                _hypervisor.SetJobSpeedAsync(wait.Vm, wait.Drive, speed).PipeTo(Self,
+                    success: () => new SpeedSet(operation, speed, null),
+                    failure: e => new SpeedSet(operation, speed, e));
+        }
         if (wait.Restarting || wait.Watch.Observe(DateTimeOffset.UtcNow, sample.Job!, sample.Job!.Mode ?? wait.Mode) is not { } why) return;
         _log.Warning("{Operation} on VM {Vm} drive {Image}: {Why}; starting it again write-blocking", operation, wait.Vm, wait.Drive, why);
         wait.Restarting = true;
@@ -346,5 +356,7 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
         public long? SpeedWhileRestarting { get; set; }
         /// <summary>What the step's outcome will tell operators about this wait (why the mirror was started again).</summary>
         public string? Note { get; set; }
+        /// <summary>The job's speed was compared with the wait's (the saga's limit for the mirror from now on).</summary>
+        public bool SpeedChecked { get; set; }
     }
 }

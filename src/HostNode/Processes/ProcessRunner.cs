@@ -50,6 +50,8 @@ public static class ProcessRunner
         catch (OperationCanceledException)
         {
             try { process.Kill(entireProcessTree: true); } catch (InvalidOperationException) { }
+            // Reaped before the caller goes on: a killed qemu-img still holds its image's lock until it is gone.
+            try { process.WaitForExit(TimeSpan.FromSeconds(10)); } catch (InvalidOperationException) { }
             throw;
         }
         process.WaitForExit(); // flushes the asynchronous output readers

@@ -3,6 +3,7 @@ using Akka.Cluster;
 using Akka.Cluster.Tools.PublishSubscribe;
 using Akka.Event;
 using LiveMigration.HostNode.Management;
+using LiveMigration.HostNode.Processes;
 using LiveMigration.HostNode.Steps;
 using LiveMigration.HostNode.Storage;
 using LiveMigration.Shared.Migration;
@@ -28,6 +29,8 @@ public sealed class SpmActor : ReceiveActor
     /// <summary>The SPM lease, when the pool has one: its generation goes into every volume's owner, and each step checks it first.</summary>
     private readonly IStorageFence? _fence;
     private readonly OperationLedger _ledger = new();
+    /// <summary>The speed limit of each step running here, which a <see cref="SetStepSpeed"/> changes under its copies.</summary>
+    private readonly Dictionary<OperationId, CopyRate> _rates = new();
     /// <summary>What each step does on storage (with the room promised to migrations); runs off the actor.</summary>
     private readonly StorageSteps _steps;
     /// <summary>
@@ -51,10 +54,12 @@ public sealed class SpmActor : ReceiveActor
         _steps = new StorageSteps(_pool, fence);
         if (leasePath is not null)
             _log.Info("SPM started under the lease {Path}, generation {Generation}: every storage change is fenced by it", leasePath, fence!.Generation);
+        // Before any copy: a previous SPM's copies still running here would hold their twins' locks against our retries.
+        foreach (var orphan in OrphanCopies.Kill(pool.Domains.Select(d => d is FencedStorageDomain f ? f.Inner : d)
+                     .OfType<Storage.File.FileStorageDomain>().Select(d => d.DomainPath).ToList()))
+            _log.Warning("Killed a copy a previous SPM left running: {Process}", orphan);
         Receive<ExecuteStep>(OnExecuteStep);
-        Receive<SetStepSpeed>(s =>
-            // The storage port's copies take no speed limit; the bandwidth that matters is the mirror's.
-            _log.Debug("Ignoring speed {Speed} B/s for {Operation}: SPM copies run unthrottled", s.SpeedBytesPerSecond, s.Operation));
+        Receive<SetStepSpeed>(OnSetStepSpeed);
         Receive<StepProgressed>(OnProgress);
         Receive<StepFinished>(OnFinished);
         // The operator's storage changes (new domains, VM disks, snapshot volumes), each run off the actor.
@@ -121,7 +126,20 @@ public sealed class SpmActor : ReceiveActor
         // The copy's progress callback runs on the copy's thread: only a message crosses into the actor.
         var progress = new InlineProgress<CopyProgress>(p => self.Tell(new StepProgressed(operation, p.Done, p.Total)));
         var stopped = _stopped.Token;
-        StepReplies.RunAsync(operation, () => _steps.RunAsync(command, progress, stopped)).PipeTo(self);
+        var rate = _rates[operation] = new CopyRate(command.SpeedBytesPerSecond);
+        StepReplies.RunAsync(operation, () => _steps.RunAsync(command, progress, stopped, rate)).PipeTo(self);
+    }
+
+    /// <summary>An operator's new speed for a copy step that runs here: its copies follow it at once. No reply (as the HSM).</summary>
+    private void OnSetStepSpeed(SetStepSpeed command)
+    {
+        if (!_rates.TryGetValue(command.Operation, out var rate))
+        {
+            _log.Debug("Speed {Speed} B/s for {Operation}: no copy of that step runs here", command.SpeedBytesPerSecond, command.Operation);
+            return;
+        }
+        if (rate.Set(command.SpeedBytesPerSecond))
+            _log.Info("Speed of {Operation} set to {Speed} B/s: its copy follows it now", command.Operation, command.SpeedBytesPerSecond);
     }
 
     private void OnProgress(StepProgressed p)
@@ -138,6 +156,7 @@ public sealed class SpmActor : ReceiveActor
 
     private void Finish(OperationId operation, IHostReply reply)
     {
+        _rates.Remove(operation);
         foreach (var waiter in _ledger.Finish(operation, reply)) waiter.Tell(reply);
     }
 }

@@ -9,8 +9,10 @@ namespace LiveMigration.HostNode.Steps;
 /// job's offset grows by what was copied, its length by what the guest newly dirtied. When the guest dirties at least
 /// two thirds of the copy rate the remaining work shrinks at a third of the copy rate or less — three times the idle
 /// time or worse, the limit — and the mirror should run write-blocking instead (each guest write then reaches
-/// both sides, so what is left only shrinks). A write-blocking mirror is never judged: it converges at its copy rate.
-/// Pure: the caller feeds it one read of the job at a time and acts on the answer.
+/// both sides, so what is left only shrinks). A guest that dirties as fast as the copy runs or faster (what is left never
+/// shrinks) is plain sooner: after a third of the window, as every second spent watching it is a second lost. A
+/// write-blocking mirror is never judged: it converges at its copy rate. Pure: the caller feeds it one read of the job
+/// at a time and acts on the answer.
 /// </summary>
 public sealed class MirrorConvergence(TimeSpan window)
 {
@@ -42,14 +44,15 @@ public sealed class MirrorConvergence(TimeSpan window)
         while (_samples.Count > 2 && at - _samples.ElementAt(1).At >= window) _samples.Dequeue();
         var first = _samples.Peek();
         var span = (at - first.At).TotalSeconds;
-        if (span < window.TotalSeconds) return null;
+        if (span < window.TotalSeconds / 3) return null;
 
         var copied = (now.Offset - first.Offset) / span;
         var dirtied = (now.Length - first.Length) / span;
         var left = now.Length - now.Offset;
         if (left <= 0 || dirtied <= 0) return null;
         // Nothing copied and nothing dirtied is a stalled job, not a race with the guest: not this watch's to judge.
-        if (copied > 0 && dirtied * 3 < copied * 2) return null;
+        var neverShrinks = dirtied >= copied;
+        if (!neverShrinks && (span < window.TotalSeconds || dirtied * 3 < copied * 2)) return null;
         var net = copied - dirtied;
         var outlook = net > 0
             ? $"at that pace the last {Mib(left)} would take {left / net:0} s instead of {left / copied:0} s"

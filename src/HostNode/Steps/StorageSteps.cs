@@ -29,8 +29,10 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null)
 
     /// <summary>Runs the step's storage work; a refusal is an <see cref="OperationFailedException"/> whose code says why.</summary>
     /// <param name="progress">The bytes of the step's copies, all layers as one total; called on the copy's thread.</param>
-    public async Task<StepOutcome> RunAsync(ExecuteStep command, IProgress<CopyProgress>? progress, CancellationToken ct)
+    /// <param name="rate">The speed limit of the step's copies, which the caller may change while they run; null: the command's.</param>
+    public async Task<StepOutcome> RunAsync(ExecuteStep command, IProgress<CopyProgress>? progress, CancellationToken ct, CopyRate? rate = null)
     {
+        rate ??= new CopyRate(command.SpeedBytesPerSecond);
         var disk = command.Disk;
         var image = disk.Image;
         var step = command.Operation.Step;
@@ -53,10 +55,10 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null)
         return step switch
         {
             MigrationStep.CloneImageStructure => await CloneImageStructureAsync(src, dst, image, owner, ct),
-            MigrationStep.SyncInternalVolumes => await SyncInternalVolumesAsync(src, dst, disk, migration, progress, ct),
+            MigrationStep.SyncInternalVolumes => await SyncInternalVolumesAsync(src, dst, disk, migration, progress, rate, ct),
             MigrationStep.MarkDestinationLeafLegal => await MarkDestinationLeafLegalAsync(dst, disk, migration, ct),
             MigrationStep.CreateVolumeCrossDomain => await CreateVolumeCrossDomainAsync(src, dst, disk, owner, ct),
-            MigrationStep.CloneInternalVolumes => await CloneInternalVolumesAsync(src, dst, disk, owner, progress, ct),
+            MigrationStep.CloneInternalVolumes => await CloneInternalVolumesAsync(src, dst, disk, owner, progress, rate, ct),
             MigrationStep.DeleteSourceImage => await DeleteSourceImageAsync(src, dst, image, migration, ct),
             MigrationStep.DeleteDestinationImage => await DeleteDestinationImageAsync(dst, image, owner, ct),
             _ => throw new OperationFailedException(ErrorCodes.InvalidArgument, $"storage does not run {step}"),
@@ -72,7 +74,7 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null)
     }
 
     private static async Task<StepOutcome> SyncInternalVolumesAsync(IStorageDomain src, IStorageDomain dst, DiskPlan disk,
-        MigrationId migration, IProgress<CopyProgress>? progress, CancellationToken ct)
+        MigrationId migration, IProgress<CopyProgress>? progress, CopyRate rate, CancellationToken ct)
     {
         // The leaf is the mirror's; the internal layers are read-only in QEMU, so they are copied here.
         var image = disk.Image;
@@ -81,7 +83,7 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null)
         var clone = await dst.DescribeImageAsync(image, ct);
         RequireOwnedBy(clone.Volumes, migration, dst, image);
         var internals = sourceChain.Volumes.Where(v => v.Id != sourceLeaf).Select(v => v.Id).ToList();
-        var copied = await CopyLayersAsync(src, dst, image, internals, progress, ct);
+        var copied = await CopyLayersAsync(src, dst, image, internals, progress, rate, ct);
         return new StepOutcome(copied, $"{internals.Count} internal volumes copied");
     }
 
@@ -116,14 +118,14 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null)
     }
 
     private async Task<StepOutcome> CloneInternalVolumesAsync(IStorageDomain src, IStorageDomain dst, DiskPlan disk, VolumeOwner owner,
-        IProgress<CopyProgress>? progress, CancellationToken ct)
+        IProgress<CopyProgress>? progress, CopyRate rate, CancellationToken ct)
     {
         var image = disk.Image;
         var oldChain = await src.DescribeImageAsync(image, ct);
         var oldLeaf = await PlannedLeaves.SourceLeafAsync(disk, src, ct);
         // Twins of the old chain under the new leaf, empty and ILLEGAL until copied and verified.
         await dst.CloneImageStructureAsync(src, image, owner, ct);
-        var copied = await CopyLayersAsync(src, dst, image, oldChain.Volumes.Select(v => v.Id).ToList(), progress, ct);
+        var copied = await CopyLayersAsync(src, dst, image, oldChain.Volumes.Select(v => v.Id).ToList(), progress, rate, ct);
         RequireOwnedBy([await dst.DescribeVolumeAsync(image, disk.NewLeaf, ct)], owner.Migration, dst, image);
         // Metadata only: the running QEMU owns the leaf and rewrites its header in SwitchBackingChain.
         await dst.SetParentAsync(image, disk.NewLeaf, new VolumeRef(dst.Id, oldLeaf), null, rewriteHeader: false, ct);
@@ -182,7 +184,7 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null)
 
     /// <summary>Copies the layers one after the other, reporting the bytes of all of them as one total.</summary>
     private static async Task<long> CopyLayersAsync(IStorageDomain src, IStorageDomain dst, ImageId image,
-        IReadOnlyList<VolumeId> layers, IProgress<CopyProgress>? progress, CancellationToken ct)
+        IReadOnlyList<VolumeId> layers, IProgress<CopyProgress>? progress, CopyRate rate, CancellationToken ct)
     {
         long total = 0;
         foreach (var id in layers) total += (await src.DescribeVolumeAsync(image, id, ct)).AllocatedBytes;
@@ -193,7 +195,7 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null)
             var before = done;
             var copied = await dst.CopyVolumeDataAsync(src, image, id,
                 progress is null ? null : new InlineProgress<CopyProgress>(p => progress.Report(new CopyProgress(before + p.Done, Math.Max(total, before + p.Total)))),
-                ct);
+                ct, rate);
             done += copied.AllocatedBytes;
             progress?.Report(new CopyProgress(done, Math.Max(total, done)));
         }

@@ -62,11 +62,11 @@ public sealed class FencedStorageDomain(IStorageDomain inner, IStorageFence fenc
     }
 
     public async Task<VolumeInfo> CopyVolumeDataAsync(IStorageDomain source, ImageId image, VolumeId volume,
-        IProgress<CopyProgress>? progress = null, CancellationToken ct = default)
+        IProgress<CopyProgress>? progress = null, CancellationToken ct = default, CopyRate? rate = null)
     {
         await fence.CheckAsync(ct);
         AmbientFence.Enter(fence);
-        return await inner.CopyVolumeDataAsync(Unwrap(source)!, image, volume, progress, ct);
+        return await inner.CopyVolumeDataAsync(Unwrap(source)!, image, volume, progress, ct, rate);
     }
 
     public async Task<VolumeInfo> SetParentAsync(ImageId image, VolumeId volume, VolumeRef newParent, IStorageDomain? parentDomain,

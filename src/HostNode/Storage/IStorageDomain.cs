@@ -61,10 +61,11 @@ public interface IStorageDomain
     /// Copies one layer's data (only its allocated clusters) from <paramref name="source"/> into
     /// its twin here, verifies it, then marks the twin LEGAL and bumps its generation. The twin
     /// stays ILLEGAL on any failure. Repeating it on a LEGAL twin returns at once. A preallocated twin
-    /// is still preallocated after the copy.
+    /// is still preallocated after the copy. <paramref name="rate"/> limits the copy's speed and may change while it runs:
+    /// the copy follows a change at once (null: unlimited).
     /// </summary>
     Task<VolumeInfo> CopyVolumeDataAsync(IStorageDomain source, ImageId image, VolumeId volume,
-        IProgress<CopyProgress>? progress = null, CancellationToken ct = default);
+        IProgress<CopyProgress>? progress = null, CancellationToken ct = default, CopyRate? rate = null);
 
     /// <summary>
     /// Re-points a volume's parent to <paramref name="newParent"/> (same volume id on this or

@@ -26,13 +26,19 @@ public sealed class CrashTests(ITestOutputHelper output)
     /// (the sagas' shard coordinator among them) start only after the removal margin, the resolver's stable-after (20 s).</summary>
     private static readonly TimeSpan RemovalMargin = TimeSpan.FromSeconds(20);
 
+    /// <summary>
+    /// The mirror runs from StartReplication to the pivot: beside the SPM's copy of the internal layers (which the
+    /// migration's bandwidth limits too, so it lasts seconds here) and while the saga waits for READY.
+    /// </summary>
+    private static bool DuringTheMirror(MigrationSnapshot m) => m.Step is "SyncInternalVolumes" or "WaitMirrorReady";
+
     [Fact]
     public async Task Coordinator_killed_during_the_mirror_restarts_and_the_migration_completes()
     {
         await using var scenario = await CrashScenario.StartAsync(output);
         await scenario.StartGuestAsync();
         var id = await scenario.StartSlowPreCopyAsync();
-        var beforeKill = await scenario.WaitForMigrationAsync(id, "mirror", m => m.Step == "WaitMirrorReady", ToMirror);
+        var beforeKill = await scenario.WaitForMigrationAsync(id, "mirror", DuringTheMirror, ToMirror);
 
         await scenario.Cluster.KillAsync(scenario.Coordinator);
         scenario.Log($"Coordinator killed (SIGKILL) at {beforeKill}");
@@ -58,7 +64,7 @@ public sealed class CrashTests(ITestOutputHelper output)
         await using var scenario = await CrashScenario.StartAsync(output);
         await scenario.StartGuestAsync();
         var id = await scenario.StartSlowPreCopyAsync();
-        var beforeKill = await scenario.WaitForMigrationAsync(id, "mirror", m => m.Step == "WaitMirrorReady", ToMirror);
+        var beforeKill = await scenario.WaitForMigrationAsync(id, "mirror", DuringTheMirror, ToMirror);
 
         await scenario.Cluster.KillAsync(scenario.Host1);
         scenario.Log($"host-1 (SPM, runs the VM) killed (SIGKILL) at {beforeKill}");
@@ -81,7 +87,7 @@ public sealed class CrashTests(ITestOutputHelper output)
         await using var scenario = await CrashScenario.StartAsync(output);
         await scenario.StartGuestAsync();
         var id = await scenario.StartSlowPreCopyAsync();
-        var beforeKill = await scenario.WaitForMigrationAsync(id, "mirror", m => m.Step == "WaitMirrorReady", ToMirror);
+        var beforeKill = await scenario.WaitForMigrationAsync(id, "mirror", DuringTheMirror, ToMirror);
 
         using (var qemu = Process.GetProcessById(scenario.QemuPid))
         {

@@ -8,7 +8,7 @@ namespace LiveMigration.Coordinator.Tests.Migration;
 public sealed class MigrationSpeedTests
 {
     [Fact]
-    public void A_new_speed_is_persisted_reaches_the_running_mirror_and_is_carried_by_a_step_sent_again_after_a_restart()
+    public void A_new_speed_is_persisted_reaches_the_running_mirror_and_copy_sharing_it_and_is_carried_by_a_step_sent_again_after_a_restart()
     {
         var saga = new SagaDriver().Begin(bandwidth: 10_000_000);
         saga.Succeed(); // CloneImageStructure
@@ -20,15 +20,22 @@ public sealed class MigrationSpeedTests
         var changed = Assert.IsType<MigrationSpeedChanged>(Assert.Single(decision.Events));
         Assert.Equal(50_000_000, changed.BytesPerSecond);
 
-        // At once: the HSM's mirror and the SPM's copy in flight, both under the step's operation id.
+        // At once: the HSM's mirror and the SPM's copy in flight, both under the step's operation id; they run side by side
+        // and share the limit.
         var changes = MigrationActions.SpeedChanges(saga.State);
-        Assert.Contains(changes, c => c is { Role: HostRole.Hsm, SpeedBytesPerSecond: 50_000_000 } && c.Operation.Image == saga.Image);
-        Assert.Contains(changes, c => c is { Role: HostRole.Spm, SpeedBytesPerSecond: 50_000_000 } && c.Operation.Step == MigrationStep.SyncInternalVolumes);
+        Assert.Contains(changes, c => c is { Role: HostRole.Hsm, SpeedBytesPerSecond: 25_000_000 } && c.Operation.Image == saga.Image);
+        Assert.Contains(changes, c => c is { Role: HostRole.Spm, SpeedBytesPerSecond: 25_000_000 } && c.Operation.Step == MigrationStep.SyncInternalVolumes);
 
         // After a restart the state comes from the journal alone, and the step in flight goes out with the new speed.
         var recovered = MigrationState.Replay(saga.Id, saga.Journal);
         Assert.Equal(50_000_000, recovered.Request!.BandwidthBytesPerSecond);
-        Assert.Equal(50_000_000, Assert.Single(MigrationActions.Next(recovered).OfType<SendStep>()).SpeedBytesPerSecond);
+        Assert.Equal(25_000_000, Assert.Single(MigrationActions.Next(recovered).OfType<SendStep>()).SpeedBytesPerSecond);
+
+        // Once the internal layers are copied, the mirror alone has the whole limit: the wait carries it, and so does a change.
+        saga.Succeed(); // SyncInternalVolumes
+        Assert.Equal((MigrationStep.WaitMirrorReady, 50_000_000), (saga.InFlight().Step, Assert.Single(MigrationActions.Next(saga.State).OfType<SendStep>()).SpeedBytesPerSecond));
+        saga.Send(new SetMigrationSpeed(saga.Id, 40_000_000));
+        Assert.Equal(40_000_000, Assert.Single(MigrationActions.SpeedChanges(saga.State)).SpeedBytesPerSecond);
     }
 
     [Fact]

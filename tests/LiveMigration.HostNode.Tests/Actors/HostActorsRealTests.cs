@@ -97,4 +97,33 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
         var live = await GuestVerifier.VerifyThroughNbdAsync(drive.GuestSocket, drive.ExportName, guest.Ledger);
         Assert.True(live.Ok, string.Join("; ", live.Mismatches.Take(5)));
     }
+
+    [Fact]
+    public async Task A_speed_change_reaches_the_SPMs_running_copy_of_the_internal_layers()
+    {
+        await using var bed = await HostLayerBed.StartAsync();
+        var spm = Sys.ActorOf(SpmActor.Props(bed.Pool));
+        var saga = CreateTestProbe();
+        // 12 MiB of internal layers at 256 KiB/s: about 40 s
+        var driver = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.A.Id, bed.B.Id, 64 * MiB, VolumeId.New()),
+            MigrationStrategy.PreCopy, speed: 256 * 1024);
+        await driver.SucceedAsync(spm, Step.CloneImageStructure, saga);
+
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        driver.Send(spm, Step.SyncInternalVolumes, saga);
+        // held by its limit: no answer for three seconds, only progress
+        var held = DateTime.UtcNow.AddSeconds(3);
+        while (DateTime.UtcNow < held)
+        {
+            if (await saga.ReceiveOneAsync(TimeSpan.FromMilliseconds(200)) is { } early and not OperationProgress)
+                Assert.Fail($"the limited copy answered after {watch.Elapsed.TotalSeconds:0.0} s: {early}");
+        }
+        spm.Tell(new SetStepSpeed(driver.Op(Step.SyncInternalVolumes), 0), saga.Ref);
+        var synced = await StepDriver.AnswerAsync(saga, driver.Op(Step.SyncInternalVolumes), timeout: TimeSpan.FromSeconds(60));
+
+        Assert.IsType<OperationSucceeded>(synced);
+        Assert.True(watch.Elapsed < TimeSpan.FromSeconds(20), $"the copy took {watch.Elapsed.TotalSeconds:0.0} s: the new speed did not reach it");
+        var internals = (await bed.B.DescribeImageAsync(bed.Image)).Volumes.SkipLast(1).ToList();
+        Assert.All(internals, v => Assert.Equal(Legality.Legal, v.Legality));
+    }
 }

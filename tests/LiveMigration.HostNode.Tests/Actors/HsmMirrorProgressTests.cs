@@ -85,6 +85,25 @@ public sealed class HsmMirrorProgressTests : Akka.TestKit.Xunit2.TestKit, IAsync
     }
 
     [Fact]
+    public async Task The_wait_for_ready_gives_the_mirror_the_speed_it_carries()
+    {
+        // the saga halves a pre-copy's limit between the mirror and the SPM's copy, and gives the mirror all of it at the wait
+        var spm = Sys.ActorOf(Spm.SpmActor.Props(_pool));
+        var hsm = Sys.ActorOf(HsmActor.Props(_hypervisor, _pool));
+        var saga = CreateTestProbe();
+        var driver = new StepDriver(_vm.Id, new DiskPlan(_chain.Image, _a.Id, _b.Id, 10 * MiB, VolumeId.New()), MigrationStrategy.PreCopy, speed: 1 * MiB);
+        await driver.SucceedAsync(spm, Step.CloneImageStructure, saga);
+        await driver.SucceedAsync(hsm, Step.StartReplication, saga);
+        Assert.Equal(1 * MiB, (await _hypervisor.GetBlockJobAsync(_vm.Id, _chain.Image))!.SpeedBytesPerSecond);
+
+        hsm.Tell(driver.Command(Step.WaitMirrorReady) with { SpeedBytesPerSecond = 2 * MiB }, saga.Ref);
+
+        await AwaitAssertAsync(async () =>
+            Assert.Equal(2 * MiB, (await _hypervisor.GetBlockJobAsync(_vm.Id, _chain.Image))!.SpeedBytesPerSecond), TimeSpan.FromSeconds(5));
+        Assert.IsType<OperationSucceeded>(await StepDriver.AnswerAsync(saga, driver.Op(Step.WaitMirrorReady), timeout: TimeSpan.FromSeconds(30)));
+    }
+
+    [Fact]
     public async Task A_background_mirror_the_guest_outruns_is_started_again_write_blocking_and_the_outcome_says_why()
     {
         // The guest dirties 6 MiB/s, the mirror may copy 4 MiB/s: in background mode it would never be READY.

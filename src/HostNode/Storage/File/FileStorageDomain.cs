@@ -415,7 +415,7 @@ public sealed class FileStorageDomain : IStorageDomain
     // ---------------------------------------------------------------- copying
 
     public async Task<VolumeInfo> CopyVolumeDataAsync(IStorageDomain source, ImageId image, VolumeId volume,
-        IProgress<CopyProgress>? progress = null, CancellationToken ct = default)
+        IProgress<CopyProgress>? progress = null, CancellationToken ct = default, CopyRate? rate = null)
     {
         RequireOtherFileDomain(source);
         var twinPath = Locate(image, volume);
@@ -448,7 +448,7 @@ public sealed class FileStorageDomain : IStorageDomain
             var polling = ReportWhileCopyingAsync(twinPath, startAllocated, total, progress, stopPolling.Token);
             try
             {
-                await QemuImg.ConvertLayerAsync(sourcePath, twinPath, twin.Format, backing?.Path, backing?.Format, ct);
+                await ConvertFollowingRateAsync(sourcePath, twin, twinPath, backing, rate, ct);
             }
             finally
             {
@@ -472,6 +472,31 @@ public sealed class FileStorageDomain : IStorageDomain
                 return ToInfo(image, volume, legal);
             }, ct);
         }, ct);
+    }
+
+    /// <summary>
+    /// The layer's copy at the copy's speed limit, following every change of it at once: qemu-img's <c>-r</c> is fixed for
+    /// its run, so a change stops the running convert (killed and reaped, so it holds no lock on the twin) and starts it
+    /// again at the new limit. The new run writes every range the layer allocates again, so the twin is whole whatever
+    /// the stopped one left; the proof after the copy (<see cref="VerifyLayerAsync"/>) still decides, as for any copy.
+    /// </summary>
+    private static async Task ConvertFollowingRateAsync(string sourcePath, VolumeInfo twin, string twinPath,
+        (string Path, VolumeFormat Format)? backing, CopyRate? rate, CancellationToken ct)
+    {
+        while (true)
+        {
+            var (limit, changed) = rate?.Current() ?? (0, CancellationToken.None);
+            using var run = CancellationTokenSource.CreateLinkedTokenSource(ct, changed);
+            try
+            {
+                await QemuImg.ConvertLayerAsync(sourcePath, twinPath, twin.Format, backing?.Path, backing?.Format, run.Token, limit);
+                return;
+            }
+            catch (OperationCanceledException) when (changed.IsCancellationRequested && !ct.IsCancellationRequested)
+            {
+                // the limit changed: start again at the new one
+            }
+        }
     }
 
     /// <summary>Progress as the twin's allocation grows (qemu-img writes only what the layer allocates).</summary>

@@ -217,7 +217,7 @@ public sealed class SimStorageDomain : IStorageDomain
     }
 
     public async Task<VolumeInfo> CopyVolumeDataAsync(IStorageDomain source, ImageId image, VolumeId volume,
-        IProgress<CopyProgress>? progress = null, CancellationToken ct = default)
+        IProgress<CopyProgress>? progress = null, CancellationToken ct = default, CopyRate? rate = null)
     {
         var fault = Faults.Take(nameof(CopyVolumeDataAsync));
         if (fault is SimFault.Fail fail)
@@ -249,7 +249,7 @@ public sealed class SimStorageDomain : IStorageDomain
                 // a previous attempt's partial data is overwritten
                 twin.AllocatedBytes = 0;
                 RequireRoomLocked(sourceVolume.AllocatedBytes, $"copying volume {image}/{volume} ({sourceVolume.AllocatedBytes} bytes of data)");
-                copy = RunCopyAsync(twin, sourceVolume, fault, progress, ct);
+                copy = RunCopyAsync(twin, sourceVolume, fault, progress, rate, ct);
                 _copiesInFlight[(image, volume)] = copy;
             }
         }
@@ -449,7 +449,8 @@ public sealed class SimStorageDomain : IStorageDomain
 
     // ---- the copy ----
 
-    private async Task<VolumeInfo> RunCopyAsync(SimVolume twin, VolumeInfo source, SimFault? fault, IProgress<CopyProgress>? progress, CancellationToken ct)
+    private async Task<VolumeInfo> RunCopyAsync(SimVolume twin, VolumeInfo source, SimFault? fault, IProgress<CopyProgress>? progress,
+        CopyRate? rate, CancellationToken ct)
     {
         // never run the copy inside the caller's lock
         await Task.Yield();
@@ -460,6 +461,7 @@ public sealed class SimStorageDomain : IStorageDomain
             var step = Math.Max(Options.ProgressStepBytes, (total + 999) / 1000);
             var pacer = new SimPacer(Options.TimeProvider, Options.TimeScale);
             long pacedFrom = 0, done = 0;
+            var limit = rate?.BytesPerSecond ?? 0;
             progress?.Report(new CopyProgress(0, total));
             while (true)
             {
@@ -493,8 +495,16 @@ public sealed class SimStorageDomain : IStorageDomain
                             $"the next {chunk} bytes do not fit in {available} available; the twin stays ILLEGAL");
                     twin.AllocatedBytes += chunk;
                 }
+                // a speed set meanwhile holds from here on, as a real copy follows it at once
+                if ((rate?.BytesPerSecond ?? 0) != limit)
+                {
+                    limit = rate!.BytesPerSecond;
+                    pacer = new SimPacer(Options.TimeProvider, Options.TimeScale);
+                    pacedFrom = done;
+                }
                 done += chunk;
-                await pacer.WaitUntilAsync((double)(done - pacedFrom) / Options.CopyBytesPerSecond, ct);
+                var bytesPerSecond = limit > 0 ? Math.Min(Options.CopyBytesPerSecond, limit) : Options.CopyBytesPerSecond;
+                await pacer.WaitUntilAsync((double)(done - pacedFrom) / bytesPerSecond, ct);
                 progress?.Report(new CopyProgress(done, total));
             }
 
