@@ -111,10 +111,12 @@ internal static class CopyBench
                 var post = await MoveAsync(api, bigVm, image, a, "post-copy", stalls, postSteps);
                 var busyPre = await BusyMoveAsync(api, bigVm, bigDrive, image, b, "pre-copy", WritePattern.Random, 4096, Math.Min(BusyRegion, dataBytes), Path.Combine(dataDir, $"guest-{run}-random.ledger"), stalls);
                 var busyPost = await BusyMoveAsync(api, bigVm, bigDrive, image, a, "post-copy", WritePattern.Sequential, (int)MiB, Math.Min(BusyRegion, dataBytes), Path.Combine(dataDir, $"guest-{run}-sequential.ledger"), stalls);
-                var throttled = await MoveAsync(api, bigVm, image, b, "pre-copy", stalls, copyMode: "background", bandwidth: ConvergenceBandwidth);
+                var throttledSteps = new JsonObject();
+                var dirtySteps = new JsonObject();
+                var throttled = await MoveAsync(api, bigVm, image, b, "pre-copy", stalls, throttledSteps, copyMode: "background", bandwidth: ConvergenceBandwidth);
                 var notes = new List<string>();
                 var dirty = await BusyMoveAsync(api, bigVm, bigDrive, image, a, "pre-copy", WritePattern.Random, 4096, Math.Min(BusyRegion, dataBytes),
-                    Path.Combine(dataDir, $"guest-{run}-dirty.ledger"), stalls, copyMode: "background", bandwidth: ConvergenceBandwidth, notes: notes);
+                    Path.Combine(dataDir, $"guest-{run}-dirty.ledger"), stalls, copyMode: "background", bandwidth: ConvergenceBandwidth, notes: notes, steps: dirtySteps);
                 var restarted = notes.Any(n => n.Contains("write-blocking", StringComparison.Ordinal));
                 Console.WriteLine($"     convergence at {ConvergenceBandwidth / MiB} MiB/s, background mirror: idle {throttled.TotalSeconds:0.00} s, guest dirtying " +
                                   $"(random 4 KiB, {dirty.Guest.MegabytesPerSecond:0.0} MiB/s written) {dirty.Took.TotalSeconds:0.00} s ({dirty.Took / throttled:0.00}× idle, target ≤ 3×)" +
@@ -150,6 +152,8 @@ internal static class CopyBench
                     ["convergenceRatio"] = Round(dirty.Took / throttled),
                     ["convergenceGuestMiBPerSecond"] = Round(dirty.Guest.MegabytesPerSecond),
                     ["convergenceRestartedWriteBlocking"] = restarted,
+                    ["convergenceIdleStepSeconds"] = throttledSteps,
+                    ["convergenceStepSeconds"] = dirtySteps,
                     ["convergenceNotes"] = new JsonArray(notes.Select(n => (JsonNode)JsonValue.Create(n)!).ToArray()),
                 });
             }
@@ -298,14 +302,14 @@ internal static class CopyBench
     /// latencies are those of the move's window. Any guest error fails the bench.</summary>
     private static async Task<(TimeSpan Took, GuestWorkloadStats Guest)> BusyMoveAsync(ApiClient api, VmId vm, DriveState drive, ImageId image,
         FileStorageDomain to, string strategy, WritePattern pattern, int blockSize, long region, string ledger, List<(string, double)> stalls,
-        string? copyMode = null, long bandwidth = 0, List<string>? notes = null)
+        string? copyMode = null, long bandwidth = 0, List<string>? notes = null, JsonObject? steps = null)
     {
         await using var guest = new GuestWorkload(new GuestWorkloadOptions(drive.GuestSocket, drive.ExportName, image, 0, region, ledger,
             BlockSize: blockSize, RateBytesPerSecond: BusyRate, Pattern: pattern));
         await guest.StartAsync();
         await Task.Delay(TimeSpan.FromSeconds(1)); // the guest at its pace before the move starts
         guest.ResetLongestStall();
-        var took = await MoveAsync(api, vm, image, to, strategy, stalls, copyMode: copyMode, bandwidth: bandwidth, notes: notes);
+        var took = await MoveAsync(api, vm, image, to, strategy, stalls, steps, copyMode: copyMode, bandwidth: bandwidth, notes: notes);
         var during = guest.Stats;
         var final = await guest.StopAsync();
         if (final.Errors > 0) throw new InvalidOperationException($"the busy guest failed during the {strategy}: {final.LastError}");

@@ -18,7 +18,7 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
     public async Task Pre_copy_through_the_SPM_and_HSM_actors_moves_a_running_QEMU_chain_and_loses_no_write()
     {
         await using var bed = await HostLayerBed.StartAsync();
-        var guest = await bed.StartGuestAsync(1 * MiB);
+        await bed.StartGuestAsync(1 * MiB);
         await bed.WaitForGuestWritesAsync(20);
         var spm = Sys.ActorOf(SpmActor.Props(bed.Pool));
         var hsm = Sys.ActorOf(HsmActor.Props(bed.Hypervisor, bed.Pool));
@@ -45,11 +45,7 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
         Assert.All((await bed.B.DescribeImageAsync(bed.Image)).Volumes, v => Assert.Equal(Legality.Legal, v.Legality));
         Assert.DoesNotContain(bed.Image, await bed.A.ListImagesAsync());
 
-        await bed.WaitForGuestWritesAsync(20);
-        var stats = await guest.StopAsync();
-        Assert.Equal(0, stats.Errors);
-        var live = await GuestVerifier.VerifyThroughNbdAsync(drive.GuestSocket, drive.ExportName, guest.Ledger);
-        Assert.True(live.Ok, string.Join("; ", live.Mismatches.Take(5)));
+        await bed.AssertGuestLostNothingAsync(drive, writesAfter: 20);
     }
 
     [Fact]
@@ -57,7 +53,7 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
     {
         await using var bed = await HostLayerBed.StartAsync();
         // Random 4 KiB writes each dirty a 64 KiB cluster: 2 MiB/s of them dirty far more than the mirror's 8 MiB/s copies.
-        var guest = await bed.StartGuestAsync(2 * MiB);
+        await bed.StartGuestAsync(2 * MiB);
         await bed.WaitForGuestWritesAsync(20);
         var spm = Sys.ActorOf(SpmActor.Props(bed.Pool));
         var hsm = Sys.ActorOf(HsmActor.Props(bed.Hypervisor, bed.Pool, convergenceWindow: TimeSpan.FromSeconds(3)));
@@ -91,11 +87,7 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(await bed.PathsOnAsync(bed.B), drive.OpenChain);
         Assert.All((await bed.B.DescribeImageAsync(bed.Image)).Volumes, v => Assert.Equal(Legality.Legal, v.Legality));
 
-        await bed.WaitForGuestWritesAsync(20);
-        var stats = await guest.StopAsync();
-        Assert.Equal(0, stats.Errors);
-        var live = await GuestVerifier.VerifyThroughNbdAsync(drive.GuestSocket, drive.ExportName, guest.Ledger);
-        Assert.True(live.Ok, string.Join("; ", live.Mismatches.Take(5)));
+        await bed.AssertGuestLostNothingAsync(drive, writesAfter: 20);
     }
 
     [Fact]

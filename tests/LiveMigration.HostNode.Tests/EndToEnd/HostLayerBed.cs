@@ -86,6 +86,25 @@ public sealed class HostLayerBed : IAsyncDisposable
 
     public async Task<DriveState> DriveAsync() => (await Hypervisor.DescribeVmAsync(Vm)).Drive(Image);
 
+    /// <summary>
+    /// Lets the guest write <paramref name="writesAfter"/> more blocks on <paramref name="drive"/>, stops it, and checks that
+    /// it failed nothing and that every write it had acknowledged reads back through the drive's NBD export; with
+    /// <paramref name="alsoOffline"/> the VM is stopped and the leaf file checked as well.
+    /// </summary>
+    public async Task AssertGuestLostNothingAsync(DriveState drive, int writesAfter, bool alsoOffline = false)
+    {
+        await WaitForGuestWritesAsync(writesAfter);
+        var stats = await Guest.StopAsync();
+        Assert.Equal(0, stats.Errors);
+        var live = await GuestVerifier.VerifyThroughNbdAsync(drive.GuestSocket, drive.ExportName, Guest.Ledger);
+        Assert.True(live.Ok, string.Join("; ", live.Mismatches.Take(5)));
+        Assert.True(live.BlocksChecked > writesAfter, $"only {live.BlocksChecked} blocks were checked");
+        if (!alsoOffline) return;
+        await Hypervisor.StopVmAsync(Vm);
+        var offline = await GuestVerifier.VerifyImageAsync(drive.OpenChain[^1], VolumeFormat.Cow, WriteLedger.Load(LedgerPath));
+        Assert.True(offline.Ok, string.Join("; ", offline.Mismatches.Take(5)));
+    }
+
     public async Task<IReadOnlyList<string>> PathsOnAsync(FileStorageDomain domain) =>
         (await Pool.ResolveChainAsync(domain.Id, Image)).Layers.Select(l => l.Path).ToList();
 

@@ -64,16 +64,7 @@ public sealed class HostLayerMigrationTests
 
         // A was deleted by the mover; the VM keeps running and writing on B.
         Assert.DoesNotContain(bed.Image, await bed.A.ListImagesAsync());
-        await bed.WaitForGuestWritesAsync(50);
-        var stats = await guest.StopAsync();
-        Assert.Equal(0, stats.Errors);
-        var live = await GuestVerifier.VerifyThroughNbdAsync(drive.GuestSocket, drive.ExportName, guest.Ledger);
-        Assert.True(live.Ok, string.Join("; ", live.Mismatches.Take(5)));
-        Assert.True(live.BlocksChecked > 100);
-
-        await bed.Hypervisor.StopVmAsync(bed.Vm);
-        var offline = await GuestVerifier.VerifyImageAsync(drive.OpenChain[^1], VolumeFormat.Cow, WriteLedger.Load(bed.LedgerPath));
-        Assert.True(offline.Ok, string.Join("; ", offline.Mismatches.Take(5)));
+        await bed.AssertGuestLostNothingAsync(drive, writesAfter: 50, alsoOffline: true);
     }
 
     [Fact]
@@ -81,7 +72,7 @@ public sealed class HostLayerMigrationTests
     {
         await using var bed = await HostLayerBed.StartAsync();
         // Random 4 KiB writes each dirty a 64 KiB cluster: at 2 MiB/s the guest dirties far more than 8 MiB/s copies.
-        var guest = await bed.StartGuestAsync(2 * MiB);
+        await bed.StartGuestAsync(2 * MiB);
         await bed.WaitForGuestWritesAsync(50);
         var hook = new StepHook("none", () => { });
 
@@ -102,15 +93,7 @@ public sealed class HostLayerMigrationTests
         Assert.All((await bed.B.DescribeImageAsync(bed.Image)).Volumes, v => Assert.Equal(Legality.Legal, v.Legality));
         Assert.DoesNotContain(bed.Image, await bed.A.ListImagesAsync());
 
-        await bed.WaitForGuestWritesAsync(50);
-        var stats = await guest.StopAsync();
-        Assert.Equal(0, stats.Errors);
-        var live = await GuestVerifier.VerifyThroughNbdAsync(drive.GuestSocket, drive.ExportName, guest.Ledger);
-        Assert.True(live.Ok, string.Join("; ", live.Mismatches.Take(5)));
-        Assert.True(live.BlocksChecked > 100);
-        await bed.Hypervisor.StopVmAsync(bed.Vm);
-        var offline = await GuestVerifier.VerifyImageAsync(drive.OpenChain[^1], VolumeFormat.Cow, WriteLedger.Load(bed.LedgerPath));
-        Assert.True(offline.Ok, string.Join("; ", offline.Mismatches.Take(5)));
+        await bed.AssertGuestLostNothingAsync(drive, writesAfter: 50, alsoOffline: true);
     }
 
     [Fact]
