@@ -19,6 +19,13 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
     /// <summary>How long a probe lets a begun pivot's mirror end before it asks to be sent again.</summary>
     private static readonly TimeSpan ProbeJobWait = TimeSpan.FromSeconds(20);
 
+    /// <summary>
+    /// One gate per drive for what starts, replaces or ends its mirror: a mirror started again write-blocking (a cancel and a
+    /// start) must not interleave with the saga's cancel or pivot of the same drive, or a cancel could land between the two
+    /// and leave a new mirror running for nobody.
+    /// </summary>
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<(VmId, ImageId), SemaphoreSlim> _mirrorGates = new();
+
     public DriveRecords Records => records;
 
     /// <summary>The steps that run on the VM's host; the others run on storage (<see cref="StorageSteps"/>).</summary>
@@ -38,6 +45,27 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
             && await dst.HasMigrationEndedAsync(command.Operation.Migration, ct))
             throw new OperationFailedException(ErrorCodes.MigrationEnded,
                 $"migration {command.Operation.Migration} ended on domain {dst.Id} with its copy undone: this late {step} changes nothing");
+        if (step is not (MigrationStep.StartReplication or MigrationStep.Pivot or MigrationStep.CancelReplication))
+            return await RunOnDriveAsync(command, dst, ct);
+        var gate = MirrorGate(vm, image);
+        await gate.WaitAsync(ct);
+        try
+        {
+            return await RunOnDriveAsync(command, dst, ct);
+        }
+        finally
+        {
+            gate.Release();
+        }
+    }
+
+    private SemaphoreSlim MirrorGate(VmId vm, ImageId image) => _mirrorGates.GetOrAdd((vm, image), _ => new SemaphoreSlim(1, 1));
+
+    private async Task<StepOutcome> RunOnDriveAsync(ExecuteStep command, IStorageDomain dst, CancellationToken ct)
+    {
+        var vm = command.Vm;
+        var image = command.Disk.Image;
+        var step = command.Operation.Step;
         switch (step)
         {
             case MigrationStep.StartReplication:
@@ -110,6 +138,20 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
     {
         var vm = command.Vm;
         var image = command.Disk.Image;
+        var gate = MirrorGate(vm, image);
+        await gate.WaitAsync(ct);
+        try
+        {
+            return await RestartUnderGateAsync(command, vm, image, ct);
+        }
+        finally
+        {
+            gate.Release();
+        }
+    }
+
+    private async Task<BlockJobInfo> RestartUnderGateAsync(ExecuteStep command, VmId vm, ImageId image, CancellationToken ct)
+    {
         var dst = pool.Get(command.Disk.Destination);
         if (await dst.HasMigrationEndedAsync(command.Operation.Migration, ct))
             throw new OperationFailedException(ErrorCodes.MigrationEnded,
