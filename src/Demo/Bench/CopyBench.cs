@@ -293,7 +293,7 @@ internal static class CopyBench
 
     /// <summary>
     /// The bandwidth of the convergence moves. The mirror has half of it while the SPM copies the internal layers beside it
-    /// (64 MiB/s), which is about what the random 4 KiB guest dirties (~70 MiB/s from 11–14 MiB/s of writes): a background
+    /// (64 MiB/s), which is about what the random 4 KiB guest dirties (QEMU counted 70–126 MiB/s from 11–17 MiB/s of writes): a background
     /// mirror does not converge at that pace.
     /// </summary>
     private const long ConvergenceBandwidth = 128 * MiB;
