@@ -57,6 +57,11 @@ case "${1:-}" in
     set -e
     # One plain closing line for CI, summed over the test projects.
     sum() { grep -oE "$1: +[0-9]+" "$log" | awk '{ n += $2 } END { print n + 0 }'; }
+    # CI keeps only the output's tail: name each failed test and the first lines of its message right above the total
+    if grep -qE '^ +Failed ' "$log"; then
+      echo "Failed tests:"
+      grep -E -A 6 '^ +Failed ' "$log" | grep -vE '^ +(Passed|Skipped) ' | cut -c1-400 | head -n 80
+    fi
     echo "$(sum Passed) passed, $(sum Failed) failed, $(sum Skipped) skipped"
     exit "$status"
     ;;
