@@ -187,7 +187,8 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
     {
         var operation = sample.Operation;
         _sampling.Remove(operation);
-        if (!_mirrorWaits.TryGetValue(operation, out var wait)) return;
+        // A read taken around a restart may show the old job ending or no job at all: the restart's end reads again.
+        if (!_mirrorWaits.TryGetValue(operation, out var wait) || wait.Restarting) return;
         if (sample.Error is not null)
         {
             Finish(operation, StepReplies.Failed(operation, sample.Error));
@@ -269,13 +270,7 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
         }
         foreach (var (operation, wait) in _mirrorWaits.Where(w => w.Value.Vm == e.Vm).ToList())
         {
-            var meaning = MirrorReadiness.Read(e, wait.Vm, wait.Drive);
-            // The end of a job this wait replaced is no failure: the job as QEMU has it now decides (after the restart).
-            if (meaning.Error is not null && e is BlockJobCancelled && (wait.Restarting || wait.Mode != wait.Command.CopyMode))
-            {
-                if (!wait.Restarting && !_sampling.Contains(operation)) SampleMirror(operation);
-                continue;
-            }
+            var meaning = MirrorReadiness.Read(e, wait.Vm, wait.Drive, replaced: wait.Restarting || wait.Mode != wait.Command.CopyMode);
             if (meaning.Error is not null) Finish(operation, StepReplies.Failed(operation, meaning.Error));
             else if (meaning.ReadJob && !wait.Restarting) SampleMirror(operation);
         }

@@ -287,9 +287,7 @@ public sealed class DiskMover(StoragePool pool, IHypervisor hypervisor, VmCatalo
             var wake = new TaskCompletionSource<MirrorEvent>(TaskCreationOptions.RunContinuationsAsynchronously);
             void OnEvent(HypervisorEvent e)
             {
-                var meaning = MirrorReadiness.Read(e, vm, Image);
-                // The end of the job a restart replaced is no failure: the next read of the job decides.
-                if (meaning.Error is not null && e is BlockJobCancelled && mode != options.CopyMode) meaning = MirrorEvent.ReadTheJob;
+                var meaning = MirrorReadiness.Read(e, vm, Image, replaced: mode != options.CopyMode);
                 if (meaning.Error is not null || meaning.ReadJob) wake.TrySetResult(meaning);
             }
             mover._hypervisor.EventRaised += OnEvent;

@@ -23,14 +23,19 @@ public static class MirrorReadiness
         _ => null,
     };
 
-    /// <summary>What a pushed event means for the wait on <paramref name="drive"/> of <paramref name="vm"/>.</summary>
-    public static MirrorEvent Read(HypervisorEvent e, VmId vm, ImageId drive) => e switch
+    /// <summary>
+    /// What a pushed event means for the wait on <paramref name="drive"/> of <paramref name="vm"/>. When the wait
+    /// <paramref name="replaced"/> its mirror (started again write-blocking), a cancel may be the end of the job it
+    /// replaced, which is no failure: the job as QEMU has it then decides.
+    /// </summary>
+    public static MirrorEvent Read(HypervisorEvent e, VmId vm, ImageId drive, bool replaced = false) => e switch
     {
         _ when e.Vm != vm => MirrorEvent.Unrelated,
         VmStopped stopped => MirrorEvent.Failed(new OperationFailedException(ErrorCodes.VmNotRunning,
             $"VM {vm} stopped while its drive {drive} was mirrored: {stopped.Reason}")),
         BlockJobFailed failed when failed.Drive == drive => MirrorEvent.Failed(new OperationFailedException(ErrorCodes.JobFailed,
             $"the mirror {failed.JobId} of drive {drive} on VM {vm} failed: {failed.Error}")),
+        BlockJobCancelled cancelled when cancelled.Drive == drive && replaced => MirrorEvent.ReadTheJob,
         BlockJobCancelled cancelled when cancelled.Drive == drive => MirrorEvent.Failed(new OperationFailedException(ErrorCodes.JobFailed,
             $"the mirror {cancelled.JobId} of drive {drive} on VM {vm} was cancelled")),
         // The event has no counters: read the job, and answer from what QEMU says then.
