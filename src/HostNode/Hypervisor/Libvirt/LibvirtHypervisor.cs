@@ -261,6 +261,7 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
             throw new OperationFailedException(ErrorCodes.NoSuchJob, $"VM {vmId} drive {driveId} has no mirror to pivot");
         }
         await RequireReadyAsync(vm, driveId, ct);
+        await SwitchFlush.AheadOfSwitchAsync(target, ct);
         var watch = Stopwatch.StartNew();
         await PivotWhenReadyAsync(vm, disk, ct);
         vm.LastPivotDuration = watch.Elapsed;
@@ -311,6 +312,7 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
                     $"new leaf {newLeaf.Volume} of drive {driveId} is part of the drive's current chain");
             // External and disk-only onto the overlay the domain made (backed by the current leaf); no snapshot metadata
             // is kept by libvirt: the storage domain's metadata is the record.
+            await SwitchFlush.AheadOfSwitchAsync(disk.OpenChain[^1], ct);
             var watch = Stopwatch.StartNew();
             await NativeAsync(() => LibvirtNative.SnapshotCreate(vm.Domain, LibvirtDomainXml.DiskSnapshot(view, disk.Target, newLeaf.Path),
                 LibvirtNative.SnapshotDiskOnly | LibvirtNative.SnapshotReuseExternal | LibvirtNative.SnapshotNoMetadata | LibvirtNative.SnapshotAtomic,
@@ -385,6 +387,7 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
                     $"virDomainBlockCopy (backing switch) of VM {vmId} drive {driveId} onto a fresh overlay of {newBacking[^1].Path}"));
                 await WaitReadyAsync(vm, driveId, ct);
                 await WriteDurablyAsync(pivotMark, $"pivot of {leaf} onto {newBacking[^1].Path} asked for at {DateTimeOffset.UtcNow:O}\n", ct);
+                await SwitchFlush.AheadOfSwitchAsync(leaf, ct);
                 var pivot = Stopwatch.StartNew();
                 await PivotWhenReadyAsync(vm, disk, ct);
                 // The guest waits only for the pivot: the shallow copy before it runs beside the guest's writes.

@@ -301,6 +301,7 @@ public sealed class QmpHypervisor : IHypervisor
                 await ExecuteAsync(vm, "blockdev-snapshot",
                     new Dictionary<string, object?> { ["node"] = top, ["overlay"] = targetNode }, ct);
             }
+            await SwitchFlush.AheadOfSwitchAsync(target.Path, ct);
             vm.JobEnds.TryRemove(jobId, out QmpEvent? _);
             var watch = Stopwatch.StartNew();
             await ExecuteAsync(vm, "block-job-complete", new Dictionary<string, object?> { ["device"] = jobId }, ct);
@@ -369,6 +370,7 @@ public sealed class QmpHypervisor : IHypervisor
                 throw new OperationFailedException(ErrorCodes.Conflict,
                     $"new leaf {newLeaf.Volume} of drive {driveId} is part of the drive's current chain");
             await AddChainAsync(vm, [newLeaf], topWritable: true, ct);
+            await SwitchFlush.AheadOfSwitchAsync(drive.Chain[^1].Path, ct);
             // The switch itself: QEMU drains the drive while it puts the overlay on top.
             var watch = Stopwatch.StartNew();
             await ExecuteAsync(vm, "blockdev-snapshot",
@@ -409,6 +411,7 @@ public sealed class QmpHypervisor : IHypervisor
 
         var top = await AddChainAsync(vm, newBacking, topWritable: false, ct);
         var leafNode = BlockNodes.FormatNode(leaf);
+        await SwitchFlush.AheadOfSwitchAsync(leaf.Path, ct);
         // The switch: the leaf is reopened (drained) onto the new backing, and its header made to name it.
         var watch = Stopwatch.StartNew();
         await ExecuteAsync(vm, "blockdev-reopen", new Dictionary<string, object?>
