@@ -26,8 +26,18 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
     /// <summary>Timer message: a queued migration asks the limits again (they may have restarted and forgotten it).</summary>
     private sealed record AdmissionRetryDue;
 
+    /// <summary>Timer message: progress that came in since the last publication is due to be published.</summary>
+    private sealed record ProgressPublishDue;
+
     private const string RetryTimer = "retry-due";
     private const string AdmissionTimer = "admission";
+    private const string ProgressTimer = "progress-publish";
+
+    /// <summary>
+    /// At most one publication of progress a second per migration: a copy reports every 100 ms and a mirror every second,
+    /// and each publication reaches every node and every open event stream; nobody reads a bar faster than that.
+    /// </summary>
+    private static readonly TimeSpan ProgressPublishInterval = TimeSpan.FromSeconds(1);
 
     private readonly IMigrationHosts _hosts;
     private readonly IActorRef _admission;
@@ -41,6 +51,7 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
     /// <summary>Fault plan (tests only): the first command of each step a replay-late rule names, to send again late.</summary>
     private readonly Dictionary<(MigrationStep Step, ImageId Image), SendStep> _keptForReplay = new();
     private long _lastSnapshotAt;
+    private DateTimeOffset _lastPublished = DateTimeOffset.MinValue;
 
     public ITimerScheduler Timers { get; set; } = null!;
     public override string PersistenceId { get; }
@@ -96,6 +107,10 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
             if (_sent.Contains(p.Operation))
                 StartDeadline(p.Operation);
             Handle(new ReportProgress(p.Operation.Migration, p.Operation, p.Done, p.Total), Sender, null);
+        });
+        Command<ProgressPublishDue>(_ =>
+        {
+            if (!_state.Status.IsFinished) Publish();
         });
         Command<StepDeadlineDue>(d => SendAgainIfUnanswered(d.Operation));
         Command<Akka.Cluster.ClusterEvent.MemberUp>(up =>
@@ -154,6 +169,15 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
             if (command is RetryDue) Dispatch();
             // The same speed again still reaches the hosts: a host that restarted may have lost it.
             if (command is SetMigrationSpeed) SendSpeeds();
+            return;
+        }
+
+        if (decision.Events.All(e => e is ProgressReported))
+        {
+            // Progress is volatile: the host reports it again while the step runs, and a recovered saga sends the step
+            // again, so it lives in memory and is published at most once a second; only step transitions are journaled.
+            foreach (var e in decision.Events) _state = MigrationState.Apply(_state, e);
+            PublishProgress();
             return;
         }
 
@@ -327,9 +351,19 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
         }
     }
 
+    /// <summary>Publishes now when the last publication is a second old, else once the second is over (one timer for all that comes meanwhile).</summary>
+    private void PublishProgress()
+    {
+        var wait = _lastPublished + ProgressPublishInterval - DateTimeOffset.UtcNow;
+        if (wait <= TimeSpan.Zero) Publish();
+        else if (!Timers.IsTimerActive(ProgressTimer)) Timers.StartSingleTimer(ProgressTimer, new ProgressPublishDue(), wait);
+    }
+
     private void Publish()
     {
         var now = DateTimeOffset.UtcNow;
+        _lastPublished = now;
+        Timers.Cancel(ProgressTimer);
         var changed = MigrationViews.StatusChangedOf(_state, now);
         if (_state.Status.IsFinished) changed = changed with { FinalView = MigrationViews.ViewOf(_state, now) };
         Context.System.EventStream.Publish(changed);

@@ -91,6 +91,10 @@ public sealed record PointOfNoReturnPassed(MigrationId MigrationId, ImageId Imag
 /// <summary>The migration will not complete: disks before their point of no return are rolled back.</summary>
 public sealed record RollbackStarted(MigrationId MigrationId, TerminationKind Kind, string Code, string Message, DateTimeOffset At) : IMigrationEvent;
 
+/// <summary>
+/// A step's progress as its host reported it. Applied in memory and never journaled (the saga's actor keeps progress
+/// volatile); journals written before that may hold it, and recovery still applies it.
+/// </summary>
 public sealed record ProgressReported(MigrationId MigrationId, ImageId Image, MigrationStep Step, long Done, long Total, DateTimeOffset At) : IMigrationEvent;
 
 public enum DiskOutcome { Completed, RolledBack, Skipped, Abandoned }

@@ -85,6 +85,39 @@ public sealed class MigrationActorTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Progress_is_shown_and_published_at_most_once_a_second_but_never_journaled()
+    {
+        var node = await StartNode();
+        var admission = Admission(node);
+        var published = node.Kit.CreateTestProbe();
+        node.System.EventStream.Subscribe(published.Ref, typeof(MigrationStatusChanged));
+        var saga = new SagaDriver();
+        var migration = node.Migration(saga.Id, admission, Settings());
+        Start(node, migration, saga);
+        var step = migration.NextStep();
+        var journaled = StateOf(node, migration, saga.Id).LastSequenceNr;
+
+        // ten reports within a few milliseconds, as a copy's would come over a second
+        for (var done = 1; done <= 10; done++)
+            migration.Saga.Tell(new OperationProgress(step.Operation, done * 100, 1000), migration.Received.Ref);
+
+        var shown = StateOf(node, migration, saga.Id);
+        Assert.Equal((1000L, 1000L), (shown.View.Disks[0].Done, shown.View.Disks[0].Total));
+        Assert.Equal(journaled, shown.LastSequenceNr);
+        // at most the first report at once (when the last publication is a second old) and one for all the others, a second
+        // later, carrying the last
+        var progress = published.ReceiveWhile(TimeSpan.FromSeconds(2.5), m => (MigrationStatusChanged)m)
+            .Where(m => m.MigrationId == saga.Id && m.Disks[0].Done > 0).ToList();
+        Assert.InRange(progress.Count, 1, 2);
+        Assert.Equal(1000L, progress[^1].Disks[0].Done);
+
+        // the step's outcome is journaled and published as always
+        migration.Succeed(step);
+        migration.NextStep();
+        Assert.True(StateOf(node, migration, saga.Id).LastSequenceNr > journaled);
+    }
+
+    [Fact]
     public async Task A_second_migration_of_a_disk_in_an_active_migration_is_refused_and_records_nothing()
     {
         var node = await StartNode();
