@@ -74,7 +74,7 @@ internal static class ClusterDemo
 
         var vmId = VmId.New();
         VmInfo vm;
-        await using (var starter = Hypervisor(options, local.HostRunDirectory("host-1"), qemu))
+        await using (var starter = Hypervisor(options.Hypervisor, local.HostRunDirectory("host-1"), qemu))
             vm = await starter.StartVmAsync(new VmSpec(vmId, "demo-vm", [await pool.ResolveChainAsync(a.Id, image)]));
         var drive = vm.Drive(image);
         Console.WriteLine($"[2/6] VM {vmId} running on host-1 " +
@@ -152,7 +152,7 @@ internal static class ClusterDemo
         {
             // As `lsm local down`: the nodes by pid, then the VMs their hosts ran.
             await LocalClusterLauncher.DownAsync(dataDir);
-            await using var stopper = Hypervisor(options, local.HostRunDirectory("host-1"));
+            await using var stopper = Hypervisor(options.Hypervisor, local.HostRunDirectory("host-1"));
             foreach (var running in await stopper.AdoptRunningVmsAsync()) await stopper.StopVmAsync(running.Id);
             Console.WriteLine(libvirt ? "stopped the cluster's processes and the VM's libvirt domain" : "stopped the cluster's processes and the VM");
         }
@@ -167,7 +167,7 @@ internal static class ClusterDemo
     }
 
     /// <summary>The adapter host-1 runs, here in the demo's own process to start the VM host-1 then adopts (and to stop it afterwards).</summary>
-    private static IHypervisor Hypervisor(DemoOptions options, string runDirectory, QemuAccount? qemu = null) => options.Hypervisor == "libvirt"
+    internal static IHypervisor Hypervisor(string hypervisor, string runDirectory, QemuAccount? qemu = null) => hypervisor == "libvirt"
         ? new LibvirtHypervisor(new LibvirtHypervisorOptions { RunDirectory = runDirectory, GuestNbdExport = true })
         : new QmpHypervisor(new QmpHypervisorOptions { RunDirectory = runDirectory, QemuAccount = qemu });
 

@@ -74,15 +74,12 @@ internal static class CopyBench
         var image = await BigChainAsync(a, dataDir, dataBytes);
         Console.WriteLine($"chain: raw base {dataBytes / 2 / MiB} MiB + qcow2 {dataBytes / 4 / MiB} MiB + qcow2 leaf {dataBytes / 4 / MiB} MiB " +
                           $"of random data in a {2 * dataBytes / MiB} MiB disk, made in {clock.Elapsed.TotalSeconds:0.0} s");
-        var (small, _) = await SampleImage.CreateThreeVolumeChainAsync(a, SampleImageLayout.Small);
 
         var bigVm = VmId.New();
-        var smallVm = VmId.New();
         DriveState bigDrive;
         await using (var starter = new QmpHypervisor(new QmpHypervisorOptions { RunDirectory = local.HostRunDirectory("host-1"), QemuAccount = qemu }))
         {
             bigDrive = (await starter.StartVmAsync(new VmSpec(bigVm, "bench-big", [await pool.ResolveChainAsync(a.Id, image)]))).Drive(image);
-            await starter.StartVmAsync(new VmSpec(smallVm, "bench-small", [await pool.ResolveChainAsync(a.Id, small)]));
         }
 
         var results = new List<JsonObject>();
@@ -92,11 +89,11 @@ internal static class CopyBench
         {
             var cluster = await LocalClusterLauncher.UpAsync(local);
             using var api = new ApiClient(cluster.ApiUrl, cluster.ApiTokenFile is { } tokenFile ? ApiTokenFile.Read(tokenFile) : null);
-            await ClusterDemo.WaitForAsync("both VMs, both domains and the SPM", async () =>
+            await ClusterDemo.WaitForAsync("the VM, both domains and the SPM", async () =>
             {
                 var inventory = await api.GetAsync("/api/inventory");
                 var hosts = await api.GetAsync("/api/hosts");
-                return inventory.GetProperty("vms").GetArrayLength() == 2 && inventory.GetProperty("domains").GetArrayLength() == 2
+                return inventory.GetProperty("vms").GetArrayLength() == 1 && inventory.GetProperty("domains").GetArrayLength() == 2
                        && hosts.GetProperty("hosts").EnumerateArray().Any(h => h.GetProperty("spm").GetBoolean());
             }, TimeSpan.FromSeconds(90));
 
@@ -158,48 +155,6 @@ internal static class CopyBench
                 });
             }
 
-            // The switch stall: a small disk (64 MiB) moved back and forth, each switch timed by its host.
-            var smallStalls = new List<(string Step, double Ms)>();
-            for (var i = 0; i < stallMigrations; i++)
-                await MoveAsync(api, smallVm, small, i % 2 == 0 ? b : a, i % 4 < 2 ? "pre-copy" : "post-copy", smallStalls);
-            stalls.AddRange(smallStalls);
-            var all = stalls.Select(s => s.Ms).Order().ToList();
-            double? p99 = all.Count > 0 ? all[Math.Min(all.Count - 1, (int)Math.Ceiling(all.Count * 0.99) - 1)] : null;
-            Console.WriteLine();
-            foreach (var group in stalls.GroupBy(s => s.Step))
-                Console.WriteLine($"switch stall (host-timed, qmp) {group.Key,-26} n={group.Count(),3}  median {Median(group.Select(s => s.Ms)):0.0} ms  max {group.Max(s => s.Ms):0.0} ms");
-            Console.WriteLine($"switch stall p99 over {all.Count} switches of {runs * 4 + stallMigrations} migrations: {p99:0.0} ms (target ≤ 20 ms)");
-
-            var report = new JsonObject
-            {
-                ["benchmark"] = "copy",
-                ["at"] = DateTime.UtcNow.ToString("O"),
-                ["commit"] = await CommitAsync(),
-                ["machine"] = new JsonObject { ["cores"] = Environment.ProcessorCount, ["os"] = Environment.OSVersion.ToString() },
-                ["chainBytes"] = chainBytes,
-                ["runs"] = new JsonArray(results.Select(r => (JsonNode)r).ToArray()),
-                ["qemuImgSeconds"] = Median(results.Select(r => (double)r["qemuImgSeconds"]!)),
-                ["qemuImgFsyncedSeconds"] = Median(results.Select(r => (double)r["qemuImgFsyncedSeconds"]!)),
-                ["preCopySeconds"] = Median(results.Select(r => (double)r["preCopySeconds"]!)),
-                ["postCopySeconds"] = Median(results.Select(r => (double)r["postCopySeconds"]!)),
-                ["preCopyRatio"] = Median(results.Select(r => (double)r["preCopyRatio"]!)),
-                ["postCopyRatio"] = Median(results.Select(r => (double)r["postCopyRatio"]!)),
-                ["switchStallP99Ms"] = new JsonObject { ["qmp"] = p99 is { } v ? Round(v) : null, ["libvirt"] = null },
-                ["switchStalls"] = stalls.Count,
-                ["busyPreCopyRatio"] = Median(results.Select(r => (double)r["busyPreCopyRatio"]!)),
-                ["busyPostCopyRatio"] = Median(results.Select(r => (double)r["busyPostCopyRatio"]!)),
-                // the random 4 KiB guest during the busy pre-copy (the harder of the two)
-                ["guestP99MsDuringCopy"] = Median(results.Select(r => (double)r["busyPreCopyGuestP99Ms"]!)),
-                // every dirty move completed (else the bench failed above) and within 3 × its idle twin
-                ["convergedUnderDirtyGuest"] = results.All(r => (double)r["convergenceRatio"]! <= 3.0),
-                ["convergenceSeconds"] = Median(results.Select(r => (double)r["convergenceSeconds"]!)),
-                ["convergenceRatio"] = Median(results.Select(r => (double)r["convergenceRatio"]!)),
-            };
-            Directory.CreateDirectory(Path.Combine("var", "bench"));
-            var path = Path.Combine("var", "bench", "copy.json");
-            await File.WriteAllTextAsync(path, report.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-            Console.WriteLine($"medians: qemu-img {report["qemuImgSeconds"]} s, pre-copy {report["preCopyRatio"]}×, post-copy {report["postCopyRatio"]}× (target ≤ 1.10×)");
-            Console.WriteLine($"report: {path}");
             exit = 0;
         }
         catch (Exception e) when (e is CliFailure or ApiException or TimeoutException or InvalidOperationException or OperationFailedException)
@@ -208,12 +163,110 @@ internal static class CopyBench
         }
         finally
         {
-            // as `lsm local down`: the nodes, then the VMs their hosts ran (both VMs live in host-1's run directory)
+            // as `lsm local down`: the nodes, then the VM its host ran
             var down = await LocalClusterLauncher.DownAsync(dataDir);
             Console.WriteLine($"stopped {down.StoppedNodes.Count} nodes and {down.StoppedVmPids.Count} VMs");
             Directory.Delete(dataDir, recursive: true);
         }
-        return exit;
+        if (exit != 0) return exit;
+
+        // The switch stall on each adapter, on a fresh cluster each (the big moves' switches count for qmp too).
+        var sessions = new Dictionary<string, SwitchStalls?>();
+        try
+        {
+            sessions["qmp"] = await SwitchStallBench.RunAsync("qmp", dataDir + "-stall", stallMigrations, FourDiskMigrations);
+            sessions["libvirt"] = await LibvirtStallsAsync(dataDir + "-stall", stallMigrations);
+        }
+        catch (Exception e) when (e is CliFailure or ApiException or TimeoutException or InvalidOperationException or OperationFailedException)
+        {
+            Console.Error.WriteLine($"bench copy: the switch stall moves: {e.Message}");
+            return 1;
+        }
+        Console.WriteLine();
+        var stallP99 = new JsonObject();
+        var fourDiskP99 = new JsonObject();
+        var guestP99 = new JsonObject();
+        var stallCounts = new JsonObject();
+        foreach (var (adapter, session) in sessions)
+        {
+            if (session is null)
+            {
+                (stallP99[adapter], fourDiskP99[adapter], guestP99[adapter], stallCounts[adapter]) = (null, null, null, 0);
+                continue;
+            }
+            var switches = session.SingleDisk.Concat(session.FourDisks).Concat(adapter == "qmp" ? stalls : []).ToList();
+            foreach (var group in switches.GroupBy(s => s.Step))
+                Console.WriteLine($"switch stall (host-timed, {adapter}) {group.Key,-26} n={group.Count(),3}  median {Median(group.Select(s => s.Ms)):0.0} ms  max {group.Max(s => s.Ms):0.0} ms");
+            var p99 = P99(switches.Select(s => s.Ms));
+            var fourDisks = P99(session.FourDisks.Select(s => s.Ms));
+            var guest = P99(session.GuestLongestWriteMs);
+            Console.WriteLine($"switch stall p99 ({adapter}) over {switches.Count} switches: {p99:0.0} ms (target ≤ 20 ms); " +
+                              $"4 disks in one request: {fourDisks:0.0} ms over {session.FourDisks.Count}; the guest's longest write per move, p99 over " +
+                              $"{session.GuestLongestWriteMs.Count} moves: {guest:0.0} ms");
+            (stallP99[adapter], fourDiskP99[adapter], guestP99[adapter], stallCounts[adapter]) = (p99, fourDisks, guest, switches.Count);
+        }
+
+        var report = new JsonObject
+        {
+            ["benchmark"] = "copy",
+            ["at"] = DateTime.UtcNow.ToString("O"),
+            ["commit"] = await CommitAsync(),
+            ["machine"] = new JsonObject { ["cores"] = Environment.ProcessorCount, ["os"] = Environment.OSVersion.ToString() },
+            ["chainBytes"] = chainBytes,
+            ["runs"] = new JsonArray(results.Select(r => (JsonNode)r).ToArray()),
+            ["qemuImgSeconds"] = Median(results.Select(r => (double)r["qemuImgSeconds"]!)),
+            ["qemuImgFsyncedSeconds"] = Median(results.Select(r => (double)r["qemuImgFsyncedSeconds"]!)),
+            ["preCopySeconds"] = Median(results.Select(r => (double)r["preCopySeconds"]!)),
+            ["postCopySeconds"] = Median(results.Select(r => (double)r["postCopySeconds"]!)),
+            ["preCopyRatio"] = Median(results.Select(r => (double)r["preCopyRatio"]!)),
+            ["postCopyRatio"] = Median(results.Select(r => (double)r["postCopyRatio"]!)),
+            // host-timed, per adapter; null where the adapter could not run here (libvirtd)
+            ["switchStallP99Ms"] = stallP99,
+            ["switchStallFourDisksP99Ms"] = fourDiskP99,
+            // the guest's longest write per move of the one-disk VM (its switch included), p99 over the moves
+            ["guestLongestWriteP99Ms"] = guestP99,
+            ["switchStalls"] = stallCounts,
+            ["busyPreCopyRatio"] = Median(results.Select(r => (double)r["busyPreCopyRatio"]!)),
+            ["busyPostCopyRatio"] = Median(results.Select(r => (double)r["busyPostCopyRatio"]!)),
+            // the random 4 KiB guest during the busy pre-copy (the harder of the two)
+            ["guestP99MsDuringCopy"] = Median(results.Select(r => (double)r["busyPreCopyGuestP99Ms"]!)),
+            // every dirty move completed (else the bench failed above) and within 3 × its idle twin
+            ["convergedUnderDirtyGuest"] = results.All(r => (double)r["convergenceRatio"]! <= 3.0),
+            ["convergenceSeconds"] = Median(results.Select(r => (double)r["convergenceSeconds"]!)),
+            ["convergenceRatio"] = Median(results.Select(r => (double)r["convergenceRatio"]!)),
+        };
+        Directory.CreateDirectory(Path.Combine("var", "bench"));
+        var path = Path.Combine("var", "bench", "copy.json");
+        await File.WriteAllTextAsync(path, report.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        Console.WriteLine($"medians: qemu-img {report["qemuImgSeconds"]} s, pre-copy {report["preCopyRatio"]}×, post-copy {report["postCopyRatio"]}× (target ≤ 1.10×)");
+        Console.WriteLine($"report: {path}");
+        return 0;
+    }
+
+    /// <summary>Moves of the VM with four disks, each moving all four in one request (two pre-copy, two post-copy, two more).</summary>
+    private const int FourDiskMigrations = 6;
+
+    /// <summary>The libvirt session, through a libvirtd that answers or one deploy/libvirt/setup.sh starts (and this stops); null, said why, when neither.</summary>
+    private static async Task<SwitchStalls?> LibvirtStallsAsync(string dataDir, int migrations)
+    {
+        LibvirtDaemon? started;
+        try
+        {
+            started = await LibvirtCheck.AnswersAsync(LibvirtCheck.DefaultUri) ? null : await LibvirtDaemon.EnsureRunningAsync();
+        }
+        catch (OperationFailedException e)
+        {
+            Console.Error.WriteLine($"bench copy: no libvirt figures: libvirtd does not answer and {LibvirtDaemon.SetupScript} could not start it: {e.Message}");
+            return null;
+        }
+        await using var daemon = started;
+        return await SwitchStallBench.RunAsync("libvirt", dataDir, migrations, FourDiskMigrations);
+    }
+
+    private static double? P99(IEnumerable<double> values)
+    {
+        var sorted = values.Order().ToList();
+        return sorted.Count == 0 ? null : Round(sorted[Math.Min(sorted.Count - 1, (int)Math.Ceiling(sorted.Count * 0.99) - 1)]);
     }
 
     /// <summary>
@@ -319,11 +372,16 @@ internal static class CopyBench
     /// <summary>Moves the VM's disk through the API and times it from the request to completed; keeps the hosts' switch stalls and,
     /// given <paramref name="steps"/>, each step's time (its attempts added up), to show where the time goes, and given
     /// <paramref name="notes"/>, what the hosts decided on their own (a mirror started again write-blocking).</summary>
-    private static async Task<TimeSpan> MoveAsync(ApiClient api, VmId vm, ImageId image, FileStorageDomain to, string strategy, List<(string, double)> stalls,
-        JsonObject? steps = null, string? copyMode = null, long bandwidth = 0, List<string>? notes = null)
+    private static Task<TimeSpan> MoveAsync(ApiClient api, VmId vm, ImageId image, FileStorageDomain to, string strategy, List<(string, double)> stalls,
+        JsonObject? steps = null, string? copyMode = null, long bandwidth = 0, List<string>? notes = null) =>
+        MoveAsync(api, vm, [image], to, strategy, stalls, steps, copyMode, bandwidth, notes);
+
+    /// <summary>Moves the VM's <paramref name="images"/> in one migration; the stalls (and steps, notes) of every disk are kept.</summary>
+    internal static async Task<TimeSpan> MoveAsync(ApiClient api, VmId vm, IReadOnlyList<ImageId> images, FileStorageDomain to, string strategy,
+        List<(string, double)> stalls, JsonObject? steps = null, string? copyMode = null, long bandwidth = 0, List<string>? notes = null)
     {
         var watch = Stopwatch.StartNew();
-        var id = await api.StartMigrationAsync(vm.ToString(), image.ToString(), to.Id.ToString(), strategy,
+        var id = await api.StartMigrationAsync(vm.ToString(), images.Select(i => i.ToString()).ToList(), to.Id.ToString(), strategy,
             copyMode ?? (strategy == "pre-copy" ? "write-blocking" : "background"), bandwidth);
         var deadline = DateTime.UtcNow + TimeSpan.FromMinutes(10);
         while (true)
@@ -333,7 +391,7 @@ internal static class CopyBench
             if (status == "completed")
             {
                 var took = watch.Elapsed;
-                foreach (var t in m.GetProperty("disks")[0].GetProperty("timings").EnumerateArray())
+                foreach (var t in m.GetProperty("disks").EnumerateArray().SelectMany(d => d.GetProperty("timings").EnumerateArray()))
                 {
                     var step = t.GetProperty("step").GetString()!;
                     if (t.TryGetProperty("switchStallMs", out var ms) && ms.ValueKind == JsonValueKind.Number) stalls.Add((step, ms.GetDouble()));

@@ -40,11 +40,15 @@ public sealed class ApiClient(string baseUrl, string? token = null) : IDisposabl
     }
 
     /// <summary>Starts a migration of one disk; returns its id.</summary>
-    public async Task<string> StartMigrationAsync(string vm, string image, string destination, string strategy, string copyMode = "background", long bandwidth = 0)
+    public Task<string> StartMigrationAsync(string vm, string image, string destination, string strategy, string copyMode = "background", long bandwidth = 0) =>
+        StartMigrationAsync(vm, [image], destination, strategy, copyMode, bandwidth);
+
+    /// <summary>Starts one migration of the VM's <paramref name="images"/>, all to <paramref name="destination"/>; returns its id.</summary>
+    public async Task<string> StartMigrationAsync(string vm, IReadOnlyList<string> images, string destination, string strategy, string copyMode = "background", long bandwidth = 0)
     {
         var answer = await PostAsync("/api/migrations", new
         {
-            vm, disks = new[] { new { image, destination } }, strategy, copyMode, bandwidthBytesPerSecond = bandwidth,
+            vm, disks = images.Select(image => new { image, destination }).ToArray(), strategy, copyMode, bandwidthBytesPerSecond = bandwidth,
         });
         return answer.GetProperty("id").GetString()!;
     }
