@@ -38,6 +38,8 @@ builder.WebHost.ConfigureKestrel(k =>
 // Requests are not worth a log line each; warnings and errors are.
 builder.Logging.AddFilter("Microsoft.AspNetCore", LogLevel.Warning);
 builder.Services.AddAkka(ClusterNodeSettings.SystemName, akka => akka.WithCoordinator(settings));
+// after Akka's hosted service, before the web server's: the API answers once the journal is warm
+builder.Services.AddHostedService<LiveMigration.Coordinator.Persistence.JournalWarmupGate>();
 builder.Services.AddCoordinatorApi();
 
 var app = builder.Build();

@@ -60,6 +60,9 @@ public static class CoordinatorHosting
             .WithMigrationSharding((_, registry) => ClusterHostsHosting.Resolve(registry, directory),
                 new MigrationShardingOptions { Role = CoordinatorSettings.Role, Limits = settings.Limits, Actor = settings.Actor })
             .WithActors((system, registry) =>
-                system.ActorOf(ReservationReleaser.Props(registry.Get<InventoryProxy>()), "reservation-releaser"));
+            {
+                system.ActorOf(ReservationReleaser.Props(registry.Get<InventoryProxy>()), "reservation-releaser");
+                system.ActorOf(JournalWarmup.Props(), "journal-warmup");
+            });
     }
 }

@@ -210,8 +210,11 @@ public static class ClusterNodeHosting
         akka.cluster.sharding {
           retry-interval = 200ms
           shard-start-timeout = 2s
-          waiting-for-state-timeout = 1s
-          updating-state-timeout = 1s
+          # Not below Akka's defaults (2 s, 5 s): a shard loads its remembered entities from the journal, and the shard
+          # coordinator writes its state to a majority; with PostgreSQL on a loaded 2-core machine either took over 1 s,
+          # and a shard that gives up loading stops and drops the message it was started for (a StartMigration: 503).
+          waiting-for-state-timeout = 5s
+          updating-state-timeout = 5s
           handoff-timeout = 5s
           rebalance-interval = 1s
         }
