@@ -34,6 +34,12 @@ public sealed class LocalUpSettings : LocalSettings
     [DefaultValue(1)]
     public int SpmHosts { get; set; } = 1;
 
+    [CommandOption("--coordinators <N>")]
+    [Description("How many Coordinators: coordinator (API on --api-port), coordinator-2 … (APIs on the ports after it). They share the " +
+                 "migrations through cluster sharding, and a dead one's migrations go on on the others. 2 or more need --journal postgres://... Default 1")]
+    [DefaultValue(1)]
+    public int Coordinators { get; set; } = 1;
+
     [CommandOption("--journal <JOURNAL>")]
     [Description("The Coordinator's journal: sqlite (files under DATA/coordinator; the default) or postgres://user:password@host:5432/db")]
     [DefaultValue("sqlite")]
@@ -108,6 +114,10 @@ public sealed class LocalUpSettings : LocalSettings
             if (!name.All(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.'))
                 return ValidationResult.Error($"--node-netns {node}={name}: not a network namespace name");
         if (Hosts is < 1 or > 16) return ValidationResult.Error($"--hosts must be 1 to 16, got {Hosts}");
+        if (Coordinators is < 1 or > LocalClusterOptions.MaxCoordinators)
+            return ValidationResult.Error($"--coordinators must be 1 to {LocalClusterOptions.MaxCoordinators}, got {Coordinators}");
+        if (Coordinators > 1 && Journal.Equals("sqlite", StringComparison.OrdinalIgnoreCase))
+            return ValidationResult.Error(LocalClusterLauncher.CoordinatorsNeedPostgres(Coordinators));
         if (SpmHosts < 1 || SpmHosts > Hosts) return ValidationResult.Error($"--spm-hosts must be 1 to --hosts ({Hosts}), got {SpmHosts}");
         if (ApiPort is < 0 or > 65535) return ValidationResult.Error($"--api-port must be 0 to 65535, got {ApiPort}");
         if (TimeoutSeconds is < 5 or > 3600) return ValidationResult.Error($"--timeout must be 5 to 3600 seconds, got {TimeoutSeconds}");
@@ -129,6 +139,7 @@ public sealed class LocalUpCommand : AsyncCommand<LocalUpSettings>
         var options = new LocalClusterOptions(settings.DataDirectory)
         {
             Hosts = settings.Hosts,
+            Coordinators = settings.Coordinators,
             SpmHosts = settings.SpmHosts,
             ApiPort = settings.ApiPort,
             Journal = settings.Journal,
@@ -183,7 +194,7 @@ public sealed class LocalStatusCommand : AsyncCommand<LocalSettings>
                 journal = state?.Journal,
                 hypervisor = state?.Hypervisor,
                 startedAt = state?.StartedAt,
-                nodes = (state?.Nodes ?? []).Select(n => new { name = n.Name, role = n.Role, pid = n.Pid, alive = n.Alive, address = n.Address, port = n.Port, logFile = n.LogFile }),
+                nodes = (state?.Nodes ?? []).Select(n => new { name = n.Name, role = n.Role, pid = n.Pid, alive = n.Alive, address = n.Address, port = n.Port, apiUrl = ApiOf(state!, n), logFile = n.LogFile }),
                 vms = state is null ? [] : LocalClusterLauncher.RunningVms(state).Select(v => new { pid = v.Pid, pidFile = v.PidFile }).ToList(),
             });
             return ExitCodes.Ok;
@@ -197,12 +208,16 @@ public sealed class LocalStatusCommand : AsyncCommand<LocalSettings>
         return ExitCodes.Ok;
     }
 
+    /// <summary>A Coordinator's API (the first one's from the state file's own field when its node has none: a file from before several Coordinators).</summary>
+    private static string? ApiOf(LocalClusterState state, LocalNodeState node) =>
+        node.ApiUrl ?? (node.Name == LocalCluster.FirstCoordinator ? state.ApiUrl : null);
+
     internal static void Describe(LocalClusterState state)
     {
-        var table = new Table().AddColumns("Name", "Role", "PID", "Alive", "Cluster address", "Log");
+        var table = new Table().AddColumns("Name", "Role", "PID", "Alive", "Cluster address", "API", "Log");
         foreach (var n in state.Nodes)
             table.AddRow(Output.Escape(n.Name), Output.Escape(n.Role), n.Pid.ToString(), n.Alive ? "[green]yes[/]" : "[red]no[/]",
-                Output.Escape(n.Address ?? "-"), Output.Escape(n.LogFile));
+                Output.Escape(n.Address ?? "-"), Output.Escape(ApiOf(state, n) ?? "-"), Output.Escape(n.LogFile));
         Output.Console.Write(table);
         var alive = state.AliveNodes.Count;
         // A libvirt host's VMs are libvirtd's domains, not QEMU pid files of ours: virsh lists them.

@@ -35,6 +35,7 @@ public sealed class LocalCluster : IAsyncDisposable
 
     private readonly List<NodeProcess> _nodes = [];
     private readonly Dictionary<string, int> _hostPorts = new();
+    private readonly Dictionary<string, CoordinatorPorts> _moreCoordinators = new();
     private readonly string _configuration;
     private int _coordinatorPort;
 
@@ -53,6 +54,36 @@ public sealed class LocalCluster : IAsyncDisposable
     /// <summary>The Coordinator's cluster port: a free one unless set (a cluster brought back from its state file keeps its ports).</summary>
     public int CoordinatorPort { get => _coordinatorPort; init => _coordinatorPort = value; }
 
+    /// <summary>
+    /// The Coordinators besides the first (<see cref="FirstCoordinator"/>), by name (<see cref="CoordinatorName"/>): each
+    /// with its cluster port and HTTP port. Every one of them is a seed after the first, before the seed hosts.
+    /// </summary>
+    public IReadOnlyDictionary<string, CoordinatorPorts> MoreCoordinators
+    {
+        get => _moreCoordinators;
+        init
+        {
+            foreach (var (name, ports) in value) _moreCoordinators[name] = ports;
+        }
+    }
+
+    /// <summary>The first Coordinator's node name; the others are coordinator-2, coordinator-3, ….</summary>
+    public const string FirstCoordinator = "coordinator";
+
+    /// <summary>The node name of the <paramref name="number"/>th Coordinator (1-based).</summary>
+    public static string CoordinatorName(int number) => number == 1 ? FirstCoordinator : $"{FirstCoordinator}-{number}";
+
+    /// <summary>Every Coordinator's name, the first first.</summary>
+    public IReadOnlyList<string> CoordinatorNames => [FirstCoordinator, .. _moreCoordinators.Keys.OrderBy(CoordinatorNumber)];
+
+    private static int CoordinatorNumber(string name) => int.TryParse(name.AsSpan(FirstCoordinator.Length).TrimStart('-'), out var n) ? n : 1;
+
+    /// <summary>The cluster port of a Coordinator (the first's, or one of <see cref="MoreCoordinators"/>).</summary>
+    public int CoordinatorPortOf(string name) => _moreCoordinators.TryGetValue(name, out var ports) ? ports.Port : CoordinatorPort;
+
+    /// <summary>The HTTP API of a Coordinator (the first's is <see cref="ApiUrl"/>).</summary>
+    public string ApiUrlOf(string name) => _moreCoordinators.TryGetValue(name, out var ports) ? $"http://127.0.0.1:{ports.HttpPort}" : ApiUrl;
+
     /// <summary>The seed hosts' fixed ports as a state file recorded them, so restarted nodes listen where the others' seed lists say.</summary>
     public IReadOnlyDictionary<string, int> KnownHostPorts
     {
@@ -70,7 +101,7 @@ public sealed class LocalCluster : IAsyncDisposable
     /// (the first seed) asks the other seeds before it forms a cluster of its own, so it rejoins the hosts
     /// instead of splitting from them; a restarted host seed rejoins through the others.
     /// </summary>
-    public string Seed => string.Join(",", new[] { NodeAddress("coordinator", CoordinatorPort) }.Concat(SeedHosts.Select(h => NodeAddress(h, HostPort(h)))));
+    public string Seed => string.Join(",", CoordinatorNames.Select(c => NodeAddress(c, CoordinatorPortOf(c))).Concat(SeedHosts.Select(h => NodeAddress(h, HostPort(h)))));
     public string ApiUrl => $"http://127.0.0.1:{HttpPort}";
     public string DomainRoot => DomainRootOf(DataDirectory);
     public string LogDirectory => Path.Combine(DataDirectory, "logs");
@@ -154,10 +185,10 @@ public sealed class LocalCluster : IAsyncDisposable
     /// running members rather than forming a cluster of its own.</param>
     /// <param name="replaces">The address of its crashed incarnation, when it comes back on another port: it downs that member itself
     /// (<c>--replaces</c>). Only for a predecessor whose process is verifiably gone.</param>
-    public NodeProcess StartCoordinator(string name = "coordinator", bool rejoin = false, string? replaces = null) =>
+    public NodeProcess StartCoordinator(string name = FirstCoordinator, bool rejoin = false, string? replaces = null) =>
         Start(name, "Coordinator", "LiveMigration.Coordinator.dll",
         [
-            "--port", CoordinatorPort.ToString(), "--seed", rejoin ? RejoinSeed(name) : Seed, "--http", ApiUrl,
+            "--port", CoordinatorPortOf(name).ToString(), "--seed", rejoin ? RejoinSeed(name) : Seed, "--http", ApiUrlOf(name),
             .. replaces is null ? Array.Empty<string>() : ["--replaces", replaces],
             "--data-dir", Path.Combine(DataDirectory, name), .. HostnameArguments(name), .. TlsArguments(name),
             .. ApiTokenFile is { } tokenFile ? new[] { "--api-token-file", tokenFile } : [],
@@ -206,7 +237,7 @@ public sealed class LocalCluster : IAsyncDisposable
     {
         var self = name.StartsWith("host")
             ? SeedHosts.Contains(name) ? NodeAddress(name, HostPort(name)) : null
-            : NodeAddress("coordinator", CoordinatorPort);
+            : NodeAddress(name, CoordinatorPortOf(name));
         var listed = Seed.Split(',');
         return string.Join(",", self is null ? listed : listed.Where(s => s != self).Append(self));
     }
@@ -217,10 +248,13 @@ public sealed class LocalCluster : IAsyncDisposable
         lock (_hostPorts)
         {
             if (_hostPorts.TryGetValue(hostId, out var port)) return port;
-            port = FreePort([CoordinatorPort, HttpPort, .. _hostPorts.Values]);
+            port = FreePort([.. TakenPorts, .. _hostPorts.Values]);
             return _hostPorts[hostId] = port;
         }
     }
+
+    /// <summary>The Coordinators' cluster and HTTP ports, which no other node may be given.</summary>
+    private int[] TakenPorts => [CoordinatorPort, HttpPort, .. _moreCoordinators.Values.SelectMany(p => new[] { p.Port, p.HttpPort })];
 
     /// <summary>Where the built dll is: this build's configuration first, else the other one.</summary>
     private string DllPath(string project, string dll)
@@ -286,9 +320,10 @@ public sealed class LocalCluster : IAsyncDisposable
         var portAt = arguments.IndexOf("--port");
         if (node.Address is { } oldAddress && portAt >= 0)
         {
-            var port = FreePort([CoordinatorPort, HttpPort, node.Port, .. _hostPorts.Values]);
+            var port = FreePort([.. TakenPorts, node.Port, .. _hostPorts.Values]);
             arguments[portAt + 1] = port.ToString();
-            if (!isHost) _coordinatorPort = port;
+            if (!isHost && _moreCoordinators.TryGetValue(node.Name, out var ports)) _moreCoordinators[node.Name] = ports with { Port = port };
+            else if (!isHost) _coordinatorPort = port;
             else lock (_hostPorts) if (_hostPorts.ContainsKey(node.Name)) _hostPorts[node.Name] = port;
             arguments.AddRange(["--replaces", oldAddress]);
         }
@@ -369,3 +404,6 @@ public sealed class LocalCluster : IAsyncDisposable
         throw new InvalidOperationException("cannot find LiveMigration.Akka.sln above " + AppContext.BaseDirectory);
     }
 }
+
+/// <summary>A Coordinator's two ports on loopback: its cluster remoting and its HTTP API.</summary>
+public sealed record CoordinatorPorts(int Port, int HttpPort);

@@ -12,6 +12,14 @@ public sealed record LocalClusterOptions(string DataDirectory)
 
     public int Hosts { get; init; } = 2;
 
+    /// <summary>
+    /// How many Coordinators: coordinator (the first, API on <see cref="ApiPort"/>), coordinator-2 … (API on the next ports,
+    /// or free ones with <see cref="ApiPort"/> 0). More than one needs a PostgreSQL journal they all share.
+    /// </summary>
+    public int Coordinators { get; init; } = 1;
+
+    public const int MaxCoordinators = 9;
+
     /// <summary>How many hosts (host-1 … host-K) may hold the SPM role; each of them is fenced by the pool's lease.</summary>
     public int SpmHosts { get; init; } = 1;
 
@@ -99,7 +107,11 @@ public static class LocalClusterLauncher
             throw CliFailure.BadUsage($"--spm-hosts {options.SpmHosts}: 1 to the number of hosts ({options.Hosts}) may hold the SPM role");
         if (options.ApiPort is < 0 or > 65535)
             throw CliFailure.BadUsage($"--api-port {options.ApiPort} is not a port (1-65535, or 0 for a free one)");
+        if (options.Coordinators is < 1 or > LocalClusterOptions.MaxCoordinators)
+            throw CliFailure.BadUsage($"--coordinators {options.Coordinators}: a local cluster has 1 to {LocalClusterOptions.MaxCoordinators} Coordinators");
         var postgres = PostgresConnection(options.Journal);
+        if (options.Coordinators > 1 && postgres is null)
+            throw CliFailure.BadUsage(CoordinatorsNeedPostgres(options.Coordinators));
         // Before anything starts: a libvirt host refuses to start without its daemon, after the cluster waited for it.
         if (options.Hypervisor == "libvirt") await LibvirtCheck.EnsureAnswersAsync(options.LibvirtUri, ct);
         var dataDirectory = Path.GetFullPath(options.DataDirectory);
@@ -119,6 +131,11 @@ public static class LocalClusterLauncher
         }
         if (options.ApiPort != 0 && !PortIsFree(options.ApiPort))
             throw CliFailure.BadUsage($"port {options.ApiPort} on 127.0.0.1 is in use (another Coordinator?); choose another with --api-port, e.g. --api-port 9111");
+        // the other Coordinators' APIs on the ports after --api-port, so an operator knows where each one answers
+        foreach (var number in Enumerable.Range(2, options.Coordinators - 1).Where(_ => options.ApiPort != 0))
+            if (options.ApiPort + number - 1 is var port && (port > 65535 || !PortIsFree(port)))
+                throw CliFailure.BadUsage($"port {port} on 127.0.0.1, the API of {LocalCluster.CoordinatorName(number)} (--api-port {options.ApiPort} + {number - 1}), " +
+                                          "is in use; choose another --api-port, or --api-port 0 for free ones");
 
         // An up after a down brings back the cluster it was: the storage roots it was given before stay allowed (its hosts'
         // domains live there, and without them a host attaches none of them and no VM on them starts again).
@@ -128,11 +145,26 @@ public static class LocalClusterLauncher
         var tls = OpenTls(dataDirectory);
         var hostIds = Enumerable.Range(1, options.Hosts).Select(i => $"host-{i}").ToList();
         var sim = options.Hypervisor == "sim";
-        var coordinatorPort = LocalCluster.FreePort(options.ApiPort);
+        // the fixed API ports first (--api-port and the ones after it for the other Coordinators), then free cluster ports around them
+        List<int> taken = options.ApiPort == 0 ? [] : [.. Enumerable.Range(options.ApiPort, options.Coordinators)];
+        var coordinatorPort = LocalCluster.FreePort([.. taken]);
+        taken.Add(coordinatorPort);
+        var httpPort = options.ApiPort == 0 ? LocalCluster.FreePort([.. taken]) : options.ApiPort;
+        taken.Add(httpPort);
+        var moreCoordinators = new Dictionary<string, CoordinatorPorts>();
+        foreach (var number in Enumerable.Range(2, options.Coordinators - 1))
+        {
+            var port = LocalCluster.FreePort([.. taken]);
+            taken.Add(port);
+            var http = options.ApiPort == 0 ? LocalCluster.FreePort([.. taken]) : options.ApiPort + number - 1;
+            taken.Add(http);
+            moreCoordinators[LocalCluster.CoordinatorName(number)] = new CoordinatorPorts(port, http);
+        }
         var cluster = new LocalCluster(dataDirectory)
         {
             CoordinatorPort = coordinatorPort,
-            HttpPort = options.ApiPort == 0 ? LocalCluster.FreePort(coordinatorPort) : options.ApiPort,
+            HttpPort = httpPort,
+            MoreCoordinators = moreCoordinators,
             // the sim process's first host listens on the fixed port, its others on any free one
             SeedHosts = sim ? [LocalClusterOptions.SimHostsNode] : hostIds,
             ExtraHocon = options.ExtraHocon,
@@ -149,8 +181,9 @@ public static class LocalClusterLauncher
         LocalClusterState State() => new(dataDirectory, cluster.ApiUrl, cluster.HttpPort, JournalLabel(options.Journal), cluster.DomainRoot, started,
             cluster.Nodes.Select(n => new LocalNodeState(n.Name, RoleOf(n.Name, options),
                 n.Pid, n.StartTime, n.Port, n.Address, n.LogPath,
-                n.Name != "coordinator" ? cluster.HostDataDirectory(n.Name) : Path.Combine(dataDirectory, n.Name))
+                IsCoordinator(n.Name) ? Path.Combine(dataDirectory, n.Name) : cluster.HostDataDirectory(n.Name))
             {
+                ApiUrl = IsCoordinator(n.Name) ? cluster.ApiUrlOf(n.Name) : null,
                 Hostname = options.NodeHostnames.GetValueOrDefault(n.Name),
                 NetworkNamespace = options.NodeNetworkNamespaces.GetValueOrDefault(n.Name),
             }).ToList())
@@ -169,6 +202,19 @@ public static class LocalClusterLauncher
             var coordinator = cluster.StartCoordinator();
             await State().WriteAsync(ct);
             report?.Invoke($"coordinator pid {coordinator.Pid}, cluster port {coordinator.Port}, API {cluster.ApiUrl}");
+            if (options.Coordinators > 1)
+            {
+                // The others join once the first is Up and its inventory answers: the cluster is formed, and the first
+                // persistent actor has created the journal's tables, which concurrent CREATE TABLE IF NOT EXISTS of
+                // several fresh Coordinators could race on in PostgreSQL.
+                await WaitInventoryAsync(cluster, coordinator, options.Timeout, ct);
+                foreach (var name in cluster.CoordinatorNames.Skip(1))
+                {
+                    var more = cluster.StartCoordinator(name);
+                    await State().WriteAsync(ct);
+                    report?.Invoke($"{name} pid {more.Pid}, cluster port {more.Port}, API {cluster.ApiUrlOf(name)}");
+                }
+            }
             if (sim)
             {
                 var hosts = cluster.StartHost(LocalClusterOptions.SimHostsNode, spm: true);
@@ -187,7 +233,7 @@ public static class LocalClusterLauncher
                     await WaitMemberUpAsync(cluster, host, options.Timeout, ct);
             }
             // every host must report to this run's inventory: the journal still holds their reports from before a down, with old addresses
-            await WaitUpAsync(cluster, hostIds, options.Timeout, ct, hostIds, started);
+            await WaitUpAsync(cluster, hostIds, options.Coordinators, options.Timeout, ct, hostIds, started);
         }
         catch (Exception e) when (e is not CliFailure)
         {
@@ -204,7 +250,7 @@ public static class LocalClusterLauncher
 
     /// <summary>What the state file records of a node: the Coordinator, a host (SPM-capable or not), or the sim hosts' process.</summary>
     private static string RoleOf(string node, LocalClusterOptions options) =>
-        node == "coordinator" ? "coordinator"
+        IsCoordinator(node) ? "coordinator"
         : node == LocalClusterOptions.SimHostsNode ? "host,spm,sim"
         : options.IsSpmCapable(node) ? "host,spm" : "host";
 
@@ -227,7 +273,17 @@ public static class LocalClusterLauncher
             throw CliFailure.BadUsage($"the sim hosts of the local cluster in {previous.DataDirectory} died, and their VMs and domains lived in their memory: " +
                                       $"stop the cluster with lsm local down --data-dir {previous.DataDirectory} and start a new one");
         var hosts = previous.Nodes.Where(n => n.Role.StartsWith("host")).ToList();
-        var coordinator = previous.Nodes.FirstOrDefault(n => !n.Role.StartsWith("host"));
+        var coordinator = previous.Nodes.FirstOrDefault(n => n.Name == LocalCluster.FirstCoordinator) ?? previous.Nodes.FirstOrDefault(n => !n.Role.StartsWith("host"));
+        // the other Coordinators: a running one keeps its ports, a dead one comes back on a fresh cluster port (as the first
+        // does) and on the API port the state file recorded for it
+        List<int> taken = [previous.ApiPort, .. previous.Nodes.Select(n => n.Port), .. previous.Nodes.Select(n => n.ApiPort)];
+        var moreCoordinators = new Dictionary<string, CoordinatorPorts>();
+        foreach (var more in previous.Nodes.Where(n => IsCoordinator(n.Name) && n.Name != LocalCluster.FirstCoordinator))
+        {
+            var port = more.Alive ? more.Port : LocalCluster.FreePort([.. taken]);
+            taken.Add(port);
+            moreCoordinators[more.Name] = new CoordinatorPorts(port, more.ApiPort);
+        }
         var cluster = new LocalCluster(previous.DataDirectory)
         {
             // A dead Coordinator comes back on a fresh port and downs its old incarnation itself (--replaces): on its old
@@ -236,8 +292,9 @@ public static class LocalClusterLauncher
             // by gossip, and a node restarted later takes its seeds from the state file, which records the new port.
             CoordinatorPort = coordinator is null
                 ? throw CliFailure.Failed($"{LocalClusterState.PathIn(previous.DataDirectory)} lists no coordinator; stop the cluster with lsm local down")
-                : coordinator.Alive ? coordinator.Port : LocalCluster.FreePort([previous.ApiPort, .. previous.Nodes.Select(n => n.Port)]),
+                : coordinator.Alive ? coordinator.Port : LocalCluster.FreePort([.. taken]),
             HttpPort = previous.ApiPort,
+            MoreCoordinators = moreCoordinators,
             SeedHosts = hosts.Select(h => h.Name).ToList(),
             KnownHostPorts = hosts.Where(h => h.Port > 0).ToDictionary(h => h.Name, h => h.Port),
             ExtraHocon = options.ExtraHocon,
@@ -279,7 +336,7 @@ public static class LocalClusterLauncher
             }
             foreach (var running in previous.Nodes.Where(n => n.Alive))
                 report?.Invoke($"{running.Name} runs (pid {running.Pid}): left as it is");
-            await WaitUpAsync(cluster, previous.HostIds, options.Timeout, ct, restartedHosts, restartedAt);
+            await WaitUpAsync(cluster, previous.HostIds, previous.Nodes.Count(n => IsCoordinator(n.Name)), options.Timeout, ct, restartedHosts, restartedAt);
         }
         catch (Exception e) when (e is not CliFailure)
         {
@@ -407,7 +464,7 @@ public static class LocalClusterLauncher
     }
 
     /// <param name="reportedSince">Hosts that must have reported after <paramref name="since"/> (restarted ones: their report before the crash does not count).</param>
-    private static async Task WaitUpAsync(LocalCluster cluster, IReadOnlyList<string> hostIds, TimeSpan limit, CancellationToken ct,
+    private static async Task WaitUpAsync(LocalCluster cluster, IReadOnlyList<string> hostIds, int coordinators, TimeSpan limit, CancellationToken ct,
         IReadOnlyCollection<string>? reportedSince = null, DateTimeOffset since = default)
     {
         using var http = cluster.NewApiClient(TimeSpan.FromSeconds(5));
@@ -424,15 +481,17 @@ public static class LocalClusterLauncher
                 var members = (await http.GetFromJsonAsync<JsonElement>($"{cluster.ApiUrl}/api/cluster", ct)).GetProperty("members").EnumerateArray().ToList();
                 // reachable too: a crashed node's old incarnation stays listed Up, unreachable, until its restart replaces it
                 var up = members.Count(m => m.GetProperty("status").GetString() == "up" && m.GetProperty("reachable").GetBoolean());
-                waitingFor = $"{hostIds.Count + 1} members Up and reachable (now {up} of {members.Count})";
-                if (up == hostIds.Count + 1 && members.Count == hostIds.Count + 1)
+                waitingFor = $"{hostIds.Count + coordinators} members Up and reachable (now {up} of {members.Count})";
+                if (up == hostIds.Count + coordinators && members.Count == hostIds.Count + coordinators)
                 {
                     var reported = (await http.GetFromJsonAsync<JsonElement>($"{cluster.ApiUrl}/api/inventory", ct)).GetProperty("hosts").EnumerateArray()
                         .Where(h => reportedSince?.Contains(h.GetProperty("hostId").GetString()!) != true || h.GetProperty("lastReport").GetDateTimeOffset() >= since)
                         .Select(h => h.GetProperty("hostId").GetString()).ToHashSet();
                     var missing = hostIds.Where(h => !reported.Contains(h)).ToList();
                     waitingFor = $"every host in the inventory (missing {string.Join(", ", missing)})";
-                    if (missing.Count == 0) return;
+                    if (missing.Count == 0 && await SilentCoordinatorAsync(http, cluster, ct) is { } silent)
+                        waitingFor = $"the API of {silent} (it answers once its journal is warm)";
+                    else if (missing.Count == 0) return;
                 }
             }
             catch (Exception e) when (e is HttpRequestException or JsonException or KeyNotFoundException or InvalidOperationException
@@ -442,6 +501,54 @@ public static class LocalClusterLauncher
             await Task.Delay(250, ct);
         }
     }
+
+    /// <summary>The first of the other Coordinators whose API does not answer yet, or null when they all do.</summary>
+    private static async Task<string?> SilentCoordinatorAsync(HttpClient http, LocalCluster cluster, CancellationToken ct)
+    {
+        foreach (var name in cluster.CoordinatorNames.Skip(1))
+        {
+            try
+            {
+                using var answer = await http.GetAsync($"{cluster.ApiUrlOf(name)}/api/cluster", ct);
+                if (!answer.IsSuccessStatusCode) return name;
+            }
+            catch (HttpRequestException)
+            {
+                return name;
+            }
+        }
+        return null;
+    }
+
+    /// <summary>Until the Coordinator's API answers /api/inventory: it is Up and the inventory singleton recovered from the journal.</summary>
+    private static async Task WaitInventoryAsync(LocalCluster cluster, NodeProcess coordinator, TimeSpan limit, CancellationToken ct)
+    {
+        using var http = cluster.NewApiClient(TimeSpan.FromSeconds(5));
+        var deadline = DateTime.UtcNow + limit;
+        while (true)
+        {
+            if (!coordinator.Running)
+                throw new TimeoutException($"{coordinator.Name} (pid {coordinator.Pid}) exited while the cluster came up (log {coordinator.LogPath})");
+            try
+            {
+                using var answer = await http.GetAsync($"{cluster.ApiUrl}/api/inventory", ct);
+                if (answer.IsSuccessStatusCode) return;
+            }
+            catch (Exception e) when (e is HttpRequestException || e is TaskCanceledException && !ct.IsCancellationRequested) { }
+            if (DateTime.UtcNow > deadline)
+                throw new TimeoutException($"{coordinator.Name}'s inventory did not answer within {limit.TotalSeconds:0} s");
+            await Task.Delay(200, ct);
+        }
+    }
+
+    /// <summary>A node of the local cluster that is a Coordinator (coordinator, coordinator-2, …), not a host.</summary>
+    public static bool IsCoordinator(string node) =>
+        node == LocalCluster.FirstCoordinator || node.StartsWith(LocalCluster.FirstCoordinator + "-", StringComparison.Ordinal);
+
+    /// <summary>Why several Coordinators need PostgreSQL: what --coordinators N with the SQLite journal is refused with.</summary>
+    public static string CoordinatorsNeedPostgres(int coordinators) =>
+        $"--coordinators {coordinators} needs --journal postgres://USER:PASSWORD@HOST:PORT/DB: the Coordinators share one journal " +
+        "(a saga moves to another Coordinator when its own dies), and SQLite's files are each one Coordinator's, not shared";
 
     /// <summary>The last lines of every node's log, for the operator to see why it did not come up.</summary>
     public static string LogTails(string logDirectory, int lines = 20)

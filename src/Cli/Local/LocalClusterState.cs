@@ -20,6 +20,13 @@ public sealed record LocalNodeState(
     /// <summary>The network namespace it runs in, when a test put it in one (null: this machine's own), kept for its restart.</summary>
     public string? NetworkNamespace { get; init; }
 
+    /// <summary>A Coordinator's HTTP API (null for a host, and for the first Coordinator in a state file from before several Coordinators).</summary>
+    public string? ApiUrl { get; init; }
+
+    /// <summary>The port of <see cref="ApiUrl"/>, 0 without one.</summary>
+    [JsonIgnore]
+    public int ApiPort => ApiUrl is { } url && Uri.TryCreate(url, UriKind.Absolute, out var uri) ? uri.Port : 0;
+
     public NodeProcess AsProcess() => new(Name, Pid, StartTime, LogFile, ["--port", Port.ToString()]);
 
     [JsonIgnore]
