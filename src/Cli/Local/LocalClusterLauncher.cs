@@ -442,7 +442,19 @@ public static class LocalClusterLauncher
     private static bool IsQemu(int pid) =>
         ProcessTable.IsAlive(pid) && ProcessTable.CommandLine(pid) is [var program, ..] && Path.GetFileName(program).StartsWith("qemu-system");
 
-    private static async Task WaitMemberUpAsync(LocalCluster cluster, NodeProcess node, TimeSpan limit, CancellationToken ct)
+    private static Task WaitMemberUpAsync(LocalCluster cluster, NodeProcess node, TimeSpan limit, CancellationToken ct) =>
+        PollWhileRunningAsync(cluster, node, limit, $"{node.Name} was not Up", async http =>
+        {
+            var members = (await http.GetFromJsonAsync<JsonElement>($"{cluster.ApiUrl}/api/cluster", ct)).GetProperty("members").EnumerateArray();
+            return members.Any(m => m.GetProperty("address").GetString() == node.Address && m.GetProperty("status").GetString() == "up");
+        }, ct);
+
+    /// <summary>
+    /// Asks <paramref name="ready"/> every 200 ms until it says yes, while <paramref name="node"/> runs: an API that does not
+    /// answer (yet) is asked again; the node's exit or the limit ends the wait with what was waited for.
+    /// </summary>
+    private static async Task PollWhileRunningAsync(LocalCluster cluster, NodeProcess node, TimeSpan limit, string notReady,
+        Func<HttpClient, Task<bool>> ready, CancellationToken ct)
     {
         using var http = cluster.NewApiClient(TimeSpan.FromSeconds(5));
         var deadline = DateTime.UtcNow + limit;
@@ -452,13 +464,12 @@ public static class LocalClusterLauncher
                 throw new TimeoutException($"{node.Name} (pid {node.Pid}) exited while the cluster came up (log {node.LogPath})");
             try
             {
-                var members = (await http.GetFromJsonAsync<JsonElement>($"{cluster.ApiUrl}/api/cluster", ct)).GetProperty("members").EnumerateArray();
-                if (members.Any(m => m.GetProperty("address").GetString() == node.Address && m.GetProperty("status").GetString() == "up")) return;
+                if (await ready(http)) return;
             }
             catch (Exception e) when (e is HttpRequestException or JsonException or KeyNotFoundException or InvalidOperationException
                                           || e is TaskCanceledException && !ct.IsCancellationRequested) { }
             if (DateTime.UtcNow > deadline)
-                throw new TimeoutException($"{node.Name} was not Up within {limit.TotalSeconds:0} s");
+                throw new TimeoutException($"{notReady} within {limit.TotalSeconds:0} s");
             await Task.Delay(200, ct);
         }
     }
@@ -521,25 +532,12 @@ public static class LocalClusterLauncher
     }
 
     /// <summary>Until the Coordinator's API answers /api/inventory: it is Up and the inventory singleton recovered from the journal.</summary>
-    private static async Task WaitInventoryAsync(LocalCluster cluster, NodeProcess coordinator, TimeSpan limit, CancellationToken ct)
-    {
-        using var http = cluster.NewApiClient(TimeSpan.FromSeconds(5));
-        var deadline = DateTime.UtcNow + limit;
-        while (true)
+    private static Task WaitInventoryAsync(LocalCluster cluster, NodeProcess coordinator, TimeSpan limit, CancellationToken ct) =>
+        PollWhileRunningAsync(cluster, coordinator, limit, $"{coordinator.Name}'s inventory did not answer", async http =>
         {
-            if (!coordinator.Running)
-                throw new TimeoutException($"{coordinator.Name} (pid {coordinator.Pid}) exited while the cluster came up (log {coordinator.LogPath})");
-            try
-            {
-                using var answer = await http.GetAsync($"{cluster.ApiUrl}/api/inventory", ct);
-                if (answer.IsSuccessStatusCode) return;
-            }
-            catch (Exception e) when (e is HttpRequestException || e is TaskCanceledException && !ct.IsCancellationRequested) { }
-            if (DateTime.UtcNow > deadline)
-                throw new TimeoutException($"{coordinator.Name}'s inventory did not answer within {limit.TotalSeconds:0} s");
-            await Task.Delay(200, ct);
-        }
-    }
+            using var answer = await http.GetAsync($"{cluster.ApiUrl}/api/inventory", ct);
+            return answer.IsSuccessStatusCode;
+        }, ct);
 
     /// <summary>A node of the local cluster that is a Coordinator (coordinator, coordinator-2, …), not a host.</summary>
     public static bool IsCoordinator(string node) =>
