@@ -2,6 +2,7 @@ using Akka.Actor;
 using Akka.Event;
 using Akka.Pattern;
 using Akka.Persistence;
+using LiveMigration.Coordinator.Persistence;
 using LiveMigration.Shared.Protocol;
 
 namespace LiveMigration.Coordinator.Audit;
@@ -21,7 +22,11 @@ public sealed class AuditActor : ReceivePersistentActor
 
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly AuditOptions _options;
+    /// <summary>What the trail numbers requests by: every entry decided, journaled or still on its way.</summary>
     private AuditState _state;
+    /// <summary>The journaled entries only: what a snapshot may hold.</summary>
+    private AuditState _durable;
+    private readonly AnswersAfterWrites _answers = new();
 
     /// <summary>
     /// Under a back-off supervisor: a journal write that fails stops a persistent actor, and a singleton that stopped
@@ -39,19 +44,19 @@ public sealed class AuditActor : ReceivePersistentActor
         if (options.SnapshotEvery < 1)
             throw new ArgumentOutOfRangeException(nameof(options), $"snapshots every {options.SnapshotEvery} events: must be at least 1");
         _options = options;
-        _state = AuditState.Empty(options.KeepInMemory);
+        _state = _durable = AuditState.Empty(options.KeepInMemory);
 
         Recover<SnapshotOffer>(offer =>
         {
-            if (offer.Snapshot is AuditSnapshot snapshot) _state = AuditState.FromSnapshot(snapshot, options.KeepInMemory);
+            if (offer.Snapshot is AuditSnapshot snapshot) _state = _durable = AuditState.FromSnapshot(snapshot, options.KeepInMemory);
         });
-        Recover<IAuditEvent>(e => _state = _state.Apply(e));
+        Recover<IAuditEvent>(e => _state = _durable = _durable.Apply(e));
         Recover<RecoveryCompleted>(_ => _log.Info("Audit trail recovered at sequence number {SequenceNr}: {Requests} requests recorded",
             LastSequenceNr, _state.LastNumber));
 
         Command<RecordAuditRequest>(request => Record(_state.Decide(request), request.RequestId));
         Command<RecordAuditOutcome>(outcome => Record(_state.Decide(outcome), outcome.RequestId));
-        Command<GetAuditEntries>(query => Sender.Tell(_state.Page(query)));
+        Command<GetAuditEntries>(query => Sender.Tell(_durable.Page(query)));
         Command<SaveSnapshotSuccess>(saved =>
             // the newest snapshot is enough to recover; older ones only take space
             DeleteSnapshots(new SnapshotSelectionCriteria(saved.Metadata.SequenceNr - 1)));
@@ -68,14 +73,27 @@ public sealed class AuditActor : ReceivePersistentActor
         var replyTo = Sender;
         if (change is null)
         {
-            replyTo.Tell(new AuditRecorded(requestId));
+            // answered after the writes before it, so "recorded" never overtakes an entry still on its way
+            _answers.Answer(() => replyTo.Tell(new AuditRecorded(requestId)));
             return;
         }
-        Persist(change, persisted =>
+        // Numbered at once, answered once journaled: PersistAsync lets the journal write the entries of many requests in one
+        // batch; with Persist the trail stashed everything during each write, one request per journal round trip (issue 11).
+        _state = _state.Apply(change);
+        _answers.Issued();
+        PersistAsync(change, persisted =>
         {
-            _state = _state.Apply(persisted);
+            _durable = _durable.Apply(persisted);
             replyTo.Tell(new AuditRecorded(requestId));
-            if (LastSequenceNr % _options.SnapshotEvery == 0) SaveSnapshot(_state.Snapshot());
+            if (LastSequenceNr % _options.SnapshotEvery == 0) SaveSnapshot(_durable.Snapshot());
+            _answers.Done();
         });
+    }
+
+    /// <summary>An entry the journal refused is numbered in <see cref="_state"/> but not journaled: start again from the journal.</summary>
+    protected override void OnPersistRejected(Exception cause, object @event, long sequenceNr)
+    {
+        base.OnPersistRejected(cause, @event, sequenceNr);
+        throw new InvalidOperationException($"the journal refused audit entry {sequenceNr} ({@event.GetType().Name}); recovering from the journal", cause);
     }
 }

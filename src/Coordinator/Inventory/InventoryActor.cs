@@ -2,6 +2,7 @@ using Akka.Actor;
 using Akka.Cluster.Tools.PublishSubscribe;
 using Akka.Event;
 using Akka.Persistence;
+using LiveMigration.Coordinator.Persistence;
 using LiveMigration.Shared.Protocol;
 
 namespace LiveMigration.Coordinator.Inventory;
@@ -23,7 +24,11 @@ public sealed class InventoryActor : ReceivePersistentActor
     private readonly InventoryOptions _options;
     private readonly TimeProvider _clock;
     private readonly ILoggingAdapter _log = Context.GetLogger();
+    /// <summary>What the inventory decides on: every fact it decided, journaled or still on its way to the journal.</summary>
     private InventoryState _state = InventoryState.Empty;
+    /// <summary>The journaled facts only: what a snapshot may hold (a fact whose write failed must never enter one).</summary>
+    private InventoryState _durable = InventoryState.Empty;
+    private readonly AnswersAfterWrites _answers = new();
 
     public static Props Props(InventoryOptions options, TimeProvider? clock = null) =>
         Akka.Actor.Props.Create(() => new InventoryActor(options, clock ?? TimeProvider.System));
@@ -37,9 +42,9 @@ public sealed class InventoryActor : ReceivePersistentActor
 
         Recover<SnapshotOffer>(offer =>
         {
-            if (offer.Snapshot is InventorySnapshot snapshot) _state = InventoryState.FromSnapshot(snapshot);
+            if (offer.Snapshot is InventorySnapshot snapshot) _state = _durable = InventoryState.FromSnapshot(snapshot);
         });
-        Recover<IInventoryEvent>(e => _state = _state.Apply(e));
+        Recover<IInventoryEvent>(e => _state = _durable = _durable.Apply(e));
         Recover<RecoveryCompleted>(_ => _log.Info(
             "Inventory recovered at sequence number {SequenceNr}: {Hosts} hosts, {Domains} domains, {Reservations} reserved disks",
             LastSequenceNr, _state.Hosts.Count, _state.Domains.Count, _state.Reservations.Count));
@@ -57,22 +62,23 @@ public sealed class InventoryActor : ReceivePersistentActor
             else
             {
                 _state = _state.Heard(report.HostId, report.At);
-                receipt();
+                _durable = _durable.Heard(report.HostId, report.At);
+                AfterWhatIsPending(receipt);
             }
         });
         Command<DomainStatusReport>(report =>
         {
             var receipt = ReceiptFor(new ReportAcknowledged(ReportAcknowledged.DomainsReport, report.At));
             if (InventoryDecider.Decide(_state, report) is { } change) PersistAndApply(change, receipt);
-            else receipt();
+            else AfterWhatIsPending(receipt);
         });
         // the inventory hears its own publication of a changed host report on the reports topic, and answers itself
         Command<ReportAcknowledged>(_ => { });
         Command<ReserveDisks>(reserve => Answer(InventoryDecider.Decide(_state, reserve, _clock.GetUtcNow())));
         Command<ReleaseDisks>(release => Answer(InventoryDecider.Decide(_state, release, _clock.GetUtcNow())));
-        Command<GetValidationFacts>(ask => Sender.Tell(new ValidationFactsReply(_state.FactsFor(ask.Vm, ask.Images, _clock.GetUtcNow()))));
-        Command<LocateVm>(ask => Sender.Tell(new VmLocation(ask.Vm, _state.Locate(ask.Vm))));
-        Command<GetInventory>(_ => Sender.Tell(_state.Snapshot()));
+        Command<GetValidationFacts>(ask => Reply(new ValidationFactsReply(_state.FactsFor(ask.Vm, ask.Images, _clock.GetUtcNow()))));
+        Command<LocateVm>(ask => Reply(new VmLocation(ask.Vm, _state.Locate(ask.Vm))));
+        Command<GetInventory>(_ => Reply(_state.Snapshot()));
 
         Command<SubscribeAck>(ack => _log.Info("Inventory subscribed to topic {Topic}", ack.Subscribe.Topic));
         Command<SaveSnapshotSuccess>(saved =>
@@ -94,10 +100,16 @@ public sealed class InventoryActor : ReceivePersistentActor
             DistributedPubSub.Get(Context.System).Mediator.Tell(new Subscribe(InventoryTopics.Reports, Self));
     }
 
+    private void Reply(object answer)
+    {
+        var replyTo = Sender;
+        AfterWhatIsPending(() => replyTo.Tell(answer));
+    }
+
     private void Answer(InventoryDecision decision)
     {
         var replyTo = Sender;
-        if (decision.Event is null) replyTo.Tell(decision.Reply);
+        if (decision.Event is null) AfterWhatIsPending(() => replyTo.Tell(decision.Reply));
         else PersistAndApply(decision.Event, () => replyTo.Tell(decision.Reply));
     }
 
@@ -120,11 +132,31 @@ public sealed class InventoryActor : ReceivePersistentActor
             DistributedPubSub.Get(Context.System).Mediator.Tell(new Publish(InventoryTopics.Reports, report));
     }
 
-    private void PersistAndApply(IInventoryEvent change, Action? afterwards = null) =>
-        Persist(change, persisted =>
+    /// <summary>
+    /// The fact counts for the next command at once and is answered once journaled. Written with PersistAsync, so the
+    /// journal takes the facts of many commands in one batch: with Persist the singleton stashed everything during each
+    /// write and answered one reservation per journal round trip, which capped every start of the cluster (issue 11).
+    /// </summary>
+    private void PersistAndApply(IInventoryEvent change, Action? afterwards = null)
+    {
+        _state = _state.Apply(change);
+        _answers.Issued();
+        PersistAsync(change, persisted =>
         {
-            _state = _state.Apply(persisted);
+            _durable = _durable.Apply(persisted);
             afterwards?.Invoke();
-            if (LastSequenceNr % _options.SnapshotEvery == 0) SaveSnapshot(_state.Snapshot());
+            if (LastSequenceNr % _options.SnapshotEvery == 0) SaveSnapshot(_durable.Snapshot());
+            _answers.Done();
         });
+    }
+
+    /// <summary>An answer that needs no write still waits for the writes before it: nobody hears of a fact before it is journaled.</summary>
+    private void AfterWhatIsPending(Action answer) => _answers.Answer(answer);
+
+    /// <summary>A fact the journal refused is in <see cref="_state"/> but not in the journal: start again from the journal.</summary>
+    protected override void OnPersistRejected(Exception cause, object @event, long sequenceNr)
+    {
+        base.OnPersistRejected(cause, @event, sequenceNr);
+        throw new InvalidOperationException($"the journal refused inventory fact {sequenceNr} ({@event.GetType().Name}); recovering from the journal", cause);
+    }
 }

@@ -125,6 +125,34 @@ public sealed class InventoryActorTests() : TestKit(Config, nameof(InventoryActo
     }
 
     [Fact]
+    public void Commands_sent_back_to_back_are_decided_on_the_facts_still_being_journaled_and_answered_in_order()
+    {
+        // No wait between the requests: the second reservation and the release arrive while the first one is still on
+        // its way to the journal, and each must be decided as if it were already there.
+        var inventory = StartReportedPool();
+        var first = MigrationId.New();
+        var second = MigrationId.New();
+        inventory.Tell(new ReserveDisks(first, _pool.Vm, [_pool.Disk]), TestActor);
+        inventory.Tell(new ReserveDisks(second, _pool.Vm, [_pool.Disk]), TestActor);
+        inventory.Tell(new ReserveDisks(first, _pool.Vm, [_pool.Disk]), TestActor);
+        inventory.Tell(new GetInventory(), TestActor);
+        inventory.Tell(new ReleaseDisks(first), TestActor);
+        inventory.Tell(new ReserveDisks(second, _pool.Vm, [_pool.Disk]), TestActor);
+
+        Assert.Equal(new DisksReserved(first), ExpectMsg<object>(Wait));
+        Assert.Equal(new DisksBusy(second, _pool.Disk, first), ExpectMsg<object>(Wait));
+        Assert.Equal(new DisksReserved(first), ExpectMsg<object>(Wait));
+        Assert.Equal([new DiskReservation(_pool.Disk, first)], ExpectMsg<InventorySnapshot>(Wait).Reservations);
+        Assert.Equal(new DisksReleased(first), ExpectMsg<object>(Wait));
+        Assert.Equal(new DisksReserved(second), ExpectMsg<object>(Wait));
+        // and what was answered is what the journal holds
+        Assert.Equal(
+            [typeof(HostReported), typeof(HostReported), typeof(DomainsReported),
+             typeof(DisksReservedForMigration), typeof(DisksReleasedByMigration), typeof(DisksReservedForMigration)],
+            JournaledEvents().Select(e => e.GetType()));
+    }
+
+    [Fact]
     public void A_repeated_identical_report_persists_nothing()
     {
         var inventory = StartReportedPool();
