@@ -7,7 +7,7 @@ using Microsoft.Extensions.Hosting;
 
 // A HostNode: one per hypervisor machine. It joins the cluster, runs its VMs' block jobs (HSM),
 // may hold the SPM singleton, and reports what it sees to the Coordinator's inventory.
-var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { Args = [] });
+var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { Args = [ConfigWatch.Off] });
 builder.Configuration.AddJsonFile("appsettings.json", optional: true)
     .AddEnvironmentVariables("LSM_")
     .AddCommandLine(ClusterNodeSettings.ExpandFlags(args), HostNodeSettings.Switches.ToDictionary());

@@ -56,7 +56,7 @@ public static class SimHosts
             var components = new HostNodeComponents(hostId, pool, new SimHypervisor(vms, pool, jobs));
             var management = HostManagement.Under(settings.DataDirectory);
 
-            var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { Args = [] });
+            var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { Args = [ConfigWatch.Off] });
             builder.Services.AddAkka(ClusterNodeSettings.SystemName, akka => akka
                 .WithClusterNode(settings.Cluster)
                 .WithHostNodeActors(components, settings.SpmCapable, management, settings.SpmLease));
