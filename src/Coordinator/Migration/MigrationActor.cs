@@ -75,8 +75,13 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
 
     public static string PersistenceIdOf(MigrationId id) => $"migration-{id}";
 
-    public static Props Props(MigrationId id, IMigrationHosts hosts, IActorRef admission, MigrationActorSettings? settings = null) =>
-        Akka.Actor.Props.Create(() => new MigrationActor(id, hosts, admission, settings ?? MigrationActorSettings.Default));
+    public static Props Props(MigrationId id, IMigrationHosts hosts, IActorRef admission, MigrationActorSettings? settings = null)
+    {
+        // Only plain captured values in the expression: Akka reads those by reflection, but compiles (and JITs) any other
+        // argument expression, such as a `??`, on every call: once per migration, a dynamic method to JIT and later finalize.
+        var resolved = settings ?? MigrationActorSettings.Default;
+        return Akka.Actor.Props.Create(() => new MigrationActor(id, hosts, admission, resolved));
+    }
 
     public MigrationActor(MigrationId id, IMigrationHosts hosts, IActorRef admission, MigrationActorSettings settings)
     {
