@@ -45,6 +45,16 @@ public sealed class LocalUpSettings : LocalSettings
     [DefaultValue("sqlite")]
     public string Journal { get; set; } = "sqlite";
 
+    [CommandOption("--max-per-host <N>")]
+    [Description("The Coordinators' admission limit: migrations running at once per host (of the VM); more wait as Queued. 0 = no limit. " +
+                 "Default: the Coordinator's (2)")]
+    public int? MaxPerHost { get; set; }
+
+    [CommandOption("--max-per-domain <N>")]
+    [Description("The Coordinators' admission limit: migrations running at once per storage domain (source or destination). 0 = no limit. " +
+                 "Default: the Coordinator's (4)")]
+    public int? MaxPerDomain { get; set; }
+
     [CommandOption("--api-port <PORT>")]
     [Description("The Coordinator's HTTP port on 127.0.0.1 (default 9110, where lsm looks without --api; 0 = any free port)")]
     [DefaultValue(LocalClusterOptions.DefaultApiPort)]
@@ -119,6 +129,8 @@ public sealed class LocalUpSettings : LocalSettings
         if (Coordinators > 1 && Journal.Equals("sqlite", StringComparison.OrdinalIgnoreCase))
             return ValidationResult.Error(LocalClusterLauncher.CoordinatorsNeedPostgres(Coordinators));
         if (SpmHosts < 1 || SpmHosts > Hosts) return ValidationResult.Error($"--spm-hosts must be 1 to --hosts ({Hosts}), got {SpmHosts}");
+        if (MaxPerHost is < 0 or > 1000) return ValidationResult.Error($"--max-per-host must be 0 (no limit) to 1000, got {MaxPerHost}");
+        if (MaxPerDomain is < 0 or > 1000) return ValidationResult.Error($"--max-per-domain must be 0 (no limit) to 1000, got {MaxPerDomain}");
         if (ApiPort is < 0 or > 65535) return ValidationResult.Error($"--api-port must be 0 to 65535, got {ApiPort}");
         if (TimeoutSeconds is < 5 or > 3600) return ValidationResult.Error($"--timeout must be 5 to 3600 seconds, got {TimeoutSeconds}");
         if (Hypervisor is not ("qmp" or "libvirt" or "sim")) return ValidationResult.Error($"--hypervisor must be qmp, libvirt or sim, got '{Hypervisor}'");
@@ -143,6 +155,8 @@ public sealed class LocalUpCommand : AsyncCommand<LocalUpSettings>
             SpmHosts = settings.SpmHosts,
             ApiPort = settings.ApiPort,
             Journal = settings.Journal,
+            MaxPerHost = settings.MaxPerHost,
+            MaxPerDomain = settings.MaxPerDomain,
             ExtraHocon = settings.FastTimings ? ClusterNodeHosting.FastTestTimings : null,
             Timeout = TimeSpan.FromSeconds(settings.TimeoutSeconds),
             Hypervisor = settings.Hypervisor,

@@ -181,6 +181,10 @@ public sealed class LocalCluster : IAsyncDisposable
     /// <summary>The Coordinator's journal in PostgreSQL (an Npgsql connection string); null: SQLite under its data directory.</summary>
     public string? PostgresConnectionString { get; init; }
 
+    /// <summary>The Coordinators' admission limits (<c>--max-per-host</c>, <c>--max-per-domain</c>; 0 = none); null = their default.</summary>
+    public int? MaxPerHost { get; init; }
+    public int? MaxPerDomain { get; init; }
+
     /// <param name="rejoin">The cluster runs on without it (it crashed): its own address goes last in its seed list, so it joins the
     /// running members rather than forming a cluster of its own.</param>
     /// <param name="replaces">The address of its crashed incarnation, when it comes back on another port: it downs that member itself
@@ -193,6 +197,8 @@ public sealed class LocalCluster : IAsyncDisposable
             "--data-dir", Path.Combine(DataDirectory, name), .. HostnameArguments(name), .. TlsArguments(name),
             .. ApiTokenFile is { } tokenFile ? new[] { "--api-token-file", tokenFile } : [],
             .. ViewerTokenFile is { } viewerFile ? new[] { "--viewer-token-file", viewerFile } : [],
+            .. MaxPerHost is { } perHost ? new[] { "--max-per-host", perHost.ToString() } : [],
+            .. MaxPerDomain is { } perDomain ? new[] { "--max-per-domain", perDomain.ToString() } : [],
         ], PostgresConnectionString is { } pg
             // The same setting as the Coordinator's --postgres switch, through its environment: a password on the
             // command line would be readable by every user in /proc/PID/cmdline.

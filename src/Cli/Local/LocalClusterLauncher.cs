@@ -38,6 +38,10 @@ public sealed record LocalClusterOptions(string DataDirectory)
     /// <summary>Every host's hypervisor adapter: "qmp" (QEMU's monitor, the default) or "libvirt" (a libvirtd on this machine runs the VMs).</summary>
     public string Hypervisor { get; init; } = "qmp";
 
+    /// <summary>The Coordinators' admission limits: migrations at once per host and per storage domain (0 = none); null = the Coordinator's default.</summary>
+    public int? MaxPerHost { get; init; }
+    public int? MaxPerDomain { get; init; }
+
     /// <summary>With the sim hypervisor: the rate its copies and mirrors run at, bytes/s; 0 = instant.</summary>
     public long SimCopyBytesPerSecond { get; init; }
 
@@ -169,6 +173,8 @@ public static class LocalClusterLauncher
             SeedHosts = sim ? [LocalClusterOptions.SimHostsNode] : hostIds,
             ExtraHocon = options.ExtraHocon,
             PostgresConnectionString = postgres,
+            MaxPerHost = options.MaxPerHost,
+            MaxPerDomain = options.MaxPerDomain,
             HostArguments = hostArguments,
             NodeHostnames = options.NodeHostnames,
             NodeNetworkNamespaces = options.NodeNetworkNamespaces,

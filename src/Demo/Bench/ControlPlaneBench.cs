@@ -30,6 +30,9 @@ internal static class ControlPlaneBench
         var inFlight = 32;
         var sequential = 50;
         var hosts = 2;
+        var warmupSeconds = 15;
+        var maxPerHost = 0;
+        var maxPerDomain = 0;
         var dataDir = "/tmp/lsm-bench-cp";
         for (var i = 0; i < args.Length; i++)
         {
@@ -40,11 +43,15 @@ internal static class ControlPlaneBench
                 case "--in-flight" when int.TryParse(Value(), out var n) && n is >= 1 and <= 10_000: inFlight = n; break;
                 case "--sequential" when int.TryParse(Value(), out var n) && n is >= 5 and <= 10_000: sequential = n; break;
                 case "--hosts" when int.TryParse(Value(), out var n) && n is >= 1 and <= 16: hosts = n; break;
+                case "--warmup" when int.TryParse(Value(), out var n) && n is >= 0 and <= 600: warmupSeconds = n; break;
+                case "--max-per-host" when int.TryParse(Value(), out var n) && n is >= 0 and <= 1000: maxPerHost = n; break;
+                case "--max-per-domain" when int.TryParse(Value(), out var n) && n is >= 0 and <= 1000: maxPerDomain = n; break;
                 case "--data-dir": dataDir = Value(); break;
                 default:
                     Console.Error.WriteLine($"bench control-plane: unknown or invalid option {args[i]}");
                     Console.Error.WriteLine("usage: ./run.sh bench control-plane [--seconds N (5-3600, default 60)] [--in-flight N (default 32)] " +
-                                            "[--sequential N (default 50)] [--hosts N (default 2)] [--data-dir DIR]");
+                                            "[--sequential N (default 50)] [--hosts N (default 2)] [--warmup SECONDS (default 15)] " +
+                                            "[--max-per-host N] [--max-per-domain N (the admission limits; default 0 = none)] [--data-dir DIR]");
                     return 2;
             }
         }
@@ -55,7 +62,12 @@ internal static class ControlPlaneBench
         var exit = 1;
         try
         {
-            var cluster = await LocalClusterLauncher.UpAsync(new LocalClusterOptions(dataDir) { Hosts = hosts, ApiPort = 0, Hypervisor = "sim", ExtraHocon = Environment.GetEnvironmentVariable("LSM_BENCH_HOCON") });
+            // The admission limits are the operator's policy, not the control plane's cost: the bench lifts them unless told.
+            var cluster = await LocalClusterLauncher.UpAsync(new LocalClusterOptions(dataDir)
+            {
+                Hosts = hosts, ApiPort = 0, Hypervisor = "sim", MaxPerHost = maxPerHost, MaxPerDomain = maxPerDomain,
+                ExtraHocon = Environment.GetEnvironmentVariable("LSM_BENCH_HOCON"),
+            });
             var coordinatorPid = cluster.Nodes.Single(n => n.Name == "coordinator").Pid;
             var token = cluster.ApiTokenFile is { } tokenFile ? ApiTokenFile.Read(tokenFile) : null;
             using var api = new ApiClient(cluster.ApiUrl, token);
@@ -80,9 +92,17 @@ internal static class ControlPlaneBench
             await ClusterDemo.WaitForAsync("every VM in the inventory", async () =>
                 (await api.GetAsync("/api/inventory")).GetProperty("vms").GetArrayLength() == vmCount, TimeSpan.FromSeconds(120));
 
-            // 1. overhead, one at a time; its end comes from the event stream (no polling to load what is measured)
             using var events = new MigrationEventReader(cluster.ApiUrl, token);
             await events.StartAsync();
+            // A warm-up first, not counted: a process a minute old still JITs its hot paths again (tiered compilation),
+            // which a Coordinator that runs for weeks does not pay.
+            if (warmupSeconds > 0)
+            {
+                var warm = await ThroughputAsync(api, events, disks, a, b, inFlight, TimeSpan.FromSeconds(warmupSeconds), coordinatorPid, quiet: true);
+                Console.WriteLine($"warm-up, {inFlight} in flight for {warmupSeconds} s (not counted): {warm.Completed} completed");
+            }
+
+            // 1. overhead, one at a time; its end comes from the event stream (no polling to load what is measured)
             var overheads = new List<double>();
             for (var n = 0; n < sequential; n++)
             {
@@ -99,71 +119,9 @@ internal static class ControlPlaneBench
 
             // 2. throughput with migrations in flight, API and memory sampled meanwhile (a few requests a second, as an
             // operator's dashboard and CLI would add)
-            var started = 0L;
-            var completed = 0L;
-            var settlingRefusals = 0L;
-            var startLatencies = new List<double>();
-            var lastIds = new string[inFlight];
-            using var stop = new CancellationTokenSource(TimeSpan.FromSeconds(seconds));
-            var run = Stopwatch.StartNew();
-            var workers = Enumerable.Range(0, inFlight).Select(w => Task.Run(async () =>
-            {
-                var disk = disks[w % disks.Count];
-                while (!stop.IsCancellationRequested)
-                {
-                    var ask = Stopwatch.StartNew();
-                    string id;
-                    try
-                    {
-                        id = await api.StartMigrationAsync(disk.Vm, disk.Image, disk.OnA ? b : a, "pre-copy");
-                    }
-                    catch (ApiException e) when (e.Code == "DISK_IN_ACTIVE_MIGRATION" && e.Message.Contains("was just moved"))
-                    {
-                        // The inventory learns a disk's new place from its host's next report, which can come a moment
-                        // after the migration completed: until then the disk is settling and a start is refused with that
-                        // reason. Counted, and asked again shortly, as a careful client would.
-                        Interlocked.Increment(ref settlingRefusals);
-                        await Task.Delay(20);
-                        continue;
-                    }
-                    lock (startLatencies) startLatencies.Add(ask.Elapsed.TotalMilliseconds);
-                    Interlocked.Increment(ref started);
-                    lastIds[w] = id;
-                    var finished = await FinishedOrExplainedAsync(api, events, id);
-                    Require(finished, id);
-                    disk.OnA = !disk.OnA;
-                    Interlocked.Increment(ref completed);
-                }
-            })).ToList();
-            var showLatencies = new List<double>();
-            var listLatencies = new List<double>();
-            var rssPeak = 0L;
-            var sampler = Task.Run(async () =>
-            {
-                while (!stop.IsCancellationRequested)
-                {
-                    rssPeak = Math.Max(rssPeak, RssBytes(coordinatorPid));
-                    if (lastIds.FirstOrDefault(x => x is not null) is { } some)
-                        showLatencies.Add(await TimeAsync(() => api.GetAsync($"/api/migrations/{some}")));
-                    listLatencies.Add(await TimeAsync(() => api.GetAsync("/api/migrations?active=true")));
-                    await Task.Delay(500);
-                }
-            });
-            var progress = Task.Run(async () =>
-            {
-                while (!stop.IsCancellationRequested)
-                {
-                    await Task.Delay(5000);
-                    Console.WriteLine($"  {run.Elapsed.TotalSeconds,5:0} s: {Interlocked.Read(ref completed)} completed, {Interlocked.Read(ref started) - Interlocked.Read(ref completed)} in flight");
-                }
-            });
-            await Task.WhenAll(workers);
-            var elapsed = run.Elapsed;
-            await sampler;
-            await progress;
-            startLatencies.Sort();
-            showLatencies.Sort();
-            listLatencies.Sort();
+            var run = await ThroughputAsync(api, events, disks, a, b, inFlight, TimeSpan.FromSeconds(seconds), coordinatorPid, quiet: false);
+            var (completed, elapsed, settlingRefusals, rssPeak) = (run.Completed, run.Elapsed, run.SettlingRefusals, run.RssPeak);
+            var (startLatencies, showLatencies, listLatencies) = (run.StartLatencies, run.ShowLatencies, run.ListLatencies);
             var perSecond = completed / elapsed.TotalSeconds;
             var apiP99 = new[] { Percentile(startLatencies, 0.99), Percentile(showLatencies, 0.99), Percentile(listLatencies, 0.99) }.Max();
             Console.WriteLine($"throughput, {inFlight} in flight for {elapsed.TotalSeconds:0} s: {completed} completed = {perSecond:0.0} migrations/s; " +
@@ -176,6 +134,8 @@ internal static class ControlPlaneBench
                 ["machine"] = new JsonObject { ["cores"] = Environment.ProcessorCount, ["os"] = Environment.OSVersion.ToString() },
                 ["journal"] = "sqlite",
                 ["hosts"] = hosts,
+                ["admissionLimits"] = new JsonObject { ["perHost"] = maxPerHost, ["perDomain"] = maxPerDomain, ["note"] = "0 = no limit" },
+                ["warmupSeconds"] = warmupSeconds,
                 ["migration"] = "pre-copy, one disk, 3-volume chain, sim copies of zero duration",
                 ["migrationsPerSecond"] = Math.Round(perSecond, 1),
                 ["throughputSeconds"] = Math.Round(elapsed.TotalSeconds, 1),
@@ -223,6 +183,84 @@ internal static class ControlPlaneBench
             try { Directory.Delete(dataDir, recursive: true); } catch (IOException) { }
         }
         return exit;
+    }
+
+    private sealed record Throughput(long Completed, TimeSpan Elapsed, long SettlingRefusals, long RssPeak,
+        List<double> StartLatencies, List<double> ShowLatencies, List<double> ListLatencies);
+
+    /// <summary>Keeps <paramref name="inFlight"/> migrations going for <paramref name="duration"/>, each worker moving its own disk back and forth.</summary>
+    private static async Task<Throughput> ThroughputAsync(ApiClient api, MigrationEventReader events, List<SimDisk> disks, string a, string b,
+        int inFlight, TimeSpan duration, int coordinatorPid, bool quiet)
+    {
+        var started = 0L;
+        var completed = 0L;
+        var settlingRefusals = 0L;
+        var startLatencies = new List<double>();
+        var lastIds = new string[inFlight];
+        using var stop = new CancellationTokenSource(duration);
+        var run = Stopwatch.StartNew();
+        var workers = Enumerable.Range(0, inFlight).Select(w => Task.Run(async () =>
+        {
+            var disk = disks[w % disks.Count];
+            while (!stop.IsCancellationRequested)
+            {
+                var ask = Stopwatch.StartNew();
+                string id;
+                try
+                {
+                    id = await api.StartMigrationAsync(disk.Vm, disk.Image, disk.OnA ? b : a, "pre-copy");
+                }
+                catch (ApiException e) when (e.Code == "DISK_IN_ACTIVE_MIGRATION" && e.Message.Contains("was just moved"))
+                {
+                    // The inventory learns a disk's new place from its host's next report, which can come a moment
+                    // after the migration completed: until then the disk is settling and a start is refused with that
+                    // reason. Counted, and asked again shortly, as a careful client would.
+                    Interlocked.Increment(ref settlingRefusals);
+                    await Task.Delay(20);
+                    continue;
+                }
+                lock (startLatencies) startLatencies.Add(ask.Elapsed.TotalMilliseconds);
+                Interlocked.Increment(ref started);
+                lastIds[w] = id;
+                var finished = await FinishedOrExplainedAsync(api, events, id);
+                Require(finished, id);
+                disk.OnA = !disk.OnA;
+                Interlocked.Increment(ref completed);
+            }
+        })).ToList();
+        var showLatencies = new List<double>();
+        var listLatencies = new List<double>();
+        var rssPeak = 0L;
+        var sampler = Task.Run(async () =>
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                rssPeak = Math.Max(rssPeak, RssBytes(coordinatorPid));
+                if (lastIds.FirstOrDefault(x => x is not null) is { } some)
+                    showLatencies.Add(await TimeAsync(() => api.GetAsync($"/api/migrations/{some}")));
+                listLatencies.Add(await TimeAsync(() => api.GetAsync("/api/migrations?active=true")));
+                await Task.Delay(500);
+            }
+        });
+        var progress = Task.Run(async () =>
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                await Task.Delay(5000);
+                if (!quiet) Console.WriteLine($"  {run.Elapsed.TotalSeconds,5:0} s: {Interlocked.Read(ref completed)} completed, {Interlocked.Read(ref started) - Interlocked.Read(ref completed)} in flight");
+            }
+        });
+        await Task.WhenAll(workers);
+        var elapsed = run.Elapsed;
+        await sampler;
+        await progress;
+        startLatencies.Sort();
+        showLatencies.Sort();
+        listLatencies.Sort();
+        startLatencies.Sort();
+        showLatencies.Sort();
+        listLatencies.Sort();
+        return new Throughput(completed, elapsed, settlingRefusals, rssPeak, startLatencies, showLatencies, listLatencies);
     }
 
     private sealed class SimDisk(string vm, string image)
