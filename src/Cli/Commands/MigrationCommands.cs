@@ -205,15 +205,34 @@ public sealed class MigrationsSettings : GlobalSettings
     [CommandOption("--active")]
     [Description("Only the migrations that have not finished (running, queued, rolling back, suspended)")]
     public bool Active { get; set; }
+
+    [CommandOption("--limit <N>")]
+    [Description("At most N migrations (1-5000; default 500): a page, newest first")]
+    public int? Limit { get; set; }
+
+    [CommandOption("--offset <N>")]
+    [Description("Skip the N newest first: the next page is --offset LIMIT, then 2×LIMIT …")]
+    public int? Offset { get; set; }
+
+    public override ValidationResult Validate()
+    {
+        if (Limit is < 1 or > 5000) return ValidationResult.Error($"--limit must be 1 to 5000, got {Limit}");
+        if (Offset is < 0) return ValidationResult.Error($"--offset must be 0 or more, got {Offset}");
+        return base.Validate();
+    }
 }
 
-/// <summary><c>lsm migrations [--active]</c>: every migration the Coordinator's journal knows, newest first.</summary>
+/// <summary><c>lsm migrations [--active] [--limit N] [--offset N]</c>: the migrations the Coordinator's journal knows, newest first, a page at a time.</summary>
 public sealed class MigrationsCommand : AsyncCommand<MigrationsSettings>
 {
     public override async Task<int> ExecuteAsync(CommandContext context, MigrationsSettings settings, CancellationToken ct)
     {
         using var api = settings.Client();
-        var list = await api.GetAsync(settings.Active ? "/api/migrations?active=true" : "/api/migrations", ct);
+        var query = new List<string>();
+        if (settings.Active) query.Add("active=true");
+        if (settings.Limit is { } limit) query.Add($"limit={limit}");
+        if (settings.Offset is { } offset) query.Add($"offset={offset}");
+        var list = await api.GetAsync("/api/migrations" + (query.Count > 0 ? "?" + string.Join('&', query) : ""), ct);
         if (settings.Json)
         {
             Output.Json(list.Text);
@@ -236,6 +255,12 @@ public sealed class MigrationsCommand : AsyncCommand<MigrationsSettings>
                 $"{done}/{disks.Count}", Output.Escape(Time(m.Str("requestedAt"))), Output.Escape(Time(m.Str("updatedAt"))));
         }
         Output.Console.Write(table);
+        // a page of a longer list says so, and how to see the next one
+        var total = list.Json.TryGetProperty("total", out var t) ? t.GetInt32() : migrations.Count;
+        var from = settings.Offset ?? 0;
+        if (from > 0 || from + migrations.Count < total)
+            Output.Console.WriteLine($"{from + 1}-{from + migrations.Count} of {total}" +
+                                     (from + migrations.Count < total ? $"; the next page: --offset {from + migrations.Count}" : ""));
         return ExitCodes.Ok;
     }
 

@@ -56,7 +56,8 @@ public sealed record DiskResponse(
     IReadOnlyList<StepTimingResponse> Timings);
 
 /// <summary>The JSON of GET /api/migrations: newest request first.</summary>
-public sealed record MigrationListResponse(IReadOnlyList<MigrationResponse> Migrations);
+/// <summary>One page of the list: <see cref="Total"/> migrations match, these are the ones from <see cref="Offset"/> on.</summary>
+public sealed record MigrationListResponse(IReadOnlyList<MigrationResponse> Migrations, int Total, int Offset, int Limit);
 
 /// <summary>The JSON body of POST /api/migrations/{id}/speed.</summary>
 public sealed record SpeedBody(long? BytesPerSecond);
@@ -91,12 +92,19 @@ public static class MigrationEndpoints
                 ? Results.Accepted($"/api/migrations/{outcome.Migration}", new { id = outcome.Migration.ToString(), message = outcome.Message })
                 : Refused(StatusFor(outcome.Code), outcome.Code, outcome.Message);
         });
-        app.MapGet("/api/migrations", async (string? active, MigrationCatalog catalog, CancellationToken ct) =>
+        app.MapGet("/api/migrations", async (string? active, string? limit, string? offset, MigrationCatalog catalog, CancellationToken ct) =>
         {
             if (active is not (null or "true" or "false"))
                 return Refused(StatusCodes.Status400BadRequest, ErrorCodes.InvalidArgument, $"active must be true or false, got '{ApiText.Clip(active)}'");
-            var views = await catalog.ListAsync(activeOnly: active == "true", ct);
-            return Results.Ok(new MigrationListResponse(views.Select(ResponseOf).ToList()));
+            var pageSize = MigrationCatalog.DefaultPageSize;
+            if (limit is not null && (!int.TryParse(limit, out pageSize) || pageSize is < 1 or > MigrationCatalog.MaxPageSize))
+                return Refused(StatusCodes.Status400BadRequest, ErrorCodes.InvalidArgument,
+                    $"limit must be a whole number from 1 to {MigrationCatalog.MaxPageSize}, got '{ApiText.Clip(limit)}'");
+            var from = 0;
+            if (offset is not null && (!int.TryParse(offset, out from) || from < 0))
+                return Refused(StatusCodes.Status400BadRequest, ErrorCodes.InvalidArgument, $"offset must be a whole number from 0, got '{ApiText.Clip(offset)}'");
+            var page = await catalog.PageAsync(activeOnly: active == "true", from, pageSize, ct);
+            return Results.Ok(new MigrationListResponse(page.Migrations.Select(ResponseOf).ToList(), page.Total, page.Offset, page.Limit));
         });
         app.MapPost("/api/migrations/{id}/speed", async (string id, SpeedBody? body, MigrationService service, CancellationToken ct) =>
         {

@@ -9,14 +9,21 @@ using LiveMigration.Shared.Model;
 
 namespace LiveMigration.Coordinator.Migration;
 
+/// <summary>One page of the migrations, newest request first: <see cref="Total"/> of them match the filter.</summary>
+public sealed record MigrationPage(IReadOnlyList<MigrationView> Migrations, int Total, int Offset, int Limit);
+
 /// <summary>
-/// Every migration the journal knows, read back from the journal itself (the SQL read journal's persistence ids
-/// and events): nothing to keep in step, it survives any restart, and no saga is woken to be listed. Each view
-/// is the saga's state rebuilt by <see cref="MigrationState.Replay"/>, the same rules recovery uses, so it
-/// matches what the saga persisted; a finished migration never changes again and is replayed only once.
+/// Every migration the journal knows, read back from the journal itself: a projection of the journal's events in their
+/// global order (the SQL read journal's ordering), folded with <see cref="MigrationState.Apply"/>, the same rules recovery
+/// uses, so a view matches what the saga persisted. It survives any restart (it is rebuilt from the journal) and no saga
+/// is woken to be listed. Each list first reads only the events journaled since the last one (from its offset), so a
+/// start the API accepted is listed at once, and a list costs the new events plus the page, not a replay per migration.
 /// </summary>
 public sealed class MigrationCatalog(ActorSystem system)
 {
+    public const int DefaultPageSize = 500;
+    public const int MaxPageSize = 5000;
+
     private const string Prefix = "migration-";
     private readonly ConcurrentDictionary<MigrationId, MigrationView> _finished = new();
     /// <summary>Ids the journal is known to hold: a migration, once requested, is never unrequested, so it is asked only once.</summary>
@@ -25,31 +32,63 @@ public sealed class MigrationCatalog(ActorSystem system)
     private readonly Lazy<SqlReadJournal> _journal = new(() =>
         PersistenceQuery.Get(system).ReadJournalFor<SqlReadJournal>(SqlReadJournal.Identifier));
 
+    /// <summary>The projection: each migration's state so far, and the journal ordering it has read up to. Guarded by <see cref="_catchUp"/>.</summary>
+    private readonly Dictionary<MigrationId, MigrationState> _states = new();
+    private long _offset;
+    private readonly SemaphoreSlim _catchUp = new(1, 1);
+
     /// <summary>The migrations, newest request first; with <paramref name="activeOnly"/>, those not finished.</summary>
-    public async Task<IReadOnlyList<MigrationView>> ListAsync(bool activeOnly, CancellationToken ct = default)
+    public async Task<IReadOnlyList<MigrationView>> ListAsync(bool activeOnly, CancellationToken ct = default) =>
+        (await PageAsync(activeOnly, 0, int.MaxValue, ct)).Migrations;
+
+    /// <summary>
+    /// <paramref name="limit"/> migrations from the <paramref name="offset"/>-th on, newest request first (ties by id, so pages
+    /// do not overlap); with <paramref name="activeOnly"/>, only those not finished.
+    /// </summary>
+    public async Task<MigrationPage> PageAsync(bool activeOnly, int offset, int limit, CancellationToken ct = default)
     {
-        var ids = await _journal.Value.CurrentPersistenceIds()
-            .Where(id => id.StartsWith(Prefix, StringComparison.Ordinal))
-            .RunWith(Sink.Seq<string>(), _materializer.Value);
-        var views = new List<MigrationView>(ids.Count);
-        foreach (var persistenceId in ids)
+        ArgumentOutOfRangeException.ThrowIfNegative(offset);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(limit);
+        await _catchUp.WaitAsync(ct);
+        try
         {
-            ct.ThrowIfCancellationRequested();
-            if (!MigrationId.TryParse(persistenceId[Prefix.Length..], out var id)) continue;
-            if (_finished.TryGetValue(id.Value, out var done))
-            {
-                if (!activeOnly) views.Add(done);
-                continue;
-            }
-            var view = await ReplayAsync(id.Value, persistenceId);
-            if (view is null) continue;
-            if (view.Finished) _finished[id.Value] = view;
-            if (!activeOnly || !view.Finished) views.Add(view);
+            await CatchUpAsync(ct);
+            var now = DateTimeOffset.UtcNow;
+            var matching = _states.Values
+                .Where(s => s.Status is not MigrationStatus.New && (!activeOnly || !s.Status.IsFinished))
+                .OrderByDescending(s => s.RequestedAt ?? DateTimeOffset.MinValue)
+                .ThenBy(s => s.Id.ToString(), StringComparer.Ordinal)
+                .ToList();
+            var page = matching.Skip(offset).Take(limit).Select(s => MigrationViews.ViewOf(s, now)).ToList();
+            return new MigrationPage(page, matching.Count, offset, limit);
         }
-        return views
-            .OrderByDescending(v => v.RequestedAt ?? DateTimeOffset.MinValue)
-            .ThenBy(v => v.Id.ToString(), StringComparer.Ordinal)
-            .ToList();
+        finally
+        {
+            _catchUp.Release();
+        }
+    }
+
+    /// <summary>Folds the events journaled since the last call into <see cref="_states"/> (the caller holds <see cref="_catchUp"/>).</summary>
+    private async Task CatchUpAsync(CancellationToken ct)
+    {
+        var events = await _journal.Value.CurrentAllEvents(Offset.Sequence(_offset))
+            .RunWith(Sink.Seq<EventEnvelope>(), _materializer.Value)
+            .WaitAsync(ct);
+        foreach (var envelope in events)
+        {
+            if (envelope.Offset is Sequence { Value: var ordering })
+            {
+                // the read journal's offset is exclusive; an event at or before the one read last was folded already
+                if (ordering <= _offset) continue;
+                _offset = ordering;
+            }
+            if (envelope.Event is not IMigrationEvent migrationEvent
+                || !envelope.PersistenceId.StartsWith(Prefix, StringComparison.Ordinal)
+                || !MigrationId.TryParse(envelope.PersistenceId[Prefix.Length..], out var id))
+                continue;
+            _states[id.Value] = MigrationState.Apply(_states.GetValueOrDefault(id.Value) ?? MigrationState.Initial(id.Value), migrationEvent);
+            _known[id.Value] = 0;
+        }
     }
 
     /// <summary>
@@ -80,15 +119,5 @@ public sealed class MigrationCatalog(ActorSystem system)
     public void Finished(MigrationView view)
     {
         if (view.Finished) _finished[view.Id] = view;
-    }
-
-    private async Task<MigrationView?> ReplayAsync(MigrationId id, string persistenceId)
-    {
-        var state = await _journal.Value.CurrentEventsByPersistenceId(persistenceId, 0, long.MaxValue)
-            .Select(envelope => envelope.Event)
-            .RunAggregate(MigrationState.Initial(id), (s, e) => e is IMigrationEvent migrationEvent ? MigrationState.Apply(s, migrationEvent) : s,
-                _materializer.Value);
-        // A saga that refused its start persisted nothing; one with events always begins with its request.
-        return state.Status is MigrationStatus.New ? null : MigrationViews.ViewOf(state, DateTimeOffset.UtcNow);
     }
 }

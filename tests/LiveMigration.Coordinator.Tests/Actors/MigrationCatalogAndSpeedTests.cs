@@ -48,7 +48,7 @@ public sealed class MigrationCatalogAndSpeedTests : IAsyncLifetime
     {
         var finished = new SagaDriver();
         var running = new SagaDriver();
-        await using (var node = await ActorNode.StartAsync(_dataDirectory))
+        await using (var node = await ActorNode.StartAsync(_dataDirectory, serializeMessages: false))
         {
             var admission = node.System.ActorOf(MigrationAdmission.Props(MigrationLimits.Default));
             var (saga, spm, hsm) = Migration(node, finished, admission);
@@ -59,7 +59,7 @@ public sealed class MigrationCatalogAndSpeedTests : IAsyncLifetime
             await AwaitAsync(async () => (await new MigrationCatalog(node.System).ListAsync(activeOnly: false)).Any(v => v.Id == finished.Id && v.Finished));
         }
 
-        await using var restarted = await ActorNode.StartAsync(_dataDirectory);
+        await using var restarted = await ActorNode.StartAsync(_dataDirectory, serializeMessages: false);
         var catalog = new MigrationCatalog(restarted.System);
         var all = await catalog.ListAsync(activeOnly: false);
         Assert.Equal([running.Id, finished.Id], all.Select(v => v.Id)); // newest first
@@ -68,6 +68,45 @@ public sealed class MigrationCatalogAndSpeedTests : IAsyncLifetime
         Assert.Equal(MigrationStep.StartReplication, Assert.Single(all[0].Disks).Step);
         var active = await catalog.ListAsync(activeOnly: true);
         Assert.Equal(running.Id, Assert.Single(active).Id);
+    }
+
+    [Fact]
+    public Task The_catalog_pages_newest_first_and_a_list_sees_what_was_journaled_since_the_last_one() =>
+        CatalogPagesAndCatchesUp(() => ActorNode.StartAsync(_dataDirectory, serializeMessages: false));
+
+    /// <summary>Also run on PostgreSQL (<see cref="Persistence.PostgresJournalTests"/>): the all-events query is the journal's own.</summary>
+    internal static async Task CatalogPagesAndCatchesUp(Func<Task<ActorNode>> start)
+    {
+        await using var node = await start();
+        var admission = node.System.ActorOf(MigrationAdmission.Props(new MigrationLimits(0, 0)));
+        var catalog = new MigrationCatalog(node.System);
+        Assert.Equal(0, (await catalog.PageAsync(activeOnly: false, 0, 10)).Total);
+
+        var sagas = Enumerable.Range(0, 5).Select(_ => new SagaDriver()).ToList();
+        var started = new List<(IActorRef Saga, TestProbe Spm, TestProbe Hsm)>();
+        foreach (var saga in sagas)
+        {
+            started.Add(Migration(node, saga, admission));
+            await Task.Delay(5); // distinct request times: the order below is the order of the requests
+        }
+        // the same catalog, read before: it reads on from where it stopped and sees all five at once (their start was answered)
+        var first = await catalog.PageAsync(activeOnly: false, 0, 2);
+        Assert.Equal(5, first.Total);
+        Assert.Equal([sagas[4].Id, sagas[3].Id], first.Migrations.Select(v => v.Id));
+        var second = await catalog.PageAsync(activeOnly: false, 2, 2);
+        Assert.Equal([sagas[2].Id, sagas[1].Id], second.Migrations.Select(v => v.Id));
+        var last = await catalog.PageAsync(activeOnly: false, 4, 2);
+        Assert.Equal([sagas[0].Id], last.Migrations.Select(v => v.Id));
+        Assert.Empty((await catalog.PageAsync(activeOnly: false, 5, 2)).Migrations);
+
+        // one finishes: the next list, on the same catalog, shows it finished and leaves it out of the active ones
+        var (saga0, spm0, hsm0) = started[0];
+        foreach (var step in MigrationPlan.ForwardSteps(MigrationStrategy.PreCopy, deleteSource: true))
+            Answer(saga0, MigrationPlan.RoleOf(step) == HostRole.Spm ? spm0 : hsm0, step);
+        await AwaitAsync(async () => (await catalog.PageAsync(activeOnly: true, 0, 10)).Total == 4);
+        var all = await catalog.PageAsync(activeOnly: false, 0, 10);
+        Assert.Equal(5, all.Total);
+        Assert.True(all.Migrations.Single(v => v.Id == sagas[0].Id).Finished);
     }
 
     [Fact]

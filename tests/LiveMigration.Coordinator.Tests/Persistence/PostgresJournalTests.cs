@@ -23,6 +23,11 @@ public sealed class PostgresJournalTests(PostgresServer server) : IClassFixture<
         Assert.False(File.Exists(Path.Combine(_dataDirectory, "journal.db")), "a SQLite journal was written although a PostgreSQL connection string was given");
     }
 
+    [Fact]
+    public async Task The_catalog_pages_and_catches_up_on_postgresql_too() =>
+        await MigrationCatalogAndSpeedTests.CatalogPagesAndCatchesUp(
+            async () => await ActorNode.StartAsync(_dataDirectory, await server.CreateDatabaseAsync(), serializeMessages: false));
+
     public Task InitializeAsync() => Task.CompletedTask;
 
     public Task DisposeAsync()
