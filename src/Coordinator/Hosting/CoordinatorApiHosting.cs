@@ -51,6 +51,20 @@ public static class CoordinatorApiHosting
         app.MapPrometheusScrapingEndpoint("/metrics").WithMetadata(new Microsoft.AspNetCore.Routing.HttpMethodMetadata(["GET"]));
         app.MapHostApi();
         app.MapVmApi();
+        // The list's projection reads the whole journal once; done at start, so the first operator's list does not wait for it.
+        app.Lifetime.ApplicationStarted.Register(() => _ = CatchUpAsync(app));
         return app;
+    }
+
+    private static async Task CatchUpAsync(WebApplication app)
+    {
+        try
+        {
+            await app.Services.GetRequiredService<MigrationCatalog>().PageAsync(activeOnly: true, 0, 1, app.Lifetime.ApplicationStopping);
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            app.Logger.LogWarning(e, "The migrations list could not read the journal at start; the first list reads it instead");
+        }
     }
 }
