@@ -29,6 +29,14 @@ public sealed class MigrationService(IRequiredActor<MigrationRegion> region, IRe
         if (MigrationDecider.RefusalOfStart(id, request, facts.Facts) is { } invalid && invalid.RefusalCode != MigrationErrorCodes.DiskBusy)
             return new CommandOutcome(false, invalid.RefusalCode!, invalid.RefusalMessage!);
         var reserved = await inventory.ActorRef.Ask<IInventoryMessage>(new ReserveDisks(id, request.Vm, images), AskTimeout, ct);
+        // The disk's last migration may have finished a moment ago: its saga publishes the end, and the release of its disks
+        // follows through the releaser. A client that starts the next move on that news would be refused for a migration
+        // that is over: the release it is waiting for is done here (idempotent, the same places), and the reservation asked again.
+        if (reserved is DisksBusy { Settling: false } stale && await FinishedOrNullAsync(stale.HeldBy, ct) is { } over)
+        {
+            await inventory.ActorRef.Ask<DisksReleased>(new ReleaseDisks(over.Id, Inventory.ReservationReleaser.PlacesOf(over)), AskTimeout, ct);
+            reserved = await inventory.ActorRef.Ask<IInventoryMessage>(new ReserveDisks(id, request.Vm, images), AskTimeout, ct);
+        }
         if (reserved is DisksBusy busy)
             return new CommandOutcome(false, MigrationErrorCodes.DiskBusy, busy.Settling
                 ? $"disk {busy.Image} was just moved by migration {busy.HeldBy} and its host has not reported it in its new place yet; try again in a moment"
@@ -42,6 +50,19 @@ public sealed class MigrationService(IRequiredActor<MigrationRegion> region, IRe
         }
         catalog.Requested(id);
         return new CommandOutcome(true, "ACCEPTED", $"migration {id} started", id);
+    }
+
+    /// <summary>The migration's final view when it has finished; null when it runs, is unknown, or its saga did not answer in time.</summary>
+    private async Task<MigrationView?> FinishedOrNullAsync(MigrationId id, CancellationToken ct)
+    {
+        try
+        {
+            return await GetAsync(id, ct) is { Finished: true } view ? view : null;
+        }
+        catch (AskTimeoutException)
+        {
+            return null;
+        }
     }
 
     public Task<CommandOutcome> CancelAsync(MigrationId id, CancellationToken ct = default) => CommandAsync(new CancelMigration(id), ct);

@@ -1,0 +1,85 @@
+using Akka.Actor;
+using Akka.Hosting;
+using Akka.TestKit.Xunit2;
+using LiveMigration.Coordinator.Api;
+using LiveMigration.Coordinator.Hosting;
+using LiveMigration.Coordinator.Migration;
+using LiveMigration.Coordinator.Tests.Migration;
+using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
+using LiveMigration.Shared.Protocol;
+
+namespace LiveMigration.Coordinator.Tests.Api;
+
+/// <summary>The API's start of a migration against probes that play the inventory and the saga's shard region.</summary>
+public sealed class MigrationServiceTests : TestKit
+{
+    private static readonly TimeSpan Wait = TimeSpan.FromSeconds(5);
+
+    private sealed class Required<TKey>(IActorRef actor) : IRequiredActor<TKey>
+    {
+        public IActorRef ActorRef => actor;
+        public Task<IActorRef> GetAsync(CancellationToken cancellationToken = default) => Task.FromResult(actor);
+    }
+
+    [Fact]
+    public async Task A_start_refused_for_a_migration_that_has_just_finished_releases_its_disks_and_reserves_again()
+    {
+        // The previous move of the disk completed (its final view is known), but the releaser has not freed its disks yet:
+        // a client that starts the next move on the news of the end must not be told the disk is still moving.
+        var inventory = CreateTestProbe();
+        var region = CreateTestProbe();
+        var catalog = new MigrationCatalog(Sys);
+        var service = new MigrationService(new Required<MigrationRegion>(region.Ref), new Required<InventoryProxy>(inventory.Ref), catalog);
+        var next = new SagaDriver();
+        var previous = MigrationId.New();
+        var place = new DiskView(next.Image, next.Destination, next.Source, nameof(DiskPhase.Completed), null, 1, 1, 1, null, null, []);
+        catalog.Finished(new MigrationView(previous, next.Vm, "completed", true, MigrationStrategy.PreCopy, [place], null,
+            SagaDriver.T0, SagaDriver.T0, SagaDriver.T0));
+
+        var start = service.StartAsync(next.Request());
+        inventory.ExpectMsg<GetValidationFacts>(Wait);
+        inventory.Reply(new ValidationFactsReply(next.Facts()));
+        var first = inventory.ExpectMsg<ReserveDisks>(Wait);
+        inventory.Reply(new DisksBusy(first.Migration, next.Image, previous));
+        var release = inventory.ExpectMsg<ReleaseDisks>(Wait);
+        Assert.Equal(previous, release.Migration);
+        Assert.Equal([new DiskPlace(next.Image, next.Source)], release.Places!); // where the finished move left the disk
+        inventory.Reply(new DisksReleased(previous));
+        Assert.Equal(first.Migration, inventory.ExpectMsg<ReserveDisks>(Wait).Migration);
+        inventory.Reply(new DisksReserved(first.Migration));
+        region.ExpectMsg<StartMigration>(Wait);
+        region.Reply(new MigrationCommandAccepted(first.Migration, nameof(StartMigration), "running"));
+
+        var outcome = await start.WaitAsync(Wait);
+        Assert.True(outcome.Accepted, outcome.Message);
+    }
+
+    [Fact]
+    public async Task A_start_refused_for_a_migration_that_still_runs_is_refused_with_its_name()
+    {
+        var inventory = CreateTestProbe();
+        var region = CreateTestProbe();
+        var catalog = new MigrationCatalog(Sys);
+        var service = new MigrationService(new Required<MigrationRegion>(region.Ref), new Required<InventoryProxy>(inventory.Ref), catalog);
+        var next = new SagaDriver();
+        var running = MigrationId.New();
+        catalog.Requested(running);
+
+        var start = service.StartAsync(next.Request());
+        inventory.ExpectMsg<GetValidationFacts>(Wait);
+        inventory.Reply(new ValidationFactsReply(next.Facts()));
+        var reserve = inventory.ExpectMsg<ReserveDisks>(Wait);
+        inventory.Reply(new DisksBusy(reserve.Migration, next.Image, running));
+        // the service asks the saga whether it has finished: it has not
+        region.ExpectMsg<GetMigrationState>(Wait);
+        var view = new MigrationView(running, next.Vm, "running", false, MigrationStrategy.PreCopy, [], null, SagaDriver.T0, SagaDriver.T0, null);
+        region.Reply(new MigrationStateReply(view, 3));
+
+        var outcome = await start.WaitAsync(Wait);
+        Assert.False(outcome.Accepted);
+        Assert.Equal(MigrationErrorCodes.DiskBusy, outcome.Code);
+        Assert.Contains(running.ToString(), outcome.Message);
+        inventory.ExpectNoMsg(TimeSpan.FromMilliseconds(200)); // nothing released
+    }
+}
