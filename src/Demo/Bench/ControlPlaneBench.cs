@@ -33,6 +33,7 @@ internal static class ControlPlaneBench
         var warmupSeconds = 15;
         var maxPerHost = 0;
         var maxPerDomain = 0;
+        var postgresSeconds = 30;
         var dataDir = "/tmp/lsm-bench-cp";
         for (var i = 0; i < args.Length; i++)
         {
@@ -46,12 +47,14 @@ internal static class ControlPlaneBench
                 case "--warmup" when int.TryParse(Value(), out var n) && n is >= 0 and <= 600: warmupSeconds = n; break;
                 case "--max-per-host" when int.TryParse(Value(), out var n) && n is >= 0 and <= 1000: maxPerHost = n; break;
                 case "--max-per-domain" when int.TryParse(Value(), out var n) && n is >= 0 and <= 1000: maxPerDomain = n; break;
+                case "--postgres-seconds" when int.TryParse(Value(), out var n) && n is 0 or (>= 5 and <= 3600): postgresSeconds = n; break;
                 case "--data-dir": dataDir = Value(); break;
                 default:
                     Console.Error.WriteLine($"bench control-plane: unknown or invalid option {args[i]}");
                     Console.Error.WriteLine("usage: ./run.sh bench control-plane [--seconds N (5-3600, default 60)] [--in-flight N (default 32)] " +
                                             "[--sequential N (default 50)] [--hosts N (default 2)] [--warmup SECONDS (default 15)] " +
-                                            "[--max-per-host N] [--max-per-domain N (the admission limits; default 0 = none)] [--data-dir DIR]");
+                                            "[--max-per-host N] [--max-per-domain N (the admission limits; default 0 = none)] " +
+                                            "[--postgres-seconds N (1 and 3 Coordinators on PostgreSQL; default 30, 0 = skip)] [--data-dir DIR]");
                     return 2;
             }
         }
@@ -71,26 +74,7 @@ internal static class ControlPlaneBench
             var coordinatorPid = cluster.Nodes.Single(n => n.Name == "coordinator").Pid;
             var token = cluster.ApiTokenFile is { } tokenFile ? ApiTokenFile.Read(tokenFile) : null;
             using var api = new ApiClient(cluster.ApiUrl, token);
-            var domainRoot = LocalCluster.DomainRootOf(dataDir);
-            var a = (await api.PostAsync("/api/domains", new { name = "a", path = domainRoot })).GetProperty("id").GetString()!;
-            var b = (await api.PostAsync("/api/domains", new { name = "b", path = domainRoot })).GetProperty("id").GetString()!;
-
-            // Each worker owns its VMs; a VM's disk goes A→B, then B→A, ...
-            var vmCount = Math.Max(inFlight, 1);
-            var clock = Stopwatch.StartNew();
-            var disks = new List<SimDisk>();
-            for (var v = 0; v < vmCount; v++)
-            {
-                var vm = await api.PostAsync("/api/vms", new
-                {
-                    name = $"bench-{v:D5}", host = $"host-{v % hosts + 1}",
-                    disks = new[] { new { sizeBytes = GiB, domain = "a", snapshots = 2 } },
-                });
-                disks.Add(new SimDisk(vm.GetProperty("id").GetString()!, vm.GetProperty("disks")[0].GetProperty("image").GetString()!) { OnA = true });
-            }
-            Console.WriteLine($"{vmCount} sim VMs (one 1 GiB disk, 3-volume chain each) on {hosts} hosts, made in {clock.Elapsed.TotalSeconds:0.0} s");
-            await ClusterDemo.WaitForAsync("every VM in the inventory", async () =>
-                (await api.GetAsync("/api/inventory")).GetProperty("vms").GetArrayLength() == vmCount, TimeSpan.FromSeconds(120));
+            var (a, b, disks) = await PrepareAsync(api, dataDir, inFlight, hosts);
 
             using var events = new MigrationEventReader(cluster.ApiUrl, token);
             await events.StartAsync();
@@ -98,7 +82,7 @@ internal static class ControlPlaneBench
             // which a Coordinator that runs for weeks does not pay.
             if (warmupSeconds > 0)
             {
-                var warm = await ThroughputAsync(api, events, disks, a, b, inFlight, TimeSpan.FromSeconds(warmupSeconds), coordinatorPid, quiet: true);
+                var warm = await ThroughputAsync([api], events, disks, a, b, inFlight, TimeSpan.FromSeconds(warmupSeconds), coordinatorPid, quiet: true);
                 Console.WriteLine($"warm-up, {inFlight} in flight for {warmupSeconds} s (not counted): {warm.Completed} completed");
             }
 
@@ -119,7 +103,7 @@ internal static class ControlPlaneBench
 
             // 2. throughput with migrations in flight, API and memory sampled meanwhile (a few requests a second, as an
             // operator's dashboard and CLI would add)
-            var run = await ThroughputAsync(api, events, disks, a, b, inFlight, TimeSpan.FromSeconds(seconds), coordinatorPid, quiet: false);
+            var run = await ThroughputAsync([api], events, disks, a, b, inFlight, TimeSpan.FromSeconds(seconds), coordinatorPid, quiet: false);
             var (completed, elapsed, settlingRefusals, rssPeak) = (run.Completed, run.Elapsed, run.SettlingRefusals, run.RssPeak);
             var (startLatencies, showLatencies, listLatencies) = (run.StartLatencies, run.ShowLatencies, run.ListLatencies);
             var perSecond = completed / elapsed.TotalSeconds;
@@ -127,6 +111,20 @@ internal static class ControlPlaneBench
             Console.WriteLine($"throughput, {inFlight} in flight for {elapsed.TotalSeconds:0} s: {completed} completed = {perSecond:0.0} migrations/s; " +
                               $"API p99 start {Percentile(startLatencies, 0.99):0} ms, show {Percentile(showLatencies, 0.99):0} ms, list {Percentile(listLatencies, 0.99):0} ms; " +
                               $"Coordinator RSS peak {rssPeak / (1 << 20)} MiB; {settlingRefusals} starts refused while the disk settled and asked again");
+
+            // 3. the same throughput on a PostgreSQL journal, with one Coordinator and with three (the SQLite cluster stopped first)
+            await LocalClusterLauncher.DownAsync(dataDir);
+            var postgres = new JsonObject();
+            if (postgresSeconds > 0)
+            {
+                await using var server = await BenchPostgres.StartAsync();
+                foreach (var coordinators in new[] { 1, 3 })
+                {
+                    var perSecondOnPostgres = await PostgresThroughputAsync(server, coordinators, hosts, inFlight, postgresSeconds, warmupSeconds,
+                        maxPerHost, maxPerDomain, dataDir);
+                    postgres[$"migrationsPerSecondPostgres{coordinators}"] = Math.Round(perSecondOnPostgres, 1);
+                }
+            }
 
             var report = new JsonObject
             {
@@ -155,8 +153,9 @@ internal static class ControlPlaneBench
                 // not measured yet: the note says what stands in the way
                 ["inFlight"] = null,
                 ["recoverySecondsFor1000"] = null,
-                ["migrationsPerSecondPostgres1"] = null,
-                ["migrationsPerSecondPostgres3"] = null,
+                ["migrationsPerSecondPostgres1"] = postgres["migrationsPerSecondPostgres1"]?.DeepClone(),
+                ["migrationsPerSecondPostgres3"] = postgres["migrationsPerSecondPostgres3"]?.DeepClone(),
+                ["postgresSeconds"] = postgresSeconds,
             };
             var path = Path.GetFullPath(Path.Combine("var", "bench", "control-plane.json"));
             Directory.CreateDirectory(Path.GetDirectoryName(path)!);
@@ -164,7 +163,8 @@ internal static class ControlPlaneBench
             Console.WriteLine($"written: {path}");
             exit = 0;
         }
-        catch (Exception e) when (e is CliFailure or ApiException or TimeoutException or InvalidOperationException or HttpRequestException)
+        catch (Exception e) when (e is CliFailure or ApiException or TimeoutException or InvalidOperationException or HttpRequestException
+                                       or Shared.Model.OperationFailedException)
         {
             Console.Error.WriteLine($"bench control-plane: {e.Message}");
             // What the cluster said, kept for whoever looks next: the data directory goes below.
@@ -185,11 +185,83 @@ internal static class ControlPlaneBench
         return exit;
     }
 
+    /// <summary>
+    /// The throughput scenario on a PostgreSQL journal (a database of its own): <paramref name="coordinators"/> Coordinators,
+    /// the workers spread over their APIs, the sagas over the Coordinators by cluster sharding.
+    /// </summary>
+    private static async Task<double> PostgresThroughputAsync(BenchPostgres server, int coordinators, int hosts, int inFlight, int seconds,
+        int warmupSeconds, int maxPerHost, int maxPerDomain, string dataDir)
+    {
+        var journal = await server.CreateDatabaseAsync($"lsm_bench_{coordinators}");
+        var dir = $"{dataDir}-pg{coordinators}";
+        await DemoSetup.ClearPreviousRunAsync(dir);
+        try
+        {
+            var cluster = await LocalClusterLauncher.UpAsync(new LocalClusterOptions(dir)
+            {
+                Hosts = hosts, Coordinators = coordinators, Journal = journal, ApiPort = 0, Hypervisor = "sim",
+                MaxPerHost = maxPerHost, MaxPerDomain = maxPerDomain, ExtraHocon = Environment.GetEnvironmentVariable("LSM_BENCH_HOCON"),
+            });
+            var token = cluster.ApiTokenFile is { } tokenFile ? ApiTokenFile.Read(tokenFile) : null;
+            var apis = cluster.Nodes.Where(n => n.Role == "coordinator")
+                .Select(n => new ApiClient(n.Name == LocalCluster.FirstCoordinator ? cluster.ApiUrl : n.ApiUrl!, token)).ToList();
+            try
+            {
+                var (a, b, disks) = await PrepareAsync(apis[0], dir, inFlight, hosts);
+                using var events = new MigrationEventReader(cluster.ApiUrl, token);
+                await events.StartAsync();
+                var coordinatorPid = cluster.Nodes.First(n => n.Name == "coordinator").Pid;
+                if (warmupSeconds > 0)
+                    await ThroughputAsync(apis, events, disks, a, b, inFlight, TimeSpan.FromSeconds(warmupSeconds), coordinatorPid, quiet: true);
+                var run = await ThroughputAsync(apis, events, disks, a, b, inFlight, TimeSpan.FromSeconds(seconds), coordinatorPid, quiet: true);
+                var perSecond = run.Completed / run.Elapsed.TotalSeconds;
+                Console.WriteLine($"PostgreSQL journal, {coordinators} Coordinator(s), {inFlight} in flight for {run.Elapsed.TotalSeconds:0} s: " +
+                                  $"{run.Completed} completed = {perSecond:0.0} migrations/s; API p99 start {Percentile(run.StartLatencies, 0.99):0} ms");
+                return perSecond;
+            }
+            finally
+            {
+                foreach (var api in apis) api.Dispose();
+            }
+        }
+        finally
+        {
+            await LocalClusterLauncher.DownAsync(dir);
+            try { Directory.Delete(dir, recursive: true); } catch (IOException) { }
+        }
+    }
+
+    /// <summary>Two sim domains and one sim VM per worker (one 1 GiB disk with a 3-volume chain), all in the inventory.</summary>
+    private static async Task<(string A, string B, List<SimDisk> Disks)> PrepareAsync(ApiClient api, string dataDir, int vmCountWanted, int hosts)
+    {
+        var domainRoot = LocalCluster.DomainRootOf(dataDir);
+        var a = (await api.PostAsync("/api/domains", new { name = "a", path = domainRoot })).GetProperty("id").GetString()!;
+        var b = (await api.PostAsync("/api/domains", new { name = "b", path = domainRoot })).GetProperty("id").GetString()!;
+
+        // Each worker owns its VMs; a VM's disk goes A→B, then B→A, ...
+        var vmCount = Math.Max(vmCountWanted, 1);
+        var clock = Stopwatch.StartNew();
+        var disks = new List<SimDisk>();
+        for (var v = 0; v < vmCount; v++)
+        {
+            var vm = await api.PostAsync("/api/vms", new
+            {
+                name = $"bench-{v:D5}", host = $"host-{v % hosts + 1}",
+                disks = new[] { new { sizeBytes = GiB, domain = "a", snapshots = 2 } },
+            });
+            disks.Add(new SimDisk(vm.GetProperty("id").GetString()!, vm.GetProperty("disks")[0].GetProperty("image").GetString()!) { OnA = true });
+        }
+        Console.WriteLine($"{vmCount} sim VMs (one 1 GiB disk, 3-volume chain each) on {hosts} hosts, made in {clock.Elapsed.TotalSeconds:0.0} s");
+        await ClusterDemo.WaitForAsync("every VM in the inventory", async () =>
+            (await api.GetAsync("/api/inventory")).GetProperty("vms").GetArrayLength() == vmCount, TimeSpan.FromSeconds(120));
+        return (a, b, disks);
+    }
+
     private sealed record Throughput(long Completed, TimeSpan Elapsed, long SettlingRefusals, long RssPeak,
         List<double> StartLatencies, List<double> ShowLatencies, List<double> ListLatencies);
 
     /// <summary>Keeps <paramref name="inFlight"/> migrations going for <paramref name="duration"/>, each worker moving its own disk back and forth.</summary>
-    private static async Task<Throughput> ThroughputAsync(ApiClient api, MigrationEventReader events, List<SimDisk> disks, string a, string b,
+    private static async Task<Throughput> ThroughputAsync(IReadOnlyList<ApiClient> apis, MigrationEventReader events, List<SimDisk> disks, string a, string b,
         int inFlight, TimeSpan duration, int coordinatorPid, bool quiet)
     {
         var started = 0L;
@@ -202,6 +274,7 @@ internal static class ControlPlaneBench
         var workers = Enumerable.Range(0, inFlight).Select(w => Task.Run(async () =>
         {
             var disk = disks[w % disks.Count];
+            var api = apis[w % apis.Count]; // with several Coordinators, the workers spread over their APIs
             while (!stop.IsCancellationRequested)
             {
                 var ask = Stopwatch.StartNew();
@@ -237,8 +310,8 @@ internal static class ControlPlaneBench
             {
                 rssPeak = Math.Max(rssPeak, RssBytes(coordinatorPid));
                 if (lastIds.FirstOrDefault(x => x is not null) is { } some)
-                    showLatencies.Add(await TimeAsync(() => api.GetAsync($"/api/migrations/{some}")));
-                listLatencies.Add(await TimeAsync(() => api.GetAsync("/api/migrations?active=true")));
+                    showLatencies.Add(await TimeAsync(() => apis[0].GetAsync($"/api/migrations/{some}")));
+                listLatencies.Add(await TimeAsync(() => apis[0].GetAsync("/api/migrations?active=true")));
                 await Task.Delay(500);
             }
         });
