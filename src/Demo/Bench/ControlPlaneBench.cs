@@ -117,7 +117,7 @@ internal static class ControlPlaneBench
             var postgres = new JsonObject();
             if (postgresSeconds > 0)
             {
-                await using var server = await BenchPostgres.StartAsync();
+                await using var server = await ThrowawayPostgres.StartAsync(durable: true);
                 foreach (var coordinators in new[] { 1, 3 })
                 {
                     var perSecondOnPostgres = await PostgresThroughputAsync(server, coordinators, hosts, inFlight, postgresSeconds, warmupSeconds,
@@ -189,7 +189,7 @@ internal static class ControlPlaneBench
     /// The throughput scenario on a PostgreSQL journal (a database of its own): <paramref name="coordinators"/> Coordinators,
     /// the workers spread over their APIs, the sagas over the Coordinators by cluster sharding.
     /// </summary>
-    private static async Task<double> PostgresThroughputAsync(BenchPostgres server, int coordinators, int hosts, int inFlight, int seconds,
+    private static async Task<double> PostgresThroughputAsync(ThrowawayPostgres server, int coordinators, int hosts, int inFlight, int seconds,
         int warmupSeconds, int maxPerHost, int maxPerDomain, string dataDir)
     {
         var journal = await server.CreateDatabaseAsync($"lsm_bench_{coordinators}");

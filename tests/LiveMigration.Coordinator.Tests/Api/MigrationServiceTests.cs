@@ -22,16 +22,22 @@ public sealed class MigrationServiceTests : TestKit
         public Task<IActorRef> GetAsync(CancellationToken cancellationToken = default) => Task.FromResult(actor);
     }
 
+    /// <summary>The service under test, with probes for the inventory and the region, and the next migration to start.</summary>
+    private (MigrationService Service, MigrationCatalog Catalog, Akka.TestKit.TestProbe Inventory, Akka.TestKit.TestProbe Region, SagaDriver Next) Start()
+    {
+        var inventory = CreateTestProbe();
+        var region = CreateTestProbe();
+        var catalog = new MigrationCatalog(Sys);
+        var service = new MigrationService(new Required<MigrationRegion>(region.Ref), new Required<InventoryProxy>(inventory.Ref), catalog);
+        return (service, catalog, inventory, region, new SagaDriver());
+    }
+
     [Fact]
     public async Task A_start_refused_for_a_migration_that_has_just_finished_releases_its_disks_and_reserves_again()
     {
         // The previous move of the disk completed (its final view is known), but the releaser has not freed its disks yet:
         // a client that starts the next move on the news of the end must not be told the disk is still moving.
-        var inventory = CreateTestProbe();
-        var region = CreateTestProbe();
-        var catalog = new MigrationCatalog(Sys);
-        var service = new MigrationService(new Required<MigrationRegion>(region.Ref), new Required<InventoryProxy>(inventory.Ref), catalog);
-        var next = new SagaDriver();
+        var (service, catalog, inventory, region, next) = Start();
         var previous = MigrationId.New();
         var place = new DiskView(next.Image, next.Destination, next.Source, nameof(DiskPhase.Completed), null, 1, 1, 1, null, null, []);
         catalog.Finished(new MigrationView(previous, next.Vm, "completed", true, MigrationStrategy.PreCopy, [place], null,
@@ -58,11 +64,7 @@ public sealed class MigrationServiceTests : TestKit
     [Fact]
     public async Task A_start_refused_for_a_migration_that_still_runs_is_refused_with_its_name()
     {
-        var inventory = CreateTestProbe();
-        var region = CreateTestProbe();
-        var catalog = new MigrationCatalog(Sys);
-        var service = new MigrationService(new Required<MigrationRegion>(region.Ref), new Required<InventoryProxy>(inventory.Ref), catalog);
-        var next = new SagaDriver();
+        var (service, catalog, inventory, region, next) = Start();
         var running = MigrationId.New();
         catalog.Requested(running);
 
