@@ -11,30 +11,41 @@ using LiveMigration.Shared.Protocol;
 
 namespace LiveMigration.Coordinator.Hosts;
 
-/// <summary>Which host runs which VM, as the hosts last reported it (on this coordinator).</summary>
+/// <summary>Which host runs which VM, as the inventory last journaled the hosts' reports (on this coordinator).</summary>
 public sealed class HostDirectory
 {
     private readonly ConcurrentDictionary<VmId, string> _hostOfVm = new();
 
     public string? HostOf(VmId vm) => _hostOfVm.TryGetValue(vm, out var host) ? host : null;
 
-    public void Apply(HostStatusReport report)
+    /// <summary>A host's whole view: its VMs are these, none other.</summary>
+    public void Apply(HostReported whole)
     {
+        var now = whole.Vms.Select(v => v.Id).ToHashSet();
         foreach (var (vm, host) in _hostOfVm)
-            if (host == report.HostId && report.Vms.All(v => v.Id != vm))
+            if (host == whole.HostId && !now.Contains(vm))
                 _hostOfVm.TryRemove(new KeyValuePair<VmId, string>(vm, host));
-        foreach (var vm in report.Vms)
-            _hostOfVm[vm.Id] = report.HostId;
+        foreach (var vm in whole.Vms)
+            _hostOfVm[vm.Id] = whole.HostId;
+    }
+
+    /// <summary>A change of a host's VMs: these are its now, those gone are no longer its.</summary>
+    public void Apply(HostVmsChanged change)
+    {
+        foreach (var vm in change.Gone)
+            _hostOfVm.TryRemove(new KeyValuePair<VmId, string>(vm, change.HostId));
+        foreach (var vm in change.Upserted)
+            _hostOfVm[vm.Id] = change.HostId;
     }
 }
 
-/// <summary>Keeps a <see cref="HostDirectory"/> up to date from the hosts' reports on the inventory topic.</summary>
+/// <summary>Keeps a <see cref="HostDirectory"/> up to date from the changes the inventory publishes on its topic.</summary>
 public sealed class HostDirectoryListener : ReceiveActor
 {
     public HostDirectoryListener(HostDirectory directory)
     {
-        Receive<HostStatusReport>(directory.Apply);
-        Receive<DomainStatusReport>(_ => { });
+        Receive<HostReported>(directory.Apply);
+        Receive<HostVmsChanged>(directory.Apply);
         Receive<SubscribeAck>(_ => { });
     }
 

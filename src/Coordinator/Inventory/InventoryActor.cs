@@ -7,13 +7,13 @@ using LiveMigration.Shared.Protocol;
 
 namespace LiveMigration.Coordinator.Inventory;
 
-/// <param name="SubscribeToReports">Subscribe to <see cref="InventoryTopics.Reports"/> through DistributedPubSub; needs a cluster.</param>
+/// <param name="PublishToCluster">Publish each journaled change of a host's VMs on <see cref="InventoryTopics.Reports"/> through DistributedPubSub; needs a cluster.</param>
 /// <param name="SnapshotEvery">Save a snapshot after this many journaled events, so recovery replays at most that many.</param>
-public sealed record InventoryOptions(bool SubscribeToReports = true, int SnapshotEvery = 100);
+public sealed record InventoryOptions(bool PublishToCluster = true, int SnapshotEvery = 100);
 
 /// <summary>
 /// The persisted inventory around <see cref="InventoryState"/>: one per cluster (a singleton over role
-/// <c>coordinator</c>). Hosts' reports arrive through DistributedPubSub or directly; only changes are journaled.
+/// <c>coordinator</c>). Hosts' reports arrive through its singleton proxy, in numbered parts; only changes are journaled.
 /// Answers <see cref="GetValidationFacts"/>, <see cref="LocateVm"/>, <see cref="ReserveDisks"/>,
 /// <see cref="ReleaseDisks"/> and <see cref="GetInventory"/>.
 /// </summary>
@@ -51,20 +51,25 @@ public sealed class InventoryActor : ReceivePersistentActor
 
         Command<HostStatusReport>(report =>
         {
-            var receipt = ReceiptFor(new ReportAcknowledged(ReportAcknowledged.HostReport, report.At));
-            if (InventoryDecider.Decide(_state, report) is { } change)
+            var decision = InventoryDecider.Decide(_state, report);
+            if (decision.Receipt is { Resync: true })
+                _log.Info("Inventory: host {Host} sent part {Seq} of a report chain it does not know (epoch {Epoch}); asking for its whole view",
+                    report.HostId, report.Seq, report.Epoch);
+            if (decision.Chain is { } chain)
+            {
+                _state = _state.Chained(report.HostId, chain, report.At);
+                _durable = _durable.Chained(report.HostId, chain, report.At);
+            }
+            var receipt = decision.Receipt is { } answer ? ReceiptFor(answer) : () => { };
+            if (decision.Event is { } change)
                 // Coordinators keep a directory of which host runs which VM: tell them what changed.
                 PersistAndApply(change, () =>
                 {
-                    PublishChange(report);
+                    PublishChange(change);
                     receipt();
                 });
             else
-            {
-                _state = _state.Heard(report.HostId, report.At);
-                _durable = _durable.Heard(report.HostId, report.At);
                 AfterWhatIsPending(receipt);
-            }
         });
         Command<DomainStatusReport>(report =>
         {
@@ -72,15 +77,12 @@ public sealed class InventoryActor : ReceivePersistentActor
             if (InventoryDecider.Decide(_state, report) is { } change) PersistAndApply(change, receipt);
             else AfterWhatIsPending(receipt);
         });
-        // the inventory hears its own publication of a changed host report on the reports topic, and answers itself
-        Command<ReportAcknowledged>(_ => { });
         Command<ReserveDisks>(reserve => Answer(InventoryDecider.Decide(_state, reserve, _clock.GetUtcNow())));
         Command<ReleaseDisks>(release => Answer(InventoryDecider.Decide(_state, release, _clock.GetUtcNow())));
         Command<GetValidationFacts>(ask => Reply(new ValidationFactsReply(_state.FactsFor(ask.Vm, ask.Images, _clock.GetUtcNow()))));
         Command<LocateVm>(ask => Reply(new VmLocation(ask.Vm, _state.Locate(ask.Vm))));
         Command<GetInventory>(_ => Reply(_state.Snapshot()));
 
-        Command<SubscribeAck>(ack => _log.Info("Inventory subscribed to topic {Topic}", ack.Subscribe.Topic));
         Command<SaveSnapshotSuccess>(saved =>
             // the newest snapshot is enough to recover; older ones only take space
             DeleteSnapshots(new SnapshotSelectionCriteria(saved.Metadata.SequenceNr - 1)));
@@ -92,13 +94,6 @@ public sealed class InventoryActor : ReceivePersistentActor
     }
 
     public override string PersistenceId => InventoryPersistenceId;
-
-    protected override void PreStart()
-    {
-        base.PreStart();
-        if (_options.SubscribeToReports)
-            DistributedPubSub.Get(Context.System).Mediator.Tell(new Subscribe(InventoryTopics.Reports, Self));
-    }
 
     private void Reply(object answer)
     {
@@ -126,10 +121,10 @@ public sealed class InventoryActor : ReceivePersistentActor
         };
     }
 
-    private void PublishChange(HostStatusReport report)
+    private void PublishChange(IInventoryEvent change)
     {
-        if (_options.SubscribeToReports)
-            DistributedPubSub.Get(Context.System).Mediator.Tell(new Publish(InventoryTopics.Reports, report));
+        if (_options.PublishToCluster)
+            DistributedPubSub.Get(Context.System).Mediator.Tell(new Publish(InventoryTopics.Reports, change));
     }
 
     /// <summary>

@@ -1,3 +1,4 @@
+using System.Collections.Immutable;
 using LiveMigration.Shared.Migration;
 using LiveMigration.Shared.Model;
 using LiveMigration.Shared.Protocol;
@@ -7,21 +8,82 @@ namespace LiveMigration.Coordinator.Inventory;
 /// <summary>What a command does to the inventory: the answer, and the fact to journal first (none when nothing changes).</summary>
 public sealed record InventoryDecision(IInventoryMessage Reply, IInventoryEvent? Event);
 
+/// <summary>
+/// What a part of a host's report does: the fact to journal (none when it says nothing new), where the host's chain of
+/// parts stands after it (null: unchanged), and the receipt to send once the fact is journaled (null: none, the part
+/// waits for the ones before it).
+/// </summary>
+public sealed record HostReportDecision(IInventoryEvent? Event, HostReportChain? Chain, ReportAcknowledged? Receipt);
+
 /// <summary>The inventory's decisions, pure: the actor persists the event they return, then answers.</summary>
 public static class InventoryDecider
 {
     /// <summary>
-    /// A host's report becomes a fact only when it says something new. A report older than the last one heard
-    /// from that host (it came by two routes, pubsub and direct) is ignored, so it cannot undo a newer one.
+    /// A part of a host's report (see <see cref="HostStatusReport"/>): taken when it is the next of its chain, or when it
+    /// begins a new chain with a whole view newer than what the host said before; it becomes a fact only when it says
+    /// something new. A repeated part is acknowledged again and changes nothing; a part after a gap waits unanswered (the
+    /// host sends every part not acknowledged again, in order); a part of a chain the inventory does not know (it
+    /// recovered since) is answered with a resync. A whole view older than the host's last report (an earlier
+    /// incarnation's, arriving late) is acknowledged and ignored, so it cannot undo a newer one.
     /// </summary>
-    public static HostReported? Decide(InventoryState state, HostStatusReport report)
+    public static HostReportDecision Decide(InventoryState state, HostStatusReport report)
     {
-        if (state.Hosts.TryGetValue(report.HostId, out var known))
+        state.Hosts.TryGetValue(report.HostId, out var known);
+        state.Chains.TryGetValue(report.HostId, out var chain);
+        ReportAcknowledged Receipt(long seq, bool resync = false) =>
+            new(ReportAcknowledged.HostReport, report.At, report.Epoch, seq, resync);
+
+        // a part taken before comes again (its receipt was lost, or it was re-sent meanwhile); a later one is a new view
+        if (chain is not null && chain.Epoch == report.Epoch && report.Seq < chain.NextSeq && (known is null || report.At <= known.LastReport))
+            return new HostReportDecision(null, null, Receipt(chain.NextSeq - 1));
+        if (report.Whole && report.Seq == 0)
         {
-            if (report.At < known.LastReport) return null;
-            if (known.Address == report.Address && known.SpmCapable == report.SpmCapable && known.Vms.Equals(report.Vms)) return null;
+            if (known is not null && report.At < known.LastReport)
+                return new HostReportDecision(null, null, Receipt(report.Seq));
+            var begun = new HostReportChain(report.Epoch, 1, report.WholeEnds ? null : report.Vms.Select(v => v.Id).ToImmutableHashSet());
+            if (report.IsWholeInOne)
+            {
+                var same = known is not null && known.Address == report.Address && known.SpmCapable == report.SpmCapable && known.Vms.Equals(report.Vms);
+                return new HostReportDecision(same ? null : new HostReported(report.HostId, report.Address, report.SpmCapable, report.Vms, report.At),
+                    begun, Receipt(report.Seq));
+            }
+            return new HostReportDecision(Change(known, report, GoneAtWholeEnd(known, report, [])), begun, Receipt(report.Seq));
         }
-        return new HostReported(report.HostId, report.Address, report.SpmCapable, report.Vms, report.At);
+        if (chain is null || chain.Epoch != report.Epoch)
+            return chain is not null && report.Epoch < chain.Epoch
+                ? new HostReportDecision(null, null, Receipt(report.Seq)) // an older chain's part, late: the newer one stands
+                : new HostReportDecision(null, null, Receipt(report.Seq, resync: true));
+        if (report.Seq > chain.NextSeq)
+            return new HostReportDecision(null, null, null);
+
+        var gone = report.Gone ?? ValueList<VmId>.Empty;
+        if (report.Whole && report.WholeEnds) gone = GoneAtWholeEnd(known, report, chain.WholeSoFar ?? []);
+        var next = chain with
+        {
+            NextSeq = chain.NextSeq + 1,
+            WholeSoFar = report.Whole && !report.WholeEnds ? (chain.WholeSoFar ?? []).Union(report.Vms.Select(v => v.Id)) : null,
+        };
+        return new HostReportDecision(Change(known, report, gone), next, Receipt(report.Seq));
+    }
+
+    /// <summary>The VMs the inventory lists for the host that no part of its whole view named.</summary>
+    private static ValueList<VmId> GoneAtWholeEnd(HostRecord? known, HostStatusReport report, ImmutableHashSet<VmId> namedBefore)
+    {
+        if (!report.WholeEnds || known is null) return ValueList<VmId>.Empty;
+        var named = namedBefore.Union(report.Vms.Select(v => v.Id));
+        return known.Vms.Select(v => v.Id).Where(id => !named.Contains(id)).ToValueList();
+    }
+
+    /// <summary>The fact of a part: the VMs it changes or adds and those gone that the inventory lists; null when it says nothing new.</summary>
+    private static HostVmsChanged? Change(HostRecord? known, HostStatusReport report, ValueList<VmId> gone)
+    {
+        var before = known?.Vms.ToDictionary(v => v.Id) ?? [];
+        var upserted = report.Vms.Where(v => !before.TryGetValue(v.Id, out var was) || !was.Equals(v)).ToValueList();
+        var reallyGone = gone.Where(before.ContainsKey).Distinct().ToValueList();
+        var sameHost = known is not null && known.Address == report.Address && known.SpmCapable == report.SpmCapable;
+        return upserted.Count == 0 && reallyGone.Count == 0 && sameHost
+            ? null
+            : new HostVmsChanged(report.HostId, report.Address, report.SpmCapable, upserted, reallyGone, report.At);
     }
 
     /// <summary>

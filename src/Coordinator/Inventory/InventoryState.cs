@@ -9,6 +9,12 @@ namespace LiveMigration.Coordinator.Inventory;
 public sealed record HostRecord(string HostId, string Address, bool SpmCapable, ValueList<VmReport> Vms, DateTimeOffset LastReport);
 
 /// <summary>
+/// Where a host's chain of report parts stands (<see cref="HostStatusReport"/>): its epoch, the part expected next, and,
+/// while the whole view that began it arrives in parts, the VMs its parts named so far.
+/// </summary>
+public sealed record HostReportChain(long Epoch, long NextSeq, ImmutableHashSet<VmId>? WholeSoFar);
+
+/// <summary>
 /// The Coordinator's inventory: hosts and the VMs they run, the storage domains, and which migration holds
 /// which disk. Immutable; rebuilt from <see cref="IInventoryEvent"/>s alone (or a snapshot and the events after it).
 /// A host that stops reporting is kept: a host that is down still owns its VMs.
@@ -50,14 +56,25 @@ public sealed record InventoryState(
     /// <summary>When each domain's figures were reported. Not in the snapshot: after a recovery from one, the next report of a domain is taken.</summary>
     public ImmutableDictionary<DomainId, DateTimeOffset> DomainsHeardAt { get; init; } = ImmutableDictionary<DomainId, DateTimeOffset>.Empty;
 
+    /// <summary>
+    /// Each host's chain of report parts. Not in the snapshot, nor journaled: after a recovery the inventory knows no chain,
+    /// answers the next part with a resync, and the host sends its whole view again.
+    /// </summary>
+    public ImmutableDictionary<string, HostReportChain> Chains { get; init; } = ImmutableDictionary<string, HostReportChain>.Empty;
+
     public InventoryState Apply(IInventoryEvent @event) => @event switch
     {
         HostReported e => this with
         {
             Hosts = Hosts.SetItem(e.HostId, new HostRecord(e.HostId, e.Address, e.SpmCapable, e.Vms, e.At)),
-            Settling = Settling.IsEmpty ? Settling : Settling.RemoveRange(e.Vms.SelectMany(v => v.Drives)
-                .Where(d => Settling.TryGetValue(d.Image, out var settling) && d.LeafDomain == settling.Domain)
-                .Select(d => d.Image)),
+            Settling = SettledBy(e.Vms),
+        },
+        HostVmsChanged e => this with
+        {
+            Hosts = Hosts.SetItem(e.HostId, Hosts.TryGetValue(e.HostId, out var known)
+                ? new HostRecord(e.HostId, e.Address, e.SpmCapable, Upsert(known.Vms, e.Upserted, e.Gone), e.At > known.LastReport ? e.At : known.LastReport)
+                : new HostRecord(e.HostId, e.Address, e.SpmCapable, e.Upserted, e.At)),
+            Settling = SettledBy(e.Upserted),
         },
         DomainsReported e => MergeDomains(e.Domains, e.At),
         DisksReservedForMigration e => this with
@@ -73,6 +90,33 @@ public sealed record InventoryState(
         },
         _ => throw new ArgumentException($"the inventory has no rule for the event {@event.GetType().Name}", nameof(@event)),
     };
+
+    /// <summary>The disks still settling once these VMs were reported: a disk seen in its new place has settled.</summary>
+    private ImmutableDictionary<ImageId, (MigrationId Migration, DomainId Domain, DateTimeOffset Since)> SettledBy(ValueList<VmReport> vms) =>
+        Settling.IsEmpty ? Settling : Settling.RemoveRange(vms.SelectMany(v => v.Drives)
+            .Where(d => Settling.TryGetValue(d.Image, out var settling) && d.LeafDomain == settling.Domain)
+            .Select(d => d.Image));
+
+    /// <summary>The VMs in their order, each upserted one in its place (new ones last), the gone ones left out.</summary>
+    private static ValueList<VmReport> Upsert(ValueList<VmReport> vms, ValueList<VmReport> upserted, ValueList<VmId> gone)
+    {
+        if (upserted.Count == 0 && gone.Count == 0) return vms;
+        var replacing = upserted.GroupBy(v => v.Id).ToDictionary(g => g.Key, g => g.Last());
+        var leaving = gone.ToHashSet();
+        var result = new List<VmReport>(vms.Count + replacing.Count);
+        foreach (var vm in vms)
+        {
+            if (leaving.Contains(vm.Id)) continue;
+            result.Add(replacing.Remove(vm.Id, out var newer) ? newer : vm);
+        }
+        foreach (var vm in upserted)
+            if (replacing.Remove(vm.Id, out var newest)) result.Add(newest);
+        return result.ToValueList();
+    }
+
+    /// <summary>A part of the host's report chain was taken: the chain moves on, and the host was heard at <paramref name="at"/>.</summary>
+    public InventoryState Chained(string hostId, HostReportChain chain, DateTimeOffset at) =>
+        (this with { Chains = Chains.SetItem(hostId, chain) }).Heard(hostId, at);
 
     private InventoryState MergeDomains(ValueList<DomainReport> reported, DateTimeOffset at)
     {

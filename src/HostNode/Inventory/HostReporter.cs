@@ -21,11 +21,14 @@ public sealed record HostInventoryChanged(string Why);
 /// and the storage domains it has attached (the inventory merges the hosts' domain reports). It reports when it starts, when a step
 /// or a hypervisor event changed something, and when a coordinator joins — never from a timer; a report is re-sent with
 /// a bounded backoff until the inventory acknowledges it (<see cref="ReportAcknowledged"/>), so a report is delivered, not only sent.
+/// Its VMs go as a chain of parts (<see cref="HostStatusReport"/>): the whole view first, in parts small enough for a remote
+/// message, then only what changed since the part before; every part not acknowledged is sent again, in order, and a
+/// resync from the inventory begins a new chain with the whole view.
 /// </summary>
 public sealed class HostReporter : ReceiveActor, IWithTimers
 {
     private sealed record ReportNow(string Why);
-    private sealed record Reports(HostStatusReport Host, DomainStatusReport Domains);
+    private sealed record Reports(string Address, IReadOnlyList<VmReport> Vms, DomainStatusReport Domains, DateTimeOffset At);
     private sealed record Resend;
 
     /// <summary>First wait for a receipt before sending again; doubled after each unanswered send up to <see cref="MaxResendDelay"/>.</summary>
@@ -43,8 +46,15 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
     private Action<HypervisorEvent>? _onEvent;
     private bool _reporting;
     private bool _again;
-    // the newest reports not yet acknowledged by the inventory: re-sent until they are (a newer report replaces an older one)
-    private HostStatusReport? _unacknowledgedHost;
+    // the parts of the VM report chain the inventory has not acknowledged, in order: re-sent until it does
+    private readonly List<HostStatusReport> _unacknowledgedParts = [];
+    // the VMs as the inventory has them once it took every part sent: what the next part is the change from;
+    // null until the whole view is sent (the reporter started, or the inventory asked for a resync)
+    private Dictionary<VmId, VmReport>? _assumed;
+    private long _epoch;
+    private long _nextSeq;
+    private DateTimeOffset _lastAt;
+    // the newest domain report not yet acknowledged: re-sent until it is (a newer report replaces an older one)
     private DomainStatusReport? _unacknowledgedDomains;
     private TimeSpan _resendDelay = FirstResendDelay;
 
@@ -68,25 +78,43 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
         });
         Receive<Reports>(r =>
         {
-            _unacknowledgedHost = r.Host;
-            _unacknowledgedDomains = r.Domains;
+            // every report later than the one before, even within a clock tick: the inventory orders whole views by time
+            var at = r.At > _lastAt ? r.At : _lastAt.AddTicks(1);
+            _lastAt = at;
+            var parts = PartsOf(r.Address, r.Vms, at);
+            _unacknowledgedParts.AddRange(parts);
+            _unacknowledgedDomains = r.Domains with { At = at };
             _resendDelay = FirstResendDelay;
-            SendUnacknowledged();
+            foreach (var part in parts) _inventory.Tell(part);
+            _inventory.Tell(_unacknowledgedDomains);
+            Timers.StartSingleTimer(ResendTimer, new Resend(), _resendDelay);
             Done();
         });
         Receive<ReportAcknowledged>(ack =>
         {
-            if (ack.Report == ReportAcknowledged.HostReport && _unacknowledgedHost?.At == ack.At) _unacknowledgedHost = null;
+            if (ack.Report == ReportAcknowledged.HostReport && ack.Epoch == _epoch)
+            {
+                if (ack.Resync)
+                {
+                    // the inventory does not know this chain (it recovered since): the whole view again, in a new chain
+                    _log.Info("host {HostId}: the inventory asked for its whole view again", _hostId);
+                    _unacknowledgedParts.Clear();
+                    _assumed = null;
+                    Start("the inventory asked for the whole view");
+                }
+                else
+                    _unacknowledgedParts.RemoveAll(p => p.Seq <= ack.Seq);
+            }
             if (ack.Report == ReportAcknowledged.DomainsReport && _unacknowledgedDomains?.At == ack.At) _unacknowledgedDomains = null;
-            if (_unacknowledgedHost is null && _unacknowledgedDomains is null) Timers.Cancel(ResendTimer);
+            if (_unacknowledgedParts.Count == 0 && _unacknowledgedDomains is null) Timers.Cancel(ResendTimer);
         });
         Receive<Resend>(_ =>
         {
-            if (_unacknowledgedHost is null && _unacknowledgedDomains is null) return;
+            if (_unacknowledgedParts.Count == 0 && _unacknowledgedDomains is null) return;
             // said once per report; while no Coordinator runs the re-sends go on quietly
             if (_resendDelay == FirstResendDelay)
                 _log.Info("host {HostId}: the inventory has not acknowledged its report of {At} yet; sending it again until it does",
-                    _hostId, (_unacknowledgedHost?.At ?? _unacknowledgedDomains!.At).ToString("O"));
+                    _hostId, (_unacknowledgedParts.FirstOrDefault()?.At ?? _unacknowledgedDomains!.At).ToString("O"));
             _resendDelay = TimeSpan.FromTicks(Math.Min(_resendDelay.Ticks * 2, MaxResendDelay.Ticks));
             SendUnacknowledged();
         });
@@ -139,7 +167,7 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
     /// <summary>Sends what the inventory has not acknowledged, and sends it again after the current delay unless a receipt comes first.</summary>
     private void SendUnacknowledged()
     {
-        if (_unacknowledgedHost is { } host) _inventory.Tell(host);
+        foreach (var part in _unacknowledgedParts) _inventory.Tell(part);
         if (_unacknowledgedDomains is { } domains) _inventory.Tell(domains);
         Timers.StartSingleTimer(ResendTimer, new Resend(), _resendDelay);
     }
@@ -164,7 +192,36 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
             var info = await domain.DescribeAsync();
             domains.Add(new DomainReport(info.Id, info.Name, info.Kind, info.CapacityBytes, info.UsedBytes, info.AvailableBytes, Active: true));
         }
-        return new Reports(new HostStatusReport(_hostId, address, _spmCapable, vms.ToValueList(), now),
-            new DomainStatusReport(domains.ToValueList(), now, _hostId));
+        return new Reports(address, vms, new DomainStatusReport(domains.ToValueList(), now, _hostId), now);
+    }
+
+    /// <summary>
+    /// The next parts of the chain: the whole view (a new chain) when the inventory's view is not known, else what changed
+    /// since the parts sent before (at least one part, so the inventory hears from the host even when nothing changed).
+    /// </summary>
+    private List<HostStatusReport> PartsOf(string address, IReadOnlyList<VmReport> vms, DateTimeOffset at)
+    {
+        var parts = new List<HostStatusReport>();
+        if (_assumed is null)
+        {
+            _epoch = at.UtcTicks;
+            _nextSeq = 0;
+            _unacknowledgedParts.Clear();
+            var chunks = HostReportParts.Split(vms, []);
+            for (var i = 0; i < chunks.Count; i++)
+                parts.Add(new HostStatusReport(_hostId, address, _spmCapable, chunks[i].Vms, at, _epoch, _nextSeq++,
+                    Whole: true, WholeEnds: i == chunks.Count - 1));
+        }
+        else
+        {
+            var changed = vms.Where(v => !_assumed.TryGetValue(v.Id, out var before) || !before.Equals(v)).ToList();
+            var now = vms.Select(v => v.Id).ToHashSet();
+            var gone = _assumed.Keys.Where(id => !now.Contains(id)).ToList();
+            foreach (var chunk in HostReportParts.Split(changed, gone))
+                parts.Add(new HostStatusReport(_hostId, address, _spmCapable, chunk.Vms, at, _epoch, _nextSeq++,
+                    Whole: false, WholeEnds: false, Gone: chunk.Gone));
+        }
+        _assumed = vms.ToDictionary(v => v.Id);
+        return parts;
     }
 }

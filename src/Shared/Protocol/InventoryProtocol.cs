@@ -7,9 +7,28 @@ namespace LiveMigration.Shared.Protocol;
 /// <summary>What hosts tell the inventory and what the Coordinator asks it. Host ids are short names like <c>host-1</c>.</summary>
 public interface IInventoryMessage;
 
-/// <summary>A host's own view, sent by its HSM when it starts, when a VM or a drive's chain changes, and when a coordinator joins.</summary>
-public sealed record HostStatusReport(string HostId, string Address, bool SpmCapable, ValueList<VmReport> Vms, DateTimeOffset At)
-    : IInventoryMessage;
+/// <summary>
+/// A host's own view, sent by its reporter when it starts, when a VM or a drive's chain changes, and when a coordinator
+/// joins. A host that runs hundreds of VMs cannot say all of them in one message (a remote message has a size limit),
+/// nor should every change of one VM journal all of them: so a reporter sends its whole view once (in as many parts as
+/// its size needs) and then only what changed, each part numbered in a chain (<paramref name="Epoch"/>,
+/// <paramref name="Seq"/>). The inventory applies a chain's parts in order, none skipped; a part it cannot place (its
+/// chain unknown after the inventory restarted) is answered with a resync, and the reporter sends its whole view again.
+/// The defaults are a whole view in one part.
+/// </summary>
+/// <param name="Vms">In a part of the whole view: those VMs; in a change: the VMs added or changed since the part before.</param>
+/// <param name="Epoch">The chain: the reporter's incarnation and its whole view that began it (ticks of that view's time).</param>
+/// <param name="Seq">The part's place in its chain, from 0 (the first part of the whole view).</param>
+/// <param name="Whole">The part belongs to the whole view that begins the chain.</param>
+/// <param name="WholeEnds">The last part of the whole view: VMs the inventory lists for the host that none of its parts named are gone.</param>
+/// <param name="Gone">In a change: the VMs the host no longer has.</param>
+public sealed record HostStatusReport(string HostId, string Address, bool SpmCapable, ValueList<VmReport> Vms, DateTimeOffset At,
+    long Epoch = 0, long Seq = 0, bool Whole = true, bool WholeEnds = true, ValueList<VmId>? Gone = null)
+    : IInventoryMessage
+{
+    /// <summary>A whole view in this one message: the form every report had before reports came in parts.</summary>
+    public bool IsWholeInOne => Whole && Seq == 0 && WholeEnds;
+}
 
 public sealed record VmReport(VmId Id, string Name, bool Running, ValueList<DriveReport> Drives);
 
@@ -43,8 +62,10 @@ public sealed record DomainStatusReport(ValueList<DomainReport> Domains, DateTim
 /// The inventory's receipt for a <see cref="HostStatusReport"/> (<see cref="Report"/> = "host") or a
 /// <see cref="DomainStatusReport"/> ("domains") made at <see cref="At"/>: the reporter re-sends until it gets it.
 /// Sent also for a report that changed nothing or was older than what the inventory knew: it was delivered.
+/// For a host report it names the chain and the last part applied (every part up to <paramref name="Seq"/> is);
+/// <paramref name="Resync"/> asks the reporter for its whole view again (the inventory does not know the chain).
 /// </summary>
-public sealed record ReportAcknowledged(string Report, DateTimeOffset At) : IInventoryMessage
+public sealed record ReportAcknowledged(string Report, DateTimeOffset At, long Epoch = 0, long Seq = 0, bool Resync = false) : IInventoryMessage
 {
     public const string HostReport = "host";
     public const string DomainsReport = "domains";
@@ -103,7 +124,10 @@ public sealed record DisksReleased(MigrationId Migration) : IInventoryMessage;
 /// <summary>The DistributedPubSub topics of the inventory.</summary>
 public static class InventoryTopics
 {
-    /// <summary>Hosts publish <see cref="HostStatusReport"/> and the SPM <see cref="DomainStatusReport"/> here.</summary>
+    /// <summary>
+    /// The inventory publishes here each change of a host's VMs it journaled (<see cref="HostReported"/>,
+    /// <see cref="HostVmsChanged"/>): every Coordinator keeps its directory of which host runs which VM from them.
+    /// </summary>
     public const string Reports = "inventory";
 }
 
@@ -117,6 +141,13 @@ public interface IInventoryEvent;
 /// <summary>A host's report that differed from what the inventory knew: its VMs replace the ones it listed before.</summary>
 public sealed record HostReported(string HostId, string Address, bool SpmCapable, ValueList<VmReport> Vms, DateTimeOffset At)
     : IInventoryEvent;
+
+/// <summary>
+/// A part of a host's report that changed what the inventory knew: <paramref name="Upserted"/> replace the VMs of the same
+/// id (or are added), <paramref name="Gone"/> are no longer the host's; its other VMs stay as they were.
+/// </summary>
+public sealed record HostVmsChanged(string HostId, string Address, bool SpmCapable, ValueList<VmReport> Upserted, ValueList<VmId> Gone,
+    DateTimeOffset At) : IInventoryEvent;
 
 /// <summary>
 /// Storage domains a report added or whose figures it changed: each replaces the entry with its id, new ones are added,

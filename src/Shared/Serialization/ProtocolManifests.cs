@@ -87,6 +87,7 @@ public static class ProtocolManifests
 
         // journal events of the inventory
         ("lm.HostReported.v1", typeof(HostReported)),
+        ("lm.HostVmsChanged.v1", typeof(HostVmsChanged)),
         ("lm.DomainsReported.v1", typeof(DomainsReported)),
         ("lm.DisksReservedForMigration.v1", typeof(DisksReservedForMigration)),
         ("lm.DisksReleasedByMigration.v1", typeof(DisksReleasedByMigration)),

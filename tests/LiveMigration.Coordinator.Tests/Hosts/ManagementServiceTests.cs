@@ -43,7 +43,7 @@ public sealed class ManagementServiceTests() : TestKit(Config, nameof(Management
 
     private (ManagementService Service, TestProbe Spm, IActorRef Inventory) Start()
     {
-        var inventory = Sys.ActorOf(InventoryActor.Props(new InventoryOptions(SubscribeToReports: false)));
+        var inventory = Sys.ActorOf(InventoryActor.Props(new InventoryOptions(PublishToCluster: false)));
         var web = new VmReport(_web, "web", Running: true,
             [new DriveReport(_webDisk, [new VolumeRef(_fast.Id, VolumeId.New())], 64 * MiB, 8 * MiB)]);
         inventory.Tell(new HostStatusReport("host-1", Host1Address, SpmCapable: true, [web], At), ActorRefs.NoSender);

@@ -26,7 +26,7 @@ public sealed class InventoryActorTests() : TestKit(Config, nameof(InventoryActo
     private readonly InventoryFixtures _pool = new();
 
     private IActorRef StartInventory(int snapshotEvery = 100) =>
-        Sys.ActorOf(InventoryActor.Props(new InventoryOptions(SubscribeToReports: false, snapshotEvery)));
+        Sys.ActorOf(InventoryActor.Props(new InventoryOptions(PublishToCluster: false, snapshotEvery)));
 
     private void Stop(IActorRef inventory)
     {

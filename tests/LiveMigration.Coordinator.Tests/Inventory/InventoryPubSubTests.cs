@@ -3,13 +3,14 @@ using Akka.Cluster;
 using Akka.Cluster.Tools.PublishSubscribe;
 using Akka.Configuration;
 using Akka.TestKit.Xunit2;
+using LiveMigration.Coordinator.Hosts;
 using LiveMigration.Coordinator.Inventory;
 using LiveMigration.Shared.Protocol;
 using LiveMigration.Shared.Serialization;
 
 namespace LiveMigration.Coordinator.Tests.Inventory;
 
-/// <summary>On a one-node cluster, reports published on the inventory topic reach the inventory.</summary>
+/// <summary>On a one-node cluster, a change of a host's VMs the inventory journals reaches every Coordinator's host directory.</summary>
 public sealed class InventoryPubSubTests() : TestKit(Config, nameof(InventoryPubSubTests))
 {
     private static readonly Config Config = ConfigurationFactory.ParseString("""
@@ -25,21 +26,29 @@ public sealed class InventoryPubSubTests() : TestKit(Config, nameof(InventoryPub
     private static readonly TimeSpan Wait = TimeSpan.FromSeconds(10);
 
     [Fact]
-    public void A_report_published_on_the_inventory_topic_reaches_the_inventory()
+    public void A_change_the_inventory_journals_reaches_the_host_directory_through_the_topic()
     {
         var cluster = Cluster.Get(Sys);
         cluster.Join(cluster.SelfAddress);
         AwaitCondition(() => cluster.SelfMember.Status == MemberStatus.Up, Wait);
         var pool = new InventoryFixtures();
-        var inventory = Sys.ActorOf(InventoryActor.Props(new InventoryOptions(SubscribeToReports: true)));
-        var mediator = DistributedPubSub.Get(Sys).Mediator;
+        var directory = new HostDirectory();
+        Sys.ActorOf(HostDirectoryListener.Props(directory));
+        var inventory = Sys.ActorOf(InventoryActor.Props(new InventoryOptions(PublishToCluster: true)));
 
-        // the subscription is asynchronous: publish until the inventory has heard it
+        // the listener's subscription is asynchronous: a new host view (a new epoch each time) until the directory has it
+        var at = InventoryFixtures.T0;
         AwaitAssert(() =>
         {
-            mediator.Tell(new Publish(InventoryTopics.Reports, pool.HostReport("host-1", InventoryFixtures.T0, pool.VmReport())));
-            inventory.Tell(new LocateVm(pool.Vm), TestActor);
-            Assert.Equal(new VmLocation(pool.Vm, "host-1"), ExpectMsg<VmLocation>(Wait));
-        }, Wait, TimeSpan.FromMilliseconds(100));
+            at = at.AddSeconds(1);
+            inventory.Tell(pool.HostReport("host-1", at, pool.VmReport()) with { Epoch = at.UtcTicks, Vms = [pool.VmReport() with { Name = $"web {at:ss}" }] }, TestActor);
+            ExpectMsg<ReportAcknowledged>(Wait);
+            Assert.Equal("host-1", directory.HostOf(pool.Vm));
+        }, Wait, TimeSpan.FromMilliseconds(200));
+
+        // a change in parts: the VM is gone from host-1
+        inventory.Tell(pool.HostReport("host-1", at.AddSeconds(1)) with { Epoch = at.UtcTicks, Seq = 1, Whole = false, WholeEnds = false, Gone = [pool.Vm] }, TestActor);
+        Assert.False(ExpectMsg<ReportAcknowledged>(Wait).Resync);
+        AwaitAssert(() => Assert.Null(directory.HostOf(pool.Vm)), Wait);
     }
 }

@@ -10,8 +10,12 @@ public sealed class InventoryStateTests
     private readonly InventoryFixtures _pool = new();
     private static readonly DateTimeOffset T0 = InventoryFixtures.T0;
 
-    private static InventoryState Reported(InventoryState state, HostStatusReport report) =>
-        InventoryDecider.Decide(state, report) is { } e ? state.Apply(e) : state;
+    private static InventoryState Reported(InventoryState state, HostStatusReport report)
+    {
+        var decision = InventoryDecider.Decide(state, report);
+        var next = decision.Event is { } e ? state.Apply(e) : state;
+        return decision.Chain is { } chain ? next.Chained(report.HostId, chain, report.At) : next;
+    }
 
     private static InventoryState Reported(InventoryState state, DomainStatusReport report) =>
         InventoryDecider.Decide(state, report) is { } e ? state.Apply(e) : state;
@@ -98,7 +102,7 @@ public sealed class InventoryStateTests
     {
         var state = Pool();
 
-        Assert.Null(InventoryDecider.Decide(state, _pool.HostReport("host-1", T0.AddMinutes(5), _pool.VmReport())));
+        Assert.Null(InventoryDecider.Decide(state, _pool.HostReport("host-1", T0.AddMinutes(5), _pool.VmReport())).Event);
         Assert.Null(InventoryDecider.Decide(state, _pool.DomainReport(at: T0.AddMinutes(5))));
         Assert.Equal(T0.AddMinutes(5), state.Heard("host-1", T0.AddMinutes(5)).Hosts["host-1"].LastReport);
         // a late copy of an older report moves nothing back
@@ -111,11 +115,11 @@ public sealed class InventoryStateTests
         var state = Pool();
         var stopped = _pool.HostReport("host-1", T0.AddMinutes(1), _pool.VmReport(running: false));
 
-        var change = Assert.IsType<HostReported>(InventoryDecider.Decide(state, stopped));
+        var change = Assert.IsType<HostReported>(InventoryDecider.Decide(state, stopped).Event);
         state = state.Apply(change);
         Assert.False(state.Hosts["host-1"].Vms[0].Running);
 
-        Assert.Null(InventoryDecider.Decide(state, _pool.HostReport("host-1", T0, _pool.VmReport())));
+        Assert.Null(InventoryDecider.Decide(state, _pool.HostReport("host-1", T0, _pool.VmReport())).Event);
     }
 
     [Fact]

@@ -13,6 +13,7 @@ public static class ProtocolSamples
 {
     private static readonly MigrationId Migration = MigrationId.Parse("6d1f4a52-0b8e-4c1e-9a57-3f0c2b9e7a11");
     private static readonly VmId Vm = VmId.Parse("b3a9e1c4-5d2f-4e8a-8c6b-1f7d9e0a2b33");
+    private static readonly VmId OtherVm = VmId.Parse("c4b0f2d5-6e3a-4f9b-9d7c-2a8e0f1b3c44");
     private static readonly ImageId Image = ImageId.Parse("0c5e8f21-7a4b-4d93-b1e6-9a2c3d4e5f60");
     private static readonly ImageId OtherImage = ImageId.Parse("1e2d3c4b-5a69-4788-96a5-b4c3d2e1f0a9");
     private static readonly DomainId Source = DomainId.Parse("a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d");
@@ -122,9 +123,13 @@ public static class ProtocolSamples
         new AdmissionReleased(Migration),
         // inventory messages
         new HostStatusReport("host-1", "akka.tcp://lsm@10.0.0.11:4053", SpmCapable: true, [VmSeen, VmSeen with { Running = false, Drives = [] }], At),
+        new HostStatusReport("host-1", "akka.tcp://lsm@10.0.0.11:4053", SpmCapable: true, [VmSeen], At, Epoch: At.UtcTicks, Seq: 7,
+            Whole: false, WholeEnds: false, Gone: [OtherVm]),
         new DomainStatusReport([SourceDomain, DestinationDomain], At),
         new DomainStatusReport([SourceDomain], At, HostId: "host-2"),
         new ReportAcknowledged(ReportAcknowledged.HostReport, At),
+        new ReportAcknowledged(ReportAcknowledged.HostReport, At, Epoch: At.UtcTicks, Seq: 7),
+        new ReportAcknowledged(ReportAcknowledged.HostReport, At, Epoch: At.UtcTicks, Seq: 3, Resync: true),
         new ReportAcknowledged(ReportAcknowledged.DomainsReport, At),
         new GetValidationFacts(Vm, [Image, OtherImage]),
         new ValidationFactsReply(Facts),
@@ -145,6 +150,7 @@ public static class ProtocolSamples
             [new DiskReservation(Image, Migration), new DiskReservation(OtherImage, OtherMigration)]),
         // inventory events (the journal)
         new HostReported("host-1", "akka.tcp://lsm@10.0.0.11:4053", SpmCapable: true, [VmSeen], At),
+        new HostVmsChanged("host-1", "akka.tcp://lsm@10.0.0.11:4053", SpmCapable: true, [VmSeen], [OtherVm], At),
         new DomainsReported([SourceDomain, DestinationDomain], At),
         new DisksReservedForMigration(Migration, Vm, [Image, OtherImage], At),
         new DisksReleasedByMigration(Migration, [Image, OtherImage], At),
