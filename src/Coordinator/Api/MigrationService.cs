@@ -42,7 +42,17 @@ public sealed class MigrationService(IRequiredActor<MigrationRegion> region, IRe
                 ? $"disk {busy.Image} was just moved by migration {busy.HeldBy} and its host has not reported it in its new place yet; try again in a moment"
                 : $"disk {busy.Image} is already moving in migration {busy.HeldBy}");
 
-        var answer = await region.ActorRef.Ask<object>(new StartMigration(id, request, facts.Facts), AskTimeout, ct);
+        // The facts were read while another migration still held one of these disks (it ended, and its disks were released
+        // before the reservation): they say the disk busy, and where it lay before that migration moved it. Read them again
+        // now; the disks this migration holds now are no other's.
+        var validated = facts.Facts;
+        if (validated.DisksInActiveMigrations.Any(images.Contains))
+        {
+            var fresh = (await inventory.ActorRef.Ask<ValidationFactsReply>(new GetValidationFacts(request.Vm, images), AskTimeout, ct)).Facts;
+            validated = fresh with { DisksInActiveMigrations = fresh.DisksInActiveMigrations.Where(i => !images.Contains(i)).ToValueList() };
+        }
+
+        var answer = await region.ActorRef.Ask<object>(new StartMigration(id, request, validated), AskTimeout, ct);
         if (answer is MigrationCommandRefused refused)
         {
             inventory.ActorRef.Tell(new ReleaseDisks(id));

@@ -84,4 +84,24 @@ public sealed class MigrationServiceTests : TestKit
         Assert.Contains(running.ToString(), outcome.Message);
         inventory.ExpectNoMsg(TimeSpan.FromMilliseconds(200)); // nothing released
     }
+
+    [Fact]
+    public async Task Facts_read_while_the_previous_migration_held_the_disk_are_read_again_once_the_disk_is_reserved()
+    {
+        // The facts were read while the disk's previous move still held it; its release came before the reservation, which
+        // succeeded. The saga must validate against facts read after that, in which the disk is this migration's alone.
+        var (service, _, inventory, region, next) = Start();
+        var start = service.StartAsync(next.Request());
+        inventory.ExpectMsg<GetValidationFacts>(Wait);
+        inventory.Reply(new ValidationFactsReply(next.Facts() with { DisksInActiveMigrations = [next.Image] }));
+        var reserve = inventory.ExpectMsg<ReserveDisks>(Wait);
+        inventory.Reply(new DisksReserved(reserve.Migration));
+        inventory.ExpectMsg<GetValidationFacts>(Wait);
+        // now the inventory lists the disk as held by this migration's own reservation
+        inventory.Reply(new ValidationFactsReply(next.Facts() with { DisksInActiveMigrations = [next.Image] }));
+        var started = region.ExpectMsg<StartMigration>(Wait);
+        Assert.Empty(started.Facts.DisksInActiveMigrations);
+        region.Reply(new MigrationCommandAccepted(reserve.Migration, nameof(StartMigration), "running"));
+        Assert.True((await start.WaitAsync(Wait)).Accepted);
+    }
 }
