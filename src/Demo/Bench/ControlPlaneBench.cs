@@ -17,8 +17,8 @@ namespace LiveMigration.Demo.Bench;
 /// <item>throughput: a fixed number of migrations kept in flight for a while, completions counted from the event stream,
 /// while a sampler times the API's answers (show one, list the active ones) and reads the Coordinator's memory.</item>
 /// </list>
-/// Writes var/bench/control-plane.json. The scenarios not measured yet (10,000 in flight, recovery of 1,000, PostgreSQL with
-/// 1 and 3 Coordinators) are written as null.
+/// Then <see cref="InFlightBench"/>'s scenarios (many migrations in flight, recovery after a SIGKILL) and the throughput on
+/// PostgreSQL with 1 and 3 Coordinators. Writes var/bench/control-plane.json.
 /// </summary>
 internal static class ControlPlaneBench
 {
@@ -34,6 +34,9 @@ internal static class ControlPlaneBench
         var maxPerHost = 0;
         var maxPerDomain = 0;
         var postgresSeconds = 30;
+        var hold = 10_000;
+        var holdSeconds = 30;
+        var recover = 1_000;
         var dataDir = "/tmp/lsm-bench-cp";
         for (var i = 0; i < args.Length; i++)
         {
@@ -48,13 +51,18 @@ internal static class ControlPlaneBench
                 case "--max-per-host" when int.TryParse(Value(), out var n) && n is >= 0 and <= 1000: maxPerHost = n; break;
                 case "--max-per-domain" when int.TryParse(Value(), out var n) && n is >= 0 and <= 1000: maxPerDomain = n; break;
                 case "--postgres-seconds" when int.TryParse(Value(), out var n) && n is 0 or (>= 5 and <= 3600): postgresSeconds = n; break;
+                case "--hold" when int.TryParse(Value(), out var n) && n is >= 0 and <= 20_000: hold = n; break;
+                case "--hold-seconds" when int.TryParse(Value(), out var n) && n is >= 5 and <= 600: holdSeconds = n; break;
+                case "--recover" when int.TryParse(Value(), out var n) && n is >= 0 and <= 10_000: recover = n; break;
                 case "--data-dir": dataDir = Value(); break;
                 default:
                     Console.Error.WriteLine($"bench control-plane: unknown or invalid option {args[i]}");
                     Console.Error.WriteLine("usage: ./run.sh bench control-plane [--seconds N (5-3600, default 60)] [--in-flight N (default 32)] " +
                                             "[--sequential N (default 50)] [--hosts N (default 2)] [--warmup SECONDS (default 15)] " +
                                             "[--max-per-host N] [--max-per-domain N (the admission limits; default 0 = none)] " +
-                                            "[--postgres-seconds N (1 and 3 Coordinators on PostgreSQL; default 30, 0 = skip)] [--data-dir DIR]");
+                                            "[--postgres-seconds N (1 and 3 Coordinators on PostgreSQL; default 30, 0 = skip)] " +
+                                            "[--hold N (migrations held in flight, copies paced; default 10000, 0 = skip)] [--hold-seconds N (default 30)] " +
+                                            "[--recover N (in flight when the Coordinator is SIGKILLed; default 1000, 0 = skip)] [--data-dir DIR]");
                     return 2;
             }
         }
@@ -112,8 +120,28 @@ internal static class ControlPlaneBench
                               $"API p99 start {Percentile(startLatencies, 0.99):0} ms, show {Percentile(showLatencies, 0.99):0} ms, list {Percentile(listLatencies, 0.99):0} ms; " +
                               $"Coordinator RSS peak {rssPeak / (1 << 20)} MiB; {settlingRefusals} starts refused while the disk settled and asked again");
 
-            // 3. the same throughput on a PostgreSQL journal, with one Coordinator and with three (the SQLite cluster stopped first)
             await LocalClusterLauncher.DownAsync(dataDir);
+
+            // 3. many migrations in flight at once (copies paced to last minutes), then 4. a Coordinator SIGKILLed amid them
+            InFlightBench.InFlightResult? held = null;
+            if (hold > 0)
+            {
+                Console.WriteLine($"in flight: {hold} migrations held (sim copies at 1 MiB/s of a 600 MiB base), the API sampled for {holdSeconds} s");
+                held = await InFlightBench.InFlightAsync(hold, hosts, holdSeconds, $"{dataDir}-hold");
+                Console.WriteLine($"in flight: {held.InFlight} migrations; API p99 start {Percentile(held.Start, 0.99):0} ms, show {Percentile(held.Show, 0.99):0} ms, " +
+                                  $"list (a page of 100) {Percentile(held.List, 0.99):0} ms, dashboard refresh {Percentile(held.Dashboard, 0.99):0} ms; " +
+                                  $"Coordinator RSS peak {held.RssPeakBytes / (1 << 20)} MiB");
+            }
+            InFlightBench.RecoveryResult? recovered = null;
+            if (recover > 0)
+            {
+                Console.WriteLine($"recovery: {recover} migrations in flight, the Coordinator SIGKILLed and started again");
+                recovered = await InFlightBench.RecoveryAsync(recover, hosts, $"{dataDir}-recover");
+                Console.WriteLine($"recovery: API answering {recovered.StreamOpenSeconds:0.0} s after the restart, first migration moving at " +
+                                  $"{recovered.FirstMovingSeconds:0.0} s, all {recovered.InFlight} at {recovered.AllMovingSeconds:0.0} s ({recovered.Moving} moving)");
+            }
+
+            // 5. the same throughput on a PostgreSQL journal, with one Coordinator and with three
             var postgres = new JsonObject();
             if (postgresSeconds > 0)
             {
@@ -149,10 +177,28 @@ internal static class ControlPlaneBench
                     ["show"] = Math.Round(Percentile(showLatencies, 0.99), 1),
                     ["listActive"] = Math.Round(Percentile(listLatencies, 0.99), 1),
                 },
-                ["coordinatorRssMiB"] = rssPeak / (1 << 20),
-                // not measured yet: the note says what stands in the way
-                ["inFlight"] = null,
-                ["recoverySecondsFor1000"] = null,
+                ["coordinatorRssMiBThroughput"] = rssPeak / (1 << 20),
+                // with many migrations in flight (the memory and API targets apply there)
+                ["inFlight"] = held?.InFlight,
+                ["coordinatorRssMiB"] = held is null ? null : held.RssPeakBytes / (1 << 20),
+                ["apiP99MsInFlight"] = held is null ? null : new JsonObject
+                {
+                    ["start"] = Math.Round(Percentile(held.Start, 0.99), 1),
+                    ["show"] = Math.Round(Percentile(held.Show, 0.99), 1),
+                    ["listPage"] = Math.Round(Percentile(held.List, 0.99), 1),
+                    ["dashboardRefresh"] = Math.Round(Percentile(held.Dashboard, 0.99), 1),
+                },
+                ["startsPerSecondInFlight"] = held is null ? null : Math.Round(held.StartsPerSecond, 1),
+                ["recoveryInFlight"] = recovered?.InFlight,
+                ["recoverySecondsFor1000"] = recovered is null || recovered.InFlight != 1000 ? null : Math.Round(recovered.AllMovingSeconds, 1),
+                ["recovery"] = recovered is null ? null : new JsonObject
+                {
+                    ["inFlight"] = recovered.InFlight,
+                    ["apiAnsweringSeconds"] = Math.Round(recovered.StreamOpenSeconds, 2),
+                    ["firstMovingSeconds"] = Math.Round(recovered.FirstMovingSeconds, 2),
+                    ["allMovingSeconds"] = Math.Round(recovered.AllMovingSeconds, 2),
+                    ["moving"] = recovered.Moving,
+                },
                 ["migrationsPerSecondPostgres1"] = postgres["migrationsPerSecondPostgres1"]?.DeepClone(),
                 ["migrationsPerSecondPostgres3"] = postgres["migrationsPerSecondPostgres3"]?.DeepClone(),
                 ["postgresSeconds"] = postgresSeconds,
@@ -308,7 +354,7 @@ internal static class ControlPlaneBench
         {
             while (!stop.IsCancellationRequested)
             {
-                rssPeak = Math.Max(rssPeak, RssBytes(coordinatorPid));
+                rssPeak = Math.Max(rssPeak, ProcessMemory.RssBytes(coordinatorPid));
                 if (lastIds.FirstOrDefault(x => x is not null) is { } some)
                     showLatencies.Add(await TimeAsync(() => apis[0].GetAsync($"/api/migrations/{some}")));
                 listLatencies.Add(await TimeAsync(() => apis[0].GetAsync("/api/migrations?active=true")));
@@ -373,14 +419,4 @@ internal static class ControlPlaneBench
     private static double Percentile(List<double> sorted, double p) =>
         sorted.Count == 0 ? double.NaN : sorted[Math.Min(sorted.Count - 1, (int)Math.Ceiling(p * sorted.Count) - 1)];
 
-    /// <summary>The resident memory of a process, from /proc (0 when it is gone).</summary>
-    private static long RssBytes(int pid)
-    {
-        try
-        {
-            var line = File.ReadLines($"/proc/{pid}/status").FirstOrDefault(l => l.StartsWith("VmRSS:"));
-            return line is null ? 0 : long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) * 1024;
-        }
-        catch (IOException) { return 0; }
-    }
 }

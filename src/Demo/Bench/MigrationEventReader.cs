@@ -16,6 +16,9 @@ internal sealed class MigrationEventReader(string baseUrl, string? token) : IDis
     private readonly ConcurrentDictionary<string, TaskCompletionSource<JsonElement>> _finished = new();
     private Task? _reading;
 
+    /// <summary>Called with every change the stream brings (on the reader's thread), before a finish is handed out.</summary>
+    public Action<JsonElement>? OnChange { get; init; }
+
     private TaskCompletionSource<JsonElement> Slot(string id) =>
         _finished.GetOrAdd(id, _ => new TaskCompletionSource<JsonElement>(TaskCreationOptions.RunContinuationsAsynchronously));
 
@@ -35,6 +38,7 @@ internal sealed class MigrationEventReader(string baseUrl, string? token) : IDis
                 {
                     if (!line.StartsWith("data:")) continue;
                     var migration = JsonDocument.Parse(line.AsMemory(5)).RootElement.Clone();
+                    OnChange?.Invoke(migration);
                     if (migration.GetProperty("finished").GetBoolean())
                         Slot(migration.GetProperty("id").GetString()!).TrySetResult(migration);
                 }

@@ -161,11 +161,13 @@ public static class ClusterNodeHosting
         if (settings.ExtraHocon is { Length: > 0 } hocon)
             builder.AddHocon(hocon, HoconAddMode.Prepend);
         return builder
+            .AddHocon(FailoverTimings, HoconAddMode.Append)
             .WithRemoting(settings.Hostname, settings.Port)
             .WithRemotingSecurity(settings)
             .WithClustering(new ClusterOptions
             {
-                SeedNodes = settings.Seeds.Count > 0 ? settings.Seeds.ToArray() : null,
+                // a node that replaces a crashed incarnation joins once that one is removed (PredecessorDowning joins it)
+                SeedNodes = settings.Seeds.Count > 0 && settings.Replaces is null ? settings.Seeds.ToArray() : null,
                 Roles = settings.Roles.ToArray(),
                 SplitBrainResolver = new KeepMajorityOption(),
             })
@@ -174,10 +176,14 @@ public static class ClusterNodeHosting
             .WithPredecessorDowning(settings);
     }
 
-    private static AkkaConfigurationBuilder WithPredecessorDowning(this AkkaConfigurationBuilder builder, ClusterNodeSettings settings) =>
-        settings.Replaces is not { } replaces
+    private static AkkaConfigurationBuilder WithPredecessorDowning(this AkkaConfigurationBuilder builder, ClusterNodeSettings settings)
+    {
+        builder.WithActors((system, _) => system.ActorOf(PredecessorWatch.Props(), PredecessorWatch.Name));
+        return settings.Replaces is not { } replaces
             ? builder
-            : builder.WithActors((system, _) => system.ActorOf(PredecessorDowning.Props(Akka.Actor.Address.Parse(replaces)), "predecessor-downing"));
+            : builder.WithActors((system, _) => system.ActorOf(
+                PredecessorDowning.Props(Akka.Actor.Address.Parse(replaces), settings.Seeds.Select(Akka.Actor.Address.Parse).ToList()), "predecessor-downing"));
+    }
 
     /// <summary>
     /// Mutual TLS on the dot-netty transport when the node has a certificate: it presents it, demands one from every
@@ -196,6 +202,29 @@ public static class ClusterNodeHosting
             .AddSetup(new DotNettySslSetup(tls.Certificate, suppressValidation: false, requireMutualAuthentication: true,
                 customValidator: tls.AcceptPeer));
     }
+
+    /// <summary>
+    /// How fast the cluster moves on once a member is known dead (a crashed Coordinator restarted with <c>--replaces</c>
+    /// downs its old incarnation at once): Akka's defaults (gossip and leader actions every second, a singleton's hand-over
+    /// asked for 15 times a second apart, proxies and shard regions looking for their singleton every 1–2 s) added 5–25 s
+    /// before the singletons and the sagas ran again. Seen in bench control-plane's recovery: the removal of the downed
+    /// incarnation took 4.5 s, and a singleton manager that saw the new oldest before the removal asked the dead node to
+    /// hand over for 20 s. How fast a failure is detected is left alone (heartbeats, acceptable pause): that is what
+    /// decides a live member's fate under load. Test timings and extra HOCON (LSM_Cluster__ExtraHocon) come before these.
+    /// </summary>
+    public const string FailoverTimings = """
+        akka.cluster {
+          gossip-interval = 250ms
+          leader-actions-interval = 250ms
+          unreachable-nodes-reaper-interval = 500ms
+        }
+        akka.cluster.singleton {
+          hand-over-retry-interval = 250ms
+          min-number-of-hand-over-retries = 8
+        }
+        akka.cluster.singleton-proxy.singleton-identification-interval = 250ms
+        akka.cluster.sharding.retry-interval = 250ms
+        """;
 
     /// <summary>Cluster timings for tests: a few seconds to form and to hand over instead of tens (PACKAGES.md).</summary>
     public const string FastTestTimings = """

@@ -68,6 +68,10 @@ public static class ProtocolManifests
         ("lm.MigrationAbandoned.v1", typeof(MigrationAbandoned)),
         ("lm.AbandonStarted.v1", typeof(AbandonStarted)),
 
+        // membership: a restarting node's crashed incarnation, downed by a running member before the node joins
+        ("lm.DownPredecessor.v1", typeof(DownPredecessor)),
+        ("lm.PredecessorGone.v1", typeof(PredecessorGone)),
+
         // the inventory: host and SPM reports, the Coordinator's questions and their answers
         ("lm.HostStatusReport.v1", typeof(HostStatusReport)),
         ("lm.DomainStatusReport.v1", typeof(DomainStatusReport)),

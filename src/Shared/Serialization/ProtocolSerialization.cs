@@ -18,6 +18,7 @@ public static class ProtocolSerialization
             typeof(IInventoryMessage), typeof(IInventoryEvent),
             typeof(IManagementMessage),
             typeof(IAuditMessage), typeof(IAuditEvent),
+            typeof(IMembershipMessage),
         ];
 
     /// <summary>The binding as configuration, for an ActorSystem built without Akka.Hosting (tests, tools).</summary>

@@ -10,8 +10,9 @@ namespace LiveMigration.Cluster.Specs.InProcess;
 
 /// <summary>
 /// A node that comes back from a crash on a fresh port with <c>--replaces OLD</c> (what <c>lsm local up</c> does for a dead
-/// Coordinator) downs its crashed incarnation itself, so the cluster moves on at once instead of after the split brain
-/// resolver's stable-after, which here is longer than the test waits. Real ActorSystems on loopback, wired by
+/// Coordinator) has a running member down its crashed incarnation and joins once it is removed, so the cluster moves on at
+/// once instead of after the split brain resolver's stable-after (here longer than the test waits), and the new node
+/// never sees its predecessor as a member (its singletons then start without the resolver's removal margin). Real ActorSystems on loopback, wired by
 /// <see cref="ClusterNodeHosting.WithClusterNode"/> as the processes are; the crash is a terminate without leaving.
 /// </summary>
 public sealed class PredecessorDowningSpecs(ITestOutputHelper output) : IAsyncLifetime
@@ -26,6 +27,8 @@ public sealed class PredecessorDowningSpecs(ITestOutputHelper output) : IAsyncLi
         """;
 
     private readonly List<IHost> _hosts = [];
+    /// <summary>Every member a node's membership events named, from its start.</summary>
+    private readonly Dictionary<ActorSystem, System.Collections.Concurrent.ConcurrentBag<Address>> _memberEvents = new();
 
     public Task InitializeAsync() => Task.CompletedTask;
 
@@ -51,10 +54,12 @@ public sealed class PredecessorDowningSpecs(ITestOutputHelper output) : IAsyncLi
             () => Task.FromResult(Akka.Cluster.Cluster.Get(seed).State.Unreachable.Any(m => m.Address.Equals(oldAddress))), TimeSpan.FromSeconds(30));
 
         var replacement = await StartAsync(SelfAddress(seed), replaces: oldAddress);
+        var seenByReplacement = _memberEvents[replacement];
         await Eventually.HoldsAsync("the crashed incarnation removed and the replacement Up on both members", () => Task.FromResult(
             UpMembers(seed).SetEquals([SelfAddress(seed), SelfAddress(replacement)])
             && UpMembers(replacement).SetEquals([SelfAddress(seed), SelfAddress(replacement)])
             && !Akka.Cluster.Cluster.Get(seed).State.Members.Any(m => m.Address.Equals(oldAddress))), TimeSpan.FromSeconds(30));
+        Assert.DoesNotContain(oldAddress, seenByReplacement);
     }
 
     private async Task<ActorSystem> StartAsync(Address? seed, Address? replaces)
@@ -73,6 +78,13 @@ public sealed class PredecessorDowningSpecs(ITestOutputHelper output) : IAsyncLi
             {
                 akka.WithClusterNode(settings);
                 if (seed is null) akka.AddStartup((system, _) => Akka.Cluster.Cluster.Get(system).Join(Akka.Cluster.Cluster.Get(system).SelfAddress));
+                akka.AddStartup((system, _) =>
+                {
+                    var seen = new System.Collections.Concurrent.ConcurrentBag<Address>();
+                    lock (_memberEvents) _memberEvents[system] = seen;
+                    var recorder = system.ActorOf(Props.Create(() => new MemberRecorder(seen)));
+                    Akka.Cluster.Cluster.Get(system).Subscribe(recorder, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsEvents, typeof(ClusterEvent.IMemberEvent));
+                });
             }))
             .Build();
         _hosts.Add(host);
@@ -86,4 +98,10 @@ public sealed class PredecessorDowningSpecs(ITestOutputHelper output) : IAsyncLi
 
     private static HashSet<Address> UpMembers(ActorSystem system) =>
         Akka.Cluster.Cluster.Get(system).State.Members.Where(m => m.Status == MemberStatus.Up).Select(m => m.Address).ToHashSet();
+
+    private sealed class MemberRecorder : ReceiveActor
+    {
+        public MemberRecorder(System.Collections.Concurrent.ConcurrentBag<Address> seen) =>
+            Receive<ClusterEvent.IMemberEvent>(e => seen.Add(e.Member.Address));
+    }
 }

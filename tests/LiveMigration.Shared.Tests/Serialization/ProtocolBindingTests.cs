@@ -32,6 +32,7 @@ public sealed class ProtocolBindingTests()
         "lm.HostReported.v1",       // IInventoryEvent
         "lm.RecordAuditRequest.v1", // IAuditMessage
         "lm.AuditRequestRecorded.v1", // IAuditEvent
+        "lm.DownPredecessor.v1",    // IMembershipMessage
     ];
 
     [Theory]

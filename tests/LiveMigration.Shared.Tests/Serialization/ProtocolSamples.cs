@@ -121,6 +121,9 @@ public static class ProtocolSamples
         new AdmissionRequest(Migration, null, []),
         new AdmissionHeld(Migration, "host-2", [DestinationDomain.Id]),
         new AdmissionReleased(Migration),
+        // membership
+        new DownPredecessor("akka.tcp://lsm@10.0.0.11:4053"),
+        new PredecessorGone("akka.tcp://lsm@10.0.0.11:4053"),
         // inventory messages
         new HostStatusReport("host-1", "akka.tcp://lsm@10.0.0.11:4053", SpmCapable: true, [VmSeen, VmSeen with { Running = false, Drives = [] }], At),
         new HostStatusReport("host-1", "akka.tcp://lsm@10.0.0.11:4053", SpmCapable: true, [VmSeen], At, Epoch: At.UtcTicks, Seq: 7,
