@@ -57,9 +57,10 @@ public sealed class ManagementService(ActorSystem system, IActorRef inventory, I
     {
         var snapshot = await InventoryAsync(ct);
         var spmAddress = await SpmAddressAsync(ct);
+        var vmsPerHost = snapshot.Vms.GroupBy(v => v.HostId).ToDictionary(g => g.Key, g => g.Count());
         return snapshot.Hosts
             .Select(h => new HostView(h.HostId, h.Address, h.SpmCapable, h.Address == spmAddress, h.LastReport,
-                snapshot.Vms.Count(v => v.HostId == h.HostId)))
+                vmsPerHost.GetValueOrDefault(h.HostId)))
             .OrderBy(h => h.Id, StringComparer.Ordinal)
             .ToList();
     }
@@ -114,7 +115,9 @@ public sealed class ManagementService(ActorSystem system, IActorRef inventory, I
     public async Task<IReadOnlyList<VmView>> VmsAsync(CancellationToken ct)
     {
         var snapshot = await InventoryAsync(ct);
-        return snapshot.Vms.Select(v => ViewOf(v, snapshot)).OrderBy(v => v.Name, StringComparer.Ordinal).ThenBy(v => v.Id).ToList();
+        // one index of the reservations for all VMs: built per VM it made the list quadratic (22 s for 10,000 VMs in flight)
+        var migrations = MigrationsByImage(snapshot);
+        return snapshot.Vms.Select(v => ViewOf(v, migrations)).OrderBy(v => v.Name, StringComparer.Ordinal).ThenBy(v => v.Id).ToList();
     }
 
     public async Task<VmView> VmAsync(string idOrName, CancellationToken ct)
@@ -290,9 +293,13 @@ public sealed class ManagementService(ActorSystem system, IActorRef inventory, I
 
     private static string FormatName(VolumeFormat format) => format == VolumeFormat.Cow ? "qcow2" : "raw";
 
-    private static VmView ViewOf(VmEntry entry, InventorySnapshot snapshot)
+    private static VmView ViewOf(VmEntry entry, InventorySnapshot snapshot) => ViewOf(entry, MigrationsByImage(snapshot));
+
+    private static Dictionary<ImageId, MigrationId> MigrationsByImage(InventorySnapshot snapshot) =>
+        snapshot.Reservations.ToDictionary(r => r.Image, r => r.Migration);
+
+    private static VmView ViewOf(VmEntry entry, Dictionary<ImageId, MigrationId> migrations)
     {
-        var migrations = snapshot.Reservations.ToDictionary(r => r.Image, r => r.Migration);
         return new VmView(entry.Vm.Id.ToString(), entry.Vm.Name, entry.HostId, entry.Vm.Running,
             entry.Vm.Drives.Select(d => new VmDiskView(
                 d.Image.ToString(), d.CapacityBytes, d.AllocatedBytes,

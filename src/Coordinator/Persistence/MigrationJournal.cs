@@ -24,6 +24,14 @@ public static class MigrationJournal
     {
         // The sagas' snapshots, too, are written under a versioned manifest, not CLR type names.
         builder.AddHocon(MigrationSnapshotSerializer.Binding, HoconAddMode.Prepend);
+        // The migrations list reads the journal on from its last offset (MigrationCatalog, CurrentAllEvents): such a read
+        // ends only once the read side's gap-free maximum reaches the journal's maximum at its start, which it learns by
+        // polling every query-delay, and meanwhile it waits refresh-interval between tries; both default to 1 s, so under
+        // steady writes a list took just over a second (bench control-plane: list p99 1.2 s with 32 migrations in flight).
+        builder.AddHocon("""
+            akka.persistence.query.journal.sql.refresh-interval = 50ms
+            akka.persistence.query.journal.sql.journal-sequence-retrieval.query-delay = 50ms
+            """, HoconAddMode.Prepend);
         if (!string.IsNullOrWhiteSpace(options.PostgresConnectionString))
             return builder.WithSqlPersistence(options.PostgresConnectionString, ProviderName.PostgreSQL15, autoInitialize: true);
 
