@@ -165,10 +165,14 @@ public sealed class LocalCommandTests : IAsyncLifetime
         await ProcessTable.WaitGoneAsync([coordinator], n => n.Alive, TimeSpan.FromSeconds(10));
         var again = await CliProcess.RunAsync(null, "local", "up", "--data-dir", _dataDirectory, "--api-port", "0", "--fast-timings");
         Assert.True(again.ExitCode == 0, again.ToString());
-        // back on a fresh cluster port, having downed its crashed incarnation itself (PredecessorDowning)
+        // back on a fresh cluster port, joined once a running member (a host) downed and removed its crashed incarnation
+        // at its request (PredecessorDowning, PredecessorWatch)
         var replacement = (await LocalClusterState.ReadAsync(_dataDirectory))!.Nodes.Single(n => n.Name == "coordinator");
         Assert.NotEqual(coordinator.Port, replacement.Port);
-        Assert.Contains($"Downing {coordinator.Address}", await File.ReadAllTextAsync(Path.Combine(_dataDirectory, "logs", "coordinator.log")));
+        Assert.Contains($"The predecessor {coordinator.Address} is downed and removed by a running member; joining",
+            await File.ReadAllTextAsync(Path.Combine(_dataDirectory, "logs", "coordinator.log")));
+        Assert.Contains($"Downing {coordinator.Address}", string.Join("\n",
+            await Task.WhenAll(Directory.EnumerateFiles(Path.Combine(_dataDirectory, "logs"), "host-*.log").Select(f => File.ReadAllTextAsync(f)))));
 
         var migrated = await migrating;
 
