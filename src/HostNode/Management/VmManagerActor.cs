@@ -112,6 +112,7 @@ public sealed class VmManagerActor : ReceiveActor
         if (_catalog.Find(command.Vm) is not null || (await _hypervisor.ListVmsAsync()).Any(v => v.Id == command.Vm))
             throw new OperationFailedException(ErrorCodes.Conflict, $"VM {command.Vm} exists on host {_hostId} already");
         var vm = new CatalogedVm(command.Vm, command.Name, command.Disks);
+        await WaitForAnnouncedDomainsAsync(vm);
         var chains = await ChainsOfAsync(vm);
         // Recorded before it starts, so a host that dies during the start still knows the VM.
         _catalog.Save(vm);
@@ -127,6 +128,22 @@ public sealed class VmManagerActor : ReceiveActor
             throw;
         }
         return new ManagedVm(_hostId, await VmReports.OfRunningAsync(info, _pool));
+    }
+
+    /// <summary>How long a new VM waits for the announcement of a domain its disks are on.</summary>
+    private static readonly TimeSpan DomainAnnouncementWait = TimeSpan.FromSeconds(10);
+
+    /// <summary>
+    /// The SPM announces a new domain to every host through pubsub, and the API answers "created" once the inventory has
+    /// it, not once every host attached it: a VM created on it at once can reach this host before the announcement
+    /// (CI saw it under load: STALE_RECORD for a domain attached 60 ms later). So a disk on a domain this host does not
+    /// have waits a moment for it (the announcement attaches it meanwhile); after that the record is refused as before.
+    /// </summary>
+    private async Task WaitForAnnouncedDomainsAsync(CatalogedVm vm)
+    {
+        var deadline = DateTime.UtcNow + DomainAnnouncementWait;
+        while (vm.Drives.Any(d => _pool.Domains.All(domain => domain.Id != d.Leaf.Domain)) && DateTime.UtcNow < deadline)
+            await Task.Delay(100);
     }
 
     private async Task<IManagementMessage> StartAsync(VmId id)

@@ -96,4 +96,24 @@ public sealed class VmManagerActorTests : Akka.TestKit.Xunit2.TestKit, IAsyncLif
         Assert.Equal(ErrorCodes.VmNotFound, (await AskAsync<ManagementRefused>(new VerifyGuest(unknown))).Code);
         Assert.Empty(_catalog.All());
     }
+
+    [Fact]
+    public async Task A_vm_on_a_domain_whose_announcement_has_not_reached_the_host_yet_waits_for_it_instead_of_being_refused()
+    {
+        // The SPM created domain b and the VM's disks on it; this host attaches b only when the announcement arrives, a
+        // moment after the CreateVm (pubsub gives no order between the two).
+        var b = new SimStorageDomain(DomainId.New(), "b", 4L << 30);
+        var spm = new SpmStorage(new StoragePool([_a, b]), _ => { });
+        var vm = VmId.New();
+        var disks = Assert.IsType<VmDisksCreated>(await spm.HandleAsync(new CreateVmDisks(vm, [new NewDisk(16 * MiB, b.Id, 1)]))).Disks;
+
+        var creating = AskAsync<ManagedVm>(new CreateVm(vm, "early", disks));
+        await Task.Delay(300);
+        Assert.False(creating.IsCompleted);
+        _pool.Attach(b);
+
+        var created = await creating;
+        Assert.True(created.Vm.Running);
+        Assert.Equal(b.Id, Assert.Single(created.Vm.Drives).LeafDomain);
+    }
 }
