@@ -344,9 +344,27 @@ public sealed class ManagementService(ActorSystem system, IActorRef inventory, I
     private async Task<IManagementMessage> AskHostAsync(string host, IManagementMessage command, CancellationToken ct)
     {
         var mediator = DistributedPubSub.Get(system).Mediator;
+        var path = ManagementTopics.VmManagerPath(host);
+        var deadline = DateTime.UtcNow + HostWorkTimeout;
         try
         {
-            return await mediator.Ask<IManagementMessage>(new Send(ManagementTopics.VmManagerPath(host), command), HostWorkTimeout, ct);
+            // A host that just joined is known to this node's mediator only once pubsub's gossip brought its registration
+            // (about a second): a command sent before that is dropped, and the operator waited the whole timeout for nothing
+            // (CI: `lsm vm start` right after `lsm local up`). An Identify, which every actor answers and which changes
+            // nothing, is sent until the host's manager answers; the command itself goes once.
+            while (true)
+            {
+                try
+                {
+                    await mediator.Ask<ActorIdentity>(new Send(path, new Identify(null)), TimeSpan.FromSeconds(1), ct);
+                    break;
+                }
+                catch (AskTimeoutException) when (DateTime.UtcNow < deadline)
+                {
+                }
+            }
+            var left = deadline - DateTime.UtcNow;
+            return await mediator.Ask<IManagementMessage>(new Send(path, command), left > TimeSpan.FromSeconds(1) ? left : TimeSpan.FromSeconds(1), ct);
         }
         catch (AskTimeoutException)
         {
