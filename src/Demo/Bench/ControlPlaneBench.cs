@@ -214,14 +214,8 @@ internal static class ControlPlaneBench
         {
             Console.Error.WriteLine($"bench control-plane: {e.Message}");
             // What the cluster said, kept for whoever looks next: the data directory goes below.
-            var logs = Path.GetFullPath(Path.Combine("var", "bench", "control-plane-logs"));
-            if (Directory.Exists(Path.Combine(dataDir, "logs")))
-            {
-                Directory.CreateDirectory(logs);
-                foreach (var log in Directory.EnumerateFiles(Path.Combine(dataDir, "logs")))
-                    File.Copy(log, Path.Combine(logs, Path.GetFileName(log)), overwrite: true);
+            if (BenchProbes.KeepLogs(dataDir, "control-plane-logs") is { } logs)
                 Console.Error.WriteLine($"the nodes' logs: {logs}");
-            }
         }
         finally
         {
@@ -354,10 +348,10 @@ internal static class ControlPlaneBench
         {
             while (!stop.IsCancellationRequested)
             {
-                rssPeak = Math.Max(rssPeak, ProcessMemory.RssBytes(coordinatorPid));
+                rssPeak = Math.Max(rssPeak, BenchProbes.RssBytes(coordinatorPid));
                 if (lastIds.FirstOrDefault(x => x is not null) is { } some)
-                    showLatencies.Add(await TimeAsync(() => apis[0].GetAsync($"/api/migrations/{some}")));
-                listLatencies.Add(await TimeAsync(() => apis[0].GetAsync("/api/migrations?active=true")));
+                    showLatencies.Add(await BenchProbes.TimeAsync(() => apis[0].GetAsync($"/api/migrations/{some}")));
+                listLatencies.Add(await BenchProbes.TimeAsync(() => apis[0].GetAsync("/api/migrations?active=true")));
                 await Task.Delay(500);
             }
         });
@@ -409,12 +403,6 @@ internal static class ControlPlaneBench
             throw new InvalidOperationException($"migration {id} ended {migration.GetProperty("status").GetString()}: {migration}");
     }
 
-    private static async Task<double> TimeAsync(Func<Task> call)
-    {
-        var watch = Stopwatch.StartNew();
-        await call();
-        return watch.Elapsed.TotalMilliseconds;
-    }
 
     private static double Percentile(List<double> sorted, double p) =>
         sorted.Count == 0 ? double.NaN : sorted[Math.Min(sorted.Count - 1, (int)Math.Ceiling(p * sorted.Count) - 1)];

@@ -45,7 +45,7 @@ internal static class InFlightBench
             {
                 while (!stopSampling.IsCancellationRequested)
                 {
-                    rssPeak = Math.Max(rssPeak, ProcessMemory.RssBytes(coordinatorPid));
+                    rssPeak = Math.Max(rssPeak, BenchProbes.RssBytes(coordinatorPid));
                     await Task.Delay(500);
                 }
             });
@@ -67,15 +67,15 @@ internal static class InFlightBench
             var until = Stopwatch.StartNew();
             while (until.Elapsed < TimeSpan.FromSeconds(sampleSeconds))
             {
-                show.Add(await TimeAsync(() => api.GetAsync($"/api/migrations/{ids[random.Next(ids.Count)]}")));
-                list.Add(await TimeAsync(() => api.GetAsync($"/api/migrations?active=true&limit=100&offset={random.Next(count / 100) * 100}")));
+                show.Add(await BenchProbes.TimeAsync(() => api.GetAsync($"/api/migrations/{ids[random.Next(ids.Count)]}")));
+                list.Add(await BenchProbes.TimeAsync(() => api.GetAsync($"/api/migrations?active=true&limit=100&offset={random.Next(count / 100) * 100}")));
                 if (spareAt < disks.Count)
                 {
                     var disk = disks[spareAt++];
-                    start.Add(await TimeAsync(() => api.StartMigrationAsync(disk.Vm, disk.Image, b, "pre-copy")));
+                    start.Add(await BenchProbes.TimeAsync(() => api.StartMigrationAsync(disk.Vm, disk.Image, b, "pre-copy")));
                 }
                 // the dashboard's refresh: hosts, domains, VMs and the first page of migrations, at once
-                dashboard.Add(await TimeAsync(() => Task.WhenAll(api.GetAsync("/api/hosts"), api.GetAsync("/api/domains"),
+                dashboard.Add(await BenchProbes.TimeAsync(() => Task.WhenAll(api.GetAsync("/api/hosts"), api.GetAsync("/api/domains"),
                     api.GetAsync("/api/vms"), api.GetAsync("/api/migrations"))));
                 await Task.Delay(250);
             }
@@ -162,13 +162,7 @@ internal static class InFlightBench
         {
             await LocalClusterLauncher.DownAsync(dataDir);
             // the nodes' logs stay for whoever reads the figures next (the data directory goes)
-            var logs = Path.GetFullPath(Path.Combine("var", "bench", Path.GetFileName(dataDir) + "-logs"));
-            if (Directory.Exists(Path.Combine(dataDir, "logs")))
-            {
-                Directory.CreateDirectory(logs);
-                foreach (var log in Directory.EnumerateFiles(Path.Combine(dataDir, "logs")))
-                    File.Copy(log, Path.Combine(logs, Path.GetFileName(log)), overwrite: true);
-            }
+            BenchProbes.KeepLogs(dataDir, Path.GetFileName(dataDir) + "-logs");
             try { Directory.Delete(dataDir, recursive: true); } catch (IOException) { }
         }
     }
@@ -204,10 +198,4 @@ internal static class InFlightBench
         return ids.ToList();
     }
 
-    private static async Task<double> TimeAsync(Func<Task> call)
-    {
-        var watch = Stopwatch.StartNew();
-        await call();
-        return watch.Elapsed.TotalMilliseconds;
-    }
 }

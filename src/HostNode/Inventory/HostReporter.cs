@@ -85,9 +85,8 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
             _unacknowledgedParts.AddRange(parts);
             _unacknowledgedDomains = r.Domains with { At = at };
             _resendDelay = FirstResendDelay;
-            foreach (var part in parts) _inventory.Tell(part);
-            _inventory.Tell(_unacknowledgedDomains);
-            Timers.StartSingleTimer(ResendTimer, new Resend(), _resendDelay);
+            // every part not acknowledged, in order: a lost earlier part would otherwise leave a gap until the re-send
+            SendUnacknowledged();
             Done();
         });
         Receive<ReportAcknowledged>(ack =>
