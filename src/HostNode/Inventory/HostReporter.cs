@@ -14,7 +14,8 @@ namespace LiveMigration.HostNode.Inventory;
 public sealed record HostStateChanged(OperationId Operation);
 
 /// <summary>Published on the local event stream when an operator's command changed the host's VMs or domains.</summary>
-public sealed record HostInventoryChanged(string Why);
+/// <param name="Vm">The one VM the command changed; null when it may have changed any (a domain attached, VMs adopted).</param>
+public sealed record HostInventoryChanged(string Why, VmId? Vm = null);
 
 /// <summary>
 /// Tells the Coordinator's inventory (through its singleton proxy) what this host sees: its VMs with the chains their drives run on,
@@ -24,17 +25,25 @@ public sealed record HostInventoryChanged(string Why);
 /// Its VMs go as a chain of parts (<see cref="HostStatusReport"/>): the whole view first, in parts small enough for a remote
 /// message, then only what changed since the part before; every part not acknowledged is sent again, in order, and a
 /// resync from the inventory begins a new chain with the whole view.
+/// A report describes again only the VMs a change named (a step's image, a hypervisor event's VM, a command's VM) and those
+/// whose drives the hypervisor now shows on other files; the others keep their last report. Describing every VM after
+/// every step made a host with thousands of VMs spend its cores on reports.
 /// </summary>
 public sealed class HostReporter : ReceiveActor, IWithTimers
 {
-    private sealed record ReportNow(string Why);
-    private sealed record Reports(string Address, IReadOnlyList<VmReport> Vms, DomainStatusReport Domains, DateTimeOffset At);
+    private sealed record ReportNow(string Why, VmId? Vm = null);
+    private sealed record Reports(string Address, IReadOnlyList<KeyedVmReport> Vms, DomainStatusReport Domains, DateTimeOffset At);
     private sealed record Resend;
 
     /// <summary>First wait for a receipt before sending again; doubled after each unanswered send up to <see cref="MaxResendDelay"/>.</summary>
     public static readonly TimeSpan FirstResendDelay = TimeSpan.FromSeconds(1);
     public static readonly TimeSpan MaxResendDelay = TimeSpan.FromSeconds(8);
     private const string ResendTimer = "resend";
+    /// <summary>
+    /// How long a VM's report may be kept while no change named it: what its drives allocate grows with the guest's writes,
+    /// and the Coordinator sizes a move's destination by it. The next report after that describes the VM again.
+    /// </summary>
+    public static readonly TimeSpan MaxReportReuse = TimeSpan.FromSeconds(30);
 
     private readonly string _hostId;
     private readonly bool _spmCapable;
@@ -57,6 +66,12 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
     // the newest domain report not yet acknowledged: re-sent until it is (a newer report replaces an older one)
     private DomainStatusReport? _unacknowledgedDomains;
     private TimeSpan _resendDelay = FirstResendDelay;
+    // the last report of each VM with the key of what it was made from, and which VM each drive's image belongs to
+    private Dictionary<VmId, KeyedVmReport> _described = new();
+    private Dictionary<ImageId, VmId> _imageOwners = new();
+    // what the next report must describe again: every VM, or the VMs a change named since the last build started
+    private bool _describeAll = true;
+    private HashSet<VmId> _stale = new();
 
     public ITimerScheduler Timers { get; set; } = null!;
 
@@ -69,9 +84,12 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
         _pool = pool;
         _inventory = inventory;
 
-        Receive<ReportNow>(r => Start(r.Why));
-        Receive<HostStateChanged>(c => Start($"step {c.Operation} finished"));
-        Receive<HostInventoryChanged>(c => Start(c.Why));
+        Receive<ReportNow>(r => Start(r.Why, r.Vm));
+        // a step changed its image's chain or allocation (its VM's report) and the domains' usage (always described);
+        // an image no VM here has (an SPM step for another host's VM) changes only the domains
+        Receive<HostStateChanged>(c => Start($"step {c.Operation} finished",
+            _imageOwners.TryGetValue(c.Operation.Image, out var owner) ? owner : null, describeAllIfNoVm: false));
+        Receive<HostInventoryChanged>(c => Start(c.Why, c.Vm, describeAllIfNoVm: c.Vm is null));
         Receive<ClusterEvent.MemberUp>(up =>
         {
             if (up.Member.HasRole("coordinator")) Start($"coordinator {up.Member.Address} joined");
@@ -81,7 +99,11 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
             // every report later than the one before, even within a clock tick: the inventory orders whole views by time
             var at = r.At > _lastAt ? r.At : _lastAt.AddTicks(1);
             _lastAt = at;
-            var parts = PartsOf(r.Address, r.Vms, at);
+            _described = r.Vms.ToDictionary(k => k.Report.Id);
+            _imageOwners = new Dictionary<ImageId, VmId>();
+            foreach (var vm in r.Vms)
+                foreach (var drive in vm.Report.Drives) _imageOwners[drive.Image] = vm.Report.Id;
+            var parts = PartsOf(r.Address, r.Vms.Select(k => k.Report).ToList(), at);
             _unacknowledgedParts.AddRange(parts);
             _unacknowledgedDomains = r.Domains with { At = at };
             _resendDelay = FirstResendDelay;
@@ -120,6 +142,8 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
         Receive<Status.Failure>(f =>
         {
             _log.Warning("host {HostId} could not build its report: {Error}", _hostId, f.Cause.Message);
+            // the VMs this build was to describe again are not known any more: the next one describes all
+            _describeAll = true;
             Done();
         });
         Receive<ClusterEvent.IMemberEvent>(_ => { });
@@ -134,7 +158,7 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
     protected override void PreStart()
     {
         var self = Self;
-        _onEvent = e => self.Tell(new ReportNow(e.GetType().Name));
+        _onEvent = e => self.Tell(new ReportNow(e.GetType().Name, e.Vm));
         _hypervisor.EventRaised += _onEvent;
         Context.System.EventStream.Subscribe(Self, typeof(HostStateChanged));
         Context.System.EventStream.Subscribe(Self, typeof(HostInventoryChanged));
@@ -149,8 +173,12 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
         Cluster.Get(Context.System).Unsubscribe(Self);
     }
 
-    private void Start(string why)
+    /// <param name="vm">The VM the change concerns; its report is made again.</param>
+    /// <param name="describeAllIfNoVm">Without a VM, whether the change may concern any VM (describe them all) or none.</param>
+    private void Start(string why, VmId? vm = null, bool describeAllIfNoVm = true)
     {
+        if (vm is { } changed) _stale.Add(changed);
+        else if (describeAllIfNoVm) _describeAll = true;
         // One report at a time; changes during a report make one more report after it.
         if (_reporting)
         {
@@ -160,7 +188,12 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
         _reporting = true;
         _log.Debug("host {HostId} reports: {Why}", _hostId, why);
         var address = Cluster.Get(Context.System).SelfAddress.ToString();
-        BuildAsync(address).PipeTo(Self);
+        // _described is replaced only when this build's result arrives, so the build may read it; the stale set is its own
+        var described = _describeAll ? null : _described;
+        var stale = _stale;
+        _describeAll = false;
+        _stale = new HashSet<VmId>();
+        BuildAsync(address, described, stale).PipeTo(Self);
     }
 
     /// <summary>Sends what the inventory has not acknowledged, and sends it again after the current delay unless a receipt comes first.</summary>
@@ -177,14 +210,17 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
         if (_again)
         {
             _again = false;
-            Start("changes during the last report");
+            Start("changes during the last report", describeAllIfNoVm: false);
         }
     }
 
-    private async Task<Reports> BuildAsync(string address)
+    /// <param name="described">The last reports to keep for VMs not <paramref name="stale"/> whose key is unchanged; null: describe all.</param>
+    private async Task<Reports> BuildAsync(string address, IReadOnlyDictionary<VmId, KeyedVmReport>? described, HashSet<VmId> stale)
     {
         var now = DateTimeOffset.UtcNow;
-        var vms = await VmReports.ListAsync(_hypervisor, _pool, _catalog);
+        var vms = await VmReports.ListKeyedAsync(_hypervisor, _pool, _catalog, (id, key) =>
+            described is not null && !stale.Contains(id) && described.TryGetValue(id, out var last) && last.Key == key
+            && now - last.DescribedAt < MaxReportReuse ? last : null);
         var domains = new List<DomainReport>();
         foreach (var domain in _pool.Domains)
         {

@@ -42,14 +42,14 @@ public sealed class VmManagerActor : ReceiveActor
         var events = Context.System.EventStream;
 
         Receive<AttachDomain>(attach => _ = AttachAsync(attach, events));
-        Receive<CreateVm>(c => Run(() => CreateAsync(c), events, $"VM {c.Vm} created"));
-        Receive<StartVm>(c => Run(() => StartAsync(c.Vm), events, $"VM {c.Vm} started"));
-        Receive<StopVm>(c => Run(() => StopAsync(c.Vm), events, $"VM {c.Vm} stopped"));
-        Receive<SnapshotVm>(c => Run(() => SnapshotAsync(c), events, $"VM {c.Vm} snapshotted"));
-        Receive<GetManagedVm>(c => Run(() => DescribeAsync(c.Vm), null, ""));
-        Receive<StartGuestIo>(c => Run(() => StartGuestIoAsync(c), null, ""));
-        Receive<GetGuestIo>(c => Run(() => Task.FromResult<IManagementMessage>(_guestIo.Status(c.Vm)), null, ""));
-        Receive<VerifyGuest>(c => Run(() => VerifyAsync(c.Vm), null, ""));
+        Receive<CreateVm>(c => Run(() => CreateAsync(c), events, new HostInventoryChanged($"VM {c.Vm} created", c.Vm)));
+        Receive<StartVm>(c => Run(() => StartAsync(c.Vm), events, new HostInventoryChanged($"VM {c.Vm} started", c.Vm)));
+        Receive<StopVm>(c => Run(() => StopAsync(c.Vm), events, new HostInventoryChanged($"VM {c.Vm} stopped", c.Vm)));
+        Receive<SnapshotVm>(c => Run(() => SnapshotAsync(c), events, new HostInventoryChanged($"VM {c.Vm} snapshotted", c.Vm)));
+        Receive<GetManagedVm>(c => Run(() => DescribeAsync(c.Vm), null, null));
+        Receive<StartGuestIo>(c => Run(() => StartGuestIoAsync(c), null, null));
+        Receive<GetGuestIo>(c => Run(() => Task.FromResult<IManagementMessage>(_guestIo.Status(c.Vm)), null, null));
+        Receive<VerifyGuest>(c => Run(() => VerifyAsync(c.Vm), null, null));
         Receive<SubscribeAck>(ack => _log.Info("host {HostId} listens for new domains on topic {Topic}", _hostId, ack.Subscribe.Topic));
     }
 
@@ -64,7 +64,7 @@ public sealed class VmManagerActor : ReceiveActor
         bool listenForDomains = true) =>
         Akka.Actor.Props.Create(() => new VmManagerActor(hostId, hypervisor, pool, catalog, roots, guestIo, listenForDomains));
 
-    private void Run(Func<Task<IManagementMessage>> work, EventStream? changed, string why)
+    private void Run(Func<Task<IManagementMessage>> work, EventStream? changed, HostInventoryChanged? change)
     {
         var replyTo = Sender;
         var log = _log;
@@ -74,7 +74,7 @@ public sealed class VmManagerActor : ReceiveActor
             try
             {
                 var reply = await work();
-                if (changed is not null && reply is not ManagementRefused) changed.Publish(new HostInventoryChanged(why));
+                if (changed is not null && change is not null && reply is not ManagementRefused) changed.Publish(change);
                 return reply;
             }
             catch (OperationFailedException e)

@@ -14,21 +14,42 @@ public static class VmReports
 {
     /// <summary>Every VM of the host: the hypervisor's running ones, then the cataloged ones it does not run.</summary>
     public static async Task<IReadOnlyList<VmReport>> ListAsync(IHypervisor hypervisor, StoragePool pool, VmCatalog? catalog,
-        CancellationToken ct = default)
+        CancellationToken ct = default) =>
+        (await ListKeyedAsync(hypervisor, pool, catalog, reuse: null, ct)).Select(k => k.Report).ToList();
+
+    /// <summary>
+    /// Every VM of the host as <see cref="ListAsync"/>, each with the key of what its report was made from (the hypervisor's
+    /// view of its drives, or its catalog record). <paramref name="reuse"/> may hand back an earlier report for a VM whose
+    /// key is unchanged (the caller's kept report, with its time): describing a drive asks every attached domain for its image, which a host with thousands of VMs
+    /// cannot afford for each of them after every step.
+    /// </summary>
+    public static async Task<IReadOnlyList<KeyedVmReport>> ListKeyedAsync(IHypervisor hypervisor, StoragePool pool, VmCatalog? catalog,
+        Func<VmId, string, KeyedVmReport?>? reuse, CancellationToken ct = default)
     {
-        var reports = new List<VmReport>();
+        var reports = new List<KeyedVmReport>();
         var running = new HashSet<VmId>();
         foreach (var vm in await hypervisor.ListVmsAsync(ct))
         {
             if (!vm.Running && catalog?.Find(vm.Id) is not null) continue;
-            reports.Add(await OfRunningAsync(vm, pool, ct));
+            var key = KeyOf(vm);
+            reports.Add(reuse?.Invoke(vm.Id, key) ?? new KeyedVmReport(await OfRunningAsync(vm, pool, ct), key, DateTimeOffset.UtcNow));
             running.Add(vm.Id);
         }
         foreach (var stopped in catalog?.All() ?? [])
             if (!running.Contains(stopped.Id))
-                reports.Add(await OfStoppedAsync(stopped, pool, ct));
+            {
+                var key = KeyOf(stopped);
+                reports.Add(reuse?.Invoke(stopped.Id, key) ?? new KeyedVmReport(await OfStoppedAsync(stopped, pool, ct), key, DateTimeOffset.UtcNow));
+            }
         return reports;
     }
+
+    private static string KeyOf(VmInfo vm) =>
+        $"{(vm.Running ? "running" : "gone")}|{vm.Name}|" +
+        string.Join(";", vm.Drives.Select(d => $"{d.Image}:{string.Join(",", d.OpenChain)}"));
+
+    private static string KeyOf(CatalogedVm vm) =>
+        $"stopped|{vm.Name}|" + string.Join(";", vm.Drives.Select(d => $"{d.Image}:{d.Leaf.Domain}/{d.Leaf.Volume}"));
 
     public static async Task<VmReport> OfRunningAsync(VmInfo vm, StoragePool pool, CancellationToken ct = default)
     {
@@ -112,3 +133,6 @@ public static class VmReports
         return null;
     }
 }
+
+/// <summary>A VM's report with the key of what it was made from (see <see cref="VmReports.ListKeyedAsync"/>) and when.</summary>
+public sealed record KeyedVmReport(VmReport Report, string Key, DateTimeOffset DescribedAt);

@@ -3,6 +3,7 @@ using LiveMigration.HostNode.Hypervisor.Sim;
 using LiveMigration.HostNode.Inventory;
 using LiveMigration.HostNode.Storage;
 using LiveMigration.HostNode.Storage.Sim;
+using LiveMigration.Shared.Migration;
 using LiveMigration.Shared.Model;
 using LiveMigration.Shared.Protocol;
 
@@ -100,6 +101,46 @@ public sealed class HostReporterTests() : Akka.TestKit.Xunit2.TestKit(Configurat
         var newChain = again.Where(p => p.Epoch != whole[0].Epoch).ToList();
         Assert.Equal(0, newChain[0].Seq);
         Assert.Equal(vms.Select(v => v.Value).Order(), newChain.SelectMany(p => p.Vms).Select(v => v.Id.Value).Order());
+    }
+
+    [Fact]
+    public async Task After_a_step_only_the_vm_whose_image_it_changed_is_described_again_and_a_change_of_any_vm_describes_them_all()
+    {
+        var pool = new StoragePool([_a]);
+        _hypervisor = new SimHypervisor(_host, pool);
+        var images = new List<(VmId Vm, ImageId Image, VolumeId Base)>();
+        for (var i = 0; i < 8; i++)
+        {
+            var (image, volume) = (ImageId.New(), VolumeId.New());
+            await _a.CreateVolumeAsync(new NewVolume(image, volume, VolumeFormat.Raw, 1L << 20, null));
+            var vm = await _hypervisor.StartVmAsync(new VmSpec(VmId.New(), $"vm-{i}", [await pool.ResolveChainAsync(_a.Id, image)]));
+            images.Add((vm.Id, image, volume));
+        }
+        var inventory = CreateTestProbe();
+        var reporter = Sys.ActorOf(HostReporter.Props("host-1", spmCapable: true, _hypervisor, pool, inventory.Ref));
+        var whole = ReceiveReports(inventory, until: p => p.WholeEnds)[^1];
+        reporter.Tell(new ReportAcknowledged(ReportAcknowledged.HostReport, whole.At, whole.Epoch, whole.Seq), inventory.Ref);
+
+        // two guests wrote; a step finished on VM 3's image: its report is made again, VM 5's is kept as it was
+        _a.SeedAllocated(images[3].Image, images[3].Base, 300 << 10);
+        _a.SeedAllocated(images[5].Image, images[5].Base, 500 << 10);
+        Sys.EventStream.Publish(new HostStateChanged(new OperationId(MigrationId.New(), Shared.Migration.MigrationStep.SyncInternalVolumes, images[3].Image, 1)));
+        var step = ReceiveReports(inventory, until: p => !p.Whole)[^1];
+        var described = Assert.Single(step.Vms);
+        Assert.Equal((images[3].Vm, 300L << 10), (described.Id, described.Drives[0].AllocatedBytes));
+        reporter.Tell(new ReportAcknowledged(ReportAcknowledged.HostReport, step.At, step.Epoch, step.Seq), inventory.Ref);
+
+        // a step on an image no VM of this host has (an SPM step for another host's VM) describes none of them again
+        Sys.EventStream.Publish(new HostStateChanged(new OperationId(MigrationId.New(), Shared.Migration.MigrationStep.CloneImageStructure, ImageId.New(), 1)));
+        var other = ReceiveReports(inventory, until: p => !p.Whole && p.Seq > step.Seq)[^1];
+        Assert.Empty(other.Vms);
+        reporter.Tell(new ReportAcknowledged(ReportAcknowledged.HostReport, other.At, other.Epoch, other.Seq), inventory.Ref);
+
+        // a change that may concern any VM (a domain attached) describes them all: VM 5's write shows now
+        Sys.EventStream.Publish(new HostInventoryChanged("domain attached"));
+        var all = ReceiveReports(inventory, until: p => !p.Whole && p.Seq > other.Seq)[^1];
+        described = Assert.Single(all.Vms);
+        Assert.Equal((images[5].Vm, 500L << 10), (described.Id, described.Drives[0].AllocatedBytes));
     }
 
     /// <summary>The host reports the probe gets until one matches (domain reports skipped).</summary>
