@@ -42,7 +42,9 @@ public sealed record CatalogedVm(VmId Id, string Name, IReadOnlyList<DiskLeaf> D
 /// stays listed and starts again on its chains (the hypervisor forgets a VM once it stopped). A drive's leaf is
 /// recorded when the VM is created, snapshotted or stopped, and by every step that switches a drive (pivot, live
 /// snapshot, backing switch) before that step answers. Every write is durable: temporary file, fsync, rename,
-/// fsync of the folder.
+/// fsync of the folder. The records are read from the folder once and then kept in memory beside it (this catalog is
+/// the only writer of its folder): a host reports its VMs after every step, and reading thousands of files each time
+/// was what a host with thousands of VMs spent its time on.
 /// </summary>
 public sealed class VmCatalog(string dataDirectory)
 {
@@ -54,24 +56,52 @@ public sealed class VmCatalog(string dataDirectory)
 
     public string Directory { get; } = Path.Combine(dataDirectory, "vms");
 
+    // every record of the folder by the id its file is named by, once read; a file that could not be read keeps its
+    // error, so it fails the calls that need it (as reading it each time did) and no others
+    private Dictionary<VmId, CatalogedVm>? _records;
+    private Dictionary<VmId, OperationFailedException>? _unreadable;
+
     private string PathOf(VmId id) => Path.Combine(Directory, $"{id}.json");
 
     public CatalogedVm? Find(VmId id)
     {
-        lock (_gate) return Read(PathOf(id));
+        lock (_gate)
+        {
+            LoadLocked();
+            if (_unreadable!.TryGetValue(id, out var error)) throw error;
+            return _records!.GetValueOrDefault(id);
+        }
     }
 
     public IReadOnlyList<CatalogedVm> All()
     {
         lock (_gate)
         {
-            if (!System.IO.Directory.Exists(Directory)) return [];
-            return System.IO.Directory.EnumerateFiles(Directory, "*.json")
-                .Where(p => UuidText.TryParse(Path.GetFileNameWithoutExtension(p), out _))
-                .Select(Read).OfType<CatalogedVm>()
-                .OrderBy(v => v.Name, StringComparer.Ordinal)
-                .ToList();
+            LoadLocked();
+            if (_unreadable!.Count > 0) throw _unreadable.Values.First();
+            return _records!.Values.OrderBy(v => v.Name, StringComparer.Ordinal).ToList();
         }
+    }
+
+    private void LoadLocked()
+    {
+        if (_records is not null) return;
+        var records = new Dictionary<VmId, CatalogedVm>();
+        var unreadable = new Dictionary<VmId, OperationFailedException>();
+        if (System.IO.Directory.Exists(Directory))
+            foreach (var path in System.IO.Directory.EnumerateFiles(Directory, "*.json"))
+            {
+                if (!UuidText.TryParse(Path.GetFileNameWithoutExtension(path), out var uuid)) continue;
+                try
+                {
+                    if (Read(path) is { } vm) records[new VmId(uuid)] = vm;
+                }
+                catch (OperationFailedException e)
+                {
+                    unreadable[new VmId(uuid)] = e;
+                }
+            }
+        (_records, _unreadable) = (records, unreadable);
     }
 
     /// <summary>Writes the VM's entry durably (a temporary file fsynced and renamed over it, then the folder fsynced).</summary>
@@ -92,6 +122,11 @@ public sealed class VmCatalog(string dataDirectory)
             }
             File.Move(temporary, path, overwrite: true);
             Posix.FsyncDirectory(Directory);
+            if (_records is not null)
+            {
+                _records[vm.Id] = vm;
+                _unreadable!.Remove(vm.Id);
+            }
         }
     }
 
@@ -100,7 +135,7 @@ public sealed class VmCatalog(string dataDirectory)
     {
         lock (_gate)
         {
-            var updated = change(Read(PathOf(id)) ?? absent());
+            var updated = change(Find(id) ?? absent());
             Save(updated);
             return updated;
         }
@@ -113,6 +148,8 @@ public sealed class VmCatalog(string dataDirectory)
         {
             File.Delete(PathOf(id));
             if (System.IO.Directory.Exists(Directory)) Posix.FsyncDirectory(Directory);
+            _records?.Remove(id);
+            _unreadable?.Remove(id);
         }
     }
 

@@ -47,4 +47,34 @@ public sealed class VmCatalogTests : IDisposable
         catalog.Save(read.WithPending(_image, _source));
         Assert.Equal(_source, catalog.Find(vm.Id)!.PendingOf(_image)?.Leaf);
     }
+
+    [Fact]
+    public void Records_kept_in_memory_are_the_ones_on_disk_a_new_catalog_reads_and_an_unreadable_record_fails_only_what_needs_it()
+    {
+        var catalog = new VmCatalog(_dataDirectory);
+        var (first, second) = (Vm(_source), Vm(_destination) with { Name = "vm2" });
+        catalog.Save(first);
+        Assert.Equal([first.Id], catalog.All().Select(v => v.Id));
+        catalog.Save(second);
+        catalog.Update(first.Id, () => throw new InvalidOperationException("it is there"), v => v.WithLeaf(_image, _destination));
+        catalog.Remove(second.Id);
+
+        // what the catalog answers from memory is what a catalog reading the folder afresh (a restarted host) finds
+        var reread = new VmCatalog(_dataDirectory);
+        Assert.Equal(_destination, reread.Find(first.Id)?.LeafOf(_image)?.Leaf);
+        Assert.Equal(_destination, catalog.Find(first.Id)?.LeafOf(_image)?.Leaf);
+        Assert.Null(reread.Find(second.Id));
+        Assert.Null(catalog.Find(second.Id));
+
+        // a record damaged on disk: reading it fails with the reason, the other VM's record still reads
+        var third = Vm(_source) with { Name = "vm3" };
+        File.WriteAllText(Path.Combine(_dataDirectory, "vms", $"{third.Id}.json"), "{ not json");
+        var damaged = new VmCatalog(_dataDirectory);
+        Assert.Equal(ErrorCodes.IoError, Assert.Throws<OperationFailedException>(() => damaged.Find(third.Id)).Code);
+        Assert.Throws<OperationFailedException>(() => damaged.All());
+        Assert.Equal(first.Id, damaged.Find(first.Id)?.Id);
+        // written again whole, it reads
+        damaged.Save(third);
+        Assert.Equal(["vm1", "vm3"], damaged.All().Select(v => v.Name));
+    }
 }
