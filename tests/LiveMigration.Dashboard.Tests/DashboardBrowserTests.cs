@@ -263,7 +263,7 @@ public sealed class DashboardBrowserTests(DashboardCluster cluster, ITestOutputH
             Status = 200, ContentType = "application/json",
             Body = $$"""{"domains":[{"id":"{{DomainA}}","name":"domain-a","kind":"file","capacityBytes":1073741824,"usedBytes":0,"availableBytes":1073741824,"active":true},{"id":"{{DomainB}}","name":"domain-b","kind":"file","capacityBytes":1073741824,"usedBytes":0,"availableBytes":1073741824,"active":true}]}""",
         }));
-        await page.RouteAsync("**/api/vms", route => route.FulfillAsync(new()
+        await page.RouteAsync(new System.Text.RegularExpressions.Regex(@"/api/vms(\?.*)?$"), route => route.FulfillAsync(new()
         {
             Status = 200, ContentType = "application/json",
             Body = $$"""{"vms":[{"id":"b3a9e1c4-5d2f-4e8a-8c6b-1f7d9e0a2b33","name":"viewer-vm","host":"host-1","running":true,"disks":[{"image":"{{Image}}","capacityBytes":67108864,"allocatedBytes":0,"domain":"{{DomainA}}","chain":[{"domain":"{{DomainA}}","image":"{{Image}}","volume":"9f8e7d6c-5b4a-4392-8190-7f6e5d4c3b2a"}],"migration":null}]}]}""",
@@ -281,6 +281,50 @@ public sealed class DashboardBrowserTests(DashboardCluster cluster, ITestOutputH
         await Assertions.Expect(error).ToContainTextAsync("FORBIDDEN: this token is a viewer token");
         await Assertions.Expect(page.Locator("#move-dialog")).ToBeVisibleAsync();
         Assert.Contains(answers, a => a.Method == "POST" && a.Url.EndsWith("/api/migrations", StringComparison.Ordinal) && a.Status == 403);
+        Assert.Empty(_pageErrors);
+    }
+
+    [Fact]
+    public async Task A_pool_of_many_vms_is_listed_a_page_at_a_time_and_the_search_box_finds_one()
+    {
+        var page = await OpenPageAsync();
+        // 120 VMs answered as the API pages and filters them (name order, ?limit, ?offset, ?q), on the real cluster's page
+        var all = Enumerable.Range(0, 120).Select(i => (Id: $"00000000-0000-4000-8000-{i:D12}", Name: $"tenant-{i:D3}")).ToList();
+        var asked = new ConcurrentQueue<string>();
+        await page.RouteAsync(new System.Text.RegularExpressions.Regex(@"/api/vms(\?.*)?$"), route =>
+        {
+            var query = System.Web.HttpUtility.ParseQueryString(new Uri(route.Request.Url).Query);
+            asked.Enqueue(new Uri(route.Request.Url).Query);
+            var matching = all.Where(v => query["q"] is not { } q || v.Name.Contains(q, StringComparison.OrdinalIgnoreCase)).ToList();
+            var (offset, limit) = (int.Parse(query["offset"] ?? "0"), int.Parse(query["limit"] ?? "5000"));
+            var vms = matching.Skip(offset).Take(limit).Select(v => $$"""{"id":"{{v.Id}}","name":"{{v.Name}}","host":"host-1","running":true,"disks":[]}""");
+            return route.FulfillAsync(new()
+            {
+                Status = 200, ContentType = "application/json",
+                Body = $$"""{"vms":[{{string.Join(",", vms)}}],"total":{{matching.Count}},"offset":{{offset}},"limit":{{limit}}}""",
+            });
+        });
+        await page.GotoAsync(cluster.Api + "/");
+
+        var info = page.Locator("#vm-page-info");
+        await Assertions.Expect(info).ToHaveTextAsync("1–50 of 120 VMs");
+        await Assertions.Expect(page.Locator("#vms article.vm")).ToHaveCountAsync(50);
+        await Assertions.Expect(page.Locator("#vm-page-prev")).ToBeDisabledAsync();
+
+        await page.Locator("#vm-page-next").ClickAsync();
+        await Assertions.Expect(info).ToHaveTextAsync("51–100 of 120 VMs");
+        await Assertions.Expect(page.Locator("#vms article.vm").First).ToContainTextAsync("tenant-050");
+        await page.Locator("#vm-page-next").ClickAsync();
+        await Assertions.Expect(info).ToHaveTextAsync("101–120 of 120 VMs");
+        await Assertions.Expect(page.Locator("#vm-page-next")).ToBeDisabledAsync();
+
+        // the search box asks the API for the matching VMs, from the first page
+        await page.Locator("#vm-filter").FillAsync("tenant-11");
+        await Assertions.Expect(info).ToHaveTextAsync("1–10 of 10 VMs matching");
+        await Assertions.Expect(page.Locator("#vms article.vm").First).ToContainTextAsync("tenant-110");
+        Assert.Contains(asked, q => q.Contains("q=tenant-11", StringComparison.Ordinal) && q.Contains("offset=0", StringComparison.Ordinal));
+        await page.Locator("#vm-filter").FillAsync("nobody");
+        await Assertions.Expect(info).ToHaveTextAsync("no VM matches");
         Assert.Empty(_pageErrors);
     }
 

@@ -21,14 +21,27 @@ public static class VmEndpoints
     /// <param name="Fua">Every write with FUA.</param>
     public sealed record GuestIoBody(long BytesPerSecond, int Seconds = 0, int? FlushIntervalMs = null, bool Fua = false);
 
+    public const int MaxVmPageSize = 5000;
+
     private const string IoBodyShape = "{\"bytesPerSecond\": N, \"seconds\": N, \"flushIntervalMs\": N (optional, 0 = never), \"fua\": true|false (optional)}";
 
     public static IEndpointRouteBuilder MapVmApi(this IEndpointRouteBuilder app)
     {
         static ManagementService Service(HttpContext http) => ManagementService.From(http.RequestServices);
 
-        app.MapGet("/api/vms", (HttpContext http, CancellationToken ct) => Guard(async () =>
-            Results.Ok(new { vms = await Service(http).VmsAsync(ct) })));
+        // ?limit=N&offset=M pages the list (all of it without a limit), ?q=TEXT keeps the VMs whose name, id or host has it
+        app.MapGet("/api/vms", (string? limit, string? offset, string? q, HttpContext http, CancellationToken ct) => Guard(async () =>
+        {
+            int? pageSize = null;
+            if (limit is not null)
+                pageSize = int.TryParse(limit, out var n) && n is >= 1 and <= MaxVmPageSize ? n
+                    : throw new OperationFailedException(ErrorCodes.InvalidArgument, $"limit must be a whole number from 1 to {MaxVmPageSize}, got '{ApiText.Clip(limit)}'");
+            var from = 0;
+            if (offset is not null && (!int.TryParse(offset, out from) || from < 0))
+                throw new OperationFailedException(ErrorCodes.InvalidArgument, $"offset must be a whole number from 0, got '{ApiText.Clip(offset)}'");
+            var page = await Service(http).VmsPageAsync(q, from, pageSize, ct);
+            return Results.Ok(new { vms = page.Vms, total = page.Total, offset = page.Offset, limit = page.Limit });
+        }));
         app.MapGet("/api/vms/{id}", (string id, HttpContext http, CancellationToken ct) => Guard(async () =>
             Results.Ok(await Service(http).VmAsync(id, ct))));
         app.MapPost("/api/vms", (CreateVmBody body, HttpContext http, CancellationToken ct) => Guard(async () =>

@@ -34,11 +34,15 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
     private sealed record ReportNow(string Why, VmId? Vm = null);
     private sealed record Reports(string Address, IReadOnlyList<KeyedVmReport> Vms, DomainStatusReport Domains, DateTimeOffset At);
     private sealed record Resend;
+    private sealed record PaceDue;
 
     /// <summary>First wait for a receipt before sending again; doubled after each unanswered send up to <see cref="MaxResendDelay"/>.</summary>
     public static readonly TimeSpan FirstResendDelay = TimeSpan.FromSeconds(1);
     public static readonly TimeSpan MaxResendDelay = TimeSpan.FromSeconds(8);
     private const string ResendTimer = "resend";
+    private const string PaceTimer = "pace";
+    /// <summary>The longest pause between two reports that pacing may make (see <see cref="Done"/>).</summary>
+    public static readonly TimeSpan MaxPace = TimeSpan.FromSeconds(1);
     /// <summary>
     /// How long a VM's report may be kept while no change named it: what its drives allocate grows with the guest's writes,
     /// and the Coordinator sizes a move's destination by it. The next report after that describes the VM again.
@@ -72,6 +76,9 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
     // what the next report must describe again: every VM, or the VMs a change named since the last build started
     private bool _describeAll = true;
     private HashSet<VmId> _stale = new();
+    // when the running build began, and the earliest time the next may begin
+    private long _buildStartedAt;
+    private DateTime _nextBuildAt = DateTime.MinValue;
 
     public ITimerScheduler Timers { get; set; } = null!;
 
@@ -139,6 +146,12 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
             _resendDelay = TimeSpan.FromTicks(Math.Min(_resendDelay.Ticks * 2, MaxResendDelay.Ticks));
             SendUnacknowledged();
         });
+        Receive<PaceDue>(_ =>
+        {
+            if (!_again || _reporting) return;
+            _again = false;
+            Start("changes while reports were paced", describeAllIfNoVm: false);
+        });
         Receive<Status.Failure>(f =>
         {
             _log.Warning("host {HostId} could not build its report: {Error}", _hostId, f.Cause.Message);
@@ -185,7 +198,15 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
             _again = true;
             return;
         }
+        var wait = _nextBuildAt - DateTime.UtcNow;
+        if (wait > TimeSpan.Zero)
+        {
+            _again = true;
+            if (!Timers.IsTimerActive(PaceTimer)) Timers.StartSingleTimer(PaceTimer, new PaceDue(), wait);
+            return;
+        }
         _reporting = true;
+        _buildStartedAt = System.Diagnostics.Stopwatch.GetTimestamp();
         _log.Debug("host {HostId} reports: {Why}", _hostId, why);
         var address = Cluster.Get(Context.System).SelfAddress.ToString();
         // _described is replaced only when this build's result arrives, so the build may read it; the stale set is its own
@@ -204,9 +225,16 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
         Timers.StartSingleTimer(ResendTimer, new Resend(), _resendDelay);
     }
 
+    /// <summary>
+    /// A report is made; the next one waits at least as long as this one took (at most <see cref="MaxPace"/>), so a host
+    /// spends at most about half its time on reports however many VMs it has and however fast steps end: the changes
+    /// meanwhile go together into the next report. A host of a few VMs reports in a millisecond and hardly waits.
+    /// </summary>
     private void Done()
     {
         _reporting = false;
+        var took = System.Diagnostics.Stopwatch.GetElapsedTime(_buildStartedAt);
+        _nextBuildAt = DateTime.UtcNow + (took < MaxPace ? took : MaxPace);
         if (_again)
         {
             _again = false;

@@ -151,5 +151,28 @@ public sealed class ManagementServiceTests() : TestKit(Config, nameof(Management
         Assert.StartsWith("chain unresolved", disk.Problem);
         Assert.Equal(2, (await service.VmsAsync(CancellationToken.None)).Count);
     }
-}
 
+    [Fact]
+    public async Task The_vm_list_pages_in_name_order_and_keeps_the_vms_whose_name_id_or_host_has_the_filter()
+    {
+        var (service, _, inventory) = Start();
+        var vms = Enumerable.Range(0, 30).Select(i => new VmReport(VmId.New(), $"tenant-{i:D2}", Running: true, [])).ToList();
+        inventory.Tell(new HostStatusReport("host-2", "akka.tcp://lsm@127.0.0.1:4062", SpmCapable: false, vms.ToValueList(), At.AddMinutes(1)), ActorRefs.NoSender);
+        await AwaitAssertAsync(async () => Assert.Equal(31, (await service.VmsAsync(CancellationToken.None)).Count));
+
+        var second = await service.VmsPageAsync(null, 10, 10, CancellationToken.None);
+        Assert.Equal((31, 10, (int?)10), (second.Total, second.Offset, second.Limit));
+        // the one VM of the fixture sorts before "tenant-…" or after; either way the page is ten names in order
+        Assert.Equal(10, second.Vms.Count);
+        Assert.Equal(second.Vms.Select(v => v.Name).Order(StringComparer.Ordinal), second.Vms.Select(v => v.Name));
+
+        var filtered = await service.VmsPageAsync("TENANT-1", 0, 5, CancellationToken.None);
+        Assert.Equal(10, filtered.Total);
+        Assert.Equal(["tenant-10", "tenant-11", "tenant-12", "tenant-13", "tenant-14"], filtered.Vms.Select(v => v.Name));
+        var byId = await service.VmsPageAsync(vms[7].Id.ToString()[..13], 0, null, CancellationToken.None);
+        Assert.Equal("tenant-07", Assert.Single(byId.Vms).Name);
+        Assert.Equal(30, (await service.VmsPageAsync("host-2", 0, 1, CancellationToken.None)).Total);
+        Assert.Equal("web", Assert.Single((await service.VmsPageAsync("host-1", 0, null, CancellationToken.None)).Vms).Name);
+        Assert.Empty((await service.VmsPageAsync(null, 40, 10, CancellationToken.None)).Vms);
+    }
+}

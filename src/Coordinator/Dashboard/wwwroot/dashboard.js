@@ -14,6 +14,8 @@
     hosts: [],
     domains: [],
     vms: [],
+    // the page of VMs shown: a pool of thousands is listed a page at a time, filtered by the search box
+    vmPage: { offset: 0, total: null, filter: "" },
     migrations: new Map(), // id -> MigrationResponse
     streamEvents: new Map(), // id -> how many events of the live stream updated it (shown as data-events)
     richMigrations: false,
@@ -25,6 +27,7 @@
     lastSample: new Map(),
   };
   const RATE_POINTS = 60;
+  const VM_PAGE = 50;
 
   // ---------- the API, with the token ----------
 
@@ -102,7 +105,9 @@
   // ---------- loading: the richer endpoints, else the inventory ----------
 
   async function loadInventory() {
-    const [hosts, domains, vms] = await Promise.all([getJson("/api/hosts"), getJson("/api/domains"), getJson("/api/vms")]);
+    const page = state.vmPage;
+    const vmsPath = "/api/vms?limit=" + VM_PAGE + "&offset=" + page.offset + (page.filter ? "&q=" + encodeURIComponent(page.filter) : "");
+    const [hosts, domains, vms] = await Promise.all([getJson("/api/hosts"), getJson("/api/domains"), getJson(vmsPath)]);
     let inventory = null;
     if (!hosts || !domains || !vms) inventory = await getJson("/api/inventory");
     if (!inventory && (!hosts || !domains || !vms)) throw new Error("the Coordinator did not answer /api/inventory");
@@ -114,7 +119,11 @@
     state.domains = domains ? domains.domains : inventory.domains;
     if (vms) {
       state.vms = vms.vms;
+      // a Coordinator that does not page answers every VM: the page is all of them
+      page.total = typeof vms.total === "number" ? vms.total : vms.vms.length;
+      if (typeof vms.total !== "number") page.offset = 0;
     } else {
+      page.total = null;
       const reservedBy = new Map((inventory.reservations || []).map((r) => [r.image, r.migration]));
       state.vms = inventory.vms.map((entry) => ({
         id: entry.vm.id, name: entry.vm.name, host: entry.hostId, running: entry.vm.running,
@@ -416,10 +425,38 @@
     body.replaceChildren(...(rows.length ? rows : [emptyRow(4, "No storage domain is known yet.")]));
   }
 
+  function renderVmPager() {
+    const page = state.vmPage;
+    const info = document.getElementById("vm-page-info");
+    const shown = state.vms.length;
+    if (page.total === null) info.textContent = shown + " VMs";
+    else if (page.total === 0) info.textContent = page.filter ? "no VM matches" : "no VMs";
+    else info.textContent = (page.offset + 1) + "–" + (page.offset + shown) + " of " + page.total + " VMs" + (page.filter ? " matching" : "");
+    document.getElementById("vm-page-prev").disabled = page.offset === 0;
+    document.getElementById("vm-page-next").disabled = page.total === null || page.offset + shown >= page.total;
+  }
+
+  function showVmPage(offset) {
+    state.vmPage.offset = Math.max(0, offset);
+    refreshAll();
+  }
+
+  document.getElementById("vm-page-prev").addEventListener("click", () => showVmPage(state.vmPage.offset - VM_PAGE));
+  document.getElementById("vm-page-next").addEventListener("click", () => showVmPage(state.vmPage.offset + VM_PAGE));
+  let filterTimer = null;
+  document.getElementById("vm-filter").addEventListener("input", (event) => {
+    clearTimeout(filterTimer);
+    filterTimer = setTimeout(() => {
+      state.vmPage.filter = event.target.value.trim();
+      showVmPage(0);
+    }, 250);
+  });
+
   function renderVms() {
+    renderVmPager();
     const list = document.getElementById("vms");
     if (!state.vms.length) {
-      list.replaceChildren(h("p", { class: "muted" }, "No VM is known yet."));
+      list.replaceChildren(h("p", { class: "muted" }, state.vmPage.filter ? "No VM's name, id or host contains \u201c" + state.vmPage.filter + "\u201d." : "No VM is known yet."));
       return;
     }
     list.replaceChildren(...state.vms.map((vm) => {
