@@ -162,6 +162,7 @@ public static class ClusterNodeHosting
             builder.AddHocon(hocon, HoconAddMode.Prepend);
         return builder
             .AddHocon(FailoverTimings, HoconAddMode.Append)
+            .AddHocon(MembershipThreads, HoconAddMode.Append)
             .WithRemoting(settings.Hostname, settings.Port)
             .WithRemotingSecurity(settings)
             .WithClustering(new ClusterOptions
@@ -202,6 +203,26 @@ public static class ClusterNodeHosting
             .AddSetup(new DotNettySslSetup(tls.Certificate, suppressValidation: false, requireMutualAuthentication: true,
                 customValidator: tls.AcceptPeer));
     }
+
+    /// <summary>
+    /// The cluster's own actors (heartbeats, gossip, the resolver) and remoting's endpoint actors run on two threads of
+    /// their own instead of the .NET thread pool they share with everything else by default. A node whose pool is
+    /// saturated (sim hosts making thousands of VMs, a Coordinator starting thousands of migrations on two cores) answered
+    /// heartbeats seconds late; reachability flapped until the resolver, seeing an unstable cluster, downed every member
+    /// with the Coordinator (bench control-plane, 10,000 in flight). A member that is alive keeps answering now.
+    /// </summary>
+    public const string MembershipThreads = """
+        lsm-membership-dispatcher {
+          type = ForkJoinDispatcher
+          throughput = 100
+          dedicated-thread-pool {
+            thread-count = 2
+            threadtype = background
+          }
+        }
+        akka.cluster.use-dispatcher = lsm-membership-dispatcher
+        akka.remote.use-dispatcher = lsm-membership-dispatcher
+        """;
 
     /// <summary>
     /// How fast the cluster moves on once a member is known dead (a crashed Coordinator restarted with <c>--replaces</c>
