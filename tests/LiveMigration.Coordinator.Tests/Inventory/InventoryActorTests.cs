@@ -220,6 +220,30 @@ public sealed class InventoryActorTests() : TestKit(Config, nameof(InventoryActo
     }
 
     [Fact]
+    public void A_large_inventory_is_snapshotted_less_often_a_quarter_of_its_entries_apart()
+    {
+        var inventory = StartInventory(snapshotEvery: 2);
+        // 40 VMs: a snapshot writes all of them, so they are taken 10 events apart, not 2
+        var vms = Enumerable.Range(0, 40).Select(i => new VmReport(VmId.New(), $"vm-{i}", true, [])).ToArray();
+        inventory.Tell(_pool.HostReport("host-1", InventoryFixtures.T0, vms), ActorRefs.NoSender);
+        for (var i = 1; i <= 12; i++)
+            inventory.Tell(_pool.DomainReport(freeOnB: i * (1L << 30), at: InventoryFixtures.T0.AddSeconds(i)), ActorRefs.NoSender);
+        var before = Ask<InventorySnapshot>(inventory, new GetInventory());
+        Assert.Equal(40, before.Vms.Count);
+
+        var snapshots = Akka.Persistence.Persistence.Instance.Apply(Sys).SnapshotStoreFor(null);
+        // the snapshot is written after its event: asked for until it is there
+        AwaitAssert(() =>
+        {
+            snapshots.Tell(new LoadSnapshot(InventoryActor.InventoryPersistenceId, SnapshotSelectionCriteria.Latest, long.MaxValue), TestActor);
+            Assert.Equal(10, ExpectMsg<LoadSnapshotResult>(Wait).Snapshot?.Metadata.SequenceNr);
+        }, Wait);
+
+        Stop(inventory);
+        Assert.Equal(before, Ask<InventorySnapshot>(StartInventory(snapshotEvery: 2), new GetInventory()));
+    }
+
+    [Fact]
     public void Every_report_is_acknowledged_once_handled_also_when_it_changes_nothing_or_is_older()
     {
         var inventory = StartInventory();
