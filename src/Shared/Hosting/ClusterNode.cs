@@ -205,11 +205,13 @@ public static class ClusterNodeHosting
     }
 
     /// <summary>
-    /// The cluster's own actors (heartbeats, gossip, the resolver) and remoting's endpoint actors run on two threads of
-    /// their own instead of the .NET thread pool they share with everything else by default. A node whose pool is
-    /// saturated (sim hosts making thousands of VMs, a Coordinator starting thousands of migrations on two cores) answered
-    /// heartbeats seconds late; reachability flapped until the resolver, seeing an unstable cluster, downed every member
-    /// with the Coordinator (bench control-plane, 10,000 in flight). A member that is alive keeps answering now.
+    /// Remoting's endpoint actors and the cluster's heartbeat sender and join processes (what Akka.NET puts on the cluster's
+    /// use-dispatcher) run on two threads of their own instead of the .NET thread pool they share with everything else by
+    /// default. On a node whose pool was saturated (sim hosts making thousands of VMs, a Coordinator starting thousands of
+    /// migrations on two cores) heartbeats went out and were answered seconds late; reachability flapped until the
+    /// resolver, seeing an unstable cluster, downed every member with the Coordinator (bench control-plane, 10,000 in
+    /// flight). Akka.NET keeps the heartbeat receiver on the default dispatcher, so a node whose actors are swamped can
+    /// still answer late: this narrows the window, it does not close it.
     /// </summary>
     public const string MembershipThreads = """
         lsm-membership-dispatcher {

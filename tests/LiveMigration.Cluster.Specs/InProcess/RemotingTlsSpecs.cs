@@ -60,6 +60,35 @@ public sealed class RemotingTlsSpecs(ITestOutputHelper output) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_member_runs_the_cluster_and_remoting_actors_on_threads_of_their_own_with_the_failover_timings()
+    {
+        var member = await StartMemberAsync("coordinator", seed: null);
+        var config = member.Settings.Config;
+        Assert.Equal("lsm-membership-dispatcher", Akka.Cluster.Cluster.Get(member).Settings.UseDispatcher);
+        Assert.Equal("lsm-membership-dispatcher", config.GetString("akka.remote.use-dispatcher"));
+        Assert.Equal("ForkJoinDispatcher", config.GetString("lsm-membership-dispatcher.type"));
+        // the heartbeats go out from an actor on it (Akka.NET puts only the heartbeat sender and the join processes on the
+        // cluster's use-dispatcher; the receiver stays on the default dispatcher)
+        IActorRef? sender = null;
+        await Eventually.HoldsAsync("the heartbeat sender is started", async () =>
+        {
+            try
+            {
+                sender = await member.ActorSelection("/system/cluster/core/daemon/heartbeatSender").ResolveOne(TimeSpan.FromSeconds(1));
+                return true;
+            }
+            catch (ActorNotFoundException)
+            {
+                return false;
+            }
+        }, TimeSpan.FromSeconds(20));
+        var cell = Assert.IsType<ActorCell>(Assert.IsAssignableFrom<ActorRefWithCell>(sender).Underlying);
+        Assert.Equal("lsm-membership-dispatcher", cell.Dispatcher.Id);
+        // the failover timings hold where the test's faster ones say nothing
+        Assert.Equal(8, config.GetInt("akka.cluster.singleton.min-number-of-hand-over-retries"));
+    }
+
+    [Fact]
     public async Task A_plain_node_cannot_join_nor_reach_any_actor_and_the_member_logs_the_refusal()
     {
         var member = await StartMemberAsync("coordinator", seed: null);
