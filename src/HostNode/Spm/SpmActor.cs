@@ -20,8 +20,10 @@ namespace LiveMigration.HostNode.Spm;
 /// work or gets the remembered answer; an id it never saw (a restart, a singleton that moved) is
 /// simply done again, which the idempotent storage port turns into the same effect and answer.
 /// </summary>
-public sealed class SpmActor : ReceiveActor
+public sealed class SpmActor : ReceiveActor, IWithTimers
 {
+    private sealed record ProgressDue(OperationId Operation);
+
     /// <summary>The name of the SPM cluster singleton (and of its proxy's target).</summary>
     public const string SingletonName = "spm";
 
@@ -39,6 +41,13 @@ public sealed class SpmActor : ReceiveActor
     /// </summary>
     private readonly CancellationTokenSource _stopped = new();
     private readonly ILoggingAdapter _log = Context.GetLogger();
+    // Progress goes to a step's waiters at most once a second (as the HSM's): a copy reports every chunk (qemu-img's
+    // progress is polled every 100 ms), and thousands of copies each telling every chunk to a remote saga was most of
+    // what an SPM and the Coordinator did while they ran. The newest progress not told yet waits for its turn.
+    private readonly Dictionary<OperationId, DateTime> _progressToldAt = new();
+    private readonly Dictionary<OperationId, StepProgressed> _progressUntold = new();
+
+    public ITimerScheduler Timers { get; set; } = null!;
 
     /// <param name="fence">
     /// The SPM lease (DESIGN §7a), or null while the pool has none (generation 0). With a lease, give the pool
@@ -61,6 +70,10 @@ public sealed class SpmActor : ReceiveActor
         Receive<ExecuteStep>(OnExecuteStep);
         Receive<SetStepSpeed>(OnSetStepSpeed);
         Receive<StepProgressed>(OnProgress);
+        Receive<ProgressDue>(due =>
+        {
+            if (_progressUntold.Remove(due.Operation, out var progress)) TellProgress(progress);
+        });
         Receive<StepFinished>(OnFinished);
         // The operator's storage changes (new domains, VM disks, snapshot volumes), each run off the actor.
         var system = Context.System;
@@ -144,9 +157,30 @@ public sealed class SpmActor : ReceiveActor
 
     private void OnProgress(StepProgressed p)
     {
+        // a report the copy made just before its step finished has nobody to go to
+        if (_ledger.WaitersOf(p.Operation).Count == 0) return;
+        var now = DateTime.UtcNow;
+        if (_progressToldAt.TryGetValue(p.Operation, out var told) && now - told < Hsm.HsmActor.ProgressInterval)
+        {
+            if (!_progressUntold.ContainsKey(p.Operation))
+                Timers.StartSingleTimer(ProgressTimer(p.Operation), new ProgressDue(p.Operation), told + Hsm.HsmActor.ProgressInterval - now);
+            _progressUntold[p.Operation] = p;
+            return;
+        }
+        TellProgress(p);
+    }
+
+    private void TellProgress(StepProgressed p)
+    {
+        // anything still waiting is older than this
+        _progressUntold.Remove(p.Operation);
+        Timers.Cancel(ProgressTimer(p.Operation));
+        _progressToldAt[p.Operation] = DateTime.UtcNow;
         foreach (var waiter in _ledger.WaitersOf(p.Operation))
             waiter.Tell(new OperationProgress(p.Operation, p.Done, p.Total));
     }
+
+    private static string ProgressTimer(OperationId operation) => $"progress-{operation}";
 
     private void OnFinished(StepFinished finished)
     {
@@ -157,6 +191,10 @@ public sealed class SpmActor : ReceiveActor
     private void Finish(OperationId operation, IHostReply reply)
     {
         _rates.Remove(operation);
+        // the newest progress still waiting goes first: the waiters' last figure is the copy's last, not an older one
+        if (_progressUntold.Remove(operation, out var untold)) TellProgress(untold);
+        _progressToldAt.Remove(operation);
+        Timers.Cancel(ProgressTimer(operation));
         foreach (var waiter in _ledger.Finish(operation, reply)) waiter.Tell(reply);
     }
 }

@@ -23,8 +23,9 @@ public sealed class HostActorsSimTests : Akka.TestKit.Xunit2.TestKit, IAsyncLife
 {
     private const long MiB = 1L << 20;
     private readonly SimHost _host = new("actor-host");
-    private readonly SimStorageDomain _a = new(DomainId.New(), "a", 4L << 30);
-    private readonly SimStorageDomain _b = new(DomainId.New(), "b", 4L << 30);
+    // copies report every 64 KiB, so a throttled copy reports many times a second (options of their own: they hold the faults)
+    private readonly SimStorageDomain _a = new(DomainId.New(), "a", 4L << 30, new SimStorageOptions { ProgressStepBytes = 64 << 10 });
+    private readonly SimStorageDomain _b = new(DomainId.New(), "b", 4L << 30, new SimStorageOptions { ProgressStepBytes = 64 << 10 });
     private readonly StoragePool _pool;
     private readonly List<SimHypervisor> _hypervisors = [];
     private SeededChain _chain = null!;
@@ -60,6 +61,37 @@ public sealed class HostActorsSimTests : Akka.TestKit.Xunit2.TestKit, IAsyncLife
     private IActorRef Hsm(IHypervisor hypervisor) => Sys.ActorOf(HsmActor.Props(hypervisor, _pool));
 
     private async Task<DriveState> DriveAsync(IHypervisor hypervisor) => (await hypervisor.DescribeVmAsync(_vm.Id)).Drive(_chain.Image);
+
+    [Fact]
+    public async Task A_copy_reporting_many_times_a_second_reaches_the_saga_at_most_once_a_second_and_its_last_figure_is_the_whole()
+    {
+        var (spm, hsm, saga) = (Spm(), Hsm(_hypervisors[0]), CreateTestProbe());
+        // two 1 MiB layers at 1 MiB/s in 64 KiB chunks: 32 reports over about 2 s
+        var driver = Driver(MigrationStrategy.PreCopy, speed: 1 * MiB);
+        await driver.SucceedAsync(spm, Step.CloneImageStructure, saga);
+        await driver.SucceedAsync(hsm, Step.StartReplication, saga);
+
+        var progress = new List<OperationProgress>();
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        driver.Send(spm, Step.SyncInternalVolumes, saga);
+        OperationSucceeded? done = null;
+        while (done is null)
+        {
+            switch (await saga.ReceiveOneAsync(TimeSpan.FromSeconds(20)))
+            {
+                case OperationProgress p: progress.Add(p); break;
+                case OperationSucceeded s: done = s; break;
+                case var other: throw new Xunit.Sdk.XunitException($"unexpected {other}");
+            }
+        }
+
+        // one at the start, one a second while it runs, the last as it ends (not one per 64 KiB: 32), never going back
+        var figures = string.Join(", ", progress.Select(p => $"{p.Done}/{p.Total}"));
+        Assert.True(progress.Count >= 2 && progress.Count <= Math.Ceiling(clock.Elapsed.TotalSeconds) + 2,
+            $"{progress.Count} reports in {clock.Elapsed.TotalSeconds:0.0} s: {figures}");
+        Assert.True(progress.Zip(progress.Skip(1)).All(pair => pair.Second.Done >= pair.First.Done), figures);
+        Assert.Equal(done.Outcome.BytesCopied, progress[^1].Done);
+    }
 
     [Fact]
     public async Task Pre_copy_step_by_step_through_the_actors_ends_with_the_vm_on_B()
