@@ -46,6 +46,8 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
     // what an SPM and the Coordinator did while they ran. The newest progress not told yet waits for its turn.
     private readonly Dictionary<OperationId, DateTime> _progressToldAt = new();
     private readonly Dictionary<OperationId, StepProgressed> _progressUntold = new();
+    // the newest progress of each running step, told or not: what a saga attaching to the step hears at once
+    private readonly Dictionary<OperationId, StepProgressed> _progressNewest = new();
 
     public ITimerScheduler Timers { get; set; } = null!;
 
@@ -124,6 +126,10 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
                 return;
             case OperationLedger.Admission.Attached:
                 _log.Info("Attaching {Sender} to running {Operation}", sender, operation);
+                // where the copy stands now, not at its next report: a saga recovered after a Coordinator's crash shows its
+                // migration moving at once (a slow copy may report only every few seconds)
+                if (_progressNewest.TryGetValue(operation, out var newest))
+                    sender.Tell(new OperationProgress(operation, newest.Done, newest.Total));
                 return;
         }
 
@@ -159,6 +165,7 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
     {
         // a report the copy made just before its step finished has nobody to go to
         if (_ledger.WaitersOf(p.Operation).Count == 0) return;
+        _progressNewest[p.Operation] = p;
         var now = DateTime.UtcNow;
         if (_progressToldAt.TryGetValue(p.Operation, out var told) && now - told < Hsm.HsmActor.ProgressInterval)
         {
@@ -194,6 +201,7 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
         // the newest progress still waiting goes first: the waiters' last figure is the copy's last, not an older one
         if (_progressUntold.Remove(operation, out var untold)) TellProgress(untold);
         _progressToldAt.Remove(operation);
+        _progressNewest.Remove(operation);
         Timers.Cancel(ProgressTimer(operation));
         foreach (var waiter in _ledger.Finish(operation, reply)) waiter.Tell(reply);
     }

@@ -94,6 +94,31 @@ public sealed class HostActorsSimTests : Akka.TestKit.Xunit2.TestKit, IAsyncLife
     }
 
     [Fact]
+    public async Task A_saga_attaching_to_a_running_copy_hears_at_once_where_it_stands()
+    {
+        var (spm, hsm, saga) = (Spm(), Hsm(_hypervisors[0]), CreateTestProbe());
+        var driver = Driver(MigrationStrategy.PreCopy);
+        await driver.SucceedAsync(spm, Step.CloneImageStructure, saga);
+        await driver.SucceedAsync(hsm, Step.StartReplication, saga);
+        var stall = _b.Faults.StallNext(nameof(SimStorageDomain.CopyVolumeDataAsync), atFraction: 0.5);
+        driver.Send(spm, Step.SyncInternalVolumes, saga);
+        await stall.Reached.WaitAsync(TimeSpan.FromSeconds(10));
+        // past the SPM's once-a-second telling: what the copy reported before it stalled has gone to the first saga
+        await Task.Delay(HsmActor.ProgressInterval + TimeSpan.FromMilliseconds(500));
+
+        // the saga recovered on another Coordinator sends the step again: the copy is stalled and reports nothing new,
+        // yet the new incarnation hears where it stands (a Coordinator's restart shows its migrations moving at once)
+        var recovered = CreateTestProbe();
+        driver.Send(spm, Step.SyncInternalVolumes, recovered);
+        var heard = Assert.IsType<OperationProgress>(await recovered.ReceiveOneAsync(TimeSpan.FromSeconds(5)));
+        Assert.Equal(driver.Op(Step.SyncInternalVolumes), heard.Operation);
+        Assert.InRange(heard.Done, 1, heard.Total - 1);
+
+        stall.Release();
+        Assert.IsType<OperationSucceeded>(await StepDriver.AnswerAsync(recovered, heard.Operation));
+    }
+
+    [Fact]
     public async Task Pre_copy_step_by_step_through_the_actors_ends_with_the_vm_on_B()
     {
         var hypervisor = _hypervisors[0];
