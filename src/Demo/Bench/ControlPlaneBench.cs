@@ -130,7 +130,8 @@ internal static class ControlPlaneBench
                 held = await InFlightBench.InFlightAsync(hold, hosts, holdSeconds, $"{dataDir}-hold");
                 Console.WriteLine($"in flight: {held.InFlight} migrations; API p99 start {Percentile(held.Start, 0.99):0} ms, show {Percentile(held.Show, 0.99):0} ms, " +
                                   $"list (a page of 100) {Percentile(held.List, 0.99):0} ms, dashboard refresh {Percentile(held.Dashboard, 0.99):0} ms; " +
-                                  $"Coordinator RSS peak {held.RssPeakBytes / (1 << 20)} MiB");
+                                  $"Coordinator RSS peak {held.RssPeakBytes / (1 << 20)} MiB; the refresh's requests p99: " +
+                                  string.Join(", ", held.DashboardParts.Select(p => $"{p.Key} {Percentile(p.Value, 0.99):0} ms")));
             }
             InFlightBench.RecoveryResult? recovered = null;
             if (recover > 0)
@@ -187,6 +188,8 @@ internal static class ControlPlaneBench
                     ["show"] = Math.Round(Percentile(held.Show, 0.99), 1),
                     ["listPage"] = Math.Round(Percentile(held.List, 0.99), 1),
                     ["dashboardRefresh"] = Math.Round(Percentile(held.Dashboard, 0.99), 1),
+                    ["dashboardRefreshParts"] = new JsonObject(held.DashboardParts.Select(p =>
+                        KeyValuePair.Create(p.Key, (JsonNode?)Math.Round(Percentile(p.Value, 0.99), 1)))),
                 },
                 ["startsPerSecondInFlight"] = held is null ? null : Math.Round(held.StartsPerSecond, 1),
                 ["recoveryInFlight"] = recovered?.InFlight,
