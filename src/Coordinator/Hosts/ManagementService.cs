@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using LiveMigration.Coordinator.Api;
 using Akka.Actor;
 using Akka.Cluster.Tools.PublishSubscribe;
@@ -68,12 +69,23 @@ public sealed class ManagementService(ActorSystem system, IActorRef inventory, I
             .ToList();
     }
 
-    /// <summary>Where the SPM singleton runs now, or null when it does not answer (none is up, or it is moving).</summary>
+    // The SPM's last answer, per SPM proxy (one per actor system): a busy SPM (thousands of copies in flight) answered
+    // after the ask's 3 s, and every GET /api/hosts (each refresh of the dashboard) waited that long.
+    private static readonly ConcurrentDictionary<IActorRef, (string Address, DateTime At)> SpmLocations = new();
+    private static readonly TimeSpan SpmLocationFresh = TimeSpan.FromSeconds(5);
+
+    /// <summary>
+    /// Where the SPM singleton runs now, or null when it does not answer within a second (none is up, or it is moving).
+    /// An answer younger than <see cref="SpmLocationFresh"/> is taken without asking again.
+    /// </summary>
     private async Task<string?> SpmAddressAsync(CancellationToken ct)
     {
+        if (SpmLocations.TryGetValue(spm, out var known) && DateTime.UtcNow - known.At < SpmLocationFresh) return known.Address;
         try
         {
-            return (await spm.Ask<SpmLocation>(new GetSpmLocation(), TimeSpan.FromSeconds(3), ct)).Address;
+            var address = (await spm.Ask<SpmLocation>(new GetSpmLocation(), TimeSpan.FromSeconds(1), ct)).Address;
+            SpmLocations[spm] = (address, DateTime.UtcNow);
+            return address;
         }
         catch (AskTimeoutException)
         {

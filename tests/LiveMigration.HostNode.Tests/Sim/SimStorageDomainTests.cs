@@ -111,6 +111,7 @@ public sealed class SimStorageDomainTests
             Assert.True(twin.Legality == Legality.Illegal || twin.AllocatedBytes == 8 * MiB, $"{twin.Legality} twin holds {twin.AllocatedBytes} bytes");
         }
         Assert.InRange((await destination.DescribeAsync()).UsedBytes, 8 * MiB, 12 * MiB);
+        Assert.Equal(destination.RecountUsedBytes(), (await destination.DescribeAsync()).UsedBytes);
     }
 
     [Fact]
@@ -172,8 +173,10 @@ public sealed class SimStorageDomainTests
         // As the file adapter's rename of the image folder: gone for every reader at once, its space not yet freed.
         await ContractAssert.FailsWithAsync(ErrorCodes.ImageNotFound, () => domain.DescribeImageAsync(chain.Image));
         Assert.Equal(3 * ChainSeeder.LayerDataBytes, (await domain.DescribeAsync()).UsedBytes);
+        Assert.Equal(domain.RecountUsedBytes(), (await domain.DescribeAsync()).UsedBytes);
         Assert.Equal(3, (await domain.RemoveIllegalLeftoversAsync(new HashSet<ImageId>())).Count);
         Assert.Equal(0, (await domain.DescribeAsync()).UsedBytes);
+        Assert.Equal(0, domain.RecountUsedBytes());
     }
 
     [Fact]
@@ -227,6 +230,9 @@ public sealed class SimStorageDomainTests
         })));
 
         var info = await destination.DescribeAsync();
+        // the usage kept as volumes change is the sum over them
+        Assert.Equal(destination.RecountUsedBytes(), info.UsedBytes);
+        Assert.Equal(source.RecountUsedBytes(), (await source.DescribeAsync()).UsedBytes);
         Assert.Equal((await source.DescribeAsync()).UsedBytes, info.UsedBytes);
         Assert.Equal(24 * 3 * ChainSeeder.LayerDataBytes, info.UsedBytes);
         foreach (var c in chains)
