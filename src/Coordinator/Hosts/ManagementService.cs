@@ -344,6 +344,11 @@ public sealed class ManagementService(ActorSystem system, IActorRef inventory, I
     private async Task<VmView> SettledViewAsync(VmId vm, Func<VmReport, bool> settled, CancellationToken ct)
     {
         var snapshot = await WaitForInventoryAsync(s => s.Vms.Any(v => v.Vm.Id == vm && settled(v.Vm)), ct);
+        // The host did it and said so; its report has not reached the inventory yet (a host or journal too busy to
+        // report for the catch-up's 10 s). Saying "no VM" here would tell the operator it did not happen.
+        if (snapshot.Vms.All(v => v.Vm.Id != vm))
+            throw Refuse(ErrorCodes.Timeout,
+                $"VM {vm}: its host did it, but the inventory has not heard of the VM within {InventoryCatchUp.TotalSeconds:0} s; `lsm vm show {vm}` shows it once the host reports");
         return ViewOf(Find(snapshot, vm.ToString()), snapshot);
     }
 
