@@ -51,6 +51,8 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
 
     public ITimerScheduler Timers { get; set; } = null!;
 
+    private static readonly int[] AnnounceAgainAfterSeconds = [1, 3, 7, 15];
+
     /// <param name="fence">
     /// The SPM lease (DESIGN §7a), or null while the pool has none (generation 0). With a lease, give the pool
     /// <see cref="FencedStorageDomain"/>s over the same fence, so every change, not only each step's start, is fenced.
@@ -80,7 +82,15 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
         // The operator's storage changes (new domains, VM disks, snapshot volumes), each run off the actor.
         var system = Context.System;
         var storage = new SpmStorage(_pool, attach =>
-            DistributedPubSub.Get(system).Mediator.Tell(new Publish(ManagementTopics.Domains, attach)));
+        {
+            // Published now and again 1, 3, 7 and 15 s later (attaching is idempotent): pubsub delivers only to the
+            // subscribers this node's mediator knows, and a host that joined a moment before had not reached it yet by
+            // gossip; it never attached the domain and refused a VM on it (CI: PartitionTests, STALE_RECORD).
+            var mediator = DistributedPubSub.Get(system).Mediator;
+            mediator.Tell(new Publish(ManagementTopics.Domains, attach));
+            foreach (var seconds in AnnounceAgainAfterSeconds)
+                system.Scheduler.ScheduleTellOnce(TimeSpan.FromSeconds(seconds), mediator, new Publish(ManagementTopics.Domains, attach), ActorRefs.NoSender);
+        });
         Receive<GetSpmLocation>(_ => Sender.Tell(new SpmLocation(Cluster.Get(Context.System).SelfAddress.ToString())));
         Receive<IManagementMessage>(command => storage.HandleAsync(command, _stopped.Token).PipeTo(Sender));
     }
