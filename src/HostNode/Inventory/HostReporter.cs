@@ -61,9 +61,9 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
     private bool _again;
     // the parts of the VM report chain the inventory has not acknowledged, in order: re-sent until it does
     private readonly List<HostStatusReport> _unacknowledgedParts = [];
-    // the VMs as the inventory has them once it took every part sent: what the next part is the change from;
-    // null until the whole view is sent (the reporter started, or the inventory asked for a resync)
-    private Dictionary<VmId, VmReport>? _assumed;
+    // whether the chain sent so far began with the whole view: not when the reporter started or the inventory asked for
+    // a resync; once it did, the inventory has the VMs as _described says when it took every part sent
+    private bool _wholeSent;
     private long _epoch;
     private long _nextSeq;
     private DateTimeOffset _lastAt;
@@ -106,11 +106,11 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
             // every report later than the one before, even within a clock tick: the inventory orders whole views by time
             var at = r.At > _lastAt ? r.At : _lastAt.AddTicks(1);
             _lastAt = at;
+            var parts = PartsOf(r.Address, r.Vms, at);
             _described = r.Vms.ToDictionary(k => k.Report.Id);
             _imageOwners = new Dictionary<ImageId, VmId>();
             foreach (var vm in r.Vms)
                 foreach (var drive in vm.Report.Drives) _imageOwners[drive.Image] = vm.Report.Id;
-            var parts = PartsOf(r.Address, r.Vms.Select(k => k.Report).ToList(), at);
             _unacknowledgedParts.AddRange(parts);
             _unacknowledgedDomains = r.Domains with { At = at };
             _resendDelay = FirstResendDelay;
@@ -127,7 +127,7 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
                     // the inventory does not know this chain (it recovered since): the whole view again, in a new chain
                     _log.Info("host {HostId}: the inventory asked for its whole view again", _hostId);
                     _unacknowledgedParts.Clear();
-                    _assumed = null;
+                    _wholeSent = false;
                     Start("the inventory asked for the whole view");
                 }
                 else
@@ -260,13 +260,16 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
 
     /// <summary>
     /// The next parts of the chain: the whole view (a new chain) when the inventory's view is not known, else what changed
-    /// since the parts sent before (at least one part, so the inventory hears from the host even when nothing changed).
+    /// since the reports <see cref="_described"/> still holds (at least one part, so the inventory hears from the host even
+    /// when nothing changed). A kept report is the same object as before, so comparing it costs nothing.
     /// </summary>
-    private List<HostStatusReport> PartsOf(string address, IReadOnlyList<VmReport> vms, DateTimeOffset at)
+    private List<HostStatusReport> PartsOf(string address, IReadOnlyList<KeyedVmReport> keyed, DateTimeOffset at)
     {
         var parts = new List<HostStatusReport>();
-        if (_assumed is null)
+        var vms = keyed.Select(k => k.Report).ToList();
+        if (!_wholeSent)
         {
+            _wholeSent = true;
             _epoch = at.UtcTicks;
             _nextSeq = 0;
             _unacknowledgedParts.Clear();
@@ -277,14 +280,13 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
         }
         else
         {
-            var changed = vms.Where(v => !_assumed.TryGetValue(v.Id, out var before) || !before.Equals(v)).ToList();
+            var changed = vms.Where(v => !_described.TryGetValue(v.Id, out var before) || !before.Report.Equals(v)).ToList();
             var now = vms.Select(v => v.Id).ToHashSet();
-            var gone = _assumed.Keys.Where(id => !now.Contains(id)).ToList();
+            var gone = _described.Keys.Where(id => !now.Contains(id)).ToList();
             foreach (var chunk in HostReportParts.Split(changed, gone))
                 parts.Add(new HostStatusReport(_hostId, address, _spmCapable, chunk.Vms, at, _epoch, _nextSeq++,
                     Whole: false, WholeEnds: false, Gone: chunk.Gone));
         }
-        _assumed = vms.ToDictionary(v => v.Id);
         return parts;
     }
 }

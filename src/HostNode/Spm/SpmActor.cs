@@ -43,9 +43,9 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
     private readonly ILoggingAdapter _log = Context.GetLogger();
     // Progress goes to a step's waiters at most once a second (as the HSM's): a copy reports every chunk (qemu-img's
     // progress is polled every 100 ms), and thousands of copies each telling every chunk to a remote saga was most of
-    // what an SPM and the Coordinator did while they ran. The newest progress not told yet waits for its turn.
+    // what an SPM and the Coordinator did while they ran. The newest progress not told yet waits for its turn: its step's
+    // progress timer runs while it does.
     private readonly Dictionary<OperationId, DateTime> _progressToldAt = new();
-    private readonly Dictionary<OperationId, StepProgressed> _progressUntold = new();
     // the newest progress of each running step, told or not: what a saga attaching to the step hears at once
     private readonly Dictionary<OperationId, StepProgressed> _progressNewest = new();
 
@@ -76,7 +76,7 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
         Receive<StepProgressed>(OnProgress);
         Receive<ProgressDue>(due =>
         {
-            if (_progressUntold.Remove(due.Operation, out var progress)) TellProgress(progress);
+            if (_progressNewest.TryGetValue(due.Operation, out var progress)) TellProgress(progress);
         });
         Receive<StepFinished>(OnFinished);
         // The operator's storage changes (new domains, VM disks, snapshot volumes), each run off the actor.
@@ -179,9 +179,8 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
         var now = DateTime.UtcNow;
         if (_progressToldAt.TryGetValue(p.Operation, out var told) && now - told < Hsm.HsmActor.ProgressInterval)
         {
-            if (!_progressUntold.ContainsKey(p.Operation))
+            if (!Timers.IsTimerActive(ProgressTimer(p.Operation)))
                 Timers.StartSingleTimer(ProgressTimer(p.Operation), new ProgressDue(p.Operation), told + Hsm.HsmActor.ProgressInterval - now);
-            _progressUntold[p.Operation] = p;
             return;
         }
         TellProgress(p);
@@ -189,8 +188,7 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
 
     private void TellProgress(StepProgressed p)
     {
-        // anything still waiting is older than this
-        _progressUntold.Remove(p.Operation);
+        // this is the newest: nothing waits any more
         Timers.Cancel(ProgressTimer(p.Operation));
         _progressToldAt[p.Operation] = DateTime.UtcNow;
         foreach (var waiter in _ledger.WaitersOf(p.Operation))
@@ -209,7 +207,7 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
     {
         _rates.Remove(operation);
         // the newest progress still waiting goes first: the waiters' last figure is the copy's last, not an older one
-        if (_progressUntold.Remove(operation, out var untold)) TellProgress(untold);
+        if (Timers.IsTimerActive(ProgressTimer(operation)) && _progressNewest.TryGetValue(operation, out var untold)) TellProgress(untold);
         _progressToldAt.Remove(operation);
         _progressNewest.Remove(operation);
         Timers.Cancel(ProgressTimer(operation));
