@@ -14,6 +14,20 @@ public sealed record LeaseRecord(string Holder, long Generation, long Renewal)
     public bool IsFree => Holder.Length == 0;
 }
 
+/// <summary>How the last <see cref="PoolLease.TryAcquireAsync"/> ended: what it saw, not how long it took.</summary>
+public enum LeaseAttempt
+{
+    None,
+    /// <summary>Found released: taken without watching a period.</summary>
+    TakenFree,
+    /// <summary>Watched the holder's record stay unchanged for the period plus the margin, then took it.</summary>
+    TakenExpired,
+    /// <summary>The holder renewed while watched: alive, not taken.</summary>
+    HolderAlive,
+    /// <summary>Another acquirer wrote first (before or after this one's write): not taken.</summary>
+    LostRace,
+}
+
 /// <summary>
 /// The SPM lease of DESIGN §7a, a delta lease as sanlock's: a KEY=VALUE file on the pool's shared storage
 /// (HOLDER GENERATION RENEWAL), written atomically. No two clocks need to agree: an acquirer takes the lease
@@ -62,6 +76,9 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
         get { lock (_gate) return _held; }
     }
 
+    /// <summary>How the last acquire ended; tests and logs read it instead of timing the attempt.</summary>
+    public LeaseAttempt LastAttempt { get; private set; }
+
     public async Task<LeaseRecord> ReadAsync(CancellationToken ct = default)
     {
         if (!IOFile.Exists(_path)) return LeaseRecord.None;
@@ -102,16 +119,17 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
             while (watch.Elapsed <= _period + _margin)
             {
                 await Task.Delay(_period / 3, ct);
-                if (await ReadAsync(ct) != seen) return false;
+                if (await ReadAsync(ct) != seen) return Attempted(LeaseAttempt.HolderAlive);
             }
         }
         // Re-read just before writing: a competitor that wrote meanwhile wins.
-        if (await ReadAsync(ct) != seen) return false;
+        if (await ReadAsync(ct) != seen) return Attempted(LeaseAttempt.LostRace);
         var mine = new LeaseRecord(Holder, seen.Generation + 1, 0);
         await WriteAsync(mine, ct);
         // Two acquirers that both passed the re-read: the last write stands, and the margin lets both see it.
         await Task.Delay(_margin, ct);
-        if (await ReadAsync(ct) != mine) return false;
+        if (await ReadAsync(ct) != mine) return Attempted(LeaseAttempt.LostRace);
+        LastAttempt = seen.IsFree ? LeaseAttempt.TakenFree : LeaseAttempt.TakenExpired;
         lock (_gate)
         {
             _held = true;
@@ -123,6 +141,12 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
             _renewal = Task.Run(() => RenewAsync(stop), CancellationToken.None);
         }
         return true;
+    }
+
+    private bool Attempted(LeaseAttempt outcome)
+    {
+        LastAttempt = outcome;
+        return false;
     }
 
     private async Task RenewAsync(CancellationToken stop)
