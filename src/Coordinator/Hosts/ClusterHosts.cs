@@ -15,12 +15,17 @@ namespace LiveMigration.Coordinator.Hosts;
 public sealed class HostDirectory
 {
     private readonly ConcurrentDictionary<VmId, string> _hostOfVm = new();
+    private readonly ConcurrentDictionary<string, string> _hostAtAddress = new();
 
     public string? HostOf(VmId vm) => _hostOfVm.TryGetValue(vm, out var host) ? host : null;
+
+    /// <summary>The host that last reported from this cluster address (as <c>Address.ToString()</c>); null if none did.</summary>
+    public string? HostAt(string address) => _hostAtAddress.TryGetValue(address, out var host) ? host : null;
 
     /// <summary>A host's whole view: its VMs are these, none other.</summary>
     public void Apply(HostReported whole)
     {
+        _hostAtAddress[whole.Address] = whole.HostId;
         var now = whole.Vms.Select(v => v.Id).ToHashSet();
         foreach (var (vm, host) in _hostOfVm)
             if (host == whole.HostId && !now.Contains(vm))
@@ -32,6 +37,7 @@ public sealed class HostDirectory
     /// <summary>A change of a host's VMs: these are its now, those gone are no longer its.</summary>
     public void Apply(HostVmsChanged change)
     {
+        _hostAtAddress[change.Address] = change.HostId;
         foreach (var vm in change.Gone)
             _hostOfVm.TryRemove(new KeyValuePair<VmId, string>(vm, change.HostId));
         foreach (var vm in change.Upserted)
@@ -113,8 +119,9 @@ public sealed class HsmGateway : ReceiveActor
         Akka.Actor.Props.Create(() => new HsmGateway(directory, inventory));
 }
 
-public sealed record ClusterMigrationHosts(IActorRef Spm, IActorRef Gateway, HostDirectory Directory) : IMigrationHosts
+public sealed record ClusterMigrationHosts(IActorRef Spm, IActorRef Gateway, HostDirectory Directory, IActorRef Rejoins) : IMigrationHosts
 {
+    public IActorRef? RejoinWatcher => Rejoins;
     public IActorRef? HsmFor(VmId vm) => Gateway;
     public string? HostOf(VmId vm) => Directory.HostOf(vm);
 }
@@ -122,6 +129,7 @@ public sealed record ClusterMigrationHosts(IActorRef Spm, IActorRef Gateway, Hos
 /// <summary>Registry keys.</summary>
 public sealed class SpmProxy;
 public sealed class HsmGatewayKey;
+public sealed class HostRejoinWatcherKey;
 
 public static class ClusterHostsHosting
 {
@@ -134,8 +142,9 @@ public static class ClusterHostsHosting
             {
                 system.ActorOf(HostDirectoryListener.Props(directory), "host-directory");
                 registry.Register<HsmGatewayKey>(system.ActorOf(HsmGateway.Props(directory, inventory(registry)), "hsm-gateway"));
+                registry.Register<HostRejoinWatcherKey>(system.ActorOf(HostRejoinWatcher.Props(directory), "host-rejoins"));
             });
 
     public static IMigrationHosts Resolve(IActorRegistry registry, HostDirectory directory) =>
-        new ClusterMigrationHosts(registry.Get<SpmProxy>(), registry.Get<HsmGatewayKey>(), directory);
+        new ClusterMigrationHosts(registry.Get<SpmProxy>(), registry.Get<HsmGatewayKey>(), directory, registry.Get<HostRejoinWatcherKey>());
 }

@@ -21,7 +21,6 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
 {
     /// <summary>Timer message: a step's deadline passed.</summary>
     private sealed record StepDeadlineDue(OperationId Operation);
-    private sealed record HostJoined(string Address);
 
     /// <summary>Timer message: a queued migration asks the limits again (they may have restarted and forgotten it).</summary>
     private sealed record AdmissionRetryDue;
@@ -59,16 +58,14 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
     protected override void PreStart()
     {
         base.PreStart();
-        // In the cluster, a host that rejoins gets the steps in flight again at once (see the MemberUp handler).
-        if (_settings.PublishToCluster)
-            Akka.Cluster.Cluster.Get(Context.System).Subscribe(Self, Akka.Cluster.ClusterEvent.SubscriptionInitialStateMode.InitialStateAsSnapshot,
-                typeof(Akka.Cluster.ClusterEvent.MemberUp));
+        // In the cluster, a host that rejoins gets its steps in flight again at once (see the HostRejoined handler).
+        _hosts.RejoinWatcher?.Tell(new WatchHostRejoins(Self));
     }
 
     protected override void PostStop()
     {
         MigrationMetrics.Forget(Id);
-        if (_settings.PublishToCluster) Akka.Cluster.Cluster.Get(Context.System).Unsubscribe(Self);
+        _hosts.RejoinWatcher?.Tell(new UnwatchHostRejoins(Self));
         base.PostStop();
     }
     public MigrationId Id { get; }
@@ -118,23 +115,18 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
             if (!_state.Status.IsFinished) Publish();
         });
         Command<StepDeadlineDue>(d => SendAgainIfUnanswered(d.Operation));
-        Command<Akka.Cluster.ClusterEvent.MemberUp>(up =>
+        Command<HostRejoined>(joined =>
         {
-            // A host (re)joined: a step sent to its previous incarnation is lost, so send what is in flight
-            // again now rather than at the deadline. Hosts answer a repeated operation id as the same step.
-            // The new host's HSM registration reaches this node's pubsub by gossip, so wait a moment first.
-            if (up.Member.HasRole("host") || up.Member.HasRole("spm"))
-                Timers.StartSingleTimer("host-joined", new HostJoined(up.Member.Address.ToString()), TimeSpan.FromSeconds(2));
-        });
-        Command<HostJoined>(joined =>
-        {
-            foreach (var step in MigrationActions.Next(_state).OfType<SendStep>().Where(s => _sent.Contains(s.Operation)))
+            // A step sent to the host's previous incarnation is lost: send it again now rather than at the deadline.
+            // Only that host's steps (and the SPM's when the host may hold the SPM now); hosts answer a repeated
+            // operation id as the same step.
+            foreach (var step in MigrationActions.Next(_state).OfType<SendStep>()
+                         .Where(s => _sent.Contains(s.Operation) && joined.Concerns(s.Role, _hosts.HostOf(s.Vm))))
             {
-                _log.Info("Migration {Migration}: host {Address} joined; sending {Operation} again", Id, joined.Address, step.Operation);
+                _log.Info("Migration {Migration}: host {Host} at {Address} joined; sending {Operation} again", Id, joined.HostId ?? "(unknown)", joined.Address, step.Operation);
                 Send(step);
             }
         });
-        Command<Akka.Cluster.ClusterEvent.CurrentClusterState>(_ => { });
         Command<AdmissionRetryDue>(_ => AskAdmission());
         Command<GetMigrationState>(_ =>
         {

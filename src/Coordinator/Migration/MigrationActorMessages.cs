@@ -41,6 +41,24 @@ public static class MigrationViews
     };
 }
 
+/// <summary>A saga on this node asks to hear of hosts that (re)join; local only.</summary>
+public sealed record WatchHostRejoins(IActorRef Saga) : INoSerializationVerificationNeeded;
+
+/// <summary>The saga stopped; local only.</summary>
+public sealed record UnwatchHostRejoins(IActorRef Saga) : INoSerializationVerificationNeeded;
+
+/// <summary>
+/// A host joined the cluster (again): steps its previous incarnation had are lost. <see cref="HostId"/> is null when
+/// this node has no report from that address yet (then every HSM step may be its); an SPM-capable host may now hold
+/// the SPM. Local only.
+/// </summary>
+public sealed record HostRejoined(string Address, string? HostId, bool SpmCapable) : INoSerializationVerificationNeeded
+{
+    /// <summary>Whether a step for <paramref name="role"/> on the VM's host <paramref name="hostOfVm"/> may have been lost with it.</summary>
+    public bool Concerns(HostRole role, string? hostOfVm) =>
+        role == HostRole.Spm ? SpmCapable : HostId is null || hostOfVm is null || hostOfVm == HostId;
+}
+
 /// <summary>
 /// How a migration reaches the hosts; the Coordinator wires the SPM singleton proxy and the HSM lookup.
 /// </summary>
@@ -54,6 +72,9 @@ public interface IMigrationHosts
 
     /// <summary>The id of the host that runs <paramref name="vm"/>, for the per-host limit; null while unknown.</summary>
     string? HostOf(VmId vm);
+
+    /// <summary>This node's watcher of hosts that (re)join (a <c>HostRejoinWatcher</c>); null outside a cluster.</summary>
+    IActorRef? RejoinWatcher => null;
 }
 
 /// <summary>Timing of one migration actor.</summary>

@@ -215,6 +215,39 @@ public sealed class MigrationActorTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_host_that_rejoins_gets_its_own_steps_in_flight_again_at_once_and_no_other_host_does()
+    {
+        var node = await StartNode();
+        var saga = new SagaDriver();
+        var migration = node.Migration(saga.Id, Admission(node), Settings(), host: "host-1");
+        Start(node, migration, saga);
+
+        var spmStep = migration.NextStep();
+        Assert.Equal(HostRole.Spm, MigrationPlan.RoleOf(spmStep.Operation.Step));
+        // Another host that cannot hold the SPM lost nothing of this migration; the VM's own host has no step now.
+        migration.Saga.Tell(new HostRejoined("akka.tcp://lsm@10.0.0.2:4061", "host-2", SpmCapable: false));
+        migration.Saga.Tell(new HostRejoined("akka.tcp://lsm@10.0.0.1:4061", "host-1", SpmCapable: false));
+        migration.NoStep(TimeSpan.FromMilliseconds(500));
+        // An SPM-capable host may hold the SPM now: the SPM's step goes out again, with the same operation id.
+        migration.Saga.Tell(new HostRejoined("akka.tcp://lsm@10.0.0.2:4061", "host-2", SpmCapable: true));
+        Assert.Equal(spmStep.Operation, migration.NextStep().Operation);
+
+        var step = spmStep;
+        while (MigrationPlan.RoleOf(step.Operation.Step) != HostRole.Hsm)
+        {
+            migration.Succeed(step);
+            step = migration.NextStep();
+        }
+        migration.Saga.Tell(new HostRejoined("akka.tcp://lsm@10.0.0.2:4061", "host-2", SpmCapable: true));
+        migration.NoStep(TimeSpan.FromMilliseconds(500));
+        migration.Saga.Tell(new HostRejoined("akka.tcp://lsm@10.0.0.1:4061", "host-1", SpmCapable: false));
+        Assert.Equal(step.Operation, migration.NextStep().Operation);
+        // A host this node has no report from yet may be the VM's.
+        migration.Saga.Tell(new HostRejoined("akka.tcp://lsm@10.0.0.3:4061", null, SpmCapable: false));
+        Assert.Equal(step.Operation, migration.NextStep().Operation);
+    }
+
+    [Fact]
     public async Task A_transient_failure_is_retried_with_the_next_attempt_after_the_backoff()
     {
         var node = await StartNode();
