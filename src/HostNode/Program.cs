@@ -33,13 +33,13 @@ try
 catch (Exception e) when (e is ArgumentException or FormatException or LiveMigration.Shared.Model.OperationFailedException)
 {
     Console.Error.WriteLine($"HostNode: {e.Message}");
-    Console.Error.WriteLine("usage: HostNode --host-id host-1 --port 4061 --seed akka.ssl.tcp://lsm@127.0.0.1:4053 --roles host,spm --data-dir var/host-1 --domain-root var/domains --allowed-storage-roots /srv/lsm --spm-lease var/domains/spm.lease [--tls-certificate FILE [--tls-key FILE] --tls-ca FILE | --insecure-remoting]");
+    Console.Error.WriteLine("usage: HostNode --host-id host-1 --port 4061 --seed akka.ssl.tcp://lsm@127.0.0.1:4053 --roles host,spm --data-dir var/host-1 --domain-root var/domains --allowed-storage-roots /srv/lsm --spm-lease var/domains/spm.lease [--spm-max-copies N] [--tls-certificate FILE [--tls-key FILE] --tls-ca FILE | --insecure-remoting]");
     return 2;
 }
 
 builder.Services.AddAkka(ClusterNodeSettings.SystemName, akka => akka
     .WithClusterNode(settings.Cluster)
-    .WithHostNodeActors(components, settings.SpmCapable, management, settings.SpmLease));
+    .WithHostNodeActors(components, settings.SpmCapable, management, settings.SpmLease, settings.SpmMaxCopies));
 
 var app = builder.Build();
 Console.WriteLine($"HostNode {settings.HostId}: {components.Pool.Domains.Count} storage domains, run directory {settings.RunDirectory}, roles {string.Join(",", settings.Cluster.Roles)}");

@@ -55,6 +55,11 @@ public sealed class LocalUpSettings : LocalSettings
                  "Default: the Coordinator's (4)")]
     public int? MaxPerDomain { get; set; }
 
+    [CommandOption("--spm-max-copies <N>")]
+    [Description("The SPM's bound on migration steps copying data at once; more wait their turn, running. 0 = no bound. " +
+                 "Default: the host's (10)")]
+    public int? SpmMaxCopies { get; set; }
+
     [CommandOption("--api-port <PORT>")]
     [Description("The Coordinator's HTTP port on 127.0.0.1 (default 9110, where lsm looks without --api; 0 = any free port)")]
     [DefaultValue(LocalClusterOptions.DefaultApiPort)]
@@ -131,6 +136,7 @@ public sealed class LocalUpSettings : LocalSettings
         if (SpmHosts < 1 || SpmHosts > Hosts) return ValidationResult.Error($"--spm-hosts must be 1 to --hosts ({Hosts}), got {SpmHosts}");
         if (MaxPerHost is < 0 or > 1000) return ValidationResult.Error($"--max-per-host must be 0 (no limit) to 1000, got {MaxPerHost}");
         if (MaxPerDomain is < 0 or > 1000) return ValidationResult.Error($"--max-per-domain must be 0 (no limit) to 1000, got {MaxPerDomain}");
+        if (SpmMaxCopies is < 0 or > 10_000) return ValidationResult.Error($"--spm-max-copies must be 0 (no bound) to 10000, got {SpmMaxCopies}");
         if (ApiPort is < 0 or > 65535) return ValidationResult.Error($"--api-port must be 0 to 65535, got {ApiPort}");
         if (TimeoutSeconds is < 5 or > 3600) return ValidationResult.Error($"--timeout must be 5 to 3600 seconds, got {TimeoutSeconds}");
         if (Hypervisor is not ("qmp" or "libvirt" or "sim")) return ValidationResult.Error($"--hypervisor must be qmp, libvirt or sim, got '{Hypervisor}'");
@@ -157,6 +163,7 @@ public sealed class LocalUpCommand : AsyncCommand<LocalUpSettings>
             Journal = settings.Journal,
             MaxPerHost = settings.MaxPerHost,
             MaxPerDomain = settings.MaxPerDomain,
+            SpmMaxCopies = settings.SpmMaxCopies,
             ExtraHocon = settings.FastTimings ? ClusterNodeHosting.FastTestTimings : null,
             Timeout = TimeSpan.FromSeconds(settings.TimeoutSeconds),
             Hypervisor = settings.Hypervisor,

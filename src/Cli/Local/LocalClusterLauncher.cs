@@ -66,14 +66,21 @@ public sealed record LocalClusterOptions(string DataDirectory)
     /// <summary>The unprivileged account the QMP hosts start QEMU as (<see cref="LocalQemuAccount"/>); null: the invoking user.</summary>
     public string? QemuUser { get; init; }
 
+    /// <summary>The SPM's bound on copies at once (<c>--spm-max-copies</c>; 0 = none); null = the host's default.</summary>
+    public int? SpmMaxCopies { get; init; }
+
     /// <summary>The HostNode switches these options add to every host.</summary>
-    public IReadOnlyList<string> HostArguments => Hypervisor switch
-    {
-        "qmp" => QemuUser is { } qemuUser ? ["--qemu-user", qemuUser] : [],
-        "libvirt" => ["--hypervisor", "libvirt", "--libvirt-uri", LibvirtUri, .. LibvirtGuestExport ? new[] { "--libvirt-guest-export", "true" } : []],
-        "sim" => ["--hypervisor", "sim", "--sim-hosts", Hosts.ToString(), "--sim-spm-hosts", SpmHosts.ToString(), "--sim-copy-rate", SimCopyBytesPerSecond.ToString()],
-        _ => throw CliFailure.BadUsage($"--hypervisor {Hypervisor}: a host runs its VMs through qmp, libvirt or sim"),
-    };
+    public IReadOnlyList<string> HostArguments =>
+    [
+        .. Hypervisor switch
+        {
+            "qmp" => QemuUser is { } qemuUser ? new[] { "--qemu-user", qemuUser } : [],
+            "libvirt" => ["--hypervisor", "libvirt", "--libvirt-uri", LibvirtUri, .. LibvirtGuestExport ? new[] { "--libvirt-guest-export", "true" } : []],
+            "sim" => ["--hypervisor", "sim", "--sim-hosts", Hosts.ToString(), "--sim-spm-hosts", SpmHosts.ToString(), "--sim-copy-rate", SimCopyBytesPerSecond.ToString()],
+            _ => throw CliFailure.BadUsage($"--hypervisor {Hypervisor}: a host runs its VMs through qmp, libvirt or sim"),
+        },
+        .. SpmMaxCopies is { } maxCopies ? new[] { "--spm-max-copies", maxCopies.ToString(System.Globalization.CultureInfo.InvariantCulture) } : [],
+    ];
 
     public string DomainRoot => LocalCluster.DomainRootOf(DataDirectory);
 

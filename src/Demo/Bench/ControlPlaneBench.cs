@@ -73,10 +73,11 @@ internal static class ControlPlaneBench
         var exit = 1;
         try
         {
-            // The admission limits are the operator's policy, not the control plane's cost: the bench lifts them unless told.
+            // The admission limits are the operator's policy, not the control plane's cost: the bench lifts them unless told
+            // (and the SPM's bound on copies at once, which copies of zero duration never meet).
             var cluster = await LocalClusterLauncher.UpAsync(new LocalClusterOptions(dataDir)
             {
-                Hosts = hosts, ApiPort = 0, Hypervisor = "sim", MaxPerHost = maxPerHost, MaxPerDomain = maxPerDomain,
+                Hosts = hosts, ApiPort = 0, Hypervisor = "sim", MaxPerHost = maxPerHost, MaxPerDomain = maxPerDomain, SpmMaxCopies = 0,
                 ExtraHocon = Environment.GetEnvironmentVariable("LSM_BENCH_HOCON"),
             });
             var coordinatorPid = cluster.Nodes.Single(n => n.Name == "coordinator").Pid;
@@ -161,7 +162,7 @@ internal static class ControlPlaneBench
                 ["machine"] = new JsonObject { ["cores"] = Environment.ProcessorCount, ["os"] = Environment.OSVersion.ToString() },
                 ["journal"] = "sqlite",
                 ["hosts"] = hosts,
-                ["admissionLimits"] = new JsonObject { ["perHost"] = maxPerHost, ["perDomain"] = maxPerDomain, ["note"] = "0 = no limit" },
+                ["admissionLimits"] = new JsonObject { ["perHost"] = maxPerHost, ["perDomain"] = maxPerDomain, ["spmMaxCopies"] = 0, ["note"] = "0 = no limit" },
                 ["warmupSeconds"] = warmupSeconds,
                 ["migration"] = "pre-copy, one disk, 3-volume chain, sim copies of zero duration",
                 ["migrationsPerSecond"] = Math.Round(perSecond, 1),
@@ -243,7 +244,7 @@ internal static class ControlPlaneBench
             var cluster = await LocalClusterLauncher.UpAsync(new LocalClusterOptions(dir)
             {
                 Hosts = hosts, Coordinators = coordinators, Journal = journal, ApiPort = 0, Hypervisor = "sim",
-                MaxPerHost = maxPerHost, MaxPerDomain = maxPerDomain, ExtraHocon = Environment.GetEnvironmentVariable("LSM_BENCH_HOCON"),
+                MaxPerHost = maxPerHost, MaxPerDomain = maxPerDomain, SpmMaxCopies = 0, ExtraHocon = Environment.GetEnvironmentVariable("LSM_BENCH_HOCON"),
             });
             var token = cluster.ApiTokenFile is { } tokenFile ? ApiTokenFile.Read(tokenFile) : null;
             var apis = cluster.Nodes.Where(n => n.Role == "coordinator")

@@ -148,7 +148,8 @@ internal static class InFlightBench
 
     private static LocalClusterOptions Options(string dataDir, int hosts) => new(dataDir)
     {
-        Hosts = hosts, ApiPort = 0, Hypervisor = "sim", MaxPerHost = 0, MaxPerDomain = 0, SimCopyBytesPerSecond = CopyRate,
+        // every copy running at once, paced: the SPM's bound on copies at once lifted as the admission limits are
+        Hosts = hosts, ApiPort = 0, Hypervisor = "sim", MaxPerHost = 0, MaxPerDomain = 0, SpmMaxCopies = 0, SimCopyBytesPerSecond = CopyRate,
         ExtraHocon = Environment.GetEnvironmentVariable("LSM_BENCH_HOCON"),
     };
 

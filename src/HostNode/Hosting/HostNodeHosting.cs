@@ -41,9 +41,10 @@ public static class HostNodeHosting
     /// clusters, whose SPM runs unfenced (and says so); a HostNode process refuses an SPM role without it.
     /// </param>
     public static AkkaConfigurationBuilder WithHostNodeActors(this AkkaConfigurationBuilder builder,
-        HostNodeComponents host, bool spmCapable, HostManagement? management = null, SpmLeaseSettings? spmLease = null)
+        HostNodeComponents host, bool spmCapable, HostManagement? management = null, SpmLeaseSettings? spmLease = null,
+        int spmMaxCopies = SpmActor.DefaultMaxConcurrentCopies)
     {
-        if (spmCapable) builder.WithSpmSingleton(host.Pool, spmLease);
+        if (spmCapable) builder.WithSpmSingleton(host.Pool, spmLease, spmMaxCopies);
         builder.WithSingletonProxy<InventoryKey>("inventory", new ClusterSingletonOptions { Role = "coordinator" });
         return builder.WithActors((system, registry) =>
         {
@@ -64,14 +65,15 @@ public static class HostNodeHosting
     }
 
     /// <summary>The SPM cluster singleton over role <see cref="SpmRole"/>, guarded by the pool's lease when there is one.</summary>
-    private static AkkaConfigurationBuilder WithSpmSingleton(this AkkaConfigurationBuilder builder, StoragePool pool, SpmLeaseSettings? lease)
+    private static AkkaConfigurationBuilder WithSpmSingleton(this AkkaConfigurationBuilder builder, StoragePool pool, SpmLeaseSettings? lease,
+        int maxCopies)
     {
         if (lease is null)
-            return builder.WithSingleton<SpmKey>(SpmActor.SingletonName, SpmActor.Props(pool),
+            return builder.WithSingleton<SpmKey>(SpmActor.SingletonName, SpmActor.Props(pool, maxConcurrentCopies: maxCopies),
                 new ClusterSingletonOptions { Role = SpmRole }, createProxyToo: false);
         var option = new FileLeaseOption(lease);
         option.Apply(builder);
-        return builder.WithSingleton<SpmKey>(SpmActor.SingletonName, SpmActor.Leased(pool, lease.Path),
+        return builder.WithSingleton<SpmKey>(SpmActor.SingletonName, SpmActor.Leased(pool, lease.Path, maxCopies),
             new ClusterSingletonOptions
             {
                 Role = SpmRole,

@@ -42,6 +42,9 @@ public sealed record HostNodeSettings(
     /// </summary>
     public SpmLeaseSettings? SpmLease { get; init; }
 
+    /// <summary>How many migration steps the SPM copies data for at once (<c>--spm-max-copies</c>; 0 = no bound).</summary>
+    public int SpmMaxCopies { get; init; } = SpmActor.DefaultMaxConcurrentCopies;
+
     public string RunDirectory => Path.Combine(DataDirectory, "run");
     public const UnixFileMode RunDirectoryMode = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute;
     public bool SpmCapable => Cluster.Roles.Contains(HostNodeHosting.SpmRole);
@@ -63,6 +66,7 @@ public sealed record HostNodeSettings(
         ["--sim-hosts"] = "HostNode:SimHosts",
         ["--sim-spm-hosts"] = "HostNode:SimSpmHosts",
         ["--sim-copy-rate"] = "HostNode:SimCopyRate",
+        ["--spm-max-copies"] = "HostNode:SpmMaxCopies",
     };
 
     public static HostNodeSettings From(IConfiguration config)
@@ -82,6 +86,10 @@ public sealed record HostNodeSettings(
         var qemuAccount = qemuUser is null ? null : QemuAccount.Find(qemuUser);
         var cluster = ClusterNodeSettings.FromConfiguration(config, HostNodeHosting.HostRole);
         var spmLease = SpmLeaseFrom(config);
+        var maxCopiesText = config["HostNode:SpmMaxCopies"];
+        var maxCopies = maxCopiesText is not { Length: > 0 } ? SpmActor.DefaultMaxConcurrentCopies
+            : int.TryParse(maxCopiesText, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var n) && n <= 10_000 ? n
+            : throw new ArgumentException($"--spm-max-copies must be 0 (no bound) to 10000, got '{maxCopiesText}'");
         // DESIGN §7 invariant 6: only the lease's holder changes storage. An SPM without one could write beside its
         // paused or partitioned predecessor, so a process refuses the role rather than run it unfenced.
         if (cluster.Roles.Contains(HostNodeHosting.SpmRole) && spmLease is null)
@@ -99,6 +107,7 @@ public sealed record HostNodeSettings(
             LibvirtUri = config["HostNode:LibvirtUri"] is { Length: > 0 } uri ? uri : "qemu:///system",
             LibvirtGuestExport = exportGuests,
             QemuAccount = qemuAccount,
+            SpmMaxCopies = maxCopies,
         };
     }
 

@@ -59,7 +59,7 @@ public static class SimHosts
             var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { Args = [ConfigWatch.Off] });
             builder.Services.AddAkka(ClusterNodeSettings.SystemName, akka => akka
                 .WithClusterNode(settings.Cluster)
-                .WithHostNodeActors(components, settings.SpmCapable, management, settings.SpmLease));
+                .WithHostNodeActors(components, settings.SpmCapable, management, settings.SpmLease, settings.SpmMaxCopies));
             hosts.Add((builder.Build(), vms));
             Console.WriteLine($"HostNode {hostId} (sim): roles {string.Join(",", settings.Cluster.Roles)}, " +
                               $"copies {(paced ? $"paced at {copyRate} bytes/s" : "instant")}");

@@ -53,18 +53,26 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
 
     private static readonly int[] AnnounceAgainAfterSeconds = [1, 3, 7, 15];
 
+    /// <summary>
+    /// Copies at once by default, as VDSM's SPM runs its storage tasks on a pool of 10 threads: more only share the same
+    /// disks' bandwidth (and memory for each <c>qemu-img</c>) while none finishes sooner; the admission limits (per host
+    /// and per domain) usually keep fewer running, this bounds what an operator who lifted them starts.
+    /// </summary>
+    public const int DefaultMaxConcurrentCopies = 10;
+
     /// <param name="fence">
     /// The SPM lease (DESIGN §7a), or null while the pool has none (generation 0). With a lease, give the pool
     /// <see cref="FencedStorageDomain"/>s over the same fence, so every change, not only each step's start, is fenced.
     /// </param>
     /// <param name="leasePath">Instead of <paramref name="fence"/>: the lease file whose lease this node's singleton manager
     /// acquired before starting this actor (<see cref="Leased"/>).</param>
-    public SpmActor(StoragePool pool, IStorageFence? fence = null, string? leasePath = null)
+    /// <param name="maxConcurrentCopies">How many steps copy data at once; the others wait, running (0 = no bound).</param>
+    public SpmActor(StoragePool pool, IStorageFence? fence = null, string? leasePath = null, int maxConcurrentCopies = DefaultMaxConcurrentCopies)
     {
         fence ??= leasePath is null ? null : LeaseOfThisNode(leasePath);
         _pool = fence is null ? pool : pool.FencedBy(fence);
         _fence = fence;
-        _steps = new StorageSteps(_pool, fence);
+        _steps = new StorageSteps(_pool, fence, maxConcurrentCopies);
         if (leasePath is not null)
             _log.Info("SPM started under the lease {Path}, generation {Generation}: every storage change is fenced by it", leasePath, fence!.Generation);
         // Before any copy: a previous SPM's copies still running here would hold their twins' locks against our retries.
@@ -95,13 +103,15 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
         Receive<IManagementMessage>(command => storage.HandleAsync(command, _stopped.Token).PipeTo(Sender));
     }
 
-    public static Props Props(StoragePool pool, IStorageFence? fence = null) => Akka.Actor.Props.Create(() => new SpmActor(pool, fence));
+    public static Props Props(StoragePool pool, IStorageFence? fence = null, int maxConcurrentCopies = DefaultMaxConcurrentCopies) =>
+        Akka.Actor.Props.Create(() => new SpmActor(pool, fence, null, maxConcurrentCopies));
 
     /// <summary>
     /// The SPM as the lease-guarded singleton runs it: fenced by the lease (<paramref name="leasePath"/>) that its singleton
     /// manager acquired on this node before starting it (<c>use-lease</c>). Refuses to start when no such lease was made.
     /// </summary>
-    public static Props Leased(StoragePool pool, string leasePath) => Akka.Actor.Props.Create(() => new SpmActor(pool, null, leasePath));
+    public static Props Leased(StoragePool pool, string leasePath, int maxConcurrentCopies = DefaultMaxConcurrentCopies) =>
+        Akka.Actor.Props.Create(() => new SpmActor(pool, null, leasePath, maxConcurrentCopies));
 
     private static PoolLease LeaseOfThisNode(string leasePath) =>
         FileLease.MadeIn(Context.System, leasePath) is { IsHeld: true } lease

@@ -15,12 +15,19 @@ namespace LiveMigration.HostNode.Steps;
 /// <param name="pool">The pool as this caller changes it (the SPM's is fenced by its lease).</param>
 /// <param name="fence">The SPM lease (DESIGN §7a), checked before each step, whose generation goes into every volume's
 /// owner; null where there is none (generation 0).</param>
-public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null)
+/// <param name="maxConcurrentCopies">How many steps copy data at once (the internal layers' copies); the others wait their
+/// turn, their step running and reporting no bytes yet. 0: no bound.</param>
+public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, int maxConcurrentCopies = 0)
 {
     /// <summary>Room a post-copy keeps on its destination for the guest's writes on the new leaf while the chain is copied.</summary>
     public const long PostCopyHeadroomBytes = 64L << 20;
 
     private readonly SpaceReservations _space = new();
+    private readonly SemaphoreSlim? _copySlots = maxConcurrentCopies > 0 ? new SemaphoreSlim(maxConcurrentCopies) : null;
+    private int _copiesWaiting;
+
+    /// <summary>Copy steps waiting for a slot now (for the SPM's log and tests).</summary>
+    public int CopiesWaiting => Volatile.Read(ref _copiesWaiting);
 
     /// <summary>The steps that run on storage; the others run on the VM's hypervisor (<see cref="DriveSteps"/>).</summary>
     public static bool Runs(MigrationStep step) => step is MigrationStep.CloneImageStructure or MigrationStep.SyncInternalVolumes
@@ -73,7 +80,7 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null)
         return new StepOutcome(Detail: $"{clone.Volumes.Count} volumes cloned ILLEGAL on domain {dst.Id}");
     }
 
-    private static async Task<StepOutcome> SyncInternalVolumesAsync(IStorageDomain src, IStorageDomain dst, DiskPlan disk,
+    private async Task<StepOutcome> SyncInternalVolumesAsync(IStorageDomain src, IStorageDomain dst, DiskPlan disk,
         MigrationId migration, IProgress<CopyProgress>? progress, CopyRate rate, CancellationToken ct)
     {
         // The leaf is the mirror's; the internal layers are read-only in QEMU, so they are copied here.
@@ -83,8 +90,8 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null)
         var clone = await dst.DescribeImageAsync(image, ct);
         RequireOwnedBy(clone.Volumes, migration, dst, image);
         var internals = sourceChain.Volumes.Where(v => v.Id != sourceLeaf).Select(v => v.Id).ToList();
-        var copied = await CopyLayersAsync(src, dst, image, internals, progress, rate, ct);
-        return new StepOutcome(copied, $"{internals.Count} internal volumes copied");
+        var (copied, waited) = await CopyLayersAsync(src, dst, image, internals, progress, rate, ct);
+        return new StepOutcome(copied, $"{internals.Count} internal volumes copied{Waited(waited)}");
     }
 
     private async Task<StepOutcome> MarkDestinationLeafLegalAsync(IStorageDomain dst, DiskPlan disk, MigrationId migration, CancellationToken ct)
@@ -125,12 +132,12 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null)
         var oldLeaf = await PlannedLeaves.SourceLeafAsync(disk, src, ct);
         // Twins of the old chain under the new leaf, empty and ILLEGAL until copied and verified.
         await dst.CloneImageStructureAsync(src, image, owner, ct);
-        var copied = await CopyLayersAsync(src, dst, image, oldChain.Volumes.Select(v => v.Id).ToList(), progress, rate, ct);
+        var (copied, waited) = await CopyLayersAsync(src, dst, image, oldChain.Volumes.Select(v => v.Id).ToList(), progress, rate, ct);
         RequireOwnedBy([await dst.DescribeVolumeAsync(image, disk.NewLeaf, ct)], owner.Migration, dst, image);
         // Metadata only: the running QEMU owns the leaf and rewrites its header in SwitchBackingChain.
         await dst.SetParentAsync(image, disk.NewLeaf, new VolumeRef(dst.Id, oldLeaf), null, rewriteHeader: false, ct);
         _space.Release(owner.Migration, image); // copied: the domain's own figures count it now
-        return new StepOutcome(copied, $"{oldChain.Volumes.Count} volumes copied; leaf {disk.NewLeaf} now over {oldLeaf} on domain {dst.Id}");
+        return new StepOutcome(copied, $"{oldChain.Volumes.Count} volumes copied{Waited(waited)}; leaf {disk.NewLeaf} now over {oldLeaf} on domain {dst.Id}");
     }
 
     private async Task<StepOutcome> DeleteSourceImageAsync(IStorageDomain src, IStorageDomain dst, ImageId image, MigrationId migration,
@@ -183,24 +190,54 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null)
     }
 
     /// <summary>Copies the layers one after the other, reporting the bytes of all of them as one total.</summary>
-    private static async Task<long> CopyLayersAsync(IStorageDomain src, IStorageDomain dst, ImageId image,
+    /// <summary>Copies the layers in order, once a copy slot is free; returns the bytes copied and how long it waited for the slot.</summary>
+    private async Task<(long Copied, TimeSpan Waited)> CopyLayersAsync(IStorageDomain src, IStorageDomain dst, ImageId image,
         IReadOnlyList<VolumeId> layers, IProgress<CopyProgress>? progress, CopyRate rate, CancellationToken ct)
     {
         long total = 0;
         foreach (var id in layers) total += (await src.DescribeVolumeAsync(image, id, ct)).AllocatedBytes;
         long done = 0;
+        // Before the wait: the saga hears the size at once, and a repeated command attaches to a step it can see.
         progress?.Report(new CopyProgress(0, total));
-        foreach (var id in layers)
+        var waited = await TakeCopySlotAsync(ct);
+        try
         {
-            var before = done;
-            var copied = await dst.CopyVolumeDataAsync(src, image, id,
-                progress is null ? null : new InlineProgress<CopyProgress>(p => progress.Report(new CopyProgress(before + p.Done, Math.Max(total, before + p.Total)))),
-                ct, rate);
-            done += copied.AllocatedBytes;
-            progress?.Report(new CopyProgress(done, Math.Max(total, done)));
+            foreach (var id in layers)
+            {
+                var before = done;
+                var copied = await dst.CopyVolumeDataAsync(src, image, id,
+                    progress is null ? null : new InlineProgress<CopyProgress>(p => progress.Report(new CopyProgress(before + p.Done, Math.Max(total, before + p.Total)))),
+                    ct, rate);
+                done += copied.AllocatedBytes;
+                progress?.Report(new CopyProgress(done, Math.Max(total, done)));
+            }
         }
-        return done;
+        finally
+        {
+            _copySlots?.Release();
+        }
+        return (done, waited);
     }
+
+    private async Task<TimeSpan> TakeCopySlotAsync(CancellationToken ct)
+    {
+        if (_copySlots is null) return TimeSpan.Zero;
+        if (_copySlots.Wait(0)) return TimeSpan.Zero;
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        Interlocked.Increment(ref _copiesWaiting);
+        try
+        {
+            await _copySlots.WaitAsync(ct);
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _copiesWaiting);
+        }
+        return watch.Elapsed;
+    }
+
+    private static string Waited(TimeSpan waited) =>
+        waited >= TimeSpan.FromMilliseconds(100) ? $" after waiting {waited.TotalSeconds:0.0} s for a copy slot" : "";
 }
 
 /// <summary>Calls back inline: <see cref="Progress{T}"/> would post to a captured context that an actor task does not have.</summary>

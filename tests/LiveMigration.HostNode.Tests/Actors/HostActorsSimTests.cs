@@ -94,6 +94,36 @@ public sealed class HostActorsSimTests : Akka.TestKit.Xunit2.TestKit, IAsyncLife
     }
 
     [Fact]
+    public async Task Copies_beyond_the_SPMs_bound_wait_their_turn_running_and_say_how_long_they_waited()
+    {
+        var spm = Sys.ActorOf(SpmActor.Props(_pool, maxConcurrentCopies: 1));
+        var (first, second) = (CreateTestProbe(), CreateTestProbe());
+        var one = Driver(MigrationStrategy.PreCopy);
+        var otherChain = await ChainSeeder.SeedAsync(_a, (d, i, v, o, l, _) => SimData.WriteAsync(d, i, v, o, l));
+        var two = new StepDriver(VmId.New(), new DiskPlan(otherChain.Image, _a.Id, _b.Id, 10 * MiB, VolumeId.New()), MigrationStrategy.PreCopy, 0);
+        await one.SucceedAsync(spm, Step.CloneImageStructure, first);
+        await two.SucceedAsync(spm, Step.CloneImageStructure, second);
+
+        var stall = _b.Faults.StallNext(nameof(SimStorageDomain.CopyVolumeDataAsync), atFraction: 0.5);
+        one.Send(spm, Step.SyncInternalVolumes, first);
+        await stall.Reached.WaitAsync(TimeSpan.FromSeconds(10));
+        two.Send(spm, Step.SyncInternalVolumes, second);
+        // The second runs (its size told, a repeat attaches) but copies nothing while the first holds the only slot.
+        var waiting = Assert.IsType<OperationProgress>(await second.ReceiveOneAsync(TimeSpan.FromSeconds(5)));
+        Assert.Equal(0, waiting.Done);
+        Assert.True(waiting.Total > 0);
+        await second.ExpectNoMsgAsync(TimeSpan.FromMilliseconds(500));
+        two.Send(spm, Step.SyncInternalVolumes, second);
+        Assert.Equal(0, Assert.IsType<OperationProgress>(await second.ReceiveOneAsync(TimeSpan.FromSeconds(5))).Done);
+
+        stall.Release();
+        Assert.IsType<OperationSucceeded>(await StepDriver.AnswerAsync(first, one.Op(Step.SyncInternalVolumes)));
+        var done = Assert.IsType<OperationSucceeded>(await StepDriver.AnswerAsync(second, two.Op(Step.SyncInternalVolumes)));
+        Assert.Equal(waiting.Total, done.Outcome.BytesCopied);
+        Assert.Contains("for a copy slot", done.Outcome.Detail);
+    }
+
+    [Fact]
     public async Task A_saga_attaching_to_a_running_copy_hears_at_once_where_it_stands()
     {
         var (spm, hsm, saga) = (Spm(), Hsm(_hypervisors[0]), CreateTestProbe());

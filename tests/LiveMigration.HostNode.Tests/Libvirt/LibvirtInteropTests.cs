@@ -1,3 +1,4 @@
+using LiveMigration.HostNode.Spm;
 using LiveMigration.HostNode.Hosting;
 using LiveMigration.HostNode.Hypervisor.Libvirt;
 using LiveMigration.HostNode.Tests.Contract;
@@ -156,6 +157,17 @@ public sealed class HostNodeSettingsLibvirtTests
         Assert.Contains("qmp, libvirt", Assert.Throws<ArgumentException>(() => HostNodeSettings.From(Config(("HostNode:Hypervisor", "xen")))).Message);
         Assert.Contains("--libvirt-guest-export", Assert.Throws<ArgumentException>(() =>
             HostNodeSettings.From(Config(("HostNode:Hypervisor", "libvirt"), ("HostNode:LibvirtGuestExport", "yes")))).Message);
+    }
+
+    [Fact]
+    public void The_SPMs_bound_on_copies_at_once_defaults_to_ten_takes_zero_for_none_and_refuses_what_is_not_a_count()
+    {
+        Assert.Equal(SpmActor.DefaultMaxConcurrentCopies, HostNodeSettings.From(Config()).SpmMaxCopies);
+        Assert.Equal(0, HostNodeSettings.From(Config(("HostNode:SpmMaxCopies", "0"))).SpmMaxCopies);
+        Assert.Equal(3, HostNodeSettings.From(Config(("HostNode:SpmMaxCopies", "3"))).SpmMaxCopies);
+        Assert.Equal("HostNode:SpmMaxCopies", HostNodeSettings.Switches["--spm-max-copies"]);
+        foreach (var bad in new[] { "-1", "ten", "10001", "2.5" })
+            Assert.Contains("--spm-max-copies", Assert.Throws<ArgumentException>(() => HostNodeSettings.From(Config(("HostNode:SpmMaxCopies", bad)))).Message);
     }
 
     private static IConfiguration Config(params (string Key, string Value)[] values) =>
