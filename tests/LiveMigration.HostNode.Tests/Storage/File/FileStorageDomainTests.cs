@@ -308,34 +308,6 @@ public sealed class FileStorageDomainTests : IDisposable
     }
 
     [Fact]
-    public async Task A_copy_proven_later_lets_the_next_layer_copy_meanwhile_and_a_failed_proof_leaves_its_twin_illegal()
-    {
-        var source = await _temp.NewDomainAsync("source");
-        var destination = await _temp.NewDomainAsync("destination");
-        var (image, volumes) = await ThreeVolumeChainAsync(source);
-        await destination.CloneImageStructureAsync(source, image, TestOwners.Default);
-
-        // The base's data is written; its proof runs on. The child's copy (which opens the base's twin as its backing) runs meanwhile.
-        var baseProof = await destination.CopyVolumeDataProvenLaterAsync(source, image, volumes[0]);
-        var childProof = await destination.CopyVolumeDataProvenLaterAsync(source, image, volumes[1]);
-        // A second copy of a twin under proof waits for it and finds it LEGAL, copying nothing again (generation 1).
-        var again = destination.CopyVolumeDataAsync(source, image, volumes[0]);
-
-        Assert.Equal((Legality.Legal, 1), ((await baseProof).Legality, (await baseProof).Generation));
-        Assert.Equal((Legality.Legal, 1), ((await childProof).Legality, (await childProof).Generation));
-        Assert.Equal(1, (await again).Generation);
-        Assert.True(await ChainsReadTheSameAsync(source.Locate(image, volumes[1]), destination.Locate(image, volumes[1])));
-
-        // A proof that fails leaves its twin ILLEGAL: the failure comes with the proof, not with the copy's first half.
-        var (other, otherVolumes) = await ThreeVolumeChainAsync(source);
-        await destination.CloneImageStructureAsync(source, other, TestOwners.Default);
-        await TempDomainRoot.WriteAsync(destination.Locate(other, otherVolumes[1]), VolumeFormat.Cow, 14 << 20, 64 << 10, 0x66);
-        var failing = await destination.CopyVolumeDataProvenLaterAsync(source, other, otherVolumes[1]);
-        await RefusedAsync(ErrorCodes.VerifyFailed, () => failing);
-        Assert.Equal(Legality.Illegal, (await destination.DescribeVolumeAsync(other, otherVolumes[1])).Legality);
-    }
-
-    [Fact]
     public async Task A_twin_that_does_not_verify_stays_illegal()
     {
         var source = await _temp.NewDomainAsync("source");
