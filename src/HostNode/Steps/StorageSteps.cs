@@ -190,72 +190,33 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, 
     }
 
     /// <summary>Copies the layers one after the other, reporting the bytes of all of them as one total.</summary>
-    /// <summary>
-    /// Copies the layers in order, once a copy slot is free; returns the bytes copied and how long it waited for the slot.
-    /// Each layer's proof (flush and compare, then LEGAL) runs while the next layer is copied: the proof of a 1 GiB base
-    /// takes about as long as its copy, and the child's copy needs only the parent's twin to exist, not to be proven.
-    /// The step ends only when every proof has.
-    /// </summary>
+    /// <summary>Copies the layers in order, once a copy slot is free; returns the bytes copied and how long it waited for the slot.</summary>
     private async Task<(long Copied, TimeSpan Waited)> CopyLayersAsync(IStorageDomain src, IStorageDomain dst, ImageId image,
         IReadOnlyList<VolumeId> layers, IProgress<CopyProgress>? progress, CopyRate rate, CancellationToken ct)
     {
-        var sizes = new List<long>();
-        foreach (var id in layers) sizes.Add((await src.DescribeVolumeAsync(image, id, ct)).AllocatedBytes);
-        var total = sizes.Sum();
-        // Proofs report their layer's end while a later layer already reports more: only ever forward.
-        long told = -1;
-        void Tell(long done)
-        {
-            if (progress is null) return;
-            long last;
-            do
-            {
-                last = Interlocked.Read(ref told);
-                if (done <= last) return;
-            } while (Interlocked.CompareExchange(ref told, done, last) != last);
-            progress.Report(new CopyProgress(done, Math.Max(total, done)));
-        }
+        long total = 0;
+        foreach (var id in layers) total += (await src.DescribeVolumeAsync(image, id, ct)).AllocatedBytes;
+        long done = 0;
         // Before the wait: the saga hears the size at once, and a repeated command attaches to a step it can see.
-        Tell(0);
+        progress?.Report(new CopyProgress(0, total));
         var waited = await TakeCopySlotAsync(ct);
-        var proofs = new List<Task<VolumeInfo>>();
-        Exception? failed = null;
         try
         {
-            long before = 0;
-            for (var i = 0; i < layers.Count; i++)
+            foreach (var id in layers)
             {
-                var start = before;
-                proofs.Add(await dst.CopyVolumeDataProvenLaterAsync(src, image, layers[i],
-                    progress is null ? null : new InlineProgress<CopyProgress>(p => Tell(start + p.Done)), ct, rate));
-                before += sizes[i];
+                var before = done;
+                var copied = await dst.CopyVolumeDataAsync(src, image, id,
+                    progress is null ? null : new InlineProgress<CopyProgress>(p => progress.Report(new CopyProgress(before + p.Done, Math.Max(total, before + p.Total)))),
+                    ct, rate);
+                done += copied.AllocatedBytes;
+                progress?.Report(new CopyProgress(done, Math.Max(total, done)));
             }
-        }
-        catch (Exception e)
-        {
-            failed = e;
-        }
-        try
-        {
-            // Every proof ends before the step does: each holds its twin and may still mark it LEGAL.
-            var proven = await Task.WhenAll(proofs);
-            if (failed is null)
-            {
-                var done = proven.Sum(v => v.AllocatedBytes);
-                Tell(done);
-                return (done, waited);
-            }
-        }
-        catch (Exception) when (failed is not null)
-        {
-            // the copy's own failure is the one to tell
         }
         finally
         {
             _copySlots?.Release();
         }
-        System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(failed);
-        return default;
+        return (done, waited);
     }
 
     private async Task<TimeSpan> TakeCopySlotAsync(CancellationToken ct)

@@ -69,15 +69,6 @@ public sealed class FencedStorageDomain(IStorageDomain inner, IStorageFence fenc
         return await inner.CopyVolumeDataAsync(Unwrap(source)!, image, volume, progress, ct, rate);
     }
 
-    public async Task<Task<VolumeInfo>> CopyVolumeDataProvenLaterAsync(IStorageDomain source, ImageId image, VolumeId volume,
-        IProgress<CopyProgress>? progress = null, CancellationToken ct = default, CopyRate? rate = null)
-    {
-        await fence.CheckAsync(ct);
-        // the proof that runs on inherits it too: its LEGAL mark is fenced like every change
-        AmbientFence.Enter(fence);
-        return await inner.CopyVolumeDataProvenLaterAsync(Unwrap(source)!, image, volume, progress, ct, rate);
-    }
-
     public async Task<VolumeInfo> SetParentAsync(ImageId image, VolumeId volume, VolumeRef newParent, IStorageDomain? parentDomain,
         bool rewriteHeader, CancellationToken ct = default)
     {

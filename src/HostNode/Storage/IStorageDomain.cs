@@ -68,16 +68,6 @@ public interface IStorageDomain
         IProgress<CopyProgress>? progress = null, CancellationToken ct = default, CopyRate? rate = null);
 
     /// <summary>
-    /// <see cref="CopyVolumeDataAsync"/> in two halves: completes once the layer's data is written, with the proof still
-    /// running (flushed, compared, then marked LEGAL), which the returned task is; so a caller may copy the next layer
-    /// of the chain meanwhile. Same guarantees: the twin stays ILLEGAL, and no other copy of it runs, until its proof ends.
-    /// By default the two halves are one.
-    /// </summary>
-    async Task<Task<VolumeInfo>> CopyVolumeDataProvenLaterAsync(IStorageDomain source, ImageId image, VolumeId volume,
-        IProgress<CopyProgress>? progress = null, CancellationToken ct = default, CopyRate? rate = null) =>
-        Task.FromResult(await CopyVolumeDataAsync(source, image, volume, progress, ct, rate));
-
-    /// <summary>
     /// Re-points a volume's parent to <paramref name="newParent"/> (same volume id on this or
     /// another domain, same data). With <paramref name="rewriteHeader"/> the qcow2 header is
     /// rewritten too; without it only the metadata (when a running QEMU owns the file and
