@@ -76,9 +76,10 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
         if (leasePath is not null)
             _log.Info("SPM started under the lease {Path}, generation {Generation}: every storage change is fenced by it", leasePath, fence!.Generation);
         // Before any copy: a previous SPM's copies still running here would hold their twins' locks against our retries.
-        foreach (var orphan in OrphanCopies.Kill(pool.Domains.Select(d => d is FencedStorageDomain f ? f.Inner : d)
-                     .OfType<Storage.File.FileStorageDomain>().Select(d => d.DomainPath).ToList()))
+        var fileDomains = pool.Domains.Select(d => d is FencedStorageDomain f ? f.Inner : d).OfType<Storage.File.FileStorageDomain>().ToList();
+        foreach (var orphan in OrphanCopies.Kill(fileDomains.Select(d => d.DomainPath).ToList()))
             _log.Warning("Killed a copy a previous SPM left running: {Process}", orphan);
+        FinishInterruptedRemovals(fileDomains);
         Receive<ExecuteStep>(OnExecuteStep);
         Receive<SetStepSpeed>(OnSetStepSpeed);
         Receive<StepProgressed>(OnProgress);
@@ -101,6 +102,31 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
         });
         Receive<GetSpmLocation>(_ => Sender.Tell(new SpmLocation(Cluster.Get(Context.System).SelfAddress.ToString())));
         Receive<IManagementMessage>(command => storage.HandleAsync(command, _stopped.Token).PipeTo(Sender));
+    }
+
+    /// <summary>
+    /// A delete that a crash (of the SPM's host, or of the process that deleted) cut short after its rename leaves a folder no
+    /// reader lists, whose files still take the domain's space: the new SPM empties it, off the actor (a large image's
+    /// unlink takes seconds). Nothing else of a crash is touched here: a half-made copy belongs to its migration's saga.
+    /// </summary>
+    private void FinishInterruptedRemovals(IReadOnlyList<Storage.File.FileStorageDomain> domains)
+    {
+        var log = _log;
+        Task.Run(() =>
+        {
+            foreach (var domain in domains)
+            {
+                try
+                {
+                    if (domain.FinishInterruptedRemovals() is var finished and > 0)
+                        log.Warning("Finished {Count} deletes a crash interrupted on domain {Domain}", finished, domain.Id);
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                    log.Warning("Could not finish the interrupted deletes on domain {Domain}: {Error}", domain.Id, e.Message);
+                }
+            }
+        });
     }
 
     public static Props Props(StoragePool pool, IStorageFence? fence = null, int maxConcurrentCopies = DefaultMaxConcurrentCopies) =>

@@ -656,11 +656,7 @@ public sealed class FileStorageDomain : IStorageDomain
     public async Task<IReadOnlyList<VolumeInfo>> RemoveIllegalLeftoversAsync(IReadOnlySet<ImageId> inUse, CancellationToken ct = default)
     {
         var removed = new List<VolumeInfo>();
-        // Deletes a crash interrupted: the folder was renamed away, its files may remain.
-        if (Directory.Exists(ImagesPath))
-            foreach (var halfDeleted in Directory.EnumerateDirectories(ImagesPath, RemovingPrefix + "*"))
-                if (new DirectoryInfo(halfDeleted).LinkTarget is null)
-                    Directory.Delete(halfDeleted, recursive: true);
+        FinishInterruptedRemovals();
         foreach (var image in await ListImagesAsync(ct))
         {
             if (inUse.Contains(image)) continue;
@@ -692,6 +688,32 @@ public sealed class FileStorageDomain : IStorageDomain
         foreach (var temp in Directory.EnumerateFiles(Path.Combine(DomainPath, "dom_md"), "*" + KeyValueFile.TempSuffix))
             IOFile.Delete(temp);
         return removed;
+    }
+
+    /// <summary>
+    /// Finishes the deletes a crash interrupted after their rename: the <see cref="RemovingPrefix"/> folders, which no
+    /// reader lists (the image is gone for every caller) but whose files still take their space. Safe at any time, also
+    /// beside a delete in progress (a file already gone is skipped). Returns how many folders it emptied and removed.
+    /// </summary>
+    public int FinishInterruptedRemovals()
+    {
+        if (!Directory.Exists(ImagesPath)) return 0;
+        var finished = 0;
+        foreach (var halfDeleted in Directory.EnumerateDirectories(ImagesPath, RemovingPrefix + "*").ToList())
+        {
+            if (new DirectoryInfo(halfDeleted).LinkTarget is not null) continue; // never followed
+            try
+            {
+                Directory.Delete(halfDeleted, recursive: true);
+                finished++;
+            }
+            catch (DirectoryNotFoundException)
+            {
+                // the delete that renamed it finished it meanwhile
+            }
+        }
+        if (finished > 0) Posix.FsyncDirectory(ImagesPath);
+        return finished;
     }
 
     /// <summary>
