@@ -22,10 +22,20 @@ public sealed class HostDirectory
     /// <summary>The host that last reported from this cluster address (as <c>Address.ToString()</c>); null if none did.</summary>
     public string? HostAt(string address) => _hostAtAddress.TryGetValue(address, out var host) ? host : null;
 
+    /// <summary>A host reports from one address: any other it reported from before is no longer its.</summary>
+    private void NowAt(string hostId, string address)
+    {
+        if (_hostAtAddress.TryGetValue(address, out var known) && known == hostId) return;
+        foreach (var (old, host) in _hostAtAddress)
+            if (host == hostId && old != address)
+                _hostAtAddress.TryRemove(new KeyValuePair<string, string>(old, host));
+        _hostAtAddress[address] = hostId;
+    }
+
     /// <summary>A host's whole view: its VMs are these, none other.</summary>
     public void Apply(HostReported whole)
     {
-        _hostAtAddress[whole.Address] = whole.HostId;
+        NowAt(whole.HostId, whole.Address);
         var now = whole.Vms.Select(v => v.Id).ToHashSet();
         foreach (var (vm, host) in _hostOfVm)
             if (host == whole.HostId && !now.Contains(vm))
@@ -37,7 +47,7 @@ public sealed class HostDirectory
     /// <summary>A change of a host's VMs: these are its now, those gone are no longer its.</summary>
     public void Apply(HostVmsChanged change)
     {
-        _hostAtAddress[change.Address] = change.HostId;
+        NowAt(change.HostId, change.Address);
         foreach (var vm in change.Gone)
             _hostOfVm.TryRemove(new KeyValuePair<VmId, string>(vm, change.HostId));
         foreach (var vm in change.Upserted)

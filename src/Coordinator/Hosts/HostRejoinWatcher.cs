@@ -12,7 +12,7 @@ namespace LiveMigration.Coordinator.Hosts;
 /// </summary>
 public sealed class HostRejoinWatcher : ReceiveActor, IWithTimers
 {
-    private sealed record Settled(Member Member);
+    private sealed record Settled(string Address, bool SpmCapable);
 
     /// <summary>The new host's HSM registration reaches this node's pubsub by gossip: wait a moment before the steps go out.</summary>
     public static readonly TimeSpan SettleTime = TimeSpan.FromSeconds(2);
@@ -24,17 +24,25 @@ public sealed class HostRejoinWatcher : ReceiveActor, IWithTimers
 
     public HostRejoinWatcher(HostDirectory directory, TimeSpan settleTime)
     {
-        Receive<WatchHostRejoins>(w => _sagas.Add(w.Saga));
-        Receive<UnwatchHostRejoins>(w => _sagas.Remove(w.Saga));
+        Receive<WatchHostRejoins>(w =>
+        {
+            // watched too: a saga that stops without saying so (a failing PostStop) is not told forever
+            if (_sagas.Add(w.Saga)) Context.Watch(w.Saga);
+        });
+        Receive<UnwatchHostRejoins>(w =>
+        {
+            if (_sagas.Remove(w.Saga)) Context.Unwatch(w.Saga);
+        });
+        Receive<Terminated>(t => _sagas.Remove(t.ActorRef));
         Receive<ClusterEvent.MemberUp>(up =>
         {
             if (up.Member.HasRole("host") || up.Member.HasRole("spm"))
-                Timers.StartSingleTimer($"settle-{up.Member.UniqueAddress}", new Settled(up.Member), settleTime);
+                Timers.StartSingleTimer($"settle-{up.Member.UniqueAddress}", new Settled(up.Member.Address.ToString(), up.Member.HasRole("spm")), settleTime);
         });
         Receive<Settled>(s =>
         {
-            var address = s.Member.Address.ToString();
-            var joined = new HostRejoined(address, directory.HostAt(address), s.Member.HasRole("spm"));
+            var address = s.Address;
+            var joined = new HostRejoined(address, directory.HostAt(address), s.SpmCapable);
             _log.Info("Host {Host} at {Address} joined; telling {Sagas} migration(s) on this node", joined.HostId ?? "(not reported yet)", address, _sagas.Count);
             foreach (var saga in _sagas) saga.Tell(joined);
         });

@@ -64,8 +64,8 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
 
     protected override void PostStop()
     {
-        MigrationMetrics.Forget(Id);
         _hosts.RejoinWatcher?.Tell(new UnwatchHostRejoins(Self));
+        MigrationMetrics.Forget(Id);
         base.PostStop();
     }
     public MigrationId Id { get; }

@@ -162,7 +162,9 @@ internal static class ControlPlaneBench
                 ["machine"] = new JsonObject { ["cores"] = Environment.ProcessorCount, ["os"] = Environment.OSVersion.ToString() },
                 ["journal"] = "sqlite",
                 ["hosts"] = hosts,
-                ["admissionLimits"] = new JsonObject { ["perHost"] = maxPerHost, ["perDomain"] = maxPerDomain, ["spmMaxCopies"] = 0, ["note"] = "0 = no limit" },
+                ["admissionLimits"] = new JsonObject { ["perHost"] = maxPerHost, ["perDomain"] = maxPerDomain, ["note"] = "0 = no limit" },
+                // the SPM's bound on copies at once (lsm local up --spm-max-copies), lifted as the admission limits are
+                ["spmMaxCopies"] = 0,
                 ["warmupSeconds"] = warmupSeconds,
                 ["migration"] = "pre-copy, one disk, 3-volume chain, sim copies of zero duration",
                 ["migrationsPerSecond"] = Math.Round(perSecond, 1),

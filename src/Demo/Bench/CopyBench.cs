@@ -316,14 +316,6 @@ internal static class CopyBench
         return ProcessRunner.RunCheckedAsync("qemu-io", args, ErrorCodes.IoError);
     }
 
-    /// <summary>
-    /// The yardstick: the chain copied layer by layer with <c>qemu-img convert</c> into fresh files on the destination
-    /// domain's file system, each layer alone (-B: its parent's data stays out), as the SPM's copy runs; the copies are
-    /// removed afterwards. Run while the VM runs on the chain (its backing layers are read-only; the leaf is read with -U,
-    /// which the SPM never does, and which is the yardstick's only liberty). <c>Took</c> is the copy; <c>Durable</c> adds
-    /// the fsync of the copies, which a migration makes before it calls a layer LEGAL and qemu-img's default cache leaves
-    /// undone, for context.
-    /// </summary>
     /// <summary>Writes out every dirty page (sync(1)) and waits for it, so what is timed next does not pay for what came before.</summary>
     private static Task SettleAsync() => ProcessRunner.RunCheckedAsync("sync", [], ErrorCodes.IoError);
 
@@ -337,6 +329,14 @@ internal static class CopyBench
         return first.Took <= second.Took ? first : second;
     }
 
+    /// <summary>
+    /// The yardstick: the chain copied layer by layer with <c>qemu-img convert</c> into fresh files on the destination
+    /// domain's file system, each layer alone (-B: its parent's data stays out), as the SPM's copy runs; the copies are
+    /// removed afterwards. Run while the VM runs on the chain (its backing layers are read-only; the leaf is read with -U,
+    /// which the SPM never does, and which is the yardstick's only liberty). <c>Took</c> is the copy; <c>Durable</c> adds
+    /// the fsync of the copies, which a migration makes before it calls a layer LEGAL and qemu-img's default cache leaves
+    /// undone, for context.
+    /// </summary>
     private static async Task<(TimeSpan Took, TimeSpan Durable)> QemuImgLayerByLayerAsync(DriveChain chain, FileStorageDomain scratch)
     {
         var folder = Path.Combine(scratch.DomainPath, "bench-qemu-img");

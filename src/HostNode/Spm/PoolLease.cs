@@ -22,8 +22,10 @@ public enum LeaseAttempt
     TakenFree,
     /// <summary>Watched the holder's record stay unchanged for the period plus the margin, then took it.</summary>
     TakenExpired,
-    /// <summary>The holder renewed while watched: alive, not taken.</summary>
-    HolderAlive,
+    /// <summary>The record changed while watched (its holder renewed or released it, or another took it): not taken.</summary>
+    RecordChanged,
+    /// <summary>This instance held it already.</summary>
+    AlreadyHeld,
     /// <summary>Another acquirer wrote first (before or after this one's write): not taken.</summary>
     LostRace,
 }
@@ -110,7 +112,12 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
     /// </summary>
     public async Task<bool> TryAcquireAsync(Action<Exception?>? lost = null, CancellationToken ct = default)
     {
-        if (IsHeld) return true;
+        if (IsHeld)
+        {
+            LastAttempt = LeaseAttempt.AlreadyHeld;
+            return true;
+        }
+        LastAttempt = LeaseAttempt.None; // until this attempt ends (an exception leaves it so)
         var seen = await ReadAsync(ct);
         if (!seen.IsFree)
         {
@@ -119,7 +126,7 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
             while (watch.Elapsed <= _period + _margin)
             {
                 await Task.Delay(_period / 3, ct);
-                if (await ReadAsync(ct) != seen) return Attempted(LeaseAttempt.HolderAlive);
+                if (await ReadAsync(ct) != seen) return Attempted(LeaseAttempt.RecordChanged);
             }
         }
         // Re-read just before writing: a competitor that wrote meanwhile wins.

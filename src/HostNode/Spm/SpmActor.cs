@@ -112,21 +112,24 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
     private void FinishInterruptedRemovals(IReadOnlyList<Storage.File.FileStorageDomain> domains)
     {
         var log = _log;
+        var stopped = _stopped.Token; // an SPM that stops (its lease lost, its singleton moved) changes nothing more
         Task.Run(() =>
         {
             foreach (var domain in domains)
             {
+                if (stopped.IsCancellationRequested) return;
                 try
                 {
-                    if (domain.FinishInterruptedRemovals() is var finished and > 0)
-                        log.Warning("Finished {Count} deletes a crash interrupted on domain {Domain}", finished, domain.Id);
+                    var finished = domain.FinishInterruptedRemovals(
+                        (folder, e) => log.Warning("Could not finish the interrupted delete {Folder}: {Error}", folder, e.Message), stopped);
+                    if (finished > 0) log.Warning("Finished {Count} deletes a crash interrupted on domain {Domain}", finished, domain.Id);
                 }
-                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                catch (Exception e)
                 {
                     log.Warning("Could not finish the interrupted deletes on domain {Domain}: {Error}", domain.Id, e.Message);
                 }
             }
-        });
+        }, CancellationToken.None);
     }
 
     public static Props Props(StoragePool pool, IStorageFence? fence = null, int maxConcurrentCopies = DefaultMaxConcurrentCopies) =>

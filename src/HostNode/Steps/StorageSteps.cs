@@ -15,8 +15,9 @@ namespace LiveMigration.HostNode.Steps;
 /// <param name="pool">The pool as this caller changes it (the SPM's is fenced by its lease).</param>
 /// <param name="fence">The SPM lease (DESIGN §7a), checked before each step, whose generation goes into every volume's
 /// owner; null where there is none (generation 0).</param>
-/// <param name="maxConcurrentCopies">How many steps copy data at once (the internal layers' copies); the others wait their
-/// turn, their step running and reporting no bytes yet. 0: no bound.</param>
+/// <param name="maxConcurrentCopies">How many pre-copies copy their internal layers at once; the others wait their turn,
+/// their step running and reporting no bytes yet. A post-copy's copy is not counted and never waits (the guest writes on
+/// the new leaf meanwhile, within the room promised for it). 0: no bound.</param>
 public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, int maxConcurrentCopies = 0)
 {
     /// <summary>Room a post-copy keeps on its destination for the guest's writes on the new leaf while the chain is copied.</summary>
@@ -24,10 +25,6 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, 
 
     private readonly SpaceReservations _space = new();
     private readonly SemaphoreSlim? _copySlots = maxConcurrentCopies > 0 ? new SemaphoreSlim(maxConcurrentCopies) : null;
-    private int _copiesWaiting;
-
-    /// <summary>Copy steps waiting for a slot now (for the SPM's log and tests).</summary>
-    public int CopiesWaiting => Volatile.Read(ref _copiesWaiting);
 
     /// <summary>The steps that run on storage; the others run on the VM's hypervisor (<see cref="DriveSteps"/>).</summary>
     public static bool Runs(MigrationStep step) => step is MigrationStep.CloneImageStructure or MigrationStep.SyncInternalVolumes
@@ -90,7 +87,7 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, 
         var clone = await dst.DescribeImageAsync(image, ct);
         RequireOwnedBy(clone.Volumes, migration, dst, image);
         var internals = sourceChain.Volumes.Where(v => v.Id != sourceLeaf).Select(v => v.Id).ToList();
-        var (copied, waited) = await CopyLayersAsync(src, dst, image, internals, progress, rate, ct);
+        var (copied, waited) = await CopyLayersAsync(src, dst, image, internals, progress, rate, bounded: true, ct);
         return new StepOutcome(copied, $"{internals.Count} internal volumes copied{Waited(waited)}");
     }
 
@@ -132,7 +129,8 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, 
         var oldLeaf = await PlannedLeaves.SourceLeafAsync(disk, src, ct);
         // Twins of the old chain under the new leaf, empty and ILLEGAL until copied and verified.
         await dst.CloneImageStructureAsync(src, image, owner, ct);
-        var (copied, waited) = await CopyLayersAsync(src, dst, image, oldChain.Volumes.Select(v => v.Id).ToList(), progress, rate, ct);
+        // Not bounded: the guest writes on the new leaf meanwhile within the room promised for it, so this copy never waits.
+        var (copied, waited) = await CopyLayersAsync(src, dst, image, oldChain.Volumes.Select(v => v.Id).ToList(), progress, rate, bounded: false, ct);
         RequireOwnedBy([await dst.DescribeVolumeAsync(image, disk.NewLeaf, ct)], owner.Migration, dst, image);
         // Metadata only: the running QEMU owns the leaf and rewrites its header in SwitchBackingChain.
         await dst.SetParentAsync(image, disk.NewLeaf, new VolumeRef(dst.Id, oldLeaf), null, rewriteHeader: false, ct);
@@ -190,16 +188,20 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, 
     }
 
     /// <summary>Copies the layers one after the other, reporting the bytes of all of them as one total.</summary>
-    /// <summary>Copies the layers in order, once a copy slot is free; returns the bytes copied and how long it waited for the slot.</summary>
+    /// <summary>
+    /// Copies the layers in order, each verified before it is LEGAL; returns the bytes copied and how long it waited for
+    /// a copy slot (<paramref name="bounded"/>: a pre-copy's internal layers, which wait while the slots are taken).
+    /// </summary>
     private async Task<(long Copied, TimeSpan Waited)> CopyLayersAsync(IStorageDomain src, IStorageDomain dst, ImageId image,
-        IReadOnlyList<VolumeId> layers, IProgress<CopyProgress>? progress, CopyRate rate, CancellationToken ct)
+        IReadOnlyList<VolumeId> layers, IProgress<CopyProgress>? progress, CopyRate rate, bool bounded, CancellationToken ct)
     {
         long total = 0;
         foreach (var id in layers) total += (await src.DescribeVolumeAsync(image, id, ct)).AllocatedBytes;
         long done = 0;
         // Before the wait: the saga hears the size at once, and a repeated command attaches to a step it can see.
         progress?.Report(new CopyProgress(0, total));
-        var waited = await TakeCopySlotAsync(ct);
+        var slots = bounded ? _copySlots : null;
+        var waited = await TakeCopySlotAsync(slots, ct);
         try
         {
             foreach (var id in layers)
@@ -214,25 +216,16 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, 
         }
         finally
         {
-            _copySlots?.Release();
+            slots?.Release();
         }
         return (done, waited);
     }
 
-    private async Task<TimeSpan> TakeCopySlotAsync(CancellationToken ct)
+    private static async Task<TimeSpan> TakeCopySlotAsync(SemaphoreSlim? slots, CancellationToken ct)
     {
-        if (_copySlots is null) return TimeSpan.Zero;
-        if (_copySlots.Wait(0)) return TimeSpan.Zero;
+        if (slots is null || slots.Wait(0)) return TimeSpan.Zero;
         var watch = System.Diagnostics.Stopwatch.StartNew();
-        Interlocked.Increment(ref _copiesWaiting);
-        try
-        {
-            await _copySlots.WaitAsync(ct);
-        }
-        finally
-        {
-            Interlocked.Decrement(ref _copiesWaiting);
-        }
+        await slots.WaitAsync(ct);
         return watch.Elapsed;
     }
 

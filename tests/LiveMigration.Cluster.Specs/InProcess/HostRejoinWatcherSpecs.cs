@@ -50,7 +50,8 @@ public sealed class HostRejoinWatcherSpecs : IAsyncLifetime
         watcher.Tell(new WatchHostRejoins(stoppedSaga));
         watcher.Tell(new UnwatchHostRejoins(stoppedSaga));
 
-        var first = await StartAsync(SelfAddress(coordinator), port: 0, role: "host");
+        // A port below the ephemeral range (32768-): the restart binds it again, and no outgoing connection can take it meanwhile.
+        var first = await StartAsync(SelfAddress(coordinator), port: FreePortBelowEphemeralRange(), role: "host");
         var address = SelfAddress(first);
         var unknown = Next(heard);
         Assert.Equal(address.ToString(), unknown.Address);
@@ -67,6 +68,25 @@ public sealed class HostRejoinWatcherSpecs : IAsyncLifetime
         Assert.False(known.Concerns(Shared.Migration.HostRole.Hsm, "host-8"));
         Assert.False(known.Concerns(Shared.Migration.HostRole.Spm, "host-7"));
         Assert.Empty(stopped);
+    }
+
+    private static int FreePortBelowEphemeralRange()
+    {
+        for (var attempt = 0; attempt < 200; attempt++)
+        {
+            var port = Random.Shared.Next(20_000, 30_000);
+            try
+            {
+                using var probe = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, port);
+                probe.Start();
+                return port;
+            }
+            catch (System.Net.Sockets.SocketException)
+            {
+                // taken: another
+            }
+        }
+        throw new InvalidOperationException("no free port in 20000-29999 on loopback");
     }
 
     private static HostRejoined Next(BlockingCollection<HostRejoined> heard) =>

@@ -124,6 +124,28 @@ public sealed class HostActorsSimTests : Akka.TestKit.Xunit2.TestKit, IAsyncLife
     }
 
     [Fact]
+    public async Task A_post_copy_never_waits_for_a_copy_slot_the_guest_writing_on_its_new_leaf_meanwhile()
+    {
+        var spm = Sys.ActorOf(SpmActor.Props(_pool, maxConcurrentCopies: 1));
+        var (holder, saga) = (CreateTestProbe(), CreateTestProbe());
+        var otherChain = await ChainSeeder.SeedAsync(_a, (d, i, v, o, l, _) => SimData.WriteAsync(d, i, v, o, l));
+        var preCopy = new StepDriver(VmId.New(), new DiskPlan(otherChain.Image, _a.Id, _b.Id, 10 * MiB, VolumeId.New()), MigrationStrategy.PreCopy, 0);
+        await preCopy.SucceedAsync(spm, Step.CloneImageStructure, holder);
+        var stall = _b.Faults.StallNext(nameof(SimStorageDomain.CopyVolumeDataAsync), atFraction: 0.5);
+        preCopy.Send(spm, Step.SyncInternalVolumes, holder);
+        await stall.Reached.WaitAsync(TimeSpan.FromSeconds(10)); // the only slot is taken
+
+        var postCopy = Driver(MigrationStrategy.PostCopy);
+        await postCopy.SucceedAsync(spm, Step.CreateVolumeCrossDomain, saga);
+        await postCopy.SucceedAsync(Hsm(_hypervisors[0]), Step.LiveSnapshotToDestination, saga);
+        var cloned = await postCopy.SucceedAsync(spm, Step.CloneInternalVolumes, saga);
+        Assert.DoesNotContain("copy slot", cloned.Outcome.Detail);
+
+        stall.Release();
+        Assert.IsType<OperationSucceeded>(await StepDriver.AnswerAsync(holder, preCopy.Op(Step.SyncInternalVolumes)));
+    }
+
+    [Fact]
     public async Task A_saga_attaching_to_a_running_copy_hears_at_once_where_it_stands()
     {
         var (spm, hsm, saga) = (Spm(), Hsm(_hypervisors[0]), CreateTestProbe());

@@ -104,8 +104,17 @@ public sealed class FileStorageDomain : IStorageDomain
             ? Directory.EnumerateDirectories(ImagesPath, RemovingPrefix + "*").Where(folder => new DirectoryInfo(folder).LinkTarget is null)
             : [];
         foreach (var imageFolder in ImageFolders().Concat(removing))
-            foreach (var file in Directory.EnumerateFiles(imageFolder))
-                used += Posix.AllocatedBytes(file);
+        {
+            try
+            {
+                foreach (var file in Directory.EnumerateFiles(imageFolder))
+                    used += Posix.AllocatedBytes(file);
+            }
+            catch (DirectoryNotFoundException)
+            {
+                // deleted while counted (a half-deleted folder finished meanwhile): it takes nothing any more
+            }
+        }
         long free;
         try
         {
@@ -695,12 +704,14 @@ public sealed class FileStorageDomain : IStorageDomain
     /// reader lists (the image is gone for every caller) but whose files still take their space. Safe at any time, also
     /// beside a delete in progress (a file already gone is skipped). Returns how many folders it emptied and removed.
     /// </summary>
-    public int FinishInterruptedRemovals()
+    /// <param name="failed">Told each folder it could not remove and why; the others are still tried.</param>
+    public int FinishInterruptedRemovals(Action<string, Exception>? failed = null, CancellationToken ct = default)
     {
         if (!Directory.Exists(ImagesPath)) return 0;
         var finished = 0;
         foreach (var halfDeleted in Directory.EnumerateDirectories(ImagesPath, RemovingPrefix + "*").ToList())
         {
+            if (ct.IsCancellationRequested) break;
             if (new DirectoryInfo(halfDeleted).LinkTarget is not null) continue; // never followed
             try
             {
@@ -710,6 +721,10 @@ public sealed class FileStorageDomain : IStorageDomain
             catch (DirectoryNotFoundException)
             {
                 // the delete that renamed it finished it meanwhile
+            }
+            catch (Exception e) when (failed is not null && e is IOException or UnauthorizedAccessException)
+            {
+                failed(halfDeleted, e);
             }
         }
         if (finished > 0) Posix.FsyncDirectory(ImagesPath);
@@ -768,7 +783,14 @@ public sealed class FileStorageDomain : IStorageDomain
         var removing = Path.Combine(ImagesPath, $"{RemovingPrefix}{image}_{Guid.NewGuid():N}");
         Directory.Move(folder, removing);
         Posix.FsyncDirectory(ImagesPath);
-        Directory.Delete(removing, recursive: true);
+        try
+        {
+            Directory.Delete(removing, recursive: true);
+        }
+        catch (DirectoryNotFoundException)
+        {
+            // a starting SPM's FinishInterruptedRemovals took it meanwhile: gone either way
+        }
         Posix.FsyncDirectory(ImagesPath);
     }
 
