@@ -201,7 +201,7 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, 
         // Before the wait: the saga hears the size at once, and a repeated command attaches to a step it can see.
         progress?.Report(new CopyProgress(0, total));
         var slots = bounded ? _copySlots : null;
-        var waited = await TakeCopySlotAsync(slots, ct);
+        var waited = await TakeCopySlotAsync(slots, () => progress?.Report(new CopyProgress(0, total)), ct);
         try
         {
             foreach (var id in layers)
@@ -221,11 +221,17 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, 
         return (done, waited);
     }
 
-    private static async Task<TimeSpan> TakeCopySlotAsync(SemaphoreSlim? slots, CancellationToken ct)
+    /// <summary>
+    /// How often a copy waiting for its slot says it still waits (its progress, 0 bytes): within the saga's step deadline
+    /// (10 s), so the saga neither sends the step again nor warns that it heard nothing.
+    /// </summary>
+    public static readonly TimeSpan StillWaitingInterval = TimeSpan.FromSeconds(4);
+
+    private static async Task<TimeSpan> TakeCopySlotAsync(SemaphoreSlim? slots, Action stillWaiting, CancellationToken ct)
     {
         if (slots is null || slots.Wait(0)) return TimeSpan.Zero;
         var watch = System.Diagnostics.Stopwatch.StartNew();
-        await slots.WaitAsync(ct);
+        while (!await slots.WaitAsync(StillWaitingInterval, ct)) stillWaiting();
         return watch.Elapsed;
     }
 

@@ -4,6 +4,7 @@ using LiveMigration.HostNode.Hsm;
 using LiveMigration.HostNode.Hypervisor;
 using LiveMigration.HostNode.Hypervisor.Sim;
 using LiveMigration.HostNode.Spm;
+using LiveMigration.HostNode.Steps;
 using LiveMigration.HostNode.Storage;
 using LiveMigration.HostNode.Storage.Sim;
 using LiveMigration.HostNode.Tests.Contract;
@@ -115,6 +116,9 @@ public sealed class HostActorsSimTests : Akka.TestKit.Xunit2.TestKit, IAsyncLife
         await second.ExpectNoMsgAsync(TimeSpan.FromMilliseconds(500));
         two.Send(spm, Step.SyncInternalVolumes, second);
         Assert.Equal(0, Assert.IsType<OperationProgress>(await second.ReceiveOneAsync(TimeSpan.FromSeconds(5))).Done);
+        // While it waits it says so again within the saga's step deadline, so the saga does not send it again.
+        var still = Assert.IsType<OperationProgress>(await second.ReceiveOneAsync(StorageSteps.StillWaitingInterval + TimeSpan.FromSeconds(5)));
+        Assert.Equal((0L, waiting.Total), (still.Done, still.Total));
 
         stall.Release();
         Assert.IsType<OperationSucceeded>(await StepDriver.AnswerAsync(first, one.Op(Step.SyncInternalVolumes)));
