@@ -1,12 +1,9 @@
 using System.Collections.Concurrent;
 using Akka.Actor;
-using Akka.Hosting;
 using LiveMigration.Coordinator.Hosts;
 using LiveMigration.Coordinator.Migration;
 using LiveMigration.Shared.Hosting;
 using LiveMigration.Shared.Protocol;
-using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Hosting;
 
 namespace LiveMigration.Cluster.Specs.InProcess;
 
@@ -23,18 +20,11 @@ public sealed class HostRejoinWatcherSpecs : IAsyncLifetime
         akka.coordinated-shutdown.run-by-actor-system-terminate = off
         """;
 
-    private readonly List<IHost> _hosts = [];
+    private readonly LoopbackNodes _nodes = new();
 
     public Task InitializeAsync() => Task.CompletedTask;
 
-    public async Task DisposeAsync()
-    {
-        foreach (var host in Enumerable.Reverse(_hosts))
-        {
-            await host.StopAsync();
-            host.Dispose();
-        }
-    }
+    public async Task DisposeAsync() => await _nodes.DisposeAsync();
 
     [Fact]
     public async Task A_restarted_host_is_named_by_the_id_it_reported_from_its_address_and_only_watching_sagas_hear_of_it()
@@ -92,27 +82,14 @@ public sealed class HostRejoinWatcherSpecs : IAsyncLifetime
     private static HostRejoined Next(BlockingCollection<HostRejoined> heard) =>
         heard.TryTake(out var joined, TimeSpan.FromSeconds(30)) ? joined : throw new Xunit.Sdk.XunitException("no host joined within 30 s");
 
-    private async Task<ActorSystem> StartAsync(Address? seed, int port, string role)
+    private Task<ActorSystem> StartAsync(Address? seed, int port, string role) => _nodes.StartAsync(new ClusterNodeSettings
     {
-        var settings = new ClusterNodeSettings
-        {
-            Hostname = "127.0.0.1",
-            Port = port,
-            Seeds = seed is null ? [] : [seed.ToString()],
-            Roles = [role],
-            ExtraHocon = Hocon,
-        };
-        var host = new HostBuilder()
-            .ConfigureServices(s => s.AddAkka(ClusterNodeSettings.SystemName, akka =>
-            {
-                akka.WithClusterNode(settings);
-                if (seed is null) akka.AddStartup((system, _) => Akka.Cluster.Cluster.Get(system).Join(Akka.Cluster.Cluster.Get(system).SelfAddress));
-            }))
-            .Build();
-        _hosts.Add(host);
-        await host.StartAsync();
-        return host.Services.GetRequiredService<ActorSystem>();
-    }
+        Hostname = "127.0.0.1",
+        Port = port,
+        Seeds = seed is null ? [] : [seed.ToString()],
+        Roles = [role],
+        ExtraHocon = Hocon,
+    });
 
     private static Address SelfAddress(ActorSystem system) => Akka.Cluster.Cluster.Get(system).SelfAddress;
 

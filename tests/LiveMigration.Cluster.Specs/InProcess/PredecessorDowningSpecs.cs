@@ -1,9 +1,6 @@
 using Akka.Actor;
 using Akka.Cluster;
-using Akka.Hosting;
 using LiveMigration.Shared.Hosting;
-using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Hosting;
 using Xunit.Abstractions;
 
 namespace LiveMigration.Cluster.Specs.InProcess;
@@ -26,20 +23,13 @@ public sealed class PredecessorDowningSpecs(ITestOutputHelper output) : IAsyncLi
         akka.coordinated-shutdown.run-by-actor-system-terminate = off
         """;
 
-    private readonly List<IHost> _hosts = [];
+    private readonly LoopbackNodes _nodes = new();
     /// <summary>Every member a node's membership events named, from its start.</summary>
     private readonly Dictionary<ActorSystem, System.Collections.Concurrent.ConcurrentBag<Address>> _memberEvents = new();
 
     public Task InitializeAsync() => Task.CompletedTask;
 
-    public async Task DisposeAsync()
-    {
-        foreach (var host in Enumerable.Reverse(_hosts))
-        {
-            await host.StopAsync();
-            host.Dispose();
-        }
-    }
+    public async Task DisposeAsync() => await _nodes.DisposeAsync();
 
     [Fact]
     public async Task A_node_restarted_on_a_fresh_port_downs_its_crashed_incarnation_and_the_cluster_converges_without_waiting_for_the_resolver()
@@ -73,23 +63,13 @@ public sealed class PredecessorDowningSpecs(ITestOutputHelper output) : IAsyncLi
             ExtraHocon = Hocon,
             Replaces = replaces?.ToString(),
         };
-        var host = new HostBuilder()
-            .ConfigureServices(s => s.AddAkka(ClusterNodeSettings.SystemName, akka =>
-            {
-                akka.WithClusterNode(settings);
-                if (seed is null) akka.AddStartup((system, _) => Akka.Cluster.Cluster.Get(system).Join(Akka.Cluster.Cluster.Get(system).SelfAddress));
-                akka.AddStartup((system, _) =>
-                {
-                    var seen = new System.Collections.Concurrent.ConcurrentBag<Address>();
-                    lock (_memberEvents) _memberEvents[system] = seen;
-                    var recorder = system.ActorOf(Props.Create(() => new MemberRecorder(seen)));
-                    Akka.Cluster.Cluster.Get(system).Subscribe(recorder, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsEvents, typeof(ClusterEvent.IMemberEvent));
-                });
-            }))
-            .Build();
-        _hosts.Add(host);
-        await host.StartAsync();
-        var system = host.Services.GetRequiredService<ActorSystem>();
+        var system = await _nodes.StartAsync(settings, akka => akka.AddStartup((system, _) =>
+        {
+            var seen = new System.Collections.Concurrent.ConcurrentBag<Address>();
+            lock (_memberEvents) _memberEvents[system] = seen;
+            var recorder = system.ActorOf(Props.Create(() => new MemberRecorder(seen)));
+            Akka.Cluster.Cluster.Get(system).Subscribe(recorder, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsEvents, typeof(ClusterEvent.IMemberEvent));
+        }));
         output.WriteLine($"started {SelfAddress(system)}" + (replaces is null ? "" : $", replacing {replaces}"));
         return system;
     }

@@ -14,11 +14,16 @@ namespace LiveMigration.Coordinator.Tests.Hosts;
 
 /// <summary>
 /// The API's management checks against a real inventory (in-memory journal): refusals name the numbers and ids,
-/// map to the HTTP status of the contract, and never reach the SPM; the SPM mark follows where the SPM answers from.
+/// map to the HTTP status of the contract, and never reach the SPM; the SPM mark follows where the SPM answers from;
+/// a VM its host made but the inventory has not heard of yet is a timeout, not "no VM".
 /// </summary>
 public sealed class ManagementServiceTests() : TestKit(Config, nameof(ManagementServiceTests))
 {
+    // A cluster node that joins itself only where a test needs DistributedPubSub (the VM work sent to a host).
     private static readonly Config Config = ConfigurationFactory.ParseString("""
+        akka.actor.provider = cluster
+        akka.remote.dot-netty.tcp { hostname = "127.0.0.1", port = 0 }
+        akka.coordinated-shutdown.phases.cluster-exiting.timeout = 1s
         akka.actor.serialize-messages = on
         akka.persistence.journal.plugin = "akka.persistence.journal.inmem"
         akka.persistence.snapshot-store.plugin = "akka.persistence.snapshot-store.inmem"
@@ -174,5 +179,35 @@ public sealed class ManagementServiceTests() : TestKit(Config, nameof(Management
         Assert.Equal(30, (await service.VmsPageAsync("host-2", 0, 1, CancellationToken.None)).Total);
         Assert.Equal("web", Assert.Single((await service.VmsPageAsync("host-1", 0, null, CancellationToken.None)).Vms).Name);
         Assert.Empty((await service.VmsPageAsync(null, 40, 10, CancellationToken.None)).Vms);
+    }
+
+    /// <summary>The SPM of a create: makes the disks asked for (on paper).</summary>
+    private sealed class DiskMaker : ReceiveActor
+    {
+        public DiskMaker() => Receive<CreateVmDisks>(create => Sender.Tell(new VmDisksCreated(create.Vm,
+            create.Disks.Select(d => new DiskLeaf(ImageId.New(), new VolumeRef(d.Domain, VolumeId.New()))).ToValueList())));
+    }
+
+    /// <summary>A host's VM manager that makes the VM and says so, but whose report never reaches the inventory.</summary>
+    private sealed class SilentHost : ReceiveActor
+    {
+        public SilentHost() => Receive<CreateVm>(create => Sender.Tell(new ManagedVm("host-1", new VmReport(create.Vm, create.Name, Running: true,
+            create.Disks.Select(d => new DriveReport(d.Image, [d.Leaf], 16 * MiB, 0)).ToValueList()))));
+    }
+
+    [Fact]
+    public async Task A_vm_its_host_made_but_the_inventory_has_not_heard_of_is_answered_timeout_not_not_found()
+    {
+        var cluster = Akka.Cluster.Cluster.Get(Sys);
+        cluster.Join(cluster.SelfAddress);
+        await AwaitConditionAsync(() => Task.FromResult(cluster.SelfMember.Status == Akka.Cluster.MemberStatus.Up), TimeSpan.FromSeconds(20));
+        var (_, _, inventory) = Start();
+        var host = Sys.ActorOf(Akka.Actor.Props.Create(() => new SilentHost()), ManagementTopics.VmManagerName("host-1"));
+        Akka.Cluster.Tools.PublishSubscribe.DistributedPubSub.Get(Sys).Mediator.Tell(new Akka.Cluster.Tools.PublishSubscribe.Put(host));
+        var service = new ManagementService(Sys, inventory, Sys.ActorOf(Akka.Actor.Props.Create(() => new DiskMaker())));
+
+        var error = await RefusedAsync(ErrorCodes.Timeout, 503,
+            () => service.CreateVmAsync("db", "host-1", [new NewDiskRequest(16 * MiB, "fast", 0)], CancellationToken.None));
+        Assert.Contains("its host did it", error.Message);
     }
 }
