@@ -1,6 +1,7 @@
 using Akka.Actor;
 using Akka.Cluster;
 using Akka.Event;
+using Akka.Remote;
 using LiveMigration.Shared.Protocol;
 
 namespace LiveMigration.Shared.Hosting;
@@ -109,7 +110,25 @@ public sealed class PredecessorDowning : ReceiveActor, IWithTimers
         _log.Warning("Downing {0} ({1}), the crashed incarnation this node replaces (--replaces), so the cluster can move on without it",
             member.Address, member.Status);
         _cluster.Down(member.Address);
+        DeadIncarnation.Quarantine(Context.System, member);
         _downed = true;
+    }
+}
+
+/// <summary>
+/// Tells this node's cluster that a downed incarnation is gone for good, so it is removed now instead of once the failure
+/// detector misses its heartbeats. Akka removes a downed member only when some member sees it unreachable: after a
+/// SIGKILL that took the acceptable heartbeat pause (about 3 s; bench control-plane's recovery: downed at +0.7 s,
+/// unreachable and removed at +3.3 s). Quarantining its uid marks it terminated in this node's reachability at once
+/// (Akka.Cluster's answer to a quarantine), which the gossip spreads. Only for an incarnation whose process is known to
+/// be gone (the <c>--replaces</c> contract): a quarantined uid can never talk to this cluster again.
+/// </summary>
+public static class DeadIncarnation
+{
+    public static void Quarantine(ActorSystem system, Member member)
+    {
+        if (system is ExtendedActorSystem { Provider: IRemoteActorRefProvider remote })
+            remote.Quarantine(member.Address, member.UniqueAddress.Uid);
     }
 }
 
@@ -136,9 +155,13 @@ public sealed class PredecessorWatch : ReceiveActor
                 Sender.Tell(new PredecessorGone(ask.Address));
                 return;
             }
-            if (member.Status == MemberStatus.Down) return;
-            log.Warning("Downing {0} ({1}) for {2}, the node that replaces that crashed incarnation", address, member.Status, Sender.Path.Address);
-            cluster.Down(address);
+            if (member.Status != MemberStatus.Down)
+            {
+                log.Warning("Downing {0} ({1}) for {2}, the node that replaces that crashed incarnation", address, member.Status, Sender.Path.Address);
+                cluster.Down(address);
+            }
+            // Again on each ask while it stays: a quarantine that met a connection half made takes no effect (Akka.Remote).
+            DeadIncarnation.Quarantine(Context.System, member);
         });
     }
 

@@ -52,7 +52,26 @@ public sealed class PredecessorDowningSpecs(ITestOutputHelper output) : IAsyncLi
         Assert.DoesNotContain(oldAddress, seenByReplacement);
     }
 
-    private async Task<ActorSystem> StartAsync(Address? seed, Address? replaces)
+    [Fact]
+    public async Task A_crashed_incarnation_is_removed_without_waiting_for_the_failure_detector()
+    {
+        // No member may see the crashed node unreachable within the test's limit: only its quarantine can remove it.
+        const string deafDetector = "akka.cluster.failure-detector.acceptable-heartbeat-pause = 120s";
+        var seed = await StartAsync(seed: null, replaces: null, deafDetector);
+        var crashed = await StartAsync(SelfAddress(seed), replaces: null, deafDetector);
+        var oldAddress = SelfAddress(crashed);
+        await Eventually.HoldsAsync("both Up", () => Task.FromResult(UpMembers(seed).SetEquals([SelfAddress(seed), oldAddress])), TimeSpan.FromSeconds(30));
+
+        await crashed.Terminate();
+        var replacement = await StartAsync(SelfAddress(seed), replaces: oldAddress, deafDetector);
+        await Eventually.HoldsAsync("the crashed incarnation removed and the replacement Up on both members", () => Task.FromResult(
+            UpMembers(seed).SetEquals([SelfAddress(seed), SelfAddress(replacement)])
+            && UpMembers(replacement).SetEquals([SelfAddress(seed), SelfAddress(replacement)])
+            && !Akka.Cluster.Cluster.Get(seed).State.Members.Any(m => m.Address.Equals(oldAddress))), TimeSpan.FromSeconds(30));
+        Assert.DoesNotContain(oldAddress, _memberEvents[replacement]);
+    }
+
+    private async Task<ActorSystem> StartAsync(Address? seed, Address? replaces, string extraHocon = "")
     {
         var settings = new ClusterNodeSettings
         {
@@ -60,7 +79,7 @@ public sealed class PredecessorDowningSpecs(ITestOutputHelper output) : IAsyncLi
             Port = 0,
             Seeds = seed is null ? [] : [seed.ToString()],
             Roles = ["coordinator"],
-            ExtraHocon = Hocon,
+            ExtraHocon = extraHocon + "\n" + Hocon,
             Replaces = replaces?.ToString(),
         };
         var system = await _nodes.StartAsync(settings, akka => akka.AddStartup((system, _) =>
