@@ -118,8 +118,8 @@ public sealed class PredecessorDowning : ReceiveActor, IWithTimers
 /// <summary>
 /// Tells this node's cluster that a downed incarnation is gone for good, so it is removed now instead of once the failure
 /// detector misses its heartbeats. Akka removes a downed member only when some member sees it unreachable: after a
-/// SIGKILL that took the acceptable heartbeat pause (about 3 s; bench control-plane's recovery: downed at +0.7 s,
-/// unreachable and removed at +3.3 s). Quarantining its uid marks it terminated in this node's reachability at once
+/// SIGKILL that waited out the acceptable heartbeat pause (removed 2.6–3.9 s after the down in bench control-plane's
+/// recovery and the crash tests; 0.3 s with the quarantine). Quarantining its uid marks it terminated in this node's reachability at once
 /// (Akka.Cluster's answer to a quarantine), which the gossip spreads. Only for an incarnation whose process is known to
 /// be gone (the <c>--replaces</c> contract): a quarantined uid can never talk to this cluster again.
 /// </summary>
