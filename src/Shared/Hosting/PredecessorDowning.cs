@@ -145,6 +145,8 @@ public sealed class PredecessorWatch : ReceiveActor
     {
         var cluster = Cluster.Get(Context.System);
         var log = Context.GetLogger();
+        // The replacement asks every 250 ms, and a second ask can come before the member's status says Down: once is enough.
+        var downed = new HashSet<UniqueAddress>();
         Receive<DownPredecessor>(ask =>
         {
             if (cluster.SelfMember.Status != MemberStatus.Up) return;
@@ -155,7 +157,7 @@ public sealed class PredecessorWatch : ReceiveActor
                 Sender.Tell(new PredecessorGone(ask.Address));
                 return;
             }
-            if (member.Status != MemberStatus.Down)
+            if (member.Status != MemberStatus.Down && downed.Add(member.UniqueAddress))
             {
                 log.Warning("Downing {0} ({1}) for {2}, the node that replaces that crashed incarnation", address, member.Status, Sender.Path.Address);
                 cluster.Down(address);
