@@ -4,7 +4,7 @@ using LiveMigration.Cli.Local;
 namespace LiveMigration.Cli.Tests;
 
 /// <summary>
-/// The Release builds <c>lsm local up</c> starts carry ahead-of-time code (Directory.Build.targets): without it a
+/// The Release builds <c>lsm local up</c> starts carry ahead-of-time code (src/AheadOfTime.props): without it a
 /// restarted Coordinator replays its sagas through tier-0 JIT code, a second slower for 1,000 in flight. The suite runs
 /// on a Release build (./run.sh test), so these are the very files the process tests start.
 /// </summary>
