@@ -87,6 +87,10 @@ public sealed class PartitionTests : IAsyncLifetime
         var storage = await FaultCheck.CreateDomainsAndVmAsync(_cluster, vmHost);
         // until the VM (or the host that runs the workload) stops, so the guest writes through the whole partition
         await _cluster.Ok("vm", "io", "vm1", "--rate", "1MiB/s");
+        // Data to copy before the move starts: with an empty leaf the copy steps lasted a few hundred ms at 4 MiB/s, and a
+        // 50 ms poll of the API could miss them all (CI: "ended (completed) before copy"). 1,024 durable 4 KiB writes
+        // give the mirror (pre-copy) or the clone of the old leaf (post-copy) at least a second of work.
+        await WaitForDurableWritesAsync(vmHost, 1024);
         var started = await _cluster.Json("migrate", "vm1", "--to", "sdB", "--strategy", strategy, "--bandwidth", "4MiB/s");
         var id = started.GetProperty("id").GetString()!;
 
@@ -195,6 +199,17 @@ public sealed class PartitionTests : IAsyncLifetime
             await Task.Delay(50);
         }
         throw new Xunit.Sdk.XunitException($"migration {id} did not reach {string.Join("/", steps)} in 2 minutes; last step {seen}\n{_cluster.LogTails()}");
+    }
+
+    private async Task WaitForDurableWritesAsync(string vmHost, long writes)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromMinutes(1);
+        while (LastDurableSequence(vmHost) < writes)
+        {
+            if (DateTime.UtcNow > deadline)
+                throw new Xunit.Sdk.XunitException($"the guest made only {LastDurableSequence(vmHost)} writes durable in a minute, not {writes}\n{_cluster.LogTails()}");
+            await Task.Delay(200);
+        }
     }
 
     /// <summary>The nodes' log lines that contain any of <paramref name="words"/>, for the test's output.</summary>
