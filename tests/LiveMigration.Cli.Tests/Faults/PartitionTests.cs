@@ -87,9 +87,10 @@ public sealed class PartitionTests : IAsyncLifetime
         var storage = await FaultCheck.CreateDomainsAndVmAsync(_cluster, vmHost);
         // until the VM (or the host that runs the workload) stops, so the guest writes through the whole partition
         await _cluster.Ok("vm", "io", "vm1", "--rate", "1MiB/s");
-        // Data to copy before the move starts: with an empty leaf the copy steps lasted a few hundred ms at 4 MiB/s, and a
-        // 50 ms poll of the API could miss them all (CI: "ended (completed) before copy"). 1,024 durable 4 KiB writes
-        // give the mirror (pre-copy) or the clone of the old leaf (post-copy) at least a second of work.
+        // Data to copy before the move starts: the move began as the guest began writing, so the leaf held almost nothing,
+        // and once a 50 ms poll of the API saw no copy step at all (CI: "ended (completed) before copy"; how short those
+        // steps were is not measured). 1,024 durable 4 KiB writes give the mirror (pre-copy) or the clone of the old leaf
+        // (post-copy) up to 4 MiB to copy, about a second at the test's 4 MiB/s.
         await WaitForDurableWritesAsync(vmHost, 1024);
         var started = await _cluster.Json("migrate", "vm1", "--to", "sdB", "--strategy", strategy, "--bandwidth", "4MiB/s");
         var id = started.GetProperty("id").GetString()!;
