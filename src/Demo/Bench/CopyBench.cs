@@ -85,6 +85,8 @@ internal static class CopyBench
 
         var results = new List<JsonObject>();
         var stalls = new List<(string Step, double Ms)>();
+        // what the busy moves' guests felt across each switch (step, strategy and pattern named)
+        var busyFelt = new List<(string Step, double Ms)>();
         var exit = 1;
         try
         {
@@ -113,14 +115,14 @@ internal static class CopyBench
                 var (yardstickBack, _) = await FasterYardstickAsync(await pool.ResolveChainAsync(b.Id, image), a);
                 await SettleAsync();
                 var post = await MoveAsync(api, bigVm, image, a, "post-copy", stalls, postSteps);
-                var busyPre = await BusyMoveAsync(api, bigVm, bigDrive, image, b, "pre-copy", WritePattern.Random, 4096, Math.Min(BusyRegion, dataBytes), Path.Combine(dataDir, $"guest-{run}-random.ledger"), stalls);
-                var busyPost = await BusyMoveAsync(api, bigVm, bigDrive, image, a, "post-copy", WritePattern.Sequential, (int)MiB, Math.Min(BusyRegion, dataBytes), Path.Combine(dataDir, $"guest-{run}-sequential.ledger"), stalls);
+                var busyPre = await BusyMoveAsync(api, bigVm, bigDrive, image, b, "pre-copy", WritePattern.Random, 4096, Math.Min(BusyRegion, dataBytes), Path.Combine(dataDir, $"guest-{run}-random.ledger"), stalls, busyFelt);
+                var busyPost = await BusyMoveAsync(api, bigVm, bigDrive, image, a, "post-copy", WritePattern.Sequential, (int)MiB, Math.Min(BusyRegion, dataBytes), Path.Combine(dataDir, $"guest-{run}-sequential.ledger"), stalls, busyFelt);
                 var throttledSteps = new JsonObject();
                 var dirtySteps = new JsonObject();
                 var throttled = await MoveAsync(api, bigVm, image, b, "pre-copy", stalls, throttledSteps, copyMode: "background", bandwidth: ConvergenceBandwidth);
                 var notes = new List<string>();
                 var dirty = await BusyMoveAsync(api, bigVm, bigDrive, image, a, "pre-copy", WritePattern.Random, 4096, Math.Min(BusyRegion, dataBytes),
-                    Path.Combine(dataDir, $"guest-{run}-dirty.ledger"), stalls, copyMode: "background", bandwidth: ConvergenceBandwidth, notes: notes, steps: dirtySteps);
+                    Path.Combine(dataDir, $"guest-{run}-dirty.ledger"), stalls, busyFelt, copyMode: "background", bandwidth: ConvergenceBandwidth, notes: notes, steps: dirtySteps);
                 var restarted = notes.Any(n => n.Contains("write-blocking", StringComparison.Ordinal));
                 Console.WriteLine($"     convergence at {ConvergenceBandwidth / MiB} MiB/s, background mirror: idle {throttled.TotalSeconds:0.00} s, guest dirtying " +
                                   $"(random 4 KiB, {dirty.Guest.MegabytesPerSecond:0.0} MiB/s written) {dirty.Took.TotalSeconds:0.00} s ({dirty.Took / throttled:0.00}× idle, target ≤ 3×)" +
@@ -196,11 +198,15 @@ internal static class CopyBench
         var fourDiskP99 = new JsonObject();
         var guestP99 = new JsonObject();
         var stallCounts = new JsonObject();
+        var feltP99 = new JsonObject();
+        var feltFourDiskP99 = new JsonObject();
+        var feltFlushP99 = new JsonObject();
         foreach (var (adapter, session) in sessions)
         {
             if (session is null)
             {
                 (stallP99[adapter], fourDiskP99[adapter], guestP99[adapter], stallCounts[adapter]) = (null, null, null, 0);
+                (feltP99[adapter], feltFourDiskP99[adapter], feltFlushP99[adapter]) = (null, null, null);
                 continue;
             }
             var switches = session.SingleDisk.Concat(session.FourDisks).Concat(adapter == "qmp" ? stalls : []).ToList();
@@ -213,7 +219,21 @@ internal static class CopyBench
                               $"4 disks in one request: {fourDisks:0.0} ms over {session.FourDisks.Count}; the guest's longest write per move, p99 over " +
                               $"{session.GuestLongestWriteMs.Count} moves: {guest:0.0} ms");
             (stallP99[adapter], fourDiskP99[adapter], guestP99[adapter], stallCounts[adapter]) = (p99, fourDisks, guest, switches.Count);
+
+            // what the guests felt: their longest write in flight during each switch step (the issue's measure of the stall)
+            foreach (var group in session.GuestAcrossSwitch.GroupBy(s => s.Step))
+                Console.WriteLine($"switch stall (guest-felt, {adapter}) {group.Key,-26} n={group.Count(),3}  median {Median(group.Select(s => s.Ms)):0.0} ms  max {group.Max(s => s.Ms):0.0} ms");
+            var felt = P99(session.GuestAcrossSwitch.Select(s => s.Ms));
+            var feltFourDisks = P99(session.GuestAcrossSwitch.Where(s => s.FourDisks).Select(s => s.Ms));
+            var feltFlush = P99(session.GuestFlushAcrossSwitchMs);
+            Console.WriteLine($"switch stall p99 as the guests felt it ({adapter}) over {session.GuestAcrossSwitch.Count} switches: {felt:0.0} ms " +
+                              $"(target ≤ 20 ms); 4 disks in one request: {feltFourDisks:0.0} ms; the longest FLUSH across a switch, p99 over " +
+                              $"{session.GuestFlushAcrossSwitchMs.Count}: {feltFlush:0.0} ms");
+            (feltP99[adapter], feltFourDiskP99[adapter], feltFlushP99[adapter]) = (felt, feltFourDisks, feltFlush);
         }
+
+        foreach (var group in busyFelt.GroupBy(s => s.Step))
+            Console.WriteLine($"switch stall (guest-felt, qmp, busy guest) {group.Key,-52} n={group.Count(),3}  median {Median(group.Select(s => s.Ms)):0.0} ms  max {group.Max(s => s.Ms):0.0} ms");
 
         var report = new JsonObject
         {
@@ -235,6 +255,13 @@ internal static class CopyBench
             // the guest's longest write per move of the one-disk VM (its switch included), p99 over the moves
             ["guestLongestWriteP99Ms"] = guestP99,
             ["switchStalls"] = stallCounts,
+            // the guest's longest write in flight during each switch step (one-disk and four-disk VMs, a guest on every disk), p99 per adapter
+            ["guestSwitchStallP99Ms"] = feltP99,
+            ["guestSwitchStallFourDisksP99Ms"] = feltFourDiskP99,
+            ["guestSwitchFlushP99Ms"] = feltFlushP99,
+            // the same for the busy moves' guests (qmp; 50 MiB/s asked, random 4 KiB or sequential 1 MiB writes), across all runs
+            ["busyGuestSwitchStallP99Ms"] = P99(busyFelt.Select(s => s.Ms)),
+            ["busyGuestSwitchStalls"] = new JsonArray(busyFelt.Select(s => (JsonNode)new JsonObject { ["step"] = s.Step, ["ms"] = s.Ms }).ToArray()),
             ["busyPreCopyRatio"] = Median(results.Select(r => (double)r["busyPreCopyRatio"]!)),
             ["busyPostCopyRatio"] = Median(results.Select(r => (double)r["busyPostCopyRatio"]!)),
             // the random 4 KiB guest during the busy pre-copy (the harder of the two)
@@ -377,15 +404,20 @@ internal static class CopyBench
     /// latencies are those of the move's window. Any guest error fails the bench.</summary>
     private static async Task<(TimeSpan Took, GuestWorkloadStats Guest)> BusyMoveAsync(ApiClient api, VmId vm, DriveState drive, ImageId image,
         FileStorageDomain to, string strategy, WritePattern pattern, int blockSize, long region, string ledger, List<(string, double)> stalls,
-        string? copyMode = null, long bandwidth = 0, List<string>? notes = null, JsonObject? steps = null)
+        List<(string, double)> felt, string? copyMode = null, long bandwidth = 0, List<string>? notes = null, JsonObject? steps = null)
     {
+        // every request of the move kept (random 4 KiB at ~17 MiB/s for 90 s is ~400,000), so each switch's window is covered
         await using var guest = new GuestWorkload(new GuestWorkloadOptions(drive.GuestSocket, drive.ExportName, image, 0, region, ledger,
-            BlockSize: blockSize, RateBytesPerSecond: BusyRate, Pattern: pattern));
+            BlockSize: blockSize, RateBytesPerSecond: BusyRate, Pattern: pattern, KeptRequests: 1 << 20));
         await guest.StartAsync();
         await Task.Delay(TimeSpan.FromSeconds(1)); // the guest at its pace before the move starts
         guest.ResetLongestStall();
-        var took = await MoveAsync(api, vm, image, to, strategy, stalls, steps, copyMode: copyMode, bandwidth: bandwidth, notes: notes);
+        var switches = new List<SwitchWindow>();
+        var took = await MoveAsync(api, vm, image, to, strategy, stalls, steps, copyMode: copyMode, bandwidth: bandwidth, notes: notes, switches: switches);
         var during = guest.Stats;
+        foreach (var window in switches)
+            if (guest.StallDuring(window.From, window.To).LongestWrite is { } write)
+                felt.Add(($"{window.Step} ({strategy}, {(blockSize == 4096 ? "random 4 KiB" : "sequential 1 MiB")})", Math.Round(write.TotalMilliseconds, 1)));
         var final = await guest.StopAsync();
         if (final.Errors > 0) throw new InvalidOperationException($"the busy guest failed during the {strategy}: {final.LastError}");
         return (took, during);
@@ -395,12 +427,15 @@ internal static class CopyBench
     /// given <paramref name="steps"/>, each step's time (its attempts added up), to show where the time goes, and given
     /// <paramref name="notes"/>, what the hosts decided on their own (a mirror started again write-blocking).</summary>
     private static Task<TimeSpan> MoveAsync(ApiClient api, VmId vm, ImageId image, FileStorageDomain to, string strategy, List<(string, double)> stalls,
-        JsonObject? steps = null, string? copyMode = null, long bandwidth = 0, List<string>? notes = null) =>
-        MoveAsync(api, vm, [image], to, strategy, stalls, steps, copyMode, bandwidth, notes);
+        JsonObject? steps = null, string? copyMode = null, long bandwidth = 0, List<string>? notes = null, List<SwitchWindow>? switches = null) =>
+        MoveAsync(api, vm, [image], to, strategy, stalls, steps, copyMode, bandwidth, notes, switches);
 
     /// <summary>Moves the VM's <paramref name="images"/> in one migration; the stalls (and steps, notes) of every disk are kept.</summary>
+    /// <param name="switches">Given, each switch step (one that carries a host-timed stall) with its window as the Coordinator timed it,
+    /// for what the guest felt across it.</param>
     internal static async Task<TimeSpan> MoveAsync(ApiClient api, VmId vm, IReadOnlyList<ImageId> images, FileStorageDomain to, string strategy,
-        List<(string, double)> stalls, JsonObject? steps = null, string? copyMode = null, long bandwidth = 0, List<string>? notes = null)
+        List<(string, double)> stalls, JsonObject? steps = null, string? copyMode = null, long bandwidth = 0, List<string>? notes = null,
+        List<SwitchWindow>? switches = null)
     {
         var watch = Stopwatch.StartNew();
         var id = await api.StartMigrationAsync(vm.ToString(), images.Select(i => i.ToString()).ToList(), to.Id.ToString(), strategy,
@@ -413,10 +448,15 @@ internal static class CopyBench
             if (status == "completed")
             {
                 var took = watch.Elapsed;
-                foreach (var t in m.GetProperty("disks").EnumerateArray().SelectMany(d => d.GetProperty("timings").EnumerateArray()))
+                foreach (var (disk, t) in m.GetProperty("disks").EnumerateArray()
+                             .SelectMany(d => d.GetProperty("timings").EnumerateArray().Select(t => (Image: d.GetProperty("image").GetString()!, t))))
                 {
                     var step = t.GetProperty("step").GetString()!;
-                    if (t.TryGetProperty("switchStallMs", out var ms) && ms.ValueKind == JsonValueKind.Number) stalls.Add((step, ms.GetDouble()));
+                    if (t.TryGetProperty("switchStallMs", out var ms) && ms.ValueKind == JsonValueKind.Number)
+                    {
+                        stalls.Add((step, ms.GetDouble()));
+                        switches?.Add(new SwitchWindow(ImageId.Parse(disk), step, t.GetProperty("startedAt").GetDateTimeOffset(), t.GetProperty("endedAt").GetDateTimeOffset()));
+                    }
                     if (t.TryGetProperty("note", out var note) && note.GetString() is { } text) notes?.Add($"{step}: {text}");
                     if (steps is not null && t.TryGetProperty("endedAt", out var ended) && ended.ValueKind == JsonValueKind.String)
                     {

@@ -14,7 +14,13 @@ namespace LiveMigration.Demo.Bench;
 /// <param name="SingleDisk">The switches of the one-disk VM's moves, as the hosts timed them.</param>
 /// <param name="FourDisks">The switches of the four-disk VM's moves (all four disks in one request).</param>
 /// <param name="GuestLongestWriteMs">Per move of the one-disk VM, the longest write its guest saw from the request to completed.</param>
-internal sealed record SwitchStalls(List<(string Step, double Ms)> SingleDisk, List<(string Step, double Ms)> FourDisks, List<double> GuestLongestWriteMs);
+/// <param name="GuestAcrossSwitch">Per switch of either VM, the longest write the guest of that disk had in flight during the switch step.</param>
+/// <param name="GuestFlushAcrossSwitchMs">Per switch, the longest FLUSH the guest had in flight then (a guest that fsyncs waits for it too).</param>
+internal sealed record SwitchStalls(List<(string Step, double Ms)> SingleDisk, List<(string Step, double Ms)> FourDisks, List<double> GuestLongestWriteMs,
+    List<(string Step, bool FourDisks, double Ms)> GuestAcrossSwitch, List<double> GuestFlushAcrossSwitchMs);
+
+/// <summary>A switch step of one disk, from when the Coordinator sent it to when its answer came (the host's switch lies within).</summary>
+internal sealed record SwitchWindow(ImageId Image, string Step, DateTimeOffset From, DateTimeOffset To);
 
 /// <summary>
 /// The switch stall on one adapter (issue "The copy path at real sizes": ≤ 20 ms p99 over 20 migrations, for the QMP and
@@ -29,6 +35,30 @@ internal static class SwitchStallBench
 
     /// <summary>The light guest on the one-disk VM: enough writes in flight to meet every switch, few enough not to slow the moves.</summary>
     private const long GuestRate = 4 * MiB;
+
+    /// <summary>Each of the four-disk VM's guests: four of them write as much as the one-disk VM's guest.</summary>
+    private const long FourDiskGuestRate = MiB;
+
+    private static GuestWorkload Guest(DriveState drive, ImageId image, long rate, string ledger) =>
+        new(new GuestWorkloadOptions(drive.GuestSocket, drive.ExportName, image, 0, SampleImageLayout.Small.Capacity, ledger, BlockSize: 4096,
+            RateBytesPerSecond: rate, Pattern: WritePattern.Random, FlushInterval: GuestWorkload.DefaultFlushInterval));
+
+    /// <summary>
+    /// What the disk's guest felt across each switch: its longest write (and FLUSH) in flight during the switch step as the
+    /// Coordinator timed it, which holds the host's flush before the switch and the switch itself. A guest that had no
+    /// request in flight then would say nothing about the switch: the bench stops rather than count it as no stall.
+    /// </summary>
+    private static void FeltAcross(List<SwitchWindow> switches, Func<ImageId, GuestWorkload> guestOf, bool fourDisks, SwitchStalls result)
+    {
+        foreach (var window in switches)
+        {
+            var felt = guestOf(window.Image).StallDuring(window.From, window.To);
+            if (felt.LongestWrite is not { } write)
+                throw new InvalidOperationException($"the guest of disk {window.Image} wrote nothing during its {window.Step} ({window.From:O} – {window.To:O})");
+            result.GuestAcrossSwitch.Add((window.Step, fourDisks, Math.Round(write.TotalMilliseconds, 1)));
+            if (felt.LongestFlush is { } flush) result.GuestFlushAcrossSwitchMs.Add(Math.Round(flush.TotalMilliseconds, 1));
+        }
+    }
 
     public static async Task<SwitchStalls> RunAsync(string hypervisor, string dataDir, int migrations, int fourDiskMigrations)
     {
@@ -49,15 +79,17 @@ internal static class SwitchStallBench
         for (var i = 0; i < 5; i++) images.Add((await SampleImage.CreateThreeVolumeChainAsync(a, SampleImageLayout.Small)).Image);
         var (oneDiskVm, fourDiskVm) = (VmId.New(), VmId.New());
         DriveState guestDrive;
+        List<DriveState> fourDrives;
         await using (var starter = ClusterDemo.Hypervisor(hypervisor, local.HostRunDirectory("host-1"), qemu))
         {
             guestDrive = (await starter.StartVmAsync(new VmSpec(oneDiskVm, "stall-one-disk", [await pool.ResolveChainAsync(a.Id, images[0])]))).Drive(images[0]);
             var chains = new List<DriveChain>();
             foreach (var image in images.Skip(1)) chains.Add(await pool.ResolveChainAsync(a.Id, image));
-            await starter.StartVmAsync(new VmSpec(fourDiskVm, "stall-four-disks", chains));
+            var four = await starter.StartVmAsync(new VmSpec(fourDiskVm, "stall-four-disks", chains));
+            fourDrives = images.Skip(1).Select(four.Drive).ToList();
         }
 
-        var result = new SwitchStalls([], [], []);
+        var result = new SwitchStalls([], [], [], [], []);
         try
         {
             var cluster = await LocalClusterLauncher.UpAsync(local);
@@ -70,22 +102,42 @@ internal static class SwitchStallBench
                        && hosts.GetProperty("hosts").EnumerateArray().Any(h => h.GetProperty("spm").GetBoolean());
             }, TimeSpan.FromSeconds(90));
 
-            await using (var guest = new GuestWorkload(new GuestWorkloadOptions(guestDrive.GuestSocket, guestDrive.ExportName, images[0], 0,
-                             SampleImageLayout.Small.Capacity, Path.Combine(dataDir, "guest.ledger"), BlockSize: 4096, RateBytesPerSecond: GuestRate,
-                             Pattern: WritePattern.Random, FlushInterval: GuestWorkload.DefaultFlushInterval)))
+            await using (var guest = Guest(guestDrive, images[0], GuestRate, Path.Combine(dataDir, "guest.ledger")))
             {
                 await guest.StartAsync();
                 for (var i = 0; i < migrations; i++)
                 {
                     guest.ResetLongestStall();
-                    await CopyBench.MoveAsync(api, oneDiskVm, [images[0]], i % 2 == 0 ? b : a, i % 4 < 2 ? "pre-copy" : "post-copy", result.SingleDisk);
+                    var switches = new List<SwitchWindow>();
+                    await CopyBench.MoveAsync(api, oneDiskVm, [images[0]], i % 2 == 0 ? b : a, i % 4 < 2 ? "pre-copy" : "post-copy", result.SingleDisk,
+                        switches: switches);
                     result.GuestLongestWriteMs.Add(guest.Stats.MaxLatency.TotalMilliseconds);
+                    FeltAcross(switches, _ => guest, fourDisks: false, result);
                 }
                 var final = await guest.StopAsync();
                 if (final.Errors > 0) throw new InvalidOperationException($"the guest failed during the {hypervisor} stall moves: {final.LastError}");
             }
-            for (var i = 0; i < fourDiskMigrations; i++)
-                await CopyBench.MoveAsync(api, fourDiskVm, images.Skip(1).ToList(), i % 2 == 0 ? b : a, i % 4 < 2 ? "pre-copy" : "post-copy", result.FourDisks);
+
+            // a guest on each of the four disks, so each disk's switch meets writes
+            var guests = fourDrives.Select((drive, i) => Guest(drive, images[i + 1], FourDiskGuestRate, Path.Combine(dataDir, $"guest-{i + 1}.ledger"))).ToList();
+            try
+            {
+                foreach (var g in guests) await g.StartAsync();
+                for (var i = 0; i < fourDiskMigrations; i++)
+                {
+                    var switches = new List<SwitchWindow>();
+                    await CopyBench.MoveAsync(api, fourDiskVm, images.Skip(1).ToList(), i % 2 == 0 ? b : a, i % 4 < 2 ? "pre-copy" : "post-copy",
+                        result.FourDisks, switches: switches);
+                    FeltAcross(switches, image => guests[images.IndexOf(image) - 1], fourDisks: true, result);
+                }
+                foreach (var g in guests)
+                    if ((await g.StopAsync()).Errors > 0)
+                        throw new InvalidOperationException($"a guest of the four-disk VM failed during the {hypervisor} stall moves: {g.Stats.LastError}");
+            }
+            finally
+            {
+                foreach (var g in guests) await g.DisposeAsync();
+            }
             return result;
         }
         finally

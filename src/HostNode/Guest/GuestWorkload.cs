@@ -19,6 +19,8 @@ public enum WritePattern { Sequential, Random }
 /// <param name="FlushInterval">How often the guest sends NBD FLUSH while it has acknowledged writes no flush covered, like a guest
 /// that cares about its data (a journaling file system commits, a database fsyncs); null = <see cref="GuestWorkload.DefaultFlushInterval"/>,
 /// zero = never (nothing is durable until the stop's flush).</param>
+/// <param name="KeptRequests">How many of the latest requests <see cref="GuestWorkload.StallDuring"/> can look back over (24 bytes each);
+/// null = <see cref="GuestWorkload.DefaultKeptRequests"/>.</param>
 public sealed record GuestWorkloadOptions(
     string SocketPath,
     string ExportName,
@@ -32,7 +34,8 @@ public sealed record GuestWorkloadOptions(
     int RandomSeed = 1,
     bool ForceUnitAccess = false,
     TimeSpan? RequestTimeout = null,
-    TimeSpan? FlushInterval = null)
+    TimeSpan? FlushInterval = null,
+    int? KeptRequests = null)
 {
     /// <summary>The flush interval in effect (zero: never).</summary>
     public TimeSpan EffectiveFlushInterval => FlushInterval ?? GuestWorkload.DefaultFlushInterval;
@@ -70,6 +73,15 @@ public sealed record GuestWorkloadStats(
     public double MegabytesPerSecond => Elapsed > TimeSpan.Zero ? Bytes / 1048576.0 / Elapsed.TotalSeconds : 0;
 }
 
+/// <summary>One request the guest sent: when (UTC), how long until its answer, and whether it was a FLUSH or a write.</summary>
+public readonly record struct GuestRequest(DateTimeOffset SentAt, TimeSpan Latency, bool Flush)
+{
+    public DateTimeOffset AnsweredAt => SentAt + Latency;
+}
+
+/// <summary>The longest write and the longest FLUSH a guest had in flight during a time window; null where it had none.</summary>
+public sealed record GuestStall(TimeSpan? LongestWrite, TimeSpan? LongestFlush, int Requests);
+
 /// <summary>
 /// The guest: writes stamped blocks through a drive's NBD export in the background, records each write in its
 /// <see cref="WriteLedger"/> (sent, acknowledged, then made durable by a FLUSH every <see cref="GuestWorkloadOptions.FlushInterval"/>
@@ -86,6 +98,9 @@ public sealed class GuestWorkload : IAsyncDisposable
     /// </summary>
     public static readonly TimeSpan DefaultFlushInterval = TimeSpan.FromMilliseconds(100);
 
+    /// <summary>How many of the latest requests <see cref="StallDuring"/> looks back over unless told: a minute of 4 KiB writes at 4 MiB/s.</summary>
+    public const int DefaultKeptRequests = 1 << 16;
+
     private readonly object _gate = new();
     private readonly CancellationTokenSource _stop = new();
     private NbdClient? _client;
@@ -97,6 +112,9 @@ public sealed class GuestWorkload : IAsyncDisposable
     private TimeSpan _maxLatency;
     private DateTimeOffset? _maxLatencyAt;
     private readonly LatencyHistogram _latencies = new();
+    // The latest requests, oldest overwritten first: what the guest felt during a window (a switch) asked for afterwards.
+    private readonly GuestRequest[] _recent;
+    private long _requests;
     private TimeSpan _totalLatency;
     private long _flushes;
     // The ledger file may hold earlier runs: the counters are this run's, like Writes.
@@ -121,7 +139,10 @@ public sealed class GuestWorkload : IAsyncDisposable
             throw new OperationFailedException(ErrorCodes.InvalidArgument, $"flush interval must be 0 (never) or positive, got {interval}");
         if (options.RateBytesPerSecond < 0)
             throw new OperationFailedException(ErrorCodes.InvalidArgument, $"rate must be 0 (unlimited) or positive, got {options.RateBytesPerSecond} bytes/s");
+        if (options.KeptRequests is < 1)
+            throw new OperationFailedException(ErrorCodes.InvalidArgument, $"kept requests must be at least 1, got {options.KeptRequests}");
         Options = options;
+        _recent = new GuestRequest[options.KeptRequests ?? DefaultKeptRequests];
     }
 
     public GuestWorkloadOptions Options { get; }
@@ -232,6 +253,7 @@ public sealed class GuestWorkload : IAsyncDisposable
                     _bytes += block.Length;
                     _totalLatency += latency;
                     _latencies.Record(latency);
+                    Remember(new GuestRequest(sentAt, latency, Flush: false));
                     if (latency > _maxLatency)
                     {
                         _maxLatency = latency;
@@ -264,12 +286,14 @@ public sealed class GuestWorkload : IAsyncDisposable
     /// </summary>
     private async Task FlushAsync(NbdClient client, WriteLedger ledger, long lastSent)
     {
+        var sentAt = DateTimeOffset.UtcNow;
         var started = Stopwatch.GetTimestamp();
         await client.FlushAsync(CancellationToken.None);
         var latency = Stopwatch.GetElapsedTime(started);
         ledger.RecordFlushed(lastSent);
         lock (_gate)
         {
+            Remember(new GuestRequest(sentAt, latency, Flush: true));
             _flushes++;
             if (latency > _maxFlushLatency)
                 _maxFlushLatency = latency;
@@ -282,6 +306,44 @@ public sealed class GuestWorkload : IAsyncDisposable
         {
             _errors++;
             _lastError = message;
+        }
+    }
+
+    /// <summary>Under <see cref="_gate"/>.</summary>
+    private void Remember(GuestRequest request) => _recent[_requests++ % _recent.Length] = request;
+
+    /// <summary>
+    /// What the guest felt during [<paramref name="from"/>, <paramref name="to"/>] (UTC, e.g. a switch step as the Coordinator
+    /// timed it): the longest write and the longest FLUSH among the answered requests in flight at any moment of it, each
+    /// with its whole latency. Asked for after the window; a request still unanswered is not counted. Throws when the
+    /// window reaches back further than the requests kept (<see cref="GuestWorkloadOptions.KeptRequests"/>).
+    /// </summary>
+    public GuestStall StallDuring(DateTimeOffset from, DateTimeOffset to)
+    {
+        if (to < from)
+            throw new OperationFailedException(ErrorCodes.InvalidArgument, $"the window ends ({to:O}) before it starts ({from:O})");
+        lock (_gate)
+        {
+            var kept = (int)Math.Min(_requests, _recent.Length);
+            if (_requests > _recent.Length && _recent[_requests % _recent.Length].AnsweredAt > from)
+                throw new OperationFailedException(ErrorCodes.Conflict,
+                    $"the guest keeps its last {_recent.Length} requests, which begin after {from:O}: ask sooner after the window, or keep more");
+            TimeSpan? write = null, flush = null;
+            var counted = 0;
+            for (var i = 0; i < kept; i++)
+            {
+                var r = _recent[(_requests - 1 - i) % _recent.Length];
+                if (r.AnsweredAt < from)
+                {
+                    // requests are kept in the order they were answered (one at a time): all older ones ended before too
+                    break;
+                }
+                if (r.SentAt > to) continue;
+                counted++;
+                if (r.Flush) flush = flush is { } f && f >= r.Latency ? f : r.Latency;
+                else write = write is { } w && w >= r.Latency ? w : r.Latency;
+            }
+            return new GuestStall(write, flush, counted);
         }
     }
 

@@ -154,6 +154,73 @@ public sealed class GuestWorkloadTests(ITestOutputHelper output) : IAsyncLifetim
     }
 
     [Fact]
+    public async Task The_stall_during_a_window_is_the_longest_request_in_flight_then_and_the_whole_run_agrees_with_the_counters()
+    {
+        const long rate = 1 << 20; // a 4 KiB write every 4 ms
+        await using var workload = new GuestWorkload(_bed.WorkloadOptions(0, Region, rate, WritePattern.Random));
+        var started = DateTimeOffset.UtcNow;
+        await workload.StartAsync();
+        while (workload.Stats is { Writes: < 100, Running: true })
+            await Task.Delay(5);
+
+        // the server frozen for 300 ms: the request sent just before or during that cannot be answered before it thaws
+        var frozenAt = DateTimeOffset.UtcNow;
+        Signal(_bed.NbdPid!.Value, "STOP");
+        await Task.Delay(300);
+        Signal(_bed.NbdPid!.Value, "CONT");
+        var thawedAt = DateTimeOffset.UtcNow;
+        var written = workload.Stats.Writes;
+        while (workload.Stats is var now && now.Writes < written + 50 && now.Running)
+            await Task.Delay(5);
+        var stats = await workload.StopAsync();
+        Assert.Equal(0, stats.Errors);
+
+        var frozen = workload.StallDuring(frozenAt, thawedAt);
+        output.WriteLine($"frozen 300 ms: {frozen}; whole run: {stats}");
+        Assert.True(frozen.Requests >= 1);
+        var longest = new[] { frozen.LongestWrite, frozen.LongestFlush }.Max()!.Value;
+        Assert.True(longest >= TimeSpan.FromMilliseconds(250), $"the longest request across the freeze took {longest.TotalMilliseconds:0.0} ms");
+
+        // every write since the start: the same longest write as the counters, which nothing reset
+        var whole = workload.StallDuring(started, DateTimeOffset.UtcNow);
+        Assert.Equal(stats.MaxLatency, whole.LongestWrite);
+        Assert.Equal(stats.MaxFlushLatency, whole.LongestFlush);
+        Assert.Equal(stats.Writes + stats.Flushes, whole.Requests);
+
+        // after the stop nothing was in flight; a window that ends before it starts is refused
+        Assert.Equal(new GuestStall(null, null, 0), workload.StallDuring(DateTimeOffset.UtcNow, DateTimeOffset.UtcNow.AddSeconds(1)));
+        var refused = Assert.Throws<OperationFailedException>(() => workload.StallDuring(thawedAt, frozenAt));
+        Assert.Equal(ErrorCodes.InvalidArgument, refused.Code);
+    }
+
+    [Fact]
+    public async Task A_window_older_than_the_requests_kept_is_refused_rather_than_answered_from_part_of_it()
+    {
+        var started = DateTimeOffset.UtcNow;
+        await using var workload = new GuestWorkload(_bed.WorkloadOptions(0, Region) with { KeptRequests = 8 });
+        await workload.StartAsync();
+        while (workload.Stats is { Writes: < 50, Running: true })
+            await Task.Delay(5);
+        var stats = await workload.StopAsync();
+        Assert.Equal(0, stats.Errors);
+
+        var refused = Assert.Throws<OperationFailedException>(() => workload.StallDuring(started, DateTimeOffset.UtcNow));
+        Assert.Equal(ErrorCodes.Conflict, refused.Code);
+        Assert.Contains("keeps its last 8 requests", refused.Message);
+        // a window within what is kept is answered: nothing was in flight after the stop
+        var last = workload.StallDuring(DateTimeOffset.UtcNow.AddMilliseconds(-1), DateTimeOffset.UtcNow);
+        Assert.Equal(0, last.Requests);
+        Assert.Throws<OperationFailedException>(() => new GuestWorkload(_bed.WorkloadOptions(0, Region) with { KeptRequests = 0 }));
+    }
+
+    private static void Signal(int pid, string signal)
+    {
+        using var kill = System.Diagnostics.Process.Start("kill", [$"-{signal}", pid.ToString()]);
+        kill.WaitForExit();
+        Assert.Equal(0, kill.ExitCode);
+    }
+
+    [Fact]
     public async Task A_second_run_on_the_same_ledger_counts_only_its_own_durable_writes()
     {
         long firstWrites;
