@@ -115,8 +115,11 @@ internal static class CopyBench
                 var (yardstickBack, _) = await FasterYardstickAsync(await pool.ResolveChainAsync(b.Id, image), a);
                 await SettleAsync();
                 var post = await MoveAsync(api, bigVm, image, a, "post-copy", stalls, postSteps);
-                var busyPre = await BusyMoveAsync(api, bigVm, bigDrive, image, b, "pre-copy", WritePattern.Random, 4096, Math.Min(BusyRegion, dataBytes), Path.Combine(dataDir, $"guest-{run}-random.ledger"), stalls, busyFelt);
-                var busyPost = await BusyMoveAsync(api, bigVm, bigDrive, image, a, "post-copy", WritePattern.Sequential, (int)MiB, Math.Min(BusyRegion, dataBytes), Path.Combine(dataDir, $"guest-{run}-sequential.ledger"), stalls, busyFelt);
+                // where a busy move's extra time goes, step by step beside the idle move's
+                var busyPreSteps = new JsonObject();
+                var busyPostSteps = new JsonObject();
+                var busyPre = await BusyMoveAsync(api, bigVm, bigDrive, image, b, "pre-copy", WritePattern.Random, 4096, Math.Min(BusyRegion, dataBytes), Path.Combine(dataDir, $"guest-{run}-random.ledger"), stalls, busyFelt, steps: busyPreSteps);
+                var busyPost = await BusyMoveAsync(api, bigVm, bigDrive, image, a, "post-copy", WritePattern.Sequential, (int)MiB, Math.Min(BusyRegion, dataBytes), Path.Combine(dataDir, $"guest-{run}-sequential.ledger"), stalls, busyFelt, steps: busyPostSteps);
                 var throttledSteps = new JsonObject();
                 var dirtySteps = new JsonObject();
                 var throttled = await MoveAsync(api, bigVm, image, b, "pre-copy", stalls, throttledSteps, copyMode: "background", bandwidth: ConvergenceBandwidth);
@@ -149,6 +152,8 @@ internal static class CopyBench
                     ["busyPreCopyGuestMiBPerSecond"] = Round(busyPre.Guest.MegabytesPerSecond),
                     ["busyPreCopyGuestP99Ms"] = Round(busyPre.Guest.LatencyP99.TotalMilliseconds),
                     ["busyPreCopyGuestMaxMs"] = Round(busyPre.Guest.MaxLatency.TotalMilliseconds),
+                    ["busyPreCopyStepSeconds"] = busyPreSteps,
+                    ["busyPostCopyStepSeconds"] = busyPostSteps,
                     ["busyPostCopySeconds"] = Round(busyPost.Took.TotalSeconds),
                     ["busyPostCopyRatio"] = Round(busyPost.Took / post),
                     ["busyPostCopyGuestMiBPerSecond"] = Round(busyPost.Guest.MegabytesPerSecond),
