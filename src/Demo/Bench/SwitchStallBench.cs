@@ -56,6 +56,11 @@ internal static class SwitchStallBench
             if (felt.LongestWrite is not { } write)
                 throw new InvalidOperationException($"the guest of disk {window.Image} wrote nothing during its {window.Step} ({window.From:O} – {window.To:O})");
             result.GuestAcrossSwitch.Add((window.Step, fourDisks, Math.Round(write.TotalMilliseconds, 1)));
+            // a stall over the target, with when it happened, to set beside the hosts' logs
+            if (write > TimeSpan.FromMilliseconds(20))
+                Console.WriteLine($"     guest of disk {window.Image} waited {write.TotalMilliseconds:0.0} ms for a write sent at {felt.LongestWriteSentAt:HH:mm:ss.fff} " +
+                                  $"during its {window.Step} ({window.From:HH:mm:ss.fff} – {window.To:HH:mm:ss.fff}, {(window.To - window.From).TotalMilliseconds:0} ms); " +
+                                  $"longest FLUSH then {felt.LongestFlush?.TotalMilliseconds:0.0} ms");
             if (felt.LongestFlush is { } flush) result.GuestFlushAcrossSwitchMs.Add(Math.Round(flush.TotalMilliseconds, 1));
         }
     }

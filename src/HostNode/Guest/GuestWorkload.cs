@@ -80,7 +80,8 @@ public readonly record struct GuestRequest(DateTimeOffset SentAt, TimeSpan Laten
 }
 
 /// <summary>The longest write and the longest FLUSH a guest had in flight during a time window; null where it had none.</summary>
-public sealed record GuestStall(TimeSpan? LongestWrite, TimeSpan? LongestFlush, int Requests);
+/// <param name="LongestWriteSentAt">When that longest write was sent (it may have been sent before the window).</param>
+public sealed record GuestStall(TimeSpan? LongestWrite, TimeSpan? LongestFlush, int Requests, DateTimeOffset? LongestWriteSentAt = null);
 
 /// <summary>
 /// The guest: writes stamped blocks through a drive's NBD export in the background, records each write in its
@@ -329,6 +330,7 @@ public sealed class GuestWorkload : IAsyncDisposable
                 throw new OperationFailedException(ErrorCodes.Conflict,
                     $"the guest keeps its last {_recent.Length} requests, which begin after {from:O}: ask sooner after the window, or keep more");
             TimeSpan? write = null, flush = null;
+            DateTimeOffset? writeSentAt = null;
             var counted = 0;
             for (var i = 0; i < kept; i++)
             {
@@ -341,9 +343,9 @@ public sealed class GuestWorkload : IAsyncDisposable
                 if (r.SentAt > to) continue;
                 counted++;
                 if (r.Flush) flush = flush is { } f && f >= r.Latency ? f : r.Latency;
-                else write = write is { } w && w >= r.Latency ? w : r.Latency;
+                else if (write is not { } w || r.Latency > w) (write, writeSentAt) = (r.Latency, r.SentAt);
             }
-            return new GuestStall(write, flush, counted);
+            return new GuestStall(write, flush, counted, writeSentAt);
         }
     }
 

@@ -188,6 +188,7 @@ public sealed class GuestWorkloadTests(ITestOutputHelper output) : IAsyncLifetim
         Assert.Equal(stats.Writes + stats.Flushes, whole.Requests);
 
         // after the stop nothing was in flight; a window that ends before it starts is refused
+        Assert.InRange(frozen.LongestWriteSentAt!.Value, frozenAt.AddSeconds(-1), thawedAt);
         Assert.Equal(new GuestStall(null, null, 0), workload.StallDuring(DateTimeOffset.UtcNow, DateTimeOffset.UtcNow.AddSeconds(1)));
         var refused = Assert.Throws<OperationFailedException>(() => workload.StallDuring(thawedAt, frozenAt));
         Assert.Equal(ErrorCodes.InvalidArgument, refused.Code);
