@@ -36,6 +36,7 @@ internal static class CopyBench
         var runs = 3;
         var dataDir = "/tmp/lsm-bench-copy"; // short: the VMs' unix sockets live below it
         var stallMigrations = 20;
+        var fourDiskMigrations = DefaultFourDiskMigrations;
         var dataBytes = 2 * GiB;
         for (var i = 0; i < args.Length; i++)
         {
@@ -45,12 +46,13 @@ internal static class CopyBench
                 // 0: the switch stall moves alone
                 case "--runs" when int.TryParse(Value(), out var n) && n is >= 0 and <= 20: runs = n; break;
                 case "--stall-migrations" when int.TryParse(Value(), out var n) && n is >= 0 and <= 200: stallMigrations = n; break;
+                case "--four-disk-migrations" when int.TryParse(Value(), out var n) && n is >= 0 and <= 200: fourDiskMigrations = n; break;
                 case "--data-dir": dataDir = Value(); break;
                 // smaller chains try the bench quickly; the figures are for the default 2 GiB
                 case "--data-mib" when long.TryParse(Value(), out var mib) && mib is >= 64 and <= 65536 && mib % 64 == 0: dataBytes = mib * MiB; break;
                 default:
                     Console.Error.WriteLine($"bench copy: unknown or invalid option {args[i]}");
-                    Console.Error.WriteLine("usage: ./run.sh bench copy [--runs N (0-20, default 3; 0: the switch stall moves alone)] [--stall-migrations N (0-200, default 20)] [--data-mib N (a multiple of 64, default 2048)] [--data-dir DIR]");
+                    Console.Error.WriteLine("usage: ./run.sh bench copy [--runs N (0-20, default 3; 0: the switch stall moves alone)] [--stall-migrations N (0-200, default 20)] [--four-disk-migrations N (0-200, default 6)] [--data-mib N (a multiple of 64, default 2048)] [--data-dir DIR]");
                     return 2;
             }
         }
@@ -190,8 +192,8 @@ internal static class CopyBench
         var sessions = new Dictionary<string, SwitchStalls?>();
         try
         {
-            sessions["qmp"] = await SwitchStallBench.RunAsync("qmp", dataDir + "-stall", stallMigrations, FourDiskMigrations);
-            sessions["libvirt"] = await LibvirtStallsAsync(dataDir + "-stall", stallMigrations);
+            sessions["qmp"] = await SwitchStallBench.RunAsync("qmp", dataDir + "-stall", stallMigrations, fourDiskMigrations);
+            sessions["libvirt"] = await LibvirtStallsAsync(dataDir + "-stall", stallMigrations, fourDiskMigrations);
         }
         catch (Exception e) when (e is CliFailure or ApiException or TimeoutException or InvalidOperationException or OperationFailedException)
         {
@@ -285,10 +287,10 @@ internal static class CopyBench
     }
 
     /// <summary>Moves of the VM with four disks, each moving all four in one request (two pre-copy, two post-copy, two more).</summary>
-    private const int FourDiskMigrations = 6;
+    private const int DefaultFourDiskMigrations = 6;
 
     /// <summary>The libvirt session, through a libvirtd that answers or one deploy/libvirt/setup.sh starts (and this stops); null, said why, when neither.</summary>
-    private static async Task<SwitchStalls?> LibvirtStallsAsync(string dataDir, int migrations)
+    private static async Task<SwitchStalls?> LibvirtStallsAsync(string dataDir, int migrations, int fourDiskMigrations)
     {
         LibvirtDaemon? started;
         try
@@ -301,7 +303,7 @@ internal static class CopyBench
             return null;
         }
         await using var daemon = started;
-        return await SwitchStallBench.RunAsync("libvirt", dataDir, migrations, FourDiskMigrations);
+        return await SwitchStallBench.RunAsync("libvirt", dataDir, migrations, fourDiskMigrations);
     }
 
     private static double? P99(IEnumerable<double> values)
@@ -349,7 +351,7 @@ internal static class CopyBench
     }
 
     /// <summary>Writes out every dirty page (sync(1)) and waits for it, so what is timed next does not pay for what came before.</summary>
-    private static Task SettleAsync() => ProcessRunner.RunCheckedAsync("sync", [], ErrorCodes.IoError);
+    internal static Task SettleAsync() => ProcessRunner.RunCheckedAsync("sync", [], ErrorCodes.IoError);
 
     /// <summary>The yardstick twice, each after <see cref="SettleAsync"/>; the faster (the stricter comparison for the moves).</summary>
     private static async Task<(TimeSpan Took, TimeSpan Durable)> FasterYardstickAsync(DriveChain chain, FileStorageDomain scratch)

@@ -107,6 +107,9 @@ internal static class SwitchStallBench
                        && hosts.GetProperty("hosts").EnumerateArray().Any(h => h.GetProperty("spm").GetBoolean());
             }, TimeSpan.FromSeconds(90));
 
+            // nothing left to write back from what ran before (the big chain the copy bench made, the other adapter's
+            // session), so the first session's switches do not meet that write-out and the second's do not miss it
+            await CopyBench.SettleAsync();
             await using (var guest = Guest(guestDrive, images[0], GuestRate, Path.Combine(dataDir, "guest.ledger")))
             {
                 await guest.StartAsync();
