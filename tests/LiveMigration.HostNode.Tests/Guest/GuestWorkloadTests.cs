@@ -187,9 +187,11 @@ public sealed class GuestWorkloadTests(ITestOutputHelper output) : IAsyncLifetim
         Assert.Equal(stats.MaxFlushLatency, whole.LongestFlush);
         Assert.Equal(stats.Writes + stats.Flushes, whole.Requests);
 
-        // after the stop nothing was in flight; a window that ends before it starts is refused
         Assert.InRange(frozen.LongestWriteSentAt!.Value, frozenAt.AddSeconds(-1), thawedAt);
-        Assert.Equal(new GuestStall(null, null, 0), workload.StallDuring(DateTimeOffset.UtcNow, DateTimeOffset.UtcNow.AddSeconds(1)));
+        // a window after the stop (a second on, clear of the stop's FLUSH and of the two clocks a request's times come
+        // from): nothing was in flight; a window that ends before it starts is refused
+        var later = DateTimeOffset.UtcNow.AddSeconds(1);
+        Assert.Equal(new GuestStall(null, null, 0), workload.StallDuring(later, later.AddSeconds(1)));
         var refused = Assert.Throws<OperationFailedException>(() => workload.StallDuring(thawedAt, frozenAt));
         Assert.Equal(ErrorCodes.InvalidArgument, refused.Code);
     }
@@ -208,9 +210,10 @@ public sealed class GuestWorkloadTests(ITestOutputHelper output) : IAsyncLifetim
         var refused = Assert.Throws<OperationFailedException>(() => workload.StallDuring(started, DateTimeOffset.UtcNow));
         Assert.Equal(ErrorCodes.Conflict, refused.Code);
         Assert.Contains("keeps its last 8 requests", refused.Message);
-        // a window within what is kept is answered: nothing was in flight after the stop
-        var last = workload.StallDuring(DateTimeOffset.UtcNow.AddMilliseconds(-1), DateTimeOffset.UtcNow);
-        Assert.Equal(0, last.Requests);
+        // a window within what is kept is answered: a second after the stop, when nothing was in flight (a window that
+        // began right at the stop could still hold its FLUSH)
+        var later = DateTimeOffset.UtcNow.AddSeconds(1);
+        Assert.Equal(0, workload.StallDuring(later, later.AddSeconds(1)).Requests);
         Assert.Throws<OperationFailedException>(() => new GuestWorkload(_bed.WorkloadOptions(0, Region) with { KeptRequests = 0 }));
     }
 
