@@ -794,7 +794,7 @@ public sealed class QmpHypervisor : IHypervisor
         return new VmInfo(vm.Id, vm.Manifest.Name, vm.Manifest.Pid, vm.DeathReason is null, drives);
     }
 
-    /// <summary>The node graph, or null from a QEMU without the (debug-named, but stable since 2.12) command.</summary>
+    /// <summary>The node graph, or null from a QEMU without the (debug-named) command.</summary>
     private async Task<BlockGraph?> BlockGraphAsync(QemuVm vm, CancellationToken ct)
     {
         try

@@ -12,30 +12,20 @@ namespace LiveMigration.HostNode.Tests.Hypervisor.Qmp;
 public sealed class BlockGraphTests : IAsyncLifetime
 {
     private readonly QemuTestBed _bed = new();
-    private string _socket = "";
-    private int _pid;
+    private BareQemu _qemu = null!;
 
-    public async Task InitializeAsync()
-    {
-        var socketDirectory = $"/tmp/lsm-g{Guid.NewGuid().ToString("N")[..8]}";
-        Directory.CreateDirectory(socketDirectory);
-        _socket = Path.Combine(socketDirectory, "q.sock");
-        _pid = await QemuProcess.StartDaemonAsync("qemu-system-x86_64",
-            ["-M", "none", "-nodefaults", "-display", "none", "-m", "16", "-qmp", $"unix:{_socket},server=on,wait=off"],
-            Path.Combine(_bed.Root, "q.pid"), Path.Combine(_bed.Root, "q.log"), null, CancellationToken.None);
-    }
+    public async Task InitializeAsync() => _qemu = await BareQemu.StartAsync(_bed);
 
     public async Task DisposeAsync()
     {
-        await QemuTestBed.KillAsync(_pid);
-        Directory.Delete(Path.GetDirectoryName(_socket)!, recursive: true);
+        await _qemu.DisposeAsync();
         await _bed.DisposeAsync();
     }
 
     [Fact]
     public async Task The_graph_names_the_same_chain_as_the_full_description_with_and_without_a_mirror_over_it()
     {
-        await using var qmp = await QmpClient.ConnectAsync(_socket);
+        await using var qmp = await QmpClient.ConnectAsync(_qemu.Socket);
         var chain = await _bed.CreateChainAsync(layers: 3, capacity: 16 * QemuTestBed.MiB);
         string? below = null;
         for (var i = 0; i < chain.Layers.Count; i++)

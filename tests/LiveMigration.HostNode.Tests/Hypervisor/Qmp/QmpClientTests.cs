@@ -7,33 +7,23 @@ namespace LiveMigration.HostNode.Tests.Hypervisor.Qmp;
 public sealed class QmpClientTests : IAsyncLifetime
 {
     private readonly QemuTestBed _bed = new();
-    private string _socket = "";
-    private int _pid;
+    private BareQemu _qemu = null!;
 
-    public async Task InitializeAsync()
-    {
-        var socketDirectory = $"/tmp/lsm-c{Guid.NewGuid().ToString("N")[..8]}";
-        Directory.CreateDirectory(socketDirectory);
-        _socket = Path.Combine(socketDirectory, "q.sock");
-        _pid = await QemuProcess.StartDaemonAsync("qemu-system-x86_64",
-            ["-M", "none", "-nodefaults", "-display", "none", "-m", "16", "-qmp", $"unix:{_socket},server=on,wait=off"],
-            Path.Combine(_bed.Root, "q.pid"), Path.Combine(_bed.Root, "q.log"), null, CancellationToken.None);
-    }
+    public async Task InitializeAsync() => _qemu = await BareQemu.StartAsync(_bed);
 
     public async Task DisposeAsync()
     {
-        await QemuTestBed.KillAsync(_pid);
-        Directory.Delete(Path.GetDirectoryName(_socket)!, recursive: true);
+        await _qemu.DisposeAsync();
         await _bed.DisposeAsync();
     }
 
     private Task Signal(string signal) =>
-        LiveMigration.HostNode.Processes.ProcessRunner.RunCheckedAsync("kill", [signal, _pid.ToString()], ErrorCodes.IoError);
+        LiveMigration.HostNode.Processes.ProcessRunner.RunCheckedAsync("kill", [signal, _qemu.Pid.ToString()], ErrorCodes.IoError);
 
     [Fact]
     public async Task Negotiates_and_matches_concurrent_replies_by_id()
     {
-        await using var client = await QmpClient.ConnectAsync(_socket);
+        await using var client = await QmpClient.ConnectAsync(_qemu.Socket);
         Assert.Equal(7, client.Greeting.GetProperty("version").GetProperty("qemu").GetProperty("major").GetInt32());
 
         var replies = await Task.WhenAll(Enumerable.Range(0, 20).Select(i => i % 2 == 0
@@ -47,7 +37,7 @@ public sealed class QmpClientTests : IAsyncLifetime
     [Fact]
     public async Task A_refused_command_is_a_qmp_error_naming_command_class_and_description()
     {
-        await using var client = await QmpClient.ConnectAsync(_socket);
+        await using var client = await QmpClient.ConnectAsync(_qemu.Socket);
 
         var error = await Assert.ThrowsAsync<OperationFailedException>(() =>
             client.ExecuteAsync("block-job-cancel", new Dictionary<string, object?> { ["device"] = "no-such-job" }));
@@ -63,7 +53,7 @@ public sealed class QmpClientTests : IAsyncLifetime
     [Fact]
     public async Task Raises_events_and_fails_commands_once_qemu_quits()
     {
-        await using var client = await QmpClient.ConnectAsync(_socket);
+        await using var client = await QmpClient.ConnectAsync(_qemu.Socket);
         var events = new List<string>();
         var disconnected = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
         client.EventReceived += e => { lock (events) events.Add(e.Name); };
@@ -80,14 +70,14 @@ public sealed class QmpClientTests : IAsyncLifetime
     [Fact]
     public async Task A_killed_qemu_fails_pending_and_later_commands_instead_of_hanging()
     {
-        await using var client = await QmpClient.ConnectAsync(_socket);
+        await using var client = await QmpClient.ConnectAsync(_qemu.Socket);
         // Stopping the monitor's process mid-command: SIGSTOP first so the command is surely pending, then SIGKILL.
         await Signal("-STOP");
         var pending = client.ExecuteAsync("query-status", timeout: TimeSpan.FromSeconds(60));
         await Task.Delay(100);
         Assert.False(pending.IsCompleted);
         var watch = Stopwatch.StartNew();
-        await QemuTestBed.KillAsync(_pid);
+        await QemuTestBed.KillAsync(_qemu.Pid);
 
         var error = await Assert.ThrowsAsync<OperationFailedException>(() => pending.WaitAsync(TimeSpan.FromSeconds(10)));
         Assert.Equal(ErrorCodes.VmNotRunning, error.Code);
@@ -99,7 +89,7 @@ public sealed class QmpClientTests : IAsyncLifetime
     [Fact]
     public async Task A_command_without_reply_times_out_with_its_name()
     {
-        await using var client = await QmpClient.ConnectAsync(_socket);
+        await using var client = await QmpClient.ConnectAsync(_qemu.Socket);
         await Signal("-STOP");
         try
         {
