@@ -801,7 +801,8 @@ public sealed class QmpHypervisor : IHypervisor
         {
             return BlockGraph.Parse(await ExecuteAsync(vm, "x-debug-query-block-graph", null, ct));
         }
-        catch (QmpCommandException e) when (e.ErrorClass == "CommandNotFound")
+        // the client turns QEMU's refusal into QMP_ERROR with the refusal inside (QmpClient.ExecuteAsync)
+        catch (OperationFailedException e) when (e.Code == ErrorCodes.QmpError && e.InnerException is QmpCommandException { ErrorClass: "CommandNotFound" })
         {
             return null;
         }

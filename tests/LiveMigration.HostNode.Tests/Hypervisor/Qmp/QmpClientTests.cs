@@ -44,6 +44,8 @@ public sealed class QmpClientTests : IAsyncLifetime
 
         Assert.Equal(ErrorCodes.QmpError, error.Code);
         Assert.StartsWith("block-job-cancel: DeviceNotActive: ", error.Message);
+        // QEMU's class stays readable for callers that decide on it (the node graph's CommandNotFound fallback)
+        Assert.Equal("DeviceNotActive", Assert.IsType<QmpCommandException>(error.InnerException).ErrorClass);
         Assert.Contains("no-such-job", error.Message);
         // The connection is still usable after an error.
         var status = await client.ExecuteAsync("query-status");
