@@ -339,10 +339,13 @@ public sealed class FileStorageDomainTests : IDisposable
         })!;
         try
         {
-            // QEMU has the chain open once its write lock on the leaf refuses a reader.
-            for (var i = 0; i < 100 && (await Processes.ProcessRunner.RunAsync("qemu-img", ["info", leaf])).Succeeded; i++)
+            // QEMU has the chain open once the kernel lists its locks on the leaf. Read from /proc/locks, which takes no
+            // lock: probing with `qemu-img info` did, and a probe at the moment QEMU opened the leaf made QEMU exit.
+            var inode = (await Processes.ProcessRunner.RunCheckedAsync("stat", ["-c", "%i", leaf], ErrorCodes.IoError)).Trim();
+            for (var i = 0; i < 100 && !qemu.HasExited && !(await IOFile.ReadAllLinesAsync("/proc/locks")).Any(l => l.Contains($":{inode} ")); i++)
                 await Task.Delay(50);
-            Assert.False(qemu.HasExited, "QEMU did not start");
+            if (qemu.HasExited)
+                Assert.Fail($"QEMU did not start: {await qemu.StandardError.ReadToEndAsync()}");
 
             var mid = await destination.CopyVolumeDataAsync(source, image, volumes[1]);
             var error = await RefusedAsync(ErrorCodes.QemuImgFailed, () => destination.CopyVolumeDataAsync(source, image, volumes[2]));
