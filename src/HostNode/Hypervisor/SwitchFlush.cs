@@ -5,7 +5,7 @@ namespace LiveMigration.HostNode.Hypervisor;
 
 /// <summary>
 /// QEMU flushes the image it switches away from or onto while the guest's I/O is drained: a mirror's target before the
-/// pivot, the active layer before a live snapshot or a reopen onto a new backing. Under a busy guest that image holds
+/// pivot, the active layer before a live snapshot or a reopen onto a new backing, a pivot's source leaf when it is closed. Under a busy guest that image holds
 /// hundreds of MiB in the page cache, and their write-out was the guest's stall (measured here: 0.9–1.1 s after 400 MiB
 /// of mirrored writes, 3–108 ms when the target was flushed first). Flushing the file just before the switch, with the
 /// guest running, leaves QEMU's flush only what came since. Durability does not rest on this flush: QEMU's own still runs.

@@ -315,7 +315,9 @@ public sealed class QmpHypervisor : IHypervisor
                 throw new OperationFailedException(ErrorCodes.JobFailed,
                     $"mirror {jobId} of VM {vmId} ended but drive {driveId} still runs on node {activeNow}, not {targetNode}");
         }
-        // The source files are closed only now, once nothing reads them any more.
+        // The source files are closed only now, once nothing reads them any more. Closing its leaf flushes what the guest
+        // wrote there before the pivot, every guest of the VM waiting (31 ms traced here): written out first from outside.
+        await SwitchFlush.AheadOfSwitchAsync(source[^1].Path, ct);
         await DeleteNodesAsync(vm, source.AsEnumerable().Reverse().ToList(), ct);
         await SaveAsync(vm, vm.Manifest.WithDrive(drive with
         {
