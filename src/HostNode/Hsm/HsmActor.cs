@@ -265,7 +265,11 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
             {
                 if (t.IsCompletedSuccessfully && t.Result.Running)
                     foreach (var disagreement in await records.ReconcileAsync(t.Result))
-                        log.Warning("After a block job ended: {Disagreement}", disagreement);
+                    {
+                        // a pivot's mirror ends before the pivot has recorded it: the usual case, not a warning
+                        if (disagreement.SwitchLanded) log.Info("After a block job ended: {Disagreement}", disagreement.Text);
+                        else log.Warning("After a block job ended: {Disagreement}", disagreement.Text);
+                    }
             }).Unwrap();
         }
         foreach (var (operation, wait) in _mirrorWaits.Where(w => w.Value.Vm == e.Vm).ToList())
@@ -324,7 +328,7 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
         var running = vms.Where(v => v.Running).ToList();
         var disagreements = new List<string>();
         foreach (var vm in running)
-            disagreements.AddRange(await _steps.Records.ReconcileAsync(vm));
+            disagreements.AddRange((await _steps.Records.ReconcileAsync(vm)).Select(d => d.Text));
         return new AdoptionFinished(running.Select(v => v.Id).ToList(), disagreements, null);
     }
 

@@ -82,7 +82,7 @@ public sealed class DriveRecords(IHypervisor hypervisor, StoragePool pool, VmCat
     /// e.g. a pivot that landed after its step had answered): returns what disagreed. A drive on its recorded leaf with
     /// a switch begun is left for the saga's probe.
     /// </summary>
-    public async Task<IReadOnlyList<string>> ReconcileAsync(VmInfo vm, CancellationToken ct = default)
+    public async Task<IReadOnlyList<RecordDisagreement>> ReconcileAsync(VmInfo vm, CancellationToken ct = default)
     {
         if (catalog is null) return [];
         IReadOnlyList<DiskLeaf> open;
@@ -92,7 +92,7 @@ public sealed class DriveRecords(IHypervisor hypervisor, StoragePool pool, VmCat
         }
         catch (OperationFailedException e)
         {
-            return [$"VM {vm.Id}: {e.Message}; its record is left as it is"];
+            return [new($"VM {vm.Id}: {e.Message}; its record is left as it is", SwitchLanded: false)];
         }
         var record = catalog.Find(vm.Id);
         if (record is null)
@@ -100,7 +100,7 @@ public sealed class DriveRecords(IHypervisor hypervisor, StoragePool pool, VmCat
             catalog.Save(new CatalogedVm(vm.Id, vm.Name, open));
             return [];
         }
-        var disagreements = new List<string>();
+        var disagreements = new List<RecordDisagreement>();
         var updated = record;
         foreach (var drive in open)
         {
@@ -108,9 +108,9 @@ public sealed class DriveRecords(IHypervisor hypervisor, StoragePool pool, VmCat
             var pending = record.PendingOf(drive.Image)?.Leaf;
             if (recorded == drive.Leaf && pending is null) continue;
             if (pending == drive.Leaf)
-                disagreements.Add($"VM {vm.Id} drive {drive.Image}: a switch to {pending} was begun and QEMU runs on it; recorded");
+                disagreements.Add(new($"VM {vm.Id} drive {drive.Image}: a switch to {pending} was begun and QEMU runs on it; recorded", SwitchLanded: true));
             else if (recorded != drive.Leaf)
-                disagreements.Add($"VM {vm.Id} drive {drive.Image}: the record names {recorded?.ToString() ?? "nothing"} but QEMU has {drive.Leaf} open; recording what QEMU runs");
+                disagreements.Add(new($"VM {vm.Id} drive {drive.Image}: the record names {recorded?.ToString() ?? "nothing"} but QEMU has {drive.Leaf} open; recording what QEMU runs", SwitchLanded: false));
             else
                 continue;
             updated = updated.WithLeaf(drive.Image, drive.Leaf);
@@ -125,4 +125,14 @@ public sealed class DriveRecords(IHypervisor hypervisor, StoragePool pool, VmCat
         var info = await hypervisor.DescribeVmAsync(vm, ct);
         return new CatalogedVm(vm, info.Name, await VmReports.CurrentLeavesAsync(info, pool, ct));
     }
+}
+
+/// <summary>
+/// A difference between a VM's record and what QEMU has open, said when the record was brought in line.
+/// <paramref name="SwitchLanded"/>: QEMU runs on the leaf a begun switch named (the record only had not caught up yet), which
+/// is what a mirror's end in the middle of a pivot looks like; anything else means the record had fallen behind QEMU.
+/// </summary>
+public sealed record RecordDisagreement(string Text, bool SwitchLanded)
+{
+    public override string ToString() => Text;
 }
