@@ -28,3 +28,18 @@ public sealed class BareQemu : IAsyncDisposable
         Directory.Delete(Path.GetDirectoryName(Socket)!, recursive: true);
     }
 }
+
+/// <summary>Tests that each get a <see cref="BareQemu"/> of their own, started before and killed after every test.</summary>
+public abstract class BareQemuTests : IAsyncLifetime
+{
+    protected QemuTestBed Bed { get; } = new();
+    protected BareQemu Qemu { get; private set; } = null!;
+
+    public async Task InitializeAsync() => Qemu = await BareQemu.StartAsync(Bed);
+
+    public async Task DisposeAsync()
+    {
+        await Qemu.DisposeAsync();
+        await Bed.DisposeAsync();
+    }
+}

@@ -9,24 +9,13 @@ namespace LiveMigration.HostNode.Tests.Hypervisor.Qmp;
 /// way they were read before, which held QEMU's main loop many times longer): a plain chain, and one under a running
 /// mirror's filter. A layer the caller cannot name is no answer, so the caller asks QEMU for the file names instead.
 /// </summary>
-public sealed class BlockGraphTests : IAsyncLifetime
+public sealed class BlockGraphTests : BareQemuTests
 {
-    private readonly QemuTestBed _bed = new();
-    private BareQemu _qemu = null!;
-
-    public async Task InitializeAsync() => _qemu = await BareQemu.StartAsync(_bed);
-
-    public async Task DisposeAsync()
-    {
-        await _qemu.DisposeAsync();
-        await _bed.DisposeAsync();
-    }
-
     [Fact]
     public async Task The_graph_names_the_same_chain_as_the_full_description_with_and_without_a_mirror_over_it()
     {
-        await using var qmp = await QmpClient.ConnectAsync(_qemu.Socket);
-        var chain = await _bed.CreateChainAsync(layers: 3, capacity: 16 * QemuTestBed.MiB);
+        await using var qmp = await QmpClient.ConnectAsync(Qemu.Socket);
+        var chain = await Bed.CreateChainAsync(layers: 3, capacity: 16 * QemuTestBed.MiB);
         string? below = null;
         for (var i = 0; i < chain.Layers.Count; i++)
         {
@@ -48,7 +37,7 @@ public sealed class BlockGraphTests : IAsyncLifetime
         Assert.False(plain.HasBacking("no-such-node"));
 
         // a mirror puts its filter over the leaf: the node a drive's export then sits on
-        var target = await _bed.CreateLeafAsync(_bed.DomainB, chain.Image, VolumeId.New(), chain.Layers[^2], 16 * QemuTestBed.MiB);
+        var target = await Bed.CreateLeafAsync(Bed.DomainB, chain.Image, VolumeId.New(), chain.Layers[^2], 16 * QemuTestBed.MiB);
         await qmp.ExecuteAsync("blockdev-add", BlockNodes.FileNodeOptions(target, readOnly: false));
         await qmp.ExecuteAsync("blockdev-add", BlockNodes.FormatNodeOptions(target, null, readOnly: false));
         await qmp.ExecuteAsync("blockdev-mirror", new Dictionary<string, object?>

@@ -4,26 +4,15 @@ using LiveMigration.Shared.Model;
 
 namespace LiveMigration.HostNode.Tests.Hypervisor.Qmp;
 
-public sealed class QmpClientTests : IAsyncLifetime
+public sealed class QmpClientTests : BareQemuTests
 {
-    private readonly QemuTestBed _bed = new();
-    private BareQemu _qemu = null!;
-
-    public async Task InitializeAsync() => _qemu = await BareQemu.StartAsync(_bed);
-
-    public async Task DisposeAsync()
-    {
-        await _qemu.DisposeAsync();
-        await _bed.DisposeAsync();
-    }
-
     private Task Signal(string signal) =>
-        LiveMigration.HostNode.Processes.ProcessRunner.RunCheckedAsync("kill", [signal, _qemu.Pid.ToString()], ErrorCodes.IoError);
+        LiveMigration.HostNode.Processes.ProcessRunner.RunCheckedAsync("kill", [signal, Qemu.Pid.ToString()], ErrorCodes.IoError);
 
     [Fact]
     public async Task Negotiates_and_matches_concurrent_replies_by_id()
     {
-        await using var client = await QmpClient.ConnectAsync(_qemu.Socket);
+        await using var client = await QmpClient.ConnectAsync(Qemu.Socket);
         Assert.Equal(7, client.Greeting.GetProperty("version").GetProperty("qemu").GetProperty("major").GetInt32());
 
         var replies = await Task.WhenAll(Enumerable.Range(0, 20).Select(i => i % 2 == 0
@@ -37,7 +26,7 @@ public sealed class QmpClientTests : IAsyncLifetime
     [Fact]
     public async Task A_refused_command_is_a_qmp_error_naming_command_class_and_description()
     {
-        await using var client = await QmpClient.ConnectAsync(_qemu.Socket);
+        await using var client = await QmpClient.ConnectAsync(Qemu.Socket);
 
         var error = await Assert.ThrowsAsync<OperationFailedException>(() =>
             client.ExecuteAsync("block-job-cancel", new Dictionary<string, object?> { ["device"] = "no-such-job" }));
@@ -55,7 +44,7 @@ public sealed class QmpClientTests : IAsyncLifetime
     [Fact]
     public async Task Raises_events_and_fails_commands_once_qemu_quits()
     {
-        await using var client = await QmpClient.ConnectAsync(_qemu.Socket);
+        await using var client = await QmpClient.ConnectAsync(Qemu.Socket);
         var events = new List<string>();
         var disconnected = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
         client.EventReceived += e => { lock (events) events.Add(e.Name); };
@@ -72,14 +61,14 @@ public sealed class QmpClientTests : IAsyncLifetime
     [Fact]
     public async Task A_killed_qemu_fails_pending_and_later_commands_instead_of_hanging()
     {
-        await using var client = await QmpClient.ConnectAsync(_qemu.Socket);
+        await using var client = await QmpClient.ConnectAsync(Qemu.Socket);
         // Stopping the monitor's process mid-command: SIGSTOP first so the command is surely pending, then SIGKILL.
         await Signal("-STOP");
         var pending = client.ExecuteAsync("query-status", timeout: TimeSpan.FromSeconds(60));
         await Task.Delay(100);
         Assert.False(pending.IsCompleted);
         var watch = Stopwatch.StartNew();
-        await QemuTestBed.KillAsync(_qemu.Pid);
+        await QemuTestBed.KillAsync(Qemu.Pid);
 
         var error = await Assert.ThrowsAsync<OperationFailedException>(() => pending.WaitAsync(TimeSpan.FromSeconds(10)));
         Assert.Equal(ErrorCodes.VmNotRunning, error.Code);
@@ -91,7 +80,7 @@ public sealed class QmpClientTests : IAsyncLifetime
     [Fact]
     public async Task A_command_without_reply_times_out_with_its_name()
     {
-        await using var client = await QmpClient.ConnectAsync(_qemu.Socket);
+        await using var client = await QmpClient.ConnectAsync(Qemu.Socket);
         await Signal("-STOP");
         try
         {
