@@ -34,11 +34,25 @@ public sealed class TokenCoordinator : IAsyncLifetime
         }
     }
 
+    private static readonly HashSet<int> HandedOut = [];
+
+    /// <summary>
+    /// A port free now, never one this process handed out before: the kernel may give a just-released port again, and
+    /// did (ClusterJoinTests got the same port for a Coordinator's remoting and its API, which then could not bind).
+    /// </summary>
     public static int FreePort()
     {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
+        while (true)
+        {
+            int port;
+            using (var listener = new TcpListener(IPAddress.Loopback, 0))
+            {
+                listener.Start();
+                port = ((IPEndPoint)listener.LocalEndpoint).Port;
+            }
+            lock (HandedOut)
+                if (HandedOut.Add(port)) return port;
+        }
     }
 
     public static ProcessStartInfo Start(params string[] arguments)
