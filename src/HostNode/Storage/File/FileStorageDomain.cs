@@ -22,6 +22,7 @@ public sealed class FileStorageDomain : IStorageDomain
     /// <summary>What an empty qcow2 overlay takes on disk (header, tables), counted before creating one.</summary>
     private const long EmptyQcow2Bytes = 1024 * 1024;
     private static readonly TimeSpan ProgressPollInterval = TimeSpan.FromMilliseconds(100);
+    private static readonly TimeSpan WriteBehindInterval = TimeSpan.FromMilliseconds(100);
 
     // Keyed by full path so that two instances attached to the same folder still serialize.
     private static readonly ConcurrentDictionary<string, SemaphoreSlim> Locks = new(StringComparer.Ordinal);
@@ -455,6 +456,7 @@ public sealed class FileStorageDomain : IStorageDomain
 
             using var stopPolling = CancellationTokenSource.CreateLinkedTokenSource(ct);
             var polling = ReportWhileCopyingAsync(twinPath, startAllocated, total, progress, stopPolling.Token);
+            var writingBehind = WriteBehindWhileCopyingAsync(twinPath, stopPolling.Token);
             try
             {
                 await ConvertFollowingRateAsync(sourcePath, twin, twinPath, backing, rate, ct);
@@ -463,6 +465,7 @@ public sealed class FileStorageDomain : IStorageDomain
             {
                 await stopPolling.CancelAsync();
                 await polling;
+                await writingBehind;
             }
             // qemu-img punches holes where the source reads zero (only -S 0 avoids it, by writing every zero): a preallocated raw
             // twin gets its space back, which changes no byte it reads.
@@ -505,6 +508,26 @@ public sealed class FileStorageDomain : IStorageDomain
             {
                 // the limit changed: start again at the new one
             }
+        }
+    }
+
+    /// <summary>
+    /// Starts the twin's write-out every <see cref="WriteBehindInterval"/> while qemu-img fills the page cache (its default cache
+    /// never flushes), so the disk writes beside the copy instead of after it, in the fsync before the twin may be LEGAL.
+    /// </summary>
+    private static async Task WriteBehindWhileCopyingAsync(string twinPath, CancellationToken stop)
+    {
+        try
+        {
+            while (true)
+            {
+                await Task.Delay(WriteBehindInterval, stop);
+                await Task.Run(() => Posix.StartWriteback(twinPath), CancellationToken.None);
+            }
+        }
+        catch (OperationCanceledException)
+        {
+            // the copy ended
         }
     }
 
