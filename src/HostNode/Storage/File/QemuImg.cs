@@ -8,8 +8,11 @@ namespace LiveMigration.HostNode.Storage.File;
 /// <summary>One allocated range of a single qcow2 layer, as <c>qemu-img map</c> reports it.</summary>
 internal readonly record struct AllocatedRange(long Start, long Length);
 
+/// <summary>An image as <c>qemu-img map</c> describes it: its size, the ranges it allocates itself, those holding data.</summary>
+internal sealed record ImageMap(long Size, IReadOnlyList<AllocatedRange> Present, IReadOnlyList<AllocatedRange> Data);
+
 /// <summary>The qemu-img invocations the file domain needs, each with an argument list.</summary>
-internal static class QemuImg
+internal static partial class QemuImg
 {
     private const string Program = "qemu-img";
 
@@ -65,31 +68,120 @@ internal static class QemuImg
     /// A qcow2 layer opened alone: its own clusters only, what is not allocated in it reads as
     /// zeroes instead of the parent's data.
     /// </summary>
-    public static string LayerAlone(string path) =>
-        "json:" + new JsonObject
-        {
-            ["driver"] = "qcow2",
-            ["file"] = new JsonObject { ["driver"] = "file", ["filename"] = path },
-            ["backing"] = null,
-        }.ToJsonString();
+    public static string LayerAlone(string path) => "json:" + LayerAloneNode(path).ToJsonString();
+
+    /// <summary><see cref="LayerAlone"/> as the node QEMU opens.</summary>
+    public static JsonObject LayerAloneNode(string path) => new()
+    {
+        ["driver"] = "qcow2",
+        ["file"] = new JsonObject { ["driver"] = "file", ["filename"] = path },
+        ["backing"] = null,
+    };
+
+    /// <summary>A whole image of the given format as the node QEMU opens (a qcow2 with the backing its header names).</summary>
+    public static JsonObject ImageNode(string path, VolumeFormat format) => new()
+    {
+        ["driver"] = FormatName(format),
+        ["file"] = new JsonObject { ["driver"] = "file", ["filename"] = path },
+    };
 
     /// <summary>The ranges allocated in this single layer (data or zero clusters: both hide the parent), merged.</summary>
-    public static async Task<IReadOnlyList<AllocatedRange>> AllocatedRangesOfLayerAsync(string path, CancellationToken ct)
+    public static async Task<IReadOnlyList<AllocatedRange>> AllocatedRangesOfLayerAsync(string path, CancellationToken ct) =>
+        (await MapAsync(LayerAloneNode(path), ct)).Present;
+
+    /// <summary>
+    /// What <c>qemu-img map</c> says of an image: its size (the end of the last range), the ranges it allocates itself
+    /// (present: data or zero, which hide a parent) and those holding data, each list merged.
+    /// </summary>
+    public static async Task<ImageMap> MapAsync(JsonObject node, CancellationToken ct)
     {
         var json = await ProcessRunner.RunCheckedAsync(Program,
-            ["map", "-U", "--output=json", LayerAlone(path)], ErrorCodes.QemuImgFailed, ct);
-        var ranges = new List<AllocatedRange>();
+            ["map", "-U", "--output=json", "json:" + node.ToJsonString()], ErrorCodes.QemuImgFailed, ct);
+        var present = new List<AllocatedRange>();
+        var data = new List<AllocatedRange>();
+        long size = 0;
         foreach (var entry in JsonNode.Parse(json)?.AsArray() ?? [])
         {
-            if (entry is null || entry["present"]?.GetValue<bool>() != true) continue;
+            if (entry is null) continue;
             var start = entry["start"]!.GetValue<long>();
             var length = entry["length"]!.GetValue<long>();
+            size = Math.Max(size, start + length);
+            if (entry["present"]?.GetValue<bool>() == true) Merge(present, start, length);
+            if (entry["data"]?.GetValue<bool>() == true) Merge(data, start, length);
+        }
+        return new ImageMap(size, present, data);
+
+        static void Merge(List<AllocatedRange> ranges, long start, long length)
+        {
             if (ranges.Count > 0 && ranges[^1].Start + ranges[^1].Length == start)
                 ranges[^1] = ranges[^1] with { Length = ranges[^1].Length + length };
             else
                 ranges.Add(new AllocatedRange(start, length));
         }
-        return ranges;
+    }
+
+    /// <summary>
+    /// Whether two images of the same size read identically, compared in slices by qemu-img processes side by side: the
+    /// compare is bound by reading both images from the page cache one request at a time (1 GiB measured here: 0.43 s
+    /// whole, 0.22 s in two halves). Each slice is the same byte range of both, opened through QEMU's raw driver with an
+    /// offset and a size over the image's node; the slices follow each other from 0 to <paramref name="size"/>, so
+    /// together they compare every byte, as one compare would. A difference is reported at its offset in the image.
+    /// </summary>
+    public static async Task<(bool Same, string Output)> CompareInSlicesAsync(JsonObject first, JsonObject second, long size,
+        IReadOnlyList<(long Offset, long Length)> slices, CancellationToken ct)
+    {
+        if (slices.Count == 0 || slices[0].Offset != 0 || slices[^1].Offset + slices[^1].Length != size
+            || slices.Zip(slices.Skip(1)).Any(pair => pair.First.Offset + pair.First.Length != pair.Second.Offset || pair.First.Length <= 0))
+            throw new ArgumentException($"the slices do not cover the {size} bytes once, in order", nameof(slices));
+        string Slice(JsonObject node, (long Offset, long Length) slice) => "json:" + new JsonObject
+        {
+            ["driver"] = "raw",
+            ["offset"] = slice.Offset,
+            ["size"] = slice.Length,
+            ["file"] = node.DeepClone(),
+        }.ToJsonString();
+        var results = await Task.WhenAll(slices.Select(slice => CompareAsync(Slice(first, slice), null, Slice(second, slice), null, ct)));
+        for (var i = 0; i < slices.Count; i++)
+        {
+            if (results[i].Same) continue;
+            // "Content mismatch at offset N!" counts from the slice's start
+            var output = MismatchOffset().Replace(results[i].Output, match =>
+                $"offset {long.Parse(match.Groups[1].Value, CultureInfo.InvariantCulture) + slices[i].Offset}");
+            return (false, output);
+        }
+        return (true, results[0].Output);
+    }
+
+    [System.Text.RegularExpressions.GeneratedRegex(@"offset (\d+)")]
+    private static partial System.Text.RegularExpressions.Regex MismatchOffset();
+
+    /// <summary>
+    /// Cuts an image of <paramref name="size"/> bytes into at most <paramref name="count"/> slices holding about the same
+    /// amount of <paramref name="data"/> each (real images keep their data together, often at the start), each cut on a
+    /// 1 MiB boundary. Slices follow each other from 0 to the size; one slice when the size cannot be cut on sectors.
+    /// </summary>
+    public static IReadOnlyList<(long Offset, long Length)> Slices(IReadOnlyList<AllocatedRange> data, long size, int count)
+    {
+        const long Alignment = 1 << 20;
+        if (size <= 0) return [];
+        var total = data.Sum(r => r.Length);
+        var cuts = new List<long> { 0 };
+        if (size % 512 == 0 && total > 0)
+        {
+            long seen = 0;
+            var next = 1;
+            foreach (var range in data)
+            {
+                for (; next < count && seen + range.Length >= total * next / count; next++)
+                {
+                    var at = (range.Start + (total * next / count - seen)) / Alignment * Alignment;
+                    if (at > cuts[^1] && at < size) cuts.Add(at);
+                }
+                seen += range.Length;
+            }
+        }
+        cuts.Add(size);
+        return cuts.Zip(cuts.Skip(1), (from, to) => (from, to - from)).ToList();
     }
 
     /// <summary>True when the two images read identically; false when they differ; throws on an error.</summary>
