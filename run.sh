@@ -67,6 +67,7 @@ case "${1:-}" in
     ;;
   bench)
     # Benchmarks on real processes; each writes its JSON under var/bench/. "copy": the copy path against qemu-img convert;
+    # "copy-layers": the SPM's copy of the layers alone against qemu-img convert (no cluster);
     # "control-plane": sim migrations through a Coordinator and sim hosts (overhead, throughput, API latency, memory).
     shift
     need_packages

@@ -320,7 +320,7 @@ internal static class CopyBench
     /// after), a qcow2 middle and a qcow2 leaf with a quarter each, partly over what lies below; in a disk twice the
     /// data's size; random bytes, so nothing compresses.
     /// </summary>
-    private static async Task<ImageId> BigChainAsync(FileStorageDomain domain, string dataDir, long data)
+    internal static async Task<ImageId> BigChainAsync(FileStorageDomain domain, string dataDir, long data)
     {
         var capacity = 2 * data;
         var chunk = Math.Min(64 * MiB, data / 8); // every run below is a whole number of chunks
@@ -374,7 +374,7 @@ internal static class CopyBench
     /// the fsync of the copies, which a migration makes before it calls a layer LEGAL and qemu-img's default cache leaves
     /// undone, for context.
     /// </summary>
-    private static async Task<(TimeSpan Took, TimeSpan Durable)> QemuImgLayerByLayerAsync(DriveChain chain, FileStorageDomain scratch)
+    internal static async Task<(TimeSpan Took, TimeSpan Durable)> QemuImgLayerByLayerAsync(DriveChain chain, FileStorageDomain scratch)
     {
         var folder = Path.Combine(scratch.DomainPath, "bench-qemu-img");
         Directory.CreateDirectory(folder);
