@@ -223,7 +223,10 @@ internal static partial class QemuImg
         VolumeFormat? parentFormat, CancellationToken ct, long rateLimit = 0)
     {
         var fmt = FormatName(format);
-        var args = new List<string> { "convert", "-n", "-W", "-f", fmt, "-O", fmt };
+        // -m 16: qemu-img's most requests in flight (default 8); a layer a mirror or a random writer filled lies scattered in its
+        // file, and reading it takes many small requests (a 512 MiB layer of 8,700 extents: 0.56-0.61 s against 0.64-0.66 s;
+        // a sequential one: the same 0.15-0.17 s either way).
+        var args = new List<string> { "convert", "-n", "-W", "-m", "16", "-f", fmt, "-O", fmt };
         if (rateLimit > 0) args.AddRange(["-r", rateLimit.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
         if (format == VolumeFormat.Raw && parentBacking is null) args.Add("--target-is-zero");
         if (parentBacking is not null)
