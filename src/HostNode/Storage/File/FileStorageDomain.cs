@@ -574,7 +574,7 @@ public sealed class FileStorageDomain : IStorageDomain
                 $"volume {twin.Id} of image {twin.Image}: the copy on domain {twin.Domain} allocates {twinMap.Present.Sum(r => r.Length)} bytes " +
                 $"in {twinMap.Present.Count} ranges, the source on domain {original.Domain} {sourceMap.Present.Sum(r => r.Length)} bytes in {sourceMap.Present.Count} ranges");
         // Images of different sizes are compared whole: qemu-img then also checks that the longer one's end reads zero.
-        var (equal, differences) = sourceMap.Size == twinMap.Size
+        var (equal, differences) = sourceMap.Size == twinMap.Size && sourceMap.Size > 0
             ? await QemuImg.CompareInSlicesAsync(sourceNode, twinNode, sourceMap.Size, ProofSlices(sourceMap), ct)
             : await QemuImg.CompareAsync("json:" + sourceNode.ToJsonString(), null, "json:" + twinNode.ToJsonString(), null, ct);
         if (!equal)
