@@ -5,7 +5,7 @@ using LiveMigration.Shared.Model;
 
 namespace LiveMigration.HostNode.Storage.File;
 
-/// <summary>One allocated range of a single qcow2 layer, as <c>qemu-img map</c> reports it.</summary>
+/// <summary>One range of an image, merged from what <c>qemu-img map</c> reports.</summary>
 internal readonly record struct AllocatedRange(long Start, long Length);
 
 /// <summary>An image as <c>qemu-img map</c> describes it: its size, the ranges it allocates itself, those holding data.</summary>
@@ -65,12 +65,9 @@ internal static partial class QemuImg
             ["rebase", "-u", "-f", "qcow2", "-b", backing, "-F", FormatName(backingFormat), path], ErrorCodes.QemuImgFailed, ct);
 
     /// <summary>
-    /// A qcow2 layer opened alone: its own clusters only, what is not allocated in it reads as
-    /// zeroes instead of the parent's data.
+    /// A qcow2 layer as the node QEMU opens alone: its own clusters only, what is not allocated in it reads as zeroes
+    /// instead of the parent's data.
     /// </summary>
-    public static string LayerAlone(string path) => "json:" + LayerAloneNode(path).ToJsonString();
-
-    /// <summary><see cref="LayerAlone"/> as the node QEMU opens.</summary>
     public static JsonObject LayerAloneNode(string path) => new()
     {
         ["driver"] = "qcow2",
@@ -84,10 +81,6 @@ internal static partial class QemuImg
         ["driver"] = FormatName(format),
         ["file"] = new JsonObject { ["driver"] = "file", ["filename"] = path },
     };
-
-    /// <summary>The ranges allocated in this single layer (data or zero clusters: both hide the parent), merged.</summary>
-    public static async Task<IReadOnlyList<AllocatedRange>> AllocatedRangesOfLayerAsync(string path, CancellationToken ct) =>
-        (await MapAsync(LayerAloneNode(path), ct)).Present;
 
     /// <summary>
     /// What <c>qemu-img map</c> says of an image: its size (the end of the last range), the ranges it allocates itself
