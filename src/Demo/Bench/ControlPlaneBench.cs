@@ -140,7 +140,9 @@ internal static class ControlPlaneBench
                 Console.WriteLine($"recovery: {recover} migrations in flight, the Coordinator SIGKILLed and started again");
                 recovered = await InFlightBench.RecoveryAsync(recover, hosts, $"{dataDir}-recover");
                 Console.WriteLine($"recovery: API answering {recovered.StreamOpenSeconds:0.0} s after the restart, first migration moving at " +
-                                  $"{recovered.FirstMovingSeconds:0.0} s, all {recovered.InFlight} at {recovered.AllMovingSeconds:0.0} s ({recovered.Moving} moving)");
+                                  $"{recovered.FirstMovingSeconds:0.0} s, all {recovered.InFlight} at {recovered.AllMovingSeconds:0.0} s ({recovered.Moving} moving); " +
+                                  $"CPU meanwhile: the restarted Coordinator {recovered.CoordinatorCpuSeconds:0.0} s, the sim hosts {recovered.HostsCpuSeconds:0.0} s " +
+                                  $"({Environment.ProcessorCount} cores)");
             }
 
             // 5. the same throughput on a PostgreSQL journal, with one Coordinator and with three
@@ -204,6 +206,8 @@ internal static class ControlPlaneBench
                     ["firstMovingSeconds"] = Math.Round(recovered.FirstMovingSeconds, 2),
                     ["allMovingSeconds"] = Math.Round(recovered.AllMovingSeconds, 2),
                     ["moving"] = recovered.Moving,
+                    ["coordinatorCpuSeconds"] = Math.Round(recovered.CoordinatorCpuSeconds, 2),
+                    ["hostsCpuSeconds"] = Math.Round(recovered.HostsCpuSeconds, 2),
                 },
                 ["migrationsPerSecondPostgres1"] = postgres["migrationsPerSecondPostgres1"]?.DeepClone(),
                 ["migrationsPerSecondPostgres3"] = postgres["migrationsPerSecondPostgres3"]?.DeepClone(),

@@ -30,7 +30,13 @@ internal static class InFlightBench
     public sealed record InFlightResult(int InFlight, double StartsPerSecond, long RssPeakBytes,
         List<double> Start, List<double> Show, List<double> List, List<double> Dashboard, Dictionary<string, List<double>> DashboardParts);
 
-    public sealed record RecoveryResult(int InFlight, double StreamOpenSeconds, double FirstMovingSeconds, double AllMovingSeconds, int Moving);
+    /// <summary>
+    /// What the recovery took, from the restart on: wall times, and the CPU the restarted Coordinator used until every
+    /// migration moved (its start included) beside the sim hosts' over the same time, which say whether the wait was
+    /// computing or waiting.
+    /// </summary>
+    public sealed record RecoveryResult(int InFlight, double StreamOpenSeconds, double FirstMovingSeconds, double AllMovingSeconds, int Moving,
+        double CoordinatorCpuSeconds, double HostsCpuSeconds);
 
     public static async Task<InFlightResult> InFlightAsync(int count, int hosts, int sampleSeconds, string dataDir)
     {
@@ -111,6 +117,8 @@ internal static class InFlightBench
             Console.WriteLine($"  Coordinator (pid {coordinator.Pid}) SIGKILLed with {count} migrations in flight; starting it again");
 
             // the restart, as `lsm local up` does it for a dead node; the stream is opened as soon as the API answers
+            var hostPids = cluster.Nodes.Where(n => n.Name != coordinator.Name).Select(n => n.Pid).ToList();
+            var hostsCpuBefore = hostPids.Sum(BenchProbes.CpuSeconds);
             var clock = Stopwatch.StartNew();
             var restart = LocalClusterLauncher.UpAsync(Options(dataDir, hosts));
             var after = new ConcurrentDictionary<string, TimeSpan>();
@@ -138,10 +146,13 @@ internal static class InFlightBench
                 var wanted = ids.ToHashSet();
                 var limit = TimeSpan.FromSeconds(120);
                 while (wanted.Any(id => !after.ContainsKey(id)) && clock.Elapsed < limit) await Task.Delay(50);
-                await restart;
+                var hostsCpu = hostPids.Sum(BenchProbes.CpuSeconds) - hostsCpuBefore;
+                var restarted = await restart;
+                var coordinatorCpu = BenchProbes.CpuSeconds(restarted.Nodes.Single(n => n.Name == coordinator.Name).Pid);
                 var moving = wanted.Count(after.ContainsKey);
                 var times = wanted.Where(after.ContainsKey).Select(id => after[id].TotalSeconds).Order().ToList();
-                return new RecoveryResult(count, streamOpen, times.FirstOrDefault(double.NaN), moving == count ? times[^1] : double.NaN, moving);
+                return new RecoveryResult(count, streamOpen, times.FirstOrDefault(double.NaN), moving == count ? times[^1] : double.NaN, moving,
+                    coordinatorCpu, hostsCpu);
             }
         });
     }
