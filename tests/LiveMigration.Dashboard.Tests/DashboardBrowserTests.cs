@@ -1,4 +1,6 @@
 using System.Collections.Concurrent;
+using System.Net.Http.Json;
+using System.Text.Json;
 using Microsoft.Playwright;
 using LiveMigration.Cli.Tests;
 using Xunit.Abstractions;
@@ -63,6 +65,11 @@ public sealed class DashboardBrowserTests(DashboardCluster cluster, ITestOutputH
         await Assertions.Expect(disk.Locator(".disk-domain")).ToHaveTextAsync(cluster.DomainName(current));
         await Assertions.Expect(page.Locator("#stream-state")).ToHaveTextAsync("live");
 
+        // Every migration there is before this move (earlier tests' moves of this disk, all finished), as the API lists them:
+        // the page may list them too, and the new one is the other.
+        var listed = await cluster.Http.GetFromJsonAsync<JsonElement>($"{cluster.Api}/api/migrations");
+        var earlier = listed.GetProperty("migrations").EnumerateArray().Select(m => m.GetProperty("id").GetString()!).ToList();
+
         // Move: the dialog offers the other domain, a strategy, a bandwidth and a copy mode.
         await disk.GetByRole(AriaRole.Button, new() { Name = "Move" }).ClickAsync();
         var dialog = page.Locator("#move-dialog");
@@ -75,8 +82,9 @@ public sealed class DashboardBrowserTests(DashboardCluster cluster, ITestOutputH
         await page.Locator("#move-submit").ClickAsync();
         await Assertions.Expect(dialog).ToBeHiddenAsync();
 
-        // The migration appears and its progress reaches completed from the event stream, without a reload.
-        var migration = page.Locator("[data-migration]").First;
+        // The migration appears and its progress reaches completed from the event stream, without a reload. Found as the
+        // one the page did not list before: "the first" was an earlier, completed move until the new one showed.
+        var migration = page.Locator("[data-migration]" + string.Concat(earlier.Select(id => $":not([data-migration='{id}'])")));
         await Assertions.Expect(migration).ToBeVisibleAsync();
         await Assertions.Expect(migration.Locator(".status")).ToHaveTextAsync("completed", new() { Timeout = 90_000 });
         await Assertions.Expect(migration.Locator(".migration-disk .bar")).ToHaveAttributeAsync("aria-valuenow", "100");
