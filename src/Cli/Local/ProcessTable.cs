@@ -19,6 +19,16 @@ public static class ProcessTable
         return fields is not null && fields.Length > 19 && long.TryParse(fields[19], out var ticks) ? ticks : null;
     }
 
+    /// <summary>The CPU time (user and system) the process has used since it started, or null when it is gone.</summary>
+    public static TimeSpan? CpuTime(int pid)
+    {
+        var fields = StatFields(pid);
+        // utime and stime are fields 14 and 15, in USER_HZ ticks: 100 a second on every Linux the runtime supports.
+        return fields is not null && fields.Length > 12 && long.TryParse(fields[11], out var user) && long.TryParse(fields[12], out var system)
+            ? TimeSpan.FromSeconds((user + system) / 100.0)
+            : null;
+    }
+
     /// <summary>
     /// True while the pid runs (a zombie counts as gone: it serves nothing) and, when <paramref name="startTime"/>
     /// is given, is the same process as the one recorded then.

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using LiveMigration.Cli.Local;
 
 namespace LiveMigration.Demo.Bench;
 
@@ -17,24 +18,10 @@ internal static class BenchProbes
     }
 
     /// <summary>
-    /// The CPU time a process has used since it started (user and system, from /proc; 0 when it is gone). Beside a
-    /// wall time it says whether a phase waited or computed: on this 2-core machine 2 s of CPU in 1 s of wall is all
-    /// the machine had.
+    /// The CPU seconds a process has used since it started (0 when it is gone). Beside a wall time it says whether a phase
+    /// waited or computed: on this 2-core machine 2 s of CPU in 1 s of wall is all the machine had.
     /// </summary>
-    public static double CpuSeconds(int pid)
-    {
-        try
-        {
-            // the command name (field 2) is in parentheses and may hold spaces: count fields after its closing one
-            var stat = File.ReadAllText($"/proc/{pid}/stat");
-            var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
-            return (long.Parse(fields[11]) + long.Parse(fields[12])) / (double)ClockTicksPerSecond;
-        }
-        catch (IOException) { return 0; }
-    }
-
-    /// <summary>USER_HZ, the unit of /proc's CPU times: 100 on every Linux the runtime supports.</summary>
-    private const int ClockTicksPerSecond = 100;
+    public static double CpuSeconds(int pid) => ProcessTable.CpuTime(pid)?.TotalSeconds ?? 0;
 
     public static async Task<double> TimeAsync(Func<Task> call)
     {
