@@ -7,8 +7,11 @@ using IOFile = System.IO.File;
 
 namespace LiveMigration.HostNode.Spm;
 
-/// <summary>The pool's lease record on shared storage: who holds the SPM role, under which generation, and a renewal counter.</summary>
-public sealed record LeaseRecord(string Holder, long Generation, long Renewal)
+/// <summary>
+/// The pool's lease record on shared storage: who holds the SPM role, under which generation, a renewal counter, and the
+/// holder's process (<see cref="HolderProcess"/>; absent in records written before it was kept, or where /proc does not tell).
+/// </summary>
+public sealed record LeaseRecord(string Holder, long Generation, long Renewal, HolderProcess? Process = null)
 {
     public static readonly LeaseRecord None = new("", 0, 0);
     public bool IsFree => Holder.Length == 0;
@@ -22,6 +25,8 @@ public enum LeaseAttempt
     TakenFree,
     /// <summary>Watched the holder's record stay unchanged for the period plus the margin, then took it.</summary>
     TakenExpired,
+    /// <summary>Took it without watching: the holder's process, under this same kernel, is gone (<see cref="HolderProcess.IsProvablyGone"/>).</summary>
+    TakenFromGoneHolder,
     /// <summary>The record changed while watched (its holder renewed or released it, or another took it): not taken.</summary>
     RecordChanged,
     /// <summary>This instance held it already.</summary>
@@ -34,7 +39,8 @@ public enum LeaseAttempt
 /// The SPM lease of DESIGN §7a, a delta lease as sanlock's: a KEY=VALUE file on the pool's shared storage
 /// (HOLDER GENERATION RENEWAL), written atomically. No two clocks need to agree: an acquirer takes the lease
 /// only after it has watched the record stay unchanged for longer than the period plus a margin on its own
-/// monotonic clock (or finds it released), writes the next generation, waits the margin and reads it back.
+/// monotonic clock (or finds it released, or its holder's process provably gone: <see cref="HolderProcess"/>), writes the
+/// next generation, waits the margin and reads it back.
 /// The holder renews every third of the period and counts the lease lost the moment a renewal fails or the
 /// record shows another holder or generation. <see cref="CheckAsync"/> is the fencing check every storage change
 /// makes just before it changes anything: a stale SPM that wakes up after a pause is refused even before it
@@ -89,7 +95,10 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
             values.TryGetValue(key, out var text) && long.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var n)
                 ? n
                 : throw new OperationFailedException(ErrorCodes.IoError, $"lease record {_path} has no valid {key}");
-        return new LeaseRecord(values.GetValueOrDefault("HOLDER", ""), Number("GENERATION"), Number("RENEWAL"));
+        HolderProcess? process = null;
+        if (values.TryGetValue("BOOT", out var boot))
+            process = new HolderProcess(boot, values.GetValueOrDefault("PIDNS", ""), checked((int)Number("PID")), Number("PIDSTART"));
+        return new LeaseRecord(values.GetValueOrDefault("HOLDER", ""), Number("GENERATION"), Number("RENEWAL"), process);
     }
 
     private Task WriteAsync(LeaseRecord record, CancellationToken ct)
@@ -98,17 +107,23 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
         return KeyValueFile.WriteAtomicallyAsync(_path, Values(record), ct);
     }
 
-    private static KeyValuePair<string, string>[] Values(LeaseRecord record) =>
-    [
-        new("HOLDER", record.Holder),
-        new("GENERATION", record.Generation.ToString(CultureInfo.InvariantCulture)),
-        new("RENEWAL", record.Renewal.ToString(CultureInfo.InvariantCulture)),
-    ];
+    private static IEnumerable<KeyValuePair<string, string>> Values(LeaseRecord record)
+    {
+        yield return new("HOLDER", record.Holder);
+        yield return new("GENERATION", record.Generation.ToString(CultureInfo.InvariantCulture));
+        yield return new("RENEWAL", record.Renewal.ToString(CultureInfo.InvariantCulture));
+        if (record.Process is not { } process) yield break;
+        yield return new("BOOT", process.BootId);
+        yield return new("PIDNS", process.PidNamespace);
+        yield return new("PID", process.Pid.ToString(CultureInfo.InvariantCulture));
+        yield return new("PIDSTART", process.StartTicks.ToString(CultureInfo.InvariantCulture));
+    }
 
     /// <summary>
     /// Tries once to take the lease: true when this holder has it (a new generation, renewed from now on), false
     /// when another holder is alive (its record changed while watched) or won the race. Takes at least the
-    /// period plus the margin unless the lease is free. <paramref name="lost"/> is called once if it is lost later.
+    /// period plus the margin unless the lease is free or its holder's process is provably gone (<see cref="HolderProcess"/>).
+    /// <paramref name="lost"/> is called once if it is lost later.
     /// </summary>
     public async Task<bool> TryAcquireAsync(Action<Exception?>? lost = null, CancellationToken ct = default)
     {
@@ -119,7 +134,10 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
         }
         LastAttempt = LeaseAttempt.None; // until this attempt ends (an exception leaves it so)
         var seen = await ReadAsync(ct);
-        if (!seen.IsFree)
+        // A holder whose process is gone renews nothing and writes nothing more: as good as a released lease. What is left
+        // of it (an orphaned qemu-img convert) the new SPM kills before it copies (OrphanCopies).
+        var holderGone = !seen.IsFree && seen.Process?.IsProvablyGone() == true;
+        if (!seen.IsFree && !holderGone)
         {
             // Delta lease: alive means renewed within a period; only this process's monotonic clock measures it.
             var watch = Stopwatch.StartNew();
@@ -131,12 +149,12 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
         }
         // Re-read just before writing: a competitor that wrote meanwhile wins.
         if (await ReadAsync(ct) != seen) return Attempted(LeaseAttempt.LostRace);
-        var mine = new LeaseRecord(Holder, seen.Generation + 1, 0);
+        var mine = new LeaseRecord(Holder, seen.Generation + 1, 0, HolderProcess.Current);
         await WriteAsync(mine, ct);
         // Two acquirers that both passed the re-read: the last write stands, and the margin lets both see it.
         await Task.Delay(_margin, ct);
         if (await ReadAsync(ct) != mine) return Attempted(LeaseAttempt.LostRace);
-        LastAttempt = seen.IsFree ? LeaseAttempt.TakenFree : LeaseAttempt.TakenExpired;
+        LastAttempt = seen.IsFree ? LeaseAttempt.TakenFree : holderGone ? LeaseAttempt.TakenFromGoneHolder : LeaseAttempt.TakenExpired;
         lock (_gate)
         {
             _held = true;
@@ -261,7 +279,7 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
         renewing?.Dispose();
         var current = await ReadAsync(ct);
         if (current.Holder == Holder && current.Generation == generation)
-            await WriteAsync(current with { Holder = "" }, ct);
+            await WriteAsync(current with { Holder = "", Process = null }, ct);
     }
 
     public async ValueTask DisposeAsync() => await ReleaseAsync();

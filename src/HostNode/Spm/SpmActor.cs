@@ -74,7 +74,14 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
         _fence = fence;
         _steps = new StorageSteps(_pool, fence, maxConcurrentCopies);
         if (leasePath is not null)
-            _log.Info("SPM started under the lease {Path}, generation {Generation}: every storage change is fenced by it", leasePath, fence!.Generation);
+            _log.Info("SPM started under the lease {Path}, generation {Generation} ({How}): every storage change is fenced by it",
+                leasePath, fence!.Generation, (fence as PoolLease)?.LastAttempt switch
+                {
+                    LeaseAttempt.TakenFree => "it was free",
+                    LeaseAttempt.TakenExpired => "its holder had not renewed it for the period and the margin",
+                    LeaseAttempt.TakenFromGoneHolder => "its holder's process on this machine is gone",
+                    var other => $"{other}",
+                });
         // Before any copy: a previous SPM's copies still running here would hold their twins' locks against our retries.
         var fileDomains = pool.Domains.Select(d => d is FencedStorageDomain f ? f.Inner : d).OfType<Storage.File.FileStorageDomain>().ToList();
         foreach (var orphan in OrphanCopies.Kill(fileDomains.Select(d => d.DomainPath).ToList()))

@@ -61,5 +61,13 @@ public sealed class FaultMatrixTests : IAsyncLifetime
         var outcome = await FaultCheck.CheckAsync(_cluster, "vm1", final, storage);
         await FaultReport.AppendAsync(outcome.ToReportLine(strategy, "qmp", $"{process}:{action}", point, clock.Elapsed));
         outcome.AssertClean($"{process}:{action}@{point}", () => _cluster.LogTails());
+        if (process == "host-1" && action == "kill-self")
+        {
+            // host-1 ran the SPM: started again on this machine, it proved its crashed predecessor's process gone and took the
+            // lease back at once, instead of watching the record for the lease's period (PoolLease, HolderProcess).
+            var state = (await LiveMigration.Cli.Local.LocalClusterState.ReadAsync(_cluster.DataDirectory))!;
+            var log = await File.ReadAllTextAsync(state.Nodes.Single(n => n.Name == "host-1").LogFile);
+            Assert.Contains("its holder's process on this machine is gone", log);
+        }
     }
 }

@@ -89,6 +89,97 @@ public sealed class PoolLeaseTests : Akka.TestKit.Xunit2.TestKit
     }
 
     [Fact]
+    public async Task The_record_names_the_holders_process_while_held_and_not_once_released()
+    {
+        await using var a = Lease("host-a");
+        Assert.True(await a.TryAcquireAsync());
+        var held = await a.ReadAsync();
+        Assert.Equal(HolderProcess.Current, held.Process);
+        Assert.Equal(Environment.ProcessId, held.Process!.Pid);
+        Assert.False(held.Process.IsProvablyGone()); // this very process
+
+        await a.ReleaseAsync();
+        var released = await a.ReadAsync();
+        Assert.True(released.IsFree);
+        Assert.Null(released.Process);
+    }
+
+    [Fact]
+    public async Task A_lease_whose_holders_process_on_this_machine_is_gone_is_taken_at_once()
+    {
+        using var holder = Sleeper();
+        WriteRecord("host-a", generation: 4, HolderProcess.Read(holder.Id)!);
+        holder.Kill();
+        await holder.WaitForExitAsync();
+
+        await using var b = Lease("host-b");
+        Assert.True(await b.TryAcquireAsync());
+        Assert.Equal(LeaseAttempt.TakenFromGoneHolder, b.LastAttempt); // what it saw: no watch of a period
+        Assert.Equal(5, b.Generation);
+        Assert.Equal(Environment.ProcessId, (await b.ReadAsync()).Process!.Pid);
+    }
+
+    [Fact]
+    public async Task A_holder_that_is_alive_but_frozen_or_on_another_kernel_is_watched_out_a_period_as_before()
+    {
+        using var frozen = Sleeper();
+        using (var stop = Process.Start("kill", ["-STOP", frozen.Id.ToString()])) // renews nothing, yet alive and may wake up
+            await stop.WaitForExitAsync();
+        try
+        {
+            WriteRecord("host-a", generation: 2, HolderProcess.Read(frozen.Id)!);
+            await using var b = Lease("host-b");
+            Assert.True(await b.TryAcquireAsync());
+            Assert.Equal(LeaseAttempt.TakenExpired, b.LastAttempt);
+        }
+        finally
+        {
+            frozen.Kill();
+        }
+
+        // A pid that does not run here proves nothing about a holder on another machine (another boot id).
+        var elsewhere = HolderProcess.Current! with { BootId = Guid.NewGuid().ToString(), Pid = int.MaxValue };
+        Assert.False(elsewhere.IsProvablyGone());
+        WriteRecord("host-z", generation: 7, elsewhere);
+        await using var c = Lease("host-c");
+        Assert.True(await c.TryAcquireAsync());
+        Assert.Equal(LeaseAttempt.TakenExpired, c.LastAttempt);
+        Assert.Equal(8, c.Generation);
+    }
+
+    [Fact]
+    public void A_pid_now_run_by_a_process_that_started_at_another_time_is_a_gone_holder()
+    {
+        var self = HolderProcess.Current!;
+        Assert.True((self with { StartTicks = self.StartTicks - 1 }).IsProvablyGone());
+        Assert.False((self with { PidNamespace = "pid:[1]" }).IsProvablyGone()); // another namespace's pid 'self' tells nothing
+    }
+
+    [Fact]
+    public async Task A_record_without_the_holders_process_still_reads_and_is_watched_out()
+    {
+        // written before records named the process
+        Directory.CreateDirectory(Path.GetDirectoryName(_path)!);
+        await System.IO.File.WriteAllTextAsync(_path, "HOLDER=host-a\nGENERATION=3\nRENEWAL=9\n");
+        await using var b = Lease("host-b");
+        Assert.Equal(new LeaseRecord("host-a", 3, 9), await b.ReadAsync());
+        Assert.True(await b.TryAcquireAsync());
+        Assert.Equal(LeaseAttempt.TakenExpired, b.LastAttempt);
+    }
+
+    private static Process Sleeper() => Process.Start(new ProcessStartInfo("sleep", "60") { UseShellExecute = false })!;
+
+    /// <summary>A holder's record, written as a holder writes it: atomically, a new file renamed over the old.</summary>
+    private void WriteRecord(string holder, long generation, HolderProcess process)
+    {
+        Directory.CreateDirectory(Path.GetDirectoryName(_path)!);
+        System.IO.File.WriteAllText(_path + ".other",
+            $"HOLDER={holder}\nGENERATION={generation}\nRENEWAL=1\nBOOT={process.BootId}\nPIDNS={process.PidNamespace}\n" +
+            $"PID={process.Pid}\nPIDSTART={process.StartTicks}\n");
+        System.IO.File.Move(_path + ".other", _path, overwrite: true);
+    }
+
+    [Fact]
     public async Task The_file_lease_loads_as_an_Akka_Coordination_lease()
     {
         var lease = LeaseProvider.Get(Sys).GetLease("spm", "lsm.spm-lease", "host-a");

@@ -1,0 +1,77 @@
+using System.Globalization;
+
+namespace LiveMigration.HostNode.Spm;
+
+/// <summary>
+/// The process that holds the SPM lease, as the lease record names it: the kernel it runs under (its boot id), its pid
+/// namespace, its pid and the pid's start time. Enough for an acquirer under the same kernel and pid namespace to prove the
+/// holder dead (its pid gone, a zombie, or reused by a process that started later) and take the lease at once instead of
+/// watching the record for a period, as sanlock frees the leases of a host that came back under a new generation of its
+/// host id. That is the usual case of a crash: the HostNode restarted on the same machine. A holder on another kernel, or
+/// one alive but frozen or cut off, is proven nothing about, and the acquirer watches the record as before.
+/// </summary>
+public sealed record HolderProcess(string BootId, string PidNamespace, int Pid, long StartTicks)
+{
+    private const string ProcRoot = "/proc";
+    private static readonly Lazy<HolderProcess?> This = new(() => Read(Environment.ProcessId));
+
+    /// <summary>This process, or null where /proc does not tell (not Linux): then no record names a process.</summary>
+    public static HolderProcess? Current => This.Value;
+
+    /// <summary>
+    /// True only when this process can tell for certain that the holder no longer runs: same kernel (boot id) and the same
+    /// pid namespace as this one, and its pid gone, a zombie (its files already closed), or now another process's (started
+    /// at another time). A dead process writes nothing more, so the lease it held is as good as released. Anything this
+    /// process cannot read or compare counts as alive.
+    /// </summary>
+    public bool IsProvablyGone()
+    {
+        if (Current is not { } self || self.BootId != BootId || self.PidNamespace != PidNamespace) return false;
+        if (Pid == self.Pid && StartTicks == self.StartTicks) return false; // this very process
+        string stat;
+        try
+        {
+            stat = File.ReadAllText($"{ProcRoot}/{Pid.ToString(CultureInfo.InvariantCulture)}/stat");
+        }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
+        {
+            return true; // no such pid under this kernel and namespace
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return false;
+        }
+        return ParseStat(stat) is not { } fields || fields.State is 'Z' or 'X' or 'x' || fields.StartTicks != StartTicks;
+    }
+
+    /// <summary>The process <paramref name="pid"/> as a record names it, or null when /proc does not tell.</summary>
+    internal static HolderProcess? Read(int pid)
+    {
+        try
+        {
+            var bootId = File.ReadAllText($"{ProcRoot}/sys/kernel/random/boot_id").Trim();
+            var pidNamespace = new FileInfo($"{ProcRoot}/self/ns/pid").LinkTarget;
+            var fields = ParseStat(File.ReadAllText($"{ProcRoot}/{pid.ToString(CultureInfo.InvariantCulture)}/stat"));
+            return bootId.Length == 0 || string.IsNullOrEmpty(pidNamespace) || fields is null
+                ? null
+                : new HolderProcess(bootId, pidNamespace, pid, fields.Value.StartTicks);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>State and start time (clock ticks after boot) from /proc/PID/stat: "pid (comm) state ppid …", comm may hold spaces and parentheses.</summary>
+    private static (char State, long StartTicks)? ParseStat(string stat)
+    {
+        var close = stat.LastIndexOf(')');
+        if (close < 0 || close + 2 >= stat.Length) return null;
+        var fields = stat[(close + 2)..].Split(' ');
+        // fields[0] is the state (field 3 of proc(5)), so field 22, the start time, is fields[19]
+        return fields.Length > 19 && fields[0].Length == 1
+               && long.TryParse(fields[19], NumberStyles.None, CultureInfo.InvariantCulture, out var start)
+            ? (fields[0][0], start)
+            : null;
+    }
+}
