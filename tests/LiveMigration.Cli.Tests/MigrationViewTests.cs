@@ -23,6 +23,9 @@ public sealed class MigrationViewTests
         var done = MigrationView.Progress(Json("""{"done": 10, "total": 20, "remainingSeconds": 1}"""), completed: true);
         Assert.Equal("", done.Eta);
         Assert.StartsWith("0", done.Left);
+        // the last step (the source's deletion) copied nothing: a completed disk shows what all its steps copied
+        var whole = MigrationView.Progress(Json("""{"done": 0, "total": 0, "copied": 1073741824}"""), completed: true);
+        Assert.Equal("1.0 GiB", whole.Copied);
     }
 
     [Fact]

@@ -366,7 +366,8 @@ public static class MigrationView
     {
         var done = disk.Long("done");
         var total = disk.Long("total");
-        if (completed) return (ByteRate.Format(Math.Max(done, total)), ByteRate.Format(0), "");
+        // the last step of a completed disk (deleting the source) copied nothing: show what all its steps copied
+        if (completed) return (ByteRate.Format(disk.Long("copied") is > 0 and var copied ? copied : Math.Max(done, total)), ByteRate.Format(0), "");
         if (total <= 0 && done <= 0) return ("", "", "");
         var left = ByteRate.Format(Math.Max(0, total - done));
         var eta = disk.Obj("remainingSeconds") is { ValueKind: JsonValueKind.Number } r ? $"{r.GetDouble():0.0} s" : "";

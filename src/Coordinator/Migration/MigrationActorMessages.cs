@@ -19,7 +19,8 @@ public static class MigrationViews
         state.Disks.Select(d => new DiskView(
             d.Image, d.Plan.Source, d.Plan.Destination, d.Phase.ToString(), d.Step, d.Attempt, d.Done, d.Total,
             d.EstimateRemaining(now), d.LastError,
-            d.StepTimings.Select(t => new StepTimingView(t.Step, t.Attempt, t.StartedAt, t.EndedAt, t.Outcome, t.SwitchStallMs, t.Note)).ToValueList())).ToValueList(),
+            d.StepTimings.Select(t => new StepTimingView(t.Step, t.Attempt, t.StartedAt, t.EndedAt, t.Outcome, t.SwitchStallMs, t.Note)).ToValueList(),
+            d.Copied)).ToValueList(),
         ErrorOf(state.Status),
         state.RequestedAt,
         state.UpdatedAt,

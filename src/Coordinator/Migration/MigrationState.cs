@@ -58,7 +58,9 @@ public sealed record DiskState(
     string? LastError = null,
     ValueList<StepTiming>? Timings = null,
     /// <summary>The code of <see cref="LastError"/>: what a probed switch that never took effect failed with.</summary>
-    string? LastErrorCode = null)
+    string? LastErrorCode = null,
+    /// <summary>What the disk's completed steps copied, all steps together (<see cref="Done"/> is the current step's).</summary>
+    long Copied = 0)
 {
     public ImageId Image => Plan.Image;
     public ValueList<MigrationStep> Started => StartedForwardSteps ?? ValueList<MigrationStep>.Empty;
@@ -154,6 +156,7 @@ public sealed record MigrationState(
             Phase = DiskPhase.Idle,
             Done = done.Outcome.BytesCopied > 0 ? Math.Max(d.Done, done.Outcome.BytesCopied) : d.Done,
             Total = done.Outcome.BytesCopied > 0 ? Math.Max(d.Total, done.Outcome.BytesCopied) : d.Total,
+            Copied = d.Copied + Math.Max(0, done.Outcome.BytesCopied),
             Timings = d.EndTiming(done.At, "completed", done.Outcome.SwitchStallMs, done.Outcome.Note),
         }),
         StepFailed failed => s.UpdateDisk(failed.Image, d => d with

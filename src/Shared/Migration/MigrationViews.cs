@@ -42,7 +42,10 @@ public sealed record MigrationError(string Code, string Message);
 public sealed record StepTimingView(MigrationStep Step, int Attempt, DateTimeOffset StartedAt, DateTimeOffset? EndedAt, string? Outcome,
     double? SwitchStallMs = null, string? Note = null);
 
-/// <summary>One disk of a migration as operators see it; <see cref="Phase"/> is the saga's disk phase by name.</summary>
+/// <summary>
+/// One disk of a migration as operators see it; <see cref="Phase"/> is the saga's disk phase by name; <see cref="Done"/> and
+/// <see cref="Total"/> the current step's progress, <see cref="Copied"/> what its completed steps copied together.
+/// </summary>
 public sealed record DiskView(
     ImageId Image,
     DomainId Source,
@@ -54,7 +57,8 @@ public sealed record DiskView(
     long Total,
     TimeSpan? Remaining,
     string? LastError,
-    ValueList<StepTimingView> Timings);
+    ValueList<StepTimingView> Timings,
+    long Copied = 0);
 
 /// <summary>
 /// A migration as the API and the CLI show it: what crosses the cluster instead of the saga's whole state, so the

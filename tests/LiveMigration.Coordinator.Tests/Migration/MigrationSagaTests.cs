@@ -78,6 +78,23 @@ public sealed class MigrationSagaTests
     }
 
     [Fact]
+    public void A_completed_disk_shows_what_all_its_steps_copied_not_only_the_last_steps_progress()
+    {
+        var saga = new SagaDriver().Begin(MigrationStrategy.PreCopy);
+        saga.Succeed(); // CloneImageStructure
+        saga.Succeed(saga.Image, bytes: 300); // StartReplication: the mirror's bytes
+        saga.Succeed(saga.Image, bytes: 700); // SyncInternalVolumes: the internal layers
+        saga.SucceedAll(saga.Image);
+
+        var disk = saga.State.Disk(saga.Image);
+        Assert.Equal(DiskPhase.Completed, disk.Phase);
+        Assert.Equal(0, disk.Done); // the source's deletion copied nothing
+        var view = MigrationViews.ViewOf(saga.State, saga.Now);
+        Assert.Equal(1_000, view.Disks[0].Copied);
+        Assert.Equal(1_000, MigrationState.Replay(saga.Id, saga.Journal).Disk(saga.Image).Copied);
+    }
+
+    [Fact]
     public void Post_copy_runs_its_steps_and_passes_the_point_of_no_return_at_the_live_snapshot()
     {
         var saga = new SagaDriver().Begin(MigrationStrategy.PostCopy);

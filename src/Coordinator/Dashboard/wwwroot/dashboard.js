@@ -512,6 +512,8 @@
       state.shownProgress.set(progressKey, percent);
       // What people read is what is left, not a share of a total that grows under a writing guest.
       const left = m.status === "completed" ? "done" : total > 0 ? bytes(Math.max(0, total - Number(disk.done))) + " left" : "";
+      // A finished disk's last step (the source's deletion) copied nothing: say what all its steps copied instead.
+      const copied = m.finished && Number(disk.copied) > 0 ? " · " + bytes(Number(disk.copied)) + " copied" : "";
       const plan = m.strategy === "post-copy" ? POST_COPY : PRE_COPY;
       const seen = new Map();
       (disk.timings || []).forEach((t) => seen.set(t.step, t));
@@ -532,7 +534,8 @@
             h("span", { style: "width:" + percent.toFixed(1) + "%" })),
           h("div", { class: "pct" }, left),
           rateChart(m.id + "/" + disk.image)),
-        h("div", { class: "muted" }, disk.phase + (disk.step ? " · " + humanStep(disk.step) : "") + (total > 0 ? " · " + bytes(disk.done) + " of " + bytes(total) : "")
+        h("div", { class: "muted" }, disk.phase + (disk.step ? " · " + humanStep(disk.step) : "")
+          + (copied || (total > 0 ? " · " + bytes(disk.done) + " of " + bytes(total) : ""))
           + (disk.remainingSeconds ? " · ~" + Math.ceil(disk.remainingSeconds) + " s left" : "")),
         h("ul", { class: "steps" }, ...steps),
         disk.lastError ? h("p", { class: "error" }, disk.lastError) : null);
