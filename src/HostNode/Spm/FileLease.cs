@@ -38,6 +38,9 @@ public sealed class FileLease : Lease
         var period = settings.TimeoutSettings.HeartbeatTimeout;
         var margin = config.GetTimeSpan("margin", TimeSpan.FromTicks(period.Ticks / 6), allowInfinite: false);
         _lease = For(path, settings.OwnerName, period, margin);
+        // made on every SPM-capable node by its singleton manager: each reads the record from now on, so the one that takes
+        // over has counted the holder's silence already
+        _lease.StartObserving();
         BySystem.GetOrCreateValue(system)[Path.GetFullPath(path)] = _lease;
     }
 

@@ -25,6 +25,11 @@ public enum LeaseAttempt
     TakenFree,
     /// <summary>Watched the holder's record stay unchanged for the period plus the margin, then took it.</summary>
     TakenExpired,
+    /// <summary>
+    /// Took it without watching further: this process had already seen the holder's record unchanged for the period plus
+    /// the margin (<see cref="PoolLease.StartObserving"/>) when it asked.
+    /// </summary>
+    TakenExpiredAsObserved,
     /// <summary>Took it without watching: the holder's process, under this same kernel, is gone (<see cref="HolderProcess.IsProvablyGone"/>).</summary>
     TakenFromGoneHolder,
     /// <summary>The record changed while watched (its holder renewed or released it, or another took it): not taken.</summary>
@@ -58,6 +63,12 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
     private long _renewals;
     private bool _held;
     private Action<Exception?>? _lost;
+    // The record as this process last read it and since when (its monotonic clock): an acquirer counts the holder's
+    // silence from the first read that saw it, which the observing reads move well before the acquirer asks.
+    private LeaseRecord? _observed;
+    private long _observedSince;
+    private int _observing;
+    private readonly CancellationTokenSource _disposed = new();
 
     public PoolLease(string path, string holder, TimeSpan period, TimeSpan margin)
     {
@@ -87,9 +98,71 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
     /// <summary>How the last acquire ended; tests and logs read it instead of timing the attempt.</summary>
     public LeaseAttempt LastAttempt { get; private set; }
 
+    /// <summary>How long this process has read the record unchanged (zero before its first read).</summary>
+    public TimeSpan RecordUnchangedFor
+    {
+        get { lock (_gate) return _observed is null ? TimeSpan.Zero : Stopwatch.GetElapsedTime(_observedSince); }
+    }
+
+    /// <summary>How long this process has read <paramref name="record"/> unchanged; zero once it read another since.</summary>
+    private TimeSpan UnchangedFor(LeaseRecord record)
+    {
+        lock (_gate) return record == _observed ? Stopwatch.GetElapsedTime(_observedSince) : TimeSpan.Zero;
+    }
+
+    private LeaseRecord Observed(LeaseRecord record)
+    {
+        // A holder's every write changes the record (its renewal counter or generation only grow), so a record read the same
+        // at two times was not renewed in between, whatever was read or not read meanwhile.
+        lock (_gate)
+        {
+            if (record != _observed)
+            {
+                _observed = record;
+                _observedSince = Stopwatch.GetTimestamp();
+            }
+        }
+        return record;
+    }
+
+    /// <summary>
+    /// Keeps reading the record every third of the period while this process does not hold it, so that when it asks
+    /// for the lease (its singleton moved here because the holder's node is gone) the holder's silence is already
+    /// counted from the first read that saw the last renewal, not from the ask: a takeover after a host's death waits the
+    /// rest of the period, not a whole period after the cluster noticed. Until disposed; idempotent.
+    /// </summary>
+    public void StartObserving()
+    {
+        if (Interlocked.Exchange(ref _observing, 1) == 1) return;
+        var stop = _disposed.Token;
+        _ = Task.Run(async () =>
+        {
+            try
+            {
+                while (true)
+                {
+                    await Task.Delay(_period / 3, stop);
+                    if (IsHeld) continue; // the renewals read it
+                    try
+                    {
+                        await ReadAsync(stop);
+                    }
+                    catch (Exception e) when (e is not OperationCanceledException)
+                    {
+                        // unreadable for now (shared storage away): an acquirer reads for itself, and fails the same way
+                    }
+                }
+            }
+            catch (OperationCanceledException)
+            {
+                // disposed
+            }
+        }, CancellationToken.None);
+    }
+
     public async Task<LeaseRecord> ReadAsync(CancellationToken ct = default)
     {
-        if (!IOFile.Exists(_path)) return LeaseRecord.None;
+        if (!IOFile.Exists(_path)) return Observed(LeaseRecord.None);
         var values = await KeyValueFile.ReadAsync(_path, ct);
         long Number(string key) =>
             values.TryGetValue(key, out var text) && long.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var n)
@@ -98,7 +171,7 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
         HolderProcess? process = null;
         if (values.TryGetValue("BOOT", out var boot))
             process = new HolderProcess(boot, values.GetValueOrDefault("PIDNS", ""), checked((int)Number("PID")), Number("PIDSTART"));
-        return new LeaseRecord(values.GetValueOrDefault("HOLDER", ""), Number("GENERATION"), Number("RENEWAL"), process);
+        return Observed(new LeaseRecord(values.GetValueOrDefault("HOLDER", ""), Number("GENERATION"), Number("RENEWAL"), process));
     }
 
     private Task WriteAsync(LeaseRecord record, CancellationToken ct)
@@ -121,8 +194,10 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
 
     /// <summary>
     /// Tries once to take the lease: true when this holder has it (a new generation, renewed from now on), false
-    /// when another holder is alive (its record changed while watched) or won the race. Takes at least the
-    /// period plus the margin unless the lease is free or its holder's process is provably gone (<see cref="HolderProcess"/>).
+    /// when another holder is alive (its record changed while watched) or won the race. Watches the record until this
+    /// process has read it unchanged for the period plus the margin (counted from its first such read, which
+    /// <see cref="StartObserving"/> makes early), unless the lease is free or its holder's process is provably gone
+    /// (<see cref="HolderProcess"/>).
     /// <paramref name="lost"/> is called once if it is lost later.
     /// </summary>
     public async Task<bool> TryAcquireAsync(Action<Exception?>? lost = null, CancellationToken ct = default)
@@ -137,13 +212,15 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
         // A holder whose process is gone renews nothing and writes nothing more: as good as a released lease. What is left
         // of it (an orphaned qemu-img convert) the new SPM kills before it copies (OrphanCopies).
         var holderGone = !seen.IsFree && seen.Process?.IsProvablyGone() == true;
+        var watched = false;
         if (!seen.IsFree && !holderGone)
         {
             // Delta lease: alive means renewed within a period; only this process's monotonic clock measures it.
-            var watch = Stopwatch.StartNew();
-            while (watch.Elapsed <= _period + _margin)
+            while (UnchangedFor(seen) is var unchanged && unchanged <= _period + _margin)
             {
-                await Task.Delay(_period / 3, ct);
+                watched = true;
+                var rest = _period + _margin - unchanged + TimeSpan.FromMilliseconds(1);
+                await Task.Delay(rest < _period / 3 ? rest : _period / 3, ct);
                 if (await ReadAsync(ct) != seen) return Attempted(LeaseAttempt.RecordChanged);
             }
         }
@@ -154,7 +231,10 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
         // Two acquirers that both passed the re-read: the last write stands, and the margin lets both see it.
         await Task.Delay(_margin, ct);
         if (await ReadAsync(ct) != mine) return Attempted(LeaseAttempt.LostRace);
-        LastAttempt = seen.IsFree ? LeaseAttempt.TakenFree : holderGone ? LeaseAttempt.TakenFromGoneHolder : LeaseAttempt.TakenExpired;
+        LastAttempt = seen.IsFree ? LeaseAttempt.TakenFree
+            : holderGone ? LeaseAttempt.TakenFromGoneHolder
+            : watched ? LeaseAttempt.TakenExpired
+            : LeaseAttempt.TakenExpiredAsObserved;
         lock (_gate)
         {
             _held = true;
@@ -282,5 +362,9 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
             await WriteAsync(current with { Holder = "", Process = null }, ct);
     }
 
-    public async ValueTask DisposeAsync() => await ReleaseAsync();
+    public async ValueTask DisposeAsync()
+    {
+        await _disposed.CancelAsync();
+        await ReleaseAsync();
+    }
 }

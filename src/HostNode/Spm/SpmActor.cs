@@ -79,6 +79,7 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
                 {
                     LeaseAttempt.TakenFree => "it was free",
                     LeaseAttempt.TakenExpired => "its holder had not renewed it for the period and the margin",
+                    LeaseAttempt.TakenExpiredAsObserved => "its holder had not renewed it for the period and the margin, as this host had read it",
                     LeaseAttempt.TakenFromGoneHolder => "its holder's process on this machine is gone",
                     var other => $"{other}",
                 });

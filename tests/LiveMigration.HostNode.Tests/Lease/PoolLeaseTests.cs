@@ -71,6 +71,24 @@ public sealed class PoolLeaseTests : Akka.TestKit.Xunit2.TestKit
     }
 
     [Fact]
+    public async Task A_taker_that_has_read_the_holders_record_unchanged_for_the_period_already_takes_it_without_watching_again()
+    {
+        await using var a = Lease("host-a");
+        await using var b = Lease("host-b");
+        Assert.True(await a.TryAcquireAsync());
+        b.StartObserving(); // b's singleton manager made its lease: b reads the record from now on
+        await Task.Delay(Period); // a renews meanwhile
+
+        a.StopRenewing(); // a's host dies; the cluster notices later, and only then asks b to take over
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
+        while (b.RecordUnchangedFor <= Period + Margin && DateTime.UtcNow < deadline) await Task.Delay(50);
+        Assert.True(await b.TryAcquireAsync());
+        Assert.Equal(LeaseAttempt.TakenExpiredAsObserved, b.LastAttempt); // counted from its own reads, not from the ask
+        Assert.Equal(2, b.Generation);
+        await ContractAssertFenced(a);
+    }
+
+    [Fact]
     public async Task A_holder_that_sees_another_generation_at_its_renewal_counts_the_lease_lost_at_once()
     {
         await using var a = Lease("host-a");
