@@ -214,6 +214,8 @@ public sealed class CliTests(ClusterFixture cluster) : IClassFixture<ClusterFixt
         var disk = Assert.Single(migration.GetProperty("disks").EnumerateArray());
         Assert.Equal(cluster.Image.ToString(), disk.GetProperty("image").GetString());
         Assert.Equal(destination, disk.GetProperty("destination").GetString());
+        // What its steps copied together, not the last step's progress (the source's deletion, nothing copied)
+        Assert.True(disk.GetProperty("copied").GetInt64() > 0, disk.ToString());
         // The pivot carries its stall as the VM's host timed it (block-job-complete to the job's end, real QEMU)…
         var pivot = disk.GetProperty("timings").EnumerateArray().Last(t => t.GetProperty("step").GetString() == "Pivot");
         var stallMs = pivot.GetProperty("switchStallMs").GetDouble();

@@ -42,6 +42,8 @@ public sealed record MigrationResponse(
 /// <summary>Volumes an abandoned migration left on a domain: what they are and how an operator removes them.</summary>
 public sealed record LeftBehindResponse(string Image, string Domain, string What, string Remove);
 
+/// <param name="Done">The current step's bytes copied (of <paramref name="Total"/>).</param>
+/// <param name="Copied">What the disk's completed steps copied, all together: what a finished disk shows.</param>
 public sealed record DiskResponse(
     string Image,
     string Source,
@@ -53,7 +55,8 @@ public sealed record DiskResponse(
     long Total,
     double? RemainingSeconds,
     string? LastError,
-    IReadOnlyList<StepTimingResponse> Timings);
+    IReadOnlyList<StepTimingResponse> Timings,
+    long Copied);
 
 /// <summary>The JSON of GET /api/migrations: newest request first.</summary>
 /// <summary>One page of the list: <see cref="Total"/> migrations match, these are the ones from <see cref="Offset"/> on.</summary>
@@ -187,7 +190,8 @@ public static class MigrationEndpoints
             view.Disks.Select(d => new DiskResponse(
                 d.Image.ToString(), d.Source.ToString(), d.Destination.ToString(), d.Phase, d.Step?.ToString(), d.Attempt, d.Done, d.Total,
                 d.Remaining?.TotalSeconds, completed ? null : d.LastError,
-                DistinctAttempts(d.Timings).Select(t => new StepTimingResponse(t.Step.ToString(), t.Attempt, t.StartedAt, t.EndedAt, t.Outcome, t.SwitchStallMs, t.Note)).ToList())).ToList(),
+                DistinctAttempts(d.Timings).Select(t => new StepTimingResponse(t.Step.ToString(), t.Attempt, t.StartedAt, t.EndedAt, t.Outcome, t.SwitchStallMs, t.Note)).ToList(),
+                d.Copied)).ToList(),
             !completed && view.Error is { } e ? $"{e.Code}: {e.Message}" : null,
             completed ? null : view.Error?.Code,
             completed ? null : view.Error?.Message,

@@ -21,7 +21,7 @@ public sealed class MigrationResponseTests
                     new StepTimingView(MigrationStep.StartReplication, 1, T0.AddSeconds(9), T0.AddSeconds(10), "failed: MIRROR_FAILED"),
                     new StepTimingView(MigrationStep.StartReplication, 2, T0.AddSeconds(11), T0.AddSeconds(12), "succeeded"),
                     new StepTimingView(MigrationStep.Pivot, 1, T0.AddSeconds(12), T0.AddSeconds(13), "succeeded", SwitchStallMs: 4.2),
-                ]),
+                ], Copied: 4_096),
         ],
         new MigrationError("MIRROR_FAILED", "the first mirror broke off"), T0, T0.AddSeconds(20), finished ? T0.AddSeconds(20) : null);
 
@@ -33,6 +33,7 @@ public sealed class MigrationResponseTests
         Assert.Equal(
             [("CloneImageStructure", 1, "succeeded"), ("StartReplication", 1, "failed: MIRROR_FAILED"), ("StartReplication", 2, "succeeded"), ("Pivot", 1, "succeeded")],
             response.Disks[0].Timings.Select(t => (t.Step, t.Attempt, t.Outcome)));
+        Assert.Equal(4_096, response.Disks[0].Copied); // all its steps together, beside the last step's 100 of 120
     }
 
     [Fact]
