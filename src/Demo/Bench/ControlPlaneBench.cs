@@ -58,7 +58,7 @@ internal static class ControlPlaneBench
                 default:
                     Console.Error.WriteLine($"bench control-plane: unknown or invalid option {args[i]}");
                     Console.Error.WriteLine("usage: ./run.sh bench control-plane [--seconds N (5-3600, default 60)] [--in-flight N (default 32)] " +
-                                            "[--sequential N (default 50)] [--hosts N (default 2)] [--warmup SECONDS (default 15)] " +
+                                            "[--sequential N (5-10000, default 50)] [--hosts N (default 2)] [--warmup SECONDS (default 15)] " +
                                             "[--max-per-host N] [--max-per-domain N (the admission limits; default 0 = none)] " +
                                             "[--postgres-seconds N (1 and 3 Coordinators on PostgreSQL; default 30, 0 = skip)] " +
                                             "[--hold N (migrations held in flight, copies paced; default 10000, 0 = skip)] [--hold-seconds N (default 30)] " +

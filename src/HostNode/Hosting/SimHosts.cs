@@ -21,6 +21,7 @@ namespace LiveMigration.HostNode.Hosting;
 public static class SimHosts
 {
     public const int MaxHosts = 64;
+    public static readonly TimeSpan PacedJobTick = TimeSpan.FromMilliseconds(100);
 
     public static async Task<int> RunAsync(IConfiguration config, HostNodeSettings first)
     {
@@ -33,7 +34,15 @@ public static class SimHosts
 
         var paced = copyRate > 0;
         var storage = new SimStorageOptions { CopyBytesPerSecond = paced ? copyRate : 1L << 30, TimeScale = paced ? 1 : 0 };
-        var jobs = new SimHypervisorOptions { MirrorBytesPerSecond = paced ? copyRate : 1L << 30, TimeScale = paced ? 1 : 0 };
+        // A paced mirror moves its modelled offset every 100 ms rather than the default 5 ms (which suits tests' short mirrors):
+        // a host reports progress once a second anyway, and 500 mirrors a host ticking 200 times a second took the CPU the
+        // Coordinator needed on a shared machine (bench control-plane's recovery: RunMirrorAsync the hosts' hottest frame).
+        var jobs = new SimHypervisorOptions
+        {
+            MirrorBytesPerSecond = paced ? copyRate : 1L << 30,
+            TimeScale = paced ? 1 : 0,
+            JobTick = paced ? PacedJobTick : new SimHypervisorOptions().JobTick,
+        };
         var domains = new SimDomainFactory(storage);
         var dataRoot = Path.GetDirectoryName(first.DataDirectory) ?? first.DataDirectory;
 
