@@ -1,11 +1,12 @@
 using System.Globalization;
+using System.Runtime.InteropServices;
 
 namespace LiveMigration.HostNode.Spm;
 
 /// <summary>
 /// The process that holds the SPM lease, as the lease record names it: the kernel it runs under (its boot id), its pid
 /// namespace, its pid and the pid's start time. Enough for an acquirer under the same kernel and pid namespace to prove the
-/// holder dead (its pid gone, a zombie, or reused by a process that started later) and take the lease at once instead of
+/// holder dead (no process with its pid, or the pid now another process's, started at another time) and take the lease at once instead of
 /// watching the record for a period, as sanlock frees the leases of a host that came back under a new generation of its
 /// host id. That is the usual case of a crash: the HostNode restarted on the same machine. A holder on another kernel, or
 /// one alive but frozen or cut off, is proven nothing about, and the acquirer watches the record as before.
@@ -13,6 +14,7 @@ namespace LiveMigration.HostNode.Spm;
 public sealed record HolderProcess(string BootId, string PidNamespace, int Pid, long StartTicks)
 {
     private const string ProcRoot = "/proc";
+    private const int NoSuchProcess = 3; // ESRCH
     private static readonly Lazy<HolderProcess?> This = new(() => Read(Environment.ProcessId));
 
     /// <summary>This process, or null where /proc does not tell (not Linux): then no record names a process.</summary>
@@ -20,29 +22,30 @@ public sealed record HolderProcess(string BootId, string PidNamespace, int Pid, 
 
     /// <summary>
     /// True only when this process can tell for certain that the holder no longer runs: same kernel (boot id) and the same
-    /// pid namespace as this one, and its pid gone, a zombie (its files already closed), or now another process's (started
-    /// at another time). A dead process writes nothing more, so the lease it held is as good as released. Anything this
-    /// process cannot read or compare counts as alive.
+    /// pid namespace as this one, and no process with its pid (the kernel says so: kill(pid, 0) fails with ESRCH, which no
+    /// /proc mount option hides), or its pid now run by a process that started at another time. A process that is gone
+    /// writes nothing more, so the lease it held is as good as released. A zombie still counts as alive (other threads of
+    /// it may still be in a write), and so does anything this process cannot read or compare.
     /// </summary>
     public bool IsProvablyGone()
     {
         if (Current is not { } self || self.BootId != BootId || self.PidNamespace != PidNamespace) return false;
         if (Pid == self.Pid && StartTicks == self.StartTicks) return false; // this very process
-        string stat;
+        if (Pid <= 0) return false;
+        if (Kill(Pid, 0) != 0) return Marshal.GetLastPInvokeError() == NoSuchProcess;
         try
         {
-            stat = File.ReadAllText($"{ProcRoot}/{Pid.ToString(CultureInfo.InvariantCulture)}/stat");
-        }
-        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
-        {
-            return true; // no such pid under this kernel and namespace
+            return ParseStat(File.ReadAllText($"{ProcRoot}/{Pid.ToString(CultureInfo.InvariantCulture)}/stat")) is { } fields
+                   && fields.StartTicks != StartTicks;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            return false;
+            return false; // it went between the two calls, or cannot be read: not proven
         }
-        return ParseStat(stat) is not { } fields || fields.State is 'Z' or 'X' or 'x' || fields.StartTicks != StartTicks;
     }
+
+    [DllImport("libc", EntryPoint = "kill", SetLastError = true)]
+    private static extern int Kill(int pid, int signal);
 
     /// <summary>The process <paramref name="pid"/> as a record names it, or null when /proc does not tell.</summary>
     internal static HolderProcess? Read(int pid)
@@ -50,11 +53,16 @@ public sealed record HolderProcess(string BootId, string PidNamespace, int Pid, 
         try
         {
             var bootId = File.ReadAllText($"{ProcRoot}/sys/kernel/random/boot_id").Trim();
+            // This process's pid and time namespaces (a start time reads differently in another time namespace); and /proc
+            // must be this pid namespace's, or the pids it shows are another namespace's.
             var pidNamespace = new FileInfo($"{ProcRoot}/self/ns/pid").LinkTarget;
+            var timeNamespace = new FileInfo($"{ProcRoot}/self/ns/time").LinkTarget ?? "";
+            if (!File.ReadAllText($"{ProcRoot}/self/stat").StartsWith($"{Environment.ProcessId.ToString(CultureInfo.InvariantCulture)} (", StringComparison.Ordinal))
+                return null;
             var fields = ParseStat(File.ReadAllText($"{ProcRoot}/{pid.ToString(CultureInfo.InvariantCulture)}/stat"));
             return bootId.Length == 0 || string.IsNullOrEmpty(pidNamespace) || fields is null
                 ? null
-                : new HolderProcess(bootId, pidNamespace, pid, fields.Value.StartTicks);
+                : new HolderProcess(bootId, $"{pidNamespace} {timeNamespace}".TrimEnd(), pid, fields.Value.StartTicks);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {

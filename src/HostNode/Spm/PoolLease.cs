@@ -68,6 +68,8 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
     private LeaseRecord? _observed;
     private long _observedSince;
     private int _observing;
+    // the highest generation this process ever read: a record that went missing or back is never taken with a token used before
+    private long _highestGeneration;
     private readonly CancellationTokenSource _disposed = new();
 
     public PoolLease(string path, string holder, TimeSpan period, TimeSpan margin)
@@ -121,6 +123,7 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
                 _observed = record;
                 _observedSince = Stopwatch.GetTimestamp();
             }
+            _highestGeneration = Math.Max(_highestGeneration, record.Generation);
         }
         return record;
     }
@@ -162,8 +165,19 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
 
     public async Task<LeaseRecord> ReadAsync(CancellationToken ct = default)
     {
-        if (!IOFile.Exists(_path)) return Observed(LeaseRecord.None);
-        var values = await KeyValueFile.ReadAsync(_path, ct);
+        IReadOnlyDictionary<string, string> values;
+        try
+        {
+            // Opened, not asked whether it exists: File.Exists says no on any error (permission, a stale NFS handle), and a
+            // lease read as free is taken without a watch.
+            await using (IOFile.OpenRead(_path)) { }
+            values = await KeyValueFile.ReadAsync(_path, ct);
+        }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException
+                                       || e is OperationFailedException { InnerException: FileNotFoundException or DirectoryNotFoundException })
+        {
+            return Observed(LeaseRecord.None);
+        }
         long Number(string key) =>
             values.TryGetValue(key, out var text) && long.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var n)
                 ? n
@@ -226,8 +240,13 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
         }
         // Re-read just before writing: a competitor that wrote meanwhile wins.
         if (await ReadAsync(ct) != seen) return Attempted(LeaseAttempt.LostRace);
-        var mine = new LeaseRecord(Holder, seen.Generation + 1, 0, HolderProcess.Current);
-        await WriteAsync(mine, ct);
+        long next;
+        lock (_gate) next = Math.Max(seen.Generation, _highestGeneration) + 1;
+        var mine = new LeaseRecord(Holder, next, 0, HolderProcess.Current);
+        // Replaced only if the record is still the one seen, checked after the fsync (as a renewal does).
+        Directory.CreateDirectory(Path.GetDirectoryName(_path)!);
+        if (!await KeyValueFile.WriteAtomicallyIfAsync(_path, Values(mine), async () => await ReadAsync(ct) == seen, ct))
+            return Attempted(LeaseAttempt.LostRace);
         // Two acquirers that both passed the re-read: the last write stands, and the margin lets both see it.
         await Task.Delay(_margin, ct);
         if (await ReadAsync(ct) != mine) return Attempted(LeaseAttempt.LostRace);

@@ -82,7 +82,7 @@ public sealed class MigrationSagaTests
     {
         var saga = new SagaDriver().Begin(MigrationStrategy.PreCopy);
         saga.Succeed(); // CloneImageStructure
-        saga.Succeed(saga.Image, bytes: 300); // StartReplication: the mirror's bytes
+        saga.Succeed(saga.Image, bytes: 300); // StartReplication (bytes as any step's outcome may report them)
         saga.Succeed(saga.Image, bytes: 700); // SyncInternalVolumes: the internal layers
         saga.SucceedAll(saga.Image);
 

@@ -174,6 +174,31 @@ public sealed class PoolLeaseTests : Akka.TestKit.Xunit2.TestKit
     }
 
     [Fact]
+    public async Task A_zombie_holder_is_not_proven_gone()
+    {
+        // sh starts a short sleep in the background, then becomes a long sleep that never reaps it: a zombie for 30 s
+        using var parent = Process.Start(new ProcessStartInfo("sh", ["-c", "sleep 0.2 & echo $!; exec sleep 30"])
+        {
+            UseShellExecute = false,
+            RedirectStandardOutput = true,
+        })!;
+        try
+        {
+            var zombie = int.Parse((await parent.StandardOutput.ReadLineAsync())!.Trim());
+            var holder = HolderProcess.Read(zombie)!;
+            var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+            while (!System.IO.File.ReadAllText($"/proc/{zombie}/stat").Contains(") Z ") && DateTime.UtcNow < deadline) await Task.Delay(50);
+            Assert.Contains(") Z ", System.IO.File.ReadAllText($"/proc/{zombie}/stat"));
+            Assert.False(holder.IsProvablyGone()); // its other threads could still be in a write: not proven
+        }
+        finally
+        {
+            parent.Kill();
+            await parent.WaitForExitAsync();
+        }
+    }
+
+    [Fact]
     public async Task A_record_without_the_holders_process_still_reads_and_is_watched_out()
     {
         // written before records named the process

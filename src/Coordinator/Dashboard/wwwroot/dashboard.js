@@ -144,6 +144,7 @@
     // The newest page only: with thousands of migrations the API's default page (500, every disk and step) took the
     // refresh past 200 ms (bench control-plane, 10,000 in flight), and a page of hundreds is more than anyone reads.
     const response = await api("/api/migrations?limit=" + MIGRATIONS_SHOWN);
+    state.migrationTotal = null; // until this answer says
     if (response.ok) {
       state.richMigrations = true;
       const body = await response.json();
@@ -524,7 +525,7 @@
       // What people read is what is left, not a share of a total that grows under a writing guest.
       const left = m.status === "completed" ? "done" : total > 0 ? bytes(Math.max(0, total - Number(disk.done))) + " left" : "";
       // A finished disk's last step (the source's deletion) copied nothing: say what all its steps copied instead.
-      const copied = m.finished && Number(disk.copied) > 0 ? " · " + bytes(Number(disk.copied)) + " copied" : "";
+      const copied = disk.phase === "Completed" && Number(disk.copied) > 0 ? " · " + bytes(Number(disk.copied)) + " copied" : "";
       const plan = m.strategy === "post-copy" ? POST_COPY : PRE_COPY;
       const seen = new Map();
       (disk.timings || []).forEach((t) => seen.set(t.step, t));
