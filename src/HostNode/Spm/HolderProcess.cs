@@ -4,14 +4,15 @@ using System.Runtime.InteropServices;
 namespace LiveMigration.HostNode.Spm;
 
 /// <summary>
-/// The process that holds the SPM lease, as the lease record names it: the kernel it runs under (its boot id), its pid
-/// namespace, its pid and the pid's start time. Enough for an acquirer under the same kernel and pid namespace to prove the
+/// The process that holds the SPM lease, as the lease record names it: the kernel it runs under (its boot id), its pid and
+/// time namespaces, its pid and the pid's start time. Enough for an acquirer under the same kernel and namespaces to prove the
 /// holder dead (no process with its pid, or the pid now another process's, started at another time) and take the lease at once instead of
 /// watching the record for a period, as sanlock frees the leases of a host that came back under a new generation of its
 /// host id. That is the usual case of a crash: the HostNode restarted on the same machine. A holder on another kernel, or
 /// one alive but frozen or cut off, is proven nothing about, and the acquirer watches the record as before.
 /// </summary>
-public sealed record HolderProcess(string BootId, string PidNamespace, int Pid, long StartTicks)
+/// <param name="Namespaces">The pid and time namespaces, as /proc/self/ns names them ("pid:[…] time:[…]").</param>
+public sealed record HolderProcess(string BootId, string Namespaces, int Pid, long StartTicks)
 {
     private const string ProcRoot = "/proc";
     private const int NoSuchProcess = 3; // ESRCH
@@ -22,21 +23,21 @@ public sealed record HolderProcess(string BootId, string PidNamespace, int Pid, 
 
     /// <summary>
     /// True only when this process can tell for certain that the holder no longer runs: same kernel (boot id) and the same
-    /// pid namespace as this one, and no process with its pid (the kernel says so: kill(pid, 0) fails with ESRCH, which no
+    /// namespaces as this one, and no process with its pid (the kernel says so: kill(pid, 0) fails with ESRCH, which no
     /// /proc mount option hides), or its pid now run by a process that started at another time. A process that is gone
     /// writes nothing more, so the lease it held is as good as released. A zombie still counts as alive (other threads of
     /// it may still be in a write), and so does anything this process cannot read or compare.
     /// </summary>
     public bool IsProvablyGone()
     {
-        if (Current is not { } self || self.BootId != BootId || self.PidNamespace != PidNamespace) return false;
+        if (Current is not { } self || self.BootId != BootId || self.Namespaces != Namespaces) return false;
         if (Pid == self.Pid && StartTicks == self.StartTicks) return false; // this very process
         if (Pid <= 0) return false;
         if (Kill(Pid, 0) != 0) return Marshal.GetLastPInvokeError() == NoSuchProcess;
         try
         {
-            return ParseStat(File.ReadAllText($"{ProcRoot}/{Pid.ToString(CultureInfo.InvariantCulture)}/stat")) is { } fields
-                   && fields.StartTicks != StartTicks;
+            return StartTicksOf(File.ReadAllText($"{ProcRoot}/{Pid.ToString(CultureInfo.InvariantCulture)}/stat")) is { } start
+                   && start != StartTicks;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
@@ -59,10 +60,10 @@ public sealed record HolderProcess(string BootId, string PidNamespace, int Pid, 
             var timeNamespace = new FileInfo($"{ProcRoot}/self/ns/time").LinkTarget ?? "";
             if (!File.ReadAllText($"{ProcRoot}/self/stat").StartsWith($"{Environment.ProcessId.ToString(CultureInfo.InvariantCulture)} (", StringComparison.Ordinal))
                 return null;
-            var fields = ParseStat(File.ReadAllText($"{ProcRoot}/{pid.ToString(CultureInfo.InvariantCulture)}/stat"));
-            return bootId.Length == 0 || string.IsNullOrEmpty(pidNamespace) || fields is null
+            var start = StartTicksOf(File.ReadAllText($"{ProcRoot}/{pid.ToString(CultureInfo.InvariantCulture)}/stat"));
+            return bootId.Length == 0 || string.IsNullOrEmpty(pidNamespace) || start is null
                 ? null
-                : new HolderProcess(bootId, $"{pidNamespace} {timeNamespace}".TrimEnd(), pid, fields.Value.StartTicks);
+                : new HolderProcess(bootId, $"{pidNamespace} {timeNamespace}".TrimEnd(), pid, start.Value);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
@@ -70,16 +71,13 @@ public sealed record HolderProcess(string BootId, string PidNamespace, int Pid, 
         }
     }
 
-    /// <summary>State and start time (clock ticks after boot) from /proc/PID/stat: "pid (comm) state ppid …", comm may hold spaces and parentheses.</summary>
-    private static (char State, long StartTicks)? ParseStat(string stat)
+    /// <summary>The start time (clock ticks after boot) from /proc/PID/stat: "pid (comm) state ppid …", comm may hold spaces and parentheses.</summary>
+    private static long? StartTicksOf(string stat)
     {
         var close = stat.LastIndexOf(')');
         if (close < 0 || close + 2 >= stat.Length) return null;
         var fields = stat[(close + 2)..].Split(' ');
         // fields[0] is the state (field 3 of proc(5)), so field 22, the start time, is fields[19]
-        return fields.Length > 19 && fields[0].Length == 1
-               && long.TryParse(fields[19], NumberStyles.None, CultureInfo.InvariantCulture, out var start)
-            ? (fields[0][0], start)
-            : null;
+        return fields.Length > 19 && long.TryParse(fields[19], NumberStyles.None, CultureInfo.InvariantCulture, out var start) ? start : null;
     }
 }

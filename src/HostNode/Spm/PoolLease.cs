@@ -184,7 +184,7 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
                 : throw new OperationFailedException(ErrorCodes.IoError, $"lease record {_path} has no valid {key}");
         HolderProcess? process = null;
         if (values.TryGetValue("BOOT", out var boot))
-            process = new HolderProcess(boot, values.GetValueOrDefault("PIDNS", ""), checked((int)Number("PID")), Number("PIDSTART"));
+            process = new HolderProcess(boot, values.GetValueOrDefault("NAMESPACES", ""), checked((int)Number("PID")), Number("PIDSTART"));
         return Observed(new LeaseRecord(values.GetValueOrDefault("HOLDER", ""), Number("GENERATION"), Number("RENEWAL"), process));
     }
 
@@ -201,7 +201,7 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
         yield return new("RENEWAL", record.Renewal.ToString(CultureInfo.InvariantCulture));
         if (record.Process is not { } process) yield break;
         yield return new("BOOT", process.BootId);
-        yield return new("PIDNS", process.PidNamespace);
+        yield return new("NAMESPACES", process.Namespaces);
         yield return new("PID", process.Pid.ToString(CultureInfo.InvariantCulture));
         yield return new("PIDSTART", process.StartTicks.ToString(CultureInfo.InvariantCulture));
     }

@@ -170,7 +170,7 @@ public sealed class PoolLeaseTests : Akka.TestKit.Xunit2.TestKit
     {
         var self = HolderProcess.Current!;
         Assert.True((self with { StartTicks = self.StartTicks - 1 }).IsProvablyGone());
-        Assert.False((self with { PidNamespace = "pid:[1]" }).IsProvablyGone()); // another namespace's pid 'self' tells nothing
+        Assert.False((self with { Namespaces = "pid:[1]" }).IsProvablyGone()); // another namespace's pid 'self' tells nothing
     }
 
     [Fact]
@@ -217,7 +217,7 @@ public sealed class PoolLeaseTests : Akka.TestKit.Xunit2.TestKit
     {
         Directory.CreateDirectory(Path.GetDirectoryName(_path)!);
         System.IO.File.WriteAllText(_path + ".other",
-            $"HOLDER={holder}\nGENERATION={generation}\nRENEWAL=1\nBOOT={process.BootId}\nPIDNS={process.PidNamespace}\n" +
+            $"HOLDER={holder}\nGENERATION={generation}\nRENEWAL=1\nBOOT={process.BootId}\nNAMESPACES={process.Namespaces}\n" +
             $"PID={process.Pid}\nPIDSTART={process.StartTicks}\n");
         System.IO.File.Move(_path + ".other", _path, overwrite: true);
     }
