@@ -1,5 +1,7 @@
 using Akka.Actor;
 using Akka.Cluster.Hosting;
+using Akka.Cluster.Tools.Singleton;
+using Akka.Coordination;
 using Akka.Cluster.Tools.PublishSubscribe;
 using Akka.Event;
 using Akka.Hosting;
@@ -71,16 +73,26 @@ public static class HostNodeHosting
         if (lease is null)
             return builder.WithSingleton<SpmKey>(SpmActor.SingletonName, SpmActor.Props(pool, maxConcurrentCopies: maxCopies),
                 new ClusterSingletonOptions { Role = SpmRole }, createProxyToo: false);
-        var option = new FileLeaseOption(lease);
-        option.Apply(builder);
-        return builder.WithSingleton<SpmKey>(SpmActor.SingletonName, SpmActor.Leased(pool, lease.Path, maxCopies),
-            new ClusterSingletonOptions
-            {
-                Role = SpmRole,
-                LeaseImplementation = option,
-                // A failed acquisition already watched the record for a period: try again soon after.
-                LeaseRetryInterval = lease.Period / 3,
-            }, createProxyToo: false);
+        new FileLeaseOption(lease).Apply(builder);
+        return builder.WithActors((system, registry) =>
+        {
+            // Made here rather than with WithSingleton for the one setting Akka.Hosting does not pass: the removal margin. A
+            // member the resolver downed may still run its singletons for a while, so a singleton manager waits that margin
+            // (the resolver's stable-after, 20 s) after the removal before it starts one elsewhere. The SPM needs no such
+            // wait: it starts only under the pool's lease, which a downed SPM still running keeps renewing until the changes
+            // it started have ended (PoolLease.ReleaseAsync; the new one waits for it), and which a dead or frozen one
+            // renews no more. lsm local up --spm-hosts 2 with host-1 frozen: the SPM ran on host-2 50 s after the freeze,
+            // 20 s of it this margin.
+            var settings = ClusterSingletonManagerSettings.Create(system)
+                .WithRole(SpmRole)
+                .WithSingletonName(SpmActor.SingletonName)
+                .WithRemovalMargin(TimeSpan.FromMilliseconds(1)) // zero would mean the resolver's margin
+                // a failed acquisition already watched the record for a period: try again soon after
+                .WithLeaseSettings(new LeaseUsageSettings(SpmLeaseSettings.ConfigPath, lease.Period / 3));
+            var manager = system.ActorOf(ClusterSingletonManager.Props(SpmActor.Leased(pool, lease.Path, maxCopies), PoisonPill.Instance, settings),
+                SpmActor.SingletonName);
+            registry.Register<SpmKey>(manager);
+        });
     }
 
     public const string HostRole = "host";

@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using System.Runtime.CompilerServices;
 using Akka.Actor;
 using Akka.Coordination;
+using Akka.Event;
 
 namespace LiveMigration.HostNode.Spm;
 
@@ -29,6 +30,7 @@ public sealed class FileLease : Lease
     /// <summary>The lease each actor system's FileLease uses, by file: what the singleton it guards must fence its writes with.</summary>
     private static readonly ConditionalWeakTable<ActorSystem, ConcurrentDictionary<string, PoolLease>> BySystem = new();
     private readonly PoolLease _lease;
+    private readonly ILoggingAdapter _log;
 
     public FileLease(LeaseSettings settings, ExtendedActorSystem system) : base(settings)
     {
@@ -38,6 +40,7 @@ public sealed class FileLease : Lease
         var period = settings.TimeoutSettings.HeartbeatTimeout;
         var margin = config.GetTimeSpan("margin", TimeSpan.FromTicks(period.Ticks / 6), allowInfinite: false);
         _lease = For(path, settings.OwnerName, period, margin);
+        _log = Logging.GetLogger(system, typeof(FileLease));
         // made on every SPM-capable node by its singleton manager: each reads the record from now on, so the one that takes
         // over has counted the holder's silence already
         _lease.StartObserving();
@@ -69,7 +72,12 @@ public sealed class FileLease : Lease
 
     public override async Task<bool> Release()
     {
+        var changes = _lease.ChangesInProgress;
+        if (changes > 0)
+            _log.Info("Releasing the SPM lease {0} once the {1} storage change(s) it fenced that are under way ended (the SPM stops them)",
+                Settings.LeaseName, changes);
         await _lease.ReleaseAsync();
+        _log.Info("Released the SPM lease {0}", Settings.LeaseName);
         return true;
     }
 }

@@ -32,7 +32,7 @@ public enum LeaseAttempt
     TakenExpiredAsObserved,
     /// <summary>Took it without watching: the holder's process, under this same kernel, is gone (<see cref="HolderProcess.IsProvablyGone"/>).</summary>
     TakenFromGoneHolder,
-    /// <summary>The record changed while watched (its holder renewed or released it, or another took it): not taken.</summary>
+    /// <summary>The record changed while watched (its holder renewed it, or another took it): not taken. (Released: taken as free.)</summary>
     RecordChanged,
     /// <summary>This instance held it already.</summary>
     AlreadyHeld,
@@ -71,6 +71,10 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
     // the highest generation this process ever read: a record that went missing or back is never taken with a token used before
     private long _highestGeneration;
     private readonly CancellationTokenSource _disposed = new();
+    // The storage changes under way that this lease fenced (BeginChangeAsync), and a task that ends when none is: a release
+    // waits for it, so the record is freed only once nothing this holder started can still write.
+    private int _changes;
+    private TaskCompletionSource _noChanges = Ended();
 
     public PoolLease(string path, string holder, TimeSpan period, TimeSpan margin)
     {
@@ -235,7 +239,14 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
                 watched = true;
                 var rest = _period + _margin - unchanged + TimeSpan.FromMilliseconds(1);
                 await Task.Delay(rest < _period / 3 ? rest : _period / 3, ct);
-                if (await ReadAsync(ct) != seen) return Attempted(LeaseAttempt.RecordChanged);
+                var now = await ReadAsync(ct);
+                if (now.IsFree)
+                {
+                    // released while watched (its holder's changes all ended): taken as a free one, now, not at the next ask
+                    seen = now;
+                    break;
+                }
+                if (now != seen) return Attempted(LeaseAttempt.RecordChanged);
             }
         }
         // Re-read just before writing: a competitor that wrote meanwhile wins.
@@ -349,6 +360,56 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
         }
     }
 
+    /// <summary>How many storage changes this lease fenced are under way (a release waits for them).</summary>
+    public int ChangesInProgress
+    {
+        get { lock (_gate) return _changes; }
+    }
+
+    public async Task<IDisposable> BeginChangeAsync(CancellationToken ct = default)
+    {
+        lock (_gate)
+        {
+            if (!_held)
+                throw new OperationFailedException(ErrorCodes.Fenced, $"this host ('{Holder}') does not hold the SPM lease {_path}: it changes no storage");
+            if (_changes++ == 0) _noChanges = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        }
+        var change = new Change(this);
+        try
+        {
+            await CheckAsync(ct);
+            return change;
+        }
+        catch
+        {
+            change.Dispose();
+            throw;
+        }
+    }
+
+    private void EndChange()
+    {
+        lock (_gate)
+            if (--_changes == 0) _noChanges.TrySetResult();
+    }
+
+    private sealed class Change(PoolLease lease) : IDisposable
+    {
+        private int _ended;
+
+        public void Dispose()
+        {
+            if (Interlocked.Exchange(ref _ended, 1) == 0) lease.EndChange();
+        }
+    }
+
+    private static TaskCompletionSource Ended()
+    {
+        var ended = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        ended.SetResult();
+        return ended;
+    }
+
     /// <summary>
     /// Stops renewing while still believing the lease held: what a holder paused (GC, SIGSTOP) or cut off from the
     /// storage looks like to the others. For tests of fencing.
@@ -358,11 +419,17 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
         lock (_gate) _renewing?.Cancel();
     }
 
-    /// <summary>Stops renewing and, when the record is still this holder's, marks it free so the next SPM need not wait a period.</summary>
+    /// <summary>
+    /// Gives the lease up: refuses every new change at once, waits until the changes it fenced that are under way ended
+    /// (renewing meanwhile, so no other SPM starts beside them: an SPM that stops cancels its copies, whose qemu-img is
+    /// killed and reaped, which may take seconds), then stops renewing and, when the record is still this holder's,
+    /// marks it free so the next SPM need not wait a period.
+    /// </summary>
     public async Task ReleaseAsync(CancellationToken ct = default)
     {
         CancellationTokenSource? renewing;
         long generation;
+        Task noChanges, renewal;
         lock (_gate)
         {
             renewing = _renewing;
@@ -371,10 +438,13 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
             var wasHeld = _held;
             _held = false;
             _lost = null;
+            noChanges = _noChanges.Task;
+            renewal = _renewal;
             if (!wasHeld && renewing is null) return;
         }
+        await noChanges.WaitAsync(ct);
         renewing?.Cancel();
-        await _renewal;
+        await renewal;
         renewing?.Dispose();
         var current = await ReadAsync(ct);
         if (current.Holder == Holder && current.Generation == generation)

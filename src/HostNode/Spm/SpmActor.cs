@@ -158,14 +158,17 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
 
     protected override void PostStop()
     {
+        // Its copies stop (their qemu-img killed and reaped); the lease is released only once they did (PoolLease.ReleaseAsync).
         _stopped.Cancel();
-        // Stopped because the lease was lost (its singleton manager stops it at once): the steps in flight are refused
-        // FENCED now, so the saga retries them at the SPM that holds the lease instead of waiting out its deadline.
-        if (_fence is not { Generation: 0 }) return;
-        _log.Warning("SPM stopped: the pool's lease is lost; {Count} steps in flight are refused FENCED", _ledger.Running.Count());
+        // Stopped by its singleton manager (the lease lost, the singleton handed over, the node leaving): no step in flight
+        // gets an answer from here, so each is refused FENCED now and the saga retries it at the next SPM (which starts
+        // only once this one's changes ended) instead of waiting out the step's deadline.
+        if (_fence is null) return;
+        _log.Warning("SPM stopped (its lease lost, or its singleton moving): {Count} steps in flight are refused FENCED", _ledger.Running.Count());
         foreach (var operation in _ledger.Running.ToList())
             Finish(operation, new OperationFailed(operation, ErrorCodes.Fenced,
-                $"this SPM lost the pool's lease during {operation.Step}: it changes nothing more; the SPM that holds the lease runs it", Transient: true));
+                $"the SPM stopped during {operation.Step} (its lease lost, or its singleton moving): it changes nothing more; the SPM that holds the lease next runs it",
+                Transient: true));
     }
 
     /// <summary>The steps this actor runs; the others belong to the HSM of the VM's host.</summary>

@@ -12,6 +12,13 @@ public interface IStorageFence
     long Generation { get; }
 
     Task CheckAsync(CancellationToken ct = default);
+
+    /// <summary>
+    /// <see cref="CheckAsync"/>, and the change counted as in progress until the result is disposed: a lease is not
+    /// released (so no other SPM starts) while a change it fenced may still write, such as a copy whose qemu-img is
+    /// being killed.
+    /// </summary>
+    Task<IDisposable> BeginChangeAsync(CancellationToken ct = default);
 }
 
 /// <summary>
@@ -33,7 +40,8 @@ public static class AmbientFence
 
 /// <summary>
 /// A domain whose every change first passes the fence, so an SPM that lost its lease (paused, partitioned) cannot
-/// change anything even before it notices. Reads pass straight through.
+/// change anything even before it notices, and is counted by the fence while it runs, so an SPM that gives its lease up
+/// does so only once its changes ended. Reads pass straight through.
 /// </summary>
 public sealed class FencedStorageDomain(IStorageDomain inner, IStorageFence fence) : IStorageDomain
 {
@@ -49,14 +57,14 @@ public sealed class FencedStorageDomain(IStorageDomain inner, IStorageFence fenc
 
     public async Task<VolumeInfo> CreateVolumeAsync(NewVolume spec, IStorageDomain? parentDomain = null, CancellationToken ct = default)
     {
-        await fence.CheckAsync(ct);
+        using var change = await fence.BeginChangeAsync(ct);
         AmbientFence.Enter(fence);
         return await inner.CreateVolumeAsync(spec, Unwrap(parentDomain), ct);
     }
 
     public async Task<ImageInfo> CloneImageStructureAsync(IStorageDomain source, ImageId image, VolumeOwner owner, CancellationToken ct = default)
     {
-        await fence.CheckAsync(ct);
+        using var change = await fence.BeginChangeAsync(ct);
         AmbientFence.Enter(fence);
         return await inner.CloneImageStructureAsync(Unwrap(source)!, image, owner, ct);
     }
@@ -64,7 +72,7 @@ public sealed class FencedStorageDomain(IStorageDomain inner, IStorageFence fenc
     public async Task<VolumeInfo> CopyVolumeDataAsync(IStorageDomain source, ImageId image, VolumeId volume,
         IProgress<CopyProgress>? progress = null, CancellationToken ct = default, CopyRate? rate = null)
     {
-        await fence.CheckAsync(ct);
+        using var change = await fence.BeginChangeAsync(ct);
         AmbientFence.Enter(fence);
         return await inner.CopyVolumeDataAsync(Unwrap(source)!, image, volume, progress, ct, rate);
     }
@@ -72,42 +80,42 @@ public sealed class FencedStorageDomain(IStorageDomain inner, IStorageFence fenc
     public async Task<VolumeInfo> SetParentAsync(ImageId image, VolumeId volume, VolumeRef newParent, IStorageDomain? parentDomain,
         bool rewriteHeader, CancellationToken ct = default)
     {
-        await fence.CheckAsync(ct);
+        using var change = await fence.BeginChangeAsync(ct);
         AmbientFence.Enter(fence);
         return await inner.SetParentAsync(image, volume, newParent, Unwrap(parentDomain), rewriteHeader, ct);
     }
 
     public async Task<VolumeInfo> MarkLegalAsync(ImageId image, VolumeId volume, CancellationToken ct = default)
     {
-        await fence.CheckAsync(ct);
+        using var change = await fence.BeginChangeAsync(ct);
         AmbientFence.Enter(fence);
         return await inner.MarkLegalAsync(image, volume, ct);
     }
 
     public async Task DeleteImageAsync(ImageId image, CancellationToken ct = default)
     {
-        await fence.CheckAsync(ct);
+        using var change = await fence.BeginChangeAsync(ct);
         AmbientFence.Enter(fence);
         await inner.DeleteImageAsync(image, ct);
     }
 
     public async Task<IReadOnlyList<VolumeInfo>> DeleteOwnedVolumesAsync(ImageId image, VolumeOwner owner, CancellationToken ct = default)
     {
-        await fence.CheckAsync(ct);
+        using var change = await fence.BeginChangeAsync(ct);
         AmbientFence.Enter(fence);
         return await inner.DeleteOwnedVolumesAsync(image, owner, ct);
     }
 
     public async Task<IReadOnlyList<VolumeInfo>> RemoveIllegalLeftoversAsync(IReadOnlySet<ImageId> inUse, CancellationToken ct = default)
     {
-        await fence.CheckAsync(ct);
+        using var change = await fence.BeginChangeAsync(ct);
         AmbientFence.Enter(fence);
         return await inner.RemoveIllegalLeftoversAsync(inUse, ct);
     }
 
     public async Task MarkMigrationEndedAsync(MigrationId migration, CancellationToken ct = default)
     {
-        await fence.CheckAsync(ct);
+        using var change = await fence.BeginChangeAsync(ct);
         AmbientFence.Enter(fence);
         await inner.MarkMigrationEndedAsync(migration, ct);
     }

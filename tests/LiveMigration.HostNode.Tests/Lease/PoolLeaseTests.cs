@@ -26,6 +26,7 @@ public sealed class PoolLeaseTests : Akka.TestKit.Xunit2.TestKit
         """)) { }
 
     private PoolLease Lease(string holder) => new(_path, holder, Period, Margin);
+    private PoolLease Lease(string holder, TimeSpan period) => new(_path, holder, period, Margin);
 
     [Fact]
     public async Task One_holder_at_a_time_and_a_released_lease_is_taken_at_once_with_the_next_generation()
@@ -220,6 +221,54 @@ public sealed class PoolLeaseTests : Akka.TestKit.Xunit2.TestKit
             $"HOLDER={holder}\nGENERATION={generation}\nRENEWAL=1\nBOOT={process.BootId}\nNAMESPACES={process.Namespaces}\n" +
             $"PID={process.Pid}\nPIDSTART={process.StartTicks}\n");
         System.IO.File.Move(_path + ".other", _path, overwrite: true);
+    }
+
+    [Fact]
+    public async Task A_release_refuses_new_changes_at_once_but_frees_the_record_only_once_the_changes_under_way_ended()
+    {
+        // A longer period: the taker's reads come a second apart, time enough for the release to end between two.
+        await using var a = Lease("host-a", TimeSpan.FromSeconds(3));
+        await using var b = Lease("host-b", TimeSpan.FromSeconds(3));
+        Assert.True(await a.TryAcquireAsync());
+        var copy = await a.BeginChangeAsync(); // a copy whose qemu-img is still being killed
+        Assert.Equal(1, a.ChangesInProgress);
+
+        var release = a.ReleaseAsync();
+        // Nothing new starts under a lease being given up…
+        var refused = await Assert.ThrowsAsync<OperationFailedException>(() => a.BeginChangeAsync());
+        Assert.Equal(ErrorCodes.Fenced, refused.Code);
+        // …and the change under way keeps it: still a's record, still renewed, so another SPM cannot start beside it.
+        var before = await a.ReadAsync();
+        Assert.Equal("host-a", before.Holder);
+        Assert.False(await b.TryAcquireAsync());
+        Assert.Equal(LeaseAttempt.RecordChanged, b.LastAttempt);
+        Assert.False(release.IsCompleted);
+
+        // The next taker is watching when the change ends: it takes the lease as soon as it is freed, not a period later.
+        var taking = b.TryAcquireAsync();
+        copy.Dispose();
+        await release;
+        Assert.Equal(0, a.ChangesInProgress);
+        Assert.True(await taking);
+        Assert.Equal(LeaseAttempt.TakenFree, b.LastAttempt);
+        Assert.Equal(2, b.Generation);
+        await ContractAssertFenced(a);
+    }
+
+    [Fact]
+    public async Task A_change_refused_by_the_fence_is_not_counted_as_under_way()
+    {
+        await using var a = Lease("host-a");
+        await using var b = Lease("host-b");
+        Assert.True(await a.TryAcquireAsync());
+        a.StopRenewing(); // paused
+        Assert.True(await b.TryAcquireAsync());
+
+        var stale = await Assert.ThrowsAsync<OperationFailedException>(() => a.BeginChangeAsync());
+        Assert.Equal(ErrorCodes.Fenced, stale.Code);
+        Assert.Equal(0, a.ChangesInProgress);
+        await a.ReleaseAsync(); // nothing to wait for, and b's record is left alone
+        Assert.Equal("host-b", (await b.ReadAsync()).Holder);
     }
 
     [Fact]
