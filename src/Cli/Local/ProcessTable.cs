@@ -1,4 +1,4 @@
-using System.Runtime.InteropServices;
+using LiveMigration.Shared.Processes;
 
 namespace LiveMigration.Cli.Local;
 
@@ -12,33 +12,17 @@ public static class ProcessTable
     public const int SigKill = 9;
 
     /// <summary>The process's start time in clock ticks since boot (field 22 of /proc/PID/stat), or null when it is gone.</summary>
-    public static long? StartTime(int pid)
-    {
-        var fields = StatFields(pid);
-        // fields[0] is the state (field 3); the start time is field 22.
-        return fields is not null && fields.Length > 19 && long.TryParse(fields[19], out var ticks) ? ticks : null;
-    }
+    public static long? StartTime(int pid) => ProcStat.Read(pid)?.StartTicks;
 
     /// <summary>The CPU time (user and system) the process has used since it started, or null when it is gone.</summary>
-    public static TimeSpan? CpuTime(int pid)
-    {
-        var fields = StatFields(pid);
-        // utime and stime are fields 14 and 15, in USER_HZ ticks: 100 a second on every Linux the runtime supports.
-        return fields is not null && fields.Length > 12 && long.TryParse(fields[11], out var user) && long.TryParse(fields[12], out var system)
-            ? TimeSpan.FromSeconds((user + system) / 100.0)
-            : null;
-    }
+    public static TimeSpan? CpuTime(int pid) => ProcStat.Read(pid)?.CpuTime;
 
     /// <summary>
     /// True while the pid runs (a zombie counts as gone: it serves nothing) and, when <paramref name="startTime"/>
     /// is given, is the same process as the one recorded then.
     /// </summary>
-    public static bool IsAlive(int pid, long? startTime = null)
-    {
-        var fields = StatFields(pid);
-        if (fields is null || fields.Length < 20 || fields[0] is "Z" or "X" or "x") return false;
-        return startTime is null || (long.TryParse(fields[19], out var ticks) && ticks == startTime);
-    }
+    public static bool IsAlive(int pid, long? startTime = null) =>
+        ProcStat.Read(pid) is { IsZombie: false } stat && (startTime is null || stat.StartTicks == startTime);
 
     /// <summary>The process's arguments (/proc/PID/cmdline), empty when it is gone.</summary>
     public static IReadOnlyList<string> CommandLine(int pid)
@@ -49,7 +33,7 @@ public static class ProcessTable
     }
 
     /// <summary>Sends a signal; false when the process is already gone.</summary>
-    public static bool Signal(int pid, int signal) => pid > 0 && Kill(pid, signal) == 0;
+    public static bool Signal(int pid, int signal) => ProcessSignals.Send(pid, signal);
 
     /// <summary>Waits until every process is gone or the time is up; returns the ones still running.</summary>
     public static async Task<IReadOnlyList<T>> WaitGoneAsync<T>(IReadOnlyList<T> processes, Func<T, bool> alive, TimeSpan limit, CancellationToken ct = default)
@@ -68,24 +52,8 @@ public static class ProcessTable
     /// True while /proc still lists the pid as that process, zombie included. A node that is not our child is
     /// reaped by init once it exits; until then it is dead but still listed.
     /// </summary>
-    public static bool IsListed(int pid, long? startTime = null)
-    {
-        var fields = StatFields(pid);
-        return fields is not null && (startTime is null || (fields.Length > 19 && long.TryParse(fields[19], out var ticks) && ticks == startTime));
-    }
-
-    private static string[]? StatFields(int pid)
-    {
-        try
-        {
-            var stat = File.ReadAllText($"/proc/{pid}/stat");
-            // The command name (field 2) may hold spaces and parentheses: the fields start after the last ')'.
-            var close = stat.LastIndexOf(')');
-            return close < 0 ? null : stat[(close + 2)..].Split(' ', StringSplitOptions.RemoveEmptyEntries);
-        }
-        catch (IOException) { return null; }
-        catch (UnauthorizedAccessException) { return null; }
-    }
+    public static bool IsListed(int pid, long? startTime = null) =>
+        ProcStat.Read(pid) is { } stat && (startTime is null || stat.StartTicks == startTime);
 
     /// <summary>The real user id a process runs as (the Uid line of /proc/PID/status), or null when it is gone.</summary>
     public static int? OwnerUid(int pid)
@@ -101,7 +69,4 @@ public static class ProcessTable
 
     /// <summary>This process's own user id.</summary>
     public static int? OwnUid => OwnerUid(Environment.ProcessId);
-
-    [DllImport("libc", EntryPoint = "kill", SetLastError = true)]
-    private static extern int Kill(int pid, int signal);
 }

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using LiveMigration.Shared.Processes;
 
 namespace LiveMigration.HostNode.Processes;
 
@@ -22,7 +23,7 @@ public static class OrphanCopies
             if (!int.TryParse(Path.GetFileName(dir), out var pid)) continue;
             try
             {
-                if (ParentOf(File.ReadAllText(Path.Combine(dir, "stat"))) != 1) continue;
+                if (ProcStat.Read(pid) is not { ParentPid: 1 }) continue;
                 var args = File.ReadAllText(Path.Combine(dir, "cmdline")).Split('\0', StringSplitOptions.RemoveEmptyEntries);
                 if (args.Length < 2 || Path.GetFileName(args[0]) != "qemu-img" || args[1] != "convert") continue;
                 if (!args.Any(a => roots.Any(r => a.StartsWith(r, StringComparison.Ordinal)))) continue;
@@ -39,12 +40,5 @@ public static class OrphanCopies
             }
         }
         return killed;
-    }
-
-    /// <summary>The parent pid from /proc/PID/stat ("pid (comm) state ppid …"; comm may hold spaces and parentheses).</summary>
-    internal static int ParentOf(string stat)
-    {
-        var afterComm = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
-        return int.Parse(afterComm[1], System.Globalization.CultureInfo.InvariantCulture);
     }
 }

@@ -1,5 +1,4 @@
-using System.Globalization;
-using System.Runtime.InteropServices;
+using LiveMigration.Shared.Processes;
 
 namespace LiveMigration.HostNode.Spm;
 
@@ -15,7 +14,6 @@ namespace LiveMigration.HostNode.Spm;
 public sealed record HolderProcess(string BootId, string Namespaces, int Pid, long StartTicks)
 {
     private const string ProcRoot = "/proc";
-    private const int NoSuchProcess = 3; // ESRCH
     private static readonly Lazy<HolderProcess?> This = new(() => Read(Environment.ProcessId));
 
     /// <summary>This process, or null where /proc does not tell (not Linux): then no record names a process.</summary>
@@ -32,21 +30,11 @@ public sealed record HolderProcess(string BootId, string Namespaces, int Pid, lo
     {
         if (Current is not { } self || self.BootId != BootId || self.Namespaces != Namespaces) return false;
         if (Pid == self.Pid && StartTicks == self.StartTicks) return false; // this very process
-        if (Pid <= 0) return false;
-        if (Kill(Pid, 0) != 0) return Marshal.GetLastPInvokeError() == NoSuchProcess;
-        try
-        {
-            return StartTicksOf(File.ReadAllText($"{ProcRoot}/{Pid.ToString(CultureInfo.InvariantCulture)}/stat")) is { } start
-                   && start != StartTicks;
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            return false; // it went between the two calls, or cannot be read: not proven
-        }
+        if (ProcessSignals.IsProvablyGone(Pid)) return true;
+        // alive (a zombie too: other threads of it may still be in a write), or not ours to signal: gone only when its pid is
+        // now another process's; unreadable (it went between the two looks) proves nothing
+        return ProcStat.Read(Pid, ProcRoot) is { } now && now.StartTicks != StartTicks;
     }
-
-    [DllImport("libc", EntryPoint = "kill", SetLastError = true)]
-    private static extern int Kill(int pid, int signal);
 
     /// <summary>The process <paramref name="pid"/> as a record names it, or null when /proc does not tell.</summary>
     internal static HolderProcess? Read(int pid)
@@ -58,26 +46,16 @@ public sealed record HolderProcess(string BootId, string Namespaces, int Pid, lo
             // must be this pid namespace's, or the pids it shows are another namespace's.
             var pidNamespace = new FileInfo($"{ProcRoot}/self/ns/pid").LinkTarget;
             var timeNamespace = new FileInfo($"{ProcRoot}/self/ns/time").LinkTarget ?? "";
-            if (!File.ReadAllText($"{ProcRoot}/self/stat").StartsWith($"{Environment.ProcessId.ToString(CultureInfo.InvariantCulture)} (", StringComparison.Ordinal))
+            if (ProcStat.Parse(File.ReadAllText($"{ProcRoot}/self/stat"))?.Pid != Environment.ProcessId)
                 return null;
-            var start = StartTicksOf(File.ReadAllText($"{ProcRoot}/{pid.ToString(CultureInfo.InvariantCulture)}/stat"));
-            return bootId.Length == 0 || string.IsNullOrEmpty(pidNamespace) || start is null
+            var stat = ProcStat.Read(pid, ProcRoot);
+            return bootId.Length == 0 || string.IsNullOrEmpty(pidNamespace) || stat is null
                 ? null
-                : new HolderProcess(bootId, $"{pidNamespace} {timeNamespace}".TrimEnd(), pid, start.Value);
+                : new HolderProcess(bootId, $"{pidNamespace} {timeNamespace}".TrimEnd(), pid, stat.StartTicks);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             return null;
         }
-    }
-
-    /// <summary>The start time (clock ticks after boot) from /proc/PID/stat: "pid (comm) state ppid …", comm may hold spaces and parentheses.</summary>
-    private static long? StartTicksOf(string stat)
-    {
-        var close = stat.LastIndexOf(')');
-        if (close < 0 || close + 2 >= stat.Length) return null;
-        var fields = stat[(close + 2)..].Split(' ');
-        // fields[0] is the state (field 3 of proc(5)), so field 22, the start time, is fields[19]
-        return fields.Length > 19 && long.TryParse(fields[19], NumberStyles.None, CultureInfo.InvariantCulture, out var start) ? start : null;
     }
 }

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using LiveMigration.HostNode.Processes;
 using LiveMigration.Shared.Model;
+using LiveMigration.Shared.Processes;
 
 namespace LiveMigration.HostNode.Hypervisor.Qmp;
 
@@ -38,9 +39,7 @@ internal static class QemuProcess
     {
         try
         {
-            var stat = File.ReadAllText($"/proc/{pid}/stat");
-            var state = stat[(stat.LastIndexOf(')') + 2)..].FirstOrDefault();
-            if (state is 'Z' or 'X' or 'x') return false;
+            if (ProcStat.Read(pid) is not { IsZombie: false }) return false;
             var commandLine = File.ReadAllText($"/proc/{pid}/cmdline");
             return commandLine.Contains(qmpSocket, StringComparison.Ordinal);
         }

@@ -127,13 +127,6 @@ public sealed class CopyThrottleTests : IDisposable
         }
     }
 
-    [Fact]
-    public void The_parent_is_read_from_a_stat_line_whose_name_holds_spaces_and_parentheses()
-    {
-        Assert.Equal(1, OrphanCopies.ParentOf("4242 (qemu-img) S 1 4242 4242 0 -1"));
-        Assert.Equal(77, OrphanCopies.ParentOf("4243 (a (b) c) R 77 1 1 0 -1"));
-    }
-
     /// <summary>The pids of the qemu-img processes whose arguments name <paramref name="path"/>.</summary>
     private static List<int> ConvertsNaming(string path)
     {
