@@ -90,6 +90,13 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
 
     public string Holder { get; }
 
+    /// <summary>
+    /// How often an acquirer reads the record it watches: a third of the period at most (it must see two renewals within
+    /// one), and once a second on long periods, so a holder that releases it (a graceful hand-over, whose release waits for
+    /// its changes to end) is followed within a second, not a third of a period later.
+    /// </summary>
+    private TimeSpan WatchInterval => _period / 3 < TimeSpan.FromSeconds(1) ? _period / 3 : TimeSpan.FromSeconds(1);
+
     /// <summary>The generation this holder acquired (the fencing token); 0 while not held.</summary>
     public long Generation
     {
@@ -238,7 +245,7 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
             {
                 watched = true;
                 var rest = _period + _margin - unchanged + TimeSpan.FromMilliseconds(1);
-                await Task.Delay(rest < _period / 3 ? rest : _period / 3, ct);
+                await Task.Delay(rest < WatchInterval ? rest : WatchInterval, ct);
                 var now = await ReadAsync(ct);
                 if (now.IsFree)
                 {
