@@ -121,8 +121,21 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
     {
         var log = _log;
         var stopped = _stopped.Token; // an SPM that stops (its lease lost, its singleton moved) changes nothing more
-        Task.Run(() =>
+        var fence = _fence;
+        Task.Run(async () =>
         {
+            // fenced and counted as any change: the lease is not given up while these unlinks run
+            IDisposable? change;
+            try
+            {
+                change = fence is null ? null : await fence.BeginChangeAsync(stopped);
+            }
+            catch (Exception e)
+            {
+                log.Warning("Left the deletes a crash interrupted to the next SPM: {Error}", e.Message);
+                return;
+            }
+            using var counted = change;
             foreach (var domain in domains)
             {
                 if (stopped.IsCancellationRequested) return;
