@@ -38,6 +38,11 @@ public enum LeaseAttempt
     AlreadyHeld,
     /// <summary>Another acquirer wrote first (before or after this one's write): not taken.</summary>
     LostRace,
+    /// <summary>
+    /// Changes this process started under its previous hold are still running (a lost or released lease's SPM being
+    /// stopped): not taken, or they would pass the fence under the new generation.
+    /// </summary>
+    EarlierChangesRunning,
 }
 
 /// <summary>
@@ -258,6 +263,8 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
         }
         // Re-read just before writing: a competitor that wrote meanwhile wins.
         if (await ReadAsync(ct) != seen) return Attempted(LeaseAttempt.LostRace);
+        // Nothing begins while the lease is not held, so none of this process's earlier changes starts after this check.
+        if (ChangesInProgress > 0) return Attempted(LeaseAttempt.EarlierChangesRunning);
         long next;
         lock (_gate) next = Math.Max(seen.Generation, _highestGeneration) + 1;
         var mine = new LeaseRecord(Holder, next, 0, HolderProcess.Current);

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Text.Json;
 using LiveMigration.Cli.Local;
 using LiveMigration.HostNode.Spm;
+using LiveMigration.Shared.Processes;
 using Xunit.Abstractions;
 
 namespace LiveMigration.Cli.Tests.Faults;
@@ -117,15 +118,7 @@ public sealed class FrozenSpmTests(ITestOutputHelper output) : IAsyncLifetime
         new PoolLease(path, "fault-test-reader", TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1)).ReadAsync();
 
     /// <summary>State T in /proc/PID/stat: stopped by a signal.</summary>
-    private static bool IsStopped(int pid)
-    {
-        try
-        {
-            var stat = File.ReadAllText($"/proc/{pid}/stat");
-            return stat[(stat.LastIndexOf(')') + 2)..].StartsWith('T');
-        }
-        catch (IOException) { return false; }
-    }
+    private static bool IsStopped(int pid) => ProcStat.Read(pid)?.State == 'T';
 
     private async Task WaitAsync(string what, Func<Task<bool>> condition, TimeSpan within)
     {

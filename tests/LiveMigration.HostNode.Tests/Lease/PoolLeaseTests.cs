@@ -256,6 +256,29 @@ public sealed class PoolLeaseTests : Akka.TestKit.Xunit2.TestKit
     }
 
     [Fact]
+    public async Task A_holder_that_lost_the_lease_does_not_take_it_again_while_a_change_from_its_earlier_hold_still_runs()
+    {
+        await using var a = Lease("host-a");
+        await using var b = Lease("host-b");
+        Assert.True(await a.TryAcquireAsync());
+        var copy = await a.BeginChangeAsync(); // its SPM is being stopped; the copy not yet killed
+        a.StopRenewing(); // paused
+        Assert.True(await b.TryAcquireAsync());
+        await ContractAssertFenced(a); // a notices: lost
+        await b.ReleaseAsync();
+
+        // Free now, but a's earlier change would pass the fence under the new generation: not taken.
+        Assert.False(await a.TryAcquireAsync());
+        Assert.Equal(LeaseAttempt.EarlierChangesRunning, a.LastAttempt);
+        Assert.True((await a.ReadAsync()).IsFree);
+
+        copy.Dispose();
+        Assert.True(await a.TryAcquireAsync());
+        Assert.Equal(LeaseAttempt.TakenFree, a.LastAttempt);
+        Assert.Equal(3, a.Generation);
+    }
+
+    [Fact]
     public async Task A_change_refused_by_the_fence_is_not_counted_as_under_way()
     {
         await using var a = Lease("host-a");

@@ -153,15 +153,7 @@ public sealed class QmpHypervisorContractTests : HypervisorContract
         }
     }
 
-    private static bool IsRunning(int pid)
-    {
-        try
-        {
-            var stat = File.ReadAllText($"/proc/{pid}/stat");
-            return stat[(stat.LastIndexOf(')') + 2)..].FirstOrDefault() is not ('Z' or 'X');
-        }
-        catch (IOException) { return false; }
-    }
+    private static bool IsRunning(int pid) => LiveMigration.Shared.Processes.ProcStat.Read(pid) is { IsZombie: false };
 
     /// <summary>Only a QEMU whose command line names our run directory is ours (a pid may have been reused).</summary>
     private bool IsOurQemu(int pid)

@@ -153,15 +153,7 @@ public sealed class QemuTestBed : IAsyncDisposable
         while (IsRunning(pid) && watch.Elapsed < TimeSpan.FromSeconds(5)) await Task.Delay(20);
     }
 
-    public static bool IsRunning(int pid)
-    {
-        try
-        {
-            var stat = File.ReadAllText($"/proc/{pid}/stat");
-            return stat[(stat.LastIndexOf(')') + 2)] is not ('Z' or 'X');
-        }
-        catch (IOException) { return false; }
-    }
+    public static bool IsRunning(int pid) => LiveMigration.Shared.Processes.ProcStat.Read(pid) is { IsZombie: false };
 
     public async ValueTask DisposeAsync()
     {
