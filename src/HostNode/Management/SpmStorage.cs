@@ -67,8 +67,9 @@ public sealed class SpmStorage(StoragePool pool, Action<AttachDomain> announce)
             if (info.Name == command.Name)
                 return new ManagementRefused(ErrorCodes.Conflict, $"a storage domain named '{command.Name}' exists already ({info.Id})");
         }
-        // A new domain is a storage change like any other: only the lease's holder makes it.
-        if (pool.Fence is { } fence) await fence.CheckAsync(ct);
+        // A new domain is a storage change like any other: only the lease's holder makes it, and the lease is not given up
+        // while it is being made.
+        using var change = pool.Fence is { } fence ? await fence.BeginChangeAsync(ct) : null;
         var domain = await pool.DomainFactory.CreateAsync(root, DomainId.New(), command.Name, command.CapacityBytes, ct);
         pool.Attach(domain);
         announce(new AttachDomain(domain.Id, root));

@@ -49,9 +49,12 @@ public static class ProcessRunner
         }
         catch (OperationCanceledException)
         {
-            try { process.Kill(entireProcessTree: true); } catch (InvalidOperationException) { }
-            // Reaped before the caller goes on: a killed qemu-img still holds its image's lock until it is gone.
-            try { process.WaitForExit(TimeSpan.FromSeconds(10)); } catch (InvalidOperationException) { }
+            try { process.Kill(entireProcessTree: true); }
+            catch (Exception e) when (e is InvalidOperationException or System.ComponentModel.Win32Exception or AggregateException) { }
+            // Reaped before the caller goes on, however long that takes: a killed qemu-img may still be in a write (in the
+            // kernel, D state) and holds its image's lock until it is gone, and what waits for the caller (the SPM lease's
+            // release) must not go on while it could still write.
+            try { await process.WaitForExitAsync(CancellationToken.None); } catch (InvalidOperationException) { }
             throw;
         }
         process.WaitForExit(); // flushes the asynchronous output readers

@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.Runtime.CompilerServices;
+using Akka;
 using Akka.Actor;
 using Akka.Coordination;
 using Akka.Event;
@@ -31,6 +32,7 @@ public sealed class FileLease : Lease
     private static readonly ConditionalWeakTable<ActorSystem, ConcurrentDictionary<string, PoolLease>> BySystem = new();
     private readonly PoolLease _lease;
     private readonly ILoggingAdapter _log;
+    private readonly List<Task> _releases = [];
 
     public FileLease(LeaseSettings settings, ExtendedActorSystem system) : base(settings)
     {
@@ -41,6 +43,7 @@ public sealed class FileLease : Lease
         var margin = config.GetTimeSpan("margin", TimeSpan.FromTicks(period.Ticks / 6), allowInfinite: false);
         _lease = For(path, settings.OwnerName, period, margin);
         _log = Logging.GetLogger(system, typeof(FileLease));
+        CoordinatedShutdown.Get(system).AddTask(CoordinatedShutdown.PhaseBeforeActorSystemTerminate, "spm-lease-released", ReleasesEndedAsync);
         // made on every SPM-capable node by its singleton manager: each reads the record from now on, so the one that takes
         // over has counted the holder's silence already
         _lease.StartObserving();
@@ -76,8 +79,35 @@ public sealed class FileLease : Lease
         if (changes > 0)
             _log.Info("Releasing the SPM lease {0} once the {1} storage change(s) it fenced that are under way ended (the SPM stops them)",
                 Settings.LeaseName, changes);
-        await _lease.ReleaseAsync();
-        _log.Info("Released the SPM lease {0}", Settings.LeaseName);
+        var release = _lease.ReleaseAsync();
+        lock (_releases) _releases.Add(release);
+        // A change that does not end keeps the lease (and so the SPM role) from every other host: said, not waited on silently.
+        while (await Task.WhenAny(release, Task.Delay(Settings.TimeoutSettings.HeartbeatTimeout)) != release)
+            _log.Warning("The SPM lease {0} is still kept: {1} storage change(s) it fenced are still under way{2}", Settings.LeaseName,
+                _lease.ChangesInProgress, _lease.RenewalError is { } error ? $"; its last renewal failed: {error}" : "");
+        await release;
+        lock (_releases) _releases.Remove(release);
+        _log.Info("Gave up the SPM lease {0} (its record freed unless another holder had it already)", Settings.LeaseName);
         return true;
+    }
+
+    /// <summary>
+    /// Holds the actor system's termination (the process's exit) until the lease's releases have ended, within the phase's
+    /// timeout: a node leaving gracefully hands its SPM over first, and a process that exited mid-release would leave its
+    /// record held (the next SPM then waits a period) and, with the exit before its copies were killed, a qemu-img writing.
+    /// </summary>
+    private async Task<Done> ReleasesEndedAsync()
+    {
+        Task[] releases;
+        lock (_releases) releases = [.. _releases];
+        try
+        {
+            await Task.WhenAll(releases.Append(_lease.ChangesEnded));
+        }
+        catch (Exception e)
+        {
+            _log.Warning("The SPM lease {0} was not given up cleanly before this node stopped: {1}", Settings.LeaseName, e.Message);
+        }
+        return Done.Instance;
     }
 }

@@ -21,7 +21,7 @@ public sealed record LeaseRecord(string Holder, long Generation, long Renewal, H
 public enum LeaseAttempt
 {
     None,
-    /// <summary>Found released: taken without watching a period.</summary>
+    /// <summary>Found released (at the ask, or while watched): taken without watching out a period.</summary>
     TakenFree,
     /// <summary>Watched the holder's record stay unchanged for the period plus the margin, then took it.</summary>
     TakenExpired,
@@ -305,38 +305,67 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
             while (true)
             {
                 await Task.Delay(_period / 3, stop);
-                long generation, renewal;
-                lock (_gate) (generation, renewal) = (_generation, _renewals);
-                var current = await ReadAsync(stop);
-                if (current.Holder != Holder || current.Generation != generation)
+                try
                 {
-                    Lose(new OperationFailedException(ErrorCodes.Fenced,
-                        $"the SPM lease {_path} is now held by '{current.Holder}' with generation {current.Generation}; this holder had generation {generation}"));
-                    return;
+                    if (!await RenewOnceAsync(stop)) return;
                 }
-                // Replaced only if the record is still the one just read, checked after the fsync: a holder paused between
-                // its read and its write (SIGSTOP, a stall in fsync) must not write its stale record over a successor's.
-                var renewed = await KeyValueFile.WriteAtomicallyIfAsync(_path, Values(current with { Renewal = renewal + 1 }),
-                    async () => await ReadAsync(stop) == current, stop);
-                if (!renewed)
+                catch (Exception e) when (!stop.IsCancellationRequested)
                 {
-                    var now = await ReadAsync(stop);
-                    Lose(new OperationFailedException(ErrorCodes.Fenced,
-                        $"the SPM lease {_path} changed during its renewal: now '{now.Holder}' generation {now.Generation}; this holder had generation {generation}"));
-                    return;
+                    // Held: a renewal that fails may let another holder in after a period: stop now, not then.
+                    if (IsHeld)
+                    {
+                        Lose(e);
+                        return;
+                    }
+                    // Being given up while changes it fenced still run: tried again, or it would lapse under them.
+                    RenewalError = e.Message;
                 }
-                lock (_gate) _renewals = renewal + 1;
             }
         }
         catch (OperationCanceledException) when (stop.IsCancellationRequested)
         {
             // released
         }
-        catch (Exception e)
+    }
+
+    /// <summary>The last renewal that failed while the lease was being given up (its changes still running), for the log.</summary>
+    public string? RenewalError
+    {
+        get { lock (_gate) return _renewalError; }
+        private set { lock (_gate) _renewalError = value; }
+    }
+
+    private string? _renewalError;
+
+    /// <summary>One renewal; false when the record is no longer this holder's (the lease is lost, renewing is over).</summary>
+    private async Task<bool> RenewOnceAsync(CancellationToken stop)
+    {
+        long generation, renewal;
+        lock (_gate) (generation, renewal) = (_generation, _renewals);
+        var current = await ReadAsync(stop);
+        if (current.Holder != Holder || current.Generation != generation)
         {
-            // A renewal that fails may let another holder in after a period: stop now, not then.
-            Lose(e);
+            Lose(new OperationFailedException(ErrorCodes.Fenced,
+                $"the SPM lease {_path} is now held by '{current.Holder}' with generation {current.Generation}; this holder had generation {generation}"));
+            return false;
         }
+        // Replaced only if the record is still the one just read, checked after the fsync: a holder paused between
+        // its read and its write (SIGSTOP, a stall in fsync) must not write its stale record over a successor's.
+        var renewed = await KeyValueFile.WriteAtomicallyIfAsync(_path, Values(current with { Renewal = renewal + 1 }),
+            async () => await ReadAsync(stop) == current, stop);
+        if (!renewed)
+        {
+            var now = await ReadAsync(stop);
+            Lose(new OperationFailedException(ErrorCodes.Fenced,
+                $"the SPM lease {_path} changed during its renewal: now '{now.Holder}' generation {now.Generation}; this holder had generation {generation}"));
+            return false;
+        }
+        lock (_gate)
+        {
+            _renewals = renewal + 1;
+            _renewalError = null;
+        }
+        return true;
     }
 
     private void Lose(Exception? why)
@@ -372,6 +401,12 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
             throw new OperationFailedException(ErrorCodes.Fenced,
                 $"the SPM lease {_path} is held by '{current.Holder}' with generation {current.Generation}, not by '{Holder}' with {generation}: a stale SPM changes nothing");
         }
+    }
+
+    /// <summary>Ends when no storage change this lease fenced is under way (at once when none is).</summary>
+    public Task ChangesEnded
+    {
+        get { lock (_gate) return _noChanges.Task; }
     }
 
     /// <summary>How many storage changes this lease fenced are under way (a release waits for them).</summary>
@@ -456,8 +491,15 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
             renewal = _renewal;
             if (!wasHeld && renewing is null) return;
         }
-        await noChanges.WaitAsync(ct);
-        renewing?.Cancel();
+        try
+        {
+            await noChanges.WaitAsync(ct);
+        }
+        finally
+        {
+            // given up even when the caller stopped waiting: a lease renewed by nobody's SPM would stand in every SPM's way
+            renewing?.Cancel();
+        }
         await renewal;
         renewing?.Dispose();
         var current = await ReadAsync(ct);

@@ -87,7 +87,7 @@ public sealed class SpmHandOverTests(ITestOutputHelper output) : IAsyncLifetime
         output.WriteLine(string.Join('\n', oldLog.Split('\n').Where(l => l.Contains("ease") || l.Contains("SPM stopped"))));
         // The path this test is about: the release waited for the copy, then freed the record (not a taker proving host-1 gone).
         Assert.Contains("storage change(s) it fenced that are under way ended", oldLog);
-        Assert.Contains("Released the SPM lease", oldLog);
+        Assert.Contains("Gave up the SPM lease", oldLog);
 
         await _cluster.Ok("migration", "set-speed", id, "0"); // the rest at full speed
         var final = await FaultCheck.RunToEndAsync(_cluster, id);

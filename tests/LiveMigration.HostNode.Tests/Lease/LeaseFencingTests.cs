@@ -83,4 +83,32 @@ public sealed class LeaseFencingTests : Akka.TestKit.Xunit2.TestKit, IAsyncLifet
         Assert.Equal(3, (await fenced.DescribeImageAsync(_chain.Image)).Volumes.Count);
         Assert.Equal(3, (await source.DescribeImageAsync(_chain.Image)).Volumes.Count);
     }
+
+    [Fact]
+    public async Task A_fenced_change_keeps_the_lease_from_being_given_up_until_it_ended_however_it_ends()
+    {
+        await using var lease = new PoolLease(LeasePath, "host-a", Period, Margin);
+        Assert.True(await lease.TryAcquireAsync());
+        var fenced = new FencedStorageDomain(_b, lease);
+        var source = new FencedStorageDomain(_a, lease);
+        await fenced.CloneImageStructureAsync(source, _chain.Image, TestOwners.Default);
+        Assert.Equal(0, lease.ChangesInProgress);
+
+        // A copy paced to take minutes, stopped by its SPM (cancelled) only after the release began.
+        using var stop = new CancellationTokenSource();
+        var copy = fenced.CopyVolumeDataAsync(source, _chain.Image, _chain.Base, ct: stop.Token, rate: new CopyRate(16 * 1024));
+        while (lease.ChangesInProgress == 0 && !copy.IsCompleted) await Task.Delay(10);
+        Assert.Equal(1, lease.ChangesInProgress);
+        var release = lease.ReleaseAsync();
+        await ContractAssert.FailsWithAsync(ErrorCodes.Fenced, () => fenced.DeleteOwnedVolumesAsync(_chain.Image, TestOwners.Default));
+        await Task.Delay(Period);
+        Assert.False(release.IsCompleted);
+        Assert.Equal("host-a", (await lease.ReadAsync()).Holder);
+
+        await stop.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => copy);
+        await release;
+        Assert.Equal(0, lease.ChangesInProgress);
+        Assert.True((await lease.ReadAsync()).IsFree);
+    }
 }

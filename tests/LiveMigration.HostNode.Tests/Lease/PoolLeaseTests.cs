@@ -249,7 +249,9 @@ public sealed class PoolLeaseTests : Akka.TestKit.Xunit2.TestKit
         copy.Dispose();
         await release;
         Assert.Equal(0, a.ChangesInProgress);
-        Assert.True(await taking);
+        // Taken by the watching attempt; or, when the release took longer than the watcher's next read (a slow fsync on a
+        // loaded machine: it then saw a's last renewal), by the next ask: free either way, no period watched out.
+        Assert.True(await taking || await b.TryAcquireAsync());
         Assert.Equal(LeaseAttempt.TakenFree, b.LastAttempt);
         Assert.Equal(2, b.Generation);
         await ContractAssertFenced(a);
