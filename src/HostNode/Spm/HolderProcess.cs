@@ -1,3 +1,5 @@
+using System.Net;
+using System.Net.NetworkInformation;
 using LiveMigration.Shared.Processes;
 
 namespace LiveMigration.HostNode.Spm;
@@ -8,7 +10,9 @@ namespace LiveMigration.HostNode.Spm;
 /// holder dead (no process with its pid, or the pid now another process's, started at another time) and take the lease at once instead of
 /// watching the record for a period, as sanlock frees the leases of a host that came back under a new generation of its
 /// host id. That is the usual case of a crash: the HostNode restarted on the same machine. A holder on another kernel, or
-/// one alive but frozen or cut off, is proven nothing about, and the acquirer watches the record as before.
+/// one alive but frozen or cut off, is proven nothing about, and the acquirer watches the record as before; and so is one
+/// whose cluster address is not this machine's (<see cref="NamesThisMachine"/>: machines cloned from one memory snapshot
+/// share the boot id).
 /// </summary>
 /// <param name="Namespaces">The pid and time namespaces, as /proc/self/ns names them ("pid:[…] time:[…]").</param>
 public sealed record HolderProcess(string BootId, string Namespaces, int Pid, long StartTicks)
@@ -34,6 +38,32 @@ public sealed record HolderProcess(string BootId, string Namespaces, int Pid, lo
         // alive (a zombie too: other threads of it may still be in a write), or not ours to signal: gone only when its pid is
         // now another process's; unreadable (it went between the two looks) proves nothing
         return ProcStat.Read(Pid, ProcRoot) is { } now && now.StartTicks != StartTicks;
+    }
+
+    /// <summary>
+    /// True when a lease holder's name (its cluster address, <c>system@host:port</c>, as Akka names a lease's owner) has an
+    /// IP address of this machine as its host. The boot id alone does not tell machines apart that were cloned from one
+    /// memory snapshot (same kernel, same namespaces, same pids, running side by side); their network addresses differ, so
+    /// a holder whose process is missing here is proven gone only when its address is this machine's too. A host name
+    /// (not an IP literal) proves nothing; a loopback address is this machine's by definition (one machine's cluster).
+    /// </summary>
+    public static bool NamesThisMachine(string holder)
+    {
+        var at = holder.LastIndexOf('@');
+        var colon = holder.LastIndexOf(':');
+        if (at < 0 || colon <= at + 1) return false;
+        if (!IPAddress.TryParse(holder[(at + 1)..colon].Trim('[', ']'), out var address)) return false;
+        if (IPAddress.IsLoopback(address)) return true;
+        try
+        {
+            return NetworkInterface.GetAllNetworkInterfaces()
+                .SelectMany(n => n.GetIPProperties().UnicastAddresses)
+                .Any(unicast => unicast.Address.Equals(address));
+        }
+        catch (NetworkInformationException)
+        {
+            return false;
+        }
     }
 
     /// <summary>The process <paramref name="pid"/> as a record names it, or null when /proc does not tell.</summary>

@@ -241,7 +241,7 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
         var seen = await ReadAsync(ct);
         // A holder whose process is gone renews nothing and writes nothing more: as good as a released lease. What is left
         // of it (an orphaned qemu-img convert) the new SPM kills before it copies (OrphanCopies).
-        var holderGone = !seen.IsFree && seen.Process?.IsProvablyGone() == true;
+        var holderGone = !seen.IsFree && HolderProcess.NamesThisMachine(seen.Holder) && seen.Process?.IsProvablyGone() == true;
         var watched = false;
         if (!seen.IsFree && !holderGone)
         {

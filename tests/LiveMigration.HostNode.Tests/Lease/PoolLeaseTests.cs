@@ -127,7 +127,7 @@ public sealed class PoolLeaseTests : Akka.TestKit.Xunit2.TestKit
     public async Task A_lease_whose_holders_process_on_this_machine_is_gone_is_taken_at_once()
     {
         using var holder = Sleeper();
-        WriteRecord("host-a", generation: 4, HolderProcess.Read(holder.Id)!);
+        WriteRecord("lsm@127.0.0.1:4061", generation: 4, HolderProcess.Read(holder.Id)!);
         holder.Kill();
         await holder.WaitForExitAsync();
 
@@ -136,6 +136,40 @@ public sealed class PoolLeaseTests : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(LeaseAttempt.TakenFromGoneHolder, b.LastAttempt); // what it saw: no watch of a period
         Assert.Equal(5, b.Generation);
         Assert.Equal(Environment.ProcessId, (await b.ReadAsync()).Process!.Pid);
+    }
+
+    [Fact]
+    public async Task A_gone_process_of_a_holder_whose_address_is_not_this_machines_proves_nothing()
+    {
+        // A machine cloned from this one's memory snapshot has the same boot id and pids; its address tells it apart.
+        using var holder = Sleeper();
+        WriteRecord("lsm@192.0.2.1:4061", generation: 4, HolderProcess.Read(holder.Id)!);
+        holder.Kill();
+        await holder.WaitForExitAsync();
+
+        await using var b = Lease("host-b");
+        Assert.True(await b.TryAcquireAsync());
+        Assert.Equal(LeaseAttempt.TakenExpired, b.LastAttempt);
+    }
+
+    [Theory]
+    [InlineData("lsm@127.0.0.1:4061", true)]
+    [InlineData("lsm@[::1]:4061", true)]
+    [InlineData("lsm@192.0.2.1:4061", false)] // TEST-NET-1: no machine's
+    [InlineData("lsm@spm-host.example:4061", false)] // a name proves nothing
+    [InlineData("host-a", false)]
+    [InlineData("lsm@:4061", false)]
+    public void A_holder_is_on_this_machine_only_by_an_address_of_this_machine(string holder, bool onThisMachine) =>
+        Assert.Equal(onThisMachine, HolderProcess.NamesThisMachine(holder));
+
+    [Fact]
+    public void A_holder_at_one_of_this_machines_own_addresses_is_on_this_machine()
+    {
+        var addresses = System.Net.NetworkInformation.NetworkInterface.GetAllNetworkInterfaces()
+            .SelectMany(n => n.GetIPProperties().UnicastAddresses).Select(u => u.Address)
+            .Where(a => a.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork).ToList();
+        var own = addresses.FirstOrDefault(a => !System.Net.IPAddress.IsLoopback(a)) ?? addresses.First(); // a machine without a network has lo
+        Assert.True(HolderProcess.NamesThisMachine($"lsm@{own}:4061"));
     }
 
     [Fact]
