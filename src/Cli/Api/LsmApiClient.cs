@@ -97,6 +97,11 @@ public sealed class LsmApiClient : IDisposable
         {
             throw new CliFailure(ExitCodes.ApiUnreachable, $"cannot reach the Coordinator API at {BaseAddress} ({e.Message}); is the cluster up? (--api URL or LSM_API)");
         }
+        catch (SocketException e)
+        {
+            // the connection broken as it was made (the Coordinator going away at that moment), not wrapped by HttpClient
+            throw new CliFailure(ExitCodes.ApiUnreachable, $"cannot reach the Coordinator API at {BaseAddress} ({e.Message}); is the cluster up? (--api URL or LSM_API)");
+        }
         catch (TaskCanceledException) when (!ct.IsCancellationRequested)
         {
             // It was reached: what it was asked may still be under way, so this is a failed operation, not an unreachable API.

@@ -174,7 +174,9 @@ public sealed class MigrationEventStream(LsmApiClient client, string id)
     /// </summary>
     private static bool IsTransient(Exception e, bool seenBefore) => e switch
     {
-        IOException or HttpRequestException => true,
+        // a connection the Coordinator's restart broke may surface as a bare SocketException ("Transport endpoint is not
+        // connected"), not wrapped in an IOException: seen in CI following a migration across a SIGKILLed Coordinator
+        IOException or HttpRequestException or System.Net.Sockets.SocketException => true,
         TaskCanceledException => true,
         CliFailure f => f.ExitCode is ExitCodes.ApiUnreachable or ExitCodes.OperationFailed
                         || seenBefore && f.ExitCode == ExitCodes.BadUsage && f.Message.Contains(" 404 ", StringComparison.Ordinal),
