@@ -54,7 +54,10 @@ public static class ProcessRunner
             // Reaped before the caller goes on, however long that takes: a killed qemu-img may still be in a write (in the
             // kernel, D state) and holds its image's lock until it is gone, and what waits for the caller (the SPM lease's
             // release) must not go on while it could still write.
-            try { await process.WaitForExitAsync(CancellationToken.None); } catch (InvalidOperationException) { }
+            // Waited for by its exit alone: the unbounded wait (WaitForExitAsync, WaitForExit()) also waits for the end of its
+            // output, which a process that left the tree (QEMU's -daemonize) may hold open long after.
+            try { await Task.Run(() => { while (!process.WaitForExit(TimeSpan.FromSeconds(10))) { } }, CancellationToken.None); }
+            catch (InvalidOperationException) { }
             throw;
         }
         process.WaitForExit(); // flushes the asynchronous output readers

@@ -45,14 +45,16 @@ public sealed record HolderProcess(string BootId, string Namespaces, int Pid, lo
     /// IP address of this machine as its host. The boot id alone does not tell machines apart that were cloned from one
     /// memory snapshot (same kernel, same namespaces, same pids, running side by side); their network addresses differ, so
     /// a holder whose process is missing here is proven gone only when its address is this machine's too. A host name
-    /// (not an IP literal) proves nothing; a loopback address is this machine's by definition (one machine's cluster).
+    /// (not an IP literal) proves nothing; a loopback address or localhost is this machine's by definition (one machine's cluster).
     /// </summary>
     public static bool NamesThisMachine(string holder)
     {
         var at = holder.LastIndexOf('@');
         var colon = holder.LastIndexOf(':');
         if (at < 0 || colon <= at + 1) return false;
-        if (!IPAddress.TryParse(holder[(at + 1)..colon].Trim('[', ']'), out var address)) return false;
+        var host = holder[(at + 1)..colon].Trim('[', ']');
+        if (host.Equals("localhost", StringComparison.OrdinalIgnoreCase)) return true;
+        if (!IPAddress.TryParse(host, out var address)) return false;
         if (IPAddress.IsLoopback(address)) return true;
         try
         {

@@ -65,7 +65,6 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
     private CancellationTokenSource? _renewing;
     private Task _renewal = Task.CompletedTask;
     private long _generation;
-    private long _renewals;
     private bool _held;
     private Action<Exception?>? _lost;
     // The record as this process last read it and since when (its monotonic clock): an acquirer counts the holder's
@@ -204,12 +203,6 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
         return Observed(new LeaseRecord(values.GetValueOrDefault("HOLDER", ""), Number("GENERATION"), Number("RENEWAL"), process));
     }
 
-    private Task WriteAsync(LeaseRecord record, CancellationToken ct)
-    {
-        Directory.CreateDirectory(Path.GetDirectoryName(_path)!);
-        return KeyValueFile.WriteAtomicallyAsync(_path, Values(record), ct);
-    }
-
     private static IEnumerable<KeyValuePair<string, string>> Values(LeaseRecord record)
     {
         yield return new("HOLDER", record.Holder);
@@ -283,7 +276,6 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
         {
             _held = true;
             _generation = mine.Generation;
-            _renewals = 0;
             _lost = lost;
             _renewing = new CancellationTokenSource();
             var stop = _renewing.Token;
@@ -311,20 +303,17 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
                 }
                 catch (Exception e) when (!stop.IsCancellationRequested)
                 {
-                    // Held: a renewal that fails may let another holder in after a period: stop now, not then.
-                    if (IsHeld)
-                    {
-                        Lose(e);
-                        return;
-                    }
-                    // Being given up while changes it fenced still run: tried again, or it would lapse under them.
+                    // A renewal that fails may let another holder in after a period: counted lost now (nothing new starts,
+                    // the SPM is stopped), not then. Renewing goes on until the release ends it, as the changes already
+                    // under way end only once the SPM killed them: tried again, or the lease would lapse under them.
                     RenewalError = e.Message;
+                    Lose(e);
                 }
             }
         }
-        catch (OperationCanceledException) when (stop.IsCancellationRequested)
+        catch (Exception) when (stop.IsCancellationRequested)
         {
-            // released
+            // released (a renewal under way when it was may end in any error)
         }
     }
 
@@ -340,8 +329,8 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
     /// <summary>One renewal; false when the record is no longer this holder's (the lease is lost, renewing is over).</summary>
     private async Task<bool> RenewOnceAsync(CancellationToken stop)
     {
-        long generation, renewal;
-        lock (_gate) (generation, renewal) = (_generation, _renewals);
+        long generation;
+        lock (_gate) generation = _generation;
         var current = await ReadAsync(stop);
         if (current.Holder != Holder || current.Generation != generation)
         {
@@ -351,6 +340,9 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
         }
         // Replaced only if the record is still the one just read, checked after the fsync: a holder paused between
         // its read and its write (SIGSTOP, a stall in fsync) must not write its stale record over a successor's.
+        // The next count from the record, not from this process's: a write that landed but then failed (its folder's fsync)
+        // would otherwise be written again the same, and a record unchanged is a record not renewed.
+        var renewal = current.Renewal;
         var renewed = await KeyValueFile.WriteAtomicallyIfAsync(_path, Values(current with { Renewal = renewal + 1 }),
             async () => await ReadAsync(stop) == current, stop);
         if (!renewed)
@@ -360,11 +352,7 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
                 $"the SPM lease {_path} changed during its renewal: now '{now.Holder}' generation {now.Generation}; this holder had generation {generation}"));
             return false;
         }
-        lock (_gate)
-        {
-            _renewals = renewal + 1;
-            _renewalError = null;
-        }
+        RenewalError = null;
         return true;
     }
 
@@ -491,20 +479,16 @@ public sealed class PoolLease : IStorageFence, IAsyncDisposable
             renewal = _renewal;
             if (!wasHeld && renewing is null) return;
         }
-        try
-        {
-            await noChanges.WaitAsync(ct);
-        }
-        finally
-        {
-            // given up even when the caller stopped waiting: a lease renewed by nobody's SPM would stand in every SPM's way
-            renewing?.Cancel();
-        }
+        // Not cancellable: the lease stays (renewed) exactly as long as a change it fenced may still write.
+        await noChanges;
+        renewing?.Cancel();
         await renewal;
         renewing?.Dispose();
         var current = await ReadAsync(ct);
         if (current.Holder == Holder && current.Generation == generation)
-            await WriteAsync(current with { Holder = "", Process = null }, ct);
+            // only over the record just read: a successor that took it meanwhile keeps it
+            await KeyValueFile.WriteAtomicallyIfAsync(_path, Values(current with { Holder = "", Process = null }),
+                async () => await ReadAsync(ct) == current, ct);
     }
 
     public async ValueTask DisposeAsync()

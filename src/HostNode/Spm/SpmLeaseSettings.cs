@@ -57,6 +57,9 @@ public sealed class FileLeaseOption(SpmLeaseSettings settings) : LeaseOptionBase
               lease-operation-timeout = {{Hocon(operationTimeout)}}
               margin = {{Hocon(settings.Margin)}}
             }
+            # A node that stops waits (FileLease's task in this phase) for its lease's release, which waits for the SPM's
+            # copies to be killed and reaped: a minute, not Akka's 5 s, before the process exits regardless.
+            akka.coordinated-shutdown.phases.before-actor-system-terminate.timeout = 60s
             """, HoconAddMode.Append);
     }
 }

@@ -1,7 +1,5 @@
 using System.Diagnostics;
-using System.Text.Json;
 using LiveMigration.Cli.Local;
-using LiveMigration.HostNode.Spm;
 using LiveMigration.Shared.Processes;
 using Xunit.Abstractions;
 
@@ -58,36 +56,36 @@ public sealed class FrozenSpmTests(ITestOutputHelper output) : IAsyncLifetime
         var storage = await FaultCheck.CreateDomainsAndVmAsync(_cluster, "host-2");
         await _cluster.Ok("vm", "io", "vm1", "--rate", "4MiB/s", "--seconds", "4");
         // lsm local up starts host-1 first and Up before host-2: the oldest SPM-capable member, so the SPM.
-        await WaitAsync("host-1 running the SPM", async () => await SpmHostAsync() == "host-1", TimeSpan.FromSeconds(30));
+        await SpmProbe.WaitAsync(_cluster, "host-1 running the SPM", async () => await SpmProbe.HostAsync(_cluster) == "host-1", TimeSpan.FromSeconds(30));
         var state = (await LocalClusterState.ReadAsync(_cluster.DataDirectory))!;
         var spmNode = state.Nodes.Single(n => n.Name == "host-1");
         var successor = state.Nodes.Single(n => n.Name == "host-2");
         var leasePath = Path.Combine(state.DomainRoot, "spm.lease");
-        var firstGeneration = (await ReadLeaseAsync(leasePath)).Generation;
+        var firstGeneration = (await SpmProbe.ReadLeaseAsync(leasePath)).Generation;
 
         var started = await _cluster.Json("migrate", "vm1", "--to", "sdB", "--strategy", "pre-copy");
         var id = started.GetProperty("id").GetString()!;
         _frozen.Add(spmNode.Pid);
-        await WaitAsync($"host-1 (pid {spmNode.Pid}) frozen at {point}", () => Task.FromResult(IsStopped(spmNode.Pid)), TimeSpan.FromMinutes(2));
+        await SpmProbe.WaitAsync(_cluster, $"host-1 (pid {spmNode.Pid}) frozen at {point}", () => Task.FromResult(IsStopped(spmNode.Pid)), TimeSpan.FromMinutes(2));
 
         // Past failure detection and the split brain resolver: host-2 holds the lease (a new generation) and runs the SPM.
-        await WaitAsync("host-2 holding the SPM lease and running the SPM", async () =>
+        await SpmProbe.WaitAsync(_cluster, "host-2 holding the SPM lease and running the SPM", async () =>
         {
-            var lease = await ReadLeaseAsync(leasePath);
+            var lease = await SpmProbe.ReadLeaseAsync(leasePath);
             return lease.Generation > firstGeneration && lease.Holder.EndsWith($":{successor.Port}", StringComparison.Ordinal)
-                   && await SpmHostAsync() == "host-2";
+                   && await SpmProbe.HostAsync(_cluster) == "host-2";
         }, TimeSpan.FromMinutes(2));
-        var taken = await ReadLeaseAsync(leasePath);
+        var taken = await SpmProbe.ReadLeaseAsync(leasePath);
         Assert.True(IsStopped(spmNode.Pid), "host-1 must still be frozen when host-2 takes over");
 
         // The frozen SPM wakes up with its stale step while the migration goes on at the new SPM.
         ProcessTable.Signal(spmNode.Pid, SigCont);
         _frozen.Remove(spmNode.Pid);
         // It was downed: it leaves (its process ends), and is started again below as an operator would.
-        await WaitAsync("the thawed host-1 to leave and exit", () => Task.FromResult(!ProcessTable.IsAlive(spmNode.Pid, spmNode.StartTime)),
+        await SpmProbe.WaitAsync(_cluster, "the thawed host-1 to leave and exit", () => Task.FromResult(!ProcessTable.IsAlive(spmNode.Pid, spmNode.StartTime)),
             TimeSpan.FromMinutes(1));
         var staleLog = await File.ReadAllTextAsync(spmNode.LogFile);
-        var after = await ReadLeaseAsync(leasePath);
+        var after = await SpmProbe.ReadLeaseAsync(leasePath);
         Assert.Equal((taken.Holder, taken.Generation), (after.Holder, after.Generation)); // the stale holder did not take the lease back
 
         var final = await FaultCheck.RunToEndAsync(_cluster, id);
@@ -105,29 +103,6 @@ public sealed class FrozenSpmTests(ITestOutputHelper output) : IAsyncLifetime
         Assert.DoesNotMatch($@"/{point.Split('/')[0]}:\S+ succeeded", afterThaw);
     }
 
-    /// <summary>The host the cluster says runs the SPM now (<c>lsm hosts</c>), or null.</summary>
-    private async Task<string?> SpmHostAsync()
-    {
-        var shown = await _cluster.Lsm("hosts", "--json");
-        if (shown.ExitCode != 0) return null;
-        return JsonDocument.Parse(shown.Stdout).RootElement.GetProperty("hosts").EnumerateArray()
-            .Where(h => h.GetProperty("spm").GetBoolean()).Select(h => h.GetProperty("id").GetString()).FirstOrDefault();
-    }
-
-    private static Task<LeaseRecord> ReadLeaseAsync(string path) =>
-        new PoolLease(path, "fault-test-reader", TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1)).ReadAsync();
-
     /// <summary>State T in /proc/PID/stat: stopped by a signal.</summary>
     private static bool IsStopped(int pid) => ProcStat.Read(pid)?.State == 'T';
-
-    private async Task WaitAsync(string what, Func<Task<bool>> condition, TimeSpan within)
-    {
-        var deadline = DateTime.UtcNow + within;
-        while (!await condition())
-        {
-            if (DateTime.UtcNow > deadline)
-                throw new Xunit.Sdk.XunitException($"waited {within.TotalSeconds:0} s for {what}\n{_cluster.LogTails()}");
-            await Task.Delay(500);
-        }
-    }
 }

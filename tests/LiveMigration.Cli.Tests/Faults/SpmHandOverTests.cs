@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Text.Json;
 using LiveMigration.Cli.Local;
 using LiveMigration.HostNode.Spm;
 using LiveMigration.Shared.Processes;
@@ -36,7 +35,7 @@ public sealed class SpmHandOverTests(ITestOutputHelper output) : IAsyncLifetime
         await Task.Delay(TimeSpan.FromSeconds(3));
         await _cluster.Ok("vm", "snapshot", "vm1");
         await _cluster.Ok("vm", "io", "vm1", "--rate", "1MiB/s", "--seconds", "20");
-        await WaitAsync("host-1 running the SPM", async () => await SpmHostAsync() == "host-1", TimeSpan.FromSeconds(30));
+        await SpmProbe.WaitAsync(_cluster, "host-1 running the SPM", async () => await SpmProbe.HostAsync(_cluster) == "host-1", TimeSpan.FromSeconds(30));
         var state = (await LocalClusterState.ReadAsync(_cluster.DataDirectory))!;
         var spmNode = state.Nodes.Single(n => n.Name == "host-1");
         var successor = state.Nodes.Single(n => n.Name == "host-2");
@@ -46,12 +45,12 @@ public sealed class SpmHandOverTests(ITestOutputHelper output) : IAsyncLifetime
         var started = await _cluster.Json("migrate", "vm1", "--to", "sdB", "--strategy", "pre-copy", "--bandwidth", "1MiB/s");
         var id = started.GetProperty("id").GetString()!;
         ProcStat? copy = null;
-        await WaitAsync("the SPM's qemu-img convert of an internal layer", () =>
+        await SpmProbe.WaitAsync(_cluster, "the SPM's qemu-img convert of an internal layer", () =>
         {
             copy = CopiesUnder(storage).FirstOrDefault();
             return Task.FromResult(copy is not null);
         }, TimeSpan.FromMinutes(1));
-        var held = await ReadLeaseAsync(leasePath);
+        var held = await SpmProbe.ReadLeaseAsync(leasePath);
         Assert.EndsWith($":{spmNode.Port}", held.Holder);
 
         Assert.True(ProcessTable.Signal(spmNode.Pid, ProcessTable.SigTerm));
@@ -63,7 +62,7 @@ public sealed class SpmHandOverTests(ITestOutputHelper output) : IAsyncLifetime
         {
             var copyAlive = ProcStat.Read(copy!.Pid) is { IsZombie: false } now && now.StartTicks == copy.StartTicks;
             if (!copyAlive) copyEnded ??= watch.Elapsed;
-            var lease = await ReadLeaseAsync(leasePath);
+            var lease = await SpmProbe.ReadLeaseAsync(leasePath);
             if ((lease.Holder, lease.Generation) != (held.Holder, held.Generation))
             {
                 Assert.False(copyAlive, $"the lease became '{lease.Holder}' generation {lease.Generation} while the old SPM's copy (pid {copy.Pid}) still ran");
@@ -76,13 +75,13 @@ public sealed class SpmHandOverTests(ITestOutputHelper output) : IAsyncLifetime
         }
         output.WriteLine($"copy ended {copyEnded?.TotalMilliseconds:0} ms after the SIGTERM; lease {(moved.IsFree ? "freed" : $"taken by {moved.Holder}")} at {watch.Elapsed.TotalMilliseconds:0} ms");
 
-        await WaitAsync("host-2 holding the SPM lease and running the SPM", async () =>
+        await SpmProbe.WaitAsync(_cluster, "host-2 holding the SPM lease and running the SPM", async () =>
         {
-            var lease = await ReadLeaseAsync(leasePath);
+            var lease = await SpmProbe.ReadLeaseAsync(leasePath);
             return lease.Generation > held.Generation && lease.Holder.EndsWith($":{successor.Port}", StringComparison.Ordinal)
-                   && await SpmHostAsync() == "host-2";
+                   && await SpmProbe.HostAsync(_cluster) == "host-2";
         }, TimeSpan.FromMinutes(1));
-        await WaitAsync("host-1 to exit", () => Task.FromResult(!ProcessTable.IsAlive(spmNode.Pid, spmNode.StartTime)), TimeSpan.FromMinutes(1));
+        await SpmProbe.WaitAsync(_cluster, "host-1 to exit", () => Task.FromResult(!ProcessTable.IsAlive(spmNode.Pid, spmNode.StartTime)), TimeSpan.FromMinutes(1));
         var oldLog = await File.ReadAllTextAsync(spmNode.LogFile);
         output.WriteLine(string.Join('\n', oldLog.Split('\n').Where(l => l.Contains("ease") || l.Contains("SPM stopped"))));
         // The path this test is about: the release waited for the copy, then freed the record (not a taker proving host-1 gone).
@@ -107,29 +106,6 @@ public sealed class SpmHandOverTests(ITestOutputHelper output) : IAsyncLifetime
             if (args.Count < 2 || Path.GetFileName(args[0]) != "qemu-img" || args[1] != "convert") continue;
             if (!args.Any(a => a.StartsWith(root + "/", StringComparison.Ordinal))) continue;
             if (ProcStat.Read(pid) is { IsZombie: false } stat) yield return stat;
-        }
-    }
-
-    /// <summary>The host the cluster says runs the SPM now (<c>lsm hosts</c>), or null.</summary>
-    private async Task<string?> SpmHostAsync()
-    {
-        var shown = await _cluster.Lsm("hosts", "--json");
-        if (shown.ExitCode != 0) return null;
-        return JsonDocument.Parse(shown.Stdout).RootElement.GetProperty("hosts").EnumerateArray()
-            .Where(h => h.GetProperty("spm").GetBoolean()).Select(h => h.GetProperty("id").GetString()).FirstOrDefault();
-    }
-
-    private static Task<LeaseRecord> ReadLeaseAsync(string path) =>
-        new PoolLease(path, "fault-test-reader", TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1)).ReadAsync();
-
-    private async Task WaitAsync(string what, Func<Task<bool>> condition, TimeSpan within)
-    {
-        var deadline = DateTime.UtcNow + within;
-        while (!await condition())
-        {
-            if (DateTime.UtcNow > deadline)
-                throw new Xunit.Sdk.XunitException($"waited {within.TotalSeconds:0} s for {what}\n{_cluster.LogTails()}");
-            await Task.Delay(200);
         }
     }
 }

@@ -101,9 +101,12 @@ public sealed class LeaseFencingTests : Akka.TestKit.Xunit2.TestKit, IAsyncLifet
         Assert.Equal(1, lease.ChangesInProgress);
         var release = lease.ReleaseAsync();
         await ContractAssert.FailsWithAsync(ErrorCodes.Fenced, () => fenced.DeleteOwnedVolumesAsync(_chain.Image, TestOwners.Default));
+        var kept = await lease.ReadAsync();
         await Task.Delay(Period);
         Assert.False(release.IsCompleted);
-        Assert.Equal("host-a", (await lease.ReadAsync()).Holder);
+        var later = await lease.ReadAsync();
+        Assert.Equal(("host-a", kept.Generation), (later.Holder, later.Generation));
+        Assert.True(later.Renewal > kept.Renewal, "still renewed while the change runs, or another host could take it over");
 
         await stop.CancelAsync();
         await Assert.ThrowsAnyAsync<OperationCanceledException>(() => copy);

@@ -155,6 +155,7 @@ public sealed class PoolLeaseTests : Akka.TestKit.Xunit2.TestKit
     [Theory]
     [InlineData("lsm@127.0.0.1:4061", true)]
     [InlineData("lsm@[::1]:4061", true)]
+    [InlineData("lsm@localhost:4061", true)]
     [InlineData("lsm@192.0.2.1:4061", false)] // TEST-NET-1: no machine's
     [InlineData("lsm@spm-host.example:4061", false)] // a name proves nothing
     [InlineData("host-a", false)]
@@ -167,9 +168,10 @@ public sealed class PoolLeaseTests : Akka.TestKit.Xunit2.TestKit
     {
         var addresses = System.Net.NetworkInformation.NetworkInterface.GetAllNetworkInterfaces()
             .SelectMany(n => n.GetIPProperties().UnicastAddresses).Select(u => u.Address)
-            .Where(a => a.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork).ToList();
+            .ToList();
         var own = addresses.FirstOrDefault(a => !System.Net.IPAddress.IsLoopback(a)) ?? addresses.First(); // a machine without a network has lo
-        Assert.True(HolderProcess.NamesThisMachine($"lsm@{own}:4061"));
+        var host = own.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? $"[{own}]" : own.ToString(); // as Akka writes it
+        Assert.True(HolderProcess.NamesThisMachine($"lsm@{host}:4061"));
     }
 
     [Fact]
