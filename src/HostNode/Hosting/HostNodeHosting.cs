@@ -81,8 +81,9 @@ public static class HostNodeHosting
             // (the resolver's stable-after, 20 s) after the removal before it starts one elsewhere. The SPM needs no such
             // wait: it starts only under the pool's lease, which a downed SPM still running keeps renewing until the changes
             // it started have ended (PoolLease.ReleaseAsync; the new one waits for it), and which a dead or frozen one
-            // renews no more. lsm local up --spm-hosts 2, by hand: host-1 SIGKILLed, the SPM ran on host-2 29 s later instead
-            // of about 50 s; frozen, 44 s instead of 50 s (there the lease's own watch overlaps most of the margin). The
+            // renews no more. lsm local up --spm-hosts 2, by hand: host-1 SIGKILLed, the SPM ran on host-2 29 s later (24 s of
+            // it the node's removal; the margin would have added its 20 s); frozen, 44 s instead of 50 s (there the lease's
+            // own watch overlaps most of the margin). The
             // hand-over retries Akka derives from the margin fall to its minimum (8 at 250 ms): a hand-over that takes longer
             // restarts the manager, which the lease keeps safe (the lease is given up on leaving Oldest, before that).
             var settings = ClusterSingletonManagerSettings.Create(system)

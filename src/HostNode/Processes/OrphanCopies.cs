@@ -16,29 +16,44 @@ public static class OrphanCopies
     public static IReadOnlyList<string> Kill(IReadOnlyCollection<string> domainRoots)
     {
         var killed = new List<string>();
-        if (domainRoots.Count == 0 || !Directory.Exists("/proc")) return killed;
+        foreach (var (stat, args) in CopiesUnder(domainRoots).Where(c => c.Process.ParentPid == 1))
+        {
+            try
+            {
+                using var process = Process.GetProcessById(stat.Pid);
+                process.Kill();
+                // reaped by init; wait until it is gone, so its lock on the twin is gone too
+                process.WaitForExit(TimeSpan.FromSeconds(10));
+                killed.Add($"{stat.Pid}: {string.Join(' ', args)}");
+            }
+            catch (Exception e) when (e is ArgumentException or InvalidOperationException or System.ComponentModel.Win32Exception)
+            {
+                // gone meanwhile, or not ours to kill
+            }
+        }
+        return killed;
+    }
+
+    /// <summary>The running (not zombie) <c>qemu-img convert</c> processes whose arguments name a file under one of <paramref name="domainRoots"/>.</summary>
+    public static IEnumerable<(ProcStat Process, IReadOnlyList<string> Arguments)> CopiesUnder(IReadOnlyCollection<string> domainRoots)
+    {
+        if (domainRoots.Count == 0 || !Directory.Exists("/proc")) yield break;
         var roots = domainRoots.Select(r => Path.TrimEndingDirectorySeparator(Path.GetFullPath(r)) + "/").ToList();
         foreach (var dir in Directory.EnumerateDirectories("/proc"))
         {
             if (!int.TryParse(Path.GetFileName(dir), out var pid)) continue;
+            string[] args;
             try
             {
-                if (ProcStat.Read(pid) is not { ParentPid: 1 }) continue;
-                var args = File.ReadAllText(Path.Combine(dir, "cmdline")).Split('\0', StringSplitOptions.RemoveEmptyEntries);
-                if (args.Length < 2 || Path.GetFileName(args[0]) != "qemu-img" || args[1] != "convert") continue;
-                if (!args.Any(a => roots.Any(r => a.StartsWith(r, StringComparison.Ordinal)))) continue;
-                using var process = Process.GetProcessById(pid);
-                process.Kill();
-                // reaped by init; wait until it is gone, so its lock on the twin is gone too
-                process.WaitForExit(TimeSpan.FromSeconds(10));
-                killed.Add($"{pid}: {string.Join(' ', args)}");
+                args = File.ReadAllText(Path.Combine(dir, "cmdline")).Split('\0', StringSplitOptions.RemoveEmptyEntries);
             }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or InvalidOperationException
-                                          or System.ComponentModel.Win32Exception)
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
-                // gone meanwhile, or not ours to read
+                continue; // gone meanwhile, or not ours to read
             }
+            if (args.Length < 2 || Path.GetFileName(args[0]) != "qemu-img" || args[1] != "convert") continue;
+            if (!args.Any(a => roots.Any(r => a.StartsWith(r, StringComparison.Ordinal)))) continue;
+            if (ProcStat.Read(pid) is { IsZombie: false } stat) yield return (stat, args);
         }
-        return killed;
     }
 }

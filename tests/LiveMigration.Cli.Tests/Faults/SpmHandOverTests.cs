@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using LiveMigration.Cli.Local;
+using LiveMigration.HostNode.Processes;
 using LiveMigration.HostNode.Spm;
 using LiveMigration.Shared.Processes;
 using Xunit.Abstractions;
@@ -47,7 +48,7 @@ public sealed class SpmHandOverTests(ITestOutputHelper output) : IAsyncLifetime
         ProcStat? copy = null;
         await SpmProbe.WaitAsync(_cluster, "the SPM's qemu-img convert of an internal layer", () =>
         {
-            copy = CopiesUnder(storage).FirstOrDefault();
+            copy = OrphanCopies.CopiesUnder([storage]).Select(c => c.Process).FirstOrDefault();
             return Task.FromResult(copy is not null);
         }, TimeSpan.FromMinutes(1));
         var held = await SpmProbe.ReadLeaseAsync(leasePath);
@@ -94,18 +95,5 @@ public sealed class SpmHandOverTests(ITestOutputHelper output) : IAsyncLifetime
         await FaultReport.AppendAsync(outcome.ToReportLine("pre-copy", "qmp", "spm:sigterm", "SyncInternalVolumes/copying", clock.Elapsed));
         outcome.AssertClean("spm:sigterm@SyncInternalVolumes", () => _cluster.LogTails());
         Assert.True(final.GetProperty("status").GetString() == "completed", $"the migration goes on at the new SPM to its end\n{final}");
-    }
-
-    /// <summary>The <c>qemu-img convert</c> processes whose arguments name a file under <paramref name="root"/>.</summary>
-    private static IEnumerable<ProcStat> CopiesUnder(string root)
-    {
-        foreach (var dir in Directory.EnumerateDirectories("/proc"))
-        {
-            if (!int.TryParse(Path.GetFileName(dir), out var pid)) continue;
-            var args = ProcessTable.CommandLine(pid);
-            if (args.Count < 2 || Path.GetFileName(args[0]) != "qemu-img" || args[1] != "convert") continue;
-            if (!args.Any(a => a.StartsWith(root + "/", StringComparison.Ordinal))) continue;
-            if (ProcStat.Read(pid) is { IsZombie: false } stat) yield return stat;
-        }
     }
 }
