@@ -1,5 +1,7 @@
 using System.Net.Http.Json;
 using System.Text.Json;
+using LiveMigration.HostNode.Processes;
+using LiveMigration.Shared.Model;
 
 namespace LiveMigration.Cli.Tests;
 
@@ -303,6 +305,42 @@ public sealed class CliTests(ClusterFixture cluster) : IClassFixture<ClusterFixt
             Assert.Contains(metric, metrics);
         Assert.Contains("step=\"Pivot\"", metrics);
         await AwaitInventoryShowsAsync(destination);
+    }
+
+    [Fact]
+    public async Task A_cancel_during_a_slow_copy_of_the_internal_layers_stops_the_copy_and_the_migration_ends_cancelled_with_no_copy_left()
+    {
+        var (name, destination) = await OtherDomainAsync();
+        var source = await CurrentDomainAsync();
+        var destinationDomain = destination == cluster.A.Id.ToString() ? cluster.A : cluster.B;
+        // 32 KiB/s shared by the mirror and the SPM's copy: the internal layers alone would take over ten minutes.
+        var started = await Lsm("migrate", cluster.Vm.ToString(), "--to", name, "--bandwidth", "32k", "--json");
+        Assert.True(started.ExitCode == 0, started.ToString());
+        var id = JsonDocument.Parse(started.Stdout).RootElement.GetProperty("id").GetString()!;
+        using var http = new HttpClient();
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
+        while (true)
+        {
+            var migration = await http.GetFromJsonAsync<JsonElement>($"{cluster.Api}/api/migrations/{id}");
+            var disk = migration.GetProperty("disks")[0];
+            if (disk.GetProperty("step").GetString() == "SyncInternalVolumes" && disk.GetProperty("done").GetInt64() > 0) break;
+            Assert.False(migration.GetProperty("finished").GetBoolean(), $"finished before its copy was seen running: {migration}");
+            if (DateTime.UtcNow > deadline) throw new TimeoutException($"no copy of the internal layers within 60 s: {migration}\n{cluster.LogTails()}");
+            await Task.Delay(100);
+        }
+
+        var cancel = await Lsm("migration", "cancel", id);
+        Assert.True(cancel.ExitCode == 0, cancel.ToString());
+        var end = await AwaitFinishedAsync(http, id);
+        Assert.Equal("cancelled", end.GetProperty("status").GetString());
+        // The copy was stopped, not waited for: its step failed STEP_STOPPED, then the mirror was cancelled and the copy removed.
+        var timings = end.GetProperty("disks")[0].GetProperty("timings").EnumerateArray()
+            .Select(t => (Step: t.GetProperty("step").GetString(), Outcome: t.GetProperty("outcome").GetString())).ToList();
+        Assert.Contains(("SyncInternalVolumes", $"failed {ErrorCodes.StepStopped}"), timings);
+        Assert.Equal(("DeleteDestinationImage", "completed"), timings[^1]);
+        Assert.DoesNotContain(cluster.Image, await destinationDomain.ListImagesAsync());
+        Assert.Empty(OrphanCopies.CopiesUnder([cluster.A.DomainPath, cluster.B.DomainPath]));
+        Assert.Equal(source, await CurrentDomainAsync());
     }
 
     private async Task<JsonElement> AwaitFinishedAsync(HttpClient http, string id)

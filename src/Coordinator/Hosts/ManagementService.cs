@@ -309,7 +309,8 @@ public sealed class ManagementService(ActorSystem system, IActorRef inventory, I
         var images = entry.Vm.Drives.Select(d => d.Image).ToHashSet();
         if (snapshot.Reservations.FirstOrDefault(r => images.Contains(r.Image)) is { } busy)
             throw Refuse(MigrationErrorCodes.DiskBusy,
-                $"VM {entry.Vm.Id} ({entry.Vm.Name}) cannot be {what}: its disk {busy.Image} is moving in migration {busy.Migration}");
+                $"VM {entry.Vm.Id} ({entry.Vm.Name}) cannot be {what}: its disk {busy.Image} is moving in migration {busy.Migration}; " +
+                $"wait for it to end (`lsm migration watch {busy.Migration}`) or, before its point of no return, stop it (`lsm migration cancel {busy.Migration}`)");
     }
 
     /// <summary>The base format a new disk asks for: "raw" when it names none.</summary>

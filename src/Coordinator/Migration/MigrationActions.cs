@@ -1,5 +1,6 @@
 using LiveMigration.Shared.Migration;
 using LiveMigration.Shared.Model;
+using LiveMigration.Shared.Protocol;
 
 namespace LiveMigration.Coordinator.Migration;
 
@@ -28,6 +29,12 @@ public sealed record SendStep(
 /// <summary>Tell a host the new speed of a copy or mirror that runs now for <see cref="Operation"/>'s disk.</summary>
 public sealed record SendSpeed(HostRole Role, VmId Vm, OperationId Operation, long SpeedBytesPerSecond) : MigrationAction;
 
+/// <summary>
+/// Stop a copy step in flight that the migration being undone no longer needs (<see cref="StopStep"/>): its answer,
+/// STEP_STOPPED once the copy has ended, starts the disk's rollback. Sent with each sending of the step.
+/// </summary>
+public sealed record SendStop(HostRole Role, OperationId Operation, string Reason) : MigrationAction;
+
 /// <summary>Send <see cref="RetryDue"/> to the saga at this time.</summary>
 public sealed record WakeAt(DateTimeOffset DueAt) : MigrationAction;
 
@@ -52,10 +59,25 @@ public static class MigrationActions
             actions.Add(new SendStep(MigrationPlan.RoleOf(step), request.Vm, disk.Plan, step, disk.Operation!.Value,
                 request.Strategy, CopySpeed(step, speed), request.CopyMode));
         }
+        actions.AddRange(Stops(state));
         var due = state.Disks.Where(d => d.Phase == DiskPhase.RetryWaiting).Select(d => d.RetryDueAt!.Value).DefaultIfEmpty().Min();
         if (due != default)
             actions.Add(new WakeAt(due));
         return actions;
+    }
+
+    /// <summary>
+    /// The copies in flight to stop: a migration being undone (cancelled, failed on another disk) waits for each step in
+    /// flight to answer before it undoes that disk (<see cref="MigrationDecider"/>), and a copy of hundreds of GiB would
+    /// make it wait for hours for a copy it then deletes.
+    /// </summary>
+    public static IEnumerable<SendStop> Stops(MigrationState state)
+    {
+        if (state.Termination is not { } end || state.Status.IsFinished) yield break;
+        foreach (var disk in state.Disks)
+            if (disk is { Phase: DiskPhase.InFlight, IsRollingBack: false, PassedPointOfNoReturn: false } && StopStep.Stops(disk.Step!.Value))
+                yield return new SendStop(MigrationPlan.RoleOf(disk.Step!.Value), disk.Operation!.Value,
+                    $"migration {state.Id} is {MigrationDecider.Describe(end)}: {end.Message}");
     }
 
     /// <summary>One disk's share of the migration's bandwidth limit (the disks moving at once share it); 0 = unlimited.</summary>

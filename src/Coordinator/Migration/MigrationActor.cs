@@ -44,6 +44,8 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
     private readonly ILoggingAdapter _log = Context.GetLogger();
     /// <summary>Steps sent by this incarnation; empty after a recovery, so every step in flight goes out again.</summary>
     private readonly HashSet<OperationId> _sent = [];
+    /// <summary>Steps in flight this incarnation asked to stop (<see cref="SendStop"/>); a step sent again is stopped again.</summary>
+    private readonly HashSet<OperationId> _stopsSent = [];
     private MigrationState _state;
     private bool _admissionAsked;
     private bool _released;
@@ -242,6 +244,10 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
         foreach (var step in steps.Values)
             if (_sent.Add(step.Operation))
                 Send(step);
+        _stopsSent.RemoveWhere(op => !steps.ContainsKey(op));
+        foreach (var stop in actions.OfType<SendStop>())
+            if (_stopsSent.Add(stop.Operation))
+                SendStop(stop);
 
         if (actions.OfType<WakeAt>().FirstOrDefault() is { } wake)
         {
@@ -302,6 +308,16 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
         }
         if (FaultPlan.Current.Names(FaultAction.ReplayLate, step.Step)) _keptForReplay.TryAdd((step.Step, step.Disk.Image), step);
         StartDeadline(step.Operation);
+        // A host that had lost the step (restarted, or the SPM moved) starts it again: the stop follows it there.
+        if (_stopsSent.Contains(step.Operation) && MigrationActions.Stops(_state).FirstOrDefault(s => s.Operation == step.Operation) is { } stop)
+            SendStop(stop);
+    }
+
+    private void SendStop(SendStop stop)
+    {
+        _log.Info("Migration {Migration}: stopping {Operation} at the {Role}: {Reason}", Id, stop.Operation, stop.Role, stop.Reason);
+        var target = stop.Role == HostRole.Spm ? _hosts.Spm : null;
+        target?.Tell(new StopStep(stop.Operation, stop.Reason));
     }
 
     private static ExecuteStep CommandOf(SendStep step) =>

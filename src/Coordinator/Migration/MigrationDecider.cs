@@ -411,7 +411,8 @@ public static class MigrationDecider
                     Emit(new DiskFinished(State.Id, disk.Image, DiskOutcome.Skipped, now));
                 else if (disk.Phase != DiskPhase.InFlight || MigrationPlan.IsInterruptible(disk.Step!.Value))
                     BeginRollback(disk);
-                // A step still in flight is let finish; its outcome starts the rollback (or, for a switch that worked, the roll forward).
+                // A step still in flight is let finish (a long copy is asked to stop: MigrationActions.Stops); its outcome
+                // starts the rollback (or, for a switch that worked, the roll forward).
             }
             return this;
         }

@@ -40,6 +40,18 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
     /// writing a destination volume while the SPM's new home copies the same volume again.
     /// </summary>
     private readonly CancellationTokenSource _stopped = new();
+    /// <summary>What stops each running step alone (<see cref="StopStep"/>); linked to <see cref="_stopped"/>.</summary>
+    private readonly Dictionary<OperationId, CancellationTokenSource> _stepStops = new();
+    /// <summary>The running steps a saga asked to stop: their failure, whatever the copy said, is STEP_STOPPED.</summary>
+    private readonly HashSet<OperationId> _stopping = new();
+    /// <summary>
+    /// Stops that came for an operation not running here (its SPM moved, or the step's command is still on its way):
+    /// the step, when it comes, is answered STEP_STOPPED without running. Bounded, oldest forgotten first (a forgotten
+    /// one only lets that copy run to its end, as before stops existed).
+    /// </summary>
+    private readonly Queue<OperationId> _stopsAheadOrder = new();
+    private readonly HashSet<OperationId> _stopsAhead = new();
+    private const int StopsAheadKept = 1024;
     private readonly ILoggingAdapter _log = Context.GetLogger();
     // Progress goes to a step's waiters at most once a second (as the HSM's): a copy reports every chunk (qemu-img's
     // progress is polled every 100 ms), and thousands of copies each telling every chunk to a remote saga was most of
@@ -90,6 +102,7 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
         FinishInterruptedRemovals(fileDomains);
         Receive<ExecuteStep>(OnExecuteStep);
         Receive<SetStepSpeed>(OnSetStepSpeed);
+        Receive<StopStep>(OnStopStep);
         Receive<StepProgressed>(OnProgress);
         Receive<ProgressDue>(due =>
         {
@@ -212,15 +225,53 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
                 $"the SPM does not run {operation.Step} for image {command.Disk.Image} (operation {operation})", Transient: false));
             return;
         }
+        if (_stopsAhead.Contains(operation))
+        {
+            Finish(operation, Stopped(operation, "its stop came before it: it did not run"));
+            return;
+        }
         _log.Info("Starting {Operation} for image {Image} from domain {Source} to {Destination}",
             operation, command.Disk.Image, command.Disk.Source, command.Disk.Destination);
         var self = Self;
         // The copy's progress callback runs on the copy's thread: only a message crosses into the actor.
         var progress = new InlineProgress<CopyProgress>(p => self.Tell(new StepProgressed(operation, p.Done, p.Total)));
-        var stopped = _stopped.Token;
+        var stop = _stepStops[operation] = CancellationTokenSource.CreateLinkedTokenSource(_stopped.Token);
+        var token = stop.Token;
         var rate = _rates[operation] = new CopyRate(command.SpeedBytesPerSecond);
-        StepReplies.RunAsync(operation, () => _steps.RunAsync(command, progress, stopped, rate)).PipeTo(self);
+        StepReplies.RunAsync(operation, () => _steps.RunAsync(command, progress, token, rate)).PipeTo(self);
     }
+
+    /// <summary>
+    /// A saga undoing its migration stops the copy it no longer needs. Cancelling the step's token kills its
+    /// <c>qemu-img</c>, and the step's task ends only once that process was reaped: the STEP_STOPPED answer, sent when
+    /// it ends, comes after the last write, so the rollback's delete of the copy never races it. Only a copy before the
+    /// point of no return is stopped (<see cref="StopStep.Stops"/>); after it, the copy is the VM's way forward.
+    /// </summary>
+    private void OnStopStep(StopStep command)
+    {
+        var operation = command.Operation;
+        if (!StopStep.Stops(operation.Step))
+        {
+            _log.Warning("Refused to stop {Operation}: only a copy before the point of no return is stopped ({Reason})", operation, command.Reason);
+            return;
+        }
+        if (_stepStops.TryGetValue(operation, out var stop))
+        {
+            if (!_stopping.Add(operation)) return;
+            _log.Info("Stopping {Operation}: {Reason}", operation, command.Reason);
+            stop.Cancel();
+            return;
+        }
+        if (_ledger.IsRunning(operation)) return; // answered or failing already; its answer goes out
+        if (!_stopsAhead.Add(operation)) return;
+        _log.Info("Stop of {Operation}, which does not run here, kept for its command: {Reason}", operation, command.Reason);
+        _stopsAheadOrder.Enqueue(operation);
+        while (_stopsAheadOrder.Count > StopsAheadKept) _stopsAhead.Remove(_stopsAheadOrder.Dequeue());
+    }
+
+    private static OperationFailed Stopped(OperationId operation, string how) =>
+        new(operation, ErrorCodes.StepStopped, $"{operation.Step} stopped at its migration's request ({how}); the copy it left is removed by the rollback",
+            Transient: false);
 
     /// <summary>An operator's new speed for a copy step that runs here: its copies follow it at once. No reply (as the HSM).</summary>
     private void OnSetStepSpeed(SetStepSpeed command)
@@ -262,6 +313,9 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
 
     private void OnFinished(StepFinished finished)
     {
+        // A stopped step fails however its killed copy put it (cancelled, qemu-img's error): the saga hears why.
+        if (_stopping.Contains(finished.Operation) && finished.Reply is OperationFailed && !_stopped.IsCancellationRequested)
+            finished = finished with { Reply = Stopped(finished.Operation, "its copy was killed and has ended") };
         StepReplies.Announce(finished, _log, Context.System.EventStream);
         Finish(finished.Operation, finished.Reply);
     }
@@ -269,6 +323,8 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
     private void Finish(OperationId operation, IHostReply reply)
     {
         _rates.Remove(operation);
+        _stopping.Remove(operation);
+        if (_stepStops.Remove(operation, out var stop)) stop.Dispose();
         // the newest progress still waiting goes first: the waiters' last figure is the copy's last, not an older one
         if (Timers.IsTimerActive(ProgressTimer(operation)) && _progressNewest.TryGetValue(operation, out var untold)) TellProgress(untold);
         _progressToldAt.Remove(operation);

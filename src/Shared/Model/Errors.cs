@@ -47,6 +47,11 @@ public static class ErrorCodes
     public const string SwitchOutcomeUnknown = "SWITCH_OUTCOME_UNKNOWN";
     /// <summary>A VM's record names a chain it must not start on (ILLEGAL, or not the newest leaf, or a switch in doubt).</summary>
     public const string StaleRecord = "STALE_RECORD";
+    /// <summary>
+    /// A copy step stopped at its saga's request (<see cref="Protocol.StopStep"/>: the migration is being undone); its copy
+    /// process had ended before this answer, and the copy it left is undone by the rollback. Not transient.
+    /// </summary>
+    public const string StepStopped = "STEP_STOPPED";
     /// <summary>A late command of a migration whose copy on that domain was already undone (its rollback ran): nothing is changed.</summary>
     public const string MigrationEnded = "MIGRATION_ENDED";
     /// <summary>A storage path outside the folders the host allows for storage domains (after following <c>..</c> and symlinks).</summary>

@@ -33,6 +33,23 @@ public sealed record ExecuteStep(
 /// <summary>Changes the speed of the running copy or mirror of a migration's disk at once (0 = unlimited).</summary>
 public sealed record SetStepSpeed(OperationId Operation, long SpeedBytesPerSecond) : IHostCommand;
 
+/// <summary>
+/// Stops a copy step before the point of no return whose migration is being undone (cancelled, or failed on another
+/// disk), so the rollback need not wait hours for a copy nobody will use. The step itself answers: with
+/// <see cref="ErrorCodes.StepStopped"/> once its copy process has ended (nothing writes the destination after the
+/// answer), or with its own outcome when it ended first. A host that does not run the operation remembers the stop
+/// for a while and answers the step STEP_STOPPED without running it when it arrives. No reply of its own.
+/// </summary>
+public sealed record StopStep(OperationId Operation, string Reason) : IHostCommand
+{
+    /// <summary>
+    /// The steps a saga that undoes its migration stops while they run: the SPM's copy of a pre-copy's internal layers,
+    /// before the point of no return, whose half-made copy the rollback deletes. A post-copy's copy runs after the
+    /// switch (the VM reads through it) and is never stopped; the other steps are short.
+    /// </summary>
+    public static bool Stops(MigrationStep step) => step is MigrationStep.SyncInternalVolumes;
+}
+
 public sealed record OperationSucceeded(OperationId Operation, StepOutcome Outcome) : IHostReply;
 
 /// <summary>The step failed. <paramref name="Transient"/> says a retry may succeed (a timeout, a host that went away).</summary>

@@ -22,6 +22,7 @@ public static class ProtocolManifests
         // saga → hosts, and their answers
         ("lm.ExecuteStep.v1", typeof(ExecuteStep)),
         ("lm.SetStepSpeed.v1", typeof(SetStepSpeed)),
+        ("lm.StopStep.v1", typeof(StopStep)),
         ("lm.OperationSucceeded.v1", typeof(OperationSucceeded)),
         ("lm.OperationFailed.v1", typeof(OperationFailed)),
         ("lm.OperationProgress.v1", typeof(OperationProgress)),

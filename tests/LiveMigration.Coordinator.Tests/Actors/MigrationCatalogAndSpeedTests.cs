@@ -149,6 +149,52 @@ public sealed class MigrationCatalogAndSpeedTests : IAsyncLifetime
         Assert.Equal(MigrationErrorCodes.MigrationFinished, node.Kit.ExpectMsg<MigrationCommandRefused>(Patience).Code);
     }
 
+    [Fact]
+    public async Task A_cancel_stops_the_SPMs_copy_in_flight_and_the_saga_recovered_from_its_journal_stops_it_again()
+    {
+        var saga = new SagaDriver();
+        ExecuteStep sync;
+        await using (var node = await ActorNode.StartAsync(_dataDirectory))
+        {
+            var admission = node.System.ActorOf(MigrationAdmission.Props(MigrationLimits.Default));
+            var (actor, spm, hsm) = Migration(node, saga, admission);
+            Answer(actor, spm, MigrationStep.CloneImageStructure);
+            Answer(actor, hsm, MigrationStep.StartReplication);
+            sync = spm.ExpectMsg<ExecuteStep>(Patience);
+            Assert.Equal(MigrationStep.SyncInternalVolumes, sync.Operation.Step);
+
+            actor.Tell(new CancelMigration(saga.Id, "the operator needs the bandwidth"), node.Kit.TestActor);
+            node.Kit.ExpectMsg<MigrationCommandAccepted>(Patience);
+            var stop = spm.ExpectMsg<StopStep>(Patience);
+            Assert.Equal(sync.Operation, stop.Operation);
+            Assert.Contains("the operator needs the bandwidth", stop.Reason);
+            hsm.ExpectNoMsg(TimeSpan.FromMilliseconds(300)); // the mirror is cancelled only once the copy answered
+        }
+
+        // The Coordinator restarts with the stop unanswered: the recovered saga sends the step again (the SPM attaches
+        // to it or, having lost it, starts it) and its stop after it.
+        await using var restarted = await ActorNode.StartAsync(_dataDirectory);
+        var (newSpm, newHsm) = (restarted.Kit.CreateTestProbe(), restarted.Kit.CreateTestProbe());
+        var recovered = restarted.System.ActorOf(MigrationActor.Props(saga.Id, new ProbeHosts(newSpm, newHsm),
+            restarted.System.ActorOf(MigrationAdmission.Props(MigrationLimits.Default)), new MigrationActorSettings(TimeSpan.FromSeconds(30), 100)));
+        Assert.Equal(sync.Operation, newSpm.ExpectMsg<ExecuteStep>(Patience).Operation);
+        Assert.Equal(sync.Operation, newSpm.ExpectMsg<StopStep>(Patience).Operation);
+
+        recovered.Tell(new OperationFailed(sync.Operation, ErrorCodes.StepStopped, "stopped", Transient: false), newSpm.Ref);
+        var cancel = newHsm.ExpectMsg<ExecuteStep>(Patience);
+        Assert.Equal(MigrationStep.CancelReplication, cancel.Operation.Step);
+        recovered.Tell(new OperationSucceeded(cancel.Operation, new StepOutcome()), newHsm.Ref);
+        var delete = newSpm.ExpectMsg<ExecuteStep>(Patience);
+        Assert.Equal(MigrationStep.DeleteDestinationImage, delete.Operation.Step);
+        recovered.Tell(new OperationSucceeded(delete.Operation, new StepOutcome()), newSpm.Ref);
+        await AwaitAsync(() =>
+        {
+            recovered.Tell(new GetMigrationState(saga.Id), restarted.Kit.TestActor);
+            return Task.FromResult(restarted.Kit.ExpectMsg<MigrationStateReply>(Patience).View.Status == "cancelled");
+        });
+        newSpm.ExpectNoMsg(TimeSpan.FromMilliseconds(200)); // no stop for the delete
+    }
+
     private static async Task AwaitAsync(Func<Task<bool>> condition)
     {
         var deadline = DateTime.UtcNow + Patience;

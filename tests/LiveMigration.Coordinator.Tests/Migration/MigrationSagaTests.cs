@@ -189,6 +189,59 @@ public sealed class MigrationSagaTests
     }
 
     [Fact]
+    public void Cancel_during_the_copy_of_the_internal_layers_stops_that_copy_and_undoes_the_disk_once_the_stop_is_answered()
+    {
+        var saga = new SagaDriver().Begin();
+        saga.Succeed();
+        saga.Succeed();
+        var sync = saga.InFlight();
+        Assert.Equal(SyncInternalVolumes, sync.Step);
+        Assert.Empty(saga.Actions.OfType<SendStop>());
+
+        saga.Send(new CancelMigration(saga.Id, "operator changed their mind"));
+        // The copy is still awaited (its qemu-img may be writing), and asked to stop.
+        Assert.Equal(sync.Operation, saga.InFlight().Operation);
+        var stop = Assert.Single(saga.Actions.OfType<SendStop>());
+        Assert.Equal((HostRole.Spm, sync.Operation), (stop.Role, stop.Operation));
+        Assert.Contains("operator changed their mind", stop.Reason);
+
+        saga.Fail(ErrorCodes.StepStopped);
+        Assert.Empty(saga.Actions.OfType<SendStop>());
+        Assert.Equal(CancelReplication, saga.InFlight().Step);
+        saga.Succeed();
+        Assert.Equal(DeleteDestinationImage, saga.InFlight().Step);
+        saga.Succeed();
+        Assert.IsType<MigrationStatus.Cancelled>(saga.State.Status);
+    }
+
+    [Fact]
+    public void A_failure_of_one_disk_stops_the_copy_of_another_disks_internal_layers_and_a_copy_that_won_the_race_is_undone_too()
+    {
+        var saga = new SagaDriver(disks: 3).Begin(parallel: 3);
+        var (first, second, third) = (saga.Images[0], saga.Images[1], saga.Images[2]);
+        foreach (var image in new[] { first, second })
+        {
+            saga.Succeed(image);
+            saga.Succeed(image);
+            Assert.Equal(SyncInternalVolumes, saga.InFlight(image).Step);
+        }
+        // a clone is not stopped: it is short, and its answer starts its disk's rollback
+        Assert.Equal(CloneImageStructure, saga.InFlight(third).Step);
+
+        saga.Fail(third, ErrorCodes.NotEnoughSpace);
+        Assert.Equal(new HashSet<ImageId> { first, second }, saga.Actions.OfType<SendStop>().Select(s => s.Operation.Image).ToHashSet());
+        // the first's copy ended before its stop came: done is done, the rollback undoes it all the same
+        saga.Succeed(first);
+        saga.Fail(second, ErrorCodes.StepStopped);
+        Assert.Empty(saga.Actions.OfType<SendStop>());
+        Assert.Equal(CancelReplication, saga.InFlight(first).Step);
+        Assert.Equal(CancelReplication, saga.InFlight(second).Step);
+        foreach (var image in new[] { first, second, third }) saga.SucceedAll(image);
+        var failed = Assert.IsType<MigrationStatus.Failed>(saga.State.Status);
+        Assert.Equal(ErrorCodes.NotEnoughSpace, failed.Code);
+    }
+
+    [Fact]
     public void Cancel_of_a_queued_migration_ends_it_with_nothing_to_undo()
     {
         var saga = new SagaDriver();

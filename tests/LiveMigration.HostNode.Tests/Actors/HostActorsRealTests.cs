@@ -1,5 +1,6 @@
 using LiveMigration.HostNode.Guest;
 using LiveMigration.HostNode.Hsm;
+using LiveMigration.HostNode.Processes;
 using LiveMigration.HostNode.Spm;
 using LiveMigration.HostNode.Tests.EndToEnd;
 using LiveMigration.Shared.Migration;
@@ -117,5 +118,64 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
         Assert.True(watch.Elapsed < TimeSpan.FromSeconds(20), $"the copy took {watch.Elapsed.TotalSeconds:0.0} s: the new speed did not reach it");
         var internals = (await bed.B.DescribeImageAsync(bed.Image)).Volumes.SkipLast(1).ToList();
         Assert.All(internals, v => Assert.Equal(Legality.Legal, v.Legality));
+    }
+    [Fact]
+    public async Task A_stopped_copy_of_the_internal_layers_answers_STEP_STOPPED_only_once_its_qemu_img_is_gone_and_the_rollback_removes_it()
+    {
+        await using var bed = await HostLayerBed.StartAsync();
+        var spm = Sys.ActorOf(SpmActor.Props(bed.Pool));
+        var saga = CreateTestProbe();
+        // 12 MiB of internal layers at 128 KiB/s: about 90 s, were it not stopped
+        var driver = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.A.Id, bed.B.Id, 64 * MiB, VolumeId.New()),
+            MigrationStrategy.PreCopy, speed: 128 * 1024);
+        await driver.SucceedAsync(spm, Step.CloneImageStructure, saga);
+        var sync = driver.Op(Step.SyncInternalVolumes);
+        driver.Send(spm, Step.SyncInternalVolumes, saga);
+        var copying = DateTime.UtcNow.AddSeconds(30);
+        while (!OrphanCopies.CopiesUnder([bed.B.DomainPath]).Any())
+        {
+            Assert.True(DateTime.UtcNow < copying, "no qemu-img copied into the destination within 30 s");
+            await Task.Delay(20);
+        }
+
+        spm.Tell(new StopStep(sync, "migration cancelled by the test"), saga.Ref);
+        var answer = await StepDriver.AnswerAsync(saga, sync, timeout: TimeSpan.FromSeconds(30));
+        // read at once: nothing may write the copy after the answer
+        var stillCopying = OrphanCopies.CopiesUnder([bed.B.DomainPath]).Select(c => c.Process.Pid).ToList();
+
+        var stopped = Assert.IsType<OperationFailed>(answer);
+        Assert.Equal((ErrorCodes.StepStopped, false), (stopped.Code, stopped.Transient));
+        Assert.Empty(stillCopying);
+        Assert.Contains((await bed.B.DescribeImageAsync(bed.Image)).Volumes, v => v.Legality == Legality.Illegal);
+        // the same id again is the same answer, not a new copy
+        driver.Send(spm, Step.SyncInternalVolumes, saga);
+        Assert.Equal(ErrorCodes.StepStopped, Assert.IsType<OperationFailed>(await StepDriver.AnswerAsync(saga, sync)).Code);
+        Assert.Empty(OrphanCopies.CopiesUnder([bed.B.DomainPath]));
+
+        await driver.SucceedAsync(spm, Step.DeleteDestinationImage, saga);
+        Assert.DoesNotContain(bed.Image, await bed.B.ListImagesAsync());
+        Assert.Contains(bed.Image, await bed.A.ListImagesAsync());
+    }
+
+    [Fact]
+    public async Task A_stop_that_comes_before_its_step_answers_the_step_STEP_STOPPED_without_copying_and_a_stop_of_another_step_changes_nothing()
+    {
+        await using var bed = await HostLayerBed.StartAsync();
+        var spm = Sys.ActorOf(SpmActor.Props(bed.Pool));
+        var saga = CreateTestProbe();
+        var driver = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.A.Id, bed.B.Id, 64 * MiB, VolumeId.New()), MigrationStrategy.PreCopy);
+        await driver.SucceedAsync(spm, Step.CloneImageStructure, saga);
+
+        // e.g. the SPM moved: the saga's stop reaches the new SPM, then its step sent again
+        spm.Tell(new StopStep(driver.Op(Step.SyncInternalVolumes, attempt: 2), "migration cancelled by the test"), saga.Ref);
+        driver.Send(spm, Step.SyncInternalVolumes, saga, attempt: 2);
+        var answer = Assert.IsType<OperationFailed>(await StepDriver.AnswerAsync(saga, driver.Op(Step.SyncInternalVolumes, attempt: 2)));
+        Assert.Equal(ErrorCodes.StepStopped, answer.Code);
+        Assert.All((await bed.B.DescribeImageAsync(bed.Image)).Volumes, v => Assert.Equal(Legality.Illegal, v.Legality));
+
+        // A stop of a step that is not a copy before the point of no return (a post-copy's copy, a delete) changes nothing.
+        spm.Tell(new StopStep(driver.Op(Step.DeleteDestinationImage, attempt: 3), "wrong step"), saga.Ref);
+        await driver.SucceedAsync(spm, Step.DeleteDestinationImage, saga, attempt: 3);
+        Assert.DoesNotContain(bed.Image, await bed.B.ListImagesAsync());
     }
 }

@@ -70,6 +70,7 @@ public static class ProtocolSamples
         // host protocol
         new ExecuteStep(Operation, Vm, Plan, MigrationStrategy.PostCopy, SpeedBytesPerSecond: 25_000_000, CopyMode.WriteBlocking),
         new SetStepSpeed(Operation, 12_500_000),
+        new StopStep(Operation, "migration cancelled by an operator"),
         new OperationSucceeded(Operation, Outcome),
         new OperationSucceeded(Operation, new StepOutcome()),
         new OperationFailed(Operation, ErrorCodes.VmNotRunning, "VM b3a9e1c4 is gone (QEMU pid 4242 exited)", Transient: true),
