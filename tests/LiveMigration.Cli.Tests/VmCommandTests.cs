@@ -1,5 +1,7 @@
-using LiveMigration.Cli.Local;
 using System.Text.Json;
+using LiveMigration.Cli.Local;
+using LiveMigration.Shared.Model;
+using LiveMigration.Shared.Processes;
 
 namespace LiveMigration.Cli.Tests;
 
@@ -215,6 +217,67 @@ public sealed class VmCommandTests(VmClusterFixture cluster) : IClassFixture<VmC
         Assert.True(verified.GetProperty("ok").GetBoolean(), verified.ToString());
         Assert.True(verified.GetProperty("checked").GetInt64() > 0, verified.ToString());
         Assert.Equal(0, (await Lsm("vm", "stop", "mover")).ExitCode);
+    }
+
+    [Fact]
+    public async Task A_vm_whose_QEMU_dies_during_a_slow_pre_copy_fails_it_at_once_and_starts_again_on_its_source()
+    {
+        var root = Path.Combine(cluster.SharedStorage, "crash-root");
+        Assert.Equal(0, (await Lsm("domain", "create", "crash-src", "--path", root, "--capacity", "512MiB")).ExitCode);
+        Assert.Equal(0, (await Lsm("domain", "create", "crash-dst", "--path", root, "--capacity", "512MiB")).ExitCode);
+        var create = await Lsm("vm", "create", "crasher", "--host", "host-1", "--disk", "32MiB@crash-src:snapshots=1");
+        Assert.True(create.ExitCode == 0, create + "\n" + cluster.LogTails());
+        var vmId = (await JsonOf("vm", "show", "crasher")).GetProperty("id").GetString()!;
+        var image = (await JsonOf("vm", "show", "crasher")).GetProperty("disks")[0].GetProperty("image").GetString()!;
+        var dst = Assert.Single((await JsonOf("domains")).GetProperty("domains").EnumerateArray(), d => d.GetProperty("name").GetString() == "crash-dst")
+            .GetProperty("id").GetString()!;
+        // data in a layer that a snapshot then makes internal: the SPM's copy of it at 32 KiB/s takes minutes
+        Assert.Equal(0, (await Lsm("vm", "io", "crasher", "--rate", "8MiB/s", "--seconds", "1")).ExitCode);
+        await AwaitAsync(async () => !(await JsonOf("vm", "io", "crasher", "--status")).GetProperty("running").GetBoolean(), "the guest's writes to end");
+        Assert.Equal(0, (await Lsm("vm", "snapshot", "crasher")).ExitCode);
+
+        var started = await JsonOf("migrate", "crasher", "--to", "crash-dst", "--bandwidth", "64k");
+        var id = started.GetProperty("id").GetString()!;
+        await AwaitAsync(async () =>
+        {
+            var disk = (await JsonOf("migration", "show", id)).GetProperty("disks")[0];
+            return disk.GetProperty("step").GetString() == "SyncInternalVolumes" && disk.GetProperty("done").GetInt64() > 0;
+        }, "the copy of the internal layers to run");
+        var pidFile = Path.Combine(cluster.Cluster.HostRunDirectory("host-1"), "vms", $"{vmId}.pid");
+        var qemu = int.Parse(File.ReadAllText(pidFile).Trim());
+        Assert.True(ProcessSignals.Send(qemu, 9), $"QEMU {qemu} could not be killed");
+
+        // The host reports the VM stopped; the saga fails the pre-copy, stops the copy and undoes it.
+        JsonElement end = default;
+        await AwaitAsync(async () => (end = await JsonOf("migration", "show", id)).GetProperty("finished").GetBoolean(), "the migration to end");
+        Assert.Equal($"failed ({ErrorCodes.VmNotRunning})", end.GetProperty("status").GetString());
+        Assert.Contains("stopped on host host-1 during the pre-copy", end.GetProperty("error").GetString());
+        var timings = end.GetProperty("disks")[0].GetProperty("timings").EnumerateArray()
+            .Select(t => (Step: t.GetProperty("step").GetString(), Outcome: t.GetProperty("outcome").GetString())).ToList();
+        Assert.Contains(("SyncInternalVolumes", $"failed {ErrorCodes.StepStopped}"), timings);
+        Assert.Equal(("DeleteDestinationImage", "completed"), timings[^1]);
+        var src = Assert.Single((await JsonOf("domains")).GetProperty("domains").EnumerateArray(), d => d.GetProperty("name").GetString() == "crash-src")
+            .GetProperty("id").GetString()!;
+        Assert.True(Directory.Exists(Path.Combine(root, src, "images", image)), "the source chain is not where the test looks");
+        Assert.False(Directory.Exists(Path.Combine(root, dst, "images", image)), "the copy is left on the destination");
+
+        // Its disks are free again: it starts on its source chain and lost nothing it flushed.
+        var start = await Lsm("vm", "start", "crasher");
+        Assert.True(start.ExitCode == 0, start + "\n" + cluster.LogTails());
+        var verified = await JsonOf("vm", "verify", "crasher");
+        Assert.True(verified.GetProperty("ok").GetBoolean(), verified.ToString());
+        Assert.Equal(0, verified.GetProperty("lost").GetInt64());
+        Assert.Equal(0, (await Lsm("vm", "stop", "crasher")).ExitCode);
+    }
+
+    private async Task AwaitAsync(Func<Task<bool>> condition, string what)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
+        while (!await condition())
+        {
+            if (DateTime.UtcNow > deadline) throw new TimeoutException($"waited 60 s for {what}\n{cluster.LogTails()}");
+            await Task.Delay(200);
+        }
     }
 
     [Fact]

@@ -1,7 +1,11 @@
 using Akka.Actor;
 using Akka.Cluster;
+using Akka.Cluster.Tools.PublishSubscribe;
 using Akka.Event;
 using LiveMigration.Coordinator.Migration;
+using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
+using LiveMigration.Shared.Protocol;
 
 namespace LiveMigration.Coordinator.Hosts;
 
@@ -9,6 +13,9 @@ namespace LiveMigration.Coordinator.Hosts;
 /// One per Coordinator node: watches cluster membership for hosts that join and tells the sagas of this node that
 /// asked, so that only the steps of the host that came back go out again at once. It replaces a cluster subscription
 /// per saga (each a snapshot of the membership built and sent by Akka's publisher, per saga, at every start).
+/// It also reads the hosts' reports the inventory publishes and tells a saga when its VM is reported stopped
+/// (<see cref="ReportVmStopped"/>): once when the VM stops, and at once to a saga that asks about a VM known stopped
+/// (a recovered saga whose VM stopped while the Coordinator was down).
 /// </summary>
 public sealed class HostRejoinWatcher : ReceiveActor, IWithTimers
 {
@@ -18,6 +25,10 @@ public sealed class HostRejoinWatcher : ReceiveActor, IWithTimers
     public static readonly TimeSpan SettleTime = TimeSpan.FromSeconds(2);
 
     private readonly HashSet<IActorRef> _sagas = [];
+    /// <summary>The VMs the newest reports show not running, with their host.</summary>
+    private readonly Dictionary<VmId, string> _stopped = new();
+    private readonly Dictionary<VmId, Dictionary<IActorRef, MigrationId>> _vmWatchers = new();
+    private readonly Dictionary<IActorRef, VmId> _vmOfSaga = new();
     private readonly ILoggingAdapter _log = Context.GetLogger();
 
     public ITimerScheduler Timers { get; set; } = null!;
@@ -29,11 +40,38 @@ public sealed class HostRejoinWatcher : ReceiveActor, IWithTimers
             // watched too: a saga that stops without saying so (a failing PostStop) is not told forever
             if (_sagas.Add(w.Saga)) Context.Watch(w.Saga);
         });
+        Receive<WatchVmStops>(w =>
+        {
+            if (_sagas.Add(w.Saga)) Context.Watch(w.Saga);
+            ForgetVmOf(w.Saga);
+            _vmOfSaga[w.Saga] = w.Vm;
+            if (!_vmWatchers.TryGetValue(w.Vm, out var watchers)) _vmWatchers[w.Vm] = watchers = new();
+            watchers[w.Saga] = w.Migration;
+            if (_stopped.TryGetValue(w.Vm, out var host)) w.Saga.Tell(new ReportVmStopped(w.Migration, w.Vm, host));
+        });
         Receive<UnwatchHostRejoins>(w =>
         {
             if (_sagas.Remove(w.Saga)) Context.Unwatch(w.Saga);
+            ForgetVmOf(w.Saga);
         });
-        Receive<Terminated>(t => _sagas.Remove(t.ActorRef));
+        Receive<Terminated>(t =>
+        {
+            _sagas.Remove(t.ActorRef);
+            ForgetVmOf(t.ActorRef);
+        });
+        Receive<HostReported>(whole =>
+        {
+            var reported = whole.Vms.Select(v => v.Id).ToHashSet();
+            foreach (var (vm, host) in _stopped.ToList())
+                if (host == whole.HostId && !reported.Contains(vm)) _stopped.Remove(vm);
+            foreach (var vm in whole.Vms) Saw(vm, whole.HostId);
+        });
+        Receive<HostVmsChanged>(change =>
+        {
+            foreach (var vm in change.Gone) _stopped.Remove(vm);
+            foreach (var vm in change.Upserted) Saw(vm, change.HostId);
+        });
+        Receive<SubscribeAck>(_ => { });
         Receive<ClusterEvent.MemberUp>(up =>
         {
             if (up.Member.HasRole("host") || up.Member.HasRole("spm"))
@@ -49,14 +87,38 @@ public sealed class HostRejoinWatcher : ReceiveActor, IWithTimers
         Receive<ClusterEvent.CurrentClusterState>(_ => { });
     }
 
+    /// <summary>A VM as its host reports it now: running, or stopped (told to its sagas when it was not known stopped).</summary>
+    private void Saw(VmReport vm, string host)
+    {
+        if (vm.Running)
+        {
+            _stopped.Remove(vm.Id);
+            return;
+        }
+        if (!_stopped.TryAdd(vm.Id, host)) return;
+        if (!_vmWatchers.TryGetValue(vm.Id, out var watchers)) return;
+        _log.Info("VM {Vm} reported stopped by host {Host}; telling its {Count} migration(s) on this node", vm.Id, host, watchers.Count);
+        foreach (var (saga, migration) in watchers) saga.Tell(new ReportVmStopped(migration, vm.Id, host));
+    }
+
+    private void ForgetVmOf(IActorRef saga)
+    {
+        if (!_vmOfSaga.Remove(saga, out var vm) || !_vmWatchers.TryGetValue(vm, out var watchers)) return;
+        watchers.Remove(saga);
+        if (watchers.Count == 0) _vmWatchers.Remove(vm);
+    }
+
     public static Props Props(HostDirectory directory, TimeSpan? settleTime = null)
     {
         var settle = settleTime ?? SettleTime;
         return Akka.Actor.Props.Create(() => new HostRejoinWatcher(directory, settle));
     }
 
-    protected override void PreStart() =>
+    protected override void PreStart()
+    {
         Cluster.Get(Context.System).Subscribe(Self, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsSnapshot, typeof(ClusterEvent.MemberUp));
+        DistributedPubSub.Get(Context.System).Mediator.Tell(new Subscribe(InventoryTopics.Reports, Self));
+    }
 
     protected override void PostStop() => Cluster.Get(Context.System).Unsubscribe(Self);
 }

@@ -49,6 +49,7 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
     private MigrationState _state;
     private bool _admissionAsked;
     private bool _released;
+    private bool _vmWatched;
     /// <summary>Fault plan (tests only): the first command of each step a replay-late rule names, to send again late.</summary>
     private readonly Dictionary<(MigrationStep Step, ImageId Image), SendStep> _keptForReplay = new();
     private long _lastSnapshotAt;
@@ -233,6 +234,12 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
     /// <summary>Send what the state asks for now: new steps, the retry timer, the admission request, the release.</summary>
     private void Dispatch()
     {
+        if (!_vmWatched && _state.Request is { } request && !_state.Status.IsFinished)
+        {
+            // A pre-copy whose VM stops cannot finish: its saga hears of it (ReportVmStopped) instead of copying on.
+            _vmWatched = true;
+            _hosts.RejoinWatcher?.Tell(new WatchVmStops(Self, Id, request.Vm));
+        }
         var actions = MigrationActions.Next(_state);
         var steps = actions.OfType<SendStep>().ToDictionary(s => s.Operation);
 

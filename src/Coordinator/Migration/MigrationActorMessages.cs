@@ -45,6 +45,12 @@ public static class MigrationViews
 /// <summary>A saga on this node asks to hear of hosts that (re)join; local only.</summary>
 public sealed record WatchHostRejoins(IActorRef Saga) : INoSerializationVerificationNeeded;
 
+/// <summary>
+/// A saga on this node asks to hear when its VM is reported stopped (<see cref="ReportVmStopped"/>, at once when it is
+/// already); local only. <see cref="UnwatchHostRejoins"/> ends this too.
+/// </summary>
+public sealed record WatchVmStops(IActorRef Saga, MigrationId Migration, VmId Vm) : INoSerializationVerificationNeeded;
+
 /// <summary>The saga stopped; local only.</summary>
 public sealed record UnwatchHostRejoins(IActorRef Saga) : INoSerializationVerificationNeeded;
 

@@ -41,8 +41,31 @@ public static class MigrationDecider
             ResumeMigration => DecideResume(state, now),
             AbandonMigration => DecideAbandon(state, now),
             SetMigrationSpeed speed => DecideSpeed(state, speed, now),
+            ReportVmStopped stopped => DecideVmStopped(state, stopped, now),
             _ => Decision.Refuse(ErrorCodes.InvalidArgument, $"migration {state.Id} does not know command {command.GetType().Name}"),
         };
+    }
+
+    /// <summary>
+    /// A pre-copy disk copies its internal layers (or waits to retry that copy) while its mirror runs in the VM's QEMU:
+    /// with the VM stopped, the mirror is gone and the pivot can never come, so the migration fails now, its copy in
+    /// flight stopped (<see cref="MigrationActions.Stops"/>) and the disks undone, instead of copying for hours while the
+    /// VM may not start (its disks are reserved). The other steps need no help: a mirror's wait and a pivot fail on their
+    /// own with the VM gone, and a start of the mirror fails at once. A stale report costs only this migration: the
+    /// rollback cancels a mirror that does run, as after any failure.
+    /// </summary>
+    private static Decision DecideVmStopped(MigrationState state, ReportVmStopped stopped, DateTimeOffset now)
+    {
+        if (state.Status is not MigrationStatus.Running || state.Termination is not null || state.Request is not { } request
+            || request.Strategy != MigrationStrategy.PreCopy || request.Vm != stopped.Vm)
+            return Decision.Nothing;
+        var orphaned = state.Disks.FirstOrDefault(d => d is { PassedPointOfNoReturn: false, IsRollingBack: false, IsFinished: false }
+                                                       && d.Step == MigrationStep.SyncInternalVolumes
+                                                       && d.Phase is DiskPhase.InFlight or DiskPhase.RetryWaiting);
+        if (orphaned is null) return Decision.Nothing;
+        return new Draft(state, now).Terminate(TerminationKind.Failure, ErrorCodes.VmNotRunning,
+            $"VM {stopped.Vm} stopped on host {stopped.HostId} during the pre-copy: the mirror of disk {orphaned.Image} ended with its QEMU, " +
+            "so the pivot can never come; the copy is stopped and undone, and the VM starts on its source chain").Settle();
     }
 
     /// <summary>A speed change is recorded (so a step sent again after a restart carries it) unless the migration is over.</summary>

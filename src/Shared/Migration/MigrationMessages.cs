@@ -67,6 +67,13 @@ public sealed record ResumeMigration(MigrationId MigrationId) : IMigrationComman
 
 public sealed record AbandonMigration(MigrationId MigrationId) : IMigrationCommand;
 
+/// <summary>
+/// The migration's VM was reported stopped by its host (its QEMU exited: a shutdown, a crash, its host stopped). A pre-copy
+/// whose mirror ran in that QEMU cannot reach its pivot: the saga fails it (stopping the copy in flight) instead of
+/// copying on for nothing while the VM may not start. Ignored in any other state. Sent by the Coordinator node's watcher.
+/// </summary>
+public sealed record ReportVmStopped(MigrationId MigrationId, VmId Vm, string HostId) : IMigrationCommand;
+
 /// <summary>An operator changes the migration's bandwidth limit (bytes per second, 0 = unlimited) while it runs.</summary>
 public sealed record SetMigrationSpeed(MigrationId MigrationId, long BytesPerSecond) : IMigrationCommand;
 

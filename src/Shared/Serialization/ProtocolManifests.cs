@@ -37,6 +37,7 @@ public static class ProtocolManifests
         ("lm.CancelMigration.v1", typeof(CancelMigration)),
         ("lm.ResumeMigration.v1", typeof(ResumeMigration)),
         ("lm.AbandonMigration.v1", typeof(AbandonMigration)),
+        ("lm.ReportVmStopped.v1", typeof(ReportVmStopped)),
 
         // questions to a migration saga, its answers and the status changes it publishes (topic "migrations")
         ("lm.GetMigrationState.v1", typeof(GetMigrationState)),

@@ -3,6 +3,8 @@ using Akka.Actor;
 using LiveMigration.Coordinator.Hosts;
 using LiveMigration.Coordinator.Migration;
 using LiveMigration.Shared.Hosting;
+using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
 using LiveMigration.Shared.Protocol;
 
 namespace LiveMigration.Cluster.Specs.InProcess;
@@ -58,6 +60,55 @@ public sealed class HostRejoinWatcherSpecs : IAsyncLifetime
         Assert.False(known.Concerns(Shared.Migration.HostRole.Hsm, "host-8"));
         Assert.False(known.Concerns(Shared.Migration.HostRole.Spm, "host-7"));
         Assert.Empty(stopped);
+    }
+
+    [Fact]
+    public async Task A_saga_hears_once_that_its_vm_stopped_and_at_once_when_it_asks_about_a_vm_known_stopped()
+    {
+        var coordinator = await StartAsync(seed: null, port: 0, role: "coordinator");
+        var watcher = coordinator.ActorOf(HostRejoinWatcher.Props(new HostDirectory(), TimeSpan.FromMilliseconds(100)));
+        var (vm, other) = (VmId.New(), VmId.New());
+        var migration = MigrationId.New();
+        var heard = new BlockingCollection<ReportVmStopped>();
+        var saga = coordinator.ActorOf(Props.Create(() => new StopRecorder(heard)));
+        watcher.Tell(new WatchVmStops(saga, migration, vm));
+        VmReport Report(VmId id, bool running) => new(id, "vm", running, []);
+
+        watcher.Tell(new HostReported("host-1", "akka://lsm@h1:1", false, [Report(vm, true), Report(other, false)], DateTimeOffset.UtcNow));
+        watcher.Tell(new HostVmsChanged("host-1", "akka://lsm@h1:1", false, [Report(vm, false)], [], DateTimeOffset.UtcNow));
+        var stopped = Take(heard)!;
+        Assert.Equal((migration, vm, "host-1"), (stopped.MigrationId, stopped.Vm, stopped.HostId));
+        // reported stopped again (another change of the host): told once
+        watcher.Tell(new HostVmsChanged("host-1", "akka://lsm@h1:1", false, [Report(vm, false)], [], DateTimeOffset.UtcNow));
+        // started and stopped again: told again
+        watcher.Tell(new HostVmsChanged("host-1", "akka://lsm@h1:1", false, [Report(vm, true)], [], DateTimeOffset.UtcNow));
+        watcher.Tell(new HostVmsChanged("host-1", "akka://lsm@h1:1", false, [Report(vm, false)], [], DateTimeOffset.UtcNow));
+        Assert.Equal(vm, Take(heard)!.Vm);
+        Assert.False(heard.TryTake(out var extra, TimeSpan.FromMilliseconds(300)), $"told again: {extra}");
+
+        // A saga that recovers after its VM stopped hears it as it asks; one that stopped watching hears nothing.
+        var late = new BlockingCollection<ReportVmStopped>();
+        var recovered = coordinator.ActorOf(Props.Create(() => new StopRecorder(late)));
+        var otherMigration = MigrationId.New();
+        watcher.Tell(new WatchVmStops(recovered, otherMigration, other));
+        var told = Take(late)!;
+        Assert.Equal((otherMigration, other), (told.MigrationId, told.Vm));
+        Take(late, empty: true);
+        watcher.Tell(new UnwatchHostRejoins(saga));
+        watcher.Tell(new HostVmsChanged("host-1", "akka://lsm@h1:1", false, [Report(vm, true)], [], DateTimeOffset.UtcNow));
+        watcher.Tell(new HostVmsChanged("host-1", "akka://lsm@h1:1", false, [Report(vm, false)], [], DateTimeOffset.UtcNow));
+        Assert.False(heard.TryTake(out var afterUnwatch, TimeSpan.FromMilliseconds(300)), $"told after it stopped watching: {afterUnwatch}");
+    }
+
+    private static ReportVmStopped? Take(BlockingCollection<ReportVmStopped> heard, bool empty = false)
+    {
+        if (empty) return heard.TryTake(out var more, TimeSpan.FromMilliseconds(300)) ? throw new Xunit.Sdk.XunitException($"told twice: {more}") : null;
+        return heard.TryTake(out var stopped, TimeSpan.FromSeconds(10)) ? stopped : throw new Xunit.Sdk.XunitException("not told within 10 s");
+    }
+
+    private sealed class StopRecorder : ReceiveActor
+    {
+        public StopRecorder(BlockingCollection<ReportVmStopped> heard) => Receive<ReportVmStopped>(heard.Add);
     }
 
     private static int FreePortBelowEphemeralRange()

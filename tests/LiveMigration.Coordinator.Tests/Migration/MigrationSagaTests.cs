@@ -242,6 +242,58 @@ public sealed class MigrationSagaTests
     }
 
     [Fact]
+    public void A_vm_reported_stopped_during_the_copy_of_the_internal_layers_fails_the_pre_copy_and_stops_the_copy()
+    {
+        var saga = new SagaDriver().Begin();
+        // before the mirror runs, a stop changes nothing here: the mirror's start fails by itself
+        Assert.Empty(saga.Send(new ReportVmStopped(saga.Id, saga.Vm, "host-1")).Events);
+        saga.Succeed();
+        saga.Succeed();
+        var sync = saga.InFlight();
+        Assert.Equal(SyncInternalVolumes, sync.Step);
+        Assert.Empty(saga.Send(new ReportVmStopped(saga.Id, VmId.New(), "host-1")).Events); // another VM
+
+        saga.Send(new ReportVmStopped(saga.Id, saga.Vm, "host-2"));
+        Assert.Equal(sync.Operation, Assert.Single(saga.Actions.OfType<SendStop>()).Operation);
+        saga.Fail(ErrorCodes.StepStopped);
+        Assert.Equal(CancelReplication, saga.InFlight().Step);
+        saga.Fail(ErrorCodes.VmNotRunning); // the host's own answer: no mirror left to cancel
+        Assert.Equal(DeleteDestinationImage, saga.InFlight().Step);
+        saga.Succeed();
+        var failed = Assert.IsType<MigrationStatus.Failed>(saga.State.Status);
+        Assert.Equal(ErrorCodes.VmNotRunning, failed.Code);
+        Assert.Contains("stopped on host host-2", failed.Message);
+        Assert.Empty(saga.Send(new ReportVmStopped(saga.Id, saga.Vm, "host-2")).Events);
+    }
+
+    [Fact]
+    public void A_vm_reported_stopped_leaves_a_post_copy_a_mirror_wait_a_pivot_and_a_rollback_to_their_own_answers()
+    {
+        var post = new SagaDriver().Begin(MigrationStrategy.PostCopy);
+        post.Succeed();
+        post.Succeed(); // the live snapshot: past the point of no return
+        Assert.Empty(post.Send(new ReportVmStopped(post.Id, post.Vm, "host-1")).Events);
+
+        var pre = new SagaDriver().Begin();
+        foreach (var step in new[] { CloneImageStructure, StartReplication, SyncInternalVolumes })
+        {
+            Assert.Equal(step, pre.InFlight().Step);
+            pre.Succeed();
+        }
+        Assert.Equal(WaitMirrorReady, pre.InFlight().Step); // fails by itself with the VM gone
+        Assert.Empty(pre.Send(new ReportVmStopped(pre.Id, pre.Vm, "host-1")).Events);
+        pre.Succeed();
+        Assert.Equal(Pivot, pre.InFlight().Step); // its outcome, or the probe after it, decides
+        Assert.Empty(pre.Send(new ReportVmStopped(pre.Id, pre.Vm, "host-1")).Events);
+
+        var cancelled = new SagaDriver().Begin();
+        cancelled.Succeed();
+        cancelled.Succeed();
+        cancelled.Send(new CancelMigration(cancelled.Id));
+        Assert.Empty(cancelled.Send(new ReportVmStopped(cancelled.Id, cancelled.Vm, "host-1")).Events);
+    }
+
+    [Fact]
     public void Cancel_of_a_queued_migration_ends_it_with_nothing_to_undo()
     {
         var saga = new SagaDriver();

@@ -86,6 +86,7 @@ public static class ProtocolSamples
         new CancelMigration(Migration, "operator asked at 15:09"),
         new ResumeMigration(Migration),
         new AbandonMigration(Migration),
+        new ReportVmStopped(Migration, Vm, "host-2"),
         new SetMigrationSpeed(Migration, 50_000_000),
         // migration events (the journal)
         new MigrationRequested(Migration, Request, [Plan, Plan with { Image = OtherImage, SizeBytes = 1_048_576 }], At),
