@@ -304,6 +304,10 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
     private void Send(SendStep step)
     {
         FaultPlan.Current.Hit(step.Step, FaultMoment.BeforeSend);
+        // The watcher tells only a stop it sees happen: a VM that stopped while this disk was elsewhere (its mirror's start
+        // in flight, the migration suspended) is told now, as the copy that would wait for it begins.
+        if (step.Step == MigrationStep.SyncInternalVolumes)
+            _hosts.RejoinWatcher?.Tell(new WatchVmStops(Self, Id, step.Vm));
         var target = step.Role == HostRole.Spm ? _hosts.Spm : _hosts.HsmFor(step.Vm);
         if (target is null)
             _log.Warning("Migration {Migration}: no HSM known for VM {Vm}; {Operation} goes out when its deadline passes", Id, step.Vm, step.Operation);

@@ -53,10 +53,13 @@ public static class HostNodeHosting
             if (spmCapable && spmLease is null)
                 system.Log.Warning("The SPM singleton on {0} runs UNFENCED: no SPM lease is configured, so two SPMs (a paused or " +
                                    "partitioned one and its successor) could both change storage", host.HostId);
-            var hsm = system.ActorOf(HsmActor.Props(host.Hypervisor, host.Pool, management?.Catalog), HsmTopic.For(host.HostId));
+            // the reporter calls no VM of the catalog stopped before the HSM adopted those still running
+            var adopted = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            var hsm = system.ActorOf(HsmActor.Props(host.Hypervisor, host.Pool, management?.Catalog, adopted: adopted), HsmTopic.For(host.HostId));
             DistributedPubSub.Get(system).Mediator.Tell(new Put(hsm));
             registry.Register<HsmKey>(hsm);
-            system.ActorOf(HostReporter.Props(host.HostId, spmCapable, host.Hypervisor, host.Pool, registry.Get<InventoryKey>(), management?.Catalog), "host-reporter");
+            system.ActorOf(HostReporter.Props(host.HostId, spmCapable, host.Hypervisor, host.Pool, registry.Get<InventoryKey>(), management?.Catalog,
+                adopted.Task), "host-reporter");
             if (management is not null)
             {
                 var manager = system.ActorOf(VmManagerActor.Props(host.HostId, host.Hypervisor, host.Pool, management.Catalog, management.Roots,

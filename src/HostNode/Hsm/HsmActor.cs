@@ -43,10 +43,16 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
     private readonly HashSet<OperationId> _sampling = [];
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private Action<HypervisorEvent>? _forwardEvent;
+    /// <summary>Completed when the adoption of the running VMs has ended (the host's reporter waits for it).</summary>
+    private readonly TaskCompletionSource? _adopted;
 
-    public HsmActor(IHypervisor hypervisor, StoragePool pool, VmCatalog? catalog = null, TimeSpan? convergenceWindow = null)
+    /// <param name="adopted">Completed once the running VMs are adopted (or their adoption failed): until then a VM of the
+    /// catalog this host does not list yet may still run, and the host's reporter must not call it stopped.</param>
+    public HsmActor(IHypervisor hypervisor, StoragePool pool, VmCatalog? catalog = null, TimeSpan? convergenceWindow = null,
+        TaskCompletionSource? adopted = null)
     {
         _hypervisor = hypervisor;
+        _adopted = adopted;
         _convergenceWindow = convergenceWindow ?? MirrorConvergence.DefaultWindow;
         // Without a catalog (a host without management, in-process tests) there are no VM records to keep.
         _steps = new DriveSteps(hypervisor, pool, new DriveRecords(hypervisor, pool, catalog));
@@ -56,8 +62,9 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
     public IStash Stash { get; set; } = null!;
     public ITimerScheduler Timers { get; set; } = null!;
 
-    public static Props Props(IHypervisor hypervisor, StoragePool pool, VmCatalog? catalog = null, TimeSpan? convergenceWindow = null) =>
-        Akka.Actor.Props.Create(() => new HsmActor(hypervisor, pool, catalog, convergenceWindow));
+    public static Props Props(IHypervisor hypervisor, StoragePool pool, VmCatalog? catalog = null, TimeSpan? convergenceWindow = null,
+        TaskCompletionSource? adopted = null) =>
+        Akka.Actor.Props.Create(() => new HsmActor(hypervisor, pool, catalog, convergenceWindow, adopted));
 
     /// <summary>The steps this actor runs; the others belong to the SPM.</summary>
     public static bool Runs(MigrationStep step) => DriveSteps.Runs(step);
@@ -75,6 +82,7 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
 
     protected override void PostStop()
     {
+        _adopted?.TrySetResult(); // stopped before its adoption ended: the reporter must not wait for good
         if (_forwardEvent is not null) _hypervisor.EventRaised -= _forwardEvent;
     }
 
@@ -89,8 +97,9 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
             else
                 // Serve anyway: each step then fails with the hypervisor's own code for the VM it names.
                 _log.Error(done.Error, "Adopting the running VMs failed; serving steps without them");
-            // The host's first reports may have gone out before the adoption knew its VMs: report again now.
+            // A reporter without the gate may have reported before the adoption knew its VMs: report again now.
             Context.System.EventStream.Publish(new Inventory.HostInventoryChanged($"adopted {done.Running.Count} running VMs"));
+            _adopted?.TrySetResult();
             Become(Serving);
             Stash.UnstashAll();
         });

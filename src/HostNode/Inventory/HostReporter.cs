@@ -35,6 +35,7 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
     private sealed record Reports(string Address, IReadOnlyList<KeyedVmReport> Vms, DomainStatusReport Domains, DateTimeOffset At);
     private sealed record Resend;
     private sealed record PaceDue;
+    private sealed record Adopted;
 
     /// <summary>First wait for a receipt before sending again; doubled after each unanswered send up to <see cref="MaxResendDelay"/>.</summary>
     public static readonly TimeSpan FirstResendDelay = TimeSpan.FromSeconds(1);
@@ -82,8 +83,17 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
 
     public ITimerScheduler Timers { get; set; } = null!;
 
-    public HostReporter(string hostId, bool spmCapable, IHypervisor hypervisor, StoragePool pool, IActorRef inventory, VmCatalog? catalog = null)
+    /// <summary>
+    /// Ends when the HSM has adopted the VMs still running from before this process (null: nothing to wait for). Until
+    /// then the hypervisor does not list them, and a report would show each one of the catalog stopped: a Coordinator
+    /// fails a pre-copy whose VM is reported stopped, so nothing is reported before it.
+    /// </summary>
+    private readonly Task? _adopted;
+
+    public HostReporter(string hostId, bool spmCapable, IHypervisor hypervisor, StoragePool pool, IActorRef inventory, VmCatalog? catalog = null,
+        Task? adopted = null)
     {
+        _adopted = adopted;
         _catalog = catalog;
         _hostId = hostId;
         _spmCapable = spmCapable;
@@ -92,6 +102,7 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
         _inventory = inventory;
 
         Receive<ReportNow>(r => Start(r.Why, r.Vm));
+        Receive<Adopted>(_ => Start("the running VMs are adopted"));
         // a step changed its image's chain or allocation (its VM's report) and the domains' usage (always described);
         // an image no VM here has (an SPM step for another host's VM) changes only the domains
         Receive<HostStateChanged>(c => Start($"step {c.Operation} finished",
@@ -165,8 +176,9 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
     /// <param name="inventory">The inventory singleton's proxy: it buffers reports until the singleton is found,
     /// so a report made while the cluster is still forming is not lost (a pubsub publish would be).</param>
     /// <param name="catalog">The VMs the host keeps while they are stopped; without it only running VMs are reported.</param>
-    public static Props Props(string hostId, bool spmCapable, IHypervisor hypervisor, StoragePool pool, IActorRef inventory, VmCatalog? catalog = null) =>
-        Akka.Actor.Props.Create(() => new HostReporter(hostId, spmCapable, hypervisor, pool, inventory, catalog));
+    public static Props Props(string hostId, bool spmCapable, IHypervisor hypervisor, StoragePool pool, IActorRef inventory, VmCatalog? catalog = null,
+        Task? adopted = null) =>
+        Akka.Actor.Props.Create(() => new HostReporter(hostId, spmCapable, hypervisor, pool, inventory, catalog, adopted));
 
     protected override void PreStart()
     {
@@ -176,7 +188,10 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
         Context.System.EventStream.Subscribe(Self, typeof(HostStateChanged));
         Context.System.EventStream.Subscribe(Self, typeof(HostInventoryChanged));
         Cluster.Get(Context.System).Subscribe(Self, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsEvents, typeof(ClusterEvent.MemberUp));
-        Self.Tell(new ReportNow("host started"));
+        if (_adopted is { IsCompleted: false } adoption)
+            adoption.ContinueWith(_ => new Adopted(), TaskScheduler.Default).PipeTo(Self);
+        else
+            Self.Tell(new ReportNow("host started"));
     }
 
     protected override void PostStop()
@@ -192,6 +207,8 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
     {
         if (vm is { } changed) _stale.Add(changed);
         else if (describeAllIfNoVm) _describeAll = true;
+        // Not before the adoption ended (the Adopted message then reports all that waited).
+        if (_adopted is { IsCompleted: false }) return;
         // One report at a time; changes during a report make one more report after it.
         if (_reporting)
         {

@@ -56,6 +56,23 @@ public sealed class HostReporterTests() : Akka.TestKit.Xunit2.TestKit(Configurat
     }
 
     [Fact]
+    public void Nothing_is_reported_before_the_HSM_adopted_the_running_VMs_and_all_of_it_right_after()
+    {
+        var pool = new StoragePool([_a]);
+        _hypervisor = new SimHypervisor(_host, pool);
+        var inventory = CreateTestProbe();
+        var adopted = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        Sys.ActorOf(HostReporter.Props("host-1", spmCapable: true, _hypervisor, pool, inventory.Ref, adopted: adopted.Task));
+
+        // until then a VM of the catalog that still runs would be reported stopped (a Coordinator fails its pre-copy)
+        Sys.EventStream.Publish(new HostInventoryChanged("a change meanwhile"));
+        inventory.ExpectNoMsg(TimeSpan.FromSeconds(2));
+        adopted.SetResult();
+        Assert.Equal("host-1", inventory.ExpectMsg<HostStatusReport>(TimeSpan.FromSeconds(10)).HostId);
+        Assert.Equal(_a.Id, Assert.Single(inventory.ExpectMsg<DomainStatusReport>().Domains).Id);
+    }
+
+    [Fact]
     public async Task A_host_of_hundreds_of_vms_reports_them_in_parts_that_fit_a_remote_message_then_only_what_changed_and_all_again_on_a_resync()
     {
         var pool = new StoragePool([_a]);
