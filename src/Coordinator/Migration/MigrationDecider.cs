@@ -164,6 +164,16 @@ public static class MigrationDecider
         return new VolumeId(new Guid(bytes));
     }
 
+    /// <summary>How many times a rollback cancels a disk's mirror again when its copy is still in use (see Draft.Failed).</summary>
+    private const int MirrorCancelsAgain = 2;
+
+    /// <summary>
+    /// An attempt number this disk never used for <paramref name="step"/>: a step started again (a mirror cancelled again,
+    /// a delete after it) must not reuse an operation id a host remembers the answer of.
+    /// </summary>
+    private static int FreshAttempt(DiskState disk, MigrationStep step) =>
+        disk.StepTimings.Where(t => t.Step == step).Select(t => t.Attempt).DefaultIfEmpty(0).Max() + 1;
+
     private static Decision DecideAdmit(MigrationState state, DateTimeOffset now) =>
         state.Status is MigrationStatus.Queued
             ? new Draft(state, now).Emit(new MigrationAdmitted(state.Id, now)).Settle()
@@ -223,7 +233,7 @@ public static class MigrationDecider
             if (disk.Phase == DiskPhase.Pending)
                 draft.Emit(new DiskFinished(state.Id, disk.Image, DiskOutcome.Skipped, now));
             else if (CleanupStepOf(disk, state.Request!) is { } step)
-                draft.StartStep(disk, step, disk.Step == step ? disk.Attempt + 1 : 1);
+                draft.StartStep(disk, step, FreshAttempt(disk, step));
             else
                 draft.Emit(new DiskFinished(state.Id, disk.Image, DiskOutcome.Abandoned, now));
         }
@@ -395,6 +405,15 @@ public static class MigrationDecider
                 return Settle();
             }
 
+            if (step == MigrationStep.DeleteDestinationImage && code == ErrorCodes.VolumeInUse && !disk.PassedPointOfNoReturn
+                && disk.Started.Contains(MigrationStep.StartReplication) && FreshAttempt(disk, MigrationStep.CancelReplication) <= 1 + MirrorCancelsAgain)
+            {
+                // A volume of the copy is open: a mirror may write into it again (a late start of it, at a host that had
+                // forgotten it answered, came after the rollback cancelled it). Cancel the mirror again, then delete; a
+                // delete refused only waits and suspends, and an abandon then would leave the mirror running for good.
+                StartStep(disk, MigrationStep.CancelReplication, FreshAttempt(disk, MigrationStep.CancelReplication));
+                return Settle();
+            }
             if (disk.IsRollingBack || disk.PassedPointOfNoReturn)
             {
                 // Undoing, or past the point of no return: the only ways are forward, or wait for an operator.
@@ -452,6 +471,12 @@ public static class MigrationDecider
             var step = disk.Step!.Value;
             if (State.Termination?.Kind == TerminationKind.Abandon)
             {
+                // A mirror cancelled again because the copy was in use: the copy can be removed now.
+                if (step == MigrationStep.CancelReplication && CleanupStepOf(disk, Request) is MigrationStep.DeleteDestinationImage)
+                {
+                    StartStep(disk, MigrationStep.DeleteDestinationImage, FreshAttempt(disk, MigrationStep.DeleteDestinationImage));
+                    return;
+                }
                 // The abandon's clean-up step removed the other side: the disk stays where it runs.
                 Emit(new DiskFinished(State.Id, disk.Image, DiskOutcome.Abandoned, now));
                 return;
@@ -485,7 +510,7 @@ public static class MigrationDecider
             var steps = MigrationPlan.RollbackSteps(disk.Started);
             var index = after is { } a ? IndexOf(steps, a) + 1 : 0;
             if (index < steps.Count)
-                StartStep(disk, steps[index], 1);
+                StartStep(disk, steps[index], FreshAttempt(disk, steps[index]));
             else
                 Emit(new DiskFinished(State.Id, disk.Image, DiskOutcome.RolledBack, now));
         }

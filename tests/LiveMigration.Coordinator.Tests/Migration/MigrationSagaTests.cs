@@ -294,6 +294,62 @@ public sealed class MigrationSagaTests
     }
 
     [Fact]
+    public void A_copy_still_in_use_at_its_delete_has_its_mirror_cancelled_again_first_with_operation_ids_never_used_before()
+    {
+        var saga = new SagaDriver().Begin(retry: new RetryPolicy(3, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(4)));
+        saga.Succeed();
+        saga.Succeed();
+        saga.Send(new CancelMigration(saga.Id));
+        saga.Fail(ErrorCodes.StepStopped);
+        var firstCancel = saga.InFlight();
+        Assert.Equal(CancelReplication, firstCancel.Step);
+        saga.Succeed();
+        var firstDelete = saga.InFlight();
+        Assert.Equal(DeleteDestinationImage, firstDelete.Step);
+
+        // a mirror writes into the copy again (a late start of it): the delete is refused while QEMU has it open
+        saga.Fail(ErrorCodes.VolumeInUse, transient: true);
+        var again = saga.InFlight();
+        Assert.Equal(CancelReplication, again.Step);
+        Assert.NotEqual(firstCancel.Operation, again.Operation); // a host that remembers the first answer would not cancel
+        saga.Succeed();
+        var delete = saga.InFlight();
+        Assert.Equal(DeleteDestinationImage, delete.Step);
+        Assert.NotEqual(firstDelete.Operation, delete.Operation);
+        saga.Succeed();
+        Assert.IsType<MigrationStatus.Cancelled>(saga.State.Status);
+    }
+
+    [Fact]
+    public void A_copy_that_stays_in_use_is_cancelled_again_a_bounded_number_of_times_then_waits_for_an_operator()
+    {
+        var saga = new SagaDriver().Begin(retry: new RetryPolicy(2, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(4)));
+        saga.Succeed();
+        saga.Succeed();
+        saga.Send(new CancelMigration(saga.Id));
+        saga.Fail(ErrorCodes.StepStopped);
+        var cancels = 0;
+        for (var round = 0; round < 20 && saga.State.Status is not MigrationStatus.Suspended; round++)
+        {
+            if (saga.Sends.Count == 0)
+            {
+                saga.Advance(TimeSpan.FromSeconds(10));
+                saga.Send(new RetryDue(saga.Id));
+                continue;
+            }
+            if (saga.InFlight().Step == CancelReplication)
+            {
+                cancels++;
+                saga.Succeed();
+            }
+            else
+                saga.Fail(ErrorCodes.VolumeInUse, transient: true);
+        }
+        Assert.IsType<MigrationStatus.Suspended>(saga.State.Status);
+        Assert.Equal(3, cancels); // the rollback's own, and two more
+    }
+
+    [Fact]
     public void Cancel_of_a_queued_migration_ends_it_with_nothing_to_undo()
     {
         var saga = new SagaDriver();

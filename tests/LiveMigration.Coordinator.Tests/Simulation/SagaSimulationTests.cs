@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
 using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
 using Xunit.Abstractions;
 
 namespace LiveMigration.Coordinator.Tests.Simulation;
@@ -68,6 +69,38 @@ public sealed class SagaSimulationTests(ITestOutputHelper output)
             var smallest = unknown.OrderBy(x => x.Result.Events).First().Result;
             Assert.Fail($"{unknown.Count} of {seeds} seeds broke an invariant not explained by a known bug; replay with LSM_SIM_SEED={smallest.Seed}\n{smallest.Report()}");
         }
+    }
+
+    /// <summary>
+    /// A cancel, and a VM that dies, while the SPM copies the internal layers for an hour: the saga stops the copy, the
+    /// SPM answers STEP_STOPPED, and the rollback ends the migration at once, the disk back on its source (the end
+    /// checks of the simulator hold); also across a Coordinator crash between the stop and its answer.
+    /// </summary>
+    [Theory]
+    [InlineData("cancel", false)]
+    [InlineData("cancel", true)]
+    [InlineData("vm-dies", false)]
+    [InlineData("vm-dies", true)]
+    public void A_copy_of_the_internal_layers_is_stopped_when_its_migration_is_undone(string cause, bool crash)
+    {
+        var sim = new SagaSimulator(7, Chaos.None, MigrationStrategy.PreCopy, disks: 1, parallel: 1) { CopyTakes = _ => 3_600 };
+        sim.AfterEvent = (s, e) =>
+        {
+            if (e is not StepStarted { Step: MigrationStep.SyncInternalVolumes }) return;
+            if (cause == "cancel") s.OperatorIn(5, new CancelMigration(s.Id));
+            else s.KillVmIn(5);
+            if (crash) s.CrashIn(5.0005); // after the stop is sent, before its answer comes back
+        };
+        var result = sim.Run();
+
+        Assert.False(result.Failed, result.Report());
+        if (crash) Assert.Contains(result.Trace, line => line.Contains("recovered from"));
+        var failed = Assert.Single(result.Journal.OfType<StepFailed>(), f => f.Step == MigrationStep.SyncInternalVolumes);
+        Assert.Equal(ErrorCodes.StepStopped, failed.Code);
+        var end = result.Journal[^1];
+        Assert.True(end.At - failed.At < TimeSpan.FromMinutes(1), $"ended {end.At - failed.At} after the stop:\n{result.Report()}");
+        if (cause == "cancel") Assert.IsType<MigrationCancelled>(end);
+        else Assert.Equal(ErrorCodes.VmNotRunning, Assert.IsType<MigrationFailed>(end).Code);
     }
 
     /// <summary>Each known bug's minimal reproduction: reported while it reproduces; once fixed, set Fixed and it guards the fix.</summary>

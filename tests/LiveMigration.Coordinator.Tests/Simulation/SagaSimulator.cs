@@ -1,6 +1,7 @@
 using LiveMigration.Coordinator.Migration;
 using LiveMigration.Shared.Migration;
 using LiveMigration.Shared.Model;
+using LiveMigration.Shared.Protocol;
 using static LiveMigration.Shared.Migration.MigrationStep;
 
 namespace LiveMigration.Coordinator.Tests.Simulation;
@@ -95,6 +96,8 @@ public sealed class SagaSimulator
     public MigrationState State { get; private set; }
     public List<IMigrationEvent> Journal { get; } = [];
     private readonly HashSet<OperationId> _sent = [];
+    /// <summary>MigrationActor._stopsSent: the copies this incarnation asked to stop.</summary>
+    private readonly HashSet<OperationId> _stopsSent = [];
     /// <summary>Every command the actor ever sent, so a scenario can deliver an old copy of one late.</summary>
     private readonly Dictionary<OperationId, SendStep> _everSent = new();
     private readonly Dictionary<OperationId, long> _deadlines = new();
@@ -104,6 +107,8 @@ public sealed class SagaSimulator
 
     // ---- the hosts ----
     private readonly HostLedger _spm = new(), _hsm = new();
+    /// <summary>SpmActor: stops that came before their step (it is answered STEP_STOPPED without running); lost with a restart.</summary>
+    private readonly HashSet<OperationId> _spmStopsAhead = [];
     /// <summary>Per disk: the last answer to its switch step (null: none yet, "ok", or the failure code).</summary>
     private readonly Dictionary<ImageId, string?> _switchAnswer = new();
 
@@ -262,6 +267,21 @@ public sealed class SagaSimulator
                 Log("world: the VM's QEMU dies");
                 KillVm();
                 break;
+            case CopyLandsEv c when _spm.Waiting.Remove(c.Operation):
+            {
+                var answer = World.Execute(c.Operation.Step, World.Disks[c.Operation.Image]);
+                _spm.Finished[c.Operation] = answer;
+                Log($"Spm: the copy of {Op(c.Operation)} ends: {Describe(answer)}");
+                Reply(c.Operation, answer);
+                break;
+            }
+            case DeliverStopEv stop:
+                DeliverStop(stop.Operation, stop.Late);
+                break;
+            case VmStoppedReportEv when !World.VmRunning:
+                Log("watcher: the host reports the VM stopped");
+                Handle(new ReportVmStopped(Id, Vm, "host-1"), "watcher");
+                break;
             case CrashEv when !Calm && !State.Status.IsFinished:
                 Crash("coordinator crashes");
                 break;
@@ -270,8 +290,9 @@ public sealed class SagaSimulator
                 if (old is not null) DeliverCommand(old, late: true);
                 break;
             case HostRestartEv h when !Calm || h.Scripted:
-                Log($"{h.Role} restarts: its ledger (operation ids, mirror waits) is forgotten");
+                Log($"{h.Role} restarts: its ledger (operation ids, mirror waits, copies: killed) is forgotten");
                 (h.Role == HostRole.Spm ? _spm : _hsm).Forget();
+                if (h.Role == HostRole.Spm) _spmStopsAhead.Clear();
                 break;
             case OperatorEv o:
                 if (o.Command is CancelMigration && Calm) break;
@@ -339,6 +360,10 @@ public sealed class SagaSimulator
         foreach (var step in steps.Values)
             if (_sent.Add(step.Operation))
                 Send(step);
+        _stopsSent.RemoveWhere(op => !steps.ContainsKey(op));
+        foreach (var stop in actions.OfType<SendStop>())
+            if (_stopsSent.Add(stop.Operation))
+                SendStop(stop.Operation);
 
         if (actions.OfType<WakeAt>().FirstOrDefault() is { } wake)
         {
@@ -375,6 +400,17 @@ public sealed class SagaSimulator
         var id = ++_seq;
         _deadlines[step.Operation] = id;
         At(StepDeadline, new DeadlineEv(step.Operation, _incarnation, id));
+        if (_stopsSent.Contains(step.Operation) && MigrationActions.Stops(State).Any(s => s.Operation == step.Operation))
+            SendStop(step.Operation);
+    }
+
+    /// <summary>MigrationActor.SendStop: to the SPM, which answers the step itself.</summary>
+    private void SendStop(OperationId op)
+    {
+        Log($"saga -> Spm stop {Op(op)}");
+        At(NetDelay(), new DeliverStopEv(op, false));
+        if (!Calm && _rng.NextDouble() < _chaos.LateCommand)
+            At(Rand(30, 400), new DeliverStopEv(op, true));
     }
 
     /// <summary>The actor dies and comes back: state from the journal alone, every step in flight sent again (AfterRecovery).</summary>
@@ -383,6 +419,7 @@ public sealed class SagaSimulator
         _crashes++;
         _incarnation++;
         _sent.Clear();
+        _stopsSent.Clear();
         _deadlines.Clear();
         _retryTimer = null;
         _admissionAsked = false;
@@ -393,6 +430,8 @@ public sealed class SagaSimulator
         Log($"{why}; recovered from {Journal.Count} events: {MigrationDecider.Describe(State.Status)}");
         _operatorPending = false;
         Dispatch();
+        // the restarted node's watcher tells the recovered saga of a VM its host reports stopped
+        if (!World.VmRunning) At(Rand(0.5, 5), new VmStoppedReportEv());
     }
 
     // ---- the hosts ---------------------------------------------------------------------------------
@@ -410,6 +449,29 @@ public sealed class SagaSimulator
         }
         var disk = World.Disks[step.Disk.Image];
         if (late && !ledger.Waiting.Contains(op) && State.DiskAwaiting(op) is null) _notes.Add("late-command-reexecuted");
+        if (step.Role == HostRole.Spm && _spm.Waiting.Contains(op))
+        {
+            Log($"Spm <- {Op(op)}{tag}: attached to its running copy");
+            return;
+        }
+        if (step.Role == HostRole.Spm && _spmStopsAhead.Contains(op))
+        {
+            var stopped = new HostAnswer.Fail(ErrorCodes.StepStopped, "its stop came before it: it did not run", false);
+            Log($"Spm <- {Op(op)}{tag}: {Describe(stopped)}");
+            _spm.Finished[op] = stopped;
+            Reply(op, stopped);
+            return;
+        }
+        if (op.Step == DeleteDestinationImage && _spm.Waiting.Where(o => o.Image == op.Image).Select(o => (OperationId?)o).FirstOrDefault() is { } writing)
+        {
+            // SpmActor: a volume a qemu-img has open is not deleted (VOLUME_IN_USE, transient): the delete never races a copy.
+            _notes.Add("delete-waited-for-copy");
+            var inUse = new HostAnswer.Fail(ErrorCodes.VolumeInUse, $"the copy of {Op(writing)} has the image open", true);
+            Log($"Spm <- {Op(op)}{tag}: {Describe(inUse)}");
+            _spm.Finished[op] = inUse;
+            Reply(op, inUse);
+            return;
+        }
         if (ledger.Waiting.Contains(op))
         {
             // A repeated mirror wait reads the job once more (HsmActor: Attached → SampleMirror).
@@ -424,6 +486,12 @@ public sealed class SagaSimulator
         var fault = Script.Remove((op.Step, op.Attempt), out var forced) ? forced : RandomFault(step);
         switch (fault)
         {
+            case Fault.None when StopStep.Stops(op.Step) && !disk.DestinationEnded:
+                // A copy of the internal layers takes a while: its answer comes when it lands, or when a stop ends it.
+                _spm.Waiting.Add(op);
+                At(TimeSpan.FromSeconds(CopyTakes?.Invoke(op) ?? 0.2 + _rng.NextDouble() * 40), new CopyLandsEv(op));
+                Log($"{step.Role} <- {Op(op)}{tag}: copying");
+                return;
             case Fault.None:
                 answer = World.Execute(op.Step, disk);
                 Log($"{step.Role} <- {Op(op)}{tag}: {Describe(answer)}");
@@ -502,9 +570,25 @@ public sealed class SagaSimulator
         return _rng.Next(3) < 2 ? Fault.FailTransient : Fault.FailPermanent;
     }
 
+    /// <summary>SpmActor.OnStopStep: a running copy ends (its qemu-img reaped) and answers STEP_STOPPED; an unknown one is kept.</summary>
+    private void DeliverStop(OperationId op, bool late)
+    {
+        var tag = late ? " (an old copy, delivered late)" : "";
+        if (_spm.Waiting.Remove(op))
+        {
+            var stopped = new HostAnswer.Fail(ErrorCodes.StepStopped, "its copy was killed and has ended", false);
+            Log($"Spm <- stop {Op(op)}{tag}: {Describe(stopped)}");
+            _spm.Finished[op] = stopped;
+            Reply(op, stopped);
+        }
+        else if (!_spm.Finished.ContainsKey(op) && _spmStopsAhead.Add(op))
+            Log($"Spm <- stop {Op(op)}{tag}: not running here; kept for its command");
+    }
+
     private void KillVm()
     {
         World.KillVm();
+        At(Rand(0.5, 10), new VmStoppedReportEv());
         foreach (var image in World.Disks.Keys)
             FinishWaits(image, new HostAnswer.Fail(ErrorCodes.VmNotRunning, "VM stopped during the mirror", false));
     }
@@ -514,6 +598,10 @@ public sealed class SagaSimulator
     public void EarlyRetryTimerAt(double seconds) => AtAbsolute(seconds, new EarlyRetryTimerEv());
     public void CrashAt(double seconds) => AtAbsolute(seconds, new CrashEv());
     public void KillVmAt(double seconds) => AtAbsolute(seconds, new KillVmEv());
+    public void KillVmIn(double seconds) => At(TimeSpan.FromSeconds(seconds), new KillVmEv());
+    public void CrashIn(double seconds) => At(TimeSpan.FromSeconds(seconds), new CrashEv());
+    /// <summary>For scenarios: seconds a copy of the internal layers takes (default: 0.2-40.2 s at random).</summary>
+    public Func<OperationId, double>? CopyTakes { get; set; }
     /// <summary>For scenarios: seconds from a mirror's start to READY (default: 1-41 s at random).</summary>
     public Func<SimDisk, double>? MirrorReadyAfter { get; set; }
     public void LandPivotIn(double seconds, ImageId image) => At(TimeSpan.FromSeconds(seconds), new PivotLandsEv(image));
@@ -753,6 +841,9 @@ public sealed class SagaSimulator
     private sealed record PivotLandsEv(ImageId Image) : Ev;
     private sealed record GuestWriteEv(ImageId Image) : Ev;
     private sealed record KillVmEv : Ev;
+    private sealed record CopyLandsEv(OperationId Operation) : Ev;
+    private sealed record DeliverStopEv(OperationId Operation, bool Late) : Ev;
+    private sealed record VmStoppedReportEv : Ev;
     private sealed record CrashEv : Ev;
     private sealed record HostRestartEv(HostRole Role, bool Scripted = false) : Ev;
     private sealed record ReplayLateEv(MigrationStep Step, ImageId Image) : Ev;
