@@ -262,7 +262,6 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
             stop.Cancel();
             return;
         }
-        if (_ledger.IsRunning(operation)) return; // answered or failing already; its answer goes out
         if (!_stopsAhead.Add(operation)) return;
         _log.Info("Stop of {Operation}, which does not run here, kept for its command: {Reason}", operation, command.Reason);
         _stopsAheadOrder.Enqueue(operation);

@@ -267,7 +267,7 @@ public sealed class MigrationSagaTests
     }
 
     [Fact]
-    public void A_vm_reported_stopped_leaves_a_post_copy_a_mirror_wait_a_pivot_and_a_rollback_to_their_own_answers()
+    public void A_vm_reported_stopped_leaves_a_post_copy_a_mirror_wait_a_pivot_and_a_migration_being_undone_to_their_own_answers()
     {
         var post = new SagaDriver().Begin(MigrationStrategy.PostCopy);
         post.Succeed();

@@ -119,6 +119,7 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
         var internals = (await bed.B.DescribeImageAsync(bed.Image)).Volumes.SkipLast(1).ToList();
         Assert.All(internals, v => Assert.Equal(Legality.Legal, v.Legality));
     }
+
     [Fact]
     public async Task A_stopped_copy_of_the_internal_layers_answers_STEP_STOPPED_only_once_its_qemu_img_is_gone_and_the_rollback_removes_it()
     {
