@@ -40,6 +40,10 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
     /// writing a destination volume while the SPM's new home copies the same volume again.
     /// </summary>
     private readonly CancellationTokenSource _stopped = new();
+    /// <summary>Each running step's work, which ends only once its copies' processes were reaped.</summary>
+    private readonly Dictionary<OperationId, Task> _stepTasks = new();
+    /// <summary>How long a stopping SPM waits for its cancelled steps to end before it answers them.</summary>
+    private static readonly TimeSpan StopWait = TimeSpan.FromSeconds(30);
     /// <summary>What stops each running step alone (<see cref="StopStep"/>); linked to <see cref="_stopped"/>.</summary>
     private readonly Dictionary<OperationId, CancellationTokenSource> _stepStops = new();
     /// <summary>The running steps a saga asked to stop: their failure, whatever the copy said, is STEP_STOPPED.</summary>
@@ -186,6 +190,12 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
     {
         // Its copies stop (their qemu-img killed and reaped); the lease is released only once they did (PoolLease.ReleaseAsync).
         _stopped.Cancel();
+        // And nothing is answered before they did: a restart (supervision) starts a new instance on this node under the same
+        // lease, which would take a step again, or delete its copy, while the old qemu-img still wrote. Killed, they end in
+        // milliseconds; a process stuck in the kernel is waited for a while, then the answers go anyway (the lease still waits).
+        var running = _stepTasks.Values.ToArray();
+        if (running.Length > 0 && !Task.WhenAll(running).Wait(StopWait))
+            _log.Warning("SPM stopped with {Count} steps whose processes had not ended after {Seconds} s", running.Count(t => !t.IsCompleted), StopWait.TotalSeconds);
         // Stopped by its singleton manager (the lease lost, the singleton handed over, the node leaving): no step in flight
         // gets an answer from here, so each is refused FENCED now and the saga retries it at the next SPM (which starts
         // only once this one's changes ended) instead of waiting out the step's deadline.
@@ -238,7 +248,9 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
         var stop = _stepStops[operation] = CancellationTokenSource.CreateLinkedTokenSource(_stopped.Token);
         var token = stop.Token;
         var rate = _rates[operation] = new CopyRate(command.SpeedBytesPerSecond);
-        StepReplies.RunAsync(operation, () => _steps.RunAsync(command, progress, token, rate)).PipeTo(self);
+        var work = StepReplies.RunAsync(operation, () => _steps.RunAsync(command, progress, token, rate));
+        _stepTasks[operation] = work;
+        work.PipeTo(self);
     }
 
     /// <summary>
@@ -323,6 +335,7 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
     {
         _rates.Remove(operation);
         _stopping.Remove(operation);
+        _stepTasks.Remove(operation);
         if (_stepStops.Remove(operation, out var stop)) stop.Dispose();
         // the newest progress still waiting goes first: the waiters' last figure is the copy's last, not an older one
         if (Timers.IsTimerActive(ProgressTimer(operation)) && _progressNewest.TryGetValue(operation, out var untold)) TellProgress(untold);

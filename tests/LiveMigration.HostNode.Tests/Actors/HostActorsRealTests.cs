@@ -2,6 +2,7 @@ using LiveMigration.HostNode.Guest;
 using LiveMigration.HostNode.Hsm;
 using LiveMigration.HostNode.Processes;
 using LiveMigration.HostNode.Spm;
+using LiveMigration.HostNode.Storage;
 using LiveMigration.HostNode.Tests.EndToEnd;
 using LiveMigration.Shared.Migration;
 using LiveMigration.Shared.Model;
@@ -178,5 +179,34 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
         spm.Tell(new StopStep(driver.Op(Step.DeleteDestinationImage, attempt: 3), "wrong step"), saga.Ref);
         await driver.SucceedAsync(spm, Step.DeleteDestinationImage, saga, attempt: 3);
         Assert.DoesNotContain(bed.Image, await bed.B.ListImagesAsync());
+    }
+
+    [Fact]
+    public async Task An_SPM_that_stops_answers_its_copy_FENCED_only_once_its_qemu_img_is_gone()
+    {
+        await using var bed = await HostLayerBed.StartAsync();
+        await using var lease = new PoolLease(Path.Combine(bed.Root, "spm.lease"), "host-a", TimeSpan.FromSeconds(5), TimeSpan.FromSeconds(1));
+        Assert.True(await lease.TryAcquireAsync());
+        var spm = Sys.ActorOf(SpmActor.Props(new StoragePool([new FencedStorageDomain(bed.A, lease), new FencedStorageDomain(bed.B, lease)]), lease));
+        var saga = CreateTestProbe();
+        var driver = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.A.Id, bed.B.Id, 64 * MiB, VolumeId.New()),
+            MigrationStrategy.PreCopy, speed: 128 * 1024);
+        await driver.SucceedAsync(spm, Step.CloneImageStructure, saga);
+        var sync = driver.Op(Step.SyncInternalVolumes);
+        driver.Send(spm, Step.SyncInternalVolumes, saga);
+        var copying = DateTime.UtcNow.AddSeconds(30);
+        while (!OrphanCopies.CopiesUnder([bed.B.DomainPath]).Any())
+        {
+            Assert.True(DateTime.UtcNow < copying, "no qemu-img copied into the destination within 30 s");
+            await Task.Delay(20);
+        }
+
+        // as its singleton moving, or a restart by its supervisor (whose new instance would take the step again at once)
+        Sys.Stop(spm);
+        var answer = await StepDriver.AnswerAsync(saga, sync, timeout: TimeSpan.FromSeconds(30));
+        var stillCopying = OrphanCopies.CopiesUnder([bed.B.DomainPath]).Select(c => c.Process.Pid).ToList();
+
+        Assert.Equal(ErrorCodes.Fenced, Assert.IsType<OperationFailed>(answer).Code);
+        Assert.Empty(stillCopying);
     }
 }
