@@ -1,3 +1,4 @@
+using Akka.Actor;
 using LiveMigration.HostNode.Guest;
 using LiveMigration.HostNode.Hsm;
 using LiveMigration.HostNode.Processes;
@@ -127,18 +128,7 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
         await using var bed = await HostLayerBed.StartAsync();
         var spm = Sys.ActorOf(SpmActor.Props(bed.Pool));
         var saga = CreateTestProbe();
-        // 12 MiB of internal layers at 128 KiB/s: about 90 s, were it not stopped
-        var driver = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.A.Id, bed.B.Id, 64 * MiB, VolumeId.New()),
-            MigrationStrategy.PreCopy, speed: 128 * 1024);
-        await driver.SucceedAsync(spm, Step.CloneImageStructure, saga);
-        var sync = driver.Op(Step.SyncInternalVolumes);
-        driver.Send(spm, Step.SyncInternalVolumes, saga);
-        var copying = DateTime.UtcNow.AddSeconds(30);
-        while (!OrphanCopies.CopiesUnder([bed.B.DomainPath]).Any())
-        {
-            Assert.True(DateTime.UtcNow < copying, "no qemu-img copied into the destination within 30 s");
-            await Task.Delay(20);
-        }
+        var (driver, sync) = await CopyingSlowlyAsync(bed, spm, saga);
 
         spm.Tell(new StopStep(sync, "migration cancelled by the test"), saga.Ref);
         var answer = await StepDriver.AnswerAsync(saga, sync, timeout: TimeSpan.FromSeconds(30));
@@ -189,17 +179,7 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
         Assert.True(await lease.TryAcquireAsync());
         var spm = Sys.ActorOf(SpmActor.Props(new StoragePool([new FencedStorageDomain(bed.A, lease), new FencedStorageDomain(bed.B, lease)]), lease));
         var saga = CreateTestProbe();
-        var driver = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.A.Id, bed.B.Id, 64 * MiB, VolumeId.New()),
-            MigrationStrategy.PreCopy, speed: 128 * 1024);
-        await driver.SucceedAsync(spm, Step.CloneImageStructure, saga);
-        var sync = driver.Op(Step.SyncInternalVolumes);
-        driver.Send(spm, Step.SyncInternalVolumes, saga);
-        var copying = DateTime.UtcNow.AddSeconds(30);
-        while (!OrphanCopies.CopiesUnder([bed.B.DomainPath]).Any())
-        {
-            Assert.True(DateTime.UtcNow < copying, "no qemu-img copied into the destination within 30 s");
-            await Task.Delay(20);
-        }
+        var (driver, sync) = await CopyingSlowlyAsync(bed, spm, saga);
 
         // as its singleton moving, or a restart by its supervisor (whose new instance would take the step again at once)
         Sys.Stop(spm);
@@ -208,5 +188,21 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
 
         Assert.Equal(ErrorCodes.Fenced, Assert.IsType<OperationFailed>(answer).Code);
         Assert.Empty(stillCopying);
+    }
+
+    /// <summary>Clones the structure, then sends the copy of the internal layers at 128 KiB/s (12 MiB: about 90 s) and returns once its qemu-img writes the destination.</summary>
+    private static async Task<(StepDriver Driver, OperationId Sync)> CopyingSlowlyAsync(HostLayerBed bed, IActorRef spm, Akka.TestKit.TestProbe saga)
+    {
+        var driver = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.A.Id, bed.B.Id, 64 * MiB, VolumeId.New()),
+            MigrationStrategy.PreCopy, speed: 128 * 1024);
+        await driver.SucceedAsync(spm, Step.CloneImageStructure, saga);
+        driver.Send(spm, Step.SyncInternalVolumes, saga);
+        var copying = DateTime.UtcNow.AddSeconds(30);
+        while (!OrphanCopies.CopiesUnder([bed.B.DomainPath]).Any())
+        {
+            Assert.True(DateTime.UtcNow < copying, "no qemu-img copied into the destination within 30 s");
+            await Task.Delay(20);
+        }
+        return (driver, driver.Op(Step.SyncInternalVolumes));
     }
 }
