@@ -174,6 +174,10 @@ public static class MigrationDecider
     private static int FreshAttempt(DiskState disk, MigrationStep step) =>
         disk.StepTimings.Where(t => t.Step == step).Select(t => t.Attempt).DefaultIfEmpty(0).Max() + 1;
 
+    /// <summary>The mirror cancels a rollback started again after its delete began (the rollback's own, and its retries, not counted).</summary>
+    private static int CancelsAfterDelete(DiskState disk) =>
+        disk.StepTimings.SkipWhile(t => t.Step != MigrationStep.DeleteDestinationImage).Count(t => t.Step == MigrationStep.CancelReplication);
+
     private static Decision DecideAdmit(MigrationState state, DateTimeOffset now) =>
         state.Status is MigrationStatus.Queued
             ? new Draft(state, now).Emit(new MigrationAdmitted(state.Id, now)).Settle()
@@ -278,6 +282,10 @@ public static class MigrationDecider
                 left.Add(new LeftBehind(disk.Image, plan.Source, $"the source chain of disk {disk.Image}; {which}", remove));
                 left.Add(new LeftBehind(disk.Image, plan.Destination, $"{copy}; {which}", remove));
             }
+            else if (!disk.PassedPointOfNoReturn && disk.LastErrorCode == ErrorCodes.VolumeInUse)
+                left.Add(new LeftBehind(disk.Image, plan.Destination, copy,
+                    $"a process still had it open ({cause}): a mirror of the VM's QEMU may still write into it. Once `lsm vm show` and the host's QEMU " +
+                    $"show no block job on disk {disk.Image} (stop the VM if need be), remove the image folder images/{disk.Image} of domain {plan.Destination}"));
             else if (!disk.PassedPointOfNoReturn)
                 left.Add(new LeftBehind(disk.Image, plan.Destination, copy,
                     $"nothing uses it: once the cause ({cause}) is fixed, remove the image folder images/{disk.Image} of domain {plan.Destination}"));
@@ -406,7 +414,7 @@ public static class MigrationDecider
             }
 
             if (step == MigrationStep.DeleteDestinationImage && code == ErrorCodes.VolumeInUse && !disk.PassedPointOfNoReturn
-                && disk.Started.Contains(MigrationStep.StartReplication) && FreshAttempt(disk, MigrationStep.CancelReplication) <= 1 + MirrorCancelsAgain)
+                && disk.Started.Contains(MigrationStep.StartReplication) && CancelsAfterDelete(disk) < MirrorCancelsAgain)
             {
                 // A volume of the copy is open: a mirror may write into it again (a late start of it, at a host that had
                 // forgotten it answered, came after the rollback cancelled it). Cancel the mirror again, then delete; a

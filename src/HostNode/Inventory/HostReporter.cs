@@ -88,7 +88,9 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
     /// then the hypervisor does not list them, and a report would show each one of the catalog stopped: a Coordinator
     /// fails a pre-copy whose VM is reported stopped, so nothing is reported before it.
     /// </summary>
-    private readonly Task? _adopted;
+    private Task? _adopted;
+    /// <summary>How long the first report waits for the adoption at most (an HSM that never ends it must not silence the host).</summary>
+    public static readonly TimeSpan AdoptionWait = TimeSpan.FromSeconds(90);
 
     public HostReporter(string hostId, bool spmCapable, IHypervisor hypervisor, StoragePool pool, IActorRef inventory, VmCatalog? catalog = null,
         Task? adopted = null)
@@ -102,7 +104,13 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
         _inventory = inventory;
 
         Receive<ReportNow>(r => Start(r.Why, r.Vm));
-        Receive<Adopted>(_ => Start("the running VMs are adopted"));
+        Receive<Adopted>(_ =>
+        {
+            if (_adopted is { IsCompleted: false })
+                _log.Warning("host {HostId}: the running VMs were not adopted within {Seconds} s; reporting anyway", _hostId, AdoptionWait.TotalSeconds);
+            _adopted = null;
+            Start("the running VMs are adopted");
+        });
         // a step changed its image's chain or allocation (its VM's report) and the domains' usage (always described);
         // an image no VM here has (an SPM step for another host's VM) changes only the domains
         Receive<HostStateChanged>(c => Start($"step {c.Operation} finished",
@@ -189,7 +197,7 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
         Context.System.EventStream.Subscribe(Self, typeof(HostInventoryChanged));
         Cluster.Get(Context.System).Subscribe(Self, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsEvents, typeof(ClusterEvent.MemberUp));
         if (_adopted is { IsCompleted: false } adoption)
-            adoption.ContinueWith(_ => new Adopted(), TaskScheduler.Default).PipeTo(Self);
+            Task.WhenAny(adoption, Task.Delay(AdoptionWait)).ContinueWith(_ => new Adopted(), TaskScheduler.Default).PipeTo(Self);
         else
             Self.Tell(new ReportNow("host started"));
     }

@@ -321,6 +321,28 @@ public sealed class MigrationSagaTests
     }
 
     [Fact]
+    public void A_rollback_whose_first_mirror_cancel_was_retried_still_cancels_again_when_its_copy_is_in_use()
+    {
+        var saga = new SagaDriver().Begin(retry: new RetryPolicy(5, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(4)));
+        saga.Succeed();
+        saga.Succeed();
+        saga.Send(new CancelMigration(saga.Id));
+        saga.Fail(ErrorCodes.StepStopped);
+        for (var retry = 0; retry < 3; retry++)
+        {
+            // the restarted HSM answers its first cancels TIMEOUT (its adoption still running)
+            Assert.Equal(CancelReplication, saga.InFlight().Step);
+            saga.Fail(ErrorCodes.Timeout, transient: true);
+            saga.Advance(TimeSpan.FromSeconds(10));
+            saga.Send(new RetryDue(saga.Id));
+        }
+        saga.Succeed();
+        Assert.Equal(DeleteDestinationImage, saga.InFlight().Step);
+        saga.Fail(ErrorCodes.VolumeInUse, transient: true);
+        Assert.Equal(CancelReplication, saga.InFlight().Step);
+    }
+
+    [Fact]
     public void A_copy_that_stays_in_use_is_cancelled_again_a_bounded_number_of_times_then_waits_for_an_operator()
     {
         var saga = new SagaDriver().Begin(retry: new RetryPolicy(2, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(4)));
