@@ -21,6 +21,12 @@ public interface IHypervisor : IAsyncDisposable
     /// <summary>Re-attaches to the VMs a previous instance of this host started and that still run (and their block jobs); forgets the dead ones.</summary>
     Task<IReadOnlyList<VmInfo>> AdoptRunningVmsAsync(CancellationToken ct = default);
     Task<IReadOnlyList<VmInfo>> ListVmsAsync(CancellationToken ct = default);
+    /// <summary>
+    /// Whether the VM, which this instance does not list (not adopted), may still run: its process from before this host
+    /// restarted is alive though it could not be adopted (its monitor did not answer). Such a VM is reported running, not
+    /// stopped: a Coordinator fails the pre-copy of a VM reported stopped.
+    /// </summary>
+    Task<bool> RunsUnadoptedAsync(VmId vm, CancellationToken ct = default) => Task.FromResult(false);
     /// <summary>The VM with each drive's chain as read back from the hypervisor now.</summary>
     Task<VmInfo> DescribeVmAsync(VmId vm, CancellationToken ct = default);
 

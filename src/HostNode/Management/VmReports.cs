@@ -38,8 +38,16 @@ public static class VmReports
         foreach (var stopped in catalog?.All() ?? [])
             if (!running.Contains(stopped.Id))
             {
-                var key = KeyOf(stopped);
-                reports.Add(reuse?.Invoke(stopped.Id, key) ?? new KeyedVmReport(await OfStoppedAsync(stopped, pool, ct), key, DateTimeOffset.UtcNow));
+                // a QEMU from before a restart that could not be adopted runs on its recorded chain: not stopped
+                var unadopted = await hypervisor.RunsUnadoptedAsync(stopped.Id, ct);
+                var key = (unadopted ? "unadopted|" : "") + KeyOf(stopped);
+                if (reuse?.Invoke(stopped.Id, key) is { } kept)
+                {
+                    reports.Add(kept);
+                    continue;
+                }
+                var report = await OfStoppedAsync(stopped, pool, ct);
+                reports.Add(new KeyedVmReport(unadopted ? report with { Running = true } : report, key, DateTimeOffset.UtcNow));
             }
         return reports;
     }

@@ -174,10 +174,24 @@ public sealed class QmpHypervisor : IHypervisor
             if (!UuidText.TryParse(Path.GetFileNameWithoutExtension(path), out var guid)) continue;
             var id = new VmId(guid);
             using var _ = await _locks.LockAsync(id, ct);
-            var vm = _vms.TryGetValue(id, out var known) && known.DeathReason is null ? known : await TryAdoptAsync(id, ct);
-            if (vm is not null) adopted.Add(await DescribeCoreAsync(vm, ct));
+            try
+            {
+                var vm = _vms.TryGetValue(id, out var known) && known.DeathReason is null ? known : await TryAdoptAsync(id, ct);
+                if (vm is not null) adopted.Add(await DescribeCoreAsync(vm, ct));
+            }
+            catch (OperationFailedException)
+            {
+                // This VM's monitor failed us: the others are adopted all the same (it is reported by RunsUnadoptedAsync).
+            }
         }
         return adopted;
+    }
+
+    public async Task<bool> RunsUnadoptedAsync(VmId id, CancellationToken ct = default)
+    {
+        ThrowIfDisposed();
+        if (_vms.TryGetValue(id, out var known) && known.DeathReason is null) return false; // adopted: listed
+        return await VmManifest.LoadAsync(ManifestPath(id), ct) is { } manifest && QemuProcess.IsAlive(manifest.Pid, manifest.QmpSocket);
     }
 
     public async Task<IReadOnlyList<VmInfo>> ListVmsAsync(CancellationToken ct = default)

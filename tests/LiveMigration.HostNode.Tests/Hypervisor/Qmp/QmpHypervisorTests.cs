@@ -279,4 +279,27 @@ public sealed class QmpHypervisorTests(ITestOutputHelper output) : IAsyncLifetim
         Assert.Equal(destinationBacking.Append(destinationLeaf).Select(l => l.Path), pivoted.OpenChain);
         await GuestIo(pivoted, $"read -P 0x5a {8 * MiB} {8 * MiB}");
     }
+
+    [Fact]
+    public async Task A_running_vm_whose_monitor_does_not_answer_is_not_adopted_but_said_to_run_and_the_others_are_adopted()
+    {
+        var (hypervisor, vm, _) = await StartVmAsync();
+        var manifest = Path.Combine(_bed.RunDirectory, "vms", $"{vm.Id}.json");
+        var qmpSocket = System.Text.Json.JsonDocument.Parse(await File.ReadAllTextAsync(manifest)).RootElement.GetProperty("QmpSocket").GetString()!;
+        await hypervisor.DisposeAsync(); // the host process "restarts": QEMU runs on
+        // another client holds the monitor (QEMU serves one at a time): the next instance cannot talk to this VM
+        using var holder = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
+        await holder.ConnectAsync(new System.Net.Sockets.UnixDomainSocketEndPoint(qmpSocket));
+
+        await using var successor = _bed.NewHypervisor();
+        Assert.Empty(await successor.AdoptRunningVmsAsync());
+        Assert.True(IsRunning(vm.Pid!.Value));
+        Assert.True(await successor.RunsUnadoptedAsync(vm.Id), "a live QEMU that was not adopted must not be taken for stopped");
+        Assert.False(await successor.RunsUnadoptedAsync(VmId.New()));
+
+        holder.Close(); // the monitor is free again: the next adoption takes it, and it is listed, no longer "unadopted"
+        var adopted = Assert.Single(await successor.AdoptRunningVmsAsync());
+        Assert.Equal(vm.Id, adopted.Id);
+        Assert.False(await successor.RunsUnadoptedAsync(vm.Id));
+    }
 }
