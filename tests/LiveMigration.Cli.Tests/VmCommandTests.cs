@@ -188,13 +188,11 @@ public sealed class VmCommandTests(VmClusterFixture cluster) : IClassFixture<VmC
     public async Task Guest_writes_made_during_a_migration_between_runtime_domains_all_verify()
     {
         var root = Path.Combine(cluster.SharedStorage, "move-root");
-        Assert.Equal(0, (await Lsm("domain", "create", "move-src", "--path", root, "--capacity", "512MiB")).ExitCode);
-        Assert.Equal(0, (await Lsm("domain", "create", "move-dst", "--path", root, "--capacity", "512MiB")).ExitCode);
+        await CreateDomainsAsync(root, "512MiB", "move-src", "move-dst");
         var create = await Lsm("vm", "create", "mover", "--host", "host-1", "--disk", "32MiB@move-src:snapshots=1");
         Assert.True(create.ExitCode == 0, create + "\n" + cluster.LogTails());
         var vm = await JsonOf("vm", "show", "mover");
-        var dst = Assert.Single((await JsonOf("domains")).GetProperty("domains").EnumerateArray(), d => d.GetProperty("name").GetString() == "move-dst")
-            .GetProperty("id").GetString();
+        var dst = await DomainIdAsync("move-dst");
 
         Assert.Equal(0, (await Lsm("vm", "io", "mover", "--rate", "4MiB/s", "--fua")).ExitCode);
         var migrate = await Lsm("migrate", vm.GetProperty("id").GetString()!, "--to", "move-dst", "--wait");
@@ -223,14 +221,12 @@ public sealed class VmCommandTests(VmClusterFixture cluster) : IClassFixture<VmC
     public async Task A_vm_whose_QEMU_dies_during_a_slow_pre_copy_fails_it_at_once_and_starts_again_on_its_source()
     {
         var root = Path.Combine(cluster.SharedStorage, "crash-root");
-        Assert.Equal(0, (await Lsm("domain", "create", "crash-src", "--path", root, "--capacity", "512MiB")).ExitCode);
-        Assert.Equal(0, (await Lsm("domain", "create", "crash-dst", "--path", root, "--capacity", "512MiB")).ExitCode);
+        await CreateDomainsAsync(root, "512MiB", "crash-src", "crash-dst");
         var create = await Lsm("vm", "create", "crasher", "--host", "host-1", "--disk", "32MiB@crash-src:snapshots=1");
         Assert.True(create.ExitCode == 0, create + "\n" + cluster.LogTails());
         var vmId = (await JsonOf("vm", "show", "crasher")).GetProperty("id").GetString()!;
         var image = (await JsonOf("vm", "show", "crasher")).GetProperty("disks")[0].GetProperty("image").GetString()!;
-        var dst = Assert.Single((await JsonOf("domains")).GetProperty("domains").EnumerateArray(), d => d.GetProperty("name").GetString() == "crash-dst")
-            .GetProperty("id").GetString()!;
+        var dst = await DomainIdAsync("crash-dst");
         // data in a layer that a snapshot then makes internal: the SPM's copy of it at 32 KiB/s takes minutes
         Assert.Equal(0, (await Lsm("vm", "io", "crasher", "--rate", "8MiB/s", "--seconds", "1")).ExitCode);
         await AwaitAsync(async () => !(await JsonOf("vm", "io", "crasher", "--status")).GetProperty("running").GetBoolean(), "the guest's writes to end");
@@ -256,8 +252,7 @@ public sealed class VmCommandTests(VmClusterFixture cluster) : IClassFixture<VmC
             .Select(t => (Step: t.GetProperty("step").GetString(), Outcome: t.GetProperty("outcome").GetString())).ToList();
         Assert.Contains(("SyncInternalVolumes", $"failed {ErrorCodes.StepStopped}"), timings);
         Assert.Equal(("DeleteDestinationImage", "completed"), timings[^1]);
-        var src = Assert.Single((await JsonOf("domains")).GetProperty("domains").EnumerateArray(), d => d.GetProperty("name").GetString() == "crash-src")
-            .GetProperty("id").GetString()!;
+        var src = await DomainIdAsync("crash-src");
         Assert.True(Directory.Exists(Path.Combine(root, src, "images", image)), "the source chain is not where the test looks");
         Assert.False(Directory.Exists(Path.Combine(root, dst, "images", image)), "the copy is left on the destination");
 
@@ -269,6 +264,20 @@ public sealed class VmCommandTests(VmClusterFixture cluster) : IClassFixture<VmC
         Assert.Equal(0, verified.GetProperty("lost").GetInt64());
         Assert.Equal(0, (await Lsm("vm", "stop", "crasher")).ExitCode);
     }
+
+    /// <summary>Domains made at runtime in folders below <paramref name="root"/>, each of <paramref name="capacity"/>.</summary>
+    private async Task CreateDomainsAsync(string root, string capacity, params string[] names)
+    {
+        foreach (var name in names)
+        {
+            var created = await Lsm("domain", "create", name, "--path", root, "--capacity", capacity);
+            Assert.True(created.ExitCode == 0, created + "\n" + cluster.LogTails());
+        }
+    }
+
+    private async Task<string> DomainIdAsync(string name) =>
+        Assert.Single((await JsonOf("domains")).GetProperty("domains").EnumerateArray(), d => d.GetProperty("name").GetString() == name)
+            .GetProperty("id").GetString()!;
 
     private async Task AwaitAsync(Func<Task<bool>> condition, string what)
     {
@@ -284,14 +293,12 @@ public sealed class VmCommandTests(VmClusterFixture cluster) : IClassFixture<VmC
     public async Task Migrate_moves_only_the_disks_not_on_the_destination_yet_and_says_which_it_skipped()
     {
         var root = Path.Combine(cluster.SharedStorage, "part-root");
-        Assert.Equal(0, (await Lsm("domain", "create", "part-src", "--path", root, "--capacity", "256MiB")).ExitCode);
-        Assert.Equal(0, (await Lsm("domain", "create", "part-dst", "--path", root, "--capacity", "256MiB")).ExitCode);
+        await CreateDomainsAsync(root, "256MiB", "part-src", "part-dst");
         // as after a move that failed part-way: one disk is on the destination already, the other is not
         var create = await Lsm("vm", "create", "halfway", "--host", "host-1", "--disk", "16MiB@part-src:snapshots=1", "--disk", "16MiB@part-dst:snapshots=1");
         Assert.True(create.ExitCode == 0, create + "\n" + cluster.LogTails());
         var vm = await JsonOf("vm", "show", "halfway");
-        var dst = Assert.Single((await JsonOf("domains")).GetProperty("domains").EnumerateArray(), d => d.GetProperty("name").GetString() == "part-dst")
-            .GetProperty("id").GetString();
+        var dst = await DomainIdAsync("part-dst");
         var already = vm.GetProperty("disks").EnumerateArray().Single(d => d.GetProperty("domain").GetString() == dst).GetProperty("image").GetString()!;
 
         var migrate = await Lsm("migrate", "halfway", "--to", "part-dst", "--wait");

@@ -31,8 +31,6 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
     /// <summary>The SPM lease, when the pool has one: its generation goes into every volume's owner, and each step checks it first.</summary>
     private readonly IStorageFence? _fence;
     private readonly OperationLedger _ledger = new();
-    /// <summary>The speed limit of each step running here, which a <see cref="SetStepSpeed"/> changes under its copies.</summary>
-    private readonly Dictionary<OperationId, CopyRate> _rates = new();
     /// <summary>What each step does on storage (with the room promised to migrations); runs off the actor.</summary>
     private readonly StorageSteps _steps;
     /// <summary>
@@ -40,14 +38,18 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
     /// writing a destination volume while the SPM's new home copies the same volume again.
     /// </summary>
     private readonly CancellationTokenSource _stopped = new();
-    /// <summary>Each running step's work, which ends only once its copies' processes were reaped.</summary>
-    private readonly Dictionary<OperationId, Task> _stepTasks = new();
+    /// <summary>
+    /// A step running here: its work (which ends only once its copies' processes were reaped), what stops it alone (linked
+    /// to <see cref="_stopped"/>; <see cref="StopStep"/>), its speed limit (which a <see cref="SetStepSpeed"/> changes under
+    /// its copies), and whether a saga asked it to stop (its failure, whatever the copy said, is then STEP_STOPPED).
+    /// </summary>
+    private sealed record RunningStep(Task Work, CancellationTokenSource Stop, CopyRate Rate)
+    {
+        public bool Stopping { get; set; }
+    }
+    private readonly Dictionary<OperationId, RunningStep> _running = new();
     /// <summary>How long a stopping SPM waits for its cancelled steps to end before it answers them.</summary>
     private static readonly TimeSpan StopWait = TimeSpan.FromSeconds(30);
-    /// <summary>What stops each running step alone (<see cref="StopStep"/>); linked to <see cref="_stopped"/>.</summary>
-    private readonly Dictionary<OperationId, CancellationTokenSource> _stepStops = new();
-    /// <summary>The running steps a saga asked to stop: their failure, whatever the copy said, is STEP_STOPPED.</summary>
-    private readonly HashSet<OperationId> _stopping = new();
     /// <summary>
     /// Stops that came for an operation not running here (its SPM moved, or the step's command is still on its way):
     /// the step, when it comes, is answered STEP_STOPPED without running. Bounded, oldest forgotten first (a forgotten
@@ -193,7 +195,7 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
         // And nothing is answered before they did: a restart (supervision) starts a new instance on this node under the same
         // lease, which would take a step again, or delete its copy, while the old qemu-img still wrote. Killed, they end in
         // milliseconds; a process stuck in the kernel is waited for a while, then the answers go anyway (the lease still waits).
-        var running = _stepTasks.Values.ToArray();
+        var running = _running.Values.Select(r => r.Work).ToArray();
         if (running.Length > 0 && !Task.WhenAll(running).Wait(StopWait))
             _log.Warning("SPM stopped with {Count} steps whose processes had not ended after {Seconds} s", running.Count(t => !t.IsCompleted), StopWait.TotalSeconds);
         // Stopped by its singleton manager (the lease lost, the singleton handed over, the node leaving): no step in flight
@@ -245,11 +247,11 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
         var self = Self;
         // The copy's progress callback runs on the copy's thread: only a message crosses into the actor.
         var progress = new InlineProgress<CopyProgress>(p => self.Tell(new StepProgressed(operation, p.Done, p.Total)));
-        var stop = _stepStops[operation] = CancellationTokenSource.CreateLinkedTokenSource(_stopped.Token);
+        var stop = CancellationTokenSource.CreateLinkedTokenSource(_stopped.Token);
         var token = stop.Token;
-        var rate = _rates[operation] = new CopyRate(command.SpeedBytesPerSecond);
+        var rate = new CopyRate(command.SpeedBytesPerSecond);
         var work = StepReplies.RunAsync(operation, () => _steps.RunAsync(command, progress, token, rate));
-        _stepTasks[operation] = work;
+        _running[operation] = new RunningStep(work, stop, rate);
         work.PipeTo(self);
     }
 
@@ -267,11 +269,12 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
             _log.Warning("Refused to stop {Operation}: only a copy before the point of no return is stopped ({Reason})", operation, command.Reason);
             return;
         }
-        if (_stepStops.TryGetValue(operation, out var stop))
+        if (_running.TryGetValue(operation, out var step))
         {
-            if (!_stopping.Add(operation)) return;
+            if (step.Stopping) return;
+            step.Stopping = true;
             _log.Info("Stopping {Operation}: {Reason}", operation, command.Reason);
-            stop.Cancel();
+            step.Stop.Cancel();
             return;
         }
         if (!_stopsAhead.Add(operation)) return;
@@ -287,12 +290,12 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
     /// <summary>An operator's new speed for a copy step that runs here: its copies follow it at once. No reply (as the HSM).</summary>
     private void OnSetStepSpeed(SetStepSpeed command)
     {
-        if (!_rates.TryGetValue(command.Operation, out var rate))
+        if (!_running.TryGetValue(command.Operation, out var step))
         {
             _log.Debug("Speed {Speed} B/s for {Operation}: no copy of that step runs here", command.SpeedBytesPerSecond, command.Operation);
             return;
         }
-        if (rate.Set(command.SpeedBytesPerSecond))
+        if (step.Rate.Set(command.SpeedBytesPerSecond))
             _log.Info("Speed of {Operation} set to {Speed} B/s: its copy follows it now", command.Operation, command.SpeedBytesPerSecond);
     }
 
@@ -325,7 +328,7 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
     private void OnFinished(StepFinished finished)
     {
         // A stopped step fails however its killed copy put it (cancelled, qemu-img's error): the saga hears why.
-        if (_stopping.Contains(finished.Operation) && finished.Reply is OperationFailed && !_stopped.IsCancellationRequested)
+        if (_running.TryGetValue(finished.Operation, out var step) && step.Stopping && finished.Reply is OperationFailed && !_stopped.IsCancellationRequested)
             finished = finished with { Reply = Stopped(finished.Operation, "its copy was killed and has ended") };
         StepReplies.Announce(finished, _log, Context.System.EventStream);
         Finish(finished.Operation, finished.Reply);
@@ -333,10 +336,7 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
 
     private void Finish(OperationId operation, IHostReply reply)
     {
-        _rates.Remove(operation);
-        _stopping.Remove(operation);
-        _stepTasks.Remove(operation);
-        if (_stepStops.Remove(operation, out var stop)) stop.Dispose();
+        if (_running.Remove(operation, out var step)) step.Stop.Dispose();
         // the newest progress still waiting goes first: the waiters' last figure is the copy's last, not an older one
         if (Timers.IsTimerActive(ProgressTimer(operation)) && _progressNewest.TryGetValue(operation, out var untold)) TellProgress(untold);
         _progressToldAt.Remove(operation);
