@@ -219,7 +219,7 @@ public static class MigrationDecider
             // A mirror runs from StartReplication until the pivot, or until the rollback's CancelReplication succeeded.
             // A host that answered VM_NOT_RUNNING or SWITCH_OUTCOME_UNKNOWN (said only with QEMU gone) has no mirror left.
             var mirrorMayRun = disk.Started.Contains(MigrationStep.StartReplication) && !disk.PassedPointOfNoReturn
-                               && disk.Step != MigrationStep.DeleteDestinationImage
+                               && !MirrorCancelled(disk)
                                && disk.LastErrorCode is not (ErrorCodes.VmNotRunning or ErrorCodes.SwitchOutcomeUnknown);
             if (mirrorMayRun)
                 return Decision.Refuse(MigrationErrorCodes.NotSuspended,
@@ -237,7 +237,11 @@ public static class MigrationDecider
             if (disk.Phase == DiskPhase.Pending)
                 draft.Emit(new DiskFinished(state.Id, disk.Image, DiskOutcome.Skipped, now));
             else if (CleanupStepOf(disk, state.Request!) is { } step)
-                draft.StartStep(disk, step, FreshAttempt(disk, step));
+            {
+                // Removing the copy after a pause: where the drive runs is read again first (see ProbesBeforeUndo).
+                var first = step == MigrationStep.DeleteDestinationImage && ProbesBeforeUndo(disk) ? MigrationStep.ProbeSwitch : step;
+                draft.StartStep(disk, first, FreshAttempt(disk, first));
+            }
             else
                 draft.Emit(new DiskFinished(state.Id, disk.Image, DiskOutcome.Abandoned, now));
         }
@@ -267,8 +271,9 @@ public static class MigrationDecider
         {
             var cleaned = disk.Step is MigrationStep.DeleteDestinationImage or MigrationStep.DeleteSourceImage
                           && disk.StepTimings.LastOrDefault() is { Outcome: "completed" } last && last.Step == disk.Step;
-            // Computed once the disk is finished, so "its switch was in doubt" is read from the step it stopped at.
-            var switchInDoubt = disk.Step == MigrationStep.ProbeSwitch;
+            // Computed once the disk is finished, so "its switch was in doubt" is read from the step it stopped at (a probe
+            // that found the destination settled it).
+            var switchInDoubt = disk.Step == MigrationStep.ProbeSwitch && !disk.PassedPointOfNoReturn;
             if (cleaned || (!disk.PassedPointOfNoReturn && !switchInDoubt
                             && !MigrationPlan.RollbackSteps(disk.Started).Contains(MigrationStep.DeleteDestinationImage)))
                 continue;
@@ -282,9 +287,10 @@ public static class MigrationDecider
                 left.Add(new LeftBehind(disk.Image, plan.Source, $"the source chain of disk {disk.Image}; {which}", remove));
                 left.Add(new LeftBehind(disk.Image, plan.Destination, $"{copy}; {which}", remove));
             }
-            else if (!disk.PassedPointOfNoReturn && disk.LastErrorCode == ErrorCodes.VolumeInUse)
+            else if (!disk.PassedPointOfNoReturn && (disk.LastErrorCode == ErrorCodes.VolumeInUse
+                                                     || disk.Started.Contains(MigrationStep.StartReplication) && !MirrorCancelled(disk)))
                 left.Add(new LeftBehind(disk.Image, plan.Destination, copy,
-                    $"a process still had it open ({cause}): a mirror of the VM's QEMU may still write into it. Once `lsm vm show` and the host's QEMU " +
+                    $"a mirror of the VM's QEMU may still write into it ({cause}). Once `lsm vm show` and the host's QEMU " +
                     $"show no block job on disk {disk.Image} (stop the VM if need be), remove the image folder images/{disk.Image} of domain {plan.Destination}"));
             else if (!disk.PassedPointOfNoReturn)
                 left.Add(new LeftBehind(disk.Image, plan.Destination, copy,
@@ -292,6 +298,10 @@ public static class MigrationDecider
             else if (disk.Step == MigrationStep.DeleteSourceImage)
                 left.Add(new LeftBehind(disk.Image, plan.Source, $"the source chain of disk {disk.Image}; the VM runs on its copy on domain {plan.Destination}",
                     $"nothing uses it: once the cause ({cause}) is fixed, remove the image folder images/{disk.Image} of domain {plan.Source}"));
+            else if (state.Request!.Strategy == MigrationStrategy.PreCopy)
+                // Found pivoted when the abandon read the drive again (a late pivot): the whole chain is on the destination.
+                left.Add(new LeftBehind(disk.Image, plan.Source, $"the source chain of disk {disk.Image}; the VM runs on its copy on domain {plan.Destination} (its pivot had taken effect)",
+                    $"nothing uses it: once `lsm vm show` names the chain on domain {plan.Destination}, remove the image folder images/{disk.Image} of domain {plan.Source}"));
             else
             {
                 // Post-copy between the live snapshot and the backing switch: the new leaf reads the older layers from the
@@ -312,9 +322,30 @@ public static class MigrationDecider
             return Decision.Refuse(MigrationErrorCodes.NotSuspended, $"migration {state.Id} is {Describe(state.Status)}; only a suspended migration can be resumed");
         var draft = new Draft(state, now).Emit(new MigrationResumed(state.Id, now));
         foreach (var disk in state.Disks.Where(d => d.Phase == DiskPhase.Suspended))
-            draft.StartStep(draft.State.Disk(disk.Image), disk.Step!.Value, disk.Attempt + 1);
+        {
+            if (disk.IsRollingBack && ProbesBeforeUndo(disk))
+                draft.StartStep(draft.State.Disk(disk.Image), MigrationStep.ProbeSwitch, FreshAttempt(disk, MigrationStep.ProbeSwitch));
+            else
+                draft.StartStep(draft.State.Disk(disk.Image), disk.Step!.Value, disk.Attempt + 1);
+        }
         return draft.Settle();
     }
+
+    /// <summary>
+    /// The rollback's last mirror cancel succeeded (its host ended the job, or had none): a re-cancel started since (a
+    /// delete found the copy in use) or one that failed leaves the mirror possibly running.
+    /// </summary>
+    private static bool MirrorCancelled(DiskState disk) =>
+        disk.StepTimings.LastOrDefault(t => t.Step == MigrationStep.CancelReplication) is { Outcome: "completed" };
+
+    /// <summary>
+    /// A disk whose switch was sent, undone after a pause (a suspension resumed or abandoned): its probe saw the source
+    /// before the pause, but a late copy of the switch may have landed since at a host that had forgotten answering it
+    /// (a restarted HSM; the domain's ended mark comes only with the delete). The drive is read again before the rollback
+    /// cancels or deletes anything: found on the destination, the disk rolls forward (or, abandoned, stays there).
+    /// </summary>
+    private static bool ProbesBeforeUndo(DiskState disk) =>
+        !disk.PassedPointOfNoReturn && disk.Started.Any(MigrationPlan.IsSwitch);
 
     public static string Describe(MigrationStatus status) => status switch
     {
@@ -362,7 +393,11 @@ public static class MigrationDecider
             {
                 case SwitchFinding.OnDestination:
                     Emit(new PointOfNoReturnPassed(State.Id, disk.Image, now));
-                    if (MigrationPlan.NextForwardStep(Request.Strategy, Request.DeleteSource, switchStep) is { } next)
+                    if (State.Termination?.Kind == TerminationKind.Abandon && Request.Strategy == MigrationStrategy.PostCopy)
+                        // Abandoned where it runs: its new leaf reads the older layers from the source (LeftBehindOf says so).
+                        Emit(new DiskFinished(State.Id, disk.Image, DiskOutcome.Abandoned, now));
+                    else if (MigrationPlan.NextForwardStep(Request.Strategy, Request.DeleteSource, switchStep) is { } next)
+                        // Abandoned after a pivot too: its leaf is marked LEGAL, or the VM could not start again.
                         StartStep(State.Disk(disk.Image), next, 1);
                     else
                         Emit(new DiskFinished(State.Id, disk.Image, DiskOutcome.Completed, now));

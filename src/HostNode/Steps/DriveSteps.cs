@@ -187,9 +187,11 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
         var image = command.Disk.Image;
         var preCopy = command.Strategy == MigrationStrategy.PreCopy;
         var switchName = preCopy ? "pivot" : "live snapshot";
-        var leaf = await PlannedLeaves.DestinationLeafAsync(command.Disk, command.Strategy, dst, ct);
-        var target = new VolumeRef(dst.Id, leaf.Id);
-        var targetPath = dst.Locate(image, leaf.Id);
+        // The leaf by its planned id, not read from the domain: a probe before a paused rollback goes on may come after
+        // its delete removed the copy (a drive cannot run on a volume that is not there, so the answer still holds).
+        var leaf = await PlannedLeaves.DestinationLeafIdAsync(command.Disk, command.Strategy, dst, ct);
+        var target = new VolumeRef(dst.Id, leaf);
+        var targetPath = dst.Locate(image, leaf);
 
         VmInfo? running = null;
         try
@@ -231,6 +233,12 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
             return Found(SwitchFinding.OnDestination, $"VM {vm} is not running; its record names {target} after the {switchName}");
         if (record.PendingOf(image) is null)
             return Found(SwitchFinding.OnSource, $"VM {vm} is not running; its record shows the {switchName} of drive {image} was never begun");
+        if (!await ExistsAsync(dst, image, leaf, ct))
+        {
+            records.ClearSwitch(vm, image);
+            return Found(SwitchFinding.OnSource,
+                $"VM {vm} is not running and the destination leaf {target} of its begun {switchName} is gone: only the source chain remains");
+        }
         if (!preCopy)
         {
             await records.RecordLeafAsync(vm, image, target, ct);
@@ -238,9 +246,10 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
                 $"VM {vm} died during the live snapshot of drive {image}: the new leaf {target} over the source chain holds every write either way");
         }
         var source = pool.Get(command.Disk.Source);
-        var sourceLeaf = command.Disk.SourceLeaf ?? leaf.Id;
+        var sourceLeaf = command.Disk.SourceLeaf ?? leaf;
         if (source.Kind == FileStorageDomain.FileKind && dst.Kind == FileStorageDomain.FileKind)
         {
+
             var (same, output) = await QemuImg.CompareAsync(source.Locate(image, sourceLeaf), null, targetPath, null, CancellationToken.None);
             if (same)
             {
@@ -257,6 +266,19 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
     }
 
     private static StepOutcome Found(SwitchFinding finding, string detail) => new(Detail: detail, Switch: finding);
+
+    private static async Task<bool> ExistsAsync(IStorageDomain domain, ImageId image, VolumeId volume, CancellationToken ct)
+    {
+        try
+        {
+            await domain.DescribeVolumeAsync(image, volume, ct);
+            return true;
+        }
+        catch (OperationFailedException e) when (e.Code is ErrorCodes.ImageNotFound or ErrorCodes.VolumeNotFound)
+        {
+            return false;
+        }
+    }
 
     private static void EnsureRunsOn(DriveState drive, DriveChain expected, VmId vm)
     {

@@ -29,4 +29,10 @@ public static class PlannedLeaves
             ? await destination.DescribeVolumeAsync(disk.Image, named, ct)
             : (await destination.DescribeImageAsync(disk.Image, ct)).Leaf;
     }
+
+    /// <summary>The id of <see cref="DestinationLeafAsync"/>, read from the plan alone where it names it (the volume may be gone).</summary>
+    public static async Task<VolumeId> DestinationLeafIdAsync(DiskPlan disk, MigrationStrategy strategy, IStorageDomain destination,
+        CancellationToken ct = default) =>
+        strategy == MigrationStrategy.PostCopy ? disk.NewLeaf
+        : disk.SourceLeaf ?? (await destination.DescribeImageAsync(disk.Image, ct)).Leaf.Id;
 }

@@ -1,5 +1,6 @@
 using LiveMigration.Coordinator.Migration;
 using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
 using static LiveMigration.Coordinator.Tests.Simulation.SagaSimulator;
 using static LiveMigration.Shared.Migration.MigrationStep;
 
@@ -230,7 +231,53 @@ public static class KnownBugs
             }),
             r => false,
             Fixed: true),
+
+        new("B10-late-switch-during-a-suspended-rollback",
+            "A rollback suspended at its delete (the destination failed it, so the domain's ended mark was never written) waits for an operator; meanwhile a late copy of the switch reaches a restarted HSM that forgot answering it and takes effect. Abandon (or resume) then deleted the destination on the probe read before the pause: the chain the VM now writes on (heavy seed 66750). Fixed in MigrationDecider.ProbesBeforeUndo: undoing after a pause reads the drive again first",
+            "rollback-deletes-running-destination",
+            "post-copy, 1 disk: LiveSnapshotToDestination:1 fails without effect, the probe finds the source, DeleteDestinationImage fails 3 times (not done) → suspended; the HSM restarts, the old LiveSnapshotToDestination:1 arrives and takes effect; the operator abandons → DeleteDestinationImage of Dst:new",
+            () => LateSwitchWhileSuspended(MigrationStrategy.PostCopy, id => new AbandonMigration(id)),
+            r => DataHarm.Contains(r.Violation!.Invariant) && r.Notes.Contains("late-command-reexecuted")
+                 && r.Journal.Any(e => e is MigrationSuspended) && r.Journal.Any(e => e is StepCompleted { Step: ProbeSwitch }),
+            Fixed: true),
+
+        new("B10b-late-switch-during-a-suspended-rollback-resumed",
+            "B10 with a resume instead of an abandon: the resumed delete removed the destination the late live snapshot had put the VM on",
+            "rollback-deletes-running-destination",
+            "as B10, the operator resumes instead",
+            () => LateSwitchWhileSuspended(MigrationStrategy.PostCopy, id => new ResumeMigration(id)),
+            _ => false,
+            Fixed: true),
+
+        new("B10c-late-pivot-during-a-suspended-rollback",
+            "Pre-copy flavour of B10: the rollback's mirror cancel fails until it suspends (the mirror still runs); a late pivot lands at a restarted HSM; the resumed cancel finds no job ('nothing to undo') and the delete removes the chain the VM was pivoted to",
+            "rollback-deletes-running-destination",
+            "pre-copy, 1 disk: Pivot:1 fails without effect, the probe finds the source, CancelReplication fails 3 times (not done) → suspended; the HSM restarts, the old Pivot:1 arrives and pivots; the operator resumes → CancelReplication: NO_SUCH_JOB → DeleteDestinationImage of Dst:leaf",
+            () => LateSwitchWhileSuspended(MigrationStrategy.PreCopy, id => new ResumeMigration(id)),
+            _ => false,
+            Fixed: true),
     ];
+
+    /// <summary>
+    /// B10: the switch fails without effect, the probe sees the source, the rollback's delete fails until it suspends
+    /// (nothing marked on the destination), the HSM restarts and an old copy of the switch lands; then the operator acts.
+    /// </summary>
+    internal static SimResult LateSwitchWhileSuspended(MigrationStrategy strategy, Func<MigrationId, IMigrationCommand> then) =>
+        Scenario(strategy, sim =>
+        {
+            var switchStep = strategy == MigrationStrategy.PreCopy ? Pivot : LiveSnapshotToDestination;
+            // A pre-copy's rollback cancels the mirror first: suspended there, the mirror still runs and a late pivot can land.
+            var undo = strategy == MigrationStrategy.PreCopy ? CancelReplication : DeleteDestinationImage;
+            sim.Script[(switchStep, 1)] = Fault.FailTransient;
+            for (var attempt = 1; attempt <= 3; attempt++) sim.Script[(undo, attempt)] = Fault.FailTransient;
+            sim.AfterEvent = (s, e) =>
+            {
+                if (e is not MigrationSuspended suspended || suspended.Step != undo) return;
+                s.RestartHostIn(1, HostRole.Hsm);
+                s.ReplayLateIn(2, switchStep, suspended.Image);
+                s.OperatorIn(30, then(s.Id));
+            };
+        });
 
     /// <summary>The migration had ended before the violation: only stale commands acted then.</summary>
     private static bool FinishedBefore(SimResult r)

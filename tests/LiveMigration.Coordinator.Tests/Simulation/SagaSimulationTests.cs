@@ -103,6 +103,38 @@ public sealed class SagaSimulationTests(ITestOutputHelper output)
         else Assert.Equal(ErrorCodes.VmNotRunning, Assert.IsType<MigrationFailed>(end).Code);
     }
 
+    /// <summary>
+    /// B10: a late switch lands while the rollback waits suspended (at its delete; a pre-copy at its mirror cancel). Whatever the operator does next,
+    /// the drive is read again first: an abandon leaves the disk on the destination leaf it now writes on, a resume rolls
+    /// it forward; nothing is deleted (the simulator's end checks hold: the VM runs on what its disk was left on).
+    /// </summary>
+    [Theory]
+    [InlineData(MigrationStrategy.PostCopy, "abandon")]
+    [InlineData(MigrationStrategy.PostCopy, "resume")]
+    [InlineData(MigrationStrategy.PreCopy, "resume")]
+    public void A_switch_that_lands_during_a_suspended_rollback_is_found_before_anything_is_deleted(MigrationStrategy strategy, string then)
+    {
+        var result = KnownBugs.LateSwitchWhileSuspended(strategy,
+            id => then == "abandon" ? new AbandonMigration(id) : new ResumeMigration(id));
+
+        Assert.False(result.Failed, result.Report());
+        Assert.Contains("late-command-reexecuted", result.Notes);
+        var probes = result.Journal.OfType<StepCompleted>().Where(c => c.Step == MigrationStep.ProbeSwitch).ToList();
+        Assert.Equal(SwitchFinding.OnDestination, probes[^1].Outcome.Switch);
+        Assert.DoesNotContain(result.Journal, e => e is StepCompleted { Step: MigrationStep.DeleteDestinationImage });
+        if (then == "abandon")
+        {
+            Assert.Equal(DiskOutcome.Abandoned, Assert.Single(result.Journal.OfType<DiskFinished>()).Outcome);
+            var left = Assert.IsType<MigrationAbandoned>(result.Journal[^1]).LeftBehind ?? [];
+            Assert.Contains(left, l => l.What.Contains("reads unless the backing switch took effect"));
+        }
+        else
+        {
+            Assert.Equal(DiskOutcome.Completed, Assert.Single(result.Journal.OfType<DiskFinished>()).Outcome);
+            Assert.Contains("disks moved before the failure", Assert.IsType<MigrationFailed>(result.Journal[^1]).Message);
+        }
+    }
+
     /// <summary>Each known bug's minimal reproduction: reported while it reproduces; once fixed, set Fixed and it guards the fix.</summary>
     [Fact]
     public void Known_bugs_are_reported_and_fixed_ones_stay_fixed()

@@ -276,8 +276,7 @@ public sealed class SimWorld
         {
             var preCopy = w.PreCopy;
             var target = preCopy ? new VolKey(Side.Dst, SimDisk.Leaf) : new VolKey(Side.Dst, SimDisk.New);
-            if (!d.Volumes.ContainsKey(target))
-                throw new HostError(d.LayersOn(Side.Dst).Count == 0 ? ErrorCodes.ImageNotFound : ErrorCodes.VolumeNotFound, $"{target} not on destination");
+            // As the HSM: the leaf by its planned id; it may be gone (a probe before a paused rollback goes on).
             // As the HSM: a begun pivot whose mirror has not ended is let end before the drive is read.
             if (w.VmRunning && d.PivotPending && d.Pending is not null) w.CompletePivot(d);
             if (w.VmRunning)
@@ -293,6 +292,11 @@ public sealed class SimWorld
             }
             if (d.RecordLeaf == target) return Found(SwitchFinding.OnDestination, "the record names the destination leaf");
             if (d.Pending is null) return Found(SwitchFinding.OnSource, "the record shows no switch begun");
+            if (!d.Volumes.ContainsKey(target))
+            {
+                d.Pending = null;
+                return Found(SwitchFinding.OnSource, "the destination leaf of the begun switch is gone: only the source chain remains");
+            }
             if (!preCopy)
             {
                 d.RecordLeaf = target;

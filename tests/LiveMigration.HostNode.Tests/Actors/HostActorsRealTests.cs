@@ -190,6 +190,32 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
         Assert.Empty(stillCopying);
     }
 
+    /// <summary>
+    /// The saga reads where the drive runs again before a paused rollback goes on, and that may come after the rollback's
+    /// delete removed the copy: the probe names the leaf by its planned id and still answers (the source), instead of
+    /// failing IMAGE_NOT_FOUND until the migration suspends for good.
+    /// </summary>
+    [Theory]
+    [InlineData(MigrationStrategy.PreCopy)]
+    [InlineData(MigrationStrategy.PostCopy)]
+    public async Task A_switch_probed_after_the_copy_was_deleted_finds_the_drive_on_its_source(MigrationStrategy strategy)
+    {
+        await using var bed = await HostLayerBed.StartAsync();
+        var spm = Sys.ActorOf(SpmActor.Props(bed.Pool));
+        var hsm = Sys.ActorOf(HsmActor.Props(bed.Hypervisor, bed.Pool));
+        var saga = CreateTestProbe();
+        var sourceLeaf = (await bed.A.DescribeImageAsync(bed.Image)).Leaf.Id;
+        var driver = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.A.Id, bed.B.Id, 64 * MiB, VolumeId.New(), sourceLeaf), strategy);
+        await driver.SucceedAsync(spm, strategy == MigrationStrategy.PreCopy ? Step.CloneImageStructure : Step.CreateVolumeCrossDomain, saga);
+        await driver.SucceedAsync(spm, Step.DeleteDestinationImage, saga);
+        Assert.DoesNotContain(bed.Image, await bed.B.ListImagesAsync());
+
+        var probed = await driver.SucceedAsync(hsm, Step.ProbeSwitch, saga);
+
+        Assert.Equal(SwitchFinding.OnSource, probed.Outcome.Switch);
+        Assert.Equal(await bed.PathsOnAsync(bed.A), (await bed.DriveAsync()).OpenChain);
+    }
+
     /// <summary>Clones the structure, then sends the copy of the internal layers at 128 KiB/s (12 MiB: about 90 s) and returns once its qemu-img writes the destination.</summary>
     private static async Task<(StepDriver Driver, OperationId Sync)> CopyingSlowlyAsync(HostLayerBed bed, IActorRef spm, Akka.TestKit.TestProbe saga)
     {
