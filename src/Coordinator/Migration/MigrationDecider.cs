@@ -236,6 +236,12 @@ public static class MigrationDecider
         {
             if (disk.Phase == DiskPhase.Pending)
                 draft.Emit(new DiskFinished(state.Id, disk.Image, DiskOutcome.Skipped, now));
+            else if (disk.SwitchOutcomeUnknown)
+                // Where the drive runs was unknown when the migration suspended: asked once more (its host may answer by
+                // now, from QEMU or its record), so the disk is left where it runs on a usable chain (a pivot found done
+                // still gets its leaf marked LEGAL). A probe that still cannot tell suspends again; a second abandon then
+                // leaves the disk as its host recorded it.
+                draft.StartStep(disk, MigrationStep.ProbeSwitch, FreshAttempt(disk, MigrationStep.ProbeSwitch));
             else if (CleanupStepOf(disk, state.Request!) is { } step)
             {
                 // Removing the copy after a pause: where the drive runs is read again first (see ProbesBeforeUndo).
@@ -518,6 +524,12 @@ public static class MigrationDecider
                 if (step == MigrationStep.CancelReplication && CleanupStepOf(disk, Request) is MigrationStep.DeleteDestinationImage)
                 {
                     StartStep(disk, MigrationStep.DeleteDestinationImage, FreshAttempt(disk, MigrationStep.DeleteDestinationImage));
+                    return;
+                }
+                // Found pivoted when the abandon probed again, its leaf now LEGAL: the source is the side it does not run on.
+                if (step == MigrationStep.MarkDestinationLeafLegal && Request.DeleteSource)
+                {
+                    StartStep(disk, MigrationStep.DeleteSourceImage, FreshAttempt(disk, MigrationStep.DeleteSourceImage));
                     return;
                 }
                 // The abandon's clean-up step removed the other side: the disk stays where it runs.

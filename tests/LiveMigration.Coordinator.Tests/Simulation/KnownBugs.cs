@@ -256,6 +256,24 @@ public static class KnownBugs
             () => LateSwitchWhileSuspended(MigrationStrategy.PreCopy, id => new ResumeMigration(id)),
             _ => false,
             Fixed: true),
+
+        new("B11-abandon-of-a-switch-in-doubt-leaves-an-illegal-leaf",
+            "Abandon of a pre-copy disk suspended because its probe could not tell where the drive runs (the VM died meanwhile) left the disk as its host recorded it without asking again: the pivot had happened, the record names the destination leaf, and that leaf stays ILLEGAL, so the VM can never start again (heavy-durable seeds 17399, 83368, 100957, 107337, 132003). Fixed in DecideAbandon: the abandon probes once more; a pivot found done gets its leaf marked LEGAL",
+            "abandoned-on-illegal-chain",
+            "pre-copy, 1 disk: Pivot:1 takes effect but answers TIMEOUT; ProbeSwitch 1-2 fail transiently, 3 answers VM_NOT_RUNNING (QEMU died) → suspended at ProbeSwitch; the operator abandons → Abandoned at once, Dst:leaf ILLEGAL",
+            () => Scenario(MigrationStrategy.PreCopy, sim =>
+            {
+                sim.Script[(Pivot, 1)] = Fault.DoneThenTimeout;
+                sim.Script[(ProbeSwitch, 1)] = Fault.FailTransient;
+                sim.Script[(ProbeSwitch, 2)] = Fault.FailTransient;
+                sim.Script[(ProbeSwitch, 3)] = Fault.DoneThenVmDies;
+                sim.AfterEvent = (s, e) =>
+                {
+                    if (e is MigrationSuspended { Step: ProbeSwitch }) s.OperatorIn(5, new AbandonMigration(s.Id));
+                };
+            }),
+            r => false,
+            Fixed: true),
     ];
 
     /// <summary>

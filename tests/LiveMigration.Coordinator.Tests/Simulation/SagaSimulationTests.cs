@@ -135,6 +135,25 @@ public sealed class SagaSimulationTests(ITestOutputHelper output)
         }
     }
 
+    /// <summary>
+    /// B11: abandoning a disk whose switch was in doubt asks where the drive runs once more; the pivot had happened (the
+    /// VM died after it), so the leaf is marked LEGAL and the disk stays on the destination, its source chain removed: the
+    /// VM can start again, and nothing is left behind.
+    /// </summary>
+    [Fact]
+    public void Abandoning_a_switch_in_doubt_probes_again_and_leaves_a_pivoted_disk_on_a_LEGAL_leaf()
+    {
+        var result = KnownBugs.All.Single(b => b.Id.StartsWith("B11-")).Reproduce();
+
+        Assert.False(result.Failed, result.Report());
+        var abandoned = result.Journal.SkipWhile(e => e is not AbandonStarted).ToList();
+        Assert.Equal(SwitchFinding.OnDestination, abandoned.OfType<StepCompleted>().Single(c => c.Step == MigrationStep.ProbeSwitch).Outcome.Switch);
+        Assert.Contains(abandoned, e => e is StepCompleted { Step: MigrationStep.MarkDestinationLeafLegal });
+        Assert.Contains(abandoned, e => e is StepCompleted { Step: MigrationStep.DeleteSourceImage }); // the side it does not run on
+        Assert.Equal(DiskOutcome.Abandoned, Assert.Single(result.Journal.OfType<DiskFinished>()).Outcome);
+        Assert.Empty(Assert.IsType<MigrationAbandoned>(result.Journal[^1]).LeftBehind ?? []);
+    }
+
     /// <summary>Each known bug's minimal reproduction: reported while it reproduces; once fixed, set Fixed and it guards the fix.</summary>
     [Fact]
     public void Known_bugs_are_reported_and_fixed_ones_stay_fixed()
