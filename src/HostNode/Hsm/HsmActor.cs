@@ -30,6 +30,8 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
 {
     /// <summary>How often a running mirror's progress is read and pushed to the saga.</summary>
     public static readonly TimeSpan ProgressInterval = TimeSpan.FromSeconds(1);
+    /// <summary>How often a QEMU found running but not adopted (its monitor held by another client) is tried again.</summary>
+    public static readonly TimeSpan DefaultReadoptInterval = TimeSpan.FromSeconds(10);
 
     private readonly IHypervisor _hypervisor;
     /// <summary>What each step does on the hypervisor, with the host's durable VM records (DESIGN §7.1); runs off the actor.</summary>
@@ -45,14 +47,21 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
     private Action<HypervisorEvent>? _forwardEvent;
     /// <summary>Completed when the adoption of the running VMs has ended (the host's reporter waits for it).</summary>
     private readonly TaskCompletionSource? _adopted;
+    private readonly TimeSpan _readoptInterval;
+    /// <summary>VMs whose QEMU runs but could not be adopted: a step for one tries the adoption again first.</summary>
+    private HashSet<VmId> _unadopted = [];
+    private bool _readopting;
+    /// <summary>Steps for unadopted VMs, run once the adoption tried for them ended (adopted or not).</summary>
+    private readonly List<(ExecuteStep Command, IActorRef Sender)> _awaitingAdoption = [];
 
     /// <param name="adopted">Completed once the running VMs are adopted (or their adoption failed): until then a VM of the
     /// catalog this host does not list yet may still run, and the host's reporter must not call it stopped.</param>
     public HsmActor(IHypervisor hypervisor, StoragePool pool, VmCatalog? catalog = null, TimeSpan? convergenceWindow = null,
-        TaskCompletionSource? adopted = null)
+        TaskCompletionSource? adopted = null, TimeSpan? readoptInterval = null)
     {
         _hypervisor = hypervisor;
         _adopted = adopted;
+        _readoptInterval = readoptInterval ?? DefaultReadoptInterval;
         _convergenceWindow = convergenceWindow ?? MirrorConvergence.DefaultWindow;
         // Without a catalog (a host without management, in-process tests) there are no VM records to keep.
         _steps = new DriveSteps(hypervisor, pool, new DriveRecords(hypervisor, pool, catalog));
@@ -63,8 +72,8 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
     public ITimerScheduler Timers { get; set; } = null!;
 
     public static Props Props(IHypervisor hypervisor, StoragePool pool, VmCatalog? catalog = null, TimeSpan? convergenceWindow = null,
-        TaskCompletionSource? adopted = null) =>
-        Akka.Actor.Props.Create(() => new HsmActor(hypervisor, pool, catalog, convergenceWindow, adopted));
+        TaskCompletionSource? adopted = null, TimeSpan? readoptInterval = null) =>
+        Akka.Actor.Props.Create(() => new HsmActor(hypervisor, pool, catalog, convergenceWindow, adopted, readoptInterval));
 
     /// <summary>The steps this actor runs; the others belong to the SPM.</summary>
     public static bool Runs(MigrationStep step) => DriveSteps.Runs(step);
@@ -102,13 +111,27 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
             _adopted?.TrySetResult();
             Become(Serving);
             Stash.UnstashAll();
+            ListUnadopted();
         });
         ReceiveAny(_ => Stash.Stash());
     }
 
     private void Serving()
     {
-        Receive<ExecuteStep>(OnExecuteStep);
+        Receive<ExecuteStep>(command =>
+        {
+            if (!_unadopted.Contains(command.Vm))
+            {
+                OnExecuteStep(command, Sender);
+                return;
+            }
+            // Its QEMU runs but was not adopted: adopt it (and reconcile its record) first, then run the step either way.
+            _awaitingAdoption.Add((command, Sender));
+            Readopt();
+        });
+        Receive<UnadoptedListed>(OnUnadoptedListed);
+        Receive<ReadoptDue>(_ => Readopt());
+        Receive<AdoptionFinished>(OnReadopted);
         Receive<SetStepSpeed>(OnSetStepSpeed);
         Receive<HypervisorEventArrived>(e => OnHypervisorEvent(e.Event));
         Receive<MirrorSampled>(OnMirrorSampled);
@@ -126,10 +149,9 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
         });
     }
 
-    private void OnExecuteStep(ExecuteStep command)
+    private void OnExecuteStep(ExecuteStep command, IActorRef sender)
     {
         var operation = command.Operation;
-        var sender = Sender;
         switch (_ledger.Admit(operation, sender, out var answer))
         {
             case OperationLedger.Admission.AlreadyAnswered:
@@ -341,7 +363,65 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
         return new AdoptionFinished(running.Select(v => v.Id).ToList(), disagreements, null);
     }
 
+    private void ListUnadopted() =>
+        _hypervisor.ListUnadoptedAsync().PipeTo(Self, success: vms => new UnadoptedListed(vms), failure: _ => new UnadoptedListed([]));
+
+    private void OnUnadoptedListed(UnadoptedListed listed)
+    {
+        if (_readopting) return; // the attempt under way lists them again when it ends
+        var vms = listed.Vms.ToHashSet();
+        if (vms.Count > 0 && !vms.SetEquals(_unadopted))
+            _log.Warning("VMs {Vms} run but could not be adopted (their monitor does not answer: another client holds it?); " +
+                         "a step for one fails until it is; trying again every {Interval}", string.Join(", ", vms), _readoptInterval);
+        _unadopted = vms;
+        if (vms.Count > 0) Timers.StartSingleTimer(nameof(ReadoptDue), ReadoptDue.Instance, _readoptInterval);
+    }
+
+    private void Readopt()
+    {
+        if (_readopting || _unadopted.Count == 0) return;
+        _readopting = true;
+        Timers.Cancel(nameof(ReadoptDue));
+        ReadoptAsync(_unadopted.ToHashSet()).PipeTo(Self, success: done => done, failure: e => new AdoptionFinished([], [], e));
+    }
+
+    private void OnReadopted(AdoptionFinished done)
+    {
+        foreach (var disagreement in done.Disagreements)
+            _log.Warning("Reconciling the VM records with QEMU: {Disagreement}", disagreement);
+        if (done.Error is not null)
+            _log.Warning("Adopting again the VMs {Vms} failed: {Error}", string.Join(", ", _unadopted), done.Error.Message);
+        else if (done.Running.Count > 0)
+        {
+            _log.Info("Adopted {Count} running VMs whose monitor answers again: {Vms}", done.Running.Count, string.Join(", ", done.Running));
+            Context.System.EventStream.Publish(new Inventory.HostInventoryChanged($"adopted {done.Running.Count} running VMs"));
+        }
+        _readopting = false;
+        _unadopted.ExceptWith(done.Running);
+        var waiting = _awaitingAdoption.ToList();
+        _awaitingAdoption.Clear();
+        foreach (var (command, sender) in waiting) OnExecuteStep(command, sender);
+        ListUnadopted();
+    }
+
+    /// <summary>Adopts again the VMs that were not (their monitor answers now), each running one's record reconciled as at start.</summary>
+    private async Task<AdoptionFinished> ReadoptAsync(IReadOnlySet<VmId> unadopted)
+    {
+        var vms = await _hypervisor.AdoptRunningVmsAsync();
+        var adopted = vms.Where(v => v.Running && unadopted.Contains(v.Id)).ToList();
+        var disagreements = new List<string>();
+        foreach (var vm in adopted)
+            disagreements.AddRange((await _steps.Records.ReconcileAsync(vm)).Select(d => d.Text));
+        return new AdoptionFinished(adopted.Select(v => v.Id).ToList(), disagreements, null);
+    }
+
     private static string ProgressTimer(OperationId operation) => $"progress-{operation}";
+
+    private sealed record UnadoptedListed(IReadOnlyList<VmId> Vms);
+    private sealed class ReadoptDue
+    {
+        public static readonly ReadoptDue Instance = new();
+    }
 
     private sealed record ProgressDue(OperationId Operation);
     private sealed record AdoptionFinished(IReadOnlyList<VmId> Running, IReadOnlyList<string> Disagreements, Exception? Error);

@@ -27,6 +27,8 @@ public interface IHypervisor : IAsyncDisposable
     /// stopped: a Coordinator fails the pre-copy of a VM reported stopped.
     /// </summary>
     Task<bool> RunsUnadoptedAsync(VmId vm, CancellationToken ct = default) => Task.FromResult(false);
+    /// <summary>The VMs for which <see cref="RunsUnadoptedAsync"/> holds: the host's HSM tries to adopt them again.</summary>
+    Task<IReadOnlyList<VmId>> ListUnadoptedAsync(CancellationToken ct = default) => Task.FromResult<IReadOnlyList<VmId>>([]);
     /// <summary>The VM with each drive's chain as read back from the hypervisor now.</summary>
     Task<VmInfo> DescribeVmAsync(VmId vm, CancellationToken ct = default);
 

@@ -216,6 +216,37 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(await bed.PathsOnAsync(bed.A), (await bed.DriveAsync()).OpenChain);
     }
 
+    /// <summary>
+    /// A restarted host finds a QEMU running whose monitor another client holds: it cannot adopt it at start, and until
+    /// then every step for that VM failed (VM_NOT_FOUND, or a probe SWITCH_OUTCOME_UNKNOWN) until the host restarted again.
+    /// The HSM tries again on its own: once the monitor is free the VM is adopted, and a step sent meanwhile waits for it.
+    /// </summary>
+    [Fact]
+    public async Task A_QEMU_whose_monitor_was_held_at_the_hosts_start_is_adopted_once_it_is_free_and_its_steps_run()
+    {
+        await using var bed = await HostLayerBed.StartAsync();
+        var manifest = Path.Combine(bed.RunDirectory, "vms", $"{bed.Vm}.json");
+        var qmpSocket = System.Text.Json.JsonDocument.Parse(await File.ReadAllTextAsync(manifest)).RootElement.GetProperty("QmpSocket").GetString()!;
+        await bed.Hypervisor.DisposeAsync(); // the host process restarts; QEMU runs on
+        var holder = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
+        await holder.ConnectAsync(new System.Net.Sockets.UnixDomainSocketEndPoint(qmpSocket));
+        var successor = bed.NewHypervisor();
+        bed.UseHypervisor(successor);
+        var adopted = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var hsm = Sys.ActorOf(HsmActor.Props(successor, bed.Pool, adopted: adopted, readoptInterval: TimeSpan.FromSeconds(1)));
+        await adopted.Task.WaitAsync(TimeSpan.FromSeconds(60));
+        Assert.True(await successor.RunsUnadoptedAsync(bed.Vm), "the held monitor kept the VM from being adopted at start");
+
+        holder.Dispose();
+        var driver = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.A.Id, bed.B.Id, 64 * MiB, VolumeId.New(),
+            (await bed.A.DescribeImageAsync(bed.Image)).Leaf.Id), MigrationStrategy.PostCopy);
+        var probed = await driver.SucceedAsync(hsm, Step.ProbeSwitch, CreateTestProbe(), timeout: TimeSpan.FromSeconds(60));
+
+        Assert.Equal(SwitchFinding.OnSource, probed.Outcome.Switch);
+        Assert.False(await successor.RunsUnadoptedAsync(bed.Vm));
+        Assert.Contains(await successor.ListVmsAsync(), v => v.Id == bed.Vm && v.Running);
+    }
+
     /// <summary>Clones the structure, then sends the copy of the internal layers at 128 KiB/s (12 MiB: about 90 s) and returns once its qemu-img writes the destination.</summary>
     private static async Task<(StepDriver Driver, OperationId Sync)> CopyingSlowlyAsync(HostLayerBed bed, IActorRef spm, Akka.TestKit.TestProbe saga)
     {

@@ -194,6 +194,17 @@ public sealed class QmpHypervisor : IHypervisor
         return await VmManifest.LoadAsync(ManifestPath(id), ct) is { } manifest && QemuProcess.IsAlive(manifest.Pid, manifest.QmpSocket);
     }
 
+    public async Task<IReadOnlyList<VmId>> ListUnadoptedAsync(CancellationToken ct = default)
+    {
+        ThrowIfDisposed();
+        var unadopted = new List<VmId>();
+        if (!Directory.Exists(VmsDirectory)) return unadopted;
+        foreach (var path in Directory.EnumerateFiles(VmsDirectory, "*.json"))
+            if (UuidText.TryParse(Path.GetFileNameWithoutExtension(path), out var guid) && await RunsUnadoptedAsync(new VmId(guid), ct))
+                unadopted.Add(new VmId(guid));
+        return unadopted;
+    }
+
     public async Task<IReadOnlyList<VmInfo>> ListVmsAsync(CancellationToken ct = default)
     {
         ThrowIfDisposed();
