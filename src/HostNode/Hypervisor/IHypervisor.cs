@@ -45,6 +45,11 @@ public interface IHypervisor : IAsyncDisposable
     /// completes the job, closes the source nodes, and returns the drive as read back.
     /// </summary>
     Task<DriveState> PivotAsync(VmId vm, ImageId drive, IReadOnlyList<ChainLayer> destinationBacking, CancellationToken ct = default);
+    /// <summary>
+    /// The path of the leaf the drive's mirror writes into (its running job's, as the hypervisor knows it), or null without
+    /// one or where the adapter cannot tell: a step acts only on the mirror its migration started.
+    /// </summary>
+    Task<string?> MirrorTargetAsync(VmId vm, ImageId drive, CancellationToken ct = default) => Task.FromResult<string?>(null);
     /// <summary>Abandons the mirror: the drive stays on its source chain, the destination leaf is closed.</summary>
     Task<DriveState> CancelMirrorAsync(VmId vm, ImageId drive, CancellationToken ct = default);
 

@@ -76,6 +76,7 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
             }
             case MigrationStep.Pivot:
             {
+                await RequireOwnMirrorAsync(command, dst, ErrorCodes.Conflict, ct);
                 var leaf = await PlannedLeaves.DestinationLeafAsync(command.Disk, command.Strategy, dst, ct);
                 var destination = await pool.ResolveChainAsync(leaf, ct);
                 var target = new VolumeRef(dst.Id, leaf.Id);
@@ -88,6 +89,8 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
             }
             case MigrationStep.CancelReplication:
             {
+                // Another migration's mirror is none of this one's to cancel: nothing to undo here (NO_SUCH_JOB).
+                await RequireOwnMirrorAsync(command, dst, ErrorCodes.NoSuchJob, ct);
                 var drive = await hypervisor.CancelMirrorAsync(vm, image, ct);
                 return new StepOutcome(Detail: $"VM {vm} drive {image} runs on {drive.OpenChain.LastOrDefault() ?? "nothing"}");
             }
@@ -158,6 +161,7 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
                 $"migration {command.Operation.Migration} ended on domain {dst.Id} with its copy undone: its mirror is not started again");
         var running = await hypervisor.GetBlockJobAsync(vm, image, ct)
             ?? throw new OperationFailedException(ErrorCodes.NoSuchJob, $"drive {image} of VM {vm} has no mirror to start again");
+        await RequireOwnMirrorAsync(command, dst, ErrorCodes.Conflict, ct);
         if (running.Phase != BlockJobPhase.Running || running.Mode == CopyMode.WriteBlocking) return running;
         var leaf = await MirrorTargetAsync(command, dst, ct);
         await hypervisor.CancelMirrorAsync(vm, image, ct);
@@ -165,6 +169,22 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
     }
 
     /// <summary>The destination leaf a pre-copy mirror writes, as the hypervisor opens it.</summary>
+    /// <summary>
+    /// A pivot, a cancel or a restart acts only on the mirror this migration started, writing into its planned leaf: a
+    /// late command of an earlier migration of the same disk (at a host that restarted and forgot answering it) must not
+    /// complete, end or restart the mirror of the migration moving the disk now. The leaf by its planned id: a cancel may
+    /// come after the rollback's delete began.
+    /// </summary>
+    private async Task RequireOwnMirrorAsync(ExecuteStep command, IStorageDomain dst, string code, CancellationToken ct)
+    {
+        if (await hypervisor.MirrorTargetAsync(command.Vm, command.Disk.Image, ct) is not { } writing) return;
+        var own = dst.Locate(command.Disk.Image, await PlannedLeaves.DestinationLeafIdAsync(command.Disk, command.Strategy, dst, ct));
+        if (writing != own)
+            throw new OperationFailedException(code,
+                $"VM {command.Vm} drive {command.Disk.Image} mirrors into {writing}, not into {own} where migration {command.Operation.Migration} " +
+                $"copies it: that mirror is another migration's, and this {command.Operation.Step} leaves it alone");
+    }
+
     private static async Task<ChainLayer> MirrorTargetAsync(ExecuteStep command, IStorageDomain dst, CancellationToken ct)
     {
         var leaf = await PlannedLeaves.DestinationLeafAsync(command.Disk, command.Strategy, dst, ct);

@@ -247,6 +247,38 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
         Assert.Contains(await successor.ListVmsAsync(), v => v.Id == bed.Vm && v.Running);
     }
 
+    /// <summary>
+    /// A late pivot or cancel of an earlier migration of the same disk (its host restarted and forgot answering it) reaches
+    /// the HSM while another migration mirrors the disk: it must not complete that mirror (before its internal layers are
+    /// copied the VM would read them unfinished) nor end it. Each step acts only on a mirror into its own planned leaf.
+    /// </summary>
+    [Fact]
+    public async Task A_late_pivot_or_cancel_of_another_migration_leaves_the_running_mirror_alone()
+    {
+        await using var bed = await HostLayerBed.StartAsync();
+        var spm = Sys.ActorOf(SpmActor.Props(bed.Pool));
+        var hsm = Sys.ActorOf(HsmActor.Props(bed.Hypervisor, bed.Pool));
+        var saga = CreateTestProbe();
+        var sourceLeaf = (await bed.A.DescribeImageAsync(bed.Image)).Leaf.Id;
+        var now = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.A.Id, bed.B.Id, 64 * MiB, VolumeId.New(), sourceLeaf), MigrationStrategy.PreCopy);
+        await now.SucceedAsync(spm, Step.CloneImageStructure, saga);
+        await now.SucceedAsync(hsm, Step.StartReplication, saga);
+        // the earlier migration planned another leaf (the disk ran on another chain then)
+        var earlier = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.A.Id, bed.B.Id, 64 * MiB, VolumeId.New(), VolumeId.New()), MigrationStrategy.PreCopy);
+
+        var pivot = Assert.IsType<OperationFailed>(await earlier.RunAsync(hsm, Step.Pivot, saga));
+        var cancel = Assert.IsType<OperationFailed>(await earlier.RunAsync(hsm, Step.CancelReplication, saga));
+
+        Assert.Equal(ErrorCodes.Conflict, pivot.Code);
+        Assert.Equal(ErrorCodes.NoSuchJob, cancel.Code); // nothing of the earlier migration's to undo
+        Assert.NotNull(await bed.Hypervisor.GetBlockJobAsync(bed.Vm, bed.Image));
+        Assert.Equal(await bed.PathsOnAsync(bed.A), (await bed.DriveAsync()).OpenChain);
+        await now.SucceedAsync(spm, Step.SyncInternalVolumes, saga, timeout: TimeSpan.FromSeconds(60));
+        await now.SucceedAsync(hsm, Step.WaitMirrorReady, saga, timeout: TimeSpan.FromSeconds(60));
+        await now.SucceedAsync(hsm, Step.Pivot, saga, timeout: TimeSpan.FromSeconds(60));
+        Assert.Equal(await bed.PathsOnAsync(bed.B), (await bed.DriveAsync()).OpenChain);
+    }
+
     /// <summary>Clones the structure, then sends the copy of the internal layers at 128 KiB/s (12 MiB: about 90 s) and returns once its qemu-img writes the destination.</summary>
     private static async Task<(StepDriver Driver, OperationId Sync)> CopyingSlowlyAsync(HostLayerBed bed, IActorRef spm, Akka.TestKit.TestProbe saga)
     {

@@ -274,6 +274,12 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
         return state;
     }
 
+    public async Task<string?> MirrorTargetAsync(VmId vmId, ImageId driveId, CancellationToken ct = default)
+    {
+        var vm = LiveVm(vmId);
+        return (await ViewAsync(vm, ct)).Disk(vm.Id, driveId).MirrorPath;
+    }
+
     public async Task<DriveState> CancelMirrorAsync(VmId vmId, ImageId driveId, CancellationToken ct = default)
     {
         using var _ = await _locks.LockAsync(vmId, ct);

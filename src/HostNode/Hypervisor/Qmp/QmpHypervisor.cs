@@ -296,6 +296,12 @@ public sealed class QmpHypervisor : IHypervisor
             new Dictionary<string, object?> { ["device"] = job.JobId, ["speed"] = bytesPerSecond }, ct);
     }
 
+    public Task<string?> MirrorTargetAsync(VmId vmId, ImageId driveId, CancellationToken ct = default)
+    {
+        var drive = LiveVm(vmId).Manifest.Drive(driveId);
+        return Task.FromResult(drive.MirrorTarget?.Path);
+    }
+
     public async Task<DriveState> PivotAsync(VmId vmId, ImageId driveId, IReadOnlyList<ChainLayer> destinationBacking,
         CancellationToken ct = default)
     {

@@ -177,6 +177,11 @@ public sealed class SimHypervisor : IHypervisor
         lock (_host.Gate) return Task.FromResult(RequireDriveLocked(vm, drive).Job?.ToInfo(drive));
     }
 
+    public Task<string?> MirrorTargetAsync(VmId vm, ImageId drive, CancellationToken ct = default)
+    {
+        lock (_host.Gate) return Task.FromResult(RequireDriveLocked(vm, drive).Job?.Destination.Path);
+    }
+
     public async Task SetJobSpeedAsync(VmId vm, ImageId drive, long bytesPerSecond, CancellationToken ct = default)
     {
         await EnterAsync(nameof(SetJobSpeedAsync), vm, ct);
