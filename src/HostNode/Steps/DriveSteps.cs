@@ -42,7 +42,7 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
         var dst = pool.Get(command.Disk.Destination);
         // A late mirror or switch of a migration whose copy the SPM already undid there changes nothing (DESIGN §7.7).
         if (step is MigrationStep.StartReplication or MigrationStep.Pivot or MigrationStep.LiveSnapshotToDestination or MigrationStep.SwitchBackingChain
-            && await dst.HasMigrationEndedAsync(command.Operation.Migration, ct))
+            && await dst.HasMigrationMarkAsync(command.Operation.Migration, MigrationMark.Ended, ct))
             throw new OperationFailedException(ErrorCodes.MigrationEnded,
                 $"migration {command.Operation.Migration} ended on domain {dst.Id} with its copy undone: this late {step} changes nothing");
         if (step is not (MigrationStep.StartReplication or MigrationStep.Pivot or MigrationStep.CancelReplication))
@@ -156,7 +156,7 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
     private async Task<BlockJobInfo> RestartUnderGateAsync(ExecuteStep command, VmId vm, ImageId image, CancellationToken ct)
     {
         var dst = pool.Get(command.Disk.Destination);
-        if (await dst.HasMigrationEndedAsync(command.Operation.Migration, ct))
+        if (await dst.HasMigrationMarkAsync(command.Operation.Migration, MigrationMark.Ended, ct))
             throw new OperationFailedException(ErrorCodes.MigrationEnded,
                 $"migration {command.Operation.Migration} ended on domain {dst.Id} with its copy undone: its mirror is not started again");
         var running = await hypervisor.GetBlockJobAsync(vm, image, ct)

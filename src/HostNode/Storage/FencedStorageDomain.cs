@@ -113,14 +113,15 @@ public sealed class FencedStorageDomain(IStorageDomain inner, IStorageFence fenc
         return await inner.RemoveIllegalLeftoversAsync(inUse, ct);
     }
 
-    public async Task MarkMigrationEndedAsync(MigrationId migration, CancellationToken ct = default)
+    public async Task MarkMigrationAsync(MigrationId migration, MigrationMark mark, CancellationToken ct = default)
     {
         using var change = await fence.BeginChangeAsync(ct);
         AmbientFence.Enter(fence);
-        await inner.MarkMigrationEndedAsync(migration, ct);
+        await inner.MarkMigrationAsync(migration, mark, ct);
     }
 
-    public Task<bool> HasMigrationEndedAsync(MigrationId migration, CancellationToken ct = default) => inner.HasMigrationEndedAsync(migration, ct);
+    public Task<bool> HasMigrationMarkAsync(MigrationId migration, MigrationMark mark, CancellationToken ct = default) =>
+        inner.HasMigrationMarkAsync(migration, mark, ct);
 
     /// <summary>Adapters check the kind (and the sim its own type) of the other domain: they get the real one.</summary>
     private static IStorageDomain? Unwrap(IStorageDomain? domain) => domain is FencedStorageDomain f ? f.Inner : domain;

@@ -104,12 +104,21 @@ public interface IStorageDomain
     Task<IReadOnlyList<VolumeInfo>> RemoveIllegalLeftoversAsync(IReadOnlySet<ImageId> inUse, CancellationToken ct = default);
 
     /// <summary>
-    /// Records durably on this domain that <paramref name="migration"/> ended here with its copy undone (its rollback's
-    /// delete), so a late command of that migration, delivered after a host restart forgot it, finds the mark and
-    /// changes nothing (DESIGN §7.6, §7.7). Repeating it is harmless.
+    /// Records durably on this domain what became of <paramref name="migration"/>'s copy here (<see cref="MigrationMark"/>),
+    /// so a late command of that migration, delivered after a host restart forgot it, finds the mark and changes nothing
+    /// (DESIGN §7.6, §7.7). Repeating it is harmless.
     /// </summary>
-    Task MarkMigrationEndedAsync(MigrationId migration, CancellationToken ct = default);
+    Task MarkMigrationAsync(MigrationId migration, MigrationMark mark, CancellationToken ct = default);
 
-    /// <summary>Whether <see cref="MarkMigrationEndedAsync"/> was recorded for <paramref name="migration"/> on this domain.</summary>
-    Task<bool> HasMigrationEndedAsync(MigrationId migration, CancellationToken ct = default);
+    /// <summary>Whether <see cref="MarkMigrationAsync"/> recorded <paramref name="mark"/> for <paramref name="migration"/> on this domain.</summary>
+    Task<bool> HasMigrationMarkAsync(MigrationId migration, MigrationMark mark, CancellationToken ct = default);
+}
+
+/// <summary>What became of a migration's copy on its destination domain: late commands that would contradict it are refused.</summary>
+public enum MigrationMark
+{
+    /// <summary>Undone by its rollback's delete: no late step makes or switches to the copy again.</summary>
+    Ended,
+    /// <summary>The disk's chain now (its drive switched there and the migration rolled forward): no late rollback deletes it.</summary>
+    Kept,
 }

@@ -274,6 +274,33 @@ public static class KnownBugs
             }),
             r => false,
             Fixed: true),
+
+        new("H2-late-delete-after-a-roll-forward",
+            "A rollback's delete, sent and failed without effect, can be followed by a roll forward (B10: the probe after the pause found the drive on the destination). A late copy of that delete at an SPM that restarted and forgot answering it then deletes the volumes the migration owns on the destination: the disk's whole chain there, once its VM is stopped (a running QEMU's locks refuse it)",
+            "delete-open-chain",
+            "post-copy, 1 disk: B10b until completed (rolled forward after a resume); the VM stops, the SPM restarts, the old DeleteDestinationImage:1 arrives and deletes Dst:*",
+            () => Scenario(MigrationStrategy.PostCopy, sim =>
+            {
+                sim.Script[(LiveSnapshotToDestination, 1)] = Fault.FailTransient;
+                for (var attempt = 1; attempt <= 3; attempt++) sim.Script[(DeleteDestinationImage, attempt)] = Fault.FailTransient;
+                sim.AfterEvent = (s, e) =>
+                {
+                    if (e is MigrationSuspended { Step: DeleteDestinationImage } suspended)
+                    {
+                        s.RestartHostIn(1, HostRole.Hsm);
+                        s.ReplayLateIn(2, LiveSnapshotToDestination, suspended.Image);
+                        s.OperatorIn(30, new ResumeMigration(s.Id));
+                    }
+                    if (e is MigrationFailed or MigrationCompleted)
+                    {
+                        s.KillVmIn(1);
+                        s.RestartHostIn(2, HostRole.Spm);
+                        s.ReplayLateIn(3, DeleteDestinationImage, s.World.Disks.Keys.Single());
+                    }
+                };
+            }),
+            _ => false,
+            Fixed: true),
     ];
 
     /// <summary>

@@ -35,6 +35,8 @@ public sealed class SimDisk(DiskPlan plan, int internals)
     public DiskPlan Plan { get; } = plan;
     /// <summary>The destination domain's durable mark that this migration's copy there was undone (its rollback's delete).</summary>
     public bool DestinationEnded { get; set; }
+    /// <summary>The SPM's mark that the disk's chain is the copy now (StorageSteps: written by the first storage step after the switch).</summary>
+    public bool DestinationKept { get; set; }
     public ImageId Image => Plan.Image;
     public int Internals { get; } = internals;
     public Dictionary<VolKey, SimVol> Volumes { get; } = new();
@@ -192,6 +194,7 @@ public sealed class SimWorld
         [DeleteSourceImage] = (w, d) => { w.DeleteImage(d, Side.Src, DeleteSourceImage); return Done("source deleted"); },
         [DeleteDestinationImage] = (w, d) =>
         {
+            if (d.DestinationKept) throw new HostError(ErrorCodes.Conflict, "the copy is the disk's chain now: a late rollback deletes nothing");
             d.DestinationEnded = true; // the SPM marks the domain first
             w.DeleteImage(d, Side.Dst, DeleteDestinationImage);
             return Done("destination deleted");
@@ -331,6 +334,7 @@ public sealed class SimWorld
                     or CreateVolumeCrossDomain or CloneInternalVolumes
                     or StartReplication or Pivot or LiveSnapshotToDestination or SwitchBackingChain)
                 return new HostAnswer.Fail(ErrorCodes.MigrationEnded, "the migration's copy was undone here", false);
+            if (step is MarkDestinationLeafLegal or CloneInternalVolumes) disk.DestinationKept = true;
             return Handlers.TryGetValue(step, out var handler)
                 ? handler(this, disk)
                 : new HostAnswer.Fail(ErrorCodes.InvalidArgument, $"no host runs {step}", false);

@@ -279,6 +279,33 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(await bed.PathsOnAsync(bed.B), (await bed.DriveAsync()).OpenChain);
     }
 
+    /// <summary>
+    /// A rollback's delete may be sent, fail without effect, and the disk then roll forward (the probe after a pause
+    /// found the drive switched). A late copy of that delete at an SPM that forgot answering it would remove every volume
+    /// the migration made: the disk's whole chain on the destination, once its VM is stopped. The first storage step
+    /// after the switch marks the copy kept, and the delete refuses it.
+    /// </summary>
+    [Fact]
+    public async Task A_late_rollback_delete_after_the_disk_rolled_forward_deletes_nothing()
+    {
+        await using var bed = await HostLayerBed.StartAsync();
+        var spm = Sys.ActorOf(SpmActor.Props(bed.Pool));
+        var hsm = Sys.ActorOf(HsmActor.Props(bed.Hypervisor, bed.Pool));
+        var saga = CreateTestProbe();
+        var driver = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.A.Id, bed.B.Id, 64 * MiB, VolumeId.New(),
+            (await bed.A.DescribeImageAsync(bed.Image)).Leaf.Id), MigrationStrategy.PreCopy);
+        foreach (var (host, step) in new[] { (spm, Step.CloneImageStructure), (hsm, Step.StartReplication), (spm, Step.SyncInternalVolumes),
+                     (hsm, Step.WaitMirrorReady), (hsm, Step.Pivot), (spm, Step.MarkDestinationLeafLegal) })
+            await driver.SucceedAsync(host, step, saga, timeout: TimeSpan.FromSeconds(60));
+        await bed.Hypervisor.StopVmAsync(bed.Vm); // no QEMU lock on the chain any more
+
+        var late = Assert.IsType<OperationFailed>(await driver.RunAsync(spm, Step.DeleteDestinationImage, saga, attempt: 7));
+
+        Assert.Equal(ErrorCodes.Conflict, late.Code);
+        Assert.All((await bed.B.DescribeImageAsync(bed.Image)).Volumes, v => Assert.Equal(Legality.Legal, v.Legality));
+        Assert.Equal(3, (await bed.B.DescribeImageAsync(bed.Image)).Volumes.Count);
+    }
+
     /// <summary>Clones the structure, then sends the copy of the internal layers at 128 KiB/s (12 MiB: about 90 s) and returns once its qemu-img writes the destination.</summary>
     private static async Task<(StepDriver Driver, OperationId Sync)> CopyingSlowlyAsync(HostLayerBed bed, IActorRef spm, Akka.TestKit.TestProbe saga)
     {

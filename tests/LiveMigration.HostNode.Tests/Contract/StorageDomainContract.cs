@@ -33,15 +33,20 @@ public abstract class StorageDomainContract : IAsyncLifetime
     protected Task<SeededChain> SeedChainAsync(IStorageDomain domain) => ChainSeeder.SeedAsync(domain, WriteLayerDataAsync);
 
     [Fact]
-    public async Task A_migration_marked_ended_stays_marked_and_only_that_one()
+    public async Task A_migration_marked_ended_or_kept_stays_marked_and_only_so()
     {
         var domain = await CreateDomainAsync("contract-a", RoomyCapacity);
         var ended = MigrationId.New();
-        Assert.False(await domain.HasMigrationEndedAsync(ended));
-        await domain.MarkMigrationEndedAsync(ended);
-        await domain.MarkMigrationEndedAsync(ended); // a repeat is harmless
-        Assert.True(await domain.HasMigrationEndedAsync(ended));
-        Assert.False(await domain.HasMigrationEndedAsync(MigrationId.New()));
+        Assert.False(await domain.HasMigrationMarkAsync(ended, MigrationMark.Ended));
+        await domain.MarkMigrationAsync(ended, MigrationMark.Ended);
+        await domain.MarkMigrationAsync(ended, MigrationMark.Ended); // a repeat is harmless
+        Assert.True(await domain.HasMigrationMarkAsync(ended, MigrationMark.Ended));
+        Assert.False(await domain.HasMigrationMarkAsync(ended, MigrationMark.Kept)); // each mark on its own
+        Assert.False(await domain.HasMigrationMarkAsync(MigrationId.New(), MigrationMark.Ended));
+        var kept = MigrationId.New();
+        await domain.MarkMigrationAsync(kept, MigrationMark.Kept);
+        Assert.True(await domain.HasMigrationMarkAsync(kept, MigrationMark.Kept));
+        Assert.False(await domain.HasMigrationMarkAsync(kept, MigrationMark.Ended));
     }
 
     [Fact]

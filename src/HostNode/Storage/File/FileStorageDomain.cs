@@ -664,12 +664,16 @@ public sealed class FileStorageDomain : IStorageDomain
             return Gone(owned);
         }, ct);
 
-    /// <summary><c>dom_md/ended/&lt;migrationId&gt;</c>: an empty file per migration whose copy here was undone.</summary>
-    private string EndedPath(MigrationId migration) => Path.Combine(DomainPath, "dom_md", "ended", migration.ToString());
+    /// <summary>
+    /// <c>dom_md/ended/&lt;migrationId&gt;</c>: an empty file per migration whose copy here was undone;
+    /// <c>dom_md/kept/&lt;migrationId&gt;</c>: one per migration whose copy here the disk runs on.
+    /// </summary>
+    private string MarkPath(MigrationId migration, MigrationMark mark) =>
+        Path.Combine(DomainPath, "dom_md", mark == MigrationMark.Ended ? "ended" : "kept", migration.ToString());
 
-    public Task MarkMigrationEndedAsync(MigrationId migration, CancellationToken ct = default)
+    public Task MarkMigrationAsync(MigrationId migration, MigrationMark mark, CancellationToken ct = default)
     {
-        var path = EndedPath(migration);
+        var path = MarkPath(migration, mark);
         var folder = Path.GetDirectoryName(path)!;
         try
         {
@@ -681,13 +685,13 @@ public sealed class FileStorageDomain : IStorageDomain
         }
         catch (IOException e)
         {
-            throw new OperationFailedException(ErrorCodes.IoError, $"cannot record on domain {Id} that migration {migration} ended: {e.Message}", e);
+            throw new OperationFailedException(ErrorCodes.IoError, $"cannot record on domain {Id} that migration {migration}'s copy is {mark.ToString().ToLowerInvariant()}: {e.Message}", e);
         }
         return Task.CompletedTask;
     }
 
-    public Task<bool> HasMigrationEndedAsync(MigrationId migration, CancellationToken ct = default) =>
-        Task.FromResult(IOFile.Exists(EndedPath(migration)));
+    public Task<bool> HasMigrationMarkAsync(MigrationId migration, MigrationMark mark, CancellationToken ct = default) =>
+        Task.FromResult(IOFile.Exists(MarkPath(migration, mark)));
 
     public async Task<IReadOnlyList<VolumeInfo>> RemoveIllegalLeftoversAsync(IReadOnlySet<ImageId> inUse, CancellationToken ct = default)
     {
