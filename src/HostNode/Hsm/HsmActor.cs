@@ -400,7 +400,15 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
         _unadopted.ExceptWith(done.Running);
         var waiting = _awaitingAdoption.ToList();
         _awaitingAdoption.Clear();
-        foreach (var (command, sender) in waiting) OnExecuteStep(command, sender);
+        foreach (var (command, sender) in waiting)
+        {
+            if (_unadopted.Contains(command.Vm))
+                // Not "no such VM": it runs, and the saga tries again later (transient) instead of concluding from it.
+                sender.Tell(new OperationFailed(command.Operation, ErrorCodes.Timeout,
+                    $"VM {command.Vm} runs but its QEMU monitor does not answer (another client holds it?): not adopted yet, try again", Transient: true));
+            else
+                OnExecuteStep(command, sender);
+        }
         ListUnadopted();
     }
 

@@ -121,4 +121,6 @@ public enum MigrationMark
     Ended,
     /// <summary>The disk's chain now (its drive switched there and the migration rolled forward): no late rollback deletes it.</summary>
     Kept,
+    /// <summary>On the source domain: the migration deleted the image here; an image found here later came back with another migration.</summary>
+    Retired,
 }

@@ -237,12 +237,24 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
         await adopted.Task.WaitAsync(TimeSpan.FromSeconds(60));
         Assert.True(await successor.RunsUnadoptedAsync(bed.Vm), "the held monitor kept the VM from being adopted at start");
 
-        holder.Dispose();
         var driver = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.A.Id, bed.B.Id, 64 * MiB, VolumeId.New(),
             (await bed.A.DescribeImageAsync(bed.Image)).Leaf.Id), MigrationStrategy.PostCopy);
-        var probed = await driver.SucceedAsync(hsm, Step.ProbeSwitch, CreateTestProbe(), timeout: TimeSpan.FromSeconds(60));
+        var saga = CreateTestProbe();
+        // Still held: the step tries the adoption, then fails transiently (the VM runs), not "unknown" or "no such VM".
+        var held = Assert.IsType<OperationFailed>(await driver.RunAsync(hsm, Step.ProbeSwitch, saga, timeout: TimeSpan.FromSeconds(60)));
+        Assert.True(held.Transient, held.Message);
 
-        Assert.Equal(SwitchFinding.OnSource, probed.Outcome.Switch);
+        holder.Dispose();
+        // Freed: adopted by the next attempt (its timer, or a step's); a step racing QEMU's notice of the free monitor
+        // is told to try again, as above, so the saga's retries are what a test does here too.
+        IHostReply answer = held;
+        for (var attempt = 2; answer is OperationFailed { Transient: true } && attempt < 40; attempt++)
+        {
+            await Task.Delay(500);
+            answer = await driver.RunAsync(hsm, Step.ProbeSwitch, saga, attempt, timeout: TimeSpan.FromSeconds(60));
+        }
+
+        Assert.Equal(SwitchFinding.OnSource, Assert.IsType<OperationSucceeded>(answer).Outcome.Switch);
         Assert.False(await successor.RunsUnadoptedAsync(bed.Vm));
         Assert.Contains(await successor.ListVmsAsync(), v => v.Id == bed.Vm && v.Running);
     }
@@ -304,6 +316,36 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(ErrorCodes.Conflict, late.Code);
         Assert.All((await bed.B.DescribeImageAsync(bed.Image)).Volumes, v => Assert.Equal(Legality.Legal, v.Legality));
         Assert.Equal(3, (await bed.B.DescribeImageAsync(bed.Image)).Volumes.Count);
+    }
+
+    /// <summary>
+    /// A migration deleted its source image; later another migration moved the disk back onto that domain and kept its
+    /// own source (the first one's copy). A late copy of the first migration's source delete, at an SPM that forgot
+    /// answering it, found a complete copy it had made and deleted the image: the disk's chain now, with its VM
+    /// stopped. The first delete leaves a retired mark on the source, and a later one finding the image back refuses.
+    /// </summary>
+    [Fact]
+    public async Task A_late_source_delete_leaves_alone_an_image_another_migration_moved_back()
+    {
+        await using var bed = await HostLayerBed.StartAsync();
+        var spm = Sys.ActorOf(SpmActor.Props(bed.Pool));
+        var hsm = Sys.ActorOf(HsmActor.Props(bed.Hypervisor, bed.Pool));
+        var saga = CreateTestProbe();
+        var leaf = (await bed.A.DescribeImageAsync(bed.Image)).Leaf.Id;
+        var there = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.A.Id, bed.B.Id, 64 * MiB, VolumeId.New(), leaf), MigrationStrategy.PreCopy);
+        var back = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.B.Id, bed.A.Id, 64 * MiB, VolumeId.New(), leaf), MigrationStrategy.PreCopy);
+        var preCopy = new[] { (spm, Step.CloneImageStructure), (hsm, Step.StartReplication), (spm, Step.SyncInternalVolumes),
+            (hsm, Step.WaitMirrorReady), (hsm, Step.Pivot), (spm, Step.MarkDestinationLeafLegal) };
+        foreach (var (host, step) in preCopy.Append((spm, Step.DeleteSourceImage)))
+            await there.SucceedAsync(host, step, saga, timeout: TimeSpan.FromSeconds(60));
+        foreach (var (host, step) in preCopy) // back to A, keeping B's chain (no source delete)
+            await back.SucceedAsync(host, step, saga, timeout: TimeSpan.FromSeconds(60));
+        await bed.Hypervisor.StopVmAsync(bed.Vm);
+
+        var late = Assert.IsType<OperationFailed>(await there.RunAsync(spm, Step.DeleteSourceImage, saga, attempt: 9));
+
+        Assert.Equal(ErrorCodes.Conflict, late.Code);
+        Assert.Equal(3, (await bed.A.DescribeImageAsync(bed.Image)).Volumes.Count(v => v.Legality == Legality.Legal));
     }
 
     /// <summary>Clones the structure, then sends the copy of the internal layers at 128 KiB/s (12 MiB: about 90 s) and returns once its qemu-img writes the destination.</summary>

@@ -666,10 +666,11 @@ public sealed class FileStorageDomain : IStorageDomain
 
     /// <summary>
     /// <c>dom_md/ended/&lt;migrationId&gt;</c>: an empty file per migration whose copy here was undone;
-    /// <c>dom_md/kept/&lt;migrationId&gt;</c>: one per migration whose copy here the disk runs on.
+    /// <c>dom_md/kept/&lt;migrationId&gt;</c>: one per migration whose copy here the disk runs on;
+    /// <c>dom_md/retired/&lt;migrationId&gt;</c>: one per migration that deleted its source image here.
     /// </summary>
     private string MarkPath(MigrationId migration, MigrationMark mark) =>
-        Path.Combine(DomainPath, "dom_md", mark == MigrationMark.Ended ? "ended" : "kept", migration.ToString());
+        Path.Combine(DomainPath, "dom_md", mark.ToString().ToLowerInvariant(), migration.ToString());
 
     public Task MarkMigrationAsync(MigrationId migration, MigrationMark mark, CancellationToken ct = default)
     {
