@@ -209,13 +209,22 @@ public static class MigrationDecider
     {
         if (state.Status is not MigrationStatus.Suspended)
             return Decision.Refuse(MigrationErrorCodes.NotSuspended, $"migration {state.Id} is {Describe(state.Status)}; only a suspended migration can be abandoned");
-        if (state.Termination?.Kind == TerminationKind.Abandon)
-            return Decision.Accept([new MigrationAbandoned(state.Id, now, LeftBehindOf(state))]);
         foreach (var disk in state.Disks.Where(d => !d.IsFinished))
         {
             if (disk.Phase is DiskPhase.InFlight or DiskPhase.RetryWaiting)
                 return Decision.Refuse(MigrationErrorCodes.NotSuspended,
                     $"migration {state.Id} cannot be abandoned yet: disk {disk.Image} has {disk.Step} under way; wait until it ends");
+            // Also when an abandon is suspended: its probe may have found the pivot done, and the leaf is not LEGAL yet.
+            if (disk.Step == MigrationStep.MarkDestinationLeafLegal)
+                return Decision.Refuse(MigrationErrorCodes.NotSuspended,
+                    $"migration {state.Id} cannot be abandoned: disk {disk.Image} runs on its destination leaf, which is not marked LEGAL yet ({disk.LastError}); " +
+                    "abandoned there its VM could not start again; resume it");
+        }
+        // Abandoned again while its removal is suspended: what is left stays, named per domain.
+        if (state.Termination?.Kind == TerminationKind.Abandon)
+            return Decision.Accept([new MigrationAbandoned(state.Id, now, LeftBehindOf(state))]);
+        foreach (var disk in state.Disks.Where(d => !d.IsFinished))
+        {
             // A mirror runs from StartReplication until the pivot, or until the rollback's CancelReplication succeeded.
             // A host that answered VM_NOT_RUNNING or SWITCH_OUTCOME_UNKNOWN (said only with QEMU gone) has no mirror left.
             var mirrorMayRun = disk.Started.Contains(MigrationStep.StartReplication) && !disk.PassedPointOfNoReturn
@@ -225,10 +234,6 @@ public static class MigrationDecider
                 return Decision.Refuse(MigrationErrorCodes.NotSuspended,
                     $"migration {state.Id} cannot be abandoned: disk {disk.Image}'s mirror may still copy into the destination ({disk.Step}: {disk.LastError}); " +
                     "resume it so the mirror is pivoted or cancelled and the copy removed");
-            if (disk.Step == MigrationStep.MarkDestinationLeafLegal)
-                return Decision.Refuse(MigrationErrorCodes.NotSuspended,
-                    $"migration {state.Id} cannot be abandoned: disk {disk.Image} runs on its destination leaf, which is not marked LEGAL yet ({disk.LastError}); " +
-                    "abandoned there its VM could not start again; resume it");
         }
         var draft = new Draft(state, now).Emit(new AbandonStarted(state.Id,
             $"abandoned by an operator while {Describe(state.Status)}: each disk stays where it runs; removing the copy on the other side", now));

@@ -130,7 +130,11 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
             Readopt();
         });
         Receive<UnadoptedListed>(OnUnadoptedListed);
-        Receive<ReadoptDue>(_ => Readopt());
+        Receive<ReadoptDue>(_ =>
+        {
+            if (_unadopted.Count > 0) Readopt();
+            else ListUnadopted(); // the last listing failed
+        });
         Receive<AdoptionFinished>(OnReadopted);
         Receive<SetStepSpeed>(OnSetStepSpeed);
         Receive<HypervisorEventArrived>(e => OnHypervisorEvent(e.Event));
@@ -364,11 +368,18 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
     }
 
     private void ListUnadopted() =>
-        _hypervisor.ListUnadoptedAsync().PipeTo(Self, success: vms => new UnadoptedListed(vms), failure: _ => new UnadoptedListed([]));
+        _hypervisor.ListUnadoptedAsync().PipeTo(Self, success: vms => new UnadoptedListed(vms), failure: e => new UnadoptedListed(null, e));
 
     private void OnUnadoptedListed(UnadoptedListed listed)
     {
         if (_readopting) return; // the attempt under way lists them again when it ends
+        if (listed.Vms is null)
+        {
+            // Not known: the VMs known unadopted stay so, and the listing is tried again.
+            _log.Warning("Listing the VMs that run unadopted failed ({Error}); trying again in {Interval}", listed.Error?.Message, _readoptInterval);
+            Timers.StartSingleTimer(nameof(ReadoptDue), ReadoptDue.Instance, _readoptInterval);
+            return;
+        }
         var vms = listed.Vms.ToHashSet();
         if (vms.Count > 0 && !vms.SetEquals(_unadopted))
             _log.Warning("VMs {Vms} run but could not be adopted (their monitor does not answer: another client holds it?); " +
@@ -425,7 +436,8 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
 
     private static string ProgressTimer(OperationId operation) => $"progress-{operation}";
 
-    private sealed record UnadoptedListed(IReadOnlyList<VmId> Vms);
+    /// <summary>The VMs that run unadopted, or null when listing them failed (<paramref name="Error"/>).</summary>
+    private sealed record UnadoptedListed(IReadOnlyList<VmId>? Vms, Exception? Error = null);
     private sealed class ReadoptDue
     {
         public static readonly ReadoptDue Instance = new();

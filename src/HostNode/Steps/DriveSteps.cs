@@ -42,7 +42,7 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
         var dst = pool.Get(command.Disk.Destination);
         // A late mirror or switch of a migration whose copy the SPM already undid there changes nothing (DESIGN §7.7).
         if (step is MigrationStep.StartReplication or MigrationStep.Pivot or MigrationStep.LiveSnapshotToDestination or MigrationStep.SwitchBackingChain
-            && await dst.HasMigrationMarkAsync(command.Operation.Migration, MigrationMark.Ended, ct))
+            && await dst.HasMigrationMarkAsync(command.Operation.Migration, command.Disk.Image, MigrationMark.Ended, ct))
             throw new OperationFailedException(ErrorCodes.MigrationEnded,
                 $"migration {command.Operation.Migration} ended on domain {dst.Id} with its copy undone: this late {step} changes nothing");
         if (step is not (MigrationStep.StartReplication or MigrationStep.Pivot or MigrationStep.CancelReplication))
@@ -156,7 +156,7 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
     private async Task<BlockJobInfo> RestartUnderGateAsync(ExecuteStep command, VmId vm, ImageId image, CancellationToken ct)
     {
         var dst = pool.Get(command.Disk.Destination);
-        if (await dst.HasMigrationMarkAsync(command.Operation.Migration, MigrationMark.Ended, ct))
+        if (await dst.HasMigrationMarkAsync(command.Operation.Migration, command.Disk.Image, MigrationMark.Ended, ct))
             throw new OperationFailedException(ErrorCodes.MigrationEnded,
                 $"migration {command.Operation.Migration} ended on domain {dst.Id} with its copy undone: its mirror is not started again");
         var running = await hypervisor.GetBlockJobAsync(vm, image, ct)
@@ -178,11 +178,22 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
     private async Task RequireOwnMirrorAsync(ExecuteStep command, IStorageDomain dst, string code, CancellationToken ct)
     {
         if (await hypervisor.MirrorTargetAsync(command.Vm, command.Disk.Image, ct) is not { } writing) return;
-        var own = dst.Locate(command.Disk.Image, await PlannedLeaves.DestinationLeafIdAsync(command.Disk, command.Strategy, dst, ct));
-        if (writing != own)
+        var image = command.Disk.Image;
+        var migration = command.Operation.Migration;
+        var leaf = await PlannedLeaves.DestinationLeafIdAsync(command.Disk, command.Strategy, dst, ct);
+        var own = dst.Locate(image, leaf);
+        // Two pre-copies of a disk from the same leaf to the same domain write the same path (a twin keeps its volume's
+        // id): the leaf's owner tells them apart. A leaf already gone tells nothing, and a mirror of its own is let be cancelled.
+        VolumeOwner? owner = null;
+        if (writing == own)
+        {
+            try { owner = (await dst.DescribeVolumeAsync(image, leaf, ct)).Owner; }
+            catch (OperationFailedException e) when (e.Code is ErrorCodes.ImageNotFound or ErrorCodes.VolumeNotFound) { return; }
+        }
+        if (writing != own || owner is { } o && o.Migration != migration)
             throw new OperationFailedException(code,
-                $"VM {command.Vm} drive {command.Disk.Image} mirrors into {writing}, not into {own} where migration {command.Operation.Migration} " +
-                $"copies it: that mirror is another migration's, and this {command.Operation.Step} leaves it alone");
+                $"VM {command.Vm} drive {image} mirrors into {writing} (made by {owner?.ToString() ?? "another migration"}), not into the leaf migration " +
+                $"{migration} copies it to: that mirror is another migration's, and this {command.Operation.Step} leaves it alone");
     }
 
     private static async Task<ChainLayer> MirrorTargetAsync(ExecuteStep command, IStorageDomain dst, CancellationToken ct)
@@ -253,11 +264,13 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
             return Found(SwitchFinding.OnDestination, $"VM {vm} is not running; its record names {target} after the {switchName}");
         if (record.PendingOf(image) is null)
             return Found(SwitchFinding.OnSource, $"VM {vm} is not running; its record shows the {switchName} of drive {image} was never begun");
-        if (!await ExistsAsync(dst, image, leaf, ct))
+        // Proven gone by the rollback's own mark (written before its delete; a late switch finds it and changes nothing),
+        // not by failing to see the leaf: an unreadable mount must not pass for a deleted copy.
+        if (await dst.HasMigrationMarkAsync(command.Operation.Migration, image, MigrationMark.Ended, ct))
         {
             records.ClearSwitch(vm, image);
             return Found(SwitchFinding.OnSource,
-                $"VM {vm} is not running and the destination leaf {target} of its begun {switchName} is gone: only the source chain remains");
+                $"VM {vm} is not running and the rollback already deleted the destination of its begun {switchName} ({target}): only the source chain remains");
         }
         if (!preCopy)
         {
@@ -286,19 +299,6 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
     }
 
     private static StepOutcome Found(SwitchFinding finding, string detail) => new(Detail: detail, Switch: finding);
-
-    private static async Task<bool> ExistsAsync(IStorageDomain domain, ImageId image, VolumeId volume, CancellationToken ct)
-    {
-        try
-        {
-            await domain.DescribeVolumeAsync(image, volume, ct);
-            return true;
-        }
-        catch (OperationFailedException e) when (e.Code is ErrorCodes.ImageNotFound or ErrorCodes.VolumeNotFound)
-        {
-            return false;
-        }
-    }
 
     private static void EnsureRunsOn(DriveState drive, DriveChain expected, VmId vm)
     {

@@ -53,13 +53,13 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, 
             return new StepOutcome(Detail: $"already done: image {image} is gone from domain {src.Id} and domain {dst.Id} holds " +
                                            $"the complete LEGAL copy migration {migration} made");
         }
-        if (MakesTheCopy(step) && await dst.HasMigrationMarkAsync(migration, MigrationMark.Ended, ct))
+        if (MakesTheCopy(step) && await dst.HasMigrationMarkAsync(migration, image, MigrationMark.Ended, ct))
             throw new OperationFailedException(ErrorCodes.MigrationEnded,
                 $"migration {migration} ended on domain {dst.Id} with its copy undone: this late {step} changes nothing");
         // The first storage step after the drive switched: from now on the copy is the disk, and a late rollback of this
         // migration (a delete sent before a probe found the switch done) must not remove it.
         if (step is MigrationStep.MarkDestinationLeafLegal or MigrationStep.CloneInternalVolumes)
-            await dst.MarkMigrationAsync(migration, MigrationMark.Kept, ct);
+            await dst.MarkMigrationAsync(migration, image, MigrationMark.Kept, ct);
         return step switch
         {
             MigrationStep.CloneImageStructure => await CloneImageStructureAsync(src, dst, image, owner, ct),
@@ -151,7 +151,7 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, 
 
     private async Task<StepOutcome> DeleteDestinationImageAsync(IStorageDomain dst, ImageId image, VolumeOwner owner, CancellationToken ct)
     {
-        if (await dst.HasMigrationMarkAsync(owner.Migration, MigrationMark.Kept, ct))
+        if (await dst.HasMigrationMarkAsync(owner.Migration, image, MigrationMark.Kept, ct))
             throw new OperationFailedException(ErrorCodes.Conflict,
                 $"the copy migration {owner.Migration} made of image {image} on domain {dst.Id} is the disk's chain now (its drive switched there " +
                 "and the migration went on): a late rollback deletes nothing of it");
@@ -161,14 +161,14 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, 
         var marked = true;
         try
         {
-            await dst.MarkMigrationAsync(owner.Migration, MigrationMark.Ended, ct);
+            await dst.MarkMigrationAsync(owner.Migration, image, MigrationMark.Ended, ct);
         }
         catch (OperationFailedException e) when (e.Code == ErrorCodes.IoError)
         {
             marked = false;
         }
         var removed = await dst.DeleteOwnedVolumesAsync(image, owner, ct);
-        if (!marked) await dst.MarkMigrationAsync(owner.Migration, MigrationMark.Ended, ct);
+        if (!marked) await dst.MarkMigrationAsync(owner.Migration, image, MigrationMark.Ended, ct);
         return new StepOutcome(Detail: $"{removed.Count} volumes of image {image} that migration {owner.Migration} made deleted from domain {dst.Id}");
     }
 

@@ -113,15 +113,15 @@ public sealed class FencedStorageDomain(IStorageDomain inner, IStorageFence fenc
         return await inner.RemoveIllegalLeftoversAsync(inUse, ct);
     }
 
-    public async Task MarkMigrationAsync(MigrationId migration, MigrationMark mark, CancellationToken ct = default)
+    public async Task MarkMigrationAsync(MigrationId migration, ImageId image, MigrationMark mark, CancellationToken ct = default)
     {
         using var change = await fence.BeginChangeAsync(ct);
         AmbientFence.Enter(fence);
-        await inner.MarkMigrationAsync(migration, mark, ct);
+        await inner.MarkMigrationAsync(migration, image, mark, ct);
     }
 
-    public Task<bool> HasMigrationMarkAsync(MigrationId migration, MigrationMark mark, CancellationToken ct = default) =>
-        inner.HasMigrationMarkAsync(migration, mark, ct);
+    public Task<bool> HasMigrationMarkAsync(MigrationId migration, ImageId image, MigrationMark mark, CancellationToken ct = default) =>
+        inner.HasMigrationMarkAsync(migration, image, mark, ct);
 
     /// <summary>Adapters check the kind (and the sim its own type) of the other domain: they get the real one.</summary>
     private static IStorageDomain? Unwrap(IStorageDomain? domain) => domain is FencedStorageDomain f ? f.Inner : domain;

@@ -104,14 +104,15 @@ public interface IStorageDomain
     Task<IReadOnlyList<VolumeInfo>> RemoveIllegalLeftoversAsync(IReadOnlySet<ImageId> inUse, CancellationToken ct = default);
 
     /// <summary>
-    /// Records durably on this domain what became of <paramref name="migration"/>'s copy here (<see cref="MigrationMark"/>),
-    /// so a late command of that migration, delivered after a host restart forgot it, finds the mark and changes nothing
-    /// (DESIGN §7.6, §7.7). Repeating it is harmless.
+    /// Records durably on this domain what became of <paramref name="migration"/>'s copy of <paramref name="image"/> here
+    /// (<see cref="MigrationMark"/>), so a late command of that migration, delivered after a host restart forgot it, finds
+    /// the mark and changes nothing (DESIGN §7.6, §7.7). Per disk: one disk of a migration may be kept on a domain while
+    /// another is undone there. Repeating it is harmless.
     /// </summary>
-    Task MarkMigrationAsync(MigrationId migration, MigrationMark mark, CancellationToken ct = default);
+    Task MarkMigrationAsync(MigrationId migration, ImageId image, MigrationMark mark, CancellationToken ct = default);
 
-    /// <summary>Whether <see cref="MarkMigrationAsync"/> recorded <paramref name="mark"/> for <paramref name="migration"/> on this domain.</summary>
-    Task<bool> HasMigrationMarkAsync(MigrationId migration, MigrationMark mark, CancellationToken ct = default);
+    /// <summary>Whether <see cref="MarkMigrationAsync"/> recorded <paramref name="mark"/> for <paramref name="migration"/>'s <paramref name="image"/> on this domain.</summary>
+    Task<bool> HasMigrationMarkAsync(MigrationId migration, ImageId image, MigrationMark mark, CancellationToken ct = default);
 }
 
 /// <summary>What became of a migration's copy on its destination domain: late commands that would contradict it are refused.</summary>

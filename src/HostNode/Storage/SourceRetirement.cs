@@ -17,18 +17,18 @@ public static class SourceRetirement
         await RequireCompleteCopyAsync(source, destination, image, migration, ct);
         if (!(await source.ListImagesAsync(ct)).Contains(image))
         {
-            await source.MarkMigrationAsync(migration, MigrationMark.Retired, ct); // a delete cut short before its mark
+            await source.MarkMigrationAsync(migration, image, MigrationMark.Retired, ct); // a delete cut short before its mark
             return $"image {image} is no longer on domain {source.Id}; its copy on domain {destination.Id} is complete";
         }
         // Deleted here once already: the image came back since (another migration moved the disk here again, and kept
         // this one's copy as its source), so it is that migration's chain now, whatever this late command finds.
-        if (await source.HasMigrationMarkAsync(migration, MigrationMark.Retired, ct))
+        if (await source.HasMigrationMarkAsync(migration, image, MigrationMark.Retired, ct))
             throw new OperationFailedException(ErrorCodes.Conflict,
                 $"migration {migration} deleted image {image} from domain {source.Id} already; the image there now came back with another " +
                 "migration: this late delete changes nothing");
         await source.DeleteImageAsync(image, ct);
         // After the delete (a rename, finished by the next SPM if cut short): a retry finds the image gone and marks then.
-        await source.MarkMigrationAsync(migration, MigrationMark.Retired, ct);
+        await source.MarkMigrationAsync(migration, image, MigrationMark.Retired, ct);
         return $"image {image} deleted from domain {source.Id}";
     }
 

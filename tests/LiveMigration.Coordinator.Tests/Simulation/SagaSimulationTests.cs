@@ -154,6 +154,44 @@ public sealed class SagaSimulationTests(ITestOutputHelper output)
         Assert.Empty(Assert.IsType<MigrationAbandoned>(result.Journal[^1]).LeftBehind ?? []);
     }
 
+    /// <summary>
+    /// B11 with the leaf's marking failing until the abandon suspends: abandoning again is refused (the VM runs on a leaf
+    /// not LEGAL yet and could not start again), the operator is told to resume, and the resume marks it and ends the abandon.
+    /// </summary>
+    [Fact]
+    public void A_second_abandon_is_refused_while_a_pivoted_disk_waits_for_its_leaf_to_be_marked_LEGAL()
+    {
+        var sim = new SagaSimulator(1, Chaos.None, MigrationStrategy.PreCopy, disks: 1, parallel: 1);
+        sim.Script[(MigrationStep.Pivot, 1)] = SagaSimulator.Fault.DoneThenTimeout;
+        sim.Script[(MigrationStep.ProbeSwitch, 1)] = SagaSimulator.Fault.FailTransient;
+        sim.Script[(MigrationStep.ProbeSwitch, 2)] = SagaSimulator.Fault.FailTransient;
+        sim.Script[(MigrationStep.ProbeSwitch, 3)] = SagaSimulator.Fault.DoneThenVmDies;
+        for (var attempt = 1; attempt <= 3; attempt++) sim.Script[(MigrationStep.MarkDestinationLeafLegal, attempt)] = SagaSimulator.Fault.FailTransient;
+        sim.AfterEvent = (s, e) =>
+        {
+            if (e is MigrationSuspended { Step: MigrationStep.ProbeSwitch or MigrationStep.MarkDestinationLeafLegal }) s.OperatorIn(5, new AbandonMigration(s.Id));
+        };
+        sim.Start();
+        var result = sim.Drain();
+
+        Assert.False(result.Failed, result.Report());
+        Assert.Contains(result.Trace, line => line.Contains("refused AbandonMigration"));
+        Assert.Contains(result.Journal, e => e is MigrationResumed);
+        Assert.Contains(result.Journal.SkipWhile(e => e is not MigrationResumed), e => e is StepCompleted { Step: MigrationStep.MarkDestinationLeafLegal });
+        Assert.IsType<MigrationAbandoned>(result.Journal[^1]);
+    }
+
+    /// <summary>H2: the late rollback delete does reach the SPM after the roll forward, and the kept mark refuses it.</summary>
+    [Fact]
+    public void A_late_rollback_delete_after_a_roll_forward_reaches_the_SPM_and_is_refused()
+    {
+        var result = KnownBugs.All.Single(b => b.Id.StartsWith("H2-")).Reproduce();
+
+        Assert.False(result.Failed, result.Report());
+        Assert.Contains(result.Trace, line => line.Contains("Spm <- DeleteDestinationImage") && line.Contains("delivered late") && line.Contains(ErrorCodes.Conflict));
+        Assert.Contains(result.Journal, e => e is DiskFinished { Outcome: DiskOutcome.Completed });
+    }
+
     /// <summary>Each known bug's minimal reproduction: reported while it reproduces; once fixed, set Fixed and it guards the fix.</summary>
     [Fact]
     public void Known_bugs_are_reported_and_fixed_ones_stay_fixed()

@@ -295,10 +295,10 @@ public sealed class SimWorld
             }
             if (d.RecordLeaf == target) return Found(SwitchFinding.OnDestination, "the record names the destination leaf");
             if (d.Pending is null) return Found(SwitchFinding.OnSource, "the record shows no switch begun");
-            if (!d.Volumes.ContainsKey(target))
+            if (d.DestinationEnded)
             {
                 d.Pending = null;
-                return Found(SwitchFinding.OnSource, "the destination leaf of the begun switch is gone: only the source chain remains");
+                return Found(SwitchFinding.OnSource, "the rollback's delete began (its mark): only the source chain remains");
             }
             if (!preCopy)
             {

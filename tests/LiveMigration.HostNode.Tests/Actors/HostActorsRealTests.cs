@@ -275,14 +275,19 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
         var now = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.A.Id, bed.B.Id, 64 * MiB, VolumeId.New(), sourceLeaf), MigrationStrategy.PreCopy);
         await now.SucceedAsync(spm, Step.CloneImageStructure, saga);
         await now.SucceedAsync(hsm, Step.StartReplication, saga);
-        // the earlier migration planned another leaf (the disk ran on another chain then)
-        var earlier = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.A.Id, bed.B.Id, 64 * MiB, VolumeId.New(), VolumeId.New()), MigrationStrategy.PreCopy);
+        // The earlier migration moved the disk from the same leaf to the same domain (rolled back since): its mirror wrote
+        // the very same path, a twin keeping its volume's id; only the leaf's owner tells the two apart. And one that
+        // planned another leaf (the disk ran on another chain then).
+        var earlier = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.A.Id, bed.B.Id, 64 * MiB, VolumeId.New(), sourceLeaf), MigrationStrategy.PreCopy);
+        var older = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.A.Id, bed.B.Id, 64 * MiB, VolumeId.New(), VolumeId.New()), MigrationStrategy.PreCopy);
 
         var pivot = Assert.IsType<OperationFailed>(await earlier.RunAsync(hsm, Step.Pivot, saga));
         var cancel = Assert.IsType<OperationFailed>(await earlier.RunAsync(hsm, Step.CancelReplication, saga));
+        var olderCancel = Assert.IsType<OperationFailed>(await older.RunAsync(hsm, Step.CancelReplication, saga));
 
         Assert.Equal(ErrorCodes.Conflict, pivot.Code);
         Assert.Equal(ErrorCodes.NoSuchJob, cancel.Code); // nothing of the earlier migration's to undo
+        Assert.Equal(ErrorCodes.NoSuchJob, olderCancel.Code);
         Assert.NotNull(await bed.Hypervisor.GetBlockJobAsync(bed.Vm, bed.Image));
         Assert.Equal(await bed.PathsOnAsync(bed.A), (await bed.DriveAsync()).OpenChain);
         await now.SucceedAsync(spm, Step.SyncInternalVolumes, saga, timeout: TimeSpan.FromSeconds(60));

@@ -36,17 +36,19 @@ public abstract class StorageDomainContract : IAsyncLifetime
     public async Task A_migration_marked_ended_or_kept_stays_marked_and_only_so()
     {
         var domain = await CreateDomainAsync("contract-a", RoomyCapacity);
-        var ended = MigrationId.New();
-        Assert.False(await domain.HasMigrationMarkAsync(ended, MigrationMark.Ended));
-        await domain.MarkMigrationAsync(ended, MigrationMark.Ended);
-        await domain.MarkMigrationAsync(ended, MigrationMark.Ended); // a repeat is harmless
-        Assert.True(await domain.HasMigrationMarkAsync(ended, MigrationMark.Ended));
-        Assert.False(await domain.HasMigrationMarkAsync(ended, MigrationMark.Kept)); // each mark on its own
-        Assert.False(await domain.HasMigrationMarkAsync(MigrationId.New(), MigrationMark.Ended));
-        var kept = MigrationId.New();
-        await domain.MarkMigrationAsync(kept, MigrationMark.Kept);
-        Assert.True(await domain.HasMigrationMarkAsync(kept, MigrationMark.Kept));
-        Assert.False(await domain.HasMigrationMarkAsync(kept, MigrationMark.Ended));
+        var (ended, image, other) = (MigrationId.New(), ImageId.New(), ImageId.New());
+        Assert.False(await domain.HasMigrationMarkAsync(ended, image, MigrationMark.Ended));
+        await domain.MarkMigrationAsync(ended, image, MigrationMark.Ended);
+        await domain.MarkMigrationAsync(ended, image, MigrationMark.Ended); // a repeat is harmless
+        Assert.True(await domain.HasMigrationMarkAsync(ended, image, MigrationMark.Ended));
+        Assert.False(await domain.HasMigrationMarkAsync(ended, image, MigrationMark.Kept)); // each mark on its own
+        Assert.False(await domain.HasMigrationMarkAsync(ended, other, MigrationMark.Ended)); // each disk on its own
+        Assert.False(await domain.HasMigrationMarkAsync(MigrationId.New(), image, MigrationMark.Ended));
+        // one disk of a migration kept here while another is undone here (a multi-disk migration failing half way)
+        await domain.MarkMigrationAsync(ended, other, MigrationMark.Kept);
+        Assert.True(await domain.HasMigrationMarkAsync(ended, other, MigrationMark.Kept));
+        Assert.False(await domain.HasMigrationMarkAsync(ended, other, MigrationMark.Ended));
+        Assert.False(await domain.HasMigrationMarkAsync(ended, image, MigrationMark.Kept));
     }
 
     [Fact]

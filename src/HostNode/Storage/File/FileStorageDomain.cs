@@ -665,16 +665,22 @@ public sealed class FileStorageDomain : IStorageDomain
         }, ct);
 
     /// <summary>
-    /// <c>dom_md/ended/&lt;migrationId&gt;</c>: an empty file per migration whose copy here was undone;
-    /// <c>dom_md/kept/&lt;migrationId&gt;</c>: one per migration whose copy here the disk runs on;
-    /// <c>dom_md/retired/&lt;migrationId&gt;</c>: one per migration that deleted its source image here.
+    /// <c>dom_md/ended/&lt;migrationId&gt;.&lt;imageId&gt;</c>: an empty file per disk of a migration whose copy here was
+    /// undone; <c>dom_md/kept/…</c>: one per disk whose copy here the disk runs on; <c>dom_md/retired/…</c>: one per disk
+    /// a migration deleted its source image of here.
     /// </summary>
-    private string MarkPath(MigrationId migration, MigrationMark mark) =>
-        Path.Combine(DomainPath, "dom_md", mark.ToString().ToLowerInvariant(), migration.ToString());
+    private string MarkPath(MigrationId migration, ImageId image, MigrationMark mark) =>
+        Path.Combine(DomainPath, "dom_md", mark.ToString().ToLowerInvariant(), $"{migration}.{image}");
 
-    public Task MarkMigrationAsync(MigrationId migration, MigrationMark mark, CancellationToken ct = default)
+    /// <summary>
+    /// Before marks were per disk (2026-12-06), an undone migration's mark named the migration alone and stood for all
+    /// its disks: still honoured, so a late command of a migration undone by the older code stays refused.
+    /// </summary>
+    private string LegacyEndedPath(MigrationId migration) => Path.Combine(DomainPath, "dom_md", "ended", migration.ToString());
+
+    public Task MarkMigrationAsync(MigrationId migration, ImageId image, MigrationMark mark, CancellationToken ct = default)
     {
-        var path = MarkPath(migration, mark);
+        var path = MarkPath(migration, image, mark);
         var folder = Path.GetDirectoryName(path)!;
         try
         {
@@ -686,13 +692,15 @@ public sealed class FileStorageDomain : IStorageDomain
         }
         catch (IOException e)
         {
-            throw new OperationFailedException(ErrorCodes.IoError, $"cannot record on domain {Id} that migration {migration}'s copy is {mark.ToString().ToLowerInvariant()}: {e.Message}", e);
+            throw new OperationFailedException(ErrorCodes.IoError,
+                $"cannot record on domain {Id} that migration {migration}'s copy of image {image} is {mark.ToString().ToLowerInvariant()}: {e.Message}", e);
         }
         return Task.CompletedTask;
     }
 
-    public Task<bool> HasMigrationMarkAsync(MigrationId migration, MigrationMark mark, CancellationToken ct = default) =>
-        Task.FromResult(IOFile.Exists(MarkPath(migration, mark)));
+    public Task<bool> HasMigrationMarkAsync(MigrationId migration, ImageId image, MigrationMark mark, CancellationToken ct = default) =>
+        Task.FromResult(IOFile.Exists(MarkPath(migration, image, mark))
+                        || mark == MigrationMark.Ended && IOFile.Exists(LegacyEndedPath(migration)));
 
     public async Task<IReadOnlyList<VolumeInfo>> RemoveIllegalLeftoversAsync(IReadOnlySet<ImageId> inUse, CancellationToken ct = default)
     {

@@ -403,17 +403,17 @@ public sealed class SimStorageDomain : IStorageDomain
                 $"volume {image}/{newer.Id} was made by {newer.Owner}, newer than this command's {owner}: a stale command changes nothing");
     }
 
-    private readonly HashSet<(MigrationId, MigrationMark)> _marks = [];
+    private readonly HashSet<(MigrationId, ImageId, MigrationMark)> _marks = [];
 
-    public Task MarkMigrationAsync(MigrationId migration, MigrationMark mark, CancellationToken ct = default)
+    public Task MarkMigrationAsync(MigrationId migration, ImageId image, MigrationMark mark, CancellationToken ct = default)
     {
-        lock (_gate) _marks.Add((migration, mark));
+        lock (_gate) _marks.Add((migration, image, mark));
         return Task.CompletedTask;
     }
 
-    public Task<bool> HasMigrationMarkAsync(MigrationId migration, MigrationMark mark, CancellationToken ct = default)
+    public Task<bool> HasMigrationMarkAsync(MigrationId migration, ImageId image, MigrationMark mark, CancellationToken ct = default)
     {
-        lock (_gate) return Task.FromResult(_marks.Contains((migration, mark)));
+        lock (_gate) return Task.FromResult(_marks.Contains((migration, image, mark)));
     }
 
     public async Task<IReadOnlyList<VolumeInfo>> RemoveIllegalLeftoversAsync(IReadOnlySet<ImageId> inUse, CancellationToken ct = default)

@@ -37,6 +37,21 @@ public sealed class FileStorageDomainTests : IDisposable
         await RefusedAsync(ErrorCodes.DomainNotFound, () => FileStorageDomain.AttachAsync(_temp.Root, DomainId.New()));
     }
 
+    /// <summary>An undone migration's mark written by the code before marks were per disk (one file named by the migration) still counts for each disk.</summary>
+    [Fact]
+    public async Task An_ended_mark_of_the_older_per_migration_form_still_refuses_late_commands_of_every_disk()
+    {
+        var domain = await FileStorageDomain.CreateAsync(_temp.Root, DomainId.New(), "domain A", 1 << 30);
+        var migration = MigrationId.New();
+        Directory.CreateDirectory(Path.Combine(domain.DomainPath, "dom_md", "ended"));
+        await IOFile.WriteAllBytesAsync(Path.Combine(domain.DomainPath, "dom_md", "ended", migration.ToString()), []);
+
+        Assert.True(await domain.HasMigrationMarkAsync(migration, ImageId.New(), MigrationMark.Ended));
+        Assert.True(await domain.HasMigrationMarkAsync(migration, ImageId.New(), MigrationMark.Ended));
+        Assert.False(await domain.HasMigrationMarkAsync(migration, ImageId.New(), MigrationMark.Kept));
+        Assert.False(await domain.HasMigrationMarkAsync(MigrationId.New(), ImageId.New(), MigrationMark.Ended));
+    }
+
     [Theory]
     [InlineData("")]
     [InlineData("two\nlines")]

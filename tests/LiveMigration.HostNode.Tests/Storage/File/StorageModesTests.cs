@@ -22,7 +22,7 @@ public sealed class StorageModesTests : IDisposable
         var (image, volumes) = await SampleImage.CreateThreeVolumeChainAsync(source, SampleImageLayout.Small);
         await destination.CloneImageStructureAsync(source, image, new VolumeOwner(MigrationId.New(), 0));
         foreach (var volume in volumes.SkipLast(1)) await destination.CopyVolumeDataAsync(source, image, volume);
-        await destination.MarkMigrationAsync(MigrationId.New(), LiveMigration.HostNode.Storage.MigrationMark.Ended);
+        await destination.MarkMigrationAsync(MigrationId.New(), ImageId.New(), LiveMigration.HostNode.Storage.MigrationMark.Ended);
 
         foreach (var domain in new[] { source, destination })
         {
