@@ -311,9 +311,7 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
         var saga = CreateTestProbe();
         var driver = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.A.Id, bed.B.Id, 64 * MiB, VolumeId.New(),
             (await bed.A.DescribeImageAsync(bed.Image)).Leaf.Id), MigrationStrategy.PreCopy);
-        foreach (var (host, step) in new[] { (spm, Step.CloneImageStructure), (hsm, Step.StartReplication), (spm, Step.SyncInternalVolumes),
-                     (hsm, Step.WaitMirrorReady), (hsm, Step.Pivot), (spm, Step.MarkDestinationLeafLegal) })
-            await driver.SucceedAsync(host, step, saga, timeout: TimeSpan.FromSeconds(60));
+        await PreCopyAsync(driver, spm, hsm, saga, deleteSource: false);
         await bed.Hypervisor.StopVmAsync(bed.Vm); // no QEMU lock on the chain any more
 
         var late = Assert.IsType<OperationFailed>(await driver.RunAsync(spm, Step.DeleteDestinationImage, saga, attempt: 7));
@@ -339,18 +337,23 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
         var leaf = (await bed.A.DescribeImageAsync(bed.Image)).Leaf.Id;
         var there = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.A.Id, bed.B.Id, 64 * MiB, VolumeId.New(), leaf), MigrationStrategy.PreCopy);
         var back = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.B.Id, bed.A.Id, 64 * MiB, VolumeId.New(), leaf), MigrationStrategy.PreCopy);
-        var preCopy = new[] { (spm, Step.CloneImageStructure), (hsm, Step.StartReplication), (spm, Step.SyncInternalVolumes),
-            (hsm, Step.WaitMirrorReady), (hsm, Step.Pivot), (spm, Step.MarkDestinationLeafLegal) };
-        foreach (var (host, step) in preCopy.Append((spm, Step.DeleteSourceImage)))
-            await there.SucceedAsync(host, step, saga, timeout: TimeSpan.FromSeconds(60));
-        foreach (var (host, step) in preCopy) // back to A, keeping B's chain (no source delete)
-            await back.SucceedAsync(host, step, saga, timeout: TimeSpan.FromSeconds(60));
+        await PreCopyAsync(there, spm, hsm, saga, deleteSource: true);
+        await PreCopyAsync(back, spm, hsm, saga, deleteSource: false); // back to A, keeping B's chain
         await bed.Hypervisor.StopVmAsync(bed.Vm);
 
         var late = Assert.IsType<OperationFailed>(await there.RunAsync(spm, Step.DeleteSourceImage, saga, attempt: 9));
 
         Assert.Equal(ErrorCodes.Conflict, late.Code);
         Assert.Equal(3, (await bed.A.DescribeImageAsync(bed.Image)).Volumes.Count(v => v.Legality == Legality.Legal));
+    }
+
+    /// <summary>Every step of a pre-copy through the two actors, each to success.</summary>
+    private static async Task PreCopyAsync(StepDriver driver, IActorRef spm, IActorRef hsm, Akka.TestKit.TestProbe saga, bool deleteSource)
+    {
+        var steps = new[] { (spm, Step.CloneImageStructure), (hsm, Step.StartReplication), (spm, Step.SyncInternalVolumes),
+            (hsm, Step.WaitMirrorReady), (hsm, Step.Pivot), (spm, Step.MarkDestinationLeafLegal) };
+        foreach (var (host, step) in deleteSource ? steps.Append((spm, Step.DeleteSourceImage)) : steps)
+            await driver.SucceedAsync(host, step, saga, timeout: TimeSpan.FromSeconds(60));
     }
 
     /// <summary>Clones the structure, then sends the copy of the internal layers at 128 KiB/s (12 MiB: about 90 s) and returns once its qemu-img writes the destination.</summary>
