@@ -174,6 +174,10 @@ public static class MigrationDecider
     private static int FreshAttempt(DiskState disk, MigrationStep step) =>
         disk.StepTimings.Where(t => t.Step == step).Select(t => t.Attempt).DefaultIfEmpty(0).Max() + 1;
 
+    /// <summary>The probes a rollback made after its delete began (a delete that found the copy in use asks where the drive runs).</summary>
+    private static int ProbesAfterDelete(DiskState disk) =>
+        disk.StepTimings.SkipWhile(t => t.Step != MigrationStep.DeleteDestinationImage).Count(t => t.Step == MigrationStep.ProbeSwitch);
+
     /// <summary>The mirror cancels a rollback started again after its delete began (the rollback's own, and its retries, not counted).</summary>
     private static int CancelsAfterDelete(DiskState disk) =>
         disk.StepTimings.SkipWhile(t => t.Step != MigrationStep.DeleteDestinationImage).Count(t => t.Step == MigrationStep.CancelReplication);
@@ -459,6 +463,15 @@ public static class MigrationDecider
                 return Settle();
             }
 
+            if (step == MigrationStep.DeleteDestinationImage && code == ErrorCodes.VolumeInUse && ProbesBeforeUndo(disk)
+                && ProbesAfterDelete(disk) < MirrorCancelsAgain)
+            {
+                // The copy is open, and its switch was sent: the VM itself may run on it (a late switch landed at a host
+                // that forgot answering it). Where the drive runs is read before anything more is undone: found there, the
+                // disk rolls forward; found on the source, the rollback starts again (a pre-copy's mirror cancelled again).
+                StartStep(disk, MigrationStep.ProbeSwitch, FreshAttempt(disk, MigrationStep.ProbeSwitch));
+                return Settle();
+            }
             if (step == MigrationStep.DeleteDestinationImage && code == ErrorCodes.VolumeInUse && !disk.PassedPointOfNoReturn
                 && disk.Started.Contains(MigrationStep.StartReplication) && CancelsAfterDelete(disk) < MirrorCancelsAgain)
             {

@@ -264,9 +264,9 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
             return Found(SwitchFinding.OnDestination, $"VM {vm} is not running; its record names {target} after the {switchName}");
         if (record.PendingOf(image) is null)
             return Found(SwitchFinding.OnSource, $"VM {vm} is not running; its record shows the {switchName} of drive {image} was never begun");
-        // Proven gone by the rollback's own mark (written before its delete; a late switch finds it and changes nothing),
-        // not by failing to see the leaf: an unreadable mount must not pass for a deleted copy.
-        if (await dst.HasMigrationMarkAsync(command.Operation.Migration, image, MigrationMark.Ended, ct))
+        // Gone only if the rollback's delete ran (its mark: a later switch is refused) and the leaf is not there: not seeing
+        // the leaf alone may be an unreadable mount, and the mark alone stays where a delete met the copy in use.
+        if (await dst.HasMigrationMarkAsync(command.Operation.Migration, image, MigrationMark.Ended, ct) && !await ExistsAsync(dst, image, leaf, ct))
         {
             records.ClearSwitch(vm, image);
             return Found(SwitchFinding.OnSource,
@@ -299,6 +299,19 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
     }
 
     private static StepOutcome Found(SwitchFinding finding, string detail) => new(Detail: detail, Switch: finding);
+
+    private static async Task<bool> ExistsAsync(IStorageDomain domain, ImageId image, VolumeId volume, CancellationToken ct)
+    {
+        try
+        {
+            await domain.DescribeVolumeAsync(image, volume, ct);
+            return true;
+        }
+        catch (OperationFailedException e) when (e.Code is ErrorCodes.ImageNotFound or ErrorCodes.VolumeNotFound)
+        {
+            return false;
+        }
+    }
 
     private static void EnsureRunsOn(DriveState drive, DriveChain expected, VmId vm)
     {

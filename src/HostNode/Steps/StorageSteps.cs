@@ -159,6 +159,7 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, 
         // The mark first, so no late command of this migration makes its volumes again; a full domain that
         // cannot take the mark gets it right after the delete freed room.
         var marked = true;
+        var markedBefore = await dst.HasMigrationMarkAsync(owner.Migration, image, MigrationMark.Ended, ct);
         try
         {
             await dst.MarkMigrationAsync(owner.Migration, image, MigrationMark.Ended, ct);
@@ -167,7 +168,19 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, 
         {
             marked = false;
         }
-        var removed = await dst.DeleteOwnedVolumesAsync(image, owner, ct);
+        IReadOnlyList<VolumeInfo> removed;
+        try
+        {
+            removed = await dst.DeleteOwnedVolumesAsync(image, owner, ct);
+        }
+        catch (OperationFailedException e) when (e.Code == ErrorCodes.VolumeInUse && !markedBefore)
+        {
+            // Nothing deleted: a process has the copy open, maybe the VM (a late switch landed), which the saga probes for
+            // next. This attempt's mark goes again, or the roll forward that finding leads to would be refused
+            // MIGRATION_ENDED for good (an earlier attempt's mark stays: it may have deleted part of the copy).
+            await dst.UnmarkMigrationAsync(owner.Migration, image, MigrationMark.Ended, ct);
+            throw;
+        }
         if (!marked) await dst.MarkMigrationAsync(owner.Migration, image, MigrationMark.Ended, ct);
         return new StepOutcome(Detail: $"{removed.Count} volumes of image {image} that migration {owner.Migration} made deleted from domain {dst.Id}");
     }

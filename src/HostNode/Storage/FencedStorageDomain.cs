@@ -120,6 +120,13 @@ public sealed class FencedStorageDomain(IStorageDomain inner, IStorageFence fenc
         await inner.MarkMigrationAsync(migration, image, mark, ct);
     }
 
+    public async Task UnmarkMigrationAsync(MigrationId migration, ImageId image, MigrationMark mark, CancellationToken ct = default)
+    {
+        using var change = await fence.BeginChangeAsync(ct);
+        AmbientFence.Enter(fence);
+        await inner.UnmarkMigrationAsync(migration, image, mark, ct);
+    }
+
     public Task<bool> HasMigrationMarkAsync(MigrationId migration, ImageId image, MigrationMark mark, CancellationToken ct = default) =>
         inner.HasMigrationMarkAsync(migration, image, mark, ct);
 

@@ -111,6 +111,9 @@ public interface IStorageDomain
     /// </summary>
     Task MarkMigrationAsync(MigrationId migration, ImageId image, MigrationMark mark, CancellationToken ct = default);
 
+    /// <summary>Takes a mark back: a rollback's delete that deleted nothing (a volume was in use) leaves the copy as it was.</summary>
+    Task UnmarkMigrationAsync(MigrationId migration, ImageId image, MigrationMark mark, CancellationToken ct = default);
+
     /// <summary>Whether <see cref="MarkMigrationAsync"/> recorded <paramref name="mark"/> for <paramref name="migration"/>'s <paramref name="image"/> on this domain.</summary>
     Task<bool> HasMigrationMarkAsync(MigrationId migration, ImageId image, MigrationMark mark, CancellationToken ct = default);
 }

@@ -301,6 +301,23 @@ public static class KnownBugs
             }),
             _ => false,
             Fixed: true),
+
+        new("B12-late-switch-before-the-rollback-delete",
+            "A late copy of the switch lands at a restarted HSM between the probe that saw the source and the rollback's delete: the delete (mark first) meets the new leaf open in QEMU and deletes nothing (VOLUME_IN_USE); the saga decided the delete again and again while the VM wrote there (the QEMU's lock refused each; with QEMU dead the next would have deleted), and the ended mark left behind refused the roll forward a later probe would lead to (MIGRATION_ENDED). Fixed: a delete refused VOLUME_IN_USE on a disk whose switch was sent probes first, and a delete that deleted nothing takes its mark back",
+            "rollback-deletes-running-destination",
+            "post-copy, 1 disk: LiveSnapshotToDestination:1 fails without effect; the probe finds the source; the HSM restarts and the old LiveSnapshotToDestination:1 takes effect before DeleteDestinationImage:1 arrives",
+            () => Scenario(MigrationStrategy.PostCopy, sim =>
+            {
+                sim.Script[(LiveSnapshotToDestination, 1)] = Fault.FailTransient;
+                sim.AfterEvent = (s, e) =>
+                {
+                    if (e is not StepCompleted { Step: ProbeSwitch, Operation.Attempt: 1 } probed) return;
+                    s.RestartHostIn(0, HostRole.Hsm);
+                    s.ReplayLateIn(0, LiveSnapshotToDestination, probed.Image);
+                };
+            }),
+            _ => false,
+            Fixed: true),
     ];
 
     /// <summary>

@@ -192,6 +192,24 @@ public sealed class SagaSimulationTests(ITestOutputHelper output)
         Assert.Contains(result.Journal, e => e is DiskFinished { Outcome: DiskOutcome.Completed });
     }
 
+    /// <summary>
+    /// B12: the rollback's delete meets the copy open in QEMU (a late live snapshot landed just before it): nothing is
+    /// deleted, the delete's mark is taken back, the drive is probed, found on the destination, and the disk rolls
+    /// forward to completion instead of retrying the delete until it suspends under a mark that refuses the roll forward.
+    /// </summary>
+    [Fact]
+    public void A_rollback_delete_that_finds_the_copy_in_use_probes_and_rolls_forward_when_the_switch_landed()
+    {
+        var result = KnownBugs.All.Single(b => b.Id.StartsWith("B12-")).Reproduce();
+
+        Assert.False(result.Failed, result.Report());
+        Assert.True(result.Journal.Any(e => e is StepFailed { Step: MigrationStep.DeleteDestinationImage, Code: ErrorCodes.VolumeInUse }), result.Report());
+        Assert.Equal(SwitchFinding.OnDestination, result.Journal.OfType<StepCompleted>().Last(c => c.Step == MigrationStep.ProbeSwitch).Outcome.Switch);
+        Assert.Contains(result.Journal, e => e is StepCompleted { Step: MigrationStep.CloneInternalVolumes });
+        Assert.Equal(DiskOutcome.Completed, Assert.Single(result.Journal.OfType<DiskFinished>()).Outcome);
+        Assert.DoesNotContain(result.Journal, e => e is MigrationSuspended);
+    }
+
     /// <summary>Each known bug's minimal reproduction: reported while it reproduces; once fixed, set Fixed and it guards the fix.</summary>
     [Fact]
     public void Known_bugs_are_reported_and_fixed_ones_stay_fixed()

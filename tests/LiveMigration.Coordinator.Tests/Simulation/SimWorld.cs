@@ -195,8 +195,17 @@ public sealed class SimWorld
         [DeleteDestinationImage] = (w, d) =>
         {
             if (d.DestinationKept) throw new HostError(ErrorCodes.Conflict, "the copy is the disk's chain now: a late rollback deletes nothing");
+            var markedBefore = d.DestinationEnded;
             d.DestinationEnded = true; // the SPM marks the domain first
-            w.DeleteImage(d, Side.Dst, DeleteDestinationImage);
+            try
+            {
+                w.DeleteImage(d, Side.Dst, DeleteDestinationImage);
+            }
+            catch (HostError e) when (e.Code == ErrorCodes.VolumeInUse && !markedBefore)
+            {
+                d.DestinationEnded = false; // nothing deleted: the SPM takes its mark back
+                throw;
+            }
             return Done("destination deleted");
         },
 
@@ -295,7 +304,7 @@ public sealed class SimWorld
             }
             if (d.RecordLeaf == target) return Found(SwitchFinding.OnDestination, "the record names the destination leaf");
             if (d.Pending is null) return Found(SwitchFinding.OnSource, "the record shows no switch begun");
-            if (d.DestinationEnded)
+            if (d.DestinationEnded && !d.Volumes.ContainsKey(target))
             {
                 d.Pending = null;
                 return Found(SwitchFinding.OnSource, "the rollback's delete began (its mark): only the source chain remains");

@@ -347,6 +347,32 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(3, (await bed.A.DescribeImageAsync(bed.Image)).Volumes.Count(v => v.Legality == Legality.Legal));
     }
 
+    /// <summary>
+    /// A rollback's delete that meets the copy in use (the VM writes on the new leaf: a late live snapshot landed) deletes
+    /// nothing and takes its ended mark back, so the roll forward the saga's next probe leads to is not refused
+    /// MIGRATION_ENDED for good.
+    /// </summary>
+    [Fact]
+    public async Task A_rollback_delete_that_finds_the_VM_on_the_copy_deletes_nothing_and_leaves_the_roll_forward_open()
+    {
+        await using var bed = await HostLayerBed.StartAsync();
+        var spm = Sys.ActorOf(SpmActor.Props(bed.Pool));
+        var hsm = Sys.ActorOf(HsmActor.Props(bed.Hypervisor, bed.Pool));
+        var saga = CreateTestProbe();
+        var driver = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.A.Id, bed.B.Id, 64 * MiB, VolumeId.New(),
+            (await bed.A.DescribeImageAsync(bed.Image)).Leaf.Id), MigrationStrategy.PostCopy);
+        await driver.SucceedAsync(spm, Step.CreateVolumeCrossDomain, saga);
+        await driver.SucceedAsync(hsm, Step.LiveSnapshotToDestination, saga);
+
+        var delete = Assert.IsType<OperationFailed>(await driver.RunAsync(spm, Step.DeleteDestinationImage, saga));
+
+        Assert.Equal(ErrorCodes.VolumeInUse, delete.Code);
+        Assert.False(await bed.B.HasMigrationMarkAsync(driver.Migration, bed.Image, MigrationMark.Ended));
+        await driver.SucceedAsync(spm, Step.CloneInternalVolumes, saga, timeout: TimeSpan.FromSeconds(60));
+        await driver.SucceedAsync(hsm, Step.SwitchBackingChain, saga, timeout: TimeSpan.FromSeconds(60));
+        Assert.Equal(await bed.PathsOnAsync(bed.B), (await bed.DriveAsync()).OpenChain);
+    }
+
     /// <summary>Every step of a pre-copy through the two actors, each to success.</summary>
     private static async Task PreCopyAsync(StepDriver driver, IActorRef spm, IActorRef hsm, Akka.TestKit.TestProbe saga, bool deleteSource)
     {

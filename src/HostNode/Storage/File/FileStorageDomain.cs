@@ -698,6 +698,23 @@ public sealed class FileStorageDomain : IStorageDomain
         return Task.CompletedTask;
     }
 
+    public Task UnmarkMigrationAsync(MigrationId migration, ImageId image, MigrationMark mark, CancellationToken ct = default)
+    {
+        var path = MarkPath(migration, image, mark);
+        try
+        {
+            if (!IOFile.Exists(path)) return Task.CompletedTask;
+            IOFile.Delete(path);
+            Posix.FsyncDirectory(Path.GetDirectoryName(path)!);
+        }
+        catch (IOException e)
+        {
+            throw new OperationFailedException(ErrorCodes.IoError,
+                $"cannot take back on domain {Id} the {mark.ToString().ToLowerInvariant()} mark of migration {migration}'s copy of image {image}: {e.Message}", e);
+        }
+        return Task.CompletedTask;
+    }
+
     public Task<bool> HasMigrationMarkAsync(MigrationId migration, ImageId image, MigrationMark mark, CancellationToken ct = default) =>
         Task.FromResult(IOFile.Exists(MarkPath(migration, image, mark))
                         || mark == MigrationMark.Ended && IOFile.Exists(LegacyEndedPath(migration)));

@@ -411,6 +411,12 @@ public sealed class SimStorageDomain : IStorageDomain
         return Task.CompletedTask;
     }
 
+    public Task UnmarkMigrationAsync(MigrationId migration, ImageId image, MigrationMark mark, CancellationToken ct = default)
+    {
+        lock (_gate) _marks.Remove((migration, image, mark));
+        return Task.CompletedTask;
+    }
+
     public Task<bool> HasMigrationMarkAsync(MigrationId migration, ImageId image, MigrationMark mark, CancellationToken ct = default)
     {
         lock (_gate) return Task.FromResult(_marks.Contains((migration, image, mark)));
