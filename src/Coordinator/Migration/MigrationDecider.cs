@@ -463,15 +463,6 @@ public static class MigrationDecider
                 return Settle();
             }
 
-            if (step == MigrationStep.DeleteDestinationImage && code == ErrorCodes.VolumeInUse && ProbesBeforeUndo(disk)
-                && ProbesAfterDelete(disk) < MirrorCancelsAgain)
-            {
-                // The copy is open, and its switch was sent: the VM itself may run on it (a late switch landed at a host
-                // that forgot answering it). Where the drive runs is read before anything more is undone: found there, the
-                // disk rolls forward; found on the source, the rollback starts again (a pre-copy's mirror cancelled again).
-                StartStep(disk, MigrationStep.ProbeSwitch, FreshAttempt(disk, MigrationStep.ProbeSwitch));
-                return Settle();
-            }
             if (step == MigrationStep.DeleteDestinationImage && code == ErrorCodes.VolumeInUse && !disk.PassedPointOfNoReturn
                 && disk.Started.Contains(MigrationStep.StartReplication) && CancelsAfterDelete(disk) < MirrorCancelsAgain)
             {
@@ -479,6 +470,16 @@ public static class MigrationDecider
                 // forgotten it answered, came after the rollback cancelled it). Cancel the mirror again, then delete; a
                 // delete refused only waits and suspends, and an abandon then would leave the mirror running for good.
                 StartStep(disk, MigrationStep.CancelReplication, FreshAttempt(disk, MigrationStep.CancelReplication));
+                return Settle();
+            }
+            if (step == MigrationStep.DeleteDestinationImage && code == ErrorCodes.VolumeInUse && ProbesBeforeUndo(disk)
+                && ProbesAfterDelete(disk) < MirrorCancelsAgain)
+            {
+                // The copy is still open after that (or it has no mirror: a post-copy), and its switch was sent: the VM
+                // itself may run on it (a late switch landed at a host that forgot answering it). Where the drive runs is
+                // read before anything more is undone: found there, the disk rolls forward; found on the source, the
+                // rollback starts again.
+                StartStep(disk, MigrationStep.ProbeSwitch, FreshAttempt(disk, MigrationStep.ProbeSwitch));
                 return Settle();
             }
             if (disk.IsRollingBack || disk.PassedPointOfNoReturn)

@@ -108,10 +108,11 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
                 _log.Error(done.Error, "Adopting the running VMs failed; serving steps without them");
             // A reporter without the gate may have reported before the adoption knew its VMs: report again now.
             Context.System.EventStream.Publish(new Inventory.HostInventoryChanged($"adopted {done.Running.Count} running VMs"));
-            _adopted?.TrySetResult();
             Become(Serving);
+            if (done.Unadopted is { } unadopted) OnUnadoptedListed(new UnadoptedListed(unadopted));
+            else ListUnadopted();
+            _adopted?.TrySetResult();
             Stash.UnstashAll();
-            ListUnadopted();
         });
         ReceiveAny(_ => Stash.Stash());
     }
@@ -364,7 +365,11 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
         var disagreements = new List<string>();
         foreach (var vm in running)
             disagreements.AddRange((await _steps.Records.ReconcileAsync(vm)).Select(d => d.Text));
-        return new AdoptionFinished(running.Select(v => v.Id).ToList(), disagreements, null);
+        // Known before the first step is served, so a step for one waits for its adoption instead of failing VM_NOT_FOUND.
+        IReadOnlyList<VmId>? unadopted;
+        try { unadopted = await _hypervisor.ListUnadoptedAsync(); }
+        catch (Exception) { unadopted = null; }
+        return new AdoptionFinished(running.Select(v => v.Id).ToList(), disagreements, null, unadopted);
     }
 
     private void ListUnadopted() =>
@@ -444,7 +449,8 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
     }
 
     private sealed record ProgressDue(OperationId Operation);
-    private sealed record AdoptionFinished(IReadOnlyList<VmId> Running, IReadOnlyList<string> Disagreements, Exception? Error);
+    private sealed record AdoptionFinished(IReadOnlyList<VmId> Running, IReadOnlyList<string> Disagreements, Exception? Error,
+        IReadOnlyList<VmId>? Unadopted = null);
     private sealed record HypervisorEventArrived(HypervisorEvent Event);
     private sealed record MirrorSampled(OperationId Operation, BlockJobInfo? Job, Exception? Error);
     private sealed record SpeedSet(OperationId Operation, long Speed, Exception? Error);

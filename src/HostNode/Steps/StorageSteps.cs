@@ -53,12 +53,20 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, 
             return new StepOutcome(Detail: $"already done: image {image} is gone from domain {src.Id} and domain {dst.Id} holds " +
                                            $"the complete LEGAL copy migration {migration} made");
         }
+        // The first storage step after the drive switched (sent only past the point of no return, which never reverses):
+        // from now on the copy is the disk, and a late rollback of this migration (a delete sent before a probe found the
+        // switch done) must not remove it. A rollback's delete that met the copy in use (the VM on it) deleted nothing and
+        // left its ended mark: with the switched leaf there, that mark is taken back instead of refusing the roll forward.
+        var keeps = step is MigrationStep.MarkDestinationLeafLegal or MigrationStep.CloneInternalVolumes
+                    && await SwitchedLeafIsOursAsync(disk, command.Strategy, dst, migration, ct);
         if (MakesTheCopy(step) && await dst.HasMigrationMarkAsync(migration, image, MigrationMark.Ended, ct))
-            throw new OperationFailedException(ErrorCodes.MigrationEnded,
-                $"migration {migration} ended on domain {dst.Id} with its copy undone: this late {step} changes nothing");
-        // The first storage step after the drive switched: from now on the copy is the disk, and a late rollback of this
-        // migration (a delete sent before a probe found the switch done) must not remove it.
-        if (step is MigrationStep.MarkDestinationLeafLegal or MigrationStep.CloneInternalVolumes)
+        {
+            if (!keeps)
+                throw new OperationFailedException(ErrorCodes.MigrationEnded,
+                    $"migration {migration} ended on domain {dst.Id} with its copy undone: this late {step} changes nothing");
+            await dst.UnmarkMigrationAsync(migration, image, MigrationMark.Ended, ct);
+        }
+        if (keeps)
             await dst.MarkMigrationAsync(migration, image, MigrationMark.Kept, ct);
         return step switch
         {
@@ -159,7 +167,6 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, 
         // The mark first, so no late command of this migration makes its volumes again; a full domain that
         // cannot take the mark gets it right after the delete freed room.
         var marked = true;
-        var markedBefore = await dst.HasMigrationMarkAsync(owner.Migration, image, MigrationMark.Ended, ct);
         try
         {
             await dst.MarkMigrationAsync(owner.Migration, image, MigrationMark.Ended, ct);
@@ -168,21 +175,28 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, 
         {
             marked = false;
         }
-        IReadOnlyList<VolumeInfo> removed;
-        try
-        {
-            removed = await dst.DeleteOwnedVolumesAsync(image, owner, ct);
-        }
-        catch (OperationFailedException e) when (e.Code == ErrorCodes.VolumeInUse && !markedBefore)
-        {
-            // Nothing deleted: a process has the copy open, maybe the VM (a late switch landed), which the saga probes for
-            // next. This attempt's mark goes again, or the roll forward that finding leads to would be refused
-            // MIGRATION_ENDED for good (an earlier attempt's mark stays: it may have deleted part of the copy).
-            await dst.UnmarkMigrationAsync(owner.Migration, image, MigrationMark.Ended, ct);
-            throw;
-        }
+        // Refused VOLUME_IN_USE (nothing deleted: the VM may run on the copy, a late switch having landed), the mark stays
+        // and refuses late commands; a roll forward the saga's probe then leads to takes it back (RunAsync).
+        var removed = await dst.DeleteOwnedVolumesAsync(image, owner, ct);
         if (!marked) await dst.MarkMigrationAsync(owner.Migration, image, MigrationMark.Ended, ct);
         return new StepOutcome(Detail: $"{removed.Count} volumes of image {image} that migration {owner.Migration} made deleted from domain {dst.Id}");
+    }
+
+    /// <summary>
+    /// Whether the leaf the drive switched to (pre-copy: the pivoted twin; post-copy: the new leaf) is on the destination,
+    /// made by this migration (a twin keeps its volume's id: another migration's copy may hold a leaf of that id).
+    /// </summary>
+    private static async Task<bool> SwitchedLeafIsOursAsync(DiskPlan disk, MigrationStrategy strategy, IStorageDomain dst, MigrationId migration,
+        CancellationToken ct)
+    {
+        try
+        {
+            return (await PlannedLeaves.DestinationLeafAsync(disk, strategy, dst, ct)).Owner?.Migration == migration;
+        }
+        catch (OperationFailedException e) when (e.Code is ErrorCodes.ImageNotFound or ErrorCodes.VolumeNotFound)
+        {
+            return false;
+        }
     }
 
     /// <summary>What the disk's copy takes on the destination (the source chain's allocated bytes, and the headroom), checked fresh and promised.</summary>

@@ -303,7 +303,7 @@ public static class KnownBugs
             Fixed: true),
 
         new("B12-late-switch-before-the-rollback-delete",
-            "A late copy of the switch lands at a restarted HSM between the probe that saw the source and the rollback's delete: the delete (mark first) meets the new leaf open in QEMU and deletes nothing (VOLUME_IN_USE); the saga decided the delete again and again while the VM wrote there (the QEMU's lock refused each; with QEMU dead the next would have deleted), and the ended mark left behind refused the roll forward a later probe would lead to (MIGRATION_ENDED). Fixed: a delete refused VOLUME_IN_USE on a disk whose switch was sent probes first, and a delete that deleted nothing takes its mark back",
+            "A late copy of the switch lands at a restarted HSM between the probe that saw the source and the rollback's delete: the delete (mark first) meets the new leaf open in QEMU and deletes nothing (VOLUME_IN_USE); the saga decided the delete again and again while the VM wrote there (the QEMU's lock refused each; with QEMU dead the next would have deleted), and the ended mark left behind refused the roll forward a later probe would lead to (MIGRATION_ENDED). Fixed: a delete refused VOLUME_IN_USE on a disk whose switch was sent probes first (a pre-copy after cancelling its mirror again), and the first storage step of the roll forward takes back a mark over a switched leaf still there",
             "rollback-deletes-running-destination",
             "post-copy, 1 disk: LiveSnapshotToDestination:1 fails without effect; the probe finds the source; the HSM restarts and the old LiveSnapshotToDestination:1 takes effect before DeleteDestinationImage:1 arrives",
             () => Scenario(MigrationStrategy.PostCopy, sim =>

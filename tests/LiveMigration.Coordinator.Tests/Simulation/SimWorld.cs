@@ -195,17 +195,8 @@ public sealed class SimWorld
         [DeleteDestinationImage] = (w, d) =>
         {
             if (d.DestinationKept) throw new HostError(ErrorCodes.Conflict, "the copy is the disk's chain now: a late rollback deletes nothing");
-            var markedBefore = d.DestinationEnded;
-            d.DestinationEnded = true; // the SPM marks the domain first
-            try
-            {
-                w.DeleteImage(d, Side.Dst, DeleteDestinationImage);
-            }
-            catch (HostError e) when (e.Code == ErrorCodes.VolumeInUse && !markedBefore)
-            {
-                d.DestinationEnded = false; // nothing deleted: the SPM takes its mark back
-                throw;
-            }
+            d.DestinationEnded = true; // the SPM marks the domain first (and keeps the mark when a volume in use refuses the delete)
+            w.DeleteImage(d, Side.Dst, DeleteDestinationImage);
             return Done("destination deleted");
         },
 
@@ -338,12 +329,19 @@ public sealed class SimWorld
     {
         try
         {
+            // As StorageSteps: the first storage step after the switch (sent only past the point of no return) takes back
+            // a mark that a delete which deleted nothing (the VM on the copy) left, and marks the copy kept.
+            if (step is MarkDestinationLeafLegal or CloneInternalVolumes)
+            {
+                if (disk.DestinationEnded && disk.Volumes.ContainsKey(new VolKey(Side.Dst, PreCopy ? SimDisk.Leaf : SimDisk.New)))
+                    disk.DestinationEnded = false;
+                if (!disk.DestinationEnded) disk.DestinationKept = true;
+            }
             // As the SPM: a late command of a migration whose copy was undone on the destination finds the mark.
             if (disk.DestinationEnded && step is CloneImageStructure or SyncInternalVolumes or MarkDestinationLeafLegal
                     or CreateVolumeCrossDomain or CloneInternalVolumes
                     or StartReplication or Pivot or LiveSnapshotToDestination or SwitchBackingChain)
                 return new HostAnswer.Fail(ErrorCodes.MigrationEnded, "the migration's copy was undone here", false);
-            if (step is MarkDestinationLeafLegal or CloneInternalVolumes) disk.DestinationKept = true;
             return Handlers.TryGetValue(step, out var handler)
                 ? handler(this, disk)
                 : new HostAnswer.Fail(ErrorCodes.InvalidArgument, $"no host runs {step}", false);

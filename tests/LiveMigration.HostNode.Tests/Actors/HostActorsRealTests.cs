@@ -349,11 +349,11 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
 
     /// <summary>
     /// A rollback's delete that meets the copy in use (the VM writes on the new leaf: a late live snapshot landed) deletes
-    /// nothing and takes its ended mark back, so the roll forward the saga's next probe leads to is not refused
-    /// MIGRATION_ENDED for good.
+    /// nothing; its ended mark stays (late commands stay refused), and the roll forward the saga's next probe leads to
+    /// takes it back instead of being refused MIGRATION_ENDED for good.
     /// </summary>
     [Fact]
-    public async Task A_rollback_delete_that_finds_the_VM_on_the_copy_deletes_nothing_and_leaves_the_roll_forward_open()
+    public async Task A_rollback_delete_that_finds_the_VM_on_the_copy_deletes_nothing_and_the_roll_forward_takes_its_mark_back()
     {
         await using var bed = await HostLayerBed.StartAsync();
         var spm = Sys.ActorOf(SpmActor.Props(bed.Pool));
@@ -367,8 +367,10 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
         var delete = Assert.IsType<OperationFailed>(await driver.RunAsync(spm, Step.DeleteDestinationImage, saga));
 
         Assert.Equal(ErrorCodes.VolumeInUse, delete.Code);
-        Assert.False(await bed.B.HasMigrationMarkAsync(driver.Migration, bed.Image, MigrationMark.Ended));
+        Assert.True(await bed.B.HasMigrationMarkAsync(driver.Migration, bed.Image, MigrationMark.Ended));
         await driver.SucceedAsync(spm, Step.CloneInternalVolumes, saga, timeout: TimeSpan.FromSeconds(60));
+        Assert.False(await bed.B.HasMigrationMarkAsync(driver.Migration, bed.Image, MigrationMark.Ended));
+        Assert.True(await bed.B.HasMigrationMarkAsync(driver.Migration, bed.Image, MigrationMark.Kept));
         await driver.SucceedAsync(hsm, Step.SwitchBackingChain, saga, timeout: TimeSpan.FromSeconds(60));
         Assert.Equal(await bed.PathsOnAsync(bed.B), (await bed.DriveAsync()).OpenChain);
     }
