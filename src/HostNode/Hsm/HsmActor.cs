@@ -109,8 +109,7 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
             // A reporter without the gate may have reported before the adoption knew its VMs: report again now.
             Context.System.EventStream.Publish(new Inventory.HostInventoryChanged($"adopted {done.Running.Count} running VMs"));
             Become(Serving);
-            if (done.Unadopted is { } unadopted) OnUnadoptedListed(new UnadoptedListed(unadopted));
-            else ListUnadopted();
+            ListedWith(done);
             _adopted?.TrySetResult();
             Stash.UnstashAll();
         });
@@ -358,10 +357,11 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
     /// Adopts the VMs a previous instance started, then reconciles each running VM's record with what QEMU has open
     /// (DESIGN §7.1): QEMU's open chain is the truth for a running drive, and every difference is said, not hidden.
     /// </summary>
-    private async Task<AdoptionFinished> AdoptAsync()
+    /// <param name="only">When adopting again: the VMs not adopted before (the others are served already: not reconciled).</param>
+    private async Task<AdoptionFinished> AdoptAsync(IReadOnlySet<VmId>? only = null)
     {
         var vms = await _hypervisor.AdoptRunningVmsAsync();
-        var running = vms.Where(v => v.Running).ToList();
+        var running = vms.Where(v => v.Running && (only is null || only.Contains(v.Id))).ToList();
         var disagreements = new List<string>();
         foreach (var vm in running)
             disagreements.AddRange((await _steps.Records.ReconcileAsync(vm)).Select(d => d.Text));
@@ -370,6 +370,13 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
         try { unadopted = await _hypervisor.ListUnadoptedAsync(); }
         catch (Exception) { unadopted = null; }
         return new AdoptionFinished(running.Select(v => v.Id).ToList(), disagreements, null, unadopted);
+    }
+
+    /// <summary>The VMs an adoption left unadopted, as it listed them after adopting (or listed again if that failed).</summary>
+    private void ListedWith(AdoptionFinished done)
+    {
+        if (done.Unadopted is { } unadopted) OnUnadoptedListed(new UnadoptedListed(unadopted));
+        else ListUnadopted();
     }
 
     private void ListUnadopted() =>
@@ -398,7 +405,7 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
         if (_readopting || _unadopted.Count == 0) return;
         _readopting = true;
         Timers.Cancel(nameof(ReadoptDue));
-        ReadoptAsync(_unadopted.ToHashSet()).PipeTo(Self, success: done => done, failure: e => new AdoptionFinished([], [], e));
+        AdoptAsync(_unadopted.ToHashSet()).PipeTo(Self, success: done => done, failure: e => new AdoptionFinished([], [], e));
     }
 
     private void OnReadopted(AdoptionFinished done)
@@ -425,18 +432,7 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
             else
                 OnExecuteStep(command, sender);
         }
-        ListUnadopted();
-    }
-
-    /// <summary>Adopts again the VMs that were not (their monitor answers now), each running one's record reconciled as at start.</summary>
-    private async Task<AdoptionFinished> ReadoptAsync(IReadOnlySet<VmId> unadopted)
-    {
-        var vms = await _hypervisor.AdoptRunningVmsAsync();
-        var adopted = vms.Where(v => v.Running && unadopted.Contains(v.Id)).ToList();
-        var disagreements = new List<string>();
-        foreach (var vm in adopted)
-            disagreements.AddRange((await _steps.Records.ReconcileAsync(vm)).Select(d => d.Text));
-        return new AdoptionFinished(adopted.Select(v => v.Id).ToList(), disagreements, null);
+        ListedWith(done);
     }
 
     private static string ProgressTimer(OperationId operation) => $"progress-{operation}";

@@ -187,8 +187,8 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
         VolumeOwner? owner = null;
         if (writing == own)
         {
-            try { owner = (await dst.DescribeVolumeAsync(image, leaf, ct)).Owner; }
-            catch (OperationFailedException e) when (e.Code is ErrorCodes.ImageNotFound or ErrorCodes.VolumeNotFound) { return; }
+            if (await PlannedLeaves.FindDestinationLeafAsync(command.Disk, command.Strategy, dst, ct) is not { } planned) return;
+            owner = planned.Owner;
         }
         if (writing != own || owner is { } o && o.Migration != migration)
             throw new OperationFailedException(code,
@@ -266,7 +266,8 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
             return Found(SwitchFinding.OnSource, $"VM {vm} is not running; its record shows the {switchName} of drive {image} was never begun");
         // Gone only if the rollback's delete ran (its mark: a later switch is refused) and the leaf is not there: not seeing
         // the leaf alone may be an unreadable mount, and the mark alone stays where a delete met the copy in use.
-        if (await dst.HasMigrationMarkAsync(command.Operation.Migration, image, MigrationMark.Ended, ct) && !await ExistsAsync(dst, image, leaf, ct))
+        if (await dst.HasMigrationMarkAsync(command.Operation.Migration, image, MigrationMark.Ended, ct)
+            && await PlannedLeaves.FindDestinationLeafAsync(command.Disk, command.Strategy, dst, ct) is null)
         {
             records.ClearSwitch(vm, image);
             return Found(SwitchFinding.OnSource,
@@ -299,19 +300,6 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
     }
 
     private static StepOutcome Found(SwitchFinding finding, string detail) => new(Detail: detail, Switch: finding);
-
-    private static async Task<bool> ExistsAsync(IStorageDomain domain, ImageId image, VolumeId volume, CancellationToken ct)
-    {
-        try
-        {
-            await domain.DescribeVolumeAsync(image, volume, ct);
-            return true;
-        }
-        catch (OperationFailedException e) when (e.Code is ErrorCodes.ImageNotFound or ErrorCodes.VolumeNotFound)
-        {
-            return false;
-        }
-    }
 
     private static void EnsureRunsOn(DriveState drive, DriveChain expected, VmId vm)
     {

@@ -30,6 +30,23 @@ public static class PlannedLeaves
             : (await destination.DescribeImageAsync(disk.Image, ct)).Leaf;
     }
 
+    /// <summary>
+    /// <see cref="DestinationLeafAsync"/>, or null when the destination holds no such leaf (not made yet, or deleted by
+    /// the rollback): for the checks that decide from whether it is there, and whose it is.
+    /// </summary>
+    public static async Task<VolumeInfo?> FindDestinationLeafAsync(DiskPlan disk, MigrationStrategy strategy, IStorageDomain destination,
+        CancellationToken ct = default)
+    {
+        try
+        {
+            return await DestinationLeafAsync(disk, strategy, destination, ct);
+        }
+        catch (OperationFailedException e) when (e.Code is ErrorCodes.ImageNotFound or ErrorCodes.VolumeNotFound)
+        {
+            return null;
+        }
+    }
+
     /// <summary>The id of <see cref="DestinationLeafAsync"/>, read from the plan alone where it names it (the volume may be gone).</summary>
     public static async Task<VolumeId> DestinationLeafIdAsync(DiskPlan disk, MigrationStrategy strategy, IStorageDomain destination,
         CancellationToken ct = default) =>

@@ -57,8 +57,10 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, 
         // from now on the copy is the disk, and a late rollback of this migration (a delete sent before a probe found the
         // switch done) must not remove it. A rollback's delete that met the copy in use (the VM on it) deleted nothing and
         // left its ended mark: with the switched leaf there, that mark is taken back instead of refusing the roll forward.
+        // The switched leaf (pre-copy: the pivoted twin; post-copy: the new leaf) made by this migration: a twin keeps its
+        // volume's id, so another migration's copy may hold a leaf of that id.
         var keeps = step is MigrationStep.MarkDestinationLeafLegal or MigrationStep.CloneInternalVolumes
-                    && await SwitchedLeafIsOursAsync(disk, command.Strategy, dst, migration, ct);
+                    && (await PlannedLeaves.FindDestinationLeafAsync(disk, command.Strategy, dst, ct))?.Owner?.Migration == migration;
         if (MakesTheCopy(step) && await dst.HasMigrationMarkAsync(migration, image, MigrationMark.Ended, ct))
         {
             if (!keeps)
@@ -180,23 +182,6 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, 
         var removed = await dst.DeleteOwnedVolumesAsync(image, owner, ct);
         if (!marked) await dst.MarkMigrationAsync(owner.Migration, image, MigrationMark.Ended, ct);
         return new StepOutcome(Detail: $"{removed.Count} volumes of image {image} that migration {owner.Migration} made deleted from domain {dst.Id}");
-    }
-
-    /// <summary>
-    /// Whether the leaf the drive switched to (pre-copy: the pivoted twin; post-copy: the new leaf) is on the destination,
-    /// made by this migration (a twin keeps its volume's id: another migration's copy may hold a leaf of that id).
-    /// </summary>
-    private static async Task<bool> SwitchedLeafIsOursAsync(DiskPlan disk, MigrationStrategy strategy, IStorageDomain dst, MigrationId migration,
-        CancellationToken ct)
-    {
-        try
-        {
-            return (await PlannedLeaves.DestinationLeafAsync(disk, strategy, dst, ct)).Owner?.Migration == migration;
-        }
-        catch (OperationFailedException e) when (e.Code is ErrorCodes.ImageNotFound or ErrorCodes.VolumeNotFound)
-        {
-            return false;
-        }
     }
 
     /// <summary>What the disk's copy takes on the destination (the source chain's allocated bytes, and the headroom), checked fresh and promised.</summary>
