@@ -23,9 +23,7 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
         await using var bed = await HostLayerBed.StartAsync();
         await bed.StartGuestAsync(1 * MiB);
         await bed.WaitForGuestWritesAsync(20);
-        var spm = Sys.ActorOf(SpmActor.Props(bed.Pool));
-        var hsm = Sys.ActorOf(HsmActor.Props(bed.Hypervisor, bed.Pool));
-        var saga = CreateTestProbe();
+        var (spm, hsm, saga) = Actors(bed);
         // Write-blocking: with 4 KiB random guest writes into 64 KiB clusters a limited background mirror may never converge.
         var driver = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.A.Id, bed.B.Id, 64 * MiB, VolumeId.New()),
             MigrationStrategy.PreCopy, speed: 16 * MiB, mode: CopyMode.WriteBlocking);
@@ -201,9 +199,7 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
     public async Task A_switch_probed_after_the_copy_was_deleted_finds_the_drive_on_its_source(MigrationStrategy strategy)
     {
         await using var bed = await HostLayerBed.StartAsync();
-        var spm = Sys.ActorOf(SpmActor.Props(bed.Pool));
-        var hsm = Sys.ActorOf(HsmActor.Props(bed.Hypervisor, bed.Pool));
-        var saga = CreateTestProbe();
+        var (spm, hsm, saga) = Actors(bed);
         var sourceLeaf = (await bed.A.DescribeImageAsync(bed.Image)).Leaf.Id;
         var driver = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.A.Id, bed.B.Id, 64 * MiB, VolumeId.New(), sourceLeaf), strategy);
         await driver.SucceedAsync(spm, strategy == MigrationStrategy.PreCopy ? Step.CloneImageStructure : Step.CreateVolumeCrossDomain, saga);
@@ -237,8 +233,7 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
         await adopted.Task.WaitAsync(TimeSpan.FromSeconds(60));
         Assert.True(await successor.RunsUnadoptedAsync(bed.Vm), "the held monitor kept the VM from being adopted at start");
 
-        var driver = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.A.Id, bed.B.Id, 64 * MiB, VolumeId.New(),
-            (await bed.A.DescribeImageAsync(bed.Image)).Leaf.Id), MigrationStrategy.PostCopy);
+        var driver = await ToBAsync(bed, MigrationStrategy.PostCopy);
         var saga = CreateTestProbe();
         // Still held: the step tries the adoption, then fails transiently (the VM runs), not "unknown" or "no such VM".
         var held = Assert.IsType<OperationFailed>(await driver.RunAsync(hsm, Step.ProbeSwitch, saga, timeout: TimeSpan.FromSeconds(60)));
@@ -268,9 +263,7 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
     public async Task A_late_pivot_or_cancel_of_another_migration_leaves_the_running_mirror_alone()
     {
         await using var bed = await HostLayerBed.StartAsync();
-        var spm = Sys.ActorOf(SpmActor.Props(bed.Pool));
-        var hsm = Sys.ActorOf(HsmActor.Props(bed.Hypervisor, bed.Pool));
-        var saga = CreateTestProbe();
+        var (spm, hsm, saga) = Actors(bed);
         var sourceLeaf = (await bed.A.DescribeImageAsync(bed.Image)).Leaf.Id;
         var now = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.A.Id, bed.B.Id, 64 * MiB, VolumeId.New(), sourceLeaf), MigrationStrategy.PreCopy);
         await now.SucceedAsync(spm, Step.CloneImageStructure, saga);
@@ -306,11 +299,8 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
     public async Task A_late_rollback_delete_after_the_disk_rolled_forward_deletes_nothing()
     {
         await using var bed = await HostLayerBed.StartAsync();
-        var spm = Sys.ActorOf(SpmActor.Props(bed.Pool));
-        var hsm = Sys.ActorOf(HsmActor.Props(bed.Hypervisor, bed.Pool));
-        var saga = CreateTestProbe();
-        var driver = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.A.Id, bed.B.Id, 64 * MiB, VolumeId.New(),
-            (await bed.A.DescribeImageAsync(bed.Image)).Leaf.Id), MigrationStrategy.PreCopy);
+        var (spm, hsm, saga) = Actors(bed);
+        var driver = await ToBAsync(bed, MigrationStrategy.PreCopy);
         await PreCopyAsync(driver, spm, hsm, saga, deleteSource: false);
         await bed.Hypervisor.StopVmAsync(bed.Vm); // no QEMU lock on the chain any more
 
@@ -331,9 +321,7 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
     public async Task A_late_source_delete_leaves_alone_an_image_another_migration_moved_back()
     {
         await using var bed = await HostLayerBed.StartAsync();
-        var spm = Sys.ActorOf(SpmActor.Props(bed.Pool));
-        var hsm = Sys.ActorOf(HsmActor.Props(bed.Hypervisor, bed.Pool));
-        var saga = CreateTestProbe();
+        var (spm, hsm, saga) = Actors(bed);
         var leaf = (await bed.A.DescribeImageAsync(bed.Image)).Leaf.Id;
         var there = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.A.Id, bed.B.Id, 64 * MiB, VolumeId.New(), leaf), MigrationStrategy.PreCopy);
         var back = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.B.Id, bed.A.Id, 64 * MiB, VolumeId.New(), leaf), MigrationStrategy.PreCopy);
@@ -356,11 +344,8 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
     public async Task A_rollback_delete_that_finds_the_VM_on_the_copy_deletes_nothing_and_the_roll_forward_takes_its_mark_back()
     {
         await using var bed = await HostLayerBed.StartAsync();
-        var spm = Sys.ActorOf(SpmActor.Props(bed.Pool));
-        var hsm = Sys.ActorOf(HsmActor.Props(bed.Hypervisor, bed.Pool));
-        var saga = CreateTestProbe();
-        var driver = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.A.Id, bed.B.Id, 64 * MiB, VolumeId.New(),
-            (await bed.A.DescribeImageAsync(bed.Image)).Leaf.Id), MigrationStrategy.PostCopy);
+        var (spm, hsm, saga) = Actors(bed);
+        var driver = await ToBAsync(bed, MigrationStrategy.PostCopy);
         await driver.SucceedAsync(spm, Step.CreateVolumeCrossDomain, saga);
         await driver.SucceedAsync(hsm, Step.LiveSnapshotToDestination, saga);
 
@@ -374,6 +359,14 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
         await driver.SucceedAsync(hsm, Step.SwitchBackingChain, saga, timeout: TimeSpan.FromSeconds(60));
         Assert.Equal(await bed.PathsOnAsync(bed.B), (await bed.DriveAsync()).OpenChain);
     }
+
+    /// <summary>The SPM and HSM actors over the bed's pool and hypervisor, and a probe standing for the saga.</summary>
+    private (IActorRef Spm, IActorRef Hsm, Akka.TestKit.TestProbe Saga) Actors(HostLayerBed bed) =>
+        (Sys.ActorOf(SpmActor.Props(bed.Pool)), Sys.ActorOf(HsmActor.Props(bed.Hypervisor, bed.Pool)), CreateTestProbe());
+
+    /// <summary>A migration of the bed's disk from A to B planned as the Coordinator plans it (naming the leaf it runs on).</summary>
+    private static async Task<StepDriver> ToBAsync(HostLayerBed bed, MigrationStrategy strategy) =>
+        new(bed.Vm, new DiskPlan(bed.Image, bed.A.Id, bed.B.Id, 64 * MiB, VolumeId.New(), (await bed.A.DescribeImageAsync(bed.Image)).Leaf.Id), strategy);
 
     /// <summary>Every step of a pre-copy through the two actors, each to success.</summary>
     private static async Task PreCopyAsync(StepDriver driver, IActorRef spm, IActorRef hsm, Akka.TestKit.TestProbe saga, bool deleteSource)
