@@ -67,13 +67,14 @@ public sealed class ActorNode : IAsyncDisposable
     }
 }
 
-/// <summary>A step as a host received it.</summary>
-public sealed record StepReceived(HostRole By, ExecuteStep Step);
+/// <summary>A step as a host received it, and when (a <see cref="System.Diagnostics.Stopwatch"/> timestamp taken on arrival,
+/// so a test measuring the gap between two sends is not fooled by its own thread running late).</summary>
+public sealed record StepReceived(HostRole By, ExecuteStep Step, long ArrivedAt);
 
 /// <summary>Plays a host: tells the probe which role received each command.</summary>
 public sealed class RoleTagger : ReceiveActor
 {
-    public RoleTagger(HostRole role, IActorRef probe) => Receive<ExecuteStep>(step => probe.Tell(new StepReceived(role, step)));
+    public RoleTagger(HostRole role, IActorRef probe) => Receive<ExecuteStep>(step => probe.Tell(new StepReceived(role, step, System.Diagnostics.Stopwatch.GetTimestamp())));
 }
 
 /// <summary>The SPM and HSM of one migration; what they receive arrives at <see cref="Received"/>.</summary>
@@ -86,11 +87,14 @@ public sealed class HostProbes(TestProbe received, IActorRef spm, IActorRef hsm,
     public string? HostOf(VmId vm) => host;
 
     /// <summary>The next step sent to either host; asserts it went to the host its role names.</summary>
-    public ExecuteStep NextStep(TimeSpan? within = null)
+    public ExecuteStep NextStep(TimeSpan? within = null) => NextArrival(within).Step;
+
+    /// <summary>The next step sent to either host with its arrival time; asserts it went to the host its role names.</summary>
+    public StepReceived NextArrival(TimeSpan? within = null)
     {
         var received = Received.ExpectMsg<StepReceived>(within ?? TimeSpan.FromSeconds(3));
         Assert.Equal(MigrationPlan.RoleOf(received.Step.Operation.Step), received.By);
-        return received.Step;
+        return received;
     }
 
     public void NoStep(TimeSpan during) => Received.ExpectNoMsg(during);
