@@ -70,6 +70,8 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
     private DateTimeOffset _lastAt;
     // the newest domain report not yet acknowledged: re-sent until it is (a newer report replaces an older one)
     private DomainStatusReport? _unacknowledgedDomains;
+    /// <summary>Each domain's last figures while it was reachable: its name stays known while it is not.</summary>
+    private readonly Dictionary<DomainId, DomainReport> _lastDomains = [];
     private TimeSpan _resendDelay = FirstResendDelay;
     // the last report of each VM with the key of what it was made from, and which VM each drive's image belongs to
     private Dictionary<VmId, KeyedVmReport> _described = new();
@@ -277,8 +279,22 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
         var domains = new List<DomainReport>();
         foreach (var domain in _pool.Domains)
         {
-            var info = await domain.DescribeAsync();
-            domains.Add(new DomainReport(info.Id, info.Name, info.Kind, info.CapacityBytes, info.UsedBytes, info.AvailableBytes, Active: true));
+            DomainReport report;
+            try
+            {
+                var info = await domain.DescribeAsync();
+                report = new DomainReport(info.Id, info.Name, info.Kind, info.CapacityBytes, info.UsedBytes, info.AvailableBytes, Active: true);
+                _lastDomains[domain.Id] = report;
+            }
+            catch (OperationFailedException)
+            {
+                // Not reachable from here (unmounted, I/O error): said so, and no migration is admitted to it; the other
+                // domains and the VMs are still reported.
+                report = _lastDomains.TryGetValue(domain.Id, out var last)
+                    ? last with { AvailableBytes = 0, Active = false }
+                    : new DomainReport(domain.Id, domain.Id.ToString(), domain.Kind, 0, 0, 0, Active: false);
+            }
+            domains.Add(report);
         }
         return new Reports(address, vms, new DomainStatusReport(domains.ToValueList(), now, _hostId), now);
     }

@@ -63,7 +63,17 @@ public static class VmReports
     {
         var drives = new List<DriveReport>();
         foreach (var drive in vm.Drives)
-            drives.Add(await DescribeDriveAsync(drive, pool, ct));
+        {
+            try
+            {
+                drives.Add(await DescribeDriveAsync(drive, pool, ct));
+            }
+            catch (OperationFailedException e) when (e.Code is ErrorCodes.IoError)
+            {
+                // a domain it may lie on is not reachable: reported without a chain (no move is admitted from that), not guessed
+                drives.Add(new DriveReport(drive.Image, ValueList<VolumeRef>.Empty, 0, 0));
+            }
+        }
         return new VmReport(vm.Id, vm.Name, vm.Running, drives.ToValueList());
     }
 
@@ -83,7 +93,8 @@ public static class VmReports
                 drives.Add(new DriveReport(drive.Image, chain.Layers.Select(l => l.Volume).ToValueList(), leaf.Capacity,
                     volumes.Sum(v => v.AllocatedBytes), volumes[0].Format, volumes[0].Allocation));
             }
-            catch (OperationFailedException e) when (e.Code is ErrorCodes.DomainNotFound or ErrorCodes.ImageNotFound or ErrorCodes.VolumeNotFound)
+            catch (OperationFailedException e) when (e.Code is ErrorCodes.DomainNotFound or ErrorCodes.ImageNotFound or ErrorCodes.VolumeNotFound
+                                                           or ErrorCodes.IoError)
             {
                 drives.Add(new DriveReport(drive.Image, ValueList<VolumeRef>.Empty, 0, 0));
             }
@@ -91,7 +102,10 @@ public static class VmReports
         return new VmReport(vm.Id, vm.Name, false, drives.ToValueList());
     }
 
-    /// <summary>Maps the paths QEMU has open back to volumes of the attached domains.</summary>
+    /// <summary>
+    /// Maps the paths QEMU has open back to volumes of the attached domains. A path no reachable domain holds while some
+    /// domain is not reachable fails IO_ERROR: the chain is not shortened by a guess (its last volume is what a restart opens).
+    /// </summary>
     public static async Task<DriveReport> DescribeDriveAsync(DriveState drive, StoragePool pool, CancellationToken ct = default)
     {
         var chain = new List<VolumeRef>();
@@ -99,16 +113,31 @@ public static class VmReports
         long capacity = 0, allocated = 0;
         foreach (var path in drive.OpenChain)
         {
+            OperationFailedException? unreachable = null;
+            var found = false;
             foreach (var domain in pool.Domains)
             {
-                var volume = await FindAsync(domain, drive.Image, path, ct);
+                VolumeInfo? volume;
+                try
+                {
+                    volume = await FindAsync(domain, drive.Image, path, ct);
+                }
+                catch (OperationFailedException e) when (e.Code is ErrorCodes.IoError)
+                {
+                    unreachable = e;
+                    continue;
+                }
                 if (volume is null) continue;
                 chain.Add(new VolumeRef(domain.Id, volume.Id));
                 baseVolume ??= volume;
                 capacity = Math.Max(capacity, volume.Capacity);
                 allocated += volume.AllocatedBytes;
+                found = true;
                 break;
             }
+            if (!found && unreachable is not null)
+                throw new OperationFailedException(ErrorCodes.IoError,
+                    $"drive {drive.Image} has {path} open, which no reachable domain holds, and a domain is not reachable: {unreachable.Message}", unreachable);
         }
         return new DriveReport(drive.Image, chain.ToValueList(), capacity, allocated, baseVolume?.Format, baseVolume?.Allocation);
     }

@@ -99,6 +99,7 @@ public sealed class FileStorageDomain : IStorageDomain
 
     public Task<DomainInfo> DescribeAsync(CancellationToken ct = default)
     {
+        RequireReachable(); // an unmounted domain would report the bare mount point's figures
         long used = 0;
         // Half-deleted images still take their space until the cleanup removes them.
         var removing = Directory.Exists(ImagesPath)
@@ -128,11 +129,28 @@ public sealed class FileStorageDomain : IStorageDomain
         return Task.FromResult(new DomainInfo(Id, Name, Kind, _metadata.CapacityBytes, used, free));
     }
 
-    public Task<IReadOnlyList<ImageId>> ListImagesAsync(CancellationToken ct = default) =>
-        Task.FromResult<IReadOnlyList<ImageId>>(ImageFolders()
+    public Task<IReadOnlyList<ImageId>> ListImagesAsync(CancellationToken ct = default)
+    {
+        RequireReachable();
+        return Task.FromResult<IReadOnlyList<ImageId>>(ImageFolders()
             .Select(folder => ImageId.Parse(Path.GetFileName(folder)))
             .OrderBy(image => image.Value)
             .ToList());
+    }
+
+    /// <summary>
+    /// Absence is believed only while the domain itself is there. An unmounted (or vanished) domain reads as an empty
+    /// folder: "the image is gone" read from it let a source delete call itself done (the image came back with the
+    /// mount, never deleted), "no mark" let a refused late command through, and a mark or a volume written then went
+    /// into the bare mount point. So every answer of absence, and every write, first finds the domain's metadata.
+    /// </summary>
+    private void RequireReachable()
+    {
+        if (!IOFile.Exists(MetadataPathOf(DomainPath)))
+            throw new OperationFailedException(ErrorCodes.IoError,
+                $"storage domain {Id} ({Name}) is not reachable at {DomainPath}: its metadata (dom_md/metadata) is not there (unmounted?); " +
+                "nothing is read as missing or written there until it is back");
+    }
 
     /// <summary>Image folders whose name is a UUID and that are real folders (a symlink could lead out of the domain).</summary>
     private IEnumerable<string> ImageFolders() =>
@@ -153,7 +171,10 @@ public sealed class FileStorageDomain : IStorageDomain
     {
         var metaPath = MetaPath(image, volume);
         if (!IOFile.Exists(metaPath))
+        {
+            RequireReachable();
             throw new OperationFailedException(ErrorCodes.VolumeNotFound, $"volume {volume} of image {image} is not on storage domain {Id} ({Name})");
+        }
         return ToInfo(image, volume, await ReadMetaAsync(image, volume, ct));
     }
 
@@ -188,7 +209,11 @@ public sealed class FileStorageDomain : IStorageDomain
     {
         var folder = ImagePath(image);
         var volumes = new List<VolumeInfo>();
-        if (!Directory.Exists(folder)) return volumes;
+        if (!Directory.Exists(folder))
+        {
+            RequireReachable();
+            return volumes;
+        }
         foreach (var metaPath in Directory.EnumerateFiles(folder, "*" + MetaSuffix))
         {
             var name = Path.GetFileName(metaPath)[..^MetaSuffix.Length];
@@ -241,6 +266,7 @@ public sealed class FileStorageDomain : IStorageDomain
     public async Task<VolumeInfo> CreateVolumeAsync(NewVolume spec, IStorageDomain? parentDomain = null, CancellationToken ct = default)
     {
         ValidateSpec(spec);
+        RequireReachable();
         var parent = await ResolveParentAsync(spec.Image, spec.Parent, parentDomain, ct);
         if (parent is not null && parent.Info.Capacity > spec.Capacity)
             throw new OperationFailedException(ErrorCodes.InvalidArgument,
@@ -365,6 +391,7 @@ public sealed class FileStorageDomain : IStorageDomain
     public async Task<ImageInfo> CloneImageStructureAsync(IStorageDomain source, ImageId image, VolumeOwner owner, CancellationToken ct = default)
     {
         RequireOtherFileDomain(source);
+        RequireReachable();
         var sourceImage = await source.DescribeImageAsync(image, ct);
         var sourceIds = sourceImage.Volumes.Select(v => v.Id).ToHashSet();
         await WithLockAsync(ImagePath(image), async () =>
@@ -638,7 +665,11 @@ public sealed class FileStorageDomain : IStorageDomain
         WithLockAsync(ImagePath(image), async () =>
         {
             var folder = ImagePath(image);
-            if (!Directory.Exists(folder)) return true;
+            if (!Directory.Exists(folder))
+            {
+                RequireReachable();
+                return true;
+            }
             RequireNoneOpen(image, UuidNamedFiles(folder).Select(name => Path.Combine(folder, name)));
             RemoveImageFolder(image);
             return true;
@@ -682,6 +713,7 @@ public sealed class FileStorageDomain : IStorageDomain
     {
         var path = MarkPath(migration, image, mark);
         var folder = Path.GetDirectoryName(path)!;
+        RequireReachable();
         try
         {
             StorageModes.CreateFolder(folder);
@@ -703,7 +735,11 @@ public sealed class FileStorageDomain : IStorageDomain
         var path = MarkPath(migration, image, mark);
         try
         {
-            if (!IOFile.Exists(path)) return Task.CompletedTask;
+            if (!IOFile.Exists(path))
+            {
+                RequireReachable();
+                return Task.CompletedTask;
+            }
             IOFile.Delete(path);
             Posix.FsyncDirectory(Path.GetDirectoryName(path)!);
         }
@@ -715,9 +751,13 @@ public sealed class FileStorageDomain : IStorageDomain
         return Task.CompletedTask;
     }
 
-    public Task<bool> HasMigrationMarkAsync(MigrationId migration, ImageId image, MigrationMark mark, CancellationToken ct = default) =>
-        Task.FromResult(IOFile.Exists(MarkPath(migration, image, mark))
-                        || mark == MigrationMark.Ended && IOFile.Exists(LegacyEndedPath(migration)));
+    public Task<bool> HasMigrationMarkAsync(MigrationId migration, ImageId image, MigrationMark mark, CancellationToken ct = default)
+    {
+        if (IOFile.Exists(MarkPath(migration, image, mark)) || mark == MigrationMark.Ended && IOFile.Exists(LegacyEndedPath(migration)))
+            return Task.FromResult(true);
+        RequireReachable();
+        return Task.FromResult(false);
+    }
 
     public async Task<IReadOnlyList<VolumeInfo>> RemoveIllegalLeftoversAsync(IReadOnlySet<ImageId> inUse, CancellationToken ct = default)
     {
@@ -764,7 +804,7 @@ public sealed class FileStorageDomain : IStorageDomain
     /// <param name="failed">Told each folder it could not remove and why; the others are still tried.</param>
     public int FinishInterruptedRemovals(Action<string, Exception>? failed = null, CancellationToken ct = default)
     {
-        if (!Directory.Exists(ImagesPath)) return 0;
+        if (!Directory.Exists(ImagesPath)) return 0; // nothing to finish where nothing is reachable
         var finished = 0;
         foreach (var halfDeleted in Directory.EnumerateDirectories(ImagesPath, RemovingPrefix + "*").ToList())
         {

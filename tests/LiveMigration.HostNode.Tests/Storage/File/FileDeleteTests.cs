@@ -53,6 +53,47 @@ public sealed class Tmpfs : IAsyncDisposable
     }
 }
 
+/// <summary>
+/// A folder bind-mounted over an empty mount point (the tests run as root), as an NFS export is mounted: unmounting
+/// leaves the bare mount point and keeps the data, mounting again brings it back. Unmounted on dispose.
+/// </summary>
+public sealed class BindMount : IAsyncDisposable
+{
+    private readonly string _data;
+    private bool _mounted;
+
+    public string Path { get; } = System.IO.Path.Combine("/tmp", $"lsm-bind-{Guid.NewGuid():N}"[..20]);
+
+    private BindMount(string data) => _data = data;
+
+    public static async Task<BindMount> MountAsync(string data)
+    {
+        var bind = new BindMount(data);
+        Directory.CreateDirectory(data);
+        Directory.CreateDirectory(bind.Path);
+        await bind.MountAgainAsync();
+        return bind;
+    }
+
+    public async Task MountAgainAsync()
+    {
+        await ProcessRunner.RunCheckedAsync("mount", ["--bind", _data, Path], ErrorCodes.IoError);
+        _mounted = true;
+    }
+
+    public async Task UnmountAsync()
+    {
+        await ProcessRunner.RunCheckedAsync("umount", [Path], ErrorCodes.IoError);
+        _mounted = false;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (_mounted) await ProcessRunner.RunAsync("umount", [Path]);
+        if (Directory.Exists(Path) && !Directory.EnumerateFileSystemEntries(Path).Any()) Directory.Delete(Path);
+    }
+}
+
 /// <summary>Deleting on the file domain: with no free space, after a crash half-way, and never under a running QEMU.</summary>
 public sealed class FileDeleteTests : IDisposable
 {
@@ -174,6 +215,46 @@ public sealed class FileDeleteTests : IDisposable
         // A command of the same migration under an older generation is stale: it changes nothing.
         await RefusedAsync(ErrorCodes.Conflict, () => destination.DeleteOwnedVolumesAsync(image, owner with { Generation = 6 }));
         Assert.Equal(3, (await destination.DescribeImageAsync(image)).Volumes.Count);
+    }
+
+    /// <summary>
+    /// An unmounted domain reads as an empty folder. Before, the source delete found "no image" there, called itself done
+    /// and wrote its retired mark into the bare mount point; the image came back with the mount, never deleted, and the
+    /// probe's "is the leaf there" read "no". Now absence is believed only where the domain's metadata is found.
+    /// </summary>
+    [Fact]
+    public async Task An_unmounted_domain_reads_as_unreachable_not_as_empty_and_nothing_is_deleted_or_written_until_it_is_back()
+    {
+        await using var mount = await BindMount.MountAsync(Path.Combine(_temp.Root, "exported"));
+        var source = await FileStorageDomain.CreateAsync(mount.Path, DomainId.New(), "on-nfs", 1L << 30);
+        var destination = await _temp.NewDomainAsync("local");
+        var (image, volumes) = await ThreeVolumeChainAsync(source);
+        var owner = TestOwners.New();
+        await destination.CloneImageStructureAsync(source, image, owner);
+        foreach (var volume in volumes) await destination.CopyVolumeDataAsync(source, image, volume);
+
+        await mount.UnmountAsync();
+        Assert.Empty(Directory.EnumerateFileSystemEntries(mount.Path));
+
+        var why = await RefusedAsync(ErrorCodes.IoError, () => SourceRetirement.DeleteSourceImageAsync(source, destination, image, owner.Migration));
+        Assert.Contains("not reachable", why.Message);
+        await RefusedAsync(ErrorCodes.IoError, () => source.ListImagesAsync());
+        await RefusedAsync(ErrorCodes.IoError, () => source.DescribeImageAsync(image));
+        await RefusedAsync(ErrorCodes.IoError, () => source.DescribeVolumeAsync(image, volumes[^1]));
+        await RefusedAsync(ErrorCodes.IoError, () => source.DescribeAsync());
+        await RefusedAsync(ErrorCodes.IoError, () => source.HasMigrationMarkAsync(owner.Migration, image, MigrationMark.Retired));
+        await RefusedAsync(ErrorCodes.IoError, () => source.MarkMigrationAsync(owner.Migration, image, MigrationMark.Ended));
+        await RefusedAsync(ErrorCodes.IoError, () => source.DeleteImageAsync(image));
+        await RefusedAsync(ErrorCodes.IoError, () => source.DeleteOwnedVolumesAsync(image, owner));
+        await RefusedAsync(ErrorCodes.IoError, () => source.CreateVolumeAsync(new NewVolume(ImageId.New(), VolumeId.New(), VolumeFormat.Cow, 1 << 20)));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(mount.Path)); // nothing written into the bare mount point
+
+        await mount.MountAgainAsync();
+        Assert.Equal(volumes, (await source.DescribeImageAsync(image)).Volumes.Select(v => v.Id));
+        Assert.False(await source.HasMigrationMarkAsync(owner.Migration, image, MigrationMark.Retired));
+        await SourceRetirement.DeleteSourceImageAsync(source, destination, image, owner.Migration);
+        Assert.Empty(await source.ListImagesAsync());
+        Assert.True(await source.HasMigrationMarkAsync(owner.Migration, image, MigrationMark.Retired));
     }
 
     [Fact]
