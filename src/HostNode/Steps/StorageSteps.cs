@@ -24,6 +24,13 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, 
     public const long PostCopyHeadroomBytes = 64L << 20;
 
     private readonly SpaceReservations _space = new();
+    /// <summary>
+    /// One per image: whether a disk's copy is kept or undone is decided under it. A late rollback delete and the roll
+    /// forward's first storage step, run at once here, each read the other's mark before either wrote its own: the roll
+    /// forward answered its copy kept while the delete went on to remove it. Serialized, the one that comes second sees
+    /// what the first did (a kept mark refuses the delete; a delete done leaves no switched leaf to keep).
+    /// </summary>
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<ImageId, SemaphoreSlim> _deciding = new();
     private readonly SemaphoreSlim? _copySlots = maxConcurrentCopies > 0 ? new SemaphoreSlim(maxConcurrentCopies) : null;
 
     /// <summary>The steps that run on storage; the others run on the VM's hypervisor (<see cref="DriveSteps"/>).</summary>
@@ -59,17 +66,22 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, 
         // left its ended mark: with the switched leaf there, that mark is taken back instead of refusing the roll forward.
         // The switched leaf (pre-copy: the pivoted twin; post-copy: the new leaf) made by this migration: a twin keeps its
         // volume's id, so another migration's copy may hold a leaf of that id.
-        var keeps = step is MigrationStep.MarkDestinationLeafLegal or MigrationStep.CloneInternalVolumes
-                    && (await PlannedLeaves.FindDestinationLeafAsync(disk, command.Strategy, dst, ct))?.Owner?.Migration == migration;
-        if (MakesTheCopy(step) && await dst.HasMigrationMarkAsync(migration, image, MigrationMark.Ended, ct))
-        {
-            if (!keeps)
-                throw new OperationFailedException(ErrorCodes.MigrationEnded,
-                    $"migration {migration} ended on domain {dst.Id} with its copy undone: this late {step} changes nothing");
-            await dst.UnmarkMigrationAsync(migration, image, MigrationMark.Ended, ct);
-        }
-        if (keeps)
-            await dst.MarkMigrationAsync(migration, image, MigrationMark.Kept, ct);
+        if (MakesTheCopy(step))
+            await DecidingAsync(image, async () =>
+            {
+                var keeps = step is MigrationStep.MarkDestinationLeafLegal or MigrationStep.CloneInternalVolumes
+                            && (await PlannedLeaves.FindDestinationLeafAsync(disk, command.Strategy, dst, ct))?.Owner?.Migration == migration;
+                if (await dst.HasMigrationMarkAsync(migration, image, MigrationMark.Ended, ct))
+                {
+                    if (!keeps)
+                        throw new OperationFailedException(ErrorCodes.MigrationEnded,
+                            $"migration {migration} ended on domain {dst.Id} with its copy undone: this late {step} changes nothing");
+                    await dst.UnmarkMigrationAsync(migration, image, MigrationMark.Ended, ct);
+                }
+                if (keeps)
+                    await dst.MarkMigrationAsync(migration, image, MigrationMark.Kept, ct);
+                return true;
+            }, ct);
         return step switch
         {
             MigrationStep.CloneImageStructure => await CloneImageStructureAsync(src, dst, image, owner, ct),
@@ -78,7 +90,7 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, 
             MigrationStep.CreateVolumeCrossDomain => await CreateVolumeCrossDomainAsync(src, dst, disk, owner, ct),
             MigrationStep.CloneInternalVolumes => await CloneInternalVolumesAsync(src, dst, disk, owner, progress, rate, ct),
             MigrationStep.DeleteSourceImage => await DeleteSourceImageAsync(src, dst, image, migration, ct),
-            MigrationStep.DeleteDestinationImage => await DeleteDestinationImageAsync(dst, image, owner, ct),
+            MigrationStep.DeleteDestinationImage => await DecidingAsync(image, () => DeleteDestinationImageAsync(dst, image, owner, ct), ct),
             _ => throw new OperationFailedException(ErrorCodes.InvalidArgument, $"storage does not run {step}"),
         };
     }
@@ -182,6 +194,20 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, 
         var removed = await dst.DeleteOwnedVolumesAsync(image, owner, ct);
         if (!marked) await dst.MarkMigrationAsync(owner.Migration, image, MigrationMark.Ended, ct);
         return new StepOutcome(Detail: $"{removed.Count} volumes of image {image} that migration {owner.Migration} made deleted from domain {dst.Id}");
+    }
+
+    private async Task<T> DecidingAsync<T>(ImageId image, Func<Task<T>> decide, CancellationToken ct)
+    {
+        var gate = _deciding.GetOrAdd(image, _ => new SemaphoreSlim(1, 1));
+        await gate.WaitAsync(ct);
+        try
+        {
+            return await decide();
+        }
+        finally
+        {
+            gate.Release();
+        }
     }
 
     /// <summary>What the disk's copy takes on the destination (the source chain's allocated bytes, and the headroom), checked fresh and promised.</summary>

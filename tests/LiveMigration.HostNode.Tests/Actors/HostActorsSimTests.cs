@@ -307,6 +307,38 @@ public sealed class HostActorsSimTests : Akka.TestKit.Xunit2.TestKit, IAsyncLife
         Assert.Equal(_chain.PathsOn(_b, _chain.Base, _chain.Middle, _chain.Leaf), (await DriveAsync(_hypervisors[^1])).OpenChain);
     }
 
+    /// <summary>
+    /// A late rollback delete (a resend that crossed its answer) and the roll forward's first storage step at the SPM at
+    /// once, the VM gone after its pivot (so no lock of QEMU's refuses the delete). Before, each read the other's mark
+    /// before either wrote its own: the roll forward answered the copy kept and LEGAL while the delete removed it. Now
+    /// the decision is taken one at a time per image: the step that comes second sees what the first did.
+    /// </summary>
+    [Fact]
+    public async Task A_late_rollback_delete_and_the_roll_forward_at_the_SPM_at_once_never_both_succeed()
+    {
+        var hypervisor = _hypervisors[0];
+        var (spm, hsm, saga, late) = (Spm(), Hsm(hypervisor), CreateTestProbe(), CreateTestProbe());
+        var driver = Driver(MigrationStrategy.PreCopy);
+        await driver.SucceedAsync(spm, Step.CloneImageStructure, saga);
+        await driver.SucceedAsync(hsm, Step.StartReplication, saga);
+        await driver.SucceedAsync(spm, Step.SyncInternalVolumes, saga);
+        await driver.SucceedAsync(hsm, Step.WaitMirrorReady, saga);
+        await driver.SucceedAsync(hsm, Step.Pivot, saga);
+        _host.KillVm(_vm.Id);
+
+        var stall = _b.Faults.StallNext(nameof(IStorageDomain.DeleteOwnedVolumesAsync));
+        driver.Send(spm, Step.DeleteDestinationImage, late);
+        await stall.Reached.WaitAsync(TimeSpan.FromSeconds(10));
+        driver.Send(spm, Step.MarkDestinationLeafLegal, saga);
+        await StepDriver.ExpectNoAnswerAsync(saga, TimeSpan.FromMilliseconds(300)); // waits for the delete's decision
+        stall.Release();
+
+        Assert.IsType<OperationSucceeded>(await StepDriver.AnswerAsync(late, driver.Op(Step.DeleteDestinationImage)));
+        var forward = Assert.IsType<OperationFailed>(await StepDriver.AnswerAsync(saga, driver.Op(Step.MarkDestinationLeafLegal)));
+        Assert.Equal(ErrorCodes.MigrationEnded, forward.Code);
+        Assert.DoesNotContain(_chain.Image, await _b.ListImagesAsync());
+    }
+
     [Fact]
     public async Task The_VM_killed_during_the_wait_answers_VM_NOT_RUNNING_and_so_does_the_cancel()
     {
