@@ -42,6 +42,9 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
     public static readonly TimeSpan MaxResendDelay = TimeSpan.FromSeconds(8);
     private const string ResendTimer = "resend";
     private const string PaceTimer = "pace";
+    private const string UnreachableTimer = "unreachable";
+    /// <summary>How soon a host looks again at a storage domain it could not reach.</summary>
+    public static readonly TimeSpan UnreachableRetry = TimeSpan.FromSeconds(10);
     /// <summary>The longest pause between two reports that pacing may make (see <see cref="Done"/>).</summary>
     public static readonly TimeSpan MaxPace = TimeSpan.FromSeconds(1);
     /// <summary>
@@ -137,6 +140,9 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
             _resendDelay = FirstResendDelay;
             // every part not acknowledged, in order: a lost earlier part would otherwise leave a gap until the re-send
             SendUnacknowledged();
+            // A domain not reachable changes no VM when it comes back (a remount sends no event): looked at again until it is.
+            if (r.Domains.Domains.Any(d => !d.Active) && !Timers.IsTimerActive(UnreachableTimer))
+                Timers.StartSingleTimer(UnreachableTimer, new ReportNow("a storage domain was not reachable: looking again"), UnreachableRetry);
             Done();
         });
         Receive<ReportAcknowledged>(ack =>
@@ -292,7 +298,7 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
                 // domains and the VMs are still reported.
                 report = _lastDomains.TryGetValue(domain.Id, out var last)
                     ? last with { AvailableBytes = 0, Active = false }
-                    : new DomainReport(domain.Id, domain.Id.ToString(), domain.Kind, 0, 0, 0, Active: false);
+                    : new DomainReport(domain.Id, domain.Name, domain.Kind, 0, 0, 0, Active: false);
             }
             domains.Add(report);
         }

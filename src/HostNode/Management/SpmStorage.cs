@@ -61,12 +61,9 @@ public sealed class SpmStorage(StoragePool pool, Action<AttachDomain> announce)
             return new ManagementRefused(ErrorCodes.InvalidArgument, $"capacity must be positive (or 0 for the free space), got {command.CapacityBytes}");
         // Checked here too, before the folder below is made: a refused name leaves nothing behind.
         DomainMetadata.ValidateName(command.Name);
-        foreach (var existing in pool.Domains)
-        {
-            var info = await existing.DescribeAsync(ct);
-            if (info.Name == command.Name)
-                return new ManagementRefused(ErrorCodes.Conflict, $"a storage domain named '{command.Name}' exists already ({info.Id})");
-        }
+        // By the names read at attach: a domain not reachable now (unmounted) keeps its name and does not refuse a new one.
+        if (pool.Domains.FirstOrDefault(d => d.Name == command.Name) is { } existing)
+            return new ManagementRefused(ErrorCodes.Conflict, $"a storage domain named '{command.Name}' exists already ({existing.Id})");
         // A new domain is a storage change like any other: only the lease's holder makes it, and the lease is not given up
         // while it is being made.
         using var change = pool.Fence is { } fence ? await fence.BeginChangeAsync(ct) : null;

@@ -152,6 +152,13 @@ public static class VmReports
             if (report.Chain.Count == 0)
                 throw new OperationFailedException(ErrorCodes.VolumeNotFound,
                     $"drive {drive.Image} of VM {vm.Id} runs on {string.Join(", ", drive.OpenChain)}, which no attached domain holds");
+            // A layer no attached domain holds (its domain was not mounted when this host started, so never attached):
+            // the chain's last known volume is not the leaf QEMU writes, and a record naming it would start the VM without
+            // the writes on the missing layers.
+            if (report.Chain.Count != drive.OpenChain.Count)
+                throw new OperationFailedException(ErrorCodes.VolumeNotFound,
+                    $"drive {drive.Image} of VM {vm.Id} runs on {string.Join(", ", drive.OpenChain)}, of which the attached domains hold only " +
+                    $"{report.Chain.Count} layers: its leaf is not read from a partial chain");
             leaves.Add(new DiskLeaf(drive.Image, report.Chain[^1]));
         }
         return leaves;

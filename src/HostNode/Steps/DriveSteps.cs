@@ -187,7 +187,18 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
         VolumeOwner? owner = null;
         if (writing == own)
         {
-            if (await PlannedLeaves.FindDestinationLeafAsync(command.Disk, command.Strategy, dst, ct) is not { } planned) return;
+            VolumeInfo? planned;
+            try
+            {
+                planned = await PlannedLeaves.FindDestinationLeafAsync(command.Disk, command.Strategy, dst, ct);
+            }
+            catch (OperationFailedException e) when (e.Code is ErrorCodes.IoError && command.Operation.Step == MigrationStep.CancelReplication)
+            {
+                // The destination cannot be read from here (unmounted): a cancel deletes nothing, and a mirror left running
+                // into it (a write-blocking one holding the guest's writes) helps nobody. A pivot onto it waits.
+                return;
+            }
+            if (planned is null) return;
             owner = planned.Owner;
         }
         if (writing != own || owner is { } o && o.Migration != migration)

@@ -28,9 +28,11 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, 
     /// One per image: whether a disk's copy is kept or undone is decided under it. A late rollback delete and the roll
     /// forward's first storage step, run at once here, each read the other's mark before either wrote its own: the roll
     /// forward answered its copy kept while the delete went on to remove it. Serialized, the one that comes second sees
-    /// what the first did (a kept mark refuses the delete; a delete done leaves no switched leaf to keep).
+    /// what the first did (a kept mark refuses the delete; a delete done leaves no switched leaf to keep). Static, like the
+    /// file domain's own locks: a step a restarted SPM actor left running (stuck in the kernel past its stop) still holds
+    /// it against the new actor's steps.
     /// </summary>
-    private readonly System.Collections.Concurrent.ConcurrentDictionary<ImageId, SemaphoreSlim> _deciding = new();
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<ImageId, SemaphoreSlim> Deciding = new();
     private readonly SemaphoreSlim? _copySlots = maxConcurrentCopies > 0 ? new SemaphoreSlim(maxConcurrentCopies) : null;
 
     /// <summary>The steps that run on storage; the others run on the VM's hypervisor (<see cref="DriveSteps"/>).</summary>
@@ -66,23 +68,22 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, 
         // left its ended mark: with the switched leaf there, that mark is taken back instead of refusing the roll forward.
         // The switched leaf (pre-copy: the pivoted twin; post-copy: the new leaf) made by this migration: a twin keeps its
         // volume's id, so another migration's copy may hold a leaf of that id.
-        if (MakesTheCopy(step))
-            await DecidingAsync(image, async () =>
+        async Task DecideKeptOrEndedAsync()
+        {
+            if (!MakesTheCopy(step)) return;
+            var keeps = step is MigrationStep.MarkDestinationLeafLegal or MigrationStep.CloneInternalVolumes
+                        && (await PlannedLeaves.FindDestinationLeafAsync(disk, command.Strategy, dst, ct))?.Owner?.Migration == migration;
+            if (await dst.HasMigrationMarkAsync(migration, image, MigrationMark.Ended, ct))
             {
-                var keeps = step is MigrationStep.MarkDestinationLeafLegal or MigrationStep.CloneInternalVolumes
-                            && (await PlannedLeaves.FindDestinationLeafAsync(disk, command.Strategy, dst, ct))?.Owner?.Migration == migration;
-                if (await dst.HasMigrationMarkAsync(migration, image, MigrationMark.Ended, ct))
-                {
-                    if (!keeps)
-                        throw new OperationFailedException(ErrorCodes.MigrationEnded,
-                            $"migration {migration} ended on domain {dst.Id} with its copy undone: this late {step} changes nothing");
-                    await dst.UnmarkMigrationAsync(migration, image, MigrationMark.Ended, ct);
-                }
-                if (keeps)
-                    await dst.MarkMigrationAsync(migration, image, MigrationMark.Kept, ct);
-                return true;
-            }, ct);
-        return step switch
+                if (!keeps)
+                    throw new OperationFailedException(ErrorCodes.MigrationEnded,
+                        $"migration {migration} ended on domain {dst.Id} with its copy undone: this late {step} changes nothing");
+                await dst.UnmarkMigrationAsync(migration, image, MigrationMark.Ended, ct);
+            }
+            if (keeps)
+                await dst.MarkMigrationAsync(migration, image, MigrationMark.Kept, ct);
+        }
+        async Task<StepOutcome> WorkAsync() => step switch
         {
             MigrationStep.CloneImageStructure => await CloneImageStructureAsync(src, dst, image, owner, ct),
             MigrationStep.SyncInternalVolumes => await SyncInternalVolumesAsync(src, dst, disk, migration, progress, rate, ct),
@@ -90,9 +91,26 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, 
             MigrationStep.CreateVolumeCrossDomain => await CreateVolumeCrossDomainAsync(src, dst, disk, owner, ct),
             MigrationStep.CloneInternalVolumes => await CloneInternalVolumesAsync(src, dst, disk, owner, progress, rate, ct),
             MigrationStep.DeleteSourceImage => await DeleteSourceImageAsync(src, dst, image, migration, ct),
-            MigrationStep.DeleteDestinationImage => await DecidingAsync(image, () => DeleteDestinationImageAsync(dst, image, owner, ct), ct),
+            MigrationStep.DeleteDestinationImage => await DeleteDestinationImageAsync(dst, image, owner, ct),
             _ => throw new OperationFailedException(ErrorCodes.InvalidArgument, $"storage does not run {step}"),
         };
+        // The short steps that make or undo the copy run whole under the image's gate, so a late one never makes volumes
+        // after a rollback's delete marked the copy ended and removed it; the long copies hold it only while deciding
+        // (they write into twins made before, and a delete waiting for a copy of hours would hold the rollback).
+        if (step is MigrationStep.CloneImageStructure or MigrationStep.MarkDestinationLeafLegal or MigrationStep.CreateVolumeCrossDomain
+            or MigrationStep.DeleteDestinationImage)
+            return await DecidingAsync(image, async () =>
+            {
+                await DecideKeptOrEndedAsync();
+                return await WorkAsync();
+            }, ct);
+        if (MakesTheCopy(step))
+            await DecidingAsync(image, async () =>
+            {
+                await DecideKeptOrEndedAsync();
+                return true;
+            }, ct);
+        return await WorkAsync();
     }
 
     private async Task<StepOutcome> CloneImageStructureAsync(IStorageDomain src, IStorageDomain dst, ImageId image, VolumeOwner owner,
@@ -198,7 +216,7 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, 
 
     private async Task<T> DecidingAsync<T>(ImageId image, Func<Task<T>> decide, CancellationToken ct)
     {
-        var gate = _deciding.GetOrAdd(image, _ => new SemaphoreSlim(1, 1));
+        var gate = Deciding.GetOrAdd(image, _ => new SemaphoreSlim(1, 1));
         await gate.WaitAsync(ct);
         try
         {

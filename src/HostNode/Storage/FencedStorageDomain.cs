@@ -47,6 +47,7 @@ public sealed class FencedStorageDomain(IStorageDomain inner, IStorageFence fenc
 {
     public IStorageDomain Inner => inner;
     public DomainId Id => inner.Id;
+    public string Name => inner.Name;
     public string Kind => inner.Kind;
 
     public Task<DomainInfo> DescribeAsync(CancellationToken ct = default) => inner.DescribeAsync(ct);

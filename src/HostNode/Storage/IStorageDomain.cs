@@ -31,6 +31,8 @@ public sealed record NewVolume(
 public interface IStorageDomain
 {
     DomainId Id { get; }
+    /// <summary>The operator's name for it, as read when it was attached (known even while the domain is not reachable).</summary>
+    string Name { get; }
     /// <summary><c>file</c> or <c>sim</c>.</summary>
     string Kind { get; }
 

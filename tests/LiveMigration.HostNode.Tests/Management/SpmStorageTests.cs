@@ -129,6 +129,40 @@ public sealed class SpmStorageTests : IDisposable
         Assert.Equal(16 * MiB, drive.CapacityBytes);
     }
 
+    /// <summary>
+    /// A running drive over two domains, its leaf on one that is unmounted now, or was when this host started (so never
+    /// attached here). Its leaf is never read from the part of the chain the host can see: a record naming the last
+    /// visible layer would start the VM without the writes above it. A new domain is still made meanwhile.
+    /// </summary>
+    [Fact]
+    public async Task A_running_drive_whose_leaf_lies_on_a_domain_unreachable_or_not_attached_here_has_no_leaf_read_from_part_of_its_chain()
+    {
+        await using var mount = await BindMount.MountAsync(Path.Combine(_root.Root, "exported"));
+        var a = await CreateDomainAsync("a", 128 * MiB);
+        var b = await FileStorageDomain.CreateAsync(mount.Path, DomainId.New(), "b", 128 * MiB);
+        _pool.Attach(b);
+        var image = ImageId.New();
+        var (baseId, leafId) = (VolumeId.New(), VolumeId.New());
+        var onA = _pool.Get(a.Id);
+        await onA.CreateVolumeAsync(new NewVolume(image, baseId, VolumeFormat.Raw, 16 * MiB));
+        await b.CreateVolumeAsync(new NewVolume(image, leafId, VolumeFormat.Cow, 16 * MiB, new VolumeRef(a.Id, baseId)), onA);
+        var vm = new VmInfo(VmId.New(), "web", 1, true,
+            [new DriveState(image, [onA.Locate(image, baseId), b.Locate(image, leafId)], "", "", null)]);
+        Assert.Equal(new VolumeRef(b.Id, leafId), Assert.Single(await VmReports.CurrentLeavesAsync(vm, _pool)).Leaf);
+
+        await mount.UnmountAsync();
+        await TempDomainRoot.RefusedAsync(ErrorCodes.IoError, () => VmReports.CurrentLeavesAsync(vm, _pool));
+        Assert.Empty(Assert.Single((await VmReports.OfRunningAsync(vm, _pool)).Drives).Chain);
+        Assert.IsType<DomainCreated>(await _spm.HandleAsync(new CreateDomain("c", Shared, 64 * MiB)));
+        Assert.Equal(ErrorCodes.Conflict, Assert.IsType<ManagementRefused>(await _spm.HandleAsync(new CreateDomain("b", Shared, 64 * MiB))).Code);
+
+        var startedWithoutB = new StoragePool { AllowedRoots = _pool.AllowedRoots };
+        startedWithoutB.Attach(onA);
+        var partial = await TempDomainRoot.RefusedAsync(ErrorCodes.VolumeNotFound, () => VmReports.CurrentLeavesAsync(vm, startedWithoutB));
+        Assert.Contains("partial chain", partial.Message);
+        await mount.MountAgainAsync();
+    }
+
     [Fact]
     public async Task A_host_attaches_the_domains_under_a_remembered_root_again_after_a_restart()
     {

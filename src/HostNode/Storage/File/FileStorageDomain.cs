@@ -152,6 +152,17 @@ public sealed class FileStorageDomain : IStorageDomain
                 "nothing is read as missing or written there until it is back");
     }
 
+    /// <summary>
+    /// Whether something is absent, believed only with the domain reachable: looked at again after its metadata was
+    /// found, so a domain mounted again between the first look and the check does not turn "unmounted" into "absent".
+    /// </summary>
+    private bool Absent(Func<bool> exists)
+    {
+        if (exists()) return false;
+        RequireReachable();
+        return !exists();
+    }
+
     /// <summary>Image folders whose name is a UUID and that are real folders (a symlink could lead out of the domain).</summary>
     private IEnumerable<string> ImageFolders() =>
         Directory.Exists(ImagesPath)
@@ -170,11 +181,8 @@ public sealed class FileStorageDomain : IStorageDomain
     public async Task<VolumeInfo> DescribeVolumeAsync(ImageId image, VolumeId volume, CancellationToken ct = default)
     {
         var metaPath = MetaPath(image, volume);
-        if (!IOFile.Exists(metaPath))
-        {
-            RequireReachable();
+        if (Absent(() => IOFile.Exists(metaPath)))
             throw new OperationFailedException(ErrorCodes.VolumeNotFound, $"volume {volume} of image {image} is not on storage domain {Id} ({Name})");
-        }
         return ToInfo(image, volume, await ReadMetaAsync(image, volume, ct));
     }
 
@@ -209,11 +217,7 @@ public sealed class FileStorageDomain : IStorageDomain
     {
         var folder = ImagePath(image);
         var volumes = new List<VolumeInfo>();
-        if (!Directory.Exists(folder))
-        {
-            RequireReachable();
-            return volumes;
-        }
+        if (Absent(() => Directory.Exists(folder))) return volumes;
         foreach (var metaPath in Directory.EnumerateFiles(folder, "*" + MetaSuffix))
         {
             var name = Path.GetFileName(metaPath)[..^MetaSuffix.Length];
@@ -665,11 +669,7 @@ public sealed class FileStorageDomain : IStorageDomain
         WithLockAsync(ImagePath(image), async () =>
         {
             var folder = ImagePath(image);
-            if (!Directory.Exists(folder))
-            {
-                RequireReachable();
-                return true;
-            }
+            if (Absent(() => Directory.Exists(folder))) return true;
             RequireNoneOpen(image, UuidNamedFiles(folder).Select(name => Path.Combine(folder, name)));
             RemoveImageFolder(image);
             return true;
@@ -735,11 +735,7 @@ public sealed class FileStorageDomain : IStorageDomain
         var path = MarkPath(migration, image, mark);
         try
         {
-            if (!IOFile.Exists(path))
-            {
-                RequireReachable();
-                return Task.CompletedTask;
-            }
+            if (Absent(() => IOFile.Exists(path))) return Task.CompletedTask;
             IOFile.Delete(path);
             Posix.FsyncDirectory(Path.GetDirectoryName(path)!);
         }
@@ -753,10 +749,8 @@ public sealed class FileStorageDomain : IStorageDomain
 
     public Task<bool> HasMigrationMarkAsync(MigrationId migration, ImageId image, MigrationMark mark, CancellationToken ct = default)
     {
-        if (IOFile.Exists(MarkPath(migration, image, mark)) || mark == MigrationMark.Ended && IOFile.Exists(LegacyEndedPath(migration)))
-            return Task.FromResult(true);
-        RequireReachable();
-        return Task.FromResult(false);
+        return Task.FromResult(!Absent(() =>
+            IOFile.Exists(MarkPath(migration, image, mark)) || mark == MigrationMark.Ended && IOFile.Exists(LegacyEndedPath(migration))));
     }
 
     public async Task<IReadOnlyList<VolumeInfo>> RemoveIllegalLeftoversAsync(IReadOnlySet<ImageId> inUse, CancellationToken ct = default)
