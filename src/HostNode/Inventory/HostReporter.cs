@@ -42,9 +42,13 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
     public static readonly TimeSpan MaxResendDelay = TimeSpan.FromSeconds(8);
     private const string ResendTimer = "resend";
     private const string PaceTimer = "pace";
-    private const string UnreachableTimer = "unreachable";
-    /// <summary>How soon a host looks again at a storage domain it could not reach.</summary>
-    public static readonly TimeSpan UnreachableRetry = TimeSpan.FromSeconds(10);
+    private sealed record ReachabilityDue;
+    private const string ReachabilityTimer = "reachability";
+    /// <summary>
+    /// How often a host looks whether each storage domain is reachable (cheap: a file domain's metadata found or not).
+    /// An unmount or a remount sends no event, and the Coordinator admits moves only to domains reported active.
+    /// </summary>
+    public static readonly TimeSpan ReachabilityInterval = TimeSpan.FromSeconds(5);
     /// <summary>The longest pause between two reports that pacing may make (see <see cref="Done"/>).</summary>
     public static readonly TimeSpan MaxPace = TimeSpan.FromSeconds(1);
     /// <summary>
@@ -75,6 +79,8 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
     private DomainStatusReport? _unacknowledgedDomains;
     /// <summary>Each domain's last figures while it was reachable: its name stays known while it is not.</summary>
     private readonly Dictionary<DomainId, DomainReport> _lastDomains = [];
+    /// <summary>Whether each domain was active in the last report built (read on the actor: the build's result sets it).</summary>
+    private readonly Dictionary<DomainId, bool> _reportedActive = [];
     private TimeSpan _resendDelay = FirstResendDelay;
     // the last report of each VM with the key of what it was made from, and which VM each drive's image belongs to
     private Dictionary<VmId, KeyedVmReport> _described = new();
@@ -109,6 +115,11 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
         _inventory = inventory;
 
         Receive<ReportNow>(r => Start(r.Why, r.Vm));
+        Receive<ReachabilityDue>(_ =>
+        {
+            if (_pool.Domains.FirstOrDefault(d => _reportedActive.TryGetValue(d.Id, out var active) && active != d.Reachable) is { } changed)
+                Start($"storage domain {changed.Id} is {(changed.Reachable ? "reachable again" : "not reachable")}", describeAllIfNoVm: false);
+        });
         Receive<Adopted>(_ =>
         {
             if (_adopted is { IsCompleted: false })
@@ -137,12 +148,10 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
                 foreach (var drive in vm.Report.Drives) _imageOwners[drive.Image] = vm.Report.Id;
             _unacknowledgedParts.AddRange(parts);
             _unacknowledgedDomains = r.Domains with { At = at };
+            foreach (var domain in r.Domains.Domains) _reportedActive[domain.Id] = domain.Active;
             _resendDelay = FirstResendDelay;
             // every part not acknowledged, in order: a lost earlier part would otherwise leave a gap until the re-send
             SendUnacknowledged();
-            // A domain not reachable changes no VM when it comes back (a remount sends no event): looked at again until it is.
-            if (r.Domains.Domains.Any(d => !d.Active) && !Timers.IsTimerActive(UnreachableTimer))
-                Timers.StartSingleTimer(UnreachableTimer, new ReportNow("a storage domain was not reachable: looking again"), UnreachableRetry);
             Done();
         });
         Receive<ReportAcknowledged>(ack =>
@@ -202,6 +211,7 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
         _onEvent = e => self.Tell(new ReportNow(e.GetType().Name, e.Vm));
         _hypervisor.EventRaised += _onEvent;
         Context.System.EventStream.Subscribe(Self, typeof(HostStateChanged));
+        Timers.StartPeriodicTimer(ReachabilityTimer, new ReachabilityDue(), ReachabilityInterval);
         Context.System.EventStream.Subscribe(Self, typeof(HostInventoryChanged));
         Cluster.Get(Context.System).Subscribe(Self, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsEvents, typeof(ClusterEvent.MemberUp));
         if (_adopted is { IsCompleted: false } adoption)

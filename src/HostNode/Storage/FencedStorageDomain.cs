@@ -48,6 +48,7 @@ public sealed class FencedStorageDomain(IStorageDomain inner, IStorageFence fenc
     public IStorageDomain Inner => inner;
     public DomainId Id => inner.Id;
     public string Name => inner.Name;
+    public bool Reachable => inner.Reachable;
     public string Kind => inner.Kind;
 
     public Task<DomainInfo> DescribeAsync(CancellationToken ct = default) => inner.DescribeAsync(ct);

@@ -35,6 +35,8 @@ public interface IStorageDomain
     string Name { get; }
     /// <summary><c>file</c> or <c>sim</c>.</summary>
     string Kind { get; }
+    /// <summary>Whether the domain can be read now (a file domain: its metadata is found; unmounted, it is not). Cheap.</summary>
+    bool Reachable { get; }
 
     Task<DomainInfo> DescribeAsync(CancellationToken ct = default);
     Task<IReadOnlyList<ImageId>> ListImagesAsync(CancellationToken ct = default);

@@ -55,6 +55,36 @@ public sealed class HostReporterTests() : Akka.TestKit.Xunit2.TestKit(Configurat
         inventory.ExpectNoMsg(HostReporter.MaxResendDelay + TimeSpan.FromSeconds(1));
     }
 
+    /// <summary>An unmount or a remount sends no event: the host looks on its own, and the Coordinator admits moves only to active domains.</summary>
+    [Fact]
+    public async Task A_domain_whose_mount_goes_is_reported_inactive_by_its_name_and_active_again_once_it_is_back()
+    {
+        var temp = new Storage.File.TempDomainRoot();
+        try
+        {
+            await using var mount = await Storage.File.BindMount.MountAsync(Path.Combine(temp.Root, "exported"));
+            var nfs = await LiveMigration.HostNode.Storage.File.FileStorageDomain.CreateAsync(mount.Path, DomainId.New(), "on-nfs", 1L << 30);
+            var pool = new StoragePool([_a, nfs]);
+            _hypervisor = new SimHypervisor(_host, pool);
+            var inventory = CreateTestProbe();
+            Sys.ActorOf(HostReporter.Props("host-1", spmCapable: true, _hypervisor, pool, inventory.Ref));
+            DomainReport Reported(bool active) => inventory.FishForMessage<DomainStatusReport>(
+                    r => r.Domains.Any(d => d.Id == nfs.Id && d.Active == active), HostReporter.ReachabilityInterval * 4)
+                .Domains.Single(d => d.Id == nfs.Id);
+
+            Assert.Equal("on-nfs", Reported(active: true).Name);
+            await mount.UnmountAsync();
+            var gone = Reported(active: false);
+            Assert.Equal(("on-nfs", 0L), (gone.Name, gone.AvailableBytes));
+            await mount.MountAgainAsync();
+            Assert.True(Reported(active: true).AvailableBytes > 0);
+        }
+        finally
+        {
+            temp.Dispose();
+        }
+    }
+
     [Fact]
     public void Nothing_is_reported_before_the_HSM_adopted_the_running_VMs_and_all_of_it_right_after()
     {

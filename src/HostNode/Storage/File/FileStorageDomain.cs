@@ -144,9 +144,11 @@ public sealed class FileStorageDomain : IStorageDomain
     /// mount, never deleted), "no mark" let a refused late command through, and a mark or a volume written then went
     /// into the bare mount point. So every answer of absence, and every write, first finds the domain's metadata.
     /// </summary>
+    public bool Reachable => IOFile.Exists(MetadataPathOf(DomainPath));
+
     private void RequireReachable()
     {
-        if (!IOFile.Exists(MetadataPathOf(DomainPath)))
+        if (!Reachable)
             throw new OperationFailedException(ErrorCodes.IoError,
                 $"storage domain {Id} ({Name}) is not reachable at {DomainPath}: its metadata (dom_md/metadata) is not there (unmounted?); " +
                 "nothing is read as missing or written there until it is back");

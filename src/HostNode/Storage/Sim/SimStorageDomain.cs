@@ -41,6 +41,7 @@ public sealed class SimStorageDomain : IStorageDomain
     }
 
     public DomainId Id { get; }
+    public bool Reachable => true;
     public string Name { get; }
     public long CapacityBytes { get; }
     public string Kind => SimKind;
