@@ -240,6 +240,14 @@ public sealed class CliTests(ClusterFixture cluster) : IClassFixture<ClusterFixt
         }
         var after = await Lsm("migration", "show", id, "--json");
         Assert.Equal("completed", JsonDocument.Parse(after.Stdout).RootElement.GetProperty("status").GetString());
+        // As the tables print it, cut short: the one migration whose id begins so; one nobody's begins so is refused.
+        var byPrefix = await Lsm("migration", "show", id[..8], "--json");
+        Assert.True(byPrefix.ExitCode == 0, byPrefix.ToString());
+        Assert.Equal(id, JsonDocument.Parse(byPrefix.Stdout).RootElement.GetProperty("id").GetString());
+        var nobodys = (id[0] == 'f' ? "e" : "f") + id[1..8];
+        var none = await Lsm("migration", "cancel", nobodys);
+        Assert.True(none.ExitCode == 2, none.ToString());
+        Assert.Contains($"no migration's id begins with '{nobodys}'", none.Stderr);
         await AwaitInventoryShowsAsync(destination);
     }
 

@@ -154,17 +154,46 @@ public static class MigrationWatch
 
 public class MigrationIdSettings : GlobalSettings
 {
+    private const int MinPrefix = 4;
+    private const int PageSize = 5000;
+
     [CommandArgument(0, "<ID>")]
-    [Description("The migration's id (a UUID, as `lsm migrate` printed it)")]
+    [Description("The migration's id (a UUID, as `lsm migrate` printed it), or its first characters (at least 4) when only one migration's id begins so")]
     public string Id { get; set; } = "";
 
     public override ValidationResult Validate()
     {
         var basic = base.Validate();
         if (!basic.Successful) return basic;
-        return UuidText.TryParse(Id, out _)
+        return UuidText.TryParse(Id, out _) || IsPrefix(Id)
             ? ValidationResult.Success()
-            : ValidationResult.Error($"migration id must be a UUID like 2f1c6e2a-6a3e-4c43-9a53-0f6f0c7d9b11, got '{Id}'");
+            : ValidationResult.Error($"migration id must be a UUID like 2f1c6e2a-6a3e-4c43-9a53-0f6f0c7d9b11 (or its first {MinPrefix} or more characters), got '{Id}'");
+    }
+
+    private static bool IsPrefix(string text) =>
+        text.Length is >= MinPrefix and < 36 && text.All(c => char.IsAsciiHexDigit(c) || c == '-');
+
+    /// <summary>
+    /// The whole id: as given, or the one migration whose id begins with the characters given (tables print ids cut
+    /// short). Several or none is refused, naming them: a cancel or an abandon never guesses which migration is meant.
+    /// </summary>
+    public async Task<string> ResolveIdAsync(LsmApiClient api, CancellationToken ct)
+    {
+        if (UuidText.TryParse(Id, out _)) return Id;
+        var matches = new List<string>();
+        for (var offset = 0; ; offset += PageSize)
+        {
+            var page = (await api.GetAsync($"/api/migrations?limit={PageSize}&offset={offset}", ct)).Json.Array("migrations").Select(m => m.Str("id")).ToList();
+            matches.AddRange(page.Where(id => id.StartsWith(Id, StringComparison.OrdinalIgnoreCase)));
+            if (page.Count < PageSize) break;
+        }
+        return matches.Distinct().ToList() switch
+        {
+            [var one] => one,
+            [] => throw CliFailure.BadUsage($"no migration's id begins with '{Id}' (`lsm migrations` lists them)"),
+            var several => throw CliFailure.BadUsage(
+                $"'{Id}' begins the ids of {several.Count} migrations ({string.Join(", ", several.Take(3))}{(several.Count > 3 ? ", …" : "")}): give more of it"),
+        };
     }
 }
 
@@ -174,7 +203,8 @@ public sealed class MigrationShowCommand : AsyncCommand<MigrationIdSettings>
     public override async Task<int> ExecuteAsync(CommandContext context, MigrationIdSettings settings, CancellationToken ct)
     {
         using var api = settings.Client();
-        var migration = await api.GetAsync($"/api/migrations/{settings.Id}", ct);
+        var id = await settings.ResolveIdAsync(api, ct);
+        var migration = await api.GetAsync($"/api/migrations/{id}", ct);
         if (settings.Json) Output.Json(migration.Text);
         else MigrationView.Write(migration.Json);
         return ExitCodes.Ok;
@@ -187,9 +217,10 @@ public abstract class MigrationActionCommand(string action) : AsyncCommand<Migra
     public override async Task<int> ExecuteAsync(CommandContext context, MigrationIdSettings settings, CancellationToken ct)
     {
         using var api = settings.Client();
-        var answer = await api.PostAsync($"/api/migrations/{settings.Id}/{action}", null, ct);
+        var id = await settings.ResolveIdAsync(api, ct);
+        var answer = await api.PostAsync($"/api/migrations/{id}/{action}", null, ct);
         if (settings.Json) Output.Json(answer.Text);
-        else Output.Console.WriteLine($"migration {settings.Id}: {answer.Json.Str("message")}");
+        else Output.Console.WriteLine($"migration {id}: {answer.Json.Str("message")}");
         return ExitCodes.Ok;
     }
 }
@@ -294,11 +325,12 @@ public sealed class MigrationSetSpeedCommand : AsyncCommand<SetSpeedSettings>
     public override async Task<int> ExecuteAsync(CommandContext context, SetSpeedSettings settings, CancellationToken ct)
     {
         using var api = settings.Client();
-        var answer = await api.PostAsync($"/api/migrations/{settings.Id}/speed", new { bytesPerSecond = settings.BytesPerSecond }, ct);
+        var id = await settings.ResolveIdAsync(api, ct);
+        var answer = await api.PostAsync($"/api/migrations/{id}/speed", new { bytesPerSecond = settings.BytesPerSecond }, ct);
         if (settings.Json) Output.Json(answer.Text);
         else Output.Console.WriteLine(settings.BytesPerSecond == 0
-            ? $"migration {settings.Id}: speed unlimited"
-            : $"migration {settings.Id}: speed {ByteRate.Format(settings.BytesPerSecond)}/s");
+            ? $"migration {id}: speed unlimited"
+            : $"migration {id}: speed {ByteRate.Format(settings.BytesPerSecond)}/s");
         return ExitCodes.Ok;
     }
 }

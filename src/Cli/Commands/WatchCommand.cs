@@ -17,7 +17,8 @@ public sealed class MigrationWatchCommand : AsyncCommand<MigrationIdSettings>
     public override async Task<int> ExecuteAsync(CommandContext context, MigrationIdSettings settings, CancellationToken ct)
     {
         using var client = settings.Client();
-        var stream = new MigrationEventStream(client, settings.Id) { OnConnectionLost = Output.Error };
+        var id = await settings.ResolveIdAsync(client, ct);
+        var stream = new MigrationEventStream(client, id) { OnConnectionLost = Output.Error };
         JsonElement? last;
         if (settings.Json)
             last = await stream.ForEachAsync(e => Output.Json(e.Text), ct);
@@ -27,7 +28,7 @@ public sealed class MigrationWatchCommand : AsyncCommand<MigrationIdSettings>
             last = await stream.ForEachAsync(e => WriteLine(e.Json), ct);
 
         if (last is not { } final || !final.Bool("finished"))
-            throw new CliFailure(ExitCodes.ApiUnreachable, $"the event stream of migration {settings.Id} ended before the migration finished; `lsm migration show {settings.Id}` tells where it is");
+            throw new CliFailure(ExitCodes.ApiUnreachable, $"the event stream of migration {id} ended before the migration finished; `lsm migration show {id}` tells where it is");
         if (!settings.Json) MigrationView.Write(final);
         return final.Str("status") == "completed" ? ExitCodes.Ok : ExitCodes.OperationFailed;
     }
