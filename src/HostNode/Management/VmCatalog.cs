@@ -6,12 +6,23 @@ using LiveMigration.Shared.Protocol;
 namespace LiveMigration.HostNode.Management;
 
 /// <summary>
-/// A VM as its host keeps it between runs: its name, the leaf of each drive's chain, and the switches begun on a
-/// drive whose outcome is not recorded yet (<see cref="Pending"/>: the leaf a pivot or live snapshot was moving it to).
+/// A VM as its host keeps it between runs: its name, the leaf of each drive's chain, the switches begun on a
+/// drive whose outcome is not recorded yet (<see cref="Pending"/>: the leaf a pivot or live snapshot was moving it to),
+/// and the switches a probe answered never took effect (<see cref="Fenced"/>: refused from then on).
 /// </summary>
-public sealed record CatalogedVm(VmId Id, string Name, IReadOnlyList<DiskLeaf> Drives, IReadOnlyList<DiskLeaf>? Pending = null)
+public sealed record CatalogedVm(VmId Id, string Name, IReadOnlyList<DiskLeaf> Drives, IReadOnlyList<DiskLeaf>? Pending = null,
+    IReadOnlyList<FencedSwitch>? Fenced = null)
 {
+    /// <summary>How many fenced switches a record keeps (the newest): a migration's rollback ends within minutes of its probe.</summary>
+    public const int MaxFenced = 32;
+
     public IReadOnlyList<DiskLeaf> Switching => Pending ?? [];
+
+    public bool IsFenced(ImageId image, MigrationId migration) => Fenced?.Contains(new FencedSwitch(image, migration)) == true;
+
+    public CatalogedVm WithFence(ImageId image, MigrationId migration) => IsFenced(image, migration)
+        ? this
+        : this with { Fenced = (Fenced ?? []).Append(new FencedSwitch(image, migration)).TakeLast(MaxFenced).ToList() };
 
     public DiskLeaf? LeafOf(ImageId image) => Drives.FirstOrDefault(d => d.Image == image);
     /// <summary>
@@ -37,6 +48,9 @@ public sealed record CatalogedVm(VmId Id, string Name, IReadOnlyList<DiskLeaf> D
     public CatalogedVm WithoutPending(ImageId image) => this with { Pending = Switching.Where(p => p.Image != image).ToList() };
 }
 
+/// <summary>A drive's switch of one migration that a probe answered did not take effect: a late copy of it is refused.</summary>
+public sealed record FencedSwitch(ImageId Image, MigrationId Migration);
+
 /// <summary>
 /// The host's durable VM records (DESIGN §7.1), one JSON file each under <c>&lt;data dir&gt;/vms</c>, so a stopped VM
 /// stays listed and starts again on its chains (the hypervisor forgets a VM once it stopped). A drive's leaf is
@@ -49,7 +63,8 @@ public sealed record CatalogedVm(VmId Id, string Name, IReadOnlyList<DiskLeaf> D
 public sealed class VmCatalog(string dataDirectory)
 {
     private sealed record DriveEntry(string Image, string Domain, string Volume);
-    private sealed record Entry(string Id, string Name, List<DriveEntry> Drives, List<DriveEntry>? Pending = null);
+    private sealed record FenceEntry(string Image, string Migration);
+    private sealed record Entry(string Id, string Name, List<DriveEntry> Drives, List<DriveEntry>? Pending = null, List<FenceEntry>? Fenced = null);
 
     private static readonly JsonSerializerOptions Options = new() { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.CamelCase };
     private readonly object _gate = new();
@@ -109,7 +124,8 @@ public sealed class VmCatalog(string dataDirectory)
     {
         static DriveEntry EntryOf(DiskLeaf d) => new(d.Image.ToString(), d.Leaf.Domain.ToString(), d.Leaf.Volume.ToString());
         var entry = new Entry(vm.Id.ToString(), vm.Name, vm.Drives.Select(EntryOf).ToList(),
-            vm.Switching.Count == 0 ? null : vm.Switching.Select(EntryOf).ToList());
+            vm.Switching.Count == 0 ? null : vm.Switching.Select(EntryOf).ToList(),
+            vm.Fenced is not { Count: > 0 } fenced ? null : fenced.Select(f => new FenceEntry(f.Image.ToString(), f.Migration.ToString())).ToList());
         lock (_gate)
         {
             System.IO.Directory.CreateDirectory(Directory);
@@ -162,7 +178,8 @@ public sealed class VmCatalog(string dataDirectory)
             if (entry is null) return null;
             static DiskLeaf LeafOf(DriveEntry d) => new(ImageId.Parse(d.Image), new VolumeRef(DomainId.Parse(d.Domain), VolumeId.Parse(d.Volume)));
             return new CatalogedVm(VmId.Parse(entry.Id), entry.Name, entry.Drives.Select(LeafOf).ToList(),
-                entry.Pending?.Select(LeafOf).ToList());
+                entry.Pending?.Select(LeafOf).ToList(),
+                entry.Fenced?.Select(f => new FencedSwitch(ImageId.Parse(f.Image), MigrationId.Parse(f.Migration))).ToList());
         }
         catch (Exception e) when (e is JsonException or OperationFailedException)
         {

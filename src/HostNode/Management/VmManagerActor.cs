@@ -161,7 +161,7 @@ public sealed class VmManagerActor : ReceiveActor
         if (await RunningAsync(id) is { } running)
         {
             // The chains it runs on now (a migration may have moved them) are what it starts on next time.
-            _catalog.Save(new CatalogedVm(id, running.Name, await VmReports.CurrentLeavesAsync(running, _pool)));
+            SaveLeaves(id, running.Name, await VmReports.CurrentLeavesAsync(running, _pool));
             await _hypervisor.StopVmAsync(id);
         }
         var vm = _catalog.Find(id) ?? throw new OperationFailedException(ErrorCodes.VmNotFound, $"host {_hostId} has no VM {id}");
@@ -178,9 +178,13 @@ public sealed class VmManagerActor : ReceiveActor
             await _hypervisor.LiveSnapshotAsync(command.Vm, leaf.Image, layer);
         }
         var after = await _hypervisor.DescribeVmAsync(command.Vm);
-        _catalog.Save(new CatalogedVm(command.Vm, running.Name, await VmReports.CurrentLeavesAsync(after, _pool)));
+        SaveLeaves(command.Vm, running.Name, await VmReports.CurrentLeavesAsync(after, _pool));
         return new ManagedVm(_hostId, await VmReports.OfRunningAsync(after, _pool));
     }
+
+    /// <summary>The leaves a VM runs on now, as its record; the switches a probe fenced stay fenced.</summary>
+    private void SaveLeaves(VmId id, string name, IReadOnlyList<DiskLeaf> leaves) =>
+        _catalog.Update(id, () => new CatalogedVm(id, name, leaves), record => new CatalogedVm(id, name, leaves, Fenced: record.Fenced));
 
     private async Task<IManagementMessage> DescribeAsync(VmId id)
     {

@@ -38,6 +38,27 @@ public sealed class DriveRecords(IHypervisor hypervisor, StoragePool pool, VmCat
         catalog.Update(vm, () => absent!, record => record.WithLeaf(image, leaf));
     }
 
+    /// <summary>
+    /// Written (fsync) before a probe answers that the drive's switch of <paramref name="migration"/> did not take effect:
+    /// the saga then rolls back and deletes the copy, so a late copy of that switch (a resend crossing its answer, an
+    /// HSM that restarted and forgot answering) must never land afterwards, even at a host that restarts meanwhile.
+    /// </summary>
+    public async Task FenceSwitchAsync(VmId vm, ImageId image, MigrationId migration, CancellationToken ct = default)
+    {
+        if (catalog is null) return;
+        var absent = catalog.Find(vm) is null ? await RecordOfRunningAsync(vm, ct) : null;
+        catalog.Update(vm, () => absent!, record => record.WithFence(image, migration));
+    }
+
+    /// <summary>Refuses a switch that a probe of its migration answered did not take effect (<see cref="FenceSwitchAsync"/>).</summary>
+    public void RequireNotFenced(VmId vm, ImageId image, MigrationId migration)
+    {
+        if (catalog?.Find(vm)?.IsFenced(image, migration) == true)
+            throw new OperationFailedException(ErrorCodes.MigrationEnded,
+                $"a probe answered that migration {migration}'s switch of VM {vm} drive {image} did not take effect, and the migration rolled " +
+                "back from that answer: this late switch changes nothing");
+    }
+
     public void ClearSwitch(VmId vm, ImageId image)
     {
         if (catalog?.Find(vm) is null) return;

@@ -20,11 +20,13 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
     private static readonly TimeSpan ProbeJobWait = TimeSpan.FromSeconds(20);
 
     /// <summary>
-    /// One gate per drive for what starts, replaces or ends its mirror: a mirror started again write-blocking (a cancel and a
-    /// start) must not interleave with the saga's cancel or pivot of the same drive, or a cancel could land between the two
-    /// and leave a new mirror running for nobody.
+    /// One gate per drive for what starts, replaces or ends its mirror, switches it, or probes a switch: a mirror started
+    /// again write-blocking (a cancel and a start) must not interleave with the saga's cancel or pivot of the same drive,
+    /// or a cancel could land between the two and leave a new mirror running for nobody; and a probe and a late copy of
+    /// the switch it asks about each see what the other did (the probe fences the switch it answers did not happen).
+    /// Static: a step a restarted HSM actor left running still holds it.
     /// </summary>
-    private readonly System.Collections.Concurrent.ConcurrentDictionary<(VmId, ImageId), SemaphoreSlim> _mirrorGates = new();
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<(VmId, ImageId), SemaphoreSlim> DriveGates = new();
 
     public DriveRecords Records => records;
 
@@ -45,9 +47,10 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
             && await dst.HasMigrationMarkAsync(command.Operation.Migration, command.Disk.Image, MigrationMark.Ended, ct))
             throw new OperationFailedException(ErrorCodes.MigrationEnded,
                 $"migration {command.Operation.Migration} ended on domain {dst.Id} with its copy undone: this late {step} changes nothing");
-        if (step is not (MigrationStep.StartReplication or MigrationStep.Pivot or MigrationStep.CancelReplication))
+        if (step is not (MigrationStep.StartReplication or MigrationStep.Pivot or MigrationStep.CancelReplication
+            or MigrationStep.LiveSnapshotToDestination or MigrationStep.ProbeSwitch))
             return await RunOnDriveAsync(command, dst, ct);
-        var gate = MirrorGate(vm, image);
+        var gate = DriveGate(vm, image);
         await gate.WaitAsync(ct);
         try
         {
@@ -59,7 +62,7 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
         }
     }
 
-    private SemaphoreSlim MirrorGate(VmId vm, ImageId image) => _mirrorGates.GetOrAdd((vm, image), _ => new SemaphoreSlim(1, 1));
+    private static SemaphoreSlim DriveGate(VmId vm, ImageId image) => DriveGates.GetOrAdd((vm, image), _ => new SemaphoreSlim(1, 1));
 
     private async Task<StepOutcome> RunOnDriveAsync(ExecuteStep command, IStorageDomain dst, CancellationToken ct)
     {
@@ -80,6 +83,7 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
                 var leaf = await PlannedLeaves.DestinationLeafAsync(command.Disk, command.Strategy, dst, ct);
                 var destination = await pool.ResolveChainAsync(leaf, ct);
                 var target = new VolumeRef(dst.Id, leaf.Id);
+                records.RequireNotFenced(vm, image, command.Operation.Migration);
                 // The intent first: a host or QEMU that dies mid-pivot leaves a record that says a switch was begun.
                 await records.BeginSwitchAsync(vm, image, target, ct);
                 var drive = await records.SettlingOnFailureAsync(vm, image, () => hypervisor.PivotAsync(vm, image, destination.Backing, ct), ct);
@@ -99,6 +103,7 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
                 var newLeaf = await dst.DescribeVolumeAsync(image, command.Disk.NewLeaf, ct);
                 var path = dst.Locate(image, newLeaf.Id);
                 var target = new VolumeRef(dst.Id, newLeaf.Id);
+                records.RequireNotFenced(vm, image, command.Operation.Migration);
                 await records.BeginSwitchAsync(vm, image, target, ct);
                 var drive = await records.SettlingOnFailureAsync(vm, image,
                     () => hypervisor.LiveSnapshotAsync(vm, image, new ChainLayer(target, path, newLeaf.Format), ct), ct);
@@ -141,7 +146,7 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
     {
         var vm = command.Vm;
         var image = command.Disk.Image;
-        var gate = MirrorGate(vm, image);
+        var gate = DriveGate(vm, image);
         await gate.WaitAsync(ct);
         try
         {
@@ -265,7 +270,7 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
                 return Found(SwitchFinding.OnDestination, $"VM {vm} drive {image} runs on {targetPath}: the {switchName} took effect");
             }
             records.ClearSwitch(vm, image);
-            return Found(SwitchFinding.OnSource, $"VM {vm} drive {image} runs on {open.LastOrDefault() ?? "nothing"}: the {switchName} did not take effect");
+            return await OnSourceAsync(command, ct, $"VM {vm} drive {image} runs on {open.LastOrDefault() ?? "nothing"}: the {switchName} did not take effect");
         }
 
         var record = records.Catalog?.Find(vm)
@@ -274,14 +279,14 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
         if (record.LeafOf(image)?.Leaf == target)
             return Found(SwitchFinding.OnDestination, $"VM {vm} is not running; its record names {target} after the {switchName}");
         if (record.PendingOf(image) is null)
-            return Found(SwitchFinding.OnSource, $"VM {vm} is not running; its record shows the {switchName} of drive {image} was never begun");
+            return await OnSourceAsync(command, ct, $"VM {vm} is not running; its record shows the {switchName} of drive {image} was never begun");
         // Gone only if the rollback's delete ran (its mark: a later switch is refused) and the leaf is not there: not seeing
         // the leaf alone may be an unreadable mount, and the mark alone stays where a delete met the copy in use.
         if (await dst.HasMigrationMarkAsync(command.Operation.Migration, image, MigrationMark.Ended, ct)
             && await PlannedLeaves.FindDestinationLeafAsync(command.Disk, command.Strategy, dst, ct) is null)
         {
             records.ClearSwitch(vm, image);
-            return Found(SwitchFinding.OnSource,
+            return await OnSourceAsync(command, ct,
                 $"VM {vm} is not running and the rollback already deleted the destination of its begun {switchName} ({target}): only the source chain remains");
         }
         if (!preCopy)
@@ -299,7 +304,7 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
             if (same)
             {
                 records.ClearSwitch(vm, image);
-                return Found(SwitchFinding.OnSource,
+                return await OnSourceAsync(command, ct,
                     $"VM {vm} died during the pivot of drive {image}, but source and destination hold the same data: the source chain is complete");
             }
             throw new OperationFailedException(ErrorCodes.SwitchOutcomeUnknown,
@@ -311,6 +316,13 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
     }
 
     private static StepOutcome Found(SwitchFinding finding, string detail) => new(Detail: detail, Switch: finding);
+
+    /// <summary>The probe's "never took effect", fenced first: the saga rolls back from it, so that switch must never land later.</summary>
+    private async Task<StepOutcome> OnSourceAsync(ExecuteStep command, CancellationToken ct, string detail)
+    {
+        await records.FenceSwitchAsync(command.Vm, command.Disk.Image, command.Operation.Migration, ct);
+        return Found(SwitchFinding.OnSource, detail);
+    }
 
     private static void EnsureRunsOn(DriveState drive, DriveChain expected, VmId vm)
     {

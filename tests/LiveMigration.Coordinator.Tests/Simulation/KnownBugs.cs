@@ -281,6 +281,7 @@ public static class KnownBugs
             "post-copy, 1 disk: B10b until completed (rolled forward after a resume); the VM stops, the SPM restarts, the old DeleteDestinationImage:1 arrives and deletes Dst:*",
             () => Scenario(MigrationStrategy.PostCopy, sim =>
             {
+                sim.World.FencesSwitches = false; // B10b's world: the late switch lands
                 sim.Script[(LiveSnapshotToDestination, 1)] = Fault.FailTransient;
                 for (var attempt = 1; attempt <= 3; attempt++) sim.Script[(DeleteDestinationImage, attempt)] = Fault.FailTransient;
                 sim.AfterEvent = (s, e) =>
@@ -308,6 +309,7 @@ public static class KnownBugs
             "post-copy, 1 disk: LiveSnapshotToDestination:1 fails without effect; the probe finds the source; the HSM restarts and the old LiveSnapshotToDestination:1 takes effect before DeleteDestinationImage:1 arrives",
             () => Scenario(MigrationStrategy.PostCopy, sim =>
             {
+                sim.World.FencesSwitches = false; // the late switch lands (a record that keeps no fence)
                 sim.Script[(LiveSnapshotToDestination, 1)] = Fault.FailTransient;
                 sim.AfterEvent = (s, e) =>
                 {
@@ -324,9 +326,11 @@ public static class KnownBugs
     /// B10: the switch fails without effect, the probe sees the source, the rollback's delete fails until it suspends
     /// (nothing marked on the destination), the HSM restarts and an old copy of the switch lands; then the operator acts.
     /// </summary>
-    internal static SimResult LateSwitchWhileSuspended(MigrationStrategy strategy, Func<MigrationId, IMigrationCommand> then) =>
+    /// <param name="fences">Whether the HSM's record fences the switch its probe answered (it does; the bug's world did not).</param>
+    internal static SimResult LateSwitchWhileSuspended(MigrationStrategy strategy, Func<MigrationId, IMigrationCommand> then, bool fences = false) =>
         Scenario(strategy, sim =>
         {
+            sim.World.FencesSwitches = fences;
             var switchStep = strategy == MigrationStrategy.PreCopy ? Pivot : LiveSnapshotToDestination;
             // A pre-copy's rollback cancels the mirror first: suspended there, the mirror still runs and a late pivot can land.
             var undo = strategy == MigrationStrategy.PreCopy ? CancelReplication : DeleteDestinationImage;

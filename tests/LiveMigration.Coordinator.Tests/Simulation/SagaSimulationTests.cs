@@ -12,6 +12,7 @@ namespace LiveMigration.Coordinator.Tests.Simulation;
 /// <list type="bullet">
 /// <item><c>LSM_SIM_SEEDS=100000</c> runs more seeds (default 2,000), <c>LSM_SIM_FIRST_SEED</c> moves the window.</item>
 /// <item><c>LSM_SIM_SEED=1234</c> replays one seed and prints its whole trace.</item>
+/// <item><c>LSM_SIM_NOFENCE=1</c> runs without the HSM's switch fence (see <see cref="Simulator"/>).</item>
 /// <item><c>LSM_SIM_CHAOS=noswitch|heavy|heavy-durable</c> picks another fault profile (see <see cref="Chaos.FromEnvironment"/>):
 /// no faults at the switch steps, every fault more often, or that with hosts that never forget an operation id.</item>
 /// </list>
@@ -20,12 +21,23 @@ namespace LiveMigration.Coordinator.Tests.Simulation;
 /// </summary>
 public sealed class SagaSimulationTests(ITestOutputHelper output)
 {
+    /// <summary>
+    /// A seed's simulator; <c>LSM_SIM_NOFENCE=1</c> takes the HSM's switch fence away (a late switch may land after its
+    /// probe answered the source), so a sweep explores the saga's own defences behind it.
+    /// </summary>
+    private static SagaSimulator Simulator(int seed, Chaos chaos, bool trace = true)
+    {
+        var sim = new SagaSimulator(seed, chaos, trace: trace);
+        sim.World.FencesSwitches = Environment.GetEnvironmentVariable("LSM_SIM_NOFENCE") != "1";
+        return sim;
+    }
+
     [Fact]
     public void Seeded_runs_keep_every_invariant()
     {
         if (Environment.GetEnvironmentVariable("LSM_SIM_SEED") is { Length: > 0 } one)
         {
-            var result = new SagaSimulator(int.Parse(one), Chaos.FromEnvironment()).Run();
+            var result = Simulator(int.Parse(one), Chaos.FromEnvironment()).Run();
             output.WriteLine(result.Report());
             output.WriteLine(KnownBugs.Classify(result) is { } known ? $"known bug: {known.Id}" : "not a known bug");
             Assert.False(result.Failed && KnownBugs.Classify(result) is null, result.Report());
@@ -42,9 +54,9 @@ public sealed class SagaSimulationTests(ITestOutputHelper output)
         var notes = new Dictionary<string, (int Count, int FirstSeed)>();
         for (var seed = first; seed < first + seeds; seed++)
         {
-            var result = new SagaSimulator(seed, chaos, trace: false).Run();
+            var result = Simulator(seed, chaos, trace: false).Run();
             events += result.Events;
-            if (result.Failed) result = new SagaSimulator(seed, chaos).Run(); // the same run again, with its trace
+            if (result.Failed) result = Simulator(seed, chaos).Run(); // the same run again, with its trace
             var ending = result.Failed ? "violation" : result.Ending.Split(';')[0].Split(' ')[0];
             endings[ending] = endings.GetValueOrDefault(ending) + 1;
             foreach (var note in result.Notes)
@@ -133,6 +145,28 @@ public sealed class SagaSimulationTests(ITestOutputHelper output)
             Assert.Equal(DiskOutcome.Completed, Assert.Single(result.Journal.OfType<DiskFinished>()).Outcome);
             Assert.Contains("disks moved before the failure", Assert.IsType<MigrationFailed>(result.Journal[^1]).Message);
         }
+    }
+
+    /// <summary>
+    /// The same late switch at an HSM that fences what its probe answered (as DriveSteps does): the probe that saw the
+    /// source wrote the fence before it answered, so the late copy is refused at the host (even after its restart), the
+    /// rollback deletes the copy nobody runs on, and the VM stays on its source chain with every write.
+    /// </summary>
+    [Theory]
+    [InlineData(MigrationStrategy.PostCopy, "abandon")]
+    [InlineData(MigrationStrategy.PostCopy, "resume")]
+    [InlineData(MigrationStrategy.PreCopy, "resume")]
+    public void A_late_switch_after_its_probe_answered_the_source_is_refused_by_the_hosts_fence(MigrationStrategy strategy, string then)
+    {
+        var result = KnownBugs.LateSwitchWhileSuspended(strategy,
+            id => then == "abandon" ? new AbandonMigration(id) : new ResumeMigration(id), fences: true);
+
+        Assert.False(result.Failed, result.Report());
+        Assert.Contains(result.Trace, line => line.Contains("delivered late") && line.Contains(ErrorCodes.MigrationEnded));
+        Assert.All(result.Journal.OfType<StepCompleted>().Where(c => c.Step == MigrationStep.ProbeSwitch),
+            probe => Assert.Equal(SwitchFinding.OnSource, probe.Outcome.Switch));
+        Assert.Contains(result.Journal, e => e is StepCompleted { Step: MigrationStep.DeleteDestinationImage });
+        Assert.DoesNotContain(result.Journal, e => e is DiskFinished { Outcome: DiskOutcome.Completed });
     }
 
     /// <summary>

@@ -49,6 +49,8 @@ public sealed class SimDisk(DiskPlan plan, int internals)
     /// <summary>The host's durable VM record for this drive (DESIGN §7.1): the leaf it names, and a switch begun and not yet recorded.</summary>
     public VolKey RecordLeaf;
     public VolKey? Pending;
+    /// <summary>The record's fence (DriveRecords.FenceSwitchAsync): a probe answered this migration's switch never took effect.</summary>
+    public bool SwitchFenced;
     /// <summary>A pivot whose block-job-complete was issued but whose job has not ended (the HSM answered TIMEOUT): it may still land.</summary>
     public bool PivotPending;
 
@@ -224,6 +226,7 @@ public sealed class SimWorld
         [Pivot] = (w, d) =>
         {
             var destination = w.ResolveDestinationChain(d);
+            if (d.SwitchFenced) throw new HostError(ErrorCodes.MigrationEnded, "a probe answered this switch never took effect");
             // HsmActor: the intent is recorded durably before QEMU is asked (BeginSwitchAsync)
             w.BeginSwitch(d, destination[^1]);
             if (!d.MirrorRunning && d.LastJobCompleted && d.Open.SequenceEqual(destination)) return w.Recorded(d, "pivoted already");
@@ -246,6 +249,7 @@ public sealed class SimWorld
         {
             var leaf = d.Get(Side.Dst, SimDisk.New) ?? throw new HostError(d.LayersOn(Side.Dst).Count == 0 ? ErrorCodes.ImageNotFound : ErrorCodes.VolumeNotFound, "new leaf not on destination");
             var target = new VolKey(Side.Dst, SimDisk.New);
+            if (d.SwitchFenced) throw new HostError(ErrorCodes.MigrationEnded, "a probe answered this switch never took effect");
             w.BeginSwitch(d, target);
             if (d.Open[^1] == target) return w.Recorded(d, "snapshot taken already");
             if (leaf.ParentSide != Side.Src || d.Open[^1] != new VolKey(Side.Src, SimDisk.Leaf))
@@ -291,14 +295,14 @@ public sealed class SimWorld
                     return Found(SwitchFinding.OnDestination, "QEMU runs on the destination leaf");
                 }
                 d.Pending = null;
-                return Found(SwitchFinding.OnSource, $"QEMU runs on {d.Open[^1]}");
+                return Fenced(w, d, $"QEMU runs on {d.Open[^1]}");
             }
             if (d.RecordLeaf == target) return Found(SwitchFinding.OnDestination, "the record names the destination leaf");
-            if (d.Pending is null) return Found(SwitchFinding.OnSource, "the record shows no switch begun");
+            if (d.Pending is null) return Fenced(w, d, "the record shows no switch begun");
             if (d.DestinationEnded && !d.Volumes.ContainsKey(target))
             {
                 d.Pending = null;
-                return Found(SwitchFinding.OnSource, "the rollback's delete began (its mark): only the source chain remains");
+                return Fenced(w, d, "the rollback's delete began (its mark): only the source chain remains");
             }
             if (!preCopy)
             {
@@ -315,7 +319,7 @@ public sealed class SimWorld
                 d.Pending = null;
                 // the VM starts again on the recorded (source) chain, which holds the same data
                 d.Open = d.OriginalLayers.Select(l => new VolKey(Side.Src, l)).ToList();
-                return Found(SwitchFinding.OnSource, "QEMU died during the pivot; both leaves hold the same data");
+                return Fenced(w, d, "QEMU died during the pivot; both leaves hold the same data");
             }
             throw new HostError(ErrorCodes.SwitchOutcomeUnknown, "QEMU died during the pivot and the leaves differ: both are kept");
         },
@@ -355,8 +359,22 @@ public sealed class SimWorld
     private static HostAnswer Done(string detail) => new HostAnswer.Ok(new StepOutcome(Detail: detail));
     private static HostAnswer Found(SwitchFinding finding, string detail) => new HostAnswer.Ok(new StepOutcome(Detail: detail, Switch: finding));
 
+    /// <summary>As DriveSteps: the probe's "never took effect" is fenced in the record before it answers.</summary>
+    private static HostAnswer Fenced(SimWorld w, SimDisk d, string detail)
+    {
+        if (w.FencesSwitches) d.SwitchFenced = true;
+        return Found(SwitchFinding.OnSource, detail);
+    }
+
     /// <summary>The migration's strategy (the probe's target depends on it, as the HSM reads it from the command).</summary>
     public bool PreCopy { get; set; } = true;
+
+    /// <summary>
+    /// Whether the HSM fences a switch its probe answered never took effect (DriveRecords.FenceSwitchAsync), as it does.
+    /// Off, a late copy of that switch may still land (a record lost, or written before the fence): the saga's own
+    /// defences (a probe before undoing after a pause, a probe on a delete that finds the copy in use) are then what holds.
+    /// </summary>
+    public bool FencesSwitches { get; set; } = true;
 
     /// <summary>
     /// DriveRecords.BeginSwitchAsync: a QEMU already gone is never asked to switch (VM_NOT_RUNNING before any intent is

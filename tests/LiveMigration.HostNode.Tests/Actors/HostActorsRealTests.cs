@@ -1,6 +1,7 @@
 using Akka.Actor;
 using LiveMigration.HostNode.Guest;
 using LiveMigration.HostNode.Hsm;
+using LiveMigration.HostNode.Management;
 using LiveMigration.HostNode.Processes;
 using LiveMigration.HostNode.Spm;
 using LiveMigration.HostNode.Storage;
@@ -358,6 +359,40 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
         Assert.True(await bed.B.HasMigrationMarkAsync(driver.Migration, bed.Image, MigrationMark.Kept));
         await driver.SucceedAsync(hsm, Step.SwitchBackingChain, saga, timeout: TimeSpan.FromSeconds(60));
         Assert.Equal(await bed.PathsOnAsync(bed.B), (await bed.DriveAsync()).OpenChain);
+    }
+
+    /// <summary>
+    /// A probe that answers a switch never took effect fences it in the VM's record first (fsync): the saga rolls back
+    /// from that answer, and a late copy of the switch (a resend crossing its answer, or reaching an HSM that restarted
+    /// and forgot answering it) landing afterwards would put the VM on the copy the rollback then deletes.
+    /// </summary>
+    [Fact]
+    public async Task A_switch_its_probe_answered_never_took_effect_is_refused_when_it_comes_late_even_after_the_host_restarts()
+    {
+        await using var bed = await HostLayerBed.StartAsync();
+        var records = Path.Combine(bed.Root, "host-data");
+        var spm = Sys.ActorOf(SpmActor.Props(bed.Pool));
+        var hsm = Sys.ActorOf(HsmActor.Props(bed.Hypervisor, bed.Pool, new VmCatalog(records)));
+        var saga = CreateTestProbe();
+        var driver = await ToBAsync(bed, MigrationStrategy.PostCopy);
+        await driver.SucceedAsync(spm, Step.CreateVolumeCrossDomain, saga);
+        var before = (await bed.DriveAsync()).OpenChain;
+
+        var probed = await driver.SucceedAsync(hsm, Step.ProbeSwitch, saga); // the live snapshot "failed" without effect
+        Assert.Equal(SwitchFinding.OnSource, probed.Outcome.Switch);
+        var late = Assert.IsType<OperationFailed>(await driver.RunAsync(hsm, Step.LiveSnapshotToDestination, saga));
+        Assert.Equal(ErrorCodes.MigrationEnded, late.Code);
+
+        Sys.Stop(hsm);
+        var restarted = Sys.ActorOf(HsmActor.Props(bed.Hypervisor, bed.Pool, new VmCatalog(records)));
+        var again = Assert.IsType<OperationFailed>(await driver.RunAsync(restarted, Step.LiveSnapshotToDestination, saga, attempt: 2));
+        Assert.Equal(ErrorCodes.MigrationEnded, again.Code);
+        Assert.Equal(before, (await bed.DriveAsync()).OpenChain);
+        // the rollback removes the copy; another migration of the same disk is not fenced by this one's probe
+        await driver.SucceedAsync(spm, Step.DeleteDestinationImage, saga);
+        var next = await ToBAsync(bed, MigrationStrategy.PostCopy);
+        await next.SucceedAsync(spm, Step.CreateVolumeCrossDomain, saga);
+        await next.SucceedAsync(restarted, Step.LiveSnapshotToDestination, saga);
     }
 
     /// <summary>The SPM and HSM actors over the bed's pool and hypervisor, and a probe standing for the saga.</summary>
