@@ -20,7 +20,8 @@ public sealed record HostInventoryChanged(string Why, VmId? Vm = null);
 /// <summary>
 /// Tells the Coordinator's inventory (through its singleton proxy) what this host sees: its VMs with the chains their drives run on,
 /// and the storage domains it has attached (the inventory merges the hosts' domain reports). It reports when it starts, when a step
-/// or a hypervisor event changed something, and when a coordinator joins — never from a timer; a report is re-sent with
+/// or a hypervisor event changed something, when a coordinator joins, and when a storage domain became unreachable or
+/// reachable again (looked at every 5 s: an unmount sends no event) — no periodic report otherwise; a report is re-sent with
 /// a bounded backoff until the inventory acknowledges it (<see cref="ReportAcknowledged"/>), so a report is delivered, not only sent.
 /// Its VMs go as a chain of parts (<see cref="HostStatusReport"/>): the whole view first, in parts small enough for a remote
 /// message, then only what changed since the part before; every part not acknowledged is sent again, in order, and a
@@ -32,7 +33,8 @@ public sealed record HostInventoryChanged(string Why, VmId? Vm = null);
 public sealed class HostReporter : ReceiveActor, IWithTimers
 {
     private sealed record ReportNow(string Why, VmId? Vm = null);
-    private sealed record Reports(string Address, IReadOnlyList<KeyedVmReport> Vms, DomainStatusReport Domains, DateTimeOffset At);
+    private sealed record Reports(string Address, IReadOnlyList<KeyedVmReport> Vms, DomainStatusReport Domains, DateTimeOffset At,
+        IReadOnlyDictionary<DomainId, bool> Reachable);
     private sealed record Resend;
     private sealed record PaceDue;
     private sealed record Adopted;
@@ -79,8 +81,8 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
     private DomainStatusReport? _unacknowledgedDomains;
     /// <summary>Each domain's last figures while it was reachable: its name stays known while it is not.</summary>
     private readonly Dictionary<DomainId, DomainReport> _lastDomains = [];
-    /// <summary>Whether each domain was active in the last report built (read on the actor: the build's result sets it).</summary>
-    private readonly Dictionary<DomainId, bool> _reportedActive = [];
+    /// <summary>Whether each domain was reachable when the last report was built (its result sets it, on the actor).</summary>
+    private readonly Dictionary<DomainId, bool> _reachableWhenReported = [];
     private TimeSpan _resendDelay = FirstResendDelay;
     // the last report of each VM with the key of what it was made from, and which VM each drive's image belongs to
     private Dictionary<VmId, KeyedVmReport> _described = new();
@@ -117,7 +119,7 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
         Receive<ReportNow>(r => Start(r.Why, r.Vm));
         Receive<ReachabilityDue>(_ =>
         {
-            if (_pool.Domains.FirstOrDefault(d => _reportedActive.TryGetValue(d.Id, out var active) && active != d.Reachable) is { } changed)
+            if (_pool.Domains.FirstOrDefault(d => _reachableWhenReported.TryGetValue(d.Id, out var was) && was != d.Reachable) is { } changed)
                 Start($"storage domain {changed.Id} is {(changed.Reachable ? "reachable again" : "not reachable")}", describeAllIfNoVm: false);
         });
         Receive<Adopted>(_ =>
@@ -148,7 +150,7 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
                 foreach (var drive in vm.Report.Drives) _imageOwners[drive.Image] = vm.Report.Id;
             _unacknowledgedParts.AddRange(parts);
             _unacknowledgedDomains = r.Domains with { At = at };
-            foreach (var domain in r.Domains.Domains) _reportedActive[domain.Id] = domain.Active;
+            foreach (var (domain, reachable) in r.Reachable) _reachableWhenReported[domain] = reachable;
             _resendDelay = FirstResendDelay;
             // every part not acknowledged, in order: a lost earlier part would otherwise leave a gap until the re-send
             SendUnacknowledged();
@@ -293,8 +295,10 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
             described is not null && !stale.Contains(id) && described.TryGetValue(id, out var last) && last.Key == key
             && now - last.DescribedAt < MaxReportReuse ? last : null);
         var domains = new List<DomainReport>();
+        var reachable = new Dictionary<DomainId, bool>();
         foreach (var domain in _pool.Domains)
         {
+            reachable[domain.Id] = domain.Reachable;
             DomainReport report;
             try
             {
@@ -312,7 +316,7 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
             }
             domains.Add(report);
         }
-        return new Reports(address, vms, new DomainStatusReport(domains.ToValueList(), now, _hostId), now);
+        return new Reports(address, vms, new DomainStatusReport(domains.ToValueList(), now, _hostId), now, reachable);
     }
 
     /// <summary>

@@ -6,23 +6,12 @@ using LiveMigration.Shared.Protocol;
 namespace LiveMigration.HostNode.Management;
 
 /// <summary>
-/// A VM as its host keeps it between runs: its name, the leaf of each drive's chain, the switches begun on a
-/// drive whose outcome is not recorded yet (<see cref="Pending"/>: the leaf a pivot or live snapshot was moving it to),
-/// and the switches a probe answered never took effect (<see cref="Fenced"/>: refused from then on).
+/// A VM as its host keeps it between runs: its name, the leaf of each drive's chain, and the switches begun on a
+/// drive whose outcome is not recorded yet (<see cref="Pending"/>: the leaf a pivot or live snapshot was moving it to).
 /// </summary>
-public sealed record CatalogedVm(VmId Id, string Name, IReadOnlyList<DiskLeaf> Drives, IReadOnlyList<DiskLeaf>? Pending = null,
-    IReadOnlyList<FencedSwitch>? Fenced = null)
+public sealed record CatalogedVm(VmId Id, string Name, IReadOnlyList<DiskLeaf> Drives, IReadOnlyList<DiskLeaf>? Pending = null)
 {
-    /// <summary>How many fenced switches a record keeps (the newest): a migration's rollback ends within minutes of its probe.</summary>
-    public const int MaxFenced = 32;
-
     public IReadOnlyList<DiskLeaf> Switching => Pending ?? [];
-
-    public bool IsFenced(ImageId image, MigrationId migration) => Fenced?.Contains(new FencedSwitch(image, migration)) == true;
-
-    public CatalogedVm WithFence(ImageId image, MigrationId migration) => IsFenced(image, migration)
-        ? this
-        : this with { Fenced = (Fenced ?? []).Append(new FencedSwitch(image, migration)).TakeLast(MaxFenced).ToList() };
 
     public DiskLeaf? LeafOf(ImageId image) => Drives.FirstOrDefault(d => d.Image == image);
     /// <summary>
@@ -64,7 +53,7 @@ public sealed class VmCatalog(string dataDirectory)
 {
     private sealed record DriveEntry(string Image, string Domain, string Volume);
     private sealed record FenceEntry(string Image, string Migration);
-    private sealed record Entry(string Id, string Name, List<DriveEntry> Drives, List<DriveEntry>? Pending = null, List<FenceEntry>? Fenced = null);
+    private sealed record Entry(string Id, string Name, List<DriveEntry> Drives, List<DriveEntry>? Pending = null);
 
     private static readonly JsonSerializerOptions Options = new() { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.CamelCase };
     private readonly object _gate = new();
@@ -124,8 +113,7 @@ public sealed class VmCatalog(string dataDirectory)
     {
         static DriveEntry EntryOf(DiskLeaf d) => new(d.Image.ToString(), d.Leaf.Domain.ToString(), d.Leaf.Volume.ToString());
         var entry = new Entry(vm.Id.ToString(), vm.Name, vm.Drives.Select(EntryOf).ToList(),
-            vm.Switching.Count == 0 ? null : vm.Switching.Select(EntryOf).ToList(),
-            vm.Fenced is not { Count: > 0 } fenced ? null : fenced.Select(f => new FenceEntry(f.Image.ToString(), f.Migration.ToString())).ToList());
+            vm.Switching.Count == 0 ? null : vm.Switching.Select(EntryOf).ToList());
         lock (_gate)
         {
             System.IO.Directory.CreateDirectory(Directory);
@@ -146,15 +134,80 @@ public sealed class VmCatalog(string dataDirectory)
         }
     }
 
-    /// <summary>Changes one VM's record under the catalog's lock; <paramref name="absent"/> makes the record of a VM it does not hold yet.</summary>
+    /// <summary>
+    /// Changes one VM's record under the catalog's lock; <paramref name="absent"/> makes the record of a VM it does not hold
+    /// yet. A change that returns the record it was given writes nothing.
+    /// </summary>
     public CatalogedVm Update(VmId id, Func<CatalogedVm> absent, Func<CatalogedVm, CatalogedVm> change)
     {
         lock (_gate)
         {
-            var updated = change(Find(id) ?? absent());
-            Save(updated);
+            var current = Find(id);
+            var updated = change(current ?? absent());
+            if (current is null || !ReferenceEquals(updated, current)) Save(updated);
             return updated;
         }
+    }
+
+    /// <summary>How many fenced switches a VM keeps (the newest): each is needed only until its migration's rollback ends.</summary>
+    public const int MaxFenced = 256;
+    private readonly Dictionary<VmId, List<FencedSwitch>> _fences = new();
+
+    /// <summary>
+    /// The switches of a VM's drives that a probe answered never took effect: <c>&lt;id&gt;.fences</c> beside its record, a
+    /// file of its own, so no rewrite of the record (a stop, a reconcile) drops one, and a fence needs no record (a VM
+    /// whose chains cannot all be placed has none).
+    /// </summary>
+    private string FencesPathOf(VmId id) => Path.Combine(Directory, $"{id}.fences");
+
+    public bool IsFenced(VmId vm, ImageId image, MigrationId migration)
+    {
+        lock (_gate) return FencesLocked(vm).Contains(new FencedSwitch(image, migration));
+    }
+
+    /// <summary>Adds a fence durably (a temporary file fsynced and renamed over the VM's fences, the folder fsynced).</summary>
+    public void Fence(VmId vm, ImageId image, MigrationId migration)
+    {
+        lock (_gate)
+        {
+            var fences = FencesLocked(vm);
+            var fence = new FencedSwitch(image, migration);
+            if (fences.Contains(fence)) return;
+            var kept = fences.Append(fence).TakeLast(MaxFenced).ToList();
+            System.IO.Directory.CreateDirectory(Directory);
+            var path = FencesPathOf(vm);
+            var temporary = path + ".tmp";
+            using (var file = new FileStream(temporary, FileMode.Create, FileAccess.Write))
+            {
+                JsonSerializer.Serialize(file, kept.Select(f => new FenceEntry(f.Image.ToString(), f.Migration.ToString())).ToList(), Options);
+                file.Flush(flushToDisk: true);
+            }
+            File.Move(temporary, path, overwrite: true);
+            Posix.FsyncDirectory(Directory);
+            _fences[vm] = kept;
+        }
+    }
+
+    private List<FencedSwitch> FencesLocked(VmId vm)
+    {
+        if (_fences.TryGetValue(vm, out var known)) return known;
+        var path = FencesPathOf(vm);
+        var fences = new List<FencedSwitch>();
+        if (File.Exists(path))
+        {
+            try
+            {
+                foreach (var entry in JsonSerializer.Deserialize<List<FenceEntry>>(File.ReadAllText(path), Options) ?? [])
+                    fences.Add(new FencedSwitch(ImageId.Parse(entry.Image), MigrationId.Parse(entry.Migration)));
+            }
+            catch (Exception e) when (e is JsonException or OperationFailedException)
+            {
+                // unreadable: every switch of the VM is refused by the caller's error until someone looks
+                throw new OperationFailedException(ErrorCodes.IoError, $"the fenced switches {path} cannot be read: {e.Message}", e);
+            }
+        }
+        _fences[vm] = fences;
+        return fences;
     }
 
     /// <summary>Forgets a VM (one whose creation failed); nothing when it is not there.</summary>
@@ -163,6 +216,8 @@ public sealed class VmCatalog(string dataDirectory)
         lock (_gate)
         {
             File.Delete(PathOf(id));
+            File.Delete(FencesPathOf(id));
+            _fences.Remove(id);
             if (System.IO.Directory.Exists(Directory)) Posix.FsyncDirectory(Directory);
             _records?.Remove(id);
             _unreadable?.Remove(id);
@@ -178,8 +233,7 @@ public sealed class VmCatalog(string dataDirectory)
             if (entry is null) return null;
             static DiskLeaf LeafOf(DriveEntry d) => new(ImageId.Parse(d.Image), new VolumeRef(DomainId.Parse(d.Domain), VolumeId.Parse(d.Volume)));
             return new CatalogedVm(VmId.Parse(entry.Id), entry.Name, entry.Drives.Select(LeafOf).ToList(),
-                entry.Pending?.Select(LeafOf).ToList(),
-                entry.Fenced?.Select(f => new FencedSwitch(ImageId.Parse(f.Image), MigrationId.Parse(f.Migration))).ToList());
+                entry.Pending?.Select(LeafOf).ToList());
         }
         catch (Exception e) when (e is JsonException or OperationFailedException)
         {

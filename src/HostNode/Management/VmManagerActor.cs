@@ -182,9 +182,8 @@ public sealed class VmManagerActor : ReceiveActor
         return new ManagedVm(_hostId, await VmReports.OfRunningAsync(after, _pool));
     }
 
-    /// <summary>The leaves a VM runs on now, as its record; the switches a probe fenced stay fenced.</summary>
-    private void SaveLeaves(VmId id, string name, IReadOnlyList<DiskLeaf> leaves) =>
-        _catalog.Update(id, () => new CatalogedVm(id, name, leaves), record => new CatalogedVm(id, name, leaves, Fenced: record.Fenced));
+    /// <summary>The leaves a VM runs on now, as its record (its fenced switches are kept apart and stay).</summary>
+    private void SaveLeaves(VmId id, string name, IReadOnlyList<DiskLeaf> leaves) => _catalog.Save(new CatalogedVm(id, name, leaves));
 
     private async Task<IManagementMessage> DescribeAsync(VmId id)
     {

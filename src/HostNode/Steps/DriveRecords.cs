@@ -43,17 +43,12 @@ public sealed class DriveRecords(IHypervisor hypervisor, StoragePool pool, VmCat
     /// the saga then rolls back and deletes the copy, so a late copy of that switch (a resend crossing its answer, an
     /// HSM that restarted and forgot answering) must never land afterwards, even at a host that restarts meanwhile.
     /// </summary>
-    public async Task FenceSwitchAsync(VmId vm, ImageId image, MigrationId migration, CancellationToken ct = default)
-    {
-        if (catalog is null) return;
-        var absent = catalog.Find(vm) is null ? await RecordOfRunningAsync(vm, ct) : null;
-        catalog.Update(vm, () => absent!, record => record.WithFence(image, migration));
-    }
+    public void FenceSwitch(VmId vm, ImageId image, MigrationId migration) => catalog?.Fence(vm, image, migration);
 
     /// <summary>Refuses a switch that a probe of its migration answered did not take effect (<see cref="FenceSwitchAsync"/>).</summary>
     public void RequireNotFenced(VmId vm, ImageId image, MigrationId migration)
     {
-        if (catalog?.Find(vm)?.IsFenced(image, migration) == true)
+        if (catalog?.IsFenced(vm, image, migration) == true)
             throw new OperationFailedException(ErrorCodes.MigrationEnded,
                 $"a probe answered that migration {migration}'s switch of VM {vm} drive {image} did not take effect, and the migration rolled " +
                 "back from that answer: this late switch changes nothing");
@@ -115,28 +110,27 @@ public sealed class DriveRecords(IHypervisor hypervisor, StoragePool pool, VmCat
         {
             return [new($"VM {vm.Id}: {e.Message}; its record is left as it is", SwitchLanded: false)];
         }
-        var record = catalog.Find(vm.Id);
-        if (record is null)
-        {
-            catalog.Save(new CatalogedVm(vm.Id, vm.Name, open));
-            return [];
-        }
+        // Read and written under the catalog's lock: a switch of another drive recorded meanwhile is not written over.
         var disagreements = new List<RecordDisagreement>();
-        var updated = record;
-        foreach (var drive in open)
+        catalog.Update(vm.Id, () => new CatalogedVm(vm.Id, vm.Name, open), record =>
         {
-            var recorded = record.LeafOf(drive.Image)?.Leaf;
-            var pending = record.PendingOf(drive.Image)?.Leaf;
-            if (recorded == drive.Leaf && pending is null) continue;
-            if (pending == drive.Leaf)
-                disagreements.Add(new($"VM {vm.Id} drive {drive.Image}: a switch to {pending} was begun and QEMU runs on it; recorded", SwitchLanded: true));
-            else if (recorded != drive.Leaf)
-                disagreements.Add(new($"VM {vm.Id} drive {drive.Image}: the record names {recorded?.ToString() ?? "nothing"} but QEMU has {drive.Leaf} open; recording what QEMU runs", SwitchLanded: false));
-            else
-                continue;
-            updated = updated.WithLeaf(drive.Image, drive.Leaf);
-        }
-        if (!ReferenceEquals(updated, record)) catalog.Save(updated);
+            disagreements.Clear();
+            var updated = record;
+            foreach (var drive in open)
+            {
+                var recorded = record.LeafOf(drive.Image)?.Leaf;
+                var pending = record.PendingOf(drive.Image)?.Leaf;
+                if (recorded == drive.Leaf && pending is null) continue;
+                if (pending == drive.Leaf)
+                    disagreements.Add(new($"VM {vm.Id} drive {drive.Image}: a switch to {pending} was begun and QEMU runs on it; recorded", SwitchLanded: true));
+                else if (recorded != drive.Leaf)
+                    disagreements.Add(new($"VM {vm.Id} drive {drive.Image}: the record names {recorded?.ToString() ?? "nothing"} but QEMU has {drive.Leaf} open; recording what QEMU runs", SwitchLanded: false));
+                else
+                    continue;
+                updated = updated.WithLeaf(drive.Image, drive.Leaf);
+            }
+            return updated;
+        });
         return disagreements;
     }
 

@@ -320,7 +320,7 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
     /// <summary>The probe's "never took effect", fenced first: the saga rolls back from it, so that switch must never land later.</summary>
     private async Task<StepOutcome> OnSourceAsync(ExecuteStep command, CancellationToken ct, string detail)
     {
-        await records.FenceSwitchAsync(command.Vm, command.Disk.Image, command.Operation.Migration, ct);
+        records.FenceSwitch(command.Vm, command.Disk.Image, command.Operation.Migration);
         return Found(SwitchFinding.OnSource, detail);
     }
 
