@@ -26,6 +26,27 @@ public sealed class VmCatalogTests : IDisposable
         Assert.Equal(_destination, recorded.LeafOf(_image)?.Leaf);
     }
 
+    /// <summary>A fence outlives every rewrite of the record and the host's restart, and names one migration's switch of one drive.</summary>
+    [Fact]
+    public void A_fenced_switch_stays_fenced_across_record_rewrites_and_a_restart_and_fences_nothing_else()
+    {
+        var vm = Vm(_source);
+        var (migration, other) = (MigrationId.New(), MigrationId.New());
+        var catalog = new VmCatalog(_dataDirectory);
+        catalog.Fence(vm.Id, _image, migration); // before any record: a probe of a VM whose record could not be made
+        catalog.Save(vm);
+        catalog.Update(vm.Id, () => vm, record => record.WithLeaf(_image, _destination));
+        catalog.Fence(vm.Id, _image, migration);
+
+        var restarted = new VmCatalog(_dataDirectory);
+        Assert.True(restarted.IsFenced(vm.Id, _image, migration));
+        Assert.False(restarted.IsFenced(vm.Id, _image, other));
+        Assert.False(restarted.IsFenced(vm.Id, new ImageId(Guid.NewGuid()), migration));
+        Assert.Equal(_destination, Assert.Single(restarted.All()).LeafOf(_image)?.Leaf); // the fences file is no record
+        restarted.Remove(vm.Id);
+        Assert.False(new VmCatalog(_dataDirectory).IsFenced(vm.Id, _image, migration));
+    }
+
     [Fact]
     public void A_late_switch_to_the_recorded_leaf_leaves_nothing_pending()
     {
