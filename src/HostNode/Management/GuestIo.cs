@@ -1,3 +1,4 @@
+using LiveMigration.HostNode.Concurrency;
 using LiveMigration.HostNode.Hypervisor;
 using LiveMigration.HostNode.Guest;
 using LiveMigration.Shared.Migration;
@@ -30,7 +31,7 @@ public sealed class GuestIo(string dataDirectory)
     private readonly object _gate = new();
     private readonly Dictionary<VmId, Run> _runs = new();
     // The VM manager runs commands side by side: two starts on one VM must not both pass the "already runs" check.
-    private readonly VmLocks _starts = new();
+    private readonly KeyedLocks<VmId> _starts = new();
 
     public string LedgerPath(VmId vm, ImageId drive) => Path.Combine(dataDirectory, "guest", vm.ToString(), $"{drive}.ledger");
 

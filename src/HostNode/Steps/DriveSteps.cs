@@ -1,3 +1,4 @@
+using LiveMigration.HostNode.Concurrency;
 using LiveMigration.HostNode.Hypervisor;
 using LiveMigration.HostNode.Storage;
 using LiveMigration.HostNode.Storage.File;
@@ -26,7 +27,7 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
     /// the switch it asks about each see what the other did (the probe fences the switch it answers did not happen).
     /// Static: a step a restarted HSM actor left running still holds it.
     /// </summary>
-    private static readonly System.Collections.Concurrent.ConcurrentDictionary<(VmId, ImageId), SemaphoreSlim> DriveGates = new();
+    private static readonly KeyedLocks<(VmId, ImageId)> DriveGates = new();
 
     public DriveRecords Records => records;
 
@@ -50,19 +51,9 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
         if (step is not (MigrationStep.StartReplication or MigrationStep.Pivot or MigrationStep.CancelReplication
             or MigrationStep.LiveSnapshotToDestination or MigrationStep.ProbeSwitch))
             return await RunOnDriveAsync(command, dst, ct);
-        var gate = DriveGate(vm, image);
-        await gate.WaitAsync(ct);
-        try
-        {
+        using (await DriveGates.LockAsync((vm, image), ct))
             return await RunOnDriveAsync(command, dst, ct);
-        }
-        finally
-        {
-            gate.Release();
-        }
     }
-
-    private static SemaphoreSlim DriveGate(VmId vm, ImageId image) => DriveGates.GetOrAdd((vm, image), _ => new SemaphoreSlim(1, 1));
 
     private async Task<StepOutcome> RunOnDriveAsync(ExecuteStep command, IStorageDomain dst, CancellationToken ct)
     {
@@ -146,16 +137,8 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
     {
         var vm = command.Vm;
         var image = command.Disk.Image;
-        var gate = DriveGate(vm, image);
-        await gate.WaitAsync(ct);
-        try
-        {
+        using (await DriveGates.LockAsync((vm, image), ct))
             return await RestartUnderGateAsync(command, vm, image, ct);
-        }
-        finally
-        {
-            gate.Release();
-        }
     }
 
     private async Task<BlockJobInfo> RestartUnderGateAsync(ExecuteStep command, VmId vm, ImageId image, CancellationToken ct)

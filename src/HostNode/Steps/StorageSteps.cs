@@ -1,3 +1,4 @@
+using LiveMigration.HostNode.Concurrency;
 using LiveMigration.HostNode.Spm;
 using LiveMigration.HostNode.Storage;
 using LiveMigration.Shared.Migration;
@@ -32,7 +33,7 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, 
     /// file domain's own locks: a step a restarted SPM actor left running (stuck in the kernel past its stop) still holds
     /// it against the new actor's steps.
     /// </summary>
-    private static readonly System.Collections.Concurrent.ConcurrentDictionary<ImageId, SemaphoreSlim> Deciding = new();
+    private static readonly KeyedLocks<ImageId> Deciding = new();
     private readonly SemaphoreSlim? _copySlots = maxConcurrentCopies > 0 ? new SemaphoreSlim(maxConcurrentCopies) : null;
 
     /// <summary>The steps that run on storage; the others run on the VM's hypervisor (<see cref="DriveSteps"/>).</summary>
@@ -214,18 +215,10 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, 
         return new StepOutcome(Detail: $"{removed.Count} volumes of image {image} that migration {owner.Migration} made deleted from domain {dst.Id}");
     }
 
-    private async Task<T> DecidingAsync<T>(ImageId image, Func<Task<T>> decide, CancellationToken ct)
+    private static async Task<T> DecidingAsync<T>(ImageId image, Func<Task<T>> decide, CancellationToken ct)
     {
-        var gate = Deciding.GetOrAdd(image, _ => new SemaphoreSlim(1, 1));
-        await gate.WaitAsync(ct);
-        try
-        {
+        using (await Deciding.LockAsync(image, ct))
             return await decide();
-        }
-        finally
-        {
-            gate.Release();
-        }
     }
 
     /// <summary>What the disk's copy takes on the destination (the source chain's allocated bytes, and the headroom), checked fresh and promised.</summary>

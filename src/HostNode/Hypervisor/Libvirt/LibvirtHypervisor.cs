@@ -5,6 +5,7 @@ using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json.Nodes;
 using System.Threading.Channels;
+using LiveMigration.HostNode.Concurrency;
 using LiveMigration.HostNode.Processes;
 using LiveMigration.Shared.Model;
 
@@ -34,7 +35,7 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
     private readonly ConnectHandle _connection;
     private readonly IntPtr _eventSinkId;
     private readonly int[] _callbackIds;
-    private readonly VmLocks _locks = new();
+    private readonly KeyedLocks<VmId> _locks = new();
     private static readonly HypervisorInput Input = new(commaInPathsAllowed: true);
     private readonly ConcurrentDictionary<VmId, LibvirtVm> _vms = new();
     // Callbacks arrive on libvirt's loop thread; they are handled in order, one at a time, off that thread.

@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
+using LiveMigration.HostNode.Concurrency;
 using LiveMigration.Shared.Model;
 
 namespace LiveMigration.HostNode.Hypervisor.Qmp;
@@ -18,7 +19,7 @@ public sealed class QmpHypervisor : IHypervisor
     private static readonly TimeSpan AdoptConnectTimeout = TimeSpan.FromSeconds(5);
 
     private readonly QmpHypervisorOptions _options;
-    private readonly VmLocks _locks = new();
+    private readonly KeyedLocks<VmId> _locks = new();
     private static readonly HypervisorInput Input = new(commaInPathsAllowed: false);
     private readonly ConcurrentDictionary<VmId, QemuVm> _vms = new();
     private long _fullNodeDescriptions;

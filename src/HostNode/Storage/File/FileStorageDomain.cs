@@ -1,4 +1,4 @@
-using System.Collections.Concurrent;
+using LiveMigration.HostNode.Concurrency;
 using LiveMigration.Shared.Model;
 using IOFile = System.IO.File;
 
@@ -25,7 +25,7 @@ public sealed class FileStorageDomain : IStorageDomain
     private static readonly TimeSpan WriteBehindInterval = TimeSpan.FromMilliseconds(100);
 
     // Keyed by full path so that two instances attached to the same folder still serialize.
-    private static readonly ConcurrentDictionary<string, SemaphoreSlim> Locks = new(StringComparer.Ordinal);
+    private static readonly KeyedLocks<string> Locks = new(StringComparer.Ordinal);
 
     private readonly DomainMetadata _metadata;
 
@@ -916,16 +916,8 @@ public sealed class FileStorageDomain : IStorageDomain
 
     private static async Task<T> WithLockAsync<T>(string key, Func<Task<T>> action, CancellationToken ct)
     {
-        var gate = Locks.GetOrAdd(key, _ => new SemaphoreSlim(1, 1));
-        await gate.WaitAsync(ct);
-        try
-        {
+        using (await Locks.LockAsync(key, ct))
             return await action();
-        }
-        finally
-        {
-            gate.Release();
-        }
     }
 
     private static Task WithLockAsync(string key, Func<Task> action, CancellationToken ct) =>
