@@ -21,6 +21,8 @@ public sealed class StorageFaultTests : IAsyncLifetime
 {
     private readonly LocalClusterSession _cluster = new();
     private string? _mount;
+    /// <summary>The folder bind-mounted at <see cref="_mount"/> (the source-unmounted case): its data outlives the unmount.</summary>
+    private string? _exported;
 
     public Task InitializeAsync() => Task.CompletedTask;
 
@@ -29,7 +31,47 @@ public sealed class StorageFaultTests : IAsyncLifetime
         await _cluster.DisposeAsync(); // QEMU and the nodes first: they hold files on the mount
         if (_mount is null) return;
         if (await RunAsync("umount", _mount) != 0) await RunAsync("umount", "-l", _mount);
-        Directory.Delete(_mount);
+        Directory.Delete(_mount, recursive: _exported is not null); // a bind mount's bare mount point holds nothing
+        if (_exported is not null) Directory.Delete(_exported, recursive: true);
+    }
+
+    /// <summary>
+    /// The source domain's mount goes just before the source is deleted (a lost NFS mount): the domain reads as
+    /// unreachable, not as empty. Before, the delete found "no image" there, called itself done and wrote its mark into
+    /// the bare mount point; the image came back with the mount, never deleted. Now the delete fails IO_ERROR until the
+    /// migration suspends, nothing is written into the bare mount point, and once the storage is back (mounted again) the
+    /// operator resumes and the source is deleted. Post-copy, the guest writing on.
+    /// </summary>
+    [Fact]
+    public async Task The_source_domain_unmounted_before_its_delete_suspends_writes_nothing_there_and_deletes_once_it_is_back()
+    {
+        var clock = Stopwatch.StartNew();
+        const string strategy = "post-copy", step = "DeleteSourceImage";
+        var name = Guid.NewGuid().ToString("N")[..8];
+        _exported = Path.Combine("/tmp", $"lsm-export-{name}");
+        _mount = Path.Combine("/tmp", $"lsm-nfs-{name}");
+        Directory.CreateDirectory(_exported);
+        Directory.CreateDirectory(_mount);
+        Assert.Equal(0, await RunAsync("mount", "--bind", _exported, _mount));
+        var storage = await StartWithWrittenInternalVolumeAsync(destinationPath: null, holdBefore: step, sourcePath: _mount);
+        var id = await MigrateAsync(strategy);
+
+        await WaitForCoordinatorToStopAsync(step);
+        if (await RunAsync("umount", _mount) != 0) Assert.Equal(0, await RunAsync("umount", "-l", _mount));
+        await _cluster.UpAsync();
+
+        var bareWhileSuspended = false;
+        var final = await RunToEndRepairingStorageAsync(id, repair: async () =>
+        {
+            bareWhileSuspended = !Directory.EnumerateFileSystemEntries(_mount).Any();
+            Assert.Equal(0, await RunAsync("mount", "--bind", _exported, _mount));
+        });
+        Assert.True(bareWhileSuspended, $"the migration did not suspend on the unmounted source, or wrote into the bare mount point {_mount}\n{final}");
+        var outcome = await FaultCheck.CheckAsync(_cluster, "vm1", final, storage, _cluster.Storage);
+        await FaultReport.AppendAsync(outcome.ToReportLine(strategy, "qmp", "storage:source-unmounted", $"{step}/before-send", clock.Elapsed));
+        outcome.AssertClean($"source domain unmounted at {step}", () => _cluster.LogTails());
+        Assert.True(CopyStepFailed(final, step), $"the migration never met the unmounted source\n{final}");
+        Assert.Equal("completed", final.GetProperty("status").GetString());
     }
 
     /// <summary>
@@ -106,7 +148,7 @@ public sealed class StorageFaultTests : IAsyncLifetime
         Assert.True(CopyStepFailed(final, copyStep), $"the migration never met the unreadable volume\n{final}");
     }
 
-    /// <summary>Whether an attempt of the copy step failed: the fault was met, not slipped past.</summary>
+    /// <summary>Whether an attempt of the step (the copy, or the delete) failed: the fault was met, not slipped past.</summary>
     private static bool CopyStepFailed(JsonElement migration, string copyStep) =>
         migration.GetProperty("disks")[0].GetProperty("timings").EnumerateArray().Any(t =>
             t.GetProperty("step").GetString() == copyStep && t.GetProperty("outcome").GetString() is { } outcome
@@ -117,11 +159,11 @@ public sealed class StorageFaultTests : IAsyncLifetime
 
     /// <summary>
     /// A cluster whose Coordinator stops (crash plan) before it sends <paramref name="holdBefore"/>; sdA under the data
-    /// directory, sdB under <paramref name="destinationPath"/> (or beside sdA); vm1 on host-1 whose disk has an internal
+    /// directory (or under <paramref name="sourcePath"/>), sdB under <paramref name="destinationPath"/> (or the data directory's); vm1 on host-1 whose disk has an internal
     /// qcow2 volume holding data (written by the guest, then turned internal by a snapshot); the guest writing on.
     /// Returns sdA's folder.
     /// </summary>
-    private async Task<string> StartWithWrittenInternalVolumeAsync(string? destinationPath, string holdBefore)
+    private async Task<string> StartWithWrittenInternalVolumeAsync(string? destinationPath, string holdBefore, string? sourcePath = null)
     {
         _cluster.Environment = new Dictionary<string, string>
         {
@@ -130,10 +172,11 @@ public sealed class StorageFaultTests : IAsyncLifetime
         };
         // the tmpfs the test mounted is the hosts' to use as well
         if (destinationPath is not null) _cluster.UpArguments = [.. _cluster.UpArguments, "--storage-root", destinationPath];
+        if (sourcePath is not null) _cluster.UpArguments = [.. _cluster.UpArguments, "--storage-root", sourcePath];
         await _cluster.UpAsync();
-        var storage = _cluster.Storage;
+        var storage = sourcePath ?? _cluster.Storage;
         await _cluster.Ok("domain", "create", "sdA", "--path", storage, "--capacity", "2GiB");
-        await _cluster.Ok("domain", "create", "sdB", "--path", destinationPath ?? storage);
+        await _cluster.Ok("domain", "create", "sdB", "--path", destinationPath ?? _cluster.Storage);
         await _cluster.Ok("vm", "create", "vm1", "--host", "host-1", "--disk", "64MiB@sdA:snapshots=1");
         await _cluster.Ok("vm", "io", "vm1", "--rate", "16MiB/s", "--seconds", "2");
         await WaitForGuestIoToEndAsync();
