@@ -45,6 +45,8 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
     private const string ResendTimer = "resend";
     private const string PaceTimer = "pace";
     private sealed record ReachabilityDue;
+    private sealed record ReachabilitySeen(IReadOnlyList<(DomainId Id, bool Reachable)> Domains);
+    private bool _looking;
     private const string ReachabilityTimer = "reachability";
     /// <summary>
     /// How often a host looks whether each storage domain is reachable (cheap: a file domain's metadata found or not).
@@ -119,8 +121,23 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
         Receive<ReportNow>(r => Start(r.Why, r.Vm));
         Receive<ReachabilityDue>(_ =>
         {
-            if (_pool.Domains.FirstOrDefault(d => _reachableWhenReported.TryGetValue(d.Id, out var was) && was != d.Reachable) is { } changed)
-                Start($"storage domain {changed.Id} is {(changed.Reachable ? "reachable again" : "not reachable")}", describeAllIfNoVm: false);
+            // Off the actor: a hung hard mount blocks this look, not the reporter; one look at a time.
+            if (_looking) return;
+            _looking = true;
+            var domains = _pool.Domains.ToList();
+            // a failed look is no news (not the builds' Status.Failure)
+            Task.Run(() => new ReachabilitySeen(domains.Select(d => (d.Id, d.Reachable)).ToList()))
+                .PipeTo(Self, failure: _ => new ReachabilitySeen([]));
+        });
+        Receive<ReachabilitySeen>(seen =>
+        {
+            _looking = false;
+            foreach (var (id, reachable) in seen.Domains)
+                if (_reachableWhenReported.TryGetValue(id, out var was) && was != reachable)
+                {
+                    Start($"storage domain {id} is {(reachable ? "reachable again" : "not reachable")}", describeAllIfNoVm: false);
+                    return;
+                }
         });
         Receive<Adopted>(_ =>
         {

@@ -168,11 +168,22 @@ public sealed class LibvirtHypervisor : IHypervisor, ILibvirtEventSink
         foreach (var id in ids)
         {
             using var _ = await _locks.LockAsync(id, ct);
-            // Another host's domains (another run directory on the same libvirtd) are skipped, not adopted.
-            var vm = _vms.TryGetValue(id, out var known) && known.DeathReason is null ? known : await TryAdoptAsync(id, ct, foreignIsConflict: false);
-            if (vm is null) continue;
-            try { adopted.Add(await DescribeCoreAsync(vm, ct)); }
-            catch (OperationFailedException e) when (e.Code == ErrorCodes.VmNotRunning) { /* it ended just now */ }
+            try
+            {
+                // Another host's domains (another run directory on the same libvirtd) are skipped, not adopted.
+                var vm = _vms.TryGetValue(id, out var known) && known.DeathReason is null ? known : await TryAdoptAsync(id, ct, foreignIsConflict: false);
+                if (vm is null) continue;
+                adopted.Add(await DescribeCoreAsync(vm, ct));
+            }
+            catch (OperationFailedException e) when (e.Code == ErrorCodes.VmNotRunning)
+            {
+                // it ended just now
+            }
+            catch (OperationFailedException)
+            {
+                // This VM could not be adopted now: the others are adopted all the same (as the QMP adapter does). Unlike
+                // QMP, libvirt does not list it unadopted yet (IHypervisor.ListUnadoptedAsync), so it waits for the host's restart.
+            }
         }
         return adopted;
     }
