@@ -115,19 +115,29 @@ public sealed class SagaSimulationTests(ITestOutputHelper output)
         else Assert.Equal(ErrorCodes.VmNotRunning, Assert.IsType<MigrationFailed>(end).Code);
     }
 
+    /// <summary>The late-switch cases: a post-copy abandoned or resumed, a pre-copy resumed (its rollback waits at the mirror cancel).</summary>
+    public static TheoryData<MigrationStrategy, string> LateSwitchCases => new()
+    {
+        { MigrationStrategy.PostCopy, "abandon" },
+        { MigrationStrategy.PostCopy, "resume" },
+        { MigrationStrategy.PreCopy, "resume" },
+    };
+
+    /// <summary>What the operator does with a suspended rollback in the late-switch cases: "abandon" or "resume".</summary>
+    private static IMigrationCommand OperatorsNext(string then, MigrationId id) =>
+        then == "abandon" ? new AbandonMigration(id) : new ResumeMigration(id);
+
     /// <summary>
     /// B10: a late switch lands while the rollback waits suspended (at its delete; a pre-copy at its mirror cancel). Whatever the operator does next,
     /// the drive is read again first: an abandon leaves the disk on the destination leaf it now writes on, a resume rolls
     /// it forward; nothing is deleted (the simulator's end checks hold: the VM runs on what its disk was left on).
     /// </summary>
     [Theory]
-    [InlineData(MigrationStrategy.PostCopy, "abandon")]
-    [InlineData(MigrationStrategy.PostCopy, "resume")]
-    [InlineData(MigrationStrategy.PreCopy, "resume")]
+    [MemberData(nameof(LateSwitchCases))]
     public void A_switch_that_lands_during_a_suspended_rollback_is_found_before_anything_is_deleted(MigrationStrategy strategy, string then)
     {
         var result = KnownBugs.LateSwitchWhileSuspended(strategy,
-            id => then == "abandon" ? new AbandonMigration(id) : new ResumeMigration(id));
+            id => OperatorsNext(then, id));
 
         Assert.False(result.Failed, result.Report());
         Assert.Contains("late-command-reexecuted", result.Notes);
@@ -153,13 +163,11 @@ public sealed class SagaSimulationTests(ITestOutputHelper output)
     /// rollback deletes the copy nobody runs on, and the VM stays on its source chain with every write.
     /// </summary>
     [Theory]
-    [InlineData(MigrationStrategy.PostCopy, "abandon")]
-    [InlineData(MigrationStrategy.PostCopy, "resume")]
-    [InlineData(MigrationStrategy.PreCopy, "resume")]
+    [MemberData(nameof(LateSwitchCases))]
     public void A_late_switch_after_its_probe_answered_the_source_is_refused_by_the_hosts_fence(MigrationStrategy strategy, string then)
     {
         var result = KnownBugs.LateSwitchWhileSuspended(strategy,
-            id => then == "abandon" ? new AbandonMigration(id) : new ResumeMigration(id), fences: true);
+            id => OperatorsNext(then, id), fences: true);
 
         Assert.False(result.Failed, result.Report());
         Assert.Contains(result.Trace, line => line.Contains("delivered late") && line.Contains(ErrorCodes.MigrationEnded));
