@@ -10,7 +10,7 @@ namespace LiveMigration.HostNode.Tests.Storage.File;
 
 /// <summary>
 /// The speed limit of the SPM's layer copies on real files with qemu-img (issue "The copy path at real sizes"): the rate
-/// is held over a copy, a raw layer's holes do not count against it, a change reaches the running copy at once, and a
+/// is held over a copy, a base's holes do not count against it (raw or qcow2), a change reaches the running copy at once, and a
 /// copy a dead SPM left running is killed by the next one.
 /// </summary>
 public sealed class CopyThrottleTests : IDisposable
@@ -20,25 +20,29 @@ public sealed class CopyThrottleTests : IDisposable
 
     public void Dispose() => _temp.Dispose();
 
-    /// <summary>A raw base of 192 MiB holding 48 MiB of data (the rest holes) and a qcow2 layer over it holding 48 MiB.</summary>
-    private static async Task<(ImageId Image, VolumeId Base, VolumeId Layer)> ChainAsync(FileStorageDomain domain)
+    /// <summary>A base of 192 MiB (raw unless told) holding 48 MiB of data (the rest holes) and a qcow2 layer over it holding 48 MiB.</summary>
+    private static async Task<(ImageId Image, VolumeId Base, VolumeId Layer)> ChainAsync(FileStorageDomain domain, VolumeFormat baseFormat = VolumeFormat.Raw)
     {
         var image = ImageId.New();
         VolumeId baseId = VolumeId.New(), layerId = VolumeId.New();
-        await domain.CreateVolumeAsync(new NewVolume(image, baseId, VolumeFormat.Raw, 192 * MiB));
-        await WriteAsync(domain.Locate(image, baseId), VolumeFormat.Raw, 0, 32 * MiB, 0x41);
-        await WriteAsync(domain.Locate(image, baseId), VolumeFormat.Raw, 128 * MiB, 16 * MiB, 0x42);
+        await domain.CreateVolumeAsync(new NewVolume(image, baseId, baseFormat, 192 * MiB));
+        await WriteAsync(domain.Locate(image, baseId), baseFormat, 0, 32 * MiB, 0x41);
+        await WriteAsync(domain.Locate(image, baseId), baseFormat, 128 * MiB, 16 * MiB, 0x42);
         await domain.CreateVolumeAsync(new NewVolume(image, layerId, VolumeFormat.Cow, 192 * MiB, new VolumeRef(domain.Id, baseId)));
         await WriteAsync(domain.Locate(image, layerId), VolumeFormat.Cow, 16 * MiB, 48 * MiB, 0x43);
         return (image, baseId, layerId);
     }
 
-    [Fact]
-    public async Task A_limited_copy_holds_its_rate_within_ten_percent_and_a_raw_layers_holes_do_not_count()
+    // A qcow2 base's holes counted against the limit until 2026-12-06 (only a raw base skipped them): found by hand, a
+    // 256 MiB qcow2 base holding 25 MiB copied at 2 MiB/s showed no progress for a minute, paced over its whole size.
+    [Theory]
+    [InlineData(VolumeFormat.Raw)]
+    [InlineData(VolumeFormat.Cow)]
+    public async Task A_limited_copy_holds_its_rate_within_ten_percent_and_a_bases_holes_do_not_count(VolumeFormat baseFormat)
     {
         var source = await _temp.NewDomainAsync("source");
         var destination = await _temp.NewDomainAsync("destination");
-        var (image, baseId, layerId) = await ChainAsync(source);
+        var (image, baseId, layerId) = await ChainAsync(source, baseFormat);
         await destination.CloneImageStructureAsync(source, image, TestOwners.Default);
         var rate = new CopyRate(12 * MiB);
 
@@ -60,7 +64,7 @@ public sealed class CopyThrottleTests : IDisposable
         }
 
         // 96 MiB of data at 12 MiB/s: 8 s (qemu-img lets about 3 MiB of each layer through before its limit bites, ~4%
-        // here); the raw base's 144 MiB of holes would add up to 12 s if they counted
+        // here); the base's 144 MiB of holes would add up to 12 s if they counted
         var measured = data / copying.TotalSeconds;
         Assert.InRange(measured, 0.9 * rate.BytesPerSecond, 1.1 * rate.BytesPerSecond);
         Assert.True(await ChainsReadTheSameAsync(source.Locate(image, layerId), destination.Locate(image, layerId)));
