@@ -61,10 +61,17 @@ public sealed class DomainsCommand : AsyncCommand<GlobalSettings>
         foreach (var d in domains)
             table.AddRow(Output.Escape(d.Str("name")), Output.Escape(d.Str("id")), Output.Escape(d.Str("kind")),
                 ByteRate.Format(d.Long("capacityBytes")), ByteRate.Format(d.Long("usedBytes")), ByteRate.Format(d.Long("availableBytes")),
-                d.Bool("active") ? "yes" : "[red]no[/]");
+                d.Bool("active") ? "yes" : "[red]no[/]" + Unreachable(d));
         Output.Console.Write(table);
         if (domains.Count == 0) Output.Console.MarkupLine("no storage domains reported yet (lsm domain create NAME --path DIR)");
         return ExitCodes.Ok;
+    }
+
+    /// <summary>The hosts that cannot reach an inactive domain, as " (not reachable from host-2)", or nothing when none are named.</summary>
+    private static string Unreachable(JsonElement domain)
+    {
+        var hosts = domain.Array("unreachableFrom").Select(h => h.GetString() ?? "").ToList();
+        return hosts.Count == 0 ? "" : Output.Escape($" (not reachable from {string.Join(", ", hosts)})");
     }
 }
 

@@ -29,7 +29,7 @@ public static class HostEndpoints
     public static object DomainJson(Shared.Protocol.DomainReport d) => new
     {
         id = d.Id.ToString(), name = d.Name, kind = d.Kind, capacityBytes = d.CapacityBytes, usedBytes = d.UsedBytes,
-        availableBytes = d.AvailableBytes, active = d.Active,
+        availableBytes = d.AvailableBytes, active = d.Active, unreachableFrom = d.UnreachableFrom ?? [],
     };
 
     /// <summary>Runs a management request; a refusal becomes <c>{code, message}</c> with the status its code calls for.</summary>

@@ -87,9 +87,10 @@ public static class InventoryDecider
     }
 
     /// <summary>
-    /// A domain report becomes a fact for the domains it adds and those whose figures it changes, when it is newer than
-    /// the last report of that domain. A domain the report leaves out is kept: a host that has not attached a new domain
-    /// yet does not know it, and no command deletes a domain (see <see cref="InventoryState"/>).
+    /// A domain report becomes a fact for the domains it adds, those whose reachability from the reporting host it changes,
+    /// and those whose figures it changes when it is newer than the last report of that domain. A domain the report leaves
+    /// out is kept: a host that has not attached a new domain yet does not know it, and no command deletes a domain (see
+    /// <see cref="InventoryState"/>).
     /// </summary>
     public static DomainsReported? Decide(InventoryState state, DomainStatusReport report)
     {
@@ -97,11 +98,10 @@ public static class InventoryDecider
         foreach (var domain in report.Domains.GroupBy(d => d.Id).Select(g => g.Last()))
         {
             var known = state.Domains.FirstOrDefault(d => d.Id == domain.Id);
-            if (known is null) changed.Add(domain);
-            else if (known != domain && (!state.DomainsHeardAt.TryGetValue(domain.Id, out var heard) || report.At >= heard))
+            if (known is null || InventoryState.MergeDomain(known, domain, report.HostId, state.IsNewest(domain.Id, report.At)) != known)
                 changed.Add(domain);
         }
-        return changed.Count == 0 ? null : new DomainsReported(changed.ToValueList(), report.At);
+        return changed.Count == 0 ? null : new DomainsReported(changed.ToValueList(), report.At, report.HostId);
     }
 
     /// <summary>

@@ -76,7 +76,7 @@ public sealed record InventoryState(
                 : new HostRecord(e.HostId, e.Address, e.SpmCapable, e.Upserted, e.At)),
             Settling = SettledBy(e.Upserted),
         },
-        DomainsReported e => MergeDomains(e.Domains, e.At),
+        DomainsReported e => MergeDomains(e.Domains, e.At, e.HostId),
         DisksReservedForMigration e => this with
         {
             Reservations = Reservations.SetItems(e.Images.Select(i => KeyValuePair.Create(i, e.Migration))),
@@ -118,17 +118,42 @@ public sealed record InventoryState(
     public InventoryState Chained(string hostId, HostReportChain chain, DateTimeOffset at) =>
         (this with { Chains = Chains.SetItem(hostId, chain) }).Heard(hostId, at);
 
-    private InventoryState MergeDomains(ValueList<DomainReport> reported, DateTimeOffset at)
+    private InventoryState MergeDomains(ValueList<DomainReport> reported, DateTimeOffset at, string? hostId)
     {
-        var byId = reported.GroupBy(d => d.Id).ToDictionary(g => g.Key, g => g.Last());
+        var byId = reported.GroupBy(d => d.Id).ToDictionary(g => g.Key,
+            g => MergeDomain(Domains.FirstOrDefault(known => known.Id == g.Key), g.Last(), hostId, IsNewest(g.Key, at)));
         // known domains keep their place in the list, new ones go after them in the order reported
         var merged = Domains.Select(d => byId.GetValueOrDefault(d.Id, d)).ToList();
         merged.AddRange(byId.Values.Where(d => Domains.All(known => known.Id != d.Id)));
-        var heard = DomainsHeardAt.SetItems(byId.Keys
+        // the figures' time: a host that cannot reach the domain gives none
+        var heard = DomainsHeardAt.SetItems(reported.Where(d => d.Active || hostId is null).Select(d => d.Id).Distinct()
             .Where(id => !DomainsHeardAt.TryGetValue(id, out var before) || at > before)
             .Select(id => KeyValuePair.Create(id, at)));
         return this with { Domains = merged.ToValueList(), DomainsHeardAt = heard };
     }
+
+    /// <summary>
+    /// A domain as <paramref name="hostId"/>'s report leaves it: that host joins or leaves the hosts that cannot reach it, and
+    /// the domain is active only while no host's last report says it cannot (last-writer-wins would let a host that reaches
+    /// it hide one that does not, and a move to it from there fail at its first step). A report from a host that cannot
+    /// reach it keeps the figures a host that can gave. A report without a host (journals from before) is taken as it is.
+    /// </summary>
+    /// <param name="newest">Whether the report is at least as new as the figures known (<see cref="IsNewest"/>): an older one
+    /// changes only who reaches the domain.</param>
+    public static DomainReport MergeDomain(DomainReport? known, DomainReport reported, string? hostId, bool newest)
+    {
+        var unreachable = (known?.UnreachableFrom ?? ValueList<string>.Empty).ToImmutableSortedSet(StringComparer.Ordinal);
+        if (hostId is not null) unreachable = reported.Active ? unreachable.Remove(hostId) : unreachable.Add(hostId);
+        var figures = known is null || (newest && (reported.Active || hostId is null)) ? reported : known;
+        return figures with
+        {
+            Active = unreachable.IsEmpty && (hostId is not null || reported.Active),
+            UnreachableFrom = unreachable.IsEmpty ? null : unreachable.ToValueList(),
+        };
+    }
+
+    /// <summary>Whether a report made at <paramref name="at"/> is at least as new as the figures known of the domain.</summary>
+    public bool IsNewest(DomainId domain, DateTimeOffset at) => !DomainsHeardAt.TryGetValue(domain, out var heard) || at >= heard;
 
     /// <summary>
     /// A host's unchanged report: only its last-heard time moves. Not journaled (hosts resend the same report
@@ -165,7 +190,7 @@ public sealed record InventoryState(
                 .Select(d => new DiskFacts(d.Image, d.LeafDomain!.Value, d.AllocatedBytes, d.Chain[^1].Volume))
                 .ToValueList())
             : null;
-        var domains = Domains.Select(d => new DomainFacts(d.Id, d.Active, d.AvailableBytes)).ToValueList();
+        var domains = Domains.Select(d => new DomainFacts(d.Id, d.Active, d.AvailableBytes, d.UnreachableFrom)).ToValueList();
         var busy = Reservations.Keys.Concat(Settling.Keys.Where(i => now is not { } at || SettlingAfter(i, at) is not null)).Distinct()
             .Where(i => images.Count == 0 || images.Contains(i))
             .OrderBy(i => i.Value)

@@ -133,7 +133,9 @@ public static class MigrationDecider
             if (facts.Domains.FirstOrDefault(d => d.Id == wanted.Destination) is not { } destination)
                 return Decision.Refuse(ErrorCodes.DomainNotFound, $"destination domain {wanted.Destination} of disk {disk.Image} is not in the inventory");
             if (!destination.Active)
-                return Decision.Refuse(MigrationErrorCodes.DomainInactive, $"destination domain {destination.Id} of disk {disk.Image} is not active (its host reports it not reachable, e.g. unmounted; see `lsm domains`)");
+                return Decision.Refuse(MigrationErrorCodes.DomainInactive, $"destination domain {destination.Id} of disk {disk.Image} is not active: " +
+                    (destination.UnreachableFrom is { Count: > 0 } hosts ? $"not reachable from {string.Join(", ", hosts)}" : "its host reports it not reachable") +
+                    " (e.g. unmounted; see `lsm domains`)");
             if (facts.DisksInActiveMigrations.Contains(disk.Image))
                 return Decision.Refuse(MigrationErrorCodes.DiskBusy, $"disk {disk.Image} is already being moved by another migration");
             result.Add(new DiskPlan(disk.Image, disk.Domain, wanted.Destination, disk.SizeBytes, NewLeafId(id, disk.Image), disk.Leaf));

@@ -115,7 +115,9 @@ public sealed record DiskFacts(ImageId Image, DomainId Domain, long SizeBytes,
     [property: System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
     VolumeId? Leaf = null);
 
-public sealed record DomainFacts(DomainId Id, bool Active, long FreeBytes);
+public sealed record DomainFacts(DomainId Id, bool Active, long FreeBytes,
+    [property: System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
+    ValueList<string>? UnreachableFrom = null);
 
 /// <summary>One disk's move as the saga runs it: the source comes from the inventory, the new post-copy leaf id is fixed up front.</summary>
 /// <param name="SourceLeaf">The leaf the drive runs on at validation (the pre-copy mirror target is its twin); null in journals

@@ -71,7 +71,14 @@ public sealed record ReportAcknowledged(string Report, DateTimeOffset At, long E
     public const string DomainsReport = "domains";
 }
 
-public sealed record DomainReport(DomainId Id, string Name, string Kind, long CapacityBytes, long UsedBytes, long AvailableBytes, bool Active);
+/// <summary>
+/// A storage domain's figures. A host reports <paramref name="Active"/> as it sees the domain (false: not reachable from it,
+/// e.g. unmounted) and no <paramref name="UnreachableFrom"/>; the inventory keeps, per domain, the hosts whose last report
+/// could not reach it (<paramref name="UnreachableFrom"/>), and the domain is active only while there are none.
+/// </summary>
+public sealed record DomainReport(DomainId Id, string Name, string Kind, long CapacityBytes, long UsedBytes, long AvailableBytes, bool Active,
+    [property: System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
+    ValueList<string>? UnreachableFrom = null);
 
 /// <summary>Asks for what the saga validates a request against (answered with <see cref="ValidationFactsReply"/>).</summary>
 public sealed record GetValidationFacts(VmId Vm, ValueList<ImageId> Images) : IInventoryMessage;
@@ -154,7 +161,11 @@ public sealed record HostVmsChanged(string HostId, string Address, bool SpmCapab
 /// the others stay. (Journals written before this rule held whole lists that replaced the one before; they now replay as
 /// the union of every domain ever reported, which is the rule they should have followed: no domain is ever deleted.)
 /// </summary>
-public sealed record DomainsReported(ValueList<DomainReport> Domains, DateTimeOffset At) : IInventoryEvent;
+/// <paramref name="HostId"/> names the host whose report it was (null in journals written before it was kept): what that host
+/// could not reach stays inactive until the same host reaches it again, whatever the other hosts report meanwhile.
+public sealed record DomainsReported(ValueList<DomainReport> Domains, DateTimeOffset At,
+    [property: System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
+    string? HostId = null) : IInventoryEvent;
 
 /// <summary>A migration took these disks (only the ones it did not hold already).</summary>
 public sealed record DisksReservedForMigration(MigrationId Migration, VmId Vm, ValueList<ImageId> Images, DateTimeOffset At)

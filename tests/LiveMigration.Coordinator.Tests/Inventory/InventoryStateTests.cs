@@ -240,6 +240,52 @@ public sealed class InventoryStateTests
         Assert.Null(InventoryDecider.Decide(state, new DomainStatusReport([used], T0.AddSeconds(3), "host-2")));
     }
 
+    // Until 2026-12-06 the newest report of a domain decided whether it was active: a host that reached it, reporting after
+    // one that could not (unmounted there), made it active again, and a move to it from that host failed at its first step.
+    [Fact]
+    public void A_domain_one_host_cannot_reach_stays_inactive_whatever_the_others_report_until_that_host_reaches_it_again()
+    {
+        var sd = new DomainReport(DomainId.New(), "sd", "file", 4L << 30, 1L << 30, 3L << 30, Active: true);
+        var unmounted = sd with { AvailableBytes = 0, Active = false };
+        var state = Reported(InventoryState.Empty, new DomainStatusReport([sd], T0, "host-1"));
+        state = Reported(state, new DomainStatusReport([sd], T0.AddSeconds(1), "host-2"));
+
+        state = Reported(state, new DomainStatusReport([unmounted], T0.AddSeconds(2), "host-2"));
+        // host-1 still reaches it and says so later, with new figures: they are taken, the domain stays inactive
+        var used = sd with { UsedBytes = 2L << 30, AvailableBytes = 2L << 30 };
+        state = Reported(state, new DomainStatusReport([used], T0.AddSeconds(3), "host-1"));
+        var facts = Assert.Single(state.FactsFor(VmId.New(), []).Domains);
+        Assert.Equal(new DomainFacts(sd.Id, false, 2L << 30, ["host-2"]), facts);
+        // host-2's same report again changes nothing; the domain's figures are host-1's, not the zero host-2 sends
+        Assert.Null(InventoryDecider.Decide(state, new DomainStatusReport([unmounted], T0.AddSeconds(4), "host-2")));
+        Assert.Equal(used with { Active = false, UnreachableFrom = ["host-2"] }, Assert.Single(state.Domains));
+        // a rebuild from the snapshot keeps who cannot reach it
+        Assert.Equal(state.FactsFor(VmId.New(), []), InventoryState.FromSnapshot(state.Snapshot()).FactsFor(VmId.New(), []));
+
+        // host-2 reaches it again: active, even with a report older than host-1's last figures
+        var change = InventoryDecider.Decide(state, new DomainStatusReport([sd], T0.AddSeconds(2.5), "host-2"));
+        Assert.NotNull(change);
+        state = state.Apply(change);
+        Assert.True(Assert.Single(state.Domains).Active);
+        Assert.Null(Assert.Single(state.Domains).UnreachableFrom);
+    }
+
+    [Fact]
+    public void A_domain_two_hosts_cannot_reach_is_active_again_only_once_both_reach_it()
+    {
+        var sd = new DomainReport(DomainId.New(), "sd", "file", 4L << 30, 0, 4L << 30, Active: true);
+        var unmounted = sd with { AvailableBytes = 0, Active = false };
+        var state = Reported(InventoryState.Empty, new DomainStatusReport([sd], T0, "host-1"));
+        state = Reported(state, new DomainStatusReport([unmounted], T0.AddSeconds(1), "host-1"));
+        state = Reported(state, new DomainStatusReport([unmounted], T0.AddSeconds(2), "host-2"));
+        Assert.Equal(["host-1", "host-2"], Assert.Single(state.Domains).UnreachableFrom!);
+
+        state = Reported(state, new DomainStatusReport([sd], T0.AddSeconds(3), "host-1"));
+        Assert.False(Assert.Single(state.Domains).Active);
+        state = Reported(state, new DomainStatusReport([sd], T0.AddSeconds(4), "host-2"));
+        Assert.True(Assert.Single(state.Domains).Active);
+    }
+
     [Fact]
     public void A_domain_report_journals_only_the_domains_it_adds_or_changes()
     {

@@ -27,6 +27,7 @@ public sealed class ValidationAndIdsTests
         var unknown = DomainId.New();
         AssertRefused(saga, saga.Request() with { Disks = [new DiskMoveRequest(saga.Image, unknown)] }, facts, ErrorCodes.DomainNotFound, unknown.ToString());
         AssertRefused(saga, saga.Request(), facts with { Domains = [new DomainFacts(saga.Destination, false, 1L << 40)] }, MigrationErrorCodes.DomainInactive, saga.Destination.ToString());
+        AssertRefused(saga, saga.Request(), facts with { Domains = [new DomainFacts(saga.Destination, false, 1L << 40, ["host-2"])] }, MigrationErrorCodes.DomainInactive, "not reachable from host-2");
         AssertRefused(saga, saga.Request(), saga.Facts(free: 1000), ErrorCodes.NotEnoughSpace, "1000 bytes free");
         AssertRefused(saga, saga.Request(), facts with { DisksInActiveMigrations = [saga.Image] }, MigrationErrorCodes.DiskBusy, saga.Image.ToString());
         AssertRefused(saga, saga.Request(parallel: 0), facts, ErrorCodes.InvalidArgument, "parallel");

@@ -38,7 +38,7 @@ public static class ProtocolSamples
 
     private static readonly ValidationFacts Facts = new(
         new VmFacts(Vm, Running: true, [new DiskFacts(Image, Source, 4_294_967_296), new DiskFacts(OtherImage, Source, 1_048_576)]),
-        [new DomainFacts(Source, Active: true, 10_000_000_000), new DomainFacts(Destination, Active: false, 20_000_000_000)],
+        [new DomainFacts(Source, Active: true, 10_000_000_000), new DomainFacts(Destination, Active: false, 20_000_000_000, ["host-2"])],
         [ImageId.Parse("2a3b4c5d-6e7f-4809-9a1b-2c3d4e5f6a7b")]);
 
     private static readonly MigrationId OtherMigration = MigrationId.Parse("7c8d9e0f-1a2b-4c3d-8e4f-5a6b7c8d9e0f");
@@ -157,6 +157,7 @@ public static class ProtocolSamples
         new HostReported("host-1", "akka.tcp://lsm@10.0.0.11:4053", SpmCapable: true, [VmSeen], At),
         new HostVmsChanged("host-1", "akka.tcp://lsm@10.0.0.11:4053", SpmCapable: true, [VmSeen], [OtherVm], At),
         new DomainsReported([SourceDomain, DestinationDomain], At),
+        new DomainsReported([SourceDomain, DestinationDomain with { UnreachableFrom = ["host-2"] }], At, "host-2"),
         new DisksReservedForMigration(Migration, Vm, [Image, OtherImage], At),
         new DisksReleasedByMigration(Migration, [Image, OtherImage], At),
         // management

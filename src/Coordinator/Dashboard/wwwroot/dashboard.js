@@ -423,7 +423,9 @@
       return h("tr", { "data-domain": domain.id },
         h("td", {}, h("strong", {}, domain.name), h("div", { class: "muted mono" }, shortId(domain.id))),
         h("td", {}, domain.kind),
-        h("td", {}, domain.active ? h("span", { class: "pill pill-ok" }, "active") : h("span", { class: "pill pill-idle" }, "inactive")),
+        h("td", {}, domain.active ? h("span", { class: "pill pill-ok" }, "active")
+          : h("span", { class: "pill pill-idle", title: (domain.unreachableFrom || []).length ? "not reachable from " + domain.unreachableFrom.join(", ") : "" },
+              (domain.unreachableFrom || []).length ? "inactive: " + domain.unreachableFrom.join(", ") : "inactive")),
         h("td", {}, h("div", { class: "usage" },
           h("div", { class: "bar " + kind, role: "progressbar", "aria-valuenow": share.toFixed(0), "aria-valuemin": 0, "aria-valuemax": 100 },
             h("span", { style: "width:" + share.toFixed(1) + "%" })),
