@@ -116,7 +116,8 @@ public sealed class ManagementService(ActorSystem system, IActorRef inventory, I
     {
         try
         {
-            await inventory.Ask<ReportAcknowledged>(new DomainStatusReport([domain], DateTimeOffset.UtcNow, "spm"), AskTimeout, ct);
+            // no host id: the SPM's word on a domain it just made, not a host's view of what it reaches ("spm" may be a host's name)
+            await inventory.Ask<ReportAcknowledged>(new DomainStatusReport([domain], DateTimeOffset.UtcNow), AskTimeout, ct);
         }
         catch (AskTimeoutException)
         {
@@ -184,6 +185,10 @@ public sealed class ManagementService(ActorSystem system, IActorRef inventory, I
         foreach (var group in resolved.GroupBy(d => d.Domain))
         {
             var domain = snapshot.Domains.First(d => d.Id == group.Key);
+            if (!domain.Active)
+                throw Refuse(MigrationErrorCodes.DomainInactive, $"storage domain {domain.Name} ({domain.Id}) is not active: " +
+                    (domain.UnreachableFrom is { Count: > 0 } hosts ? $"not reachable from {string.Join(", ", hosts)}" : "a host reports it not reachable") +
+                    " (e.g. unmounted; see `lsm domains`)");
             var needed = group.Sum(d => d.SizeBytes + d.Snapshots * QcowLayerBytes);
             if (needed > domain.AvailableBytes)
                 throw Refuse(ErrorCodes.NotEnoughSpace,

@@ -178,7 +178,8 @@ public sealed record InventoryState(
 
     /// <summary>
     /// What the saga validates a request against: the VM with every disk (domain = the drive's leaf domain,
-    /// size = allocated bytes, what a copy moves), every domain (free = the SPM's available bytes), and which
+    /// size = allocated bytes, what a copy moves), every domain (free = the SPM's available bytes; active unless the VM's
+    /// host or an SPM-capable host cannot reach it), and which
     /// of <paramref name="images"/> (all reserved disks when none are named) another migration holds.
     /// </summary>
     public ValidationFacts FactsFor(VmId vm, IReadOnlyCollection<ImageId> images, DateTimeOffset? now = null)
@@ -190,7 +191,16 @@ public sealed record InventoryState(
                 .Select(d => new DiskFacts(d.Image, d.LeafDomain!.Value, d.AllocatedBytes, d.Chain[^1].Volume))
                 .ToValueList())
             : null;
-        var domains = Domains.Select(d => new DomainFacts(d.Id, d.Active, d.AvailableBytes, d.UnreachableFrom)).ToValueList();
+        // A domain some host cannot reach is refused only when that host takes part in the move: the VM's host (its mirror)
+        // or a host that may hold the SPM (the layer copies). Another host's mount does not hold up this VM's move, and a
+        // host gone for good that last reported the domain unreachable does not hold up every move to it for ever.
+        var vmHost = Find(vm)?.HostId;
+        bool TakesPart(string host) => host == vmHost || (Hosts.TryGetValue(host, out var known) && known.SpmCapable);
+        var domains = Domains.Select(d => d.UnreachableFrom is { Count: > 0 } unreachable
+            ? unreachable.Where(TakesPart).ToValueList() is { Count: > 0 } blocking
+                ? new DomainFacts(d.Id, false, d.AvailableBytes, blocking)
+                : new DomainFacts(d.Id, true, d.AvailableBytes)
+            : new DomainFacts(d.Id, d.Active, d.AvailableBytes)).ToValueList();
         var busy = Reservations.Keys.Concat(Settling.Keys.Where(i => now is not { } at || SettlingAfter(i, at) is not null)).Distinct()
             .Where(i => images.Count == 0 || images.Contains(i))
             .OrderBy(i => i.Value)

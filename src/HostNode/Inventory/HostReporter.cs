@@ -315,16 +315,19 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
         var reachable = new Dictionary<DomainId, bool>();
         foreach (var domain in _pool.Domains)
         {
-            reachable[domain.Id] = domain.Reachable;
             DomainReport report;
             try
             {
                 var info = await domain.DescribeAsync();
                 report = new DomainReport(info.Id, info.Name, info.Kind, info.CapacityBytes, info.UsedBytes, info.AvailableBytes, Active: true);
                 _lastDomains[domain.Id] = report;
+                reachable[domain.Id] = true;
             }
             catch (OperationFailedException)
             {
+                // recorded as reported: a domain whose metadata is still there but whose description failed (an I/O error)
+                // is looked at again by the reachability watch, which then sees it differ and reports it again
+                reachable[domain.Id] = false;
                 // Not reachable from here (unmounted, I/O error): said so, and no migration is admitted to it; the other
                 // domains and the VMs are still reported.
                 report = _lastDomains.TryGetValue(domain.Id, out var last)

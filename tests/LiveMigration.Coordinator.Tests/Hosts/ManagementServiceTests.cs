@@ -104,6 +104,20 @@ public sealed class ManagementServiceTests() : TestKit(Config, nameof(Management
     }
 
     [Fact]
+    public async Task A_vm_is_not_made_on_a_domain_a_host_cannot_reach_and_the_refusal_names_the_host()
+    {
+        var (service, spm, inventory) = Start();
+        inventory.Tell(new DomainStatusReport([_fast with { AvailableBytes = 0, Active = false }], At.AddSeconds(1), "host-2"), ActorRefs.NoSender);
+        await AwaitAssertAsync(async () => Assert.False((await inventory.Ask<InventorySnapshot>(new GetInventory())).Domains.Single().Active));
+
+        var refused = await RefusedAsync(MigrationErrorCodes.DomainInactive, 422,
+            () => service.CreateVmAsync("db", "host-1", [new NewDiskRequest(16 * MiB, "fast", 0)], CancellationToken.None));
+
+        Assert.Contains("not reachable from host-2", refused.Message);
+        spm.ExpectNoMsg(TimeSpan.FromMilliseconds(300));
+    }
+
+    [Fact]
     public async Task A_vm_whose_disk_is_migrating_is_neither_stopped_nor_snapshotted()
     {
         var (service, spm, inventory) = Start();

@@ -254,13 +254,12 @@ public sealed class InventoryStateTests
         // host-1 still reaches it and says so later, with new figures: they are taken, the domain stays inactive
         var used = sd with { UsedBytes = 2L << 30, AvailableBytes = 2L << 30 };
         state = Reported(state, new DomainStatusReport([used], T0.AddSeconds(3), "host-1"));
-        var facts = Assert.Single(state.FactsFor(VmId.New(), []).Domains);
-        Assert.Equal(new DomainFacts(sd.Id, false, 2L << 30, ["host-2"]), facts);
+        Assert.Equal(used with { Active = false, UnreachableFrom = ["host-2"] }, Assert.Single(state.Domains));
         // host-2's same report again changes nothing; the domain's figures are host-1's, not the zero host-2 sends
         Assert.Null(InventoryDecider.Decide(state, new DomainStatusReport([unmounted], T0.AddSeconds(4), "host-2")));
         Assert.Equal(used with { Active = false, UnreachableFrom = ["host-2"] }, Assert.Single(state.Domains));
         // a rebuild from the snapshot keeps who cannot reach it
-        Assert.Equal(state.FactsFor(VmId.New(), []), InventoryState.FromSnapshot(state.Snapshot()).FactsFor(VmId.New(), []));
+        Assert.Equal(state.Domains, InventoryState.FromSnapshot(state.Snapshot()).Domains);
 
         // host-2 reaches it again: active, even with a report older than host-1's last figures
         var change = InventoryDecider.Decide(state, new DomainStatusReport([sd], T0.AddSeconds(2.5), "host-2"));
@@ -268,6 +267,44 @@ public sealed class InventoryStateTests
         state = state.Apply(change);
         Assert.True(Assert.Single(state.Domains).Active);
         Assert.Null(Assert.Single(state.Domains).UnreachableFrom);
+    }
+
+    [Fact]
+    public void A_domain_only_a_host_outside_the_move_cannot_reach_does_not_refuse_the_move()
+    {
+        // the VM runs on host-1 (SPM-capable); host-2 (not SPM-capable) cannot reach domain B
+        var state = Reported(Pool(), _pool.HostReport("host-2", T0));
+        var unreachableOnB = _pool.DomainReport(bActive: false, at: T0.AddSeconds(1)) with { HostId = "host-2" };
+        state = Reported(state, unreachableOnB with { Domains = [unreachableOnB.Domains[1]] });
+        Assert.False(state.Domains[1].Active);
+
+        Assert.Equal(new DomainFacts(_pool.DomainB, true, 50L << 30), state.FactsFor(_pool.Vm, []).Domains[1]);
+        // a VM on host-2 is refused, naming it
+        var onHost2 = VmOn(ref state, "host-2");
+        Assert.Equal(new DomainFacts(_pool.DomainB, false, 50L << 30, ["host-2"]), state.FactsFor(onHost2, []).Domains[1]);
+    }
+
+    [Fact]
+    public void A_host_that_no_longer_names_a_domain_no_longer_holds_it_inactive()
+    {
+        var sd = new DomainReport(DomainId.New(), "sd", "file", 4L << 30, 0, 4L << 30, Active: true);
+        var state = Reported(InventoryState.Empty, new DomainStatusReport([sd], T0, "host-1"));
+        state = Reported(state, new DomainStatusReport([sd with { Active = false }], T0.AddSeconds(1), "host-2"));
+        Assert.False(Assert.Single(state.Domains).Active);
+
+        // host-2 started again while the domain was unmounted and did not attach it: its report no longer names it
+        state = Reported(state, new DomainStatusReport([], T0.AddSeconds(2), "host-2"));
+
+        Assert.Equal(sd, Assert.Single(state.Domains));
+        Assert.Null(InventoryDecider.Decide(state, new DomainStatusReport([], T0.AddSeconds(3), "host-2")));
+    }
+
+    /// <summary>A running VM reported by <paramref name="host"/> alone.</summary>
+    private VmId VmOn(ref InventoryState state, string host)
+    {
+        var vm = _pool.VmReport() with { Id = VmId.New() };
+        state = Reported(state, _pool.HostReport(host, T0.AddSeconds(2), vm));
+        return vm.Id;
     }
 
     [Fact]
