@@ -140,6 +140,29 @@ public sealed class LocalCommandTests : IAsyncLifetime
         Assert.Empty(LocalClusterLauncher.RunningVms(restarted));
     }
 
+    // Tried by hand on 2026-12-06: a libvirt cluster on --api-port 9121 was refused a bare `lsm local up --data-dir DIR`
+    // after a crash ("give --hypervisor libvirt"), and once all its nodes had died came back with its API on 9110.
+    [Fact]
+    public async Task Up_without_options_brings_a_stopped_cluster_back_with_its_hypervisor_and_api_port()
+    {
+        var first = await CliProcess.RunAsync(null, "local", "up", "--hosts", "1", "--hypervisor", "sim", "--data-dir", _dataDirectory,
+            "--api-port", "0", "--fast-timings");
+        Assert.True(first.ExitCode == 0, first.ToString());
+        var ran = (await LocalClusterState.ReadAsync(_dataDirectory))!;
+        Assert.Equal(0, (await CliProcess.RunAsync(null, "local", "down", "--data-dir", _dataDirectory)).ExitCode);
+
+        var again = await CliProcess.RunAsync(null, "local", "up", "--hosts", "1", "--data-dir", _dataDirectory, "--fast-timings");
+
+        Assert.True(again.ExitCode == 0, again.ToString());
+        var back = (await LocalClusterState.ReadAsync(_dataDirectory))!;
+        Assert.Equal(("sim", ran.ApiPort), (back.Hypervisor, back.ApiPort));
+        // told otherwise, it does what it is told (and says what does not fit)
+        Assert.Equal(0, (await CliProcess.RunAsync(null, "local", "down", "--data-dir", _dataDirectory)).ExitCode);
+        var libvirtUriOnSim = await CliProcess.RunAsync(null, "local", "up", "--libvirt-uri", "qemu:///session", "--data-dir", _dataDirectory);
+        Assert.True(libvirtUriOnSim.ExitCode == ExitCodes.BadUsage, libvirtUriOnSim.ToString());
+        Assert.Contains("need --hypervisor libvirt", libvirtUriOnSim.Stderr);
+    }
+
     [Fact]
     public async Task Migrate_wait_follows_its_migration_across_a_coordinator_restart_to_completed()
     {

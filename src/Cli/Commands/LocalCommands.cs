@@ -61,9 +61,9 @@ public sealed class LocalUpSettings : LocalSettings
     public int? SpmMaxCopies { get; set; }
 
     [CommandOption("--api-port <PORT>")]
-    [Description("The Coordinator's HTTP port on 127.0.0.1 (default 9110, where lsm looks without --api; 0 = any free port)")]
-    [DefaultValue(LocalClusterOptions.DefaultApiPort)]
-    public int ApiPort { get; set; } = LocalClusterOptions.DefaultApiPort;
+    [Description("The Coordinator's HTTP port on 127.0.0.1 (default: the one the cluster in DATA ran with, else 9110, where lsm looks " +
+                 "without --api; 0 = any free port)")]
+    public int? ApiPort { get; set; }
 
     [CommandOption("--timeout <SECONDS>")]
     [Description("How long the cluster gets to come up before up stops it again and exits 1. Default 120")]
@@ -73,9 +73,9 @@ public sealed class LocalUpSettings : LocalSettings
     [CommandOption("--hypervisor <ADAPTER>")]
     [Description("How every host runs its VMs: qmp (QEMU's monitor; the default), libvirt (through the libvirtd of this machine, which must answer " +
                  "`virsh -c qemu:///system version`: deploy/libvirt/setup.sh starts one) or sim (in-memory VMs and domains, all hosts in one " +
-                 "process: for trying scale, nothing they hold survives a down). Example: --hypervisor libvirt")]
-    [DefaultValue("qmp")]
-    public string Hypervisor { get; set; } = "qmp";
+                 "process: for trying scale, nothing they hold survives a down). Default: the one the cluster in DATA ran with, else qmp. " +
+                 "Example: --hypervisor libvirt")]
+    public string? Hypervisor { get; set; }
 
     [CommandOption("--sim-copy-rate <RATE>")]
     [Description("With --hypervisor sim: how fast the sim hosts' copies and mirrors run, e.g. 64MiB/s; 0 (the default) makes them instant. " +
@@ -139,11 +139,11 @@ public sealed class LocalUpSettings : LocalSettings
         if (SpmMaxCopies is < 0 or > 10_000) return ValidationResult.Error($"--spm-max-copies must be 0 (no bound) to 10000, got {SpmMaxCopies}");
         if (ApiPort is < 0 or > 65535) return ValidationResult.Error($"--api-port must be 0 to 65535, got {ApiPort}");
         if (TimeoutSeconds is < 5 or > 3600) return ValidationResult.Error($"--timeout must be 5 to 3600 seconds, got {TimeoutSeconds}");
-        if (Hypervisor is not ("qmp" or "libvirt" or "sim")) return ValidationResult.Error($"--hypervisor must be qmp, libvirt or sim, got '{Hypervisor}'");
+        if (Hypervisor is not (null or "qmp" or "libvirt" or "sim")) return ValidationResult.Error($"--hypervisor must be qmp, libvirt or sim, got '{Hypervisor}'");
         if (!ByteRate.TryParse(SimCopyRate, out _))
             return ValidationResult.Error($"--sim-copy-rate '{SimCopyRate}' is not a rate like 64MiB/s, 512k or 0 (instant)");
-        if (Hypervisor != "sim" && SimCopyRate != "0") return ValidationResult.Error("--sim-copy-rate needs --hypervisor sim");
-        if (Hypervisor != "libvirt" && (LibvirtUri != LibvirtCheck.DefaultUri || LibvirtGuestExport))
+        if (Hypervisor is not (null or "sim") && SimCopyRate != "0") return ValidationResult.Error("--sim-copy-rate needs --hypervisor sim");
+        if (Hypervisor is not (null or "libvirt") && (LibvirtUri != LibvirtCheck.DefaultUri || LibvirtGuestExport))
             return ValidationResult.Error("--libvirt-uri and --libvirt-guest-export need --hypervisor libvirt");
         return ValidationResult.Success();
     }
@@ -154,19 +154,26 @@ public sealed class LocalUpCommand : AsyncCommand<LocalUpSettings>
 {
     public override async Task<int> ExecuteAsync(CommandContext context, LocalUpSettings settings, CancellationToken ct)
     {
+        // Bringing a cluster back (some or all of its nodes died) takes what it ran with unless told otherwise: an up without
+        // --hypervisor must not start a libvirt cluster's hosts on QEMU, nor one without --api-port move its API to 9110.
+        var previous = await LocalClusterState.ReadAsync(settings.DataDirectory, ct);
+        var hypervisor = settings.Hypervisor ?? previous?.Hypervisor ?? "qmp";
+        if (hypervisor != "sim" && settings.SimCopyRate != "0") throw CliFailure.BadUsage("--sim-copy-rate needs --hypervisor sim");
+        if (hypervisor != "libvirt" && (settings.LibvirtUri != LibvirtCheck.DefaultUri || settings.LibvirtGuestExport))
+            throw CliFailure.BadUsage("--libvirt-uri and --libvirt-guest-export need --hypervisor libvirt");
         var options = new LocalClusterOptions(settings.DataDirectory)
         {
             Hosts = settings.Hosts,
             Coordinators = settings.Coordinators,
             SpmHosts = settings.SpmHosts,
-            ApiPort = settings.ApiPort,
+            ApiPort = settings.ApiPort ?? (previous is { ApiPort: > 0 } ran ? ran.ApiPort : LocalClusterOptions.DefaultApiPort),
             Journal = settings.Journal,
             MaxPerHost = settings.MaxPerHost,
             MaxPerDomain = settings.MaxPerDomain,
             SpmMaxCopies = settings.SpmMaxCopies,
             ExtraHocon = settings.FastTimings ? ClusterNodeHosting.FastTestTimings : null,
             Timeout = TimeSpan.FromSeconds(settings.TimeoutSeconds),
-            Hypervisor = settings.Hypervisor,
+            Hypervisor = hypervisor,
             SimCopyBytesPerSecond = ByteRate.TryParse(settings.SimCopyRate, out var simRate) ? simRate : 0,
             LibvirtUri = settings.LibvirtUri,
             LibvirtGuestExport = settings.LibvirtGuestExport,
