@@ -86,8 +86,10 @@ public sealed class MigrateCommand : AsyncCommand<MigrateSettings>
 
         // A disk already on the destination is not moved again (after a move that failed part-way, the rest still can be):
         // it is skipped and named. A disk with no domain (its chain unresolved) is left to the API, which says why.
+        // (its whole chain: a disk whose older layers are elsewhere is left to the API, which says why it cannot move)
         var onDestination = vm.Array("disks")
-            .Where(d => d.Str("domain") is { Length: > 0 } domain && string.Equals(domain, destination, StringComparison.OrdinalIgnoreCase))
+            .Where(d => d.Str("domain") is { Length: > 0 } domain && string.Equals(domain, destination, StringComparison.OrdinalIgnoreCase)
+                        && d.Array("chain").All(layer => string.Equals(layer.Str("domain"), destination, StringComparison.OrdinalIgnoreCase)))
             .Select(d => d.Str("image"))
             .ToHashSet(StringComparer.OrdinalIgnoreCase);
         var skipped = disks.Where(onDestination.Contains).ToList();

@@ -188,7 +188,8 @@ public sealed record InventoryState(
             ? new VmFacts(vm, found.Vm.Running, found.Vm.Drives
                 // a drive whose chain the host could not resolve is not a disk the saga can move
                 .Where(d => d.LeafDomain is not null)
-                .Select(d => new DiskFacts(d.Image, d.LeafDomain!.Value, d.AllocatedBytes, d.Chain[^1].Volume))
+                .Select(d => new DiskFacts(d.Image, d.LeafDomain!.Value, d.AllocatedBytes, d.Chain[^1].Volume,
+                    d.Chain.Select(v => v.Domain).Where(x => x != d.LeafDomain).Distinct().ToValueList() is { Count: > 0 } others ? others : null))
                 .ToValueList())
             : null;
         // A domain some host cannot reach is refused only when that host takes part in the move: the VM's host (its mirror)

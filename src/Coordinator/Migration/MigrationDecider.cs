@@ -128,6 +128,13 @@ public static class MigrationDecider
             // Busy before anything about its place: a disk that just moved may still be reported where it was.
             if (facts.DisksInActiveMigrations.Contains(disk.Image))
                 return Decision.Refuse(MigrationErrorCodes.DiskBusy, $"disk {disk.Image} is already being moved by another migration");
+            // A chain over two domains (an abandoned post-copy's) is no plan's source: its copy would read the older layers from
+            // another domain than the one it deletes at the end, and a move to its leaf's domain is not "already there".
+            if (disk.OtherDomains is { Count: > 0 } others)
+                return Decision.Refuse(MigrationErrorCodes.ChainSpansDomains,
+                    $"disk {disk.Image} runs on a chain whose leaf is on domain {disk.Domain} and whose older layers are on {string.Join(", ", others)} " +
+                    "(a post-copy abandoned before its backing switch leaves it so): it runs as it is and nothing is lost, but no migration moves " +
+                    "such a disk; `lsm vm show` names its chain");
             if (wanted.Destination == disk.Domain)
                 return Decision.Refuse(ErrorCodes.InvalidArgument, $"disk {disk.Image} is already on domain {disk.Domain}");
             if (facts.Domains.FirstOrDefault(d => d.Id == wanted.Destination) is not { } destination)
@@ -323,7 +330,9 @@ public static class MigrationDecider
             {
                 // Post-copy between the live snapshot and the backing switch: the new leaf reads the older layers from the
                 // source unless the switch took effect (its answer lost); copies of them may be on the destination.
-                const string both = "move the disk again (`lsm migrate`) so its whole chain is on one domain; `lsm vm show` names the chain it runs on";
+                // No migration moves a chain over two domains (CHAIN_SPANS_DOMAINS): the way to a whole chain was to resume this one.
+                const string both = "the disk runs on a chain over both domains as it is (`lsm vm show` names it); no migration moves such a disk, " +
+                                    "so keep both until the VM's data is copied elsewhere by other means (resuming, not abandoning, would have made it whole)";
                 left.Add(new LeftBehind(disk.Image, plan.Source,
                     $"the older layers of disk {disk.Image}, which its new leaf on domain {plan.Destination} reads unless the backing switch took effect ({disk.Step} did not finish)", both));
                 left.Add(new LeftBehind(disk.Image, plan.Destination,

@@ -111,9 +111,13 @@ public sealed record ValidationFacts(
 public sealed record VmFacts(VmId Id, bool Running, ValueList<DiskFacts> Disks);
 
 /// <summary>A disk of the VM: where it is now and how many bytes its chain needs on a destination.</summary>
+/// <paramref name="OtherDomains"/>: the domains other than the leaf's that hold layers of its chain (null: none), as a post-copy
+/// abandoned between its live snapshot and its backing switch leaves it.
 public sealed record DiskFacts(ImageId Image, DomainId Domain, long SizeBytes,
     [property: System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
-    VolumeId? Leaf = null);
+    VolumeId? Leaf = null,
+    [property: System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
+    ValueList<DomainId>? OtherDomains = null);
 
 public sealed record DomainFacts(DomainId Id, bool Active, long FreeBytes,
     [property: System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
@@ -138,6 +142,7 @@ public static class MigrationErrorCodes
     public const string Abandoned = "ABANDONED";
     public const string DiskBusy = "DISK_IN_ACTIVE_MIGRATION";
     public const string DomainInactive = "DOMAIN_INACTIVE";
+    public const string ChainSpansDomains = "CHAIN_SPANS_DOMAINS";
     public const string PointOfNoReturnPassed = "POINT_OF_NO_RETURN_PASSED";
     public const string NotSuspended = "NOT_SUSPENDED";
     public const string NotQueued = "NOT_QUEUED";
