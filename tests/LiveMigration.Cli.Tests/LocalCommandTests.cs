@@ -161,6 +161,14 @@ public sealed class LocalCommandTests : IAsyncLifetime
         var libvirtUriOnSim = await CliProcess.RunAsync(null, "local", "up", "--libvirt-uri", "qemu:///session", "--data-dir", _dataDirectory);
         Assert.True(libvirtUriOnSim.ExitCode == ExitCodes.BadUsage, libvirtUriOnSim.ToString());
         Assert.Contains("need --hypervisor libvirt", libvirtUriOnSim.Stderr);
+
+        // a cluster that ran on PostgreSQL is not brought back on SQLite (the state file keeps its address without the password)
+        await (back with { Journal = "postgres (postgres://lsm@127.0.0.1:5432/lsm)" }).WriteAsync();
+        var onSqlite = await CliProcess.RunAsync(null, "local", "up", "--data-dir", _dataDirectory);
+        Assert.True(onSqlite.ExitCode == ExitCodes.BadUsage, onSqlite.ToString());
+        Assert.Contains("ran with the journal postgres", onSqlite.Stderr);
+        // nothing started: the state file is the one written above
+        Assert.Equal("postgres (postgres://lsm@127.0.0.1:5432/lsm)", (await LocalClusterState.ReadAsync(_dataDirectory))!.Journal);
     }
 
     [Fact]

@@ -41,9 +41,9 @@ public sealed class LocalUpSettings : LocalSettings
     public int Coordinators { get; set; } = 1;
 
     [CommandOption("--journal <JOURNAL>")]
-    [Description("The Coordinator's journal: sqlite (files under DATA/coordinator; the default) or postgres://user:password@host:5432/db")]
-    [DefaultValue("sqlite")]
-    public string Journal { get; set; } = "sqlite";
+    [Description("The Coordinator's journal: sqlite (files under DATA/coordinator; the default) or postgres://user:password@host:5432/db. " +
+                 "A cluster in DATA that ran on PostgreSQL is brought back only with its --journal given again")]
+    public string? Journal { get; set; }
 
     [CommandOption("--max-per-host <N>")]
     [Description("The Coordinators' admission limit: migrations running at once per host (of the VM); more wait as Queued. 0 = no limit. " +
@@ -84,9 +84,8 @@ public sealed class LocalUpSettings : LocalSettings
     public string SimCopyRate { get; set; } = "0";
 
     [CommandOption("--libvirt-uri <URI>")]
-    [Description("The libvirt connection of the hosts with --hypervisor libvirt. Default qemu:///system")]
-    [DefaultValue(LibvirtCheck.DefaultUri)]
-    public string LibvirtUri { get; set; } = LibvirtCheck.DefaultUri;
+    [Description("The libvirt connection of the hosts with --hypervisor libvirt. Default: the one the cluster in DATA ran with, else qemu:///system")]
+    public string? LibvirtUri { get; set; }
 
     [CommandOption("--storage-root <DIR>")]
     [Description("A folder, besides DATA/domains, where lsm domain create --path may put storage domains; repeatable. The hosts refuse any " +
@@ -131,7 +130,7 @@ public sealed class LocalUpSettings : LocalSettings
         if (Hosts is < 1 or > 16) return ValidationResult.Error($"--hosts must be 1 to 16, got {Hosts}");
         if (Coordinators is < 1 or > LocalClusterOptions.MaxCoordinators)
             return ValidationResult.Error($"--coordinators must be 1 to {LocalClusterOptions.MaxCoordinators}, got {Coordinators}");
-        if (Coordinators > 1 && Journal.Equals("sqlite", StringComparison.OrdinalIgnoreCase))
+        if (Coordinators > 1 && (Journal ?? "sqlite").Equals("sqlite", StringComparison.OrdinalIgnoreCase))
             return ValidationResult.Error(LocalClusterLauncher.CoordinatorsNeedPostgres(Coordinators));
         if (SpmHosts < 1 || SpmHosts > Hosts) return ValidationResult.Error($"--spm-hosts must be 1 to --hosts ({Hosts}), got {SpmHosts}");
         if (MaxPerHost is < 0 or > 1000) return ValidationResult.Error($"--max-per-host must be 0 (no limit) to 1000, got {MaxPerHost}");
@@ -143,7 +142,7 @@ public sealed class LocalUpSettings : LocalSettings
         if (!ByteRate.TryParse(SimCopyRate, out _))
             return ValidationResult.Error($"--sim-copy-rate '{SimCopyRate}' is not a rate like 64MiB/s, 512k or 0 (instant)");
         if (Hypervisor is not (null or "sim") && SimCopyRate != "0") return ValidationResult.Error("--sim-copy-rate needs --hypervisor sim");
-        if (Hypervisor is not (null or "libvirt") && (LibvirtUri != LibvirtCheck.DefaultUri || LibvirtGuestExport))
+        if (Hypervisor is not (null or "libvirt") && (LibvirtUri is not null || LibvirtGuestExport))
             return ValidationResult.Error("--libvirt-uri and --libvirt-guest-export need --hypervisor libvirt");
         return ValidationResult.Success();
     }
@@ -159,15 +158,25 @@ public sealed class LocalUpCommand : AsyncCommand<LocalUpSettings>
         var previous = await LocalClusterState.ReadAsync(settings.DataDirectory, ct);
         var hypervisor = settings.Hypervisor ?? previous?.Hypervisor ?? "qmp";
         if (hypervisor != "sim" && settings.SimCopyRate != "0") throw CliFailure.BadUsage("--sim-copy-rate needs --hypervisor sim");
-        if (hypervisor != "libvirt" && (settings.LibvirtUri != LibvirtCheck.DefaultUri || settings.LibvirtGuestExport))
+        if (hypervisor != "libvirt" && (settings.LibvirtUri is not null || settings.LibvirtGuestExport))
             throw CliFailure.BadUsage("--libvirt-uri and --libvirt-guest-export need --hypervisor libvirt");
+        // A PostgreSQL journal's address is recorded without its password: it cannot be taken from the state file, and a
+        // cluster brought back on SQLite would not know its migrations.
+        if (settings.Journal is null && previous is { Journal: var ran } && ran != "sqlite")
+            throw CliFailure.BadUsage($"the local cluster in {previous.DataDirectory} ran with the journal {ran}: give its --journal postgres://... again " +
+                                      "(or another --data-dir for a new cluster)");
+        var apiPort = settings.ApiPort ?? (previous is { ApiPort: > 0 } last ? last.ApiPort : LocalClusterOptions.DefaultApiPort);
+        var libvirtUri = settings.LibvirtUri ?? previous?.LibvirtUri ?? LibvirtCheck.DefaultUri;
+        if (previous is not null && !settings.Json && (settings.Hypervisor is null || settings.ApiPort is null))
+            Output.Console.MarkupLine(Output.Escape($"as the cluster in {previous.DataDirectory} ran: --hypervisor {hypervisor}" +
+                                                    (hypervisor == "libvirt" ? $" --libvirt-uri {libvirtUri}" : "") + $" --api-port {apiPort}"));
         var options = new LocalClusterOptions(settings.DataDirectory)
         {
             Hosts = settings.Hosts,
             Coordinators = settings.Coordinators,
             SpmHosts = settings.SpmHosts,
-            ApiPort = settings.ApiPort ?? (previous is { ApiPort: > 0 } ran ? ran.ApiPort : LocalClusterOptions.DefaultApiPort),
-            Journal = settings.Journal,
+            ApiPort = apiPort,
+            Journal = settings.Journal ?? "sqlite",
             MaxPerHost = settings.MaxPerHost,
             MaxPerDomain = settings.MaxPerDomain,
             SpmMaxCopies = settings.SpmMaxCopies,
@@ -175,7 +184,7 @@ public sealed class LocalUpCommand : AsyncCommand<LocalUpSettings>
             Timeout = TimeSpan.FromSeconds(settings.TimeoutSeconds),
             Hypervisor = hypervisor,
             SimCopyBytesPerSecond = ByteRate.TryParse(settings.SimCopyRate, out var simRate) ? simRate : 0,
-            LibvirtUri = settings.LibvirtUri,
+            LibvirtUri = libvirtUri,
             LibvirtGuestExport = settings.LibvirtGuestExport,
             NodeHostnames = LocalUpSettings.Pairs(settings.NodeHostnames),
             NodeNetworkNamespaces = LocalUpSettings.Pairs(settings.NodeNetworkNamespaces),

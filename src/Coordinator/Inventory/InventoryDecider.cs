@@ -101,12 +101,6 @@ public static class InventoryDecider
             if (known is null || InventoryState.MergeDomain(known, domain, report.HostId, state.IsNewest(domain.Id, report.At)) != known)
                 changed.Add(domain);
         }
-        // A host's report names every domain it has attached: one it no longer names (it started again while the domain was
-        // unmounted, and did not attach it) is no longer this host's to hold inactive; said as "reaches it" with the known figures.
-        if (report.HostId is { } host)
-            foreach (var known in state.Domains)
-                if (known.UnreachableFrom?.Contains(host) == true && report.Domains.All(d => d.Id != known.Id))
-                    changed.Add(known with { Active = true, UnreachableFrom = null });
         return changed.Count == 0 ? null : new DomainsReported(changed.ToValueList(), report.At, report.HostId);
     }
 

@@ -94,7 +94,9 @@ public sealed record InventoryState(
     /// <summary>The disks still settling once these VMs were reported: a disk seen in its new place has settled.</summary>
     private ImmutableDictionary<ImageId, (MigrationId Migration, DomainId Domain, DateTimeOffset Since)> SettledBy(ValueList<VmReport> vms) =>
         Settling.IsEmpty ? Settling : Settling.RemoveRange(vms.SelectMany(v => v.Drives)
-            .Where(d => Settling.TryGetValue(d.Image, out var settling) && d.LeafDomain == settling.Domain)
+            // its whole chain there: a report built between a post-copy's live snapshot and its backing switch (arriving late)
+            // shows the leaf there and the older layers still on the source
+            .Where(d => Settling.TryGetValue(d.Image, out var settling) && d.Chain.Count > 0 && d.Chain.All(l => l.Domain == settling.Domain))
             .Select(d => d.Image));
 
     /// <summary>The VMs in their order, each upserted one in its place (new ones last), the gone ones left out.</summary>

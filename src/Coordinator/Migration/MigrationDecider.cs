@@ -134,7 +134,7 @@ public static class MigrationDecider
                 return Decision.Refuse(MigrationErrorCodes.ChainSpansDomains,
                     $"disk {disk.Image} runs on a chain whose leaf is on domain {disk.Domain} and whose older layers are on {string.Join(", ", others)} " +
                     "(a post-copy abandoned before its backing switch leaves it so): it runs as it is and nothing is lost, but no migration moves " +
-                    "such a disk; `lsm vm show` names its chain");
+                    "such a disk; `lsm vm show` names its chain, and `lsm migrate VM --disk IMAGE` moves the VM's other disks");
             if (wanted.Destination == disk.Domain)
                 return Decision.Refuse(ErrorCodes.InvalidArgument, $"disk {disk.Image} is already on domain {disk.Domain}");
             if (facts.Domains.FirstOrDefault(d => d.Id == wanted.Destination) is not { } destination)
