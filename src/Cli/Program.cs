@@ -86,6 +86,13 @@ app.Configure(config =>
     config.AddCommand<VmsCommand>("vms")
         .WithDescription("The VMs with their disks and the domain of each layer of their chains")
         .WithExample("vms");
+    config.AddBranch<GlobalSettings>("host", host =>
+    {
+        host.SetDescription("One host: forget one gone for good");
+        host.AddCommand<HostForgetCommand>("forget")
+            .WithDescription("Forget a host gone for good: its VMs leave the lists and it holds no domain inactive (refused while it is a cluster member)")
+            .WithExample("host", "forget", "host-3");
+    });
     config.AddBranch<GlobalSettings>("domain", domain =>
     {
         domain.SetDescription("Storage domains: create");

@@ -4,7 +4,7 @@ using LiveMigration.Shared.Model;
 
 namespace LiveMigration.Coordinator.Api;
 
-/// <summary>GET /api/hosts, GET /api/domains, POST /api/domains; and how a management refusal becomes an HTTP answer.</summary>
+/// <summary>GET /api/hosts, POST /api/hosts/{id}/forget, GET /api/domains, POST /api/domains; and how a management refusal becomes an HTTP answer.</summary>
 public static class HostEndpoints
 {
     public sealed record CreateDomainBody(string? Name, string? Path, long CapacityBytes = 0);
@@ -13,6 +13,8 @@ public static class HostEndpoints
     {
         app.MapGet("/api/hosts", (HttpContext http, CancellationToken ct) => Guard(async () =>
             Results.Ok(new { hosts = await ManagementService.From(http.RequestServices).HostsAsync(ct) })));
+        app.MapPost("/api/hosts/{id}/forget", (string id, HttpContext http, CancellationToken ct) => Guard(async () =>
+            Results.Ok(new { forgotten = id, vms = await ManagementService.From(http.RequestServices).ForgetHostAsync(id, ct) })));
         app.MapGet("/api/domains", (HttpContext http, CancellationToken ct) => Guard(async () =>
         {
             var snapshot = await ManagementService.From(http.RequestServices).InventoryAsync(ct);

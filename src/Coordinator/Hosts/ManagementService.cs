@@ -93,6 +93,25 @@ public sealed class ManagementService(ActorSystem system, IActorRef inventory, I
         }
     }
 
+    /// <summary>
+    /// Forgets a host gone for good (decommissioned, its machine lost): its VMs as it last reported them leave the lists,
+    /// and it no longer holds a domain inactive. Refused while it is a cluster member (it reports, or may report again;
+    /// down it first), unknown, or while a disk of its VMs is in a migration. Returns how many VMs went with it.
+    /// </summary>
+    public async Task<int> ForgetHostAsync(string hostId, CancellationToken ct)
+    {
+        var snapshot = await InventoryAsync(ct);
+        if (snapshot.Hosts.FirstOrDefault(h => h.HostId == hostId) is not { } host)
+            throw Refuse(HostNotFound, $"no host '{ApiText.Clip(hostId)}' (known: {string.Join(", ", snapshot.Hosts.Select(h => h.HostId))})");
+        var member = Akka.Cluster.Cluster.Get(system).State.Members.FirstOrDefault(m => m.Address.ToString() == host.Address);
+        if (member is not null)
+            throw Refuse(ErrorCodes.Conflict, $"host {hostId} is a member of the cluster ({member.Status.ToString().ToLowerInvariant()} at {host.Address}): " +
+                                              "stop it, and down it if it crashed (`lsm cluster down ADDRESS`), before forgetting it; a running host reports itself again");
+        var answer = await inventory.Ask<HostForgetAnswer>(new ForgetHost(hostId), AskTimeout, ct);
+        if (answer.RefusalCode is { } code) throw Refuse(code, answer.RefusalMessage ?? $"host {hostId} is not forgotten");
+        return answer.Vms;
+    }
+
     public async Task<DomainReport> CreateDomainAsync(string? name, string? path, long capacityBytes, CancellationToken ct)
     {
         if (string.IsNullOrWhiteSpace(name))

@@ -126,6 +126,23 @@ public static class InventoryDecider
             : new InventoryDecision(reply, new DisksReservedForMigration(reserve.Migration, reserve.Vm, toTake.ToValueList(), now));
     }
 
+    /// <summary>
+    /// Forgets a host gone for good, unless a disk of one of the VMs it last reported is held by a migration (that migration's
+    /// steps still name the host). A host not known is answered as forgotten, so a repeated request changes nothing.
+    /// </summary>
+    public static InventoryDecision Decide(InventoryState state, ForgetHost forget, DateTimeOffset now)
+    {
+        if (!state.Hosts.TryGetValue(forget.HostId, out var host))
+            return new InventoryDecision(new HostForgetAnswer(forget.HostId, 0), null);
+        var held = host.Vms.SelectMany(v => v.Drives).Select(d => d.Image)
+            .FirstOrDefault(i => state.Reservations.ContainsKey(i) || state.SettlingAfter(i, now) is not null);
+        if (held != default)
+            return new InventoryDecision(new HostForgetAnswer(forget.HostId, host.Vms.Count, ErrorCodes.Conflict,
+                $"host {forget.HostId} is not forgotten: disk {held} of one of its VMs is in migration " +
+                $"{(state.Reservations.TryGetValue(held, out var m) ? m : state.SettlingAfter(held, now))}; let it end (or abandon it) first"), null);
+        return new InventoryDecision(new HostForgetAnswer(forget.HostId, host.Vms.Count), new HostForgotten(forget.HostId, now));
+    }
+
     /// <summary>Frees every disk the migration holds; releasing a migration that holds nothing is answered the same way.</summary>
     public static InventoryDecision Decide(InventoryState state, ReleaseDisks release, DateTimeOffset now)
     {

@@ -77,6 +77,14 @@ public sealed record InventoryState(
             Settling = SettledBy(e.Upserted),
         },
         DomainsReported e => MergeDomains(e.Domains, e.At, e.HostId),
+        HostForgotten e => this with
+        {
+            Hosts = Hosts.Remove(e.HostId),
+            Chains = Chains.Remove(e.HostId),
+            // its word on what it cannot reach goes with it
+            Domains = Domains.Select(d => d.UnreachableFrom?.Contains(e.HostId) == true ? MergeDomain(d, d with { Active = true }, e.HostId, newest: false) : d)
+                .ToValueList(),
+        },
         DisksReservedForMigration e => this with
         {
             Reservations = Reservations.SetItems(e.Images.Select(i => KeyValuePair.Create(i, e.Migration))),

@@ -113,6 +113,16 @@ public sealed record DiskPlace(ImageId Image, DomainId Domain);
 /// <summary>Everything the inventory knows, for the API and the CLI (answered with <see cref="InventorySnapshot"/>).</summary>
 public sealed record GetInventory : IInventoryMessage;
 
+/// <summary>
+/// An operator's "this host is gone for good" (answered with <see cref="HostForgetAnswer"/>): its record, its VMs as it last
+/// reported them and its word on which domains it cannot reach go. Refused while one of its VMs' disks is in a migration.
+/// The caller checks first that the host is not a cluster member: a host that reports again is known again.
+/// </summary>
+public sealed record ForgetHost(string HostId) : IInventoryMessage;
+
+/// <summary>The answer to <see cref="ForgetHost"/>: <paramref name="RefusalCode"/> null when it is forgotten (or was not known).</summary>
+public sealed record HostForgetAnswer(string HostId, int Vms, string? RefusalCode = null, string? RefusalMessage = null) : IInventoryMessage;
+
 public sealed record HostEntry(string HostId, string Address, bool SpmCapable, DateTimeOffset LastReport);
 
 public sealed record InventorySnapshot(
@@ -166,6 +176,9 @@ public sealed record HostVmsChanged(string HostId, string Address, bool SpmCapab
 public sealed record DomainsReported(ValueList<DomainReport> Domains, DateTimeOffset At,
     [property: System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
     string? HostId = null) : IInventoryEvent;
+
+/// <summary>An operator forgot a host that is gone for good (<see cref="ForgetHost"/>).</summary>
+public sealed record HostForgotten(string HostId, DateTimeOffset At) : IInventoryEvent;
 
 /// <summary>A migration took these disks (only the ones it did not hold already).</summary>
 public sealed record DisksReservedForMigration(MigrationId Migration, VmId Vm, ValueList<ImageId> Images, DateTimeOffset At)

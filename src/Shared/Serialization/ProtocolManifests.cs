@@ -77,6 +77,8 @@ public static class ProtocolManifests
         // the inventory: host and SPM reports, the Coordinator's questions and their answers
         ("lm.HostStatusReport.v1", typeof(HostStatusReport)),
         ("lm.DomainStatusReport.v1", typeof(DomainStatusReport)),
+        ("lm.ForgetHost.v1", typeof(ForgetHost)),
+        ("lm.HostForgetAnswer.v1", typeof(HostForgetAnswer)),
         ("lm.ReportAcknowledged.v1", typeof(ReportAcknowledged)),
         ("lm.GetValidationFacts.v1", typeof(GetValidationFacts)),
         ("lm.ValidationFactsReply.v1", typeof(ValidationFactsReply)),
@@ -95,6 +97,7 @@ public static class ProtocolManifests
         ("lm.HostReported.v1", typeof(HostReported)),
         ("lm.HostVmsChanged.v1", typeof(HostVmsChanged)),
         ("lm.DomainsReported.v1", typeof(DomainsReported)),
+        ("lm.HostForgotten.v1", typeof(HostForgotten)),
         ("lm.DisksReservedForMigration.v1", typeof(DisksReservedForMigration)),
         ("lm.DisksReleasedByMigration.v1", typeof(DisksReleasedByMigration)),
 

@@ -104,6 +104,29 @@ public sealed class ManagementServiceTests() : TestKit(Config, nameof(Management
     }
 
     [Fact]
+    public async Task A_host_gone_for_good_is_forgotten_with_its_vms_but_not_while_it_is_a_cluster_member()
+    {
+        var (service, _, inventory) = Start();
+        var none = CancellationToken.None;
+        var unknown = await RefusedAsync(ManagementService.HostNotFound, 404, () => service.ForgetHostAsync("host-9", none));
+        Assert.Contains("host-1, host-2", unknown.Message);
+        // host-3 runs in this very node: a member
+        var self = Akka.Cluster.Cluster.Get(Sys);
+        inventory.Tell(new HostStatusReport("host-3", self.SelfAddress.ToString(), SpmCapable: false, [], At), ActorRefs.NoSender);
+        await self.JoinAsync(self.SelfAddress);
+        await AwaitAssertAsync(async () => Assert.Contains((await service.HostsAsync(none)), h => h.Id == "host-3"));
+        var member = await RefusedAsync(ErrorCodes.Conflict, 409, () => service.ForgetHostAsync("host-3", none));
+        Assert.Contains("is a member of the cluster", member.Message);
+
+        // host-1 (not a member: its process is gone) with its VM web
+        Assert.Equal(1, await service.ForgetHostAsync("host-1", none));
+
+        var snapshot = await service.InventoryAsync(none);
+        Assert.DoesNotContain(snapshot.Hosts, h => h.HostId == "host-1");
+        Assert.DoesNotContain(snapshot.Vms, v => v.Vm.Id == _web);
+    }
+
+    [Fact]
     public async Task A_vm_is_not_made_on_a_domain_a_host_cannot_reach_and_the_refusal_names_the_host()
     {
         var (service, spm, inventory) = Start();

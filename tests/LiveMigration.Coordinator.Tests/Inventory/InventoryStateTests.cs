@@ -210,6 +210,44 @@ public sealed class InventoryStateTests
         Assert.Empty(rebuilt.Hosts["host-2"].Vms);
     }
 
+    // ---------------------------------------------------------------- a host gone for good
+
+    [Fact]
+    public void A_forgotten_host_takes_its_vms_and_its_word_on_unreachable_domains_with_it()
+    {
+        var state = Reported(Pool(), _pool.HostReport("host-2", T0));
+        var unreachableOnB = _pool.DomainReport(bActive: false, at: T0.AddSeconds(1)) with { HostId = "host-2" };
+        state = Reported(state, unreachableOnB with { Domains = [unreachableOnB.Domains[1]] });
+        Assert.False(state.Domains[1].Active);
+
+        var decision = InventoryDecider.Decide(state, new ForgetHost("host-2"), T0.AddSeconds(2));
+
+        Assert.Equal(new HostForgetAnswer("host-2", 0), decision.Reply);
+        state = state.Apply(Assert.IsType<HostForgotten>(decision.Event));
+        Assert.Equal(["host-1"], state.Hosts.Keys);
+        Assert.True(state.Domains[1].Active);
+        Assert.Null(state.Domains[1].UnreachableFrom);
+        // forgetting it again changes nothing and is not refused
+        var again = InventoryDecider.Decide(state, new ForgetHost("host-2"), T0.AddSeconds(3));
+        Assert.Null(again.Event);
+        Assert.Null(((HostForgetAnswer)again.Reply).RefusalCode);
+    }
+
+    [Fact]
+    public void A_host_whose_vm_has_a_disk_in_a_migration_is_not_forgotten()
+    {
+        var migration = MigrationId.New();
+        var (state, _) = Run(Pool(), new ReserveDisks(migration, _pool.Vm, [_pool.Disk]));
+
+        var decision = InventoryDecider.Decide(state, new ForgetHost("host-1"), T0.AddSeconds(1));
+
+        Assert.Null(decision.Event);
+        var answer = Assert.IsType<HostForgetAnswer>(decision.Reply);
+        Assert.Equal(ErrorCodes.Conflict, answer.RefusalCode);
+        Assert.Contains(migration.ToString(), answer.RefusalMessage);
+        Assert.Equal("host-1", state.Locate(_pool.Vm));
+    }
+
     // ---------------------------------------------------------------- domains: merged by id, never lost to a host that has not attached them
 
     [Fact]
