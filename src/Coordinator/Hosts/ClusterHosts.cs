@@ -44,6 +44,15 @@ public sealed class HostDirectory
             _hostOfVm[vm.Id] = whole.HostId;
     }
 
+    /// <summary>A host forgotten for good: none of its VMs and none of its addresses lead to it any more.</summary>
+    public void Apply(HostForgotten forgotten)
+    {
+        foreach (var (vm, host) in _hostOfVm)
+            if (host == forgotten.HostId) _hostOfVm.TryRemove(new KeyValuePair<VmId, string>(vm, host));
+        foreach (var (address, host) in _hostAtAddress)
+            if (host == forgotten.HostId) _hostAtAddress.TryRemove(new KeyValuePair<string, string>(address, host));
+    }
+
     /// <summary>A change of a host's VMs: these are its now, those gone are no longer its.</summary>
     public void Apply(HostVmsChanged change)
     {
@@ -62,6 +71,7 @@ public sealed class HostDirectoryListener : ReceiveActor
     {
         Receive<HostReported>(directory.Apply);
         Receive<HostVmsChanged>(directory.Apply);
+        Receive<HostForgotten>(directory.Apply);
         Receive<SubscribeAck>(_ => { });
     }
 

@@ -71,6 +71,11 @@ public sealed class HostRejoinWatcher : ReceiveActor, IWithTimers
             foreach (var vm in change.Gone) _stopped.Remove(vm);
             foreach (var vm in change.Upserted) Saw(vm, change.HostId);
         });
+        Receive<HostForgotten>(forgotten =>
+        {
+            foreach (var (vm, host) in _stopped.ToList())
+                if (host == forgotten.HostId) _stopped.Remove(vm);
+        });
         Receive<SubscribeAck>(_ => { });
         Receive<ClusterEvent.MemberUp>(up =>
         {

@@ -101,13 +101,18 @@ public sealed class ManagementService(ActorSystem system, IActorRef inventory, I
     public async Task<int> ForgetHostAsync(string hostId, CancellationToken ct)
     {
         var snapshot = await InventoryAsync(ct);
-        if (snapshot.Hosts.FirstOrDefault(h => h.HostId == hostId) is not { } host)
+        var host = snapshot.Hosts.FirstOrDefault(h => h.HostId == hostId);
+        if (host is null && !snapshot.Domains.Any(d => d.UnreachableFrom?.Contains(hostId) == true))
             throw Refuse(HostNotFound, $"no host '{ApiText.Clip(hostId)}' (known: {string.Join(", ", snapshot.Hosts.Select(h => h.HostId))})");
-        var member = Akka.Cluster.Cluster.Get(system).State.Members.FirstOrDefault(m => m.Address.ToString() == host.Address);
+        // A member at its address is this host unless another host reported from there since (a new host on the old
+        // address); a member the cluster marked Down is on its way out.
+        var member = host is null || snapshot.Hosts.Where(h => h.Address == host.Address).MaxBy(h => h.LastReport)?.HostId != hostId
+            ? null
+            : Akka.Cluster.Cluster.Get(system).State.Members.FirstOrDefault(m => m.Address.ToString() == host.Address && m.Status != Akka.Cluster.MemberStatus.Down);
         if (member is not null)
-            throw Refuse(ErrorCodes.Conflict, $"host {hostId} is a member of the cluster ({member.Status.ToString().ToLowerInvariant()} at {host.Address}): " +
+            throw Refuse(ErrorCodes.Conflict, $"host {hostId} is a member of the cluster ({member.Status.ToString().ToLowerInvariant()} at {member.Address}): " +
                                               "stop it, and down it if it crashed (`lsm cluster down ADDRESS`), before forgetting it; a running host reports itself again");
-        var answer = await inventory.Ask<HostForgetAnswer>(new ForgetHost(hostId), AskTimeout, ct);
+        var answer = await inventory.Ask<HostForgetAnswer>(new ForgetHost(hostId, host?.Address, host?.LastReport), AskTimeout, ct);
         if (answer.RefusalCode is { } code) throw Refuse(code, answer.RefusalMessage ?? $"host {hostId} is not forgotten");
         return answer.Vms;
     }

@@ -82,7 +82,19 @@ public sealed class InventoryActor : ReceivePersistentActor
         });
         Command<ReserveDisks>(reserve => Answer(InventoryDecider.Decide(_state, reserve, _clock.GetUtcNow())));
         Command<ReleaseDisks>(release => Answer(InventoryDecider.Decide(_state, release, _clock.GetUtcNow())));
-        Command<ForgetHost>(forget => Answer(InventoryDecider.Decide(_state, forget, _clock.GetUtcNow())));
+        Command<ForgetHost>(forget =>
+        {
+            var decision = InventoryDecider.Decide(_state, forget, _clock.GetUtcNow());
+            var replyTo = Sender;
+            if (decision.Event is not { } forgotten) AfterWhatIsPending(() => replyTo.Tell(decision.Reply));
+            else
+                // the Coordinators' directories of which host runs which VM drop it too
+                PersistAndApply(forgotten, () =>
+                {
+                    PublishChange(forgotten);
+                    replyTo.Tell(decision.Reply);
+                });
+        });
         Command<GetValidationFacts>(ask => Reply(new ValidationFactsReply(_state.FactsFor(ask.Vm, ask.Images, _clock.GetUtcNow()))));
         Command<LocateVm>(ask => Reply(new VmLocation(ask.Vm, _state.Locate(ask.Vm))));
         Command<GetInventory>(_ => Reply(_state.Snapshot()));

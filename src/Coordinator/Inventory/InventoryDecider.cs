@@ -133,7 +133,12 @@ public static class InventoryDecider
     public static InventoryDecision Decide(InventoryState state, ForgetHost forget, DateTimeOffset now)
     {
         if (!state.Hosts.TryGetValue(forget.HostId, out var host))
-            return new InventoryDecision(new HostForgetAnswer(forget.HostId, 0), null);
+            // only its word on a domain left (a report of its domains after it was forgotten): that goes too
+            return new InventoryDecision(new HostForgetAnswer(forget.HostId, 0),
+                state.Domains.Any(d => d.UnreachableFrom?.Contains(forget.HostId) == true) ? new HostForgotten(forget.HostId, now) : null);
+        if ((forget.Address is { } address && address != host.Address) || (forget.LastReport is { } last && last != host.LastReport))
+            return new InventoryDecision(new HostForgetAnswer(forget.HostId, host.Vms.Count, ErrorCodes.Conflict,
+                $"host {forget.HostId} reported since it was checked (from {host.Address} at {host.LastReport:O}): it is back, and not forgotten"), null);
         var held = host.Vms.SelectMany(v => v.Drives).Select(d => d.Image)
             .FirstOrDefault(i => state.Reservations.ContainsKey(i) || state.SettlingAfter(i, now) is not null);
         if (held != default)

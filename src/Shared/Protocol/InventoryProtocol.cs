@@ -116,9 +116,10 @@ public sealed record GetInventory : IInventoryMessage;
 /// <summary>
 /// An operator's "this host is gone for good" (answered with <see cref="HostForgetAnswer"/>): its record, its VMs as it last
 /// reported them and its word on which domains it cannot reach go. Refused while one of its VMs' disks is in a migration.
-/// The caller checks first that the host is not a cluster member: a host that reports again is known again.
+/// The caller checks first that the host is not a cluster member, and names the <paramref name="Address"/> and
+/// <paramref name="LastReport"/> it checked: a host that reported since (it came back meanwhile) is not forgotten.
 /// </summary>
-public sealed record ForgetHost(string HostId) : IInventoryMessage;
+public sealed record ForgetHost(string HostId, string? Address = null, DateTimeOffset? LastReport = null) : IInventoryMessage;
 
 /// <summary>The answer to <see cref="ForgetHost"/>: <paramref name="RefusalCode"/> null when it is forgotten (or was not known).</summary>
 public sealed record HostForgetAnswer(string HostId, int Vms, string? RefusalCode = null, string? RefusalMessage = null) : IInventoryMessage;

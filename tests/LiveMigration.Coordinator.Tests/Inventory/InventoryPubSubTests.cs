@@ -51,4 +51,31 @@ public sealed class InventoryPubSubTests() : TestKit(Config, nameof(InventoryPub
         Assert.False(ExpectMsg<ReportAcknowledged>(Wait).Resync);
         AwaitAssert(() => Assert.Null(directory.HostOf(pool.Vm)), Wait);
     }
+
+    [Fact]
+    public void A_forgotten_host_leaves_the_host_directory_through_the_topic()
+    {
+        var cluster = Cluster.Get(Sys);
+        cluster.Join(cluster.SelfAddress);
+        AwaitCondition(() => cluster.SelfMember.Status == MemberStatus.Up, Wait);
+        var pool = new InventoryFixtures();
+        var directory = new HostDirectory();
+        Sys.ActorOf(HostDirectoryListener.Props(directory));
+        var inventory = Sys.ActorOf(InventoryActor.Props(new InventoryOptions(PublishToCluster: true)));
+        var at = InventoryFixtures.T0;
+        AwaitAssert(() =>
+        {
+            at = at.AddSeconds(1);
+            inventory.Tell(pool.HostReport("host-1", at, pool.VmReport()) with { Epoch = at.UtcTicks, Vms = [pool.VmReport() with { Name = $"web {at:ss}" }] }, TestActor);
+            ExpectMsg<ReportAcknowledged>(Wait);
+            Assert.Equal("host-1", directory.HostOf(pool.Vm));
+        }, Wait, TimeSpan.FromMilliseconds(200));
+
+        inventory.Tell(new ForgetHost("host-1"), TestActor);
+
+        Assert.Equal(new HostForgetAnswer("host-1", 1), ExpectMsg<HostForgetAnswer>(Wait));
+        // the steps of a VM it ran are not sent to it any more (another host that lists the VM, or none, answers)
+        AwaitAssert(() => Assert.Null(directory.HostOf(pool.Vm)), Wait);
+        Assert.Null(directory.HostAt(pool.HostReport("host-1").Address));
+    }
 }

@@ -234,6 +234,26 @@ public sealed class InventoryStateTests
     }
 
     [Fact]
+    public void A_host_that_reported_since_it_was_checked_is_not_forgotten_and_one_known_only_by_its_word_on_a_domain_is()
+    {
+        var state = Reported(Pool(), _pool.HostReport("host-2", T0));
+        var checkedAt = state.Hosts["host-2"].LastReport;
+        state = state.Heard("host-2", T0.AddSeconds(5)); // it came back meanwhile
+
+        var late = InventoryDecider.Decide(state, new ForgetHost("host-2", state.Hosts["host-2"].Address, checkedAt), T0.AddSeconds(6));
+        Assert.Null(late.Event);
+        Assert.Equal(ErrorCodes.Conflict, ((HostForgetAnswer)late.Reply).RefusalCode);
+
+        // forgotten, and then a late report of its domains names it again: forgetting it again clears that too
+        state = state.Apply(InventoryDecider.Decide(state, new ForgetHost("host-2"), T0.AddSeconds(7)).Event!);
+        var unreachableOnB = _pool.DomainReport(bActive: false, at: T0.AddSeconds(8)) with { HostId = "host-2" };
+        state = Reported(state, unreachableOnB with { Domains = [unreachableOnB.Domains[1]] });
+        Assert.False(state.Domains[1].Active);
+        state = state.Apply(InventoryDecider.Decide(state, new ForgetHost("host-2"), T0.AddSeconds(9)).Event!);
+        Assert.True(state.Domains[1].Active);
+    }
+
+    [Fact]
     public void A_host_whose_vm_has_a_disk_in_a_migration_is_not_forgotten()
     {
         var migration = MigrationId.New();
