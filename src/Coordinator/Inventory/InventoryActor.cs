@@ -82,19 +82,8 @@ public sealed class InventoryActor : ReceivePersistentActor
         });
         Command<ReserveDisks>(reserve => Answer(InventoryDecider.Decide(_state, reserve, _clock.GetUtcNow())));
         Command<ReleaseDisks>(release => Answer(InventoryDecider.Decide(_state, release, _clock.GetUtcNow())));
-        Command<ForgetHost>(forget =>
-        {
-            var decision = InventoryDecider.Decide(_state, forget, _clock.GetUtcNow());
-            var replyTo = Sender;
-            if (decision.Event is not { } forgotten) AfterWhatIsPending(() => replyTo.Tell(decision.Reply));
-            else
-                // the Coordinators' directories of which host runs which VM drop it too
-                PersistAndApply(forgotten, () =>
-                {
-                    PublishChange(forgotten);
-                    replyTo.Tell(decision.Reply);
-                });
-        });
+        // the Coordinators' directories of which host runs which VM drop a forgotten host too
+        Command<ForgetHost>(forget => Answer(InventoryDecider.Decide(_state, forget, _clock.GetUtcNow()), publish: true));
         Command<GetValidationFacts>(ask => Reply(new ValidationFactsReply(_state.FactsFor(ask.Vm, ask.Images, _clock.GetUtcNow()))));
         Command<LocateVm>(ask => Reply(new VmLocation(ask.Vm, _state.Locate(ask.Vm))));
         Command<GetInventory>(_ => Reply(_state.Snapshot()));
@@ -117,11 +106,17 @@ public sealed class InventoryActor : ReceivePersistentActor
         AfterWhatIsPending(() => replyTo.Tell(answer));
     }
 
-    private void Answer(InventoryDecision decision)
+    /// <param name="publish">Whether the fact also goes to the Coordinators' listeners (<see cref="PublishChange"/>) once journaled.</param>
+    private void Answer(InventoryDecision decision, bool publish = false)
     {
         var replyTo = Sender;
-        if (decision.Event is null) AfterWhatIsPending(() => replyTo.Tell(decision.Reply));
-        else PersistAndApply(decision.Event, () => replyTo.Tell(decision.Reply));
+        if (decision.Event is not { } change) AfterWhatIsPending(() => replyTo.Tell(decision.Reply));
+        else
+            PersistAndApply(change, () =>
+            {
+                if (publish) PublishChange(change);
+                replyTo.Tell(decision.Reply);
+            });
     }
 
     /// <summary>

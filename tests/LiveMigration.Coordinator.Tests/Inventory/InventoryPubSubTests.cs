@@ -25,8 +25,11 @@ public sealed class InventoryPubSubTests() : TestKit(Config, nameof(InventoryPub
 
     private static readonly TimeSpan Wait = TimeSpan.FromSeconds(10);
 
-    [Fact]
-    public void A_change_the_inventory_journals_reaches_the_host_directory_through_the_topic()
+    /// <summary>
+    /// A one-node cluster with a publishing inventory and a host directory listening to it, once the directory has heard
+    /// host-1 run the pool's VM; returns the time of that report.
+    /// </summary>
+    private (InventoryFixtures Pool, HostDirectory Directory, IActorRef Inventory, DateTimeOffset At) DirectoryHearingHost1()
     {
         var cluster = Cluster.Get(Sys);
         cluster.Join(cluster.SelfAddress);
@@ -45,6 +48,13 @@ public sealed class InventoryPubSubTests() : TestKit(Config, nameof(InventoryPub
             ExpectMsg<ReportAcknowledged>(Wait);
             Assert.Equal("host-1", directory.HostOf(pool.Vm));
         }, Wait, TimeSpan.FromMilliseconds(200));
+        return (pool, directory, inventory, at);
+    }
+
+    [Fact]
+    public void A_change_the_inventory_journals_reaches_the_host_directory_through_the_topic()
+    {
+        var (pool, directory, inventory, at) = DirectoryHearingHost1();
 
         // a change in parts: the VM is gone from host-1
         inventory.Tell(pool.HostReport("host-1", at.AddSeconds(1)) with { Epoch = at.UtcTicks, Seq = 1, Whole = false, WholeEnds = false, Gone = [pool.Vm] }, TestActor);
@@ -55,21 +65,7 @@ public sealed class InventoryPubSubTests() : TestKit(Config, nameof(InventoryPub
     [Fact]
     public void A_forgotten_host_leaves_the_host_directory_through_the_topic()
     {
-        var cluster = Cluster.Get(Sys);
-        cluster.Join(cluster.SelfAddress);
-        AwaitCondition(() => cluster.SelfMember.Status == MemberStatus.Up, Wait);
-        var pool = new InventoryFixtures();
-        var directory = new HostDirectory();
-        Sys.ActorOf(HostDirectoryListener.Props(directory));
-        var inventory = Sys.ActorOf(InventoryActor.Props(new InventoryOptions(PublishToCluster: true)));
-        var at = InventoryFixtures.T0;
-        AwaitAssert(() =>
-        {
-            at = at.AddSeconds(1);
-            inventory.Tell(pool.HostReport("host-1", at, pool.VmReport()) with { Epoch = at.UtcTicks, Vms = [pool.VmReport() with { Name = $"web {at:ss}" }] }, TestActor);
-            ExpectMsg<ReportAcknowledged>(Wait);
-            Assert.Equal("host-1", directory.HostOf(pool.Vm));
-        }, Wait, TimeSpan.FromMilliseconds(200));
+        var (pool, directory, inventory, _) = DirectoryHearingHost1();
 
         inventory.Tell(new ForgetHost("host-1"), TestActor);
 

@@ -216,8 +216,7 @@ public sealed class InventoryStateTests
     public void A_forgotten_host_takes_its_vms_and_its_word_on_unreachable_domains_with_it()
     {
         var state = Reported(Pool(), _pool.HostReport("host-2", T0));
-        var unreachableOnB = _pool.DomainReport(bActive: false, at: T0.AddSeconds(1)) with { HostId = "host-2" };
-        state = Reported(state, unreachableOnB with { Domains = [unreachableOnB.Domains[1]] });
+        state = Host2CannotReachB(state, T0.AddSeconds(1));
         Assert.False(state.Domains[1].Active);
 
         var decision = InventoryDecider.Decide(state, new ForgetHost("host-2"), T0.AddSeconds(2));
@@ -246,8 +245,7 @@ public sealed class InventoryStateTests
 
         // forgotten, and then a late report of its domains names it again: forgetting it again clears that too
         state = state.Apply(InventoryDecider.Decide(state, new ForgetHost("host-2"), T0.AddSeconds(7)).Event!);
-        var unreachableOnB = _pool.DomainReport(bActive: false, at: T0.AddSeconds(8)) with { HostId = "host-2" };
-        state = Reported(state, unreachableOnB with { Domains = [unreachableOnB.Domains[1]] });
+        state = Host2CannotReachB(state, T0.AddSeconds(8));
         Assert.False(state.Domains[1].Active);
         state = state.Apply(InventoryDecider.Decide(state, new ForgetHost("host-2"), T0.AddSeconds(9)).Event!);
         Assert.True(state.Domains[1].Active);
@@ -333,8 +331,7 @@ public sealed class InventoryStateTests
     {
         // the VM runs on host-1 (SPM-capable); host-2 (not SPM-capable) cannot reach domain B
         var state = Reported(Pool(), _pool.HostReport("host-2", T0));
-        var unreachableOnB = _pool.DomainReport(bActive: false, at: T0.AddSeconds(1)) with { HostId = "host-2" };
-        state = Reported(state, unreachableOnB with { Domains = [unreachableOnB.Domains[1]] });
+        state = Host2CannotReachB(state, T0.AddSeconds(1));
         Assert.False(state.Domains[1].Active);
 
         Assert.Equal(new DomainFacts(_pool.DomainB, true, 50L << 30), state.FactsFor(_pool.Vm, []).Domains[1]);
@@ -357,6 +354,13 @@ public sealed class InventoryStateTests
         Assert.Equal(["host-2"], Assert.Single(state.Domains).UnreachableFrom!);
         state = Reported(state, new DomainStatusReport([sd], T0.AddSeconds(3), "host-2"));
         Assert.True(Assert.Single(state.Domains).Active);
+    }
+
+    /// <summary>host-2 reports domain B, and only B, as not reachable from it (unmounted there).</summary>
+    private InventoryState Host2CannotReachB(InventoryState state, DateTimeOffset at)
+    {
+        var report = _pool.DomainReport(bActive: false, at: at) with { HostId = "host-2" };
+        return Reported(state, report with { Domains = [report.Domains[1]] });
     }
 
     /// <summary>A running VM reported by <paramref name="host"/> alone.</summary>
