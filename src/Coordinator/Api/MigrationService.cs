@@ -37,6 +37,8 @@ public sealed class MigrationService(IRequiredActor<MigrationRegion> region, IRe
             await inventory.ActorRef.Ask<DisksReleased>(new ReleaseDisks(over.Id, Inventory.ReservationReleaser.PlacesOf(over)), AskTimeout, ct);
             reserved = await inventory.ActorRef.Ask<IInventoryMessage>(new ReserveDisks(id, request.Vm, images), AskTimeout, ct);
         }
+        if (reserved is DisksNotReserved notReserved)
+            return new CommandOutcome(false, notReserved.Code, notReserved.Message);
         if (reserved is DisksBusy busy)
             return new CommandOutcome(false, MigrationErrorCodes.DiskBusy, busy.Settling
                 ? $"disk {busy.Image} was just moved by migration {busy.HeldBy} and its host has not reported it in its new place yet; try again in a moment"

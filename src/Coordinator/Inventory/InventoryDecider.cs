@@ -110,6 +110,10 @@ public static class InventoryDecider
     /// </summary>
     public static InventoryDecision Decide(InventoryState state, ReserveDisks reserve, DateTimeOffset now)
     {
+        // Its host forgotten since the request read the facts (`lsm host forget`): no host would run the migration's steps.
+        if (state.Locate(reserve.Vm) is null)
+            return new InventoryDecision(new DisksNotReserved(reserve.Migration, ErrorCodes.VmNotFound,
+                $"no host lists VM {reserve.Vm} any more (its host was forgotten?): nothing reserved"), null);
         var toTake = new List<ImageId>();
         foreach (var image in reserve.Images.Distinct())
         {

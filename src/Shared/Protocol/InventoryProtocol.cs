@@ -92,7 +92,7 @@ public sealed record VmLocation(VmId Vm, string? HostId) : IInventoryMessage;
 
 /// <summary>
 /// Reserves disks for a migration, atomically: at most one active migration per disk. Answered with
-/// <see cref="DisksReserved"/> or <see cref="DisksBusy"/>. Repeating it for the same migration is a no-op.
+/// <see cref="DisksReserved"/>, <see cref="DisksBusy"/> or <see cref="DisksNotReserved"/>. Repeating it for the same migration is a no-op.
 /// </summary>
 public sealed record ReserveDisks(MigrationId Migration, VmId Vm, ValueList<ImageId> Images) : IInventoryMessage;
 
@@ -100,6 +100,9 @@ public sealed record DisksReserved(MigrationId Migration) : IInventoryMessage;
 
 /// <param name="Settling">HeldBy has finished, and the disk's host has not reported it in its new place yet.</param>
 public sealed record DisksBusy(MigrationId Migration, ImageId Image, MigrationId HeldBy, bool Settling = false) : IInventoryMessage;
+
+/// <summary>Nothing reserved, for a reason that is not another migration (e.g. no host lists the VM any more).</summary>
+public sealed record DisksNotReserved(MigrationId Migration, string Code, string Message) : IInventoryMessage;
 
 /// <summary>Frees a migration's disks (it finished, or its start was refused).</summary>
 /// <param name="Places">Where each disk lies now that the migration finished (its destination when it completed, its source

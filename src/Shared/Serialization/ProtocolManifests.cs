@@ -87,6 +87,7 @@ public static class ProtocolManifests
         ("lm.ReserveDisks.v1", typeof(ReserveDisks)),
         ("lm.DisksReserved.v1", typeof(DisksReserved)),
         ("lm.DisksBusy.v1", typeof(DisksBusy)),
+        ("lm.DisksNotReserved.v1", typeof(DisksNotReserved)),
         ("lm.ReleaseDisks.v1", typeof(ReleaseDisks)),
         ("lm.DisksReleased.v1", typeof(DisksReleased)),
         ("lm.GetInventory.v1", typeof(GetInventory)),

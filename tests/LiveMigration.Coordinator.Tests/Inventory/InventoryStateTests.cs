@@ -266,6 +266,22 @@ public sealed class InventoryStateTests
         Assert.Equal("host-1", state.Locate(_pool.Vm));
     }
 
+    [Fact]
+    public void A_reservation_for_a_vm_whose_host_was_forgotten_since_its_facts_were_read_is_refused()
+    {
+        // The start read the facts while host-1 listed the VM; the forget landed before the reservation.
+        var state = Pool();
+        state = state.Apply(InventoryDecider.Decide(state, new ForgetHost("host-1"), T0.AddSeconds(1)).Event!);
+
+        var decision = InventoryDecider.Decide(state, new ReserveDisks(MigrationId.New(), _pool.Vm, [_pool.Disk]), T0.AddSeconds(2));
+
+        Assert.Null(decision.Event);
+        var refused = Assert.IsType<DisksNotReserved>(decision.Reply);
+        Assert.Equal(ErrorCodes.VmNotFound, refused.Code);
+        Assert.Contains(_pool.Vm.ToString(), refused.Message);
+        Assert.Empty(state.Reservations);
+    }
+
     // ---------------------------------------------------------------- domains: merged by id, never lost to a host that has not attached them
 
     [Fact]

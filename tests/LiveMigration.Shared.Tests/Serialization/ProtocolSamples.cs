@@ -145,6 +145,7 @@ public static class ProtocolSamples
         new ReserveDisks(Migration, Vm, [Image, OtherImage]),
         new DisksReserved(Migration),
         new DisksBusy(Migration, Image, OtherMigration),
+        new DisksNotReserved(Migration, "VM_NOT_FOUND", "no host lists VM vm-1"),
         new ReleaseDisks(Migration),
         new DisksReleased(Migration),
         new GetInventory(),
