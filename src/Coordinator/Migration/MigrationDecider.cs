@@ -128,14 +128,20 @@ public static class MigrationDecider
             // Busy before anything about its place: a disk that just moved may still be reported where it was.
             if (facts.DisksInActiveMigrations.Contains(disk.Image))
                 return Decision.Refuse(MigrationErrorCodes.DiskBusy, $"disk {disk.Image} is already being moved by another migration");
-            // A chain over two domains (an abandoned post-copy's) is no plan's source: its copy would read the older layers from
-            // another domain than the one it deletes at the end, and a move to its leaf's domain is not "already there".
-            if (disk.OtherDomains is { Count: > 0 } others)
+            // A chain over two domains (an abandoned post-copy's) moves only one way: a post-copy to its leaf's domain, which
+            // runs the abandoned post-copy's tail (DiskPlan.MakesWhole). Any other plan's copy would read the older layers from
+            // another domain than the one it deletes at the end.
+            var makesWhole = disk.OtherDomains is { Count: > 0 };
+            if (disk.OtherDomains is { Count: > 0 } others
+                && (others.Count > 1 || wanted.Destination != disk.Domain || request.Strategy != MigrationStrategy.PostCopy || disk.Leaf is null))
                 return Decision.Refuse(MigrationErrorCodes.ChainSpansDomains,
                     $"disk {disk.Image} runs on a chain whose leaf is on domain {disk.Domain} and whose older layers are on {string.Join(", ", others)} " +
-                    "(a post-copy abandoned before its backing switch leaves it so): it runs as it is and nothing is lost, but no migration moves " +
-                    "such a disk; `lsm vm show` names its chain, and `lsm migrate VM --disk IMAGE` moves the VM's other disks");
-            if (wanted.Destination == disk.Domain)
+                    "(a post-copy abandoned before its backing switch leaves it so): it runs as it is and nothing is lost. " +
+                    (others.Count > 1
+                        ? "No migration moves a chain over more than two domains"
+                        : $"A post-copy to its leaf's domain makes it whole first: `lsm migrate VM --to {disk.Domain} --disk {disk.Image} --strategy post-copy`") +
+                    "; `lsm migrate VM --disk IMAGE` moves the VM's other disks");
+            if (!makesWhole && wanted.Destination == disk.Domain)
                 return Decision.Refuse(ErrorCodes.InvalidArgument, $"disk {disk.Image} is already on domain {disk.Domain}");
             if (facts.Domains.FirstOrDefault(d => d.Id == wanted.Destination) is not { } destination)
                 return Decision.Refuse(ErrorCodes.DomainNotFound, $"destination domain {wanted.Destination} of disk {disk.Image} is not in the inventory");
@@ -145,7 +151,10 @@ public static class MigrationDecider
                     " (e.g. unmounted; see `lsm domains`)");
             if (facts.DisksInActiveMigrations.Contains(disk.Image))
                 return Decision.Refuse(MigrationErrorCodes.DiskBusy, $"disk {disk.Image} is already being moved by another migration");
-            result.Add(new DiskPlan(disk.Image, disk.Domain, wanted.Destination, disk.SizeBytes, NewLeafId(id, disk.Image), disk.Leaf));
+            result.Add(makesWhole
+                // The source is the older layers' domain, the new leaf the one the drive writes on already.
+                ? new DiskPlan(disk.Image, disk.OtherDomains![0], disk.Domain, disk.SizeBytes, disk.Leaf!.Value, MakesWhole: true)
+                : new DiskPlan(disk.Image, disk.Domain, wanted.Destination, disk.SizeBytes, NewLeafId(id, disk.Image), disk.Leaf));
         }
         foreach (var byDomain in result.GroupBy(p => p.Destination))
         {
@@ -330,9 +339,10 @@ public static class MigrationDecider
             {
                 // Post-copy between the live snapshot and the backing switch: the new leaf reads the older layers from the
                 // source unless the switch took effect (its answer lost); copies of them may be on the destination.
-                // No migration moves a chain over two domains (CHAIN_SPANS_DOMAINS): the way to a whole chain was to resume this one.
-                const string both = "the disk runs on a chain over both domains as it is (`lsm vm show` names it); no migration moves such a disk, " +
-                                    "so keep both until the VM's data is copied elsewhere by other means (resuming, not abandoning, would have made it whole)";
+                // Only a post-copy to the leaf's domain moves such a chain (DiskPlan.MakesWhole): it runs this one's tail.
+                var both = $"the disk runs on a chain over both domains as it is (`lsm vm show` names it): keep both; " +
+                           $"`lsm migrate VM --to {plan.Destination} --disk {disk.Image} --strategy post-copy` makes it whole (it takes over these copies, " +
+                           $"copies the older layers to domain {plan.Destination} and removes them from domain {plan.Source})";
                 left.Add(new LeftBehind(disk.Image, plan.Source,
                     $"the older layers of disk {disk.Image}, which its new leaf on domain {plan.Destination} reads unless the backing switch took effect ({disk.Step} did not finish)", both));
                 left.Add(new LeftBehind(disk.Image, plan.Destination,
@@ -455,10 +465,11 @@ public static class MigrationDecider
             var budgetLeft = disk.FailuresInRow < Request.RetryPolicy.MaxAttempts;
             var why = $"{step} of disk {disk.Image} failed ({code}: {message})";
 
-            if (MigrationPlan.IsSwitch(step))
+            if (MigrationPlan.IsSwitch(step) && !disk.PassedPointOfNoReturn)
             {
                 // DESIGN §7.4: a failed switch may still have happened (a timeout, QEMU gone, a lost answer).
-                // Nothing is undone before a read-only probe says where the drive runs.
+                // Nothing is undone before a read-only probe says where the drive runs. (A disk past its point of no return
+                // from the start, one whose move makes a split chain whole, has nothing to undo: it retries or waits.)
                 StartStep(disk, MigrationStep.ProbeSwitch, 1);
                 return Settle();
             }

@@ -132,7 +132,9 @@ public sealed record MigrationState(
         {
             Status = new MigrationStatus.Queued(),
             Request = r.Request,
-            DiskStates = r.Disks.Select(p => new DiskState(p)).ToValueList(),
+            // A disk whose move makes a split chain whole writes on its destination already: never rolled back.
+            DiskStates = r.Disks.Select(p => new DiskState(p, PassedPointOfNoReturn: p.MakesWhole)).ToValueList(),
+            PointOfNoReturnPassed = r.Disks.Any(p => p.MakesWhole),
             RequestedAt = r.At,
         },
         MigrationAdmitted => s with { Status = new MigrationStatus.Running() },

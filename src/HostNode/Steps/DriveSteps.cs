@@ -94,6 +94,8 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
                 var newLeaf = await dst.DescribeVolumeAsync(image, command.Disk.NewLeaf, ct);
                 var path = dst.Locate(image, newLeaf.Id);
                 var target = new VolumeRef(dst.Id, newLeaf.Id);
+                if (command.Disk.MakesWhole)
+                    return await FoundOnSplitLeafAsync(vm, image, path, target, ct);
                 records.RequireNotFenced(vm, image, command.Operation.Migration);
                 await records.BeginSwitchAsync(vm, image, target, ct);
                 var drive = await records.SettlingOnFailureAsync(vm, image,
@@ -122,6 +124,24 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
             default:
                 throw new OperationFailedException(ErrorCodes.InvalidArgument, $"the VM's host does not run {step} this way");
         }
+    }
+
+    /// <summary>
+    /// The live snapshot of a move that makes a split chain whole: the drive writes on the leaf since the abandoned post-copy's
+    /// snapshot, so nothing is switched; it is only confirmed (and recorded). A drive found elsewhere is refused, never
+    /// snapshotted onto that leaf: the leaf holds the guest's writes over the older layers, not over whatever runs now.
+    /// </summary>
+    private async Task<StepOutcome> FoundOnSplitLeafAsync(VmId vm, ImageId image, string path, VolumeRef target, CancellationToken ct)
+    {
+        var info = await hypervisor.DescribeVmAsync(vm, ct);
+        if (!info.Running)
+            throw new OperationFailedException(ErrorCodes.VmNotRunning, $"VM {vm} is not running: its split chain is made whole only while it runs");
+        var open = info.Drive(image).OpenChain;
+        if (open.Count == 0 || open[^1] != path)
+            throw new OperationFailedException(ErrorCodes.Conflict,
+                $"VM {vm} drive {image} writes on {open.LastOrDefault() ?? "nothing"}, not on leaf {target}: this is not the split chain the move was planned for");
+        await records.RecordLeafAsync(vm, image, target, ct);
+        return new StepOutcome(Detail: $"VM {vm} drive {image} writes on leaf {target.Volume} on domain {target.Domain} already (since the abandoned post-copy's snapshot)");
     }
 
     /// <summary>

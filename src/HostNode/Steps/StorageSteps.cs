@@ -150,6 +150,8 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, 
         CancellationToken ct)
     {
         var image = disk.Image;
+        if (disk.MakesWhole)
+            return await AdoptSplitChainAsync(src, dst, disk, owner, ct);
         if ((await dst.ListImagesAsync(ct)).Contains(image)
             && (await dst.DescribeImageAsync(image, ct)).Volumes.FirstOrDefault(v => v.Id == disk.NewLeaf) is { } made)
         {
@@ -164,6 +166,43 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, 
         var newLeaf = await dst.CreateVolumeAsync(new NewVolume(image, disk.NewLeaf, VolumeFormat.Cow, oldLeaf.Capacity,
             new VolumeRef(src.Id, oldLeaf.Id), Legality.Legal, owner), src, ct);
         return new StepOutcome(Detail: $"leaf {newLeaf.Id} on domain {dst.Id} over {oldLeaf.Id} on domain {src.Id}");
+    }
+
+    /// <summary>
+    /// The first step of a move that makes a split chain whole (<see cref="DiskPlan.MakesWhole"/>): the drive writes on the
+    /// leaf an abandoned post-copy made here, over older layers on the source (or, its clone done, already re-pointed at its
+    /// twins here). This migration takes over every volume of the image that migration made here, so that from now on the
+    /// post-copy's own steps and checks hold: the live snapshot finds the drive on its leaf, the clone copies what the twins
+    /// lack, the backing switch and the source's delete follow. Refused, changing nothing, when the leaf is not there as such a
+    /// leaf, or when a volume of the image here is an operator's or another migration's.
+    /// </summary>
+    private async Task<StepOutcome> AdoptSplitChainAsync(IStorageDomain src, IStorageDomain dst, DiskPlan disk, VolumeOwner owner,
+        CancellationToken ct)
+    {
+        var image = disk.Image;
+        var here = (await dst.ListImagesAsync(ct)).Contains(image) ? (await dst.DescribeImageAsync(image, ct)).Volumes : [];
+        if (here.FirstOrDefault(v => v.Id == disk.NewLeaf) is not { } leaf)
+            throw new OperationFailedException(ErrorCodes.VolumeNotFound,
+                $"domain {dst.Id} holds no leaf {disk.NewLeaf} of image {image}: there is no split chain of it to make whole");
+        if (leaf.Legality != Legality.Legal || leaf.Parent is not { } parent || (parent.Domain != src.Id && parent.Domain != dst.Id))
+            throw new OperationFailedException(ErrorCodes.Conflict,
+                $"leaf {leaf.Id} of image {image} on domain {dst.Id} is {leaf.Legality} over {leaf.Parent?.ToString() ?? "nothing"}: " +
+                $"not the LEGAL leaf of a chain whose older layers are on domain {src.Id}");
+        var others = here.Where(v => v.Owner?.Migration != owner.Migration).ToList();
+        if (others.FirstOrDefault(v => v.Owner is null) is { } operators)
+            throw new OperationFailedException(ErrorCodes.DestinationHoldsImage,
+                $"volume {operators.Id} of image {image} on domain {dst.Id} was made by an operator, not by a migration: nothing is taken over");
+        var previous = others.Select(v => v.Owner!.Migration).Distinct().ToList();
+        if (previous.Count > 1)
+            throw new OperationFailedException(ErrorCodes.DestinationHoldsImage,
+                $"the volumes of image {image} on domain {dst.Id} were made by migrations {string.Join(", ", previous)}: nothing is taken over");
+        if (previous.Count == 0)
+            return new StepOutcome(Detail: $"leaf {leaf.Id} on domain {dst.Id} and its {here.Count - 1} other volumes there were taken over already");
+        // Room for the older layers' copies, checked fresh and promised, before anything changes.
+        await ReserveRoomAsync(src, dst, image, owner.Migration, headroom: 0, ct);
+        var adopted = await dst.AdoptVolumesAsync(image, previous[0], owner, ct);
+        return new StepOutcome(Detail: $"{adopted.Count} volumes of image {image} on domain {dst.Id} (leaf {leaf.Id} over {parent}, and copies of " +
+                                       $"older layers) taken over from migration {previous[0]}, which left the chain over domains {src.Id} and {dst.Id}");
     }
 
     private async Task<StepOutcome> CloneInternalVolumesAsync(IStorageDomain src, IStorageDomain dst, DiskPlan disk, VolumeOwner owner,

@@ -108,6 +108,13 @@ public sealed class FencedStorageDomain(IStorageDomain inner, IStorageFence fenc
         return await inner.DeleteOwnedVolumesAsync(image, owner, ct);
     }
 
+    public async Task<IReadOnlyList<VolumeInfo>> AdoptVolumesAsync(ImageId image, MigrationId from, VolumeOwner to, CancellationToken ct = default)
+    {
+        using var change = await fence.BeginChangeAsync(ct);
+        AmbientFence.Enter(fence);
+        return await inner.AdoptVolumesAsync(image, from, to, ct);
+    }
+
     public async Task<IReadOnlyList<VolumeInfo>> RemoveIllegalLeftoversAsync(IReadOnlySet<ImageId> inUse, CancellationToken ct = default)
     {
         using var change = await fence.BeginChangeAsync(ct);

@@ -100,6 +100,13 @@ public interface IStorageDomain
     Task<IReadOnlyList<VolumeInfo>> DeleteOwnedVolumesAsync(ImageId image, VolumeOwner owner, CancellationToken ct = default);
 
     /// <summary>
+    /// Gives every volume of the image here that <paramref name="from"/>'s migration made to <paramref name="to"/> (metadata
+    /// only, each volume's record rewritten whole): a migration that takes over the copy an abandoned one left, so that its own
+    /// ownership checks hold from then on. A repeat finds nothing left to adopt. Returns the volumes adopted.
+    /// </summary>
+    Task<IReadOnlyList<VolumeInfo>> AdoptVolumesAsync(ImageId image, MigrationId from, VolumeOwner to, CancellationToken ct = default);
+
+    /// <summary>
     /// Removes the leftovers of failed operations: every ILLEGAL volume and the volumes that lie over it (or over
     /// a parent that is gone), never a LEGAL volume with its whole chain in place; also half-deleted files and
     /// stray temporary files. Images in <paramref name="inUse"/> (migrations still running) and images with a

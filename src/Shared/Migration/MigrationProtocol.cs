@@ -126,9 +126,15 @@ public sealed record DomainFacts(DomainId Id, bool Active, long FreeBytes,
 /// <summary>One disk's move as the saga runs it: the source comes from the inventory, the new post-copy leaf id is fixed up front.</summary>
 /// <param name="SourceLeaf">The leaf the drive runs on at validation (the pre-copy mirror target is its twin); null in journals
 /// older than it, and left out of the journal form when null so events written before it keep their bytes.</param>
+/// <param name="MakesWhole">A post-copy's tail for a chain an abandoned post-copy left over two domains: the drive already
+/// writes on <paramref name="NewLeaf"/> on the destination, over the older layers on the source. The move takes over what the
+/// abandoned one made there, copies the older layers, switches the backing chain and deletes the source; it is past its point
+/// of no return from the start (nothing of it may be rolled back: the leaf holds the guest's writes). Left out when false.</param>
 public sealed record DiskPlan(ImageId Image, DomainId Source, DomainId Destination, long SizeBytes, VolumeId NewLeaf,
     [property: System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
-    VolumeId? SourceLeaf = null);
+    VolumeId? SourceLeaf = null,
+    [property: System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingDefault)]
+    bool MakesWhole = false);
 
 public enum TerminationKind { Cancel, Failure, Abandon }
 

@@ -31,10 +31,59 @@ public sealed class ValidationAndIdsTests
         AssertRefused(saga, saga.Request(), saga.Facts(free: 1000), ErrorCodes.NotEnoughSpace, "1000 bytes free");
         // found by hand: after an abandoned post-copy no move of the disk worked (refused, or failed and rolled back)
         var split = facts with { Vm = facts.Vm! with { Disks = [facts.Vm.Disks[0] with { OtherDomains = [saga.Destination] }] } };
-        AssertRefused(saga, saga.Request(), split, MigrationErrorCodes.ChainSpansDomains, "no migration moves such a disk");
+        AssertRefused(saga, saga.Request(), split, MigrationErrorCodes.ChainSpansDomains, "--strategy post-copy");
         AssertRefused(saga, saga.Request(), facts with { DisksInActiveMigrations = [saga.Image] }, MigrationErrorCodes.DiskBusy, saga.Image.ToString());
         AssertRefused(saga, saga.Request(parallel: 0), facts, ErrorCodes.InvalidArgument, "parallel");
         Assert.Empty(saga.Journal);
+    }
+
+    /// <summary>A disk whose leaf is on the destination and whose older layers are on the source: an abandoned post-copy's.</summary>
+    private static ValidationFacts SplitOnto(SagaDriver saga, VolumeId leaf, params DomainId[] others)
+    {
+        var facts = saga.Facts();
+        return facts with { Vm = facts.Vm! with { Disks = [facts.Vm.Disks[0] with { Domain = saga.Destination, Leaf = leaf, OtherDomains = others.ToValueList() }] } };
+    }
+
+    [Fact]
+    public void A_chain_over_two_domains_moves_only_by_a_post_copy_to_its_leafs_domain_which_runs_that_post_copys_tail()
+    {
+        var leaf = VolumeId.New();
+        var saga = new SagaDriver();
+        var split = SplitOnto(saga, leaf, saga.Source);
+        var third = DomainId.New();
+        var toThird = saga.Request(MigrationStrategy.PostCopy) with { Disks = [new DiskMoveRequest(saga.Image, third)] };
+        AssertRefused(saga, toThird, split with { Domains = [.. split.Domains, new DomainFacts(third, true, 1L << 40)] },
+            MigrationErrorCodes.ChainSpansDomains, $"--to {saga.Destination} --disk {saga.Image} --strategy post-copy");
+        AssertRefused(saga, saga.Request(MigrationStrategy.PreCopy), split, MigrationErrorCodes.ChainSpansDomains, "--strategy post-copy");
+        AssertRefused(saga, saga.Request(MigrationStrategy.PostCopy), SplitOnto(saga, leaf, saga.Source, third),
+            MigrationErrorCodes.ChainSpansDomains, "more than two domains");
+
+        var started = saga.Send(new StartMigration(saga.Id, saga.Request(MigrationStrategy.PostCopy), split));
+
+        Assert.False(started.Refused);
+        var plan = Assert.Single(Assert.IsType<MigrationRequested>(Assert.Single(started.Events)).Disks);
+        Assert.Equal(new DiskPlan(saga.Image, saga.Source, saga.Destination, 1L << 30, leaf, MakesWhole: true), plan);
+        // The guest writes on the leaf already: nothing of this disk may be undone, so a cancel is refused from the start.
+        Assert.True(saga.State.Disk(saga.Image).PassedPointOfNoReturn);
+        Assert.Equal(MigrationErrorCodes.PointOfNoReturnPassed, saga.Send(new CancelMigration(saga.Id)).RefusalCode);
+        saga.Send(new AdmitMigration(saga.Id));
+        // A failed (confirming) live snapshot is not probed and never rolled back: it is tried again, then waits for the operator.
+        Assert.Equal(MigrationStep.CreateVolumeCrossDomain, saga.InFlight().Step);
+        saga.Succeed();
+        for (var attempt = 1; attempt <= 3; attempt++)
+        {
+            Assert.Equal(MigrationStep.LiveSnapshotToDestination, saga.InFlight().Step);
+            saga.Fail(ErrorCodes.Conflict);
+            saga.Advance(TimeSpan.FromMinutes(1));
+            saga.Send(new RetryDue(saga.Id));
+        }
+        Assert.Equal(MigrationStep.LiveSnapshotToDestination, saga.Journal.OfType<MigrationSuspended>().Single().Step);
+        Assert.DoesNotContain(saga.Journal.OfType<StepStarted>(), s => s.Step is MigrationStep.ProbeSwitch or MigrationStep.DeleteDestinationImage);
+        Assert.Null(saga.State.Termination);
+        saga.Send(new ResumeMigration(saga.Id));
+        Assert.Equal([MigrationStep.LiveSnapshotToDestination, MigrationStep.CloneInternalVolumes, MigrationStep.SwitchBackingChain,
+            MigrationStep.DeleteSourceImage], saga.SucceedAll(saga.Image));
+        Assert.IsType<MigrationStatus.Completed>(saga.State.Status);
     }
 
     [Fact]

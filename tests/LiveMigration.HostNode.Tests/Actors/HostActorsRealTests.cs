@@ -218,6 +218,76 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
     /// then every step for that VM failed (VM_NOT_FOUND, or a probe SWITCH_OUTCOME_UNKNOWN) until the host restarted again.
     /// The HSM tries again on its own: once the monitor is free the VM is adopted, and a step sent meanwhile waits for it.
     /// </summary>
+    /// <summary>
+    /// A post-copy abandoned between its live snapshot and its backing switch leaves the drive writing on a leaf on B over the
+    /// older layers on A, with empty twins of them its clone had begun on B. A post-copy planned to make that chain whole
+    /// takes over those volumes, confirms the drive on the leaf (no second snapshot), copies the older layers, switches the
+    /// backing chain and deletes A's: the chain is whole on B and the guest lost nothing.
+    /// </summary>
+    [Fact]
+    public async Task A_chain_an_abandoned_post_copy_left_over_two_domains_is_made_whole_by_a_post_copy_to_its_leafs_domain()
+    {
+        await using var bed = await HostLayerBed.StartAsync();
+        await bed.StartGuestAsync(1 * MiB);
+        await bed.WaitForGuestWritesAsync(20);
+        var (spm, hsm, saga) = Actors(bed);
+        var patient = TimeSpan.FromSeconds(60);
+        var abandoned = await ToBAsync(bed, MigrationStrategy.PostCopy);
+        await abandoned.SucceedAsync(spm, Step.CreateVolumeCrossDomain, saga, timeout: patient);
+        await abandoned.SucceedAsync(hsm, Step.LiveSnapshotToDestination, saga, timeout: patient);
+        await bed.B.CloneImageStructureAsync(bed.A, bed.Image, new VolumeOwner(abandoned.Migration, VolumeOwner.Unfenced)); // its clone, begun
+        await bed.WaitForGuestWritesAsync(20);
+        var leaf = abandoned.Disk.NewLeaf;
+        Assert.Equal(bed.Volumes.Count + 1, (await bed.DriveAsync()).OpenChain.Count);
+
+        var whole = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.A.Id, bed.B.Id, 64 * MiB, leaf, MakesWhole: true), MigrationStrategy.PostCopy);
+        var adopted = await whole.SucceedAsync(spm, Step.CreateVolumeCrossDomain, saga, timeout: patient);
+        Assert.Contains($"taken over from migration {abandoned.Migration}", adopted.Outcome.Detail);
+        Assert.All((await bed.B.DescribeImageAsync(bed.Image)).Volumes, v => Assert.Equal(whole.Migration, v.Owner?.Migration));
+        // repeated, it finds them taken over already
+        Assert.Contains("taken over already", (await whole.SucceedAsync(spm, Step.CreateVolumeCrossDomain, saga, attempt: 2, timeout: patient)).Outcome.Detail);
+        var confirmed = await whole.SucceedAsync(hsm, Step.LiveSnapshotToDestination, saga, timeout: patient);
+        Assert.Contains("already", confirmed.Outcome.Detail);
+        Assert.Equal(bed.Volumes.Count + 1, (await bed.DriveAsync()).OpenChain.Count); // no second snapshot
+        var copied = await whole.SucceedAsync(spm, Step.CloneInternalVolumes, saga, timeout: patient);
+        await bed.WaitForGuestWritesAsync(10);
+        await whole.SucceedAsync(hsm, Step.SwitchBackingChain, saga, timeout: patient);
+        await whole.SucceedAsync(spm, Step.DeleteSourceImage, saga, timeout: patient);
+
+        Assert.True(copied.Outcome.BytesCopied > 0, "the older layers held data");
+        var drive = await bed.DriveAsync();
+        Assert.Equal(await bed.PathsOnAsync(bed.B), drive.OpenChain);
+        Assert.All(drive.OpenChain, p => Assert.StartsWith(bed.B.DomainPath, p));
+        Assert.All((await bed.B.DescribeImageAsync(bed.Image)).Volumes, v => Assert.Equal(Legality.Legal, v.Legality));
+        Assert.DoesNotContain(bed.Image, await bed.A.ListImagesAsync());
+        await bed.AssertGuestLostNothingAsync(drive, writesAfter: 10);
+    }
+
+    [Fact]
+    public async Task A_move_planned_to_make_a_chain_whole_takes_over_nothing_and_switches_nothing_where_there_is_no_such_chain()
+    {
+        await using var bed = await HostLayerBed.StartAsync();
+        var (spm, hsm, saga) = Actors(bed);
+        var leaf = VolumeId.New();
+        var whole = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.A.Id, bed.B.Id, 64 * MiB, leaf, MakesWhole: true), MigrationStrategy.PostCopy);
+
+        // B holds nothing of the image: no split chain there, nothing made or taken over
+        Assert.Equal(ErrorCodes.VolumeNotFound, Assert.IsType<OperationFailed>(await whole.RunAsync(spm, Step.CreateVolumeCrossDomain, saga)).Code);
+        Assert.DoesNotContain(bed.Image, await bed.B.ListImagesAsync());
+
+        // A post-copy made its leaf on B and stopped before its snapshot: the drive never wrote there. The leaf is taken over
+        // (it is a LEGAL leaf over A's chain), but the confirming snapshot finds the drive elsewhere and switches nothing.
+        var stopped = new StepDriver(bed.Vm, whole.Disk with { MakesWhole = false, SourceLeaf = (await bed.A.DescribeImageAsync(bed.Image)).Leaf.Id },
+            MigrationStrategy.PostCopy);
+        await stopped.SucceedAsync(spm, Step.CreateVolumeCrossDomain, saga);
+        await whole.SucceedAsync(spm, Step.CreateVolumeCrossDomain, saga, attempt: 2);
+        var before = (await bed.DriveAsync()).OpenChain;
+        var refused = Assert.IsType<OperationFailed>(await whole.RunAsync(hsm, Step.LiveSnapshotToDestination, saga));
+        Assert.Equal(ErrorCodes.Conflict, refused.Code);
+        Assert.Contains("not the split chain", refused.Message);
+        Assert.Equal(before, (await bed.DriveAsync()).OpenChain);
+    }
+
     [Fact]
     public async Task A_QEMU_whose_monitor_was_held_at_the_hosts_start_is_adopted_once_it_is_free_and_its_steps_run()
     {

@@ -665,6 +665,20 @@ public sealed class FileStorageDomain : IStorageDomain
             return ToInfo(image, volume, legal);
         }, ct);
 
+    public Task<IReadOnlyList<VolumeInfo>> AdoptVolumesAsync(ImageId image, MigrationId from, VolumeOwner to, CancellationToken ct = default) =>
+        WithLockAsync<IReadOnlyList<VolumeInfo>>(ImagePath(image), async () =>
+        {
+            var adopted = new List<VolumeInfo>();
+            foreach (var volume in (await ReadVolumesAsync(image, ct)).Where(v => v.Owner?.Migration == from))
+            {
+                // One record at a time, each written whole: a crash between two leaves some adopted, and a repeat takes the rest.
+                var taken = (await ReadMetaAsync(image, volume.Id, ct)) with { Owner = to };
+                await WriteMetaAsync(image, volume.Id, taken, ct);
+                adopted.Add(ToInfo(image, volume.Id, taken));
+            }
+            return adopted;
+        }, ct);
+
     // ---------------------------------------------------------------- removing
 
     public Task DeleteImageAsync(ImageId image, CancellationToken ct = default) =>

@@ -319,6 +319,22 @@ public sealed class SimStorageDomain : IStorageDomain
         }
     }
 
+    public async Task<IReadOnlyList<VolumeInfo>> AdoptVolumesAsync(ImageId image, MigrationId from, VolumeOwner to, CancellationToken ct = default)
+    {
+        await Faults.EnterAsync(nameof(AdoptVolumesAsync), $"image {image} on domain {Name}", ct);
+        lock (_gate)
+        {
+            if (!_images.TryGetValue(image, out var volumes)) return [];
+            var adopted = new List<VolumeInfo>();
+            foreach (var v in volumes.Values.Where(v => v.Owner?.Migration == from))
+            {
+                v.Owner = to;
+                adopted.Add(v.ToInfo(Id));
+            }
+            return adopted;
+        }
+    }
+
     public async Task<IReadOnlyList<VolumeInfo>> DeleteOwnedVolumesAsync(ImageId image, VolumeOwner owner, CancellationToken ct = default)
     {
         var fault = await TakeDeleteFaultAsync(nameof(DeleteOwnedVolumesAsync), image, ct);
@@ -582,7 +598,7 @@ public sealed class SimStorageDomain : IStorageDomain
             CountedIn?.Add(-_allocated);
             CountedIn = null;
         }
-        public VolumeOwner? Owner { get; init; }
+        public VolumeOwner? Owner { get; set; }
         public VolumeAllocation Allocation { get; init; }
 
         public VolumeInfo ToInfo(DomainId domain) =>
