@@ -148,6 +148,54 @@ public sealed class StorageFaultTests : IAsyncLifetime
         Assert.True(CopyStepFailed(final, copyStep), $"the migration never met the unreadable volume\n{final}");
     }
 
+    /// <summary>
+    /// A post-copy whose clone meets an unreadable source volume suspends past its point of no return; the operator abandons
+    /// it: the disk runs on a chain over both domains (its new leaf on sdB, the older layers on sdA), nothing lost, and every
+    /// other move of it is refused CHAIN_SPANS_DOMAINS. Once the storage is repaired, the move the refusal names (a post-copy
+    /// to the leaf's domain) takes over what the abandoned one left there and makes the chain whole on sdB: no write lost,
+    /// nothing left on sdA, no ILLEGAL volume, and the disk moves as any other afterwards.
+    /// </summary>
+    [Fact]
+    public async Task A_chain_an_abandoned_post_copy_left_over_two_domains_is_made_whole_by_the_move_the_refusal_names()
+    {
+        var clock = Stopwatch.StartNew();
+        const string copyStep = "CloneInternalVolumes";
+        var storage = await StartWithWrittenInternalVolumeAsync(destinationPath: null, holdBefore: copyStep);
+        var internalVolume = await InternalQcow2VolumeFileAsync(storage);
+        var header = new byte[4096];
+        await using (var file = File.OpenRead(internalVolume)) await file.ReadExactlyAsync(header);
+        var abandoned = await MigrateAsync("post-copy");
+        await WaitForCoordinatorToStopAsync(copyStep);
+        await OverwriteAsync(internalVolume, new byte[header.Length]);
+        await _cluster.UpAsync();
+
+        var left = await FaultCheck.RunToEndAsync(_cluster, abandoned); // abandoned at its suspension
+        Assert.Equal("abandoned", left.GetProperty("status").GetString());
+        Assert.True(CopyStepFailed(left, copyStep), $"the migration never met the unreadable volume\n{left}");
+        var disk = (await _cluster.Json("vm", "show", "vm1")).GetProperty("disks")[0];
+        var image = disk.GetProperty("image").GetString()!;
+        var domains = disk.GetProperty("chain").EnumerateArray().Select(l => l.GetProperty("domain").GetString()!).Distinct().ToList();
+        Assert.True(domains.Count == 2, $"the abandoned post-copy left the chain on {string.Join(", ", domains)}\n{disk}");
+        Assert.Contains(left.GetProperty("leftBehind").EnumerateArray(), l => l.GetProperty("remove").GetString()!.Contains("--strategy post-copy"));
+        var refused = await _cluster.Lsm("migrate", "vm1", "--to", "sdA");
+        Assert.NotEqual(0, refused.ExitCode);
+        Assert.Contains("CHAIN_SPANS_DOMAINS", refused.ToString());
+
+        await OverwriteAsync(internalVolume, header); // the storage repaired
+        var whole = (await _cluster.Json("migrate", "vm1", "--to", "sdB", "--disk", image, "--strategy", "post-copy")).GetProperty("id").GetString()!;
+        var final = await FaultCheck.RunToEndAsync(_cluster, whole);
+
+        var outcome = await FaultCheck.CheckAsync(_cluster, "vm1", final, storage);
+        await FaultReport.AppendAsync(outcome.ToReportLine("post-copy", "qmp", "storage:source-unreadable, abandoned, made whole", $"{copyStep}/before-send", clock.Elapsed));
+        outcome.AssertClean("a split chain made whole", () => _cluster.LogTails());
+        Assert.Equal("completed", final.GetProperty("status").GetString());
+        var chain = (await _cluster.Json("vm", "show", "vm1")).GetProperty("disks")[0].GetProperty("chain").EnumerateArray().ToList();
+        Assert.Single(chain.Select(l => l.GetProperty("domain").GetString()).Distinct());
+        // whole, it moves as any disk
+        var back = (await _cluster.Json("migrate", "vm1", "--to", "sdA", "--strategy", "pre-copy")).GetProperty("id").GetString()!;
+        Assert.Equal("completed", (await FaultCheck.RunToEndAsync(_cluster, back)).GetProperty("status").GetString());
+    }
+
     /// <summary>Whether an attempt of the step (the copy, or the delete) failed: the fault was met, not slipped past.</summary>
     private static bool CopyStepFailed(JsonElement migration, string copyStep) =>
         migration.GetProperty("disks")[0].GetProperty("timings").EnumerateArray().Any(t =>
