@@ -19,6 +19,8 @@ public enum WritePattern { Sequential, Random }
 /// <param name="FlushInterval">How often the guest sends NBD FLUSH while it has acknowledged writes no flush covered, like a guest
 /// that cares about its data (a journaling file system commits, a database fsyncs); null = <see cref="GuestWorkload.DefaultFlushInterval"/>,
 /// zero = never (nothing is durable until the stop's flush).</param>
+/// <param name="ContinueAfterWritten">Sequential: start after as many blocks as the ledger holds already, so a run after runs that
+/// each started at the region's first block goes on where they ended and covers blocks they did not (wrapping at the end).</param>
 /// <param name="KeptRequests">How many of the latest requests <see cref="GuestWorkload.StallDuring"/> can look back over (24 bytes each);
 /// null = <see cref="GuestWorkload.DefaultKeptRequests"/>.</param>
 public sealed record GuestWorkloadOptions(
@@ -35,7 +37,8 @@ public sealed record GuestWorkloadOptions(
     bool ForceUnitAccess = false,
     TimeSpan? RequestTimeout = null,
     TimeSpan? FlushInterval = null,
-    int? KeptRequests = null)
+    int? KeptRequests = null,
+    bool ContinueAfterWritten = false)
 {
     /// <summary>The flush interval in effect (zero: never).</summary>
     public TimeSpan EffectiveFlushInterval => FlushInterval ?? GuestWorkload.DefaultFlushInterval;
@@ -204,7 +207,7 @@ public sealed class GuestWorkload : IAsyncDisposable
         var random = new Random(Options.RandomSeed);
         var sequence = ledger.LastSequence;
         var flushInterval = Options.ForceUnitAccess ? TimeSpan.Zero : Options.EffectiveFlushInterval;
-        long nextSequentialBlock = 0;
+        long nextSequentialBlock = Options.ContinueAfterWritten ? ledger.BlockCount % blockCount : 0;
         long bytesSent = 0;
         var paceClock = Stopwatch.StartNew();
         var lastFlush = TimeSpan.Zero;

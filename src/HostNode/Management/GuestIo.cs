@@ -70,7 +70,7 @@ public sealed class GuestIo(string dataDirectory)
                 Directory.CreateDirectory(Path.GetDirectoryName(ledger)!);
                 var workload = new GuestWorkload(new GuestWorkloadOptions(drive.GuestSocket, drive.ExportName, drive.Image,
                     RegionOffset: 0, RegionLength: 0, ledger, RateBytesPerSecond: perDrive, ForceUnitAccess: fua,
-                    FlushInterval: TimeSpan.FromMilliseconds(flushIntervalMs)));
+                    FlushInterval: TimeSpan.FromMilliseconds(flushIntervalMs), ContinueAfterWritten: true));
                 await workload.StartAsync(ct);
                 workloads.Add(workload);
             }

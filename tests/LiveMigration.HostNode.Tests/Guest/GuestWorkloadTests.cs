@@ -53,6 +53,35 @@ public sealed class GuestWorkloadTests(ITestOutputHelper output) : IAsyncLifetim
     }
 
     [Fact]
+    public async Task A_sequential_run_that_continues_after_the_written_blocks_covers_new_ones_and_wraps_at_the_end()
+    {
+        // What `lsm vm io` runs: each run goes on where the ledger's blocks end (before, every run rewrote from block 0).
+        var options = _bed.WorkloadOptions(0, Region, 256 << 10, WritePattern.Sequential) with { ContinueAfterWritten = true };
+        long written = 0;
+        for (var run = 0; run < 2; run++)
+        {
+            await using var workload = new GuestWorkload(options);
+            await workload.StartAsync();
+            await Task.Delay(TimeSpan.FromMilliseconds(400));
+            written += (await workload.StopAsync()).Writes;
+            Assert.Equal(written, workload.Ledger.BlockCount); // no block written twice
+        }
+        Assert.InRange(written, 2, Region / 4096 - 1);
+
+        // past the region's end it wraps to its first block
+        await using (var fast = new GuestWorkload(options with { RateBytesPerSecond = 0 }))
+        {
+            await fast.StartAsync();
+            var deadline = DateTime.UtcNow.AddSeconds(20);
+            while (fast.Ledger.AcknowledgedWrites < written + Region / 4096 && DateTime.UtcNow < deadline) await Task.Delay(10);
+            await fast.StopAsync();
+            Assert.Equal(Region / 4096, fast.Ledger.BlockCount);
+        }
+        var verified = await GuestVerifier.VerifyThroughNbdAsync(_bed.SocketPath, QemuNbdTestBed.ExportName, WriteLedger.Load(_bed.LedgerPath));
+        Assert.True(verified.Ok, verified.ToString());
+    }
+
+    [Fact]
     public async Task An_unlimited_workload_verifies_while_it_runs_and_reports_its_throughput()
     {
         await using var workload = new GuestWorkload(_bed.WorkloadOptions(0, Region));
