@@ -161,9 +161,10 @@ public static class InventoryDecider
             .OrderBy(i => i.Value)
             .ToValueList();
         var reply = new DisksReleased(release.Migration);
-        // only the disks whose host still reports them elsewhere settle: one already reported in its place is free at once
+        // only the disks whose host still reports them elsewhere settle: one already reported wholly in its place is free at
+        // once (its whole chain: a split chain made whole had its leaf there all along)
         var settling = (release.Places ?? ValueList<DiskPlace>.Empty)
-            .Where(p => held.Contains(p.Image) && state.ReportedDomainOf(p.Image) != p.Domain)
+            .Where(p => held.Contains(p.Image) && !state.ReportedWhollyOn(p.Image, p.Domain))
             .ToValueList();
         return held.Count == 0
             ? new InventoryDecision(reply, null)

@@ -174,11 +174,11 @@ public sealed record InventoryState(
             ? this with { Hosts = Hosts.SetItem(hostId, host with { LastReport = at }) }
             : this;
 
-    /// <summary>The domain of the disk's leaf as the newest report of a host running it says; null when none does.</summary>
-    public DomainId? ReportedDomainOf(ImageId image) =>
+    /// <summary>Whether the newest report of a host running the disk shows its whole chain on <paramref name="domain"/>.</summary>
+    public bool ReportedWhollyOn(ImageId image, DomainId domain) =>
         Hosts.Values.OrderByDescending(h => h.LastReport)
             .SelectMany(h => h.Vms.Where(v => v.Running).SelectMany(v => v.Drives))
-            .FirstOrDefault(d => d.Image == image)?.LeafDomain;
+            .FirstOrDefault(d => d.Image == image) is { Chain.Count: > 0 } drive && drive.Chain.All(l => l.Domain == domain);
 
     /// <summary>
     /// The host that runs the VM: a host reporting it running wins over one listing it stopped (a VM restarted

@@ -67,6 +67,8 @@ public sealed class ReservationReleaser : ReceiveActor, IWithTimers
         final?.Disks.Select(d => d.Phase switch
             {
                 nameof(DiskPhase.Completed) => new DiskPlace(d.Image, d.Destination),
+                // a split chain's move that never started changed nothing: free at once
+                nameof(DiskPhase.Skipped) when d.MakesWhole => null,
                 nameof(DiskPhase.RolledBack) or nameof(DiskPhase.Skipped) => new DiskPlace(d.Image, d.Source),
                 _ => null,
             })

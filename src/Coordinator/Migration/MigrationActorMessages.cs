@@ -20,7 +20,7 @@ public static class MigrationViews
             d.Image, d.Plan.Source, d.Plan.Destination, d.Phase.ToString(), d.Step, d.Attempt, d.Done, d.Total,
             d.EstimateRemaining(now), d.LastError,
             d.StepTimings.Select(t => new StepTimingView(t.Step, t.Attempt, t.StartedAt, t.EndedAt, t.Outcome, t.SwitchStallMs, t.Note)).ToValueList(),
-            d.Copied)).ToValueList(),
+            d.Copied, d.Plan.MakesWhole)).ToValueList(),
         ErrorOf(state.Status),
         state.RequestedAt,
         state.UpdatedAt,

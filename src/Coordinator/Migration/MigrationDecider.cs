@@ -209,13 +209,14 @@ public static class MigrationDecider
     {
         if (state.Status.IsFinished)
             return Decision.Refuse(MigrationErrorCodes.MigrationFinished, $"migration {state.Id} is {Describe(state.Status)} already");
-        if (state.Disks.FirstOrDefault(d => d.PassedPointOfNoReturn || d.SwitchInFlight || d.SwitchOutcomeUnknown) is { } past)
+        if (state.Status is MigrationStatus.Queued)
+            return Decision.Accept([new MigrationCancelled(state.Id, cancel.Reason, now)]);
+        // A disk that has not started (one whose move makes a split chain whole counts as past from the start) is skipped.
+        if (state.Disks.FirstOrDefault(d => d.Phase != DiskPhase.Pending && (d.PassedPointOfNoReturn || d.SwitchInFlight || d.SwitchOutcomeUnknown)) is { } past)
             return Decision.Refuse(MigrationErrorCodes.PointOfNoReturnPassed,
                 $"migration {state.Id} cannot be cancelled: disk {past.Image} {(past.PassedPointOfNoReturn ? "passed" : "is at")} its point of no return ({past.Step}); it rolls forward, resume or abandon it if it is suspended");
         if (state.Termination is not null)
             return Decision.Nothing; // already rolling back
-        if (state.Status is MigrationStatus.Queued)
-            return Decision.Accept([new MigrationCancelled(state.Id, cancel.Reason, now)]);
         return new Draft(state, now).Terminate(TerminationKind.Cancel, MigrationErrorCodes.Cancelled, cancel.Reason).Settle();
     }
 
@@ -345,8 +346,10 @@ public static class MigrationDecider
                            $"copies the older layers to domain {plan.Destination} and removes them from domain {plan.Source})";
                 left.Add(new LeftBehind(disk.Image, plan.Source,
                     $"the older layers of disk {disk.Image}, which its new leaf on domain {plan.Destination} reads unless the backing switch took effect ({disk.Step} did not finish)", both));
-                left.Add(new LeftBehind(disk.Image, plan.Destination,
-                    $"copies of disk {disk.Image}'s older layers this migration made (OWNER={state.Id}), used only if the backing switch took effect", both));
+                left.Add(new LeftBehind(disk.Image, plan.Destination, plan.MakesWhole
+                    ? $"the leaf disk {disk.Image} runs on and copies of its older layers, used only if the backing switch took effect (OWNER={state.Id} " +
+                      "once its first step took them over from the post-copy that left the chain split, that one's id before)"
+                    : $"copies of disk {disk.Image}'s older layers this migration made (OWNER={state.Id}), used only if the backing switch took effect", both));
             }
         }
         return left.ToValueList();
@@ -537,10 +540,14 @@ public static class MigrationDecider
             Emit(new RollbackStarted(State.Id, kind, code, message, now));
             foreach (var disk in State.Disks)
             {
-                if (disk.IsFinished || disk.PassedPointOfNoReturn || disk.IsRollingBack || disk.SwitchOutcomeUnknown)
+                if (disk.IsFinished || disk.IsRollingBack || disk.SwitchOutcomeUnknown)
                     continue;
+                // Never started, nothing of it to undo: skipped, also a disk past its point of no return from the start (one
+                // whose move makes a split chain whole), which otherwise would wait for ever in a migration that rolls back.
                 if (disk.Phase == DiskPhase.Pending)
                     Emit(new DiskFinished(State.Id, disk.Image, DiskOutcome.Skipped, now));
+                else if (disk.PassedPointOfNoReturn)
+                    continue;
                 else if (disk.Phase != DiskPhase.InFlight || MigrationPlan.IsInterruptible(disk.Step!.Value))
                     BeginRollback(disk);
                 // A step still in flight is let finish (a long copy is asked to stop: MigrationActions.Stops); its outcome

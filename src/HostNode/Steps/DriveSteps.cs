@@ -136,7 +136,10 @@ public sealed class DriveSteps(IHypervisor hypervisor, StoragePool pool, DriveRe
         var info = await hypervisor.DescribeVmAsync(vm, ct);
         if (!info.Running)
             throw new OperationFailedException(ErrorCodes.VmNotRunning, $"VM {vm} is not running: its split chain is made whole only while it runs");
-        var open = info.Drive(image).OpenChain;
+        var drive = info.Drive(image);
+        if (drive.Job is not null)
+            throw new OperationFailedException(ErrorCodes.Conflict, $"VM {vm} drive {image} has a block job running: not the split chain a move may make whole now");
+        var open = drive.OpenChain;
         if (open.Count == 0 || open[^1] != path)
             throw new OperationFailedException(ErrorCodes.Conflict,
                 $"VM {vm} drive {image} writes on {open.LastOrDefault() ?? "nothing"}, not on leaf {target}: this is not the split chain the move was planned for");

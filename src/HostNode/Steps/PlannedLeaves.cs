@@ -7,8 +7,9 @@ namespace LiveMigration.HostNode.Steps;
 /// <summary>
 /// The leaves a disk's plan names, by id (DESIGN §3): the source leaf the drive ran on at validation (the pre-copy
 /// mirror writes its twin) and the post-copy's new leaf. Every step takes its leaf from here. Plans journaled before
-/// <see cref="DiskPlan.SourceLeaf"/> existed name no source leaf: for those alone the leaf is the one the image's
-/// metadata orders last, and this is the only place that still reads it so.
+/// <see cref="DiskPlan.SourceLeaf"/> existed name no source leaf, nor does a plan that makes a split chain whole (its source
+/// holds only the older layers, the top of which the new leaf lies over): for those the leaf is the one the source image's
+/// metadata orders last, and this is the only place that reads it so.
 /// </summary>
 public static class PlannedLeaves
 {

@@ -171,10 +171,12 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, 
     /// <summary>
     /// The first step of a move that makes a split chain whole (<see cref="DiskPlan.MakesWhole"/>): the drive writes on the
     /// leaf an abandoned post-copy made here, over older layers on the source (or, its clone done, already re-pointed at its
-    /// twins here). This migration takes over every volume of the image that migration made here, so that from now on the
-    /// post-copy's own steps and checks hold: the live snapshot finds the drive on its leaf, the clone copies what the twins
-    /// lack, the backing switch and the source's delete follow. Refused, changing nothing, when the leaf is not there as such a
-    /// leaf, or when a volume of the image here is an operator's or another migration's.
+    /// twins here). This migration takes over every volume of the image here that earlier migrations made (the abandoned one,
+    /// and an abandoned earlier attempt of this same repair that took over only some), so that from now on the post-copy's own
+    /// steps and checks hold: the live snapshot finds the drive on its leaf, the clone copies what the twins lack, the backing
+    /// switch and the source's delete follow. Each earlier owner's copy is marked ended here first, so a late command of it
+    /// changes nothing any more (DESIGN §7.7). Refused, changing nothing, when the leaf is not such a leaf, or when a volume of
+    /// the image here is an operator's or neither the leaf nor a twin of a source volume.
     /// </summary>
     private async Task<StepOutcome> AdoptSplitChainAsync(IStorageDomain src, IStorageDomain dst, DiskPlan disk, VolumeOwner owner,
         CancellationToken ct)
@@ -188,21 +190,30 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, 
             throw new OperationFailedException(ErrorCodes.Conflict,
                 $"leaf {leaf.Id} of image {image} on domain {dst.Id} is {leaf.Legality} over {leaf.Parent?.ToString() ?? "nothing"}: " +
                 $"not the LEGAL leaf of a chain whose older layers are on domain {src.Id}");
+        var sources = (await src.DescribeImageAsync(image, ct)).Volumes;
         var others = here.Where(v => v.Owner?.Migration != owner.Migration).ToList();
         if (others.FirstOrDefault(v => v.Owner is null) is { } operators)
             throw new OperationFailedException(ErrorCodes.DestinationHoldsImage,
                 $"volume {operators.Id} of image {image} on domain {dst.Id} was made by an operator, not by a migration: nothing is taken over");
-        var previous = others.Select(v => v.Owner!.Migration).Distinct().ToList();
-        if (previous.Count > 1)
+        if (others.FirstOrDefault(v => v.Id != leaf.Id && sources.All(s => s.Id != v.Id)) is { } stray)
             throw new OperationFailedException(ErrorCodes.DestinationHoldsImage,
-                $"the volumes of image {image} on domain {dst.Id} were made by migrations {string.Join(", ", previous)}: nothing is taken over");
+                $"volume {stray.Id} of image {image} on domain {dst.Id} ({stray.Owner}) is neither the leaf nor a copy of a volume on domain {src.Id}: " +
+                "nothing is taken over");
+        var previous = others.Select(v => v.Owner!.Migration).Distinct().ToList();
         if (previous.Count == 0)
             return new StepOutcome(Detail: $"leaf {leaf.Id} on domain {dst.Id} and its {here.Count - 1} other volumes there were taken over already");
-        // Room for the older layers' copies, checked fresh and promised, before anything changes.
-        await ReserveRoomAsync(src, dst, image, owner.Migration, headroom: 0, ct);
-        var adopted = await dst.AdoptVolumesAsync(image, previous[0], owner, ct);
-        return new StepOutcome(Detail: $"{adopted.Count} volumes of image {image} on domain {dst.Id} (leaf {leaf.Id} over {parent}, and copies of " +
-                                       $"older layers) taken over from migration {previous[0]}, which left the chain over domains {src.Id} and {dst.Id}");
+        // Room for the copies still to make (a LEGAL twin is complete), and for the guest's writes on the leaf meanwhile,
+        // checked fresh and promised before anything changes.
+        var missing = sources.Where(s => here.All(v => v.Id != s.Id || v.Legality != Legality.Legal)).Sum(s => s.AllocatedBytes);
+        _space.Reserve(await dst.DescribeAsync(ct), owner.Migration, image, missing + PostCopyHeadroomBytes, DateTimeOffset.UtcNow);
+        var adopted = 0;
+        foreach (var earlier in previous)
+        {
+            await dst.MarkMigrationAsync(earlier, image, MigrationMark.Ended, ct);
+            adopted += (await dst.AdoptVolumesAsync(image, earlier, owner, ct)).Count;
+        }
+        return new StepOutcome(Detail: $"{adopted} volumes of image {image} on domain {dst.Id} (leaf {leaf.Id} over {parent}, and copies of older " +
+                                       $"layers) taken over from migration {string.Join(", ", previous)}, which left the chain over domains {src.Id} and {dst.Id}");
     }
 
     private async Task<StepOutcome> CloneInternalVolumesAsync(IStorageDomain src, IStorageDomain dst, DiskPlan disk, VolumeOwner owner,

@@ -58,7 +58,10 @@ public sealed record DiskView(
     TimeSpan? Remaining,
     string? LastError,
     ValueList<StepTimingView> Timings,
-    long Copied = 0);
+    long Copied = 0,
+    /// <summary>The move makes a split chain whole (<see cref="DiskPlan.MakesWhole"/>): the leaf was on the destination all along.</summary>
+    [property: System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingDefault)]
+    bool MakesWhole = false);
 
 /// <summary>
 /// A migration as the API and the CLI show it: what crosses the cluster instead of the saga's whole state, so the

@@ -496,11 +496,30 @@ public sealed class InventoryStateTests
     public void A_disk_its_host_already_reports_in_place_is_free_at_once_when_its_migration_lets_go()
     {
         var rolledBack = MigrationId.New();
-        var (reserved, _) = Run(Pool(), new ReserveDisks(rolledBack, _pool.Vm, [_pool.Disk]));
-        // rolled back: the disk is where it was, as host-1 reports it
-        var release = InventoryDecider.Decide(reserved, new ReleaseDisks(rolledBack, [new DiskPlace(_pool.Disk, _pool.DomainA)]), T0);
+        var (reserved, _) = Run(Pool(), new ReserveDisks(rolledBack, _pool.Vm, [_pool.SecondDisk]));
+        // rolled back: the disk is where it was, as host-1 reports it (its whole chain on B)
+        var release = InventoryDecider.Decide(reserved, new ReleaseDisks(rolledBack, [new DiskPlace(_pool.SecondDisk, _pool.DomainB)]), T0);
         var released = reserved.Apply(Assert.IsType<DisksReleasedByMigration>(release.Event));
         Assert.Null(((DisksReleasedByMigration)release.Event!).Settling);
-        Assert.Empty(released.FactsFor(_pool.Vm, [_pool.Disk]).DisksInActiveMigrations);
+        Assert.Empty(released.FactsFor(_pool.Vm, [_pool.SecondDisk]).DisksInActiveMigrations);
+    }
+
+    [Fact]
+    public void A_split_chain_made_whole_settles_only_once_its_host_reports_the_whole_chain_in_its_place()
+    {
+        // The fixture's first disk runs on a chain over B (its base) and A (the rest): a move to A made it whole.
+        var whole = MigrationId.New();
+        var (reserved, _) = Run(Pool(), new ReserveDisks(whole, _pool.Vm, [_pool.Disk]));
+        var release = InventoryDecider.Decide(reserved, new ReleaseDisks(whole, [new DiskPlace(_pool.Disk, _pool.DomainA)]), T0);
+        var released = reserved.Apply(Assert.IsType<DisksReleasedByMigration>(release.Event));
+        // its leaf was on A all along: still busy until a report shows the base there too
+        Assert.Equal([_pool.Disk], released.FactsFor(_pool.Vm, [_pool.Disk]).DisksInActiveMigrations);
+        var onA = _pool.VmReport() with
+        {
+            Drives = [_pool.VmReport().Drives[0] with { Chain = [.. _pool.VmReport().Drives[0].Chain.Select(l => l with { Domain = _pool.DomainA })] },
+                _pool.VmReport().Drives[1]],
+        };
+        var settled = Reported(released, _pool.HostReport("host-1", T0.AddSeconds(1), onA));
+        Assert.Empty(settled.FactsFor(_pool.Vm, [_pool.Disk]).DisksInActiveMigrations);
     }
 }

@@ -63,12 +63,12 @@ public sealed class ValidationAndIdsTests
         Assert.False(started.Refused);
         var plan = Assert.Single(Assert.IsType<MigrationRequested>(Assert.Single(started.Events)).Disks);
         Assert.Equal(new DiskPlan(saga.Image, saga.Source, saga.Destination, 1L << 30, leaf, MakesWhole: true), plan);
-        // The guest writes on the leaf already: nothing of this disk may be undone, so a cancel is refused from the start.
+        // The guest writes on the leaf already: nothing of this disk may be undone, so a cancel is refused once it started.
         Assert.True(saga.State.Disk(saga.Image).PassedPointOfNoReturn);
-        Assert.Equal(MigrationErrorCodes.PointOfNoReturnPassed, saga.Send(new CancelMigration(saga.Id)).RefusalCode);
         saga.Send(new AdmitMigration(saga.Id));
-        // A failed (confirming) live snapshot is not probed and never rolled back: it is tried again, then waits for the operator.
         Assert.Equal(MigrationStep.CreateVolumeCrossDomain, saga.InFlight().Step);
+        Assert.Equal(MigrationErrorCodes.PointOfNoReturnPassed, saga.Send(new CancelMigration(saga.Id)).RefusalCode);
+        // A failed (confirming) live snapshot is not probed and never rolled back: it is tried again, then waits for the operator.
         saga.Succeed();
         for (var attempt = 1; attempt <= 3; attempt++)
         {
@@ -84,6 +84,38 @@ public sealed class ValidationAndIdsTests
         Assert.Equal([MigrationStep.LiveSnapshotToDestination, MigrationStep.CloneInternalVolumes, MigrationStep.SwitchBackingChain,
             MigrationStep.DeleteSourceImage], saga.SucceedAll(saga.Image));
         Assert.IsType<MigrationStatus.Completed>(saga.State.Status);
+    }
+
+    [Fact]
+    public void A_split_disk_that_has_not_started_is_skipped_when_its_migration_is_cancelled_or_fails_and_a_queued_one_is_cancelled()
+    {
+        // queued: nothing started, so nothing is past its point of no return yet
+        var queued = new SagaDriver();
+        Assert.False(queued.Send(new StartMigration(queued.Id, queued.Request(MigrationStrategy.PostCopy), SplitOnto(queued, VolumeId.New(), queued.Source))).Refused);
+        Assert.False(queued.Send(new CancelMigration(queued.Id)).Refused);
+        Assert.IsType<MigrationStatus.Cancelled>(queued.State.Status);
+
+        // a normal disk and a split one, one at a time: the normal one fails before its switch
+        foreach (var end in new[] { "cancel", "failure" })
+        {
+            var saga = new SagaDriver(disks: 2);
+            var facts = saga.Facts();
+            var split = facts with { Vm = facts.Vm! with { Disks = [facts.Vm.Disks[0], facts.Vm.Disks[1] with { Domain = saga.Destination, Leaf = VolumeId.New(), OtherDomains = [saga.Source] }] } };
+            Assert.False(saga.Send(new StartMigration(saga.Id, saga.Request(MigrationStrategy.PostCopy, parallel: 1), split)).Refused);
+            saga.Send(new AdmitMigration(saga.Id));
+            Assert.Equal(MigrationStep.CreateVolumeCrossDomain, saga.InFlight(saga.Images[0]).Step);
+            if (end == "cancel")
+            {
+                Assert.False(saga.Send(new CancelMigration(saga.Id)).Refused, end);
+                saga.Fail(saga.Images[0], ErrorCodes.StepStopped);
+            }
+            else
+                saga.Fail(saga.Images[0], ErrorCodes.Conflict);
+            saga.SucceedAll(saga.Images[0]); // its rollback
+            Assert.True(saga.State.Status.IsFinished, $"{end}: {saga.State.Status}");
+            Assert.Equal(DiskPhase.Skipped, saga.State.Disk(saga.Images[1]).Phase);
+            Assert.DoesNotContain(saga.Journal.OfType<StepStarted>(), s => s.Image == saga.Images[1]);
+        }
     }
 
     [Fact]

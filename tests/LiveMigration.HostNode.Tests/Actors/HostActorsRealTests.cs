@@ -244,8 +244,13 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
         var adopted = await whole.SucceedAsync(spm, Step.CreateVolumeCrossDomain, saga, timeout: patient);
         Assert.Contains($"taken over from migration {abandoned.Migration}", adopted.Outcome.Detail);
         Assert.All((await bed.B.DescribeImageAsync(bed.Image)).Volumes, v => Assert.Equal(whole.Migration, v.Owner?.Migration));
-        // repeated, it finds them taken over already
+        // repeated, it finds them taken over already; a late command of the abandoned migration changes nothing any more
         Assert.Contains("taken over already", (await whole.SucceedAsync(spm, Step.CreateVolumeCrossDomain, saga, attempt: 2, timeout: patient)).Outcome.Detail);
+        Assert.Equal(ErrorCodes.MigrationEnded,
+            Assert.IsType<OperationFailed>(await abandoned.RunAsync(spm, Step.CloneInternalVolumes, saga, timeout: patient)).Code);
+        Assert.Equal(ErrorCodes.MigrationEnded,
+            Assert.IsType<OperationFailed>(await abandoned.RunAsync(hsm, Step.SwitchBackingChain, saga, timeout: patient)).Code);
+        Assert.All((await bed.B.DescribeImageAsync(bed.Image)).Volumes, v => Assert.Equal(whole.Migration, v.Owner?.Migration));
         var confirmed = await whole.SucceedAsync(hsm, Step.LiveSnapshotToDestination, saga, timeout: patient);
         Assert.Contains("already", confirmed.Outcome.Detail);
         Assert.Equal(bed.Volumes.Count + 1, (await bed.DriveAsync()).OpenChain.Count); // no second snapshot

@@ -69,6 +69,7 @@ public static class ProtocolSamples
     private static readonly Dictionary<Type, object[]> ByType = Index(
         // host protocol
         new ExecuteStep(Operation, Vm, Plan, MigrationStrategy.PostCopy, SpeedBytesPerSecond: 25_000_000, CopyMode.WriteBlocking),
+        new ExecuteStep(Operation, Vm, Plan with { MakesWhole = true }, MigrationStrategy.PostCopy, SpeedBytesPerSecond: 0, CopyMode.Background),
         new SetStepSpeed(Operation, 12_500_000),
         new StopStep(Operation, "migration cancelled by an operator"),
         new OperationSucceeded(Operation, Outcome),
