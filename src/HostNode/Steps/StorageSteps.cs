@@ -72,8 +72,11 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, 
         async Task DecideKeptOrEndedAsync()
         {
             if (!MakesTheCopy(step)) return;
+            // Kept only while every volume of the image there is this migration's: a copy another migration took over (one
+            // making a split chain whole, cut short mid-takeover with the leaf still this one's) stays ended for this one.
             var keeps = step is MigrationStep.MarkDestinationLeafLegal or MigrationStep.CloneInternalVolumes
-                        && (await PlannedLeaves.FindDestinationLeafAsync(disk, command.Strategy, dst, ct))?.Owner?.Migration == migration;
+                        && (await PlannedLeaves.FindDestinationLeafAsync(disk, command.Strategy, dst, ct))?.Owner?.Migration == migration
+                        && (await dst.DescribeImageAsync(image, ct)).Volumes.All(v => v.Owner?.Migration == migration);
             if (await dst.HasMigrationMarkAsync(migration, image, MigrationMark.Ended, ct))
             {
                 if (!keeps)
@@ -205,6 +208,7 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, 
         // Room for the copies still to make (a LEGAL twin is complete), and for the guest's writes on the leaf meanwhile,
         // checked fresh and promised before anything changes.
         var missing = sources.Where(s => here.All(v => v.Id != s.Id || v.Legality != Legality.Legal)).Sum(s => s.AllocatedBytes);
+        foreach (var earlier in previous) _space.Release(earlier, image); // what the earlier owners were promised is this one's now
         _space.Reserve(await dst.DescribeAsync(ct), owner.Migration, image, missing + PostCopyHeadroomBytes, DateTimeOffset.UtcNow);
         var adopted = 0;
         foreach (var earlier in previous)
