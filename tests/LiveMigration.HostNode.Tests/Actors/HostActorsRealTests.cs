@@ -41,13 +41,7 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
 
         Assert.True(synced.Outcome.BytesCopied > 0, "the internal layers held data");
         Assert.True(ready.Outcome.BytesCopied > 0, "the mirror copied the leaf");
-        var drive = await bed.DriveAsync();
-        Assert.Equal(await bed.PathsOnAsync(bed.B), drive.OpenChain);
-        Assert.All(drive.OpenChain, p => Assert.StartsWith(bed.B.DomainPath, p));
-        Assert.All((await bed.B.DescribeImageAsync(bed.Image)).Volumes, v => Assert.Equal(Legality.Legal, v.Legality));
-        Assert.DoesNotContain(bed.Image, await bed.A.ListImagesAsync());
-
-        await bed.AssertGuestLostNothingAsync(drive, writesAfter: 20);
+        await AssertMovedWhollyToBAsync(bed, writesAfter: 20);
     }
 
     [Fact]
@@ -260,12 +254,7 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
         await whole.SucceedAsync(spm, Step.DeleteSourceImage, saga, timeout: patient);
 
         Assert.True(copied.Outcome.BytesCopied > 0, "the older layers held data");
-        var drive = await bed.DriveAsync();
-        Assert.Equal(await bed.PathsOnAsync(bed.B), drive.OpenChain);
-        Assert.All(drive.OpenChain, p => Assert.StartsWith(bed.B.DomainPath, p));
-        Assert.All((await bed.B.DescribeImageAsync(bed.Image)).Volumes, v => Assert.Equal(Legality.Legal, v.Legality));
-        Assert.DoesNotContain(bed.Image, await bed.A.ListImagesAsync());
-        await bed.AssertGuestLostNothingAsync(drive, writesAfter: 10);
+        await AssertMovedWhollyToBAsync(bed, writesAfter: 10);
     }
 
     [Fact]
@@ -473,6 +462,17 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
     /// <summary>The SPM and HSM actors over the bed's pool and hypervisor, and a probe standing for the saga.</summary>
     private (IActorRef Spm, IActorRef Hsm, Akka.TestKit.TestProbe Saga) Actors(HostLayerBed bed) =>
         (Sys.ActorOf(SpmActor.Props(bed.Pool)), Sys.ActorOf(HsmActor.Props(bed.Hypervisor, bed.Pool)), CreateTestProbe());
+
+    /// <summary>The drive runs on B alone, every volume there LEGAL, nothing of the image left on A, and the guest lost no write.</summary>
+    private static async Task AssertMovedWhollyToBAsync(HostLayerBed bed, int writesAfter)
+    {
+        var drive = await bed.DriveAsync();
+        Assert.Equal(await bed.PathsOnAsync(bed.B), drive.OpenChain);
+        Assert.All(drive.OpenChain, p => Assert.StartsWith(bed.B.DomainPath, p));
+        Assert.All((await bed.B.DescribeImageAsync(bed.Image)).Volumes, v => Assert.Equal(Legality.Legal, v.Legality));
+        Assert.DoesNotContain(bed.Image, await bed.A.ListImagesAsync());
+        await bed.AssertGuestLostNothingAsync(drive, writesAfter);
+    }
 
     /// <summary>A migration of the bed's disk from A to B planned as the Coordinator plans it (naming the leaf it runs on).</summary>
     private static async Task<StepDriver> ToBAsync(HostLayerBed bed, MigrationStrategy strategy) =>
