@@ -103,7 +103,7 @@ public sealed class VmsCommand : AsyncCommand<GlobalSettings>
                     disk is null ? "" : ByteRate.Format(d.Long("capacityBytes")),
                     disk is null ? "" : ByteRate.Format(d.Long("allocatedBytes")),
                     // a disk whose chain its host could not resolve has no domain: say why instead
-                    d.Str("problem") is { Length: > 0 } problem ? $"[red]{Output.Escape(problem)}[/]" : Output.Escape(names.Of(d.Str("domain"))),
+                    d.Str("problem") is { Length: > 0 } problem ? $"[red]{Output.Escape(problem)}[/]" : names.PlaceOf(d),
                     disk is null ? "" : d.Array("chain").Count().ToString(),
                     Output.Escape(d.Str("migration")));
                 first = false;
@@ -119,6 +119,19 @@ public sealed class VmsCommand : AsyncCommand<GlobalSettings>
 public sealed class DomainNames(IReadOnlyDictionary<string, string> byId)
 {
     public string Of(string id) => id.Length == 0 ? "" : byId.GetValueOrDefault(id, id);
+
+    /// <summary>
+    /// A disk's place for a table (markup): its leaf's domain, and the others its chain lies on (an abandoned post-copy's
+    /// split chain, which only a post-copy to the leaf's domain moves: `lsm migrate` names it).
+    /// </summary>
+    public string PlaceOf(JsonElement disk)
+    {
+        var leaf = disk.Str("domain");
+        var others = disk.Array("chain").Select(l => l.Str("domain")).Where(d => d.Length > 0 && d != leaf).Distinct().Select(Of).ToList();
+        return others.Count == 0
+            ? Output.Escape(Of(leaf))
+            : $"{Output.Escape(Of(leaf))} [yellow](split: older layers on {Output.Escape(string.Join(", ", others))})[/]";
+    }
 
     public static async Task<DomainNames> LoadAsync(LsmApiClient api, CancellationToken ct)
     {

@@ -177,6 +177,8 @@ public sealed class StorageFaultTests : IAsyncLifetime
         var domains = disk.GetProperty("chain").EnumerateArray().Select(l => l.GetProperty("domain").GetString()!).Distinct().ToList();
         Assert.True(domains.Count == 2, $"the abandoned post-copy left the chain on {string.Join(", ", domains)}\n{disk}");
         Assert.Contains(left.GetProperty("leftBehind").EnumerateArray(), l => l.GetProperty("remove").GetString()!.Contains("--strategy post-copy"));
+        var listed = await _cluster.Lsm("vms");
+        Assert.Contains("split:", listed.Stdout); // `lsm vms` says the disk's chain lies on two domains
         var refused = await _cluster.Lsm("migrate", "vm1", "--to", "sdA");
         Assert.NotEqual(0, refused.ExitCode);
         Assert.Contains("CHAIN_SPANS_DOMAINS", refused.ToString());
