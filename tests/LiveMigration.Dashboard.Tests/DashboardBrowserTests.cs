@@ -336,6 +336,33 @@ public sealed class DashboardBrowserTests(DashboardCluster cluster, ITestOutputH
         Assert.Empty(_pageErrors);
     }
 
+    [Fact]
+    public async Task A_disk_whose_chain_lies_on_two_domains_is_marked_split_and_says_which_move_makes_it_whole()
+    {
+        var page = await OpenPageAsync();
+        const string DomainA = "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d", DomainB = "f0e1d2c3-b4a5-4968-8776-655443322110";
+        const string Split = "0c5e8f21-7a4b-4d93-b1e6-9a2c3d4e5f60", Whole = "1d6f9032-8b5c-4ea4-82f7-0b3d4e5f6071";
+        await page.RouteAsync("**/api/domains", route => route.FulfillAsync(new()
+        {
+            Status = 200, ContentType = "application/json",
+            Body = $$"""{"domains":[{"id":"{{DomainA}}","name":"domain-a","kind":"file","capacityBytes":1073741824,"usedBytes":0,"availableBytes":1073741824,"active":true},{"id":"{{DomainB}}","name":"domain-b","kind":"file","capacityBytes":1073741824,"usedBytes":0,"availableBytes":1073741824,"active":true}]}""",
+        }));
+        // an abandoned post-copy's disk (base on A, leaf on B) beside a whole one
+        await page.RouteAsync(new System.Text.RegularExpressions.Regex(@"/api/vms(\?.*)?$"), route => route.FulfillAsync(new()
+        {
+            Status = 200, ContentType = "application/json",
+            Body = $$"""{"vms":[{"id":"b3a9e1c4-5d2f-4e8a-8c6b-1f7d9e0a2b33","name":"split-vm","host":"host-1","running":true,"disks":[{"image":"{{Split}}","capacityBytes":67108864,"allocatedBytes":0,"domain":"{{DomainB}}","chain":[{"domain":"{{DomainA}}","image":"{{Split}}","volume":"9f8e7d6c-5b4a-4392-8190-7f6e5d4c3b2a"},{"domain":"{{DomainB}}","image":"{{Split}}","volume":"8e7d6c5b-4a39-4281-907f-6e5d4c3b2a19"}],"migration":null},{"image":"{{Whole}}","capacityBytes":67108864,"allocatedBytes":0,"domain":"{{DomainA}}","chain":[{"domain":"{{DomainA}}","image":"{{Whole}}","volume":"7d6c5b4a-3928-4170-8f6e-5d4c3b2a1908"}],"migration":null}]}],"total":1,"offset":0,"limit":50}""",
+        }));
+        await page.GotoAsync(cluster.Api + "/");
+
+        var split = page.Locator($"tr[data-disk='{Split}'] .disk-domain");
+        await Assertions.Expect(split).ToContainTextAsync("domain-b");
+        await Assertions.Expect(split.Locator(".split")).ToHaveTextAsync("split");
+        await Assertions.Expect(split.Locator(".split")).ToHaveAttributeAsync("title", "Older layers on domain-a: a post-copy to domain-b makes it whole");
+        await Assertions.Expect(page.Locator($"tr[data-disk='{Whole}'] .disk-domain .split")).ToHaveCountAsync(0);
+        Assert.Empty(_pageErrors);
+    }
+
     /// <summary>A lone Coordinator with a token for one test, stopped by its pid at the end.</summary>
     private sealed class TokenCoordinatorScope : IAsyncDisposable
     {

@@ -461,6 +461,19 @@
     }, 250);
   });
 
+  /**
+   * A disk whose chain lies on more than its leaf's domain (an abandoned post-copy's): only a post-copy to the leaf's
+   * domain moves it, and it keeps the older layers' domain in use until then.
+   */
+  function splitPill(disk) {
+    const others = [...new Set(disk.chain.map((layer) => layer.domain).filter((domain) => domain && domain !== disk.domain))];
+    if (!others.length) return null;
+    return h("span", {
+      class: "pill pill-warn split",
+      title: "Older layers on " + others.map(domainName).join(", ") + ": a post-copy to " + domainName(disk.domain) + " makes it whole",
+    }, "split");
+  }
+
   function renderVms() {
     renderVmPager();
     const list = document.getElementById("vms");
@@ -485,7 +498,7 @@
         return h("tr", { "data-disk": disk.image },
           h("td", {}, h("code", {}, shortId(disk.image)), h("div", { class: "muted mono" }, disk.image)),
           h("td", { class: "num" }, bytes(disk.capacityBytes)),
-          h("td", { class: "disk-domain" }, domainName(disk.domain)),
+          h("td", { class: "disk-domain" }, domainName(disk.domain), splitPill(disk)),
           h("td", {}, chain),
           h("td", {}, moving ? h("span", { class: "pill pill-run" }, "moving") : move));
       });
