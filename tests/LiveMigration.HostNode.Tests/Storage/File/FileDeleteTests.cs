@@ -48,8 +48,26 @@ public sealed class Tmpfs : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
-        await ProcessRunner.RunAsync("umount", [Path]);
-        Directory.Delete(Path);
+        if (await TestMounts.UnmountAsync(Path)) Directory.Delete(Path);
+    }
+}
+
+/// <summary>Unmounting what a test mounted, so that no mount outlives it.</summary>
+public static class TestMounts
+{
+    /// <summary>
+    /// A reader still polling a domain on the mount (a host's reporter, until the test's actor system stops) holds it
+    /// busy for a moment: tried again for 2 s, then detached lazily (CI once left a bind mount behind). False when even
+    /// that failed.
+    /// </summary>
+    public static async Task<bool> UnmountAsync(string path)
+    {
+        for (var attempt = 0; attempt < 20; attempt++)
+        {
+            if ((await ProcessRunner.RunAsync("umount", [path])).Succeeded) return true;
+            await Task.Delay(100);
+        }
+        return (await ProcessRunner.RunAsync("umount", ["-l", path])).Succeeded;
     }
 }
 
@@ -89,8 +107,8 @@ public sealed class BindMount : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
-        if (_mounted) await ProcessRunner.RunAsync("umount", [Path]);
-        if (Directory.Exists(Path) && !Directory.EnumerateFileSystemEntries(Path).Any()) Directory.Delete(Path);
+        if (_mounted && await TestMounts.UnmountAsync(Path)) _mounted = false;
+        if (!_mounted && Directory.Exists(Path) && !Directory.EnumerateFileSystemEntries(Path).Any()) Directory.Delete(Path);
     }
 }
 
