@@ -96,6 +96,7 @@ public sealed class DiskShapeTests : IAsyncLifetime
         var what = $"after {strategy} to {destination}";
         await CheckShapesAsync(destination, what);
         var sourceImages = Path.Combine(Storage, await DomainIdAsync(source), "images");
+        await DeletedImages.AwaitUnlinkedAsync(Storage);
         var leftovers = Directory.EnumerateDirectories(sourceImages).ToList();
         Assert.True(leftovers.Count == 0, $"{what}: left on {source}: {string.Join(", ", leftovers)}");
     }

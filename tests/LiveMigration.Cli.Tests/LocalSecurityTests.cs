@@ -97,6 +97,7 @@ public sealed class LocalSecurityTests : IAsyncLifetime
         await TheViewerReadsAndTheAuditShowsWhoTriedWhatAsync();
         await _cluster.Ok("migrate", "vm1", "--to", "sdB", "--wait");
         await _cluster.Ok("migrate", "vm1", "--to", "sdA", "--strategy", "post-copy", "--wait");
+        await DeletedImages.AwaitUnlinkedAsync(_cluster.Storage);
         var domainFolders = Directory.EnumerateDirectories(_cluster.Storage).Where(d => d != link).ToList();
         Assert.Equal(2, domainFolders.Count);
         foreach (var folder in domainFolders) AssertClosedModes(folder);

@@ -75,6 +75,7 @@ public sealed class OperatorRoundTripTests : IAsyncLifetime
         await Ok("vm", "verify", "vm1");
 
         // No volume is left on the domain the disks left.
+        await DeletedImages.AwaitUnlinkedAsync(storage);
         var leftovers = Directory.EnumerateDirectories(Path.Combine(storage, b, "images")).ToList();
         Assert.True(leftovers.Count == 0, $"left on sdB: {string.Join(", ", leftovers)}");
     }

@@ -59,6 +59,8 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
     private readonly HashSet<OperationId> _stopsAhead = new();
     private const int StopsAheadKept = 1024;
     private readonly ILoggingAdapter _log = Context.GetLogger();
+    /// <summary>Logs a deleted image's folder whose unlink is left to the next SPM (see ImageFolderRemover).</summary>
+    private readonly Action<string, Exception>? _unlinkLeft;
     // Progress goes to a step's waiters at most once a second (as the HSM's): a copy reports every chunk (qemu-img's
     // progress is polled every 100 ms), and thousands of copies each telling every chunk to a remote saga was most of
     // what an SPM and the Coordinator did while they ran. The newest progress not told yet waits for its turn: its step's
@@ -106,6 +108,9 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
         foreach (var orphan in OrphanCopies.Kill(fileDomains.Select(d => d.DomainPath).ToList()))
             _log.Warning("Killed a copy a previous SPM left running: {Process}", orphan);
         FinishInterruptedRemovals(fileDomains);
+        var log = _log;
+        _unlinkLeft = (folder, e) => log.Warning("Left the unlink of the deleted image folder {Folder} to the next SPM's start: {Error}", folder, e.Message);
+        Storage.File.ImageFolderRemover.Failed += _unlinkLeft;
         Receive<ExecuteStep>(OnExecuteStep);
         Receive<SetStepSpeed>(OnSetStepSpeed);
         Receive<StopStep>(OnStopStep);
@@ -132,9 +137,10 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
     }
 
     /// <summary>
-    /// A delete that a crash (of the SPM's host, or of the process that deleted) cut short after its rename leaves a folder no
-    /// reader lists, whose files still take the domain's space: the new SPM empties it, off the actor (a large image's
-    /// unlink takes seconds). Nothing else of a crash is touched here: a half-made copy belongs to its migration's saga.
+    /// A delete that a crash (of the SPM's host, or of the process that deleted) cut short after its rename, or whose
+    /// unlinks after it failed (ImageFolderRemover), leaves a folder no reader lists, whose files still take the domain's
+    /// space: the new SPM empties it, off the actor (a large image's unlink takes seconds). Nothing else of a crash is
+    /// touched here: a half-made copy belongs to its migration's saga.
     /// </summary>
     private void FinishInterruptedRemovals(IReadOnlyList<Storage.File.FileStorageDomain> domains)
     {
@@ -190,6 +196,7 @@ public sealed class SpmActor : ReceiveActor, IWithTimers
 
     protected override void PostStop()
     {
+        Storage.File.ImageFolderRemover.Failed -= _unlinkLeft;
         // Its copies stop (their qemu-img killed and reaped); the lease is released only once they did (PoolLease.ReleaseAsync).
         _stopped.Cancel();
         // And nothing is answered before they did: a restart (supervision) starts a new instance on this node under the same

@@ -94,6 +94,10 @@ public sealed class FencedStorageDomain(IStorageDomain inner, IStorageFence fenc
         return await inner.MarkLegalAsync(image, volume, ct);
     }
 
+    /// <summary>
+    /// Fenced up to its decision, the rename that makes the image unreadable; a file domain unlinks the renamed folder's
+    /// files after that, unfenced (no one else ever reads or writes a folder of that name; see ImageFolderRemover).
+    /// </summary>
     public async Task DeleteImageAsync(ImageId image, CancellationToken ct = default)
     {
         using var change = await fence.BeginChangeAsync(ct);

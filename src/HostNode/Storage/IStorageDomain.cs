@@ -87,7 +87,8 @@ public interface IStorageDomain
     /// Deletes all the image's volumes on this domain (a migration's source once the VM runs elsewhere, an
     /// operator's disk). Needs no free space, and a crash half-way leaves nothing that reads as a volume, only
     /// leftovers <see cref="RemoveIllegalLeftoversAsync"/> removes. Refused with VOLUME_IN_USE (transient) while
-    /// any process has one of its volumes open. Quiet when the image is not here.
+    /// any process has one of its volumes open. Quiet when the image is not here. Once it answers the image is gone
+    /// for every reader; its space may come back a moment later (a file domain unlinks the files after answering).
     /// </summary>
     Task DeleteImageAsync(ImageId image, CancellationToken ct = default);
 

@@ -108,6 +108,7 @@ public static class FaultCheck
         }
         var disks = shown.GetProperty("disks").EnumerateArray().ToList();
         var chains = disks.SelectMany(d => d.GetProperty("chain").EnumerateArray()).Select(l => l.GetProperty("volume").GetString()!).ToHashSet();
+        await DeletedImages.AwaitUnlinkedAsync(storageRoots);
         var (volumes, illegal) = ScanDomains(storageRoots);
         var leftovers = volumes.Where(v => !chains.Contains(v)).ToList();
         var runningOn = string.Join(",", disks.Select(d => d.TryGetProperty("domain", out var dom) ? dom.GetString() : "?").Distinct());

@@ -302,6 +302,7 @@ public sealed class ClusterBed : IAsyncDisposable
             if (machine.Node is not null) await machine.Hypervisor.DisposeAsync();
             await machine.Qemus.DisposeAsync();
         }
+        await LiveMigration.HostNode.Storage.File.FileStorageDomain.RemovalsFinishedAsync().WaitAsync(TimeSpan.FromSeconds(30)); // a delete's unlinks end first
         try { Directory.Delete(DataDirectory, recursive: true); }
         catch (IOException e) { Log($"could not delete {DataDirectory}: {e.Message}"); }
     }

@@ -118,6 +118,7 @@ public sealed class HostLayerBed : IAsyncDisposable
         {
             try { System.Diagnostics.Process.GetProcessById(pid).Kill(); } catch (ArgumentException) { } catch (InvalidOperationException) { }
         }
+        await FileStorageDomain.RemovalsFinishedAsync().WaitAsync(TimeSpan.FromSeconds(30)); // a delete's unlinks end before the folder goes
         try { Directory.Delete(Root, recursive: true); } catch (IOException) { }
     }
 }

@@ -364,11 +364,29 @@ public sealed class FileStorageDomain : IStorageDomain
     private async Task EnsureSpaceAsync(long neededBytes, string what, CancellationToken ct)
     {
         var info = await DescribeAsync(ct);
+        if (neededBytes > info.AvailableBytes && await UnlinksFinishedAsync(ct))
+            info = await DescribeAsync(ct); // a move back right after a move away: the room its delete gives back
         if (neededBytes > info.AvailableBytes)
             throw new OperationFailedException(ErrorCodes.NotEnoughSpace,
                 $"storage domain {Id} ({Name}) has {info.AvailableBytes} bytes available " +
                 $"(capacity limit {info.CapacityBytes}, used {info.UsedBytes}, file system free {info.FilesystemFreeBytes}); " +
                 $"{what} needs {neededBytes} bytes");
+    }
+
+    /// <summary>Waits (at most 30 s) for the unlinks of images deleted here; false when there were none to wait for.</summary>
+    private async Task<bool> UnlinksFinishedAsync(CancellationToken ct)
+    {
+        var unlinks = ImageFolderRemover.For(ImagesPath).IdleAsync();
+        if (unlinks.IsCompleted) return false;
+        try
+        {
+            await unlinks.WaitAsync(TimeSpan.FromSeconds(30), ct);
+        }
+        catch (TimeoutException)
+        {
+            // still unlinking: the space is counted as it stands
+        }
+        return true;
     }
 
     /// <summary>
@@ -687,7 +705,9 @@ public sealed class FileStorageDomain : IStorageDomain
             var folder = ImagePath(image);
             if (Absent(() => Directory.Exists(folder))) return true;
             RequireNoneOpen(image, UuidNamedFiles(folder).Select(name => Path.Combine(folder, name)));
-            RemoveImageFolder(image);
+            // A moved disk's source (the last step of every move), an operator's disk: the files are unlinked after the
+            // delete answers (see ImageFolderRemover).
+            RemoveImageFolder(image, unlinkLater: true);
             return true;
         }, ct);
 
@@ -815,27 +835,31 @@ public sealed class FileStorageDomain : IStorageDomain
     public int FinishInterruptedRemovals(Action<string, Exception>? failed = null, CancellationToken ct = default)
     {
         if (!Directory.Exists(ImagesPath)) return 0; // nothing to finish where nothing is reachable
-        var finished = 0;
-        foreach (var halfDeleted in Directory.EnumerateDirectories(ImagesPath, RemovingPrefix + "*").ToList())
+        // Never beside this process's remover on the same folder: it waits for the folder the remover is on.
+        return ImageFolderRemover.For(ImagesPath).Exclusively(() =>
         {
-            if (ct.IsCancellationRequested) break;
-            if (new DirectoryInfo(halfDeleted).LinkTarget is not null) continue; // never followed
-            try
+            var finished = 0;
+            foreach (var halfDeleted in Directory.EnumerateDirectories(ImagesPath, RemovingPrefix + "*").ToList())
             {
-                Directory.Delete(halfDeleted, recursive: true);
-                finished++;
+                if (ct.IsCancellationRequested) break;
+                if (new DirectoryInfo(halfDeleted).LinkTarget is not null) continue; // never followed
+                try
+                {
+                    Directory.Delete(halfDeleted, recursive: true);
+                    finished++;
+                }
+                catch (DirectoryNotFoundException)
+                {
+                    // the delete that renamed it, or another process's sweep, finished it meanwhile
+                }
+                catch (Exception e) when (failed is not null && e is IOException or UnauthorizedAccessException)
+                {
+                    failed(halfDeleted, e);
+                }
             }
-            catch (DirectoryNotFoundException)
-            {
-                // the delete that renamed it finished it meanwhile
-            }
-            catch (Exception e) when (failed is not null && e is IOException or UnauthorizedAccessException)
-            {
-                failed(halfDeleted, e);
-            }
-        }
-        if (finished > 0) Posix.FsyncDirectory(ImagesPath);
-        return finished;
+            if (finished > 0) Posix.FsyncDirectory(ImagesPath);
+            return finished;
+        });
     }
 
     /// <summary>
@@ -880,26 +904,27 @@ public sealed class FileStorageDomain : IStorageDomain
 
     /// <summary>
     /// The whole image folder goes in one atomic rename to a name no reader lists (needs no free space: no
-    /// metadata is written), then its files. A crash leaves either the image as it was or a
+    /// metadata is written), then its files, now or (<paramref name="unlinkLater"/>) by the domain's
+    /// <see cref="ImageFolderRemover"/> after the caller goes on. A crash leaves either the image as it was or a
     /// <see cref="RemovingPrefix"/> folder that the cleanup removes.
     /// </summary>
-    private void RemoveImageFolder(ImageId image)
+    private void RemoveImageFolder(ImageId image, bool unlinkLater = false)
     {
         var folder = ImagePath(image);
         if (!Directory.Exists(folder)) return;
         var removing = Path.Combine(ImagesPath, $"{RemovingPrefix}{image}_{Guid.NewGuid():N}");
         Directory.Move(folder, removing);
         Posix.FsyncDirectory(ImagesPath);
-        try
-        {
-            Directory.Delete(removing, recursive: true);
-        }
-        catch (DirectoryNotFoundException)
-        {
-            // a starting SPM's FinishInterruptedRemovals took it meanwhile: gone either way
-        }
-        Posix.FsyncDirectory(ImagesPath);
+        var remover = ImageFolderRemover.For(ImagesPath);
+        if (unlinkLater) remover.RemoveLater(removing);
+        else remover.RemoveNow(removing, throwOnError: true);
     }
+
+    /// <summary>
+    /// Completes when every image deleted so far in this process is unlinked or left to the next SPM's sweep (a test's
+    /// wait before it looks into a folder or removes it; no step of a migration waits for it).
+    /// </summary>
+    public static Task RemovalsFinishedAsync() => ImageFolderRemover.AllIdleAsync();
 
     /// <summary>
     /// Some of an image's volumes: each one's metadata unlinked (which needs no space, unlike marking it ILLEGAL),

@@ -24,6 +24,7 @@ internal static class FileLayerData
 
     public static void DeleteRoot(string root)
     {
+        FileStorageDomain.RemovalsFinishedAsync().Wait(TimeSpan.FromSeconds(30)); // a delete's unlinks end before the folder goes
         if (Directory.Exists(root)) Directory.Delete(root, recursive: true);
     }
 }

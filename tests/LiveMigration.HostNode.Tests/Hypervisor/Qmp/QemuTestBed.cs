@@ -164,6 +164,7 @@ public sealed class QemuTestBed : IAsyncDisposable
         var socketDirectory = hypervisors.FirstOrDefault()?.SocketDirectory;
         if (socketDirectory is not null && socketDirectory.StartsWith(LiveMigration.HostNode.Hypervisor.SocketDirectory.SharedParent + "/", StringComparison.Ordinal) && Directory.Exists(socketDirectory))
             Directory.Delete(socketDirectory, recursive: true);
+        await LiveMigration.HostNode.Storage.File.FileStorageDomain.RemovalsFinishedAsync().WaitAsync(TimeSpan.FromSeconds(30)); // a delete's unlinks end before the folder goes
         Directory.Delete(Path.GetDirectoryName(Root)!, recursive: true);
     }
 }

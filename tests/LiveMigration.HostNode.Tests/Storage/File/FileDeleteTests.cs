@@ -199,6 +199,67 @@ public sealed class FileDeleteTests : IDisposable
         Assert.Equal(0, (await domain.DescribeAsync()).UsedBytes);
     }
 
+    /// <summary>
+    /// The last step of every move: the delete answers once its rename is durable, and its files are unlinked after (0.5–1.5 s
+    /// for 2 GiB on this file system). Until they are, the image is gone for every reader and its space still counts as used.
+    /// </summary>
+    [Fact]
+    public async Task A_whole_image_delete_answers_after_its_rename_and_its_files_are_unlinked_after_counted_as_used_until_then()
+    {
+        var domain = await _temp.NewDomainAsync("source");
+        var (image, _) = await ThreeVolumeChainAsync(domain);
+        var (kept, _) = await ThreeVolumeChainAsync(domain);
+        var images = Path.Combine(domain.DomainPath, "images");
+        var usedWithBoth = (await domain.DescribeAsync()).UsedBytes;
+
+        // The remover held back (as if busy with an earlier image): the delete still answers.
+        ImageFolderRemover.For(images).Exclusively(() =>
+        {
+            Assert.True(domain.DeleteImageAsync(image).Wait(TimeSpan.FromSeconds(30)), "the delete waited for the unlinks");
+            Assert.Single(Directory.EnumerateDirectories(images, "_remove_me_*"));
+            Assert.Equal(usedWithBoth, domain.DescribeAsync().Result.UsedBytes);
+            return true;
+        });
+        Assert.Equal([kept], await domain.ListImagesAsync());
+        await RefusedAsync(ErrorCodes.ImageNotFound, () => domain.DescribeImageAsync(image));
+
+        await FileStorageDomain.RemovalsFinishedAsync().WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.Equal([Path.Combine(images, kept.ToString())], Directory.EnumerateDirectories(images));
+        Assert.True((await domain.DescribeAsync()).UsedBytes < usedWithBoth);
+        Assert.Equal(3, (await domain.DescribeImageAsync(kept)).Volumes.Count);
+    }
+
+    /// <summary>An unlink that fails (here a file that is a mount point: EBUSY, even for root) is tried again until it works.</summary>
+    [Fact]
+    public async Task A_deleted_image_whose_files_cannot_be_unlinked_yet_keeps_its_space_counted_and_is_unlinked_once_they_can()
+    {
+        var domain = await _temp.NewDomainAsync("source");
+        var (image, volumes) = await ThreeVolumeChainAsync(domain);
+        var images = Path.Combine(domain.DomainPath, "images");
+        string? pinned = null;
+        try
+        {
+            ImageFolderRemover.For(images).Exclusively(() =>
+            {
+                Assert.True(domain.DeleteImageAsync(image).Wait(TimeSpan.FromSeconds(30)));
+                var removing = Directory.EnumerateDirectories(images, "_remove_me_*").Single();
+                pinned = Path.Combine(removing, volumes[1].ToString());
+                ProcessRunner.RunCheckedAsync("mount", ["--bind", "/dev/null", pinned], ErrorCodes.IoError).Wait();
+                return true;
+            });
+            await Task.Delay(TimeSpan.FromMilliseconds(500)); // the first attempt has failed by now; the next one comes after 1 s
+            Assert.Single(Directory.EnumerateDirectories(images, "_remove_me_*"));
+            Assert.Empty(await domain.ListImagesAsync());
+        }
+        finally
+        {
+            if (pinned is not null) await ProcessRunner.RunCheckedAsync("umount", [pinned], ErrorCodes.IoError);
+        }
+        await FileStorageDomain.RemovalsFinishedAsync().WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(images));
+        Assert.Equal(0, (await domain.DescribeAsync()).UsedBytes);
+    }
+
     [Fact]
     public async Task A_per_volume_delete_interrupted_after_the_first_unlink_leaves_a_chain_nobody_can_open_which_the_cleanup_removes()
     {

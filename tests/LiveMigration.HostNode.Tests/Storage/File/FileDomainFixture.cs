@@ -17,6 +17,7 @@ public sealed class TempDomainRoot : IDisposable
 
     public void Dispose()
     {
+        FileStorageDomain.RemovalsFinishedAsync().Wait(TimeSpan.FromSeconds(30)); // a delete's unlinks end before the folder goes
         if (Directory.Exists(Root)) Directory.Delete(Root, recursive: true);
     }
 
