@@ -360,6 +360,37 @@ public sealed class DashboardBrowserTests(DashboardCluster cluster, ITestOutputH
         await Assertions.Expect(split.Locator(".split")).ToHaveTextAsync("split");
         await Assertions.Expect(split.Locator(".split")).ToHaveAttributeAsync("title", "Older layers on domain-a: a post-copy to domain-b makes it whole");
         await Assertions.Expect(page.Locator($"tr[data-disk='{Whole}'] .disk-domain .split")).ToHaveCountAsync(0);
+
+        // Its Move dialog offers its one move: a post-copy to its leaf's domain (what the page posts, answered here).
+        string? posted = null;
+        await page.RouteAsync("**/api/migrations", async route =>
+        {
+            if (route.Request.Method != "POST") { await route.ContinueAsync(); return; }
+            posted = route.Request.PostData;
+            await route.FulfillAsync(new() { Status = 409, ContentType = "application/json", Body = """{"code":"TEST","message":"answered by the test"}""" });
+        });
+        var dialog = page.Locator("#move-dialog");
+        await page.Locator($"tr[data-disk='{Split}']").GetByRole(AriaRole.Button, new() { Name = "Move" }).ClickAsync();
+        await Assertions.Expect(dialog).ToBeVisibleAsync();
+        await Assertions.Expect(page.Locator("#move-subject")).ToContainTextAsync("over older layers on domain-a: a post-copy to domain-b makes it whole");
+        await Assertions.Expect(page.Locator("#move-destination option")).ToHaveCountAsync(1);
+        await Assertions.Expect(page.Locator("#move-destination")).ToHaveValueAsync(DomainB);
+        await Assertions.Expect(page.Locator("#move-strategy")).ToHaveValueAsync("post-copy");
+        await Assertions.Expect(page.Locator("#move-strategy")).ToBeDisabledAsync();
+        await page.Locator("#move-submit").ClickAsync();
+        await Assertions.Expect(page.Locator("#move-error")).ToHaveTextAsync("TEST: answered by the test");
+        var body = JsonDocument.Parse(posted!).RootElement;
+        Assert.Equal("post-copy", body.GetProperty("strategy").GetString());
+        Assert.Equal(DomainB, body.GetProperty("disks")[0].GetProperty("destination").GetString());
+        Assert.Equal(Split, body.GetProperty("disks")[0].GetProperty("image").GetString());
+        await page.Locator("#move-cancel").ClickAsync();
+
+        // A whole disk's dialog is as before: the other domains, any strategy.
+        await page.Locator($"tr[data-disk='{Whole}']").GetByRole(AriaRole.Button, new() { Name = "Move" }).ClickAsync();
+        await Assertions.Expect(page.Locator("#move-destination option")).ToHaveCountAsync(1);
+        await Assertions.Expect(page.Locator("#move-destination")).ToHaveValueAsync(DomainB);
+        await Assertions.Expect(page.Locator("#move-strategy")).ToBeEnabledAsync();
+        await page.Locator("#move-cancel").ClickAsync();
         Assert.Empty(_pageErrors);
     }
 

@@ -465,8 +465,12 @@
    * A disk whose chain lies on more than its leaf's domain (an abandoned post-copy's): only a post-copy to the leaf's
    * domain moves it, and it keeps the older layers' domain in use until then.
    */
+  function olderLayerDomains(disk) {
+    return [...new Set(disk.chain.map((layer) => layer.domain).filter((domain) => domain && domain !== disk.domain))];
+  }
+
   function splitPill(disk) {
-    const others = [...new Set(disk.chain.map((layer) => layer.domain).filter((domain) => domain && domain !== disk.domain))];
+    const others = olderLayerDomains(disk);
     if (!others.length) return null;
     return h("span", {
       class: "pill pill-warn split",
@@ -588,9 +592,18 @@
 
   function openMove(vm, disk) {
     moving = { vm, disk };
-    document.getElementById("move-subject").textContent = "Disk " + disk.image + " of " + vm.name + ", now on " + domainName(disk.domain) + ".";
+    // A split disk (an abandoned post-copy's) has one move: a post-copy to its leaf's domain, which makes it whole
+    // (the Coordinator refuses any other with CHAIN_SPANS_DOMAINS).
+    const split = olderLayerDomains(disk);
+    document.getElementById("move-subject").textContent = split.length
+      ? "Disk " + disk.image + " of " + vm.name + " runs on " + domainName(disk.domain) + " over older layers on " +
+        split.map(domainName).join(", ") + ": a post-copy to " + domainName(disk.domain) + " makes it whole, and is its only move."
+      : "Disk " + disk.image + " of " + vm.name + ", now on " + domainName(disk.domain) + ".";
+    const strategy = document.getElementById("move-strategy");
+    if (split.length) strategy.value = "post-copy";
+    strategy.disabled = split.length > 0;
     const select = document.getElementById("move-destination");
-    const choices = state.domains.filter((d) => d.id !== disk.domain);
+    const choices = state.domains.filter((d) => split.length ? d.id === disk.domain : d.id !== disk.domain);
     select.replaceChildren(...choices.map((d) => h("option", { value: d.id, disabled: !d.active },
       d.name + " — " + bytes(d.availableBytes) + " free" + (d.active ? "" : " (inactive)"))));
     const firstActive = choices.find((d) => d.active);
