@@ -209,9 +209,9 @@ public sealed record InventoryState(
         bool TakesPart(string host) => host == vmHost || (Hosts.TryGetValue(host, out var known) && known.SpmCapable);
         var domains = Domains.Select(d => d.UnreachableFrom is { Count: > 0 } unreachable
             ? unreachable.Where(TakesPart).ToValueList() is { Count: > 0 } blocking
-                ? new DomainFacts(d.Id, false, d.AvailableBytes, blocking)
-                : new DomainFacts(d.Id, true, d.AvailableBytes)
-            : new DomainFacts(d.Id, d.Active, d.AvailableBytes)).ToValueList();
+                ? new DomainFacts(d.Id, false, d.AvailableBytes, blocking, d.Name)
+                : new DomainFacts(d.Id, true, d.AvailableBytes, Name: d.Name)
+            : new DomainFacts(d.Id, d.Active, d.AvailableBytes, Name: d.Name)).ToValueList();
         var busy = Reservations.Keys.Concat(Settling.Keys.Where(i => now is not { } at || SettlingAfter(i, at) is not null)).Distinct()
             .Where(i => images.Count == 0 || images.Contains(i))
             .OrderBy(i => i.Value)

@@ -120,6 +120,11 @@ public static class MigrationDecider
         if (!vm.Running)
             return Decision.Refuse(ErrorCodes.VmNotRunning, $"VM {request.Vm} is not running; a live migration needs it running");
 
+        // "domain-b (dfe0aa63-…)": the name an operator types, and the id that is unique.
+        string Named(DomainId domain) =>
+            facts.Domains.FirstOrDefault(d => d.Id == domain)?.Name is { Length: > 0 } name ? $"{name} ({domain})" : domain.ToString();
+        string Typed(DomainId domain) => facts.Domains.FirstOrDefault(d => d.Id == domain)?.Name is { Length: > 0 } name ? name : domain.ToString();
+
         var result = new List<DiskPlan>();
         foreach (var wanted in request.Disks)
         {
@@ -135,18 +140,18 @@ public static class MigrationDecider
             if (disk.OtherDomains is { Count: > 0 } others
                 && (others.Count > 1 || wanted.Destination != disk.Domain || request.Strategy != MigrationStrategy.PostCopy || disk.Leaf is null))
                 return Decision.Refuse(MigrationErrorCodes.ChainSpansDomains,
-                    $"disk {disk.Image} runs on a chain whose leaf is on domain {disk.Domain} and whose older layers are on {string.Join(", ", others)} " +
+                    $"disk {disk.Image} runs on a chain whose leaf is on domain {Named(disk.Domain)} and whose older layers are on {string.Join(", ", others.Select(Named))} " +
                     "(a post-copy abandoned before its backing switch leaves it so): it runs as it is and nothing is lost. " +
                     (others.Count > 1
                         ? "No migration moves a chain over more than two domains"
-                        : $"A post-copy to its leaf's domain makes it whole first: `lsm migrate VM --to {disk.Domain} --disk {disk.Image} --strategy post-copy`") +
+                        : $"A post-copy to its leaf's domain makes it whole first: `lsm migrate VM --to {Typed(disk.Domain)} --disk {disk.Image} --strategy post-copy`") +
                     "; `lsm migrate VM --disk IMAGE` moves the VM's other disks");
             if (!makesWhole && wanted.Destination == disk.Domain)
-                return Decision.Refuse(ErrorCodes.InvalidArgument, $"disk {disk.Image} is already on domain {disk.Domain}");
+                return Decision.Refuse(ErrorCodes.InvalidArgument, $"disk {disk.Image} is already on domain {Named(disk.Domain)}");
             if (facts.Domains.FirstOrDefault(d => d.Id == wanted.Destination) is not { } destination)
                 return Decision.Refuse(ErrorCodes.DomainNotFound, $"destination domain {wanted.Destination} of disk {disk.Image} is not in the inventory");
             if (!destination.Active)
-                return Decision.Refuse(MigrationErrorCodes.DomainInactive, $"destination domain {destination.Id} of disk {disk.Image} is not active: " +
+                return Decision.Refuse(MigrationErrorCodes.DomainInactive, $"destination domain {Named(destination.Id)} of disk {disk.Image} is not active: " +
                     (destination.UnreachableFrom is { Count: > 0 } hosts ? $"not reachable from {string.Join(", ", hosts)}" : "its host reports it not reachable") +
                     " (e.g. unmounted; see `lsm domains`)");
             if (facts.DisksInActiveMigrations.Contains(disk.Image))
@@ -162,7 +167,7 @@ public static class MigrationDecider
             var needed = byDomain.Sum(p => p.SizeBytes);
             if (needed > free)
                 return Decision.Refuse(ErrorCodes.NotEnoughSpace,
-                    $"destination domain {byDomain.Key} has {free} bytes free, the disks moving there need {needed}");
+                    $"destination domain {Named(byDomain.Key)} has {free} bytes free, the disks moving there need {needed}");
         }
         plans = result.ToValueList();
         return null;

@@ -119,9 +119,12 @@ public sealed record DiskFacts(ImageId Image, DomainId Domain, long SizeBytes,
     [property: System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
     ValueList<DomainId>? OtherDomains = null);
 
+/// <param name="Name">The operator's name of the domain, for the refusals' words (null from a sender older than it).</param>
 public sealed record DomainFacts(DomainId Id, bool Active, long FreeBytes,
     [property: System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
-    ValueList<string>? UnreachableFrom = null);
+    ValueList<string>? UnreachableFrom = null,
+    [property: System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
+    string? Name = null);
 
 /// <summary>One disk's move as the saga runs it: the source comes from the inventory, the new post-copy leaf id is fixed up front.</summary>
 /// <param name="SourceLeaf">The leaf the drive runs on at validation (the pre-copy mirror target is its twin); null in journals

@@ -91,7 +91,7 @@ public sealed class InventoryActorTests() : TestKit(Config, nameof(InventoryActo
         var vm = Assert.IsType<VmFacts>(facts.Vm);
         Assert.True(vm.Running);
         Assert.Equal(new DiskFacts(_pool.Disk, _pool.DomainA, 3L << 30, _pool.DiskLeaf, [_pool.DomainB]), vm.Disks[0]);
-        Assert.Equal([new DomainFacts(_pool.DomainA, true, 40L << 30), new DomainFacts(_pool.DomainB, true, 50L << 30)], facts.Domains);
+        Assert.Equal([new DomainFacts(_pool.DomainA, true, 40L << 30, Name: "domain-a"), new DomainFacts(_pool.DomainB, true, 50L << 30, Name: "domain-b")], facts.Domains);
         Assert.Empty(facts.DisksInActiveMigrations);
         Assert.Equal(new VmLocation(_pool.Vm, "host-1"), location);
         Assert.Null(nowhere.HostId);

@@ -56,7 +56,7 @@ public sealed class InventoryStateTests
         // its base is on B (as an abandoned post-copy leaves a chain): named, so the saga refuses to plan from it
         Assert.Equal(new DiskFacts(_pool.Disk, _pool.DomainA, 3L << 30, _pool.DiskLeaf, [_pool.DomainB]), vm.Disks[0]);
         Assert.Equal(new DiskFacts(_pool.SecondDisk, _pool.DomainB, 1L << 30, _pool.SecondDiskLeaf), vm.Disks[1]);
-        Assert.Equal([new DomainFacts(_pool.DomainA, true, 40L << 30), new DomainFacts(_pool.DomainB, true, 50L << 30)], facts.Domains);
+        Assert.Equal([new DomainFacts(_pool.DomainA, true, 40L << 30, Name: "domain-a"), new DomainFacts(_pool.DomainB, true, 50L << 30, Name: "domain-b")], facts.Domains);
         Assert.Empty(facts.DisksInActiveMigrations);
     }
 
@@ -137,7 +137,7 @@ public sealed class InventoryStateTests
     {
         var state = Reported(Pool(), _pool.DomainReport(freeOnB: 1L << 30, bActive: false));
 
-        Assert.Equal(new DomainFacts(_pool.DomainB, false, 1L << 30), state.FactsFor(_pool.Vm, []).Domains[1]);
+        Assert.Equal(new DomainFacts(_pool.DomainB, false, 1L << 30, Name: "domain-b"), state.FactsFor(_pool.Vm, []).Domains[1]);
     }
 
     [Fact]
@@ -350,10 +350,10 @@ public sealed class InventoryStateTests
         state = Host2CannotReachB(state, T0.AddSeconds(1));
         Assert.False(state.Domains[1].Active);
 
-        Assert.Equal(new DomainFacts(_pool.DomainB, true, 50L << 30), state.FactsFor(_pool.Vm, []).Domains[1]);
+        Assert.Equal(new DomainFacts(_pool.DomainB, true, 50L << 30, Name: "domain-b"), state.FactsFor(_pool.Vm, []).Domains[1]);
         // a VM on host-2 is refused, naming it
         var onHost2 = VmOn(ref state, "host-2");
-        Assert.Equal(new DomainFacts(_pool.DomainB, false, 50L << 30, ["host-2"]), state.FactsFor(onHost2, []).Domains[1]);
+        Assert.Equal(new DomainFacts(_pool.DomainB, false, 50L << 30, ["host-2"], "domain-b"), state.FactsFor(onHost2, []).Domains[1]);
     }
 
     [Fact]

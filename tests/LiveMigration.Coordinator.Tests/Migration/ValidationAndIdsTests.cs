@@ -37,6 +37,30 @@ public sealed class ValidationAndIdsTests
         Assert.Empty(saga.Journal);
     }
 
+    /// <summary>The refusals name a domain as an operator knows it (and types it), beside its id.</summary>
+    [Fact]
+    public void A_refusal_names_the_domains_by_their_names_and_the_move_it_suggests_by_the_name_to_type()
+    {
+        var saga = new SagaDriver();
+        var facts = saga.Facts();
+        var named = facts with
+        {
+            Domains = [.. facts.Domains.Select(d => d with { Name = d.Id == saga.Source ? "domain-a" : d.Id == saga.Destination ? "domain-b" : null })],
+        };
+        AssertRefused(saga, saga.Request() with { Disks = [new DiskMoveRequest(saga.Image, saga.Source)] }, named, ErrorCodes.InvalidArgument,
+            $"already on domain domain-a ({saga.Source})");
+        AssertRefused(saga, saga.Request(), named with { Domains = [.. named.Domains.Select(d => d with { FreeBytes = 1000 })] }, ErrorCodes.NotEnoughSpace,
+            $"destination domain domain-b ({saga.Destination}) has 1000 bytes free");
+        AssertRefused(saga, saga.Request(), named with { Domains = [.. named.Domains.Select(d => d with { Active = d.Id != saga.Destination })] },
+            MigrationErrorCodes.DomainInactive, $"destination domain domain-b ({saga.Destination})");
+        var split = named with { Vm = named.Vm! with { Disks = [named.Vm.Disks[0] with { Domain = saga.Destination, Leaf = VolumeId.New(), OtherDomains = [saga.Source] }] } };
+        AssertRefused(saga, saga.Request(MigrationStrategy.PreCopy), split, MigrationErrorCodes.ChainSpansDomains,
+            $"leaf is on domain domain-b ({saga.Destination}) and whose older layers are on domain-a ({saga.Source})");
+        AssertRefused(saga, saga.Request(MigrationStrategy.PreCopy), split, MigrationErrorCodes.ChainSpansDomains,
+            $"`lsm migrate VM --to domain-b --disk {saga.Image} --strategy post-copy`");
+        Assert.Empty(saga.Journal);
+    }
+
     /// <summary>A disk whose leaf is on the destination and whose older layers are on the source: an abandoned post-copy's.</summary>
     private static ValidationFacts SplitOnto(SagaDriver saga, VolumeId leaf, params DomainId[] others)
     {

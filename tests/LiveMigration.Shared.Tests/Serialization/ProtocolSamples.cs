@@ -38,7 +38,7 @@ public static class ProtocolSamples
 
     private static readonly ValidationFacts Facts = new(
         new VmFacts(Vm, Running: true, [new DiskFacts(Image, Source, 4_294_967_296), new DiskFacts(OtherImage, Source, 1_048_576, OtherDomains: [Destination])]),
-        [new DomainFacts(Source, Active: true, 10_000_000_000), new DomainFacts(Destination, Active: false, 20_000_000_000, ["host-2"])],
+        [new DomainFacts(Source, Active: true, 10_000_000_000), new DomainFacts(Destination, Active: false, 20_000_000_000, ["host-2"], "domain-b")],
         [ImageId.Parse("2a3b4c5d-6e7f-4809-9a1b-2c3d4e5f6a7b")]);
 
     private static readonly MigrationId OtherMigration = MigrationId.Parse("7c8d9e0f-1a2b-4c3d-8e4f-5a6b7c8d9e0f");
