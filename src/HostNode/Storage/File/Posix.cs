@@ -36,11 +36,6 @@ internal static class Posix
 
     private const uint SyncFileRangeWrite = 2; // SYNC_FILE_RANGE_WRITE: start writing dirty pages out, wait for none
 
-    [DllImport("libc", EntryPoint = "posix_fadvise", SetLastError = true)]
-    private static extern int Fadvise(int fd, long offset, long length, int advice);
-
-    private const int FadviseDontNeed = 4; // POSIX_FADV_DONTNEED: drop the file's clean pages from the page cache
-
     [DllImport("libc", EntryPoint = "chown", SetLastError = true)]
     private static extern int Chown([MarshalAs(UnmanagedType.LPUTF8Str)] string path, uint owner, uint group);
 
@@ -175,27 +170,6 @@ internal static class Posix
         try
         {
             SyncFileRange(fd, 0, 0, SyncFileRangeWrite);
-        }
-        finally
-        {
-            Close(fd);
-        }
-    }
-
-    /// <summary>
-    /// Gives the file's clean pages in the page cache back (posix_fadvise DONTNEED), as `dd oflag=nocache` does: a copy of
-    /// gigabytes read and written through the cache would otherwise push out what the host's VMs keep there, and grow the
-    /// cache into memory the host has never touched (on a VM host such as this one, each new page then costs the hypervisor a
-    /// fault). A hint: it changes no byte, dirty pages stay until written, and a failure of it changes nothing.
-    /// </summary>
-    public static void DropCachedPages(string path)
-    {
-        if (!NativeSupported) return;
-        var fd = Open(path, ORdOnly);
-        if (fd < 0) return;
-        try
-        {
-            Fadvise(fd, 0, 0, FadviseDontNeed);
         }
         finally
         {
