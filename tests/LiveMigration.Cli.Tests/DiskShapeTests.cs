@@ -96,7 +96,7 @@ public sealed class DiskShapeTests : IAsyncLifetime
         var what = $"after {strategy} to {destination}";
         await CheckShapesAsync(destination, what);
         var sourceImages = Path.Combine(Storage, await DomainIdAsync(source), "images");
-        await DeletedImages.AwaitUnlinkedAsync(Storage);
+        await DeletedImageFolders.AwaitUnlinkedAsync(TimeSpan.FromSeconds(30), Storage); // a folder still there then is a leftover
         var leftovers = Directory.EnumerateDirectories(sourceImages).ToList();
         Assert.True(leftovers.Count == 0, $"{what}: left on {source}: {string.Join(", ", leftovers)}");
     }

@@ -1,6 +1,7 @@
 using System.Net;
 using System.Text.Json;
 using LiveMigration.Cli.Local;
+using LiveMigration.Demo.Cluster;
 using LiveMigration.HostNode.Hypervisor;
 using LiveMigration.HostNode.Processes;
 using LiveMigration.HostNode.Storage.File;
@@ -97,7 +98,7 @@ public sealed class LocalSecurityTests : IAsyncLifetime
         await TheViewerReadsAndTheAuditShowsWhoTriedWhatAsync();
         await _cluster.Ok("migrate", "vm1", "--to", "sdB", "--wait");
         await _cluster.Ok("migrate", "vm1", "--to", "sdA", "--strategy", "post-copy", "--wait");
-        await DeletedImages.AwaitUnlinkedAsync(_cluster.Storage);
+        await DeletedImageFolders.AwaitUnlinkedAsync(TimeSpan.FromSeconds(30), _cluster.Storage); // a folder still there then is a leftover
         var domainFolders = Directory.EnumerateDirectories(_cluster.Storage).Where(d => d != link).ToList();
         Assert.Equal(2, domainFolders.Count);
         foreach (var folder in domainFolders) AssertClosedModes(folder);

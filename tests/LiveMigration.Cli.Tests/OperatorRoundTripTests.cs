@@ -1,4 +1,5 @@
 using System.Text.Json;
+using LiveMigration.Demo.Cluster;
 
 namespace LiveMigration.Cli.Tests;
 
@@ -75,7 +76,7 @@ public sealed class OperatorRoundTripTests : IAsyncLifetime
         await Ok("vm", "verify", "vm1");
 
         // No volume is left on the domain the disks left.
-        await DeletedImages.AwaitUnlinkedAsync(storage);
+        await DeletedImageFolders.AwaitUnlinkedAsync(TimeSpan.FromSeconds(30), storage); // a folder still there then is a leftover
         var leftovers = Directory.EnumerateDirectories(Path.Combine(storage, b, "images")).ToList();
         Assert.True(leftovers.Count == 0, $"left on sdB: {string.Join(", ", leftovers)}");
     }

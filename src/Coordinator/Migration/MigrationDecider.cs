@@ -121,9 +121,9 @@ public static class MigrationDecider
             return Decision.Refuse(ErrorCodes.VmNotRunning, $"VM {request.Vm} is not running; a live migration needs it running");
 
         // "domain-b (dfe0aa63-…)": the name an operator types, and the id that is unique.
-        string Named(DomainId domain) =>
-            facts.Domains.FirstOrDefault(d => d.Id == domain)?.Name is { Length: > 0 } name ? $"{name} ({domain})" : domain.ToString();
-        string Typed(DomainId domain) => facts.Domains.FirstOrDefault(d => d.Id == domain)?.Name is { Length: > 0 } name ? name : domain.ToString();
+        string? NameOf(DomainId domain) => facts.Domains.FirstOrDefault(d => d.Id == domain)?.Name;
+        string Named(DomainId domain) => NameOf(domain) is { Length: > 0 } name ? $"{name} ({domain})" : domain.ToString();
+        string Typed(DomainId domain) => NameOf(domain) is { Length: > 0 } name ? name : domain.ToString();
 
         var result = new List<DiskPlan>();
         foreach (var wanted in request.Disks)

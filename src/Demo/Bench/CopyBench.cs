@@ -476,7 +476,8 @@ internal static class CopyBench
                 }
                 // The source's files are unlinked after `completed` (ImageFolderRemover): what is timed next does not share
                 // the disk with them, and the time until the source's space is back is shown beside the steps.
-                var unlinked = await RemovalsDoneAsync(Path.GetDirectoryName(to.DomainPath)!, watch) - took;
+                await DeletedImageFolders.AwaitUnlinkedAsync(TimeSpan.FromMinutes(2), Path.GetDirectoryName(to.DomainPath)!);
+                var unlinked = watch.Elapsed - took;
                 if (steps is not null)
                     Console.WriteLine($"     {strategy} steps: {string.Join(", ", steps.Select(kv => $"{kv.Key} {kv.Value} s"))}; " +
                                       $"source unlinked {Math.Max(0, unlinked.TotalSeconds):0.000} s after completed");
@@ -494,19 +495,6 @@ internal static class CopyBench
             if (DateTime.UtcNow > deadline) throw new TimeoutException($"{strategy} migration {id} did not complete in 10 min: {m}");
             await Task.Delay(50);
         }
-    }
-
-    /// <summary>Waits until no deleted image's folder is left under the domains' root; returns the time since <paramref name="watch"/> started.</summary>
-    private static async Task<TimeSpan> RemovalsDoneAsync(string domainRoot, Stopwatch watch)
-    {
-        var deadline = DateTime.UtcNow + TimeSpan.FromMinutes(2);
-        while (Directory.EnumerateDirectories(domainRoot).Any(domain =>
-                   Directory.Exists(Path.Combine(domain, "images")) && Directory.EnumerateDirectories(Path.Combine(domain, "images"), "_remove_me_*").Any()))
-        {
-            if (DateTime.UtcNow > deadline) throw new TimeoutException($"a deleted image's files under {domainRoot} were not unlinked within 2 min");
-            await Task.Delay(10);
-        }
-        return watch.Elapsed;
     }
 
     internal static async Task<string> CommitAsync()

@@ -1,6 +1,7 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using LiveMigration.Cli.Local;
+using LiveMigration.Demo.Cluster;
 
 namespace LiveMigration.Cli.Tests.Faults;
 
@@ -108,7 +109,7 @@ public static class FaultCheck
         }
         var disks = shown.GetProperty("disks").EnumerateArray().ToList();
         var chains = disks.SelectMany(d => d.GetProperty("chain").EnumerateArray()).Select(l => l.GetProperty("volume").GetString()!).ToHashSet();
-        await DeletedImages.AwaitUnlinkedAsync(storageRoots);
+        await DeletedImageFolders.AwaitUnlinkedAsync(TimeSpan.FromSeconds(30), storageRoots); // a folder still there then is a leftover
         var (volumes, illegal) = ScanDomains(storageRoots);
         var leftovers = volumes.Where(v => !chains.Contains(v)).ToList();
         var runningOn = string.Join(",", disks.Select(d => d.TryGetProperty("domain", out var dom) ? dom.GetString() : "?").Distinct());

@@ -18,7 +18,7 @@ public sealed class FileStorageDomain : IStorageDomain
     /// Prefix of an image folder being deleted: renamed to <c>_remove_me_&lt;imageId&gt;_&lt;random&gt;</c> (VDSM's word) in one
     /// atomic rename that needs no free space, then emptied. Not a UUID, so no reader sees it; the cleanup finishes it.
     /// </summary>
-    private const string RemovingPrefix = "_remove_me_";
+    public const string RemovingPrefix = "_remove_me_";
     /// <summary>What an empty qcow2 overlay takes on disk (header, tables), counted before creating one.</summary>
     private const long EmptyQcow2Bytes = 1024 * 1024;
     private static readonly TimeSpan ProgressPollInterval = TimeSpan.FromMilliseconds(100);
@@ -835,31 +835,8 @@ public sealed class FileStorageDomain : IStorageDomain
     public int FinishInterruptedRemovals(Action<string, Exception>? failed = null, CancellationToken ct = default)
     {
         if (!Directory.Exists(ImagesPath)) return 0; // nothing to finish where nothing is reachable
-        // Never beside this process's remover on the same folder: it waits for the folder the remover is on.
-        return ImageFolderRemover.For(ImagesPath).Exclusively(() =>
-        {
-            var finished = 0;
-            foreach (var halfDeleted in Directory.EnumerateDirectories(ImagesPath, RemovingPrefix + "*").ToList())
-            {
-                if (ct.IsCancellationRequested) break;
-                if (new DirectoryInfo(halfDeleted).LinkTarget is not null) continue; // never followed
-                try
-                {
-                    Directory.Delete(halfDeleted, recursive: true);
-                    finished++;
-                }
-                catch (DirectoryNotFoundException)
-                {
-                    // the delete that renamed it, or another process's sweep, finished it meanwhile
-                }
-                catch (Exception e) when (failed is not null && e is IOException or UnauthorizedAccessException)
-                {
-                    failed(halfDeleted, e);
-                }
-            }
-            if (finished > 0) Posix.FsyncDirectory(ImagesPath);
-            return finished;
-        });
+        // Never beside this process's remover on the same folder: the sweep waits for the folder the remover is on.
+        return ImageFolderRemover.For(ImagesPath).Sweep(RemovingPrefix, failed, ct);
     }
 
     /// <summary>

@@ -61,26 +61,39 @@ internal sealed class ImageFolderRemover
     }
 
     /// <summary>Removes the folder now, on the caller's thread; false when it is still there (the error is thrown when <paramref name="throwOnError"/>).</summary>
-    public bool RemoveNow(string folder, bool throwOnError = false)
-    {
-        _oneAtATime.Wait();
-        try
-        {
-            return RemoveOne(folder, throwOnError);
-        }
-        finally
-        {
-            _oneAtATime.Release();
-        }
-    }
+    public bool RemoveNow(string folder, bool throwOnError = false) => Exclusively(() => RemoveOne(folder, throwOnError));
 
-    /// <summary>Runs <paramref name="sweep"/> while no removal of this remover runs.</summary>
-    public T Exclusively<T>(Func<T> sweep)
+    /// <summary>
+    /// Removes every folder named <paramref name="prefix"/>… under the images folder (what a crash, or a removal given up,
+    /// left), while no removal of this remover runs; returns how many are gone. <paramref name="failed"/> is told each one
+    /// it could not remove and the rest are still tried; without it the first error is thrown.
+    /// </summary>
+    public int Sweep(string prefix, Action<string, Exception>? failed, CancellationToken ct) => Exclusively(() =>
+    {
+        var gone = 0;
+        foreach (var folder in Directory.EnumerateDirectories(_imagesPath, prefix + "*").ToList())
+        {
+            if (ct.IsCancellationRequested) break;
+            if (new DirectoryInfo(folder).LinkTarget is not null) continue; // never followed
+            try
+            {
+                if (RemoveOne(folder, throwOnError: true)) gone++;
+            }
+            catch (Exception e) when (failed is not null && e is IOException or UnauthorizedAccessException)
+            {
+                failed(folder, e);
+            }
+        }
+        return gone;
+    });
+
+    /// <summary>Runs <paramref name="work"/> while no removal of this remover runs.</summary>
+    public T Exclusively<T>(Func<T> work)
     {
         _oneAtATime.Wait();
         try
         {
-            return sweep();
+            return work();
         }
         finally
         {

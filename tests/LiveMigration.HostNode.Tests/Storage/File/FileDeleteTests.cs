@@ -229,6 +229,41 @@ public sealed class FileDeleteTests : IDisposable
         Assert.Equal(3, (await domain.DescribeImageAsync(kept)).Volumes.Count);
     }
 
+    /// <summary>
+    /// A move back right after a move away: the room the delete gives back is still being unlinked. A create short of room
+    /// waits for those unlinks instead of being refused NOT_ENOUGH_SPACE.
+    /// </summary>
+    [Fact]
+    public async Task A_create_short_of_room_waits_for_the_unlinks_of_a_delete_before_it_is_refused()
+    {
+        const long MiB = 1 << 20;
+        var domain = await _temp.NewDomainAsync("tight", capacity: 64 * MiB);
+        var gone = ImageId.New();
+        await domain.CreateVolumeAsync(new NewVolume(gone, VolumeId.New(), VolumeFormat.Raw, 40 * MiB, Allocation: VolumeAllocation.Preallocated));
+        var images = Path.Combine(domain.DomainPath, "images");
+        using var held = new ManualResetEventSlim();
+        using var release = new ManualResetEventSlim();
+        // The remover held back, as if busy unlinking an earlier image.
+        var holding = Task.Run(() => ImageFolderRemover.For(images).Exclusively(() =>
+        {
+            held.Set();
+            return release.Wait(TimeSpan.FromSeconds(30));
+        }));
+        held.Wait(TimeSpan.FromSeconds(30));
+
+        await domain.DeleteImageAsync(gone);
+        Assert.Single(Directory.EnumerateDirectories(images, "_remove_me_*"));
+        var again = domain.CreateVolumeAsync(new NewVolume(ImageId.New(), VolumeId.New(), VolumeFormat.Raw, 40 * MiB, Allocation: VolumeAllocation.Preallocated));
+        await Task.Delay(TimeSpan.FromMilliseconds(300));
+        Assert.False(again.IsCompleted, again.Exception?.ToString() ?? "the create went on while 40 MiB of the 64 were still being unlinked");
+
+        release.Set();
+        Assert.True(await holding);
+        var made = await again.WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.Equal(Legality.Legal, made.Legality);
+        Assert.Empty(Directory.EnumerateDirectories(images, "_remove_me_*"));
+    }
+
     /// <summary>An unlink that fails (here a file that is a mount point: EBUSY, even for root) is tried again until it works.</summary>
     [Fact]
     public async Task A_deleted_image_whose_files_cannot_be_unlinked_yet_keeps_its_space_counted_and_is_unlinked_once_they_can()
