@@ -15,8 +15,9 @@ public sealed record ProcessResult(int ExitCode, string StandardOutput, string S
 /// </summary>
 public static class ProcessRunner
 {
+    /// <param name="started">Told the process id once it runs (e.g. to read what it has written from <c>/proc</c>).</param>
     public static async Task<ProcessResult> RunAsync(string program, IEnumerable<string> arguments,
-        CancellationToken ct = default, string? workingDirectory = null)
+        CancellationToken ct = default, string? workingDirectory = null, Action<int>? started = null)
     {
         var psi = new ProcessStartInfo(program)
         {
@@ -41,6 +42,7 @@ public static class ProcessRunner
         {
             throw new OperationFailedException(ErrorCodes.IoError, $"cannot start {program}: {e.Message} (is it installed?)", e);
         }
+        started?.Invoke(process.Id);
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
         try
@@ -66,10 +68,10 @@ public static class ProcessRunner
 
     /// <summary>Runs the program and throws <see cref="OperationFailedException"/> with its own message when it fails.</summary>
     public static async Task<string> RunCheckedAsync(string program, IEnumerable<string> arguments, string errorCode,
-        CancellationToken ct = default)
+        CancellationToken ct = default, Action<int>? started = null)
     {
         var args = arguments.ToList();
-        var result = await RunAsync(program, args, ct);
+        var result = await RunAsync(program, args, ct, started: started);
         if (!result.Succeeded)
         {
             var message = (result.StandardError.Trim() is { Length: > 0 } err ? err : result.StandardOutput.Trim());

@@ -1,3 +1,4 @@
+using System.Text.Json.Nodes;
 using LiveMigration.HostNode.Concurrency;
 using LiveMigration.Shared.Model;
 using IOFile = System.IO.File;
@@ -506,11 +507,14 @@ public sealed class FileStorageDomain : IStorageDomain
                     $"volume {volume} on domain {Id} has parent {twin.Parent} in its metadata but no backing file in its header");
 
             using var stopPolling = CancellationTokenSource.CreateLinkedTokenSource(ct);
-            var polling = ReportWhileCopyingAsync(twinPath, startAllocated, total, progress, stopPolling.Token);
+            var convert = new RunningConvert();
+            var polling = ReportWhileCopyingAsync(twinPath, startAllocated, total,
+                progress is null ? null : DataBytesAsync(ProofNode(sourcePath, original.Format, layered: twin.Parent is not null), stopPolling.Token),
+                convert, progress, stopPolling.Token);
             var writingBehind = WriteBehindWhileCopyingAsync(twinPath, stopPolling.Token);
             try
             {
-                await ConvertFollowingRateAsync(sourcePath, twin, twinPath, backing, rate, ct);
+                await ConvertFollowingRateAsync(sourcePath, twin, twinPath, backing, rate, convert, ct);
             }
             finally
             {
@@ -544,7 +548,7 @@ public sealed class FileStorageDomain : IStorageDomain
     /// the stopped one left; the proof after the copy (<see cref="VerifyLayerAsync"/>) still decides, as for any copy.
     /// </summary>
     private static async Task ConvertFollowingRateAsync(string sourcePath, VolumeInfo twin, string twinPath,
-        (string Path, VolumeFormat Format)? backing, CopyRate? rate, CancellationToken ct)
+        (string Path, VolumeFormat Format)? backing, CopyRate? rate, RunningConvert convert, CancellationToken ct)
     {
         while (true)
         {
@@ -552,7 +556,8 @@ public sealed class FileStorageDomain : IStorageDomain
             using var run = CancellationTokenSource.CreateLinkedTokenSource(ct, changed);
             try
             {
-                await QemuImg.ConvertLayerAsync(sourcePath, twinPath, twin.Format, backing?.Path, backing?.Format, run.Token, limit);
+                await QemuImg.ConvertLayerAsync(sourcePath, twinPath, twin.Format, backing?.Path, backing?.Format, run.Token, limit,
+                    started: pid => convert.Pid = pid);
                 return;
             }
             catch (OperationCanceledException) when (changed.IsCancellationRequested && !ct.IsCancellationRequested)
@@ -582,18 +587,37 @@ public sealed class FileStorageDomain : IStorageDomain
         }
     }
 
-    /// <summary>Progress as the twin's allocation grows (qemu-img writes only what the layer allocates).</summary>
-    private static async Task ReportWhileCopyingAsync(string twinPath, long startAllocated, long total, IProgress<CopyProgress>? progress,
-        CancellationToken stop)
+    /// <summary>The qemu-img convert that copies a layer now (a speed change starts another).</summary>
+    private sealed class RunningConvert
+    {
+        private volatile int _pid;
+        public int Pid { get => _pid; set => _pid = value; }
+    }
+
+    /// <summary>
+    /// Progress in the layer's allocated bytes (the unit of <paramref name="total"/>, which the SPM adds up over a step's
+    /// layers), never going back: the larger of what the twin's allocation grew and the share of the layer's data the
+    /// convert has written. The allocation alone said nothing for a preallocated twin (it is whole from the start: a
+    /// post-copy of a preallocated raw disk showed 4 KiB copied and an ETA of days for the 46 s its copy took); the
+    /// share alone goes back to zero when a speed change starts the convert again.
+    /// </summary>
+    private static async Task ReportWhileCopyingAsync(string twinPath, long startAllocated, long total, Task<long>? dataBytes,
+        RunningConvert convert, IProgress<CopyProgress>? progress, CancellationToken stop)
     {
         if (progress is null) return;
+        long shown = 0;
         try
         {
             while (true)
             {
                 await Task.Delay(ProgressPollInterval, stop);
-                var done = Math.Clamp(Posix.AllocatedBytes(twinPath) - startAllocated, 0, Math.Max(0, total - 1));
-                progress.Report(new CopyProgress(done, total));
+                var grown = Posix.AllocatedBytes(twinPath) - startAllocated;
+                var written = 0L;
+                if (dataBytes is { IsCompletedSuccessfully: true, Result: > 0 and var data } && convert.Pid is > 0 and var pid
+                    && Posix.BytesWrittenBy(pid) is { } bytes)
+                    written = (long)((double)Math.Min(bytes, data) / data * total);
+                shown = Math.Clamp(Math.Max(shown, Math.Max(grown, written)), 0, Math.Max(0, total - 1));
+                progress.Report(new CopyProgress(shown, total));
             }
         }
         catch (OperationCanceledException)
@@ -601,6 +625,26 @@ public sealed class FileStorageDomain : IStorageDomain
             // the copy ended
         }
     }
+
+    /// <summary>
+    /// The bytes of data the convert of a layer writes: what the proof's node of its source holds as data; 0 when that cannot
+    /// be read (progress then follows the twin's allocation alone).
+    /// </summary>
+    private static async Task<long> DataBytesAsync(JsonObject sourceNode, CancellationToken ct)
+    {
+        try
+        {
+            return (await QemuImg.MapAsync(sourceNode, ct)).Data.Sum(r => r.Length);
+        }
+        catch (Exception e) when (e is OperationFailedException or OperationCanceledException or System.Text.Json.JsonException)
+        {
+            return 0;
+        }
+    }
+
+    /// <summary>How the proof opens a layer: alone (no backing) when it has a parent, else the whole image.</summary>
+    private static JsonObject ProofNode(string path, VolumeFormat format, bool layered) =>
+        layered ? QemuImg.LayerAloneNode(path) : QemuImg.ImageNode(path, format);
 
     /// <summary>
     /// Proves the twin holds exactly the source's layer, independently of the parents (which may
@@ -616,8 +660,8 @@ public sealed class FileStorageDomain : IStorageDomain
     private static async Task VerifyLayerAsync(VolumeInfo original, string sourcePath, VolumeInfo twin, string twinPath, CancellationToken ct)
     {
         var layered = twin.Parent is not null;
-        var sourceNode = layered ? QemuImg.LayerAloneNode(sourcePath) : QemuImg.ImageNode(sourcePath, original.Format);
-        var twinNode = layered ? QemuImg.LayerAloneNode(twinPath) : QemuImg.ImageNode(twinPath, twin.Format);
+        var sourceNode = ProofNode(sourcePath, original.Format, layered);
+        var twinNode = ProofNode(twinPath, twin.Format, layered);
         var maps = await Task.WhenAll(QemuImg.MapAsync(sourceNode, ct), QemuImg.MapAsync(twinNode, ct));
         var (sourceMap, twinMap) = (maps[0], maps[1]);
         if (layered && !sourceMap.Present.SequenceEqual(twinMap.Present))

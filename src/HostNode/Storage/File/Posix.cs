@@ -73,6 +73,25 @@ internal static class Posix
         return BitConverter.ToInt64(buffer, StBlocksOffset) * 512;
     }
 
+    /// <summary>
+    /// The bytes a running process has passed to write calls so far (<c>wchar</c> in <c>/proc/PID/io</c>, all its threads);
+    /// null when it is gone or cannot be read.
+    /// </summary>
+    public static long? BytesWrittenBy(int pid)
+    {
+        try
+        {
+            foreach (var line in IOFile.ReadLines($"/proc/{pid}/io"))
+                if (line.StartsWith("wchar:", StringComparison.Ordinal)
+                    && long.TryParse(line.AsSpan(6).Trim(), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var bytes))
+                    return bytes;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+        }
+        return null;
+    }
+
     /// <summary>Gives <paramref name="path"/> to <paramref name="group"/>, its owner unchanged (chown with owner -1).</summary>
     public static void SetGroup(string path, int group)
     {

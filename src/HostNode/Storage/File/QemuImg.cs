@@ -214,8 +214,9 @@ internal static partial class QemuImg
     /// created sparse (or preallocated with zeroes), and a stopped earlier run only wrote the source's own bytes where they
     /// are (an internal layer never changes), so every byte the skip leaves is already zero; and the proof after the copy
     /// compares the whole layer anyway.</param>
+    /// <param name="started">Told the convert's process id (its progress is what it wrote, read from <c>/proc</c>).</param>
     public static Task ConvertLayerAsync(string source, string destination, VolumeFormat format, string? parentBacking,
-        VolumeFormat? parentFormat, CancellationToken ct, long rateLimit = 0)
+        VolumeFormat? parentFormat, CancellationToken ct, long rateLimit = 0, Action<int>? started = null)
     {
         var fmt = FormatName(format);
         // -m 16: qemu-img's most requests in flight (default 8); a layer a mirror or a random writer filled lies scattered in its
@@ -228,6 +229,6 @@ internal static partial class QemuImg
             args.AddRange(["-B", parentBacking, "-F", FormatName(parentFormat ?? VolumeFormat.Cow)]);
         args.Add(source);
         args.Add(destination);
-        return ProcessRunner.RunCheckedAsync(Program, args, ErrorCodes.QemuImgFailed, ct);
+        return ProcessRunner.RunCheckedAsync(Program, args, ErrorCodes.QemuImgFailed, ct, started);
     }
 }
