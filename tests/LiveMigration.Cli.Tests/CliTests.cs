@@ -115,6 +115,13 @@ public sealed class CliTests(ClusterFixture cluster) : IClassFixture<ClusterFixt
         Assert.Equal(2, rate.ExitCode);
         Assert.Contains("--bandwidth 'fast'", rate.Stderr);
 
+        foreach (var parallel in new[] { "0", "65", "two" })
+        {
+            var disks = await CliProcess.RunAsync(nowhere, "migrate", "my-vm", "--to", "domain-b", "--parallel-disks", parallel);
+            Assert.Equal(2, disks.ExitCode);
+            Assert.Contains($"--parallel-disks must be a whole number from 1 to 64, got '{parallel}'", disks.Stderr);
+        }
+
         var id = await CliProcess.RunAsync(nowhere, "migration", "show", "42");
         Assert.Equal(2, id.ExitCode);
         Assert.Contains("migration id must be a UUID", id.Stderr);

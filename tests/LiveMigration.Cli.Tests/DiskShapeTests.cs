@@ -10,7 +10,8 @@ namespace LiveMigration.Cli.Tests;
 /// Every disk shape moves (issue 9), typed as an operator would, against real processes and QEMU: one VM with four
 /// disks made in one request — a sparse raw single volume, a preallocated raw single volume, a qcow2 single volume and
 /// a qcow2 base under two snapshots — moves pre-copy A → B, then post-copy B → A and post-copy A → B (two post-copies in
-/// a row), on the QMP and on the libvirt adapter, while its guest writes. After each move: every command exited 0, every durable write
+/// a row), on the QMP and on the libvirt adapter, while its guest writes; the pre-copy and the second post-copy move the four disks
+/// at once (<c>--parallel-disks 4</c>), the first post-copy one after the other. After each move: every command exited 0, every durable write
 /// verifies, each disk keeps its shape (base format and allocation in the metadata and in the base file itself, the
 /// preallocated disk still allocated whole) and the domain the disks left holds nothing.
 /// </summary>
@@ -39,9 +40,9 @@ public sealed class DiskShapeTests : IAsyncLifetime
     public async Task Every_disk_shape_moves_pre_copy_then_post_copy_twice_on_qmp()
     {
         await CreateVmWithEveryShapeAsync();
-        await MoveAndCheckAsync("sdB", "pre-copy");
-        await MoveAndCheckAsync("sdA", "post-copy");
-        await MoveAndCheckAsync("sdB", "post-copy");
+        await MoveAndCheckAsync("sdB", "pre-copy", parallelDisks: 4);
+        await MoveAndCheckAsync("sdA", "post-copy", parallelDisks: 1);
+        await MoveAndCheckAsync("sdB", "post-copy", parallelDisks: 4);
 
         // Stopped, every write is verified from the files, each read in the format its metadata names; then it starts again.
         await _cluster.Ok("vm", "stop", "vm1");
@@ -59,9 +60,9 @@ public sealed class DiskShapeTests : IAsyncLifetime
         // the stand-in guest writes over the NBD export the libvirt host adds for it
         _cluster.UpArguments = ["--hypervisor", "libvirt", "--libvirt-guest-export"];
         await CreateVmWithEveryShapeAsync();
-        await MoveAndCheckAsync("sdB", "pre-copy");
-        await MoveAndCheckAsync("sdA", "post-copy");
-        await MoveAndCheckAsync("sdB", "post-copy");
+        await MoveAndCheckAsync("sdB", "pre-copy", parallelDisks: 4);
+        await MoveAndCheckAsync("sdA", "post-copy", parallelDisks: 1);
+        await MoveAndCheckAsync("sdB", "post-copy", parallelDisks: 4);
     }
 
     private string Storage => Path.Combine(_cluster.DataDirectory, "storage");
@@ -79,11 +80,25 @@ public sealed class DiskShapeTests : IAsyncLifetime
         await CheckShapesAsync("sdA", "after create");
     }
 
-    private async Task MoveAndCheckAsync(string destination, string strategy)
+    private async Task MoveAndCheckAsync(string destination, string strategy, int parallelDisks)
     {
         var source = destination == "sdA" ? "sdB" : "sdA";
         await _cluster.Ok("vm", "io", "vm1", "--rate", "4MiB/s", "--seconds", "3");
-        await _cluster.Ok("migrate", "vm1", "--to", destination, "--strategy", strategy, "--wait");
+        var moved = await _cluster.Json("migrate", "vm1", "--to", destination, "--strategy", strategy, "--parallel-disks", parallelDisks.ToString(), "--wait");
+        Assert.True(moved.GetProperty("status").GetString() == "completed", moved.ToString());
+        // Each disk's steps from its first start to its last end: with all four at once there is a moment when every disk was
+        // moving (the saga starts them together); one after the other, each disk starts after the one before it ended.
+        var spans = moved.GetProperty("disks").EnumerateArray().Select(d =>
+        {
+            var timings = d.GetProperty("timings").EnumerateArray().ToList();
+            return (Start: timings.Min(t => t.GetProperty("startedAt").GetDateTimeOffset()),
+                End: timings.Where(t => t.TryGetProperty("endedAt", out var e) && e.ValueKind == JsonValueKind.String).Max(t => t.GetProperty("endedAt").GetDateTimeOffset()));
+        }).OrderBy(s => s.Start).ToList();
+        Assert.Equal(4, spans.Count);
+        if (parallelDisks == 4)
+            Assert.True(spans.Max(s => s.Start) < spans.Min(s => s.End), $"{strategy} with --parallel-disks 4: the disks did not all move at once: {moved}");
+        else
+            Assert.True(spans.Zip(spans.Skip(1)).All(pair => pair.Item2.Start >= pair.Item1.End), $"{strategy} one disk at a time: two disks overlapped: {moved}");
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
         while ((await _cluster.Json("vm", "io", "vm1", "--status")).GetProperty("running").GetBoolean() && DateTime.UtcNow < deadline)
             await Task.Delay(300);

@@ -36,9 +36,16 @@ public sealed class MigrateSettings : GlobalSettings
     [DefaultValue("background")]
     public string CopyMode { get; set; } = "background";
 
+    [CommandOption("--parallel-disks <N>")]
+    [Description("How many of the VM's disks move at once (1-64; 1, one after the other, is the default); the disks moving at once share --bandwidth")]
+    [DefaultValue("1")]
+    public string ParallelDisks { get; set; } = "1";
+
     [CommandOption("--wait")]
     [Description("Show a progress bar per disk until the migration ends; exit 0 only when it completed")]
     public bool Wait { get; set; }
+
+    public int MaxParallelDisks => int.TryParse(ParallelDisks, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var n) ? n : 0;
 
     public long BandwidthBytesPerSecond => ByteRate.TryParse(Bandwidth, out var b) ? b : 0;
 
@@ -58,6 +65,8 @@ public sealed class MigrateSettings : GlobalSettings
             return ValidationResult.Error($"--copy-mode must be background or write-blocking, got '{CopyMode}'");
         if (!ByteRate.TryParse(Bandwidth, out _))
             return ValidationResult.Error($"--bandwidth '{Bandwidth}' is not a rate like 100MiB/s, 512k or 0 (unlimited)");
+        if (MaxParallelDisks is < 1 or > 64)
+            return ValidationResult.Error($"--parallel-disks must be a whole number from 1 to 64, got '{ParallelDisks}'");
         return ValidationResult.Success();
     }
 }
@@ -111,6 +120,7 @@ public sealed class MigrateCommand : AsyncCommand<MigrateSettings>
             strategy = settings.Strategy,
             bandwidthBytesPerSecond = settings.BandwidthBytesPerSecond,
             copyMode = settings.CopyMode,
+            maxParallelDisks = settings.MaxParallelDisks,
         };
         var started = await api.PostAsync("/api/migrations", body, ct);
         var id = started.Json.Str("id");
