@@ -290,9 +290,19 @@ public sealed class CliTests(ClusterFixture cluster) : IClassFixture<ClusterFixt
             await Task.Delay(100);
         }
 
+        // the limits as asked, in the API and in `migration show`
+        var limited = await http.GetFromJsonAsync<JsonElement>($"{cluster.Api}/api/migrations/{id}");
+        Assert.Equal(128 * 1024, limited.GetProperty("bandwidthBytesPerSecond").GetInt64());
+        Assert.Equal(1, limited.GetProperty("maxParallelDisks").GetInt32());
+        Assert.Equal("background", limited.GetProperty("copyMode").GetString());
+        var shown = await Lsm("migration", "show", id);
+        Assert.True(shown.ExitCode == 0, shown.ToString());
+        Assert.Contains(shown.Stdout.Split('\n'), l => l.Contains("Speed limit") && l.Contains("128.0 KiB/s"));
+
         var speed = await Lsm("migration", "set-speed", id, "0");
         Assert.True(speed.ExitCode == 0, speed.ToString());
         Assert.Contains("unlimited", speed.Stdout);
+        Assert.Equal(0, (await http.GetFromJsonAsync<JsonElement>($"{cluster.Api}/api/migrations/{id}")).GetProperty("bandwidthBytesPerSecond").GetInt64());
         var end = await AwaitFinishedAsync(http, id);
         Assert.Equal("completed", end.GetProperty("status").GetString());
         // The new speed reached what copied: the HSM logs only when QEMU accepted it, the SPM when its copy follows it.

@@ -362,6 +362,12 @@ public static class MigrationView
         summary.AddRow("Strategy", Output.Escape(m.Str("strategy")));
         summary.AddRow("Requested", Output.Escape(m.Str("requestedAt")));
         if (m.Str("finishedAt") is { Length: > 0 } finished) summary.AddRow("Finished", Output.Escape(finished));
+        // the limits as they stand (set-speed changes the speed): what an operator checks when a move seems slow
+        if (m.Obj("bandwidthBytesPerSecond") is { ValueKind: JsonValueKind.Number } speed)
+            summary.AddRow("Speed limit", speed.GetInt64() > 0 ? $"{ByteRate.Format(speed.GetInt64())}/s, shared by the disks moving at once" : "none");
+        if (m.Obj("maxParallelDisks") is { ValueKind: JsonValueKind.Number } parallel)
+            summary.AddRow("Disks at once", parallel.GetInt32().ToString(System.Globalization.CultureInfo.InvariantCulture));
+        if (m.Str("copyMode") is { Length: > 0 } mode) summary.AddRow("Copy mode", Output.Escape(mode));
         if (status != "completed" && m.Str("error") is { Length: > 0 } error) summary.AddRow("Error", $"[red]{Output.Escape(error)}[/]");
         console.Write(summary);
 

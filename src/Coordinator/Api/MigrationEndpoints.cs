@@ -37,7 +37,10 @@ public sealed record MigrationResponse(
     DateTimeOffset? RequestedAt,
     DateTimeOffset? UpdatedAt,
     DateTimeOffset? FinishedAt,
-    IReadOnlyList<LeftBehindResponse> LeftBehind);
+    IReadOnlyList<LeftBehindResponse> LeftBehind,
+    long? BandwidthBytesPerSecond = null,
+    string? CopyMode = null,
+    int? MaxParallelDisks = null);
 
 /// <summary>Volumes an abandoned migration left on a domain: what they are and how an operator removes them.</summary>
 public sealed record LeftBehindResponse(string Image, string Domain, string What, string Remove);
@@ -198,7 +201,10 @@ public static class MigrationEndpoints
             view.RequestedAt,
             view.UpdatedAt,
             view.FinishedAt,
-            (view.LeftBehind ?? ValueList<LeftBehind>.Empty).Select(l => new LeftBehindResponse(l.Image.ToString(), l.Domain.ToString(), l.What, l.Remove)).ToList());
+            (view.LeftBehind ?? ValueList<LeftBehind>.Empty).Select(l => new LeftBehindResponse(l.Image.ToString(), l.Domain.ToString(), l.What, l.Remove)).ToList(),
+            view.Limits?.BandwidthBytesPerSecond,
+            view.Limits is { } limits ? (limits.CopyMode == Shared.Model.CopyMode.WriteBlocking ? "write-blocking" : "background") : null,
+            view.Limits?.MaxParallelDisks);
     }
 
     /// <summary>One entry per (step, attempt), in the order they first started: the one that ended, else the latest.</summary>

@@ -25,7 +25,8 @@ public static class MigrationViews
         state.RequestedAt,
         state.UpdatedAt,
         state.FinishedAt,
-        state.LeftBehind);
+        state.LeftBehind,
+        state.Request is { } request ? new CopyLimits(request.BandwidthBytesPerSecond, request.CopyMode, request.MaxParallelDisks) : null);
 
     public static MigrationStatusChanged StatusChangedOf(MigrationState state, DateTimeOffset now) =>
         new(state.Id, MigrationDecider.Describe(state.Status),

@@ -42,11 +42,11 @@ public static class ProcessRunner
         {
             throw new OperationFailedException(ErrorCodes.IoError, $"cannot start {program}: {e.Message} (is it installed?)", e);
         }
-        started?.Invoke(process.Id);
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
         try
         {
+            started?.Invoke(process.Id);
             await process.WaitForExitAsync(ct);
         }
         catch (OperationCanceledException)

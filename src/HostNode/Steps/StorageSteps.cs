@@ -298,31 +298,35 @@ public sealed class StorageSteps(StoragePool pool, IStorageFence? fence = null, 
                 $"not by migration {migration}: this step does not touch it");
     }
 
-    /// <summary>Copies the layers one after the other, reporting the bytes of all of them as one total.</summary>
     /// <summary>
-    /// Copies the layers in order, each verified before it is LEGAL; returns the bytes copied and how long it waited for
+    /// Copies the layers in order, each verified before it is LEGAL, reporting the bytes of all of them as one total; returns the bytes copied and how long it waited for
     /// a copy slot (<paramref name="bounded"/>: a pre-copy's internal layers, which wait while the slots are taken).
     /// </summary>
     private async Task<(long Copied, TimeSpan Waited)> CopyLayersAsync(IStorageDomain src, IStorageDomain dst, ImageId image,
         IReadOnlyList<VolumeId> layers, IProgress<CopyProgress>? progress, CopyRate rate, bool bounded, CancellationToken ct)
     {
-        long total = 0;
-        foreach (var id in layers) total += (await src.DescribeVolumeAsync(image, id, ct)).AllocatedBytes;
+        var sizes = new List<long>();
+        foreach (var id in layers) sizes.Add((await src.DescribeVolumeAsync(image, id, ct)).AllocatedBytes);
+        var total = sizes.Sum();
         long done = 0;
+        // Progress counts each layer in its source's bytes, as the domain reports a layer's copy: a twin that ends smaller
+        // (zeroes the copy left as holes) must not move the step's progress back at the next layer.
+        long reported = 0;
         // Before the wait: the saga hears the size at once, and a repeated command attaches to a step it can see.
         progress?.Report(new CopyProgress(0, total));
         var slots = bounded ? _copySlots : null;
         var waited = await TakeCopySlotAsync(slots, () => progress?.Report(new CopyProgress(0, total)), ct);
         try
         {
-            foreach (var id in layers)
+            for (var i = 0; i < layers.Count; i++)
             {
-                var before = done;
-                var copied = await dst.CopyVolumeDataAsync(src, image, id,
+                var before = reported;
+                var copied = await dst.CopyVolumeDataAsync(src, image, layers[i],
                     progress is null ? null : new InlineProgress<CopyProgress>(p => progress.Report(new CopyProgress(before + p.Done, Math.Max(total, before + p.Total)))),
                     ct, rate);
                 done += copied.AllocatedBytes;
-                progress?.Report(new CopyProgress(done, Math.Max(total, done)));
+                reported += sizes[i];
+                progress?.Report(new CopyProgress(reported, Math.Max(total, reported)));
             }
         }
         finally

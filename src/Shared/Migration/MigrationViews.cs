@@ -68,6 +68,8 @@ public sealed record DiskView(
 /// state may change shape without a wire version. <see cref="Vm"/> and <see cref="Strategy"/> are null before a
 /// request was recorded.
 /// </summary>
+/// <param name="Limits">What the operator asked the copies to keep to (the speed as <c>set-speed</c> last changed it); null before a
+/// request was recorded.</param>
 public sealed record MigrationView(
     MigrationId Id,
     VmId? Vm,
@@ -79,7 +81,12 @@ public sealed record MigrationView(
     DateTimeOffset? RequestedAt,
     DateTimeOffset? UpdatedAt,
     DateTimeOffset? FinishedAt,
-    ValueList<LeftBehind>? LeftBehind = null);
+    ValueList<LeftBehind>? LeftBehind = null,
+    [property: System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
+    CopyLimits? Limits = null);
+
+/// <summary>A migration's copy limits: its speed in bytes per second (0: none) shared by the disks moving at once, its mirrors' copy mode, and how many disks move at once.</summary>
+public sealed record CopyLimits(long BandwidthBytesPerSecond, CopyMode CopyMode, int MaxParallelDisks);
 
 /// <summary>One disk's progress as <see cref="MigrationStatusChanged"/> carries it; <see cref="Phase"/> is the disk phase by name.</summary>
 public sealed record DiskProgress(ImageId Image, string Phase, MigrationStep? Step, long Done, long Total, TimeSpan? Remaining);

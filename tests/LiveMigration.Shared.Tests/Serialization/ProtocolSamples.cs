@@ -64,7 +64,8 @@ public static class ProtocolSamples
             new DiskView(OtherImage, Source, Destination, "Pending", null, 0, 0, 0, null, null, []),
         ],
         new MigrationError(MigrationErrorCodes.Suspended, "Pivot of disk 0c5e8f21 failed (QMP_ERROR: job not ready) after 5 attempts"),
-        RequestedAt: At.AddMinutes(-5), UpdatedAt: At, FinishedAt: At.AddSeconds(1));
+        RequestedAt: At.AddMinutes(-5), UpdatedAt: At, FinishedAt: At.AddSeconds(1),
+        Limits: new CopyLimits(25_000_000, CopyMode.WriteBlocking, MaxParallelDisks: 2));
 
     private static readonly Dictionary<Type, object[]> ByType = Index(
         // host protocol

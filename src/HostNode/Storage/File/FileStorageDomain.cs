@@ -508,9 +508,8 @@ public sealed class FileStorageDomain : IStorageDomain
 
             using var stopPolling = CancellationTokenSource.CreateLinkedTokenSource(ct);
             var convert = new RunningConvert();
-            var polling = ReportWhileCopyingAsync(twinPath, startAllocated, total,
-                progress is null ? null : DataBytesAsync(ProofNode(sourcePath, original.Format, layered: twin.Parent is not null), stopPolling.Token),
-                convert, progress, stopPolling.Token);
+            var dataBytes = progress is null ? null : DataBytesAsync(ProofNode(sourcePath, original.Format, layered: twin.Parent is not null), stopPolling.Token);
+            var polling = ReportWhileCopyingAsync(twinPath, startAllocated, total, dataBytes, convert, progress, stopPolling.Token);
             var writingBehind = WriteBehindWhileCopyingAsync(twinPath, stopPolling.Token);
             try
             {
@@ -521,6 +520,7 @@ public sealed class FileStorageDomain : IStorageDomain
                 await stopPolling.CancelAsync();
                 await polling;
                 await writingBehind;
+                if (dataBytes is not null) await dataBytes; // never throws: its map is reaped before the copy goes on
             }
             // qemu-img punches holes where the source reads zero (only -S 0 avoids it, by writing every zero): a preallocated raw
             // twin gets its space back, which changes no byte it reads.
@@ -556,8 +556,15 @@ public sealed class FileStorageDomain : IStorageDomain
             using var run = CancellationTokenSource.CreateLinkedTokenSource(ct, changed);
             try
             {
-                await QemuImg.ConvertLayerAsync(sourcePath, twinPath, twin.Format, backing?.Path, backing?.Format, run.Token, limit,
-                    started: pid => convert.Pid = pid);
+                try
+                {
+                    await QemuImg.ConvertLayerAsync(sourcePath, twinPath, twin.Format, backing?.Path, backing?.Format, run.Token, limit,
+                        started: pid => convert.Pid = pid);
+                }
+                finally
+                {
+                    convert.Pid = 0; // reaped: its number may name another process soon
+                }
                 return;
             }
             catch (OperationCanceledException) when (changed.IsCancellationRequested && !ct.IsCancellationRequested)
@@ -597,9 +604,11 @@ public sealed class FileStorageDomain : IStorageDomain
     /// <summary>
     /// Progress in the layer's allocated bytes (the unit of <paramref name="total"/>, which the SPM adds up over a step's
     /// layers), never going back: the larger of what the twin's allocation grew and the share of the layer's data the
-    /// convert has written. The allocation alone said nothing for a preallocated twin (it is whole from the start: a
-    /// post-copy of a preallocated raw disk showed 4 KiB copied and an ETA of days for the 46 s its copy took); the
-    /// share alone goes back to zero when a speed change starts the convert again.
+    /// convert has written (not read: qemu-img reads ahead of its speed limit; where the map counts zeroes as data, e.g. a
+    /// file system that cannot tell a preallocated range from data, the share stays short and the end reports the rest). The
+    /// allocation alone said nothing for a preallocated twin (it is whole from the start: a post-copy of a preallocated raw
+    /// disk showed 4 KiB copied and an ETA of days for the 46 s its copy took); the share alone goes back to zero when a
+    /// speed change starts the convert again. Only a report: nothing here may fail the copy.
     /// </summary>
     private static async Task ReportWhileCopyingAsync(string twinPath, long startAllocated, long total, Task<long>? dataBytes,
         RunningConvert convert, IProgress<CopyProgress>? progress, CancellationToken stop)
@@ -613,7 +622,7 @@ public sealed class FileStorageDomain : IStorageDomain
                 await Task.Delay(ProgressPollInterval, stop);
                 var grown = Posix.AllocatedBytes(twinPath) - startAllocated;
                 var written = 0L;
-                if (dataBytes is { IsCompletedSuccessfully: true, Result: > 0 and var data } && convert.Pid is > 0 and var pid
+                if (dataBytes is { IsCompletedSuccessfully: true } mapped && mapped.Result is > 0 and var data && convert.Pid is > 0 and var pid
                     && Posix.BytesWrittenBy(pid) is { } bytes)
                     written = (long)((double)Math.Min(bytes, data) / data * total);
                 shown = Math.Clamp(Math.Max(shown, Math.Max(grown, written)), 0, Math.Max(0, total - 1));
@@ -623,6 +632,10 @@ public sealed class FileStorageDomain : IStorageDomain
         catch (OperationCanceledException)
         {
             // the copy ended
+        }
+        catch (Exception)
+        {
+            // a report that cannot be made is not the copy's failure: the copy's end reports it whole
         }
     }
 
@@ -636,8 +649,9 @@ public sealed class FileStorageDomain : IStorageDomain
         {
             return (await QemuImg.MapAsync(sourceNode, ct)).Data.Sum(r => r.Length);
         }
-        catch (Exception e) when (e is OperationFailedException or OperationCanceledException or System.Text.Json.JsonException)
+        catch (Exception)
         {
+            // best effort: qemu-img missing, its output unexpected, or the copy ended first
             return 0;
         }
     }
