@@ -298,6 +298,7 @@ public sealed class CliTests(ClusterFixture cluster) : IClassFixture<ClusterFixt
         var shown = await Lsm("migration", "show", id);
         Assert.True(shown.ExitCode == 0, shown.ToString());
         Assert.Contains(shown.Stdout.Split('\n'), l => l.Contains("Speed limit") && l.Contains("128.0 KiB/s"));
+        Assert.Contains(shown.Stdout.Split('\n'), l => l.Contains($"→ {name}")); // the destination by its name
 
         var speed = await Lsm("migration", "set-speed", id, "0");
         Assert.True(speed.ExitCode == 0, speed.ToString());
