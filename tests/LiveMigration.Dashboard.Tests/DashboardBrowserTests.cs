@@ -394,6 +394,88 @@ public sealed class DashboardBrowserTests(DashboardCluster cluster, ITestOutputH
         Assert.Empty(_pageErrors);
     }
 
+    [Fact]
+    public async Task A_migration_card_changes_its_speed_cancels_resumes_and_abandons_through_the_api_and_shows_a_refusal()
+    {
+        // Three migrations as the live stream sends them (made up): one running at 8 MiB/s, one suspended, one completed.
+        string Running = Guid.NewGuid().ToString(), Suspended = Guid.NewGuid().ToString(), Completed = Guid.NewGuid().ToString();
+        var t0 = DateTimeOffset.UtcNow.AddMinutes(-1);
+        string Event(string id, string status, bool finished, long speed) => "event: migration\ndata: " + JsonSerializer.Serialize(new
+        {
+            id, vm = Guid.NewGuid().ToString(), status, finished, strategy = "pre-copy", requestedAt = t0, updatedAt = t0,
+            bandwidthBytesPerSecond = speed, copyMode = "background", maxParallelDisks = 1,
+            disks = new[] { new { image = Guid.NewGuid().ToString(), source = Guid.NewGuid().ToString(), destination = Guid.NewGuid().ToString(),
+                phase = finished ? "Completed" : "InFlight", step = "WaitMirrorReady", attempt = 1, done = 1L << 20, total = 16L << 20, timings = Array.Empty<object>() } },
+        }) + "\n\n";
+        var page = await OpenPageAsync();
+        await page.RouteAsync("**/api/migrations/events", route => route.FulfillAsync(new()
+        {
+            Status = 200, ContentType = "text/event-stream",
+            Body = Event(Running, "running", false, 8L << 20) + Event(Suspended, "suspended at Pivot of disk 0c5e8f21", false, 0) + Event(Completed, "completed", true, 0),
+        }));
+        // What the page asks of them, answered here: a cancel is refused as the API refuses one past its point of no return.
+        var asked = new ConcurrentQueue<(string Action, string? Body)>();
+        await page.RouteAsync(new System.Text.RegularExpressions.Regex(@"/api/migrations/[0-9a-f-]{36}/(speed|cancel|resume|abandon)$"), async route =>
+        {
+            var action = route.Request.Url[(route.Request.Url.LastIndexOf('/') + 1)..];
+            var id = route.Request.Url.Split('/')[^2];
+            asked.Enqueue((id + "/" + action, route.Request.PostData));
+            await (action == "cancel"
+                ? route.FulfillAsync(new() { Status = 409, ContentType = "application/json", Body = """{"code":"POINT_OF_NO_RETURN_PASSED","message":"disk 0c5e8f21 passed its point of no return (Pivot)"}""" })
+                : route.FulfillAsync(new() { Status = 200, ContentType = "application/json", Body = $$"""{"id":"{{id}}","message":"accepted"}""" }));
+        });
+        string? dialogAnswer = null; // null: dismiss; else accept (a prompt with this text)
+        page.Dialog += async (_, dialog) =>
+        {
+            if (dialogAnswer is null) await dialog.DismissAsync();
+            else await dialog.AcceptAsync(dialogAnswer);
+        };
+        await page.GotoAsync(cluster.Api + "/");
+
+        var running = page.Locator($"[data-migration='{Running}']");
+        await Assertions.Expect(running.Locator(".migration-head")).ToContainTextAsync("limit 8.0 MiB/s");
+        await Assertions.Expect(page.Locator($"[data-migration='{Completed}'] .migration-action")).ToHaveCountAsync(0);
+        await Assertions.Expect(running.Locator("[data-action='Resume']")).ToHaveCountAsync(0);
+
+        // Speed: the prompt's MiB/s in bytes per second
+        dialogAnswer = "12.5";
+        await running.Locator("[data-action='Speed']").ClickAsync();
+        await WaitForAsync(() => asked.Count == 1);
+        Assert.Equal(Running + "/speed", asked.Last().Action);
+        Assert.Equal(13_107_200, JsonDocument.Parse(asked.Last().Body!).RootElement.GetProperty("bytesPerSecond").GetInt64());
+        // a speed that is not one is said on the card and asks nothing
+        dialogAnswer = "fast";
+        await running.Locator("[data-action='Speed']").ClickAsync();
+        await Assertions.Expect(running.Locator(".action-error")).ToContainTextAsync("'fast' is not a speed in MiB/s");
+        // Cancel dismissed at its question asks nothing; confirmed, the API's refusal is shown on the card
+        dialogAnswer = null;
+        await running.Locator("[data-action='Cancel']").ClickAsync();
+        dialogAnswer = "";
+        await running.Locator("[data-action='Cancel']").ClickAsync();
+        await Assertions.Expect(running.Locator(".action-error")).ToHaveTextAsync("POINT_OF_NO_RETURN_PASSED: disk 0c5e8f21 passed its point of no return (Pivot)");
+        Assert.Equal([Running + "/speed", Running + "/cancel"], asked.Select(a => a.Action));
+
+        // A suspended migration offers resume and abandon (after its question), not speed or cancel
+        var suspended = page.Locator($"[data-migration='{Suspended}']");
+        await Assertions.Expect(suspended.Locator("[data-action='Cancel']")).ToHaveCountAsync(0);
+        await suspended.Locator("[data-action='Resume']").ClickAsync();
+        await WaitForAsync(() => asked.Count == 3);
+        await suspended.Locator("[data-action='Abandon']").ClickAsync();
+        await WaitForAsync(() => asked.Count == 4);
+        Assert.Equal([Running + "/speed", Running + "/cancel", Suspended + "/resume", Suspended + "/abandon"], asked.Select(a => a.Action));
+        Assert.Empty(_pageErrors);
+    }
+
+    private static async Task WaitForAsync(Func<bool> condition)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while (!condition())
+        {
+            Assert.True(DateTime.UtcNow < deadline, "timed out");
+            await Task.Delay(50);
+        }
+    }
+
     /// <summary>A lone Coordinator with a token for one test, stopped by its pid at the end.</summary>
     private sealed class TokenCoordinatorScope : IAsyncDisposable
     {

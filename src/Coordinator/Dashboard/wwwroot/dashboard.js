@@ -18,6 +18,7 @@
     vmPage: { offset: 0, total: null, filter: "" },
     migrations: new Map(), // id -> MigrationResponse
     streamEvents: new Map(), // id -> how many events of the live stream updated it (shown as data-events)
+    actionErrors: new Map(), // id -> why the last action asked of it was refused (shown until the next one)
     richMigrations: false,
     migrationTotal: null, // how many the API has: more than shown says so under the list
     // migration/disk/step -> the widest bar shown: a mirror's total grows while the guest writes, the bar never shrinks
@@ -571,13 +572,73 @@
         h("ul", { class: "steps" }, ...steps),
         disk.lastError ? h("p", { class: "error" }, disk.lastError) : null);
     });
+    const limit = Number(m.bandwidthBytesPerSecond) > 0 ? " · limit " + bytes(Number(m.bandwidthBytesPerSecond)) + "/s" : "";
+    const actionError = state.actionErrors.get(m.id);
     return h("article", { class: "migration " + kind, "data-migration": m.id, "data-events": state.streamEvents.get(m.id) || 0 },
       h("div", { class: "migration-head" },
         h("strong", {}, "Migration " + shortId(m.id)),
         h("span", { class: "pill pill-" + kind + " status" }, m.status),
-        h("span", { class: "muted" }, vmName(m.vm) + " · " + m.strategy + " · requested " + time(m.requestedAt) + (m.finishedAt ? " · finished " + time(m.finishedAt) : ""))),
+        h("span", { class: "muted" }, vmName(m.vm) + " · " + m.strategy + " · requested " + time(m.requestedAt) + (m.finishedAt ? " · finished " + time(m.finishedAt) : "") + limit),
+        ...migrationActions(m)),
       ...disks,
-      m.error ? h("p", { class: "error migration-error" }, m.error) : null);
+      m.error ? h("p", { class: "error migration-error" }, m.error) : null,
+      actionError ? h("p", { class: "error action-error" }, actionError) : null);
+  }
+
+  // ---------- a migration's actions: what lsm migration set-speed, cancel, resume and abandon do ----------
+
+  /** The buttons an unfinished migration offers: its speed and a cancel while it runs; resume and abandon once suspended. */
+  function migrationActions(m) {
+    if (m.finished) return [];
+    const button = (name, title, run) => h("button", {
+      type: "button", class: "button small migration-action", "data-action": name, title,
+      onclick: () => run(m),
+    }, name);
+    const suspended = String(m.status || "").startsWith("suspended");
+    return suspended
+      ? [button("Resume", "Run the failed step again", (mig) => act(mig, "resume")),
+         button("Abandon", "Leave the disks where they run now and end the migration", (mig) =>
+           confirm("Abandon migration " + shortId(mig.id) + "? Each disk stays where it runs now; what is left behind is listed.") && act(mig, "abandon"))]
+      : [button("Speed", "Change the copy speed limit", setSpeed),
+         button("Cancel", "Stop and undo the disks not past their point of no return", (mig) =>
+           confirm("Cancel migration " + shortId(mig.id) + "? Disks not past their point of no return go back to their source.") && act(mig, "cancel"))];
+  }
+
+  function setSpeed(m) {
+    const now = Number(m.bandwidthBytesPerSecond) > 0 ? String(Math.round(Number(m.bandwidthBytesPerSecond) / 1048576 * 10) / 10) : "0";
+    const answer = prompt("Copy speed limit of migration " + shortId(m.id) + " in MiB/s (0 = none):", now);
+    if (answer === null) return;
+    const mebibytes = Number(answer.trim());
+    if (answer.trim() === "" || !isFinite(mebibytes) || mebibytes < 0) {
+      showActionError(m.id, "'" + answer + "' is not a speed in MiB/s (0 = none)");
+      return;
+    }
+    act(m, "speed", { bytesPerSecond: Math.round(mebibytes * 1048576) });
+  }
+
+  async function act(m, action, body) {
+    state.actionErrors.delete(m.id);
+    try {
+      const response = await api("/api/migrations/" + encodeURIComponent(m.id) + "/" + action, {
+        method: "POST",
+        headers: body ? { "Content-Type": "application/json" } : {},
+        body: body ? JSON.stringify(body) : undefined,
+      });
+      if (!response.ok) {
+        showActionError(m.id, await errorText(response));
+        return;
+      }
+      const current = await getJson("/api/migrations/" + encodeURIComponent(m.id));
+      if (current) state.migrations.set(m.id, current);
+      render();
+    } catch (failure) {
+      showActionError(m.id, "The request failed: " + failure.message);
+    }
+  }
+
+  function showActionError(id, text) {
+    state.actionErrors.set(id, text);
+    render();
   }
 
   function showBanner(text) {
