@@ -31,11 +31,11 @@ public sealed class MigrationViewTests
     [Fact]
     public void A_domain_is_named_where_its_name_is_known_else_by_the_start_of_its_id()
     {
-        var names = new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase) { ["0f6579a4-3f50-42e6-a80e-23c4755a65a6"] = "domain-a" };
-        Assert.Equal("domain-a", MigrationView.DomainLabel("0F6579A4-3F50-42E6-A80E-23C4755A65A6", names));
-        Assert.Equal("556e3357", MigrationView.DomainLabel("556e3357-a6e5-421b-b82f-57102e88fc5a", names));
-        Assert.Equal("556e3357", MigrationView.DomainLabel("556e3357-a6e5-421b-b82f-57102e88fc5a", null));
-        Assert.Equal("", MigrationView.DomainLabel("", names));
+        var names = new DomainNames(new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase) { ["0f6579a4-3f50-42e6-a80e-23c4755a65a6"] = "domain-a" });
+        Assert.Equal("domain-a", names.ShortOf("0f6579a4-3f50-42e6-a80e-23c4755a65a6"));
+        Assert.Equal("domain-a", names.ShortOf("0F6579A4-3F50-42E6-A80E-23C4755A65A6"));
+        Assert.Equal("556e3357", names.ShortOf("556e3357-a6e5-421b-b82f-57102e88fc5a"));
+        Assert.Equal("", names.ShortOf(""));
     }
 
     [Fact]

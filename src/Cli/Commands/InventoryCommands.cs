@@ -120,6 +120,9 @@ public sealed class DomainNames(IReadOnlyDictionary<string, string> byId)
 {
     public string Of(string id) => id.Length == 0 ? "" : byId.GetValueOrDefault(id, id);
 
+    /// <summary>Its name, else the first 8 characters of its id (as a narrow column prints ids).</summary>
+    public string ShortOf(string id) => byId.TryGetValue(id, out var name) ? name : id[..Math.Min(8, id.Length)];
+
     /// <summary>
     /// A disk's place for a table (markup): its leaf's domain, and the others its chain lies on (an abandoned post-copy's
     /// split chain, which only a post-copy to the leaf's domain moves: `lsm migrate` names it).
@@ -136,6 +139,8 @@ public sealed class DomainNames(IReadOnlyDictionary<string, string> byId)
     public static async Task<DomainNames> LoadAsync(LsmApiClient api, CancellationToken ct)
     {
         var domains = (await api.GetAsync("/api/domains", ct)).Json.Array("domains");
-        return new DomainNames(domains.GroupBy(d => d.Str("id")).ToDictionary(g => g.Key, g => g.First().Str("name")));
+        // ids compared as UUIDs are: whatever their letters' case
+        return new DomainNames(domains.GroupBy(d => d.Str("id"), StringComparer.OrdinalIgnoreCase)
+            .ToDictionary(g => g.Key, g => g.First().Str("name"), StringComparer.OrdinalIgnoreCase));
     }
 }

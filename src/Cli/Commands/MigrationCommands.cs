@@ -133,7 +133,7 @@ public sealed class MigrateCommand : AsyncCommand<MigrateSettings>
         if (!settings.Json) Output.Console.WriteLine($"migration {id} started");
         var final = await MigrationWatch.FollowAsync(api, id, showProgress: !settings.Json, ct);
         if (settings.Json) Output.Json(final.Text);
-        else MigrationView.Write(final.Json, await MigrationView.DomainNamesAsync(api, ct));
+        else MigrationView.Write(final.Json, await DomainNames.LoadAsync(api, ct));
         return final.Json.Str("status") == "completed" ? ExitCodes.Ok : ExitCodes.OperationFailed;
     }
 }
@@ -218,7 +218,7 @@ public sealed class MigrationShowCommand : AsyncCommand<MigrationIdSettings>
         var id = await settings.ResolveIdAsync(api, ct);
         var migration = await api.GetAsync($"/api/migrations/{id}", ct);
         if (settings.Json) Output.Json(migration.Text);
-        else MigrationView.Write(migration.Json, await MigrationView.DomainNamesAsync(api, ct));
+        else MigrationView.Write(migration.Json, await DomainNames.LoadAsync(api, ct));
         return ExitCodes.Ok;
     }
 }
@@ -350,27 +350,7 @@ public sealed class MigrationSetSpeedCommand : AsyncCommand<SetSpeedSettings>
 /// <summary>A migration as tables: the summary, one row per disk, one row per step attempt.</summary>
 public static class MigrationView
 {
-    /// <summary>Every storage domain's name by its id, for the tables; empty when they cannot be read (the ids are shown then).</summary>
-    public static async Task<IReadOnlyDictionary<string, string>> DomainNamesAsync(LsmApiClient api, CancellationToken ct)
-    {
-        try
-        {
-            return (await api.GetAsync("/api/domains", ct)).Json.Array("domains")
-                .Where(d => d.Str("id").Length > 0 && d.Str("name").Length > 0)
-                .GroupBy(d => d.Str("id"), StringComparer.OrdinalIgnoreCase)
-                .ToDictionary(g => g.Key, g => g.First().Str("name"), StringComparer.OrdinalIgnoreCase);
-        }
-        catch (CliFailure)
-        {
-            return new Dictionary<string, string>();
-        }
-    }
-
-    /// <summary>A domain as a table names it: its name, else the first 8 characters of its id.</summary>
-    public static string DomainLabel(string id, IReadOnlyDictionary<string, string>? names) =>
-        names is not null && names.TryGetValue(id, out var name) ? name : id[..Math.Min(8, id.Length)];
-
-    public static void Write(JsonElement m, IReadOnlyDictionary<string, string>? domainNames = null)
+    public static void Write(JsonElement m, DomainNames domains)
     {
         var console = Output.Console;
         var status = m.Str("status");
@@ -400,7 +380,7 @@ public static class MigrationView
             var (copied, left, eta) = Progress(d, completed);
             // an error a retried step got past is history once the migration completed: the step table keeps it
             var lastError = !completed && d.Str("lastError") is { Length: > 0 } e ? $"[red]{Output.Escape(e)}[/]" : "";
-            disks.AddRow(Output.Escape(d.Str("image")), Output.Escape($"{DomainLabel(d.Str("source"), domainNames)} → {DomainLabel(d.Str("destination"), domainNames)}"),
+            disks.AddRow(Output.Escape(d.Str("image")), Output.Escape($"{domains.ShortOf(d.Str("source"))} → {domains.ShortOf(d.Str("destination"))}"),
                 Output.Escape(d.Str("phase")), Output.Escape(d.Str("step")), d.Long("attempt").ToString(), copied, left, eta, lastError);
             foreach (var t in DistinctSteps(d.Array("timings")))
             {
@@ -423,7 +403,7 @@ public static class MigrationView
         {
             var table = new Table().AddColumns("Left behind on domain", "Disk (image)", "What", "To remove");
             foreach (var l in leftBehind)
-                table.AddRow(Output.Escape(domainNames is not null && domainNames.TryGetValue(l.Str("domain"), out var left) ? $"{left} ({l.Str("domain")})" : l.Str("domain")),
+                table.AddRow(Output.Escape(domains.Of(l.Str("domain")) is var name && name != l.Str("domain") ? $"{name} ({l.Str("domain")})" : name),
                     Output.Escape(l.Str("image")), Output.Escape(l.Str("what")), Output.Escape(l.Str("remove")));
             console.Write(table);
         }
