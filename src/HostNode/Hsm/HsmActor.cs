@@ -21,7 +21,8 @@ namespace LiveMigration.HostNode.Hsm;
 /// different: operators watch the bars move, so while a mirror is waited for and not READY the actor reads
 /// the job about once a second and pushes <see cref="OperationProgress"/> to the waiters. The same reads tell whether a
 /// background mirror converges (<see cref="MirrorConvergence"/>); one that does not is started again write-blocking,
-/// and the step's outcome says so with the rates that decided it. On start
+/// and the step's outcome says so with the rates that decided it; one whose remaining work does not shrink for minutes
+/// fails the step MIRROR_NOT_CONVERGING with its numbers instead of waiting for ever. On start
 /// it adopts the VMs and block jobs a previous HostNode left running, and serves steps only after that.
 /// A repeated operation id attaches or gets the same answer; an unknown one is redone, which the
 /// idempotent hypervisor port answers from QEMU's state.
@@ -39,6 +40,7 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
     private readonly OperationLedger _ledger = new();
     /// <summary>How long a background mirror is watched before it is judged not to converge.</summary>
     private readonly TimeSpan _convergenceWindow;
+    private readonly TimeSpan _stallWindow;
     /// <summary>The WaitMirrorReady operations waiting for their drive's mirror to turn READY.</summary>
     private readonly Dictionary<OperationId, MirrorWait> _mirrorWaits = new();
     /// <summary>Mirror waits with a read of the job under way: a slow QMP answer does not pile up more reads.</summary>
@@ -56,13 +58,15 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
 
     /// <param name="adopted">Completed once the running VMs are adopted (or their adoption failed): until then a VM of the
     /// catalog this host does not list yet may still run, and the host's reporter must not call it stopped.</param>
+    /// <param name="stallWindow">How long a mirror's remaining work may not shrink before its wait gives up (<see cref="MirrorConvergence.DefaultStallWindow"/>).</param>
     public HsmActor(IHypervisor hypervisor, StoragePool pool, VmCatalog? catalog = null, TimeSpan? convergenceWindow = null,
-        TaskCompletionSource? adopted = null, TimeSpan? readoptInterval = null)
+        TaskCompletionSource? adopted = null, TimeSpan? readoptInterval = null, TimeSpan? stallWindow = null)
     {
         _hypervisor = hypervisor;
         _adopted = adopted;
         _readoptInterval = readoptInterval ?? DefaultReadoptInterval;
         _convergenceWindow = convergenceWindow ?? MirrorConvergence.DefaultWindow;
+        _stallWindow = stallWindow ?? MirrorConvergence.DefaultStallWindow;
         // Without a catalog (a host without management, in-process tests) there are no VM records to keep.
         _steps = new DriveSteps(hypervisor, pool, new DriveRecords(hypervisor, pool, catalog));
         Adopting();
@@ -72,8 +76,8 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
     public ITimerScheduler Timers { get; set; } = null!;
 
     public static Props Props(IHypervisor hypervisor, StoragePool pool, VmCatalog? catalog = null, TimeSpan? convergenceWindow = null,
-        TaskCompletionSource? adopted = null, TimeSpan? readoptInterval = null) =>
-        Akka.Actor.Props.Create(() => new HsmActor(hypervisor, pool, catalog, convergenceWindow, adopted, readoptInterval));
+        TaskCompletionSource? adopted = null, TimeSpan? readoptInterval = null, TimeSpan? stallWindow = null) =>
+        Akka.Actor.Props.Create(() => new HsmActor(hypervisor, pool, catalog, convergenceWindow, adopted, readoptInterval, stallWindow));
 
     /// <summary>The steps this actor runs; the others belong to the SPM.</summary>
     public static bool Runs(MigrationStep step) => DriveSteps.Runs(step);
@@ -179,7 +183,7 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
         if (operation.Step == MigrationStep.WaitMirrorReady)
         {
             FaultPlan.Current.Hit(operation.Step, FaultMoment.HostReceived, KillQemuOf(command.Vm));
-            _mirrorWaits[operation] = new MirrorWait(command, _convergenceWindow);
+            _mirrorWaits[operation] = new MirrorWait(command, _convergenceWindow, _stallWindow);
             SampleMirror(operation);
             Timers.StartPeriodicTimer(ProgressTimer(operation), new ProgressDue(operation), ProgressInterval);
             return;
@@ -255,7 +259,16 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
                     success: () => new SpeedSet(operation, speed, null),
                     failure: e => new SpeedSet(operation, speed, e));
         }
-        if (wait.Restarting || wait.Watch.Observe(DateTimeOffset.UtcNow, sample.Job!, sample.Job!.Mode ?? wait.Mode) is not { } why) return;
+        if (wait.Restarting || wait.Watch.Observe(DateTimeOffset.UtcNow, sample.Job!, sample.Job!.Mode ?? wait.Mode) is not { } verdict) return;
+        var why = verdict.Why;
+        if (verdict.GivesUp)
+        {
+            // Not transient: waiting again would watch the same job. The saga rolls back (the VM stays on its source).
+            _log.Warning("{Operation} on VM {Vm} drive {Image}: {Why}", operation, wait.Vm, wait.Drive, why);
+            var earlier = wait.Note is { } note ? $" (earlier: {note})" : "";
+            Finish(operation, new OperationFailed(operation, ErrorCodes.MirrorNotConverging, why + earlier, Transient: false));
+            return;
+        }
         _log.Warning("{Operation} on VM {Vm} drive {Image}: {Why}; starting it again write-blocking", operation, wait.Vm, wait.Drive, why);
         wait.Restarting = true;
         var startedAt = DateTimeOffset.UtcNow;
@@ -273,7 +286,9 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
         if (restarted.Error is not null)
         {
             _log.Warning("{Operation}: starting the mirror again write-blocking failed: {Error}", operation, restarted.Error.Message);
-            Finish(operation, StepReplies.Failed(operation, restarted.Error));
+            // The failure names why the mirror was being replaced, with its rates, not only what the restart met.
+            var failed = StepReplies.Failed(operation, restarted.Error);
+            Finish(operation, failed with { Message = $"{restarted.Why}; starting it again write-blocking failed: {failed.Message}" });
             return;
         }
         wait.Mode = CopyMode.WriteBlocking;
@@ -453,14 +468,14 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
     private sealed record MirrorRestarted(OperationId Operation, BlockJobInfo? Job, string Why, DateTimeOffset At, Exception? Error);
 
     /// <summary>One WaitMirrorReady: the step as sent, the mode the mirror runs in now, and the watch on its convergence.</summary>
-    private sealed class MirrorWait(ExecuteStep command, TimeSpan window)
+    private sealed class MirrorWait(ExecuteStep command, TimeSpan window, TimeSpan stallWindow)
     {
         public ExecuteStep Command => command;
         public VmId Vm => command.Vm;
         public ImageId Drive => command.Disk.Image;
         /// <summary>The mode the mirror runs in, as far as this wait knows (the adapter's own word wins when it has one).</summary>
         public CopyMode Mode { get; set; } = command.CopyMode;
-        public MirrorConvergence Watch { get; } = new(window);
+        public MirrorConvergence Watch { get; } = new(window, stallWindow);
         /// <summary>The job is being replaced by a write-blocking one: its cancel event and its absence are expected.</summary>
         public bool Restarting { get; set; }
         public long? SpeedWhileRestarting { get; set; }

@@ -58,6 +58,8 @@ public sealed class DiskMover(StoragePool pool, IHypervisor hypervisor, VmCatalo
 
     /// <summary>How long a background mirror is watched before it is judged not to converge.</summary>
     public TimeSpan ConvergenceWindow { get; init; } = MirrorConvergence.DefaultWindow;
+    /// <summary>How long a mirror's remaining work may not shrink before the move gives up (<see cref="MirrorConvergence"/>).</summary>
+    public TimeSpan StallWindow { get; init; } = MirrorConvergence.DefaultStallWindow;
 
     public async Task<MoveReport> MoveAsync(VmId vm, ImageId image, DomainId source, DomainId destination,
         MoveOptions? options = null, IProgress<MoveProgress>? progress = null, CancellationToken ct = default)
@@ -277,12 +279,12 @@ public sealed class DiskMover(StoragePool pool, IHypervisor hypervisor, VmCatalo
         /// <summary>
         /// Waits for READY as the HSM does: the job is read (on entry, on an event, and between waits to show progress,
         /// as QEMU has no progress event), and <see cref="MirrorReadiness"/> says what it means; a background mirror that
-        /// does not converge (<see cref="MirrorConvergence"/>) is started again write-blocking.
+        /// does not converge (<see cref="MirrorConvergence"/>) is started again write-blocking, and one that cannot fails the move.
         /// </summary>
         private async Task<BlockJobInfo> WaitForMirrorReadyAsync(CancellationToken ct)
         {
             _started.Add(MigrationStep.WaitMirrorReady);
-            var watch = new MirrorConvergence(mover.ConvergenceWindow);
+            var watch = new MirrorConvergence(mover.ConvergenceWindow, mover.StallWindow);
             var mode = options.CopyMode;
             var wake = new TaskCompletionSource<MirrorEvent>(TaskCreationOptions.RunContinuationsAsynchronously);
             void OnEvent(HypervisorEvent e)
@@ -298,8 +300,9 @@ public sealed class DiskMover(StoragePool pool, IHypervisor hypervisor, VmCatalo
                     var job = await mover._hypervisor.GetBlockJobAsync(vm, Image, ct);
                     if (job is not null) Report("mirror", job.Offset, job.Length);
                     if (MirrorReadiness.Judge(vm, Image, job) is not null) return job!;
-                    if (watch.Observe(DateTimeOffset.UtcNow, job!, job!.Mode ?? mode) is not null)
+                    if (watch.Observe(DateTimeOffset.UtcNow, job!, job!.Mode ?? mode) is { } verdict)
                     {
+                        if (verdict.GivesUp) throw new OperationFailedException(ErrorCodes.MirrorNotConverging, verdict.Why);
                         mode = CopyMode.WriteBlocking;
                         var command = new ExecuteStep(new OperationId(migration, MigrationStep.WaitMirrorReady, Image, 1), vm, plan, Strategy,
                             options.SpeedBytesPerSecond, options.CopyMode);

@@ -11,34 +11,52 @@ namespace LiveMigration.HostNode.Steps;
 /// time or worse, the limit — and the mirror should run write-blocking instead (each guest write then reaches
 /// both sides, so what is left only shrinks). A guest that dirties as fast as the copy runs or faster (what is left never
 /// shrinks) is plain sooner: after a third of the window, as every second spent watching it is a second lost. A
-/// write-blocking mirror is never judged: it converges at its copy rate. Pure: the caller feeds it one read of the job
-/// at a time and acts on the answer.
+/// write-blocking mirror is never judged so: it converges at its copy rate.
+/// A mirror whose remaining work has not shrunk at all for <see cref="StallWindow"/> (write-blocking at a speed limit too
+/// low to copy one cluster in that time, a destination that stopped answering, a job paused on an error) cannot converge
+/// under its limits: the watch gives up with its numbers, so the step fails and says why instead of waiting for ever.
+/// Pure: the caller feeds it one read of the job at a time and acts on the answer.
 /// </summary>
-public sealed class MirrorConvergence(TimeSpan window)
+public sealed class MirrorConvergence(TimeSpan window, TimeSpan? stallWindow = null)
 {
     /// <summary>How long a mirror is watched before it is judged; long enough that one slow QMP read is not a trend.</summary>
     public static readonly TimeSpan DefaultWindow = TimeSpan.FromSeconds(10);
 
+    /// <summary>How long what is left may stay as large as it was before the mirror is given up: a storage hiccup or a
+    /// slow read passes well within it, and an operator watching sees no progress for that long before the verdict.</summary>
+    public static readonly TimeSpan DefaultStallWindow = TimeSpan.FromMinutes(2);
+
     private readonly Queue<Sample> _samples = new();
+    /// <summary>The read with the least work left since the job started: the stall is measured from it.</summary>
+    private Sample? _leastLeft;
 
     public TimeSpan Window => window;
+    public TimeSpan StallWindow { get; } = stallWindow ?? DefaultStallWindow;
 
     /// <summary>
-    /// Adds one read of the job and answers whether the mirror should switch to write-blocking: null while it
-    /// converges well enough (or there is not a window of reads yet), else why, with the measured rates.
+    /// Adds one read of the job and answers what to do: null while it converges well enough (or there is not a window
+    /// of reads yet); start it again write-blocking (a background mirror the guest outruns); or give up (nothing left
+    /// shrank for the stall window), each with why and the measured rates.
     /// </summary>
-    public string? Observe(DateTimeOffset at, BlockJobInfo job, CopyMode mode)
+    public MirrorVerdict? Observe(DateTimeOffset at, BlockJobInfo job, CopyMode mode)
     {
-        if (mode == CopyMode.WriteBlocking || job.Phase != BlockJobPhase.Running)
+        if (job.Phase != BlockJobPhase.Running)
         {
-            _samples.Clear();
+            Reset();
             return null;
         }
         // QEMU reports a length only once it has measured what to copy: before that a jump from 0 is no guest's doing.
         if (job.Length == 0) return null;
         var now = new Sample(at, job.Offset, job.Length);
         // A job QEMU restarted (offset or length went back) starts a new window.
-        if (_samples.Count > 0 && (now.Offset < _samples.Last().Offset || now.Length < _samples.Last().Length)) _samples.Clear();
+        if (_samples.Count > 0 && (now.Offset < _samples.Last().Offset || now.Length < _samples.Last().Length)) Reset();
+        if (Stalled(now, job.SpeedBytesPerSecond) is { } stalled) return stalled;
+        if (mode == CopyMode.WriteBlocking)
+        {
+            _samples.Clear();
+            _samples.Enqueue(now); // only so that a restarted job is told apart
+            return null;
+        }
         _samples.Enqueue(now);
         // Keep the newest read that is at least a window old as the first, so the rates span the whole window.
         while (_samples.Count > 2 && at - _samples.ElementAt(1).At >= window) _samples.Dequeue();
@@ -50,21 +68,58 @@ public sealed class MirrorConvergence(TimeSpan window)
         var dirtied = (now.Length - first.Length) / span;
         var left = now.Length - now.Offset;
         if (left <= 0 || dirtied <= 0) return null;
-        // Nothing copied and nothing dirtied is a stalled job, not a race with the guest: not this watch's to judge.
+        // Nothing copied and nothing dirtied is a stalled job, not a race with the guest: the stall rule judges it.
         var neverShrinks = dirtied >= copied;
         if (!neverShrinks && (span < window.TotalSeconds || dirtied * 3 < copied * 2)) return null;
         var net = copied - dirtied;
         var outlook = net > 0
             ? $"at that pace the last {Mib(left)} would take {left / net:0} s instead of {left / copied:0} s"
             : $"the {Mib(left)} left never shrink at that pace";
-        return $"the background mirror did not converge: over the last {span:0} s it copied {Mib(copied)}/s while the guest " +
-               $"dirtied {Mib(dirtied)}/s; {outlook}";
+        return MirrorVerdict.WriteBlocking($"the background mirror did not converge: over the last {span:0} s it copied {Mib(copied)}/s while the guest " +
+               $"dirtied {Mib(dirtied)}/s; {outlook}");
+    }
+
+    /// <summary>The give-up verdict once what is left has not shrunk below its least for the stall window, else null.</summary>
+    private MirrorVerdict? Stalled(Sample now, long speed)
+    {
+        // Nothing left (READY is a read away) is no stall.
+        if (_leastLeft is not { } least || now.Left < least.Left || now.Left <= 0)
+        {
+            _leastLeft = now;
+            return null;
+        }
+        var span = (now.At - least.At).TotalSeconds;
+        if (now.At - least.At < StallWindow) return null;
+        var limit = speed > 0 ? $"its speed limit {Size(speed)}/s" : "no speed limit";
+        return MirrorVerdict.GiveUp($"the mirror cannot converge under its limits: in the last {span:0} s what is left never went below " +
+            $"{Mib(least.Left)} (now {Mib(now.Left)}); it copied {Mib((now.Offset - least.Offset) / span)}/s while the guest dirtied " +
+            $"{Mib((now.Length - least.Length) / span)}/s, with {limit}. Raise the speed, quiet the guest or repair the destination, then migrate again");
     }
 
     /// <summary>Forgets the reads, e.g. after the job was started again.</summary>
-    public void Reset() => _samples.Clear();
+    public void Reset()
+    {
+        _samples.Clear();
+        _leastLeft = null;
+    }
 
     private static string Mib(double bytes) => $"{bytes / (1 << 20):0.0} MiB";
 
-    private readonly record struct Sample(DateTimeOffset At, long Offset, long Length);
+    /// <summary>A limit as an operator typed it: 512 B, 64.0 KiB, 8.0 MiB.</summary>
+    private static string Size(long bytes) => bytes >= 1 << 20 ? Mib(bytes) : bytes >= 1 << 10 ? $"{bytes / 1024.0:0.0} KiB" : $"{bytes} B";
+
+    private readonly record struct Sample(DateTimeOffset At, long Offset, long Length)
+    {
+        public long Left => Length - Offset;
+    }
+}
+
+/// <summary>What a <see cref="MirrorConvergence"/> watch concluded, and why (with the measured rates).</summary>
+public sealed record MirrorVerdict(bool GivesUp, string Why)
+{
+    /// <summary>Start the mirror again write-blocking: it converges then.</summary>
+    public static MirrorVerdict WriteBlocking(string why) => new(false, why);
+
+    /// <summary>Stop waiting: the step fails with <see cref="ErrorCodes.MirrorNotConverging"/> and this reason.</summary>
+    public static MirrorVerdict GiveUp(string why) => new(true, why);
 }

@@ -87,6 +87,78 @@ public sealed class HostActorsRealTests : Akka.TestKit.Xunit2.TestKit
     }
 
     [Fact]
+    public async Task A_limited_mirror_holds_its_rate_within_ten_percent_over_its_copy()
+    {
+        await using var bed = await HostLayerBed.StartAsync();
+        // The guest fills the leaf first (random 4 KiB writes each allocate a 64 KiB cluster: some 32 MiB), then stops, so
+        // what the mirror copies is the leaf's data alone, at its limit.
+        await bed.StartGuestAsync(8 * MiB);
+        await bed.WaitForGuestWritesAsync(4000);
+        await bed.Guest.StopAsync();
+        const long limit = 4 * MiB;
+        var spm = Sys.ActorOf(SpmActor.Props(bed.Pool));
+        var hsm = Sys.ActorOf(HsmActor.Props(bed.Hypervisor, bed.Pool));
+        var saga = CreateTestProbe();
+        var driver = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.A.Id, bed.B.Id, 64 * MiB, VolumeId.New()),
+            MigrationStrategy.PreCopy, speed: limit, mode: CopyMode.Background);
+        var patient = TimeSpan.FromSeconds(60);
+        await driver.SucceedAsync(spm, Step.CloneImageStructure, saga, timeout: patient);
+
+        // From the request to READY, by QEMU's own counters read ten times a second. QEMU copies in bursts of up to its
+        // buffer (16 MiB) and then waits out what the burst took of the limit, so the rate holds over the copy, not
+        // over any tenth of a second.
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        await driver.SucceedAsync(hsm, Step.StartReplication, saga, timeout: patient);
+        var samples = new List<(double At, long Offset, long Length)>();
+        BlockJobInfo? job;
+        while ((job = await bed.Hypervisor.GetBlockJobAsync(bed.Vm, bed.Image))!.Phase != BlockJobPhase.Ready)
+        {
+            Assert.True(clock.Elapsed < patient, $"the mirror was not READY within {patient}: {job}");
+            samples.Add((clock.Elapsed.TotalSeconds, job.Offset, job.Length));
+            await Task.Delay(100);
+        }
+        var seconds = clock.Elapsed.TotalSeconds;
+
+        Assert.True(job.Length >= 16 * MiB, $"the leaf held only {job.Length} bytes to mirror");
+        var rate = job.Length / seconds;
+        Assert.True(rate >= limit * 0.9 && rate <= limit * 1.1, $"the mirror copied {job.Length / 1024} KiB in {seconds:0.00} s: " +
+            $"{rate / MiB:0.00} MiB/s at a limit of {limit / MiB} MiB/s (job speed {job.SpeedBytesPerSecond}): " +
+            string.Join(", ", samples.Select(s => $"{s.At:0.0}s {s.Offset / 1024}/{s.Length / 1024} KiB")));
+        await driver.SucceedAsync(hsm, Step.CancelReplication, saga, timeout: patient);
+    }
+
+    [Fact]
+    public async Task A_mirror_that_cannot_converge_under_its_limit_fails_its_wait_with_its_numbers_and_the_cancel_loses_no_write()
+    {
+        await using var bed = await HostLayerBed.StartAsync();
+        await bed.StartGuestAsync(1 * MiB);
+        await bed.WaitForGuestWritesAsync(10);
+        var spm = Sys.ActorOf(SpmActor.Props(bed.Pool));
+        var hsm = Sys.ActorOf(HsmActor.Props(bed.Hypervisor, bed.Pool, stallWindow: TimeSpan.FromSeconds(5)));
+        var saga = CreateTestProbe();
+        // Write-blocking at 512 B/s: QEMU copies its first chunk, then waits far longer than any window per chunk, while
+        // every guest write still reaches both sides. What is left never shrinks: the wait must say so, not wait for ever.
+        var driver = new StepDriver(bed.Vm, new DiskPlan(bed.Image, bed.A.Id, bed.B.Id, 64 * MiB, VolumeId.New()),
+            MigrationStrategy.PreCopy, speed: 512, mode: CopyMode.WriteBlocking);
+        var patient = TimeSpan.FromSeconds(60);
+        await driver.SucceedAsync(spm, Step.CloneImageStructure, saga, timeout: patient);
+        await driver.SucceedAsync(hsm, Step.StartReplication, saga, timeout: patient);
+
+        hsm.Tell(driver.Command(Step.WaitMirrorReady), saga.Ref);
+        var failed = Assert.IsType<OperationFailed>(await StepDriver.AnswerAsync(saga, driver.Op(Step.WaitMirrorReady), timeout: patient));
+
+        Assert.Equal(ErrorCodes.MirrorNotConverging, failed.Code);
+        Assert.False(failed.Transient);
+        Assert.Contains("cannot converge under its limits", failed.Message);
+        Assert.Contains("speed limit 512 B/s", failed.Message);
+        // the saga's rollback: the mirror cancelled, the guest on A with every write
+        await driver.SucceedAsync(hsm, Step.CancelReplication, saga, timeout: patient);
+        var drive = await bed.DriveAsync();
+        Assert.Equal(await bed.PathsOnAsync(bed.A), drive.OpenChain);
+        await bed.AssertGuestLostNothingAsync(drive, writesAfter: 10);
+    }
+
+    [Fact]
     public async Task A_speed_change_reaches_the_SPMs_running_copy_of_the_internal_layers()
     {
         await using var bed = await HostLayerBed.StartAsync();

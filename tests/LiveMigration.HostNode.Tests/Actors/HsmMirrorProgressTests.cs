@@ -1,4 +1,5 @@
 using LiveMigration.HostNode.Hsm;
+using LiveMigration.HostNode.Hypervisor;
 using LiveMigration.HostNode.Hypervisor.Sim;
 using LiveMigration.HostNode.Storage;
 using LiveMigration.HostNode.Storage.Sim;
@@ -14,7 +15,8 @@ namespace LiveMigration.HostNode.Tests.Actors;
 /// <summary>
 /// The HSM pushes a running mirror's progress about once a second while the saga waits for READY (no re-sent
 /// wait needed), and a speed change reaches the running mirror; over the sim hypervisor, whose mirror copies at
-/// the job's speed; a background mirror the guest outruns is started again write-blocking and READY follows.
+/// the job's speed; a background mirror the guest outruns is started again write-blocking and READY follows; a mirror
+/// that stops copying altogether fails its wait with its numbers instead of waiting for ever.
 /// </summary>
 public sealed class HsmMirrorProgressTests : Akka.TestKit.Xunit2.TestKit, IAsyncLifetime
 {
@@ -129,5 +131,38 @@ public sealed class HsmMirrorProgressTests : Akka.TestKit.Xunit2.TestKit, IAsync
         await driver.SucceedAsync(spm, Step.SyncInternalVolumes, saga);
         var pivot = await driver.SucceedAsync(hsm, Step.Pivot, saga);
         Assert.Contains("runs on domain", pivot.Outcome.Detail);
+    }
+
+    [Fact]
+    public async Task A_mirror_that_stops_copying_fails_its_wait_not_converging_with_its_numbers_and_leaves_the_drive_on_its_source()
+    {
+        // The mirror stops half-way (its destination stopped answering): nothing left shrinks any more.
+        var stall = _hypervisor.Faults.StallNext(nameof(IHypervisor.StartMirrorAsync), atFraction: 0.5);
+        var spm = Sys.ActorOf(Spm.SpmActor.Props(_pool));
+        var hsm = Sys.ActorOf(HsmActor.Props(_hypervisor, _pool, stallWindow: TimeSpan.FromSeconds(3)));
+        var saga = CreateTestProbe();
+        var driver = new StepDriver(_vm.Id, new DiskPlan(_chain.Image, _a.Id, _b.Id, 10 * MiB, VolumeId.New()), MigrationStrategy.PreCopy, speed: 8 * MiB);
+        await driver.SucceedAsync(spm, Step.CloneImageStructure, saga);
+        await driver.SucceedAsync(hsm, Step.StartReplication, saga);
+        try
+        {
+            hsm.Tell(driver.Command(Step.WaitMirrorReady), saga.Ref);
+            var answer = await StepDriver.AnswerAsync(saga, driver.Op(Step.WaitMirrorReady), timeout: TimeSpan.FromSeconds(30));
+
+            var failed = Assert.IsType<OperationFailed>(answer);
+            Assert.Equal(ErrorCodes.MirrorNotConverging, failed.Code);
+            Assert.False(failed.Transient); // waiting again would watch the same job: the saga rolls back
+            Assert.Contains("cannot converge under its limits", failed.Message);
+            Assert.Contains("never went below 4.0 MiB", failed.Message);
+            Assert.Contains("speed limit 8.0 MiB/s", failed.Message);
+            // the wait ended, the mirror did not: the rollback's CancelReplication ends it, the drive still on its source
+            Assert.Equal(BlockJobPhase.Running, (await _hypervisor.GetBlockJobAsync(_vm.Id, _chain.Image))!.Phase);
+            await driver.SucceedAsync(hsm, Step.CancelReplication, saga);
+            Assert.Null(await _hypervisor.GetBlockJobAsync(_vm.Id, _chain.Image));
+        }
+        finally
+        {
+            stall.Release();
+        }
     }
 }
