@@ -131,6 +131,7 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
             }
         });
         Command<AdmissionRetryDue>(_ => AskAdmission());
+        Command<AdmissionCheck>(_ => AnswerAdmissionCheck(Sender));
         Command<GetMigrationState>(_ =>
         {
             Sender.Tell(new MigrationStateReply(MigrationViews.ViewOf(_state, DateTimeOffset.UtcNow), LastSequenceNr));
@@ -287,6 +288,22 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
             _admission.Tell(new AdmissionReleased(Id));
             PassivateIfIdle();
         }
+    }
+
+    /// <summary>The admission limits ask whether this migration still holds its slots (its release may have been lost).</summary>
+    private void AnswerAdmissionCheck(IActorRef admission)
+    {
+        if (_state.Status is MigrationStatus.New || _state.Status.IsFinished)
+        {
+            admission.Tell(new AdmissionReleased(Id));
+            PassivateIfIdle();
+        }
+        else if (_state.Status is not MigrationStatus.Queued)
+        {
+            var (host, domains) = Claim();
+            admission.Tell(new AdmissionHeld(Id, host, domains));
+        }
+        // Queued: it asks again itself; an admit in flight to it must not be undone by this answer.
     }
 
     private void AskAdmission()

@@ -15,36 +15,67 @@ public sealed record MigrationLimits(int PerHost, int PerDomain)
 /// The concurrency limits of issue 3: admits a migration at once unless its host or one of its domains
 /// is at its limit; then it waits, in arrival order, until a running migration releases its slots.
 /// Its state is only memory: after a restart, running migrations re-announce themselves
-/// (<see cref="AdmissionHeld"/>) and queued ones ask again.
+/// (<see cref="AdmissionHeld"/>) and queued ones ask again. A release is a message that can be lost (its Coordinator
+/// died before the singleton's proxy passed it on): while a migration waits, the holders of the slots are asked
+/// (<see cref="AdmissionCheck"/>, through the shard region, which wakes a passivated saga) whether they still hold them,
+/// so a slot of a finished migration never keeps a queue waiting for good.
 /// </summary>
-public sealed class MigrationAdmission : ReceiveActor
+public sealed class MigrationAdmission : ReceiveActor, IWithTimers
 {
     private sealed record Claim(MigrationId Migration, string? Host, ValueList<DomainId> Domains);
     private sealed record Waiting(Claim Claim, IActorRef ReplyTo);
+    private sealed record ReconcileDue
+    {
+        public static readonly ReconcileDue Instance = new();
+    }
+
+    /// <summary>How often the holders are asked while something waits: a lost release costs a queue at most about this long.</summary>
+    public static readonly TimeSpan DefaultReconcileInterval = TimeSpan.FromSeconds(15);
 
     private readonly MigrationLimits _limits;
+    private readonly Func<IActorRef?> _sagas;
+    private readonly TimeSpan _reconcileInterval;
     private readonly Dictionary<MigrationId, Claim> _running = [];
+    // What each host and domain runs now, so a claim is judged without counting every running migration.
+    private readonly Dictionary<string, int> _perHost = [];
+    private readonly Dictionary<DomainId, int> _perDomain = [];
     private readonly List<Waiting> _queue = [];
+    /// <summary>Holders asked in the current round: a release that answers one is logged as found by the check.</summary>
+    private readonly HashSet<MigrationId> _checked = [];
     private readonly ILoggingAdapter _log = Context.GetLogger();
 
-    public static Props Props(MigrationLimits limits) => Akka.Actor.Props.Create(() => new MigrationAdmission(limits));
+    public ITimerScheduler Timers { get; set; } = null!;
 
-    public MigrationAdmission(MigrationLimits limits)
+    /// <param name="sagas">The migration shard region, once there is one (the singleton may start before it).</param>
+    /// <param name="reconcileInterval">How often holders are asked while something waits (<see cref="DefaultReconcileInterval"/>).</param>
+    public static Props Props(MigrationLimits limits, Func<IActorRef?>? sagas = null, TimeSpan? reconcileInterval = null) =>
+        Akka.Actor.Props.Create(() => new MigrationAdmission(limits, sagas, reconcileInterval));
+
+    public MigrationAdmission(MigrationLimits limits, Func<IActorRef?>? sagas, TimeSpan? reconcileInterval)
     {
         _limits = limits;
+        _sagas = sagas ?? (() => null);
         Receive<AdmissionRequest>(r => Request(new Claim(r.Migration, r.Host, r.Domains), Sender));
         Receive<AdmissionHeld>(h =>
         {
+            _checked.Remove(h.Migration);
             _queue.RemoveAll(w => w.Claim.Migration == h.Migration);
-            _running[h.Migration] = new Claim(h.Migration, h.Host, h.Domains);
+            Remove(h.Migration);
+            Add(new Claim(h.Migration, h.Host, h.Domains));
         });
         Receive<AdmissionReleased>(r =>
         {
+            if (_checked.Remove(r.Migration) && _running.ContainsKey(r.Migration))
+                _log.Warning("Migration {Migration} had finished but still held its admission slots (its release was lost): freed them", r.Migration);
             _queue.RemoveAll(w => w.Claim.Migration == r.Migration);
-            if (_running.Remove(r.Migration))
+            if (Remove(r.Migration))
                 AdmitWaiting();
         });
+        Receive<ReconcileDue>(_ => Reconcile());
+        _reconcileInterval = reconcileInterval ?? DefaultReconcileInterval;
     }
+
+    protected override void PreStart() => Timers.StartPeriodicTimer(ReconcileDue.Instance, ReconcileDue.Instance, _reconcileInterval);
 
     private void Request(Claim claim, IActorRef replyTo)
     {
@@ -69,6 +100,20 @@ public sealed class MigrationAdmission : ReceiveActor
         }
     }
 
+    /// <summary>While something waits, asks each holder of a slot it waits for whether it still runs; the answers are the usual messages.</summary>
+    private void Reconcile()
+    {
+        _checked.Clear();
+        if (_queue.Count == 0 || _sagas() is not { } sagas) return;
+        var hosts = _queue.Select(w => w.Claim.Host).OfType<string>().ToHashSet();
+        var domains = _queue.SelectMany(w => w.Claim.Domains).ToHashSet();
+        foreach (var claim in _running.Values.Where(c => c.Host is { } h && hosts.Contains(h) || c.Domains.Any(domains.Contains)))
+        {
+            _checked.Add(claim.Migration);
+            sagas.Tell(new AdmissionCheck(claim.Migration), Self);
+        }
+    }
+
     private void AdmitWaiting()
     {
         foreach (var waiting in _queue.ToList())
@@ -81,17 +126,33 @@ public sealed class MigrationAdmission : ReceiveActor
 
     private void Admit(Claim claim, IActorRef replyTo)
     {
-        _running[claim.Migration] = claim;
+        Add(claim);
         replyTo.Tell(new AdmitMigration(claim.Migration));
+    }
+
+    private void Add(Claim claim)
+    {
+        _running[claim.Migration] = claim;
+        if (claim.Host is { } host) _perHost[host] = _perHost.GetValueOrDefault(host) + 1;
+        foreach (var domain in claim.Domains) _perDomain[domain] = _perDomain.GetValueOrDefault(domain) + 1;
+    }
+
+    private bool Remove(MigrationId migration)
+    {
+        if (!_running.Remove(migration, out var claim)) return false;
+        if (claim.Host is { } host && --_perHost[host] == 0) _perHost.Remove(host);
+        foreach (var domain in claim.Domains)
+            if (--_perDomain[domain] == 0) _perDomain.Remove(domain);
+        return true;
     }
 
     private bool Fits(Claim claim)
     {
-        if (_limits.PerHost > 0 && claim.Host is { } host && _running.Values.Count(c => c.Host == host) >= _limits.PerHost)
+        if (_limits.PerHost > 0 && claim.Host is { } host && _perHost.GetValueOrDefault(host) >= _limits.PerHost)
             return false;
         if (_limits.PerDomain > 0)
             foreach (var domain in claim.Domains)
-                if (_running.Values.Count(c => c.Domains.Contains(domain)) >= _limits.PerDomain)
+                if (_perDomain.GetValueOrDefault(domain) >= _limits.PerDomain)
                     return false;
         return true;
     }

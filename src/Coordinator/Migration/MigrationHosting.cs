@@ -34,7 +34,7 @@ public static class MigrationHosting
         options ??= new MigrationShardingOptions();
         var settings = options.Actor with { PublishToCluster = true, PassivateWhenIdle = true };
         builder.WithSingleton<MigrationAdmission>("migration-admission",
-            (_, _, _) => MigrationAdmission.Props(options.Limits),
+            (_, registry, _) => MigrationAdmission.Props(options.Limits, () => registry.TryGet<MigrationRegion>(out var region) ? region : null),
             new ClusterSingletonOptions { Role = options.Role },
             createProxyToo: true);
         return builder.WithShardRegion<MigrationRegion>("migration",

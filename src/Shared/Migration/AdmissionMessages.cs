@@ -13,3 +13,10 @@ public sealed record AdmissionHeld(MigrationId Migration, string? Host, ValueLis
 
 /// <summary>A migration finished: its slots are free.</summary>
 public sealed record AdmissionReleased(MigrationId Migration) : IAdmissionMessage;
+
+/// <summary>
+/// The admission limits ask a migration whose slots a queued one waits for whether it still holds them (a release can be
+/// lost): a finished one answers <see cref="AdmissionReleased"/>, a running one <see cref="AdmissionHeld"/>, a queued one
+/// nothing (it asks again itself). Routed to the saga like a query, which wakes a passivated one.
+/// </summary>
+public sealed record AdmissionCheck(MigrationId MigrationId) : IMigrationQuery;

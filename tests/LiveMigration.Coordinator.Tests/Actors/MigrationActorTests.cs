@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Akka.Actor;
 using Akka.Cluster.Sharding;
+using Akka.TestKit;
 using LiveMigration.Coordinator.Migration;
 using LiveMigration.Coordinator.Tests.Migration;
 using LiveMigration.Shared.Migration;
@@ -294,6 +295,83 @@ public sealed class MigrationActorTests : IAsyncLifetime
         var secondStep = secondMigration.NextStep();
         Assert.Equal(MigrationPlan.ForwardSteps(MigrationStrategy.PreCopy, true)[0], secondStep.Operation.Step);
         Assert.Equal("running", StateOf(node, secondMigration, second.Id).View.Status);
+    }
+
+    [Fact]
+    public async Task A_release_lost_on_its_way_is_found_by_the_admissions_check_and_the_queued_migration_runs()
+    {
+        var node = await StartNode();
+        var first = new SagaDriver();
+        var second = new SagaDriver();
+        var sagas = new Dictionary<MigrationId, IActorRef>();
+        // the shard region's stand-in: routes a check to its saga, as the region would (waking a passivated one)
+        var region = node.Kit.CreateTestProbe();
+        var checks = new List<MigrationId>();
+        region.SetAutoPilot(new DelegateAutoPilot((sender, message) =>
+        {
+            if (message is AdmissionCheck check)
+            {
+                lock (checks) checks.Add(check.MigrationId);
+                sagas[check.MigrationId].Tell(check, sender);
+            }
+            return AutoPilot.KeepRunning;
+        }));
+        var admission = node.System.ActorOf(MigrationAdmission.Props(new MigrationLimits(PerHost: 1, PerDomain: 0), () => region.Ref,
+            TimeSpan.FromMilliseconds(300)));
+        // between the sagas and the limits: the first migration's release is lost (its Coordinator died with it in flight)
+        var lossy = node.Kit.CreateTestProbe();
+        lossy.SetAutoPilot(new DelegateAutoPilot((sender, message) =>
+        {
+            if (message is not AdmissionReleased released || released.Migration != first.Id) admission.Tell(message, sender);
+            return AutoPilot.KeepRunning;
+        }));
+        var firstMigration = node.Migration(first.Id, lossy.Ref, Settings(), host: "host-a");
+        var secondMigration = node.Migration(second.Id, lossy.Ref, Settings(), host: "host-a");
+        (sagas[first.Id], sagas[second.Id]) = (firstMigration.Saga, secondMigration.Saga);
+
+        Start(node, firstMigration, first);
+        firstMigration.SucceedAll(firstMigration.NextStep());
+        Assert.Equal("completed", StateOf(node, firstMigration, first.Id).View.Status);
+        // nothing waits: nobody is asked
+        await Task.Delay(700);
+        lock (checks) Assert.Empty(checks);
+
+        Start(node, secondMigration, second);
+        // the finished first still holds host-a's one slot as far as the limits know, until the check finds it finished
+        var secondStep = secondMigration.NextStep(TimeSpan.FromSeconds(10));
+        Assert.Equal(MigrationPlan.ForwardSteps(MigrationStrategy.PreCopy, true)[0], secondStep.Operation.Step);
+        Assert.Equal("running", StateOf(node, secondMigration, second.Id).View.Status);
+        lock (checks) Assert.Equal([first.Id], checks.Distinct());
+    }
+
+    [Fact]
+    public async Task A_running_migration_asked_by_the_admissions_check_keeps_its_slot_and_the_next_one_waits()
+    {
+        var node = await StartNode();
+        var first = new SagaDriver();
+        var second = new SagaDriver();
+        var sagas = new Dictionary<MigrationId, IActorRef>();
+        var region = node.Kit.CreateTestProbe();
+        region.SetAutoPilot(new DelegateAutoPilot((sender, message) =>
+        {
+            if (message is AdmissionCheck check) sagas[check.MigrationId].Tell(check, sender);
+            return AutoPilot.KeepRunning;
+        }));
+        var admission = node.System.ActorOf(MigrationAdmission.Props(new MigrationLimits(PerHost: 1, PerDomain: 0), () => region.Ref,
+            TimeSpan.FromMilliseconds(200)));
+        var firstMigration = node.Migration(first.Id, admission, Settings(), host: "host-a");
+        var secondMigration = node.Migration(second.Id, admission, Settings(), host: "host-a");
+        (sagas[first.Id], sagas[second.Id]) = (firstMigration.Saga, secondMigration.Saga);
+
+        Start(node, firstMigration, first);
+        var firstStep = firstMigration.NextStep();
+        Start(node, secondMigration, second);
+
+        // several checks answered "held": the second still waits
+        secondMigration.NoStep(TimeSpan.FromMilliseconds(1200));
+        Assert.Equal("queued", StateOf(node, secondMigration, second.Id).View.Status);
+        firstMigration.SucceedAll(firstStep);
+        secondMigration.NextStep();
     }
 
     [Fact]
