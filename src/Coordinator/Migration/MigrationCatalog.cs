@@ -25,7 +25,12 @@ public sealed class MigrationCatalog(ActorSystem system)
     public const int MaxPageSize = 5000;
 
     private const string Prefix = "migration-";
+    /// <summary>How many finished views are kept (the newest to finish): a look at an older one asks its saga, as before it was read once.</summary>
+    public const int FinishedViewsKept = 10_000;
+
     private readonly ConcurrentDictionary<MigrationId, MigrationView> _finished = new();
+    /// <summary>The order <see cref="_finished"/> was filled in, to forget the oldest first.</summary>
+    private readonly ConcurrentQueue<MigrationId> _finishedOrder = new();
     /// <summary>Ids the journal is known to hold: a migration, once requested, is never unrequested, so it is asked only once.</summary>
     private readonly ConcurrentDictionary<MigrationId, byte> _known = new();
     private readonly Lazy<IMaterializer> _materializer = new(() => system.Materializer(namePrefix: "migration-catalog"));
@@ -118,6 +123,10 @@ public sealed class MigrationCatalog(ActorSystem system)
 
     public void Finished(MigrationView view)
     {
-        if (view.Finished) _finished[view.Id] = view;
+        if (!view.Finished || !_finished.TryAdd(view.Id, view)) return;
+        _finishedOrder.Enqueue(view.Id);
+        // bounded: a Coordinator that runs for months does not keep every migration it ever showed
+        while (_finished.Count > FinishedViewsKept && _finishedOrder.TryDequeue(out var oldest))
+            _finished.TryRemove(oldest, out _);
     }
 }

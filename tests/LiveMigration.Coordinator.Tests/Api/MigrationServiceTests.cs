@@ -33,6 +33,27 @@ public sealed class MigrationServiceTests : TestKit
     }
 
     [Fact]
+    public void The_catalog_keeps_the_newest_finished_views_only_and_a_view_read_again_is_not_added_twice()
+    {
+        var catalog = new MigrationCatalog(Sys);
+        var vm = VmId.New();
+        MigrationView Finished(MigrationId id) => new(id, vm, "completed", true, MigrationStrategy.PreCopy, [], null, SagaDriver.T0, SagaDriver.T0, SagaDriver.T0);
+        var ids = Enumerable.Range(0, MigrationCatalog.FinishedViewsKept + 3).Select(_ => MigrationId.New()).ToList();
+        foreach (var id in ids)
+        {
+            catalog.Finished(Finished(id));
+            catalog.Finished(Finished(id)); // read again: still one entry
+        }
+
+        Assert.All(ids.Take(3), id => Assert.Null(catalog.FinishedView(id)));
+        Assert.All(ids.Skip(3), id => Assert.NotNull(catalog.FinishedView(id)));
+        // a running migration's view is never kept
+        var running = MigrationId.New();
+        catalog.Finished(Finished(running) with { Status = "running", Finished = false });
+        Assert.Null(catalog.FinishedView(running));
+    }
+
+    [Fact]
     public async Task A_start_refused_for_a_migration_that_has_just_finished_releases_its_disks_and_reserves_again()
     {
         // The previous move of the disk completed (its final view is known), but the releaser has not freed its disks yet:
