@@ -9,14 +9,18 @@ need_packages() {
   local missing=()
   command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
   { command -v qemu-img >/dev/null && command -v qemu-nbd >/dev/null && command -v qemu-io >/dev/null; } || missing+=(qemu-utils)
-  # the PostgreSQL journal tests start their own server from these binaries (the service itself stays off)
-  if [ "${1:-}" = tests ]; then
+  # the PostgreSQL journal tests and the control-plane bench start their own server from these binaries (the service
+  # itself stays off); the libvirt adapter's tests and the copy bench's stall sessions run against a libvirtd this script
+  # starts (never libvirt-daemon-system: it would replace init)
+  case "${1:-}" in tests|bench)
     [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)
-    # the dashboard's browser test drives Debian's chromium (Playwright never downloads one)
-    command -v chromium >/dev/null || missing+=(chromium)
-    # the libvirt adapter's tests run against a libvirtd they start (never libvirt-daemon-system: it would replace init)
     [ -x /usr/sbin/libvirtd ] || missing+=(libvirt-daemon libvirt-daemon-driver-qemu)
     command -v virsh >/dev/null || missing+=(libvirt-clients)
+    ;;
+  esac
+  # the dashboard's browser test drives Debian's chromium (Playwright never downloads one)
+  if [ "${1:-}" = tests ]; then
+    command -v chromium >/dev/null || missing+=(chromium)
   fi
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]} from Debian packages…" >&2
@@ -70,9 +74,14 @@ case "${1:-}" in
     # "copy-layers": the SPM's copy of the layers alone against qemu-img convert (no cluster);
     # "control-plane": sim migrations through a Coordinator and sim hosts (overhead, throughput, API latency, memory).
     shift
-    need_packages
+    need_packages bench
+    # the copy bench measures the libvirt adapter too: a libvirtd for it, stopped afterwards when this run started it
+    if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+    libvirtd_state=$($SUDO deploy/libvirt/setup.sh | tail -n 1)
+    echo "$libvirtd_state" >&2
+    case "$libvirtd_state" in "libvirtd started "*) trap "$SUDO kill ${libvirtd_state##* } 2>/dev/null || true" EXIT ;; esac
     build
-    exec dotnet src/Demo/bin/Release/net10.0/LiveMigration.Demo.dll bench "$@"
+    dotnet src/Demo/bin/Release/net10.0/LiveMigration.Demo.dll bench "$@"
     ;;
   simulate)
     # The saga's deterministic simulation only (no QEMU, no cluster): LSM_SIM_SEEDS=N seeds (default 2000),
