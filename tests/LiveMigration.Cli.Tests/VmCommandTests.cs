@@ -218,6 +218,45 @@ public sealed class VmCommandTests(VmClusterFixture cluster) : IClassFixture<VmC
     }
 
     [Fact]
+    public async Task A_guest_that_outruns_its_background_mirror_is_converged_by_its_host_and_the_migration_says_so()
+    {
+        var root = Path.Combine(cluster.SharedStorage, "dirty-root");
+        await CreateDomainsAsync(root, "512MiB", "dirty-src", "dirty-dst");
+        var create = await Lsm("vm", "create", "dirty", "--host", "host-1", "--disk", "32MiB@dirty-src:snapshots=1");
+        Assert.True(create.ExitCode == 0, create + "\n" + cluster.LogTails());
+        var vm = (await JsonOf("vm", "show", "dirty")).GetProperty("id").GetString()!;
+        // the guest dirties 8 MiB/s, the mirror may copy 4 MiB/s: a background mirror never catches up by itself
+        Assert.Equal(0, (await Lsm("vm", "io", "dirty", "--rate", "8MiB/s")).ExitCode);
+        await AwaitAsync(async () => (await JsonOf("vm", "io", "dirty", "--status")).GetProperty("writes").GetInt64() > 1000, "the guest's first writes");
+
+        var started = await JsonOf("migrate", vm, "--to", "dirty-dst", "--bandwidth", "4MiB/s", "--copy-mode", "background");
+        var id = started.GetProperty("id").GetString()!;
+        JsonElement shown;
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(120);
+        while (!(shown = await JsonOf("migration", "show", id)).GetProperty("finished").GetBoolean())
+        {
+            if (DateTime.UtcNow > deadline) throw new TimeoutException($"the migration did not finish in 120 s: {shown}\n{cluster.LogTails()}");
+            await Task.Delay(500);
+        }
+
+        Assert.True(shown.GetProperty("status").GetString() == "completed", shown.ToString());
+        // the host said what it did and why, with the rates, in the wait's outcome that every reader sees
+        var wait = Assert.Single(shown.GetProperty("disks")[0].GetProperty("timings").EnumerateArray(),
+            t => t.GetProperty("step").GetString() == "WaitMirrorReady");
+        var note = wait.GetProperty("note").GetString();
+        Assert.True(note is not null && note.Contains("did not converge") && note.Contains("started again write-blocking"), wait.ToString());
+        var table = await Lsm("migration", "show", id);
+        Assert.Contains("did not converge", table.Stdout);
+        var moved = await JsonOf("vm", "show", "dirty");
+        Assert.Equal(await DomainIdAsync("dirty-dst"), moved.GetProperty("disks")[0].GetProperty("domain").GetString());
+        var io = await JsonOf("vm", "io", "dirty", "--status");
+        Assert.True(io.GetProperty("running").GetBoolean() && io.GetProperty("errors").GetInt64() == 0, io.ToString());
+        var verified = await JsonOf("vm", "verify", "dirty");
+        Assert.True(verified.GetProperty("ok").GetBoolean(), verified.ToString());
+        Assert.Equal(0, (await Lsm("vm", "stop", "dirty")).ExitCode);
+    }
+
+    [Fact]
     public async Task A_vm_whose_QEMU_dies_during_a_slow_pre_copy_fails_it_at_once_and_starts_again_on_its_source()
     {
         var root = Path.Combine(cluster.SharedStorage, "crash-root");
