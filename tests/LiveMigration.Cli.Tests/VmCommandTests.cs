@@ -229,16 +229,14 @@ public sealed class VmCommandTests(VmClusterFixture cluster) : IClassFixture<VmC
         Assert.Equal(0, (await Lsm("vm", "io", "dirty", "--rate", "8MiB/s")).ExitCode);
         await AwaitAsync(async () => (await JsonOf("vm", "io", "dirty", "--status")).GetProperty("writes").GetInt64() > 1000, "the guest's first writes");
 
-        var started = await JsonOf("migrate", vm, "--to", "dirty-dst", "--bandwidth", "4MiB/s", "--copy-mode", "background");
-        var id = started.GetProperty("id").GetString()!;
-        JsonElement shown;
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(120);
-        while (!(shown = await JsonOf("migration", "show", id)).GetProperty("finished").GetBoolean())
-        {
-            if (DateTime.UtcNow > deadline) throw new TimeoutException($"the migration did not finish in 120 s: {shown}\n{cluster.LogTails()}");
-            await Task.Delay(500);
-        }
-
+        var migrate = await Lsm("migrate", vm, "--to", "dirty-dst", "--bandwidth", "4MiB/s", "--copy-mode", "background", "--wait");
+        Assert.True(migrate.ExitCode == 0, migrate + "\n" + cluster.LogTails());
+        var id = System.Text.RegularExpressions.Regex.Match(migrate.Stdout, @"migration (\S+) started").Groups[1].Value;
+        // piped, --wait writes a line per change: the disk's bytes copied and left, and the time left, as the copy goes
+        var lines = migrate.Stdout.Split('\n');
+        Assert.Contains(lines, l => System.Text.RegularExpressions.Regex.IsMatch(l, @" running: .* copied, .* left, [0-9]+\.[0-9] s"));
+        Assert.Contains("did not converge", migrate.Stdout); // the final table's note
+        var shown = await JsonOf("migration", "show", id);
         Assert.True(shown.GetProperty("status").GetString() == "completed", shown.ToString());
         // the host said what it did and why, with the rates, in the wait's outcome that every reader sees
         var wait = Assert.Single(shown.GetProperty("disks")[0].GetProperty("timings").EnumerateArray(),
