@@ -60,13 +60,16 @@ public sealed class MigrationAdmission : ReceiveActor, IWithTimers
         {
             _checked.Remove(h.Migration);
             _queue.RemoveAll(w => w.Claim.Migration == h.Migration);
-            Remove(h.Migration);
-            Add(new Claim(h.Migration, h.Host, h.Domains));
+            var known = _running.GetValueOrDefault(h.Migration);
+            // a saga that cannot name its VM's host right now (no report of the VM yet) still runs there
+            var claim = new Claim(h.Migration, h.Host ?? known?.Host, h.Domains);
+            Add(claim);
+            if (known is not null && (known.Host != claim.Host || !known.Domains.SequenceEqual(claim.Domains))) AdmitWaiting();
         });
         Receive<AdmissionReleased>(r =>
         {
             if (_checked.Remove(r.Migration) && _running.ContainsKey(r.Migration))
-                _log.Warning("Migration {Migration} had finished but still held its admission slots (its release was lost): freed them", r.Migration);
+                _log.Info("Migration {Migration} has finished: its admission slots are free", r.Migration);
             _queue.RemoveAll(w => w.Claim.Migration == r.Migration);
             if (Remove(r.Migration))
                 AdmitWaiting();
@@ -132,6 +135,7 @@ public sealed class MigrationAdmission : ReceiveActor, IWithTimers
 
     private void Add(Claim claim)
     {
+        Remove(claim.Migration);
         _running[claim.Migration] = claim;
         if (claim.Host is { } host) _perHost[host] = _perHost.GetValueOrDefault(host) + 1;
         foreach (var domain in claim.Domains) _perDomain[domain] = _perDomain.GetValueOrDefault(domain) + 1;

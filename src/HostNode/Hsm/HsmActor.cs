@@ -259,7 +259,7 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
                     success: () => new SpeedSet(operation, speed, null),
                     failure: e => new SpeedSet(operation, speed, e));
         }
-        if (wait.Restarting || wait.Watch.Observe(DateTimeOffset.UtcNow, sample.Job!, sample.Job!.Mode ?? wait.Mode) is not { } verdict) return;
+        if (wait.Restarting || wait.Watch.Observe(MirrorConvergence.Now, sample.Job!, sample.Job!.Mode ?? wait.Mode) is not { } verdict) return;
         var why = verdict.Why;
         if (verdict.GivesUp)
         {

@@ -300,7 +300,7 @@ public sealed class DiskMover(StoragePool pool, IHypervisor hypervisor, VmCatalo
                     var job = await mover._hypervisor.GetBlockJobAsync(vm, Image, ct);
                     if (job is not null) Report("mirror", job.Offset, job.Length);
                     if (MirrorReadiness.Judge(vm, Image, job) is not null) return job!;
-                    if (watch.Observe(DateTimeOffset.UtcNow, job!, job!.Mode ?? mode) is { } verdict)
+                    if (watch.Observe(MirrorConvergence.Now, job!, job!.Mode ?? mode) is { } verdict)
                     {
                         if (verdict.GivesUp) throw new OperationFailedException(ErrorCodes.MirrorNotConverging, verdict.Why);
                         mode = CopyMode.WriteBlocking;

@@ -12,10 +12,13 @@ namespace LiveMigration.HostNode.Steps;
 /// both sides, so what is left only shrinks). A guest that dirties as fast as the copy runs or faster (what is left never
 /// shrinks) is plain sooner: after a third of the window, as every second spent watching it is a second lost. A
 /// write-blocking mirror is never judged so: it converges at its copy rate.
-/// A mirror whose remaining work has not shrunk at all for <see cref="StallWindow"/> (write-blocking at a speed limit too
-/// low to copy one cluster in that time, a destination that stopped answering, a job paused on an error) cannot converge
-/// under its limits: the watch gives up with its numbers, so the step fails and says why instead of waiting for ever.
-/// Pure: the caller feeds it one read of the job at a time and acts on the answer.
+/// A mirror whose remaining work has not shrunk at all for <see cref="StallWindow"/> (a destination that stopped
+/// answering, a job that stopped copying) cannot converge: the watch gives up with its numbers, so the step fails and
+/// says why instead of waiting for ever. A speed limit alone never makes a mirror stall: QEMU copies a burst of up to
+/// <see cref="MirrorBuffer"/> and then waits what the burst took of the limit, so under a limit the window is at least
+/// two such waits, and a new speed starts the watch on the stall again.
+/// Pure: the caller feeds it one read of the job at a time (on a clock that never jumps, <see cref="Now"/>) and acts on
+/// the answer.
 /// </summary>
 public sealed class MirrorConvergence(TimeSpan window, TimeSpan? stallWindow = null)
 {
@@ -26,9 +29,18 @@ public sealed class MirrorConvergence(TimeSpan window, TimeSpan? stallWindow = n
     /// slow read passes well within it, and an operator watching sees no progress for that long before the verdict.</summary>
     public static readonly TimeSpan DefaultStallWindow = TimeSpan.FromMinutes(2);
 
+    /// <summary>QEMU's mirror buffer (16 requests of 1 MiB in 7.2): the most it copies before it waits out its limit.</summary>
+    public const long MirrorBuffer = 16L << 20;
+
+    private static readonly long Started = System.Diagnostics.Stopwatch.GetTimestamp();
+
+    /// <summary>A monotonic clock for the reads: a wall clock set forward (NTP, a host resumed) is no stall.</summary>
+    public static DateTimeOffset Now => DateTimeOffset.UnixEpoch + System.Diagnostics.Stopwatch.GetElapsedTime(Started);
+
     private readonly Queue<Sample> _samples = new();
-    /// <summary>The read with the least work left since the job started: the stall is measured from it.</summary>
+    /// <summary>The read with the least work left since the job started (or its speed changed): the stall is measured from it.</summary>
     private Sample? _leastLeft;
+    private long? _speed;
 
     public TimeSpan Window => window;
     public TimeSpan StallWindow { get; } = stallWindow ?? DefaultStallWindow;
@@ -83,17 +95,20 @@ public sealed class MirrorConvergence(TimeSpan window, TimeSpan? stallWindow = n
     private MirrorVerdict? Stalled(Sample now, long speed)
     {
         // Nothing left (READY is a read away) is no stall.
-        if (_leastLeft is not { } least || now.Left < least.Left || now.Left <= 0)
+        if (_leastLeft is not { } least || now.Left < least.Left || now.Left <= 0 || speed != _speed)
         {
             _leastLeft = now;
+            _speed = speed;
             return null;
         }
         var span = (now.At - least.At).TotalSeconds;
-        if (now.At - least.At < StallWindow) return null;
+        // under a limit QEMU rests after each burst for what the burst took of it: two such rests are no stall
+        var window = speed > 0 ? TimeSpan.FromSeconds(Math.Max(StallWindow.TotalSeconds, 2.0 * Math.Min(MirrorBuffer, least.Left) / speed)) : StallWindow;
+        if (now.At - least.At < window) return null;
         var limit = speed > 0 ? $"its speed limit {Size(speed)}/s" : "no speed limit";
-        return MirrorVerdict.GiveUp($"the mirror cannot converge under its limits: in the last {span:0} s what is left never went below " +
+        return MirrorVerdict.GiveUp($"the mirror cannot converge: in the last {span:0} s what is left never went below " +
             $"{Mib(least.Left)} (now {Mib(now.Left)}); it copied {Mib((now.Offset - least.Offset) / span)}/s while the guest dirtied " +
-            $"{Mib((now.Length - least.Length) / span)}/s, with {limit}. Raise the speed, quiet the guest or repair the destination, then migrate again");
+            $"{Mib((now.Length - least.Length) / span)}/s, with {limit}. Check the destination's storage and the VM's host, then migrate again");
     }
 
     /// <summary>Forgets the reads, e.g. after the job was started again.</summary>
@@ -101,6 +116,7 @@ public sealed class MirrorConvergence(TimeSpan window, TimeSpan? stallWindow = n
     {
         _samples.Clear();
         _leastLeft = null;
+        _speed = null;
     }
 
     private static string Mib(double bytes) => $"{bytes / (1 << 20):0.0} MiB";

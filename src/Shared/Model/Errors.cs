@@ -41,7 +41,7 @@ public static class ErrorCodes
     /// <summary>No block job for that drive, or not in the state the call needs.</summary>
     public const string NoSuchJob = "NO_SUCH_JOB";
     public const string JobFailed = "JOB_FAILED";
-    /// <summary>A mirror's remaining work did not shrink for minutes (its limits, its guest or its destination): not transient, the migration rolls back and says why.</summary>
+    /// <summary>A mirror's remaining work did not shrink for minutes (its destination stopped answering, its job stopped copying): not transient, the migration rolls back and says why.</summary>
     public const string MirrorNotConverging = "MIRROR_NOT_CONVERGING";
     public const string Timeout = "TIMEOUT";
     public const string IoError = "IO_ERROR";

@@ -352,9 +352,15 @@ public sealed class MigrationActorTests : IAsyncLifetime
         var second = new SagaDriver();
         var sagas = new Dictionary<MigrationId, IActorRef>();
         var region = node.Kit.CreateTestProbe();
+        var checks = 0;
         region.SetAutoPilot(new DelegateAutoPilot((sender, message) =>
         {
-            if (message is AdmissionCheck check) sagas[check.MigrationId].Tell(check, sender);
+            if (message is AdmissionCheck check)
+            {
+                Assert.Equal(first.Id, check.MigrationId); // the holder, never the one waiting
+                Interlocked.Increment(ref checks);
+                sagas[check.MigrationId].Tell(check, sender);
+            }
             return AutoPilot.KeepRunning;
         }));
         var admission = node.System.ActorOf(MigrationAdmission.Props(new MigrationLimits(PerHost: 1, PerDomain: 0), () => region.Ref,
@@ -370,6 +376,7 @@ public sealed class MigrationActorTests : IAsyncLifetime
         // several checks answered "held": the second still waits
         secondMigration.NoStep(TimeSpan.FromMilliseconds(1200));
         Assert.Equal("queued", StateOf(node, secondMigration, second.Id).View.Status);
+        Assert.True(Volatile.Read(ref checks) >= 2, $"the holder was asked {checks} times");
         firstMigration.SucceedAll(firstStep);
         secondMigration.NextStep();
     }

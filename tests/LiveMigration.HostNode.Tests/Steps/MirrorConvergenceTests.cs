@@ -62,10 +62,10 @@ public sealed class MirrorConvergenceTests
     [Fact]
     public void A_mirror_whose_remaining_work_does_not_shrink_for_the_stall_window_is_given_up_with_its_numbers()
     {
-        // write-blocking at a limit too low to copy anything in the window: the guest's writes pass through (offset and
-        // length grow alike), what is left stays 100 MiB
+        // write-blocking without a limit, its destination no longer answering: the guest's writes pass through (offset
+        // and length grow alike), what is left stays 100 MiB
         var verdicts = Run(new MirrorConvergence(TimeSpan.FromSeconds(2), TimeSpan.FromSeconds(30)), 31, copied: 3, dirtied: 3,
-            CopyMode.WriteBlocking, speed: 512);
+            CopyMode.WriteBlocking);
         Assert.All(verdicts.Take(30), Assert.Null);
         var gaveUp = verdicts[30]!;
         Assert.True(gaveUp.GivesUp);
@@ -73,13 +73,38 @@ public sealed class MirrorConvergenceTests
         Assert.Contains("never went below 100.0 MiB", gaveUp.Why);
         Assert.Contains("copied 3.0 MiB/s", gaveUp.Why);
         Assert.Contains("dirtied 3.0 MiB/s", gaveUp.Why);
-        Assert.Contains("speed limit 512 B/s", gaveUp.Why);
+        Assert.Contains("no speed limit", gaveUp.Why);
 
-        // a background job that copies nothing and sees nothing dirtied (its destination stopped answering) alike
-        var stalled = Run(new MirrorConvergence(TimeSpan.FromSeconds(2), TimeSpan.FromSeconds(20)), 20, copied: 0, dirtied: 0);
+        // a background job that copies nothing and sees nothing dirtied alike, and its limit is named
+        var stalled = Run(new MirrorConvergence(TimeSpan.FromSeconds(2), TimeSpan.FromSeconds(20)), 20, copied: 0, dirtied: 0, speed: 8 * MiB);
         Assert.All(stalled.Take(20), Assert.Null);
         Assert.True(stalled[20]!.GivesUp);
-        Assert.Contains("no speed limit", stalled[20]!.Why);
+        Assert.Contains("speed limit 8.0 MiB/s", stalled[20]!.Why);
+    }
+
+    [Fact]
+    public void Under_a_low_limit_QEMUs_rest_after_each_burst_is_no_stall_and_a_new_speed_starts_the_watch_again()
+    {
+        // 64 KiB/s: QEMU copies 16 MiB at once, then rests 256 s; the stall window (20 s) stretches to two rests
+        var watch = new MirrorConvergence(TimeSpan.FromSeconds(2), TimeSpan.FromSeconds(20));
+        const long speed = 64 * 1024;
+        for (var s = 0; s <= 1200; s += 5)
+        {
+            var offset = (s / 256 + 1) * 16 * MiB;
+            Assert.Null(watch.Observe(T0.AddSeconds(s), Job(offset, 200 * MiB, speed: speed), CopyMode.WriteBlocking));
+        }
+        // nothing copied for 511 s at that limit: more than two rests, a stall
+        var stuck = new MirrorConvergence(TimeSpan.FromSeconds(2), TimeSpan.FromSeconds(20));
+        Assert.Null(stuck.Observe(T0, Job(16 * MiB, 200 * MiB, speed: speed), CopyMode.WriteBlocking));
+        Assert.Null(stuck.Observe(T0.AddSeconds(511), Job(16 * MiB, 200 * MiB, speed: speed), CopyMode.WriteBlocking));
+        Assert.True(stuck.Observe(T0.AddSeconds(513), Job(16 * MiB, 200 * MiB, speed: speed), CopyMode.WriteBlocking)!.GivesUp);
+        // an operator lowers the speed half-way through a wait: the watch starts again at the new speed
+        var slowed = new MirrorConvergence(TimeSpan.FromSeconds(2), TimeSpan.FromSeconds(20));
+        Assert.Null(slowed.Observe(T0, Job(16 * MiB, 200 * MiB, speed: 8 * MiB), CopyMode.WriteBlocking));
+        Assert.Null(slowed.Observe(T0.AddSeconds(15), Job(16 * MiB, 200 * MiB, speed: 8 * MiB), CopyMode.WriteBlocking));
+        Assert.Null(slowed.Observe(T0.AddSeconds(19), Job(16 * MiB, 200 * MiB, speed: 1 * MiB), CopyMode.WriteBlocking));
+        Assert.Null(slowed.Observe(T0.AddSeconds(40), Job(16 * MiB, 200 * MiB, speed: 1 * MiB), CopyMode.WriteBlocking));
+        Assert.True(slowed.Observe(T0.AddSeconds(52), Job(16 * MiB, 200 * MiB, speed: 1 * MiB), CopyMode.WriteBlocking)!.GivesUp);
     }
 
     [Fact]
