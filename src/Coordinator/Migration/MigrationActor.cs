@@ -48,6 +48,8 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
     private readonly HashSet<OperationId> _stopsSent = [];
     private MigrationState _state;
     private bool _admissionAsked;
+    /// <summary>Recovered from the journal while Queued: its first ask waits (<see cref="MigrationActorSettings.RecoveredQueuedAskDelay"/>).</summary>
+    private bool _recoveredQueued;
     private bool _released;
     private bool _vmWatched;
     /// <summary>Fault plan (tests only): the first command of each step a replay-late rule names, to send again late.</summary>
@@ -229,6 +231,7 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
             var (host, domains) = Claim();
             _admission.Tell(new AdmissionHeld(Id, host, domains));
         }
+        _recoveredQueued = _state.Status is MigrationStatus.Queued;
         Dispatch();
     }
 
@@ -270,8 +273,15 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
             if (!_admissionAsked)
             {
                 _admissionAsked = true;
-                AskAdmission();
-                Timers.StartPeriodicTimer(AdmissionTimer, new AdmissionRetryDue(), _settings.StepDeadline);
+                if (_recoveredQueued)
+                    // the running ones recovering beside it re-announce their slots first (see the setting)
+                    Timers.StartPeriodicTimer(AdmissionTimer, new AdmissionRetryDue(),
+                        _settings.RecoveredQueuedAskDelay ?? MigrationActorSettings.DefaultRecoveredQueuedAskDelay, _settings.StepDeadline);
+                else
+                {
+                    AskAdmission();
+                    Timers.StartPeriodicTimer(AdmissionTimer, new AdmissionRetryDue(), _settings.StepDeadline);
+                }
             }
         }
         else if (_admissionAsked)

@@ -298,6 +298,41 @@ public sealed class MigrationActorTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task After_a_restart_a_recovered_queued_migration_lets_the_running_ones_reannounce_before_it_asks()
+    {
+        var first = new SagaDriver();
+        var second = new SagaDriver();
+        var limits = new MigrationLimits(PerHost: 1, PerDomain: 0);
+        var settings = Settings() with { RecoveredQueuedAskDelay = TimeSpan.FromSeconds(1.5) };
+        await using (var node = await StartNode())
+        {
+            var admission = Admission(node, limits);
+            var running = node.Migration(first.Id, admission, settings, host: "host-a");
+            var queued = node.Migration(second.Id, admission, settings, host: "host-a");
+            Start(node, running, first);
+            running.NextStep();
+            Start(node, queued, second);
+            queued.NoStep(TimeSpan.FromMilliseconds(300));
+            Assert.Equal("queued", StateOf(node, queued, second.Id).View.Status);
+        }
+        _nodes.Clear();
+
+        // The Coordinator starts again: the limits remember nothing, and the queued saga happens to recover first
+        // (found by hand: it asked before the running ones said they hold their slots, and three ran on a host of two).
+        var restarted = await StartNode();
+        var fresh = Admission(restarted, limits);
+        var queuedAgain = restarted.Migration(second.Id, fresh, settings, host: "host-a");
+        await Task.Delay(300);
+        var runningAgain = restarted.Migration(first.Id, fresh, settings, host: "host-a");
+
+        var resent = runningAgain.NextStep();
+        queuedAgain.NoStep(TimeSpan.FromSeconds(2.5)); // it asked after its delay and was told to wait
+        Assert.Equal("queued", StateOf(restarted, queuedAgain, second.Id).View.Status);
+        runningAgain.SucceedAll(resent);
+        Assert.Equal(MigrationPlan.ForwardSteps(MigrationStrategy.PreCopy, true)[0], queuedAgain.NextStep().Operation.Step);
+    }
+
+    [Fact]
     public async Task A_release_lost_on_its_way_is_found_by_the_admissions_check_and_the_queued_migration_runs()
     {
         var node = await StartNode();
