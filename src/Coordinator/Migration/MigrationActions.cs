@@ -80,11 +80,15 @@ public static class MigrationActions
                     $"migration {state.Id} is {MigrationDecider.Describe(end)}: {end.Message}");
     }
 
-    /// <summary>One disk's share of the migration's bandwidth limit (the disks moving at once share it); 0 = unlimited.</summary>
+    /// <summary>
+    /// One disk's share of the migration's bandwidth limit (the disks moving at once share it); 0 = unlimited. Only the
+    /// disks still to finish count: the last disks of a migration, and those of one that skips a disk already in place,
+    /// get the budget the finished ones no longer use.
+    /// </summary>
     public static long DiskSpeed(MigrationState state)
     {
         if (state.Request is not { } request) return 0;
-        var parallel = Math.Min(request.MaxParallelDisks, state.Disks.Count);
+        var parallel = Math.Min(request.MaxParallelDisks, Math.Max(1, state.Disks.Count(d => !d.IsFinished)));
         var speed = request.BandwidthBytesPerSecond / Math.Max(1, parallel);
         return request.BandwidthBytesPerSecond > 0 && speed == 0 ? 1 : speed;
     }
@@ -103,9 +107,10 @@ public static class MigrationActions
     /// <summary>
     /// Where a new speed must go at once: the HSM of every disk whose mirror runs (from StartReplication until the
     /// pivot, or until the rollback cancelled it), and the SPM for a copy step in flight. Steps sent later carry the
-    /// speed by themselves (<see cref="Next"/>).
+    /// speed by themselves (<see cref="Next"/>). With <paramref name="mirrorsOnly"/> (a disk finished and the others'
+    /// share grew) only the mirrors: a running <c>qemu-img</c> would start its layer again at a new rate.
     /// </summary>
-    public static IReadOnlyList<SendSpeed> SpeedChanges(MigrationState state)
+    public static IReadOnlyList<SendSpeed> SpeedChanges(MigrationState state, bool mirrorsOnly = false)
     {
         if (state.Request is not { } request || state.Status.IsFinished)
             return [];
@@ -120,7 +125,7 @@ public static class MigrationActions
             var share = CopySpeed(disk.Step!.Value, speed);
             if (mirrorRuns)
                 changes.Add(new SendSpeed(HostRole.Hsm, request.Vm, operation, share));
-            if (disk.Phase == DiskPhase.InFlight && disk.Step is MigrationStep.SyncInternalVolumes or MigrationStep.CloneInternalVolumes)
+            if (!mirrorsOnly && disk.Phase == DiskPhase.InFlight && disk.Step is MigrationStep.SyncInternalVolumes or MigrationStep.CloneInternalVolumes)
                 changes.Add(new SendSpeed(HostRole.Spm, request.Vm, operation, share));
         }
         return changes;

@@ -185,6 +185,7 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
         }
 
         var left = decision.Events.Count;
+        var shareBefore = MigrationActions.DiskSpeed(_state);
         PersistAll(decision.Events, e =>
         {
             MigrationMetrics.Record(_state, e);
@@ -201,13 +202,15 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
             replyTo?.Tell(Accepted(command));
             Dispatch();
             if (command is SetMigrationSpeed) SendSpeeds();
+            // a disk finished: the ones still moving share what it no longer uses (their mirrors at once)
+            else if (MigrationActions.DiskSpeed(_state) != shareBefore) SendSpeeds(mirrorsOnly: true);
         });
     }
 
     /// <summary>The new speed to the copies and mirrors that run now; no answer comes back (hosts log what they did).</summary>
-    private void SendSpeeds()
+    private void SendSpeeds(bool mirrorsOnly = false)
     {
-        foreach (var change in MigrationActions.SpeedChanges(_state))
+        foreach (var change in MigrationActions.SpeedChanges(_state, mirrorsOnly))
         {
             var target = change.Role == HostRole.Spm ? _hosts.Spm : _hosts.HsmFor(change.Vm);
             _log.Info("Migration {Migration}: speed {Speed} B/s to the {Role} for {Operation}", Id, change.SpeedBytesPerSecond, change.Role, change.Operation);

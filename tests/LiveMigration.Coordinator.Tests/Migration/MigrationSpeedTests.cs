@@ -39,6 +39,30 @@ public sealed class MigrationSpeedTests
     }
 
     [Fact]
+    public void The_disks_still_moving_share_the_budget_the_finished_ones_no_longer_use_their_mirrors_at_once()
+    {
+        var saga = new SagaDriver(disks: 3).Begin(parallel: 2, bandwidth: 100_000_000);
+        var (a, b, c) = (saga.Images[0], saga.Images[1], saga.Images[2]);
+        long SentTo(ImageId disk) => Assert.Single(MigrationActions.Next(saga.State).OfType<SendStep>(), s => s.Disk.Image == disk).SpeedBytesPerSecond;
+        Assert.Equal((50_000_000, 50_000_000), (SentTo(a), SentTo(b)));
+
+        saga.SucceedAll(a);
+        Assert.Equal(50_000_000, SentTo(c)); // b and c move: half each
+        saga.Succeed(c); // CloneImageStructure
+        saga.Succeed(c); // StartReplication: c's mirror runs beside its internal copy
+        Assert.Equal(MigrationStep.SyncInternalVolumes, saga.InFlight(c).Step);
+        Assert.Equal(25_000_000, SentTo(c));
+
+        saga.SucceedAll(b);
+        // c alone: the whole budget, its mirror told at once (half of it beside the SPM's copy), the running qemu-img left
+        // at its rate (a new one would copy its layer again)
+        var raised = Assert.Single(MigrationActions.SpeedChanges(saga.State, mirrorsOnly: true));
+        Assert.Equal((HostRole.Hsm, 50_000_000L), (raised.Role, raised.SpeedBytesPerSecond));
+        saga.Succeed(c); // SyncInternalVolumes
+        Assert.Equal((MigrationStep.WaitMirrorReady, 100_000_000L), (saga.InFlight(c).Step, SentTo(c)));
+    }
+
+    [Fact]
     public void The_same_speed_again_records_nothing_and_a_negative_one_is_refused()
     {
         var saga = new SagaDriver().Begin(bandwidth: 1_000);
