@@ -245,6 +245,9 @@ public sealed class VmCommandTests(VmClusterFixture cluster) : IClassFixture<VmC
         Assert.True(note is not null && note.Contains("did not converge") && note.Contains("started again write-blocking"), wait.ToString());
         var table = await Lsm("migration", "show", id);
         Assert.Contains("did not converge", table.Stdout);
+        Assert.Contains($"dirty ({vm})", table.Stdout); // the VM by its name, with its id
+        var listed = await Lsm("migrations");
+        Assert.Contains(listed.Stdout.Split('\n'), l => l.Contains(id) && l.Contains("dirty"));
         var moved = await JsonOf("vm", "show", "dirty");
         Assert.Equal(await DomainIdAsync("dirty-dst"), moved.GetProperty("disks")[0].GetProperty("domain").GetString());
         var io = await JsonOf("vm", "io", "dirty", "--status");

@@ -144,3 +144,40 @@ public sealed class DomainNames(IReadOnlyDictionary<string, string> byId)
             .ToDictionary(g => g.Key, g => g.First().Str("name"), StringComparer.OrdinalIgnoreCase));
     }
 }
+
+/// <summary>
+/// The names of the VMs a list of migrations names by id. A courtesy: a VM the inventory no longer has (or a refused
+/// lookup) keeps its id, which still says which VM it is.
+/// </summary>
+public sealed class VmNames(IReadOnlyDictionary<string, string> byId)
+{
+    /// <summary>At most this many VMs are looked up one by one; more are read from one page of the whole list.</summary>
+    private const int AskedAlone = 8;
+
+    public string Of(string id) => byId.TryGetValue(id, out var name) && name.Length > 0 ? name : id;
+
+    /// <summary>"name (id)" when the name is known, else the id.</summary>
+    public string WithId(string id) => byId.TryGetValue(id, out var name) && name.Length > 0 ? $"{name} ({id})" : id;
+
+    public static async Task<VmNames> LoadAsync(LsmApiClient api, IEnumerable<string> ids, CancellationToken ct)
+    {
+        var wanted = ids.Where(id => id.Length > 0).ToHashSet(StringComparer.OrdinalIgnoreCase);
+        var names = new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase);
+        async Task ReadAsync(string path, Func<JsonElement, IEnumerable<JsonElement>> vms)
+        {
+            try
+            {
+                foreach (var vm in vms((await api.GetAsync(path, ct)).Json)) names[vm.Str("id")] = vm.Str("name");
+            }
+            catch (CliFailure)
+            {
+                // a VM gone since (404) or a lookup refused: its id stands
+            }
+        }
+        if (wanted.Count <= AskedAlone)
+            foreach (var id in wanted) await ReadAsync($"/api/vms/{Uri.EscapeDataString(id)}", vm => [vm]);
+        else
+            await ReadAsync("/api/vms?limit=5000", list => list.Array("vms"));
+        return new VmNames(names);
+    }
+}

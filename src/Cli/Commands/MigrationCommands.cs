@@ -133,7 +133,7 @@ public sealed class MigrateCommand : AsyncCommand<MigrateSettings>
         if (!settings.Json) Output.Console.WriteLine($"migration {id} started");
         var final = await MigrationWatch.FollowAsync(api, id, showProgress: !settings.Json, ct);
         if (settings.Json) Output.Json(final.Text);
-        else MigrationView.Write(final.Json, await DomainNames.LoadAsync(api, ct));
+        else await MigrationView.WriteAsync(api, final.Json, ct);
         return final.Json.Str("status") == "completed" ? ExitCodes.Ok : ExitCodes.OperationFailed;
     }
 }
@@ -218,7 +218,7 @@ public sealed class MigrationShowCommand : AsyncCommand<MigrationIdSettings>
         var id = await settings.ResolveIdAsync(api, ct);
         var migration = await api.GetAsync($"/api/migrations/{id}", ct);
         if (settings.Json) Output.Json(migration.Text);
-        else MigrationView.Write(migration.Json, await DomainNames.LoadAsync(api, ct));
+        else await MigrationView.WriteAsync(api, migration.Json, ct);
         return ExitCodes.Ok;
     }
 }
@@ -287,6 +287,7 @@ public sealed class MigrationsCommand : AsyncCommand<MigrationsSettings>
             Output.Console.WriteLine(settings.Active ? "no active migrations" : "no migrations");
             return ExitCodes.Ok;
         }
+        var vms = await VmNames.LoadAsync(api, migrations.Select(m => m.Str("vm")), ct);
         var table = new Table().AddColumns("Id", "VM", "Status", "Strategy", "Disks", "Started", "Updated");
         foreach (var m in migrations)
         {
@@ -294,7 +295,7 @@ public sealed class MigrationsCommand : AsyncCommand<MigrationsSettings>
             var colour = status == "completed" ? "green" : m.Bool("finished") ? "red" : "yellow";
             var disks = m.Array("disks").ToList();
             var done = disks.Count(d => d.Str("phase") == "Completed");
-            table.AddRow(Output.Escape(m.Str("id")), Output.Escape(m.Str("vm")), $"[{colour}]{Output.Escape(status)}[/]", Output.Escape(m.Str("strategy")),
+            table.AddRow(Output.Escape(m.Str("id")), Output.Escape(vms.Of(m.Str("vm"))), $"[{colour}]{Output.Escape(status)}[/]", Output.Escape(m.Str("strategy")),
                 $"{done}/{disks.Count}", Output.Escape(Time(m.Str("requestedAt"))), Output.Escape(Time(m.Str("updatedAt"))));
         }
         Output.Console.Write(table);
@@ -350,14 +351,18 @@ public sealed class MigrationSetSpeedCommand : AsyncCommand<SetSpeedSettings>
 /// <summary>A migration as tables: the summary, one row per disk, one row per step attempt.</summary>
 public static class MigrationView
 {
-    public static void Write(JsonElement m, DomainNames domains)
+    /// <summary>As <see cref="Write(JsonElement, DomainNames, VmNames?)"/>, with the names of its domains and VM read from the API.</summary>
+    public static async Task WriteAsync(LsmApiClient api, JsonElement m, CancellationToken ct) =>
+        Write(m, await DomainNames.LoadAsync(api, ct), await VmNames.LoadAsync(api, [m.Str("vm")], ct));
+
+    public static void Write(JsonElement m, DomainNames domains, VmNames? vms = null)
     {
         var console = Output.Console;
         var status = m.Str("status");
         var colour = status == "completed" ? "green" : m.Bool("finished") ? "red" : "yellow";
         var summary = new Grid().AddColumn().AddColumn();
         summary.AddRow("Migration", Output.Escape(m.Str("id")));
-        summary.AddRow("VM", Output.Escape(m.Str("vm")));
+        summary.AddRow("VM", Output.Escape(vms?.WithId(m.Str("vm")) ?? m.Str("vm")));
         summary.AddRow("Status", $"[{colour}]{Output.Escape(status)}[/]");
         summary.AddRow("Strategy", Output.Escape(m.Str("strategy")));
         summary.AddRow("Requested", Output.Escape(m.Str("requestedAt")));

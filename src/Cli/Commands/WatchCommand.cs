@@ -29,7 +29,7 @@ public sealed class MigrationWatchCommand : AsyncCommand<MigrationIdSettings>
 
         if (last is not { } final || !final.Bool("finished"))
             throw new CliFailure(ExitCodes.ApiUnreachable, $"the event stream of migration {id} ended before the migration finished; `lsm migration show {id}` tells where it is");
-        if (!settings.Json) MigrationView.Write(final, await DomainNames.LoadAsync(client, ct));
+        if (!settings.Json) await MigrationView.WriteAsync(client, final, ct);
         return final.Str("status") == "completed" ? ExitCodes.Ok : ExitCodes.OperationFailed;
     }
 
