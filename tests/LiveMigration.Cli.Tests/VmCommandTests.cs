@@ -248,6 +248,14 @@ public sealed class VmCommandTests(VmClusterFixture cluster) : IClassFixture<VmC
         Assert.Contains($"dirty ({vm})", table.Stdout); // the VM by its name, with its id
         var listed = await Lsm("migrations");
         Assert.Contains(listed.Stdout.Split('\n'), l => l.Contains(id) && l.Contains("dirty"));
+        // narrowed to the VM by its name, and to a status
+        var ofVm = await JsonOf("migrations", "--vm", "dirty", "--status", "completed");
+        Assert.Equal([id], ofVm.GetProperty("migrations").EnumerateArray().Select(m => m.GetProperty("id").GetString()));
+        Assert.Empty((await JsonOf("migrations", "--vm", "dirty", "--status", "running")).GetProperty("migrations").EnumerateArray());
+        var bogus = await Lsm("migrations", "--status", "moving");
+        Assert.True(bogus.ExitCode == 2 && bogus.Stderr.Contains("--status must be one of"), bogus.ToString());
+        var nobody = await Lsm("migrations", "--vm", "no-such-vm");
+        Assert.True(nobody.ExitCode != 0 && nobody.Stderr.Contains("no-such-vm"), nobody.ToString());
         var moved = await JsonOf("vm", "show", "dirty");
         Assert.Equal(await DomainIdAsync("dirty-dst"), moved.GetProperty("disks")[0].GetProperty("domain").GetString());
         var io = await JsonOf("vm", "io", "dirty", "--status");

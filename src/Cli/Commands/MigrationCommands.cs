@@ -245,9 +245,19 @@ public sealed class MigrationAbandonCommand() : MigrationActionCommand("abandon"
 
 public sealed class MigrationsSettings : GlobalSettings
 {
+    private static readonly string[] StatusKinds = ["queued", "running", "rollingback", "suspended", "completed", "failed", "cancelled", "abandoned"];
+
     [CommandOption("--active")]
     [Description("Only the migrations that have not finished (running, queued, rolling back, suspended)")]
     public bool Active { get; set; }
+
+    [CommandOption("--vm <VM>")]
+    [Description("Only the migrations of this VM (its name or id)")]
+    public string? Vm { get; set; }
+
+    [CommandOption("--status <STATUS>")]
+    [Description("Only the migrations in this status: queued, running, rollingback, suspended, completed, failed, cancelled or abandoned")]
+    public string? Status { get; set; }
 
     [CommandOption("--limit <N>")]
     [Description("At most N migrations (1-5000; default 500): a page, newest first")]
@@ -261,11 +271,14 @@ public sealed class MigrationsSettings : GlobalSettings
     {
         if (Limit is < 1 or > 5000) return ValidationResult.Error($"--limit must be 1 to 5000, got {Limit}");
         if (Offset is < 0) return ValidationResult.Error($"--offset must be 0 or more, got {Offset}");
+        if (Status is not null && !StatusKinds.Contains(Status))
+            return ValidationResult.Error($"--status must be one of {string.Join(", ", StatusKinds)}, got '{Status}'");
+        if (Vm is { Length: 0 }) return ValidationResult.Error("--vm needs a VM's name or id");
         return base.Validate();
     }
 }
 
-/// <summary><c>lsm migrations [--active] [--limit N] [--offset N]</c>: the migrations the Coordinator's journal knows, newest first, a page at a time.</summary>
+/// <summary><c>lsm migrations [--active] [--vm VM] [--status STATUS] [--limit N] [--offset N]</c>: the migrations the Coordinator's journal knows, newest first, a page at a time.</summary>
 public sealed class MigrationsCommand : AsyncCommand<MigrationsSettings>
 {
     public override async Task<int> ExecuteAsync(CommandContext context, MigrationsSettings settings, CancellationToken ct)
@@ -273,6 +286,9 @@ public sealed class MigrationsCommand : AsyncCommand<MigrationsSettings>
         using var api = settings.Client();
         var query = new List<string>();
         if (settings.Active) query.Add("active=true");
+        if (settings.Status is { } kind) query.Add($"status={kind}");
+        // a name is the VM's as the inventory knows it: its id narrows the list (an unknown VM: 404 with its message)
+        if (settings.Vm is { } vm) query.Add($"vm={Uri.EscapeDataString((await api.GetAsync($"/api/vms/{Uri.EscapeDataString(vm)}", ct)).Json.Str("id"))}");
         if (settings.Limit is { } limit) query.Add($"limit={limit}");
         if (settings.Offset is { } offset) query.Add($"offset={offset}");
         var list = await api.GetAsync("/api/migrations" + (query.Count > 0 ? "?" + string.Join('&', query) : ""), ct);

@@ -98,8 +98,20 @@ public static class MigrationEndpoints
                 ? Results.Accepted($"/api/migrations/{outcome.Migration}", new { id = outcome.Migration.ToString(), message = outcome.Message })
                 : Refused(StatusFor(outcome.Code), outcome.Code, outcome.Message);
         });
-        app.MapGet("/api/migrations", async (string? active, string? limit, string? offset, MigrationCatalog catalog, CancellationToken ct) =>
+        // ?active=true, ?vm=UUID and ?status=KIND narrow the list; ?limit=N&offset=M page it
+        app.MapGet("/api/migrations", async (string? active, string? limit, string? offset, string? vm, string? status, MigrationCatalog catalog,
+            CancellationToken ct) =>
         {
+            VmId? ofVm = null;
+            if (vm is not null)
+            {
+                if (!UuidText.TryParse(vm, out var parsed))
+                    return Refused(StatusCodes.Status400BadRequest, ErrorCodes.InvalidId, $"vm must be a VM's UUID, got '{ApiText.Clip(vm)}'");
+                ofVm = new VmId(parsed);
+            }
+            if (status is not null && !MigrationCatalog.StatusKinds.Contains(status))
+                return Refused(StatusCodes.Status400BadRequest, ErrorCodes.InvalidArgument,
+                    $"status must be one of {string.Join(", ", MigrationCatalog.StatusKinds)}, got '{ApiText.Clip(status)}'");
             if (active is not (null or "true" or "false"))
                 return Refused(StatusCodes.Status400BadRequest, ErrorCodes.InvalidArgument, $"active must be true or false, got '{ApiText.Clip(active)}'");
             var pageSize = MigrationCatalog.DefaultPageSize;
@@ -109,7 +121,7 @@ public static class MigrationEndpoints
             var from = 0;
             if (offset is not null && (!int.TryParse(offset, out from) || from < 0))
                 return Refused(StatusCodes.Status400BadRequest, ErrorCodes.InvalidArgument, $"offset must be a whole number from 0, got '{ApiText.Clip(offset)}'");
-            var page = await catalog.PageAsync(activeOnly: active == "true", from, pageSize, ct);
+            var page = await catalog.PageAsync(activeOnly: active == "true", from, pageSize, ct, ofVm, status);
             return Results.Ok(new MigrationListResponse(page.Migrations.Select(ResponseOf).ToList(), page.Total, page.Offset, page.Limit));
         });
         app.MapPost("/api/migrations/{id}/speed", async (string id, SpeedBody? body, MigrationService service, CancellationToken ct) =>

@@ -107,6 +107,11 @@ public sealed class MigrationCatalogAndSpeedTests : IAsyncLifetime
         var all = await catalog.PageAsync(activeOnly: false, 0, 10);
         Assert.Equal(5, all.Total);
         Assert.True(all.Migrations.Single(v => v.Id == sagas[0].Id).Finished);
+        // narrowed to a VM, to a status
+        Assert.Equal([sagas[2].Id], (await catalog.PageAsync(activeOnly: false, 0, 10, vm: sagas[2].Vm)).Migrations.Select(v => v.Id));
+        Assert.Equal([sagas[0].Id], (await catalog.PageAsync(activeOnly: false, 0, 10, status: "completed")).Migrations.Select(v => v.Id));
+        Assert.Equal(4, (await catalog.PageAsync(activeOnly: false, 0, 10, status: "running")).Total);
+        Assert.Equal(0, (await catalog.PageAsync(activeOnly: true, 0, 10, vm: sagas[0].Vm)).Total);
     }
 
     [Fact]
