@@ -251,6 +251,8 @@ public sealed class VmCommandTests(VmClusterFixture cluster) : IClassFixture<VmC
         // narrowed to the VM by its name, and to a status
         var ofVm = await JsonOf("migrations", "--vm", "dirty", "--status", "completed");
         Assert.Equal([id], ofVm.GetProperty("migrations").EnumerateArray().Select(m => m.GetProperty("id").GetString()));
+        var byId = await JsonOf("migrations", "--vm", vm); // an id is passed as it is, also for a VM the inventory no longer has
+        Assert.Equal([id], byId.GetProperty("migrations").EnumerateArray().Select(m => m.GetProperty("id").GetString()));
         Assert.Empty((await JsonOf("migrations", "--vm", "dirty", "--status", "running")).GetProperty("migrations").EnumerateArray());
         var bogus = await Lsm("migrations", "--status", "moving");
         Assert.True(bogus.ExitCode == 2 && bogus.Stderr.Contains("--status must be one of"), bogus.ToString());

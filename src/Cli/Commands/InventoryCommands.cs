@@ -163,19 +163,28 @@ public sealed class VmNames(IReadOnlyDictionary<string, string> byId)
     {
         var wanted = ids.Where(id => id.Length > 0).ToHashSet(StringComparer.OrdinalIgnoreCase);
         var names = new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase);
-        async Task ReadAsync(string path, Func<JsonElement, IEnumerable<JsonElement>> vms)
+        // false: the API did not answer as it should (not a VM gone since, which is a 404): ask no more
+        async Task<bool> ReadAsync(string path, Func<JsonElement, IEnumerable<JsonElement>> vms)
         {
             try
             {
                 foreach (var vm in vms((await api.GetAsync(path, ct)).Json)) names[vm.Str("id")] = vm.Str("name");
+                return true;
             }
-            catch (CliFailure)
+            catch (CliFailure e) when (e.Message.Contains(": 404 "))
             {
-                // a VM gone since (404) or a lookup refused: its id stands
+                return true; // that VM is gone: its id stands
+            }
+            catch (Exception e) when (e is CliFailure or HttpRequestException)
+            {
+                return false; // names are a courtesy: what was asked for is shown with ids
             }
         }
         if (wanted.Count <= AskedAlone)
-            foreach (var id in wanted) await ReadAsync($"/api/vms/{Uri.EscapeDataString(id)}", vm => [vm]);
+        {
+            foreach (var id in wanted)
+                if (!await ReadAsync($"/api/vms/{Uri.EscapeDataString(id)}", vm => [vm])) break;
+        }
         else
             await ReadAsync("/api/vms?limit=5000", list => list.Array("vms"));
         return new VmNames(names);

@@ -287,8 +287,9 @@ public sealed class MigrationsCommand : AsyncCommand<MigrationsSettings>
         var query = new List<string>();
         if (settings.Active) query.Add("active=true");
         if (settings.Status is { } kind) query.Add($"status={kind}");
-        // a name is the VM's as the inventory knows it: its id narrows the list (an unknown VM: 404 with its message)
-        if (settings.Vm is { } vm) query.Add($"vm={Uri.EscapeDataString((await api.GetAsync($"/api/vms/{Uri.EscapeDataString(vm)}", ct)).Json.Str("id"))}");
+        // an id as it is (also a VM the inventory no longer has); a name as the inventory knows it (unknown: 404 with its message)
+        if (settings.Vm is { } vm)
+            query.Add("vm=" + Uri.EscapeDataString(Guid.TryParse(vm, out _) ? vm : (await api.GetAsync($"/api/vms/{Uri.EscapeDataString(vm)}", ct)).Json.Str("id")));
         if (settings.Limit is { } limit) query.Add($"limit={limit}");
         if (settings.Offset is { } offset) query.Add($"offset={offset}");
         var list = await api.GetAsync("/api/migrations" + (query.Count > 0 ? "?" + string.Join('&', query) : ""), ct);
@@ -370,6 +371,7 @@ public static class MigrationView
     /// <summary>As <see cref="Write(JsonElement, DomainNames, VmNames?)"/>, with the names of its domains and VM read from the API.</summary>
     public static async Task WriteAsync(LsmApiClient api, JsonElement m, CancellationToken ct) =>
         Write(m, await DomainNames.LoadAsync(api, ct), await VmNames.LoadAsync(api, [m.Str("vm")], ct));
+
 
     public static void Write(JsonElement m, DomainNames domains, VmNames? vms = null)
     {

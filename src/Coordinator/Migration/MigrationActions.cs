@@ -82,8 +82,7 @@ public static class MigrationActions
 
     /// <summary>
     /// One disk's share of the migration's bandwidth limit (the disks moving at once share it); 0 = unlimited. Only the
-    /// disks still to finish count: the last disks of a migration, and those of one that skips a disk already in place,
-    /// get the budget the finished ones no longer use.
+    /// disks still to finish count: the last disks of a migration get the budget the finished ones no longer use.
     /// </summary>
     public static long DiskSpeed(MigrationState state)
     {

@@ -341,7 +341,12 @@ public sealed class HsmActor : ReceiveActor, IWithUnboundedStash, IWithTimers
         // Found from QEMU's state, not from memory, so it works for a job a previous instance started.
         // No reply on success: an answer under the step's operation id would read as the step's own result.
         var image = command.Operation.Image;
-        foreach (var wait in _mirrorWaits.Values.Where(w => w.Drive == image && w.Restarting)) wait.SpeedWhileRestarting = command.SpeedBytesPerSecond;
+        foreach (var wait in _mirrorWaits.Values.Where(w => w.Drive == image))
+        {
+            if (wait.Restarting) wait.SpeedWhileRestarting = command.SpeedBytesPerSecond;
+            // the newest speed wins: the wait's first read must not put back the one its step carried
+            wait.SpeedChecked = true;
+        }
         var hypervisor = _hypervisor;
         SetSpeedAsync(hypervisor, image, command.SpeedBytesPerSecond).PipeTo(Self,
             success: () => new SpeedSet(command.Operation, command.SpeedBytesPerSecond, null),
