@@ -1,6 +1,7 @@
 using System.ComponentModel;
 using System.Text.Json;
 using LiveMigration.Cli.Api;
+using LiveMigration.Shared.Migration;
 using LiveMigration.Shared.Model;
 using Spectre.Console;
 using Spectre.Console.Cli;
@@ -245,7 +246,6 @@ public sealed class MigrationAbandonCommand() : MigrationActionCommand("abandon"
 
 public sealed class MigrationsSettings : GlobalSettings
 {
-    private static readonly string[] StatusKinds = ["queued", "running", "rollingback", "suspended", "completed", "failed", "cancelled", "abandoned"];
 
     [CommandOption("--active")]
     [Description("Only the migrations that have not finished (running, queued, rolling back, suspended)")]
@@ -271,8 +271,8 @@ public sealed class MigrationsSettings : GlobalSettings
     {
         if (Limit is < 1 or > 5000) return ValidationResult.Error($"--limit must be 1 to 5000, got {Limit}");
         if (Offset is < 0) return ValidationResult.Error($"--offset must be 0 or more, got {Offset}");
-        if (Status is not null && !StatusKinds.Contains(Status))
-            return ValidationResult.Error($"--status must be one of {string.Join(", ", StatusKinds)}, got '{Status}'");
+        if (Status is not null && !MigrationStatusKinds.All.Contains(Status))
+            return ValidationResult.Error($"--status must be one of {string.Join(", ", MigrationStatusKinds.All)}, got '{Status}'");
         if (Vm is { Length: 0 }) return ValidationResult.Error("--vm needs a VM's name or id");
         return base.Validate();
     }

@@ -109,9 +109,9 @@ public static class MigrationEndpoints
                     return Refused(StatusCodes.Status400BadRequest, ErrorCodes.InvalidId, $"vm must be a VM's UUID, got '{ApiText.Clip(vm)}'");
                 ofVm = new VmId(parsed);
             }
-            if (status is not null && !MigrationCatalog.StatusKinds.Contains(status))
+            if (status is not null && !MigrationStatusKinds.All.Contains(status))
                 return Refused(StatusCodes.Status400BadRequest, ErrorCodes.InvalidArgument,
-                    $"status must be one of {string.Join(", ", MigrationCatalog.StatusKinds)}, got '{ApiText.Clip(status)}'");
+                    $"status must be one of {string.Join(", ", MigrationStatusKinds.All)}, got '{ApiText.Clip(status)}'");
             if (active is not (null or "true" or "false"))
                 return Refused(StatusCodes.Status400BadRequest, ErrorCodes.InvalidArgument, $"active must be true or false, got '{ApiText.Clip(active)}'");
             var pageSize = MigrationCatalog.DefaultPageSize;

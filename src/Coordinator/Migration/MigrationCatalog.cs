@@ -46,16 +46,13 @@ public sealed class MigrationCatalog(ActorSystem system)
     public async Task<IReadOnlyList<MigrationView>> ListAsync(bool activeOnly, CancellationToken ct = default) =>
         (await PageAsync(activeOnly, 0, int.MaxValue, ct)).Migrations;
 
-    /// <summary>What a list can be narrowed to by status: each status by its kind, as the API and lsm name it.</summary>
-    public static readonly IReadOnlyList<string> StatusKinds = ["queued", "running", "rollingback", "suspended", "completed", "failed", "cancelled", "abandoned"];
-
-    /// <summary>A status's kind for <see cref="StatusKinds"/>: "running", "failed" (whatever its code) …</summary>
+    /// <summary>A status's kind for <see cref="MigrationStatusKinds"/>: "running", "failed" (whatever its code) …</summary>
     public static string KindOf(MigrationStatus status) => status.GetType().Name.ToLowerInvariant();
 
     /// <summary>
     /// <paramref name="limit"/> migrations from the <paramref name="offset"/>-th on, newest request first (ties by id, so pages
     /// do not overlap); with <paramref name="activeOnly"/>, only those not finished; with <paramref name="vm"/>, only that VM's;
-    /// with <paramref name="status"/>, only those of that kind (<see cref="StatusKinds"/>).
+    /// with <paramref name="status"/>, only those of that kind (<see cref="MigrationStatusKinds"/>).
     /// </summary>
     public async Task<MigrationPage> PageAsync(bool activeOnly, int offset, int limit, CancellationToken ct = default, VmId? vm = null, string? status = null)
     {

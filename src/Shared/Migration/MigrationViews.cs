@@ -104,3 +104,10 @@ public sealed record MigrationStatusChanged(MigrationId MigrationId, string Stat
 {
     public const string Topic = "migrations";
 }
+
+/// <summary>The kinds of status a list of migrations narrows to (API <c>?status=</c>, <c>lsm migrations --status</c>).</summary>
+public static class MigrationStatusKinds
+{
+    /// <summary>An abandon still in progress is rollingback, as the table's "abandoning" is.</summary>
+    public static readonly IReadOnlyList<string> All = ["queued", "running", "rollingback", "suspended", "completed", "failed", "cancelled", "abandoned"];
+}

@@ -115,6 +115,13 @@ public sealed class MigrationCatalogAndSpeedTests : IAsyncLifetime
     }
 
     [Fact]
+    public void Every_status_but_new_has_a_kind_a_list_narrows_to()
+    {
+        var statuses = typeof(MigrationStatus).GetNestedTypes().Where(t => t.IsSubclassOf(typeof(MigrationStatus)) && t != typeof(MigrationStatus.New));
+        Assert.Equal(MigrationStatusKinds.All.Order(), statuses.Select(t => t.Name.ToLowerInvariant()).Order());
+    }
+
+    [Fact]
     public async Task A_speed_change_reaches_the_hsm_of_the_running_mirror_and_a_finished_migration_refuses_it()
     {
         await using var node = await ActorNode.StartAsync(_dataDirectory);
