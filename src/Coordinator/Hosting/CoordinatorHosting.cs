@@ -57,7 +57,7 @@ public static class CoordinatorHosting
             .WithSingleton<AuditProxy>("audit", AuditActor.SupervisedProps(new AuditOptions()),
                 new ClusterSingletonOptions { Role = CoordinatorSettings.Role }, createProxyToo: true)
             .WithClusterHosts(directory, registry => registry.Get<InventoryProxy>())
-            .WithMigrationSharding((_, registry) => ClusterHostsHosting.Resolve(registry, directory),
+            .WithMigrationSharding((_, registry) => ClusterHostsHosting.Resolve(registry, directory, registry.Get<InventoryProxy>()),
                 new MigrationShardingOptions { Role = CoordinatorSettings.Role, Limits = settings.Limits, Actor = settings.Actor })
             .WithActors((system, registry) =>
             {

@@ -139,11 +139,26 @@ public sealed class HsmGateway : ReceiveActor
         Akka.Actor.Props.Create(() => new HsmGateway(directory, inventory));
 }
 
-public sealed record ClusterMigrationHosts(IActorRef Spm, IActorRef Gateway, HostDirectory Directory, IActorRef Rejoins) : IMigrationHosts
+public sealed record ClusterMigrationHosts(IActorRef Spm, IActorRef Gateway, HostDirectory Directory, IActorRef Rejoins, IActorRef Inventory) : IMigrationHosts
 {
+    private static readonly TimeSpan LocateTimeout = TimeSpan.FromSeconds(5);
+
     public IActorRef? RejoinWatcher => Rejoins;
     public IActorRef? HsmFor(VmId vm) => Gateway;
     public string? HostOf(VmId vm) => Directory.HostOf(vm);
+
+    public async Task<string?> LocateAsync(VmId vm)
+    {
+        if (Directory.HostOf(vm) is { } known) return known;
+        try
+        {
+            return (await Inventory.Ask<VmLocation>(new LocateVm(vm), LocateTimeout)).HostId;
+        }
+        catch (Exception e) when (e is AskTimeoutException or TaskCanceledException)
+        {
+            return null;
+        }
+    }
 }
 
 /// <summary>Registry keys.</summary>
@@ -165,6 +180,6 @@ public static class ClusterHostsHosting
                 registry.Register<HostRejoinWatcherKey>(system.ActorOf(HostRejoinWatcher.Props(directory), "host-rejoins"));
             });
 
-    public static IMigrationHosts Resolve(IActorRegistry registry, HostDirectory directory) =>
-        new ClusterMigrationHosts(registry.Get<SpmProxy>(), registry.Get<HsmGatewayKey>(), directory, registry.Get<HostRejoinWatcherKey>());
+    public static IMigrationHosts Resolve(IActorRegistry registry, HostDirectory directory, IActorRef inventory) =>
+        new ClusterMigrationHosts(registry.Get<SpmProxy>(), registry.Get<HsmGatewayKey>(), directory, registry.Get<HostRejoinWatcherKey>(), inventory);
 }

@@ -28,6 +28,9 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
     /// <summary>Timer message: progress that came in since the last publication is due to be published.</summary>
     private sealed record ProgressPublishDue;
 
+    /// <summary>The inventory's answer to where the VM runs (null: it does not know), for the per-host limit.</summary>
+    private sealed record HostLocated(string? Host);
+
     private const string RetryTimer = "retry-due";
     private const string AdmissionTimer = "admission";
     private const string ProgressTimer = "progress-publish";
@@ -52,6 +55,10 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
     private bool _recoveredQueued;
     private bool _released;
     private bool _vmWatched;
+    /// <summary>The VM's host as the inventory answered, when this node's directory had none (<see cref="NeedsLocating"/>).</summary>
+    private string? _locatedHost;
+    private bool _locating;
+    private bool _locateAnswered;
     /// <summary>Fault plan (tests only): the first command of each step a replay-late rule names, to send again late.</summary>
     private readonly Dictionary<(MigrationStep Step, ImageId Image), SendStep> _keptForReplay = new();
     private long _lastSnapshotAt;
@@ -133,6 +140,7 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
             }
         });
         Command<AdmissionRetryDue>(_ => AskAdmission());
+        Command<HostLocated>(OnHostLocated);
         Command<AdmissionCheck>(_ => AnswerAdmissionCheck(Sender));
         Command<GetMigrationState>(_ =>
         {
@@ -231,8 +239,10 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
             Id, LastSequenceNr, MigrationDecider.Describe(_state.Status), inFlight);
         if (_state.Status is not MigrationStatus.Queued && !_state.Status.IsFinished)
         {
+            // the domains count at once; a host this node does not know yet is said again when the inventory names it
             var (host, domains) = Claim();
             _admission.Tell(new AdmissionHeld(Id, host, domains));
+            NeedsLocating();
         }
         _recoveredQueued = _state.Status is MigrationStatus.Queued;
         Dispatch();
@@ -321,6 +331,7 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
 
     private void AskAdmission()
     {
+        if (NeedsLocating()) return; // asked when the inventory answers: a request without its host escapes the per-host limit
         var (host, domains) = Claim();
         _admission.Tell(new AdmissionRequest(Id, host, domains));
     }
@@ -328,7 +339,42 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
     private (string? Host, ValueList<DomainId> Domains) Claim()
     {
         var domains = _state.Disks.SelectMany(d => new[] { d.Plan.Source, d.Plan.Destination }).Distinct().ToValueList();
-        return (_state.Request is { } request ? _hosts.HostOf(request.Vm) : null, domains);
+        return (_state.Request is { } request ? _hosts.HostOf(request.Vm) ?? _locatedHost : null, domains);
+    }
+
+    /// <summary>
+    /// Whether the claim waits for the inventory to name the VM's host. This node's directory learns hosts only from
+    /// changes: after a Coordinator's restart an idle VM's report changes nothing, and a claim without its host would
+    /// not count on (or be held to) its host's limit. Asked once per incarnation; a claim goes without a host only when
+    /// the inventory does not know the VM either.
+    /// </summary>
+    private bool NeedsLocating()
+    {
+        if (_state.Request is not { } request || _locateAnswered || _hosts.HostOf(request.Vm) is not null) return false;
+        if (!_locating)
+        {
+            _locating = true;
+            _hosts.LocateAsync(request.Vm).PipeTo(Self, success: host => new HostLocated(host), failure: _ => new HostLocated(null));
+        }
+        return true;
+    }
+
+    private void OnHostLocated(HostLocated located)
+    {
+        _locating = false;
+        _locateAnswered = true;
+        _locatedHost = located.Host;
+        if (located.Host is null)
+            _log.Warning("Migration {Migration}: no host known for VM {Vm}; its admission claim names none", Id, _state.Request?.Vm);
+        if (_state.Status is MigrationStatus.Queued)
+        {
+            if (_admissionAsked) AskAdmission();
+        }
+        else if (_state.Status is not MigrationStatus.New && !_state.Status.IsFinished)
+        {
+            var (host, domains) = Claim();
+            _admission.Tell(new AdmissionHeld(Id, host, domains));
+        }
     }
 
     private void Send(SendStep step)

@@ -81,6 +81,13 @@ public interface IMigrationHosts
     /// <summary>The id of the host that runs <paramref name="vm"/>, for the per-host limit; null while unknown.</summary>
     string? HostOf(VmId vm);
 
+    /// <summary>
+    /// The host that runs <paramref name="vm"/> as the inventory has it, for when <see cref="HostOf"/> does not know yet:
+    /// a Coordinator that just started learns hosts only from changes, and an idle VM's report changes nothing.
+    /// Null when the inventory does not know either (or does not answer).
+    /// </summary>
+    Task<string?> LocateAsync(VmId vm) => Task.FromResult(HostOf(vm));
+
     /// <summary>This node's watcher of hosts that (re)join (a <c>HostRejoinWatcher</c>); null outside a cluster.</summary>
     IActorRef? RejoinWatcher => null;
 }

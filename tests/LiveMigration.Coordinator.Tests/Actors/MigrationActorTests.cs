@@ -333,6 +333,55 @@ public sealed class MigrationActorTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_migration_whose_host_this_node_has_not_heard_of_is_held_to_the_host_the_inventory_names()
+    {
+        var node = await StartNode();
+        var admission = Admission(node, new MigrationLimits(PerHost: 1, PerDomain: 0));
+        var first = new SagaDriver();
+        var second = new SagaDriver();
+        var running = node.Migration(first.Id, admission, Settings(), host: "host-a");
+        // this Coordinator's directory has no report of the second VM (it started after the VM last changed)
+        var unknown = node.Migration(second.Id, admission, Settings(), host: null, located: "host-a");
+
+        Start(node, running, first);
+        var firstStep = running.NextStep();
+        Start(node, unknown, second);
+        unknown.NoStep(TimeSpan.FromMilliseconds(500));
+        Assert.Equal("queued", StateOf(node, unknown, second.Id).View.Status);
+        running.SucceedAll(firstStep);
+        Assert.Equal(MigrationPlan.ForwardSteps(MigrationStrategy.PreCopy, true)[0], unknown.NextStep().Operation.Step);
+    }
+
+    [Fact]
+    public async Task After_a_restart_a_running_migration_holds_its_hosts_slot_though_the_directory_does_not_know_its_VM()
+    {
+        var first = new SagaDriver();
+        var limits = new MigrationLimits(PerHost: 1, PerDomain: 0);
+        await using (var node = await StartNode())
+        {
+            var running = node.Migration(first.Id, Admission(node, limits), Settings(), host: "host-a");
+            Start(node, running, first);
+            running.NextStep();
+        }
+        _nodes.Clear();
+
+        // The Coordinator starts again: its directory learns hosts from changes, and the idle VM's report changed nothing.
+        var restarted = await StartNode();
+        var fresh = Admission(restarted, limits);
+        var runningAgain = restarted.Migration(first.Id, fresh, Settings(), host: null, located: "host-a");
+        var resent = runningAgain.NextStep();
+        await Task.Delay(300); // the inventory's answer reaches the saga (the probes answer at once)
+
+        var second = new SagaDriver();
+        var queued = restarted.Migration(second.Id, fresh, Settings(), host: "host-a");
+        Start(restarted, queued, second);
+        queued.NoStep(TimeSpan.FromMilliseconds(500));
+        Assert.Equal("queued", StateOf(restarted, queued, second.Id).View.Status);
+        runningAgain.SucceedAll(resent);
+        Assert.Equal(MigrationPlan.ForwardSteps(MigrationStrategy.PreCopy, true)[0], queued.NextStep().Operation.Step);
+    }
+
+    [Fact]
     public async Task A_release_lost_on_its_way_is_found_by_the_admissions_check_and_the_queued_migration_runs()
     {
         var node = await StartNode();
