@@ -42,10 +42,11 @@ builder.Logging.AddFilter("Microsoft.AspNetCore", LogLevel.Warning);
 builder.Services.AddAkka(ClusterNodeSettings.SystemName, akka => akka.WithCoordinator(settings));
 // after Akka's hosted service, before the web server's: the API answers once the journal is warm
 builder.Services.AddHostedService<LiveMigration.Coordinator.Persistence.JournalWarmupGate>();
-builder.Services.AddCoordinatorApi();
+var journal = new LiveMigration.Coordinator.Persistence.JournalOptions(settings.DataDirectory, settings.PostgresConnectionString);
+builder.Services.AddCoordinatorApi(journal);
 
 var app = builder.Build();
-app.UseCoordinatorApi(settings.Tokens, new LiveMigration.Coordinator.Persistence.JournalOptions(settings.DataDirectory, settings.PostgresConnectionString));
+app.UseCoordinatorApi(settings.Tokens, journal);
 Console.WriteLine($"Coordinator: journal {(settings.PostgresConnectionString is null ? $"SQLite under {settings.DataDirectory}" : "PostgreSQL")}, API {settings.HttpUrl}");
 await app.RunAsync();
 return 0;

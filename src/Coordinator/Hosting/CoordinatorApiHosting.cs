@@ -15,12 +15,14 @@ namespace LiveMigration.Coordinator.Hosting;
 /// </summary>
 public static class CoordinatorApiHosting
 {
-    public static IServiceCollection AddCoordinatorApi(this IServiceCollection services)
+    /// <param name="journal">The Coordinator's journal: the migrations list keeps its read table beside it (null: in memory).</param>
+    public static IServiceCollection AddCoordinatorApi(this IServiceCollection services, JournalOptions? journal = null)
     {
         // Bad JSON bodies throw, so the error handler answers them in the API's {code, message} shape.
         services.Configure<Microsoft.AspNetCore.Routing.RouteHandlerOptions>(o => o.ThrowOnBadRequest = true);
         services.AddSingleton<MigrationService>();
-        services.AddSingleton(sp => new MigrationCatalog(sp.GetRequiredService<Akka.Actor.ActorSystem>()));
+        services.AddSingleton(sp => new MigrationCatalog(sp.GetRequiredService<Akka.Actor.ActorSystem>(),
+            journal is null ? null : MigrationViewOptions.For(journal)));
         services.AddSingleton<AuditRecorder>();
         services.AddSingleton<IApiAuditTrail>(sp => sp.GetRequiredService<AuditRecorder>());
         // The meter of the sagas, exported as Prometheus text at /metrics.
@@ -51,7 +53,8 @@ public static class CoordinatorApiHosting
         app.MapPrometheusScrapingEndpoint("/metrics").WithMetadata(new Microsoft.AspNetCore.Routing.HttpMethodMetadata(["GET"]));
         app.MapHostApi();
         app.MapVmApi();
-        // The list's projection reads the whole journal once; done at start, so the first operator's list does not wait for it.
+        // The list's projection reads what the journal holds since its read table's offset (all of it, the first time); done
+        // at start, so the first operator's list does not wait for it.
         app.Lifetime.ApplicationStarted.Register(() => _ = CatchUpAsync(app));
         return app;
     }

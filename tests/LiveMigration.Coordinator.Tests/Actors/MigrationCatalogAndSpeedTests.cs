@@ -71,6 +71,60 @@ public sealed class MigrationCatalogAndSpeedTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task The_catalogs_read_table_outlives_a_restart_reads_on_from_its_offset_and_holds_only_what_is_unfinished()
+    {
+        var views = new MigrationViewOptions(Path.Combine(_dataDirectory, "migrations-view.db"), "sqlite:this-journal");
+        var finished = new SagaDriver();
+        var running = new SagaDriver();
+        await using (var node = await ActorNode.StartAsync(_dataDirectory, serializeMessages: false))
+        {
+            var admission = node.System.ActorOf(MigrationAdmission.Props(MigrationLimits.Default));
+            var (saga, spm, hsm) = Migration(node, finished, admission);
+            foreach (var step in MigrationPlan.ForwardSteps(MigrationStrategy.PreCopy, deleteSource: true))
+                Answer(saga, MigrationPlan.RoleOf(step) == HostRole.Spm ? spm : hsm, step);
+            var (other, otherSpm, _) = Migration(node, running, admission);
+            Answer(other, otherSpm, MigrationStep.CloneImageStructure);
+            var catalog = new MigrationCatalog(node.System, views);
+            await AwaitAsync(async () => (await catalog.ListAsync(activeOnly: false)) is [{ Finished: false }, { Finished: true }]);
+        }
+        long offset;
+        using (var store = new MigrationViewStore(views))
+        {
+            offset = store.Offset;
+            Assert.True(offset > 0);
+            // the finished one is a row on disk only; what a list folds into without reading is the running one
+            Assert.Equal([running.Id], store.Unfinished().Select(r => r.State.Id));
+            Assert.Equal("completed", MigrationCatalog.KindOf(store.Find(finished.Id)!.State.Status));
+        }
+
+        await using var restarted = await ActorNode.StartAsync(_dataDirectory, serializeMessages: false);
+        var again = new MigrationCatalog(restarted.System, views);
+        var all = await again.ListAsync(activeOnly: false);
+        Assert.Equal([running.Id, finished.Id], all.Select(v => v.Id));
+        Assert.Equal(["running", "completed"], all.Select(v => v.Status));
+        Assert.True(await again.ExistsAsync(finished.Id));
+
+        // the running one goes on after the restart: its new events fold into the row the table kept
+        var spmAgain = restarted.Kit.CreateTestProbe();
+        var hsmAgain = restarted.Kit.CreateTestProbe();
+        var recovered = restarted.System.ActorOf(MigrationActor.Props(running.Id, new ProbeHosts(spmAgain, hsmAgain),
+            restarted.System.ActorOf(MigrationAdmission.Props(MigrationLimits.Default)), new MigrationActorSettings(TimeSpan.FromSeconds(30), 100)));
+        foreach (var step in MigrationPlan.ForwardSteps(MigrationStrategy.PreCopy, deleteSource: true).Skip(1))
+            Answer(recovered, MigrationPlan.RoleOf(step) == HostRole.Spm ? spmAgain : hsmAgain, step);
+        await AwaitAsync(async () => (await again.ListAsync(activeOnly: true)).Count == 0);
+        Assert.All(await again.ListAsync(activeOnly: false), v => Assert.Equal("completed", v.Status));
+        using (var store = new MigrationViewStore(views))
+        {
+            Assert.True(store.Offset > offset);
+            Assert.Empty(store.Unfinished());
+        }
+
+        // a table read from another journal (the data directory now behind another database) is read again from the start
+        var rebuilt = new MigrationCatalog(restarted.System, views with { Source = "sqlite:another-journal" });
+        Assert.Equal([running.Id, finished.Id], (await rebuilt.ListAsync(activeOnly: false)).Select(v => v.Id));
+    }
+
+    [Fact]
     public Task The_catalog_pages_newest_first_and_a_list_sees_what_was_journaled_since_the_last_one() =>
         CatalogPagesAndCatchesUp(() => ActorNode.StartAsync(_dataDirectory, serializeMessages: false));
 
