@@ -64,7 +64,9 @@ public sealed class InventoryActor : ReceivePersistentActor
                 _durable = _durable.Chained(report.HostId, chain, report.At);
             }
             var receipt = decision.Receipt is { } answer ? ReceiptFor(answer) : () => { };
-            if (decision.Event is { } change)
+            if (decision.Event is { } figures && InventoryDecider.FiguresOnly(_state, figures))
+                ApplyFigures(figures, receipt);
+            else if (decision.Event is { } change)
                 // Coordinators keep a directory of which host runs which VM: tell them what changed.
                 PersistAndApply(change, () =>
                 {
@@ -77,8 +79,9 @@ public sealed class InventoryActor : ReceivePersistentActor
         Command<DomainStatusReport>(report =>
         {
             var receipt = ReceiptFor(new ReportAcknowledged(ReportAcknowledged.DomainsReport, report.At));
-            if (InventoryDecider.Decide(_state, report) is { } change) PersistAndApply(change, receipt);
-            else AfterWhatIsPending(receipt);
+            if (InventoryDecider.Decide(_state, report) is not { } change) AfterWhatIsPending(receipt);
+            else if (InventoryDecider.FiguresOnly(_state, change)) ApplyFigures(change, receipt);
+            else PersistAndApply(change, receipt);
         });
         Command<ReserveDisks>(reserve => Answer(InventoryDecider.Decide(_state, reserve, _clock.GetUtcNow())));
         Command<ReleaseDisks>(release => Answer(InventoryDecider.Decide(_state, release, _clock.GetUtcNow())));
@@ -158,6 +161,17 @@ public sealed class InventoryActor : ReceivePersistentActor
             }
             _answers.Done();
         });
+    }
+
+    /// <summary>
+    /// A fact that only moves figures (<see cref="InventoryDecider.FiguresOnly"/>): it counts at once and is not journaled;
+    /// it stays out of <see cref="_durable"/> (a snapshot holds journaled facts only, its figures those last journaled).
+    /// The receipt still waits for the writes before it, as every answer does.
+    /// </summary>
+    private void ApplyFigures(IInventoryEvent figures, Action receipt)
+    {
+        _state = _state.Apply(figures);
+        AfterWhatIsPending(receipt);
     }
 
     /// <summary>

@@ -87,6 +87,38 @@ public static class InventoryDecider
     }
 
     /// <summary>
+    /// Whether a fact of a report only moves figures that the next report gives again: what a disk allocates (it grows with
+    /// its guest's writes, so a writing VM changed at every report) and a domain's used and free bytes. Such a fact is
+    /// applied but not journaled (issue 11: every report was a journal write); after a restart the figures are the last
+    /// journaled ones until the hosts report again, which they do at once to an inventory that recovered (a resync).
+    /// Anything else (a VM, a chain, running or not, a host's address, a domain's reachability) is journaled.
+    /// </summary>
+    public static bool FiguresOnly(InventoryState state, IInventoryEvent change)
+    {
+        switch (change)
+        {
+            case HostVmsChanged e when e.Gone.Count == 0 && state.Hosts.TryGetValue(e.HostId, out var known)
+                                       && known.Address == e.Address && known.SpmCapable == e.SpmCapable:
+            {
+                var before = known.Vms.ToDictionary(v => v.Id);
+                return e.Upserted.All(v => before.TryGetValue(v.Id, out var was) && WithoutFigures(was).Equals(WithoutFigures(v)));
+            }
+            case HostReported e when state.Hosts.TryGetValue(e.HostId, out var known)
+                                     && known.Address == e.Address && known.SpmCapable == e.SpmCapable:
+                return known.Vms.Select(WithoutFigures).SequenceEqual(e.Vms.Select(WithoutFigures));
+            case DomainsReported e:
+                return e.Domains.All(domain => state.Domains.FirstOrDefault(d => d.Id == domain.Id) is { } was
+                    && InventoryState.MergeDomain(was, domain, e.HostId, state.IsNewest(domain.Id, e.At))
+                        with { UsedBytes = was.UsedBytes, AvailableBytes = was.AvailableBytes } == was);
+            default:
+                return false;
+        }
+    }
+
+    private static VmReport WithoutFigures(VmReport vm) =>
+        vm with { Drives = vm.Drives.Select(d => d with { AllocatedBytes = 0 }).ToValueList() };
+
+    /// <summary>
     /// A domain report becomes a fact for the domains it adds, those whose reachability from the reporting host it changes,
     /// and those whose figures it changes when it is newer than the last report of that domain. A domain the report leaves
     /// out is kept: a host that has not attached a new domain yet does not know it, and no command deletes a domain (see

@@ -74,14 +74,27 @@ public sealed class MigrationCatalog(ActorSystem system, MigrationViewOptions? v
         {
             await CatchUpAsync(ct);
             var now = DateTimeOffset.UtcNow;
-            var (rows, total) = _store!.Page(activeOnly, vm, status, offset, limit, _unfinished.GetValueOrDefault);
-            var page = rows.Select(r => MigrationViews.ViewOf(r.State, now)).ToList();
+            var (entries, total) = _store!.Page(activeOnly, vm, status, offset, limit);
+            var page = entries.Select(e => ViewOf(e, now)).ToList();
             return new MigrationPage(page, total, offset, limit);
         }
         finally
         {
             _catchUp.Release();
         }
+    }
+
+    /// <summary>
+    /// A row's view: an unfinished one from its state in memory, a finished one from the views kept (it never changes
+    /// again), else read from the row and kept: a page of the newest is not a hundred reads of JSON at every refresh.
+    /// </summary>
+    private MigrationView ViewOf(MigrationPageEntry entry, DateTimeOffset now)
+    {
+        if (_unfinished.TryGetValue(entry.Id, out var row)) return MigrationViews.ViewOf(row.State, now);
+        if (_finished.TryGetValue(entry.Id, out var finished)) return finished;
+        var view = MigrationViews.ViewOf(MigrationViewStore.StateOf(entry.State), now);
+        Finished(view);
+        return view;
     }
 
     /// <summary>Folds the events journaled since the last call into the read table (the caller holds <see cref="_catchUp"/>).</summary>

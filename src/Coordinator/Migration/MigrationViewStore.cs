@@ -28,6 +28,9 @@ public sealed record MigrationViewOptions(string? File, string Source)
 /// <summary>One migration as the list holds it: its state after the journal's event <see cref="SequenceNr"/> of it.</summary>
 public sealed record MigrationRow(MigrationState State, long SequenceNr);
 
+/// <summary>A row of a page, its state still as written (<see cref="MigrationViewStore.StateOf"/>): read only when no view of it is at hand.</summary>
+public sealed record MigrationPageEntry(MigrationId Id, byte[] State);
+
 /// <summary>
 /// The read table behind the migrations list: one row per migration (its state as of its last event folded in, with the
 /// columns the list sorts and filters on), and the journal ordering the rows are read up to, written in one transaction
@@ -62,7 +65,7 @@ public sealed class MigrationViewStore : IDisposable
               kind TEXT NOT NULL,
               finished INTEGER NOT NULL,
               seq INTEGER NOT NULL,
-              state BLOB NOT NULL) WITHOUT ROWID;
+              state BLOB NOT NULL);
             CREATE INDEX IF NOT EXISTS migrations_newest ON migrations(requested DESC, id);
             CREATE INDEX IF NOT EXISTS migrations_of_vm ON migrations(vm, requested DESC, id);
             CREATE INDEX IF NOT EXISTS migrations_unfinished ON migrations(finished, requested DESC, id);
@@ -125,12 +128,8 @@ public sealed class MigrationViewStore : IDisposable
         transaction.Commit();
     }
 
-    /// <summary>
-    /// One page, newest request first (ties by id), of the migrations the filter lets through, and how many it lets
-    /// through; a row <paramref name="held"/> has (the unfinished ones, in memory) is taken from there instead of read.
-    /// </summary>
-    public (IReadOnlyList<MigrationRow> Rows, int Total) Page(bool unfinishedOnly, VmId? vm, string? kind, int offset, int limit,
-        Func<MigrationId, MigrationRow?> held)
+    /// <summary>One page, newest request first (ties by id), of the migrations the filter lets through, and how many it lets through.</summary>
+    public (IReadOnlyList<MigrationPageEntry> Entries, int Total) Page(bool unfinishedOnly, VmId? vm, string? kind, int offset, int limit)
     {
         var where = "kind <> 'new'" + (unfinishedOnly ? " AND finished = 0" : "") + (vm is null ? "" : " AND vm = $vm") + (kind is null ? "" : " AND kind = $kind");
         void Bind(SqliteCommand command)
@@ -141,16 +140,20 @@ public sealed class MigrationViewStore : IDisposable
         using var count = Command($"SELECT COUNT(*) FROM migrations WHERE {where}");
         Bind(count);
         var total = Convert.ToInt32(count.ExecuteScalar());
-        using var page = Command($"SELECT id, seq, state FROM migrations WHERE {where} ORDER BY requested DESC, id LIMIT $limit OFFSET $offset");
+        using var page = Command($"SELECT id, state FROM migrations WHERE {where} ORDER BY requested DESC, id LIMIT $limit OFFSET $offset");
         Bind(page);
         page.Parameters.AddWithValue("$limit", limit);
         page.Parameters.AddWithValue("$offset", offset);
-        var rows = new List<MigrationRow>();
+        var entries = new List<MigrationPageEntry>();
         using var reader = page.ExecuteReader();
         while (reader.Read())
-            rows.Add(MigrationId.TryParse(reader.GetString(0), out var id) && held(id.Value) is { } row ? row : RowAt(reader, 1));
-        return (rows, total);
+            entries.Add(new MigrationPageEntry(MigrationId.Parse(reader.GetString(0)), (byte[])reader.GetValue(1)));
+        return (entries, total);
     }
+
+    public static MigrationState StateOf(byte[] written) =>
+        (JsonSerializer.Deserialize<MigrationSnapshotV1>(written, ProtocolJson.Options)
+         ?? throw new InvalidDataException("a migrations-list row holds JSON null")).ToState();
 
     /// <summary>The request's time as the list sorts it; a migration without a request sorts last.</summary>
     private static long RequestedKey(MigrationState state) => (state.RequestedAt ?? DateTimeOffset.MinValue).UtcTicks;
@@ -159,15 +162,7 @@ public sealed class MigrationViewStore : IDisposable
     {
         using var reader = command.ExecuteReader();
         while (reader.Read())
-            yield return RowAt(reader, 0);
-    }
-
-    /// <summary>The row whose sequence number and state are the reader's columns from <paramref name="first"/> on.</summary>
-    private static MigrationRow RowAt(SqliteDataReader reader, int first)
-    {
-        var snapshot = JsonSerializer.Deserialize<MigrationSnapshotV1>((byte[])reader.GetValue(first + 1), ProtocolJson.Options)
-                       ?? throw new InvalidDataException("a migrations-list row holds JSON null");
-        return new MigrationRow(snapshot.ToState(), reader.GetInt64(first));
+            yield return new MigrationRow(StateOf((byte[])reader.GetValue(1)), reader.GetInt64(0));
     }
 
     private string? Meta(string key)

@@ -153,6 +153,32 @@ public sealed class InventoryActorTests() : TestKit(Config, nameof(InventoryActo
     }
 
     [Fact]
+    public void A_report_that_only_moves_figures_counts_at_once_and_is_not_journaled_and_one_that_changes_more_is()
+    {
+        var inventory = StartReportedPool();
+        Ask<InventorySnapshot>(inventory, new GetInventory());
+        var before = JournaledEvents();
+
+        // the guest wrote: its disk allocates more; the domain it lives on has less free
+        var grown = _pool.VmReport() with
+        {
+            Drives = _pool.VmReport().Drives.Select(d => d with { AllocatedBytes = d.AllocatedBytes + (256L << 20) }).ToValueList(),
+        };
+        inventory.Tell(_pool.HostReport("host-1", InventoryFixtures.T0.AddSeconds(5), grown), ActorRefs.NoSender);
+        inventory.Tell(_pool.DomainReport(freeOnB: 49L << 30, at: InventoryFixtures.T0.AddSeconds(5)), ActorRefs.NoSender);
+        var snapshot = Ask<InventorySnapshot>(inventory, new GetInventory());
+        Assert.Equal([new VmEntry("host-1", grown)], snapshot.Vms);
+        Assert.Equal(49L << 30, snapshot.Domains.Single(d => d.Id == _pool.DomainB).AvailableBytes);
+        Assert.Equal(before.Count, JournaledEvents().Count);
+
+        // the VM stopped, and domain B cannot be reached: facts, journaled
+        inventory.Tell(_pool.HostReport("host-1", InventoryFixtures.T0.AddSeconds(10), grown with { Running = false }), ActorRefs.NoSender);
+        inventory.Tell(_pool.DomainReport(freeOnB: 49L << 30, bActive: false, at: InventoryFixtures.T0.AddSeconds(10)), ActorRefs.NoSender);
+        Ask<InventorySnapshot>(inventory, new GetInventory());
+        Assert.Equal([typeof(HostReported), typeof(DomainsReported)], JournaledEvents().Skip(before.Count).Select(e => e.GetType()));
+    }
+
+    [Fact]
     public void A_repeated_identical_report_persists_nothing()
     {
         var inventory = StartReportedPool();
@@ -201,7 +227,8 @@ public sealed class InventoryActorTests() : TestKit(Config, nameof(InventoryActo
         inventory.Tell(_pool.DomainReport(), ActorRefs.NoSender);
         inventory.Tell(_pool.HostReport("host-2", InventoryFixtures.T0), ActorRefs.NoSender);
         Assert.IsType<DisksReserved>(Ask<object>(inventory, new ReserveDisks(MigrationId.New(), _pool.Vm, [_pool.Disk])));
-        inventory.Tell(_pool.DomainReport(freeOnB: 1L << 30), ActorRefs.NoSender);
+        // domain B out of reach: a fact (its figures alone would be volatile, see below)
+        inventory.Tell(_pool.DomainReport(bActive: false), ActorRefs.NoSender);
         var before = Ask<InventorySnapshot>(inventory, new GetInventory());
 
         // five events: the newest snapshot is the one after the fourth
@@ -226,8 +253,9 @@ public sealed class InventoryActorTests() : TestKit(Config, nameof(InventoryActo
         // 40 VMs: a snapshot writes all of them, so they are taken 10 events apart, not 2
         var vms = Enumerable.Range(0, 40).Select(i => new VmReport(VmId.New(), $"vm-{i}", true, [])).ToArray();
         inventory.Tell(_pool.HostReport("host-1", InventoryFixtures.T0, vms), ActorRefs.NoSender);
+        // domain B out of reach and back: each a fact
         for (var i = 1; i <= 12; i++)
-            inventory.Tell(_pool.DomainReport(freeOnB: i * (1L << 30), at: InventoryFixtures.T0.AddSeconds(i)), ActorRefs.NoSender);
+            inventory.Tell(_pool.DomainReport(bActive: i % 2 == 0, at: InventoryFixtures.T0.AddSeconds(i)), ActorRefs.NoSender);
         var before = Ask<InventorySnapshot>(inventory, new GetInventory());
         Assert.Equal(40, before.Vms.Count);
 
