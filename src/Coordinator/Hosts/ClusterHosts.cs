@@ -147,18 +147,9 @@ public sealed record ClusterMigrationHosts(IActorRef Spm, IActorRef Gateway, Hos
     public IActorRef? HsmFor(VmId vm) => Gateway;
     public string? HostOf(VmId vm) => Directory.HostOf(vm);
 
-    public async Task<string?> LocateAsync(VmId vm)
-    {
-        if (Directory.HostOf(vm) is { } known) return known;
-        try
-        {
-            return (await Inventory.Ask<VmLocation>(new LocateVm(vm), LocateTimeout)).HostId;
-        }
-        catch (Exception e) when (e is AskTimeoutException or TaskCanceledException)
-        {
-            return null;
-        }
-    }
+    /// <summary>Fails (the ask's timeout) when the inventory does not answer: no answer is not an answer that the VM has no host.</summary>
+    public async Task<string?> LocateAsync(VmId vm) =>
+        Directory.HostOf(vm) ?? (await Inventory.Ask<VmLocation>(new LocateVm(vm), LocateTimeout)).HostId;
 }
 
 /// <summary>Registry keys.</summary>

@@ -3,6 +3,8 @@ using Akka.Cluster.Tools.PublishSubscribe;
 using Akka.Event;
 using Akka.Persistence;
 using LiveMigration.Coordinator.Persistence;
+using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
 using LiveMigration.Shared.Protocol;
 
 namespace LiveMigration.Coordinator.Inventory;
@@ -65,14 +67,23 @@ public sealed class InventoryActor : ReceivePersistentActor
             }
             var receipt = decision.Receipt is { } answer ? ReceiptFor(answer) : () => { };
             if (decision.Event is { } figures && InventoryDecider.FiguresOnly(_state, figures))
-                ApplyFigures(figures, receipt);
+            {
+                // a whole view still reaches the Coordinators' directories (one that started since learns the host's VMs)
+                var after = figures is HostReported ? () => { PublishChange(figures); receipt(); } : receipt;
+                if (FiguresDue("vms:" + report.HostId)) JournalFigures(report.HostId, figures, after);
+                else ApplyFigures(figures, after);
+            }
             else if (decision.Event is { } change)
+            {
+                // a journaled report holds its figures too
+                _figuresJournaledAt["vms:" + report.HostId] = _clock.GetUtcNow();
                 // Coordinators keep a directory of which host runs which VM: tell them what changed.
                 PersistAndApply(change, () =>
                 {
                     PublishChange(change);
                     receipt();
                 });
+            }
             else
                 AfterWhatIsPending(receipt);
         });
@@ -80,8 +91,12 @@ public sealed class InventoryActor : ReceivePersistentActor
         {
             var receipt = ReceiptFor(new ReportAcknowledged(ReportAcknowledged.DomainsReport, report.At));
             if (InventoryDecider.Decide(_state, report) is not { } change) AfterWhatIsPending(receipt);
-            else if (InventoryDecider.FiguresOnly(_state, change)) ApplyFigures(change, receipt);
-            else PersistAndApply(change, receipt);
+            else if (InventoryDecider.FiguresOnly(_state, change) && !FiguresDue("domains:" + report.HostId)) ApplyFigures(change, receipt);
+            else
+            {
+                _figuresJournaledAt["domains:" + report.HostId] = _clock.GetUtcNow();
+                PersistAndApply(change, receipt);
+            }
         });
         Command<ReserveDisks>(reserve => Answer(InventoryDecider.Decide(_state, reserve, _clock.GetUtcNow())));
         Command<ReleaseDisks>(release => Answer(InventoryDecider.Decide(_state, release, _clock.GetUtcNow())));
@@ -172,6 +187,37 @@ public sealed class InventoryActor : ReceivePersistentActor
     {
         _state = _state.Apply(figures);
         AfterWhatIsPending(receipt);
+    }
+
+    /// <summary>
+    /// A host's figures due to be journaled: the report counts at once, and what the journal holds of the host's VMs is
+    /// brought up to what the inventory holds (every VM whose figures moved since they were last journaled, not only this
+    /// report's), so a recovery starts from figures at most <see cref="FiguresJournaledEvery"/> old.
+    /// </summary>
+    private void JournalFigures(string hostId, IInventoryEvent figures, Action after)
+    {
+        _state = _state.Apply(figures);
+        var host = _state.Hosts[hostId];
+        var journaled = _durable.Hosts.TryGetValue(hostId, out var durable) ? durable.Vms.ToDictionary(v => v.Id) : [];
+        var behind = host.Vms.Where(v => !journaled.TryGetValue(v.Id, out var was) || !was.Equals(v)).ToValueList();
+        PersistAndApply(new HostVmsChanged(hostId, host.Address, host.SpmCapable, behind, ValueList<VmId>.Empty, host.LastReport), after);
+    }
+
+    /// <summary>
+    /// How often a reporter's figures are journaled anyway: an inventory that recovers (or moves) starts from journaled
+    /// figures at most about this old, until the hosts report again; one write a minute per reporter instead of one a report.
+    /// </summary>
+    public static readonly TimeSpan FiguresJournaledEvery = TimeSpan.FromMinutes(1);
+
+    private readonly Dictionary<string, DateTimeOffset> _figuresJournaledAt = [];
+
+    /// <summary>Whether this reporter's figures are due to be journaled (and counts them as journaled now if so).</summary>
+    private bool FiguresDue(string reporter)
+    {
+        var now = _clock.GetUtcNow();
+        if (_figuresJournaledAt.TryGetValue(reporter, out var last) && now - last < FiguresJournaledEvery) return false;
+        _figuresJournaledAt[reporter] = now;
+        return true;
     }
 
     /// <summary>

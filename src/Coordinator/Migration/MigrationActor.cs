@@ -28,12 +28,16 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
     /// <summary>Timer message: progress that came in since the last publication is due to be published.</summary>
     private sealed record ProgressPublishDue;
 
-    /// <summary>The inventory's answer to where the VM runs (null: it does not know), for the per-host limit.</summary>
-    private sealed record HostLocated(string? Host);
+    /// <summary>The inventory's answer to where the VM runs (null: it does not know), for the per-host limit; <paramref name="Failed"/>: no answer came.</summary>
+    private sealed record HostLocated(string? Host, bool Failed = false);
+
+    /// <summary>Timer message: the inventory did not answer where the VM runs; ask it again.</summary>
+    private sealed record LocateAgain;
 
     private const string RetryTimer = "retry-due";
     private const string AdmissionTimer = "admission";
     private const string ProgressTimer = "progress-publish";
+    private const string LocateTimer = "locate-again";
 
     /// <summary>
     /// At most one publication of progress a second per migration: a copy reports every 100 ms and a mirror every second,
@@ -141,6 +145,7 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
         });
         Command<AdmissionRetryDue>(_ => AskAdmission());
         Command<HostLocated>(OnHostLocated);
+        Command<LocateAgain>(_ => NeedsLocating());
         Command<AdmissionCheck>(_ => AnswerAdmissionCheck(Sender));
         Command<GetMigrationState>(_ =>
         {
@@ -354,7 +359,7 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
         if (!_locating)
         {
             _locating = true;
-            _hosts.LocateAsync(request.Vm).PipeTo(Self, success: host => new HostLocated(host), failure: _ => new HostLocated(null));
+            _hosts.LocateAsync(request.Vm).PipeTo(Self, success: host => new HostLocated(host), failure: _ => new HostLocated(null, Failed: true));
         }
         return true;
     }
@@ -362,6 +367,15 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
     private void OnHostLocated(HostLocated located)
     {
         _locating = false;
+        if (located.Failed)
+        {
+            // The inventory may be recovering or moving (a Coordinator restarted): a queued migration asks again with its
+            // next admission retry, which locates first; a running one asks again itself.
+            _log.Info("Migration {Migration}: the inventory did not say where VM {Vm} runs; asking again", Id, _state.Request?.Vm);
+            if (_state.Status is not MigrationStatus.Queued && !_state.Status.IsFinished)
+                Timers.StartSingleTimer(LocateTimer, new LocateAgain(), TimeSpan.FromSeconds(5));
+            return;
+        }
         _locateAnswered = true;
         _locatedHost = located.Host;
         if (located.Host is null)

@@ -84,7 +84,7 @@ public interface IMigrationHosts
     /// <summary>
     /// The host that runs <paramref name="vm"/> as the inventory has it, for when <see cref="HostOf"/> does not know yet:
     /// a Coordinator that just started learns hosts only from changes, and an idle VM's report changes nothing.
-    /// Null when the inventory does not know either (or does not answer).
+    /// Null when the inventory does not know either; fails when it does not answer.
     /// </summary>
     Task<string?> LocateAsync(VmId vm) => Task.FromResult(HostOf(vm));
 

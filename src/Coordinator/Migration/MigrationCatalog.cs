@@ -1,11 +1,14 @@
 using System.Collections.Concurrent;
+using System.Text.Json;
 using Akka.Actor;
+using Akka.Event;
 using Akka.Persistence.Query;
 using Akka.Persistence.Sql.Query;
 using Akka.Streams;
 using Akka.Streams.Dsl;
 using LiveMigration.Shared.Migration;
 using LiveMigration.Shared.Model;
+using Microsoft.Data.Sqlite;
 
 namespace LiveMigration.Coordinator.Migration;
 
@@ -50,6 +53,8 @@ public sealed class MigrationCatalog(ActorSystem system, MigrationViewOptions? v
     private MigrationViewStore? _store;
     private readonly Dictionary<MigrationId, MigrationRow> _unfinished = new();
     private long _offset;
+    /// <summary>Migrations the current read found an event missing of (<see cref="RepairAsync"/>).</summary>
+    private readonly HashSet<MigrationId> _gaps = [];
     private bool _disposed;
     private readonly SemaphoreSlim _catchUp = new(1, 1);
 
@@ -97,21 +102,101 @@ public sealed class MigrationCatalog(ActorSystem system, MigrationViewOptions? v
         return view;
     }
 
-    /// <summary>Folds the events journaled since the last call into the read table (the caller holds <see cref="_catchUp"/>).</summary>
+    /// <summary>
+    /// Folds the events journaled since the last call into the read table (the caller holds <see cref="_catchUp"/>).
+    /// Not cancelled by the list that asked (a client gone): a fold must end before the next one begins, as both change
+    /// the rows and the offset; the next list then has less to read.
+    /// </summary>
     private async Task CatchUpAsync(CancellationToken ct)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        if (_store is null)
-        {
-            var store = new MigrationViewStore(views ?? MigrationViewOptions.InMemory);
-            foreach (var row in store.Unfinished()) _unfinished[row.State.Id] = row;
-            _offset = store.Offset;
-            _store = store;
-        }
+        ct.ThrowIfCancellationRequested();
+        _store ??= await OpenAsync(views ?? MigrationViewOptions.InMemory);
+        _gaps.Clear();
         await _journal.Value.CurrentAllEvents(Offset.Sequence(_offset))
             .Grouped(FoldBatch)
-            .RunForeach(batch => Fold(_store, batch), _materializer.Value)
-            .WaitAsync(ct);
+            .RunForeach(batch => Fold(_store, batch), _materializer.Value);
+        if (_gaps.Count > 0) await RepairAsync(_store);
+    }
+
+    /// <summary>
+    /// The read table as it was left, unless it cannot be read (rebuilt from the journal: it is only a view of it) or it is
+    /// ahead of the journal (a journal restored from a backup or made anew under the same name: its events at or before
+    /// the table's offset would be skipped, so the table is read again from the start).
+    /// </summary>
+    private async Task<MigrationViewStore> OpenAsync(MigrationViewOptions options)
+    {
+        _unfinished.Clear();
+        MigrationViewStore? store = null;
+        try
+        {
+            store = new MigrationViewStore(options);
+            foreach (var row in store.Unfinished()) _unfinished[row.State.Id] = row;
+            _offset = store.Offset;
+            if (_offset > 0 && !await JournalHoldsAsync(_offset, store.LastRead))
+            {
+                system.Log.Warning("Migrations list: its read table {File} is read up to journal ordering {Offset}, which the journal does not hold; reading the journal again from its start",
+                    options.File, _offset);
+                store.Clear();
+                _unfinished.Clear();
+                _offset = 0;
+            }
+            return store;
+        }
+        catch (Exception e) when (e is SqliteException or JsonException or InvalidDataException && options.File is not null)
+        {
+            store?.Dispose();
+            system.Log.Warning(e, "Migrations list: its read table {File} cannot be read; it is made again from the journal", options.File);
+            SqliteConnection.ClearAllPools();
+            foreach (var file in new[] { options.File!, options.File + "-wal", options.File + "-shm" }) File.Delete(file);
+            _unfinished.Clear();
+            var fresh = new MigrationViewStore(options);
+            _offset = fresh.Offset;
+            return fresh;
+        }
+    }
+
+    /// <summary>
+    /// Whether the journal holds, at this ordering, the event read last (<see cref="EventKey"/>): a journal only grows, so
+    /// the same event there means the same journal up to it (nothing is ever deleted from it).
+    /// </summary>
+    private async Task<bool> JournalHoldsAsync(long ordering, string? lastRead)
+    {
+        var at = await _journal.Value.CurrentAllEvents(Offset.Sequence(ordering - 1))
+            .Take(1)
+            .RunWith(Sink.Seq<EventEnvelope>(), _materializer.Value);
+        return at.Count == 1 && at[0].Offset is Sequence { Value: var found } && found == ordering && EventKey(at[0]) == lastRead;
+    }
+
+    private static string EventKey(EventEnvelope envelope) => $"{envelope.PersistenceId}#{envelope.SequenceNr}";
+
+    /// <summary>
+    /// Migrations one of whose events the all-events read passed over (several writers on PostgreSQL: an event whose
+    /// write committed after the read gave up waiting for it): each is read again whole from its own journal, so its row
+    /// never folds later events onto a state that lacks one.
+    /// </summary>
+    private async Task RepairAsync(MigrationViewStore store)
+    {
+        var repaired = new List<MigrationRow>();
+        foreach (var id in _gaps)
+        {
+            var events = await _journal.Value.CurrentEventsByPersistenceId(MigrationActor.PersistenceIdOf(id), 0, long.MaxValue)
+                .RunWith(Sink.Seq<EventEnvelope>(), _materializer.Value);
+            var row = new MigrationRow(MigrationState.Initial(id), 0);
+            foreach (var envelope in events)
+                if (envelope.Event is IMigrationEvent e && envelope.SequenceNr > row.SequenceNr)
+                    row = new MigrationRow(MigrationState.Apply(row.State, e), envelope.SequenceNr);
+            system.Log.Warning("Migrations list: migration {Migration} missed an event in the all-events read; read again from its own journal up to event {SequenceNr}",
+                id, row.SequenceNr);
+            repaired.Add(row);
+        }
+        store.Write(repaired, _offset, store.LastRead);
+        foreach (var row in repaired)
+        {
+            if (row.State.Status.IsFinished) _unfinished.Remove(row.State.Id);
+            else _unfinished[row.State.Id] = row;
+        }
+        _gaps.Clear();
     }
 
     /// <summary>Folds a batch of events into the rows they change and writes those with the ordering read up to.</summary>
@@ -119,6 +204,7 @@ public sealed class MigrationCatalog(ActorSystem system, MigrationViewOptions? v
     {
         var changed = new Dictionary<MigrationId, MigrationRow>();
         var offset = _offset;
+        EventEnvelope? lastRead = null;
         foreach (var envelope in batch)
         {
             if (envelope.Offset is Sequence { Value: var ordering })
@@ -126,6 +212,7 @@ public sealed class MigrationCatalog(ActorSystem system, MigrationViewOptions? v
                 // the read journal's offset is exclusive; an event at or before the one read last was folded already
                 if (ordering <= offset) continue;
                 offset = ordering;
+                lastRead = envelope;
             }
             if (envelope.Event is not IMigrationEvent migrationEvent
                 || !envelope.PersistenceId.StartsWith(Prefix, StringComparison.Ordinal)
@@ -135,11 +222,17 @@ public sealed class MigrationCatalog(ActorSystem system, MigrationViewOptions? v
             var row = changed.GetValueOrDefault(id) ?? _unfinished.GetValueOrDefault(id) ?? store.Find(id)
                       ?? new MigrationRow(MigrationState.Initial(id), 0);
             // an event the row holds already (the table was written after the offset it starts from): never twice
-            if (envelope.SequenceNr <= row.SequenceNr) continue;
+            if (envelope.SequenceNr <= row.SequenceNr || _gaps.Contains(id)) continue;
+            if (envelope.SequenceNr > row.SequenceNr + 1)
+            {
+                // one of its events was passed over: the row is read again whole once this read ends
+                _gaps.Add(id);
+                continue;
+            }
             changed[id] = new MigrationRow(MigrationState.Apply(row.State, migrationEvent), envelope.SequenceNr);
         }
         if (offset == _offset) return;
-        store.Write(changed.Values, offset);
+        store.Write(changed.Values, offset, EventKey(lastRead!));
         _offset = offset;
         foreach (var (id, row) in changed)
         {
@@ -157,30 +250,25 @@ public sealed class MigrationCatalog(ActorSystem system, MigrationViewOptions? v
     public async Task<bool> ExistsAsync(MigrationId id, CancellationToken ct = default)
     {
         if (_known.ContainsKey(id) || _finished.ContainsKey(id)) return true;
-        if (await InReadTableAsync(id, ct)) return true;
         var first = await _journal.Value.CurrentEventsByPersistenceId(MigrationActor.PersistenceIdOf(id), 0, long.MaxValue)
             .Take(1)
             .RunWith(Sink.Seq<EventEnvelope>(), _materializer.Value)
             .WaitAsync(ct);
-        if (first.Count > 0) _known[id] = 0;
+        if (first.Count > 0) Remember(id);
         return first.Count > 0;
     }
 
-    private async Task<bool> InReadTableAsync(MigrationId id, CancellationToken ct)
+    /// <summary>A migration whose start its saga accepted: its request is in the journal.</summary>
+    public void Requested(MigrationId id) => Remember(id);
+
+    private void Remember(MigrationId id)
     {
-        await _catchUp.WaitAsync(ct);
-        try
-        {
-            return _unfinished.ContainsKey(id) || _store?.Contains(id) == true;
-        }
-        finally
-        {
-            _catchUp.Release();
-        }
+        // a cache in front of the journal's lookup: bounded, an id it forgot is looked up again
+        if (_known.Count >= KnownIdsKept) _known.Clear();
+        _known[id] = 0;
     }
 
-    /// <summary>A migration whose start its saga accepted: its request is in the journal.</summary>
-    public void Requested(MigrationId id) => _known[id] = 0;
+    private const int KnownIdsKept = 100_000;
 
     /// <summary>
     /// The view of a finished migration, which never changes again, once anyone read it: answered from here, a look at

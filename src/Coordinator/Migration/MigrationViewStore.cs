@@ -75,6 +75,9 @@ public sealed class MigrationViewStore : IDisposable
     /// <summary>The journal ordering the rows are read up to (0: nothing read).</summary>
     public long Offset => long.TryParse(Meta("offset"), out var offset) ? offset : 0;
 
+    /// <summary>Which event is at <see cref="Offset"/> (its persistence id and sequence number): what the journal must still hold there.</summary>
+    public string? LastRead => Meta("last-read");
+
     /// <summary>The migrations not finished: what a list folds new events into without reading a row first.</summary>
     public IReadOnlyList<MigrationRow> Unfinished()
     {
@@ -89,15 +92,11 @@ public sealed class MigrationViewStore : IDisposable
         return Rows(command).FirstOrDefault();
     }
 
-    public bool Contains(MigrationId id)
-    {
-        using var command = Command("SELECT 1 FROM migrations WHERE id = $id");
-        command.Parameters.AddWithValue("$id", id.ToString());
-        return command.ExecuteScalar() is not null;
-    }
+    /// <summary>Forgets every row and the offset: read again from the journal's start.</summary>
+    public void Clear() => Execute("DELETE FROM migrations; DELETE FROM meta WHERE key IN ('offset', 'last-read');");
 
-    /// <summary>The rows that changed and the ordering they are read up to, together or not at all.</summary>
-    public void Write(IEnumerable<MigrationRow> changed, long offset)
+    /// <summary>The rows that changed and the ordering they are read up to (and the event there), together or not at all.</summary>
+    public void Write(IEnumerable<MigrationRow> changed, long offset, string? lastRead)
     {
         using var transaction = _connection.BeginTransaction();
         using var upsert = Command("""
@@ -125,6 +124,7 @@ public sealed class MigrationViewStore : IDisposable
             upsert.ExecuteNonQuery();
         }
         SetMeta("offset", offset.ToString(), transaction);
+        SetMeta("last-read", lastRead ?? "", transaction);
         transaction.Commit();
     }
 

@@ -50,13 +50,15 @@ public sealed class ActorNode : IAsyncDisposable
 
     /// <summary>A migration actor whose SPM and HSM are two tagging actors in front of one test probe, on the given host id.</summary>
     /// <param name="located">What the inventory answers for the VM's host when <paramref name="host"/> (this node's directory) is null.</param>
-    public HostProbes Migration(MigrationId id, IActorRef admission, MigrationActorSettings settings, string? host = "host-1", string? located = null)
+    /// <param name="locateFailures">How many of the saga's first lookups of its VM's host get no answer (the ask times out).</param>
+    public HostProbes Migration(MigrationId id, IActorRef admission, MigrationActorSettings settings, string? host = "host-1", string? located = null,
+        int locateFailures = 0)
     {
         var received = Kit.CreateTestProbe();
         var hosts = new HostProbes(received,
             System.ActorOf(Props.Create(() => new RoleTagger(HostRole.Spm, received.Ref))),
             System.ActorOf(Props.Create(() => new RoleTagger(HostRole.Hsm, received.Ref))),
-            host, located);
+            host, located, locateFailures);
         hosts.Saga = System.ActorOf(MigrationActor.Props(id, hosts, admission, settings));
         return hosts;
     }
@@ -79,14 +81,18 @@ public sealed class RoleTagger : ReceiveActor
 }
 
 /// <summary>The SPM and HSM of one migration; what they receive arrives at <see cref="Received"/>.</summary>
-public sealed class HostProbes(TestProbe received, IActorRef spm, IActorRef hsm, string? host, string? located = null) : IMigrationHosts
+public sealed class HostProbes(TestProbe received, IActorRef spm, IActorRef hsm, string? host, string? located = null, int locateFailures = 0) : IMigrationHosts
 {
     public TestProbe Received { get; } = received;
     public IActorRef Saga { get; set; } = ActorRefs.Nobody;
     public IActorRef Spm => spm;
     public IActorRef? HsmFor(VmId vm) => hsm;
     public string? HostOf(VmId vm) => host;
-    public Task<string?> LocateAsync(VmId vm) => Task.FromResult(host ?? located);
+    private int _locateFailuresLeft = locateFailures;
+
+    public Task<string?> LocateAsync(VmId vm) => Interlocked.Decrement(ref _locateFailuresLeft) >= 0
+        ? Task.FromException<string?>(new AskTimeoutException("the inventory did not answer (test)"))
+        : Task.FromResult(host ?? located);
 
     /// <summary>The next step sent to either host; asserts it went to the host its role names.</summary>
     public ExecuteStep NextStep(TimeSpan? within = null) => NextArrival(within).Step;

@@ -353,6 +353,27 @@ public sealed class MigrationActorTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task An_inventory_that_does_not_answer_where_the_VM_runs_is_asked_again_and_the_claim_waits_for_its_answer()
+    {
+        var node = await StartNode();
+        var admission = Admission(node, new MigrationLimits(PerHost: 1, PerDomain: 0));
+        var first = new SagaDriver();
+        var second = new SagaDriver();
+        var settings = Settings(deadline: TimeSpan.FromSeconds(1));
+        var running = node.Migration(first.Id, admission, settings, host: "host-a");
+        // the inventory is recovering: the first lookup times out (no answer is not "no host")
+        var unknown = node.Migration(second.Id, admission, settings, host: null, located: "host-a", locateFailures: 1);
+
+        Start(node, running, first);
+        var firstStep = running.NextStep();
+        Start(node, unknown, second);
+        unknown.NoStep(TimeSpan.FromSeconds(2.5)); // asked again with the next admission retry, then held to host-a's limit
+        Assert.Equal("queued", StateOf(node, unknown, second.Id).View.Status);
+        running.SucceedAll(firstStep);
+        Assert.Equal(MigrationPlan.ForwardSteps(MigrationStrategy.PreCopy, true)[0], unknown.NextStep().Operation.Step);
+    }
+
+    [Fact]
     public async Task After_a_restart_a_running_migration_holds_its_hosts_slot_though_the_directory_does_not_know_its_VM()
     {
         var first = new SagaDriver();

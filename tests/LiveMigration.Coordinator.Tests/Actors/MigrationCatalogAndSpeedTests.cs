@@ -125,6 +125,42 @@ public sealed class MigrationCatalogAndSpeedTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_read_table_ahead_of_its_journal_is_read_again_and_a_row_that_missed_an_event_is_read_again_whole()
+    {
+        var views = new MigrationViewOptions(Path.Combine(_dataDirectory, "views", "migrations-view.db"), "sqlite:same-name");
+        var elsewhere = new SagaDriver();
+        await using (var node = await ActorNode.StartAsync(Path.Combine(_dataDirectory, "old"), serializeMessages: false))
+        {
+            Migration(node, elsewhere, node.System.ActorOf(MigrationAdmission.Props(MigrationLimits.Default)));
+            using var catalog = new MigrationCatalog(node.System, views);
+            Assert.Single(await catalog.ListAsync(activeOnly: false));
+        }
+
+        // A journal made anew under the same name (restored from an older backup, say): the table's offset is past its end.
+        await using var fresh = await ActorNode.StartAsync(Path.Combine(_dataDirectory, "new"), serializeMessages: false);
+        var admission = fresh.System.ActorOf(MigrationAdmission.Props(MigrationLimits.Default));
+        var saga = new SagaDriver();
+        var (actor, spm, hsm) = Migration(fresh, saga, admission);
+        Answer(actor, spm, MigrationStep.CloneImageStructure);
+        using (var catalog = new MigrationCatalog(fresh.System, views))
+        {
+            var listed = await catalog.ListAsync(activeOnly: false);
+            Assert.Equal([saga.Id], listed.Select(v => v.Id)); // not the other journal's, nor this one's skipped
+            Assert.Equal(MigrationStep.StartReplication, Assert.Single(listed[0].Disks).Step);
+        }
+
+        // A row that missed events (the all-events read passed one over): made to look so by hand
+        using (var store = new MigrationViewStore(views))
+            store.Write([new MigrationRow(MigrationState.Initial(saga.Id), 1)], store.Offset, store.LastRead);
+        using var reopened = new MigrationCatalog(fresh.System, views);
+        Answer(actor, hsm, MigrationStep.StartReplication); // its next event is several past the row's
+        await AwaitAsync(async () => (await reopened.ListAsync(activeOnly: false)) is [{ Status: "running" } view]
+                                     && view.Disks[0].Step != MigrationStep.StartReplication);
+        var repaired = Assert.Single(await reopened.ListAsync(activeOnly: false));
+        Assert.Equal(saga.Vm, repaired.Vm);
+    }
+
+    [Fact]
     public Task The_catalog_pages_newest_first_and_a_list_sees_what_was_journaled_since_the_last_one() =>
         CatalogPagesAndCatchesUp(() => ActorNode.StartAsync(_dataDirectory, serializeMessages: false));
 

@@ -152,10 +152,19 @@ public sealed class InventoryActorTests() : TestKit(Config, nameof(InventoryActo
             JournaledEvents().Select(e => e.GetType()));
     }
 
+    private sealed class ManualClock(DateTimeOffset now) : TimeProvider
+    {
+        public DateTimeOffset Now { get; set; } = now;
+        public override DateTimeOffset GetUtcNow() => Now;
+    }
+
     [Fact]
     public void A_report_that_only_moves_figures_counts_at_once_and_is_not_journaled_and_one_that_changes_more_is()
     {
-        var inventory = StartReportedPool();
+        var clock = new ManualClock(InventoryFixtures.T0);
+        var inventory = Sys.ActorOf(InventoryActor.Props(new InventoryOptions(PublishToCluster: false), clock));
+        inventory.Tell(_pool.HostReport("host-1", InventoryFixtures.T0, _pool.VmReport()), ActorRefs.NoSender);
+        inventory.Tell(_pool.DomainReport(), ActorRefs.NoSender);
         Ask<InventorySnapshot>(inventory, new GetInventory());
         var before = JournaledEvents();
 
@@ -171,11 +180,28 @@ public sealed class InventoryActorTests() : TestKit(Config, nameof(InventoryActo
         Assert.Equal(49L << 30, snapshot.Domains.Single(d => d.Id == _pool.DomainB).AvailableBytes);
         Assert.Equal(before.Count, JournaledEvents().Count);
 
-        // the VM stopped, and domain B cannot be reached: facts, journaled
-        inventory.Tell(_pool.HostReport("host-1", InventoryFixtures.T0.AddSeconds(10), grown with { Running = false }), ActorRefs.NoSender);
-        inventory.Tell(_pool.DomainReport(freeOnB: 49L << 30, bActive: false, at: InventoryFixtures.T0.AddSeconds(10)), ActorRefs.NoSender);
+        // a minute on, figures are journaled anyway (a recovery starts from figures at most that old): every VM whose
+        // figures moved since they were last journaled, not only what this report moved
+        clock.Now = InventoryFixtures.T0.AddSeconds(61);
+        var grownMore = grown with { Drives = grown.Drives.Select((d, i) => i == 0 ? d with { AllocatedBytes = d.AllocatedBytes + 1 } : d).ToValueList() };
+        inventory.Tell(_pool.HostReport("host-1", InventoryFixtures.T0.AddSeconds(61), grownMore), ActorRefs.NoSender);
         Ask<InventorySnapshot>(inventory, new GetInventory());
-        Assert.Equal([typeof(HostReported), typeof(DomainsReported)], JournaledEvents().Skip(before.Count).Select(e => e.GetType()));
+        var journaledFigures = Assert.IsType<HostVmsChanged>(Assert.Single(JournaledEvents().Skip(before.Count)));
+        Assert.Equal([grownMore], journaledFigures.Upserted);
+
+        // the VM stopped, and domain B cannot be reached: facts, journaled at once
+        clock.Now = InventoryFixtures.T0.AddSeconds(70);
+        inventory.Tell(_pool.HostReport("host-1", InventoryFixtures.T0.AddSeconds(70), grownMore with { Running = false }), ActorRefs.NoSender);
+        inventory.Tell(_pool.DomainReport(freeOnB: 49L << 30, bActive: false, at: InventoryFixtures.T0.AddSeconds(70)), ActorRefs.NoSender);
+        Ask<InventorySnapshot>(inventory, new GetInventory());
+        Assert.Equal([typeof(HostVmsChanged), typeof(HostReported), typeof(DomainsReported)],
+            JournaledEvents().Skip(before.Count).Select(e => e.GetType()));
+
+        // recovered, it holds the journaled facts and figures
+        Stop(inventory);
+        var recovered = Ask<InventorySnapshot>(StartInventory(), new GetInventory());
+        Assert.Equal([new VmEntry("host-1", grownMore with { Running = false })], recovered.Vms);
+        Assert.False(recovered.Domains.Single(d => d.Id == _pool.DomainB).Active);
     }
 
     [Fact]
