@@ -19,6 +19,14 @@ public sealed class HostDirectory
 
     public string? HostOf(VmId vm) => _hostOfVm.TryGetValue(vm, out var host) ? host : null;
 
+    /// <summary>
+    /// The VM's host, from this directory or else from the inventory: the directory learns only from changes, so a VM
+    /// whose reports changed nothing since this Coordinator started is not in it. Null when the inventory does not know
+    /// the VM either; fails (the ask's timeout) when it does not answer, which is not an answer that the VM has no host.
+    /// </summary>
+    public async Task<string?> LocateAsync(VmId vm, IActorRef inventory, TimeSpan timeout) =>
+        HostOf(vm) ?? (await inventory.Ask<VmLocation>(new LocateVm(vm), timeout)).HostId;
+
     /// <summary>The host that last reported from this cluster address (as <c>Address.ToString()</c>); null if none did.</summary>
     public string? HostAt(string address) => _hostAtAddress.TryGetValue(address, out var host) ? host : null;
 
@@ -102,10 +110,9 @@ public sealed class HsmGateway : ReceiveActor
                 Forward(step, Sender, host);
                 return;
             }
-            // Not in this coordinator's directory yet: the inventory knows.
             var replyTo = Sender;
-            inventory.Ask<VmLocation>(new LocateVm(step.Vm), TimeSpan.FromSeconds(10))
-                .PipeTo(Self, success: l => new Located(step, replyTo, l.HostId), failure: _ => new Located(step, replyTo, null));
+            directory.LocateAsync(step.Vm, inventory, TimeSpan.FromSeconds(10))
+                .PipeTo(Self, success: host => new Located(step, replyTo, host), failure: _ => new Located(step, replyTo, null));
         });
         Receive<Located>(located =>
         {
@@ -141,15 +148,11 @@ public sealed class HsmGateway : ReceiveActor
 
 public sealed record ClusterMigrationHosts(IActorRef Spm, IActorRef Gateway, HostDirectory Directory, IActorRef Rejoins, IActorRef Inventory) : IMigrationHosts
 {
-    private static readonly TimeSpan LocateTimeout = TimeSpan.FromSeconds(5);
-
     public IActorRef? RejoinWatcher => Rejoins;
     public IActorRef? HsmFor(VmId vm) => Gateway;
     public string? HostOf(VmId vm) => Directory.HostOf(vm);
 
-    /// <summary>Fails (the ask's timeout) when the inventory does not answer: no answer is not an answer that the VM has no host.</summary>
-    public async Task<string?> LocateAsync(VmId vm) =>
-        Directory.HostOf(vm) ?? (await Inventory.Ask<VmLocation>(new LocateVm(vm), LocateTimeout)).HostId;
+    public Task<string?> LocateAsync(VmId vm) => Directory.LocateAsync(vm, Inventory, TimeSpan.FromSeconds(5));
 }
 
 /// <summary>Registry keys.</summary>

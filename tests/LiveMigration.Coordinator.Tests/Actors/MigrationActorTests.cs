@@ -333,41 +333,33 @@ public sealed class MigrationActorTests : IAsyncLifetime
     }
 
     [Fact]
-    public async Task A_migration_whose_host_this_node_has_not_heard_of_is_held_to_the_host_the_inventory_names()
-    {
-        var node = await StartNode();
-        var admission = Admission(node, new MigrationLimits(PerHost: 1, PerDomain: 0));
-        var first = new SagaDriver();
-        var second = new SagaDriver();
-        var running = node.Migration(first.Id, admission, Settings(), host: "host-a");
+    public Task A_migration_whose_host_this_node_has_not_heard_of_is_held_to_the_host_the_inventory_names() =>
         // this Coordinator's directory has no report of the second VM (it started after the VM last changed)
-        var unknown = node.Migration(second.Id, admission, Settings(), host: null, located: "host-a");
-
-        Start(node, running, first);
-        var firstStep = running.NextStep();
-        Start(node, unknown, second);
-        unknown.NoStep(TimeSpan.FromMilliseconds(500));
-        Assert.Equal("queued", StateOf(node, unknown, second.Id).View.Status);
-        running.SucceedAll(firstStep);
-        Assert.Equal(MigrationPlan.ForwardSteps(MigrationStrategy.PreCopy, true)[0], unknown.NextStep().Operation.Step);
-    }
+        SecondOnHostAWaitsForTheFirst(locateFailures: 0, Settings(), TimeSpan.FromMilliseconds(500));
 
     [Fact]
-    public async Task An_inventory_that_does_not_answer_where_the_VM_runs_is_asked_again_and_the_claim_waits_for_its_answer()
+    public Task An_inventory_that_does_not_answer_where_the_VM_runs_is_asked_again_and_the_claim_waits_for_its_answer() =>
+        // the inventory is recovering: the first lookup times out (no answer is not "no host"); asked again with the next
+        // admission retry (1 s), then held to host-a's limit
+        SecondOnHostAWaitsForTheFirst(locateFailures: 1, Settings(deadline: TimeSpan.FromSeconds(1)), TimeSpan.FromSeconds(2.5));
+
+    /// <summary>
+    /// A migration runs on host-a (limit 1); a second one, whose VM only the inventory places on host-a (after
+    /// <paramref name="locateFailures"/> lookups unanswered), stays queued for <paramref name="queuedFor"/> and runs once the first ends.
+    /// </summary>
+    private async Task SecondOnHostAWaitsForTheFirst(int locateFailures, MigrationActorSettings settings, TimeSpan queuedFor)
     {
         var node = await StartNode();
         var admission = Admission(node, new MigrationLimits(PerHost: 1, PerDomain: 0));
         var first = new SagaDriver();
         var second = new SagaDriver();
-        var settings = Settings(deadline: TimeSpan.FromSeconds(1));
         var running = node.Migration(first.Id, admission, settings, host: "host-a");
-        // the inventory is recovering: the first lookup times out (no answer is not "no host")
-        var unknown = node.Migration(second.Id, admission, settings, host: null, located: "host-a", locateFailures: 1);
+        var unknown = node.Migration(second.Id, admission, settings, host: null, located: "host-a", locateFailures: locateFailures);
 
         Start(node, running, first);
         var firstStep = running.NextStep();
         Start(node, unknown, second);
-        unknown.NoStep(TimeSpan.FromSeconds(2.5)); // asked again with the next admission retry, then held to host-a's limit
+        unknown.NoStep(queuedFor);
         Assert.Equal("queued", StateOf(node, unknown, second.Id).View.Status);
         running.SucceedAll(firstStep);
         Assert.Equal(MigrationPlan.ForwardSteps(MigrationStrategy.PreCopy, true)[0], unknown.NextStep().Operation.Step);

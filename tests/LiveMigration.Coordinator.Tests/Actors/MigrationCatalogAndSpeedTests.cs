@@ -43,6 +43,17 @@ public sealed class MigrationCatalogAndSpeedTests : IAsyncLifetime
         return step;
     }
 
+    /// <summary>One migration completed, and another one step in (its StartReplication sent, not answered).</summary>
+    private static void FinishOneAndStartAnother(ActorNode node, SagaDriver finished, SagaDriver running)
+    {
+        var admission = node.System.ActorOf(MigrationAdmission.Props(MigrationLimits.Default));
+        var (saga, spm, hsm) = Migration(node, finished, admission);
+        foreach (var step in MigrationPlan.ForwardSteps(MigrationStrategy.PreCopy, deleteSource: true))
+            Answer(saga, MigrationPlan.RoleOf(step) == HostRole.Spm ? spm : hsm, step);
+        var (other, otherSpm, _) = Migration(node, running, admission);
+        Answer(other, otherSpm, MigrationStep.CloneImageStructure);
+    }
+
     [Fact]
     public async Task The_catalog_lists_every_migration_from_the_journal_also_on_a_new_node_and_filters_the_active_ones()
     {
@@ -50,12 +61,7 @@ public sealed class MigrationCatalogAndSpeedTests : IAsyncLifetime
         var running = new SagaDriver();
         await using (var node = await ActorNode.StartAsync(_dataDirectory, serializeMessages: false))
         {
-            var admission = node.System.ActorOf(MigrationAdmission.Props(MigrationLimits.Default));
-            var (saga, spm, hsm) = Migration(node, finished, admission);
-            foreach (var step in MigrationPlan.ForwardSteps(MigrationStrategy.PreCopy, deleteSource: true))
-                Answer(saga, MigrationPlan.RoleOf(step) == HostRole.Spm ? spm : hsm, step);
-            var (other, otherSpm, _) = Migration(node, running, admission);
-            Answer(other, otherSpm, MigrationStep.CloneImageStructure);
+            FinishOneAndStartAnother(node, finished, running);
             await AwaitAsync(async () => (await new MigrationCatalog(node.System).ListAsync(activeOnly: false)).Any(v => v.Id == finished.Id && v.Finished));
         }
 
@@ -78,12 +84,7 @@ public sealed class MigrationCatalogAndSpeedTests : IAsyncLifetime
         var running = new SagaDriver();
         await using (var node = await ActorNode.StartAsync(_dataDirectory, serializeMessages: false))
         {
-            var admission = node.System.ActorOf(MigrationAdmission.Props(MigrationLimits.Default));
-            var (saga, spm, hsm) = Migration(node, finished, admission);
-            foreach (var step in MigrationPlan.ForwardSteps(MigrationStrategy.PreCopy, deleteSource: true))
-                Answer(saga, MigrationPlan.RoleOf(step) == HostRole.Spm ? spm : hsm, step);
-            var (other, otherSpm, _) = Migration(node, running, admission);
-            Answer(other, otherSpm, MigrationStep.CloneImageStructure);
+            FinishOneAndStartAnother(node, finished, running);
             var catalog = new MigrationCatalog(node.System, views);
             await AwaitAsync(async () => (await catalog.ListAsync(activeOnly: false)) is [{ Finished: false }, { Finished: true }]);
         }
