@@ -66,7 +66,8 @@ public sealed class MigrationEventHub : ReceiveActor, IWithStash
     private readonly HashSet<MigrationChangeSubscription> _subscriptions = [];
     private readonly MigrationCatalog? _catalog;
 
-    /// <param name="catalog">Told each finished migration's final view first, so the streams' reads of it wake no saga.</param>
+    /// <param name="catalog">Told each migration heard from, and each finished one's final view first, so the streams' reads of it
+    /// neither query the journal nor wake a saga.</param>
     public MigrationEventHub(MigrationCatalog? catalog = null)
     {
         _catalog = catalog;
@@ -92,6 +93,8 @@ public sealed class MigrationEventHub : ReceiveActor, IWithStash
         Receive<MigrationStatusChanged>(changed =>
         {
             if (changed.FinalView is { } final) _catalog?.Finished(final);
+            // its saga said so: the streams' look at it then needs no query of the journal for whether it exists
+            else _catalog?.Heard(changed.MigrationId);
             foreach (var subscription in _subscriptions) subscription.Offer(changed);
         });
         Receive<Register>(r =>

@@ -282,6 +282,15 @@ public sealed class MigrationCatalog(ActorSystem system, MigrationViewOptions? v
     /// <summary>A migration whose start its saga accepted: its request is in the journal.</summary>
     public void Requested(MigrationId id) => Remember(id);
 
+    /// <summary>
+    /// A migration whose saga published a change: it exists. After a restart the sagas recover before anyone lists, and
+    /// each of their changes is looked up by the event streams; without this every one queried the journal.
+    /// </summary>
+    public void Heard(MigrationId id)
+    {
+        if (!_finished.ContainsKey(id)) Remember(id);
+    }
+
     private void Remember(MigrationId id)
     {
         // a cache in front of the journal's lookup, bounded (an id not kept is looked up in the journal)
@@ -309,6 +318,7 @@ public sealed class MigrationCatalog(ActorSystem system, MigrationViewOptions? v
     public void Finished(MigrationView view)
     {
         if (!view.Finished || !_finished.TryAdd(view.Id, view)) return;
+        _known.TryRemove(view.Id, out _);
         _finishedOrder.Enqueue(view.Id);
         // bounded: a Coordinator that runs for months does not keep every migration it ever showed
         while (_finished.Count > FinishedViewsKept && _finishedOrder.TryDequeue(out var oldest))

@@ -4,6 +4,7 @@ using Akka.Cluster.Tools.PublishSubscribe;
 using Akka.Configuration;
 using Akka.TestKit.Xunit2;
 using LiveMigration.Coordinator.Api;
+using LiveMigration.Coordinator.Migration;
 using LiveMigration.Shared.Migration;
 using LiveMigration.Shared.Model;
 using LiveMigration.Shared.Serialization;
@@ -59,6 +60,25 @@ public sealed class EventStreamHubTests() : TestKit(Config, nameof(EventStreamHu
         }, Wait);
         using var oneLimit = new CancellationTokenSource(Wait);
         Assert.Equal([watched], await one.NextAsync(oneLimit.Token));
+    }
+
+    [Fact]
+    public async Task A_migration_whose_saga_published_a_change_is_known_to_exist_without_a_read_of_the_journal()
+    {
+        // After a Coordinator restart the sagas recover before anyone lists, and the streams look up each of their
+        // changes: the change itself says the migration exists. This system has no journal to read: a lookup that
+        // went to it would fail.
+        var mediator = await ClusterUpAsync();
+        var catalog = new MigrationCatalog(Sys);
+        var feed = new MigrationChangeFeed(catalog);
+        var running = MigrationId.New();
+        using var all = await feed.SubscribeAsync(Sys, only: null, CancellationToken.None);
+
+        mediator.Tell(new Publish(MigrationStatusChanged.Topic, Change(running, "running")));
+
+        using var limit = new CancellationTokenSource(Wait);
+        Assert.Equal([running], await all.NextAsync(limit.Token));
+        Assert.True(await catalog.ExistsAsync(running).WaitAsync(Wait));
     }
 
     [Fact]
