@@ -60,6 +60,11 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
     /// and the Coordinator sizes a move's destination by it. The next report after that describes the VM again.
     /// </summary>
     public static readonly TimeSpan MaxReportReuse = TimeSpan.FromSeconds(30);
+    /// <summary>
+    /// How old a domain's used bytes in a report may be: a file domain counts them by walking every file, and a host reports
+    /// at each change. The domain forgets its count at each change it makes itself; a guest's writes show within this.
+    /// </summary>
+    public static readonly TimeSpan DomainUsedMaxAge = TimeSpan.FromSeconds(10);
 
     private readonly string _hostId;
     private readonly bool _spmCapable;
@@ -318,7 +323,7 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
             DomainReport report;
             try
             {
-                var info = await domain.DescribeAsync();
+                var info = await domain.DescribeAsync(DomainUsedMaxAge);
                 report = new DomainReport(info.Id, info.Name, info.Kind, info.CapacityBytes, info.UsedBytes, info.AvailableBytes, Active: true);
                 _lastDomains[domain.Id] = report;
                 reachable[domain.Id] = true;

@@ -52,6 +52,7 @@ public sealed class FencedStorageDomain(IStorageDomain inner, IStorageFence fenc
     public string Kind => inner.Kind;
 
     public Task<DomainInfo> DescribeAsync(CancellationToken ct = default) => inner.DescribeAsync(ct);
+    public Task<DomainInfo> DescribeAsync(TimeSpan usedMaxAge, CancellationToken ct = default) => inner.DescribeAsync(usedMaxAge, ct);
     public Task<IReadOnlyList<ImageId>> ListImagesAsync(CancellationToken ct = default) => inner.ListImagesAsync(ct);
     public Task<ImageInfo> DescribeImageAsync(ImageId image, CancellationToken ct = default) => inner.DescribeImageAsync(image, ct);
     public Task<VolumeInfo> DescribeVolumeAsync(ImageId image, VolumeId volume, CancellationToken ct = default) => inner.DescribeVolumeAsync(image, volume, ct);

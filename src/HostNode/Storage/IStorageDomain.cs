@@ -39,6 +39,11 @@ public interface IStorageDomain
     bool Reachable { get; }
 
     Task<DomainInfo> DescribeAsync(CancellationToken ct = default);
+    /// <summary>
+    /// As <see cref="DescribeAsync(CancellationToken)"/>, but the used bytes may be a count up to <paramref name="usedMaxAge"/>
+    /// old (a file domain counts them by walking every file): for reports. A check of the room for a copy counts anew.
+    /// </summary>
+    Task<DomainInfo> DescribeAsync(TimeSpan usedMaxAge, CancellationToken ct = default);
     Task<IReadOnlyList<ImageId>> ListImagesAsync(CancellationToken ct = default);
     /// <summary>The image's volumes on this domain, base → leaf (a cross-domain parent is not listed: it is on its own domain).</summary>
     Task<ImageInfo> DescribeImageAsync(ImageId image, CancellationToken ct = default);

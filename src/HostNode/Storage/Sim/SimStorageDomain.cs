@@ -114,6 +114,9 @@ public sealed class SimStorageDomain : IStorageDomain
         }
     }
 
+    /// <summary>Counted anew each time: the sim holds its figures in memory.</summary>
+    public Task<DomainInfo> DescribeAsync(TimeSpan usedMaxAge, CancellationToken ct = default) => DescribeAsync(ct);
+
     public Task<IReadOnlyList<ImageId>> ListImagesAsync(CancellationToken ct = default)
     {
         lock (_gate)

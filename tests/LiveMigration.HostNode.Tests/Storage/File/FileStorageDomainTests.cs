@@ -37,6 +37,31 @@ public sealed class FileStorageDomainTests : IDisposable
         await RefusedAsync(ErrorCodes.DomainNotFound, () => FileStorageDomain.AttachAsync(_temp.Root, DomainId.New()));
     }
 
+    [Fact]
+    public async Task A_reports_used_bytes_are_a_count_up_to_the_age_it_names_and_the_domains_own_changes_count_anew()
+    {
+        var domain = await FileStorageDomain.CreateAsync(_temp.Root, DomainId.New(), "domain A", 1 << 30);
+        var image = ImageId.New();
+        var written = await domain.CreateVolumeAsync(new NewVolume(image, VolumeId.New(), VolumeFormat.Raw, 16 << 20));
+        var counted = (await domain.DescribeAsync(TimeSpan.FromMinutes(10))).UsedBytes;
+
+        // a guest writes 8 MiB into its sparse disk: not this domain's change
+        await using (var disk = new FileStream(domain.Locate(image, written.Id), FileMode.Open, FileAccess.Write))
+        {
+            await disk.WriteAsync(Enumerable.Repeat((byte)0x5a, 8 << 20).ToArray());
+            disk.Flush(flushToDisk: true);
+        }
+        Assert.Equal(counted, (await domain.DescribeAsync(TimeSpan.FromMinutes(10))).UsedBytes);
+        var exact = (await domain.DescribeAsync()).UsedBytes;
+        // (the block qemu-img allocates first is among those written)
+        Assert.True(exact > counted + (7 << 20), $"{exact} bytes used after 8 MiB written to a domain that used {counted}");
+        Assert.Equal(exact, (await domain.DescribeAsync(TimeSpan.Zero)).UsedBytes);
+
+        // a volume this domain makes shows in the next report at once
+        await domain.CreateVolumeAsync(new NewVolume(ImageId.New(), VolumeId.New(), VolumeFormat.Raw, 4 << 20, Allocation: VolumeAllocation.Preallocated));
+        Assert.True((await domain.DescribeAsync(TimeSpan.FromMinutes(10))).UsedBytes >= exact + (4 << 20));
+    }
+
     /// <summary>An undone migration's mark written by the code before marks were per disk (one file named by the migration) still counts for each disk.</summary>
     [Fact]
     public async Task An_ended_mark_of_the_older_per_migration_form_still_refuses_late_commands_of_every_disk()
