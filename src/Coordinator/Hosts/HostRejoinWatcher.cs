@@ -15,7 +15,8 @@ namespace LiveMigration.Coordinator.Hosts;
 /// per saga (each a snapshot of the membership built and sent by Akka's publisher, per saga, at every start).
 /// It also reads the hosts' reports the inventory publishes and tells a saga when its VM is reported stopped
 /// (<see cref="ReportVmStopped"/>): once when the VM stops, and at once to a saga that asks about a VM known stopped
-/// (a recovered saga whose VM stopped while the Coordinator was down).
+/// (a recovered saga whose VM stopped while the Coordinator was down). When the admission limits start anew (their
+/// singleton moved to another Coordinator, with nothing counted) it tells its sagas to say what they hold.
 /// </summary>
 public sealed class HostRejoinWatcher : ReceiveActor, IWithTimers
 {
@@ -76,6 +77,11 @@ public sealed class HostRejoinWatcher : ReceiveActor, IWithTimers
             foreach (var (vm, host) in _stopped.ToList())
                 if (host == forgotten.HostId) _stopped.Remove(vm);
         });
+        Receive<AdmissionRestarted>(_ =>
+        {
+            _log.Info("The admission limits started anew; telling {Sagas} migration(s) on this node to say what they hold", _sagas.Count);
+            foreach (var saga in _sagas) saga.Tell(AnnounceAdmission.Instance);
+        });
         Receive<SubscribeAck>(_ => { });
         Receive<ClusterEvent.MemberUp>(up =>
         {
@@ -122,7 +128,9 @@ public sealed class HostRejoinWatcher : ReceiveActor, IWithTimers
     protected override void PreStart()
     {
         Cluster.Get(Context.System).Subscribe(Self, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsSnapshot, typeof(ClusterEvent.MemberUp));
-        DistributedPubSub.Get(Context.System).Mediator.Tell(new Subscribe(InventoryTopics.Reports, Self));
+        var mediator = DistributedPubSub.Get(Context.System).Mediator;
+        mediator.Tell(new Subscribe(InventoryTopics.Reports, Self));
+        mediator.Tell(new Subscribe(AdmissionRestarted.Topic, Self));
     }
 
     protected override void PostStop() => Cluster.Get(Context.System).Unsubscribe(Self);

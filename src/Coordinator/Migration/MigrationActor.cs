@@ -147,6 +147,15 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
         Command<HostLocated>(OnHostLocated);
         Command<LocateAgain>(_ => NeedsLocating());
         Command<AdmissionCheck>(_ => AnswerAdmissionCheck(Sender));
+        Command<AnnounceAdmission>(_ =>
+        {
+            // the limits started anew with nothing counted (their singleton moved): the slots this one holds, or its request, again
+            if (_state.Status is MigrationStatus.Queued)
+            {
+                if (_admissionAsked) AskAdmission();
+            }
+            else if (_state.Status is not MigrationStatus.New && !_state.Status.IsFinished) AnswerAdmissionCheck(_admission);
+        });
         Command<GetMigrationState>(_ =>
         {
             Sender.Tell(new MigrationStateReply(MigrationViews.ViewOf(_state, DateTimeOffset.UtcNow), LastSequenceNr));

@@ -52,6 +52,15 @@ public sealed record WatchHostRejoins(IActorRef Saga) : INoSerializationVerifica
 /// </summary>
 public sealed record WatchVmStops(IActorRef Saga, MigrationId Migration, VmId Vm) : INoSerializationVerificationNeeded;
 
+/// <summary>
+/// The admission limits started anew (<see cref="AdmissionRestarted"/>): a running saga says again what it holds, a queued
+/// one asks again; local only (this node's <see cref="Hosts.HostRejoinWatcher"/> tells its sagas).
+/// </summary>
+public sealed record AnnounceAdmission : INoSerializationVerificationNeeded
+{
+    public static readonly AnnounceAdmission Instance = new();
+}
+
 /// <summary>The saga stopped; local only.</summary>
 public sealed record UnwatchHostRejoins(IActorRef Saga) : INoSerializationVerificationNeeded;
 

@@ -1,4 +1,5 @@
 using Akka.Actor;
+using Akka.Cluster.Tools.PublishSubscribe;
 using Akka.Event;
 using LiveMigration.Shared.Migration;
 using LiveMigration.Shared.Model;
@@ -14,8 +15,10 @@ public sealed record MigrationLimits(int PerHost, int PerDomain)
 /// <summary>
 /// The concurrency limits of issue 3: admits a migration at once unless its host or one of its domains
 /// is at its limit; then it waits, in arrival order, until a running migration releases its slots.
-/// Its state is only memory: after a restart, running migrations re-announce themselves
-/// (<see cref="AdmissionHeld"/>) and queued ones ask again. A release is a message that can be lost (its Coordinator
+/// Its state is only memory: when it starts it says so to every Coordinator (<see cref="AdmissionRestarted"/>), whose
+/// running migrations announce themselves again (<see cref="AdmissionHeld"/>; recovered ones do so anyway) and queued
+/// ones ask again; for a settle time it admits nothing, so the slots held are counted before any is given (a singleton
+/// that moved to another Coordinator admitted at once, over the limits of the migrations still running). A release is a message that can be lost (its Coordinator
 /// died before the singleton's proxy passed it on): while a migration waits, the holders of the slots are asked
 /// (<see cref="AdmissionCheck"/>, through the shard region, which wakes a passivated saga) whether they still hold them,
 /// so a slot of a finished migration never keeps a queue waiting for good.
@@ -28,6 +31,16 @@ public sealed class MigrationAdmission : ReceiveActor, IWithTimers
     {
         public static readonly ReconcileDue Instance = new();
     }
+    private sealed record SettleDue
+    {
+        public static readonly SettleDue Instance = new();
+    }
+
+    /// <summary>
+    /// How long a started singleton admits nothing: its announcement goes out by pub/sub, and the answers come through the
+    /// singleton proxies of the other Coordinators, which find the new singleton within about a second.
+    /// </summary>
+    public static readonly TimeSpan DefaultSettleTime = TimeSpan.FromSeconds(3);
 
     /// <summary>How often the holders are asked while something waits: a lost release costs a queue at most about this long.</summary>
     public static readonly TimeSpan DefaultReconcileInterval = TimeSpan.FromSeconds(15);
@@ -35,6 +48,9 @@ public sealed class MigrationAdmission : ReceiveActor, IWithTimers
     private readonly MigrationLimits _limits;
     private readonly Func<IActorRef?> _sagas;
     private readonly TimeSpan _reconcileInterval;
+    private readonly IActorRef? _announceTo;
+    private readonly TimeSpan _settleTime;
+    private bool _settling;
     private readonly Dictionary<MigrationId, Claim> _running = [];
     // What each host and domain runs now, so a claim is judged without counting every running migration.
     private readonly Dictionary<string, int> _perHost = [];
@@ -48,11 +64,17 @@ public sealed class MigrationAdmission : ReceiveActor, IWithTimers
 
     /// <param name="sagas">The migration shard region, once there is one (the singleton may start before it).</param>
     /// <param name="reconcileInterval">How often holders are asked while something waits (<see cref="DefaultReconcileInterval"/>).</param>
-    public static Props Props(MigrationLimits limits, Func<IActorRef?>? sagas = null, TimeSpan? reconcileInterval = null) =>
-        Akka.Actor.Props.Create(() => new MigrationAdmission(limits, sagas, reconcileInterval));
+    /// <param name="announceTo">The pub/sub mediator its start is published through (<see cref="AdmissionRestarted"/>); null: none.</param>
+    /// <param name="settleTime">How long it admits nothing after its start (<see cref="DefaultSettleTime"/> as a singleton); null: no wait.</param>
+    public static Props Props(MigrationLimits limits, Func<IActorRef?>? sagas = null, TimeSpan? reconcileInterval = null,
+        IActorRef? announceTo = null, TimeSpan? settleTime = null) =>
+        Akka.Actor.Props.Create(() => new MigrationAdmission(limits, sagas, reconcileInterval, announceTo, settleTime));
 
-    public MigrationAdmission(MigrationLimits limits, Func<IActorRef?>? sagas, TimeSpan? reconcileInterval)
+    public MigrationAdmission(MigrationLimits limits, Func<IActorRef?>? sagas, TimeSpan? reconcileInterval, IActorRef? announceTo = null,
+        TimeSpan? settleTime = null)
     {
+        _announceTo = announceTo;
+        _settleTime = settleTime ?? TimeSpan.Zero;
         _limits = limits;
         _sagas = sagas ?? (() => null);
         Receive<AdmissionRequest>(r => Request(new Claim(r.Migration, r.Host, r.Domains), Sender));
@@ -75,10 +97,27 @@ public sealed class MigrationAdmission : ReceiveActor, IWithTimers
                 AdmitWaiting();
         });
         Receive<ReconcileDue>(_ => Reconcile());
+        Receive<SettleDue>(_ =>
+        {
+            _settling = false;
+            if (_queue.Count > 0)
+                _log.Info("Admission limits settled with {Running} migration(s) counted as running; {Waiting} waiting are judged now", _running.Count, _queue.Count);
+            AdmitWaiting();
+        });
         _reconcileInterval = reconcileInterval ?? DefaultReconcileInterval;
     }
 
-    protected override void PreStart() => Timers.StartPeriodicTimer(ReconcileDue.Instance, ReconcileDue.Instance, _reconcileInterval);
+    protected override void PreStart()
+    {
+        Timers.StartPeriodicTimer(ReconcileDue.Instance, ReconcileDue.Instance, _reconcileInterval);
+        _announceTo?.Tell(new Publish(AdmissionRestarted.Topic, new AdmissionRestarted(DateTimeOffset.UtcNow)));
+        // without limits nothing is ever refused, so nothing needs counting first
+        if (_settleTime > TimeSpan.Zero && (_limits.PerHost > 0 || _limits.PerDomain > 0))
+        {
+            _settling = true;
+            Timers.StartSingleTimer(SettleDue.Instance, SettleDue.Instance, _settleTime);
+        }
+    }
 
     private void Request(Claim claim, IActorRef replyTo)
     {
@@ -93,12 +132,13 @@ public sealed class MigrationAdmission : ReceiveActor, IWithTimers
             _queue[index] = new Waiting(claim, replyTo); // the saga may have moved (recovery elsewhere)
             return;
         }
-        if (Fits(claim))
+        if (!_settling && Fits(claim))
             Admit(claim, replyTo);
         else
         {
             _queue.Add(new Waiting(claim, replyTo));
-            _log.Info("Migration {Migration} waits as Queued: host {Host} or one of domains {Domains} is at its limit ({PerHost} per host, {PerDomain} per domain)",
+            // while settling it is judged when the count is whole
+            if (!_settling) _log.Info("Migration {Migration} waits as Queued: host {Host} or one of domains {Domains} is at its limit ({PerHost} per host, {PerDomain} per domain)",
                 claim.Migration, claim.Host ?? "(unknown)", string.Join(",", claim.Domains), _limits.PerHost, _limits.PerDomain);
         }
     }
@@ -119,6 +159,7 @@ public sealed class MigrationAdmission : ReceiveActor, IWithTimers
 
     private void AdmitWaiting()
     {
+        if (_settling) return;
         foreach (var waiting in _queue.ToList())
             if (Fits(waiting.Claim))
             {

@@ -1,6 +1,7 @@
 using Akka.Actor;
 using Akka.Cluster.Hosting;
 using Akka.Cluster.Sharding;
+using Akka.Cluster.Tools.PublishSubscribe;
 using Akka.Hosting;
 using LiveMigration.Shared.Model;
 
@@ -34,7 +35,8 @@ public static class MigrationHosting
         options ??= new MigrationShardingOptions();
         var settings = options.Actor with { PublishToCluster = true, PassivateWhenIdle = true };
         builder.WithSingleton<MigrationAdmission>("migration-admission",
-            (_, registry, _) => MigrationAdmission.Props(options.Limits, () => registry.TryGet<MigrationRegion>(out var region) ? region : null),
+            (system, registry, _) => MigrationAdmission.Props(options.Limits, () => registry.TryGet<MigrationRegion>(out var region) ? region : null,
+                announceTo: DistributedPubSub.Get(system).Mediator, settleTime: MigrationAdmission.DefaultSettleTime),
             new ClusterSingletonOptions { Role = options.Role },
             createProxyToo: true);
         return builder.WithShardRegion<MigrationRegion>("migration",

@@ -11,6 +11,16 @@ public sealed record AdmissionRequest(MigrationId Migration, string? Host, Value
 /// <summary>A recovered migration that was admitted before: count it again, without asking.</summary>
 public sealed record AdmissionHeld(MigrationId Migration, string? Host, ValueList<DomainId> Domains) : IAdmissionMessage;
 
+/// <summary>
+/// The admission limits started (anew: the singleton moved to another Coordinator, or its Coordinator started again) with
+/// nothing counted: published on <see cref="Topic"/> to every Coordinator, whose sagas then say again what they hold
+/// (<see cref="AdmissionHeld"/>) or ask again (queued).
+/// </summary>
+public sealed record AdmissionRestarted(DateTimeOffset At) : IAdmissionMessage
+{
+    public const string Topic = "migration-admission";
+}
+
 /// <summary>A migration finished: its slots are free.</summary>
 public sealed record AdmissionReleased(MigrationId Migration) : IAdmissionMessage;
 

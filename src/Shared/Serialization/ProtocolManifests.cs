@@ -50,6 +50,7 @@ public static class ProtocolManifests
         ("lm.AdmissionRequest.v1", typeof(AdmissionRequest)),
         ("lm.AdmissionHeld.v1", typeof(AdmissionHeld)),
         ("lm.AdmissionReleased.v1", typeof(AdmissionReleased)),
+        ("lm.AdmissionRestarted.v1", typeof(AdmissionRestarted)),
         ("lm.AdmissionCheck.v1", typeof(AdmissionCheck)),
 
         // journal events of a migration saga

@@ -100,6 +100,35 @@ public sealed class HostRejoinWatcherSpecs : IAsyncLifetime
         Assert.False(heard.TryTake(out var afterUnwatch, TimeSpan.FromMilliseconds(300)), $"told after it stopped watching: {afterUnwatch}");
     }
 
+    [Fact]
+    public async Task When_the_admission_limits_start_anew_the_sagas_watching_on_this_node_are_told_to_say_what_they_hold()
+    {
+        var coordinator = await StartAsync(seed: null, port: 0, role: "coordinator");
+        var watcher = coordinator.ActorOf(HostRejoinWatcher.Props(new HostDirectory(), TimeSpan.FromMilliseconds(100)));
+        var told = new BlockingCollection<AnnounceAdmission>();
+        var saga = coordinator.ActorOf(Props.Create(() => new AnnounceRecorder(told)));
+        var gone = new BlockingCollection<AnnounceAdmission>();
+        var stoppedSaga = coordinator.ActorOf(Props.Create(() => new AnnounceRecorder(gone)));
+        watcher.Tell(new WatchHostRejoins(saga));
+        watcher.Tell(new WatchHostRejoins(stoppedSaga));
+        watcher.Tell(new UnwatchHostRejoins(stoppedSaga));
+
+        // published as the singleton does; again until the watcher's subscription has reached the mediator
+        var mediator = Akka.Cluster.Tools.PublishSubscribe.DistributedPubSub.Get(coordinator).Mediator;
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while (!told.TryTake(out _, TimeSpan.FromMilliseconds(200)))
+        {
+            Assert.True(DateTime.UtcNow < deadline, "not told within 10 s");
+            mediator.Tell(new Akka.Cluster.Tools.PublishSubscribe.Publish(AdmissionRestarted.Topic, new AdmissionRestarted(DateTimeOffset.UtcNow)));
+        }
+        Assert.Empty(gone);
+    }
+
+    private sealed class AnnounceRecorder : ReceiveActor
+    {
+        public AnnounceRecorder(BlockingCollection<AnnounceAdmission> told) => Receive<AnnounceAdmission>(told.Add);
+    }
+
     private static ReportVmStopped? Take(BlockingCollection<ReportVmStopped> heard, bool empty = false)
     {
         if (empty) return heard.TryTake(out var more, TimeSpan.FromMilliseconds(300)) ? throw new Xunit.Sdk.XunitException($"told twice: {more}") : null;

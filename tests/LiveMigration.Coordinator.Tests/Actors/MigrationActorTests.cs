@@ -442,6 +442,29 @@ public sealed class MigrationActorTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task When_the_limits_start_anew_a_running_migration_says_what_it_holds_and_a_queued_one_asks_again()
+    {
+        var node = await StartNode();
+        var limits = node.Kit.CreateTestProbe();
+        var (running, queued) = (new SagaDriver(), new SagaDriver());
+        var runningMigration = node.Migration(running.Id, limits.Ref, Settings(), host: "host-a");
+        var queuedMigration = node.Migration(queued.Id, limits.Ref, Settings(), host: "host-a");
+        Start(node, runningMigration, running);
+        limits.Reply(new AdmitMigration(limits.ExpectMsg<AdmissionRequest>(Patience).Migration));
+        runningMigration.NextStep();
+        Start(node, queuedMigration, queued);
+        Assert.Equal(queued.Id, limits.ExpectMsg<AdmissionRequest>(Patience).Migration); // not answered: it waits
+
+        // the singleton moved: the one it knew of are gone with it
+        runningMigration.Saga.Tell(AnnounceAdmission.Instance);
+        var held = limits.ExpectMsg<AdmissionHeld>(Patience);
+        Assert.Equal((running.Id, "host-a"), (held.Migration, held.Host));
+        queuedMigration.Saga.Tell(AnnounceAdmission.Instance);
+        var asked = limits.ExpectMsg<AdmissionRequest>(Patience);
+        Assert.Equal((queued.Id, "host-a"), (asked.Migration, asked.Host));
+    }
+
+    [Fact]
     public async Task A_running_migration_asked_by_the_admissions_check_keeps_its_slot_and_the_next_one_waits()
     {
         var node = await StartNode();

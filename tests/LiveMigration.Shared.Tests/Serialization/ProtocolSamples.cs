@@ -125,6 +125,7 @@ public static class ProtocolSamples
         new AdmissionRequest(Migration, null, []),
         new AdmissionHeld(Migration, "host-2", [DestinationDomain.Id]),
         new AdmissionReleased(Migration),
+        new AdmissionRestarted(At),
         new AdmissionCheck(Migration),
         // membership
         new DownPredecessor("akka.tcp://lsm@10.0.0.11:4053"),

@@ -1,0 +1,49 @@
+using Akka.Cluster.Tools.PublishSubscribe;
+using Akka.TestKit.Xunit2;
+using LiveMigration.Coordinator.Migration;
+using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
+
+namespace LiveMigration.Coordinator.Tests.Actors;
+
+/// <summary>
+/// The admission limits as a singleton that starts anew (moved to another Coordinator, or its Coordinator restarted):
+/// it says so, and admits nothing until the migrations still running have had time to say what they hold.
+/// </summary>
+public sealed class MigrationAdmissionTests() : TestKit(nameof(MigrationAdmissionTests))
+{
+    private static readonly TimeSpan Settle = TimeSpan.FromMilliseconds(800);
+
+    [Fact]
+    public void A_started_limit_announces_itself_and_counts_the_slots_still_held_before_it_admits_anyone()
+    {
+        var mediator = CreateTestProbe();
+        var admission = Sys.ActorOf(MigrationAdmission.Props(new MigrationLimits(PerHost: 1, PerDomain: 0), announceTo: mediator.Ref, settleTime: Settle));
+        var published = mediator.ExpectMsg<Publish>();
+        Assert.Equal(AdmissionRestarted.Topic, published.Topic);
+        Assert.IsType<AdmissionRestarted>(published.Message);
+
+        var (running, waiting, elsewhere) = (MigrationId.New(), MigrationId.New(), MigrationId.New());
+        var (waitingSaga, elsewhereSaga) = (CreateTestProbe(), CreateTestProbe());
+        // a queued migration asks before the one running on its host (on another Coordinator) has said so
+        admission.Tell(new AdmissionRequest(waiting, "host-a", []), waitingSaga.Ref);
+        admission.Tell(new AdmissionRequest(elsewhere, "host-b", []), elsewhereSaga.Ref);
+        waitingSaga.ExpectNoMsg(Settle / 2);
+        admission.Tell(new AdmissionHeld(running, "host-a", []), TestActor);
+
+        // settled: host-b's request is admitted, host-a's waits for the one running there
+        Assert.Equal(elsewhere, elsewhereSaga.ExpectMsg<AdmitMigration>(Settle * 3).MigrationId);
+        waitingSaga.ExpectNoMsg(Settle);
+        admission.Tell(new AdmissionReleased(running), TestActor);
+        Assert.Equal(waiting, waitingSaga.ExpectMsg<AdmitMigration>().MigrationId);
+    }
+
+    [Fact]
+    public void Without_limits_nothing_waits_for_the_count()
+    {
+        var admission = Sys.ActorOf(MigrationAdmission.Props(new MigrationLimits(PerHost: 0, PerDomain: 0), announceTo: CreateTestProbe().Ref, settleTime: TimeSpan.FromMinutes(1)));
+        var migration = MigrationId.New();
+        admission.Tell(new AdmissionRequest(migration, "host-a", [DomainId.New()]), TestActor);
+        Assert.Equal(migration, ExpectMsg<AdmitMigration>().MigrationId);
+    }
+}
