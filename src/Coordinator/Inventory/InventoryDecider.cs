@@ -108,7 +108,7 @@ public static class InventoryDecider
                 return known.Vms.Select(WithoutFigures).SequenceEqual(e.Vms.Select(WithoutFigures));
             case DomainsReported e:
                 return e.Domains.All(domain => state.Domains.FirstOrDefault(d => d.Id == domain.Id) is { } was
-                    && InventoryState.MergeDomain(was, domain, e.HostId, state.IsNewest(domain.Id, e.At))
+                    && InventoryState.MergeDomain(was, domain, e.HostId, state.IsNewest(domain.Id, domain.FiguresAt(e.At)))
                         with { UsedBytes = was.UsedBytes, AvailableBytes = was.AvailableBytes } == was);
             default:
                 return false;
@@ -130,7 +130,7 @@ public static class InventoryDecider
         foreach (var domain in report.Domains.GroupBy(d => d.Id).Select(g => g.Last()))
         {
             var known = state.Domains.FirstOrDefault(d => d.Id == domain.Id);
-            if (known is null || InventoryState.MergeDomain(known, domain, report.HostId, state.IsNewest(domain.Id, report.At)) != known)
+            if (known is null || InventoryState.MergeDomain(known, domain, report.HostId, state.IsNewest(domain.Id, domain.FiguresAt(report.At))) != known)
                 changed.Add(domain);
         }
         return changed.Count == 0 ? null : new DomainsReported(changed.ToValueList(), report.At, report.HostId);

@@ -131,14 +131,14 @@ public sealed record InventoryState(
     private InventoryState MergeDomains(ValueList<DomainReport> reported, DateTimeOffset at, string? hostId)
     {
         var byId = reported.GroupBy(d => d.Id).ToDictionary(g => g.Key,
-            g => MergeDomain(Domains.FirstOrDefault(known => known.Id == g.Key), g.Last(), hostId, IsNewest(g.Key, at)));
+            g => MergeDomain(Domains.FirstOrDefault(known => known.Id == g.Key), g.Last(), hostId, IsNewest(g.Key, g.Last().FiguresAt(at))));
         // known domains keep their place in the list, new ones go after them in the order reported
         var merged = Domains.Select(d => byId.GetValueOrDefault(d.Id, d)).ToList();
         merged.AddRange(byId.Values.Where(d => Domains.All(known => known.Id != d.Id)));
-        // the figures' time: a host that cannot reach the domain gives none
-        var heard = DomainsHeardAt.SetItems(reported.Where(d => d.Active || hostId is null).Select(d => d.Id).Distinct()
-            .Where(id => !DomainsHeardAt.TryGetValue(id, out var before) || at > before)
-            .Select(id => KeyValuePair.Create(id, at)));
+        // the figures' time (a host's count may be older than its report): a host that cannot reach the domain gives none
+        var heard = DomainsHeardAt.SetItems(reported.Where(d => d.Active || hostId is null).GroupBy(d => d.Id)
+            .Select(g => KeyValuePair.Create(g.Key, g.Last().FiguresAt(at)))
+            .Where(figures => !DomainsHeardAt.TryGetValue(figures.Key, out var before) || figures.Value > before));
         return this with { Domains = merged.ToValueList(), DomainsHeardAt = heard };
     }
 
@@ -159,6 +159,7 @@ public sealed record InventoryState(
         {
             Active = unreachable.IsEmpty && (hostId is not null || reported.Active),
             UnreachableFrom = unreachable.IsEmpty ? null : unreachable.ToValueList(),
+            CountedAt = null, // its time is kept in DomainsHeardAt
         };
     }
 

@@ -324,7 +324,8 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
             try
             {
                 var info = await domain.DescribeAsync(DomainUsedMaxAge);
-                report = new DomainReport(info.Id, info.Name, info.Kind, info.CapacityBytes, info.UsedBytes, info.AvailableBytes, Active: true);
+                report = new DomainReport(info.Id, info.Name, info.Kind, info.CapacityBytes, info.UsedBytes, info.AvailableBytes, Active: true,
+                    CountedAt: info.UsedCountedAt);
                 _lastDomains[domain.Id] = report;
                 reachable[domain.Id] = true;
             }

@@ -62,7 +62,9 @@ public sealed record DomainInfo(
     /// <summary>Bytes the volumes on it take (allocated, as volumes are thin).</summary>
     long UsedBytes,
     /// <summary>Free bytes on the file system (or the sim's model) under the domain.</summary>
-    long FilesystemFreeBytes)
+    long FilesystemFreeBytes,
+    /// <summary>When <see cref="UsedBytes"/> was counted, when that may be before now (a count kept for reports); null: now.</summary>
+    DateTimeOffset? UsedCountedAt = null)
 {
     /// <summary>What new data may still take: the lower of the capacity left and the file system's free space.</summary>
     public long AvailableBytes => Math.Max(0, Math.Min(CapacityBytes - UsedBytes, FilesystemFreeBytes));

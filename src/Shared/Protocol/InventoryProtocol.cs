@@ -75,10 +75,19 @@ public sealed record ReportAcknowledged(string Report, DateTimeOffset At, long E
 /// A storage domain's figures. A host reports <paramref name="Active"/> as it sees the domain (false: not reachable from it,
 /// e.g. unmounted) and no <paramref name="UnreachableFrom"/>; the inventory keeps, per domain, the hosts whose last report
 /// could not reach it (<paramref name="UnreachableFrom"/>), and the domain is active only while there are none.
+/// <paramref name="CountedAt"/>: when a host counted <paramref name="UsedBytes"/>, when before its report (a count kept for
+/// reports): the inventory takes the newest figures by it, so a host's older count does not undo another's newer one.
+/// The inventory does not keep it in its view.
 /// </summary>
 public sealed record DomainReport(DomainId Id, string Name, string Kind, long CapacityBytes, long UsedBytes, long AvailableBytes, bool Active,
     [property: System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
-    ValueList<string>? UnreachableFrom = null);
+    ValueList<string>? UnreachableFrom = null,
+    [property: System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
+    DateTimeOffset? CountedAt = null)
+{
+    /// <summary>When its figures were made: the count's time, else the report's.</summary>
+    public DateTimeOffset FiguresAt(DateTimeOffset reportedAt) => CountedAt ?? reportedAt;
+}
 
 /// <summary>Asks for what the saga validates a request against (answered with <see cref="ValidationFactsReply"/>).</summary>
 public sealed record GetValidationFacts(VmId Vm, ValueList<ImageId> Images) : IInventoryMessage;

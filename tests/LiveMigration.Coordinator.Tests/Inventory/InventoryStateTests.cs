@@ -313,6 +313,25 @@ public sealed class InventoryStateTests
         Assert.Null(InventoryDecider.Decide(state, new DomainStatusReport([used], T0.AddSeconds(3), "host-2")));
     }
 
+    [Fact]
+    public void A_hosts_count_kept_from_before_another_hosts_newer_count_does_not_undo_it_though_its_report_is_newer()
+    {
+        // hosts report a file domain's used bytes from a count up to a few seconds old: the figures' time is the count's
+        var sd = new DomainReport(DomainId.New(), "sd", "file", 4L << 30, 1L << 30, 3L << 30, Active: true);
+        var state = Reported(InventoryState.Empty, new DomainStatusReport([sd with { CountedAt = T0 }], T0, "host-2"));
+        // the SPM on host-1 deleted a disk there and counted at once
+        var freed = sd with { UsedBytes = 0, AvailableBytes = 4L << 30 };
+        state = Reported(state, new DomainStatusReport([freed with { CountedAt = T0.AddSeconds(5) }], T0.AddSeconds(5), "host-1"));
+        // host-2 reports later, still with its count from before the delete
+        Assert.Null(InventoryDecider.Decide(state, new DomainStatusReport([sd with { CountedAt = T0 }], T0.AddSeconds(6), "host-2")));
+        Assert.Equal(freed, Assert.Single(state.Domains)); // the count's time is not kept in the view
+
+        // its next count is newer: taken
+        var grown = sd with { UsedBytes = 2L << 30, AvailableBytes = 2L << 30 };
+        state = Reported(state, new DomainStatusReport([grown with { CountedAt = T0.AddSeconds(8) }], T0.AddSeconds(8), "host-2"));
+        Assert.Equal(grown, Assert.Single(state.Domains));
+    }
+
     // Until 2026-12-06 the newest report of a domain decided whether it was active: a host that reached it, reporting after
     // one that could not (unmounted there), made it active again, and a move to it from that host failed at its first step.
     [Fact]

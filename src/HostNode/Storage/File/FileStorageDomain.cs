@@ -33,11 +33,13 @@ public sealed class FileStorageDomain : IStorageDomain
     /// <summary>
     /// The bytes the images took when last counted, and when (<see cref="Environment.TickCount64"/>): a host's report
     /// takes a count up to the age it names, as a domain of thousands of volumes was walked file by file at every report
-    /// of every host. Forgotten at each change this instance makes to an image, so its own changes show at once; a
-    /// guest's writes and other hosts' changes show once the count is older than the report's age. Space checks count anew.
+    /// of every host. Not taken after a change this instance made to an image (<see cref="_changes"/>, counted as each
+    /// begins and ends), so its own changes show at once; a guest's writes and other hosts' changes show once the count is
+    /// older than the report's age. Space checks count anew.
     /// </summary>
     private volatile UsageCount? _usage;
-    private sealed record UsageCount(long Bytes, long CountedAtMs);
+    private long _changes;
+    private sealed record UsageCount(long Bytes, long CountedAtMs, DateTimeOffset CountedAt, long Changes);
 
     private FileStorageDomain(string domainPath, DomainMetadata metadata)
     {
@@ -113,12 +115,18 @@ public sealed class FileStorageDomain : IStorageDomain
     {
         RequireReachable(); // an unmounted domain would report the bare mount point's figures
         var now = Environment.TickCount64;
+        var changes = Interlocked.Read(ref _changes);
         long used;
-        if (_usage is { } counted && now - counted.CountedAtMs <= usedMaxAge.TotalMilliseconds) used = counted.Bytes;
+        DateTimeOffset countedAt;
+        // a zero age is an exact count, even within the clock's tick
+        if (usedMaxAge > TimeSpan.Zero && _usage is { } kept && kept.Changes == changes && now - kept.CountedAtMs <= usedMaxAge.TotalMilliseconds)
+            (used, countedAt) = (kept.Bytes, kept.CountedAt);
         else
         {
+            countedAt = DateTimeOffset.UtcNow;
             used = CountUsedBytes();
-            _usage = new UsageCount(used, now);
+            // kept only if no change of this domain's began meanwhile: the walk may have missed it
+            _usage = new UsageCount(used, now, countedAt, changes);
         }
         long free;
         try
@@ -129,7 +137,7 @@ public sealed class FileStorageDomain : IStorageDomain
         {
             throw new OperationFailedException(ErrorCodes.IoError, $"cannot read the free space under {DomainPath}: {e.Message}", e);
         }
-        return Task.FromResult(new DomainInfo(Id, Name, Kind, _metadata.CapacityBytes, used, free));
+        return Task.FromResult(new DomainInfo(Id, Name, Kind, _metadata.CapacityBytes, used, free, countedAt));
     }
 
     /// <summary>The bytes every image file takes, half-deleted images' too: a walk of every file of the domain.</summary>
@@ -1013,16 +1021,18 @@ public sealed class FileStorageDomain : IStorageDomain
 
     // ---------------------------------------------------------------- helpers
 
-    /// <summary>Under the image's lock, as every change of an image is made; the usage count is forgotten after it.</summary>
+    /// <summary>Under the image's lock, as every change of an image is made; no usage count from before its end is taken after it.</summary>
     private async Task<T> WithImageLockAsync<T>(ImageId image, Func<Task<T>> action, CancellationToken ct)
     {
+        // counted at the start too: a walk that begins during the change is not kept either
+        Interlocked.Increment(ref _changes);
         try
         {
             return await WithLockAsync(ImagePath(image), action, ct);
         }
         finally
         {
-            _usage = null;
+            Interlocked.Increment(ref _changes);
         }
     }
 
