@@ -117,6 +117,7 @@ public sealed class MultiCoordinatorTests(ITestOutputHelper output) : IAsyncLife
         Assert.All(victimSagas, id => Assert.False(before[id].GetProperty("finished").GetBoolean(),
             $"migration {id} on {victim} finished before the kill: {before[id]}"));
         var node = coordinators.Single(c => c.Name == victim);
+        var logLengthsAtKill = coordinators.ToDictionary(c => c.Name, c => File.ReadAllText(c.LogFile).Length);
         ProcessTable.Signal(node.Pid, ProcessTable.SigKill);
         await ProcessTable.WaitGoneAsync([node.Pid], pid => ProcessTable.IsAlive(pid, node.StartTime), TimeSpan.FromSeconds(10));
         Log($"SIGKILLed {victim} (pid {node.Pid}), which ran {victimSagas.Count} saga(s): {string.Join(", ", victimSagas)}");
@@ -142,6 +143,16 @@ public sealed class MultiCoordinatorTests(ITestOutputHelper output) : IAsyncLife
         // the dead Coordinator's sagas went on elsewhere: a survivor recovered each from the shared journal
         var survivorLogs = string.Join("\n", coordinators.Where(c => c.Name != victim).Select(c => File.ReadAllText(c.LogFile)));
         Assert.All(victimSagas, id => Assert.Contains($"Migration {id} recovered at event", survivorLogs));
+        if (victim == "coordinator")
+        {
+            // the admission limits moved with the oldest: the survivors' sagas were told to say what they hold, and the new
+            // limits counted from the journal the dead one's sagas, which came back only later
+            var sinceKill = string.Join("\n", coordinators.Where(c => c.Name != victim).Select(c => File.ReadAllText(c.LogFile)[logLengthsAtKill[c.Name]..]));
+            Assert.Contains("The admission limits started anew", sinceKill);
+            var counted = System.Text.RegularExpressions.Regex.Match(sinceKill, @"the journal has (\d+) migration\(s\) running, (\d+) of them not heard from yet");
+            Assert.True(counted.Success, "the new admission limits did not count the journal's running migrations");
+            Assert.True(int.Parse(counted.Groups[2].Value) >= victimSagas.Count, counted.Value);
+        }
 
         // each disk on its destination, in one chain of its two volumes; every domain holds exactly one disk's data: nothing
         // left on a source, no second copy on a destination

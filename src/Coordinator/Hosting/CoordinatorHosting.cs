@@ -58,7 +58,12 @@ public static class CoordinatorHosting
                 new ClusterSingletonOptions { Role = CoordinatorSettings.Role }, createProxyToo: true)
             .WithClusterHosts(directory, registry => registry.Get<InventoryProxy>())
             .WithMigrationSharding((_, registry) => ClusterHostsHosting.Resolve(registry, directory, registry.Get<InventoryProxy>()),
-                new MigrationShardingOptions { Role = CoordinatorSettings.Role, Limits = settings.Limits, Actor = settings.Actor })
+                new MigrationShardingOptions
+                {
+                    Role = CoordinatorSettings.Role, Limits = settings.Limits, Actor = settings.Actor,
+                    // the migrations list's projection (the API's), when this node serves one
+                    JournaledRunning = resolver => resolver.GetService<MigrationCatalog>() is { } catalog ? MigrationAdmission.Journaled(catalog, directory.HostOf) : null,
+                })
             .WithActors((system, registry) =>
             {
                 system.ActorOf(ReservationReleaser.Props(registry.Get<InventoryProxy>()), "reservation-releaser");

@@ -79,8 +79,9 @@ public sealed class HostRejoinWatcher : ReceiveActor, IWithTimers
         });
         Receive<AdmissionRestarted>(_ =>
         {
-            _log.Info("The admission limits started anew; telling {Sagas} migration(s) on this node to say what they hold", _sagas.Count);
-            foreach (var saga in _sagas) saga.Tell(AnnounceAdmission.Instance);
+            _log.Info("The admission limits started anew at {Limits}; telling {Sagas} migration(s) on this node to say what they hold", Sender.Path, _sagas.Count);
+            // the publisher is the new singleton itself (pub/sub keeps the sender)
+            foreach (var saga in _sagas) saga.Tell(new AnnounceAdmission(Sender));
         });
         Receive<SubscribeAck>(_ => { });
         Receive<ClusterEvent.MemberUp>(up =>

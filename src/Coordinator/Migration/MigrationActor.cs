@@ -147,14 +147,15 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
         Command<HostLocated>(OnHostLocated);
         Command<LocateAgain>(_ => NeedsLocating());
         Command<AdmissionCheck>(_ => AnswerAdmissionCheck(Sender));
-        Command<AnnounceAdmission>(_ =>
+        Command<AnnounceAdmission>(announced =>
         {
             // the limits started anew with nothing counted (their singleton moved): the slots this one holds, or its request, again
+            var limits = announced.Limits.IsNobody() ? _admission : announced.Limits;
             if (_state.Status is MigrationStatus.Queued)
             {
-                if (_admissionAsked) AskAdmission();
+                if (_admissionAsked) AskAdmission(limits);
             }
-            else if (_state.Status is not MigrationStatus.New && !_state.Status.IsFinished) AnswerAdmissionCheck(_admission);
+            else if (_state.Status is not MigrationStatus.New && !_state.Status.IsFinished) AnswerAdmissionCheck(limits);
         });
         Command<GetMigrationState>(_ =>
         {
@@ -315,6 +316,13 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
         {
             _admissionAsked = false;
             Timers.Cancel(AdmissionTimer);
+            // admitted: the limits hear it as held too, as an admit from a singleton that has since moved would leave this
+            // one waiting, uncounted, in the queue of the new one it asked again
+            if (_state.Status is not MigrationStatus.Queued && !_state.Status.IsFinished)
+            {
+                var (host, domains) = Claim();
+                _admission.Tell(new AdmissionHeld(Id, host, domains));
+            }
         }
 
         if (_state.Status.IsFinished && !_released)
@@ -343,16 +351,16 @@ public sealed class MigrationActor : ReceivePersistentActor, IWithTimers
         // Queued: it asks again itself; an admit in flight to it must not be undone by this answer.
     }
 
-    private void AskAdmission()
+    private void AskAdmission(IActorRef? limits = null)
     {
         if (NeedsLocating()) return; // asked when the inventory answers: a request without its host escapes the per-host limit
         var (host, domains) = Claim();
-        _admission.Tell(new AdmissionRequest(Id, host, domains));
+        (limits ?? _admission).Tell(new AdmissionRequest(Id, host, domains));
     }
 
     private (string? Host, ValueList<DomainId> Domains) Claim()
     {
-        var domains = _state.Disks.SelectMany(d => new[] { d.Plan.Source, d.Plan.Destination }).Distinct().ToValueList();
+        var domains = MigrationAdmission.DomainsOf(_state);
         return (_state.Request is { } request ? _hosts.HostOf(request.Vm) ?? _locatedHost : null, domains);
     }
 

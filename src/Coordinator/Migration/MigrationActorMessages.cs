@@ -54,12 +54,10 @@ public sealed record WatchVmStops(IActorRef Saga, MigrationId Migration, VmId Vm
 
 /// <summary>
 /// The admission limits started anew (<see cref="AdmissionRestarted"/>): a running saga says again what it holds, a queued
-/// one asks again; local only (this node's <see cref="Hosts.HostRejoinWatcher"/> tells its sagas).
+/// one asks again, to <paramref name="Limits"/> itself (this node's singleton proxy may still name the limits that moved);
+/// local only (this node's <see cref="Hosts.HostRejoinWatcher"/> tells its sagas).
 /// </summary>
-public sealed record AnnounceAdmission : INoSerializationVerificationNeeded
-{
-    public static readonly AnnounceAdmission Instance = new();
-}
+public sealed record AnnounceAdmission(IActorRef Limits) : INoSerializationVerificationNeeded;
 
 /// <summary>The saga stopped; local only.</summary>
 public sealed record UnwatchHostRejoins(IActorRef Saga) : INoSerializationVerificationNeeded;

@@ -17,12 +17,17 @@ public sealed record MigrationLimits(int PerHost, int PerDomain)
 /// is at its limit; then it waits, in arrival order, until a running migration releases its slots.
 /// Its state is only memory: when it starts it says so to every Coordinator (<see cref="AdmissionRestarted"/>), whose
 /// running migrations announce themselves again (<see cref="AdmissionHeld"/>; recovered ones do so anyway) and queued
-/// ones ask again; for a settle time it admits nothing, so the slots held are counted before any is given (a singleton
-/// that moved to another Coordinator admitted at once, over the limits of the migrations still running). A release is a message that can be lost (its Coordinator
+/// ones ask again, and it counts the migrations the journal has running (<see cref="RunningMigrations"/>: those of a
+/// Coordinator that died with it recover only once their shards move, tens of seconds later, while their copies go on);
+/// until both a settle time has passed and that count is in, it admits nothing, so the slots held are counted before any
+/// is given (a singleton that moved to another Coordinator admitted at once, over the limits of those still running). A release is a message that can be lost (its Coordinator
 /// died before the singleton's proxy passed it on): while a migration waits, the holders of the slots are asked
 /// (<see cref="AdmissionCheck"/>, through the shard region, which wakes a passivated saga) whether they still hold them,
 /// so a slot of a finished migration never keeps a queue waiting for good.
 /// </summary>
+/// <summary>The migrations the journal has admitted and not finished, as claims (host null when not known here).</summary>
+public delegate Task<IReadOnlyList<AdmissionHeld>> RunningMigrations();
+
 public sealed class MigrationAdmission : ReceiveActor, IWithTimers
 {
     private sealed record Claim(MigrationId Migration, string? Host, ValueList<DomainId> Domains);
@@ -35,6 +40,10 @@ public sealed class MigrationAdmission : ReceiveActor, IWithTimers
     {
         public static readonly SettleDue Instance = new();
     }
+    private sealed record Counted(IReadOnlyList<AdmissionHeld>? Running, Exception? Failure = null);
+
+    /// <summary>How long the count of the journal's running migrations may take before the limits go on without it.</summary>
+    public static readonly TimeSpan RunningCountTimeout = TimeSpan.FromSeconds(20);
 
     /// <summary>
     /// How long a started singleton admits nothing: its announcement goes out by pub/sub, and the answers come through the
@@ -50,7 +59,10 @@ public sealed class MigrationAdmission : ReceiveActor, IWithTimers
     private readonly TimeSpan _reconcileInterval;
     private readonly IActorRef? _announceTo;
     private readonly TimeSpan _settleTime;
-    private bool _settling;
+    private readonly RunningMigrations? _journaled;
+    private bool _settleTimeOver = true;
+    private bool _counted = true;
+    private bool Settling => !_settleTimeOver || !_counted;
     private readonly Dictionary<MigrationId, Claim> _running = [];
     // What each host and domain runs now, so a claim is judged without counting every running migration.
     private readonly Dictionary<string, int> _perHost = [];
@@ -66,15 +78,17 @@ public sealed class MigrationAdmission : ReceiveActor, IWithTimers
     /// <param name="reconcileInterval">How often holders are asked while something waits (<see cref="DefaultReconcileInterval"/>).</param>
     /// <param name="announceTo">The pub/sub mediator its start is published through (<see cref="AdmissionRestarted"/>); null: none.</param>
     /// <param name="settleTime">How long it admits nothing after its start (<see cref="DefaultSettleTime"/> as a singleton); null: no wait.</param>
+    /// <param name="journaled">The migrations the journal has running, counted at start before anything is admitted; null: none.</param>
     public static Props Props(MigrationLimits limits, Func<IActorRef?>? sagas = null, TimeSpan? reconcileInterval = null,
-        IActorRef? announceTo = null, TimeSpan? settleTime = null) =>
-        Akka.Actor.Props.Create(() => new MigrationAdmission(limits, sagas, reconcileInterval, announceTo, settleTime));
+        IActorRef? announceTo = null, TimeSpan? settleTime = null, RunningMigrations? journaled = null) =>
+        Akka.Actor.Props.Create(() => new MigrationAdmission(limits, sagas, reconcileInterval, announceTo, settleTime, journaled));
 
     public MigrationAdmission(MigrationLimits limits, Func<IActorRef?>? sagas, TimeSpan? reconcileInterval, IActorRef? announceTo = null,
-        TimeSpan? settleTime = null)
+        TimeSpan? settleTime = null, RunningMigrations? journaled = null)
     {
         _announceTo = announceTo;
         _settleTime = settleTime ?? TimeSpan.Zero;
+        _journaled = journaled;
         _limits = limits;
         _sagas = sagas ?? (() => null);
         Receive<AdmissionRequest>(r => Request(new Claim(r.Migration, r.Host, r.Domains), Sender));
@@ -99,10 +113,27 @@ public sealed class MigrationAdmission : ReceiveActor, IWithTimers
         Receive<ReconcileDue>(_ => Reconcile());
         Receive<SettleDue>(_ =>
         {
-            _settling = false;
-            if (_queue.Count > 0)
-                _log.Info("Admission limits settled with {Running} migration(s) counted as running; {Waiting} waiting are judged now", _running.Count, _queue.Count);
-            AdmitWaiting();
+            _settleTimeOver = true;
+            Settled();
+        });
+        Receive<Counted>(counted =>
+        {
+            if (counted.Running is { } running)
+            {
+                // a claim said since is newer (a saga that finished meanwhile is found by the checks while anything waits)
+                var added = 0;
+                foreach (var held in running.Where(held => !_running.ContainsKey(held.Migration)))
+                {
+                    _queue.RemoveAll(w => w.Claim.Migration == held.Migration); // admitted by the singleton before: not waiting
+                    Add(new Claim(held.Migration, held.Host, held.Domains));
+                    added++;
+                }
+                _log.Info("Admission limits: the journal has {Running} migration(s) running, {Added} of them not heard from yet", running.Count, added);
+            }
+            else
+                _log.Warning(counted.Failure, "Admission limits: the journal's running migrations could not be counted; going on with those that said so");
+            _counted = true;
+            Settled();
         });
         _reconcileInterval = reconcileInterval ?? DefaultReconcileInterval;
     }
@@ -112,11 +143,40 @@ public sealed class MigrationAdmission : ReceiveActor, IWithTimers
         Timers.StartPeriodicTimer(ReconcileDue.Instance, ReconcileDue.Instance, _reconcileInterval);
         _announceTo?.Tell(new Publish(AdmissionRestarted.Topic, new AdmissionRestarted(DateTimeOffset.UtcNow)));
         // without limits nothing is ever refused, so nothing needs counting first
-        if (_settleTime > TimeSpan.Zero && (_limits.PerHost > 0 || _limits.PerDomain > 0))
+        if (_limits.PerHost <= 0 && _limits.PerDomain <= 0) return;
+        if (_settleTime > TimeSpan.Zero)
         {
-            _settling = true;
+            _settleTimeOver = false;
             Timers.StartSingleTimer(SettleDue.Instance, SettleDue.Instance, _settleTime);
         }
+        if (_journaled is { } journaled)
+        {
+            _counted = false;
+            journaled().WaitAsync(RunningCountTimeout).PipeTo(Self, success: running => new Counted(running), failure: e => new Counted(null, e));
+        }
+    }
+
+    /// <summary>
+    /// The migrations the journal has admitted and not finished, from the migrations list's projection, each claiming its
+    /// domains and, when this node knows it, its VM's host: as their sagas claim (<see cref="DomainsOf"/>).
+    /// </summary>
+    public static RunningMigrations Journaled(MigrationCatalog catalog, Func<VmId, string?> hostOf) => async () =>
+        (await catalog.UnfinishedAsync())
+        .Where(state => state.Status is not (MigrationStatus.New or MigrationStatus.Queued) && !state.Status.IsFinished)
+        .Select(state => new AdmissionHeld(state.Id, state.Request is { } request ? hostOf(request.Vm) : null, DomainsOf(state)))
+        .ToList();
+
+    /// <summary>The domains a migration's slots are taken on: every source and destination of its disks.</summary>
+    public static ValueList<DomainId> DomainsOf(MigrationState state) =>
+        state.Disks.SelectMany(d => new[] { d.Plan.Source, d.Plan.Destination }).Distinct().ToValueList();
+
+    /// <summary>Once the settle time has passed and the journal's running migrations are counted, what waits is judged.</summary>
+    private void Settled()
+    {
+        if (Settling) return;
+        if (_queue.Count > 0)
+            _log.Info("Admission limits settled with {Running} migration(s) counted as running; {Waiting} waiting are judged now", _running.Count, _queue.Count);
+        AdmitWaiting();
     }
 
     private void Request(Claim claim, IActorRef replyTo)
@@ -132,13 +192,13 @@ public sealed class MigrationAdmission : ReceiveActor, IWithTimers
             _queue[index] = new Waiting(claim, replyTo); // the saga may have moved (recovery elsewhere)
             return;
         }
-        if (!_settling && Fits(claim))
+        if (!Settling && Fits(claim))
             Admit(claim, replyTo);
         else
         {
             _queue.Add(new Waiting(claim, replyTo));
             // while settling it is judged when the count is whole
-            if (!_settling) _log.Info("Migration {Migration} waits as Queued: host {Host} or one of domains {Domains} is at its limit ({PerHost} per host, {PerDomain} per domain)",
+            if (!Settling) _log.Info("Migration {Migration} waits as Queued: host {Host} or one of domains {Domains} is at its limit ({PerHost} per host, {PerDomain} per domain)",
                 claim.Migration, claim.Host ?? "(unknown)", string.Join(",", claim.Domains), _limits.PerHost, _limits.PerDomain);
         }
     }
@@ -159,7 +219,7 @@ public sealed class MigrationAdmission : ReceiveActor, IWithTimers
 
     private void AdmitWaiting()
     {
-        if (_settling) return;
+        if (Settling) return;
         foreach (var waiting in _queue.ToList())
             if (Fits(waiting.Claim))
             {

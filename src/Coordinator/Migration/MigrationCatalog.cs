@@ -95,6 +95,21 @@ public sealed class MigrationCatalog(ActorSystem system, MigrationViewOptions? v
         }
     }
 
+    /// <summary>The migrations not finished, as the journal has them now (read up to its end first).</summary>
+    public async Task<IReadOnlyList<MigrationState>> UnfinishedAsync(CancellationToken ct = default)
+    {
+        await _catchUp.WaitAsync(ct);
+        try
+        {
+            await CatchUpAsync(ct);
+            return _unfinished.Values.Select(row => row.State).ToList();
+        }
+        finally
+        {
+            _catchUp.Release();
+        }
+    }
+
     /// <summary>
     /// A row's view: an unfinished one from its state in memory, a finished one from the views kept (it never changes
     /// again), else read from the row and kept: a page of the newest is not a hundred reads of JSON at every refresh.
@@ -288,7 +303,10 @@ public sealed class MigrationCatalog(ActorSystem system, MigrationViewOptions? v
     /// </summary>
     public void Heard(MigrationId id)
     {
-        if (!_finished.ContainsKey(id)) Remember(id);
+        if (_finished.ContainsKey(id)) return;
+        Remember(id);
+        // finished meanwhile (its final view came on another thread): that view answers for it
+        if (_finished.ContainsKey(id)) _known.TryRemove(id, out _);
     }
 
     private void Remember(MigrationId id)

@@ -2,6 +2,7 @@ using Akka.Actor;
 using Akka.Cluster.Hosting;
 using Akka.Cluster.Sharding;
 using Akka.Cluster.Tools.PublishSubscribe;
+using Akka.DependencyInjection;
 using Akka.Hosting;
 using LiveMigration.Shared.Model;
 
@@ -17,6 +18,8 @@ public sealed record MigrationShardingOptions
     public string Role { get; init; } = "coordinator";
     public MigrationActorSettings Actor { get; init; } = MigrationActorSettings.Default;
     public MigrationLimits Limits { get; init; } = MigrationLimits.Default;
+    /// <summary>The migrations the journal has running, which the admission limits count when they start; null: none.</summary>
+    public Func<IDependencyResolver, RunningMigrations?>? JournaledRunning { get; init; }
 }
 
 public static class MigrationHosting
@@ -35,8 +38,9 @@ public static class MigrationHosting
         options ??= new MigrationShardingOptions();
         var settings = options.Actor with { PublishToCluster = true, PassivateWhenIdle = true };
         builder.WithSingleton<MigrationAdmission>("migration-admission",
-            (system, registry, _) => MigrationAdmission.Props(options.Limits, () => registry.TryGet<MigrationRegion>(out var region) ? region : null,
-                announceTo: DistributedPubSub.Get(system).Mediator, settleTime: MigrationAdmission.DefaultSettleTime),
+            (system, registry, resolver) => MigrationAdmission.Props(options.Limits, () => registry.TryGet<MigrationRegion>(out var region) ? region : null,
+                announceTo: DistributedPubSub.Get(system).Mediator, settleTime: MigrationAdmission.DefaultSettleTime,
+                journaled: options.JournaledRunning?.Invoke(resolver)),
             new ClusterSingletonOptions { Role = options.Role },
             createProxyToo: true);
         return builder.WithShardRegion<MigrationRegion>("migration",

@@ -113,14 +113,17 @@ public sealed class HostRejoinWatcherSpecs : IAsyncLifetime
         watcher.Tell(new WatchHostRejoins(stoppedSaga));
         watcher.Tell(new UnwatchHostRejoins(stoppedSaga));
 
-        // published as the singleton does; again until the watcher's subscription has reached the mediator
+        // published as the singleton does (itself the sender); again until the watcher's subscription has reached the mediator
+        var limits = coordinator.ActorOf(Props.Create(() => new AnnounceRecorder(new BlockingCollection<AnnounceAdmission>())));
         var mediator = Akka.Cluster.Tools.PublishSubscribe.DistributedPubSub.Get(coordinator).Mediator;
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
-        while (!told.TryTake(out _, TimeSpan.FromMilliseconds(200)))
+        AnnounceAdmission? announced;
+        while (!told.TryTake(out announced, TimeSpan.FromMilliseconds(200)))
         {
             Assert.True(DateTime.UtcNow < deadline, "not told within 10 s");
-            mediator.Tell(new Akka.Cluster.Tools.PublishSubscribe.Publish(AdmissionRestarted.Topic, new AdmissionRestarted(DateTimeOffset.UtcNow)));
+            mediator.Tell(new Akka.Cluster.Tools.PublishSubscribe.Publish(AdmissionRestarted.Topic, new AdmissionRestarted(DateTimeOffset.UtcNow)), limits);
         }
+        Assert.Equal(limits, announced.Limits); // the sagas answer the new limits, not their node's proxy
         Assert.Empty(gone);
     }
 

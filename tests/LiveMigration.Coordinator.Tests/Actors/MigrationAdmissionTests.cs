@@ -39,6 +39,26 @@ public sealed class MigrationAdmissionTests() : TestKit(nameof(MigrationAdmissio
     }
 
     [Fact]
+    public void The_migrations_the_journal_has_running_hold_their_slots_before_their_sagas_say_so()
+    {
+        // a Coordinator that died with the limits ran one on host-a and domain d: its saga comes back only when its shard
+        // moves, while its copy goes on
+        var (running, waiting) = (MigrationId.New(), MigrationId.New());
+        var domain = DomainId.New();
+        var journal = new TaskCompletionSource<IReadOnlyList<AdmissionHeld>>();
+        var admission = Sys.ActorOf(MigrationAdmission.Props(new MigrationLimits(PerHost: 1, PerDomain: 1), settleTime: TimeSpan.FromMilliseconds(100),
+            journaled: () => journal.Task));
+        var saga = CreateTestProbe();
+        admission.Tell(new AdmissionRequest(waiting, "host-b", [domain]), saga.Ref);
+        saga.ExpectNoMsg(Settle); // the settle time is over, the count is not in: nothing is admitted yet
+
+        journal.SetResult([new AdmissionHeld(running, "host-a", [domain])]);
+        saga.ExpectNoMsg(Settle); // domain d is at its limit of one
+        admission.Tell(new AdmissionReleased(running), TestActor);
+        Assert.Equal(waiting, saga.ExpectMsg<AdmitMigration>().MigrationId);
+    }
+
+    [Fact]
     public void Without_limits_nothing_waits_for_the_count()
     {
         var admission = Sys.ActorOf(MigrationAdmission.Props(new MigrationLimits(PerHost: 0, PerDomain: 0), announceTo: CreateTestProbe().Ref, settleTime: TimeSpan.FromMinutes(1)));
