@@ -71,7 +71,11 @@ public sealed class InventoryPubSubTests() : TestKit(Config, nameof(InventoryPub
 
         Assert.Equal(new HostForgetAnswer("host-1", 1), ExpectMsg<HostForgetAnswer>(Wait));
         // the steps of a VM it ran are not sent to it any more (another host that lists the VM, or none, answers)
-        AwaitAssert(() => Assert.Null(directory.HostOf(pool.Vm)), Wait);
-        Assert.Null(directory.HostAt(pool.HostReport("host-1").Address));
+        // both awaited: the listener applies the forget on its own thread, the VM first, then the addresses
+        AwaitAssert(() =>
+        {
+            Assert.Null(directory.HostOf(pool.Vm));
+            Assert.Null(directory.HostAt(pool.HostReport("host-1").Address));
+        }, Wait);
     }
 }
