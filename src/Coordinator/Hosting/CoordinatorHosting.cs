@@ -62,7 +62,9 @@ public static class CoordinatorHosting
                 {
                     Role = CoordinatorSettings.Role, Limits = settings.Limits, Actor = settings.Actor,
                     // the migrations list's projection (the API's), when this node serves one
-                    JournaledRunning = resolver => resolver.GetService<MigrationCatalog>() is { } catalog ? MigrationAdmission.Journaled(catalog, directory.HostOf) : null,
+                    JournaledRunning = (registry, resolver) => resolver.GetService<MigrationCatalog>() is { } catalog
+                        ? MigrationAdmission.Journaled(catalog, vm => directory.LocateAsync(vm, registry.Get<InventoryProxy>(), TimeSpan.FromSeconds(5)))
+                        : null,
                 })
             .WithActors((system, registry) =>
             {

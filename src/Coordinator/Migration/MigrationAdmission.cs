@@ -12,6 +12,9 @@ public sealed record MigrationLimits(int PerHost, int PerDomain)
     public static readonly MigrationLimits Default = new(PerHost: 2, PerDomain: 4);
 }
 
+/// <summary>The migrations the journal has admitted and not finished, as claims (host null when not known here).</summary>
+public delegate Task<IReadOnlyList<AdmissionHeld>> RunningMigrations();
+
 /// <summary>
 /// The concurrency limits of issue 3: admits a migration at once unless its host or one of its domains
 /// is at its limit; then it waits, in arrival order, until a running migration releases its slots.
@@ -20,14 +23,11 @@ public sealed record MigrationLimits(int PerHost, int PerDomain)
 /// ones ask again, and it counts the migrations the journal has running (<see cref="RunningMigrations"/>: those of a
 /// Coordinator that died with it recover only once their shards move, tens of seconds later, while their copies go on);
 /// until both a settle time has passed and that count is in, it admits nothing, so the slots held are counted before any
-/// is given (a singleton that moved to another Coordinator admitted at once, over the limits of those still running). A release is a message that can be lost (its Coordinator
-/// died before the singleton's proxy passed it on): while a migration waits, the holders of the slots are asked
+/// is given (a singleton that moved to another Coordinator admitted at once, over the limits of those still running).
+/// A release is a message that can be lost (its Coordinator died before the singleton's proxy passed it on): while a migration waits, the holders of the slots are asked
 /// (<see cref="AdmissionCheck"/>, through the shard region, which wakes a passivated saga) whether they still hold them,
 /// so a slot of a finished migration never keeps a queue waiting for good.
 /// </summary>
-/// <summary>The migrations the journal has admitted and not finished, as claims (host null when not known here).</summary>
-public delegate Task<IReadOnlyList<AdmissionHeld>> RunningMigrations();
-
 public sealed class MigrationAdmission : ReceiveActor, IWithTimers
 {
     private sealed record Claim(MigrationId Migration, string? Host, ValueList<DomainId> Domains);
@@ -41,8 +41,12 @@ public sealed class MigrationAdmission : ReceiveActor, IWithTimers
         public static readonly SettleDue Instance = new();
     }
     private sealed record Counted(IReadOnlyList<AdmissionHeld>? Running, Exception? Failure = null);
+    private sealed record CountOverdue
+    {
+        public static readonly CountOverdue Instance = new();
+    }
 
-    /// <summary>How long the count of the journal's running migrations may take before the limits go on without it.</summary>
+    /// <summary>How long the count of the journal's running migrations may take before the limits go on without it (a late count is still taken).</summary>
     public static readonly TimeSpan RunningCountTimeout = TimeSpan.FromSeconds(20);
 
     /// <summary>
@@ -62,6 +66,10 @@ public sealed class MigrationAdmission : ReceiveActor, IWithTimers
     private readonly RunningMigrations? _journaled;
     private bool _settleTimeOver = true;
     private bool _counted = true;
+    /// <summary>Whether the count came (<see cref="_counted"/> is also set when it is overdue).</summary>
+    private bool _countIn = true;
+    /// <summary>Released while the journal was counted: the count, read before, must not take them back.</summary>
+    private readonly HashSet<MigrationId> _releasedBeforeCount = [];
     private bool Settling => !_settleTimeOver || !_counted;
     private readonly Dictionary<MigrationId, Claim> _running = [];
     // What each host and domain runs now, so a claim is judged without counting every running migration.
@@ -107,6 +115,7 @@ public sealed class MigrationAdmission : ReceiveActor, IWithTimers
             if (_checked.Remove(r.Migration) && _running.ContainsKey(r.Migration))
                 _log.Info("Migration {Migration} has finished: its admission slots are free", r.Migration);
             _queue.RemoveAll(w => w.Claim.Migration == r.Migration);
+            if (_journaled is not null && !_countIn) _releasedBeforeCount.Add(r.Migration);
             if (Remove(r.Migration))
                 AdmitWaiting();
         });
@@ -116,13 +125,22 @@ public sealed class MigrationAdmission : ReceiveActor, IWithTimers
             _settleTimeOver = true;
             Settled();
         });
+        Receive<CountOverdue>(_ =>
+        {
+            if (_counted) return;
+            _log.Warning("Admission limits: the journal's running migrations are not counted after {Timeout}; going on with those that said so (the count is taken when it comes)",
+                RunningCountTimeout);
+            _counted = true;
+            Settled();
+        });
         Receive<Counted>(counted =>
         {
+            _countIn = true;
             if (counted.Running is { } running)
             {
-                // a claim said since is newer (a saga that finished meanwhile is found by the checks while anything waits)
+                // a claim said since is newer, and one released since has finished
                 var added = 0;
-                foreach (var held in running.Where(held => !_running.ContainsKey(held.Migration)))
+                foreach (var held in running.Where(held => !_running.ContainsKey(held.Migration) && !_releasedBeforeCount.Contains(held.Migration)))
                 {
                     _queue.RemoveAll(w => w.Claim.Migration == held.Migration); // admitted by the singleton before: not waiting
                     Add(new Claim(held.Migration, held.Host, held.Domains));
@@ -132,6 +150,7 @@ public sealed class MigrationAdmission : ReceiveActor, IWithTimers
             }
             else
                 _log.Warning(counted.Failure, "Admission limits: the journal's running migrations could not be counted; going on with those that said so");
+            _releasedBeforeCount.Clear();
             _counted = true;
             Settled();
         });
@@ -152,19 +171,38 @@ public sealed class MigrationAdmission : ReceiveActor, IWithTimers
         if (_journaled is { } journaled)
         {
             _counted = false;
-            journaled().WaitAsync(RunningCountTimeout).PipeTo(Self, success: running => new Counted(running), failure: e => new Counted(null, e));
+            _countIn = false;
+            // off this actor's thread: the count reads the migrations list's table, and a delegate that throws must not stop the limits
+            Task.Run(() => journaled()).PipeTo(Self, success: running => new Counted(running), failure: e => new Counted(null, e));
+            Timers.StartSingleTimer(CountOverdue.Instance, CountOverdue.Instance, RunningCountTimeout);
         }
     }
 
     /// <summary>
     /// The migrations the journal has admitted and not finished, from the migrations list's projection, each claiming its
-    /// domains and, when this node knows it, its VM's host: as their sagas claim (<see cref="DomainsOf"/>).
+    /// domains and its VM's host, as their sagas claim (<see cref="DomainsOf"/>). <paramref name="locate"/> names the host
+    /// (the inventory asked when this node's directory does not know it); one that does not answer leaves it unnamed.
     /// </summary>
-    public static RunningMigrations Journaled(MigrationCatalog catalog, Func<VmId, string?> hostOf) => async () =>
-        (await catalog.UnfinishedAsync())
-        .Where(state => state.Status is not (MigrationStatus.New or MigrationStatus.Queued) && !state.Status.IsFinished)
-        .Select(state => new AdmissionHeld(state.Id, state.Request is { } request ? hostOf(request.Vm) : null, DomainsOf(state)))
-        .ToList();
+    public static RunningMigrations Journaled(MigrationCatalog catalog, Func<VmId, Task<string?>> locate) => async () =>
+    {
+        var admitted = (await catalog.UnfinishedAsync())
+            .Where(state => state.Status is not (MigrationStatus.New or MigrationStatus.Queued) && !state.Status.IsFinished && state.Request is not null)
+            .ToList();
+        // all at once: an inventory that does not answer costs one timeout, not one per VM
+        var located = await Task.WhenAll(admitted.Select(state => state.Request!.Vm).Distinct().Select(async vm =>
+        {
+            try
+            {
+                return (Vm: vm, Host: await locate(vm));
+            }
+            catch (Exception e) when (e is AskTimeoutException or TimeoutException or TaskCanceledException)
+            {
+                return (Vm: vm, Host: (string?)null); // its domains still count; its saga names the host when it recovers
+            }
+        }));
+        var hosts = located.ToDictionary(l => l.Vm, l => l.Host);
+        return admitted.Select(state => new AdmissionHeld(state.Id, hosts[state.Request!.Vm], DomainsOf(state))).ToList();
+    };
 
     /// <summary>The domains a migration's slots are taken on: every source and destination of its disks.</summary>
     public static ValueList<DomainId> DomainsOf(MigrationState state) =>

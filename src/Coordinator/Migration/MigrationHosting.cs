@@ -19,7 +19,7 @@ public sealed record MigrationShardingOptions
     public MigrationActorSettings Actor { get; init; } = MigrationActorSettings.Default;
     public MigrationLimits Limits { get; init; } = MigrationLimits.Default;
     /// <summary>The migrations the journal has running, which the admission limits count when they start; null: none.</summary>
-    public Func<IDependencyResolver, RunningMigrations?>? JournaledRunning { get; init; }
+    public Func<IActorRegistry, IDependencyResolver, RunningMigrations?>? JournaledRunning { get; init; }
 }
 
 public static class MigrationHosting
@@ -40,7 +40,7 @@ public static class MigrationHosting
         builder.WithSingleton<MigrationAdmission>("migration-admission",
             (system, registry, resolver) => MigrationAdmission.Props(options.Limits, () => registry.TryGet<MigrationRegion>(out var region) ? region : null,
                 announceTo: DistributedPubSub.Get(system).Mediator, settleTime: MigrationAdmission.DefaultSettleTime,
-                journaled: options.JournaledRunning?.Invoke(resolver)),
+                journaled: options.JournaledRunning?.Invoke(registry, resolver)),
             new ClusterSingletonOptions { Role = options.Role },
             createProxyToo: true);
         return builder.WithShardRegion<MigrationRegion>("migration",

@@ -62,7 +62,9 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
     public static readonly TimeSpan MaxReportReuse = TimeSpan.FromSeconds(30);
     /// <summary>
     /// How old a domain's used bytes in a report may be: a file domain counts them by walking every file, and a host reports
-    /// at each change. The domain forgets its count at each change it makes itself; a guest's writes show within this.
+    /// at each change. A change the domain makes itself is counted at once; a guest's writes, another host's changes and a
+    /// deleted image's files unlinked later show in the first report made once the count is older than this (reports
+    /// follow changes: with none, the figures stay those of the last report, as before the count was kept).
     /// </summary>
     public static readonly TimeSpan DomainUsedMaxAge = TimeSpan.FromSeconds(10);
 

@@ -59,6 +59,32 @@ public sealed class MigrationAdmissionTests() : TestKit(nameof(MigrationAdmissio
     }
 
     [Fact]
+    public void A_migration_that_finished_while_the_journal_was_counted_is_not_counted_again()
+    {
+        var (finished, waiting) = (MigrationId.New(), MigrationId.New());
+        var domain = DomainId.New();
+        var journal = new TaskCompletionSource<IReadOnlyList<AdmissionHeld>>();
+        var admission = Sys.ActorOf(MigrationAdmission.Props(new MigrationLimits(PerHost: 0, PerDomain: 1), settleTime: TimeSpan.FromMilliseconds(100),
+            journaled: () => journal.Task));
+        var saga = CreateTestProbe();
+        admission.Tell(new AdmissionRequest(waiting, "host-b", [domain]), saga.Ref);
+        // its release overtakes the count, which was read before it finished
+        admission.Tell(new AdmissionReleased(finished), TestActor);
+        journal.SetResult([new AdmissionHeld(finished, "host-a", [domain])]);
+        Assert.Equal(waiting, saga.ExpectMsg<AdmitMigration>().MigrationId);
+    }
+
+    [Fact]
+    public void A_count_that_fails_does_not_keep_the_limits_from_admitting()
+    {
+        var admission = Sys.ActorOf(MigrationAdmission.Props(new MigrationLimits(PerHost: 1, PerDomain: 0), settleTime: TimeSpan.FromMilliseconds(100),
+            journaled: () => throw new InvalidOperationException("the migrations list cannot be read (test)")));
+        var migration = MigrationId.New();
+        admission.Tell(new AdmissionRequest(migration, "host-a", []), TestActor);
+        Assert.Equal(migration, ExpectMsg<AdmitMigration>().MigrationId);
+    }
+
+    [Fact]
     public void Without_limits_nothing_waits_for_the_count()
     {
         var admission = Sys.ActorOf(MigrationAdmission.Props(new MigrationLimits(PerHost: 0, PerDomain: 0), announceTo: CreateTestProbe().Ref, settleTime: TimeSpan.FromMinutes(1)));
