@@ -45,6 +45,16 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
     private const string ResendTimer = "resend";
     private const string PaceTimer = "pace";
     private sealed record ReachabilityDue;
+    private sealed record FiguresDue;
+    private const string FiguresTimer = "figures";
+    /// <summary>
+    /// How often a host reports though nothing happened: a guest's writes, and a deleted image's files unlinked after the
+    /// delete answered, move a disk's allocation and a domain's used bytes without an event, and reports otherwise follow
+    /// events (a domain's figures stayed those of the last report for as long as nothing happened). Only figures move then,
+    /// which the inventory applies without journaling them.
+    /// </summary>
+    public static readonly TimeSpan DefaultFiguresInterval = TimeSpan.FromSeconds(30);
+    private readonly TimeSpan _figuresInterval;
     private sealed record ReachabilitySeen(IReadOnlyList<(DomainId Id, bool Reachable)> Domains);
     private bool _looking;
     private const string ReachabilityTimer = "reachability";
@@ -115,8 +125,9 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
     public static readonly TimeSpan AdoptionWait = TimeSpan.FromSeconds(90);
 
     public HostReporter(string hostId, bool spmCapable, IHypervisor hypervisor, StoragePool pool, IActorRef inventory, VmCatalog? catalog = null,
-        Task? adopted = null)
+        Task? adopted = null, TimeSpan? figuresInterval = null)
     {
+        _figuresInterval = figuresInterval ?? DefaultFiguresInterval;
         _adopted = adopted;
         _catalog = catalog;
         _hostId = hostId;
@@ -126,6 +137,8 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
         _inventory = inventory;
 
         Receive<ReportNow>(r => Start(r.Why, r.Vm));
+        // VMs whose report is older than MaxReportReuse are described again; the domains always are
+        Receive<FiguresDue>(_ => Start("figures refresh", describeAllIfNoVm: false));
         Receive<ReachabilityDue>(_ =>
         {
             // Off the actor: a hung hard mount blocks this look, not the reporter; one look at a time.
@@ -227,9 +240,10 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
     /// <param name="inventory">The inventory singleton's proxy: it buffers reports until the singleton is found,
     /// so a report made while the cluster is still forming is not lost (a pubsub publish would be).</param>
     /// <param name="catalog">The VMs the host keeps while they are stopped; without it only running VMs are reported.</param>
+    /// <param name="figuresInterval">How often it reports though nothing happened (<see cref="DefaultFiguresInterval"/>).</param>
     public static Props Props(string hostId, bool spmCapable, IHypervisor hypervisor, StoragePool pool, IActorRef inventory, VmCatalog? catalog = null,
-        Task? adopted = null) =>
-        Akka.Actor.Props.Create(() => new HostReporter(hostId, spmCapable, hypervisor, pool, inventory, catalog, adopted));
+        Task? adopted = null, TimeSpan? figuresInterval = null) =>
+        Akka.Actor.Props.Create(() => new HostReporter(hostId, spmCapable, hypervisor, pool, inventory, catalog, adopted, figuresInterval));
 
     protected override void PreStart()
     {
@@ -238,6 +252,7 @@ public sealed class HostReporter : ReceiveActor, IWithTimers
         _hypervisor.EventRaised += _onEvent;
         Context.System.EventStream.Subscribe(Self, typeof(HostStateChanged));
         Timers.StartPeriodicTimer(ReachabilityTimer, new ReachabilityDue(), ReachabilityInterval);
+        Timers.StartPeriodicTimer(FiguresTimer, new FiguresDue(), _figuresInterval);
         Context.System.EventStream.Subscribe(Self, typeof(HostInventoryChanged));
         Cluster.Get(Context.System).Subscribe(Self, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsEvents, typeof(ClusterEvent.MemberUp));
         if (_adopted is { IsCompleted: false } adoption)

@@ -55,6 +55,23 @@ public sealed class HostReporterTests() : Akka.TestKit.Xunit2.TestKit(Configurat
         inventory.ExpectNoMsg(HostReporter.MaxResendDelay + TimeSpan.FromSeconds(1));
     }
 
+    /// <summary>A guest's writes, or files unlinked after a delete answered, move figures without any event: reported all the same.</summary>
+    [Fact]
+    public async Task Figures_that_move_without_an_event_are_reported_within_the_figures_interval()
+    {
+        var pool = new StoragePool([_a]);
+        _hypervisor = new SimHypervisor(_host, pool);
+        var inventory = CreateTestProbe();
+        Sys.ActorOf(HostReporter.Props("host-1", spmCapable: true, _hypervisor, pool, inventory.Ref, figuresInterval: TimeSpan.FromMilliseconds(500)));
+        var before = Assert.Single(((DomainStatusReport)inventory.FishForMessage(m => m is DomainStatusReport, TimeSpan.FromSeconds(10))).Domains).UsedBytes;
+
+        // made on the domain behind the reporter's back: no event it hears
+        await _a.CreateVolumeAsync(new NewVolume(ImageId.New(), VolumeId.New(), VolumeFormat.Raw, 64 << 20, Allocation: VolumeAllocation.Preallocated));
+
+        var later = (DomainStatusReport)inventory.FishForMessage(m => m is DomainStatusReport r && r.Domains.Single().UsedBytes > before, TimeSpan.FromSeconds(10));
+        Assert.Equal(before + (64 << 20), later.Domains.Single().UsedBytes);
+    }
+
     /// <summary>An unmount or a remount sends no event: the host looks on its own, and the Coordinator admits moves only to active domains.</summary>
     [Fact]
     public async Task A_domain_whose_mount_goes_is_reported_inactive_by_its_name_and_active_again_once_it_is_back()
