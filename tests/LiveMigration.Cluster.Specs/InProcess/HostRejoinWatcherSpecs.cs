@@ -35,9 +35,9 @@ public sealed class HostRejoinWatcherSpecs : IAsyncLifetime
         var directory = new HostDirectory();
         var watcher = coordinator.ActorOf(HostRejoinWatcher.Props(directory, TimeSpan.FromMilliseconds(100)));
         var heard = new BlockingCollection<HostRejoined>();
-        var saga = coordinator.ActorOf(Props.Create(() => new Recorder(heard)));
+        var saga = coordinator.ActorOf(Props.Create(() => new Recorder<HostRejoined>(heard)));
         var stopped = new BlockingCollection<HostRejoined>();
-        var stoppedSaga = coordinator.ActorOf(Props.Create(() => new Recorder(stopped)));
+        var stoppedSaga = coordinator.ActorOf(Props.Create(() => new Recorder<HostRejoined>(stopped)));
         watcher.Tell(new WatchHostRejoins(saga));
         watcher.Tell(new WatchHostRejoins(stoppedSaga));
         watcher.Tell(new UnwatchHostRejoins(stoppedSaga));
@@ -70,7 +70,7 @@ public sealed class HostRejoinWatcherSpecs : IAsyncLifetime
         var (vm, other) = (VmId.New(), VmId.New());
         var migration = MigrationId.New();
         var heard = new BlockingCollection<ReportVmStopped>();
-        var saga = coordinator.ActorOf(Props.Create(() => new StopRecorder(heard)));
+        var saga = coordinator.ActorOf(Props.Create(() => new Recorder<ReportVmStopped>(heard)));
         watcher.Tell(new WatchVmStops(saga, migration, vm));
         VmReport Report(VmId id, bool running) => new(id, "vm", running, []);
 
@@ -88,7 +88,7 @@ public sealed class HostRejoinWatcherSpecs : IAsyncLifetime
 
         // A saga that recovers after its VM stopped hears it as it asks; one that stopped watching hears nothing.
         var late = new BlockingCollection<ReportVmStopped>();
-        var recovered = coordinator.ActorOf(Props.Create(() => new StopRecorder(late)));
+        var recovered = coordinator.ActorOf(Props.Create(() => new Recorder<ReportVmStopped>(late)));
         var otherMigration = MigrationId.New();
         watcher.Tell(new WatchVmStops(recovered, otherMigration, other));
         var told = Take(late)!;
@@ -106,15 +106,15 @@ public sealed class HostRejoinWatcherSpecs : IAsyncLifetime
         var coordinator = await StartAsync(seed: null, port: 0, role: "coordinator");
         var watcher = coordinator.ActorOf(HostRejoinWatcher.Props(new HostDirectory(), TimeSpan.FromMilliseconds(100)));
         var told = new BlockingCollection<AnnounceAdmission>();
-        var saga = coordinator.ActorOf(Props.Create(() => new AnnounceRecorder(told)));
+        var saga = coordinator.ActorOf(Props.Create(() => new Recorder<AnnounceAdmission>(told)));
         var gone = new BlockingCollection<AnnounceAdmission>();
-        var stoppedSaga = coordinator.ActorOf(Props.Create(() => new AnnounceRecorder(gone)));
+        var stoppedSaga = coordinator.ActorOf(Props.Create(() => new Recorder<AnnounceAdmission>(gone)));
         watcher.Tell(new WatchHostRejoins(saga));
         watcher.Tell(new WatchHostRejoins(stoppedSaga));
         watcher.Tell(new UnwatchHostRejoins(stoppedSaga));
 
         // published as the singleton does (itself the sender); again until the watcher's subscription has reached the mediator
-        var limits = coordinator.ActorOf(Props.Create(() => new AnnounceRecorder(new BlockingCollection<AnnounceAdmission>())));
+        var limits = coordinator.ActorOf(Props.Create(() => new Recorder<AnnounceAdmission>(new BlockingCollection<AnnounceAdmission>())));
         var mediator = Akka.Cluster.Tools.PublishSubscribe.DistributedPubSub.Get(coordinator).Mediator;
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
         AnnounceAdmission? announced;
@@ -127,20 +127,10 @@ public sealed class HostRejoinWatcherSpecs : IAsyncLifetime
         Assert.Empty(gone);
     }
 
-    private sealed class AnnounceRecorder : ReceiveActor
-    {
-        public AnnounceRecorder(BlockingCollection<AnnounceAdmission> told) => Receive<AnnounceAdmission>(told.Add);
-    }
-
     private static ReportVmStopped? Take(BlockingCollection<ReportVmStopped> heard, bool empty = false)
     {
         if (empty) return heard.TryTake(out var more, TimeSpan.FromMilliseconds(300)) ? throw new Xunit.Sdk.XunitException($"told twice: {more}") : null;
         return heard.TryTake(out var stopped, TimeSpan.FromSeconds(10)) ? stopped : throw new Xunit.Sdk.XunitException("not told within 10 s");
-    }
-
-    private sealed class StopRecorder : ReceiveActor
-    {
-        public StopRecorder(BlockingCollection<ReportVmStopped> heard) => Receive<ReportVmStopped>(heard.Add);
     }
 
     private static int FreePortBelowEphemeralRange()
@@ -176,8 +166,9 @@ public sealed class HostRejoinWatcherSpecs : IAsyncLifetime
 
     private static Address SelfAddress(ActorSystem system) => Akka.Cluster.Cluster.Get(system).SelfAddress;
 
-    private sealed class Recorder : ReceiveActor
+    /// <summary>A saga's stand-in: what the watcher tells it, of one kind, lands in <paramref name="heard"/>.</summary>
+    private sealed class Recorder<T> : ReceiveActor
     {
-        public Recorder(BlockingCollection<HostRejoined> heard) => Receive<HostRejoined>(heard.Add);
+        public Recorder(BlockingCollection<T> heard) => Receive<T>(heard.Add);
     }
 }

@@ -1,3 +1,4 @@
+using Akka.Actor;
 using Akka.Cluster.Tools.PublishSubscribe;
 using Akka.TestKit.Xunit2;
 using LiveMigration.Coordinator.Migration;
@@ -38,18 +39,25 @@ public sealed class MigrationAdmissionTests() : TestKit(nameof(MigrationAdmissio
         Assert.Equal(waiting, waitingSaga.ExpectMsg<AdmitMigration>().MigrationId);
     }
 
+    /// <summary>Limits whose count of the journal's running migrations is not in yet, and a migration on host-b asking to use domain d.</summary>
+    private (IActorRef Admission, TaskCompletionSource<IReadOnlyList<AdmissionHeld>> Journal, Akka.TestKit.TestProbe Saga, MigrationId Waiting, DomainId Domain)
+        WaitingWhileTheJournalIsCounted(MigrationLimits limits)
+    {
+        var (waiting, domain) = (MigrationId.New(), DomainId.New());
+        var journal = new TaskCompletionSource<IReadOnlyList<AdmissionHeld>>();
+        var admission = Sys.ActorOf(MigrationAdmission.Props(limits, settleTime: TimeSpan.FromMilliseconds(100), journaled: () => journal.Task));
+        var saga = CreateTestProbe();
+        admission.Tell(new AdmissionRequest(waiting, "host-b", [domain]), saga.Ref);
+        return (admission, journal, saga, waiting, domain);
+    }
+
     [Fact]
     public void The_migrations_the_journal_has_running_hold_their_slots_before_their_sagas_say_so()
     {
         // a Coordinator that died with the limits ran one on host-a and domain d: its saga comes back only when its shard
         // moves, while its copy goes on
-        var (running, waiting) = (MigrationId.New(), MigrationId.New());
-        var domain = DomainId.New();
-        var journal = new TaskCompletionSource<IReadOnlyList<AdmissionHeld>>();
-        var admission = Sys.ActorOf(MigrationAdmission.Props(new MigrationLimits(PerHost: 1, PerDomain: 1), settleTime: TimeSpan.FromMilliseconds(100),
-            journaled: () => journal.Task));
-        var saga = CreateTestProbe();
-        admission.Tell(new AdmissionRequest(waiting, "host-b", [domain]), saga.Ref);
+        var running = MigrationId.New();
+        var (admission, journal, saga, waiting, domain) = WaitingWhileTheJournalIsCounted(new MigrationLimits(PerHost: 1, PerDomain: 1));
         saga.ExpectNoMsg(Settle); // the settle time is over, the count is not in: nothing is admitted yet
 
         journal.SetResult([new AdmissionHeld(running, "host-a", [domain])]);
@@ -61,13 +69,8 @@ public sealed class MigrationAdmissionTests() : TestKit(nameof(MigrationAdmissio
     [Fact]
     public void A_migration_that_finished_while_the_journal_was_counted_is_not_counted_again()
     {
-        var (finished, waiting) = (MigrationId.New(), MigrationId.New());
-        var domain = DomainId.New();
-        var journal = new TaskCompletionSource<IReadOnlyList<AdmissionHeld>>();
-        var admission = Sys.ActorOf(MigrationAdmission.Props(new MigrationLimits(PerHost: 0, PerDomain: 1), settleTime: TimeSpan.FromMilliseconds(100),
-            journaled: () => journal.Task));
-        var saga = CreateTestProbe();
-        admission.Tell(new AdmissionRequest(waiting, "host-b", [domain]), saga.Ref);
+        var finished = MigrationId.New();
+        var (admission, journal, saga, waiting, domain) = WaitingWhileTheJournalIsCounted(new MigrationLimits(PerHost: 0, PerDomain: 1));
         // its release overtakes the count, which was read before it finished
         admission.Tell(new AdmissionReleased(finished), TestActor);
         journal.SetResult([new AdmissionHeld(finished, "host-a", [domain])]);
