@@ -45,13 +45,18 @@ public static class MigrationJournal
         // Microsoft.Data.Sqlite begins every transaction IMMEDIATE, so each replay and each query took the write lock and
         // waited in SQLite's busy loop behind the writer (seen as the sagas' steps waiting tens of ms on BeginTransaction);
         // in WAL mode a deferred reader sees the last commit and never blocks the writer.
-        return builder.AddHocon("""
+        // Recoveries read with plain SQLite statements (SqliteRecoveryJournal, SqliteRecoverySnapshotStore); the rest is the plugin's.
+        return builder.AddHocon($"""
+            akka.persistence.journal.sql.class = "{ClassName<SqliteRecoveryJournal>()}"
+            akka.persistence.snapshot-store.sql.class = "{ClassName<SqliteRecoverySnapshotStore>()}"
             akka.persistence.journal.sql.parallelism = 1
             akka.persistence.journal.sql.read-isolation-level = read-uncommitted
             akka.persistence.query.journal.sql.read-isolation-level = read-uncommitted
             akka.persistence.snapshot-store.sql.read-isolation-level = read-uncommitted
             """, HoconAddMode.Prepend);
     }
+
+    private static string ClassName<T>() => $"{typeof(T).FullName}, {typeof(T).Assembly.GetName().Name}";
 
     /// <summary>WAL is a property of the file: set once, before the journal opens it, it stays on (readers do not block the writer).</summary>
     private static string UseWriteAheadLog(string file)

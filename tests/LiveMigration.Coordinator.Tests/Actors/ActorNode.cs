@@ -33,7 +33,9 @@ public sealed class ActorNode : IAsyncDisposable
 
     /// <param name="serializeMessages">Off for tests of the journal's all-events query: the SQL journal tracks its writes with a
     /// local message that holds a Task (WriteFinished), which cannot round-trip, and that query waits for the writes it tracks.</param>
-    public static async Task<ActorNode> StartAsync(string dataDirectory, string? postgresConnectionString = null, bool serializeMessages = true)
+    /// <param name="hocon">Settings over the journal's (added last).</param>
+    public static async Task<ActorNode> StartAsync(string dataDirectory, string? postgresConnectionString = null, bool serializeMessages = true,
+        string? hocon = null)
     {
         var host = new HostBuilder()
             .ConfigureServices(services => services.AddAkka("coordinator-test", builder => builder
@@ -42,7 +44,8 @@ public sealed class ActorNode : IAsyncDisposable
                     akka.actor.serialize-messages = {(serializeMessages ? "on" : "off")}
                     """, HoconAddMode.Prepend)
                 .WithProtocolSerializer()
-                .WithMigrationJournal(new JournalOptions(dataDirectory, postgresConnectionString))))
+                .WithMigrationJournal(new JournalOptions(dataDirectory, postgresConnectionString))
+                .AddHocon(hocon ?? "", HoconAddMode.Prepend)))
             .Build();
         await host.StartAsync();
         return new ActorNode(host);
