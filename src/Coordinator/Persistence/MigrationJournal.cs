@@ -45,10 +45,11 @@ public static class MigrationJournal
         // Microsoft.Data.Sqlite begins every transaction IMMEDIATE, so each replay and each query took the write lock and
         // waited in SQLite's busy loop behind the writer (seen as the sagas' steps waiting tens of ms on BeginTransaction);
         // in WAL mode a deferred reader sees the last commit and never blocks the writer.
-        // Recoveries read with plain SQLite statements (SqliteRecoveryJournal, SqliteRecoverySnapshotStore); the rest is the plugin's.
+        // Events are written and recoveries read by plain SQLite statements (SqliteJournal, SqliteSnapshotStore); deletes, saved
+        // snapshots and the read journal's queries are the plugin's.
         return builder.AddHocon($"""
-            akka.persistence.journal.sql.class = "{ClassName<SqliteRecoveryJournal>()}"
-            akka.persistence.snapshot-store.sql.class = "{ClassName<SqliteRecoverySnapshotStore>()}"
+            akka.persistence.journal.sql.class = "{ClassName<SqliteJournal>()}"
+            akka.persistence.snapshot-store.sql.class = "{ClassName<SqliteSnapshotStore>()}"
             akka.persistence.journal.sql.parallelism = 1
             akka.persistence.journal.sql.read-isolation-level = read-uncommitted
             akka.persistence.query.journal.sql.read-isolation-level = read-uncommitted

@@ -4,28 +4,28 @@ using Akka.Persistence.Sql;
 using Akka.Persistence.Sql.Config;
 using Akka.Persistence.Sql.Snapshot;
 using Microsoft.Data.Sqlite;
-using static LiveMigration.Coordinator.Persistence.SqliteRecoveryJournal;
+using static LiveMigration.Coordinator.Persistence.SqliteJournal;
 
 namespace LiveMigration.Coordinator.Persistence;
 
 /// <summary>
 /// The SQL plugin's snapshot store on SQLite, with the read every recovery starts with (the latest snapshot of an id) as
-/// a plain SQLite statement, for the reason <see cref="SqliteRecoveryJournal"/> gives. Any other selection, saves and
-/// deletes stay the plugin's (<c>SqliteRecoveryJournalTests</c> compares the two).
+/// a plain SQLite statement, for the reason <see cref="SqliteJournal"/> gives. Any other selection, saves and
+/// deletes stay the plugin's (<c>SqliteJournalTests</c> compares the two).
 /// </summary>
-public sealed class SqliteRecoverySnapshotStore : SqlSnapshotStore
+public sealed class SqliteSnapshotStore : SqlSnapshotStore
 {
     private readonly Akka.Serialization.Serialization _serialization;
     private readonly string _connectionString;
     private readonly string _latestSql;
 
-    public SqliteRecoverySnapshotStore(Config snapshotConfig) : base(snapshotConfig)
+    public SqliteSnapshotStore(Config snapshotConfig) : base(snapshotConfig)
     {
         _serialization = Context.System.Serialization;
         var config = new SnapshotConfig(snapshotConfig.WithFallback(SqlPersistence.DefaultSnapshotConfiguration));
         if (!config.ProviderName.Contains("sqlite", StringComparison.OrdinalIgnoreCase))
-            throw new ConfigurationException($"{nameof(SqliteRecoverySnapshotStore)} reads SQLite only; this store's provider is {config.ProviderName}");
-        _connectionString = config.ConnectionString;
+            throw new ConfigurationException($"{nameof(SqliteSnapshotStore)} is for SQLite only; this store's provider is {config.ProviderName}");
+        _connectionString = ConnectionStringOf(Context.System, config.ConnectionString, nameof(SqliteSnapshotStore));
         var table = config.TableConfig.SnapshotTable;
         var c = table.ColumnNames;
         var name = Quote(table.Name);

@@ -1,23 +1,28 @@
 using Akka.Actor;
 using Akka.Persistence;
 using LiveMigration.Coordinator.Persistence;
+using Akka.Persistence.Journal;
 using LiveMigration.Coordinator.Tests.Actors;
+using LiveMigration.Shared.Migration;
+using LiveMigration.Shared.Model;
+using Microsoft.Data.Sqlite;
 
 namespace LiveMigration.Coordinator.Tests.Persistence;
 
 /// <summary>
-/// The Coordinator's SQLite journal reads recoveries with its own statements (<see cref="SqliteRecoveryJournal"/>): what a
-/// recovering actor is told must be exactly what the plugin's own journal tells it, on the same file, in every shape a
-/// recovery asks for (from a snapshot on, up to a number, at most N, deleted events, more events than the plugin reads
-/// in one batch, an id with no events), and likewise the snapshot a recovery starts from.
+/// The Coordinator's SQLite journal reads recoveries and writes events with its own statements (<see cref="SqliteJournal"/>):
+/// what a recovering actor is told must be exactly what the plugin's own journal tells it, on the same file, in every
+/// shape a recovery asks for (from a snapshot on, up to a number, at most N, deleted events, more events than the plugin
+/// reads in one batch, an id with no events), and likewise the snapshot a recovery starts from; the rows it writes must
+/// be the rows the plugin writes.
 /// </summary>
-public sealed class SqliteRecoveryJournalTests : IDisposable
+public sealed class SqliteJournalTests : IDisposable
 {
     private const string PluginsOwnJournal = """
         akka.persistence.journal.sql.class = "Akka.Persistence.Sql.Journal.SqlWriteJournal, Akka.Persistence.Sql"
         akka.persistence.snapshot-store.sql.class = "Akka.Persistence.Sql.Snapshot.SqlSnapshotStore, Akka.Persistence.Sql"
         """;
-    private readonly string _dir = Directory.CreateTempSubdirectory("lsm-recovery-journal-").FullName;
+    private readonly string _dir = Directory.CreateTempSubdirectory("lsm-sqlite-journal-").FullName;
 
     public void Dispose()
     {
@@ -38,6 +43,7 @@ public sealed class SqliteRecoveryJournalTests : IDisposable
         ("all-deleted", 1, long.MaxValue, long.MaxValue),
         ("many", 1, long.MaxValue, long.MaxValue),      // over the plugin's replay batch of 1,000
         ("many", 1200, 2400, 1000),
+        ("shapes", 1, long.MaxValue, long.MaxValue),    // a protocol event and an empty payload
     ];
 
     private static readonly (string Id, SnapshotSelectionCriteria Criteria)[] SnapshotLoads =
@@ -54,8 +60,8 @@ public sealed class SqliteRecoveryJournalTests : IDisposable
     {
         await using (var node = await ActorNode.StartAsync(_dir, serializeMessages: false))
         {
-            Assert.StartsWith(typeof(SqliteRecoveryJournal).FullName + ",", PluginClass(node, "journal"));
-            Assert.StartsWith(typeof(SqliteRecoverySnapshotStore).FullName + ",", PluginClass(node, "snapshot-store"));
+            Assert.StartsWith(typeof(SqliteJournal).FullName + ",", PluginClass(node, "journal"));
+            Assert.StartsWith(typeof(SqliteSnapshotStore).FullName + ",", PluginClass(node, "snapshot-store"));
             var writer = node.System.ActorOf(Props.Create(() => new Writer()));
             Ask(node, writer, new Write("plain", 3));
             Ask(node, writer, new Snapshot("plain"));
@@ -67,6 +73,7 @@ public sealed class SqliteRecoveryJournalTests : IDisposable
             Ask(node, writer, new Write("all-deleted", 4));
             Ask(node, writer, new Delete("all-deleted", 4));
             Ask(node, writer, new Write("many", 2500));
+            Ask(node, writer, new WriteEvents("shapes", [new MigrationAdmitted(MigrationId.Parse("6f1c1c8e-7f55-4a57-9d37-6a3d5f1d2c11"), DateTimeOffset.UnixEpoch), Array.Empty<byte>()]));
         }
 
         List<string> ours, plugins;
@@ -88,10 +95,110 @@ public sealed class SqliteRecoveryJournalTests : IDisposable
         Assert.Contains("all-deleted highest 4", ours);
         Assert.Equal(2500 + 1000, ours.Count(l => l.StartsWith("many#")));
         Assert.Contains("none highest 0", ours);
+        Assert.Contains(ours, l => l.StartsWith("shapes#1 'MigrationAdmitted { MigrationId = 6f1c1c8e") && l.Contains("manifest=lm.MigrationAdmitted.v1"));
+        Assert.Contains(ours, l => l.StartsWith("shapes#2 'bytes[]' "));
         Assert.StartsWith("plain snapshot #5 'plain-state-5' at ", ours[0]);
         Assert.StartsWith("plain snapshot #3 'plain-state-3' at ", ours[1]);
         Assert.StartsWith("plain snapshot #5 ", ours[2]);   // the plugin reads the latest whatever the lower bounds say
         Assert.Equal("none no snapshot", ours[3]);
+    }
+
+    [Fact]
+    public async Task Events_are_written_as_the_rows_the_plugin_writes()
+    {
+        var ours = Path.Combine(_dir, "ours");
+        var plugins = Path.Combine(_dir, "plugins");
+        var started = DateTime.UtcNow.Ticks;
+        foreach (var (dir, hocon) in new[] { (ours, (string?)null), (plugins, PluginsOwnJournal) })
+        {
+            await using var node = await ActorNode.StartAsync(dir, serializeMessages: false, hocon: hocon);
+            var writer = node.System.ActorOf(Props.Create(() => new Writer()));
+            Ask(node, writer, new Write("a", 3));
+            Ask(node, writer, new Write("b", 1));
+            Ask(node, writer, new Write("a", 250));   // more than one batch of the plugin's (100 rows)
+        }
+        var finished = DateTime.UtcNow.Ticks;
+
+        var ourRows = Rows(ours);
+        Assert.Equal(Rows(plugins).Select(r => r.Comparable), ourRows.Select(r => r.Comparable));
+        Assert.Equal(254, ourRows.Count);
+        Assert.All(ourRows, r => Assert.InRange(r.Created, started, finished));
+        Assert.Single(ourRows.Select(r => r.Writer).Distinct());
+        Assert.Matches("^[0-9a-f]{32}$", ourRows[0].Writer);
+        Assert.Equal(Enumerable.Range(1, 254).Select(i => (long)i), ourRows.Select(r => r.Ordering));
+    }
+
+    [Fact]
+    public async Task A_tagged_event_is_refused_and_its_actor_writes_on()
+    {
+        await using var node = await ActorNode.StartAsync(_dir, serializeMessages: false);
+        var writer = node.System.ActorOf(Props.Create(() => new Writer()));
+        var refused = await writer.Ask<string>(new WriteTagged("t", "tagged-1", "some-tag"), TimeSpan.FromSeconds(30));
+        Assert.Contains("does not write tags", refused);
+        Ask(node, writer, new Write("t", 1));
+
+        // The refused event used its number, as any rejected write does; nothing of it was written.
+        Assert.Equal(["t#2 't-2'"], Replay(node, "t", 1, long.MaxValue, long.MaxValue).Skip(1).SkipLast(1).Select(l => l[..l.IndexOf(" deleted=", StringComparison.Ordinal)]));
+    }
+
+    [Fact]
+    public async Task An_actor_that_restarts_before_its_write_is_confirmed_recovers_with_that_write()
+    {
+        await using var node = await ActorNode.StartAsync(_dir, serializeMessages: false);
+        var probe = node.Kit.CreateTestProbe();
+        var actor = node.System.ActorOf(Props.Create(() => new CrashesAfterWriting("crashing", probe.Ref)));
+        Assert.Equal(0L, probe.ExpectMsg<long>(TimeSpan.FromSeconds(20)));
+
+        // Another connection holds SQLite's write lock, so the write waits; a reader is not held by it (WAL).
+        await using (var locker = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = Path.Combine(_dir, "journal.db"), Pooling = false }.ToString()))
+        {
+            locker.Open();
+            await using var hold = locker.CreateCommand();
+            hold.CommandText = "BEGIN IMMEDIATE";
+            hold.ExecuteNonQuery();
+            actor.Tell("write and crash");
+            // The restarted incarnation's recovery waits for its predecessor's write rather than read past it.
+            probe.ExpectNoMsg(TimeSpan.FromMilliseconds(500));
+            hold.CommandText = "ROLLBACK";
+            hold.ExecuteNonQuery();
+        }
+        Assert.Equal(1L, probe.ExpectMsg<long>(TimeSpan.FromSeconds(20)));
+    }
+
+    /// <summary>Hands an event to the journal and throws before hearing back; each incarnation reports where it recovered to.</summary>
+    private sealed class CrashesAfterWriting : ReceivePersistentActor
+    {
+        public CrashesAfterWriting(string id, IActorRef probe)
+        {
+            PersistenceId = id;
+            Recover<string>(_ => { });
+            Recover<RecoveryCompleted>(_ => probe.Tell(LastSequenceNr));
+            Command<string>(_ =>
+            {
+                PersistAsync($"event {LastSequenceNr + 1}", _ => { });
+                throw new InvalidOperationException("crash after handing the write over");
+            });
+        }
+
+        public override string PersistenceId { get; }
+    }
+
+    private sealed record JournalRowRead(long Ordering, string Comparable, long Created, string? Writer);
+
+    private static List<JournalRowRead> Rows(string dir)
+    {
+        using var connection = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = Path.Combine(dir, "journal.db"), Pooling = false }.ToString());
+        connection.Open();
+        using var command = connection.CreateCommand();
+        command.CommandText = "SELECT ordering, persistence_id, sequence_number, hex(message), manifest, identifier, deleted, typeof(created), created, writer_uuid " +
+                              "FROM journal WHERE persistence_id <> 'lsm-journal-warmup' ORDER BY ordering";
+        using var reader = command.ExecuteReader();
+        var rows = new List<JournalRowRead>();
+        while (reader.Read())
+            rows.Add(new JournalRowRead(reader.GetInt64(0),
+                $"{reader.GetString(1)}#{reader.GetInt64(2)} {reader.GetString(3)} manifest={reader.GetValue(4)} serializer={reader.GetValue(5)} deleted={reader.GetValue(6)} created:{reader.GetString(7)}",
+                reader.GetInt64(8), reader.IsDBNull(9) ? null : reader.GetString(9)));
+        return rows;
     }
 
     /// <summary>The class Akka makes the default journal or snapshot store of (the instance is not reachable from outside).</summary>
@@ -122,7 +229,7 @@ public sealed class SqliteRecoveryJournalTests : IDisposable
             switch (probe.ReceiveOne(TimeSpan.FromSeconds(20)))
             {
                 case ReplayedMessage { Persistent: var p }:
-                    heard.Add($"{p.PersistenceId}#{p.SequenceNr} '{p.Payload}' deleted={p.IsDeleted} manifest={p.Manifest} writer={p.WriterGuid} " +
+                    heard.Add($"{p.PersistenceId}#{p.SequenceNr} '{(p.Payload is byte[] bytes ? $"bytes[{Convert.ToHexString(bytes)}]" : p.Payload)}' deleted={p.IsDeleted} manifest={p.Manifest} writer={p.WriterGuid} " +
                               $"at={p.Timestamp} sender={p.Sender}");
                     break;
                 case RecoverySuccess success:
@@ -140,6 +247,8 @@ public sealed class SqliteRecoveryJournalTests : IDisposable
     private sealed record Write(string Id, int Count);
     private sealed record Delete(string Id, long UpTo);
     private sealed record Snapshot(string Id);
+    private sealed record WriteTagged(string Id, string Event, string Tag);
+    private sealed record WriteEvents(string Id, object[] Events);
 
     /// <summary>Writes events and deletions through one persistent actor per id, as the sagas do.</summary>
     private sealed class Writer : ReceiveActor
@@ -149,6 +258,8 @@ public sealed class SqliteRecoveryJournalTests : IDisposable
             Receive<Write>(w => Child(w.Id).Forward(w));
             Receive<Delete>(d => Child(d.Id).Forward(d));
             Receive<Snapshot>(s => Child(s.Id).Forward(s));
+            Receive<WriteTagged>(t => Child(t.Id).Forward(t));
+            Receive<WriteEvents>(w => Child(w.Id).Forward(w));
         }
 
         private IActorRef Child(string id) => Context.Child(id) is var child && !child.IsNobody() ? child : Context.ActorOf(Props.Create(() => new Events(id)), id);
@@ -161,7 +272,7 @@ public sealed class SqliteRecoveryJournalTests : IDisposable
         public Events(string id)
         {
             PersistenceId = id;
-            Recover<string>(_ => { });
+            RecoverAny(_ => { });
             Command<Write>(w =>
             {
                 var from = LastSequenceNr + 1;
@@ -174,6 +285,16 @@ public sealed class SqliteRecoveryJournalTests : IDisposable
                 _asker = Sender;
                 DeleteMessages(d.UpTo);
             });
+            Command<WriteEvents>(w =>
+            {
+                var sender = Sender;
+                PersistAll(w.Events, e => { if (ReferenceEquals(e, w.Events[^1])) sender.Tell("done"); });
+            });
+            Command<WriteTagged>(t =>
+            {
+                _asker = Sender;
+                Persist(new Tagged(t.Event, [t.Tag]), _ => _asker.Tell("written"));
+            });
             Command<Snapshot>(_ =>
             {
                 _asker = Sender;
@@ -183,6 +304,8 @@ public sealed class SqliteRecoveryJournalTests : IDisposable
             Command<DeleteMessagesSuccess>(_ => _asker.Tell("done"));
             Command<DeleteMessagesFailure>(f => _asker.Tell($"delete failed: {f.Cause.Message}"));
         }
+
+        protected override void OnPersistRejected(Exception cause, object @event, long sequenceNr) => _asker.Tell($"refused: {cause.Message}");
 
         public override string PersistenceId { get; }
     }
