@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using System.Collections.Immutable;
 using Akka.Actor;
 using Akka.Configuration;
+using Akka.Event;
 using Akka.Persistence;
 using Akka.Persistence.Journal;
 using Akka.Persistence.Sql;
@@ -43,8 +44,8 @@ public sealed class SqliteJournal : SqlWriteJournal
         var config = new JournalConfig(journalConfig.WithFallback(SqlPersistence.DefaultJournalConfiguration));
         if (!config.ProviderName.Contains("sqlite", StringComparison.OrdinalIgnoreCase))
             throw new ConfigurationException($"{nameof(SqliteJournal)} is for SQLite only; this journal's provider is {config.ProviderName}");
-        if (config.DaoConfig.SqlCommonCompatibilityMode || config.TableConfig.UseEventManifestColumn)
-            throw new ConfigurationException($"{nameof(SqliteJournal)} knows the plugin's default table layout only (no compatibility mode, no event manifest column)");
+        if (config.DaoConfig.SqlCommonCompatibilityMode || config.TableConfig.UseEventManifestColumn || config.PluginConfig.TagMode != TagMode.TagTable)
+            throw new ConfigurationException($"{nameof(SqliteJournal)} knows the plugin's default table layout only (no compatibility mode, no event manifest column, tags in their own table)");
         _connectionString = ConnectionStringOf(_system, config.ConnectionString, nameof(SqliteJournal));
         _defaultSerializer = config.DefaultSerializer;
 
@@ -61,7 +62,7 @@ public sealed class SqliteJournal : SqlWriteJournal
         _writer = new SqliteJournalWriter(_connectionString,
             $"INSERT INTO {name} ({Quote(c.PersistenceId)}, {Quote(c.SequenceNumber)}, {Quote(c.Message)}, {Quote(c.Manifest)}, {Quote(c.Identifier)}, " +
             $"{Quote(c.Created)}, {Quote(c.Deleted)}{writerColumn}) VALUES ($id, $nr, $message, $manifest, $serializer, $created, 0{writerValue})",
-            config.DaoConfig.BatchSize);
+            config.DaoConfig.BatchSize, Context.GetLogger());
         _replaySql = $"SELECT {Quote(c.SequenceNumber)}, {Quote(c.Message)}, {Quote(c.Identifier)}, {Quote(c.Manifest)}, {writerRead}, {Quote(c.Created)} " +
                      $"FROM {name} WHERE {Quote(c.PersistenceId)} = $id AND {Quote(c.SequenceNumber)} >= $from AND {Quote(c.SequenceNumber)} <= $to " +
                      $"AND {Quote(c.Deleted)} = 0 ORDER BY {Quote(c.SequenceNumber)} LIMIT $max";
@@ -134,7 +135,7 @@ public sealed class SqliteJournal : SqlWriteJournal
     {
         var writes = messages as IReadOnlyList<AtomicWrite> ?? messages.ToList();
         if (writes.Count == 0) return Task.FromResult<IImmutableList<Exception>>(null!);   // a batch of deferred messages only
-        var written = WriteAsync(writes);
+        var written = WriteAsync(writes, cancellationToken);
         // One persistent actor's writes per call: a recovery of that id waits for them (ReadHighestSequenceNrAsync).
         var id = writes[0].PersistenceId;
         _writing[id] = written;
@@ -147,7 +148,7 @@ public sealed class SqliteJournal : SqlWriteJournal
     /// Each atomic write whose events all serialize is written, in one transaction with the others; one that does not is
     /// rejected alone (its actor hears why and goes on), as the plugin does. A failed transaction fails them all.
     /// </summary>
-    private async Task<IImmutableList<Exception>> WriteAsync(IReadOnlyList<AtomicWrite> writes)
+    private async Task<IImmutableList<Exception>> WriteAsync(IReadOnlyList<AtomicWrite> writes, CancellationToken givenUp)
     {
         var now = DateTime.UtcNow.Ticks;
         var rows = new List<SqliteJournalWriter.Row>();
@@ -171,7 +172,7 @@ public sealed class SqliteJournal : SqlWriteJournal
                 rejections[i] = e;
             }
         }
-        if (rows.Count > 0) await _writer.WriteAsync(rows);
+        if (rows.Count > 0) await _writer.WriteAsync(rows, givenUp);
         return rejections.All(r => r is null) ? null! : ImmutableList.CreateRange(rejections.Select(r => r!));
     }
 
@@ -199,7 +200,7 @@ public sealed class SqliteJournal : SqlWriteJournal
 
     protected override void PostStop()
     {
-        _writer.Complete();
+        _writer.Stop();
         base.PostStop();
     }
 }

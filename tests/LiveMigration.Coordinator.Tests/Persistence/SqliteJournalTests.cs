@@ -183,6 +183,66 @@ public sealed class SqliteJournalTests : IDisposable
         public override string PersistenceId { get; }
     }
 
+    [Fact]
+    public async Task Many_actors_writing_at_once_get_the_plugins_rows_in_each_actors_order()
+    {
+        var ours = Path.Combine(_dir, "ours");
+        var plugins = Path.Combine(_dir, "plugins");
+        foreach (var (dir, hocon) in new[] { (ours, (string?)null), (plugins, PluginsOwnJournal) })
+        {
+            await using var node = await ActorNode.StartAsync(dir, serializeMessages: false, hocon: hocon);
+            var writer = node.System.ActorOf(Props.Create(() => new Writer()));
+            // 30 actors at once, three writes each, some larger than the plugin's batch of 100 rows: transactions of many writes.
+            await Task.WhenAll(Enumerable.Range(0, 30).Select(async a =>
+            {
+                foreach (var count in new[] { 5, a % 10 == 0 ? 120 : 7, 3 })
+                    Assert.Equal("done", await writer.Ask<string>(new Write($"actor-{a}", count), TimeSpan.FromSeconds(30)));
+            }));
+        }
+
+        var ourRows = Rows(ours);
+        Assert.Equal(Rows(plugins).Select(r => r.Comparable).Order(), ourRows.Select(r => r.Comparable).Order());
+        Assert.Equal(3 * 128 + 27 * 15, ourRows.Count);
+        foreach (var actor in ourRows.GroupBy(r => r.Comparable[..r.Comparable.IndexOf('#')]))
+            Assert.Equal(actor.OrderBy(r => r.Ordering).Select(r => r.Comparable), actor.OrderBy(r => SequenceNr(r.Comparable)).Select(r => r.Comparable));
+    }
+
+    [Fact]
+    public async Task A_write_whose_number_is_taken_fails_alone()
+    {
+        await using var node = await ActorNode.StartAsync(_dir, serializeMessages: false);
+        var writer = node.System.ActorOf(Props.Create(() => new Writer()));
+        var ids = Enumerable.Range(0, 20).Select(a => $"other-{a}").Append("taken").ToList();
+        foreach (var id in ids) Ask(node, writer, new Write(id, 1));
+        await using var connection = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = Path.Combine(_dir, "journal.db"), Pooling = false }.ToString());
+        connection.Open();
+        await using var sql = connection.CreateCommand();
+        // Someone else wrote #2 of "taken" behind its back (what two writers of one id would do).
+        sql.CommandText = "INSERT INTO journal (persistence_id, sequence_number, message, manifest, identifier, created, deleted) " +
+                          "SELECT persistence_id, 2, message, manifest, identifier, created, 0 FROM journal WHERE persistence_id = 'taken'";
+        Assert.Equal(1, sql.ExecuteNonQuery());
+
+        // SQLite's write lock held here: the writer waits on a first write while all the others queue up behind it,
+        // so they share the next transaction with the write that breaks the table's key.
+        sql.CommandText = "BEGIN IMMEDIATE";
+        sql.ExecuteNonQuery();
+        var first = writer.Ask<string>(new Write("first", 1), TimeSpan.FromSeconds(30));
+        await Task.Delay(200);
+        var answers = ids.Select(id => writer.Ask<string>(new Write(id, 3), TimeSpan.FromSeconds(30))).ToList();
+        await Task.Delay(500);
+        sql.CommandText = "ROLLBACK";
+        sql.ExecuteNonQuery();
+
+        Assert.Equal("done", await first);
+        Assert.StartsWith("failed: ", await answers[^1]);
+        Assert.All(await Task.WhenAll(answers.SkipLast(1)), answer => Assert.Equal("done", answer));
+        Assert.Equal(20 * 4, Rows(_dir).Count(r => r.Comparable.StartsWith("other-")));
+        Assert.Equal(2, Rows(_dir).Count(r => r.Comparable.StartsWith("taken#")));   // its own #1 and the planted #2, none of its #2..#4
+        Ask(node, writer, new Write("after", 1));   // the writer goes on
+    }
+
+    private static long SequenceNr(string comparable) => long.Parse(comparable[(comparable.IndexOf('#') + 1)..comparable.IndexOf(' ')]);
+
     private sealed record JournalRowRead(long Ordering, string Comparable, long Created, string? Writer);
 
     private static List<JournalRowRead> Rows(string dir)
@@ -277,7 +337,7 @@ public sealed class SqliteJournalTests : IDisposable
             {
                 var from = LastSequenceNr + 1;
                 var events = Enumerable.Range(0, w.Count).Select(i => $"{id}-{from + i}").ToList();
-                var sender = Sender;
+                var sender = _asker = Sender;
                 PersistAll(events, e => { if (e == events[^1]) sender.Tell("done"); });
             });
             Command<Delete>(d =>
@@ -306,6 +366,12 @@ public sealed class SqliteJournalTests : IDisposable
         }
 
         protected override void OnPersistRejected(Exception cause, object @event, long sequenceNr) => _asker.Tell($"refused: {cause.Message}");
+
+        protected override void OnPersistFailure(Exception cause, object @event, long sequenceNr)
+        {
+            _asker.Tell($"failed: {cause.Message}");
+            base.OnPersistFailure(cause, @event, sequenceNr);
+        }
 
         public override string PersistenceId { get; }
     }
