@@ -377,8 +377,18 @@ public sealed class QmpHypervisor : IHypervisor
                 vm.JobEnds.TryRemove(jobId, out QmpEvent? _);
                 vm.CancelRequested[jobId] = 1;
                 // On a READY mirror this ends the job without a pivot (QEMU reports COMPLETED); before READY, CANCELLED.
-                await ExecuteAsync(vm, "block-job-cancel", new Dictionary<string, object?> { ["device"] = jobId }, ct);
-                await WaitForJobEndAsync(vm, jobId, ct);
+                try
+                {
+                    await ExecuteAsync(vm, "block-job-cancel", new Dictionary<string, object?> { ["device"] = jobId }, ct);
+                    await WaitForJobEndAsync(vm, jobId, ct);
+                }
+                catch (OperationFailedException e) when (e.InnerException is QmpCommandException { ErrorClass: "DeviceNotActive" })
+                {
+                    // The job ended on its own between the look and the cancel (a mirror whose target ran out of space
+                    // fails and is gone): nothing to cancel. It ended without a pivot, which only a complete makes, and
+                    // the drive was seen still on its source above. A job still there is another matter.
+                    if (await FindJobAsync(vm, driveId, ct) is not null) throw;
+                }
             }
             await DeleteNodesAsync(vm, [target], ct);
             await SaveAsync(vm, vm.Manifest.WithDrive(drive with { MirrorTarget = null, MirrorMode = null }), ct);
